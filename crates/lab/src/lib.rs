@@ -1,0 +1,14 @@
+//! The lab: a whole cluster on one Linux machine, built from network namespaces.
+//!
+//! The lab's network is a small datacenter: an *underlay* namespace holding a bridge
+//! (the switch), one namespace per *node* plugged into it, and an *outside* namespace
+//! that plays the world beyond the cluster. Nothing is added to the host's own
+//! namespace, and [`down`] removes everything [`up`] made, even after a crash.
+
+mod config;
+mod error;
+mod topology;
+
+pub use config::{LabConfig, MAX_NODES, Role};
+pub use error::{Error, Result};
+pub use topology::{LabState, NodeState, down, exec, status, up};

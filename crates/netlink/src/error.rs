@@ -1,0 +1,90 @@
+use std::io;
+
+/// What went wrong while talking to the kernel.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A namespace name that `ip netns` could not hold (empty, `/`, `.` or `..`, too long).
+    #[error("invalid network namespace name {name:?}: {reason}")]
+    InvalidNetnsName { name: String, reason: &'static str },
+    /// The namespace already exists; creating it again would share it by accident.
+    #[error("network namespace {0:?} already exists")]
+    NetnsExists(String),
+    /// No namespace of that name under /run/netns.
+    #[error("network namespace {0:?} does not exist")]
+    NetnsNotFound(String),
+    /// A system call failed; `op` names what we were doing.
+    #[error("{op}: {cause}")]
+    Sys {
+        op: String,
+        /// Carried in the message rather than as `source()`, so it is printed once.
+        cause: io::Error,
+    },
+    /// The kernel refused a netlink request; `op` names the request.
+    #[error("{op}: {cause}")]
+    Netlink {
+        op: String,
+        /// Carried in the message rather than as `source()`, so it is printed once.
+        cause: rtnetlink::Error,
+    },
+    /// A link we needed is not there.
+    #[error("link {0:?} not found")]
+    LinkNotFound(String),
+}
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn sys(op: impl Into<String>, source: impl Into<io::Error>) -> Self {
+        Error::Sys {
+            op: op.into(),
+            cause: source.into(),
+        }
+    }
+
+    pub(crate) fn netlink(op: impl Into<String>, source: rtnetlink::Error) -> Self {
+        Error::Netlink {
+            op: op.into(),
+            cause: source,
+        }
+    }
+
+    /// True when the kernel answered "no such file or directory" (ENOENT) or
+    /// "no such device" (ENODEV): the thing to delete is already gone.
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            Error::NetnsNotFound(_) | Error::LinkNotFound(_) => true,
+            Error::Sys { cause, .. } => cause.kind() == io::ErrorKind::NotFound,
+            Error::Netlink {
+                cause: rtnetlink::Error::NetlinkError(e),
+                ..
+            } => {
+                matches!(
+                    e.raw_code().abs(),
+                    libc_enoent::ENOENT | libc_enoent::ENODEV
+                )
+            }
+            _ => false,
+        }
+    }
+
+    /// True when the kernel answered EEXIST.
+    pub fn is_exists(&self) -> bool {
+        match self {
+            Error::NetnsExists(_) => true,
+            Error::Netlink {
+                cause: rtnetlink::Error::NetlinkError(e),
+                ..
+            } => e.raw_code().abs() == libc_enoent::EEXIST,
+            _ => false,
+        }
+    }
+}
+
+/// The few errno values we branch on, without pulling in `libc` for three numbers.
+mod libc_enoent {
+    pub(super) const ENOENT: i32 = 2;
+    pub(super) const EEXIST: i32 = 17;
+    pub(super) const ENODEV: i32 = 19;
+}

@@ -1,0 +1,15 @@
+//! The one place kubewire talks to the kernel.
+//!
+//! Everything that touches the kernel's networking goes through here, over netlink and
+//! namespace system calls, never by running `ip` or `nft`: network namespaces
+//! ([`netns`]), links, addresses and routes ([`Rtnl`]), and per-namespace sysctls
+//! ([`sysctl`]). Other crates compute *what* the kernel should hold; this crate only
+//! knows *how* to put it there.
+
+mod error;
+pub mod netns;
+mod rtnl;
+pub mod sysctl;
+
+pub use error::{Error, Result};
+pub use rtnl::{LinkInfo, Rtnl};

@@ -1,0 +1,254 @@
+//! Links, addresses and routes over rtnetlink, bound to one network namespace.
+
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags};
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use crate::{Error, Result, netns};
+
+/// A link as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// Interface index.
+    pub index: u32,
+    /// Interface name.
+    pub name: String,
+    /// MTU in bytes.
+    pub mtu: u32,
+}
+
+impl LinkInfo {
+    fn from_message(msg: &LinkMessage) -> Self {
+        let mut info = LinkInfo {
+            index: msg.header.index,
+            name: String::new(),
+            mtu: 0,
+        };
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(name) => info.name.clone_from(name),
+                LinkAttribute::Mtu(mtu) => info.mtu = *mtu,
+                _ => {}
+            }
+        }
+        info
+    }
+}
+
+/// An rtnetlink socket bound to one network namespace.
+///
+/// The socket belongs to the namespace it was opened in for its whole life, so a
+/// handle made with [`Rtnl::connect_in`] configures that namespace from any thread.
+#[derive(Debug)]
+pub struct Rtnl {
+    handle: rtnetlink::Handle,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Rtnl {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+impl Rtnl {
+    /// Opens a socket in the calling thread's namespace. Needs a current tokio runtime.
+    pub fn connect_here() -> Result<Self> {
+        let (connection, handle, _) =
+            rtnetlink::new_connection().map_err(|e| Error::sys("opening rtnetlink socket", e))?;
+        Ok(Rtnl {
+            handle,
+            connection: tokio::spawn(connection),
+        })
+    }
+
+    /// Opens a socket inside the named namespace. Needs a current tokio runtime.
+    pub fn connect_in(netns_name: &str) -> Result<Self> {
+        let runtime = tokio::runtime::Handle::current();
+        let (connection, handle, _) = netns::run_in(netns_name, move || {
+            let _entered = runtime.enter();
+            rtnetlink::new_connection()
+        })?
+        .map_err(|e| Error::sys(format!("opening rtnetlink socket in {netns_name}"), e))?;
+        Ok(Rtnl {
+            handle,
+            connection: tokio::spawn(connection),
+        })
+    }
+
+    /// All links in the namespace.
+    pub async fn links(&self) -> Result<Vec<LinkInfo>> {
+        let msgs: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| Error::netlink("listing links", e))?;
+        Ok(msgs.iter().map(LinkInfo::from_message).collect())
+    }
+
+    /// The link called `name`, if there is one.
+    pub async fn link(&self, name: &str) -> Result<Option<LinkInfo>> {
+        let result: Result<Vec<LinkMessage>, _> = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute()
+            .try_collect()
+            .await;
+        match result {
+            Ok(msgs) => Ok(msgs.first().map(LinkInfo::from_message)),
+            Err(e) => {
+                let err = Error::netlink(format!("looking up link {name}"), e);
+                if err.is_not_found() {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    /// Index of the link called `name`.
+    pub async fn link_index(&self, name: &str) -> Result<u32> {
+        self.link(name)
+            .await?
+            .map(|l| l.index)
+            .ok_or_else(|| Error::LinkNotFound(name.to_owned()))
+    }
+
+    /// Creates a bridge and returns its index.
+    pub async fn add_bridge(&self, name: &str) -> Result<u32> {
+        self.handle
+            .link()
+            .add(LinkBridge::new(name).build())
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("creating bridge {name}"), e))?;
+        self.link_index(name).await
+    }
+
+    /// Creates a veth pair `name` <-> `peer`, both in this namespace; returns the
+    /// index of `name`.
+    pub async fn add_veth(&self, name: &str, peer: &str) -> Result<u32> {
+        self.handle
+            .link()
+            .add(LinkVeth::new(name, peer).build())
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("creating veth pair {name}/{peer}"), e))?;
+        self.link_index(name).await
+    }
+
+    /// Moves a link into another namespace, renaming it there if `new_name` is given.
+    pub async fn move_to_netns(
+        &self,
+        index: u32,
+        netns_fd: BorrowedFd<'_>,
+        new_name: Option<&str>,
+    ) -> Result<()> {
+        let mut builder = LinkUnspec::new_with_index(index).setns_by_fd(netns_fd.as_raw_fd());
+        if let Some(name) = new_name {
+            builder = builder.name(name.to_owned());
+        }
+        self.handle
+            .link()
+            .set(builder.build())
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("moving link {index} to another namespace"), e))
+    }
+
+    /// Brings a link up.
+    pub async fn set_up(&self, index: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("setting link {index} up"), e))
+    }
+
+    /// Attaches a link to a bridge.
+    pub async fn set_controller(&self, index: u32, bridge_index: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .controller(bridge_index)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|e| {
+                Error::netlink(
+                    format!("attaching link {index} to bridge {bridge_index}"),
+                    e,
+                )
+            })
+    }
+
+    /// Deletes a link. Deleting a link that is already gone is not an error.
+    pub async fn delete_link(&self, index: u32) -> Result<()> {
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let err = Error::netlink(format!("deleting link {index}"), e);
+                if err.is_not_found() { Ok(()) } else { Err(err) }
+            }
+        }
+    }
+
+    /// Adds an address to a link. IPv6 addresses skip duplicate address detection: the
+    /// lab assigns them uniquely, and DAD would hold them unusable for a second or two.
+    pub async fn add_address(&self, index: u32, addr: IpNet) -> Result<()> {
+        let mut request = self
+            .handle
+            .address()
+            .add(index, addr.addr(), addr.prefix_len());
+        if addr.addr().is_ipv6() {
+            request
+                .message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        request
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("adding address {addr} to link {index}"), e))
+    }
+
+    /// Adds a route to `destination`, through `gateway` and/or out of link `dev`.
+    pub async fn add_route(
+        &self,
+        destination: IpNet,
+        gateway: Option<IpAddr>,
+        dev: Option<u32>,
+    ) -> Result<()> {
+        let mut builder = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(destination.addr(), destination.prefix_len())
+            .map_err(|e| Error::sys(format!("route to {destination}"), std::io::Error::other(e)))?;
+        if let Some(gw) = gateway {
+            builder = builder.gateway(gw).map_err(|e| {
+                Error::sys(format!("route to {destination}"), std::io::Error::other(e))
+            })?;
+        }
+        if let Some(dev) = dev {
+            builder = builder.output_interface(dev);
+        }
+        self.handle
+            .route()
+            .add(builder.build())
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("adding route to {destination}"), e))
+    }
+}
