@@ -1,1 +1,216 @@
+//! Helpers for kubewire's root-only, namespaced end-to-end tests.
+//!
+//! Every test that touches the kernel calls [`require_root`] first: such tests fail,
+//! never skip, when not run as root (a skipped root test once hid a broken feature in
+//! ztunnel for months). Every namespace or lab a test makes is owned by a guard that
+//! removes it on drop, so a panicking test still cleans up, and every name is unique
+//! per process and call, so tests run in parallel without colliding.
 
+#![allow(clippy::disallowed_methods)] // tests run real programs and read their output
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Panics unless the process runs as root. Call it first in every namespaced test.
+pub fn require_root() {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        uid, "0",
+        "this test needs root (it creates network namespaces); run it as root, it does not skip"
+    );
+}
+
+static SEQUENCE: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this process and call: `<prefix><pid>-<n>`. Short enough for lab
+/// names (and the interface names derived from them).
+pub fn unique_name(prefix: &str) -> String {
+    let n = SEQUENCE.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}-{n}", std::process::id())
+}
+
+/// A network namespace that exists for the guard's lifetime.
+#[derive(Debug)]
+pub struct TestNetns {
+    name: String,
+}
+
+impl TestNetns {
+    /// Creates a uniquely named, empty namespace (loopback up).
+    pub fn new(label: &str) -> Self {
+        require_root();
+        let name = unique_name(&format!("kwt-{label}-"));
+        netlink::netns::create(&name)
+            .unwrap_or_else(|e| panic!("creating test namespace {name}: {e}"));
+        TestNetns { name }
+    }
+
+    /// The namespace's name, as `ip netns` shows it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs a program inside the namespace and returns its output.
+    pub fn run(&self, program: &str, args: &[&str]) -> Output {
+        let (program, args): (String, Vec<String>) = (
+            program.to_owned(),
+            args.iter().map(|s| (*s).to_owned()).collect(),
+        );
+        netlink::netns::run_in(&self.name, move || {
+            Command::new(&program).args(&args).output()
+        })
+        .expect("entering test namespace")
+        .expect("running program in test namespace")
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        if let Err(e) = netlink::netns::delete(&self.name) {
+            eprintln!("warning: removing test namespace {}: {e}", self.name);
+        }
+    }
+}
+
+/// The workspace's root directory.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("crates/e2e is two levels down")
+        .to_owned()
+}
+
+/// Path of the `kubewire` binary built alongside the tests (target/<profile>/kubewire).
+pub fn kubewire_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("KUBEWIRE_BIN") {
+        return PathBuf::from(path);
+    }
+    // Test binaries live in target/<profile>/deps/; the binary one level up.
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .join("kubewire");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (`cargo build -p kubewire`, or run the tests with --workspace)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `kubewire ARGS...` and returns its output.
+pub fn kubewire(args: &[&str]) -> Output {
+    Command::new(kubewire_bin())
+        .args(args)
+        .output()
+        .expect("running kubewire")
+}
+
+/// Runs `kubewire ARGS...` and panics, showing its stderr, unless it succeeds.
+pub fn kubewire_ok(args: &[&str]) -> String {
+    let out = kubewire(args);
+    assert!(
+        out.status.success(),
+        "kubewire {} failed ({}):\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A lab that exists for the guard's lifetime (`kubewire lab up` ... `lab down`).
+#[derive(Debug)]
+pub struct TestLab {
+    name: String,
+}
+
+impl TestLab {
+    /// Starts a uniquely named lab with `nodes` nodes.
+    pub fn up(nodes: u8) -> Self {
+        require_root();
+        let name = unique_name("t");
+        let lab = TestLab { name };
+        kubewire_ok(&[
+            "lab",
+            "up",
+            "--name",
+            &lab.name,
+            "--nodes",
+            &nodes.to_string(),
+        ]);
+        lab
+    }
+
+    /// The lab's name (`--name`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs a command in a lab member (`node-1`, `outside`, ...) through `kubewire lab exec`.
+    pub fn exec(&self, target: &str, argv: &[&str]) -> Output {
+        let mut args = vec!["lab", "exec", "--name", &self.name, target, "--"];
+        args.extend_from_slice(argv);
+        kubewire(&args)
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        let out = kubewire(&["lab", "down", "--name", &self.name]);
+        if !out.status.success() {
+            eprintln!(
+                "warning: lab down {}: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+/// The host's networking as `../shared/tools/host-snapshot` prints it.
+pub fn host_snapshot() -> String {
+    let tool = workspace_root().join("../shared/tools/host-snapshot");
+    let out = Command::new("bash")
+        .arg(&tool)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", tool.display()));
+    assert!(out.status.success(), "{} failed", tool.display());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether a namespace name is one the tests make: `kwt-...` namespaces and the
+/// `t<pid>-<n>-...` namespaces of test labs.
+pub fn is_test_namespace(name: &str) -> bool {
+    if name.starts_with("kwt-") {
+        return true;
+    }
+    let Some(rest) = name.strip_prefix('t') else {
+        return false;
+    };
+    let mut parts = rest.splitn(3, '-');
+    let digits =
+        |s: Option<&str>| s.is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()));
+    digits(parts.next()) && digits(parts.next()) && parts.next().is_some()
+}
+
+/// A host snapshot without the namespaces of tests (which other tests running in
+/// parallel create and remove at any time), for a test that checks only what it made.
+pub fn strip_test_namespaces(snapshot: &str) -> String {
+    snapshot
+        .lines()
+        .filter(|l| !is_test_namespace(l))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -51,11 +51,11 @@ enum LabCommand {
     Up {
         #[command(flatten)]
         lab: LabArgs,
-        /// Number of nodes.
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=i64::from(lab::MAX_NODES)))]
-        nodes: u8,
-        /// A lab config file (JSON or YAML-compatible JSON) with `nodes`, `underlayV4`,
-        /// `underlayV6`; flags given on the command line win.
+        /// Number of nodes [default: 3, or the config file's `nodes`].
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=i64::from(lab::MAX_NODES)))]
+        nodes: Option<u8>,
+        /// A lab config file (JSON) with `nodes`, `underlayV4`, `underlayV6`; `--nodes`
+        /// on the command line wins. The lab's name always comes from `--name`.
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -140,7 +140,9 @@ async fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
                 None => lab::LabConfig::default(),
             };
             cfg.name = args.name;
-            cfg.nodes = nodes;
+            if let Some(nodes) = nodes {
+                cfg.nodes = nodes;
+            }
             let state = lab::up(&cfg).await?;
             print_summary(&state);
             Ok(ExitCode::SUCCESS)

@@ -23,7 +23,9 @@ pub struct LabConfig {
     pub underlay_v4: Ipv4Net,
     /// The underlay's IPv6 subnet.
     pub underlay_v6: Ipv6Net,
-    /// Where the lab keeps its state while it is up.
+    /// Where the lab keeps its state while it is up. Not configurable from a file:
+    /// `lab down` and `lab status` must find it without being told.
+    #[serde(skip)]
     pub run_dir: PathBuf,
 }
 

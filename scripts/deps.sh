@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs the Debian packages kubewire's commands and tests use, only those missing.
+#   scripts/deps.sh run    what `make up` needs
+#   scripts/deps.sh test   what `make test` needs (real clients nobody here wrote)
+set -euo pipefail
+
+run_pkgs=(iproute2)
+test_pkgs=(iproute2 nftables iptables iputils-ping curl)
+
+case "${1:-run}" in
+  run) pkgs=("${run_pkgs[@]}") ;;
+  test) pkgs=("${test_pkgs[@]}") ;;
+  *) echo "usage: $0 run|test" >&2; exit 2 ;;
+esac
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "kubewire needs root (it creates network namespaces); missing packages: ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The Rust tools the commands use.
+if ! command -v cargo >/dev/null; then
+  echo "cargo not found: install the Rust toolchain (https://rustup.rs) first" >&2
+  exit 1
+fi
+if [[ ${1:-run} == test ]] && ! cargo nextest --version >/dev/null 2>&1; then
+  echo "installing cargo-nextest"
+  cargo install --locked cargo-nextest
+fi

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite: every tier, as root, then a check that the tests left the host's
+# networking exactly as they found it (../shared/tools/host-snapshot before and after).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "the test suite needs root: its end-to-end tests create network namespaces" >&2
+  exit 1
+fi
+scripts/deps.sh test
+
+snapshot_tool=../shared/tools/host-snapshot
+if [[ ! -f $snapshot_tool ]]; then
+  echo "missing $snapshot_tool (the shared/ folder beside this checkout)" >&2
+  exit 1
+fi
+before=$(mktemp) after=$(mktemp)
+trap 'rm -f "$before" "$after"' EXIT
+
+bash "$snapshot_tool" >"$before"
+status=0
+cargo nextest run --workspace "$@" || status=$?
+bash "$snapshot_tool" >"$after"
+
+if diff -u "$before" "$after"; then
+  echo "host-snapshot: unchanged by the tests"
+else
+  echo "host-snapshot: the tests changed the host's networking (diff above)" >&2
+  status=1
+fi
+exit $status
