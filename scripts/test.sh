@@ -18,6 +18,10 @@ fi
 before=$(mktemp) after=$(mktemp)
 trap 'rm -f "$before" "$after"' EXIT
 
+# The end-to-end tests drive the real binary; cargo builds binaries only for their own
+# package's tests, so build it first.
+cargo build -p kubewire
+
 bash "$snapshot_tool" >"$before"
 status=0
 cargo nextest run --workspace "$@" || status=$?
