@@ -8,6 +8,8 @@
 
 #![allow(clippy::disallowed_methods)] // tests run real programs and read their output
 
+pub mod cni;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -15,3 +15,14 @@ pub(crate) fn init(json: bool) {
         builder.init();
     }
 }
+
+/// Logging for CNI mode: stderr only (stdout carries the protocol), no colours (the
+/// runtime captures it), warnings and up unless `RUST_LOG` says otherwise.
+pub(crate) fn init_cni() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+}

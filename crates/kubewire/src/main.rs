@@ -94,6 +94,12 @@ struct LabArgs {
 }
 
 fn main() -> ExitCode {
+    // Container runtimes run CNI plugins by type name (`kubewire-cni`, a link to this
+    // binary) with `CNI_COMMAND` set; then stdout belongs to the CNI protocol.
+    if invoked_as_cni_plugin() {
+        logging::init_cni();
+        return ExitCode::from(u8::try_from(cni::main()).unwrap_or(1));
+    }
     let cli = Cli::parse();
     logging::init(cli.log_format == LogFormat::Json);
     match run(cli.command) {
@@ -103,6 +109,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn invoked_as_cni_plugin() -> bool {
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let name = std::path::Path::new(&argv0).file_name().unwrap_or_default();
+    name == cni::PLUGIN_NAME || std::env::var_os("CNI_COMMAND").is_some()
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {

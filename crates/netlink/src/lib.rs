@@ -12,4 +12,4 @@ mod rtnl;
 pub mod sysctl;
 
 pub use error::{Error, Result};
-pub use rtnl::{LinkInfo, Rtnl};
+pub use rtnl::{LinkInfo, RouteInfo, RouteSpec, Rtnl, format_mac};

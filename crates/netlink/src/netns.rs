@@ -194,6 +194,23 @@ pub fn open(name: &str) -> Result<File> {
     })
 }
 
+/// Runs `work` on a new thread inside the namespace whose file is at `path` (a named
+/// namespace under /run/netns, or `/proc/PID/ns/net` as container runtimes pass it).
+pub fn run_in_path<T, F>(path: &Path, work: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let file = File::open(path).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            Error::NetnsNotFound(path.display().to_string())
+        } else {
+            Error::sys(format!("opening namespace {}", path.display()), e)
+        }
+    })?;
+    run_in_file(file, path.display().to_string(), work)
+}
+
 /// Runs `work` on a new thread inside the namespace `name` and returns its result.
 ///
 /// Processes spawned from `work` start in that namespace too: a child inherits the
@@ -204,7 +221,14 @@ where
     F: FnOnce() -> T + Send + 'static,
 {
     let file = open(name)?;
-    let name = name.to_owned();
+    run_in_file(file, name.to_owned(), work)
+}
+
+fn run_in_file<T, F>(file: File, name: String, work: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
     std::thread::Builder::new()
         .name(format!("netns-{name}"))
         .spawn(move || -> Result<T> {

@@ -20,19 +20,75 @@ pub struct LinkInfo {
     pub name: String,
     /// MTU in bytes.
     pub mtu: u32,
+    /// Hardware (MAC) address; empty for links without one (loopback).
+    pub mac: Vec<u8>,
+    /// Whether the link is administratively up.
+    pub up: bool,
+}
+
+/// A route in the main table, as far as kubewire cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteInfo {
+    /// Destination prefix (`0.0.0.0/0` / `::/0` for default routes).
+    pub destination: IpNet,
+    /// Next hop, if any.
+    pub gateway: Option<IpAddr>,
+    /// Output link index, if any.
+    pub dev: Option<u32>,
+}
+
+/// A route to add: where to, via which next hop, out of which link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// Destination prefix.
+    pub destination: IpNet,
+    /// Next hop, if any.
+    pub gateway: Option<IpAddr>,
+    /// Output link, if any.
+    pub dev: Option<u32>,
+    /// Treat the gateway as directly reachable on `dev` even with no route to it (the
+    /// pod's link-local gateway is such a next hop).
+    pub onlink: bool,
+}
+
+impl RouteSpec {
+    /// A route to `destination` straight out of link `dev` (scope link).
+    pub fn direct(destination: IpNet, dev: u32) -> Self {
+        RouteSpec {
+            destination,
+            gateway: None,
+            dev: Some(dev),
+            onlink: false,
+        }
+    }
+}
+
+/// Formats a MAC address as `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 impl LinkInfo {
     fn from_message(msg: &LinkMessage) -> Self {
+        let up = msg
+            .header
+            .flags
+            .contains(netlink_packet_route::link::LinkFlags::Up);
         let mut info = LinkInfo {
             index: msg.header.index,
             name: String::new(),
             mtu: 0,
+            mac: Vec::new(),
+            up,
         };
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(name) => info.name.clone_from(name),
                 LinkAttribute::Mtu(mtu) => info.mtu = *mtu,
+                LinkAttribute::Address(mac) => info.mac.clone_from(mac),
                 _ => {}
             }
         }
@@ -81,6 +137,21 @@ impl Rtnl {
         })
     }
 
+    /// Opens a socket inside the namespace whose file is at `path` (for example a
+    /// container runtime's `CNI_NETNS`). Needs a current tokio runtime.
+    pub fn connect_in_path(path: &std::path::Path) -> Result<Self> {
+        let runtime = tokio::runtime::Handle::current();
+        let (connection, handle, _) = netns::run_in_path(path, move || {
+            let _entered = runtime.enter();
+            rtnetlink::new_connection()
+        })?
+        .map_err(|e| Error::sys(format!("opening rtnetlink socket in {}", path.display()), e))?;
+        Ok(Rtnl {
+            handle,
+            connection: tokio::spawn(connection),
+        })
+    }
+
     /// All links in the namespace.
     pub async fn links(&self) -> Result<Vec<LinkInfo>> {
         let msgs: Vec<LinkMessage> = self
@@ -117,6 +188,29 @@ impl Rtnl {
         }
     }
 
+    /// The link with index `index`, if there is one.
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<LinkInfo>> {
+        let result: Result<Vec<LinkMessage>, _> = self
+            .handle
+            .link()
+            .get()
+            .match_index(index)
+            .execute()
+            .try_collect()
+            .await;
+        match result {
+            Ok(msgs) => Ok(msgs.first().map(LinkInfo::from_message)),
+            Err(e) => {
+                let err = Error::netlink(format!("looking up link {index}"), e);
+                if err.is_not_found() {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
     /// Index of the link called `name`.
     pub async fn link_index(&self, name: &str) -> Result<u32> {
         self.link(name)
@@ -142,6 +236,35 @@ impl Rtnl {
         self.handle
             .link()
             .add(LinkVeth::new(name, peer).build())
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("creating veth pair {name}/{peer}"), e))?;
+        self.link_index(name).await
+    }
+
+    /// Creates a veth pair in one request: `name` here, its peer `peer` directly inside
+    /// the namespace `peer_netns` (like `ip link add NAME mtu M type veth peer name PEER
+    /// netns NS`), both with `mtu`. The peer never exists in this namespace, so its name
+    /// cannot collide here. Returns the index of `name`.
+    pub async fn add_veth_into(
+        &self,
+        name: &str,
+        peer: &str,
+        peer_netns: BorrowedFd<'_>,
+        mtu: u32,
+    ) -> Result<u32> {
+        use netlink_packet_route::link::{InfoData, InfoVeth};
+        let peer_msg = LinkUnspec::new_with_name(peer)
+            .mtu(mtu)
+            .setns_by_fd(peer_netns.as_raw_fd())
+            .build();
+        let msg = LinkVeth::new(name, peer)
+            .mtu(mtu)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .build();
+        self.handle
+            .link()
+            .add(msg)
             .execute()
             .await
             .map_err(|e| Error::netlink(format!("creating veth pair {name}/{peer}"), e))?;
@@ -226,13 +349,110 @@ impl Rtnl {
             .map_err(|e| Error::netlink(format!("adding address {addr} to link {index}"), e))
     }
 
-    /// Adds a route to `destination`, through `gateway` and/or out of link `dev`.
-    pub async fn add_route(
-        &self,
-        destination: IpNet,
-        gateway: Option<IpAddr>,
-        dev: Option<u32>,
-    ) -> Result<()> {
+    /// Adds a permanent neighbour (ARP / NDP) entry: `ip` is at `mac` on link `index`.
+    pub async fn add_neighbour(&self, index: u32, ip: IpAddr, mac: &[u8]) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add(index, ip)
+            .link_layer_address(mac)
+            .state(netlink_packet_route::neighbour::NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("adding neighbour {ip} on link {index}"), e))
+    }
+
+    /// The addresses on link `index` (link-local IPv6 addresses included).
+    pub async fn addresses(&self, index: u32) -> Result<Vec<IpNet>> {
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| Error::netlink(format!("listing addresses of link {index}"), e))?;
+        let mut out = Vec::new();
+        for msg in msgs {
+            for attr in &msg.attributes {
+                if let AddressAttribute::Address(ip) = attr {
+                    if let Ok(net) = IpNet::new(*ip, msg.header.prefix_len) {
+                        out.push(net);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The routes of the main table, IPv4 and IPv6.
+    pub async fn routes(&self) -> Result<Vec<RouteInfo>> {
+        use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader};
+        let mut out = Vec::new();
+        let requests = [
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+        ];
+        for request in requests {
+            let msgs: Vec<_> = self
+                .handle
+                .route()
+                .get(request)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| Error::netlink("listing routes", e))?;
+            for msg in msgs {
+                if msg.header.table != RouteHeader::RT_TABLE_MAIN {
+                    continue;
+                }
+                let v6 = msg.header.address_family == netlink_packet_route::AddressFamily::Inet6;
+                let unspecified: IpAddr = if v6 {
+                    std::net::Ipv6Addr::UNSPECIFIED.into()
+                } else {
+                    std::net::Ipv4Addr::UNSPECIFIED.into()
+                };
+                let mut info = RouteInfo {
+                    destination: IpNet::new(unspecified, 0).expect("prefix 0"),
+                    gateway: None,
+                    dev: None,
+                };
+                let addr = |a: &RouteAddress| match a {
+                    RouteAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
+                    RouteAddress::Inet6(ip) => Some(IpAddr::V6(*ip)),
+                    _ => None,
+                };
+                for attr in &msg.attributes {
+                    match attr {
+                        RouteAttribute::Destination(a) => {
+                            if let Some(ip) = addr(a) {
+                                if let Ok(net) =
+                                    IpNet::new(ip, msg.header.destination_prefix_length)
+                                {
+                                    info.destination = net;
+                                }
+                            }
+                        }
+                        RouteAttribute::Gateway(a) => info.gateway = addr(a),
+                        RouteAttribute::Oif(i) => info.dev = Some(*i),
+                        _ => {}
+                    }
+                }
+                out.push(info);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds a route.
+    pub async fn add_route_spec(&self, spec: &RouteSpec) -> Result<()> {
+        let RouteSpec {
+            destination,
+            gateway,
+            dev,
+            onlink,
+        } = spec.clone();
         let mut builder = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(destination.addr(), destination.prefix_len())
             .map_err(|e| Error::sys(format!("route to {destination}"), std::io::Error::other(e)))?;
@@ -244,11 +464,33 @@ impl Rtnl {
         if let Some(dev) = dev {
             builder = builder.output_interface(dev);
         }
+        if onlink {
+            builder = builder.onlink();
+        }
+        if gateway.is_none() && dev.is_some() {
+            builder = builder.scope(netlink_packet_route::route::RouteScope::Link);
+        }
         self.handle
             .route()
             .add(builder.build())
             .execute()
             .await
             .map_err(|e| Error::netlink(format!("adding route to {destination}"), e))
+    }
+
+    /// Adds a route to `destination`, through `gateway` and/or out of link `dev`.
+    pub async fn add_route(
+        &self,
+        destination: IpNet,
+        gateway: Option<IpAddr>,
+        dev: Option<u32>,
+    ) -> Result<()> {
+        self.add_route_spec(&RouteSpec {
+            destination,
+            gateway,
+            dev,
+            onlink: false,
+        })
+        .await
     }
 }
