@@ -1,0 +1,1015 @@
+//! The REST handler: routes a request to discovery, OpenAPI or a resource verb, and
+//! implements the verbs over the store with kube-apiserver's semantics.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::error::{Cause, Error, Status};
+use crate::patch::{self, PatchType};
+use crate::resources::{self, ResourceType};
+use crate::selector::{FieldSelector, LabelSelector, Selectors};
+use crate::service::{self, Ranges};
+use crate::store::{EventType, Store, Txn};
+use crate::util::{hex, now_secs, parse_query, rfc3339, str_at, unhex};
+use crate::{discovery, table, validate};
+
+/// kube-apiserver's request body limit.
+const MAX_BODY: usize = 3 * 1024 * 1024;
+/// Watches without `timeoutSeconds` end after this long (kube-apiserver picks 30-60 min).
+const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
+/// How often a watch that allows bookmarks gets one.
+const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
+
+/// Shared server state: the store and the service ranges.
+pub(crate) struct State {
+    pub(crate) store: Store,
+    pub(crate) ranges: Ranges,
+    pub(crate) server_address: std::sync::Mutex<String>,
+}
+
+/// A response body: a whole JSON document or a watch stream.
+#[derive(Debug)]
+pub struct ResponseBody(Inner);
+
+#[derive(Debug)]
+enum Inner {
+    Full(Option<Bytes>),
+    Stream(mpsc::Receiver<Bytes>),
+}
+
+impl ResponseBody {
+    fn full(b: impl Into<Bytes>) -> ResponseBody {
+        ResponseBody(Inner::Full(Some(b.into())))
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match &mut self.get_mut().0 {
+            Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Stream(rx) => rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(&self.0, Inner::Full(None))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match &self.0 {
+            Inner::Full(Some(b)) => http_body::SizeHint::with_exact(b.len() as u64),
+            Inner::Full(None) => http_body::SizeHint::with_exact(0),
+            Inner::Stream(_) => http_body::SizeHint::default(),
+        }
+    }
+}
+
+pub(crate) fn json_response(code: u16, v: &Value, content_type: &str) -> Response<ResponseBody> {
+    let mut body = serde_json::to_vec(v).unwrap_or_default();
+    body.push(b'\n');
+    Response::builder()
+        .status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header(header::CONTENT_TYPE, content_type)
+        .body(ResponseBody::full(body))
+        .unwrap_or_else(|_| Response::new(ResponseBody::full("")))
+}
+
+pub(crate) fn status_response(s: &Status) -> Response<ResponseBody> {
+    json_response(s.code, &s.to_json(), "application/json")
+}
+
+fn text(body: &'static str) -> Response<ResponseBody> {
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(ResponseBody::full(body))
+        .unwrap_or_else(|_| Response::new(ResponseBody::full("")))
+}
+
+/// Handles one request (already authenticated).
+pub(crate) async fn handle<B>(state: Arc<State>, req: Request<B>) -> Response<ResponseBody>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    match route(state, req).await {
+        Ok(r) => r,
+        Err(e) => {
+            if !matches!(e, Error::Status(_)) {
+                tracing::warn!(%method, %path, error = %e, "request failed");
+            }
+            status_response(&e.to_status())
+        }
+    }
+}
+
+struct Req {
+    method: Method,
+    query: Vec<(String, String)>,
+    accept: String,
+    content_type: String,
+    body: Bytes,
+}
+
+impl Req {
+    fn param(&self, k: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .rev()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    }
+    fn flag(&self, k: &str) -> bool {
+        self.param(k).is_some_and(|v| v == "true" || v == "1")
+    }
+}
+
+async fn route<B>(state: Arc<State>, req: Request<B>) -> Result<Response<ResponseBody>, Error>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let hv = |h: header::HeaderName| {
+        parts
+            .headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let body = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return Err(Status::too_large().into());
+        }
+        Err(e) => return Err(Status::bad_request(format!("reading request body: {e}")).into()),
+    };
+    let r = Req {
+        method: parts.method.clone(),
+        query: parse_query(parts.uri.query().unwrap_or("")),
+        accept: hv(header::ACCEPT),
+        content_type: hv(header::CONTENT_TYPE),
+        body,
+    };
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let get_only = |resp: Response<ResponseBody>| {
+        if r.method == Method::GET {
+            Ok(resp)
+        } else {
+            Err(Error::from(Status::method_not_allowed(r.method.as_str())))
+        }
+    };
+    match segs.as_slice() {
+        ["version"] => get_only(json_response(200, &version(), "application/json")),
+        ["healthz" | "livez" | "readyz", ..] => get_only(text("ok")),
+        ["api"] => {
+            if discovery::wants_aggregated(&r.accept) {
+                get_only(json_response(
+                    200,
+                    &discovery::aggregated(true),
+                    discovery::AGGREGATED_CT,
+                ))
+            } else {
+                let addr = state
+                    .server_address
+                    .lock()
+                    .map(|a| a.clone())
+                    .unwrap_or_default();
+                get_only(json_response(
+                    200,
+                    &discovery::api_versions(&addr),
+                    "application/json",
+                ))
+            }
+        }
+        ["apis"] => {
+            if discovery::wants_aggregated(&r.accept) {
+                get_only(json_response(
+                    200,
+                    &discovery::aggregated(false),
+                    discovery::AGGREGATED_CT,
+                ))
+            } else {
+                get_only(json_response(
+                    200,
+                    &discovery::api_group_list(),
+                    "application/json",
+                ))
+            }
+        }
+        ["api", "v1", rest @ ..] => resource(state, "", "v1", rest, r).await,
+        ["apis", g] if resources::group_version_exists(g, "v1") => get_only(json_response(
+            200,
+            &discovery::api_group(g),
+            "application/json",
+        )),
+        ["apis", g, v, rest @ ..] if resources::group_version_exists(g, v) => {
+            resource(state, g, v, rest, r).await
+        }
+        ["openapi", "v3"] => get_only(json_response(
+            200,
+            &discovery::openapi_index(),
+            "application/json",
+        )),
+        ["openapi", "v3", rest @ ..] => match discovery::openapi_gv(&rest.join("/")) {
+            Some(doc) => get_only(json_response(200, &doc, "application/json")),
+            None => Err(Status::not_found_path().into()),
+        },
+        _ => Err(Status::not_found_path().into()),
+    }
+}
+
+/// The Kubernetes version this server presents itself as.
+fn version() -> Value {
+    let v = crate::KUBERNETES_VERSION;
+    let minor = v.split('.').nth(1).unwrap_or("0");
+    json!({
+        "major": "1",
+        "minor": minor,
+        "gitVersion": format!("{v}-kubewire.{}", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "",
+        "gitTreeState": "clean",
+        "buildDate": "1970-01-01T00:00:00Z",
+        "goVersion": "",
+        "compiler": "rustc",
+        "platform": "linux/amd64",
+    })
+}
+
+/// What a resource path names.
+struct Target {
+    rt: &'static ResourceType,
+    namespace: Option<String>,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+fn parse_target(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
+    let t = |rt, ns: Option<&str>, name: Option<&str>, sub: Option<&str>| Target {
+        rt,
+        namespace: ns.map(str::to_string),
+        name: name.map(str::to_string),
+        sub: sub.map(str::to_string),
+    };
+    match rest {
+        ["namespaces", ns, r, tail @ ..]
+            if resources::lookup(group, version, r).is_some_and(|rt| rt.namespaced) =>
+        {
+            let rt = resources::lookup(group, version, r)?;
+            match tail {
+                [] => Some(t(rt, Some(ns), None, None)),
+                [name] => Some(t(rt, Some(ns), Some(name), None)),
+                [name, sub] => Some(t(rt, Some(ns), Some(name), Some(sub))),
+                _ => None,
+            }
+        }
+        [r, tail @ ..] => {
+            let rt = resources::lookup(group, version, r)?;
+            match tail {
+                [] => Some(t(rt, None, None, None)),
+                [name] if !rt.namespaced => Some(t(rt, None, Some(name), None)),
+                [name, sub] if !rt.namespaced => Some(t(rt, None, Some(name), Some(sub))),
+                _ => None,
+            }
+        }
+        [] => None,
+    }
+}
+
+async fn resource(
+    state: Arc<State>,
+    group: &str,
+    version: &str,
+    rest: &[&str],
+    r: Req,
+) -> Result<Response<ResponseBody>, Error> {
+    if rest.is_empty() {
+        if r.method != Method::GET {
+            return Err(Status::method_not_allowed(r.method.as_str()).into());
+        }
+        return Ok(json_response(
+            200,
+            &discovery::resource_list(group, version),
+            "application/json",
+        ));
+    }
+    let target = parse_target(group, version, rest).ok_or_else(Status::not_found_path)?;
+    if let Some(sub) = &target.sub
+        && (sub != "status" || !target.rt.status)
+    {
+        return Err(Status::not_found_path().into());
+    }
+    let state2 = state.clone();
+    match (&r.method, &target.name) {
+        (&Method::GET, Some(_)) if r.flag("watch") => watch(state, target, r).await,
+        (&Method::GET, Some(_)) => blocking(state, move |s| get(s, &target, &r)).await,
+        (&Method::GET, None) if r.flag("watch") => watch(state, target, r).await,
+        (&Method::GET, None) => blocking(state, move |s| list(s, &target, &r)).await,
+        (&Method::POST, None) => blocking(state, move |s| create(s, &target, &r)).await,
+        (&Method::PUT, Some(_)) => blocking(state, move |s| update(s, &target, &r)).await,
+        (&Method::PATCH, Some(_)) => blocking(state, move |s| patch_object(s, &target, &r)).await,
+        (&Method::DELETE, Some(_)) => blocking(state2, move |s| delete(s, &target, &r)).await,
+        (&Method::DELETE, None) => {
+            blocking(state2, move |s| delete_collection(s, &target, &r)).await
+        }
+        (m, _) => Err(Status::method_not_allowed(m.as_str()).into()),
+    }
+}
+
+/// Runs storage work off the async threads: redb reads and fsyncing commits block.
+async fn blocking<F>(state: Arc<State>, f: F) -> Result<Response<ResponseBody>, Error>
+where
+    F: FnOnce(&State) -> Result<Response<ResponseBody>, Error> + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || f(&state))
+        .await
+        .map_err(|e| Error::Storage(format!("storage task failed: {e}")))?
+}
+
+fn key_of(t: &Target, name: &str) -> String {
+    t.rt.key(t.namespace.as_deref().unwrap_or(""), name)
+}
+
+fn not_found(t: &Target, name: &str) -> Error {
+    Status::not_found(t.rt.group, t.rt.resource, name).into()
+}
+
+fn get(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Error> {
+    let name = t.name.as_deref().unwrap_or("");
+    let obj = s
+        .store
+        .get(&key_of(t, name))?
+        .ok_or_else(|| not_found(t, name))?;
+    if table::wants_table(&r.accept) {
+        let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"]});
+        let tbl = table::table(t.rt, &[obj], meta, r.param("includeObject").unwrap_or(""));
+        return Ok(json_response(200, &tbl, table::CONTENT_TYPE));
+    }
+    Ok(json_response(200, &obj, "application/json"))
+}
+
+fn selectors(t: &Target, r: &Req) -> Result<Selectors, Error> {
+    Ok(Selectors {
+        labels: LabelSelector::parse(r.param("labelSelector").unwrap_or(""))?,
+        fields: FieldSelector::parse(r.param("fieldSelector").unwrap_or(""), t.rt.kind)?,
+    })
+}
+
+fn prefix_of(t: &Target) -> String {
+    match &t.namespace {
+        Some(ns) if t.rt.namespaced => format!("{}/{ns}/", t.rt.storage_prefix()),
+        _ => format!("{}/", t.rt.storage_prefix()),
+    }
+}
+
+fn list(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Error> {
+    let sel = selectors(t, r)?;
+    let prefix = prefix_of(t);
+    let limit = match r.param("limit") {
+        Some(l) if !l.is_empty() => Some(
+            l.parse::<usize>()
+                .map_err(|_| Status::bad_request(format!("invalid limit: {l:?}")))?,
+        ),
+        _ => None,
+    }
+    .filter(|l| *l > 0);
+    let after = match r.param("continue").filter(|c| !c.is_empty()) {
+        Some(c) => {
+            Some(unhex(c).filter(|k| k.starts_with(&prefix)).ok_or_else(|| Status::bad_request("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)"))?)
+        }
+        None => None,
+    };
+    let page = s
+        .store
+        .list(&prefix, after.as_deref(), limit, &|o| sel.matches(o))?;
+    let mut meta = json!({"resourceVersion": page.rv.to_string()});
+    if let Some(next) = &page.next {
+        meta["continue"] = json!(hex(next));
+    }
+    if table::wants_table(&r.accept) {
+        let tbl = table::table(
+            t.rt,
+            &page.items,
+            meta,
+            r.param("includeObject").unwrap_or(""),
+        );
+        return Ok(json_response(200, &tbl, table::CONTENT_TYPE));
+    }
+    let list = json!({
+        "kind": format!("{}List", t.rt.kind),
+        "apiVersion": t.rt.api_version(),
+        "metadata": meta,
+        "items": page.items,
+    });
+    Ok(json_response(200, &list, "application/json"))
+}
+
+/// Parses a request body into an object of `rt`'s kind (400 for anything else).
+fn parse_body(t: &Target, body: &[u8]) -> Result<Value, Error> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        Status::bad_request(format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml: {e}"))
+    })?;
+    let Value::Object(_) = v else {
+        return Err(Status::bad_request("the body of the request must be a JSON object").into());
+    };
+    let rt = t.rt;
+    let mut v = v;
+    if let Some(kind) = v
+        .get("kind")
+        .and_then(Value::as_str)
+        .filter(|k| !k.is_empty())
+        && kind != rt.kind
+    {
+        return Err(Status::bad_request(format!(
+            "the kind in the request body ({kind}) does not match the kind of the resource {} ({})",
+            rt.resource, rt.kind
+        ))
+        .into());
+    }
+    if let Some(av) = v
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .filter(|a| !a.is_empty())
+        && av != rt.api_version()
+    {
+        return Err(Status::bad_request(format!(
+            "the API version in the data ({av}) does not match the expected API version ({})",
+            rt.api_version()
+        ))
+        .into());
+    }
+    v["kind"] = json!(rt.kind);
+    v["apiVersion"] = json!(rt.api_version());
+    if !v["metadata"].is_object() {
+        if v["metadata"].is_null() {
+            v["metadata"] = json!({});
+        } else {
+            return Err(Status::bad_request("metadata must be an object").into());
+        }
+    }
+    // Namespace: the URL's; a different one in the body is refused.
+    let body_ns = str_at(&v, "metadata.namespace").unwrap_or("").to_string();
+    if rt.namespaced {
+        let ns = t.namespace.clone().unwrap_or_default();
+        if ns.is_empty() {
+            return Err(Status::bad_request(
+                "the namespace of the object must be given in the URL",
+            )
+            .into());
+        }
+        if !body_ns.is_empty() && body_ns != ns {
+            return Err(Status::bad_request("the namespace of the provided object does not match the namespace sent on the request").into());
+        }
+        v["metadata"]["namespace"] = json!(ns);
+    } else if let Some(m) = v["metadata"].as_object_mut() {
+        m.remove("namespace");
+    }
+    Ok(v)
+}
+
+fn dry_run(r: &Req) -> bool {
+    r.param("dryRun").is_some_and(|d| d == "All")
+}
+
+fn random_suffix() -> String {
+    // kube's generateName alphabet: no vowels, no confusable characters.
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let id = uuid::Uuid::new_v4();
+    id.as_bytes()
+        .iter()
+        .take(5)
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// Resets what clients may not set on create and fills the server's metadata.
+fn prepare_create(rt: &ResourceType, obj: &mut Value) {
+    let m = &mut obj["metadata"];
+    m["uid"] = json!(uuid::Uuid::new_v4().to_string());
+    m["creationTimestamp"] = json!(rfc3339(now_secs()));
+    m["generation"] = json!(1);
+    if let Some(m) = m.as_object_mut() {
+        for f in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+        ] {
+            m.remove(f);
+        }
+    }
+    match rt.kind {
+        "Namespace" => {
+            let name = obj["metadata"]["name"].clone();
+            obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = name;
+            if obj["spec"]["finalizers"].is_null() {
+                obj["spec"]["finalizers"] = json!(["kubernetes"]);
+            }
+            obj["status"] = json!({"phase": "Active"});
+        }
+        "Pod" => {
+            obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
+            let spec = &mut obj["spec"];
+            for (f, d) in [
+                ("restartPolicy", json!("Always")),
+                ("dnsPolicy", json!("ClusterFirst")),
+                ("terminationGracePeriodSeconds", json!(30)),
+                ("schedulerName", json!("default-scheduler")),
+                ("serviceAccountName", json!("default")),
+                ("enableServiceLinks", json!(true)),
+            ] {
+                if spec[f].is_null() {
+                    spec[f] = d;
+                }
+            }
+            default_containers(spec);
+        }
+        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => {
+            obj["status"] = json!({});
+            if rt.kind != "DaemonSet" && obj["spec"]["replicas"].is_null() {
+                obj["spec"]["replicas"] = json!(1);
+            }
+            default_containers(&mut obj["spec"]["template"]["spec"]);
+        }
+        "Ingress" => obj["status"] = json!({"loadBalancer": {}}),
+        _ => {}
+    }
+}
+
+fn default_containers(spec: &mut Value) {
+    for c in spec["containers"].as_array_mut().into_iter().flatten() {
+        for p in c["ports"].as_array_mut().into_iter().flatten() {
+            if p["protocol"].is_null() {
+                p["protocol"] = json!("TCP");
+            }
+        }
+        if c["imagePullPolicy"].is_null() {
+            let latest = c["image"].as_str().is_some_and(|i| {
+                !i.rsplit('/').next().unwrap_or(i).contains(':') || i.ends_with(":latest")
+            });
+            c["imagePullPolicy"] = json!(if latest { "Always" } else { "IfNotPresent" });
+        }
+        if c["terminationMessagePath"].is_null() {
+            c["terminationMessagePath"] = json!("/dev/termination-log");
+            c["terminationMessagePolicy"] = json!("File");
+        }
+    }
+}
+
+/// Validation and kind-specific storage work (service allocation) for a write.
+fn check_write(
+    s: &State,
+    txn: &Txn,
+    t: &Target,
+    key: &str,
+    obj: &mut Value,
+    old: Option<&Value>,
+) -> Result<(), Error> {
+    let rt = t.rt;
+    let name = str_at(obj, "metadata.name").unwrap_or("").to_string();
+    let mut causes = validate::validate(rt, obj);
+    if let Some(old) = old {
+        immutable(rt, obj, old, &mut causes);
+    }
+    if causes.is_empty() && rt.is("", "services") {
+        causes.extend(service::prepare(txn, key, obj, old, &s.ranges)?);
+    }
+    if !causes.is_empty() {
+        return Err(Status::invalid(rt.group, rt.kind, &name, &causes).into());
+    }
+    Ok(())
+}
+
+fn immutable(rt: &ResourceType, new: &Value, old: &Value, causes: &mut Vec<Cause>) {
+    if matches!(
+        rt.kind,
+        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet"
+    ) && rt.group == "apps"
+        && new["spec"]["selector"] != old["spec"]["selector"]
+    {
+        causes.push(Cause::invalid(
+            "spec.selector",
+            &new["spec"]["selector"],
+            "field is immutable",
+        ));
+    }
+    if rt.kind == "Service" && new["spec"]["type"] != "ExternalName" {
+        // clusterIP changes are checked by the allocator.
+    }
+}
+
+fn create(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Error> {
+    let rt = t.rt;
+    let mut obj = parse_body(t, &r.body)?;
+    let mut name = str_at(&obj, "metadata.name").unwrap_or("").to_string();
+    if name.is_empty() {
+        let gen_name = str_at(&obj, "metadata.generateName")
+            .unwrap_or("")
+            .to_string();
+        if gen_name.is_empty() {
+            let c = Cause::required("metadata.name", "name or generateName is required");
+            return Err(Status::invalid(rt.group, rt.kind, "", &[c]).into());
+        }
+        name = format!("{gen_name}{}", random_suffix());
+        obj["metadata"]["name"] = json!(name);
+    }
+    prepare_create(rt, &mut obj);
+    let key = key_of(t, &name);
+    let stored = s.store.write_opts(dry_run(r), |txn| {
+        if let Some(ns) = t.namespace.as_deref().filter(|_| rt.namespaced) {
+            let ns_key = resources::namespaces().key("", ns);
+            match txn.get(&ns_key)? {
+                None => return Err(Status::not_found("", "namespaces", ns).into()),
+                Some(n) if n["metadata"]["deletionTimestamp"].is_string() => {
+                    return Err(Status::new(
+                        403,
+                        "Forbidden",
+                        format!("{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated", rt.resource),
+                    )
+                    .into());
+                }
+                Some(_) => {}
+            }
+        }
+        if txn.get(&key)?.is_some() {
+            return Err(Status::already_exists(rt.group, rt.resource, &name).into());
+        }
+        check_write(s, txn, t, &key, &mut obj, None)?;
+        txn.put(&key, obj, EventType::Added)
+    })?;
+    Ok(json_response(201, &stored, "application/json"))
+}
+
+/// Applies an update (`new` built from the request) to the stored object under the
+/// rules of the main resource or the status subresource.
+fn store_update(
+    s: &State,
+    txn: &mut Txn,
+    t: &Target,
+    key: &str,
+    old: Value,
+    mut new: Value,
+) -> Result<Value, Error> {
+    let rt = t.rt;
+    let name = str_at(&old, "metadata.name").unwrap_or("").to_string();
+    let new_name = str_at(&new, "metadata.name").unwrap_or("");
+    if !new_name.is_empty() && new_name != name {
+        return Err(Status::bad_request(format!(
+            "the name of the object ({new_name}) does not match the name on the URL ({name})"
+        ))
+        .into());
+    }
+    let new_rv = str_at(&new, "metadata.resourceVersion").unwrap_or("");
+    if !new_rv.is_empty() && Some(new_rv) != str_at(&old, "metadata.resourceVersion") {
+        return Err(Status::conflict(rt.group, rt.resource, &name).into());
+    }
+    let status_only = t.sub.as_deref() == Some("status");
+    if status_only {
+        let st = new["status"].take();
+        new = old.clone();
+        new["status"] = st;
+    } else if rt.status {
+        new["status"] = old["status"].clone();
+    }
+    // Server-owned metadata stays as stored.
+    new["metadata"]["name"] = json!(name);
+    for f in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+        "namespace",
+    ] {
+        match old["metadata"].get(f) {
+            Some(v) => new["metadata"][f] = v.clone(),
+            None => {
+                if let Some(m) = new["metadata"].as_object_mut() {
+                    m.remove(f);
+                }
+            }
+        }
+    }
+    if rt.kind == "Namespace" {
+        new["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
+    }
+    if !status_only && new.get("spec") != old.get("spec") {
+        let g = old["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
+        new["metadata"]["generation"] = json!(g);
+    }
+    new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
+    check_write(s, txn, t, key, &mut new, Some(&old))?;
+    if new == old {
+        // A no-op update writes nothing and keeps the resourceVersion, as kube-apiserver does.
+        return Ok(old);
+    }
+    let finalizers_done = new["metadata"]["finalizers"]
+        .as_array()
+        .is_none_or(|f| f.is_empty());
+    if new["metadata"]["deletionTimestamp"].is_string() && finalizers_done {
+        return txn.delete(key, new);
+    }
+    txn.put(key, new, EventType::Modified)
+}
+
+fn update(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Error> {
+    let name = t.name.clone().unwrap_or_default();
+    let new = parse_body(t, &r.body)?;
+    let key = key_of(t, &name);
+    let stored = s.store.write_opts(dry_run(r), |txn| {
+        let old = txn.get(&key)?.ok_or_else(|| not_found(t, &name))?;
+        store_update(s, txn, t, &key, old, new)
+    })?;
+    Ok(json_response(200, &stored, "application/json"))
+}
+
+fn patch_object(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Error> {
+    let name = t.name.clone().unwrap_or_default();
+    let pt = PatchType::from_content_type(&r.content_type)
+        .ok_or_else(|| Status::unsupported_media_type(&r.content_type))?;
+    let key = key_of(t, &name);
+    let stored = s.store.write_opts(dry_run(r), |txn| {
+        let old = txn.get(&key)?.ok_or_else(|| not_found(t, &name))?;
+        let mut new = patch::apply(&old, &r.body, pt)?;
+        if !new.is_object() {
+            return Err(Status::bad_request("the patch did not produce an object").into());
+        }
+        if new.get("kind") != old.get("kind") || new.get("apiVersion") != old.get("apiVersion") {
+            return Err(Status::bad_request("a patch may not change kind or apiVersion").into());
+        }
+        if t.rt.namespaced {
+            new["metadata"]["namespace"] = old["metadata"]["namespace"].clone();
+        }
+        store_update(s, txn, t, &key, old, new)
+    })?;
+    Ok(json_response(200, &stored, "application/json"))
+}
+
+/// Deletes one object inside `txn`: objects with finalizers only get a deletionTimestamp;
+/// a namespace takes everything in it along.
+fn delete_in(txn: &mut Txn, rt: &ResourceType, key: &str, old: Value) -> Result<Value, Error> {
+    if old["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| !f.is_empty())
+    {
+        if old["metadata"]["deletionTimestamp"].is_string() {
+            return Ok(old);
+        }
+        let mut o = old;
+        o["metadata"]["deletionTimestamp"] = json!(rfc3339(now_secs()));
+        o["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+        return txn.put(key, o, EventType::Modified);
+    }
+    if rt.kind == "Namespace" {
+        let ns = str_at(&old, "metadata.name").unwrap_or("").to_string();
+        for other in resources::RESOURCES.iter().filter(|r| r.namespaced) {
+            for (k, o) in txn.scan(&format!("{}/{ns}/", other.storage_prefix()))? {
+                txn.delete(&k, o)?;
+            }
+        }
+    }
+    txn.delete(key, old)
+}
+
+fn check_preconditions(t: &Target, r: &Req, old: &Value, name: &str) -> Result<(), Error> {
+    if r.body.is_empty() {
+        return Ok(());
+    }
+    let opts: Value = serde_json::from_slice(&r.body)
+        .map_err(|e| Status::bad_request(format!("invalid DeleteOptions: {e}")))?;
+    let pre = &opts["preconditions"];
+    if let Some(rv) = pre["resourceVersion"].as_str()
+        && Some(rv) != str_at(old, "metadata.resourceVersion")
+    {
+        return Err(Status::conflict(t.rt.group, t.rt.resource, name).into());
+    }
+    if let Some(uid) = pre["uid"].as_str()
+        && Some(uid) != str_at(old, "metadata.uid")
+    {
+        return Err(Status::conflict(t.rt.group, t.rt.resource, name).into());
+    }
+    Ok(())
+}
+
+fn delete(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Error> {
+    if t.sub.is_some() {
+        return Err(Status::method_not_allowed("DELETE").into());
+    }
+    let name = t.name.clone().unwrap_or_default();
+    let key = key_of(t, &name);
+    let out = s.store.write_opts(dry_run(r), |txn| {
+        let old = txn.get(&key)?.ok_or_else(|| not_found(t, &name))?;
+        check_preconditions(t, r, &old, &name)?;
+        delete_in(txn, t.rt, &key, old)
+    })?;
+    Ok(json_response(200, &out, "application/json"))
+}
+
+fn delete_collection(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Error> {
+    let sel = selectors(t, r)?;
+    let prefix = prefix_of(t);
+    let deleted = s.store.write_opts(dry_run(r), |txn| {
+        let mut out = Vec::new();
+        for (k, o) in txn.scan(&prefix)? {
+            if sel.matches(&o) {
+                out.push(delete_in(txn, t.rt, &k, o)?);
+            }
+        }
+        Ok(out)
+    })?;
+    let list = json!({
+        "kind": format!("{}List", t.rt.kind),
+        "apiVersion": t.rt.api_version(),
+        "metadata": {"resourceVersion": s.store.current_rv().to_string()},
+        "items": deleted,
+    });
+    Ok(json_response(200, &list, "application/json"))
+}
+
+fn event_line(ty: &str, obj: &Value) -> Bytes {
+    let mut b = serde_json::to_vec(&json!({"type": ty, "object": obj})).unwrap_or_default();
+    b.push(b'\n');
+    Bytes::from(b)
+}
+
+async fn watch(state: Arc<State>, t: Target, r: Req) -> Result<Response<ResponseBody>, Error> {
+    let mut sel = selectors(&t, &r)?;
+    if let Some(name) = &t.name {
+        // GET .../pods/NAME?watch=true watches that one object.
+        sel.fields = FieldSelector::parse(&format!("metadata.name={name}"), t.rt.kind)?;
+    }
+    let prefix = prefix_of(&t);
+    let bookmarks = r.flag("allowWatchBookmarks");
+    let send_initial = r.flag("sendInitialEvents");
+    if send_initial && !bookmarks {
+        return Err(Status::invalid(
+            t.rt.group,
+            t.rt.kind,
+            "",
+            &[Cause::invalid(
+                "allowWatchBookmarks",
+                &json!(false),
+                "sendInitialEvents requires setting allowWatchBookmarks=true",
+            )],
+        )
+        .into());
+    }
+    let timeout = match r
+        .param("timeoutSeconds")
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        Some(secs) if secs > 0 => Duration::from_secs(secs),
+        _ => DEFAULT_WATCH_TIMEOUT,
+    };
+    let start = match r.param("resourceVersion").filter(|v| !v.is_empty()) {
+        None => None,
+        Some("0") => None,
+        Some(v) => Some(
+            v.parse::<u64>()
+                .map_err(|_| Status::bad_request(format!("invalid resource version: {v:?}")))?,
+        ),
+    };
+    // With no resourceVersion (or "0") the watch starts with the current state as ADDED
+    // events, like kube-apiserver's; sendInitialEvents does the same from any start.
+    let initial = if start.is_none() || send_initial {
+        let st = state.clone();
+        let prefix = prefix.clone();
+        let sel2 = sel.clone();
+        let page = tokio::task::spawn_blocking(move || {
+            st.store.list(&prefix, None, None, &|o| sel2.matches(o))
+        })
+        .await
+        .map_err(|e| Error::Storage(e.to_string()))??;
+        Some(page)
+    } else {
+        None
+    };
+    let mut from = initial.as_ref().map(|p| p.rv).or(start).unwrap_or(0);
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let rt = t.rt;
+    tokio::spawn(async move {
+        let bookmark = |rv: u64, end: bool| {
+            let mut meta = json!({"resourceVersion": rv.to_string()});
+            if end {
+                meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+            }
+            event_line(
+                "BOOKMARK",
+                &json!({"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": meta}),
+            )
+        };
+        if let Some(page) = initial {
+            for o in &page.items {
+                if tx.send(event_line("ADDED", o)).await.is_err() {
+                    return;
+                }
+            }
+            if send_initial && tx.send(bookmark(page.rv, true)).await.is_err() {
+                return;
+            }
+        }
+        let mut notify = state.store.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + BOOKMARK_EVERY, BOOKMARK_EVERY);
+        loop {
+            notify.borrow_and_update();
+            match state.store.events_after(from) {
+                Err(too_old) => {
+                    let st = Status::expired(from, too_old.oldest);
+                    let _ = tx.send(event_line("ERROR", &st.to_json())).await;
+                    return;
+                }
+                Ok(events) => {
+                    for e in events {
+                        from = e.rv;
+                        let wanted = e.key.starts_with(&prefix) && sel.matches(&e.object);
+                        if wanted
+                            && tx
+                                .send(event_line(e.kind.as_str(), &e.object))
+                                .await
+                                .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                changed = notify.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep_until(deadline) => return,
+                _ = tick.tick() => {
+                    if bookmarks && tx.send(bookmark(from, false)).await.is_err() {
+                        return;
+                    }
+                }
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    Ok(Response::builder()
+        .status(200)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-cache, private")
+        .body(ResponseBody(Inner::Stream(rx)))
+        .unwrap_or_else(|_| Response::new(ResponseBody::full(""))))
+}
+
+/// Creates what a fresh kube-apiserver has: the system namespaces and the `kubernetes`
+/// service on the first address of the service range.
+pub(crate) fn bootstrap(state: &State) -> Result<(), Error> {
+    let ns_rt = resources::namespaces();
+    let svc_rt = resources::services();
+    state.store.write(|txn| {
+        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            let key = ns_rt.key("", ns);
+            if txn.get(&key)?.is_none() {
+                let mut obj = json!({"kind": "Namespace", "apiVersion": "v1", "metadata": {"name": ns}, "spec": {}});
+                prepare_create(ns_rt, &mut obj);
+                txn.put(&key, obj, EventType::Added)?;
+            }
+        }
+        let key = svc_rt.key("default", "kubernetes");
+        if let Some(net) = state.ranges.cidrs.first()
+            && txn.get(&key)?.is_none()
+        {
+            let first = match net.network() {
+                std::net::IpAddr::V4(v) => std::net::IpAddr::V4((u32::from(v) + 1).into()),
+                std::net::IpAddr::V6(v) => std::net::IpAddr::V6((u128::from(v) + 1).into()),
+            };
+            let mut obj = json!({
+                "kind": "Service", "apiVersion": "v1",
+                "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+                "spec": {"clusterIP": first.to_string(), "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},
+            });
+            prepare_create(svc_rt, &mut obj);
+            let causes = service::prepare(txn, &key, &mut obj, None, &state.ranges)?;
+            if causes.is_empty() {
+                txn.put(&key, obj, EventType::Added)?;
+            }
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,309 @@
+//! Errors. Every refusal the client should see is a [`Status`] (the Kubernetes `Status`
+//! object, with kube-apiserver's reason and message); the other variants are the
+//! server's own failures and become 500s.
+
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+/// A failure of the API server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The request is refused; the client gets this `Status` with its HTTP code.
+    /// Not retryable as is (except 409 Conflict after a fresh read, and 410 by re-listing).
+    #[error("{}", .0.message)]
+    Status(Box<Status>),
+    /// The embedded database failed; the request may be retried, the data dir may need care.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// A file in the data dir could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// Making or loading the CA and certificates failed.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// A listen address could not be bound.
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// The `Status` a client sees for this error.
+    pub fn to_status(&self) -> Status {
+        match self {
+            Error::Status(s) => (**s).clone(),
+            other => Status::new(
+                500,
+                "InternalError",
+                format!("Internal error occurred: {other}"),
+            ),
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+impl From<Status> for Error {
+    fn from(s: Status) -> Error {
+        Error::Status(Box::new(s))
+    }
+}
+
+pub(crate) fn storage<E: Into<redb::Error>>(e: E) -> Error {
+    Error::Storage(e.into().to_string())
+}
+
+/// The Kubernetes `Status` object that carries a refusal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    /// HTTP status code.
+    pub code: u16,
+    /// Machine-readable reason (`NotFound`, `AlreadyExists`, `Invalid`, ...).
+    pub reason: String,
+    /// Human-readable message, as kube-apiserver words it.
+    pub message: String,
+    /// `details` (name, group, kind, causes), when there are any.
+    pub details: Option<Value>,
+}
+
+/// One field error of a 422 Invalid: `spec.ports[0].port: Invalid value: 70000: ...`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cause {
+    /// `FieldValueInvalid`, `FieldValueRequired`, `FieldValueNotSupported`, `FieldValueDuplicate`, ...
+    pub reason: &'static str,
+    /// Path of the field: `spec.ports[0].port`.
+    pub field: String,
+    /// The message without the field: `Invalid value: 70000: must be between 1 and 65535, inclusive`.
+    pub message: String,
+}
+
+impl Cause {
+    pub(crate) fn invalid(field: impl Into<String>, value: &Value, detail: &str) -> Cause {
+        Cause {
+            reason: "FieldValueInvalid",
+            field: field.into(),
+            message: format!("Invalid value: {}: {detail}", go_value(value)),
+        }
+    }
+    pub(crate) fn required(field: impl Into<String>, detail: &str) -> Cause {
+        let message = if detail.is_empty() {
+            "Required value".to_string()
+        } else {
+            format!("Required value: {detail}")
+        };
+        Cause {
+            reason: "FieldValueRequired",
+            field: field.into(),
+            message,
+        }
+    }
+    pub(crate) fn not_supported(
+        field: impl Into<String>,
+        value: &Value,
+        allowed: &[&str],
+    ) -> Cause {
+        let allowed: Vec<String> = allowed.iter().map(|a| format!("\"{a}\"")).collect();
+        Cause {
+            reason: "FieldValueNotSupported",
+            field: field.into(),
+            message: format!(
+                "Unsupported value: {}: supported values: {}",
+                go_value(value),
+                allowed.join(", ")
+            ),
+        }
+    }
+    pub(crate) fn duplicate(field: impl Into<String>, value: &Value) -> Cause {
+        Cause {
+            reason: "FieldValueDuplicate",
+            field: field.into(),
+            message: format!("Duplicate value: {}", go_value(value)),
+        }
+    }
+}
+
+/// How kube-apiserver prints a value in a field error: strings quoted, numbers bare.
+fn go_value(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{s:?}"),
+        other => other.to_string(),
+    }
+}
+
+impl Status {
+    pub(crate) fn new(code: u16, reason: &str, message: impl Into<String>) -> Status {
+        Status {
+            code,
+            reason: reason.to_string(),
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    fn with_details(mut self, group: &str, kind: &str, name: &str) -> Status {
+        let mut d = json!({ "name": name, "kind": kind });
+        if !group.is_empty() {
+            d["group"] = json!(group);
+        }
+        self.details = Some(d);
+        self
+    }
+
+    /// `pods "web" not found`.
+    pub(crate) fn not_found(group: &str, resource: &str, name: &str) -> Status {
+        Status::new(
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", qualified(group, resource)),
+        )
+        .with_details(group, resource, name)
+    }
+
+    /// `pods "web" already exists`.
+    pub(crate) fn already_exists(group: &str, resource: &str, name: &str) -> Status {
+        Status::new(
+            409,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", qualified(group, resource)),
+        )
+        .with_details(group, resource, name)
+    }
+
+    /// Stale resourceVersion on update.
+    pub(crate) fn conflict(group: &str, resource: &str, name: &str) -> Status {
+        Status::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                qualified(group, resource)
+            ),
+        )
+        .with_details(group, resource, name)
+    }
+
+    /// 422 Invalid: `Service "web" is invalid: spec.ports[0].port: Invalid value: ...`.
+    pub(crate) fn invalid(group: &str, kind: &str, name: &str, causes: &[Cause]) -> Status {
+        let parts: Vec<String> = causes
+            .iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect();
+        let joined = if parts.len() == 1 {
+            parts[0].clone()
+        } else {
+            format!("[{}]", parts.join(", "))
+        };
+        let mut s = Status::new(
+            422,
+            "Invalid",
+            format!("{kind} \"{name}\" is invalid: {joined}"),
+        )
+        .with_details(group, kind, name);
+        if let Some(d) = s.details.as_mut() {
+            d["causes"] = causes
+                .iter()
+                .map(|c| json!({ "reason": c.reason, "message": c.message, "field": c.field }))
+                .collect();
+        }
+        s
+    }
+
+    pub(crate) fn bad_request(message: impl Into<String>) -> Status {
+        Status::new(400, "BadRequest", message)
+    }
+
+    pub(crate) fn unauthorized() -> Status {
+        Status::new(401, "Unauthorized", "Unauthorized")
+    }
+
+    pub(crate) fn not_found_path() -> Status {
+        Status::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+        .with_details("", "", "")
+        .without_empty_details()
+    }
+
+    fn without_empty_details(mut self) -> Status {
+        self.details = Some(json!({}));
+        self
+    }
+
+    pub(crate) fn method_not_allowed(method: &str) -> Status {
+        Status::new(
+            405,
+            "MethodNotAllowed",
+            format!("the server does not allow this method on the requested resource ({method})"),
+        )
+    }
+
+    pub(crate) fn unsupported_media_type(ct: &str) -> Status {
+        Status::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {ct:?})"
+            ),
+        )
+    }
+
+    pub(crate) fn too_large() -> Status {
+        Status::new(
+            413,
+            "RequestEntityTooLarge",
+            "Request entity too large: limit is 3145728",
+        )
+    }
+
+    /// A watch from a resourceVersion the event log no longer holds.
+    pub(crate) fn expired(requested: u64, oldest: u64) -> Status {
+        Status::new(
+            410,
+            "Expired",
+            format!("too old resource version: {requested} ({oldest})"),
+        )
+    }
+
+    /// The JSON a client reads.
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        });
+        if let Some(d) = &self.details {
+            v["details"] = d.clone();
+        }
+        v
+    }
+}
+
+fn qualified(group: &str, resource: &str) -> String {
+    if group.is_empty() {
+        resource.to_string()
+    } else {
+        format!("{resource}.{group}")
+    }
+}

@@ -1,0 +1,426 @@
+//! Storage: objects as JSON in redb, keyed `group/resource/namespace/name`, with one
+//! global resourceVersion that only grows. Every write bumps it and stores it in the
+//! same transaction as the object, and the transaction is committed (fsynced) before the
+//! write is acknowledged. Watchers read a bounded in-memory event log; a resourceVersion
+//! older than the log gets 410 Expired, so clients re-list (kine does the same).
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::error::{Error, storage};
+
+const OBJECTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("objects");
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+const RV_KEY: &str = "resourceVersion";
+
+/// How many events the watch log keeps; a watch from further back gets 410.
+pub(crate) const DEFAULT_LOG_CAPACITY: usize = 10_000;
+
+/// What happened to an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl EventType {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One committed change, as watchers see it.
+#[derive(Debug)]
+pub(crate) struct Event {
+    pub(crate) rv: u64,
+    pub(crate) kind: EventType,
+    /// The storage key.
+    pub(crate) key: String,
+    /// The object after the change (for DELETED: the last state, with the deletion's RV).
+    pub(crate) object: Value,
+}
+
+struct EventLog {
+    events: VecDeque<Arc<Event>>,
+    /// Watches starting at a resourceVersion >= this one can be served from the log.
+    oldest: u64,
+    capacity: usize,
+}
+
+/// Why a watch cannot start where it asked.
+#[derive(Debug)]
+pub(crate) struct TooOld {
+    pub(crate) oldest: u64,
+}
+
+pub(crate) struct Store {
+    db: Database,
+    /// Serialises writers so that events enter the log in resourceVersion order.
+    writer: Mutex<()>,
+    log: Mutex<EventLog>,
+    rv_tx: watch::Sender<u64>,
+}
+
+/// A write in progress: read, then put and delete; committed by [`Store::write`].
+pub(crate) struct Txn {
+    tx: redb::WriteTransaction,
+    rv: u64,
+    events: Vec<Event>,
+}
+
+/// One page of a list.
+pub(crate) struct Page {
+    pub(crate) items: Vec<Value>,
+    pub(crate) rv: u64,
+    /// Key to continue after, when there are more matching items.
+    pub(crate) next: Option<String>,
+}
+
+/// The end of the key range of everything under `prefix` (which ends with `/`).
+fn prefix_end(prefix: &str) -> String {
+    // '/' + 1 == '0': every key under "a/b/" sorts before "a/b0".
+    let mut end = prefix.trim_end_matches('/').to_string();
+    end.push('0');
+    end
+}
+
+impl Store {
+    pub(crate) fn open(path: &Path, log_capacity: usize) -> Result<Store, Error> {
+        let db = Database::create(path).map_err(storage)?;
+        let tx = db.begin_write().map_err(storage)?;
+        let rv = {
+            tx.open_table(OBJECTS).map_err(storage)?;
+            let meta = tx.open_table(META).map_err(storage)?;
+            meta.get(RV_KEY)
+                .map_err(storage)?
+                .map(|g| g.value())
+                .unwrap_or(0)
+        };
+        tx.commit().map_err(storage)?;
+        let (rv_tx, _) = watch::channel(rv);
+        Ok(Store {
+            db,
+            writer: Mutex::new(()),
+            log: Mutex::new(EventLog {
+                events: VecDeque::new(),
+                oldest: rv,
+                capacity: log_capacity.max(1),
+            }),
+            rv_tx,
+        })
+    }
+
+    pub(crate) fn current_rv(&self) -> u64 {
+        *self.rv_tx.borrow()
+    }
+
+    /// Notified after every commit with the new resourceVersion.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.rv_tx.subscribe()
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Result<Option<Value>, Error> {
+        let tx = self.db.begin_read().map_err(storage)?;
+        let t = tx.open_table(OBJECTS).map_err(storage)?;
+        let v = t.get(key).map_err(storage)?;
+        v.map(|g| decode(g.value())).transpose()
+    }
+
+    /// Objects under `prefix` (`core/pods/` or `core/pods/default/`), in key order, after
+    /// `after` when continuing, keeping those `keep` accepts, at most `limit` of them.
+    pub(crate) fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: Option<usize>,
+        keep: &dyn Fn(&Value) -> bool,
+    ) -> Result<Page, Error> {
+        let tx = self.db.begin_read().map_err(storage)?;
+        let meta = tx.open_table(META).map_err(storage)?;
+        let rv = meta
+            .get(RV_KEY)
+            .map_err(storage)?
+            .map(|g| g.value())
+            .unwrap_or(0);
+        let t = tx.open_table(OBJECTS).map_err(storage)?;
+        let end = prefix_end(prefix);
+        let start = after.unwrap_or(prefix);
+        let mut items = Vec::new();
+        let mut next = None;
+        for entry in t.range(start..end.as_str()).map_err(storage)? {
+            let (k, v) = entry.map_err(storage)?;
+            if Some(k.value()) == after {
+                continue;
+            }
+            let obj = decode(v.value())?;
+            if !keep(&obj) {
+                continue;
+            }
+            if limit.is_some_and(|l| items.len() >= l) {
+                next = Some(last_key(prefix, &items));
+                break;
+            }
+            items.push(obj);
+        }
+        Ok(Page { items, rv, next })
+    }
+
+    /// Runs `f` in one write transaction and commits it durably; on error nothing is written.
+    pub(crate) fn write<T>(
+        &self,
+        f: impl FnOnce(&mut Txn) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        self.write_opts(false, f)
+    }
+
+    /// [`Store::write`], or with `dry_run` everything but the commit (`?dryRun=All`).
+    pub(crate) fn write_opts<T>(
+        &self,
+        dry_run: bool,
+        f: impl FnOnce(&mut Txn) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = self.db.begin_write().map_err(storage)?;
+        let rv = {
+            let meta = tx.open_table(META).map_err(storage)?;
+            meta.get(RV_KEY)
+                .map_err(storage)?
+                .map(|g| g.value())
+                .unwrap_or(0)
+        };
+        let mut txn = Txn {
+            tx,
+            rv,
+            events: Vec::new(),
+        };
+        let out = f(&mut txn)?;
+        let Txn { tx, rv, events } = txn;
+        if events.is_empty() || dry_run {
+            tx.abort().map_err(storage)?;
+            return Ok(out);
+        }
+        {
+            let mut meta = tx.open_table(META).map_err(storage)?;
+            meta.insert(RV_KEY, rv).map_err(storage)?;
+        }
+        tx.commit().map_err(storage)?;
+        {
+            let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+            for e in events {
+                log.events.push_back(Arc::new(e));
+            }
+            while log.events.len() > log.capacity {
+                if let Some(e) = log.events.pop_front() {
+                    log.oldest = e.rv;
+                }
+            }
+        }
+        self.rv_tx.send_replace(rv);
+        Ok(out)
+    }
+
+    /// Events after `rv` (in order), or [`TooOld`] when the log no longer reaches back there.
+    pub(crate) fn events_after(&self, rv: u64) -> Result<Vec<Arc<Event>>, TooOld> {
+        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        if rv < log.oldest {
+            return Err(TooOld { oldest: log.oldest });
+        }
+        let start = log.events.partition_point(|e| e.rv <= rv);
+        Ok(log.events.range(start..).cloned().collect())
+    }
+}
+
+fn last_key(prefix: &str, items: &[Value]) -> String {
+    // Keys are derived from the objects themselves; the prefix names the resource.
+    let parts: Vec<&str> = prefix.splitn(3, '/').collect();
+    let base = format!("{}/{}", parts[0], parts.get(1).copied().unwrap_or(""));
+    let last = items.last();
+    let ns = last
+        .and_then(|o| crate::util::str_at(o, "metadata.namespace"))
+        .unwrap_or("");
+    let name = last
+        .and_then(|o| crate::util::str_at(o, "metadata.name"))
+        .unwrap_or("");
+    format!("{base}/{ns}/{name}")
+}
+
+fn decode(bytes: &[u8]) -> Result<Value, Error> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Storage(format!("corrupt object: {e}")))
+}
+
+impl Txn {
+    pub(crate) fn get(&self, key: &str) -> Result<Option<Value>, Error> {
+        let t = self.tx.open_table(OBJECTS).map_err(storage)?;
+        let v = t.get(key).map_err(storage)?;
+        v.map(|g| decode(g.value())).transpose()
+    }
+
+    /// All objects under `prefix`, with their keys.
+    pub(crate) fn scan(&self, prefix: &str) -> Result<Vec<(String, Value)>, Error> {
+        let t = self.tx.open_table(OBJECTS).map_err(storage)?;
+        let end = prefix_end(prefix);
+        let mut out = Vec::new();
+        for entry in t.range(prefix..end.as_str()).map_err(storage)? {
+            let (k, v) = entry.map_err(storage)?;
+            out.push((k.value().to_string(), decode(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Stores `obj` under `key` with the next resourceVersion and returns it as stored.
+    pub(crate) fn put(
+        &mut self,
+        key: &str,
+        mut obj: Value,
+        kind: EventType,
+    ) -> Result<Value, Error> {
+        self.rv += 1;
+        obj["metadata"]["resourceVersion"] = Value::String(self.rv.to_string());
+        let bytes = serde_json::to_vec(&obj).map_err(|e| Error::Storage(e.to_string()))?;
+        let mut t = self.tx.open_table(OBJECTS).map_err(storage)?;
+        t.insert(key, bytes.as_slice()).map_err(storage)?;
+        self.events.push(Event {
+            rv: self.rv,
+            kind,
+            key: key.to_string(),
+            object: obj.clone(),
+        });
+        Ok(obj)
+    }
+
+    /// Removes `key`; `last` is its last state, returned with the deletion's resourceVersion.
+    pub(crate) fn delete(&mut self, key: &str, mut last: Value) -> Result<Value, Error> {
+        self.rv += 1;
+        last["metadata"]["resourceVersion"] = Value::String(self.rv.to_string());
+        let mut t = self.tx.open_table(OBJECTS).map_err(storage)?;
+        t.remove(key).map_err(storage)?;
+        self.events.push(Event {
+            rv: self.rv,
+            kind: EventType::Deleted,
+            key: key.to_string(),
+            object: last.clone(),
+        });
+        Ok(last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn store(dir: &tempfile::TempDir, cap: usize) -> Store {
+        Store::open(&dir.path().join("db"), cap).unwrap()
+    }
+
+    #[test]
+    fn rv_grows_and_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = store(&dir, 10);
+            s.write(|t| {
+                t.put(
+                    "core/pods/a/x",
+                    json!({"metadata":{"name":"x","namespace":"a"}}),
+                    EventType::Added,
+                )
+            })
+            .unwrap();
+            s.write(|t| {
+                t.put(
+                    "core/pods/b/y",
+                    json!({"metadata":{"name":"y","namespace":"b"}}),
+                    EventType::Added,
+                )
+            })
+            .unwrap();
+            assert_eq!(s.current_rv(), 2);
+        }
+        let s = store(&dir, 10);
+        assert_eq!(s.current_rv(), 2);
+        let x = s.get("core/pods/a/x").unwrap().unwrap();
+        assert_eq!(x["metadata"]["resourceVersion"], "1");
+        // The log starts at the persisted RV after a restart.
+        assert!(s.events_after(1).is_err());
+        assert!(s.events_after(2).unwrap().is_empty());
+    }
+
+    #[test]
+    fn failed_write_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir, 10);
+        let r: Result<(), Error> = s.write(|t| {
+            t.put("core/pods/a/x", json!({"metadata":{}}), EventType::Added)?;
+            Err(Error::Storage("refused".into()))
+        });
+        assert!(r.is_err());
+        assert_eq!(s.current_rv(), 0);
+        assert!(s.get("core/pods/a/x").unwrap().is_none());
+    }
+
+    #[test]
+    fn list_pages_and_prefixes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir, 10);
+        for (ns, n) in [("a", "p1"), ("a", "p2"), ("b", "p3")] {
+            s.write(|t| {
+                t.put(
+                    &format!("core/pods/{ns}/{n}"),
+                    json!({"metadata":{"name":n,"namespace":ns}}),
+                    EventType::Added,
+                )
+            })
+            .unwrap();
+        }
+        s.write(|t| {
+            t.put(
+                "core/podsx/a/q",
+                json!({"metadata":{"name":"q","namespace":"a"}}),
+                EventType::Added,
+            )
+        })
+        .unwrap();
+        let all = s.list("core/pods/", None, None, &|_| true).unwrap();
+        assert_eq!(all.items.len(), 3);
+        let a = s.list("core/pods/a/", None, None, &|_| true).unwrap();
+        assert_eq!(a.items.len(), 2);
+        let p = s.list("core/pods/", None, Some(2), &|_| true).unwrap();
+        assert_eq!(p.items.len(), 2);
+        let next = p.next.unwrap();
+        assert_eq!(next, "core/pods/a/p2");
+        let p2 = s
+            .list("core/pods/", Some(&next), Some(2), &|_| true)
+            .unwrap();
+        assert_eq!(p2.items.len(), 1);
+        assert!(p2.next.is_none());
+    }
+
+    #[test]
+    fn log_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir, 3);
+        for i in 0..5 {
+            s.write(|t| {
+                t.put(
+                    &format!("core/pods/a/p{i}"),
+                    json!({"metadata":{}}),
+                    EventType::Added,
+                )
+            })
+            .unwrap();
+        }
+        assert_eq!(s.events_after(5).unwrap().len(), 0);
+        assert_eq!(s.events_after(2).unwrap().len(), 3);
+        assert_eq!(s.events_after(1).unwrap_err().oldest, 2);
+    }
+}

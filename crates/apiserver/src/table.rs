@@ -1,0 +1,463 @@
+//! Server-side printing: `meta.k8s.io/v1 Table` with kube-apiserver's columns, which is
+//! what `kubectl get` asks for and prints.
+
+use serde_json::{Value, json};
+
+use crate::resources::ResourceType;
+use crate::util::{human_duration, now_secs, parse_rfc3339, str_at};
+
+/// Whether the Accept header asks for a Table.
+pub(crate) fn wants_table(accept: &str) -> bool {
+    accept
+        .split(',')
+        .next()
+        .is_some_and(|first| first.contains("as=Table"))
+        || {
+            // kubectl lists Table first; honour it anywhere when no plain JSON comes before it.
+            let parts: Vec<&str> = accept.split(',').collect();
+            parts
+                .iter()
+                .position(|p| p.contains("as=Table"))
+                .is_some_and(|i| {
+                    parts[..i]
+                        .iter()
+                        .all(|p| p.contains("as=") || p.trim().is_empty())
+                })
+        }
+}
+
+pub(crate) const CONTENT_TYPE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io";
+
+fn col(name: &str, ty: &str, format: &str, description: &str, priority: u8) -> Value {
+    json!({"name": name, "type": ty, "format": format, "description": description, "priority": priority})
+}
+
+fn columns(kind: &str) -> Vec<Value> {
+    let name = col(
+        "Name",
+        "string",
+        "name",
+        "Name must be unique within a namespace.",
+        0,
+    );
+    let age = col(
+        "Age",
+        "string",
+        "",
+        "CreationTimestamp is a timestamp representing the server time when this object was created.",
+        0,
+    );
+    let s = |n: &str, d: &str| col(n, "string", "", d, 0);
+    let wide = |n: &str, d: &str| col(n, "string", "", d, 1);
+    match kind {
+        "Service" => vec![
+            name,
+            s("Type", "type determines how the Service is exposed."),
+            s("Cluster-IP", "clusterIP is the IP address of the service."),
+            s(
+                "External-IP",
+                "externalIPs is a list of IP addresses for which nodes in the cluster will also accept traffic for this service.",
+            ),
+            s(
+                "Port(s)",
+                "The list of ports that are exposed by this service.",
+            ),
+            age,
+            wide(
+                "Selector",
+                "Route service traffic to pods with label keys and values matching this selector.",
+            ),
+        ],
+        "Endpoints" => vec![
+            name,
+            s(
+                "Endpoints",
+                "Endpoints is the list of endpoints in the subsets.",
+            ),
+            age,
+        ],
+        "Pod" => vec![
+            name,
+            s(
+                "Ready",
+                "The aggregate readiness state of this pod for accepting traffic.",
+            ),
+            s(
+                "Status",
+                "The aggregate status of the containers in this pod.",
+            ),
+            s(
+                "Restarts",
+                "The number of times the containers in this pod have been restarted.",
+            ),
+            age,
+            wide("IP", "podIP address allocated to the pod."),
+            wide("Node", "Name of the Node that the Pod is running on."),
+            wide(
+                "Nominated Node",
+                "nominatedNodeName is set when this pod preempts other pods on the node.",
+            ),
+            wide(
+                "Readiness Gates",
+                "If specified, all readiness gates will be evaluated for pod readiness.",
+            ),
+        ],
+        "Namespace" => vec![name, s("Status", "The status of the namespace"), age],
+        "Node" => vec![
+            name,
+            s("Status", "The status of the node"),
+            s("Roles", "The roles of the node"),
+            age,
+            s("Version", "Kubelet Version reported by the node."),
+            wide("Internal-IP", "List of addresses reachable to the node."),
+        ],
+        "Deployment" => vec![
+            name,
+            s("Ready", "Number of the pod with ready state"),
+            col(
+                "Up-to-date",
+                "integer",
+                "",
+                "Total number of non-terminated pods targeted by this deployment that have the desired template spec.",
+                0,
+            ),
+            col(
+                "Available",
+                "integer",
+                "",
+                "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.",
+                0,
+            ),
+            age,
+        ],
+        _ => vec![name, age],
+    }
+}
+
+fn age(obj: &Value) -> String {
+    str_at(obj, "metadata.creationTimestamp")
+        .and_then(parse_rfc3339)
+        .map(|t| human_duration(now_secs() - t))
+        .unwrap_or_else(|| "<unknown>".into())
+}
+
+fn none_if_empty(s: String) -> String {
+    if s.is_empty() { "<none>".into() } else { s }
+}
+
+fn join_strs(v: &Value, sep: &str) -> String {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(sep)
+        })
+        .unwrap_or_default()
+}
+
+fn service_cells(o: &Value) -> Vec<Value> {
+    let spec = &o["spec"];
+    let ty = spec["type"].as_str().unwrap_or("ClusterIP");
+    let cluster_ip = none_if_empty(spec["clusterIP"].as_str().unwrap_or("").to_string());
+    let external_ips = join_strs(&spec["externalIPs"], ",");
+    let external = match ty {
+        "ExternalName" => spec["externalName"].as_str().unwrap_or("").to_string(),
+        "LoadBalancer" => {
+            let mut ips: Vec<String> = o["status"]["loadBalancer"]["ingress"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| {
+                    i["ip"]
+                        .as_str()
+                        .or(i["hostname"].as_str())
+                        .map(str::to_string)
+                })
+                .collect();
+            if !external_ips.is_empty() {
+                ips.push(external_ips.clone());
+            }
+            if ips.is_empty() {
+                "<pending>".into()
+            } else {
+                ips.join(",")
+            }
+        }
+        _ => none_if_empty(external_ips),
+    };
+    let ports: Vec<String> = spec["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let proto = p["protocol"].as_str().unwrap_or("TCP");
+            match p["nodePort"].as_i64().filter(|n| *n != 0) {
+                Some(np) => format!("{}:{np}/{proto}", p["port"]),
+                None => format!("{}/{proto}", p["port"]),
+            }
+        })
+        .collect();
+    let selector = spec["selector"]
+        .as_object()
+        .map(|m| {
+            let mut v: Vec<String> = m
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect();
+            v.sort();
+            v.join(",")
+        })
+        .unwrap_or_default();
+    vec![
+        json!(ty),
+        json!(cluster_ip),
+        json!(external),
+        json!(none_if_empty(ports.join(","))),
+        json!(age(o)),
+        json!(none_if_empty(selector)),
+    ]
+}
+
+/// kube's `formatEndpoints`: `ip:port` for every address and port, at most three, then
+/// `+ N more...`.
+fn endpoints_cell(o: &Value) -> String {
+    let mut list = Vec::new();
+    let mut count = 0usize;
+    for ss in o["subsets"].as_array().into_iter().flatten() {
+        let addrs: Vec<&str> = ss["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["ip"].as_str())
+            .collect();
+        let ports = ss["ports"].as_array().cloned().unwrap_or_default();
+        if ports.is_empty() {
+            for a in &addrs {
+                count += 1;
+                if list.len() < 3 {
+                    list.push(a.to_string());
+                }
+            }
+        } else {
+            for p in &ports {
+                for a in &addrs {
+                    count += 1;
+                    if list.len() < 3 {
+                        let port = p["port"].as_i64().unwrap_or(0);
+                        if a.contains(':') {
+                            list.push(format!("[{a}]:{port}"));
+                        } else {
+                            list.push(format!("{a}:{port}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut s = list.join(",");
+    if count > list.len() {
+        s.push_str(&format!(" + {} more...", count - list.len()));
+    }
+    none_if_empty(s)
+}
+
+fn pod_cells(o: &Value) -> Vec<Value> {
+    let containers = o["spec"]["containers"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0);
+    let statuses = o["status"]["containerStatuses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let ready = statuses
+        .iter()
+        .filter(|s| s["ready"] == json!(true))
+        .count();
+    let restarts: i64 = statuses
+        .iter()
+        .filter_map(|s| s["restartCount"].as_i64())
+        .sum();
+    let mut status = o["status"]["reason"]
+        .as_str()
+        .or(o["status"]["phase"].as_str())
+        .unwrap_or("Unknown")
+        .to_string();
+    for s in &statuses {
+        if let Some(r) = s["state"]["waiting"]["reason"]
+            .as_str()
+            .or(s["state"]["terminated"]["reason"].as_str())
+        {
+            status = r.to_string();
+        }
+    }
+    if o["metadata"]["deletionTimestamp"].is_string() {
+        status = "Terminating".into();
+    }
+    vec![
+        json!(format!("{ready}/{containers}")),
+        json!(status),
+        json!(restarts),
+        json!(age(o)),
+        json!(none_if_empty(
+            o["status"]["podIP"].as_str().unwrap_or("").to_string()
+        )),
+        json!(none_if_empty(
+            o["spec"]["nodeName"].as_str().unwrap_or("").to_string()
+        )),
+        json!(none_if_empty(
+            o["status"]["nominatedNodeName"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        )),
+        json!("<none>"),
+    ]
+}
+
+fn node_cells(o: &Value) -> Vec<Value> {
+    let ready = o["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready");
+    let mut status = match ready.and_then(|c| c["status"].as_str()) {
+        Some("True") => "Ready".to_string(),
+        Some(_) => "NotReady".to_string(),
+        None => "Unknown".to_string(),
+    };
+    if o["spec"]["unschedulable"] == json!(true) {
+        status.push_str(",SchedulingDisabled");
+    }
+    let mut roles: Vec<String> = o["metadata"]["labels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, _)| {
+            k.strip_prefix("node-role.kubernetes.io/")
+                .map(str::to_string)
+        })
+        .collect();
+    roles.sort();
+    let internal = o["status"]["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["type"] == "InternalIP");
+    vec![
+        json!(status),
+        json!(none_if_empty(roles.join(","))),
+        json!(age(o)),
+        json!(
+            o["status"]["nodeInfo"]["kubeletVersion"]
+                .as_str()
+                .unwrap_or("")
+        ),
+        json!(
+            internal
+                .and_then(|a| a["address"].as_str())
+                .unwrap_or("<none>")
+        ),
+    ]
+}
+
+fn cells(kind: &str, o: &Value) -> Vec<Value> {
+    let mut c = vec![json!(o["metadata"]["name"].as_str().unwrap_or(""))];
+    match kind {
+        "Service" => c.extend(service_cells(o)),
+        "Endpoints" => c.extend([json!(endpoints_cell(o)), json!(age(o))]),
+        "Pod" => c.extend(pod_cells(o)),
+        "Namespace" => c.extend([
+            json!(o["status"]["phase"].as_str().unwrap_or("Active")),
+            json!(age(o)),
+        ]),
+        "Node" => c.extend(node_cells(o)),
+        "Deployment" => {
+            let st = &o["status"];
+            let n = |v: &Value| v.as_i64().unwrap_or(0);
+            c.extend([
+                json!(format!(
+                    "{}/{}",
+                    n(&st["readyReplicas"]),
+                    o["spec"]["replicas"].as_i64().unwrap_or(1)
+                )),
+                json!(n(&st["updatedReplicas"])),
+                json!(n(&st["availableReplicas"])),
+                json!(age(o)),
+            ]);
+        }
+        _ => c.push(json!(age(o))),
+    }
+    c
+}
+
+/// A Table of `items`; `include_object` is `None`, `Object` or (default) `Metadata`.
+pub(crate) fn table(rt: &ResourceType, items: &[Value], list_meta: Value, include: &str) -> Value {
+    let rows: Vec<Value> = items
+        .iter()
+        .map(|o| {
+            let object = match include {
+                "None" => Value::Null,
+                "Object" => o.clone(),
+                _ => json!({
+                    "kind": "PartialObjectMetadata",
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": o["metadata"].clone(),
+                }),
+            };
+            json!({"cells": cells(rt.kind, o), "object": object})
+        })
+        .collect();
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": list_meta,
+        "columnDefinitions": columns(rt.kind),
+        "rows": rows,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::lookup;
+
+    #[test]
+    fn endpoints_and_services() {
+        let ep = json!({"metadata": {"name": "website"}, "subsets": [{"addresses": [{"ip": "10.10.10.10"}], "ports": [{"port": 80}]}]});
+        assert_eq!(endpoints_cell(&ep), "10.10.10.10:80");
+        let many = json!({"subsets": [{"addresses": [{"ip": "a"}, {"ip": "b"}, {"ip": "c"}, {"ip": "d"}], "ports": [{"port": 1}]}]});
+        assert_eq!(endpoints_cell(&many), "a:1,b:1,c:1 + 1 more...");
+        let svc = json!({"metadata": {"name": "web"}, "spec": {"type": "NodePort", "clusterIP": "10.96.1.0",
+            "ports": [{"port": 80, "nodePort": 31100, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}]}});
+        let c = cells("Service", &svc);
+        assert_eq!(
+            c[..5],
+            [
+                json!("web"),
+                json!("NodePort"),
+                json!("10.96.1.0"),
+                json!("<none>"),
+                json!("80:31100/TCP,53/UDP")
+            ]
+        );
+        let lb = json!({"metadata": {"name": "lb"}, "spec": {"type": "LoadBalancer", "clusterIP": "10.96.1.1", "ports": []}});
+        assert_eq!(cells("Service", &lb)[3], json!("<pending>"));
+        let rt = lookup("", "v1", "endpoints").unwrap();
+        let t = table(rt, &[ep], json!({}), "");
+        assert_eq!(t["columnDefinitions"].as_array().unwrap().len(), 3);
+        assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+    }
+
+    #[test]
+    fn accept_negotiation() {
+        assert!(wants_table(
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
+        ));
+        assert!(!wants_table("application/json"));
+        assert!(!wants_table(
+            "application/json, application/json;as=Table;v=v1;g=meta.k8s.io"
+        ));
+    }
+}

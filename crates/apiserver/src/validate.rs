@@ -1,0 +1,387 @@
+//! Validation with kube-apiserver's rules and messages. Each check returns the field
+//! errors ([`Cause`]s); the handler turns a non-empty list into a 422 Invalid.
+
+use serde_json::Value;
+
+use crate::error::Cause;
+use crate::resources::{NameRule, ResourceType};
+
+const SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+const LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+const DNS1035_MSG: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
+
+fn is_label(s: &str) -> bool {
+    s.len() <= 63 && is_label_format(s)
+}
+
+/// The label regex alone, without the length limit (kube reports the two separately).
+fn is_label_format(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+pub(crate) fn is_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_label)
+}
+
+fn is_dns1035_format(s: &str) -> bool {
+    is_label_format(s) && s.as_bytes()[0].is_ascii_lowercase()
+}
+
+/// The errors of `name` under `rule` (empty when it is valid).
+pub(crate) fn name_errors(rule: NameRule, name: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    match rule {
+        NameRule::Subdomain => {
+            if name.len() > 253 {
+                errs.push("must be no more than 253 characters".to_string());
+            }
+            if !is_subdomain(name) {
+                errs.push(SUBDOMAIN_MSG.to_string());
+            }
+        }
+        NameRule::Label | NameRule::Dns1035 => {
+            if name.len() > 63 {
+                errs.push("must be no more than 63 characters".to_string());
+            }
+            let ok = if rule == NameRule::Label {
+                is_label_format(name)
+            } else {
+                is_dns1035_format(name)
+            };
+            if !ok {
+                errs.push(
+                    if rule == NameRule::Label {
+                        LABEL_MSG
+                    } else {
+                        DNS1035_MSG
+                    }
+                    .to_string(),
+                );
+            }
+        }
+        NameRule::Path => {
+            if name == "." || name == ".." {
+                errs.push(format!("may not be '{name}'"));
+            }
+            if name.contains('/') || name.contains('%') {
+                errs.push("may not contain '/' or '%'".to_string());
+            }
+        }
+    }
+    errs
+}
+
+/// Validates an object about to be stored.
+pub(crate) fn validate(rt: &ResourceType, obj: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let name = obj["metadata"]["name"].as_str().unwrap_or("");
+    for e in name_errors(rt.name_rule, name) {
+        causes.push(Cause::invalid(
+            "metadata.name",
+            &Value::String(name.to_string()),
+            &e,
+        ));
+    }
+    labels(obj, &mut causes);
+    match rt.kind {
+        "Service" => service(obj, &mut causes),
+        "Pod" => pod_spec(&obj["spec"], "spec", &mut causes),
+        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => workload(obj, &mut causes),
+        _ => {}
+    }
+    causes
+}
+
+fn labels(obj: &Value, causes: &mut Vec<Cause>) {
+    let Some(labels) = obj["metadata"]["labels"].as_object() else {
+        return;
+    };
+    for (k, v) in labels {
+        let (prefix, name) = k.rsplit_once('/').unwrap_or(("", k));
+        let name_ok = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !name_ok || (!prefix.is_empty() && !is_subdomain(prefix)) {
+            causes.push(Cause::invalid(
+                "metadata.labels",
+                &Value::String(k.clone()),
+                "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')",
+            ));
+        }
+        let v = v.as_str().unwrap_or("");
+        let v_ok = v.is_empty()
+            || (v.len() <= 63
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && v.ends_with(|c: char| c.is_ascii_alphanumeric()));
+        if !v_ok {
+            causes.push(Cause::invalid(
+                "metadata.labels",
+                &Value::String(v.to_string()),
+                "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')",
+            ));
+        }
+    }
+}
+
+const PORT_RANGE: &str = "must be between 1 and 65535, inclusive";
+const PROTOCOLS: &[&str] = &["SCTP", "TCP", "UDP"];
+const SERVICE_TYPES: &[&str] = &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"];
+
+fn port_number_ok(v: &Value) -> bool {
+    v.as_i64().is_some_and(|p| (1..=65535).contains(&p))
+}
+
+/// `targetPort`: a number in range or an IANA service name.
+fn target_port_ok(v: &Value) -> Option<&'static str> {
+    match v {
+        Value::Number(_) => (!port_number_ok(v)).then_some(PORT_RANGE),
+        Value::String(s) => {
+            let ok = !s.is_empty()
+                && s.len() <= 15
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && s.chars().any(|c| c.is_ascii_lowercase())
+                && !s.starts_with('-')
+                && !s.ends_with('-')
+                && !s.contains("--");
+            (!ok)
+                .then_some("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)")
+        }
+        _ => Some(PORT_RANGE),
+    }
+}
+
+fn service(obj: &Value, causes: &mut Vec<Cause>) {
+    let spec = &obj["spec"];
+    let ty = spec["type"].as_str().unwrap_or("ClusterIP");
+    if !SERVICE_TYPES.contains(&ty) {
+        causes.push(Cause::not_supported(
+            "spec.type",
+            &spec["type"],
+            SERVICE_TYPES,
+        ));
+    }
+    let headless = spec["clusterIP"].as_str() == Some("None");
+    let ports = spec["ports"].as_array().cloned().unwrap_or_default();
+    if ports.is_empty() && ty != "ExternalName" && !headless {
+        causes.push(Cause::required("spec.ports", ""));
+    }
+    if ty == "ExternalName" {
+        let ext = spec["externalName"].as_str().unwrap_or("");
+        if ext.is_empty() {
+            causes.push(Cause::required("spec.externalName", ""));
+        } else if !is_subdomain(ext.trim_end_matches('.')) {
+            causes.push(Cause::invalid(
+                "spec.externalName",
+                &spec["externalName"],
+                SUBDOMAIN_MSG,
+            ));
+        }
+    }
+    let mut names = Vec::new();
+    for (i, p) in ports.iter().enumerate() {
+        let f = |s: &str| format!("spec.ports[{i}].{s}");
+        let name = p["name"].as_str().unwrap_or("");
+        if ports.len() > 1 && name.is_empty() {
+            causes.push(Cause::required(f("name"), ""));
+        } else if !name.is_empty() {
+            if !is_label(name) {
+                causes.push(Cause::invalid(f("name"), &p["name"], LABEL_MSG));
+            }
+            if names.contains(&name) {
+                causes.push(Cause::duplicate(f("name"), &p["name"]));
+            }
+            names.push(name);
+        }
+        if p.get("port").is_none_or(Value::is_null) {
+            causes.push(Cause::required(f("port"), ""));
+        } else if !port_number_ok(&p["port"]) {
+            causes.push(Cause::invalid(f("port"), &p["port"], PORT_RANGE));
+        }
+        if let Some(proto) = p.get("protocol").filter(|v| !v.is_null())
+            && !proto.as_str().is_some_and(|s| PROTOCOLS.contains(&s))
+        {
+            causes.push(Cause::not_supported(f("protocol"), proto, PROTOCOLS));
+        }
+        if let Some(tp) = p.get("targetPort").filter(|v| !v.is_null())
+            && let Some(msg) = target_port_ok(tp)
+        {
+            causes.push(Cause::invalid(f("targetPort"), tp, msg));
+        }
+        if let Some(np) = p
+            .get("nodePort")
+            .filter(|v| !v.is_null() && v.as_i64() != Some(0))
+        {
+            if !port_number_ok(np) {
+                causes.push(Cause::invalid(f("nodePort"), np, PORT_RANGE));
+            } else if ty == "ClusterIP" {
+                causes.push(Cause::invalid(
+                    f("nodePort"),
+                    np,
+                    "may not be used when `type` is 'ClusterIP'",
+                ));
+            }
+        }
+    }
+    if let Some(ip) = spec["clusterIP"].as_str()
+        && !ip.is_empty()
+        && ip != "None"
+        && ip.parse::<std::net::IpAddr>().is_err()
+    {
+        causes.push(Cause::invalid(
+            "spec.clusterIPs[0]",
+            &spec["clusterIP"],
+            "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+        ));
+    }
+}
+
+fn pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
+    let containers = spec["containers"].as_array().cloned().unwrap_or_default();
+    if containers.is_empty() {
+        causes.push(Cause::required(format!("{path}.containers"), ""));
+    }
+    let mut names = Vec::new();
+    for (i, c) in containers.iter().enumerate() {
+        let f = |s: &str| format!("{path}.containers[{i}].{s}");
+        let name = c["name"].as_str().unwrap_or("");
+        if name.is_empty() {
+            causes.push(Cause::required(f("name"), ""));
+        } else if !is_label(name) {
+            causes.push(Cause::invalid(f("name"), &c["name"], LABEL_MSG));
+        } else if names.contains(&name) {
+            causes.push(Cause::duplicate(f("name"), &c["name"]));
+        }
+        names.push(name);
+        if c["image"].as_str().unwrap_or("").trim().is_empty() {
+            causes.push(Cause::required(f("image"), ""));
+        }
+        for (j, p) in c["ports"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            if !port_number_ok(&p["containerPort"]) {
+                causes.push(Cause::invalid(
+                    format!("{}[{j}].containerPort", f("ports")),
+                    &p["containerPort"],
+                    PORT_RANGE,
+                ));
+            }
+            if let Some(hp) = p
+                .get("hostPort")
+                .filter(|v| !v.is_null() && v.as_i64() != Some(0))
+                && !port_number_ok(hp)
+            {
+                causes.push(Cause::invalid(
+                    format!("{}[{j}].hostPort", f("ports")),
+                    hp,
+                    PORT_RANGE,
+                ));
+            }
+        }
+    }
+}
+
+fn workload(obj: &Value, causes: &mut Vec<Cause>) {
+    let spec = &obj["spec"];
+    let selector = &spec["selector"];
+    let match_labels = selector["matchLabels"].as_object();
+    let has_exprs = selector["matchExpressions"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty());
+    if match_labels.is_none_or(|m| m.is_empty()) && !has_exprs {
+        causes.push(Cause::required("spec.selector", ""));
+    } else if let Some(ml) = match_labels {
+        let tl = &spec["template"]["metadata"]["labels"];
+        if ml.iter().any(|(k, v)| tl.get(k) != Some(v)) {
+            causes.push(Cause::invalid(
+                "spec.template.metadata.labels",
+                tl,
+                "`selector` does not match template `labels`",
+            ));
+        }
+    }
+    if let Some(r) = spec.get("replicas").filter(|v| !v.is_null())
+        && r.as_i64().is_none_or(|r| r < 0)
+    {
+        causes.push(Cause::invalid(
+            "spec.replicas",
+            r,
+            "must be greater than or equal to 0",
+        ));
+    }
+    pod_spec(&spec["template"]["spec"], "spec.template.spec", causes);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::lookup;
+    use serde_json::json;
+
+    #[test]
+    fn names() {
+        assert!(name_errors(NameRule::Subdomain, "web.example-1").is_empty());
+        assert!(!name_errors(NameRule::Subdomain, "Web").is_empty());
+        assert!(!name_errors(NameRule::Subdomain, "bad_name").is_empty());
+        assert!(name_errors(NameRule::Label, "kube-system").is_empty());
+        assert!(!name_errors(NameRule::Label, "a.b").is_empty());
+        assert!(!name_errors(NameRule::Dns1035, "1web").is_empty());
+        assert!(name_errors(NameRule::Subdomain, "1web").is_empty());
+        assert_eq!(name_errors(NameRule::Label, &"a".repeat(64)).len(), 1);
+    }
+
+    #[test]
+    fn service_ports() {
+        let svc = lookup("", "v1", "services").unwrap();
+        let ok = json!({"metadata": {"name": "web"}, "spec": {"ports": [{"port": 80, "targetPort": "http"}]}});
+        assert!(validate(svc, &ok).is_empty());
+        let bad = json!({"metadata": {"name": "web"}, "spec": {"ports": [{"port": 70000}, {"port": 80, "protocol": "ICMP"}]}});
+        let c = validate(svc, &bad);
+        let fields: Vec<&str> = c.iter().map(|c| c.field.as_str()).collect();
+        for f in [
+            "spec.ports[1].name",
+            "spec.ports[0].port",
+            "spec.ports[1].protocol",
+        ] {
+            assert!(fields.contains(&f), "{f} in {fields:?}");
+        }
+        let port = c.iter().find(|c| c.field == "spec.ports[0].port").unwrap();
+        assert_eq!(
+            port.message,
+            "Invalid value: 70000: must be between 1 and 65535, inclusive"
+        );
+        let headless = json!({"metadata": {"name": "db"}, "spec": {"clusterIP": "None"}});
+        assert!(validate(svc, &headless).is_empty());
+        let noports = json!({"metadata": {"name": "db"}, "spec": {}});
+        assert_eq!(validate(svc, &noports)[0].field, "spec.ports");
+    }
+
+    #[test]
+    fn pods_and_deployments() {
+        let pod = lookup("", "v1", "pods").unwrap();
+        let p = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "nginx", "ports": [{"containerPort": 0}]}]}});
+        assert_eq!(
+            validate(pod, &p)[0].field,
+            "spec.containers[0].ports[0].containerPort"
+        );
+        let d = lookup("apps", "v1", "deployments").unwrap();
+        let dep = json!({"metadata": {"name": "d"}, "spec": {"selector": {"matchLabels": {"app": "a"}},
+            "template": {"metadata": {"labels": {"app": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+        assert_eq!(validate(d, &dep)[0].field, "spec.template.metadata.labels");
+    }
+}

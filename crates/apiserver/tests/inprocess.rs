@@ -1,0 +1,624 @@
+//! Tier 2: kube-rs against the router as an in-process tower service (no sockets).
+//! Each test has its own temporary data dir.
+
+use std::time::Duration;
+
+use apiserver::{Config, Router, router};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use http_body_util::{BodyExt, Full};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Pod, Service};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+fn setup() -> (tempfile::TempDir, Router, Client) {
+    setup_with(|_| {})
+}
+
+fn setup_with(f: impl FnOnce(&mut Config)) -> (tempfile::TempDir, Router, Client) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::new(dir.path());
+    f(&mut cfg);
+    let r = router(&cfg).unwrap();
+    let client = Client::new(r.clone(), "default");
+    (dir, r, client)
+}
+
+fn api_error(e: kube::Error) -> Box<kube::core::Status> {
+    match e {
+        kube::Error::Api(s) => s,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+fn pod(name: &str, labels: Value) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"containers": [{"name": "web", "image": "nginx", "ports": [{"containerPort": 80}]}]}
+    }))
+    .unwrap()
+}
+
+/// A raw request through the router: (status, content type, body as JSON).
+async fn raw(r: &Router, method: &str, uri: &str, ct: &str, body: &str) -> (u16, String, Value) {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", ct)
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = r.handle(req).await;
+    let status = resp.status().as_u16();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        ct,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+async fn count(r: &Router, path: &str) -> usize {
+    let (code, _, v) = raw(r, "GET", path, "application/json", "").await;
+    assert_eq!(code, 200, "{v}");
+    v["items"].as_array().unwrap().len()
+}
+
+#[tokio::test]
+async fn pods_create_get_list_patch_delete() {
+    let (_dir, _r, client) = setup();
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let created = pods
+        .create(&PostParams::default(), &pod("web-1", json!({"app": "web"})))
+        .await
+        .unwrap();
+    assert!(created.metadata.uid.is_some());
+    assert!(created.metadata.creation_timestamp.is_some());
+    assert_eq!(created.metadata.generation, Some(1));
+    let rv1: u64 = created.resource_version().unwrap().parse().unwrap();
+    pods.create(&PostParams::default(), &pod("db-1", json!({"app": "db"})))
+        .await
+        .unwrap();
+
+    let got = pods.get("web-1").await.unwrap();
+    assert_eq!(got.metadata.uid, created.metadata.uid);
+    assert_eq!(got.status.unwrap().phase.as_deref(), Some("Pending"));
+
+    let web = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .unwrap();
+    assert_eq!(
+        web.items.iter().map(|p| p.name_any()).collect::<Vec<_>>(),
+        ["web-1"]
+    );
+    let not_web = pods
+        .list(&ListParams::default().labels("app notin (web)"))
+        .await
+        .unwrap();
+    assert_eq!(not_web.items.len(), 1);
+    let by_name = pods
+        .list(&ListParams::default().fields("metadata.name=db-1"))
+        .await
+        .unwrap();
+    assert_eq!(by_name.items[0].name_any(), "db-1");
+
+    // Merge patch on labels, strategic merge on containers by name.
+    let p = pods
+        .patch(
+            "web-1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"tier": "front"}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(p.labels().get("tier").map(String::as_str), Some("front"));
+    assert!(p.resource_version().unwrap().parse::<u64>().unwrap() > rv1);
+    let p = pods
+        .patch(
+            "web-1",
+            &PatchParams::default(),
+            &Patch::Strategic(
+                json!({"spec": {"containers": [{"name": "sidecar", "image": "busybox"}]}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let names: Vec<String> = p
+        .spec
+        .unwrap()
+        .containers
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["web", "sidecar"]);
+    assert_eq!(p.metadata.generation, Some(2));
+
+    pods.delete("web-1", &DeleteParams::default())
+        .await
+        .unwrap();
+    let e = api_error(pods.get("web-1").await.unwrap_err());
+    assert_eq!(
+        (e.code, e.reason.as_str(), e.message.as_str()),
+        (404, "NotFound", "pods \"web-1\" not found")
+    );
+}
+
+#[tokio::test]
+async fn conflicts_and_already_exists() {
+    let (_dir, _r, client) = setup();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "cfg"}, "data": {"a": "1"}})).unwrap();
+    let first = cms.create(&PostParams::default(), &cm).await.unwrap();
+    let e = api_error(cms.create(&PostParams::default(), &cm).await.unwrap_err());
+    assert_eq!((e.code, e.reason.as_str()), (409, "AlreadyExists"));
+    assert_eq!(e.message, "configmaps \"cfg\" already exists");
+
+    let mut updated = first.clone();
+    updated.data = Some([("a".to_string(), "2".to_string())].into());
+    let second = cms
+        .replace("cfg", &PostParams::default(), &updated)
+        .await
+        .unwrap();
+    assert_ne!(second.resource_version(), first.resource_version());
+    // `updated` still carries the first resourceVersion: stale.
+    let e = api_error(
+        cms.replace("cfg", &PostParams::default(), &updated)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((e.code, e.reason.as_str()), (409, "Conflict"));
+    assert!(
+        e.message.contains("the object has been modified"),
+        "{}",
+        e.message
+    );
+
+    // generateName.
+    let gen_cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"generateName": "gen-"}})).unwrap();
+    let g = cms.create(&PostParams::default(), &gen_cm).await.unwrap();
+    assert!(
+        g.name_any().starts_with("gen-") && g.name_any().len() == 9,
+        "{}",
+        g.name_any()
+    );
+
+    // Namespace must exist.
+    let other: Api<ConfigMap> = Api::namespaced(client, "nope");
+    let e = api_error(other.create(&PostParams::default(), &cm).await.unwrap_err());
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (404, "namespaces \"nope\" not found")
+    );
+}
+
+#[tokio::test]
+async fn system_namespaces_and_kubernetes_service_exist() {
+    let (_dir, _r, client) = setup();
+    let ns: Api<Namespace> = Api::all(client.clone());
+    let names: Vec<String> = ns
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|n| n.name_any())
+        .collect();
+    assert!(
+        names.contains(&"default".to_string()) && names.contains(&"kube-system".to_string()),
+        "{names:?}"
+    );
+    let d = ns.get("default").await.unwrap();
+    assert_eq!(
+        d.labels()
+            .get("kubernetes.io/metadata.name")
+            .map(String::as_str),
+        Some("default")
+    );
+    let svc: Api<Service> = Api::namespaced(client, "default");
+    let k = svc.get("kubernetes").await.unwrap();
+    assert_eq!(k.spec.unwrap().cluster_ip.as_deref(), Some("10.96.0.1"));
+}
+
+#[tokio::test]
+async fn watcher_receives_events() {
+    let (_dir, _r, client) = setup();
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let stream = watcher(cms.clone(), watcher::Config::default()).applied_objects();
+    let mut stream = Box::pin(stream);
+    let create = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for i in 0..3 {
+            let cm: ConfigMap =
+                serde_json::from_value(json!({"metadata": {"name": format!("w{i}")}})).unwrap();
+            cms.create(&PostParams::default(), &cm).await.unwrap();
+        }
+    };
+    let collect = async {
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            let cm = stream.try_next().await.unwrap().unwrap();
+            seen.push(cm.name_any());
+        }
+        seen
+    };
+    let (_, seen) = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(create, collect)
+    })
+    .await
+    .unwrap();
+    assert_eq!(seen, ["w0", "w1", "w2"]);
+}
+
+#[tokio::test]
+async fn services_get_cluster_ips_and_node_ports() {
+    let (_dir, _r, client) = setup();
+    let svcs: Api<Service> = Api::namespaced(client, "default");
+    let np: Service = serde_json::from_value(
+        json!({"metadata": {"name": "web"}, "spec": {"type": "NodePort",
+        "selector": {"app": "web"}, "ports": [{"port": 80, "nodePort": 31100}]}}),
+    )
+    .unwrap();
+    let s = svcs.create(&PostParams::default(), &np).await.unwrap();
+    let spec = s.spec.unwrap();
+    assert!(spec.cluster_ip.unwrap().starts_with("10.96."));
+    let mut clash = np.clone();
+    clash.metadata.name = Some("web2".into());
+    let e = api_error(
+        svcs.create(&PostParams::default(), &clash)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, 422);
+    assert_eq!(
+        e.message,
+        "Service \"web2\" is invalid: spec.ports[0].nodePort: Invalid value: 31100: provided port is already allocated"
+    );
+    svcs.delete("web", &DeleteParams::default()).await.unwrap();
+    svcs.create(&PostParams::default(), &clash).await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_stores_nothing() {
+    let (_dir, r, _client) = setup();
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let svcs = "/api/v1/namespaces/default/services";
+    let before_cm = count(&r, cms).await;
+    let before_svc = count(&r, svcs).await;
+
+    let (code, _, v) = raw(
+        &r,
+        "POST",
+        cms,
+        "application/json",
+        "{\"metadata\": {\"name\": ",
+    )
+    .await;
+    assert_eq!(
+        (code, v["kind"].as_str(), v["reason"].as_str()),
+        (400, Some("Status"), Some("BadRequest"))
+    );
+
+    let (code, _, v) = raw(
+        &r,
+        "POST",
+        "/api/v1/namespaces/default/widgets",
+        "application/json",
+        "{}",
+    )
+    .await;
+    assert_eq!((code, v["reason"].as_str()), (404, Some("NotFound")));
+
+    let wrong_kind = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}});
+    let (code, _, v) = raw(&r, "POST", cms, "application/json", &wrong_kind.to_string()).await;
+    assert_eq!(code, 400, "{v}");
+
+    let bad_name =
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "Bad_Name"}});
+    let (code, _, v) = raw(&r, "POST", cms, "application/json", &bad_name.to_string()).await;
+    assert_eq!((code, v["reason"].as_str()), (422, Some("Invalid")));
+    assert_eq!(v["details"]["causes"][0]["field"], "metadata.name");
+    assert!(v["message"].as_str().unwrap().starts_with("ConfigMap \"Bad_Name\" is invalid: metadata.name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 subdomain"));
+
+    let bad_port = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}, "spec": {"ports": [{"port": 70000}]}});
+    let (code, _, v) = raw(&r, "POST", svcs, "application/json", &bad_port.to_string()).await;
+    assert_eq!(code, 422);
+    assert_eq!(
+        v["message"],
+        "Service \"web\" is invalid: spec.ports[0].port: Invalid value: 70000: must be between 1 and 65535, inclusive"
+    );
+    assert_eq!(v["details"]["causes"][0]["field"], "spec.ports[0].port");
+
+    let too_big = format!(
+        "{{\"metadata\": {{\"name\": \"big\"}}, \"data\": {{\"a\": \"{}\"}}}}",
+        "x".repeat(4 * 1024 * 1024)
+    );
+    let (code, _, _) = raw(&r, "POST", cms, "application/json", &too_big).await;
+    assert_eq!(code, 413);
+
+    let (code, _, _) = raw(
+        &r,
+        "PATCH",
+        "/api/v1/namespaces/default/services/kubernetes",
+        "application/apply-patch+yaml",
+        "{}",
+    )
+    .await;
+    assert_eq!(code, 415);
+
+    assert_eq!(count(&r, cms).await, before_cm);
+    assert_eq!(count(&r, svcs).await, before_svc);
+}
+
+#[tokio::test]
+async fn watch_from_too_old_version_gets_410_event() {
+    let (_dir, r, client) = setup_with(|c| c.watch_log_capacity = 2);
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    for i in 0..5 {
+        let cm: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": format!("c{i}")}})).unwrap();
+        cms.create(&PostParams::default(), &cm).await.unwrap();
+    }
+    let req =
+        http::Request::get("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=1")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+    let resp = r.handle(req).await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let ev: Value = serde_json::from_slice(frame.data_ref().unwrap()).unwrap();
+    assert_eq!(ev["type"], "ERROR");
+    assert_eq!(ev["object"]["code"], 410);
+    assert_eq!(ev["object"]["reason"], "Expired");
+}
+
+#[tokio::test]
+async fn watch_resumes_and_sends_bookmarks_with_kind() {
+    let (_dir, r, client) = setup();
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "a"}})).unwrap();
+    let a = cms.create(&PostParams::default(), &cm).await.unwrap();
+    let rv = a.resource_version().unwrap();
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "b"}})).unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    let uri = format!(
+        "/api/v1/namespaces/default/configmaps?&watch=true&resourceVersion={rv}&allowWatchBookmarks=true&timeoutSeconds=2"
+    );
+    let resp = r
+        .handle(
+            http::Request::get(uri)
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    let events: Vec<Value> = body
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        (
+            events[0]["type"].as_str(),
+            events[0]["object"]["metadata"]["name"].as_str()
+        ),
+        (Some("ADDED"), Some("b"))
+    );
+
+    // sendInitialEvents: current state, then the initial-events-end bookmark.
+    let uri = "/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan&timeoutSeconds=1";
+    let resp = r
+        .handle(
+            http::Request::get(uri)
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    let events: Vec<Value> = body
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(events[2]["type"], "BOOKMARK");
+    assert_eq!(events[2]["object"]["kind"], "ConfigMap");
+    assert_eq!(
+        events[2]["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+}
+
+#[tokio::test]
+async fn list_pages_with_limit_and_continue() {
+    let (_dir, _r, client) = setup();
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    for i in 0..5 {
+        let cm: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": format!("p{i}")}})).unwrap();
+        cms.create(&PostParams::default(), &cm).await.unwrap();
+    }
+    let first = cms.list(&ListParams::default().limit(2)).await.unwrap();
+    assert_eq!(first.items.len(), 2);
+    let token = first.metadata.continue_.clone().unwrap();
+    let second = cms
+        .list(&ListParams::default().limit(2).continue_token(&token))
+        .await
+        .unwrap();
+    assert_eq!(
+        second
+            .items
+            .iter()
+            .map(|c| c.name_any())
+            .collect::<Vec<_>>(),
+        ["p2", "p3"]
+    );
+    let third = cms
+        .list(
+            &ListParams::default()
+                .limit(2)
+                .continue_token(second.metadata.continue_.as_deref().unwrap()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(third.items.len(), 1);
+    assert!(third.metadata.continue_.is_none_or(|c| c.is_empty()));
+}
+
+#[tokio::test]
+async fn table_output_for_endpoints_and_services() {
+    let (_dir, r, client) = setup();
+    let eps: Api<Endpoints> = Api::namespaced(client, "default");
+    let ep: Endpoints = serde_json::from_value(json!({"metadata": {"name": "website"},
+        "subsets": [{"addresses": [{"ip": "10.10.10.10"}], "ports": [{"port": 80}]}]}))
+    .unwrap();
+    eps.create(&PostParams::default(), &ep).await.unwrap();
+    let req = http::Request::get("/api/v1/namespaces/default/endpoints/website")
+        .header(
+            "accept",
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+        )
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = r.handle(req).await;
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/json;as=Table;v=v1;g=meta.k8s.io"
+    );
+    let t: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(t["kind"], "Table");
+    assert_eq!(t["rows"][0]["cells"][0], "website");
+    assert_eq!(t["rows"][0]["cells"][1], "10.10.10.10:80");
+    let cols: Vec<&str> = t["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(cols, ["Name", "Endpoints", "Age"]);
+}
+
+#[tokio::test]
+async fn discovery_and_status_subresource() {
+    let (_dir, r, client) = setup();
+    let discovery = kube::Discovery::new(client.clone()).run().await.unwrap();
+    let groups: Vec<String> = discovery.groups().map(|g| g.name().to_string()).collect();
+    for g in [
+        "",
+        "apps",
+        "networking.k8s.io",
+        "discovery.k8s.io",
+        "coordination.k8s.io",
+    ] {
+        assert!(groups.iter().any(|x| x == g), "{g} in {groups:?}");
+    }
+    let (code, _, v) = raw(&r, "GET", "/version", "", "").await;
+    assert_eq!((code, v["major"].as_str()), (200, Some("1")));
+
+    // Status writes go through /status only; main-resource writes keep the status.
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    pods.create(&PostParams::default(), &pod("s", json!({})))
+        .await
+        .unwrap();
+    let p = pods
+        .patch_status(
+            "s",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Running", "podIP": "10.244.1.5"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        p.status.as_ref().unwrap().pod_ip.as_deref(),
+        Some("10.244.1.5")
+    );
+    let p = pods
+        .patch(
+            "s",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"status": {"phase": "Failed"}, "metadata": {"labels": {"x": "y"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(p.status.unwrap().phase.as_deref(), Some("Running"));
+    let running = pods
+        .list(&ListParams::default().fields("status.phase=Running"))
+        .await
+        .unwrap();
+    assert_eq!(running.items.len(), 1);
+}
+
+#[tokio::test]
+async fn state_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let rv = {
+        // Raw requests: a kube Client would keep the router (and the database) open.
+        let r = router(&Config::new(dir.path())).unwrap();
+        let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "keep"}})
+            .to_string();
+        let (code, _, v) = raw(
+            &r,
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            "application/json",
+            &body,
+        )
+        .await;
+        assert_eq!(code, 201);
+        v["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let r = router(&Config::new(dir.path())).unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(Client::new(r, "default"), "default");
+    assert_eq!(
+        cms.get("keep").await.unwrap().resource_version().unwrap(),
+        rv
+    );
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "next"}})).unwrap();
+    let next = cms.create(&PostParams::default(), &cm).await.unwrap();
+    assert!(next.resource_version().unwrap().parse::<u64>().unwrap() > rv.parse::<u64>().unwrap());
+}
+
+#[tokio::test]
+async fn deleting_a_namespace_deletes_its_objects() {
+    let (_dir, r, client) = setup();
+    let ns: Api<Namespace> = Api::all(client.clone());
+    let n: Namespace = serde_json::from_value(json!({"metadata": {"name": "team"}})).unwrap();
+    ns.create(&PostParams::default(), &n).await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client, "team");
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    ns.delete("team", &DeleteParams::default()).await.unwrap();
+    assert_eq!(count(&r, "/api/v1/namespaces/team/configmaps").await, 0);
+    let stream = cms.list(&ListParams::default()).await.unwrap();
+    assert!(stream.items.is_empty());
+    let _ = futures::stream::empty::<()>().next().await;
+}
