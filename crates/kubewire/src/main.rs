@@ -43,6 +43,8 @@ enum Command {
     /// Run a cluster on this machine: nodes and pods as network namespaces.
     #[command(subcommand)]
     Lab(LabCommand),
+    /// Run the embedded Kubernetes API server (the lab's control plane).
+    Apiserver(apiserver::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,6 +127,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         .context("starting the async runtime")?;
     match command {
         Command::Lab(lab) => runtime.block_on(run_lab(lab)),
+        Command::Apiserver(args) => runtime.block_on(async {
+            apiserver::serve(args.into()).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
     }
 }
 
