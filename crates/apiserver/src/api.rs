@@ -427,6 +427,20 @@ fn list(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Error>
 }
 
 /// Parses a request body into an object of `rt`'s kind (400 for anything else).
+/// Refuses bodies that are not JSON (protobuf and YAML are not served yet) with 415.
+fn check_json(r: &Req) -> Result<(), Error> {
+    let ct = r.content_type.split(';').next().unwrap_or("").trim();
+    if ct.is_empty() || ct == "application/json" || ct == "*/*" {
+        return Ok(());
+    }
+    Err(Status::new(
+        415,
+        "UnsupportedMediaType",
+        format!("the body of the request was in an unknown format - accepted media types include: application/json (got {ct:?})"),
+    )
+    .into())
+}
+
 fn parse_body(t: &Target, body: &[u8]) -> Result<Value, Error> {
     let v: Value = serde_json::from_slice(body).map_err(|e| {
         Status::bad_request(format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml: {e}"))
@@ -622,6 +636,7 @@ fn immutable(rt: &ResourceType, new: &Value, old: &Value, causes: &mut Vec<Cause
 
 fn create(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Error> {
     let rt = t.rt;
+    check_json(r)?;
     let mut obj = parse_body(t, &r.body)?;
     let mut name = str_at(&obj, "metadata.name").unwrap_or("").to_string();
     if name.is_empty() {
@@ -736,6 +751,7 @@ fn store_update(
 
 fn update(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Error> {
     let name = t.name.clone().unwrap_or_default();
+    check_json(r)?;
     let new = parse_body(t, &r.body)?;
     let key = key_of(t, &name);
     let stored = s.store.write_opts(dry_run(r), |txn| {
@@ -945,13 +961,18 @@ async fn watch(state: Arc<State>, t: Target, r: Req) -> Result<Response<Response
                 Ok(events) => {
                     for e in events {
                         from = e.rv;
-                        let wanted = e.key.starts_with(&prefix) && sel.matches(&e.object);
-                        if wanted
-                            && tx
-                                .send(event_line(e.kind.as_str(), &e.object))
-                                .await
-                                .is_err()
-                        {
+                        if !e.key.starts_with(&prefix) {
+                            continue;
+                        }
+                        let now = sel.matches(&e.object);
+                        let before = e.prev.as_ref().map(|p| sel.matches(p));
+                        let ty = match (e.kind, before, now) {
+                            (EventType::Modified, Some(false), true) => "ADDED",
+                            (EventType::Modified, Some(true), false) => "DELETED",
+                            (_, _, true) => e.kind.as_str(),
+                            _ => continue,
+                        };
+                        if tx.send(event_line(ty, &e.object)).await.is_err() {
                             return;
                         }
                     }

@@ -299,6 +299,20 @@ pub async fn start(config: Config) -> Result<Server, Error> {
     })
 }
 
+/// Mints a client certificate for `user` in `groups` (for a node: `system:node:NAME` in
+/// `system:nodes`), signed by the CA in `data_dir`, and returns a kubeconfig for
+/// `server` (`https://IP:PORT`) that uses it. Every authenticated user may do
+/// everything for now (no authorization yet).
+pub fn client_kubeconfig(
+    data_dir: &Path,
+    server: &str,
+    user: &str,
+    groups: &[&str],
+) -> Result<String, Error> {
+    std::fs::create_dir_all(data_dir).map_err(|e| Error::io(data_dir, e))?;
+    tls::client_kubeconfig(data_dir, server, user, groups)
+}
+
 /// Runs the server until the process ends.
 pub async fn serve(config: Config) -> Result<(), Error> {
     start(config).await?.wait().await;

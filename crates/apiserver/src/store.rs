@@ -48,6 +48,9 @@ pub(crate) struct Event {
     pub(crate) key: String,
     /// The object after the change (for DELETED: the last state, with the deletion's RV).
     pub(crate) object: Value,
+    /// For MODIFIED: the state before, so that filtered watches can turn an object
+    /// entering or leaving their selector into ADDED or DELETED, as kube-apiserver does.
+    pub(crate) prev: Option<Value>,
 }
 
 struct EventLog {
@@ -288,12 +291,17 @@ impl Txn {
         obj["metadata"]["resourceVersion"] = Value::String(self.rv.to_string());
         let bytes = serde_json::to_vec(&obj).map_err(|e| Error::Storage(e.to_string()))?;
         let mut t = self.tx.open_table(OBJECTS).map_err(storage)?;
-        t.insert(key, bytes.as_slice()).map_err(storage)?;
+        let prev = t.insert(key, bytes.as_slice()).map_err(storage)?;
+        let prev = match (kind, prev) {
+            (EventType::Modified, Some(g)) => Some(decode(g.value())?),
+            _ => None,
+        };
         self.events.push(Event {
             rv: self.rv,
             kind,
             key: key.to_string(),
             object: obj.clone(),
+            prev,
         });
         Ok(obj)
     }
@@ -309,6 +317,7 @@ impl Txn {
             kind: EventType::Deleted,
             key: key.to_string(),
             object: last.clone(),
+            prev: None,
         });
         Ok(last)
     }

@@ -59,6 +59,74 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8], private: bool) -> Result<()
     fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
+/// The CA from the data dir, made on first use.
+fn load_or_create_ca(dir: &Path) -> Result<(String, KeyPair), Error> {
+    let ca_cert_path = dir.join("ca.crt");
+    let ca_key_path = dir.join("ca.key");
+    Ok(match (read(&ca_cert_path)?, read(&ca_key_path)?) {
+        (Some(cert), Some(key)) => (cert, KeyPair::from_pem(&key).map_err(tls_err)?),
+        _ => {
+            let key = KeyPair::generate().map_err(tls_err)?;
+            let cert = ca_params().self_signed(&key).map_err(tls_err)?;
+            write_atomic(&ca_key_path, key.serialize_pem().as_bytes(), true)?;
+            write_atomic(&ca_cert_path, cert.pem().as_bytes(), false)?;
+            (cert.pem(), key)
+        }
+    })
+}
+
+/// A client certificate (PEM) and key (PEM) signed by the CA: common name `user`,
+/// organisations `groups`, as kube-apiserver maps them to user and groups.
+fn client_cert(
+    issuer: &Issuer<'_, KeyPair>,
+    user: &str,
+    groups: &[&str],
+) -> Result<(String, String), Error> {
+    let key = KeyPair::generate().map_err(tls_err)?;
+    let mut p = CertificateParams::default();
+    p.distinguished_name.push(DnType::CommonName, user);
+    for g in groups {
+        p.distinguished_name.push(DnType::OrganizationName, *g);
+    }
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    let cert = p.signed_by(&key, issuer).map_err(tls_err)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A kubeconfig for `server` with the given CA and client credentials embedded.
+fn kubeconfig_yaml(
+    server: &str,
+    user: &str,
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: kubewire\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: {user}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: kubewire\n  context:\n    cluster: kubewire\n    user: {user}\n    namespace: default\ncurrent-context: kubewire\n",
+        base64(ca_pem.as_bytes()),
+        base64(cert_pem.as_bytes()),
+        base64(key_pem.as_bytes()),
+    )
+}
+
+/// Mints credentials for `user` (e.g. `system:node:node-1` in group `system:nodes`)
+/// and returns a kubeconfig for `server` that uses them.
+pub(crate) fn client_kubeconfig(
+    dir: &Path,
+    server: &str,
+    user: &str,
+    groups: &[&str],
+) -> Result<String, Error> {
+    let (ca_pem, ca_key) = load_or_create_ca(dir)?;
+    let issuer = Issuer::new(ca_params(), ca_key);
+    let (cert, key) = client_cert(&issuer, user, groups)?;
+    Ok(kubeconfig_yaml(server, user, &ca_pem, &cert, &key))
+}
+
 fn ca_params() -> CertificateParams {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -81,18 +149,7 @@ impl Pki {
         listen: &[SocketAddr],
         extra_ips: &[IpAddr],
     ) -> Result<Pki, Error> {
-        let ca_cert_path = dir.join("ca.crt");
-        let ca_key_path = dir.join("ca.key");
-        let (ca_pem, ca_key) = match (read(&ca_cert_path)?, read(&ca_key_path)?) {
-            (Some(cert), Some(key)) => (cert, KeyPair::from_pem(&key).map_err(tls_err)?),
-            _ => {
-                let key = KeyPair::generate().map_err(tls_err)?;
-                let cert = ca_params().self_signed(&key).map_err(tls_err)?;
-                write_atomic(&ca_key_path, key.serialize_pem().as_bytes(), true)?;
-                write_atomic(&ca_cert_path, cert.pem().as_bytes(), false)?;
-                (cert.pem(), key)
-            }
-        };
+        let (ca_pem, ca_key) = load_or_create_ca(dir)?;
         let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(tls_err)?;
         let issuer = Issuer::new(ca_params(), ca_key);
 
@@ -134,21 +191,10 @@ impl Pki {
             match (read(&admin_cert_path)?, read(&admin_key_path)?) {
                 (Some(c), Some(k)) => (c, k),
                 _ => {
-                    let key = KeyPair::generate().map_err(tls_err)?;
-                    let mut ap = CertificateParams::default();
-                    ap.distinguished_name
-                        .push(DnType::CommonName, "kubewire-admin");
-                    ap.distinguished_name
-                        .push(DnType::OrganizationName, "system:masters");
-                    ap.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-                    ap.key_usages = vec![
-                        KeyUsagePurpose::DigitalSignature,
-                        KeyUsagePurpose::KeyEncipherment,
-                    ];
-                    let cert = ap.signed_by(&key, &issuer).map_err(tls_err)?;
-                    write_atomic(&admin_key_path, key.serialize_pem().as_bytes(), true)?;
-                    write_atomic(&admin_cert_path, cert.pem().as_bytes(), false)?;
-                    (cert.pem(), key.serialize_pem())
+                    let (cert, key) = client_cert(&issuer, "kubewire-admin", &["system:masters"])?;
+                    write_atomic(&admin_key_path, key.as_bytes(), true)?;
+                    write_atomic(&admin_cert_path, cert.as_bytes(), false)?;
+                    (cert, key)
                 }
             };
 
@@ -202,11 +248,12 @@ impl Pki {
 
     /// The admin kubeconfig (YAML), credentials embedded so it works when copied.
     pub(crate) fn kubeconfig(&self, server: &str) -> String {
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: kubewire\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: kubewire-admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: kubewire\n  context:\n    cluster: kubewire\n    user: kubewire-admin\n    namespace: default\ncurrent-context: kubewire\n",
-            base64(self.ca_pem.as_bytes()),
-            base64(self.admin_cert_pem.as_bytes()),
-            base64(self.admin_key_pem.as_bytes()),
+        kubeconfig_yaml(
+            server,
+            "kubewire-admin",
+            &self.ca_pem,
+            &self.admin_cert_pem,
+            &self.admin_key_pem,
         )
     }
 }

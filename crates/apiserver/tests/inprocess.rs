@@ -622,3 +622,56 @@ async fn deleting_a_namespace_deletes_its_objects() {
     assert!(stream.items.is_empty());
     let _ = futures::stream::empty::<()>().next().await;
 }
+
+#[tokio::test]
+async fn filtered_watch_sees_objects_enter_and_leave_the_selector() {
+    let (_dir, r, client) = setup();
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let rv = cms
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "m", "labels": {"app": "web"}}}))
+            .unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    let relabel = |app: &str| Patch::Merge(json!({"metadata": {"labels": {"app": app}}}));
+    cms.patch("m", &PatchParams::default(), &relabel("db"))
+        .await
+        .unwrap();
+    cms.patch("m", &PatchParams::default(), &relabel("db2"))
+        .await
+        .unwrap();
+    cms.patch("m", &PatchParams::default(), &relabel("web"))
+        .await
+        .unwrap();
+    let uri = format!(
+        "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&labelSelector=app%3Dweb&timeoutSeconds=1"
+    );
+    let resp = r
+        .handle(
+            http::Request::get(uri)
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    let types: Vec<String> = body
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            serde_json::from_slice::<Value>(l).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(types, ["ADDED", "DELETED", "ADDED"]);
+}

@@ -347,6 +347,22 @@ async fn tls_authentication_by_certificate_or_token() {
         "{}",
         good.stdout
     );
+    // Minted node credentials (a client certificate) work too.
+    let node = apiserver::client_kubeconfig(
+        &c.dir.path().join("data"),
+        &server,
+        "system:node:node-1",
+        &["system:nodes"],
+    )
+    .unwrap();
+    let node_kc = c.write("node-1.kubeconfig", &node);
+    let out = c
+        .kubectl_raw(
+            &["--kubeconfig", node_kc.to_str().unwrap()],
+            &["get", "svc", "kubernetes"],
+        )
+        .await;
+    assert!(out.ok && out.stdout.contains("10.96.0.1"), "{}", out.stderr);
     // The admin kubeconfig authenticates by client certificate.
     let out = c.kubectl(&["version", "-o", "json"]).await;
     assert!(
