@@ -60,6 +60,25 @@ impl TestNetns {
         &self.name
     }
 
+    /// Starts a program inside the namespace and returns it running; the caller kills it
+    /// (see [`KillOnDrop`]).
+    pub fn spawn(&self, program: &str, args: &[&str]) -> KillOnDrop {
+        let (program, args): (String, Vec<String>) = (
+            program.to_owned(),
+            args.iter().map(|s| (*s).to_owned()).collect(),
+        );
+        let child = netlink::netns::run_in(&self.name, move || {
+            Command::new(&program)
+                .args(&args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+        })
+        .expect("entering test namespace")
+        .expect("starting program in test namespace");
+        KillOnDrop(child)
+    }
+
     /// Runs a program inside the namespace and returns its output.
     pub fn run(&self, program: &str, args: &[&str]) -> Output {
         let (program, args): (String, Vec<String>) = (
@@ -71,6 +90,18 @@ impl TestNetns {
         })
         .expect("entering test namespace")
         .expect("running program in test namespace")
+    }
+}
+
+/// A child process that is killed and reaped when the guard drops, so no test leaves a
+/// server running in a namespace it is about to delete.
+#[derive(Debug)]
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
