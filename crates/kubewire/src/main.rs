@@ -14,6 +14,9 @@ mod logging;
 ///
 /// Start with `kubewire lab up`: it builds a cluster on this machine from network
 /// namespaces. See README.md and docs/ for the tour.
+///
+/// Run through a link named `kubewire-cni`, or with CNI_COMMAND set, the binary is a CNI
+/// plugin (spec 1.1) speaking the CNI protocol on stdin/stdout instead (docs/cni.md).
 #[derive(Debug, Parser)]
 #[command(
     name = "kubewire",
