@@ -57,6 +57,36 @@ pub struct Config {
     pub node_port_range: RangeInclusive<u16>,
     /// Events the watch log keeps; watches from further back get 410 Expired.
     pub watch_log_capacity: usize,
+    /// Addresses to serve on inside other network namespaces (the lab's underlay), each
+    /// with the path of the namespace file (`/run/netns/NAME` or `/proc/PID/ns/net`).
+    pub listen_in_netns: Vec<NetnsListen>,
+}
+
+/// A listen address inside another network namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetnsListen {
+    /// The namespace file.
+    pub netns: PathBuf,
+    /// The address, as seen inside that namespace.
+    pub addr: SocketAddr,
+}
+
+impl std::str::FromStr for NetnsListen {
+    type Err = String;
+
+    /// `NETNS=ADDR`, where NETNS is a name under /run/netns or a path.
+    fn from_str(s: &str) -> Result<NetnsListen, String> {
+        let (ns, addr) = s.rsplit_once('=').ok_or_else(|| {
+            format!("{s:?}: expected NETNS=ADDR, e.g. kubewire-underlay=198.18.0.1:6443")
+        })?;
+        let addr = addr.parse().map_err(|e| format!("{addr:?}: {e}"))?;
+        let netns = if ns.contains('/') {
+            PathBuf::from(ns)
+        } else {
+            Path::new("/run/netns").join(ns)
+        };
+        Ok(NetnsListen { netns, addr })
+    }
 }
 
 impl Config {
@@ -68,6 +98,7 @@ impl Config {
             service_cidrs: default_service_cidrs(),
             node_port_range: 30000..=32767,
             watch_log_capacity: store::DEFAULT_LOG_CAPACITY,
+            listen_in_netns: Vec::new(),
         }
     }
 }
@@ -113,6 +144,10 @@ pub struct Args {
     /// NodePort range.
     #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
     pub node_port_range: RangeInclusive<u16>,
+    /// Also serve inside a network namespace: `NETNS=ADDR`, NETNS a name under /run/netns
+    /// or a namespace file path (the lab's underlay: `kubewire-underlay=198.18.0.1:6443`).
+    #[arg(long = "listen-netns")]
+    pub listen_in_netns: Vec<NetnsListen>,
 }
 
 impl From<Args> for Config {
@@ -123,6 +158,7 @@ impl From<Args> for Config {
             service_cidrs: a.service_cidrs,
             node_port_range: a.node_port_range,
             watch_log_capacity: store::DEFAULT_LOG_CAPACITY,
+            listen_in_netns: a.listen_in_netns,
         }
     }
 }
@@ -244,6 +280,18 @@ pub async fn start(config: Config) -> Result<Server, Error> {
         })?;
         listeners.push((l, local));
     }
+    for l in &config.listen_in_netns {
+        let std_listener = bind_in_netns(&l.netns, l.addr)?;
+        let listener = TcpListener::from_std(std_listener).map_err(|source| Error::Listen {
+            addr: l.addr,
+            source,
+        })?;
+        let local = listener.local_addr().map_err(|source| Error::Listen {
+            addr: l.addr,
+            source,
+        })?;
+        listeners.push((listener, local));
+    }
     let addresses: Vec<SocketAddr> = listeners.iter().map(|(_, a)| *a).collect();
     let first_service_ip: Vec<IpAddr> = config
         .service_cidrs
@@ -311,6 +359,24 @@ pub fn client_kubeconfig(
 ) -> Result<String, Error> {
     std::fs::create_dir_all(data_dir).map_err(|e| Error::io(data_dir, e))?;
     tls::client_kubeconfig(data_dir, server, user, groups)
+}
+
+/// Opens a listening socket inside the network namespace at `netns`: a socket keeps the
+/// namespace it was created in, so one short-lived thread enters the namespace, binds
+/// and returns the socket. (`netlink::netns::run_in_path` does the same; the API server
+/// does not depend on the kernel crate for this one call.)
+fn bind_in_netns(netns: &Path, addr: SocketAddr) -> Result<std::net::TcpListener, Error> {
+    let file = std::fs::File::open(netns).map_err(|e| Error::io(netns, e))?;
+    let listen_err = move |source| Error::Listen { addr, source };
+    std::thread::spawn(move || -> Result<std::net::TcpListener, Error> {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| listen_err(std::io::Error::from(e)))?;
+        let l = std::net::TcpListener::bind(addr).map_err(listen_err)?;
+        l.set_nonblocking(true).map_err(listen_err)?;
+        Ok(l)
+    })
+    .join()
+    .map_err(|_| listen_err(std::io::Error::other("namespace thread panicked")))?
 }
 
 /// Runs the server until the process ends.
