@@ -743,7 +743,11 @@ fn store_update(
     let finalizers_done = new["metadata"]["finalizers"]
         .as_array()
         .is_none_or(|f| f.is_empty());
-    if new["metadata"]["deletionTimestamp"].is_string() && finalizers_done {
+    // A pod in its grace period stays until its node deletes it with grace period 0.
+    let grace_over = new["metadata"]["deletionGracePeriodSeconds"]
+        .as_i64()
+        .is_none_or(|g| g == 0);
+    if new["metadata"]["deletionTimestamp"].is_string() && finalizers_done && grace_over {
         return txn.delete(key, new);
     }
     txn.put(key, new, EventType::Modified)
@@ -783,9 +787,66 @@ fn patch_object(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>
     Ok(json_response(200, &stored, "application/json"))
 }
 
-/// Deletes one object inside `txn`: objects with finalizers only get a deletionTimestamp;
-/// a namespace takes everything in it along.
-fn delete_in(txn: &mut Txn, rt: &ResourceType, key: &str, old: Value) -> Result<Value, Error> {
+/// The parts of `DeleteOptions` this server acts on.
+#[derive(Debug, Clone, Copy, Default)]
+struct DeleteOpts {
+    /// `propagationPolicy: Orphan` (or the old `orphanDependents: true`): dependents lose
+    /// their owner reference instead of being deleted.
+    orphan: bool,
+    /// `gracePeriodSeconds`.
+    grace: Option<i64>,
+}
+
+fn delete_opts(r: &Req) -> Result<DeleteOpts, Error> {
+    let body: Value = if r.body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&r.body)
+            .map_err(|e| Status::bad_request(format!("invalid DeleteOptions: {e}")))?
+    };
+    let policy = body["propagationPolicy"]
+        .as_str()
+        .or(r.param("propagationPolicy"));
+    let orphan = policy == Some("Orphan")
+        || body["orphanDependents"] == json!(true)
+        || r.param("orphanDependents") == Some("true");
+    let grace = body["gracePeriodSeconds"]
+        .as_i64()
+        .or_else(|| r.param("gracePeriodSeconds").and_then(|g| g.parse().ok()));
+    Ok(DeleteOpts { orphan, grace })
+}
+
+/// Deletes one object inside `txn`, as kube-apiserver and its garbage collector would:
+/// a pod bound to a node only gets a deletionTimestamp (its node deletes it with grace
+/// period 0 once its containers are gone); objects with finalizers only get a
+/// deletionTimestamp; a namespace takes everything in it along; dependents (by
+/// ownerReferences) are deleted too (background propagation) or orphaned.
+fn delete_in(
+    txn: &mut Txn,
+    rt: &ResourceType,
+    key: &str,
+    old: Value,
+    opts: DeleteOpts,
+) -> Result<Value, Error> {
+    let bound = old["spec"]["nodeName"]
+        .as_str()
+        .is_some_and(|n| !n.is_empty());
+    if rt.is("", "pods") && bound {
+        let default = old["spec"]["terminationGracePeriodSeconds"]
+            .as_i64()
+            .unwrap_or(30);
+        let grace = opts.grace.unwrap_or(default).max(0);
+        if grace > 0 {
+            let current = old["metadata"]["deletionGracePeriodSeconds"].as_i64();
+            if current.is_some_and(|c| c <= grace) {
+                return Ok(old);
+            }
+            let mut o = old;
+            o["metadata"]["deletionTimestamp"] = json!(rfc3339(now_secs() + grace));
+            o["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+            return txn.put(key, o, EventType::Modified);
+        }
+    }
     if old["metadata"]["finalizers"]
         .as_array()
         .is_some_and(|f| !f.is_empty())
@@ -805,8 +866,52 @@ fn delete_in(txn: &mut Txn, rt: &ResourceType, key: &str, old: Value) -> Result<
                 txn.delete(&k, o)?;
             }
         }
+        return txn.delete(key, old);
     }
-    txn.delete(key, old)
+    let uid = str_at(&old, "metadata.uid").unwrap_or("").to_string();
+    let namespace = rt
+        .namespaced
+        .then(|| str_at(&old, "metadata.namespace").unwrap_or("").to_string());
+    let deleted = txn.delete(key, old)?;
+    if !uid.is_empty() {
+        for (dep_rt, k, mut o) in dependents(txn, namespace.as_deref(), &uid)? {
+            if opts.orphan {
+                if let Some(refs) = o["metadata"]["ownerReferences"].as_array_mut() {
+                    refs.retain(|r| r["uid"].as_str() != Some(uid.as_str()));
+                }
+                txn.put(&k, o, EventType::Modified)?;
+            } else {
+                delete_in(txn, dep_rt, &k, o, DeleteOpts::default())?;
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+/// Objects whose ownerReferences name `uid`: in `namespace` for a namespaced owner,
+/// anywhere for a cluster-scoped one.
+fn dependents(
+    txn: &Txn,
+    namespace: Option<&str>,
+    uid: &str,
+) -> Result<Vec<(&'static ResourceType, String, Value)>, Error> {
+    let mut out = Vec::new();
+    for rt in resources::RESOURCES.iter() {
+        let prefix = match namespace {
+            Some(_) if !rt.namespaced => continue,
+            Some(ns) => format!("{}/{ns}/", rt.storage_prefix()),
+            None => format!("{}/", rt.storage_prefix()),
+        };
+        for (k, o) in txn.scan(&prefix)? {
+            let owned = o["metadata"]["ownerReferences"]
+                .as_array()
+                .is_some_and(|refs| refs.iter().any(|r| r["uid"].as_str() == Some(uid)));
+            if owned {
+                out.push((rt, k, o));
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn check_preconditions(t: &Target, r: &Req, old: &Value, name: &str) -> Result<(), Error> {
@@ -835,10 +940,11 @@ fn delete(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Erro
     }
     let name = t.name.clone().unwrap_or_default();
     let key = key_of(t, &name);
+    let opts = delete_opts(r)?;
     let out = s.store.write_opts(dry_run(r), |txn| {
         let old = txn.get(&key)?.ok_or_else(|| not_found(t, &name))?;
         check_preconditions(t, r, &old, &name)?;
-        delete_in(txn, t.rt, &key, old)
+        delete_in(txn, t.rt, &key, old, opts)
     })?;
     Ok(json_response(200, &out, "application/json"))
 }
@@ -846,11 +952,15 @@ fn delete(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Erro
 fn delete_collection(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Error> {
     let sel = selectors(t, r)?;
     let prefix = prefix_of(t);
+    let opts = delete_opts(r)?;
     let deleted = s.store.write_opts(dry_run(r), |txn| {
         let mut out = Vec::new();
-        for (k, o) in txn.scan(&prefix)? {
-            if sel.matches(&o) {
-                out.push(delete_in(txn, t.rt, &k, o)?);
+        for (k, _) in txn.scan(&prefix)? {
+            // An earlier deletion in this collection may have changed or removed this one.
+            if let Some(o) = txn.get(&k)?
+                && sel.matches(&o)
+            {
+                out.push(delete_in(txn, t.rt, &k, o, opts)?);
             }
         }
         Ok(out)

@@ -675,3 +675,124 @@ async fn filtered_watch_sees_objects_enter_and_leave_the_selector() {
         .collect();
     assert_eq!(types, ["ADDED", "DELETED", "ADDED"]);
 }
+
+#[tokio::test]
+async fn garbage_collection_follows_owner_references() {
+    use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+    let (_dir, _r, client) = setup();
+    let deploys: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let rss: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let template = json!({"metadata": {"labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "web", "image": "nginx"}]}});
+    let owned_by = |kind: &str, api_version: &str, name: &str, uid: &str| json!([{"apiVersion": api_version, "kind": kind, "name": name, "uid": uid, "controller": true}]);
+    for (round, orphan) in [(0, false), (1, true)] {
+        let d: Deployment =
+            serde_json::from_value(json!({"metadata": {"name": format!("web{round}")},
+            "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": template}}))
+            .unwrap();
+        let d = deploys.create(&PostParams::default(), &d).await.unwrap();
+        let rs: ReplicaSet =
+            serde_json::from_value(json!({"metadata": {"name": format!("web{round}-1"),
+            "ownerReferences": owned_by("Deployment", "apps/v1", &d.name_any(), &d.uid().unwrap())},
+            "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": template}}))
+            .unwrap();
+        let rs = rss.create(&PostParams::default(), &rs).await.unwrap();
+        let mut p = pod(&format!("web{round}-1-a"), json!({"app": "web"}));
+        p.metadata.owner_references = serde_json::from_value(owned_by(
+            "ReplicaSet",
+            "apps/v1",
+            &rs.name_any(),
+            &rs.uid().unwrap(),
+        ))
+        .unwrap();
+        pods.create(&PostParams::default(), &p).await.unwrap();
+
+        let dp = if orphan {
+            DeleteParams::orphan()
+        } else {
+            DeleteParams::background()
+        };
+        deploys.delete(&d.name_any(), &dp).await.unwrap();
+        if orphan {
+            let left = rss.get(&rs.name_any()).await.unwrap();
+            assert!(
+                left.metadata
+                    .owner_references
+                    .unwrap_or_default()
+                    .is_empty()
+            );
+            assert!(pods.get(&p.name_any()).await.is_ok());
+        } else {
+            assert_eq!(
+                api_error(rss.get(&rs.name_any()).await.unwrap_err()).code,
+                404
+            );
+            assert_eq!(
+                api_error(pods.get(&p.name_any()).await.unwrap_err()).code,
+                404
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn bound_pods_wait_for_their_node_and_finalizers_hold_deletes() {
+    let (_dir, _r, client) = setup();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let mut p = pod("bound", json!({}));
+    p.spec.as_mut().unwrap().node_name = Some("node-1".into());
+    pods.create(&PostParams::default(), &p).await.unwrap();
+    pods.delete("bound", &DeleteParams::default())
+        .await
+        .unwrap();
+    let terminating = pods.get("bound").await.unwrap();
+    assert!(terminating.metadata.deletion_timestamp.is_some());
+    assert_eq!(terminating.metadata.deletion_grace_period_seconds, Some(30));
+    // The node reports status, then deletes with grace period 0.
+    pods.patch_status(
+        "bound",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Succeeded"}})),
+    )
+    .await
+    .unwrap();
+    assert!(pods.get("bound").await.is_ok());
+    pods.delete("bound", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    assert_eq!(api_error(pods.get("bound").await.unwrap_err()).code, 404);
+
+    // An unbound pod goes at once.
+    pods.create(&PostParams::default(), &pod("unbound", json!({})))
+        .await
+        .unwrap();
+    pods.delete("unbound", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert_eq!(api_error(pods.get("unbound").await.unwrap_err()).code, 404);
+
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let cm: ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "held", "finalizers": ["example.com/hold"]}}),
+    )
+    .unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    cms.delete("held", &DeleteParams::default()).await.unwrap();
+    assert!(
+        cms.get("held")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_some()
+    );
+    cms.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(api_error(cms.get("held").await.unwrap_err()).code, 404);
+}
