@@ -11,6 +11,7 @@
 
 pub mod ipam;
 mod plugin;
+mod reaper;
 pub mod spec;
 pub mod wiring;
 
@@ -24,6 +25,9 @@ pub const PLUGIN_NAME: &str = "kubewire-cni";
 /// Runs one CNI invocation from the process's environment and stdin, prints the result
 /// or error on stdout, and returns the exit code.
 pub fn main() -> i32 {
+    if let Some(code) = reaper::run_if_asked() {
+        return code;
+    }
     let mut stdin = Vec::new();
     if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
         let err = CniError::new(spec::code::IO_FAILURE, "reading stdin", e.to_string());

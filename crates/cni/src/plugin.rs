@@ -117,6 +117,7 @@ async fn add(env: &Env, conf: &NetConf, version: Version) -> Result<Value, CniEr
     let store = Store::new(&conf.data_dir(), &conf.name);
     let key = key(env);
     let host_name = host_veth_name(env.container_id(), env.ifname());
+    let alias = wiring::host_alias(&conf.name, env.container_id(), env.ifname());
     // Refuse before allocating anything: an existing interface is the caller's mistake.
     wiring::ensure_absent(netns, env.ifname()).await?;
 
@@ -130,6 +131,7 @@ async fn add(env: &Env, conf: &NetConf, version: Version) -> Result<Value, CniEr
             host_name: &host_name,
             mtu: conf.pod_mtu(),
             addresses: &addresses,
+            alias: &alias,
         };
         let interfaces = wiring::attach(&attachment).await?;
         step = AddStep::Wired;
@@ -143,13 +145,13 @@ async fn add(env: &Env, conf: &NetConf, version: Version) -> Result<Value, CniEr
             warn!(error = %err, ?step, "ADD failed; rolling back");
             // Whatever step failed, the kernel part may be half made: `attach` stops at
             // its first error. Removing it is a no-op when nothing was made.
-            if let Err(e) = wiring::detach(Some(netns), env.ifname(), &host_name).await {
+            if let Err(e) = wiring::detach_now(Some(netns), env.ifname(), &host_name).await {
                 warn!(error = %e, "rollback: removing interfaces");
             }
-            if step >= AddStep::Allocated {
-                if let Err(e) = store.update(|st| Ok(st.release(&key))) {
-                    warn!(error = %e, "rollback: releasing addresses");
-                }
+            if step >= AddStep::Allocated
+                && let Err(e) = store.update(|st| Ok(st.release(&key)))
+            {
+                warn!(error = %e, "rollback: releasing addresses");
             }
             return Err(err);
         }
@@ -175,10 +177,13 @@ async fn add(env: &Env, conf: &NetConf, version: Version) -> Result<Value, CniEr
 async fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let host_name = host_veth_name(env.container_id(), env.ifname());
     // Kernel first: an address must not be handed out while routes to it remain.
-    wiring::detach(env.netns.as_deref(), env.ifname(), &host_name).await?;
+    let pending = wiring::detach(env.netns.as_deref(), env.ifname(), &host_name).await?;
     let store = Store::new(&conf.data_dir(), &conf.name);
     let freed = store.update(|st| Ok(st.release(&key(env))))?;
     debug!(?freed, "detached");
+    if let Some(unregister) = pending {
+        crate::reaper::spawn(&unregister).await;
+    }
     Ok(())
 }
 
@@ -207,6 +212,7 @@ async fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         host_name: &host_name,
         mtu: conf.pod_mtu(),
         addresses: &expected,
+        alias: "",
     };
     let routes: Vec<(IpNet, Option<IpAddr>)> = prev.routes.iter().map(|r| (r.dst, r.gw)).collect();
     diffs.extend(wiring::differences(&attachment, &routes).await?);
@@ -243,17 +249,19 @@ async fn gc(conf: &NetConf) -> Result<(), CniError> {
         .collect();
     let store = Store::new(&conf.data_dir(), &conf.name);
     let freed = store.update(|st| Ok(st.gc(&valid)))?;
-    // Keep going past failures: one stuck link must not keep the others.
-    let mut problems = Vec::new();
-    let mut seen = BTreeSet::new();
     for (ip, attachment) in &freed {
         debug!(%ip, container = %attachment.container_id, "gc: freed");
-        if seen.insert(attachment.clone()) {
-            let name = host_veth_name(&attachment.container_id, &attachment.ifname);
-            if let Err(e) = wiring::delete_host_side(&name).await {
-                problems.push(format!("{name}: {e}"));
-            }
-        }
+    }
+    // Every node-side veth that no valid attachment owns goes: those of the attachments
+    // just freed, and any whose background unregister never ran.
+    let keep: BTreeSet<String> = valid
+        .iter()
+        .map(|a| host_veth_name(&a.container_id, &a.ifname))
+        .collect();
+    let mut problems = Vec::new();
+    match wiring::sweep_host_side(&conf.name, &keep).await {
+        Ok(deleted) => debug!(?deleted, "gc: removed node-side veths"),
+        Err(e) => problems.push(e.to_string()),
     }
     if problems.is_empty() {
         Ok(())

@@ -392,12 +392,12 @@ impl NetConf {
                 "kubewire allocates pod addresses itself from podCIDRs; remove the ipam section",
             ));
         }
-        if let Some(mtu) = self.mtu {
-            if !(576 + VXLAN_OVERHEAD..=65535).contains(&mtu) {
-                return invalid(format!(
-                    "mtu: Invalid value: {mtu}: must be between 626 and 65535"
-                ));
-            }
+        if let Some(mtu) = self.mtu
+            && !(576 + VXLAN_OVERHEAD..=65535).contains(&mtu)
+        {
+            return invalid(format!(
+                "mtu: Invalid value: {mtu}: must be between 626 and 65535"
+            ));
         }
         let v4 = self
             .pod_cidrs

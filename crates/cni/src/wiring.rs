@@ -67,6 +67,19 @@ pub struct Attachment<'a> {
     pub mtu: u32,
     /// The pod's addresses.
     pub addresses: &'a [IpAddr],
+    /// The node-side veth's alias, [`host_alias`]: which network it belongs to.
+    pub alias: &'a str,
+}
+
+/// The alias of a node-side veth: `kubewire:<network>:<containerID>:<ifname>`, so GC
+/// of one network never touches another network's devices, and `ip link` shows whose
+/// veth it is.
+pub fn host_alias(network: &str, container_id: &str, ifname: &str) -> String {
+    format!("kubewire:{network}:{container_id}:{ifname}")
+}
+
+fn alias_network(alias: &str) -> Option<&str> {
+    alias.strip_prefix("kubewire:")?.split(':').next()
 }
 
 fn interface(link: &LinkInfo, sandbox: Option<&Path>) -> Interface {
@@ -130,7 +143,7 @@ pub async fn attach(a: &Attachment<'_>) -> Result<[Interface; 2], CniError> {
         )
     })?;
     let host_index = node
-        .add_veth_into(a.host_name, a.ifname, netns_file.as_fd(), a.mtu)
+        .add_veth_into(a.host_name, a.ifname, netns_file.as_fd(), a.mtu, a.alias)
         .await?;
     let host_link = node
         .link_by_index(host_index)
@@ -158,7 +171,7 @@ pub async fn attach(a: &Attachment<'_>) -> Result<[Interface; 2], CniError> {
         }
         pod.add_neighbour(pod_link.index, gw, &host_link.mac)
             .await?;
-        if let IpAddr::V4(_) = gw {
+        if gw.is_ipv4() {
             // IPv4 needs a route to the gateway itself; IPv6's fe80::/64 is on-link.
             pod.add_route_spec(&RouteSpec::direct(host_prefix(gw), pod_link.index))
                 .await?;
@@ -193,15 +206,52 @@ pub async fn attach(a: &Attachment<'_>) -> Result<[Interface; 2], CniError> {
     ])
 }
 
-/// Removes an attachment: the node-side veth (which takes the pod side, the routes and
-/// the neighbour entries with it), or, if only the pod side is left, that. Nothing
-/// there, or no namespace any more, is success: DEL is idempotent.
-pub async fn detach(netns: Option<&Path>, ifname: &str, host_name: &str) -> Result<(), CniError> {
+/// What [`detach`] left for the background: a node-side veth that is down (so its
+/// routes are gone and the pod is cut off) but not yet unregistered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unregister {
+    /// Its index: unlike the name, not reused by a new ADD of the same attachment.
+    pub index: u32,
+    /// Its name, checked again before deleting.
+    pub name: String,
+}
+
+/// Detaches an attachment. With the node-side veth present, it goes down at once: the
+/// kernel drops its routes and the pod loses its link, so the pod is off the network
+/// when DEL returns. Unregistering the device costs 17-30 ms of RCU waits in the
+/// kernel; that part is returned as [`Unregister`] for the caller to finish off DEL's
+/// path. If only the pod side is left, that is deleted here. Nothing there, or no
+/// namespace any more, is success: DEL is idempotent.
+pub async fn detach(
+    netns: Option<&Path>,
+    ifname: &str,
+    host_name: &str,
+) -> Result<Option<Unregister>, CniError> {
     let node = Rtnl::connect_here()?;
     if let Some(link) = node.link(host_name).await? {
-        node.delete_link(link.index).await?;
+        node.set_down(link.index).await?;
+        return Ok(Some(Unregister {
+            index: link.index,
+            name: link.name,
+        }));
+    }
+    detach_pod_side(netns, ifname).await?;
+    Ok(None)
+}
+
+/// Removes an attachment completely before returning (ADD's rollback).
+pub async fn detach_now(
+    netns: Option<&Path>,
+    ifname: &str,
+    host_name: &str,
+) -> Result<(), CniError> {
+    if delete_host_side(host_name).await? {
         return Ok(());
     }
+    detach_pod_side(netns, ifname).await
+}
+
+async fn detach_pod_side(netns: Option<&Path>, ifname: &str) -> Result<(), CniError> {
     let Some(netns) = netns else { return Ok(()) };
     let pod = match Rtnl::connect_in_path(netns) {
         Ok(pod) => pod,
@@ -212,6 +262,34 @@ pub async fn detach(netns: Option<&Path>, ifname: &str, host_name: &str) -> Resu
         pod.delete_link(link.index).await?;
     }
     Ok(())
+}
+
+/// Unregisters a veth that [`detach`] took down, if it is still that veth and still
+/// down (a new ADD of the same attachment makes a new device with a new index).
+pub async fn unregister(u: &Unregister) -> Result<(), CniError> {
+    let node = Rtnl::connect_here()?;
+    match node.link_by_index(u.index).await? {
+        Some(link) if link.name == u.name && !link.up => Ok(node.delete_link(u.index).await?),
+        _ => Ok(()),
+    }
+}
+
+/// Deletes every node-side veth of `network` whose name is not in `keep` (GC's sweep,
+/// which also finds devices whose background unregister never ran). Returns the names
+/// deleted.
+pub async fn sweep_host_side(
+    network: &str,
+    keep: &std::collections::BTreeSet<String>,
+) -> Result<Vec<String>, CniError> {
+    let node = Rtnl::connect_here()?;
+    let mut deleted = Vec::new();
+    for link in node.links().await? {
+        if alias_network(&link.alias) == Some(network) && !keep.contains(&link.name) {
+            node.delete_link(link.index).await?;
+            deleted.push(link.name);
+        }
+    }
+    Ok(deleted)
 }
 
 /// Deletes the node-side veth of an attachment if it is there (GC).
@@ -296,6 +374,14 @@ mod tests {
         assert!(a.len() <= 15 && a.starts_with("kw"), "{a}");
         assert_ne!(a, host_veth_name("abc123", "eth1"));
         assert_ne!(a, host_veth_name("abc12", "3eth0"));
+    }
+
+    #[test]
+    fn aliases_name_the_network() {
+        let alias = host_alias("kubewire", "abc", "eth0");
+        assert_eq!(alias, "kubewire:kubewire:abc:eth0");
+        assert_eq!(alias_network(&alias), Some("kubewire"));
+        assert_eq!(alias_network("something else"), None);
     }
 
     #[test]

@@ -178,10 +178,10 @@ fn plugin_config(
     if let Some(caps) = plugin.get("capabilities").and_then(Value::as_object) {
         let mut rc = serde_json::Map::new();
         for (cap, on) in caps {
-            if on.as_bool() == Some(true) {
-                if let Some(v) = runtime_config.get(cap) {
-                    rc.insert(cap.clone(), v.clone());
-                }
+            if on.as_bool() == Some(true)
+                && let Some(v) = runtime_config.get(cap)
+            {
+                rc.insert(cap.clone(), v.clone());
             }
         }
         if !rc.is_empty() {

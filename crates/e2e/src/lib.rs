@@ -14,6 +14,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+/// Polls `done` every 20 ms until it returns true or `timeout` passes; returns whether
+/// it did. For state that the system reaches asynchronously; never a timing assertion.
+pub fn wait_until(timeout: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Panics unless the process runs as root. Call it first in every namespaced test.
 pub fn require_root() {
     let uid = std::fs::read_to_string("/proc/self/status")

@@ -128,8 +128,11 @@ fn tuning_bandwidth_and_portmap_chain_after_kubewire() {
         &runtime_config,
         &result,
     );
-    let links = sh(&node, "ip -o link");
-    assert!(!links.contains(&host_veth), "{links}");
+    // DEL takes the veth down at once and unregisters it in the background.
+    let gone = e2e::wait_until(std::time::Duration::from_secs(5), || {
+        !sh(&node, "ip -o link").contains(&host_veth)
+    });
+    assert!(gone, "{}", sh(&node, "ip -o link"));
     let rules = sh(&node, "iptables-save");
     assert!(
         !rules.contains("10.244.20.2"),

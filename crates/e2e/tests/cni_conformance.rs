@@ -106,6 +106,14 @@ impl Node {
     fn links(&self) -> String {
         String::from_utf8_lossy(&self.ns.run("ip", &["-o", "link"]).stdout).into_owned()
     }
+
+    /// Waits (up to 5 s) until no node-side veth is left: DEL unregisters devices in the
+    /// background, after taking them down.
+    fn wait_no_veths(&self) -> bool {
+        e2e::wait_until(std::time::Duration::from_secs(5), || {
+            !self.links().contains(": kw")
+        })
+    }
 }
 
 fn ping(from: &Pod, to: &str) -> bool {
@@ -289,8 +297,37 @@ fn del_frees_the_address_removes_the_links_and_is_idempotent() {
         );
     }
     assert_eq!(node.allocations(), json!({}));
-    assert!(!node.links().contains("kw"), "{}", node.links());
+    assert!(node.wait_no_veths(), "{}", node.links());
     assert!(!pod.ip(&["link"]).contains("eth0"));
+}
+
+#[test]
+fn del_cuts_the_pod_off_before_it_returns() {
+    let node = Node::new(&["10.244.14.0/24", "fd00:10:244:14::/64"]);
+    let pod = node.pod();
+    node.add(&pod);
+    node.call("DEL", &pod.params(), &node.conf("1.1.0")).ok();
+    // Whatever the background unregister has done by now, no route leads to the pod
+    // and its link is down or gone.
+    let routes =
+        String::from_utf8_lossy(&node.ns.run("ip", &["route", "show", "10.244.14.2"]).stdout)
+            .into_owned()
+            + &String::from_utf8_lossy(
+                &node
+                    .ns
+                    .run("ip", &["-6", "route", "show", "fd00:10:244:14::2"])
+                    .stdout,
+            );
+    assert!(
+        routes.trim().is_empty(),
+        "routes to a deleted pod: {routes}"
+    );
+    let eth0 = pod.ip(&["-o", "link", "show", "eth0"]);
+    assert!(
+        eth0.is_empty() || !eth0.contains("LOWER_UP"),
+        "pod still has a live link: {eth0}"
+    );
+    assert!(node.wait_no_veths(), "{}", node.links());
 }
 
 #[test]
@@ -307,7 +344,7 @@ fn del_succeeds_without_a_namespace_and_for_what_was_never_added() {
     };
     node.call("DEL", &params, &node.conf("1.1.0")).ok();
     assert_eq!(node.allocations(), json!({}));
-    assert!(!node.links().contains("kw"));
+    assert!(node.wait_no_veths(), "{}", node.links());
     let never = Params {
         container_id: "never-added",
         netns: Some("/run/netns/kwt-nope"),
@@ -403,6 +440,35 @@ fn gc_frees_every_attachment_not_listed_as_valid() {
     // The freed pods' node-side veths are gone too; the valid one stays.
     assert_eq!(node.links().matches(": kw").count(), 1, "{}", node.links());
     assert!(eth0_is_up(&pods[0]));
+}
+
+#[test]
+fn gc_of_one_network_leaves_another_networks_pods_alone() {
+    let node = Node::new(&["10.244.15.0/24"]);
+    let other_network = Node {
+        ns: TestNetns::new("unused"),
+        plugins: PluginDir::new(),
+        data: tempfile::tempdir().unwrap(),
+        network: e2e::unique_name("other"),
+        cidrs: vec!["10.244.16.0/24".into()],
+    };
+    let (mine, theirs) = (node.pod(), node.pod());
+    node.add(&mine);
+    // The other network's pod, attached by the same node.
+    let mut other_conf = other_network.conf("1.1.0");
+    other_conf["name"] = json!(other_network.network);
+    node.call("ADD", &theirs.params(), &other_conf).ok();
+    let mut gc = node.conf("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([]);
+    node.call_env(&[("CNI_COMMAND", "GC")], &gc).ok();
+    assert_eq!(node.allocations(), json!({}));
+    assert_eq!(
+        node.links().matches(": kw").count(),
+        1,
+        "GC took another network's veth: {}",
+        node.links()
+    );
+    assert!(eth0_is_up(&theirs));
 }
 
 fn eth0_is_up(pod: &Pod) -> bool {

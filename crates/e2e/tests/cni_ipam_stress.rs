@@ -64,7 +64,7 @@ fn parallel_add_del_with_killed_plugins_leaks_nothing_after_gc() {
                         ifname: "eth0",
                     };
                     let env = env_for("ADD", &params, &cni_path);
-                    if next(&mut seed) % 8 == 0 {
+                    if next(&mut seed).is_multiple_of(8) {
                         // Kill the plugin somewhere inside ADD and never DEL: a leak that
                         // only GC can find. The namespace goes away with its guard.
                         let delay = Duration::from_micros(next(&mut seed) % 4000);
@@ -106,7 +106,7 @@ fn parallel_add_del_with_killed_plugins_leaks_nothing_after_gc() {
                             }
                         }
                     }
-                    if cycle % 50 == 0 {
+                    if cycle.is_multiple_of(50) {
                         // Keep a few pods: GC must not touch them.
                         kept.lock().unwrap().push((id, pod));
                         continue;

@@ -24,6 +24,8 @@ pub struct LinkInfo {
     pub mac: Vec<u8>,
     /// Whether the link is administratively up.
     pub up: bool,
+    /// The link's alias (`ip link set X alias ...`), empty if none.
+    pub alias: String,
 }
 
 /// A route in the main table, as far as kubewire cares.
@@ -83,12 +85,14 @@ impl LinkInfo {
             mtu: 0,
             mac: Vec::new(),
             up,
+            alias: String::new(),
         };
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(name) => info.name.clone_from(name),
                 LinkAttribute::Mtu(mtu) => info.mtu = *mtu,
                 LinkAttribute::Address(mac) => info.mac.clone_from(mac),
+                LinkAttribute::IfAlias(alias) => info.alias.clone_from(alias),
                 _ => {}
             }
         }
@@ -252,6 +256,7 @@ impl Rtnl {
         peer: &str,
         peer_netns: BorrowedFd<'_>,
         mtu: u32,
+        alias: &str,
     ) -> Result<u32> {
         use netlink_packet_route::link::{InfoData, InfoVeth};
         let peer_msg = LinkUnspec::new_with_name(peer)
@@ -268,7 +273,17 @@ impl Rtnl {
             .execute()
             .await
             .map_err(|e| Error::netlink(format!("creating veth pair {name}/{peer}"), e))?;
-        self.link_index(name).await
+        let index = self.link_index(name).await?;
+        // The kernel ignores IFLA_IFALIAS when creating a link; it takes it on a set.
+        if !alias.is_empty() {
+            self.handle
+                .link()
+                .set(LinkUnspec::new_with_index(index).alias(alias).build())
+                .execute()
+                .await
+                .map_err(|e| Error::netlink(format!("setting alias of {name}"), e))?;
+        }
+        Ok(index)
     }
 
     /// Moves a link into another namespace, renaming it there if `new_name` is given.
@@ -298,6 +313,16 @@ impl Rtnl {
             .execute()
             .await
             .map_err(|e| Error::netlink(format!("setting link {index} up"), e))
+    }
+
+    /// Takes a link down. The kernel drops every route through it at once.
+    pub async fn set_down(&self, index: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).down().build())
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("setting link {index} down"), e))
     }
 
     /// Attaches a link to a bridge.
@@ -376,10 +401,10 @@ impl Rtnl {
         let mut out = Vec::new();
         for msg in msgs {
             for attr in &msg.attributes {
-                if let AddressAttribute::Address(ip) = attr {
-                    if let Ok(net) = IpNet::new(*ip, msg.header.prefix_len) {
-                        out.push(net);
-                    }
+                if let AddressAttribute::Address(ip) = attr
+                    && let Ok(net) = IpNet::new(*ip, msg.header.prefix_len)
+                {
+                    out.push(net);
                 }
             }
         }
@@ -426,12 +451,11 @@ impl Rtnl {
                 for attr in &msg.attributes {
                     match attr {
                         RouteAttribute::Destination(a) => {
-                            if let Some(ip) = addr(a) {
-                                if let Ok(net) =
+                            if let Some(ip) = addr(a)
+                                && let Ok(net) =
                                     IpNet::new(ip, msg.header.destination_prefix_length)
-                                {
-                                    info.destination = net;
-                                }
+                            {
+                                info.destination = net;
                             }
                         }
                         RouteAttribute::Gateway(a) => info.gateway = addr(a),
