@@ -21,7 +21,7 @@ use crate::selector::{FieldSelector, LabelSelector, Selectors};
 use crate::service::{self, Ranges};
 use crate::store::{EventType, Store, Txn};
 use crate::util::{hex, now_secs, parse_query, rfc3339, str_at, unhex};
-use crate::{discovery, table, validate};
+use crate::{discovery, strict, table, validate};
 
 /// kube-apiserver's request body limit.
 const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -503,6 +503,28 @@ fn parse_body(t: &Target, body: &[u8]) -> Result<Value, Error> {
     Ok(v)
 }
 
+/// With `fieldValidation=Strict`, refuses unknown fields (400, kube-apiserver's words).
+fn check_strict(rt: &ResourceType, r: &Req, obj: &Value, prefix: bool) -> Result<(), Error> {
+    if r.param("fieldValidation") != Some("Strict") {
+        return Ok(());
+    }
+    let unknown = strict::unknown_fields(rt.kind, obj);
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let msg = strict::message(&unknown);
+    let msg = if prefix {
+        format!(
+            "{kind} in version \"{v}\" cannot be handled as a {kind}: {msg}",
+            kind = rt.kind,
+            v = rt.version
+        )
+    } else {
+        msg
+    };
+    Err(Status::bad_request(msg).into())
+}
+
 fn dry_run(r: &Req) -> bool {
     r.param("dryRun").is_some_and(|d| d == "All")
 }
@@ -638,6 +660,7 @@ fn create(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Erro
     let rt = t.rt;
     check_json(r)?;
     let mut obj = parse_body(t, &r.body)?;
+    check_strict(rt, r, &obj, true)?;
     let mut name = str_at(&obj, "metadata.name").unwrap_or("").to_string();
     if name.is_empty() {
         let gen_name = str_at(&obj, "metadata.generateName")
@@ -757,6 +780,7 @@ fn update(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Erro
     let name = t.name.clone().unwrap_or_default();
     check_json(r)?;
     let new = parse_body(t, &r.body)?;
+    check_strict(t.rt, r, &new, true)?;
     let key = key_of(t, &name);
     let stored = s.store.write_opts(dry_run(r), |txn| {
         let old = txn.get(&key)?.ok_or_else(|| not_found(t, &name))?;
@@ -782,6 +806,7 @@ fn patch_object(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>
         if t.rt.namespaced {
             new["metadata"]["namespace"] = old["metadata"]["namespace"].clone();
         }
+        check_strict(t.rt, r, &new, false)?;
         store_update(s, txn, t, &key, old, new)
     })?;
     Ok(json_response(200, &stored, "application/json"))

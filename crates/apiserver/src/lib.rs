@@ -33,6 +33,7 @@ mod resources;
 mod selector;
 mod service;
 mod store;
+mod strict;
 mod table;
 mod tls;
 mod util;

@@ -338,6 +338,32 @@ async fn bad_input_is_refused_and_stores_nothing() {
     );
     assert_eq!(v["details"]["causes"][0]["field"], "spec.ports[0].port");
 
+    let typo = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "typo"},
+        "spec": {"ports": [{"port": 80, "prot": 1}]}});
+    let strict = format!("{svcs}?fieldValidation=Strict");
+    let (code, _, v) = raw(&r, "POST", &strict, "application/json", &typo.to_string()).await;
+    assert_eq!(code, 400);
+    assert_eq!(
+        v["message"],
+        "Service in version \"v1\" cannot be handled as a Service: strict decoding error: unknown field \"spec.ports[0].prot\""
+    );
+    let patch = "/api/v1/namespaces/default/services/kubernetes?fieldValidation=Strict";
+    let (code, _, v) = raw(
+        &r,
+        "PATCH",
+        patch,
+        "application/merge-patch+json",
+        r#"{"spec": {"typo": 1}}"#,
+    )
+    .await;
+    assert_eq!(
+        (code, v["message"].as_str()),
+        (
+            400,
+            Some("strict decoding error: unknown field \"spec.typo\"")
+        )
+    );
+
     let too_big = format!(
         "{{\"metadata\": {{\"name\": \"big\"}}, \"data\": {{\"a\": \"{}\"}}}}",
         "x".repeat(4 * 1024 * 1024)
