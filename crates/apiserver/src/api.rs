@@ -21,7 +21,7 @@ use crate::selector::{FieldSelector, LabelSelector, Selectors};
 use crate::service::{self, Ranges};
 use crate::store::{EventType, Store, Txn};
 use crate::util::{hex, now_secs, parse_query, rfc3339, str_at, unhex};
-use crate::{discovery, strict, table, validate};
+use crate::{apply, discovery, strict, table, validate};
 
 /// kube-apiserver's request body limit.
 const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -675,29 +675,106 @@ fn create(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Erro
     }
     prepare_create(rt, &mut obj);
     let key = key_of(t, &name);
-    let stored = s.store.write_opts(dry_run(r), |txn| {
-        if let Some(ns) = t.namespace.as_deref().filter(|_| rt.namespaced) {
-            let ns_key = resources::namespaces().key("", ns);
-            match txn.get(&ns_key)? {
-                None => return Err(Status::not_found("", "namespaces", ns).into()),
-                Some(n) if n["metadata"]["deletionTimestamp"].is_string() => {
-                    return Err(Status::new(
-                        403,
-                        "Forbidden",
-                        format!("{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated", rt.resource),
-                    )
-                    .into());
-                }
-                Some(_) => {}
-            }
-        }
-        if txn.get(&key)?.is_some() {
-            return Err(Status::already_exists(rt.group, rt.resource, &name).into());
-        }
-        check_write(s, txn, t, &key, &mut obj, None)?;
-        txn.put(&key, obj, EventType::Added)
-    })?;
+    let stored = s
+        .store
+        .write_opts(dry_run(r), |txn| create_in(s, txn, t, &key, obj))?;
     Ok(json_response(201, &stored, "application/json"))
+}
+
+/// Stores a new object (already prepared) in `txn`: its namespace must exist, its name
+/// must be free, and it must validate.
+fn create_in(
+    s: &State,
+    txn: &mut Txn,
+    t: &Target,
+    key: &str,
+    mut obj: Value,
+) -> Result<Value, Error> {
+    let rt = t.rt;
+    let name = str_at(&obj, "metadata.name").unwrap_or("").to_string();
+    if let Some(ns) = t.namespace.as_deref().filter(|_| rt.namespaced) {
+        let ns_key = resources::namespaces().key("", ns);
+        match txn.get(&ns_key)? {
+            None => return Err(Status::not_found("", "namespaces", ns).into()),
+            Some(n) if n["metadata"]["deletionTimestamp"].is_string() => {
+                return Err(Status::new(
+                    403,
+                    "Forbidden",
+                    format!("{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated", rt.resource),
+                )
+                .into());
+            }
+            Some(_) => {}
+        }
+    }
+    if txn.get(key)?.is_some() {
+        return Err(Status::already_exists(rt.group, rt.resource, &name).into());
+    }
+    check_write(s, txn, t, key, &mut obj, None)?;
+    txn.put(key, obj, EventType::Added)
+}
+
+/// Server-side apply: creates the object from the configuration, or merges the
+/// configuration into it (see `apply.rs`).
+fn apply_object(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Error> {
+    let rt = t.rt;
+    let name = t.name.clone().unwrap_or_default();
+    let manager = r.param("fieldManager").unwrap_or("").to_string();
+    if manager.is_empty() {
+        let c = Cause::required("fieldManager", "is required for apply patch");
+        return Err(Status::invalid("meta.k8s.io", "PatchOptions", "", &[c]).into());
+    }
+    if serde_json::from_slice::<Value>(&r.body).is_err() {
+        return Err(Status::bad_request(
+            "error decoding apply configuration: only JSON apply bodies are served so far (kubectl and kube-rs send JSON)",
+        )
+        .into());
+    }
+    let mut config = parse_body(t, &r.body)?;
+    check_strict(rt, r, &config, false)?;
+    let config_name = str_at(&config, "metadata.name").unwrap_or("").to_string();
+    if !config_name.is_empty() && config_name != name {
+        return Err(Status::bad_request(format!(
+            "the name of the object ({config_name}) does not match the name on the URL ({name})"
+        ))
+        .into());
+    }
+    config["metadata"]["name"] = json!(name);
+    let force = r.flag("force");
+    let now = rfc3339(now_secs());
+    let key = key_of(t, &name);
+    let status_only = t.sub.as_deref() == Some("status");
+    let (code, stored) = s.store.write_opts(dry_run(r), |txn| match txn.get(&key)? {
+        None if status_only => Err(not_found(t, &name)),
+        None => {
+            let live = json!({"metadata": {"name": name}});
+            let mut obj = apply::apply(&live, &config, &manager, &rt.api_version(), &now, force)
+                .unwrap_or(config.clone());
+            obj["kind"] = json!(rt.kind);
+            obj["apiVersion"] = json!(rt.api_version());
+            if let Some(ns) = &t.namespace {
+                obj["metadata"]["namespace"] = json!(ns);
+            }
+            prepare_create(rt, &mut obj);
+            Ok((201, create_in(s, txn, t, &key, obj)?))
+        }
+        Some(old) => {
+            let new = apply::apply(&old, &config, &manager, &rt.api_version(), &now, force)
+                .map_err(|conflicts| {
+                    let mut st = Status::conflict(rt.group, rt.resource, &name);
+                    st.message = apply::conflict_message(&conflicts, &rt.api_version());
+                    if let Some(d) = st.details.as_mut() {
+                        d["causes"] = conflicts
+                            .iter()
+                            .map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{}\"", c.manager), "field": c.field}))
+                            .collect();
+                    }
+                    Error::from(st)
+                })?;
+            Ok((200, store_update(s, txn, t, &key, old, new)?))
+        }
+    })?;
+    Ok(json_response(code, &stored, "application/json"))
 }
 
 /// Applies an update (`new` built from the request) to the stored object under the
@@ -790,6 +867,9 @@ fn update(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Erro
 }
 
 fn patch_object(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Error> {
+    if r.content_type.starts_with("application/apply-patch") {
+        return apply_object(s, t, r);
+    }
     let name = t.name.clone().unwrap_or_default();
     let pt = PatchType::from_content_type(&r.content_type)
         .ok_or_else(|| Status::unsupported_media_type(&r.content_type))?;

@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 mod api;
+mod apply;
 mod discovery;
 mod error;
 mod patch;

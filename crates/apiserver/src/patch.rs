@@ -64,9 +64,18 @@ pub(crate) fn apply(doc: &Value, patch: &[u8], pt: PatchType) -> Result<Value, S
     Ok(out)
 }
 
+/// Merges an applied configuration into `doc` like a strategic merge patch without
+/// directives (server-side apply's merge).
+pub(crate) fn merge_objects(doc: Value, config: &Value) -> Value {
+    match config {
+        Value::Object(m) => strategic_merge(doc.clone(), m, "").unwrap_or(doc),
+        _ => doc,
+    }
+}
+
 /// The merge key of list `field` (reached through `path`), when it merges by key.
 /// From the `patchMergeKey` tags of the built-in types.
-fn merge_key(path: &str, field: &str) -> Option<&'static str> {
+pub(crate) fn merge_key(path: &str, field: &str) -> Option<&'static str> {
     Some(match field {
         "containers"
         | "initContainers"

@@ -375,11 +375,24 @@ async fn bad_input_is_refused_and_stores_nothing() {
         &r,
         "PATCH",
         "/api/v1/namespaces/default/services/kubernetes",
-        "application/apply-patch+yaml",
+        "application/protobuf",
         "{}",
     )
     .await;
     assert_eq!(code, 415);
+    // Server-side apply without a field manager.
+    let (code, _, v) = raw(
+        &r,
+        "PATCH",
+        "/api/v1/namespaces/default/configmaps/ssa",
+        "application/apply-patch+yaml",
+        r#"{"apiVersion": "v1", "kind": "ConfigMap"}"#,
+    )
+    .await;
+    assert_eq!(
+        (code, v["details"]["causes"][0]["field"].as_str()),
+        (422, Some("fieldManager"))
+    );
 
     assert_eq!(count(&r, cms).await, before_cm);
     assert_eq!(count(&r, svcs).await, before_svc);
@@ -821,4 +834,59 @@ async fn bound_pods_wait_for_their_node_and_finalizers_hold_deletes() {
     .await
     .unwrap();
     assert_eq!(api_error(cms.get("held").await.unwrap_err()).code, 404);
+}
+
+#[tokio::test]
+async fn server_side_apply_creates_merges_prunes_and_reports_conflicts() {
+    let (_dir, _r, client) = setup();
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let ssa = |m: &str| PatchParams::apply(m);
+    let cfg = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa", "labels": {"a": "1"}},
+        "data": {"x": "1", "y": "2"}});
+    let created = cms
+        .patch("ssa", &ssa("ctl"), &Patch::Apply(&cfg))
+        .await
+        .unwrap();
+    assert_eq!(created.data.as_ref().unwrap().len(), 2);
+    let mf = created.metadata.managed_fields.clone().unwrap();
+    assert_eq!(
+        (mf[0].manager.as_deref(), mf[0].operation.as_deref()),
+        (Some("ctl"), Some("Apply"))
+    );
+
+    // Another writer adds a key with a merge patch; re-applying without "y" prunes "y"
+    // (this manager's) and keeps "z" (not this manager's).
+    cms.patch(
+        "ssa",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"z": "3"}})),
+    )
+    .await
+    .unwrap();
+    let cfg2 = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"x": "1"}});
+    let pruned = cms
+        .patch("ssa", &ssa("ctl"), &Patch::Apply(&cfg2))
+        .await
+        .unwrap();
+    let keys: Vec<String> = pruned.data.clone().unwrap().into_keys().collect();
+    assert_eq!(keys, ["x", "z"]);
+    assert!(pruned.labels().is_empty());
+
+    // A second manager changing "x" conflicts, unless it forces.
+    let other = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"x": "9"}});
+    let e = api_error(
+        cms.patch("ssa", &ssa("other"), &Patch::Apply(&other))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, 409);
+    assert_eq!(
+        e.message,
+        "Apply failed with 1 conflict: conflict with \"ctl\" using v1: .data.x"
+    );
+    let forced = cms
+        .patch("ssa", &ssa("other").force(), &Patch::Apply(&other))
+        .await
+        .unwrap();
+    assert_eq!(forced.data.unwrap()["x"], "9");
 }

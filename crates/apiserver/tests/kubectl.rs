@@ -234,6 +234,31 @@ async fn kubectl_apply_get_delete_website() {
         out.stdout
     );
 
+    // Server-side apply.
+    let ssa = c.write(
+        "ssa.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\ndata:\n  a: b\n",
+    );
+    let out = c
+        .kubectl(&["apply", "--server-side", "-f", ssa.to_str().unwrap()])
+        .await;
+    assert!(
+        out.ok && out.stdout.contains("configmap/ssa serverside-applied"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    let out = c
+        .kubectl(&[
+            "get",
+            "cm",
+            "ssa",
+            "-o",
+            "jsonpath={.metadata.managedFields[0].manager}",
+        ])
+        .await;
+    assert_eq!(out.stdout, "kubectl");
+
     let out = c.kubectl(&["label", "svc", "web", "tier=front"]).await;
     assert!(out.ok, "{}", out.stderr);
     let out = c
