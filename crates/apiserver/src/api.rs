@@ -508,7 +508,7 @@ fn check_strict(rt: &ResourceType, r: &Req, obj: &Value, prefix: bool) -> Result
     if r.param("fieldValidation") != Some("Strict") {
         return Ok(());
     }
-    let unknown = strict::unknown_fields(rt.kind, obj);
+    let unknown = strict::unknown_fields(rt.group, rt.kind, obj);
     if unknown.is_empty() {
         return Ok(());
     }

@@ -205,6 +205,16 @@ pub(crate) static RESOURCES: &[ResourceType] = &[
     ),
     rt!(
         "networking.k8s.io",
+        "ingressclasses",
+        "ingressclass",
+        "IngressClass",
+        false,
+        [],
+        false,
+        Subdomain
+    ),
+    rt!(
+        "networking.k8s.io",
         "networkpolicies",
         "networkpolicy",
         "NetworkPolicy",
@@ -223,6 +233,16 @@ pub(crate) static RESOURCES: &[ResourceType] = &[
         false,
         Subdomain
     ),
+    rt!(
+        "events.k8s.io",
+        "events",
+        "event",
+        "Event",
+        true,
+        ["ev"],
+        false,
+        Path
+    ),
 ];
 
 /// API groups in discovery order (the core group is served under `/api`).
@@ -231,6 +251,7 @@ pub(crate) static GROUPS: &[&str] = &[
     "discovery.k8s.io",
     "networking.k8s.io",
     "coordination.k8s.io",
+    "events.k8s.io",
 ];
 
 pub(crate) fn lookup(group: &str, version: &str, resource: &str) -> Option<&'static ResourceType> {

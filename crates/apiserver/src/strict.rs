@@ -17,7 +17,10 @@ fn round_trip<T: DeserializeOwned + Serialize>(v: &Value) -> Option<Value> {
 /// The object as its typed struct sees it, or `None` when the kind is not known or the
 /// object does not decode (type errors are left to validation; decoding is stricter than
 /// Go's in places, e.g. a bare number for a Quantity, so it must not refuse on its own).
-fn typed(kind: &str, v: &Value) -> Option<Value> {
+fn typed(group: &str, kind: &str, v: &Value) -> Option<Value> {
+    if group == "events.k8s.io" {
+        return round_trip::<k8s_openapi::api::events::v1::Event>(v);
+    }
     match kind {
         "Namespace" => round_trip::<core::v1::Namespace>(v),
         "Node" => round_trip::<core::v1::Node>(v),
@@ -76,8 +79,8 @@ fn walk(path: &str, input: &Value, typed: &Value, out: &mut Vec<String>) {
 
 /// The unknown fields of `obj` (paths like `spec.ports[0].portz`), empty when all are
 /// known or the kind cannot be checked.
-pub(crate) fn unknown_fields(kind: &str, obj: &Value) -> Vec<String> {
-    let Some(t) = typed(kind, obj) else {
+pub(crate) fn unknown_fields(group: &str, kind: &str, obj: &Value) -> Vec<String> {
+    let Some(t) = typed(group, kind, obj) else {
         return Vec::new();
     };
     let mut out = Vec::new();
@@ -105,14 +108,14 @@ mod tests {
             "metadata": {"name": "web", "labels": {"any": "label"}, "annotations": {}},
             "spec": {"ports": [{"port": 80, "portz": 1, "targetPort": "http"}], "selector": {"app": "web"}, "typo": true}});
         assert_eq!(
-            unknown_fields("Service", &svc),
+            unknown_fields("", "Service", &svc),
             ["spec.ports[0].portz", "spec.typo"]
         );
         let ok = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"k": "v"}});
-        assert!(unknown_fields("ConfigMap", &ok).is_empty());
+        assert!(unknown_fields("", "ConfigMap", &ok).is_empty());
         // Objects that do not decode are left to validation.
         let bad = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"}, "spec": {"ports": "no"}});
-        assert!(unknown_fields("Service", &bad).is_empty());
+        assert!(unknown_fields("", "Service", &bad).is_empty());
         assert_eq!(
             message(&["spec.typo".into()]),
             "strict decoding error: unknown field \"spec.typo\""

@@ -130,8 +130,345 @@ fn columns(kind: &str) -> Vec<Value> {
             ),
             age,
         ],
+        "ReplicaSet" => vec![
+            name,
+            int("Desired", "Number of desired pods."),
+            int("Current", "Number of actually running pods."),
+            int("Ready", "Number of pods with ready state."),
+            age,
+        ],
+        "StatefulSet" => vec![name, s("Ready", "Number of the pod with ready state"), age],
+        "DaemonSet" => vec![
+            name,
+            int(
+                "Desired",
+                "The desired number of nodes that should be running the daemon pod.",
+            ),
+            int(
+                "Current",
+                "The number of nodes that are running at least 1 daemon pod.",
+            ),
+            int(
+                "Ready",
+                "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and ready.",
+            ),
+            int(
+                "Up-to-date",
+                "The total number of nodes that are running updated daemon pod.",
+            ),
+            int(
+                "Available",
+                "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and available.",
+            ),
+            s(
+                "Node Selector",
+                "NodeSelector is a selector which must be true for the pod to fit on a node.",
+            ),
+            age,
+        ],
+        "EndpointSlice" => vec![
+            name,
+            s(
+                "AddressType",
+                "The IP protocol for this slice of endpoints.",
+            ),
+            s("Ports", "The ports exposed by this slice of endpoints."),
+            s("Endpoints", "The endpoints in this slice."),
+            age,
+        ],
+        "Ingress" => vec![
+            name,
+            s("Class", "The name of the IngressClass resource."),
+            s("Hosts", "Hosts that incoming requests are matched against."),
+            s(
+                "Address",
+                "Address is a list containing ingress points for the load-balancer.",
+            ),
+            s("Ports", "Ports of TLS configurations that open."),
+            age,
+        ],
+        "IngressClass" => vec![
+            name,
+            s(
+                "Controller",
+                "Controller that is responsible for handling this class.",
+            ),
+            s(
+                "Parameters",
+                "A reference to a resource with additional parameters.",
+            ),
+            age,
+        ],
+        "NetworkPolicy" => vec![
+            name,
+            s(
+                "Pod-Selector",
+                "Selects the pods to which this NetworkPolicy object applies.",
+            ),
+            age,
+        ],
+        "ConfigMap" => vec![name, int("Data", "Number of data entries."), age],
+        "Secret" => vec![
+            name,
+            s("Type", "The type of the secret."),
+            int("Data", "The number of data entries in the secret."),
+            age,
+        ],
+        "ServiceAccount" => vec![name, int("Secrets", "The number of secrets."), age],
+        "Lease" => vec![name, s("Holder", "The holder of the lease."), age],
+        "Event" => vec![
+            s("Last Seen", "Time when this Event was last seen."),
+            s("Type", "Type of this event (Normal, Warning)."),
+            s("Reason", "Reason why this event was generated."),
+            s("Object", "The object that this event is about."),
+            wide("Subobject", "The subobject that this event is about."),
+            wide("Source", "The component reporting this event."),
+            s(
+                "Message",
+                "A human-readable description of the status of this operation.",
+            ),
+            wide(
+                "First Seen",
+                "The time at which the event was first recorded.",
+            ),
+            wide("Count", "The number of times this event has occurred."),
+            wide("Name", "Name must be unique within a namespace."),
+        ],
         _ => vec![name, age],
     }
+}
+
+fn int(n: &str, d: &str) -> Value {
+    col(n, "integer", "", d, 0)
+}
+
+fn len_of(v: &Value) -> usize {
+    v.as_object()
+        .map(|m| m.len())
+        .or(v.as_array().map(Vec::len))
+        .unwrap_or(0)
+}
+
+fn label_selector(sel: &Value) -> String {
+    let mut parts: Vec<String> = sel["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+        .collect();
+    for e in sel["matchExpressions"].as_array().into_iter().flatten() {
+        let key = e["key"].as_str().unwrap_or("");
+        let values = join_strs(&e["values"], ",");
+        parts.push(match e["operator"].as_str().unwrap_or("") {
+            "In" => format!("{key} in ({values})"),
+            "NotIn" => format!("{key} notin ({values})"),
+            "Exists" => key.to_string(),
+            "DoesNotExist" => format!("!{key}"),
+            op => format!("{key} {op} ({values})"),
+        });
+    }
+    if parts.is_empty() {
+        "<none>".into()
+    } else {
+        parts.join(",")
+    }
+}
+
+fn age_of(o: &Value, field: &str) -> String {
+    str_at(o, field)
+        .and_then(parse_rfc3339)
+        .map(|t| human_duration(now_secs() - t))
+        .unwrap_or_else(|| "<unknown>".into())
+}
+
+fn extra_cells(kind: &str, o: &Value) -> Option<Vec<Value>> {
+    let n = |v: &Value| v.as_i64().unwrap_or(0);
+    let st = &o["status"];
+    Some(match kind {
+        "ReplicaSet" => vec![
+            json!(o["spec"]["replicas"].as_i64().unwrap_or(1)),
+            json!(n(&st["replicas"])),
+            json!(n(&st["readyReplicas"])),
+            json!(age(o)),
+        ],
+        "StatefulSet" => vec![
+            json!(format!(
+                "{}/{}",
+                n(&st["readyReplicas"]),
+                o["spec"]["replicas"].as_i64().unwrap_or(1)
+            )),
+            json!(age(o)),
+        ],
+        "DaemonSet" => {
+            let ns = o["spec"]["template"]["spec"]["nodeSelector"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "<none>".into());
+            vec![
+                json!(n(&st["desiredNumberScheduled"])),
+                json!(n(&st["currentNumberScheduled"])),
+                json!(n(&st["numberReady"])),
+                json!(n(&st["updatedNumberScheduled"])),
+                json!(n(&st["numberAvailable"])),
+                json!(ns),
+                json!(age(o)),
+            ]
+        }
+        "EndpointSlice" => {
+            let ports: Vec<String> = o["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    p["port"]
+                        .as_i64()
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| "<unset>".into())
+                })
+                .collect();
+            let addrs: Vec<&str> = o["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|e| {
+                    e["addresses"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                })
+                .collect();
+            let mut eps = addrs.iter().take(3).copied().collect::<Vec<_>>().join(",");
+            if addrs.len() > 3 {
+                eps.push_str(&format!(" + {} more...", addrs.len() - 3));
+            }
+            vec![
+                json!(o["addressType"].as_str().unwrap_or("")),
+                json!(if ports.is_empty() {
+                    "<unset>".to_string()
+                } else {
+                    ports.join(",")
+                }),
+                json!(none_if_empty(eps)),
+                json!(age(o)),
+            ]
+        }
+        "Ingress" => {
+            let hosts: Vec<&str> = o["spec"]["rules"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r["host"].as_str())
+                .collect();
+            let addrs: Vec<&str> = st["loadBalancer"]["ingress"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i["ip"].as_str().or(i["hostname"].as_str()))
+                .collect();
+            let tls = o["spec"]["tls"].as_array().is_some_and(|t| !t.is_empty());
+            vec![
+                json!(o["spec"]["ingressClassName"].as_str().unwrap_or("<none>")),
+                json!(if hosts.is_empty() {
+                    "*".to_string()
+                } else {
+                    hosts.join(",")
+                }),
+                json!(addrs.join(",")),
+                json!(if tls { "80, 443" } else { "80" }),
+                json!(age(o)),
+            ]
+        }
+        "IngressClass" => {
+            let p = &o["spec"]["parameters"];
+            let params = match p["kind"].as_str() {
+                Some(k) => format!("{}/{}", k, p["name"].as_str().unwrap_or("")),
+                None => "<none>".into(),
+            };
+            vec![
+                json!(o["spec"]["controller"].as_str().unwrap_or("")),
+                json!(params),
+                json!(age(o)),
+            ]
+        }
+        "NetworkPolicy" => vec![
+            json!(label_selector(&o["spec"]["podSelector"])),
+            json!(age(o)),
+        ],
+        "ConfigMap" => vec![
+            json!(len_of(&o["data"]) + len_of(&o["binaryData"])),
+            json!(age(o)),
+        ],
+        "Secret" => vec![
+            json!(o["type"].as_str().unwrap_or("Opaque")),
+            json!(len_of(&o["data"]) + len_of(&o["stringData"])),
+            json!(age(o)),
+        ],
+        "ServiceAccount" => vec![json!(len_of(&o["secrets"])), json!(age(o))],
+        "Lease" => vec![
+            json!(o["spec"]["holderIdentity"].as_str().unwrap_or("")),
+            json!(age(o)),
+        ],
+        _ => return None,
+    })
+}
+
+fn event_cells(o: &Value) -> Vec<Value> {
+    let last = ["lastTimestamp", "eventTime", "metadata.creationTimestamp"]
+        .iter()
+        .find(|f| str_at(o, f).is_some())
+        .map(|f| age_of(o, f))
+        .unwrap_or_else(|| "<unknown>".into());
+    let first = ["firstTimestamp", "eventTime", "metadata.creationTimestamp"]
+        .iter()
+        .find(|f| str_at(o, f).is_some())
+        .map(|f| age_of(o, f))
+        .unwrap_or_else(|| "<unknown>".into());
+    // core/v1 and events.k8s.io/v1 name the same things differently.
+    let io = if o["involvedObject"].is_object() {
+        &o["involvedObject"]
+    } else {
+        &o["regarding"]
+    };
+    let object = format!(
+        "{}/{}",
+        io["kind"].as_str().unwrap_or("").to_lowercase(),
+        io["name"].as_str().unwrap_or("")
+    );
+    let source = o["source"]["component"]
+        .as_str()
+        .or(o["reportingComponent"].as_str())
+        .or(o["reportingController"].as_str())
+        .unwrap_or("");
+    vec![
+        json!(last),
+        json!(o["type"].as_str().unwrap_or("")),
+        json!(o["reason"].as_str().unwrap_or("")),
+        json!(object),
+        json!(io["fieldPath"].as_str().unwrap_or("")),
+        json!(source),
+        json!(
+            o["message"]
+                .as_str()
+                .or(o["note"].as_str())
+                .unwrap_or("")
+                .trim()
+        ),
+        json!(first),
+        json!(
+            o["count"]
+                .as_i64()
+                .or(o["deprecatedCount"].as_i64())
+                .unwrap_or(1)
+        ),
+        json!(o["metadata"]["name"].as_str().unwrap_or("")),
+    ]
 }
 
 fn age(obj: &Value) -> String {
@@ -363,7 +700,14 @@ fn node_cells(o: &Value) -> Vec<Value> {
 }
 
 fn cells(kind: &str, o: &Value) -> Vec<Value> {
+    if kind == "Event" {
+        return event_cells(o);
+    }
     let mut c = vec![json!(o["metadata"]["name"].as_str().unwrap_or(""))];
+    if let Some(extra) = extra_cells(kind, o) {
+        c.extend(extra);
+        return c;
+    }
     match kind {
         "Service" => c.extend(service_cells(o)),
         "Endpoints" => c.extend([json!(endpoints_cell(o)), json!(age(o))]),
@@ -448,6 +792,63 @@ mod tests {
         let t = table(rt, &[ep], json!({}), "");
         assert_eq!(t["columnDefinitions"].as_array().unwrap().len(), 3);
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+    }
+
+    #[test]
+    fn more_kinds() {
+        let slice = json!({"metadata": {"name": "web-abc"}, "addressType": "IPv4",
+            "ports": [{"port": 80}], "endpoints": [{"addresses": ["10.244.1.5"]}, {"addresses": ["10.244.2.5"]}]});
+        assert_eq!(
+            cells("EndpointSlice", &slice)[..4],
+            [
+                json!("web-abc"),
+                json!("IPv4"),
+                json!("80"),
+                json!("10.244.1.5,10.244.2.5")
+            ]
+        );
+        let ing = json!({"metadata": {"name": "i"}, "spec": {"ingressClassName": "kubewire", "rules": [{"host": "a.example"}]}});
+        assert_eq!(
+            cells("Ingress", &ing)[1..5],
+            [
+                json!("kubewire"),
+                json!("a.example"),
+                json!(""),
+                json!("80")
+            ]
+        );
+        let np = json!({"metadata": {"name": "deny"}, "spec": {"podSelector": {"matchLabels": {"app": "db"}}}});
+        assert_eq!(cells("NetworkPolicy", &np)[1], "app=db");
+        let ev = json!({"metadata": {"name": "e1"}, "type": "Normal", "reason": "Started", "message": "ok",
+            "involvedObject": {"kind": "Pod", "name": "web-1"}});
+        let c = cells("Event", &ev);
+        assert_eq!(
+            (c[1].as_str(), c[3].as_str(), c[9].as_str()),
+            (Some("Normal"), Some("pod/web-1"), Some("e1"))
+        );
+        assert_eq!(columns("Event").len(), c.len());
+        for kind in [
+            "ReplicaSet",
+            "StatefulSet",
+            "DaemonSet",
+            "EndpointSlice",
+            "Ingress",
+            "IngressClass",
+            "NetworkPolicy",
+            "ConfigMap",
+            "Secret",
+            "ServiceAccount",
+            "Lease",
+            "Service",
+            "Pod",
+            "Node",
+            "Deployment",
+            "Endpoints",
+            "Namespace",
+        ] {
+            let o = json!({"metadata": {"name": "x"}});
+            assert_eq!(columns(kind).len(), cells(kind, &o).len(), "{kind}");
+        }
     }
 
     #[test]

@@ -572,6 +572,7 @@ async fn discovery_and_status_subresource() {
         "networking.k8s.io",
         "discovery.k8s.io",
         "coordination.k8s.io",
+        "events.k8s.io",
     ] {
         assert!(groups.iter().any(|x| x == g), "{g} in {groups:?}");
     }
@@ -889,4 +890,44 @@ async fn server_side_apply_creates_merges_prunes_and_reports_conflicts() {
         .await
         .unwrap();
     assert_eq!(forced.data.unwrap()["x"], "9");
+}
+
+#[tokio::test]
+async fn events_in_both_groups() {
+    use k8s_openapi::api::events::v1::Event as NewEvent;
+    let (_dir, r, client) = setup();
+    let events: Api<NewEvent> = Api::namespaced(client, "default");
+    let ev: NewEvent = serde_json::from_value(json!({"metadata": {"name": "web.1"},
+        "eventTime": "2026-11-26T10:00:00.000000Z", "reportingController": "kubewire/controllers",
+        "reportingInstance": "c-1", "action": "Sync", "reason": "Synced", "type": "Normal", "note": "in sync",
+        "regarding": {"kind": "Service", "name": "web", "namespace": "default"}}))
+    .unwrap();
+    events.create(&PostParams::default(), &ev).await.unwrap();
+    let listed = events
+        .list(&ListParams::default().fields("regarding.name=web"))
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    let core = json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "web.2"}, "reason": "Started",
+        "type": "Normal", "message": "started", "involvedObject": {"kind": "Pod", "name": "web-1", "namespace": "default"}});
+    let strict = "/api/v1/namespaces/default/events?fieldValidation=Strict";
+    let (code, _, v) = raw(&r, "POST", strict, "application/json", &core.to_string()).await;
+    assert_eq!(code, 201, "{v}");
+    let req = http::Request::get(
+        "/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Dweb-1",
+    )
+    .header("accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
+    .body(Full::new(Bytes::new()))
+    .unwrap();
+    let t: Value = serde_json::from_slice(
+        &r.handle(req)
+            .await
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes(),
+    )
+    .unwrap();
+    assert_eq!(t["rows"][0]["cells"][3], "pod/web-1");
 }
