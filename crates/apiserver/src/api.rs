@@ -317,9 +317,17 @@ async fn resource(
     }
     let target = parse_target(group, version, rest).ok_or_else(Status::not_found_path)?;
     if let Some(sub) = &target.sub
-        && (sub != "status" || !target.rt.status)
+        && !((sub == "status" && target.rt.status) || (sub == "scale" && target.rt.has_scale()))
     {
         return Err(Status::not_found_path().into());
+    }
+    if target.sub.as_deref() == Some("scale") {
+        return match r.method {
+            Method::GET | Method::PUT | Method::PATCH => {
+                blocking(state, move |s| scale(s, &target, &r)).await
+            }
+            ref m => Err(Status::method_not_allowed(m.as_str()).into()),
+        };
     }
     let state2 = state.clone();
     match (&r.method, &target.name) {
@@ -890,6 +898,79 @@ fn patch_object(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>
         store_update(s, txn, t, &key, old, new)
     })?;
     Ok(json_response(200, &stored, "application/json"))
+}
+
+/// The autoscaling/v1 `Scale` view of a workload.
+fn scale_of(obj: &Value) -> Value {
+    let m = &obj["metadata"];
+    let selector = obj["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .map(|l| {
+            let mut v: Vec<String> = l
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect();
+            v.sort();
+            v.join(",")
+        })
+        .unwrap_or_default();
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": m["name"], "namespace": m["namespace"], "uid": m["uid"],
+            "resourceVersion": m["resourceVersion"], "creationTimestamp": m["creationTimestamp"],
+        },
+        "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(1)},
+        "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector},
+    })
+}
+
+/// `.../NAME/scale`: GET the Scale, or PUT/PATCH it to change `spec.replicas`.
+fn scale(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Error> {
+    let name = t.name.clone().unwrap_or_default();
+    let key = key_of(t, &name);
+    if r.method == Method::GET {
+        let obj = s.store.get(&key)?.ok_or_else(|| not_found(t, &name))?;
+        return Ok(json_response(200, &scale_of(&obj), "application/json"));
+    }
+    let main = Target {
+        rt: t.rt,
+        namespace: t.namespace.clone(),
+        name: t.name.clone(),
+        sub: None,
+    };
+    let stored = s.store.write_opts(dry_run(r), |txn| {
+        let old = txn.get(&key)?.ok_or_else(|| not_found(t, &name))?;
+        let current = scale_of(&old);
+        let wanted = if r.method == Method::PUT {
+            check_json(r)?;
+            serde_json::from_slice::<Value>(&r.body)
+                .map_err(|e| Status::bad_request(format!("error decoding Scale: {e}")))?
+        } else {
+            let pt = PatchType::from_content_type(&r.content_type)
+                .ok_or_else(|| Status::unsupported_media_type(&r.content_type))?;
+            patch::apply(&current, &r.body, pt)?
+        };
+        let rv = str_at(&wanted, "metadata.resourceVersion").unwrap_or("");
+        if !rv.is_empty() && Some(rv) != str_at(&old, "metadata.resourceVersion") {
+            return Err(Status::conflict(t.rt.group, t.rt.resource, &name).into());
+        }
+        let replicas = &wanted["spec"]["replicas"];
+        if replicas.as_i64().is_none_or(|n| n < 0) {
+            let c = Cause::invalid(
+                "spec.replicas",
+                replicas,
+                "must be greater than or equal to 0",
+            );
+            return Err(Status::invalid("autoscaling", "Scale", &name, &[c]).into());
+        }
+        let mut new = old.clone();
+        new["spec"]["replicas"] = replicas.clone();
+        new["metadata"]["resourceVersion"] = json!("");
+        store_update(s, txn, &main, &key, old, new)
+    })?;
+    Ok(json_response(200, &scale_of(&stored), "application/json"))
 }
 
 /// The parts of `DeleteOptions` this server acts on.

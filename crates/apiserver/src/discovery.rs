@@ -84,6 +84,17 @@ pub(crate) fn resource_list(group: &str, version: &str) -> Value {
                 "verbs": STATUS_VERBS,
             }));
         }
+        if rt.has_scale() {
+            resources.push(json!({
+                "name": format!("{}/scale", rt.resource),
+                "singularName": "",
+                "namespaced": rt.namespaced,
+                "group": "autoscaling",
+                "version": "v1",
+                "kind": "Scale",
+                "verbs": STATUS_VERBS,
+            }));
+        }
     }
     let gv = if group.is_empty() {
         version.to_string()
@@ -106,9 +117,19 @@ fn aggregated_group(name: &str) -> Value {
                 "shortNames": rt.short_names,
                 "categories": categories(rt),
             });
+            let mut subs = Vec::new();
             if rt.status {
-                r["subresources"] =
-                    json!([{"subresource": "status", "responseKind": kind, "verbs": STATUS_VERBS}]);
+                subs.push(
+                    json!({"subresource": "status", "responseKind": kind, "verbs": STATUS_VERBS}),
+                );
+            }
+            if rt.has_scale() {
+                subs.push(json!({"subresource": "scale",
+                    "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"},
+                    "verbs": STATUS_VERBS}));
+            }
+            if !subs.is_empty() {
+                r["subresources"] = Value::Array(subs);
             }
             r
         })

@@ -267,7 +267,15 @@ impl Server {
 /// Starts serving: opens the store, binds every listen address, issues certificates and
 /// then writes `admin.kubeconfig` (scripts wait for that file) and prints its path.
 pub async fn start(config: Config) -> Result<Server, Error> {
+    // Opening the store first fails if another server holds this data dir; then a
+    // kubeconfig left by an earlier run must not tell scripts that this one is ready.
     let router = router(&config)?;
+    let kubeconfig = tls::kubeconfig_path(&config.data_dir);
+    match std::fs::remove_file(&kubeconfig) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(&kubeconfig, e)),
+    }
     let mut listeners = Vec::new();
     for addr in &config.listen {
         let l = TcpListener::bind(addr)
@@ -339,7 +347,6 @@ pub async fn start(config: Config) -> Result<Server, Error> {
             }
         }));
     }
-    let kubeconfig = tls::kubeconfig_path(&config.data_dir);
     tls::write_atomic(&kubeconfig, pki.kubeconfig(&server_url).as_bytes(), true)?;
     println!("kubeconfig: {}", kubeconfig.display());
     Ok(Server {

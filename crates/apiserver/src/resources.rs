@@ -57,6 +57,11 @@ impl ResourceType {
         )
     }
 
+    /// Has a `scale` subresource (autoscaling/v1 Scale), as kubectl scale uses.
+    pub(crate) fn has_scale(&self) -> bool {
+        self.group == "apps" && self.resource != "daemonsets"
+    }
+
     pub(crate) fn is(&self, group: &str, resource: &str) -> bool {
         self.group == group && self.resource == resource
     }

@@ -396,3 +396,99 @@ async fn tls_authentication_by_certificate_or_token() {
         out.stderr
     );
 }
+
+const DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+      - name: web
+        image: nginx
+        ports:
+        - containerPort: 80
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_deployments_scale_and_watch() {
+    let c = start().await;
+    let f = c.write("deploy.yaml", DEPLOYMENT);
+    let out = c.kubectl(&["apply", "-f", f.to_str().unwrap()]).await;
+    assert!(
+        out.ok && out.stdout.contains("deployment.apps/web created"),
+        "{}",
+        out.stderr
+    );
+
+    let out = c.kubectl(&["get", "deployments"]).await;
+    let header: Vec<&str> = out
+        .stdout
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("web    0/2"), "{}", out.stdout);
+
+    let out = c
+        .kubectl(&["scale", "deployment", "web", "--replicas=3"])
+        .await;
+    assert!(
+        out.ok && out.stdout.contains("deployment.apps/web scaled"),
+        "{}",
+        out.stderr
+    );
+    let out = c
+        .kubectl(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.replicas} {.metadata.generation}",
+        ])
+        .await;
+    assert_eq!(out.stdout, "3 2");
+
+    // `get -w` prints the current state, then changes.
+    let cache = c.dir.path().join("kube-cache");
+    let watcher = tokio::process::Command::new("kubectl")
+        .args([
+            "--kubeconfig",
+            c.kubeconfig.to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ])
+        .args(["get", "configmaps", "-w", "--request-timeout=8s"])
+        .env("HOME", c.dir.path())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let create = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let cm = c.write(
+            "cm.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: watched\n",
+        );
+        c.kubectl(&["apply", "-f", cm.to_str().unwrap()]).await
+    };
+    let (watched, created) = tokio::join!(watcher, create);
+    assert!(created.ok, "{}", created.stderr);
+    let stdout = String::from_utf8_lossy(&watched.unwrap().stdout).into_owned();
+    assert!(stdout.lines().any(|l| l.starts_with("watched")), "{stdout}");
+}
