@@ -190,6 +190,7 @@ pub async fn attach(a: &Attachment<'_>) -> Result<[Interface; 2], CniError> {
             gateway: Some(gw),
             dev: Some(pod_link.index),
             onlink: false,
+            protocol: 0,
         })
         .await?;
     }

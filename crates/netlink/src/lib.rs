@@ -12,4 +12,6 @@ mod rtnl;
 pub mod sysctl;
 
 pub use error::{Error, Result};
-pub use rtnl::{LinkInfo, RouteInfo, RouteSpec, Rtnl, format_mac};
+pub use rtnl::{
+    LinkInfo, ROUTE_PROTOCOL_KUBEWIRE, RouteInfo, RouteSpec, Rtnl, VxlanSpec, format_mac,
+};

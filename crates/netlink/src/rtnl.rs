@@ -37,7 +37,14 @@ pub struct RouteInfo {
     pub gateway: Option<IpAddr>,
     /// Output link index, if any.
     pub dev: Option<u32>,
+    /// Who installed it (`rtm_protocol`): the agent tags its routes with
+    /// [`ROUTE_PROTOCOL_KUBEWIRE`] so it can find exactly its own after a restart.
+    pub protocol: u8,
 }
+
+/// The `rtm_protocol` of routes kubewire's agent installs (`ip route` shows `proto 75`;
+/// 75 is unassigned in iproute2's rt_protos).
+pub const ROUTE_PROTOCOL_KUBEWIRE: u8 = 75;
 
 /// A route to add: where to, via which next hop, out of which link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +58,8 @@ pub struct RouteSpec {
     /// Treat the gateway as directly reachable on `dev` even with no route to it (the
     /// pod's link-local gateway is such a next hop).
     pub onlink: bool,
+    /// `rtm_protocol` to tag the route with; 0 leaves the kernel's default (boot).
+    pub protocol: u8,
 }
 
 impl RouteSpec {
@@ -61,6 +70,7 @@ impl RouteSpec {
             gateway: None,
             dev: Some(dev),
             onlink: false,
+            protocol: 0,
         }
     }
 }
@@ -442,6 +452,7 @@ impl Rtnl {
                     destination: IpNet::new(unspecified, 0).expect("prefix 0"),
                     gateway: None,
                     dev: None,
+                    protocol: u8::from(msg.header.protocol),
                 };
                 let addr = |a: &RouteAddress| match a {
                     RouteAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
@@ -471,35 +482,41 @@ impl Rtnl {
 
     /// Adds a route.
     pub async fn add_route_spec(&self, spec: &RouteSpec) -> Result<()> {
-        let RouteSpec {
-            destination,
-            gateway,
-            dev,
-            onlink,
-        } = spec.clone();
-        let mut builder = RouteMessageBuilder::<IpAddr>::new()
-            .destination_prefix(destination.addr(), destination.prefix_len())
-            .map_err(|e| Error::sys(format!("route to {destination}"), std::io::Error::other(e)))?;
-        if let Some(gw) = gateway {
-            builder = builder.gateway(gw).map_err(|e| {
-                Error::sys(format!("route to {destination}"), std::io::Error::other(e))
-            })?;
-        }
-        if let Some(dev) = dev {
-            builder = builder.output_interface(dev);
-        }
-        if onlink {
-            builder = builder.onlink();
-        }
-        if gateway.is_none() && dev.is_some() {
-            builder = builder.scope(netlink_packet_route::route::RouteScope::Link);
-        }
         self.handle
             .route()
-            .add(builder.build())
+            .add(route_message(spec)?)
             .execute()
             .await
-            .map_err(|e| Error::netlink(format!("adding route to {destination}"), e))
+            .map_err(|e| Error::netlink(format!("adding route to {}", spec.destination), e))
+    }
+
+    /// Adds a route, or replaces the one to the same destination (so a changed next hop
+    /// is one request, and re-applying is harmless).
+    pub async fn replace_route(&self, spec: &RouteSpec) -> Result<()> {
+        self.handle
+            .route()
+            .add(route_message(spec)?)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("replacing route to {}", spec.destination), e))
+    }
+
+    /// Deletes a route. Deleting a route that is already gone is not an error.
+    pub async fn delete_route(&self, spec: &RouteSpec) -> Result<()> {
+        match self
+            .handle
+            .route()
+            .del(route_message(spec)?)
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let err = Error::netlink(format!("deleting route to {}", spec.destination), e);
+                if err.is_not_found() { Ok(()) } else { Err(err) }
+            }
+        }
     }
 
     /// Adds a route to `destination`, through `gateway` and/or out of link `dev`.
@@ -514,7 +531,115 @@ impl Rtnl {
             gateway,
             dev,
             onlink: false,
+            protocol: 0,
         })
         .await
     }
+
+    /// Creates a VXLAN device without learning (the agent programs every remote VTEP),
+    /// sending from the underlay address `local`, and returns its index. An existing
+    /// device of that name is kept.
+    pub async fn ensure_vxlan(&self, vxlan: &VxlanSpec<'_>) -> Result<u32> {
+        if let Some(link) = self.link(vxlan.name).await? {
+            return Ok(link.index);
+        }
+        let mut builder = rtnetlink::LinkVxlan::new(vxlan.name, vxlan.vni)
+            .port(vxlan.port)
+            .learning(false);
+        builder = match vxlan.local {
+            IpAddr::V4(v4) => builder.local(v4),
+            IpAddr::V6(v6) => builder.local6(v6),
+        };
+        let msg = builder.mtu(vxlan.mtu).address(vxlan.mac.to_vec()).build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("creating VXLAN device {}", vxlan.name), e))?;
+        self.link_index(vxlan.name).await
+    }
+
+    /// Adds (or replaces) a forwarding entry of a VXLAN device: frames for `mac` go to
+    /// the remote VTEP `remote` (`bridge fdb replace MAC dev DEV dst REMOTE`).
+    pub async fn replace_fdb(&self, index: u32, mac: &[u8], remote: IpAddr) -> Result<()> {
+        let mut request = self
+            .handle
+            .neighbours()
+            .add_bridge(index, mac)
+            .destination(remote)
+            .replace();
+        request.message_mut().header.flags = netlink_packet_route::neighbour::NeighbourFlags::Own;
+        request.execute().await.map_err(|e| {
+            Error::netlink(
+                format!("adding FDB entry for {} on link {index}", format_mac(mac)),
+                e,
+            )
+        })
+    }
+
+    /// Deletes a forwarding entry of a VXLAN device; a missing one is not an error.
+    pub async fn delete_fdb(&self, index: u32, mac: &[u8], remote: IpAddr) -> Result<()> {
+        let mut request = self
+            .handle
+            .neighbours()
+            .add_bridge(index, mac)
+            .destination(remote);
+        request.message_mut().header.flags = netlink_packet_route::neighbour::NeighbourFlags::Own;
+        let message = request.message_mut().clone();
+        match self.handle.neighbours().del(message).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let err = Error::netlink(format!("deleting FDB entry for {}", format_mac(mac)), e);
+                if err.is_not_found() { Ok(()) } else { Err(err) }
+            }
+        }
+    }
+}
+
+/// A VXLAN device to create.
+#[derive(Debug, Clone)]
+pub struct VxlanSpec<'a> {
+    /// Device name.
+    pub name: &'a str,
+    /// VXLAN network identifier.
+    pub vni: u32,
+    /// UDP port (the kernel's IANA default is 4789; Linux overlays commonly use 8472).
+    pub port: u16,
+    /// Underlay source address.
+    pub local: IpAddr,
+    /// MTU.
+    pub mtu: u32,
+    /// The device's MAC: remote nodes' FDB and neighbour entries point at it.
+    pub mac: [u8; 6],
+}
+
+fn route_message(spec: &RouteSpec) -> Result<netlink_packet_route::route::RouteMessage> {
+    let RouteSpec {
+        destination,
+        gateway,
+        dev,
+        onlink,
+        protocol,
+    } = spec.clone();
+    let bad = |e| Error::sys(format!("route to {destination}"), std::io::Error::other(e));
+    let mut builder = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(destination.addr(), destination.prefix_len())
+        .map_err(bad)?;
+    if let Some(gw) = gateway {
+        builder = builder.gateway(gw).map_err(bad)?;
+    }
+    if let Some(dev) = dev {
+        builder = builder.output_interface(dev);
+    }
+    if onlink {
+        builder = builder.onlink();
+    }
+    if gateway.is_none() && dev.is_some() {
+        builder = builder.scope(netlink_packet_route::route::RouteScope::Link);
+    }
+    if protocol != 0 {
+        builder = builder.protocol(netlink_packet_route::route::RouteProtocol::from(protocol));
+    }
+    Ok(builder.build())
 }
