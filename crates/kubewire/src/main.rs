@@ -48,6 +48,8 @@ enum Command {
     Lab(LabCommand),
     /// Run the embedded Kubernetes API server (the lab's control plane).
     Apiserver(apiserver::Args),
+    /// Run the per-node agent: the node's CNI config and routes to other nodes' pods.
+    Agent(agent::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,6 +134,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Lab(lab) => runtime.block_on(run_lab(lab)),
         Command::Apiserver(args) => runtime.block_on(async {
             apiserver::serve(args.into()).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Agent(args) => runtime.block_on(async {
+            agent::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }),
     }
