@@ -144,7 +144,17 @@ impl Reconciler {
         }
         for (dst, spec) in &desired {
             if self.routes.get(dst) != Some(spec) {
-                match self.rtnl.replace_route(spec).await {
+                let mut result = self.rtnl.replace_route(spec).await;
+                // The kernel refuses an IPv6 on-link next hop that the route being
+                // replaced already covers through another device (VXLAN <-> native
+                // switch): remove the old route first, then add.
+                if result.is_err()
+                    && let Some(old) = self.routes.get(dst)
+                {
+                    let _ = self.rtnl.delete_route(old).await;
+                    result = self.rtnl.replace_route(spec).await;
+                }
+                match result {
                     Ok(()) => {
                         debug!(%dst, via = ?spec.gateway, "route");
                         self.routes.insert(*dst, spec.clone());

@@ -108,6 +108,31 @@ impl TestNetns {
     }
 }
 
+/// Starts `program` inside the named namespace `netns`, its stdout and stderr appended
+/// to `log` (read it when a test fails), and returns it running.
+pub fn spawn_in(netns: &str, program: &Path, args: &[&str], log: &Path) -> KillOnDrop {
+    let (program, args): (PathBuf, Vec<String>) = (
+        program.to_owned(),
+        args.iter().map(|s| (*s).to_owned()).collect(),
+    );
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    let err = out.try_clone().expect("log file");
+    let child = netlink::netns::run_in(netns, move || {
+        Command::new(&program)
+            .args(&args)
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+    })
+    .expect("entering namespace")
+    .expect("starting program in namespace");
+    KillOnDrop(child)
+}
+
 /// A child process that is killed and reaped when the guard drops, so no test leaves a
 /// server running in a namespace it is about to delete.
 #[derive(Debug)]
