@@ -30,6 +30,32 @@ pub enum Error {
     /// A link we needed is not there.
     #[error("link {0:?} not found")]
     LinkNotFound(String),
+    /// nf_tables refused a batch, so none of it was applied. `op` names the first
+    /// message refused, in nft's words (`add rule ip kubewire nat-postrouting`); `errno`
+    /// is the kernel's answer and `detail` its extended-ack text, if it gave one.
+    #[error("{op}: {}", nft_reason(*errno, detail.as_deref()))]
+    Nft {
+        op: String,
+        errno: i32,
+        detail: Option<String>,
+    },
+    /// A batch that cannot be encoded (an element of the wrong type, an attribute over
+    /// netlink's 64 KiB): a bug in the caller. Nothing was sent.
+    #[error("{op}: {reason}")]
+    NftInvalid { op: String, reason: String },
+}
+
+/// The errno's text without io::Error's "(os error N)" suffix, plus the kernel's detail.
+fn nft_reason(errno: i32, detail: Option<&str>) -> String {
+    let text = io::Error::from_raw_os_error(errno).to_string();
+    let text = match text.rfind(" (os error") {
+        Some(cut) => text[..cut].to_owned(),
+        None => text,
+    };
+    match detail {
+        Some(d) if !d.is_empty() => format!("{text} ({d})"),
+        _ => text,
+    }
 }
 
 /// Result with this crate's [`Error`].
@@ -56,6 +82,9 @@ impl Error {
         match self {
             Error::NetnsNotFound(_) | Error::LinkNotFound(_) => true,
             Error::Sys { cause, .. } => cause.kind() == io::ErrorKind::NotFound,
+            Error::Nft { errno, .. } => {
+                matches!(*errno, libc_enoent::ENOENT | libc_enoent::ENODEV)
+            }
             Error::Netlink {
                 cause: rtnetlink::Error::NetlinkError(e),
                 ..
@@ -77,6 +106,7 @@ impl Error {
                 cause: rtnetlink::Error::NetlinkError(e),
                 ..
             } => e.raw_code().abs() == libc_enoent::EEXIST,
+            Error::Nft { errno, .. } => *errno == libc_enoent::EEXIST,
             _ => false,
         }
     }

@@ -2,12 +2,13 @@
 //!
 //! Everything that touches the kernel's networking goes through here, over netlink and
 //! namespace system calls, never by running `ip` or `nft`: network namespaces
-//! ([`netns`]), links, addresses and routes ([`Rtnl`]), and per-namespace sysctls
-//! ([`sysctl`]). Other crates compute *what* the kernel should hold; this crate only
+//! ([`netns`]), links, addresses and routes ([`Rtnl`]), nftables ([`nft`]), and
+//! per-namespace sysctls ([`sysctl`]). Other crates compute *what* the kernel should hold; this crate only
 //! knows *how* to put it there.
 
 mod error;
 pub mod netns;
+pub mod nft;
 mod rtnl;
 pub mod sysctl;
 

@@ -1,0 +1,202 @@
+//! The NETLINK_NETFILTER socket batches are sent over.
+//!
+//! Synchronous by design: the kernel processes a whole batch inside the `sendmsg` call
+//! (nfnetlink runs in the sender's context), so by the time `send` returns every
+//! acknowledgement is already queued on the socket and there is nothing to wait for.
+//! Async callers run [`NftSocket::apply`] on a blocking thread (it takes milliseconds
+//! even for ten thousand rules) or on a [`netns::run_in`] thread.
+
+use std::io;
+
+use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
+use nix::sys::socket::{setsockopt, sockopt};
+
+use super::batch::Batch;
+use super::wire::{
+    self, NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NFNL_SUBSYS_NFTABLES, NLM_F_REQUEST,
+    NLMSG_ERROR, Writer,
+};
+use crate::{Error, Result, netns};
+
+/// recv(2) flag: return EAGAIN instead of blocking.
+const MSG_DONTWAIT: i32 = 0x40;
+/// Receive-buffer space to reserve per acknowledgement: a small skb's true size.
+const ACK_TRUESIZE: usize = 1024;
+
+/// A socket speaking nf_tables, bound in the network namespace it was created in.
+#[derive(Debug)]
+pub struct NftSocket {
+    socket: Socket,
+    seq: u32,
+}
+
+impl NftSocket {
+    /// Opens a socket in the calling thread's network namespace.
+    pub fn new() -> Result<Self> {
+        let mut socket = Socket::new(NETLINK_NETFILTER)
+            .map_err(|e| Error::sys("opening NETLINK_NETFILTER socket", e))?;
+        socket
+            .bind_auto()
+            .map_err(|e| Error::sys("binding NETLINK_NETFILTER socket", e))?;
+        // Errors echo only the failed message's header, and carry the kernel's text.
+        socket
+            .set_cap_ack(true)
+            .map_err(|e| Error::sys("setting NETLINK_CAP_ACK", e))?;
+        socket
+            .set_ext_ack(true)
+            .map_err(|e| Error::sys("setting NETLINK_EXT_ACK", e))?;
+        Ok(NftSocket { socket, seq: 0 })
+    }
+
+    /// Opens a socket inside the named namespace; it keeps talking to that namespace's
+    /// nf_tables whichever thread uses it later.
+    pub fn new_in(netns_name: &str) -> Result<Self> {
+        netns::run_in(netns_name, NftSocket::new)?
+    }
+
+    /// Applies the batch atomically: all of it, or on error none of it. The error names
+    /// the first message the kernel refused ("add rule ip kubewire nat-postrouting: No
+    /// such file or directory").
+    pub fn apply(&mut self, batch: &Batch) -> Result<()> {
+        if let Some((op, reason)) = &batch.invalid {
+            return Err(Error::NftInvalid {
+                op: op.clone(),
+                reason: reason.clone(),
+            });
+        }
+        if batch.w.overflow {
+            return Err(Error::NftInvalid {
+                op: "encoding batch".into(),
+                reason: "an attribute is larger than netlink's 64 KiB limit".into(),
+            });
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let base = self.seq;
+        let n = batch.entries.len() as u32;
+        self.seq = self.seq.wrapping_add(n + 2);
+
+        let mut w = Writer::default();
+        w.buf.reserve(batch.w.buf.len() + 64);
+        let begin = w.begin_msg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES);
+        w.end_msg(begin);
+        set_seq(&mut w.buf, begin, base);
+        let body = w.buf.len();
+        w.buf.extend_from_slice(&batch.w.buf);
+        for (i, entry) in batch.entries.iter().enumerate() {
+            set_seq(
+                &mut w.buf,
+                body + entry.offset,
+                base.wrapping_add(1 + i as u32),
+            );
+        }
+        let end = w.begin_msg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES);
+        w.end_msg(end);
+        set_seq(&mut w.buf, end, base.wrapping_add(n + 1));
+
+        // The whole batch must go in one datagram (one skb is one transaction), and every
+        // acknowledgement must fit in the receive queue at once: size both buffers for
+        // this batch. The FORCE variants need CAP_NET_ADMIN, which nf_tables needs too.
+        setsockopt(
+            &self.socket,
+            sockopt::SndBufForce,
+            &(w.buf.len() + 64 * 1024),
+        )
+        .map_err(|e| Error::sys("setting SO_SNDBUFFORCE", e))?;
+        let rcv = (batch.entries.len() + 16) * ACK_TRUESIZE;
+        if rcv > 256 * 1024 {
+            setsockopt(&self.socket, sockopt::RcvBufForce, &rcv)
+                .map_err(|e| Error::sys("setting SO_RCVBUFFORCE", e))?;
+        }
+        self.drain_stale();
+
+        let sent = self
+            .socket
+            .send(&w.buf, 0)
+            .map_err(|e| Error::sys("sending nf_tables batch", e))?;
+        if sent != w.buf.len() {
+            return Err(Error::sys(
+                "sending nf_tables batch",
+                io::Error::other(format!("sent {sent} of {} bytes", w.buf.len())),
+            ));
+        }
+        self.collect_acks(batch, base)
+    }
+
+    /// Drops anything left over from an earlier batch that failed half-read.
+    fn drain_stale(&self) {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        loop {
+            buf.clear();
+            if self.socket.recv(&mut buf, MSG_DONTWAIT).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn collect_acks(&self, batch: &Batch, base: u32) -> Result<()> {
+        let n = batch.entries.len();
+        let mut acked = 0usize;
+        // (message index, errno, kernel text) of the earliest failing message.
+        let mut first_err: Option<(usize, i32, Option<String>)> = None;
+        let mut batch_err: Option<i32> = None;
+        let mut buf = Vec::with_capacity(64 * 1024);
+        loop {
+            buf.clear();
+            match self.socket.recv(&mut buf, MSG_DONTWAIT) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::sys("reading nf_tables acknowledgements", e)),
+            }
+            for m in wire::messages(&buf) {
+                if m.ty != NLMSG_ERROR {
+                    continue;
+                }
+                let Some(ack) = wire::parse_ack(&m) else {
+                    continue;
+                };
+                let index = ack.seq.wrapping_sub(base).wrapping_sub(1) as usize;
+                if index >= n {
+                    // The batch delimiters themselves (e.g. EPERM on BATCH_BEGIN).
+                    if ack.errno != 0 {
+                        batch_err.get_or_insert(ack.errno);
+                    }
+                    continue;
+                }
+                acked += 1;
+                if ack.errno != 0 && first_err.as_ref().is_none_or(|(i, ..)| index < *i) {
+                    first_err = Some((index, ack.errno, ack.text));
+                }
+            }
+        }
+        if let Some((index, errno, detail)) = first_err {
+            return Err(Error::Nft {
+                op: batch.entries[index].what.clone(),
+                errno,
+                detail,
+            });
+        }
+        if let Some(errno) = batch_err {
+            return Err(Error::Nft {
+                op: "nf_tables batch".into(),
+                errno,
+                detail: None,
+            });
+        }
+        if acked != n {
+            return Err(Error::sys(
+                "reading nf_tables acknowledgements",
+                io::Error::other(format!(
+                    "the kernel acknowledged {acked} of {n} messages; the outcome is unknown"
+                )),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn set_seq(buf: &mut [u8], msg: usize, seq: u32) {
+    buf[msg + 8..msg + 12].copy_from_slice(&seq.to_ne_bytes());
+}
