@@ -8,6 +8,7 @@
 
 #![allow(clippy::disallowed_methods)] // tests run real programs and read their output
 
+pub mod cluster;
 pub mod cni;
 
 use std::path::{Path, PathBuf};
