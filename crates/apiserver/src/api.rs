@@ -21,7 +21,7 @@ use crate::selector::{FieldSelector, LabelSelector, Selectors};
 use crate::service::{self, Ranges};
 use crate::store::{EventType, Store, Txn};
 use crate::util::{hex, now_secs, parse_query, rfc3339, str_at, unhex};
-use crate::{apply, discovery, strict, table, validate};
+use crate::{apply, discovery, protobuf, strict, table, validate};
 
 /// kube-apiserver's request body limit.
 const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -435,16 +435,20 @@ fn list(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Error>
 }
 
 /// Parses a request body into an object of `rt`'s kind (400 for anything else).
-/// Refuses bodies that are not JSON (protobuf and YAML are not served yet) with 415.
-fn check_json(r: &Req) -> Result<(), Error> {
+/// The request body as JSON: JSON as is, Kubernetes protobuf decoded (for the objects
+/// kubectl's generators send); anything else is refused with 415.
+fn json_body(r: &Req) -> Result<std::borrow::Cow<'_, [u8]>, Error> {
+    if protobuf::is_protobuf(&r.content_type) {
+        return Ok(std::borrow::Cow::Owned(protobuf::to_json(&r.body)?));
+    }
     let ct = r.content_type.split(';').next().unwrap_or("").trim();
     if ct.is_empty() || ct == "application/json" || ct == "*/*" {
-        return Ok(());
+        return Ok(std::borrow::Cow::Borrowed(&r.body));
     }
     Err(Status::new(
         415,
         "UnsupportedMediaType",
-        format!("the body of the request was in an unknown format - accepted media types include: application/json (got {ct:?})"),
+        format!("the body of the request was in an unknown format - accepted media types include: application/json, application/vnd.kubernetes.protobuf (got {ct:?})"),
     )
     .into())
 }
@@ -603,8 +607,11 @@ fn prepare_create(rt: &ResourceType, obj: &mut Value) {
 }
 
 fn default_containers(spec: &mut Value) {
-    for c in spec["containers"].as_array_mut().into_iter().flatten() {
-        for p in c["ports"].as_array_mut().into_iter().flatten() {
+    // `get_mut`, not indexing: indexing a missing key would insert a null.
+    let containers = spec.get_mut("containers").and_then(Value::as_array_mut);
+    for c in containers.into_iter().flatten() {
+        let ports = c.get_mut("ports").and_then(Value::as_array_mut);
+        for p in ports.into_iter().flatten() {
             if p["protocol"].is_null() {
                 p["protocol"] = json!("TCP");
             }
@@ -666,8 +673,8 @@ fn immutable(rt: &ResourceType, new: &Value, old: &Value, causes: &mut Vec<Cause
 
 fn create(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Error> {
     let rt = t.rt;
-    check_json(r)?;
-    let mut obj = parse_body(t, &r.body)?;
+    let body = json_body(r)?;
+    let mut obj = parse_body(t, &body)?;
     check_strict(rt, r, &obj, true)?;
     let mut name = str_at(&obj, "metadata.name").unwrap_or("").to_string();
     if name.is_empty() {
@@ -863,8 +870,8 @@ fn store_update(
 
 fn update(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Error> {
     let name = t.name.clone().unwrap_or_default();
-    check_json(r)?;
-    let new = parse_body(t, &r.body)?;
+    let body = json_body(r)?;
+    let new = parse_body(t, &body)?;
     check_strict(t.rt, r, &new, true)?;
     let key = key_of(t, &name);
     let stored = s.store.write_opts(dry_run(r), |txn| {
@@ -944,8 +951,7 @@ fn scale(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Error
         let old = txn.get(&key)?.ok_or_else(|| not_found(t, &name))?;
         let current = scale_of(&old);
         let wanted = if r.method == Method::PUT {
-            check_json(r)?;
-            serde_json::from_slice::<Value>(&r.body)
+            serde_json::from_slice::<Value>(&json_body(r)?)
                 .map_err(|e| Status::bad_request(format!("error decoding Scale: {e}")))?
         } else {
             let pt = PatchType::from_content_type(&r.content_type)

@@ -30,6 +30,7 @@ mod apply;
 mod discovery;
 mod error;
 mod patch;
+mod protobuf;
 mod resources;
 mod selector;
 mod service;

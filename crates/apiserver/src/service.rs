@@ -114,7 +114,7 @@ pub(crate) fn prepare(
     if s["sessionAffinity"].is_null() {
         s["sessionAffinity"] = json!("None");
     }
-    if let Some(ports) = s["ports"].as_array_mut() {
+    if let Some(ports) = s.get_mut("ports").and_then(Value::as_array_mut) {
         for p in ports.iter_mut() {
             if p["protocol"].is_null() {
                 p["protocol"] = json!("TCP");
@@ -198,7 +198,7 @@ pub(crate) fn prepare(
             .cloned()
             .unwrap_or_default();
         let allocate = ty == "NodePort" || s["allocateLoadBalancerNodePorts"] != json!(false);
-        if let Some(ports) = s["ports"].as_array_mut() {
+        if let Some(ports) = s.get_mut("ports").and_then(Value::as_array_mut) {
             for (i, p) in ports.iter_mut().enumerate() {
                 let proto = p["protocol"].as_str().unwrap_or("TCP").to_string();
                 let requested = p["nodePort"].as_i64().filter(|n| *n != 0);
@@ -265,7 +265,7 @@ pub(crate) fn prepare(
                 }
             }
         }
-    } else if let Some(ports) = s["ports"].as_array_mut() {
+    } else if let Some(ports) = s.get_mut("ports").and_then(Value::as_array_mut) {
         for p in ports.iter_mut() {
             if let Some(m) = p.as_object_mut() {
                 m.remove("nodePort");

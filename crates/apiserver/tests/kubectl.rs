@@ -492,3 +492,110 @@ async fn kubectl_deployments_scale_and_watch() {
     let stdout = String::from_utf8_lossy(&watched.unwrap().stdout).into_owned();
     assert!(stdout.lines().any(|l| l.starts_with("watched")), "{stdout}");
 }
+
+/// kubectl's generators send protobuf, not JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_create_generators() {
+    let c = start().await;
+    for (args, expect) in [
+        (
+            &["create", "namespace", "team"][..],
+            "namespace/team created",
+        ),
+        (
+            &[
+                "create",
+                "deployment",
+                "web",
+                "--image=nginx",
+                "--replicas=2",
+                "--port=80",
+            ],
+            "deployment.apps/web created",
+        ),
+        (
+            &[
+                "expose",
+                "deployment",
+                "web",
+                "--port=80",
+                "--target-port=8080",
+            ],
+            "service/web exposed",
+        ),
+        (
+            &[
+                "create",
+                "service",
+                "nodeport",
+                "np",
+                "--tcp=80:8080",
+                "--node-port=31100",
+            ],
+            "service/np created",
+        ),
+        (
+            &[
+                "create",
+                "service",
+                "clusterip",
+                "headless",
+                "--clusterip=None",
+            ],
+            "service/headless created",
+        ),
+        (
+            &["create", "configmap", "cfg", "--from-literal=a=b"],
+            "configmap/cfg created",
+        ),
+        (
+            &[
+                "create",
+                "secret",
+                "generic",
+                "pw",
+                "--from-literal=pw=s3cret",
+            ],
+            "secret/pw created",
+        ),
+        (
+            &["create", "serviceaccount", "bot"],
+            "serviceaccount/bot created",
+        ),
+    ] {
+        let out = c.kubectl(args).await;
+        assert!(
+            out.ok && out.stdout.contains(expect),
+            "kubectl {args:?}: {}{}",
+            out.stdout,
+            out.stderr
+        );
+    }
+    let out = c.kubectl(&["get", "svc", "np", "headless", "web"]).await;
+    assert!(out.stdout.contains("80:31100/TCP"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("headless") && l.contains("None")),
+        "{}",
+        out.stdout
+    );
+    let out = c.kubectl(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].ports[0].containerPort} {.spec.selector.matchLabels.app}"]).await;
+    assert_eq!(out.stdout, "2 80 web");
+    let out = c
+        .kubectl(&[
+            "get",
+            "svc",
+            "web",
+            "-o",
+            "jsonpath={.spec.selector.app} {.spec.ports[0].targetPort}",
+        ])
+        .await;
+    assert_eq!(out.stdout, "web 8080");
+    let out = c
+        .kubectl(&["get", "secret", "pw", "-o", "jsonpath={.data.pw}"])
+        .await;
+    assert_eq!(out.stdout, "czNjcmV0");
+    let out = c.kubectl(&["get", "cm", "cfg"]).await;
+    assert!(out.stdout.contains("cfg    1"), "{}", out.stdout);
+}
