@@ -2,15 +2,17 @@
 //! real `nft -j list ruleset`. Needs root (and the `nft` binary); fails, never skips,
 //! without them.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use netlink::netns;
 use netlink::nft::{
-    Batch, Chain, ChainType, Family, Hook, NftSocket, Policy, Reject, Rule, Table, ct_state,
-    priority, proto,
+    Batch, Chain, ChainType, Datum, Family, Field, Hook, KeyType, NftSocket, Policy, Reject, Rule,
+    Set, SetElement, Table, Verdict, ct_state, priority, proto,
 };
 use serde_json::{Value, json};
 
@@ -217,5 +219,466 @@ fn tables_chains_and_rules_round_trip() {
         "meta l4proto udp reject\n",
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{listing}");
+    }
+}
+
+/// A table with one NAT base chain and one regular chain, as a starting point.
+fn base_batch() -> Batch {
+    let mut b = Batch::new();
+    b.add_table(&Table::new(Family::Ip, T))
+        .add_chain(&Chain::new(Family::Ip, T, "nat-prerouting").hook(
+            ChainType::Nat,
+            Hook::Prerouting,
+            priority::DSTNAT,
+        ))
+        .add_chain(&Chain::new(Family::Ip, T, "services"))
+        .add_rule(&Rule::new(Family::Ip, T, "nat-prerouting").jump("services"));
+    b
+}
+
+#[test]
+fn a_failing_batch_changes_nothing_and_names_the_object() {
+    let ns = Ns::new();
+    ns.apply(&base_batch()).unwrap();
+    let before = ns.ruleset();
+
+    let mut b = Batch::new();
+    b.add_chain(&Chain::new(Family::Ip, T, "extra"))
+        .add_rule(&Rule::new(Family::Ip, T, "extra").counter().accept())
+        .add_rule(&Rule::new(Family::Ip, T, "services").drop())
+        .add_rule(&Rule::new(Family::Ip, T, "nat-postrouting").masquerade())
+        .add_table(&Table::new(Family::Ip6, T));
+    let err = ns.apply(&b).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "add rule ip kubewire nat-postrouting: No such file or directory"
+    );
+    assert!(err.is_not_found());
+    let after = ns.ruleset();
+    // Only the metainfo (generation) may differ: no chain, rule or table was added.
+    assert_eq!(&before[1..], &after[1..], "{}", ns.listing());
+    assert!(
+        objects(&after, "chain")
+            .iter()
+            .all(|c| c["name"] != "extra")
+    );
+
+    // The socket is still usable, and the valid part applies on its own.
+    let mut sock = NftSocket::new_in(&ns.0).unwrap();
+    let mut ok = Batch::new();
+    ok.add_chain(&Chain::new(Family::Ip, T, "extra"));
+    sock.apply(&ok).unwrap();
+    let dup = sock.apply(&{
+        let mut b = Batch::new();
+        b.delete_chain(&Chain::new(Family::Ip, T, "no-such-chain"));
+        b
+    });
+    assert_eq!(
+        dup.unwrap_err().to_string(),
+        "delete chain ip kubewire no-such-chain: No such file or directory"
+    );
+}
+
+#[test]
+fn invalid_elements_are_refused_before_sending() {
+    let ns = Ns::new();
+    let set = Set::new(Family::Ip, T, "addrs", [KeyType::Ipv4Addr]);
+    let mut b = base_batch();
+    b.add_set(&set)
+        .add_elements(&set, &[SetElement::new([Datum::Port(80)])]);
+    let err = ns.apply(&b).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("add element ip kubewire addrs: key [Port(80)] does not fit"),
+        "{err}"
+    );
+    assert!(objects(&ns.ruleset(), "table").is_empty());
+}
+
+#[test]
+fn rules_are_deleted_by_handle_and_chains_flushed() {
+    let ns = Ns::new();
+    let mut b = base_batch();
+    for port in [80, 443, 8080] {
+        b.add_rule(
+            &Rule::new(Family::Ip, T, "services")
+                .match_l4proto(proto::TCP)
+                .match_dport(port)
+                .accept(),
+        );
+    }
+    ns.apply(&b).unwrap();
+    let rules = rules_of(&ns.ruleset(), "services");
+    assert_eq!(rules.len(), 3);
+    let handle = rules[1]["handle"].as_u64().unwrap();
+
+    let mut del = Batch::new();
+    del.delete_rule(&Rule::new(Family::Ip, T, "services").with_handle(handle));
+    ns.apply(&del).unwrap();
+    let rules = rules_of(&ns.ruleset(), "services");
+    assert_eq!(rules.len(), 2);
+    assert!(rules.iter().all(|r| r["handle"] != handle));
+
+    let mut flush = Batch::new();
+    flush.flush_chain(&Chain::new(Family::Ip, T, "services"));
+    ns.apply(&flush).unwrap();
+    assert!(rules_of(&ns.ruleset(), "services").is_empty());
+    assert_eq!(rules_of(&ns.ruleset(), "nat-prerouting").len(), 1);
+
+    let mut flush = Batch::new();
+    flush.flush_table(&Table::new(Family::Ip, T));
+    ns.apply(&flush).unwrap();
+    assert!(objects(&ns.ruleset(), "rule").is_empty());
+    assert_eq!(objects(&ns.ruleset(), "chain").len(), 2);
+
+    let mut del = Batch::new();
+    del.delete_table(&Table::new(Family::Ip, T));
+    ns.apply(&del).unwrap();
+    assert!(objects(&ns.ruleset(), "table").is_empty());
+}
+
+/// Elements of `set` as nft prints them.
+fn elements_of(ruleset: &[Value], set: &str) -> Vec<Value> {
+    let sets = objects(ruleset, "set")
+        .into_iter()
+        .chain(objects(ruleset, "map"));
+    sets.filter(|s| s["name"] == set)
+        .flat_map(|s| s["elem"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+fn v4(a: u8, b: u8, c: u8, d: u8) -> Datum {
+    Datum::Ipv4(Ipv4Addr::new(a, b, c, d))
+}
+
+#[test]
+fn set_elements_are_added_and_deleted_in_later_batches() {
+    let ns = Ns::new();
+    let addrs = Set::new(Family::Ip, T, "addrs", [KeyType::Ipv4Addr]).timeout(None);
+    let ports = Set::new(Family::Ip, T, "ports", [KeyType::InetService]);
+    let nets = Set::new(Family::Ip, T, "nets", [KeyType::Ipv4Addr]).interval();
+    let mut b = base_batch();
+    b.add_set(&addrs)
+        .add_set(&ports)
+        .add_set(&nets)
+        .add_elements(
+            &addrs,
+            &[
+                SetElement::new([v4(10, 0, 0, 1)]),
+                SetElement::new([v4(10, 0, 0, 2)]).timeout(Duration::from_secs(3600)),
+                SetElement::new([v4(10, 0, 0, 3)]).comment("third"),
+            ],
+        )
+        .add_elements(
+            &ports,
+            &[
+                SetElement::new([Datum::Port(80)]),
+                SetElement::new([Datum::Port(443)]),
+            ],
+        )
+        .add_elements(
+            &nets,
+            &[
+                SetElement::prefix(net("10.244.0.0/16")),
+                SetElement::prefix(net("192.168.1.0/24")),
+            ],
+        )
+        .add_rule(
+            &Rule::new(Family::Ip, T, "services")
+                .match_in_set(&[Field::IpSaddr], "nets", false)
+                .match_in_set(&[Field::IpDaddr], "addrs", true)
+                .match_in_set(&[Field::Dport], "ports", false)
+                .drop(),
+        );
+    ns.apply(&b).unwrap();
+    let rs = ns.ruleset();
+    let listing = ns.listing();
+    let elems = elements_of(&rs, "addrs");
+    assert_eq!(elems.len(), 3, "{listing}");
+    assert_eq!(elems[0], json!("10.0.0.1"));
+    let timed = &elems[1]["elem"];
+    assert_eq!(timed["val"], "10.0.0.2");
+    assert_eq!(timed["timeout"], 3600);
+    assert_eq!(elems[2]["elem"]["comment"], "third");
+    assert_eq!(elements_of(&rs, "ports"), [json!(80), json!(443)]);
+    assert_eq!(
+        elements_of(&rs, "nets"),
+        [
+            json!({"prefix": {"addr": "10.244.0.0", "len": 16}}),
+            json!({"prefix": {"addr": "192.168.1.0", "len": 24}})
+        ],
+        "{listing}"
+    );
+    assert!(
+        listing
+            .replace('\t', "")
+            .contains("ip saddr @nets ip daddr != @addrs th dport @ports drop"),
+        "{listing}"
+    );
+
+    let mut b = Batch::new();
+    b.delete_elements(&addrs, &[SetElement::new([v4(10, 0, 0, 1)])])
+        .add_elements(&addrs, &[SetElement::new([v4(10, 0, 0, 4)])])
+        .delete_elements(&nets, &[SetElement::prefix(net("10.244.0.0/16"))])
+        .delete_elements(&ports, &[SetElement::new([Datum::Port(80)])]);
+    ns.apply(&b).unwrap();
+    let rs = ns.ruleset();
+    let addrs_now: Vec<String> = elements_of(&rs, "addrs")
+        .iter()
+        .map(|e| {
+            e.as_str()
+                .unwrap_or_else(|| e["elem"]["val"].as_str().unwrap())
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(addrs_now, ["10.0.0.2", "10.0.0.3", "10.0.0.4"]);
+    assert_eq!(elements_of(&rs, "ports"), [json!(443)]);
+    assert_eq!(
+        elements_of(&rs, "nets"),
+        [json!({"prefix": {"addr": "192.168.1.0", "len": 24}})]
+    );
+
+    // Deleting an absent element fails the whole batch, naming the set.
+    let mut b = Batch::new();
+    b.add_elements(&ports, &[SetElement::new([Datum::Port(22)])])
+        .delete_elements(&ports, &[SetElement::new([Datum::Port(80)])]);
+    let err = ns.apply(&b).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "delete element ip kubewire ports: No such file or directory"
+    );
+    assert_eq!(elements_of(&ns.ruleset(), "ports"), [json!(443)]);
+
+    let mut b = Batch::new();
+    b.flush_set(&addrs);
+    ns.apply(&b).unwrap();
+    assert!(elements_of(&ns.ruleset(), "addrs").is_empty());
+}
+
+#[test]
+fn concatenated_verdict_map_dispatches_to_chains() {
+    let ns = Ns::new();
+    let service_ips = Set::new(
+        Family::Ip,
+        T,
+        "service-ips",
+        [KeyType::Ipv4Addr, KeyType::InetProto, KeyType::InetService],
+    )
+    .vmap();
+    let endpoints = Set::new(Family::Ip, T, "lb-web", [KeyType::Integer])
+        .vmap()
+        .constant();
+    let dnat_targets = Set::new(
+        Family::Ip,
+        T,
+        "dnat-targets",
+        [KeyType::Ipv4Addr, KeyType::InetService],
+    )
+    .map([KeyType::Ipv4Addr, KeyType::InetService]);
+    let mut b = base_batch();
+    for chain in ["svc-web", "svc-dns", "ep-web-1", "ep-web-2"] {
+        b.add_chain(&Chain::new(Family::Ip, T, chain));
+    }
+    b.add_set(&service_ips)
+        .add_set(&endpoints)
+        .add_set(&dnat_targets)
+        .add_elements(
+            &service_ips,
+            &[
+                SetElement::new([v4(10, 96, 0, 1), Datum::Proto(proto::TCP), Datum::Port(80)])
+                    .verdict(Verdict::Goto("svc-web".into())),
+                SetElement::new([v4(10, 96, 0, 10), Datum::Proto(proto::UDP), Datum::Port(53)])
+                    .verdict(Verdict::Jump("svc-dns".into())),
+            ],
+        )
+        .add_elements(
+            &endpoints,
+            &[
+                SetElement::new([Datum::Int(0)]).verdict(Verdict::Goto("ep-web-1".into())),
+                SetElement::new([Datum::Int(1)]).verdict(Verdict::Goto("ep-web-2".into())),
+            ],
+        )
+        .add_elements(
+            &dnat_targets,
+            &[SetElement::new([v4(10, 96, 0, 10), Datum::Port(53)])
+                .value([v4(10, 244, 1, 5), Datum::Port(5353)])],
+        )
+        .add_rule(&Rule::new(Family::Ip, T, "services").vmap(
+            &[Field::IpDaddr, Field::L4Proto, Field::Dport],
+            "service-ips",
+        ))
+        .add_rule(&Rule::new(Family::Ip, T, "svc-web").numgen_vmap(2, "lb-web"))
+        .add_rule(
+            &Rule::new(Family::Ip, T, "ep-web-1")
+                .dnat(IpAddr::V4(Ipv4Addr::new(10, 244, 1, 2)), Some(8080)),
+        )
+        .add_rule(
+            &Rule::new(Family::Ip, T, "ep-web-2")
+                .dnat(IpAddr::V4(Ipv4Addr::new(10, 244, 2, 2)), Some(8080)),
+        )
+        .add_rule(&Rule::new(Family::Ip, T, "svc-dns").dnat_map(
+            Family::Ip,
+            &[Field::IpDaddr, Field::Dport],
+            "dnat-targets",
+        ));
+    ns.apply(&b).unwrap();
+    let rs = ns.ruleset();
+    let listing = ns.listing();
+
+    let map = objects(&rs, "map")
+        .into_iter()
+        .find(|m| m["name"] == "service-ips")
+        .unwrap_or_else(|| panic!("no map: {listing}"));
+    assert_eq!(
+        map["type"],
+        json!(["ipv4_addr", "inet_proto", "inet_service"])
+    );
+    assert_eq!(map["map"], "verdict");
+    // Hash sets list in hash order.
+    let mut elems = elements_of(&rs, "service-ips");
+    elems.sort_by_key(|e| e.to_string());
+    assert_eq!(
+        elems,
+        [
+            json!([{"concat": ["10.96.0.1", "tcp", 80]}, {"goto": {"target": "svc-web"}}]),
+            json!([{"concat": ["10.96.0.10", "udp", 53]}, {"jump": {"target": "svc-dns"}}]),
+        ],
+        "{listing}"
+    );
+    assert_eq!(
+        rules_of(&rs, "services")[0]["expr"],
+        json!([{"vmap": {
+            "key": {"concat": [
+                {"payload": {"protocol": "ip", "field": "daddr"}},
+                {"meta": {"key": "l4proto"}},
+                {"payload": {"protocol": "th", "field": "dport"}}
+            ]},
+            "data": "@service-ips"
+        }}]),
+        "{listing}"
+    );
+    let text = listing.replace('\t', "");
+    for line in [
+        "numgen random mod 2 vmap @lb-web",
+        "0 : goto ep-web-1, 1 : goto ep-web-2",
+        "dnat to 10.244.1.2:8080",
+        "dnat ip to ip daddr . th dport map @dnat-targets",
+        "10.96.0.10 . 53 : 10.244.1.5 . 5353",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{listing}");
+    }
+}
+
+/// `ip -n NS ...` from the host: configures namespaces of this test only.
+#[allow(clippy::disallowed_methods)]
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn dnat_and_masquerade_rewrite_real_traffic() {
+    // client (10.200.0.1 on the veth, 10.201.0.1 on lo) <-veth-> server (10.200.0.2).
+    // The client connects to a "service" 10.96.0.10:80 from 10.201.0.1: DNAT sends it to
+    // the server's 10.200.0.2:8080, and masquerade rewrites the source to 10.200.0.1,
+    // the only client address the server has a route back to.
+    let client = Ns::new();
+    let server = Ns::new();
+    let (c, s) = (client.0.as_str(), server.0.as_str());
+    // Link names are capped at 15 bytes: "kc"/"ks" + the namespace's "PID-N".
+    let id = c.trim_start_matches("kwt-nft-");
+    let (veth_c, veth_s) = (format!("kc{id}"), format!("ks{id}"));
+    ip(&[
+        "link", "add", &veth_c, "netns", c, "type", "veth", "peer", "name", &veth_s, "netns", s,
+    ]);
+    ip(&["-n", c, "addr", "add", "10.200.0.1/24", "dev", &veth_c]);
+    ip(&["-n", c, "addr", "add", "10.201.0.1/32", "dev", "lo"]);
+    ip(&["-n", c, "link", "set", &veth_c, "up"]);
+    ip(&[
+        "-n",
+        c,
+        "route",
+        "add",
+        "10.96.0.0/12",
+        "dev",
+        &veth_c,
+        "src",
+        "10.201.0.1",
+    ]);
+    ip(&["-n", s, "addr", "add", "10.200.0.2/24", "dev", &veth_s]);
+    ip(&["-n", s, "link", "set", &veth_s, "up"]);
+
+    let rule = |chain: &str| Rule::new(Family::Ip, T, chain);
+    let mut b = Batch::new();
+    b.add_table(&Table::new(Family::Ip, T))
+        .add_chain(&Chain::new(Family::Ip, T, "nat-output").hook(
+            ChainType::Nat,
+            Hook::Output,
+            priority::DSTNAT,
+        ))
+        .add_chain(&Chain::new(Family::Ip, T, "nat-postrouting").hook(
+            ChainType::Nat,
+            Hook::Postrouting,
+            priority::SRCNAT,
+        ))
+        .add_rule(
+            &rule("nat-output")
+                .match_daddr(net("10.96.0.10/32"))
+                .match_l4proto(proto::TCP)
+                .match_dport(80)
+                .counter()
+                .dnat(IpAddr::V4(Ipv4Addr::new(10, 200, 0, 2)), Some(8080)),
+        )
+        .add_rule(
+            &rule("nat-postrouting")
+                .match_saddr(net("10.201.0.0/24"))
+                .counter()
+                .masquerade(),
+        );
+    client.apply(&b).unwrap();
+
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server_name = server.0.clone();
+    let listener = std::thread::spawn(move || {
+        netns::run_in(&server_name, move || -> std::io::Result<SocketAddr> {
+            let l = TcpListener::bind("10.200.0.2:8080")?;
+            ready_tx.send(()).unwrap();
+            let (mut conn, peer) = l.accept()?;
+            conn.write_all(peer.to_string().as_bytes())?;
+            Ok(peer)
+        })
+        .unwrap()
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+
+    let (seen_by_server, seen_by_client) = netns::run_in(&client.0, || {
+        let target: SocketAddr = "10.96.0.10:80".parse().unwrap();
+        let mut conn = TcpStream::connect_timeout(&target, Duration::from_secs(5)).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut reply = String::new();
+        conn.read_to_string(&mut reply).unwrap();
+        (reply, conn.peer_addr().unwrap())
+    })
+    .unwrap();
+    let peer = listener.join().unwrap().unwrap();
+    assert_eq!(peer.ip(), IpAddr::V4(Ipv4Addr::new(10, 200, 0, 1)));
+    assert_eq!(seen_by_server, peer.to_string());
+    // Conntrack undoes the DNAT on the way back: the client still talks to the service.
+    assert_eq!(seen_by_client, "10.96.0.10:80".parse().unwrap());
+
+    let rs = client.ruleset();
+    for chain in ["nat-output", "nat-postrouting"] {
+        let exprs = rules_of(&rs, chain)[0]["expr"].clone();
+        let counter = exprs
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|e| e.get("counter"))
+            .unwrap();
+        assert_eq!(counter["packets"], 1, "{chain}: {}", client.listing());
     }
 }

@@ -249,6 +249,15 @@ impl Batch {
             w.nest_end(desc);
         }
         w.put_u32(attr::SET_ID, id);
+        if let [single] = set.key[..]
+            && single.host_order()
+        {
+            // nft's user data: key byte order (type 0) = host endian (1). Without it,
+            // `nft list` would print host-order keys byte-swapped.
+            let mut udata = vec![0, 4];
+            udata.extend_from_slice(&1u32.to_ne_bytes());
+            w.put(attr::SET_USERDATA, &udata);
+        }
         w.end_msg(m);
         self
     }

@@ -53,6 +53,11 @@ impl KeyType {
         }
     }
 
+    /// Whether values are in host byte order (the rest are in network order).
+    pub(crate) fn host_order(self) -> bool {
+        matches!(self, KeyType::Mark | KeyType::Integer)
+    }
+
     /// The name nft prints.
     pub fn name(self) -> &'static str {
         match self {
@@ -239,9 +244,10 @@ impl Set {
         }
         if self.interval {
             f |= flags::INTERVAL;
-            if self.key.len() > 1 {
-                f |= flags::CONCAT;
-            }
+        }
+        // The kernel wants the flag whenever the key is described as a concatenation.
+        if self.key.len() > 1 {
+            f |= flags::CONCAT;
         }
         if self.data.is_some() {
             f |= flags::MAP;

@@ -73,6 +73,7 @@ pub(crate) mod attr {
     pub(crate) const SET_DESC: u16 = 9;
     pub(crate) const SET_ID: u16 = 10;
     pub(crate) const SET_TIMEOUT: u16 = 11;
+    pub(crate) const SET_USERDATA: u16 = 13;
     pub(crate) const SET_DESC_CONCAT: u16 = 2;
     pub(crate) const SET_FIELD_LEN: u16 = 1;
 
