@@ -29,6 +29,8 @@ pub struct Reconciler {
     routes: BTreeMap<IpNet, RouteSpec>,
     vteps: BTreeSet<Vtep>,
     vxlan_addresses: BTreeSet<IpAddr>,
+    /// The pod CIDRs the masquerade tables were last built for.
+    masquerade_cidrs: Option<Vec<IpNet>>,
 }
 
 fn host_prefix(ip: IpAddr) -> IpNet {
@@ -68,6 +70,7 @@ impl Reconciler {
             routes,
             vteps: BTreeSet::new(),
             vxlan_addresses: BTreeSet::new(),
+            masquerade_cidrs: None,
         })
     }
 
@@ -175,6 +178,15 @@ impl Reconciler {
                     debug!(dst = %spec.destination, "route removed");
                     self.routes.remove(&spec.destination);
                 }
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        if self.masquerade_cidrs.as_ref() != Some(&plan.all_pod_cidrs) {
+            let applied = netlink::nft::NftSocket::new().and_then(|mut socket| {
+                socket.apply(&crate::masquerade::batch(&plan.all_pod_cidrs))
+            });
+            match applied {
+                Ok(()) => self.masquerade_cidrs = Some(plan.all_pod_cidrs.clone()),
                 Err(e) => problems.push(e.to_string()),
             }
         }

@@ -9,6 +9,7 @@
 
 pub mod cni_config;
 pub mod kernel;
+pub mod masquerade;
 pub mod plan;
 
 use std::collections::BTreeMap;

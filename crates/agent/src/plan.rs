@@ -169,6 +169,9 @@ pub struct Plan {
     pub vteps: BTreeSet<Vtep>,
     /// This node's pod CIDRs, for its CNI config (empty until the node has them).
     pub own_pod_cidrs: Vec<IpNet>,
+    /// Every node's pod CIDRs, sorted: the pod network, whose traffic within itself is
+    /// never masqueraded.
+    pub all_pod_cidrs: Vec<IpNet>,
     /// Why some node could not be routed to.
     pub problems: Vec<String>,
 }
@@ -178,6 +181,11 @@ pub fn plan(own: &str, nodes: &BTreeMap<String, NodeView>, mode: Mode) -> Plan {
     let mut plan = Plan::default();
     let me = nodes.get(own);
     plan.own_pod_cidrs = me.map(|n| n.pod_cidrs.clone()).unwrap_or_default();
+    let all: BTreeSet<IpNet> = nodes
+        .values()
+        .flat_map(|n| n.pod_cidrs.iter().copied())
+        .collect();
+    plan.all_pod_cidrs = all.into_iter().collect();
     if mode == Mode::Vxlan {
         match me.and_then(|n| n.internal_ip(true).or_else(|| n.internal_ip(false))) {
             Some(underlay) => {

@@ -43,6 +43,25 @@ fn cross_node(mode: &str) {
     });
     assert_eq!(got.0, a_ips[0], "the server saw another source address");
     assert!(got.1 > 1_000_000, "received {} bytes", got.1);
+    // Traffic leaving the pod network is masqueraded: a server outside the cluster
+    // sees node-1's underlay address, and its replies come back.
+    let outside = format!("{}-outside", c.lab.name());
+    let _outside_server = e2e::spawn_in(
+        &outside,
+        std::path::Path::new("python3"),
+        &["-c", SERVER, "198.18.0.254"],
+        &c.dir.path().join("outside.log"),
+    );
+    let mut seen = (String::new(), 0);
+    wait_until(Duration::from_secs(10), || {
+        seen = c.fetch(a, "198.18.0.254");
+        seen.1 > 0
+    });
+    assert_eq!(
+        seen.0, "198.18.0.11",
+        "traffic to the outside was not masqueraded"
+    );
+
     // The MTU the pod has is the MTU that passes: full-size packets with DF set go
     // through, no black hole.
     let mtu = if mode == "vxlan" { 1450 } else { 1500 };
