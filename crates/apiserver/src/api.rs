@@ -1336,3 +1336,63 @@ pub(crate) fn bootstrap(state: &State) -> Result<(), Error> {
         Ok(())
     })
 }
+
+/// Points the `default/kubernetes` service at `addr`, as kube-apiserver's endpoint
+/// reconciler does: the service's targetPort, its Endpoints and its EndpointSlice. Pods
+/// reach the API through the service IP; `addr` must be reachable from them (the lab's
+/// underlay listener). Writes only what differs.
+pub(crate) fn publish_endpoints(state: &State, addr: std::net::SocketAddr) -> Result<(), Error> {
+    let ip = addr.ip().to_string();
+    let port = addr.port();
+    let family = if addr.is_ipv4() { "IPv4" } else { "IPv6" };
+    let svc_key = resources::services().key("default", "kubernetes");
+    let ep_rt = resources::lookup("", "v1", "endpoints").ok_or_else(Status::not_found_path)?;
+    let slice_rt = resources::lookup("discovery.k8s.io", "v1", "endpointslices")
+        .ok_or_else(Status::not_found_path)?;
+    state.store.write(|txn| {
+        if let Some(mut svc) = txn.get(&svc_key)?
+            && svc["spec"]["ports"][0]["targetPort"] != json!(port)
+        {
+            svc["spec"]["ports"][0]["targetPort"] = json!(port);
+            txn.put(&svc_key, svc, EventType::Modified)?;
+        }
+        let labels = json!({"endpointslice.kubernetes.io/skip-mirror": "true"});
+        let mut ep = json!({
+            "kind": "Endpoints", "apiVersion": "v1",
+            "metadata": {"name": "kubernetes", "namespace": "default", "labels": labels},
+            "subsets": [{"addresses": [{"ip": ip}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
+        });
+        let mut slice = json!({
+            "kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1",
+            "metadata": {"name": "kubernetes", "namespace": "default",
+                "labels": {"kubernetes.io/service-name": "kubernetes"}},
+            "addressType": family,
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
+            "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+        });
+        for (rt, obj) in [(ep_rt, &mut ep), (slice_rt, &mut slice)] {
+            let key = rt.key("default", "kubernetes");
+            match txn.get(&key)? {
+                None => {
+                    prepare_create(rt, obj);
+                    txn.put(&key, obj.clone(), EventType::Added)?;
+                }
+                Some(old) => {
+                    let same = ["subsets", "endpoints", "ports", "addressType"]
+                        .iter()
+                        .all(|f| old.get(*f) == obj.get(*f));
+                    if !same {
+                        let mut new = old.clone();
+                        for f in ["subsets", "endpoints", "ports", "addressType"] {
+                            if let Some(v) = obj.get(f) {
+                                new[f] = v.clone();
+                            }
+                        }
+                        txn.put(&key, new, EventType::Modified)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+}

@@ -321,6 +321,15 @@ pub async fn start(config: Config) -> Result<Server, Error> {
     if let Ok(mut a) = router.state.server_address.lock() {
         *a = server_url.trim_start_matches("https://").to_string();
     }
+    // Pods reach the API through the `kubernetes` service: its endpoint is the address
+    // opened in another namespace (the lab's underlay) if any, else the first listener.
+    let advertise = addresses[config.listen.len()..]
+        .first()
+        .or(addresses.first())
+        .copied();
+    if let Some(addr) = advertise {
+        api::publish_endpoints(&router.state, addr)?;
+    }
     let token: Arc<str> = Arc::from(pki.admin_token.as_str());
     let mut tasks = Vec::new();
     for (listener, addr) in listeners {

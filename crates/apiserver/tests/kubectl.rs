@@ -388,6 +388,17 @@ async fn tls_authentication_by_certificate_or_token() {
         )
         .await;
     assert!(out.ok && out.stdout.contains("10.96.0.1"), "{}", out.stderr);
+    // The `kubernetes` service points at the server.
+    let out = c
+        .kubectl(&[
+            "get",
+            "endpoints",
+            "kubernetes",
+            "-o",
+            "jsonpath=https://{.subsets[0].addresses[0].ip}:{.subsets[0].ports[0].port}",
+        ])
+        .await;
+    assert_eq!(out.stdout, server);
     // The admin kubeconfig authenticates by client certificate.
     let out = c.kubectl(&["version", "-o", "json"]).await;
     assert!(

@@ -102,5 +102,21 @@ async fn serves_inside_another_network_namespace() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("10.96.0.1"), "{stdout}");
+    // The `kubernetes` service's endpoint is the address inside the namespace.
+    let kubectl = [
+        "kubectl",
+        "--kubeconfig",
+        kc_path.to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ];
+    let jsonpath = "jsonpath={.endpoints[0].addresses[0]}:{.ports[0].port}";
+    let args: Vec<&str> = kubectl
+        .iter()
+        .copied()
+        .chain(["get", "endpointslice", "kubernetes", "-o", jsonpath])
+        .collect();
+    let out = in_netns(&ns, &args).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), inside.to_string());
     server.shutdown();
 }
