@@ -20,6 +20,7 @@ pub fn render(pod_cidrs: &[IpNet], mode: Mode, mtu: u32, data_dir: &Path) -> Str
         "name": "kubewire",
         "plugins": [{
             "type": "kubewire-cni",
+            "capabilities": {"portMappings": true},
             "mtu": mtu,
             "mode": mode.as_str(),
             "podCIDRs": pod_cidrs,

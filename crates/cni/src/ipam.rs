@@ -30,6 +30,10 @@ pub struct State {
     /// Every allocated address and who has it.
     #[serde(default)]
     pub allocations: BTreeMap<IpAddr, Attachment>,
+    /// Every hostPort binding of the network's pods on this node (kept here so that
+    /// they change under the same lock as the addresses they point to).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hostports: Vec<crate::hostport::Binding>,
 }
 
 fn offset(ip: IpAddr, by: u128) -> Option<IpAddr> {
@@ -130,6 +134,7 @@ impl State {
         for ip in &held {
             self.allocations.remove(ip);
         }
+        self.hostports.retain(|b| &b.attachment != key);
         held
     }
 
@@ -144,6 +149,7 @@ impl State {
         for (ip, _) in &stale {
             self.allocations.remove(ip);
         }
+        self.hostports.retain(|b| valid.contains(&b.attachment));
         stale
     }
 

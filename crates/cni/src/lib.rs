@@ -9,6 +9,7 @@
 //! - [`wiring`]: the routed veth pair in the kernel;
 //! - commands in `plugin`.
 
+pub mod hostport;
 pub mod ipam;
 mod plugin;
 mod reaper;

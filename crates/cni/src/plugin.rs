@@ -118,6 +118,8 @@ async fn add(env: &Env, conf: &NetConf, version: Version) -> Result<Value, CniEr
     let key = key(env);
     let host_name = host_veth_name(env.container_id(), env.ifname());
     let alias = wiring::host_alias(&conf.name, env.container_id(), env.ifname());
+    // Malformed port mappings are refused before anything is made.
+    crate::hostport::parse(conf.runtime_config.as_ref(), &key, &[])?;
     // Refuse before allocating anything: an existing interface is the caller's mistake.
     wiring::ensure_absent(netns, env.ifname()).await?;
 
@@ -135,6 +137,15 @@ async fn add(env: &Env, conf: &NetConf, version: Version) -> Result<Value, CniEr
         };
         let interfaces = wiring::attach(&attachment).await?;
         step = AddStep::Wired;
+        let bindings = crate::hostport::parse(conf.runtime_config.as_ref(), &key, &addresses)?;
+        if !bindings.is_empty() {
+            store.update(|st| {
+                crate::hostport::check_conflicts(&st.hostports, &bindings)?;
+                st.hostports.retain(|b| b.attachment != key);
+                st.hostports.extend(bindings.iter().cloned());
+                crate::hostport::apply(&st.hostports)
+            })?;
+        }
         Ok((addresses, interfaces))
     }
     .await;
@@ -179,7 +190,14 @@ async fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     // Kernel first: an address must not be handed out while routes to it remain.
     let pending = wiring::detach(env.netns.as_deref(), env.ifname(), &host_name).await?;
     let store = Store::new(&conf.data_dir(), &conf.name);
-    let freed = store.update(|st| Ok(st.release(&key(env))))?;
+    let freed = store.update(|st| {
+        let bindings = st.hostports.len();
+        let freed = st.release(&key(env));
+        if st.hostports.len() != bindings {
+            crate::hostport::apply(&st.hostports)?;
+        }
+        Ok(freed)
+    })?;
     debug!(?freed, "detached");
     if let Some(unregister) = pending {
         crate::reaper::spawn(&unregister).await;
@@ -248,7 +266,14 @@ async fn gc(conf: &NetConf) -> Result<(), CniError> {
         .cloned()
         .collect();
     let store = Store::new(&conf.data_dir(), &conf.name);
-    let freed = store.update(|st| Ok(st.gc(&valid)))?;
+    let freed = store.update(|st| {
+        let bindings = st.hostports.len();
+        let freed = st.gc(&valid);
+        if st.hostports.len() != bindings {
+            crate::hostport::apply(&st.hostports)?;
+        }
+        Ok(freed)
+    })?;
     for (ip, attachment) in &freed {
         debug!(%ip, container = %attachment.container_id, "gc: freed");
     }

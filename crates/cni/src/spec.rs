@@ -86,6 +86,8 @@ pub mod code {
     pub const CHECK_MISMATCH: u32 = 102;
     /// The kernel refused a change.
     pub const KERNEL: u32 = 103;
+    /// ADD: a hostPort is already bound to another container on this node.
+    pub const HOST_PORT_IN_USE: u32 = 104;
 }
 
 /// An error as the spec prints it on stdout: `{"cniVersion", "code", "msg", "details"}`.

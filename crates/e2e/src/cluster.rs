@@ -14,14 +14,14 @@ use serde_json::{Value, json};
 use crate::cni::{Params, PluginDir, env_for, exec_plugin};
 use crate::{KillOnDrop, TestLab, TestNetns, kubewire_bin, spawn_in, wait_until};
 
-/// A TCP server (python3) on port 8080 that sends the peer address, a newline and a
+/// A TCP server (python3) on port 8080 (or argv[2]) that sends the peer address, a newline and a
 /// megabyte, then closes.
 pub const SERVER: &str = r#"
 import socket, sys
 addr = sys.argv[1]
 s = socket.socket(socket.AF_INET6 if ':' in addr else socket.AF_INET)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((addr, 8080))
+s.bind((addr, int(sys.argv[2]) if len(sys.argv) > 2 else 8080))
 s.listen()
 while True:
     c, peer = s.accept()
@@ -32,7 +32,7 @@ while True:
 /// Its client: prints the first line it got and the number of bytes.
 pub const CLIENT: &str = r#"
 import socket, sys
-s = socket.create_connection((sys.argv[1], 8080), timeout=5)
+s = socket.create_connection((sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 8080), timeout=5)
 data = b''
 while True:
     b = s.recv(65536)
