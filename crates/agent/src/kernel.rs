@@ -224,3 +224,44 @@ impl Reconciler {
         Ok(index)
     }
 }
+
+/// Removes everything the agent owns in this namespace: routes tagged with kubewire's
+/// protocol, the VXLAN device and the masquerade tables. Keeps going past failures.
+pub async fn cleanup() -> Result<(), Error> {
+    let rtnl = Rtnl::connect_here()?;
+    let mut problems = Vec::new();
+    for r in rtnl.routes().await? {
+        if r.protocol == ROUTE_PROTOCOL_KUBEWIRE {
+            let spec = RouteSpec {
+                destination: r.destination,
+                gateway: r.gateway,
+                dev: r.dev,
+                onlink: false,
+                protocol: r.protocol,
+            };
+            if let Err(e) = rtnl.delete_route(&spec).await {
+                problems.push(e.to_string());
+            }
+        }
+    }
+    match rtnl.link(VXLAN_DEVICE).await {
+        Ok(Some(link)) => {
+            if let Err(e) = rtnl.delete_link(link.index).await {
+                problems.push(e.to_string());
+            }
+        }
+        Ok(None) => {}
+        Err(e) => problems.push(e.to_string()),
+    }
+    let tables = netlink::nft::NftSocket::new()
+        .and_then(|mut socket| socket.apply(&crate::masquerade::cleanup_batch()));
+    if let Err(e) = tables {
+        problems.push(e.to_string());
+    }
+    if problems.is_empty() {
+        info!("removed the agent's routes, VXLAN device and tables");
+        Ok(())
+    } else {
+        Err(Error::Apply(problems))
+    }
+}

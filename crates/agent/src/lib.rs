@@ -75,6 +75,10 @@ pub struct Args {
     /// Where the plugin keeps its IPAM state.
     #[arg(long, default_value = "/var/lib/cni/kubewire")]
     pub cni_data_dir: PathBuf,
+    /// Remove everything the agent put in the kernel (its routes, the VXLAN device, its
+    /// nftables tables) and exit, instead of running.
+    #[arg(long)]
+    pub cleanup: bool,
     /// How often to re-apply the whole plan even without API changes, repairing any
     /// drift in the kernel.
     #[arg(long, default_value = "30s", value_parser = parse_seconds)]
@@ -160,6 +164,9 @@ impl NodeView {
 /// Runs the agent until the process is stopped. Routes stay in place when it stops:
 /// restarting the agent must not cut pods off.
 pub async fn run(args: Args) -> Result<(), Error> {
+    if args.cleanup {
+        return kernel::cleanup().await;
+    }
     let client = client(&args).await?;
     if let Some(dir) = &args.cni_bin_dir {
         cni_config::install_plugin(dir)?;

@@ -48,7 +48,8 @@ pub struct Cluster {
     // Dropped in reverse order: pods, agents, API server, then the lab.
     /// Pods: their namespace and addresses (IPv4 first).
     pub pods: Vec<(TestNetns, Vec<String>)>,
-    _agents: Vec<KillOnDrop>,
+    /// The agents, node-1 first; remove one to stop it.
+    pub agents: Vec<KillOnDrop>,
     _apiserver: KillOnDrop,
     /// Logs, configs and the API server data.
     pub dir: tempfile::TempDir,
@@ -147,7 +148,7 @@ impl Cluster {
             .collect();
         let cluster = Cluster {
             pods: Vec::new(),
-            _agents: agents,
+            agents,
             _apiserver: apiserver,
             plugins: PluginDir::new(),
             dir,

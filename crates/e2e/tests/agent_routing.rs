@@ -97,6 +97,46 @@ fn cross_node(mode: &str) {
         "route left: {}",
         routes_to_node2()
     );
+
+    // `agent --cleanup` (with the agent stopped) removes everything it made.
+    drop(c.agents.remove(0));
+    let out = netlink::netns::run_in(&node1, || {
+        Command::new(e2e::kubewire_bin())
+            .args(["agent", "--node-name", "node-1", "--cleanup"])
+            .output()
+    })
+    .unwrap()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let show = |args: &[&str]| {
+        let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        let out = netlink::netns::run_in(&node1, move || {
+            Command::new(&args[0]).args(&args[1..]).output()
+        })
+        .unwrap()
+        .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        !show(&["ip", "route", "show", "proto", "75"]).contains("via"),
+        "routes left"
+    );
+    assert!(
+        !show(&["ip", "-6", "route", "show", "proto", "75"]).contains("via"),
+        "IPv6 routes left"
+    );
+    assert!(
+        !show(&["ip", "link"]).contains("kubewire.vxlan"),
+        "VXLAN device left"
+    );
+    assert!(
+        !show(&["nft", "list", "tables"]).contains("kubewire-pods"),
+        "tables left"
+    );
 }
 
 #[test]
