@@ -185,12 +185,21 @@ impl Cluster {
     /// Wires a pod on `node` with the plugin config the agent wrote, as a runtime would;
     /// returns the pod's index in `self.pods`.
     pub fn add_pod(&mut self, node: u8) -> usize {
+        self.add_pod_with(node, &[])
+    }
+
+    /// Like [`Cluster::add_pod`], with hostPort mappings passed as a runtime passes them
+    /// (`runtimeConfig.portMappings`, for a plugin that declares the capability).
+    pub fn add_pod_with(&mut self, node: u8, port_mappings: &[Value]) -> usize {
         let list: Value =
             serde_json::from_str(&std::fs::read_to_string(self.conflist_path(node)).unwrap())
                 .unwrap();
         let mut conf = list["plugins"][0].clone();
         conf["name"] = list["name"].clone();
         conf["cniVersion"] = list["cniVersion"].clone();
+        if conf["capabilities"]["portMappings"] == json!(true) && !port_mappings.is_empty() {
+            conf["runtimeConfig"] = json!({ "portMappings": port_mappings });
+        }
         let pod = TestNetns::new("xpod");
         let netns = netlink::netns::path(pod.name()).display().to_string();
         let id = crate::unique_name("xctr");

@@ -10,11 +10,15 @@ use std::time::Duration;
 
 use e2e::cluster::{Cluster, SERVER, kubectl};
 use e2e::wait_until;
+use serde_json::json;
 
 fn cross_node(mode: &str) {
     let mut c = Cluster::up(mode);
     let a = c.add_pod(1);
-    let b = c.add_pod(2);
+    let b = c.add_pod_with(
+        2,
+        &[json!({"hostPort": 9090, "containerPort": 8080, "protocol": "tcp"})],
+    );
     let (a_ips, b_ips) = (c.pods[a].1.clone(), c.pods[b].1.clone());
     assert!(
         a_ips[0].starts_with("10.244.1.") && b_ips[0].starts_with("10.244.2."),
@@ -35,14 +39,59 @@ fn cross_node(mode: &str) {
     }
     // TCP across nodes keeps the pod's source address (no NAT between pods), for a
     // megabyte of data (larger than any MTU, so segmentation works end to end).
-    let _server = c.pods[b].0.spawn("python3", &["-c", SERVER, &b_ips[0]]);
-    let mut got = (String::new(), 0);
+    // Both families, both directions.
+    let _servers: Vec<_> = [(a, &a_ips), (b, &b_ips)]
+        .iter()
+        .flat_map(|(pod, ips)| {
+            ips.iter()
+                .map(|ip| c.pods[*pod].0.spawn("python3", &["-c", SERVER, ip]))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for (from, from_ips, to_ips) in [(a, &a_ips, &b_ips), (b, &b_ips, &a_ips)] {
+        for family in 0..2 {
+            let mut got = (String::new(), 0);
+            wait_until(Duration::from_secs(10), || {
+                got = c.fetch(from, &to_ips[family]);
+                got.1 > 0
+            });
+            assert_eq!(
+                got.0, from_ips[family],
+                "the server at {} saw another source address",
+                to_ips[family]
+            );
+            assert!(
+                got.1 > 1_000_000,
+                "received {} bytes from {}",
+                got.1,
+                to_ips[family]
+            );
+        }
+    }
+
+    // A hostPort of the pod on node-2, from the lab's outside namespace through the
+    // underlay: the outside client's own address reaches the pod.
+    let outside_ns = format!("{}-outside", c.lab.name());
+    let from_outside = || {
+        let out = netlink::netns::run_in(&outside_ns, || {
+            Command::new("python3")
+                .args(["-c", e2e::cluster::CLIENT, "198.18.0.12", "9090"])
+                .output()
+        })
+        .unwrap()
+        .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let mut seen_outside = String::new();
     wait_until(Duration::from_secs(10), || {
-        got = c.fetch(a, &b_ips[0]);
-        got.1 > 0
+        seen_outside = from_outside();
+        !seen_outside.is_empty()
     });
-    assert_eq!(got.0, a_ips[0], "the server saw another source address");
-    assert!(got.1 > 1_000_000, "received {} bytes", got.1);
+    assert_eq!(seen_outside, "198.18.0.254", "hostPort from the outside");
     // Traffic leaving the pod network is masqueraded: a server outside the cluster
     // sees node-1's underlay address, and its replies come back.
     let outside = format!("{}-outside", c.lab.name());
