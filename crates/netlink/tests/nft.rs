@@ -682,3 +682,106 @@ fn dnat_and_masquerade_rewrite_real_traffic() {
         assert_eq!(counter["packets"], 1, "{chain}: {}", client.listing());
     }
 }
+
+#[test]
+fn inet_and_ip6_tables_sets_of_macs_and_marks_notrack_and_destroy() {
+    let ns = Ns::new();
+    let inet = Table::new(Family::Inet, T);
+    let ip6 = Table::new(Family::Ip6, T);
+    let macs = Set::new(Family::Inet, T, "macs", [KeyType::EtherAddr]);
+    let marks = Set::new(Family::Inet, T, "marks", [KeyType::Mark]);
+    let v6nets = Set::new(Family::Inet, T, "v6nets", [KeyType::Ipv6Addr]).interval();
+    let rule = |chain: &str| Rule::new(Family::Inet, T, chain);
+    let mut b = Batch::new();
+    b.add_table(&inet)
+        .add_table(&ip6)
+        .add_chain(
+            &Chain::new(Family::Inet, T, "filter-forward")
+                .hook(ChainType::Filter, Hook::Forward, priority::FILTER)
+                .policy(Policy::Accept),
+        )
+        .add_chain(&Chain::new(Family::Inet, T, "raw-prerouting").hook(
+            ChainType::Filter,
+            Hook::Prerouting,
+            priority::RAW,
+        ))
+        .add_chain(&Chain::new(Family::Ip6, T, "nat-output").hook(
+            ChainType::Nat,
+            Hook::Output,
+            priority::DSTNAT,
+        ))
+        .add_set(&macs)
+        .add_set(&marks)
+        .add_set(&v6nets)
+        .add_elements(
+            &macs,
+            &[SetElement::new([Datum::Ether([0x02, 0, 0, 0, 0, 0x01])])],
+        )
+        .add_elements(&marks, &[SetElement::new([Datum::Mark(0x4000)])])
+        .add_elements(&v6nets, &[SetElement::prefix(net("fd00:10:244::/56"))])
+        .add_rule(
+            &rule("filter-forward")
+                .match_saddr(net("10.244.0.0/16"))
+                .match_daddr(net("10.96.0.0/12"))
+                .accept(),
+        )
+        .add_rule(
+            &rule("filter-forward")
+                .match_saddr(net("fd00:10:244::/56"))
+                .match_oifname("veth*")
+                .reject(Reject::IcmpX(1)),
+        )
+        .add_rule(
+            &rule("filter-forward")
+                .match_in_set(&[Field::Mark], "marks", false)
+                .drop(),
+        )
+        .add_rule(
+            &rule("filter-forward")
+                .match_in_set(&[Field::Ip6Daddr], "v6nets", false)
+                .accept(),
+        )
+        .add_rule(&rule("raw-prerouting").match_iifname("lo").notrack())
+        .add_rule(
+            &Rule::new(Family::Ip6, T, "nat-output")
+                .match_daddr(net("fd00:10:96::1/128"))
+                .match_l4proto(proto::TCP)
+                .match_dport(443)
+                .dnat("fd00:10:244::5".parse().unwrap(), Some(6443)),
+        );
+    ns.apply(&b).unwrap();
+    let listing = ns.listing();
+    let text = listing.replace('\t', "");
+    for line in [
+        "table inet kubewire",
+        "ip saddr 10.244.0.0/16 ip daddr 10.96.0.0/12 accept",
+        // icmpx port-unreachable is the inet default, printed as a bare "reject".
+        "ip6 saddr fd00:10:244::/56 oifname \"veth*\" reject\n",
+        "meta mark @marks drop",
+        "ip6 daddr @v6nets accept",
+        "iifname \"lo\" notrack",
+        "elements = { 02:00:00:00:00:01 }",
+        "elements = { 0x00004000 }",
+        "elements = { fd00:10:244::/56 }",
+        "table ip6 kubewire",
+        "ip6 daddr fd00:10:96::1 tcp dport 443 dnat to [fd00:10:244::5]:6443",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{listing}");
+    }
+
+    let mut b = Batch::new();
+    b.destroy_table(&ip6)
+        .destroy_table(&Table::new(Family::Ip, "never-created"));
+    ns.apply(&b).unwrap();
+    let tables = objects(&ns.ruleset(), "table")
+        .iter()
+        .map(|t| {
+            format!(
+                "{} {}",
+                t["family"].as_str().unwrap(),
+                t["name"].as_str().unwrap()
+            )
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(tables, ["inet kubewire"]);
+}

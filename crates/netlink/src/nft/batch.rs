@@ -86,6 +86,12 @@ impl Batch {
         self.table_msg(msg::DELTABLE, 0, "delete", table)
     }
 
+    /// `destroy table`: like [`delete_table`](Self::delete_table), but a table that is
+    /// not there is not an error (kernel 6.3 or later), for repeatable teardown.
+    pub fn destroy_table(&mut self, table: &Table) -> &mut Self {
+        self.table_msg(msg::DESTROYTABLE, 0, "destroy", table)
+    }
+
     /// `flush table`: removes every rule of every chain of the table; chains and sets
     /// stay.
     pub fn flush_table(&mut self, table: &Table) -> &mut Self {

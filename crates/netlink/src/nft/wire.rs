@@ -39,6 +39,7 @@ pub(crate) mod msg {
     pub(crate) const DELSET: u8 = 11;
     pub(crate) const NEWSETELEM: u8 = 12;
     pub(crate) const DELSETELEM: u8 = 14;
+    pub(crate) const DESTROYTABLE: u8 = 26;
 }
 
 /// Attribute numbers, one module per `enum nft_*_attributes`.
