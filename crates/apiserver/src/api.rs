@@ -35,6 +35,21 @@ pub(crate) struct State {
     pub(crate) store: Store,
     pub(crate) ranges: Ranges,
     pub(crate) server_address: std::sync::Mutex<String>,
+    /// Built-in and custom resource types.
+    pub(crate) catalog: resources::Catalog,
+}
+
+impl State {
+    /// Re-reads the CustomResourceDefinitions into the catalog.
+    pub(crate) fn reload_crds(&self) -> Result<(), Error> {
+        let crd = resources::lookup("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+            .ok_or_else(Status::not_found_path)?;
+        let page = self
+            .store
+            .list(&format!("{}/", crd.storage_prefix()), None, None, &|_| true)?;
+        self.catalog.set_crds(&page.items);
+        Ok(())
+    }
 }
 
 /// A response body: a whole JSON document or a watch stream.
@@ -174,6 +189,9 @@ where
         body,
     };
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let all = state.catalog.all();
+    let served = |g: &str, v: &str| all.iter().any(|rt| rt.group == g && rt.version == v);
+    let group_served = |g: &str| all.iter().any(|rt| rt.group == g);
     let get_only = |resp: Response<ResponseBody>| {
         if r.method == Method::GET {
             Ok(resp)
@@ -188,7 +206,7 @@ where
             if discovery::wants_aggregated(&r.accept) {
                 get_only(json_response(
                     200,
-                    &discovery::aggregated(true),
+                    &discovery::aggregated(&all, true),
                     discovery::AGGREGATED_CT,
                 ))
             } else {
@@ -208,32 +226,30 @@ where
             if discovery::wants_aggregated(&r.accept) {
                 get_only(json_response(
                     200,
-                    &discovery::aggregated(false),
+                    &discovery::aggregated(&all, false),
                     discovery::AGGREGATED_CT,
                 ))
             } else {
                 get_only(json_response(
                     200,
-                    &discovery::api_group_list(),
+                    &discovery::api_group_list(&all),
                     "application/json",
                 ))
             }
         }
         ["api", "v1", rest @ ..] => resource(state, "", "v1", rest, r).await,
-        ["apis", g] if resources::group_version_exists(g, "v1") => get_only(json_response(
+        ["apis", g] if group_served(g) => get_only(json_response(
             200,
-            &discovery::api_group(g),
+            &discovery::api_group(&all, g),
             "application/json",
         )),
-        ["apis", g, v, rest @ ..] if resources::group_version_exists(g, v) => {
-            resource(state, g, v, rest, r).await
-        }
+        ["apis", g, v, rest @ ..] if served(g, v) => resource(state, g, v, rest, r).await,
         ["openapi", "v3"] => get_only(json_response(
             200,
-            &discovery::openapi_index(),
+            &discovery::openapi_index(&all),
             "application/json",
         )),
-        ["openapi", "v3", rest @ ..] => match discovery::openapi_gv(&rest.join("/")) {
+        ["openapi", "v3", rest @ ..] => match discovery::openapi_gv(&all, &rest.join("/")) {
             Some(doc) => get_only(json_response(200, &doc, "application/json")),
             None => Err(Status::not_found_path().into()),
         },
@@ -266,7 +282,12 @@ struct Target {
     sub: Option<String>,
 }
 
-fn parse_target(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
+fn parse_target(
+    cat: &resources::Catalog,
+    group: &str,
+    version: &str,
+    rest: &[&str],
+) -> Option<Target> {
     let t = |rt, ns: Option<&str>, name: Option<&str>, sub: Option<&str>| Target {
         rt,
         namespace: ns.map(str::to_string),
@@ -275,9 +296,11 @@ fn parse_target(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
     };
     match rest {
         ["namespaces", ns, r, tail @ ..]
-            if resources::lookup(group, version, r).is_some_and(|rt| rt.namespaced) =>
+            if cat
+                .lookup(group, version, r)
+                .is_some_and(|rt| rt.namespaced) =>
         {
-            let rt = resources::lookup(group, version, r)?;
+            let rt = cat.lookup(group, version, r)?;
             match tail {
                 [] => Some(t(rt, Some(ns), None, None)),
                 [name] => Some(t(rt, Some(ns), Some(name), None)),
@@ -286,7 +309,7 @@ fn parse_target(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
             }
         }
         [r, tail @ ..] => {
-            let rt = resources::lookup(group, version, r)?;
+            let rt = cat.lookup(group, version, r)?;
             match tail {
                 [] => Some(t(rt, None, None, None)),
                 [name] if !rt.namespaced => Some(t(rt, None, Some(name), None)),
@@ -311,11 +334,12 @@ async fn resource(
         }
         return Ok(json_response(
             200,
-            &discovery::resource_list(group, version),
+            &discovery::resource_list(&state.catalog.all(), group, version),
             "application/json",
         ));
     }
-    let target = parse_target(group, version, rest).ok_or_else(Status::not_found_path)?;
+    let target =
+        parse_target(&state.catalog, group, version, rest).ok_or_else(Status::not_found_path)?;
     if let Some(sub) = &target.sub
         && !((sub == "status" && target.rt.status) || (sub == "scale" && target.rt.has_scale()))
     {
@@ -330,7 +354,12 @@ async fn resource(
         };
     }
     let state2 = state.clone();
-    match (&r.method, &target.name) {
+    let crd_write = target
+        .rt
+        .is("apiextensions.k8s.io", "customresourcedefinitions")
+        && r.method != Method::GET;
+    let reload = crd_write.then(|| state.clone());
+    let result = match (&r.method, &target.name) {
         (&Method::GET, Some(_)) if r.flag("watch") => watch(state, target, r).await,
         (&Method::GET, Some(_)) => blocking(state, move |s| get(s, &target, &r)).await,
         (&Method::GET, None) if r.flag("watch") => watch(state, target, r).await,
@@ -343,7 +372,17 @@ async fn resource(
             blocking(state2, move |s| delete_collection(s, &target, &r)).await
         }
         (m, _) => Err(Status::method_not_allowed(m.as_str()).into()),
+    };
+    // A CRD write changes what is served.
+    if let Some(state) = reload
+        && result.is_ok()
+    {
+        let st = state.clone();
+        tokio::task::spawn_blocking(move || st.reload_crds())
+            .await
+            .map_err(|e| Error::Storage(e.to_string()))??;
     }
+    result
 }
 
 /// Runs storage work off the async threads: redb reads and fsyncing commits block.
@@ -517,7 +556,7 @@ fn parse_body(t: &Target, body: &[u8]) -> Result<Value, Error> {
 
 /// With `fieldValidation=Strict`, refuses unknown fields (400, kube-apiserver's words).
 fn check_strict(rt: &ResourceType, r: &Req, obj: &Value, prefix: bool) -> Result<(), Error> {
-    if r.param("fieldValidation") != Some("Strict") {
+    if r.param("fieldValidation") != Some("Strict") || rt.custom {
         return Ok(());
     }
     let unknown = strict::unknown_fields(rt.group, rt.kind, obj);
@@ -641,6 +680,9 @@ fn check_write(
     let rt = t.rt;
     let name = str_at(obj, "metadata.name").unwrap_or("").to_string();
     let mut causes = validate::validate(rt, obj);
+    if rt.is("apiextensions.k8s.io", "customresourcedefinitions") {
+        crd_accept(obj, &mut causes);
+    }
     if let Some(old) = old {
         immutable(rt, obj, old, &mut causes);
     }
@@ -651,6 +693,57 @@ fn check_write(
         return Err(Status::invalid(rt.group, rt.kind, &name, &causes).into());
     }
     Ok(())
+}
+
+/// Validates a CRD's names and marks it accepted and established, as the apiextensions
+/// controllers do (there is nothing to wait for here).
+fn crd_accept(crd: &mut Value, causes: &mut Vec<Cause>) {
+    let spec = &crd["spec"];
+    let group = spec["group"].as_str().unwrap_or("");
+    let plural = spec["names"]["plural"].as_str().unwrap_or("");
+    let name = crd["metadata"]["name"].as_str().unwrap_or("");
+    if group.is_empty() {
+        causes.push(Cause::required("spec.group", ""));
+    }
+    if plural.is_empty() {
+        causes.push(Cause::required("spec.names.plural", ""));
+    }
+    if spec["names"]["kind"].as_str().unwrap_or("").is_empty() {
+        causes.push(Cause::required("spec.names.kind", ""));
+    }
+    if spec["versions"].as_array().is_none_or(Vec::is_empty) {
+        causes.push(Cause::required(
+            "spec.versions",
+            "must have exactly one version marked as storage version",
+        ));
+    }
+    if !group.is_empty() && !plural.is_empty() && name != format!("{plural}.{group}") {
+        causes.push(Cause::invalid(
+            "metadata.name",
+            &json!(name),
+            "must be spec.names.plural+\".\"+spec.group",
+        ));
+    }
+    if !causes.is_empty() {
+        return;
+    }
+    let now = rfc3339(now_secs());
+    let cond = |ty: &str, reason: &str, msg: &str| json!({"type": ty, "status": "True", "lastTransitionTime": now, "reason": reason, "message": msg});
+    let stored: Vec<Value> = spec["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["storage"] == json!(true))
+        .map(|v| v["name"].clone())
+        .collect();
+    crd["status"] = json!({
+        "acceptedNames": spec["names"],
+        "conditions": [
+            cond("NamesAccepted", "NoConflicts", "no conflicts found"),
+            cond("Established", "InitialNamesAccepted", "the initial names have been accepted"),
+        ],
+        "storedVersions": stored,
+    });
 }
 
 fn immutable(rt: &ResourceType, new: &Value, old: &Value, causes: &mut Vec<Cause>) {
@@ -887,6 +980,7 @@ fn patch_object(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>
     }
     let name = t.name.clone().unwrap_or_default();
     let pt = PatchType::from_content_type(&r.content_type)
+        .filter(|pt| !(t.rt.custom && *pt == PatchType::Strategic))
         .ok_or_else(|| Status::unsupported_media_type(&r.content_type))?;
     let key = key_of(t, &name);
     let stored = s.store.write_opts(dry_run(r), |txn| {
@@ -1015,6 +1109,7 @@ fn delete_opts(r: &Req) -> Result<DeleteOpts, Error> {
 /// ownerReferences) are deleted too (background propagation) or orphaned.
 fn delete_in(
     txn: &mut Txn,
+    all: &[&'static ResourceType],
     rt: &ResourceType,
     key: &str,
     old: Value,
@@ -1053,12 +1148,22 @@ fn delete_in(
     }
     if rt.kind == "Namespace" {
         let ns = str_at(&old, "metadata.name").unwrap_or("").to_string();
-        for other in resources::RESOURCES.iter().filter(|r| r.namespaced) {
+        for other in all.iter().filter(|r| r.namespaced) {
             for (k, o) in txn.scan(&format!("{}/{ns}/", other.storage_prefix()))? {
                 txn.delete(&k, o)?;
             }
         }
         return txn.delete(key, old);
+    }
+    if rt.is("apiextensions.k8s.io", "customresourcedefinitions") {
+        // The CRD's objects go with it.
+        let group = str_at(&old, "spec.group").unwrap_or("");
+        let plural = str_at(&old, "spec.names.plural").unwrap_or("");
+        if !group.is_empty() && !plural.is_empty() {
+            for (k, o) in txn.scan(&format!("{group}/{plural}/"))? {
+                txn.delete(&k, o)?;
+            }
+        }
     }
     let uid = str_at(&old, "metadata.uid").unwrap_or("").to_string();
     let namespace = rt
@@ -1066,14 +1171,14 @@ fn delete_in(
         .then(|| str_at(&old, "metadata.namespace").unwrap_or("").to_string());
     let deleted = txn.delete(key, old)?;
     if !uid.is_empty() {
-        for (dep_rt, k, mut o) in dependents(txn, namespace.as_deref(), &uid)? {
+        for (dep_rt, k, mut o) in dependents(txn, all, namespace.as_deref(), &uid)? {
             if opts.orphan {
                 if let Some(refs) = o["metadata"]["ownerReferences"].as_array_mut() {
                     refs.retain(|r| r["uid"].as_str() != Some(uid.as_str()));
                 }
                 txn.put(&k, o, EventType::Modified)?;
             } else {
-                delete_in(txn, dep_rt, &k, o, DeleteOpts::default())?;
+                delete_in(txn, all, dep_rt, &k, o, DeleteOpts::default())?;
             }
         }
     }
@@ -1084,11 +1189,12 @@ fn delete_in(
 /// anywhere for a cluster-scoped one.
 fn dependents(
     txn: &Txn,
+    all: &[&'static ResourceType],
     namespace: Option<&str>,
     uid: &str,
 ) -> Result<Vec<(&'static ResourceType, String, Value)>, Error> {
     let mut out = Vec::new();
-    for rt in resources::RESOURCES.iter() {
+    for &rt in all {
         let prefix = match namespace {
             Some(_) if !rt.namespaced => continue,
             Some(ns) => format!("{}/{ns}/", rt.storage_prefix()),
@@ -1136,7 +1242,7 @@ fn delete(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Erro
     let out = s.store.write_opts(dry_run(r), |txn| {
         let old = txn.get(&key)?.ok_or_else(|| not_found(t, &name))?;
         check_preconditions(t, r, &old, &name)?;
-        delete_in(txn, t.rt, &key, old, opts)
+        delete_in(txn, &s.catalog.all(), t.rt, &key, old, opts)
     })?;
     Ok(json_response(200, &out, "application/json"))
 }
@@ -1145,6 +1251,7 @@ fn delete_collection(s: &State, t: &Target, r: &Req) -> Result<Response<Response
     let sel = selectors(t, r)?;
     let prefix = prefix_of(t);
     let opts = delete_opts(r)?;
+    let all = s.catalog.all();
     let deleted = s.store.write_opts(dry_run(r), |txn| {
         let mut out = Vec::new();
         for (k, _) in txn.scan(&prefix)? {
@@ -1152,7 +1259,7 @@ fn delete_collection(s: &State, t: &Target, r: &Req) -> Result<Response<Response
             if let Some(o) = txn.get(&k)?
                 && sel.matches(&o)
             {
-                out.push(delete_in(txn, t.rt, &k, o, opts)?);
+                out.push(delete_in(txn, &all, t.rt, &k, o, opts)?);
             }
         }
         Ok(out)

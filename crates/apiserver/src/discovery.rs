@@ -3,7 +3,61 @@
 
 use serde_json::{Value, json};
 
-use crate::resources::{GROUPS, RESOURCES, ResourceType, in_group_version};
+use crate::resources::ResourceType;
+
+/// The served types, as discovery sees them.
+type All<'a> = &'a [&'static ResourceType];
+
+/// Non-core groups in order of first appearance.
+pub(crate) fn groups(all: All<'_>) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for rt in all {
+        if !rt.group.is_empty() && !out.contains(&rt.group) {
+            out.push(rt.group);
+        }
+    }
+    out
+}
+
+/// kube's version priority: GA before beta before alpha, higher numbers first.
+fn version_rank(v: &str) -> (u8, i64, i64) {
+    let rest = v.strip_prefix('v').unwrap_or(v);
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    let major = digits.parse::<i64>().unwrap_or(0);
+    let tail = &rest[digits.len()..];
+    let (level, minor) = if tail.is_empty() {
+        (0, 0)
+    } else if let Some(b) = tail.strip_prefix("beta") {
+        (1, b.parse::<i64>().unwrap_or(0))
+    } else if let Some(a) = tail.strip_prefix("alpha") {
+        (2, a.parse::<i64>().unwrap_or(0))
+    } else {
+        (3, 0)
+    };
+    (level, -major, -minor)
+}
+
+/// The versions served for `group`, preferred first.
+pub(crate) fn versions(all: All<'_>, group: &str) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for rt in all.iter().filter(|r| r.group == group) {
+        if !out.contains(&rt.version) {
+            out.push(rt.version);
+        }
+    }
+    out.sort_by_key(|v| version_rank(v));
+    out
+}
+
+fn in_group_version<'a>(
+    all: All<'a>,
+    group: &'a str,
+    version: &'a str,
+) -> impl Iterator<Item = &'static ResourceType> + 'a {
+    all.iter()
+        .copied()
+        .filter(move |r| r.group == group && r.version == version)
+}
 
 const VERBS: &[&str] = &[
     "create",
@@ -47,25 +101,30 @@ pub(crate) fn api_versions(server_address: &str) -> Value {
     })
 }
 
-fn group(name: &str) -> Value {
-    let gv = json!({"groupVersion": format!("{name}/v1"), "version": "v1"});
-    json!({"name": name, "versions": [gv.clone()], "preferredVersion": gv})
+fn group(all: All<'_>, name: &str) -> Value {
+    let gvs: Vec<Value> = versions(all, name)
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v}))
+        .collect();
+    let preferred = gvs.first().cloned().unwrap_or(Value::Null);
+    json!({"name": name, "versions": gvs, "preferredVersion": preferred})
 }
 
-pub(crate) fn api_group_list() -> Value {
-    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": GROUPS.iter().map(|g| group(g)).collect::<Vec<_>>()})
+pub(crate) fn api_group_list(all: All<'_>) -> Value {
+    let groups: Vec<Value> = groups(all).iter().map(|g| group(all, g)).collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
-pub(crate) fn api_group(name: &str) -> Value {
-    let mut g = group(name);
+pub(crate) fn api_group(all: All<'_>, name: &str) -> Value {
+    let mut g = group(all, name);
     g["kind"] = json!("APIGroup");
     g["apiVersion"] = json!("v1");
     g
 }
 
-pub(crate) fn resource_list(group: &str, version: &str) -> Value {
+pub(crate) fn resource_list(all: All<'_>, group: &str, version: &str) -> Value {
     let mut resources = Vec::new();
-    for rt in in_group_version(group, version) {
+    for rt in in_group_version(all, group, version) {
         resources.push(json!({
             "name": rt.resource,
             "singularName": rt.singular,
@@ -104,8 +163,16 @@ pub(crate) fn resource_list(group: &str, version: &str) -> Value {
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
 }
 
-fn aggregated_group(name: &str) -> Value {
-    let resources: Vec<Value> = in_group_version(name, "v1")
+fn aggregated_group(all: All<'_>, name: &str) -> Value {
+    let versions: Vec<Value> = versions(all, name)
+        .into_iter()
+        .map(|v| json!({"version": v, "resources": aggregated_resources(all, name, v), "freshness": "Current"}))
+        .collect();
+    json!({"metadata": {"name": name, "creationTimestamp": null}, "versions": versions})
+}
+
+fn aggregated_resources(all: All<'_>, name: &str, version: &str) -> Vec<Value> {
+    in_group_version(all, name, version)
         .map(|rt| {
             let kind = json!({"group": rt.group, "version": rt.version, "kind": rt.kind});
             let mut r = json!({
@@ -133,36 +200,35 @@ fn aggregated_group(name: &str) -> Value {
             }
             r
         })
-        .collect();
-    json!({
-        "metadata": {"name": name, "creationTimestamp": null},
-        "versions": [{"version": "v1", "resources": resources, "freshness": "Current"}],
-    })
+        .collect()
 }
 
 /// Aggregated discovery for `/api` (the core group) or `/apis` (every other group).
-pub(crate) fn aggregated(core: bool) -> Value {
+pub(crate) fn aggregated(all: All<'_>, core: bool) -> Value {
     let items: Vec<Value> = if core {
-        vec![aggregated_group("")]
+        vec![aggregated_group(all, "")]
     } else {
-        GROUPS.iter().map(|g| aggregated_group(g)).collect()
+        groups(all)
+            .iter()
+            .map(|g| aggregated_group(all, g))
+            .collect()
     };
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
 }
 
-fn gv_path(group: &str) -> String {
+fn gv_path(group: &str, version: &str) -> String {
     if group.is_empty() {
-        "api/v1".into()
+        format!("api/{version}")
     } else {
-        format!("apis/{group}/v1")
+        format!("apis/{group}/{version}")
     }
 }
 
 /// `/openapi/v3`: one document per group-version.
-pub(crate) fn openapi_index() -> Value {
+pub(crate) fn openapi_index(all: All<'_>) -> Value {
     let mut paths = serde_json::Map::new();
-    for g in std::iter::once("").chain(GROUPS.iter().copied()) {
-        let p = gv_path(g);
+    for rt in all {
+        let p = gv_path(rt.group, rt.version);
         paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={}", env!("CARGO_PKG_VERSION"))}));
     }
     json!({"paths": paths})
@@ -171,13 +237,13 @@ pub(crate) fn openapi_index() -> Value {
 /// The per group-version document: every item path with GET/PUT/PATCH/DELETE, each
 /// PATCH declaring its group-version-kind and the `fieldValidation` parameter. Schemas
 /// are open objects for now (the server validates).
-pub(crate) fn openapi_gv(path: &str) -> Option<Value> {
-    let group = if path == "api/v1" {
-        ""
-    } else {
-        path.strip_prefix("apis/")?.strip_suffix("/v1")?
+pub(crate) fn openapi_gv(all: All<'_>, path: &str) -> Option<Value> {
+    let (group, version) = match path.split('/').collect::<Vec<_>>().as_slice() {
+        ["api", v] => ("", *v),
+        ["apis", g, v] => (*g, *v),
+        _ => return None,
     };
-    if !group.is_empty() && !GROUPS.contains(&group) {
+    if !all.iter().any(|r| r.group == group && r.version == version) {
         return None;
     }
     let params = json!([
@@ -188,16 +254,16 @@ pub(crate) fn openapi_gv(path: &str) -> Option<Value> {
     ]);
     let mut paths = serde_json::Map::new();
     let mut schemas = serde_json::Map::new();
-    for rt in RESOURCES.iter().filter(|r| r.group == group) {
+    for rt in in_group_version(all, group, version) {
         let gvk = json!({"group": rt.group, "version": rt.version, "kind": rt.kind});
         let base = if rt.namespaced {
             format!(
                 "/{}/namespaces/{{namespace}}/{}",
-                gv_path(group),
+                gv_path(group, version),
                 rt.resource
             )
         } else {
-            format!("/{}/{}", gv_path(group), rt.resource)
+            format!("/{}/{}", gv_path(group, version), rt.resource)
         };
         let op = |action: &str, extra: &Value| {
             let mut o = json!({
@@ -255,7 +321,8 @@ mod tests {
 
     #[test]
     fn discovery_documents() {
-        let l = resource_list("", "v1");
+        let all: Vec<&'static ResourceType> = crate::resources::RESOURCES.iter().collect();
+        let l = resource_list(&all, "", "v1");
         let names: Vec<&str> = l["resources"]
             .as_array()
             .unwrap()
@@ -268,27 +335,35 @@ mod tests {
                 && names.contains(&"endpoints")
         );
         assert_eq!(
-            api_group_list()["groups"].as_array().unwrap().len(),
-            GROUPS.len()
+            api_group_list(&all)["groups"].as_array().unwrap().len(),
+            groups(&all).len()
         );
+        assert_eq!(groups(&all)[0], "apps");
         assert!(wants_aggregated(
             "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
         ));
         assert!(!wants_aggregated("application/json"));
-        let idx = openapi_index();
+        let idx = openapi_index(&all);
         assert!(
             idx["paths"]["apis/apps/v1"]["serverRelativeURL"]
                 .as_str()
                 .unwrap()
                 .starts_with("/openapi/v3/apis/apps/v1")
         );
-        let doc = openapi_gv("apis/apps/v1").unwrap();
+        let doc = openapi_gv(&all, "apis/apps/v1").unwrap();
         let patch =
             &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
         assert_eq!(
             patch["x-kubernetes-group-version-kind"]["kind"],
             "Deployment"
         );
-        assert!(openapi_gv("apis/nope/v1").is_none());
+        assert!(openapi_gv(&all, "apis/nope/v1").is_none());
+    }
+
+    #[test]
+    fn version_priority() {
+        let mut v = vec!["v1alpha1", "v1beta1", "v2", "v1", "v1beta2"];
+        v.sort_by_key(|v| version_rank(v));
+        assert_eq!(v, ["v2", "v1", "v1beta2", "v1beta1", "v1alpha1"]);
     }
 }

@@ -224,8 +224,10 @@ pub fn router(config: &Config) -> Result<Router, Error> {
             node_ports: config.node_port_range.clone(),
         },
         server_address: std::sync::Mutex::new(String::new()),
+        catalog: resources::Catalog::default(),
     };
     api::bootstrap(&state)?;
+    state.reload_crds()?;
     Ok(Router {
         state: Arc::new(state),
     })

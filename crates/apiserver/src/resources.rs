@@ -1,4 +1,11 @@
-//! The resource types this server knows: group, version, plural, kind, scope.
+//! The resource types this server knows: group, version, plural, kind, scope. The
+//! built-in ones are a static table; those that CustomResourceDefinitions define live in
+//! each server's [`Catalog`].
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use serde_json::Value;
 
 /// Which naming rule `metadata.name` follows (kube-apiserver's per-kind validation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +33,20 @@ pub(crate) struct ResourceType {
     /// Has a `status` subresource (main-resource writes keep the stored status).
     pub(crate) status: bool,
     pub(crate) name_rule: NameRule,
+    /// Defined by a CustomResourceDefinition.
+    pub(crate) custom: bool,
+    /// A custom resource's `additionalPrinterColumns`.
+    pub(crate) columns: &'static [PrinterColumn],
+}
+
+/// One of a custom resource's `additionalPrinterColumns`.
+#[derive(Debug, PartialEq)]
+pub(crate) struct PrinterColumn {
+    pub(crate) name: String,
+    pub(crate) ty: String,
+    pub(crate) json_path: String,
+    pub(crate) description: String,
+    pub(crate) priority: i64,
 }
 
 impl ResourceType {
@@ -79,6 +100,8 @@ macro_rules! rt {
             short_names: &[$($sn),*],
             status: $st,
             name_rule: NameRule::$rule,
+            custom: false,
+            columns: &[],
         }
     };
 }
@@ -239,6 +262,16 @@ pub(crate) static RESOURCES: &[ResourceType] = &[
         Subdomain
     ),
     rt!(
+        "apiextensions.k8s.io",
+        "customresourcedefinitions",
+        "customresourcedefinition",
+        "CustomResourceDefinition",
+        false,
+        ["crd", "crds"],
+        true,
+        Subdomain
+    ),
+    rt!(
         "events.k8s.io",
         "events",
         "event",
@@ -250,33 +283,136 @@ pub(crate) static RESOURCES: &[ResourceType] = &[
     ),
 ];
 
-/// API groups in discovery order (the core group is served under `/api`).
-pub(crate) static GROUPS: &[&str] = &[
-    "apps",
-    "discovery.k8s.io",
-    "networking.k8s.io",
-    "coordination.k8s.io",
-    "events.k8s.io",
-];
-
+/// A built-in type.
 pub(crate) fn lookup(group: &str, version: &str, resource: &str) -> Option<&'static ResourceType> {
     RESOURCES
         .iter()
         .find(|r| r.group == group && r.version == version && r.resource == resource)
 }
 
-pub(crate) fn in_group_version(
-    group: &str,
-    version: &str,
-) -> impl Iterator<Item = &'static ResourceType> {
-    let version = version.to_string();
-    RESOURCES
-        .iter()
-        .filter(move |r| r.group == group && r.version == version)
+/// The types one server serves: the built-ins and those its CRDs define.
+#[derive(Debug, Default)]
+pub(crate) struct Catalog {
+    custom: RwLock<Vec<&'static ResourceType>>,
+    /// Every custom type ever made, by its definition, so that re-reading an unchanged CRD
+    /// reuses its type (types are leaked; see [`Catalog::set_crds`]).
+    made: RwLock<HashMap<String, &'static ResourceType>>,
 }
 
-pub(crate) fn group_version_exists(group: &str, version: &str) -> bool {
-    in_group_version(group, version).next().is_some()
+impl Catalog {
+    pub(crate) fn all(&self) -> Vec<&'static ResourceType> {
+        let custom = self.custom.read().unwrap_or_else(|p| p.into_inner());
+        RESOURCES.iter().chain(custom.iter().copied()).collect()
+    }
+
+    pub(crate) fn lookup(
+        &self,
+        group: &str,
+        version: &str,
+        resource: &str,
+    ) -> Option<&'static ResourceType> {
+        self.all()
+            .into_iter()
+            .find(|r| r.group == group && r.version == version && r.resource == resource)
+    }
+
+    /// Replaces the custom types with those `crds` define. A type is leaked (a request may
+    /// hold it while the CRD changes, and CRDs change rarely); an unchanged definition
+    /// reuses the type made before, so re-reading CRDs does not grow memory.
+    pub(crate) fn set_crds(&self, crds: &[Value]) {
+        let mut made = self.made.write().unwrap_or_else(|p| p.into_inner());
+        let mut types = Vec::new();
+        for crd in crds {
+            for (sig, rt) in from_crd(crd) {
+                let t = *made.entry(sig).or_insert_with(|| Box::leak(Box::new(rt)));
+                types.push(t);
+            }
+        }
+        *self.custom.write().unwrap_or_else(|p| p.into_inner()) = types;
+    }
+}
+
+fn leak(s: &str) -> &'static str {
+    Box::leak(s.to_owned().into_boxed_str())
+}
+
+/// The types of a CRD's served versions, each with a signature of its definition.
+fn from_crd(crd: &Value) -> Vec<(String, ResourceType)> {
+    let spec = &crd["spec"];
+    let names = &spec["names"];
+    let (Some(group), Some(plural), Some(kind)) = (
+        spec["group"].as_str(),
+        names["plural"].as_str(),
+        names["kind"].as_str(),
+    ) else {
+        return Vec::new();
+    };
+    let singular = names["singular"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| kind.to_lowercase());
+    let short: Vec<&str> = names["shortNames"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let namespaced = spec["scope"].as_str() != Some("Cluster");
+    let mut out = Vec::new();
+    for v in spec["versions"].as_array().into_iter().flatten() {
+        if v["served"] == Value::Bool(false) {
+            continue;
+        }
+        let Some(version) = v["name"].as_str() else {
+            continue;
+        };
+        let status = v["subresources"]["status"].is_object();
+        let columns: Vec<PrinterColumn> = v["additionalPrinterColumns"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| PrinterColumn {
+                name: c["name"].as_str().unwrap_or("").to_string(),
+                ty: c["type"].as_str().unwrap_or("string").to_string(),
+                json_path: c["jsonPath"].as_str().unwrap_or("").to_string(),
+                description: c["description"].as_str().unwrap_or("").to_string(),
+                priority: c["priority"].as_i64().unwrap_or(0),
+            })
+            .collect();
+        let sig = serde_json::json!([
+            group,
+            version,
+            plural,
+            singular,
+            kind,
+            namespaced,
+            short,
+            status,
+            v["additionalPrinterColumns"]
+        ])
+        .to_string();
+        let rt = ResourceType {
+            group: leak(group),
+            version: leak(version),
+            resource: leak(plural),
+            singular: leak(&singular),
+            kind: leak(kind),
+            namespaced,
+            short_names: Box::leak(
+                short
+                    .iter()
+                    .map(|s| leak(s))
+                    .collect::<Vec<_>>()
+                    .into_boxed_slice(),
+            ),
+            status,
+            name_rule: NameRule::Subdomain,
+            custom: true,
+            columns: Box::leak(columns.into_boxed_slice()),
+        };
+        out.push((sig, rt));
+    }
+    out
 }
 
 pub(crate) fn namespaces() -> &'static ResourceType {

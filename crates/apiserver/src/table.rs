@@ -750,16 +750,104 @@ pub(crate) fn table(rt: &ResourceType, items: &[Value], list_meta: Value, includ
                     "metadata": o["metadata"].clone(),
                 }),
             };
-            json!({"cells": cells(rt.kind, o), "object": object})
+            let cells = if rt.custom {
+                custom_cells(rt, o)
+            } else {
+                cells(rt.kind, o)
+            };
+            json!({"cells": cells, "object": object})
         })
         .collect();
+    let columns = if rt.custom {
+        custom_columns(rt)
+    } else {
+        columns(rt.kind)
+    };
     json!({
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
         "metadata": list_meta,
-        "columnDefinitions": columns(rt.kind),
+        "columnDefinitions": columns,
         "rows": rows,
     })
+}
+
+/// A custom resource's columns: Name, then its `additionalPrinterColumns` (Age when it
+/// has none), as the apiextensions server prints them.
+fn custom_columns(rt: &ResourceType) -> Vec<Value> {
+    let mut cols = vec![col(
+        "Name",
+        "string",
+        "name",
+        "Name must be unique within a namespace.",
+        0,
+    )];
+    if rt.columns.is_empty() {
+        cols.push(col("Age", "date", "", "", 0));
+    }
+    for c in rt.columns {
+        let priority = u8::try_from(c.priority).unwrap_or(0);
+        cols.push(col(&c.name, &c.ty, "", &c.description, priority));
+    }
+    cols
+}
+
+fn custom_cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
+    let mut cells = vec![json!(o["metadata"]["name"].as_str().unwrap_or(""))];
+    if rt.columns.is_empty() {
+        cells.push(json!(age(o)));
+    }
+    for c in rt.columns {
+        let v = json_path(o, &c.json_path);
+        cells.push(match (c.ty.as_str(), v) {
+            (_, None) => Value::Null,
+            ("date", Some(Value::String(t))) => {
+                json!(
+                    parse_rfc3339(t)
+                        .map(|t| human_duration(now_secs() - t))
+                        .unwrap_or_else(|| t.clone())
+                )
+            }
+            (_, Some(v @ (Value::String(_) | Value::Number(_) | Value::Bool(_)))) => v.clone(),
+            (_, Some(v)) => json!(v.to_string()),
+        });
+    }
+    cells
+}
+
+/// The subset of JSONPath that printer columns use: `.a.b`, `[N]` and
+/// `[?(@.type=="Ready")]` (first match).
+pub(crate) fn json_path<'a>(o: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut cur = o;
+    let mut rest = path.trim().trim_start_matches('{').trim_end_matches('}');
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('.') {
+            let end = r.find(['.', '[']).unwrap_or(r.len());
+            cur = cur.get(&r[..end])?;
+            rest = &r[end..];
+        } else if let Some(r) = rest.strip_prefix('[') {
+            let end = r.find(']')?;
+            let sel = &r[..end];
+            rest = &r[end + 1..];
+            if let Some(filter) = sel.strip_prefix("?(@.").and_then(|f| f.strip_suffix(')')) {
+                let (field, want) = filter.split_once("==")?;
+                let want = want.trim().trim_matches(['"', '\'']);
+                // Strings compare as text; numbers and booleans as JSON.
+                let want_json = serde_json::from_str::<Value>(want).ok();
+                cur = cur.as_array()?.iter().find(|i| {
+                    i.get(field.trim()).is_some_and(|v| {
+                        v.as_str() == Some(want)
+                            || (!v.is_string() && want_json.as_ref() == Some(v))
+                    })
+                })?;
+            } else {
+                cur = cur.as_array()?.get(sel.parse::<usize>().ok()?)?;
+            }
+        } else {
+            return None;
+        }
+    }
+    Some(cur)
 }
 
 #[cfg(test)]
@@ -849,6 +937,18 @@ mod tests {
             let o = json!({"metadata": {"name": "x"}});
             assert_eq!(columns(kind).len(), cells(kind, &o).len(), "{kind}");
         }
+    }
+
+    #[test]
+    fn printer_column_paths() {
+        let o = json!({"spec": {"hosts": ["a", "b"]}, "status": {"conditions": [
+            {"type": "Accepted", "status": "True"}, {"type": "Programmed", "status": "False"}]}});
+        assert_eq!(json_path(&o, ".spec.hosts[1]"), Some(&json!("b")));
+        assert_eq!(
+            json_path(&o, ".status.conditions[?(@.type==\"Programmed\")].status"),
+            Some(&json!("False"))
+        );
+        assert_eq!(json_path(&o, ".spec.nope"), None);
     }
 
     #[test]

@@ -931,3 +931,124 @@ async fn events_in_both_groups() {
     .unwrap();
     assert_eq!(t["rows"][0]["cells"][3], "pod/web-1");
 }
+
+fn widget_crd() -> Value {
+    json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.example.com"},
+        "spec": {"group": "example.com", "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "shortNames": ["wg"]},
+            "versions": [
+                {"name": "v1", "served": true, "storage": true, "subresources": {"status": {}},
+                 "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}},
+                 "additionalPrinterColumns": [
+                    {"name": "Size", "type": "integer", "jsonPath": ".spec.size"},
+                    {"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}]},
+                {"name": "v1beta1", "served": true, "storage": false,
+                 "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}})
+}
+
+#[tokio::test]
+async fn custom_resource_definitions_serve_their_objects() {
+    let (_dir, r, client) = setup();
+    let crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+    let (code, _, crd) = raw(
+        &r,
+        "POST",
+        crds,
+        "application/json",
+        &widget_crd().to_string(),
+    )
+    .await;
+    assert_eq!(code, 201, "{crd}");
+    let conditions = crd["status"]["conditions"].as_array().unwrap();
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c["type"] == "Established" && c["status"] == "True")
+    );
+
+    // Discovery shows the group, preferred version first.
+    let (_, _, g) = raw(&r, "GET", "/apis/example.com", "", "").await;
+    assert_eq!(g["preferredVersion"]["version"], "v1");
+    let discovery = kube::Discovery::new(client.clone()).run().await.unwrap();
+    assert!(discovery.groups().any(|g| g.name() == "example.com"));
+
+    let widgets = "/apis/example.com/v1/namespaces/default/widgets";
+    let w = json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w1"}, "spec": {"size": 3}});
+    let (code, _, v) = raw(&r, "POST", widgets, "application/json", &w.to_string()).await;
+    assert_eq!(code, 201, "{v}");
+    let status = json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}});
+    let (code, _, _) = raw(
+        &r,
+        "PATCH",
+        &format!("{widgets}/w1/status"),
+        "application/merge-patch+json",
+        &status.to_string(),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let (code, _, _) = raw(
+        &r,
+        "PATCH",
+        &format!("{widgets}/w1"),
+        "application/strategic-merge-patch+json",
+        "{}",
+    )
+    .await;
+    assert_eq!(code, 415, "no strategic merge for custom resources");
+    let wrong =
+        json!({"apiVersion": "example.com/v1", "kind": "Gadget", "metadata": {"name": "g"}});
+    assert_eq!(
+        raw(&r, "POST", widgets, "application/json", &wrong.to_string())
+            .await
+            .0,
+        400
+    );
+
+    let req = http::Request::get(widgets)
+        .header("accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let t: Value = serde_json::from_slice(
+        &r.handle(req)
+            .await
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes(),
+    )
+    .unwrap();
+    let cols: Vec<&str> = t["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(cols, ["Name", "Size", "Ready"]);
+    assert_eq!(t["rows"][0]["cells"], json!(["w1", 3, "True"]));
+
+    // Deleting the CRD removes its objects and stops serving them.
+    let (code, _, _) = raw(&r, "DELETE", &format!("{crds}/widgets.example.com"), "", "").await;
+    assert_eq!(code, 200);
+    let (code, _, _) = raw(&r, "GET", widgets, "", "").await;
+    assert_eq!(code, 404);
+    let (code, _, v) = raw(
+        &r,
+        "POST",
+        crds,
+        "application/json",
+        &widget_crd().to_string(),
+    )
+    .await;
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(count(&r, widgets).await, 0);
+
+    let mut bad = widget_crd();
+    bad["metadata"]["name"] = json!("nope.example.com");
+    let (code, _, v) = raw(&r, "POST", crds, "application/json", &bad.to_string()).await;
+    assert_eq!(
+        (code, v["details"]["causes"][0]["field"].as_str()),
+        (422, Some("metadata.name"))
+    );
+}

@@ -610,3 +610,92 @@ async fn kubectl_create_generators() {
     let out = c.kubectl(&["get", "cm", "cfg"]).await;
     assert!(out.stdout.contains("cfg    1"), "{}", out.stdout);
 }
+
+const CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names:
+    plural: widgets
+    singular: widget
+    kind: Widget
+    shortNames: [wg]
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        x-kubernetes-preserve-unknown-fields: true
+    additionalPrinterColumns:
+    - name: Size
+      type: integer
+      jsonPath: .spec.size
+    - name: Age
+      type: date
+      jsonPath: .metadata.creationTimestamp
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_custom_resources() {
+    let c = start().await;
+    let crd = c.write("crd.yaml", CRD);
+    let out = c.kubectl(&["apply", "-f", crd.to_str().unwrap()]).await;
+    assert!(
+        out.ok
+            && out.stdout.contains(
+                "customresourcedefinition.apiextensions.k8s.io/widgets.example.com created"
+            ),
+        "{}",
+        out.stderr
+    );
+    let out = c
+        .kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/widgets.example.com",
+            "--timeout=20s",
+        ])
+        .await;
+    assert!(out.ok, "{}", out.stderr);
+    let w = c.write(
+        "w.yaml",
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w1\nspec:\n  size: 3\n",
+    );
+    let out = c.kubectl(&["apply", "-f", w.to_str().unwrap()]).await;
+    assert!(
+        out.ok && out.stdout.contains("widget.example.com/w1 created"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    let out = c.kubectl(&["get", "wg"]).await;
+    let header: Vec<&str> = out
+        .stdout
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "SIZE", "AGE"],
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("w1") && l.contains(" 3 ")),
+        "{}",
+        out.stdout
+    );
+    let out = c.kubectl(&["delete", "crd", "widgets.example.com"]).await;
+    assert!(out.ok, "{}", out.stderr);
+}
