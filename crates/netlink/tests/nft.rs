@@ -785,3 +785,65 @@ fn inet_and_ip6_tables_sets_of_macs_and_marks_notrack_and_destroy() {
         .collect::<Vec<_>>();
     assert_eq!(tables, ["inet kubewire"]);
 }
+
+#[test]
+fn anonymous_sets_and_maps_live_and_die_with_their_rule() {
+    let ns = Ns::new();
+    let nets = Set::new(Family::Ip, T, "nets", [KeyType::Ipv4Addr]).interval();
+    let mut b = base_batch();
+    for chain in ["ep-1", "ep-2", "ep-3"] {
+        b.add_chain(&Chain::new(Family::Ip, T, chain));
+    }
+    b.add_set(&nets)
+        .add_elements(
+            &nets,
+            &[
+                SetElement::new([v4(192, 168, 2, 7)]),
+                SetElement::prefix(net("10.0.0.0/8")),
+            ],
+        )
+        .add_rule(
+            &Rule::new(Family::Ip, T, "services")
+                .match_l4proto(proto::TCP)
+                .match_any(
+                    &[Field::Dport],
+                    vec![vec![Datum::Port(80)], vec![Datum::Port(443)]],
+                )
+                .numgen_vmap_inline(vec![
+                    Verdict::Goto("ep-1".into()),
+                    Verdict::Goto("ep-2".into()),
+                    Verdict::Goto("ep-3".into()),
+                ]),
+        )
+        .add_rule(&Rule::new(Family::Ip, T, "services").vmap_inline(
+            &[Field::IpDaddr, Field::L4Proto, Field::Dport],
+            vec![(
+                vec![v4(10, 96, 0, 1), Datum::Proto(proto::UDP), Datum::Port(53)],
+                Verdict::Jump("ep-1".into()),
+            )],
+        ));
+    ns.apply(&b).unwrap();
+    let listing = ns.listing();
+    let text = listing.replace('\t', "");
+    for line in [
+        "tcp dport { 80, 443 } numgen random mod 3 vmap { 0 : goto ep-1, 1 : goto ep-2, 2 : goto ep-3 }",
+        "ip daddr . meta l4proto . th dport vmap { 10.96.0.1 . udp . 53 : jump ep-1 }",
+        "elements = { 10.0.0.0/8, 192.168.2.7 }",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{listing}");
+    }
+
+    // Deleting a rule takes its anonymous sets along; the other rule's map stays.
+    let handle = rules_of(&ns.ruleset(), "services")[0]["handle"]
+        .as_u64()
+        .unwrap();
+    let mut b = Batch::new();
+    b.delete_rule(&Rule::new(Family::Ip, T, "services").with_handle(handle));
+    ns.apply(&b).unwrap();
+    let listing = ns.listing();
+    assert!(!listing.contains("numgen"), "{listing}");
+    assert!(
+        listing.contains("10.96.0.1 . udp . 53 : jump ep-1"),
+        "{listing}"
+    );
+}

@@ -1,9 +1,11 @@
 //! A batch of nf_tables changes, applied by the kernel all at once or not at all.
 
-use super::expr::{put_value, put_verdict};
+use super::expr::{Expr, SetRef, put_value, put_verdict};
 use super::objects::{Chain, Family, Policy, Table};
 use super::rule::{Rule, comment_udata};
-use super::set::{ElementData, MapData, Set, SetElement, concat_type_id, encode_data, key_len};
+use super::set::{
+    Datum, ElementData, KeyType, MapData, Set, SetElement, concat_type_id, encode_data, key_len,
+};
 use super::wire::{
     NFNL_SUBSYS_NFTABLES, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, Writer, attr, msg,
 };
@@ -164,15 +166,51 @@ impl Batch {
         self
     }
 
-    /// `add rule`: appends the rule at the end of its chain.
+    /// `add rule`: appends the rule at the end of its chain, after creating its
+    /// anonymous sets (if any) in the same batch.
     pub fn add_rule(&mut self, rule: &Rule) -> &mut Self {
         let what = format!("add rule {} {} {}", rule.family, rule.table, rule.chain);
+        for e in &rule.exprs {
+            if let Expr::Lookup {
+                set: SetRef::Inline(n),
+                ..
+            } = e
+                && *n >= rule.inline_sets.len()
+            {
+                self.invalid(
+                    what,
+                    format!("lookup in inline set {n}, which the rule lacks"),
+                );
+                return self;
+            }
+        }
+        let mut inline = Vec::with_capacity(rule.inline_sets.len());
+        for (set, elements) in &rule.inline_sets {
+            let name = if set.data.is_some() {
+                "__map%d"
+            } else {
+                "__set%d"
+            };
+            let inner = format!("{what}: anonymous {}", Self::set_kind(set));
+            let Some(id) = self.set_msg(set, name, format!("{inner} ({})", show(&set.key))) else {
+                return self;
+            };
+            self.elements(
+                msg::NEWSETELEM,
+                NLM_F_CREATE,
+                inner.replace(": anonymous", ": elements of anonymous"),
+                set,
+                (name, Some(id)),
+                elements,
+            );
+            inline.push((name, id));
+        }
         let m = self.begin(msg::NEWRULE, NLM_F_CREATE | NLM_F_APPEND, rule.family, what);
         self.w.put_str(attr::RULE_TABLE, &rule.table);
         self.w.put_str(attr::RULE_CHAIN, &rule.chain);
         let list = self.w.nest_start(attr::RULE_EXPRESSIONS);
         for e in &rule.exprs {
-            e.encode(&mut self.w);
+            e.encode(&mut self.w, &inline);
         }
         self.w.nest_end(list);
         if let Some(comment) = &rule.comment {
@@ -216,16 +254,30 @@ impl Batch {
             set.table,
             set.name
         );
+        self.set_msg(set, &set.name, what);
+        self
+    }
+
+    /// Writes a NEWSET under `name`; returns its transaction id, or `None` if the set
+    /// cannot be expressed (recorded as the batch's error).
+    fn set_msg(&mut self, set: &Set, name: &str, what: String) -> Option<u32> {
         if set.key.is_empty() {
-            self.invalid(what, "the key has no fields".into());
-            return self;
+            self.invalid(what, "the key has no usable fields".into());
+            return None;
+        }
+        if set.interval && set.key.len() > 1 {
+            self.invalid(
+                what,
+                "interval sets with concatenated keys are not supported".into(),
+            );
+            return None;
         }
         self.next_set_id += 1;
         let id = self.next_set_id;
         let m = self.begin(msg::NEWSET, NLM_F_CREATE, set.family, what);
         let w = &mut self.w;
         w.put_str(attr::SET_TABLE, &set.table);
-        w.put_str(attr::SET_NAME, &set.name);
+        w.put_str(attr::SET_NAME, name);
         w.put_u32(attr::SET_FLAGS, set.flags());
         w.put_u32(attr::SET_KEY_TYPE, concat_type_id(&set.key));
         w.put_u32(attr::SET_KEY_LEN, key_len(&set.key) as u32);
@@ -265,7 +317,7 @@ impl Batch {
             w.put(attr::SET_USERDATA, &udata);
         }
         w.end_msg(m);
-        self
+        Some(id)
     }
 
     /// `delete set` / `delete map` (must not be in use by a rule).
@@ -302,13 +354,22 @@ impl Batch {
 
     /// `add element`: adds elements (existing identical elements are left alone).
     pub fn add_elements(&mut self, set: &Set, elements: &[SetElement]) -> &mut Self {
-        self.elements(msg::NEWSETELEM, NLM_F_CREATE, "add", set, elements)
+        let what = format!("add element {} {} {}", set.family, set.table, set.name);
+        self.elements(
+            msg::NEWSETELEM,
+            NLM_F_CREATE,
+            what,
+            set,
+            (&set.name, None),
+            elements,
+        )
     }
 
     /// `delete element`: removes elements (ENOENT for one that is absent). Only the keys
     /// (and interval ends) of `elements` matter.
     pub fn delete_elements(&mut self, set: &Set, elements: &[SetElement]) -> &mut Self {
-        self.elements(msg::DELSETELEM, 0, "delete", set, elements)
+        let what = format!("delete element {} {} {}", set.family, set.table, set.name);
+        self.elements(msg::DELSETELEM, 0, what, set, (&set.name, None), elements)
     }
 
     fn check_element(set: &Set, e: &SetElement, adding: bool) -> Result<(), String> {
@@ -352,15 +413,17 @@ impl Batch {
         }
     }
 
+    /// Element messages for `set`, addressed by `target` (name, and transaction id for
+    /// sets created in this batch under a name template).
     fn elements(
         &mut self,
         ty: u8,
         flags: u16,
-        verb: &str,
+        what: String,
         set: &Set,
+        target: (&str, Option<u32>),
         elements: &[SetElement],
     ) -> &mut Self {
-        let what = format!("{verb} element {} {} {}", set.family, set.table, set.name);
         for e in elements {
             if let Err(reason) = Self::check_element(set, e, ty == msg::NEWSETELEM) {
                 self.invalid(what, reason);
@@ -371,12 +434,15 @@ impl Batch {
         while i < elements.len() {
             let m = self.begin(ty, flags, set.family, what.clone());
             self.w.put_str(attr::SET_ELEM_LIST_TABLE, &set.table);
-            self.w.put_str(attr::SET_ELEM_LIST_SET, &set.name);
+            self.w.put_str(attr::SET_ELEM_LIST_SET, target.0);
+            if let Some(id) = target.1 {
+                self.w.put_u32(attr::SET_ELEM_LIST_SET_ID, id);
+            }
             let list = self.w.nest_start(attr::SET_ELEM_LIST_ELEMENTS);
             let first = i;
             while i < elements.len() {
                 let before = self.w.buf.len();
-                encode_element(&mut self.w, &elements[i]);
+                encode_element(&mut self.w, set, &elements[i]);
                 if self.w.buf.len() - list > MAX_ELEMENTS_BYTES && i > first {
                     self.w.buf.truncate(before);
                     break;
@@ -390,7 +456,37 @@ impl Batch {
     }
 }
 
-fn encode_element(w: &mut Writer, e: &SetElement) {
+/// Key types joined as nft writes them (`ipv4_addr . inet_service`).
+fn show(fields: &[KeyType]) -> String {
+    fields
+        .iter()
+        .map(|t| t.name())
+        .collect::<Vec<_>>()
+        .join(" . ")
+}
+
+/// The key right after `key` (a single field), or `None` past the last one.
+fn successor(key: Datum) -> Option<Vec<u8>> {
+    let mut bytes = key.bytes();
+    let host = key.key_type().host_order() && cfg!(target_endian = "little");
+    // Add one, starting from the least significant byte.
+    let order: Vec<usize> = if host {
+        (0..bytes.len()).collect()
+    } else {
+        (0..bytes.len()).rev().collect()
+    };
+    for i in order {
+        if bytes[i] == 0xff {
+            bytes[i] = 0;
+        } else {
+            bytes[i] += 1;
+            return Some(bytes);
+        }
+    }
+    None
+}
+
+fn encode_element(w: &mut Writer, set: &Set, e: &SetElement) {
     let elem = w.nest_start(attr::LIST_ELEM);
     put_value(w, attr::SET_ELEM_KEY, &encode_data(&e.key));
     match &e.data {
@@ -405,12 +501,17 @@ fn encode_element(w: &mut Writer, e: &SetElement) {
         w.put(attr::SET_ELEM_USERDATA, &comment_udata(comment));
     }
     w.nest_end(elem);
-    // An interval is its start plus an "interval end" element one past its last key.
-    if let Some(end) = &e.end
-        && !end.is_empty()
-    {
+    // An interval is its start plus an "interval end" element one past its last key;
+    // a plain key in an interval set is the interval of that key alone.
+    let end = match (&e.end, set.interval) {
+        (Some(end), _) if end.is_empty() => None,
+        (Some(end), _) => Some(encode_data(end)),
+        (None, true) => e.key.first().and_then(|k| successor(*k)),
+        (None, false) => None,
+    };
+    if let Some(end) = end {
         let elem = w.nest_start(attr::LIST_ELEM);
-        put_value(w, attr::SET_ELEM_KEY, &encode_data(end));
+        put_value(w, attr::SET_ELEM_KEY, &end);
         w.put_u32(attr::SET_ELEM_FLAGS, ELEM_INTERVAL_END);
         w.nest_end(elem);
     }
@@ -421,7 +522,17 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::nft::{Datum, KeyType, Verdict};
+    use crate::nft::Verdict;
+
+    #[test]
+    fn successors_count_in_the_key_byte_order() {
+        assert_eq!(
+            successor(Datum::Ipv4(Ipv4Addr::new(10, 0, 0, 255))),
+            Some(vec![10, 0, 1, 0])
+        );
+        assert_eq!(successor(Datum::Port(0xffff)), None);
+        assert_eq!(successor(Datum::Mark(1)), Some(2u32.to_ne_bytes().to_vec()));
+    }
 
     #[test]
     fn large_element_lists_are_split_under_the_attribute_limit() {

@@ -245,11 +245,11 @@ pub enum Expr {
     },
     /// End the rule with a verdict.
     Verdict(Verdict),
-    /// Look a register up in a named set; with `dreg`, load the mapped value (a map), or
+    /// Look a register up in a set; with `dreg`, load the mapped value (a map), or
     /// with [`Reg::VERDICT`] apply the mapped verdict (a verdict map).
     Lookup {
-        /// Set name (same table).
-        set: String,
+        /// Which set.
+        set: SetRef,
         /// Key register.
         sreg: Reg,
         /// Destination for maps.
@@ -301,6 +301,30 @@ pub enum Expr {
     Notrack,
 }
 
+/// The set a lookup reads.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SetRef {
+    /// A named set or map of the rule's table.
+    Named(String),
+    /// The rule's own anonymous set number `n` (see [`Rule::inline_sets`]), created in
+    /// the same batch as the rule and deleted with it, like nft's `{ ... }` literals.
+    ///
+    /// [`Rule::inline_sets`]: super::Rule::inline_sets
+    Inline(usize),
+}
+
+impl From<&str> for SetRef {
+    fn from(name: &str) -> Self {
+        SetRef::Named(name.to_owned())
+    }
+}
+
+impl From<String> for SetRef {
+    fn from(name: String) -> Self {
+        SetRef::Named(name)
+    }
+}
+
 fn put_reg(w: &mut Writer, ty: u16, reg: Reg) {
     w.put_u32(ty, reg.0);
 }
@@ -345,7 +369,8 @@ impl Expr {
     }
 
     /// Writes the expression as one NFTA_LIST_ELEM of a rule's expression list.
-    pub(crate) fn encode(&self, w: &mut Writer) {
+    /// `inline` holds (kernel-side name, transaction id) of the rule's anonymous sets.
+    pub(crate) fn encode(&self, w: &mut Writer, inline: &[(&str, u32)]) {
         let elem = w.nest_start(attr::LIST_ELEM);
         w.put_str(attr::EXPR_NAME, self.name());
         let data = w.nest_start(attr::EXPR_DATA);
@@ -417,7 +442,15 @@ impl Expr {
                 dreg,
                 invert,
             } => {
-                w.put_str(1, set);
+                match set {
+                    SetRef::Named(name) => w.put_str(1, name),
+                    SetRef::Inline(n) => {
+                        // Out-of-range indexes are caught by Batch::add_rule.
+                        let (name, id) = inline.get(*n).copied().unwrap_or(("", 0));
+                        w.put_str(1, name);
+                        w.put_u32(4, id);
+                    }
+                }
                 put_reg(w, 2, *sreg);
                 if let Some(dreg) = dreg {
                     put_reg(w, 3, *dreg);

@@ -5,10 +5,11 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::expr::{
-    CmpOp, CtKey, Expr, FibResult, MetaKey, NatKind, PayloadBase, RTN_LOCAL, Reg, Reject,
+    CmpOp, CtKey, Expr, FibResult, MetaKey, NatKind, PayloadBase, RTN_LOCAL, Reg, Reject, SetRef,
     fib_flags, nat_flags,
 };
 use super::objects::{Family, Verdict};
+use super::set::{Datum, KeyType, Set, SetElement};
 
 /// A packet field that can be matched or used as (part of) a set key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,6 +44,18 @@ impl Field {
             Field::Ip6Saddr | Field::Ip6Daddr | Field::IifName | Field::OifName => 16,
             Field::L4Proto => 1,
             Field::Sport | Field::Dport => 2,
+        }
+    }
+
+    /// The set key type of the field; interface names cannot be set keys here.
+    pub fn key_type(self) -> Option<KeyType> {
+        match self {
+            Field::IpSaddr | Field::IpDaddr => Some(KeyType::Ipv4Addr),
+            Field::Ip6Saddr | Field::Ip6Daddr => Some(KeyType::Ipv6Addr),
+            Field::L4Proto => Some(KeyType::InetProto),
+            Field::Sport | Field::Dport => Some(KeyType::InetService),
+            Field::Mark => Some(KeyType::Mark),
+            Field::IifName | Field::OifName => None,
         }
     }
 
@@ -106,6 +119,10 @@ pub struct Rule {
     pub comment: Option<String>,
     /// The rule's handle, for deleting an existing rule.
     pub handle: Option<u64>,
+    /// Anonymous sets and maps of this rule (nft's `{ ... }` literals), with their
+    /// elements, referred to by [`SetRef::Inline`]: created in the same batch as the
+    /// rule, and freed by the kernel with it.
+    pub inline_sets: Vec<(Set, Vec<SetElement>)>,
     /// Which IP version an `inet` rule has already been restricted to.
     l3: Option<u8>,
 }
@@ -141,6 +158,7 @@ impl Rule {
             exprs: Vec::new(),
             comment: None,
             handle: None,
+            inline_sets: Vec::new(),
             l3: None,
         }
     }
@@ -339,7 +357,7 @@ impl Rule {
     pub fn match_in_set(self, fields: &[Field], set: impl Into<String>, invert: bool) -> Self {
         let (rule, reg) = self.load_fields(fields);
         rule.expr(Expr::Lookup {
-            set: set.into(),
+            set: SetRef::Named(set.into()),
             sreg: reg,
             dreg: None,
             invert,
@@ -350,7 +368,7 @@ impl Rule {
     pub fn vmap(self, fields: &[Field], map: impl Into<String>) -> Self {
         let (rule, reg) = self.load_fields(fields);
         rule.expr(Expr::Lookup {
-            set: map.into(),
+            set: SetRef::Named(map.into()),
             sreg: reg,
             dreg: Some(Reg::VERDICT),
             invert: false,
@@ -366,7 +384,79 @@ impl Rule {
             dreg: Reg::R1,
         })
         .expr(Expr::Lookup {
-            set: map.into(),
+            set: SetRef::Named(map.into()),
+            sreg: Reg::R1,
+            dreg: Some(Reg::VERDICT),
+            invert: false,
+        })
+    }
+
+    /// Adds an anonymous set to the rule; returns its reference.
+    fn inline_set(&mut self, key: Vec<KeyType>, elements: Vec<SetElement>) -> SetRef {
+        let mut set = Set::new(self.family, self.table.clone(), "", key).constant();
+        set.anonymous = true;
+        self.inline_sets.push((set, elements));
+        SetRef::Inline(self.inline_sets.len() - 1)
+    }
+
+    fn key_of(fields: &[Field]) -> Vec<KeyType> {
+        // Interface names have no key type here; Batch::add_rule reports the mismatch.
+        fields.iter().filter_map(|f| f.key_type()).collect()
+    }
+
+    /// `FIELD . FIELD ... { KEY, KEY, ... }`: matches any of the keys, held in an
+    /// anonymous set.
+    pub fn match_any(mut self, fields: &[Field], keys: Vec<Vec<Datum>>) -> Self {
+        let elements = keys.into_iter().map(SetElement::new).collect();
+        let set = self.inline_set(Self::key_of(fields), elements);
+        let (rule, reg) = self.load_fields(fields);
+        rule.expr(Expr::Lookup {
+            set,
+            sreg: reg,
+            dreg: None,
+            invert: false,
+        })
+    }
+
+    /// `FIELD . FIELD ... vmap { KEY : VERDICT, ... }` with an anonymous verdict map.
+    pub fn vmap_inline(mut self, fields: &[Field], entries: Vec<(Vec<Datum>, Verdict)>) -> Self {
+        let elements = entries
+            .into_iter()
+            .map(|(k, v)| SetElement::new(k).verdict(v))
+            .collect();
+        let set = self.inline_set(Self::key_of(fields), elements);
+        if let Some((map, _)) = self.inline_sets.last_mut() {
+            *map = map.clone().vmap();
+        }
+        let (rule, reg) = self.load_fields(fields);
+        rule.expr(Expr::Lookup {
+            set,
+            sreg: reg,
+            dreg: Some(Reg::VERDICT),
+            invert: false,
+        })
+    }
+
+    /// `numgen random mod N vmap { 0 : V0, 1 : V1, ... }`, N = `targets.len()`: kube-proxy's
+    /// endpoint choice, with an anonymous map.
+    pub fn numgen_vmap_inline(mut self, targets: Vec<Verdict>) -> Self {
+        let modulus = targets.len() as u32;
+        let elements = targets
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| SetElement::new([Datum::Int(i as u32)]).verdict(v))
+            .collect();
+        let set = self.inline_set(vec![KeyType::Integer], elements);
+        if let Some((map, _)) = self.inline_sets.last_mut() {
+            *map = map.clone().vmap();
+        }
+        self.expr(Expr::Numgen {
+            modulus,
+            offset: 0,
+            dreg: Reg::R1,
+        })
+        .expr(Expr::Lookup {
+            set,
             sreg: Reg::R1,
             dreg: Some(Reg::VERDICT),
             invert: false,
@@ -461,7 +551,7 @@ impl Rule {
             Reg::r32(1)
         };
         rule.expr(Expr::Lookup {
-            set: map.into(),
+            set: SetRef::Named(map.into()),
             sreg: reg,
             dreg: Some(Reg::R1),
             invert: false,

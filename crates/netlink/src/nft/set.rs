@@ -148,6 +148,7 @@ pub(crate) fn encode_data(fields: &[Datum]) -> Vec<u8> {
 
 /// Flags of a set (`enum nft_set_flags`).
 pub(crate) mod flags {
+    pub(crate) const ANONYMOUS: u32 = 0x1;
     pub(crate) const CONSTANT: u32 = 0x2;
     pub(crate) const INTERVAL: u32 = 0x4;
     pub(crate) const MAP: u32 = 0x8;
@@ -184,6 +185,9 @@ pub struct Set {
     pub interval: bool,
     /// Elements may carry timeouts; `Some(d)` also gives them a default.
     pub timeout: Option<Option<Duration>>,
+    /// An anonymous set, bound to the one rule that uses it (see
+    /// [`Rule::inline_sets`](super::Rule::inline_sets)).
+    pub(crate) anonymous: bool,
 }
 
 impl Set {
@@ -204,6 +208,7 @@ impl Set {
             constant: false,
             interval: false,
             timeout: None,
+            anonymous: false,
         }
     }
 
@@ -239,6 +244,9 @@ impl Set {
 
     pub(crate) fn flags(&self) -> u32 {
         let mut f = 0;
+        if self.anonymous {
+            f |= flags::ANONYMOUS;
+        }
         if self.constant {
             f |= flags::CONSTANT;
         }

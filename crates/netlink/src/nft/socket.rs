@@ -105,10 +105,8 @@ impl NftSocket {
         )
         .map_err(|e| Error::sys("setting SO_SNDBUFFORCE", e))?;
         let rcv = (batch.entries.len() + 16) * ACK_TRUESIZE;
-        if rcv > 256 * 1024 {
-            setsockopt(&self.socket, sockopt::RcvBufForce, &rcv)
-                .map_err(|e| Error::sys("setting SO_RCVBUFFORCE", e))?;
-        }
+        setsockopt(&self.socket, sockopt::RcvBufForce, &rcv.max(256 * 1024))
+            .map_err(|e| Error::sys("setting SO_RCVBUFFORCE", e))?;
         self.drain_stale();
 
         let sent = self

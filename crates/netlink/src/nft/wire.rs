@@ -86,6 +86,7 @@ pub(crate) mod attr {
     pub(crate) const SET_ELEM_LIST_TABLE: u16 = 1;
     pub(crate) const SET_ELEM_LIST_SET: u16 = 2;
     pub(crate) const SET_ELEM_LIST_ELEMENTS: u16 = 3;
+    pub(crate) const SET_ELEM_LIST_SET_ID: u16 = 4;
 
     pub(crate) const DATA_VALUE: u16 = 1;
     pub(crate) const DATA_VERDICT: u16 = 2;
