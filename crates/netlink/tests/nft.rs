@@ -847,3 +847,36 @@ fn anonymous_sets_and_maps_live_and_die_with_their_rule() {
         "{listing}"
     );
 }
+
+#[test]
+fn a_batch_of_30000_messages_is_acknowledged_in_full() {
+    // Every message asks for an acknowledgement; they all arrive at once after the
+    // commit, so the socket's receive buffer must hold them all.
+    let ns = Ns::new();
+    let mut b = base_batch();
+    for i in 0..30_000u32 {
+        let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + i);
+        b.add_rule(
+            &Rule::new(Family::Ip, T, "services")
+                .match_daddr(IpAddr::V4(addr).into())
+                .accept(),
+        );
+    }
+    assert_eq!(b.len(), 30_004);
+    ns.apply(&b).unwrap();
+    let count = ns.sh(&["nft", "list", "chain", "ip", T, "services"]);
+    assert_eq!(count.matches("accept").count(), 30_000);
+}
+
+#[test]
+fn a_jump_loop_is_refused_as_a_whole() {
+    let ns = Ns::new();
+    let mut b = base_batch();
+    b.add_chain(&Chain::new(Family::Ip, T, "a"))
+        .add_rule(&Rule::new(Family::Ip, T, "services").jump("a"))
+        .add_rule(&Rule::new(Family::Ip, T, "a").jump("services"));
+    let err = ns.apply(&b).unwrap_err();
+    // The kernel finds the loop when the closing rule is added (EMLINK).
+    assert_eq!(err.to_string(), "add rule ip kubewire a: Too many links");
+    assert!(objects(&ns.ruleset(), "table").is_empty());
+}

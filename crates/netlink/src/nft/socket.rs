@@ -178,7 +178,8 @@ impl NftSocket {
         }
         if let Some(errno) = batch_err {
             return Err(Error::Nft {
-                op: "nf_tables batch".into(),
+                // Answers to the batch header: refused as a whole, or failed at commit.
+                op: "applying nf_tables batch".into(),
                 errno,
                 detail: None,
             });
