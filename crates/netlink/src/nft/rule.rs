@@ -103,7 +103,8 @@ impl Field {
 ///     .counter()
 ///     .masquerade()
 ///     .comment("pod traffic leaving the node");
-/// assert_eq!(rule.exprs.len(), 6);
+/// // payload load, bitwise (the /16 mask), cmp, counter, masq
+/// assert_eq!(rule.exprs.len(), 5);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Rule {
