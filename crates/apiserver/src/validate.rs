@@ -88,6 +88,7 @@ pub(crate) fn validate(rt: &ResourceType, obj: &Value) -> Vec<Cause> {
         ));
     }
     labels(obj, &mut causes);
+    annotations(obj, &mut causes);
     match rt.kind {
         "Service" => service(obj, &mut causes),
         "Pod" => pod_spec(&obj["spec"], "spec", &mut causes),
@@ -95,6 +96,26 @@ pub(crate) fn validate(rt: &ResourceType, obj: &Value) -> Vec<Cause> {
         _ => {}
     }
     causes
+}
+
+/// kube-apiserver's limit on the total size of an object's annotations.
+const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
+
+fn annotations(obj: &Value, causes: &mut Vec<Cause>) {
+    let Some(a) = obj["metadata"]["annotations"].as_object() else {
+        return;
+    };
+    let size: usize = a
+        .iter()
+        .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+        .sum();
+    if size > MAX_ANNOTATIONS_BYTES {
+        causes.push(Cause {
+            reason: "FieldValueTooLong",
+            field: "metadata.annotations".into(),
+            message: format!("Too long: must have at most {MAX_ANNOTATIONS_BYTES} bytes"),
+        });
+    }
 }
 
 fn labels(obj: &Value, causes: &mut Vec<Cause>) {
@@ -369,6 +390,13 @@ mod tests {
         assert!(validate(svc, &headless).is_empty());
         let noports = json!({"metadata": {"name": "db"}, "spec": {}});
         assert_eq!(validate(svc, &noports)[0].field, "spec.ports");
+    }
+
+    #[test]
+    fn annotations_have_a_size_limit() {
+        let cm = lookup("", "v1", "configmaps").unwrap();
+        let big = json!({"metadata": {"name": "c", "annotations": {"a": "x".repeat(300 * 1024)}}});
+        assert_eq!(validate(cm, &big)[0].field, "metadata.annotations");
     }
 
     #[test]
