@@ -121,7 +121,7 @@ async fn add(env: &Env, conf: &NetConf, version: Version) -> Result<Value, CniEr
     // Malformed port mappings are refused before anything is made.
     crate::hostport::parse(conf.runtime_config.as_ref(), &key, &[])?;
     // Refuse before allocating anything: an existing interface is the caller's mistake.
-    wiring::ensure_absent(netns, env.ifname()).await?;
+    let pod = wiring::ensure_absent(netns, env.ifname()).await?;
 
     let mut step = AddStep::Start;
     let outcome: Result<(Vec<IpAddr>, [crate::spec::Interface; 2]), CniError> = async {
@@ -135,7 +135,7 @@ async fn add(env: &Env, conf: &NetConf, version: Version) -> Result<Value, CniEr
             addresses: &addresses,
             alias: &alias,
         };
-        let interfaces = wiring::attach(&attachment).await?;
+        let interfaces = wiring::attach(&attachment, &pod).await?;
         step = AddStep::Wired;
         let bindings = crate::hostport::parse(conf.runtime_config.as_ref(), &key, &addresses)?;
         if !bindings.is_empty() {

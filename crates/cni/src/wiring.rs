@@ -100,12 +100,13 @@ fn exists_error(ifname: &str, netns: &Path) -> CniError {
 }
 
 /// Fails if the pod already has `ifname` (checked before anything is allocated).
-pub async fn ensure_absent(netns: &Path, ifname: &str) -> Result<(), CniError> {
+/// Returns the connection into the pod's namespace, for [`attach`] to reuse.
+pub async fn ensure_absent(netns: &Path, ifname: &str) -> Result<Rtnl, CniError> {
     let pod = connect_pod(netns)?;
     if pod.link(ifname).await?.is_some() {
         return Err(exists_error(ifname, netns));
     }
-    Ok(())
+    Ok(pod)
 }
 
 fn connect_pod(netns: &Path) -> Result<Rtnl, CniError> {
@@ -124,12 +125,9 @@ fn connect_pod(netns: &Path) -> Result<Rtnl, CniError> {
 
 /// Creates the veth pair, addresses, neighbours and routes. On failure the caller
 /// calls [`detach`], which removes whatever part of this was made.
-pub async fn attach(a: &Attachment<'_>) -> Result<[Interface; 2], CniError> {
+/// `pod` is a connection into the pod's namespace, from [`ensure_absent`].
+pub async fn attach(a: &Attachment<'_>, pod: &Rtnl) -> Result<[Interface; 2], CniError> {
     let node = Rtnl::connect_here()?;
-    let pod = connect_pod(a.netns)?;
-    if pod.link(a.ifname).await?.is_some() {
-        return Err(exists_error(a.ifname, a.netns));
-    }
     // A node-side veth of this name is the leftover of a killed ADD for this very
     // attachment (the name is derived from it): remove it and start clean.
     if let Some(stale) = node.link(a.host_name).await? {
@@ -144,7 +142,15 @@ pub async fn attach(a: &Attachment<'_>) -> Result<[Interface; 2], CniError> {
     })?;
     let host_index = node
         .add_veth_into(a.host_name, a.ifname, netns_file.as_fd(), a.mtu, a.alias)
-        .await?;
+        .await
+        .map_err(|e| {
+            // The pod's side appeared since ensure_absent looked: a concurrent ADD.
+            if e.is_exists() {
+                exists_error(a.ifname, a.netns)
+            } else {
+                e.into()
+            }
+        })?;
     let host_link = node
         .link_by_index(host_index)
         .await?
