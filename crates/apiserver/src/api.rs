@@ -105,6 +105,13 @@ pub(crate) fn json_response(code: u16, v: &Value, content_type: &str) -> Respons
         .unwrap_or_else(|_| Response::new(ResponseBody::full("")))
 }
 
+fn raw_json(body: Vec<u8>) -> Response<ResponseBody> {
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(ResponseBody::full(body))
+        .unwrap_or_else(|_| Response::new(ResponseBody::full("")))
+}
+
 pub(crate) fn status_response(s: &Status) -> Response<ResponseBody> {
     json_response(s.code, &s.to_json(), "application/json")
 }
@@ -448,32 +455,43 @@ fn list(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Error>
         }
         None => None,
     };
-    let page = s
-        .store
-        .list(&prefix, after.as_deref(), limit, &|o| sel.matches(o))?;
+    let keep = |o: &Value| sel.matches(o);
+    if !table::wants_table(&r.accept) {
+        // Without selectors the stored JSON goes out as is.
+        let filter: Option<&dyn Fn(&Value) -> bool> =
+            if sel.is_empty() { None } else { Some(&keep) };
+        let page = s.store.list_raw(&prefix, after.as_deref(), limit, filter)?;
+        let mut meta = json!({"resourceVersion": page.rv.to_string()});
+        if let Some(next) = &page.next {
+            meta["continue"] = json!(hex(next));
+        }
+        let head = json!({"kind": format!("{}List", t.rt.kind), "apiVersion": t.rt.api_version(), "metadata": meta});
+        let mut body = serde_json::to_vec(&head).unwrap_or_default();
+        body.pop(); // the closing brace; items follow
+        body.extend_from_slice(b",\"items\":[");
+        for (i, item) in page.items.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(item);
+        }
+        body.extend_from_slice(b"]}\n");
+        return Ok(raw_json(body));
+    }
+    let page = s.store.list(&prefix, after.as_deref(), limit, &keep)?;
     let mut meta = json!({"resourceVersion": page.rv.to_string()});
     if let Some(next) = &page.next {
         meta["continue"] = json!(hex(next));
     }
-    if table::wants_table(&r.accept) {
-        let tbl = table::table(
-            t.rt,
-            &page.items,
-            meta,
-            r.param("includeObject").unwrap_or(""),
-        );
-        return Ok(json_response(200, &tbl, table::CONTENT_TYPE));
-    }
-    let list = json!({
-        "kind": format!("{}List", t.rt.kind),
-        "apiVersion": t.rt.api_version(),
-        "metadata": meta,
-        "items": page.items,
-    });
-    Ok(json_response(200, &list, "application/json"))
+    let tbl = table::table(
+        t.rt,
+        &page.items,
+        meta,
+        r.param("includeObject").unwrap_or(""),
+    );
+    Ok(json_response(200, &tbl, table::CONTENT_TYPE))
 }
 
-/// Parses a request body into an object of `rt`'s kind (400 for anything else).
 /// The request body as JSON: JSON as is, Kubernetes protobuf decoded (for the objects
 /// kubectl's generators send); anything else is refused with 415.
 fn json_body(r: &Req) -> Result<std::borrow::Cow<'_, [u8]>, Error> {
@@ -492,6 +510,7 @@ fn json_body(r: &Req) -> Result<std::borrow::Cow<'_, [u8]>, Error> {
     .into())
 }
 
+/// Parses a request body into an object of `rt`'s kind (400 for anything else).
 fn parse_body(t: &Target, body: &[u8]) -> Result<Value, Error> {
     let v: Value = serde_json::from_slice(body).map_err(|e| {
         Status::bad_request(format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml: {e}"))

@@ -240,6 +240,10 @@ pub(crate) struct Selectors {
 }
 
 impl Selectors {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.labels.0.is_empty() && self.fields.0.is_empty()
+    }
+
     pub(crate) fn matches(&self, obj: &Value) -> bool {
         self.labels.matches(obj) && self.fields.matches(obj)
     }

@@ -89,6 +89,13 @@ pub(crate) struct Page {
     pub(crate) next: Option<String>,
 }
 
+/// One page of a list, as stored bytes.
+pub(crate) struct RawPage {
+    pub(crate) items: Vec<Vec<u8>>,
+    pub(crate) rv: u64,
+    pub(crate) next: Option<String>,
+}
+
 /// The end of the key range of everything under `prefix` (which ends with `/`).
 fn prefix_end(prefix: &str) -> String {
     // '/' + 1 == '0': every key under "a/b/" sorts before "a/b0".
@@ -148,6 +155,28 @@ impl Store {
         limit: Option<usize>,
         keep: &dyn Fn(&Value) -> bool,
     ) -> Result<Page, Error> {
+        let raw = self.list_raw(prefix, after, limit, Some(keep))?;
+        let items = raw
+            .items
+            .iter()
+            .map(|b| decode(b))
+            .collect::<Result<_, _>>()?;
+        Ok(Page {
+            items,
+            rv: raw.rv,
+            next: raw.next,
+        })
+    }
+
+    /// [`Store::list`] returning the stored JSON as is: a list without selectors is
+    /// spliced into the response without decoding a single object.
+    pub(crate) fn list_raw(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: Option<usize>,
+        keep: Option<&dyn Fn(&Value) -> bool>,
+    ) -> Result<RawPage, Error> {
         let tx = self.db.begin_read().map_err(storage)?;
         let meta = tx.open_table(META).map_err(storage)?;
         let rv = meta
@@ -160,22 +189,25 @@ impl Store {
         let start = after.unwrap_or(prefix);
         let mut items = Vec::new();
         let mut next = None;
+        let mut last = String::new();
         for entry in t.range(start..end.as_str()).map_err(storage)? {
             let (k, v) = entry.map_err(storage)?;
             if Some(k.value()) == after {
                 continue;
             }
-            let obj = decode(v.value())?;
-            if !keep(&obj) {
+            if let Some(keep) = keep
+                && !keep(&decode(v.value())?)
+            {
                 continue;
             }
             if limit.is_some_and(|l| items.len() >= l) {
-                next = Some(last_key(prefix, &items));
+                next = Some(last);
                 break;
             }
-            items.push(obj);
+            last = k.value().to_string();
+            items.push(v.value().to_vec());
         }
-        Ok(Page { items, rv, next })
+        Ok(RawPage { items, rv, next })
     }
 
     /// Runs `f` in one write transaction and commits it durably; on error nothing is written.
@@ -241,20 +273,6 @@ impl Store {
         let start = log.events.partition_point(|e| e.rv <= rv);
         Ok(log.events.range(start..).cloned().collect())
     }
-}
-
-fn last_key(prefix: &str, items: &[Value]) -> String {
-    // Keys are derived from the objects themselves; the prefix names the resource.
-    let parts: Vec<&str> = prefix.splitn(3, '/').collect();
-    let base = format!("{}/{}", parts[0], parts.get(1).copied().unwrap_or(""));
-    let last = items.last();
-    let ns = last
-        .and_then(|o| crate::util::str_at(o, "metadata.namespace"))
-        .unwrap_or("");
-    let name = last
-        .and_then(|o| crate::util::str_at(o, "metadata.name"))
-        .unwrap_or("");
-    format!("{base}/{ns}/{name}")
 }
 
 fn decode(bytes: &[u8]) -> Result<Value, Error> {
