@@ -1,0 +1,131 @@
+//! Applying rulesets to the kernel: the first sync in full, then only differences.
+
+use netlink::nft::{Batch, Family, NftSocket, Table};
+
+use crate::diff::diff;
+use crate::ruleset::{Ruleset, TABLE};
+
+/// What can go wrong while applying rules.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The kernel refused the batch, or it could not be sent; being atomic, the batch
+    /// changed nothing. Retryable: the next [`Proxier::sync`] sends the whole ruleset
+    /// again, replacing whatever the tables hold.
+    #[error("applying the service proxy's nftables changes ({messages} messages): {source}")]
+    Apply {
+        /// Messages in the refused batch.
+        messages: usize,
+        /// The kernel's answer.
+        #[source]
+        source: netlink::Error,
+    },
+    /// Removing the tables failed for one family or more; the others were removed.
+    /// Retryable.
+    #[error("removing the service proxy's tables: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Cleanup(Vec<netlink::Error>),
+}
+
+/// What one sync did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Whether the whole ruleset was sent (first sync, or after a failure).
+    pub full: bool,
+    /// Netlink messages in the batch (0: nothing changed, nothing sent).
+    pub messages: usize,
+    /// Encoded size of the batch in bytes.
+    pub bytes: usize,
+}
+
+/// Keeps the kernel's tables equal to the desired ruleset, remembering what it applied
+/// last so that each sync sends only the difference.
+#[derive(Debug)]
+pub struct Proxier {
+    socket: NftSocket,
+    /// What the kernel holds, when known: `None` before the first sync and after a
+    /// failed one.
+    applied: Option<Ruleset>,
+}
+
+impl Proxier {
+    /// A proxier applying through `socket` (opened in the node's namespace).
+    pub fn new(socket: NftSocket) -> Self {
+        Proxier {
+            socket,
+            applied: None,
+        }
+    }
+
+    /// The ruleset the kernel holds, as far as this proxier knows.
+    pub fn applied(&self) -> Option<&Ruleset> {
+        self.applied.as_ref()
+    }
+
+    /// The batch the next [`sync`](Self::sync) to `desired` would send.
+    pub fn plan(&self, desired: &Ruleset) -> Batch {
+        match &self.applied {
+            Some(applied) => diff(applied, desired),
+            None => full_sync(desired),
+        }
+    }
+
+    /// Makes the kernel hold `desired`, in one atomic batch.
+    pub fn sync(&mut self, desired: Ruleset) -> Result<SyncReport, Error> {
+        let batch = self.plan(&desired);
+        let report = SyncReport {
+            full: self.applied.is_none(),
+            messages: batch.len(),
+            bytes: batch.encoded_len(),
+        };
+        if let Err(source) = self.socket.apply(&batch) {
+            self.applied = None;
+            return Err(Error::Apply {
+                messages: batch.len(),
+                source,
+            });
+        }
+        tracing::debug!(
+            full = report.full,
+            messages = report.messages,
+            bytes = report.bytes,
+            "service rules synced"
+        );
+        self.applied = Some(desired);
+        Ok(report)
+    }
+
+    /// Removes the tables (see [`cleanup`]); the next sync is a full one.
+    pub fn cleanup(&mut self) -> Result<(), Error> {
+        self.applied = None;
+        cleanup(&mut self.socket)
+    }
+}
+
+/// The first sync: whatever an earlier run left is replaced in the same transaction
+/// (`destroy table` then the whole ruleset), so there is no moment without rules, and
+/// established connections keep their conntrack NAT state.
+pub fn full_sync(desired: &Ruleset) -> Batch {
+    let mut batch = Batch::new();
+    for f in &desired.families {
+        batch.destroy_table(&Table::new(f.family, TABLE));
+    }
+    crate::diff::diff_into(&mut batch, &Ruleset::default(), desired);
+    batch
+}
+
+/// Removes the proxy's tables in both families (`--cleanup`), keeping on after a
+/// failure and reporting every one. Tables that are not there are not an error.
+pub fn cleanup(socket: &mut NftSocket) -> Result<(), Error> {
+    let mut errors = Vec::new();
+    for family in [Family::Ip, Family::Ip6] {
+        let mut batch = Batch::new();
+        batch.destroy_table(&Table::new(family, TABLE));
+        if let Err(e) = socket.apply(&batch) {
+            errors.push(e);
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Cleanup(errors))
+    }
+}

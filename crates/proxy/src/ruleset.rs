@@ -1,0 +1,680 @@
+//! The pure rule computation: a [`View`] and the node it runs on in, a [`Ruleset`] out.
+//!
+//! The layout is described in the crate documentation ([`crate`]); this module is the
+//! one place that knows it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use netlink::nft::{
+    Chain, ChainType, CmpOp, CtKey, Datum, Expr, Family, FibResult, Hook, KeyType, NatKind, Reg,
+    Reject, Rule, Set, SetElement, Verdict, ct_state, fib_flags, priority,
+};
+
+use crate::view::{Endpoint, Service, ServicePort, TrafficPolicy, View};
+
+/// The name of the proxy's table, in both the `ip` and the `ip6` family.
+pub const TABLE: &str = "kubewire-proxy";
+/// The packet mark bit that asks `nat-postrouting` to masquerade (kube-proxy's 0x4000).
+pub const MASQ_MARK: u32 = 0x4000;
+/// `IPS_DST_NAT`: the conntrack status bit of a connection whose destination was NATed.
+const IPS_DST_NAT: u32 = 0x20;
+
+/// Shared sets and maps, by name.
+pub mod names {
+    /// `daddr . l4proto . dport` → `goto` a service-port chain (or `drop`).
+    pub const SERVICE_IPS: &str = "service-ips";
+    /// `l4proto . dport` → `goto` an external chain, for destinations local to the node.
+    pub const SERVICE_NODEPORTS: &str = "service-nodeports";
+    /// `daddr . l4proto . dport` → `goto reject-chain` (no endpoints) or `drop`.
+    pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
+    /// `l4proto . dport` → `goto reject-chain` or `drop`, for node ports.
+    pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
+    /// Every ClusterIP: unknown ports on them are rejected; traffic to them from outside
+    /// the pod network is masqueraded.
+    pub const CLUSTER_IPS: &str = "cluster-ips";
+    /// `saddr . daddr` pairs `E . E` for every endpoint address `E`: after DNAT, a
+    /// packet whose source is its own destination is a pod reaching itself (hairpin).
+    pub const HAIRPIN: &str = "hairpin";
+    /// The chain that rejects: TCP reset, else ICMP port unreachable.
+    pub const REJECT_CHAIN: &str = "reject-chain";
+}
+
+/// The node the rules are computed for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Node {
+    /// Its name, as in endpoints' `nodeName` (decides which endpoints are local).
+    pub name: String,
+    /// The pod network(s): traffic to a ClusterIP from outside them is masqueraded,
+    /// and pod traffic to external destinations of `externalTrafficPolicy: Local`
+    /// services is short-circuited to all endpoints. Empty: neither happens.
+    pub cluster_cidrs: Vec<IpNet>,
+}
+
+/// A chain with the rules it should hold, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainSpec {
+    /// The chain (base or regular).
+    pub chain: Chain,
+    /// Its rules.
+    pub rules: Vec<Rule>,
+}
+
+/// A named set or map with the elements it should hold, by key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetSpec {
+    /// The set.
+    pub set: Set,
+    /// Its elements, by key.
+    pub elements: HashMap<Vec<Datum>, SetElement>,
+}
+
+impl SetSpec {
+    fn new(set: Set) -> Self {
+        SetSpec {
+            set,
+            elements: HashMap::new(),
+        }
+    }
+
+    fn insert(&mut self, e: SetElement) {
+        self.elements.entry(e.key.clone()).or_insert(e);
+    }
+
+    /// The verdict an element of a verdict map maps `key` to.
+    pub fn verdict(&self, key: &[Datum]) -> Option<&Verdict> {
+        match self.elements.get(key)?.data.as_ref()? {
+            netlink::nft::ElementData::Verdict(v) => Some(v),
+            netlink::nft::ElementData::Value(_) => None,
+        }
+    }
+
+    /// The value an element of a data map maps `key` to.
+    pub fn value(&self, key: &[Datum]) -> Option<&[Datum]> {
+        match self.elements.get(key)?.data.as_ref()? {
+            netlink::nft::ElementData::Value(v) => Some(v),
+            netlink::nft::ElementData::Verdict(_) => None,
+        }
+    }
+}
+
+/// The table of one family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FamilyRuleset {
+    /// `ip` or `ip6`.
+    pub family: Family,
+    /// Chains by name.
+    pub chains: BTreeMap<String, ChainSpec>,
+    /// Sets and maps by name.
+    pub sets: BTreeMap<String, SetSpec>,
+}
+
+impl FamilyRuleset {
+    /// The set or map `name`.
+    pub fn set(&self, name: &str) -> Option<&SetSpec> {
+        self.sets.get(name)
+    }
+
+    /// The chain `name`.
+    pub fn chain(&self, name: &str) -> Option<&ChainSpec> {
+        self.chains.get(name)
+    }
+}
+
+/// The whole desired state: one table per family. The empty ruleset (the default) is
+/// "no tables", the state before the first sync.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ruleset {
+    /// The tables, `ip` first.
+    pub families: Vec<FamilyRuleset>,
+}
+
+impl Ruleset {
+    /// The table of `family`.
+    pub fn family(&self, family: Family) -> Option<&FamilyRuleset> {
+        self.families.iter().find(|f| f.family == family)
+    }
+}
+
+/// The id of a service port in chain and map names: `ns/name/proto/port`.
+pub fn port_id(svc: &Service, sp: &ServicePort) -> String {
+    format!(
+        "{}/{}/{}/{}",
+        svc.key.namespace,
+        svc.key.name,
+        sp.protocol.as_str(),
+        sp.port
+    )
+}
+
+/// Chain that balances over all usable endpoints of a service port.
+pub fn cluster_chain(id: &str) -> String {
+    format!("svc-{id}")
+}
+/// Chain that balances over the usable endpoints on this node.
+pub fn local_chain(id: &str) -> String {
+    format!("local-{id}")
+}
+/// Chain for external destinations (node ports, external and load-balancer IPs).
+pub fn external_chain(id: &str) -> String {
+    format!("ext-{id}")
+}
+/// Map `integer → addr . port` of the endpoints a balancing chain picks from.
+pub fn endpoints_map(chain: &str) -> String {
+    format!("eps-{chain}")
+}
+/// Dynamic map `saddr → addr . port` of client affinity for a balancing chain.
+///
+/// The timeout is part of the name, so that a set's name always determines its
+/// definition and a changed timeout is a new set (see [`crate::diff`]).
+pub fn affinity_map(chain: &str, timeout: u32) -> String {
+    format!("aff-{timeout}-{chain}")
+}
+
+fn family_of(ip: &IpAddr) -> Family {
+    match ip {
+        IpAddr::V4(_) => Family::Ip,
+        IpAddr::V6(_) => Family::Ip6,
+    }
+}
+
+fn addr_datum(ip: IpAddr) -> Datum {
+    match ip {
+        IpAddr::V4(a) => Datum::Ipv4(a),
+        IpAddr::V6(a) => Datum::Ipv6(a),
+    }
+}
+
+fn addr_type(family: Family) -> KeyType {
+    if family == Family::Ip6 {
+        KeyType::Ipv6Addr
+    } else {
+        KeyType::Ipv4Addr
+    }
+}
+
+/// The endpoints traffic may go to (KEP-1669): the ready ones; when none is ready, the
+/// serving and terminating ones.
+pub fn usable<'a>(endpoints: impl IntoIterator<Item = &'a Endpoint> + Clone) -> Vec<&'a Endpoint> {
+    let ready: Vec<_> = endpoints.clone().into_iter().filter(|e| e.ready).collect();
+    if !ready.is_empty() {
+        return ready;
+    }
+    endpoints
+        .into_iter()
+        .filter(|e| e.serving && e.terminating)
+        .collect()
+}
+
+/// Builds one family's table.
+struct Builder<'a> {
+    family: Family,
+    node: &'a Node,
+    cidrs: Vec<IpNet>,
+    out: FamilyRuleset,
+}
+
+impl<'a> Builder<'a> {
+    fn new(family: Family, node: &'a Node) -> Self {
+        let cidrs = node
+            .cluster_cidrs
+            .iter()
+            .filter(|c| family_of(&c.addr()) == family)
+            .copied()
+            .collect();
+        Builder {
+            family,
+            node,
+            cidrs,
+            out: FamilyRuleset {
+                family,
+                chains: BTreeMap::new(),
+                sets: BTreeMap::new(),
+            },
+        }
+    }
+
+    fn rule(&self, chain: &str) -> Rule {
+        Rule::new(self.family, TABLE, chain)
+    }
+
+    fn add_chain(&mut self, chain: Chain, rules: Vec<Rule>) {
+        self.out
+            .chains
+            .insert(chain.name.clone(), ChainSpec { chain, rules });
+    }
+
+    fn regular(&mut self, name: &str, rules: Vec<Rule>) {
+        let chain = Chain::new(self.family, TABLE, name);
+        self.add_chain(chain, rules);
+    }
+
+    fn base(&mut self, name: &str, ty: ChainType, hook: Hook, prio: i32, rules: Vec<Rule>) {
+        let chain = Chain::new(self.family, TABLE, name).hook(ty, hook, prio);
+        self.add_chain(chain, rules);
+    }
+
+    fn add_set(&mut self, set: Set) {
+        self.out
+            .sets
+            .insert(set.name.clone(), SetSpec::new(set.clone()));
+    }
+
+    fn element(&mut self, set: &str, e: SetElement) {
+        if let Some(s) = self.out.sets.get_mut(set) {
+            s.insert(e);
+        }
+    }
+
+    fn addr(&self) -> KeyType {
+        addr_type(self.family)
+    }
+
+    /// `ct status dnat`.
+    fn ct_dnat(rule: Rule) -> Rule {
+        rule.expr(Expr::Ct {
+            key: CtKey::Status,
+            dreg: Reg::R1,
+        })
+        .expr(Expr::Bitwise {
+            sreg: Reg::R1,
+            dreg: Reg::R1,
+            mask: IPS_DST_NAT.to_ne_bytes().to_vec(),
+            xor: vec![0; 4],
+        })
+        .expr(Expr::Cmp {
+            sreg: Reg::R1,
+            op: CmpOp::Neq,
+            data: vec![0; 4],
+        })
+    }
+
+    /// `fib saddr type local`: traffic from this node's own addresses.
+    fn fib_saddr_local(rule: Rule) -> Rule {
+        rule.expr(Expr::Fib {
+            result: FibResult::AddrType,
+            flags: fib_flags::SADDR,
+            dreg: Reg::R1,
+        })
+        .expr(Expr::Cmp {
+            sreg: Reg::R1,
+            op: CmpOp::Eq,
+            data: netlink::nft::RTN_LOCAL.to_ne_bytes().to_vec(),
+        })
+    }
+
+    fn loopback(&self) -> IpNet {
+        if self.family == Family::Ip6 {
+            IpNet::from(IpAddr::V6(Ipv6Addr::LOCALHOST))
+        } else {
+            IpNet::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8).unwrap_or_default()
+        }
+    }
+
+    /// The chains, sets and rules every table has, whatever the services.
+    fn skeleton(&mut self) {
+        use names::*;
+        let dispatch = [
+            netlink::nft::Field::IpDaddr,
+            netlink::nft::Field::L4Proto,
+            netlink::nft::Field::Dport,
+        ];
+        let dispatch = if self.family == Family::Ip6 {
+            [
+                netlink::nft::Field::Ip6Daddr,
+                dispatch[1],
+                netlink::nft::Field::Dport,
+            ]
+        } else {
+            dispatch
+        };
+        let ports = [netlink::nft::Field::L4Proto, netlink::nft::Field::Dport];
+        let fam = self.family;
+        let addr = self.addr();
+        let svc_key = vec![addr, KeyType::InetProto, KeyType::InetService];
+        let port_key = vec![KeyType::InetProto, KeyType::InetService];
+        self.add_set(Set::new(fam, TABLE, SERVICE_IPS, svc_key.clone()).vmap());
+        self.add_set(Set::new(fam, TABLE, SERVICE_NODEPORTS, port_key.clone()).vmap());
+        self.add_set(Set::new(fam, TABLE, NO_ENDPOINT_SERVICES, svc_key).vmap());
+        self.add_set(Set::new(fam, TABLE, NO_ENDPOINT_NODEPORTS, port_key).vmap());
+        self.add_set(Set::new(fam, TABLE, CLUSTER_IPS, vec![addr]));
+        self.add_set(Set::new(fam, TABLE, HAIRPIN, vec![addr, addr]));
+
+        // nat: the dispatch.
+        let mut services = Vec::new();
+        if !self.cidrs.is_empty() {
+            let mut r = self.rule("services");
+            for c in &self.cidrs {
+                r = r.match_saddr_not(*c);
+            }
+            services.push(
+                r.match_in_set(&dispatch[..1], CLUSTER_IPS, false)
+                    .set_mark_bits(MASQ_MARK)
+                    .comment("ClusterIP traffic from outside the pod network: masquerade"),
+            );
+        }
+        services.push(self.rule("services").vmap(&dispatch, SERVICE_IPS));
+        services.push(
+            self.rule("services")
+                .match_fib_daddr_local()
+                .match_daddr_not(self.loopback())
+                .vmap(&ports, SERVICE_NODEPORTS)
+                .comment("node ports, on the node's own addresses but not loopback"),
+        );
+        self.regular("services", services);
+        let jump_services = vec![self.rule("nat-prerouting").jump("services")];
+        self.base(
+            "nat-prerouting",
+            ChainType::Nat,
+            Hook::Prerouting,
+            priority::DSTNAT,
+            jump_services,
+        );
+        let jump_services = vec![self.rule("nat-output").jump("services")];
+        self.base(
+            "nat-output",
+            ChainType::Nat,
+            Hook::Output,
+            priority::DSTNAT,
+            jump_services,
+        );
+        let src = if fam == Family::Ip6 {
+            netlink::nft::Field::Ip6Saddr
+        } else {
+            netlink::nft::Field::IpSaddr
+        };
+        let post = vec![
+            self.rule("nat-postrouting")
+                .match_mark(MASQ_MARK, MASQ_MARK)
+                .masquerade_fully_random(),
+            Self::ct_dnat(self.rule("nat-postrouting"))
+                .match_in_set(&[src, dispatch[0]], HAIRPIN, false)
+                .masquerade_fully_random()
+                .comment("hairpin: an endpoint reaching itself through its service"),
+        ];
+        self.base(
+            "nat-postrouting",
+            ChainType::Nat,
+            Hook::Postrouting,
+            priority::SRCNAT,
+            post,
+        );
+
+        // filter: rejects and drops, before DNAT (no endpoints) and after (bad ports).
+        let port_unreachable = if fam == Family::Ip6 { 4 } else { 3 };
+        let reject = vec![
+            self.rule(REJECT_CHAIN)
+                .match_l4proto(netlink::nft::proto::TCP)
+                .reject(Reject::TcpReset),
+            self.rule(REJECT_CHAIN)
+                .reject(Reject::Icmp(port_unreachable)),
+        ];
+        self.regular(REJECT_CHAIN, reject);
+        let check = vec![
+            self.rule("endpoints-check")
+                .vmap(&dispatch, NO_ENDPOINT_SERVICES),
+            self.rule("endpoints-check")
+                .match_fib_daddr_local()
+                .vmap(&ports, NO_ENDPOINT_NODEPORTS),
+        ];
+        self.regular("endpoints-check", check);
+        let check = vec![
+            self.rule("cluster-ips-check")
+                .match_in_set(&dispatch[..1], CLUSTER_IPS, false)
+                .goto(REJECT_CHAIN)
+                .comment("a port the ClusterIP's service does not define"),
+        ];
+        self.regular("cluster-ips-check", check);
+        let new = ct_state::NEW;
+        for (name, hook, prio, target) in [
+            (
+                "filter-prerouting",
+                Hook::Prerouting,
+                priority::DSTNAT - 10,
+                "endpoints-check",
+            ),
+            (
+                "filter-output",
+                Hook::Output,
+                priority::DSTNAT - 10,
+                "endpoints-check",
+            ),
+            (
+                "filter-forward",
+                Hook::Forward,
+                priority::FILTER,
+                "cluster-ips-check",
+            ),
+            (
+                "filter-output-post-dnat",
+                Hook::Output,
+                priority::DSTNAT + 10,
+                "cluster-ips-check",
+            ),
+        ] {
+            let rules = vec![self.rule(name).match_ct_state(new).jump(target)];
+            self.base(name, ChainType::Filter, hook, prio, rules);
+        }
+    }
+
+    /// A balancing chain over `eps` (non-empty): affinity first, then a random pick
+    /// from the endpoints map.
+    fn balancing_chain(&mut self, chain: &str, eps: &[(IpAddr, u16)], affinity: Option<u32>) {
+        let fam = self.family;
+        let addr = self.addr();
+        let map = endpoints_map(chain);
+        self.add_set(
+            Set::new(fam, TABLE, map.clone(), vec![KeyType::Integer])
+                .map(vec![addr, KeyType::InetService]),
+        );
+        for (i, (ip, port)) in eps.iter().enumerate() {
+            self.element(
+                &map,
+                SetElement::new([Datum::Int(i as u32)])
+                    .value([addr_datum(*ip), Datum::Port(*port)]),
+            );
+            self.element(
+                names::HAIRPIN,
+                SetElement::new([addr_datum(*ip), addr_datum(*ip)]),
+            );
+        }
+        let mut rules = Vec::new();
+        if let Some(timeout) = affinity {
+            let aff = affinity_map(chain, timeout);
+            self.add_set(
+                Set::new(fam, TABLE, aff.clone(), vec![addr])
+                    .map(vec![addr, KeyType::InetService])
+                    .timeout(Some(Duration::from_secs(timeout.into()))),
+            );
+            let src = if fam == Family::Ip6 {
+                netlink::nft::Field::Ip6Saddr
+            } else {
+                netlink::nft::Field::IpSaddr
+            };
+            rules.push(
+                self.rule(chain)
+                    .dnat_map(fam, &[src], aff)
+                    .comment("sessionAffinity: ClientIP"),
+            );
+        }
+        let port = if fam == Family::Ip6 {
+            Reg::r32(4)
+        } else {
+            Reg::r32(1)
+        };
+        rules.push(
+            self.rule(chain)
+                .expr(Expr::Numgen {
+                    modulus: eps.len() as u32,
+                    offset: 0,
+                    dreg: Reg::R1,
+                })
+                .expr(Expr::Lookup {
+                    set: map.as_str().into(),
+                    sreg: Reg::R1,
+                    dreg: Some(Reg::R1),
+                    invert: false,
+                })
+                .expr(Expr::Nat {
+                    kind: NatKind::Dnat,
+                    family: fam,
+                    addr: Some(Reg::R1),
+                    port: Some(port),
+                    flags: 0,
+                }),
+        );
+        self.regular(chain, rules);
+    }
+
+    fn service_port(&mut self, svc: &Service, sp: &ServicePort) {
+        use names::*;
+        let fam = self.family;
+        let cluster_ips: Vec<IpAddr> = svc
+            .cluster_ips
+            .iter()
+            .filter(|ip| family_of(ip) == fam)
+            .copied()
+            .collect();
+        if cluster_ips.is_empty() {
+            return; // the service is not of this family
+        }
+        let external_ips: Vec<IpAddr> = svc
+            .external_ips
+            .iter()
+            .chain(&svc.load_balancer_ips)
+            .filter(|ip| family_of(ip) == fam && !cluster_ips.contains(ip))
+            .copied()
+            .collect();
+        let eps: Vec<&Endpoint> = svc
+            .endpoints
+            .iter()
+            .filter(|e| family_of(&e.address) == fam && e.port_for(sp).is_some())
+            .collect();
+        let pick = |list: Vec<&Endpoint>| -> Vec<(IpAddr, u16)> {
+            list.into_iter()
+                .filter_map(|e| Some((e.address, e.port_for(sp)?)))
+                .collect()
+        };
+        let cluster = pick(usable(eps.iter().copied()));
+        let local =
+            pick(usable(eps.iter().copied().filter(|e| {
+                e.node_name.as_deref() == Some(self.node.name.as_str())
+            })));
+        let id = port_id(svc, sp);
+        let (svc_chain, local_chain_name, ext_chain) =
+            (cluster_chain(&id), local_chain(&id), external_chain(&id));
+        let proto = Datum::Proto(sp.protocol.number());
+        let reject = Verdict::Goto(REJECT_CHAIN.into());
+
+        let internal_local = svc.internal_traffic_policy == TrafficPolicy::Local;
+        let external_local = svc.external_traffic_policy == TrafficPolicy::Local;
+        let has_external = sp.node_port.is_some() || !external_ips.is_empty();
+        // External chains enter the cluster chain too (eTP Cluster, and pod or node
+        // traffic under eTP Local).
+        let needs_cluster = !cluster.is_empty() && (!internal_local || has_external);
+        let needs_local = !local.is_empty() && (internal_local || (has_external && external_local));
+        if needs_cluster {
+            self.balancing_chain(&svc_chain, &cluster, svc.affinity_timeout);
+        }
+        if needs_local {
+            self.balancing_chain(&local_chain_name, &local, svc.affinity_timeout);
+        }
+
+        // Internal destinations: the ClusterIPs.
+        let internal = if internal_local {
+            (!local.is_empty()).then(|| Verdict::Goto(local_chain_name.clone()))
+        } else {
+            (!cluster.is_empty()).then(|| Verdict::Goto(svc_chain.clone()))
+        };
+        for ip in &cluster_ips {
+            self.element(CLUSTER_IPS, SetElement::new([addr_datum(*ip)]));
+            let key = vec![addr_datum(*ip), proto, Datum::Port(sp.port)];
+            match &internal {
+                Some(v) => self.element(SERVICE_IPS, SetElement::new(key).verdict(v.clone())),
+                // iTP Local with endpoints elsewhere only: drop; none at all: reject.
+                None if !cluster.is_empty() => self.element(
+                    NO_ENDPOINT_SERVICES,
+                    SetElement::new(key).verdict(Verdict::Drop),
+                ),
+                None => self.element(
+                    NO_ENDPOINT_SERVICES,
+                    SetElement::new(key).verdict(reject.clone()),
+                ),
+            }
+        }
+        if !has_external {
+            return;
+        }
+
+        // External destinations: node ports, external IPs, load-balancer IPs.
+        let external = if cluster.is_empty() {
+            None
+        } else {
+            let mut rules = Vec::new();
+            if external_local {
+                for c in &self.cidrs {
+                    rules.push(
+                        self.rule(&ext_chain)
+                            .match_saddr(*c)
+                            .goto(svc_chain.clone())
+                            .comment("pod traffic: short-circuit to all endpoints"),
+                    );
+                }
+                rules.push(
+                    Self::fib_saddr_local(self.rule(&ext_chain))
+                        .set_mark_bits(MASQ_MARK)
+                        .goto(svc_chain.clone())
+                        .comment("traffic from the node itself: masquerade"),
+                );
+                rules.push(if local.is_empty() {
+                    self.rule(&ext_chain)
+                        .drop()
+                        .comment("externalTrafficPolicy: Local, no endpoint on this node")
+                } else {
+                    self.rule(&ext_chain).goto(local_chain_name.clone())
+                });
+            } else {
+                rules.push(
+                    self.rule(&ext_chain)
+                        .set_mark_bits(MASQ_MARK)
+                        .goto(svc_chain.clone()),
+                );
+            }
+            self.regular(&ext_chain, rules);
+            Some(Verdict::Goto(ext_chain.clone()))
+        };
+        let verdict = external.unwrap_or(reject);
+        let (map, nodeport_map) = if matches!(verdict, Verdict::Goto(ref c) if c == REJECT_CHAIN) {
+            (NO_ENDPOINT_SERVICES, NO_ENDPOINT_NODEPORTS)
+        } else {
+            (SERVICE_IPS, SERVICE_NODEPORTS)
+        };
+        for ip in &external_ips {
+            let key = vec![addr_datum(*ip), proto, Datum::Port(sp.port)];
+            self.element(map, SetElement::new(key).verdict(verdict.clone()));
+        }
+        if let Some(np) = sp.node_port {
+            let key = vec![proto, Datum::Port(np)];
+            self.element(nodeport_map, SetElement::new(key).verdict(verdict.clone()));
+        }
+    }
+}
+
+/// The ruleset the node should have for `view`: a pure function, the same inputs always
+/// give the same output.
+pub fn desired(view: &View, node: &Node) -> Ruleset {
+    let mut families = Vec::new();
+    for family in [Family::Ip, Family::Ip6] {
+        let mut b = Builder::new(family, node);
+        b.skeleton();
+        for svc in view.services.values() {
+            for sp in &svc.ports {
+                b.service_port(svc, sp);
+            }
+        }
+        families.push(b.out);
+    }
+    Ruleset { families }
+}
