@@ -99,10 +99,14 @@ async fn acknowledged_writes_survive_sigkill() {
         }
 
         // Write in parallel and kill the server at a random moment.
-        let kill_after = Duration::from_millis(50 + jitter(250));
+        // Kill at a random moment once writes are flowing (not by the clock alone: a slow
+        // machine must still get some writes acknowledged before the kill).
+        let kill_after = Duration::from_millis(jitter(200));
+        let acked_now = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let writers: Vec<_> = (0..4)
             .map(|w| {
                 let cms = cms.clone();
+                let acked_now = acked_now.clone();
                 let start = next + w * 10_000;
                 tokio::spawn(async move {
                     let mut done = Vec::new();
@@ -113,7 +117,10 @@ async fn acknowledged_writes_survive_sigkill() {
                         }))
                         .unwrap();
                         match cms.create(&PostParams::default(), &cm).await {
-                            Ok(c) => done.push((c.name_any(), c.resource_version().unwrap())),
+                            Ok(c) => {
+                                done.push((c.name_any(), c.resource_version().unwrap()));
+                                acked_now.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
                             Err(_) => break,
                         }
                     }
@@ -121,6 +128,14 @@ async fn acknowledged_writes_survive_sigkill() {
                 })
             })
             .collect();
+        let flowing = async {
+            while acked_now.load(std::sync::atomic::Ordering::Relaxed) < 5 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), flowing)
+            .await
+            .expect("no writes acknowledged within a minute");
         tokio::time::sleep(kill_after).await;
         child.start_kill().unwrap();
         child.wait().await.unwrap();
