@@ -78,3 +78,6 @@ pub use view::{
     DEFAULT_AFFINITY_TIMEOUT, Endpoint, Protocol, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL,
     Service, ServiceKey, ServicePort, ServiceType, TargetPort, TrafficPolicy, View, ViewError,
 };
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,774 @@
+//! Unit tests: manifests in, ruleset and batches out. No root needed.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use k8s_openapi::api::core::v1::Service as K8sService;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use netlink::nft::{Datum, Expr, Family, Verdict, proto};
+use serde_json::{Value, json};
+
+use crate::*;
+
+fn svc(v: Value) -> K8sService {
+    serde_json::from_value(v).unwrap()
+}
+
+fn slice(v: Value) -> EndpointSlice {
+    serde_json::from_value(v).unwrap()
+}
+
+/// A ClusterIP service `default/web` on 10.96.0.10:80 → targetPort 8080, with `spec`
+/// merged over that.
+fn web(extra: Value) -> K8sService {
+    let mut v = json!({
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {
+            "clusterIP": "10.96.0.10",
+            "clusterIPs": ["10.96.0.10"],
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080}]
+        }
+    });
+    merge(&mut v["spec"], extra);
+    svc(v)
+}
+
+fn merge(into: &mut Value, from: Value) {
+    if let (Some(a), Value::Object(b)) = (into.as_object_mut(), from) {
+        for (k, v) in b {
+            a.insert(k, v);
+        }
+    }
+}
+
+/// One endpoint: (address, node, ready, serving, terminating).
+type Ep<'a> = (&'a str, &'a str, bool, bool, bool);
+
+fn ready(addr: &str, node: &str) -> Ep<'static> {
+    let addr: &'static str = Box::leak(addr.to_owned().into_boxed_str());
+    let node: &'static str = Box::leak(node.to_owned().into_boxed_str());
+    (addr, node, true, true, false)
+}
+
+fn web_slice(eps: &[Ep<'_>]) -> EndpointSlice {
+    slice_for("web", "http", 8080, eps)
+}
+
+fn slice_for(service: &str, port_name: &str, port: u16, eps: &[Ep<'_>]) -> EndpointSlice {
+    let endpoints: Vec<Value> = eps
+        .iter()
+        .map(|(a, n, r, s, t)| {
+            json!({"addresses": [a], "nodeName": n,
+                   "conditions": {"ready": r, "serving": s, "terminating": t}})
+        })
+        .collect();
+    let v6 = eps.first().is_some_and(|e| e.0.contains(':'));
+    slice(json!({
+        "metadata": {"name": format!("{service}-abc"), "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": service}},
+        "addressType": if v6 { "IPv6" } else { "IPv4" },
+        "endpoints": endpoints,
+        "ports": [{"name": port_name, "port": port, "protocol": "TCP"}]
+    }))
+}
+
+fn node() -> Node {
+    Node {
+        name: "node-1".into(),
+        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+    }
+}
+
+fn build(services: &[K8sService], slices: &[EndpointSlice]) -> Ruleset {
+    let (view, errors) = View::build(services, slices);
+    assert!(errors.is_empty(), "{errors:?}");
+    desired(&view, &node())
+}
+
+fn v4(rs: &Ruleset) -> &FamilyRuleset {
+    rs.family(Family::Ip).unwrap()
+}
+
+fn ip(s: &str) -> Datum {
+    match s.parse::<IpAddr>().unwrap() {
+        IpAddr::V4(a) => Datum::Ipv4(a),
+        IpAddr::V6(a) => Datum::Ipv6(a),
+    }
+}
+
+fn svc_key(addr: &str, proto: u8, port: u16) -> Vec<Datum> {
+    vec![ip(addr), Datum::Proto(proto), Datum::Port(port)]
+}
+
+fn goto(chain: &str) -> Verdict {
+    Verdict::Goto(chain.into())
+}
+
+const SP: &str = "default/web/tcp/80";
+
+/// The endpoints of a balancing chain's map, in index order.
+fn endpoints_of(f: &FamilyRuleset, chain: &str) -> Vec<(Datum, Datum)> {
+    let map = f.set(&endpoints_map(chain)).expect("endpoints map");
+    (0..map.elements.len() as u32)
+        .map(|i| {
+            let v = map.value(&[Datum::Int(i)]).expect("dense keys");
+            (v[0], v[1])
+        })
+        .collect()
+}
+
+fn numgen_modulus(f: &FamilyRuleset, chain: &str) -> u32 {
+    f.chain(chain)
+        .unwrap()
+        .rules
+        .iter()
+        .flat_map(|r| &r.exprs)
+        .find_map(|e| match e {
+            Expr::Numgen { modulus, .. } => Some(*modulus),
+            _ => None,
+        })
+        .expect("a numgen rule")
+}
+
+fn service_ips(f: &FamilyRuleset) -> &SetSpec {
+    f.set(names::SERVICE_IPS).unwrap()
+}
+
+// ---- view -------------------------------------------------------------------------
+
+#[test]
+fn headless_externalname_and_other_proxies_get_no_rules() {
+    let headless = svc(json!({
+        "metadata": {"name": "h", "namespace": "default"},
+        "spec": {"clusterIP": "None", "ports": [{"port": 80}]}
+    }));
+    let external = svc(json!({
+        "metadata": {"name": "x", "namespace": "default"},
+        "spec": {"type": "ExternalName", "externalName": "example.com"}
+    }));
+    let other = svc(json!({
+        "metadata": {"name": "o", "namespace": "default",
+                     "labels": {"service.kubernetes.io/service-proxy-name": "other"}},
+        "spec": {"clusterIP": "10.96.0.20", "ports": [{"port": 80}]}
+    }));
+    let (view, errors) = View::build(&[headless, external, other, web(json!({}))], &[]);
+    assert!(errors.is_empty());
+    let keys: Vec<String> = view.services.keys().map(|k| k.to_string()).collect();
+    assert_eq!(keys, ["default/web"]);
+}
+
+#[test]
+fn named_target_ports_resolve_through_the_endpointslice() {
+    let s = web(json!({"ports": [{"name": "http", "port": 80, "targetPort": "web"}]}));
+    let (view, _) = View::build(
+        &[s],
+        &[slice_for("web", "http", 9376, &[ready("10.244.1.2", "n")])],
+    );
+    let s = &view.services[&ServiceKey::new("default", "web")];
+    assert_eq!(s.ports[0].target_port, TargetPort::Name("web".into()));
+    assert_eq!(s.endpoints[0].port_for(&s.ports[0]), Some(9376));
+    let rs = desired(&view, &node());
+    assert_eq!(
+        endpoints_of(v4(&rs), &cluster_chain(SP)),
+        [(ip("10.244.1.2"), Datum::Port(9376))]
+    );
+}
+
+#[test]
+fn absent_conditions_mean_ready_and_serving() {
+    let sl = slice(json!({
+        "metadata": {"name": "web-1", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.244.1.2"]}],
+        "ports": [{"name": "http", "port": 8080}]
+    }));
+    let (view, _) = View::build(&[web(json!({}))], &[sl]);
+    let ep = &view.services[&ServiceKey::new("default", "web")].endpoints[0];
+    assert!(ep.ready && ep.serving && !ep.terminating);
+}
+
+#[test]
+fn invalid_fields_are_reported_with_object_and_field() {
+    let s = web(json!({"externalIPs": ["not-an-ip"], "ports": [{"port": 70000}]}));
+    let (view, errors) = View::build(&[s], &[]);
+    let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(
+        text,
+        [
+            "service default/web: spec.externalIPs[0]: Invalid value: \"not-an-ip\"",
+            "service default/web: spec.ports[0].port: Invalid value: 70000",
+        ]
+    );
+    assert!(
+        view.services[&ServiceKey::new("default", "web")]
+            .ports
+            .is_empty()
+    );
+}
+
+#[test]
+fn slices_of_unknown_services_are_ignored() {
+    let (view, errors) = View::build(&[], &[web_slice(&[ready("10.244.1.2", "n")])]);
+    assert!(view.services.is_empty() && errors.is_empty());
+}
+
+// ---- ruleset -------------------------------------------------------------------------
+
+#[test]
+fn cluster_ip_dispatches_through_one_map_to_a_balancing_chain() {
+    let rs = build(
+        &[web(json!({}))],
+        &[web_slice(&[
+            ready("10.244.1.2", "node-1"),
+            ready("10.244.2.2", "node-2"),
+        ])],
+    );
+    let f = v4(&rs);
+    let chain = cluster_chain(SP);
+    assert_eq!(
+        service_ips(f).verdict(&svc_key("10.96.0.10", proto::TCP, 80)),
+        Some(&goto(&chain))
+    );
+    assert_eq!(numgen_modulus(f, &chain), 2);
+    assert_eq!(
+        endpoints_of(f, &chain),
+        [
+            (ip("10.244.1.2"), Datum::Port(8080)),
+            (ip("10.244.2.2"), Datum::Port(8080))
+        ]
+    );
+    let cluster_ips = f.set(names::CLUSTER_IPS).unwrap();
+    assert!(cluster_ips.elements.contains_key(&vec![ip("10.96.0.10")]));
+    // One dispatch rule for all services, whatever their number.
+    let services = &f.chain("services").unwrap().rules;
+    let vmaps = services
+        .iter()
+        .filter(|r| {
+            r.exprs.iter().any(|e| {
+                matches!(e, Expr::Lookup { dreg: Some(d), .. } if *d == netlink::nft::Reg::VERDICT)
+            })
+        })
+        .count();
+    assert_eq!(vmaps, 2, "service-ips and service-nodeports lookups");
+    // No per-endpoint chains: the chains are the fixed ones plus one per service port.
+    assert_eq!(f.chains.len(), 11 + 1);
+    // The ip6 table exists but holds nothing of this IPv4-only service.
+    let f6 = rs.family(Family::Ip6).unwrap();
+    assert!(service_ips(f6).elements.is_empty());
+}
+
+#[test]
+fn multiple_ports_and_protocols_are_separate_keys() {
+    let s = web(json!({"ports": [
+        {"name": "dns", "port": 53, "protocol": "UDP"},
+        {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+        {"name": "sctp", "port": 9999, "protocol": "SCTP"}
+    ]}));
+    let sl = slice(json!({
+        "metadata": {"name": "web-1", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.244.1.2"]}],
+        "ports": [{"name": "dns", "port": 5353, "protocol": "UDP"},
+                  {"name": "dns-tcp", "port": 5354, "protocol": "TCP"},
+                  {"name": "sctp", "port": 9998, "protocol": "SCTP"}]
+    }));
+    let rs = build(&[s], &[sl]);
+    let f = v4(&rs);
+    for (proto, port, target, name) in [
+        (proto::UDP, 53, 5353, "default/web/udp/53"),
+        (proto::TCP, 53, 5354, "default/web/tcp/53"),
+        (proto::SCTP, 9999, 9998, "default/web/sctp/9999"),
+    ] {
+        let chain = cluster_chain(name);
+        assert_eq!(
+            service_ips(f).verdict(&svc_key("10.96.0.10", proto, port)),
+            Some(&goto(&chain))
+        );
+        assert_eq!(
+            endpoints_of(f, &chain),
+            [(ip("10.244.1.2"), Datum::Port(target))]
+        );
+    }
+}
+
+#[test]
+fn no_endpoints_reject_at_once() {
+    let rs = build(&[web(json!({}))], &[]);
+    let f = v4(&rs);
+    let key = svc_key("10.96.0.10", proto::TCP, 80);
+    assert_eq!(service_ips(f).verdict(&key), None);
+    assert_eq!(
+        f.set(names::NO_ENDPOINT_SERVICES).unwrap().verdict(&key),
+        Some(&goto(names::REJECT_CHAIN))
+    );
+    assert!(f.chain(&cluster_chain(SP)).is_none());
+    // The reject chain: TCP reset, else ICMP port unreachable.
+    let reject: Vec<&Expr> = f
+        .chain(names::REJECT_CHAIN)
+        .unwrap()
+        .rules
+        .iter()
+        .filter_map(|r| r.exprs.last())
+        .collect();
+    assert_eq!(
+        reject,
+        [
+            &Expr::Reject(netlink::nft::Reject::TcpReset),
+            &Expr::Reject(netlink::nft::Reject::Icmp(3))
+        ]
+    );
+    // Checked on new connections before DNAT.
+    let pre = f.chain("filter-prerouting").unwrap();
+    assert_eq!(pre.chain.base.unwrap().priority, -110);
+}
+
+#[test]
+fn endpoints_without_the_port_do_not_count() {
+    let rs = build(
+        &[web(json!({}))],
+        &[slice_for("web", "other", 1, &[ready("10.244.1.2", "n")])],
+    );
+    let key = svc_key("10.96.0.10", proto::TCP, 80);
+    assert!(
+        v4(&rs)
+            .set(names::NO_ENDPOINT_SERVICES)
+            .unwrap()
+            .verdict(&key)
+            .is_some()
+    );
+}
+
+#[test]
+fn unknown_ports_on_a_cluster_ip_are_rejected_after_dnat() {
+    let rs = build(&[web(json!({}))], &[web_slice(&[ready("10.244.1.2", "n")])]);
+    let f = v4(&rs);
+    let check = f.chain("cluster-ips-check").unwrap();
+    assert_eq!(
+        check.rules[0].exprs.last(),
+        Some(&Expr::Verdict(goto(names::REJECT_CHAIN)))
+    );
+    for base in ["filter-forward", "filter-output-post-dnat"] {
+        let c = f.chain(base).unwrap();
+        assert_eq!(
+            c.rules[0].exprs.last(),
+            Some(&Expr::Verdict(Verdict::Jump("cluster-ips-check".into())))
+        );
+    }
+    assert_eq!(
+        f.chain("filter-output-post-dnat")
+            .unwrap()
+            .chain
+            .base
+            .unwrap()
+            .priority,
+        -90
+    );
+}
+
+#[test]
+fn terminating_endpoints_serve_only_when_none_is_ready() {
+    let terminating = ("10.244.1.3", "node-1", false, true, true);
+    let gone = ("10.244.1.4", "node-1", false, false, true);
+    let rs = build(
+        &[web(json!({}))],
+        &[web_slice(&[
+            ready("10.244.1.2", "node-1"),
+            terminating,
+            gone,
+        ])],
+    );
+    assert_eq!(
+        endpoints_of(v4(&rs), &cluster_chain(SP)),
+        [(ip("10.244.1.2"), Datum::Port(8080))]
+    );
+    let rs = build(&[web(json!({}))], &[web_slice(&[terminating, gone])]);
+    assert_eq!(
+        endpoints_of(v4(&rs), &cluster_chain(SP)),
+        [(ip("10.244.1.3"), Datum::Port(8080))]
+    );
+    let not_ready = ("10.244.1.5", "node-1", false, false, false);
+    let rs = build(&[web(json!({}))], &[web_slice(&[not_ready])]);
+    let key = svc_key("10.96.0.10", proto::TCP, 80);
+    assert!(
+        v4(&rs)
+            .set(names::NO_ENDPOINT_SERVICES)
+            .unwrap()
+            .verdict(&key)
+            .is_some()
+    );
+}
+
+#[test]
+fn node_ports_external_and_lb_ips_go_through_the_external_chain() {
+    let mut s = web(json!({
+        "type": "LoadBalancer",
+        "externalIPs": ["192.0.2.7"],
+        "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 31100}]
+    }));
+    s.status =
+        serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": "198.18.0.200"}]}}))
+            .unwrap();
+    let rs = build(&[s], &[web_slice(&[ready("10.244.1.2", "node-2")])]);
+    let f = v4(&rs);
+    let ext = external_chain(SP);
+    for addr in ["192.0.2.7", "198.18.0.200"] {
+        assert_eq!(
+            service_ips(f).verdict(&svc_key(addr, proto::TCP, 80)),
+            Some(&goto(&ext))
+        );
+    }
+    assert_eq!(
+        f.set(names::SERVICE_NODEPORTS)
+            .unwrap()
+            .verdict(&[Datum::Proto(proto::TCP), Datum::Port(31100)]),
+        Some(&goto(&ext))
+    );
+    // eTP Cluster: masquerade, then any endpoint.
+    let rules = &f.chain(&ext).unwrap().rules;
+    assert_eq!(rules.len(), 1);
+    assert!(
+        rules[0]
+            .exprs
+            .iter()
+            .any(|e| matches!(e, Expr::MetaSet { .. }))
+    );
+    assert_eq!(
+        rules[0].exprs.last(),
+        Some(&Expr::Verdict(goto(&cluster_chain(SP))))
+    );
+    // Node ports only on the node's own addresses, never loopback.
+    let services = &f.chain("services").unwrap().rules;
+    let np = services.last().unwrap();
+    assert!(np.exprs.iter().any(|e| matches!(e, Expr::Fib { .. })));
+    assert!(
+        np.exprs
+            .iter()
+            .any(|e| matches!(e, Expr::Cmp { data, .. } if data == &[127, 0, 0, 0]))
+    );
+}
+
+#[test]
+fn node_port_without_endpoints_is_rejected() {
+    let s = web(json!({"type": "NodePort",
+        "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 31100}]}));
+    let rs = build(&[s], &[]);
+    let f = v4(&rs);
+    let key = [Datum::Proto(proto::TCP), Datum::Port(31100)];
+    assert_eq!(
+        f.set(names::NO_ENDPOINT_NODEPORTS).unwrap().verdict(&key),
+        Some(&goto(names::REJECT_CHAIN))
+    );
+    assert_eq!(f.set(names::SERVICE_NODEPORTS).unwrap().verdict(&key), None);
+}
+
+fn local_np(extra: Value) -> K8sService {
+    let mut spec = json!({"type": "NodePort", "externalTrafficPolicy": "Local",
+        "healthCheckNodePort": 32000,
+        "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 31100}]});
+    merge(&mut spec, extra);
+    web(spec)
+}
+
+#[test]
+fn external_traffic_policy_local_keeps_the_source_and_uses_local_endpoints() {
+    let rs = build(
+        &[local_np(json!({}))],
+        &[web_slice(&[
+            ready("10.244.1.2", "node-1"),
+            ready("10.244.2.2", "node-2"),
+        ])],
+    );
+    let f = v4(&rs);
+    let rules = &f.chain(&external_chain(SP)).unwrap().rules;
+    let verdicts: Vec<&Expr> = rules.iter().filter_map(|r| r.exprs.last()).collect();
+    assert_eq!(
+        verdicts,
+        [
+            &Expr::Verdict(goto(&cluster_chain(SP))), // pods: short-circuit
+            &Expr::Verdict(goto(&cluster_chain(SP))), // the node itself: masqueraded
+            &Expr::Verdict(goto(&local_chain(SP))),   // everyone else: local, unmasqueraded
+        ]
+    );
+    assert!(
+        !rules[2]
+            .exprs
+            .iter()
+            .any(|e| matches!(e, Expr::MetaSet { .. }))
+    );
+    assert!(
+        rules[1]
+            .exprs
+            .iter()
+            .any(|e| matches!(e, Expr::MetaSet { .. }))
+    );
+    assert_eq!(
+        endpoints_of(f, &local_chain(SP)),
+        [(ip("10.244.1.2"), Datum::Port(8080))]
+    );
+    assert_eq!(endpoints_of(f, &cluster_chain(SP)).len(), 2);
+    let (view, _) = View::build(&[local_np(json!({}))], &[]);
+    assert_eq!(
+        view.services
+            .values()
+            .next()
+            .unwrap()
+            .health_check_node_port,
+        Some(32000)
+    );
+}
+
+#[test]
+fn external_traffic_policy_local_drops_on_nodes_without_endpoints() {
+    let rs = build(
+        &[local_np(json!({}))],
+        &[web_slice(&[ready("10.244.2.2", "node-2")])],
+    );
+    let f = v4(&rs);
+    let rules = &f.chain(&external_chain(SP)).unwrap().rules;
+    assert_eq!(
+        rules.last().unwrap().exprs.last(),
+        Some(&Expr::Verdict(Verdict::Drop))
+    );
+    assert!(f.chain(&local_chain(SP)).is_none());
+    // ClusterIP traffic is unaffected.
+    assert_eq!(
+        service_ips(f).verdict(&svc_key("10.96.0.10", proto::TCP, 80)),
+        Some(&goto(&cluster_chain(SP)))
+    );
+}
+
+#[test]
+fn internal_traffic_policy_local() {
+    let s = web(json!({"internalTrafficPolicy": "Local"}));
+    let key = svc_key("10.96.0.10", proto::TCP, 80);
+    let rs = build(
+        &[s.clone()],
+        &[web_slice(&[
+            ready("10.244.1.2", "node-1"),
+            ready("10.244.2.2", "node-2"),
+        ])],
+    );
+    let f = v4(&rs);
+    assert_eq!(service_ips(f).verdict(&key), Some(&goto(&local_chain(SP))));
+    assert_eq!(endpoints_of(f, &local_chain(SP)).len(), 1);
+    assert!(f.chain(&cluster_chain(SP)).is_none());
+    // Endpoints only elsewhere: dropped, not rejected.
+    let rs = build(&[s], &[web_slice(&[ready("10.244.2.2", "node-2")])]);
+    let f = v4(&rs);
+    assert_eq!(service_ips(f).verdict(&key), None);
+    assert_eq!(
+        f.set(names::NO_ENDPOINT_SERVICES).unwrap().verdict(&key),
+        Some(&Verdict::Drop)
+    );
+}
+
+#[test]
+fn hairpin_and_outside_traffic_are_masqueraded() {
+    let rs = build(
+        &[web(json!({}))],
+        &[web_slice(&[ready("10.244.1.2", "node-1")])],
+    );
+    let f = v4(&rs);
+    let hairpin = f.set(names::HAIRPIN).unwrap();
+    assert!(
+        hairpin
+            .elements
+            .contains_key(&vec![ip("10.244.1.2"), ip("10.244.1.2")])
+    );
+    let post = &f.chain("nat-postrouting").unwrap().rules;
+    assert_eq!(post.len(), 2);
+    assert!(
+        post.iter()
+            .all(|r| matches!(r.exprs.last(), Some(Expr::Masquerade { .. })))
+    );
+    // ClusterIP traffic from outside 10.244.0.0/16 is marked; pod traffic keeps its source.
+    let services = &f.chain("services").unwrap().rules;
+    let masq = &services[0];
+    assert!(masq.exprs.iter().any(|e| matches!(e, Expr::Cmp { op: netlink::nft::CmpOp::Neq, data, .. } if data == &[10, 244, 0, 0])));
+    assert!(masq.exprs.iter().any(|e| matches!(e, Expr::MetaSet { .. })));
+    // Without known cluster CIDRs, nothing is marked for being "outside".
+    let (view, _) = View::build(&[web(json!({}))], &[]);
+    let bare = desired(
+        &view,
+        &Node {
+            name: "node-1".into(),
+            cluster_cidrs: vec![],
+        },
+    );
+    assert_eq!(v4(&bare).chain("services").unwrap().rules.len(), 2);
+}
+
+#[test]
+fn client_ip_affinity_gets_a_timeout_map_per_balancing_chain() {
+    let s = web(json!({"sessionAffinity": "ClientIP",
+        "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}));
+    let rs = build(
+        &[s],
+        &[web_slice(&[
+            ready("10.244.1.2", "n"),
+            ready("10.244.2.2", "n"),
+        ])],
+    );
+    let f = v4(&rs);
+    let chain = cluster_chain(SP);
+    let aff = f.set(&affinity_map(&chain, 60)).expect("affinity map");
+    assert_eq!(
+        aff.set.timeout,
+        Some(Some(std::time::Duration::from_secs(60)))
+    );
+    let rules = &f.chain(&chain).unwrap().rules;
+    assert_eq!(rules.len(), 2, "affinity lookup, then the random pick");
+    // Default timeout: three hours.
+    let s = web(json!({"sessionAffinity": "ClientIP"}));
+    let rs = build(&[s], &[web_slice(&[ready("10.244.1.2", "n")])]);
+    assert!(v4(&rs).set(&affinity_map(&chain, 10_800)).is_some());
+}
+
+#[test]
+fn dual_stack_services_get_rules_in_both_tables() {
+    let s =
+        web(json!({"clusterIPs": ["10.96.0.10", "fd00:10:96::a"], "ipFamilies": ["IPv4", "IPv6"]}));
+    let rs = build(
+        &[s],
+        &[
+            web_slice(&[ready("10.244.1.2", "node-1")]),
+            slice_for("web", "http", 8080, &[ready("fd00:10:244::2", "node-1")]),
+        ],
+    );
+    let f6 = rs.family(Family::Ip6).unwrap();
+    assert_eq!(
+        service_ips(f6).verdict(&svc_key("fd00:10:96::a", proto::TCP, 80)),
+        Some(&goto(&cluster_chain(SP)))
+    );
+    assert_eq!(
+        endpoints_of(f6, &cluster_chain(SP)),
+        [(ip("fd00:10:244::2"), Datum::Port(8080))]
+    );
+    assert_eq!(endpoints_of(v4(&rs), &cluster_chain(SP)).len(), 1);
+    let reject = &f6.chain(names::REJECT_CHAIN).unwrap().rules[1];
+    assert_eq!(
+        reject.exprs.last(),
+        Some(&Expr::Reject(netlink::nft::Reject::Icmp(4)))
+    );
+}
+
+#[test]
+fn the_computation_is_pure() {
+    let a = build(&[web(json!({}))], &[web_slice(&[ready("10.244.1.2", "n")])]);
+    let b = build(&[web(json!({}))], &[web_slice(&[ready("10.244.1.2", "n")])]);
+    assert_eq!(a, b);
+    assert!(diff(&a, &b).is_empty());
+}
+
+// ---- diff ---------------------------------------------------------------------------
+
+/// `n` ClusterIP services with `eps` endpoints each; `shift` moves the first
+/// service's first endpoint to another address.
+fn many(n: u32, eps: u32, first_endpoint: Ipv4Addr) -> Ruleset {
+    let mut services = Vec::new();
+    let mut slices = Vec::new();
+    for i in 0..n {
+        let name = format!("s{i}");
+        let cip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + i);
+        services.push(svc(json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"clusterIP": cip.to_string(), "ports": [{"name": "http", "port": 80}]}
+        })));
+        let addrs: Vec<String> = (0..eps)
+            .map(|j| {
+                if i == 0 && j == 0 {
+                    first_endpoint.to_string()
+                } else {
+                    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 0)) + i * eps + j + 1)
+                        .to_string()
+                }
+            })
+            .collect();
+        let eps: Vec<Ep<'_>> = addrs
+            .iter()
+            .map(|a| (a.as_str(), "n", true, true, false))
+            .collect();
+        slices.push(slice_for(&name, "http", 8080, &eps));
+    }
+    build(&services, &slices)
+}
+
+#[test]
+fn a_full_sync_from_empty_creates_everything() {
+    let rs = many(3, 2, Ipv4Addr::new(10, 250, 0, 1));
+    let batch = diff(&Ruleset::default(), &rs);
+    let f = v4(&rs);
+    let rules: usize = rs
+        .families
+        .iter()
+        .flat_map(|f| f.chains.values())
+        .map(|c| c.rules.len())
+        .sum();
+    let chains: usize = rs.families.iter().map(|f| f.chains.len()).sum();
+    let sets: usize = rs.families.iter().map(|f| f.sets.len()).sum();
+    let nonempty: usize = rs
+        .families
+        .iter()
+        .flat_map(|f| f.sets.values())
+        .filter(|s| !s.elements.is_empty())
+        .count();
+    assert_eq!(batch.len(), 2 + chains + sets + nonempty + rules);
+    assert_eq!(f.sets.len(), 6 + 3);
+    let full = full_sync(&rs);
+    assert_eq!(full.len(), batch.len() + 2, "destroy both tables first");
+}
+
+#[test]
+fn replacing_one_endpoint_touches_only_elements() {
+    let a = many(1000, 10, Ipv4Addr::new(10, 250, 0, 1));
+    let b = many(1000, 10, Ipv4Addr::new(10, 250, 0, 2));
+    let batch = diff(&a, &b);
+    // eps map: delete + add of index 0; hairpin: delete + add.
+    assert_eq!(batch.len(), 4, "{batch:?}");
+    assert!(diff(&b, &b).is_empty());
+}
+
+#[test]
+fn adding_an_endpoint_rewrites_one_short_chain() {
+    let rs = |eps: &[Ep<'_>]| build(&[web(json!({}))], &[web_slice(eps)]);
+    let a = rs(&[ready("10.244.1.2", "n")]);
+    let b = rs(&[ready("10.244.1.2", "n"), ready("10.244.1.3", "n")]);
+    let batch = diff(&a, &b);
+    // eps map add, hairpin add, flush chain, one rule.
+    assert_eq!(batch.len(), 4);
+    // And back: deletes instead of adds.
+    assert_eq!(diff(&b, &a).len(), 4);
+}
+
+#[test]
+fn services_come_and_go_as_a_few_messages() {
+    let a = build(&[], &[]);
+    let b = build(&[web(json!({}))], &[web_slice(&[ready("10.244.1.2", "n")])]);
+    // map + chain; elements of service-ips, cluster-ips, hairpin, the eps map; one rule.
+    assert_eq!(diff(&a, &b).len(), 7);
+    // Removal: elements out of the three shared sets, flush, delete map, delete chain.
+    assert_eq!(diff(&b, &a).len(), 6);
+    // From "no endpoints" to "endpoints": the key moves between two maps.
+    let c = build(&[web(json!({}))], &[]);
+    assert_eq!(diff(&c, &b).len(), 7);
+}
+
+#[test]
+fn emptying_a_family_deletes_its_table() {
+    let a = build(&[], &[]);
+    let b = Ruleset {
+        families: vec![a.families[0].clone()],
+    };
+    assert_eq!(diff(&a, &b).len(), 1);
+    assert_eq!(
+        diff(&b, &a).len(),
+        1 + a.families[1].chains.len()
+            + a.families[1].sets.len()
+            + a.families[1]
+                .chains
+                .values()
+                .map(|c| c.rules.len())
+                .sum::<usize>()
+    );
+}
