@@ -543,7 +543,7 @@ fn internal_traffic_policy_local() {
     let s = web(json!({"internalTrafficPolicy": "Local"}));
     let key = svc_key("10.96.0.10", proto::TCP, 80);
     let rs = build(
-        &[s.clone()],
+        std::slice::from_ref(&s),
         &[web_slice(&[
             ready("10.244.1.2", "node-1"),
             ready("10.244.2.2", "node-2"),
