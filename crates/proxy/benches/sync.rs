@@ -1,1 +1,161 @@
-fn main() {}
+//! Sync times of the service proxy into a fresh network namespace: a full sync of N
+//! services × 10 endpoints from empty, then one endpoint replaced and one added.
+//! Needs root. `cargo bench -p proxy`; sizes from `PROXY_BENCH_SIZES` (default
+//! `1000,10000`).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+
+use netlink::netns;
+use netlink::nft::NftSocket;
+use proxy::{
+    Endpoint, Node, Protocol, Proxier, Service, ServiceKey, ServicePort, ServiceType, TargetPort,
+    TrafficPolicy, View, desired,
+};
+
+const ENDPOINTS: u32 = 10;
+
+/// A namespace of this benchmark, deleted when dropped (also on panic).
+struct Ns(String);
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = netns::delete(&self.0);
+    }
+}
+
+fn addr(base: Ipv4Addr, n: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(u32::from(base) + n))
+}
+
+fn view(services: u32) -> View {
+    let mut view = View::default();
+    for i in 0..services {
+        let key = ServiceKey::new("bench", format!("svc-{i}"));
+        let endpoints = (0..ENDPOINTS)
+            .map(|j| Endpoint {
+                address: addr(Ipv4Addr::new(10, 128, 0, 0), i * ENDPOINTS + j),
+                ready: true,
+                serving: true,
+                terminating: false,
+                node_name: Some(format!("node-{}", j % 3)),
+                ports: BTreeMap::from([(("http".to_owned(), Protocol::Tcp), 8080)]),
+            })
+            .collect();
+        let svc = Service {
+            key: key.clone(),
+            ty: ServiceType::ClusterIp,
+            cluster_ips: vec![addr(Ipv4Addr::new(10, 96, 0, 0), i)],
+            external_ips: vec![],
+            load_balancer_ips: vec![],
+            ports: vec![ServicePort {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 80,
+                node_port: None,
+                target_port: TargetPort::Number(8080),
+            }],
+            affinity_timeout: None,
+            external_traffic_policy: TrafficPolicy::Cluster,
+            internal_traffic_policy: TrafficPolicy::Cluster,
+            health_check_node_port: None,
+            endpoints,
+        };
+        view.services.insert(key, svc);
+    }
+    view
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn main() {
+    let uid = std::fs::metadata("/proc/self").unwrap().uid();
+    assert_eq!(
+        uid, 0,
+        "this benchmark needs root (network namespaces, nf_tables)"
+    );
+    let sizes: Vec<u32> = std::env::var("PROXY_BENCH_SIZES")
+        .unwrap_or_else(|_| "1000,10000".into())
+        .split(',')
+        .map(|s| s.trim().parse().expect("PROXY_BENCH_SIZES: numbers"))
+        .collect();
+    let node = Node {
+        name: "node-0".into(),
+        cluster_cidrs: vec!["10.128.0.0/9".parse().unwrap()],
+    };
+    println!("service proxy sync, {ENDPOINTS} endpoints per service, fresh namespace each size");
+    for n in sizes {
+        let ns = Ns(format!("kwt-px-bench-{}-{n}", std::process::id()));
+        netns::create(&ns.0).unwrap();
+        let mut proxier = Proxier::new(NftSocket::new_in(&ns.0).unwrap());
+
+        let mut v = view(n);
+        let t = Instant::now();
+        let rules = desired(&v, &node);
+        let compute = t.elapsed();
+        let t = Instant::now();
+        let batch = proxier.plan(&rules);
+        let encode = t.elapsed();
+        let (messages, bytes) = (batch.len(), batch.encoded_len());
+        drop(batch);
+        let t = Instant::now();
+        let report = proxier.sync(rules).unwrap();
+        let full = t.elapsed();
+        assert!(report.full);
+        println!(
+            "{n:>6} services: full sync {} ({messages} messages, {:.1} MiB; compute {}, \
+             encode {}, encode+apply {})",
+            ms(compute + full),
+            bytes as f64 / (1024.0 * 1024.0),
+            ms(compute),
+            ms(encode),
+            ms(full),
+        );
+
+        // One endpoint replaced by a new address.
+        let key = ServiceKey::new("bench", format!("svc-{}", n / 2));
+        v.services.get_mut(&key).unwrap().endpoints[3].address =
+            addr(Ipv4Addr::new(10, 200, 0, 0), 1);
+        let t = Instant::now();
+        let rules = desired(&v, &node);
+        let compute = t.elapsed();
+        let t = Instant::now();
+        let b = proxier.plan(&rules);
+        eprintln!("plan {:?} ({} msgs)", t.elapsed(), b.len());
+        let t = Instant::now();
+        let report = proxier.sync(rules).unwrap();
+        let apply = t.elapsed();
+        println!(
+            "{n:>6} services: one endpoint replaced: {} (diff+apply {}, {} messages; \
+             recompute {})",
+            ms(compute + apply),
+            ms(apply),
+            report.messages,
+            ms(compute),
+        );
+
+        // One endpoint added.
+        let svc = v.services.get_mut(&key).unwrap();
+        let mut extra = svc.endpoints[0].clone();
+        extra.address = addr(Ipv4Addr::new(10, 200, 0, 0), 2);
+        svc.endpoints.push(extra);
+        let t = Instant::now();
+        let rules = desired(&v, &node);
+        let compute = t.elapsed();
+        let t = Instant::now();
+        let report = proxier.sync(rules).unwrap();
+        let apply = t.elapsed();
+        println!(
+            "{n:>6} services: one endpoint added:    {} (diff+apply {}, {} messages; \
+             recompute {})",
+            ms(compute + apply),
+            ms(apply),
+            report.messages,
+            ms(compute),
+        );
+    }
+}

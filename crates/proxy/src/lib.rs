@@ -71,8 +71,8 @@ mod view;
 pub use apply::{Error, Proxier, SyncReport, cleanup, full_sync};
 pub use diff::{diff, diff_into};
 pub use ruleset::{
-    ChainSpec, FamilyRuleset, MASQ_MARK, Node, Ruleset, SetSpec, TABLE, affinity_map,
-    cluster_chain, desired, endpoints_map, external_chain, local_chain, names, port_id, usable,
+    ChainSpec, FamilyRuleset, MASQ_MARK, Node, Ruleset, SetSpec, TABLE, cluster_chain, desired,
+    external_chain, local_chain, names, port_id, usable,
 };
 pub use view::{
     DEFAULT_AFFINITY_TIMEOUT, Endpoint, Protocol, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL,

@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::time::Duration;
 
 use ipnet::IpNet;
 use netlink::nft::{
@@ -38,6 +37,9 @@ pub mod names {
     /// `saddr . daddr` pairs `E . E` for every endpoint address `E`: after DNAT, a
     /// packet whose source is its own destination is a pod reaching itself (hairpin).
     pub const HAIRPIN: &str = "hairpin";
+    /// `svc-addr . l4proto . port . chain . saddr` → `addr . port`, with timeouts:
+    /// client affinity (`chain` 0 for cluster, 1 for local balancing chains).
+    pub const AFFINITY: &str = "affinity";
     /// The chain that rejects: TCP reset, else ICMP port unreachable.
     pub const REJECT_CHAIN: &str = "reject-chain";
 }
@@ -161,18 +163,6 @@ pub fn local_chain(id: &str) -> String {
 pub fn external_chain(id: &str) -> String {
     format!("ext-{id}")
 }
-/// Map `integer → addr . port` of the endpoints a balancing chain picks from.
-pub fn endpoints_map(chain: &str) -> String {
-    format!("eps-{chain}")
-}
-/// Dynamic map `saddr → addr . port` of client affinity for a balancing chain.
-///
-/// The timeout is part of the name, so that a set's name always determines its
-/// definition and a changed timeout is a new set (see [`crate::diff`]).
-pub fn affinity_map(chain: &str, timeout: u32) -> String {
-    format!("aff-{timeout}-{chain}")
-}
-
 fn family_of(ip: &IpAddr) -> Family {
     match ip {
         IpAddr::V4(_) => Family::Ip,
@@ -341,6 +331,19 @@ impl<'a> Builder<'a> {
         self.add_set(Set::new(fam, TABLE, NO_ENDPOINT_NODEPORTS, port_key).vmap());
         self.add_set(Set::new(fam, TABLE, CLUSTER_IPS, vec![addr]));
         self.add_set(Set::new(fam, TABLE, HAIRPIN, vec![addr, addr]));
+        let sp_key = [
+            addr,
+            KeyType::InetProto,
+            KeyType::InetService,
+            KeyType::Integer,
+        ];
+        let mut aff_key = sp_key.to_vec();
+        aff_key.push(addr);
+        self.add_set(
+            Set::new(fam, TABLE, AFFINITY, aff_key)
+                .map(vec![addr, KeyType::InetService])
+                .timeout(None),
+        );
 
         // nat: the dispatch.
         let mut services = Vec::new();
@@ -459,72 +462,101 @@ impl<'a> Builder<'a> {
         }
     }
 
-    /// A balancing chain over `eps` (non-empty): affinity first, then a random pick
-    /// from the endpoints map.
-    fn balancing_chain(&mut self, chain: &str, eps: &[(IpAddr, u16)], affinity: Option<u32>) {
-        let fam = self.family;
-        let addr = self.addr();
-        let map = endpoints_map(chain);
-        self.add_set(
-            Set::new(fam, TABLE, map.clone(), vec![KeyType::Integer])
-                .map(vec![addr, KeyType::InetService]),
-        );
-        for (i, (ip, port)) in eps.iter().enumerate() {
-            self.element(
-                &map,
-                SetElement::new([Datum::Int(i as u32)])
-                    .value([addr_datum(*ip), Datum::Port(*port)]),
-            );
-            self.element(
-                names::HAIRPIN,
-                SetElement::new([addr_datum(*ip), addr_datum(*ip)]),
-            );
+    /// Loads constants into consecutive 32-bit registers from the first, each padded
+    /// to 4 bytes, as a concatenated key; returns the next free register slot.
+    fn immediates(mut rule: Rule, fields: &[Datum]) -> (Rule, u32) {
+        let mut slot = 0;
+        for d in fields {
+            let mut data = match d {
+                Datum::Ipv4(a) => a.octets().to_vec(),
+                Datum::Ipv6(a) => a.octets().to_vec(),
+                Datum::Proto(p) => vec![*p],
+                Datum::Port(p) => p.to_be_bytes().to_vec(),
+                Datum::Int(i) | Datum::Mark(i) => i.to_ne_bytes().to_vec(),
+                Datum::Ether(m) => m.to_vec(),
+            };
+            data.resize(data.len().div_ceil(4) * 4, 0);
+            let words = (data.len() / 4) as u32;
+            rule = rule.expr(Expr::Immediate {
+                dreg: Reg::r32(slot),
+                data,
+            });
+            slot += words;
         }
+        (rule, slot)
+    }
+
+    fn dnat(&self, rule: Rule, addr: Option<Reg>, port: Reg) -> Rule {
+        rule.expr(Expr::Nat {
+            kind: NatKind::Dnat,
+            family: self.family,
+            addr,
+            port: Some(port),
+            flags: 0,
+        })
+    }
+
+    /// A balancing chain over `eps` (non-empty): affinity first, then one rule per
+    /// endpoint, endpoint `i` of `N` taken with probability `1/(N-i)` so that each is
+    /// picked with probability `1/N`. No set per chain and no shared map read from
+    /// every chain: see the crate documentation for why.
+    fn balancing_chain(
+        &mut self,
+        chain: &str,
+        sp_key: &[Datum; 3],
+        local: bool,
+        eps: &[(IpAddr, u16)],
+        affinity: Option<u32>,
+    ) {
+        let fam = self.family;
+        let port_reg = if fam == Family::Ip6 {
+            Reg::r32(4)
+        } else {
+            Reg::r32(1)
+        };
         let mut rules = Vec::new();
         if let Some(timeout) = affinity {
-            let aff = affinity_map(chain, timeout);
-            self.add_set(
-                Set::new(fam, TABLE, aff.clone(), vec![addr])
-                    .map(vec![addr, KeyType::InetService])
-                    .timeout(Some(Duration::from_secs(timeout.into()))),
-            );
+            let mut key = sp_key.to_vec();
+            key.push(Datum::Int(u32::from(local)));
+            let (rule, slot) = Self::immediates(self.rule(chain), &key);
             let src = if fam == Family::Ip6 {
                 netlink::nft::Field::Ip6Saddr
             } else {
                 netlink::nft::Field::IpSaddr
             };
+            let rule = rule.expr(src.load(Reg::r32(slot))).expr(Expr::Lookup {
+                set: names::AFFINITY.into(),
+                sreg: Reg::r32(0),
+                dreg: Some(Reg::R1),
+                invert: false,
+            });
             rules.push(
-                self.rule(chain)
-                    .dnat_map(fam, &[src], aff)
-                    .comment("sessionAffinity: ClientIP"),
+                self.dnat(rule, Some(Reg::R1), port_reg)
+                    .comment(format!("sessionAffinity: ClientIP, {timeout}s")),
             );
         }
-        let port = if fam == Family::Ip6 {
-            Reg::r32(4)
-        } else {
-            Reg::r32(1)
-        };
-        rules.push(
-            self.rule(chain)
-                .expr(Expr::Numgen {
-                    modulus: eps.len() as u32,
-                    offset: 0,
-                    dreg: Reg::R1,
-                })
-                .expr(Expr::Lookup {
-                    set: map.as_str().into(),
-                    sreg: Reg::R1,
-                    dreg: Some(Reg::R1),
-                    invert: false,
-                })
-                .expr(Expr::Nat {
-                    kind: NatKind::Dnat,
-                    family: fam,
-                    addr: Some(Reg::R1),
-                    port: Some(port),
-                    flags: 0,
-                }),
-        );
+        let n = eps.len();
+        for (i, (ip, port)) in eps.iter().enumerate() {
+            self.element(
+                names::HAIRPIN,
+                SetElement::new([addr_datum(*ip), addr_datum(*ip)]),
+            );
+            let mut rule = self.rule(chain);
+            if i + 1 < n {
+                rule = rule
+                    .expr(Expr::Numgen {
+                        modulus: (n - i) as u32,
+                        offset: 0,
+                        dreg: Reg::R1,
+                    })
+                    .expr(Expr::Cmp {
+                        sreg: Reg::R1,
+                        op: CmpOp::Eq,
+                        data: 0u32.to_ne_bytes().to_vec(),
+                    });
+            }
+            rules.push(rule.dnat(*ip, Some(*port)));
+        }
         self.regular(chain, rules);
     }
 
@@ -575,11 +607,18 @@ impl<'a> Builder<'a> {
         // traffic under eTP Local).
         let needs_cluster = !cluster.is_empty() && (!internal_local || has_external);
         let needs_local = !local.is_empty() && (internal_local || (has_external && external_local));
+        let sp_key = [addr_datum(cluster_ips[0]), proto, Datum::Port(sp.port)];
         if needs_cluster {
-            self.balancing_chain(&svc_chain, &cluster, svc.affinity_timeout);
+            self.balancing_chain(&svc_chain, &sp_key, false, &cluster, svc.affinity_timeout);
         }
         if needs_local {
-            self.balancing_chain(&local_chain_name, &local, svc.affinity_timeout);
+            self.balancing_chain(
+                &local_chain_name,
+                &sp_key,
+                true,
+                &local,
+                svc.affinity_timeout,
+            );
         }
 
         // Internal destinations: the ClusterIPs.

@@ -105,15 +105,40 @@ fn goto(chain: &str) -> Verdict {
 
 const SP: &str = "default/web/tcp/80";
 
-/// The endpoints of a balancing chain's map, in index order.
+/// The endpoints a balancing chain picks from, in rule order, with the probability
+/// each rule's pick has on its own (`1/(N-i)`, the last one certain), checked.
 fn endpoints_of(f: &FamilyRuleset, chain: &str) -> Vec<(Datum, Datum)> {
-    let map = f.set(&endpoints_map(chain)).expect("endpoints map");
-    (0..map.elements.len() as u32)
-        .map(|i| {
-            let v = map.value(&[Datum::Int(i)]).expect("dense keys");
-            (v[0], v[1])
-        })
-        .collect()
+    let mut out = Vec::new();
+    let rules: Vec<_> = f
+        .chain(chain)
+        .unwrap()
+        .rules
+        .iter()
+        .filter(|r| r.comment.is_none())
+        .collect();
+    let n = rules.len() as u32;
+    for (i, r) in rules.iter().enumerate() {
+        let imm = |reg| {
+            r.exprs.iter().find_map(|e| match e {
+                Expr::Immediate { dreg, data } if *dreg == reg => Some(data.clone()),
+                _ => None,
+            })
+        };
+        let a = imm(netlink::nft::Reg::R1).expect("dnat address");
+        let p = imm(netlink::nft::Reg::R2).expect("dnat port");
+        let addr = match a.len() {
+            4 => Datum::Ipv4(<[u8; 4]>::try_from(&a[..]).unwrap().into()),
+            _ => Datum::Ipv6(<[u8; 16]>::try_from(&a[..]).unwrap().into()),
+        };
+        out.push((addr, Datum::Port(u16::from_be_bytes([p[0], p[1]]))));
+        let modulus = r.exprs.iter().find_map(|e| match e {
+            Expr::Numgen { modulus, .. } => Some(*modulus),
+            _ => None,
+        });
+        let expected = (i as u32 + 1 < n).then_some(n - i as u32);
+        assert_eq!(modulus, expected, "rule {i} of {chain}");
+    }
+    out
 }
 
 fn numgen_modulus(f: &FamilyRuleset, chain: &str) -> u32 {
@@ -612,17 +637,36 @@ fn client_ip_affinity_gets_a_timeout_map_per_balancing_chain() {
     );
     let f = v4(&rs);
     let chain = cluster_chain(SP);
-    let aff = f.set(&affinity_map(&chain, 60)).expect("affinity map");
+    let rules = &f.chain(&chain).unwrap().rules;
+    assert_eq!(
+        rules.len(),
+        3,
+        "affinity lookup, then one rule per endpoint"
+    );
+    assert_eq!(
+        rules[0].comment.as_deref(),
+        Some("sessionAffinity: ClientIP, 60s")
+    );
+    assert!(
+        rules[0]
+            .exprs
+            .iter()
+            .any(|e| matches!(e, Expr::Lookup { set, .. } if *set == names::AFFINITY.into()))
+    );
+    let aff = f.set(names::AFFINITY).unwrap();
     assert_eq!(
         aff.set.timeout,
-        Some(Some(std::time::Duration::from_secs(60)))
+        Some(None),
+        "elements carry their own timeouts"
     );
-    let rules = &f.chain(&chain).unwrap().rules;
-    assert_eq!(rules.len(), 2, "affinity lookup, then the random pick");
     // Default timeout: three hours.
     let s = web(json!({"sessionAffinity": "ClientIP"}));
     let rs = build(&[s], &[web_slice(&[ready("10.244.1.2", "n")])]);
-    assert!(v4(&rs).set(&affinity_map(&chain, 10_800)).is_some());
+    let rules = &v4(&rs).chain(&chain).unwrap().rules;
+    assert_eq!(
+        rules[0].comment.as_deref(),
+        Some("sessionAffinity: ClientIP, 10800s")
+    );
 }
 
 #[test]
@@ -714,7 +758,7 @@ fn a_full_sync_from_empty_creates_everything() {
         .filter(|s| !s.elements.is_empty())
         .count();
     assert_eq!(batch.len(), 2 + chains + sets + nonempty + rules);
-    assert_eq!(f.sets.len(), 6 + 3);
+    assert_eq!(f.sets.len(), 7, "shared sets only, none per service");
     let full = full_sync(&rs);
     assert_eq!(full.len(), batch.len() + 2, "destroy both tables first");
 }
@@ -724,8 +768,9 @@ fn replacing_one_endpoint_touches_only_elements() {
     let a = many(1000, 10, Ipv4Addr::new(10, 250, 0, 1));
     let b = many(1000, 10, Ipv4Addr::new(10, 250, 0, 2));
     let batch = diff(&a, &b);
-    // eps map: delete + add of index 0; hairpin: delete + add.
-    assert_eq!(batch.len(), 4, "{batch:?}");
+    // hairpin: delete + add; the service's chain: flush + its 10 rules. Nothing else,
+    // whatever the number of services.
+    assert_eq!(batch.len(), 2 + 1 + 10, "{batch:?}");
     assert!(diff(&b, &b).is_empty());
 }
 
@@ -735,23 +780,24 @@ fn adding_an_endpoint_rewrites_one_short_chain() {
     let a = rs(&[ready("10.244.1.2", "n")]);
     let b = rs(&[ready("10.244.1.2", "n"), ready("10.244.1.3", "n")]);
     let batch = diff(&a, &b);
-    // eps map add, hairpin add, flush chain, one rule.
+    // hairpin add, flush chain, two rules.
     assert_eq!(batch.len(), 4);
-    // And back: deletes instead of adds.
-    assert_eq!(diff(&b, &a).len(), 4);
+    // And back: hairpin delete, flush, one rule.
+    assert_eq!(diff(&b, &a).len(), 3);
 }
 
 #[test]
 fn services_come_and_go_as_a_few_messages() {
     let a = build(&[], &[]);
     let b = build(&[web(json!({}))], &[web_slice(&[ready("10.244.1.2", "n")])]);
-    // map + chain; elements of service-ips, cluster-ips, hairpin, the eps map; one rule.
-    assert_eq!(diff(&a, &b).len(), 7);
-    // Removal: elements out of the three shared sets, flush, delete map, delete chain.
-    assert_eq!(diff(&b, &a).len(), 6);
-    // From "no endpoints" to "endpoints": the key moves between two maps.
+    // A chain; elements of service-ips, cluster-ips, hairpin; one rule.
+    assert_eq!(diff(&a, &b).len(), 5);
+    // Removal: the same elements out, flush, delete the chain.
+    assert_eq!(diff(&b, &a).len(), 5);
+    // From "no endpoints" to "endpoints": the key moves from no-endpoint-services to
+    // service-ips; the hairpin element, the chain and its rule come.
     let c = build(&[web(json!({}))], &[]);
-    assert_eq!(diff(&c, &b).len(), 7);
+    assert_eq!(diff(&c, &b).len(), 5);
 }
 
 #[test]
