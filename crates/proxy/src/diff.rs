@@ -3,27 +3,109 @@
 //! The diff is computed against the ruleset applied last, kept in memory: the kernel's
 //! table is never listed. Rules cannot be addressed without their kernel handles, which
 //! we never read back, so a chain whose rule list changed is flushed and refilled; the
-//! layout keeps such chains short and keeps what changes often (endpoints, service
-//! addresses) in set and map elements, which are added and deleted one by one.
+//! layout keeps such chains short (one rule per endpoint) and keeps service addresses,
+//! node ports and hairpin pairs in set and map elements, added and deleted one by one.
+//!
+//! Two ways in: [`diff`] compares two whole rulesets (a full recomputation), and
+//! [`update`] recomputes only the services named as changed and patches the applied
+//! ruleset in place, so a change costs the same at 100 or 50,000 services.
 //!
 //! Message order inside the batch follows what the kernel checks message by message:
 //! a table before what it holds, sets and chains before the rules and elements that
 //! refer to them, and references dropped (rules flushed, elements deleted, sets
 //! deleted) before the chains they point at are deleted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use netlink::nft::{Batch, SetElement, Table};
+use netlink::nft::{Batch, Family, SetElement, Table};
 
-use crate::ruleset::{ChainSpec, FamilyRuleset, Ruleset, SetSpec, TABLE};
+use crate::ruleset::{
+    ChainSpec, Change, FamilyRuleset, Node, Ruleset, ServiceRules, SetSpec, TABLE, service_rules,
+};
+use crate::view::{ServiceKey, View};
+
+/// The changes to one table, by phase.
+#[derive(Default)]
+struct Plan<'a> {
+    new_sets: Vec<&'a SetSpec>,
+    new_chains: Vec<&'a ChainSpec>,
+    /// (set, element) to delete, then to add.
+    deletes: BTreeMap<String, Vec<SetElement>>,
+    adds: BTreeMap<String, Vec<SetElement>>,
+    /// Chains to fill (new) or flush and refill (changed).
+    fill: Vec<&'a ChainSpec>,
+    refill: Vec<&'a ChainSpec>,
+    gone_sets: Vec<&'a SetSpec>,
+    gone_chains: Vec<&'a ChainSpec>,
+}
+
+impl<'a> Plan<'a> {
+    fn chains(
+        &mut self,
+        old: &'a BTreeMap<String, ChainSpec>,
+        new: &'a BTreeMap<String, ChainSpec>,
+    ) {
+        for (name, c) in new {
+            match old.get(name) {
+                Some(o) if o.rules == c.rules => {}
+                Some(_) => self.refill.push(c),
+                None => {
+                    self.new_chains.push(c);
+                    self.fill.push(c);
+                }
+            }
+        }
+        for (name, c) in old {
+            if !new.contains_key(name) {
+                self.gone_chains.push(c);
+            }
+        }
+    }
+
+    fn emit(self, batch: &mut Batch, family: &FamilyRuleset) {
+        for s in &self.new_sets {
+            batch.add_set(&s.set);
+        }
+        for c in &self.new_chains {
+            batch.add_chain(&c.chain);
+        }
+        for (name, elements) in &self.deletes {
+            if let Some(s) = family.sets.get(name) {
+                batch.delete_elements(&s.set, elements);
+            }
+        }
+        for (name, elements) in &self.adds {
+            if let Some(s) = family.sets.get(name) {
+                batch.add_elements(&s.set, elements);
+            }
+        }
+        for c in &self.fill {
+            add_rules(batch, c);
+        }
+        for c in &self.refill {
+            batch.flush_chain(&c.chain);
+            add_rules(batch, c);
+        }
+        for c in &self.gone_chains {
+            if !c.rules.is_empty() {
+                batch.flush_chain(&c.chain);
+            }
+        }
+        for s in &self.gone_sets {
+            batch.delete_set(&s.set);
+        }
+        for c in &self.gone_chains {
+            batch.delete_chain(&c.chain);
+        }
+    }
+}
 
 /// The batch that turns the kernel state `old` (as applied last) into `new`. Applying
 /// it to a kernel holding `old` leaves exactly `new`; with `old` empty it is a full
 /// sync from nothing.
 ///
 /// A set's name must determine its definition (key, map type, flags): a set whose
-/// definition changed under the same name cannot be replaced while rules use it, and
-/// [`crate::ruleset`] names sets accordingly.
+/// definition changed under the same name cannot be replaced while rules use it.
 pub fn diff(old: &Ruleset, new: &Ruleset) -> Batch {
     let mut batch = Batch::new();
     diff_into(&mut batch, old, new);
@@ -37,12 +119,7 @@ pub fn diff_into(batch: &mut Batch, old: &Ruleset, new: &Ruleset) {
             Some(o) => family_diff(batch, o, n),
             None => {
                 batch.add_table(&Table::new(n.family, TABLE));
-                let empty = FamilyRuleset {
-                    family: n.family,
-                    chains: BTreeMap::new(),
-                    sets: BTreeMap::new(),
-                };
-                family_diff(batch, &empty, n);
+                family_diff(batch, &empty(n.family), n);
             }
         }
     }
@@ -53,60 +130,40 @@ pub fn diff_into(batch: &mut Batch, old: &Ruleset, new: &Ruleset) {
     }
 }
 
+fn empty(family: Family) -> FamilyRuleset {
+    FamilyRuleset {
+        family,
+        chains: BTreeMap::new(),
+        sets: BTreeMap::new(),
+        services: BTreeMap::new(),
+    }
+}
+
 fn family_diff(batch: &mut Batch, old: &FamilyRuleset, new: &FamilyRuleset) {
-    // 1. New sets and chains, so that everything below can refer to them.
+    let mut plan = Plan::default();
     for (name, s) in &new.sets {
         match old.sets.get(name) {
-            None => {
-                batch.add_set(&s.set);
-            }
+            None => plan.new_sets.push(s),
             Some(o) => debug_assert_eq!(o.set, s.set, "set {name} changed definition"),
         }
-    }
-    for (name, c) in &new.chains {
-        if !old.chains.contains_key(name) {
-            batch.add_chain(&c.chain);
-        }
-    }
-    // 2. Elements: removed or changed ones out, new or changed ones in.
-    for (name, s) in &new.sets {
-        element_diff(batch, old.sets.get(name), s);
-    }
-    // 3. Chains whose rules changed are refilled; new chains filled.
-    for (name, c) in &new.chains {
-        match old.chains.get(name) {
-            Some(o) if o.rules == c.rules => {}
-            Some(o) => {
-                if o.chain != c.chain {
-                    // A base chain's policy; hooks never change under one name.
-                    batch.add_chain(&c.chain);
-                }
-                batch.flush_chain(&c.chain);
-                add_rules(batch, c);
-            }
-            None => add_rules(batch, c),
-        }
-    }
-    // 4. Removed objects: drop their references first, then the objects.
-    let gone_chains: Vec<&ChainSpec> = old
-        .chains
-        .iter()
-        .filter(|(name, _)| !new.chains.contains_key(*name))
-        .map(|(_, c)| c)
-        .collect();
-    for c in &gone_chains {
-        if !c.rules.is_empty() {
-            batch.flush_chain(&c.chain);
-        }
+        element_diff(&mut plan, name, old.sets.get(name), s);
     }
     for (name, s) in &old.sets {
         if !new.sets.contains_key(name) {
-            batch.delete_set(&s.set);
+            plan.gone_sets.push(s);
         }
     }
-    for c in &gone_chains {
-        batch.delete_chain(&c.chain);
+    plan.chains(&old.chains, &new.chains);
+    let none = ServiceRules::default();
+    let keys: BTreeSet<&ServiceKey> = old.services.keys().chain(new.services.keys()).collect();
+    for key in keys {
+        let o = old.services.get(key).unwrap_or(&none);
+        let n = new.services.get(key).unwrap_or(&none);
+        if o.chains != n.chains {
+            plan.chains(&o.chains, &n.chains);
+        }
     }
+    plan.emit(batch, new);
 }
 
 fn add_rules(batch: &mut Batch, c: &ChainSpec) {
@@ -115,14 +172,14 @@ fn add_rules(batch: &mut Batch, c: &ChainSpec) {
     }
 }
 
-fn element_diff(batch: &mut Batch, old: Option<&SetSpec>, new: &SetSpec) {
+fn element_diff(plan: &mut Plan<'_>, name: &str, old: Option<&SetSpec>, new: &SetSpec) {
     let mut gone: Vec<SetElement> = Vec::new();
     let mut added: Vec<SetElement> = Vec::new();
     match old {
-        None => added.extend(new.elements.values().cloned()),
+        None => added.extend(new.elements().cloned()),
         Some(old) => {
-            for (key, e) in &old.elements {
-                match new.elements.get(key) {
+            for e in old.elements() {
+                match new.get(&e.key) {
                     Some(n) if n == e => {}
                     // Changed data: the kernel refuses to overwrite a mapping (EBUSY),
                     // so the old element goes and the new one comes in the same batch.
@@ -133,18 +190,89 @@ fn element_diff(batch: &mut Batch, old: Option<&SetSpec>, new: &SetSpec) {
                     None => gone.push(e.clone()),
                 }
             }
-            added.extend(
-                new.elements
-                    .iter()
-                    .filter(|(k, _)| !old.elements.contains_key(*k))
-                    .map(|(_, e)| e.clone()),
-            );
+            added.extend(new.elements().filter(|e| !old.contains(&e.key)).cloned());
         }
     }
     if !gone.is_empty() {
-        batch.delete_elements(&new.set, &gone);
+        plan.deletes.insert(name.to_owned(), gone);
     }
     if !added.is_empty() {
-        batch.add_elements(&new.set, &added);
+        plan.adds.insert(name.to_owned(), added);
+    }
+}
+
+/// Recomputes the services in `changed` (present in `view` or gone from it), patches
+/// `applied` to match, and appends the changes to `batch`. Everything else is taken to
+/// be as `applied` says, so the cost follows the size of the change, not of the
+/// cluster. `node` must be the node `applied` was computed for (a node change needs a
+/// full [`crate::desired`]); `applied` must hold both families (come from
+/// [`crate::desired`]).
+///
+/// If the batch is then not applied, `applied` no longer describes the kernel: sync in
+/// full next time.
+pub fn update(
+    batch: &mut Batch,
+    applied: &mut Ruleset,
+    view: &View,
+    node: &Node,
+    changed: &BTreeSet<ServiceKey>,
+) {
+    for fam in &mut applied.families {
+        let mut new_rules = Vec::new();
+        for key in changed {
+            let rules = view
+                .services
+                .get(key)
+                .map(|svc| service_rules(svc, node, fam.family))
+                .unwrap_or_default();
+            let old = fam.services.remove(key).unwrap_or_default();
+            if old != rules {
+                new_rules.push((key.clone(), old, rules));
+            } else if !rules.is_empty() {
+                fam.services.insert(key.clone(), rules);
+            }
+        }
+        // Counts first (removals, then additions, so that an element moving between
+        // services is neither deleted nor added), then the chains.
+        let mut plan_deletes: BTreeMap<&'static str, Vec<SetElement>> = BTreeMap::new();
+        let mut plan_adds: BTreeMap<&'static str, Vec<SetElement>> = BTreeMap::new();
+        for (_, old, _) in &new_rules {
+            for (set, change) in fam.remove_refs(old) {
+                if let Change::Removed(e) = change {
+                    plan_deletes.entry(set).or_default().push(e);
+                }
+            }
+        }
+        for (_, _, new) in &new_rules {
+            for ((set, change), (_, e)) in fam.add_refs(new).into_iter().zip(&new.elements) {
+                if change == Change::Added {
+                    // Deleted and re-added unchanged in this same update: leave it.
+                    let deletes = plan_deletes.entry(set).or_default();
+                    if let Some(i) = deletes.iter().position(|d| d == e) {
+                        deletes.swap_remove(i);
+                    } else {
+                        plan_adds.entry(set).or_default().push(e.clone());
+                    }
+                }
+            }
+        }
+        let mut plan = Plan::default();
+        for (set, elements) in plan_deletes {
+            if !elements.is_empty() {
+                plan.deletes.insert(set.to_owned(), elements);
+            }
+        }
+        for (set, elements) in plan_adds {
+            plan.adds.insert(set.to_owned(), elements);
+        }
+        for (_, old, new) in &new_rules {
+            plan.chains(&old.chains, &new.chains);
+        }
+        plan.emit(batch, fam);
+        for (key, _, new) in new_rules {
+            if !new.is_empty() {
+                fam.services.insert(key, new);
+            }
+        }
     }
 }

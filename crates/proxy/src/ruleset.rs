@@ -12,7 +12,7 @@ use netlink::nft::{
     Reject, Rule, Set, SetElement, Verdict, ct_state, fib_flags, priority,
 };
 
-use crate::view::{Endpoint, Service, ServicePort, TrafficPolicy, View};
+use crate::view::{Endpoint, Service, ServiceKey, ServicePort, TrafficPolicy, View};
 
 /// The name of the proxy's table, in both the `ip` and the `ip6` family.
 pub const TABLE: &str = "kubewire-proxy";
@@ -64,13 +64,36 @@ pub struct ChainSpec {
     pub rules: Vec<Rule>,
 }
 
+/// An element of a shared set with the number of services that contribute it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Counted {
+    pub(crate) element: SetElement,
+    pub(crate) refs: u32,
+}
+
 /// A named set or map with the elements it should hold, by key.
+///
+/// Sets are shared by all services; each element counts the services contributing it
+/// (two services may share an endpoint address, hence a hairpin element), so that one
+/// service going away removes only what no other service still needs. When two
+/// services contribute different data under one key (two services claiming one
+/// external IP and port), the first one keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SetSpec {
     /// The set.
     pub set: Set,
-    /// Its elements, by key.
-    pub elements: HashMap<Vec<Datum>, SetElement>,
+    pub(crate) elements: HashMap<Vec<Datum>, Counted>,
+}
+
+/// What adding or removing one contribution did to a set.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// Nothing the kernel needs to know.
+    None,
+    /// The element appeared.
+    Added,
+    /// The element, as it was, disappeared.
+    Removed(SetElement),
 }
 
 impl SetSpec {
@@ -81,13 +104,70 @@ impl SetSpec {
         }
     }
 
-    fn insert(&mut self, e: SetElement) {
-        self.elements.entry(e.key.clone()).or_insert(e);
+    /// Adds one contribution of `e`.
+    pub(crate) fn add_ref(&mut self, e: &SetElement) -> Change {
+        match self.elements.get_mut(&e.key) {
+            Some(c) if c.element == *e => {
+                c.refs += 1;
+                Change::None
+            }
+            Some(_) => Change::None, // a conflicting claim: the first one keeps the key
+            None => {
+                self.elements.insert(
+                    e.key.clone(),
+                    Counted {
+                        element: e.clone(),
+                        refs: 1,
+                    },
+                );
+                Change::Added
+            }
+        }
+    }
+
+    /// Removes one contribution of `e`.
+    pub(crate) fn remove_ref(&mut self, e: &SetElement) -> Change {
+        match self.elements.get_mut(&e.key) {
+            Some(c) if c.element == *e => {
+                c.refs -= 1;
+                if c.refs == 0 {
+                    let gone = self.elements.remove(&e.key).map(|c| c.element);
+                    return gone.map_or(Change::None, Change::Removed);
+                }
+                Change::None
+            }
+            _ => Change::None,
+        }
+    }
+
+    /// The element with this key.
+    pub fn get(&self, key: &[Datum]) -> Option<&SetElement> {
+        self.elements.get(key).map(|c| &c.element)
+    }
+
+    /// Whether an element has this key.
+    pub fn contains(&self, key: &[Datum]) -> bool {
+        self.elements.contains_key(key)
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.elements.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.elements.is_empty()
+    }
+
+    /// The elements, in no particular order.
+    pub fn elements(&self) -> impl Iterator<Item = &SetElement> {
+        self.elements.values().map(|c| &c.element)
     }
 
     /// The verdict an element of a verdict map maps `key` to.
     pub fn verdict(&self, key: &[Datum]) -> Option<&Verdict> {
-        match self.elements.get(key)?.data.as_ref()? {
+        match self.get(key)?.data.as_ref()? {
             netlink::nft::ElementData::Verdict(v) => Some(v),
             netlink::nft::ElementData::Value(_) => None,
         }
@@ -95,10 +175,27 @@ impl SetSpec {
 
     /// The value an element of a data map maps `key` to.
     pub fn value(&self, key: &[Datum]) -> Option<&[Datum]> {
-        match self.elements.get(key)?.data.as_ref()? {
+        match self.get(key)?.data.as_ref()? {
             netlink::nft::ElementData::Value(v) => Some(v),
             netlink::nft::ElementData::Verdict(_) => None,
         }
+    }
+}
+
+/// What one service contributes to a family's table: its own chains, and elements of
+/// the shared sets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceRules {
+    /// Chains of the service's ports, by name.
+    pub chains: BTreeMap<String, ChainSpec>,
+    /// (shared set name, element), each at most once.
+    pub elements: Vec<(&'static str, SetElement)>,
+}
+
+impl ServiceRules {
+    /// Whether the service has nothing in this family.
+    pub fn is_empty(&self) -> bool {
+        self.chains.is_empty() && self.elements.is_empty()
     }
 }
 
@@ -107,10 +204,12 @@ impl SetSpec {
 pub struct FamilyRuleset {
     /// `ip` or `ip6`.
     pub family: Family,
-    /// Chains by name.
+    /// The fixed chains (base chains, dispatch, checks), by name.
     pub chains: BTreeMap<String, ChainSpec>,
-    /// Sets and maps by name.
+    /// The shared sets and maps, by name, with every service's elements.
     pub sets: BTreeMap<String, SetSpec>,
+    /// Each service's chains and elements.
+    pub services: BTreeMap<ServiceKey, ServiceRules>,
 }
 
 impl FamilyRuleset {
@@ -119,9 +218,29 @@ impl FamilyRuleset {
         self.sets.get(name)
     }
 
-    /// The chain `name`.
+    /// The chain `name`, fixed or of a service (searched, for tests and debugging).
     pub fn chain(&self, name: &str) -> Option<&ChainSpec> {
-        self.chains.get(name)
+        self.chains
+            .get(name)
+            .or_else(|| self.services.values().find_map(|s| s.chains.get(name)))
+    }
+
+    /// Counts one more contribution of each of `rules`' elements; the changes.
+    pub(crate) fn add_refs(&mut self, rules: &ServiceRules) -> Vec<(&'static str, Change)> {
+        rules
+            .elements
+            .iter()
+            .filter_map(|(set, e)| Some((*set, self.sets.get_mut(*set)?.add_ref(e))))
+            .collect()
+    }
+
+    /// Counts one less contribution of each of `rules`' elements; the changes.
+    pub(crate) fn remove_refs(&mut self, rules: &ServiceRules) -> Vec<(&'static str, Change)> {
+        rules
+            .elements
+            .iter()
+            .filter_map(|(set, e)| Some((*set, self.sets.get_mut(*set)?.remove_ref(e))))
+            .collect()
     }
 }
 
@@ -204,6 +323,8 @@ struct Builder<'a> {
     node: &'a Node,
     cidrs: Vec<IpNet>,
     out: FamilyRuleset,
+    /// The service being built, when one is: its chains and elements go here.
+    cur: Option<ServiceRules>,
 }
 
 impl<'a> Builder<'a> {
@@ -222,7 +343,9 @@ impl<'a> Builder<'a> {
                 family,
                 chains: BTreeMap::new(),
                 sets: BTreeMap::new(),
+                services: BTreeMap::new(),
             },
+            cur: None,
         }
     }
 
@@ -231,9 +354,11 @@ impl<'a> Builder<'a> {
     }
 
     fn add_chain(&mut self, chain: Chain, rules: Vec<Rule>) {
-        self.out
-            .chains
-            .insert(chain.name.clone(), ChainSpec { chain, rules });
+        let chains = match &mut self.cur {
+            Some(cur) => &mut cur.chains,
+            None => &mut self.out.chains,
+        };
+        chains.insert(chain.name.clone(), ChainSpec { chain, rules });
     }
 
     fn regular(&mut self, name: &str, rules: Vec<Rule>) {
@@ -252,10 +377,21 @@ impl<'a> Builder<'a> {
             .insert(set.name.clone(), SetSpec::new(set.clone()));
     }
 
-    fn element(&mut self, set: &str, e: SetElement) {
-        if let Some(s) = self.out.sets.get_mut(set) {
-            s.insert(e);
+    fn element(&mut self, set: &'static str, e: SetElement) {
+        if let Some(cur) = &mut self.cur
+            && !cur.elements.iter().any(|(s, x)| *s == set && *x == e)
+        {
+            cur.elements.push((set, e));
         }
+    }
+
+    /// The chains and elements of one service.
+    fn service(&mut self, svc: &Service) -> ServiceRules {
+        self.cur = Some(ServiceRules::default());
+        for sp in &svc.ports {
+            self.service_port(svc, sp);
+        }
+        self.cur.take().unwrap_or_default()
     }
 
     fn addr(&self) -> KeyType {
@@ -709,11 +845,19 @@ pub fn desired(view: &View, node: &Node) -> Ruleset {
         let mut b = Builder::new(family, node);
         b.skeleton();
         for svc in view.services.values() {
-            for sp in &svc.ports {
-                b.service_port(svc, sp);
+            let rules = b.service(svc);
+            if !rules.is_empty() {
+                b.out.add_refs(&rules);
+                b.out.services.insert(svc.key.clone(), rules);
             }
         }
         families.push(b.out);
     }
     Ruleset { families }
+}
+
+/// The rules of one service in `family`, as [`desired`] computes them (empty when the
+/// service has none there).
+pub fn service_rules(svc: &Service, node: &Node, family: Family) -> ServiceRules {
+    Builder::new(family, node).service(svc)
 }

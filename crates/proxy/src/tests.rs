@@ -263,7 +263,7 @@ fn cluster_ip_dispatches_through_one_map_to_a_balancing_chain() {
         ]
     );
     let cluster_ips = f.set(names::CLUSTER_IPS).unwrap();
-    assert!(cluster_ips.elements.contains_key(&vec![ip("10.96.0.10")]));
+    assert!(cluster_ips.contains(&[ip("10.96.0.10")]));
     // One dispatch rule for all services, whatever their number.
     let services = &f.chain("services").unwrap().rules;
     let vmaps = services
@@ -276,10 +276,12 @@ fn cluster_ip_dispatches_through_one_map_to_a_balancing_chain() {
         .count();
     assert_eq!(vmaps, 2, "service-ips and service-nodeports lookups");
     // No per-endpoint chains: the chains are the fixed ones plus one per service port.
-    assert_eq!(f.chains.len(), 11 + 1);
+    assert_eq!(f.chains.len(), 11);
+    let web_chains: Vec<&String> = f.services.values().flat_map(|s| s.chains.keys()).collect();
+    assert_eq!(web_chains, [&chain]);
     // The ip6 table exists but holds nothing of this IPv4-only service.
     let f6 = rs.family(Family::Ip6).unwrap();
-    assert!(service_ips(f6).elements.is_empty());
+    assert!(service_ips(f6).is_empty());
 }
 
 #[test]
@@ -596,11 +598,7 @@ fn hairpin_and_outside_traffic_are_masqueraded() {
     );
     let f = v4(&rs);
     let hairpin = f.set(names::HAIRPIN).unwrap();
-    assert!(
-        hairpin
-            .elements
-            .contains_key(&vec![ip("10.244.1.2"), ip("10.244.1.2")])
-    );
+    assert!(hairpin.contains(&[ip("10.244.1.2"), ip("10.244.1.2")]));
     let post = &f.chain("nat-postrouting").unwrap().rules;
     assert_eq!(post.len(), 2);
     assert!(
@@ -743,19 +741,21 @@ fn a_full_sync_from_empty_creates_everything() {
     let rs = many(3, 2, Ipv4Addr::new(10, 250, 0, 1));
     let batch = diff(&Ruleset::default(), &rs);
     let f = v4(&rs);
-    let rules: usize = rs
-        .families
-        .iter()
-        .flat_map(|f| f.chains.values())
-        .map(|c| c.rules.len())
-        .sum();
-    let chains: usize = rs.families.iter().map(|f| f.chains.len()).sum();
+    let all_chains = || {
+        rs.families.iter().flat_map(|f| {
+            f.chains
+                .values()
+                .chain(f.services.values().flat_map(|s| s.chains.values()))
+        })
+    };
+    let rules: usize = all_chains().map(|c| c.rules.len()).sum();
+    let chains = all_chains().count();
     let sets: usize = rs.families.iter().map(|f| f.sets.len()).sum();
     let nonempty: usize = rs
         .families
         .iter()
         .flat_map(|f| f.sets.values())
-        .filter(|s| !s.elements.is_empty())
+        .filter(|s| !s.is_empty())
         .count();
     assert_eq!(batch.len(), 2 + chains + sets + nonempty + rules);
     assert_eq!(f.sets.len(), 7, "shared sets only, none per service");
@@ -817,4 +817,102 @@ fn emptying_a_family_deletes_its_table() {
                 .map(|c| c.rules.len())
                 .sum::<usize>()
     );
+}
+
+// ---- incremental updates ------------------------------------------------------------
+
+/// Views of `many`-like clusters, for `update`.
+fn view_of(services: &[K8sService], slices: &[EndpointSlice]) -> View {
+    View::build(services, slices).0
+}
+
+#[test]
+fn an_update_of_the_changed_services_equals_a_full_recomputation() {
+    let svcs: Vec<K8sService> = (0..50)
+        .map(|i| {
+            svc(json!({
+                "metadata": {"name": format!("s{i}"), "namespace": "default"},
+                "spec": {"clusterIP": format!("10.96.1.{i}"), "type": "NodePort",
+                         "ports": [{"name": "http", "port": 80, "nodePort": 30000 + i}]}
+            }))
+        })
+        .collect();
+    let slices = |first: &str| -> Vec<EndpointSlice> {
+        (0..50)
+            .map(|i| {
+                let a = if i == 7 {
+                    first.to_owned()
+                } else {
+                    format!("10.244.2.{i}")
+                };
+                // Every service also shares one endpoint, 10.244.9.9.
+                slice_for(
+                    &format!("s{i}"),
+                    "http",
+                    8080,
+                    &[ready(&a, "node-1"), ready("10.244.9.9", "node-2")],
+                )
+            })
+            .collect()
+    };
+    let before = view_of(&svcs, &slices("10.244.3.1"));
+    let after = view_of(&svcs, &slices("10.244.3.2"));
+    let mut applied = desired(&before, &node());
+    let full = desired(&after, &node());
+    let mut batch = netlink::nft::Batch::new();
+    let changed = [ServiceKey::new("default", "s7")].into_iter().collect();
+    update(&mut batch, &mut applied, &after, &node(), &changed);
+    assert_eq!(applied, full);
+    assert_eq!(batch.len(), diff(&desired(&before, &node()), &full).len());
+    // hairpin out and in; flush; two rules.
+    assert_eq!(batch.len(), 5);
+
+    // A service deleted: its chains and elements go, the shared hairpin pair stays.
+    let gone: Vec<K8sService> = svcs[1..].to_vec();
+    let after_delete = view_of(&gone, &slices("10.244.3.2"));
+    let mut batch = netlink::nft::Batch::new();
+    let changed = [ServiceKey::new("default", "s0")].into_iter().collect();
+    update(&mut batch, &mut applied, &after_delete, &node(), &changed);
+    assert_eq!(applied, desired(&after_delete, &node()));
+    let hairpin = v4(&applied).set(names::HAIRPIN).unwrap();
+    assert!(hairpin.contains(&[ip("10.244.9.9"), ip("10.244.9.9")]));
+    assert!(!hairpin.contains(&[ip("10.244.2.0"), ip("10.244.2.0")]));
+    // service-ips, cluster-ips, service-nodeports, hairpin: 4 deletes; flush and
+    // delete the chains svc- and ext-: 4.
+    assert_eq!(batch.len(), 8);
+
+    // Nothing changed: nothing to send.
+    let mut batch = netlink::nft::Batch::new();
+    let changed = [ServiceKey::new("default", "s3")].into_iter().collect();
+    update(&mut batch, &mut applied, &after_delete, &node(), &changed);
+    assert!(batch.is_empty());
+}
+
+#[test]
+fn endpoints_shared_by_two_services_keep_their_hairpin_pair() {
+    let other = svc(json!({
+        "metadata": {"name": "other", "namespace": "default"},
+        "spec": {"clusterIP": "10.96.0.20", "ports": [{"name": "http", "port": 80}]}
+    }));
+    let both = build(
+        &[web(json!({})), other.clone()],
+        &[
+            web_slice(&[ready("10.244.1.2", "n")]),
+            slice_for("other", "http", 8080, &[ready("10.244.1.2", "n")]),
+        ],
+    );
+    let one = build(
+        &[other],
+        &[slice_for(
+            "other",
+            "http",
+            8080,
+            &[ready("10.244.1.2", "n")],
+        )],
+    );
+    let hairpin = v4(&one).set(names::HAIRPIN).unwrap();
+    assert!(hairpin.contains(&[ip("10.244.1.2"), ip("10.244.1.2")]));
+    // Removing web: service-ips and cluster-ips elements, flush and delete its chain;
+    // the shared hairpin element stays.
+    assert_eq!(diff(&both, &one).len(), 4);
 }
