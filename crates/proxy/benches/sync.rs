@@ -3,7 +3,7 @@
 //! Needs root. `cargo bench -p proxy`; sizes from `PROXY_BENCH_SIZES` (default
 //! `1000,10000`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
@@ -116,46 +116,40 @@ fn main() {
             ms(full),
         );
 
-        // One endpoint replaced by a new address.
+        // One endpoint replaced by a new address, then one added: incremental
+        // updates of the one service, as the agent does them.
         let key = ServiceKey::new("bench", format!("svc-{}", n / 2));
+        let changed = BTreeSet::from([key.clone()]);
         v.services.get_mut(&key).unwrap().endpoints[3].address =
             addr(Ipv4Addr::new(10, 200, 0, 0), 1);
         let t = Instant::now();
-        let rules = desired(&v, &node);
-        let compute = t.elapsed();
-        let t = Instant::now();
-        let b = proxier.plan(&rules);
-        eprintln!("plan {:?} ({} msgs)", t.elapsed(), b.len());
-        let t = Instant::now();
-        let report = proxier.sync(rules).unwrap();
-        let apply = t.elapsed();
+        let report = proxier.update(&v, &node, &changed).unwrap();
         println!(
-            "{n:>6} services: one endpoint replaced: {} (diff+apply {}, {} messages; \
-             recompute {})",
-            ms(compute + apply),
-            ms(apply),
+            "{n:>6} services: one endpoint replaced: {} ({} messages, compute+diff+apply)",
+            ms(t.elapsed()),
             report.messages,
-            ms(compute),
         );
-
-        // One endpoint added.
         let svc = v.services.get_mut(&key).unwrap();
         let mut extra = svc.endpoints[0].clone();
         extra.address = addr(Ipv4Addr::new(10, 200, 0, 0), 2);
         svc.endpoints.push(extra);
         let t = Instant::now();
-        let rules = desired(&v, &node);
-        let compute = t.elapsed();
-        let t = Instant::now();
-        let report = proxier.sync(rules).unwrap();
-        let apply = t.elapsed();
+        let report = proxier.update(&v, &node, &changed).unwrap();
         println!(
-            "{n:>6} services: one endpoint added:    {} (diff+apply {}, {} messages; \
-             recompute {})",
-            ms(compute + apply),
-            ms(apply),
+            "{n:>6} services: one endpoint added:    {} ({} messages, compute+diff+apply)",
+            ms(t.elapsed()),
             report.messages,
-            ms(compute),
+        );
+
+        // The same change through a full recomputation and whole-ruleset diff, for
+        // comparison (what a proxy without change tracking pays).
+        v.services.get_mut(&key).unwrap().endpoints.pop();
+        let t = Instant::now();
+        let report = proxier.sync(desired(&v, &node)).unwrap();
+        println!(
+            "{n:>6} services: one endpoint removed, full recompute and diff: {} ({} messages)",
+            ms(t.elapsed()),
+            report.messages,
         );
     }
 }

@@ -1,9 +1,12 @@
 //! Applying rulesets to the kernel: the first sync in full, then only differences.
 
+use std::collections::BTreeSet;
+
 use netlink::nft::{Batch, Family, NftSocket, Table};
 
 use crate::diff::diff;
-use crate::ruleset::{Ruleset, TABLE};
+use crate::ruleset::{Node, Ruleset, TABLE};
+use crate::view::{ServiceKey, View};
 
 /// What can go wrong while applying rules.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +93,37 @@ impl Proxier {
             "service rules synced"
         );
         self.applied = Some(desired);
+        Ok(report)
+    }
+
+    /// Brings the kernel up to date after the services in `changed` changed (added,
+    /// modified, deleted, or their endpoints changed), recomputing only those: the cost
+    /// follows the change, not the cluster. The first call, or the first after a
+    /// failure, syncs everything. `node` must not change between calls (if it does,
+    /// use [`sync`](Self::sync) with a full [`desired`](crate::desired)).
+    pub fn update(
+        &mut self,
+        view: &View,
+        node: &Node,
+        changed: &BTreeSet<ServiceKey>,
+    ) -> Result<SyncReport, Error> {
+        let Some(applied) = &mut self.applied else {
+            return self.sync(crate::desired(view, node));
+        };
+        let mut batch = Batch::new();
+        crate::diff::update(&mut batch, applied, view, node, changed);
+        let report = SyncReport {
+            full: false,
+            messages: batch.len(),
+            bytes: batch.encoded_len(),
+        };
+        if let Err(source) = self.socket.apply(&batch) {
+            self.applied = None;
+            return Err(Error::Apply {
+                messages: batch.len(),
+                source,
+            });
+        }
         Ok(report)
     }
 
