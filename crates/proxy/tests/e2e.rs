@@ -220,3 +220,97 @@ fn cluster_ip_balances_rejects_and_follows_endpoint_changes() {
         "rules still there: {err}"
     );
 }
+
+/// Every kind of rule the proxy writes, loaded into a kernel: NodePort, LoadBalancer
+/// and external IPs, both traffic policies Local, affinity, SCTP and UDP, IPv6, and
+/// services without endpoints. Then all of it removed again, one service at a time.
+#[test]
+fn the_kernel_accepts_every_rule_shape() {
+    assert_root();
+    let mut ns = Namespaces(Vec::new());
+    let node = ns.create("node");
+    let mut lb: Service = serde_json::from_value(json!({
+        "metadata": {"name": "lb", "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "clusterIPs": ["10.96.0.20", "fd00:10:96::20"],
+                 "externalIPs": ["192.0.2.10"], "externalTrafficPolicy": "Local",
+                 "sessionAffinity": "ClientIP",
+                 "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 31100},
+                           {"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 31101},
+                           {"name": "sctp", "port": 9, "protocol": "SCTP"}]}
+    }))
+    .unwrap();
+    lb.status =
+        serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": "198.18.0.200"}]}}))
+            .unwrap();
+    let itp: Service = serde_json::from_value(json!({
+        "metadata": {"name": "itp", "namespace": "default"},
+        "spec": {"clusterIP": "10.96.0.21", "internalTrafficPolicy": "Local",
+                 "ports": [{"name": "http", "port": 80}]}
+    }))
+    .unwrap();
+    let empty: Service = serde_json::from_value(json!({
+        "metadata": {"name": "empty", "namespace": "default"},
+        "spec": {"type": "NodePort", "clusterIP": "10.96.0.22",
+                 "ports": [{"name": "http", "port": 80, "nodePort": 31102}]}
+    }))
+    .unwrap();
+    let ports = json!([{"name": "http", "port": 8080, "protocol": "TCP"},
+                       {"name": "dns", "port": 5353, "protocol": "UDP"},
+                       {"name": "sctp", "port": 9, "protocol": "SCTP"}]);
+    let slices: Vec<EndpointSlice> = [
+        ("lb", "IPv4", json!(["10.244.1.2"]), "node-1"),
+        ("lb", "IPv4", json!(["10.244.2.2"]), "node-2"),
+        ("lb", "IPv6", json!(["fd00:10:244::2"]), "node-1"),
+        ("itp", "IPv4", json!(["10.244.2.3"]), "node-2"),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, (svc, family, addrs, node))| {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("{svc}-{i}"), "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": svc}},
+            "addressType": family,
+            "endpoints": [{"addresses": addrs, "nodeName": node}],
+            "ports": ports.clone()
+        }))
+        .unwrap()
+    })
+    .collect();
+    let services = [lb, itp, empty];
+    let (view, errors) = View::build(&services, &slices);
+    assert!(errors.is_empty(), "{errors:?}");
+    let this_node = Node {
+        name: "node-1".into(),
+        cluster_cidrs: vec![
+            "10.244.0.0/16".parse().unwrap(),
+            "fd00:10:244::/56".parse().unwrap(),
+        ],
+    };
+    let rules = desired(&view, &this_node);
+    let ip6 = rules.family(netlink::nft::Family::Ip6).unwrap();
+    assert!(!ip6.services.is_empty());
+    let mut proxier = Proxier::new(NftSocket::new_in(&node).unwrap());
+    proxier.sync(rules).unwrap();
+
+    // Remove the services one by one through incremental updates, down to nothing.
+    let mut left: Vec<Service> = services.to_vec();
+    while let Some(gone) = left.pop() {
+        let (view, _) = View::build(&left, &slices);
+        let key = ServiceKey::new("default", gone.metadata.name.clone().unwrap());
+        let report = proxier
+            .update(&view, &this_node, &BTreeSet::from([key]))
+            .unwrap();
+        assert!(report.messages > 0);
+    }
+    let applied = proxier.applied().unwrap();
+    assert!(applied.families.iter().all(|f| f.services.is_empty()));
+    assert!(
+        applied
+            .families
+            .iter()
+            .flat_map(|f| f.sets.values())
+            .all(|s| s.is_empty()),
+        "every shared element gone with its services"
+    );
+    proxier.cleanup().unwrap();
+}
