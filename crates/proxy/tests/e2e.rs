@@ -140,6 +140,9 @@ fn cluster_ip_balances_rejects_and_follows_endpoint_changes() {
     ip(&node, "link set lo up");
     wire(&node, &pod1, "veth1", "10.244.1.2", "10.244.1.1");
     wire(&node, &pod2, "veth2", "10.244.2.2", "10.244.2.1");
+    // "outside": a client beyond the node, reaching it at its address 198.18.0.1.
+    let outside = ns.create("outside");
+    wire(&node, &outside, "veth3", "198.18.0.2", "198.18.0.1");
     // A default route (towards pod2, which owns no ClusterIP and drops what it gets),
     // so that traffic to a ClusterIP that is not DNATed is forwarded, and meets the
     // filter-forward check, instead of failing routing as it would with no route.
@@ -148,13 +151,28 @@ fn cluster_ip_balances_rejects_and_follows_endpoint_changes() {
     serve(&pod1, "pod1");
     serve(&pod2, "pod2");
 
-    let services = [service("web", "10.96.0.10"), service("empty", "10.96.0.11")];
+    let mut nodeport = service("np", "10.96.0.12");
+    if let Some(spec) = &mut nodeport.spec {
+        spec.type_ = Some("NodePort".into());
+        if let Some(p) = spec.ports.as_mut().and_then(|p| p.first_mut()) {
+            p.node_port = Some(31100);
+        }
+    }
+    let services = [
+        service("web", "10.96.0.10"),
+        service("empty", "10.96.0.11"),
+        nodeport,
+    ];
     let this_node = Node {
         name: "node-1".into(),
         cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
     };
     let rules = |addrs: &[&str]| {
-        let (view, errors) = View::build(&services, &[slice("web", addrs)]);
+        let slices = [
+            slice("web", addrs),
+            slice("np", &["10.244.1.2", "10.244.2.2"]),
+        ];
+        let (view, errors) = View::build(&services, &slices);
         assert!(errors.is_empty(), "{errors:?}");
         desired(&view, &this_node)
     };
@@ -164,6 +182,12 @@ fn cluster_ip_balances_rejects_and_follows_endpoint_changes() {
 
     // Both endpoints, from pod1: one of them is pod1 itself (hairpin).
     let answers = connect(&pod1, "10.96.0.10:80", 24).unwrap();
+    let seen: BTreeSet<&str> = answers.iter().map(String::as_str).collect();
+    assert_eq!(seen, BTreeSet::from(["pod1", "pod2"]), "{answers:?}");
+
+    // The NodePort, from outside, on the node's address: both endpoints, the client
+    // masqueraded (the pods route to the node only).
+    let answers = connect(&outside, "198.18.0.1:31100", 24).unwrap();
     let seen: BTreeSet<&str> = answers.iter().map(String::as_str).collect();
     assert_eq!(seen, BTreeSet::from(["pod1", "pod2"]), "{answers:?}");
 
@@ -180,7 +204,11 @@ fn cluster_ip_balances_rejects_and_follows_endpoint_changes() {
 
     // One endpoint gone, as the agent reports it (only that service recomputed): a
     // small incremental batch, and only pod2 answers.
-    let (view, _) = View::build(&services, &[slice("web", &["10.244.2.2"])]);
+    let slices = [
+        slice("web", &["10.244.2.2"]),
+        slice("np", &["10.244.1.2", "10.244.2.2"]),
+    ];
+    let (view, _) = View::build(&services, &slices);
     let changed = BTreeSet::from([ServiceKey::new("default", "web")]);
     let report = proxier.update(&view, &this_node, &changed).unwrap();
     assert!(!report.full);
@@ -190,8 +218,8 @@ fn cluster_ip_balances_rejects_and_follows_endpoint_changes() {
     // Endpoint replaced by pod1, through a whole recomputation this time.
     let report = proxier.sync(rules(&["10.244.1.2"])).unwrap();
     assert_eq!(
-        report.messages, 4,
-        "hairpin out and in, flush, one rule: {report:?}"
+        report.messages, 2,
+        "flush and one rule; both hairpin pairs stay, np uses them: {report:?}"
     );
     let answers = connect(&pod2, "10.96.0.10:80", 8).unwrap();
     assert!(answers.iter().all(|a| a == "pod1"), "{answers:?}");
