@@ -861,3 +861,23 @@ pub fn desired(view: &View, node: &Node) -> Ruleset {
 pub fn service_rules(svc: &Service, node: &Node, family: Family) -> ServiceRules {
     Builder::new(family, node).service(svc)
 }
+
+/// What the `healthCheckNodePort` servers of `externalTrafficPolicy: Local` services
+/// should answer on this node: for each such port, the service and its number of
+/// usable local endpoints (kube-proxy answers 200 when it is above zero, else 503).
+pub fn health_checks(view: &View, node: &Node) -> BTreeMap<u16, (ServiceKey, usize)> {
+    view.services
+        .values()
+        .filter(|s| s.external_traffic_policy == TrafficPolicy::Local)
+        .filter_map(|s| {
+            let port = s.health_check_node_port?;
+            let local = usable(
+                s.endpoints
+                    .iter()
+                    .filter(|e| e.node_name.as_deref() == Some(node.name.as_str())),
+            )
+            .len();
+            Some((port, (s.key.clone(), local)))
+        })
+        .collect()
+}

@@ -534,15 +534,23 @@ fn external_traffic_policy_local_keeps_the_source_and_uses_local_endpoints() {
         [(ip("10.244.1.2"), Datum::Port(8080))]
     );
     assert_eq!(endpoints_of(f, &cluster_chain(SP)).len(), 2);
-    let (view, _) = View::build(&[local_np(json!({}))], &[]);
-    assert_eq!(
-        view.services
-            .values()
-            .next()
-            .unwrap()
-            .health_check_node_port,
-        Some(32000)
+    let (view, _) = View::build(
+        &[local_np(json!({}))],
+        &[web_slice(&[
+            ready("10.244.1.2", "node-1"),
+            ready("10.244.2.2", "node-2"),
+        ])],
     );
+    let key = ServiceKey::new("default", "web");
+    assert_eq!(
+        health_checks(&view, &node()),
+        [(32000, (key.clone(), 1))].into()
+    );
+    let elsewhere = Node {
+        name: "node-3".into(),
+        ..node()
+    };
+    assert_eq!(health_checks(&view, &elsewhere), [(32000, (key, 0))].into());
 }
 
 #[test]
