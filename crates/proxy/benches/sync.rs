@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use netlink::netns;
@@ -34,6 +35,7 @@ fn view(services: u32) -> View {
     let mut view = View::default();
     for i in 0..services {
         let key = ServiceKey::new("bench", format!("svc-{i}"));
+        let ports = Arc::new(BTreeMap::from([(("http".to_owned(), Protocol::Tcp), 8080)]));
         let endpoints = (0..ENDPOINTS)
             .map(|j| Endpoint {
                 address: addr(Ipv4Addr::new(10, 128, 0, 0), i * ENDPOINTS + j),
@@ -41,7 +43,7 @@ fn view(services: u32) -> View {
                 serving: true,
                 terminating: false,
                 node_name: Some(format!("node-{}", j % 3)),
-                ports: BTreeMap::from([(("http".to_owned(), Protocol::Tcp), 8080)]),
+                ports: Arc::clone(&ports),
             })
             .collect();
         let svc = Service {
@@ -72,6 +74,19 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
+/// A line of /proc/self/status (VmRSS, VmHWM: one process holds every size in turn,
+/// so the peak is the largest so far).
+fn status(field: &str) -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .map(|l| l[field.len() + 1..].trim().to_owned())
+        })
+        .unwrap_or_default()
+}
+
 fn main() {
     let uid = std::fs::metadata("/proc/self").unwrap().uid();
     assert_eq!(
@@ -98,21 +113,16 @@ fn main() {
         let rules = desired(&v, &node);
         let compute = t.elapsed();
         let t = Instant::now();
-        let batch = proxier.plan(&rules);
-        let encode = t.elapsed();
-        let (messages, bytes) = (batch.len(), batch.encoded_len());
-        drop(batch);
-        let t = Instant::now();
         let report = proxier.sync(rules).unwrap();
         let full = t.elapsed();
         assert!(report.full);
         println!(
-            "{n:>6} services: full sync {} ({messages} messages, {:.1} MiB; compute {}, \
-             encode {}, encode+apply {})",
+            "{n:>6} services: full sync {} ({} messages, {:.1} MiB; compute {}, \
+             diff+encode+apply {})",
             ms(compute + full),
-            bytes as f64 / (1024.0 * 1024.0),
+            report.messages,
+            report.bytes as f64 / (1024.0 * 1024.0),
             ms(compute),
-            ms(encode),
             ms(full),
         );
 
@@ -150,6 +160,11 @@ fn main() {
             "{n:>6} services: one endpoint removed, full recompute and diff: {} ({} messages)",
             ms(t.elapsed()),
             report.messages,
+        );
+        println!(
+            "{n:>6} services: resident memory {} (view and applied ruleset), peak so far {}",
+            status("VmRSS"),
+            status("VmHWM")
         );
     }
 }

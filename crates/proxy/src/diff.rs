@@ -47,7 +47,7 @@ impl<'a> Plan<'a> {
     ) {
         for (name, c) in new {
             match old.get(name) {
-                Some(o) if o.rules == c.rules => {}
+                Some(o) if o.body == c.body => {}
                 Some(_) => self.refill.push(c),
                 None => {
                     self.new_chains.push(c);
@@ -87,7 +87,7 @@ impl<'a> Plan<'a> {
             add_rules(batch, c);
         }
         for c in &self.gone_chains {
-            if !c.rules.is_empty() {
+            if !c.is_empty() {
                 batch.flush_chain(&c.chain);
             }
         }
@@ -167,7 +167,7 @@ fn family_diff(batch: &mut Batch, old: &FamilyRuleset, new: &FamilyRuleset) {
 }
 
 fn add_rules(batch: &mut Batch, c: &ChainSpec) {
-    for r in &c.rules {
+    for r in &c.rules() {
         batch.add_rule(r);
     }
 }

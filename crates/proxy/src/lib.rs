@@ -92,9 +92,9 @@ mod view;
 pub use apply::{Error, Proxier, SyncReport, cleanup, full_sync};
 pub use diff::{diff, diff_into, update};
 pub use ruleset::{
-    ChainSpec, FamilyRuleset, MASQ_MARK, Node, Ruleset, ServiceRules, SetSpec, TABLE,
-    cluster_chain, desired, external_chain, health_checks, local_chain, names, port_id,
-    service_rules, usable,
+    Affinity, Balance, Body, ChainSpec, FamilyRuleset, MASQ_MARK, Node, Ruleset, ServiceRules,
+    SetSpec, TABLE, cluster_chain, desired, external_chain, health_checks, local_chain, names,
+    port_id, service_rules, usable,
 };
 pub use view::{
     DEFAULT_AFFINITY_TIMEOUT, Endpoint, Protocol, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL,

@@ -60,8 +60,132 @@ pub struct Node {
 pub struct ChainSpec {
     /// The chain (base or regular).
     pub chain: Chain,
-    /// Its rules.
-    pub rules: Vec<Rule>,
+    /// What it holds.
+    pub body: Body,
+}
+
+/// The contents of a chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// These rules.
+    Rules(Vec<Rule>),
+    /// A balancing chain, stored as the few bytes it is made from rather than as
+    /// rules: 110,000 endpoint rules would otherwise take most of the proxy's memory.
+    Balance(Balance),
+}
+
+/// A balancing chain: an optional affinity lookup, then one rule per endpoint,
+/// endpoint `i` of `N` taken with probability `1/(N-i)` so that each is picked with
+/// probability `1/N`. No set per chain and no shared map read from every chain: see
+/// the crate documentation for why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Balance {
+    /// Session affinity, if the service has it.
+    pub affinity: Option<Affinity>,
+    /// The endpoints, address and port, in order.
+    pub endpoints: Vec<(IpAddr, u16)>,
+}
+
+/// Session affinity of a balancing chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Affinity {
+    /// `svc-addr . l4proto . port` of the service port, as `affinity` keys start.
+    pub service: [Datum; 3],
+    /// A local (rather than cluster) balancing chain.
+    pub local: bool,
+    /// `timeoutSeconds`.
+    pub timeout: u32,
+}
+
+/// Loads constants into consecutive 32-bit registers from the first, each padded to 4
+/// bytes, as a concatenated key; returns the next free register slot.
+fn immediates(mut rule: Rule, fields: &[Datum]) -> (Rule, u32) {
+    let mut slot = 0;
+    for d in fields {
+        let mut data = match d {
+            Datum::Ipv4(a) => a.octets().to_vec(),
+            Datum::Ipv6(a) => a.octets().to_vec(),
+            Datum::Proto(p) => vec![*p],
+            Datum::Port(p) => p.to_be_bytes().to_vec(),
+            Datum::Int(i) | Datum::Mark(i) => i.to_ne_bytes().to_vec(),
+            Datum::Ether(m) => m.to_vec(),
+        };
+        data.resize(data.len().div_ceil(4) * 4, 0);
+        let words = (data.len() / 4) as u32;
+        rule = rule.expr(Expr::Immediate {
+            dreg: Reg::r32(slot),
+            data,
+        });
+        slot += words;
+    }
+    (rule, slot)
+}
+
+impl ChainSpec {
+    /// Whether the chain has no rules.
+    pub fn is_empty(&self) -> bool {
+        match &self.body {
+            Body::Rules(r) => r.is_empty(),
+            Body::Balance(_) => false,
+        }
+    }
+
+    /// The chain's rules, in order.
+    pub fn rules(&self) -> Vec<Rule> {
+        let b = match &self.body {
+            Body::Rules(r) => return r.clone(),
+            Body::Balance(b) => b,
+        };
+        let c = &self.chain;
+        let rule = || Rule::new(c.family, c.table.clone(), c.name.clone());
+        let (port_reg, src) = if c.family == Family::Ip6 {
+            (Reg::r32(4), netlink::nft::Field::Ip6Saddr)
+        } else {
+            (Reg::r32(1), netlink::nft::Field::IpSaddr)
+        };
+        let mut rules = Vec::with_capacity(b.endpoints.len() + 1);
+        if let Some(a) = &b.affinity {
+            let mut key = a.service.to_vec();
+            key.push(Datum::Int(u32::from(a.local)));
+            let (r, slot) = immediates(rule(), &key);
+            rules.push(
+                r.expr(src.load(Reg::r32(slot)))
+                    .expr(Expr::Lookup {
+                        set: names::AFFINITY.into(),
+                        sreg: Reg::r32(0),
+                        dreg: Some(Reg::R1),
+                        invert: false,
+                    })
+                    .expr(Expr::Nat {
+                        kind: NatKind::Dnat,
+                        family: c.family,
+                        addr: Some(Reg::R1),
+                        port: Some(port_reg),
+                        flags: 0,
+                    })
+                    .comment(format!("sessionAffinity: ClientIP, {}s", a.timeout)),
+            );
+        }
+        let n = b.endpoints.len();
+        for (i, (ip, port)) in b.endpoints.iter().enumerate() {
+            let mut r = rule();
+            if i + 1 < n {
+                r = r
+                    .expr(Expr::Numgen {
+                        modulus: (n - i) as u32,
+                        offset: 0,
+                        dreg: Reg::R1,
+                    })
+                    .expr(Expr::Cmp {
+                        sreg: Reg::R1,
+                        op: CmpOp::Eq,
+                        data: 0u32.to_ne_bytes().to_vec(),
+                    });
+            }
+            rules.push(r.dnat(*ip, Some(*port)));
+        }
+        rules
+    }
 }
 
 /// An element of a shared set with the number of services that contribute it.
@@ -358,7 +482,13 @@ impl<'a> Builder<'a> {
             Some(cur) => &mut cur.chains,
             None => &mut self.out.chains,
         };
-        chains.insert(chain.name.clone(), ChainSpec { chain, rules });
+        chains.insert(
+            chain.name.clone(),
+            ChainSpec {
+                chain,
+                body: Body::Rules(rules),
+            },
+        );
     }
 
     fn regular(&mut self, name: &str, rules: Vec<Rule>) {
@@ -598,44 +728,8 @@ impl<'a> Builder<'a> {
         }
     }
 
-    /// Loads constants into consecutive 32-bit registers from the first, each padded
-    /// to 4 bytes, as a concatenated key; returns the next free register slot.
-    fn immediates(mut rule: Rule, fields: &[Datum]) -> (Rule, u32) {
-        let mut slot = 0;
-        for d in fields {
-            let mut data = match d {
-                Datum::Ipv4(a) => a.octets().to_vec(),
-                Datum::Ipv6(a) => a.octets().to_vec(),
-                Datum::Proto(p) => vec![*p],
-                Datum::Port(p) => p.to_be_bytes().to_vec(),
-                Datum::Int(i) | Datum::Mark(i) => i.to_ne_bytes().to_vec(),
-                Datum::Ether(m) => m.to_vec(),
-            };
-            data.resize(data.len().div_ceil(4) * 4, 0);
-            let words = (data.len() / 4) as u32;
-            rule = rule.expr(Expr::Immediate {
-                dreg: Reg::r32(slot),
-                data,
-            });
-            slot += words;
-        }
-        (rule, slot)
-    }
-
-    fn dnat(&self, rule: Rule, addr: Option<Reg>, port: Reg) -> Rule {
-        rule.expr(Expr::Nat {
-            kind: NatKind::Dnat,
-            family: self.family,
-            addr,
-            port: Some(port),
-            flags: 0,
-        })
-    }
-
-    /// A balancing chain over `eps` (non-empty): affinity first, then one rule per
-    /// endpoint, endpoint `i` of `N` taken with probability `1/(N-i)` so that each is
-    /// picked with probability `1/N`. No set per chain and no shared map read from
-    /// every chain: see the crate documentation for why.
+    /// A balancing chain over `eps` (non-empty), kept as its endpoints and turned
+    /// into rules only when sent (see [`Balance`]).
     fn balancing_chain(
         &mut self,
         chain: &str,
@@ -644,56 +738,25 @@ impl<'a> Builder<'a> {
         eps: &[(IpAddr, u16)],
         affinity: Option<u32>,
     ) {
-        let fam = self.family;
-        let port_reg = if fam == Family::Ip6 {
-            Reg::r32(4)
-        } else {
-            Reg::r32(1)
-        };
-        let mut rules = Vec::new();
-        if let Some(timeout) = affinity {
-            let mut key = sp_key.to_vec();
-            key.push(Datum::Int(u32::from(local)));
-            let (rule, slot) = Self::immediates(self.rule(chain), &key);
-            let src = if fam == Family::Ip6 {
-                netlink::nft::Field::Ip6Saddr
-            } else {
-                netlink::nft::Field::IpSaddr
-            };
-            let rule = rule.expr(src.load(Reg::r32(slot))).expr(Expr::Lookup {
-                set: names::AFFINITY.into(),
-                sreg: Reg::r32(0),
-                dreg: Some(Reg::R1),
-                invert: false,
-            });
-            rules.push(
-                self.dnat(rule, Some(Reg::R1), port_reg)
-                    .comment(format!("sessionAffinity: ClientIP, {timeout}s")),
-            );
-        }
-        let n = eps.len();
-        for (i, (ip, port)) in eps.iter().enumerate() {
+        for (ip, _) in eps {
             self.element(
                 names::HAIRPIN,
                 SetElement::new([addr_datum(*ip), addr_datum(*ip)]),
             );
-            let mut rule = self.rule(chain);
-            if i + 1 < n {
-                rule = rule
-                    .expr(Expr::Numgen {
-                        modulus: (n - i) as u32,
-                        offset: 0,
-                        dreg: Reg::R1,
-                    })
-                    .expr(Expr::Cmp {
-                        sreg: Reg::R1,
-                        op: CmpOp::Eq,
-                        data: 0u32.to_ne_bytes().to_vec(),
-                    });
-            }
-            rules.push(rule.dnat(*ip, Some(*port)));
         }
-        self.regular(chain, rules);
+        let body = Body::Balance(Balance {
+            affinity: affinity.map(|timeout| Affinity {
+                service: *sp_key,
+                local,
+                timeout,
+            }),
+            endpoints: eps.to_vec(),
+        });
+        let chain = Chain::new(self.family, TABLE, chain);
+        if let Some(cur) = &mut self.cur {
+            cur.chains
+                .insert(chain.name.clone(), ChainSpec { chain, body });
+        }
     }
 
     fn service_port(&mut self, svc: &Service, sp: &ServicePort) {

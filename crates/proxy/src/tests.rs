@@ -109,13 +109,8 @@ const SP: &str = "default/web/tcp/80";
 /// each rule's pick has on its own (`1/(N-i)`, the last one certain), checked.
 fn endpoints_of(f: &FamilyRuleset, chain: &str) -> Vec<(Datum, Datum)> {
     let mut out = Vec::new();
-    let rules: Vec<_> = f
-        .chain(chain)
-        .unwrap()
-        .rules
-        .iter()
-        .filter(|r| r.comment.is_none())
-        .collect();
+    let all = f.chain(chain).unwrap().rules();
+    let rules: Vec<_> = all.iter().filter(|r| r.comment.is_none()).collect();
     let n = rules.len() as u32;
     for (i, r) in rules.iter().enumerate() {
         let imm = |reg| {
@@ -144,7 +139,7 @@ fn endpoints_of(f: &FamilyRuleset, chain: &str) -> Vec<(Datum, Datum)> {
 fn numgen_modulus(f: &FamilyRuleset, chain: &str) -> u32 {
     f.chain(chain)
         .unwrap()
-        .rules
+        .rules()
         .iter()
         .flat_map(|r| &r.exprs)
         .find_map(|e| match e {
@@ -265,7 +260,7 @@ fn cluster_ip_dispatches_through_one_map_to_a_balancing_chain() {
     let cluster_ips = f.set(names::CLUSTER_IPS).unwrap();
     assert!(cluster_ips.contains(&[ip("10.96.0.10")]));
     // One dispatch rule for all services, whatever their number.
-    let services = &f.chain("services").unwrap().rules;
+    let services = &f.chain("services").unwrap().rules();
     let vmaps = services
         .iter()
         .filter(|r| {
@@ -331,13 +326,8 @@ fn no_endpoints_reject_at_once() {
     );
     assert!(f.chain(&cluster_chain(SP)).is_none());
     // The reject chain: TCP reset, else ICMP port unreachable.
-    let reject: Vec<&Expr> = f
-        .chain(names::REJECT_CHAIN)
-        .unwrap()
-        .rules
-        .iter()
-        .filter_map(|r| r.exprs.last())
-        .collect();
+    let reject_rules = f.chain(names::REJECT_CHAIN).unwrap().rules();
+    let reject: Vec<&Expr> = reject_rules.iter().filter_map(|r| r.exprs.last()).collect();
     assert_eq!(
         reject,
         [
@@ -372,13 +362,13 @@ fn unknown_ports_on_a_cluster_ip_are_rejected_after_dnat() {
     let f = v4(&rs);
     let check = f.chain("cluster-ips-check").unwrap();
     assert_eq!(
-        check.rules[0].exprs.last(),
+        check.rules()[0].exprs.last(),
         Some(&Expr::Verdict(goto(names::REJECT_CHAIN)))
     );
     for base in ["filter-forward", "filter-output-post-dnat"] {
         let c = f.chain(base).unwrap();
         assert_eq!(
-            c.rules[0].exprs.last(),
+            c.rules()[0].exprs.last(),
             Some(&Expr::Verdict(Verdict::Jump("cluster-ips-check".into())))
         );
     }
@@ -452,7 +442,7 @@ fn node_ports_external_and_lb_ips_go_through_the_external_chain() {
         Some(&goto(&ext))
     );
     // eTP Cluster: masquerade, then any endpoint.
-    let rules = &f.chain(&ext).unwrap().rules;
+    let rules = &f.chain(&ext).unwrap().rules();
     assert_eq!(rules.len(), 1);
     assert!(
         rules[0]
@@ -465,7 +455,7 @@ fn node_ports_external_and_lb_ips_go_through_the_external_chain() {
         Some(&Expr::Verdict(goto(&cluster_chain(SP))))
     );
     // Node ports only on the node's own addresses, never loopback.
-    let services = &f.chain("services").unwrap().rules;
+    let services = &f.chain("services").unwrap().rules();
     let np = services.last().unwrap();
     assert!(np.exprs.iter().any(|e| matches!(e, Expr::Fib { .. })));
     assert!(
@@ -507,7 +497,7 @@ fn external_traffic_policy_local_keeps_the_source_and_uses_local_endpoints() {
         ])],
     );
     let f = v4(&rs);
-    let rules = &f.chain(&external_chain(SP)).unwrap().rules;
+    let rules = &f.chain(&external_chain(SP)).unwrap().rules();
     let verdicts: Vec<&Expr> = rules.iter().filter_map(|r| r.exprs.last()).collect();
     assert_eq!(
         verdicts,
@@ -560,7 +550,7 @@ fn external_traffic_policy_local_drops_on_nodes_without_endpoints() {
         &[web_slice(&[ready("10.244.2.2", "node-2")])],
     );
     let f = v4(&rs);
-    let rules = &f.chain(&external_chain(SP)).unwrap().rules;
+    let rules = &f.chain(&external_chain(SP)).unwrap().rules();
     assert_eq!(
         rules.last().unwrap().exprs.last(),
         Some(&Expr::Verdict(Verdict::Drop))
@@ -607,14 +597,14 @@ fn hairpin_and_outside_traffic_are_masqueraded() {
     let f = v4(&rs);
     let hairpin = f.set(names::HAIRPIN).unwrap();
     assert!(hairpin.contains(&[ip("10.244.1.2"), ip("10.244.1.2")]));
-    let post = &f.chain("nat-postrouting").unwrap().rules;
+    let post = &f.chain("nat-postrouting").unwrap().rules();
     assert_eq!(post.len(), 2);
     assert!(
         post.iter()
             .all(|r| matches!(r.exprs.last(), Some(Expr::Masquerade { .. })))
     );
     // ClusterIP traffic from outside 10.244.0.0/16 is marked; pod traffic keeps its source.
-    let services = &f.chain("services").unwrap().rules;
+    let services = &f.chain("services").unwrap().rules();
     let masq = &services[0];
     assert!(masq.exprs.iter().any(|e| matches!(e, Expr::Cmp { op: netlink::nft::CmpOp::Neq, data, .. } if data == &[10, 244, 0, 0])));
     assert!(masq.exprs.iter().any(|e| matches!(e, Expr::MetaSet { .. })));
@@ -627,7 +617,7 @@ fn hairpin_and_outside_traffic_are_masqueraded() {
             cluster_cidrs: vec![],
         },
     );
-    assert_eq!(v4(&bare).chain("services").unwrap().rules.len(), 2);
+    assert_eq!(v4(&bare).chain("services").unwrap().rules().len(), 2);
 }
 
 #[test]
@@ -643,7 +633,7 @@ fn client_ip_affinity_gets_a_timeout_map_per_balancing_chain() {
     );
     let f = v4(&rs);
     let chain = cluster_chain(SP);
-    let rules = &f.chain(&chain).unwrap().rules;
+    let rules = &f.chain(&chain).unwrap().rules();
     assert_eq!(
         rules.len(),
         3,
@@ -668,7 +658,7 @@ fn client_ip_affinity_gets_a_timeout_map_per_balancing_chain() {
     // Default timeout: three hours.
     let s = web(json!({"sessionAffinity": "ClientIP"}));
     let rs = build(&[s], &[web_slice(&[ready("10.244.1.2", "n")])]);
-    let rules = &v4(&rs).chain(&chain).unwrap().rules;
+    let rules = &v4(&rs).chain(&chain).unwrap().rules();
     assert_eq!(
         rules[0].comment.as_deref(),
         Some("sessionAffinity: ClientIP, 10800s")
@@ -696,7 +686,7 @@ fn dual_stack_services_get_rules_in_both_tables() {
         [(ip("fd00:10:244::2"), Datum::Port(8080))]
     );
     assert_eq!(endpoints_of(v4(&rs), &cluster_chain(SP)).len(), 1);
-    let reject = &f6.chain(names::REJECT_CHAIN).unwrap().rules[1];
+    let reject = &f6.chain(names::REJECT_CHAIN).unwrap().rules()[1];
     assert_eq!(
         reject.exprs.last(),
         Some(&Expr::Reject(netlink::nft::Reject::Icmp(4)))
@@ -756,7 +746,7 @@ fn a_full_sync_from_empty_creates_everything() {
                 .chain(f.services.values().flat_map(|s| s.chains.values()))
         })
     };
-    let rules: usize = all_chains().map(|c| c.rules.len()).sum();
+    let rules: usize = all_chains().map(|c| c.rules().len()).sum();
     let chains = all_chains().count();
     let sets: usize = rs.families.iter().map(|f| f.sets.len()).sum();
     let nonempty: usize = rs
@@ -822,7 +812,7 @@ fn emptying_a_family_deletes_its_table() {
             + a.families[1]
                 .chains
                 .values()
-                .map(|c| c.rules.len())
+                .map(|c| c.rules().len())
                 .sum::<usize>()
     );
 }

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service as K8sService;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -150,8 +151,9 @@ pub struct Endpoint {
     pub terminating: bool,
     /// The node the endpoint runs on.
     pub node_name: Option<String>,
-    /// Port numbers by (EndpointSlice port name, protocol).
-    pub ports: BTreeMap<(String, Protocol), u16>,
+    /// Port numbers by (EndpointSlice port name, protocol); shared by the endpoints of
+    /// one slice.
+    pub ports: Arc<BTreeMap<(String, Protocol), u16>>,
 }
 
 impl Endpoint {
@@ -421,6 +423,7 @@ fn add_slice(view: &mut View, slice: &EndpointSlice, errors: &mut Vec<ViewError>
         };
         ports.insert((p.name.clone().unwrap_or_default(), protocol), port);
     }
+    let ports = Arc::new(ports);
     for (i, ep) in slice.endpoints.iter().flatten().enumerate() {
         let cond = ep.conditions.clone().unwrap_or_default();
         let ready = cond.ready.unwrap_or(true);
@@ -445,7 +448,7 @@ fn add_slice(view: &mut View, slice: &EndpointSlice, errors: &mut Vec<ViewError>
                 serving: cond.serving.unwrap_or(ready),
                 terminating: cond.terminating.unwrap_or(false),
                 node_name: ep.node_name.clone(),
-                ports: ports.clone(),
+                ports: Arc::clone(&ports),
             });
         }
     }
