@@ -74,9 +74,15 @@
 //!   element added; passing the key to one shared lookup rule through registers is
 //!   refused since Linux 6.x checks registers are written in the same rule (ENODATA).
 //!
-//! Rules per endpoint load in 1.3-1.5 s. The price: the kernel revalidates the whole
-//! table at commit whenever a rule with NAT is added, so an incremental change costs
-//! a time that grows with the table (about 25-30 ms at 10,000 services), not 5 ms.
+//! Rules per endpoint load in about 1.1 s (1.25 s with the computation). The price:
+//! the kernel revalidates the whole table at commit whenever a rule with NAT is added,
+//! so an incremental change costs a time that grows with the table (about 20-30 ms at
+//! 10,000 services, about 1 ms at 1,000), not a constant.
+//!
+//! Memory: balancing chains are kept as their endpoints and turned into rules only
+//! when sent. At 10,000 services × 10 endpoints the view takes about 20 MB and the
+//! applied ruleset about 90 MB, most of it shared-set elements held both per service
+//! and aggregated; a compact element form is the next step towards the 64 MB goal.
 //!
 //! Session affinity: `sessionAffinity: ClientIP` makes each balancing chain look the
 //! client up in `affinity` before the random pick. Filling it per connection needs
