@@ -342,3 +342,91 @@ fn the_kernel_accepts_every_rule_shape() {
     );
     proxier.cleanup().unwrap();
 }
+
+/// A TCP server in `pod` on :`port` answering every connection with the client's
+/// address as it sees it.
+fn serve_peer(pod: &str, port: u16) {
+    let listener = netns::run_in(pod, move || TcpListener::bind(("0.0.0.0", port)))
+        .unwrap()
+        .unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let peer = conn
+                .peer_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default();
+            let _ = conn.write_all(peer.as_bytes());
+            let _ = conn.shutdown(Shutdown::Write);
+        }
+    });
+}
+
+fn node_port(name: &str, cluster_ip: &str, node_port: i32, local: bool) -> Service {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"type": "NodePort", "clusterIP": cluster_ip,
+                 "externalTrafficPolicy": if local { "Local" } else { "Cluster" },
+                 "ports": [{"name": "http", "port": 80, "targetPort": 8080,
+                            "nodePort": node_port}]}
+    }))
+    .unwrap()
+}
+
+#[test]
+fn external_traffic_policy_local_keeps_the_client_address_and_drops_without_endpoints() {
+    assert_root();
+    let mut ns = Namespaces(Vec::new());
+    let node = ns.create("node");
+    let pod = ns.create("pod");
+    let outside = ns.create("outside");
+    ip(&node, "link set lo up");
+    wire(&node, &pod, "veth1", "10.244.1.2", "10.244.1.1");
+    wire(&node, &outside, "veth3", "198.18.0.2", "198.18.0.1");
+    netlink::sysctl::set_in(&node, "net.ipv4.ip_forward", "1").unwrap();
+    serve_peer(&pod, 8080);
+
+    let services = [
+        node_port("local", "10.96.0.30", 31100, true),
+        node_port("cluster", "10.96.0.31", 31101, false),
+        node_port("elsewhere", "10.96.0.32", 31102, true),
+    ];
+    let slice_on = |svc: &str, addr: &str, node: &str| -> EndpointSlice {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("{svc}-1"), "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": svc}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [addr], "nodeName": node}],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+        }))
+        .unwrap()
+    };
+    let slices = [
+        slice_on("local", "10.244.1.2", "node-1"),
+        slice_on("cluster", "10.244.1.2", "node-1"),
+        // An endpoint on another node (its address is never reached: dropped first).
+        slice_on("elsewhere", "10.244.9.9", "node-2"),
+    ];
+    let (view, errors) = View::build(&services, &slices);
+    assert!(errors.is_empty(), "{errors:?}");
+    let this_node = Node {
+        name: "node-1".into(),
+        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+    };
+    let mut proxier = Proxier::new(NftSocket::new_in(&node).unwrap());
+    proxier.sync(desired(&view, &this_node)).unwrap();
+
+    // eTP Local: the endpoint sees the outside client's own address.
+    let seen = connect(&outside, "198.18.0.1:31100", 3).unwrap();
+    assert!(seen.iter().all(|a| a == "198.18.0.2"), "{seen:?}");
+    // eTP Cluster: masqueraded to the node's address towards the pod.
+    let seen = connect(&outside, "198.18.0.1:31101", 3).unwrap();
+    assert!(seen.iter().all(|a| a == "10.244.1.1"), "{seen:?}");
+    // The pod reaching itself through its service (hairpin): masqueraded to the
+    // node's address, or its own reply would never come back through the node.
+    let seen = connect(&pod, "10.96.0.30:80", 1).unwrap();
+    assert_eq!(seen, ["10.244.1.1"], "hairpin is masqueraded");
+    // eTP Local on a node without a local endpoint: dropped, not answered.
+    let err = connect(&outside, "198.18.0.1:31102", 1).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+}
