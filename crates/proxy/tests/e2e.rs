@@ -379,9 +379,11 @@ fn external_traffic_policy_local_keeps_the_client_address_and_drops_without_endp
     let mut ns = Namespaces(Vec::new());
     let node = ns.create("node");
     let pod = ns.create("pod");
+    let client = ns.create("client");
     let outside = ns.create("outside");
     ip(&node, "link set lo up");
     wire(&node, &pod, "veth1", "10.244.1.2", "10.244.1.1");
+    wire(&node, &client, "veth2", "10.244.2.2", "10.244.2.1");
     wire(&node, &outside, "veth3", "198.18.0.2", "198.18.0.1");
     netlink::sysctl::set_in(&node, "net.ipv4.ip_forward", "1").unwrap();
     serve_peer(&pod, 8080);
@@ -422,6 +424,9 @@ fn external_traffic_policy_local_keeps_the_client_address_and_drops_without_endp
     // eTP Cluster: masqueraded to the node's address towards the pod.
     let seen = connect(&outside, "198.18.0.1:31101", 3).unwrap();
     assert!(seen.iter().all(|a| a == "10.244.1.1"), "{seen:?}");
+    // Pod to service: the endpoint sees the client pod's own address.
+    let seen = connect(&client, "10.96.0.31:80", 3).unwrap();
+    assert!(seen.iter().all(|a| a == "10.244.2.2"), "{seen:?}");
     // The pod reaching itself through its service (hairpin): masqueraded to the
     // node's address, or its own reply would never come back through the node.
     let seen = connect(&pod, "10.96.0.30:80", 1).unwrap();
