@@ -44,19 +44,11 @@ impl Reconciler {
     /// VXLAN mode is removed.
     pub async fn new(mode: Mode, underlay_mtu: u32) -> Result<Self, Error> {
         let rtnl = Rtnl::connect_here()?;
-        let mut routes = BTreeMap::new();
-        for r in rtnl.routes().await? {
-            if r.protocol == ROUTE_PROTOCOL_KUBEWIRE {
-                let spec = RouteSpec {
-                    destination: r.destination,
-                    gateway: r.gateway,
-                    dev: r.dev,
-                    onlink: false,
-                    protocol: r.protocol,
-                };
-                routes.insert(r.destination, spec);
-            }
-        }
+        let routes: BTreeMap<IpNet, RouteSpec> = owned_routes(&rtnl)
+            .await?
+            .into_iter()
+            .map(|spec| (spec.destination, spec))
+            .collect();
         if mode == Mode::Native
             && let Some(link) = rtnl.link(VXLAN_DEVICE).await?
         {
@@ -225,23 +217,31 @@ impl Reconciler {
     }
 }
 
+/// The routes in the kernel tagged with kubewire's protocol: the agent's own.
+async fn owned_routes(rtnl: &Rtnl) -> Result<Vec<RouteSpec>, Error> {
+    Ok(rtnl
+        .routes()
+        .await?
+        .into_iter()
+        .filter(|r| r.protocol == ROUTE_PROTOCOL_KUBEWIRE)
+        .map(|r| RouteSpec {
+            destination: r.destination,
+            gateway: r.gateway,
+            dev: r.dev,
+            onlink: false,
+            protocol: r.protocol,
+        })
+        .collect())
+}
+
 /// Removes everything the agent owns in this namespace: routes tagged with kubewire's
 /// protocol, the VXLAN device and the masquerade tables. Keeps going past failures.
 pub async fn cleanup() -> Result<(), Error> {
     let rtnl = Rtnl::connect_here()?;
     let mut problems = Vec::new();
-    for r in rtnl.routes().await? {
-        if r.protocol == ROUTE_PROTOCOL_KUBEWIRE {
-            let spec = RouteSpec {
-                destination: r.destination,
-                gateway: r.gateway,
-                dev: r.dev,
-                onlink: false,
-                protocol: r.protocol,
-            };
-            if let Err(e) = rtnl.delete_route(&spec).await {
-                problems.push(e.to_string());
-            }
+    for spec in owned_routes(&rtnl).await? {
+        if let Err(e) = rtnl.delete_route(&spec).await {
+            problems.push(e.to_string());
         }
     }
     match rtnl.link(VXLAN_DEVICE).await {
