@@ -1023,17 +1023,7 @@ fn patch_object(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>
 /// The autoscaling/v1 `Scale` view of a workload.
 fn scale_of(obj: &Value) -> Value {
     let m = &obj["metadata"];
-    let selector = obj["spec"]["selector"]["matchLabels"]
-        .as_object()
-        .map(|l| {
-            let mut v: Vec<String> = l
-                .iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                .collect();
-            v.sort();
-            v.join(",")
-        })
-        .unwrap_or_default();
+    let selector = crate::util::labels_string(&obj["spec"]["selector"]["matchLabels"]);
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",

@@ -300,16 +300,11 @@ fn extra_cells(kind: &str, o: &Value) -> Option<Vec<Value>> {
             json!(age(o)),
         ],
         "DaemonSet" => {
-            let ns = o["spec"]["template"]["spec"]["nodeSelector"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| "<none>".into());
+            let ns = Some(crate::util::labels_string(
+                &o["spec"]["template"]["spec"]["nodeSelector"],
+            ))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "<none>".into());
             vec![
                 json!(n(&st["desiredNumberScheduled"])),
                 json!(n(&st["currentNumberScheduled"])),
@@ -535,17 +530,7 @@ fn service_cells(o: &Value) -> Vec<Value> {
             }
         })
         .collect();
-    let selector = spec["selector"]
-        .as_object()
-        .map(|m| {
-            let mut v: Vec<String> = m
-                .iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                .collect();
-            v.sort();
-            v.join(",")
-        })
-        .unwrap_or_default();
+    let selector = crate::util::labels_string(&spec["selector"]);
     vec![
         json!(ty),
         json!(cluster_ip),

@@ -160,6 +160,19 @@ pub(crate) fn unhex(s: &str) -> Option<String> {
 }
 
 /// `obj.a.b.c` as a string, for field selectors and table cells.
+/// A label map as kubectl prints it: `k=v` pairs, sorted, joined by commas (empty for
+/// no labels or a non-object).
+pub(crate) fn labels_string(labels: &Value) -> String {
+    let mut pairs: Vec<String> = labels
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+        .collect();
+    pairs.sort();
+    pairs.join(",")
+}
+
 pub(crate) fn str_at<'a>(v: &'a Value, path: &str) -> Option<&'a str> {
     at(v, path)?.as_str()
 }
