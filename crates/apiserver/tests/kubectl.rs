@@ -7,43 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use apiserver::Config;
+mod common;
 
-struct Cluster {
-    dir: tempfile::TempDir,
-    kubeconfig: PathBuf,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Starts `serve` the way `kubewire apiserver` does and waits for admin.kubeconfig,
-/// as scripts do.
-async fn start() -> Cluster {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config::new(dir.path().join("data"));
-    cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
-    let task = tokio::spawn(async move {
-        apiserver::serve(cfg).await.unwrap();
-    });
-    let kubeconfig = dir.path().join("data/admin.kubeconfig");
-    for _ in 0..200 {
-        if kubeconfig.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(kubeconfig.exists(), "admin.kubeconfig was not written");
-    Cluster {
-        dir,
-        kubeconfig,
-        task,
-    }
-}
+use common::{TestServer as Cluster, start};
 
 struct Out {
     ok: bool,

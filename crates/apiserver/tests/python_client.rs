@@ -5,9 +5,8 @@
 //! These tests FAIL, never skip, when the client is missing.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use apiserver::Config;
+mod common;
 
 const SCRIPT: &str = r#"
 import sys, threading
@@ -90,29 +89,17 @@ fn python() -> PathBuf {
 #[tokio::test]
 async fn python_client_lists_creates_watches_and_gets_errors() {
     let python = python();
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config::new(dir.path().join("data"));
-    cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
-    let server = tokio::spawn(async move {
-        apiserver::serve(cfg).await.unwrap();
-    });
-    let kubeconfig = dir.path().join("data/admin.kubeconfig");
-    for _ in 0..200 {
-        if kubeconfig.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(kubeconfig.exists(), "admin.kubeconfig was not written");
+    let server = common::start().await;
+    let (dir, kubeconfig) = (&server.dir, &server.kubeconfig);
     let out = tokio::process::Command::new(&python)
         .arg("-c")
         .arg(SCRIPT)
-        .arg(&kubeconfig)
+        .arg(kubeconfig)
         .env("HOME", dir.path())
         .output()
         .await
         .unwrap();
-    server.abort();
+    drop(server);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
