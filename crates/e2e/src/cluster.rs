@@ -245,11 +245,26 @@ impl Cluster {
     /// Connects from pod `from` to `addr`:8080; returns (the source address the server
     /// saw, bytes received).
     pub fn fetch(&self, from: usize, addr: &str) -> (String, usize) {
-        let out = self.pods[from].0.run("python3", &["-c", CLIENT, addr]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let mut parts = text.split_whitespace();
-        let seen = parts.next().unwrap_or_default().to_owned();
-        let len = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
-        (seen, len)
+        fetch_in(self.pods[from].0.name(), addr, 8080)
     }
+}
+
+/// Runs [`CLIENT`] inside the named namespace against `addr`:`port`; returns (the source
+/// address the server saw, bytes received), or ("", 0) when nothing answered.
+pub fn fetch_in(netns: &str, addr: &str, port: u16) -> (String, usize) {
+    let args = [addr.to_owned(), port.to_string()];
+    let out = netlink::netns::run_in(netns, move || {
+        Command::new("python3")
+            .arg("-c")
+            .arg(CLIENT)
+            .args(&args)
+            .output()
+    })
+    .expect("entering namespace")
+    .expect("running python3");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut parts = text.split_whitespace();
+    let seen = parts.next().unwrap_or_default().to_owned();
+    let len = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    (seen, len)
 }

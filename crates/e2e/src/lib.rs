@@ -95,6 +95,18 @@ impl TestNetns {
         KillOnDrop(child)
     }
 
+    /// Runs `sh -c CMD` inside the namespace and returns its stdout; panics, showing
+    /// stderr, if it fails (for setting up links in tests, where `ip` is fine).
+    pub fn sh(&self, cmd: &str) -> String {
+        let out = self.run("sh", &["-c", cmd]);
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Runs a program inside the namespace and returns its output.
     pub fn run(&self, program: &str, args: &[&str]) -> Output {
         let (program, args): (String, Vec<String>) = (

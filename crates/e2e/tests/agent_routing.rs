@@ -72,20 +72,7 @@ fn cross_node(mode: &str) {
     // A hostPort of the pod on node-2, from the lab's outside namespace through the
     // underlay: the outside client's own address reaches the pod.
     let outside_ns = format!("{}-outside", c.lab.name());
-    let from_outside = || {
-        let out = netlink::netns::run_in(&outside_ns, || {
-            Command::new("python3")
-                .args(["-c", e2e::cluster::CLIENT, "198.18.0.12", "9090"])
-                .output()
-        })
-        .unwrap()
-        .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_owned()
-    };
+    let from_outside = || e2e::cluster::fetch_in(&outside_ns, "198.18.0.12", 9090).0;
     let mut seen_outside = String::new();
     wait_until(Duration::from_secs(10), || {
         seen_outside = from_outside();
@@ -147,6 +134,36 @@ fn cross_node(mode: &str) {
         routes_to_node2()
     );
 
+    // A node joining gets its routes back.
+    let node2 = c.dir.path().join("node-2.json");
+    let out = kubectl(&kubeconfig, &["create", "-f", node2.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || !routes_to_node2().is_empty()),
+        "no route to node-2's pods after it joined again"
+    );
+
+    let show = |args: &[&str]| {
+        let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        let out = netlink::netns::run_in(&node1, move || {
+            Command::new(&args[0]).args(&args[1..]).output()
+        })
+        .unwrap()
+        .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Before the cleanup, the agent's state is there, so its absence afterwards means
+    // something.
+    assert!(show(&["nft", "list", "tables"]).contains("kubewire-pods"));
+    assert!(show(&["ip", "route", "show", "proto", "75"]).contains("via"));
+    if mode == "vxlan" {
+        assert!(show(&["ip", "link"]).contains("kubewire.vxlan"));
+    }
+
     // `agent --cleanup` (with the agent stopped) removes everything it made.
     drop(c.agents.remove(0));
     let out = netlink::netns::run_in(&node1, || {
@@ -161,15 +178,6 @@ fn cross_node(mode: &str) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let show = |args: &[&str]| {
-        let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-        let out = netlink::netns::run_in(&node1, move || {
-            Command::new(&args[0]).args(&args[1..]).output()
-        })
-        .unwrap()
-        .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
     assert!(
         !show(&["ip", "route", "show", "proto", "75"]).contains("via"),
         "routes left"

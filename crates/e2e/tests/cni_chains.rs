@@ -7,16 +7,6 @@ use e2e::TestNetns;
 use e2e::cni::{Params, PluginDir, add_list, run_list};
 use serde_json::json;
 
-fn sh(ns: &TestNetns, cmd: &str) -> String {
-    let out = ns.run("sh", &["-c", cmd]);
-    assert!(
-        out.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn tuning_bandwidth_and_portmap_chain_after_kubewire() {
     let node = TestNetns::new("cnode");
@@ -24,21 +14,12 @@ fn tuning_bandwidth_and_portmap_chain_after_kubewire() {
     let pod = TestNetns::new("cpod");
     netlink::sysctl::set_in(node.name(), "net.ipv4.ip_forward", "1").unwrap();
     // A client outside the node, on its own link: 198.19.0.2 -> node 198.19.0.1.
-    sh(
-        &node,
-        &format!(
-            "ip link add up0 type veth peer name up1 netns {}",
-            client.name()
-        ),
-    );
-    sh(
-        &node,
-        "ip addr add 198.19.0.1/24 dev up0 && ip link set up0 up",
-    );
-    sh(
-        &client,
-        "ip addr add 198.19.0.2/24 dev up1 && ip link set up1 up",
-    );
+    node.sh(&format!(
+        "ip link add up0 type veth peer name up1 netns {}",
+        client.name()
+    ));
+    node.sh("ip addr add 198.19.0.1/24 dev up0 && ip link set up0 up");
+    client.sh("ip addr add 198.19.0.2/24 dev up1 && ip link set up1 up");
 
     let data = tempfile::tempdir().unwrap();
     let plugins = PluginDir::new();
@@ -70,9 +51,9 @@ fn tuning_bandwidth_and_portmap_chain_after_kubewire() {
     let host_veth = result["interfaces"][0]["name"].as_str().unwrap().to_owned();
 
     // tuning wrote its sysctl inside the pod.
-    assert_eq!(sh(&pod, "cat /proc/sys/net/core/somaxconn").trim(), "512");
+    assert_eq!(pod.sh("cat /proc/sys/net/core/somaxconn").trim(), "512");
     // bandwidth found our node-side veth in the result and shaped it.
-    let qdisc = sh(&node, &format!("tc qdisc show dev {host_veth}"));
+    let qdisc = node.sh(&format!("tc qdisc show dev {host_veth}"));
     assert!(qdisc.contains("tbf"), "{qdisc}");
     // portmap: the client reaches the pod's port 80 through the node's port 8080.
     let _server = pod.spawn(
@@ -130,10 +111,10 @@ fn tuning_bandwidth_and_portmap_chain_after_kubewire() {
     );
     // DEL takes the veth down at once and unregisters it in the background.
     let gone = e2e::wait_until(std::time::Duration::from_secs(5), || {
-        !sh(&node, "ip -o link").contains(&host_veth)
+        !node.sh("ip -o link").contains(&host_veth)
     });
-    assert!(gone, "{}", sh(&node, "ip -o link"));
-    let rules = sh(&node, "iptables-save");
+    assert!(gone, "{}", node.sh("ip -o link"));
+    let rules = node.sh("iptables-save");
     assert!(
         !rules.contains("10.244.20.2"),
         "portmap left rules: {rules}"

@@ -6,28 +6,13 @@
 use std::time::Duration;
 
 use e2e::TestNetns;
-use e2e::cluster::{CLIENT, SERVER};
+use e2e::cluster::SERVER;
 use e2e::cni::{Params, PluginDir, env_for, exec_plugin};
 use serde_json::{Value, json};
 
-fn sh(ns: &TestNetns, cmd: &str) -> String {
-    let out = ns.run("sh", &["-c", cmd]);
-    assert!(
-        out.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Connects from `ns` to addr:port; returns the address the server saw ("" on failure).
 fn fetch(ns: &TestNetns, addr: &str, port: u16) -> String {
-    let out = ns.run("python3", &["-c", CLIENT, addr, &port.to_string()]);
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
+    e2e::cluster::fetch_in(ns.name(), addr, port).0
 }
 
 #[test]
@@ -36,20 +21,13 @@ fn host_ports_reach_the_pod_from_everywhere_and_go_away_on_del() {
     let client = TestNetns::new("hclient");
     netlink::sysctl::set_in(node.name(), "net.ipv4.ip_forward", "1").unwrap();
     netlink::sysctl::set_in(node.name(), "net.ipv6.conf.all.forwarding", "1").unwrap();
-    sh(
-        &node,
-        &format!(
-            "ip link add up0 type veth peer name up1 netns {}",
-            client.name()
-        ),
+    node.sh(&format!(
+        "ip link add up0 type veth peer name up1 netns {}",
+        client.name()
+    ));
+    node.sh("ip addr add 198.19.0.1/24 dev up0 && ip addr add fd00:19::1/64 dev up0 nodad && ip link set up0 up",
     );
-    sh(
-        &node,
-        "ip addr add 198.19.0.1/24 dev up0 && ip addr add fd00:19::1/64 dev up0 nodad && ip link set up0 up",
-    );
-    sh(
-        &client,
-        "ip addr add 198.19.0.2/24 dev up1 && ip addr add fd00:19::2/64 dev up1 nodad && ip link set up1 up",
+    client.sh("ip addr add 198.19.0.2/24 dev up1 && ip addr add fd00:19::2/64 dev up1 nodad && ip link set up1 up",
     );
 
     let plugins = PluginDir::new();
@@ -165,7 +143,7 @@ fn host_ports_reach_the_pod_from_everywhere_and_go_away_on_del() {
         &conf,
     )
     .ok();
-    let rules = sh(&node, "nft list table ip kubewire-hostports");
+    let rules = node.sh("nft list table ip kubewire-hostports");
     assert!(!rules.contains("dnat"), "{rules}");
     assert_eq!(fetch(&client, "198.19.0.1", 9090), "");
 }
