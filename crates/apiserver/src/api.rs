@@ -37,6 +37,10 @@ pub(crate) struct State {
     pub(crate) server_address: std::sync::Mutex<String>,
     /// Built-in and custom resource types.
     pub(crate) catalog: resources::Catalog,
+    /// Signs and verifies ServiceAccount tokens.
+    pub(crate) signer: crate::token::Signer,
+    /// Reaches kubelets for `pods/log`.
+    pub(crate) kubelet: crate::kubelet::KubeletClient,
 }
 
 impl State {
@@ -60,6 +64,11 @@ pub struct ResponseBody(Inner);
 enum Inner {
     Full(Option<Bytes>),
     Stream(mpsc::Receiver<Bytes>),
+}
+
+/// A streamed body fed by `rx` (watches, proxied logs).
+pub(crate) fn stream_body(rx: mpsc::Receiver<Bytes>) -> ResponseBody {
+    ResponseBody(Inner::Stream(rx))
 }
 
 impl ResponseBody {
@@ -347,10 +356,27 @@ async fn resource(
     }
     let target =
         parse_target(&state.catalog, group, version, rest).ok_or_else(Status::not_found_path)?;
+    let is_log = target.sub.as_deref() == Some("log") && target.rt.is("", "pods");
+    let is_token = target.sub.as_deref() == Some("token") && target.rt.is("", "serviceaccounts");
     if let Some(sub) = &target.sub
-        && !((sub == "status" && target.rt.status) || (sub == "scale" && target.rt.has_scale()))
+        && !((sub == "status" && target.rt.status)
+            || (sub == "scale" && target.rt.has_scale())
+            || is_log
+            || is_token)
     {
         return Err(Status::not_found_path().into());
+    }
+    if is_log {
+        if r.method != Method::GET {
+            return Err(Status::method_not_allowed(r.method.as_str()).into());
+        }
+        return pod_log(state, target, r).await;
+    }
+    if is_token {
+        if r.method != Method::POST {
+            return Err(Status::method_not_allowed(r.method.as_str()).into());
+        }
+        return blocking(state, move |s| token_request(s, &target, &r)).await;
     }
     if target.sub.as_deref() == Some("scale") {
         return match r.method {
@@ -611,7 +637,7 @@ fn random_suffix() -> String {
 }
 
 /// Resets what clients may not set on create and fills the server's metadata.
-fn prepare_create(rt: &ResourceType, obj: &mut Value) {
+pub(crate) fn prepare_create(rt: &ResourceType, obj: &mut Value) {
     let m = &mut obj["metadata"];
     m["uid"] = json!(uuid::Uuid::new_v4().to_string());
     m["creationTimestamp"] = json!(rfc3339(now_secs()));
@@ -838,7 +864,11 @@ fn create_in(
         return Err(Status::already_exists(rt.group, rt.resource, &name).into());
     }
     check_write(s, txn, t, key, &mut obj, None)?;
-    txn.put(key, obj, EventType::Added)
+    let stored = txn.put(key, obj, EventType::Added)?;
+    if rt.kind == "Namespace" && rt.group.is_empty() {
+        crate::bootstrap::ensure_default_service_account(txn, &name)?;
+    }
+    Ok(stored)
 }
 
 /// Server-side apply: creates the object from the configuration, or merges the
@@ -1018,6 +1048,77 @@ fn patch_object(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>
         store_update(s, txn, t, &key, old, new)
     })?;
     Ok(json_response(200, &stored, "application/json"))
+}
+
+/// `GET .../pods/NAME/log`: proxied to the kubelet of the pod's node.
+async fn pod_log(state: Arc<State>, t: Target, r: Req) -> Result<Response<ResponseBody>, Error> {
+    let name = t.name.clone().unwrap_or_default();
+    let st = state.clone();
+    let key = key_of(&t, &name);
+    let (pod, node) = tokio::task::spawn_blocking(move || -> Result<_, Error> {
+        let pod = st.store.get(&key)?;
+        let node = match pod.as_ref().and_then(|p| str_at(p, "spec.nodeName")) {
+            Some(n) if !n.is_empty() => st.store.get(
+                &resources::lookup("", "v1", "nodes")
+                    .ok_or_else(Status::not_found_path)?
+                    .key("", n),
+            )?,
+            _ => None,
+        };
+        Ok((pod, node))
+    })
+    .await
+    .map_err(|e| Error::Storage(e.to_string()))??;
+    let pod = pod.ok_or_else(|| not_found(&t, &name))?;
+    let (addr, path) = crate::kubelet::log_location(&pod, node.as_ref(), &r.query)?;
+    state.kubelet.get(addr, &path).await
+}
+
+/// `POST .../serviceaccounts/NAME/token` (TokenRequest): a signed token for the account.
+fn token_request(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Error> {
+    let name = t.name.clone().unwrap_or_default();
+    let body = json_body(r)?;
+    let req: Value = if body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| Status::bad_request(format!("error decoding TokenRequest: {e}")))?
+    };
+    if let Some(kind) = req["kind"]
+        .as_str()
+        .filter(|k| !k.is_empty() && *k != "TokenRequest")
+    {
+        return Err(Status::bad_request(format!(
+            "the kind in the request body ({kind}) does not match TokenRequest"
+        ))
+        .into());
+    }
+    let sa = s
+        .store
+        .get(&key_of(t, &name))?
+        .ok_or_else(|| not_found(t, &name))?;
+    let bound = &req["spec"]["boundObjectRef"];
+    let pod = if bound["kind"].as_str() == Some("Pod") {
+        let pod_name = bound["name"].as_str().unwrap_or("");
+        let ns = t.namespace.as_deref().unwrap_or("");
+        let pod_rt = resources::lookup("", "v1", "pods").ok_or_else(Status::not_found_path)?;
+        let pod = s
+            .store
+            .get(&pod_rt.key(ns, pod_name))?
+            .ok_or_else(|| Status::not_found("", "pods", pod_name))?;
+        if let Some(uid) = bound["uid"].as_str().filter(|u| !u.is_empty())
+            && Some(uid) != str_at(&pod, "metadata.uid")
+        {
+            return Err(Status::conflict("", "pods", pod_name).into());
+        }
+        Some(pod)
+    } else {
+        None
+    };
+    let out = s
+        .signer
+        .token_request(&req, &sa, pod.as_ref(), now_secs())?;
+    Ok(json_response(201, &out, "application/json"))
 }
 
 /// The autoscaling/v1 `Scale` view of a workload.
@@ -1414,101 +1515,4 @@ async fn watch(state: Arc<State>, t: Target, r: Req) -> Result<Response<Response
         .header(header::CACHE_CONTROL, "no-cache, private")
         .body(ResponseBody(Inner::Stream(rx)))
         .unwrap_or_else(|_| Response::new(ResponseBody::full(""))))
-}
-
-/// Creates what a fresh kube-apiserver has: the system namespaces and the `kubernetes`
-/// service on the first address of the service range.
-pub(crate) fn bootstrap(state: &State) -> Result<(), Error> {
-    let ns_rt = resources::namespaces();
-    let svc_rt = resources::services();
-    state.store.write(|txn| {
-        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-            let key = ns_rt.key("", ns);
-            if txn.get(&key)?.is_none() {
-                let mut obj = json!({"kind": "Namespace", "apiVersion": "v1", "metadata": {"name": ns}, "spec": {}});
-                prepare_create(ns_rt, &mut obj);
-                txn.put(&key, obj, EventType::Added)?;
-            }
-        }
-        let key = svc_rt.key("default", "kubernetes");
-        if let Some(net) = state.ranges.cidrs.first()
-            && txn.get(&key)?.is_none()
-        {
-            let first = match net.network() {
-                std::net::IpAddr::V4(v) => std::net::IpAddr::V4((u32::from(v) + 1).into()),
-                std::net::IpAddr::V6(v) => std::net::IpAddr::V6((u128::from(v) + 1).into()),
-            };
-            let mut obj = json!({
-                "kind": "Service", "apiVersion": "v1",
-                "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
-                "spec": {"clusterIP": first.to_string(), "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},
-            });
-            prepare_create(svc_rt, &mut obj);
-            let causes = service::prepare(txn, &key, &mut obj, None, &state.ranges)?;
-            if causes.is_empty() {
-                txn.put(&key, obj, EventType::Added)?;
-            }
-        }
-        Ok(())
-    })
-}
-
-/// Points the `default/kubernetes` service at `addr`, as kube-apiserver's endpoint
-/// reconciler does: the service's targetPort, its Endpoints and its EndpointSlice. Pods
-/// reach the API through the service IP; `addr` must be reachable from them (the lab's
-/// underlay listener). Writes only what differs.
-pub(crate) fn publish_endpoints(state: &State, addr: std::net::SocketAddr) -> Result<(), Error> {
-    let ip = addr.ip().to_string();
-    let port = addr.port();
-    let family = if addr.is_ipv4() { "IPv4" } else { "IPv6" };
-    let svc_key = resources::services().key("default", "kubernetes");
-    let ep_rt = resources::lookup("", "v1", "endpoints").ok_or_else(Status::not_found_path)?;
-    let slice_rt = resources::lookup("discovery.k8s.io", "v1", "endpointslices")
-        .ok_or_else(Status::not_found_path)?;
-    state.store.write(|txn| {
-        if let Some(mut svc) = txn.get(&svc_key)?
-            && svc["spec"]["ports"][0]["targetPort"] != json!(port)
-        {
-            svc["spec"]["ports"][0]["targetPort"] = json!(port);
-            txn.put(&svc_key, svc, EventType::Modified)?;
-        }
-        let labels = json!({"endpointslice.kubernetes.io/skip-mirror": "true"});
-        let mut ep = json!({
-            "kind": "Endpoints", "apiVersion": "v1",
-            "metadata": {"name": "kubernetes", "namespace": "default", "labels": labels},
-            "subsets": [{"addresses": [{"ip": ip}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
-        });
-        let mut slice = json!({
-            "kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1",
-            "metadata": {"name": "kubernetes", "namespace": "default",
-                "labels": {"kubernetes.io/service-name": "kubernetes"}},
-            "addressType": family,
-            "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
-            "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
-        });
-        for (rt, obj) in [(ep_rt, &mut ep), (slice_rt, &mut slice)] {
-            let key = rt.key("default", "kubernetes");
-            match txn.get(&key)? {
-                None => {
-                    prepare_create(rt, obj);
-                    txn.put(&key, obj.clone(), EventType::Added)?;
-                }
-                Some(old) => {
-                    let same = ["subsets", "endpoints", "ports", "addressType"]
-                        .iter()
-                        .all(|f| old.get(*f) == obj.get(*f));
-                    if !same {
-                        let mut new = old.clone();
-                        for f in ["subsets", "endpoints", "ports", "addressType"] {
-                            if let Some(v) = obj.get(f) {
-                                new[f] = v.clone();
-                            }
-                        }
-                        txn.put(&key, new, EventType::Modified)?;
-                    }
-                }
-            }
-        }
-        Ok(())
-    })
 }

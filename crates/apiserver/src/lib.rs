@@ -27,8 +27,10 @@ use tokio::task::JoinHandle;
 
 mod api;
 mod apply;
+mod bootstrap;
 mod discovery;
 mod error;
+mod kubelet;
 mod patch;
 mod protobuf;
 mod resources;
@@ -38,6 +40,7 @@ mod store;
 mod strict;
 mod table;
 mod tls;
+mod token;
 mod util;
 mod validate;
 
@@ -63,6 +66,9 @@ pub struct Config {
     /// Addresses to serve on inside other network namespaces (the lab's underlay), each
     /// with the path of the namespace file (`/run/netns/NAME` or `/proc/PID/ns/net`).
     pub listen_in_netns: Vec<NetnsListen>,
+    /// The address the `default/kubernetes` service points pods at; `None`: the IP of
+    /// the first `listen_in_netns` address, else of the first `listen` address.
+    pub advertise_address: Option<IpAddr>,
 }
 
 /// A listen address inside another network namespace.
@@ -102,6 +108,7 @@ impl Config {
             node_port_range: 30000..=32767,
             watch_log_capacity: store::DEFAULT_LOG_CAPACITY,
             listen_in_netns: Vec::new(),
+            advertise_address: None,
         }
     }
 }
@@ -151,6 +158,11 @@ pub struct Args {
     /// or a namespace file path (the lab's underlay: `kubewire-underlay=198.18.0.1:6443`).
     #[arg(long = "listen-netns")]
     pub listen_in_netns: Vec<NetnsListen>,
+    /// IP the `default/kubernetes` service's endpoints point at (kube-apiserver's
+    /// `--advertise-address`). Default: the first --listen-netns address's IP, else the
+    /// first --listen IP.
+    #[arg(long)]
+    pub advertise_address: Option<IpAddr>,
 }
 
 impl From<Args> for Config {
@@ -162,6 +174,7 @@ impl From<Args> for Config {
             node_port_range: a.node_port_range,
             watch_log_capacity: store::DEFAULT_LOG_CAPACITY,
             listen_in_netns: a.listen_in_netns,
+            advertise_address: a.advertise_address,
         }
     }
 }
@@ -187,6 +200,17 @@ impl Router {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         api::handle(self.state.clone(), req).await
+    }
+}
+
+impl Router {
+    /// The ServiceAccount (`system:serviceaccount:NS:NAME`) a bearer token authenticates
+    /// as, if it is one of this server's valid ServiceAccount tokens.
+    pub fn service_account(&self, token: &str) -> Option<String> {
+        self.state
+            .signer
+            .authenticate(&self.state.store, token, util::now_secs())
+            .map(|u| u.username())
     }
 }
 
@@ -225,8 +249,13 @@ pub fn router(config: &Config) -> Result<Router, Error> {
         },
         server_address: std::sync::Mutex::new(String::new()),
         catalog: resources::Catalog::default(),
+        signer: token::Signer::load_or_create(&config.data_dir)?,
+        kubelet: kubelet::KubeletClient::new(
+            &config.data_dir,
+            config.listen_in_netns.first().map(|l| l.netns.clone()),
+        )?,
     };
-    api::bootstrap(&state)?;
+    bootstrap::bootstrap(&state)?;
     state.reload_crds()?;
     Ok(Router {
         state: Arc::new(state),
@@ -306,15 +335,13 @@ pub async fn start(config: Config) -> Result<Server, Error> {
         listeners.push((listener, local));
     }
     let addresses: Vec<SocketAddr> = listeners.iter().map(|(_, a)| *a).collect();
-    let first_service_ip: Vec<IpAddr> = config
+    let mut extra_ips: Vec<IpAddr> = config
         .service_cidrs
         .iter()
-        .map(|n| match n.network() {
-            IpAddr::V4(v) => IpAddr::V4((u32::from(v) + 1).into()),
-            IpAddr::V6(v) => IpAddr::V6((u128::from(v) + 1).into()),
-        })
+        .map(bootstrap::first_ip)
         .collect();
-    let pki = tls::Pki::ensure(&config.data_dir, &addresses, &first_service_ip)?;
+    extra_ips.extend(config.advertise_address);
+    let pki = tls::Pki::ensure(&config.data_dir, &addresses, &extra_ips)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config()?);
     let server_url = addresses
         .first()
@@ -323,14 +350,11 @@ pub async fn start(config: Config) -> Result<Server, Error> {
     if let Ok(mut a) = router.state.server_address.lock() {
         *a = server_url.trim_start_matches("https://").to_string();
     }
-    // Pods reach the API through the `kubernetes` service: its endpoint is the address
-    // opened in another namespace (the lab's underlay) if any, else the first listener.
-    let advertise = addresses[config.listen.len()..]
-        .first()
-        .or(addresses.first())
-        .copied();
-    if let Some(addr) = advertise {
-        api::publish_endpoints(&router.state, addr)?;
+    // Pods reach the API through the `kubernetes` service: its endpoint is the advertise
+    // address (by default the one opened in the lab's underlay).
+    let (host, in_netns) = addresses.split_at(config.listen.len());
+    if let Some(addr) = bootstrap::advertise_addr(config.advertise_address, host, in_netns) {
+        bootstrap::publish_endpoints(&router.state, addr)?;
     }
     let token: Arc<str> = Arc::from(pki.admin_token.as_str());
     let mut tasks = Vec::new();
@@ -443,7 +467,8 @@ async fn connection(
                 .get(http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
-                .is_some_and(|t| t.trim() == &*token);
+                .map(str::trim)
+                .is_some_and(|t| t == &*token || router.service_account(t).is_some());
             if !has_cert && !bearer && !is_public(req.uri().path()) {
                 return Ok::<_, Infallible>(api::status_response(&Status::unauthorized()));
             }

@@ -41,6 +41,7 @@ const POINTERS: &[&str] = &[
     "immutable",
     "automountServiceAccountToken",
     "deletionGracePeriodSeconds",
+    "expirationSeconds",
 ];
 
 const OBJECT_META: &[F] = &[
@@ -196,6 +197,36 @@ const DEPLOYMENT: &[F] = &[
     F(3, "status", Msg(EMPTY), false),
 ];
 
+const BOUND_OBJECT_REFERENCE: &[F] = &[
+    F(1, "kind", Str, false),
+    F(2, "apiVersion", Str, false),
+    F(3, "name", Str, false),
+    F(4, "uid", Str, false),
+];
+/// `kubectl create token` sends its TokenRequest as protobuf.
+const TOKEN_REQUEST: &[F] = &[
+    F(1, "metadata", Msg(OBJECT_META), false),
+    F(
+        2,
+        "spec",
+        Msg(&[
+            F(1, "audiences", Str, true),
+            F(3, "boundObjectRef", Msg(BOUND_OBJECT_REFERENCE), false),
+            F(4, "expirationSeconds", I64, false),
+        ]),
+        false,
+    ),
+    F(
+        3,
+        "status",
+        Msg(&[
+            F(1, "token", Str, false),
+            F(2, "expirationTimestamp", Time, false),
+        ]),
+        false,
+    ),
+];
+
 fn top_level(api_version: &str, kind: &str) -> Option<&'static [F]> {
     Some(match (api_version, kind) {
         ("v1", "Namespace") => NAMESPACE,
@@ -204,6 +235,7 @@ fn top_level(api_version: &str, kind: &str) -> Option<&'static [F]> {
         ("v1", "ConfigMap") => CONFIG_MAP,
         ("v1", "ServiceAccount") => SERVICE_ACCOUNT,
         ("apps/v1", "Deployment") => DEPLOYMENT,
+        ("authentication.k8s.io/v1", "TokenRequest") => TOKEN_REQUEST,
         _ => return None,
     })
 }

@@ -127,6 +127,27 @@ pub(crate) fn client_kubeconfig(
     Ok(kubeconfig_yaml(server, user, &ca_pem, &cert, &key))
 }
 
+/// The client certificate the server presents to kubelets (`pods/log`): CN
+/// `kube-apiserver-kubelet-client`, O `system:masters`, signed by the CA, made once and
+/// kept in `DIR/kubelet-client.{crt,key}`. Returns (certificate PEM, key PEM).
+pub(crate) fn kubelet_client_cert(dir: &Path) -> Result<(String, String), Error> {
+    let cert_path = dir.join("kubelet-client.crt");
+    let key_path = dir.join("kubelet-client.key");
+    if let (Some(c), Some(k)) = (read(&cert_path)?, read(&key_path)?) {
+        return Ok((c, k));
+    }
+    let (_, ca_key) = load_or_create_ca(dir)?;
+    let issuer = Issuer::new(ca_params(), ca_key);
+    let (cert, key) = client_cert(
+        &issuer,
+        "kube-apiserver-kubelet-client",
+        &["system:masters"],
+    )?;
+    write_atomic(&key_path, key.as_bytes(), true)?;
+    write_atomic(&cert_path, cert.as_bytes(), false)?;
+    Ok((cert, key))
+}
+
 fn ca_params() -> CertificateParams {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();

@@ -7,7 +7,8 @@ use apiserver::{Config, Router, router};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use http_body_util::{BodyExt, Full};
-use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Pod, Service};
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Pod, Service, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -224,9 +225,87 @@ async fn system_namespaces_and_kubernetes_service_exist() {
             .map(String::as_str),
         Some("default")
     );
-    let svc: Api<Service> = Api::namespaced(client, "default");
+    let svc: Api<Service> = Api::namespaced(client.clone(), "default");
     let k = svc.get("kubernetes").await.unwrap();
-    assert_eq!(k.spec.unwrap().cluster_ip.as_deref(), Some("10.96.0.1"));
+    let spec = k.spec.unwrap();
+    assert_eq!(spec.cluster_ip.as_deref(), Some("10.96.0.1"));
+    // The first address of each service range, as kube-apiserver's dual-stack service.
+    assert_eq!(
+        spec.cluster_ips.unwrap(),
+        vec!["10.96.0.1".to_string(), "fd00:10:96::1".to_string()]
+    );
+    let port = &spec.ports.unwrap()[0];
+    assert_eq!((port.name.as_deref(), port.port), (Some("https"), 443));
+    // Every namespace has its `default` ServiceAccount, new ones too.
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "kube-system");
+    sas.get("default").await.unwrap();
+    let mut n = Namespace::default();
+    n.metadata.name = Some("fresh".into());
+    ns.create(&PostParams::default(), &n).await.unwrap();
+    let sas: Api<ServiceAccount> = Api::namespaced(client, "fresh");
+    sas.get("default").await.unwrap();
+}
+
+#[tokio::test]
+async fn token_requests_mint_tokens_the_server_accepts() {
+    let (_dir, r, client) = setup();
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+    let req: TokenRequest = serde_json::from_value(json!({"spec": {}})).unwrap();
+    let tr = sas
+        .create_token_request("default", &PostParams::default(), &req)
+        .await
+        .unwrap();
+    let status = tr.status.unwrap();
+    assert!(status.expiration_timestamp.is_some());
+    assert_eq!(tr.spec.unwrap().expiration_seconds, Some(3600));
+    let token = status.token.unwrap_or_default();
+    assert_eq!(
+        r.service_account(&token).as_deref(),
+        Some("system:serviceaccount:default:default")
+    );
+    assert_eq!(r.service_account("not-a-token"), None);
+    // A missing account: 404; too short a lifetime: 422.
+    let e = api_error(
+        sas.create_token_request("ghost", &PostParams::default(), &req)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, 404);
+    let short: TokenRequest =
+        serde_json::from_value(json!({"spec": {"expirationSeconds": 60}})).unwrap();
+    let e = api_error(
+        sas.create_token_request("default", &PostParams::default(), &short)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, 422, "{e:?}");
+    // Bound to a pod: valid while the pod exists.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    pods.create(&PostParams::default(), &pod("owner", json!({})))
+        .await
+        .unwrap();
+    let bound: TokenRequest = serde_json::from_value(
+        json!({"spec": {"boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "owner"}}}),
+    )
+    .unwrap();
+    let t = sas
+        .create_token_request("default", &PostParams::default(), &bound)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token
+        .unwrap_or_default();
+    assert!(r.service_account(&t).is_some());
+    pods.delete("owner", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert_eq!(r.service_account(&t), None);
+    // Deleting the account invalidates its tokens.
+    sas.delete("default", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert_eq!(r.service_account(&token), None);
 }
 
 #[tokio::test]

@@ -665,3 +665,96 @@ async fn kubectl_custom_resources() {
     let out = c.kubectl(&["delete", "crd", "widgets.example.com"]).await;
     assert!(out.ok, "{}", out.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_create_token_authenticates_as_the_service_account() {
+    let c = start().await;
+    let out = c.kubectl(&["create", "namespace", "team"]).await;
+    assert!(out.ok, "{}", out.stderr);
+    // The namespace got its `default` ServiceAccount, as the SA controller makes it.
+    let out = c
+        .kubectl(&["get", "serviceaccount", "default", "-n", "team"])
+        .await;
+    assert!(out.ok, "{}", out.stderr);
+    let out = c
+        .kubectl(&["create", "token", "default", "-n", "team", "--duration=1h"])
+        .await;
+    assert!(out.ok, "{}", out.stderr);
+    let token = out.stdout.trim().to_string();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    let server = c.server();
+    let ca = c.path("ca.crt");
+    let with = |t: &str| {
+        vec![
+            "--server".to_string(),
+            server.clone(),
+            "--certificate-authority".into(),
+            ca.clone(),
+            "--token".into(),
+            t.to_string(),
+        ]
+    };
+    let conn = with(&token);
+    let conn: Vec<&str> = conn.iter().map(String::as_str).collect();
+    let good = c.kubectl_raw(&conn, &["get", "namespace", "team"]).await;
+    assert!(good.ok, "{}", good.stderr);
+    // A token with a changed signature is refused.
+    let mut forged = token.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    let conn_forged = with(&forged);
+    let conn_forged: Vec<&str> = conn_forged.iter().map(String::as_str).collect();
+    let bad = c
+        .kubectl_raw(&conn_forged, &["get", "namespace", "team"])
+        .await;
+    assert!(
+        !bad.ok && bad.stderr.contains("Unauthorized")
+            || bad.stderr.contains("provide credentials"),
+        "{}",
+        bad.stderr
+    );
+    // Once the account is gone, so is its token.
+    let out = c
+        .kubectl(&["delete", "serviceaccount", "default", "-n", "team"])
+        .await;
+    assert!(out.ok, "{}", out.stderr);
+    let gone = c.kubectl_raw(&conn, &["get", "namespace", "team"]).await;
+    assert!(!gone.ok, "{}", gone.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_service_points_at_the_advertise_address() {
+    let c =
+        common::start_with(|cfg| cfg.advertise_address = Some("192.0.2.7".parse().unwrap())).await;
+    let port = c.server().rsplit(':').next().unwrap().to_string();
+    let out = c.kubectl(&["get", "endpoints", "kubernetes"]).await;
+    assert!(out.ok, "{}", out.stderr);
+    assert!(
+        out.stdout.contains(&format!("192.0.2.7:{port}")),
+        "{}",
+        out.stdout
+    );
+    let out = c
+        .kubectl(&[
+            "get",
+            "endpointslice",
+            "kubernetes",
+            "-o",
+            "jsonpath={.endpoints[0].addresses[0]}:{.ports[0].port}",
+        ])
+        .await;
+    assert_eq!(out.stdout, format!("192.0.2.7:{port}"));
+    let out = c
+        .kubectl(&[
+            "get",
+            "svc",
+            "kubernetes",
+            "-o",
+            "jsonpath={.spec.clusterIPs} {.spec.ports[0].port}>{.spec.ports[0].targetPort}",
+        ])
+        .await;
+    assert_eq!(
+        out.stdout,
+        format!("[\"10.96.0.1\",\"fd00:10:96::1\"] 443>{port}")
+    );
+}

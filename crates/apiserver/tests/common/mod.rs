@@ -1,6 +1,9 @@
 //! What the black-box tests share: a server on its own free loopback port and its own
 //! temporary data dir, started the way `kubewire apiserver` starts it.
 
+// Each test binary uses a part of this harness.
+#![allow(dead_code)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -21,9 +24,15 @@ impl Drop for TestServer {
 
 /// Starts `serve` and waits for admin.kubeconfig, as scripts do.
 pub(crate) async fn start() -> TestServer {
+    start_with(|_| {}).await
+}
+
+/// [`start`] with changes to the configuration.
+pub(crate) async fn start_with(f: impl FnOnce(&mut Config)) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::new(dir.path().join("data"));
     cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    f(&mut cfg);
     let task = tokio::spawn(async move {
         apiserver::serve(cfg).await.unwrap();
     });
