@@ -50,6 +50,8 @@ enum Command {
     Apiserver(apiserver::Args),
     /// Run the per-node agent: the node's CNI config and routes to other nodes' pods.
     Agent(agent::Args),
+    /// Run the cluster DNS add-on: Services, EndpointSlices and Pods as DNS records.
+    Dns(dns::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,6 +140,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }),
         Command::Agent(args) => runtime.block_on(async {
             agent::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Dns(args) => runtime.block_on(async {
+            dns::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }),
     }
