@@ -1,0 +1,234 @@
+//! Small pure helpers shared by the controllers: pod states, owner references, label
+//! selectors, template hashes.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::{Resource, ResourceExt};
+
+/// The current time as the API writes it.
+pub fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+/// The pod's Ready condition is True.
+pub fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The pod's phase (`Pending` when not reported).
+pub fn phase(pod: &Pod) -> &str {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("Pending")
+}
+
+/// Running and Ready.
+pub fn running_and_ready(pod: &Pod) -> bool {
+    phase(pod) == "Running" && pod_ready(pod)
+}
+
+/// Has a deletionTimestamp.
+pub fn terminating(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_some()
+}
+
+/// Neither finished (Succeeded/Failed) nor terminating: counts towards a controller's
+/// replicas (kube's `IsPodActive`).
+pub fn pod_active(pod: &Pod) -> bool {
+    !terminating(pod) && !matches!(phase(pod), "Succeeded" | "Failed")
+}
+
+/// The uid of the object's controller (the owner reference with `controller: true`).
+pub fn controller_uid<K: Resource>(obj: &K) -> Option<&str> {
+    obj.meta()
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.uid.as_str())
+}
+
+/// Whether `obj` is controlled by `owner`.
+pub fn owned_by<K: Resource, O: Resource>(obj: &K, owner: &O) -> bool {
+    owner
+        .meta()
+        .uid
+        .as_deref()
+        .is_some_and(|u| controller_uid(obj) == Some(u))
+}
+
+/// A controller owner reference to `owner` (`controller: true`, `blockOwnerDeletion`).
+pub fn controller_ref<O: Resource<DynamicType = ()>>(owner: &O) -> OwnerReference {
+    OwnerReference {
+        api_version: O::api_version(&()).into_owned(),
+        kind: O::kind(&()).into_owned(),
+        name: owner.name_any(),
+        uid: owner.meta().uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// Whether `labels` match a map selector (a Service's): every key equal. An empty
+/// selector matches nothing here (a Service without selector has no managed endpoints).
+pub fn map_selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Whether `labels` match a LabelSelector (`matchLabels` and `matchExpressions`). An
+/// empty selector matches everything, as in the API.
+pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let ml = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let me = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        let have = labels.get(&e.key);
+        match e.operator.as_str() {
+            "In" => have.is_some_and(|v| values.contains(v)),
+            "NotIn" => have.is_none_or(|v| !values.contains(v)),
+            "Exists" => have.is_some(),
+            "DoesNotExist" => have.is_none(),
+            _ => false,
+        }
+    });
+    ml && me
+}
+
+/// 32-bit FNV-1a, the hash kube-controller-manager uses for pod-template-hash.
+pub fn fnv32a(bytes: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in bytes {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+/// kube's `rand.SafeEncodeString`: digits mapped to an alphabet without vowels (so no
+/// words) and without look-alikes.
+pub fn safe_encode(s: &str) -> String {
+    const ALPHANUMS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    s.bytes()
+        .map(|b| ALPHANUMS[usize::from(b) % ALPHANUMS.len()] as char)
+        .collect()
+}
+
+/// The pod-template-hash of a template (with the collision count mixed in): FNV-1a over
+/// the template's JSON, in kube's encoding. Not byte-identical to kube's (which hashes a
+/// Go dump of the struct), but stable and with the same shape.
+pub fn template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -> String {
+    let mut t = template.clone();
+    if let Some(l) = t.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
+        l.remove(POD_TEMPLATE_HASH);
+        l.remove(CONTROLLER_REVISION_HASH);
+    }
+    let mut bytes = serde_json::to_vec(&t).unwrap_or_default();
+    if let Some(c) = collision_count {
+        bytes.extend_from_slice(&c.to_le_bytes());
+    }
+    safe_encode(&fnv32a(&bytes).to_string())
+}
+
+/// Label with a ReplicaSet's template hash.
+pub const POD_TEMPLATE_HASH: &str = "pod-template-hash";
+/// Label with a StatefulSet's or DaemonSet's revision.
+pub const CONTROLLER_REVISION_HASH: &str = "controller-revision-hash";
+
+/// Whether two templates are equal apart from the hash labels (kube's
+/// `EqualIgnoreHash`).
+pub fn templates_equal(a: &PodTemplateSpec, b: &PodTemplateSpec) -> bool {
+    let strip = |t: &PodTemplateSpec| {
+        let mut t = serde_json::to_value(t).unwrap_or_default();
+        if let Some(l) = t
+            .pointer_mut("/metadata/labels")
+            .and_then(|l| l.as_object_mut())
+        {
+            l.remove(POD_TEMPLATE_HASH);
+            l.remove(CONTROLLER_REVISION_HASH);
+            if l.is_empty() {
+                t["metadata"].as_object_mut().map(|m| m.remove("labels"));
+            }
+        }
+        t
+    };
+    strip(a) == strip(b)
+}
+
+/// `ns/name` of an object, for messages.
+pub fn key<K: Resource>(obj: &K) -> String {
+    format!(
+        "{}/{}",
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+        obj.meta().name.as_deref().unwrap_or_default()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv_matches_reference_vectors() {
+        assert_eq!(fnv32a(b""), 0x811c_9dc5);
+        assert_eq!(fnv32a(b"a"), 0xe40c_292c);
+    }
+
+    #[test]
+    fn safe_encode_uses_the_alphabet() {
+        let s = safe_encode("1234567890");
+        assert_eq!(s.len(), 10);
+        assert!(s.chars().all(|c| "bcdfghjklmnpqrstvwxz2456789".contains(c)));
+    }
+
+    #[test]
+    fn label_selector_expressions() {
+        let sel: LabelSelector = serde_json::from_value(serde_json::json!({
+            "matchLabels": {"app": "web"},
+            "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]},
+                                 {"key": "x", "operator": "DoesNotExist"}]
+        }))
+        .unwrap();
+        let l = |v: &[(&str, &str)]| {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        assert!(selects(&sel, &l(&[("app", "web"), ("tier", "a")])));
+        assert!(!selects(&sel, &l(&[("app", "web"), ("tier", "c")])));
+        assert!(!selects(
+            &sel,
+            &l(&[("app", "web"), ("tier", "a"), ("x", "1")])
+        ));
+        assert!(!map_selects(&BTreeMap::new(), &l(&[("app", "web")])));
+    }
+
+    #[test]
+    fn hash_ignores_hash_labels() {
+        let t: PodTemplateSpec = serde_json::from_value(serde_json::json!({
+            "metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "c", "image": "nginx"}]}
+        }))
+        .unwrap();
+        let mut t2 = t.clone();
+        t2.metadata
+            .as_mut()
+            .unwrap()
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(POD_TEMPLATE_HASH.into(), "x".into());
+        assert_eq!(template_hash(&t, None), template_hash(&t2, None));
+        assert_ne!(template_hash(&t, None), template_hash(&t, Some(1)));
+        assert!(templates_equal(&t, &t2));
+    }
+}
