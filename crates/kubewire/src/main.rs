@@ -50,6 +50,11 @@ enum Command {
     Apiserver(apiserver::Args),
     /// Run the per-node agent: the node's CNI config and routes to other nodes' pods.
     Agent(agent::Args),
+    /// Run the lab's kubelet in a node's namespace: registers the Node, runs its pods.
+    Node(node::Args),
+    /// Run a built-in workload (what containers without a `command` run; docs/node.md).
+    #[command(subcommand)]
+    Workload(node::WorkloadArgs),
     /// Run the cluster DNS add-on: Services, EndpointSlices and Pods as DNS records.
     Dns(dns::Args),
 }
@@ -109,6 +114,11 @@ fn main() -> ExitCode {
         logging::init_cni();
         return ExitCode::from(u8::try_from(cni::main()).unwrap_or(1));
     }
+    // `kubewire container-init` (the node's per-container runtime) changes namespaces,
+    // which needs a process without threads: before the CLI and the async runtime.
+    if let Some(code) = node::container_init_main() {
+        return code;
+    }
     let cli = Cli::parse();
     logging::init(cli.log_format == LogFormat::Json);
     match run(cli.command) {
@@ -140,6 +150,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }),
         Command::Agent(args) => runtime.block_on(async {
             agent::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Node(args) => runtime.block_on(async {
+            node::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Workload(args) => runtime.block_on(async {
+            node::workload::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }),
         Command::Dns(args) => runtime.block_on(async {

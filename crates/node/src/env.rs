@@ -1,0 +1,265 @@
+//! A container's environment as kubelet builds it: the service variables (docker-link
+//! style) for the Services of the pod's namespace and `default/kubernetes`, then the
+//! container's own `env` (values, `$(VAR)` references, `fieldRef`), which wins.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, Pod, Service};
+
+/// What `fieldRef`s resolve to that is not in the pod object yet.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Runtime {
+    pub pod_ips: Vec<String>,
+    pub host_ips: Vec<String>,
+    pub node_name: String,
+}
+
+fn var_name(service: &str) -> String {
+    service.to_uppercase().replace('-', "_")
+}
+
+/// The variables of one Service (kubelet's `makeServiceEnvVar`/`makeLinkVariables`).
+fn service_vars(svc: &Service, out: &mut Vec<(String, String)>) {
+    let Some(spec) = &svc.spec else { return };
+    let Some(ip) = spec
+        .cluster_ip
+        .as_deref()
+        .filter(|ip| !ip.is_empty() && *ip != "None")
+    else {
+        return;
+    };
+    let name = var_name(svc.metadata.name.as_deref().unwrap_or(""));
+    let ports = spec.ports.clone().unwrap_or_default();
+    let Some(first) = ports.first() else { return };
+    out.push((format!("{name}_SERVICE_HOST"), ip.to_owned()));
+    out.push((format!("{name}_SERVICE_PORT"), first.port.to_string()));
+    for p in &ports {
+        if let Some(pn) = p.name.as_deref().filter(|n| !n.is_empty()) {
+            out.push((
+                format!("{name}_SERVICE_PORT_{}", var_name(pn)),
+                p.port.to_string(),
+            ));
+        }
+    }
+    let host = if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_owned()
+    };
+    let proto = |p: &k8s_openapi::api::core::v1::ServicePort| {
+        p.protocol.clone().unwrap_or_else(|| "TCP".into())
+    };
+    out.push((
+        format!("{name}_PORT"),
+        format!("{}://{host}:{}", proto(first).to_lowercase(), first.port),
+    ));
+    for p in &ports {
+        let pr = proto(p);
+        let prefix = format!("{name}_PORT_{}_{}", p.port, pr.to_uppercase());
+        out.push((
+            prefix.clone(),
+            format!("{}://{host}:{}", pr.to_lowercase(), p.port),
+        ));
+        out.push((format!("{prefix}_PROTO"), pr.to_lowercase()));
+        out.push((format!("{prefix}_PORT"), p.port.to_string()));
+        out.push((format!("{prefix}_ADDR"), ip.to_owned()));
+    }
+}
+
+/// The service variables for a pod in `namespace`: its namespace's Services when
+/// `enableServiceLinks` (default true), and always `default/kubernetes`'s.
+pub(crate) fn service_env(
+    namespace: &str,
+    enable_links: bool,
+    services: &[Service],
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut sorted: Vec<&Service> = services.iter().collect();
+    sorted.sort_by_key(|s| (s.metadata.namespace.clone(), s.metadata.name.clone()));
+    for svc in sorted {
+        let ns = svc.metadata.namespace.as_deref().unwrap_or("");
+        let is_master = ns == "default" && svc.metadata.name.as_deref() == Some("kubernetes");
+        // The master service's variables come from default/kubernetes only.
+        if is_master
+            || (enable_links
+                && ns == namespace
+                && !(namespace != "default" && svc.metadata.name.as_deref() == Some("kubernetes")))
+        {
+            service_vars(svc, &mut out);
+        }
+    }
+    out
+}
+
+/// Expands `$(VAR)` from `vars` as kubelet does; `$$` escapes, unknown references stay.
+pub(crate) fn expand(s: &str, vars: &BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(inner) = after.strip_prefix('(')
+            && let Some(end) = inner.find(')')
+        {
+            let name = &inner[..end];
+            match vars.get(name) {
+                Some(v) => out.push_str(v),
+                None => out.push_str(&format!("$({name})")),
+            }
+            rest = &inner[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn field_ref(pod: &Pod, rt: &Runtime, path: &str) -> String {
+    let m = &pod.metadata;
+    let first = |v: &[String]| v.first().cloned().unwrap_or_default();
+    if let Some(key) = path
+        .strip_prefix("metadata.labels['")
+        .and_then(|k| k.strip_suffix("']"))
+    {
+        return m
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(key))
+            .cloned()
+            .unwrap_or_default();
+    }
+    if let Some(key) = path
+        .strip_prefix("metadata.annotations['")
+        .and_then(|k| k.strip_suffix("']"))
+    {
+        return m
+            .annotations
+            .as_ref()
+            .and_then(|l| l.get(key))
+            .cloned()
+            .unwrap_or_default();
+    }
+    match path {
+        "metadata.name" => m.name.clone().unwrap_or_default(),
+        "metadata.namespace" => m.namespace.clone().unwrap_or_default(),
+        "metadata.uid" => m.uid.clone().unwrap_or_default(),
+        "spec.nodeName" => rt.node_name.clone(),
+        "spec.serviceAccountName" => pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_else(|| "default".into()),
+        "status.podIP" => first(&rt.pod_ips),
+        "status.podIPs" => rt.pod_ips.join(","),
+        "status.hostIP" => first(&rt.host_ips),
+        "status.hostIPs" => rt.host_ips.join(","),
+        _ => String::new(),
+    }
+}
+
+/// The whole environment of `container`, in order (later entries win).
+pub(crate) fn container_env(
+    pod: &Pod,
+    container: &Container,
+    rt: &Runtime,
+    services: &[Service],
+) -> Vec<(String, String)> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let links = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.enable_service_links)
+        .unwrap_or(true);
+    let mut vars: BTreeMap<String, String> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    let mut set = |vars: &mut BTreeMap<String, String>, k: String, v: String| {
+        if !order.contains(&k) {
+            order.push(k.clone());
+        }
+        vars.insert(k, v);
+    };
+    for (k, v) in service_env(ns, links, services) {
+        set(&mut vars, k, v);
+    }
+    for e in container.env.iter().flatten() {
+        let value = if let Some(v) = &e.value {
+            expand(v, &vars)
+        } else if let Some(f) = e.value_from.as_ref().and_then(|f| f.field_ref.as_ref()) {
+            field_ref(pod, rt, &f.field_path)
+        } else {
+            // secretKeyRef/configMapKeyRef/resourceFieldRef: not resolved by the lab node.
+            String::new()
+        };
+        set(&mut vars, e.name.clone(), value);
+    }
+    order
+        .into_iter()
+        .map(|k| {
+            let v = vars.get(&k).cloned().unwrap_or_default();
+            (k, v)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn service_and_pod_vars() {
+        let services: Vec<Service> = serde_json::from_value(json!([
+            {"metadata": {"name": "kubernetes", "namespace": "default"},
+             "spec": {"clusterIP": "10.96.0.1", "ports": [{"name": "https", "port": 443}]}},
+            {"metadata": {"name": "redis-primary", "namespace": "app"},
+             "spec": {"clusterIP": "10.96.0.11", "ports": [{"port": 6379}]}},
+            {"metadata": {"name": "other", "namespace": "elsewhere"},
+             "spec": {"clusterIP": "10.96.0.12", "ports": [{"port": 1}]}},
+            {"metadata": {"name": "headless", "namespace": "app"},
+             "spec": {"clusterIP": "None", "ports": [{"port": 1}]}}
+        ]))
+        .unwrap();
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "app", "labels": {"app": "x"}},
+            "spec": {"containers": [{"name": "c", "env": [
+                {"name": "A", "value": "$(REDIS_PRIMARY_SERVICE_HOST):1"},
+                {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                {"name": "L", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+                {"name": "KUBERNETES_SERVICE_PORT", "value": "1"}
+            ]}]}
+        }))
+        .unwrap();
+        let rt = Runtime {
+            pod_ips: vec!["10.244.1.5".into()],
+            host_ips: vec!["198.18.0.11".into()],
+            node_name: "node-1".into(),
+        };
+        let c = pod.spec.as_ref().unwrap().containers[0].clone();
+        let env: BTreeMap<_, _> = container_env(&pod, &c, &rt, &services)
+            .into_iter()
+            .collect();
+        assert_eq!(env["KUBERNETES_SERVICE_HOST"], "10.96.0.1");
+        assert_eq!(env["KUBERNETES_SERVICE_PORT"], "1");
+        assert_eq!(env["KUBERNETES_SERVICE_PORT_HTTPS"], "443");
+        assert_eq!(env["KUBERNETES_PORT_443_TCP"], "tcp://10.96.0.1:443");
+        assert_eq!(env["REDIS_PRIMARY_SERVICE_HOST"], "10.96.0.11");
+        assert_eq!(env["REDIS_PRIMARY_PORT"], "tcp://10.96.0.11:6379");
+        assert_eq!(env["REDIS_PRIMARY_PORT_6379_TCP_ADDR"], "10.96.0.11");
+        assert_eq!(env["A"], "10.96.0.11:1");
+        assert_eq!(env["IP"], "10.244.1.5");
+        assert_eq!(env["L"], "x");
+        assert!(!env.contains_key("OTHER_SERVICE_HOST"));
+        assert!(!env.contains_key("HEADLESS_SERVICE_HOST"));
+    }
+
+    #[test]
+    fn expansion() {
+        let vars = BTreeMap::from([("A".to_owned(), "1".to_owned())]);
+        assert_eq!(expand("$(A)-$$(A)-$(B)-$", &vars), "1-$(A)-$(B)-$");
+    }
+}

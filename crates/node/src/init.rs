@@ -1,0 +1,331 @@
+//! `kubewire container-init`: the small runtime between the node and a container's
+//! process, like runc's init plus conmon. It runs before any async runtime or thread
+//! exists (namespace changes need a single-threaded process), then:
+//!
+//! 1. `run SPEC`: unshares a mount namespace (private propagation, so nothing leaks back
+//!    to the host) and a UTS namespace, bind-mounts the pod's own `/etc/resolv.conf`,
+//!    `/etc/hosts`, `/etc/hostname` and service-account directory, sets the hostname,
+//!    enters the pod's network namespace, starts a session (the node signals the whole
+//!    process group), starts the container's process with its stdout/stderr piped, and
+//!    writes every line to the container's log in the CRI format
+//!    (`<RFC3339Nano> stdout F <line>`) until it exits; then records the exit code in
+//!    the spec's exit file (so a restarted node learns it) and exits with it.
+//! 2. `enter SPEC PID -- CMD...`: joins the namespaces of a running container (for exec
+//!    probes and `lab exec`) with the container's environment, and execs CMD.
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use nix::mount::{MsFlags, mount};
+use nix::sched::{CloneFlags, setns, unshare};
+use nix::sys::signal::{SigSet, Signal};
+use serde::{Deserialize, Serialize};
+
+/// The subcommand name `main` looks for before starting anything else.
+pub const SUBCOMMAND: &str = "container-init";
+
+/// PATH for containers whose environment sets none (the usual image default).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// One bind mount into the container's view of the host file system.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct BindMount {
+    pub source: PathBuf,
+    pub target: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
+    /// Create the target directory first (the service-account directory does not exist
+    /// on the host).
+    #[serde(default)]
+    pub mkdir: bool,
+}
+
+/// Everything container-init needs, written by the node as JSON next to the pod's files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct InitSpec {
+    /// The network namespace to enter; `None` for hostNetwork pods (stay in the node's).
+    pub netns: Option<PathBuf>,
+    pub mounts: Vec<BindMount>,
+    /// Set in a new UTS namespace; `None` keeps the node's (hostNetwork).
+    pub hostname: Option<String>,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub workdir: Option<PathBuf>,
+    /// The container's log file (CRI format, appended).
+    pub log: PathBuf,
+    /// Where the exit code goes when the process ends.
+    pub exit_file: PathBuf,
+}
+
+/// What the exit file holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ExitRecord {
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+    pub finished_at: String,
+}
+
+/// Runs container-init when the process was started as `kubewire container-init ...`;
+/// `None` otherwise. Call it first in `main`, before any thread or async runtime starts.
+pub fn container_init_main() -> Option<ExitCode> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) != Some(SUBCOMMAND) {
+        return None;
+    }
+    let code = match args.get(2).map(String::as_str) {
+        Some("run") if args.len() == 4 => run(Path::new(&args[3])),
+        Some("enter") if args.len() > 6 && args[5] == "--" => {
+            enter(Path::new(&args[3]), &args[4], &args[6..])
+        }
+        _ => {
+            eprintln!("usage: kubewire container-init run SPEC | enter SPEC PID -- CMD...");
+            2
+        }
+    };
+    Some(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+fn read_spec(path: &Path) -> Result<InitSpec, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("parsing {}: {e}", path.display()))
+}
+
+/// Appends CRI-format lines to the log, shared by the stdout and stderr copiers.
+#[derive(Clone)]
+struct Log(Arc<Mutex<Option<File>>>);
+
+impl Log {
+    fn open(path: &Path) -> Self {
+        let f = OpenOptions::new().create(true).append(true).open(path).ok();
+        Log(Arc::new(Mutex::new(f)))
+    }
+
+    fn line(&self, stream: &str, text: &[u8]) {
+        let ts = crate::time::rfc3339_nanos(SystemTime::now());
+        let mut buf = Vec::with_capacity(text.len() + 48);
+        buf.extend_from_slice(format!("{ts} {stream} F ").as_bytes());
+        buf.extend_from_slice(text);
+        buf.push(b'\n');
+        if let Ok(mut f) = self.0.lock()
+            && let Some(f) = f.as_mut()
+        {
+            let _ = f.write_all(&buf);
+        }
+    }
+
+    fn copy(
+        &self,
+        stream: &'static str,
+        from: impl Read + Send + 'static,
+    ) -> std::thread::JoinHandle<()> {
+        let log = self.clone();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(from);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match r.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        if line.last() == Some(&b'\n') {
+                            line.pop();
+                        }
+                        log.line(stream, &line);
+                    }
+                }
+            }
+        })
+    }
+}
+
+fn setup(spec: &InitSpec) -> Result<(), String> {
+    let mut flags = CloneFlags::CLONE_NEWNS;
+    if spec.hostname.is_some() {
+        flags |= CloneFlags::CLONE_NEWUTS;
+    }
+    unshare(flags).map_err(|e| format!("unshare: {e}"))?;
+    // Private propagation: the pod's bind mounts must not appear on the host.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("making / private: {e}"))?;
+    for m in &spec.mounts {
+        if m.mkdir {
+            std::fs::create_dir_all(&m.target)
+                .map_err(|e| format!("creating {}: {e}", m.target.display()))?;
+        }
+        mount(
+            Some(&m.source),
+            &m.target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| {
+            format!(
+                "bind-mounting {} on {}: {e}",
+                m.source.display(),
+                m.target.display()
+            )
+        })?;
+        if m.read_only {
+            mount(
+                None::<&str>,
+                &m.target,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+            .map_err(|e| format!("making {} read-only: {e}", m.target.display()))?;
+        }
+    }
+    if let Some(h) = &spec.hostname {
+        nix::unistd::sethostname(h).map_err(|e| format!("sethostname {h}: {e}"))?;
+    }
+    if let Some(ns) = &spec.netns {
+        let f = File::open(ns).map_err(|e| format!("opening {}: {e}", ns.display()))?;
+        setns(&f, CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("entering {}: {e}", ns.display()))?;
+    }
+    // Own session and process group: the node signals the group, never the node's.
+    nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+    Ok(())
+}
+
+fn env_with_defaults(spec: &InitSpec) -> Vec<(String, String)> {
+    let mut env = spec.env.clone();
+    let has = |k: &str, env: &[(String, String)]| env.iter().any(|(n, _)| n == k);
+    if !has("PATH", &env) {
+        env.insert(0, ("PATH".into(), DEFAULT_PATH.into()));
+    }
+    if let Some(h) = &spec.hostname
+        && !has("HOSTNAME", &env)
+    {
+        env.insert(0, ("HOSTNAME".into(), h.clone()));
+    }
+    if !has("HOME", &env) {
+        env.insert(0, ("HOME".into(), "/root".into()));
+    }
+    env
+}
+
+fn run(spec_path: &Path) -> i32 {
+    let spec = match read_spec(spec_path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("container-init: {e}");
+            return 126;
+        }
+    };
+    let log = Log::open(&spec.log);
+    let fail = |msg: String, code: i32| {
+        log.line("stderr", format!("container-init: {msg}").as_bytes());
+        write_exit(&spec.exit_file, code, None);
+        code
+    };
+    if let Err(e) = setup(&spec) {
+        return fail(e, 126);
+    }
+    // The node's SIGTERM is for the container's process; this one stays to log its
+    // last lines and record its exit code. SIGKILL still ends both.
+    let mut block = SigSet::empty();
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        block.add(s);
+    }
+    let _ = block.thread_block();
+    let Some(program) = spec.argv.first() else {
+        return fail("the container has no command".into(), 126);
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(&spec.argv[1..])
+        .env_clear()
+        .envs(env_with_defaults(&spec))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(dir) = &spec.workdir {
+        cmd.current_dir(dir);
+    }
+    // std resets the signal mask and SIGPIPE in the child, so the process starts clean.
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return fail(format!("starting {program}: {e}"), 127),
+    };
+    let out = child.stdout.take().map(|o| log.copy("stdout", o));
+    let err = child.stderr.take().map(|o| log.copy("stderr", o));
+    let status = child.wait();
+    for t in [out, err].into_iter().flatten() {
+        let _ = t.join();
+    }
+    let (code, signal) = match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => (c, None),
+            (None, Some(sig)) => (128 + sig, Some(sig)),
+            _ => (1, None),
+        },
+        Err(_) => (1, None),
+    };
+    write_exit(&spec.exit_file, code, signal);
+    code
+}
+
+fn write_exit(path: &Path, exit_code: i32, signal: Option<i32>) {
+    let rec = ExitRecord {
+        exit_code,
+        signal,
+        finished_at: crate::time::rfc3339(SystemTime::now()),
+    };
+    let tmp = path.with_extension("tmp");
+    if std::fs::write(&tmp, serde_json::to_vec(&rec).unwrap_or_default()).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
+}
+
+fn enter(spec_path: &Path, pid: &str, argv: &[String]) -> i32 {
+    let result = (|| -> Result<std::convert::Infallible, String> {
+        let spec = read_spec(spec_path)?;
+        // Open every namespace first: after entering the mount namespace, /proc paths
+        // still work, but the order must put the mount namespace last.
+        let open = |ns: &str| {
+            File::open(format!("/proc/{pid}/ns/{ns}"))
+                .map_err(|e| format!("opening /proc/{pid}/ns/{ns}: {e}"))
+        };
+        let (net, uts, mnt) = (open("net")?, open("uts")?, open("mnt")?);
+        setns(&net, CloneFlags::CLONE_NEWNET).map_err(|e| format!("entering net: {e}"))?;
+        setns(&uts, CloneFlags::CLONE_NEWUTS).map_err(|e| format!("entering uts: {e}"))?;
+        setns(&mnt, CloneFlags::CLONE_NEWNS).map_err(|e| format!("entering mnt: {e}"))?;
+        if let Some(dir) = &spec.workdir {
+            let _ = std::env::set_current_dir(dir);
+        }
+        let c = |s: &str| CString::new(s).map_err(|e| format!("{s:?}: {e}"));
+        let args: Vec<CString> = argv.iter().map(|a| c(a)).collect::<Result<_, _>>()?;
+        let env: Vec<CString> = env_with_defaults(&spec)
+            .iter()
+            .map(|(k, v)| c(&format!("{k}={v}")))
+            .collect::<Result<_, _>>()?;
+        nix::unistd::execvpe(&args[0], &args, &env).map_err(|e| format!("exec {}: {e}", argv[0]))
+    })();
+    match result {
+        Ok(never) => match never {},
+        Err(e) => {
+            eprintln!("container-init: {e}");
+            126
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! `kubewire node`: the lab's kubelet.
+//!
+//! One process per lab node, started inside the node's network namespace. It
+//!
+//! - registers the Node (addresses, capacity, `Ready` once the CNI config exists) and
+//!   renews its Lease in `kube-node-lease` every 10 s ([`register`]);
+//! - runs the pods bound to it ([`pod`]): a network namespace per pod wired by the CNI
+//!   config list exactly as containerd's libcni runs it ([`cni`]), containers as processes
+//!   started through `kubewire container-init` ([`init`]) in a private mount namespace that
+//!   binds the pod's own resolv.conf, hosts, hostname and service-account files
+//!   ([`files`], [`env`]), probes ([`probe`]), restarts with backoff, graceful deletion;
+//! - serves the kubelet API's `/containerLogs` and `/healthz` over HTTPS on the node's
+//!   address, port 10250 ([`server`]).
+//!
+//! Everything a pod has on disk lives in `DATA/pods/<uid>/` with a `sandbox.json` that a
+//! restarted node adopts ([`sandbox`]). See docs/node.md.
+
+mod cni;
+mod env;
+mod files;
+pub mod init;
+mod pod;
+mod probe;
+mod register;
+mod sandbox;
+mod server;
+mod time;
+pub mod workload;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+
+pub use init::container_init_main;
+pub use sandbox::{ContainerRecord, SandboxFile, kill_all};
+pub use workload::WorkloadArgs;
+
+/// Errors of the node, each naming the object or file it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or could not be reached; retried by the caller's loop.
+    #[error("API: {0}")]
+    Api(String),
+    /// A CNI plugin failed or its config is missing; the pod stays ContainerCreating and
+    /// is retried.
+    #[error("CNI: {0}")]
+    Cni(String),
+    /// A kernel operation (namespaces, links) failed.
+    #[error(transparent)]
+    Kernel(#[from] netlink::Error),
+    /// A file of the node or of a pod could not be read or written.
+    #[error("{op}: {cause}")]
+    Io {
+        /// What we were doing, naming the file.
+        op: String,
+        /// Why it failed.
+        cause: std::io::Error,
+    },
+    /// The kubelet API server could not start (TLS material, listening socket).
+    #[error("kubelet API: {0}")]
+    Server(String),
+}
+
+impl Error {
+    pub(crate) fn io(op: impl Into<String>, cause: std::io::Error) -> Self {
+        Error::Io {
+            op: op.into(),
+            cause,
+        }
+    }
+}
+
+fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
+    let n = s.strip_suffix('s').unwrap_or(s);
+    n.parse::<f64>()
+        .ok()
+        .filter(|n| *n >= 0.0)
+        .map(std::time::Duration::from_secs_f64)
+        .ok_or_else(|| format!("{s:?} is not a number of seconds like 10s"))
+}
+
+/// `kubewire node` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// This node's name (its Node object).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// Kubeconfig to reach the API server (in the lab: one whose server is on the
+    /// underlay, 198.18.0.1:6443); in-cluster config if not given.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// API server URL, overriding the kubeconfig's.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// The node's InternalIP(s), comma-separated (IPv4 first for dual-stack); the
+    /// kubelet API listens on each.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub node_ip: Vec<IpAddr>,
+    /// Where pods' files, logs and sandbox.json live.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// The CNI config directory (the agent writes the conflist there).
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    pub cni_conf_dir: PathBuf,
+    /// Where CNI plugins are found (`CNI_PATH`), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "/opt/cni/bin")]
+    pub cni_bin_dir: Vec<PathBuf>,
+    /// The cluster DNS server(s) pods with `dnsPolicy: ClusterFirst` use.
+    #[arg(long, value_delimiter = ',', default_value = "10.96.0.10")]
+    pub cluster_dns: Vec<IpAddr>,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// The kubelet API's port.
+    #[arg(long, default_value_t = 10250)]
+    pub port: u16,
+    /// How often the Lease is renewed.
+    #[arg(long, default_value = "10s", value_parser = parse_seconds)]
+    pub lease_renew: std::time::Duration,
+}
+
+/// One pod's containers as the kubelet API sees them (for `/containerLogs`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PodLogs {
+    /// `DATA/pods/<uid>`.
+    pub dir: PathBuf,
+    /// Container name → (restart count, running).
+    pub containers: HashMap<String, (u32, bool)>,
+}
+
+/// What every task of the node shares.
+pub(crate) struct Ctx {
+    pub args: Args,
+    pub client: kube::Client,
+    /// The node's network namespace name (`NAME-node-N`); prefixes pod namespaces.
+    pub netns_name: String,
+    pub services: reflector::Store<Service>,
+    pub cni: cni::Cni,
+    pub dns: files::DnsSettings,
+    /// The cluster CA (PEM), for pods' `ca.crt`.
+    pub ca_pem: String,
+    /// (namespace, name) → logs, kept by the pod workers.
+    pub logs: Mutex<HashMap<(String, String), PodLogs>>,
+    /// This binary, to run `container-init` and built-in workloads.
+    pub exe: PathBuf,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("node", &self.args.node_name)
+            .finish()
+    }
+}
+
+async fn client(args: &Args) -> Result<(kube::Client, kube::Config), Error> {
+    let api = |e: &dyn std::fmt::Display| Error::Api(e.to_string());
+    let mut config = match &args.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| api(&e))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| api(&e))?
+        }
+        None => kube::Config::infer().await.map_err(|e| api(&e))?,
+    };
+    if let Some(server) = &args.server {
+        config.cluster_url = server.parse().map_err(|e| api(&e))?;
+    }
+    let client = kube::Client::try_from(config.clone()).map_err(|e| api(&e))?;
+    Ok((client, config))
+}
+
+/// The name of the named network namespace this process runs in (`ip netns identify`),
+/// or the node name when it runs in an unnamed one.
+fn current_netns_name(fallback: &str) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(me) = std::fs::metadata("/proc/self/ns/net") else {
+        return fallback.to_owned();
+    };
+    for name in netlink::netns::list().unwrap_or_default() {
+        if let Ok(m) = std::fs::metadata(netlink::netns::path(&name))
+            && m.ino() == me.ino()
+            && m.dev() == me.dev()
+        {
+            return name;
+        }
+    }
+    fallback.to_owned()
+}
+
+/// PEM text of DER certificates.
+fn pem(ders: &[Vec<u8>]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for der in ders {
+        let mut b64 = String::new();
+        for chunk in der.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    b64.push(char::from(T[((n >> (18 - 6 * i)) & 63) as usize]));
+                } else {
+                    b64.push('=');
+                }
+            }
+        }
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(std::str::from_utf8(line).unwrap_or(""));
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out
+}
+
+/// Runs the node until SIGINT/SIGTERM. Containers keep running when it stops (as with
+/// kubelet); the next start adopts them.
+pub async fn run(args: Args) -> Result<(), Error> {
+    let (client, config) = client(&args).await?;
+    let netns_name = current_netns_name(&args.node_name);
+    let data = &args.data_dir;
+    std::fs::create_dir_all(data.join("pods"))
+        .map_err(|e| Error::io(format!("creating {}", data.display()), e))?;
+    let (services, writer) = reflector::store();
+    let svc_api: kube::Api<Service> = kube::Api::all(client.clone());
+    let svc_task = tokio::spawn(async move {
+        watcher(svc_api, watcher::Config::default())
+            .default_backoff()
+            .reflect(writer)
+            .for_each(|_| async {})
+            .await;
+    });
+    let ctx = Arc::new(Ctx {
+        cni: cni::Cni {
+            bin_dirs: args.cni_bin_dir.clone(),
+            cache_dir: data.join("cni"),
+        },
+        dns: files::DnsSettings {
+            cluster_dns: args.cluster_dns.clone(),
+            cluster_domain: args.cluster_domain.clone(),
+            host_resolv: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        },
+        ca_pem: pem(config.root_cert.as_deref().unwrap_or(&[])),
+        client,
+        netns_name,
+        services,
+        logs: Mutex::new(HashMap::new()),
+        exe: std::fs::read_link("/proc/self/exe")
+            .unwrap_or_else(|_| Path::new("/proc/self/exe").to_owned()),
+        args,
+    });
+    tracing::info!(node = %ctx.args.node_name, netns = %ctx.netns_name, "node starting");
+    let server = server::start(ctx.clone(), &config).await?;
+    let reg = tokio::spawn(register::run(ctx.clone()));
+    let pods = tokio::spawn(pod::run(ctx.clone()));
+    shutdown_signal().await;
+    tracing::info!("node stopping; containers keep running and are adopted at the next start");
+    reg.abort();
+    pods.abort();
+    server.abort();
+    svc_task.abort();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let term = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pem_encodes() {
+        assert_eq!(
+            super::pem(&[b"hello".to_vec()]),
+            "-----BEGIN CERTIFICATE-----\naGVsbG8=\n-----END CERTIFICATE-----\n"
+        );
+    }
+}

@@ -1,0 +1,136 @@
+//! `DATA/pods/<uid>/sandbox.json`: what a pod has on this node, written whenever it
+//! changes, so `kubewire lab exec ns/pod` can enter a container and a restarted node
+//! adopts the pod instead of wiring it twice.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// One container's running process.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    /// The process id of the container's `container-init` (leader of its process group;
+    /// it is in the container's namespaces).
+    pub pid: u32,
+    /// The current log file (CRI format).
+    pub log: String,
+    /// Restarts so far.
+    #[serde(default, rename = "restartCount")]
+    pub restart_count: u32,
+    /// When the current process started (RFC 3339).
+    #[serde(default, rename = "startedAt")]
+    pub started_at: String,
+    /// `/proc/PID/stat` start time, so a reused pid is never mistaken for the container.
+    #[serde(default, rename = "startTicks")]
+    pub start_ticks: u64,
+    /// container-init's spec (for `container-init enter`).
+    #[serde(default)]
+    pub spec: String,
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxFile {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// The pod's network namespace file (`/run/netns/...`); the node's for hostNetwork.
+    pub netns: String,
+    /// The named pod namespace, empty for hostNetwork pods.
+    #[serde(default, rename = "netnsName")]
+    pub netns_name: String,
+    /// `CNI_CONTAINERID` of the attachment.
+    #[serde(default, rename = "sandboxId")]
+    pub sandbox_id: String,
+    /// The network name the attachment was made on (for DEL).
+    #[serde(default)]
+    pub network: String,
+    #[serde(default)]
+    pub ips: Vec<String>,
+    #[serde(default, rename = "hostNetwork")]
+    pub host_network: bool,
+    #[serde(default)]
+    pub containers: BTreeMap<String, ContainerRecord>,
+}
+
+impl SandboxFile {
+    pub(crate) fn path(dir: &Path) -> PathBuf {
+        dir.join("sandbox.json")
+    }
+
+    pub(crate) fn write(&self, dir: &Path) -> Result<(), Error> {
+        let path = Self::path(dir);
+        let tmp = dir.join(".sandbox.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self).unwrap_or_default())
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+    }
+
+    pub(crate) fn read(dir: &Path) -> Option<Self> {
+        let b = std::fs::read(Self::path(dir)).ok()?;
+        serde_json::from_slice(&b).ok()
+    }
+}
+
+/// Every sandbox under `DATA/pods`, by pod uid.
+pub(crate) fn load_all(data_dir: &Path) -> BTreeMap<String, SandboxFile> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(data_dir.join("pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Some(s) = SandboxFile::read(&entry.path()) {
+            out.insert(s.uid.clone(), s);
+        } else if let Some(uid) = entry.file_name().to_str() {
+            // A pod dir without a readable sandbox (crash mid-setup): still ours to clean.
+            out.insert(
+                uid.to_owned(),
+                SandboxFile {
+                    uid: uid.to_owned(),
+                    ..Default::default()
+                },
+            );
+        }
+    }
+    out
+}
+
+/// The start time (clock ticks after boot) of a live, non-zombie process.
+pub(crate) fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// Whether the recorded process is still the container's.
+pub(crate) fn alive(rec: &ContainerRecord) -> bool {
+    rec.pid != 0
+        && start_ticks(rec.pid).is_some_and(|t| rec.start_ticks == 0 || t == rec.start_ticks)
+}
+
+/// Kills (SIGKILL, whole process group) every container recorded under `data_dir`:
+/// for `lab down` and tests, which remove a node without letting it drain its pods.
+/// Network namespaces are left to the caller (they carry the lab's name prefix).
+pub fn kill_all(data_dir: &Path) {
+    for s in load_all(data_dir).values() {
+        for c in s.containers.values() {
+            if alive(c)
+                && let Ok(pid) = i32::try_from(c.pid)
+            {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
