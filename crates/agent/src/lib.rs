@@ -3,9 +3,10 @@
 //!
 //! It follows the one shape every kubewire component has: watch the API into a local
 //! view (kube-rs `watcher`), compute the desired kernel state from the whole view as a
-//! pure function ([`plan::plan`]), and apply only the difference ([`kernel`]). Today it
-//! does pod networking across nodes: the CNI config with the node's pod CIDRs, and
-//! routes to every other node's pod CIDRs, natively or over VXLAN.
+//! pure function ([`plan::plan`]), and apply only the difference ([`kernel`]). It does
+//! pod networking across nodes (the CNI config with the node's pod CIDRs, and routes to
+//! every other node's pod CIDRs, natively or over VXLAN) and, unless `--proxy=false`,
+//! runs the service proxy ([`proxy::run`]) beside it on the same API connection.
 
 pub mod cni_config;
 pub mod kernel;
@@ -36,6 +37,9 @@ pub enum Error {
     /// No usable API connection.
     #[error("connecting to the API server: {0}")]
     Api(String),
+    /// The service proxy stopped.
+    #[error(transparent)]
+    Proxy(#[from] proxy::Error),
     /// A file could not be written.
     #[error("{op}: {cause}")]
     Io {
@@ -83,6 +87,9 @@ pub struct Args {
     /// drift in the kernel.
     #[arg(long, default_value = "30s", value_parser = parse_seconds)]
     pub resync: Duration,
+    /// The service proxy's flags.
+    #[command(flatten)]
+    pub proxy: proxy::ProxyArgs,
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {
@@ -165,9 +172,30 @@ impl NodeView {
 /// restarting the agent must not cut pods off.
 pub async fn run(args: Args) -> Result<(), Error> {
     if args.cleanup {
-        return kernel::cleanup().await;
+        // Both, whatever the first one's outcome; then report.
+        let routes = kernel::cleanup().await;
+        let services = netlink::nft::NftSocket::new()
+            .map_err(proxy::Error::Socket)
+            .and_then(|mut socket| proxy::cleanup(&mut socket));
+        routes?;
+        services?;
+        return Ok(());
     }
     let client = client(&args).await?;
+    let services = if args.proxy.proxy {
+        let proxy = proxy::run(client.clone(), args.node_name.clone(), args.proxy.clone());
+        futures::future::Either::Left(proxy)
+    } else {
+        futures::future::Either::Right(std::future::pending())
+    };
+    tokio::select! {
+        r = services => r.map_err(Error::from),
+        r = routes(args, client) => r,
+    }
+}
+
+/// The routing loop: Nodes in, routes and the CNI config out.
+async fn routes(args: Args, client: kube::Client) -> Result<(), Error> {
     if let Some(dir) = &args.cni_bin_dir {
         cni_config::install_plugin(dir)?;
     }

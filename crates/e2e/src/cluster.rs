@@ -42,6 +42,100 @@ while True:
 print(data.split(b'\n')[0].decode(), len(data))
 "#;
 
+/// A probe (python3): connects to argv[1]:argv[2] with a timeout of argv[3] seconds
+/// (default 2) and prints `ok <first line>`, `refused` or `timeout` (else `error <why>`).
+pub const PROBE: &str = r#"
+import socket, sys
+t = float(sys.argv[3]) if len(sys.argv) > 3 else 2
+try:
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=t)
+    f = s.makefile('rb')
+    print('ok', f.readline().decode().strip())
+except ConnectionRefusedError:
+    print('refused')
+except socket.timeout:
+    print('timeout')
+except Exception as e:
+    print('error', e)
+"#;
+
+/// A TCP server (python3) on argv[1]:argv[2] that answers each connection with one
+/// line, `argv[3] <peer address>`, then closes: which endpoint answered, and whom it saw.
+pub const WHO_SERVER: &str = r#"
+import socket, sys
+addr = sys.argv[1]
+s = socket.socket(socket.AF_INET6 if ':' in addr else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((addr, int(sys.argv[2])))
+s.listen(64)
+while True:
+    c, peer = s.accept()
+    try:
+        c.sendall(sys.argv[3].encode() + b' ' + peer[0].encode() + b'\n')
+    except OSError:
+        pass
+    c.close()
+"#;
+
+/// A UDP server (python3) on argv[1]:argv[2] answering each datagram with argv[3].
+pub const UDP_SERVER: &str = r#"
+import socket, sys
+addr = sys.argv[1]
+s = socket.socket(socket.AF_INET6 if ':' in addr else socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((addr, int(sys.argv[2])))
+while True:
+    data, peer = s.recvfrom(2048)
+    s.sendto(sys.argv[3].encode(), peer)
+"#;
+
+/// A UDP client (python3): from local port argv[3], sends one datagram to
+/// argv[1]:argv[2] and prints the answer, or `timeout` after a second.
+pub const UDP_CLIENT: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', int(sys.argv[3])))
+s.settimeout(1)
+s.sendto(b'ping', (sys.argv[1], int(sys.argv[2])))
+try:
+    print(s.recvfrom(2048)[0].decode())
+except socket.timeout:
+    print('timeout')
+"#;
+
+/// A TCP echo server (python3) on argv[1]:argv[2], one thread per connection, each
+/// line answered with argv[3] and the line.
+pub const ECHO_SERVER: &str = r#"
+import socket, sys, threading
+addr = sys.argv[1]
+s = socket.socket(socket.AF_INET6 if ':' in addr else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((addr, int(sys.argv[2])))
+s.listen()
+def serve(c):
+    f = c.makefile('rwb', buffering=0)
+    for line in f:
+        f.write(sys.argv[3].encode() + b' ' + line)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// Its client: connects once to argv[1]:argv[2], then for each line on stdin sends
+/// it and prints the answer (`closed` when the connection is gone).
+pub const ECHO_CLIENT: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+f = s.makefile('rwb', buffering=0)
+for line in sys.stdin:
+    try:
+        f.write(line.encode())
+        answer = f.readline().decode()
+    except Exception:
+        answer = ''
+    print(answer.strip() or 'closed', flush=True)
+"#;
+
 /// The cluster; everything in it is removed on drop.
 #[derive(Debug)]
 pub struct Cluster {
@@ -54,6 +148,8 @@ pub struct Cluster {
     /// Logs, configs and the API server data.
     pub dir: tempfile::TempDir,
     plugins: PluginDir,
+    /// The agents' `--mode`.
+    mode: String,
     /// The lab underneath.
     pub lab: TestLab,
 }
@@ -118,42 +214,16 @@ impl Cluster {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let agents = (1..=2u8)
-            .map(|n| {
-                let node_dir = dir.path().join(format!("node-{n}"));
-                let args = [
-                    "agent",
-                    "--node-name",
-                    &format!("node-{n}"),
-                    "--kubeconfig",
-                    kubeconfig.to_str().unwrap(),
-                    "--server",
-                    "https://198.18.0.1:6443",
-                    "--mode",
-                    mode,
-                    "--cni-conf-dir",
-                    node_dir.join("net.d").to_str().unwrap(),
-                    "--cni-data-dir",
-                    node_dir.join("data").to_str().unwrap(),
-                ]
-                .map(str::to_owned);
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                spawn_in(
-                    &format!("{}-node-{n}", lab.name()),
-                    &kubewire_bin(),
-                    &args,
-                    &dir.path().join(format!("agent-{n}.log")),
-                )
-            })
-            .collect();
-        let cluster = Cluster {
+        let mut cluster = Cluster {
             pods: Vec::new(),
-            agents,
+            agents: Vec::new(),
             _apiserver: apiserver,
             plugins: PluginDir::new(),
+            mode: mode.to_owned(),
             dir,
             lab,
         };
+        cluster.agents = (1..=2u8).map(|n| cluster.spawn_agent(n)).collect();
         for n in 1..=2u8 {
             let conf = cluster.conflist_path(n);
             assert!(
@@ -163,6 +233,63 @@ impl Cluster {
             );
         }
         cluster
+    }
+
+    /// Starts `kubewire agent` for node `n` in its namespace, logging to `agent-N.log`.
+    fn spawn_agent(&self, n: u8) -> KillOnDrop {
+        let node_dir = self.dir.path().join(format!("node-{n}"));
+        let args = [
+            "agent",
+            "--node-name",
+            &format!("node-{n}"),
+            "--kubeconfig",
+            self.kubeconfig().to_str().unwrap(),
+            "--server",
+            "https://198.18.0.1:6443",
+            "--mode",
+            &self.mode,
+            "--cni-conf-dir",
+            node_dir.join("net.d").to_str().unwrap(),
+            "--cni-data-dir",
+            node_dir.join("data").to_str().unwrap(),
+        ]
+        .map(str::to_owned);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        spawn_in(
+            &self.node_ns(n),
+            &kubewire_bin(),
+            &args,
+            &self.dir.path().join(format!("agent-{n}.log")),
+        )
+    }
+
+    /// Stops node `n`'s agent (killed, as a crash or an upgrade would) and starts it
+    /// again with the same flags.
+    pub fn restart_agent(&mut self, n: u8) {
+        let i = usize::from(n - 1);
+        let _ = self.agents[i].0.kill();
+        let _ = self.agents[i].0.wait();
+        self.agents[i] = self.spawn_agent(n);
+    }
+
+    /// Creates or updates objects with `kubectl apply` (a JSON manifest, or a List).
+    pub fn apply(&self, manifest: &Value) {
+        let file = self
+            .dir
+            .path()
+            .join(format!("{}.json", crate::unique_name("m")));
+        std::fs::write(&file, manifest.to_string()).unwrap();
+        let out = kubectl(&self.kubeconfig(), &["apply", "-f", file.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "kubectl apply {manifest}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The lab's `outside` namespace (198.18.0.254 on the underlay).
+    pub fn outside_ns(&self) -> String {
+        format!("{}-outside", self.lab.name())
     }
 
     /// The CNI config agent `node` wrote.
@@ -247,6 +374,27 @@ impl Cluster {
     pub fn fetch(&self, from: usize, addr: &str) -> (String, usize) {
         fetch_in(self.pods[from].0.name(), addr, 8080)
     }
+}
+
+/// Runs a python3 script with arguments inside the named namespace; its stdout.
+pub fn python_in(netns: &str, script: &str, args: &[&str]) -> String {
+    let script = script.to_owned();
+    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    let out = netlink::netns::run_in(netns, move || {
+        Command::new("python3")
+            .arg("-c")
+            .arg(&script)
+            .args(&args)
+            .output()
+    })
+    .expect("entering namespace")
+    .expect("running python3");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Runs [`PROBE`] inside the named namespace against `addr`:`port`.
+pub fn probe_in(netns: &str, addr: &str, port: u16) -> String {
+    python_in(netns, PROBE, &[addr, &port.to_string()])
 }
 
 /// Runs [`CLIENT`] inside the named namespace against `addr`:`port`; returns (the source

@@ -2,10 +2,11 @@
 //!
 //! Everything that touches the kernel's networking goes through here, over netlink and
 //! namespace system calls, never by running `ip` or `nft`: network namespaces
-//! ([`netns`]), links, addresses and routes ([`Rtnl`]), nftables ([`nft`]), and
+//! ([`netns`]), links, addresses and routes ([`Rtnl`]), nftables ([`nft`]), conntrack entries ([`conntrack`]), and
 //! per-namespace sysctls ([`sysctl`]). Other crates compute *what* the kernel should hold; this crate only
 //! knows *how* to put it there.
 
+pub mod conntrack;
 mod error;
 pub mod netns;
 pub mod nft;

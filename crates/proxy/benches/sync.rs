@@ -101,6 +101,7 @@ fn main() {
     let node = Node {
         name: "node-0".into(),
         cluster_cidrs: vec!["10.128.0.0/9".parse().unwrap()],
+        ..Default::default()
     };
     println!("service proxy sync, {ENDPOINTS} endpoints per service, fresh namespace each size");
     for n in sizes {

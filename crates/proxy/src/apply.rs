@@ -26,6 +26,12 @@ pub enum Error {
     /// Retryable.
     #[error("removing the service proxy's tables: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Cleanup(Vec<netlink::Error>),
+    /// No nf_tables socket could be opened (not root, no nf_tables). Not retryable.
+    #[error("opening the service proxy's nf_tables socket: {0}")]
+    Socket(#[source] netlink::Error),
+    /// The API watches ended. Retryable by restarting the proxy.
+    #[error("watching services: {0}")]
+    Watch(String),
 }
 
 /// What one sync did.

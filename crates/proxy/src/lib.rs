@@ -91,11 +91,15 @@
 //! empty and affinity does not stick.
 
 mod apply;
+pub mod controller;
 mod diff;
+pub mod health;
 mod ruleset;
+mod stale;
 mod view;
 
 pub use apply::{Error, Proxier, SyncReport, cleanup, full_sync};
+pub use controller::{ProxyArgs, run};
 pub use diff::{diff, diff_into, update};
 pub use ruleset::{
     Affinity, Balance, Body, ChainSpec, FamilyRuleset, MASQ_MARK, Node, Ruleset, ServiceRules,

@@ -5,11 +5,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
 
 use ipnet::IpNet;
 use netlink::nft::{
-    Chain, ChainType, CmpOp, CtKey, Datum, Expr, Family, FibResult, Hook, KeyType, NatKind, Reg,
-    Reject, Rule, Set, SetElement, Verdict, ct_state, fib_flags, priority,
+    Chain, ChainType, CmpOp, CtKey, Datum, DynsetOp, Expr, Family, FibResult, Hook, KeyType,
+    NatKind, Reg, Reject, Rule, Set, SetElement, Verdict, ct_state, fib_flags, priority,
 };
 
 use crate::view::{Endpoint, Service, ServiceKey, ServicePort, TrafficPolicy, View};
@@ -40,6 +41,8 @@ pub mod names {
     /// `svc-addr . l4proto . port . chain . saddr` → `addr . port`, with timeouts:
     /// client affinity (`chain` 0 for cluster, 1 for local balancing chains).
     pub const AFFINITY: &str = "affinity";
+    /// The node's addresses that node ports answer on (when they are known).
+    pub const NODEPORT_IPS: &str = "nodeport-ips";
     /// The chain that rejects: TCP reset, else ICMP port unreachable.
     pub const REJECT_CHAIN: &str = "reject-chain";
 }
@@ -53,6 +56,12 @@ pub struct Node {
     /// and pod traffic to external destinations of `externalTrafficPolicy: Local`
     /// services is short-circuited to all endpoints. Empty: neither happens.
     pub cluster_cidrs: Vec<IpNet>,
+    /// The node's own addresses (the Node's InternalIPs): node ports answer on these.
+    /// Empty: on any local address but loopback (`fib daddr type local`).
+    pub node_ips: Vec<IpAddr>,
+    /// The service CIDRs: traffic to an address in them that no Service has is
+    /// dropped, as kube-proxy does. Empty: not checked.
+    pub service_cidrs: Vec<IpNet>,
 }
 
 /// A chain with the rules it should hold, in order.
@@ -99,8 +108,12 @@ pub struct Affinity {
 
 /// Loads constants into consecutive 32-bit registers from the first, each padded to 4
 /// bytes, as a concatenated key; returns the next free register slot.
-fn immediates(mut rule: Rule, fields: &[Datum]) -> (Rule, u32) {
-    let mut slot = 0;
+fn immediates(rule: Rule, fields: &[Datum]) -> (Rule, u32) {
+    immediates_at(rule, fields, 0)
+}
+
+/// [`immediates`] from 32-bit register `slot` on.
+fn immediates_at(mut rule: Rule, fields: &[Datum], mut slot: u32) -> (Rule, u32) {
     for d in fields {
         let mut data = match d {
             Datum::Ipv4(a) => a.octets().to_vec(),
@@ -182,7 +195,36 @@ impl ChainSpec {
                         data: 0u32.to_ne_bytes().to_vec(),
                     });
             }
-            rules.push(r.dnat(*ip, Some(*port)));
+            let Some(a) = &b.affinity else {
+                rules.push(r.dnat(*ip, Some(*port)));
+                continue;
+            };
+            // Remember the pick: `update @affinity { svc . chain . saddr : ep . port
+            // timeout T }`, then DNAT from the same registers. Key and data sit side
+            // by side in the sixteen 32-bit registers (IPv6: 11 + 5 of them).
+            let mut key = a.service.to_vec();
+            key.push(Datum::Int(u32::from(a.local)));
+            let (r, slot) = immediates_at(r, &key, 0);
+            let r = r.expr(src.load(Reg::r32(slot)));
+            let data_slot = slot + if c.family == Family::Ip6 { 4 } else { 1 };
+            let (r, _) = immediates_at(r, &[addr_datum(*ip), Datum::Port(*port)], data_slot);
+            let addr_words = if c.family == Family::Ip6 { 4 } else { 1 };
+            rules.push(
+                r.expr(Expr::Dynset {
+                    set: names::AFFINITY.into(),
+                    op: DynsetOp::Update,
+                    sreg_key: Reg::r32(0),
+                    sreg_data: Some(Reg::r32(data_slot)),
+                    timeout: Some(Duration::from_secs(u64::from(a.timeout))),
+                })
+                .expr(Expr::Nat {
+                    kind: NatKind::Dnat,
+                    family: c.family,
+                    addr: Some(Reg::r32(data_slot)),
+                    port: Some(Reg::r32(data_slot + addr_words)),
+                    flags: 0,
+                }),
+            );
         }
         rules
     }
@@ -507,6 +549,13 @@ impl<'a> Builder<'a> {
             .insert(set.name.clone(), SetSpec::new(set.clone()));
     }
 
+    /// An element of the skeleton (not of a service): counted once.
+    fn skeleton_element(&mut self, set: &str, e: SetElement) {
+        if let Some(s) = self.out.sets.get_mut(set) {
+            s.add_ref(&e);
+        }
+    }
+
     fn element(&mut self, set: &'static str, e: SetElement) {
         if let Some(cur) = &mut self.cur
             && !cur.elements.iter().any(|(s, x)| *s == set && *x == e)
@@ -608,7 +657,8 @@ impl<'a> Builder<'a> {
         self.add_set(
             Set::new(fam, TABLE, AFFINITY, aff_key)
                 .map(vec![addr, KeyType::InetService])
-                .timeout(None),
+                .timeout(None)
+                .dynamic(),
         );
 
         // nat: the dispatch.
@@ -625,13 +675,40 @@ impl<'a> Builder<'a> {
             );
         }
         services.push(self.rule("services").vmap(&dispatch, SERVICE_IPS));
-        services.push(
-            self.rule("services")
-                .match_fib_daddr_local()
-                .match_daddr_not(self.loopback())
-                .vmap(&ports, SERVICE_NODEPORTS)
-                .comment("node ports, on the node's own addresses but not loopback"),
-        );
+        let node_ips: Vec<IpAddr> = self
+            .node
+            .node_ips
+            .iter()
+            .filter(|ip| family_of(ip) == fam)
+            .copied()
+            .collect();
+        if node_ips.is_empty() {
+            services.push(
+                self.rule("services")
+                    .match_fib_daddr_local()
+                    .match_daddr_not(self.loopback())
+                    .vmap(&ports, SERVICE_NODEPORTS)
+                    .comment("node ports, on the node's own addresses but not loopback"),
+            );
+        } else {
+            self.add_set(Set::new(fam, TABLE, NODEPORT_IPS, vec![addr]));
+            for ip in &node_ips {
+                self.skeleton_element(NODEPORT_IPS, SetElement::new([addr_datum(*ip)]));
+            }
+            services.push(
+                self.rule("services")
+                    .match_in_set(&dispatch[..1], NODEPORT_IPS, false)
+                    .vmap(&ports, SERVICE_NODEPORTS)
+                    .comment("node ports, on the Node's addresses"),
+            );
+        }
+        let nodeport_daddr = |r: Rule| {
+            if node_ips.is_empty() {
+                r.match_fib_daddr_local()
+            } else {
+                r.match_in_set(&dispatch[..1], NODEPORT_IPS, false)
+            }
+        };
         self.regular("services", services);
         let jump_services = vec![self.rule("nat-prerouting").jump("services")];
         self.base(
@@ -684,17 +761,28 @@ impl<'a> Builder<'a> {
         let check = vec![
             self.rule("endpoints-check")
                 .vmap(&dispatch, NO_ENDPOINT_SERVICES),
-            self.rule("endpoints-check")
-                .match_fib_daddr_local()
-                .vmap(&ports, NO_ENDPOINT_NODEPORTS),
+            nodeport_daddr(self.rule("endpoints-check")).vmap(&ports, NO_ENDPOINT_NODEPORTS),
         ];
         self.regular("endpoints-check", check);
-        let check = vec![
+        let mut check = vec![
             self.rule("cluster-ips-check")
                 .match_in_set(&dispatch[..1], CLUSTER_IPS, false)
                 .goto(REJECT_CHAIN)
                 .comment("a port the ClusterIP's service does not define"),
         ];
+        for c in self
+            .node
+            .service_cidrs
+            .iter()
+            .filter(|c| family_of(&c.addr()) == fam)
+        {
+            check.push(
+                self.rule("cluster-ips-check")
+                    .match_daddr(*c)
+                    .drop()
+                    .comment("an unallocated ClusterIP"),
+            );
+        }
         self.regular("cluster-ips-check", check);
         let new = ct_state::NEW;
         for (name, hook, prio, target) in [

@@ -75,6 +75,7 @@ fn node() -> Node {
     Node {
         name: "node-1".into(),
         cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        ..Default::default()
     }
 }
 
@@ -615,6 +616,7 @@ fn hairpin_and_outside_traffic_are_masqueraded() {
         &Node {
             name: "node-1".into(),
             cluster_cidrs: vec![],
+            ..Default::default()
         },
     );
     assert_eq!(v4(&bare).chain("services").unwrap().rules().len(), 2);

@@ -249,7 +249,10 @@ impl View {
     /// Joins Services with their EndpointSlices. Headless, ExternalName and
     /// other-proxy services are skipped silently (they are meant to get no rules);
     /// invalid fields are reported and the entry they are in is skipped.
-    pub fn build(services: &[K8sService], slices: &[EndpointSlice]) -> (View, Vec<ViewError>) {
+    pub fn build<'a>(
+        services: impl IntoIterator<Item = &'a K8sService>,
+        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    ) -> (View, Vec<ViewError>) {
         let mut errors = Vec::new();
         let mut view = View::default();
         for svc in services {

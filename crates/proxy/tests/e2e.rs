@@ -166,6 +166,7 @@ fn cluster_ip_balances_rejects_and_follows_endpoint_changes() {
     let this_node = Node {
         name: "node-1".into(),
         cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        ..Default::default()
     };
     let rules = |addrs: &[&str]| {
         let slices = [
@@ -313,6 +314,14 @@ fn the_kernel_accepts_every_rule_shape() {
             "10.244.0.0/16".parse().unwrap(),
             "fd00:10:244::/56".parse().unwrap(),
         ],
+        node_ips: vec![
+            "198.18.0.11".parse().unwrap(),
+            "2001:2::11".parse().unwrap(),
+        ],
+        service_cidrs: vec![
+            "10.96.0.0/12".parse().unwrap(),
+            "fd00:10:96::/112".parse().unwrap(),
+        ],
     };
     let rules = desired(&view, &this_node);
     let ip6 = rules.family(netlink::nft::Family::Ip6).unwrap();
@@ -414,6 +423,7 @@ fn external_traffic_policy_local_keeps_the_client_address_and_drops_without_endp
     let this_node = Node {
         name: "node-1".into(),
         cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        ..Default::default()
     };
     let mut proxier = Proxier::new(NftSocket::new_in(&node).unwrap());
     proxier.sync(desired(&view, &this_node)).unwrap();

@@ -299,6 +299,31 @@ pub enum Expr {
     Reject(Reject),
     /// Skip connection tracking for the packet.
     Notrack,
+    /// Adds or refreshes an element of a named set from the packet path (`update @set
+    /// { key : data }`), e.g. to remember which endpoint a client was sent to. The set
+    /// needs [`Set::dynamic`](super::Set::dynamic), and
+    /// [`Set::timeout`](super::Set::timeout) for `timeout`.
+    Dynset {
+        /// The set or map (of the rule's table).
+        set: String,
+        /// Add only if absent, or add and refresh the timeout.
+        op: DynsetOp,
+        /// Key register.
+        sreg_key: Reg,
+        /// Data register, for maps.
+        sreg_data: Option<Reg>,
+        /// The element's timeout; `None`: the set's default.
+        timeout: Option<std::time::Duration>,
+    },
+}
+
+/// What [`Expr::Dynset`] does with the element.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DynsetOp {
+    /// `add`: insert if absent, leave an existing one as it is.
+    Add,
+    /// `update`: insert if absent, else refresh its timeout.
+    Update,
 }
 
 /// The set a lookup reads.
@@ -365,6 +390,7 @@ impl Expr {
             Expr::Fib { .. } => "fib",
             Expr::Reject(_) => "reject",
             Expr::Notrack => "notrack",
+            Expr::Dynset { .. } => "dynset",
         }
     }
 
@@ -532,6 +558,30 @@ impl Expr {
                 }
             }
             Expr::Notrack => {}
+            Expr::Dynset {
+                set,
+                op,
+                sreg_key,
+                sreg_data,
+                timeout,
+            } => {
+                // enum nft_dynset_attributes; the timeout is in milliseconds.
+                w.put_str(1, set);
+                w.put_u32(
+                    3,
+                    match op {
+                        DynsetOp::Add => 0,
+                        DynsetOp::Update => 1,
+                    },
+                );
+                put_reg(w, 4, *sreg_key);
+                if let Some(data) = sreg_data {
+                    put_reg(w, 5, *data);
+                }
+                if let Some(t) = timeout {
+                    w.put_u64(6, u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+                }
+            }
         }
         w.nest_end(data);
         w.nest_end(elem);

@@ -33,12 +33,12 @@ mod objects;
 mod rule;
 mod set;
 mod socket;
-mod wire;
+pub(crate) mod wire;
 
 pub use batch::Batch;
 pub use expr::{
-    CmpOp, CtKey, Expr, FibResult, MetaKey, NatKind, PayloadBase, RTN_LOCAL, Reg, Reject, ct_state,
-    fib_flags, nat_flags,
+    CmpOp, CtKey, DynsetOp, Expr, FibResult, MetaKey, NatKind, PayloadBase, RTN_LOCAL, Reg, Reject,
+    ct_state, fib_flags, nat_flags,
 };
 pub use objects::{BaseHook, Chain, ChainType, Family, Hook, Policy, Table, Verdict, priority};
 pub use rule::{Field, Rule};

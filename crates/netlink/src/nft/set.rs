@@ -153,6 +153,7 @@ pub(crate) mod flags {
     pub(crate) const INTERVAL: u32 = 0x4;
     pub(crate) const MAP: u32 = 0x8;
     pub(crate) const TIMEOUT: u32 = 0x10;
+    pub(crate) const EVAL: u32 = 0x20;
     pub(crate) const CONCAT: u32 = 0x80;
 }
 
@@ -185,6 +186,9 @@ pub struct Set {
     pub interval: bool,
     /// Elements may carry timeouts; `Some(d)` also gives them a default.
     pub timeout: Option<Option<Duration>>,
+    /// Flag `dynamic`: rules add and update elements from the packet path
+    /// ([`Expr::Dynset`](super::Expr::Dynset)).
+    pub dynamic: bool,
     /// An anonymous set, bound to the one rule that uses it (see
     /// [`Rule::inline_sets`](super::Rule::inline_sets)).
     pub(crate) anonymous: bool,
@@ -208,6 +212,7 @@ impl Set {
             constant: false,
             interval: false,
             timeout: None,
+            dynamic: false,
             anonymous: false,
         }
     }
@@ -242,6 +247,13 @@ impl Set {
         self
     }
 
+    /// Flag `dynamic`: rules may add and update elements
+    /// ([`Expr::Dynset`](super::Expr::Dynset)).
+    pub fn dynamic(mut self) -> Self {
+        self.dynamic = true;
+        self
+    }
+
     pub(crate) fn flags(&self) -> u32 {
         let mut f = 0;
         if self.anonymous {
@@ -262,6 +274,9 @@ impl Set {
         }
         if self.timeout.is_some() {
             f |= flags::TIMEOUT;
+        }
+        if self.dynamic {
+            f |= flags::EVAL;
         }
         f
     }
