@@ -1,0 +1,158 @@
+//! End to end: `kubewire node` in a two-node lab runs pods created with kubectl (bound
+//! with `nodeName`; no scheduler here), wires them with the agent's CNI config, and
+//! reports them; the pods reach each other across nodes. Needs root.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{NodeCluster, condition, curl, pod, read, run_in};
+use e2e::wait_until;
+use serde_json::json;
+
+#[test]
+fn pods_get_addresses_files_and_reach_each_other() {
+    let c = NodeCluster::up();
+    c.create(&pod(
+        "web-1",
+        1,
+        json!([{"name": "web", "image": "nginx",
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": 80}, "periodSeconds": 1}}]),
+    ));
+    c.create(&pod(
+        "web-2",
+        2,
+        json!([{"name": "whoami", "image": "traefik/whoami",
+        "ports": [{"containerPort": 8080, "hostPort": 8080}]}]),
+    ));
+    let mut files = pod(
+        "files",
+        1,
+        json!([{"name": "c", "image": "busybox",
+        "command": ["sh", "-c", "cat /etc/resolv.conf /etc/hosts; echo HOSTNAME_FILE=$(cat /etc/hostname); echo UTS=$(hostname); echo MY_IP=$MY_IP; echo NODE=$MY_NODE; env | grep KUBERNETES_SERVICE; ls /var/run/secrets/kubernetes.io/serviceaccount; echo done; exec sleep 3600"],
+        "env": [{"name": "MY_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                {"name": "MY_NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]}]),
+    );
+    files["spec"]["hostAliases"] = json!([{"ip": "10.1.2.3", "hostnames": ["foo.example"]}]);
+    files["spec"]["dnsConfig"] = json!({"options": [{"name": "edns0"}]});
+    c.create(&files);
+
+    let web1 = c.wait_ready("web-1");
+    let web2 = c.wait_ready("web-2");
+    let files = c.wait_ready("files");
+    let ip1 = web1["status"]["podIP"].as_str().unwrap().to_owned();
+    let ip2 = web2["status"]["podIP"].as_str().unwrap().to_owned();
+    assert!(ip1.starts_with("10.244.1."), "{ip1}");
+    assert!(ip2.starts_with("10.244.2."), "{ip2}");
+    assert_eq!(
+        web2["status"]["podIPs"].as_array().unwrap().len(),
+        2,
+        "dual-stack: {:#}",
+        web2["status"]
+    );
+    let ip2v6 = web2["status"]["podIPs"][1]["ip"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(web1["status"]["hostIP"], "198.18.0.11");
+    let cs = &web1["status"]["containerStatuses"][0];
+    assert_eq!(cs["ready"], true);
+    assert_eq!(cs["started"], true);
+    assert_eq!(cs["restartCount"], 0);
+    assert!(cs["state"]["running"]["startedAt"].is_string(), "{cs:#}");
+    for cond in ["PodScheduled", "Initialized", "ContainersReady", "Ready"] {
+        assert!(condition(&web1, cond), "{cond}: {:#}", web1["status"]);
+    }
+
+    // Pod to pod across nodes, v4 and v6: the whoami answers with its own identity and
+    // sees the client's pod address.
+    let ns1 = c.pod_ns(&web1);
+    let body = curl(&ns1, &format!("http://{ip2}:8080/"));
+    assert!(
+        body.contains("Pod: web-2") && body.contains("Node: node-2"),
+        "{body}\n{}",
+        c.logs()
+    );
+    assert!(body.contains(&format!("RemoteAddr: {ip1}:")), "{body}");
+    let body = curl(&ns1, &format!("http://[{ip2v6}]:8080/"));
+    assert!(body.contains("Pod: web-2"), "over IPv6: {body}");
+    let body = curl(&c.pod_ns(&web2), &format!("http://{ip1}/"));
+    assert!(
+        body.contains("Pod: web-1") && body.contains(&format!("PodIP: {ip1}")),
+        "{body}"
+    );
+    // hostPort 8080 on node-2's address, reached from a pod on node-1.
+    let body = curl(&ns1, "http://198.18.0.12:8080/");
+    assert!(body.contains("Pod: web-2"), "hostPort: {body}");
+
+    // The container's view: the pod's own resolv.conf, hosts, hostname, env, token.
+    let ipf = files["status"]["podIP"].as_str().unwrap().to_owned();
+    let api = c.dir.path().join("api");
+    let logs_url = "https://198.18.0.11:10250/containerLogs/default/files/c";
+    let kubelet = |url: &str| {
+        let out = run_in(
+            &c.node_ns(2),
+            "curl",
+            &[
+                "-sk",
+                "-m",
+                "3",
+                "--cert",
+                api.join("admin.crt").to_str().unwrap(),
+                "--key",
+                api.join("admin.key").to_str().unwrap(),
+                url,
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mut log = String::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            log = kubelet(logs_url);
+            log.contains("done")
+        }),
+        "kubelet API logs: {log:?}\n{}",
+        c.logs()
+    );
+    assert!(log.contains("nameserver 10.96.0.10\n"), "{log}");
+    assert!(
+        log.contains("search default.svc.cluster.local svc.cluster.local cluster.local"),
+        "{log}"
+    );
+    assert!(log.contains("options ndots:5 edns0\n"), "{log}");
+    assert!(log.contains(&format!("{ipf}\tfiles\n")), "{log}");
+    assert!(log.contains("10.1.2.3\tfoo.example\n"), "{log}");
+    assert!(
+        log.contains("HOSTNAME_FILE=files\n") && log.contains("UTS=files\n"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("MY_IP={ipf}\n")) && log.contains("NODE=node-1\n"),
+        "{log}"
+    );
+    assert!(log.contains("KUBERNETES_SERVICE_HOST=10.96.0.1"), "{log}");
+    assert!(log.contains("ca.crt\nnamespace\ntoken\n"), "{log}");
+    // The host's own files are untouched.
+    assert!(!read(std::path::Path::new("/etc/hosts")).contains("foo.example"));
+    // tailLines and timestamps, as kubectl asks for them.
+    let tail = kubelet(&format!("{logs_url}?tailLines=1"));
+    assert_eq!(tail, "done\n");
+    let ts = kubelet(&format!("{logs_url}?tailLines=1&timestamps=true"));
+    assert!(ts.ends_with("Z done\n") && ts.starts_with("20"), "{ts:?}");
+    assert_eq!(kubelet("https://198.18.0.11:10250/healthz"), "ok");
+    // Without a client certificate signed by the cluster CA: refused.
+    let out = run_in(&c.node_ns(2), "curl", &["-sk", "-m", "3", logs_url]);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("nameserver"),
+        "served without a client certificate"
+    );
+
+    // One netns per pod, named after the node's.
+    let ours: Vec<String> = netlink::netns::list()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("{}-p", c.node_ns(1))))
+        .collect();
+    assert_eq!(ours.len(), 2, "{ours:?}");
+}
