@@ -7,7 +7,7 @@ help: ## list the commands
 up: ## build kubewire (release) and start the lab on this machine
 	scripts/deps.sh run
 	cargo build --release -p kubewire
-	./target/release/kubewire lab up
+	./target/release/kubewire lab up --detach
 
 down: ## remove the lab
 	./target/release/kubewire lab down

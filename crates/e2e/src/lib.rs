@@ -216,7 +216,8 @@ pub fn kubewire_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A lab that exists for the guard's lifetime (`kubewire lab up` ... `lab down`).
+/// A lab's network that exists for the guard's lifetime (`kubewire lab up
+/// --network-only` ... `lab down`): tests bring their own control plane and agents.
 #[derive(Debug)]
 pub struct TestLab {
     name: String,
@@ -235,6 +236,7 @@ impl TestLab {
             &lab.name,
             "--nodes",
             &nodes.to_string(),
+            "--network-only",
         ]);
         lab
     }

@@ -50,13 +50,13 @@ enum Command {
     Apiserver(apiserver::Args),
     /// Run the per-node agent: the node's CNI config and routes to other nodes' pods.
     Agent(agent::Args),
+    /// Run the cluster DNS server (kube-dns/CoreDNS replacement).
+    Dns(dns::Args),
     /// Run the lab's kubelet in a node's namespace: registers the Node, runs its pods.
     Node(node::Args),
     /// Run a built-in workload (what containers without a `command` run; docs/node.md).
     #[command(subcommand)]
     Workload(node::WorkloadArgs),
-    /// Run the cluster DNS add-on: Services, EndpointSlices and Pods as DNS records.
-    Dns(dns::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,15 +68,35 @@ enum LabCommand {
         /// Number of nodes [default: 3, or the config file's `nodes`].
         #[arg(long, value_parser = clap::value_parser!(u8).range(1..=i64::from(lab::MAX_NODES)))]
         nodes: Option<u8>,
-        /// A lab config file (JSON) with `nodes`, `underlayV4`, `underlayV6`; `--nodes`
-        /// on the command line wins. The lab's name always comes from `--name`.
+        /// A lab config file (YAML; see docs/lab.md for the fields); `--nodes` on the
+        /// command line wins. The lab's name always comes from `--name`.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Return once the cluster is ready and leave it running until `lab down`
+        /// (without it, `lab up` stays in the foreground and Ctrl-C tears it down).
+        #[arg(long)]
+        detach: bool,
+        /// Build only the network (underlay, node namespaces, outside) and return: no
+        /// control plane, no node processes. Tests that bring their own use it.
+        #[arg(long, conflicts_with = "detach")]
+        network_only: bool,
     },
     /// Remove everything the lab made; safe to run twice or after a crash.
     Down {
         #[command(flatten)]
         lab: LabArgs,
+        /// Keep the data directory (the API server's database and the logs).
+        #[arg(long)]
+        keep_data: bool,
+    },
+    /// Print the path of the lab's admin kubeconfig:
+    /// `export KUBECONFIG=$(kubewire lab kubeconfig)`.
+    Kubeconfig {
+        #[command(flatten)]
+        lab: LabArgs,
+        /// Print the kubeconfig's content instead of its path.
+        #[arg(long)]
+        print: bool,
     },
     /// Show the lab's members, their namespaces and addresses.
     Status {
@@ -86,13 +106,15 @@ enum LabCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Run a command inside a lab member's network: `underlay`, `node-N` or `outside`.
+    /// Run a command inside a pod, a node or the outside world.
     ///
-    /// Example: `kubewire lab exec outside -- ping -c1 198.18.0.11`
+    /// Examples: `kubewire lab exec outside -- curl -s 198.18.0.11:31100`,
+    /// `kubewire lab exec default/web-xyz -- cat /etc/resolv.conf`
     Exec {
         #[command(flatten)]
         lab: LabArgs,
-        /// `underlay`, `node-1`, `node-2`, ... or `outside`.
+        /// A pod, `[namespace/]pod[/container]` (its network and mount namespaces), or
+        /// `underlay`, `node-1`, `node-2`, ..., `outside` (their network namespace).
         target: String,
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true)]
@@ -152,16 +174,16 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             agent::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }),
+        Command::Dns(args) => runtime.block_on(async {
+            dns::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Node(args) => runtime.block_on(async {
             node::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }),
         Command::Workload(args) => runtime.block_on(async {
             node::workload::run(args).await?;
-            Ok(ExitCode::SUCCESS)
-        }),
-        Command::Dns(args) => runtime.block_on(async {
-            dns::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }),
     }
@@ -180,38 +202,74 @@ async fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
             lab: args,
             nodes,
             config,
+            detach,
+            network_only,
         } => {
             let mut cfg = match config {
-                Some(path) => {
-                    let text = std::fs::read_to_string(&path)
-                        .with_context(|| format!("reading lab config {}", path.display()))?;
-                    serde_json_from_config(&text)
-                        .with_context(|| format!("lab config {}", path.display()))?
-                }
+                Some(path) => lab::LabConfig::from_file(&path)?,
                 None => lab::LabConfig::default(),
             };
             cfg.name = args.name;
             if let Some(nodes) = nodes {
                 cfg.nodes = nodes;
             }
-            let state = lab::up(&cfg).await?;
-            print_summary(&state);
+            if network_only {
+                let state = lab::up(&cfg).await?;
+                print_table(&state);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let binary = std::env::current_exe().context("finding the kubewire binary")?;
+            let started = lab::cluster::start(&cfg, &binary, &lab::Progress::stderr()).await?;
+            print_summary(&started, detach);
+            if detach {
+                return Ok(ExitCode::SUCCESS);
+            }
+            wait_for_stop(&cfg).await;
+            eprintln!("stopping the lab ...");
+            lab::down(&cfg).await?;
+            eprintln!("lab {:?} is down", cfg.name);
             Ok(ExitCode::SUCCESS)
         }
-        LabCommand::Down { lab: args } => {
-            lab::down(&lab_config(&args)).await?;
+        LabCommand::Down {
+            lab: args,
+            keep_data,
+        } => {
+            lab::down_with(&lab_config(&args), keep_data).await?;
             println!(
-                "lab {:?} is down: its namespaces, links and state are removed",
-                args.name
+                "lab {:?} is down: its processes, namespaces, links and state are removed{}",
+                args.name,
+                if keep_data { " (data kept)" } else { "" }
             );
             Ok(ExitCode::SUCCESS)
         }
+        LabCommand::Kubeconfig { lab: args, print } => {
+            let cfg = lab::status(&lab_config(&args))?.config;
+            let path = lab::cluster::kubeconfig_path(&cfg);
+            if !path.exists() {
+                anyhow::bail!(
+                    "lab {:?} has no kubeconfig yet ({} is missing)",
+                    cfg.name,
+                    path.display()
+                );
+            }
+            if print {
+                print!("{}", std::fs::read_to_string(&path)?);
+            } else {
+                println!("{}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         LabCommand::Status { lab: args, json } => {
-            let state = lab::status(&lab_config(&args))?;
+            let cfg = lab_config(&args);
+            let state = lab::status(&cfg)?;
+            let cluster = lab::cluster::cluster_status(&cfg).await?;
             if json {
-                println!("{}", serde_json_pretty(&state));
+                let v = serde_json::json!({ "network": state, "cluster": cluster });
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print_table(&state);
+                println!();
+                print_cluster(&cluster);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -220,7 +278,20 @@ async fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
             target,
             command,
         } => {
-            let status = lab::exec(&lab_config(&args), &target, &command)?;
+            let cfg = lab_config(&args);
+            let state = lab::status(&cfg)?;
+            let is_member = state
+                .members
+                .iter()
+                .any(|m| m.target == target || m.netns == target);
+            let has_api = lab::cluster::kubeconfig_path(&state.config).exists();
+            let status = if is_member || !has_api {
+                // Without a control plane there are no pods: the error names the members.
+                lab::exec(&cfg, &target, &command)?
+            } else {
+                let pod = lab::cluster::find_pod(&cfg, &target).await?;
+                exec_in_pod(&pod, &command)?
+            };
             // Pass the command's own exit code through, as `kubectl exec` does.
             let code = status.code().map_or(1, |c| u8::try_from(c).unwrap_or(1));
             Ok(ExitCode::from(code))
@@ -228,13 +299,45 @@ async fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn serde_json_from_config(text: &str) -> anyhow::Result<lab::LabConfig> {
-    let cfg: lab::LabConfig = serde_json::from_str(text)?;
-    Ok(cfg)
+/// Runs `command` in the network and mount namespaces of the pod's container process.
+/// `nsenter` (util-linux) enters both: a mount namespace cannot be entered from this
+/// multi-threaded process, and `lab exec` is an interactive tool, not a hot path.
+fn exec_in_pod(
+    pod: &lab::cluster::PodTarget,
+    command: &[String],
+) -> anyhow::Result<std::process::ExitStatus> {
+    std::process::Command::new("nsenter")
+        .arg(format!("--target={}", pod.pid))
+        .args(["--net", "--mount", "--uts", "--"])
+        .args(command)
+        .status()
+        .with_context(|| format!("running nsenter for pod {}", pod.pod))
 }
 
-fn serde_json_pretty(state: &lab::LabState) -> String {
-    serde_json::to_string_pretty(state).expect("state serializes")
+/// Waits for Ctrl-C or SIGTERM, telling about components that exit meanwhile.
+async fn wait_for_stop(cfg: &lab::LabConfig) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    let mut reported = std::collections::HashSet::new();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = tick.tick() => {
+                for p in lab::cluster::exited(cfg) {
+                    if reported.insert(p.name.clone()) {
+                        eprintln!(
+                            "warning: {} exited; its log is {}:\n{}",
+                            p.name,
+                            p.log.display(),
+                            lab::cluster::log_tail(&p.log, 10)
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn print_table(state: &lab::LabState) {
@@ -257,28 +360,76 @@ fn print_table(state: &lab::LabState) {
     }
 }
 
-fn print_summary(state: &lab::LabState) {
-    let cfg = &state.config;
-    println!(
-        "lab {:?} is up: {} node(s) on the underlay {} / {}",
-        cfg.name, cfg.nodes, cfg.underlay_v4, cfg.underlay_v6
-    );
-    print_table(state);
+fn print_cluster(c: &lab::cluster::ClusterStatus) {
+    println!("{:<14} {:<8} {:<8} LOG", "COMPONENT", "PID", "STATE");
+    for p in &c.components {
+        let st = if p.running { "running" } else { "exited" };
+        println!("{:<14} {:<8} {:<8} {}", p.name, p.pid, st, p.log.display());
+    }
     println!();
-    println!("What exists so far is the lab's network: the underlay switch, the node namespaces");
-    println!(
-        "and the outside world. The control plane, pods and add-ons arrive with their issues."
-    );
-    println!(
-        "Try:   kubewire lab exec outside -- ping -c1 {}",
-        state.config.addresses(lab::Role::Node(1))[0].addr()
-    );
-    println!(
-        "Stop:  kubewire lab down{}",
-        if cfg.name == "kubewire" {
-            String::new()
-        } else {
-            format!(" --name {}", cfg.name)
+    match &c.api_error {
+        Some(e) => println!("API server: not answering ({e})"),
+        None => {
+            println!(
+                "{:<10} {:<9} {:<28} {:<36} PODS",
+                "NODE", "STATUS", "INTERNAL-IP", "POD-CIDRS"
+            );
+            for n in &c.nodes {
+                println!(
+                    "{:<10} {:<9} {:<28} {:<36} {}",
+                    n.name,
+                    if n.ready { "Ready" } else { "NotReady" },
+                    n.addresses.join(","),
+                    n.pod_cidrs.join(","),
+                    n.pods
+                );
+            }
         }
+    }
+    println!();
+    println!("kubeconfig: {}", c.kubeconfig.display());
+}
+
+fn print_summary(started: &lab::cluster::Started, detach: bool) {
+    let cfg = &started.config;
+    let (pods, services, dns) = lab::cluster::ranges(cfg);
+    let name_flag = if cfg.name == "kubewire" {
+        String::new()
+    } else {
+        format!(" --name {}", cfg.name)
+    };
+    println!();
+    println!(
+        "lab {:?} is up: {} node(s) Ready after {:.1}s",
+        cfg.name,
+        cfg.nodes,
+        started.ready_after.as_secs_f32()
     );
+    println!(
+        "  nodes     {} (node-1 is {})",
+        cfg.underlay_v4,
+        cfg.node_ips(1)[0]
+    );
+    println!("  pods      {pods}");
+    println!("  services  {services} (DNS {dns})");
+    println!(
+        "  outside   {}",
+        cfg.addresses(lab::Role::Outside)[0].addr()
+    );
+    println!();
+    println!(
+        "Use it:    export KUBECONFIG={}",
+        started.kubeconfig.display()
+    );
+    println!("           kubectl get nodes -o wide");
+    println!("Try:       kubectl create deployment web --image=nginx --replicas=3");
+    println!(
+        "           kubewire lab exec{name_flag} outside -- ping -c1 {}",
+        cfg.node_ips(1)[0]
+    );
+    if detach {
+        println!("Stop:      kubewire lab down{name_flag}");
+    } else {
+        println!("Stop:      Ctrl-C (or kubewire lab down{name_flag})");
+    }
 }

@@ -1,5 +1,5 @@
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::PathBuf;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
@@ -23,10 +23,46 @@ pub struct LabConfig {
     pub underlay_v4: Ipv4Net,
     /// The underlay's IPv6 subnet.
     pub underlay_v6: Ipv6Net,
+    /// The cluster's pod ranges, at most one per IP family; each node gets a /24 (IPv4)
+    /// or /64 (IPv6) of them. Both families make the cluster dual-stack.
+    pub pod_cidrs: Vec<IpNet>,
+    /// The Service ranges, at most one per IP family, in the same family order.
+    pub service_cidrs: Vec<IpNet>,
+    /// How pod traffic crosses between nodes: `native` routes or `vxlan`.
+    pub routing: Routing,
+    /// The cluster's DNS domain.
+    pub cluster_domain: String,
+    /// Where the API server listens on the host for kubectl (loopback only). Port 0 picks
+    /// a free port, which the kubeconfig then names (tests run labs side by side).
+    pub api_listen: SocketAddr,
     /// Where the lab keeps its state while it is up. Not configurable from a file:
     /// `lab down` and `lab status` must find it without being told.
     #[serde(skip)]
     pub run_dir: PathBuf,
+    /// Where the lab keeps its data (API database, node files, logs); `lab down` removes
+    /// it unless told to keep it.
+    #[serde(skip)]
+    pub data_root: PathBuf,
+}
+
+/// How pod traffic crosses between nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Routing {
+    /// Plain routes to each node's pod range over the underlay.
+    Native,
+    /// A VXLAN overlay between the nodes.
+    Vxlan,
+}
+
+impl Routing {
+    /// The value of `kubewire agent --mode`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Routing::Native => "native",
+            Routing::Vxlan => "vxlan",
+        }
+    }
 }
 
 impl Default for LabConfig {
@@ -36,9 +72,21 @@ impl Default for LabConfig {
             nodes: 3,
             underlay_v4: "198.18.0.0/24".parse().expect("valid default"),
             underlay_v6: "2001:2::/64".parse().expect("valid default"),
+            pod_cidrs: nets(&["10.244.0.0/16", "fd00:10:244::/56"]),
+            service_cidrs: nets(&["10.96.0.0/12", "fd00:10:96::/112"]),
+            routing: Routing::Native,
+            cluster_domain: "cluster.local".to_owned(),
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 6443)),
             run_dir: PathBuf::from("/run/kubewire"),
+            data_root: PathBuf::from("/var/lib/kubewire"),
         }
     }
+}
+
+fn nets(list: &[&str]) -> Vec<IpNet> {
+    list.iter()
+        .map(|s| s.parse().expect("valid default"))
+        .collect()
 }
 
 /// A namespace's part in the lab.
@@ -89,7 +137,84 @@ impl LabConfig {
                 self.underlay_v6
             ));
         }
+        check_families("podCidrs", &self.pod_cidrs)?;
+        check_families("serviceCidrs", &self.service_cidrs)?;
+        let fam = |nets: &[IpNet]| {
+            nets.iter()
+                .map(IpNet::addr)
+                .map(|a| a.is_ipv4())
+                .collect::<Vec<_>>()
+        };
+        if fam(&self.pod_cidrs) != fam(&self.service_cidrs) {
+            return bad(
+                "serviceCidrs: Invalid value: must have the same IP families, in the same order, as podCidrs".to_owned(),
+            );
+        }
+        for (i, net) in self.pod_cidrs.iter().enumerate() {
+            let max = if net.addr().is_ipv4() { 24 } else { 64 };
+            if net.prefix_len() > max - 4 {
+                return bad(format!(
+                    "podCidrs[{i}]: Invalid value: {net}: must be a /{} or larger (a /{max} per node)",
+                    max - 4
+                ));
+            }
+        }
+        let domain_ok = !self.cluster_domain.is_empty()
+            && self.cluster_domain.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            });
+        if !domain_ok {
+            return bad(format!(
+                "clusterDomain: Invalid value: {:?}: must be a DNS name of lowercase labels",
+                self.cluster_domain
+            ));
+        }
+        if !self.api_listen.ip().is_loopback() {
+            return bad(format!(
+                "apiListen: Invalid value: {}: must be a loopback address (the lab adds nothing reachable to the host)",
+                self.api_listen
+            ));
+        }
         Ok(())
+    }
+
+    /// Reads a lab config file: YAML (JSON is YAML too). Unknown fields are refused by name.
+    pub fn from_file(path: &Path) -> Result<LabConfig> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("reading lab config {}", path.display()), e))?;
+        Self::from_yaml(&text).map_err(|e| Error::InvalidConfig(format!("{}: {e}", path.display())))
+    }
+
+    /// Parses a lab config from YAML text.
+    pub fn from_yaml(text: &str) -> std::result::Result<LabConfig, String> {
+        serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The lab's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_root.join(&self.name)
+    }
+
+    /// The cluster DNS service address: the tenth address of the first Service range,
+    /// as kubeadm picks it (10.96.0.10 by default).
+    pub fn dns_ip(&self) -> IpAddr {
+        nth_host(self.service_cidrs[0], 10)
+    }
+
+    /// Node N's underlay addresses without prefix, IPv4 first.
+    pub fn node_ips(&self, n: u8) -> Vec<IpAddr> {
+        self.addresses(Role::Node(n))
+            .iter()
+            .map(IpNet::addr)
+            .collect()
+    }
+
+    /// The address the control plane listens on inside the underlay.
+    pub fn api_underlay_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.addresses(Role::Underlay)[0].addr(), 6443)
     }
 
     /// Name of the namespace that plays `role`.
@@ -134,6 +259,24 @@ impl LabConfig {
     /// Where this lab's state file lives while it is up.
     pub fn state_dir(&self) -> PathBuf {
         self.run_dir.join(&self.name)
+    }
+}
+
+fn check_families(field: &str, nets: &[IpNet]) -> Result<()> {
+    let v4 = nets.iter().filter(|n| n.addr().is_ipv4()).count();
+    if nets.is_empty() || v4 > 1 || nets.len() - v4 > 1 {
+        return Err(Error::InvalidConfig(format!(
+            "{field}: Invalid value: {nets:?}: must be one range per IP family (one or two ranges)"
+        )));
+    }
+    Ok(())
+}
+
+/// The `n`th address of `net`.
+fn nth_host(net: IpNet, n: u32) -> IpAddr {
+    match net {
+        IpNet::V4(v4) => IpAddr::V4(Ipv4Addr::from(u32::from(v4.network()) + n)),
+        IpNet::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6.network()) + u128::from(n))),
     }
 }
 
@@ -188,6 +331,30 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("underlayV4")
+        );
+    }
+
+    #[test]
+    fn yaml_config_file() {
+        let cfg = LabConfig::from_yaml(
+            "nodes: 2\nrouting: vxlan\npodCidrs: [10.200.0.0/16]\nserviceCidrs: [10.100.0.0/16]\nclusterDomain: lab.example\n",
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.routing, Routing::Vxlan);
+        assert_eq!(cfg.dns_ip().to_string(), "10.100.0.10");
+        assert_eq!(cfg.cluster_domain, "lab.example");
+        let err = LabConfig::from_yaml("nodes: 2\nroutng: vxlan\n").unwrap_err();
+        assert!(err.contains("unknown field `routng`"), "{err}");
+        let mixed = LabConfig::from_yaml("serviceCidrs: [10.96.0.0/12]\n").unwrap();
+        let err = mixed.validate().unwrap_err().to_string();
+        assert!(err.contains("serviceCidrs"), "{err}");
+        let open = LabConfig::from_yaml("apiListen: 0.0.0.0:6443\n").unwrap();
+        assert!(
+            open.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("apiListen")
         );
     }
 

@@ -18,6 +18,9 @@ pub enum Error {
         target: String,
         known: String,
     },
+    /// A component of the lab (API server, controllers, a node) failed to start or answer.
+    #[error("{0}")]
+    Component(String),
     /// The kernel refused something.
     #[error(transparent)]
     Kernel(#[from] netlink::Error),

@@ -5,10 +5,15 @@
 //! that plays the world beyond the cluster. Nothing is added to the host's own
 //! namespace, and [`down`] removes everything [`up`] made, even after a crash.
 
+pub mod cluster;
 mod config;
 mod error;
+mod processes;
+mod progress;
 mod topology;
 
-pub use config::{LabConfig, MAX_NODES, Role};
+pub use config::{LabConfig, MAX_NODES, Role, Routing};
 pub use error::{Error, Result};
-pub use topology::{LabState, NodeState, down, exec, status, up};
+pub use processes::Process;
+pub use progress::{Progress, Step};
+pub use topology::{LabState, NodeState, down, down_with, exec, status, up};

@@ -7,7 +7,7 @@ use std::process::{Command, ExitStatus};
 use ipnet::IpNet;
 use netlink::{Rtnl, netns, sysctl};
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use crate::{Error, LabConfig, Result, Role};
 
@@ -125,7 +125,7 @@ async fn build(cfg: &LabConfig) -> Result<()> {
             sysctl::set_in(&ns, "net.ipv4.ip_forward", "1")?;
             sysctl::set_in(&ns, "net.ipv6.conf.all.forwarding", "1")?;
         }
-        info!(target = %target, netns = %ns, "lab member up");
+        debug!(target = %target, netns = %ns, "lab member up");
     }
     Ok(())
 }
@@ -136,24 +136,39 @@ fn load(cfg: &LabConfig) -> Option<LabConfig> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// Removes everything the lab made: its namespaces (with every link inside them) and
-/// its state. Works when the lab is half up, already down, or was killed mid-way.
-/// Keeps going past failures and reports them all.
+/// Removes everything the lab made: its processes, its namespaces (with every link
+/// inside them), its state and its data. Works when the lab is half up, already down, or
+/// was killed mid-way. Keeps going past failures and reports them all.
 pub async fn down(cfg: &LabConfig) -> Result<()> {
+    down_with(cfg, false).await
+}
+
+/// [`down`], keeping the data directory (the API server's database) when `keep_data`.
+pub async fn down_with(cfg: &LabConfig, keep_data: bool) -> Result<()> {
     let cfg = load(cfg).unwrap_or_else(|| cfg.clone());
     let mut problems = Vec::new();
     let mut names: Vec<String> = cfg.roles().into_iter().map(|r| cfg.netns_name(r)).collect();
     // A crashed `lab up --nodes N` with a larger N than the default leaves node
-    // namespaces the default config does not name: find them by their exact pattern.
+    // namespaces the default config does not name, and pods have namespaces of their own
+    // (`<lab>-node-N-p<uid>`): find them by their exact pattern. Pods go first.
     let node_prefix = format!("{}-node-", cfg.name);
+    let mut pods = Vec::new();
     for name in netns::list()? {
-        let is_ours = name
-            .strip_prefix(&node_prefix)
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-        if is_ours && !names.contains(&name) {
+        let Some(rest) = name.strip_prefix(&node_prefix) else {
+            continue;
+        };
+        let (num, pod) = rest.split_once("-p").unwrap_or((rest, ""));
+        let is_node_num = !num.is_empty() && num.bytes().all(|b| b.is_ascii_digit());
+        let is_pod = !pod.is_empty() && pod.bytes().all(|b| b.is_ascii_hexdigit());
+        if is_node_num && is_pod {
+            pods.push(name);
+        } else if is_node_num && pod.is_empty() && rest == num && !names.contains(&name) {
             names.push(name);
         }
     }
+    pods.extend(names);
+    let names = pods;
+    crate::cluster::stop(&cfg, &names);
     for name in names {
         if let Err(e) = netns::delete(&name) {
             problems.push(Error::from(e));
@@ -167,6 +182,15 @@ pub async fn down(cfg: &LabConfig) -> Result<()> {
     }
     // The run dir is ours too when no other lab is left in it.
     let _ = fs::remove_dir(&cfg.run_dir);
+    if !keep_data {
+        let data = cfg.data_dir();
+        match fs::remove_dir_all(&data) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => problems.push(Error::io(format!("removing {}", data.display()), e)),
+        }
+        let _ = fs::remove_dir(&cfg.data_root);
+    }
     if problems.is_empty() {
         Ok(())
     } else {

@@ -1,0 +1,536 @@
+//! The cluster on top of the lab's network: the control plane (API server and
+//! controllers) in the host's namespace, and in each node's namespace the pod runner
+//! (`kubewire node`) and the agent, as a DaemonSet's pod would run there.
+
+use std::fs;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::ListParams;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client};
+use serde::Serialize;
+use tracing::{debug, warn};
+
+use crate::processes::{self, Process, Registry};
+use crate::progress::Progress;
+use crate::{Error, LabConfig, Result, Role};
+
+/// How long `lab up` waits for the API server and then for every node to be Ready.
+const API_TIMEOUT: Duration = Duration::from_secs(30);
+const NODES_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long each process gets to stop after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// What `lab up` started.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// The configuration it runs with.
+    pub config: LabConfig,
+    /// The admin kubeconfig for kubectl.
+    pub kubeconfig: PathBuf,
+    /// From the start of `lab up` until every node was Ready.
+    pub ready_after: Duration,
+}
+
+/// Path of the lab's admin kubeconfig.
+pub fn kubeconfig_path(cfg: &LabConfig) -> PathBuf {
+    cfg.data_dir().join("api").join("admin.kubeconfig")
+}
+
+/// Starts the whole lab: network, control plane, nodes, and waits until every node is
+/// Ready. On failure everything made so far is removed again.
+pub async fn start(cfg: &LabConfig, binary: &Path, progress: &Progress) -> Result<Started> {
+    let began = Instant::now();
+    let step = progress.step(format!(
+        "network: underlay {}, {} node(s), outside",
+        cfg.underlay_v4, cfg.nodes
+    ));
+    crate::up(cfg).await?;
+    step.done("");
+    match start_processes(cfg, binary, progress).await {
+        Ok(kubeconfig) => Ok(Started {
+            config: cfg.clone(),
+            kubeconfig,
+            ready_after: began.elapsed(),
+        }),
+        Err(err) => {
+            debug!(error = %err, "lab up failed; removing what was made");
+            if let Err(cleanup) = crate::down_with(cfg, false).await {
+                warn!(error = %cleanup, "cleanup after failed lab up");
+            }
+            Err(err)
+        }
+    }
+}
+
+fn csv(items: impl IntoIterator<Item = impl ToString>) -> String {
+    items
+        .into_iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+async fn start_processes(cfg: &LabConfig, binary: &Path, progress: &Progress) -> Result<PathBuf> {
+    let data = cfg.data_dir();
+    let logs = data.join("logs");
+    let api_dir = data.join("api");
+    for dir in [&logs, &api_dir] {
+        fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    }
+    let registry = Registry::new(&cfg.state_dir());
+    let start = |name: &str, netns: Option<&str>, args: Vec<String>| -> Result<Process> {
+        let log = logs.join(format!("{}.log", name.replace('/', "-")));
+        let p = processes::spawn(name, netns, binary, &args, &log)?;
+        registry.add(p.clone())?;
+        Ok(p)
+    };
+
+    // Control plane.
+    let step = progress.step("control plane: API server");
+    let kubeconfig = kubeconfig_path(cfg);
+    // A kubeconfig left by a kept data dir must not be taken for the new server's.
+    let _ = fs::remove_file(&kubeconfig);
+    let underlay_ns = cfg.netns_name(Role::Underlay);
+    let api = start(
+        "apiserver",
+        None,
+        vec![
+            "apiserver".into(),
+            "--data-dir".into(),
+            api_dir.display().to_string(),
+            "--listen".into(),
+            cfg.api_listen.to_string(),
+            "--listen-netns".into(),
+            format!("{underlay_ns}={}", cfg.api_underlay_addr()),
+            "--service-cidr".into(),
+            csv(&cfg.service_cidrs),
+        ],
+    )?;
+    wait_for(
+        API_TIMEOUT,
+        &[&api],
+        "the API server to write its kubeconfig",
+        || kubeconfig.exists(),
+    )
+    .await?;
+    let client = client(&kubeconfig).await?;
+    step.done(&format!(
+        "https://{} (and {} on the underlay)",
+        server_of(&kubeconfig),
+        cfg.api_underlay_addr()
+    ));
+
+    let step = progress.step("control plane: controllers");
+    let controllers = start(
+        "controllers",
+        None,
+        vec![
+            "controllers".into(),
+            "--kubeconfig".into(),
+            kubeconfig.display().to_string(),
+            "--cluster-cidr".into(),
+            csv(&cfg.pod_cidrs),
+        ],
+    )?;
+    step.done("endpoints, deployments, statefulsets, daemonsets, scheduler, node IPAM");
+
+    // Nodes: each gets its own credentials, as a kubelet would after TLS bootstrap.
+    let step = progress.step(format!(
+        "nodes: pod runner and agent on {} node(s)",
+        cfg.nodes
+    ));
+    let server = format!("https://{}", cfg.api_underlay_addr());
+    let mut watched = vec![api.clone(), controllers];
+    for n in 1..=cfg.nodes {
+        let node = format!("node-{n}");
+        let dir = data.join(&node);
+        fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let node_kubeconfig = dir.join("kubeconfig");
+        let text = apiserver::client_kubeconfig(
+            &api_dir,
+            &server,
+            &format!("system:node:{node}"),
+            &["system:nodes"],
+        )
+        .map_err(|e| Error::Component(format!("minting credentials for {node}: {e}")))?;
+        write_private(&node_kubeconfig, text.as_bytes())?;
+        let netns = cfg.netns_name(Role::Node(n));
+        let path = |sub: &str| dir.join(sub).display().to_string();
+        let agent = start(
+            &format!("{node}/agent"),
+            Some(&netns),
+            vec![
+                "agent".into(),
+                "--node-name".into(),
+                node.clone(),
+                "--kubeconfig".into(),
+                node_kubeconfig.display().to_string(),
+                "--mode".into(),
+                cfg.routing.as_str().into(),
+                "--cni-conf-dir".into(),
+                path("net.d"),
+                "--cni-bin-dir".into(),
+                path("bin"),
+                "--cni-data-dir".into(),
+                path("cni"),
+            ],
+        )?;
+        let runner = start(
+            &format!("{node}/node"),
+            Some(&netns),
+            vec![
+                "node".into(),
+                "--node-name".into(),
+                node.clone(),
+                "--kubeconfig".into(),
+                node_kubeconfig.display().to_string(),
+                "--node-ip".into(),
+                csv(cfg.node_ips(n)),
+                "--data-dir".into(),
+                dir.display().to_string(),
+                "--cni-conf-dir".into(),
+                path("net.d"),
+                "--cni-bin-dir".into(),
+                path("bin"),
+                "--cluster-dns".into(),
+                cfg.dns_ip().to_string(),
+                "--cluster-domain".into(),
+                cfg.cluster_domain.clone(),
+            ],
+        )?;
+        watched.extend([agent, runner]);
+    }
+    step.done("");
+
+    let step = progress.step("nodes Ready");
+    let nodes: Api<Node> = Api::all(client);
+    let want = usize::from(cfg.nodes);
+    let deadline = Instant::now() + NODES_TIMEOUT;
+    loop {
+        check_alive(&watched.iter().collect::<Vec<_>>())?;
+        if let Ok(list) = nodes.list(&ListParams::default()).await {
+            let ready = list.items.iter().filter(|n| node_ready(n)).count();
+            if ready >= want {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Component(format!(
+                "not every node was Ready after {}s; see the logs in {}",
+                NODES_TIMEOUT.as_secs(),
+                logs.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    step.done(&format!("{want} node(s)"));
+    Ok(kubeconfig)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    f.write_all(bytes)
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+/// The `host:port` a kubeconfig points at.
+fn server_of(kubeconfig: &Path) -> String {
+    Kubeconfig::read_from(kubeconfig)
+        .ok()
+        .and_then(|k| k.clusters.first()?.cluster.as_ref()?.server.clone())
+        .map(|s| s.trim_start_matches("https://").to_owned())
+        .unwrap_or_default()
+}
+
+/// A client for the lab's API server from its kubeconfig.
+pub async fn client(kubeconfig: &Path) -> Result<Client> {
+    let kc = Kubeconfig::read_from(kubeconfig)
+        .map_err(|e| Error::Component(format!("reading {}: {e}", kubeconfig.display())))?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| Error::Component(format!("kubeconfig {}: {e}", kubeconfig.display())))?;
+    Client::try_from(config).map_err(|e| Error::Component(format!("API client: {e}")))
+}
+
+fn node_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Waits until `done()`, failing early (with the end of its log) when one of `procs` exits.
+async fn wait_for(
+    timeout: Duration,
+    procs: &[&Process],
+    what: &str,
+    mut done: impl FnMut() -> bool,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        check_alive(procs)?;
+        if Instant::now() > deadline {
+            return Err(Error::Component(format!(
+                "timed out after {}s waiting for {what}",
+                timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+fn check_alive(procs: &[&Process]) -> Result<()> {
+    processes::reap();
+    if let Some(dead) = procs.iter().find(|p| !p.alive()) {
+        return Err(Error::Component(format!(
+            "{} exited; the end of its log ({}):\n{}",
+            dead.name,
+            dead.log.display(),
+            log_tail(&dead.log, 15)
+        )));
+    }
+    Ok(())
+}
+
+/// The last `lines` lines of a log file.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Processes of the lab that have exited since `lab up` started them.
+pub fn exited(cfg: &LabConfig) -> Vec<Process> {
+    processes::reap();
+    Registry::new(&cfg.state_dir())
+        .load()
+        .into_iter()
+        .filter(|p| !p.alive())
+        .collect()
+}
+
+/// Stops every process the lab recorded, then every process left in its namespaces.
+pub(crate) fn stop(cfg: &LabConfig, namespaces: &[String]) {
+    let procs = Registry::new(&cfg.state_dir()).load();
+    processes::stop_all(&procs, STOP_GRACE);
+    for ns in namespaces {
+        let killed = processes::kill_in_netns(ns);
+        if killed > 0 {
+            warn!(netns = %ns, killed, "stopped processes left in the namespace");
+        }
+    }
+}
+
+/// One component's state for `lab status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComponentStatus {
+    /// `apiserver`, `controllers`, `node-1/agent`, ...
+    pub name: String,
+    /// Its process id.
+    pub pid: u32,
+    /// Whether it still runs.
+    pub running: bool,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+/// One Node for `lab status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    /// The Node's name.
+    pub name: String,
+    /// Whether its Ready condition is True.
+    pub ready: bool,
+    /// Its InternalIP addresses.
+    pub addresses: Vec<String>,
+    /// Its pod ranges.
+    pub pod_cidrs: Vec<String>,
+    /// Pods bound to it.
+    pub pods: usize,
+}
+
+/// What `lab status` shows beyond the network.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStatus {
+    /// The admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// The lab's processes.
+    pub components: Vec<ComponentStatus>,
+    /// Nodes as the API server sees them; empty when it does not answer.
+    pub nodes: Vec<NodeStatus>,
+    /// Why `nodes` is empty, when the API server did not answer.
+    pub api_error: Option<String>,
+}
+
+/// The processes' health and the Nodes from the API.
+pub async fn cluster_status(cfg: &LabConfig) -> Result<ClusterStatus> {
+    let state = crate::status(cfg)?;
+    let cfg = state.config;
+    processes::reap();
+    let components = Registry::new(&cfg.state_dir())
+        .load()
+        .into_iter()
+        .map(|p| ComponentStatus {
+            running: p.alive(),
+            name: p.name,
+            pid: p.pid,
+            log: p.log,
+        })
+        .collect();
+    let kubeconfig = kubeconfig_path(&cfg);
+    let (nodes, api_error) = match api_nodes(&kubeconfig).await {
+        Ok(n) => (n, None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    Ok(ClusterStatus {
+        kubeconfig,
+        components,
+        nodes,
+        api_error,
+    })
+}
+
+async fn api_nodes(kubeconfig: &Path) -> Result<Vec<NodeStatus>> {
+    let client = client(kubeconfig).await?;
+    let list = tokio::time::timeout(
+        Duration::from_secs(5),
+        Api::<Node>::all(client.clone()).list(&ListParams::default()),
+    )
+    .await
+    .map_err(|_| Error::Component("the API server did not answer within 5s".into()))?
+    .map_err(|e| Error::Component(format!("listing nodes: {e}")))?;
+    let pods = Api::<Pod>::all(client)
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    Ok(list
+        .items
+        .iter()
+        .map(|n| {
+            let name = n.metadata.name.clone().unwrap_or_default();
+            NodeStatus {
+                ready: node_ready(n),
+                addresses: n
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.addresses.as_ref())
+                    .map(|a| {
+                        a.iter()
+                            .filter(|a| a.type_ == "InternalIP")
+                            .map(|a| a.address.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                pod_cidrs: n
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.pod_cidrs.clone())
+                    .unwrap_or_default(),
+                pods: pods
+                    .iter()
+                    .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&name))
+                    .count(),
+                name,
+            }
+        })
+        .collect())
+}
+
+/// Where `lab exec` enters a pod: a process of the pod's container (its network and
+/// mount namespaces are the pod's).
+#[derive(Debug, Clone)]
+pub struct PodTarget {
+    /// `namespace/name` of the pod.
+    pub pod: String,
+    /// The container entered.
+    pub container: String,
+    /// A process of that container.
+    pub pid: u32,
+}
+
+/// Finds the pod `[namespace/]name[/container]` and a process of its container, from the
+/// pod runner's sandbox record (`<node dir>/pods/<uid>/sandbox.json`).
+pub async fn find_pod(cfg: &LabConfig, target: &str) -> Result<PodTarget> {
+    let cfg = crate::status(cfg)?.config;
+    let parts: Vec<&str> = target.split('/').collect();
+    let (ns, name, container) = match parts.as_slice() {
+        [name] => ("default", *name, None),
+        [ns, name] => (*ns, *name, None),
+        [ns, name, c] => (*ns, *name, Some(*c)),
+        _ => {
+            return Err(Error::InvalidConfig(format!(
+                "exec: {target:?} is not [namespace/]pod[/container]"
+            )));
+        }
+    };
+    let client = client(&kubeconfig_path(&cfg)).await?;
+    let pod = Api::<Pod>::namespaced(client, ns)
+        .get_opt(name)
+        .await
+        .map_err(|e| Error::Component(format!("getting pod {ns}/{name}: {e}")))?
+        .ok_or_else(|| Error::Component(format!("pod {ns}/{name} not found")))?;
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let node = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .ok_or_else(|| {
+            Error::Component(format!("pod {ns}/{name} is not scheduled to a node yet"))
+        })?;
+    let first_container = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .map(|c| c.name.clone())
+        .unwrap_or_default();
+    let container = container.map_or(first_container, str::to_owned);
+    let record = cfg
+        .data_dir()
+        .join(&node)
+        .join("pods")
+        .join(&uid)
+        .join("sandbox.json");
+    let sandbox: serde_json::Value = fs::read(&record)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| {
+            Error::Component(format!(
+                "pod {ns}/{name} has no running sandbox on {node} yet ({} missing)",
+                record.display()
+            ))
+        })?;
+    let pid = sandbox["containers"][&container]["pid"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+        .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+        .ok_or_else(|| {
+            Error::Component(format!(
+                "container {container:?} of pod {ns}/{name} is not running"
+            ))
+        })?;
+    Ok(PodTarget {
+        pod: format!("{ns}/{name}"),
+        container,
+        pid,
+    })
+}
+
+/// The addresses a summary prints for the pod and Service ranges.
+pub fn ranges(cfg: &LabConfig) -> (String, String, IpAddr) {
+    (csv(&cfg.pod_cidrs), csv(&cfg.service_cidrs), cfg.dns_ip())
+}
