@@ -136,7 +136,7 @@ fn affinity_sticks_udp_follows_a_replaced_endpoint_and_restarts_keep_connections
 
     // UDP from one client port: a answers; after a is replaced by b in the slice the
     // same client port must reach b, not keep going to a through its old entry.
-    let udp = |c: &Cluster| {
+    let udp = || {
         python_in(&client_ns, UDP_CLIENT, &["10.96.30.53", "53", "40053"])
             .lines()
             .last()
@@ -146,7 +146,7 @@ fn affinity_sticks_udp_follows_a_replaced_endpoint_and_restarts_keep_connections
     let mut got = String::new();
     assert!(
         wait_until(Duration::from_secs(20), || {
-            got = udp(&c);
+            got = udp();
             got == "a"
         }),
         "UDP to a: {got}\n{}",
@@ -155,7 +155,7 @@ fn affinity_sticks_udp_follows_a_replaced_endpoint_and_restarts_keep_connections
     c.apply(&slice("dns", 5353, "UDP", &[(&b_ip, "node-2")]));
     assert!(
         wait_until(Duration::from_secs(20), || {
-            got = udp(&c);
+            got = udp();
             got == "b"
         }),
         "UDP after replacing a by b, same client port: {got}\n{}",
