@@ -50,8 +50,6 @@ enum Command {
     Apiserver(apiserver::Args),
     /// Run the per-node agent: the node's CNI config and routes to other nodes' pods.
     Agent(agent::Args),
-    /// Run the cluster DNS add-on: Services, EndpointSlices and Pods as DNS records.
-    Dns(dns::Args),
     /// Run the cluster DNS server (kube-dns/CoreDNS replacement).
     Dns(dns::Args),
     /// Run the lab's kubelet in a node's namespace: registers the Node, runs its pods.
