@@ -916,3 +916,180 @@ fn endpoints_shared_by_two_services_keep_their_hairpin_pair() {
     // the shared hairpin element stays.
     assert_eq!(diff(&both, &one).len(), 4);
 }
+
+// ---- added with the agent wiring ---------------------------------------------------
+
+#[test]
+fn affinity_rules_record_the_pick_with_the_services_timeout() {
+    let s = web(json!({"sessionAffinity": "ClientIP",
+        "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}));
+    let rs = build(
+        &[s],
+        &[web_slice(&[
+            ready("10.244.1.2", "n"),
+            ready("10.244.2.2", "n"),
+        ])],
+    );
+    let rules = v4(&rs).chain(&cluster_chain(SP)).unwrap().rules();
+    for r in &rules[1..] {
+        let dynset = r.exprs.iter().find_map(|e| match e {
+            Expr::Dynset {
+                set,
+                op,
+                sreg_data,
+                timeout,
+                ..
+            } => Some((set, op, sreg_data, timeout)),
+            _ => None,
+        });
+        let (set, op, data, timeout) = dynset.expect("each endpoint rule records the client");
+        assert_eq!(set, names::AFFINITY);
+        assert_eq!(*op, netlink::nft::DynsetOp::Update);
+        assert_eq!(*timeout, Some(std::time::Duration::from_secs(60)));
+        // DNAT reads the same registers the element's data came from.
+        let nat = r.exprs.iter().find_map(|e| match e {
+            Expr::Nat { addr, .. } => Some(*addr),
+            _ => None,
+        });
+        assert_eq!(nat, Some(*data));
+    }
+    assert!(v4(&rs).set(names::AFFINITY).unwrap().set.dynamic);
+}
+
+#[test]
+fn node_ports_answer_on_the_nodes_addresses_when_known() {
+    let mut n = node();
+    n.node_ips = vec![
+        "198.18.0.11".parse().unwrap(),
+        "2001:2::11".parse().unwrap(),
+    ];
+    let (view, _) = View::build(&[web(json!({}))], &[]);
+    let rs = desired(&view, &n);
+    let ips = v4(&rs).set(names::NODEPORT_IPS).expect("nodeport-ips");
+    assert!(ips.contains(&[ip("198.18.0.11")]));
+    assert_eq!(ips.len(), 1, "only this family's addresses");
+    let ip6 = rs
+        .family(Family::Ip6)
+        .unwrap()
+        .set(names::NODEPORT_IPS)
+        .unwrap();
+    assert_eq!(ip6.len(), 1);
+    let services = v4(&rs).chain("services").unwrap().rules();
+    let nodeport_rule = services.last().unwrap();
+    assert!(
+        nodeport_rule
+            .exprs
+            .iter()
+            .any(|e| matches!(e, Expr::Lookup { set, .. } if *set == names::NODEPORT_IPS.into()))
+    );
+    assert!(
+        !nodeport_rule
+            .exprs
+            .iter()
+            .any(|e| matches!(e, Expr::Fib { .. }))
+    );
+    // Unknown addresses: any local address, as before.
+    let rs = desired(&view, &node());
+    assert!(v4(&rs).set(names::NODEPORT_IPS).is_none());
+}
+
+#[test]
+fn unallocated_cluster_ips_are_dropped() {
+    let mut n = node();
+    n.service_cidrs = vec![
+        "10.96.0.0/12".parse().unwrap(),
+        "fd00:10:96::/112".parse().unwrap(),
+    ];
+    let (view, _) = View::build(&[web(json!({}))], &[]);
+    let rs = desired(&view, &n);
+    let check = v4(&rs).chain("cluster-ips-check").unwrap().rules();
+    assert_eq!(
+        check.len(),
+        2,
+        "known ClusterIP, other port: reject; then the CIDR: drop"
+    );
+    assert_eq!(
+        check[1].comment.as_deref(),
+        Some("an unallocated ClusterIP")
+    );
+    assert!(matches!(
+        check[1].exprs.last(),
+        Some(Expr::Verdict(Verdict::Drop))
+    ));
+    let check6 = rs
+        .family(Family::Ip6)
+        .unwrap()
+        .chain("cluster-ips-check")
+        .unwrap();
+    assert_eq!(check6.rules().len(), 2);
+}
+
+#[test]
+fn publish_not_ready_addresses_makes_every_endpoint_usable() {
+    let not_ready = ("10.244.1.2", "n", false, false, false);
+    let rs = build(&[web(json!({}))], &[web_slice(&[not_ready])]);
+    assert!(v4(&rs).chain(&cluster_chain(SP)).is_none());
+    let rs = build(
+        &[web(json!({"publishNotReadyAddresses": true}))],
+        &[web_slice(&[not_ready])],
+    );
+    assert_eq!(
+        endpoints_of(v4(&rs), &cluster_chain(SP)),
+        vec![(ip("10.244.1.2"), Datum::Port(8080))]
+    );
+}
+
+#[test]
+fn removed_udp_endpoints_get_their_conntrack_entries_deleted() {
+    let dns = |eps: &[Ep<'_>]| {
+        let s = svc(json!({
+            "metadata": {"name": "dns", "namespace": "default"},
+            "spec": {"type": "NodePort", "clusterIP": "10.96.0.10", "externalIPs": ["192.0.2.1"],
+                     "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30053},
+                               {"name": "tcp", "port": 53, "protocol": "TCP"}]}
+        }));
+        let mut sl = slice_for("dns", "dns", 5353, eps);
+        if let Some(p) = sl.ports.as_mut().and_then(|p| p.first_mut()) {
+            p.protocol = Some("UDP".into());
+        }
+        let (v, _) = View::build(&[s], &[sl]);
+        v.services.into_values().next().unwrap()
+    };
+    let old = dns(&[ready("10.244.1.2", "n"), ready("10.244.2.2", "n")]);
+    let new = dns(&[ready("10.244.2.2", "n")]);
+    let filters = crate::stale::udp(&old, Some(&new));
+    let gone: std::net::IpAddr = "10.244.1.2".parse().unwrap();
+    assert_eq!(
+        filters.len(),
+        3,
+        "ClusterIP, external IP, node port: {filters:?}"
+    );
+    assert!(
+        filters
+            .iter()
+            .all(|f| f.reply_src == gone && f.proto == proto::UDP)
+    );
+    assert!(
+        filters
+            .iter()
+            .any(|f| f.orig_dst.is_none() && f.orig_dport == Some(30053))
+    );
+    assert!(
+        crate::stale::udp(&new, Some(&new)).is_empty(),
+        "nothing removed"
+    );
+    assert_eq!(
+        crate::stale::udp(&old, None).len(),
+        6,
+        "service deleted: both endpoints"
+    );
+}
+
+#[test]
+fn health_check_servers_answer_like_kube_proxy() {
+    let key = ServiceKey::new("default", "web");
+    let ok = crate::health::response(&key, 2);
+    assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+    assert!(ok.ends_with(r#"{"service":{"namespace":"default","name":"web"},"localEndpoints":2,"serviceProxyHealthy":true}"#));
+    assert!(crate::health::response(&key, 0).starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
+}

@@ -187,6 +187,10 @@ pub struct Service {
     pub internal_traffic_policy: TrafficPolicy,
     /// `spec.healthCheckNodePort`.
     pub health_check_node_port: Option<u16>,
+    /// `spec.publishNotReadyAddresses`: every endpoint counts as ready (the
+    /// EndpointSlice controller should already say so; honoured here too so that
+    /// slices written by others behave alike).
+    pub publish_not_ready: bool,
     /// Endpoints from all the Service's EndpointSlices, one per address.
     pub endpoints: Vec<Endpoint>,
 }
@@ -390,6 +394,7 @@ fn service(svc: &K8sService, errors: &mut Vec<ViewError>) -> Option<Service> {
         external_traffic_policy: TrafficPolicy::parse(spec.external_traffic_policy.as_deref()),
         internal_traffic_policy: TrafficPolicy::parse(spec.internal_traffic_policy.as_deref()),
         health_check_node_port: spec.health_check_node_port.and_then(port_u16),
+        publish_not_ready: spec.publish_not_ready_addresses.unwrap_or(false),
         endpoints: Vec::new(),
     })
 }
@@ -429,7 +434,7 @@ fn add_slice(view: &mut View, slice: &EndpointSlice, errors: &mut Vec<ViewError>
     let ports = Arc::new(ports);
     for (i, ep) in slice.endpoints.iter().flatten().enumerate() {
         let cond = ep.conditions.clone().unwrap_or_default();
-        let ready = cond.ready.unwrap_or(true);
+        let ready = cond.ready.unwrap_or(true) || svc.publish_not_ready;
         for (j, a) in ep.addresses.iter().enumerate() {
             let Ok(address) = a.parse::<IpAddr>() else {
                 errors.push(ViewError::Invalid {
