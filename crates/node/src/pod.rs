@@ -1119,7 +1119,12 @@ impl Worker {
                 ..Default::default()
             };
             match api.delete(&self.sb.name, &dp).await {
-                Ok(_) => {}
+                Ok(either) => {
+                    if let Some(p) = either.left() {
+                        tracing::warn!(pod = %self.key(), "the API server kept the pod after a delete with grace 0: {:?}", p.metadata.deletion_timestamp);
+                    }
+                }
+                // Gone already, or a new pod with the same name (uid precondition).
                 Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
                 Err(e) => tracing::warn!(pod = %self.key(), "deleting the pod: {e}"),
             }
