@@ -63,6 +63,7 @@ fn view(services: u32) -> View {
             external_traffic_policy: TrafficPolicy::Cluster,
             internal_traffic_policy: TrafficPolicy::Cluster,
             health_check_node_port: None,
+            publish_not_ready: false,
             endpoints,
         };
         view.services.insert(key, svc);
