@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::error::{Cause, Error, Status};
+use crate::gc::{DeleteOpts, delete_in};
 use crate::patch::{self, PatchType};
 use crate::resources::{self, ResourceType};
 use crate::selector::{FieldSelector, LabelSelector, Selectors};
@@ -41,6 +42,26 @@ pub(crate) struct State {
     pub(crate) signer: crate::token::Signer,
     /// Reaches kubelets for `pods/log`.
     pub(crate) kubelet: crate::kubelet::KubeletClient,
+    /// Deletions with work left (terminating namespaces, foreground owners).
+    pub(crate) pending: crate::gc::Pending,
+}
+
+impl State {
+    /// [`Store::write_opts`], handing the keys the transaction noted to the deletion worker.
+    pub(crate) fn write<T>(
+        &self,
+        dry_run: bool,
+        f: impl FnOnce(&mut Txn) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let (out, notes) = self.store.write_opts(dry_run, |txn| {
+            let out = f(txn)?;
+            Ok((out, txn.take_notes()))
+        })?;
+        if !dry_run {
+            self.pending.add(notes);
+        }
+        Ok(out)
+    }
 }
 
 impl State {
@@ -64,6 +85,11 @@ pub struct ResponseBody(Inner);
 enum Inner {
     Full(Option<Bytes>),
     Stream(mpsc::Receiver<Bytes>),
+}
+
+/// A whole body.
+pub(crate) fn full_body(b: impl Into<Bytes>) -> ResponseBody {
+    ResponseBody::full(b)
 }
 
 /// A streamed body fed by `rx` (watches, proxied logs).
@@ -260,6 +286,7 @@ where
             "application/json",
         )),
         ["apis", g, v, rest @ ..] if served(g, v) => resource(state, g, v, rest, r).await,
+        ["openapi", "v2"] => get_only(discovery::openapi_v2(&r.accept)),
         ["openapi", "v3"] => get_only(json_response(
             200,
             &discovery::openapi_index(&all),
@@ -358,11 +385,13 @@ async fn resource(
         parse_target(&state.catalog, group, version, rest).ok_or_else(Status::not_found_path)?;
     let is_log = target.sub.as_deref() == Some("log") && target.rt.is("", "pods");
     let is_token = target.sub.as_deref() == Some("token") && target.rt.is("", "serviceaccounts");
+    let is_finalize = target.sub.as_deref() == Some("finalize") && target.rt.is("", "namespaces");
     if let Some(sub) = &target.sub
         && !((sub == "status" && target.rt.status)
             || (sub == "scale" && target.rt.has_scale())
             || is_log
-            || is_token)
+            || is_token
+            || is_finalize)
     {
         return Err(Status::not_found_path().into());
     }
@@ -371,6 +400,12 @@ async fn resource(
             return Err(Status::method_not_allowed(r.method.as_str()).into());
         }
         return pod_log(state, target, r).await;
+    }
+    if is_finalize {
+        if r.method != Method::PUT {
+            return Err(Status::method_not_allowed(r.method.as_str()).into());
+        }
+        return blocking(state, move |s| finalize_namespace(s, &target, &r)).await;
     }
     if is_token {
         if r.method != Method::POST {
@@ -901,7 +936,7 @@ fn apply_object(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>
     let now = rfc3339(now_secs());
     let key = key_of(t, &name);
     let status_only = t.sub.as_deref() == Some("status");
-    let (code, stored) = s.store.write_opts(dry_run(r), |txn| match txn.get(&key)? {
+    let (code, stored) = s.write(dry_run(r), |txn| match txn.get(&key)? {
         None if status_only => Err(not_found(t, &name)),
         None => {
             let live = json!({"metadata": {"name": name}});
@@ -997,15 +1032,12 @@ fn store_update(
         // A no-op update writes nothing and keeps the resourceVersion, as kube-apiserver does.
         return Ok(old);
     }
-    let finalizers_done = new["metadata"]["finalizers"]
-        .as_array()
-        .is_none_or(|f| f.is_empty());
-    // A pod in its grace period stays until its node deletes it with grace period 0.
-    let grace_over = new["metadata"]["deletionGracePeriodSeconds"]
-        .as_i64()
-        .is_none_or(|g| g == 0);
-    if new["metadata"]["deletionTimestamp"].is_string() && finalizers_done && grace_over {
-        return txn.delete(key, new);
+    if crate::gc::may_remove(rt, &new) {
+        return crate::gc::remove(txn, &s.catalog.all(), rt, key, new);
+    }
+    if new["metadata"]["deletionTimestamp"].is_string() {
+        // A foreground owner or terminating namespace may be waiting for this change.
+        txn.note(key);
     }
     txn.put(key, new, EventType::Modified)
 }
@@ -1016,7 +1048,7 @@ fn update(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Erro
     let new = parse_body(t, &body)?;
     check_strict(t.rt, r, &new, true)?;
     let key = key_of(t, &name);
-    let stored = s.store.write_opts(dry_run(r), |txn| {
+    let stored = s.write(dry_run(r), |txn| {
         let old = txn.get(&key)?.ok_or_else(|| not_found(t, &name))?;
         store_update(s, txn, t, &key, old, new)
     })?;
@@ -1032,7 +1064,7 @@ fn patch_object(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>
         .filter(|pt| !(t.rt.custom && *pt == PatchType::Strategic))
         .ok_or_else(|| Status::unsupported_media_type(&r.content_type))?;
     let key = key_of(t, &name);
-    let stored = s.store.write_opts(dry_run(r), |txn| {
+    let stored = s.write(dry_run(r), |txn| {
         let old = txn.get(&key)?.ok_or_else(|| not_found(t, &name))?;
         let mut new = patch::apply(&old, &r.body, pt)?;
         if !new.is_object() {
@@ -1072,6 +1104,31 @@ async fn pod_log(state: Arc<State>, t: Target, r: Req) -> Result<Response<Respon
     let pod = pod.ok_or_else(|| not_found(&t, &name))?;
     let (addr, path) = crate::kubelet::log_location(&pod, node.as_ref(), &r.query)?;
     state.kubelet.get(addr, &path).await
+}
+
+/// `PUT /api/v1/namespaces/NAME/finalize`: changes only `spec.finalizers` (what the
+/// namespace controller, or someone unsticking a namespace, uses).
+fn finalize_namespace(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Error> {
+    let name = t.name.clone().unwrap_or_default();
+    let body = json_body(r)?;
+    let main = Target {
+        rt: t.rt,
+        namespace: None,
+        name: t.name.clone(),
+        sub: None,
+    };
+    let new = parse_body(&main, &body)?;
+    let key = key_of(&main, &name);
+    let stored = s.write(dry_run(r), |txn| {
+        let old = txn.get(&key)?.ok_or_else(|| not_found(t, &name))?;
+        let mut next = old.clone();
+        next["spec"]["finalizers"] = new["spec"]["finalizers"].clone();
+        if let Some(rv) = new["metadata"]["resourceVersion"].as_str() {
+            next["metadata"]["resourceVersion"] = json!(rv);
+        }
+        store_update(s, txn, &main, &key, old, next)
+    })?;
+    Ok(json_response(200, &stored, "application/json"))
 }
 
 /// `POST .../serviceaccounts/NAME/token` (TokenRequest): a signed token for the account.
@@ -1151,7 +1208,7 @@ fn scale(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Error
         name: t.name.clone(),
         sub: None,
     };
-    let stored = s.store.write_opts(dry_run(r), |txn| {
+    let stored = s.write(dry_run(r), |txn| {
         let old = txn.get(&key)?.ok_or_else(|| not_found(t, &name))?;
         let current = scale_of(&old);
         let wanted = if r.method == Method::PUT {
@@ -1183,16 +1240,6 @@ fn scale(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Error
     Ok(json_response(200, &scale_of(&stored), "application/json"))
 }
 
-/// The parts of `DeleteOptions` this server acts on.
-#[derive(Debug, Clone, Copy, Default)]
-struct DeleteOpts {
-    /// `propagationPolicy: Orphan` (or the old `orphanDependents: true`): dependents lose
-    /// their owner reference instead of being deleted.
-    orphan: bool,
-    /// `gracePeriodSeconds`.
-    grace: Option<i64>,
-}
-
 fn delete_opts(r: &Req) -> Result<DeleteOpts, Error> {
     let body: Value = if r.body.is_empty() {
         Value::Null
@@ -1206,120 +1253,25 @@ fn delete_opts(r: &Req) -> Result<DeleteOpts, Error> {
     let orphan = policy == Some("Orphan")
         || body["orphanDependents"] == json!(true)
         || r.param("orphanDependents") == Some("true");
+    let foreground = policy == Some("Foreground");
+    if let Some(p) = policy
+        && !matches!(p, "Orphan" | "Foreground" | "Background")
+    {
+        let c = Cause::not_supported(
+            "propagationPolicy",
+            &json!(p),
+            &["Foreground", "Background", "Orphan", "nil"],
+        );
+        return Err(Status::invalid("meta.k8s.io", "DeleteOptions", "", &[c]).into());
+    }
     let grace = body["gracePeriodSeconds"]
         .as_i64()
         .or_else(|| r.param("gracePeriodSeconds").and_then(|g| g.parse().ok()));
-    Ok(DeleteOpts { orphan, grace })
-}
-
-/// Deletes one object inside `txn`, as kube-apiserver and its garbage collector would:
-/// a pod bound to a node only gets a deletionTimestamp (its node deletes it with grace
-/// period 0 once its containers are gone); objects with finalizers only get a
-/// deletionTimestamp; a namespace takes everything in it along; dependents (by
-/// ownerReferences) are deleted too (background propagation) or orphaned.
-fn delete_in(
-    txn: &mut Txn,
-    all: &[&'static ResourceType],
-    rt: &ResourceType,
-    key: &str,
-    old: Value,
-    opts: DeleteOpts,
-) -> Result<Value, Error> {
-    let bound = old["spec"]["nodeName"]
-        .as_str()
-        .is_some_and(|n| !n.is_empty());
-    if rt.is("", "pods") && bound {
-        let default = old["spec"]["terminationGracePeriodSeconds"]
-            .as_i64()
-            .unwrap_or(30);
-        let grace = opts.grace.unwrap_or(default).max(0);
-        if grace > 0 {
-            let current = old["metadata"]["deletionGracePeriodSeconds"].as_i64();
-            if current.is_some_and(|c| c <= grace) {
-                return Ok(old);
-            }
-            let mut o = old;
-            o["metadata"]["deletionTimestamp"] = json!(rfc3339(now_secs() + grace));
-            o["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
-            return txn.put(key, o, EventType::Modified);
-        }
-    }
-    if old["metadata"]["finalizers"]
-        .as_array()
-        .is_some_and(|f| !f.is_empty())
-    {
-        if old["metadata"]["deletionTimestamp"].is_string() {
-            return Ok(old);
-        }
-        let mut o = old;
-        o["metadata"]["deletionTimestamp"] = json!(rfc3339(now_secs()));
-        o["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-        return txn.put(key, o, EventType::Modified);
-    }
-    if rt.kind == "Namespace" {
-        let ns = str_at(&old, "metadata.name").unwrap_or("").to_string();
-        for other in all.iter().filter(|r| r.namespaced) {
-            for (k, o) in txn.scan(&format!("{}/{ns}/", other.storage_prefix()))? {
-                txn.delete(&k, o)?;
-            }
-        }
-        return txn.delete(key, old);
-    }
-    if rt.is("apiextensions.k8s.io", "customresourcedefinitions") {
-        // The CRD's objects go with it.
-        let group = str_at(&old, "spec.group").unwrap_or("");
-        let plural = str_at(&old, "spec.names.plural").unwrap_or("");
-        if !group.is_empty() && !plural.is_empty() {
-            for (k, o) in txn.scan(&format!("{group}/{plural}/"))? {
-                txn.delete(&k, o)?;
-            }
-        }
-    }
-    let uid = str_at(&old, "metadata.uid").unwrap_or("").to_string();
-    let namespace = rt
-        .namespaced
-        .then(|| str_at(&old, "metadata.namespace").unwrap_or("").to_string());
-    let deleted = txn.delete(key, old)?;
-    if !uid.is_empty() {
-        for (dep_rt, k, mut o) in dependents(txn, all, namespace.as_deref(), &uid)? {
-            if opts.orphan {
-                if let Some(refs) = o["metadata"]["ownerReferences"].as_array_mut() {
-                    refs.retain(|r| r["uid"].as_str() != Some(uid.as_str()));
-                }
-                txn.put(&k, o, EventType::Modified)?;
-            } else {
-                delete_in(txn, all, dep_rt, &k, o, DeleteOpts::default())?;
-            }
-        }
-    }
-    Ok(deleted)
-}
-
-/// Objects whose ownerReferences name `uid`: in `namespace` for a namespaced owner,
-/// anywhere for a cluster-scoped one.
-fn dependents(
-    txn: &Txn,
-    all: &[&'static ResourceType],
-    namespace: Option<&str>,
-    uid: &str,
-) -> Result<Vec<(&'static ResourceType, String, Value)>, Error> {
-    let mut out = Vec::new();
-    for &rt in all {
-        let prefix = match namespace {
-            Some(_) if !rt.namespaced => continue,
-            Some(ns) => format!("{}/{ns}/", rt.storage_prefix()),
-            None => format!("{}/", rt.storage_prefix()),
-        };
-        for (k, o) in txn.scan(&prefix)? {
-            let owned = o["metadata"]["ownerReferences"]
-                .as_array()
-                .is_some_and(|refs| refs.iter().any(|r| r["uid"].as_str() == Some(uid)));
-            if owned {
-                out.push((rt, k, o));
-            }
-        }
-    }
-    Ok(out)
+    Ok(DeleteOpts {
+        orphan,
+        foreground,
+        grace,
+    })
 }
 
 fn check_preconditions(t: &Target, r: &Req, old: &Value, name: &str) -> Result<(), Error> {
@@ -1349,7 +1301,7 @@ fn delete(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Erro
     let name = t.name.clone().unwrap_or_default();
     let key = key_of(t, &name);
     let opts = delete_opts(r)?;
-    let out = s.store.write_opts(dry_run(r), |txn| {
+    let out = s.write(dry_run(r), |txn| {
         let old = txn.get(&key)?.ok_or_else(|| not_found(t, &name))?;
         check_preconditions(t, r, &old, &name)?;
         delete_in(txn, &s.catalog.all(), t.rt, &key, old, opts)
@@ -1362,7 +1314,7 @@ fn delete_collection(s: &State, t: &Target, r: &Req) -> Result<Response<Response
     let prefix = prefix_of(t);
     let opts = delete_opts(r)?;
     let all = s.catalog.all();
-    let deleted = s.store.write_opts(dry_run(r), |txn| {
+    let deleted = s.write(dry_run(r), |txn| {
         let mut out = Vec::new();
         for (k, _) in txn.scan(&prefix)? {
             // An earlier deletion in this collection may have changed or removed this one.

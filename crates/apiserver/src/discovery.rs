@@ -315,6 +315,36 @@ pub(crate) fn openapi_gv(all: All<'_>, path: &str) -> Option<Value> {
     }))
 }
 
+/// `/openapi/v2`: a document without definitions. kubectl validates what the v3
+/// documents cannot place (a `kind: List` file) against v2, and skips kinds v2 does not
+/// define, as it skips unknown kinds; without any v2 document it refuses the file.
+/// kubectl asks for gnostic's protobuf form; others get JSON.
+pub(crate) fn openapi_v2(accept: &str) -> http::Response<crate::ResponseBody> {
+    const PB: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
+    if accept.contains(PB) {
+        // openapi_v2.Document: swagger (1) = "2.0", info (2) = {title (1), version (2)}.
+        let field = |n: u8, b: &[u8]| {
+            let mut v = vec![n << 3 | 2, b.len() as u8];
+            v.extend_from_slice(b);
+            v
+        };
+        let mut info = field(1, b"Kubernetes");
+        info.extend(field(2, crate::KUBERNETES_VERSION.as_bytes()));
+        let mut doc = field(1, b"2.0");
+        doc.extend(field(2, &info));
+        return http::Response::builder()
+            // As kube-openapi answers: Go's mime parser refuses the `@` of PB.
+            .header(http::header::CONTENT_TYPE, "application/octet-stream")
+            .body(crate::api::full_body(doc))
+            .unwrap_or_else(|_| http::Response::new(crate::api::full_body(Vec::new())));
+    }
+    crate::api::json_response(
+        200,
+        &json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": crate::KUBERNETES_VERSION}, "paths": {}, "definitions": {}}),
+        "application/json",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,6 +30,7 @@ mod apply;
 mod bootstrap;
 mod discovery;
 mod error;
+mod gc;
 mod kubelet;
 mod patch;
 mod protobuf;
@@ -254,12 +255,14 @@ pub fn router(config: &Config) -> Result<Router, Error> {
             &config.data_dir,
             config.listen_in_netns.first().map(|l| l.netns.clone()),
         )?,
+        pending: gc::Pending::default(),
     };
     bootstrap::bootstrap(&state)?;
     state.reload_crds()?;
-    Ok(Router {
-        state: Arc::new(state),
-    })
+    gc::recover(&state)?;
+    let state = Arc::new(state);
+    gc::spawn_worker(&state);
+    Ok(Router { state })
 }
 
 /// A running server.

@@ -79,6 +79,8 @@ pub(crate) struct Txn {
     tx: redb::WriteTransaction,
     rv: u64,
     events: Vec<Event>,
+    /// Keys with follow-up work (see `gc.rs`), taken by the caller.
+    notes: Vec<String>,
 }
 
 /// One page of a list.
@@ -237,9 +239,10 @@ impl Store {
             tx,
             rv,
             events: Vec::new(),
+            notes: Vec::new(),
         };
         let out = f(&mut txn)?;
-        let Txn { tx, rv, events } = txn;
+        let Txn { tx, rv, events, .. } = txn;
         if events.is_empty() || dry_run {
             tx.abort().map_err(storage)?;
             return Ok(out);
@@ -280,6 +283,16 @@ fn decode(bytes: &[u8]) -> Result<Value, Error> {
 }
 
 impl Txn {
+    /// Notes a key that has work left after this transaction.
+    pub(crate) fn note(&mut self, key: &str) {
+        self.notes.push(key.to_string());
+    }
+
+    /// The keys noted so far.
+    pub(crate) fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
+    }
+
     pub(crate) fn get(&self, key: &str) -> Result<Option<Value>, Error> {
         let t = self.tx.open_table(OBJECTS).map_err(storage)?;
         let v = t.get(key).map_err(storage)?;

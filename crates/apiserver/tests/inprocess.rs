@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use apiserver::{Config, Router, router};
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use http_body_util::{BodyExt, Full};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Pod, Service, ServiceAccount};
@@ -731,15 +731,182 @@ async fn deleting_a_namespace_deletes_its_objects() {
     let (_dir, r, client) = setup();
     let ns: Api<Namespace> = Api::all(client.clone());
     let n: Namespace = serde_json::from_value(json!({"metadata": {"name": "team"}})).unwrap();
-    ns.create(&PostParams::default(), &n).await.unwrap();
-    let cms: Api<ConfigMap> = Api::namespaced(client, "team");
+    let created = ns.create(&PostParams::default(), &n).await.unwrap();
+    assert_eq!(
+        created.spec.unwrap().finalizers,
+        Some(vec!["kubernetes".to_string()])
+    );
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "team");
     let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap();
     cms.create(&PostParams::default(), &cm).await.unwrap();
-    ns.delete("team", &DeleteParams::default()).await.unwrap();
-    assert_eq!(count(&r, "/api/v1/namespaces/team/configmaps").await, 0);
-    let stream = cms.list(&ListParams::default()).await.unwrap();
-    assert!(stream.items.is_empty());
-    let _ = futures::stream::empty::<()>().next().await;
+    // A pod bound to a node holds the namespace until its node deletes it.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "team");
+    let mut p = pod("bound", json!({}));
+    p.spec.as_mut().unwrap().node_name = Some("node-1".into());
+    pods.create(&PostParams::default(), &p).await.unwrap();
+
+    let deleted = ns.delete("team", &DeleteParams::default()).await.unwrap();
+    let terminating = deleted
+        .left()
+        .expect("the namespace is returned, terminating");
+    assert!(terminating.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        terminating.status.unwrap().phase.as_deref(),
+        Some("Terminating")
+    );
+    // Nothing new may be created in it.
+    let e = api_error(cms.create(&PostParams::default(), &cm).await.unwrap_err());
+    assert_eq!(e.code, 403, "{e:?}");
+    // The namespace controller deletes the content; the pod waits for its node.
+    wait_for(|| async { count(&r, "/api/v1/namespaces/team/configmaps").await == 0 }).await;
+    wait_for(|| async {
+        ns.get("team")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .conditions
+            .unwrap_or_default()
+            .iter()
+            .any(|c| {
+                c.type_ == "NamespaceContentRemaining"
+                    && c.message.as_deref()
+                        == Some("Some resources are remaining: pods has 1 resource instances")
+            })
+    })
+    .await;
+    assert!(
+        pods.get("bound")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_some()
+    );
+    assert!(ns.get("team").await.is_ok());
+    pods.delete("bound", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    wait_for(|| async { ns.get("team").await.is_err() }).await;
+    assert_eq!(api_error(ns.get("team").await.unwrap_err()).code, 404);
+}
+
+/// Polls `f` until it holds (the deletion worker runs after commits), up to 20 s.
+async fn wait_for<F, Fut>(f: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("condition not reached in 20 s");
+}
+
+#[tokio::test]
+async fn foreground_deletion_waits_for_blocking_dependents() {
+    use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+    let (_dir, _r, client) = setup();
+    let deploys: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let rss: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let template = json!({"metadata": {"labels": {"app": "fg"}},
+        "spec": {"containers": [{"name": "web", "image": "nginx"}]}});
+    let owned_by = |kind: &str, name: &str, uid: &str, block: bool| json!([{"apiVersion": if kind == "ConfigMap" { "v1" } else { "apps/v1" }, "kind": kind, "name": name, "uid": uid, "controller": true, "blockOwnerDeletion": block}]);
+    let d: Deployment = serde_json::from_value(json!({"metadata": {"name": "fg"},
+        "spec": {"selector": {"matchLabels": {"app": "fg"}}, "template": template}}))
+    .unwrap();
+    let d = deploys.create(&PostParams::default(), &d).await.unwrap();
+    let rs: ReplicaSet = serde_json::from_value(json!({"metadata": {"name": "fg-1",
+        "ownerReferences": owned_by("Deployment", "fg", &d.uid().unwrap(), true)},
+        "spec": {"selector": {"matchLabels": {"app": "fg"}}, "template": template}}))
+    .unwrap();
+    let rs = rss.create(&PostParams::default(), &rs).await.unwrap();
+    let mut p = pod("fg-1-a", json!({"app": "fg"}));
+    p.spec.as_mut().unwrap().node_name = Some("node-1".into());
+    p.metadata.owner_references =
+        serde_json::from_value(owned_by("ReplicaSet", "fg-1", &rs.uid().unwrap(), true)).unwrap();
+    pods.create(&PostParams::default(), &p).await.unwrap();
+    // A dependent that does not block is deleted but not waited for.
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "fg-cm",
+        "finalizers": ["example.com/hold"],
+        "ownerReferences": owned_by("Deployment", "fg", &d.uid().unwrap(), false)}}))
+    .unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+
+    deploys
+        .delete("fg", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    let waiting = deploys.get("fg").await.unwrap();
+    assert!(waiting.metadata.deletion_timestamp.is_some());
+    assert!(
+        waiting
+            .finalizers()
+            .contains(&"foregroundDeletion".to_string())
+    );
+    // The ReplicaSet has a dependent of its own: deleted in the foreground too.
+    let rs_now = rss.get("fg-1").await.unwrap();
+    assert!(
+        rs_now
+            .finalizers()
+            .contains(&"foregroundDeletion".to_string())
+    );
+    assert!(
+        pods.get("fg-1-a")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_some()
+    );
+    assert!(
+        cms.get("fg-cm")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_some()
+    );
+    // The node finishes the pod: the ReplicaSet, then the Deployment go.
+    pods.delete("fg-1-a", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    wait_for(|| async { rss.get("fg-1").await.is_err() && deploys.get("fg").await.is_err() }).await;
+    // The non-blocking dependent is still held by its own finalizer.
+    assert!(cms.get("fg-cm").await.is_ok());
+}
+
+#[tokio::test]
+async fn an_owner_held_by_a_finalizer_collects_its_dependents_when_it_goes() {
+    let (_dir, _r, client) = setup();
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let owner: ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "owner", "finalizers": ["example.com/hold"]}}),
+    )
+    .unwrap();
+    let owner = cms.create(&PostParams::default(), &owner).await.unwrap();
+    let dep: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "dep",
+        "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.uid().unwrap()}]}}))
+    .unwrap();
+    cms.create(&PostParams::default(), &dep).await.unwrap();
+    cms.delete("owner", &DeleteParams::background())
+        .await
+        .unwrap();
+    assert!(cms.get("dep").await.is_ok(), "the owner is still there");
+    cms.patch(
+        "owner",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(api_error(cms.get("owner").await.unwrap_err()).code, 404);
+    assert_eq!(api_error(cms.get("dep").await.unwrap_err()).code, 404);
 }
 
 #[tokio::test]

@@ -758,3 +758,51 @@ async fn kubernetes_service_points_at_the_advertise_address() {
         format!("[\"10.96.0.1\",\"fd00:10:96::1\"] 443>{port}")
     );
 }
+
+const LIST: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: ConfigMap
+  metadata:
+    name: first
+  data: {a: "1"}
+- apiVersion: v1
+  kind: Service
+  metadata:
+    name: listed
+  spec:
+    selector: {app: listed}
+    ports:
+    - port: 80
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_create_and_apply_a_list_file() {
+    let c = start().await;
+    let f = c.write("list.yaml", LIST);
+    let f = f.to_str().unwrap();
+    let out = c.kubectl(&["create", "-f", f]).await;
+    assert!(out.ok, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("configmap/first created")
+            && out.stdout.contains("service/listed created"),
+        "{}",
+        out.stdout
+    );
+    let out = c.kubectl(&["apply", "-f", f]).await;
+    assert!(out.ok, "{}", out.stderr);
+    let out = c.kubectl(&["apply", "--server-side", "-f", f]).await;
+    assert!(out.ok, "{}", out.stderr);
+    let out = c.kubectl(&["get", "-f", f, "-o", "name"]).await;
+    assert_eq!(out.stdout, "configmap/first\nservice/listed\n");
+    let out = c.kubectl(&["delete", "-f", f]).await;
+    assert!(out.ok, "{}", out.stderr);
+    let out = c.kubectl(&["get", "cm,svc", "-o", "name"]).await;
+    assert!(
+        !out.stdout.contains("first") && !out.stdout.contains("listed"),
+        "{}",
+        out.stdout
+    );
+}
