@@ -85,10 +85,14 @@
 //! and aggregated; a compact element form is the next step towards the 64 MB goal.
 //!
 //! Session affinity: `sessionAffinity: ClientIP` makes each balancing chain look the
-//! client up in `affinity` before the random pick. Filling it per connection needs
-//! the kernel's `dynset` expression (`update @affinity { ... : ... }` with the
-//! service's timeout), which `netlink::nft` does not offer yet, so today the map stays
-//! empty and affinity does not stick.
+//! client up in `affinity` before the random pick, and each endpoint rule record its
+//! pick there (`update @affinity { svc . chain . saddr : endpoint . port timeout T }`,
+//! a `dynset` expression) before DNATing from the same registers.
+//!
+//! # Running
+//!
+//! [`run`] is the control loop `kubewire agent` runs (watchers, debounced incremental
+//! syncs, health check servers, UDP conntrack cleanup); see `docs/proxy.md`.
 
 mod apply;
 pub mod controller;
