@@ -129,6 +129,14 @@ impl Cause {
             ),
         }
     }
+    pub(crate) fn forbidden(field: impl Into<String>, detail: &str) -> Cause {
+        let field = field.into();
+        Cause {
+            reason: "FieldValueForbidden",
+            message: format!("Forbidden: {detail}"),
+            field,
+        }
+    }
     pub(crate) fn duplicate(field: impl Into<String>, value: &Value) -> Cause {
         Cause {
             reason: "FieldValueDuplicate",

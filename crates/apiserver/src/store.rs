@@ -17,6 +17,11 @@ use crate::error::{Error, storage};
 const OBJECTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("objects");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const RV_KEY: &str = "resourceVersion";
+/// The watch log, persisted so that watches resume across a restart: resourceVersion to
+/// `{"t": type, "k": key, "o": object, "p": previous}`.
+const EVENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("events");
+/// Watches from a resourceVersion below this one get 410 (what the log no longer holds).
+const LOG_OLDEST_KEY: &str = "logOldest";
 
 /// How many events the watch log keeps; a watch from further back gets 410.
 pub(crate) const DEFAULT_LOG_CAPACITY: usize = 10_000;
@@ -48,8 +53,9 @@ pub(crate) struct Event {
     pub(crate) key: String,
     /// The object after the change (for DELETED: the last state, with the deletion's RV).
     pub(crate) object: Value,
-    /// For MODIFIED: the state before, so that filtered watches can turn an object
-    /// entering or leaving their selector into ADDED or DELETED, as kube-apiserver does.
+    /// For MODIFIED and DELETED: the state before, so that filtered watches can turn an
+    /// object entering or leaving their selector into ADDED or DELETED, as
+    /// kube-apiserver does, and lists can be served at an older resourceVersion.
     pub(crate) prev: Option<Value>,
 }
 
@@ -108,15 +114,42 @@ fn prefix_end(prefix: &str) -> String {
 
 impl Store {
     pub(crate) fn open(path: &Path, log_capacity: usize) -> Result<Store, Error> {
-        let db = Database::create(path).map_err(storage)?;
+        // A server state dropped a moment ago may still be closing (its deletion worker
+        // holds it for the length of one pass): wait a little for it.
+        let mut tries = 0;
+        let db = loop {
+            match Database::create(path) {
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                r => break r.map_err(storage)?,
+            }
+        };
         let tx = db.begin_write().map_err(storage)?;
-        let rv = {
+        let capacity = log_capacity.max(1);
+        let (rv, oldest, events) = {
             tx.open_table(OBJECTS).map_err(storage)?;
             let meta = tx.open_table(META).map_err(storage)?;
-            meta.get(RV_KEY)
-                .map_err(storage)?
-                .map(|g| g.value())
-                .unwrap_or(0)
+            let get = |k: &str| -> Result<Option<u64>, Error> {
+                Ok(meta.get(k).map_err(storage)?.map(|g| g.value()))
+            };
+            let rv = get(RV_KEY)?.unwrap_or(0);
+            // A data dir from before the log was persisted: the log starts now.
+            let mut oldest = get(LOG_OLDEST_KEY)?.unwrap_or(rv);
+            let table = tx.open_table(EVENTS).map_err(storage)?;
+            let mut events = VecDeque::new();
+            for entry in table.range(oldest.saturating_add(1)..).map_err(storage)? {
+                let (k, v) = entry.map_err(storage)?;
+                events.push_back(Arc::new(decode_event(k.value(), v.value())?));
+            }
+            // A smaller capacity than the last run's: keep the newest.
+            while events.len() > capacity {
+                if let Some(e) = events.pop_front() {
+                    oldest = e.rv;
+                }
+            }
+            (rv, oldest, events)
         };
         tx.commit().map_err(storage)?;
         let (rv_tx, _) = watch::channel(rv);
@@ -124,12 +157,64 @@ impl Store {
             db,
             writer: Mutex::new(()),
             log: Mutex::new(EventLog {
-                events: VecDeque::new(),
-                oldest: rv,
-                capacity: log_capacity.max(1),
+                events,
+                oldest,
+                capacity,
             }),
             rv_tx,
         })
+    }
+
+    /// The objects under `prefix` as they were at resourceVersion `at`: the current
+    /// ones with the logged changes after `at` undone. `Err(TooOld)` when the log no
+    /// longer reaches back to `at`; `at` must not be newer than the current version.
+    pub(crate) fn list_at(
+        &self,
+        prefix: &str,
+        at: u64,
+    ) -> Result<Result<std::collections::BTreeMap<String, Value>, TooOld>, Error> {
+        for _ in 0..100 {
+            let tx = self.db.begin_read().map_err(storage)?;
+            let meta = tx.open_table(META).map_err(storage)?;
+            let rv = meta
+                .get(RV_KEY)
+                .map_err(storage)?
+                .map(|g| g.value())
+                .unwrap_or(0);
+            let events = match self.events_after(at) {
+                Ok(e) => e,
+                Err(too_old) => return Ok(Err(too_old)),
+            };
+            // A commit this read sees but whose events are not logged yet: look again.
+            if rv > at && events.last().is_none_or(|e| e.rv < rv) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                continue;
+            }
+            let t = tx.open_table(OBJECTS).map_err(storage)?;
+            let end = prefix_end(prefix);
+            let mut items = std::collections::BTreeMap::new();
+            for entry in t.range(prefix..end.as_str()).map_err(storage)? {
+                let (k, v) = entry.map_err(storage)?;
+                items.insert(k.value().to_string(), decode(v.value())?);
+            }
+            for e in events.iter().rev().filter(|e| e.rv <= rv) {
+                if !e.key.starts_with(prefix) {
+                    continue;
+                }
+                match (&e.kind, &e.prev) {
+                    (EventType::Added, _) | (_, None) => {
+                        items.remove(&e.key);
+                    }
+                    (_, Some(prev)) => {
+                        items.insert(e.key.clone(), prev.clone());
+                    }
+                }
+            }
+            return Ok(Ok(items));
+        }
+        Err(Error::Storage(
+            "the watch log did not catch up with the database".into(),
+        ))
     }
 
     pub(crate) fn current_rv(&self) -> u64 {
@@ -247,9 +332,33 @@ impl Store {
             tx.abort().map_err(storage)?;
             return Ok(out);
         }
+        // The log entries that fall out of the bounded log with these events.
+        let (drop_upto, new_oldest) = {
+            let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+            let total = log.events.len() + events.len();
+            let over = total.saturating_sub(log.capacity);
+            let last_dropped = if over == 0 {
+                None
+            } else if over <= log.events.len() {
+                log.events.get(over - 1).map(|e| e.rv)
+            } else {
+                events.get(over - log.events.len() - 1).map(|e| e.rv)
+            };
+            (last_dropped, last_dropped.unwrap_or(log.oldest))
+        };
         {
             let mut meta = tx.open_table(META).map_err(storage)?;
             meta.insert(RV_KEY, rv).map_err(storage)?;
+            meta.insert(LOG_OLDEST_KEY, new_oldest).map_err(storage)?;
+            let mut table = tx.open_table(EVENTS).map_err(storage)?;
+            for e in &events {
+                table
+                    .insert(e.rv, encode_event(e).as_slice())
+                    .map_err(storage)?;
+            }
+            if let Some(upto) = drop_upto {
+                table.retain_in(..=upto, |_, _| false).map_err(storage)?;
+            }
         }
         tx.commit().map_err(storage)?;
         {
@@ -276,6 +385,36 @@ impl Store {
         let start = log.events.partition_point(|e| e.rv <= rv);
         Ok(log.events.range(start..).cloned().collect())
     }
+}
+
+fn encode_event(e: &Event) -> Vec<u8> {
+    let v = serde_json::json!({"t": e.kind.as_str(), "k": e.key, "o": e.object, "p": e.prev});
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+fn decode_event(rv: u64, bytes: &[u8]) -> Result<Event, Error> {
+    let mut v = decode(bytes)?;
+    let kind = match v["t"].as_str() {
+        Some("ADDED") => EventType::Added,
+        Some("MODIFIED") => EventType::Modified,
+        Some("DELETED") => EventType::Deleted,
+        other => {
+            return Err(Error::Storage(format!(
+                "corrupt event {rv}: type {other:?}"
+            )));
+        }
+    };
+    let prev = match v["p"].take() {
+        Value::Null => None,
+        p => Some(p),
+    };
+    Ok(Event {
+        rv,
+        kind,
+        key: v["k"].as_str().unwrap_or("").to_string(),
+        object: v["o"].take(),
+        prev,
+    })
 }
 
 fn decode(bytes: &[u8]) -> Result<Value, Error> {
@@ -342,13 +481,17 @@ impl Txn {
         self.rv += 1;
         last["metadata"]["resourceVersion"] = Value::String(self.rv.to_string());
         let mut t = self.tx.open_table(OBJECTS).map_err(storage)?;
-        t.remove(key).map_err(storage)?;
+        let prev = t
+            .remove(key)
+            .map_err(storage)?
+            .map(|g| decode(g.value()))
+            .transpose()?;
         self.events.push(Event {
             rv: self.rv,
             kind: EventType::Deleted,
             key: key.to_string(),
             object: last.clone(),
-            prev: None,
+            prev,
         });
         Ok(last)
     }
@@ -390,8 +533,9 @@ mod tests {
         assert_eq!(s.current_rv(), 2);
         let x = s.get("core/pods/a/x").unwrap().unwrap();
         assert_eq!(x["metadata"]["resourceVersion"], "1");
-        // The log starts at the persisted RV after a restart.
-        assert!(s.events_after(1).is_err());
+        // The log is persisted: a watch resumes after a restart.
+        assert_eq!(s.events_after(0).unwrap().len(), 2);
+        assert_eq!(s.events_after(1).unwrap()[0].key, "core/pods/b/y");
         assert!(s.events_after(2).unwrap().is_empty());
     }
 
@@ -462,5 +606,49 @@ mod tests {
         assert_eq!(s.events_after(5).unwrap().len(), 0);
         assert_eq!(s.events_after(2).unwrap().len(), 3);
         assert_eq!(s.events_after(1).unwrap_err().oldest, 2);
+        // The bound and what fell out of it survive a restart.
+        drop(s);
+        let s = store(&dir, 3);
+        assert_eq!(s.events_after(2).unwrap().len(), 3);
+        assert_eq!(s.events_after(1).unwrap_err().oldest, 2);
+        // A smaller bound after a restart keeps the newest events.
+        drop(s);
+        let s = store(&dir, 2);
+        assert_eq!(s.events_after(3).unwrap().len(), 2);
+        assert!(s.events_after(2).is_err());
+    }
+
+    #[test]
+    fn lists_at_an_older_version_undo_later_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir, 10);
+        let put = |k: &str, v: i64| {
+            s.write(|t| t.put(k, json!({"metadata":{}, "v": v}), EventType::Modified))
+                .unwrap();
+        };
+        put("core/configmaps/a/x", 1); // rv 1
+        put("core/configmaps/a/y", 1); // rv 2
+        put("core/configmaps/a/x", 2); // rv 3
+        s.write(|t| {
+            let o = t.get("core/configmaps/a/y")?.unwrap();
+            t.delete("core/configmaps/a/y", o)
+        })
+        .unwrap(); // rv 4
+        put("core/configmaps/a/z", 1); // rv 5
+        let at = |rv| s.list_at("core/configmaps/", rv).unwrap().unwrap();
+        let v = |m: &std::collections::BTreeMap<String, Value>, k: &str| {
+            m.get(k).map(|o| o["v"].clone())
+        };
+        let m2 = at(2);
+        assert_eq!(m2.len(), 2);
+        assert_eq!(v(&m2, "core/configmaps/a/x"), Some(json!(1)));
+        assert_eq!(
+            m2["core/configmaps/a/x"]["metadata"]["resourceVersion"],
+            "1"
+        );
+        let m4 = at(4);
+        assert_eq!(m4.keys().collect::<Vec<_>>(), ["core/configmaps/a/x"]);
+        assert_eq!(at(5).len(), 2);
+        assert_eq!(at(0).len(), 0);
     }
 }

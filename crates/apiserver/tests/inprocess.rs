@@ -607,6 +607,166 @@ async fn list_pages_with_limit_and_continue() {
 }
 
 #[tokio::test]
+async fn continued_lists_show_the_first_page_snapshot() {
+    let (_dir, _r, client) = setup();
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let cm = |n: &str| -> ConfigMap {
+        serde_json::from_value(json!({"metadata": {"name": n}})).unwrap()
+    };
+    for n in ["a", "b", "c"] {
+        cms.create(&PostParams::default(), &cm(n)).await.unwrap();
+    }
+    let first = cms.list(&ListParams::default().limit(1)).await.unwrap();
+    let rv = first.metadata.resource_version.clone().unwrap();
+    // Changes after the first page do not show on the next ones.
+    cms.delete("b", &DeleteParams::default()).await.unwrap();
+    cms.create(&PostParams::default(), &cm("bb")).await.unwrap();
+    let rest = cms
+        .list(
+            &ListParams::default()
+                .limit(10)
+                .continue_token(first.metadata.continue_.as_deref().unwrap()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.items.iter().map(|c| c.name_any()).collect::<Vec<_>>(),
+        ["b", "c"]
+    );
+    assert_eq!(rest.metadata.resource_version.as_deref(), Some(rv.as_str()));
+}
+
+#[tokio::test]
+async fn lists_at_a_resource_version() {
+    let (_dir, r, client) = setup_with(|c| c.watch_log_capacity = 5);
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "v"}, "data": {"n": "1"}})).unwrap();
+    let created = cms.create(&PostParams::default(), &cm).await.unwrap();
+    let rv1 = created.resource_version().unwrap();
+    cms.patch(
+        "v",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"n": "2"}})),
+    )
+    .await
+    .unwrap();
+    // Exact: the object as it was.
+    let uri = format!(
+        "/api/v1/namespaces/default/configmaps?resourceVersion={rv1}&resourceVersionMatch=Exact"
+    );
+    let (code, _, v) = raw(&r, "GET", &uri, "", "").await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["metadata"]["resourceVersion"], json!(rv1));
+    assert_eq!(v["items"][0]["data"]["n"], "1");
+    // NotOlderThan (and a bare resourceVersion): the current state.
+    for q in ["&resourceVersionMatch=NotOlderThan", ""] {
+        let uri = format!("/api/v1/namespaces/default/configmaps?resourceVersion={rv1}{q}");
+        let (code, _, v) = raw(&r, "GET", &uri, "", "").await;
+        assert_eq!(code, 200, "{v}");
+        assert_eq!(v["items"][0]["data"]["n"], "2");
+    }
+    // Invalid combinations, as kube-apiserver words them.
+    let (code, _, v) = raw(
+        &r,
+        "GET",
+        "/api/v1/configmaps?resourceVersionMatch=Exact",
+        "",
+        "",
+    )
+    .await;
+    assert_eq!(code, 422, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("resourceVersionMatch is forbidden unless resourceVersion is provided"),
+        "{v}"
+    );
+    let (code, _, v) = raw(
+        &r,
+        "GET",
+        "/api/v1/configmaps?resourceVersion=0&resourceVersionMatch=Exact",
+        "",
+        "",
+    )
+    .await;
+    assert_eq!(code, 422, "{v}");
+    // A version newer than the store: 504 after kube-apiserver's 3 s wait.
+    let (code, _, v) = raw(
+        &r,
+        "GET",
+        "/api/v1/configmaps?resourceVersion=999999",
+        "",
+        "",
+    )
+    .await;
+    assert_eq!(code, 504, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("Too large resource version"),
+        "{v}"
+    );
+    // Older than the log: 410 Expired.
+    for i in 0..6 {
+        cms.patch(
+            "v",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"n": i.to_string()}})),
+        )
+        .await
+        .unwrap();
+    }
+    let (code, _, v) = raw(&r, "GET", &uri, "", "").await;
+    assert_eq!(code, 410, "{v}");
+    assert_eq!(v["reason"], "Expired");
+}
+
+#[tokio::test]
+async fn watches_resume_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let create = |n: &'static str| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": n}}).to_string()
+    };
+    let rv = {
+        let r = router(&Config::new(dir.path())).unwrap();
+        let path = "/api/v1/namespaces/default/configmaps";
+        let (_, _, a) = raw(&r, "POST", path, "application/json", &create("before")).await;
+        let (_, _, _) = raw(&r, "POST", path, "application/json", &create("after")).await;
+        a["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // After the restart, a watch from a version before it gets what followed, not 410.
+    let r = router(&Config::new(dir.path())).unwrap();
+    let req = http::Request::builder()
+        .uri(format!(
+            "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=1"
+        ))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let body = r
+        .handle(req)
+        .await
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    let events: Vec<Value> = body
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["type"], "ADDED");
+    assert_eq!(events[0]["object"]["metadata"]["name"], "after");
+}
+
+#[tokio::test]
 async fn table_output_for_endpoints_and_services() {
     let (_dir, r, client) = setup();
     let eps: Api<Endpoints> = Api::namespaced(client, "default");
