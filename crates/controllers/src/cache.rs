@@ -25,6 +25,9 @@ pub struct Cache<K: Resource<DynamicType = ()> + 'static> {
     /// The objects.
     pub store: Store<K>,
     changed: watch::Receiver<u64>,
+    // Our own readiness flag: `Store::wait_until_ready` wakes only one of several
+    // waiters (a oneshot underneath), and every controller waits on the same stores.
+    listed: watch::Receiver<bool>,
 }
 
 impl<K: Resource<DynamicType = ()> + Clone + 'static> Cache<K> {
@@ -54,6 +57,7 @@ where
 {
     let (store, mut writer) = reflector::store();
     let (tx, changed) = watch::channel(0u64);
+    let (listed_tx, listed) = watch::channel(false);
     tasks.spawn(async move {
         let mut events = watcher(api, watcher::Config::default())
             .default_backoff()
@@ -62,6 +66,9 @@ where
             match event {
                 Ok(event) => {
                     writer.apply_watcher_event(&event);
+                    if matches!(event, watcher::Event::InitDone) {
+                        listed_tx.send_replace(true);
+                    }
                     if !matches!(event, watcher::Event::Init | watcher::Event::InitApply(_)) {
                         tx.send_modify(|n| *n += 1);
                     }
@@ -71,7 +78,11 @@ where
             }
         }
     });
-    Cache { store, changed }
+    Cache {
+        store,
+        changed,
+        listed,
+    }
 }
 
 /// The stores of every kind a controller reads.
@@ -232,9 +243,9 @@ async fn changed(triggers: &mut [watch::Receiver<u64>]) {
 pub fn ready<K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static>(
     c: &Cache<K>,
 ) -> BoxFuture<'static, ()> {
-    let store = c.store.clone();
+    let mut listed = c.listed.clone();
     Box::pin(async move {
-        let _ = store.wait_until_ready().await;
+        let _ = listed.wait_for(|l| *l).await;
     })
 }
 

@@ -465,28 +465,7 @@ pub fn mirrored_slices(ep: &Endpoints) -> Vec<EndpointSlice> {
     out
 }
 
-/// JSON without nulls, empty lists and empty maps: the API may drop either.
-fn norm(v: Value) -> Value {
-    match v {
-        Value::Object(m) => Value::Object(
-            m.into_iter()
-                .map(|(k, v)| (k, norm(v)))
-                .filter(|(_, v)| !empty(v))
-                .collect(),
-        ),
-        Value::Array(a) => Value::Array(a.into_iter().map(norm).collect()),
-        v => v,
-    }
-}
-
-fn empty(v: &Value) -> bool {
-    match v {
-        Value::Null => true,
-        Value::Array(a) => a.is_empty(),
-        Value::Object(m) => m.is_empty(),
-        _ => false,
-    }
-}
+use crate::util::strip_empty as norm;
 
 /// What of a slice this controller decides: compared to find which slices to write.
 fn slice_content(s: &EndpointSlice) -> Value {

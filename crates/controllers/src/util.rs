@@ -144,24 +144,91 @@ pub const POD_TEMPLATE_HASH: &str = "pod-template-hash";
 /// Label with a StatefulSet's or DaemonSet's revision.
 pub const CONTROLLER_REVISION_HASH: &str = "controller-revision-hash";
 
-/// Whether two templates are equal apart from the hash labels (kube's
-/// `EqualIgnoreHash`).
+/// Whether two templates are equal apart from the hash labels and API defaults (kube's
+/// `EqualIgnoreHash`, which compares defaulted objects; here a template may come
+/// defaulted or not, depending on how it was written).
 pub fn templates_equal(a: &PodTemplateSpec, b: &PodTemplateSpec) -> bool {
-    let strip = |t: &PodTemplateSpec| {
-        let mut t = serde_json::to_value(t).unwrap_or_default();
-        if let Some(l) = t
-            .pointer_mut("/metadata/labels")
-            .and_then(|l| l.as_object_mut())
-        {
-            l.remove(POD_TEMPLATE_HASH);
-            l.remove(CONTROLLER_REVISION_HASH);
-            if l.is_empty() {
-                t["metadata"].as_object_mut().map(|m| m.remove("labels"));
+    normalized_template(a) == normalized_template(b)
+}
+
+/// A template as JSON without hash labels, without fields equal to their API defaults,
+/// and without empty values.
+pub fn normalized_template(t: &PodTemplateSpec) -> serde_json::Value {
+    use serde_json::Value;
+    let mut t = serde_json::to_value(t).unwrap_or_default();
+    let remove_if = |m: &mut serde_json::Map<String, Value>, k: &str, default: Value| {
+        if m.get(k) == Some(&default) {
+            m.remove(k);
+        }
+    };
+    if let Some(l) = t
+        .pointer_mut("/metadata/labels")
+        .and_then(Value::as_object_mut)
+    {
+        l.remove(POD_TEMPLATE_HASH);
+        l.remove(CONTROLLER_REVISION_HASH);
+    }
+    if let Some(spec) = t.get_mut("spec").and_then(Value::as_object_mut) {
+        remove_if(spec, "restartPolicy", "Always".into());
+        remove_if(spec, "dnsPolicy", "ClusterFirst".into());
+        remove_if(spec, "schedulerName", "default-scheduler".into());
+        remove_if(spec, "terminationGracePeriodSeconds", 30.into());
+        remove_if(spec, "enableServiceLinks", true.into());
+        for key in ["containers", "initContainers"] {
+            for c in spec
+                .get_mut(key)
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                let Some(c) = c.as_object_mut() else { continue };
+                let image = c.get("image").and_then(Value::as_str).unwrap_or("");
+                // kube: Always for `:latest` or no tag, IfNotPresent otherwise.
+                let last = image.rsplit('/').next().unwrap_or(image);
+                let pull = match last.split_once(':') {
+                    None => "Always",
+                    Some((_, "latest")) => "Always",
+                    Some(_) if image.contains('@') => "IfNotPresent",
+                    Some(_) => "IfNotPresent",
+                };
+                remove_if(c, "imagePullPolicy", pull.into());
+                remove_if(c, "terminationMessagePath", "/dev/termination-log".into());
+                remove_if(c, "terminationMessagePolicy", "File".into());
+                for p in c
+                    .get_mut("ports")
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(p) = p.as_object_mut() {
+                        remove_if(p, "protocol", "TCP".into());
+                    }
+                }
             }
         }
-        t
+    }
+    strip_empty(t)
+}
+
+/// JSON without nulls, empty lists and empty maps (the API may drop or add either).
+pub fn strip_empty(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    let empty = |v: &Value| match v {
+        Value::Null => true,
+        Value::Array(a) => a.is_empty(),
+        Value::Object(m) => m.is_empty(),
+        _ => false,
     };
-    strip(a) == strip(b)
+    match v {
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, v)| (k, strip_empty(v)))
+                .filter(|(_, v)| !empty(v))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.into_iter().map(strip_empty).collect()),
+        v => v,
+    }
 }
 
 /// `ns/name` of an object, for messages.
@@ -230,5 +297,15 @@ mod tests {
         assert_eq!(template_hash(&t, None), template_hash(&t2, None));
         assert_ne!(template_hash(&t, None), template_hash(&t, Some(1)));
         assert!(templates_equal(&t, &t2));
+        let defaulted: PodTemplateSpec = serde_json::from_value(serde_json::json!({
+            "metadata": {"labels": {"app": "web"}},
+            "spec": {"restartPolicy": "Always", "containers": [{"name": "c", "image": "nginx",
+                "imagePullPolicy": "Always", "terminationMessagePath": "/dev/termination-log"}]}
+        }))
+        .unwrap();
+        assert!(templates_equal(&t, &defaulted));
+        let mut other = t.clone();
+        other.spec.as_mut().unwrap().containers[0].image = Some("httpd".into());
+        assert!(!templates_equal(&t, &other));
     }
 }

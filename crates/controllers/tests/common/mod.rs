@@ -21,7 +21,8 @@ pub struct Harness {
 
 pub fn config() -> controllers::Config {
     controllers::Config {
-        node_monitor_grace_period: Duration::from_secs(2),
+        // Nodes in most tests have no kubelet renewing their Lease.
+        node_monitor_grace_period: Duration::from_secs(3600),
         resync: Duration::from_secs(2),
         ..controllers::Config::default()
     }
@@ -32,6 +33,10 @@ pub fn start() -> Harness {
 }
 
 pub fn start_with(cfg: controllers::Config) -> Harness {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let dir = tempfile::tempdir().unwrap();
     let acfg = apiserver::Config::new(dir.path());
     let r = apiserver::router(&acfg).unwrap();
@@ -82,6 +87,16 @@ where
 
 /// What a kubelet reports for a running pod.
 pub async fn kubelet_reports(client: &Client, ns: &str, name: &str, ips: &[&str], ready: bool) {
+    report(client, ns, name, ips, ready).await.unwrap();
+}
+
+async fn report(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    ips: &[&str],
+    ready: bool,
+) -> kube::Result<Pod> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let status = if ready { "True" } else { "False" };
     let patch = json!({"status": {
@@ -92,7 +107,6 @@ pub async fn kubelet_reports(client: &Client, ns: &str, name: &str, ips: &[&str]
     }});
     pods.patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
         .await
-        .unwrap();
 }
 
 /// A Ready node with a fresh Lease.
@@ -141,4 +155,50 @@ pub fn merge(a: &mut Value, b: Value) {
         }
         (a, b) => *a = b,
     }
+}
+
+/// A kubelet for every node at once, as a background task: bound pods become Running
+/// and Ready with an IP; pods being deleted are let go (grace period 0).
+pub fn fake_kubelet(client: &Client) -> tokio::task::JoinHandle<()> {
+    let client = client.clone();
+    tokio::spawn(async move {
+        let pods: Api<Pod> = Api::all(client.clone());
+        let mut next_ip = 2u32;
+        loop {
+            let Ok(list) = pods.list(&Default::default()).await else {
+                continue;
+            };
+            for p in list.items {
+                let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.clone()) else {
+                    continue;
+                };
+                let ns = p.metadata.namespace.clone().unwrap();
+                let name = p.metadata.name.clone().unwrap();
+                if p.metadata.deletion_timestamp.is_some() {
+                    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+                    let _ = api
+                        .delete(
+                            &name,
+                            &kube::api::DeleteParams {
+                                grace_period_seconds: Some(0),
+                                ..Default::default()
+                            },
+                        )
+                        .await;
+                    continue;
+                }
+                if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
+                    continue;
+                }
+                let n: u32 = node.trim_start_matches("node-").parse().unwrap_or(9);
+                let ip = format!("10.244.{n}.{}", next_ip % 250 + 2);
+                next_ip += 1;
+                let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                    report(&client, &ns, &name, &[&ip], true).await
+                })
+                .await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
 }
