@@ -789,10 +789,14 @@ fn parse_body(t: &Target, body: &[u8]) -> Result<Value, Error> {
 
 /// With `fieldValidation=Strict`, refuses unknown fields (400, kube-apiserver's words).
 fn check_strict(rt: &ResourceType, r: &Req, obj: &Value, prefix: bool) -> Result<(), Error> {
-    if r.param("fieldValidation") != Some("Strict") || rt.custom {
+    if r.param("fieldValidation") != Some("Strict") {
         return Ok(());
     }
-    let unknown = strict::unknown_fields(rt.group, rt.kind, obj);
+    let unknown = match (rt.custom, rt.schema) {
+        (true, Some(schema)) => crate::schema::unknown_fields(schema, obj),
+        (true, None) => Vec::new(),
+        (false, _) => strict::unknown_fields(rt.group, rt.kind, obj),
+    };
     if unknown.is_empty() {
         return Ok(());
     }
@@ -913,6 +917,9 @@ fn check_write(
     let rt = t.rt;
     let name = str_at(obj, "metadata.name").unwrap_or("").to_string();
     let mut causes = validate::validate(rt, obj);
+    if let Some(schema) = rt.schema {
+        causes.extend(crate::schema::check(schema, obj));
+    }
     if rt.is("apiextensions.k8s.io", "customresourcedefinitions") {
         crd_accept(obj, &mut causes);
     }

@@ -229,7 +229,18 @@ pub(crate) fn openapi_index(all: All<'_>) -> Value {
     let mut paths = serde_json::Map::new();
     for rt in all {
         let p = gv_path(rt.group, rt.version);
-        paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={}", env!("CARGO_PKG_VERSION"))}));
+        // kubectl caches a document by its hash: it changes with the CRDs' schemas.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for r in all
+            .iter()
+            .filter(|r| r.group == rt.group && r.version == rt.version)
+        {
+            let addr = r.schema.map_or(0, |s| s as *const Value as usize);
+            for b in r.resource.bytes().chain(addr.to_le_bytes()) {
+                h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+            }
+        }
+        paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={}-{h:016x}", env!("CARGO_PKG_VERSION"))}));
     }
     json!({"paths": paths})
 }
@@ -299,13 +310,27 @@ pub(crate) fn openapi_gv(all: All<'_>, path: &str) -> Option<Value> {
             rt.version,
             rt.kind
         );
-        schemas.insert(
-            schema_name,
-            json!({
-                "type": "object",
-                "x-kubernetes-group-version-kind": [gvk],
-            }),
-        );
+        match rt.schema {
+            Some(schema) => {
+                // As kube-apiserver names CRD schemas: the group reversed.
+                let reversed: Vec<&str> = rt.group.split('.').rev().collect();
+                let name = format!("{}.{}.{}", reversed.join("."), rt.version, rt.kind);
+                schemas.insert(name, crate::schema::published(schema, &gvk));
+                schemas.insert(
+                    "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta".into(),
+                    json!({"type": "object", "description": "ObjectMeta is metadata that all persisted resources must have, which includes all objects users must create."}),
+                );
+            }
+            None => {
+                schemas.insert(
+                    schema_name,
+                    json!({
+                        "type": "object",
+                        "x-kubernetes-group-version-kind": [gvk],
+                    }),
+                );
+            }
+        }
     }
     Some(json!({
         "openapi": "3.0.0",

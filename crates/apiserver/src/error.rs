@@ -129,6 +129,20 @@ impl Cause {
             ),
         }
     }
+    pub(crate) fn too_long(field: impl Into<String>, max: u64) -> Cause {
+        Cause {
+            reason: "FieldValueTooLong",
+            field: field.into(),
+            message: format!("Too long: may not be more than {max} bytes"),
+        }
+    }
+    pub(crate) fn too_many(field: impl Into<String>, n: usize, max: u64) -> Cause {
+        Cause {
+            reason: "FieldValueTooMany",
+            field: field.into(),
+            message: format!("Too many: {n}: must have at most {max} items"),
+        }
+    }
     pub(crate) fn forbidden(field: impl Into<String>, detail: &str) -> Cause {
         let field = field.into();
         Cause {

@@ -35,6 +35,7 @@ mod kubelet;
 mod patch;
 mod protobuf;
 mod resources;
+mod schema;
 mod selector;
 mod service;
 mod store;

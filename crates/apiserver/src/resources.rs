@@ -37,6 +37,8 @@ pub(crate) struct ResourceType {
     pub(crate) custom: bool,
     /// A custom resource's `additionalPrinterColumns`.
     pub(crate) columns: &'static [PrinterColumn],
+    /// A custom resource's `openAPIV3Schema`.
+    pub(crate) schema: Option<&'static Value>,
 }
 
 /// One of a custom resource's `additionalPrinterColumns`.
@@ -102,6 +104,7 @@ macro_rules! rt {
             name_rule: NameRule::$rule,
             custom: false,
             columns: &[],
+            schema: None,
         }
     };
 }
@@ -388,9 +391,13 @@ fn from_crd(crd: &Value) -> Vec<(String, ResourceType)> {
             namespaced,
             short,
             status,
-            v["additionalPrinterColumns"]
+            v["additionalPrinterColumns"],
+            v["schema"]["openAPIV3Schema"]
         ])
         .to_string();
+        let schema = v["schema"]["openAPIV3Schema"]
+            .is_object()
+            .then(|| &*Box::leak(Box::new(v["schema"]["openAPIV3Schema"].clone())));
         let rt = ResourceType {
             group: leak(group),
             version: leak(version),
@@ -409,6 +416,7 @@ fn from_crd(crd: &Value) -> Vec<(String, ResourceType)> {
             name_rule: NameRule::Subdomain,
             custom: true,
             columns: Box::leak(columns.into_boxed_slice()),
+            schema,
         };
         out.push((sig, rt));
     }

@@ -806,3 +806,211 @@ async fn kubectl_create_and_apply_a_list_file() {
         out.stdout
     );
 }
+
+fn data(file: &str) -> String {
+    format!("{}/tests/data/{file}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_api_standard_bundle_and_its_example() {
+    let c = start().await;
+    let bundle = data("gateway-api-v1.3.0-standard-install.yaml");
+    let out = c.kubectl(&["apply", "--server-side", "-f", &bundle]).await;
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(
+        out.stdout.matches("serverside-applied").count(),
+        5,
+        "{}",
+        out.stdout
+    );
+    let out = c
+        .kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "crd",
+            "--all",
+            "--timeout=30s",
+        ])
+        .await;
+    assert!(out.ok, "{}", out.stderr);
+    let example = data("gateway-api-v1.3.0-simple-gateway.yaml");
+    let out = c.kubectl(&["apply", "-f", &example]).await;
+    assert!(out.ok, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("gateway.gateway.networking.k8s.io/prod-web created")
+            && out
+                .stdout
+                .contains("httproute.gateway.networking.k8s.io/foo created"),
+        "{}",
+        out.stdout
+    );
+    // Printer columns from the CRD.
+    let out = c.kubectl(&["get", "gateway", "prod-web"]).await;
+    assert!(out.ok, "{}", out.stderr);
+    let header: Vec<&str> = out
+        .stdout
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "CLASS", "ADDRESS", "PROGRAMMED", "AGE"],
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("prod-web   example"), "{}", out.stdout);
+    // Defaults from the schema were applied.
+    let out = c
+        .kubectl(&[
+            "get",
+            "httproute",
+            "foo",
+            "-o",
+            "jsonpath={.spec.rules[0].matches[0].path.type} {.spec.rules[0].matches[0].path.value} {.spec.rules[0].backendRefs[0].weight} {.spec.parentRefs[0].kind} {.spec.parentRefs[0].group}",
+        ])
+        .await;
+    assert_eq!(
+        out.stdout, "PathPrefix / 1 Gateway gateway.networking.k8s.io",
+        "{}",
+        out.stderr
+    );
+    // Structural validation, with kube-apiserver's words.
+    let bad = c.write(
+        "bad-route.yaml",
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: bad
+spec:
+  parentRefs:
+  - name: prod-web
+  rules:
+  - backendRefs:
+    - name: foo-svc
+      port: 70000
+"#,
+    );
+    let out = c.kubectl(&["apply", "-f", bad.to_str().unwrap()]).await;
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("spec.rules[0].backendRefs[0].port: Invalid value: 70000: spec.rules[0].backendRefs[0].port in body should be less than or equal to 65535"),
+        "{}",
+        out.stderr
+    );
+    // Unknown fields: refused under kubectl's default strict validation, pruned without it.
+    let unknown = c.write(
+        "unknown-route.yaml",
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: unknown
+spec:
+  bogus: 1
+  parentRefs:
+  - name: prod-web
+"#,
+    );
+    let out = c.kubectl(&["apply", "-f", unknown.to_str().unwrap()]).await;
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("unknown field \"spec.bogus\""),
+        "{}",
+        out.stderr
+    );
+    let out = c
+        .kubectl(&["apply", "--validate=false", "-f", unknown.to_str().unwrap()])
+        .await;
+    assert!(out.ok, "{}", out.stderr);
+    let out = c
+        .kubectl(&["get", "httproute", "unknown", "-o", "jsonpath={.spec}"])
+        .await;
+    assert!(
+        !out.stdout.contains("bogus") && out.stdout.contains("parentRefs"),
+        "{}",
+        out.stdout
+    );
+    // kubectl explain reads the CRD's schema from /openapi/v3.
+    let out = c.kubectl(&["explain", "httproute.spec.parentRefs"]).await;
+    assert!(out.ok, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("KIND:       HTTPRoute") && out.stdout.contains("sectionName"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metallb_crds_and_an_l2_pool() {
+    let c = start().await;
+    let out = c
+        .kubectl(&["apply", "-f", &data("metallb-v0.14.9-crds.yaml")])
+        .await;
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(out.stdout.matches(" created").count(), 7, "{}", out.stdout);
+    let out = c.kubectl(&["create", "namespace", "metallb-system"]).await;
+    assert!(out.ok, "{}", out.stderr);
+    let out = c
+        .kubectl(&[
+            "apply",
+            "-f",
+            &data("metallb-v0.14.9-simple-pool-adv-l2.yaml"),
+        ])
+        .await;
+    assert!(out.ok, "{}", out.stderr);
+    let out = c
+        .kubectl(&["get", "ipaddresspools", "-n", "metallb-system"])
+        .await;
+    assert!(out.ok, "{}", out.stderr);
+    let header: Vec<&str> = out
+        .stdout
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "AUTO",
+            "ASSIGN",
+            "AVOID",
+            "BUGGY",
+            "IPS",
+            "ADDRESSES"
+        ],
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("example   true"), "{}", out.stdout);
+    let out = c
+        .kubectl(&[
+            "get",
+            "ipaddresspool",
+            "example",
+            "-n",
+            "metallb-system",
+            "-o",
+            "jsonpath={.spec.autoAssign} {.spec.avoidBuggyIPs}",
+        ])
+        .await;
+    assert_eq!(out.stdout, "true false", "{}", out.stderr);
+    let out = c
+        .kubectl(&[
+            "get",
+            "l2advertisements",
+            "-n",
+            "metallb-system",
+            "-o",
+            "name",
+        ])
+        .await;
+    assert_eq!(
+        out.stdout, "l2advertisement.metallb.io/empty\n",
+        "{}",
+        out.stderr
+    );
+}
