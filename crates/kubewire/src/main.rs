@@ -48,6 +48,8 @@ enum Command {
     Lab(LabCommand),
     /// Run the embedded Kubernetes API server (the lab's control plane).
     Apiserver(apiserver::Args),
+    /// Run the lab's controllers (endpoints, workloads, scheduler, node IPAM and lifecycle).
+    Controllers(controllers::Args),
     /// Run the per-node agent: the node's CNI config and routes to other nodes' pods.
     Agent(agent::Args),
     /// Run the cluster DNS server (kube-dns/CoreDNS replacement).
@@ -142,7 +144,14 @@ fn main() -> ExitCode {
         return code;
     }
     let cli = Cli::parse();
-    logging::init(cli.log_format == LogFormat::Json);
+    // `lab` commands talk to a person through their own output; their logs are for
+    // when something goes wrong.
+    let default_level = if matches!(cli.command, Command::Lab(_)) {
+        "warn"
+    } else {
+        "info"
+    };
+    logging::init(cli.log_format == LogFormat::Json, default_level);
     match run(cli.command) {
         Ok(code) => code,
         Err(err) => {
@@ -168,6 +177,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Lab(lab) => runtime.block_on(run_lab(lab)),
         Command::Apiserver(args) => runtime.block_on(async {
             apiserver::serve(args.into()).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Controllers(args) => runtime.block_on(async {
+            controllers::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }),
         Command::Agent(args) => runtime.block_on(async {
@@ -400,9 +413,10 @@ fn print_summary(started: &lab::cluster::Started, detach: bool) {
     };
     println!();
     println!(
-        "lab {:?} is up: {} node(s) Ready after {:.1}s",
+        "lab {:?} is up: {} node(s) Ready after {:.1}s, cluster DNS after {:.1}s",
         cfg.name,
         cfg.nodes,
+        started.nodes_ready_after.as_secs_f32(),
         started.ready_after.as_secs_f32()
     );
     println!(

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -21,6 +22,7 @@ use crate::{Error, LabConfig, Result, Role};
 /// How long `lab up` waits for the API server and then for every node to be Ready.
 const API_TIMEOUT: Duration = Duration::from_secs(30);
 const NODES_TIMEOUT: Duration = Duration::from_secs(90);
+const ADDON_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long each process gets to stop after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -32,6 +34,8 @@ pub struct Started {
     /// The admin kubeconfig for kubectl.
     pub kubeconfig: PathBuf,
     /// From the start of `lab up` until every node was Ready.
+    pub nodes_ready_after: Duration,
+    /// From the start of `lab up` until the add-ons were ready too.
     pub ready_after: Duration,
 }
 
@@ -50,18 +54,25 @@ pub async fn start(cfg: &LabConfig, binary: &Path, progress: &Progress) -> Resul
     ));
     crate::up(cfg).await?;
     step.done("");
-    match start_processes(cfg, binary, progress).await {
-        Ok(kubeconfig) => Ok(Started {
+    match start_processes(cfg, binary, progress, began).await {
+        Ok((kubeconfig, nodes_ready_after)) => Ok(Started {
             config: cfg.clone(),
             kubeconfig,
+            nodes_ready_after,
             ready_after: began.elapsed(),
         }),
         Err(err) => {
             debug!(error = %err, "lab up failed; removing what was made");
-            if let Err(cleanup) = crate::down_with(cfg, false).await {
+            // The logs stay, to show what failed; `lab down` removes them.
+            if let Err(cleanup) = crate::down_with(cfg, true).await {
                 warn!(error = %cleanup, "cleanup after failed lab up");
             }
-            Err(err)
+            remove_all_but_logs(&cfg.data_dir());
+            Err(Error::Component(format!(
+                "{err}\n(everything else the lab made is removed; its logs are kept in {} until `kubewire lab down --name {}`)",
+                cfg.data_dir().join("logs").display(),
+                cfg.name
+            )))
         }
     }
 }
@@ -74,7 +85,13 @@ fn csv(items: impl IntoIterator<Item = impl ToString>) -> String {
         .join(",")
 }
 
-async fn start_processes(cfg: &LabConfig, binary: &Path, progress: &Progress) -> Result<PathBuf> {
+/// Returns the admin kubeconfig and when (since `began`) every node was Ready.
+async fn start_processes(
+    cfg: &LabConfig,
+    binary: &Path,
+    progress: &Progress,
+    began: Instant,
+) -> Result<(PathBuf, Duration)> {
     let data = cfg.data_dir();
     let logs = data.join("logs");
     let api_dir = data.join("api");
@@ -208,7 +225,7 @@ async fn start_processes(cfg: &LabConfig, binary: &Path, progress: &Progress) ->
     step.done("");
 
     let step = progress.step("nodes Ready");
-    let nodes: Api<Node> = Api::all(client);
+    let nodes: Api<Node> = Api::all(client.clone());
     let want = usize::from(cfg.nodes);
     let deadline = Instant::now() + NODES_TIMEOUT;
     loop {
@@ -229,7 +246,56 @@ async fn start_processes(cfg: &LabConfig, binary: &Path, progress: &Progress) ->
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     step.done(&format!("{want} node(s)"));
-    Ok(kubeconfig)
+    let nodes_ready_after = began.elapsed();
+
+    let step = progress.step(format!("add-ons: cluster DNS at {}", cfg.dns_ip()));
+    crate::addons::apply(&client, &crate::addons::dns(cfg)).await?;
+    let deployments: Api<Deployment> = Api::namespaced(client, "kube-system");
+    let deadline = Instant::now() + ADDON_TIMEOUT;
+    loop {
+        check_alive(&watched.iter().collect::<Vec<_>>())?;
+        let ready = deployments
+            .get_opt("kubewire-dns")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|d| d.status?.ready_replicas)
+            .unwrap_or(0);
+        if ready > 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Component(format!(
+                "no cluster DNS pod was ready after {}s; see `kubectl -n kube-system get pods` and the logs in {}",
+                ADDON_TIMEOUT.as_secs(),
+                logs.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    step.done("kube-system/kube-dns");
+    Ok((kubeconfig, nodes_ready_after))
+}
+
+/// Empties a failed lab's data directory but for its logs: the next `lab up` must not
+/// find a half-made database.
+fn remove_all_but_logs(data: &Path) {
+    let Ok(entries) = fs::read_dir(data) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name() != "logs" {
+            let path = e.path();
+            let removed = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            if let Err(err) = removed {
+                warn!(path = %path.display(), error = %err, "removing after a failed lab up");
+            }
+        }
+    }
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -327,11 +393,9 @@ pub fn exited(cfg: &LabConfig) -> Vec<Process> {
 pub(crate) fn stop(cfg: &LabConfig, namespaces: &[String]) {
     let procs = Registry::new(&cfg.state_dir()).load();
     processes::stop_all(&procs, STOP_GRACE);
-    for ns in namespaces {
-        let killed = processes::kill_in_netns(ns);
-        if killed > 0 {
-            warn!(netns = %ns, killed, "stopped processes left in the namespace");
-        }
+    let killed = processes::kill_in_netns(namespaces);
+    if killed > 0 {
+        debug!(killed, "stopped processes left in the lab's namespaces");
     }
 }
 

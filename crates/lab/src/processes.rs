@@ -168,29 +168,33 @@ pub(crate) fn reap() {
     }
 }
 
-/// Kills every process inside the network namespace `name`: pods' containers outlive
+/// Kills every process inside the network namespaces `names`: pods' containers outlive
 /// a killed pod runner, and a namespace with processes in it stays alive (with its links)
-/// after its name is removed.
-pub(crate) fn kill_in_netns(name: &str) -> usize {
-    let Ok(ns) = fs::metadata(netlink::netns::path(name)) else {
+/// after its name is removed. SIGTERM to all of them at once, up to 1.5 s, then SIGKILL.
+/// Returns how many there were.
+pub(crate) fn kill_in_netns(names: &[String]) -> usize {
+    use std::collections::HashSet;
+    use std::os::unix::fs::MetadataExt;
+    let keys: HashSet<(u64, u64)> = names
+        .iter()
+        .filter_map(|n| fs::metadata(netlink::netns::path(n)).ok())
+        .map(|m| (m.dev(), m.ino()))
+        .collect();
+    if keys.is_empty() {
         return 0;
-    };
-    let key = {
-        use std::os::unix::fs::MetadataExt;
-        (ns.dev(), ns.ino())
-    };
+    }
     let members = || -> Vec<i32> {
-        use std::os::unix::fs::MetadataExt;
         let Ok(dir) = fs::read_dir("/proc") else {
             return Vec::new();
         };
         dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
             .filter(|pid| {
-                fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| (m.dev(), m.ino()) == key)
+                fs::metadata(format!("/proc/{pid}/ns/net"))
+                    .is_ok_and(|m| keys.contains(&(m.dev(), m.ino())))
             })
             .collect()
     };
-    let first = members();
+    let first = members().len();
     for sig in [Signal::SIGTERM, Signal::SIGKILL] {
         let pids = members();
         if pids.is_empty() {
@@ -205,7 +209,7 @@ pub(crate) fn kill_in_netns(name: &str) -> usize {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    first.len()
+    first
 }
 
 #[cfg(test)]

@@ -1,0 +1,339 @@
+//! Tier 4: the whole lab through the real binary, as a user drives it: `kubewire lab up
+//! --detach`, kubectl with `kubewire lab kubeconfig`, `kubewire lab exec` into pods and
+//! `kubewire lab down` — and the talk's lab steps 1 and 2.
+
+#![allow(clippy::disallowed_methods)] // runs kubectl and reads its output
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use e2e::cluster::kubectl;
+use e2e::{kubewire, kubewire_ok, require_root, unique_name, wait_until};
+use serde_json::Value;
+
+/// A lab started with `lab up --detach`; `lab down` on drop.
+struct RunningLab {
+    name: String,
+    kubeconfig: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl RunningLab {
+    fn up(nodes: u8) -> RunningLab {
+        require_root();
+        let name = unique_name("t");
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("lab.yaml");
+        // Port 0: labs of parallel tests each get their own loopback port.
+        std::fs::write(&config, format!("nodes: {nodes}\napiListen: 127.0.0.1:0\n")).unwrap();
+        let mut lab = RunningLab {
+            name,
+            kubeconfig: PathBuf::new(),
+            _dir: dir,
+        };
+        let out = kubewire(&[
+            "lab",
+            "up",
+            "--name",
+            &lab.name,
+            "--config",
+            config.to_str().unwrap(),
+            "--detach",
+        ]);
+        assert!(
+            out.status.success(),
+            "lab up failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            summary.contains("export KUBECONFIG=") && summary.contains("10.244.0.0/16"),
+            "{summary}"
+        );
+        lab.kubeconfig =
+            PathBuf::from(kubewire_ok(&["lab", "kubeconfig", "--name", &lab.name]).trim());
+        lab
+    }
+
+    fn kubectl(&self, args: &[&str]) -> String {
+        let out = kubectl(&self.kubeconfig, args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn apply(&self, manifest: &str) {
+        let file = self._dir.path().join(format!("{}.yaml", unique_name("m")));
+        std::fs::write(&file, manifest).unwrap();
+        self.kubectl(&["apply", "-f", file.to_str().unwrap()]);
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut args = args.to_vec();
+        args.extend(["-o", "json"]);
+        serde_json::from_str(&self.kubectl(&args)).unwrap()
+    }
+
+    /// `kubewire lab exec TARGET -- argv`.
+    fn exec(&self, target: &str, argv: &[&str]) -> std::process::Output {
+        let mut args = vec!["lab", "exec", "--name", &self.name, target, "--"];
+        args.extend_from_slice(argv);
+        kubewire(&args)
+    }
+
+    /// Running pods with `selector`: (name, IP, node).
+    fn running_pods(&self, selector: &str) -> Vec<(String, String, String)> {
+        let list = self.json(&["get", "pods", "-l", selector]);
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| {
+                p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null()
+            })
+            .filter_map(|p| {
+                Some((
+                    p["metadata"]["name"].as_str()?.to_owned(),
+                    p["status"]["podIP"].as_str()?.to_owned(),
+                    p["spec"]["nodeName"].as_str()?.to_owned(),
+                ))
+            })
+            .collect()
+    }
+
+    fn endpoint_ips(&self, name: &str) -> BTreeSet<String> {
+        let ep = self.json(&["get", "endpoints", name]);
+        ep["subsets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["addresses"].as_array().cloned().unwrap_or_default())
+            .filter_map(|a| a["ip"].as_str().map(str::to_owned))
+            .collect()
+    }
+}
+
+impl Drop for RunningLab {
+    fn drop(&mut self) {
+        let out = kubewire(&["lab", "down", "--name", &self.name]);
+        if !out.status.success() {
+            eprintln!(
+                "warning: lab down {}: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+const WEB: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: nginx
+        image: nginx
+        ports:
+        - containerPort: 80
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector: {app: web}
+  ports:
+  - port: 80
+    targetPort: 80
+"#;
+
+#[test]
+fn talk_lab_steps_one_and_two() {
+    let lab = RunningLab::up(2);
+    let nodes = lab.kubectl(&["get", "nodes"]);
+    assert_eq!(nodes.matches(" Ready ").count(), 2, "{nodes}");
+
+    lab.apply(WEB);
+    assert!(
+        wait_until(Duration::from_secs(60), || lab
+            .running_pods("app=web")
+            .len()
+            == 3),
+        "3 web pods did not run: {}",
+        lab.kubectl(&["get", "pods", "-o", "wide"])
+    );
+    let pods = lab.running_pods("app=web");
+
+    // Step 1: pods on different nodes reach each other by pod IP.
+    let (a, b) = pods
+        .iter()
+        .flat_map(|a| pods.iter().map(move |b| (a, b)))
+        .find(|(a, b)| a.2 != b.2)
+        .expect("the scheduler spreads 3 pods over 2 nodes");
+    let out = lab.exec(
+        &a.0,
+        &["curl", "-s", "--max-time", "5", &format!("http://{}/", b.1)],
+    );
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && body.contains(&b.0),
+        "{} -> {}: {body}",
+        a.0,
+        b.1
+    );
+
+    // `kubectl get endpoints web` lists the three pod IPs.
+    let want: BTreeSet<String> = pods.iter().map(|p| p.1.clone()).collect();
+    assert!(
+        wait_until(Duration::from_secs(20), || lab.endpoint_ips("web") == want),
+        "endpoints {:?} != pods {want:?}",
+        lab.endpoint_ips("web")
+    );
+
+    // Step 2: the ClusterIP balances over all three, curled from a pod.
+    let svc = lab.json(&["get", "svc", "web"]);
+    let ip = svc["spec"]["clusterIP"].as_str().unwrap().to_owned();
+    let mut seen = BTreeSet::new();
+    for _ in 0..60 {
+        let out = lab.exec(
+            &a.0,
+            &["curl", "-s", "--max-time", "5", &format!("http://{ip}/")],
+        );
+        let body = String::from_utf8_lossy(&out.stdout).into_owned();
+        if let Some(p) = pods.iter().find(|p| body.contains(&p.0)) {
+            seen.insert(p.0.clone());
+        }
+        if seen.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        3,
+        "the ClusterIP {ip} answered only from {seen:?}"
+    );
+
+    // Scaling and deleting pods updates the endpoints.
+    lab.kubectl(&["scale", "deployment", "web", "--replicas", "2"]);
+    assert!(
+        wait_until(Duration::from_secs(30), || lab.endpoint_ips("web").len()
+            == 2),
+        "endpoints after scaling to 2: {:?}",
+        lab.endpoint_ips("web")
+    );
+    let victim = lab.running_pods("app=web")[0].clone();
+    lab.kubectl(&["delete", "pod", &victim.0, "--wait=false"]);
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let ips = lab.endpoint_ips("web");
+            ips.len() == 2 && !ips.contains(&victim.1)
+        }),
+        "endpoints after deleting {}: {:?}",
+        victim.0,
+        lab.endpoint_ips("web")
+    );
+}
+
+#[test]
+fn lab_up_detach_status_and_down_leave_the_host_as_it_was() {
+    require_root();
+    let before = e2e::strip_test_namespaces(&e2e::host_snapshot());
+    let lab = RunningLab::up(1);
+    let name = lab.name.clone();
+
+    let status = kubewire_ok(&["lab", "status", "--name", &name]);
+    for want in [
+        "apiserver",
+        "controllers",
+        "node-1/agent",
+        "node-1/node",
+        "running",
+        "Ready",
+    ] {
+        assert!(status.contains(want), "no {want:?} in:\n{status}");
+    }
+    let again = kubewire(&["lab", "up", "--name", &name, "--detach"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("is already up"));
+
+    let data = PathBuf::from("/var/lib/kubewire").join(&name);
+    assert!(data.join("api/admin.kubeconfig").exists());
+    drop(lab);
+    assert!(!data.exists(), "lab down left {}", data.display());
+    let after = e2e::host_snapshot();
+    assert!(
+        !after.lines().any(|l| l.starts_with(&format!("{name}-"))),
+        "namespaces left:\n{after}"
+    );
+    assert_eq!(
+        before,
+        e2e::strip_test_namespaces(&after),
+        "the host changed"
+    );
+}
+
+#[test]
+fn a_killed_lab_up_is_cleaned_by_lab_down() {
+    require_root();
+    let name = unique_name("t");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("lab.yaml");
+    std::fs::write(&config, "nodes: 1\napiListen: 127.0.0.1:0\n").unwrap();
+    let mut up = std::process::Command::new(e2e::kubewire_bin())
+        .args([
+            "lab",
+            "up",
+            "--name",
+            &name,
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it (no chance to clean up) once it has started the node's processes.
+    let record = PathBuf::from("/run/kubewire")
+        .join(&name)
+        .join("processes.json");
+    let started = wait_until(Duration::from_secs(60), || {
+        std::fs::read_to_string(&record).is_ok_and(|s| s.contains("node-1/node"))
+    });
+    up.kill().unwrap();
+    up.wait().unwrap();
+    assert!(started, "lab up started no node process");
+    let procs: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
+    kubewire_ok(&["lab", "down", "--name", &name]);
+    for p in &procs {
+        let pid = p["pid"].as_u64().unwrap();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let alive = !stat.is_empty() && !stat.contains(") Z ");
+        assert!(
+            !alive || !stat.contains("kubewire"),
+            "{} (pid {pid}) still runs after lab down",
+            p["name"]
+        );
+    }
+    let left: Vec<String> = netlink::netns::list()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("{name}-")))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(!PathBuf::from("/var/lib/kubewire").join(&name).exists());
+}
