@@ -37,6 +37,12 @@ fn pods_get_addresses_files_and_reach_each_other() {
     files["spec"]["dnsConfig"] = json!({"options": [{"name": "edns0"}]});
     c.create(&files);
 
+    c.create(&pod(
+        "echo",
+        2,
+        json!([{"name": "echo", "image": "tcp-echo", "ports": [{"containerPort": 7007}],
+        "readinessProbe": {"tcpSocket": {"port": 7007}, "periodSeconds": 1}}]),
+    ));
     let web1 = c.wait_ready("web-1");
     let web2 = c.wait_ready("web-2");
     let files = c.wait_ready("files");
@@ -80,6 +86,22 @@ fn pods_get_addresses_files_and_reach_each_other() {
     assert!(
         body.contains("Pod: web-1") && body.contains(&format!("PodIP: {ip1}")),
         "{body}"
+    );
+    let echo = c.wait_ready("echo");
+    let out = run_in(
+        &ns1,
+        "python3",
+        &[
+            "-c",
+            "import socket,sys; s=socket.create_connection((sys.argv[1], 7007), timeout=3); s.sendall(b'ping'); print(s.recv(16).decode())",
+            echo["status"]["podIP"].as_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ping\n",
+        "tcp-echo: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
     // hostPort 8080 on node-2's address, reached from a pod on node-1.
     let body = curl(&ns1, "http://198.18.0.12:8080/");

@@ -82,6 +82,27 @@ impl NodeCluster {
                 "node-{n} did not register:\n{}",
                 c.log(&format!("node-{n}.log"))
             );
+            // Without pod CIDRs there is no CNI config yet: registered but NotReady.
+            let not_ready = wait_until(Duration::from_secs(10), || {
+                c.get("node", &format!("node-{n}")).is_some_and(|node| {
+                    node["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|c| {
+                            c["type"] == "Ready"
+                                && c["status"] == "False"
+                                && c["message"]
+                                    .as_str()
+                                    .unwrap_or("")
+                                    .contains("NetworkReady=false")
+                        })
+                })
+            });
+            assert!(
+                not_ready,
+                "node-{n} must report NotReady before its network exists"
+            );
             // Node IPAM's part.
             let patch = json!({"spec": {"podCIDR": format!("10.244.{n}.0/24"),
                 "podCIDRs": [format!("10.244.{n}.0/24"), format!("fd00:10:244:{n}::/64")]}});
@@ -244,9 +265,11 @@ impl NodeCluster {
             last = self.get("pod", name).unwrap_or(Value::Null);
             pred(&last)
         });
+        let get = self.kubectl(&["get", "pod", name, "-o", "json"]);
         assert!(
             ok,
-            "pod {name}: {what}; last seen:\n{last:#}\n{}",
+            "pod {name}: {what}; last seen:\n{last:#}\n{}\n{}",
+            String::from_utf8_lossy(&get.stderr),
             self.logs()
         );
         last

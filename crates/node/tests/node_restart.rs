@@ -1,0 +1,128 @@
+//! End to end: the node process is killed and started again. While it is down its
+//! Lease is not renewed (the node lifecycle controller then marks it NotReady) and its
+//! containers keep running; the new process adopts the pods from sandbox.json instead
+//! of wiring them again, and can still tear them down. Needs root.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{NodeCluster, curl, pod};
+use e2e::wait_until;
+use serde_json::{Value, json};
+
+fn renew_time(c: &NodeCluster) -> String {
+    c.get("lease", "node-1")
+        .or_else(|| {
+            let out = c.kubectl(&[
+                "get",
+                "lease",
+                "-n",
+                "kube-node-lease",
+                "node-1",
+                "-o",
+                "json",
+            ]);
+            out.status
+                .success()
+                .then(|| serde_json::from_slice::<Value>(&out.stdout).unwrap())
+        })
+        .map(|l| {
+            l["spec"]["renewTime"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether `pid` runs (a zombie left for whoever adopted the orphan does not count).
+fn running(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| !r.trim_start().starts_with('Z'))
+    })
+}
+
+fn sandbox(c: &NodeCluster, uid: &str) -> Value {
+    let path = c.data_dir(1).join("pods").join(uid).join("sandbox.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+#[test]
+fn killed_node_stops_its_lease_and_adopts_its_pods_on_restart() {
+    let mut c = NodeCluster::up();
+    c.create(&pod("web", 1, json!([{"name": "web", "image": "nginx"}])));
+    c.create(&pod(
+        "client",
+        2,
+        json!([{"name": "c", "image": "busybox"}]),
+    ));
+    let web = c.wait_ready("web");
+    let client = c.wait_ready("client");
+    let uid = web["metadata"]["uid"].as_str().unwrap().to_owned();
+    let ip = web["status"]["podIP"].as_str().unwrap().to_owned();
+    let before = sandbox(&c, &uid);
+    assert_eq!(before["namespace"], "default");
+    assert_eq!(before["netns"], format!("/run/netns/{}", c.pod_ns(&web)));
+    let pid = before["containers"]["web"]["pid"].as_u64().unwrap();
+    assert!(
+        before["containers"]["web"]["log"]
+            .as_str()
+            .unwrap()
+            .ends_with("/0.log")
+    );
+
+    // The lease is renewed while the node runs.
+    let lease = renew_time(&c);
+    assert!(!lease.is_empty(), "no lease for node-1");
+    assert!(
+        wait_until(Duration::from_secs(10), || renew_time(&c) != lease),
+        "lease not renewed"
+    );
+
+    // Killed: no more renewals; the containers live on.
+    c.nodes[0].take();
+    let last = renew_time(&c);
+    std::thread::sleep(Duration::from_secs(5)); // two and a half renewal periods
+    assert_eq!(renew_time(&c), last, "the lease was renewed by a dead node");
+    assert!(running(pid), "the container died with the node");
+    assert!(curl(&c.pod_ns(&client), &format!("http://{ip}/")).contains("Pod: web"));
+
+    // Restarted: the same sandbox and process, not a second one.
+    c.nodes[0] = Some(c.start_node(1));
+    assert!(
+        wait_until(Duration::from_secs(10), || renew_time(&c) != last),
+        "lease not renewed after restart"
+    );
+    let ours = || {
+        netlink::netns::list()
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.starts_with(&format!("{}-p", c.node_ns(1))))
+            .count()
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(ours(), 1, "{}", c.logs());
+    let after = sandbox(&c, &uid);
+    assert_eq!(
+        after["containers"]["web"]["pid"].as_u64(),
+        Some(pid),
+        "{}",
+        c.logs()
+    );
+    let web = c.wait_ready("web");
+    assert_eq!(web["status"]["podIP"], ip.as_str());
+    assert_eq!(web["status"]["containerStatuses"][0]["restartCount"], 0);
+
+    // The adopted pod still terminates cleanly.
+    c.kubectl_ok(&["delete", "pod", "web", "--wait=false"]);
+    assert!(
+        wait_until(Duration::from_secs(20), || c.get("pod", "web").is_none()),
+        "{}",
+        c.logs()
+    );
+    assert!(!running(pid), "adopted container not killed");
+    assert_eq!(ours(), 0);
+}
