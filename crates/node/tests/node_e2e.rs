@@ -160,6 +160,13 @@ fn pods_get_addresses_files_and_reach_each_other() {
     // tailLines and timestamps, as kubectl asks for them.
     let tail = kubelet(&format!("{logs_url}?tailLines=1"));
     assert_eq!(tail, "done\n");
+    // kubectl logs: the API server proxies pods/log to this API.
+    assert_eq!(c.kubectl_ok(&["logs", "files", "--tail=1"]), "done\n");
+    let web_log = c.kubectl_ok(&["logs", "web-2"]);
+    assert!(
+        web_log.contains("GET /"),
+        "whoami logs its requests: {web_log:?}"
+    );
     let ts = kubelet(&format!("{logs_url}?tailLines=1&timestamps=true"));
     assert!(ts.ends_with("Z done\n") && ts.starts_with("20"), "{ts:?}");
     assert_eq!(kubelet("https://198.18.0.11:10250/healthz"), "ok");

@@ -60,7 +60,7 @@ fn graceful_deletion_probes_and_restarts() {
     c.create(&pod(
         "crash",
         2,
-        json!([{"name": "c", "image": "busybox", "command": ["false"]}]),
+        json!([{"name": "c", "image": "busybox", "command": ["sh", "-c", "echo crashed; exit 1"]}]),
     ));
 
     let term = c.wait_ready("term");
@@ -149,4 +149,6 @@ fn graceful_deletion_probes_and_restarts() {
     );
     let p = c.wait_pod("crash", "crash looping", |p| restarts(p) >= 2);
     assert_eq!(p["status"]["phase"], "Running");
+    // `kubectl logs --previous`, through the API server's proxy to the kubelet API.
+    assert_eq!(c.kubectl_ok(&["logs", "crash", "--previous"]), "crashed\n");
 }
