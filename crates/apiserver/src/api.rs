@@ -1603,7 +1603,12 @@ async fn watch(state: Arc<State>, t: Target, r: Req) -> Result<Response<Response
                             (_, _, true) => e.kind.as_str(),
                             _ => continue,
                         };
-                        if tx.send(event_line(ty, &e.object)).await.is_err() {
+                        let line = if ty == e.kind.as_str() {
+                            e.line.get_or_init(|| event_line(ty, &e.object)).clone()
+                        } else {
+                            event_line(ty, &e.object)
+                        };
+                        if tx.send(line).await.is_err() {
                             return;
                         }
                     }

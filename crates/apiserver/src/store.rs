@@ -57,6 +57,8 @@ pub(crate) struct Event {
     /// object entering or leaving their selector into ADDED or DELETED, as
     /// kube-apiserver does, and lists can be served at an older resourceVersion.
     pub(crate) prev: Option<Value>,
+    /// The event as watchers get it, serialized once for all of them.
+    pub(crate) line: std::sync::OnceLock<bytes::Bytes>,
 }
 
 struct EventLog {
@@ -76,6 +78,12 @@ pub(crate) struct Store {
     db: Database,
     /// Serialises writers so that events enter the log in resourceVersion order.
     writer: Mutex<()>,
+    /// One thread at a time makes the commits so far durable (group commit).
+    flusher: Mutex<()>,
+    /// Events committed but not yet durable, in resourceVersion order.
+    unflushed: Mutex<Vec<Event>>,
+    /// The newest durable resourceVersion.
+    durable: std::sync::atomic::AtomicU64,
     log: Mutex<EventLog>,
     rv_tx: watch::Sender<u64>,
 }
@@ -156,6 +164,9 @@ impl Store {
         Ok(Store {
             db,
             writer: Mutex::new(()),
+            flusher: Mutex::new(()),
+            unflushed: Mutex::new(Vec::new()),
+            durable: std::sync::atomic::AtomicU64::new(rv),
             log: Mutex::new(EventLog {
                 events,
                 oldest,
@@ -173,7 +184,7 @@ impl Store {
         prefix: &str,
         at: u64,
     ) -> Result<Result<std::collections::BTreeMap<String, Value>, TooOld>, Error> {
-        for _ in 0..100 {
+        for _ in 0..5000 {
             let tx = self.db.begin_read().map_err(storage)?;
             let meta = tx.open_table(META).map_err(storage)?;
             let rv = meta
@@ -311,27 +322,65 @@ impl Store {
         dry_run: bool,
         f: impl FnOnce(&mut Txn) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = self.db.begin_write().map_err(storage)?;
         let rv = {
-            let meta = tx.open_table(META).map_err(storage)?;
-            meta.get(RV_KEY)
-                .map_err(storage)?
-                .map(|g| g.value())
-                .unwrap_or(0)
+            let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let mut tx = self.db.begin_write().map_err(storage)?;
+            // Group commit: this commit is made visible at once and durable by the next
+            // flush, which fsyncs once for every commit made meanwhile; the write is
+            // acknowledged (and its events reach watchers) only after that flush.
+            tx.set_durability(redb::Durability::None).map_err(storage)?;
+            let rv = {
+                let meta = tx.open_table(META).map_err(storage)?;
+                meta.get(RV_KEY)
+                    .map_err(storage)?
+                    .map(|g| g.value())
+                    .unwrap_or(0)
+            };
+            let mut txn = Txn {
+                tx,
+                rv,
+                events: Vec::new(),
+                notes: Vec::new(),
+            };
+            let out = f(&mut txn)?;
+            let Txn { tx, rv, events, .. } = txn;
+            if events.is_empty() || dry_run {
+                tx.abort().map_err(storage)?;
+                return Ok(out);
+            }
+            {
+                let mut meta = tx.open_table(META).map_err(storage)?;
+                meta.insert(RV_KEY, rv).map_err(storage)?;
+                let mut table = tx.open_table(EVENTS).map_err(storage)?;
+                for e in &events {
+                    table
+                        .insert(e.rv, encode_event(e).as_slice())
+                        .map_err(storage)?;
+                }
+            }
+            tx.commit().map_err(storage)?;
+            self.unflushed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(events);
+            (rv, out)
         };
-        let mut txn = Txn {
-            tx,
-            rv,
-            events: Vec::new(),
-            notes: Vec::new(),
-        };
-        let out = f(&mut txn)?;
-        let Txn { tx, rv, events, .. } = txn;
-        if events.is_empty() || dry_run {
-            tx.abort().map_err(storage)?;
-            return Ok(out);
+        let (rv, out) = rv;
+        self.flush(rv)?;
+        Ok(out)
+    }
+
+    /// Makes every commit up to `rv` durable (one fsync for all commits made since the
+    /// last flush), trims the persisted log, then hands their events to watchers.
+    fn flush(&self, rv: u64) -> Result<(), Error> {
+        use std::sync::atomic::Ordering;
+        let _f = self.flusher.lock().unwrap_or_else(|p| p.into_inner());
+        if self.durable.load(Ordering::Acquire) >= rv {
+            return Ok(()); // another thread's flush covered this commit
         }
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let events = std::mem::take(&mut *self.unflushed.lock().unwrap_or_else(|p| p.into_inner()));
+        let target = events.last().map_or(rv, |e| e.rv);
         // The log entries that fall out of the bounded log with these events.
         let (drop_upto, new_oldest) = {
             let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
@@ -346,21 +395,24 @@ impl Store {
             };
             (last_dropped, last_dropped.unwrap_or(log.oldest))
         };
+        let tx = self.db.begin_write().map_err(storage)?;
         {
             let mut meta = tx.open_table(META).map_err(storage)?;
-            meta.insert(RV_KEY, rv).map_err(storage)?;
             meta.insert(LOG_OLDEST_KEY, new_oldest).map_err(storage)?;
-            let mut table = tx.open_table(EVENTS).map_err(storage)?;
-            for e in &events {
-                table
-                    .insert(e.rv, encode_event(e).as_slice())
-                    .map_err(storage)?;
-            }
             if let Some(upto) = drop_upto {
+                let mut table = tx.open_table(EVENTS).map_err(storage)?;
                 table.retain_in(..=upto, |_, _| false).map_err(storage)?;
             }
         }
-        tx.commit().map_err(storage)?;
+        if let Err(e) = tx.commit() {
+            // Not durable: put the events back for the next flush to try again.
+            let mut u = self.unflushed.lock().unwrap_or_else(|p| p.into_inner());
+            let later = std::mem::take(&mut *u);
+            *u = events;
+            u.extend(later);
+            return Err(storage(e));
+        }
+        self.durable.store(target, Ordering::Release);
         {
             let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
             for e in events {
@@ -372,8 +424,8 @@ impl Store {
                 }
             }
         }
-        self.rv_tx.send_replace(rv);
-        Ok(out)
+        self.rv_tx.send_replace(target);
+        Ok(())
     }
 
     /// Events after `rv` (in order), or [`TooOld`] when the log no longer reaches back there.
@@ -414,6 +466,7 @@ fn decode_event(rv: u64, bytes: &[u8]) -> Result<Event, Error> {
         key: v["k"].as_str().unwrap_or("").to_string(),
         object: v["o"].take(),
         prev,
+        line: std::sync::OnceLock::new(),
     })
 }
 
@@ -472,6 +525,7 @@ impl Txn {
             key: key.to_string(),
             object: obj.clone(),
             prev,
+            line: std::sync::OnceLock::new(),
         });
         Ok(obj)
     }
@@ -492,6 +546,7 @@ impl Txn {
             key: key.to_string(),
             object: last.clone(),
             prev,
+            line: std::sync::OnceLock::new(),
         });
         Ok(last)
     }

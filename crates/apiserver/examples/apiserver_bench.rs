@@ -1,0 +1,550 @@
+//! Benchmark of the embedded API server, run by `bench/apiserver.sh`, with peers side by
+//! side in the same run: the disk's fsync rate (the floor under durable writes) and,
+//! when given, an etcd server (the storage kube-apiserver uses) driven through its
+//! JSON gateway with the same objects.
+//!
+//! Measures, in process through the router (no TLS, no sockets on the server side):
+//! durable creates/s, listing 10,000 pods, watch delivery latency with 100 watchers at
+//! 1,000 writes/s, and resident memory at 10,000 and 100,000 objects.
+//!
+//! `cargo run --release -p apiserver --example apiserver_bench -- --dir DIR
+//!  [--etcd http://127.0.0.1:23790 --etcd-pid PID] [--objects 100000]`
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+
+const CONCURRENCY: usize = 64;
+const WATCHERS: usize = 100;
+const WATCH_RATE: u64 = 1000;
+const WATCH_SECONDS: u64 = 5;
+
+fn pod(i: usize, ts: Option<u128>) -> Value {
+    let mut p = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("p-{i}"), "labels": {"app": "bench", "tier": "web"}},
+        "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "nginx:1.27",
+            "ports": [{"containerPort": 80}], "env": [{"name": "MODE", "value": "bench"}]}]}});
+    if let Some(ts) = ts {
+        p["metadata"]["annotations"] = json!({"ts": ts.to_string()});
+    }
+    p
+}
+
+fn rss_mib(pid: &str) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// fsyncs per second on the data directory's disk: each one a small append + fdatasync,
+/// as a commit does at least once.
+fn fsync_rate(dir: &std::path::Path) -> f64 {
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs(3) {
+        f.write_all(&[0u8; 512]).unwrap();
+        f.sync_data().unwrap();
+        n += 1;
+    }
+    let _ = std::fs::remove_file(&path);
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn call(r: &apiserver::Router, method: &str, uri: &str, body: Vec<u8>) -> (u16, Bytes) {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let resp = r.handle(req).await;
+    let code = resp.status().as_u16();
+    (code, resp.into_body().collect().await.unwrap().to_bytes())
+}
+
+/// Creates pods `from..to` with CONCURRENCY clients; returns objects/s.
+async fn create_pods(r: &apiserver::Router, ns: &str, from: usize, to: usize) -> f64 {
+    let next = Arc::new(AtomicU64::new(from as u64));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let r = r.clone();
+        let next = next.clone();
+        let uri = format!("/api/v1/namespaces/{ns}/pods");
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= to {
+                    return;
+                }
+                let (code, body) =
+                    call(&r, "POST", &uri, pod(i, None).to_string().into_bytes()).await;
+                assert_eq!(code, 201, "{}", String::from_utf8_lossy(&body));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (to - from) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The `ts` annotation in a serialized event, found without parsing the whole JSON (the
+/// bench's 100 watchers must not be slower than the server they measure).
+fn find_ts(line: &[u8]) -> Option<u128> {
+    let key = b"\"ts\":\"";
+    let at = line.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits: Vec<u8> = line[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .copied()
+        .collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+fn now_ns(epoch: Instant) -> u128 {
+    epoch.elapsed().as_nanos()
+}
+
+/// 100 watchers, writes paced at WATCH_RATE/s for WATCH_SECONDS: (p50 ms, p99 ms, writes/s).
+async fn watch_latency(r: &apiserver::Router) -> (f64, f64, f64) {
+    let (_, ns) = call(
+        r,
+        "POST",
+        "/api/v1/namespaces",
+        json!({"metadata": {"name": "watch"}})
+            .to_string()
+            .into_bytes(),
+    )
+    .await;
+    let rv = serde_json::from_slice::<Value>(&ns).unwrap()["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let epoch = Instant::now();
+    let samples = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
+    let total = (WATCH_RATE * WATCH_SECONDS) as usize;
+    let mut watchers = Vec::new();
+    for _ in 0..WATCHERS {
+        let req = http::Request::builder()
+            .uri(format!(
+                "/api/v1/namespaces/watch/pods?watch=true&resourceVersion={rv}&timeoutSeconds=60"
+            ))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let mut body = r.handle(req).await.into_body();
+        let samples = samples.clone();
+        watchers.push(tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let mut seen = 0;
+            let mut mine = Vec::with_capacity(total);
+            while seen < total {
+                let Some(Ok(frame)) = body.frame().await else {
+                    break;
+                };
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                let t = now_ns(epoch);
+                buf.extend_from_slice(&data);
+                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    if let Some(ts) = find_ts(&line) {
+                        mine.push((t - ts) as f64 / 1e6);
+                        seen += 1;
+                    }
+                }
+            }
+            samples.lock().unwrap().extend(mine);
+        }));
+    }
+    // Paced writers: write i is due at i/RATE seconds.
+    let next = Arc::new(AtomicU64::new(0));
+    let start = tokio::time::Instant::now();
+    let mut writers = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let r = r.clone();
+        let next = next.clone();
+        writers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i as usize >= total {
+                    return;
+                }
+                tokio::time::sleep_until(start + Duration::from_micros(i * 1_000_000 / WATCH_RATE))
+                    .await;
+                let body = pod(i as usize, Some(now_ns(epoch)))
+                    .to_string()
+                    .into_bytes();
+                let (code, _) = call(&r, "POST", "/api/v1/namespaces/watch/pods", body).await;
+                assert_eq!(code, 201);
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    for w in watchers {
+        let _ = tokio::time::timeout(Duration::from_secs(60), w).await;
+    }
+    let mut s = std::mem::take(&mut *samples.lock().unwrap());
+    (pct(&mut s, 0.5), pct(&mut s, 0.99), rate)
+}
+
+/// etcd through its JSON gateway (`/v3/kv/put`, `/v3/kv/range`, `/v3/watch`).
+mod etcd {
+    use super::*;
+    use hyper_util::rt::TokioIo;
+
+    pub(super) struct Conn(hyper::client::conn::http1::SendRequest<Full<Bytes>>);
+
+    pub(super) async fn connect(addr: &str) -> Conn {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Conn(send)
+    }
+
+    pub(super) fn b64(data: &[u8]) -> String {
+        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in data.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, &b)| n | (u32::from(b) << (16 - 8 * i)));
+            for i in 0..4 {
+                out.push(if i <= chunk.len() {
+                    T[(n >> (18 - 6 * i) & 63) as usize] as char
+                } else {
+                    '='
+                });
+            }
+        }
+        out
+    }
+
+    pub(super) fn unb64(s: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        let (mut acc, mut bits) = (0u32, 0);
+        for c in s.bytes() {
+            let v = match c {
+                b'A'..=b'Z' => c - b'A',
+                b'a'..=b'z' => c - b'a' + 26,
+                b'0'..=b'9' => c - b'0' + 52,
+                b'+' => 62,
+                b'/' => 63,
+                _ => continue,
+            };
+            acc = (acc << 6) | u32::from(v);
+            bits += 6;
+            if bits >= 8 {
+                bits -= 8;
+                out.push((acc >> bits) as u8);
+                acc &= (1 << bits) - 1;
+            }
+        }
+        out
+    }
+
+    impl Conn {
+        pub(super) async fn post(
+            &mut self,
+            addr: &str,
+            path: &str,
+            body: &Value,
+        ) -> hyper::body::Incoming {
+            let req = http::Request::post(path)
+                .header("host", addr)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body.to_string())))
+                .unwrap();
+            self.0.send_request(req).await.unwrap().into_body()
+        }
+    }
+
+    pub(super) async fn put_all(addr: &str, from: usize, to: usize, prefix: &str) -> f64 {
+        let next = Arc::new(AtomicU64::new(from as u64));
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..CONCURRENCY {
+            let next = next.clone();
+            let addr = addr.to_string();
+            let prefix = prefix.to_string();
+            tasks.push(tokio::spawn(async move {
+                let mut c = connect(&addr).await;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if i >= to {
+                        return;
+                    }
+                    let key = format!("{prefix}p-{i}");
+                    let val = pod(i, None).to_string();
+                    let body = json!({"key": b64(key.as_bytes()), "value": b64(val.as_bytes())});
+                    let _ = c
+                        .post(&addr, "/v3/kv/put", &body)
+                        .await
+                        .collect()
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        (to - from) as f64 / start.elapsed().as_secs_f64()
+    }
+
+    pub(super) async fn range(addr: &str, prefix: &str) -> (usize, f64) {
+        let mut c = connect(addr).await;
+        let mut end = prefix.trim_end_matches('/').as_bytes().to_vec();
+        end.push(b'0');
+        let body = json!({"key": b64(prefix.as_bytes()), "range_end": b64(&end)});
+        let start = Instant::now();
+        let bytes = c
+            .post(addr, "/v3/kv/range", &body)
+            .await
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        (v["kvs"].as_array().map_or(0, Vec::len), ms)
+    }
+
+    pub(super) async fn watch_latency(addr: &str) -> (f64, f64, f64) {
+        let epoch = Instant::now();
+        let prefix = "/registry/pods/watch/";
+        let mut end = prefix.trim_end_matches('/').as_bytes().to_vec();
+        end.push(b'0');
+        let total = (WATCH_RATE * WATCH_SECONDS) as usize;
+        let samples = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
+        let mut watchers = Vec::new();
+        let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(WATCHERS);
+        for _ in 0..WATCHERS {
+            let addr = addr.to_string();
+            let samples = samples.clone();
+            let end = end.clone();
+            let ready = ready_tx.clone();
+            watchers.push(tokio::spawn(async move {
+                let mut c = connect(&addr).await;
+                let body = json!({"create_request": {"key": b64(prefix.as_bytes()), "range_end": b64(&end)}});
+                let mut body = c.post(&addr, "/v3/watch", &body).await;
+                let mut buf = Vec::new();
+                let mut seen = 0;
+                let mut mine = Vec::with_capacity(total);
+                let mut created = false;
+                while seen < total {
+                    let Some(Ok(frame)) = body.frame().await else { break };
+                    let Ok(data) = frame.into_data() else { continue };
+                    let t = epoch.elapsed().as_nanos();
+                    buf.extend_from_slice(&data);
+                    while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = buf.drain(..=pos).collect();
+                        if !created && line.windows(9).any(|w| w == b"\"created\"") {
+                            created = true;
+                            let _ = ready.send(()).await;
+                        }
+                        // Each event's value is base64: decode only that, then find ts.
+                        let key = b"\"value\":\"";
+                        let mut rest = &line[..];
+                        while let Some(at) = rest.windows(key.len()).position(|w| w == key) {
+                            rest = &rest[at + key.len()..];
+                            let end = rest.iter().position(|b| *b == b'"').unwrap_or(rest.len());
+                            let val = unb64(std::str::from_utf8(&rest[..end]).unwrap_or(""));
+                            if let Some(ts) = find_ts(&val) {
+                                mine.push((t - ts) as f64 / 1e6);
+                                seen += 1;
+                            }
+                            rest = &rest[end..];
+                        }
+                    }
+                }
+                samples.lock().unwrap().extend(mine);
+            }));
+        }
+        for _ in 0..WATCHERS {
+            ready_rx.recv().await;
+        }
+        let next = Arc::new(AtomicU64::new(0));
+        let start = tokio::time::Instant::now();
+        let mut writers = Vec::new();
+        for _ in 0..CONCURRENCY {
+            let addr = addr.to_string();
+            let next = next.clone();
+            writers.push(tokio::spawn(async move {
+                let mut c = connect(&addr).await;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i as usize >= total {
+                        return;
+                    }
+                    tokio::time::sleep_until(
+                        start + Duration::from_micros(i * 1_000_000 / WATCH_RATE),
+                    )
+                    .await;
+                    let val = pod(i as usize, Some(epoch.elapsed().as_nanos())).to_string();
+                    let key = format!("{prefix}p-{i}");
+                    let body = json!({"key": b64(key.as_bytes()), "value": b64(val.as_bytes())});
+                    let _ = c
+                        .post(&addr, "/v3/kv/put", &body)
+                        .await
+                        .collect()
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+        let rate = total as f64 / start.elapsed().as_secs_f64();
+        for w in watchers {
+            let _ = tokio::time::timeout(Duration::from_secs(60), w).await;
+        }
+        let mut s = std::mem::take(&mut *samples.lock().unwrap());
+        (pct(&mut s, 0.5), pct(&mut s, 0.99), rate)
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |k: &str| {
+        args.iter()
+            .position(|a| a == k)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let dir = PathBuf::from(arg("--dir").expect("--dir DIR"));
+    let objects: usize = arg("--objects").map_or(100_000, |v| v.parse().unwrap());
+    let etcd = arg("--etcd").map(|u| u.trim_start_matches("http://").to_string());
+    let etcd_pid = arg("--etcd-pid");
+    std::fs::create_dir_all(&dir).unwrap();
+    let me = std::process::id().to_string();
+
+    println!("# fsync floor");
+    let fsyncs = fsync_rate(&dir);
+    println!("fsync/s (512 B append + fdatasync, same disk): {fsyncs:.0}");
+
+    let cfg = apiserver::Config::new(dir.join("api"));
+    let r = apiserver::router(&cfg).unwrap();
+    call(
+        &r,
+        "POST",
+        "/api/v1/namespaces",
+        json!({"metadata": {"name": "bench"}})
+            .to_string()
+            .into_bytes(),
+    )
+    .await;
+    let base_rss = rss_mib(&me);
+
+    println!("# durable creates ({CONCURRENCY} concurrent clients, pods)");
+    let creates = create_pods(&r, "bench", 0, 10_000).await;
+    println!("kubewire creates/s: {creates:.0}");
+    if let Some(e) = &etcd {
+        let puts = etcd::put_all(e, 0, 10_000, "/registry/pods/bench/").await;
+        println!("etcd puts/s: {puts:.0}");
+    }
+
+    println!("# list of 10,000 pods (whole response)");
+    let mut lat = Vec::new();
+    for _ in 0..20 {
+        let start = Instant::now();
+        let (code, body) = call(&r, "GET", "/api/v1/namespaces/bench/pods", Vec::new()).await;
+        assert_eq!(code, 200);
+        lat.push(start.elapsed().as_secs_f64() * 1e3);
+        assert!(body.len() > 1_000_000);
+    }
+    println!(
+        "kubewire list 10k ms: p50 {:.1} max {:.1}",
+        pct(&mut lat.clone(), 0.5),
+        pct(&mut lat, 1.0)
+    );
+    let mut lat = Vec::new();
+    for _ in 0..20 {
+        let start = Instant::now();
+        let (code, _) = call(
+            &r,
+            "GET",
+            "/api/v1/namespaces/bench/pods?labelSelector=app%3Dbench",
+            Vec::new(),
+        )
+        .await;
+        assert_eq!(code, 200);
+        lat.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    println!(
+        "kubewire list 10k with a label selector ms: p50 {:.1}",
+        pct(&mut lat, 0.5)
+    );
+    if let Some(e) = &etcd {
+        let mut lat = Vec::new();
+        for _ in 0..20 {
+            let (n, ms) = etcd::range(e, "/registry/pods/bench/").await;
+            assert_eq!(n, 10_000);
+            lat.push(ms);
+        }
+        println!(
+            "etcd range 10k ms: p50 {:.1} max {:.1}",
+            pct(&mut lat.clone(), 0.5),
+            pct(&mut lat, 1.0)
+        );
+    }
+    let rss_10k = rss_mib(&me);
+    println!("# memory at 10,000 pods");
+    println!("kubewire RSS MiB (whole bench process; {base_rss:.0} before the pods): {rss_10k:.0}");
+    if let Some(p) = &etcd_pid {
+        println!("etcd RSS MiB: {:.0}", rss_mib(p));
+    }
+
+    println!("# watch delivery ({WATCHERS} watchers, {WATCH_RATE} writes/s for {WATCH_SECONDS} s)");
+    let (p50, p99, rate) = watch_latency(&r).await;
+    println!("kubewire watch latency ms: p50 {p50:.2} p99 {p99:.2} (writes/s achieved {rate:.0})");
+    if let Some(e) = &etcd {
+        let (p50, p99, rate) = etcd::watch_latency(e).await;
+        println!("etcd watch latency ms: p50 {p50:.2} p99 {p99:.2} (writes/s achieved {rate:.0})");
+    }
+
+    println!("# memory at {objects} objects");
+    let have = 10_000 + (WATCH_RATE * WATCH_SECONDS) as usize;
+    if objects > have {
+        let rate = create_pods(&r, "bench", 10_000, 10_000 + objects - have).await;
+        println!("kubewire creates/s while growing: {rate:.0}");
+        if let Some(e) = &etcd {
+            etcd::put_all(e, 10_000, 10_000 + objects - have, "/registry/pods/bench/").await;
+        }
+    }
+    println!("kubewire RSS MiB: {:.0}", rss_mib(&me));
+    if let Some(p) = &etcd_pid {
+        println!("etcd RSS MiB: {:.0}", rss_mib(p));
+    }
+    let db = std::fs::metadata(dir.join("api/state.redb"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    println!("kubewire database MiB: {:.0}", db as f64 / 1048576.0);
+}
