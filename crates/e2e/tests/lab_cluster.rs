@@ -21,12 +21,21 @@ struct RunningLab {
 
 impl RunningLab {
     fn up(nodes: u8) -> RunningLab {
+        Self::up_with(nodes, "")
+    }
+
+    /// With more lines for the lab's config file.
+    fn up_with(nodes: u8, extra_config: &str) -> RunningLab {
         require_root();
         let name = unique_name("t");
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("lab.yaml");
         // Port 0: labs of parallel tests each get their own loopback port.
-        std::fs::write(&config, format!("nodes: {nodes}\napiListen: 127.0.0.1:0\n")).unwrap();
+        std::fs::write(
+            &config,
+            format!("nodes: {nodes}\napiListen: 127.0.0.1:0\n{extra_config}"),
+        )
+        .unwrap();
         let mut lab = RunningLab {
             name,
             kubeconfig: PathBuf::new(),
@@ -246,6 +255,80 @@ fn talk_lab_steps_one_and_two() {
         victim.0,
         lab.endpoint_ips("web")
     );
+}
+
+#[test]
+fn a_killed_node_goes_not_ready_and_its_pods_leave_the_endpoints() {
+    // Nodes renew their Lease every second; four seconds without one is NotReady.
+    let lab = RunningLab::up_with(2, "nodeGracePeriodSeconds: 4\n");
+    lab.apply(WEB);
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            lab.running_pods("app=web").len() == 3 && lab.endpoint_ips("web").len() == 3
+        }),
+        "3 web pods did not run and become endpoints"
+    );
+    let on_node_2: BTreeSet<String> = lab
+        .running_pods("app=web")
+        .into_iter()
+        .filter(|p| p.2 == "node-2")
+        .map(|p| p.1)
+        .collect();
+    assert!(
+        !on_node_2.is_empty(),
+        "the scheduler put no web pod on node-2"
+    );
+
+    let record = PathBuf::from("/run/kubewire")
+        .join(&lab.name)
+        .join("processes.json");
+    let procs: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(record).unwrap()).unwrap();
+    let pid = procs
+        .iter()
+        .find(|p| p["name"] == "node-2/node")
+        .and_then(|p| p["pid"].as_u64())
+        .expect("node-2's pod runner is recorded");
+    let out = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+
+    let ready = |node: &str| {
+        let n = lab.json(&["get", "node", node]);
+        n["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || !ready("node-2")),
+        "node-2 stayed Ready after its pod runner died"
+    );
+    assert!(ready("node-1"), "node-1 went NotReady too");
+    assert!(
+        wait_until(Duration::from_secs(30), || lab
+            .endpoint_ips("web")
+            .is_disjoint(&on_node_2)),
+        "node-2's pods {on_node_2:?} are still ready endpoints: {:?}",
+        lab.endpoint_ips("web")
+    );
+    let ep = lab.json(&["get", "endpoints", "web"]);
+    let not_ready: BTreeSet<String> = ep["subsets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| {
+            s["notReadyAddresses"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|a| a["ip"].as_str().map(str::to_owned))
+        .collect();
+    assert!(on_node_2.is_subset(&not_ready), "{ep}");
 }
 
 #[test]

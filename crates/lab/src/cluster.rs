@@ -151,6 +151,8 @@ async fn start_processes(
             kubeconfig.display().to_string(),
             "--cluster-cidr".into(),
             csv(&cfg.pod_cidrs),
+            "--node-monitor-grace-period".into(),
+            format!("{}s", cfg.node_grace_period_seconds),
         ],
     )?;
     step.done("endpoints, deployments, statefulsets, daemonsets, scheduler, node IPAM");
@@ -218,6 +220,8 @@ async fn start_processes(
                 cfg.dns_ip().to_string(),
                 "--cluster-domain".into(),
                 cfg.cluster_domain.clone(),
+                "--lease-renew".into(),
+                format!("{}s", f64::from(cfg.node_grace_period_seconds) / 4.0),
             ],
         )?;
         watched.extend([agent, runner]);

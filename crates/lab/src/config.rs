@@ -32,6 +32,10 @@ pub struct LabConfig {
     pub routing: Routing,
     /// The cluster's DNS domain.
     pub cluster_domain: String,
+    /// How long a node may go without renewing its Lease before it is NotReady and its
+    /// pods' endpoints stop being ready (kube-controller-manager's
+    /// `--node-monitor-grace-period`); nodes renew every quarter of it.
+    pub node_grace_period_seconds: u32,
     /// Where the API server listens on the host for kubectl (loopback only). Port 0 picks
     /// a free port, which the kubeconfig then names (tests run labs side by side).
     pub api_listen: SocketAddr,
@@ -76,6 +80,7 @@ impl Default for LabConfig {
             service_cidrs: nets(&["10.96.0.0/12", "fd00:10:96::/112"]),
             routing: Routing::Native,
             cluster_domain: "cluster.local".to_owned(),
+            node_grace_period_seconds: 40,
             api_listen: SocketAddr::from(([127, 0, 0, 1], 6443)),
             run_dir: PathBuf::from("/run/kubewire"),
             data_root: PathBuf::from("/var/lib/kubewire"),
@@ -170,6 +175,12 @@ impl LabConfig {
             return bad(format!(
                 "clusterDomain: Invalid value: {:?}: must be a DNS name of lowercase labels",
                 self.cluster_domain
+            ));
+        }
+        if !(2..=3600).contains(&self.node_grace_period_seconds) {
+            return bad(format!(
+                "nodeGracePeriodSeconds: Invalid value: {}: must be between 2 and 3600",
+                self.node_grace_period_seconds
             ));
         }
         if !self.api_listen.ip().is_loopback() {
