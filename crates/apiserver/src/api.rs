@@ -1595,8 +1595,15 @@ async fn watch(state: Arc<State>, t: Target, r: Req) -> Result<Response<Response
                         if !e.key.starts_with(&prefix) {
                             continue;
                         }
-                        let now = sel.matches(&e.object);
-                        let before = e.prev.as_ref().map(|p| sel.matches(p));
+                        // Decoding is only needed to filter.
+                        let (now, before) = if sel.is_empty() {
+                            (true, e.prev.as_ref().map(|_| true))
+                        } else {
+                            (
+                                sel.matches(&e.object_value()),
+                                e.prev_value().map(|p| sel.matches(&p)),
+                            )
+                        };
                         let ty = match (e.kind, before, now) {
                             (EventType::Modified, Some(false), true) => "ADDED",
                             (EventType::Modified, Some(true), false) => "DELETED",
@@ -1604,9 +1611,9 @@ async fn watch(state: Arc<State>, t: Target, r: Req) -> Result<Response<Response
                             _ => continue,
                         };
                         let line = if ty == e.kind.as_str() {
-                            e.line.get_or_init(|| event_line(ty, &e.object)).clone()
+                            e.line()
                         } else {
-                            event_line(ty, &e.object)
+                            event_line(ty, &e.object_value())
                         };
                         if tx.send(line).await.is_err() {
                             return;

@@ -17,6 +17,9 @@ use crate::error::{Error, storage};
 const OBJECTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("objects");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const RV_KEY: &str = "resourceVersion";
+/// redb's page cache. Its default (1 GiB) would let resident memory grow with the
+/// database; reads beyond this come from the kernel's page cache, which is not ours.
+const CACHE_BYTES: usize = 16 << 20;
 /// The watch log, persisted so that watches resume across a restart: resourceVersion to
 /// `{"t": type, "k": key, "o": object, "p": previous}`.
 const EVENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("events");
@@ -51,14 +54,42 @@ pub(crate) struct Event {
     pub(crate) kind: EventType,
     /// The storage key.
     pub(crate) key: String,
-    /// The object after the change (for DELETED: the last state, with the deletion's RV).
-    pub(crate) object: Value,
+    /// The object after the change (for DELETED: the last state, with the deletion's
+    /// RV), as JSON: the log holds bytes, not decoded values, to stay small.
+    pub(crate) object: bytes::Bytes,
     /// For MODIFIED and DELETED: the state before, so that filtered watches can turn an
     /// object entering or leaving their selector into ADDED or DELETED, as
     /// kube-apiserver does, and lists can be served at an older resourceVersion.
-    pub(crate) prev: Option<Value>,
-    /// The event as watchers get it, serialized once for all of them.
+    pub(crate) prev: Option<bytes::Bytes>,
+    /// The event as watchers get it, made once for all of them.
     pub(crate) line: std::sync::OnceLock<bytes::Bytes>,
+}
+
+impl Event {
+    pub(crate) fn object_value(&self) -> Value {
+        serde_json::from_slice(&self.object).unwrap_or(Value::Null)
+    }
+
+    pub(crate) fn prev_value(&self) -> Option<Value> {
+        self.prev
+            .as_ref()
+            .map(|p| serde_json::from_slice(p).unwrap_or(Value::Null))
+    }
+
+    /// `{"type":"ADDED","object":{...}}` and a newline, shared by every watcher.
+    pub(crate) fn line(&self) -> bytes::Bytes {
+        self.line
+            .get_or_init(|| {
+                let mut b = Vec::with_capacity(self.object.len() + 40);
+                b.extend_from_slice(b"{\"type\":\"");
+                b.extend_from_slice(self.kind.as_str().as_bytes());
+                b.extend_from_slice(b"\",\"object\":");
+                b.extend_from_slice(&self.object);
+                b.extend_from_slice(b"}\n");
+                bytes::Bytes::from(b)
+            })
+            .clone()
+    }
 }
 
 struct EventLog {
@@ -126,7 +157,7 @@ impl Store {
         // holds it for the length of one pass): wait a little for it.
         let mut tries = 0;
         let db = loop {
-            match Database::create(path) {
+            match Database::builder().set_cache_size(CACHE_BYTES).create(path) {
                 Err(redb::DatabaseError::DatabaseAlreadyOpen) if tries < 50 => {
                     tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(20));
@@ -212,12 +243,12 @@ impl Store {
                 if !e.key.starts_with(prefix) {
                     continue;
                 }
-                match (&e.kind, &e.prev) {
+                match (&e.kind, e.prev_value()) {
                     (EventType::Added, _) | (_, None) => {
                         items.remove(&e.key);
                     }
                     (_, Some(prev)) => {
-                        items.insert(e.key.clone(), prev.clone());
+                        items.insert(e.key.clone(), prev);
                     }
                 }
             }
@@ -440,12 +471,22 @@ impl Store {
 }
 
 fn encode_event(e: &Event) -> Vec<u8> {
-    let v = serde_json::json!({"t": e.kind.as_str(), "k": e.key, "o": e.object, "p": e.prev});
-    serde_json::to_vec(&v).unwrap_or_default()
+    let head = serde_json::json!({"t": e.kind.as_str(), "k": e.key});
+    let mut b = serde_json::to_vec(&head).unwrap_or_default();
+    b.pop(); // the closing brace: the stored JSON of the object follows as is
+    b.extend_from_slice(b",\"o\":");
+    b.extend_from_slice(&e.object);
+    b.extend_from_slice(b",\"p\":");
+    match &e.prev {
+        Some(p) => b.extend_from_slice(p),
+        None => b.extend_from_slice(b"null"),
+    }
+    b.push(b'}');
+    b
 }
 
 fn decode_event(rv: u64, bytes: &[u8]) -> Result<Event, Error> {
-    let mut v = decode(bytes)?;
+    let v = decode(bytes)?;
     let kind = match v["t"].as_str() {
         Some("ADDED") => EventType::Added,
         Some("MODIFIED") => EventType::Modified,
@@ -456,15 +497,16 @@ fn decode_event(rv: u64, bytes: &[u8]) -> Result<Event, Error> {
             )));
         }
     };
-    let prev = match v["p"].take() {
+    let raw = |v: &Value| bytes::Bytes::from(serde_json::to_vec(v).unwrap_or_default());
+    let prev = match &v["p"] {
         Value::Null => None,
-        p => Some(p),
+        p => Some(raw(p)),
     };
     Ok(Event {
         rv,
         kind,
         key: v["k"].as_str().unwrap_or("").to_string(),
-        object: v["o"].take(),
+        object: raw(&v["o"]),
         prev,
         line: std::sync::OnceLock::new(),
     })
@@ -512,18 +554,20 @@ impl Txn {
     ) -> Result<Value, Error> {
         self.rv += 1;
         obj["metadata"]["resourceVersion"] = Value::String(self.rv.to_string());
-        let bytes = serde_json::to_vec(&obj).map_err(|e| Error::Storage(e.to_string()))?;
+        let bytes = bytes::Bytes::from(
+            serde_json::to_vec(&obj).map_err(|e| Error::Storage(e.to_string()))?,
+        );
         let mut t = self.tx.open_table(OBJECTS).map_err(storage)?;
-        let prev = t.insert(key, bytes.as_slice()).map_err(storage)?;
+        let prev = t.insert(key, &bytes[..]).map_err(storage)?;
         let prev = match (kind, prev) {
-            (EventType::Modified, Some(g)) => Some(decode(g.value())?),
+            (EventType::Modified, Some(g)) => Some(bytes::Bytes::copy_from_slice(g.value())),
             _ => None,
         };
         self.events.push(Event {
             rv: self.rv,
             kind,
             key: key.to_string(),
-            object: obj.clone(),
+            object: bytes,
             prev,
             line: std::sync::OnceLock::new(),
         });
@@ -538,13 +582,12 @@ impl Txn {
         let prev = t
             .remove(key)
             .map_err(storage)?
-            .map(|g| decode(g.value()))
-            .transpose()?;
+            .map(|g| bytes::Bytes::copy_from_slice(g.value()));
         self.events.push(Event {
             rv: self.rv,
             kind: EventType::Deleted,
             key: key.to_string(),
-            object: last.clone(),
+            object: bytes::Bytes::from(serde_json::to_vec(&last).unwrap_or_default()),
             prev,
             line: std::sync::OnceLock::new(),
         });
