@@ -1014,3 +1014,31 @@ async fn metallb_crds_and_an_l2_pool() {
         out.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_delete_namespace_waits_until_it_is_gone() {
+    let c = start().await;
+    assert!(c.kubectl(&["create", "namespace", "doomed"]).await.ok);
+    let out = c
+        .kubectl(&[
+            "create",
+            "configmap",
+            "x",
+            "-n",
+            "doomed",
+            "--from-literal=a=b",
+        ])
+        .await;
+    assert!(out.ok, "{}", out.stderr);
+    // kubectl waits for the namespace to go (its content first).
+    let out = c
+        .kubectl(&["delete", "namespace", "doomed", "--timeout=30s"])
+        .await;
+    assert!(out.ok, "{}", out.stderr);
+    let out = c.kubectl(&["get", "namespace", "doomed"]).await;
+    assert!(!out.ok && out.stderr.contains("NotFound"), "{}", out.stderr);
+    let out = c
+        .kubectl(&["get", "configmaps", "-n", "doomed", "-o", "name"])
+        .await;
+    assert_eq!(out.stdout, "", "{}", out.stderr);
+}
