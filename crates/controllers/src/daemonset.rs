@@ -63,7 +63,9 @@ pub fn eligible(ds: &DaemonSet, node: &Node) -> bool {
         .iter()
         .flatten()
         .all(|(k, v)| node.labels().get(k) == Some(v));
-    selector_ok && untolerated(node, &daemon_tolerations(ds)).is_none()
+    selector_ok
+        && crate::scheduler::affinity_matches(&spec, node)
+        && untolerated(node, &daemon_tolerations(ds)).is_none()
 }
 
 /// The revision label value of the DaemonSet's current template.

@@ -55,6 +55,54 @@ pub fn untolerated<'a>(node: &'a Node, tolerations: &[Toleration]) -> Option<&'a
         .find(|t| !tolerates(tolerations, t))
 }
 
+/// Whether the node satisfies the pod's required node affinity
+/// (`requiredDuringSchedulingIgnoredDuringExecution`: terms ORed, the expressions and
+/// fields of a term ANDed); preferred terms are ignored.
+pub fn affinity_matches(spec: &k8s_openapi::api::core::v1::PodSpec, node: &Node) -> bool {
+    let Some(required) = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|n| {
+            n.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+    else {
+        return true;
+    };
+    let req_ok = |have: Option<&str>, op: &str, values: &[String]| match op {
+        "In" => have.is_some_and(|v| values.iter().any(|x| x == v)),
+        "NotIn" => have.is_none_or(|v| !values.iter().any(|x| x == v)),
+        "Exists" => have.is_some(),
+        "DoesNotExist" => have.is_none(),
+        "Gt" | "Lt" => {
+            let (Some(h), Some(x)) = (
+                have.and_then(|v| v.parse::<i64>().ok()),
+                values.first().and_then(|v| v.parse::<i64>().ok()),
+            ) else {
+                return false;
+            };
+            if op == "Gt" { h > x } else { h < x }
+        }
+        _ => false,
+    };
+    let name = node.name_any();
+    required.node_selector_terms.iter().any(|term| {
+        let exprs = term.match_expressions.iter().flatten().all(|e| {
+            let have = node.labels().get(&e.key).map(String::as_str);
+            req_ok(have, &e.operator, e.values.as_deref().unwrap_or_default())
+        });
+        let fields = term.match_fields.iter().flatten().all(|e| {
+            let have = (e.key == "metadata.name").then_some(name.as_str());
+            req_ok(have, &e.operator, e.values.as_deref().unwrap_or_default())
+        });
+        // An empty term matches nothing, as in kube.
+        let empty = term.match_expressions.as_ref().is_none_or(Vec::is_empty)
+            && term.match_fields.as_ref().is_none_or(Vec::is_empty);
+        !empty && exprs && fields
+    })
+}
+
 /// The node's Ready condition is True.
 pub fn node_ready(node: &Node) -> bool {
     node.status
@@ -129,6 +177,7 @@ pub fn pick(
         } else if !selector
             .iter()
             .all(|(k, v)| node.labels().get(k) == Some(v))
+            || !affinity_matches(&spec, node)
         {
             Some("node(s) didn't match Pod's node affinity/selector".to_string())
         } else if let Some(t) = untolerated(node, &tolerations) {
@@ -319,16 +368,9 @@ async fn bind(
             Err(e) => return Err(Error::api(what())(e)),
         }
     }
-    let patch = json!({"spec": {"nodeName": node}});
-    match api
-        .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(None),
-        Err(e) => return Err(Error::api(what())(e)),
-    }
-    // kube-apiserver sets PodScheduled when it binds; without binding we do.
+    // kube-apiserver sets PodScheduled when it binds; without binding we do, before
+    // the pod is bound: afterwards its kubelet writes the conditions, and a list from
+    // our (older) view would overwrite its Ready.
     let mut conditions = pod
         .status
         .as_ref()
@@ -341,13 +383,24 @@ async fn bind(
         last_transition_time: Some(now()),
         ..Default::default()
     });
-    let _ = api
-        .patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"conditions": conditions}})),
-        )
-        .await;
+    let status = json!({"status": {"conditions": conditions}});
+    match api
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(None),
+        Err(e) => return Err(Error::api(what())(e)),
+    }
+    let patch = json!({"spec": {"nodeName": node}});
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(None),
+        Err(e) => return Err(Error::api(what())(e)),
+    }
     info!(pod = %format!("{ns}/{name}"), node, "bound");
     Ok(Some(placed(ctx, &ns, &name)))
 }
@@ -548,6 +601,38 @@ mod tests {
                 .unwrap_err()
                 .contains("free ports")
         );
+    }
+
+    #[test]
+    fn required_node_affinity() {
+        let a = node(
+            "a",
+            json!({"metadata": {"name": "a", "labels": {"zone": "z1", "cpus": "8"}}}),
+        );
+        let b = node(
+            "b",
+            json!({"metadata": {"name": "b", "labels": {"zone": "z2", "cpus": "2"}}}),
+        );
+        let p = |terms: serde_json::Value| {
+            pod(
+                json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}}}),
+            )
+        };
+        let z2 =
+            p(json!([{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["z2"]}]}]));
+        assert_eq!(pick(&z2, &[&a, &b], &HashMap::new()), Ok("b".into()));
+        let big =
+            p(json!([{"matchExpressions": [{"key": "cpus", "operator": "Gt", "values": ["4"]}]}]));
+        assert_eq!(pick(&big, &[&a, &b], &HashMap::new()), Ok("a".into()));
+        let named = p(
+            json!([{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["b"]}]}]),
+        );
+        assert_eq!(pick(&named, &[&a, &b], &HashMap::new()), Ok("b".into()));
+        let either = p(
+            json!([{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["z9"]}]},
+                              {"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["z1"]}]}]),
+        );
+        assert_eq!(pick(&either, &[&a, &b], &HashMap::new()), Ok("b".into()));
     }
 
     #[test]
