@@ -120,12 +120,51 @@ fn find_ts(line: &[u8]) -> Option<u128> {
     std::str::from_utf8(&digits).ok()?.parse().ok()
 }
 
+/// The index `i` of pod `p-i` in a serialized event.
+fn find_idx(line: &[u8]) -> Option<usize> {
+    let key = b"\"name\":\"p-";
+    let at = line.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits: Vec<u8> = line[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .copied()
+        .collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+/// Delivery latencies, ms: from the write's start (durability included) and from its
+/// acknowledgement (the response reaching the writer; 0 when the event came first).
+struct WatchFigures {
+    from_write: (f64, f64),
+    from_ack: (f64, f64),
+    rate: f64,
+}
+
+fn figures(samples: Vec<(usize, u128, u128)>, acks: &[AtomicU64], rate: f64) -> WatchFigures {
+    let mut w: Vec<f64> = samples
+        .iter()
+        .map(|(_, ts, t)| (t - ts) as f64 / 1e6)
+        .collect();
+    let mut a: Vec<f64> = samples
+        .iter()
+        .map(|(i, _, t)| {
+            let ack = acks[*i].load(Ordering::Relaxed) as u128;
+            t.saturating_sub(ack) as f64 / 1e6
+        })
+        .collect();
+    WatchFigures {
+        from_write: (pct(&mut w, 0.5), pct(&mut w, 0.99)),
+        from_ack: (pct(&mut a, 0.5), pct(&mut a, 0.99)),
+        rate,
+    }
+}
+
 fn now_ns(epoch: Instant) -> u128 {
     epoch.elapsed().as_nanos()
 }
 
 /// 100 watchers, writes paced at WATCH_RATE/s for WATCH_SECONDS: (p50 ms, p99 ms, writes/s).
-async fn watch_latency(r: &apiserver::Router) -> (f64, f64, f64) {
+async fn watch_latency(r: &apiserver::Router) -> WatchFigures {
     let (_, ns) = call(
         r,
         "POST",
@@ -140,8 +179,9 @@ async fn watch_latency(r: &apiserver::Router) -> (f64, f64, f64) {
         .unwrap()
         .to_string();
     let epoch = Instant::now();
-    let samples = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
+    let samples = Arc::new(std::sync::Mutex::new(Vec::<(usize, u128, u128)>::new()));
     let total = (WATCH_RATE * WATCH_SECONDS) as usize;
+    let acks: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
     let mut watchers = Vec::new();
     for _ in 0..WATCHERS {
         let req = http::Request::builder()
@@ -167,8 +207,8 @@ async fn watch_latency(r: &apiserver::Router) -> (f64, f64, f64) {
                 buf.extend_from_slice(&data);
                 while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
                     let line: Vec<u8> = buf.drain(..=pos).collect();
-                    if let Some(ts) = find_ts(&line) {
-                        mine.push((t - ts) as f64 / 1e6);
+                    if let (Some(ts), Some(i)) = (find_ts(&line), find_idx(&line)) {
+                        mine.push((i, ts, t));
                         seen += 1;
                     }
                 }
@@ -183,6 +223,7 @@ async fn watch_latency(r: &apiserver::Router) -> (f64, f64, f64) {
     for _ in 0..CONCURRENCY {
         let r = r.clone();
         let next = next.clone();
+        let acks = acks.clone();
         writers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -196,6 +237,7 @@ async fn watch_latency(r: &apiserver::Router) -> (f64, f64, f64) {
                     .into_bytes();
                 let (code, _) = call(&r, "POST", "/api/v1/namespaces/watch/pods", body).await;
                 assert_eq!(code, 201);
+                acks[i as usize].store(now_ns(epoch) as u64, Ordering::Relaxed);
             }
         }));
     }
@@ -206,8 +248,8 @@ async fn watch_latency(r: &apiserver::Router) -> (f64, f64, f64) {
     for w in watchers {
         let _ = tokio::time::timeout(Duration::from_secs(60), w).await;
     }
-    let mut s = std::mem::take(&mut *samples.lock().unwrap());
-    (pct(&mut s, 0.5), pct(&mut s, 0.99), rate)
+    let s = std::mem::take(&mut *samples.lock().unwrap());
+    figures(s, &acks, rate)
 }
 
 /// etcd through its JSON gateway (`/v3/kv/put`, `/v3/kv/range`, `/v3/watch`).
@@ -335,13 +377,14 @@ mod etcd {
         (v["kvs"].as_array().map_or(0, Vec::len), ms)
     }
 
-    pub(super) async fn watch_latency(addr: &str) -> (f64, f64, f64) {
+    pub(super) async fn watch_latency(addr: &str) -> WatchFigures {
         let epoch = Instant::now();
         let prefix = "/registry/pods/watch/";
         let mut end = prefix.trim_end_matches('/').as_bytes().to_vec();
         end.push(b'0');
         let total = (WATCH_RATE * WATCH_SECONDS) as usize;
-        let samples = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
+        let samples = Arc::new(std::sync::Mutex::new(Vec::<(usize, u128, u128)>::new()));
+        let acks: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
         let mut watchers = Vec::new();
         let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(WATCHERS);
         for _ in 0..WATCHERS {
@@ -375,8 +418,8 @@ mod etcd {
                             rest = &rest[at + key.len()..];
                             let end = rest.iter().position(|b| *b == b'"').unwrap_or(rest.len());
                             let val = unb64(std::str::from_utf8(&rest[..end]).unwrap_or(""));
-                            if let Some(ts) = find_ts(&val) {
-                                mine.push((t - ts) as f64 / 1e6);
+                            if let (Some(ts), Some(i)) = (find_ts(&val), find_idx(&val)) {
+                                mine.push((i, ts, t));
                                 seen += 1;
                             }
                             rest = &rest[end..];
@@ -395,6 +438,7 @@ mod etcd {
         for _ in 0..CONCURRENCY {
             let addr = addr.to_string();
             let next = next.clone();
+            let acks = acks.clone();
             writers.push(tokio::spawn(async move {
                 let mut c = connect(&addr).await;
                 loop {
@@ -415,6 +459,7 @@ mod etcd {
                         .collect()
                         .await
                         .unwrap();
+                    acks[i as usize].store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 }
             }));
         }
@@ -425,8 +470,8 @@ mod etcd {
         for w in watchers {
             let _ = tokio::time::timeout(Duration::from_secs(60), w).await;
         }
-        let mut s = std::mem::take(&mut *samples.lock().unwrap());
-        (pct(&mut s, 0.5), pct(&mut s, 0.99), rate)
+        let s = std::mem::take(&mut *samples.lock().unwrap());
+        figures(s, &acks, rate)
     }
 }
 
@@ -523,11 +568,15 @@ async fn main() {
     }
 
     println!("# watch delivery ({WATCHERS} watchers, {WATCH_RATE} writes/s for {WATCH_SECONDS} s)");
-    let (p50, p99, rate) = watch_latency(&r).await;
-    println!("kubewire watch latency ms: p50 {p50:.2} p99 {p99:.2} (writes/s achieved {rate:.0})");
+    let show = |who: &str, f: WatchFigures| {
+        println!(
+            "{who} watch latency ms from write start: p50 {:.2} p99 {:.2}; from ack: p50 {:.2} p99 {:.2} (writes/s achieved {:.0})",
+            f.from_write.0, f.from_write.1, f.from_ack.0, f.from_ack.1, f.rate
+        );
+    };
+    show("kubewire", watch_latency(&r).await);
     if let Some(e) = &etcd {
-        let (p50, p99, rate) = etcd::watch_latency(e).await;
-        println!("etcd watch latency ms: p50 {p50:.2} p99 {p99:.2} (writes/s achieved {rate:.0})");
+        show("etcd", etcd::watch_latency(e).await);
     }
 
     println!("# memory at {objects} objects");
