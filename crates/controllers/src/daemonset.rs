@@ -276,9 +276,21 @@ async fn pass(ctx: &Ctx) -> Outcome {
                 .create(&PostParams::default(), &pod_for(&ds, &node))
                 .await
             {
-                Ok(w) => out
-                    .expect
-                    .push(cache::seen(&c.pods, &ns, &w.name_any(), None)),
+                Ok(w) => {
+                    let msg = format!("Created pod: {}", w.name_any());
+                    util::record(
+                        &ctx.client,
+                        util::event(
+                            &*ds,
+                            "daemonset-controller",
+                            "Normal",
+                            "SuccessfulCreate",
+                            msg,
+                        ),
+                    );
+                    out.expect
+                        .push(cache::seen(&c.pods, &ns, &w.name_any(), None));
+                }
                 Err(e) => errors.push(Error::api(format!(
                     "creating a pod of daemonset {} on node {node}",
                     util::key(&*ds)

@@ -25,6 +25,8 @@ use crate::util::{
 };
 use crate::{Ctx, Error};
 
+const COMPONENT: &str = "deployment-controller";
+
 /// Annotation with a ReplicaSet's (and its Deployment's) revision.
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
 const DESIRED_REPLICAS: &str = "deployment.kubernetes.io/desired-replicas";
@@ -410,6 +412,11 @@ async fn sync(
         let rs = new_replicaset(d, &hash, start, max_old_revision + 1);
         match rs_api.create(&PostParams::default(), &rs).await {
             Ok(w) => {
+                let msg = format!("Scaled up replica set {} from 0 to {start}", w.name_any());
+                util::record(
+                    &ctx.client,
+                    util::event(d, COMPONENT, "Normal", "ScalingReplicaSet", msg),
+                );
                 out.expect.push(cache::seen(
                     cache_rs,
                     &ns,
@@ -490,6 +497,18 @@ async fn sync(
         }
         if annotations.is_empty() {
             continue;
+        }
+        let from = rs_state(rs).replicas;
+        if from != target {
+            let dir = if target > from { "up" } else { "down" };
+            let msg = format!(
+                "Scaled {dir} replica set {} from {from} to {target}",
+                rs.name_any()
+            );
+            util::record(
+                &ctx.client,
+                util::event(d, COMPONENT, "Normal", "ScalingReplicaSet", msg),
+            );
         }
         let patch = json!({"metadata": {"annotations": annotations}, "spec": {"replicas": target}});
         let w = rs_api

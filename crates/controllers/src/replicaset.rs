@@ -21,6 +21,8 @@ use crate::cache::{self, Check, Outcome};
 use crate::util::{self, controller_ref, owned_by, pod_active, pod_ready};
 use crate::{Ctx, Error};
 
+const COMPONENT: &str = "replicaset-controller";
+
 /// A pod for `template`, owned by `owner`, named `generate_name` + random suffix (or
 /// `name` when given).
 pub fn pod_from_template(
@@ -220,12 +222,19 @@ async fn pass(ctx: &Ctx) -> Outcome {
             let (api, pod, out, errors, ns, rs) = (&pods_api, &pod, &out, &errors, &ns, &rs);
             async move {
                 match api.create(&PostParams::default(), pod).await {
-                    Ok(w) => out.lock().unwrap().expect.push(cache::seen(
-                        &c.pods,
-                        ns,
-                        &w.name_any(),
-                        None,
-                    )),
+                    Ok(w) => {
+                        let msg = format!("Created pod: {}", w.name_any());
+                        util::record(
+                            &ctx.client,
+                            util::event(&**rs, COMPONENT, "Normal", "SuccessfulCreate", msg),
+                        );
+                        out.lock().unwrap().expect.push(cache::seen(
+                            &c.pods,
+                            ns,
+                            &w.name_any(),
+                            None,
+                        ));
+                    }
                     Err(e) => errors.lock().unwrap().push(Error::api(format!(
                         "creating a pod for replicaset {}",
                         util::key(&**rs)
@@ -235,14 +244,20 @@ async fn pass(ctx: &Ctx) -> Outcome {
         })
         .await;
         cache::for_each_concurrent(p.delete, 16, |name| {
-            let (api, out, errors, ns) = (&pods_api, &out, &errors, &ns);
+            let (api, out, errors, ns, rs) = (&pods_api, &out, &errors, &ns, &rs);
             async move {
                 match api.delete(&name, &DeleteParams::default()).await {
-                    Ok(_) => out
-                        .lock()
-                        .unwrap()
-                        .expect
-                        .push(cache::gone(&c.pods, ns, &name)),
+                    Ok(_) => {
+                        let msg = format!("Deleted pod: {name}");
+                        util::record(
+                            &ctx.client,
+                            util::event(&**rs, COMPONENT, "Normal", "SuccessfulDelete", msg),
+                        );
+                        out.lock()
+                            .unwrap()
+                            .expect
+                            .push(cache::gone(&c.pods, ns, &name));
+                    }
                     Err(kube::Error::Api(s)) if s.code == 404 => {}
                     Err(e) => errors
                         .lock()

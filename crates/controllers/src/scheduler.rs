@@ -9,12 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::FutureExt;
-use k8s_openapi::api::core::v1::{
-    Binding, Event, EventSource, Node, ObjectReference, Pod, Taint, Toleration,
-};
+use k8s_openapi::api::core::v1::{Binding, Event, Node, ObjectReference, Pod, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
@@ -348,6 +346,7 @@ async fn bind(
         match r {
             Ok(_) => {
                 info!(pod = %format!("{ns}/{name}"), node, "bound");
+                scheduled_event(ctx, pod, node);
                 return Ok(Some(placed(ctx, &ns, &name)));
             }
             // The pod exists (we just saw it) but the server has no binding
@@ -402,7 +401,16 @@ async fn bind(
         Err(e) => return Err(Error::api(what())(e)),
     }
     info!(pod = %format!("{ns}/{name}"), node, "bound");
+    scheduled_event(ctx, pod, node);
     Ok(Some(placed(ctx, &ns, &name)))
+}
+
+fn scheduled_event(ctx: &Ctx, pod: &Pod, node: &str) {
+    let msg = format!("Successfully assigned {} to {node}", util::key(pod));
+    util::record(
+        &ctx.client,
+        util::event(pod, SCHEDULER_NAME, "Normal", "Scheduled", msg),
+    );
 }
 
 /// The store shows the pod placed (or gone).
@@ -452,36 +460,13 @@ async fn unschedulable(
         Err(e) => return Err(Error::api(format!("marking pod {ns}/{name} unschedulable"))(e)),
     }
     let events: Api<Event> = Api::namespaced(ctx.client.clone(), &ns);
-    let t = now();
-    let event = Event {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{name}.")),
-            namespace: Some(ns.clone()),
-            ..Default::default()
-        },
-        involved_object: ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Pod".into()),
-            name: Some(name.clone()),
-            namespace: Some(ns.clone()),
-            uid: pod.meta().uid.clone(),
-            resource_version: pod.meta().resource_version.clone(),
-            ..Default::default()
-        },
-        reason: Some("FailedScheduling".into()),
-        message: Some(msg.clone()),
-        type_: Some("Warning".into()),
-        source: Some(EventSource {
-            component: Some(SCHEDULER_NAME.into()),
-            host: None,
-        }),
-        reporting_component: Some(SCHEDULER_NAME.into()),
-        reporting_instance: Some(SCHEDULER_NAME.into()),
-        first_timestamp: Some(t.clone()),
-        last_timestamp: Some(t),
-        count: Some(1),
-        ..Default::default()
-    };
+    let event = util::event(
+        pod,
+        SCHEDULER_NAME,
+        "Warning",
+        "FailedScheduling",
+        msg.clone(),
+    );
     events
         .create(&PostParams::default(), &event)
         .await

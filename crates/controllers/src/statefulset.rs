@@ -21,6 +21,8 @@ use crate::replicaset::{pod_available, pod_from_template};
 use crate::util::{self, CONTROLLER_REVISION_HASH, controller_ref, owned_by, running_and_ready};
 use crate::{Ctx, Error};
 
+const COMPONENT: &str = "statefulset-controller";
+
 /// Label with the pod's name (for per-pod Services).
 pub const POD_NAME: &str = "statefulset.kubernetes.io/pod-name";
 /// Label with the pod's ordinal.
@@ -232,9 +234,19 @@ async fn pass(ctx: &Ctx) -> Outcome {
         for i in p.create {
             let pod = pod_for(&sts, i);
             match api.create(&PostParams::default(), &pod).await {
-                Ok(w) => out
-                    .expect
-                    .push(cache::seen(&c.pods, &ns, &w.name_any(), None)),
+                Ok(w) => {
+                    let msg = format!(
+                        "create Pod {} in StatefulSet {} successful",
+                        w.name_any(),
+                        sts.name_any()
+                    );
+                    util::record(
+                        &ctx.client,
+                        util::event(&*sts, COMPONENT, "Normal", "SuccessfulCreate", msg),
+                    );
+                    out.expect
+                        .push(cache::seen(&c.pods, &ns, &w.name_any(), None));
+                }
                 // Still there from before (being deleted): wait for it to go.
                 Err(kube::Error::Api(s)) if s.code == 409 => {}
                 Err(e) => errors.push(Error::api(format!("creating pod {ns}/{}", pod.name_any()))(
@@ -244,7 +256,17 @@ async fn pass(ctx: &Ctx) -> Outcome {
         }
         for name in p.delete {
             match api.delete(&name, &DeleteParams::default()).await {
-                Ok(_) => out.expect.push(cache::gone(&c.pods, &ns, &name)),
+                Ok(_) => {
+                    let msg = format!(
+                        "delete Pod {name} in StatefulSet {} successful",
+                        sts.name_any()
+                    );
+                    util::record(
+                        &ctx.client,
+                        util::event(&*sts, COMPONENT, "Normal", "SuccessfulDelete", msg),
+                    );
+                    out.expect.push(cache::gone(&c.pods, &ns, &name));
+                }
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => errors.push(Error::api(format!("deleting pod {ns}/{name}"))(e)),
             }

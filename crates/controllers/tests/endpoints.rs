@@ -108,7 +108,10 @@ async fn slices_and_endpoints_follow_pods_and_leave_hand_written_endpoints_alone
     let ep = eventually("Endpoints web", || async {
         let e = eps.get_opt("web").await.unwrap()?;
         let subsets = e.subsets.clone()?;
-        (subsets.len() == 1 && subsets[0].addresses.as_ref().map(Vec::len) == Some(2)).then_some(e)
+        (subsets.len() == 1
+            && subsets[0].addresses.as_ref().map(Vec::len) == Some(2)
+            && subsets[0].not_ready_addresses.as_ref().map(Vec::len) == Some(1))
+        .then_some(e)
     })
     .await;
     let subset = &ep.subsets.unwrap()[0];
