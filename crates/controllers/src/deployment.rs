@@ -265,7 +265,15 @@ pub fn status(d: &Deployment, new: Option<&ReplicaSet>, all: &[&ReplicaSet]) -> 
             "Deployment does not have minimum availability.".into(),
         )
     }];
-    if let Some(n) = new {
+    if d.spec.paused == Some(true) {
+        conditions.push(condition(
+            old,
+            "Progressing",
+            "Unknown",
+            "DeploymentPaused",
+            "Deployment is paused".into(),
+        ));
+    } else if let Some(n) = new {
         let complete = updated == want && replicas == want && available == want;
         conditions.push(if complete {
             condition(
@@ -385,6 +393,31 @@ async fn sync(
     let max_old_revision = olds.iter().map(|r| revision(r)).max().unwrap_or(0);
     let recreate = spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("Recreate");
     let fence = fenceposts(d);
+
+    // Paused (`kubectl rollout pause`): no rollout and no scaling, only the status.
+    if spec.paused == Some(true) {
+        let st = status(d, new, &owned);
+        if !same_status(d.status.as_ref(), &st) {
+            let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+            let w = api
+                .patch_status(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": st})),
+                )
+                .await
+                .map_err(Error::api(format!(
+                    "updating status of deployment {ns}/{name}"
+                )))?;
+            out.expect.push(cache::seen(
+                &ctx.caches.deployments,
+                &ns,
+                &name,
+                w.meta().resource_version.clone(),
+            ));
+        }
+        return Ok(());
+    }
 
     let Some(new) = new else {
         // The new ReplicaSet does not exist: make it, sized by the rollout arithmetic.

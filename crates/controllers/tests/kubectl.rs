@@ -103,6 +103,30 @@ async fn kubectl_rollout_status_endpoints_scale_and_undo() {
     })
     .await;
 
+    // Paused, a template change waits; resumed, it rolls out.
+    assert!(k(&["rollout", "pause", "deployment/web"]).await.0);
+    assert!(
+        k(&["set", "image", "deployment/web", "nginx=busybox"])
+            .await
+            .0
+    );
+    let (ok, out) = k(&["rollout", "status", "deployment/web", "--timeout=2s"]).await;
+    assert!(!ok, "a paused rollout does not finish: {out}");
+    let (_, out) = k(&[
+        "get",
+        "rs",
+        "-o",
+        "jsonpath={.items[*].spec.template.spec.containers[0].image}",
+    ])
+    .await;
+    assert!(
+        !out.contains("busybox"),
+        "no ReplicaSet for a paused template: {out}"
+    );
+    assert!(k(&["rollout", "resume", "deployment/web"]).await.0);
+    let (ok, out) = k(&["rollout", "status", "deployment/web", "--timeout=60s"]).await;
+    assert!(ok && out.contains("successfully rolled out"), "{out}");
+
     // A new image rolls out; undo brings the old one back.
     assert!(
         k(&["set", "image", "deployment/web", "nginx=httpd"])
@@ -112,11 +136,11 @@ async fn kubectl_rollout_status_endpoints_scale_and_undo() {
     let (ok, out) = k(&["rollout", "status", "deployment/web", "--timeout=60s"]).await;
     assert!(ok && out.contains("successfully rolled out"), "{out}");
     let (_, out) = k(&["rollout", "history", "deployment/web"]).await;
-    assert!(out.contains('1') && out.contains('2'), "{out}");
+    assert!(out.contains('2') && out.contains('3'), "{out}");
     assert!(k(&["rollout", "undo", "deployment/web"]).await.0);
     let (ok, out) = k(&["rollout", "status", "deployment/web", "--timeout=60s"]).await;
     assert!(ok, "{out}");
-    let image = eventually("nginx back", || async {
+    let image = eventually("busybox back", || async {
         let (_, out) = k(&[
             "get",
             "pods",
@@ -126,10 +150,10 @@ async fn kubectl_rollout_status_endpoints_scale_and_undo() {
             "jsonpath={.items[*].spec.containers[0].image}",
         ])
         .await;
-        (out.trim() == "nginx").then_some(out)
+        (out.trim() == "busybox").then_some(out)
     })
     .await;
-    assert_eq!(image.trim(), "nginx");
+    assert_eq!(image.trim(), "busybox");
     controllers.shutdown().await;
     server.shutdown();
 }
