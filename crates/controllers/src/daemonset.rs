@@ -57,15 +57,26 @@ pub fn daemon_tolerations(ds: &DaemonSet) -> Vec<Toleration> {
 
 /// Whether a daemon pod belongs on `node`.
 pub fn eligible(ds: &DaemonSet, node: &Node) -> bool {
+    fit(ds, node).0
+}
+
+/// (should run, should continue running) on `node` (kube's `NodeShouldRunDaemonPod`):
+/// a NoSchedule taint not tolerated keeps new pods off but lets a running one stay;
+/// a NoExecute one, a nodeSelector or affinity mismatch removes it.
+pub fn fit(ds: &DaemonSet, node: &Node) -> (bool, bool) {
     let spec = ds.spec.template.spec.clone().unwrap_or_default();
     let selector_ok = spec
         .node_selector
         .iter()
         .flatten()
         .all(|(k, v)| node.labels().get(k) == Some(v));
-    selector_ok
-        && crate::scheduler::affinity_matches(&spec, node)
-        && untolerated(node, &daemon_tolerations(ds)).is_none()
+    if !selector_ok || !crate::scheduler::affinity_matches(&spec, node) {
+        return (false, false);
+    }
+    match untolerated(node, &daemon_tolerations(ds)) {
+        None => (true, true),
+        Some(t) => (false, t.effect != "NoExecute"),
+    }
 }
 
 /// The revision label value of the DaemonSet's current template.
@@ -145,10 +156,13 @@ pub fn plan(ds: &DaemonSet, nodes: &[&Node], pods: &[&Pod], now: Timestamp) -> D
             .copied()
             .filter(|p| !util::terminating(p))
             .collect();
-        if !eligible(ds, node) {
+        let (should_run, should_continue) = fit(ds, node);
+        if !should_run {
             if !live.is_empty() {
                 misscheduled += 1;
-                out.delete.extend(live.iter().map(|p| p.name_any()));
+                if !should_continue {
+                    out.delete.extend(live.iter().map(|p| p.name_any()));
+                }
             }
             continue;
         }

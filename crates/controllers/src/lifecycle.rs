@@ -51,6 +51,50 @@ pub fn unknown_conditions(node: &Node) -> Vec<NodeCondition> {
     conds
 }
 
+/// Taint on a node whose Ready condition is Unknown.
+pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+/// Taint on a node whose Ready condition is False.
+pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
+
+/// The node's taints with kube's condition taints (`TaintNodesByCondition`, NoSchedule
+/// only: there is no taint-based eviction here) matching its Ready condition; None when
+/// they already match (or the node has no Ready condition yet).
+pub fn condition_taints(node: &Node) -> Option<Vec<k8s_openapi::api::core::v1::Taint>> {
+    let ready = ready_status(node)?;
+    let want = match ready.as_str() {
+        "Unknown" => Some(UNREACHABLE),
+        "False" => Some(NOT_READY),
+        _ => None,
+    };
+    let have = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default();
+    let mut taints: Vec<_> = have
+        .iter()
+        .filter(|t| {
+            !(t.effect == "NoSchedule"
+                && (t.key == UNREACHABLE || t.key == NOT_READY)
+                && Some(t.key.as_str()) != want)
+        })
+        .cloned()
+        .collect();
+    if let Some(key) = want
+        && !taints
+            .iter()
+            .any(|t| t.key == key && t.effect == "NoSchedule")
+    {
+        taints.push(k8s_openapi::api::core::v1::Taint {
+            key: key.into(),
+            effect: "NoSchedule".into(),
+            time_added: Some(now()),
+            value: None,
+        });
+    }
+    (taints != have).then_some(taints)
+}
+
 /// The pod's conditions with Ready set to False (kube's `MarkPodsNotReady`), or None
 /// when it is not Ready=True now.
 pub fn not_ready_conditions(pod: &Pod) -> Option<Vec<PodCondition>> {
@@ -158,6 +202,29 @@ async fn pass(ctx: &Ctx, probes: &Mutex<Probes>) -> Outcome {
         ..Outcome::default()
     };
     let node_api: Api<Node> = Api::all(ctx.client.clone());
+    for node in &nodes {
+        let Some(taints) = condition_taints(node) else {
+            continue;
+        };
+        let name = node.name_any();
+        // The resourceVersion makes it a compare-and-swap with the kubelet's writes.
+        let patch = json!({"metadata": {"resourceVersion": node.metadata.resource_version}, "spec": {"taints": taints}});
+        match node_api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(w) => out.expect.push(cache::seen(
+                &c.nodes,
+                "",
+                &name,
+                w.metadata.resource_version,
+            )),
+            Err(e) => {
+                warn!(error = %Error::api(format!("updating the taints of node {name}"))(e), "nodelifecycle");
+                out.failed = true;
+            }
+        }
+    }
     for node in lost {
         let name = node.name_any();
         if ready_status(&node).as_deref() != Some("Unknown") {
@@ -237,6 +304,24 @@ mod tests {
         let c = not_ready_conditions(&pod).unwrap();
         assert_eq!(c[0].status, "False");
         assert_eq!(c[1].status, "True");
+        // Taints follow the Ready condition.
+        let mut lost = node.clone();
+        lost.status.as_mut().unwrap().conditions = Some(conds);
+        let t = condition_taints(&lost).unwrap();
+        assert_eq!(
+            (t[0].key.as_str(), t[0].effect.as_str()),
+            (UNREACHABLE, "NoSchedule")
+        );
+        lost.spec = Some(k8s_openapi::api::core::v1::NodeSpec {
+            taints: Some(t),
+            ..Default::default()
+        });
+        assert!(condition_taints(&lost).is_none());
+        assert_eq!(condition_taints(&node), None);
+        let mut back = lost.clone();
+        back.status = node.status.clone();
+        assert_eq!(condition_taints(&back), Some(vec![]));
+
         let mut done = pod.clone();
         done.status.as_mut().unwrap().conditions = Some(c);
         assert!(not_ready_conditions(&done).is_none());

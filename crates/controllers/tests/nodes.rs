@@ -149,6 +149,14 @@ async fn a_node_whose_lease_goes_stale_turns_not_ready_with_its_pods() {
         ready_of("node-1").await.filter(|c| c.status == "Unknown")
     })
     .await;
+    eventually("node-1 tainted unreachable", || async {
+        let taints = nodes.get("node-1").await.unwrap().spec?.taints?;
+        taints
+            .iter()
+            .any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == "NoSchedule")
+            .then_some(())
+    })
+    .await;
     assert_eq!(
         cond.message.as_deref(),
         Some("Kubelet stopped posting node status.")
