@@ -10,6 +10,7 @@
 
 pub mod cluster;
 pub mod cni;
+pub mod running;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

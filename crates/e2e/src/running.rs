@@ -1,0 +1,149 @@
+//! A whole lab for end-to-end tests, started as a user starts it: `kubewire lab up
+//! --detach` with a config file, then kubectl with `kubewire lab kubeconfig` and
+//! `kubewire lab exec`; `kubewire lab down` when dropped.
+
+#![allow(clippy::disallowed_methods)] // runs kubectl and reads its output
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use crate::cluster::kubectl;
+use crate::{kubewire, kubewire_ok, require_root, unique_name};
+
+/// A lab started with `lab up --detach`; `lab down` on drop.
+#[derive(Debug)]
+pub struct RunningLab {
+    /// The lab's name (`--name`).
+    pub name: String,
+    /// Its admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl RunningLab {
+    /// Starts a uniquely named lab of `nodes` nodes.
+    pub fn up(nodes: u8) -> RunningLab {
+        Self::up_with(nodes, "")
+    }
+
+    /// With more lines for the lab's config file.
+    pub fn up_with(nodes: u8, extra_config: &str) -> RunningLab {
+        require_root();
+        let name = unique_name("t");
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("lab.yaml");
+        // Port 0: labs of parallel tests each get their own loopback port.
+        std::fs::write(
+            &config,
+            format!("nodes: {nodes}\napiListen: 127.0.0.1:0\n{extra_config}"),
+        )
+        .unwrap();
+        let mut lab = RunningLab {
+            name,
+            kubeconfig: PathBuf::new(),
+            dir,
+        };
+        let out = kubewire(&[
+            "lab",
+            "up",
+            "--name",
+            &lab.name,
+            "--config",
+            config.to_str().unwrap(),
+            "--detach",
+        ]);
+        assert!(
+            out.status.success(),
+            "lab up failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            summary.contains("export KUBECONFIG=") && summary.contains("10.244.0.0/16"),
+            "{summary}"
+        );
+        lab.kubeconfig =
+            PathBuf::from(kubewire_ok(&["lab", "kubeconfig", "--name", &lab.name]).trim());
+        lab
+    }
+
+    /// Runs kubectl against the lab; panics with its stderr on failure.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let out = kubectl(&self.kubeconfig, args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `kubectl apply` of a YAML manifest.
+    pub fn apply(&self, manifest: &str) {
+        let file = self.dir.path().join(format!("{}.yaml", unique_name("m")));
+        std::fs::write(&file, manifest).unwrap();
+        self.kubectl(&["apply", "-f", file.to_str().unwrap()]);
+    }
+
+    /// `kubectl ARGS -o json`, parsed.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut args = args.to_vec();
+        args.extend(["-o", "json"]);
+        serde_json::from_str(&self.kubectl(&args)).unwrap()
+    }
+
+    /// `kubewire lab exec TARGET -- argv`.
+    pub fn exec(&self, target: &str, argv: &[&str]) -> std::process::Output {
+        let mut args = vec!["lab", "exec", "--name", &self.name, target, "--"];
+        args.extend_from_slice(argv);
+        kubewire(&args)
+    }
+
+    /// Running pods with `selector`: (name, IP, node).
+    pub fn running_pods(&self, selector: &str) -> Vec<(String, String, String)> {
+        let list = self.json(&["get", "pods", "-l", selector]);
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| {
+                p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null()
+            })
+            .filter_map(|p| {
+                Some((
+                    p["metadata"]["name"].as_str()?.to_owned(),
+                    p["status"]["podIP"].as_str()?.to_owned(),
+                    p["spec"]["nodeName"].as_str()?.to_owned(),
+                ))
+            })
+            .collect()
+    }
+
+    /// The ready addresses of the Endpoints `name`.
+    pub fn endpoint_ips(&self, name: &str) -> BTreeSet<String> {
+        let ep = self.json(&["get", "endpoints", name]);
+        ep["subsets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["addresses"].as_array().cloned().unwrap_or_default())
+            .filter_map(|a| a["ip"].as_str().map(str::to_owned))
+            .collect()
+    }
+}
+
+impl Drop for RunningLab {
+    fn drop(&mut self) {
+        let out = kubewire(&["lab", "down", "--name", &self.name]);
+        if !out.status.success() {
+            eprintln!(
+                "warning: lab down {}: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
