@@ -102,6 +102,55 @@ async fn statefulset_starts_in_order_with_stable_names_and_scales_down_from_the_
     .await;
     assert_eq!(hostnames, ["redis-0", "redis-1", "redis-2"]);
 
+    // A new template rolls from the highest ordinal down.
+    let old_rev = sts
+        .get("redis")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .update_revision
+        .unwrap();
+    sts.patch(
+        "redis",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"template": {"spec": {"containers": [{"name": "redis", "image": "redis:8", "ports": [{"containerPort": 6379}]}]}}}})),
+    )
+    .await
+    .unwrap();
+    let mut order: Vec<String> = vec![];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let l = pods
+            .list(&ListParams::default().labels("app=redis"))
+            .await
+            .unwrap()
+            .items;
+        for p in &l {
+            let rev = p
+                .labels()
+                .get("controller-revision-hash")
+                .cloned()
+                .unwrap_or_default();
+            if rev != old_rev && !order.contains(&p.name_any()) {
+                order.push(p.name_any());
+            }
+        }
+        let st = sts.get("redis").await.unwrap().status.unwrap();
+        if order.len() == 3
+            && st.ready_replicas == Some(3)
+            && st.current_revision == st.update_revision
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rolling update stuck: {order:?} {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(order, ["redis-2", "redis-1", "redis-0"]);
+
     // Scale down to 1: redis-2 goes before redis-1.
     sts.patch(
         "redis",
