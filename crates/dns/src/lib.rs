@@ -291,7 +291,11 @@ pub fn start(shared: Arc<Shared>, args: &Args) -> Result<Running, Error> {
 pub fn shared(args: &Args) -> Result<Arc<Shared>, Error> {
     let zone = Zone::new(&args.cluster_domain, args.ttl, args.pods)?;
     let upstreams = if args.upstream.is_empty() {
-        resolv_conf_nameservers(&args.resolv_conf)?
+        // Cluster names do not need upstreams: run without them rather than not at all.
+        resolv_conf_nameservers(&args.resolv_conf).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "no upstreams: names outside the cluster get SERVFAIL");
+            Vec::new()
+        })
     } else {
         args.upstream
             .iter()
