@@ -292,3 +292,78 @@ fn a_killed_lab_up_is_cleaned_by_lab_down() {
     assert!(left.is_empty(), "left behind: {left:?}");
     assert!(!PathBuf::from("/var/lib/kubewire").join(&name).exists());
 }
+
+#[test]
+fn ctrl_c_on_a_foreground_lab_up_tears_everything_down() {
+    require_root();
+    let name = unique_name("t");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("lab.yaml");
+    std::fs::write(&config, "nodes: 1\napiListen: 127.0.0.1:0\n").unwrap();
+    let mut up = std::process::Command::new(e2e::kubewire_bin())
+        .args([
+            "lab",
+            "up",
+            "--name",
+            &name,
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // It prints its summary once the cluster is ready, then waits in the foreground.
+    let mut summary = String::new();
+    {
+        use std::io::BufRead;
+        let stdout = std::io::BufReader::new(up.stdout.take().unwrap());
+        for line in stdout.lines() {
+            let line = line.unwrap();
+            summary.push_str(&line);
+            summary.push('\n');
+            if line.starts_with("Stop:") {
+                break;
+            }
+        }
+    }
+    assert!(
+        summary.contains("is up"),
+        "lab up did not come up:\n{summary}"
+    );
+    assert!(summary.contains("Ctrl-C"), "{summary}");
+    let procs: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(
+            PathBuf::from("/run/kubewire")
+                .join(&name)
+                .join("processes.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    // What a terminal's Ctrl-C sends.
+    let out = std::process::Command::new("kill")
+        .args(["-INT", &up.id().to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let status = up.wait().unwrap();
+    assert!(status.success(), "lab up exited with {status}");
+    for p in &procs {
+        let pid = p["pid"].as_u64().unwrap();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.contains(") Z ") || !stat.contains("kubewire"),
+            "{} (pid {pid}) still runs after Ctrl-C",
+            p["name"]
+        );
+    }
+    let left: Vec<String> = netlink::netns::list()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("{name}-")))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(!PathBuf::from("/var/lib/kubewire").join(&name).exists());
+    assert!(!PathBuf::from("/run/kubewire").join(&name).exists());
+}

@@ -232,12 +232,23 @@ async fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let binary = std::env::current_exe().context("finding the kubewire binary")?;
-            let started = lab::cluster::start(&cfg, &binary, &lab::Progress::stderr()).await?;
+            // Signals are taken over before anything starts: a Ctrl-C at any point from
+            // here on tears the lab down instead of killing `lab up` half-way.
+            let mut stop = StopSignals::new()?;
+            let progress = lab::Progress::stderr();
+            let started = tokio::select! {
+                started = lab::cluster::start(&cfg, &binary, &progress) => started?,
+                _ = stop.recv() => {
+                    eprintln!("interrupted; removing what was made ...");
+                    lab::down(&cfg).await?;
+                    return Ok(ExitCode::from(130));
+                }
+            };
             print_summary(&started, detach);
             if detach {
                 return Ok(ExitCode::SUCCESS);
             }
-            wait_for_stop(&cfg).await;
+            wait_for_stop(&cfg, &mut stop).await;
             eprintln!("stopping the lab ...");
             lab::down(&cfg).await?;
             eprintln!("lab {:?} is down", cfg.name);
@@ -327,16 +338,36 @@ fn exec_in_pod(
         .with_context(|| format!("running nsenter for pod {}", pod.pod))
 }
 
+/// SIGINT (Ctrl-C) and SIGTERM, once their handlers are installed.
+struct StopSignals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> anyhow::Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            int: signal(SignalKind::interrupt()).context("handling SIGINT")?,
+            term: signal(SignalKind::terminate()).context("handling SIGTERM")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+}
+
 /// Waits for Ctrl-C or SIGTERM, telling about components that exit meanwhile.
-async fn wait_for_stop(cfg: &lab::LabConfig) {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
+async fn wait_for_stop(cfg: &lab::LabConfig, stop: &mut StopSignals) {
     let mut reported = std::collections::HashSet::new();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return,
-            _ = term.recv() => return,
+            _ = stop.recv() => return,
             _ = tick.tick() => {
                 for p in lab::cluster::exited(cfg) {
                     if reported.insert(p.name.clone()) {
