@@ -275,6 +275,33 @@ pub fn status(d: &Deployment, new: Option<&ReplicaSet>, all: &[&ReplicaSet]) -> 
         ));
     } else if let Some(n) = new {
         let complete = updated == want && replicas == want && available == want;
+        let prev = old.and_then(|cs| {
+            cs.iter()
+                .find(|c| c.type_.as_deref() == Some("Progressing"))
+        });
+        let os = d.status.clone().unwrap_or_default();
+        // kube's DeploymentProgressing: more updated, ready or available pods, or
+        // fewer old ones.
+        let progressed = updated > os.updated_replicas.unwrap_or(0)
+            || replicas - updated < os.replicas.unwrap_or(0) - os.updated_replicas.unwrap_or(0)
+            || ready > os.ready_replicas.unwrap_or(0)
+            || available > os.available_replicas.unwrap_or(0);
+        let progressing = format!("ReplicaSet \"{}\" is progressing.", n.name_any());
+        let timed_out = format!("ReplicaSet \"{}\" has timed out progressing.", n.name_any());
+        let prev_is = |reason: &str, msg: &str| {
+            prev.is_some_and(|p| {
+                p.reason.as_deref() == Some(reason) && p.message.as_deref() == Some(msg)
+            })
+        };
+        let deadline = i64::from(d.spec.progress_deadline_seconds.unwrap_or(600));
+        let stale = prev
+            .and_then(|p| p.last_update_time.as_ref())
+            .is_some_and(|t| {
+                k8s_openapi::jiff::Timestamp::now()
+                    .duration_since(t.0)
+                    .as_secs()
+                    >= deadline
+            });
         conditions.push(if complete {
             condition(
                 old,
@@ -286,14 +313,22 @@ pub fn status(d: &Deployment, new: Option<&ReplicaSet>, all: &[&ReplicaSet]) -> 
                     n.name_any()
                 ),
             )
-        } else {
+        } else if progressed {
+            let mut c = condition(old, "Progressing", "True", "ReplicaSetUpdated", progressing);
+            c.last_update_time = Some(util::now());
+            c
+        } else if prev_is("ProgressDeadlineExceeded", &timed_out)
+            || (prev_is("ReplicaSetUpdated", &progressing) && stale)
+        {
             condition(
                 old,
                 "Progressing",
-                "True",
-                "ReplicaSetUpdated",
-                format!("ReplicaSet \"{}\" is progressing.", n.name_any()),
+                "False",
+                "ProgressDeadlineExceeded",
+                timed_out,
             )
+        } else {
+            condition(old, "Progressing", "True", "ReplicaSetUpdated", progressing)
         });
     }
     DeploymentStatus {
@@ -601,6 +636,20 @@ async fn sync(
             &name,
             w.metadata.resource_version,
         ));
+    }
+    // Look again when the progress deadline would pass.
+    let progressing = st.conditions.iter().flatten().find(|c| {
+        c.type_.as_deref() == Some("Progressing")
+            && c.reason.as_deref() == Some("ReplicaSetUpdated")
+    });
+    if let Some(t) = progressing.and_then(|c| c.last_update_time.as_ref()) {
+        let deadline = i64::from(spec.progress_deadline_seconds.unwrap_or(600));
+        let left = deadline
+            - k8s_openapi::jiff::Timestamp::now()
+                .duration_since(t.0)
+                .as_secs();
+        let left = std::time::Duration::from_secs(u64::try_from(left.max(0)).unwrap_or(0) + 1);
+        out.requeue = Some(out.requeue.map_or(left, |r| r.min(left)));
     }
     if !same_status(d.status.as_ref(), &st) {
         let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);

@@ -416,3 +416,45 @@ async fn replicaset_adopts_matching_orphans() {
     assert_eq!(orphan.owner_references()[0].name, "web");
     assert_eq!(orphan.owner_references()[0].controller, Some(true));
 }
+
+#[tokio::test]
+async fn a_rollout_without_progress_exceeds_its_deadline() {
+    let h = start();
+    let c = &h.client;
+    // No node: the pods stay Pending, nothing becomes available.
+    let mut d = deployment(2, "nginx");
+    d["spec"]["progressDeadlineSeconds"] = json!(1);
+    let _: Deployment = create(c, "default", d).await;
+    let deploys: Api<Deployment> = Api::namespaced(c.clone(), "default");
+    let cond = eventually("ProgressDeadlineExceeded", || async {
+        let d = deploys.get("web").await.unwrap();
+        d.status?.conditions?.into_iter().find(|c| {
+            c.type_.as_deref() == Some("Progressing") && c.status.as_deref() == Some("False")
+        })
+    })
+    .await;
+    assert_eq!(cond.reason.as_deref(), Some("ProgressDeadlineExceeded"));
+    assert!(
+        cond.message
+            .unwrap()
+            .ends_with("has timed out progressing.")
+    );
+
+    // Progress (a node and a kubelet) brings it back.
+    ready_node(c, "node-1", json!({})).await;
+    let _kubelet = fake_kubelet(c);
+    eventually("complete", || async {
+        complete(&deploys.get("web").await.unwrap(), 2).then_some(())
+    })
+    .await;
+    let d = deploys.get("web").await.unwrap();
+    let p = d
+        .status
+        .unwrap()
+        .conditions
+        .unwrap()
+        .into_iter()
+        .find(|c| c.type_.as_deref() == Some("Progressing"))
+        .unwrap();
+    assert_eq!(p.reason.as_deref(), Some("NewReplicaSetAvailable"));
+}
