@@ -62,7 +62,7 @@ impl RunningLab {
         );
         let summary = String::from_utf8_lossy(&out.stdout);
         assert!(
-            summary.contains("export KUBECONFIG=") && summary.contains("10.244.0.0/16"),
+            summary.contains("export KUBECONFIG=") && summary.contains("is up"),
             "{summary}"
         );
         lab.kubeconfig =

@@ -227,6 +227,11 @@ fn lab_up_detach_status_and_down_leave_the_host_as_it_was() {
 
     let data = PathBuf::from("/var/lib/kubewire").join(&name);
     assert!(data.join("api/admin.kubeconfig").exists());
+    let printed = kubewire_ok(&["lab", "kubeconfig", "--name", &name, "--print"]);
+    assert_eq!(
+        printed,
+        std::fs::read_to_string(data.join("api/admin.kubeconfig")).unwrap()
+    );
     drop(lab);
     assert!(!data.exists(), "lab down left {}", data.display());
     let after = e2e::host_snapshot();
@@ -366,4 +371,61 @@ fn ctrl_c_on_a_foreground_lab_up_tears_everything_down() {
     assert!(left.is_empty(), "left behind: {left:?}");
     assert!(!PathBuf::from("/var/lib/kubewire").join(&name).exists());
     assert!(!PathBuf::from("/run/kubewire").join(&name).exists());
+}
+
+#[test]
+fn a_config_file_sets_ranges_routing_and_the_cluster_domain() {
+    // IPv4 only, VXLAN between the nodes, another cluster domain.
+    let lab = RunningLab::up_with(
+        2,
+        "routing: vxlan\npodCidrs: [10.200.0.0/16]\nserviceCidrs: [10.100.0.0/16]\nclusterDomain: lab.example\n",
+    );
+    let dns = lab.json(&["get", "svc", "-n", "kube-system", "kube-dns"]);
+    assert_eq!(dns["spec"]["clusterIP"], "10.100.0.10");
+    assert_eq!(dns["spec"]["ipFamilies"], serde_json::json!(["IPv4"]));
+    lab.apply(WEB);
+    assert!(
+        wait_until(Duration::from_secs(60), || lab
+            .running_pods("app=web")
+            .len()
+            == 3),
+        "3 web pods did not run"
+    );
+    let pods = lab.running_pods("app=web");
+    for p in &pods {
+        assert!(
+            p.1.starts_with("10.200."),
+            "pod IP {} outside podCidrs",
+            p.1
+        );
+    }
+    let (a, b) = pods
+        .iter()
+        .flat_map(|a| pods.iter().map(move |b| (a, b)))
+        .find(|(a, b)| a.2 != b.2)
+        .expect("pods on both nodes");
+    // Across nodes through the VXLAN overlay, by the name in the configured domain.
+    let out = lab.exec(&a.0, &["getent", "hosts", "web.default.svc.lab.example"]);
+    let svc_ip = lab.json(&["get", "svc", "web"])["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(svc_ip.starts_with("10.100."), "{svc_ip}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with(&svc_ip),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = lab.exec(
+        &a.0,
+        &["curl", "-s", "--max-time", "5", &format!("http://{}/", b.1)],
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&b.0));
+    let resolv = lab.exec(&a.0, &["cat", "/etc/resolv.conf"]);
+    assert!(
+        String::from_utf8_lossy(&resolv.stdout)
+            .contains("search default.svc.lab.example svc.lab.example lab.example"),
+        "{}",
+        String::from_utf8_lossy(&resolv.stdout)
+    );
 }
