@@ -108,7 +108,7 @@ def latency(count, datadir, dns):
     s.settimeout(0.05)
     host, port = dns.rsplit(":", 1)
     addr = (host, int(port))
-    took, posts = [], []
+    took, posts, after = [], [], []
     tag = random.randrange(1 << 30)
     for k in range(count):
         name = f"lat-{tag}-{k}"
@@ -126,13 +126,18 @@ def latency(count, datadir, dns):
                 continue
             rid, flags, _, an = struct.unpack(">HHHH", data[:8])
             if rid == qid and flags & 0xF == 0 and an > 0:
-                took.append(time.perf_counter() - t0)
+                now = time.perf_counter()
+                took.append(now - t0)
+                after.append(now - t0 - posts[-1])
                 break
         time.sleep(0.05)
     ms = sorted(t * 1000 for t in took)
+    ack = sorted(t * 1000 for t in after)
     print(f"create->answer ms over {count} services: median {statistics.median(ms):.1f} "
-          f"p90 {ms[int(len(ms) * 0.9) - 1]:.1f} max {ms[-1]:.1f} "
-          f"(the create request itself: median {statistics.median(posts) * 1000:.1f})")
+          f"p90 {ms[int(len(ms) * 0.9) - 1]:.1f} max {ms[-1]:.1f}; "
+          f"the create request itself: median {statistics.median(posts) * 1000:.1f}; "
+          f"from the API server's reply to the answer: median {statistics.median(ack):.2f} "
+          f"p90 {ack[int(len(ack) * 0.9) - 1]:.2f} max {ack[-1]:.2f}")
 
 
 if __name__ == "__main__":

@@ -340,3 +340,52 @@ pub async fn run(args: Args) -> Result<(), Error> {
     tracing::info!("stopping");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(
+            parse_listen(":53", "--listen").unwrap(),
+            ["[::]:53".parse().unwrap(), "0.0.0.0:53".parse().unwrap()]
+        );
+        assert_eq!(
+            parse_listen("[::1]:5353", "--listen").unwrap(),
+            ["[::1]:5353".parse().unwrap()]
+        );
+        let e = parse_listen("localhost", "--listen")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--listen: \"localhost\""), "{e}");
+        assert_eq!(
+            parse_upstream("10.0.0.1").unwrap(),
+            "10.0.0.1:53".parse().unwrap()
+        );
+        assert_eq!(
+            parse_upstream("[fd00::1]:5353").unwrap(),
+            "[fd00::1]:5353".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn upstreams_from_resolv_conf() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("resolv.conf");
+        std::fs::write(
+            &p,
+            "# comment\nsearch default.svc.cluster.local\nnameserver 192.0.2.53\nnameserver fe80::1%eth0\nnameserver  2001:db8::53\noptions ndots:5\n",
+        )
+        .unwrap();
+        assert_eq!(
+            resolv_conf_nameservers(&p).unwrap(),
+            [
+                "192.0.2.53:53".parse().unwrap(),
+                "[fe80::1]:53".parse().unwrap(),
+                "[2001:db8::53]:53".parse().unwrap()
+            ]
+        );
+        assert!(resolv_conf_nameservers(&dir.path().join("missing")).is_err());
+    }
+}
