@@ -77,6 +77,64 @@ impl State {
     }
 }
 
+/// Who a request comes from (set by the TLS listener; in-process requests are the admin).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct User {
+    pub(crate) name: String,
+    pub(crate) groups: Vec<String>,
+}
+
+impl User {
+    pub(crate) fn admin() -> User {
+        User {
+            name: "kubewire-admin".into(),
+            groups: vec!["system:masters".into(), "system:authenticated".into()],
+        }
+    }
+
+    pub(crate) fn service_account(ns: &str, name: &str) -> User {
+        User {
+            name: format!("system:serviceaccount:{ns}:{name}"),
+            groups: vec![
+                "system:serviceaccounts".into(),
+                format!("system:serviceaccounts:{ns}"),
+                "system:authenticated".into(),
+            ],
+        }
+    }
+
+    /// The subject's common name and organizations of an X.509 certificate (DER). The
+    /// issuer's names come first in the certificate, so the last common name is the
+    /// subject's; this CA has no organization.
+    pub(crate) fn from_certificate(der: &[u8]) -> User {
+        let strings = |oid_last: u8| -> Vec<String> {
+            let oid = [0x06, 0x03, 0x55, 0x04, oid_last];
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i + oid.len() + 2 <= der.len() {
+                if der[i..i + oid.len()] == oid {
+                    let at = i + oid.len();
+                    let len = usize::from(der[at + 1]);
+                    if len < 0x80
+                        && let Some(v) = der.get(at + 2..at + 2 + len)
+                    {
+                        out.push(String::from_utf8_lossy(v).into_owned());
+                    }
+                    i = at;
+                }
+                i += 1;
+            }
+            out
+        };
+        let mut groups = strings(0x0a);
+        groups.push("system:authenticated".into());
+        User {
+            name: strings(0x03).pop().unwrap_or_default(),
+            groups,
+        }
+    }
+}
+
 /// A response body: a whole JSON document or a watch stream.
 #[derive(Debug)]
 pub struct ResponseBody(Inner);
@@ -205,6 +263,11 @@ where
 {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
+    let user = parts
+        .extensions
+        .get::<User>()
+        .cloned()
+        .unwrap_or_else(User::admin);
     let hv = |h: header::HeaderName| {
         parts
             .headers
@@ -278,6 +341,19 @@ where
                     "application/json",
                 ))
             }
+        }
+        ["apis", "authentication.k8s.io", "v1", "selfsubjectreviews"] => {
+            if r.method != Method::POST {
+                return Err(Status::method_not_allowed(r.method.as_str()).into());
+            }
+            // `kubectl auth whoami`.
+            Ok(json_response(
+                201,
+                &json!({"kind": "SelfSubjectReview", "apiVersion": "authentication.k8s.io/v1",
+                    "metadata": {"creationTimestamp": null},
+                    "status": {"userInfo": {"username": user.name, "groups": user.groups}}}),
+                "application/json",
+            ))
         }
         ["api", "v1", rest @ ..] => resource(state, "", "v1", rest, r).await,
         ["apis", g] if group_served(g) => get_only(json_response(

@@ -456,15 +456,18 @@ async fn connection(
             return;
         }
     };
-    // The verifier only lets through certificates signed by our CA.
-    let has_cert = tls
+    // The verifier only lets through certificates signed by our CA: a client
+    // certificate names the user (CN) and groups (O), as kube-apiserver reads it.
+    let cert_user = tls
         .get_ref()
         .1
         .peer_certificates()
-        .is_some_and(|c| !c.is_empty());
-    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        .and_then(|c| c.first())
+        .map(|c| api::User::from_certificate(c.as_ref()));
+    let svc = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
         let router = router.clone();
         let token = token.clone();
+        let cert_user = cert_user.clone();
         async move {
             let bearer = req
                 .headers()
@@ -472,9 +475,27 @@ async fn connection(
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .map(str::trim)
-                .is_some_and(|t| t == &*token || router.service_account(t).is_some());
-            if !has_cert && !bearer && !is_public(req.uri().path()) {
-                return Ok::<_, Infallible>(api::status_response(&Status::unauthorized()));
+                .map(str::to_string);
+            let user = cert_user.or_else(|| {
+                let t = bearer.as_deref()?;
+                if t == &*token {
+                    return Some(api::User::admin());
+                }
+                let sa =
+                    router
+                        .state
+                        .signer
+                        .authenticate(&router.state.store, t, util::now_secs())?;
+                Some(api::User::service_account(&sa.namespace, &sa.name))
+            });
+            match user {
+                Some(u) => {
+                    req.extensions_mut().insert(u);
+                }
+                None if !is_public(req.uri().path()) => {
+                    return Ok::<_, Infallible>(api::status_response(&Status::unauthorized()));
+                }
+                None => {}
             }
             Ok(router.handle(req).await)
         }

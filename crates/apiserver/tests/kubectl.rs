@@ -698,6 +698,22 @@ async fn kubectl_create_token_authenticates_as_the_service_account() {
     let conn: Vec<&str> = conn.iter().map(String::as_str).collect();
     let good = c.kubectl_raw(&conn, &["get", "namespace", "team"]).await;
     assert!(good.ok, "{}", good.stderr);
+    // The server knows who the token is (kubectl auth whoami: SelfSubjectReview).
+    let who = c.kubectl_raw(&conn, &["auth", "whoami"]).await;
+    assert!(who.ok, "{}", who.stderr);
+    assert!(
+        who.stdout.contains("system:serviceaccount:team:default")
+            && who.stdout.contains("system:serviceaccounts:team"),
+        "{}",
+        who.stdout
+    );
+    // The admin kubeconfig's client certificate: CN and O.
+    let who = c.kubectl(&["auth", "whoami"]).await;
+    assert!(
+        who.stdout.contains("kubewire-admin") && who.stdout.contains("system:masters"),
+        "{}",
+        who.stdout
+    );
     // A token with a changed signature is refused.
     let mut forged = token.clone();
     let last = forged.pop().unwrap();
