@@ -5,8 +5,9 @@
 //! 1. `run SPEC`: unshares a mount namespace (private propagation, so nothing leaks back
 //!    to the host) and a UTS namespace, bind-mounts the pod's own `/etc/resolv.conf`,
 //!    `/etc/hosts`, `/etc/hostname` and service-account directory, sets the hostname,
-//!    enters the pod's network namespace, starts a session (the node signals the whole
-//!    process group), starts the container's process with its stdout/stderr piped, and
+//!    enters the pod's network namespace, starts a session (the node SIGKILLs the whole
+//!    process group), starts the container's process with its stdout/stderr piped,
+//!    records its pid next to the exit file (the node sends SIGTERM there), and
 //!    writes every line to the container's log in the CRI format
 //!    (`<RFC3339Nano> stdout F <line>`) until it exits; then records the exit code in
 //!    the spec's exit file (so a restarted node learns it) and exits with it.
@@ -24,7 +25,6 @@ use std::time::SystemTime;
 
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, setns, unshare};
-use nix::sys::signal::{SigSet, Signal};
 use serde::{Deserialize, Serialize};
 
 /// The subcommand name `main` looks for before starting anything else.
@@ -237,18 +237,6 @@ fn run(spec_path: &Path) -> i32 {
     if let Err(e) = setup(&spec) {
         return fail(e, 126);
     }
-    // The node's SIGTERM is for the container's process; this one stays to log its
-    // last lines and record its exit code. SIGKILL still ends both.
-    let mut block = SigSet::empty();
-    for s in [
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-    ] {
-        block.add(s);
-    }
-    let _ = block.thread_block();
     let Some(program) = spec.argv.first() else {
         return fail("the container has no command".into(), 126);
     };
@@ -267,6 +255,10 @@ fn run(spec_path: &Path) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(format!("starting {program}: {e}"), 127),
     };
+    // The node sends SIGTERM to this process only (as runtimes signal a container's
+    // main process); container-init stays to log the last lines and record the exit
+    // code. SIGKILL goes to the whole process group.
+    let _ = std::fs::write(spec.exit_file.with_extension("pid"), child.id().to_string());
     let out = child.stdout.take().map(|o| log.copy("stdout", o));
     let err = child.stderr.take().map(|o| log.copy("stderr", o));
     let status = child.wait();

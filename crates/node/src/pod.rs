@@ -113,6 +113,23 @@ fn signal_group(pid: u32, sig: Signal) {
     }
 }
 
+/// Sends `sig` to a container's own process (its pid file, written by container-init,
+/// checked to be container-init's child so a reused pid is never hit), or, before that
+/// exists, to the container's whole process group.
+fn signal_container(rec: &ContainerRecord, sig: Signal) {
+    let pid_file = Path::new(&rec.spec).with_extension("pid");
+    let main = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .filter(|p| sandbox::parent(*p) == Some(rec.pid));
+    match main.and_then(|p| i32::try_from(p).ok()) {
+        Some(p) => {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), sig);
+        }
+        None => signal_group(rec.pid, sig),
+    }
+}
+
 fn uid_hex(uid: &str) -> String {
     uid.chars()
         .filter(char::is_ascii_hexdigit)
@@ -684,6 +701,7 @@ impl Worker {
         let log = ldir.join(format!("{restart}.log"));
         let exit_file = cdir.join(format!("{name}.exit"));
         let _ = std::fs::remove_file(&exit_file);
+        let _ = std::fs::remove_file(exit_file.with_extension("pid"));
         let init = InitSpec {
             netns: (!host_network).then(|| PathBuf::from(&self.sb.netns)),
             mounts,
@@ -1078,7 +1096,7 @@ impl Worker {
         for c in &mut self.ctrs {
             c.next_start = None;
             if let Some((_, rec)) = &c.proc {
-                signal_group(rec.pid, Signal::SIGTERM);
+                signal_container(rec, Signal::SIGTERM);
             }
         }
         let deadline = Instant::now() + Duration::from_secs(grace);
@@ -1139,7 +1157,7 @@ fn short(id: &str) -> &str {
 
 /// SIGTERM now, SIGKILL after `grace` seconds if the same process still runs.
 fn kill_gracefully(rec: ContainerRecord, grace: u64) {
-    signal_group(rec.pid, Signal::SIGTERM);
+    signal_container(&rec, Signal::SIGTERM);
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(grace)).await;
         if sandbox::alive(&rec) {

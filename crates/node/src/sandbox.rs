@@ -111,6 +111,16 @@ pub(crate) fn start_ticks(pid: u32) -> Option<u64> {
     fields.get(19)?.parse().ok()
 }
 
+/// The parent pid of a process.
+pub(crate) fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// Whether the recorded process is still the container's.
 pub(crate) fn alive(rec: &ContainerRecord) -> bool {
     rec.pid != 0

@@ -63,6 +63,16 @@ fn graceful_deletion_probes_and_restarts() {
         json!([{"name": "c", "image": "busybox", "command": ["sh", "-c", "echo crashed; exit 1"]}]),
     ));
 
+    // A plain process (default SIGTERM disposition) with a long grace period: SIGTERM
+    // alone must end it, long before the grace period would.
+    let mut plain = pod(
+        "plain",
+        2,
+        json!([{"name": "c", "image": "busybox", "command": ["sleep", "3600"]}]),
+    );
+    plain["spec"]["terminationGracePeriodSeconds"] = json!(600);
+    c.create(&plain);
+
     let term = c.wait_ready("term");
     let ip = term["status"]["podIP"].as_str().unwrap().to_owned();
     let netns = c.pod_ns(&term);
@@ -90,6 +100,14 @@ fn graceful_deletion_probes_and_restarts() {
             .join("pods")
             .join(term["metadata"]["uid"].as_str().unwrap())
             .exists()
+    );
+
+    c.wait_ready("plain");
+    c.kubectl_ok(&["delete", "pod", "plain", "--wait=false"]);
+    assert!(
+        wait_until(Duration::from_secs(20), || c.get("pod", "plain").is_none()),
+        "SIGTERM did not end `sleep`\n{}",
+        c.logs()
     );
 
     c.kubectl_ok(&["delete", "pod", "stubborn", "--wait=false"]);
