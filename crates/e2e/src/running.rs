@@ -45,11 +45,18 @@ impl RunningLab {
             kubeconfig: PathBuf::new(),
             dir,
         };
+        lab.start();
+        lab
+    }
+
+    /// `lab up --detach` with the lab's config file; reads the kubeconfig's path.
+    fn start(&mut self) {
+        let config = self.dir.path().join("lab.yaml");
         let out = kubewire(&[
             "lab",
             "up",
             "--name",
-            &lab.name,
+            &self.name,
             "--config",
             config.to_str().unwrap(),
             "--detach",
@@ -65,9 +72,14 @@ impl RunningLab {
             summary.contains("export KUBECONFIG=") && summary.contains("is up"),
             "{summary}"
         );
-        lab.kubeconfig =
-            PathBuf::from(kubewire_ok(&["lab", "kubeconfig", "--name", &lab.name]).trim());
-        lab
+        self.kubeconfig =
+            PathBuf::from(kubewire_ok(&["lab", "kubeconfig", "--name", &self.name]).trim());
+    }
+
+    /// `lab down --keep-data`, then `lab up` again on the kept data.
+    pub fn restart_keeping_data(&mut self) {
+        kubewire_ok(&["lab", "down", "--name", &self.name, "--keep-data"]);
+        self.start();
     }
 
     /// Runs kubectl against the lab; panics with its stderr on failure.

@@ -429,3 +429,32 @@ fn a_config_file_sets_ranges_routing_and_the_cluster_domain() {
         String::from_utf8_lossy(&resolv.stdout)
     );
 }
+
+#[test]
+fn lab_down_keep_data_keeps_the_cluster_for_the_next_lab_up() {
+    let mut lab = RunningLab::up(2);
+    lab.kubectl(&["create", "configmap", "kept", "--from-literal=k=v"]);
+    lab.apply(WEB);
+    assert!(
+        wait_until(Duration::from_secs(60), || lab.endpoint_ips("web").len()
+            == 3),
+        "web did not get 3 endpoints"
+    );
+    lab.restart_keeping_data();
+    let cm = lab.json(&["get", "configmap", "kept"]);
+    assert_eq!(cm["data"]["k"], "v");
+    // The pods come back on their nodes, and the Service answers from them.
+    let svc = lab.json(&["get", "svc", "web"]);
+    let ip = svc["spec"]["clusterIP"].as_str().unwrap().to_owned();
+    let pod = lab.running_pods("app=web")[0].0.clone();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let out = lab.exec(
+                &pod,
+                &["curl", "-s", "--max-time", "3", &format!("http://{ip}/")],
+            );
+            String::from_utf8_lossy(&out.stdout).contains("web-")
+        }),
+        "the ClusterIP {ip} does not answer after the restart"
+    );
+}

@@ -7,7 +7,6 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -229,13 +228,22 @@ async fn start_processes(
     step.done("");
 
     let step = progress.step("nodes Ready");
+    // A kept data dir holds the Nodes of the last run, Ready as they were: only a
+    // heartbeat from this run counts (the API's times have whole seconds).
+    let since = k8s_openapi::jiff::Timestamp::now()
+        .checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(1))
+        .expect("now minus a second");
     let nodes: Api<Node> = Api::all(client.clone());
     let want = usize::from(cfg.nodes);
     let deadline = Instant::now() + NODES_TIMEOUT;
     loop {
         check_alive(&watched.iter().collect::<Vec<_>>())?;
         if let Ok(list) = nodes.list(&ListParams::default()).await {
-            let ready = list.items.iter().filter(|n| node_ready(n)).count();
+            let ready = list
+                .items
+                .iter()
+                .filter(|n| node_ready(n) && heartbeat(n).is_some_and(|t| t >= since))
+                .count();
             if ready >= want {
                 break;
             }
@@ -254,16 +262,14 @@ async fn start_processes(
 
     let step = progress.step(format!("add-ons: cluster DNS at {}", cfg.dns_ip()));
     crate::addons::apply(&client, &crate::addons::dns(cfg)).await?;
-    let deployments: Api<Deployment> = Api::namespaced(client, "kube-system");
+    let dns_pods: Api<Pod> = Api::namespaced(client, "kube-system");
     let deadline = Instant::now() + ADDON_TIMEOUT;
     loop {
         check_alive(&watched.iter().collect::<Vec<_>>())?;
-        let ready = deployments
-            .get_opt("kubewire-dns")
+        let ready = dns_pods
+            .list(&ListParams::default().labels("k8s-app=kube-dns"))
             .await
-            .ok()
-            .flatten()
-            .and_then(|d| d.status?.ready_replicas)
+            .map(|l| l.items.iter().filter(|p| pod_ready_since(p, since)).count())
             .unwrap_or(0);
         if ready > 0 {
             break;
@@ -333,6 +339,29 @@ pub async fn client(kubeconfig: &Path) -> Result<Client> {
         .await
         .map_err(|e| Error::Component(format!("kubeconfig {}: {e}", kubeconfig.display())))?;
     Client::try_from(config).map_err(|e| Error::Component(format!("API client: {e}")))
+}
+
+/// Whether the pod is Ready by a probe of this run (a kept data dir holds old statuses).
+fn pod_ready_since(pod: &Pod, since: k8s_openapi::jiff::Timestamp) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.type_ == "Ready"
+                    && c.status == "True"
+                    && c.last_transition_time
+                        .as_ref()
+                        .is_some_and(|t| t.0 >= since)
+            })
+        })
+}
+
+/// When the node's pod runner last reported its Ready condition.
+fn heartbeat(node: &Node) -> Option<k8s_openapi::jiff::Timestamp> {
+    let conditions = node.status.as_ref()?.conditions.as_ref()?;
+    let ready = conditions.iter().find(|c| c.type_ == "Ready")?;
+    ready.last_heartbeat_time.as_ref().map(|t| t.0)
 }
 
 fn node_ready(node: &Node) -> bool {
