@@ -228,9 +228,10 @@ async fn pass(ctx: &Ctx, probes: &Mutex<Probes>) -> Outcome {
     for node in lost {
         let name = node.name_any();
         if ready_status(&node).as_deref() != Some("Unknown") {
+            // Strategic merge: conditions merge by type.
             let patch = json!({"status": {"conditions": unknown_conditions(&node)}});
             match node_api
-                .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+                .patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch))
                 .await
             {
                 Ok(w) => {
@@ -259,9 +260,11 @@ async fn pass(ctx: &Ctx, probes: &Mutex<Probes>) -> Outcome {
             };
             let (ns, pname) = (pod.namespace().unwrap_or_default(), pod.name_any());
             let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-            let patch = json!({"status": {"conditions": conds}});
+            // Only the Ready condition, merged by type: the others are the kubelet's.
+            let ready: Vec<&PodCondition> = conds.iter().filter(|c| c.type_ == "Ready").collect();
+            let patch = json!({"status": {"conditions": ready}});
             match api
-                .patch_status(&pname, &PatchParams::default(), &Patch::Merge(patch))
+                .patch_status(&pname, &PatchParams::default(), &Patch::Strategic(patch))
                 .await
             {
                 Ok(w) => out.expect.push(cache::seen(

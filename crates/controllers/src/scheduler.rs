@@ -368,23 +368,17 @@ async fn bind(
         }
     }
     // kube-apiserver sets PodScheduled when it binds; without binding we do, before
-    // the pod is bound: afterwards its kubelet writes the conditions, and a list from
-    // our (older) view would overwrite its Ready.
-    let mut conditions = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.clone())
-        .unwrap_or_default();
-    conditions.retain(|c| c.type_ != "PodScheduled");
-    conditions.push(k8s_openapi::api::core::v1::PodCondition {
+    // the pod is bound, and only that condition (a strategic merge by type: the
+    // kubelet's conditions are not ours to overwrite).
+    let condition = k8s_openapi::api::core::v1::PodCondition {
         type_: "PodScheduled".into(),
         status: "True".into(),
         last_transition_time: Some(now()),
         ..Default::default()
-    });
-    let status = json!({"status": {"conditions": conditions}});
+    };
+    let status = json!({"status": {"conditions": [condition]}});
     match api
-        .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+        .patch_status(&name, &PatchParams::default(), &Patch::Strategic(status))
         .await
     {
         Ok(_) => {}
@@ -436,23 +430,17 @@ async fn unschedulable(
     }
     let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut conditions = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.clone())
-        .unwrap_or_default();
-    conditions.retain(|c| c.type_ != "PodScheduled");
-    conditions.push(k8s_openapi::api::core::v1::PodCondition {
+    let condition = k8s_openapi::api::core::v1::PodCondition {
         type_: "PodScheduled".into(),
         status: "False".into(),
         reason: Some("Unschedulable".into()),
         message: Some(msg.clone()),
         last_transition_time: Some(now()),
         ..Default::default()
-    });
-    let patch = json!({"status": {"conditions": conditions}});
+    };
+    let patch = json!({"status": {"conditions": [condition]}});
     match api
-        .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+        .patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch))
         .await
     {
         Ok(_) => {}

@@ -162,16 +162,17 @@ async fn a_node_whose_lease_goes_stale_turns_not_ready_with_its_pods() {
         Some("Kubelet stopped posting node status.")
     );
     let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
-    eventually("web-1 not ready", || async {
+    let conds = eventually("web-1 not ready", || async {
         let p = pods.get("web-1").await.unwrap();
-        let ready = p
-            .status?
-            .conditions?
-            .into_iter()
-            .find(|c| c.type_ == "Ready")?;
-        (ready.status == "False").then_some(())
+        let conds = p.status?.conditions?;
+        let ready = conds.iter().find(|c| c.type_ == "Ready")?;
+        (ready.status == "False").then_some(conds)
     })
     .await;
+    assert!(
+        conds.iter().any(|c| c.type_ == "ContainersReady"),
+        "only Ready is written; the kubelet's other conditions stay: {conds:?}"
+    );
     eventually("web-1's endpoint not ready", || async {
         (ready_ips().await == ["10.244.2.2"]).then_some(())
     })
