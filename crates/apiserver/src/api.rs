@@ -863,10 +863,17 @@ fn parse_body(t: &Target, body: &[u8]) -> Result<Value, Error> {
     Ok(v)
 }
 
-/// With `fieldValidation=Strict`, refuses unknown fields (400, kube-apiserver's words).
-fn check_strict(rt: &ResourceType, r: &Req, obj: &Value, prefix: bool) -> Result<(), Error> {
-    if r.param("fieldValidation") != Some("Strict") {
-        return Ok(());
+/// With `fieldValidation=Strict`, refuses unknown fields (400, kube-apiserver's words);
+/// with `Warn`, returns them as warnings for the response's `Warning` headers.
+fn check_strict(
+    rt: &ResourceType,
+    r: &Req,
+    obj: &Value,
+    prefix: bool,
+) -> Result<Vec<String>, Error> {
+    let mode = r.param("fieldValidation");
+    if !matches!(mode, Some("Strict" | "Warn")) {
+        return Ok(Vec::new());
     }
     let unknown = match (rt.custom, rt.schema) {
         (true, Some(schema)) => crate::schema::unknown_fields(schema, obj),
@@ -874,7 +881,13 @@ fn check_strict(rt: &ResourceType, r: &Req, obj: &Value, prefix: bool) -> Result
         (false, _) => strict::unknown_fields(rt.group, rt.kind, obj),
     };
     if unknown.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
+    }
+    if mode == Some("Warn") {
+        return Ok(unknown
+            .iter()
+            .map(|f| format!("unknown field \"{f}\""))
+            .collect());
     }
     let msg = strict::message(&unknown);
     let msg = if prefix {
@@ -887,6 +900,17 @@ fn check_strict(rt: &ResourceType, r: &Req, obj: &Value, prefix: bool) -> Result
         msg
     };
     Err(Status::bad_request(msg).into())
+}
+
+/// Adds `Warning: 299 - "..."` headers, which kubectl prints as `Warning: ...`.
+fn with_warnings(mut resp: Response<ResponseBody>, warnings: &[String]) -> Response<ResponseBody> {
+    for w in warnings {
+        let quoted = w.replace('\\', "\\\\").replace('"', "\\\"");
+        if let Ok(v) = http::HeaderValue::from_str(&format!("299 - \"{quoted}\"")) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    resp
 }
 
 fn dry_run(r: &Req) -> bool {
@@ -1084,7 +1108,7 @@ fn create(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Erro
     let rt = t.rt;
     let body = json_body(r)?;
     let mut obj = parse_body(t, &body)?;
-    check_strict(rt, r, &obj, true)?;
+    let warnings = check_strict(rt, r, &obj, true)?;
     let mut name = str_at(&obj, "metadata.name").unwrap_or("").to_string();
     if name.is_empty() {
         let gen_name = str_at(&obj, "metadata.generateName")
@@ -1102,7 +1126,10 @@ fn create(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Erro
     let stored = s
         .store
         .write_opts(dry_run(r), |txn| create_in(s, txn, t, &key, obj))?;
-    Ok(json_response(201, &stored, "application/json"))
+    Ok(with_warnings(
+        json_response(201, &stored, "application/json"),
+        &warnings,
+    ))
 }
 
 /// Stores a new object (already prepared) in `txn`: its namespace must exist, its name
@@ -1159,7 +1186,7 @@ fn apply_object(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>
         .into());
     }
     let mut config = parse_body(t, &r.body)?;
-    check_strict(rt, r, &config, false)?;
+    let warnings = check_strict(rt, r, &config, false)?;
     let config_name = str_at(&config, "metadata.name").unwrap_or("").to_string();
     if !config_name.is_empty() && config_name != name {
         return Err(Status::bad_request(format!(
@@ -1202,7 +1229,10 @@ fn apply_object(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>
             Ok((200, store_update(s, txn, t, &key, old, new)?))
         }
     })?;
-    Ok(json_response(code, &stored, "application/json"))
+    Ok(with_warnings(
+        json_response(code, &stored, "application/json"),
+        &warnings,
+    ))
 }
 
 /// Applies an update (`new` built from the request) to the stored object under the
@@ -1282,13 +1312,16 @@ fn update(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Erro
     let name = t.name.clone().unwrap_or_default();
     let body = json_body(r)?;
     let new = parse_body(t, &body)?;
-    check_strict(t.rt, r, &new, true)?;
+    let warnings = check_strict(t.rt, r, &new, true)?;
     let key = key_of(t, &name);
     let stored = s.write(dry_run(r), |txn| {
         let old = txn.get(&key)?.ok_or_else(|| not_found(t, &name))?;
         store_update(s, txn, t, &key, old, new)
     })?;
-    Ok(json_response(200, &stored, "application/json"))
+    Ok(with_warnings(
+        json_response(200, &stored, "application/json"),
+        &warnings,
+    ))
 }
 
 fn patch_object(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Error> {
@@ -1300,6 +1333,7 @@ fn patch_object(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>
         .filter(|pt| !(t.rt.custom && *pt == PatchType::Strategic))
         .ok_or_else(|| Status::unsupported_media_type(&r.content_type))?;
     let key = key_of(t, &name);
+    let mut warnings = Vec::new();
     let stored = s.write(dry_run(r), |txn| {
         let old = txn.get(&key)?.ok_or_else(|| not_found(t, &name))?;
         let mut new = patch::apply(&old, &r.body, pt)?;
@@ -1312,10 +1346,13 @@ fn patch_object(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>
         if t.rt.namespaced {
             new["metadata"]["namespace"] = old["metadata"]["namespace"].clone();
         }
-        check_strict(t.rt, r, &new, false)?;
+        warnings = check_strict(t.rt, r, &new, false)?;
         store_update(s, txn, t, &key, old, new)
     })?;
-    Ok(json_response(200, &stored, "application/json"))
+    Ok(with_warnings(
+        json_response(200, &stored, "application/json"),
+        &warnings,
+    ))
 }
 
 /// `GET .../pods/NAME/log`: proxied to the kubelet of the pod's node.

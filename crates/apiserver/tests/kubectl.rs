@@ -936,6 +936,16 @@ spec:
         "{}",
         out.stderr
     );
+    // --validate=warn: stored (pruned) with kube-apiserver's warning.
+    let out = c
+        .kubectl(&["apply", "--validate=warn", "-f", unknown.to_str().unwrap()])
+        .await;
+    assert!(out.ok, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Warning: unknown field \"spec.bogus\""),
+        "{}",
+        out.stderr
+    );
     let out = c
         .kubectl(&["apply", "--validate=false", "-f", unknown.to_str().unwrap()])
         .await;
