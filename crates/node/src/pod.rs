@@ -259,6 +259,8 @@ enum Proc {
 
 struct Ctr {
     spec: Container,
+    /// An init container: runs to completion, in order, before the app containers.
+    init: bool,
     restart_count: u32,
     /// The running process and its record in sandbox.json.
     proc: Option<(Proc, ContainerRecord)>,
@@ -276,9 +278,10 @@ struct Ctr {
 }
 
 impl Ctr {
-    fn new(spec: Container) -> Self {
+    fn new(spec: Container, init: bool) -> Self {
         Ctr {
             spec,
+            init,
             restart_count: 0,
             proc: None,
             state: State::Waiting {
@@ -294,6 +297,11 @@ impl Ctr {
             id: String::new(),
             killed_for: None,
         }
+    }
+
+    /// An init container that exited 0.
+    fn succeeded(&self) -> bool {
+        matches!(self.state, State::Terminated { exit_code: 0, .. }) && self.proc.is_none()
     }
 
     fn probe(&self, kind: Kind) -> Option<&ProbeState> {
@@ -374,7 +382,14 @@ impl Worker {
                 host_network: spec.host_network.unwrap_or(false),
                 ..Default::default()
             },
-            ctrs: spec.containers.iter().cloned().map(Ctr::new).collect(),
+            ctrs: spec
+                .init_containers
+                .iter()
+                .flatten()
+                .cloned()
+                .map(|c| Ctr::new(c, true))
+                .chain(spec.containers.iter().cloned().map(|c| Ctr::new(c, false)))
+                .collect(),
             ctx,
             uid,
             dir,
@@ -465,7 +480,26 @@ impl Worker {
             a.host_network || (!a.netns_name.is_empty() && netlink::netns::exists(&a.netns_name));
         if netns_ok && !a.ips.is_empty() {
             self.sandbox_ready = true;
+            // App containers ran, so the init containers had completed.
+            let apps_ran = self
+                .ctrs
+                .iter()
+                .any(|c| !c.init && a.containers.contains_key(&c.spec.name));
             for c in &mut self.ctrs {
+                if c.init && apps_ran && !a.containers.contains_key(&c.spec.name) {
+                    c.ever_started = true;
+                    c.next_start = None;
+                    c.state = State::Terminated {
+                        exit_code: 0,
+                        signal: None,
+                        reason: "Completed".into(),
+                        message: String::new(),
+                        started_at: String::new(),
+                        finished_at: String::new(),
+                        id: String::new(),
+                    };
+                    continue;
+                }
                 if let Some(rec) = a.containers.get(&c.spec.name) {
                     c.restart_count = rec.restart_count;
                     c.ever_started = true;
@@ -761,9 +795,16 @@ impl Worker {
 
     async fn start_due(&mut self) {
         let now = Instant::now();
+        // Init containers one at a time, in order; app containers once all succeeded.
+        let gate = self.ctrs.iter().position(|c| c.init && !c.succeeded());
         for i in 0..self.ctrs.len() {
             let c = &self.ctrs[i];
-            if c.proc.is_none()
+            let allowed = match gate {
+                Some(g) => i == g,
+                None => !c.init,
+            };
+            if allowed
+                && c.proc.is_none()
                 && c.next_start.is_some_and(|t| t <= now)
                 && let Err(e) = self.start(i).await
             {
@@ -830,8 +871,13 @@ impl Worker {
             tracing::info!(container = %c.spec.name, code, "container exited");
             c.state = term.clone();
             c.last = Some(term);
-            let restart =
-                !terminating && (policy == "Always" || (policy == "OnFailure" && code != 0));
+            // Init containers rerun only when they failed (and the policy allows it).
+            let restart = !terminating
+                && if c.init {
+                    code != 0 && policy != "Never"
+                } else {
+                    policy == "Always" || (policy == "OnFailure" && code != 0)
+                };
             if restart {
                 if c.started_instant.elapsed() >= BACKOFF_RESET {
                     c.backoff = FIRST_BACKOFF;
@@ -943,61 +989,78 @@ impl Worker {
     fn status(&mut self) -> Value {
         let policy = self.restart_policy();
         let now = time::rfc3339(SystemTime::now());
+        let initialized = self.ctrs.iter().filter(|c| c.init).all(Ctr::succeeded);
+        let to_status = |c: &Ctr| {
+            let state = match (&c.state, &c.next_start) {
+                (State::Waiting { .. }, _) if !self.sandbox_ready => State::Waiting {
+                    reason: "ContainerCreating".into(),
+                    message: self.sandbox_error.clone().unwrap_or_default(),
+                },
+                (State::Terminated { .. }, Some(_)) => State::Waiting {
+                    reason: "CrashLoopBackOff".into(),
+                    message: format!(
+                        "back-off restarting failed container {} in pod {}",
+                        c.spec.name, self.sb.name
+                    ),
+                },
+                (State::Waiting { .. }, _) if !c.init && !initialized => State::Waiting {
+                    reason: "PodInitializing".into(),
+                    message: String::new(),
+                },
+                (s, _) => s.clone(),
+            };
+            let mut v = json!({
+                "name": c.spec.name,
+                "image": c.spec.image.clone().unwrap_or_default(),
+                "imageID": "",
+                "ready": if c.init { c.succeeded() } else { c.ready() },
+                "started": c.started(),
+                "restartCount": c.restart_count,
+                "state": state.to_json(),
+                "lastState": c.last.as_ref().filter(|_| c.proc.is_some() || c.next_start.is_some()).map_or(json!({}), State::to_json),
+            });
+            if c.ever_started && !c.id.is_empty() {
+                v["containerID"] = json!(c.id);
+            }
+            v
+        };
         let statuses: Vec<Value> = self
             .ctrs
             .iter()
-            .map(|c| {
-                let state = match (&c.state, &c.next_start) {
-                    (State::Waiting { .. }, _) if !self.sandbox_ready => State::Waiting {
-                        reason: "ContainerCreating".into(),
-                        message: self.sandbox_error.clone().unwrap_or_default(),
-                    },
-                    (State::Terminated { .. }, Some(_)) => State::Waiting {
-                        reason: "CrashLoopBackOff".into(),
-                        message: format!("back-off restarting failed container {} in pod {}", c.spec.name, self.sb.name),
-                    },
-                    (s, _) => s.clone(),
-                };
-                let mut v = json!({
-                    "name": c.spec.name,
-                    "image": c.spec.image.clone().unwrap_or_default(),
-                    "imageID": "",
-                    "ready": c.ready(),
-                    "started": c.started(),
-                    "restartCount": c.restart_count,
-                    "state": state.to_json(),
-                    "lastState": c.last.as_ref().filter(|_| c.proc.is_some() || c.next_start.is_some()).map_or(json!({}), State::to_json),
-                });
-                if c.ever_started {
-                    v["containerID"] = json!(c.id);
-                }
-                v
-            })
+            .filter(|c| !c.init)
+            .map(to_status)
             .collect();
-        let all_done = self
-            .ctrs
-            .iter()
-            .all(|c| c.proc.is_none() && c.next_start.is_none() && c.ever_started);
+        let init_statuses: Vec<Value> =
+            self.ctrs.iter().filter(|c| c.init).map(to_status).collect();
+        let apps = || self.ctrs.iter().filter(|c| !c.init);
+        // An init container that failed and will not run again fails the pod.
+        let init_failed = self.ctrs.iter().any(|c| {
+            c.init && c.proc.is_none() && c.next_start.is_none() && c.ever_started && !c.succeeded()
+        });
+        let all_done = apps().all(|c| c.proc.is_none() && c.next_start.is_none() && c.ever_started);
         let code_of = |c: &Ctr| match &c.state {
             State::Terminated { exit_code, .. } => *exit_code,
             _ => 0,
         };
-        let phase = if all_done {
-            if self.ctrs.iter().all(|c| code_of(c) == 0) {
+        let phase = if init_failed {
+            "Failed"
+        } else if all_done {
+            if apps().all(|c| code_of(c) == 0) {
                 "Succeeded"
             } else {
                 "Failed"
             }
-        } else if self.ctrs.iter().any(|c| c.ever_started) {
+        } else if apps().any(|c| c.ever_started) {
             "Running"
         } else {
             "Pending"
         };
         let _ = policy;
-        let ready = self.sandbox_ready && !self.ctrs.is_empty() && self.ctrs.iter().all(Ctr::ready);
+        let ready =
+            self.sandbox_ready && initialized && apps().count() > 0 && apps().all(Ctr::ready);
         let wanted: [(&'static str, bool); 5] = [
             ("PodReadyToStartContainers", self.sandbox_ready),
-            ("Initialized", true),
+            ("Initialized", initialized),
             ("Ready", ready),
             ("ContainersReady", ready),
             ("PodScheduled", true),
@@ -1017,9 +1080,7 @@ impl Worker {
                 let (reason, msg) = if phase == "Succeeded" || phase == "Failed" {
                     ("PodCompleted", String::new())
                 } else {
-                    let names: Vec<&str> = self
-                        .ctrs
-                        .iter()
+                    let names: Vec<&str> = apps()
                         .filter(|c| !c.ready())
                         .map(|c| c.spec.name.as_str())
                         .collect();
@@ -1050,6 +1111,7 @@ impl Worker {
             "startTime": self.start_time,
             "qosClass": "BestEffort",
             "containerStatuses": statuses,
+            "initContainerStatuses": init_statuses,
         });
         if self.sandbox_ready && !self.sb.ips.is_empty() {
             st["podIP"] = json!(self.sb.ips[0]);

@@ -73,6 +73,23 @@ fn graceful_deletion_probes_and_restarts() {
     plain["spec"]["terminationGracePeriodSeconds"] = json!(600);
     c.create(&plain);
 
+    // Init containers run in order, to completion, before the app container.
+    let mut inits = pod(
+        "inits",
+        1,
+        json!([{"name": "app", "image": "busybox",
+        "command": ["sh", "-c", format!("cat {t}/init; exec sleep 3600")]}]),
+    );
+    inits["spec"]["initContainers"] = json!([
+        {"name": "one", "image": "busybox", "command": ["sh", "-c", format!("echo one > {t}/init")]},
+        {"name": "two", "image": "busybox", "command": ["sh", "-c", format!("echo two >> {t}/init")]}]);
+    c.create(&inits);
+    let mut bad_init = pod("bad-init", 2, json!([{"name": "app", "image": "busybox"}]));
+    bad_init["spec"]["initContainers"] =
+        json!([{"name": "fail", "image": "busybox", "command": ["false"]}]);
+    bad_init["spec"]["restartPolicy"] = json!("Never");
+    c.create(&bad_init);
+
     let term = c.wait_ready("term");
     let ip = term["status"]["podIP"].as_str().unwrap().to_owned();
     let netns = c.pod_ns(&term);
@@ -167,6 +184,24 @@ fn graceful_deletion_probes_and_restarts() {
     );
     let p = c.wait_pod("crash", "crash looping", |p| restarts(p) >= 2);
     assert_eq!(p["status"]["phase"], "Running");
+    let p = c.wait_ready("inits");
+    assert!(condition(&p, "Initialized"));
+    for i in 0..2 {
+        let st = &p["status"]["initContainerStatuses"][i];
+        assert_eq!(st["state"]["terminated"]["reason"], "Completed", "{st:#}");
+    }
+    assert!(wait_until(Duration::from_secs(10), || c
+        .kubectl_ok(&["logs", "inits", "-c", "app"])
+        == "one\ntwo\n"));
+    let p = c.wait_pod("bad-init", "Failed by its init container", |p| {
+        p["status"]["phase"] == "Failed"
+    });
+    assert!(!condition(&p, "Initialized"));
+    assert!(
+        p["status"]["containerStatuses"][0]["state"]["waiting"].is_object(),
+        "the app container never started: {:#}",
+        p["status"]
+    );
     // `kubectl logs --previous`, through the API server's proxy to the kubelet API.
     assert_eq!(c.kubectl_ok(&["logs", "crash", "--previous"]), "crashed\n");
 }
