@@ -43,6 +43,21 @@ fn pods_get_addresses_files_and_reach_each_other() {
         json!([{"name": "echo", "image": "tcp-echo", "ports": [{"containerPort": 7007}],
         "readinessProbe": {"tcpSocket": {"port": 7007}, "periodSeconds": 1}}]),
     ));
+    let mut hostnet = pod(
+        "hostnet",
+        1,
+        json!([{"name": "c", "image": "busybox",
+        "command": ["sh", "-c", "cat /etc/resolv.conf; echo done; exec sleep 3600"]}]),
+    );
+    hostnet["spec"]["hostNetwork"] = json!(true);
+    c.create(&hostnet);
+    c.create(&pod(
+        "udp",
+        2,
+        json!([{"name": "u", "image": "udp-echo",
+        "ports": [{"containerPort": 5353, "protocol": "UDP"}],
+        "startupProbe": {"exec": {"command": ["true"]}, "periodSeconds": 1}}]),
+    ));
     let web1 = c.wait_ready("web-1");
     let web2 = c.wait_ready("web-2");
     let files = c.wait_ready("files");
@@ -87,6 +102,41 @@ fn pods_get_addresses_files_and_reach_each_other() {
         body.contains("Pod: web-1") && body.contains(&format!("PodIP: {ip1}")),
         "{body}"
     );
+    let udp = c.wait_ready("udp");
+    assert_eq!(udp["status"]["containerStatuses"][0]["started"], true);
+    let out = run_in(
+        &ns1,
+        "python3",
+        &[
+            "-c",
+            "import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3); s.sendto(b'hi', (sys.argv[1], 5353)); print(s.recv(16).decode())",
+            udp["status"]["podIP"].as_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hi\n",
+        "udp-echo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // hostNetwork: the node's addresses, the node's DNS (ClusterFirst falls back to Default).
+    let h = c.wait_ready("hostnet");
+    assert_eq!(h["status"]["podIP"], "198.18.0.11");
+    assert!(
+        !netlink::netns::list()
+            .unwrap()
+            .iter()
+            .any(|n| n.ends_with(&format!(
+                "-p{}",
+                &h["metadata"]["uid"].as_str().unwrap().replace('-', "")[..8]
+            )))
+    );
+    let mut hlog = String::new();
+    assert!(wait_until(Duration::from_secs(10), || {
+        hlog = c.kubectl_ok(&["logs", "hostnet"]);
+        hlog.contains("done")
+    }));
+    assert!(!hlog.contains("10.96.0.10"), "{hlog}");
     let echo = c.wait_ready("echo");
     let out = run_in(
         &ns1,
