@@ -283,6 +283,19 @@ async fn pass(ctx: &Ctx) -> Outcome {
             .map(|p| &**p)
             .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()) && owned_by(*p, &*ds))
             .collect();
+        let orphans: Vec<&Pod> = util::orphans(&pods, &ns, &ds.spec.selector)
+            .into_iter()
+            .filter(|p| util::pod_active(p))
+            .collect();
+        if !orphans.is_empty() && ds.metadata.deletion_timestamp.is_none() {
+            for pod in orphans {
+                match util::adopt(&ctx.client, &c.pods, pod, &*ds).await {
+                    Ok(check) => out.expect.push(check),
+                    Err(e) => errors.push(e),
+                }
+            }
+            continue;
+        }
         let p = plan(&ds, &node_refs, &owned, now);
         let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
         for node in p.create {

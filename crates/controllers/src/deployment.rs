@@ -403,6 +403,16 @@ async fn sync(
     let replicas = spec.replicas.unwrap_or(1);
     let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
     let cache_rs = &ctx.caches.replicasets;
+    // Orphan ReplicaSets matching the selector are adopted (say, after a delete with
+    // `--cascade=orphan` and a new apply); the next pass sees them as ours.
+    let orphans = util::orphans(all_rs, &ns, &spec.selector);
+    if !orphans.is_empty() {
+        for rs in orphans {
+            out.expect
+                .push(util::adopt(&ctx.client, cache_rs, rs, d).await?);
+        }
+        return Ok(());
+    }
     let mut owned: Vec<&ReplicaSet> = all_rs
         .iter()
         .map(|r| &**r)

@@ -3,7 +3,6 @@
 //! template with a controller owner reference, surplus ones deleted least useful first;
 //! status counts replicas, fully labeled, ready and available pods.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -180,25 +179,13 @@ async fn pass(ctx: &Ctx) -> Outcome {
             .collect();
         // Orphans matching the selector are adopted first (kube's ControllerRefManager);
         // the next pass counts them.
-        let orphans: Vec<&Pod> = pods
-            .iter()
-            .map(|p| &**p)
-            .filter(|p| {
-                p.metadata.namespace.as_deref() == Some(ns.as_str())
-                    && util::controller_uid(*p).is_none()
-                    && pod_active(p)
-                    && !rs
-                        .spec
-                        .selector
-                        .match_labels
-                        .as_ref()
-                        .is_none_or(BTreeMap::is_empty)
-                    && util::selects(&rs.spec.selector, p.labels())
-            })
+        let orphans: Vec<&Pod> = util::orphans(&pods, &ns, &rs.spec.selector)
+            .into_iter()
+            .filter(|p| pod_active(p))
             .collect();
         if !orphans.is_empty() && rs.metadata.deletion_timestamp.is_none() {
             for pod in orphans {
-                match adopt(ctx, pod, &*rs).await {
+                match util::adopt(&ctx.client, &c.pods, pod, &*rs).await {
                     Ok(check) => out.lock().unwrap().expect.push(check),
                     Err(e) => errors.lock().unwrap().push(e),
                 }
@@ -281,29 +268,6 @@ async fn pass(ctx: &Ctx) -> Outcome {
     }
     out.failed = !errors.is_empty();
     out
-}
-
-/// Makes `owner` the controller of `pod` (an orphan), keeping its other owners.
-pub(crate) async fn adopt<O>(ctx: &Ctx, pod: &Pod, owner: &O) -> Result<Check, Error>
-where
-    O: Resource<DynamicType = ()>,
-{
-    let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
-    let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
-    refs.push(controller_ref(owner));
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    // The resourceVersion makes it a compare-and-swap: no double adoption.
-    let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.metadata.resource_version}});
-    let w = api
-        .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
-        .await
-        .map_err(Error::api(format!("adopting pod {ns}/{name}")))?;
-    Ok(cache::seen(
-        &ctx.caches.pods,
-        &ns,
-        &name,
-        w.metadata.resource_version,
-    ))
 }
 
 async fn write_status(

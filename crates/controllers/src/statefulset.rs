@@ -229,6 +229,19 @@ async fn pass(ctx: &Ctx) -> Outcome {
             .map(|p| &**p)
             .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()) && owned_by(*p, &*sts))
             .collect();
+        let orphans: Vec<&Pod> = util::orphans(&pods, &ns, &sts.spec.selector)
+            .into_iter()
+            .filter(|p| util::pod_active(p))
+            .collect();
+        if !orphans.is_empty() && sts.metadata.deletion_timestamp.is_none() {
+            for pod in orphans {
+                match util::adopt(&ctx.client, &c.pods, pod, &*sts).await {
+                    Ok(check) => out.expect.push(check),
+                    Err(e) => errors.push(e),
+                }
+            }
+            continue;
+        }
         let p = plan(&sts, &owned, now);
         let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
         for i in p.create {

@@ -287,6 +287,83 @@ pub fn record(client: &kube::Client, event: k8s_openapi::api::core::v1::Event) {
     });
 }
 
+/// The orphans (objects without a controller) in `ns` that `selector` matches: what a
+/// controller adopts (kube's ControllerRefManager). A selector without `matchLabels`
+/// adopts nothing here: too broad to take over objects safely.
+pub fn orphans<'a, K: Resource>(
+    objs: &'a [std::sync::Arc<K>],
+    ns: &str,
+    selector: &LabelSelector,
+) -> Vec<&'a K> {
+    if selector
+        .match_labels
+        .as_ref()
+        .is_none_or(BTreeMap::is_empty)
+    {
+        return vec![];
+    }
+    objs.iter()
+        .map(|o| &**o)
+        .filter(|o| {
+            o.meta().namespace.as_deref() == Some(ns)
+                && o.meta().deletion_timestamp.is_none()
+                && controller_uid(*o).is_none()
+                && o.meta()
+                    .labels
+                    .as_ref()
+                    .is_some_and(|l| selects(selector, l))
+        })
+        .collect()
+}
+
+/// Makes `owner` the controller of the orphan `obj`, keeping its other owners; the
+/// resourceVersion makes it a compare-and-swap, so two controllers never both adopt.
+pub async fn adopt<K, O>(
+    client: &kube::Client,
+    cache: &crate::cache::Cache<K>,
+    obj: &K,
+    owner: &O,
+) -> Result<crate::cache::Check, crate::Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    O: Resource<DynamicType = ()>,
+{
+    let (ns, name) = (
+        obj.meta().namespace.clone().unwrap_or_default(),
+        obj.meta().name.clone().unwrap_or_default(),
+    );
+    let mut refs = obj.meta().owner_references.clone().unwrap_or_default();
+    refs.push(controller_ref(owner));
+    let api: kube::Api<K> = kube::Api::namespaced(client.clone(), &ns);
+    let patch = serde_json::json!({"metadata": {"ownerReferences": refs,
+        "resourceVersion": obj.meta().resource_version}});
+    let w = api
+        .patch(
+            &name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(patch),
+        )
+        .await
+        .map_err(crate::Error::api(format!(
+            "{} {} adopting {} {ns}/{name}",
+            O::kind(&()),
+            owner.meta().name.as_deref().unwrap_or_default(),
+            K::kind(&())
+        )))?;
+    Ok(crate::cache::seen(
+        cache,
+        &ns,
+        &name,
+        w.meta().resource_version.clone(),
+    ))
+}
+
 /// `ns/name` of an object, for messages.
 pub fn key<K: Resource>(obj: &K) -> String {
     format!(

@@ -458,3 +458,50 @@ async fn a_rollout_without_progress_exceeds_its_deadline() {
         .unwrap();
     assert_eq!(p.reason.as_deref(), Some("NewReplicaSetAvailable"));
 }
+
+#[tokio::test]
+async fn a_deployment_deleted_with_orphan_cascade_is_adopted_back_without_new_pods() {
+    let h = start();
+    let c = &h.client;
+    ready_node(c, "node-1", json!({})).await;
+    let _kubelet = fake_kubelet(c);
+    let _: Deployment = create(c, "default", deployment(2, "nginx")).await;
+    let deploys: Api<Deployment> = Api::namespaced(c.clone(), "default");
+    eventually("2 available", || async {
+        complete(&deploys.get("web").await.unwrap(), 2).then_some(())
+    })
+    .await;
+    let pods_before: Vec<String> = active_pods(c).await.iter().map(|p| p.name_any()).collect();
+    deploys
+        .delete(
+            "web",
+            &kube::api::DeleteParams {
+                propagation_policy: Some(kube::api::PropagationPolicy::Orphan),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let rss: Api<ReplicaSet> = Api::namespaced(c.clone(), "default");
+    eventually("the ReplicaSet orphaned", || async {
+        let l = rss.list(&ListParams::default()).await.unwrap().items;
+        (l.len() == 1 && l[0].owner_references().is_empty()).then_some(())
+    })
+    .await;
+    let _: Deployment = create(c, "default", deployment(2, "nginx")).await;
+    eventually("adopted and complete", || async {
+        let l = rss.list(&ListParams::default()).await.unwrap().items;
+        let adopted = l.len() == 1
+            && l[0]
+                .owner_references()
+                .first()
+                .is_some_and(|o| o.kind == "Deployment");
+        (adopted && complete(&deploys.get("web").await.unwrap(), 2)).then_some(())
+    })
+    .await;
+    let mut pods_after: Vec<String> = active_pods(c).await.iter().map(|p| p.name_any()).collect();
+    let mut before = pods_before;
+    before.sort();
+    pods_after.sort();
+    assert_eq!(pods_after, before, "the same pods, none replaced");
+}
