@@ -18,6 +18,7 @@ cleanup() {
     rm -rf "$tmp"
 }
 trap cleanup EXIT
+[ -n "${KEEP_LOGS:-}" ] && trap 'cp $tmp/*.log /tmp/ 2>/dev/null; cleanup' EXIT
 ip netns add "$ns"
 ip -n "$ns" link set lo up
 "$BIN" apiserver --data-dir "$tmp/api" --listen 127.0.0.1:0 --listen-netns "$ns=127.0.0.1:6443" \
@@ -53,12 +54,13 @@ agent=$!
 pids+=($agent)
 t0=$(date +%s%N)
 want=$((N + 1))  # the default/kubernetes service too
-for _ in $(seq 600); do
-    have=$(ip netns exec "$ns" nft list chains ip kubewire-proxy 2>/dev/null | grep -c 'chain svc-' || true)
+for _ in $(seq ${WAIT_ROUNDS:-600}); do
+    have=$(ip netns exec "$ns" nft list chains ip 2>/dev/null | grep -c 'chain "*svc-' || true)
     [ "$have" -ge "$want" ] && break
     sleep 0.5
 done
 t1=$(date +%s%N)
 echo "agent: $have service chains in the kernel $(( (t1 - t0) / 1000000 )) ms after start (watch + list + sync)"
 sleep 2
-grep -E 'VmRSS|VmHWM' "/proc/$agent/status" | tr -s ' \t' ' ' | sed 's/^/agent /'
+pid=$(pgrep -P "$agent" -f "agent --node-name" || echo "$agent")
+grep -E 'VmRSS|VmHWM' "/proc/$pid/status" | tr -s ' \t' ' ' | sed 's/^/agent /'
