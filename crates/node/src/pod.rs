@@ -35,6 +35,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const BACKOFF_RESET: Duration = Duration::from_secs(60);
 /// How often a worker looks at its processes.
 const TICK: Duration = Duration::from_millis(200);
+/// Service-account tokens last 24 h and are rewritten every hour.
+const TOKEN_REFRESH: Duration = Duration::from_secs(3600);
 
 /// Watches the pods bound to this node and runs one worker per pod.
 pub(crate) async fn run(ctx: Arc<Ctx>) {
@@ -340,6 +342,8 @@ struct Worker {
     sandbox_ready: bool,
     sandbox_error: Option<String>,
     next_sandbox_try: Instant,
+    /// When the service-account token was last written.
+    token_written: Instant,
     ctrs: Vec<Ctr>,
     start_time: String,
     /// Condition type → (status, lastTransitionTime).
@@ -397,6 +401,7 @@ impl Worker {
             sandbox_ready: false,
             sandbox_error: None,
             next_sandbox_try: Instant::now(),
+            token_written: Instant::now(),
             start_time,
             conditions: BTreeMap::new(),
             last_status: Value::Null,
@@ -427,6 +432,9 @@ impl Worker {
                         w.next_sandbox_try = Instant::now() + Duration::from_secs(1);
                     }
                 }
+            }
+            if w.sandbox_ready && w.token_written.elapsed() >= TOKEN_REFRESH {
+                w.refresh_token().await;
             }
             if w.sandbox_ready {
                 w.reap(false);
@@ -480,6 +488,10 @@ impl Worker {
             a.host_network || (!a.netns_name.is_empty() && netlink::netns::exists(&a.netns_name));
         if netns_ok && !a.ips.is_empty() {
             self.sandbox_ready = true;
+            // The token on disk was written by an earlier node process: renew it now.
+            self.token_written = Instant::now()
+                .checked_sub(TOKEN_REFRESH)
+                .unwrap_or_else(Instant::now);
             // App containers ran, so the init containers had completed.
             let apps_ran = self
                 .ctrs
@@ -627,6 +639,35 @@ impl Worker {
             put("namespace", &self.sb.namespace)?;
         }
         Ok(())
+    }
+
+    /// Writes a fresh token (kubelet renews at 80% of the lifetime; in-cluster clients
+    /// such as kube-rs re-read the file).
+    async fn refresh_token(&mut self) {
+        self.token_written = Instant::now();
+        let dir = self.dir.join("serviceaccount");
+        if !dir.exists() {
+            return;
+        }
+        let sa = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_else(|| "default".into());
+        match self.token(&sa).await {
+            Ok(t) => {
+                let tmp = dir.join(".token.tmp");
+                if let Err(e) =
+                    std::fs::write(&tmp, t).and_then(|()| std::fs::rename(&tmp, dir.join("token")))
+                {
+                    tracing::warn!(pod = %self.key(), "writing the service account token: {e}");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(pod = %self.key(), "refreshing the service account token: {e}")
+            }
+        }
     }
 
     /// A bound token from the API server's TokenRequest, as kubelet's projected volume.

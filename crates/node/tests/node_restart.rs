@@ -74,6 +74,13 @@ fn killed_node_stops_its_lease_and_adopts_its_pods_on_restart() {
             .ends_with("/0.log")
     );
 
+    let token_path = c
+        .data_dir(1)
+        .join("pods")
+        .join(&uid)
+        .join("serviceaccount/token");
+    let token = std::fs::read_to_string(&token_path).unwrap();
+    assert!(token.len() > 20, "no service account token: {token:?}");
     // The lease is renewed while the node runs.
     let lease = renew_time(&c);
     assert!(!lease.is_empty(), "no lease for node-1");
@@ -114,6 +121,13 @@ fn killed_node_stops_its_lease_and_adopts_its_pods_on_restart() {
     );
     let web = c.wait_ready("web");
     assert_eq!(web["status"]["podIP"], ip.as_str());
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(
+            &token_path
+        )
+        .is_ok_and(|t| t.len() > 20 && t != token)),
+        "the adopted pod's token was not renewed"
+    );
     assert_eq!(web["status"]["containerStatuses"][0]["restartCount"], 0);
 
     // The adopted pod still terminates cleanly.
