@@ -58,6 +58,12 @@ fn pods_get_addresses_files_and_reach_each_other() {
         "ports": [{"containerPort": 5353, "protocol": "UDP"}],
         "startupProbe": {"exec": {"command": ["true"]}, "periodSeconds": 1}}]),
     ));
+    c.create(&pod(
+        "ticker",
+        2,
+        json!([{"name": "c", "image": "busybox",
+        "command": ["sh", "-c", "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.2; done"]}]),
+    ));
     let web1 = c.wait_ready("web-1");
     let web2 = c.wait_ready("web-2");
     let files = c.wait_ready("files");
@@ -225,6 +231,44 @@ fn pods_get_addresses_files_and_reach_each_other() {
     assert!(
         !String::from_utf8_lossy(&out.stdout).contains("nameserver"),
         "served without a client certificate"
+    );
+
+    // kubectl logs -f: the last line, then new lines as they are written.
+    c.wait_ready("ticker");
+    let mut follow = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(c.kubeconfig())
+        .args(["logs", "-f", "--tail=1", "ticker"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let ticks: Vec<u64> = (0..4)
+        .map_while(|_| rx.recv_timeout(Duration::from_secs(5)).ok())
+        .map(|l| {
+            l.strip_prefix("tick ")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        })
+        .collect();
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert_eq!(ticks.len(), 4, "followed lines: {ticks:?}");
+    assert!(
+        ticks.windows(2).all(|w| w[1] == w[0] + 1) && ticks[0] > 0,
+        "{ticks:?}"
     );
 
     // One netns per pod, named after the node's.
