@@ -332,12 +332,31 @@ where
         + Send
         + Sync
         + 'static,
-    O: Resource<DynamicType = ()>,
+    O: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
 {
     let (ns, name) = (
         obj.meta().namespace.clone().unwrap_or_default(),
         obj.meta().name.clone().unwrap_or_default(),
     );
+    // kube's canAdopt: read the owner fresh; one deleted (or replaced) since our view
+    // was taken must not adopt anything, or the object would point at a dead owner.
+    let owner_name = owner.meta().name.clone().unwrap_or_default();
+    let owners: kube::Api<O> = kube::Api::namespaced(client.clone(), &ns);
+    let fresh = owners
+        .get_opt(&owner_name)
+        .await
+        .map_err(crate::Error::api(format!(
+            "reading {} {ns}/{owner_name}",
+            O::kind(&())
+        )))?;
+    let alive = fresh
+        .is_some_and(|f| f.meta().uid == owner.meta().uid && f.meta().deletion_timestamp.is_none());
+    if !alive {
+        return Ok(Box::new(|| true));
+    }
     let mut refs = obj.meta().owner_references.clone().unwrap_or_default();
     refs.push(controller_ref(owner));
     let api: kube::Api<K> = kube::Api::namespaced(client.clone(), &ns);
