@@ -53,7 +53,7 @@ impl State {
         dry_run: bool,
         f: impl FnOnce(&mut Txn) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        let (out, notes) = self.store.write_opts(dry_run, |txn| {
+        let (out, notes) = self.store.write_deferred(dry_run, |txn| {
             let out = f(txn)?;
             Ok((out, txn.take_notes()))
         })?;
@@ -534,9 +534,19 @@ async fn blocking<F>(state: Arc<State>, f: F) -> Result<Response<ResponseBody>, 
 where
     F: FnOnce(&State) -> Result<Response<ResponseBody>, Error> + Send + 'static,
 {
-    tokio::task::spawn_blocking(move || f(&state))
-        .await
-        .map_err(|e| Error::Storage(format!("storage task failed: {e}")))?
+    let st = state.clone();
+    let (resp, rv) = tokio::task::spawn_blocking(move || {
+        crate::store::take_deferred();
+        let resp = f(&st);
+        (resp, crate::store::take_deferred())
+    })
+    .await
+    .map_err(|e| Error::Storage(format!("storage task failed: {e}")))?;
+    // Acknowledge only durable writes; the thread is free meanwhile (group commit).
+    if rv > 0 {
+        state.store.wait_durable(rv).await?;
+    }
+    resp
 }
 
 fn key_of(t: &Target, name: &str) -> String {
@@ -1123,9 +1133,7 @@ fn create(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Erro
     }
     prepare_create(rt, &mut obj);
     let key = key_of(t, &name);
-    let stored = s
-        .store
-        .write_opts(dry_run(r), |txn| create_in(s, txn, t, &key, obj))?;
+    let stored = s.write(dry_run(r), |txn| create_in(s, txn, t, &key, obj))?;
     Ok(with_warnings(
         json_response(201, &stored, "application/json"),
         &warnings,

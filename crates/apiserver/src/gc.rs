@@ -444,6 +444,25 @@ pub(crate) fn recover(state: &State) -> Result<(), Error> {
     Ok(())
 }
 
+/// Makes deferred writes durable (see `Store::write_deferred`), on its own thread, for
+/// as long as the server state lives.
+pub(crate) fn spawn_flusher(state: &Arc<State>) {
+    let weak: Weak<State> = Arc::downgrade(state);
+    let spawned = std::thread::Builder::new()
+        .name("apiserver-flush".into())
+        .spawn(move || {
+            while let Some(state) = weak.upgrade() {
+                if let Err(e) = state.store.flush_all(Duration::from_millis(100)) {
+                    tracing::warn!(error = %e, "making commits durable failed; retrying");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the flusher");
+    }
+}
+
 /// Runs [`work`] after every commit (and every second), on its own thread, for as long
 /// as the server state lives.
 pub(crate) fn spawn_worker(state: &Arc<State>) {

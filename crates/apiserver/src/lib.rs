@@ -263,6 +263,7 @@ pub fn router(config: &Config) -> Result<Router, Error> {
     gc::recover(&state)?;
     let state = Arc::new(state);
     gc::spawn_worker(&state);
+    gc::spawn_flusher(&state);
     Ok(Router { state })
 }
 

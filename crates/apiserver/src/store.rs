@@ -26,6 +26,19 @@ const EVENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("events");
 /// Watches from a resourceVersion below this one get 410 (what the log no longer holds).
 const LOG_OLDEST_KEY: &str = "logOldest";
 
+thread_local! {
+    /// The newest resourceVersion this thread committed with [`Store::write_deferred`].
+    static DEFERRED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Takes (and clears) the version this thread's deferred writes must wait for; 0: none.
+pub(crate) fn take_deferred() -> u64 {
+    DEFERRED.with(|c| c.replace(0))
+}
+
+/// How long a deferred write waits for its flush before failing.
+const DURABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How many events the watch log keeps; a watch from further back gets 410.
 pub(crate) const DEFAULT_LOG_CAPACITY: usize = 10_000;
 
@@ -113,6 +126,8 @@ pub(crate) struct Store {
     flusher: Mutex<()>,
     /// Events committed but not yet durable, in resourceVersion order.
     unflushed: Mutex<Vec<Event>>,
+    /// Signalled when `unflushed` gets events.
+    flush_wanted: std::sync::Condvar,
     /// The newest durable resourceVersion.
     durable: std::sync::atomic::AtomicU64,
     log: Mutex<EventLog>,
@@ -197,6 +212,7 @@ impl Store {
             writer: Mutex::new(()),
             flusher: Mutex::new(()),
             unflushed: Mutex::new(Vec::new()),
+            flush_wanted: std::sync::Condvar::new(),
             durable: std::sync::atomic::AtomicU64::new(rv),
             log: Mutex::new(EventLog {
                 events,
@@ -353,6 +369,69 @@ impl Store {
         dry_run: bool,
         f: impl FnOnce(&mut Txn) -> Result<T, Error>,
     ) -> Result<T, Error> {
+        let (out, rv) = self.commit(dry_run, f)?;
+        if let Some(rv) = rv {
+            self.flush(rv)?;
+        }
+        Ok(out)
+    }
+
+    /// [`Store::write_opts`] without waiting for durability: the commit is visible, and
+    /// the flusher thread ([`Store::flush_all`]) makes it durable. The caller must not
+    /// acknowledge the write before [`Store::wait_durable`] with the version that
+    /// [`take_deferred`] returns on this thread.
+    pub(crate) fn write_deferred<T>(
+        &self,
+        dry_run: bool,
+        f: impl FnOnce(&mut Txn) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let (out, rv) = self.commit(dry_run, f)?;
+        if let Some(rv) = rv {
+            DEFERRED.with(|c| c.set(c.get().max(rv)));
+            self.flush_wanted.notify_one();
+        }
+        Ok(out)
+    }
+
+    /// Waits (without holding a thread) until `rv` is durable.
+    pub(crate) async fn wait_durable(&self, rv: u64) -> Result<(), Error> {
+        let mut rx = self.rv_tx.subscribe();
+        match tokio::time::timeout(DURABLE_WAIT, rx.wait_for(|v| *v >= rv)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(Error::Storage(format!(
+                "resourceVersion {rv} was committed but not made durable"
+            ))),
+        }
+    }
+
+    /// Makes every commit so far durable; returns at once when there is none. Waits up
+    /// to `idle` for one first.
+    pub(crate) fn flush_all(&self, idle: std::time::Duration) -> Result<(), Error> {
+        let last = {
+            let u = self.unflushed.lock().unwrap_or_else(|p| p.into_inner());
+            let u = if u.is_empty() {
+                self.flush_wanted
+                    .wait_timeout(u, idle)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0)
+            } else {
+                u
+            };
+            u.last().map(|e| e.rv)
+        };
+        match last {
+            Some(rv) => self.flush(rv),
+            None => Ok(()),
+        }
+    }
+
+    /// One write transaction, committed without fsync: (result, the new
+    /// resourceVersion when something was written).
+    fn commit<T>(
+        &self,
+        dry_run: bool,
+        f: impl FnOnce(&mut Txn) -> Result<T, Error>,
+    ) -> Result<(T, Option<u64>), Error> {
         let rv = {
             let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
             let mut tx = self.db.begin_write().map_err(storage)?;
@@ -377,7 +456,7 @@ impl Store {
             let Txn { tx, rv, events, .. } = txn;
             if events.is_empty() || dry_run {
                 tx.abort().map_err(storage)?;
-                return Ok(out);
+                return Ok((out, None));
             }
             {
                 let mut meta = tx.open_table(META).map_err(storage)?;
@@ -397,8 +476,7 @@ impl Store {
             (rv, out)
         };
         let (rv, out) = rv;
-        self.flush(rv)?;
-        Ok(out)
+        Ok((out, Some(rv)))
     }
 
     /// Makes every commit up to `rv` durable (one fsync for all commits made since the
@@ -411,7 +489,9 @@ impl Store {
         }
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let events = std::mem::take(&mut *self.unflushed.lock().unwrap_or_else(|p| p.into_inner()));
-        let target = events.last().map_or(rv, |e| e.rv);
+        let Some(target) = events.last().map(|e| e.rv) else {
+            return Ok(()); // nothing left: an earlier flush covered it
+        };
         // The log entries that fall out of the bounded log with these events.
         let (drop_upto, new_oldest) = {
             let log = self.log.lock().unwrap_or_else(|p| p.into_inner());

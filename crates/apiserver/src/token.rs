@@ -245,6 +245,11 @@ fn b64url_decode(s: &str) -> Option<Vec<u8>> {
             acc &= (1 << bits) - 1;
         }
     }
+    // Canonical encodings only: the unused low bits of the last character must be 0,
+    // or two spellings of one signature would both be accepted.
+    if acc != 0 || bits >= 6 {
+        return None;
+    }
     Some(out)
 }
 
@@ -288,6 +293,13 @@ mod tests {
         let mut bad = token.to_string();
         bad.insert(bad.len() - 3, 'A');
         assert!(signer.authenticate(&store, &bad, 1001).is_none());
+        // A different spelling of the same signature bytes (unused low bits set).
+        let sig = token.rsplit('.').next().unwrap();
+        let last = sig.chars().last().unwrap();
+        let pos = B64URL.iter().position(|&c| c as char == last).unwrap();
+        let mut respelled = token[..token.len() - 1].to_string();
+        respelled.push(B64URL[pos ^ 1] as char);
+        assert!(signer.authenticate(&store, &respelled, 1001).is_none());
         let other = Signer::load_or_create(tempfile::tempdir().unwrap().path()).unwrap();
         assert!(other.authenticate(&store, token, 1001).is_none());
         // The same key is read back after a restart.
