@@ -142,4 +142,35 @@ fn cluster_ip_and_node_port_balance_reject_and_hairpin() {
         "after removing a, only b answers\n{}",
         logs()
     );
+
+    // `kubewire agent --cleanup` removes the proxy's tables with the rest.
+    let _ = c.agents[0].0.kill();
+    let _ = c.agents[0].0.wait();
+    let node_ns = c.node_ns(1);
+    let has_table = |ns: &str| {
+        netlink::netns::run_in(ns, || {
+            std::process::Command::new("nft")
+                .args(["list", "table", "ip", "kubewire-proxy"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+        })
+        .unwrap()
+        .unwrap()
+        .success()
+    };
+    assert!(has_table(&node_ns), "the proxy's table is there before");
+    let bin = e2e::kubewire_bin();
+    let cleanup = netlink::netns::run_in(&node_ns, move || {
+        std::process::Command::new(bin)
+            .args(["agent", "--node-name", "node-1", "--cleanup"])
+            .status()
+    })
+    .unwrap()
+    .unwrap();
+    assert!(cleanup.success(), "agent --cleanup failed");
+    assert!(
+        !has_table(&node_ns),
+        "--cleanup must remove the proxy's table"
+    );
 }
