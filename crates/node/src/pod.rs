@@ -40,6 +40,9 @@ const TOKEN_REFRESH: Duration = Duration::from_secs(3600);
 
 /// Watches the pods bound to this node and runs one worker per pod.
 pub(crate) async fn run(ctx: Arc<Ctx>) {
+    // Containers get the Services' variables at start: have the Services first (one
+    // waiter here rather than one per pod; give up waiting after a while).
+    let _ = tokio::time::timeout(Duration::from_secs(10), ctx.services.wait_until_ready()).await;
     let mut sandboxes = sandbox::load_all(&ctx.args.data_dir);
     let api: Api<Pod> = Api::all(ctx.client.clone());
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.args.node_name));
