@@ -219,6 +219,8 @@ async fn pass(ctx: &Ctx, probes: &Mutex<Probes>) -> Outcome {
                 &name,
                 w.metadata.resource_version,
             )),
+            // The kubelet wrote the node meanwhile: expected now and then; retried.
+            Err(kube::Error::Api(s)) if s.code == 409 => out.failed = true,
             Err(e) => {
                 warn!(error = %Error::api(format!("updating the taints of node {name}"))(e), "nodelifecycle");
                 out.failed = true;
