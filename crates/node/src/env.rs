@@ -162,13 +162,43 @@ fn field_ref(pod: &Pod, rt: &Runtime, path: &str) -> String {
     }
 }
 
-/// The whole environment of `container`, in order (later entries win).
+/// The ConfigMaps and Secrets (by name, data as text) a container's env refers to.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Sources {
+    pub config_maps: BTreeMap<String, BTreeMap<String, String>>,
+    pub secrets: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// The ConfigMap and Secret names a container's `env` and `envFrom` use.
+pub(crate) fn referenced(container: &Container) -> (Vec<String>, Vec<String>) {
+    let (mut cms, mut secrets) = (Vec::new(), Vec::new());
+    for e in container.env.iter().flatten() {
+        if let Some(f) = &e.value_from {
+            cms.extend(f.config_map_key_ref.as_ref().map(|r| r.name.clone()));
+            secrets.extend(f.secret_key_ref.as_ref().map(|r| r.name.clone()));
+        }
+    }
+    for f in container.env_from.iter().flatten() {
+        cms.extend(f.config_map_ref.as_ref().map(|r| r.name.clone()));
+        secrets.extend(f.secret_ref.as_ref().map(|r| r.name.clone()));
+    }
+    cms.sort();
+    cms.dedup();
+    secrets.sort();
+    secrets.dedup();
+    (cms, secrets)
+}
+
+/// The whole environment of `container`, in order (later entries win). A missing
+/// ConfigMap, Secret or key that is not `optional` is an error naming it (kubelet's
+/// CreateContainerConfigError).
 pub(crate) fn container_env(
     pod: &Pod,
     container: &Container,
     rt: &Runtime,
     services: &[Service],
-) -> Vec<(String, String)> {
+    sources: &Sources,
+) -> Result<Vec<(String, String)>, String> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let links = pod
         .spec
@@ -186,24 +216,71 @@ pub(crate) fn container_env(
     for (k, v) in service_env(ns, links, services) {
         set(&mut vars, k, v);
     }
+    for f in container.env_from.iter().flatten() {
+        let prefix = f.prefix.clone().unwrap_or_default();
+        let (kind, name, optional, data) = if let Some(r) = &f.config_map_ref {
+            (
+                "configmap",
+                &r.name,
+                r.optional,
+                sources.config_maps.get(&r.name),
+            )
+        } else if let Some(r) = &f.secret_ref {
+            ("secret", &r.name, r.optional, sources.secrets.get(&r.name))
+        } else {
+            continue;
+        };
+        match data {
+            Some(d) => {
+                for (k, v) in d {
+                    set(&mut vars, format!("{prefix}{k}"), v.clone());
+                }
+            }
+            None if optional == Some(true) => {}
+            None => return Err(format!("{kind} \"{name}\" not found")),
+        }
+    }
     for e in container.env.iter().flatten() {
+        let from = e.value_from.as_ref();
         let value = if let Some(v) = &e.value {
             expand(v, &vars)
-        } else if let Some(f) = e.value_from.as_ref().and_then(|f| f.field_ref.as_ref()) {
+        } else if let Some(f) = from.and_then(|f| f.field_ref.as_ref()) {
             field_ref(pod, rt, &f.field_path)
+        } else if let Some(r) = from.and_then(|f| f.config_map_key_ref.as_ref()) {
+            match sources.config_maps.get(&r.name).and_then(|d| d.get(&r.key)) {
+                Some(v) => v.clone(),
+                None if r.optional == Some(true) => continue,
+                None => {
+                    return Err(format!(
+                        "couldn't find key {} in ConfigMap {ns}/{}",
+                        r.key, r.name
+                    ));
+                }
+            }
+        } else if let Some(r) = from.and_then(|f| f.secret_key_ref.as_ref()) {
+            match sources.secrets.get(&r.name).and_then(|d| d.get(&r.key)) {
+                Some(v) => v.clone(),
+                None if r.optional == Some(true) => continue,
+                None => {
+                    return Err(format!(
+                        "couldn't find key {} in Secret {ns}/{}",
+                        r.key, r.name
+                    ));
+                }
+            }
         } else {
-            // secretKeyRef/configMapKeyRef/resourceFieldRef: not resolved by the lab node.
+            // resourceFieldRef: the lab sets no resource limits.
             String::new()
         };
         set(&mut vars, e.name.clone(), value);
     }
-    order
+    Ok(order
         .into_iter()
         .map(|k| {
             let v = vars.get(&k).cloned().unwrap_or_default();
             (k, v)
         })
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]
@@ -240,7 +317,8 @@ mod tests {
             node_name: "node-1".into(),
         };
         let c = pod.spec.as_ref().unwrap().containers[0].clone();
-        let env: BTreeMap<_, _> = container_env(&pod, &c, &rt, &services)
+        let env: BTreeMap<_, _> = container_env(&pod, &c, &rt, &services, &Sources::default())
+            .unwrap()
             .into_iter()
             .collect();
         assert_eq!(env["KUBERNETES_SERVICE_HOST"], "10.96.0.1");

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::WatchStreamExt;
@@ -698,6 +698,34 @@ impl Worker {
             .ok_or_else(|| Error::Api("TokenRequest answered without status.token".into()))
     }
 
+    /// The ConfigMaps and Secrets the container's environment refers to (missing ones
+    /// are left out; `container_env` decides whether that is an error).
+    async fn env_sources(&self, c: &Container) -> env::Sources {
+        let (cms, secrets) = env::referenced(c);
+        let mut out = env::Sources::default();
+        let client = self.ctx.client.clone();
+        let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), &self.sb.namespace);
+        for n in cms {
+            if let Ok(Some(cm)) = cm_api.get_opt(&n).await {
+                out.config_maps.insert(n, cm.data.unwrap_or_default());
+            }
+        }
+        let secret_api: Api<Secret> = Api::namespaced(client, &self.sb.namespace);
+        for n in secrets {
+            if let Ok(Some(sec)) = secret_api.get_opt(&n).await {
+                let data = sec
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                    .chain(sec.string_data.unwrap_or_default())
+                    .collect();
+                out.secrets.insert(n, data);
+            }
+        }
+        out
+    }
+
     /// The program a container runs (see docs/node.md, "Images").
     fn argv(&self, c: &Container) -> Vec<String> {
         let exe = self.ctx.exe.display().to_string();
@@ -730,7 +758,9 @@ impl Worker {
             .iter()
             .map(|s| (**s).clone())
             .collect::<Vec<_>>();
-        let mut envs = env::container_env(&self.pod, &spec_c, &rt, &services);
+        let sources = self.env_sources(&spec_c).await;
+        let mut envs = env::container_env(&self.pod, &spec_c, &rt, &services, &sources)
+            .map_err(|e| Error::Api(format!("container {name} of pod {}: {e}", self.key())))?;
         if spec_c.command.as_ref().is_none_or(|c| c.is_empty()) {
             for (k, v) in [
                 ("KUBEWIRE_POD_NAME", self.sb.name.clone()),

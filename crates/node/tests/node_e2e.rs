@@ -25,13 +25,28 @@ fn pods_get_addresses_files_and_reach_each_other() {
         json!([{"name": "whoami", "image": "traefik/whoami",
         "ports": [{"containerPort": 8080, "hostPort": 8080}]}]),
     ));
+    c.kubectl_ok(&[
+        "create",
+        "configmap",
+        "cfg",
+        "--from-literal=greeting=hello",
+    ]);
+    c.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "sec",
+        "--from-literal=pass=s3cret",
+    ]);
     let mut files = pod(
         "files",
         1,
         json!([{"name": "c", "image": "busybox",
-        "command": ["sh", "-c", "cat /etc/resolv.conf /etc/hosts; echo HOSTNAME_FILE=$(cat /etc/hostname); echo UTS=$(hostname); echo MY_IP=$MY_IP; echo NODE=$MY_NODE; env | grep KUBERNETES_SERVICE; ls /var/run/secrets/kubernetes.io/serviceaccount; echo done; exec sleep 3600"],
+        "command": ["sh", "-c", "cat /etc/resolv.conf /etc/hosts; echo HOSTNAME_FILE=$(cat /etc/hostname); echo UTS=$(hostname); echo MY_IP=$MY_IP; echo NODE=$MY_NODE; echo GREETING=$GREETING SECRET=$SEC_pass; env | grep KUBERNETES_SERVICE; ls /var/run/secrets/kubernetes.io/serviceaccount; echo done; exec sleep 3600"],
         "env": [{"name": "MY_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-                {"name": "MY_NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]}]),
+                {"name": "MY_NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "greeting"}}}],
+            "envFrom": [{"secretRef": {"name": "sec"}, "prefix": "SEC_"}]}]),
     );
     files["spec"]["hostAliases"] = json!([{"ip": "10.1.2.3", "hostnames": ["foo.example"]}]);
     files["spec"]["dnsConfig"] = json!({"options": [{"name": "edns0"}]});
@@ -210,6 +225,7 @@ fn pods_get_addresses_files_and_reach_each_other() {
         "{log}"
     );
     assert!(log.contains("KUBERNETES_SERVICE_HOST=10.96.0.1"), "{log}");
+    assert!(log.contains("GREETING=hello SECRET=s3cret\n"), "{log}");
     assert!(log.contains("ca.crt\nnamespace\ntoken\n"), "{log}");
     // The host's own files are untouched.
     assert!(!read(std::path::Path::new("/etc/hosts")).contains("foo.example"));
