@@ -154,6 +154,39 @@ async fn kubectl_rollout_status_endpoints_scale_and_undo() {
     })
     .await;
     assert_eq!(image.trim(), "busybox");
+    // StatefulSet and DaemonSet rollouts, as kubectl reads them. updateStrategy is
+    // spelled out: kubectl refuses without it, and the lab's API server does not yet
+    // default it (kube-apiserver does).
+    let sts = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "redis"},
+        "spec": {"replicas": 2, "serviceName": "redis", "selector": {"matchLabels": {"app": "redis"}},
+            "updateStrategy": {"type": "RollingUpdate"},
+            "template": {"metadata": {"labels": {"app": "redis"}},
+                "spec": {"containers": [{"name": "redis", "image": "redis"}]}}}});
+    let ds = json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent"},
+        "spec": {"selector": {"matchLabels": {"app": "agent"}}, "updateStrategy": {"type": "RollingUpdate"},
+            "template": {"metadata": {"labels": {"app": "agent"}},
+                "spec": {"containers": [{"name": "a", "image": "kubewire"}]}}}});
+    let file = dir.path().join("sets.json");
+    std::fs::write(
+        &file,
+        json!({"apiVersion": "v1", "kind": "List", "items": [sts, ds]}).to_string(),
+    )
+    .unwrap();
+    let (ok, _) = kubectl(dir.path(), &kc, &["apply", "-f", file.to_str().unwrap()]).await;
+    assert!(ok);
+    let (ok, out) = k(&["rollout", "status", "statefulset/redis", "--timeout=60s"]).await;
+    assert!(
+        ok && out.contains("rolling update complete 2 pods"),
+        "{out}"
+    );
+    let (ok, out) = k(&["rollout", "status", "daemonset/agent", "--timeout=60s"]).await;
+    assert!(ok && out.contains("successfully rolled out"), "{out}");
+    let (_, out) = k(&["get", "pods", "-l", "app=redis", "-o", "name"]).await;
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["pod/redis-0", "pod/redis-1"]
+    );
+
     controllers.shutdown().await;
     server.shutdown();
 }
