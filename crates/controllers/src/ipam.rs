@@ -106,6 +106,17 @@ pub async fn run(ctx: Ctx) {
 }
 
 async fn pass(ctx: &Ctx) -> Outcome {
+    // Nodes of a lab register together: a moment's wait lets them arrive, so that they
+    // get their ranges in name order (node-1 the first) rather than in arrival order.
+    if ctx
+        .caches
+        .nodes
+        .all()
+        .iter()
+        .any(|n| node_cidrs(n).is_empty())
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     let nodes: Vec<Arc<Node>> = ctx.caches.nodes.all();
     let refs: Vec<&Node> = nodes.iter().map(|n| &**n).collect();
     let mut out = Outcome::default();
