@@ -133,6 +133,27 @@ pub(crate) fn hostname(pod: &Pod) -> String {
         .to_owned()
 }
 
+/// The `/etc/hosts` of a hostNetwork pod: the node's, plus `hostAliases` (kubelet).
+pub(crate) fn host_network_hosts(pod: &Pod, node_hosts: &str) -> String {
+    let mut out = node_hosts.to_owned();
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    push_aliases(pod, &mut out);
+    out
+}
+
+fn push_aliases(pod: &Pod, out: &mut String) {
+    let aliases = pod.spec.as_ref().and_then(|s| s.host_aliases.as_ref());
+    if let Some(aliases) = aliases.filter(|a| !a.is_empty()) {
+        out.push_str("\n# Entries added by HostAliases.\n");
+        for a in aliases {
+            let names = a.hostnames.clone().unwrap_or_default().join("\t");
+            out.push_str(&format!("{}\t{names}\n", a.ip));
+        }
+    }
+}
+
 /// kubelet's managed `/etc/hosts`.
 pub(crate) fn hosts(pod: &Pod, pod_ips: &[String], cluster_domain: &str) -> String {
     let mut out = String::from(
@@ -157,13 +178,7 @@ pub(crate) fn hosts(pod: &Pod, pod_ips: &[String], cluster_domain: &str) -> Stri
             None => out.push_str(&format!("{ip}\t{host}\n")),
         }
     }
-    if let Some(aliases) = spec.host_aliases.as_ref().filter(|a| !a.is_empty()) {
-        out.push_str("\n# Entries added by HostAliases.\n");
-        for a in aliases {
-            let names = a.hostnames.clone().unwrap_or_default().join("\t");
-            out.push_str(&format!("{}\t{names}\n", a.ip));
-        }
-    }
+    push_aliases(pod, &mut out);
     out
 }
 
@@ -223,6 +238,18 @@ mod tests {
         assert_eq!(
             resolv_conf(&p, &settings()),
             "nameserver 10.96.0.10\nnameserver 1.2.3.4\nsearch x.svc.cluster.local svc.cluster.local cluster.local corp.example\noptions ndots:1\n"
+        );
+    }
+
+    #[test]
+    fn host_network_hosts_file() {
+        let p = pod(
+            json!({"metadata": {"name": "h", "namespace": "x"}, "spec": {"containers": [],
+            "hostNetwork": true, "hostAliases": [{"ip": "10.1.2.3", "hostnames": ["foo.local"]}]}}),
+        );
+        assert_eq!(
+            host_network_hosts(&p, "127.0.0.1 localhost"),
+            "127.0.0.1 localhost\n\n# Entries added by HostAliases.\n10.1.2.3\tfoo.local\n"
         );
     }
 

@@ -615,10 +615,15 @@ impl Worker {
             std::fs::write(&p, text).map_err(|e| Error::io(format!("writing {}", p.display()), e))
         };
         w("resolv.conf", files::resolv_conf(&self.pod, &ctx.dns))?;
-        w(
-            "hosts",
-            files::hosts(&self.pod, &self.sb.ips, &ctx.args.cluster_domain),
-        )?;
+        let hosts = if self.sb.host_network {
+            files::host_network_hosts(
+                &self.pod,
+                &std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
+            )
+        } else {
+            files::hosts(&self.pod, &self.sb.ips, &ctx.args.cluster_domain)
+        };
+        w("hosts", hosts)?;
         w("hostname", format!("{}\n", files::hostname(&self.pod)))?;
         let spec = self.pod.spec.clone().unwrap_or_default();
         if spec.automount_service_account_token != Some(false) {
@@ -781,15 +786,20 @@ impl Worker {
             read_only: false,
             mkdir: false,
         }];
-        if !host_network {
-            for f in ["hosts", "hostname"] {
-                mounts.push(BindMount {
-                    source: etc.join(f),
-                    target: Path::new("/etc").join(f),
-                    read_only: false,
-                    mkdir: false,
-                });
-            }
+        // hostNetwork pods keep the node's hostname; their hosts file is the node's
+        // plus hostAliases.
+        let own = if host_network {
+            &["hosts"][..]
+        } else {
+            &["hosts", "hostname"][..]
+        };
+        for f in own {
+            mounts.push(BindMount {
+                source: etc.join(f),
+                target: Path::new("/etc").join(f),
+                read_only: false,
+                mkdir: false,
+            });
         }
         let sa_dir = self.dir.join("serviceaccount");
         if sa_dir.exists() {

@@ -62,9 +62,10 @@ fn pods_get_addresses_files_and_reach_each_other() {
         "hostnet",
         1,
         json!([{"name": "c", "image": "busybox",
-        "command": ["sh", "-c", "cat /etc/resolv.conf; echo done; exec sleep 3600"]}]),
+        "command": ["sh", "-c", "cat /etc/resolv.conf /etc/hosts; echo done; exec sleep 3600"]}]),
     );
     hostnet["spec"]["hostNetwork"] = json!(true);
+    hostnet["spec"]["hostAliases"] = json!([{"ip": "10.9.9.9", "hostnames": ["alias.example"]}]);
     c.create(&hostnet);
     c.create(&pod(
         "udp",
@@ -158,6 +159,11 @@ fn pods_get_addresses_files_and_reach_each_other() {
         hlog.contains("done")
     }));
     assert!(!hlog.contains("10.96.0.10"), "{hlog}");
+    assert!(
+        hlog.contains("10.9.9.9\talias.example\n"),
+        "hostAliases on a hostNetwork pod: {hlog}"
+    );
+    assert!(!read(std::path::Path::new("/etc/hosts")).contains("alias.example"));
     let echo = c.wait_ready("echo");
     let out = run_in(
         &ns1,
