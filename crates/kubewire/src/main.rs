@@ -50,7 +50,7 @@ enum Command {
     Apiserver(apiserver::Args),
     /// Run the lab's controllers (endpoints, workloads, scheduler, node IPAM and lifecycle).
     Controllers(controllers::Args),
-    /// Run the per-node agent: the node's CNI config and routes to other nodes' pods.
+    /// Run the per-node agent: CNI config, routes to other nodes' pods, Services in nftables.
     Agent(agent::Args),
     /// Run the cluster DNS server (kube-dns/CoreDNS replacement).
     Dns(dns::Args),

@@ -196,6 +196,10 @@ async fn start_processes(
                 path("bin"),
                 "--cni-data-dir".into(),
                 path("cni"),
+                "--cluster-cidr".into(),
+                csv(&cfg.pod_cidrs),
+                "--service-cidr".into(),
+                csv(&cfg.service_cidrs),
             ],
         )?;
         let runner = start(

@@ -56,6 +56,9 @@ pub(crate) fn spawn(
         .map_err(|e| Error::io(format!("opening {}", log.display()), e))?;
     let mut cmd = Command::new(binary);
     cmd.args(args)
+        // Two malloc arenas, not eight per core: the components are small async
+        // services, and glibc's per-thread arenas were most of the API server's memory.
+        .env("MALLOC_ARENA_MAX", "2")
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
