@@ -150,6 +150,9 @@ fn lines(s: &str) -> BTreeSet<String> {
 
 #[test]
 fn talk_lab_steps_three_and_four() {
+    // Pods get service-account files at /var/run/secrets/...: on their own /run, never
+    // as directories left on the host's.
+    let host_secrets = std::path::Path::new("/run/secrets/kubernetes.io").exists();
     let lab = RunningLab::up(2);
     lab.apply(TALK);
     let running = |sel: &str, n: usize| {
@@ -169,6 +172,19 @@ fn talk_lab_steps_three_and_four() {
         all_running,
         "{}",
         lab.kubectl(&["get", "pods", "-A", "-o", "wide"])
+    );
+
+    let token = lab.exec(
+        "client",
+        &[
+            "cat",
+            "/var/run/secrets/kubernetes.io/serviceaccount/namespace",
+        ],
+    );
+    assert_eq!(stdout(&token), "default");
+    assert_eq!(
+        std::path::Path::new("/run/secrets/kubernetes.io").exists(),
+        host_secrets
     );
 
     // The DNS add-on looks like the talk's slide.

@@ -160,6 +160,28 @@ fn setup(spec: &InitSpec) -> Result<(), String> {
         None::<&str>,
     )
     .map_err(|e| format!("making / private: {e}"))?;
+    // The pod's network namespace is opened now: /run may be covered below.
+    let netns = match &spec.netns {
+        Some(ns) => Some(File::open(ns).map_err(|e| format!("opening {}: {e}", ns.display()))?),
+        None => None,
+    };
+    // A mount point missing under /run (the service-account directory) is made on a
+    // tmpfs of the container's own, as a container runtime gives each container its own
+    // /run: creating it on the host's /run would leave a trace behind every pod.
+    if spec
+        .mounts
+        .iter()
+        .any(|m| m.mkdir && !m.target.exists() && under_run(&m.target))
+    {
+        mount(
+            Some("tmpfs"),
+            "/run",
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=755"),
+        )
+        .map_err(|e| format!("mounting the container's /run: {e}"))?;
+    }
     for m in &spec.mounts {
         if m.mkdir {
             std::fs::create_dir_all(&m.target)
@@ -193,14 +215,22 @@ fn setup(spec: &InitSpec) -> Result<(), String> {
     if let Some(h) = &spec.hostname {
         nix::unistd::sethostname(h).map_err(|e| format!("sethostname {h}: {e}"))?;
     }
-    if let Some(ns) = &spec.netns {
-        let f = File::open(ns).map_err(|e| format!("opening {}: {e}", ns.display()))?;
-        setns(&f, CloneFlags::CLONE_NEWNET)
+    if let (Some(f), Some(ns)) = (&netns, &spec.netns) {
+        setns(f, CloneFlags::CLONE_NEWNET)
             .map_err(|e| format!("entering {}: {e}", ns.display()))?;
     }
     // Own session and process group: the node signals the group, never the node's.
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
     Ok(())
+}
+
+/// Whether `path` is inside /run once symlinks are followed (`/var/run` is `/run`), judged
+/// by its nearest existing ancestor.
+fn under_run(path: &Path) -> bool {
+    path.ancestors()
+        .find(|a| a.exists())
+        .and_then(|a| a.canonicalize().ok())
+        .is_some_and(|a| a.starts_with("/run"))
 }
 
 fn env_with_defaults(spec: &InitSpec) -> Vec<(String, String)> {
