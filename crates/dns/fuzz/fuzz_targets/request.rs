@@ -19,35 +19,62 @@ fn shared() -> &'static Arc<Shared> {
     static SHARED: OnceLock<Arc<Shared>> = OnceLock::new();
     SHARED.get_or_init(|| {
         let zone = Zone::new("cluster.local", 30, PodMode::Insecure).unwrap();
-        let s = Arc::new(Shared::new(zone, Forwarder::new(vec![], 10), Metrics::new("dns://:53")));
+        let s = Arc::new(Shared::new(
+            zone,
+            Forwarder::new(vec![], 10),
+            Metrics::new("dns://:53"),
+        ));
         s.update(|v| {
-            let port = Port { name: "http".into(), protocol: "tcp".into(), port: 80 };
+            let port = Port {
+                name: "http".into(),
+                protocol: "tcp".into(),
+                port: 80,
+            };
             let k = v.key("default", "web");
-            v.upsert_service(k, ServiceInfo {
-                kind: Kind::ClusterIp(vec!["10.96.0.20".parse().unwrap(), "fd00::20".parse().unwrap()]),
-                ports: vec![port.clone()],
-                publish_not_ready: false,
-            });
+            v.upsert_service(
+                k,
+                ServiceInfo {
+                    kind: Kind::ClusterIp(vec![
+                        "10.96.0.20".parse().unwrap(),
+                        "fd00::20".parse().unwrap(),
+                    ]),
+                    ports: vec![port.clone()],
+                    publish_not_ready: false,
+                },
+            );
             let k = v.key("default", "h");
-            v.upsert_service(k, ServiceInfo { kind: Kind::Headless, ports: vec![port.clone()], publish_not_ready: false });
+            v.upsert_service(
+                k,
+                ServiceInfo {
+                    kind: Kind::Headless,
+                    ports: vec![port.clone()],
+                    publish_not_ready: false,
+                },
+            );
             let k = v.key("default", "h-1");
-            v.upsert_slice(k, SliceInfo {
-                service: "h".into(),
-                endpoints: (0..40u8)
-                    .map(|i| EndpointInfo {
-                        addresses: vec![format!("10.244.0.{i}").parse().unwrap()],
-                        hostname: (i % 2 == 0).then(|| format!("h-{i}")),
-                        ready: i % 5 != 0,
-                    })
-                    .collect(),
-                ports: vec![port],
-            });
+            v.upsert_slice(
+                k,
+                SliceInfo {
+                    service: "h".into(),
+                    endpoints: (0..40u8)
+                        .map(|i| EndpointInfo {
+                            addresses: vec![format!("10.244.0.{i}").parse().unwrap()],
+                            hostname: (i % 2 == 0).then(|| format!("h-{i}")),
+                            ready: i % 5 != 0,
+                        })
+                        .collect(),
+                    ports: vec![port],
+                },
+            );
             let k = v.key("default", "ext");
-            v.upsert_service(k, ServiceInfo {
-                kind: Kind::ExternalName("web.default.svc.cluster.local".into()),
-                ports: vec![],
-                publish_not_ready: false,
-            });
+            v.upsert_service(
+                k,
+                ServiceInfo {
+                    kind: Kind::ExternalName("web.default.svc.cluster.local".into()),
+                    ports: vec![],
+                    publish_not_ready: false,
+                },
+            );
         });
         s.set_synced();
         s
