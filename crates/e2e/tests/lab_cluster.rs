@@ -12,6 +12,16 @@ use e2e::running::RunningLab;
 use e2e::{kubewire, kubewire_ok, require_root, unique_name, wait_until};
 use serde_json::Value;
 
+/// `lab down` when dropped, for tests that run `lab up` themselves: a failed assertion
+/// must not leave the lab behind.
+struct DownOnDrop(String);
+
+impl Drop for DownOnDrop {
+    fn drop(&mut self) {
+        let _ = kubewire(&["lab", "down", "--name", &self.0]);
+    }
+}
+
 const WEB: &str = r#"
 apiVersion: apps/v1
 kind: Deployment
@@ -250,6 +260,7 @@ fn lab_up_detach_status_and_down_leave_the_host_as_it_was() {
 fn a_killed_lab_up_is_cleaned_by_lab_down() {
     require_root();
     let name = unique_name("t");
+    let _down = DownOnDrop(name.clone());
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("lab.yaml");
     std::fs::write(&config, "nodes: 1\napiListen: 127.0.0.1:0\n").unwrap();
@@ -302,6 +313,7 @@ fn a_killed_lab_up_is_cleaned_by_lab_down() {
 fn ctrl_c_on_a_foreground_lab_up_tears_everything_down() {
     require_root();
     let name = unique_name("t");
+    let _down = DownOnDrop(name.clone());
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("lab.yaml");
     std::fs::write(&config, "nodes: 1\napiListen: 127.0.0.1:0\n").unwrap();
