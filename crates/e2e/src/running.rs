@@ -82,6 +82,35 @@ impl RunningLab {
         self.start();
     }
 
+    /// `lab down --keep-data`, then a `lab up` whose API server cannot listen (its port is
+    /// taken): returns that `lab up`'s output. The lab is down afterwards.
+    pub fn failed_restart_keeping_data(&mut self) -> std::process::Output {
+        kubewire_ok(&["lab", "down", "--name", &self.name, "--keep-data"]);
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let config = self.dir.path().join("taken.yaml");
+        let base = std::fs::read_to_string(self.dir.path().join("lab.yaml")).unwrap();
+        let text = base.replace(
+            "apiListen: 127.0.0.1:0",
+            &format!("apiListen: 127.0.0.1:{port}"),
+        );
+        std::fs::write(&config, text).unwrap();
+        kubewire(&[
+            "lab",
+            "up",
+            "--name",
+            &self.name,
+            "--config",
+            config.to_str().unwrap(),
+            "--detach",
+        ])
+    }
+
+    /// `lab up --detach` again with the lab's own config file.
+    pub fn start_again(&mut self) {
+        self.start();
+    }
+
     /// Runs kubectl against the lab; panics with its stderr on failure.
     pub fn kubectl(&self, args: &[&str]) -> String {
         let out = kubectl(&self.kubeconfig, args);

@@ -452,6 +452,16 @@ fn lab_down_keep_data_keeps_the_cluster_for_the_next_lab_up() {
             == 3),
         "web did not get 3 endpoints"
     );
+    // A lab up that fails (its API server cannot listen) leaves kept data as it was.
+    let failed = lab.failed_restart_keeping_data();
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success());
+    assert!(
+        err.contains("apiserver exited") && err.contains("kept from before"),
+        "{err}"
+    );
+    lab.start_again();
+    assert_eq!(lab.json(&["get", "configmap", "kept"])["data"]["k"], "v");
     lab.restart_keeping_data();
     let cm = lab.json(&["get", "configmap", "kept"]);
     assert_eq!(cm["data"]["k"], "v");

@@ -53,6 +53,7 @@ pub async fn start(cfg: &LabConfig, binary: &Path, progress: &Progress) -> Resul
     ));
     crate::up(cfg).await?;
     step.done("");
+    let kept_data = cfg.data_dir().join("api").exists();
     match start_processes(cfg, binary, progress, began).await {
         Ok((kubeconfig, nodes_ready_after)) => Ok(Started {
             config: cfg.clone(),
@@ -62,14 +63,20 @@ pub async fn start(cfg: &LabConfig, binary: &Path, progress: &Progress) -> Resul
         }),
         Err(err) => {
             debug!(error = %err, "lab up failed; removing what was made");
-            // The logs stay, to show what failed; `lab down` removes them.
+            // The logs stay, to show what failed; `lab down` removes them. Data kept by
+            // an earlier `lab down --keep-data` is the user's and stays whole.
             if let Err(cleanup) = crate::down_with(cfg, true).await {
                 warn!(error = %cleanup, "cleanup after failed lab up");
             }
-            remove_all_but_logs(&cfg.data_dir());
+            let what = if kept_data {
+                "its data directory, kept from before, is left as it was"
+            } else {
+                remove_all_but_logs(&cfg.data_dir());
+                "its logs are kept"
+            };
             Err(Error::Component(format!(
-                "{err}\n(everything else the lab made is removed; its logs are kept in {} until `kubewire lab down --name {}`)",
-                cfg.data_dir().join("logs").display(),
+                "{err}\n(everything else the lab made is removed; {what} in {} until `kubewire lab down --name {}`)",
+                cfg.data_dir().display(),
                 cfg.name
             )))
         }
