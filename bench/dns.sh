@@ -7,7 +7,7 @@
 #     `--pods insecure`, which does not watch pods, and `--pods verified`, which does);
 #  3. time from a Service create to its name answering.
 # usage: bench/dns.sh [SERVICES=10000] [PODS=100000] [SECONDS=10] [ROUNDS=2]
-# needs root and the Debian packages dnsperf, nsd, bind9-dnsutils, curl, python3.
+# needs root; installs the Debian packages dnsperf, nsd, bind9-dnsutils, curl, python3 if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 trap 'echo "bench/dns.sh: failed at line $LINENO" >&2' ERR
@@ -17,9 +17,15 @@ SECS=${3:-10}
 ROUNDS=${4:-2}
 
 [[ $(id -u) == 0 ]] || { echo "bench/dns.sh needs root (it makes a network namespace)" >&2; exit 1; }
-for t in dnsperf nsd dig curl python3; do
-  command -v $t >/dev/null || { echo "missing $t: apt-get install dnsperf nsd bind9-dnsutils curl python3" >&2; exit 1; }
+# The peers and clients, from Debian's packages, installed only when missing.
+missing=()
+for p in dnsperf nsd bind9-dnsutils curl python3; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 # KUBEWIRE_BIN: a binary built beforehand (the tree may be changing under a build).
 if [[ -z ${KUBEWIRE_BIN:-} ]]; then
   cargo build --release -p kubewire -q
