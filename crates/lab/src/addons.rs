@@ -101,18 +101,23 @@ pub async fn apply(client: &Client, objects: &[Value]) -> Result<()> {
         let err = |e: kube::Error| Error::Component(format!("applying {kind} {ns}/{name}: {e}"));
         let object: DynamicObject = serde_json::from_value(obj.clone())
             .map_err(|e| Error::Component(format!("add-on {kind} {ns}/{name}: {e}")))?;
-        match api.get_opt(name).await.map_err(err)? {
-            None => {
-                api.create(&PostParams::default(), &object)
-                    .await
-                    .map_err(err)?;
-            }
-            Some(current) => {
-                let mut object = object;
-                object.metadata.resource_version = current.metadata.resource_version;
-                api.replace(name, &PostParams::default(), &object)
-                    .await
-                    .map_err(err)?;
+        // The controllers write the same objects (status, annotations) while the lab
+        // starts on kept data: a replace that lost that race is tried again.
+        let mut attempts = 0;
+        loop {
+            let result = match api.get_opt(name).await.map_err(err)? {
+                None => api.create(&PostParams::default(), &object).await.map(drop),
+                Some(current) => {
+                    let mut object = object.clone();
+                    object.metadata.resource_version = current.metadata.resource_version;
+                    api.replace(name, &PostParams::default(), &object)
+                        .await
+                        .map(drop)
+                }
+            };
+            match result {
+                Err(kube::Error::Api(e)) if e.code == 409 && attempts < 20 => attempts += 1,
+                other => break other.map_err(err)?,
             }
         }
     }
