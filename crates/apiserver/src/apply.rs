@@ -86,7 +86,13 @@ fn list_key(path: &str, field: &str, items: &[Value]) -> Option<&'static str> {
     merge_key(path, field).filter(|mk| items.iter().all(|i| i.get(mk).is_some()))
 }
 
+/// The field-set key of a list item; ports include their protocol, as kube-apiserver's
+/// list-map keys (`port`, `protocol`) do.
 fn item_key(mk: &str, item: &Value) -> String {
+    if mk == "port" || mk == "containerPort" {
+        let protocol = crate::patch::protocol(item);
+        return format!("k:{}", json!({ mk: item[mk], "protocol": protocol }));
+    }
     format!("k:{}", json!({ mk: item[mk] }))
 }
 
@@ -157,7 +163,9 @@ fn step_matches(step: &str, item: &Value) -> bool {
     let Ok(Value::Object(want)) = serde_json::from_str::<Value>(key) else {
         return false;
     };
-    want.iter().all(|(k, v)| item.get(k) == Some(v))
+    want.iter().all(|(k, v)| {
+        item.get(k) == Some(v) || (k == "protocol" && crate::patch::protocol(item) == v)
+    })
 }
 
 fn get_at<'a>(obj: &'a Value, path: &[String]) -> Option<&'a Value> {
@@ -338,14 +346,32 @@ mod tests {
     }
 
     #[test]
+    fn ports_of_one_number_and_two_protocols_stay_two() {
+        let dns = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "dns"},
+            "spec": {"ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP"},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+                {"name": "metrics", "port": 9153}]}});
+        let out = apply(&json!({}), &dns, "m", "v1", "now", false).unwrap();
+        assert_eq!(out["spec"]["ports"], dns["spec"]["ports"]);
+        let set = field_set(&dns);
+        assert_eq!(set["f:spec"]["f:ports"].as_object().unwrap().len(), 3);
+        // Re-applying without the UDP port removes that one only.
+        let mut tcp_only = dns.clone();
+        tcp_only["spec"]["ports"].as_array_mut().unwrap().remove(0);
+        let again = apply(&out, &tcp_only, "m", "v1", "now", false).unwrap();
+        assert_eq!(again["spec"]["ports"], tcp_only["spec"]["ports"]);
+    }
+
+    #[test]
     fn field_sets_use_merge_keys() {
         let set = field_set(&live());
         assert_eq!(
             set,
             json!({"f:metadata": {"f:labels": {"f:a": {}}},
                 "f:spec": {"f:ports": {
-                    "k:{\"port\":80}": {".": {}, "f:port": {}, "f:name": {}},
-                    "k:{\"port\":443}": {".": {}, "f:port": {}, "f:name": {}}},
+                    "k:{\"port\":80,\"protocol\":\"TCP\"}": {".": {}, "f:port": {}, "f:name": {}},
+                    "k:{\"port\":443,\"protocol\":\"TCP\"}": {".": {}, "f:port": {}, "f:name": {}}},
                 "f:type": {}}})
         );
         assert_eq!(

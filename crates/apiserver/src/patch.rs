@@ -101,6 +101,20 @@ pub(crate) fn merge_key(path: &str, field: &str) -> Option<&'static str> {
     })
 }
 
+/// Whether two items of list `field` (merging by `key`) are the same item. Ports are
+/// keyed by number *and* protocol, as kube-apiserver's list-map keys say: 53/UDP and
+/// 53/TCP of a DNS Service are two ports (the `port` patchMergeKey alone merged them).
+fn same_item(field: &str, key: &str, a: &Value, b: &Value) -> bool {
+    a.get(key) == b.get(key) && (field != "ports" || protocol(a) == protocol(b))
+}
+
+/// A port's protocol, TCP when unset (the API's default).
+pub(crate) fn protocol(item: &Value) -> &str {
+    item.get("protocol")
+        .and_then(Value::as_str)
+        .unwrap_or("TCP")
+}
+
 /// Primitive lists that merge as sets (`patchStrategy: merge` without a key).
 fn merges_primitives(field: &str) -> bool {
     field == "finalizers"
@@ -214,8 +228,8 @@ fn merge_list(
                 "{field}: expected a list of objects in the patch"
             )));
         };
-        let kv = pm.get(key).cloned().unwrap_or(Value::Null);
-        let pos = out.iter().position(|o| o.get(key) == Some(&kv));
+        let pv = Value::Object(pm.clone());
+        let pos = out.iter().position(|o| same_item(field, key, o, &pv));
         if pm.get("$patch").and_then(Value::as_str) == Some("delete") {
             if let Some(i) = pos {
                 out.remove(i);
