@@ -6,11 +6,20 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use e2e::running::RunningLab;
 use e2e::{kubewire, kubewire_ok, require_root, unique_name, wait_until};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 use serde_json::Value;
+
+/// Sends `sig` to process `pid` (no `kill` binary needed).
+fn signal(pid: u64, sig: Signal) {
+    let pid = Pid::from_raw(i32::try_from(pid).unwrap());
+    nix::sys::signal::kill(pid, sig).unwrap();
+}
 
 /// `lab down` when dropped, for tests that run `lab up` themselves: a failed assertion
 /// must not leave the lab behind.
@@ -162,21 +171,13 @@ fn a_killed_node_goes_not_ready_and_its_pods_leave_the_endpoints() {
         "the scheduler put no web pod on node-2"
     );
 
-    let record = PathBuf::from("/run/kubewire")
-        .join(&lab.name)
-        .join("processes.json");
-    let procs: Vec<Value> =
-        serde_json::from_str(&std::fs::read_to_string(record).unwrap()).unwrap();
+    let procs = recorded_processes(&lab.name);
     let pid = procs
         .iter()
         .find(|p| p["name"] == "node-2/node")
         .and_then(|p| p["pid"].as_u64())
         .expect("node-2's pod runner is recorded");
-    let out = std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    signal(pid, Signal::SIGKILL);
 
     let ready = |node: &str| {
         let n = lab.json(&["get", "node", node]);
@@ -257,47 +258,47 @@ fn lab_up_detach_status_and_down_leave_the_host_as_it_was() {
     );
 }
 
-#[test]
-fn a_killed_lab_up_is_cleaned_by_lab_down() {
-    require_root();
-    let name = unique_name("t");
-    let _down = DownOnDrop(name.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("lab.yaml");
+/// Starts `kubewire lab up` (foreground, one node) for a lab named `name`, its config
+/// file in `dir`.
+fn foreground_lab_up(name: &str, dir: &std::path::Path, stdout: Stdio) -> Child {
+    let config = dir.join("lab.yaml");
     std::fs::write(&config, "nodes: 1\napiListen: 127.0.0.1:0\n").unwrap();
-    let mut up = std::process::Command::new(e2e::kubewire_bin())
+    Command::new(e2e::kubewire_bin())
         .args([
             "lab",
             "up",
             "--name",
-            &name,
+            name,
             "--config",
             config.to_str().unwrap(),
         ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::null())
         .spawn()
-        .unwrap();
-    // Kill it (no chance to clean up) once it has started the node's processes.
-    let record = PathBuf::from("/run/kubewire")
-        .join(&name)
-        .join("processes.json");
-    let started = wait_until(Duration::from_secs(60), || {
-        std::fs::read_to_string(&record).is_ok_and(|s| s.contains("node-1/node"))
-    });
-    up.kill().unwrap();
-    up.wait().unwrap();
-    assert!(started, "lab up started no node process");
-    let procs: Vec<Value> =
-        serde_json::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
-    kubewire_ok(&["lab", "down", "--name", &name]);
-    for p in &procs {
+        .unwrap()
+}
+
+/// Where a lab records its processes.
+fn process_record(name: &str) -> PathBuf {
+    PathBuf::from("/run/kubewire")
+        .join(name)
+        .join("processes.json")
+}
+
+/// The processes the lab `name` recorded.
+fn recorded_processes(name: &str) -> Vec<Value> {
+    serde_json::from_str(&std::fs::read_to_string(process_record(name)).unwrap()).unwrap()
+}
+
+/// Nothing of the lab is left: none of `procs` runs, no namespace, no data, no state.
+fn assert_lab_gone(name: &str, procs: &[Value], after: &str) {
+    for p in procs {
         let pid = p["pid"].as_u64().unwrap();
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let alive = !stat.is_empty() && !stat.contains(") Z ");
+        // Gone, a zombie, or a pid already reused by something else.
         assert!(
-            !alive || !stat.contains("kubewire"),
-            "{} (pid {pid}) still runs after lab down",
+            stat.is_empty() || stat.contains(") Z ") || !stat.contains("kubewire"),
+            "{} (pid {pid}) still runs after {after}",
             p["name"]
         );
     }
@@ -306,8 +307,28 @@ fn a_killed_lab_up_is_cleaned_by_lab_down() {
         .into_iter()
         .filter(|n| n.starts_with(&format!("{name}-")))
         .collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
-    assert!(!PathBuf::from("/var/lib/kubewire").join(&name).exists());
+    assert!(left.is_empty(), "left behind after {after}: {left:?}");
+    assert!(!PathBuf::from("/var/lib/kubewire").join(name).exists());
+    assert!(!PathBuf::from("/run/kubewire").join(name).exists());
+}
+
+#[test]
+fn a_killed_lab_up_is_cleaned_by_lab_down() {
+    require_root();
+    let name = unique_name("t");
+    let _down = DownOnDrop(name.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = foreground_lab_up(&name, dir.path(), Stdio::null());
+    // Kill it (no chance to clean up) once it has started the node's processes.
+    let started = wait_until(Duration::from_secs(60), || {
+        std::fs::read_to_string(process_record(&name)).is_ok_and(|s| s.contains("node-1/node"))
+    });
+    up.kill().unwrap();
+    up.wait().unwrap();
+    assert!(started, "lab up started no node process");
+    let procs = recorded_processes(&name);
+    kubewire_ok(&["lab", "down", "--name", &name]);
+    assert_lab_gone(&name, &procs, "lab down");
 }
 
 #[test]
@@ -316,21 +337,7 @@ fn ctrl_c_on_a_foreground_lab_up_tears_everything_down() {
     let name = unique_name("t");
     let _down = DownOnDrop(name.clone());
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("lab.yaml");
-    std::fs::write(&config, "nodes: 1\napiListen: 127.0.0.1:0\n").unwrap();
-    let mut up = std::process::Command::new(e2e::kubewire_bin())
-        .args([
-            "lab",
-            "up",
-            "--name",
-            &name,
-            "--config",
-            config.to_str().unwrap(),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut up = foreground_lab_up(&name, dir.path(), Stdio::piped());
     // It prints its summary once the cluster is ready, then waits in the foreground.
     let mut summary = String::new();
     {
@@ -350,40 +357,12 @@ fn ctrl_c_on_a_foreground_lab_up_tears_everything_down() {
         "lab up did not come up:\n{summary}"
     );
     assert!(summary.contains("Ctrl-C"), "{summary}");
-    let procs: Vec<Value> = serde_json::from_str(
-        &std::fs::read_to_string(
-            PathBuf::from("/run/kubewire")
-                .join(&name)
-                .join("processes.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let procs = recorded_processes(&name);
     // What a terminal's Ctrl-C sends.
-    let out = std::process::Command::new("kill")
-        .args(["-INT", &up.id().to_string()])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    signal(u64::from(up.id()), Signal::SIGINT);
     let status = up.wait().unwrap();
     assert!(status.success(), "lab up exited with {status}");
-    for p in &procs {
-        let pid = p["pid"].as_u64().unwrap();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        assert!(
-            stat.is_empty() || stat.contains(") Z ") || !stat.contains("kubewire"),
-            "{} (pid {pid}) still runs after Ctrl-C",
-            p["name"]
-        );
-    }
-    let left: Vec<String> = netlink::netns::list()
-        .unwrap()
-        .into_iter()
-        .filter(|n| n.starts_with(&format!("{name}-")))
-        .collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
-    assert!(!PathBuf::from("/var/lib/kubewire").join(&name).exists());
-    assert!(!PathBuf::from("/run/kubewire").join(&name).exists());
+    assert_lab_gone(&name, &procs, "Ctrl-C");
 }
 
 #[test]
