@@ -126,6 +126,19 @@ fn talk_lab_steps_one_and_two() {
         3,
         "the ClusterIP {ip} answered only from {seen:?}"
     );
+    // A port the Service does not define is refused at once (a TCP reset from the
+    // proxy's reject, reached because nodes route to the underlay like real ones).
+    let probe = format!(
+        "import socket\ntry:\n    socket.create_connection(('{ip}', 81), 5)\n    print('connected')\n\
+         except ConnectionRefusedError:\n    print('refused')\nexcept OSError as e:\n    print(e)"
+    );
+    let out = lab.exec(&a.0, &["python3", "-c", &probe]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "refused",
+        "{ip}:81 from a pod: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Scaling and deleting pods updates the endpoints.
     lab.kubectl(&["scale", "deployment", "web", "--replicas", "2"]);

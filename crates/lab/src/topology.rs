@@ -1,6 +1,7 @@
 //! Building and tearing down the lab's namespaces and links.
 
 use std::fs;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsFd;
 use std::process::{Command, ExitStatus};
 
@@ -99,6 +100,10 @@ async fn build(cfg: &LabConfig) -> Result<()> {
         underlay.add_address(bridge, addr).await?;
     }
     underlay.set_up(bridge).await?;
+    // The underlay is the nodes' router: a destination it has no route for is answered
+    // at once with "unreachable" rather than silently dropped.
+    sysctl::set_in(&underlay_ns, "net.ipv4.ip_forward", "1")?;
+    sysctl::set_in(&underlay_ns, "net.ipv6.conf.all.forwarding", "1")?;
 
     for role in cfg.roles().into_iter().filter(|r| *r != Role::Underlay) {
         let ns = cfg.netns_name(role);
@@ -124,6 +129,13 @@ async fn build(cfg: &LabConfig) -> Result<()> {
             // Nodes route for their pods.
             sysctl::set_in(&ns, "net.ipv4.ip_forward", "1")?;
             sysctl::set_in(&ns, "net.ipv6.conf.all.forwarding", "1")?;
+            // A default route to the underlay's router, as real nodes have: traffic to a
+            // Service port nobody defines then reaches the proxy's forward-hook reject
+            // (a TCP reset) instead of failing the route lookup first.
+            for router in cfg.addresses(Role::Underlay) {
+                let any = IpNet::new(unspecified(router.addr()), 0).expect("prefix 0");
+                member.add_route(any, Some(router.addr()), None).await?;
+            }
         }
         debug!(target = %target, netns = %ns, "lab member up");
     }
@@ -246,4 +258,11 @@ pub fn exec(cfg: &LabConfig, target: &str, argv: &[String]) -> Result<ExitStatus
         Command::new(&program).args(&args).status()
     })?
     .map_err(|e| Error::io(format!("running {:?} in {target}", argv[0]), e))
+}
+
+fn unspecified(like: IpAddr) -> IpAddr {
+    match like {
+        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    }
 }
