@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The embedded API server: durable creates/s, list of 10,000 pods, watch delivery
 # latency with 100 watchers at 1,000 writes/s, resident memory at 10,000 and 100,000
-# objects. Peers in the same run: the disk's fsync rate, and etcd (Debian's
+# objects, Service creates/s with 10,000 Services stored. Peers in the same run: the disk's fsync rate, and etcd (Debian's
 # etcd-server, installed if missing) driven with the same objects through its JSON
-# gateway on loopback. Usage: bench/apiserver.sh [OBJECTS] (default 100000).
+# gateway on loopback. Usage: bench/apiserver.sh [OBJECTS] (default 100000)
+# [--services-only] (only the fsync floor and the Service creates).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 objects="${1:-100000}"
+extra=("${@:2}")
 if ! command -v etcd >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends etcd-server >/dev/null || true
 fi
@@ -33,4 +35,4 @@ if command -v etcd >/dev/null; then
     peer=(--etcd http://127.0.0.1:23790 --etcd-pid "$etcd_pid")
 fi
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB, data dir on $(df --output=source "$dir" | tail -1)"
-target/release/examples/apiserver_bench --dir "$dir/run" --objects "$objects" "${peer[@]}"
+target/release/examples/apiserver_bench --dir "$dir/run" --objects "$objects" "${peer[@]}" "${extra[@]}"

@@ -107,6 +107,49 @@ async fn create_pods(r: &apiserver::Router, ns: &str, from: usize, to: usize) ->
     (to - from) as f64 / start.elapsed().as_secs_f64()
 }
 
+fn service(i: usize, node_port: bool) -> Value {
+    let mut spec =
+        json!({"selector": {"app": format!("s-{i}")}, "ports": [{"port": 80, "targetPort": 8080}]});
+    if node_port {
+        spec["type"] = json!("NodePort");
+    }
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": format!("s-{i}")}, "spec": spec})
+}
+
+/// Creates Services `from..to` with CONCURRENCY clients (NodePort ones when asked);
+/// returns objects/s.
+async fn create_services(
+    r: &apiserver::Router,
+    ns: &str,
+    from: usize,
+    to: usize,
+    node_port: bool,
+) -> f64 {
+    let next = Arc::new(AtomicU64::new(from as u64));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let r = r.clone();
+        let next = next.clone();
+        let uri = format!("/api/v1/namespaces/{ns}/services");
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= to {
+                    return;
+                }
+                let body = service(i, node_port).to_string().into_bytes();
+                let (code, body) = call(&r, "POST", &uri, body).await;
+                assert_eq!(code, 201, "{}", String::from_utf8_lossy(&body));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (to - from) as f64 / start.elapsed().as_secs_f64()
+}
+
 /// The `ts` annotation in a serialized event, found without parsing the whole JSON (the
 /// bench's 100 watchers must not be slower than the server they measure).
 fn find_ts(line: &[u8]) -> Option<u128> {
@@ -507,6 +550,28 @@ async fn main() {
     )
     .await;
     let base_rss = rss_mib(&me);
+
+    // Services: allocation must not grow with the Services stored (it once scanned
+    // them all, and 10,000 creates took 32 minutes).
+    call(
+        &r,
+        "POST",
+        "/api/v1/namespaces",
+        json!({"metadata": {"name": "svc"}})
+            .to_string()
+            .into_bytes(),
+    )
+    .await;
+    println!("# Service creates ({CONCURRENCY} concurrent clients)");
+    let first = create_services(&r, "svc", 0, 10_000, false).await;
+    println!("kubewire Service creates/s, first 10,000 (ClusterIP): {first:.0}");
+    let more = create_services(&r, "svc", 10_000, 12_000, false).await;
+    println!("kubewire Service creates/s with 10,000 existing (ClusterIP): {more:.0}");
+    let np = create_services(&r, "svc", 12_000, 14_000, true).await;
+    println!("kubewire Service creates/s with 12,000 existing (NodePort): {np:.0}");
+    if args.iter().any(|a| a == "--services-only") {
+        return;
+    }
 
     println!("# durable creates ({CONCURRENCY} concurrent clients, pods)");
     let creates = create_pods(&r, "bench", 0, 10_000).await;

@@ -1026,6 +1026,11 @@ fn check_write(
 ) -> Result<(), Error> {
     let rt = t.rt;
     let name = str_at(obj, "metadata.name").unwrap_or("").to_string();
+    if let Some(old) = old
+        && rt.is("", "services")
+    {
+        service::drop_type_dependent_fields(obj, old);
+    }
     let mut causes = validate::validate(rt, obj);
     if let Some(schema) = rt.schema {
         causes.extend(crate::schema::check(schema, obj));
@@ -1036,7 +1041,8 @@ fn check_write(
     if let Some(old) = old {
         immutable(rt, obj, old, &mut causes);
     }
-    if causes.is_empty() && rt.is("", "services") {
+    // A status write keeps the stored spec; allocation and defaults are the main resource's.
+    if causes.is_empty() && rt.is("", "services") && t.sub.as_deref() != Some("status") {
         causes.extend(service::prepare(txn, key, obj, old, &s.ranges)?);
     }
     if !causes.is_empty() {

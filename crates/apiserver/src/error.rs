@@ -160,10 +160,15 @@ impl Cause {
     }
 }
 
-/// How kube-apiserver prints a value in a field error: strings quoted, numbers bare.
+/// How kube-apiserver prints a value in a field error: strings quoted, numbers bare,
+/// string lists as Go's `%#v` prints them (`[]string{"10.96.0.10"}`).
 fn go_value(v: &Value) -> String {
     match v {
         Value::String(s) => format!("{s:?}"),
+        Value::Array(a) if a.iter().all(Value::is_string) => {
+            let items: Vec<String> = a.iter().map(go_value).collect();
+            format!("[]string{{{}}}", items.join(", "))
+        }
         other => other.to_string(),
     }
 }

@@ -25,6 +25,7 @@ use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+mod alloc;
 mod api;
 mod apply;
 mod bootstrap;
@@ -243,12 +244,14 @@ pub fn router(config: &Config) -> Result<Router, Error> {
         &config.data_dir.join("state.redb"),
         config.watch_log_capacity,
     )?;
+    let ranges = service::Ranges {
+        cidrs: config.service_cidrs.clone(),
+        node_ports: config.node_port_range.clone(),
+    };
+    store.set_allocator(&ranges)?;
     let state = api::State {
         store,
-        ranges: service::Ranges {
-            cidrs: config.service_cidrs.clone(),
-            node_ports: config.node_port_range.clone(),
-        },
+        ranges,
         server_address: std::sync::Mutex::new(String::new()),
         catalog: resources::Catalog::default(),
         signer: token::Signer::load_or_create(&config.data_dir)?,

@@ -1,15 +1,16 @@
 //! Services as kube-apiserver stores them: defaults, ClusterIP allocation from the
-//! service CIDRs and NodePort allocation. What is allocated is derived from the stored
-//! services inside the same write transaction, so a refused write leaks nothing and a
-//! delete frees the service's IPs and ports with it.
+//! service CIDRs and NodePort allocation. The allocators (`alloc.rs`) follow every
+//! stored Service write and are rolled back with a failed transaction, so a refused
+//! write leaks nothing and a delete or type change frees the Service's IPs and ports.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::ops::RangeInclusive;
 
 use ipnet::IpNet;
 use serde_json::{Value, json};
 
+use crate::alloc::Allocator;
 use crate::error::{Cause, Error};
 use crate::store::Txn;
 
@@ -20,35 +21,6 @@ pub(crate) struct Ranges {
     pub(crate) node_ports: RangeInclusive<u16>,
 }
 
-struct Used {
-    ips: HashSet<IpAddr>,
-    node_ports: HashSet<(i64, String)>,
-}
-
-fn used_by_others(txn: &Txn, key: &str) -> Result<Used, Error> {
-    let mut used = Used {
-        ips: HashSet::new(),
-        node_ports: HashSet::new(),
-    };
-    for (k, svc) in txn.scan("core/services/")? {
-        if k == key {
-            continue;
-        }
-        for ip in svc["spec"]["clusterIPs"].as_array().into_iter().flatten() {
-            if let Some(ip) = ip.as_str().and_then(|s| s.parse().ok()) {
-                used.ips.insert(ip);
-            }
-        }
-        for p in svc["spec"]["ports"].as_array().into_iter().flatten() {
-            if let Some(np) = p["nodePort"].as_i64() {
-                used.node_ports
-                    .insert((np, p["protocol"].as_str().unwrap_or("TCP").to_string()));
-            }
-        }
-    }
-    Ok(used)
-}
-
 fn family(net: &IpNet) -> &'static str {
     match net {
         IpNet::V4(_) => "IPv4",
@@ -56,41 +28,91 @@ fn family(net: &IpNet) -> &'static str {
     }
 }
 
-fn to_u128(ip: IpAddr) -> u128 {
-    match ip {
-        IpAddr::V4(v) => u128::from(u32::from(v)),
-        IpAddr::V6(v) => u128::from(v),
-    }
+fn ty(svc: &Value) -> &str {
+    svc["spec"]["type"].as_str().unwrap_or("ClusterIP")
 }
 
-fn from_u128(net: &IpNet, n: u128) -> IpAddr {
-    match net {
-        IpNet::V4(_) => IpAddr::V4(std::net::Ipv4Addr::from(n as u32)),
-        IpNet::V6(_) => IpAddr::V6(std::net::Ipv6Addr::from(n)),
-    }
+fn needs_node_port(svc: &Value) -> bool {
+    matches!(ty(svc), "NodePort" | "LoadBalancer")
 }
 
-/// The first free address of `net`, skipping the network address (and, for IPv4, the
-/// broadcast address). Dynamic allocations start above kube-apiserver's static band
-/// (min(max(16, size/16), 256) addresses), which stays for requested IPs like DNS.
-fn allocate_ip(net: &IpNet, used: &HashSet<IpAddr>) -> Option<IpAddr> {
-    let base = to_u128(net.network());
-    let bits = u32::from(net.max_prefix_len() - net.prefix_len());
-    let size: u128 = if bits >= 127 {
-        u128::MAX
-    } else {
-        1u128 << bits
+/// `type: LoadBalancer` with `externalTrafficPolicy: Local`: the only case that gets a
+/// `healthCheckNodePort`.
+pub(crate) fn needs_health_check(svc: &Value) -> bool {
+    ty(svc) == "LoadBalancer" && svc["spec"]["externalTrafficPolicy"] == "Local"
+}
+
+fn externally_accessible(svc: &Value) -> bool {
+    needs_node_port(svc)
+        || (ty(svc) == "ClusterIP"
+            && svc["spec"]["externalIPs"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty()))
+}
+
+/// kube-apiserver's `dropTypeDependentFields`: on an update that changes the type, the
+/// fields the old type had (allocated or defaulted) and the new one cannot have go,
+/// unless the request changed them, so that `{"spec":{"type":"ClusterIP"}}` turns a
+/// NodePort Service into a ClusterIP one.
+pub(crate) fn drop_type_dependent_fields(new: &mut Value, old: &Value) {
+    let after = new.clone();
+    let (o, n) = (&old["spec"], &after["spec"]);
+    let new_svc = &after;
+    let Some(spec) = new["spec"].as_object_mut() else {
+        return;
     };
-    let last = if matches!(net, IpNet::V4(_)) {
-        size.saturating_sub(2)
-    } else {
-        size.saturating_sub(1)
+    if ty(old) != "ExternalName" && ty(new_svc) == "ExternalName" {
+        if o["clusterIP"] == n["clusterIP"] && o["clusterIPs"] == n["clusterIPs"] {
+            spec.remove("clusterIP");
+            spec.remove("clusterIPs");
+        }
+        if o["ipFamilies"] == n["ipFamilies"] {
+            spec.remove("ipFamilies");
+        }
+        if o["ipFamilyPolicy"] == n["ipFamilyPolicy"] {
+            spec.remove("ipFamilyPolicy");
+        }
+    }
+    let node_ports = |v: &Value| -> Vec<Value> {
+        v["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| p["nodePort"].clone())
+            .collect()
     };
-    let offset = (size / 16).clamp(16, 256).min(last);
-    let candidates = (offset.max(1)..=last).chain(1..offset.max(1));
-    candidates
-        .map(|i| from_u128(net, base + i))
-        .find(|ip| !used.contains(ip))
+    if needs_node_port(old) && !needs_node_port(new_svc) && node_ports(o) == node_ports(n) {
+        for p in spec
+            .get_mut("ports")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(p) = p.as_object_mut() {
+                p.remove("nodePort");
+            }
+        }
+    }
+    if needs_health_check(old)
+        && !needs_health_check(new_svc)
+        && o["healthCheckNodePort"] == n["healthCheckNodePort"]
+    {
+        spec.remove("healthCheckNodePort");
+    }
+    if ty(old) == "LoadBalancer" && ty(new_svc) != "LoadBalancer" {
+        if o["allocateLoadBalancerNodePorts"] == n["allocateLoadBalancerNodePorts"] {
+            spec.remove("allocateLoadBalancerNodePorts");
+        }
+        if o["loadBalancerClass"] == n["loadBalancerClass"] {
+            spec.remove("loadBalancerClass");
+        }
+    }
+    if externally_accessible(old)
+        && !externally_accessible(new_svc)
+        && o["externalTrafficPolicy"] == n["externalTrafficPolicy"]
+    {
+        spec.remove("externalTrafficPolicy");
+    }
 }
 
 /// Fills a service's defaults and allocates its cluster IPs and node ports.
@@ -102,7 +124,9 @@ pub(crate) fn prepare(
     old: Option<&Value>,
     ranges: &Ranges,
 ) -> Result<Vec<Cause>, Error> {
-    let used = used_by_others(txn, key)?;
+    let used = txn
+        .allocator()
+        .ok_or_else(|| Error::Storage("the service allocators are not set up".into()))?;
     let mut causes = Vec::new();
     let spec = svc["spec"].as_object_mut().map(|_| ()).is_some();
     if !spec {
@@ -176,7 +200,7 @@ pub(crate) fn prepare(
                 }
             }
             (requested, None) => {
-                allocate_cluster_ips(s, requested.as_deref(), &used.ips, ranges, &mut causes)
+                allocate_cluster_ips(s, key, requested.as_deref(), used, ranges, &mut causes)
             }
         }
         if s["internalTrafficPolicy"].is_null() {
@@ -192,78 +216,13 @@ pub(crate) fn prepare(
         if ty == "LoadBalancer" && s["allocateLoadBalancerNodePorts"].is_null() {
             s["allocateLoadBalancerNodePorts"] = json!(true);
         }
-        let mut taken: HashSet<(i64, String)> = HashSet::new();
         let old_ports = old_spec
             .and_then(|o| o["ports"].as_array())
             .cloned()
             .unwrap_or_default();
         let allocate = ty == "NodePort" || s["allocateLoadBalancerNodePorts"] != json!(false);
         if let Some(ports) = s.get_mut("ports").and_then(Value::as_array_mut) {
-            for (i, p) in ports.iter_mut().enumerate() {
-                let proto = p["protocol"].as_str().unwrap_or("TCP").to_string();
-                let requested = p["nodePort"].as_i64().filter(|n| *n != 0);
-                let np = match requested {
-                    Some(n) => {
-                        if !(i64::from(*ranges.node_ports.start())
-                            ..=i64::from(*ranges.node_ports.end()))
-                            .contains(&n)
-                        {
-                            causes.push(Cause::invalid(
-                                format!("spec.ports[{i}].nodePort"),
-                                &json!(n),
-                                &format!(
-                                    "provided port is not in the valid range. The range of valid ports is {}-{}",
-                                    ranges.node_ports.start(),
-                                    ranges.node_ports.end()
-                                ),
-                            ));
-                            continue;
-                        }
-                        if used.node_ports.contains(&(n, proto.clone()))
-                            || taken.contains(&(n, proto.clone()))
-                        {
-                            causes.push(Cause::invalid(
-                                format!("spec.ports[{i}].nodePort"),
-                                &json!(n),
-                                "provided port is already allocated",
-                            ));
-                            continue;
-                        }
-                        Some(n)
-                    }
-                    None if !allocate => None,
-                    None => {
-                        let kept = old_ports
-                            .iter()
-                            .find(|o| {
-                                o["port"] == p["port"]
-                                    && o["protocol"].as_str().unwrap_or("TCP") == proto
-                            })
-                            .and_then(|o| o["nodePort"].as_i64());
-                        let free = kept.or_else(|| {
-                            ranges.node_ports.clone().map(i64::from).find(|n| {
-                                !used.node_ports.contains(&(*n, proto.clone()))
-                                    && !taken.contains(&(*n, proto.clone()))
-                            })
-                        });
-                        match free {
-                            Some(n) => Some(n),
-                            None => {
-                                causes.push(Cause::invalid(
-                                    format!("spec.ports[{i}].nodePort"),
-                                    &json!(0),
-                                    "range is full",
-                                ));
-                                continue;
-                            }
-                        }
-                    }
-                };
-                if let Some(n) = np {
-                    taken.insert((n, proto));
-                    p["nodePort"] = json!(n);
-                }
-            }
+            node_ports(key, ports, &old_ports, allocate, used, ranges, &mut causes);
         }
     } else if let Some(ports) = s.get_mut("ports").and_then(Value::as_array_mut) {
         for p in ports.iter_mut() {
@@ -281,10 +240,104 @@ pub(crate) fn prepare(
     Ok(causes)
 }
 
+/// NodePorts as kube-apiserver allocates them: a number is held by one Service
+/// whatever the protocol; ports of one Service with the same `port` (53/TCP and
+/// 53/UDP) share a node port; an omitted node port on update keeps the one the same
+/// port and protocol had.
+fn node_ports(
+    key: &str,
+    ports: &mut [Value],
+    old_ports: &[Value],
+    allocate: bool,
+    used: &Allocator,
+    ranges: &Ranges,
+    causes: &mut Vec<Cause>,
+) {
+    let range = i64::from(*ranges.node_ports.start())..=i64::from(*ranges.node_ports.end());
+    // Node ports this Service takes, and which (nodePort, protocol) pairs are used.
+    let mut taken: HashSet<u16> = HashSet::new();
+    let mut pairs: HashSet<(i64, String)> = HashSet::new();
+    let mut by_port: HashMap<i64, u16> = HashMap::new();
+    // Requested (or kept) node ports first, so that dynamic ones avoid them.
+    for (i, p) in ports.iter_mut().enumerate() {
+        let proto = p["protocol"].as_str().unwrap_or("TCP").to_string();
+        let mut n = p["nodePort"].as_i64().filter(|n| *n != 0);
+        if n.is_none() && allocate {
+            n = old_ports
+                .iter()
+                .find(|o| {
+                    o["port"] == p["port"] && o["protocol"].as_str().unwrap_or("TCP") == proto
+                })
+                .and_then(|o| o["nodePort"].as_i64())
+                .filter(|n| range.contains(n));
+            if let Some(n) = n {
+                p["nodePort"] = json!(n);
+            }
+        }
+        let Some(n) = n else { continue };
+        let field = format!("spec.ports[{i}].nodePort");
+        if !range.contains(&n) {
+            causes.push(Cause::invalid(
+                field,
+                &json!(n),
+                &format!(
+                    "provided port is not in the valid range. The range of valid ports is {}-{}",
+                    ranges.node_ports.start(),
+                    ranges.node_ports.end()
+                ),
+            ));
+            continue;
+        }
+        if !pairs.insert((n, proto)) {
+            causes.push(Cause::duplicate(field, &json!(n)));
+            continue;
+        }
+        let port = n as u16;
+        if used.port_taken(port, key) {
+            causes.push(Cause::invalid(
+                field,
+                &json!(n),
+                "provided port is already allocated",
+            ));
+            continue;
+        }
+        taken.insert(port);
+        if let Some(sp) = p["port"].as_i64() {
+            by_port.entry(sp).or_insert(port);
+        }
+    }
+    if !allocate {
+        return;
+    }
+    for (i, p) in ports.iter_mut().enumerate() {
+        if p["nodePort"].as_i64().is_some_and(|n| n != 0) {
+            continue;
+        }
+        let sp = p["port"].as_i64().unwrap_or(0);
+        let port = match by_port.get(&sp) {
+            Some(n) => Some(*n),
+            None => used.next_port(&taken),
+        };
+        match port {
+            Some(n) => {
+                taken.insert(n);
+                by_port.insert(sp, n);
+                p["nodePort"] = json!(n);
+            }
+            None => causes.push(Cause::invalid(
+                format!("spec.ports[{i}].nodePort"),
+                &json!(0),
+                "failed to allocate a nodePort: range is full",
+            )),
+        }
+    }
+}
+
 fn allocate_cluster_ips(
     s: &mut Value,
+    key: &str,
     requested: Option<&str>,
-    used: &HashSet<IpAddr>,
+    used: &Allocator,
     ranges: &Ranges,
     causes: &mut Vec<Cause>,
 ) {
@@ -346,7 +399,7 @@ fn allocate_cluster_ips(
                     ));
                     return;
                 }
-                if used.contains(&ip) {
+                if used.ip_taken(ip, key) {
                     causes.push(Cause::invalid(
                         "spec.clusterIPs",
                         &json!([r]),
@@ -356,7 +409,7 @@ fn allocate_cluster_ips(
                 }
                 ip
             }
-            _ => match allocate_ip(net, used) {
+            _ => match used.next_ip(net) {
                 Some(ip) => ip,
                 None => {
                     causes.push(Cause::invalid(
@@ -410,6 +463,7 @@ mod tests {
     fn allocates_cluster_ips_and_node_ports() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db"), 100).unwrap();
+        store.set_allocator(&ranges()).unwrap();
         let a = create(&store, "a", json!({"ports": [{"port": 80}]})).unwrap();
         assert_eq!(a["spec"]["clusterIP"], "10.96.1.0");
         assert_eq!(a["spec"]["ports"][0]["targetPort"], 80);
@@ -455,7 +509,8 @@ mod tests {
             json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 31100}, {"port": 81}]}),
         )
         .unwrap();
-        assert_eq!(np["spec"]["ports"][1]["nodePort"], 30000);
+        // Dynamic node ports start above the static band (86 ports of 2768).
+        assert_eq!(np["spec"]["ports"][1]["nodePort"], 30086);
         let clash = create(
             &store,
             "np2",

@@ -12,6 +12,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::alloc::Allocator;
 use crate::error::{Error, storage};
 
 const OBJECTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("objects");
@@ -132,6 +133,27 @@ pub(crate) struct Store {
     durable: std::sync::atomic::AtomicU64,
     log: Mutex<EventLog>,
     rv_tx: watch::Sender<u64>,
+    /// Service IP/port allocators, told about every Service write (see `alloc.rs`).
+    allocator: std::sync::OnceLock<Arc<Allocator>>,
+}
+
+/// Rolls the allocators back unless the transaction committed (also on panic).
+struct AllocGuard(Option<Arc<Allocator>>);
+
+impl AllocGuard {
+    fn commit(mut self) {
+        if let Some(a) = self.0.take() {
+            a.commit();
+        }
+    }
+}
+
+impl Drop for AllocGuard {
+    fn drop(&mut self) {
+        if let Some(a) = self.0.take() {
+            a.rollback();
+        }
+    }
 }
 
 /// A write in progress: read, then put and delete; committed by [`Store::write`].
@@ -141,6 +163,7 @@ pub(crate) struct Txn {
     events: Vec<Event>,
     /// Keys with follow-up work (see `gc.rs`), taken by the caller.
     notes: Vec<String>,
+    alloc: Option<Arc<Allocator>>,
 }
 
 /// One page of a list.
@@ -220,7 +243,28 @@ impl Store {
                 capacity,
             }),
             rv_tx,
+            allocator: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Builds the Service allocators from the stored Services; from now on every write
+    /// keeps them up to date. Call once, before any write.
+    pub(crate) fn set_allocator(&self, ranges: &crate::service::Ranges) -> Result<(), Error> {
+        let a = Allocator::new(ranges);
+        let tx = self.db.begin_read().map_err(storage)?;
+        let t = tx.open_table(OBJECTS).map_err(storage)?;
+        let prefix = "core/services/";
+        let mut services = Vec::new();
+        for entry in t
+            .range(prefix..prefix_end(prefix).as_str())
+            .map_err(storage)?
+        {
+            let (k, v) = entry.map_err(storage)?;
+            services.push((k.value().to_string(), decode(v.value())?));
+        }
+        a.rebuild(services.iter().map(|(k, v)| (k.as_str(), v)));
+        let _ = self.allocator.set(Arc::new(a));
+        Ok(())
     }
 
     /// The objects under `prefix` as they were at resourceVersion `at`: the current
@@ -446,11 +490,16 @@ impl Store {
                     .map(|g| g.value())
                     .unwrap_or(0)
             };
+            let alloc = self.allocator.get().cloned();
+            // Dropped without `commit` (an error, a dry run, a panic): the allocators
+            // forget what this transaction took and hold again what it freed.
+            let guard = AllocGuard(alloc.clone());
             let mut txn = Txn {
                 tx,
                 rv,
                 events: Vec::new(),
                 notes: Vec::new(),
+                alloc,
             };
             let out = f(&mut txn)?;
             let Txn { tx, rv, events, .. } = txn;
@@ -469,6 +518,7 @@ impl Store {
                 }
             }
             tx.commit().map_err(storage)?;
+            guard.commit();
             self.unflushed
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -596,7 +646,15 @@ fn decode(bytes: &[u8]) -> Result<Value, Error> {
     serde_json::from_slice(bytes).map_err(|e| Error::Storage(format!("corrupt object: {e}")))
 }
 
+/// Where Services are stored (their writes update the allocators).
+const SERVICES: &str = "core/services/";
+
 impl Txn {
+    /// The Service allocators (absent only in store tests that do not set them).
+    pub(crate) fn allocator(&self) -> Option<&Allocator> {
+        self.alloc.as_deref()
+    }
+
     /// Notes a key that has work left after this transaction.
     pub(crate) fn note(&mut self, key: &str) {
         self.notes.push(key.to_string());
@@ -637,6 +695,11 @@ impl Txn {
         let bytes = bytes::Bytes::from(
             serde_json::to_vec(&obj).map_err(|e| Error::Storage(e.to_string()))?,
         );
+        if let Some(a) = &self.alloc
+            && key.starts_with(SERVICES)
+        {
+            a.record(key, Some(&obj));
+        }
         let mut t = self.tx.open_table(OBJECTS).map_err(storage)?;
         let prev = t.insert(key, &bytes[..]).map_err(storage)?;
         let prev = match (kind, prev) {
@@ -658,6 +721,11 @@ impl Txn {
     pub(crate) fn delete(&mut self, key: &str, mut last: Value) -> Result<Value, Error> {
         self.rv += 1;
         last["metadata"]["resourceVersion"] = Value::String(self.rv.to_string());
+        if let Some(a) = &self.alloc
+            && key.starts_with(SERVICES)
+        {
+            a.record(key, None);
+        }
         let mut t = self.tx.open_table(OBJECTS).map_err(storage)?;
         let prev = t
             .remove(key)

@@ -1458,3 +1458,152 @@ async fn custom_resource_definitions_serve_their_objects() {
         (422, Some("metadata.name"))
     );
 }
+
+/// The Service allocators: what a Service holds is freed on delete and on a type
+/// change, a refused or dry-run write leaks nothing, and a restart rebuilds the
+/// allocators from the stored Services.
+#[tokio::test]
+async fn service_allocations_are_freed_rolled_back_and_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    const SVCS: &str = "/api/v1/namespaces/default/services";
+    let svc = |name: &str, spec: Value| {
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": spec})
+            .to_string()
+    };
+    let node_port =
+        |name: &str, ports: Value| svc(name, json!({"type": "NodePort", "ports": ports}));
+    let dynamic_ips = {
+        let r = router(&Config::new(dir.path())).unwrap();
+        let post = |body: String| {
+            let r = r.clone();
+            async move { raw(&r, "POST", SVCS, "application/json", &body).await }
+        };
+        let (code, _, a) = post(svc(
+            "a",
+            json!({"type": "NodePort", "clusterIP": "10.96.0.50",
+                "ports": [{"port": 80, "nodePort": 31100}]}),
+        ))
+        .await;
+        assert_eq!(code, 201, "{a}");
+        // A type change frees the node port.
+        let (code, _, v) = raw(
+            &r,
+            "PATCH",
+            &format!("{SVCS}/a"),
+            "application/merge-patch+json",
+            r#"{"spec": {"type": "ClusterIP"}}"#,
+        )
+        .await;
+        assert_eq!(code, 200, "{v}");
+        assert!(v["spec"]["ports"][0].get("nodePort").is_none(), "{v}");
+        let (code, _, v) = post(node_port("c", json!([{"port": 80, "nodePort": 31100}]))).await;
+        assert_eq!(code, 201, "{v}");
+        // A delete frees the node port and the address.
+        let (code, _, v) = raw(&r, "DELETE", &format!("{SVCS}/c"), "application/json", "").await;
+        assert_eq!(code, 200, "{v}");
+        let (code, _, v) = post(node_port("d", json!([{"port": 80, "nodePort": 31100}]))).await;
+        assert_eq!(code, 201, "{v}");
+        let (code, _, v) = post(svc(
+            "a2",
+            json!({"clusterIP": "10.96.0.50", "ports": [{"port": 80}]}),
+        ))
+        .await;
+        assert_eq!(code, 422, "{v}");
+        assert_eq!(
+            v["message"],
+            "Service \"a2\" is invalid: spec.clusterIPs: Invalid value: []string{\"10.96.0.50\"}: failed to allocate IP 10.96.0.50: provided IP is already allocated"
+        );
+        let (code, _, v) = raw(&r, "DELETE", &format!("{SVCS}/a"), "application/json", "").await;
+        assert_eq!(code, 200, "{v}");
+        let (code, _, v) = post(svc(
+            "a2",
+            json!({"clusterIP": "10.96.0.50", "ports": [{"port": 80}]}),
+        ))
+        .await;
+        assert_eq!(code, 201, "{v}");
+        // A refused create (its second port is taken) leaks its first port.
+        let (code, _, v) = post(node_port(
+            "e",
+            json!([{"name": "a", "port": 80, "nodePort": 31200},
+                {"name": "b", "port": 81, "nodePort": 31100}]),
+        ))
+        .await;
+        assert_eq!(code, 422, "{v}");
+        assert_eq!(v["details"]["causes"][0]["field"], "spec.ports[1].nodePort");
+        // A dry run allocates in its transaction, which is rolled back.
+        let (code, _, v) = raw(
+            &r,
+            "POST",
+            &format!("{SVCS}?dryRun=All"),
+            "application/json",
+            &svc(
+                "g",
+                json!({"type": "NodePort", "clusterIP": "10.96.0.60",
+                "ports": [{"port": 80, "nodePort": 31300}]}),
+            ),
+        )
+        .await;
+        assert_eq!(code, 201, "{v}");
+        assert_eq!(v["spec"]["ports"][0]["nodePort"], 31300);
+        let (code, _, v) = post(svc(
+            "f",
+            json!({"type": "NodePort", "clusterIP": "10.96.0.60",
+                "ports": [{"name": "a", "port": 80, "nodePort": 31200},
+                    {"name": "b", "port": 81, "nodePort": 31300}]}),
+        ))
+        .await;
+        assert_eq!(code, 201, "{v}");
+        // Dynamic addresses for the restart check.
+        let mut ips = Vec::new();
+        for i in 0..5 {
+            let (code, _, v) =
+                post(svc(&format!("dyn{i}"), json!({"ports": [{"port": 80}]}))).await;
+            assert_eq!(code, 201, "{v}");
+            ips.push(v["spec"]["clusterIP"].as_str().unwrap().to_string());
+        }
+        ips
+    };
+    // After a restart the allocators know every stored Service.
+    let r = router(&Config::new(dir.path())).unwrap();
+    let (code, _, v) = raw(
+        &r,
+        "POST",
+        SVCS,
+        "application/json",
+        &node_port("h", json!([{"port": 80, "nodePort": 31300}])),
+    )
+    .await;
+    assert_eq!(code, 422, "{v}");
+    assert_eq!(
+        v["message"],
+        "Service \"h\" is invalid: spec.ports[0].nodePort: Invalid value: 31300: provided port is already allocated"
+    );
+    let (code, _, v) = raw(
+        &r,
+        "POST",
+        SVCS,
+        "application/json",
+        &svc(
+            "h",
+            json!({"clusterIP": dynamic_ips[0], "ports": [{"port": 80}]}),
+        ),
+    )
+    .await;
+    assert_eq!(code, 422, "{v}");
+    let (code, _, v) = raw(
+        &r,
+        "POST",
+        SVCS,
+        "application/json",
+        &svc("h", json!({"ports": [{"port": 80}]})),
+    )
+    .await;
+    assert_eq!(code, 201, "{v}");
+    let ip = v["spec"]["clusterIP"].as_str().unwrap();
+    assert!(
+        !dynamic_ips.iter().any(|d| d == ip),
+        "{ip} was handed out twice"
+    );
+    // kubernetes, d, a2, f, dyn0-4 and h: nothing else was stored.
+    assert_eq!(count(&r, SVCS).await, 10);
+}
