@@ -209,10 +209,8 @@ pub(crate) fn prepare(
     }
 
     // Node ports.
+    let mut taken = HashSet::new();
     if ty == "NodePort" || ty == "LoadBalancer" {
-        if s["externalTrafficPolicy"].is_null() {
-            s["externalTrafficPolicy"] = json!("Cluster");
-        }
         if ty == "LoadBalancer" && s["allocateLoadBalancerNodePorts"].is_null() {
             s["allocateLoadBalancerNodePorts"] = json!(true);
         }
@@ -222,7 +220,7 @@ pub(crate) fn prepare(
             .unwrap_or_default();
         let allocate = ty == "NodePort" || s["allocateLoadBalancerNodePorts"] != json!(false);
         if let Some(ports) = s.get_mut("ports").and_then(Value::as_array_mut) {
-            node_ports(key, ports, &old_ports, allocate, used, ranges, &mut causes);
+            taken = node_ports(key, ports, &old_ports, allocate, used, ranges, &mut causes);
         }
     } else if let Some(ports) = s.get_mut("ports").and_then(Value::as_array_mut) {
         for p in ports.iter_mut() {
@@ -232,12 +230,80 @@ pub(crate) fn prepare(
         }
     }
 
+    if externally_accessible(svc) && svc["spec"]["externalTrafficPolicy"].is_null() {
+        svc["spec"]["externalTrafficPolicy"] = json!("Cluster");
+    }
+    if causes.is_empty() {
+        health_check_node_port(key, svc, old, &taken, used, ranges)?;
+    }
+
     // Status belongs to the status subresource.
     svc["status"] = old
         .map(|o| o["status"].clone())
         .filter(|s| !s.is_null())
         .unwrap_or_else(|| json!({"loadBalancer": {}}));
     Ok(causes)
+}
+
+/// `healthCheckNodePort`, only for `type: LoadBalancer` with `externalTrafficPolicy:
+/// Local` (validation refuses it elsewhere): the requested one, else the one the Service
+/// had, else a free one from the NodePort range. kube-apiserver answers a requested port
+/// it cannot take with 500 InternalError, and so does this.
+fn health_check_node_port(
+    key: &str,
+    svc: &mut Value,
+    old: Option<&Value>,
+    taken: &HashSet<u16>,
+    used: &Allocator,
+    ranges: &Ranges,
+) -> Result<(), Error> {
+    let spec = &mut svc["spec"];
+    if spec["healthCheckNodePort"].as_i64() == Some(0)
+        && let Some(m) = spec.as_object_mut()
+    {
+        m.remove("healthCheckNodePort");
+    }
+    if !needs_health_check(svc) {
+        return Ok(());
+    }
+    let internal = |msg: String| -> Error {
+        crate::error::Status::new(
+            500,
+            "InternalError",
+            format!("Internal error occurred: {msg}"),
+        )
+        .into()
+    };
+    let kept = old
+        .filter(|o| needs_health_check(o))
+        .and_then(|o| o["spec"]["healthCheckNodePort"].as_i64());
+    let port = match svc["spec"]["healthCheckNodePort"].as_i64().or(kept) {
+        Some(n) => {
+            let range = i64::from(*ranges.node_ports.start())..=i64::from(*ranges.node_ports.end());
+            let why = if !range.contains(&n) {
+                Some(format!(
+                    "provided port is not in the valid range. The range of valid ports is {}-{}",
+                    ranges.node_ports.start(),
+                    ranges.node_ports.end()
+                ))
+            } else if taken.contains(&(n as u16)) || used.port_taken(n as u16, key) {
+                Some("provided port is already allocated".to_string())
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(internal(format!(
+                    "failed to allocate requested HealthCheck NodePort {n}: {why}"
+                )));
+            }
+            n as u16
+        }
+        None => used.next_port(taken).ok_or_else(|| {
+            internal("failed to allocate a HealthCheck NodePort 0: range is full".into())
+        })?,
+    };
+    svc["spec"]["healthCheckNodePort"] = json!(port);
+    Ok(())
 }
 
 /// NodePorts as kube-apiserver allocates them: a number is held by one Service
@@ -252,7 +318,7 @@ fn node_ports(
     used: &Allocator,
     ranges: &Ranges,
     causes: &mut Vec<Cause>,
-) {
+) -> HashSet<u16> {
     let range = i64::from(*ranges.node_ports.start())..=i64::from(*ranges.node_ports.end());
     // Node ports this Service takes, and which (nodePort, protocol) pairs are used.
     let mut taken: HashSet<u16> = HashSet::new();
@@ -307,7 +373,7 @@ fn node_ports(
         }
     }
     if !allocate {
-        return;
+        return taken;
     }
     for (i, p) in ports.iter_mut().enumerate() {
         if p["nodePort"].as_i64().is_some_and(|n| n != 0) {
@@ -331,6 +397,7 @@ fn node_ports(
             )),
         }
     }
+    taken
 }
 
 fn allocate_cluster_ips(

@@ -255,6 +255,41 @@ fn service(obj: &Value, causes: &mut Vec<Cause>) {
             }
         }
     }
+    // kube-apiserver's validateServiceExternalTrafficPolicy (the policy is defaulted
+    // later, so only a set one is checked here).
+    let externally_accessible = matches!(ty, "NodePort" | "LoadBalancer")
+        || (ty == "ClusterIP"
+            && spec["externalIPs"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty()));
+    let etp = &spec["externalTrafficPolicy"];
+    if let Some(v) = etp.as_str().filter(|v| !v.is_empty()) {
+        if !externally_accessible {
+            causes.push(Cause::invalid(
+                "spec.externalTrafficPolicy",
+                etp,
+                "may only be set for externally-accessible services",
+            ));
+        } else if !["Cluster", "Local"].contains(&v) {
+            causes.push(Cause::not_supported(
+                "spec.externalTrafficPolicy",
+                etp,
+                &["Cluster", "Local"],
+            ));
+        }
+    }
+    let hc = &spec["healthCheckNodePort"];
+    if hc.as_i64().is_some_and(|n| n != 0) || !(hc.is_null() || hc.is_i64()) {
+        if !(ty == "LoadBalancer" && etp == "Local") {
+            causes.push(Cause::invalid(
+                "spec.healthCheckNodePort",
+                hc,
+                "may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'",
+            ));
+        } else if !port_number_ok(hc) {
+            causes.push(Cause::invalid("spec.healthCheckNodePort", hc, PORT_RANGE));
+        }
+    }
     if let Some(ip) = spec["clusterIP"].as_str()
         && !ip.is_empty()
         && ip != "None"

@@ -1607,3 +1607,161 @@ async fn service_allocations_are_freed_rolled_back_and_rebuilt() {
     // kubernetes, d, a2, f, dyn0-4 and h: nothing else was stored.
     assert_eq!(count(&r, SVCS).await, 10);
 }
+
+/// `healthCheckNodePort`: allocated only for LoadBalancer + `externalTrafficPolicy:
+/// Local`, kept across updates, checked for collisions, freed when the policy or the
+/// type changes and on delete; refused elsewhere with kube-apiserver's messages.
+#[tokio::test]
+async fn health_check_node_ports() {
+    let (_dir, r, _client) = setup();
+    const SVCS: &str = "/api/v1/namespaces/default/services";
+    let svc = |name: &str, spec: Value| {
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": spec})
+            .to_string()
+    };
+    let post = |body: String| {
+        let r = r.clone();
+        async move { raw(&r, "POST", SVCS, "application/json", &body).await }
+    };
+    let patch = |name: &str, body: Value| {
+        let (r, uri) = (r.clone(), format!("{SVCS}/{name}"));
+        async move {
+            raw(
+                &r,
+                "PATCH",
+                &uri,
+                "application/merge-patch+json",
+                &body.to_string(),
+            )
+            .await
+        }
+    };
+    let local = |hc: Option<i64>| {
+        let mut spec = json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+            "ports": [{"port": 80}]});
+        if let Some(hc) = hc {
+            spec["healthCheckNodePort"] = json!(hc);
+        }
+        spec
+    };
+    // Cluster policy: none.
+    let (code, _, v) = post(svc(
+        "cluster",
+        json!({"type": "LoadBalancer", "ports": [{"port": 80}]}),
+    ))
+    .await;
+    assert_eq!(code, 201, "{v}");
+    assert!(v["spec"].get("healthCheckNodePort").is_none(), "{v}");
+    // Local: one from the range, apart from the node port.
+    let (code, _, v) = post(svc("lb", local(None))).await;
+    assert_eq!(code, 201, "{v}");
+    let hc = v["spec"]["healthCheckNodePort"].as_i64().unwrap();
+    assert!((30000..=32767).contains(&hc), "{v}");
+    assert_ne!(Some(hc), v["spec"]["ports"][0]["nodePort"].as_i64());
+    // Kept across a patch and a replace that omits it.
+    let (code, _, v) = patch("lb", json!({"metadata": {"labels": {"a": "b"}}})).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["spec"]["healthCheckNodePort"], hc);
+    let mut replaced = v.clone();
+    replaced["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("healthCheckNodePort");
+    let (code, _, v) = raw(
+        &r,
+        "PUT",
+        &format!("{SVCS}/lb"),
+        "application/json",
+        &replaced.to_string(),
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["spec"]["healthCheckNodePort"], hc);
+    // Taken: by another Service's health check or node ports.
+    let (code, _, v) = post(svc("lb2", local(Some(hc)))).await;
+    assert_eq!(code, 500, "{v}");
+    assert_eq!(v["reason"], "InternalError");
+    assert_eq!(
+        v["message"],
+        format!(
+            "Internal error occurred: failed to allocate requested HealthCheck NodePort {hc}: provided port is already allocated"
+        )
+    );
+    let (code, _, v) = post(svc(
+        "np",
+        json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": hc}]}),
+    ))
+    .await;
+    assert_eq!(code, 422, "{v}");
+    let (code, _, v) = post(svc("lb2", local(Some(80)))).await;
+    assert_eq!(code, 500, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().ends_with(
+            "provided port is not in the valid range. The range of valid ports is 30000-32767"
+        ),
+        "{v}"
+    );
+    // Only for LoadBalancer + Local.
+    for (name, spec) in [
+        (
+            "c1",
+            json!({"ports": [{"port": 80}], "healthCheckNodePort": 32001}),
+        ),
+        (
+            "c2",
+            json!({"type": "NodePort", "externalTrafficPolicy": "Local",
+            "ports": [{"port": 80}], "healthCheckNodePort": 32001}),
+        ),
+        (
+            "c3",
+            json!({"type": "LoadBalancer", "ports": [{"port": 80}], "healthCheckNodePort": 32001}),
+        ),
+    ] {
+        let (code, _, v) = post(svc(name, spec)).await;
+        assert_eq!(code, 422, "{v}");
+        assert_eq!(
+            v["message"],
+            format!(
+                "Service \"{name}\" is invalid: spec.healthCheckNodePort: Invalid value: 32001: may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'"
+            )
+        );
+    }
+    let (code, _, v) = post(svc(
+        "c4",
+        json!({"ports": [{"port": 80}], "externalTrafficPolicy": "Local"}),
+    ))
+    .await;
+    assert_eq!(code, 422, "{v}");
+    assert_eq!(
+        v["message"],
+        "Service \"c4\" is invalid: spec.externalTrafficPolicy: Invalid value: \"Local\": may only be set for externally-accessible services"
+    );
+    // The policy goes back to Cluster: the port is freed.
+    let (code, _, v) = patch("lb", json!({"spec": {"externalTrafficPolicy": "Cluster"}})).await;
+    assert_eq!(code, 200, "{v}");
+    assert!(v["spec"].get("healthCheckNodePort").is_none(), "{v}");
+    let (code, _, v) = post(svc(
+        "np",
+        json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": hc}]}),
+    ))
+    .await;
+    assert_eq!(code, 201, "{v}");
+    // A requested one; freed by a type change, then by a delete.
+    let (code, _, v) = post(svc("lb3", local(Some(32000)))).await;
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(v["spec"]["healthCheckNodePort"], 32000);
+    let (code, _, v) = patch("lb3", json!({"spec": {"type": "NodePort"}})).await;
+    assert_eq!(code, 200, "{v}");
+    assert!(v["spec"].get("healthCheckNodePort").is_none(), "{v}");
+    assert_eq!(v["spec"]["externalTrafficPolicy"], "Local");
+    let (code, _, v) = post(svc("lb4", local(Some(32000)))).await;
+    assert_eq!(code, 201, "{v}");
+    let (code, _, v) = raw(&r, "DELETE", &format!("{SVCS}/lb4"), "application/json", "").await;
+    assert_eq!(code, 200, "{v}");
+    let (code, _, v) = post(svc(
+        "np2",
+        json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 32000}]}),
+    ))
+    .await;
+    assert_eq!(code, 201, "{v}");
+}
