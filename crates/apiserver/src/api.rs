@@ -965,53 +965,13 @@ pub(crate) fn prepare_create(rt: &ResourceType, obj: &mut Value) {
         }
         "Pod" => {
             obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
-            let spec = &mut obj["spec"];
-            for (f, d) in [
-                ("restartPolicy", json!("Always")),
-                ("dnsPolicy", json!("ClusterFirst")),
-                ("terminationGracePeriodSeconds", json!(30)),
-                ("schedulerName", json!("default-scheduler")),
-                ("serviceAccountName", json!("default")),
-                ("enableServiceLinks", json!(true)),
-            ] {
-                if spec[f].is_null() {
-                    spec[f] = d;
-                }
-            }
-            default_containers(spec);
+            crate::defaults::pod_admission(obj);
         }
         "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => {
             obj["status"] = json!({});
-            if rt.kind != "DaemonSet" && obj["spec"]["replicas"].is_null() {
-                obj["spec"]["replicas"] = json!(1);
-            }
-            default_containers(&mut obj["spec"]["template"]["spec"]);
         }
         "Ingress" => obj["status"] = json!({"loadBalancer": {}}),
         _ => {}
-    }
-}
-
-fn default_containers(spec: &mut Value) {
-    // `get_mut`, not indexing: indexing a missing key would insert a null.
-    let containers = spec.get_mut("containers").and_then(Value::as_array_mut);
-    for c in containers.into_iter().flatten() {
-        let ports = c.get_mut("ports").and_then(Value::as_array_mut);
-        for p in ports.into_iter().flatten() {
-            if p["protocol"].is_null() {
-                p["protocol"] = json!("TCP");
-            }
-        }
-        if c["imagePullPolicy"].is_null() {
-            let latest = c["image"].as_str().is_some_and(|i| {
-                !i.rsplit('/').next().unwrap_or(i).contains(':') || i.ends_with(":latest")
-            });
-            c["imagePullPolicy"] = json!(if latest { "Always" } else { "IfNotPresent" });
-        }
-        if c["terminationMessagePath"].is_null() {
-            c["terminationMessagePath"] = json!("/dev/termination-log");
-            c["terminationMessagePolicy"] = json!("File");
-        }
     }
 }
 
@@ -1175,6 +1135,7 @@ fn create_in(
     if txn.get(key)?.is_some() {
         return Err(Status::already_exists(rt.group, rt.resource, &name).into());
     }
+    crate::defaults::apply(rt, &mut obj);
     check_write(s, txn, t, key, &mut obj, None)?;
     let stored = txn.put(key, obj, EventType::Added)?;
     if rt.kind == "Namespace" && rt.group.is_empty() {
@@ -1302,6 +1263,9 @@ fn store_update(
     if rt.kind == "Namespace" {
         new["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
     }
+    // Defaults before the generation check: a write that only drops a defaulted
+    // field changes nothing, as in kube-apiserver, which defaults what it decodes.
+    crate::defaults::apply(rt, &mut new);
     if !status_only && new.get("spec") != old.get("spec") {
         let g = old["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
         new["metadata"]["generation"] = json!(g);

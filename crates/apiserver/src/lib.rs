@@ -29,6 +29,7 @@ mod alloc;
 mod api;
 mod apply;
 mod bootstrap;
+mod defaults;
 mod discovery;
 mod error;
 mod gc;

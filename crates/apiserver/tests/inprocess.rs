@@ -1765,3 +1765,241 @@ async fn health_check_node_ports() {
     .await;
     assert_eq!(code, 201, "{v}");
 }
+
+/// kube-apiserver's defaults, after a create and after each kind of write that could
+/// drop them: JSON patch, merge patch, strategic merge patch, server-side apply, PUT.
+#[tokio::test]
+async fn defaults_apply_on_create_and_on_every_patch_type() {
+    use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+    use k8s_openapi::api::core::v1::Secret;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    let (_dir, _r, client) = setup();
+    let pp = PatchParams::default();
+    let template = json!({"metadata": {"labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "web", "image": "nginx:1.27",
+            "readinessProbe": {"httpGet": {"port": 80}},
+            "env": [{"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]}]}});
+    let selector = json!({"matchLabels": {"app": "web"}});
+
+    // StatefulSet.
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), "default");
+    let s: StatefulSet = serde_json::from_value(json!({"metadata": {"name": "web"},
+        "spec": {"serviceName": "web", "selector": selector, "template": template}}))
+    .unwrap();
+    let check_sts = |s: &StatefulSet| {
+        let v = serde_json::to_value(s).unwrap();
+        let spec = &v["spec"];
+        assert_eq!(
+            spec["updateStrategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
+            "{v}"
+        );
+        assert_eq!(spec["podManagementPolicy"], "OrderedReady", "{v}");
+        assert_eq!(spec["revisionHistoryLimit"], 10, "{v}");
+        assert_eq!(spec["replicas"], 1, "{v}");
+        assert_eq!(
+            spec["persistentVolumeClaimRetentionPolicy"],
+            json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+            "{v}"
+        );
+        let pod = &spec["template"]["spec"];
+        assert_eq!(pod["dnsPolicy"], "ClusterFirst", "{v}");
+        assert_eq!(pod["restartPolicy"], "Always", "{v}");
+        assert_eq!(pod["schedulerName"], "default-scheduler", "{v}");
+        assert_eq!(pod["terminationGracePeriodSeconds"], 30, "{v}");
+        assert_eq!(pod["securityContext"], json!({}), "{v}");
+        let c = &pod["containers"][0];
+        assert_eq!(c["imagePullPolicy"], "IfNotPresent", "{v}");
+        assert_eq!(c["terminationMessagePolicy"], "File", "{v}");
+        assert_eq!(
+            c["readinessProbe"],
+            json!({"httpGet": {"port": 80, "path": "/", "scheme": "HTTP"}, "timeoutSeconds": 1,
+                "periodSeconds": 10, "successThreshold": 1, "failureThreshold": 3}),
+            "{v}"
+        );
+        assert_eq!(
+            c["env"][0]["valueFrom"]["fieldRef"]["apiVersion"], "v1",
+            "{v}"
+        );
+        assert_eq!(v["metadata"]["generation"], 1, "{v}");
+    };
+    check_sts(&sts.create(&PostParams::default(), &s).await.unwrap());
+    let json_patch: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "remove", "path": "/spec/updateStrategy"},
+        {"op": "remove", "path": "/spec/revisionHistoryLimit"},
+        {"op": "remove", "path": "/spec/template/spec/dnsPolicy"},
+    ]))
+    .unwrap();
+    check_sts(
+        &sts.patch("web", &pp, &Patch::Json::<()>(json_patch))
+            .await
+            .unwrap(),
+    );
+    let merge = json!({"spec": {"persistentVolumeClaimRetentionPolicy": null,
+        "podManagementPolicy": null, "updateStrategy": {"rollingUpdate": {"partition": null}}}});
+    check_sts(&sts.patch("web", &pp, &Patch::Merge(&merge)).await.unwrap());
+    let strategic = json!({"spec": {"revisionHistoryLimit": null,
+        "template": {"spec": {"containers": [{"name": "web", "imagePullPolicy": null}]}}}});
+    check_sts(
+        &sts.patch("web", &pp, &Patch::Strategic(&strategic))
+            .await
+            .unwrap(),
+    );
+    let apply = json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "web", "labels": {"applied": "yes"}},
+        "spec": {"serviceName": "web", "selector": selector, "template": template}});
+    let applied = sts
+        .patch("web", &PatchParams::apply("test"), &Patch::Apply(&apply))
+        .await
+        .unwrap();
+    assert_eq!(applied.labels()["applied"], "yes");
+    check_sts(&applied);
+    // A strategy type of its own keeps it.
+    let on_delete =
+        json!({"spec": {"updateStrategy": {"type": "OnDelete", "rollingUpdate": null}}});
+    let s = sts
+        .patch("web", &pp, &Patch::Merge(&on_delete))
+        .await
+        .unwrap();
+    let v = serde_json::to_value(&s).unwrap();
+    assert_eq!(
+        v["spec"]["updateStrategy"],
+        json!({"type": "OnDelete"}),
+        "{v}"
+    );
+
+    // DaemonSet.
+    let dss: Api<DaemonSet> = Api::namespaced(client.clone(), "default");
+    let ds: DaemonSet = serde_json::from_value(json!({"metadata": {"name": "agent"},
+        "spec": {"selector": selector, "template": template}}))
+    .unwrap();
+    let check_ds = |d: &DaemonSet| {
+        let v = serde_json::to_value(d).unwrap();
+        assert_eq!(
+            v["spec"]["updateStrategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
+            "{v}"
+        );
+        assert_eq!(v["spec"]["revisionHistoryLimit"], 10, "{v}");
+        assert!(v["spec"].get("replicas").is_none(), "{v}");
+    };
+    check_ds(&dss.create(&PostParams::default(), &ds).await.unwrap());
+    let merge =
+        json!({"spec": {"updateStrategy": {"rollingUpdate": null}, "revisionHistoryLimit": null}});
+    check_ds(
+        &dss.patch("agent", &pp, &Patch::Merge(&merge))
+            .await
+            .unwrap(),
+    );
+
+    // Deployment, also through a PUT without the defaulted fields.
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let d: Deployment = serde_json::from_value(json!({"metadata": {"name": "web"},
+        "spec": {"selector": selector, "template": template}}))
+    .unwrap();
+    let check_dep = |d: &Deployment| {
+        let v = serde_json::to_value(d).unwrap();
+        assert_eq!(
+            v["spec"]["strategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
+            "{v}"
+        );
+        assert_eq!(v["spec"]["progressDeadlineSeconds"], 600, "{v}");
+        assert_eq!(v["spec"]["revisionHistoryLimit"], 10, "{v}");
+    };
+    let created = deps.create(&PostParams::default(), &d).await.unwrap();
+    check_dep(&created);
+    let mut put = d.clone();
+    put.metadata.resource_version = created.metadata.resource_version.clone();
+    let replaced = deps
+        .replace("web", &PostParams::default(), &put)
+        .await
+        .unwrap();
+    check_dep(&replaced);
+    // Nothing changed: no new generation, no new resourceVersion.
+    assert_eq!(replaced.metadata.generation, Some(1));
+    assert_eq!(
+        replaced.metadata.resource_version,
+        created.metadata.resource_version
+    );
+
+    // Pods: spec defaults and what admission adds.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let p = pods
+        .create(&PostParams::default(), &pod("p", json!({"app": "web"})))
+        .await
+        .unwrap();
+    let v = serde_json::to_value(&p).unwrap();
+    let spec = &v["spec"];
+    assert_eq!(spec["serviceAccount"], "default", "{v}");
+    assert_eq!(spec["enableServiceLinks"], true, "{v}");
+    assert_eq!(spec["priority"], 0, "{v}");
+    assert_eq!(spec["preemptionPolicy"], "PreemptLowerPriority", "{v}");
+    assert_eq!(
+        spec["tolerations"],
+        json!([
+            {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+            {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}
+        ]),
+        "{v}"
+    );
+    assert_eq!(spec["containers"][0]["ports"][0]["protocol"], "TCP", "{v}");
+    let p = pods
+        .patch(
+            "p",
+            &pp,
+            &Patch::Merge(&json!({"spec": {"enableServiceLinks": null, "schedulerName": null}})),
+        )
+        .await
+        .unwrap();
+    let v = serde_json::to_value(&p).unwrap();
+    assert_eq!(v["spec"]["enableServiceLinks"], true, "{v}");
+    assert_eq!(v["spec"]["schedulerName"], "default-scheduler", "{v}");
+
+    // Other kinds.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let s = secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "s"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.type_.as_deref(), Some("Opaque"));
+    let nps: Api<NetworkPolicy> = Api::namespaced(client.clone(), "default");
+    let np = nps
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "np"}, "spec": {"podSelector": {},
+                "egress": [{"ports": [{"port": 53}]}]}}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let v = serde_json::to_value(&np).unwrap();
+    assert_eq!(
+        v["spec"]["policyTypes"],
+        json!(["Ingress", "Egress"]),
+        "{v}"
+    );
+    assert_eq!(v["spec"]["egress"][0]["ports"][0]["protocol"], "TCP", "{v}");
+    let slices: Api<EndpointSlice> = Api::namespaced(client, "default");
+    let es = slices
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "es"}, "addressType": "IPv4",
+                "endpoints": [], "ports": [{"port": 80}]}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let v = serde_json::to_value(&es).unwrap();
+    assert_eq!(
+        v["ports"][0],
+        json!({"name": "", "port": 80, "protocol": "TCP"}),
+        "{v}"
+    );
+}

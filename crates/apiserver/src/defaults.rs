@@ -1,0 +1,321 @@
+//! kube-apiserver's defaulting (the `SetDefaults_*` functions of the API groups served
+//! here), applied to every write: create, update and each patch type (JSON, merge,
+//! strategic, server-side apply), as kube-apiserver defaults every object it decodes.
+//! Every default fills only what is missing, so applying it twice changes nothing.
+//! Services are defaulted with their allocation (`service.rs`); what admission
+//! plugins add to new pods only is in [`pod_admission`].
+
+use serde_json::{Map, Value, json};
+
+use crate::resources::ResourceType;
+
+/// Sets `v[key]` to `d` when it is missing or null.
+fn or(v: &mut Value, key: &str, d: Value) {
+    if let Some(m) = v.as_object_mut() {
+        let e = m.entry(key).or_insert(Value::Null);
+        if e.is_null() {
+            *e = d;
+        }
+    }
+}
+
+/// The array at `v[key]`, if any, without inserting anything.
+fn items<'a>(v: &'a mut Value, key: &str) -> impl Iterator<Item = &'a mut Value> {
+    v.get_mut(key)
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+}
+
+/// The object at `v[key]`, created when missing (only where kube-apiserver creates it).
+fn obj<'a>(v: &'a mut Value, key: &str) -> &'a mut Value {
+    or(v, key, Value::Object(Map::new()));
+    &mut v[key]
+}
+
+/// Applies the defaults of `rt`'s kind to `o`.
+pub(crate) fn apply(rt: &ResourceType, o: &mut Value) {
+    if rt.custom || !o.is_object() {
+        return;
+    }
+    match (rt.group, rt.kind) {
+        ("", "Pod") => {
+            let spec = obj(o, "spec");
+            pod_spec(spec);
+            // SetDefaults_Pod: only pods, not templates.
+            or(spec, "enableServiceLinks", json!(true));
+            for key in ["containers", "initContainers"] {
+                items(spec, key).for_each(requests_from_limits);
+            }
+        }
+        ("", "Secret") => or(o, "type", json!("Opaque")),
+        ("", "Endpoints") => {
+            for s in items(o, "subsets") {
+                for p in items(s, "ports") {
+                    or(p, "protocol", json!("TCP"));
+                }
+            }
+        }
+        ("", "Node") => {
+            // SetDefaults_NodeStatus: allocatable is the capacity unless said otherwise.
+            if let Some(st) = o.get_mut("status").filter(|s| s.is_object())
+                && st["allocatable"].is_null()
+                && st["capacity"].is_object()
+            {
+                st["allocatable"] = st["capacity"].clone();
+            }
+        }
+        ("", "Service") if o["spec"]["sessionAffinity"] == "ClientIP" => {
+            let cfg = obj(obj(&mut o["spec"], "sessionAffinityConfig"), "clientIP");
+            or(cfg, "timeoutSeconds", json!(10800));
+        }
+        ("apps", kind) => workload(kind, obj(o, "spec")),
+        ("discovery.k8s.io", "EndpointSlice") => {
+            for p in items(o, "ports") {
+                or(p, "name", json!(""));
+                or(p, "protocol", json!("TCP"));
+            }
+        }
+        ("networking.k8s.io", "NetworkPolicy") => {
+            let spec = obj(o, "spec");
+            for key in ["ingress", "egress"] {
+                for rule in items(spec, key) {
+                    for p in items(rule, "ports") {
+                        or(p, "protocol", json!("TCP"));
+                    }
+                }
+            }
+            if spec["policyTypes"].as_array().is_none_or(|a| a.is_empty()) {
+                let egress = spec["egress"].as_array().is_some_and(|a| !a.is_empty());
+                spec["policyTypes"] = if egress {
+                    json!(["Ingress", "Egress"])
+                } else {
+                    json!(["Ingress"])
+                };
+            }
+        }
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+            let spec = obj(o, "spec");
+            or(spec, "conversion", json!({"strategy": "None"}));
+            let names = obj(spec, "names");
+            if let Some(kind) = names["kind"].as_str().map(str::to_string) {
+                or(names, "singular", json!(kind.to_lowercase()));
+                or(names, "listKind", json!(format!("{kind}List")));
+            }
+        }
+        _ => {}
+    }
+}
+
+fn workload(kind: &str, spec: &mut Value) {
+    if kind != "DaemonSet" {
+        or(spec, "replicas", json!(1));
+    }
+    if kind != "ReplicaSet" {
+        or(spec, "revisionHistoryLimit", json!(10));
+    }
+    match kind {
+        "Deployment" => {
+            or(spec, "progressDeadlineSeconds", json!(600));
+            let strategy = obj(spec, "strategy");
+            or(strategy, "type", json!("RollingUpdate"));
+            if strategy["type"] == "RollingUpdate" {
+                let ru = obj(strategy, "rollingUpdate");
+                or(ru, "maxUnavailable", json!("25%"));
+                or(ru, "maxSurge", json!("25%"));
+            }
+        }
+        "StatefulSet" => {
+            or(spec, "podManagementPolicy", json!("OrderedReady"));
+            let strategy = obj(spec, "updateStrategy");
+            if strategy["type"].is_null() {
+                strategy["type"] = json!("RollingUpdate");
+                or(strategy, "rollingUpdate", json!({}));
+            }
+            if strategy["type"] == "RollingUpdate"
+                && let Some(ru) = strategy.get_mut("rollingUpdate").filter(|r| r.is_object())
+            {
+                or(ru, "partition", json!(0));
+            }
+            let retention = obj(spec, "persistentVolumeClaimRetentionPolicy");
+            or(retention, "whenDeleted", json!("Retain"));
+            or(retention, "whenScaled", json!("Retain"));
+            for pvc in items(spec, "volumeClaimTemplates") {
+                or(obj(pvc, "spec"), "volumeMode", json!("Filesystem"));
+            }
+        }
+        "DaemonSet" => {
+            let strategy = obj(spec, "updateStrategy");
+            or(strategy, "type", json!("RollingUpdate"));
+            if strategy["type"] == "RollingUpdate" {
+                let ru = obj(strategy, "rollingUpdate");
+                or(ru, "maxUnavailable", json!(1));
+                or(ru, "maxSurge", json!(0));
+            }
+        }
+        _ => return,
+    }
+    let template = obj(spec, "template");
+    pod_spec(obj(template, "spec"));
+}
+
+/// SetDefaults_PodSpec and what it reaches (containers, probes, volumes), for pods and
+/// pod templates alike.
+fn pod_spec(spec: &mut Value) {
+    or(spec, "dnsPolicy", json!("ClusterFirst"));
+    or(spec, "restartPolicy", json!("Always"));
+    or(spec, "terminationGracePeriodSeconds", json!(30));
+    or(spec, "schedulerName", json!("default-scheduler"));
+    or(spec, "securityContext", json!({}));
+    let host_network = spec["hostNetwork"] == true;
+    for key in ["containers", "initContainers", "ephemeralContainers"] {
+        for c in items(spec, key) {
+            container(c, host_network);
+        }
+    }
+    for v in items(spec, "volumes") {
+        volume(v);
+    }
+}
+
+fn container(c: &mut Value, host_network: bool) {
+    if c["imagePullPolicy"].is_null() {
+        let latest = c["image"].as_str().is_some_and(|i| {
+            let last = i.rsplit('/').next().unwrap_or(i);
+            (!last.contains(':') && !last.contains('@')) || i.ends_with(":latest")
+        });
+        c["imagePullPolicy"] = json!(if latest { "Always" } else { "IfNotPresent" });
+    }
+    or(c, "terminationMessagePath", json!("/dev/termination-log"));
+    or(c, "terminationMessagePolicy", json!("File"));
+    or(c, "resources", json!({}));
+    for p in items(c, "ports") {
+        or(p, "protocol", json!("TCP"));
+        // defaultHostNetworkPorts: a host-network pod's port is its host port.
+        if host_network && p["hostPort"].is_null() {
+            p["hostPort"] = p["containerPort"].clone();
+        }
+    }
+    for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        if let Some(p) = c.get_mut(probe).filter(|p| p.is_object()) {
+            or(p, "timeoutSeconds", json!(1));
+            or(p, "periodSeconds", json!(10));
+            or(p, "successThreshold", json!(1));
+            or(p, "failureThreshold", json!(3));
+            if let Some(h) = p.get_mut("httpGet").filter(|h| h.is_object()) {
+                or(h, "path", json!("/"));
+                or(h, "scheme", json!("HTTP"));
+            }
+        }
+    }
+    for e in items(c, "env") {
+        if let Some(f) = e
+            .get_mut("valueFrom")
+            .and_then(|v| v.get_mut("fieldRef"))
+            .filter(|f| f.is_object())
+        {
+            or(f, "apiVersion", json!("v1"));
+        }
+    }
+}
+
+fn requests_from_limits(c: &mut Value) {
+    let Some(limits) = c["resources"]["limits"].as_object().cloned() else {
+        return;
+    };
+    let requests = obj(obj(c, "resources"), "requests");
+    for (k, v) in limits {
+        or(requests, &k, v);
+    }
+}
+
+fn volume(v: &mut Value) {
+    const SOURCES: &[&str] = &[
+        "hostPath",
+        "emptyDir",
+        "gcePersistentDisk",
+        "awsElasticBlockStore",
+        "gitRepo",
+        "secret",
+        "nfs",
+        "iscsi",
+        "glusterfs",
+        "persistentVolumeClaim",
+        "rbd",
+        "flexVolume",
+        "cinder",
+        "cephfs",
+        "flocker",
+        "downwardAPI",
+        "fc",
+        "azureFile",
+        "configMap",
+        "vsphereVolume",
+        "quobyte",
+        "azureDisk",
+        "photonPersistentDisk",
+        "projected",
+        "portworxVolume",
+        "scaleIO",
+        "storageos",
+        "csi",
+        "ephemeral",
+        "image",
+    ];
+    if !SOURCES.iter().any(|s| !v[*s].is_null()) {
+        v["emptyDir"] = json!({});
+    }
+    for s in ["secret", "configMap", "downwardAPI", "projected"] {
+        if let Some(src) = v.get_mut(s).filter(|x| x.is_object()) {
+            or(src, "defaultMode", json!(420));
+        }
+    }
+    if let Some(sources) = v
+        .get_mut("projected")
+        .and_then(|p| p.get_mut("sources"))
+        .and_then(Value::as_array_mut)
+    {
+        for s in sources {
+            if let Some(t) = s.get_mut("serviceAccountToken").filter(|t| t.is_object()) {
+                or(t, "expirationSeconds", json!(3600));
+            }
+        }
+    }
+    if let Some(h) = v.get_mut("hostPath").filter(|h| h.is_object()) {
+        or(h, "type", json!(""));
+    }
+}
+
+/// What kube-apiserver's default admission plugins add to a new pod: its
+/// ServiceAccount (`ServiceAccount`), the not-ready/unreachable tolerations
+/// (`DefaultTolerationSeconds`) and its priority (`Priority`).
+pub(crate) fn pod_admission(pod: &mut Value) {
+    let spec = obj(pod, "spec");
+    let sa = spec["serviceAccountName"]
+        .as_str()
+        .or(spec["serviceAccount"].as_str())
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default")
+        .to_string();
+    spec["serviceAccountName"] = json!(sa);
+    spec["serviceAccount"] = json!(sa);
+    let mut tolerations = spec["tolerations"].as_array().cloned().unwrap_or_default();
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        let has = tolerations.iter().any(|t| {
+            (t["key"] == key || (t["key"].is_null() && t["operator"] == "Exists"))
+                && (t["effect"].is_null() || t["effect"] == "NoExecute")
+        });
+        if !has {
+            tolerations.push(json!({"key": key, "operator": "Exists",
+                "effect": "NoExecute", "tolerationSeconds": 300}));
+        }
+    }
+    spec["tolerations"] = json!(tolerations);
+    if spec["priorityClassName"].is_null() {
+        or(spec, "priority", json!(0));
+    }
+    or(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
+}
