@@ -1137,6 +1137,9 @@ fn create_in(
     }
     crate::defaults::apply(rt, &mut obj);
     check_write(s, txn, t, key, &mut obj, None)?;
+    if crate::gc::owners_changed(&obj, None) {
+        txn.note(key);
+    }
     let stored = txn.put(key, obj, EventType::Added)?;
     if rt.kind == "Namespace" && rt.group.is_empty() {
         crate::bootstrap::ensure_default_service_account(txn, &name)?;
@@ -1279,8 +1282,11 @@ fn store_update(
     if crate::gc::may_remove(rt, &new) {
         return crate::gc::remove(txn, &s.catalog.all(), rt, key, new);
     }
-    if new["metadata"]["deletionTimestamp"].is_string() {
-        // A foreground owner or terminating namespace may be waiting for this change.
+    if new["metadata"]["deletionTimestamp"].is_string()
+        || crate::gc::owners_changed(&new, Some(&old))
+    {
+        // A foreground owner or terminating namespace may be waiting for this change,
+        // or the garbage collector has owners to look up.
         txn.note(key);
     }
     txn.put(key, new, EventType::Modified)

@@ -7,6 +7,8 @@
 //!   the `foregroundDeletion` finalizer and stays, with its deletionTimestamp, until every
 //!   dependent with `blockOwnerDeletion: true` is gone; dependents that have dependents of
 //!   their own are deleted in the foreground too);
+//! - dangling ownerReferences (the owner is gone or has another uid): the object is
+//!   collected, as kube's garbage collector does (see [`collect_dangling`]);
 //! - namespaces: a delete sets the `Terminating` phase; the namespace's content is deleted
 //!   and, once nothing is left, the `kubernetes` finalizer leaves `spec.finalizers` and
 //!   the namespace goes.
@@ -260,6 +262,94 @@ pub(crate) fn dependents(
     Ok(out)
 }
 
+/// kube-controller-manager's garbage collector for one object with ownerReferences:
+/// an owner that is absent, or present with another uid, is dangling (a namespaced
+/// dependent's owners are looked up in its namespace, cluster-scoped owners cluster-wide;
+/// a cluster-scoped dependent cannot have a namespaced owner). With every owner
+/// dangling the object is deleted (in the background, or as its `orphan` /
+/// `foregroundDeletion` finalizer says); with some owner still there, the dangling
+/// references are removed. Owners of kinds this server does not serve are left alone,
+/// as kube's GC cannot resolve them either.
+fn collect_dangling(
+    txn: &mut Txn,
+    all: &[&'static ResourceType],
+    rt: &ResourceType,
+    key: &str,
+) -> Result<(), Error> {
+    let Some(o) = txn.get(key)? else {
+        return Ok(());
+    };
+    let refs = o["metadata"]["ownerReferences"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if refs.is_empty() || o["metadata"]["deletionTimestamp"].is_string() {
+        return Ok(());
+    }
+    let ns = rt
+        .namespaced
+        .then(|| str_at(&o, "metadata.namespace").unwrap_or("").to_string());
+    let mut dangling = Vec::new();
+    let mut solid = false;
+    for r in &refs {
+        let api = r["apiVersion"].as_str().unwrap_or("");
+        let group = api.rsplit_once('/').map_or("", |(g, _)| g);
+        let (kind, name) = (
+            r["kind"].as_str().unwrap_or(""),
+            r["name"].as_str().unwrap_or(""),
+        );
+        let uid = r["uid"].as_str().unwrap_or("");
+        let Some(owner_rt) = all
+            .iter()
+            .find(|t| t.api_version() == api && t.kind == kind)
+            .or_else(|| all.iter().find(|t| t.group == group && t.kind == kind))
+        else {
+            solid = true;
+            continue;
+        };
+        let owner_key = match (&ns, owner_rt.namespaced) {
+            (Some(ns), true) => owner_rt.key(ns, name),
+            (_, false) => owner_rt.key("", name),
+            (None, true) => {
+                dangling.push(uid.to_string());
+                continue;
+            }
+        };
+        match txn.get(&owner_key)? {
+            Some(owner) if str_at(&owner, "metadata.uid") == Some(uid) => solid = true,
+            _ => dangling.push(uid.to_string()),
+        }
+    }
+    if dangling.is_empty() {
+        return Ok(());
+    }
+    if solid {
+        let mut o = o;
+        if let Some(refs) = o["metadata"]["ownerReferences"].as_array_mut() {
+            refs.retain(|r| !dangling.iter().any(|d| r["uid"].as_str() == Some(d)));
+        }
+        txn.put(key, o, EventType::Modified)?;
+        return Ok(());
+    }
+    let fins = o["metadata"]["finalizers"].clone();
+    let has = |f: &str| fins.as_array().is_some_and(|a| a.iter().any(|x| x == f));
+    let opts = DeleteOpts {
+        orphan: has("orphan"),
+        foreground: has(FOREGROUND),
+        grace: None,
+    };
+    delete_in(txn, all, rt, key, o, opts)?;
+    Ok(())
+}
+
+/// Whether a write of `new` (over `old`) needs the garbage collector's look at its
+/// owners: it has ownerReferences, new or changed.
+pub(crate) fn owners_changed(new: &Value, old: Option<&Value>) -> bool {
+    let refs = &new["metadata"]["ownerReferences"];
+    refs.as_array().is_some_and(|r| !r.is_empty())
+        && old.is_none_or(|o| o["metadata"]["ownerReferences"] != *refs)
+}
+
 /// A foreground owner whose blocking dependents are gone loses `foregroundDeletion` and,
 /// with no other finalizer, goes. Returns the owner as it then is (`None`: untouched).
 fn finish_foreground(
@@ -403,6 +493,7 @@ pub(crate) fn work(state: &State) -> Result<(), Error> {
                 .find(|rt| key.starts_with(&format!("{}/", rt.storage_prefix())))
             {
                 finish_foreground(txn, &all, rt, key)?;
+                collect_dangling(txn, &all, rt, key)?;
             }
         }
         Ok(txn.take_notes())
@@ -417,7 +508,8 @@ pub(crate) fn work(state: &State) -> Result<(), Error> {
     Ok(())
 }
 
-/// Finds work left by an earlier run (terminating namespaces, foreground owners). Only
+/// Finds work left by an earlier run (terminating namespaces, foreground owners,
+/// objects whose owners need a look). Only
 /// objects whose stored bytes mention the markers are decoded.
 pub(crate) fn recover(state: &State) -> Result<(), Error> {
     let mut keys = Vec::new();
@@ -426,10 +518,12 @@ pub(crate) fn recover(state: &State) -> Result<(), Error> {
         let prefix = format!("{}/", rt.storage_prefix());
         let page = state.store.list_raw(&prefix, None, None, None)?;
         for raw in page.items {
+            // Objects with owners too: an owner may have gone while a dependent was
+            // being written, and the dependent's check was not made before a stop.
             let marked = if is_namespace(rt) {
                 contains(&raw, b"deletionTimestamp")
             } else {
-                contains(&raw, FOREGROUND.as_bytes())
+                contains(&raw, FOREGROUND.as_bytes()) || contains(&raw, b"ownerReferences")
             };
             if marked {
                 let o: Value = serde_json::from_slice(&raw)

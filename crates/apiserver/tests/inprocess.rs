@@ -2003,3 +2003,132 @@ async fn defaults_apply_on_create_and_on_every_patch_type() {
         "{v}"
     );
 }
+
+/// Dangling ownerReferences: objects whose every owner is absent, or present with
+/// another uid, or (for a namespaced dependent) only in another namespace, are
+/// collected in the background; a dependent with one owner left loses only the
+/// dangling reference; owners of kinds the server does not serve are left alone.
+#[tokio::test]
+async fn dangling_owner_references_are_garbage_collected() {
+    let (_dir, _r, client) = setup();
+    let nss: Api<Namespace> = Api::all(client.clone());
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "other"}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let other: Api<ConfigMap> = Api::namespaced(client.clone(), "other");
+    let cm = |name: &str, owners: Value| -> ConfigMap {
+        serde_json::from_value(json!({"metadata": {"name": name, "ownerReferences": owners}}))
+            .unwrap()
+    };
+    let owner_ref = |kind: &str, api: &str, name: &str, uid: &str| json!({"apiVersion": api, "kind": kind, "name": name, "uid": uid});
+    let pp = PostParams::default();
+    let owner = cms.create(&pp, &cm("owner", json!([]))).await.unwrap();
+    let uid = owner.uid().unwrap();
+    let default_ns = nss.get("default").await.unwrap().uid().unwrap();
+    let keep = [
+        // A real owner.
+        cm("kept", json!([owner_ref("ConfigMap", "v1", "owner", &uid)])),
+        // A cluster-scoped owner, found cluster-wide.
+        cm(
+            "ns-owned",
+            json!([owner_ref("Namespace", "v1", "default", &default_ns)]),
+        ),
+        // A kind the server does not serve: not resolvable, left alone.
+        cm(
+            "unknown",
+            json!([owner_ref("Widget", "example.com/v1", "w", "1234")]),
+        ),
+        // One owner left: only the dangling reference goes.
+        cm(
+            "half",
+            json!([
+                owner_ref("ConfigMap", "v1", "owner", &uid),
+                owner_ref("ConfigMap", "v1", "ghost", "5678")
+            ]),
+        ),
+    ];
+    for c in &keep {
+        cms.create(&pp, c).await.unwrap();
+    }
+    let gone = [
+        cm(
+            "wrong-uid",
+            json!([owner_ref("ConfigMap", "v1", "owner", "not-the-uid")]),
+        ),
+        cm(
+            "absent",
+            json!([owner_ref("ConfigMap", "v1", "ghost", "5678")]),
+        ),
+        cm(
+            "absent-node",
+            json!([owner_ref("Node", "v1", "no-such-node", "91011")]),
+        ),
+    ];
+    for c in &gone {
+        cms.create(&pp, c).await.unwrap();
+    }
+    // Same name and uid as the owner, but in another namespace.
+    other
+        .create(
+            &pp,
+            &cm(
+                "elsewhere",
+                json!([owner_ref("ConfigMap", "v1", "owner", &uid)]),
+            ),
+        )
+        .await
+        .unwrap();
+    // An update that adds a dangling reference.
+    let late = cms.create(&pp, &cm("late", json!([]))).await.unwrap();
+    let mut late = late;
+    late.metadata.owner_references = Some(vec![
+        serde_json::from_value(owner_ref("ConfigMap", "v1", "ghost", "5678")).unwrap(),
+    ]);
+    cms.replace("late", &pp, &late).await.unwrap();
+    // Created after its owner was deleted.
+    let shortlived = cms.create(&pp, &cm("short", json!([]))).await.unwrap();
+    cms.delete("short", &DeleteParams::default()).await.unwrap();
+    cms.create(
+        &pp,
+        &cm(
+            "after-owner",
+            json!([owner_ref(
+                "ConfigMap",
+                "v1",
+                "short",
+                &shortlived.uid().unwrap()
+            )]),
+        ),
+    )
+    .await
+    .unwrap();
+    for name in ["wrong-uid", "absent", "absent-node", "late", "after-owner"] {
+        let cms = cms.clone();
+        wait_for(|| {
+            let cms = cms.clone();
+            async move { cms.get_opt(name).await.unwrap().is_none() }
+        })
+        .await;
+    }
+    {
+        let other = other.clone();
+        wait_for(|| {
+            let other = other.clone();
+            async move { other.get_opt("elsewhere").await.unwrap().is_none() }
+        })
+        .await;
+    }
+    // The ones to keep were written before these and looked at no later.
+    for name in ["kept", "ns-owned", "unknown"] {
+        let c = cms.get(name).await.unwrap();
+        assert_eq!(c.metadata.owner_references.unwrap().len(), 1, "{name}");
+    }
+    let half = cms.get("half").await.unwrap();
+    let refs = half.metadata.owner_references.unwrap();
+    assert_eq!(refs.len(), 1);
+    assert_eq!(refs[0].uid, uid);
+}
