@@ -355,6 +355,13 @@ where
                 "application/json",
             ))
         }
+        ["api", "v1", "namespaces", ns, "bindings"] => {
+            if r.method != Method::POST {
+                return Err(Status::method_not_allowed(r.method.as_str()).into());
+            }
+            let ns = ns.to_string();
+            blocking(state, move |s| bind_pod(s, &ns, None, &r)).await
+        }
         ["api", "v1", rest @ ..] => resource(state, "", "v1", rest, r).await,
         ["apis", g] if group_served(g) => get_only(json_response(
             200,
@@ -462,12 +469,14 @@ async fn resource(
     let is_log = target.sub.as_deref() == Some("log") && target.rt.is("", "pods");
     let is_token = target.sub.as_deref() == Some("token") && target.rt.is("", "serviceaccounts");
     let is_finalize = target.sub.as_deref() == Some("finalize") && target.rt.is("", "namespaces");
+    let is_binding = target.sub.as_deref() == Some("binding") && target.rt.is("", "pods");
     if let Some(sub) = &target.sub
         && !((sub == "status" && target.rt.status)
             || (sub == "scale" && target.rt.has_scale())
             || is_log
             || is_token
-            || is_finalize)
+            || is_finalize
+            || is_binding)
     {
         return Err(Status::not_found_path().into());
     }
@@ -482,6 +491,14 @@ async fn resource(
             return Err(Status::method_not_allowed(r.method.as_str()).into());
         }
         return blocking(state, move |s| finalize_namespace(s, &target, &r)).await;
+    }
+    if is_binding {
+        if r.method != Method::POST {
+            return Err(Status::method_not_allowed(r.method.as_str()).into());
+        }
+        let ns = target.namespace.clone().unwrap_or_default();
+        let name = target.name.clone();
+        return blocking(state, move |s| bind_pod(s, &ns, name.as_deref(), &r)).await;
     }
     if is_token {
         if r.method != Method::POST {
@@ -1336,6 +1353,126 @@ fn patch_object(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>
     Ok(with_warnings(
         json_response(200, &stored, "application/json"),
         &warnings,
+    ))
+}
+
+/// `POST .../pods/NAME/binding` (or `.../bindings` naming the pod in the body): a
+/// `Binding` sets the pod's `spec.nodeName`, as the scheduler does it, with
+/// kube-apiserver's BindingREST checks and messages.
+fn bind_pod(
+    s: &State,
+    ns: &str,
+    url_name: Option<&str>,
+    r: &Req,
+) -> Result<Response<ResponseBody>, Error> {
+    let body = json_body(r)?;
+    let b: Value = serde_json::from_slice(&body)
+        .map_err(|e| Status::bad_request(format!("error decoding Binding: {e}")))?;
+    if !b.is_object() {
+        return Err(Status::bad_request("a Binding must be an object").into());
+    }
+    let (kind, api) = (b["kind"].as_str(), b["apiVersion"].as_str());
+    if kind.is_some_and(|k| k != "Binding") || api.is_some_and(|a| a != "v1") {
+        return Err(Status::bad_request(format!(
+            "the body of the request was in an unknown format: expected v1 Binding, got {} {}",
+            api.unwrap_or(""),
+            kind.unwrap_or("")
+        ))
+        .into());
+    }
+    let name = str_at(&b, "metadata.name").unwrap_or("").to_string();
+    if let Some(u) = url_name
+        && u != name
+    {
+        return Err(
+            Status::bad_request("name in URL does not match name in Binding object").into(),
+        );
+    }
+    let target_kind = str_at(&b, "target.kind").unwrap_or("");
+    let node = str_at(&b, "target.name").unwrap_or("").to_string();
+    let mut causes = Vec::new();
+    if !target_kind.is_empty() && target_kind != "Node" {
+        causes.push(Cause::not_supported(
+            "target.kind",
+            &b["target"]["kind"],
+            &["Node", "<empty>"],
+        ));
+    }
+    if node.is_empty() {
+        causes.push(Cause::required("target.name", ""));
+    }
+    if !causes.is_empty() {
+        return Err(Status::invalid("", "Binding", &name, &causes).into());
+    }
+    let pods = resources::lookup("", "v1", "pods").ok_or_else(Status::not_found_path)?;
+    let key = pods.key(ns, &name);
+    s.write(dry_run(r), |txn| {
+        let mut pod = txn
+            .get(&key)?
+            .ok_or_else(|| Error::from(Status::not_found("", "pods", &name)))?;
+        let precondition = |field: &str, what: &str| -> Result<(), Error> {
+            match str_at(&b, &format!("metadata.{field}")).filter(|v| !v.is_empty()) {
+                Some(want) if Some(want) != str_at(&pod, &format!("metadata.{field}")) => {
+                    Err(Status::conflict_because(
+                        "pods",
+                        &name,
+                        &format!(
+                            "Precondition failed: {what} in precondition: {want}, {what} in object meta: {}",
+                            str_at(&pod, &format!("metadata.{field}")).unwrap_or("")
+                        ),
+                    )
+                    .into())
+                }
+                _ => Ok(()),
+            }
+        };
+        precondition("uid", "UID")?;
+        precondition("resourceVersion", "ResourceVersion")?;
+        let refuse = |why: String| -> Error {
+            Status::conflict_because("pods/binding", &name, &why).into()
+        };
+        if pod["metadata"]["deletionTimestamp"].is_string() {
+            return Err(refuse(format!(
+                "pod {name} is being deleted, cannot be assigned to a host"
+            )));
+        }
+        if let Some(current) = str_at(&pod, "spec.nodeName").filter(|n| !n.is_empty()) {
+            return Err(refuse(format!(
+                "pod {name} is already assigned to node \"{current}\""
+            )));
+        }
+        if pod["spec"]["schedulingGates"]
+            .as_array()
+            .is_some_and(|g| !g.is_empty())
+        {
+            return Err(refuse(format!(
+                "pod {name} has non-empty .spec.schedulingGates"
+            )));
+        }
+        pod["spec"]["nodeName"] = json!(node);
+        if let Some(a) = b["metadata"]["annotations"].as_object() {
+            for (k, v) in a {
+                pod["metadata"]["annotations"][k] = v.clone();
+            }
+        }
+        let scheduled = json!({"type": "PodScheduled", "status": "True",
+            "lastProbeTime": null, "lastTransitionTime": rfc3339(now_secs())});
+        let mut conds = pod["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        match conds.iter_mut().find(|c| c["type"] == "PodScheduled") {
+            Some(c) if c["status"] == "True" => {}
+            Some(c) => *c = scheduled,
+            None => conds.push(scheduled),
+        }
+        pod["status"]["conditions"] = json!(conds);
+        txn.put(&key, pod, EventType::Modified)
+    })?;
+    Ok(json_response(
+        201,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        "application/json",
     ))
 }
 

@@ -143,6 +143,22 @@ pub(crate) fn resource_list(all: All<'_>, group: &str, version: &str) -> Value {
                 "verbs": STATUS_VERBS,
             }));
         }
+        if rt.group.is_empty() && rt.resource == "pods" {
+            resources.push(json!({
+                "name": "bindings",
+                "singularName": "binding",
+                "namespaced": true,
+                "kind": "Binding",
+                "verbs": ["create"],
+            }));
+            resources.push(json!({
+                "name": "pods/binding",
+                "singularName": "",
+                "namespaced": true,
+                "kind": "Binding",
+                "verbs": ["create"],
+            }));
+        }
         if rt.has_scale() {
             resources.push(json!({
                 "name": format!("{}/scale", rt.resource),
@@ -172,7 +188,13 @@ fn aggregated_group(all: All<'_>, name: &str) -> Value {
 }
 
 fn aggregated_resources(all: All<'_>, name: &str, version: &str) -> Vec<Value> {
-    in_group_version(all, name, version)
+    let mut out: Vec<Value> = Vec::new();
+    if name.is_empty() && version == "v1" {
+        out.push(json!({"resource": "bindings",
+            "responseKind": {"group": "", "version": "v1", "kind": "Binding"},
+            "scope": "Namespaced", "singularResource": "binding", "verbs": ["create"]}));
+    }
+    let rest = in_group_version(all, name, version)
         .map(|rt| {
             let kind = json!({"group": rt.group, "version": rt.version, "kind": rt.kind});
             let mut r = json!({
@@ -190,6 +212,11 @@ fn aggregated_resources(all: All<'_>, name: &str, version: &str) -> Vec<Value> {
                     json!({"subresource": "status", "responseKind": kind, "verbs": STATUS_VERBS}),
                 );
             }
+            if rt.group.is_empty() && rt.resource == "pods" {
+                subs.push(json!({"subresource": "binding",
+                    "responseKind": {"group": "", "version": "v1", "kind": "Binding"},
+                    "verbs": ["create"]}));
+            }
             if rt.has_scale() {
                 subs.push(json!({"subresource": "scale",
                     "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"},
@@ -200,7 +227,9 @@ fn aggregated_resources(all: All<'_>, name: &str, version: &str) -> Vec<Value> {
             }
             r
         })
-        .collect()
+        .collect::<Vec<Value>>();
+    out.extend(rest);
+    out
 }
 
 /// Aggregated discovery for `/api` (the core group) or `/apis` (every other group).

@@ -212,6 +212,17 @@ impl Status {
         .with_details(group, resource, name)
     }
 
+    /// 409 Conflict with the reason kube-apiserver gives:
+    /// `Operation cannot be fulfilled on pods/binding "web": pod web is already assigned ...`.
+    pub(crate) fn conflict_because(resource: &str, name: &str, why: &str) -> Status {
+        Status::new(
+            409,
+            "Conflict",
+            format!("Operation cannot be fulfilled on {resource} \"{name}\": {why}"),
+        )
+        .with_details("", resource, name)
+    }
+
     /// Stale resourceVersion on update.
     pub(crate) fn conflict(group: &str, resource: &str, name: &str) -> Status {
         Status::new(

@@ -2132,3 +2132,157 @@ async fn dangling_owner_references_are_garbage_collected() {
     assert_eq!(refs.len(), 1);
     assert_eq!(refs[0].uid, uid);
 }
+
+/// `pods/binding` (and `bindings`): sets `spec.nodeName` once, with kube-apiserver's
+/// checks and messages; a refused binding changes nothing.
+#[tokio::test]
+async fn pod_bindings_set_the_node_once() {
+    let (_dir, r, client) = setup();
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let pp = PostParams::default();
+    for name in ["p", "q", "gated"] {
+        pods.create(&pp, &pod(name, json!({}))).await.unwrap();
+    }
+    let binding = |pod: &str, node: &str| {
+        json!({"apiVersion": "v1", "kind": "Binding",
+            "metadata": {"name": pod, "annotations": {"scheduled-by": "test"}},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node}})
+    };
+    // kube-rs, as a scheduler would call it.
+    let status = pods
+        .create_subresource::<_, Value>("binding", "p", &pp, &binding("p", "node-1"))
+        .await
+        .unwrap();
+    assert_eq!(status["status"], "Success", "{status}");
+    let p = serde_json::to_value(pods.get("p").await.unwrap()).unwrap();
+    assert_eq!(p["spec"]["nodeName"], "node-1", "{p}");
+    assert_eq!(p["metadata"]["annotations"]["scheduled-by"], "test", "{p}");
+    let conds = p["status"]["conditions"].as_array().unwrap();
+    assert!(
+        conds
+            .iter()
+            .any(|c| c["type"] == "PodScheduled" && c["status"] == "True"),
+        "{p}"
+    );
+    let rv = p["metadata"]["resourceVersion"].clone();
+    // Bound already: 409, nothing changes.
+    let e = api_error(
+        pods.create_subresource::<_, Value>("binding", "p", &pp, &binding("p", "node-2"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, 409);
+    assert_eq!(e.reason, "Conflict");
+    assert_eq!(
+        e.message,
+        "Operation cannot be fulfilled on pods/binding \"p\": pod p is already assigned to node \"node-1\""
+    );
+    let p = serde_json::to_value(pods.get("p").await.unwrap()).unwrap();
+    assert_eq!(p["spec"]["nodeName"], "node-1");
+    assert_eq!(p["metadata"]["resourceVersion"], rv);
+    // The name in the URL must be the Binding's.
+    let e = api_error(
+        pods.create_subresource::<_, Value>("binding", "q", &pp, &binding("p", "node-2"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (400, "name in URL does not match name in Binding object")
+    );
+    // No target, a wrong target kind.
+    let (code, _, v) = raw(
+        &r,
+        "POST",
+        "/api/v1/namespaces/default/pods/q/binding",
+        "application/json",
+        r#"{"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "q"}, "target": {"kind": "Pod"}}"#,
+    )
+    .await;
+    assert_eq!(code, 422, "{v}");
+    assert_eq!(
+        v["message"],
+        "Binding \"q\" is invalid: [target.kind: Unsupported value: \"Pod\": supported values: \"Node\", \"<empty>\", target.name: Required value]"
+    );
+    // A missing pod.
+    let e = api_error(
+        pods.create_subresource::<_, Value>("binding", "nope", &pp, &binding("nope", "node-1"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (404, "pods \"nope\" not found")
+    );
+    // A dry run changes nothing.
+    let (code, _, v) = raw(
+        &r,
+        "POST",
+        "/api/v1/namespaces/default/pods/q/binding?dryRun=All",
+        "application/json",
+        &binding("q", "node-2").to_string(),
+    )
+    .await;
+    assert_eq!(code, 201, "{v}");
+    assert!(
+        pods.get("q")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .node_name
+            .is_none()
+    );
+    // The namespaced `bindings` resource names the pod in the body.
+    let (code, _, v) = raw(
+        &r,
+        "POST",
+        "/api/v1/namespaces/default/bindings",
+        "application/json",
+        &binding("q", "node-2").to_string(),
+    )
+    .await;
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(
+        pods.get("q")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .node_name
+            .as_deref(),
+        Some("node-2")
+    );
+    // Scheduling gates hold a pod back.
+    pods.patch(
+        "gated",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"schedulingGates": [{"name": "wait"}]}})),
+    )
+    .await
+    .unwrap();
+    let e = api_error(
+        pods.create_subresource::<_, Value>("binding", "gated", &pp, &binding("gated", "node-1"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, 409);
+    assert!(
+        e.message
+            .ends_with("pod gated has non-empty .spec.schedulingGates"),
+        "{}",
+        e.message
+    );
+    // Discovery lists both.
+    let (_, _, v) = raw(&r, "GET", "/api/v1", "application/json", "").await;
+    let names: Vec<&str> = v["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"bindings") && names.contains(&"pods/binding"),
+        "{names:?}"
+    );
+}
