@@ -1071,3 +1071,119 @@ async fn kubectl_delete_namespace_waits_until_it_is_gone() {
         .await;
     assert_eq!(out.stdout, "", "{}", out.stderr);
 }
+
+/// The built-in kinds' OpenAPI schemas: `kubectl explain` prints their fields and
+/// descriptions, and kubectl's client-side apply, which reads the strategic-merge
+/// metadata from them, still merges lists by key (a container or a port dropped from
+/// the file is removed, the others kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_explain_built_in_kinds_and_apply_with_their_merge_keys() {
+    let c = start().await;
+    let out = c.kubectl(&["explain", "service.spec"]).await;
+    assert!(out.ok, "{}", out.stderr);
+    for want in [
+        "KIND:       Service",
+        "ServiceSpec describes the attributes that a user creates on a service.",
+        "clusterIP\t<string>",
+        "healthCheckNodePort\t<integer>",
+        "ports\t<[]ServicePort>",
+    ] {
+        assert!(out.stdout.contains(want), "{want:?} in {}", out.stdout);
+    }
+    let out = c.kubectl(&["explain", "deployment.spec.strategy"]).await;
+    assert!(out.ok, "{}", out.stderr);
+    for want in [
+        "GROUP:      apps",
+        "DeploymentStrategy describes how to replace existing pods with new ones.",
+        "rollingUpdate\t<RollingUpdateDeployment>",
+        "type\t<string>",
+    ] {
+        assert!(out.stdout.contains(want), "{want:?} in {}", out.stdout);
+    }
+    let out = c
+        .kubectl(&[
+            "explain",
+            "statefulset.spec.persistentVolumeClaimRetentionPolicy.whenDeleted",
+        ])
+        .await;
+    assert!(
+        out.ok && out.stdout.contains("whenDeleted"),
+        "{}",
+        out.stderr
+    );
+    let out = c
+        .kubectl(&["explain", "endpointslices.endpoints.conditions"])
+        .await;
+    assert!(
+        out.ok && out.stdout.contains("ready\t<boolean>"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    let out = c.kubectl(&["explain", "service.spec.bogus"]).await;
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("field \"bogus\" does not exist"),
+        "{}",
+        out.stderr
+    );
+
+    // Client-side apply with the published merge keys.
+    let two = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: a
+        image: nginx:1.27
+        ports: [{containerPort: 80}, {containerPort: 81}]
+      - name: b
+        image: nginx:1.27
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80}, {name: alt, port: 81}]
+"#;
+    let f = c.write("two.yaml", two);
+    let out = c.kubectl(&["apply", "-f", f.to_str().unwrap()]).await;
+    assert!(out.ok, "{}", out.stderr);
+    let one = two
+        .replace("\n      - name: b\n        image: nginx:1.27", "")
+        .replace(", {containerPort: 81}", "")
+        .replace(", {name: alt, port: 81}", "");
+    let f = c.write("one.yaml", &one);
+    let out = c.kubectl(&["apply", "-f", f.to_str().unwrap()]).await;
+    assert!(out.ok, "{}", out.stderr);
+    let out = c
+        .kubectl(&[
+            "get",
+            "deployment",
+            "web",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[*].name} {.spec.template.spec.containers[*].ports[*].containerPort}",
+        ])
+        .await;
+    assert_eq!(out.stdout, "a 80");
+    let out = c
+        .kubectl(&[
+            "get",
+            "service",
+            "web",
+            "-o",
+            "jsonpath={.spec.ports[*].port}",
+        ])
+        .await;
+    assert_eq!(out.stdout, "80");
+}
