@@ -2,7 +2,7 @@
 # Resident memory of a real `kubewire agent` (routes + service proxy) synced to N
 # Services with one EndpointSlice of 10 endpoints each, created through the API
 # server. The API server listens on loopback inside a throwaway namespace, where the
-# agent runs too; kubectl reaches it on the host's loopback. Needs root.
+# agent runs too; the object creator reaches it on the host's loopback. Needs root.
 # usage: bench/proxy/agent_rss.sh [N]   (default 10000)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,42 +25,81 @@ ip -n "$ns" link set lo up
     > /dev/null 2> "$tmp/apiserver.log" &
 pids+=($!)
 for _ in $(seq 100); do [ -f "$tmp/api/admin.kubeconfig" ] && break; sleep 0.2; done
-python3 - "$N" > "$tmp/objects.json" <<'PY'
-import ipaddress, json, sys
-n = int(sys.argv[1])
-items = []
-for i in range(n):
-    cip = str(ipaddress.IPv4Address(int(ipaddress.IPv4Address("10.96.0.0")) + 1000 + i))
-    items.append({"apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": f"svc-{i}", "namespace": "default"},
-        "spec": {"clusterIP": cip, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
-    eps = [{"addresses": [str(ipaddress.IPv4Address(int(ipaddress.IPv4Address("10.128.0.0")) + i * 10 + j))],
-            "nodeName": f"node-{j % 3}", "conditions": {"ready": True}} for j in range(10)]
-    items.append({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": f"svc-{i}-abc", "namespace": "default",
-                     "labels": {"kubernetes.io/service-name": f"svc-{i}"}},
-        "addressType": "IPv4", "endpoints": eps,
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]})
-print(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
-PY
+# Creates the objects with plain HTTPS POSTs from parallel keep-alive connections,
+# authenticated with the kubeconfig's client certificate (kubectl create -f of one
+# big List took 1,014 s: one request at a time, each with a discovery round).
 t0=$(date +%s)
-kubectl --kubeconfig "$tmp/api/admin.kubeconfig" create -f "$tmp/objects.json" > /dev/null
+python3 - "$N" "$tmp/api/admin.kubeconfig" "$tmp" <<'PY'
+import base64, http.client, ipaddress, json, os, re, ssl, sys, threading, urllib.parse
+n, kubeconfig, tmp = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+text = open(kubeconfig).read()
+def field(name):
+    return base64.b64decode(re.search(name + r":\s*(\S+)", text).group(1))
+for name, f in [("ca", "certificate-authority-data"), ("crt", "client-certificate-data"),
+                ("key", "client-key-data")]:
+    open(f"{tmp}/{name}.pem", "wb").write(field(f))
+url = urllib.parse.urlparse(re.search(r"server:\s*(\S+)", text).group(1))
+ctx = ssl.create_default_context(cafile=f"{tmp}/ca.pem")
+ctx.load_cert_chain(f"{tmp}/crt.pem", f"{tmp}/key.pem")
+ctx.check_hostname = False
+base = int(ipaddress.IPv4Address("10.96.0.0")) + 1000
+eps_base = int(ipaddress.IPv4Address("10.128.0.0"))
+def objects(i):
+    svc = {"apiVersion": "v1", "kind": "Service",
+           "metadata": {"name": f"svc-{i}", "namespace": "default"},
+           "spec": {"clusterIP": str(ipaddress.IPv4Address(base + i)),
+                    "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}
+    eps = [{"addresses": [str(ipaddress.IPv4Address(eps_base + i * 10 + j))],
+            "nodeName": f"node-{j % 3}", "conditions": {"ready": True}} for j in range(10)]
+    sl = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+          "metadata": {"name": f"svc-{i}-abc", "namespace": "default",
+                       "labels": {"kubernetes.io/service-name": f"svc-{i}"}},
+          "addressType": "IPv4", "endpoints": eps,
+          "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}
+    return [("/api/v1/namespaces/default/services", svc),
+            ("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices", sl)]
+errors = []
+def worker(w, workers):
+    conn = http.client.HTTPSConnection(url.hostname, url.port, context=ctx)
+    for i in range(w, n, workers):
+        for path, body in objects(i):
+            conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+            r = conn.getresponse()
+            data = r.read()
+            if r.status not in (201, 409):
+                errors.append(f"{path} {body['metadata']['name']}: {r.status} {data[:200]!r}")
+                return
+threads = [threading.Thread(target=worker, args=(w, 8)) for w in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+if errors:
+    sys.exit("creating objects: " + "; ".join(errors[:3]))
+PY
 t1=$(date +%s)
 echo "created $N services + $N endpoint slices through the API in $((t1 - t0)) s"
-ip netns exec "$ns" "$BIN" agent --node-name node-0 --kubeconfig "$tmp/api/admin.kubeconfig" \
-    --server https://127.0.0.1:6443 --cni-conf-dir "$tmp/net.d" --cni-data-dir "$tmp/cni" \
-    --cluster-cidr 10.128.0.0/9 > "$tmp/agent.log" 2>&1 &
-agent=$!
-pids+=($agent)
-t0=$(date +%s%N)
-want=$((N + 1))  # the default/kubernetes service too
-for _ in $(seq ${WAIT_ROUNDS:-600}); do
-    have=$(ip netns exec "$ns" nft list chains ip 2>/dev/null | grep -c 'chain "*svc-' || true)
-    [ "$have" -ge "$want" ] && break
-    sleep 0.5
+# One agent without and one with MALLOC_ARENA_MAX=2 (the lab runs every component
+# with it), one after the other against the same objects; the second starts from the
+# table the first left, as a restarted agent does.
+for arenas in default 2; do
+    envs=()
+    [ "$arenas" = default ] || envs=(MALLOC_ARENA_MAX="$arenas")
+    ip netns exec "$ns" env "${envs[@]}" "$BIN" agent --node-name node-0 \
+        --kubeconfig "$tmp/api/admin.kubeconfig" --server https://127.0.0.1:6443 \
+        --cni-conf-dir "$tmp/net.d" --cni-data-dir "$tmp/cni" \
+        --cluster-cidr 10.128.0.0/9 > "$tmp/agent-$arenas.log" 2>&1 &
+    agent=$!
+    pids+=($agent)
+    t0=$(date +%s%N)
+    # The first sync after a start replaces the whole table in one transaction and
+    # logs it.
+    for _ in $(seq ${WAIT_ROUNDS:-3000}); do
+        grep -q 'service proxy synced in full' "$tmp/agent-$arenas.log" 2>/dev/null && break
+        sleep 0.1
+    done
+    t1=$(date +%s%N)
+    synced=$(grep -o 'service proxy synced in full.*' "$tmp/agent-$arenas.log" | head -1 | sed 's/\x1b\[[0-9;]*m//g')
+    echo "agent (MALLOC_ARENA_MAX=$arenas): synced $(( (t1 - t0) / 1000000 )) ms after start (watch + list + sync): $synced"
+    sleep ${SETTLE:-5}
+    grep -E 'VmRSS|VmHWM' "/proc/$agent/status" | tr -s ' \t' ' ' | sed "s/^/agent (MALLOC_ARENA_MAX=$arenas) /"
+    kill "$agent"; wait "$agent" 2>/dev/null || true
 done
-t1=$(date +%s%N)
-echo "agent: $have service chains in the kernel $(( (t1 - t0) / 1000000 )) ms after start (watch + list + sync)"
-sleep 2
-pid=$(pgrep -P "$agent" -f "agent --node-name" || echo "$agent")
-grep -E 'VmRSS|VmHWM' "/proc/$pid/status" | tr -s ' \t' ' ' | sed 's/^/agent /'

@@ -84,6 +84,7 @@ fn service(name: String, cluster_ip: IpAddr, port: u16, endpoints: Vec<(IpAddr, 
             terminating: false,
             node_name: Some("node-2".into()),
             ports: Arc::new(BTreeMap::from([(("p".to_owned(), Protocol::Tcp), target)])),
+            hints: None,
         });
     }
     Service {

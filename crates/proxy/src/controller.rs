@@ -1,12 +1,15 @@
 //! The proxy's control loop, run by `kubewire agent` in the node's network namespace.
 //!
-//! kube-rs watchers mirror Services, EndpointSlices and this node's Node into a local
-//! store. Each event marks the services it touches dirty; a short while after the
-//! first pending change (so that a burst of events makes one sync) the dirty services
-//! are rebuilt from the store, level-triggered, and [`Proxier::update`] sends only
-//! their difference. A change of the node (its pod CIDRs or addresses) or a failed
-//! apply recomputes everything; a (re)start replaces whatever an earlier run left in
-//! one transaction, so established connections keep their NAT state.
+//! kube-rs watchers feed Services, EndpointSlices and this node's Node into a local
+//! store that holds only what the proxy reads, converted on arrival: the [`View`] itself
+//! (services joined with their endpoints) is the mirror of the Services, beside slim
+//! EndpointSlices (see [`Store`]). Each event marks the services it touches dirty,
+//! remembering each one as it was at the last sync; a short while after the first
+//! pending change (so that a burst of events makes one sync) [`Proxier::update`] sends
+//! only the dirty services' difference. A change of the node (its pod CIDRs, addresses
+//! or zone) or a failed apply recomputes everything; a (re)start replaces whatever an
+//! earlier run left in one transaction, so established connections keep their NAT
+//! state.
 //!
 //! After each sync the `healthCheckNodePort` servers are brought up to date and the
 //! conntrack entries of UDP flows to endpoints that went away are deleted.
@@ -20,7 +23,7 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node as K8sNode, Service as K8sService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Resource;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use netlink::nft::NftSocket;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -28,7 +31,10 @@ use tracing::{info, warn};
 use crate::apply::{Error, Proxier};
 use crate::health::HealthServers;
 use crate::ruleset::{Node, desired, health_checks};
-use crate::view::{SERVICE_NAME_LABEL, Service, ServiceKey, View};
+use crate::view::{Interner, Service, ServiceKey, Slice, View, ViewError};
+
+/// The label with the node's zone (topology-aware routing).
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 /// The proxy's flags (part of `kubewire agent`'s).
 #[derive(Debug, Clone, clap::Args)]
@@ -53,34 +59,33 @@ pub struct ProxyArgs {
     pub sync_delay_ms: u64,
 }
 
+/// How the Service and EndpointSlice watches list: a streaming list (the objects come
+/// one by one as watch events, Kubernetes 1.27+, which our API server serves) instead
+/// of pages of 500 full objects held at once.
+fn list_config() -> watcher::Config {
+    watcher::Config::default().streaming_lists()
+}
+
 /// Runs the proxy for node `node_name` until the watches end or the kernel cannot be
 /// reached. Rules stay in place when it stops: a restart must not cut connections.
 pub async fn run(client: kube::Client, node_name: String, args: ProxyArgs) -> Result<(), Error> {
     let socket = NftSocket::new().map_err(Error::Socket)?;
-    let mut state = State {
-        proxier: Proxier::new(socket),
-        store: Store::default(),
-        view: View::default(),
-        node_name: node_name.clone(),
-        args: args.clone(),
-        applied_node: None,
-        dirty: BTreeSet::new(),
-        all_dirty: true,
-        pending_since: None,
-        health: HealthServers::default(),
-    };
+    let mut state = State::new(Proxier::new(socket), node_name.clone(), args.clone());
     let services = kube::Api::<K8sService>::all(client.clone());
     let slices = kube::Api::<EndpointSlice>::all(client.clone());
     let nodes = kube::Api::<K8sNode>::all(client);
     let node_filter = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
     let mut events = futures::stream::select_all([
-        watcher(services, watcher::Config::default())
+        watcher(services, list_config())
+            .default_backoff()
             .map(|e| e.map(Event::Service))
             .boxed(),
-        watcher(slices, watcher::Config::default())
+        watcher(slices, list_config())
+            .default_backoff()
             .map(|e| e.map(Event::Slice))
             .boxed(),
         watcher(nodes, node_filter)
+            .default_backoff()
             .map(|e| e.map(Event::Node))
             .boxed(),
     ]);
@@ -122,16 +127,29 @@ enum Event {
     Node(watcher::Event<K8sNode>),
 }
 
-/// A mirror of one kind of object, stepped by watcher events.
+/// `namespace/name` of a watched object (a Service's is its [`ServiceKey`]).
+type ObjectKey = ServiceKey;
+
+fn object_key<K: Resource>(o: &K) -> ObjectKey {
+    let m = o.meta();
+    ServiceKey::new(
+        m.namespace.as_deref().unwrap_or("default"),
+        m.name.as_deref().unwrap_or_default(),
+    )
+}
+
+/// A mirror of one kind of object, stepped by watcher events. It holds each object
+/// only in the slim form the proxy reads (converted on arrival), never the API object:
+/// at 10,000 services the API objects alone took hundreds of megabytes.
 #[derive(Debug)]
-struct Mirror<K> {
-    objects: BTreeMap<(String, String), K>,
+struct Mirror<T> {
+    objects: BTreeMap<ObjectKey, T>,
     /// Objects of a (re-)list in progress; swapped in when it completes.
-    relisting: Option<BTreeMap<(String, String), K>>,
+    relisting: Option<BTreeMap<ObjectKey, T>>,
     synced: bool,
 }
 
-impl<K> Default for Mirror<K> {
+impl<T> Default for Mirror<T> {
     fn default() -> Self {
         Mirror {
             objects: BTreeMap::new(),
@@ -141,127 +159,322 @@ impl<K> Default for Mirror<K> {
     }
 }
 
-fn object_key<K: Resource>(o: &K) -> (String, String) {
-    let m = o.meta();
-    (
-        m.namespace.clone().unwrap_or_default(),
-        m.name.clone().unwrap_or_default(),
-    )
-}
-
-/// Drops what the proxy never reads, to keep the mirror small.
-fn slim<K: Resource>(mut o: K) -> K {
-    let m = o.meta_mut();
-    m.managed_fields = None;
-    m.annotations = None;
-    o
-}
-
-impl<K: Resource + Clone + PartialEq> Mirror<K> {
-    /// Applies one event; returns the objects that changed, as (before, after).
-    fn step(&mut self, event: watcher::Event<K>) -> Vec<(Option<K>, Option<K>)> {
+impl<T: PartialEq> Mirror<T> {
+    /// Applies one event. `convert` reduces an object to its slim form (`None`: the
+    /// proxy ignores it, as if absent); `changed(key, before, after)` is called for
+    /// every object whose slim form changed.
+    fn step<K: Resource>(
+        &mut self,
+        event: watcher::Event<K>,
+        mut convert: impl FnMut(&K) -> Option<T>,
+        mut changed: impl FnMut(&ObjectKey, Option<&T>, Option<&T>),
+    ) {
         match event {
-            watcher::Event::Init => {
-                self.relisting = Some(BTreeMap::new());
-                Vec::new()
-            }
+            watcher::Event::Init => self.relisting = Some(BTreeMap::new()),
             watcher::Event::InitApply(o) => {
-                let o = slim(o);
-                self.relisting
-                    .get_or_insert_with(BTreeMap::new)
-                    .insert(object_key(&o), o);
-                Vec::new()
+                if let Some(t) = convert(&o) {
+                    self.relisting
+                        .get_or_insert_with(BTreeMap::new)
+                        .insert(object_key(&o), t);
+                }
             }
             watcher::Event::InitDone => {
                 self.synced = true;
                 let new = self.relisting.take().unwrap_or_default();
                 let old = std::mem::replace(&mut self.objects, new);
-                let mut changes = Vec::new();
                 for (k, o) in &old {
                     match self.objects.get(k) {
                         Some(n) if n == o => {}
-                        n => changes.push((Some(o.clone()), n.cloned())),
+                        n => changed(k, Some(o), n),
                     }
                 }
                 for (k, n) in &self.objects {
                     if !old.contains_key(k) {
-                        changes.push((None, Some(n.clone())));
+                        changed(k, None, Some(n));
                     }
                 }
-                changes
             }
             watcher::Event::Apply(o) => {
-                let o = slim(o);
-                let old = self.objects.insert(object_key(&o), o.clone());
-                if old.as_ref() == Some(&o) {
-                    return Vec::new();
+                let key = object_key(&o);
+                match convert(&o) {
+                    Some(t) => {
+                        let old = self.objects.insert(key.clone(), t);
+                        let new = self.objects.get(&key);
+                        if old.as_ref() != new {
+                            changed(&key, old.as_ref(), new);
+                        }
+                    }
+                    None => {
+                        if let Some(old) = self.objects.remove(&key) {
+                            changed(&key, Some(&old), None);
+                        }
+                    }
                 }
-                vec![(old, Some(o))]
             }
-            watcher::Event::Delete(o) => match self.objects.remove(&object_key(&o)) {
-                Some(old) => vec![(Some(old), None)],
-                None => Vec::new(),
-            },
+            watcher::Event::Delete(o) => {
+                let key = object_key(&o);
+                if let Some(old) = self.objects.remove(&key) {
+                    changed(&key, Some(&old), None);
+                }
+            }
         }
     }
 }
 
-/// The watched objects.
+/// What the proxy reads of this node's Node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NodeInfo {
+    /// `spec.podCIDRs` (or `spec.podCIDR`).
+    pod_cidrs: Vec<IpNet>,
+    /// InternalIP and ExternalIP addresses.
+    addresses: Vec<IpAddr>,
+    /// The `topology.kubernetes.io/zone` label.
+    zone: Option<String>,
+}
+
+impl NodeInfo {
+    fn from_k8s(n: &K8sNode) -> NodeInfo {
+        let spec = n.spec.as_ref();
+        let cidrs = spec
+            .and_then(|s| s.pod_cidrs.clone())
+            .filter(|c| !c.is_empty())
+            .or_else(|| spec.and_then(|s| s.pod_cidr.clone()).map(|c| vec![c]))
+            .unwrap_or_default();
+        NodeInfo {
+            pod_cidrs: cidrs
+                .iter()
+                .filter_map(|c| c.parse::<IpNet>().ok().map(|c| c.trunc()))
+                .collect(),
+            addresses: n
+                .status
+                .as_ref()
+                .and_then(|s| s.addresses.as_ref())
+                .into_iter()
+                .flatten()
+                .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+                .filter_map(|a| a.address.parse::<IpAddr>().ok())
+                .collect(),
+            zone: n
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(ZONE_LABEL))
+                .filter(|z| !z.is_empty())
+                .cloned(),
+        }
+    }
+}
+
+/// Whether two services have the same rules-relevant fields, endpoints aside.
+fn same_spec(a: &Service, b: &Service) -> bool {
+    // Destructured so that a new field of Service cannot be forgotten here.
+    let Service {
+        key,
+        ty,
+        cluster_ips,
+        external_ips,
+        load_balancer_ips,
+        ports,
+        affinity_timeout,
+        external_traffic_policy,
+        internal_traffic_policy,
+        health_check_node_port,
+        publish_not_ready,
+        endpoints: _,
+    } = a;
+    *key == b.key
+        && *ty == b.ty
+        && *cluster_ips == b.cluster_ips
+        && *external_ips == b.external_ips
+        && *load_balancer_ips == b.load_balancer_ips
+        && *ports == b.ports
+        && *affinity_timeout == b.affinity_timeout
+        && *external_traffic_policy == b.external_traffic_policy
+        && *internal_traffic_policy == b.internal_traffic_policy
+        && *health_check_node_port == b.health_check_node_port
+        && *publish_not_ready == b.publish_not_ready
+}
+
+/// The watched objects, slim. The services live in the [`View`] the rules are
+/// computed from (each joined with its endpoints as it changes), so they are held
+/// once; EndpointSlices are kept apart, reduced to [`Slice`]s, because a service's
+/// endpoints are rebuilt from all its slices when one changes.
 #[derive(Debug, Default)]
 struct Store {
-    services: Mirror<K8sService>,
-    slices: Mirror<EndpointSlice>,
-    /// Slice keys by the service they belong to.
-    slices_of: BTreeMap<ServiceKey, BTreeSet<(String, String)>>,
-    nodes: Mirror<K8sNode>,
+    /// The services with their endpoints, as they are now (ahead of what was synced
+    /// for the dirty ones).
+    view: View,
+    /// Services of a (re-)list in progress, without endpoints.
+    services_relisting: Option<BTreeMap<ServiceKey, Service>>,
+    services_synced: bool,
+    slices: Mirror<Slice>,
+    /// Slice keys by the service they belong to (most services have one slice).
+    slices_of: BTreeMap<ServiceKey, Vec<ObjectKey>>,
+    /// This node (the watch selects it by name).
+    nodes: Mirror<NodeInfo>,
+    interner: Interner,
 }
+
+/// Services changed since the last sync, each as it was then (`None`: it had no rules).
+type Dirty = BTreeMap<ServiceKey, Option<Service>>;
 
 impl Store {
     fn synced(&self) -> bool {
-        self.services.synced && self.slices.synced && self.nodes.synced
+        self.services_synced && self.slices.synced && self.nodes.synced
     }
 
-    fn service(&self, key: &ServiceKey) -> Option<&K8sService> {
-        self.services
-            .objects
-            .get(&(key.namespace.clone(), key.name.clone()))
-    }
-
-    fn slices(&self, key: &ServiceKey) -> impl Iterator<Item = &EndpointSlice> {
-        self.slices_of
+    fn slices_of<'a>(&'a self, key: &ServiceKey) -> impl Iterator<Item = &'a Slice> + 'a {
+        let keys = self
+            .slices_of
             .get(key)
-            .into_iter()
-            .flatten()
-            .filter_map(|k| self.slices.objects.get(k))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        keys.iter().filter_map(|k| self.slices.objects.get(k))
+    }
+
+    /// Records `key` as dirty, as it is now, unless it already is.
+    fn touch(&self, dirty: &mut Dirty, key: &ServiceKey) {
+        if !dirty.contains_key(key) {
+            dirty.insert(key.clone(), self.view.services.get(key).cloned());
+        }
+    }
+
+    /// Replaces (or removes, with `None`) service `key`: `new` has no endpoints yet.
+    fn set_service(&mut self, dirty: &mut Dirty, key: &ServiceKey, new: Option<Service>) {
+        let old = self.view.services.get(key);
+        match (old, new) {
+            (None, None) => {}
+            (Some(old), Some(new)) if same_spec(old, &new) => {}
+            (_, new) => {
+                self.touch(dirty, key);
+                match new {
+                    Some(new) => {
+                        let joined = new.with_endpoints(self.slices_of(key));
+                        self.view.services.insert(key.clone(), joined);
+                    }
+                    None => {
+                        self.view.services.remove(key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rebuilds the endpoints of service `key` from its slices.
+    fn rejoin(&mut self, dirty: &mut Dirty, key: &ServiceKey) {
+        let Some(svc) = self.view.services.get(key) else {
+            return; // slices of a service without rules (or not seen yet)
+        };
+        let joined = svc.clone_spec().with_endpoints(self.slices_of(key));
+        if joined.endpoints != svc.endpoints {
+            self.touch(dirty, key);
+            self.view.services.insert(key.clone(), joined);
+        }
+    }
+
+    fn step_services(&mut self, dirty: &mut Dirty, event: watcher::Event<K8sService>) {
+        let convert = |s: &K8sService| {
+            let mut errors = Vec::new();
+            let svc = Service::from_k8s(s, &mut errors);
+            warn_all(errors);
+            svc
+        };
+        match event {
+            watcher::Event::Init => self.services_relisting = Some(BTreeMap::new()),
+            watcher::Event::InitApply(o) => {
+                if let Some(s) = convert(&o) {
+                    self.services_relisting
+                        .get_or_insert_with(BTreeMap::new)
+                        .insert(s.key.clone(), s);
+                }
+            }
+            watcher::Event::InitDone => {
+                self.services_synced = true;
+                let new = self.services_relisting.take().unwrap_or_default();
+                let gone: Vec<ServiceKey> = self
+                    .view
+                    .services
+                    .keys()
+                    .filter(|k| !new.contains_key(*k))
+                    .cloned()
+                    .collect();
+                for key in gone {
+                    self.set_service(dirty, &key, None);
+                }
+                for (key, s) in new {
+                    self.set_service(dirty, &key, Some(s));
+                }
+            }
+            watcher::Event::Apply(o) => {
+                let new = convert(&o);
+                self.set_service(dirty, &object_key(&o), new);
+            }
+            watcher::Event::Delete(o) => self.set_service(dirty, &object_key(&o), None),
+        }
+    }
+
+    fn step_slices(&mut self, dirty: &mut Dirty, event: watcher::Event<EndpointSlice>) {
+        let relist = matches!(event, watcher::Event::InitDone);
+        let Store {
+            slices,
+            slices_of,
+            interner,
+            ..
+        } = self;
+        let convert = |s: &EndpointSlice| {
+            let mut errors = Vec::new();
+            let slice = Slice::from_k8s(s, interner, &mut errors);
+            warn_all(errors);
+            slice
+        };
+        let mut touched = BTreeSet::new();
+        slices.step(event, convert, |key, old, new| {
+            if let Some(old) = old {
+                if let Some(keys) = slices_of.get_mut(&old.service) {
+                    keys.retain(|k| k != key);
+                    if keys.is_empty() {
+                        slices_of.remove(&old.service);
+                    }
+                }
+                touched.insert(old.service.clone());
+            }
+            if let Some(new) = new {
+                let keys = slices_of.entry(new.service.clone()).or_default();
+                if !keys.contains(key) {
+                    keys.push(key.clone());
+                    // Sorted, so that which of two slices holding one address wins
+                    // does not depend on the order they arrived in.
+                    keys.sort();
+                }
+                touched.insert(new.service.clone());
+            }
+        });
+        for key in &touched {
+            self.rejoin(dirty, key);
+        }
+        if relist {
+            // Node names and hints nothing holds any more.
+            self.interner.prune();
+        }
     }
 }
 
-fn slice_service(s: &EndpointSlice) -> Option<ServiceKey> {
-    let name = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
-    Some(ServiceKey::new(
-        s.metadata.namespace.clone().unwrap_or_default(),
-        name.clone(),
-    ))
+fn warn_all(errors: Vec<ViewError>) {
+    for e in errors {
+        warn!("{e}");
+    }
 }
 
-fn service_key(s: &K8sService) -> ServiceKey {
-    ServiceKey::new(
-        s.metadata.namespace.clone().unwrap_or_default(),
-        s.metadata.name.clone().unwrap_or_default(),
-    )
-}
-
-/// The loop's state: the store, the view built from it, what is pending.
+/// The loop's state: the store (with the view), what is pending.
 struct State {
     proxier: Proxier,
     store: Store,
-    view: View,
     node_name: String,
     args: ProxyArgs,
     /// The node the applied rules were computed for.
     applied_node: Option<Node>,
-    /// Services to recompute at the next sync.
-    dirty: BTreeSet<ServiceKey>,
+    /// Services to recompute at the next sync, as they were at the last one.
+    dirty: Dirty,
     /// Recompute everything at the next sync (first sync, failure, node change).
     all_dirty: bool,
     /// When the oldest unsynced change came in.
@@ -270,44 +483,29 @@ struct State {
 }
 
 impl State {
+    fn new(proxier: Proxier, node_name: String, args: ProxyArgs) -> State {
+        State {
+            proxier,
+            store: Store::default(),
+            node_name,
+            args,
+            applied_node: None,
+            dirty: Dirty::new(),
+            all_dirty: true,
+            pending_since: None,
+            health: HealthServers::default(),
+        }
+    }
+
     fn step(&mut self, event: Event) {
         match event {
-            Event::Service(e) => {
-                for (old, new) in self.store.services.step(e) {
-                    for s in old.iter().chain(&new) {
-                        self.dirty.insert(service_key(s));
-                    }
-                }
-            }
-            Event::Slice(e) => {
-                for (old, new) in self.store.slices.step(e) {
-                    if let Some(o) = &old
-                        && let Some(svc) = slice_service(o)
-                    {
-                        if let Some(set) = self.store.slices_of.get_mut(&svc) {
-                            set.remove(&object_key(o));
-                            if set.is_empty() {
-                                self.store.slices_of.remove(&svc);
-                            }
-                        }
-                        self.dirty.insert(svc);
-                    }
-                    if let Some(n) = &new
-                        && let Some(svc) = slice_service(n)
-                    {
-                        self.store
-                            .slices_of
-                            .entry(svc.clone())
-                            .or_default()
-                            .insert(object_key(n));
-                        self.dirty.insert(svc);
-                    }
-                }
-            }
+            Event::Service(e) => self.store.step_services(&mut self.dirty, e),
+            Event::Slice(e) => self.store.step_slices(&mut self.dirty, e),
             Event::Node(e) => {
-                if !self.store.nodes.step(e).is_empty()
-                    && self.applied_node.as_ref() != Some(&self.node())
-                {
+                let mut changed = false;
+                let convert = |n: &K8sNode| Some(NodeInfo::from_k8s(n));
+                self.store.nodes.step(e, convert, |_, _, _| changed = true);
+                if changed && self.applied_node.as_ref() != Some(&self.node()) {
                     self.all_dirty = true;
                 }
             }
@@ -320,96 +518,65 @@ impl State {
 
     /// The node the rules are for, from its Node object (if there is one) and flags.
     fn node(&self) -> Node {
-        let k8s = self
-            .store
-            .nodes
-            .objects
-            .values()
-            .find(|n| n.metadata.name.as_deref() == Some(self.node_name.as_str()));
+        let info = self.store.nodes.objects.values().next();
         let mut node = Node {
             name: self.node_name.clone(),
             cluster_cidrs: self.args.cluster_cidrs.clone(),
-            node_ips: Vec::new(),
             service_cidrs: self.args.service_cidrs.clone(),
+            ..Node::default()
         };
-        if let Some(n) = k8s {
+        if let Some(n) = info {
             if node.cluster_cidrs.is_empty() {
-                let spec = n.spec.as_ref();
-                let cidrs = spec
-                    .and_then(|s| s.pod_cidrs.clone())
-                    .filter(|c| !c.is_empty())
-                    .or_else(|| spec.and_then(|s| s.pod_cidr.clone()).map(|c| vec![c]))
-                    .unwrap_or_default();
-                node.cluster_cidrs = cidrs
-                    .iter()
-                    .filter_map(|c| c.parse::<IpNet>().ok().map(|c| c.trunc()))
-                    .collect();
+                node.cluster_cidrs = n.pod_cidrs.clone();
             }
-            node.node_ips = n
-                .status
-                .as_ref()
-                .and_then(|s| s.addresses.as_ref())
-                .into_iter()
-                .flatten()
-                .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
-                .filter_map(|a| a.address.parse::<IpAddr>().ok())
-                .collect();
+            node.node_ips = n.addresses.clone();
         }
         node
     }
 
-    /// Rebuilds the dirty services (or everything) and applies the difference.
+    /// Applies the dirty services (or everything) to the kernel.
     fn sync(&mut self) {
+        let started = Instant::now();
         self.pending_since = None;
         let node = self.node();
         let full = self.all_dirty
             || self.proxier.applied().is_none()
             || self.applied_node.as_ref() != Some(&node);
         let dirty = std::mem::take(&mut self.dirty);
+        let view = &self.store.view;
         let mut stale = Vec::new();
-        let result = if full {
-            let (view, errors) = View::build(
-                self.store.services.objects.values(),
-                self.store.slices.objects.values(),
-            );
-            for e in errors {
-                warn!("{e}");
-            }
-            for (key, old) in &self.view.services {
+        for (key, old) in &dirty {
+            if let Some(old) = old {
                 stale.extend(crate::stale::udp(old, view.services.get(key)));
             }
-            self.view = view;
-            let ruleset = desired(&self.view, &node);
+        }
+        let changed: BTreeSet<ServiceKey> = dirty.into_keys().collect();
+        let result = if full {
+            let ruleset = desired(view, &node);
             blocking(|| self.proxier.sync(ruleset))
         } else {
-            for key in &dirty {
-                let (mut one, errors) =
-                    View::build(self.store.service(key), self.store.slices(key));
-                for e in errors {
-                    warn!("{e}");
-                }
-                let new: Option<Service> = one.services.remove(key);
-                let old = self.view.services.remove(key);
-                if let Some(old) = &old {
-                    stale.extend(crate::stale::udp(old, new.as_ref()));
-                }
-                if let Some(new) = new {
-                    self.view.services.insert(key.clone(), new);
-                }
-            }
-            let (proxier, view) = (&mut self.proxier, &self.view);
-            blocking(|| proxier.update(view, &node, &dirty))
+            let proxier = &mut self.proxier;
+            blocking(|| proxier.update(view, &node, &changed))
         };
         match result {
             Ok(report) => {
                 self.all_dirty = false;
                 self.applied_node = Some(node.clone());
-                tracing::debug!(
-                    full = report.full,
-                    services = dirty.len(),
-                    messages = report.messages,
-                    "services synced"
-                );
+                if full {
+                    // Rare (start, node change, failure) and worth seeing.
+                    info!(
+                        services = view.services.len(),
+                        messages = report.messages,
+                        ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                        "service proxy synced in full"
+                    );
+                } else {
+                    tracing::debug!(
+                        services = changed.len(),
+                        messages = report.messages,
+                        "services synced"
+                    );
+                }
             }
             Err(e) => {
                 warn!(error = %e, "syncing services; retrying in full");
@@ -420,7 +587,7 @@ impl State {
                 return;
             }
         }
-        self.health.update(health_checks(&self.view, &node));
+        self.health.update(health_checks(view, &node));
         if !stale.is_empty() {
             match blocking(|| netlink::conntrack::delete(&stale)) {
                 Ok(n) if n > 0 => info!(
@@ -442,5 +609,293 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
             tokio::task::block_in_place(f)
         }
         _ => f(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn svc(name: &str, ip: &str, extra: Value) -> K8sService {
+        let mut v = json!({
+            "metadata": {"name": name, "namespace": "default", "resourceVersion": "1",
+                         "annotations": {"a": "b"},
+                         "managedFields": [{"manager": "kubectl", "operation": "Update"}]},
+            "spec": {"clusterIP": ip, "ports": [{"name": "u", "port": 53, "protocol": "UDP"}]}
+        });
+        if let (Some(spec), Value::Object(extra)) = (v["spec"].as_object_mut(), extra) {
+            spec.extend(extra);
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn slice(name: &str, service: &str, addrs: &[&str]) -> EndpointSlice {
+        let eps: Vec<Value> = addrs
+            .iter()
+            .map(|a| {
+                json!({"addresses": [a], "nodeName": "node-1", "conditions": {"ready": true},
+                            "targetRef": {"kind": "Pod", "name": format!("pod-{a}")}})
+            })
+            .collect();
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": service},
+                         "managedFields": [{"manager": "controller", "operation": "Update"}]},
+            "addressType": "IPv4",
+            "endpoints": eps,
+            "ports": [{"name": "u", "port": 5353, "protocol": "UDP"}]
+        }))
+        .unwrap()
+    }
+
+    fn list<K>(objects: Vec<K>) -> Vec<watcher::Event<K>> {
+        let mut events = vec![watcher::Event::Init];
+        events.extend(objects.into_iter().map(watcher::Event::InitApply));
+        events.push(watcher::Event::InitDone);
+        events
+    }
+
+    fn key(name: &str) -> ServiceKey {
+        ServiceKey::new("default", name)
+    }
+
+    /// A store fed `services` and `slices` as initial lists; the sync took the dirty set.
+    fn listed(services: Vec<K8sService>, slices: Vec<EndpointSlice>) -> Store {
+        let mut store = Store::default();
+        let mut dirty = Dirty::new();
+        for e in list(services) {
+            store.step_services(&mut dirty, e);
+        }
+        for e in list(slices) {
+            store.step_slices(&mut dirty, e);
+        }
+        assert!(store.synced() || !store.nodes.synced);
+        store
+    }
+
+    fn addresses(store: &Store, name: &str) -> Vec<String> {
+        store.view.services[&key(name)]
+            .endpoints
+            .iter()
+            .map(|e| e.address.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_store_view_equals_the_view_built_from_the_objects() {
+        let services = vec![
+            svc("a", "10.96.0.1", json!({})),
+            svc("b", "10.96.0.2", json!({"publishNotReadyAddresses": true})),
+            svc("headless", "None", json!({})),
+        ];
+        let slices = vec![
+            slice("a-1", "a", &["10.244.1.2", "10.244.1.3"]),
+            slice("a-2", "a", &["10.244.2.2"]),
+            slice("b-1", "b", &["10.244.1.4"]),
+            slice("headless-1", "headless", &["10.244.1.5"]),
+            slice("orphan-1", "orphan", &["10.244.1.6"]),
+        ];
+        // Slices first: services are joined with whatever slices are there already.
+        let mut store = Store::default();
+        let mut dirty = Dirty::new();
+        for e in list(slices.clone()) {
+            store.step_slices(&mut dirty, e);
+        }
+        assert!(dirty.is_empty(), "slices alone make no service");
+        for e in list(services.clone()) {
+            store.step_services(&mut dirty, e);
+        }
+        let (built, errors) = View::build(&services, &slices);
+        assert!(errors.is_empty());
+        assert_eq!(store.view, built);
+        assert_eq!(
+            addresses(&store, "a"),
+            ["10.244.1.2", "10.244.1.3", "10.244.2.2"]
+        );
+        assert_eq!(
+            dirty.keys().cloned().collect::<Vec<_>>(),
+            [key("a"), key("b")],
+            "new services are dirty, the headless one gets no rules"
+        );
+        assert!(
+            dirty.values().all(Option::is_none),
+            "none was synced before"
+        );
+        // And services first.
+        assert_eq!(listed(services, slices).view, built);
+    }
+
+    #[test]
+    fn changes_the_proxy_does_not_read_mark_nothing_dirty() {
+        let mut store = listed(
+            vec![svc("a", "10.96.0.1", json!({}))],
+            vec![slice("a-1", "a", &["10.244.1.2"])],
+        );
+        let mut dirty = Dirty::new();
+        let mut s = svc("a", "10.96.0.1", json!({}));
+        s.metadata.resource_version = Some("2".into());
+        s.metadata.annotations = Some([("c".to_owned(), "d".to_owned())].into());
+        store.step_services(&mut dirty, watcher::Event::Apply(s));
+        let mut sl = slice("a-1", "a", &["10.244.1.2"]);
+        sl.metadata.resource_version = Some("3".into());
+        store.step_slices(&mut dirty, watcher::Event::Apply(sl));
+        assert!(dirty.is_empty());
+    }
+
+    #[test]
+    fn dirty_services_keep_their_state_of_the_last_sync() {
+        let mut store = listed(
+            vec![svc("a", "10.96.0.1", json!({}))],
+            vec![slice("a-1", "a", &["10.244.1.2", "10.244.1.3"])],
+        );
+        let synced = store.view.services[&key("a")].clone();
+        let mut dirty = Dirty::new();
+        // Two changes before the next sync: the first state is the one remembered.
+        for addrs in [&["10.244.1.2"][..], &["10.244.1.4"]] {
+            store.step_slices(&mut dirty, watcher::Event::Apply(slice("a-1", "a", addrs)));
+        }
+        assert_eq!(dirty[&key("a")].as_ref(), Some(&synced));
+        assert_eq!(addresses(&store, "a"), ["10.244.1.4"]);
+        // The UDP flows to both old endpoints are stale (computed at sync from it).
+        let stale = crate::stale::udp(&synced, store.view.services.get(&key("a")));
+        let gone: BTreeSet<IpAddr> = stale.iter().map(|f| f.reply_src).collect();
+        assert_eq!(
+            gone,
+            ["10.244.1.2", "10.244.1.3"]
+                .map(|a| a.parse().unwrap())
+                .into()
+        );
+        // A deleted service is remembered too, and leaves the view.
+        let mut dirty = Dirty::new();
+        store.step_services(
+            &mut dirty,
+            watcher::Event::Delete(svc("a", "10.96.0.1", json!({}))),
+        );
+        assert!(dirty[&key("a")].is_some());
+        assert!(store.view.services.is_empty());
+    }
+
+    #[test]
+    fn a_relist_marks_only_what_changed() {
+        let mut store = listed(
+            vec![
+                svc("a", "10.96.0.1", json!({})),
+                svc("b", "10.96.0.2", json!({})),
+                svc("c", "10.96.0.3", json!({})),
+            ],
+            vec![
+                slice("a-1", "a", &["10.244.1.2"]),
+                slice("b-1", "b", &["10.244.1.3"]),
+                slice("c-1", "c", &["10.244.1.4"]),
+            ],
+        );
+        let mut dirty = Dirty::new();
+        // The watch expired; meanwhile c went away, b's endpoint moved, a's port
+        // changed, and d came.
+        let services = vec![
+            svc(
+                "a",
+                "10.96.0.1",
+                json!({"ports": [{"name": "u", "port": 54, "protocol": "UDP"}]}),
+            ),
+            svc("b", "10.96.0.2", json!({})),
+            svc("d", "10.96.0.4", json!({})),
+        ];
+        let slices = vec![
+            slice("a-1", "a", &["10.244.1.2"]),
+            slice("b-1", "b", &["10.244.1.9"]),
+            slice("d-1", "d", &["10.244.1.5"]),
+        ];
+        for e in list(services) {
+            store.step_services(&mut dirty, e);
+        }
+        for e in list(slices) {
+            store.step_slices(&mut dirty, e);
+        }
+        let keys: Vec<_> = dirty.keys().map(|k| k.name.as_str()).collect();
+        assert_eq!(keys, ["a", "b", "c", "d"]);
+        assert!(dirty[&key("d")].is_none());
+        assert_eq!(addresses(&store, "b"), ["10.244.1.9"]);
+        assert_eq!(store.view.services.len(), 3);
+        assert_eq!(store.slices_of.len(), 3, "c's slice is gone from the index");
+    }
+
+    #[test]
+    fn a_slice_moving_to_another_service_changes_both() {
+        let mut store = listed(
+            vec![
+                svc("a", "10.96.0.1", json!({})),
+                svc("b", "10.96.0.2", json!({})),
+            ],
+            vec![slice("s", "a", &["10.244.1.2"])],
+        );
+        let mut dirty = Dirty::new();
+        store.step_slices(
+            &mut dirty,
+            watcher::Event::Apply(slice("s", "b", &["10.244.1.2"])),
+        );
+        assert_eq!(dirty.len(), 2);
+        assert!(store.view.services[&key("a")].endpoints.is_empty());
+        assert_eq!(addresses(&store, "b"), ["10.244.1.2"]);
+        assert_eq!(store.slices_of.len(), 1);
+    }
+
+    #[test]
+    fn publish_not_ready_changes_rejoin_the_endpoints() {
+        let mut not_ready = slice("a-1", "a", &["10.244.1.2"]);
+        not_ready.endpoints.as_mut().unwrap()[0]
+            .conditions
+            .as_mut()
+            .unwrap()
+            .ready = Some(false);
+        let mut store = listed(vec![svc("a", "10.96.0.1", json!({}))], vec![not_ready]);
+        assert!(!store.view.services[&key("a")].endpoints[0].ready);
+        let mut dirty = Dirty::new();
+        let publish = svc("a", "10.96.0.1", json!({"publishNotReadyAddresses": true}));
+        store.step_services(&mut dirty, watcher::Event::Apply(publish));
+        assert!(store.view.services[&key("a")].endpoints[0].ready);
+        assert_eq!(dirty.len(), 1);
+    }
+
+    #[test]
+    fn endpoints_share_node_names_and_ports() {
+        let store = listed(
+            vec![
+                svc("a", "10.96.0.1", json!({})),
+                svc("b", "10.96.0.2", json!({})),
+            ],
+            vec![
+                slice("a-1", "a", &["10.244.1.2"]),
+                slice("b-1", "b", &["10.244.1.3"]),
+            ],
+        );
+        let (a, b) = (
+            &store.view.services[&key("a")].endpoints[0],
+            &store.view.services[&key("b")].endpoints[0],
+        );
+        assert!(Arc::ptr_eq(
+            a.node_name.as_ref().unwrap(),
+            b.node_name.as_ref().unwrap()
+        ));
+        assert!(Arc::ptr_eq(&a.ports, &b.ports));
+    }
+
+    #[test]
+    fn the_node_zone_comes_from_its_label() {
+        let node: K8sNode = serde_json::from_value(json!({
+            "metadata": {"name": "node-1", "labels": {"topology.kubernetes.io/zone": "zone-a"}},
+            "spec": {"podCIDRs": ["10.244.1.0/24"]},
+            "status": {"addresses": [{"type": "InternalIP", "address": "198.18.0.11"},
+                                     {"type": "Hostname", "address": "node-1"}]}
+        }))
+        .unwrap();
+        let info = NodeInfo::from_k8s(&node);
+        assert_eq!(info.zone.as_deref(), Some("zone-a"));
+        assert_eq!(info.pod_cidrs, ["10.244.1.0/24".parse::<IpNet>().unwrap()]);
+        assert_eq!(info.addresses, ["198.18.0.11".parse::<IpAddr>().unwrap()]);
     }
 }

@@ -5,7 +5,7 @@
 //! defaults (an absent `ready` condition means ready, an absent protocol means TCP, ...),
 //! so that [`desired`](crate::desired) never looks at an `Option` it has to guess about.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -149,11 +149,110 @@ pub struct Endpoint {
     pub serving: bool,
     /// `conditions.terminating` (absent means not terminating).
     pub terminating: bool,
-    /// The node the endpoint runs on.
-    pub node_name: Option<String>,
+    /// The node the endpoint runs on (one shared string per node).
+    pub node_name: Option<Arc<str>>,
     /// Port numbers by (EndpointSlice port name, protocol); shared by the endpoints of
     /// one slice.
     pub ports: Arc<BTreeMap<(String, Protocol), u16>>,
+    /// Topology hints (`hints.forZones`, `hints.forNodes`), shared by the endpoints
+    /// that have the same; `None` without any.
+    pub hints: Option<Arc<Hints>>,
+}
+
+/// Where the EndpointSlice controller suggests an endpoint be used from: it sets these
+/// for services with `spec.trafficDistribution` (`PreferClose`/`PreferSameZone`: zones,
+/// `PreferSameNode`: nodes and zones) or the `service.kubernetes.io/topology-mode: Auto`
+/// annotation. The proxy needs neither field of the Service: the hints are the decision.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Hints {
+    /// `hints.forZones[].name`.
+    pub zones: Vec<String>,
+    /// `hints.forNodes[].name`.
+    pub nodes: Vec<String>,
+}
+
+/// Which hints a service port's endpoints are chosen by on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Topology {
+    /// Every endpoint may serve (no hints, or none for this node or zone).
+    Any,
+    /// Only endpoints hinted for this node.
+    Node,
+    /// Only endpoints hinted for this node's zone.
+    Zone,
+}
+
+impl Endpoint {
+    fn fits(&self, topology: Topology, node: &str, zone: Option<&str>) -> bool {
+        let hints = self.hints.as_deref();
+        match topology {
+            Topology::Any => true,
+            Topology::Node => hints.is_some_and(|h| h.nodes.iter().any(|n| n == node)),
+            Topology::Zone => {
+                hints.is_some_and(|h| h.zones.iter().any(|z| Some(z.as_str()) == zone))
+            }
+        }
+    }
+}
+
+/// kube-proxy's choice of topology (`topologyModeFromHints`): node hints when every
+/// ready endpoint has some and one names this node; else zone hints when every ready
+/// endpoint has some and one names this node's zone; else none. A hint that leaves this
+/// node with nothing is ignored rather than black-holing its clients.
+fn topology<'a>(
+    endpoints: impl IntoIterator<Item = &'a Endpoint>,
+    node: &str,
+    zone: Option<&str>,
+) -> Topology {
+    let (mut all_nodes, mut for_node) = (true, false);
+    let (mut all_zones, mut for_zone) = (true, false);
+    for e in endpoints.into_iter().filter(|e| e.ready) {
+        let hints = e.hints.as_deref();
+        match hints.map(|h| &h.nodes[..]).unwrap_or_default() {
+            [] => all_nodes = false,
+            nodes => for_node |= nodes.iter().any(|n| n == node),
+        }
+        match hints.map(|h| &h.zones[..]).unwrap_or_default() {
+            [] => all_zones = false,
+            zones => for_zone |= zone.is_some_and(|zone| zones.iter().any(|z| z == zone)),
+        }
+    }
+    if all_nodes && for_node {
+        Topology::Node
+    } else if all_zones && for_zone {
+        Topology::Zone
+    } else {
+        Topology::Any
+    }
+}
+
+/// The endpoints that traffic to a service port with the cluster traffic policy goes
+/// to from node `node` in zone `zone` (its `topology.kubernetes.io/zone` label), as
+/// kube-proxy's `CategorizeEndpoints` chooses them: the ready ones, or when none is
+/// ready the serving and terminating ones (KEP-1669), narrowed by topology hints
+/// (KEP-2433, KEP-4444, KEP-3015). `endpoints` are the port's endpoints of one family.
+/// Endpoints of `Local` policies (on this node) are not narrowed.
+pub fn cluster_endpoints<'a, I>(endpoints: I, node: &str, zone: Option<&str>) -> Vec<&'a Endpoint>
+where
+    I: IntoIterator<Item = &'a Endpoint> + Clone,
+{
+    let topology = topology(endpoints.clone(), node, zone);
+    let fits = |e: &&Endpoint| e.fits(topology, node, zone);
+    let ready: Vec<_> = endpoints
+        .clone()
+        .into_iter()
+        .filter(|e| e.ready)
+        .filter(fits)
+        .collect();
+    if !ready.is_empty() {
+        return ready;
+    }
+    // A topology was chosen only if a ready endpoint fits it: here there is none.
+    endpoints
+        .into_iter()
+        .filter(|e| e.serving && e.terminating)
+        .filter(fits)
+        .collect()
 }
 
 impl Endpoint {
@@ -258,19 +357,231 @@ impl View {
         slices: impl IntoIterator<Item = &'a EndpointSlice>,
     ) -> (View, Vec<ViewError>) {
         let mut errors = Vec::new();
+        let mut interner = Interner::default();
+        let mut of_service: BTreeMap<ServiceKey, Vec<Slice>> = BTreeMap::new();
+        for slice in slices {
+            if let Some(s) = Slice::from_k8s(slice, &mut interner, &mut errors) {
+                of_service.entry(s.service.clone()).or_default().push(s);
+            }
+        }
         let mut view = View::default();
         for svc in services {
-            if let Some(s) = service(svc, &mut errors) {
+            if let Some(s) = Service::from_k8s(svc, &mut errors) {
+                let slices = of_service.get(&s.key).into_iter().flatten();
+                let s = s.with_endpoints(slices);
                 view.services.insert(s.key.clone(), s);
             }
         }
-        for slice in slices {
-            add_slice(&mut view, slice, &mut errors);
-        }
-        for s in view.services.values_mut() {
-            s.endpoints.sort_by_key(|e| e.address);
-        }
         (view, errors)
+    }
+}
+
+/// Shares the strings many endpoints repeat (node names), so that 100,000 endpoints on
+/// 100 nodes hold 100 names, not 100,000.
+#[derive(Debug, Default)]
+pub(crate) struct Interner {
+    names: HashSet<Arc<str>>,
+    hints: HashSet<Arc<Hints>>,
+    ports: HashSet<Arc<SlicePorts>>,
+}
+
+/// Port numbers by (EndpointSlice port name, protocol).
+type SlicePorts = BTreeMap<(String, Protocol), u16>;
+
+impl Interner {
+    pub(crate) fn name(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.names.get(s) {
+            return Arc::clone(a);
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.names.insert(Arc::clone(&a));
+        a
+    }
+
+    pub(crate) fn hints(&mut self, h: Hints) -> Arc<Hints> {
+        if let Some(a) = self.hints.get(&h) {
+            return Arc::clone(a);
+        }
+        let a = Arc::new(h);
+        self.hints.insert(Arc::clone(&a));
+        a
+    }
+
+    /// Slices of services with the same ports share one map.
+    pub(crate) fn ports(&mut self, p: SlicePorts) -> Arc<SlicePorts> {
+        if let Some(a) = self.ports.get(&p) {
+            return Arc::clone(a);
+        }
+        let a = Arc::new(p);
+        self.ports.insert(Arc::clone(&a));
+        a
+    }
+
+    /// Forgets what nothing else holds any more (nodes that went away).
+    pub(crate) fn prune(&mut self) {
+        self.ports.retain(|a| Arc::strong_count(a) > 1);
+        self.names.retain(|a| Arc::strong_count(a) > 1);
+        self.hints.retain(|a| Arc::strong_count(a) > 1);
+    }
+}
+
+/// An EndpointSlice reduced to what the proxy reads: what the controller mirrors
+/// instead of the API object (which carries managed fields, target references,
+/// hostnames, ... for every endpoint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Slice {
+    /// The Service it belongs to (its `kubernetes.io/service-name` label).
+    pub(crate) service: ServiceKey,
+    /// Port numbers by (port name, protocol).
+    ports: Arc<SlicePorts>,
+    /// One per address.
+    endpoints: Vec<SliceEndpoint>,
+}
+
+/// One address of a slice's endpoint, its conditions as written (the Service's
+/// `publishNotReadyAddresses` is applied when joining).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SliceEndpoint {
+    address: IpAddr,
+    /// `conditions.ready`, absent meaning ready.
+    ready: bool,
+    /// `conditions.serving` as written.
+    serving: Option<bool>,
+    terminating: bool,
+    node_name: Option<Arc<str>>,
+    hints: Option<Arc<Hints>>,
+}
+
+impl Slice {
+    /// The slim form of `slice`; `None` for slices the proxy ignores (no service
+    /// label, FQDN addresses). Invalid entries are reported and left out.
+    pub(crate) fn from_k8s(
+        slice: &EndpointSlice,
+        interner: &mut Interner,
+        errors: &mut Vec<ViewError>,
+    ) -> Option<Slice> {
+        let meta = &slice.metadata;
+        let service_name = meta.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+        let namespace = meta.namespace.as_deref().unwrap_or("default");
+        if slice.address_type == "FQDN" {
+            return None;
+        }
+        let object = || format!("{namespace}/{}", meta.name.as_deref().unwrap_or(""));
+        let mut ports = BTreeMap::new();
+        for (i, p) in slice.ports.iter().flatten().enumerate() {
+            let Some(protocol) = Protocol::parse(p.protocol.as_deref()) else {
+                continue; // a protocol no service port can have
+            };
+            let Some(port) = p.port.and_then(port_u16) else {
+                errors.push(ViewError::Invalid {
+                    kind: "endpointslice",
+                    object: object(),
+                    field: format!("ports[{i}].port"),
+                    value: format!("{:?}", p.port),
+                });
+                continue;
+            };
+            ports.insert((p.name.clone().unwrap_or_default(), protocol), port);
+        }
+        let mut endpoints = Vec::new();
+        for (i, ep) in slice.endpoints.iter().flatten().enumerate() {
+            let cond = ep.conditions.as_ref();
+            let node_name = ep.node_name.as_deref().map(|n| interner.name(n));
+            let hints = ep.hints.as_ref().and_then(|h| {
+                let hints = Hints {
+                    zones: h
+                        .for_zones
+                        .iter()
+                        .flatten()
+                        .map(|z| z.name.clone())
+                        .collect(),
+                    nodes: h
+                        .for_nodes
+                        .iter()
+                        .flatten()
+                        .map(|n| n.name.clone())
+                        .collect(),
+                };
+                (hints != Hints::default()).then(|| interner.hints(hints))
+            });
+            for (j, a) in ep.addresses.iter().enumerate() {
+                let Ok(address) = a.parse::<IpAddr>() else {
+                    errors.push(ViewError::Invalid {
+                        kind: "endpointslice",
+                        object: object(),
+                        field: format!("endpoints[{i}].addresses[{j}]"),
+                        value: format!("{a:?}"),
+                    });
+                    continue;
+                };
+                endpoints.push(SliceEndpoint {
+                    address,
+                    ready: cond.and_then(|c| c.ready).unwrap_or(true),
+                    serving: cond.and_then(|c| c.serving),
+                    terminating: cond.and_then(|c| c.terminating).unwrap_or(false),
+                    node_name: node_name.clone(),
+                    hints: hints.clone(),
+                });
+            }
+        }
+        endpoints.shrink_to_fit();
+        Some(Slice {
+            service: ServiceKey::new(namespace, service_name.as_str()),
+            ports: interner.ports(ports),
+            endpoints,
+        })
+    }
+}
+
+impl Service {
+    /// The Service part of `svc` (no endpoints yet); `None` for services that get no
+    /// rules (headless, ExternalName, another proxy's, no spec). Invalid entries are
+    /// reported and left out.
+    pub(crate) fn from_k8s(svc: &K8sService, errors: &mut Vec<ViewError>) -> Option<Service> {
+        service(svc, errors)
+    }
+
+    /// A copy without the endpoints.
+    pub(crate) fn clone_spec(&self) -> Service {
+        Service {
+            key: self.key.clone(),
+            cluster_ips: self.cluster_ips.clone(),
+            external_ips: self.external_ips.clone(),
+            load_balancer_ips: self.load_balancer_ips.clone(),
+            ports: self.ports.clone(),
+            endpoints: Vec::new(),
+            ..*self
+        }
+    }
+
+    /// This service with the endpoints of `slices` (those of its EndpointSlices), one
+    /// per address, sorted by address.
+    pub(crate) fn with_endpoints<'a>(
+        mut self,
+        slices: impl IntoIterator<Item = &'a Slice>,
+    ) -> Self {
+        let mut endpoints = Vec::new();
+        for slice in slices {
+            for e in &slice.endpoints {
+                let ready = e.ready || self.publish_not_ready;
+                endpoints.push(Endpoint {
+                    address: e.address,
+                    ready,
+                    serving: e.serving.unwrap_or(ready),
+                    terminating: e.terminating,
+                    node_name: e.node_name.clone(),
+                    ports: Arc::clone(&slice.ports),
+                    hints: e.hints.clone(),
+                });
+            }
+        }
+        // One address may appear in two slices while a pod moves between them; the
+        // first one seen wins, as in kube-proxy (the sort is stable).
+        endpoints.sort_by_key(|e| e.address);
+        endpoints.dedup_by_key(|e| e.address);
+        endpoints.shrink_to_fit();
+        self.endpoints = endpoints;
+        self
     }
 }
 
@@ -399,65 +710,135 @@ fn service(svc: &K8sService, errors: &mut Vec<ViewError>) -> Option<Service> {
     })
 }
 
-fn add_slice(view: &mut View, slice: &EndpointSlice, errors: &mut Vec<ViewError>) {
-    let meta = &slice.metadata;
-    let Some(service_name) = meta.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
-        return;
-    };
-    let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
-    let Some(svc) = view
-        .services
-        .get_mut(&ServiceKey::new(namespace.clone(), service_name.clone()))
-    else {
-        return;
-    };
-    if slice.address_type == "FQDN" {
-        return;
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// `(address, ready, terminating, zone hints, node hints)`.
+    type Ep<'a> = (&'a str, bool, bool, &'a [&'a str], &'a [&'a str]);
+
+    /// The endpoints of one slice.
+    fn endpoints(eps: &[Ep<'_>]) -> Vec<Endpoint> {
+        let eps: Vec<_> = eps
+            .iter()
+            .map(|(a, ready, terminating, zones, nodes)| {
+                let zones: Vec<_> = zones.iter().map(|z| json!({"name": z})).collect();
+                let nodes: Vec<_> = nodes.iter().map(|n| json!({"name": n})).collect();
+                json!({"addresses": [a], "nodeName": "node-9",
+                       "conditions": {"ready": ready, "serving": *ready || *terminating,
+                                      "terminating": terminating},
+                       "hints": {"forZones": zones, "forNodes": nodes}})
+            })
+            .collect();
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "web-1", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4", "endpoints": eps,
+            "ports": [{"name": "http", "port": 8080}]
+        }))
+        .unwrap();
+        let svc: K8sService = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80}]}
+        }))
+        .unwrap();
+        let (mut view, errors) = View::build([&svc], [&slice]);
+        assert!(errors.is_empty(), "{errors:?}");
+        view.services.pop_first().unwrap().1.endpoints
     }
-    let object = format!("{namespace}/{}", meta.name.as_deref().unwrap_or(""));
-    let mut ports = BTreeMap::new();
-    for (i, p) in slice.ports.iter().flatten().enumerate() {
-        let Some(protocol) = Protocol::parse(p.protocol.as_deref()) else {
-            continue; // a protocol no service port can have
-        };
-        let Some(port) = p.port.and_then(port_u16) else {
-            errors.push(ViewError::Invalid {
-                kind: "endpointslice",
-                object: object.clone(),
-                field: format!("ports[{i}].port"),
-                value: format!("{:?}", p.port),
-            });
-            continue;
-        };
-        ports.insert((p.name.clone().unwrap_or_default(), protocol), port);
+
+    fn chosen(eps: &[Endpoint], node: &str, zone: Option<&str>) -> Vec<String> {
+        cluster_endpoints(eps, node, zone)
+            .iter()
+            .map(|e| e.address.to_string())
+            .collect()
     }
-    let ports = Arc::new(ports);
-    for (i, ep) in slice.endpoints.iter().flatten().enumerate() {
-        let cond = ep.conditions.clone().unwrap_or_default();
-        let ready = cond.ready.unwrap_or(true) || svc.publish_not_ready;
-        for (j, a) in ep.addresses.iter().enumerate() {
-            let Ok(address) = a.parse::<IpAddr>() else {
-                errors.push(ViewError::Invalid {
-                    kind: "endpointslice",
-                    object: object.clone(),
-                    field: format!("endpoints[{i}].addresses[{j}]"),
-                    value: format!("{a:?}"),
-                });
-                continue;
-            };
-            // One address may appear in two slices while a pod moves between them;
-            // the first one seen wins, as in kube-proxy.
-            if svc.endpoints.iter().any(|e| e.address == address) {
-                continue;
-            }
-            svc.endpoints.push(Endpoint {
-                address,
-                ready,
-                serving: cond.serving.unwrap_or(ready),
-                terminating: cond.terminating.unwrap_or(false),
-                node_name: ep.node_name.clone(),
-                ports: Arc::clone(&ports),
-            });
-        }
+
+    const A: &[&str] = &["zone-a"];
+    const B: &[&str] = &["zone-b"];
+    const NONE: &[&str] = &[];
+
+    #[test]
+    fn zone_hints_narrow_cluster_endpoints_to_this_zone() {
+        let eps = endpoints(&[
+            ("10.0.0.1", true, false, A, NONE),
+            ("10.0.0.2", true, false, B, NONE),
+            ("10.0.0.3", true, false, A, NONE),
+        ]);
+        assert_eq!(chosen(&eps, "n", Some("zone-a")), ["10.0.0.1", "10.0.0.3"]);
+        assert_eq!(chosen(&eps, "n", Some("zone-b")), ["10.0.0.2"]);
+        // No endpoint hinted for this zone, or the node has no zone label: all.
+        assert_eq!(chosen(&eps, "n", Some("zone-c")).len(), 3);
+        assert_eq!(chosen(&eps, "n", None).len(), 3);
+    }
+
+    #[test]
+    fn zone_hints_count_only_when_every_ready_endpoint_has_some() {
+        let eps = endpoints(&[
+            ("10.0.0.1", true, false, A, NONE),
+            ("10.0.0.2", true, false, NONE, NONE),
+            // Not ready: its missing hint does not matter, and it is not used.
+            ("10.0.0.3", false, false, NONE, NONE),
+        ]);
+        assert_eq!(chosen(&eps, "n", Some("zone-a")), ["10.0.0.1", "10.0.0.2"]);
+        let eps = endpoints(&[
+            ("10.0.0.1", true, false, A, NONE),
+            ("10.0.0.2", true, false, B, NONE),
+            ("10.0.0.3", false, false, NONE, NONE),
+        ]);
+        assert_eq!(chosen(&eps, "n", Some("zone-a")), ["10.0.0.1"]);
+    }
+
+    #[test]
+    fn node_hints_come_before_zone_hints() {
+        // PreferSameNode: the EndpointSlice controller sets both.
+        let eps = endpoints(&[
+            ("10.0.0.1", true, false, A, &["node-1"]),
+            ("10.0.0.2", true, false, A, &["node-2"]),
+            ("10.0.0.3", true, false, B, &["node-3"]),
+        ]);
+        assert_eq!(chosen(&eps, "node-2", Some("zone-a")), ["10.0.0.2"]);
+        // No endpoint for this node: the zone hints decide.
+        assert_eq!(
+            chosen(&eps, "node-4", Some("zone-a")),
+            ["10.0.0.1", "10.0.0.2"]
+        );
+        assert_eq!(chosen(&eps, "node-4", None).len(), 3);
+    }
+
+    #[test]
+    fn topology_applies_to_the_terminating_fallback_too() {
+        let eps = endpoints(&[
+            ("10.0.0.1", false, true, A, NONE),
+            ("10.0.0.2", false, true, B, NONE),
+        ]);
+        // No ready endpoint, so no topology is chosen: all serving+terminating ones.
+        assert_eq!(chosen(&eps, "n", Some("zone-a")).len(), 2);
+        let eps = endpoints(&[
+            ("10.0.0.1", true, false, A, NONE),
+            ("10.0.0.2", false, true, B, NONE),
+        ]);
+        // Only terminating endpoints are hinted for zone-b: the ready one serves it
+        // (the hints of endpoints that are not ready do not count).
+        assert_eq!(chosen(&eps, "n", Some("zone-b")), ["10.0.0.1"]);
+        assert_eq!(chosen(&eps, "n", Some("zone-a")), ["10.0.0.1"]);
+    }
+
+    #[test]
+    fn endpoints_without_hints_share_none_and_equal_hints_share_one() {
+        let eps = endpoints(&[
+            ("10.0.0.1", true, false, A, NONE),
+            ("10.0.0.2", true, false, A, NONE),
+            ("10.0.0.3", true, false, NONE, NONE),
+        ]);
+        let (a, b) = (
+            eps[0].hints.as_ref().unwrap(),
+            eps[1].hints.as_ref().unwrap(),
+        );
+        assert!(Arc::ptr_eq(a, b));
+        assert_eq!(a.zones, ["zone-a"]);
+        assert!(eps[2].hints.is_none(), "empty forZones is no hint");
     }
 }
