@@ -42,8 +42,9 @@ fn view(services: u32) -> View {
                 ready: true,
                 serving: true,
                 terminating: false,
-                node_name: Some(format!("node-{}", j % 3)),
+                node_name: Some(format!("node-{}", j % 3).into()),
                 ports: Arc::clone(&ports),
+                hints: None,
             })
             .collect();
         let svc = Service {

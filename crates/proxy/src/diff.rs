@@ -17,17 +17,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use netlink::nft::{Batch, Family, SetElement, Table};
+use netlink::nft::{Batch, Family, Set, SetElement, Table};
 
 use crate::ruleset::{
-    ChainSpec, Change, FamilyRuleset, Node, Ruleset, ServiceRules, SetSpec, TABLE, service_rules,
+    ChainSpec, Change, Class, FamilyRuleset, Node, Ruleset, SetName, SetSpec, TABLE, service_rules,
 };
 use crate::view::{ServiceKey, View};
 
 /// The changes to one table, by phase.
 #[derive(Default)]
 struct Plan<'a> {
-    new_sets: Vec<&'a SetSpec>,
+    new_sets: Vec<Set>,
     new_chains: Vec<&'a ChainSpec>,
     /// (set, element) to delete, then to add.
     deletes: BTreeMap<String, Vec<SetElement>>,
@@ -35,7 +35,7 @@ struct Plan<'a> {
     /// Chains to fill (new) or flush and refill (changed).
     fill: Vec<&'a ChainSpec>,
     refill: Vec<&'a ChainSpec>,
-    gone_sets: Vec<&'a SetSpec>,
+    gone_sets: Vec<Set>,
     gone_chains: Vec<&'a ChainSpec>,
 }
 
@@ -47,7 +47,7 @@ impl<'a> Plan<'a> {
     ) {
         for (name, c) in new {
             match old.get(name) {
-                Some(o) if o.body == c.body => {}
+                Some(o) if o.rules == c.rules => {}
                 Some(_) => self.refill.push(c),
                 None => {
                     self.new_chains.push(c);
@@ -64,23 +64,26 @@ impl<'a> Plan<'a> {
 
     fn emit(self, batch: &mut Batch, family: &FamilyRuleset) {
         for s in &self.new_sets {
-            batch.add_set(&s.set);
+            batch.add_set(s);
         }
         for c in &self.new_chains {
             batch.add_chain(&c.chain);
         }
+        // Rules of new chains before the elements: a rule binding a map walks the
+        // elements it already has, so a full sync binds the endpoint maps empty.
+        for c in &self.fill {
+            add_rules(batch, c);
+        }
+        // Elements of a set that goes are deleted with it.
         for (name, elements) in &self.deletes {
-            if let Some(s) = family.sets.get(name) {
+            if let Some(s) = family.set(name) {
                 batch.delete_elements(&s.set, elements);
             }
         }
         for (name, elements) in &self.adds {
-            if let Some(s) = family.sets.get(name) {
+            if let Some(s) = family.set(name) {
                 batch.add_elements(&s.set, elements);
             }
-        }
-        for c in &self.fill {
-            add_rules(batch, c);
         }
         for c in &self.refill {
             batch.flush_chain(&c.chain);
@@ -92,7 +95,7 @@ impl<'a> Plan<'a> {
             }
         }
         for s in &self.gone_sets {
-            batch.delete_set(&s.set);
+            batch.delete_set(s);
         }
         for c in &self.gone_chains {
             batch.delete_chain(&c.chain);
@@ -135,34 +138,31 @@ fn empty(family: Family) -> FamilyRuleset {
         family,
         chains: BTreeMap::new(),
         sets: BTreeMap::new(),
+        class_maps: BTreeMap::new(),
         services: BTreeMap::new(),
+        cidrs: Vec::new(),
     }
 }
 
 fn family_diff(batch: &mut Batch, old: &FamilyRuleset, new: &FamilyRuleset) {
+    let (old_classes, new_classes) = (old.class_chains(), new.class_chains());
     let mut plan = Plan::default();
-    for (name, s) in &new.sets {
-        match old.sets.get(name) {
-            None => plan.new_sets.push(s),
+    for s in new.all_sets() {
+        let name = &s.set.name;
+        let o = old.set(name);
+        match o {
+            None => plan.new_sets.push(s.set.clone()),
             Some(o) => debug_assert_eq!(o.set, s.set, "set {name} changed definition"),
         }
-        element_diff(&mut plan, name, old.sets.get(name), s);
+        element_diff(&mut plan, name, o, s);
     }
-    for (name, s) in &old.sets {
-        if !new.sets.contains_key(name) {
-            plan.gone_sets.push(s);
+    for s in old.all_sets() {
+        if new.set(&s.set.name).is_none() {
+            plan.gone_sets.push(s.set.clone());
         }
     }
     plan.chains(&old.chains, &new.chains);
-    let none = ServiceRules::default();
-    let keys: BTreeSet<&ServiceKey> = old.services.keys().chain(new.services.keys()).collect();
-    for key in keys {
-        let o = old.services.get(key).unwrap_or(&none);
-        let n = new.services.get(key).unwrap_or(&none);
-        if o.chains != n.chains {
-            plan.chains(&o.chains, &n.chains);
-        }
-    }
+    plan.chains(&old_classes, &new_classes);
     plan.emit(batch, new);
 }
 
@@ -234,8 +234,14 @@ pub fn update(
         }
         // Counts first (removals, then additions, so that an element moving between
         // services is neither deleted nor added), then the chains.
-        let mut plan_deletes: BTreeMap<&'static str, Vec<SetElement>> = BTreeMap::new();
-        let mut plan_adds: BTreeMap<&'static str, Vec<SetElement>> = BTreeMap::new();
+        let old_classes = fam.class_chains();
+        let old_maps: BTreeMap<Class, Set> = fam
+            .class_maps
+            .iter()
+            .map(|(c, s)| (*c, s.set.clone()))
+            .collect();
+        let mut plan_deletes: BTreeMap<SetName, Vec<SetElement>> = BTreeMap::new();
+        let mut plan_adds: BTreeMap<SetName, Vec<SetElement>> = BTreeMap::new();
         for (_, old, _) in &new_rules {
             for (set, change) in fam.remove_refs(old) {
                 if let Change::Removed(e) = change {
@@ -259,15 +265,24 @@ pub fn update(
         let mut plan = Plan::default();
         for (set, elements) in plan_deletes {
             if !elements.is_empty() {
-                plan.deletes.insert(set.to_owned(), elements);
+                plan.deletes.insert(set.to_string(), elements);
             }
         }
         for (set, elements) in plan_adds {
-            plan.adds.insert(set.to_owned(), elements);
+            plan.adds.insert(set.to_string(), elements);
         }
-        for (_, old, new) in &new_rules {
-            plan.chains(&old.chains, &new.chains);
+        for (c, s) in &fam.class_maps {
+            if !old_maps.contains_key(c) {
+                plan.new_sets.push(s.set.clone());
+            }
         }
+        for (c, s) in old_maps {
+            if !fam.class_maps.contains_key(&c) {
+                plan.gone_sets.push(s);
+            }
+        }
+        let new_classes = fam.class_chains();
+        plan.chains(&old_classes, &new_classes);
         plan.emit(batch, fam);
         for (key, _, new) in new_rules {
             if !new.is_empty() {

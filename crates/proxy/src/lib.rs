@@ -106,13 +106,14 @@ pub use apply::{Error, Proxier, SyncReport, cleanup, full_sync};
 pub use controller::{ProxyArgs, run};
 pub use diff::{diff, diff_into, update};
 pub use ruleset::{
-    Affinity, Balance, Body, ChainSpec, FamilyRuleset, MASQ_MARK, Node, Ruleset, ServiceRules,
-    SetSpec, TABLE, cluster_chain, desired, external_chain, health_checks, local_chain, names,
-    port_id, service_rules, usable,
+    ChainSpec, Class, ClassKind, FamilyRuleset, MASQ_MARK, MAX_ENDPOINTS, Node, Ruleset,
+    ServiceRules, SetName, SetSpec, TABLE, desired, health_checks, names, port_id, service_rules,
+    usable,
 };
 pub use view::{
-    DEFAULT_AFFINITY_TIMEOUT, Endpoint, Protocol, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL,
-    Service, ServiceKey, ServicePort, ServiceType, TargetPort, TrafficPolicy, View, ViewError,
+    DEFAULT_AFFINITY_TIMEOUT, Endpoint, Hints, Protocol, SERVICE_NAME_LABEL,
+    SERVICE_PROXY_NAME_LABEL, Service, ServiceKey, ServicePort, ServiceType, TargetPort,
+    TrafficPolicy, View, ViewError, cluster_endpoints,
 };
 
 #[cfg(test)]

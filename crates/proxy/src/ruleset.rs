@@ -24,10 +24,12 @@ const IPS_DST_NAT: u32 = 0x20;
 
 /// Shared sets and maps, by name.
 pub mod names {
-    /// `daddr . l4proto . dport` → `goto` a service-port chain (or `drop`).
+    /// `daddr . l4proto . dport` → the destination's [`Class`](super::Class) id.
     pub const SERVICE_IPS: &str = "service-ips";
-    /// `l4proto . dport` → `goto` an external chain, for destinations local to the node.
+    /// `l4proto . dport` → the node port's class id, for destinations local to the node.
     pub const SERVICE_NODEPORTS: &str = "service-nodeports";
+    /// Class id → `goto` the class's chain: a verdict map of a handful of elements.
+    pub const CLASSES: &str = "classes";
     /// `daddr . l4proto . dport` → `goto reject-chain` (no endpoints) or `drop`.
     pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
     /// `l4proto . dport` → `goto reject-chain` or `drop`, for node ports.
@@ -62,6 +64,9 @@ pub struct Node {
     /// The service CIDRs: traffic to an address in them that no Service has is
     /// dropped, as kube-proxy does. Empty: not checked.
     pub service_cidrs: Vec<IpNet>,
+    /// Its `topology.kubernetes.io/zone` label: topology hints for this zone narrow
+    /// the cluster-wide endpoints ([`crate::cluster_endpoints`]).
+    pub zone: Option<String>,
 }
 
 /// A chain with the rules it should hold, in order.
@@ -69,167 +74,318 @@ pub struct Node {
 pub struct ChainSpec {
     /// The chain (base or regular).
     pub chain: Chain,
-    /// What it holds.
-    pub body: Body,
-}
-
-/// The contents of a chain.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Body {
-    /// These rules.
-    Rules(Vec<Rule>),
-    /// A balancing chain, stored as the few bytes it is made from rather than as
-    /// rules: 110,000 endpoint rules would otherwise take most of the proxy's memory.
-    Balance(Balance),
-}
-
-/// A balancing chain: an optional affinity lookup, then one rule per endpoint,
-/// endpoint `i` of `N` taken with probability `1/(N-i)` so that each is picked with
-/// probability `1/N`. No set per chain and no shared map read from every chain: see
-/// the crate documentation for why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Balance {
-    /// Session affinity, if the service has it.
-    pub affinity: Option<Affinity>,
-    /// The endpoints, address and port, in order.
-    pub endpoints: Vec<(IpAddr, u16)>,
-}
-
-/// Session affinity of a balancing chain.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Affinity {
-    /// `svc-addr . l4proto . port` of the service port, as `affinity` keys start.
-    pub service: [Datum; 3],
-    /// A local (rather than cluster) balancing chain.
-    pub local: bool,
-    /// `timeoutSeconds`.
-    pub timeout: u32,
-}
-
-/// Loads constants into consecutive 32-bit registers from the first, each padded to 4
-/// bytes, as a concatenated key; returns the next free register slot.
-fn immediates(rule: Rule, fields: &[Datum]) -> (Rule, u32) {
-    immediates_at(rule, fields, 0)
-}
-
-/// [`immediates`] from 32-bit register `slot` on.
-fn immediates_at(mut rule: Rule, fields: &[Datum], mut slot: u32) -> (Rule, u32) {
-    for d in fields {
-        let mut data = match d {
-            Datum::Ipv4(a) => a.octets().to_vec(),
-            Datum::Ipv6(a) => a.octets().to_vec(),
-            Datum::Proto(p) => vec![*p],
-            Datum::Port(p) => p.to_be_bytes().to_vec(),
-            Datum::Int(i) | Datum::Mark(i) => i.to_ne_bytes().to_vec(),
-            Datum::Ether(m) => m.to_vec(),
-        };
-        data.resize(data.len().div_ceil(4) * 4, 0);
-        let words = (data.len() / 4) as u32;
-        rule = rule.expr(Expr::Immediate {
-            dreg: Reg::r32(slot),
-            data,
-        });
-        slot += words;
-    }
-    (rule, slot)
+    /// Its rules.
+    pub rules: Vec<Rule>,
 }
 
 impl ChainSpec {
     /// Whether the chain has no rules.
     pub fn is_empty(&self) -> bool {
-        match &self.body {
-            Body::Rules(r) => r.is_empty(),
-            Body::Balance(_) => false,
+        self.rules.is_empty()
+    }
+
+    /// The chain's rules, in order (a copy).
+    pub fn rules(&self) -> Vec<Rule> {
+        self.rules.clone()
+    }
+}
+
+/// At most this many endpoints per service port and list are used (a class holds the
+/// count in 16 bits).
+pub const MAX_ENDPOINTS: usize = u16::MAX as usize;
+
+/// What a class chain does with a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ClassKind {
+    /// DNAT to one of the destination's `endpoints` cluster-wide endpoints, each with
+    /// probability `1/endpoints`.
+    Cluster,
+    /// The same over its local endpoints.
+    Local,
+    /// Mark for masquerade, then [`ClassKind::Cluster`] (`externalTrafficPolicy:
+    /// Cluster` on external destinations).
+    Masquerade,
+    /// `externalTrafficPolicy: Local` on external destinations: pod sources to all
+    /// endpoints, node-local sources marked and to all endpoints, the rest to the
+    /// local ones (`local_endpoints`), or dropped when there is none.
+    ExternalLocal,
+}
+
+/// A class of destinations that are handled alike: the shared chain they are sent to.
+///
+/// Every destination (service address and port, or node port) maps to its class in
+/// [`names::SERVICE_IPS`] / [`names::SERVICE_NODEPORTS`], and each class in use to
+/// its chain in [`names::CLASSES`]. A balancing class's chain looks its destination's
+/// endpoints up in the class's own map (named as the chain, [`Class::map`]), keyed by
+/// the destination and a random bucket `0..N`: so a class is fixed by the number of
+/// endpoints, not by which they are, and a handful of chains serve every service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Class {
+    /// What the chain does.
+    pub kind: ClassKind,
+    /// Keyed by `l4proto . dport` (node ports) rather than `daddr . l4proto . dport`.
+    pub node_port: bool,
+    /// Number of endpoints picked from (for [`ClassKind::Local`] the local ones;
+    /// otherwise the cluster-wide ones).
+    pub endpoints: u16,
+    /// [`ClassKind::ExternalLocal`]: the number of local endpoints (0 for the others).
+    pub local_endpoints: u16,
+    /// `sessionAffinity: ClientIP` with this timeout, in seconds.
+    pub affinity: Option<u32>,
+}
+
+impl Class {
+    /// A balancing class (cluster-wide or local endpoints).
+    pub fn balance(node_port: bool, local: bool, endpoints: usize, affinity: Option<u32>) -> Self {
+        Class {
+            kind: if local {
+                ClassKind::Local
+            } else {
+                ClassKind::Cluster
+            },
+            node_port,
+            endpoints: endpoints.min(MAX_ENDPOINTS) as u16,
+            local_endpoints: 0,
+            affinity: affinity.map(|t| t.clamp(1, 0x07ff_ffff)),
         }
     }
 
-    /// The chain's rules, in order.
-    pub fn rules(&self) -> Vec<Rule> {
-        let b = match &self.body {
-            Body::Rules(r) => return r.clone(),
-            Body::Balance(b) => b,
+    /// The class's id, the value of its destinations in the dispatch maps and the key
+    /// of its chain in [`names::CLASSES`]: `kind . node_port . timeout`, `N . local N`.
+    pub fn key(&self) -> [Datum; 2] {
+        let kind = match self.kind {
+            ClassKind::Cluster => 0,
+            ClassKind::Local => 1,
+            ClassKind::Masquerade => 2,
+            ClassKind::ExternalLocal => 3,
         };
-        let c = &self.chain;
-        let rule = || Rule::new(c.family, c.table.clone(), c.name.clone());
-        let (port_reg, src) = if c.family == Family::Ip6 {
-            (Reg::r32(4), netlink::nft::Field::Ip6Saddr)
-        } else {
-            (Reg::r32(1), netlink::nft::Field::IpSaddr)
+        [
+            Datum::Int(kind << 28 | u32::from(self.node_port) << 27 | self.affinity.unwrap_or(0)),
+            Datum::Int(u32::from(self.endpoints) << 16 | u32::from(self.local_endpoints)),
+        ]
+    }
+
+    /// The class a [`Class::key`] stands for.
+    pub fn from_key(key: &[Datum]) -> Option<Self> {
+        let [Datum::Int(a), Datum::Int(b)] = key else {
+            return None;
         };
-        let mut rules = Vec::with_capacity(b.endpoints.len() + 1);
-        if let Some(a) = &b.affinity {
-            let mut key = a.service.to_vec();
-            key.push(Datum::Int(u32::from(a.local)));
-            let (r, slot) = immediates(rule(), &key);
-            rules.push(
-                r.expr(src.load(Reg::r32(slot)))
-                    .expr(Expr::Lookup {
-                        set: names::AFFINITY.into(),
-                        sreg: Reg::r32(0),
-                        dreg: Some(Reg::R1),
-                        invert: false,
-                    })
-                    .expr(Expr::Nat {
-                        kind: NatKind::Dnat,
-                        family: c.family,
-                        addr: Some(Reg::R1),
-                        port: Some(port_reg),
-                        flags: 0,
-                    })
-                    .comment(format!("sessionAffinity: ClientIP, {}s", a.timeout)),
-            );
+        let kind = match a >> 28 {
+            0 => ClassKind::Cluster,
+            1 => ClassKind::Local,
+            2 => ClassKind::Masquerade,
+            3 => ClassKind::ExternalLocal,
+            _ => return None,
+        };
+        let timeout = a & 0x07ff_ffff;
+        Some(Class {
+            kind,
+            node_port: a >> 27 & 1 == 1,
+            endpoints: (b >> 16) as u16,
+            local_endpoints: (b & 0xffff) as u16,
+            affinity: (timeout > 0).then_some(timeout),
+        })
+    }
+
+    /// The name of the class's chain, e.g. `balance-10`, `nodeport-masquerade-3`,
+    /// `external-local-5-2-affinity-10800`.
+    pub fn chain(&self) -> String {
+        let mut name = String::new();
+        if self.node_port {
+            name.push_str("nodeport-");
         }
-        let n = b.endpoints.len();
-        for (i, (ip, port)) in b.endpoints.iter().enumerate() {
-            let mut r = rule();
-            if i + 1 < n {
-                r = r
-                    .expr(Expr::Numgen {
-                        modulus: (n - i) as u32,
-                        offset: 0,
-                        dreg: Reg::R1,
-                    })
-                    .expr(Expr::Cmp {
-                        sreg: Reg::R1,
-                        op: CmpOp::Eq,
-                        data: 0u32.to_ne_bytes().to_vec(),
-                    });
+        match self.kind {
+            ClassKind::Cluster => name.push_str(&format!("balance-{}", self.endpoints)),
+            ClassKind::Local => name.push_str(&format!("balance-local-{}", self.endpoints)),
+            ClassKind::Masquerade => name.push_str(&format!("masquerade-{}", self.endpoints)),
+            ClassKind::ExternalLocal => name.push_str(&format!(
+                "external-local-{}-{}",
+                self.endpoints, self.local_endpoints
+            )),
+        }
+        if let Some(t) = self.affinity {
+            name.push_str(&format!("-affinity-{t}"));
+        }
+        name
+    }
+
+    /// Whether the class balances (has an endpoint map) rather than forwards.
+    pub fn balances(&self) -> bool {
+        matches!(self.kind, ClassKind::Cluster | ClassKind::Local)
+    }
+
+    /// The endpoint map of a balancing class, named as its chain: `daddr . l4proto .
+    /// dport . bucket` (node ports: `l4proto . dport . bucket`) → `addr . port`. One
+    /// map per class, bound by the one rule of its chain: a new class binds an empty
+    /// map (binding walks the map's elements, and adding an element walks the map's
+    /// bindings).
+    pub fn map(&self, family: Family) -> Set {
+        let addr = addr_type(family);
+        let mut key = vec![KeyType::InetProto, KeyType::InetService, KeyType::Integer];
+        if !self.node_port {
+            key.insert(0, addr);
+        }
+        Set::new(family, TABLE, self.chain(), key).map(vec![addr, KeyType::InetService])
+    }
+
+    /// The balancing classes this one's chain goes to.
+    fn targets(&self) -> Vec<Class> {
+        let bal = |local, n| Class::balance(self.node_port, local, n, self.affinity);
+        match self.kind {
+            ClassKind::Cluster | ClassKind::Local => vec![],
+            ClassKind::Masquerade => vec![bal(false, usize::from(self.endpoints))],
+            ClassKind::ExternalLocal => {
+                let mut t = vec![bal(false, usize::from(self.endpoints))];
+                if self.local_endpoints > 0 {
+                    t.push(bal(true, usize::from(self.local_endpoints)));
+                }
+                t
             }
-            let Some(a) = &b.affinity else {
-                rules.push(r.dnat(*ip, Some(*port)));
-                continue;
+        }
+    }
+
+    /// The rules of the class's chain in a table of `family`; `cidrs` are the pod
+    /// network's ranges of that family.
+    pub fn rules(&self, family: Family, cidrs: &[IpNet]) -> Vec<Rule> {
+        let name = self.chain();
+        let rule = || Rule::new(family, TABLE, name.clone());
+        let targets = self.targets();
+        match self.kind {
+            ClassKind::Cluster | ClassKind::Local => self.balance_rules(family, rule),
+            ClassKind::Masquerade => vec![rule().set_mark_bits(MASQ_MARK).goto(targets[0].chain())],
+            ClassKind::ExternalLocal => {
+                let all = targets[0].chain();
+                let mut rules: Vec<Rule> = cidrs
+                    .iter()
+                    .map(|c| {
+                        rule()
+                            .match_saddr(*c)
+                            .goto(all.clone())
+                            .comment("pod traffic: short-circuit to all endpoints")
+                    })
+                    .collect();
+                rules.push(
+                    fib_saddr_local(rule())
+                        .set_mark_bits(MASQ_MARK)
+                        .goto(all)
+                        .comment("traffic from the node itself: masquerade"),
+                );
+                rules.push(match targets.get(1) {
+                    Some(local) => rule().goto(local.chain()),
+                    None => rule()
+                        .drop()
+                        .comment("externalTrafficPolicy: Local, no endpoint on this node"),
+                });
+                rules
+            }
+        }
+    }
+
+    /// The balancing rule: the destination and a random bucket looked up in the
+    /// endpoint map, DNAT to the value found, all in one rule (registers do not carry
+    /// over between rules). With affinity, a first rule DNATs a known client to its
+    /// recorded endpoint, and the balancing rule records its pick (`update @affinity`)
+    /// from the same registers.
+    ///
+    /// Registers (32-bit slots; `A` = address words, 1 or 4): daddr at 0, l4proto at
+    /// `A`, dport at `A+1`, the bucket (later the affinity chain id) at `A+2`, saddr at
+    /// `A+3`, the endpoint found at 5 (IPv4) or 11 (IPv6): the affinity key and its
+    /// value side by side fill at most the sixteen registers.
+    fn balance_rules(&self, family: Family, rule: impl Fn() -> Rule) -> Vec<Rule> {
+        use netlink::nft::Field;
+        let v6 = family == Family::Ip6;
+        let (aw, found) = if v6 { (4, 11) } else { (1, 5) };
+        let (daddr, saddr) = if v6 {
+            (Field::Ip6Daddr, Field::Ip6Saddr)
+        } else {
+            (Field::IpDaddr, Field::IpSaddr)
+        };
+        let local = self.kind == ClassKind::Local;
+        let chain_id = u32::from(local).to_ne_bytes().to_vec();
+        let destination = |r: Rule, with_daddr: bool| {
+            let r = if with_daddr {
+                r.expr(daddr.load(Reg::r32(0)))
+            } else {
+                r
             };
-            // Remember the pick: `update @affinity { svc . chain . saddr : ep . port
-            // timeout T }`, then DNAT from the same registers. Key and data sit side
-            // by side in the sixteen 32-bit registers (IPv6: 11 + 5 of them).
-            let mut key = a.service.to_vec();
-            key.push(Datum::Int(u32::from(a.local)));
-            let (r, slot) = immediates_at(r, &key, 0);
-            let r = r.expr(src.load(Reg::r32(slot)));
-            let data_slot = slot + if c.family == Family::Ip6 { 4 } else { 1 };
-            let (r, _) = immediates_at(r, &[addr_datum(*ip), Datum::Port(*port)], data_slot);
-            let addr_words = if c.family == Family::Ip6 { 4 } else { 1 };
-            rules.push(
-                r.expr(Expr::Dynset {
+            r.expr(Field::L4Proto.load(Reg::r32(aw)))
+                .expr(Field::Dport.load(Reg::r32(aw + 1)))
+        };
+        let dnat = |r: Rule| {
+            r.expr(Expr::Nat {
+                kind: NatKind::Dnat,
+                family,
+                addr: Some(Reg::r32(found)),
+                port: Some(Reg::r32(found + aw)),
+                flags: 0,
+            })
+        };
+        let mut rules = Vec::new();
+        if let Some(timeout) = self.affinity {
+            let r = destination(rule(), true)
+                .expr(Expr::Immediate {
+                    dreg: Reg::r32(aw + 2),
+                    data: chain_id.clone(),
+                })
+                .expr(saddr.load(Reg::r32(aw + 3)))
+                .expr(Expr::Lookup {
+                    set: names::AFFINITY.into(),
+                    sreg: Reg::r32(0),
+                    dreg: Some(Reg::r32(found)),
+                    invert: false,
+                });
+            rules.push(dnat(r).comment(format!("sessionAffinity: ClientIP, {timeout}s")));
+        }
+        let key = if self.node_port {
+            Reg::r32(aw)
+        } else {
+            Reg::r32(0)
+        };
+        let mut r = destination(rule(), self.affinity.is_some() || !self.node_port)
+            .expr(Expr::Numgen {
+                modulus: u32::from(self.endpoints),
+                offset: 0,
+                dreg: Reg::r32(aw + 2),
+            })
+            .expr(Expr::Lookup {
+                set: self.chain().as_str().into(),
+                sreg: key,
+                dreg: Some(Reg::r32(found)),
+                invert: false,
+            });
+        if let Some(timeout) = self.affinity {
+            r = r
+                .expr(Expr::Immediate {
+                    dreg: Reg::r32(aw + 2),
+                    data: chain_id,
+                })
+                .expr(saddr.load(Reg::r32(aw + 3)))
+                .expr(Expr::Dynset {
                     set: names::AFFINITY.into(),
                     op: DynsetOp::Update,
                     sreg_key: Reg::r32(0),
-                    sreg_data: Some(Reg::r32(data_slot)),
-                    timeout: Some(Duration::from_secs(u64::from(a.timeout))),
-                })
-                .expr(Expr::Nat {
-                    kind: NatKind::Dnat,
-                    family: c.family,
-                    addr: Some(Reg::r32(data_slot)),
-                    port: Some(Reg::r32(data_slot + addr_words)),
-                    flags: 0,
-                }),
-            );
+                    sreg_data: Some(Reg::r32(found)),
+                    timeout: Some(Duration::from_secs(u64::from(timeout))),
+                });
         }
+        rules.push(dnat(r));
         rules
     }
 }
 
+/// `fib saddr type local`: traffic from this node's own addresses.
+fn fib_saddr_local(rule: Rule) -> Rule {
+    rule.expr(Expr::Fib {
+        result: FibResult::AddrType,
+        flags: fib_flags::SADDR,
+        dreg: Reg::R1,
+    })
+    .expr(Expr::Cmp {
+        sreg: Reg::R1,
+        op: CmpOp::Eq,
+        data: netlink::nft::RTN_LOCAL.to_ne_bytes().to_vec(),
+    })
+}
 /// An element of a shared set with the number of services that contribute it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Counted {
@@ -348,20 +504,37 @@ impl SetSpec {
     }
 }
 
-/// What one service contributes to a family's table: its own chains, and elements of
-/// the shared sets.
+/// The set an element of a service goes to: a fixed one, or the endpoint map of a
+/// balancing class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SetName {
+    /// A set of the skeleton, by name ([`names`]).
+    Fixed(&'static str),
+    /// [`Class::map`].
+    Class(Class),
+}
+
+impl std::fmt::Display for SetName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SetName::Fixed(n) => f.write_str(n),
+            SetName::Class(c) => f.write_str(&c.chain()),
+        }
+    }
+}
+
+/// What one service contributes to a family's table: elements of the shared sets and
+/// maps (its chains are the shared class chains, see [`Class`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceRules {
-    /// Chains of the service's ports, by name.
-    pub chains: BTreeMap<String, ChainSpec>,
     /// (shared set name, element), each at most once.
-    pub elements: Vec<(&'static str, SetElement)>,
+    pub elements: Vec<(SetName, SetElement)>,
 }
 
 impl ServiceRules {
     /// Whether the service has nothing in this family.
     pub fn is_empty(&self) -> bool {
-        self.chains.is_empty() && self.elements.is_empty()
+        self.elements.is_empty()
     }
 }
 
@@ -374,39 +547,117 @@ pub struct FamilyRuleset {
     pub chains: BTreeMap<String, ChainSpec>,
     /// The shared sets and maps, by name, with every service's elements.
     pub sets: BTreeMap<String, SetSpec>,
-    /// Each service's chains and elements.
+    /// The endpoint maps of the balancing classes in use ([`Class::map`]).
+    pub class_maps: BTreeMap<Class, SetSpec>,
+    /// Each service's elements.
     pub services: BTreeMap<ServiceKey, ServiceRules>,
+    /// The pod network's ranges of this family (the external-local class chains'
+    /// rules need them).
+    pub cidrs: Vec<IpNet>,
 }
 
 impl FamilyRuleset {
-    /// The set or map `name`.
+    /// The set or map `name`, fixed or of a class.
     pub fn set(&self, name: &str) -> Option<&SetSpec> {
-        self.sets.get(name)
+        self.sets
+            .get(name)
+            .or_else(|| self.class_maps.values().find(|s| s.set.name == name))
     }
 
-    /// The chain `name`, fixed or of a service (searched, for tests and debugging).
-    pub fn chain(&self, name: &str) -> Option<&ChainSpec> {
+    /// The set an element goes to.
+    pub fn set_of(&self, name: &SetName) -> Option<&SetSpec> {
+        match name {
+            SetName::Fixed(n) => self.sets.get(*n),
+            SetName::Class(c) => self.class_maps.get(c),
+        }
+    }
+
+    /// All sets and maps, fixed and of classes.
+    pub fn all_sets(&self) -> impl Iterator<Item = &SetSpec> {
+        self.sets.values().chain(self.class_maps.values())
+    }
+
+    /// The chain `name`, fixed or of a class (a copy, for tests and debugging).
+    pub fn chain(&self, name: &str) -> Option<ChainSpec> {
         self.chains
             .get(name)
-            .or_else(|| self.services.values().find_map(|s| s.chains.get(name)))
+            .cloned()
+            .or_else(|| self.class_chains().remove(name))
+    }
+
+    /// The classes in use: those of the elements of [`names::CLASSES`].
+    pub fn classes(&self) -> Vec<Class> {
+        let Some(set) = self.sets.get(names::CLASSES) else {
+            return vec![];
+        };
+        let mut classes: Vec<Class> = set
+            .elements()
+            .filter_map(|e| Class::from_key(&e.key))
+            .collect();
+        classes.sort();
+        classes
+    }
+
+    /// The chains of the classes in use, and of the balancing classes they go to.
+    pub fn class_chains(&self) -> BTreeMap<String, ChainSpec> {
+        let mut out = BTreeMap::new();
+        let mut todo = self.classes();
+        while let Some(c) = todo.pop() {
+            let name = c.chain();
+            if out.contains_key(&name) {
+                continue;
+            }
+            todo.extend(c.targets());
+            let chain = Chain::new(self.family, TABLE, name.clone());
+            let rules = c.rules(self.family, &self.cidrs);
+            out.insert(name, ChainSpec { chain, rules });
+        }
+        out
     }
 
     /// Counts one more contribution of each of `rules`' elements; the changes.
-    pub(crate) fn add_refs(&mut self, rules: &ServiceRules) -> Vec<(&'static str, Change)> {
+    pub(crate) fn add_refs(&mut self, rules: &ServiceRules) -> Vec<(SetName, Change)> {
+        let family = self.family;
         rules
             .elements
             .iter()
-            .filter_map(|(set, e)| Some((*set, self.sets.get_mut(*set)?.add_ref(e))))
+            .filter_map(|(set, e)| {
+                let spec = match set {
+                    SetName::Fixed(n) => self.sets.get_mut(*n)?,
+                    SetName::Class(c) => self
+                        .class_maps
+                        .entry(*c)
+                        .or_insert_with(|| SetSpec::new(c.map(family))),
+                };
+                Some((*set, spec.add_ref(e)))
+            })
             .collect()
     }
 
     /// Counts one less contribution of each of `rules`' elements; the changes.
-    pub(crate) fn remove_refs(&mut self, rules: &ServiceRules) -> Vec<(&'static str, Change)> {
-        rules
-            .elements
-            .iter()
-            .filter_map(|(set, e)| Some((*set, self.sets.get_mut(*set)?.remove_ref(e))))
-            .collect()
+    /// A class map left empty is removed.
+    pub(crate) fn remove_refs(&mut self, rules: &ServiceRules) -> Vec<(SetName, Change)> {
+        let mut out = Vec::with_capacity(rules.elements.len());
+        for (set, e) in &rules.elements {
+            let change = match set {
+                SetName::Fixed(n) => match self.sets.get_mut(*n) {
+                    Some(spec) => spec.remove_ref(e),
+                    None => continue,
+                },
+                SetName::Class(c) => {
+                    let Some(spec) = self.class_maps.get_mut(c) else {
+                        continue;
+                    };
+                    let change = spec.remove_ref(e);
+                    if spec.is_empty() {
+                        self.class_maps.remove(c);
+                    }
+                    change
+                }
+            };
+            out.push((*set, change));
+        }
+        out
     }
 }
 
@@ -436,18 +687,6 @@ pub fn port_id(svc: &Service, sp: &ServicePort) -> String {
     )
 }
 
-/// Chain that balances over all usable endpoints of a service port.
-pub fn cluster_chain(id: &str) -> String {
-    format!("svc-{id}")
-}
-/// Chain that balances over the usable endpoints on this node.
-pub fn local_chain(id: &str) -> String {
-    format!("local-{id}")
-}
-/// Chain for external destinations (node ports, external and load-balancer IPs).
-pub fn external_chain(id: &str) -> String {
-    format!("ext-{id}")
-}
 fn family_of(ip: &IpAddr) -> Family {
     match ip {
         IpAddr::V4(_) => Family::Ip,
@@ -495,7 +734,7 @@ struct Builder<'a> {
 
 impl<'a> Builder<'a> {
     fn new(family: Family, node: &'a Node) -> Self {
-        let cidrs = node
+        let cidrs: Vec<IpNet> = node
             .cluster_cidrs
             .iter()
             .filter(|c| family_of(&c.addr()) == family)
@@ -504,12 +743,14 @@ impl<'a> Builder<'a> {
         Builder {
             family,
             node,
-            cidrs,
+            cidrs: cidrs.clone(),
             out: FamilyRuleset {
                 family,
                 chains: BTreeMap::new(),
                 sets: BTreeMap::new(),
+                class_maps: BTreeMap::new(),
                 services: BTreeMap::new(),
+                cidrs,
             },
             cur: None,
         }
@@ -520,17 +761,9 @@ impl<'a> Builder<'a> {
     }
 
     fn add_chain(&mut self, chain: Chain, rules: Vec<Rule>) {
-        let chains = match &mut self.cur {
-            Some(cur) => &mut cur.chains,
-            None => &mut self.out.chains,
-        };
-        chains.insert(
-            chain.name.clone(),
-            ChainSpec {
-                chain,
-                body: Body::Rules(rules),
-            },
-        );
+        self.out
+            .chains
+            .insert(chain.name.clone(), ChainSpec { chain, rules });
     }
 
     fn regular(&mut self, name: &str, rules: Vec<Rule>) {
@@ -557,11 +790,34 @@ impl<'a> Builder<'a> {
     }
 
     fn element(&mut self, set: &'static str, e: SetElement) {
+        let set = SetName::Fixed(set);
         if let Some(cur) = &mut self.cur
             && !cur.elements.iter().any(|(s, x)| *s == set && *x == e)
         {
             cur.elements.push((set, e));
         }
+    }
+
+    /// The elements of `eps` in the endpoint map of `class` (a balancing class):
+    /// `prefix . bucket` → `addr . port`, buckets `0..N`. Unique by construction, so
+    /// not searched for duplicates.
+    fn endpoint_elements(&mut self, class: Class, prefix: &[Datum], eps: &[(IpAddr, u16)]) {
+        let Some(cur) = &mut self.cur else { return };
+        for (i, (ip, port)) in eps.iter().take(MAX_ENDPOINTS).enumerate() {
+            let mut key = prefix.to_vec();
+            key.push(Datum::Int(i as u32));
+            let e = SetElement::new(key).value([addr_datum(*ip), Datum::Port(*port)]);
+            cur.elements.push((SetName::Class(class), e));
+        }
+    }
+
+    /// Sends the destination `key` of `map` to `class`, whose chain it registers.
+    fn dispatch(&mut self, map: &'static str, key: Vec<Datum>, class: Class) {
+        self.element(
+            names::CLASSES,
+            SetElement::new(class.key()).verdict(Verdict::Goto(class.chain())),
+        );
+        self.element(map, SetElement::new(key).value(class.key()));
     }
 
     /// The chains and elements of one service.
@@ -596,20 +852,6 @@ impl<'a> Builder<'a> {
         })
     }
 
-    /// `fib saddr type local`: traffic from this node's own addresses.
-    fn fib_saddr_local(rule: Rule) -> Rule {
-        rule.expr(Expr::Fib {
-            result: FibResult::AddrType,
-            flags: fib_flags::SADDR,
-            dreg: Reg::R1,
-        })
-        .expr(Expr::Cmp {
-            sreg: Reg::R1,
-            op: CmpOp::Eq,
-            data: netlink::nft::RTN_LOCAL.to_ne_bytes().to_vec(),
-        })
-    }
-
     fn loopback(&self) -> IpNet {
         if self.family == Family::Ip6 {
             IpNet::from(IpAddr::V6(Ipv6Addr::LOCALHOST))
@@ -640,8 +882,11 @@ impl<'a> Builder<'a> {
         let addr = self.addr();
         let svc_key = vec![addr, KeyType::InetProto, KeyType::InetService];
         let port_key = vec![KeyType::InetProto, KeyType::InetService];
-        self.add_set(Set::new(fam, TABLE, SERVICE_IPS, svc_key.clone()).vmap());
-        self.add_set(Set::new(fam, TABLE, SERVICE_NODEPORTS, port_key.clone()).vmap());
+        let class = [KeyType::Integer, KeyType::Integer];
+        self.add_set(Set::new(fam, TABLE, SERVICE_IPS, svc_key.clone()).map(class));
+        self.add_set(Set::new(fam, TABLE, SERVICE_NODEPORTS, port_key.clone()).map(class));
+        self.add_set(Set::new(fam, TABLE, CLASSES, class).vmap());
+
         self.add_set(Set::new(fam, TABLE, NO_ENDPOINT_SERVICES, svc_key).vmap());
         self.add_set(Set::new(fam, TABLE, NO_ENDPOINT_NODEPORTS, port_key).vmap());
         self.add_set(Set::new(fam, TABLE, CLUSTER_IPS, vec![addr]));
@@ -674,7 +919,10 @@ impl<'a> Builder<'a> {
                     .comment("ClusterIP traffic from outside the pod network: masquerade"),
             );
         }
-        services.push(self.rule("services").vmap(&dispatch, SERVICE_IPS));
+        services.push(
+            self.rule("services")
+                .map_vmap(&dispatch, SERVICE_IPS, CLASSES),
+        );
         let node_ips: Vec<IpAddr> = self
             .node
             .node_ips
@@ -687,7 +935,7 @@ impl<'a> Builder<'a> {
                 self.rule("services")
                     .match_fib_daddr_local()
                     .match_daddr_not(self.loopback())
-                    .vmap(&ports, SERVICE_NODEPORTS)
+                    .map_vmap(&ports, SERVICE_NODEPORTS, CLASSES)
                     .comment("node ports, on the node's own addresses but not loopback"),
             );
         } else {
@@ -698,7 +946,7 @@ impl<'a> Builder<'a> {
             services.push(
                 self.rule("services")
                     .match_in_set(&dispatch[..1], NODEPORT_IPS, false)
-                    .vmap(&ports, SERVICE_NODEPORTS)
+                    .map_vmap(&ports, SERVICE_NODEPORTS, CLASSES)
                     .comment("node ports, on the Node's addresses"),
             );
         }
@@ -816,34 +1064,13 @@ impl<'a> Builder<'a> {
         }
     }
 
-    /// A balancing chain over `eps` (non-empty), kept as its endpoints and turned
-    /// into rules only when sent (see [`Balance`]).
-    fn balancing_chain(
-        &mut self,
-        chain: &str,
-        sp_key: &[Datum; 3],
-        local: bool,
-        eps: &[(IpAddr, u16)],
-        affinity: Option<u32>,
-    ) {
+    /// Hairpin pairs `E . E` for the endpoints of a list.
+    fn hairpin(&mut self, eps: &[(IpAddr, u16)]) {
         for (ip, _) in eps {
             self.element(
                 names::HAIRPIN,
                 SetElement::new([addr_datum(*ip), addr_datum(*ip)]),
             );
-        }
-        let body = Body::Balance(Balance {
-            affinity: affinity.map(|timeout| Affinity {
-                service: *sp_key,
-                local,
-                timeout,
-            }),
-            endpoints: eps.to_vec(),
-        });
-        let chain = Chain::new(self.family, TABLE, chain);
-        if let Some(cur) = &mut self.cur {
-            cur.chains
-                .insert(chain.name.clone(), ChainSpec { chain, body });
         }
     }
 
@@ -876,49 +1103,45 @@ impl<'a> Builder<'a> {
                 .filter_map(|e| Some((e.address, e.port_for(sp)?)))
                 .collect()
         };
-        let cluster = pick(usable(eps.iter().copied()));
+        let cluster = pick(crate::view::cluster_endpoints(
+            eps.iter().copied(),
+            &self.node.name,
+            self.node.zone.as_deref(),
+        ));
         let local =
             pick(usable(eps.iter().copied().filter(|e| {
                 e.node_name.as_deref() == Some(self.node.name.as_str())
             })));
-        let id = port_id(svc, sp);
-        let (svc_chain, local_chain_name, ext_chain) =
-            (cluster_chain(&id), local_chain(&id), external_chain(&id));
         let proto = Datum::Proto(sp.protocol.number());
         let reject = Verdict::Goto(REJECT_CHAIN.into());
+        let affinity = svc.affinity_timeout;
 
         let internal_local = svc.internal_traffic_policy == TrafficPolicy::Local;
         let external_local = svc.external_traffic_policy == TrafficPolicy::Local;
         let has_external = sp.node_port.is_some() || !external_ips.is_empty();
-        // External chains enter the cluster chain too (eTP Cluster, and pod or node
-        // traffic under eTP Local).
-        let needs_cluster = !cluster.is_empty() && (!internal_local || has_external);
-        let needs_local = !local.is_empty() && (internal_local || (has_external && external_local));
-        let sp_key = [addr_datum(cluster_ips[0]), proto, Datum::Port(sp.port)];
-        if needs_cluster {
-            self.balancing_chain(&svc_chain, &sp_key, false, &cluster, svc.affinity_timeout);
+        // Hairpin pairs for every endpoint traffic may be sent to.
+        if !internal_local || has_external {
+            self.hairpin(&cluster);
         }
-        if needs_local {
-            self.balancing_chain(
-                &local_chain_name,
-                &sp_key,
-                true,
-                &local,
-                svc.affinity_timeout,
-            );
+        if internal_local || (has_external && external_local) {
+            self.hairpin(&local);
         }
 
         // Internal destinations: the ClusterIPs.
         let internal = if internal_local {
-            (!local.is_empty()).then(|| Verdict::Goto(local_chain_name.clone()))
+            (!local.is_empty()).then_some((true, &local))
         } else {
-            (!cluster.is_empty()).then(|| Verdict::Goto(svc_chain.clone()))
+            (!cluster.is_empty()).then_some((false, &cluster))
         };
         for ip in &cluster_ips {
             self.element(CLUSTER_IPS, SetElement::new([addr_datum(*ip)]));
             let key = vec![addr_datum(*ip), proto, Datum::Port(sp.port)];
-            match &internal {
-                Some(v) => self.element(SERVICE_IPS, SetElement::new(key).verdict(v.clone())),
+            match internal {
+                Some((is_local, list)) => {
+                    let class = Class::balance(false, is_local, list.len(), affinity);
+                    self.endpoint_elements(class, &key, list);
+                    self.dispatch(SERVICE_IPS, key, class);
+                }
                 // iTP Local with endpoints elsewhere only: drop; none at all: reject.
                 None if !cluster.is_empty() => self.element(
                     NO_ENDPOINT_SERVICES,
@@ -935,55 +1158,57 @@ impl<'a> Builder<'a> {
         }
 
         // External destinations: node ports, external IPs, load-balancer IPs.
-        let external = if cluster.is_empty() {
-            None
-        } else {
-            let mut rules = Vec::new();
-            if external_local {
-                for c in &self.cidrs {
-                    rules.push(
-                        self.rule(&ext_chain)
-                            .match_saddr(*c)
-                            .goto(svc_chain.clone())
-                            .comment("pod traffic: short-circuit to all endpoints"),
-                    );
-                }
-                rules.push(
-                    Self::fib_saddr_local(self.rule(&ext_chain))
-                        .set_mark_bits(MASQ_MARK)
-                        .goto(svc_chain.clone())
-                        .comment("traffic from the node itself: masquerade"),
-                );
-                rules.push(if local.is_empty() {
-                    self.rule(&ext_chain)
-                        .drop()
-                        .comment("externalTrafficPolicy: Local, no endpoint on this node")
-                } else {
-                    self.rule(&ext_chain).goto(local_chain_name.clone())
-                });
-            } else {
-                rules.push(
-                    self.rule(&ext_chain)
-                        .set_mark_bits(MASQ_MARK)
-                        .goto(svc_chain.clone()),
+        if cluster.is_empty() {
+            for ip in &external_ips {
+                let key = vec![addr_datum(*ip), proto, Datum::Port(sp.port)];
+                self.element(
+                    NO_ENDPOINT_SERVICES,
+                    SetElement::new(key).verdict(reject.clone()),
                 );
             }
-            self.regular(&ext_chain, rules);
-            Some(Verdict::Goto(ext_chain.clone()))
-        };
-        let verdict = external.unwrap_or(reject);
-        let (map, nodeport_map) = if matches!(verdict, Verdict::Goto(ref c) if c == REJECT_CHAIN) {
-            (NO_ENDPOINT_SERVICES, NO_ENDPOINT_NODEPORTS)
-        } else {
-            (SERVICE_IPS, SERVICE_NODEPORTS)
-        };
-        for ip in &external_ips {
-            let key = vec![addr_datum(*ip), proto, Datum::Port(sp.port)];
-            self.element(map, SetElement::new(key).verdict(verdict.clone()));
+            if let Some(np) = sp.node_port {
+                let key = vec![proto, Datum::Port(np)];
+                self.element(
+                    NO_ENDPOINT_NODEPORTS,
+                    SetElement::new(key).verdict(reject.clone()),
+                );
+            }
+            return;
         }
+        let class = |node_port| {
+            if external_local {
+                Class {
+                    kind: ClassKind::ExternalLocal,
+                    local_endpoints: local.len().min(MAX_ENDPOINTS) as u16,
+                    ..Class::balance(node_port, false, cluster.len(), affinity)
+                }
+            } else {
+                Class {
+                    kind: ClassKind::Masquerade,
+                    ..Class::balance(node_port, false, cluster.len(), affinity)
+                }
+            }
+        };
+        let mut destinations: Vec<(Vec<Datum>, bool)> = external_ips
+            .iter()
+            .map(|ip| (vec![addr_datum(*ip), proto, Datum::Port(sp.port)], false))
+            .collect();
         if let Some(np) = sp.node_port {
-            let key = vec![proto, Datum::Port(np)];
-            self.element(nodeport_map, SetElement::new(key).verdict(verdict.clone()));
+            destinations.push((vec![proto, Datum::Port(np)], true));
+        }
+        for (key, node_port) in destinations {
+            let all = Class::balance(node_port, false, cluster.len(), affinity);
+            self.endpoint_elements(all, &key, &cluster);
+            if external_local && !local.is_empty() {
+                let here = Class::balance(node_port, true, local.len(), affinity);
+                self.endpoint_elements(here, &key, &local);
+            }
+            let map = if node_port {
+                SERVICE_NODEPORTS
+            } else {
+                SERVICE_IPS
+            };
+            self.dispatch(map, key, class(node_port));
         }
     }
 }

@@ -104,37 +104,50 @@ fn goto(chain: &str) -> Verdict {
     Verdict::Goto(chain.into())
 }
 
-const SP: &str = "default/web/tcp/80";
+/// The ClusterIP destination of `web`'s port 80.
+fn web_key() -> Vec<Datum> {
+    svc_key("10.96.0.10", proto::TCP, 80)
+}
 
-/// The endpoints a balancing chain picks from, in rule order, with the probability
-/// each rule's pick has on its own (`1/(N-i)`, the last one certain), checked.
-fn endpoints_of(f: &FamilyRuleset, chain: &str) -> Vec<(Datum, Datum)> {
+/// The class a destination of `map` (service-ips or service-nodeports) is sent to; its
+/// chain must be registered in `classes`.
+fn class_of(f: &FamilyRuleset, map: &str, key: &[Datum]) -> Option<Class> {
+    let class = Class::from_key(f.set(map).unwrap().value(key)?).expect("a class id");
+    assert_eq!(
+        f.set(names::CLASSES).unwrap().verdict(&class.key()),
+        Some(&goto(&class.chain())),
+        "{class:?} registered"
+    );
+    Some(class)
+}
+
+/// The endpoints of a destination (`key` without the bucket) in the map of a
+/// balancing class, in bucket order.
+fn bucket_list(f: &FamilyRuleset, class: Class, key: &[Datum]) -> Vec<(Datum, Datum)> {
+    let Some(map) = f.set_of(&SetName::Class(class)) else {
+        return vec![];
+    };
+    assert_eq!(map.set.name, class.chain(), "the map is named as its chain");
     let mut out = Vec::new();
-    let all = f.chain(chain).unwrap().rules();
-    let rules: Vec<_> = all.iter().filter(|r| r.comment.is_none()).collect();
-    let n = rules.len() as u32;
-    for (i, r) in rules.iter().enumerate() {
-        let imm = |reg| {
-            r.exprs.iter().find_map(|e| match e {
-                Expr::Immediate { dreg, data } if *dreg == reg => Some(data.clone()),
-                _ => None,
-            })
-        };
-        let a = imm(netlink::nft::Reg::R1).expect("dnat address");
-        let p = imm(netlink::nft::Reg::R2).expect("dnat port");
-        let addr = match a.len() {
-            4 => Datum::Ipv4(<[u8; 4]>::try_from(&a[..]).unwrap().into()),
-            _ => Datum::Ipv6(<[u8; 16]>::try_from(&a[..]).unwrap().into()),
-        };
-        out.push((addr, Datum::Port(u16::from_be_bytes([p[0], p[1]]))));
-        let modulus = r.exprs.iter().find_map(|e| match e {
-            Expr::Numgen { modulus, .. } => Some(*modulus),
-            _ => None,
-        });
-        let expected = (i as u32 + 1 < n).then_some(n - i as u32);
-        assert_eq!(modulus, expected, "rule {i} of {chain}");
+    loop {
+        let mut k = key.to_vec();
+        k.push(Datum::Int(out.len() as u32));
+        match map.value(&k) {
+            Some([a, p]) => out.push((*a, *p)),
+            Some(v) => panic!("endpoint value {v:?}"),
+            None => return out,
+        }
     }
-    out
+}
+
+/// The endpoints a service address's connections are balanced over, checked against
+/// its class (which must exist and balance over exactly that many).
+fn endpoints_of(f: &FamilyRuleset, key: &[Datum]) -> Vec<(Datum, Datum)> {
+    let class = class_of(f, names::SERVICE_IPS, key).expect("a class");
+    let eps = bucket_list(f, class, key);
+    assert_eq!(eps.len(), usize::from(class.endpoints), "{class:?}");
+    assert_eq!(numgen_modulus(f, &class.chain()), eps.len() as u32);
+    eps
 }
 
 fn numgen_modulus(f: &FamilyRuleset, chain: &str) -> u32 {
@@ -148,10 +161,6 @@ fn numgen_modulus(f: &FamilyRuleset, chain: &str) -> u32 {
             _ => None,
         })
         .expect("a numgen rule")
-}
-
-fn service_ips(f: &FamilyRuleset) -> &SetSpec {
-    f.set(names::SERVICE_IPS).unwrap()
 }
 
 // ---- view -------------------------------------------------------------------------
@@ -189,7 +198,7 @@ fn named_target_ports_resolve_through_the_endpointslice() {
     assert_eq!(s.endpoints[0].port_for(&s.ports[0]), Some(9376));
     let rs = desired(&view, &node());
     assert_eq!(
-        endpoints_of(v4(&rs), &cluster_chain(SP)),
+        endpoints_of(v4(&rs), &web_key()),
         [(ip("10.244.1.2"), Datum::Port(9376))]
     );
 }
@@ -245,39 +254,52 @@ fn cluster_ip_dispatches_through_one_map_to_a_balancing_chain() {
         ])],
     );
     let f = v4(&rs);
-    let chain = cluster_chain(SP);
+    let class = class_of(f, names::SERVICE_IPS, &web_key()).unwrap();
+    assert_eq!(class, Class::balance(false, false, 2, None));
+    assert_eq!(class.chain(), "balance-2");
     assert_eq!(
-        service_ips(f).verdict(&svc_key("10.96.0.10", proto::TCP, 80)),
-        Some(&goto(&chain))
-    );
-    assert_eq!(numgen_modulus(f, &chain), 2);
-    assert_eq!(
-        endpoints_of(f, &chain),
+        endpoints_of(f, &web_key()),
         [
             (ip("10.244.1.2"), Datum::Port(8080)),
             (ip("10.244.2.2"), Datum::Port(8080))
         ]
     );
+    // The balancing rule: destination and bucket looked up in `endpoints`, DNAT to
+    // the value, in one rule.
+    let rules = f.chain("balance-2").unwrap().rules();
+    assert_eq!(rules.len(), 1);
+    assert!(rules[0].exprs.iter().any(
+        |e| matches!(e, Expr::Lookup { set, dreg: Some(_), .. } if *set == "balance-2".into())
+    ));
+    assert!(matches!(rules[0].exprs.last(), Some(Expr::Nat { .. })));
     let cluster_ips = f.set(names::CLUSTER_IPS).unwrap();
     assert!(cluster_ips.contains(&[ip("10.96.0.10")]));
-    // One dispatch rule for all services, whatever their number.
+    // One dispatch rule for all services, whatever their number: a data map to the
+    // class, then the small verdict map of classes.
     let services = &f.chain("services").unwrap().rules();
     let vmaps = services
         .iter()
         .filter(|r| {
             r.exprs.iter().any(|e| {
-                matches!(e, Expr::Lookup { dreg: Some(d), .. } if *d == netlink::nft::Reg::VERDICT)
+                matches!(e, Expr::Lookup { set, dreg: Some(d), .. }
+                    if *d == netlink::nft::Reg::VERDICT && *set == names::CLASSES.into())
             })
         })
         .count();
     assert_eq!(vmaps, 2, "service-ips and service-nodeports lookups");
-    // No per-endpoint chains: the chains are the fixed ones plus one per service port.
+    // No chain per service: the fixed ones plus one per class.
     assert_eq!(f.chains.len(), 11);
-    let web_chains: Vec<&String> = f.services.values().flat_map(|s| s.chains.keys()).collect();
-    assert_eq!(web_chains, [&chain]);
+    assert_eq!(f.class_chains().len(), 1);
+    // Only elements per service.
+    let elements = f.services.values().map(|s| s.elements.len()).sum::<usize>();
+    assert_eq!(
+        elements,
+        2 + 1 + 1 + 1 + 2,
+        "endpoints, service-ips, classes, cluster-ips, hairpin"
+    );
     // The ip6 table exists but holds nothing of this IPv4-only service.
     let f6 = rs.family(Family::Ip6).unwrap();
-    assert!(service_ips(f6).is_empty());
+    assert!(f6.set(names::SERVICE_IPS).unwrap().is_empty());
 }
 
 #[test]
@@ -303,13 +325,9 @@ fn multiple_ports_and_protocols_are_separate_keys() {
         (proto::TCP, 53, 5354, "default/web/tcp/53"),
         (proto::SCTP, 9999, 9998, "default/web/sctp/9999"),
     ] {
-        let chain = cluster_chain(name);
+        let _ = name;
         assert_eq!(
-            service_ips(f).verdict(&svc_key("10.96.0.10", proto, port)),
-            Some(&goto(&chain))
-        );
-        assert_eq!(
-            endpoints_of(f, &chain),
+            endpoints_of(f, &svc_key("10.96.0.10", proto, port)),
             [(ip("10.244.1.2"), Datum::Port(target))]
         );
     }
@@ -319,13 +337,13 @@ fn multiple_ports_and_protocols_are_separate_keys() {
 fn no_endpoints_reject_at_once() {
     let rs = build(&[web(json!({}))], &[]);
     let f = v4(&rs);
-    let key = svc_key("10.96.0.10", proto::TCP, 80);
-    assert_eq!(service_ips(f).verdict(&key), None);
+    let key = web_key();
+    assert_eq!(class_of(f, names::SERVICE_IPS, &key), None);
     assert_eq!(
         f.set(names::NO_ENDPOINT_SERVICES).unwrap().verdict(&key),
         Some(&goto(names::REJECT_CHAIN))
     );
-    assert!(f.chain(&cluster_chain(SP)).is_none());
+    assert!(f.class_chains().is_empty());
     // The reject chain: TCP reset, else ICMP port unreachable.
     let reject_rules = f.chain(names::REJECT_CHAIN).unwrap().rules();
     let reject: Vec<&Expr> = reject_rules.iter().filter_map(|r| r.exprs.last()).collect();
@@ -397,12 +415,12 @@ fn terminating_endpoints_serve_only_when_none_is_ready() {
         ])],
     );
     assert_eq!(
-        endpoints_of(v4(&rs), &cluster_chain(SP)),
+        endpoints_of(v4(&rs), &web_key()),
         [(ip("10.244.1.2"), Datum::Port(8080))]
     );
     let rs = build(&[web(json!({}))], &[web_slice(&[terminating, gone])]);
     assert_eq!(
-        endpoints_of(v4(&rs), &cluster_chain(SP)),
+        endpoints_of(v4(&rs), &web_key()),
         [(ip("10.244.1.3"), Datum::Port(8080))]
     );
     let not_ready = ("10.244.1.5", "node-1", false, false, false);
@@ -429,21 +447,24 @@ fn node_ports_external_and_lb_ips_go_through_the_external_chain() {
             .unwrap();
     let rs = build(&[s], &[web_slice(&[ready("10.244.1.2", "node-2")])]);
     let f = v4(&rs);
-    let ext = external_chain(SP);
+    let ep = [(ip("10.244.1.2"), Datum::Port(8080))];
     for addr in ["192.0.2.7", "198.18.0.200"] {
-        assert_eq!(
-            service_ips(f).verdict(&svc_key(addr, proto::TCP, 80)),
-            Some(&goto(&ext))
-        );
+        let key = svc_key(addr, proto::TCP, 80);
+        let class = class_of(f, names::SERVICE_IPS, &key).unwrap();
+        assert_eq!(class.kind, ClassKind::Masquerade);
+        assert_eq!(class.chain(), "masquerade-1");
+        let all = Class::balance(false, false, 1, None);
+        assert_eq!(bucket_list(f, all, &key), ep);
     }
+    let np_key = [Datum::Proto(proto::TCP), Datum::Port(31100)];
+    let class = class_of(f, names::SERVICE_NODEPORTS, &np_key).unwrap();
+    assert_eq!(class.chain(), "nodeport-masquerade-1");
     assert_eq!(
-        f.set(names::SERVICE_NODEPORTS)
-            .unwrap()
-            .verdict(&[Datum::Proto(proto::TCP), Datum::Port(31100)]),
-        Some(&goto(&ext))
+        bucket_list(f, Class::balance(true, false, 1, None), &np_key),
+        ep
     );
     // eTP Cluster: masquerade, then any endpoint.
-    let rules = &f.chain(&ext).unwrap().rules();
+    let rules = &f.chain(&class.chain()).unwrap().rules();
     assert_eq!(rules.len(), 1);
     assert!(
         rules[0]
@@ -453,7 +474,15 @@ fn node_ports_external_and_lb_ips_go_through_the_external_chain() {
     );
     assert_eq!(
         rules[0].exprs.last(),
-        Some(&Expr::Verdict(goto(&cluster_chain(SP))))
+        Some(&Expr::Verdict(goto("nodeport-balance-1")))
+    );
+    // The node-port balancing chain reads `nodeport-endpoints`.
+    let bal = f.chain("nodeport-balance-1").unwrap().rules();
+    assert!(
+        bal[0]
+            .exprs
+            .iter()
+            .any(|e| matches!(e, Expr::Lookup { set, .. } if *set == "nodeport-balance-1".into()))
     );
     // Node ports only on the node's own addresses, never loopback.
     let services = &f.chain("services").unwrap().rules();
@@ -477,7 +506,7 @@ fn node_port_without_endpoints_is_rejected() {
         f.set(names::NO_ENDPOINT_NODEPORTS).unwrap().verdict(&key),
         Some(&goto(names::REJECT_CHAIN))
     );
-    assert_eq!(f.set(names::SERVICE_NODEPORTS).unwrap().verdict(&key), None);
+    assert_eq!(class_of(f, names::SERVICE_NODEPORTS, &key), None);
 }
 
 fn local_np(extra: Value) -> K8sService {
@@ -498,14 +527,17 @@ fn external_traffic_policy_local_keeps_the_source_and_uses_local_endpoints() {
         ])],
     );
     let f = v4(&rs);
-    let rules = &f.chain(&external_chain(SP)).unwrap().rules();
+    let np_key = [Datum::Proto(proto::TCP), Datum::Port(31100)];
+    let class = class_of(f, names::SERVICE_NODEPORTS, &np_key).unwrap();
+    assert_eq!(class.chain(), "nodeport-external-local-2-1");
+    let rules = &f.chain(&class.chain()).unwrap().rules();
     let verdicts: Vec<&Expr> = rules.iter().filter_map(|r| r.exprs.last()).collect();
     assert_eq!(
         verdicts,
         [
-            &Expr::Verdict(goto(&cluster_chain(SP))), // pods: short-circuit
-            &Expr::Verdict(goto(&cluster_chain(SP))), // the node itself: masqueraded
-            &Expr::Verdict(goto(&local_chain(SP))),   // everyone else: local, unmasqueraded
+            &Expr::Verdict(goto("nodeport-balance-2")), // pods: short-circuit
+            &Expr::Verdict(goto("nodeport-balance-2")), // the node itself: masqueraded
+            &Expr::Verdict(goto("nodeport-balance-local-1")), // everyone else: local, unmasqueraded
         ]
     );
     assert!(
@@ -521,10 +553,13 @@ fn external_traffic_policy_local_keeps_the_source_and_uses_local_endpoints() {
             .any(|e| matches!(e, Expr::MetaSet { .. }))
     );
     assert_eq!(
-        endpoints_of(f, &local_chain(SP)),
+        bucket_list(f, Class::balance(true, true, 1, None), &np_key),
         [(ip("10.244.1.2"), Datum::Port(8080))]
     );
-    assert_eq!(endpoints_of(f, &cluster_chain(SP)).len(), 2);
+    assert_eq!(
+        bucket_list(f, Class::balance(true, false, 2, None), &np_key).len(),
+        2
+    );
     let (view, _) = View::build(
         &[local_np(json!({}))],
         &[web_slice(&[
@@ -551,23 +586,26 @@ fn external_traffic_policy_local_drops_on_nodes_without_endpoints() {
         &[web_slice(&[ready("10.244.2.2", "node-2")])],
     );
     let f = v4(&rs);
-    let rules = &f.chain(&external_chain(SP)).unwrap().rules();
+    let np_key = [Datum::Proto(proto::TCP), Datum::Port(31100)];
+    let class = class_of(f, names::SERVICE_NODEPORTS, &np_key).unwrap();
+    let rules = &f.chain(&class.chain()).unwrap().rules();
     assert_eq!(
         rules.last().unwrap().exprs.last(),
         Some(&Expr::Verdict(Verdict::Drop))
     );
-    assert!(f.chain(&local_chain(SP)).is_none());
-    // ClusterIP traffic is unaffected.
-    assert_eq!(
-        service_ips(f).verdict(&svc_key("10.96.0.10", proto::TCP, 80)),
-        Some(&goto(&cluster_chain(SP)))
+    assert!(
+        f.set_of(&SetName::Class(Class::balance(true, true, 1, None)))
+            .is_none()
     );
+    assert!(f.chain("nodeport-balance-local-1").is_none());
+    // ClusterIP traffic is unaffected.
+    assert_eq!(endpoints_of(f, &web_key()).len(), 1);
 }
 
 #[test]
 fn internal_traffic_policy_local() {
     let s = web(json!({"internalTrafficPolicy": "Local"}));
-    let key = svc_key("10.96.0.10", proto::TCP, 80);
+    let key = web_key();
     let rs = build(
         std::slice::from_ref(&s),
         &[web_slice(&[
@@ -576,13 +614,17 @@ fn internal_traffic_policy_local() {
         ])],
     );
     let f = v4(&rs);
-    assert_eq!(service_ips(f).verdict(&key), Some(&goto(&local_chain(SP))));
-    assert_eq!(endpoints_of(f, &local_chain(SP)).len(), 1);
-    assert!(f.chain(&cluster_chain(SP)).is_none());
+    let class = class_of(f, names::SERVICE_IPS, &key).unwrap();
+    assert_eq!(class, Class::balance(false, true, 1, None));
+    assert_eq!(
+        endpoints_of(f, &key),
+        [(ip("10.244.1.2"), Datum::Port(8080))]
+    );
+    assert!(bucket_list(f, Class::balance(false, false, 2, None), &key).is_empty());
     // Endpoints only elsewhere: dropped, not rejected.
     let rs = build(&[s], &[web_slice(&[ready("10.244.2.2", "node-2")])]);
     let f = v4(&rs);
-    assert_eq!(service_ips(f).verdict(&key), None);
+    assert_eq!(class_of(f, names::SERVICE_IPS, &key), None);
     assert_eq!(
         f.set(names::NO_ENDPOINT_SERVICES).unwrap().verdict(&key),
         Some(&Verdict::Drop)
@@ -634,13 +676,11 @@ fn client_ip_affinity_gets_a_timeout_map_per_balancing_chain() {
         ])],
     );
     let f = v4(&rs);
-    let chain = cluster_chain(SP);
-    let rules = &f.chain(&chain).unwrap().rules();
-    assert_eq!(
-        rules.len(),
-        3,
-        "affinity lookup, then one rule per endpoint"
-    );
+    let class = class_of(f, names::SERVICE_IPS, &web_key()).unwrap();
+    assert_eq!(class, Class::balance(false, false, 2, Some(60)));
+    assert_eq!(class.chain(), "balance-2-affinity-60");
+    let rules = &f.chain(&class.chain()).unwrap().rules();
+    assert_eq!(rules.len(), 2, "affinity lookup, then the balancing rule");
     assert_eq!(
         rules[0].comment.as_deref(),
         Some("sessionAffinity: ClientIP, 60s")
@@ -657,10 +697,11 @@ fn client_ip_affinity_gets_a_timeout_map_per_balancing_chain() {
         Some(None),
         "elements carry their own timeouts"
     );
-    // Default timeout: three hours.
+    // Default timeout: three hours, another class.
     let s = web(json!({"sessionAffinity": "ClientIP"}));
     let rs = build(&[s], &[web_slice(&[ready("10.244.1.2", "n")])]);
-    let rules = &v4(&rs).chain(&chain).unwrap().rules();
+    let class = class_of(v4(&rs), names::SERVICE_IPS, &web_key()).unwrap();
+    let rules = &v4(&rs).chain(&class.chain()).unwrap().rules();
     assert_eq!(
         rules[0].comment.as_deref(),
         Some("sessionAffinity: ClientIP, 10800s")
@@ -680,14 +721,10 @@ fn dual_stack_services_get_rules_in_both_tables() {
     );
     let f6 = rs.family(Family::Ip6).unwrap();
     assert_eq!(
-        service_ips(f6).verdict(&svc_key("fd00:10:96::a", proto::TCP, 80)),
-        Some(&goto(&cluster_chain(SP)))
-    );
-    assert_eq!(
-        endpoints_of(f6, &cluster_chain(SP)),
+        endpoints_of(f6, &svc_key("fd00:10:96::a", proto::TCP, 80)),
         [(ip("fd00:10:244::2"), Datum::Port(8080))]
     );
-    assert_eq!(endpoints_of(v4(&rs), &cluster_chain(SP)).len(), 1);
+    assert_eq!(endpoints_of(v4(&rs), &web_key()).len(), 1);
     let reject = &f6.chain(names::REJECT_CHAIN).unwrap().rules()[1];
     assert_eq!(
         reject.exprs.last(),
@@ -741,24 +778,26 @@ fn a_full_sync_from_empty_creates_everything() {
     let rs = many(3, 2, Ipv4Addr::new(10, 250, 0, 1));
     let batch = diff(&Ruleset::default(), &rs);
     let f = v4(&rs);
+    let classes: Vec<_> = rs.families.iter().map(|f| f.class_chains()).collect();
     let all_chains = || {
-        rs.families.iter().flat_map(|f| {
-            f.chains
-                .values()
-                .chain(f.services.values().flat_map(|s| s.chains.values()))
-        })
+        rs.families
+            .iter()
+            .zip(&classes)
+            .flat_map(|(f, c)| f.chains.values().chain(c.values()))
     };
     let rules: usize = all_chains().map(|c| c.rules().len()).sum();
     let chains = all_chains().count();
-    let sets: usize = rs.families.iter().map(|f| f.sets.len()).sum();
+    let sets: usize = rs.families.iter().map(|f| f.all_sets().count()).sum();
     let nonempty: usize = rs
         .families
         .iter()
-        .flat_map(|f| f.sets.values())
+        .flat_map(|f| f.all_sets())
         .filter(|s| !s.is_empty())
         .count();
     assert_eq!(batch.len(), 2 + chains + sets + nonempty + rules);
-    assert_eq!(f.sets.len(), 7, "shared sets only, none per service");
+    assert_eq!(f.sets.len(), 8, "fixed shared sets only, none per service");
+    assert_eq!(classes[0].len(), 1, "one class chain: balance-2");
+    assert_eq!(f.class_maps.len(), 1, "and its map");
     let full = full_sync(&rs);
     assert_eq!(full.len(), batch.len() + 2, "destroy both tables first");
 }
@@ -768,36 +807,67 @@ fn replacing_one_endpoint_touches_only_elements() {
     let a = many(1000, 10, Ipv4Addr::new(10, 250, 0, 1));
     let b = many(1000, 10, Ipv4Addr::new(10, 250, 0, 2));
     let batch = diff(&a, &b);
-    // hairpin: delete + add; the service's chain: flush + its 10 rules. Nothing else,
-    // whatever the number of services.
-    assert_eq!(batch.len(), 2 + 1 + 10, "{batch:?}");
+    // hairpin and endpoints: one delete message and one add message each. No rule,
+    // no chain, whatever the number of services.
+    assert_eq!(batch.len(), 4, "{batch:?}");
     assert!(diff(&b, &b).is_empty());
 }
 
 #[test]
-fn adding_an_endpoint_rewrites_one_short_chain() {
-    let rs = |eps: &[Ep<'_>]| build(&[web(json!({}))], &[web_slice(eps)]);
-    let a = rs(&[ready("10.244.1.2", "n")]);
-    let b = rs(&[ready("10.244.1.2", "n"), ready("10.244.1.3", "n")]);
-    let batch = diff(&a, &b);
-    // hairpin add, flush chain, two rules.
-    assert_eq!(batch.len(), 4);
-    // And back: hairpin delete, flush, one rule.
-    assert_eq!(diff(&b, &a).len(), 3);
+fn adding_an_endpoint_changes_elements_only() {
+    let other = |name: &str, ip: &str, eps: &[Ep<'_>]| {
+        (
+            svc(json!({
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80}]}
+            })),
+            slice_for(name, "http", 8080, eps),
+        )
+    };
+    let (a, a_slice) = other("a", "10.96.0.20", &[ready("10.244.3.1", "n")]);
+    let (b, b_slice) = other(
+        "b",
+        "10.96.0.21",
+        &[ready("10.244.4.1", "n"), ready("10.244.4.2", "n")],
+    );
+    let rs = |eps: &[Ep<'_>]| {
+        build(
+            &[web(json!({})), a.clone(), b.clone()],
+            &[web_slice(eps), a_slice.clone(), b_slice.clone()],
+        )
+    };
+    let one = rs(&[ready("10.244.1.2", "n")]);
+    let two = rs(&[ready("10.244.1.2", "n"), ready("10.244.1.3", "n")]);
+    let batch = diff(&one, &two);
+    // The classes (balance-1, balance-2) exist: the ClusterIP moves to the class of
+    // two (service-ips: a delete and an add), its endpoints from the map of balance-1
+    // to that of balance-2, and the new hairpin pair comes in. Elements only.
+    assert_eq!(batch.len(), 5, "{batch:?}");
+    assert_eq!(diff(&two, &one).len(), 5);
+    // Alone, the service's class change brings a chain and its rule, and takes the old.
+    let alone = |eps: &[Ep<'_>]| build(&[web(json!({}))], &[web_slice(eps)]);
+    let one = alone(&[ready("10.244.1.2", "n")]);
+    let two = alone(&[ready("10.244.1.2", "n"), ready("10.244.1.3", "n")]);
+    // New map, chain and rule; classes and service-ips elements out; classes,
+    // balance-2, hairpin, service-ips elements in; the old chain flushed, it and its
+    // map deleted (with their elements).
+    assert_eq!(diff(&one, &two).len(), 12);
 }
 
 #[test]
 fn services_come_and_go_as_a_few_messages() {
     let a = build(&[], &[]);
     let b = build(&[web(json!({}))], &[web_slice(&[ready("10.244.1.2", "n")])]);
-    // A chain; elements of service-ips, cluster-ips, hairpin; one rule.
-    assert_eq!(diff(&a, &b).len(), 5);
-    // Removal: the same elements out, flush, delete the chain.
-    assert_eq!(diff(&b, &a).len(), 5);
+    // Its class's map, chain and rule (the first service of its class); elements of
+    // classes, balance-1, service-ips, cluster-ips, hairpin.
+    assert_eq!(diff(&a, &b).len(), 8);
+    // Removal: the elements of the fixed sets out, flush the chain, delete the map
+    // (with its elements) and the chain.
+    assert_eq!(diff(&b, &a).len(), 7);
     // From "no endpoints" to "endpoints": the key moves from no-endpoint-services to
-    // service-ips; the hairpin element, the chain and its rule come.
+    // service-ips; the endpoint, hairpin and class elements and the class come.
     let c = build(&[web(json!({}))], &[]);
-    assert_eq!(diff(&c, &b).len(), 5);
+    assert_eq!(diff(&c, &b).len(), 8);
 }
 
 #[test]
@@ -864,8 +934,8 @@ fn an_update_of_the_changed_services_equals_a_full_recomputation() {
     update(&mut batch, &mut applied, &after, &node(), &changed);
     assert_eq!(applied, full);
     assert_eq!(batch.len(), diff(&desired(&before, &node()), &full).len());
-    // hairpin out and in; flush; two rules.
-    assert_eq!(batch.len(), 5);
+    // hairpin, endpoints, nodeport-endpoints: one element out and one in, each.
+    assert_eq!(batch.len(), 6);
 
     // A service deleted: its chains and elements go, the shared hairpin pair stays.
     let gone: Vec<K8sService> = svcs[1..].to_vec();
@@ -877,9 +947,9 @@ fn an_update_of_the_changed_services_equals_a_full_recomputation() {
     let hairpin = v4(&applied).set(names::HAIRPIN).unwrap();
     assert!(hairpin.contains(&[ip("10.244.9.9"), ip("10.244.9.9")]));
     assert!(!hairpin.contains(&[ip("10.244.2.0"), ip("10.244.2.0")]));
-    // service-ips, cluster-ips, service-nodeports, hairpin: 4 deletes; flush and
-    // delete the chains svc- and ext-: 4.
-    assert_eq!(batch.len(), 8);
+    // service-ips, cluster-ips, service-nodeports, hairpin, endpoints,
+    // nodeport-endpoints: 6 delete messages; the classes stay (others use them).
+    assert_eq!(batch.len(), 6);
 
     // Nothing changed: nothing to send.
     let mut batch = netlink::nft::Batch::new();
@@ -912,9 +982,9 @@ fn endpoints_shared_by_two_services_keep_their_hairpin_pair() {
     );
     let hairpin = v4(&one).set(names::HAIRPIN).unwrap();
     assert!(hairpin.contains(&[ip("10.244.1.2"), ip("10.244.1.2")]));
-    // Removing web: service-ips and cluster-ips elements, flush and delete its chain;
-    // the shared hairpin element stays.
-    assert_eq!(diff(&both, &one).len(), 4);
+    // Removing web: service-ips, cluster-ips and endpoints elements; the shared
+    // hairpin element and the class (other has one endpoint too) stay.
+    assert_eq!(diff(&both, &one).len(), 3);
 }
 
 // ---- added with the agent wiring ---------------------------------------------------
@@ -930,7 +1000,8 @@ fn affinity_rules_record_the_pick_with_the_services_timeout() {
             ready("10.244.2.2", "n"),
         ])],
     );
-    let rules = v4(&rs).chain(&cluster_chain(SP)).unwrap().rules();
+    let class = class_of(v4(&rs), names::SERVICE_IPS, &web_key()).unwrap();
+    let rules = v4(&rs).chain(&class.chain()).unwrap().rules();
     for r in &rules[1..] {
         let dynset = r.exprs.iter().find_map(|e| match e {
             Expr::Dynset {
@@ -1028,13 +1099,13 @@ fn unallocated_cluster_ips_are_dropped() {
 fn publish_not_ready_addresses_makes_every_endpoint_usable() {
     let not_ready = ("10.244.1.2", "n", false, false, false);
     let rs = build(&[web(json!({}))], &[web_slice(&[not_ready])]);
-    assert!(v4(&rs).chain(&cluster_chain(SP)).is_none());
+    assert_eq!(class_of(v4(&rs), names::SERVICE_IPS, &web_key()), None);
     let rs = build(
         &[web(json!({"publishNotReadyAddresses": true}))],
         &[web_slice(&[not_ready])],
     );
     assert_eq!(
-        endpoints_of(v4(&rs), &cluster_chain(SP)),
+        endpoints_of(v4(&rs), &web_key()),
         vec![(ip("10.244.1.2"), Datum::Port(8080))]
     );
 }

@@ -376,6 +376,33 @@ impl Rule {
         })
     }
 
+    /// `FIELD . FIELD ... map @map vmap @vmap`: looks the fields up in a data map, then
+    /// the value found in a verdict map, in one rule (registers do not carry over from
+    /// one rule to the next). Elements of a data map do not make the kernel revalidate
+    /// the table's chain graph at commit, as `jump`/`goto` elements of a verdict map
+    /// do, so a large data map in front of a small verdict map keeps changes cheap.
+    /// The map's values must fit in 32 bytes (they land in 32-bit registers 8-15).
+    pub fn map_vmap(
+        self,
+        fields: &[Field],
+        map: impl Into<String>,
+        vmap: impl Into<String>,
+    ) -> Self {
+        let (rule, reg) = self.load_fields(fields);
+        rule.expr(Expr::Lookup {
+            set: SetRef::Named(map.into()),
+            sreg: reg,
+            dreg: Some(Reg::r32(8)),
+            invert: false,
+        })
+        .expr(Expr::Lookup {
+            set: SetRef::Named(vmap.into()),
+            sreg: Reg::r32(8),
+            dreg: Some(Reg::VERDICT),
+            invert: false,
+        })
+    }
+
     /// `numgen random mod N vmap @map`: picks one of N entries at random (load
     /// balancing); the map is keyed by `integer` 0..N.
     pub fn numgen_vmap(self, modulus: u32, map: impl Into<String>) -> Self {
