@@ -32,6 +32,7 @@ mod bootstrap;
 mod defaults;
 mod discovery;
 mod error;
+mod formats;
 mod gc;
 mod kubelet;
 mod patch;

@@ -3,8 +3,8 @@
 //! `x-kubernetes-preserve-unknown-fields`), nulls of non-nullable fields without a default
 //! dropped, `default`s applied, then structural validation with kube-apiserver's
 //! messages (type, required, enum, pattern, lengths, bounds, item counts, int-or-string,
-//! `allOf`/`anyOf`/`oneOf`). CEL rules (`x-kubernetes-validations`) and `format` are not
-//! evaluated.
+//! `allOf`/`anyOf`/`oneOf`, the string `format`s apiextensions checks, see `formats.rs`).
+//! CEL rules (`x-kubernetes-validations`) are not evaluated.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -253,6 +253,15 @@ pub(crate) fn validate(schema: &Value, v: &Value, path: &str, causes: &mut Vec<C
                     path,
                     v,
                     format!("{shown} in body should be at least {min} chars long"),
+                ));
+            }
+            if let Some(f) = schema["format"].as_str()
+                && crate::formats::valid(f, s) == Some(false)
+            {
+                causes.push(invalid(
+                    path,
+                    v,
+                    format!("{shown} in body must be of type {f}: {s:?}"),
                 ));
             }
             if let Some(p) = schema["pattern"].as_str()

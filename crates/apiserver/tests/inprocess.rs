@@ -2286,3 +2286,107 @@ async fn pod_bindings_set_the_node_once() {
         "{names:?}"
     );
 }
+
+/// CRD `format`s: the string formats apiextensions-apiserver checks are refused with its
+/// message; numeric formats and unknown ones are not checked, as there.
+#[tokio::test]
+async fn custom_resource_string_formats_are_validated() {
+    let (_dir, r, _client) = setup();
+    let crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "probes.example.com"},
+        "spec": {"group": "example.com", "scope": "Namespaced",
+            "names": {"plural": "probes", "singular": "probe", "kind": "Probe"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                    "spec": {"type": "object", "properties": {
+                        "url": {"type": "string", "format": "uri"},
+                        "at": {"type": "string", "format": "date-time"},
+                        "ip": {"type": "string", "format": "ipv4"},
+                        "id": {"type": "string", "format": "uuid"},
+                        "every": {"type": "string", "format": "duration"},
+                        "count": {"type": "integer", "format": "int32"},
+                        "free": {"type": "string", "format": "no-such-format"}}}}}}}]}});
+    let (code, _, v) = raw(
+        &r,
+        "POST",
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+        "application/json",
+        &crd.to_string(),
+    )
+    .await;
+    assert_eq!(code, 201, "{v}");
+    let probe = |name: &str, spec: Value| {
+        json!({"apiVersion": "example.com/v1", "kind": "Probe", "metadata": {"name": name}, "spec": spec})
+            .to_string()
+    };
+    const PROBES: &str = "/apis/example.com/v1/namespaces/default/probes";
+    let (code, _, v) = raw(
+        &r,
+        "POST",
+        PROBES,
+        "application/json",
+        &probe(
+            "bad",
+            json!({
+        "url": "not a uri", "at": "yesterday", "ip": "10.0.0.300",
+        "id": "6ba7b810", "every": "soon"}),
+        ),
+    )
+    .await;
+    assert_eq!(code, 422, "{v}");
+    let causes: Vec<(String, String)> = v["details"]["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["field"].as_str().unwrap().to_string(),
+                c["message"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for (field, message) in [
+        (
+            "spec.url",
+            "Invalid value: \"not a uri\": spec.url in body must be of type uri: \"not a uri\"",
+        ),
+        (
+            "spec.at",
+            "Invalid value: \"yesterday\": spec.at in body must be of type date-time: \"yesterday\"",
+        ),
+        (
+            "spec.ip",
+            "Invalid value: \"10.0.0.300\": spec.ip in body must be of type ipv4: \"10.0.0.300\"",
+        ),
+        (
+            "spec.id",
+            "Invalid value: \"6ba7b810\": spec.id in body must be of type uuid: \"6ba7b810\"",
+        ),
+        (
+            "spec.every",
+            "Invalid value: \"soon\": spec.every in body must be of type duration: \"soon\"",
+        ),
+    ] {
+        assert!(
+            causes.contains(&(field.to_string(), message.to_string())),
+            "{field}: {message} in {causes:?}"
+        );
+    }
+    assert_eq!(causes.len(), 5, "{causes:?}");
+    assert_eq!(count(&r, PROBES).await, 0);
+    let (code, _, v) = raw(
+        &r,
+        "POST",
+        PROBES,
+        "application/json",
+        &probe(
+            "good",
+            json!({
+        "url": "https://example.com/health", "at": "2026-11-26T18:00:00Z", "ip": "10.0.0.1",
+        "id": "6ba7b810-9dad-11d1-80b4-00c04fd430c8", "every": "1m30s",
+        "count": 9_999_999_999_i64, "free": "anything"}),
+        ),
+    )
+    .await;
+    assert_eq!(code, 201, "{v}");
+}
