@@ -176,21 +176,23 @@ fn element_diff(plan: &mut Plan<'_>, name: &str, old: Option<&SetSpec>, new: &Se
     let mut gone: Vec<SetElement> = Vec::new();
     let mut added: Vec<SetElement> = Vec::new();
     match old {
-        None => added.extend(new.elements().cloned()),
+        None => added.extend(new.elements()),
         Some(old) => {
             for e in old.elements() {
+                if new.holds(&e) {
+                    continue;
+                }
                 match new.get(&e.key) {
-                    Some(n) if n == e => {}
                     // Changed data: the kernel refuses to overwrite a mapping (EBUSY),
                     // so the old element goes and the new one comes in the same batch.
                     Some(n) => {
-                        gone.push(e.clone());
-                        added.push(n.clone());
+                        gone.push(e);
+                        added.push(n);
                     }
-                    None => gone.push(e.clone()),
+                    None => gone.push(e),
                 }
             }
-            added.extend(new.elements().filter(|e| !old.contains(&e.key)).cloned());
+            added.extend(new.elements().filter(|e| !old.contains(&e.key)));
         }
     }
     if !gone.is_empty() {
@@ -250,14 +252,14 @@ pub fn update(
             }
         }
         for (_, _, new) in &new_rules {
-            for ((set, change), (_, e)) in fam.add_refs(new).into_iter().zip(&new.elements) {
+            for ((set, change), (_, e)) in fam.add_refs(new).into_iter().zip(new.all_elements()) {
                 if change == Change::Added {
                     // Deleted and re-added unchanged in this same update: leave it.
                     let deletes = plan_deletes.entry(set).or_default();
-                    if let Some(i) = deletes.iter().position(|d| d == e) {
+                    if let Some(i) = deletes.iter().position(|d| *d == e) {
                         deletes.swap_remove(i);
                     } else {
-                        plan_adds.entry(set).or_default().push(e.clone());
+                        plan_adds.entry(set).or_default().push(e);
                     }
                 }
             }

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use netlink::nft::{
-    Chain, ChainType, CmpOp, CtKey, Datum, DynsetOp, Expr, Family, FibResult, Hook, KeyType,
-    NatKind, Reg, Reject, Rule, Set, SetElement, Verdict, ct_state, fib_flags, priority,
+    Chain, ChainType, CmpOp, CtKey, Datum, DynsetOp, ElementData, Expr, Family, FibResult, Hook,
+    KeyType, NatKind, Reg, Reject, Rule, Set, SetElement, Verdict, ct_state, fib_flags, priority,
 };
 
 use crate::view::{Endpoint, Service, ServiceKey, ServicePort, TrafficPolicy, View};
@@ -37,9 +37,6 @@ pub mod names {
     /// Every ClusterIP: unknown ports on them are rejected; traffic to them from outside
     /// the pod network is masqueraded.
     pub const CLUSTER_IPS: &str = "cluster-ips";
-    /// `saddr . daddr` pairs `E . E` for every endpoint address `E`: after DNAT, a
-    /// packet whose source is its own destination is a pod reaching itself (hairpin).
-    pub const HAIRPIN: &str = "hairpin";
     /// `svc-addr . l4proto . port . chain . saddr` → `addr . port`, with timeouts:
     /// client affinity (`chain` 0 for cluster, 1 for local balancing chains).
     pub const AFFINITY: &str = "affinity";
@@ -160,14 +157,14 @@ impl Class {
             ClassKind::ExternalLocal => 3,
         };
         [
-            Datum::Int(kind << 28 | u32::from(self.node_port) << 27 | self.affinity.unwrap_or(0)),
-            Datum::Int(u32::from(self.endpoints) << 16 | u32::from(self.local_endpoints)),
+            Datum::Mark(kind << 28 | u32::from(self.node_port) << 27 | self.affinity.unwrap_or(0)),
+            Datum::Mark(u32::from(self.endpoints) << 16 | u32::from(self.local_endpoints)),
         ]
     }
 
     /// The class a [`Class::key`] stands for.
     pub fn from_key(key: &[Datum]) -> Option<Self> {
-        let [Datum::Int(a), Datum::Int(b)] = key else {
+        let [Datum::Mark(a), Datum::Mark(b)] = key else {
             return None;
         };
         let kind = match a >> 28 {
@@ -221,7 +218,7 @@ impl Class {
     /// bindings).
     pub fn map(&self, family: Family) -> Set {
         let addr = addr_type(family);
-        let mut key = vec![KeyType::InetProto, KeyType::InetService, KeyType::Integer];
+        let mut key = vec![KeyType::InetProto, KeyType::InetService, KeyType::Mark];
         if !self.node_port {
             key.insert(0, addr);
         }
@@ -386,17 +383,19 @@ fn fib_saddr_local(rule: Rule) -> Rule {
         data: netlink::nft::RTN_LOCAL.to_ne_bytes().to_vec(),
     })
 }
-/// An element of a shared set with the number of services that contribute it.
+/// What an element of a shared set maps to, with the number of services that
+/// contribute it. Its key is the map's key: an element is held once, in this compact
+/// form (service elements have no range end, timeout or comment).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Counted {
-    pub(crate) element: SetElement,
+    pub(crate) data: Option<ElementData>,
     pub(crate) refs: u32,
 }
 
 /// A named set or map with the elements it should hold, by key.
 ///
 /// Sets are shared by all services; each element counts the services contributing it
-/// (two services may share an endpoint address, hence a hairpin element), so that one
+/// (two services may share an external address and port, or a class), so that one
 /// service going away removes only what no other service still needs. When two
 /// services contribute different data under one key (two services claiming one
 /// external IP and port), the first one keeps it.
@@ -404,7 +403,7 @@ pub(crate) struct Counted {
 pub struct SetSpec {
     /// The set.
     pub set: Set,
-    pub(crate) elements: HashMap<Vec<Datum>, Counted>,
+    pub(crate) elements: HashMap<Box<[Datum]>, Counted>,
 }
 
 /// What adding or removing one contribution did to a set.
@@ -428,17 +427,18 @@ impl SetSpec {
 
     /// Adds one contribution of `e`.
     pub(crate) fn add_ref(&mut self, e: &SetElement) -> Change {
-        match self.elements.get_mut(&e.key) {
-            Some(c) if c.element == *e => {
+        debug_assert!(e.end.is_none() && e.timeout.is_none() && e.comment.is_none());
+        match self.elements.get_mut(&e.key[..]) {
+            Some(c) if c.data == e.data => {
                 c.refs += 1;
                 Change::None
             }
             Some(_) => Change::None, // a conflicting claim: the first one keeps the key
             None => {
                 self.elements.insert(
-                    e.key.clone(),
+                    e.key.clone().into_boxed_slice(),
                     Counted {
-                        element: e.clone(),
+                        data: e.data.clone(),
                         refs: 1,
                     },
                 );
@@ -449,12 +449,12 @@ impl SetSpec {
 
     /// Removes one contribution of `e`.
     pub(crate) fn remove_ref(&mut self, e: &SetElement) -> Change {
-        match self.elements.get_mut(&e.key) {
-            Some(c) if c.element == *e => {
+        match self.elements.get_mut(&e.key[..]) {
+            Some(c) if c.data == e.data => {
                 c.refs -= 1;
                 if c.refs == 0 {
-                    let gone = self.elements.remove(&e.key).map(|c| c.element);
-                    return gone.map_or(Change::None, Change::Removed);
+                    self.elements.remove(&e.key[..]);
+                    return Change::Removed(e.clone());
                 }
                 Change::None
             }
@@ -463,8 +463,12 @@ impl SetSpec {
     }
 
     /// The element with this key.
-    pub fn get(&self, key: &[Datum]) -> Option<&SetElement> {
-        self.elements.get(key).map(|c| &c.element)
+    pub fn get(&self, key: &[Datum]) -> Option<SetElement> {
+        let c = self.elements.get(key)?;
+        Some(SetElement {
+            data: c.data.clone(),
+            ..SetElement::new(key.to_vec())
+        })
     }
 
     /// Whether an element has this key.
@@ -482,24 +486,34 @@ impl SetSpec {
         self.elements.is_empty()
     }
 
-    /// The elements, in no particular order.
-    pub fn elements(&self) -> impl Iterator<Item = &SetElement> {
-        self.elements.values().map(|c| &c.element)
+    /// The elements, in no particular order (built from the compact form).
+    pub fn elements(&self) -> impl Iterator<Item = SetElement> + '_ {
+        self.elements.iter().map(|(k, c)| SetElement {
+            data: c.data.clone(),
+            ..SetElement::new(k.to_vec())
+        })
+    }
+
+    /// Whether the element with `e`'s key maps to what `e` does.
+    pub fn holds(&self, e: &SetElement) -> bool {
+        self.elements
+            .get(&e.key[..])
+            .is_some_and(|c| c.data == e.data)
     }
 
     /// The verdict an element of a verdict map maps `key` to.
     pub fn verdict(&self, key: &[Datum]) -> Option<&Verdict> {
-        match self.get(key)?.data.as_ref()? {
-            netlink::nft::ElementData::Verdict(v) => Some(v),
-            netlink::nft::ElementData::Value(_) => None,
+        match self.elements.get(key)?.data.as_ref()? {
+            ElementData::Verdict(v) => Some(v),
+            ElementData::Value(_) => None,
         }
     }
 
     /// The value an element of a data map maps `key` to.
     pub fn value(&self, key: &[Datum]) -> Option<&[Datum]> {
-        match self.get(key)?.data.as_ref()? {
-            netlink::nft::ElementData::Value(v) => Some(v),
-            netlink::nft::ElementData::Verdict(_) => None,
+        match self.elements.get(key)?.data.as_ref()? {
+            ElementData::Value(v) => Some(v),
+            ElementData::Verdict(_) => None,
         }
     }
 }
@@ -523,18 +537,54 @@ impl std::fmt::Display for SetName {
     }
 }
 
+/// The endpoints of one destination in the map of a balancing class, kept compact
+/// (20 bytes an endpoint) and turned into elements `destination . bucket` → `addr .
+/// port` only when counted or sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointGroup {
+    /// The balancing class whose map holds them.
+    pub class: Class,
+    /// The destination: `daddr . l4proto . dport`, or `l4proto . dport` for node ports.
+    pub destination: Box<[Datum]>,
+    /// The endpoints, bucket `i` for the `i`-th.
+    pub endpoints: Box<[(IpAddr, u16)]>,
+}
+
+impl EndpointGroup {
+    /// The group's map elements.
+    pub fn elements(&self) -> impl Iterator<Item = (SetName, SetElement)> + '_ {
+        self.endpoints.iter().enumerate().map(|(i, (ip, port))| {
+            let mut key = Vec::with_capacity(self.destination.len() + 1);
+            key.extend_from_slice(&self.destination);
+            key.push(Datum::Mark(i as u32));
+            let e = SetElement::new(key).value([addr_datum(*ip), Datum::Port(*port)]);
+            (SetName::Class(self.class), e)
+        })
+    }
+}
+
 /// What one service contributes to a family's table: elements of the shared sets and
 /// maps (its chains are the shared class chains, see [`Class`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceRules {
-    /// (shared set name, element), each at most once.
+    /// (shared set name, element) of the fixed sets, each at most once.
     pub elements: Vec<(SetName, SetElement)>,
+    /// Its destinations' endpoints, in the class maps.
+    pub endpoints: Vec<EndpointGroup>,
 }
 
 impl ServiceRules {
     /// Whether the service has nothing in this family.
     pub fn is_empty(&self) -> bool {
-        self.elements.is_empty()
+        self.elements.is_empty() && self.endpoints.is_empty()
+    }
+
+    /// Every element the service contributes: fixed sets first, then class maps.
+    pub fn all_elements(&self) -> impl Iterator<Item = (SetName, SetElement)> + '_ {
+        self.elements
+            .iter()
+            .cloned()
+            .chain(self.endpoints.iter().flat_map(EndpointGroup::elements))
     }
 }
 
@@ -619,17 +669,16 @@ impl FamilyRuleset {
     pub(crate) fn add_refs(&mut self, rules: &ServiceRules) -> Vec<(SetName, Change)> {
         let family = self.family;
         rules
-            .elements
-            .iter()
+            .all_elements()
             .filter_map(|(set, e)| {
                 let spec = match set {
-                    SetName::Fixed(n) => self.sets.get_mut(*n)?,
+                    SetName::Fixed(n) => self.sets.get_mut(n)?,
                     SetName::Class(c) => self
                         .class_maps
-                        .entry(*c)
+                        .entry(c)
                         .or_insert_with(|| SetSpec::new(c.map(family))),
                 };
-                Some((*set, spec.add_ref(e)))
+                Some((set, spec.add_ref(&e)))
             })
             .collect()
     }
@@ -638,24 +687,24 @@ impl FamilyRuleset {
     /// A class map left empty is removed.
     pub(crate) fn remove_refs(&mut self, rules: &ServiceRules) -> Vec<(SetName, Change)> {
         let mut out = Vec::with_capacity(rules.elements.len());
-        for (set, e) in &rules.elements {
+        for (set, e) in rules.all_elements() {
             let change = match set {
-                SetName::Fixed(n) => match self.sets.get_mut(*n) {
-                    Some(spec) => spec.remove_ref(e),
+                SetName::Fixed(n) => match self.sets.get_mut(n) {
+                    Some(spec) => spec.remove_ref(&e),
                     None => continue,
                 },
                 SetName::Class(c) => {
-                    let Some(spec) = self.class_maps.get_mut(c) else {
+                    let Some(spec) = self.class_maps.get_mut(&c) else {
                         continue;
                     };
-                    let change = spec.remove_ref(e);
+                    let change = spec.remove_ref(&e);
                     if spec.is_empty() {
-                        self.class_maps.remove(c);
+                        self.class_maps.remove(&c);
                     }
                     change
                 }
             };
-            out.push((*set, change));
+            out.push((set, change));
         }
         out
     }
@@ -799,16 +848,14 @@ impl<'a> Builder<'a> {
     }
 
     /// The elements of `eps` in the endpoint map of `class` (a balancing class):
-    /// `prefix . bucket` → `addr . port`, buckets `0..N`. Unique by construction, so
-    /// not searched for duplicates.
+    /// `prefix . bucket` → `addr . port`, buckets `0..N`, as one [`EndpointGroup`].
     fn endpoint_elements(&mut self, class: Class, prefix: &[Datum], eps: &[(IpAddr, u16)]) {
         let Some(cur) = &mut self.cur else { return };
-        for (i, (ip, port)) in eps.iter().take(MAX_ENDPOINTS).enumerate() {
-            let mut key = prefix.to_vec();
-            key.push(Datum::Int(i as u32));
-            let e = SetElement::new(key).value([addr_datum(*ip), Datum::Port(*port)]);
-            cur.elements.push((SetName::Class(class), e));
-        }
+        cur.endpoints.push(EndpointGroup {
+            class,
+            destination: prefix.into(),
+            endpoints: eps.iter().take(MAX_ENDPOINTS).copied().collect(),
+        });
     }
 
     /// Sends the destination `key` of `map` to `class`, whose chain it registers.
@@ -882,7 +929,7 @@ impl<'a> Builder<'a> {
         let addr = self.addr();
         let svc_key = vec![addr, KeyType::InetProto, KeyType::InetService];
         let port_key = vec![KeyType::InetProto, KeyType::InetService];
-        let class = [KeyType::Integer, KeyType::Integer];
+        let class = [KeyType::Mark, KeyType::Mark];
         self.add_set(Set::new(fam, TABLE, SERVICE_IPS, svc_key.clone()).map(class));
         self.add_set(Set::new(fam, TABLE, SERVICE_NODEPORTS, port_key.clone()).map(class));
         self.add_set(Set::new(fam, TABLE, CLASSES, class).vmap());
@@ -890,12 +937,11 @@ impl<'a> Builder<'a> {
         self.add_set(Set::new(fam, TABLE, NO_ENDPOINT_SERVICES, svc_key).vmap());
         self.add_set(Set::new(fam, TABLE, NO_ENDPOINT_NODEPORTS, port_key).vmap());
         self.add_set(Set::new(fam, TABLE, CLUSTER_IPS, vec![addr]));
-        self.add_set(Set::new(fam, TABLE, HAIRPIN, vec![addr, addr]));
         let sp_key = [
             addr,
             KeyType::InetProto,
             KeyType::InetService,
-            KeyType::Integer,
+            KeyType::Mark,
         ];
         let mut aff_key = sp_key.to_vec();
         aff_key.push(addr);
@@ -974,17 +1020,33 @@ impl<'a> Builder<'a> {
             priority::DSTNAT,
             jump_services,
         );
-        let src = if fam == Family::Ip6 {
-            netlink::nft::Field::Ip6Saddr
+        let (src, len) = if fam == Family::Ip6 {
+            (netlink::nft::Field::Ip6Saddr, 16)
         } else {
-            netlink::nft::Field::IpSaddr
+            (netlink::nft::Field::IpSaddr, 4)
         };
+        // Hairpin: after DNAT, a packet whose source is its own destination is an
+        // endpoint reaching itself through its service. `saddr ^ daddr == 0` compares
+        // the two fields in registers: no set of endpoint addresses to keep.
+        let hairpin = Self::ct_dnat(self.rule("nat-postrouting"))
+            .expr(src.load(Reg::r32(0)))
+            .expr(dispatch[0].load(Reg::r32(4)))
+            .expr(Expr::Xor {
+                sreg: Reg::r32(0),
+                sreg2: Reg::r32(4),
+                dreg: Reg::r32(0),
+                len,
+            })
+            .expr(Expr::Cmp {
+                sreg: Reg::r32(0),
+                op: CmpOp::Eq,
+                data: vec![0; len as usize],
+            });
         let post = vec![
             self.rule("nat-postrouting")
                 .match_mark(MASQ_MARK, MASQ_MARK)
                 .masquerade_fully_random(),
-            Self::ct_dnat(self.rule("nat-postrouting"))
-                .match_in_set(&[src, dispatch[0]], HAIRPIN, false)
+            hairpin
                 .masquerade_fully_random()
                 .comment("hairpin: an endpoint reaching itself through its service"),
         ];
@@ -1064,16 +1126,6 @@ impl<'a> Builder<'a> {
         }
     }
 
-    /// Hairpin pairs `E . E` for the endpoints of a list.
-    fn hairpin(&mut self, eps: &[(IpAddr, u16)]) {
-        for (ip, _) in eps {
-            self.element(
-                names::HAIRPIN,
-                SetElement::new([addr_datum(*ip), addr_datum(*ip)]),
-            );
-        }
-    }
-
     fn service_port(&mut self, svc: &Service, sp: &ServicePort) {
         use names::*;
         let fam = self.family;
@@ -1119,13 +1171,6 @@ impl<'a> Builder<'a> {
         let internal_local = svc.internal_traffic_policy == TrafficPolicy::Local;
         let external_local = svc.external_traffic_policy == TrafficPolicy::Local;
         let has_external = sp.node_port.is_some() || !external_ips.is_empty();
-        // Hairpin pairs for every endpoint traffic may be sent to.
-        if !internal_local || has_external {
-            self.hairpin(&cluster);
-        }
-        if internal_local || (has_external && external_local) {
-            self.hairpin(&local);
-        }
 
         // Internal destinations: the ClusterIPs.
         let internal = if internal_local {

@@ -131,7 +131,7 @@ fn bucket_list(f: &FamilyRuleset, class: Class, key: &[Datum]) -> Vec<(Datum, Da
     let mut out = Vec::new();
     loop {
         let mut k = key.to_vec();
-        k.push(Datum::Int(out.len() as u32));
+        k.push(Datum::Mark(out.len() as u32));
         match map.value(&k) {
             Some([a, p]) => out.push((*a, *p)),
             Some(v) => panic!("endpoint value {v:?}"),
@@ -291,11 +291,15 @@ fn cluster_ip_dispatches_through_one_map_to_a_balancing_chain() {
     assert_eq!(f.chains.len(), 11);
     assert_eq!(f.class_chains().len(), 1);
     // Only elements per service.
-    let elements = f.services.values().map(|s| s.elements.len()).sum::<usize>();
+    let elements = f
+        .services
+        .values()
+        .map(|s| s.all_elements().count())
+        .sum::<usize>();
     assert_eq!(
         elements,
-        2 + 1 + 1 + 1 + 2,
-        "endpoints, service-ips, classes, cluster-ips, hairpin"
+        2 + 1 + 1 + 1,
+        "endpoints, service-ips, classes, cluster-ips"
     );
     // The ip6 table exists but holds nothing of this IPv4-only service.
     let f6 = rs.family(Family::Ip6).unwrap();
@@ -638,14 +642,22 @@ fn hairpin_and_outside_traffic_are_masqueraded() {
         &[web_slice(&[ready("10.244.1.2", "node-1")])],
     );
     let f = v4(&rs);
-    let hairpin = f.set(names::HAIRPIN).unwrap();
-    assert!(hairpin.contains(&[ip("10.244.1.2"), ip("10.244.1.2")]));
     let post = &f.chain("nat-postrouting").unwrap().rules();
     assert_eq!(post.len(), 2);
     assert!(
         post.iter()
             .all(|r| matches!(r.exprs.last(), Some(Expr::Masquerade { .. })))
     );
+    // Hairpin: DNATed, and `saddr ^ daddr == 0`; no set of endpoint addresses.
+    assert!(
+        post[1]
+            .exprs
+            .iter()
+            .any(|e| matches!(e, Expr::Xor { len: 4, .. }))
+    );
+    assert!(post[1].exprs.iter().any(
+        |e| matches!(e, Expr::Cmp { op: netlink::nft::CmpOp::Eq, data, .. } if data == &[0; 4])
+    ));
     // ClusterIP traffic from outside 10.244.0.0/16 is marked; pod traffic keeps its source.
     let services = &f.chain("services").unwrap().rules();
     let masq = &services[0];
@@ -795,7 +807,7 @@ fn a_full_sync_from_empty_creates_everything() {
         .filter(|s| !s.is_empty())
         .count();
     assert_eq!(batch.len(), 2 + chains + sets + nonempty + rules);
-    assert_eq!(f.sets.len(), 8, "fixed shared sets only, none per service");
+    assert_eq!(f.sets.len(), 7, "fixed shared sets only, none per service");
     assert_eq!(classes[0].len(), 1, "one class chain: balance-2");
     assert_eq!(f.class_maps.len(), 1, "and its map");
     let full = full_sync(&rs);
@@ -807,9 +819,9 @@ fn replacing_one_endpoint_touches_only_elements() {
     let a = many(1000, 10, Ipv4Addr::new(10, 250, 0, 1));
     let b = many(1000, 10, Ipv4Addr::new(10, 250, 0, 2));
     let batch = diff(&a, &b);
-    // hairpin and endpoints: one delete message and one add message each. No rule,
-    // no chain, whatever the number of services.
-    assert_eq!(batch.len(), 4, "{batch:?}");
+    // The endpoint map of balance-10: one element out, one in. No rule, no chain,
+    // whatever the number of services.
+    assert_eq!(batch.len(), 2, "{batch:?}");
     assert!(diff(&b, &b).is_empty());
 }
 
@@ -841,17 +853,17 @@ fn adding_an_endpoint_changes_elements_only() {
     let batch = diff(&one, &two);
     // The classes (balance-1, balance-2) exist: the ClusterIP moves to the class of
     // two (service-ips: a delete and an add), its endpoints from the map of balance-1
-    // to that of balance-2, and the new hairpin pair comes in. Elements only.
-    assert_eq!(batch.len(), 5, "{batch:?}");
-    assert_eq!(diff(&two, &one).len(), 5);
+    // to that of balance-2. Elements only.
+    assert_eq!(batch.len(), 4, "{batch:?}");
+    assert_eq!(diff(&two, &one).len(), 4);
     // Alone, the service's class change brings a chain and its rule, and takes the old.
     let alone = |eps: &[Ep<'_>]| build(&[web(json!({}))], &[web_slice(eps)]);
     let one = alone(&[ready("10.244.1.2", "n")]);
     let two = alone(&[ready("10.244.1.2", "n"), ready("10.244.1.3", "n")]);
     // New map, chain and rule; classes and service-ips elements out; classes,
-    // balance-2, hairpin, service-ips elements in; the old chain flushed, it and its
-    // map deleted (with their elements).
-    assert_eq!(diff(&one, &two).len(), 12);
+    // balance-2, service-ips elements in; the old chain flushed, it and its map
+    // deleted (with their elements).
+    assert_eq!(diff(&one, &two).len(), 11);
 }
 
 #[test]
@@ -859,15 +871,15 @@ fn services_come_and_go_as_a_few_messages() {
     let a = build(&[], &[]);
     let b = build(&[web(json!({}))], &[web_slice(&[ready("10.244.1.2", "n")])]);
     // Its class's map, chain and rule (the first service of its class); elements of
-    // classes, balance-1, service-ips, cluster-ips, hairpin.
-    assert_eq!(diff(&a, &b).len(), 8);
+    // classes, balance-1, service-ips, cluster-ips.
+    assert_eq!(diff(&a, &b).len(), 7);
     // Removal: the elements of the fixed sets out, flush the chain, delete the map
     // (with its elements) and the chain.
-    assert_eq!(diff(&b, &a).len(), 7);
+    assert_eq!(diff(&b, &a).len(), 6);
     // From "no endpoints" to "endpoints": the key moves from no-endpoint-services to
-    // service-ips; the endpoint, hairpin and class elements and the class come.
+    // service-ips; the endpoint and class elements and the class come.
     let c = build(&[web(json!({}))], &[]);
-    assert_eq!(diff(&c, &b).len(), 8);
+    assert_eq!(diff(&c, &b).len(), 7);
 }
 
 #[test]
@@ -934,22 +946,24 @@ fn an_update_of_the_changed_services_equals_a_full_recomputation() {
     update(&mut batch, &mut applied, &after, &node(), &changed);
     assert_eq!(applied, full);
     assert_eq!(batch.len(), diff(&desired(&before, &node()), &full).len());
-    // hairpin, endpoints, nodeport-endpoints: one element out and one in, each.
-    assert_eq!(batch.len(), 6);
+    // The maps of balance-2 and nodeport-balance-2: one element out and one in, each.
+    assert_eq!(batch.len(), 4);
 
-    // A service deleted: its chains and elements go, the shared hairpin pair stays.
+    // A service deleted: its elements go, the classes it shares stay.
     let gone: Vec<K8sService> = svcs[1..].to_vec();
     let after_delete = view_of(&gone, &slices("10.244.3.2"));
     let mut batch = netlink::nft::Batch::new();
     let changed = [ServiceKey::new("default", "s0")].into_iter().collect();
     update(&mut batch, &mut applied, &after_delete, &node(), &changed);
     assert_eq!(applied, desired(&after_delete, &node()));
-    let hairpin = v4(&applied).set(names::HAIRPIN).unwrap();
-    assert!(hairpin.contains(&[ip("10.244.9.9"), ip("10.244.9.9")]));
-    assert!(!hairpin.contains(&[ip("10.244.2.0"), ip("10.244.2.0")]));
-    // service-ips, cluster-ips, service-nodeports, hairpin, endpoints,
-    // nodeport-endpoints: 6 delete messages; the classes stay (others use them).
-    assert_eq!(batch.len(), 6);
+    assert_eq!(
+        v4(&applied).class_chains().len(),
+        3,
+        "balance-2, nodeport-masquerade-2, nodeport-balance-2"
+    );
+    // service-ips, cluster-ips, service-nodeports, balance-2, nodeport-balance-2: 5
+    // delete messages; the classes stay (others use them).
+    assert_eq!(batch.len(), 5);
 
     // Nothing changed: nothing to send.
     let mut batch = netlink::nft::Batch::new();
@@ -959,7 +973,7 @@ fn an_update_of_the_changed_services_equals_a_full_recomputation() {
 }
 
 #[test]
-fn endpoints_shared_by_two_services_keep_their_hairpin_pair() {
+fn a_class_shared_by_two_services_stays_while_either_uses_it() {
     let other = svc(json!({
         "metadata": {"name": "other", "namespace": "default"},
         "spec": {"clusterIP": "10.96.0.20", "ports": [{"name": "http", "port": 80}]}
@@ -980,10 +994,11 @@ fn endpoints_shared_by_two_services_keep_their_hairpin_pair() {
             &[ready("10.244.1.2", "n")],
         )],
     );
-    let hairpin = v4(&one).set(names::HAIRPIN).unwrap();
-    assert!(hairpin.contains(&[ip("10.244.1.2"), ip("10.244.1.2")]));
-    // Removing web: service-ips, cluster-ips and endpoints elements; the shared
-    // hairpin element and the class (other has one endpoint too) stay.
+    let class = Class::balance(false, false, 1, None);
+    assert_eq!(v4(&one).classes(), [class]);
+    assert_eq!(v4(&both).classes(), [class]);
+    // Removing web: service-ips, cluster-ips and endpoints elements; the class
+    // (other has one endpoint too) stays.
     assert_eq!(diff(&both, &one).len(), 3);
 }
 

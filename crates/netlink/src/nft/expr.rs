@@ -236,6 +236,19 @@ pub enum Expr {
         /// XOR value, same length as `mask`.
         xor: Vec<u8>,
     },
+    /// `dreg = sreg ^ sreg2` over `len` bytes: two registers combined (the kernel's
+    /// `NFT_BITWISE_XOR` with `NFTA_BITWISE_SREG2`, Linux 6.13 and later). Comparing
+    /// the result with zero compares two packet fields, e.g. `ip saddr == ip daddr`.
+    Xor {
+        /// First source.
+        sreg: Reg,
+        /// Second source.
+        sreg2: Reg,
+        /// Destination.
+        dreg: Reg,
+        /// Bytes combined.
+        len: u32,
+    },
     /// Load a constant into a register.
     Immediate {
         /// Destination.
@@ -380,7 +393,7 @@ impl Expr {
             Expr::Meta { .. } | Expr::MetaSet { .. } => "meta",
             Expr::Ct { .. } => "ct",
             Expr::Cmp { .. } => "cmp",
-            Expr::Bitwise { .. } => "bitwise",
+            Expr::Bitwise { .. } | Expr::Xor { .. } => "bitwise",
             Expr::Immediate { .. } | Expr::Verdict(_) => "immediate",
             Expr::Lookup { .. } => "lookup",
             Expr::Nat { .. } => "nat",
@@ -453,6 +466,19 @@ impl Expr {
                 w.put_u32(3, mask.len() as u32);
                 put_value(w, 4, mask);
                 put_value(w, 5, xor);
+            }
+            Expr::Xor {
+                sreg,
+                sreg2,
+                dreg,
+                len,
+            } => {
+                // NFTA_BITWISE_SREG, _DREG, _LEN, _OP = NFT_BITWISE_XOR (5), _SREG2.
+                put_reg(w, 1, *sreg);
+                put_reg(w, 2, *dreg);
+                w.put_u32(3, *len);
+                w.put_u32(6, 5);
+                put_reg(w, 8, *sreg2);
             }
             Expr::Immediate { dreg, data } => {
                 put_reg(w, 1, *dreg);
