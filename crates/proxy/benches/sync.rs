@@ -34,6 +34,15 @@ fn addr(base: Ipv4Addr, n: u32) -> IpAddr {
 fn view(services: u32) -> View {
     let mut view = View::default();
     for i in 0..services {
+        let svc = service(i);
+        view.services.insert(svc.key.clone(), svc);
+    }
+    view
+}
+
+/// ClusterIP service number `i`, with its endpoints.
+fn service(i: u32) -> Service {
+    {
         let key = ServiceKey::new("bench", format!("svc-{i}"));
         let ports = Arc::new(BTreeMap::from([(("http".to_owned(), Protocol::Tcp), 8080)]));
         let endpoints = (0..ENDPOINTS)
@@ -47,7 +56,7 @@ fn view(services: u32) -> View {
                 hints: None,
             })
             .collect();
-        let svc = Service {
+        Service {
             key: key.clone(),
             ty: ServiceType::ClusterIp,
             cluster_ips: vec![addr(Ipv4Addr::new(10, 96, 0, 0), i)],
@@ -66,10 +75,8 @@ fn view(services: u32) -> View {
             health_check_node_port: None,
             publish_not_ready: false,
             endpoints,
-        };
-        view.services.insert(key, svc);
+        }
     }
-    view
 }
 
 fn ms(d: Duration) -> String {
@@ -149,10 +156,42 @@ fn main() {
         let t = Instant::now();
         let report = proxier.update(&v, &node, &changed).unwrap();
         println!(
-            "{n:>6} services: one endpoint added:    {} ({} messages, compute+diff+apply)",
+            "{n:>6} services: one endpoint added:    {} ({} messages, compute+diff+apply; \
+             the first service with 11: a new class map, chain and rule)",
             ms(t.elapsed()),
             report.messages,
         );
+        // The same on another service: its class (11 endpoints) exists now.
+        let other = ServiceKey::new("bench", format!("svc-{}", n / 2 + 1));
+        let svc = v.services.get_mut(&other).unwrap();
+        let mut extra = svc.endpoints[0].clone();
+        extra.address = addr(Ipv4Addr::new(10, 200, 0, 0), 3);
+        svc.endpoints.push(extra);
+        let t = Instant::now();
+        let report = proxier
+            .update(&v, &node, &BTreeSet::from([other.clone()]))
+            .unwrap();
+        println!(
+            "{n:>6} services: one endpoint added:    {} ({} messages, compute+diff+apply; \
+             its class exists)",
+            ms(t.elapsed()),
+            report.messages,
+        );
+        // A new service with 10 endpoints.
+        let added = service(n);
+        let added_key = added.key.clone();
+        v.services.insert(added_key.clone(), added);
+        let t = Instant::now();
+        let report = proxier
+            .update(&v, &node, &BTreeSet::from([added_key]))
+            .unwrap();
+        println!(
+            "{n:>6} services: one service added:     {} ({} messages, compute+diff+apply)",
+            ms(t.elapsed()),
+            report.messages,
+        );
+        v.services.get_mut(&other).unwrap().endpoints.pop();
+        proxier.update(&v, &node, &BTreeSet::from([other])).unwrap();
 
         // The same change through a full recomputation and whole-ruleset diff, for
         // comparison (what a proxy without change tracking pays).
