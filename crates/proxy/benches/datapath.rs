@@ -3,6 +3,12 @@
 //! ClusterIP versus to the server's pod address directly (the limit), with 10 and with
 //! 10,000 services (× 10 endpoints) installed. Needs root; everything runs inside
 //! throwaway namespaces. `cargo bench -p proxy --bench datapath`.
+//!
+//! A shared machine drifts by tens of percent within seconds, so the bench measures
+//! many short rounds, direct and ClusterIP back to back in alternating order, and
+//! reports the median of the per-round ratios with their spread. The client runs on
+//! CPU 0 and the server on the last CPU (`PIN=0` to let the scheduler place them).
+//! `ROUNDS` (default 21) and `SECONDS` per measurement (default 1) can be set.
 
 #![allow(clippy::disallowed_methods)] // runs `ip` and iperf3 to set up and measure
 
@@ -12,7 +18,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use netlink::netns;
@@ -22,13 +27,109 @@ use proxy::{
     TrafficPolicy, View, desired,
 };
 
-const SECONDS: u64 = 2;
-const CLIENT_THREADS: usize = 2;
-const ROUNDS: usize = 5;
+/// Settings from the environment.
+struct Settings {
+    rounds: usize,
+    seconds: f64,
+    /// CPUs of the client and the server, when pinned.
+    pin: Option<(usize, usize)>,
+}
 
-fn median(mut v: Vec<f64>) -> f64 {
+impl Settings {
+    fn from_env() -> Settings {
+        let var = |k: &str| std::env::var(k).ok();
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Settings {
+            rounds: var("ROUNDS").and_then(|v| v.parse().ok()).unwrap_or(21),
+            seconds: var("SECONDS").and_then(|v| v.parse().ok()).unwrap_or(1.0),
+            pin: (var("PIN").as_deref() != Some("0") && cpus > 1).then_some((0, cpus - 1)),
+        }
+    }
+}
+
+/// Runs the calling thread on `cpu` only.
+fn pin(cpu: Option<usize>) {
+    if let Some(cpu) = cpu {
+        let mut set = nix::sched::CpuSet::new();
+        set.set(cpu).unwrap();
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
+    }
+}
+
+fn quantile(v: &[f64], q: f64) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    let i = (q * (v.len() - 1) as f64).round() as usize;
+    v[i]
+}
+
+/// Medians of paired measurements (direct, via ClusterIP) and of their ratios.
+struct Paired {
+    direct: Vec<f64>,
+    via: Vec<f64>,
+}
+
+impl Paired {
+    fn ratios(&self) -> Vec<f64> {
+        self.direct
+            .iter()
+            .zip(&self.via)
+            .map(|(d, v)| 100.0 * v / d)
+            .collect()
+    }
+
+    fn report(&self, what: &str, unit: &str, decimals: usize) -> String {
+        let r = self.ratios();
+        format!(
+            "{what}: direct {:.decimals$} {unit} (rounds {:.decimals$}-{:.decimals$}), \
+             via ClusterIP {:.decimals$} {unit} (rounds {:.decimals$}-{:.decimals$}); \
+             ratio per round: median {:.1}%, middle half {:.1}-{:.1}%, all {:.1}-{:.1}%",
+            quantile(&self.direct, 0.5),
+            quantile(&self.direct, 0.0),
+            quantile(&self.direct, 1.0),
+            quantile(&self.via, 0.5),
+            quantile(&self.via, 0.0),
+            quantile(&self.via, 1.0),
+            quantile(&r, 0.5),
+            quantile(&r, 0.25),
+            quantile(&r, 0.75),
+            quantile(&r, 0.0),
+            quantile(&r, 1.0),
+        )
+    }
+}
+
+/// Measures `f(direct)` and `f(via)` `rounds` times, back to back, the first of each
+/// pair alternating, so that drift of the machine hits both alike.
+fn paired(rounds: usize, mut f: impl FnMut(bool) -> f64) -> Paired {
+    // One unrecorded pair to warm caches, conntrack and ARP.
+    f(false);
+    f(true);
+    let mut p = Paired {
+        direct: Vec::new(),
+        via: Vec::new(),
+    };
+    for r in 0..rounds {
+        let (d, v) = if r % 2 == 0 {
+            let d = f(false);
+            (d, f(true))
+        } else {
+            let v = f(true);
+            (f(false), v)
+        };
+        p.direct.push(d);
+        p.via.push(v);
+    }
+    p
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Namespaces of this benchmark, deleted when dropped (also on panic).
@@ -131,7 +232,7 @@ fn view(n: u32) -> View {
         "conn".into(),
         "10.111.0.1".parse().unwrap(),
         80,
-        vec![(server, 8080)],
+        vec![(server, 8081)],
     ));
     add(service(
         "iperf".into(),
@@ -142,48 +243,39 @@ fn view(n: u32) -> View {
     view
 }
 
-/// Connections per second to `target` from `CLIENT_THREADS` threads in `netns`, each
-/// connecting, reading to the end (the server closes) and closing, for `SECONDS`.
-fn connection_rate(netns: &str, target: &'static str) -> f64 {
+/// Connections per second to `target` from one thread in `netns` (on `cpu`),
+/// connecting, reading to the end (the server closes) and closing, for `seconds`.
+fn connection_rate(netns: &str, target: &'static str, seconds: f64, cpu: Option<usize>) -> f64 {
     netns::run_in(netns, move || {
+        pin(cpu);
         let addr: SocketAddr = target.parse().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let count = Arc::new(AtomicU64::new(0));
-        let threads: Vec<_> = (0..CLIENT_THREADS)
-            .map(|_| {
-                let (stop, count) = (Arc::clone(&stop), Arc::clone(&count));
-                std::thread::spawn(move || {
-                    let mut buf = [0u8; 64];
-                    while !stop.load(Ordering::Relaxed) {
-                        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
-                        else {
-                            continue;
-                        };
-                        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
-                        count.fetch_add(1, Ordering::Relaxed);
-                    }
-                })
-            })
-            .collect();
+        let mut buf = [0u8; 64];
+        let mut count = 0u64;
         let t = Instant::now();
-        std::thread::sleep(Duration::from_secs(SECONDS));
-        stop.store(true, Ordering::Relaxed);
-        for th in threads {
-            let _ = th.join();
+        let end = Duration::from_secs_f64(seconds);
+        while t.elapsed() < end {
+            let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+                continue;
+            };
+            while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+            count += 1;
         }
-        count.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64()
+        count as f64 / t.elapsed().as_secs_f64()
     })
     .unwrap()
 }
 
-/// iperf3 throughput, Gbit/s, one stream for `SECONDS`.
-fn throughput(netns: &str, addr: &str) -> f64 {
+/// iperf3 throughput, Gbit/s, one stream for `seconds` (client on `cpu`).
+fn throughput(netns: &str, addr: &str, seconds: f64, cpu: Option<usize>) -> f64 {
     let (ns, addr) = (netns.to_owned(), addr.to_owned());
     let out = netns::run_in(&ns, move || {
-        Command::new("iperf3")
-            .args(["-c", &addr, "-p", "5201", "-t", &SECONDS.to_string(), "-J"])
-            .args(["--connect-timeout", "2000"])
-            .output()
+        let mut c = Command::new("iperf3");
+        c.args(["-c", &addr, "-p", "5201", "-t", &seconds.to_string(), "-J"])
+            .args(["--connect-timeout", "2000"]);
+        if let Some(cpu) = cpu {
+            c.args(["-A", &cpu.to_string()]);
+        }
+        c.output()
     })
     .unwrap()
     .unwrap();
@@ -195,6 +287,7 @@ fn throughput(netns: &str, addr: &str) -> f64 {
 }
 
 fn main() {
+    let settings = Settings::from_env();
     let uid = std::fs::metadata("/proc/self").unwrap().uid();
     assert_eq!(uid, 0, "this benchmark needs root (namespaces, nf_tables)");
     let id = std::process::id();
@@ -225,19 +318,23 @@ fn main() {
         let listener = netns::run_in(&server, move || TcpListener::bind(("0.0.0.0", port)))
             .unwrap()
             .unwrap();
-        for _ in 0..2 {
-            let l = listener.try_clone().unwrap();
-            std::thread::spawn(move || {
-                for conn in l.incoming() {
-                    drop(conn);
-                }
-            });
-        }
+        let l = listener.try_clone().unwrap();
+        let cpu = settings.pin.map(|p| p.1);
+        std::thread::spawn(move || {
+            pin(cpu);
+            for conn in l.incoming() {
+                drop(conn);
+            }
+        });
     }
+    let server_cpu = settings.pin.map(|p| p.1.to_string());
     let _iperf = Kill(
-        netns::run_in(&server, || {
-            Command::new("iperf3")
-                .args(["-s", "-p", "5201"])
+        netns::run_in(&server, move || {
+            let mut c = Command::new("iperf3");
+            if let Some(cpu) = &server_cpu {
+                c.args(["-A", cpu]);
+            }
+            c.args(["-s", "-p", "5201"])
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .spawn()
@@ -253,32 +350,33 @@ fn main() {
         ..Default::default()
     };
     let mut proxier = Proxier::new(NftSocket::new_in(&node).unwrap());
+    let (rounds, seconds) = (settings.rounds, settings.seconds);
+    let client_cpu = settings.pin.map(|p| p.0);
     println!(
-        "data path, client pod -> node -> server pod (veths), {SECONDS} s each, \
-         {CLIENT_THREADS} connecting threads, median of {ROUNDS} alternating runs; \
-         ratio = via ClusterIP / direct"
+        "data path, client pod -> node -> server pod (veths); {rounds} rounds of \
+         {seconds} s per measurement, direct and via ClusterIP back to back in alternating \
+         order; one connecting thread; client/server CPUs: {}; ratio = via ClusterIP / direct",
+        settings
+            .pin
+            .map_or("not pinned".to_owned(), |(c, s)| format!("{c}/{s}")),
     );
     for n in [10, 10_000] {
         proxier.sync(desired(&view(n), &this_node)).unwrap();
-        // Alternate direct and ClusterIP runs, median of ROUNDS each, so that drift
-        // from other load on the machine hits both alike.
-        let mut rates = (Vec::new(), Vec::new());
-        let mut tputs = (Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
-            rates.0.push(connection_rate(&client, "10.244.2.2:8080"));
-            rates.1.push(connection_rate(&client, "10.111.0.1:80"));
-            tputs.0.push(throughput(&client, "10.244.2.2"));
-            tputs.1.push(throughput(&client, "10.111.0.2"));
-        }
-        let (direct, via) = (median(rates.0), median(rates.1));
-        println!(
-            "{n:>6} services: connections/s direct {direct:.0}, via ClusterIP {via:.0} ({:.1}%)",
-            100.0 * via / direct
-        );
-        let (direct, via) = (median(tputs.0), median(tputs.1));
-        println!(
-            "{n:>6} services: throughput Gbit/s direct {direct:.2}, via ClusterIP {via:.2} ({:.1}%)",
-            100.0 * via / direct
-        );
+        let load = loadavg();
+        let rates = paired(rounds, |via| {
+            let target = if via {
+                "10.111.0.1:80"
+            } else {
+                "10.244.2.2:8080"
+            };
+            connection_rate(&client, target, seconds, client_cpu)
+        });
+        let tputs = paired(rounds, |via| {
+            let target = if via { "10.111.0.2" } else { "10.244.2.2" };
+            throughput(&client, target, seconds, client_cpu)
+        });
+        println!("{n:>6} services, load average {load} -> {}", loadavg());
+        println!("  {}", rates.report("connections/s", "/s", 0));
+        println!("  {}", tputs.report("throughput", "Gbit/s", 2));
     }
 }

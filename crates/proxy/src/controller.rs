@@ -313,10 +313,13 @@ struct Store {
     /// This node (the watch selects it by name).
     nodes: Mirror<NodeInfo>,
     interner: Interner,
+    /// Whether a sync has applied the view once (dirty services are tracked from then).
+    applied_once: bool,
 }
 
-/// Services changed since the last sync, each as it was then (`None`: it had no rules).
-type Dirty = BTreeMap<ServiceKey, Option<Service>>;
+/// Services changed since the last sync, each as it was then (`None`: it had no rules;
+/// boxed, as most entries are `None` and a `Service` is large).
+type Dirty = BTreeMap<ServiceKey, Option<Box<Service>>>;
 
 impl Store {
     fn synced(&self) -> bool {
@@ -332,10 +335,13 @@ impl Store {
         keys.iter().filter_map(|k| self.slices.objects.get(k))
     }
 
-    /// Records `key` as dirty, as it is now, unless it already is.
+    /// Records `key` as dirty, as it is now, unless it already is. Before the first
+    /// sync nothing is recorded: everything is synced in full then, and nothing was
+    /// applied that could be stale.
     fn touch(&self, dirty: &mut Dirty, key: &ServiceKey) {
-        if !dirty.contains_key(key) {
-            dirty.insert(key.clone(), self.view.services.get(key).cloned());
+        if self.applied_once && !dirty.contains_key(key) {
+            let now = self.view.services.get(key).cloned().map(Box::new);
+            dirty.insert(key.clone(), now);
         }
     }
 
@@ -530,6 +536,7 @@ impl State {
                 node.cluster_cidrs = n.pod_cidrs.clone();
             }
             node.node_ips = n.addresses.clone();
+            node.zone = n.zone.clone();
         }
         node
     }
@@ -561,6 +568,7 @@ impl State {
         match result {
             Ok(report) => {
                 self.all_dirty = false;
+                self.store.applied_once = true;
                 self.applied_node = Some(node.clone());
                 if full {
                     // Rare (start, node change, failure) and worth seeing.
@@ -673,7 +681,9 @@ mod tests {
         for e in list(slices) {
             store.step_slices(&mut dirty, e);
         }
-        assert!(store.synced() || !store.nodes.synced);
+        assert!(dirty.is_empty(), "before the first sync nothing is tracked");
+        // As after the first sync.
+        store.applied_once = true;
         store
     }
 
@@ -700,7 +710,11 @@ mod tests {
             slice("orphan-1", "orphan", &["10.244.1.6"]),
         ];
         // Slices first: services are joined with whatever slices are there already.
-        let mut store = Store::default();
+        // (As after a first sync of an empty cluster, so that dirty services count.)
+        let mut store = Store {
+            applied_once: true,
+            ..Store::default()
+        };
         let mut dirty = Dirty::new();
         for e in list(slices.clone()) {
             store.step_slices(&mut dirty, e);
@@ -758,7 +772,7 @@ mod tests {
         for addrs in [&["10.244.1.2"][..], &["10.244.1.4"]] {
             store.step_slices(&mut dirty, watcher::Event::Apply(slice("a-1", "a", addrs)));
         }
-        assert_eq!(dirty[&key("a")].as_ref(), Some(&synced));
+        assert_eq!(dirty[&key("a")].as_deref(), Some(&synced));
         assert_eq!(addresses(&store, "a"), ["10.244.1.4"]);
         // The UDP flows to both old endpoints are stale (computed at sync from it).
         let stale = crate::stale::udp(&synced, store.view.services.get(&key("a")));
