@@ -135,6 +135,12 @@ fn main() {
             ms(compute),
             ms(full),
         );
+        println!(
+            "{n:>6} services: resident memory after the full sync {} (view and applied \
+             ruleset), peak so far {}",
+            status("VmRSS"),
+            status("VmHWM")
+        );
 
         // One endpoint replaced by a new address, then one added: incremental
         // updates of the one service, as the agent does them.

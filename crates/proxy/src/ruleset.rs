@@ -392,6 +392,16 @@ pub(crate) struct Counted {
     pub(crate) refs: u32,
 }
 
+impl Counted {
+    /// The element with this key.
+    pub(crate) fn element(&self, key: &[Datum]) -> SetElement {
+        SetElement {
+            data: self.data.clone(),
+            ..SetElement::new(key.to_vec())
+        }
+    }
+}
+
 /// A named set or map with the elements it should hold, by key.
 ///
 /// Sets are shared by all services; each element counts the services contributing it
@@ -464,11 +474,7 @@ impl SetSpec {
 
     /// The element with this key.
     pub fn get(&self, key: &[Datum]) -> Option<SetElement> {
-        let c = self.elements.get(key)?;
-        Some(SetElement {
-            data: c.data.clone(),
-            ..SetElement::new(key.to_vec())
-        })
+        Some(self.elements.get(key)?.element(key))
     }
 
     /// Whether an element has this key.
@@ -488,10 +494,7 @@ impl SetSpec {
 
     /// The elements, in no particular order (built from the compact form).
     pub fn elements(&self) -> impl Iterator<Item = SetElement> + '_ {
-        self.elements.iter().map(|(k, c)| SetElement {
-            data: c.data.clone(),
-            ..SetElement::new(k.to_vec())
-        })
+        self.elements.iter().map(|(k, c)| c.element(k))
     }
 
     /// Whether the element with `e`'s key maps to what `e` does.
