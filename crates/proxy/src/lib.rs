@@ -10,84 +10,113 @@
 //! # Ruleset layout
 //!
 //! One table `kubewire-proxy` in each of the `ip` and `ip6` families, same shape.
-//! Service ports are named `ns/name/proto/port` (`SP` below).
+//! Nothing in it is per service: services are elements of shared maps, and the only
+//! chains besides the fixed ones are a handful of *class* chains ([`Class`]), one per
+//! kind of destination and number of endpoints in use.
 //!
-//! Shared sets and maps (service addresses, node ports and hairpin pairs are elements):
+//! A *destination* is a service address and port (`daddr . l4proto . dport`: a
+//! ClusterIP, external IP or load-balancer IP) or a node port (`l4proto . dport`). Its
+//! *class* says what to do with a new connection: balance over `N` endpoints
+//! (cluster-wide, or on this node), mark for masquerade then balance
+//! (`externalTrafficPolicy: Cluster` on external destinations), or the
+//! `externalTrafficPolicy: Local` dance; with or without `sessionAffinity: ClientIP`
+//! (and its timeout). Services with the same shape share a class, whatever their
+//! endpoints are.
 //!
 //! | name | key → value | holds |
 //! |---|---|---|
-//! | `service-ips` | `daddr . l4proto . dport` → verdict | ClusterIPs: `goto svc-SP` (or `local-SP` for `internalTrafficPolicy: Local`); external and LB IPs: `goto ext-SP` |
-//! | `service-nodeports` | `l4proto . dport` → verdict | node ports: `goto ext-SP` |
+//! | `service-ips` | `daddr . l4proto . dport` → class id (`mark . mark`) | every service address with a usable endpoint |
+//! | `service-nodeports` | `l4proto . dport` → class id | node ports |
+//! | `classes` | class id → `goto` the class chain | one element per class in use (a handful) |
+//! | `balance-N`, `balance-local-N`, `nodeport-balance-N`, ...`-affinity-T` | destination `. bucket` → `addr . port` | one map per balancing class, named as its chain: bucket `i` of `0..N` holds the destination's `i`-th endpoint |
 //! | `no-endpoint-services` | `daddr . l4proto . dport` → verdict | no usable endpoint: `goto reject-chain`; iTP Local with endpoints only elsewhere: `drop` |
 //! | `no-endpoint-nodeports` | `l4proto . dport` → verdict | the same for node ports |
 //! | `cluster-ips` | `daddr` | every ClusterIP |
-//! | `hairpin` | `saddr . daddr` | `E . E` for every endpoint address `E` |
-//! | `affinity` | `svc-addr . l4proto . port . chain . saddr` → `addr . port` | client affinity, with timeouts (see below) |
+//! | `affinity` | `daddr . l4proto . dport . chain . saddr` → `addr . port` | client affinity, with timeouts (dynamic) |
+//! | `nodeport-ips` | `daddr` | the node's addresses, when known |
 //!
-//! Per service port, only what it needs, and no sets:
+//! Class chains (names are those of [`Class::chain`]):
 //!
-//! - `svc-SP` (all usable endpoints) and `local-SP` (usable endpoints on this node):
-//!   one rule per endpoint, `numgen random mod (N-i) == 0 dnat to E_i:port` (the last
-//!   one unconditional), so each of `N` endpoints is picked with probability `1/N`.
-//!   Usable endpoints are the ready ones, or when none is ready the serving and
-//!   terminating ones (KEP-1669). With `sessionAffinity: ClientIP` an `affinity`
-//!   lookup comes first.
-//! - `ext-SP`, for node ports and external/LB IPs: `externalTrafficPolicy: Cluster`:
-//!   `mark 0x4000, goto svc-SP`. `Local`: pod sources `goto svc-SP`, node-local
-//!   sources (`fib saddr type local`) mark and `goto svc-SP`, then `goto local-SP`, or
-//!   `drop` when this node has no endpoint.
+//! - `balance-N` (`balance-local-N` for local endpoints, `nodeport-` in front for
+//!   node ports): one rule, `dnat to daddr . l4proto . dport . numgen random mod N
+//!   map @balance-N`, all in registers of that one rule. Each bucket holds exactly
+//!   one endpoint, so each is picked with probability `1/N`. With affinity
+//!   (`-affinity-T`), a first rule DNATs a client found in `affinity`, and the
+//!   balancing rule also records its pick there (`update @affinity { ... timeout T }`)
+//!   from the same registers.
+//! - `masquerade-N`: `mark 0x4000`, `goto balance-N`.
+//! - `external-local-N-L`: pod sources `goto balance-N`, node-local sources (`fib
+//!   saddr type local`) mark and `goto balance-N`, the rest `goto balance-local-L`, or
+//!   `drop` when `L` is 0.
 //!
 //! Base chains and the fixed chains:
 //!
 //! - `nat-prerouting`, `nat-output` (nat, dstnat): `jump services`.
 //! - `services`: marks traffic to `@cluster-ips` from outside the pod network (when the
-//!   node's cluster CIDRs are known); `ip daddr . meta l4proto . th dport vmap
-//!   @service-ips` (the one dispatch rule, O(1) whatever the number of services);
-//!   `fib daddr type local`, not loopback: `meta l4proto . th dport vmap
-//!   @service-nodeports`.
+//!   node's cluster CIDRs are known); `ip daddr . meta l4proto . th dport map
+//!   @service-ips vmap @classes` (the one dispatch rule, O(1) whatever the number of
+//!   services: two hash lookups); `fib daddr type local`, not loopback (or `daddr
+//!   @nodeport-ips`): `meta l4proto . th dport map @service-nodeports vmap @classes`.
 //! - `nat-postrouting` (nat, srcnat): masquerade (fully random) marked packets, and
-//!   DNATed packets whose `saddr . daddr` is in `@hairpin`.
+//!   hairpin: DNATed packets whose source is their destination (`ct status dnat`,
+//!   `saddr ^ daddr == 0`, a two-register XOR: Linux 6.13 or later).
 //! - `filter-prerouting`, `filter-output` (filter, dstnat-10): new connections `jump
 //!   endpoints-check`, which looks up `@no-endpoint-services` and, for local
 //!   destinations, `@no-endpoint-nodeports`.
 //! - `filter-forward` (filter, 0) and `filter-output-post-dnat` (filter, dstnat+10):
 //!   new connections `jump cluster-ips-check`: still addressed to a ClusterIP after DNAT
-//!   means a port the service does not define, `goto reject-chain`.
+//!   means a port the service does not define, `goto reject-chain`; an address of the
+//!   service CIDRs that no service has is dropped.
 //! - `reject-chain`: TCP reset, else ICMP(v6) port unreachable.
 //!
-//! # What a change costs, and why endpoints are rules
+//! `nft list table` (nft 1.0.6) cannot print the dispatch rule (a data-map lookup
+//! feeding a verdict-map lookup) nor the XOR; `nft list tables`, `nft list map ip
+//! kubewire-proxy service-ips` and `nft list chain ip kubewire-proxy balance-2` work.
 //!
-//! [`Proxier::update`] recomputes only the services that changed ([`update`]): a new
-//! or removed service is its chains plus a few elements of the shared maps; an endpoint
-//! change is one `hairpin` element and its balancing chain flushed and refilled (one
-//! rule per endpoint). Shared elements are counted per contributing service, so a
-//! hairpin pair two services share stays while either needs it.
+//! # What a change costs, and why this shape
 //!
-//! Endpoints would ideally be map elements too. Two shapes were built and measured
-//! with `cargo bench -p proxy` (10,000 services × 10 endpoints, full sync from empty):
+//! [`Proxier::update`] recomputes only the services that changed ([`update`]). Measured
+//! on Linux 6.18 (`cargo bench -p proxy --bench sync`, figures in BENCHMARKS.md):
 //!
-//! - a data map per service port (`numgen random mod N map @eps-SP`): 8.6 s, because
-//!   the kernel finds named sets by a linear search of the table's set list, once per
-//!   message that names one;
-//! - one shared map keyed by service and bucket: 67 s, because the kernel re-walks a
-//!   map's elements each time one more chain binds it, and walks the bindings for each
-//!   element added; passing the key to one shared lookup rule through registers is
-//!   refused since Linux 6.x checks registers are written in the same rule (ENODATA).
+//! - An endpoint replaced: one element out of the class map and one in. No rule, no
+//!   chain: constant cost, whatever the number of services.
+//! - An endpoint added or removed: the destination changes class, so its elements move
+//!   from one class map to the other and its `service-ips` element changes value.
+//!   Still elements only, as long as the new class exists; the first service of a
+//!   class brings the class's map, chain and rule (an empty map: cheap).
+//! - A service added or removed: its elements, plus a class if it is the first (last).
 //!
-//! Rules per endpoint load in about 1.1 s (1.25 s with the computation). The price:
-//! the kernel revalidates the whole table at commit whenever a rule with NAT is added,
-//! so an incremental change costs a time that grows with the table (about 20-30 ms at
-//! 10,000 services, about 1 ms at 1,000), not a constant.
+//! Why: at commit, the kernel revalidates the table's whole chain graph (every base
+//! chain, every chain reachable, through every element of every verdict map) when the
+//! transaction added a rule with an expression that has a validate op (`nat` among
+//! them) or a `jump`/`goto` element of a verdict map (`nf_tables_api.c`). Elements of
+//! *data* maps do not trigger it. Measured in a namespace holding 50,000 services
+//! (kernel time of the batch, `nft -f` under `strace -T`, loaded machine): a data-map
+//! element replaced 0.03 ms, a plain set element 0.03 ms, a `drop` element of a
+//! verdict map 0.02 ms, a `goto` element of a 50,000-element verdict map 15 ms, a NAT
+//! rule 6-10 ms. The shape before this one (a chain per service port, a NAT rule per
+//! endpoint, flushed and refilled on a change) paid 200-350 ms per endpoint change at
+//! 50,000 services; `service-ips` as a verdict map of `goto balance-N` would pay the
+//! 15 ms for every added service and class change. Here the big maps are data maps,
+//! and the one verdict map, `classes`, holds a handful of elements.
 //!
-//! Memory: balancing chains are kept as their endpoints and turned into rules only
-//! when sent. At 10,000 services × 10 endpoints the view takes about 20 MB and the
-//! applied ruleset about 90 MB, most of it shared-set elements held both per service
-//! and aggregated; a compact element form is the next step towards the 64 MB goal.
+//! The traps measured by the shapes before this one, which this one avoids: a data
+//! map per *service* (8.6 s at 10,000: the kernel finds named sets by a linear search
+//! of the table's set list, once per message naming one; here a few dozen maps at
+//! most); one map shared by 10,000 rules (67 s: binding a map walks its elements, and
+//! adding an element walks its bindings; here each class map is bound by one rule,
+//! which is created while the map is empty); passing a key to a shared rule in
+//! registers (refused: registers do not carry over between rules; here each rule
+//! loads what it uses).
 //!
-//! Session affinity: `sessionAffinity: ClientIP` makes each balancing chain look the
-//! client up in `affinity` before the random pick, and each endpoint rule record its
-//! pick there (`update @affinity { svc . chain . saddr : endpoint . port timeout T }`,
-//! a `dynset` expression) before DNATing from the same registers.
+//! Memory: the applied ruleset holds each shared element once (key → data and a
+//! count of the services contributing it), and each service its destinations and
+//! endpoints as compact groups ([`EndpointGroup`]) turned into elements only when
+//! counted or sent. Figures in BENCHMARKS.md.
+//!
+//! Session affinity: the `affinity` map is keyed by the destination address (a
+//! ClusterIP and an external IP of one service keep separate affinities), and the
+//! chain id 0 (cluster-wide endpoints) or 1 (local endpoints).
 //!
 //! # Running
 //!
