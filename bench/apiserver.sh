@@ -4,7 +4,8 @@
 # objects, Service creates/s with 10,000 Services stored. Peers in the same run: the disk's fsync rate, and etcd (Debian's
 # etcd-server, installed if missing) driven with the same objects through its JSON
 # gateway on loopback. Usage: bench/apiserver.sh [OBJECTS] (default 100000)
-# [--services-only] (only the fsync floor and the Service creates).
+# [--services-only | --watch-only] (only the fsync floor and the Service creates, or
+# the watch delivery with each second's p99).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 objects="${1:-100000}"

@@ -53,19 +53,27 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 /// fsyncs per second on the data directory's disk: each one a small append + fdatasync,
-/// as a commit does at least once.
-fn fsync_rate(dir: &std::path::Path) -> f64 {
+/// as a commit does at least once; and the single fsyncs' p50 / p99 / max in ms (the
+/// disk's tail bounds the tail of every durable write).
+fn fsync_rate(dir: &std::path::Path) -> (f64, f64, f64, f64) {
     let path = dir.join("fsync-probe");
     let mut f = std::fs::File::create(&path).unwrap();
     let start = Instant::now();
-    let mut n = 0u64;
+    let mut lat = Vec::new();
     while start.elapsed() < Duration::from_secs(3) {
+        let t = Instant::now();
         f.write_all(&[0u8; 512]).unwrap();
         f.sync_data().unwrap();
-        n += 1;
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let _ = std::fs::remove_file(&path);
-    n as f64 / start.elapsed().as_secs_f64()
+    let rate = lat.len() as f64 / start.elapsed().as_secs_f64();
+    (
+        rate,
+        pct(&mut lat, 0.5),
+        pct(&mut lat, 0.99),
+        pct(&mut lat, 1.0),
+    )
 }
 
 async fn call(r: &apiserver::Router, method: &str, uri: &str, body: Vec<u8>) -> (u16, Bytes) {
@@ -180,6 +188,8 @@ fn find_idx(line: &[u8]) -> Option<usize> {
 struct WatchFigures {
     from_write: (f64, f64),
     from_ack: (f64, f64),
+    /// The write itself: its start to its acknowledgement (durable commit included).
+    ack: (f64, f64),
     rate: f64,
 }
 
@@ -195,9 +205,17 @@ fn figures(samples: Vec<(usize, u128, u128)>, acks: &[AtomicU64], rate: f64) -> 
             t.saturating_sub(ack) as f64 / 1e6
         })
         .collect();
+    let mut k: Vec<f64> = samples
+        .iter()
+        .map(|(i, ts, _)| {
+            let ack = acks[*i].load(Ordering::Relaxed) as u128;
+            ack.saturating_sub(*ts) as f64 / 1e6
+        })
+        .collect();
     WatchFigures {
         from_write: (pct(&mut w, 0.5), pct(&mut w, 0.99)),
         from_ack: (pct(&mut a, 0.5), pct(&mut a, 0.99)),
+        ack: (pct(&mut k, 0.5), pct(&mut k, 0.99)),
         rate,
     }
 }
@@ -292,6 +310,23 @@ async fn watch_latency(r: &apiserver::Router) -> WatchFigures {
         let _ = tokio::time::timeout(Duration::from_secs(60), w).await;
     }
     let s = std::mem::take(&mut *samples.lock().unwrap());
+    // Where the tail is: each second's p99 from write start to delivery.
+    let mut per_second = vec![Vec::new(); WATCH_SECONDS as usize + 1];
+    for (i, ts, t) in &s {
+        let sec = (*i as u64 / WATCH_RATE) as usize;
+        per_second[sec.min(WATCH_SECONDS as usize)].push((t - ts) as f64 / 1e6);
+    }
+    let p99s: Vec<String> = per_second
+        .iter_mut()
+        .filter(|v| !v.is_empty())
+        .map(|v| format!("{:.1}", pct(v, 0.99)))
+        .collect();
+    let mut steady: Vec<f64> = per_second.iter().skip(1).flatten().copied().collect();
+    println!(
+        "p99 ms per second of writes: {}; p99 after the first second: {:.2}",
+        p99s.join(" "),
+        pct(&mut steady, 0.99)
+    );
     figures(s, &acks, rate)
 }
 
@@ -535,8 +570,10 @@ async fn main() {
     let me = std::process::id().to_string();
 
     println!("# fsync floor");
-    let fsyncs = fsync_rate(&dir);
-    println!("fsync/s (512 B append + fdatasync, same disk): {fsyncs:.0}");
+    let (fsyncs, f50, f99, fmax) = fsync_rate(&dir);
+    println!(
+        "fsync/s (512 B append + fdatasync, same disk): {fsyncs:.0}; one fsync ms: p50 {f50:.2} p99 {f99:.2} max {fmax:.2}"
+    );
 
     let cfg = apiserver::Config::new(dir.join("api"));
     let r = apiserver::router(&cfg).unwrap();
@@ -550,6 +587,20 @@ async fn main() {
     )
     .await;
     let base_rss = rss_mib(&me);
+    let show = |who: &str, f: WatchFigures| {
+        println!(
+            "{who} watch latency ms from write start: p50 {:.2} p99 {:.2}; from ack: p50 {:.2} p99 {:.2}; write start to ack: p50 {:.2} p99 {:.2} (writes/s achieved {:.0})",
+            f.from_write.0, f.from_write.1, f.from_ack.0, f.from_ack.1, f.ack.0, f.ack.1, f.rate
+        );
+    };
+
+    if args.iter().any(|a| a == "--watch-only") {
+        println!(
+            "# watch delivery ({WATCHERS} watchers, {WATCH_RATE} writes/s for {WATCH_SECONDS} s)"
+        );
+        show("kubewire", watch_latency(&r).await);
+        return;
+    }
 
     // Services: allocation must not grow with the Services stored (it once scanned
     // them all, and 10,000 creates took 32 minutes).
@@ -633,12 +684,6 @@ async fn main() {
     }
 
     println!("# watch delivery ({WATCHERS} watchers, {WATCH_RATE} writes/s for {WATCH_SECONDS} s)");
-    let show = |who: &str, f: WatchFigures| {
-        println!(
-            "{who} watch latency ms from write start: p50 {:.2} p99 {:.2}; from ack: p50 {:.2} p99 {:.2} (writes/s achieved {:.0})",
-            f.from_write.0, f.from_write.1, f.from_ack.0, f.from_ack.1, f.rate
-        );
-    };
     show("kubewire", watch_latency(&r).await);
     if let Some(e) = &etcd {
         show("etcd", etcd::watch_latency(e).await);
