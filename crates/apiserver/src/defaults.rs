@@ -94,9 +94,22 @@ pub(crate) fn apply(rt: &ResourceType, o: &mut Value) {
                 };
             }
         }
+        ("networking.k8s.io", "IngressClass") => {
+            if let Some(p) = o["spec"].get_mut("parameters").filter(|p| p.is_object()) {
+                or(p, "scope", json!("Cluster"));
+            }
+        }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => {
             let spec = obj(o, "spec");
             or(spec, "conversion", json!({"strategy": "None"}));
+            if let Some(svc) = spec["conversion"]
+                .get_mut("webhook")
+                .and_then(|w| w.get_mut("clientConfig"))
+                .and_then(|c| c.get_mut("service"))
+                .filter(|s| s.is_object())
+            {
+                or(svc, "port", json!(443));
+            }
             let names = obj(spec, "names");
             if let Some(kind) = names["kind"].as_str().map(str::to_string) {
                 or(names, "singular", json!(kind.to_lowercase()));
@@ -318,4 +331,44 @@ pub(crate) fn pod_admission(pod: &mut Value) {
         or(spec, "priority", json!(0));
     }
     or(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fill_only_what_is_missing_and_are_idempotent() {
+        let rt = |g, v, r| crate::resources::lookup(g, v, r).unwrap();
+        let mut ic = json!({"spec": {"parameters": {"kind": "Params", "name": "p"}}});
+        apply(rt("networking.k8s.io", "v1", "ingressclasses"), &mut ic);
+        assert_eq!(ic["spec"]["parameters"]["scope"], "Cluster");
+        let mut crd = json!({"spec": {"names": {"kind": "Widget"}, "conversion": {
+            "strategy": "Webhook", "webhook": {"clientConfig": {"service": {"name": "s", "namespace": "n"}}}}}});
+        apply(
+            rt("apiextensions.k8s.io", "v1", "customresourcedefinitions"),
+            &mut crd,
+        );
+        assert_eq!(crd["spec"]["conversion"]["strategy"], "Webhook");
+        assert_eq!(
+            crd["spec"]["conversion"]["webhook"]["clientConfig"]["service"]["port"],
+            443
+        );
+        assert_eq!(crd["spec"]["names"]["listKind"], "WidgetList");
+        assert_eq!(crd["spec"]["names"]["singular"], "widget");
+        let mut d = json!({"spec": {"strategy": {"type": "Recreate"}, "template": {"spec": {
+            "hostNetwork": true, "volumes": [{"name": "v"}, {"name": "c", "configMap": {"name": "x"}}],
+            "containers": [{"name": "c", "image": "nginx", "ports": [{"containerPort": 53}]}]}}}});
+        let deployments = rt("apps", "v1", "deployments");
+        apply(deployments, &mut d);
+        let once = d.clone();
+        apply(deployments, &mut d);
+        assert_eq!(d, once);
+        assert_eq!(d["spec"]["strategy"], json!({"type": "Recreate"}));
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(pod["volumes"][0]["emptyDir"], json!({}));
+        assert_eq!(pod["volumes"][1]["configMap"]["defaultMode"], 420);
+        assert_eq!(pod["containers"][0]["imagePullPolicy"], "Always");
+        assert_eq!(pod["containers"][0]["ports"][0]["hostPort"], 53);
+    }
 }
