@@ -604,6 +604,40 @@ mod tests {
         .unwrap();
         assert_eq!(dual["spec"]["ipFamilies"], json!(["IPv4", "IPv6"]));
         assert_eq!(dual["spec"]["clusterIPs"][1], "fd00:10:96::100");
+        // 53/TCP and 53/UDP share one node port; a number is taken whatever the protocol.
+        let dns = create(
+            &store,
+            "dns-np",
+            json!({"type": "NodePort", "ports": [
+                {"name": "tcp", "port": 53, "protocol": "TCP"},
+                {"name": "udp", "port": 53, "protocol": "UDP"}]}),
+        )
+        .unwrap();
+        let shared = dns["spec"]["ports"][0]["nodePort"].clone();
+        assert_eq!(dns["spec"]["ports"][1]["nodePort"], shared);
+        let clash = create(
+            &store,
+            "udp-np",
+            json!({"type": "NodePort", "ports": [{"port": 53, "protocol": "UDP", "nodePort": shared}]}),
+        )
+        .unwrap_err();
+        assert!(
+            clash[0]
+                .message
+                .ends_with("provided port is already allocated"),
+            "{clash:?}"
+        );
+        // The same number and protocol twice in one Service is a duplicate.
+        let dup = create(
+            &store,
+            "dup-np",
+            json!({"type": "NodePort", "ports": [
+                {"name": "a", "port": 80, "nodePort": 32500},
+                {"name": "b", "port": 81, "nodePort": 32500}]}),
+        )
+        .unwrap_err();
+        assert_eq!(dup[0].field, "spec.ports[1].nodePort");
+        assert_eq!(dup[0].message, "Duplicate value: 32500");
         // Deleting frees the node port.
         store
             .write(|t| t.delete("core/services/default/np", np.clone()))
