@@ -264,6 +264,18 @@ fn builtin_schemas() -> &'static serde_json::Map<String, Value> {
     })
 }
 
+/// FNV-1a of the embedded built-in schemas, computed once.
+fn builtin_hash() -> u64 {
+    static HASH: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *HASH.get_or_init(|| {
+        include_str!("../openapi/builtin.json")
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            })
+    })
+}
+
 /// A built-in kind's schema name, as kube-apiserver names it.
 fn builtin_schema_name(group: &str, version: &str, kind: &str) -> String {
     match group {
@@ -316,8 +328,9 @@ pub(crate) fn openapi_index(all: All<'_>) -> Value {
     let mut paths = serde_json::Map::new();
     for rt in all {
         let p = gv_path(rt.group, rt.version);
-        // kubectl caches a document by its hash: it changes with the CRDs' schemas.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        // kubectl caches a document by its hash: it changes with the CRDs' schemas and
+        // with the built-in schemas this binary carries.
+        let mut h: u64 = builtin_hash();
         for r in all
             .iter()
             .filter(|r| r.group == rt.group && r.version == rt.version)
