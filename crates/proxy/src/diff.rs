@@ -17,12 +17,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use netlink::nft::{Batch, Family, Set, SetElement, Table};
+use netlink::nft::{Batch, Datum, Family, Set, SetElement, Table};
 
 use crate::ruleset::{
-    ChainSpec, Change, Class, FamilyRuleset, Node, Ruleset, SetName, SetSpec, TABLE, service_rules,
+    ChainSpec, Class, ClassMap, FamilyRuleset, Node, Ruleset, SetName, SetSpec, TABLE,
+    service_rules,
 };
 use crate::view::{ServiceKey, View};
+
+/// A new set, filled from the ruleset.
+enum FreshSet<'a> {
+    Fixed(&'a SetSpec),
+    Class(&'a ClassMap),
+}
 
 /// The changes to one table, by phase.
 #[derive(Default)]
@@ -35,7 +42,7 @@ struct Plan<'a> {
     /// Sets whose elements all go in (new sets): encoded straight from the set, a
     /// chunk at a time, rather than copied out first (a full sync holds 100,000
     /// elements at 10,000 services).
-    fresh: Vec<&'a SetSpec>,
+    fresh: Vec<FreshSet<'a>>,
     /// Chains to fill (new) or flush and refill (changed).
     fill: Vec<&'a ChainSpec>,
     refill: Vec<&'a ChainSpec>,
@@ -80,26 +87,30 @@ impl<'a> Plan<'a> {
         }
         // Elements of a set that goes are deleted with it.
         for (name, elements) in &self.deletes {
-            if let Some(s) = family.set(name) {
-                batch.delete_elements(&s.set, elements);
+            if let Some(s) = family.set_def(name) {
+                batch.delete_elements(s, elements);
             }
         }
         for (name, elements) in &self.adds {
-            if let Some(s) = family.set(name) {
-                batch.add_elements(&s.set, elements);
+            if let Some(s) = family.set_def(name) {
+                batch.add_elements(s, elements);
             }
         }
         for s in &self.fresh {
+            let (set, elements): (_, Box<dyn Iterator<Item = SetElement>>) = match s {
+                FreshSet::Fixed(s) => (&s.set, Box::new(s.elements())),
+                FreshSet::Class(m) => (&m.set, Box::new(m.elements())),
+            };
             let mut chunk = Vec::with_capacity(FRESH_CHUNK);
-            for e in s.elements() {
+            for e in elements {
                 chunk.push(e);
                 if chunk.len() == FRESH_CHUNK {
-                    batch.add_elements(&s.set, &chunk);
+                    batch.add_elements(set, &chunk);
                     chunk.clear();
                 }
             }
             if !chunk.is_empty() {
-                batch.add_elements(&s.set, &chunk);
+                batch.add_elements(set, &chunk);
             }
         }
         for c in &self.refill {
@@ -164,12 +175,11 @@ fn empty(family: Family) -> FamilyRuleset {
 fn family_diff(batch: &mut Batch, old: &FamilyRuleset, new: &FamilyRuleset) {
     let (old_classes, new_classes) = (old.class_chains(), new.class_chains());
     let mut plan = Plan::default();
-    for s in new.all_sets() {
-        let name = &s.set.name;
-        match old.set(name) {
+    for (name, s) in &new.sets {
+        match old.sets.get(name) {
             None => {
                 plan.new_sets.push(s.set.clone());
-                plan.fresh.push(s);
+                plan.fresh.push(FreshSet::Fixed(s));
             }
             Some(o) => {
                 debug_assert_eq!(o.set, s.set, "set {name} changed definition");
@@ -177,9 +187,23 @@ fn family_diff(batch: &mut Batch, old: &FamilyRuleset, new: &FamilyRuleset) {
             }
         }
     }
-    for s in old.all_sets() {
-        if new.set(&s.set.name).is_none() {
+    for (class, m) in &new.class_maps {
+        match old.class_maps.get(class) {
+            None => {
+                plan.new_sets.push(m.set.clone());
+                plan.fresh.push(FreshSet::Class(m));
+            }
+            Some(o) => class_map_diff(&mut plan, o, m),
+        }
+    }
+    for (name, s) in &old.sets {
+        if !new.sets.contains_key(name) {
             plan.gone_sets.push(s.set.clone());
+        }
+    }
+    for (class, m) in &old.class_maps {
+        if !new.class_maps.contains_key(class) {
+            plan.gone_sets.push(m.set.clone());
         }
     }
     plan.chains(&old.chains, &new.chains);
@@ -195,6 +219,51 @@ fn add_rules(batch: &mut Batch, c: &ChainSpec) {
 
 /// Elements per `add element` call when a new set is filled.
 const FRESH_CHUNK: usize = 2048;
+
+/// The element changes between two versions of a class map: per destination, only the
+/// buckets whose endpoint changed.
+fn class_map_diff(plan: &mut Plan<'_>, old: &ClassMap, new: &ClassMap) {
+    let mut gone: Vec<SetElement> = Vec::new();
+    let mut added: Vec<SetElement> = Vec::new();
+    let bucket = |d: &[Datum], i: usize, ep: &(std::net::IpAddr, u16)| {
+        let mut key = d.to_vec();
+        key.push(Datum::Mark(i as u32));
+        let addr = match ep.0 {
+            std::net::IpAddr::V4(a) => Datum::Ipv4(a),
+            std::net::IpAddr::V6(a) => Datum::Ipv6(a),
+        };
+        SetElement::new(key).value([addr, Datum::Port(ep.1)])
+    };
+    for (d, (o, _)) in &old.destinations {
+        let n: &[_] = new.destinations.get(d).map_or(&[], |(n, _)| &n[..]);
+        if n == &o[..] {
+            continue;
+        }
+        for i in 0..o.len().max(n.len()) {
+            match (o.get(i), n.get(i)) {
+                (Some(a), Some(b)) if a == b => {}
+                (a, b) => {
+                    // Changed data: the kernel refuses to overwrite a mapping (EBUSY),
+                    // so the old element goes and the new one comes in the same batch.
+                    gone.extend(a.map(|a| bucket(d, i, a)));
+                    added.extend(b.map(|b| bucket(d, i, b)));
+                }
+            }
+        }
+    }
+    for (d, (n, _)) in &new.destinations {
+        if !old.destinations.contains_key(d) {
+            added.extend(n.iter().enumerate().map(|(i, b)| bucket(d, i, b)));
+        }
+    }
+    let name = &new.set.name;
+    if !gone.is_empty() {
+        plan.deletes.insert(name.clone(), gone);
+    }
+    if !added.is_empty() {
+        plan.adds.insert(name.clone(), added);
+    }
+}
 
 fn element_diff(plan: &mut Plan<'_>, name: &str, old: &SetSpec, new: &SetSpec) {
     let mut gone: Vec<SetElement> = Vec::new();
@@ -265,24 +334,23 @@ pub fn update(
             .collect();
         let mut plan_deletes: BTreeMap<SetName, Vec<SetElement>> = BTreeMap::new();
         let mut plan_adds: BTreeMap<SetName, Vec<SetElement>> = BTreeMap::new();
+        let mut changes = Vec::new();
         for (_, old, _) in &new_rules {
-            for (set, change) in fam.remove_refs(old) {
-                if let Change::Removed(e) = change {
-                    plan_deletes.entry(set).or_default().push(e);
-                }
-            }
+            fam.remove_refs(old, &mut changes);
+        }
+        for (set, e) in changes.drain(..) {
+            plan_deletes.entry(set).or_default().push(e);
         }
         for (_, _, new) in &new_rules {
-            for ((set, change), (_, e)) in fam.add_refs(new).into_iter().zip(new.all_elements()) {
-                if change == Change::Added {
-                    // Deleted and re-added unchanged in this same update: leave it.
-                    let deletes = plan_deletes.entry(set).or_default();
-                    if let Some(i) = deletes.iter().position(|d| *d == e) {
-                        deletes.swap_remove(i);
-                    } else {
-                        plan_adds.entry(set).or_default().push(e);
-                    }
-                }
+            fam.add_refs(new, Some(&mut changes));
+        }
+        for (set, e) in changes {
+            // Deleted and re-added unchanged in this same update: leave it.
+            let deletes = plan_deletes.entry(set).or_default();
+            if let Some(i) = deletes.iter().position(|d| *d == e) {
+                deletes.swap_remove(i);
+            } else {
+                plan_adds.entry(set).or_default().push(e);
             }
         }
         let mut plan = Plan::default();

@@ -135,9 +135,9 @@ pub use apply::{Error, Proxier, SyncReport, cleanup, full_sync};
 pub use controller::{ProxyArgs, run};
 pub use diff::{diff, diff_into, update};
 pub use ruleset::{
-    ChainSpec, Class, ClassKind, EndpointGroup, FamilyRuleset, MASQ_MARK, MAX_ENDPOINTS, Node,
-    Ruleset, ServiceRules, SetName, SetSpec, TABLE, desired, health_checks, names, port_id,
-    service_rules, usable,
+    ChainSpec, Class, ClassKind, ClassMap, EndpointGroup, Endpoints, FamilyRuleset, MASQ_MARK,
+    MAX_ENDPOINTS, Node, Ruleset, ServiceRules, SetName, SetSpec, TABLE, desired, health_checks,
+    names, port_id, service_rules, usable,
 };
 pub use view::{
     DEFAULT_AFFINITY_TIMEOUT, Endpoint, Hints, Protocol, SERVICE_NAME_LABEL,

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -549,20 +550,72 @@ pub struct EndpointGroup {
     pub class: Class,
     /// The destination: `daddr . l4proto . dport`, or `l4proto . dport` for node ports.
     pub destination: Box<[Datum]>,
-    /// The endpoints, bucket `i` for the `i`-th.
-    pub endpoints: Box<[(IpAddr, u16)]>,
+    /// The endpoints, bucket `i` for the `i`-th (shared with the class map).
+    pub endpoints: Endpoints,
 }
 
 impl EndpointGroup {
     /// The group's map elements.
     pub fn elements(&self) -> impl Iterator<Item = (SetName, SetElement)> + '_ {
-        self.endpoints.iter().enumerate().map(|(i, (ip, port))| {
-            let mut key = Vec::with_capacity(self.destination.len() + 1);
-            key.extend_from_slice(&self.destination);
-            key.push(Datum::Mark(i as u32));
-            let e = SetElement::new(key).value([addr_datum(*ip), Datum::Port(*port)]);
-            (SetName::Class(self.class), e)
-        })
+        group_elements(&self.destination, &self.endpoints).map(|e| (SetName::Class(self.class), e))
+    }
+}
+
+/// The elements `destination . i` → `addr . port` of the `i`-th of `endpoints`.
+fn group_elements<'a>(
+    destination: &'a [Datum],
+    endpoints: &'a [(IpAddr, u16)],
+) -> impl Iterator<Item = SetElement> + 'a {
+    endpoints.iter().enumerate().map(move |(i, (ip, port))| {
+        let mut key = Vec::with_capacity(destination.len() + 1);
+        key.extend_from_slice(destination);
+        key.push(Datum::Mark(i as u32));
+        SetElement::new(key).value([addr_datum(*ip), Datum::Port(*port)])
+    })
+}
+
+/// A destination's endpoints, by bucket.
+pub type Endpoints = Arc<[(IpAddr, u16)]>;
+
+/// The endpoint map of a balancing class ([`Class::map`]), as destinations: each with
+/// its endpoints (bucket `i` → the `i`-th; the list is shared with the service that
+/// contributes it) and the number of services contributing it (two services may
+/// claim one external address and port: the first keeps it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassMap {
+    /// The map.
+    pub set: Set,
+    pub(crate) destinations: HashMap<Box<[Datum]>, (Endpoints, u32)>,
+}
+
+impl ClassMap {
+    fn new(set: Set) -> Self {
+        ClassMap {
+            set,
+            destinations: HashMap::new(),
+        }
+    }
+
+    /// The endpoints of a destination, by bucket.
+    pub fn endpoints(&self, destination: &[Datum]) -> Option<&[(IpAddr, u16)]> {
+        self.destinations.get(destination).map(|(e, _)| &e[..])
+    }
+
+    /// Number of destinations.
+    pub fn len(&self) -> usize {
+        self.destinations.len()
+    }
+
+    /// Whether the map is empty.
+    pub fn is_empty(&self) -> bool {
+        self.destinations.is_empty()
+    }
+
+    /// The map's elements, in no particular order.
+    pub fn elements(&self) -> impl Iterator<Item = SetElement> + '_ {
+        self.destinations
+            .iter()
+            .flat_map(|(d, (eps, _))| group_elements(d, eps))
     }
 }
 
@@ -601,7 +654,7 @@ pub struct FamilyRuleset {
     /// The shared sets and maps, by name, with every service's elements.
     pub sets: BTreeMap<String, SetSpec>,
     /// The endpoint maps of the balancing classes in use ([`Class::map`]).
-    pub class_maps: BTreeMap<Class, SetSpec>,
+    pub class_maps: BTreeMap<Class, ClassMap>,
     /// Each service's elements.
     pub services: BTreeMap<ServiceKey, ServiceRules>,
     /// The pod network's ranges of this family (the external-local class chains'
@@ -610,24 +663,19 @@ pub struct FamilyRuleset {
 }
 
 impl FamilyRuleset {
-    /// The set or map `name`, fixed or of a class.
+    /// The fixed set or map `name`.
     pub fn set(&self, name: &str) -> Option<&SetSpec> {
-        self.sets
-            .get(name)
-            .or_else(|| self.class_maps.values().find(|s| s.set.name == name))
+        self.sets.get(name)
     }
 
-    /// The set an element goes to.
-    pub fn set_of(&self, name: &SetName) -> Option<&SetSpec> {
-        match name {
-            SetName::Fixed(n) => self.sets.get(*n),
-            SetName::Class(c) => self.class_maps.get(c),
-        }
-    }
-
-    /// All sets and maps, fixed and of classes.
-    pub fn all_sets(&self) -> impl Iterator<Item = &SetSpec> {
-        self.sets.values().chain(self.class_maps.values())
+    /// The definition of the set or map `name`, fixed or of a class.
+    pub fn set_def(&self, name: &str) -> Option<&Set> {
+        self.sets.get(name).map(|s| &s.set).or_else(|| {
+            self.class_maps
+                .values()
+                .find(|m| m.set.name == name)
+                .map(|m| &m.set)
+        })
     }
 
     /// The chain `name`, fixed or of a class (a copy, for tests and debugging).
@@ -668,48 +716,74 @@ impl FamilyRuleset {
         out
     }
 
-    /// Counts one more contribution of each of `rules`' elements; the changes.
-    pub(crate) fn add_refs(&mut self, rules: &ServiceRules) -> Vec<(SetName, Change)> {
+    /// Counts one more contribution of each of `rules`' elements; with `appeared`,
+    /// collects the elements the kernel does not have yet.
+    pub(crate) fn add_refs(
+        &mut self,
+        rules: &ServiceRules,
+        mut appeared: Option<&mut Vec<(SetName, SetElement)>>,
+    ) {
+        for (set, e) in &rules.elements {
+            let SetName::Fixed(n) = set else { continue };
+            if let Some(spec) = self.sets.get_mut(*n)
+                && spec.add_ref(e) == Change::Added
+                && let Some(out) = appeared.as_deref_mut()
+            {
+                out.push((*set, e.clone()));
+            }
+        }
         let family = self.family;
-        rules
-            .all_elements()
-            .filter_map(|(set, e)| {
-                let spec = match set {
-                    SetName::Fixed(n) => self.sets.get_mut(n)?,
-                    SetName::Class(c) => self
-                        .class_maps
-                        .entry(c)
-                        .or_insert_with(|| SetSpec::new(c.map(family))),
-                };
-                Some((set, spec.add_ref(&e)))
-            })
-            .collect()
+        for g in &rules.endpoints {
+            let map = self
+                .class_maps
+                .entry(g.class)
+                .or_insert_with(|| ClassMap::new(g.class.map(family)));
+            match map.destinations.get_mut(&g.destination) {
+                Some((eps, refs)) if *eps == g.endpoints => *refs += 1,
+                Some(_) => {} // a conflicting claim: the first one keeps the destination
+                None => {
+                    map.destinations
+                        .insert(g.destination.clone(), (Arc::clone(&g.endpoints), 1));
+                    if let Some(out) = appeared.as_deref_mut() {
+                        out.extend(g.elements());
+                    }
+                }
+            }
+        }
     }
 
-    /// Counts one less contribution of each of `rules`' elements; the changes.
-    /// A class map left empty is removed.
-    pub(crate) fn remove_refs(&mut self, rules: &ServiceRules) -> Vec<(SetName, Change)> {
-        let mut out = Vec::with_capacity(rules.elements.len());
-        for (set, e) in rules.all_elements() {
-            let change = match set {
-                SetName::Fixed(n) => match self.sets.get_mut(n) {
-                    Some(spec) => spec.remove_ref(&e),
-                    None => continue,
-                },
-                SetName::Class(c) => {
-                    let Some(spec) = self.class_maps.get_mut(&c) else {
-                        continue;
-                    };
-                    let change = spec.remove_ref(&e);
-                    if spec.is_empty() {
-                        self.class_maps.remove(&c);
-                    }
-                    change
-                }
-            };
-            out.push((set, change));
+    /// Counts one less contribution of each of `rules`' elements; collects the
+    /// elements no service contributes any more. A class map left empty is removed.
+    pub(crate) fn remove_refs(
+        &mut self,
+        rules: &ServiceRules,
+        gone: &mut Vec<(SetName, SetElement)>,
+    ) {
+        for (set, e) in &rules.elements {
+            let SetName::Fixed(n) = set else { continue };
+            if let Some(spec) = self.sets.get_mut(*n)
+                && let Change::Removed(e) = spec.remove_ref(e)
+            {
+                gone.push((*set, e));
+            }
         }
-        out
+        for g in &rules.endpoints {
+            let Some(map) = self.class_maps.get_mut(&g.class) else {
+                continue;
+            };
+            if let Some((eps, refs)) = map.destinations.get_mut(&g.destination)
+                && *eps == g.endpoints
+            {
+                *refs -= 1;
+                if *refs == 0 {
+                    map.destinations.remove(&g.destination);
+                    gone.extend(g.elements());
+                }
+            }
+            if map.is_empty() {
+                self.class_maps.remove(&g.class);
+            }
+        }
     }
 }
 
@@ -857,7 +931,12 @@ impl<'a> Builder<'a> {
         cur.endpoints.push(EndpointGroup {
             class,
             destination: prefix.into(),
-            endpoints: eps.iter().take(MAX_ENDPOINTS).copied().collect(),
+            endpoints: eps
+                .iter()
+                .take(MAX_ENDPOINTS)
+                .copied()
+                .collect::<Vec<_>>()
+                .into(),
         });
     }
 
@@ -1271,7 +1350,7 @@ pub fn desired(view: &View, node: &Node) -> Ruleset {
         for svc in view.services.values() {
             let rules = b.service(svc);
             if !rules.is_empty() {
-                b.out.add_refs(&rules);
+                b.out.add_refs(&rules, None);
                 b.out.services.insert(svc.key.clone(), rules);
             }
         }

@@ -124,20 +124,30 @@ fn class_of(f: &FamilyRuleset, map: &str, key: &[Datum]) -> Option<Class> {
 /// The endpoints of a destination (`key` without the bucket) in the map of a
 /// balancing class, in bucket order.
 fn bucket_list(f: &FamilyRuleset, class: Class, key: &[Datum]) -> Vec<(Datum, Datum)> {
-    let Some(map) = f.set_of(&SetName::Class(class)) else {
+    let Some(map) = f.class_maps.get(&class) else {
         return vec![];
     };
     assert_eq!(map.set.name, class.chain(), "the map is named as its chain");
-    let mut out = Vec::new();
-    loop {
-        let mut k = key.to_vec();
-        k.push(Datum::Mark(out.len() as u32));
-        match map.value(&k) {
-            Some([a, p]) => out.push((*a, *p)),
-            Some(v) => panic!("endpoint value {v:?}"),
-            None => return out,
-        }
+    let eps: Vec<(Datum, Datum)> = map
+        .endpoints(key)
+        .unwrap_or_default()
+        .iter()
+        .map(|(a, p)| (ip(&a.to_string()), Datum::Port(*p)))
+        .collect();
+    // The same as elements: bucket i → the i-th endpoint.
+    let elements: Vec<_> = map
+        .elements()
+        .filter(|e| e.key[..key.len()] == *key)
+        .collect();
+    assert_eq!(elements.len(), eps.len());
+    for e in elements {
+        let Some(Datum::Mark(i)) = e.key.last() else {
+            panic!("bucket of {e:?}")
+        };
+        let (a, p) = eps[*i as usize];
+        assert_eq!(e.data, Some(netlink::nft::ElementData::Value(vec![a, p])));
     }
+    eps
 }
 
 /// The endpoints a service address's connections are balanced over, checked against
@@ -598,8 +608,8 @@ fn external_traffic_policy_local_drops_on_nodes_without_endpoints() {
         Some(&Expr::Verdict(Verdict::Drop))
     );
     assert!(
-        f.set_of(&SetName::Class(Class::balance(true, true, 1, None)))
-            .is_none()
+        !f.class_maps
+            .contains_key(&Class::balance(true, true, 1, None))
     );
     assert!(f.chain("nodeport-balance-local-1").is_none());
     // ClusterIP traffic is unaffected.
@@ -799,13 +809,16 @@ fn a_full_sync_from_empty_creates_everything() {
     };
     let rules: usize = all_chains().map(|c| c.rules().len()).sum();
     let chains = all_chains().count();
-    let sets: usize = rs.families.iter().map(|f| f.all_sets().count()).sum();
+    let sets: usize = rs
+        .families
+        .iter()
+        .map(|f| f.sets.len() + f.class_maps.len())
+        .sum();
     let nonempty: usize = rs
         .families
         .iter()
-        .flat_map(|f| f.all_sets())
-        .filter(|s| !s.is_empty())
-        .count();
+        .map(|f| f.sets.values().filter(|s| !s.is_empty()).count() + f.class_maps.len())
+        .sum();
     assert_eq!(batch.len(), 2 + chains + sets + nonempty + rules);
     assert_eq!(f.sets.len(), 7, "fixed shared sets only, none per service");
     assert_eq!(classes[0].len(), 1, "one class chain: balance-2");

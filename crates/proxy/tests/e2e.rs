@@ -355,7 +355,7 @@ fn the_kernel_accepts_every_rule_shape() {
         applied
             .families
             .iter()
-            .flat_map(|f| f.all_sets())
+            .flat_map(|f| f.sets.values())
             .filter(|s| s.set.name != proxy::names::NODEPORT_IPS)
             .all(|s| s.is_empty()),
         "every shared element gone with its services (the node's addresses stay)"
