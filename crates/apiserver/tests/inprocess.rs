@@ -2253,6 +2253,58 @@ async fn pod_bindings_set_the_node_once() {
             .as_deref(),
         Some("node-2")
     );
+    // The scheduler's shape: a typed Binding with the pod's namespace and uid (a
+    // precondition); a stale uid is refused and changes nothing.
+    pods.create(&pp, &pod("r", json!({}))).await.unwrap();
+    let uid = pods.get("r").await.unwrap().uid().unwrap();
+    let typed = |uid: &str| k8s_openapi::api::core::v1::Binding {
+        metadata: kube::core::ObjectMeta {
+            name: Some("r".into()),
+            namespace: Some("default".into()),
+            uid: Some(uid.into()),
+            ..Default::default()
+        },
+        target: k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: Some("node-3".into()),
+            ..Default::default()
+        },
+    };
+    let e = api_error(
+        pods.create_subresource::<_, Value>("binding", "r", &pp, &typed("stale-uid"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, 409);
+    assert_eq!(
+        e.message,
+        format!(
+            "Operation cannot be fulfilled on pods \"r\": Precondition failed: UID in precondition: stale-uid, UID in object meta: {uid}"
+        )
+    );
+    assert!(
+        pods.get("r")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .node_name
+            .is_none()
+    );
+    pods.create_subresource::<_, Value>("binding", "r", &pp, &typed(&uid))
+        .await
+        .unwrap();
+    assert_eq!(
+        pods.get("r")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .node_name
+            .as_deref(),
+        Some("node-3")
+    );
     // Scheduling gates hold a pod back.
     pods.patch(
         "gated",
