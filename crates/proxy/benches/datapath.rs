@@ -265,8 +265,20 @@ fn connection_rate(netns: &str, target: &'static str, seconds: f64, cpu: Option<
     .unwrap()
 }
 
-/// iperf3 throughput, Gbit/s, one stream for `seconds` (client on `cpu`).
+/// iperf3 throughput, Gbit/s, one stream for `seconds` (client on `cpu`). A run the
+/// server refuses (still closing the previous test) is retried.
 fn throughput(netns: &str, addr: &str, seconds: f64, cpu: Option<usize>) -> f64 {
+    for _ in 0..5 {
+        let gbits = iperf(netns, addr, seconds, cpu);
+        if gbits > 0.0 {
+            return gbits;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("iperf3 to {addr} failed 5 times");
+}
+
+fn iperf(netns: &str, addr: &str, seconds: f64, cpu: Option<usize>) -> f64 {
     let (ns, addr) = (netns.to_owned(), addr.to_owned());
     let out = netns::run_in(&ns, move || {
         let mut c = Command::new("iperf3");

@@ -180,7 +180,8 @@ impl<T: PartialEq> Mirror<T> {
             }
             watcher::Event::InitDone => {
                 self.synced = true;
-                let new = self.relisting.take().unwrap_or_default();
+                let mut new = self.relisting.take().unwrap_or_default();
+                compact(&mut new);
                 let old = std::mem::replace(&mut self.objects, new);
                 for (k, o) in &old {
                     match self.objects.get(k) {
@@ -219,6 +220,12 @@ impl<T: PartialEq> Mirror<T> {
             }
         }
     }
+}
+
+/// Rebuilds `m` from its sorted entries, which fills its nodes: a map filled by
+/// inserts in key order (as a list arrives) leaves every node about half empty.
+fn compact<K: Ord, V>(m: &mut BTreeMap<K, V>) {
+    *m = std::mem::take(m).into_iter().collect();
 }
 
 /// What the proxy reads of this node's Node.
@@ -410,6 +417,7 @@ impl Store {
                 for (key, s) in new {
                     self.set_service(dirty, &key, Some(s));
                 }
+                compact(&mut self.view.services);
             }
             watcher::Event::Apply(o) => {
                 let new = convert(&o);
@@ -461,6 +469,7 @@ impl Store {
         if relist {
             // Node names and hints nothing holds any more.
             self.interner.prune();
+            compact(&mut self.slices_of);
         }
     }
 }
