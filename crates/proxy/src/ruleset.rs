@@ -41,6 +41,11 @@ pub mod names {
     /// `svc-addr . l4proto . port . chain . saddr` → `addr . port`, with timeouts:
     /// client affinity (`chain` 0 for cluster, 1 for local balancing chains).
     pub const AFFINITY: &str = "affinity";
+    /// `saddr . daddr` pairs `E . E` for every endpoint address `E` on this node: after
+    /// DNAT, a packet whose source is its own destination is a pod reaching itself
+    /// through its service (hairpin). Only local endpoints can do that, so the set
+    /// holds at most the node's pods.
+    pub const HAIRPIN: &str = "hairpin";
     /// The node's addresses that node ports answer on (when they are known).
     pub const NODEPORT_IPS: &str = "nodeport-ips";
     /// The chain that rejects: TCP reset, else ICMP port unreachable.
@@ -149,7 +154,8 @@ impl Class {
     }
 
     /// The class's id, the value of its destinations in the dispatch maps and the key
-    /// of its chain in [`names::CLASSES`]: `kind . node_port . timeout`, `N . local N`.
+    /// of its chain in [`names::CLASSES`]: `kind . node_port . timeout`, `N . local N`
+    /// (two words: every class has its own).
     pub fn key(&self) -> [Datum; 2] {
         let kind = match self.kind {
             ClassKind::Cluster => 0,
@@ -163,25 +169,37 @@ impl Class {
         ]
     }
 
-    /// The class a [`Class::key`] stands for.
-    pub fn from_key(key: &[Datum]) -> Option<Self> {
-        let [Datum::Mark(a), Datum::Mark(b)] = key else {
-            return None;
+    /// The class whose chain is named `name` ([`Class::chain`]).
+    pub fn from_chain(name: &str) -> Option<Self> {
+        let (node_port, rest) = match name.strip_prefix("nodeport-") {
+            Some(rest) => (true, rest),
+            None => (false, name),
         };
-        let kind = match a >> 28 {
-            0 => ClassKind::Cluster,
-            1 => ClassKind::Local,
-            2 => ClassKind::Masquerade,
-            3 => ClassKind::ExternalLocal,
-            _ => return None,
+        let (rest, affinity) = match rest.split_once("-affinity-") {
+            Some((rest, t)) => (rest, Some(t.parse().ok()?)),
+            None => (rest, None),
         };
-        let timeout = a & 0x07ff_ffff;
+        let (kind, counts) = [
+            ("balance-local-", ClassKind::Local),
+            ("balance-", ClassKind::Cluster),
+            ("masquerade-", ClassKind::Masquerade),
+            ("external-local-", ClassKind::ExternalLocal),
+        ]
+        .into_iter()
+        .find_map(|(p, k)| Some((k, rest.strip_prefix(p)?)))?;
+        let (n, local) = match kind {
+            ClassKind::ExternalLocal => {
+                let (n, l) = counts.split_once('-')?;
+                (n.parse().ok()?, l.parse().ok()?)
+            }
+            _ => (counts.parse().ok()?, 0),
+        };
         Some(Class {
             kind,
-            node_port: a >> 27 & 1 == 1,
-            endpoints: (b >> 16) as u16,
-            local_endpoints: (b & 0xffff) as u16,
-            affinity: (timeout > 0).then_some(timeout),
+            node_port,
+            endpoints: n,
+            local_endpoints: local,
+            affinity,
         })
     }
 
@@ -286,9 +304,9 @@ impl Class {
     /// from the same registers.
     ///
     /// Registers (32-bit slots; `A` = address words, 1 or 4): daddr at 0, l4proto at
-    /// `A`, dport at `A+1`, the bucket (later the affinity chain id) at `A+2`, saddr at
-    /// `A+3`, the endpoint found at 5 (IPv4) or 11 (IPv6): the affinity key and its
-    /// value side by side fill at most the sixteen registers.
+    /// `A`, dport at `A+1`, the bucket (then saddr, for the affinity key) at `A+2`, the
+    /// endpoint found at 5 (IPv4) or 11 (IPv6): the affinity key and its value side by
+    /// side fit in the sixteen registers.
     fn balance_rules(&self, family: Family, rule: impl Fn() -> Rule) -> Vec<Rule> {
         use netlink::nft::Field;
         let v6 = family == Family::Ip6;
@@ -298,8 +316,6 @@ impl Class {
         } else {
             (Field::IpDaddr, Field::IpSaddr)
         };
-        let local = self.kind == ClassKind::Local;
-        let chain_id = u32::from(local).to_ne_bytes().to_vec();
         let destination = |r: Rule, with_daddr: bool| {
             let r = if with_daddr {
                 r.expr(daddr.load(Reg::r32(0)))
@@ -321,11 +337,7 @@ impl Class {
         let mut rules = Vec::new();
         if let Some(timeout) = self.affinity {
             let r = destination(rule(), true)
-                .expr(Expr::Immediate {
-                    dreg: Reg::r32(aw + 2),
-                    data: chain_id.clone(),
-                })
-                .expr(saddr.load(Reg::r32(aw + 3)))
+                .expr(saddr.load(Reg::r32(aw + 2)))
                 .expr(Expr::Lookup {
                     set: names::AFFINITY.into(),
                     sreg: Reg::r32(0),
@@ -352,19 +364,13 @@ impl Class {
                 invert: false,
             });
         if let Some(timeout) = self.affinity {
-            r = r
-                .expr(Expr::Immediate {
-                    dreg: Reg::r32(aw + 2),
-                    data: chain_id,
-                })
-                .expr(saddr.load(Reg::r32(aw + 3)))
-                .expr(Expr::Dynset {
-                    set: names::AFFINITY.into(),
-                    op: DynsetOp::Update,
-                    sreg_key: Reg::r32(0),
-                    sreg_data: Some(Reg::r32(found)),
-                    timeout: Some(Duration::from_secs(u64::from(timeout))),
-                });
+            r = r.expr(saddr.load(Reg::r32(aw + 2))).expr(Expr::Dynset {
+                set: names::AFFINITY.into(),
+                op: DynsetOp::Update,
+                sreg_key: Reg::r32(0),
+                sreg_data: Some(Reg::r32(found)),
+                timeout: Some(Duration::from_secs(u64::from(timeout))),
+            });
         }
         rules.push(dnat(r));
         rules
@@ -693,7 +699,10 @@ impl FamilyRuleset {
         };
         let mut classes: Vec<Class> = set
             .elements()
-            .filter_map(|e| Class::from_key(&e.key))
+            .filter_map(|e| match e.data? {
+                ElementData::Verdict(Verdict::Goto(chain)) => Class::from_chain(&chain),
+                _ => None,
+            })
             .collect();
         classes.sort();
         classes
@@ -1019,14 +1028,11 @@ impl<'a> Builder<'a> {
         self.add_set(Set::new(fam, TABLE, NO_ENDPOINT_SERVICES, svc_key).vmap());
         self.add_set(Set::new(fam, TABLE, NO_ENDPOINT_NODEPORTS, port_key).vmap());
         self.add_set(Set::new(fam, TABLE, CLUSTER_IPS, vec![addr]));
-        let sp_key = [
-            addr,
-            KeyType::InetProto,
-            KeyType::InetService,
-            KeyType::Mark,
-        ];
-        let mut aff_key = sp_key.to_vec();
-        aff_key.push(addr);
+        self.add_set(Set::new(fam, TABLE, HAIRPIN, vec![addr, addr]));
+        // The client's pick per destination: a client comes either from a pod or the
+        // node (cluster-wide endpoints) or from outside (local ones, under eTP Local),
+        // never both, so the key needs no cluster/local field.
+        let aff_key = [addr, KeyType::InetProto, KeyType::InetService, addr];
         self.add_set(
             Set::new(fam, TABLE, AFFINITY, aff_key)
                 .map(vec![addr, KeyType::InetService])
@@ -1102,28 +1108,19 @@ impl<'a> Builder<'a> {
             priority::DSTNAT,
             jump_services,
         );
-        let (src, len) = if fam == Family::Ip6 {
-            (netlink::nft::Field::Ip6Saddr, 16)
+        let src = if fam == Family::Ip6 {
+            netlink::nft::Field::Ip6Saddr
         } else {
-            (netlink::nft::Field::IpSaddr, 4)
+            netlink::nft::Field::IpSaddr
         };
         // Hairpin: after DNAT, a packet whose source is its own destination is an
-        // endpoint reaching itself through its service. `saddr ^ daddr == 0` compares
-        // the two fields in registers: no set of endpoint addresses to keep.
-        let hairpin = Self::ct_dnat(self.rule("nat-postrouting"))
-            .expr(src.load(Reg::r32(0)))
-            .expr(dispatch[0].load(Reg::r32(4)))
-            .expr(Expr::Xor {
-                sreg: Reg::r32(0),
-                sreg2: Reg::r32(4),
-                dreg: Reg::r32(0),
-                len,
-            })
-            .expr(Expr::Cmp {
-                sreg: Reg::r32(0),
-                op: CmpOp::Eq,
-                data: vec![0; len as usize],
-            });
+        // endpoint reaching itself through its service. (A register XOR of saddr and
+        // daddr would need no set, but nft 1.0.6 cannot print it.)
+        let hairpin = Self::ct_dnat(self.rule("nat-postrouting")).match_in_set(
+            &[src, dispatch[0]],
+            HAIRPIN,
+            false,
+        );
         let post = vec![
             self.rule("nat-postrouting")
                 .match_mark(MASQ_MARK, MASQ_MARK)
@@ -1249,6 +1246,15 @@ impl<'a> Builder<'a> {
         let proto = Datum::Proto(sp.protocol.number());
         let reject = Verdict::Goto(REJECT_CHAIN.into());
         let affinity = svc.affinity_timeout;
+        // Hairpin pairs for the endpoints on this node (or of unknown node).
+        for e in &eps {
+            if e.node_name.as_deref().is_none_or(|n| n == self.node.name) {
+                self.element(
+                    HAIRPIN,
+                    SetElement::new([addr_datum(e.address), addr_datum(e.address)]),
+                );
+            }
+        }
 
         let internal_local = svc.internal_traffic_policy == TrafficPolicy::Local;
         let external_local = svc.external_traffic_policy == TrafficPolicy::Local;

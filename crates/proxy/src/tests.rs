@@ -112,12 +112,12 @@ fn web_key() -> Vec<Datum> {
 /// The class a destination of `map` (service-ips or service-nodeports) is sent to; its
 /// chain must be registered in `classes`.
 fn class_of(f: &FamilyRuleset, map: &str, key: &[Datum]) -> Option<Class> {
-    let class = Class::from_key(f.set(map).unwrap().value(key)?).expect("a class id");
-    assert_eq!(
-        f.set(names::CLASSES).unwrap().verdict(&class.key()),
-        Some(&goto(&class.chain())),
-        "{class:?} registered"
-    );
+    let id = f.set(map).unwrap().value(key)?.to_vec();
+    let Some(Verdict::Goto(chain)) = f.set(names::CLASSES).unwrap().verdict(&id) else {
+        panic!("class {id:?} not registered");
+    };
+    let class = Class::from_chain(chain).expect("a class chain");
+    assert_eq!(class.key().to_vec(), id);
     Some(class)
 }
 
@@ -308,8 +308,8 @@ fn cluster_ip_dispatches_through_one_map_to_a_balancing_chain() {
         .sum::<usize>();
     assert_eq!(
         elements,
-        2 + 1 + 1 + 1,
-        "endpoints, service-ips, classes, cluster-ips"
+        2 + 1 + 1 + 1 + 1,
+        "endpoints, service-ips, classes, cluster-ips, hairpin (the node-1 endpoint)"
     );
     // The ip6 table exists but holds nothing of this IPv4-only service.
     let f6 = rs.family(Family::Ip6).unwrap();
@@ -658,16 +658,22 @@ fn hairpin_and_outside_traffic_are_masqueraded() {
         post.iter()
             .all(|r| matches!(r.exprs.last(), Some(Expr::Masquerade { .. })))
     );
-    // Hairpin: DNATed, and `saddr ^ daddr == 0`; no set of endpoint addresses.
+    // Hairpin: DNATed, and `saddr . daddr` in the set of this node's endpoints.
     assert!(
         post[1]
             .exprs
             .iter()
-            .any(|e| matches!(e, Expr::Xor { len: 4, .. }))
+            .any(|e| matches!(e, Expr::Lookup { set, .. } if *set == names::HAIRPIN.into()))
     );
-    assert!(post[1].exprs.iter().any(
-        |e| matches!(e, Expr::Cmp { op: netlink::nft::CmpOp::Eq, data, .. } if data == &[0; 4])
-    ));
+    let hairpin = f.set(names::HAIRPIN).unwrap();
+    assert_eq!(hairpin.len(), 1);
+    assert!(hairpin.contains(&[ip("10.244.1.2"), ip("10.244.1.2")]));
+    // Endpoints on other nodes cannot reach themselves through this node.
+    let rs = build(
+        &[web(json!({}))],
+        &[web_slice(&[ready("10.244.2.2", "node-2")])],
+    );
+    assert!(v4(&rs).set(names::HAIRPIN).unwrap().is_empty());
     // ClusterIP traffic from outside 10.244.0.0/16 is marked; pod traffic keeps its source.
     let services = &f.chain("services").unwrap().rules();
     let masq = &services[0];
@@ -820,7 +826,7 @@ fn a_full_sync_from_empty_creates_everything() {
         .map(|f| f.sets.values().filter(|s| !s.is_empty()).count() + f.class_maps.len())
         .sum();
     assert_eq!(batch.len(), 2 + chains + sets + nonempty + rules);
-    assert_eq!(f.sets.len(), 7, "fixed shared sets only, none per service");
+    assert_eq!(f.sets.len(), 8, "fixed shared sets only, none per service");
     assert_eq!(classes[0].len(), 1, "one class chain: balance-2");
     assert_eq!(f.class_maps.len(), 1, "and its map");
     let full = full_sync(&rs);
@@ -959,8 +965,9 @@ fn an_update_of_the_changed_services_equals_a_full_recomputation() {
     update(&mut batch, &mut applied, &after, &node(), &changed);
     assert_eq!(applied, full);
     assert_eq!(batch.len(), diff(&desired(&before, &node()), &full).len());
-    // The maps of balance-2 and nodeport-balance-2: one element out and one in, each.
-    assert_eq!(batch.len(), 4);
+    // The maps of balance-2 and nodeport-balance-2, and hairpin (the endpoint is on
+    // this node): one element out and one in, each.
+    assert_eq!(batch.len(), 6);
 
     // A service deleted: its elements go, the classes it shares stay.
     let gone: Vec<K8sService> = svcs[1..].to_vec();
@@ -974,9 +981,10 @@ fn an_update_of_the_changed_services_equals_a_full_recomputation() {
         3,
         "balance-2, nodeport-masquerade-2, nodeport-balance-2"
     );
-    // service-ips, cluster-ips, service-nodeports, balance-2, nodeport-balance-2: 5
-    // delete messages; the classes stay (others use them).
-    assert_eq!(batch.len(), 5);
+    // service-ips, cluster-ips, service-nodeports, balance-2, nodeport-balance-2,
+    // hairpin (its node-1 endpoint): 6 delete messages; the classes and the shared
+    // node-2 endpoint stay.
+    assert_eq!(batch.len(), 6);
 
     // Nothing changed: nothing to send.
     let mut batch = netlink::nft::Batch::new();

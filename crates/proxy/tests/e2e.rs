@@ -338,6 +338,50 @@ fn the_kernel_accepts_every_rule_shape() {
     assert!(!ip6.services.is_empty());
     let mut proxier = Proxier::new(NftSocket::new_in(&node).unwrap());
     proxier.sync(rules).unwrap();
+    // Operators read the table with nft. nft 1.0.6 (this machine's) decodes every set,
+    // map and chain but two kinds of rule (it aborts on them): the dispatch rule in
+    // `services` (a data-map lookup feeding a verdict-map lookup) and the balancing
+    // rule of affinity classes (a dynset whose data comes from a map lookup).
+    let applied = proxier.applied().unwrap().clone();
+    for f in &applied.families {
+        let family = if f.family == netlink::nft::Family::Ip6 {
+            "ip6"
+        } else {
+            "ip"
+        };
+        let sets = f.sets.values().map(|s| &s.set);
+        let mut objects: Vec<(&str, String)> = sets
+            .chain(f.class_maps.values().map(|m| &m.set))
+            .map(|s| (if s.data.is_some() { "map" } else { "set" }, s.name.clone()))
+            .collect();
+        let chains = f
+            .chains
+            .keys()
+            .chain(f.class_chains().keys())
+            .cloned()
+            .collect::<Vec<_>>();
+        objects.extend(
+            chains
+                .into_iter()
+                .filter(|c| c != "services" && !c.contains("-affinity-"))
+                .map(|c| ("chain", c)),
+        );
+        assert!(objects.len() > 20, "{objects:?}");
+        for (kind, name) in objects {
+            let args = ["list", kind, family, "kubewire-proxy", &name].map(str::to_owned);
+            #[allow(clippy::disallowed_methods)] // a test reading the table as a user would
+            let out = netns::run_in(&node, move || {
+                std::process::Command::new("nft").args(&args).output()
+            })
+            .unwrap()
+            .expect("nft runs");
+            assert!(
+                out.status.success(),
+                "nft list {kind} {family} kubewire-proxy {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
 
     // Remove the services one by one through incremental updates, down to nothing.
     let mut left: Vec<Service> = services.to_vec();
