@@ -383,6 +383,16 @@ pub(crate) struct Interner {
     names: HashSet<Arc<str>>,
     hints: HashSet<Arc<Hints>>,
     ports: HashSet<Arc<SlicePorts>>,
+    places: HashSet<Arc<Place>>,
+}
+
+/// Where an endpoint runs and where it is meant to serve: one shared value for all
+/// the endpoints with the same node and hints, so that a slim endpoint holds one
+/// pointer for both.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Place {
+    node_name: Option<Arc<str>>,
+    hints: Option<Arc<Hints>>,
 }
 
 /// Port numbers by (EndpointSlice port name, protocol).
@@ -417,8 +427,19 @@ impl Interner {
         a
     }
 
+    fn place(&mut self, p: Place) -> Arc<Place> {
+        if let Some(a) = self.places.get(&p) {
+            return Arc::clone(a);
+        }
+        let a = Arc::new(p);
+        self.places.insert(Arc::clone(&a));
+        a
+    }
+
     /// Forgets what nothing else holds any more (nodes that went away).
     pub(crate) fn prune(&mut self) {
+        // Places first: they hold names and hints.
+        self.places.retain(|a| Arc::strong_count(a) > 1);
         self.ports.retain(|a| Arc::strong_count(a) > 1);
         self.names.retain(|a| Arc::strong_count(a) > 1);
         self.hints.retain(|a| Arc::strong_count(a) > 1);
@@ -448,8 +469,8 @@ struct SliceEndpoint {
     /// `conditions.serving` as written.
     serving: Option<bool>,
     terminating: bool,
-    node_name: Option<Arc<str>>,
-    hints: Option<Arc<Hints>>,
+    /// Node and hints (`None`: neither).
+    place: Option<Arc<Place>>,
 }
 
 impl Slice {
@@ -504,6 +525,8 @@ impl Slice {
                 };
                 (hints != Hints::default()).then(|| interner.hints(hints))
             });
+            let place = (node_name.is_some() || hints.is_some())
+                .then(|| interner.place(Place { node_name, hints }));
             for (j, a) in ep.addresses.iter().enumerate() {
                 let Ok(address) = a.parse::<IpAddr>() else {
                     errors.push(ViewError::Invalid {
@@ -519,8 +542,7 @@ impl Slice {
                     ready: cond.and_then(|c| c.ready).unwrap_or(true),
                     serving: cond.and_then(|c| c.serving),
                     terminating: cond.and_then(|c| c.terminating).unwrap_or(false),
-                    node_name: node_name.clone(),
-                    hints: hints.clone(),
+                    place: place.clone(),
                 });
             }
         }
@@ -569,9 +591,9 @@ impl Service {
                     ready,
                     serving: e.serving.unwrap_or(ready),
                     terminating: e.terminating,
-                    node_name: e.node_name.clone(),
+                    node_name: e.place.as_ref().and_then(|p| p.node_name.clone()),
                     ports: Arc::clone(&slice.ports),
-                    hints: e.hints.clone(),
+                    hints: e.place.as_ref().and_then(|p| p.hints.clone()),
                 });
             }
         }
@@ -824,6 +846,17 @@ mod tests {
         // (the hints of endpoints that are not ready do not count).
         assert_eq!(chosen(&eps, "n", Some("zone-b")), ["10.0.0.1"]);
         assert_eq!(chosen(&eps, "n", Some("zone-a")), ["10.0.0.1"]);
+    }
+
+    #[test]
+    fn slim_endpoints_stay_small() {
+        // 100,000 of them at 10,000 services × 10 endpoints: each byte is 100 kB.
+        assert!(
+            size_of::<SliceEndpoint>() <= 32,
+            "{}",
+            size_of::<SliceEndpoint>()
+        );
+        assert!(size_of::<Endpoint>() <= 56, "{}", size_of::<Endpoint>());
     }
 
     #[test]
