@@ -127,11 +127,18 @@ enum Event {
     Node(watcher::Event<K8sNode>),
 }
 
-/// `namespace/name` of a watched object (a Service's is its [`ServiceKey`]).
-type ObjectKey = ServiceKey;
+/// `namespace/name` of a watched object, in one allocation (there is one per slice,
+/// twice: a [`ServiceKey`] would take two more).
+type ObjectKey = Box<str>;
 
 fn object_key<K: Resource>(o: &K) -> ObjectKey {
     let m = o.meta();
+    let (ns, name) = (m.namespace.as_deref(), m.name.as_deref());
+    format!("{}/{}", ns.unwrap_or("default"), name.unwrap_or_default()).into()
+}
+
+fn service_key(s: &K8sService) -> ServiceKey {
+    let m = &s.metadata;
     ServiceKey::new(
         m.namespace.as_deref().unwrap_or("default"),
         m.name.as_deref().unwrap_or_default(),
@@ -421,9 +428,9 @@ impl Store {
             }
             watcher::Event::Apply(o) => {
                 let new = convert(&o);
-                self.set_service(dirty, &object_key(&o), new);
+                self.set_service(dirty, &service_key(&o), new);
             }
-            watcher::Event::Delete(o) => self.set_service(dirty, &object_key(&o), None),
+            watcher::Event::Delete(o) => self.set_service(dirty, &service_key(&o), None),
         }
     }
 
