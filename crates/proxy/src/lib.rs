@@ -32,7 +32,8 @@
 //! | `no-endpoint-services` | `daddr . l4proto . dport` → verdict | no usable endpoint: `goto reject-chain`; iTP Local with endpoints only elsewhere: `drop` |
 //! | `no-endpoint-nodeports` | `l4proto . dport` → verdict | the same for node ports |
 //! | `cluster-ips` | `daddr` | every ClusterIP |
-//! | `affinity` | `daddr . l4proto . dport . chain . saddr` → `addr . port` | client affinity, with timeouts (dynamic) |
+//! | `hairpin` | `saddr . daddr` | `E . E` for every endpoint address `E` on this node (at most its pods) |
+//! | `affinity` | `daddr . l4proto . dport . saddr` → `addr . port` | client affinity, with timeouts (dynamic) |
 //! | `nodeport-ips` | `daddr` | the node's addresses, when known |
 //!
 //! Class chains (names are those of [`Class::chain`]):
@@ -58,8 +59,9 @@
 //!   services: two hash lookups); `fib daddr type local`, not loopback (or `daddr
 //!   @nodeport-ips`): `meta l4proto . th dport map @service-nodeports vmap @classes`.
 //! - `nat-postrouting` (nat, srcnat): masquerade (fully random) marked packets, and
-//!   hairpin: DNATed packets whose source is their destination (`ct status dnat`,
-//!   `saddr ^ daddr == 0`, a two-register XOR: Linux 6.13 or later).
+//!   hairpin: DNATed packets whose `saddr . daddr` is in `@hairpin`. (A two-register
+//!   XOR, `saddr ^ daddr == 0`, needs no set and works on Linux ≥ 6.13, but nft 1.0.6
+//!   aborts printing it; only local endpoints can hairpin, so the set stays small.)
 //! - `filter-prerouting`, `filter-output` (filter, dstnat-10): new connections `jump
 //!   endpoints-check`, which looks up `@no-endpoint-services` and, for local
 //!   destinations, `@no-endpoint-nodeports`.
@@ -69,9 +71,14 @@
 //!   service CIDRs that no service has is dropped.
 //! - `reject-chain`: TCP reset, else ICMP(v6) port unreachable.
 //!
-//! `nft list table` (nft 1.0.6) cannot print the dispatch rule (a data-map lookup
-//! feeding a verdict-map lookup) nor the XOR; `nft list tables`, `nft list map ip
-//! kubewire-proxy service-ips` and `nft list chain ip kubewire-proxy balance-2` work.
+//! nft 1.0.6 (Debian 12) cannot print two kinds of rule, and so aborts on `nft list
+//! table`/`ruleset`: the dispatch rule (a data-map lookup feeding a verdict-map
+//! lookup; a one-word class id does not help) and the balancing rule of affinity
+//! classes (a dynset whose data comes from a map lookup). Every set and map and every
+//! other chain can be listed (`nft list map ip kubewire-proxy service-ips`, `nft list
+//! chain ip kubewire-proxy balance-2`; checked by the namespaced tests). The printable
+//! alternative, `service-ips` as a verdict map of `goto balance-N`, would cost a
+//! revalidation of every element at each class change (15 ms at 50,000 services).
 //!
 //! # What a change costs, and why this shape
 //!
@@ -114,9 +121,10 @@
 //! endpoints as compact groups ([`EndpointGroup`]) turned into elements only when
 //! counted or sent. Figures in BENCHMARKS.md.
 //!
-//! Session affinity: the `affinity` map is keyed by the destination address (a
-//! ClusterIP and an external IP of one service keep separate affinities), and the
-//! chain id 0 (cluster-wide endpoints) or 1 (local endpoints).
+//! Session affinity: the `affinity` map is keyed by the destination and the client (a
+//! ClusterIP and an external IP of one service keep separate affinities). It needs no
+//! cluster/local field: under `externalTrafficPolicy: Local` a client is either a pod
+//! or the node (cluster-wide endpoints) or outside (local ones), never both.
 //!
 //! # Running
 //!
