@@ -51,7 +51,9 @@ fn service(i: u32) -> Service {
                 ready: true,
                 serving: true,
                 terminating: false,
-                node_name: Some(format!("node-{}", j % 3).into()),
+                // Spread over 1,000 nodes (100 endpoints each at 10,000 services): a
+                // node hosts only some, as in a cluster (hairpin pairs are local).
+                node_name: Some(format!("node-{}", (i * ENDPOINTS + j) % 1000).into()),
                 ports: Arc::clone(&ports),
                 hints: None,
             })
