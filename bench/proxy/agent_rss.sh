@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Resident memory of a real `kubewire agent` (routes + service proxy) synced to N
 # Services with one EndpointSlice of 10 endpoints each, created through the API
-# server. The API server listens on loopback inside a throwaway namespace, where the
-# agent runs too; the object creator reaches it on the host's loopback. Needs root.
+# server, the endpoints spread over 1,000 nodes (the agent is node-0, with 100 of
+# them, as a node of a real cluster). The API server listens on loopback inside a
+# throwaway namespace, where the agent runs too; the object creator reaches it on the
+# host's loopback. Needs root.
 # usage: bench/proxy/agent_rss.sh [N]   (default 10000)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -50,7 +52,8 @@ def objects(i):
            "spec": {"clusterIP": str(ipaddress.IPv4Address(base + i)),
                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}
     eps = [{"addresses": [str(ipaddress.IPv4Address(eps_base + i * 10 + j))],
-            "nodeName": f"node-{j % 3}", "conditions": {"ready": True}} for j in range(10)]
+            "nodeName": f"node-{(i * 10 + j) % 1000}", "conditions": {"ready": True}}
+           for j in range(10)]
     sl = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
           "metadata": {"name": f"svc-{i}-abc", "namespace": "default",
                        "labels": {"kubernetes.io/service-name": f"svc-{i}"}},

@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -323,7 +324,7 @@ struct Store {
     services_synced: bool,
     slices: Mirror<Slice>,
     /// Slice keys by the service they belong to (most services have one slice).
-    slices_of: BTreeMap<ServiceKey, Vec<ObjectKey>>,
+    slices_of: BTreeMap<Arc<ServiceKey>, Vec<ObjectKey>>,
     /// This node (the watch selects it by name).
     nodes: Mirror<NodeInfo>,
     interner: Interner,
@@ -457,17 +458,17 @@ impl Store {
                         slices_of.remove(&old.service);
                     }
                 }
-                touched.insert(old.service.clone());
+                touched.insert(Arc::clone(&old.service));
             }
             if let Some(new) = new {
-                let keys = slices_of.entry(new.service.clone()).or_default();
+                let keys = slices_of.entry(Arc::clone(&new.service)).or_default();
                 if !keys.contains(key) {
                     keys.push(key.clone());
                     // Sorted, so that which of two slices holding one address wins
                     // does not depend on the order they arrived in.
                     keys.sort();
                 }
-                touched.insert(new.service.clone());
+                touched.insert(Arc::clone(&new.service));
             }
         });
         for key in &touched {
@@ -638,8 +639,6 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use serde_json::{Value, json};
 
     use super::*;

@@ -361,7 +361,7 @@ impl View {
         let mut of_service: BTreeMap<ServiceKey, Vec<Slice>> = BTreeMap::new();
         for slice in slices {
             if let Some(s) = Slice::from_k8s(slice, &mut interner, &mut errors) {
-                of_service.entry(s.service.clone()).or_default().push(s);
+                of_service.entry((*s.service).clone()).or_default().push(s);
             }
         }
         let mut view = View::default();
@@ -384,6 +384,9 @@ pub(crate) struct Interner {
     hints: HashSet<Arc<Hints>>,
     ports: HashSet<Arc<SlicePorts>>,
     places: HashSet<Arc<Place>>,
+    /// The services slices belong to: one key for all of a service's slices and the
+    /// controller's index of them.
+    services: HashSet<Arc<ServiceKey>>,
 }
 
 /// Where an endpoint runs and where it is meant to serve: one shared value for all
@@ -427,6 +430,16 @@ impl Interner {
         a
     }
 
+    fn service(&mut self, namespace: &str, name: &str) -> Arc<ServiceKey> {
+        let key = ServiceKey::new(namespace, name);
+        if let Some(a) = self.services.get(&key) {
+            return Arc::clone(a);
+        }
+        let a = Arc::new(key);
+        self.services.insert(Arc::clone(&a));
+        a
+    }
+
     fn place(&mut self, p: Place) -> Arc<Place> {
         if let Some(a) = self.places.get(&p) {
             return Arc::clone(a);
@@ -440,6 +453,7 @@ impl Interner {
     pub(crate) fn prune(&mut self) {
         // Places first: they hold names and hints.
         self.places.retain(|a| Arc::strong_count(a) > 1);
+        self.services.retain(|a| Arc::strong_count(a) > 1);
         self.ports.retain(|a| Arc::strong_count(a) > 1);
         self.names.retain(|a| Arc::strong_count(a) > 1);
         self.hints.retain(|a| Arc::strong_count(a) > 1);
@@ -452,7 +466,7 @@ impl Interner {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Slice {
     /// The Service it belongs to (its `kubernetes.io/service-name` label).
-    pub(crate) service: ServiceKey,
+    pub(crate) service: Arc<ServiceKey>,
     /// Port numbers by (port name, protocol).
     ports: Arc<SlicePorts>,
     /// One per address.
@@ -548,7 +562,7 @@ impl Slice {
         }
         endpoints.shrink_to_fit();
         Some(Slice {
-            service: ServiceKey::new(namespace, service_name.as_str()),
+            service: interner.service(namespace, service_name),
             ports: interner.ports(ports),
             endpoints,
         })
