@@ -507,3 +507,180 @@ fn external_traffic_policy_local_keeps_the_client_address_and_drops_without_endp
     let err = connect(&outside, "198.18.0.1:31102", 1).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
 }
+
+/// A pseudo-random walk of changes (endpoints added, removed, replaced, moved between
+/// nodes; traffic policies, affinity, node ports and external IPs toggled; services
+/// removed and re-added), each applied as an incremental update to a real kernel: the
+/// kernel accepts every batch (no element deleted twice, none added over a different
+/// one, no chain or map deleted while in use), and what the proxier keeps equals a full
+/// recomputation after every step.
+#[test]
+fn random_incremental_updates_are_accepted_and_equal_a_full_recomputation() {
+    use std::collections::BTreeMap;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use std::sync::Arc;
+
+    use proxy::{
+        Endpoint, Protocol, Service as ProxyService, ServicePort, ServiceType, TargetPort,
+        TrafficPolicy,
+    };
+
+    assert_root();
+    let mut ns = Namespaces(Vec::new());
+    let node = ns.create("node");
+    let this_node = Node {
+        name: "node-1".into(),
+        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        ..Default::default()
+    };
+    // A small linear congruential generator: the same walk every run.
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move |n: u64| {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) % n
+    };
+    let ports = Arc::new(BTreeMap::from([
+        (("http".to_owned(), Protocol::Tcp), 8080),
+        (("dns".to_owned(), Protocol::Udp), 5353),
+    ]));
+    let endpoint = |a: u64, node: u64| Endpoint {
+        address: if a.is_multiple_of(7) {
+            IpAddr::V6(Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, a as u16 + 1))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(10, 244, (a / 200) as u8, (a % 200) as u8 + 1))
+        },
+        ready: !a.is_multiple_of(11),
+        serving: true,
+        terminating: a.is_multiple_of(11),
+        node_name: Some(format!("node-{node}").into()),
+        ports: Arc::clone(&ports),
+        hints: None,
+    };
+    let service = |i: u64, next: &mut dyn FnMut(u64) -> u64| {
+        let n = next(6);
+        let endpoints = (0..n).map(|_| endpoint(next(400), next(3))).collect();
+        let node_port = (next(2) == 0).then_some(30000 + i as u16);
+        ProxyService {
+            key: ServiceKey::new("default", format!("s{i}")),
+            ty: if node_port.is_some() {
+                ServiceType::NodePort
+            } else {
+                ServiceType::ClusterIp
+            },
+            cluster_ips: vec![
+                IpAddr::V4(Ipv4Addr::new(10, 96, 0, i as u8 + 1)),
+                IpAddr::V6(Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, i as u16 + 1)),
+            ],
+            // Conflicting claims (two services, one external IP and port) are resolved
+            // by order ("the first keeps it"), which a full recomputation cannot
+            // reproduce: each service has its own here, conflicts come at the end.
+            external_ips: if next(3) == 0 {
+                vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, i as u8 + 1))]
+            } else {
+                vec![]
+            },
+            load_balancer_ips: vec![],
+            ports: vec![
+                ServicePort {
+                    name: "http".into(),
+                    protocol: Protocol::Tcp,
+                    port: 80,
+                    node_port,
+                    target_port: TargetPort::Number(8080),
+                },
+                ServicePort {
+                    name: "dns".into(),
+                    protocol: Protocol::Udp,
+                    port: 53,
+                    node_port: None,
+                    target_port: TargetPort::Number(5353),
+                },
+            ],
+            affinity_timeout: [None, None, Some(60), Some(10800)][next(4) as usize],
+            external_traffic_policy: if next(2) == 0 {
+                TrafficPolicy::Local
+            } else {
+                TrafficPolicy::Cluster
+            },
+            internal_traffic_policy: if next(4) == 0 {
+                TrafficPolicy::Local
+            } else {
+                TrafficPolicy::Cluster
+            },
+            health_check_node_port: None,
+            publish_not_ready: false,
+            endpoints,
+        }
+    };
+    let mut view = View::default();
+    for i in 0..20 {
+        let s = service(i, &mut next);
+        view.services.insert(s.key.clone(), s);
+    }
+    let mut proxier = Proxier::new(NftSocket::new_in(&node).unwrap());
+    proxier.sync(desired(&view, &this_node)).unwrap();
+    for step in 0..300 {
+        let i = next(20);
+        let key = ServiceKey::new("default", format!("s{i}"));
+        match next(6) {
+            // Replace one endpoint, or add one, or remove one.
+            0..=2 => {
+                if let Some(s) = view.services.get_mut(&key) {
+                    match next(3) {
+                        0 if !s.endpoints.is_empty() => {
+                            let at = next(s.endpoints.len() as u64) as usize;
+                            s.endpoints[at] = endpoint(next(400), next(3));
+                        }
+                        1 => s.endpoints.push(endpoint(next(400), next(3))),
+                        _ if !s.endpoints.is_empty() => {
+                            let at = next(s.endpoints.len() as u64) as usize;
+                            s.endpoints.remove(at);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            // A new version of the service (policies, affinity, ports, addresses).
+            3 | 4 => {
+                let s = service(i, &mut next);
+                view.services.insert(key.clone(), s);
+            }
+            // Gone.
+            _ => {
+                view.services.remove(&key);
+            }
+        }
+        let report = proxier
+            .update(&view, &this_node, &BTreeSet::from([key.clone()]))
+            .unwrap_or_else(|e| panic!("step {step}, {key:?}: {e}"));
+        assert!(!report.full);
+        assert_eq!(
+            proxier.applied().unwrap(),
+            &desired(&view, &this_node),
+            "step {step}, {key:?}"
+        );
+    }
+    // Conflicting claims: the kernel still accepts every batch.
+    for i in 0..6 {
+        let key = ServiceKey::new("default", format!("s{i}"));
+        let mut s = service(i, &mut next);
+        s.external_ips = vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 100))];
+        view.services.insert(key.clone(), s);
+        proxier
+            .update(&view, &this_node, &BTreeSet::from([key]))
+            .unwrap();
+    }
+    for i in 0..6 {
+        let key = ServiceKey::new("default", format!("s{i}"));
+        view.services.remove(&key);
+        proxier
+            .update(&view, &this_node, &BTreeSet::from([key]))
+            .unwrap();
+    }
+    assert_eq!(proxier.applied().unwrap(), &desired(&view, &this_node));
+    // And a full diff from there to nothing and back is accepted too.
+    proxier.sync(desired(&View::default(), &this_node)).unwrap();
+    proxier.sync(desired(&view, &this_node)).unwrap();
+}
