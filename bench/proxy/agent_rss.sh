@@ -80,13 +80,12 @@ if errors:
 PY
 t1=$(date +%s)
 echo "created $N services + $N endpoint slices through the API in $((t1 - t0)) s"
-# One agent without and one with MALLOC_ARENA_MAX=2 (the lab runs every component
-# with it), one after the other against the same objects; the second starts from the
-# table the first left, as a restarted agent does.
-for arenas in default 2; do
-    envs=()
-    [ "$arenas" = default ] || envs=(MALLOC_ARENA_MAX="$arenas")
-    ip netns exec "$ns" env "${envs[@]}" "$BIN" agent --node-name node-0 \
+# One agent with glibc's default arena limit (8 per core; `kubewire agent` re-executes
+# itself with MALLOC_ARENA_MAX=2 only when the variable is unset) and one with
+# MALLOC_ARENA_MAX=2, one after the other against the same objects; the second starts
+# from the table the first left, as a restarted agent does.
+for arenas in $((8 * $(nproc))) 2; do
+    ip netns exec "$ns" env MALLOC_ARENA_MAX="$arenas" "$BIN" agent --node-name node-0 \
         --kubeconfig "$tmp/api/admin.kubeconfig" --server https://127.0.0.1:6443 \
         --cni-conf-dir "$tmp/net.d" --cni-data-dir "$tmp/cni" \
         --cluster-cidr 10.128.0.0/9 > "$tmp/agent-$arenas.log" 2>&1 &
