@@ -874,6 +874,30 @@ mod tests {
     }
 
     #[test]
+    fn a_service_that_stops_and_starts_getting_rules_keeps_its_slices() {
+        let mut store = listed(
+            vec![svc("a", "10.96.0.1", json!({}))],
+            vec![slice("a-1", "a", &["10.244.1.2"])],
+        );
+        let mut dirty = Dirty::new();
+        let mut other_proxy = svc("a", "10.96.0.1", json!({}));
+        other_proxy.metadata.labels =
+            Some([(crate::SERVICE_PROXY_NAME_LABEL.to_owned(), "x".to_owned())].into());
+        store.step_services(&mut dirty, watcher::Event::Apply(other_proxy));
+        assert!(
+            store.view.services.is_empty(),
+            "another proxy's service gets no rules"
+        );
+        assert!(dirty[&key("a")].is_some());
+        // Back to us: its endpoints are there at once, from the slice kept meanwhile.
+        store.step_services(
+            &mut dirty,
+            watcher::Event::Apply(svc("a", "10.96.0.1", json!({}))),
+        );
+        assert_eq!(addresses(&store, "a"), ["10.244.1.2"]);
+    }
+
+    #[test]
     fn publish_not_ready_changes_rejoin_the_endpoints() {
         let mut not_ready = slice("a-1", "a", &["10.244.1.2"]);
         not_ready.endpoints.as_mut().unwrap()[0]
