@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node as K8sNode, Service as K8sService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -61,10 +62,71 @@ pub struct ProxyArgs {
 }
 
 /// How the Service and EndpointSlice watches list: a streaming list (the objects come
-/// one by one as watch events, Kubernetes 1.27+, which our API server serves) instead
-/// of pages of 500 full objects held at once.
+/// one by one as watch events, which our API server serves) instead of pages of 500
+/// full objects held at once.
 fn list_config() -> watcher::Config {
     watcher::Config::default().streaming_lists()
+}
+
+type WatchStream<K> = BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>;
+
+/// Whether the API server refused the request as invalid (400 or 422: what it answers
+/// to a parameter it does not accept), rather than failing otherwise.
+fn refused(e: &watcher::Error) -> bool {
+    let status = match e {
+        watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s))
+        | watcher::Error::WatchError(s) => s,
+        _ => return false,
+    };
+    matches!(status.code, 400 | 422)
+}
+
+/// Watches `api` with a streaming list, or, when the API server refuses that before a
+/// first list completed, with a paged list and a watch from then on: kube-apiserver refuses
+/// `sendInitialEvents` unless its WatchList feature gate is on (off by default before
+/// 1.32, and in 1.33).
+fn watch<K>(api: kube::Api<K>) -> WatchStream<K>
+where
+    K: Resource
+        + Clone
+        + k8s_openapi::serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    enum Phase<K> {
+        /// Streaming lists; whether one completed.
+        Streaming(WatchStream<K>, bool),
+        Paged(WatchStream<K>),
+    }
+    let streaming = watcher(api.clone(), list_config())
+        .default_backoff()
+        .boxed();
+    let state = (Phase::Streaming(streaming, false), api);
+    futures::stream::unfold(state, |(phase, api)| async move {
+        match phase {
+            Phase::Streaming(mut s, listed) => match s.next().await? {
+                Err(e) if !listed && refused(&e) => {
+                    warn!(error = %e, "streaming list failed; listing in pages instead");
+                    let paged = watcher(api.clone(), watcher::Config::default())
+                        .default_backoff()
+                        .boxed();
+                    Some((Err(e), (Phase::Paged(paged), api)))
+                }
+                item => {
+                    let listed = listed || matches!(item, Ok(watcher::Event::InitDone));
+                    Some((item, (Phase::Streaming(s, listed), api)))
+                }
+            },
+            Phase::Paged(mut s) => {
+                let item = s.next().await?;
+                Some((item, (Phase::Paged(s), api)))
+            }
+        }
+    })
+    .boxed()
 }
 
 /// Runs the proxy for node `node_name` until the watches end or the kernel cannot be
@@ -77,14 +139,8 @@ pub async fn run(client: kube::Client, node_name: String, args: ProxyArgs) -> Re
     let nodes = kube::Api::<K8sNode>::all(client);
     let node_filter = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
     let mut events = futures::stream::select_all([
-        watcher(services, list_config())
-            .default_backoff()
-            .map(|e| e.map(Event::Service))
-            .boxed(),
-        watcher(slices, list_config())
-            .default_backoff()
-            .map(|e| e.map(Event::Slice))
-            .boxed(),
+        watch(services).map(|e| e.map(Event::Service)).boxed(),
+        watch(slices).map(|e| e.map(Event::Slice)).boxed(),
         watcher(nodes, node_filter)
             .default_backoff()
             .map(|e| e.map(Event::Node))
@@ -935,6 +991,27 @@ mod tests {
             b.node_name.as_ref().unwrap()
         ));
         assert!(Arc::ptr_eq(&a.ports, &b.ports));
+    }
+
+    #[test]
+    fn only_a_refused_streaming_list_falls_back_to_pages() {
+        let status = |code: u16| {
+            let mut s = kube::core::Status::failure("sendInitialEvents is forbidden", "Invalid");
+            s.code = code;
+            Box::new(s)
+        };
+        assert!(refused(&watcher::Error::WatchError(status(422))));
+        assert!(refused(&watcher::Error::WatchStartFailed(
+            kube::Error::Api(status(400))
+        )));
+        assert!(
+            !refused(&watcher::Error::WatchError(status(410))),
+            "gone: re-list"
+        );
+        assert!(!refused(&watcher::Error::WatchStartFailed(
+            kube::Error::Api(status(503))
+        )));
+        assert!(!refused(&watcher::Error::NoResourceVersion));
     }
 
     #[test]
