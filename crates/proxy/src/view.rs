@@ -341,6 +341,8 @@ fn parse_ips<'a>(
             }),
         }
     }
+    // Held for the service's life: no room for 4 where 1 is (a first push reserves 4).
+    out.shrink_to_fit();
     out
 }
 
@@ -721,6 +723,7 @@ fn service(svc: &K8sService, errors: &mut Vec<ViewError>) -> Option<Service> {
             target_port,
         });
     }
+    ports.shrink_to_fit();
     let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
         spec.session_affinity_config
             .as_ref()
