@@ -152,7 +152,7 @@ fn main() -> ExitCode {
             | Command::Dns(_)
             | Command::Node(_)
     ) {
-        cap_malloc_arenas();
+        tune_malloc(matches!(cli.command, Command::Agent(_)));
     }
     // `lab` commands talk to a person through their own output; their logs are for
     // when something goes wrong.
@@ -174,12 +174,21 @@ fn main() -> ExitCode {
 /// glibc gives each thread that allocates an arena of its own (up to 8 per core) and
 /// keeps freed memory in it: a long-running server whose requests hop between tokio's
 /// worker and blocking threads doubles its resident memory that way (the API server at
-/// 100,000 objects: 182 MiB instead of 81 MiB, BENCHMARKS.md). The variable is read only
-/// when the process starts, so a daemon without it runs itself again with
-/// `MALLOC_ARENA_MAX=2` (same pid, same arguments). If the exec fails it carries on.
-fn cap_malloc_arenas() {
+/// 100,000 objects: 182 MiB instead of 81 MiB, BENCHMARKS.md). The agent, on every node,
+/// also fixes the trim and mmap thresholds: glibc otherwise raises them after the first
+/// full sync frees its large batch, and keeps about 4 MB more (BENCHMARKS.md, "Agent
+/// memory"). These variables are read only when a process starts, so a daemon missing
+/// them runs itself again with them set (same pid, same arguments; values the caller
+/// set are kept). If the exec fails it carries on.
+fn tune_malloc(agent: bool) {
     use std::os::unix::process::CommandExt;
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+    let mut wanted = vec![("MALLOC_ARENA_MAX", "2")];
+    if agent {
+        wanted.push(("MALLOC_TRIM_THRESHOLD_", "131072"));
+        wanted.push(("MALLOC_MMAP_THRESHOLD_", "131072"));
+    }
+    wanted.retain(|(k, _)| std::env::var_os(k).is_none());
+    if wanted.is_empty() {
         return;
     }
     let mut args = std::env::args_os();
@@ -187,9 +196,9 @@ fn cap_malloc_arenas() {
     let err = std::process::Command::new("/proc/self/exe")
         .arg0(arg0)
         .args(args)
-        .env("MALLOC_ARENA_MAX", "2")
+        .envs(wanted)
         .exec();
-    eprintln!("warning: running without MALLOC_ARENA_MAX=2 (re-exec failed: {err})");
+    eprintln!("warning: running with glibc's malloc defaults (re-exec failed: {err})");
 }
 
 fn invoked_as_cni_plugin() -> bool {
