@@ -86,13 +86,8 @@ fn routes_for(addresses: &[IpAddr]) -> Vec<Route> {
     let mut routes = Vec::new();
     for v4 in [true, false] {
         if let Some(ip) = addresses.iter().find(|ip| ip.is_ipv4() == v4) {
-            let any: IpAddr = if v4 {
-                std::net::Ipv4Addr::UNSPECIFIED.into()
-            } else {
-                std::net::Ipv6Addr::UNSPECIFIED.into()
-            };
             routes.push(Route {
-                dst: IpNet::new(any, 0).expect("prefix 0"),
+                dst: netlink::default_destination(*ip),
                 gw: Some(gateway_for(*ip)),
             });
         }

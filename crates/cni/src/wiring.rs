@@ -182,17 +182,8 @@ pub async fn attach(a: &Attachment<'_>, pod: &Rtnl) -> Result<[Interface; 2], Cn
             pod.add_route_spec(&RouteSpec::direct(host_prefix(gw), pod_link.index))
                 .await?;
         }
-        let default = IpNet::new(
-            if ip.is_ipv4() {
-                Ipv4Addr::UNSPECIFIED.into()
-            } else {
-                Ipv6Addr::UNSPECIFIED.into()
-            },
-            0,
-        )
-        .expect("prefix 0");
         pod.add_route_spec(&RouteSpec {
-            destination: default,
+            destination: netlink::default_destination(*ip),
             gateway: Some(gw),
             dev: Some(pod_link.index),
             onlink: false,

@@ -1,7 +1,6 @@
 //! Building and tearing down the lab's namespaces and links.
 
 use std::fs;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsFd;
 use std::process::{Command, ExitStatus};
 
@@ -133,7 +132,7 @@ async fn build(cfg: &LabConfig) -> Result<()> {
             // Service port nobody defines then reaches the proxy's forward-hook reject
             // (a TCP reset) instead of failing the route lookup first.
             for router in cfg.addresses(Role::Underlay) {
-                let any = IpNet::new(unspecified(router.addr()), 0).expect("prefix 0");
+                let any = netlink::default_destination(router.addr());
                 member.add_route(any, Some(router.addr()), None).await?;
             }
         }
@@ -258,11 +257,4 @@ pub fn exec(cfg: &LabConfig, target: &str, argv: &[String]) -> Result<ExitStatus
         Command::new(&program).args(&args).status()
     })?
     .map_err(|e| Error::io(format!("running {:?} in {target}", argv[0]), e))
-}
-
-fn unspecified(like: IpAddr) -> IpAddr {
-    match like {
-        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
-        IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
-    }
 }

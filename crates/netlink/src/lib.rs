@@ -15,5 +15,6 @@ pub mod sysctl;
 
 pub use error::{Error, Result};
 pub use rtnl::{
-    LinkInfo, ROUTE_PROTOCOL_KUBEWIRE, RouteInfo, RouteSpec, Rtnl, VxlanSpec, format_mac,
+    LinkInfo, ROUTE_PROTOCOL_KUBEWIRE, RouteInfo, RouteSpec, Rtnl, VxlanSpec, default_destination,
+    format_mac,
 };

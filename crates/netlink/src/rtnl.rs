@@ -75,6 +75,15 @@ impl RouteSpec {
     }
 }
 
+/// The destination of a default route in `ip`'s family: `0.0.0.0/0` or `::/0`.
+pub fn default_destination(ip: IpAddr) -> IpNet {
+    let any: IpAddr = match ip {
+        IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    };
+    IpNet::new(any, 0).expect("prefix 0 is valid")
+}
+
 /// Formats a MAC address as `aa:bb:cc:dd:ee:ff`.
 pub fn format_mac(mac: &[u8]) -> String {
     mac.iter()
