@@ -172,7 +172,7 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .ancestors()
         .nth(2)
-        .expect("crates/e2e is two levels down")
+        .expect("tests/e2e is two levels down")
         .to_owned()
 }
 

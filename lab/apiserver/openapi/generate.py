@@ -10,7 +10,7 @@ newest feature names. The upstream documents carry the strategic-merge extension
 that k8s-openapi's schemas drop; they are put back from the Go struct tags listed in
 PATCH_META below. Rerun after a k8s-openapi upgrade:
 
-    python3 crates/apiserver/openapi/generate.py ~/.cargo/registry/src/*/k8s-openapi-0.29.0 v1_37
+    python3 lab/apiserver/openapi/generate.py ~/.cargo/registry/src/*/k8s-openapi-0.29.0 v1_37
 """
 import gzip
 import json
