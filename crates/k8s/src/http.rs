@@ -1,0 +1,98 @@
+//! The small HTTP endpoints that Kubernetes and load balancers probe a daemon on
+//! (`/healthz`, `/readyz`, `/metrics`, a `healthCheckNodePort`), served by hyper.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tracing::warn;
+
+/// A response with a whole body.
+pub type Response = hyper::Response<Full<Bytes>>;
+
+/// A response: `status`, a `Content-Type` and a body.
+pub fn response(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response {
+    let mut r = hyper::Response::new(Full::new(body.into()));
+    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+/// How long a client may take to send its request's header.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The first pause after a failed accept (out of file descriptors, say), doubling up
+/// to [`MAX_ACCEPT_BACKOFF`], as Go's `net/http` does; reset by a good accept.
+const FIRST_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Serves HTTP/1.1 on `listener` until the task is dropped: `respond` answers each
+/// request from its method, path and headers (these endpoints take no body).
+pub async fn serve<F>(listener: TcpListener, respond: F)
+where
+    F: Fn(&hyper::http::request::Parts) -> Response + Send + Sync + 'static,
+{
+    let respond = Arc::new(respond);
+    let mut backoff = FIRST_ACCEPT_BACKOFF;
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff = FIRST_ACCEPT_BACKOFF;
+                stream
+            }
+            Err(e) => {
+                warn!(error = %e, pause = ?backoff, "accepting an HTTP connection");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                continue;
+            }
+        };
+        let respond = Arc::clone(&respond);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                let (parts, _body) = req.into_parts();
+                let r = respond(&parts);
+                async move { Ok::<_, Infallible>(r) }
+            });
+            // A client that goes away mid-request is its own business.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn answers_by_path() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve(listener, |req| match req.uri.path() {
+            "/healthz" => response(200, "text/plain", "ok"),
+            _ => response(404, "text/plain", "not found"),
+        }));
+        for (path, want) in [("/healthz", "HTTP/1.1 200 OK"), ("/x", "HTTP/1.1 404 Not Found")] {
+            let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            conn.write_all(req.as_bytes()).await.unwrap();
+            let mut out = String::new();
+            conn.read_to_string(&mut out).await.unwrap();
+            assert!(out.starts_with(want), "{out}");
+            assert!(out.contains("content-type: text/plain"), "{out}");
+        }
+        server.abort();
+    }
+}
