@@ -172,7 +172,7 @@ async fn add(env: &Env, conf: &NetConf, version: Version) -> Result<Value, CniEr
     let pod_index = result.interfaces.len() + 1;
     result.interfaces.extend(interfaces);
     result.ips.extend(addresses.iter().map(|ip| IpConfig {
-        address: wiring::host_prefix(*ip),
+        address: netlink::host_prefix(*ip),
         gateway: Some(gateway_for(*ip)),
         interface: Some(pod_index),
     }));

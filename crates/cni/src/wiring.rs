@@ -19,7 +19,7 @@ use std::os::fd::AsFd;
 use std::path::Path;
 
 use ipnet::IpNet;
-use netlink::{LinkInfo, RouteSpec, Rtnl, format_mac};
+use netlink::{LinkInfo, RouteSpec, Rtnl, format_mac, host_prefix};
 
 use crate::spec::{CniError, Interface, code};
 
@@ -47,11 +47,6 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
     format!("kw{:012x}", hash >> 16)
-}
-
-/// The host address prefix for a pod address: /32 or /128.
-pub fn host_prefix(ip: IpAddr) -> IpNet {
-    IpNet::new(ip, if ip.is_ipv4() { 32 } else { 128 }).expect("full-length prefix")
 }
 
 /// What one attachment looks like in the kernel.

@@ -15,6 +15,6 @@ pub mod sysctl;
 
 pub use error::{Error, Result};
 pub use rtnl::{
-    LinkInfo, ROUTE_PROTOCOL_KUBEWIRE, RouteInfo, RouteSpec, Rtnl, VxlanSpec, default_destination,
-    format_mac,
+    FdbEntry, LinkInfo, NeighbourInfo, ROUTE_PROTOCOL_KUBEWIRE, RouteInfo, RouteSpec, Rtnl,
+    VxlanSpec, default_destination, format_mac, host_prefix,
 };

@@ -84,6 +84,32 @@ pub fn default_destination(ip: IpAddr) -> IpNet {
     IpNet::new(any, 0).expect("prefix 0 is valid")
 }
 
+/// The host prefix of an address: `/32` or `/128`.
+pub fn host_prefix(ip: IpAddr) -> IpNet {
+    IpNet::new(ip, if ip.is_ipv4() { 32 } else { 128 }).expect("full-length prefix")
+}
+
+/// A forwarding entry of a device that has a remote destination (a VXLAN device's
+/// `bridge fdb` entry: frames for `mac` go to the VTEP `destination`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FdbEntry {
+    /// The MAC the frames are for.
+    pub mac: Vec<u8>,
+    /// The remote endpoint they are sent to.
+    pub destination: IpAddr,
+}
+
+/// A neighbour (ARP / NDP) entry of a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeighbourInfo {
+    /// The neighbour's address.
+    pub ip: IpAddr,
+    /// Its link-layer address, if resolved.
+    pub mac: Option<Vec<u8>>,
+    /// Whether the entry is permanent (set by hand or by an agent, never expires).
+    pub permanent: bool,
+}
+
 /// Formats a MAC address as `aa:bb:cc:dd:ee:ff`.
 pub fn format_mac(mac: &[u8]) -> String {
     mac.iter()
@@ -585,6 +611,117 @@ impl Rtnl {
                 e,
             )
         })
+    }
+
+    /// The forwarding entries of link `index` that send to a remote destination
+    /// (`bridge fdb show dev DEV` lines with `dst`); the device's own local entries are
+    /// left out.
+    pub async fn fdb(&self, index: u32) -> Result<Vec<FdbEntry>> {
+        use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
+        let msgs: Vec<_> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(netlink_packet_route::AddressFamily::Bridge)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| Error::netlink(format!("listing FDB entries of link {index}"), e))?;
+        let mut out = Vec::new();
+        for msg in msgs.iter().filter(|m| m.header.ifindex == index) {
+            let (mut mac, mut destination) = (None, None);
+            for attr in &msg.attributes {
+                match attr {
+                    NeighbourAttribute::LinkLayerAddress(a) => mac = Some(a.clone()),
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
+                        destination = Some(IpAddr::V4(*ip));
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => {
+                        destination = Some(IpAddr::V6(*ip));
+                    }
+                    _ => {}
+                }
+            }
+            if let (Some(mac), Some(destination)) = (mac, destination) {
+                out.push(FdbEntry { mac, destination });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The neighbour entries (IPv4 and IPv6) of link `index`.
+    pub async fn neighbours(&self, index: u32) -> Result<Vec<NeighbourInfo>> {
+        use netlink_packet_route::neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourState,
+        };
+        let mut out = Vec::new();
+        for family in [
+            netlink_packet_route::AddressFamily::Inet,
+            netlink_packet_route::AddressFamily::Inet6,
+        ] {
+            let msgs: Vec<_> = self
+                .handle
+                .neighbours()
+                .get()
+                .set_address_family(family)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| Error::netlink(format!("listing neighbours of link {index}"), e))?;
+            for msg in msgs.iter().filter(|m| m.header.ifindex == index) {
+                let (mut ip, mut mac) = (None, None);
+                for attr in &msg.attributes {
+                    match attr {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
+                            ip = Some(IpAddr::V4(*a));
+                        }
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                            ip = Some(IpAddr::V6(*a));
+                        }
+                        NeighbourAttribute::LinkLayerAddress(a) => mac = Some(a.clone()),
+                        _ => {}
+                    }
+                }
+                if let Some(ip) = ip {
+                    out.push(NeighbourInfo {
+                        ip,
+                        mac,
+                        permanent: msg.header.state == NeighbourState::Permanent,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes the neighbour entry of `ip` on link `index`; a missing one is not an
+    /// error.
+    pub async fn delete_neighbour(&self, index: u32, ip: IpAddr) -> Result<()> {
+        let mut request = self.handle.neighbours().add(index, ip);
+        let message = request.message_mut().clone();
+        match self.handle.neighbours().del(message).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let err = Error::netlink(format!("deleting neighbour {ip} on link {index}"), e);
+                if err.is_not_found() { Ok(()) } else { Err(err) }
+            }
+        }
+    }
+
+    /// Removes an address from a link; a missing one is not an error.
+    pub async fn delete_address(&self, index: u32, addr: IpNet) -> Result<()> {
+        let mut request = self
+            .handle
+            .address()
+            .add(index, addr.addr(), addr.prefix_len());
+        let message = request.message_mut().clone();
+        match self.handle.address().del(message).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let err = Error::netlink(format!("deleting address {addr} from link {index}"), e);
+                if err.is_not_found() { Ok(()) } else { Err(err) }
+            }
+        }
     }
 
     /// Deletes a forwarding entry of a VXLAN device; a missing one is not an error.

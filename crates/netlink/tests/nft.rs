@@ -880,3 +880,30 @@ fn a_jump_loop_is_refused_as_a_whole() {
     assert_eq!(err.to_string(), "add rule ip kubewire a: Too many links");
     assert!(objects(&ns.ruleset(), "table").is_empty());
 }
+
+#[test]
+fn a_table_is_found_by_its_handle_and_a_remade_one_has_a_new_handle() {
+    let ns = Ns::new();
+    let mut socket = NftSocket::new_in(&ns.0).unwrap();
+    assert_eq!(socket.table_handle(Family::Ip, "kwt").unwrap(), None);
+    let gen0 = socket.generation().unwrap();
+    let table = Table::new(Family::Ip, "kwt");
+    socket.apply(Batch::new().add_table(&table)).unwrap();
+    let first = socket.table_handle(Family::Ip, "kwt").unwrap();
+    assert!(first.is_some());
+    assert_eq!(
+        socket.table_handle(Family::Ip6, "kwt").unwrap(),
+        None,
+        "tables are per family"
+    );
+    let gen1 = socket.generation().unwrap();
+    assert_ne!(gen0, gen1, "a commit changes the generation");
+    assert_eq!(socket.generation().unwrap(), gen1, "a read does not");
+    // Someone deletes it and makes one of the same name.
+    ns.sh(&["nft", "delete", "table", "ip", "kwt"]);
+    assert_eq!(socket.table_handle(Family::Ip, "kwt").unwrap(), None);
+    ns.sh(&["nft", "add", "table", "ip", "kwt"]);
+    let second = socket.table_handle(Family::Ip, "kwt").unwrap();
+    assert!(second.is_some() && second != first, "{first:?} {second:?}");
+    assert_ne!(socket.generation().unwrap(), gen1);
+}

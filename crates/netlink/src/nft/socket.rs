@@ -12,9 +12,10 @@ use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 use nix::sys::socket::{setsockopt, sockopt};
 
 use super::batch::Batch;
+use super::objects::Family;
 use super::wire::{
-    self, NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NFNL_SUBSYS_NFTABLES, NLM_F_REQUEST,
-    NLMSG_ERROR, Writer,
+    self, NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NFNL_SUBSYS_NFTABLES, NLM_F_ACK, NLM_F_REQUEST,
+    NLMSG_ERROR, Writer, attr, msg,
 };
 use crate::{Error, Result, netns};
 
@@ -120,6 +121,95 @@ impl NftSocket {
             ));
         }
         self.collect_acks(batch, base)
+    }
+
+    /// The handle of table `name` in `family`, or `None` when there is no such table.
+    /// The kernel gives a table made again under the same name a new handle, so a
+    /// component that remembers the handle of the table it filled can tell, with one
+    /// request, whether that table is still the one in the kernel.
+    pub fn table_handle(&mut self, family: Family, name: &str) -> Result<Option<u64>> {
+        let mut w = Writer::default();
+        let m = w.begin_msg(
+            (NFNL_SUBSYS_NFTABLES << 8) | u16::from(msg::GETTABLE),
+            NLM_F_REQUEST | NLM_F_ACK,
+            family.number(),
+            0,
+        );
+        w.put_str(attr::TABLE_NAME, name);
+        w.end_msg(m);
+        match self.query(&mut w, &format!("get table {family} {name}"), msg::NEWTABLE) {
+            Ok(payload) => Ok(wire::attributes(&payload)
+                .find(|(ty, _)| *ty == attr::TABLE_HANDLE)
+                .and_then(|(_, v)| v.try_into().ok())
+                .map(u64::from_be_bytes)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The ruleset's generation in this namespace: it changes with every committed
+    /// batch, whoever sends it. Unchanged since a component's own last commit, it means
+    /// nobody has touched any table since.
+    pub fn generation(&mut self) -> Result<u32> {
+        let mut w = Writer::default();
+        let m = w.begin_msg(
+            (NFNL_SUBSYS_NFTABLES << 8) | u16::from(msg::GETGEN),
+            NLM_F_REQUEST | NLM_F_ACK,
+            0,
+            0,
+        );
+        w.end_msg(m);
+        let payload = self.query(&mut w, "get generation", msg::NEWGEN)?;
+        wire::attributes(&payload)
+            .find(|(ty, _)| *ty == attr::GEN_ID)
+            .and_then(|(_, v)| v.try_into().ok())
+            .map(u32::from_be_bytes)
+            .ok_or_else(|| {
+                Error::sys(
+                    "get generation",
+                    io::Error::other("the answer has no generation id"),
+                )
+            })
+    }
+
+    /// Sends one request message (not a dump) and returns the payload of the answer of
+    /// type `reply`. The kernel answers inside `sendmsg`, so the answer and the
+    /// acknowledgement are queued when `send` returns.
+    fn query(&mut self, w: &mut Writer, what: &str, reply: u8) -> Result<Vec<u8>> {
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        set_seq(&mut w.buf, 0, seq);
+        self.drain_stale();
+        self.socket
+            .send(&w.buf, 0)
+            .map_err(|e| Error::sys(format!("sending {what}"), e))?;
+        let reply_ty = (NFNL_SUBSYS_NFTABLES << 8) | u16::from(reply);
+        let mut answer = None;
+        let mut buf = Vec::with_capacity(64 * 1024);
+        loop {
+            buf.clear();
+            match self.socket.recv(&mut buf, MSG_DONTWAIT) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::sys(format!("reading the answer to {what}"), e)),
+            }
+            for m in wire::messages(&buf) {
+                if m.ty == reply_ty {
+                    answer = Some(m.payload.to_vec());
+                } else if m.ty == NLMSG_ERROR
+                    && let Some(ack) = wire::parse_ack(&m)
+                    && ack.errno != 0
+                {
+                    return Err(Error::Nft {
+                        op: what.to_owned(),
+                        errno: ack.errno,
+                        detail: ack.text,
+                    });
+                }
+            }
+        }
+        answer.ok_or_else(|| Error::sys(what, io::Error::other("the kernel gave no answer")))
     }
 
     /// Drops anything left over from an earlier batch that failed half-read.

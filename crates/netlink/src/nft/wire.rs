@@ -40,11 +40,16 @@ pub(crate) mod msg {
     pub(crate) const NEWSETELEM: u8 = 12;
     pub(crate) const DELSETELEM: u8 = 14;
     pub(crate) const DESTROYTABLE: u8 = 26;
+    pub(crate) const GETTABLE: u8 = 1;
+    pub(crate) const NEWGEN: u8 = 15;
+    pub(crate) const GETGEN: u8 = 16;
 }
 
 /// Attribute numbers, one module per `enum nft_*_attributes`.
 pub(crate) mod attr {
     pub(crate) const TABLE_NAME: u16 = 1;
+    pub(crate) const TABLE_HANDLE: u16 = 4;
+    pub(crate) const GEN_ID: u16 = 1;
 
     pub(crate) const CHAIN_TABLE: u16 = 1;
     pub(crate) const CHAIN_NAME: u16 = 3;
@@ -206,6 +211,25 @@ pub(crate) fn messages(mut data: &[u8]) -> impl Iterator<Item = Received<'_>> {
         };
         data = &data[align(len).min(data.len())..];
         Some(msg)
+    })
+}
+
+/// The attributes of a message's payload after its 4-byte nfgenmsg header, as
+/// (type without flag bits, value).
+pub(crate) fn attributes(payload: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    let mut data = payload.get(4..).unwrap_or_default();
+    std::iter::from_fn(move || {
+        if data.len() < NLA_HDRLEN {
+            return None;
+        }
+        let len = usize::from(u16::from_ne_bytes([data[0], data[1]]));
+        let ty = u16::from_ne_bytes([data[2], data[3]]) & 0x3fff;
+        if len < NLA_HDRLEN || len > data.len() {
+            return None;
+        }
+        let value = &data[NLA_HDRLEN..len];
+        data = &data[align(len).min(data.len())..];
+        Some((ty, value))
     })
 }
 
