@@ -24,6 +24,30 @@ pub use duration::parse_duration;
 pub use mirror::{Mirror, ObjectKey, Store, object_key, watch};
 pub use shutdown::Shutdown;
 
+/// An error with its causes, for logs: `a: b: c`, each cause once (what anyhow's
+/// `{:#}` prints at the binary's edge). Our errors keep their causes as `source` and do
+/// not repeat them in their own message, so a plain `%e` in a log line would drop
+/// them; a cause whose text the message already holds (some crates' errors repeat
+/// their source) is not printed again.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut text = self.0.to_string();
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            let next = e.to_string();
+            if !text.contains(&next) {
+                text.push_str(": ");
+                text.push_str(&next);
+            }
+            cause = e.source();
+        }
+        f.write_str(&text)
+    }
+}
+
 /// Why a daemon could not reach its cluster.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -53,4 +77,21 @@ pub enum Error {
     /// The client could not be built from the configuration (TLS material, proxy).
     #[error("building the API client")]
     Client(#[source] kube::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_prints_every_cause_once() {
+        let io = std::io::Error::other("no such file");
+        let e = Error::Kubeconfig {
+            path: "/x".into(),
+            source: kube::config::KubeconfigError::ReadConfig(io, "/x".into()),
+        };
+        let text = ErrorChain(&e).to_string();
+        assert!(text.starts_with("reading kubeconfig /x: "), "{text}");
+        assert_eq!(text.matches("no such file").count(), 1, "{text}");
+    }
 }
