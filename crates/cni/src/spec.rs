@@ -291,15 +291,28 @@ impl Env {
     }
 }
 
-/// How pod traffic crosses between nodes; decides the MTU overhead.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// How pod traffic crosses between nodes; decides the MTU overhead. The one type for
+/// it: the agent's `--mode`, the lab config's `routing` and the conflist's `mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum RoutingMode {
-    /// Plain routes to other nodes' pod CIDRs via their underlay addresses.
+    /// A route to each remote node's pod CIDRs via its underlay address: no
+    /// encapsulation; the underlay must route pod addresses (one L2 segment does).
     #[default]
     Native,
-    /// VXLAN between nodes: 50 bytes of every packet go to the encapsulation.
+    /// VXLAN between nodes: works over any underlay that carries UDP; 50 bytes of
+    /// every packet go to the encapsulation.
     Vxlan,
+}
+
+impl RoutingMode {
+    /// The name in configs and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoutingMode::Native => "native",
+            RoutingMode::Vxlan => "vxlan",
+        }
+    }
 }
 
 /// VXLAN's overhead: outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8.
@@ -315,8 +328,9 @@ pub struct Attachment {
     pub ifname: String,
 }
 
-/// The network configuration kubewire's plugin reads on stdin.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// The network configuration kubewire's plugin reads on stdin (and, as one entry of
+/// a [`ConfList`], what the agent writes for the runtime).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NetConf {
     /// The spec version of this configuration, and of the result to print.
@@ -327,7 +341,7 @@ pub struct NetConf {
     #[serde(rename = "type")]
     pub plugin_type: String,
     /// The underlay MTU; pods get it less the routing mode's overhead.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
     /// `native` or `vxlan`.
     #[serde(default)]
@@ -336,23 +350,103 @@ pub struct NetConf {
     #[serde(default, rename = "podCIDRs")]
     pub pod_cidrs: Vec<IpNet>,
     /// Where IPAM keeps its state (default `/var/lib/cni/kubewire`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    /// The capabilities the plugin asks the runtime for, in a conflist
+    /// (`portMappings`): the runtime passes their values in `runtimeConfig`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub capabilities: BTreeMap<String, bool>,
     /// Any `ipam` section: refused, since kubewire allocates from `podCIDRs` itself.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipam: Option<Value>,
     /// Runtime-provided values for the capabilities we declare.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime_config: Option<Value>,
     /// The previous plugin's result (chains, CHECK).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prev_result: Option<Value>,
     /// GC: the attachments that are still valid.
-    #[serde(default, rename = "cni.dev/valid-attachments")]
+    #[serde(
+        default,
+        rename = "cni.dev/valid-attachments",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub valid_attachments: Option<Vec<Attachment>>,
     /// GC, the name of the key in drafts of the 1.1 spec.
-    #[serde(default, rename = "cni.dev/attachments")]
+    #[serde(
+        default,
+        rename = "cni.dev/attachments",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub attachments: Option<Vec<Attachment>>,
+}
+
+/// A network configuration list (`*.conflist`), as the agent writes it for the
+/// runtime: the list's version and name, which the runtime (libcni) copies into each
+/// plugin's configuration before running it, and the plugins in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfList {
+    /// The spec version of the list and of every plugin's configuration.
+    pub cni_version: String,
+    /// The network's name.
+    pub name: String,
+    /// The plugins, without the version and name they take from the list.
+    pub plugins: Vec<NetConf>,
+}
+
+impl ConfList {
+    /// The file's text: pretty JSON, each plugin without `cniVersion` and `name`.
+    pub fn to_json(&self) -> String {
+        let plugins: Vec<Value> = self
+            .plugins
+            .iter()
+            .map(|p| {
+                let mut v = serde_json::to_value(p).expect("a NetConf serializes");
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("cniVersion");
+                    o.remove("name");
+                }
+                v
+            })
+            .collect();
+        let list = serde_json::json!({
+            "cniVersion": self.cni_version,
+            "name": self.name,
+            "plugins": plugins,
+        });
+        serde_json::to_string_pretty(&list).expect("JSON serializes") + "\n"
+    }
+
+    /// Reads a conflist as a runtime does: each plugin gets the list's `cniVersion`
+    /// and `name`, and must then parse as kubewire's configuration.
+    pub fn parse(text: &[u8]) -> Result<ConfList, CniError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Raw {
+            cni_version: String,
+            name: String,
+            plugins: Vec<serde_json::Map<String, Value>>,
+        }
+        let raw: Raw = serde_json::from_slice(text).map_err(|e| {
+            CniError::new(
+                code::DECODING_FAILURE,
+                "failed to decode the network configuration list",
+                e.to_string(),
+            )
+        })?;
+        let mut plugins = Vec::with_capacity(raw.plugins.len());
+        for mut p in raw.plugins {
+            p.insert("cniVersion".into(), raw.cni_version.clone().into());
+            p.insert("name".into(), raw.name.clone().into());
+            let bytes = serde_json::to_vec(&p).expect("JSON serializes");
+            plugins.push(NetConf::parse(&bytes)?.0);
+        }
+        Ok(ConfList {
+            cni_version: raw.cni_version,
+            name: raw.name,
+            plugins,
+        })
+    }
 }
 
 /// The default for [`NetConf::data_dir`].
