@@ -14,7 +14,7 @@ pub enum Error {
     /// The kernel refused the batch, or it could not be sent; being atomic, the batch
     /// changed nothing. Retryable: the next [`Proxier::sync`] sends the whole ruleset
     /// again, replacing whatever the tables hold.
-    #[error("applying the service proxy's nftables changes ({messages} messages): {source}")]
+    #[error("applying the service proxy's nftables changes ({messages} messages)")]
     Apply {
         /// Messages in the refused batch.
         messages: usize,
@@ -27,11 +27,11 @@ pub enum Error {
     #[error("removing the service proxy's tables: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Cleanup(Vec<netlink::Error>),
     /// No nf_tables socket could be opened (not root, no nf_tables). Not retryable.
-    #[error("opening the service proxy's nf_tables socket: {0}")]
+    #[error("opening the service proxy's nf_tables socket")]
     Socket(#[source] netlink::Error),
     /// The API watches ended. Retryable by restarting the proxy.
-    #[error("watching services: {0}")]
-    Watch(String),
+    #[error("the watches of services, endpoint slices and the node ended")]
+    WatchEnded,
 }
 
 /// What one sync did.
@@ -53,6 +53,11 @@ pub struct Proxier {
     /// What the kernel holds, when known: `None` before the first sync and after a
     /// failed one.
     applied: Option<Ruleset>,
+    /// The handles of the tables the last full sync made, by family: a table deleted
+    /// (and perhaps made again) by someone else has another handle, or none.
+    tables: Vec<(Family, u64)>,
+    /// The ruleset generation after this proxier's last commit.
+    generation: Option<u32>,
 }
 
 impl Proxier {
@@ -61,6 +66,47 @@ impl Proxier {
         Proxier {
             socket,
             applied: None,
+            tables: Vec::new(),
+            generation: None,
+        }
+    }
+
+    /// Whether the kernel still holds the tables this proxier filled. Cheap when
+    /// nothing changed: nobody committed anything since its own last batch (one
+    /// request). Otherwise it asks for each table's handle (one request per family).
+    /// Changes inside a table by someone else (a rule or element deleted by hand)
+    /// are not looked for; the tables belong to kubewire.
+    pub fn intact(&mut self) -> bool {
+        if self.applied.is_none() {
+            return false;
+        }
+        let Ok(generation) = self.socket.generation() else {
+            return false;
+        };
+        if self.generation == Some(generation) {
+            return true;
+        }
+        let intact = self.tables.iter().all(|(family, handle)| {
+            matches!(self.socket.table_handle(*family, TABLE), Ok(Some(h)) if h == *handle)
+        });
+        if intact {
+            self.generation = Some(generation);
+        } else {
+            self.applied = None;
+        }
+        intact
+    }
+
+    /// Remembers what the kernel holds after a batch of ours was committed: the
+    /// generation and, after a full sync, the tables' handles.
+    fn committed(&mut self, full: bool) {
+        self.generation = self.socket.generation().ok();
+        if full && let Some(applied) = &self.applied {
+            let families: Vec<Family> = applied.families.iter().map(|f| f.family).collect();
+            self.tables = families
+                .into_iter()
+                .filter_map(|f| Some((f, self.socket.table_handle(f, TABLE).ok()??)))
+                .collect();
         }
     }
 
@@ -99,6 +145,7 @@ impl Proxier {
             "service rules synced"
         );
         self.applied = Some(desired);
+        self.committed(report.full);
         Ok(report)
     }
 
@@ -129,6 +176,9 @@ impl Proxier {
                 messages: batch.len(),
                 source,
             });
+        }
+        if !batch.is_empty() {
+            self.committed(false);
         }
         Ok(report)
     }

@@ -20,12 +20,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use futures::stream::BoxStream;
 use ipnet::IpNet;
+use k8s::{Mirror, ObjectKey};
 use k8s_openapi::api::core::v1::{Node as K8sNode, Service as K8sService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::Resource;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use netlink::nft::NftSocket;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -39,7 +38,7 @@ use crate::view::{Interner, Service, ServiceKey, Slice, View, ViewError};
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 /// The proxy's flags (part of `kubewire agent`'s).
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct ProxyArgs {
     /// Run the service proxy (`--proxy=false` leaves Services to another proxy).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -61,93 +60,55 @@ pub struct ProxyArgs {
     pub sync_delay_ms: u64,
 }
 
-/// How the Service and EndpointSlice watches list: a streaming list (the objects come
-/// one by one as watch events, which our API server serves) instead of pages of 500
-/// full objects held at once.
-fn list_config() -> watcher::Config {
-    watcher::Config::default().streaming_lists()
-}
-
-type WatchStream<K> = BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>;
-
-/// Whether the API server refused the request as invalid (400 or 422: what it answers
-/// to a parameter it does not accept), rather than failing otherwise.
-fn refused(e: &watcher::Error) -> bool {
-    let status = match e {
-        watcher::Error::WatchStartFailed(kube::Error::Api(s))
-        | watcher::Error::WatchFailed(kube::Error::Api(s))
-        | watcher::Error::WatchError(s) => s,
-        _ => return false,
-    };
-    matches!(status.code, 400 | 422)
-}
-
-/// Watches `api` with a streaming list, or, when the API server refuses that before a
-/// first list completed, with a paged list and a watch from then on: kube-apiserver refuses
-/// `sendInitialEvents` unless its WatchList feature gate is on (off by default before
-/// 1.32, and in 1.33).
-fn watch<K>(api: kube::Api<K>) -> WatchStream<K>
-where
-    K: Resource
-        + Clone
-        + k8s_openapi::serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-{
-    enum Phase<K> {
-        /// Streaming lists; whether one completed.
-        Streaming(WatchStream<K>, bool),
-        Paged(WatchStream<K>),
-    }
-    let streaming = watcher(api.clone(), list_config())
-        .default_backoff()
-        .boxed();
-    let state = (Phase::Streaming(streaming, false), api);
-    futures::stream::unfold(state, |(phase, api)| async move {
-        match phase {
-            Phase::Streaming(mut s, listed) => match s.next().await? {
-                Err(e) if !listed && refused(&e) => {
-                    warn!(error = %e, "streaming list failed; listing in pages instead");
-                    let paged = watcher(api.clone(), watcher::Config::default())
-                        .default_backoff()
-                        .boxed();
-                    Some((Err(e), (Phase::Paged(paged), api)))
-                }
-                item => {
-                    let listed = listed || matches!(item, Ok(watcher::Event::InitDone));
-                    Some((item, (Phase::Streaming(s, listed), api)))
-                }
-            },
-            Phase::Paged(mut s) => {
-                let item = s.next().await?;
-                Some((item, (Phase::Paged(s), api)))
-            }
+impl ProxyArgs {
+    /// These flags as command-line arguments (what parses back into `self`).
+    pub fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let csv = |nets: &[IpNet]| {
+            nets.iter()
+                .map(IpNet::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let mut args = vec![format!("--proxy={}", self.proxy).into()];
+        if !self.cluster_cidrs.is_empty() {
+            args.push(format!("--cluster-cidr={}", csv(&self.cluster_cidrs)).into());
         }
-    })
-    .boxed()
+        args.push(format!("--service-cidr={}", csv(&self.service_cidrs)).into());
+        args.push(format!("--proxy-sync-delay-ms={}", self.sync_delay_ms).into());
+        args
+    }
 }
 
 /// Runs the proxy for node `node_name` until the watches end or the kernel cannot be
-/// reached. Rules stay in place when it stops: a restart must not cut connections.
-pub async fn run(client: kube::Client, node_name: String, args: ProxyArgs) -> Result<(), Error> {
+/// reached. Every `resync` it checks that its tables are still the ones it filled
+/// (someone may have deleted or flushed them) and puts everything back if not. Rules
+/// stay in place when it stops: a restart must not cut connections.
+pub async fn run(
+    client: kube::Client,
+    node_name: String,
+    args: ProxyArgs,
+    resync: Duration,
+) -> Result<(), Error> {
     let socket = NftSocket::new().map_err(Error::Socket)?;
     let mut state = State::new(Proxier::new(socket), node_name.clone(), args.clone());
     let services = kube::Api::<K8sService>::all(client.clone());
     let slices = kube::Api::<EndpointSlice>::all(client.clone());
     let nodes = kube::Api::<K8sNode>::all(client);
-    let node_filter = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
+    let this_node = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
     let mut events = futures::stream::select_all([
-        watch(services).map(|e| e.map(Event::Service)).boxed(),
-        watch(slices).map(|e| e.map(Event::Slice)).boxed(),
-        watcher(nodes, node_filter)
-            .default_backoff()
+        k8s::watch(services, watcher::Config::default())
+            .map(|e| e.map(Event::Service))
+            .boxed(),
+        k8s::watch(slices, watcher::Config::default())
+            .map(|e| e.map(Event::Slice))
+            .boxed(),
+        k8s::watch(nodes, this_node)
             .map(|e| e.map(Event::Node))
             .boxed(),
     ]);
     info!(node = %node_name, "service proxy started");
     let delay = Duration::from_millis(args.sync_delay_ms);
+    let mut resync = tokio::time::interval(resync);
     loop {
         let due = state.pending_since.map(|t| t + delay);
         tokio::select! {
@@ -157,7 +118,7 @@ pub async fn run(client: kube::Client, node_name: String, args: ProxyArgs) -> Re
                     // The watcher backs off and re-lists by itself.
                     warn!(error = %e, "watching services, endpoint slices or nodes");
                 }
-                None => return Err(Error::Watch("the watch ended".into())),
+                None => return Err(Error::WatchEnded),
             },
             _ = sleep_until(due), if due.is_some() => {
                 if state.store.synced() {
@@ -166,6 +127,7 @@ pub async fn run(client: kube::Client, node_name: String, args: ProxyArgs) -> Re
                     state.pending_since = None;
                 }
             }
+            _ = resync.tick() => state.check_tables(),
         }
     }
 }
@@ -184,106 +146,12 @@ enum Event {
     Node(watcher::Event<K8sNode>),
 }
 
-/// `namespace/name` of a watched object, in one allocation (there is one per slice,
-/// twice: a [`ServiceKey`] would take two more).
-type ObjectKey = Box<str>;
-
-fn object_key<K: Resource>(o: &K) -> ObjectKey {
-    let m = o.meta();
-    let (ns, name) = (m.namespace.as_deref(), m.name.as_deref());
-    format!("{}/{}", ns.unwrap_or("default"), name.unwrap_or_default()).into()
-}
-
 fn service_key(s: &K8sService) -> ServiceKey {
     let m = &s.metadata;
     ServiceKey::new(
         m.namespace.as_deref().unwrap_or("default"),
         m.name.as_deref().unwrap_or_default(),
     )
-}
-
-/// A mirror of one kind of object, stepped by watcher events. It holds each object
-/// only in the slim form the proxy reads (converted on arrival), never the API object:
-/// at 10,000 services the API objects alone took hundreds of megabytes.
-#[derive(Debug)]
-struct Mirror<T> {
-    objects: BTreeMap<ObjectKey, T>,
-    /// Objects of a (re-)list in progress; swapped in when it completes.
-    relisting: Option<BTreeMap<ObjectKey, T>>,
-    synced: bool,
-}
-
-impl<T> Default for Mirror<T> {
-    fn default() -> Self {
-        Mirror {
-            objects: BTreeMap::new(),
-            relisting: None,
-            synced: false,
-        }
-    }
-}
-
-impl<T: PartialEq> Mirror<T> {
-    /// Applies one event. `convert` reduces an object to its slim form (`None`: the
-    /// proxy ignores it, as if absent); `changed(key, before, after)` is called for
-    /// every object whose slim form changed.
-    fn step<K: Resource>(
-        &mut self,
-        event: watcher::Event<K>,
-        mut convert: impl FnMut(&K) -> Option<T>,
-        mut changed: impl FnMut(&ObjectKey, Option<&T>, Option<&T>),
-    ) {
-        match event {
-            watcher::Event::Init => self.relisting = Some(BTreeMap::new()),
-            watcher::Event::InitApply(o) => {
-                if let Some(t) = convert(&o) {
-                    self.relisting
-                        .get_or_insert_with(BTreeMap::new)
-                        .insert(object_key(&o), t);
-                }
-            }
-            watcher::Event::InitDone => {
-                self.synced = true;
-                let mut new = self.relisting.take().unwrap_or_default();
-                compact(&mut new);
-                let old = std::mem::replace(&mut self.objects, new);
-                for (k, o) in &old {
-                    match self.objects.get(k) {
-                        Some(n) if n == o => {}
-                        n => changed(k, Some(o), n),
-                    }
-                }
-                for (k, n) in &self.objects {
-                    if !old.contains_key(k) {
-                        changed(k, None, Some(n));
-                    }
-                }
-            }
-            watcher::Event::Apply(o) => {
-                let key = object_key(&o);
-                match convert(&o) {
-                    Some(t) => {
-                        let old = self.objects.insert(key.clone(), t);
-                        let new = self.objects.get(&key);
-                        if old.as_ref() != new {
-                            changed(&key, old.as_ref(), new);
-                        }
-                    }
-                    None => {
-                        if let Some(old) = self.objects.remove(&key) {
-                            changed(&key, Some(&old), None);
-                        }
-                    }
-                }
-            }
-            watcher::Event::Delete(o) => {
-                let key = object_key(&o);
-                if let Some(old) = self.objects.remove(&key) {
-                    changed(&key, Some(&old), None);
-                }
-            }
-        }
-    }
 }
 
 /// Rebuilds `m` from its sorted entries, which fills its nodes: a map filled by
@@ -369,20 +237,21 @@ fn same_spec(a: &Service, b: &Service) -> bool {
 /// The watched objects, slim. The services live in the [`View`] the rules are
 /// computed from (each joined with its endpoints as it changes), so they are held
 /// once; EndpointSlices are kept apart, reduced to [`Slice`]s, because a service's
-/// endpoints are rebuilt from all its slices when one changes.
+/// endpoints are rebuilt from all its slices when one changes. Each kind is mirrored
+/// by a [`k8s::Mirror`] stepping one of the [`k8s::Store`]s below.
 #[derive(Debug, Default)]
 struct Store {
     /// The services with their endpoints, as they are now (ahead of what was synced
     /// for the dirty ones).
     view: View,
-    /// Services of a (re-)list in progress, without endpoints.
-    services_relisting: Option<BTreeMap<ServiceKey, Service>>,
-    services_synced: bool,
-    slices: Mirror<Slice>,
+    services: Mirror,
+    slices: BTreeMap<ObjectKey, Slice>,
+    slices_mirror: Mirror,
     /// Slice keys by the service they belong to (most services have one slice).
     slices_of: BTreeMap<Arc<ServiceKey>, Vec<ObjectKey>>,
     /// This node (the watch selects it by name).
-    nodes: Mirror<NodeInfo>,
+    node: Option<(ObjectKey, NodeInfo)>,
+    node_mirror: Mirror,
     interner: Interner,
     /// Whether a sync has applied the view once (dirty services are tracked from then).
     applied_once: bool,
@@ -394,7 +263,7 @@ type Dirty = BTreeMap<ServiceKey, Option<Box<Service>>>;
 
 impl Store {
     fn synced(&self) -> bool {
-        self.services_synced && self.slices.synced && self.nodes.synced
+        self.services.synced() && self.slices_mirror.synced() && self.node_mirror.synced()
     }
 
     fn slices_of<'a>(&'a self, key: &ServiceKey) -> impl Iterator<Item = &'a Slice> + 'a {
@@ -403,7 +272,7 @@ impl Store {
             .get(key)
             .map(Vec::as_slice)
             .unwrap_or_default();
-        keys.iter().filter_map(|k| self.slices.objects.get(k))
+        keys.iter().filter_map(|k| self.slices.get(k))
     }
 
     /// Records `key` as dirty, as it is now, unless it already is. Before the first
@@ -417,11 +286,12 @@ impl Store {
     }
 
     /// Replaces (or removes, with `None`) service `key`: `new` has no endpoints yet.
-    fn set_service(&mut self, dirty: &mut Dirty, key: &ServiceKey, new: Option<Service>) {
+    /// Returns whether its rules change.
+    fn set_service(&mut self, dirty: &mut Dirty, key: &ServiceKey, new: Option<Service>) -> bool {
         let old = self.view.services.get(key);
         match (old, new) {
-            (None, None) => {}
-            (Some(old), Some(new)) if same_spec(old, &new) => {}
+            (None, None) => false,
+            (Some(old), Some(new)) if same_spec(old, &new) => false,
             (_, new) => {
                 self.touch(dirty, key);
                 match new {
@@ -433,6 +303,7 @@ impl Store {
                         self.view.services.remove(key);
                     }
                 }
+                true
             }
         }
     }
@@ -449,92 +320,149 @@ impl Store {
         }
     }
 
-    fn step_services(&mut self, dirty: &mut Dirty, event: watcher::Event<K8sService>) {
-        let convert = |s: &K8sService| {
-            let mut errors = Vec::new();
-            let svc = Service::from_k8s(s, &mut errors);
-            warn_all(errors);
-            svc
+    /// Puts (or, with `None`, removes) slice `key` and rejoins the services it left
+    /// and joined. Returns whether the slice changed.
+    fn set_slice(&mut self, dirty: &mut Dirty, key: ObjectKey, new: Option<Slice>) -> bool {
+        let old = match &new {
+            Some(n) if self.slices.get(&key) == Some(n) => return false,
+            Some(n) => self.slices.insert(key.clone(), n.clone()),
+            None => self.slices.remove(&key),
         };
-        match event {
-            watcher::Event::Init => self.services_relisting = Some(BTreeMap::new()),
-            watcher::Event::InitApply(o) => {
-                if let Some(s) = convert(&o) {
-                    self.services_relisting
-                        .get_or_insert_with(BTreeMap::new)
-                        .insert(s.key.clone(), s);
+        let mut touched = Vec::with_capacity(2);
+        if let Some(old) = &old {
+            if let Some(keys) = self.slices_of.get_mut(&old.service) {
+                keys.retain(|k| *k != key);
+                if keys.is_empty() {
+                    self.slices_of.remove(&old.service);
                 }
             }
-            watcher::Event::InitDone => {
-                self.services_synced = true;
-                let new = self.services_relisting.take().unwrap_or_default();
-                let gone: Vec<ServiceKey> = self
-                    .view
-                    .services
-                    .keys()
-                    .filter(|k| !new.contains_key(*k))
-                    .cloned()
-                    .collect();
-                for key in gone {
-                    self.set_service(dirty, &key, None);
-                }
-                for (key, s) in new {
-                    self.set_service(dirty, &key, Some(s));
-                }
-                compact(&mut self.view.services);
-            }
-            watcher::Event::Apply(o) => {
-                let new = convert(&o);
-                self.set_service(dirty, &service_key(&o), new);
-            }
-            watcher::Event::Delete(o) => self.set_service(dirty, &service_key(&o), None),
+            touched.push(Arc::clone(&old.service));
         }
+        if let Some(new) = &new {
+            let keys = self.slices_of.entry(Arc::clone(&new.service)).or_default();
+            if !keys.contains(&key) {
+                keys.push(key);
+                // Sorted, so that which of two slices holding one address wins
+                // does not depend on the order they arrived in.
+                keys.sort();
+            }
+            if !touched.contains(&new.service) {
+                touched.push(Arc::clone(&new.service));
+            }
+        }
+        for service in &touched {
+            self.rejoin(dirty, service);
+        }
+        old.is_some() || new.is_some()
     }
 
-    fn step_slices(&mut self, dirty: &mut Dirty, event: watcher::Event<EndpointSlice>) {
-        let relist = matches!(event, watcher::Event::InitDone);
-        let Store {
-            slices,
-            slices_of,
-            interner,
-            ..
-        } = self;
-        let convert = |s: &EndpointSlice| {
-            let mut errors = Vec::new();
-            let slice = Slice::from_k8s(s, interner, &mut errors);
-            warn_all(errors);
-            slice
-        };
-        let mut touched = BTreeSet::new();
-        slices.step(event, convert, |key, old, new| {
-            if let Some(old) = old {
-                if let Some(keys) = slices_of.get_mut(&old.service) {
-                    keys.retain(|k| k != key);
-                    if keys.is_empty() {
-                        slices_of.remove(&old.service);
-                    }
-                }
-                touched.insert(Arc::clone(&old.service));
-            }
-            if let Some(new) = new {
-                let keys = slices_of.entry(Arc::clone(&new.service)).or_default();
-                if !keys.contains(key) {
-                    keys.push(key.clone());
-                    // Sorted, so that which of two slices holding one address wins
-                    // does not depend on the order they arrived in.
-                    keys.sort();
-                }
-                touched.insert(Arc::clone(&new.service));
-            }
-        });
-        for key in &touched {
-            self.rejoin(dirty, key);
+    fn step_services(&mut self, dirty: &mut Dirty, event: watcher::Event<K8sService>) -> bool {
+        let mut mirror = std::mem::take(&mut self.services);
+        let changed = mirror.step(&mut Services { store: self, dirty }, event);
+        self.services = mirror;
+        changed
+    }
+
+    fn step_slices(&mut self, dirty: &mut Dirty, event: watcher::Event<EndpointSlice>) -> bool {
+        let mut mirror = std::mem::take(&mut self.slices_mirror);
+        let changed = mirror.step(&mut Slices { store: self, dirty }, event);
+        self.slices_mirror = mirror;
+        changed
+    }
+
+    fn step_node(&mut self, event: watcher::Event<K8sNode>) -> bool {
+        let mut mirror = std::mem::take(&mut self.node_mirror);
+        let changed = mirror.step(&mut ThisNode(&mut self.node), event);
+        self.node_mirror = mirror;
+        changed
+    }
+}
+
+/// The Services' store: the view itself.
+struct Services<'a> {
+    store: &'a mut Store,
+    dirty: &'a mut Dirty,
+}
+
+impl k8s::Store<K8sService> for Services<'_> {
+    fn apply(&mut self, _key: ObjectKey, obj: K8sService) -> bool {
+        let mut errors = Vec::new();
+        let new = Service::from_k8s(&obj, &mut errors);
+        warn_all(errors);
+        self.store.set_service(self.dirty, &service_key(&obj), new)
+    }
+
+    fn delete(&mut self, key: &str) -> bool {
+        let (ns, name) = key.split_once('/').unwrap_or(("default", key));
+        self.store
+            .set_service(self.dirty, &ServiceKey::new(ns, name), None)
+    }
+
+    fn keys(&self) -> Vec<ObjectKey> {
+        self.store
+            .view
+            .services
+            .keys()
+            .map(|k| format!("{}/{}", k.namespace, k.name).into())
+            .collect()
+    }
+
+    fn listed(&mut self) {
+        compact(&mut self.store.view.services);
+    }
+}
+
+/// The EndpointSlices' store: slim slices, indexed by service.
+struct Slices<'a> {
+    store: &'a mut Store,
+    dirty: &'a mut Dirty,
+}
+
+impl k8s::Store<EndpointSlice> for Slices<'_> {
+    fn apply(&mut self, key: ObjectKey, obj: EndpointSlice) -> bool {
+        let mut errors = Vec::new();
+        let new = Slice::from_k8s(&obj, &mut self.store.interner, &mut errors);
+        warn_all(errors);
+        self.store.set_slice(self.dirty, key, new)
+    }
+
+    fn delete(&mut self, key: &str) -> bool {
+        self.store.set_slice(self.dirty, key.into(), None)
+    }
+
+    fn keys(&self) -> Vec<ObjectKey> {
+        self.store.slices.keys().cloned().collect()
+    }
+
+    fn listed(&mut self) {
+        // Node names and hints nothing holds any more.
+        self.store.interner.prune();
+        compact(&mut self.store.slices);
+        compact(&mut self.store.slices_of);
+    }
+}
+
+/// This node's store (its watch selects it by name).
+struct ThisNode<'a>(&'a mut Option<(ObjectKey, NodeInfo)>);
+
+impl k8s::Store<K8sNode> for ThisNode<'_> {
+    fn apply(&mut self, key: ObjectKey, obj: K8sNode) -> bool {
+        let new = (key, NodeInfo::from_k8s(&obj));
+        let changed = self.0.as_ref() != Some(&new);
+        *self.0 = Some(new);
+        changed
+    }
+
+    fn delete(&mut self, key: &str) -> bool {
+        let here = self.0.as_ref().is_some_and(|(k, _)| &**k == key);
+        if here {
+            *self.0 = None;
         }
-        if relist {
-            // Node names and hints nothing holds any more.
-            self.interner.prune();
-            compact(&mut self.slices_of);
-        }
+        here
+    }
+
+    fn keys(&self) -> Vec<ObjectKey> {
+        self.0.iter().map(|(k, _)| k.clone()).collect()
     }
 }
 
@@ -578,17 +506,22 @@ impl State {
 
     fn step(&mut self, event: Event) {
         match event {
-            Event::Service(e) => self.store.step_services(&mut self.dirty, e),
-            Event::Slice(e) => self.store.step_slices(&mut self.dirty, e),
+            Event::Service(e) => {
+                self.store.step_services(&mut self.dirty, e);
+            }
+            Event::Slice(e) => {
+                self.store.step_slices(&mut self.dirty, e);
+            }
             Event::Node(e) => {
-                let mut changed = false;
-                let convert = |n: &K8sNode| Some(NodeInfo::from_k8s(n));
-                self.store.nodes.step(e, convert, |_, _, _| changed = true);
-                if changed && self.applied_node.as_ref() != Some(&self.node()) {
+                if self.store.step_node(e) && self.applied_node.as_ref() != Some(&self.node()) {
                     self.all_dirty = true;
                 }
             }
         }
+        self.mark_pending();
+    }
+
+    fn mark_pending(&mut self) {
         let pending = self.all_dirty || !self.dirty.is_empty();
         if pending && self.pending_since.is_none() {
             self.pending_since = Some(Instant::now());
@@ -597,7 +530,7 @@ impl State {
 
     /// The node the rules are for, from its Node object (if there is one) and flags.
     fn node(&self) -> Node {
-        let info = self.store.nodes.objects.values().next();
+        let info = self.store.node.as_ref().map(|(_, n)| n);
         let mut node = Node {
             name: self.node_name.clone(),
             cluster_cidrs: self.args.cluster_cidrs.clone(),
@@ -612,6 +545,18 @@ impl State {
             node.zone = n.zone.clone();
         }
         node
+    }
+
+    /// Compares the kernel with what was applied: when the proxy's tables are no
+    /// longer the ones it filled (deleted, or deleted and made again by someone), the
+    /// next sync puts the whole ruleset back.
+    fn check_tables(&mut self) {
+        if self.proxier.applied().is_none() || self.proxier.intact() {
+            return;
+        }
+        warn!("the service proxy's nftables tables were changed by someone else; restoring them");
+        self.all_dirty = true;
+        self.mark_pending();
     }
 
     /// Applies the dirty services (or everything) to the kernel.
@@ -994,24 +939,27 @@ mod tests {
     }
 
     #[test]
-    fn only_a_refused_streaming_list_falls_back_to_pages() {
-        let status = |code: u16| {
-            let mut s = kube::core::Status::failure("sendInitialEvents is forbidden", "Invalid");
-            s.code = code;
-            Box::new(s)
+    fn flags_round_trip() {
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Cli {
+            #[command(flatten)]
+            proxy: ProxyArgs,
+        }
+        let args = ProxyArgs {
+            proxy: false,
+            cluster_cidrs: vec![
+                "10.244.0.0/16".parse().unwrap(),
+                "fd00::/56".parse().unwrap(),
+            ],
+            service_cidrs: vec!["10.100.0.0/16".parse().unwrap()],
+            sync_delay_ms: 7,
         };
-        assert!(refused(&watcher::Error::WatchError(status(422))));
-        assert!(refused(&watcher::Error::WatchStartFailed(
-            kube::Error::Api(status(400))
-        )));
-        assert!(
-            !refused(&watcher::Error::WatchError(status(410))),
-            "gone: re-list"
-        );
-        assert!(!refused(&watcher::Error::WatchStartFailed(
-            kube::Error::Api(status(503))
-        )));
-        assert!(!refused(&watcher::Error::NoResourceVersion));
+        let argv = std::iter::once("x".into()).chain(args.to_args());
+        assert_eq!(Cli::parse_from(argv).proxy, args);
+        let defaults = Cli::parse_from(["x"]).proxy;
+        let argv = std::iter::once("x".into()).chain(defaults.to_args());
+        assert_eq!(Cli::parse_from(argv).proxy, defaults);
     }
 
     #[test]

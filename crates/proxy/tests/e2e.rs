@@ -248,6 +248,44 @@ fn cluster_ip_balances_rejects_and_follows_endpoint_changes() {
     let seen: BTreeSet<&str> = answers.iter().map(String::as_str).collect();
     assert_eq!(seen.len(), 2, "{answers:?}");
 
+    // The proxier sees its tables are still there, also after others' commits...
+    assert!(restarted.intact());
+    let mut other = NftSocket::new_in(&node).unwrap();
+    let other_table = netlink::nft::Table::new(netlink::nft::Family::Ip, "someone-else");
+    other
+        .apply(netlink::nft::Batch::new().add_table(&other_table))
+        .unwrap();
+    assert!(restarted.intact(), "another table changes nothing of ours");
+    // ... and that they are gone when someone deletes one; the next sync puts
+    // everything back.
+    let status = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &node,
+            "nft",
+            "delete",
+            "table",
+            "ip",
+            proxy::TABLE,
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        connect(&pod2, "10.96.0.10:80", 1).is_err(),
+        "no rules, no service"
+    );
+    assert!(!restarted.intact());
+    let report = restarted
+        .sync(rules(&["10.244.1.2", "10.244.2.2"]))
+        .unwrap();
+    assert!(report.full, "{report:?}");
+    assert!(restarted.intact());
+    let answers = connect(&pod2, "10.96.0.10:80", 24).unwrap();
+    let seen: BTreeSet<&str> = answers.iter().map(String::as_str).collect();
+    assert_eq!(seen.len(), 2, "{answers:?}");
+
     // Cleanup removes the tables, and is repeatable.
     restarted.cleanup().unwrap();
     restarted.cleanup().unwrap();
