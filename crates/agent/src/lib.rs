@@ -1,9 +1,10 @@
 //! `kubewire agent`: the per-node data plane, run in each node's network namespace (in
 //! the lab) or as a DaemonSet (in a cluster).
 //!
-//! It follows the one shape every kubewire component has: watch the API into a local
-//! view (kube-rs `watcher`), compute the desired kernel state from the whole view as a
-//! pure function ([`plan::plan`]), and apply only the difference ([`kernel`]). It does
+//! It follows the one shape every kubewire component has: mirror the API into a local
+//! view ([`k8s::Mirror`]), compute the desired kernel state from the whole view as a
+//! pure function ([`plan::plan`]), diff it against what the kernel holds and apply only
+//! the difference ([`kernel`]), again at every `--resync` so that drift is repaired. It does
 //! pod networking across nodes (the CNI config with the node's pod CIDRs, and routes to
 //! every other node's pod CIDRs, natively or over VXLAN) and, unless `--proxy=false`,
 //! runs the service proxy ([`proxy::run`]) beside it on the same API connection.
@@ -14,15 +15,16 @@ pub mod masquerade;
 pub mod plan;
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use cni::spec::RoutingMode;
 use futures::StreamExt;
+use k8s::{ErrorChain, Mirror, ObjectKey};
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::watcher;
 use tracing::{info, warn};
-
-pub use plan::Mode;
 
 /// What went wrong in the agent.
 #[derive(Debug, thiserror::Error)]
@@ -31,41 +33,44 @@ pub enum Error {
     /// The kernel refused something.
     #[error(transparent)]
     Kernel(#[from] netlink::Error),
-    /// Some changes did not apply; the next sync retries them.
-    #[error("{} change(s) failed: {}", .0.len(), .0.join("; "))]
-    Apply(Vec<String>),
+    /// Some changes did not apply; the next reconcile retries them.
+    #[error("{} kernel change(s) failed: {}", .0.len(), .0.iter().map(|e| ErrorChain(e).to_string()).collect::<Vec<_>>().join("; "))]
+    Apply(Vec<netlink::Error>),
     /// No usable API connection.
-    #[error("connecting to the API server: {0}")]
-    Api(String),
-    /// The service proxy stopped.
     #[error(transparent)]
+    Client(#[from] k8s::Error),
+    /// The watch of Nodes ended.
+    #[error("the watch of nodes ended")]
+    WatchEnded,
+    /// The service proxy stopped.
+    #[error("the service proxy stopped")]
     Proxy(#[from] proxy::Error),
+    /// The signal handlers could not be installed.
+    #[error("handling SIGTERM")]
+    Signals(#[source] std::io::Error),
     /// A file could not be written.
-    #[error("{op}: {cause}")]
+    #[error("{op}")]
     Io {
         /// What we were doing.
         op: String,
         /// Why it failed.
+        #[source]
         cause: std::io::Error,
     },
 }
 
 /// `kubewire agent` flags.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct Args {
     /// This node's name, as in its Node object.
     #[arg(long, env = "NODE_NAME")]
     pub node_name: String,
-    /// Kubeconfig to reach the API server; in-cluster service account if not given.
-    #[arg(long, env = "KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
-    /// API server URL, overriding the kubeconfig's (the lab's nodes reach the control
-    /// plane on the underlay, not on the host's loopback).
-    #[arg(long)]
-    pub server: Option<String>,
+    /// How to reach the API server.
+    #[command(flatten)]
+    pub client: k8s::ClientArgs,
     /// How pod traffic crosses between nodes.
-    #[arg(long, value_enum, default_value_t = Mode::Native)]
-    pub mode: Mode,
+    #[arg(long, value_enum, default_value_t = RoutingMode::Native)]
+    pub mode: RoutingMode,
     /// The underlay MTU; pods get 50 bytes less in VXLAN mode.
     #[arg(long, default_value_t = 1500)]
     pub mtu: u32,
@@ -83,93 +88,68 @@ pub struct Args {
     /// nftables tables) and exit, instead of running.
     #[arg(long)]
     pub cleanup: bool,
-    /// How often to re-apply the whole plan even without API changes, repairing any
-    /// drift in the kernel.
-    #[arg(long, default_value = "30s", value_parser = parse_seconds)]
+    /// How often to compare the kernel with the desired state even without API
+    /// changes, and repair what differs (a route or table someone deleted).
+    #[arg(long, default_value = "30s", value_parser = k8s::parse_duration)]
     pub resync: Duration,
     /// The service proxy's flags.
     #[command(flatten)]
     pub proxy: proxy::ProxyArgs,
 }
 
-fn parse_seconds(s: &str) -> Result<Duration, String> {
-    let n = s.strip_suffix('s').unwrap_or(s);
-    n.parse::<u64>()
-        .map(Duration::from_secs)
-        .map_err(|_| format!("{s:?} is not a number of seconds like 30s"))
-}
-
-async fn client(args: &Args) -> Result<kube::Client, Error> {
-    let api = |e: &dyn std::fmt::Display| Error::Api(e.to_string());
-    let mut config = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| api(&e))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                .await
-                .map_err(|e| api(&e))?
+impl Args {
+    /// These flags as command-line arguments (what parses back into `self`).
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["--node-name".into(), self.node_name.clone().into()];
+        args.extend(self.client.to_args());
+        args.extend([
+            format!("--mode={}", self.mode.as_str()).into(),
+            format!("--mtu={}", self.mtu).into(),
+            "--cni-conf-dir".into(),
+            self.cni_conf_dir.clone().into(),
+        ]);
+        if let Some(dir) = &self.cni_bin_dir {
+            args.extend(["--cni-bin-dir".into(), dir.clone().into()]);
         }
-        None => kube::Config::infer().await.map_err(|e| api(&e))?,
-    };
-    if let Some(server) = &args.server {
-        config.cluster_url = server.parse().map_err(|e| api(&e))?;
+        args.extend(["--cni-data-dir".into(), self.cni_data_dir.clone().into()]);
+        if self.cleanup {
+            args.push("--cleanup".into());
+        }
+        args.push(format!("--resync={}", k8s::duration::format_duration(self.resync)).into());
+        args.extend(self.proxy.to_args());
+        args
     }
-    kube::Client::try_from(config).map_err(|e| api(&e))
 }
 
-/// The watch loop's view of the cluster's Nodes, stepped by watcher events.
+/// The cluster's Nodes, each reduced to what the plan reads.
 #[derive(Debug, Default)]
-struct NodeView {
-    nodes: BTreeMap<String, plan::NodeView>,
-    /// Nodes seen since the current (re-)list began; swapped in when it completes.
-    relisting: Option<BTreeMap<String, plan::NodeView>>,
-    /// Whether a complete list has been seen.
-    synced: bool,
-}
+struct Nodes(BTreeMap<String, plan::NodeView>);
 
-impl NodeView {
-    /// Applies one event; true when the view changed in a way worth a sync.
-    fn step(&mut self, event: watcher::Event<Node>) -> bool {
-        let view = |n: &Node| {
-            let (v, problems) = plan::NodeView::from_node(n);
-            for p in problems {
-                warn!("{p}");
-            }
-            v
-        };
-        match event {
-            watcher::Event::Init => {
-                self.relisting = Some(BTreeMap::new());
-                false
-            }
-            watcher::Event::InitApply(n) => {
-                let v = view(&n);
-                self.relisting
-                    .get_or_insert_with(BTreeMap::new)
-                    .insert(v.name.clone(), v);
-                false
-            }
-            watcher::Event::InitDone => {
-                self.nodes = self.relisting.take().unwrap_or_default();
-                self.synced = true;
-                true
-            }
-            watcher::Event::Apply(n) => {
-                let v = view(&n);
-                // Status heartbeats change nothing the plan reads: skip those syncs.
-                let unchanged = self.nodes.get(&v.name) == Some(&v);
-                self.nodes.insert(v.name.clone(), v);
-                !unchanged
-            }
-            watcher::Event::Delete(n) => self
-                .nodes
-                .remove(n.metadata.name.as_deref().unwrap_or_default())
-                .is_some(),
+impl k8s::Store<Node> for Nodes {
+    fn apply(&mut self, _key: ObjectKey, node: Node) -> bool {
+        let (view, problems) = plan::NodeView::from_node(&node);
+        for p in problems {
+            warn!("{p}");
         }
+        // Status heartbeats change nothing the plan reads: no reconcile for those.
+        if self.0.get(&view.name) == Some(&view) {
+            return false;
+        }
+        self.0.insert(view.name.clone(), view);
+        true
+    }
+
+    fn delete(&mut self, key: &str) -> bool {
+        self.0.remove(key).is_some()
+    }
+
+    fn keys(&self) -> Vec<ObjectKey> {
+        self.0.keys().map(|k| k.as_str().into()).collect()
     }
 }
 
-/// Runs the agent until the process is stopped. Routes stay in place when it stops:
-/// restarting the agent must not cut pods off.
+/// Runs the agent until SIGTERM or SIGINT. Routes and rules stay in place when it
+/// stops: restarting the agent must not cut pods off.
 pub async fn run(args: Args) -> Result<(), Error> {
     if args.cleanup {
         // Both, whatever the first one's outcome; then report.
@@ -181,64 +161,122 @@ pub async fn run(args: Args) -> Result<(), Error> {
         services?;
         return Ok(());
     }
-    let client = client(&args).await?;
-    let services = if args.proxy.proxy {
-        let proxy = proxy::run(client.clone(), args.node_name.clone(), args.proxy.clone());
-        futures::future::Either::Left(proxy)
-    } else {
-        futures::future::Either::Right(std::future::pending())
+    let mut shutdown = k8s::Shutdown::new().map_err(Error::Signals)?;
+    let client = args.client.client().await?;
+    let services = async {
+        if args.proxy.proxy {
+            proxy::run(
+                client.clone(),
+                args.node_name.clone(),
+                args.proxy.clone(),
+                args.resync,
+            )
+            .await
+        } else {
+            std::future::pending().await
+        }
     };
     tokio::select! {
         r = services => r.map_err(Error::from),
-        r = routes(args, client) => r,
+        r = routes(&args, client.clone()) => r,
+        () = shutdown.recv() => {
+            info!("agent stopping; routes and rules stay in place");
+            Ok(())
+        }
     }
 }
 
-/// The routing loop: Nodes in, routes and the CNI config out.
-async fn routes(args: Args, client: kube::Client) -> Result<(), Error> {
+/// The routing loop: Nodes in, the kernel's routes and the CNI config out.
+async fn routes(args: &Args, client: kube::Client) -> Result<(), Error> {
     if let Some(dir) = &args.cni_bin_dir {
         cni_config::install_plugin(dir)?;
     }
-    let mut kernel = kernel::Reconciler::new(args.mode, args.mtu).await?;
-    let nodes: kube::Api<Node> = kube::Api::all(client);
-    let mut events = watcher(nodes, watcher::Config::default()).boxed();
-    let mut view = NodeView::default();
+    let mut kernel = kernel::Reconciler::new(args.mode, args.mtu)?;
+    let mut events = k8s::watch(kube::Api::<Node>::all(client), watcher::Config::default());
+    let (mut nodes, mut mirror) = (Nodes::default(), Mirror::new());
     let mut resync = tokio::time::interval(args.resync);
     info!(node = %args.node_name, mode = args.mode.as_str(), "agent started");
     loop {
         let changed = tokio::select! {
             event = events.next() => match event {
-                Some(Ok(event)) => view.step(event),
+                Some(Ok(event)) => mirror.step(&mut nodes, event),
                 Some(Err(e)) => {
                     // The watcher backs off and re-lists by itself.
-                    warn!(error = %e, "watching nodes");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    warn!(error = %ErrorChain(&e), "watching nodes");
                     false
                 }
-                None => return Err(Error::Api("the node watch ended".into())),
+                None => return Err(Error::WatchEnded),
             },
-            _ = resync.tick() => view.synced,
+            _ = resync.tick() => true,
         };
-        if !changed || !view.synced {
+        if !changed || !mirror.synced() {
             continue;
         }
-        let plan = plan::plan(&args.node_name, &view.nodes, args.mode);
+        let plan = plan::plan(&args.node_name, &nodes.0, args.mode);
         for p in &plan.problems {
             warn!("{p}");
         }
-        if let Err(e) = kernel.apply(&plan).await {
-            warn!(error = %e, "applying routes; retrying at the next change or resync");
-        }
-        if !plan.own_pod_cidrs.is_empty() {
-            let text =
-                cni_config::render(&plan.own_pod_cidrs, args.mode, args.mtu, &args.cni_data_dir);
-            match cni_config::write_if_changed(&args.cni_conf_dir, &text) {
-                Ok(true) => {
-                    info!(dir = %args.cni_conf_dir.display(), cidrs = ?plan.own_pod_cidrs, "CNI config written")
-                }
-                Ok(false) => {}
-                Err(e) => warn!(error = %e, "writing the CNI config"),
+        match kernel.reconcile(&plan).await {
+            Ok(0) => {}
+            Ok(n) => info!(changes = n, "kernel brought to the plan"),
+            Err(e) => {
+                warn!(error = %ErrorChain(&e), "reconciling the kernel; retrying at the next change or resync");
             }
         }
+        if !plan.own_pod_cidrs.is_empty() {
+            let list =
+                cni_config::conflist(&plan.own_pod_cidrs, args.mode, args.mtu, &args.cni_data_dir);
+            match cni_config::write_if_changed(&args.cni_conf_dir, &list.to_json()) {
+                Ok(true) => {
+                    info!(dir = %args.cni_conf_dir.display(), cidrs = ?plan.own_pod_cidrs, "CNI config written");
+                }
+                Ok(false) => {}
+                Err(e) => warn!(error = %ErrorChain(&e), "writing the CNI config"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        agent: Args,
+    }
+
+    fn parse(argv: Vec<OsString>) -> Args {
+        Cli::parse_from(std::iter::once("kubewire-agent".into()).chain(argv)).agent
+    }
+
+    #[test]
+    fn flags_round_trip() {
+        let args = Args {
+            node_name: "node-2".into(),
+            client: k8s::ClientArgs {
+                kubeconfig: Some("/data/node-2/kubeconfig".into()),
+                server: Some("https://198.18.0.1:6443".into()),
+            },
+            mode: RoutingMode::Vxlan,
+            mtu: 9000,
+            cni_conf_dir: "/data/node-2/net.d".into(),
+            cni_bin_dir: Some("/data/node-2/bin".into()),
+            cni_data_dir: "/data/node-2/cni".into(),
+            cleanup: true,
+            resync: Duration::from_millis(1500),
+            proxy: proxy::ProxyArgs {
+                proxy: false,
+                cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+                service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+                sync_delay_ms: 5,
+            },
+        };
+        assert_eq!(parse(args.to_args()), args);
+        let defaults = parse(vec!["--node-name".into(), "n".into()]);
+        assert_eq!(parse(defaults.to_args()), defaults);
     }
 }

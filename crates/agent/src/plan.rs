@@ -4,30 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use cni::spec::RoutingMode;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
-
-/// How pod traffic crosses between nodes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mode {
-    /// A route to each remote node's pod CIDRs via its underlay address: no
-    /// encapsulation, the underlay must route pod addresses (one L2 segment does).
-    #[default]
-    Native,
-    /// VXLAN between nodes: works over any underlay that carries UDP, costs 50 bytes
-    /// of MTU.
-    Vxlan,
-}
-
-impl Mode {
-    /// The name the CNI config uses.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Native => "native",
-            Mode::Vxlan => "vxlan",
-        }
-    }
-}
 
 /// The parts of a Node the agent cares about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,7 +156,7 @@ pub struct Plan {
 }
 
 /// Computes the plan of node `own` from every Node in the cluster.
-pub fn plan(own: &str, nodes: &BTreeMap<String, NodeView>, mode: Mode) -> Plan {
+pub fn plan(own: &str, nodes: &BTreeMap<String, NodeView>, mode: RoutingMode) -> Plan {
     let mut plan = Plan::default();
     let me = nodes.get(own);
     plan.own_pod_cidrs = me.map(|n| n.pod_cidrs.clone()).unwrap_or_default();
@@ -186,7 +165,7 @@ pub fn plan(own: &str, nodes: &BTreeMap<String, NodeView>, mode: Mode) -> Plan {
         .flat_map(|n| n.pod_cidrs.iter().copied())
         .collect();
     plan.all_pod_cidrs = all.into_iter().collect();
-    if mode == Mode::Vxlan {
+    if mode == RoutingMode::Vxlan {
         match me.and_then(|n| n.internal_ip(true).or_else(|| n.internal_ip(false))) {
             Some(underlay) => {
                 plan.local_vxlan = Some(LocalVxlan {
@@ -202,7 +181,7 @@ pub fn plan(own: &str, nodes: &BTreeMap<String, NodeView>, mode: Mode) -> Plan {
     }
     for node in nodes.values().filter(|n| n.name != own) {
         match mode {
-            Mode::Native => {
+            RoutingMode::Native => {
                 for cidr in &node.pod_cidrs {
                     match node.internal_ip(cidr.addr().is_ipv4()) {
                         Some(via) => {
@@ -215,7 +194,7 @@ pub fn plan(own: &str, nodes: &BTreeMap<String, NodeView>, mode: Mode) -> Plan {
                     }
                 }
             }
-            Mode::Vxlan => {
+            RoutingMode::Vxlan => {
                 // The underlay carries IPv4 encapsulation when both ends have IPv4.
                 let underlay = node.internal_ip(true).or_else(|| node.internal_ip(false));
                 let Some(underlay) = underlay else {
@@ -280,7 +259,7 @@ mod tests {
 
     #[test]
     fn native_routes_every_remote_cidr_via_its_node_of_the_same_family() {
-        let p = plan("node-1", &cluster(), Mode::Native);
+        let p = plan("node-1", &cluster(), RoutingMode::Native);
         let routes: Vec<String> = p
             .routes
             .iter()
@@ -305,7 +284,7 @@ mod tests {
             "node-4".into(),
             view("node-4", &["fd00:10:244:4::/64"], &["198.18.0.14"]).1,
         );
-        let p = plan("node-1", &nodes, Mode::Native);
+        let p = plan("node-1", &nodes, RoutingMode::Native);
         assert!(
             !p.routes
                 .iter()
@@ -322,7 +301,7 @@ mod tests {
 
     #[test]
     fn vxlan_routes_through_remote_gateways_and_knows_every_vtep() {
-        let p = plan("node-1", &cluster(), Mode::Vxlan);
+        let p = plan("node-1", &cluster(), RoutingMode::Vxlan);
         let local = p.local_vxlan.clone().unwrap();
         assert_eq!(local.mac, [0x0a, 0x58, 198, 18, 0, 11]);
         assert_eq!(
@@ -352,9 +331,9 @@ mod tests {
     #[test]
     fn a_node_leaving_takes_its_routes_with_it() {
         let mut nodes = cluster();
-        let before = plan("node-1", &nodes, Mode::Vxlan);
+        let before = plan("node-1", &nodes, RoutingMode::Vxlan);
         nodes.remove("node-2");
-        let after = plan("node-1", &nodes, Mode::Vxlan);
+        let after = plan("node-1", &nodes, RoutingMode::Vxlan);
         assert_eq!(before.routes.len() - 2, after.routes.len());
         assert_eq!(after.vteps.len(), 1);
     }
