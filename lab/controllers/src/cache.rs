@@ -1,5 +1,6 @@
-//! The local view: one kube-rs watcher + reflector store per kind, each with a change
-//! counter controllers wait on; and the controller loop every controller runs.
+//! The local view: one kube-rs reflector store per kind (whole objects: the
+//! controllers write them back), fed by [`k8s::watch`], each with a change counter
+//! controllers wait on; and the controller loop every controller runs.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
@@ -59,9 +60,7 @@ where
     let (tx, changed) = watch::channel(0u64);
     let (listed_tx, listed) = watch::channel(false);
     tasks.spawn(async move {
-        let mut events = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .boxed();
+        let mut events = k8s::watch(api, watcher::Config::default());
         while let Some(event) = events.next().await {
             match event {
                 Ok(event) => {
@@ -74,7 +73,7 @@ where
                     }
                 }
                 // The watcher backs off and re-lists by itself.
-                Err(e) => warn!(kind = %K::kind(&()), error = %e, "watch failed"),
+                Err(e) => warn!(kind = %K::kind(&()), error = %k8s::ErrorChain(&e), "watch failed"),
             }
         }
     });

@@ -355,7 +355,7 @@ async fn pass(ctx: &Ctx) -> Outcome {
         }
     }
     for e in &errors {
-        warn!(error = %e, "daemonset");
+        warn!(error = %k8s::ErrorChain(e), "daemonset");
     }
     out.failed = !errors.is_empty();
     out

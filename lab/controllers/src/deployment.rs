@@ -383,7 +383,7 @@ async fn pass(ctx: &Ctx) -> Outcome {
             continue;
         }
         if let Err(e) = sync(ctx, &d, &all_rs, &pods, &mut out).await {
-            warn!(error = %e, "deployment");
+            warn!(error = %k8s::ErrorChain(&e), "deployment");
             out.failed = true;
         }
     }

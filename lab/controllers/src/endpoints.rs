@@ -732,7 +732,7 @@ async fn pass(ctx: &Ctx) -> Outcome {
         }
     }
     for e in &errors {
-        warn!(error = %e, "endpoints");
+        warn!(error = %k8s::ErrorChain(e), "endpoints");
     }
     out.failed = !errors.is_empty();
     out

@@ -139,7 +139,7 @@ async fn pass(ctx: &Ctx) -> Outcome {
             }
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => {
-                warn!(error = %Error::api(format!("setting spec.podCIDRs of node {name}"))(e), "nodeipam");
+                warn!(error = %k8s::ErrorChain(&Error::api(format!("setting spec.podCIDRs of node {name}"))(e)), "nodeipam");
                 out.failed = true;
             }
         }

@@ -31,7 +31,6 @@ pub mod scheduler;
 pub mod statefulset;
 pub mod util;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,19 +43,26 @@ use tracing::info;
 #[non_exhaustive]
 pub enum Error {
     /// No usable API connection; not retried (fix the kubeconfig).
-    #[error("connecting to the API server: {0}")]
-    Connect(String),
+    #[error(transparent)]
+    Client(#[from] k8s::Error),
     /// A request failed; the next pass retries it.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Api {
         /// The object and the operation, e.g. `creating pod default/web-abc`.
         what: String,
         /// The API's answer.
+        #[source]
         source: kube::Error,
     },
     /// A flag or configuration value is unusable.
     #[error("{0}")]
     Config(String),
+    /// A controller task ended, which only a panic makes happen.
+    #[error("a controller stopped unexpectedly")]
+    Stopped,
+    /// The signal handlers could not be installed.
+    #[error("handling SIGTERM")]
+    Signals(#[source] std::io::Error),
 }
 
 impl Error {
@@ -67,11 +73,11 @@ impl Error {
 }
 
 /// `kubewire controllers` flags.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct Args {
-    /// Kubeconfig to reach the API server; in-cluster service account if not given.
-    #[arg(long, env = "KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
+    /// How to reach the API server.
+    #[command(flatten)]
+    pub client: k8s::ClientArgs,
     /// The cluster's pod ranges, one per address family; nodes get their podCIDRs from
     /// them.
     #[arg(
@@ -88,23 +94,34 @@ pub struct Args {
     pub node_cidr_mask_size_ipv6: u8,
     /// How long a node's Lease may go unrenewed before the node is marked NotReady
     /// (its Ready condition Unknown) and its pods not ready.
-    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    #[arg(long, default_value = "40s", value_parser = k8s::parse_duration)]
     pub node_monitor_grace_period: Duration,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (n, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 40s"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?}: unit must be ms, s or m")),
+impl Args {
+    /// These flags as command-line arguments (what parses back into `self`).
+    pub fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let cidrs: Vec<String> = self.cluster_cidr.iter().map(IpNet::to_string).collect();
+        let mut args = self.client.to_args();
+        args.extend([
+            format!("--cluster-cidr={}", cidrs.join(",")).into(),
+            format!(
+                "--node-cidr-mask-size-ipv4={}",
+                self.node_cidr_mask_size_ipv4
+            )
+            .into(),
+            format!(
+                "--node-cidr-mask-size-ipv6={}",
+                self.node_cidr_mask_size_ipv6
+            )
+            .into(),
+            format!(
+                "--node-monitor-grace-period={}",
+                k8s::duration::format_duration(self.node_monitor_grace_period)
+            )
+            .into(),
+        ]);
+        args
     }
 }
 
@@ -201,31 +218,52 @@ pub fn start(client: kube::Client, config: Config) -> Controllers {
     Controllers { tasks }
 }
 
-async fn client(args: &Args) -> Result<kube::Client, Error> {
-    let err = |e: &dyn std::fmt::Display| Error::Connect(e.to_string());
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| err(&e))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                .await
-                .map_err(|e| err(&e))?
-        }
-        None => kube::Config::infer().await.map_err(|e| err(&e))?,
-    };
-    kube::Client::try_from(config).map_err(|e| err(&e))
-}
-
-/// `kubewire controllers`: runs every controller until the process is stopped.
+/// `kubewire controllers`: runs every controller until SIGTERM or SIGINT.
 pub async fn run(args: Args) -> Result<(), Error> {
+    let mut shutdown = k8s::Shutdown::new().map_err(Error::Signals)?;
     let config = Config::try_from(&args)?;
-    let client = client(&args).await?;
+    let client = args.client.client().await?;
     info!(cluster_cidrs = ?config.cluster_cidrs, "controllers started");
     let mut controllers = start(client, config);
     tokio::select! {
-        _ = controllers.wait() => Err(Error::Config("a controller stopped unexpectedly".into())),
-        _ = tokio::signal::ctrl_c() => {
+        _ = controllers.wait() => Err(Error::Stopped),
+        () = shutdown.recv() => {
+            info!("controllers stopping");
             controllers.shutdown().await;
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        controllers: Args,
+    }
+
+    #[test]
+    fn flags_round_trip() {
+        let parse = |argv: Vec<std::ffi::OsString>| {
+            Cli::parse_from(std::iter::once("x".into()).chain(argv)).controllers
+        };
+        let args = Args {
+            client: k8s::ClientArgs {
+                kubeconfig: Some("/lab/admin.kubeconfig".into()),
+                server: None,
+            },
+            cluster_cidr: vec!["10.200.0.0/16".parse().unwrap()],
+            node_cidr_mask_size_ipv4: 26,
+            node_cidr_mask_size_ipv6: 80,
+            node_monitor_grace_period: Duration::from_secs(90),
+        };
+        assert_eq!(parse(args.to_args()), args);
+        let defaults = parse(vec![]);
+        assert_eq!(parse(defaults.to_args()), defaults);
     }
 }

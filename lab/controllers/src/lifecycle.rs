@@ -222,7 +222,7 @@ async fn pass(ctx: &Ctx, probes: &Mutex<Probes>) -> Outcome {
             // The kubelet wrote the node meanwhile: expected now and then; retried.
             Err(kube::Error::Api(s)) if s.code == 409 => out.failed = true,
             Err(e) => {
-                warn!(error = %Error::api(format!("updating the taints of node {name}"))(e), "nodelifecycle");
+                warn!(error = %k8s::ErrorChain(&Error::api(format!("updating the taints of node {name}"))(e)), "nodelifecycle");
                 out.failed = true;
             }
         }
@@ -246,7 +246,7 @@ async fn pass(ctx: &Ctx, probes: &Mutex<Probes>) -> Outcome {
                     ));
                 }
                 Err(e) => {
-                    warn!(error = %Error::api(format!("marking node {name} NotReady"))(e), "nodelifecycle");
+                    warn!(error = %k8s::ErrorChain(&Error::api(format!("marking node {name} NotReady"))(e)), "nodelifecycle");
                     out.failed = true;
                     continue;
                 }
@@ -277,7 +277,7 @@ async fn pass(ctx: &Ctx, probes: &Mutex<Probes>) -> Outcome {
                 )),
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => {
-                    warn!(error = %Error::api(format!("marking pod {ns}/{pname} not ready"))(e), "nodelifecycle");
+                    warn!(error = %k8s::ErrorChain(&Error::api(format!("marking pod {ns}/{pname} not ready"))(e)), "nodelifecycle");
                     out.failed = true;
                 }
             }

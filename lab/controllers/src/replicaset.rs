@@ -264,7 +264,7 @@ async fn pass(ctx: &Ctx) -> Outcome {
     let mut out = std::mem::take(&mut *out.lock().unwrap());
     let errors = std::mem::take(&mut *errors.lock().unwrap());
     for e in &errors {
-        warn!(error = %e, "replicaset");
+        warn!(error = %k8s::ErrorChain(e), "replicaset");
     }
     out.failed = !errors.is_empty();
     out

@@ -308,7 +308,7 @@ async fn pass(ctx: &Ctx, state: &State) -> Outcome {
             Ok(Some(check)) => out.expect.push(check),
             Ok(None) => {}
             Err(e) => {
-                warn!(error = %e, "scheduler");
+                warn!(error = %k8s::ErrorChain(&e), "scheduler");
                 out.failed = true;
             }
         }

@@ -308,7 +308,7 @@ async fn pass(ctx: &Ctx) -> Outcome {
         }
     }
     for e in &errors {
-        warn!(error = %e, "statefulset");
+        warn!(error = %k8s::ErrorChain(e), "statefulset");
     }
     out.failed = !errors.is_empty();
     out

@@ -282,7 +282,7 @@ pub fn record(client: &kube::Client, event: k8s_openapi::api::core::v1::Event) {
         let ns = event.metadata.namespace.clone().unwrap_or_default();
         let api: kube::Api<k8s_openapi::api::core::v1::Event> = kube::Api::namespaced(client, &ns);
         if let Err(e) = api.create(&Default::default(), &event).await {
-            tracing::debug!(error = %e, "recording an event");
+            tracing::debug!(error = %k8s::ErrorChain(&e), "recording an event");
         }
     });
 }
