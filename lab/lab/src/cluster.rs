@@ -2,6 +2,7 @@
 //! controllers) in the host's namespace, and in each node's namespace the pod runner
 //! (`kubewire node`) and the agent, as a DaemonSet's pod would run there.
 
+use std::ffi::OsString;
 use std::fs;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::ListParams;
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::Kubeconfig;
 use kube::{Api, Client};
 use serde::Serialize;
 use tracing::{debug, warn};
@@ -83,6 +84,24 @@ pub async fn start(cfg: &LabConfig, binary: &Path, progress: &Progress) -> Resul
     }
 }
 
+/// A daemon's flags as `required` gives them and the rest at clap's defaults, for
+/// the lab to change the few it sets: the lab's command lines are built from each
+/// daemon's own `Args`, never from strings.
+fn defaults<A: clap::Args>(required: &[&str]) -> A {
+    #[derive(clap::Parser)]
+    struct Cli<A: clap::Args> {
+        #[command(flatten)]
+        args: A,
+    }
+    use clap::Parser;
+    Cli::<A>::parse_from(std::iter::once("kubewire").chain(required.iter().copied())).args
+}
+
+/// `kubewire SUBCOMMAND FLAGS...`.
+fn command(subcommand: &str, flags: Vec<OsString>) -> Vec<OsString> {
+    std::iter::once(subcommand.into()).chain(flags).collect()
+}
+
 fn csv(items: impl IntoIterator<Item = impl ToString>) -> String {
     items
         .into_iter()
@@ -105,7 +124,7 @@ async fn start_processes(
         fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     }
     let registry = Registry::new(&cfg.state_dir());
-    let start = |name: &str, netns: Option<&str>, args: Vec<String>| -> Result<Process> {
+    let start = |name: &str, netns: Option<&str>, args: Vec<OsString>| -> Result<Process> {
         let log = logs.join(format!("{}.log", name.replace('/', "-")));
         let p = processes::spawn(name, netns, binary, &args, &log)?;
         registry.add(p.clone())?;
@@ -124,13 +143,13 @@ async fn start_processes(
         vec![
             "apiserver".into(),
             "--data-dir".into(),
-            api_dir.display().to_string(),
+            api_dir.display().to_string().into(),
             "--listen".into(),
-            cfg.api_listen.to_string(),
+            cfg.api_listen.to_string().into(),
             "--listen-netns".into(),
-            format!("{underlay_ns}={}", cfg.api_underlay_addr()),
+            format!("{underlay_ns}={}", cfg.api_underlay_addr()).into(),
             "--service-cidr".into(),
-            csv(&cfg.service_cidrs),
+            csv(&cfg.service_cidrs).into(),
         ],
     )?;
     wait_for(
@@ -148,18 +167,19 @@ async fn start_processes(
     ));
 
     let step = progress.step("control plane: controllers");
+    let controllers_args = controllers::Args {
+        client: k8s::ClientArgs {
+            kubeconfig: Some(kubeconfig.clone()),
+            server: None,
+        },
+        cluster_cidr: cfg.pod_cidrs.clone(),
+        node_monitor_grace_period: Duration::from_secs(cfg.node_grace_period_seconds.into()),
+        ..defaults::<controllers::Args>(&[])
+    };
     let controllers = start(
         "controllers",
         None,
-        vec![
-            "controllers".into(),
-            "--kubeconfig".into(),
-            kubeconfig.display().to_string(),
-            "--cluster-cidr".into(),
-            csv(&cfg.pod_cidrs),
-            "--node-monitor-grace-period".into(),
-            format!("{}s", cfg.node_grace_period_seconds),
-        ],
+        command("controllers", controllers_args.to_args()),
     )?;
     step.done("endpoints, deployments, statefulsets, daemonsets, scheduler, node IPAM");
 
@@ -186,28 +206,27 @@ async fn start_processes(
         write_private(&node_kubeconfig, text.as_bytes())?;
         let netns = cfg.netns_name(Role::Node(n));
         let path = |sub: &str| dir.join(sub).display().to_string();
+        let agent_args = agent::Args {
+            node_name: node.clone(),
+            client: k8s::ClientArgs {
+                kubeconfig: Some(node_kubeconfig.clone()),
+                server: None,
+            },
+            mode: cfg.routing,
+            cni_conf_dir: dir.join("net.d"),
+            cni_bin_dir: Some(dir.join("bin")),
+            cni_data_dir: dir.join("cni"),
+            proxy: proxy::ProxyArgs {
+                cluster_cidrs: cfg.pod_cidrs.clone(),
+                service_cidrs: cfg.service_cidrs.clone(),
+                ..defaults::<agent::Args>(&["--node-name", &node]).proxy
+            },
+            ..defaults::<agent::Args>(&["--node-name", &node])
+        };
         let agent = start(
             &format!("{node}/agent"),
             Some(&netns),
-            vec![
-                "agent".into(),
-                "--node-name".into(),
-                node.clone(),
-                "--kubeconfig".into(),
-                node_kubeconfig.display().to_string(),
-                "--mode".into(),
-                cfg.routing.as_str().into(),
-                "--cni-conf-dir".into(),
-                path("net.d"),
-                "--cni-bin-dir".into(),
-                path("bin"),
-                "--cni-data-dir".into(),
-                path("cni"),
-                "--cluster-cidr".into(),
-                csv(&cfg.pod_cidrs),
-                "--service-cidr".into(),
-                csv(&cfg.service_cidrs),
-            ],
+            command("agent", agent_args.to_args()),
         )?;
         let runner = start(
             &format!("{node}/node"),
@@ -215,23 +234,23 @@ async fn start_processes(
             vec![
                 "node".into(),
                 "--node-name".into(),
-                node.clone(),
+                node.clone().into(),
                 "--kubeconfig".into(),
-                node_kubeconfig.display().to_string(),
+                node_kubeconfig.display().to_string().into(),
                 "--node-ip".into(),
-                csv(cfg.node_ips(n)),
+                csv(cfg.node_ips(n)).into(),
                 "--data-dir".into(),
-                dir.display().to_string(),
+                dir.display().to_string().into(),
                 "--cni-conf-dir".into(),
-                path("net.d"),
+                path("net.d").into(),
                 "--cni-bin-dir".into(),
-                path("bin"),
+                path("bin").into(),
                 "--cluster-dns".into(),
-                cfg.dns_ip().to_string(),
+                cfg.dns_ip().to_string().into(),
                 "--cluster-domain".into(),
-                cfg.cluster_domain.clone(),
+                cfg.cluster_domain.clone().into(),
                 "--lease-renew".into(),
-                format!("{}s", f64::from(cfg.node_grace_period_seconds) / 4.0),
+                format!("{}s", f64::from(cfg.node_grace_period_seconds) / 4.0).into(),
             ],
         )?;
         watched.extend([agent, runner]);
@@ -344,12 +363,7 @@ fn server_of(kubeconfig: &Path) -> String {
 
 /// A client for the lab's API server from its kubeconfig.
 pub async fn client(kubeconfig: &Path) -> Result<Client> {
-    let kc = Kubeconfig::read_from(kubeconfig)
-        .map_err(|e| Error::Component(format!("reading {}: {e}", kubeconfig.display())))?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .map_err(|e| Error::Component(format!("kubeconfig {}: {e}", kubeconfig.display())))?;
-    Client::try_from(config).map_err(|e| Error::Component(format!("API client: {e}")))
+    Ok(k8s::client_from_kubeconfig(kubeconfig).await?)
 }
 
 /// Whether the pod is Ready by a probe of this run (a kept data dir holds old statuses).

@@ -1,6 +1,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use cni::spec::RoutingMode;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
@@ -29,7 +30,7 @@ pub struct LabConfig {
     /// The Service ranges, at most one per IP family, in the same family order.
     pub service_cidrs: Vec<IpNet>,
     /// How pod traffic crosses between nodes: `native` routes or `vxlan`.
-    pub routing: Routing,
+    pub routing: RoutingMode,
     /// The cluster's DNS domain.
     pub cluster_domain: String,
     /// How long a node may go without renewing its Lease before it is NotReady and its
@@ -49,26 +50,6 @@ pub struct LabConfig {
     pub data_root: PathBuf,
 }
 
-/// How pod traffic crosses between nodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Routing {
-    /// Plain routes to each node's pod range over the underlay.
-    Native,
-    /// A VXLAN overlay between the nodes.
-    Vxlan,
-}
-
-impl Routing {
-    /// The value of `kubewire agent --mode`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Routing::Native => "native",
-            Routing::Vxlan => "vxlan",
-        }
-    }
-}
-
 impl Default for LabConfig {
     fn default() -> Self {
         LabConfig {
@@ -78,7 +59,7 @@ impl Default for LabConfig {
             underlay_v6: "2001:2::/64".parse().expect("valid default"),
             pod_cidrs: nets(&["10.244.0.0/16", "fd00:10:244::/56"]),
             service_cidrs: nets(&["10.96.0.0/12", "fd00:10:96::/112"]),
-            routing: Routing::Native,
+            routing: RoutingMode::Native,
             cluster_domain: "cluster.local".to_owned(),
             node_grace_period_seconds: 40,
             api_listen: SocketAddr::from(([127, 0, 0, 1], 6443)),
@@ -352,7 +333,7 @@ mod tests {
         )
         .unwrap();
         cfg.validate().unwrap();
-        assert_eq!(cfg.routing, Routing::Vxlan);
+        assert_eq!(cfg.routing, RoutingMode::Vxlan);
         assert_eq!(cfg.dns_ip().to_string(), "10.100.0.10");
         assert_eq!(cfg.cluster_domain, "lab.example");
         let err = LabConfig::from_yaml("nodes: 2\nroutng: vxlan\n").unwrap_err();

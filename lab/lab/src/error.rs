@@ -24,15 +24,18 @@ pub enum Error {
     /// The kernel refused something.
     #[error(transparent)]
     Kernel(#[from] netlink::Error),
+    /// The lab's API server could not be reached with its kubeconfig.
+    #[error(transparent)]
+    Client(#[from] k8s::Error),
     /// Reading or writing the lab's state failed.
-    #[error("{op}: {cause}")]
+    #[error("{op}")]
     Io {
         op: String,
-        /// Carried in the message rather than as `source()`, so it is printed once.
+        #[source]
         cause: std::io::Error,
     },
     /// Teardown keeps going past failures and reports them all at the end.
-    #[error("lab teardown left {} problem(s): {}", .0.len(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    #[error("lab teardown left {} problem(s): {}", .0.len(), .0.iter().map(|e| k8s::ErrorChain(e).to_string()).collect::<Vec<_>>().join("; "))]
     Teardown(Vec<Error>),
 }
 

@@ -13,7 +13,8 @@ mod processes;
 mod progress;
 mod topology;
 
-pub use config::{LabConfig, MAX_NODES, Role, Routing};
+pub use cni::spec::RoutingMode;
+pub use config::{LabConfig, MAX_NODES, Role};
 pub use error::{Error, Result};
 pub use processes::Process;
 pub use progress::{Progress, Step};

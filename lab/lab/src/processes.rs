@@ -46,7 +46,7 @@ pub(crate) fn spawn(
     name: &str,
     netns: Option<&str>,
     binary: &Path,
-    args: &[String],
+    args: &[std::ffi::OsString],
     log: &Path,
 ) -> Result<Process> {
     let out =
