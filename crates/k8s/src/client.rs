@@ -111,7 +111,10 @@ mod tests {
         };
         let e = missing.config().await.unwrap_err();
         assert!(matches!(e, Error::Kubeconfig { .. }));
-        assert_eq!(e.to_string(), format!("reading kubeconfig {}", path.display()));
+        assert_eq!(
+            e.to_string(),
+            format!("reading kubeconfig {}", path.display())
+        );
 
         std::fs::write(
             &path,

@@ -84,7 +84,10 @@ mod tests {
             "/healthz" => response(200, "text/plain", "ok"),
             _ => response(404, "text/plain", "not found"),
         }));
-        for (path, want) in [("/healthz", "HTTP/1.1 200 OK"), ("/x", "HTTP/1.1 404 Not Found")] {
+        for (path, want) in [
+            ("/healthz", "HTTP/1.1 200 OK"),
+            ("/x", "HTTP/1.1 404 Not Found"),
+        ] {
             let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
             let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
             conn.write_all(req.as_bytes()).await.unwrap();

@@ -235,7 +235,11 @@ mod tests {
         let (mut store, mut m) = (Values::default(), Mirror::new());
         assert!(!m.synced());
         let steps = list(&mut store, &mut m, vec![]);
-        assert_eq!(steps, [false, true], "an empty first list still completes a sync");
+        assert_eq!(
+            steps,
+            [false, true],
+            "an empty first list still completes a sync"
+        );
         assert!(m.synced());
         assert_eq!(store.1, 1);
     }
@@ -252,15 +256,30 @@ mod tests {
         assert!(!m.step(&mut store, watcher::Event::Init));
         assert!(!m.step(&mut store, watcher::Event::InitApply(cm("a", Some("1")))));
         assert!(m.step(&mut store, watcher::Event::InitApply(cm("b", Some("9")))));
-        assert_eq!(store.0.len(), 3, "nothing is dropped before the list completes");
-        assert!(m.step(&mut store, watcher::Event::InitApply(cm("d", Some("4")))));
-        assert!(m.step(&mut store, watcher::Event::InitDone), "c was deleted");
         assert_eq!(
-            store.0.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+            store.0.len(),
+            3,
+            "nothing is dropped before the list completes"
+        );
+        assert!(m.step(&mut store, watcher::Event::InitApply(cm("d", Some("4")))));
+        assert!(
+            m.step(&mut store, watcher::Event::InitDone),
+            "c was deleted"
+        );
+        assert_eq!(
+            store
+                .0
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>(),
             ["ns/a=1", "ns/b=9", "ns/d=4"]
         );
         // A relist that changes nothing is no change.
-        let steps = list(&mut store, &mut m, vec![cm("a", Some("1")), cm("b", Some("9")), cm("d", Some("4"))]);
+        let steps = list(
+            &mut store,
+            &mut m,
+            vec![cm("a", Some("1")), cm("b", Some("9")), cm("d", Some("4"))],
+        );
         assert!(steps.iter().all(|c| !c), "{steps:?}");
         assert_eq!(store.1, 3);
     }
@@ -269,7 +288,10 @@ mod tests {
     fn objects_the_store_ignores_count_as_listed_not_kept() {
         let (mut store, mut m) = (Values::default(), Mirror::new());
         list(&mut store, &mut m, vec![cm("a", Some("1"))]);
-        assert!(m.step(&mut store, watcher::Event::Apply(cm("a", None))), "a no longer has v");
+        assert!(
+            m.step(&mut store, watcher::Event::Apply(cm("a", None))),
+            "a no longer has v"
+        );
         assert!(store.0.is_empty());
         assert!(!m.step(&mut store, watcher::Event::Delete(cm("a", None))));
         assert!(m.step(&mut store, watcher::Event::Apply(cm("a", Some("2")))));
@@ -285,13 +307,16 @@ mod tests {
             Box::new(s)
         };
         assert!(refused(&watcher::Error::WatchError(status(422))));
-        assert!(refused(&watcher::Error::WatchStartFailed(kube::Error::Api(
-            status(400)
-        ))));
-        assert!(!refused(&watcher::Error::WatchError(status(410))), "gone: re-list");
-        assert!(!refused(&watcher::Error::WatchStartFailed(kube::Error::Api(
-            status(503)
-        ))));
+        assert!(refused(&watcher::Error::WatchStartFailed(
+            kube::Error::Api(status(400))
+        )));
+        assert!(
+            !refused(&watcher::Error::WatchError(status(410))),
+            "gone: re-list"
+        );
+        assert!(!refused(&watcher::Error::WatchStartFailed(
+            kube::Error::Api(status(503))
+        )));
         assert!(!refused(&watcher::Error::NoResourceVersion));
     }
 }
