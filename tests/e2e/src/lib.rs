@@ -176,6 +176,21 @@ pub fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
+/// The manifests `paths` (relative to `examples/`, the talk's manifests) as one
+/// multi-document manifest, in the order given, for [`running::RunningLab::apply`].
+pub fn examples(paths: &[&str]) -> String {
+    let dir = workspace_root().join("examples");
+    paths
+        .iter()
+        .map(|p| {
+            let path = dir.join(p);
+            std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
 /// Path of the `kubewire` binary built alongside the tests (target/<profile>/kubewire).
 pub fn kubewire_bin() -> PathBuf {
     if let Some(path) = std::env::var_os("KUBEWIRE_BIN") {
