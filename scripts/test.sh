@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: every tier, as root, then a check that the tests left the host's
-# networking exactly as they found it (../shared/tools/host-snapshot before and after).
+# networking exactly as they found it (scripts/host-snapshot before and after).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,11 +10,6 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 scripts/deps.sh test
 
-snapshot_tool=../shared/tools/host-snapshot
-if [[ ! -f $snapshot_tool ]]; then
-  echo "missing $snapshot_tool (the shared/ folder beside this checkout)" >&2
-  exit 1
-fi
 before=$(mktemp) after=$(mktemp)
 trap 'rm -f "$before" "$after"' EXIT
 
@@ -22,10 +17,10 @@ trap 'rm -f "$before" "$after"' EXIT
 # package's tests, so build it first.
 cargo build -p kubewire
 
-bash "$snapshot_tool" >"$before"
+scripts/host-snapshot >"$before"
 status=0
 cargo nextest run --workspace "$@" || status=$?
-bash "$snapshot_tool" >"$after"
+scripts/host-snapshot >"$after"
 
 if diff -u "$before" "$after"; then
   echo "host-snapshot: unchanged by the tests"

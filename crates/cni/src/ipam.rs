@@ -184,7 +184,8 @@ impl Store {
         self.dir.join("state.json")
     }
 
-    /// Reads the state without locking (for tests and diagnostics).
+    /// Reads the state without taking the lock: for readers (CHECK, STATUS, tests), who
+    /// see the old state or the new one, as a write replaces the file atomically.
     pub fn read(&self) -> Result<State, CniError> {
         match fs::read(self.state_path()) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {

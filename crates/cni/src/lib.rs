@@ -7,7 +7,8 @@
 //! - [`spec`]: the protocol as data (versions, environment, config, results, errors);
 //! - [`ipam`]: which pod has which address, safe across concurrent plugin processes;
 //! - [`wiring`]: the routed veth pair in the kernel;
-//! - commands in `plugin`.
+//! - [`hostport`]: `hostPort` mappings in the node's nftables;
+//! - commands in `plugin`, and the background unregister of DEL in `reaper`.
 
 pub mod hostport;
 pub mod ipam;

@@ -17,8 +17,9 @@ use crate::wiring::{self, Unregister};
 /// The variable that turns a plugin process into the reaper of one device.
 const ENV: &str = "KUBEWIRE_CNI_UNREGISTER";
 
-/// Starts the detached reaper for `u`. Failing to start it is logged, not an error:
-/// DEL has done its part, and GC covers the rest.
+/// Starts the detached reaper for `u`. Nothing here fails DEL, which has done its
+/// part: if this binary cannot be found the device is left (down) for GC; if the reaper
+/// cannot be started, the device is unregistered here, on DEL's path.
 pub(crate) async fn spawn(u: &Unregister) {
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,

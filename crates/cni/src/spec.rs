@@ -123,7 +123,8 @@ impl CniError {
     }
 }
 
-/// A kernel failure is an I/O-ish failure of ours, carrying what was being done.
+/// A kernel failure gets kubewire's own [`code::KERNEL`], its message saying what was
+/// being done.
 impl From<netlink::Error> for CniError {
     fn from(e: netlink::Error) -> Self {
         CniError::new(code::KERNEL, e.to_string(), "")

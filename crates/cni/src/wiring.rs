@@ -119,7 +119,7 @@ fn connect_pod(netns: &Path) -> Result<Rtnl, CniError> {
 }
 
 /// Creates the veth pair, addresses, neighbours and routes. On failure the caller
-/// calls [`detach`], which removes whatever part of this was made.
+/// calls [`detach_now`], which removes whatever part of this was made.
 /// `pod` is a connection into the pod's namespace, from [`ensure_absent`].
 pub async fn attach(a: &Attachment<'_>, pod: &Rtnl) -> Result<[Interface; 2], CniError> {
     let node = Rtnl::connect_here()?;
@@ -285,7 +285,8 @@ pub async fn sweep_host_side(
     Ok(deleted)
 }
 
-/// Deletes the node-side veth of an attachment if it is there (GC).
+/// Deletes the node-side veth of an attachment (its pod-side peer goes with it) if it
+/// is there; returns whether it was ([`detach_now`]).
 pub async fn delete_host_side(host_name: &str) -> Result<bool, CniError> {
     let node = Rtnl::connect_here()?;
     match node.link(host_name).await? {

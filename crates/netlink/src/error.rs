@@ -76,8 +76,9 @@ impl Error {
         }
     }
 
-    /// True when the kernel answered "no such file or directory" (ENOENT) or
-    /// "no such device" (ENODEV): the thing to delete is already gone.
+    /// True when what was asked for is not there: a missing namespace or link, or the
+    /// kernel's "no such file or directory" (ENOENT) or "no such device" (ENODEV). For
+    /// a delete: the thing is already gone.
     pub fn is_not_found(&self) -> bool {
         match self {
             Error::NetnsNotFound(_) | Error::LinkNotFound(_) => true,

@@ -1,4 +1,5 @@
-//! Links, addresses and routes over rtnetlink, bound to one network namespace.
+//! Links, addresses, routes, neighbours and VXLAN forwarding entries over rtnetlink,
+//! bound to one network namespace.
 
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -58,7 +59,8 @@ pub struct RouteSpec {
     /// Treat the gateway as directly reachable on `dev` even with no route to it (the
     /// pod's link-local gateway is such a next hop).
     pub onlink: bool,
-    /// `rtm_protocol` to tag the route with; 0 leaves the kernel's default (boot).
+    /// `rtm_protocol` to tag the route with; 0 leaves rtnetlink's default, `static`
+    /// (`ip route` shows `proto static`).
     pub protocol: u8,
 }
 
@@ -419,7 +421,8 @@ impl Rtnl {
             .map_err(|e| Error::netlink(format!("adding address {addr} to link {index}"), e))
     }
 
-    /// Adds a permanent neighbour (ARP / NDP) entry: `ip` is at `mac` on link `index`.
+    /// Adds a permanent neighbour (ARP / NDP) entry, or replaces the one for `ip`: `ip`
+    /// is at `mac` on link `index`.
     pub async fn add_neighbour(&self, index: u32, ip: IpAddr, mac: &[u8]) -> Result<()> {
         self.handle
             .neighbours()
@@ -750,7 +753,8 @@ pub struct VxlanSpec<'a> {
     pub name: &'a str,
     /// VXLAN network identifier.
     pub vni: u32,
-    /// UDP port (the kernel's IANA default is 4789; Linux overlays commonly use 8472).
+    /// UDP port (IANA's is 4789; the Linux kernel's own default, which Flannel also
+    /// uses, is 8472).
     pub port: u16,
     /// Underlay source address.
     pub local: IpAddr,

@@ -2,9 +2,11 @@
 //!
 //! The diff is computed against the ruleset applied last, kept in memory: the kernel's
 //! table is never listed. Rules cannot be addressed without their kernel handles, which
-//! we never read back, so a chain whose rule list changed is flushed and refilled; the
-//! layout keeps such chains short (one rule per endpoint) and keeps service addresses,
-//! node ports and hairpin pairs in set and map elements, added and deleted one by one.
+//! we never read back, so a chain whose rule list changed is flushed and refilled. In
+//! this layout that is rare and short: no rule is per service or per endpoint (a class
+//! chain holds one to a few rules fixed by its class, and the fixed chains change only
+//! with the node), while service addresses, node ports, endpoints and hairpin pairs are
+//! set and map elements, added and deleted one by one.
 //!
 //! Two ways in: [`diff`] compares two whole rulesets (a full recomputation), and
 //! [`update`] recomputes only the services named as changed and patches the applied

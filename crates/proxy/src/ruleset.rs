@@ -38,8 +38,10 @@ pub mod names {
     /// Every ClusterIP: unknown ports on them are rejected; traffic to them from outside
     /// the pod network is masqueraded.
     pub const CLUSTER_IPS: &str = "cluster-ips";
-    /// `svc-addr . l4proto . port . chain . saddr` → `addr . port`, with timeouts:
-    /// client affinity (`chain` 0 for cluster, 1 for local balancing chains).
+    /// `daddr . l4proto . dport . saddr` → `addr . port`, with timeouts: the endpoint
+    /// each client was sent to, per destination (for a node port, `daddr` is the node
+    /// address the client used). Cluster-wide and local balancing share it: a client
+    /// is balanced by one of them only, so the key needs no field telling them apart.
     pub const AFFINITY: &str = "affinity";
     /// `saddr . daddr` pairs `E . E` for every endpoint address `E` on this node: after
     /// DNAT, a packet whose source is its own destination is a pod reaching itself
@@ -232,9 +234,9 @@ impl Class {
 
     /// The endpoint map of a balancing class, named as its chain: `daddr . l4proto .
     /// dport . bucket` (node ports: `l4proto . dport . bucket`) → `addr . port`. One
-    /// map per class, bound by the one rule of its chain: a new class binds an empty
-    /// map (binding walks the map's elements, and adding an element walks the map's
-    /// bindings).
+    /// map per class, bound by one rule, the balancing rule of its chain: a new class
+    /// binds an empty map (binding walks the map's elements, and adding an element
+    /// walks the map's bindings).
     pub fn map(&self, family: Family) -> Set {
         let addr = addr_type(family);
         let mut key = vec![KeyType::InetProto, KeyType::InetService, KeyType::Mark];
@@ -811,7 +813,8 @@ impl Ruleset {
     }
 }
 
-/// The id of a service port in chain and map names: `ns/name/proto/port`.
+/// A service port as `ns/name/proto/port`, for messages. No chain or map is named
+/// after one: services are elements of shared maps.
 pub fn port_id(svc: &Service, sp: &ServicePort) -> String {
     format!(
         "{}/{}/{}/{}",
@@ -863,7 +866,7 @@ struct Builder<'a> {
     node: &'a Node,
     cidrs: Vec<IpNet>,
     out: FamilyRuleset,
-    /// The service being built, when one is: its chains and elements go here.
+    /// The service being built, when one is: its elements and endpoint groups go here.
     cur: Option<ServiceRules>,
 }
 
@@ -958,7 +961,8 @@ impl<'a> Builder<'a> {
         self.element(map, SetElement::new(key).value(class.key()));
     }
 
-    /// The chains and elements of one service.
+    /// The elements and endpoint groups of one service (services have no chains of
+    /// their own: they use the shared class chains).
     fn service(&mut self, svc: &Service) -> ServiceRules {
         self.cur = Some(ServiceRules::default());
         for sp in &svc.ports {

@@ -76,7 +76,7 @@ impl Protocol {
         }
     }
 
-    /// Lower-case name, as used in chain names.
+    /// Lower-case name (`tcp`, `udp`, `sctp`), as nft and [`crate::port_id`] write it.
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",

@@ -1,5 +1,7 @@
-//! Small pure helpers shared by the controllers: pod states, owner references, label
-//! selectors, template hashes.
+//! Helpers shared by the controllers. Most are pure (pod states, owner references,
+//! label selectors, template hashes, finding orphans); a few talk to the API server:
+//! [`record`] sends an event in the background and [`adopt`] writes the owner reference
+//! that makes a controller take an orphan over.
 
 use std::collections::BTreeMap;
 

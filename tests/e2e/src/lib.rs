@@ -176,6 +176,21 @@ pub fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
+/// The manifests `paths` (relative to `examples/`, the talk's manifests) as one
+/// multi-document manifest, in the order given, for [`running::RunningLab::apply`].
+pub fn examples(paths: &[&str]) -> String {
+    let dir = workspace_root().join("examples");
+    paths
+        .iter()
+        .map(|p| {
+            let path = dir.join(p);
+            std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
 /// Path of the `kubewire` binary built alongside the tests (target/<profile>/kubewire).
 pub fn kubewire_bin() -> PathBuf {
     if let Some(path) = std::env::var_os("KUBEWIRE_BIN") {
@@ -268,14 +283,22 @@ impl Drop for TestLab {
     }
 }
 
-/// The host's networking as `../shared/tools/host-snapshot` prints it.
+/// The host's networking as `scripts/host-snapshot` prints it: one section per kind of
+/// state (links, addresses, routes, nftables, iptables, ip6tables, network namespaces,
+/// sysctl), normalised so that two snapshots differ only where something changed.
 pub fn host_snapshot() -> String {
-    let tool = workspace_root().join("../shared/tools/host-snapshot");
+    let script = workspace_root().join("scripts/host-snapshot");
     let out = Command::new("bash")
-        .arg(&tool)
+        .arg(&script)
         .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", tool.display()));
-    assert!(out.status.success(), "{} failed", tool.display());
+        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} failed ({}): {}",
+        script.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -302,4 +325,73 @@ pub fn strip_test_namespaces(snapshot: &str) -> String {
         .filter(|l| !is_test_namespace(l))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lines of `snapshot`'s section `heading` (up to the next `# ` heading).
+    fn section<'a>(snapshot: &'a str, heading: &str) -> Vec<&'a str> {
+        snapshot
+            .lines()
+            .skip_while(|l| *l != format!("# {heading}"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("# "))
+            .collect()
+    }
+
+    #[test]
+    fn host_snapshot_prints_every_section_and_sees_a_new_namespace() {
+        require_root();
+        let netns = TestNetns::new("snap");
+        let snapshot = host_snapshot();
+        let headings: Vec<&str> = snapshot.lines().filter(|l| l.starts_with("# ")).collect();
+        assert_eq!(
+            headings,
+            [
+                "# links",
+                "# addresses",
+                "# routes",
+                "# nftables",
+                "# iptables",
+                "# ip6tables",
+                "# network namespaces",
+                "# sysctl",
+            ],
+            "{snapshot}"
+        );
+        assert!(
+            section(&snapshot, "links")
+                .iter()
+                .any(|l| l.starts_with("lo: ")),
+            "{snapshot}"
+        );
+        assert!(
+            section(&snapshot, "addresses").contains(&"lo inet 127.0.0.1/8"),
+            "{snapshot}"
+        );
+        assert!(
+            section(&snapshot, "network namespaces").contains(&netns.name()),
+            "{snapshot}"
+        );
+        let sysctl = section(&snapshot, "sysctl");
+        for key in ["net.ipv4.ip_forward = ", "net.ipv6.conf.all.forwarding = "] {
+            assert!(sysctl.iter().any(|l| l.starts_with(key)), "{snapshot}");
+        }
+
+        let name = netns.name().to_owned();
+        drop(netns);
+        let after = host_snapshot();
+        assert!(
+            !section(&after, "network namespaces").contains(&name.as_str()),
+            "{after}"
+        );
+        // Nothing else changed in between, and nothing that changes by itself (counters,
+        // timers, indexes) is printed: the two agree once test namespaces are left out.
+        assert_eq!(
+            strip_test_namespaces(&snapshot),
+            strip_test_namespaces(&after)
+        );
+    }
 }

@@ -31,7 +31,16 @@ impl Drop for DownOnDrop {
     }
 }
 
-const WEB: &str = r#"
+/// Three `web` pods (the Deployment of the talk's lab step 2, which its slides do not
+/// show) and the talk's Service `web` in front of them.
+fn web() -> String {
+    format!(
+        "{WEB_DEPLOYMENT}---\n{}",
+        e2e::examples(&["step2-services/service-web.yaml"])
+    )
+}
+
+const WEB_DEPLOYMENT: &str = r#"
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -49,16 +58,6 @@ spec:
         image: nginx
         ports:
         - containerPort: 80
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: web
-spec:
-  selector: {app: web}
-  ports:
-  - port: 80
-    targetPort: 80
 "#;
 
 #[test]
@@ -67,7 +66,7 @@ fn talk_lab_steps_one_and_two() {
     let nodes = lab.kubectl(&["get", "nodes"]);
     assert_eq!(nodes.matches(" Ready ").count(), 2, "{nodes}");
 
-    lab.apply(WEB);
+    lab.apply(&web());
     assert!(
         wait_until(Duration::from_secs(60), || lab
             .running_pods("app=web")
@@ -103,6 +102,11 @@ fn talk_lab_steps_one_and_two() {
         "endpoints {:?} != pods {want:?}",
         lab.endpoint_ips("web")
     );
+    // The talk's hand-written Endpoints, for no Service: kept as written, and `kubectl
+    // get endpoints website` shows what the talk's slide shows.
+    lab.apply(&e2e::examples(&["step2-services/endpoints-website.yaml"]));
+    let website = lab.kubectl(&["get", "endpoints", "website"]);
+    assert!(website.contains("10.10.10.10:80"), "{website}");
 
     // Step 2: the ClusterIP balances over all three, curled from a pod.
     let svc = lab.json(&["get", "svc", "web"]);
@@ -166,7 +170,7 @@ fn a_killed_node_goes_not_ready_and_its_pods_leave_the_endpoints() {
     // Nodes renew their Lease every two seconds; eight without one is NotReady (short for
     // the test, long enough that a busy machine does not fail the live node too).
     let lab = RunningLab::up_with(2, "nodeGracePeriodSeconds: 8\n");
-    lab.apply(WEB);
+    lab.apply(&web());
     assert!(
         wait_until(Duration::from_secs(60), || {
             lab.running_pods("app=web").len() == 3 && lab.endpoint_ips("web").len() == 3
@@ -388,7 +392,7 @@ fn a_config_file_sets_ranges_routing_and_the_cluster_domain() {
     let dns = lab.json(&["get", "svc", "-n", "kube-system", "kube-dns"]);
     assert_eq!(dns["spec"]["clusterIP"], "10.100.0.10");
     assert_eq!(dns["spec"]["ipFamilies"], serde_json::json!(["IPv4"]));
-    lab.apply(WEB);
+    lab.apply(&web());
     assert!(
         wait_until(Duration::from_secs(60), || lab
             .running_pods("app=web")
@@ -439,7 +443,7 @@ fn a_config_file_sets_ranges_routing_and_the_cluster_domain() {
 fn lab_down_keep_data_keeps_the_cluster_for_the_next_lab_up() {
     let mut lab = RunningLab::up(2);
     lab.kubectl(&["create", "configmap", "kept", "--from-literal=k=v"]);
-    lab.apply(WEB);
+    lab.apply(&web());
     assert!(
         wait_until(Duration::from_secs(60), || lab.endpoint_ips("web").len()
             == 3),

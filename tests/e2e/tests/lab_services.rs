@@ -13,9 +13,12 @@ use std::time::Duration;
 use e2e::running::RunningLab;
 use e2e::wait_until;
 
-/// The talk's LoadBalancer Service, unchanged, with pods it selects that answer HTTP on
-/// both target ports; a dual-stack Service with an external IP in front of them; and a
-/// UDP echo Service.
+/// The talk's LoadBalancer Service, from `examples/`.
+const TALK: &[&str] = &["step4-outside-access/service-emissary-ingress.yaml"];
+
+/// Pods the talk's LoadBalancer Service selects, answering HTTP on both its target
+/// ports; a dual-stack Service with an external IP in front of them; and a UDP echo
+/// Service.
 const SERVICES: &str = r#"
 apiVersion: apps/v1
 kind: Deployment
@@ -37,26 +40,6 @@ spec:
         ports:
         - containerPort: 8080
         - containerPort: 8443
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: emissary-ingress
-spec:
-  ports:
-    - name: http
-      nodePort: 31211
-      port: 80
-      protocol: TCP
-      targetPort: 8080
-    - name: https
-      nodePort: 31361
-      port: 443
-      protocol: TCP
-      targetPort: 8443
-  selector:
-    app.kubernetes.io/name: emissary-ingress
-  type: LoadBalancer
 ---
 apiVersion: v1
 kind: Service
@@ -135,6 +118,7 @@ fn answering(
 fn load_balancer_external_ip_ipv6_and_udp_services_answer() {
     let lab = RunningLab::up(2);
     lab.apply(SERVICES);
+    lab.apply(&e2e::examples(TALK));
     assert!(
         wait_until(Duration::from_secs(60), || lab
             .running_pods("app.kubernetes.io/name=emissary-ingress")

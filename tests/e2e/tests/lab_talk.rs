@@ -8,11 +8,20 @@ use std::time::Duration;
 use e2e::running::RunningLab;
 use e2e::wait_until;
 
-/// The talk's manifests (kubernetes-networking-101: headless Service, the Pod with
-/// dnsConfig, the Pod with hostPort, the NodePort Service) plus what they select: a
-/// `website` Deployment, a `redis` StatefulSet behind a headless Service in `datans`,
-/// and a client pod.
-const TALK: &str = r#"
+/// The talk's manifests of lab steps 3 and 4 that kubewire serves, from `examples/`:
+/// the headless Service, the Pod with dnsConfig, the Pod with hostPort, the NodePort
+/// Service. The talk's Ingress is applied on its own (stored, not served yet).
+const TALK: &[&str] = &[
+    "step3-dns/service-headlesswebsite.yaml",
+    "step3-dns/pod-dns-example.yaml",
+    "step4-outside-access/pod-hostportpod.yaml",
+    "step4-outside-access/service-website.yaml",
+];
+
+/// What the talk's manifests select and what the test reaches them from: a `website`
+/// Deployment, a `redis` StatefulSet behind a headless Service in `datans` (the talk's
+/// example of names by ordinal), and a client pod.
+const WORKLOADS: &str = r#"
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -30,64 +39,6 @@ spec:
         image: nginx
         ports:
         - containerPort: 80
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: headlesswebsite
-spec:
-  ports:
-  - port: 80
-    name: http
-  selector:
-    app: website
-  clusterIP: None
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: website
-spec:
-  type: NodePort
-  ports:
-    - port: 80
-      nodePort: 31100
-      name: http
-  selector:
-    app: website
----
-apiVersion: v1
-kind: Pod
-metadata:
-  namespace: default
-  name: dns-example
-spec:
-  containers:
-    - name: test
-      image: nginx
-  dnsPolicy: "None"
-  dnsConfig:
-    nameservers:
-      - 1.2.3.4
-    searches:
-      - ns1.svc.cluster-domain.example
-      - my.dns.search.suffix
-    options:
-      - name: ndots
-        value: "2"
-      - name: edns0
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: hostportpod
-spec:
-  containers:
-  - name: hp
-    image: nginx
-    ports:
-    - containerPort: 80
-      hostPort: 8080
 ---
 apiVersion: v1
 kind: Pod
@@ -154,7 +105,8 @@ fn talk_lab_steps_three_and_four() {
     // as directories left on the host's.
     let host_secrets = std::path::Path::new("/run/secrets/kubernetes.io").exists();
     let lab = RunningLab::up(2);
-    lab.apply(TALK);
+    lab.apply(WORKLOADS);
+    lab.apply(&e2e::examples(TALK));
     let running = |sel: &str, n: usize| {
         wait_until(Duration::from_secs(90), || lab.running_pods(sel).len() >= n)
     };
@@ -291,5 +243,16 @@ fn talk_lab_steps_three_and_four() {
         stdout(&out).contains("hostportpod"),
         "hostPort on {host_ip}: {:?}",
         stdout(&out)
+    );
+
+    // The talk's Ingress is accepted and stored as kube-apiserver would; no Ingress
+    // controller serves it yet.
+    lab.apply(&e2e::examples(&[
+        "step4-outside-access/ingress-web-ingress.yaml",
+    ]));
+    let ingress = lab.json(&["get", "ingress", "web-ingress"]);
+    assert_eq!(
+        ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"], "engine",
+        "{ingress}"
     );
 }
