@@ -24,6 +24,20 @@ pub use duration::parse_duration;
 pub use mirror::{Mirror, ObjectKey, Store, object_key, watch};
 pub use shutdown::Shutdown;
 
+/// A daemon's flags parsed from `argv` (flags only, no program name), the rest at
+/// clap's defaults: for code that starts a daemon and sets a few of its flags, then
+/// passes the whole `Args` on with its `to_args()`. Panics on flags the daemon does
+/// not take (a bug in the caller).
+pub fn parse_flags<A: clap::Args>(argv: &[&str]) -> A {
+    #[derive(clap::Parser)]
+    struct Cli<A: clap::Args> {
+        #[command(flatten)]
+        args: A,
+    }
+    <Cli<A> as clap::Parser>::parse_from(std::iter::once("kubewire").chain(argv.iter().copied()))
+        .args
+}
+
 /// An error with its causes, for logs: `a: b: c`, each cause once (what anyhow's
 /// `{:#}` prints at the binary's edge). Our errors keep their causes as `source` and do
 /// not repeat them in their own message, so a plain `%e` in a log line would drop

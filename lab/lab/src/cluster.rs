@@ -84,19 +84,6 @@ pub async fn start(cfg: &LabConfig, binary: &Path, progress: &Progress) -> Resul
     }
 }
 
-/// A daemon's flags as `required` gives them and the rest at clap's defaults, for
-/// the lab to change the few it sets: the lab's command lines are built from each
-/// daemon's own `Args`, never from strings.
-fn defaults<A: clap::Args>(required: &[&str]) -> A {
-    #[derive(clap::Parser)]
-    struct Cli<A: clap::Args> {
-        #[command(flatten)]
-        args: A,
-    }
-    use clap::Parser;
-    Cli::<A>::parse_from(std::iter::once("kubewire").chain(required.iter().copied())).args
-}
-
 /// `kubewire SUBCOMMAND FLAGS...`.
 fn command(subcommand: &str, flags: Vec<OsString>) -> Vec<OsString> {
     std::iter::once(subcommand.into()).chain(flags).collect()
@@ -174,7 +161,7 @@ async fn start_processes(
         },
         cluster_cidr: cfg.pod_cidrs.clone(),
         node_monitor_grace_period: Duration::from_secs(cfg.node_grace_period_seconds.into()),
-        ..defaults::<controllers::Args>(&[])
+        ..k8s::parse_flags::<controllers::Args>(&[])
     };
     let controllers = start(
         "controllers",
@@ -219,9 +206,9 @@ async fn start_processes(
             proxy: proxy::ProxyArgs {
                 cluster_cidrs: cfg.pod_cidrs.clone(),
                 service_cidrs: cfg.service_cidrs.clone(),
-                ..defaults::<agent::Args>(&["--node-name", &node]).proxy
+                ..k8s::parse_flags::<agent::Args>(&["--node-name", &node]).proxy
             },
-            ..defaults::<agent::Args>(&["--node-name", &node])
+            ..k8s::parse_flags::<agent::Args>(&["--node-name", &node])
         };
         let agent = start(
             &format!("{node}/agent"),
