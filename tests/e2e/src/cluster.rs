@@ -148,8 +148,8 @@ pub struct Cluster {
     /// Logs, configs and the API server data.
     pub dir: tempfile::TempDir,
     plugins: PluginDir,
-    /// The agents' `--mode`.
-    mode: String,
+    /// The agents' flags, node-1's (the others differ in their names and directories).
+    agent: agent::Args,
     /// The lab underneath.
     pub lab: TestLab,
 }
@@ -185,6 +185,12 @@ impl Cluster {
 
     /// Starts it with the agents in `mode` (`native` or `vxlan`).
     pub fn up(mode: &str) -> Self {
+        Cluster::up_with(&["--mode", mode])
+    }
+
+    /// Starts it with the agents given these flags (beside the node's name, kubeconfig,
+    /// server and directories, which the cluster sets).
+    pub fn up_with(agent_flags: &[&str]) -> Self {
         let lab = TestLab::up(2);
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("api");
@@ -219,7 +225,7 @@ impl Cluster {
             agents: Vec::new(),
             _apiserver: apiserver,
             plugins: PluginDir::new(),
-            mode: mode.to_owned(),
+            agent: k8s::parse_flags(&[&["--node-name", "node-1"], agent_flags].concat()),
             dir,
             lab,
         };
@@ -238,27 +244,25 @@ impl Cluster {
     /// Starts `kubewire agent` for node `n` in its namespace, logging to `agent-N.log`.
     fn spawn_agent(&self, n: u8) -> KillOnDrop {
         let node_dir = self.dir.path().join(format!("node-{n}"));
-        let args = [
-            "agent",
-            "--node-name",
-            &format!("node-{n}"),
-            "--kubeconfig",
-            self.kubeconfig().to_str().unwrap(),
-            "--server",
-            "https://198.18.0.1:6443",
-            "--mode",
-            &self.mode,
-            "--cni-conf-dir",
-            node_dir.join("net.d").to_str().unwrap(),
-            "--cni-data-dir",
-            node_dir.join("data").to_str().unwrap(),
-        ]
-        .map(str::to_owned);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let args = agent::Args {
+            node_name: format!("node-{n}"),
+            client: k8s::ClientArgs {
+                kubeconfig: Some(self.kubeconfig()),
+                server: Some("https://198.18.0.1:6443".into()),
+            },
+            cni_conf_dir: node_dir.join("net.d"),
+            cni_data_dir: node_dir.join("data"),
+            ..self.agent.clone()
+        };
+        let argv: Vec<String> = std::iter::once("agent".into())
+            .chain(args.to_args())
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         spawn_in(
             &self.node_ns(n),
             &kubewire_bin(),
-            &args,
+            &argv,
             &self.dir.path().join(format!("agent-{n}.log")),
         )
     }
