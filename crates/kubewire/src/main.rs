@@ -9,8 +9,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod logging;
 
-/// The whole Kubernetes networking stack in one binary: pod networking (CNI), services
-/// (a kube-proxy replacement), cluster DNS, outside access and a service mesh.
+/// Kubernetes networking in one binary: pod networking (a CNI plugin and routes between
+/// nodes), Services (a kube-proxy replacement) and cluster DNS. Planned, not here yet:
+/// LoadBalancer IPs, network policy, Ingress and Gateway API, the service mesh.
 ///
 /// Start with `kubewire lab up`: it builds a cluster on this machine from network
 /// namespaces. See README.md and docs/ for the tour.
@@ -165,7 +166,8 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            let err: &(dyn std::error::Error + 'static) = err.as_ref();
+            eprintln!("error: {}", k8s::ErrorChain(err));
             ExitCode::FAILURE
         }
     }
@@ -274,7 +276,7 @@ async fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
             let binary = std::env::current_exe().context("finding the kubewire binary")?;
             // Signals are taken over before anything starts: a Ctrl-C at any point from
             // here on tears the lab down instead of killing `lab up` half-way.
-            let mut stop = StopSignals::new()?;
+            let mut stop = k8s::Shutdown::new().context("handling SIGINT and SIGTERM")?;
             let progress = lab::Progress::stderr();
             let started = tokio::select! {
                 started = lab::cluster::start(&cfg, &binary, &progress) => started?,
@@ -378,31 +380,8 @@ fn exec_in_pod(
         .with_context(|| format!("running nsenter for pod {}", pod.pod))
 }
 
-/// SIGINT (Ctrl-C) and SIGTERM, once their handlers are installed.
-struct StopSignals {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-}
-
-impl StopSignals {
-    fn new() -> anyhow::Result<StopSignals> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(StopSignals {
-            int: signal(SignalKind::interrupt()).context("handling SIGINT")?,
-            term: signal(SignalKind::terminate()).context("handling SIGTERM")?,
-        })
-    }
-
-    async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.int.recv() => {}
-            _ = self.term.recv() => {}
-        }
-    }
-}
-
 /// Waits for Ctrl-C or SIGTERM, telling about components that exit meanwhile.
-async fn wait_for_stop(cfg: &lab::LabConfig, stop: &mut StopSignals) {
+async fn wait_for_stop(cfg: &lab::LabConfig, stop: &mut k8s::Shutdown) {
     let mut reported = std::collections::HashSet::new();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {

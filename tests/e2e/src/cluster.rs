@@ -267,6 +267,25 @@ impl Cluster {
         )
     }
 
+    /// Runs `kubewire agent --cleanup` for node `n` in its namespace (with the node's
+    /// agent stopped first by the caller) and returns its output.
+    pub fn agent_cleanup(&self, n: u8) -> std::process::Output {
+        let args = agent::Args {
+            node_name: format!("node-{n}"),
+            cleanup: true,
+            ..self.agent.clone()
+        };
+        let argv: Vec<std::ffi::OsString> = std::iter::once("agent".into())
+            .chain(args.to_args())
+            .collect();
+        let bin = kubewire_bin();
+        netlink::netns::run_in(&self.node_ns(n), move || {
+            Command::new(bin).args(argv).output()
+        })
+        .expect("entering the node's namespace")
+        .expect("running kubewire agent --cleanup")
+    }
+
     /// Stops node `n`'s agent (killed, as a crash or an upgrade would) and starts it
     /// again with the same flags.
     pub fn restart_agent(&mut self, n: u8) {

@@ -168,13 +168,7 @@ fn cross_node(mode: &str) {
 
     // `agent --cleanup` (with the agent stopped) removes everything it made.
     drop(c.agents.remove(0));
-    let out = netlink::netns::run_in(&node1, || {
-        Command::new(e2e::kubewire_bin())
-            .args(["agent", "--node-name", "node-1", "--cleanup"])
-            .output()
-    })
-    .unwrap()
-    .unwrap();
+    let out = c.agent_cleanup(1);
     assert!(
         out.status.success(),
         "{}",

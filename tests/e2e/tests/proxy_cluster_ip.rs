@@ -162,15 +162,12 @@ fn cluster_ip_and_node_port_balance_reject_and_hairpin() {
         .success()
     };
     assert!(has_table(&node_ns), "the proxy's table is there before");
-    let bin = e2e::kubewire_bin();
-    let cleanup = netlink::netns::run_in(&node_ns, move || {
-        std::process::Command::new(bin)
-            .args(["agent", "--node-name", "node-1", "--cleanup"])
-            .status()
-    })
-    .unwrap()
-    .unwrap();
-    assert!(cleanup.success(), "agent --cleanup failed");
+    let cleanup = c.agent_cleanup(1);
+    assert!(
+        cleanup.status.success(),
+        "agent --cleanup failed: {}",
+        String::from_utf8_lossy(&cleanup.stderr)
+    );
     assert!(
         !has_table(&node_ns),
         "--cleanup must remove the proxy's table"
