@@ -1,7 +1,8 @@
 //! The difference between two rulesets, as one atomic nftables [`Batch`].
 //!
 //! The diff is computed against the ruleset applied last, kept in memory: the kernel's
-//! table is never listed. Rules cannot be addressed without their kernel handles, which
+//! table is never listed (only checked to be the same table at resyncs, see
+//! [`Proxier::intact`](crate::Proxier::intact)). Rules cannot be addressed without their kernel handles, which
 //! we never read back, so a chain whose rule list changed is flushed and refilled. In
 //! this layout that is rare and short: no rule is per service or per endpoint (a class
 //! chain holds one to a few rules fixed by its class, and the fixed chains change only

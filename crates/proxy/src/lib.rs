@@ -4,8 +4,11 @@
 //! plain-data [`View`]; [`desired`] computes the whole [`Ruleset`] for one node as a
 //! pure function of it; [`diff`] turns the ruleset applied last and the new one into
 //! one atomic nftables batch holding only the changes; [`Proxier`] keeps the last one
-//! and applies the batches, the first one in full. The kernel's table is never listed
-//! and `nft` is never run.
+//! and applies the batches, the first one in full. The whole table is never listed
+//! (at 50,000 services that would cost more than the change) and `nft` is never run;
+//! instead, at every resync, [`Proxier::intact`] asks the kernel whether the tables are
+//! still the ones it made (the ruleset generation, then each table's handle) and a
+//! table someone deleted is put back in full.
 //!
 //! # Ruleset layout
 //!
