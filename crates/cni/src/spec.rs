@@ -124,10 +124,16 @@ impl CniError {
 }
 
 /// A kernel failure gets kubewire's own [`code::KERNEL`], its message saying what was
-/// being done.
+/// being done and its details why (the kernel's answer).
 impl From<netlink::Error> for CniError {
     fn from(e: netlink::Error) -> Self {
-        CniError::new(code::KERNEL, e.to_string(), "")
+        let mut why = Vec::new();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            why.push(c.to_string());
+            cause = c.source();
+        }
+        CniError::new(code::KERNEL, e.to_string(), why.join(": "))
     }
 }
 

@@ -14,17 +14,17 @@ pub enum Error {
     #[error("network namespace {0:?} does not exist")]
     NetnsNotFound(String),
     /// A system call failed; `op` names what we were doing.
-    #[error("{op}: {cause}")]
+    #[error("{op}")]
     Sys {
         op: String,
-        /// Carried in the message rather than as `source()`, so it is printed once.
+        #[source]
         cause: io::Error,
     },
     /// The kernel refused a netlink request; `op` names the request.
-    #[error("{op}: {cause}")]
+    #[error("{op}")]
     Netlink {
         op: String,
-        /// Carried in the message rather than as `source()`, so it is printed once.
+        #[source]
         cause: rtnetlink::Error,
     },
     /// A link we needed is not there.

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use ipnet::IpNet;
-use k8s::{Mirror, ObjectKey};
+use k8s::{ErrorChain, Mirror, ObjectKey};
 use k8s_openapi::api::core::v1::{Node as K8sNode, Service as K8sService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher;
@@ -116,7 +116,7 @@ pub async fn run(
                 Some(Ok(event)) => state.step(event),
                 Some(Err(e)) => {
                     // The watcher backs off and re-lists by itself.
-                    warn!(error = %e, "watching services, endpoint slices or nodes");
+                    warn!(error = %ErrorChain(&e), "watching services, endpoint slices or nodes");
                 }
                 None => return Err(Error::WatchEnded),
             },
@@ -605,7 +605,7 @@ impl State {
                 }
             }
             Err(e) => {
-                warn!(error = %e, "syncing services; retrying in full");
+                warn!(error = %ErrorChain(&e), "syncing services; retrying in full");
                 self.all_dirty = true;
                 self.applied_node = None;
                 // Retry after a second, not in a tight loop.
@@ -621,7 +621,7 @@ impl State {
                     "deleted conntrack entries of UDP flows to removed endpoints"
                 ),
                 Ok(_) => {}
-                Err(e) => warn!(error = %e, "deleting stale UDP conntrack entries"),
+                Err(e) => warn!(error = %ErrorChain(&e), "deleting stale UDP conntrack entries"),
             }
         }
     }
