@@ -142,6 +142,7 @@ mod diff;
 pub mod health;
 mod ruleset;
 mod stale;
+mod store;
 mod view;
 
 pub use apply::{Error, Proxier, SyncReport, cleanup, full_sync};
