@@ -13,7 +13,7 @@
 //!   address, port 10250 ([`server`]).
 //!
 //! Everything a pod has on disk lives in `DATA/pods/<uid>/` with a `sandbox.json` that a
-//! restarted node adopts ([`sandbox`]). See docs/node.md.
+//! restarted node adopts ([`record`]). See docs/node.md.
 
 mod cni;
 mod env;
@@ -21,8 +21,8 @@ mod files;
 pub mod init;
 mod pod;
 mod probe;
+mod record;
 mod register;
-mod sandbox;
 mod server;
 mod time;
 pub mod workload;
@@ -37,7 +37,7 @@ use k8s_openapi::api::core::v1::Service;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 
 pub use init::container_init_main;
-pub use sandbox::{ContainerRecord, SandboxFile, kill_all};
+pub use record::{ContainerRecord, SandboxFile, kill_all};
 pub use workload::WorkloadArgs;
 
 /// Errors of the node, each naming the object or file it is about.

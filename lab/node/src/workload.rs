@@ -9,6 +9,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use k8s_openapi::api::core::v1::Container;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// `kubewire workload` subcommands.
@@ -210,4 +211,151 @@ pub async fn run(args: WorkloadArgs) -> std::io::Result<()> {
         r.map_err(std::io::Error::other)??;
     }
     Ok(())
+}
+
+/// The image's base name: `docker.io/library/nginx:1.27` → `nginx`.
+fn image_base(image: &str) -> String {
+    let no_digest = image.split('@').next().unwrap_or(image);
+    let last = no_digest.rsplit('/').next().unwrap_or(no_digest);
+    last.split(':').next().unwrap_or(last).to_lowercase()
+}
+
+/// The program a container runs: its `command` and `args`, or, without a `command`, the
+/// built-in workload its image names (see docs/node.md, "Images"), `exe` being this
+/// binary.
+pub(crate) fn container_argv(exe: &str, c: &Container) -> Vec<String> {
+    if let Some(cmd) = c.command.as_ref().filter(|c| !c.is_empty()) {
+        let args = c.args.iter().flatten();
+        return cmd.iter().chain(args).cloned().collect();
+    }
+    image_argv(exe, c)
+}
+
+/// The built-in workload for a container without `command`.
+fn image_argv(exe: &str, c: &Container) -> Vec<String> {
+    let image = c.image.clone().unwrap_or_default().to_lowercase();
+    let base = image_base(&image);
+    let args = c.args.clone().unwrap_or_default();
+    if image.contains("kubewire") {
+        return std::iter::once(exe.to_owned()).chain(args).collect();
+    }
+    let ports = |proto: &str, default: i32| -> Vec<String> {
+        let mut p: Vec<String> = c
+            .ports
+            .iter()
+            .flatten()
+            .filter(|p| {
+                p.protocol
+                    .as_deref()
+                    .unwrap_or("TCP")
+                    .eq_ignore_ascii_case(proto)
+            })
+            .map(|p| p.container_port.to_string())
+            .collect();
+        if p.is_empty() {
+            p.push(default.to_string());
+        }
+        p.into_iter()
+            .flat_map(|p| ["--port".to_owned(), p])
+            .collect()
+    };
+    let workload = |kind: &str, ports: Vec<String>| -> Vec<String> {
+        [exe.to_owned(), "workload".into(), kind.into()]
+            .into_iter()
+            .chain(ports)
+            .collect()
+    };
+    const HTTP: &[&str] = &[
+        "nginx",
+        "httpd",
+        "whoami",
+        "apache",
+        "caddy",
+        "traefik",
+        "echoserver",
+        "http-echo",
+        "hello-app",
+        "podinfo",
+    ];
+    if base.contains("udp-echo") {
+        return workload("udp-echo", ports("UDP", 7));
+    }
+    if base.contains("tcp-echo") || base.contains("echo-server") {
+        return workload("tcp-echo", ports("TCP", 7));
+    }
+    if HTTP.iter().any(|h| base.contains(h)) {
+        return workload("http", ports("TCP", 80));
+    }
+    // busybox/alpine/ubuntu/...: the image's shell or command is replaced by `args`
+    // when given (run from the host), else the container sleeps.
+    if !args.is_empty() {
+        return args;
+    }
+    workload("sleep", Vec::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn ctr(v: Value) -> Container {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn images_pick_workloads() {
+        let exe = "/kw";
+        assert_eq!(
+            container_argv(
+                exe,
+                &ctr(
+                    json!({"name": "c", "image": "nginx", "command": ["sh", "-c"], "args": ["exit 3"]})
+                )
+            ),
+            ["sh", "-c", "exit 3"],
+            "a command runs as given, whatever the image"
+        );
+        assert_eq!(
+            container_argv(
+                exe,
+                &ctr(
+                    json!({"name": "c", "image": "docker.io/library/nginx:1.27", "ports": [{"containerPort": 8080}]})
+                )
+            ),
+            ["/kw", "workload", "http", "--port", "8080"]
+        );
+        assert_eq!(
+            container_argv(exe, &ctr(json!({"name": "c", "image": "httpd"}))),
+            ["/kw", "workload", "http", "--port", "80"]
+        );
+        assert_eq!(
+            container_argv(exe, &ctr(json!({"name": "c", "image": "busybox"}))),
+            ["/kw", "workload", "sleep"]
+        );
+        assert_eq!(
+            container_argv(
+                exe,
+                &ctr(json!({"name": "c", "image": "busybox", "args": ["sleep", "5"]}))
+            ),
+            ["sleep", "5"]
+        );
+        assert_eq!(
+            container_argv(
+                exe,
+                &ctr(json!({"name": "c", "image": "ghcr.io/x/kubewire:dev", "args": ["dns"]}))
+            ),
+            ["/kw", "dns"]
+        );
+        assert_eq!(
+            container_argv(
+                exe,
+                &ctr(
+                    json!({"name": "c", "image": "udp-echo", "ports": [{"containerPort": 53, "protocol": "UDP"}]})
+                )
+            ),
+            ["/kw", "workload", "udp-echo", "--port", "53"]
+        );
+    }
 }
