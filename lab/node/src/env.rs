@@ -18,43 +18,84 @@ fn var_name(service: &str) -> String {
     service.to_uppercase().replace('-', "_")
 }
 
+/// What a Service gives containers' environment: only Services with a cluster IP and
+/// a port have variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ServiceEnv {
+    pub namespace: String,
+    pub name: String,
+    pub cluster_ip: String,
+    /// The first port is the Service's `_SERVICE_PORT`.
+    pub ports: Vec<ServiceEnvPort>,
+}
+
+/// One port of a [`ServiceEnv`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ServiceEnvPort {
+    /// Empty when unnamed.
+    pub name: String,
+    pub port: i32,
+    /// `TCP`, `UDP` or `SCTP`.
+    pub protocol: String,
+}
+
+impl ServiceEnv {
+    /// What `svc` gives containers' environment; `None` for a Service without a
+    /// cluster IP (headless) or without ports, which gives nothing.
+    pub(crate) fn of(svc: &Service) -> Option<ServiceEnv> {
+        let spec = svc.spec.as_ref()?;
+        let ip = spec
+            .cluster_ip
+            .as_deref()
+            .filter(|ip| !ip.is_empty() && *ip != "None")?;
+        let ports: Vec<ServiceEnvPort> = spec
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| ServiceEnvPort {
+                name: p.name.clone().unwrap_or_default(),
+                port: p.port,
+                protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+            })
+            .collect();
+        if ports.is_empty() {
+            return None;
+        }
+        Some(ServiceEnv {
+            namespace: svc.metadata.namespace.clone().unwrap_or_default(),
+            name: svc.metadata.name.clone().unwrap_or_default(),
+            cluster_ip: ip.to_owned(),
+            ports,
+        })
+    }
+}
+
 /// The variables of one Service (kubelet's `makeServiceEnvVar`/`makeLinkVariables`).
-fn service_vars(svc: &Service, out: &mut Vec<(String, String)>) {
-    let Some(spec) = &svc.spec else { return };
-    let Some(ip) = spec
-        .cluster_ip
-        .as_deref()
-        .filter(|ip| !ip.is_empty() && *ip != "None")
-    else {
+fn service_vars(svc: &ServiceEnv, out: &mut Vec<(String, String)>) {
+    let ip = &svc.cluster_ip;
+    let name = var_name(&svc.name);
+    let Some(first) = svc.ports.first() else {
         return;
     };
-    let name = var_name(svc.metadata.name.as_deref().unwrap_or(""));
-    let ports = spec.ports.clone().unwrap_or_default();
-    let Some(first) = ports.first() else { return };
-    out.push((format!("{name}_SERVICE_HOST"), ip.to_owned()));
+    out.push((format!("{name}_SERVICE_HOST"), ip.clone()));
     out.push((format!("{name}_SERVICE_PORT"), first.port.to_string()));
-    for p in &ports {
-        if let Some(pn) = p.name.as_deref().filter(|n| !n.is_empty()) {
-            out.push((
-                format!("{name}_SERVICE_PORT_{}", var_name(pn)),
-                p.port.to_string(),
-            ));
-        }
+    for p in svc.ports.iter().filter(|p| !p.name.is_empty()) {
+        out.push((
+            format!("{name}_SERVICE_PORT_{}", var_name(&p.name)),
+            p.port.to_string(),
+        ));
     }
     let host = if ip.contains(':') {
         format!("[{ip}]")
     } else {
-        ip.to_owned()
-    };
-    let proto = |p: &k8s_openapi::api::core::v1::ServicePort| {
-        p.protocol.clone().unwrap_or_else(|| "TCP".into())
+        ip.clone()
     };
     out.push((
         format!("{name}_PORT"),
-        format!("{}://{host}:{}", proto(first).to_lowercase(), first.port),
+        format!("{}://{host}:{}", first.protocol.to_lowercase(), first.port),
     ));
-    for p in &ports {
-        let pr = proto(p);
+    for p in &svc.ports {
+        let pr = &p.protocol;
         let prefix = format!("{name}_PORT_{}_{}", p.port, pr.to_uppercase());
         out.push((
             prefix.clone(),
@@ -62,7 +103,7 @@ fn service_vars(svc: &Service, out: &mut Vec<(String, String)>) {
         ));
         out.push((format!("{prefix}_PROTO"), pr.to_lowercase()));
         out.push((format!("{prefix}_PORT"), p.port.to_string()));
-        out.push((format!("{prefix}_ADDR"), ip.to_owned()));
+        out.push((format!("{prefix}_ADDR"), ip.clone()));
     }
 }
 
@@ -71,19 +112,19 @@ fn service_vars(svc: &Service, out: &mut Vec<(String, String)>) {
 pub(crate) fn service_env(
     namespace: &str,
     enable_links: bool,
-    services: &[Service],
+    services: &[ServiceEnv],
 ) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    let mut sorted: Vec<&Service> = services.iter().collect();
-    sorted.sort_by_key(|s| (s.metadata.namespace.clone(), s.metadata.name.clone()));
+    let mut sorted: Vec<&ServiceEnv> = services.iter().collect();
+    sorted.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     for svc in sorted {
-        let ns = svc.metadata.namespace.as_deref().unwrap_or("");
-        let is_master = ns == "default" && svc.metadata.name.as_deref() == Some("kubernetes");
+        let ns = svc.namespace.as_str();
+        let is_master = ns == "default" && svc.name == "kubernetes";
         // The master service's variables come from default/kubernetes only.
         if is_master
             || (enable_links
                 && ns == namespace
-                && !(namespace != "default" && svc.metadata.name.as_deref() == Some("kubernetes")))
+                && !(namespace != "default" && svc.name == "kubernetes"))
         {
             service_vars(svc, &mut out);
         }
@@ -196,7 +237,7 @@ pub(crate) fn container_env(
     pod: &Pod,
     container: &Container,
     rt: &Runtime,
-    services: &[Service],
+    services: &[ServiceEnv],
     sources: &Sources,
 ) -> Result<Vec<(String, String)>, String> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
@@ -317,6 +358,8 @@ mod tests {
             node_name: "node-1".into(),
         };
         let c = pod.spec.as_ref().unwrap().containers[0].clone();
+        let services: Vec<ServiceEnv> = services.iter().filter_map(ServiceEnv::of).collect();
+        assert_eq!(services.len(), 3, "the headless Service gives nothing");
         let env: BTreeMap<_, _> = container_env(&pod, &c, &rt, &services, &Sources::default())
             .unwrap()
             .into_iter()

@@ -24,6 +24,7 @@ mod probe;
 mod record;
 mod register;
 mod server;
+mod services;
 mod time;
 pub mod workload;
 
@@ -31,10 +32,6 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::Service;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
 
 pub use init::container_init_main;
 pub use record::{ContainerRecord, SandboxFile, kill_all};
@@ -46,6 +43,9 @@ pub enum Error {
     /// The API server refused or could not be reached; retried by the caller's loop.
     #[error("API: {0}")]
     Api(String),
+    /// The cluster could not be found or its client built (kubeconfig, `--server`).
+    #[error(transparent)]
+    Client(#[from] k8s::Error),
     /// A CNI plugin failed or its config is missing; the pod stays ContainerCreating and
     /// is retried.
     #[error("CNI: {0}")]
@@ -75,28 +75,16 @@ impl Error {
     }
 }
 
-fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
-    let n = s.strip_suffix('s').unwrap_or(s);
-    n.parse::<f64>()
-        .ok()
-        .filter(|n| *n >= 0.0)
-        .map(std::time::Duration::from_secs_f64)
-        .ok_or_else(|| format!("{s:?} is not a number of seconds like 10s"))
-}
-
 /// `kubewire node` flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// This node's name (its Node object).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: String,
-    /// Kubeconfig to reach the API server (in the lab: one whose server is on the
-    /// underlay, 198.18.0.1:6443); in-cluster config if not given.
-    #[arg(long, env = "KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
-    /// API server URL, overriding the kubeconfig's.
-    #[arg(long)]
-    pub server: Option<String>,
+    /// How the node finds its API server (in the lab: a kubeconfig whose server is on
+    /// the underlay, 198.18.0.1:6443).
+    #[command(flatten)]
+    pub client: k8s::ClientArgs,
     /// The node's InternalIP(s), comma-separated (IPv4 first for dual-stack); the
     /// kubelet API listens on each.
     #[arg(long, value_delimiter = ',', required = true)]
@@ -119,8 +107,9 @@ pub struct Args {
     /// The kubelet API's port.
     #[arg(long, default_value_t = 10250)]
     pub port: u16,
-    /// How often the Lease is renewed.
-    #[arg(long, default_value = "10s", value_parser = parse_seconds)]
+    /// How often the Lease is renewed and the Node's status reported (Go's duration
+    /// syntax: `10s`, `2.5s`).
+    #[arg(long, default_value = "10s", value_parser = k8s::parse_duration)]
     pub lease_renew: std::time::Duration,
 }
 
@@ -139,7 +128,7 @@ pub(crate) struct Ctx {
     pub client: kube::Client,
     /// The node's network namespace name (`NAME-node-N`); prefixes pod namespaces.
     pub netns_name: String,
-    pub services: reflector::Store<Service>,
+    pub services: services::Services,
     pub cni: cni::Cni,
     pub dns: files::DnsSettings,
     /// The cluster CA (PEM), for pods' `ca.crt`.
@@ -156,24 +145,6 @@ impl std::fmt::Debug for Ctx {
             .field("node", &self.args.node_name)
             .finish()
     }
-}
-
-async fn client(args: &Args) -> Result<(kube::Client, kube::Config), Error> {
-    let api = |e: &dyn std::fmt::Display| Error::Api(e.to_string());
-    let mut config = match &args.kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| api(&e))?;
-            kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                .await
-                .map_err(|e| api(&e))?
-        }
-        None => kube::Config::infer().await.map_err(|e| api(&e))?,
-    };
-    if let Some(server) = &args.server {
-        config.cluster_url = server.parse().map_err(|e| api(&e))?;
-    }
-    let client = kube::Client::try_from(config.clone()).map_err(|e| api(&e))?;
-    Ok((client, config))
 }
 
 /// The name of the named network namespace this process runs in (`ip netns identify`),
@@ -226,20 +197,14 @@ fn pem(ders: &[Vec<u8>]) -> String {
 /// Runs the node until SIGINT/SIGTERM. Containers keep running when it stops (as with
 /// kubelet); the next start adopts them.
 pub async fn run(args: Args) -> Result<(), Error> {
-    let (client, config) = client(&args).await?;
+    let mut shutdown =
+        k8s::Shutdown::new().map_err(|e| Error::io("installing the signal handlers", e))?;
+    let config = args.client.config().await?;
+    let client = kube::Client::try_from(config.clone()).map_err(k8s::Error::Client)?;
     let netns_name = current_netns_name(&args.node_name);
     let data = &args.data_dir;
     std::fs::create_dir_all(data.join("pods"))
         .map_err(|e| Error::io(format!("creating {}", data.display()), e))?;
-    let (services, writer) = reflector::store();
-    let svc_api: kube::Api<Service> = kube::Api::all(client.clone());
-    let svc_task = tokio::spawn(async move {
-        watcher(svc_api, watcher::Config::default())
-            .default_backoff()
-            .reflect(writer)
-            .for_each(|_| async {})
-            .await;
-    });
     let ctx = Arc::new(Ctx {
         cni: cni::Cni {
             bin_dirs: args.cni_bin_dir.clone(),
@@ -253,40 +218,27 @@ pub async fn run(args: Args) -> Result<(), Error> {
         ca_pem: pem(config.root_cert.as_deref().unwrap_or(&[])),
         client,
         netns_name,
-        services,
+        services: services::Services::new(),
         logs: Mutex::new(HashMap::new()),
         exe: std::fs::read_link("/proc/self/exe")
             .unwrap_or_else(|_| Path::new("/proc/self/exe").to_owned()),
         args,
     });
     tracing::info!(node = %ctx.args.node_name, netns = %ctx.netns_name, "node starting");
+    let svc_task = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { ctx.services.run(ctx.client.clone()).await }
+    });
     let server = server::start(ctx.clone(), &config).await?;
     let reg = tokio::spawn(register::run(ctx.clone()));
     let pods = tokio::spawn(pod::run(ctx.clone()));
-    shutdown_signal().await;
+    shutdown.recv().await;
     tracing::info!("node stopping; containers keep running and are adopted at the next start");
     reg.abort();
     pods.abort();
     server.abort();
     svc_task.abort();
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).ok();
-    let term = async {
-        match term.as_mut() {
-            Some(t) => {
-                t.recv().await;
-            }
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
 }
 
 #[cfg(test)]

@@ -327,12 +327,7 @@ impl Worker {
             host_ips: ctx.args.node_ip.iter().map(ToString::to_string).collect(),
             node_name: ctx.args.node_name.clone(),
         };
-        let services = ctx
-            .services
-            .state()
-            .iter()
-            .map(|s| (**s).clone())
-            .collect::<Vec<_>>();
+        let services = ctx.services.list();
         let sources = self.env_sources(&spec_c).await;
         let mut envs = env::container_env(&self.pod, &spec_c, &rt, &services, &sources)
             .map_err(|e| Error::Api(format!("container {name} of pod {}: {e}", self.key())))?;
