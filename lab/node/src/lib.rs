@@ -165,28 +165,16 @@ fn current_netns_name(fallback: &str) -> String {
     fallback.to_owned()
 }
 
-/// PEM text of DER certificates.
+/// PEM text of DER certificates, 64 base64 characters a line (RFC 7468).
 fn pem(ders: &[Vec<u8>]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    use base64::Engine;
     let mut out = String::new();
     for der in ders {
-        let mut b64 = String::new();
-        for chunk in der.chunks(3) {
-            let n = chunk
-                .iter()
-                .enumerate()
-                .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    b64.push(char::from(T[((n >> (18 - 6 * i)) & 63) as usize]));
-                } else {
-                    b64.push('=');
-                }
-            }
-        }
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
         out.push_str("-----BEGIN CERTIFICATE-----\n");
+        // Base64 is ASCII: every 64-byte chunk is a whole string.
         for line in b64.as_bytes().chunks(64) {
-            out.push_str(std::str::from_utf8(line).unwrap_or(""));
+            out.push_str(std::str::from_utf8(line).unwrap_or_default());
             out.push('\n');
         }
         out.push_str("-----END CERTIFICATE-----\n");
@@ -249,5 +237,11 @@ mod tests {
             super::pem(&[b"hello".to_vec()]),
             "-----BEGIN CERTIFICATE-----\naGVsbG8=\n-----END CERTIFICATE-----\n"
         );
+        // 48 bytes make exactly one line of 64 characters; a 49th starts another.
+        let two = super::pem(&[vec![0xff; 48], vec![0; 49]]);
+        let lines: Vec<&str> = two.lines().collect();
+        assert_eq!(lines.len(), 7, "{two}");
+        assert_eq!(lines[1], "/".repeat(64));
+        assert_eq!((lines[4].len(), lines[5]), (64, "AA=="));
     }
 }
