@@ -37,7 +37,12 @@ pub(crate) struct RuntimeConf {
 /// sorted by name, the first that parses (a single-plugin `.conf` becomes a list).
 pub(crate) fn load(dir: &Path) -> Result<NetworkList, Error> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::Cni(format!("reading {}: {e}", dir.display())))?
+        .map_err(|e| {
+            Error::io(
+                format!("reading the CNI config directory {}", dir.display()),
+                e,
+            )
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             matches!(
@@ -144,7 +149,7 @@ impl Cni {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| Error::Cni(format!("running {}: {e}", bin.display())))?;
+            .map_err(|e| Error::io(format!("running the CNI plugin {}", bin.display()), e))?;
         let input = serde_json::to_vec(conf).unwrap_or_default();
         if let Some(mut stdin) = child.stdin.take() {
             let _ = stdin.write_all(&input).await;
@@ -152,7 +157,7 @@ impl Cni {
         let out = child
             .wait_with_output()
             .await
-            .map_err(|e| Error::Cni(format!("waiting for {}: {e}", bin.display())))?;
+            .map_err(|e| Error::io(format!("waiting for the CNI plugin {}", bin.display()), e))?;
         let stdout: Value = if out.stdout.iter().all(u8::is_ascii_whitespace) {
             Value::Null
         } else {
@@ -204,7 +209,7 @@ impl Cni {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, serde_json::to_vec(&cache).unwrap_or_default())
             .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| Error::Cni(format!("caching result in {}: {e}", path.display())))?;
+            .map_err(|e| Error::io(format!("caching the CNI result in {}", path.display()), e))?;
         Ok(result)
     }
 

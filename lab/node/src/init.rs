@@ -23,9 +23,12 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use k8s::ErrorChain;
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, setns, unshare};
 use serde::{Deserialize, Serialize};
+
+use crate::Error;
 
 /// The subcommand name `main` looks for before starting anything else.
 pub const SUBCOMMAND: &str = "container-init";
@@ -91,10 +94,16 @@ pub fn container_init_main() -> Option<ExitCode> {
     Some(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
-fn read_spec(path: &Path) -> Result<InitSpec, String> {
+/// What failing at `op` makes of an errno, I/O or JSON error.
+fn failed<E: Into<std::io::Error>>(op: impl Into<String>) -> impl FnOnce(E) -> Error {
+    let op = op.into();
+    move |e| Error::io(op, e.into())
+}
+
+fn read_spec(path: &Path) -> Result<InitSpec, Error> {
     let text =
-        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("parsing {}: {e}", path.display()))
+        std::fs::read_to_string(path).map_err(failed(format!("reading {}", path.display())))?;
+    serde_json::from_str(&text).map_err(failed(format!("parsing {}", path.display())))
 }
 
 /// Appends CRI-format lines to the log, shared by the stdout and stderr copiers.
@@ -145,12 +154,12 @@ impl Log {
     }
 }
 
-fn setup(spec: &InitSpec) -> Result<(), String> {
+fn setup(spec: &InitSpec) -> Result<(), Error> {
     let mut flags = CloneFlags::CLONE_NEWNS;
     if spec.hostname.is_some() {
         flags |= CloneFlags::CLONE_NEWUTS;
     }
-    unshare(flags).map_err(|e| format!("unshare: {e}"))?;
+    unshare(flags).map_err(failed("unshare"))?;
     // Private propagation: the pod's bind mounts must not appear on the host.
     mount(
         None::<&str>,
@@ -159,10 +168,10 @@ fn setup(spec: &InitSpec) -> Result<(), String> {
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None::<&str>,
     )
-    .map_err(|e| format!("making / private: {e}"))?;
+    .map_err(failed("making / private"))?;
     // The pod's network namespace is opened now: /run may be covered below.
     let netns = match &spec.netns {
-        Some(ns) => Some(File::open(ns).map_err(|e| format!("opening {}: {e}", ns.display()))?),
+        Some(ns) => Some(File::open(ns).map_err(failed(format!("opening {}", ns.display())))?),
         None => None,
     };
     // A mount point missing under /run (the service-account directory) is made on a
@@ -180,12 +189,12 @@ fn setup(spec: &InitSpec) -> Result<(), String> {
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             Some("mode=755"),
         )
-        .map_err(|e| format!("mounting the container's /run: {e}"))?;
+        .map_err(failed("mounting the container's /run"))?;
     }
     for m in &spec.mounts {
         if m.mkdir {
             std::fs::create_dir_all(&m.target)
-                .map_err(|e| format!("creating {}: {e}", m.target.display()))?;
+                .map_err(failed(format!("creating {}", m.target.display())))?;
         }
         mount(
             Some(&m.source),
@@ -194,13 +203,11 @@ fn setup(spec: &InitSpec) -> Result<(), String> {
             MsFlags::MS_BIND,
             None::<&str>,
         )
-        .map_err(|e| {
-            format!(
-                "bind-mounting {} on {}: {e}",
-                m.source.display(),
-                m.target.display()
-            )
-        })?;
+        .map_err(failed(format!(
+            "bind-mounting {} on {}",
+            m.source.display(),
+            m.target.display()
+        )))?;
         if m.read_only {
             mount(
                 None::<&str>,
@@ -209,18 +216,17 @@ fn setup(spec: &InitSpec) -> Result<(), String> {
                 MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
                 None::<&str>,
             )
-            .map_err(|e| format!("making {} read-only: {e}", m.target.display()))?;
+            .map_err(failed(format!("making {} read-only", m.target.display())))?;
         }
     }
     if let Some(h) = &spec.hostname {
-        nix::unistd::sethostname(h).map_err(|e| format!("sethostname {h}: {e}"))?;
+        nix::unistd::sethostname(h).map_err(failed(format!("sethostname {h}")))?;
     }
     if let (Some(f), Some(ns)) = (&netns, &spec.netns) {
-        setns(f, CloneFlags::CLONE_NEWNET)
-            .map_err(|e| format!("entering {}: {e}", ns.display()))?;
+        setns(f, CloneFlags::CLONE_NEWNET).map_err(failed(format!("entering {}", ns.display())))?;
     }
     // Own session and process group: the node signals the group, never the node's.
-    nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+    nix::unistd::setsid().map_err(failed("setsid"))?;
     Ok(())
 }
 
@@ -254,7 +260,7 @@ fn run(spec_path: &Path) -> i32 {
     let spec = match read_spec(spec_path) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("container-init: {e}");
+            eprintln!("container-init: {}", ErrorChain(&e));
             return 126;
         }
     };
@@ -265,7 +271,7 @@ fn run(spec_path: &Path) -> i32 {
         code
     };
     if let Err(e) = setup(&spec) {
-        return fail(e, 126);
+        return fail(ErrorChain(&e).to_string(), 126);
     }
     let Some(program) = spec.argv.first() else {
         return fail("the container has no command".into(), 126);
@@ -320,33 +326,33 @@ fn write_exit(path: &Path, exit_code: i32, signal: Option<i32>) {
 }
 
 fn enter(spec_path: &Path, pid: &str, argv: &[String]) -> i32 {
-    let result = (|| -> Result<std::convert::Infallible, String> {
+    let result = (|| -> Result<std::convert::Infallible, Error> {
         let spec = read_spec(spec_path)?;
         // Open every namespace first: after entering the mount namespace, /proc paths
         // still work, but the order must put the mount namespace last.
         let open = |ns: &str| {
-            File::open(format!("/proc/{pid}/ns/{ns}"))
-                .map_err(|e| format!("opening /proc/{pid}/ns/{ns}: {e}"))
+            let path = format!("/proc/{pid}/ns/{ns}");
+            File::open(&path).map_err(failed(format!("opening {path}")))
         };
         let (net, uts, mnt) = (open("net")?, open("uts")?, open("mnt")?);
-        setns(&net, CloneFlags::CLONE_NEWNET).map_err(|e| format!("entering net: {e}"))?;
-        setns(&uts, CloneFlags::CLONE_NEWUTS).map_err(|e| format!("entering uts: {e}"))?;
-        setns(&mnt, CloneFlags::CLONE_NEWNS).map_err(|e| format!("entering mnt: {e}"))?;
+        setns(&net, CloneFlags::CLONE_NEWNET).map_err(failed("entering net"))?;
+        setns(&uts, CloneFlags::CLONE_NEWUTS).map_err(failed("entering uts"))?;
+        setns(&mnt, CloneFlags::CLONE_NEWNS).map_err(failed("entering mnt"))?;
         if let Some(dir) = &spec.workdir {
             let _ = std::env::set_current_dir(dir);
         }
-        let c = |s: &str| CString::new(s).map_err(|e| format!("{s:?}: {e}"));
+        let c = |s: &str| CString::new(s).map_err(failed(format!("{s:?}")));
         let args: Vec<CString> = argv.iter().map(|a| c(a)).collect::<Result<_, _>>()?;
         let env: Vec<CString> = env_with_defaults(&spec)
             .iter()
             .map(|(k, v)| c(&format!("{k}={v}")))
             .collect::<Result<_, _>>()?;
-        nix::unistd::execvpe(&args[0], &args, &env).map_err(|e| format!("exec {}: {e}", argv[0]))
+        nix::unistd::execvpe(&args[0], &args, &env).map_err(failed(format!("exec {}", argv[0])))
     })();
     match result {
         Ok(never) => match never {},
         Err(e) => {
-            eprintln!("container-init: {e}");
+            eprintln!("container-init: {}", ErrorChain(&e));
             126
         }
     }

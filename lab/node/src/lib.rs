@@ -37,41 +37,81 @@ pub use init::container_init_main;
 pub use record::{ContainerRecord, SandboxFile, kill_all};
 pub use workload::WorkloadArgs;
 
-/// Errors of the node, each naming the object or file it is about.
+/// Errors of the node, each naming the object or file it is about. The cause is kept
+/// as the source, not repeated in the message: print them with [`k8s::ErrorChain`].
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The API server refused or could not be reached; retried by the caller's loop.
-    #[error("API: {0}")]
-    Api(String),
+    /// A request to the API server failed (refused, or the server could not be
+    /// reached); retried by the caller's loop.
+    #[error("{what}")]
+    Api {
+        /// What was asked, naming the object.
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// The API server answered without what was asked for.
+    #[error("{0}")]
+    Answer(String),
     /// The cluster could not be found or its client built (kubeconfig, `--server`).
     #[error(transparent)]
     Client(#[from] k8s::Error),
-    /// A CNI plugin failed or its config is missing; the pod stays ContainerCreating and
-    /// is retried.
+    /// A container's environment names a ConfigMap, Secret or key that does not exist
+    /// (kubelet's CreateContainerConfigError); the start is tried again after the
+    /// backoff.
+    #[error("container {container} of pod {pod}: {reason}")]
+    ContainerConfig {
+        container: String,
+        /// `namespace/name`.
+        pod: String,
+        /// What is missing.
+        reason: String,
+    },
+    /// The pod network is not ready (no CNI config) or a CNI plugin failed (its own
+    /// message); the pod stays ContainerCreating and is retried.
     #[error("CNI: {0}")]
     Cni(String),
     /// A kernel operation (namespaces, links) failed.
     #[error(transparent)]
     Kernel(#[from] netlink::Error),
-    /// A file of the node or of a pod could not be read or written.
-    #[error("{op}: {cause}")]
+    /// A file, process or socket of the node or of a pod could not be made, read or
+    /// written.
+    #[error("{op}")]
     Io {
         /// What we were doing, naming the file.
         op: String,
-        /// Why it failed.
-        cause: std::io::Error,
+        #[source]
+        source: std::io::Error,
     },
     /// The kubelet API server could not start (TLS material, listening socket).
-    #[error("kubelet API: {0}")]
-    Server(String),
+    #[error("kubelet API: {what}")]
+    Server {
+        /// What failed.
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl Error {
-    pub(crate) fn io(op: impl Into<String>, cause: std::io::Error) -> Self {
+    pub(crate) fn io(op: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
             op: op.into(),
-            cause,
+            source,
         }
+    }
+
+    /// A failed request to the API server; `what` names it.
+    pub(crate) fn api(what: impl Into<String>, source: kube::Error) -> Self {
+        Error::Api {
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// Whether the API server answered that the object does not exist.
+    pub(crate) fn is_not_found(&self) -> bool {
+        matches!(self, Error::Api { source: kube::Error::Api(s), .. } if s.code == 404)
     }
 }
 
@@ -231,6 +271,38 @@ pub async fn run(args: Args) -> Result<(), Error> {
 
 #[cfg(test)]
 mod tests {
+    use k8s::ErrorChain;
+
+    use super::Error;
+
+    #[test]
+    fn errors_keep_their_cause_and_print_it_once() {
+        let mut status = kube::core::Status::failure("nodes \"node-1\" not found", "NotFound");
+        status.code = 404;
+        let e = Error::api(
+            "updating the status of node node-1",
+            kube::Error::Api(Box::new(status)),
+        );
+        assert_eq!(e.to_string(), "updating the status of node node-1");
+        let chain = ErrorChain(&e).to_string();
+        assert!(
+            chain.starts_with("updating the status of node node-1: "),
+            "{chain}"
+        );
+        assert!(chain.contains("not found"), "{chain}");
+        assert!(e.is_not_found());
+        let e = Error::io(
+            "writing /x/sandbox.json",
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        );
+        assert_eq!(e.to_string(), "writing /x/sandbox.json");
+        assert!(!e.is_not_found());
+        assert_eq!(
+            ErrorChain(&e).to_string(),
+            "writing /x/sandbox.json: permission denied"
+        );
+    }
+
     #[test]
     fn pem_encodes() {
         assert_eq!(

@@ -6,17 +6,15 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use k8s::ErrorChain;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, NodeSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Resource};
 use serde_json::{Value, json};
 
 use crate::{Ctx, Error, time};
-
-fn api_err(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Api(format!("{what}: {e}"))
-}
 
 /// The node's status as kubelet reports it, with `Ready` from `network_ready`.
 fn status(ctx: &Ctx, network: &Result<(), String>, transition: &str) -> Value {
@@ -90,29 +88,43 @@ async fn ensure_node(ctx: &Ctx, nodes: &Api<Node>) -> Result<Node, Error> {
     if let Some(n) = nodes
         .get_opt(name)
         .await
-        .map_err(|e| api_err(&format!("node {name}"), e))?
+        .map_err(|e| Error::api(format!("getting node {name}"), e))?
     {
         return Ok(n);
     }
-    let node: Node = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name, "labels": {
-            "kubernetes.io/hostname": name,
-            "kubernetes.io/os": "linux",
-            "kubernetes.io/arch": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
-            "beta.kubernetes.io/os": "linux",
-        }},
-        "spec": {},
-    }))
-    .map_err(|e| api_err("node manifest", e))?;
+    let labels = [
+        ("kubernetes.io/hostname", name.as_str()),
+        ("kubernetes.io/os", "linux"),
+        (
+            "kubernetes.io/arch",
+            &std::env::consts::ARCH
+                .replace("x86_64", "amd64")
+                .replace("aarch64", "arm64"),
+        ),
+        ("beta.kubernetes.io/os", "linux"),
+    ];
+    let node = Node {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
+            ..Default::default()
+        },
+        spec: Some(NodeSpec::default()),
+        ..Default::default()
+    };
     match nodes.create(&PostParams::default(), &node).await {
         Ok(n) => Ok(n),
         // Someone (IPAM, a test) made it meanwhile.
         Err(kube::Error::Api(s)) if s.code == 409 => nodes
             .get(name)
             .await
-            .map_err(|e| api_err(&format!("node {name}"), e)),
-        Err(e) => Err(api_err(&format!("creating node {name}"), e)),
+            .map_err(|e| Error::api(format!("getting node {name}"), e)),
+        Err(e) => Err(Error::api(format!("creating node {name}"), e)),
     }
 }
 
@@ -134,7 +146,7 @@ async fn renew_lease(ctx: &Ctx, node: &Node) -> Result<(), Error> {
             &Patch::Apply(&lease),
         )
         .await
-        .map_err(|e| api_err(&format!("lease kube-node-lease/{name}"), e))?;
+        .map_err(|e| Error::api(format!("renewing lease kube-node-lease/{name}"), e))?;
     Ok(())
 }
 
@@ -174,7 +186,12 @@ pub(crate) async fn run(ctx: Arc<Ctx>) {
                         &Patch::Merge(json!({"status": st})),
                     )
                     .await
-                    .map_err(|e| api_err(&format!("node {} status", ctx.args.node_name), e))?;
+                    .map_err(|e| {
+                        Error::api(
+                            format!("updating the status of node {}", ctx.args.node_name),
+                            e,
+                        )
+                    })?;
                 if changed {
                     tracing::info!(ready, "node status");
                 }
@@ -191,9 +208,9 @@ pub(crate) async fn run(ctx: Arc<Ctx>) {
         }
         .await;
         if let Err(e) = result {
-            tracing::warn!("registration: {e}");
+            tracing::warn!(error = %ErrorChain(&e), "registration");
             // A deleted Node is made again on the next round.
-            if matches!(&e, Error::Api(m) if m.contains("404") || m.contains("NotFound")) {
+            if e.is_not_found() {
                 node = None;
             }
         }

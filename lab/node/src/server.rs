@@ -35,30 +35,36 @@ fn text(code: StatusCode, body: impl Into<String>) -> Response<Body> {
 }
 
 fn tls_config(ctx: &Ctx, config: &kube::Config) -> Result<Arc<rustls::ServerConfig>, Error> {
-    let err = |e: &dyn std::fmt::Display| Error::Server(e.to_string());
+    fn err<E: std::error::Error + Send + Sync + 'static>(what: &str) -> impl FnOnce(E) -> Error {
+        move |e| Error::Server {
+            what: what.to_owned(),
+            source: Box::new(e),
+        }
+    }
     let mut names: Vec<String> = ctx.args.node_ip.iter().map(ToString::to_string).collect();
     names.push(ctx.args.node_name.clone());
-    let ck = rcgen::generate_simple_self_signed(names).map_err(|e| err(&e))?;
+    let ck =
+        rcgen::generate_simple_self_signed(names).map_err(err("making the serving certificate"))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for der in config.root_cert.iter().flatten() {
         roots
             .add(CertificateDer::from(der.clone()))
-            .map_err(|e| err(&e))?;
+            .map_err(err("reading the cluster CA"))?;
     }
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
         provider.clone(),
     )
     .build()
-    .map_err(|e| err(&e))?;
+    .map_err(err("verifying clients by the cluster CA"))?;
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| err(&e))?
+        .map_err(err("choosing the TLS versions"))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![ck.cert.der().clone()], key)
-        .map_err(|e| err(&e))?;
+        .map_err(err("using the serving certificate"))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
@@ -71,7 +77,10 @@ pub(crate) async fn start(ctx: Arc<Ctx>, config: &kube::Config) -> Result<JoinHa
         let addr = SocketAddr::new(*ip, ctx.args.port);
         let l = tokio::net::TcpListener::bind(addr)
             .await
-            .map_err(|e| Error::Server(format!("listening on {addr}: {e}")))?;
+            .map_err(|e| Error::Server {
+                what: format!("listening on {addr}"),
+                source: Box::new(e),
+            })?;
         listeners.push(l);
     }
     Ok(tokio::spawn(async move {

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s::{Mirror, ObjectKey, Store};
+use k8s::{ErrorChain, Mirror, ObjectKey, Store};
 use k8s_openapi::api::core::v1::Service;
 use kube::runtime::watcher;
 use tokio::sync::watch;
@@ -81,7 +81,7 @@ impl Services {
                             .send_if_modified(|s| !std::mem::replace(s, true));
                     }
                 }
-                Err(e) => tracing::warn!("watching services: {e}"),
+                Err(e) => tracing::warn!(error = %ErrorChain(&e), "watching services"),
             }
         }
     }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s::{Mirror, ObjectKey, Store};
+use k8s::{ErrorChain, Mirror, ObjectKey, Store};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::runtime::watcher;
@@ -106,7 +106,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>) {
                 Some(Ok(event)) => {
                     mirror.step(&mut workers, event);
                 }
-                Some(Err(e)) => tracing::warn!("watching pods: {e}"),
+                Some(Err(e)) => tracing::warn!(error = %ErrorChain(&e), "watching pods"),
                 None => break,
             },
         }

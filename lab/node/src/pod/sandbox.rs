@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use k8s::ErrorChain;
 use k8s_openapi::api::core::v1::Pod;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
@@ -61,7 +62,7 @@ impl Sandbox {
                 self.error = None;
             }
             Err(e) => {
-                self.error = Some(e.to_string());
+                self.error = Some(ErrorChain(&e).to_string());
                 self.next_try = now + RETRY;
             }
         }
@@ -130,7 +131,12 @@ impl Sandbox {
         let n = name.clone();
         tokio::task::spawn_blocking(move || netlink::netns::create(&n))
             .await
-            .map_err(|e| Error::Cni(format!("creating network namespace {name}: {e}")))??;
+            .map_err(|e| {
+                Error::io(
+                    format!("creating network namespace {name}"),
+                    std::io::Error::other(e),
+                )
+            })??;
         let rt = runtime_conf(sb, port_mappings(pod));
         match ctx.cni.add(&net, &rt).await {
             Ok(result) => sb.ips = cni::result_ips(&result),
@@ -204,7 +210,7 @@ pub(super) async fn release(ctx: &Ctx, sb: &SandboxFile) {
             match ctx.cni.del(net.as_ref(), &network, &rt).await {
                 Ok(()) => break,
                 Err(e) => {
-                    tracing::warn!(pod = %format!("{}/{}", sb.namespace, sb.name), attempt, "CNI DEL: {e}");
+                    tracing::warn!(pod = %format!("{}/{}", sb.namespace, sb.name), attempt, error = %ErrorChain(&e), "CNI DEL");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
@@ -213,7 +219,7 @@ pub(super) async fn release(ctx: &Ctx, sb: &SandboxFile) {
     let name = sb.netns_name.clone();
     let res = tokio::task::spawn_blocking(move || netlink::netns::delete(&name)).await;
     if let Ok(Err(e)) = res {
-        tracing::warn!("removing network namespace {}: {e}", sb.netns_name);
+        tracing::warn!(error = %ErrorChain(&e), "removing network namespace {}", sb.netns_name);
     }
 }
 

@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use k8s::ErrorChain;
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, ServiceAccount};
 use kube::Api;
-use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
@@ -122,7 +124,7 @@ pub(super) async fn run(
         if w.sandbox.due(Instant::now()) {
             let result = w.setup_sandbox().await;
             if let Err(e) = &result {
-                tracing::warn!(pod = %w.key(), "sandbox: {e}");
+                tracing::warn!(pod = %w.key(), error = %ErrorChain(e), "sandbox");
             }
             w.sandbox.made(result, Instant::now());
         }
@@ -216,7 +218,7 @@ impl Worker {
                 .clone()
                 .unwrap_or_else(|| "default".into());
             let token = self.token(&sa).await.unwrap_or_else(|e| {
-                tracing::warn!(pod = %self.key(), "service account token for {sa}: {e}");
+                tracing::warn!(pod = %self.key(), error = %ErrorChain(&e), "service account token for {sa}");
                 String::new()
             });
             let put = |n: &str, t: &str| {
@@ -250,38 +252,48 @@ impl Worker {
                 if let Err(e) =
                     std::fs::write(&tmp, t).and_then(|()| std::fs::rename(&tmp, dir.join("token")))
                 {
-                    tracing::warn!(pod = %self.key(), "writing the service account token: {e}");
+                    tracing::warn!(pod = %self.key(), error = %e, "writing the service account token");
                 }
             }
             Err(e) => {
-                tracing::warn!(pod = %self.key(), "refreshing the service account token: {e}")
+                tracing::warn!(pod = %self.key(), error = %ErrorChain(&e), "refreshing the service account token")
             }
         }
     }
 
     /// A bound token from the API server's TokenRequest, as kubelet's projected volume.
     async fn token(&self, sa: &str) -> Result<String, Error> {
-        let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-            "spec": {"audiences": [], "expirationSeconds": 86400,
-                "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": self.sandbox.file.name, "uid": self.uid}}});
-        let url = format!(
-            "/api/v1/namespaces/{}/serviceaccounts/{sa}/token",
-            self.sandbox.file.namespace
-        );
-        let req = http::Request::post(url)
-            .header("content-type", "application/json")
-            .body(serde_json::to_vec(&body).unwrap_or_default())
-            .map_err(|e| Error::Api(e.to_string()))?;
-        let resp: Value = self
-            .ctx
-            .client
-            .request(req)
+        let sb = &self.sandbox.file;
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                audiences: Some(Vec::new()),
+                expiration_seconds: Some(86400),
+                bound_object_ref: Some(BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: Some(sb.name.clone()),
+                    uid: Some(self.uid.clone()),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let api: Api<ServiceAccount> = Api::namespaced(self.ctx.client.clone(), &sb.namespace);
+        let answer = api
+            .create_token_request(sa, &PostParams::default(), &request)
             .await
-            .map_err(|e| Error::Api(e.to_string()))?;
-        resp["status"]["token"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| Error::Api("TokenRequest answered without status.token".into()))
+            .map_err(|e| {
+                Error::api(
+                    format!("requesting a token of serviceaccount {}/{sa}", sb.namespace),
+                    e,
+                )
+            })?;
+        answer.status.and_then(|s| s.token).ok_or_else(|| {
+            Error::Answer(format!(
+                "the TokenRequest of serviceaccount {}/{sa} was answered without status.token",
+                sb.namespace
+            ))
+        })
     }
 
     /// The ConfigMaps and Secrets the container's environment refers to (missing ones
@@ -329,8 +341,14 @@ impl Worker {
         };
         let services = ctx.services.list();
         let sources = self.env_sources(&spec_c).await;
-        let mut envs = env::container_env(&self.pod, &spec_c, &rt, &services, &sources)
-            .map_err(|e| Error::Api(format!("container {name} of pod {}: {e}", self.key())))?;
+        let mut envs =
+            env::container_env(&self.pod, &spec_c, &rt, &services, &sources).map_err(|reason| {
+                Error::ContainerConfig {
+                    container: name.clone(),
+                    pod: self.key(),
+                    reason,
+                }
+            })?;
         let sb = &self.sandbox.file;
         if spec_c.command.as_ref().is_none_or(|c| c.is_empty()) {
             for (k, v) in [
@@ -449,8 +467,9 @@ impl Worker {
                 && c.next_start.is_some_and(|t| t <= now)
                 && let Err(e) = self.start(i).await
             {
-                tracing::warn!(pod = %self.key(), "{e}");
-                self.ctrs[i].start_failed(now, e.to_string());
+                let e = ErrorChain(&e).to_string();
+                tracing::warn!(pod = %self.key(), error = %e, "starting a container");
+                self.ctrs[i].start_failed(now, e);
             }
         }
         self.update_logs();
@@ -615,7 +634,7 @@ impl Worker {
             .await
         {
             Ok(_) => self.last_status = st,
-            Err(e) => tracing::warn!(pod = %self.key(), "updating status: {e}"),
+            Err(e) => tracing::warn!(pod = %self.key(), error = %ErrorChain(&e), "updating status"),
         }
     }
 
@@ -661,7 +680,7 @@ impl Worker {
             logs.remove(&(sb.namespace.clone(), sb.name.clone()));
         }
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
-            tracing::warn!(pod = %self.key(), "removing {}: {e}", self.dir.display());
+            tracing::warn!(pod = %self.key(), error = %e, "removing {}", self.dir.display());
         }
         if !gone {
             let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &sb.namespace);
@@ -681,7 +700,9 @@ impl Worker {
                 }
                 // Gone already, or a new pod with the same name (uid precondition).
                 Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-                Err(e) => tracing::warn!(pod = %self.key(), "deleting the pod: {e}"),
+                Err(e) => {
+                    tracing::warn!(pod = %self.key(), error = %ErrorChain(&e), "deleting the pod")
+                }
             }
         }
         tracing::info!(pod = %self.key(), "pod removed");
