@@ -29,6 +29,7 @@ mod time;
 pub mod workload;
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -116,7 +117,7 @@ impl Error {
 }
 
 /// `kubewire node` flags.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct Args {
     /// This node's name (its Node object).
     #[arg(long, env = "NODE_NAME")]
@@ -151,6 +152,45 @@ pub struct Args {
     /// syntax: `10s`, `2.5s`).
     #[arg(long, default_value = "10s", value_parser = k8s::parse_duration)]
     pub lease_renew: std::time::Duration,
+}
+
+impl Args {
+    /// These flags as `kubewire node`'s command-line arguments (what parses back into
+    /// `self`; every flag is written, defaults too). Lists must not be empty, nor
+    /// hold a path with a comma (the flags split at commas).
+    pub fn to_args(&self) -> Vec<OsString> {
+        fn csv(ips: &[IpAddr]) -> OsString {
+            ips.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+                .into()
+        }
+        let mut args: Vec<OsString> = vec!["--node-name".into(), self.node_name.clone().into()];
+        args.extend(self.client.to_args());
+        args.extend([
+            "--node-ip".into(),
+            csv(&self.node_ip),
+            "--data-dir".into(),
+            self.data_dir.clone().into(),
+            "--cni-conf-dir".into(),
+            self.cni_conf_dir.clone().into(),
+        ]);
+        for dir in &self.cni_bin_dir {
+            args.extend(["--cni-bin-dir".into(), dir.clone().into()]);
+        }
+        args.extend([
+            "--cluster-dns".into(),
+            csv(&self.cluster_dns),
+            "--cluster-domain".into(),
+            self.cluster_domain.clone().into(),
+            "--port".into(),
+            self.port.to_string().into(),
+            "--lease-renew".into(),
+            k8s::duration::format_duration(self.lease_renew).into(),
+        ]);
+        args
+    }
 }
 
 /// One pod's containers as the kubelet API sees them (for `/containerLogs`).
@@ -271,9 +311,61 @@ pub async fn run(args: Args) -> Result<(), Error> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
     use k8s::ErrorChain;
 
-    use super::Error;
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(args: Vec<OsString>) -> Args {
+        Cli::try_parse_from(std::iter::once(OsString::from("node")).chain(args))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .args
+    }
+
+    #[test]
+    fn flags_round_trip() {
+        let defaults = parse(
+            [
+                "--node-name",
+                "node-1",
+                "--node-ip",
+                "198.18.0.11",
+                "--data-dir",
+                "/d",
+            ]
+            .map(OsString::from)
+            .to_vec(),
+        );
+        assert_eq!(parse(defaults.to_args()), defaults);
+        let every = Args {
+            node_name: "node-2".into(),
+            client: k8s::ClientArgs {
+                kubeconfig: Some("/var/lib/kubewire/node-2/kubeconfig".into()),
+                server: Some("https://198.18.0.1:6443".into()),
+            },
+            node_ip: vec!["198.18.0.12".parse().unwrap(), "2001:2::c".parse().unwrap()],
+            data_dir: "/var/lib/kubewire/node-2/kubelet".into(),
+            cni_conf_dir: "/var/lib/kubewire/node-2/net.d".into(),
+            cni_bin_dir: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
+            cluster_dns: vec![
+                "10.96.0.53".parse().unwrap(),
+                "fd00:10:96::a".parse().unwrap(),
+            ],
+            cluster_domain: "lab.example".into(),
+            port: 10251,
+            lease_renew: Duration::from_millis(2500),
+        };
+        assert_ne!(every, defaults);
+        assert_eq!(parse(every.to_args()), every);
+    }
 
     #[test]
     fn errors_keep_their_cause_and_print_it_once() {

@@ -158,28 +158,29 @@ impl NodeCluster {
     /// Starts `kubewire node` for node `n` (as the lab does) and returns it.
     pub(crate) fn start_node(&self, n: u8) -> KillOnDrop {
         let nd = self.dir.path().join(format!("node-{n}"));
-        let args: Vec<String> = [
-            "node",
-            "--node-name",
-            &format!("node-{n}"),
-            "--kubeconfig",
-            self.kubeconfig().to_str().unwrap(),
-            "--server",
-            "https://198.18.0.1:6443",
-            "--node-ip",
-            &format!("198.18.0.{},2001:2::{:x}", 10 + n, 10 + n),
-            "--data-dir",
-            self.data_dir(n).to_str().unwrap(),
-            "--cni-conf-dir",
-            nd.join("net.d").to_str().unwrap(),
-            "--cni-bin-dir",
-            nd.join("bin").to_str().unwrap(),
+        let node = node::Args {
+            node_name: format!("node-{n}"),
+            client: k8s::ClientArgs {
+                kubeconfig: Some(self.kubeconfig()),
+                server: Some("https://198.18.0.1:6443".into()),
+            },
+            node_ip: vec![
+                format!("198.18.0.{}", 10 + n).parse().unwrap(),
+                format!("2001:2::{:x}", 10 + n).parse().unwrap(),
+            ],
+            data_dir: self.data_dir(n),
+            cni_conf_dir: nd.join("net.d"),
+            cni_bin_dir: vec![nd.join("bin")],
+            cluster_dns: vec!["10.96.0.10".parse().unwrap()],
+            cluster_domain: "cluster.local".into(),
+            port: 10250,
             // Short, so the lease tests need not wait 10 s.
-            "--lease-renew",
-            "2s",
-        ]
-        .map(str::to_owned)
-        .to_vec();
+            lease_renew: Duration::from_secs(2),
+        };
+        let args: Vec<String> = std::iter::once("node".into())
+            .chain(node.to_args())
+            .map(|a| a.into_string().expect("UTF-8 paths"))
+            .collect();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         spawn_in(
             &self.node_ns(n),
