@@ -163,27 +163,19 @@ pub(crate) fn expand(s: &str, vars: &BTreeMap<String, String>) -> String {
 fn field_ref(pod: &Pod, rt: &Runtime, path: &str) -> String {
     let m = &pod.metadata;
     let first = |v: &[String]| v.first().cloned().unwrap_or_default();
-    if let Some(key) = path
-        .strip_prefix("metadata.labels['")
-        .and_then(|k| k.strip_suffix("']"))
-    {
-        return m
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(key))
-            .cloned()
-            .unwrap_or_default();
-    }
-    if let Some(key) = path
-        .strip_prefix("metadata.annotations['")
-        .and_then(|k| k.strip_suffix("']"))
-    {
-        return m
-            .annotations
-            .as_ref()
-            .and_then(|l| l.get(key))
-            .cloned()
-            .unwrap_or_default();
+    for (field, map) in [("labels", &m.labels), ("annotations", &m.annotations)] {
+        if let Some(key) = path
+            .strip_prefix("metadata.")
+            .and_then(|p| p.strip_prefix(field))
+            .and_then(|p| p.strip_prefix("['"))
+            .and_then(|k| k.strip_suffix("']"))
+        {
+            return map
+                .as_ref()
+                .and_then(|l| l.get(key))
+                .cloned()
+                .unwrap_or_default();
+        }
     }
     match path {
         "metadata.name" => m.name.clone().unwrap_or_default(),
@@ -287,27 +279,20 @@ pub(crate) fn container_env(
             expand(v, &vars)
         } else if let Some(f) = from.and_then(|f| f.field_ref.as_ref()) {
             field_ref(pod, rt, &f.field_path)
-        } else if let Some(r) = from.and_then(|f| f.config_map_key_ref.as_ref()) {
-            match sources.config_maps.get(&r.name).and_then(|d| d.get(&r.key)) {
+        } else if let Some((kind, data, name, key, optional)) = from.and_then(|f| {
+            let cm = f.config_map_key_ref.as_ref().map(|r| {
+                let data = &sources.config_maps;
+                ("ConfigMap", data, &r.name, &r.key, r.optional)
+            });
+            cm.or_else(|| {
+                let r = f.secret_key_ref.as_ref()?;
+                Some(("Secret", &sources.secrets, &r.name, &r.key, r.optional))
+            })
+        }) {
+            match data.get(name).and_then(|d| d.get(key)) {
                 Some(v) => v.clone(),
-                None if r.optional == Some(true) => continue,
-                None => {
-                    return Err(format!(
-                        "couldn't find key {} in ConfigMap {ns}/{}",
-                        r.key, r.name
-                    ));
-                }
-            }
-        } else if let Some(r) = from.and_then(|f| f.secret_key_ref.as_ref()) {
-            match sources.secrets.get(&r.name).and_then(|d| d.get(&r.key)) {
-                Some(v) => v.clone(),
-                None if r.optional == Some(true) => continue,
-                None => {
-                    return Err(format!(
-                        "couldn't find key {} in Secret {ns}/{}",
-                        r.key, r.name
-                    ));
-                }
+                None if optional == Some(true) => continue,
+                None => return Err(format!("couldn't find key {key} in {kind} {ns}/{name}")),
             }
         } else {
             // resourceFieldRef: the lab sets no resource limits.
@@ -326,8 +311,9 @@ pub(crate) fn container_env(
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value, json};
+
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn service_and_pod_vars() {
@@ -343,11 +329,14 @@ mod tests {
         ]))
         .unwrap();
         let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": "p", "namespace": "app", "labels": {"app": "x"}},
+            "metadata": {"name": "p", "namespace": "app", "labels": {"app": "x"},
+                "annotations": {"note": "y"}},
             "spec": {"containers": [{"name": "c", "env": [
                 {"name": "A", "value": "$(REDIS_PRIMARY_SERVICE_HOST):1"},
                 {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
                 {"name": "L", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+                {"name": "N", "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['note']"}}},
+                {"name": "M", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['missing']"}}},
                 {"name": "KUBERNETES_SERVICE_PORT", "value": "1"}
             ]}]}
         }))
@@ -374,8 +363,60 @@ mod tests {
         assert_eq!(env["A"], "10.96.0.11:1");
         assert_eq!(env["IP"], "10.244.1.5");
         assert_eq!(env["L"], "x");
+        assert_eq!(env["N"], "y");
+        assert_eq!(env["M"], "");
         assert!(!env.contains_key("OTHER_SERVICE_HOST"));
         assert!(!env.contains_key("HEADLESS_SERVICE_HOST"));
+    }
+
+    #[test]
+    fn config_map_and_secret_keys() {
+        let pod = |env: Value| -> (Pod, Container) {
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {"name": "p", "namespace": "app"},
+                "spec": {"enableServiceLinks": false, "containers": [{"name": "c", "env": env}]}
+            }))
+            .unwrap();
+            let c = pod.spec.as_ref().unwrap().containers[0].clone();
+            (pod, c)
+        };
+        let sources = Sources {
+            config_maps: BTreeMap::from([(
+                "cm".to_owned(),
+                BTreeMap::from([("k".to_owned(), "from-cm".to_owned())]),
+            )]),
+            secrets: BTreeMap::from([(
+                "s".to_owned(),
+                BTreeMap::from([("k".to_owned(), "from-secret".to_owned())]),
+            )]),
+        };
+        let (p, c) = pod(json!([
+            {"name": "CM", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "k"}}},
+            {"name": "S", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+            {"name": "OPT", "valueFrom": {"secretKeyRef": {"name": "s", "key": "x", "optional": true}}}
+        ]));
+        let env = container_env(&p, &c, &Runtime::default(), &[], &sources).unwrap();
+        assert_eq!(
+            env,
+            [
+                ("CM".to_owned(), "from-cm".to_owned()),
+                ("S".to_owned(), "from-secret".to_owned())
+            ]
+        );
+        for (r, want) in [
+            (
+                json!({"configMapKeyRef": {"name": "cm", "key": "x"}}),
+                "couldn't find key x in ConfigMap app/cm",
+            ),
+            (
+                json!({"secretKeyRef": {"name": "gone", "key": "k"}}),
+                "couldn't find key k in Secret app/gone",
+            ),
+        ] {
+            let (p, c) = pod(json!([{"name": "V", "valueFrom": r}]));
+            let e = container_env(&p, &c, &Runtime::default(), &[], &sources).unwrap_err();
+            assert_eq!(e, want);
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -57,6 +58,11 @@ pub struct SandboxFile {
 }
 
 impl SandboxFile {
+    /// The pod as `namespace/name`, for logs.
+    pub(crate) fn pod_key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
     pub(crate) fn path(dir: &Path) -> PathBuf {
         dir.join("sandbox.json")
     }
@@ -127,20 +133,25 @@ pub(crate) fn alive(rec: &ContainerRecord) -> bool {
         && start_ticks(rec.pid).is_some_and(|t| rec.start_ticks == 0 || t == rec.start_ticks)
 }
 
+/// Sends `sig` to a container's process group (container-init leads it).
+pub(crate) fn signal_group(pid: u32, sig: Signal) {
+    if let Ok(pid) = i32::try_from(pid)
+        && pid > 0
+    {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), sig);
+    }
+}
+
+/// Kills (SIGKILL, whole process group) every live container of `sb`.
+pub(crate) fn kill_containers(sb: &SandboxFile) {
+    for c in sb.containers.values().filter(|c| alive(c)) {
+        signal_group(c.pid, Signal::SIGKILL);
+    }
+}
+
 /// Kills (SIGKILL, whole process group) every container recorded under `data_dir`:
 /// for `lab down` and tests, which remove a node without letting it drain its pods.
 /// Network namespaces are left to the caller (they carry the lab's name prefix).
 pub fn kill_all(data_dir: &Path) {
-    for s in load_all(data_dir).values() {
-        for c in s.containers.values() {
-            if alive(c)
-                && let Ok(pid) = i32::try_from(c.pid)
-            {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-    }
+    load_all(data_dir).values().for_each(kill_containers);
 }

@@ -16,6 +16,14 @@ use serde_json::{Value, json};
 
 use crate::{Ctx, Error, time};
 
+/// This machine's architecture as Go names it (`GOARCH`), which Kubernetes uses in
+/// `kubernetes.io/arch` and `nodeInfo.architecture`.
+fn go_arch() -> String {
+    std::env::consts::ARCH
+        .replace("x86_64", "amd64")
+        .replace("aarch64", "arm64")
+}
+
 /// The node's status as kubelet reports it, with `Ready` from `network_ready`.
 fn status(ctx: &Ctx, network: &Result<(), String>, transition: &str) -> Value {
     let now = time::rfc3339(SystemTime::now());
@@ -77,7 +85,7 @@ fn status(ctx: &Ctx, network: &Result<(), String>, transition: &str) -> Value {
             "kubeletVersion": "v1.34.0-kubewire",
             "kubeProxyVersion": "",
             "operatingSystem": "linux",
-            "architecture": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+            "architecture": go_arch(),
         },
     })
 }
@@ -95,12 +103,7 @@ async fn ensure_node(ctx: &Ctx, nodes: &Api<Node>) -> Result<Node, Error> {
     let labels = [
         ("kubernetes.io/hostname", name.as_str()),
         ("kubernetes.io/os", "linux"),
-        (
-            "kubernetes.io/arch",
-            &std::env::consts::ARCH
-                .replace("x86_64", "amd64")
-                .replace("aarch64", "arm64"),
-        ),
+        ("kubernetes.io/arch", &go_arch()),
         ("beta.kubernetes.io/os", "linux"),
     ];
     let node = Node {

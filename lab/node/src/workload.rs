@@ -296,66 +296,43 @@ fn image_argv(exe: &str, c: &Container) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::{Value, json};
+    use serde_json::json;
 
     use super::*;
 
-    fn ctr(v: Value) -> Container {
-        serde_json::from_value(v).unwrap()
-    }
-
     #[test]
     fn images_pick_workloads() {
-        let exe = "/kw";
-        assert_eq!(
-            container_argv(
-                exe,
-                &ctr(
-                    json!({"name": "c", "image": "nginx", "command": ["sh", "-c"], "args": ["exit 3"]})
-                )
+        for (container, want) in [
+            // A command runs as given, whatever the image.
+            (
+                json!({"image": "nginx", "command": ["sh", "-c"], "args": ["exit 3"]}),
+                &["sh", "-c", "exit 3"][..],
             ),
-            ["sh", "-c", "exit 3"],
-            "a command runs as given, whatever the image"
-        );
-        assert_eq!(
-            container_argv(
-                exe,
-                &ctr(
-                    json!({"name": "c", "image": "docker.io/library/nginx:1.27", "ports": [{"containerPort": 8080}]})
-                )
+            (
+                json!({"image": "docker.io/library/nginx:1.27", "ports": [{"containerPort": 8080}]}),
+                &["/kw", "workload", "http", "--port", "8080"],
             ),
-            ["/kw", "workload", "http", "--port", "8080"]
-        );
-        assert_eq!(
-            container_argv(exe, &ctr(json!({"name": "c", "image": "httpd"}))),
-            ["/kw", "workload", "http", "--port", "80"]
-        );
-        assert_eq!(
-            container_argv(exe, &ctr(json!({"name": "c", "image": "busybox"}))),
-            ["/kw", "workload", "sleep"]
-        );
-        assert_eq!(
-            container_argv(
-                exe,
-                &ctr(json!({"name": "c", "image": "busybox", "args": ["sleep", "5"]}))
+            (
+                json!({"image": "httpd"}),
+                &["/kw", "workload", "http", "--port", "80"],
             ),
-            ["sleep", "5"]
-        );
-        assert_eq!(
-            container_argv(
-                exe,
-                &ctr(json!({"name": "c", "image": "ghcr.io/x/kubewire:dev", "args": ["dns"]}))
+            (json!({"image": "busybox"}), &["/kw", "workload", "sleep"]),
+            (
+                json!({"image": "busybox", "args": ["sleep", "5"]}),
+                &["sleep", "5"],
             ),
-            ["/kw", "dns"]
-        );
-        assert_eq!(
-            container_argv(
-                exe,
-                &ctr(
-                    json!({"name": "c", "image": "udp-echo", "ports": [{"containerPort": 53, "protocol": "UDP"}]})
-                )
+            (
+                json!({"image": "ghcr.io/x/kubewire:dev", "args": ["dns"]}),
+                &["/kw", "dns"],
             ),
-            ["/kw", "workload", "udp-echo", "--port", "53"]
-        );
+            (
+                json!({"image": "udp-echo", "ports": [{"containerPort": 53, "protocol": "UDP"}]}),
+                &["/kw", "workload", "udp-echo", "--port", "53"],
+            ),
+        ] {
+            let mut c: Container = serde_json::from_value(container.clone()).unwrap();
+            c.name = "c".into();
+            assert_eq!(container_argv("/kw", &c), want, "{container}");
+        }
     }
 }

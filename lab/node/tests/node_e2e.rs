@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{NodeCluster, condition, curl, pod, read, run_in};
 use e2e::wait_until;
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[test]
 fn pods_get_addresses_files_and_reach_each_other() {
@@ -126,21 +126,7 @@ fn pods_get_addresses_files_and_reach_each_other() {
     );
     let udp = c.wait_ready("udp");
     assert_eq!(udp["status"]["containerStatuses"][0]["started"], true);
-    let out = run_in(
-        &ns1,
-        "python3",
-        &[
-            "-c",
-            "import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3); s.sendto(b'hi', (sys.argv[1], 5353)); print(s.recv(16).decode())",
-            udp["status"]["podIP"].as_str().unwrap(),
-        ],
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "hi\n",
-        "udp-echo: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_echoes(&ns1, Echo::Udp, &udp, 5353, "hi");
     // hostNetwork: the node's addresses, the node's DNS (ClusterFirst falls back to Default).
     let h = c.wait_ready("hostnet");
     assert_eq!(h["status"]["podIP"], "198.18.0.11");
@@ -165,21 +151,7 @@ fn pods_get_addresses_files_and_reach_each_other() {
     );
     assert!(!read(std::path::Path::new("/etc/hosts")).contains("alias.example"));
     let echo = c.wait_ready("echo");
-    let out = run_in(
-        &ns1,
-        "python3",
-        &[
-            "-c",
-            "import socket,sys; s=socket.create_connection((sys.argv[1], 7007), timeout=3); s.sendall(b'ping'); print(s.recv(16).decode())",
-            echo["status"]["podIP"].as_str().unwrap(),
-        ],
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "ping\n",
-        "tcp-echo: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_echoes(&ns1, Echo::Tcp, &echo, 7007, "ping");
     // hostPort 8080 on node-2's address, reached from a pod on node-1.
     let body = curl(&ns1, "http://198.18.0.12:8080/");
     assert!(body.contains("Pod: web-2"), "hostPort: {body}");
@@ -300,4 +272,36 @@ fn pods_get_addresses_files_and_reach_each_other() {
         .filter(|n| n.starts_with(&format!("{}-p", c.node_ns(1))))
         .collect();
     assert_eq!(ours.len(), 2, "{ours:?}");
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Echo {
+    Tcp,
+    Udp,
+}
+
+/// Sends `msg` from `netns` to the echo server of `pod` on `port` and asserts that it
+/// comes back.
+fn assert_echoes(netns: &str, proto: Echo, pod: &Value, port: u16, msg: &str) {
+    let send = match proto {
+        Echo::Tcp => "s=socket.create_connection((ip, port), timeout=3); s.sendall(msg)",
+        Echo::Udp => {
+            "s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3); s.sendto(msg, (ip, port))"
+        }
+    };
+    let script = format!(
+        "import socket,sys; ip, port, msg = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode(); {send}; print(s.recv(16).decode())"
+    );
+    let ip = pod["status"]["podIP"].as_str().unwrap();
+    let out = run_in(
+        netns,
+        "python3",
+        &["-c", &script, ip, &port.to_string(), msg],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{msg}\n"),
+        "{proto:?} echo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

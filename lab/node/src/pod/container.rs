@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::status::ContainerView;
 use crate::init::ExitRecord;
 use crate::probe::{Kind, ProbeState};
-use crate::record::{self, ContainerRecord};
+use crate::record::{self, ContainerRecord, signal_group};
 
 /// The first restart waits this long, doubling per restart up to [`MAX_BACKOFF`]
 /// (kubelet: 10 s to 5 min; the lab is shorter so crash loops are visible quickly).
@@ -329,15 +329,6 @@ impl Ctr {
             readiness: self.probe(Kind::Readiness).map(|p| p.ok),
             id: self.id.clone(),
         }
-    }
-}
-
-/// Sends `sig` to a process group.
-pub(super) fn signal_group(pid: u32, sig: Signal) {
-    if let Ok(pid) = i32::try_from(pid)
-        && pid > 0
-    {
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), sig);
     }
 }
 

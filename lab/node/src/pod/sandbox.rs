@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use k8s::ErrorChain;
 use k8s_openapi::api::core::v1::Pod;
-use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::container::{Ctr, container_id, signal_group};
+use super::container::{Ctr, container_id};
 use crate::cni::{self, RuntimeConf};
 use crate::record::{self, SandboxFile};
 use crate::{Ctx, Error};
@@ -89,7 +88,7 @@ impl Sandbox {
                     c.adopt_running(now, rec, id);
                 }
             }
-            tracing::info!(pod = %format!("{}/{}", a.namespace, a.name), "adopted the existing sandbox");
+            tracing::info!(pod = %a.pod_key(), "adopted the existing sandbox");
         }
         self.file = a;
         adopted
@@ -149,7 +148,7 @@ impl Sandbox {
                 return Err(e);
             }
         }
-        tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), ips = ?sb.ips, netns = %name, "sandbox ready");
+        tracing::info!(pod = %sb.pod_key(), ips = ?sb.ips, netns = %name, "sandbox ready");
         Ok(())
     }
 }
@@ -182,12 +181,8 @@ fn uid_hex(uid: &str) -> String {
 
 /// Removes the sandbox (and kills the containers) of a pod that no longer exists.
 pub(super) async fn teardown_orphan(ctx: &Ctx, sb: SandboxFile) {
-    tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), uid = %sb.uid, "removing the sandbox of a pod that is gone");
-    for c in sb.containers.values() {
-        if record::alive(c) {
-            signal_group(c.pid, Signal::SIGKILL);
-        }
-    }
+    tracing::info!(pod = %sb.pod_key(), uid = %sb.uid, "removing the sandbox of a pod that is gone");
+    record::kill_containers(&sb);
     let dir = ctx.args.data_dir.join("pods").join(&sb.uid);
     release(ctx, &sb).await;
     let _ = std::fs::remove_dir_all(dir);
@@ -210,7 +205,7 @@ pub(super) async fn release(ctx: &Ctx, sb: &SandboxFile) {
             match ctx.cni.del(net.as_ref(), &network, &rt).await {
                 Ok(()) => break,
                 Err(e) => {
-                    tracing::warn!(pod = %format!("{}/{}", sb.namespace, sb.name), attempt, error = %ErrorChain(&e), "CNI DEL");
+                    tracing::warn!(pod = %sb.pod_key(), attempt, error = %ErrorChain(&e), "CNI DEL");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }

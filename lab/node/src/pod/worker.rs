@@ -16,12 +16,12 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::container::{self, Ctr, Proc, container_id, restarts, signal_container, signal_group};
+use super::container::{self, Ctr, Proc, container_id, restarts, signal_container};
 use super::sandbox::{self, Sandbox};
 use super::status::{self, Conditions, PodView};
 use crate::init::{BindMount, InitSpec};
 use crate::probe::{self, Kind};
-use crate::record::{self, ContainerRecord, SandboxFile};
+use crate::record::{self, ContainerRecord, SandboxFile, signal_group};
 use crate::{Ctx, Error, PodLogs, env, files, time, workload};
 
 /// How often a worker looks at its processes.
@@ -153,7 +153,7 @@ pub(super) async fn run(
 
 impl Worker {
     fn key(&self) -> String {
-        format!("{}/{}", self.sandbox.file.namespace, self.sandbox.file.name)
+        self.sandbox.file.pod_key()
     }
 
     fn restart_policy(&self) -> String {
@@ -164,19 +164,21 @@ impl Worker {
             .unwrap_or_else(|| "Always".into())
     }
 
+    /// The pod's `terminationGracePeriodSeconds` (default 30): how long a container
+    /// killed for a failed probe has between SIGTERM and SIGKILL.
+    fn termination_grace(&self) -> i64 {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30)
+    }
+
+    /// How long the pod's deletion waits between SIGTERM and SIGKILL: the grace period
+    /// of the delete, else the pod's own.
     fn grace(&self) -> u64 {
-        let g = self
-            .pod
-            .metadata
-            .deletion_grace_period_seconds
-            .or_else(|| {
-                self.pod
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.termination_grace_period_seconds)
-            })
-            .unwrap_or(30);
-        u64::try_from(g).unwrap_or(0)
+        let g = self.pod.metadata.deletion_grace_period_seconds;
+        u64::try_from(g.unwrap_or_else(|| self.termination_grace())).unwrap_or(0)
     }
 
     /// The pod's network, then its files, then sandbox.json.
@@ -560,12 +562,7 @@ impl Worker {
     }
 
     fn apply_probe(&mut self, (i, run_id, kind, ok): ProbeResult) {
-        let grace = self
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.termination_grace_period_seconds)
-            .unwrap_or(30);
+        let grace = u64::try_from(self.termination_grace()).unwrap_or(0);
         let key = self.key();
         let Some(c) = self.ctrs.get_mut(i) else {
             return;
@@ -590,7 +587,7 @@ impl Worker {
                 c.spec.name
             ));
             if let Some((_, rec)) = &c.proc {
-                container::kill_gracefully(rec.clone(), u64::try_from(grace).unwrap_or(30));
+                container::kill_gracefully(rec.clone(), grace);
             }
         }
     }

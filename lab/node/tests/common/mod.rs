@@ -84,19 +84,12 @@ impl NodeCluster {
             );
             // Without pod CIDRs there is no CNI config yet: registered but NotReady.
             let not_ready = wait_until(Duration::from_secs(10), || {
-                c.get("node", &format!("node-{n}")).is_some_and(|node| {
-                    node["status"]["conditions"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .any(|c| {
-                            c["type"] == "Ready"
-                                && c["status"] == "False"
-                                && c["message"]
-                                    .as_str()
-                                    .unwrap_or("")
-                                    .contains("NetworkReady=false")
-                        })
+                c.node_ready_condition(n).is_some_and(|c| {
+                    c["status"] == "False"
+                        && c["message"]
+                            .as_str()
+                            .unwrap_or("")
+                            .contains("NetworkReady=false")
                 })
             });
             assert!(
@@ -249,14 +242,19 @@ impl NodeCluster {
             .then(|| serde_json::from_slice(&out.stdout).unwrap())
     }
 
+    /// The `Ready` condition of node `n`, if it has one.
+    pub(crate) fn node_ready_condition(&self, n: u8) -> Option<Value> {
+        let node = self.get("node", &format!("node-{n}"))?;
+        node["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .cloned()
+    }
+
     pub(crate) fn node_ready(&self, n: u8) -> bool {
-        self.get("node", &format!("node-{n}")).is_some_and(|node| {
-            node["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
+        self.node_ready_condition(n)
+            .is_some_and(|c| c["status"] == "True")
     }
 
     /// Waits until `pred` holds for pod `name` and returns it.
