@@ -3,12 +3,13 @@
 //! One process per lab node, started inside the node's network namespace. It
 //!
 //! - registers the Node (addresses, capacity, `Ready` once the CNI config exists) and
-//!   renews its Lease in `kube-node-lease` every 10 s ([`register`]);
+//!   renews its Lease in `kube-node-lease` every `--lease-renew` (10 s) ([`register`]);
 //! - runs the pods bound to it ([`pod`]): a network namespace per pod wired by the CNI
 //!   config list exactly as containerd's libcni runs it ([`cni`]), containers as processes
 //!   started through `kubewire container-init` ([`init`]) in a private mount namespace that
 //!   binds the pod's own resolv.conf, hosts, hostname and service-account files
-//!   ([`files`], [`env`]), probes ([`probe`]), restarts with backoff, graceful deletion;
+//!   ([`files`], [`env`] with the Services mirrored in [`services`]), probes ([`probe`]),
+//!   restarts with backoff, graceful deletion;
 //! - serves the kubelet API's `/containerLogs` and `/healthz` over HTTPS on the node's
 //!   address, port 10250 ([`server`]).
 //!
