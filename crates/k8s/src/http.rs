@@ -9,7 +9,9 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpStream};
 use tracing::warn;
 
 /// A response with a whole body.
@@ -32,6 +34,49 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 const FIRST_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
+/// A listener whose accept never fails and never spins: after a failed accept (out of
+/// file descriptors, say) it logs and pauses, 5 ms doubling up to 1 s, as Go's
+/// `net/http` does, until one succeeds. Every server of ours accepts through it.
+#[derive(Debug)]
+pub struct Acceptor {
+    listener: TcpListener,
+    backoff: Duration,
+    what: &'static str,
+}
+
+impl Acceptor {
+    /// Accepts on `listener`; `what` names the server in log lines.
+    pub fn new(listener: TcpListener, what: &'static str) -> Acceptor {
+        Acceptor {
+            listener,
+            backoff: FIRST_ACCEPT_BACKOFF,
+            what,
+        }
+    }
+
+    /// The next connection.
+    pub async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+        loop {
+            match self.listener.accept().await {
+                Ok(conn) => {
+                    self.backoff = FIRST_ACCEPT_BACKOFF;
+                    return conn;
+                }
+                Err(e) => {
+                    warn!(server = self.what, error = %e, pause = ?self.backoff, "accepting a connection");
+                    tokio::time::sleep(self.backoff).await;
+                    self.backoff = (self.backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// The listener's address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
 /// Serves HTTP/1.1 on `listener` until the task is dropped: `respond` answers each
 /// request from its method, path and headers (these endpoints take no body).
 pub async fn serve<F>(listener: TcpListener, respond: F)
@@ -39,20 +84,9 @@ where
     F: Fn(&hyper::http::request::Parts) -> Response + Send + Sync + 'static,
 {
     let respond = Arc::new(respond);
-    let mut backoff = FIRST_ACCEPT_BACKOFF;
+    let mut acceptor = Acceptor::new(listener, "HTTP");
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => {
-                backoff = FIRST_ACCEPT_BACKOFF;
-                stream
-            }
-            Err(e) => {
-                warn!(error = %e, pause = ?backoff, "accepting an HTTP connection");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
-                continue;
-            }
-        };
+        let (stream, _) = acceptor.accept().await;
         let respond = Arc::clone(&respond);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {

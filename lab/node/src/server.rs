@@ -69,11 +69,6 @@ fn tls_config(ctx: &Ctx, config: &kube::Config) -> Result<Arc<rustls::ServerConf
     Ok(Arc::new(cfg))
 }
 
-/// The first pause after a failed accept, doubling up to [`MAX_ACCEPT_BACKOFF`] and
-/// reset by a good accept (as Go's `net/http` and `k8s::http::serve` do).
-const FIRST_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
-const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
-
 /// Binds every node address and serves until aborted.
 pub(crate) async fn start(ctx: Arc<Ctx>, config: &kube::Config) -> Result<JoinHandle<()>, Error> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls_config(&ctx, config)?);
@@ -93,21 +88,9 @@ pub(crate) async fn start(ctx: Arc<Ctx>, config: &kube::Config) -> Result<JoinHa
         for l in listeners {
             let (ctx, acceptor) = (ctx.clone(), acceptor.clone());
             set.spawn(async move {
-                let mut backoff = FIRST_ACCEPT_BACKOFF;
+                let mut incoming = k8s::http::Acceptor::new(l, "kubelet API");
                 loop {
-                    let stream = match l.accept().await {
-                        Ok((stream, _)) => {
-                            backoff = FIRST_ACCEPT_BACKOFF;
-                            stream
-                        }
-                        // Out of file descriptors, say: pause rather than spin.
-                        Err(e) => {
-                            tracing::warn!(error = %e, pause = ?backoff, "accepting a kubelet API connection");
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
-                            continue;
-                        }
-                    };
+                    let (stream, _) = incoming.accept().await;
                     let (ctx, acceptor) = (ctx.clone(), acceptor.clone());
                     tokio::spawn(async move {
                         let Ok(tls) = acceptor.accept(stream).await else {
