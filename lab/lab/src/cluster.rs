@@ -192,7 +192,6 @@ async fn start_processes(
         .map_err(|e| Error::Component(format!("minting credentials for {node}: {e}")))?;
         write_private(&node_kubeconfig, text.as_bytes())?;
         let netns = cfg.netns_name(Role::Node(n));
-        let path = |sub: &str| dir.join(sub).display().to_string();
         let agent_args = agent::Args {
             node_name: node.clone(),
             client: k8s::ClientArgs {
@@ -215,30 +214,32 @@ async fn start_processes(
             Some(&netns),
             command("agent", agent_args.to_args()),
         )?;
+        let node_args = node::Args {
+            node_name: node.clone(),
+            client: k8s::ClientArgs {
+                kubeconfig: Some(node_kubeconfig.clone()),
+                server: None,
+            },
+            node_ip: cfg.node_ips(n),
+            data_dir: dir.clone(),
+            cni_conf_dir: dir.join("net.d"),
+            cni_bin_dir: vec![dir.join("bin")],
+            cluster_dns: vec![cfg.dns_ip()],
+            cluster_domain: cfg.cluster_domain.clone(),
+            lease_renew: Duration::from_secs(cfg.node_grace_period_seconds.into()) / 4,
+            ..k8s::parse_flags::<node::Args>(&[
+                "--node-name",
+                &node,
+                "--node-ip",
+                "0.0.0.0",
+                "--data-dir",
+                "/",
+            ])
+        };
         let runner = start(
             &format!("{node}/node"),
             Some(&netns),
-            vec![
-                "node".into(),
-                "--node-name".into(),
-                node.clone().into(),
-                "--kubeconfig".into(),
-                node_kubeconfig.display().to_string().into(),
-                "--node-ip".into(),
-                csv(cfg.node_ips(n)).into(),
-                "--data-dir".into(),
-                dir.display().to_string().into(),
-                "--cni-conf-dir".into(),
-                path("net.d").into(),
-                "--cni-bin-dir".into(),
-                path("bin").into(),
-                "--cluster-dns".into(),
-                cfg.dns_ip().to_string().into(),
-                "--cluster-domain".into(),
-                cfg.cluster_domain.clone().into(),
-                "--lease-renew".into(),
-                format!("{}s", f64::from(cfg.node_grace_period_seconds) / 4.0).into(),
-            ],
+            command("node", node_args.to_args()),
         )?;
         watched.extend([agent, runner]);
     }
