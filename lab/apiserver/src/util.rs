@@ -61,52 +61,6 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// kube's `duration.HumanDuration`, used in AGE columns.
-pub(crate) fn human_duration(secs: i64) -> String {
-    if secs < -1 {
-        return "<invalid>".into();
-    }
-    let s = secs.max(0);
-    let m = s / 60;
-    let h = s / 3600;
-    if s < 120 {
-        format!("{s}s")
-    } else if m < 10 {
-        if s % 60 == 0 {
-            format!("{m}m")
-        } else {
-            format!("{m}m{}s", s % 60)
-        }
-    } else if m < 180 {
-        format!("{m}m")
-    } else if h < 8 {
-        if m % 60 == 0 {
-            format!("{h}h")
-        } else {
-            format!("{h}h{}m", m % 60)
-        }
-    } else if h < 48 {
-        format!("{h}h")
-    } else if h < 24 * 8 {
-        if h % 24 == 0 {
-            format!("{}d", h / 24)
-        } else {
-            format!("{}d{}h", h / 24, h % 24)
-        }
-    } else if h < 24 * 365 * 2 {
-        format!("{}d", h / 24)
-    } else if h < 24 * 365 * 8 {
-        let d = h / 24 % 365;
-        if d == 0 {
-            format!("{}y", h / 24 / 365)
-        } else {
-            format!("{}y{d}d", h / 24 / 365)
-        }
-    } else {
-        format!("{}y", h / 24 / 365)
-    }
-}
-
 /// Decodes an `application/x-www-form-urlencoded` query into pairs; empty pairs (kube-rs
 /// starts its queries with `&`) are skipped.
 pub(crate) fn parse_query(q: &str) -> Vec<(String, String)> {
@@ -141,22 +95,6 @@ pub(crate) fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Hex, for opaque continue tokens.
-pub(crate) fn hex(s: &str) -> String {
-    s.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-pub(crate) fn unhex(s: &str) -> Option<String> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    let bytes: Option<Vec<u8>> = (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect();
-    String::from_utf8(bytes?).ok()
 }
 
 /// `obj.a.b.c` as a string, for field selectors and table cells.
@@ -226,22 +164,10 @@ mod tests {
     }
 
     #[test]
-    fn human_durations() {
-        assert_eq!(human_duration(5), "5s");
-        assert_eq!(human_duration(150), "2m30s");
-        assert_eq!(human_duration(3600 * 5 + 60), "5h1m");
-        assert_eq!(human_duration(86_400 * 3), "3d");
-    }
-
-    #[test]
-    fn query_and_hex() {
+    fn query_and_base64() {
         let q = parse_query("&limit=500&labelSelector=app%3Dweb%2Ctier+in+(a)");
         assert_eq!(q[0], ("limit".into(), "500".into()));
         assert_eq!(q[1].1, "app=web,tier in (a)");
-        assert_eq!(
-            unhex(&hex("core/pods/default/x")).as_deref(),
-            Some("core/pods/default/x")
-        );
         assert_eq!(base64(b"hello"), "aGVsbG8=");
         assert_eq!(base64(b"hi!"), "aGkh");
     }
