@@ -333,6 +333,8 @@ async fn watch_latency(r: &apiserver::Router) -> WatchFigures {
 /// etcd through its JSON gateway (`/v3/kv/put`, `/v3/kv/range`, `/v3/watch`).
 mod etcd {
     use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
     use hyper_util::rt::TokioIo;
 
     pub(super) struct Conn(hyper::client::conn::http1::SendRequest<Full<Bytes>>);
@@ -347,45 +349,11 @@ mod etcd {
     }
 
     pub(super) fn b64(data: &[u8]) -> String {
-        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut out = String::new();
-        for chunk in data.chunks(3) {
-            let n = chunk
-                .iter()
-                .enumerate()
-                .fold(0u32, |n, (i, &b)| n | (u32::from(b) << (16 - 8 * i)));
-            for i in 0..4 {
-                out.push(if i <= chunk.len() {
-                    T[(n >> (18 - 6 * i) & 63) as usize] as char
-                } else {
-                    '='
-                });
-            }
-        }
-        out
+        STANDARD.encode(data)
     }
 
     pub(super) fn unb64(s: &str) -> Vec<u8> {
-        let mut out = Vec::new();
-        let (mut acc, mut bits) = (0u32, 0);
-        for c in s.bytes() {
-            let v = match c {
-                b'A'..=b'Z' => c - b'A',
-                b'a'..=b'z' => c - b'a' + 26,
-                b'0'..=b'9' => c - b'0' + 52,
-                b'+' => 62,
-                b'/' => 63,
-                _ => continue,
-            };
-            acc = (acc << 6) | u32::from(v);
-            bits += 6;
-            if bits >= 8 {
-                bits -= 8;
-                out.push((acc >> bits) as u8);
-                acc &= (1 << bits) - 1;
-            }
-        }
-        out
+        STANDARD.decode(s).unwrap_or_default()
     }
 
     impl Conn {

@@ -116,7 +116,7 @@ pub(crate) fn delete_in(
                 return Ok(old);
             }
             let mut o = old;
-            o["metadata"]["deletionTimestamp"] = json!(rfc3339(now_secs() + grace));
+            o["metadata"]["deletionTimestamp"] = json!(rfc3339(now_secs().saturating_add(grace)));
             o["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
             return txn.put(key, o, EventType::Modified);
         }

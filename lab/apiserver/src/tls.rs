@@ -7,6 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
@@ -15,7 +17,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::error::Error;
-use crate::util::base64;
 
 /// Files of the PKI inside the data dir.
 pub(crate) struct Pki {
@@ -107,9 +108,9 @@ fn kubeconfig_yaml(
 ) -> String {
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: kubewire\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: {user}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: kubewire\n  context:\n    cluster: kubewire\n    user: {user}\n    namespace: default\ncurrent-context: kubewire\n",
-        base64(ca_pem.as_bytes()),
-        base64(cert_pem.as_bytes()),
-        base64(key_pem.as_bytes()),
+        STANDARD.encode(ca_pem.as_bytes()),
+        STANDARD.encode(cert_pem.as_bytes()),
+        STANDARD.encode(key_pem.as_bytes()),
     )
 }
 
