@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::error::{Error, Status};
+use crate::error::{Chain, Error, Status};
 use crate::{Config, Router, api, bootstrap, router, tls};
 
 /// A running server.
@@ -214,6 +214,6 @@ async fn connection(
         .serve_connection(TokioIo::new(tls), svc)
         .await
     {
-        tracing::debug!(%peer, error = %e, "connection ended");
+        tracing::debug!(%peer, error = %Chain(&e), "connection ended");
     }
 }

@@ -314,7 +314,7 @@ impl Store {
             }
             return Ok(Ok(items));
         }
-        Err(Error::Storage(
+        Err(Error::Internal(
             "the watch log did not catch up with the database".into(),
         ))
     }
@@ -442,9 +442,7 @@ impl Store {
         let mut rx = self.rv_tx.subscribe();
         match tokio::time::timeout(DURABLE_WAIT, rx.wait_for(|v| *v >= rv)).await {
             Ok(Ok(_)) => Ok(()),
-            _ => Err(Error::Storage(format!(
-                "resourceVersion {rv} was committed but not made durable"
-            ))),
+            _ => Err(Error::NotDurable { rv }),
         }
     }
 
@@ -622,9 +620,10 @@ fn decode_event(rv: u64, bytes: &[u8]) -> Result<Event, Error> {
         Some("MODIFIED") => EventType::Modified,
         Some("DELETED") => EventType::Deleted,
         other => {
-            return Err(Error::Storage(format!(
-                "corrupt event {rv}: type {other:?}"
-            )));
+            return Err(Error::Corrupt {
+                what: format!("event {rv}: type {other:?}"),
+                source: None,
+            });
         }
     };
     let raw = |v: &Value| bytes::Bytes::from(serde_json::to_vec(v).unwrap_or_default());
@@ -643,7 +642,10 @@ fn decode_event(rv: u64, bytes: &[u8]) -> Result<Event, Error> {
 }
 
 fn decode(bytes: &[u8]) -> Result<Value, Error> {
-    serde_json::from_slice(bytes).map_err(|e| Error::Storage(format!("corrupt object: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
+        what: "object".into(),
+        source: Some(e),
+    })
 }
 
 /// Where Services are stored (their writes update the allocators).
@@ -692,9 +694,7 @@ impl Txn {
     ) -> Result<Value, Error> {
         self.rv += 1;
         obj["metadata"]["resourceVersion"] = Value::String(self.rv.to_string());
-        let bytes = bytes::Bytes::from(
-            serde_json::to_vec(&obj).map_err(|e| Error::Storage(e.to_string()))?,
-        );
+        let bytes = bytes::Bytes::from(serde_json::to_vec(&obj).map_err(Error::Encode)?);
         if let Some(a) = &self.alloc
             && key.starts_with(SERVICES)
         {
@@ -791,7 +791,7 @@ mod tests {
         let s = store(&dir, 10);
         let r: Result<(), Error> = s.write(|t| {
             t.put("core/pods/a/x", json!({"metadata":{}}), EventType::Added)?;
-            Err(Error::Storage("refused".into()))
+            Err(Error::Internal("refused".into()))
         });
         assert!(r.is_err());
         assert_eq!(s.current_rv(), 0);

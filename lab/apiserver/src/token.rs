@@ -56,11 +56,11 @@ impl Signer {
         let path = dir.join("sa.key");
         let secret = match std::fs::read_to_string(&path) {
             Ok(s) if s.trim().len() >= 64 => s.trim().to_string(),
-            Ok(_) => return Err(Error::Tls(format!("{}: key too short", path.display()))),
+            Ok(_) => return Err(Error::KeyTooShort { path }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut bytes = [0u8; 32];
                 ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-                    .map_err(|_| Error::Tls("no randomness for sa.key".into()))?;
+                    .map_err(|_| Error::NoRandomness("sa.key"))?;
                 let s: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
                 crate::tls::write_atomic(&path, s.as_bytes(), true)?;
                 s

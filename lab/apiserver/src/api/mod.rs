@@ -200,7 +200,7 @@ where
         (resp, crate::store::take_deferred())
     })
     .await
-    .map_err(|e| Error::Storage(format!("storage task failed: {e}")))?;
+    .map_err(Error::Task)?;
     // Acknowledge only durable writes; the thread is free meanwhile (group commit).
     if rv > 0 {
         state.store.wait_durable(rv).await?;

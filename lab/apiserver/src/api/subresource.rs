@@ -159,7 +159,7 @@ pub(super) async fn pod_log(
         Ok((pod, node))
     })
     .await
-    .map_err(|e| Error::Storage(e.to_string()))??;
+    .map_err(Error::Task)??;
     let pod = pod.ok_or_else(|| t.not_found(&name))?;
     let (addr, path) = crate::kubelet::log_location(&pod, node.as_ref(), &r.query)?;
     state.kubelet.get(addr, &path).await

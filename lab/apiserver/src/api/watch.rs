@@ -77,7 +77,7 @@ pub(super) async fn watch(
             st.store.list(&prefix, None, None, &|o| sel2.matches(o))
         })
         .await
-        .map_err(|e| Error::Storage(e.to_string()))??;
+        .map_err(Error::Task)??;
         Some(page)
     } else {
         None
