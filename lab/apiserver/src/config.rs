@@ -1,6 +1,7 @@
 //! How the server runs ([`Config`]) and the command line of `kubewire apiserver`
 //! ([`Args`]), which converts into it.
 
+use std::ffi::OsString;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use crate::store;
 pub struct Config {
     /// Database, CA, certificates, token and `admin.kubeconfig` live here.
     pub data_dir: PathBuf,
-    /// Addresses to serve HTTPS on; port 0 picks a free port (see [`Server::addresses`]).
+    /// Addresses to serve HTTPS on; port 0 picks a free port (see [`crate::Server::addresses`]).
     pub listen: Vec<SocketAddr>,
     /// Service ranges, at most one per IP family; the first is the primary family.
     pub service_cidrs: Vec<IpNet>,
@@ -94,7 +95,7 @@ fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
 }
 
 /// Command-line flags of `kubewire apiserver`.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct Args {
     /// Directory for the database, the CA and certificates and `admin.kubeconfig`
     /// (written once the server is ready to serve).
@@ -124,6 +125,38 @@ pub struct Args {
     pub advertise_address: Option<IpAddr>,
 }
 
+impl Args {
+    /// These flags as command-line arguments (what parses back into `self`), for
+    /// whoever starts `kubewire apiserver`. Every field is written out, so the server
+    /// does not fall back on its own defaults; an empty list is left out (clap cannot
+    /// say "none" for a list with a default, and a server needs an address and a range).
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["--data-dir".into(), self.data_dir.clone().into()];
+        for addr in &self.listen {
+            args.extend(["--listen".into(), addr.to_string().into()]);
+        }
+        if !self.service_cidrs.is_empty() {
+            let cidrs: Vec<String> = self.service_cidrs.iter().map(IpNet::to_string).collect();
+            args.extend(["--service-cidr".into(), cidrs.join(",").into()]);
+        }
+        let ports = &self.node_port_range;
+        args.extend([
+            "--node-port-range".into(),
+            format!("{}-{}", ports.start(), ports.end()).into(),
+        ]);
+        for l in &self.listen_in_netns {
+            // The namespace as a path (it contains a `/`, so it is not read as a name).
+            let mut value = l.netns.clone().into_os_string();
+            value.push(format!("={}", l.addr));
+            args.extend(["--listen-netns".into(), value]);
+        }
+        if let Some(ip) = self.advertise_address {
+            args.extend(["--advertise-address".into(), ip.to_string().into()]);
+        }
+        args
+    }
+}
+
 impl From<Args> for Config {
     fn from(a: Args) -> Config {
         Config {
@@ -135,5 +168,62 @@ impl From<Args> for Config {
             listen_in_netns: a.listen_in_netns,
             advertise_address: a.advertise_address,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        apiserver: Args,
+    }
+
+    fn parse(argv: Vec<OsString>) -> Args {
+        Cli::parse_from(std::iter::once("x".into()).chain(argv)).apiserver
+    }
+
+    #[test]
+    fn flags_round_trip() {
+        let args = Args {
+            data_dir: "/var/lib/kubewire/lab-a/api".into(),
+            listen: vec![
+                "127.0.0.1:16443".parse().unwrap(),
+                "[::1]:16443".parse().unwrap(),
+            ],
+            service_cidrs: vec![
+                "10.100.0.0/16".parse().unwrap(),
+                "fd00:10:100::/112".parse().unwrap(),
+            ],
+            node_port_range: 31000..=31999,
+            listen_in_netns: vec![
+                "kubewire-underlay=198.18.0.1:6443".parse().unwrap(),
+                "/proc/42/ns/net=[fd00:198:18::1]:6443".parse().unwrap(),
+            ],
+            advertise_address: Some("198.18.0.1".parse().unwrap()),
+        };
+        let defaults = parse(vec!["--data-dir".into(), "/d".into()]);
+        // Every field differs from its default, so each is really written out.
+        assert_ne!(args.listen, defaults.listen);
+        assert_ne!(args.service_cidrs, defaults.service_cidrs);
+        assert_ne!(args.node_port_range, defaults.node_port_range);
+        assert_ne!(args.listen_in_netns, defaults.listen_in_netns);
+        assert_ne!(args.advertise_address, defaults.advertise_address);
+        assert_eq!(parse(args.to_args()), args);
+        assert_eq!(parse(defaults.to_args()), defaults);
+    }
+
+    #[test]
+    fn netns_names_and_paths() {
+        let l: NetnsListen = "kubewire-underlay=198.18.0.1:6443".parse().unwrap();
+        assert_eq!(l.netns, Path::new("/run/netns/kubewire-underlay"));
+        assert!("198.18.0.1:6443".parse::<NetnsListen>().is_err());
+        assert_eq!(parse_port_range("30000-32767"), Ok(30000..=32767));
+        assert!(parse_port_range("0-10").is_err());
+        assert!(parse_port_range("20-10").is_err());
     }
 }

@@ -74,6 +74,9 @@ pub enum Error {
     /// The system's random number generator failed (ring says no more than that).
     #[error("no randomness for {0}")]
     NoRandomness(&'static str),
+    /// The SIGTERM/SIGINT handlers could not be installed.
+    #[error("handling SIGTERM")]
+    Signals(#[source] std::io::Error),
     /// A listen address could not be bound.
     #[error("listen on {addr}")]
     Listen {

@@ -3,7 +3,8 @@
 //!
 //! - [`serve`] / [`start`]: HTTPS (rustls) on every listen address, with a CA made on
 //!   first start, client-certificate and bearer-token authentication, and
-//!   `DIR/admin.kubeconfig` written once the server is ready.
+//!   `DIR/admin.kubeconfig` written once the server is ready; `serve` stops cleanly on
+//!   SIGTERM or SIGINT.
 //! - [`router`]: the same API as a tower service without sockets or TLS, for in-process
 //!   clients (`kube::Client::new(router, "default")`).
 //!

@@ -6,20 +6,29 @@ use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::Request;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::error::{Chain, Error, Status};
 use crate::{Config, Router, api, bootstrap, router, tls};
+
+/// The first pause after a failed accept (out of file descriptors, say), doubling up
+/// to [`MAX_ACCEPT_BACKOFF`], as Go's `net/http` (and `k8s::http`) does; reset by a good
+/// accept. Retrying at once would spin while the cause lasts.
+const FIRST_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// A running server.
 #[derive(Debug)]
 pub struct Server {
     addresses: Vec<SocketAddr>,
     kubeconfig: PathBuf,
+    router: Router,
+    /// One accept loop per listener; each owns its connections.
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -41,11 +50,28 @@ impl Server {
         }
     }
 
-    /// Stops accepting connections and drops the open ones.
+    /// Stops accepting connections and drops the open ones, without waiting for
+    /// either (see [`Server::stop`]).
     pub fn shutdown(self) {
         for t in &self.tasks {
             t.abort();
         }
+    }
+
+    /// Stops cleanly: no new connections, the open ones dropped (watches end, and
+    /// clients watch again elsewhere or later), then every commit made durable.
+    pub async fn stop(self) -> Result<(), Error> {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            // Cancelled, as asked; a listener that panicked has nothing more to stop.
+            let _ = t.await;
+        }
+        let state = self.router.state.clone();
+        tokio::task::spawn_blocking(move || state.store.flush_all(Duration::ZERO))
+            .await
+            .map_err(Error::Task)?
     }
 }
 
@@ -110,37 +136,24 @@ pub async fn start(config: Config) -> Result<Server, Error> {
         bootstrap::publish_endpoints(&router.state, addr)?;
     }
     let token: Arc<str> = Arc::from(pki.admin_token.as_str());
-    let mut tasks = Vec::new();
-    for (listener, addr) in listeners {
-        let acceptor = acceptor.clone();
-        let router = router.clone();
-        let token = token.clone();
-        tasks.push(tokio::spawn(async move {
-            tracing::info!(%addr, "serving the Kubernetes API");
-            loop {
-                let (tcp, peer) = match listener.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(%addr, error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                tokio::spawn(connection(
-                    tcp,
-                    peer,
-                    acceptor.clone(),
-                    router.clone(),
-                    token.clone(),
-                ));
-            }
-        }));
-    }
+    let tasks = listeners
+        .into_iter()
+        .map(|(listener, addr)| {
+            tokio::spawn(accept_loop(
+                listener,
+                addr,
+                acceptor.clone(),
+                router.clone(),
+                token.clone(),
+            ))
+        })
+        .collect();
     tls::write_atomic(&kubeconfig, pki.kubeconfig(&server_url).as_bytes(), true)?;
     println!("kubeconfig: {}", kubeconfig.display());
     Ok(Server {
         addresses,
         kubeconfig,
+        router,
         tasks,
     })
 }
@@ -163,10 +176,51 @@ fn bind_in_netns(netns: &Path, addr: SocketAddr) -> Result<std::net::TcpListener
     .map_err(|_| listen_err(std::io::Error::other("namespace thread panicked")))?
 }
 
-/// Runs the server until the process ends.
+/// Runs the server until SIGTERM or SIGINT, then stops it cleanly ([`Server::stop`]).
 pub async fn serve(config: Config) -> Result<(), Error> {
-    start(config).await?.wait().await;
-    Ok(())
+    // Taken over before anything starts: a signal during the start is kept, not fatal.
+    let mut shutdown = k8s::Shutdown::new().map_err(Error::Signals)?;
+    let server = start(config).await?;
+    shutdown.recv().await;
+    tracing::info!("stopping the API server");
+    server.stop().await
+}
+
+/// Accepts connections on `listener` until the task is aborted, which also drops the
+/// connections it accepted (a [`JoinSet`] aborts its tasks when dropped).
+async fn accept_loop(
+    listener: TcpListener,
+    addr: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    router: Router,
+    token: Arc<str>,
+) {
+    tracing::info!(%addr, "serving the Kubernetes API");
+    let mut connections = JoinSet::new();
+    let mut backoff = FIRST_ACCEPT_BACKOFF;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    backoff = FIRST_ACCEPT_BACKOFF;
+                    connections.spawn(connection(
+                        tcp,
+                        peer,
+                        acceptor.clone(),
+                        router.clone(),
+                        token.clone(),
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, pause = ?backoff, "accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                }
+            },
+            // Reap finished connections (disabled while there are none).
+            Some(_) = connections.join_next() => {}
+        }
+    }
 }
 
 async fn connection(
