@@ -277,12 +277,7 @@ impl Store {
     ) -> Result<Result<std::collections::BTreeMap<String, Value>, TooOld>, Error> {
         for _ in 0..5000 {
             let tx = self.db.begin_read().map_err(storage)?;
-            let meta = tx.open_table(META).map_err(storage)?;
-            let rv = meta
-                .get(RV_KEY)
-                .map_err(storage)?
-                .map(|g| g.value())
-                .unwrap_or(0);
+            let rv = stored_rv(&tx)?;
             let events = match self.events_after(at) {
                 Ok(e) => e,
                 Err(too_old) => return Ok(Err(too_old)),
@@ -367,12 +362,7 @@ impl Store {
         keep: Option<&dyn Fn(&Value) -> bool>,
     ) -> Result<RawPage, Error> {
         let tx = self.db.begin_read().map_err(storage)?;
-        let meta = tx.open_table(META).map_err(storage)?;
-        let rv = meta
-            .get(RV_KEY)
-            .map_err(storage)?
-            .map(|g| g.value())
-            .unwrap_or(0);
+        let rv = stored_rv(&tx)?;
         let t = tx.open_table(OBJECTS).map_err(storage)?;
         let end = prefix_end(prefix);
         let start = after.unwrap_or(prefix);
@@ -613,6 +603,13 @@ fn encode_event(e: &Event) -> Vec<u8> {
     b
 }
 
+/// The resourceVersion a read transaction sees.
+fn stored_rv(tx: &redb::ReadTransaction) -> Result<u64, Error> {
+    let meta = tx.open_table(META).map_err(storage)?;
+    let rv = meta.get(RV_KEY).map_err(storage)?.map(|g| g.value());
+    Ok(rv.unwrap_or(0))
+}
+
 fn decode_event(rv: u64, bytes: &[u8]) -> Result<Event, Error> {
     let v = decode(bytes)?;
     let kind = match v["t"].as_str() {
@@ -752,27 +749,26 @@ mod tests {
         Store::open(&dir.path().join("db"), cap).unwrap()
     }
 
+    /// Creates `obj` at `key` in a transaction of its own.
+    fn add(s: &Store, key: &str, obj: Value) {
+        s.write(|t| t.put(key, obj, EventType::Added)).unwrap();
+    }
+
     #[test]
     fn rv_grows_and_persists() {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = store(&dir, 10);
-            s.write(|t| {
-                t.put(
-                    "core/pods/a/x",
-                    json!({"metadata":{"name":"x","namespace":"a"}}),
-                    EventType::Added,
-                )
-            })
-            .unwrap();
-            s.write(|t| {
-                t.put(
-                    "core/pods/b/y",
-                    json!({"metadata":{"name":"y","namespace":"b"}}),
-                    EventType::Added,
-                )
-            })
-            .unwrap();
+            add(
+                &s,
+                "core/pods/a/x",
+                json!({"metadata":{"name":"x","namespace":"a"}}),
+            );
+            add(
+                &s,
+                "core/pods/b/y",
+                json!({"metadata":{"name":"y","namespace":"b"}}),
+            );
             assert_eq!(s.current_rv(), 2);
         }
         let s = store(&dir, 10);
@@ -803,23 +799,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = store(&dir, 10);
         for (ns, n) in [("a", "p1"), ("a", "p2"), ("b", "p3")] {
-            s.write(|t| {
-                t.put(
-                    &format!("core/pods/{ns}/{n}"),
-                    json!({"metadata":{"name":n,"namespace":ns}}),
-                    EventType::Added,
-                )
-            })
-            .unwrap();
+            add(
+                &s,
+                &format!("core/pods/{ns}/{n}"),
+                json!({"metadata":{"name":n,"namespace":ns}}),
+            );
         }
-        s.write(|t| {
-            t.put(
-                "core/podsx/a/q",
-                json!({"metadata":{"name":"q","namespace":"a"}}),
-                EventType::Added,
-            )
-        })
-        .unwrap();
+        add(
+            &s,
+            "core/podsx/a/q",
+            json!({"metadata":{"name":"q","namespace":"a"}}),
+        );
         let all = s.list("core/pods/", None, None, &|_| true).unwrap();
         assert_eq!(all.items.len(), 3);
         let a = s.list("core/pods/a/", None, None, &|_| true).unwrap();
@@ -840,14 +830,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = store(&dir, 3);
         for i in 0..5 {
-            s.write(|t| {
-                t.put(
-                    &format!("core/pods/a/p{i}"),
-                    json!({"metadata":{}}),
-                    EventType::Added,
-                )
-            })
-            .unwrap();
+            add(&s, &format!("core/pods/a/p{i}"), json!({"metadata":{}}));
         }
         assert_eq!(s.events_after(5).unwrap().len(), 0);
         assert_eq!(s.events_after(2).unwrap().len(), 3);

@@ -55,6 +55,21 @@ async fn client_for(dir: &Path) -> Client {
     Client::try_from(cfg).unwrap()
 }
 
+/// Every acknowledged write (name: resourceVersion) is among `items`, unchanged.
+fn assert_all_kept(items: &[ConfigMap], acked: &BTreeMap<String, String>, when: &str) {
+    let stored: BTreeMap<String, String> = items
+        .iter()
+        .map(|c| (c.name_any(), c.resource_version().unwrap()))
+        .collect();
+    for (name, rv) in acked {
+        assert_eq!(
+            stored.get(name),
+            Some(rv),
+            "{when}: acknowledged {name} lost or changed"
+        );
+    }
+}
+
 /// A pseudo-random number from the clock; enough to vary the kill point per run.
 fn jitter(max: u64) -> u64 {
     let n = std::time::SystemTime::now()
@@ -77,18 +92,7 @@ async fn acknowledged_writes_survive_sigkill() {
 
         // Everything acknowledged before is there, with its resourceVersion.
         let list = cms.list(&ListParams::default()).await.unwrap();
-        let stored: BTreeMap<String, String> = list
-            .items
-            .iter()
-            .map(|c| (c.name_any(), c.resource_version().unwrap()))
-            .collect();
-        for (name, rv) in &acked {
-            assert_eq!(
-                stored.get(name),
-                Some(rv),
-                "round {round}: acknowledged {name} lost or changed"
-            );
-        }
+        assert_all_kept(&list.items, &acked, &format!("round {round}"));
         for c in &list.items {
             assert_eq!(
                 c.data
@@ -154,21 +158,8 @@ async fn acknowledged_writes_survive_sigkill() {
     // Final check after the last kill.
     let _child = spawn_server(&dir);
     let cms: Api<ConfigMap> = Api::namespaced(client_for(&dir).await, "default");
-    let stored: BTreeMap<String, String> = cms
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .map(|c| (c.name_any(), c.resource_version().unwrap()))
-        .collect();
-    for (name, rv) in &acked {
-        assert_eq!(
-            stored.get(name),
-            Some(rv),
-            "acknowledged {name} lost or changed"
-        );
-    }
+    let list = cms.list(&ListParams::default()).await.unwrap();
+    assert_all_kept(&list.items, &acked, "after the last kill");
 }
 
 /// SIGTERM stops `serve` cleanly, as SIGINT does: it returns `Ok` (so the child's test

@@ -11,7 +11,29 @@ use crate::error::{Cause, Error, Status};
 use crate::gc::{DeleteOpts, delete_in};
 use crate::util::str_at;
 
-fn delete_opts(r: &Req) -> Result<DeleteOpts, Error> {
+/// What a delete must find in the object, or it is refused with 409.
+struct Preconditions {
+    resource_version: Option<String>,
+    uid: Option<String>,
+}
+
+impl Preconditions {
+    fn check(&self, t: &Target, old: &Value, name: &str) -> Result<(), Error> {
+        let differs = |want: &Option<String>, field: &str| {
+            want.as_deref()
+                .is_some_and(|w| Some(w) != str_at(old, field))
+        };
+        if differs(&self.resource_version, "metadata.resourceVersion")
+            || differs(&self.uid, "metadata.uid")
+        {
+            return Err(Status::conflict(t.rt.group, t.rt.resource, name).into());
+        }
+        Ok(())
+    }
+}
+
+/// The DeleteOptions of a request, from its body (if any) and its query.
+fn delete_options(r: &Req) -> Result<(DeleteOpts, Preconditions), Error> {
     let body: Value = if r.body.is_empty() {
         Value::Null
     } else {
@@ -38,40 +60,28 @@ fn delete_opts(r: &Req) -> Result<DeleteOpts, Error> {
     let grace = body["gracePeriodSeconds"]
         .as_i64()
         .or_else(|| r.param("gracePeriodSeconds").and_then(|g| g.parse().ok()));
-    Ok(DeleteOpts {
-        orphan,
-        foreground,
-        grace,
-    })
-}
-
-fn check_preconditions(t: &Target, r: &Req, old: &Value, name: &str) -> Result<(), Error> {
-    if r.body.is_empty() {
-        return Ok(());
-    }
-    let opts: Value = serde_json::from_slice(&r.body)
-        .map_err(|e| Status::bad_request(format!("invalid DeleteOptions: {e}")))?;
-    let pre = &opts["preconditions"];
-    if let Some(rv) = pre["resourceVersion"].as_str()
-        && Some(rv) != str_at(old, "metadata.resourceVersion")
-    {
-        return Err(Status::conflict(t.rt.group, t.rt.resource, name).into());
-    }
-    if let Some(uid) = pre["uid"].as_str()
-        && Some(uid) != str_at(old, "metadata.uid")
-    {
-        return Err(Status::conflict(t.rt.group, t.rt.resource, name).into());
-    }
-    Ok(())
+    let pre = &body["preconditions"];
+    let preconditions = Preconditions {
+        resource_version: pre["resourceVersion"].as_str().map(str::to_string),
+        uid: pre["uid"].as_str().map(str::to_string),
+    };
+    Ok((
+        DeleteOpts {
+            orphan,
+            foreground,
+            grace,
+        },
+        preconditions,
+    ))
 }
 
 pub(super) fn delete(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Error> {
     let name = t.name.clone().unwrap_or_default();
     let key = t.key(&name);
-    let opts = delete_opts(r)?;
+    let (opts, preconditions) = delete_options(r)?;
     let out = s.write(r.dry_run(), |txn| {
         let old = txn.get(&key)?.ok_or_else(|| t.not_found(&name))?;
-        check_preconditions(t, r, &old, &name)?;
+        preconditions.check(t, &old, &name)?;
         delete_in(txn, &s.catalog.all(), t.rt, &key, old, opts)
     })?;
     Ok(json_response(200, &out, "application/json"))
@@ -84,7 +94,8 @@ pub(super) fn delete_collection(
 ) -> Result<Response<ResponseBody>, Error> {
     let sel = selectors(t, r)?;
     let prefix = t.list_prefix();
-    let opts = delete_opts(r)?;
+    // Preconditions are checked on the delete of one object only.
+    let (opts, _) = delete_options(r)?;
     let all = s.catalog.all();
     let deleted = s.write(r.dry_run(), |txn| {
         let mut out = Vec::new();
