@@ -88,31 +88,97 @@ async fn call(r: &apiserver::Router, method: &str, uri: &str, body: Vec<u8>) -> 
     (code, resp.into_body().collect().await.unwrap().to_bytes())
 }
 
-/// Creates pods `from..to` with CONCURRENCY clients; returns objects/s.
-async fn create_pods(r: &apiserver::Router, ns: &str, from: usize, to: usize) -> f64 {
+/// A client that writes the bench's objects, one of CONCURRENCY.
+trait Writer: Send + 'static {
+    /// Writes object `i`; returns once it is acknowledged.
+    fn write(&mut self, i: usize) -> impl Future<Output = ()> + Send;
+}
+
+/// How writes are paced: write i is due at i / WATCH_RATE s, and `acks[i]` notes when it
+/// was acknowledged (ns since `epoch`).
+struct Paced<'a> {
+    epoch: Instant,
+    acks: &'a Arc<Vec<AtomicU64>>,
+}
+
+/// Writes objects `from..to`, one task per writer, each taking the next index; at once,
+/// or paced. Returns the writes/s achieved.
+async fn write_all<W: Writer>(
+    writers: Vec<W>,
+    from: usize,
+    to: usize,
+    paced: Option<Paced<'_>>,
+) -> f64 {
     let next = Arc::new(AtomicU64::new(from as u64));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..CONCURRENCY {
-        let r = r.clone();
-        let next = next.clone();
-        let uri = format!("/api/v1/namespaces/{ns}/pods");
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                if i >= to {
-                    return;
+    let start = tokio::time::Instant::now();
+    let paced = paced.map(|p| (p.epoch, p.acks.clone()));
+    let tasks: Vec<_> = writers
+        .into_iter()
+        .map(|mut w| {
+            let next = next.clone();
+            let paced = paced.clone();
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i as usize >= to {
+                        return;
+                    }
+                    if paced.is_some() {
+                        let due = Duration::from_micros(i * 1_000_000 / WATCH_RATE);
+                        tokio::time::sleep_until(start + due).await;
+                    }
+                    w.write(i as usize).await;
+                    if let Some((epoch, acks)) = &paced {
+                        acks[i as usize].store(now_ns(*epoch) as u64, Ordering::Relaxed);
+                    }
                 }
-                let (code, body) =
-                    call(&r, "POST", &uri, pod(i, None).to_string().into_bytes()).await;
-                assert_eq!(code, 201, "{}", String::from_utf8_lossy(&body));
-            }
-        }));
-    }
+            })
+        })
+        .collect();
     for t in tasks {
         t.await.unwrap();
     }
     (to - from) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Creates `object(i)` at `uri` through the router.
+struct RouterCreate<F> {
+    r: apiserver::Router,
+    uri: String,
+    object: F,
+}
+
+impl<F: Fn(usize) -> Value + Send + 'static> Writer for RouterCreate<F> {
+    async fn write(&mut self, i: usize) {
+        let body = (self.object)(i).to_string().into_bytes();
+        let (code, body) = call(&self.r, "POST", &self.uri, body).await;
+        assert_eq!(code, 201, "{}", String::from_utf8_lossy(&body));
+    }
+}
+
+/// Creates objects `from..to` (`object(i)`) at `uri` with CONCURRENCY clients; returns
+/// objects/s.
+async fn create_all(
+    r: &apiserver::Router,
+    uri: &str,
+    from: usize,
+    to: usize,
+    object: impl Fn(usize) -> Value + Clone + Send + 'static,
+) -> f64 {
+    let writers = (0..CONCURRENCY)
+        .map(|_| RouterCreate {
+            r: r.clone(),
+            uri: uri.to_string(),
+            object: object.clone(),
+        })
+        .collect();
+    write_all(writers, from, to, None).await
+}
+
+/// Creates pods `from..to` in `ns`; returns objects/s.
+async fn create_pods(r: &apiserver::Router, ns: &str, from: usize, to: usize) -> f64 {
+    let uri = format!("/api/v1/namespaces/{ns}/pods");
+    create_all(r, &uri, from, to, |i| pod(i, None)).await
 }
 
 fn service(i: usize, node_port: bool) -> Value {
@@ -124,8 +190,7 @@ fn service(i: usize, node_port: bool) -> Value {
     json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": format!("s-{i}")}, "spec": spec})
 }
 
-/// Creates Services `from..to` with CONCURRENCY clients (NodePort ones when asked);
-/// returns objects/s.
+/// Creates Services `from..to` in `ns` (NodePort ones when asked); returns objects/s.
 async fn create_services(
     r: &apiserver::Router,
     ns: &str,
@@ -133,35 +198,13 @@ async fn create_services(
     to: usize,
     node_port: bool,
 ) -> f64 {
-    let next = Arc::new(AtomicU64::new(from as u64));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..CONCURRENCY {
-        let r = r.clone();
-        let next = next.clone();
-        let uri = format!("/api/v1/namespaces/{ns}/services");
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                if i >= to {
-                    return;
-                }
-                let body = service(i, node_port).to_string().into_bytes();
-                let (code, body) = call(&r, "POST", &uri, body).await;
-                assert_eq!(code, 201, "{}", String::from_utf8_lossy(&body));
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    (to - from) as f64 / start.elapsed().as_secs_f64()
+    let uri = format!("/api/v1/namespaces/{ns}/services");
+    create_all(r, &uri, from, to, move |i| service(i, node_port)).await
 }
 
-/// The `ts` annotation in a serialized event, found without parsing the whole JSON (the
-/// bench's 100 watchers must not be slower than the server they measure).
-fn find_ts(line: &[u8]) -> Option<u128> {
-    let key = b"\"ts\":\"";
+/// The number right after `key` in a serialized event, found without parsing the whole
+/// JSON (the bench's 100 watchers must not be slower than the server they measure).
+fn number_after<T: std::str::FromStr>(line: &[u8], key: &[u8]) -> Option<T> {
     let at = line.windows(key.len()).position(|w| w == key)? + key.len();
     let digits: Vec<u8> = line[at..]
         .iter()
@@ -169,18 +212,16 @@ fn find_ts(line: &[u8]) -> Option<u128> {
         .copied()
         .collect();
     std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+/// The `ts` annotation in a serialized event.
+fn find_ts(line: &[u8]) -> Option<u128> {
+    number_after(line, b"\"ts\":\"")
 }
 
 /// The index `i` of pod `p-i` in a serialized event.
 fn find_idx(line: &[u8]) -> Option<usize> {
-    let key = b"\"name\":\"p-";
-    let at = line.windows(key.len()).position(|w| w == key)? + key.len();
-    let digits: Vec<u8> = line[at..]
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .copied()
-        .collect();
-    std::str::from_utf8(&digits).ok()?.parse().ok()
+    number_after(line, b"\"name\":\"p-")
 }
 
 /// Delivery latencies, ms: from the write's start (durability included) and from its
@@ -224,6 +265,41 @@ fn now_ns(epoch: Instant) -> u128 {
     epoch.elapsed().as_nanos()
 }
 
+/// The (pod index, write start) of a serialized pod event, if it is one of the bench's.
+fn sample(event: &[u8]) -> Option<(usize, u128)> {
+    Some((find_idx(event)?, find_ts(event)?))
+}
+
+/// Reads a watch until it has seen `total` pods: the (pod index, write start) pairs
+/// that `samples_in` finds in each line, with the time the line arrived.
+async fn read_watch<B>(
+    mut body: B,
+    total: usize,
+    epoch: Instant,
+    mut samples_in: impl FnMut(&[u8]) -> Vec<(usize, u128)>,
+) -> Vec<(usize, u128, u128)>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let mut buf = Vec::new();
+    let mut mine = Vec::with_capacity(total);
+    while mine.len() < total {
+        let Some(Ok(frame)) = body.frame().await else {
+            break;
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let t = now_ns(epoch);
+        buf.extend_from_slice(&data);
+        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            mine.extend(samples_in(&line).into_iter().map(|(i, ts)| (i, ts, t)));
+        }
+    }
+    mine
+}
+
 /// 100 watchers, writes paced at WATCH_RATE/s for WATCH_SECONDS: (p50 ms, p99 ms, writes/s).
 async fn watch_latency(r: &apiserver::Router) -> WatchFigures {
     let (_, ns) = call(
@@ -251,61 +327,25 @@ async fn watch_latency(r: &apiserver::Router) -> WatchFigures {
             ))
             .body(Full::new(Bytes::new()))
             .unwrap();
-        let mut body = r.handle(req).await.into_body();
+        let body = r.handle(req).await.into_body();
         let samples = samples.clone();
         watchers.push(tokio::spawn(async move {
-            let mut buf = Vec::new();
-            let mut seen = 0;
-            let mut mine = Vec::with_capacity(total);
-            while seen < total {
-                let Some(Ok(frame)) = body.frame().await else {
-                    break;
-                };
-                let Ok(data) = frame.into_data() else {
-                    continue;
-                };
-                let t = now_ns(epoch);
-                buf.extend_from_slice(&data);
-                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=pos).collect();
-                    if let (Some(ts), Some(i)) = (find_ts(&line), find_idx(&line)) {
-                        mine.push((i, ts, t));
-                        seen += 1;
-                    }
-                }
-            }
+            let mine = read_watch(body, total, epoch, |line| {
+                sample(line).into_iter().collect()
+            })
+            .await;
             samples.lock().unwrap().extend(mine);
         }));
     }
-    // Paced writers: write i is due at i/RATE seconds.
-    let next = Arc::new(AtomicU64::new(0));
-    let start = tokio::time::Instant::now();
-    let mut writers = Vec::new();
-    for _ in 0..CONCURRENCY {
-        let r = r.clone();
-        let next = next.clone();
-        let acks = acks.clone();
-        writers.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i as usize >= total {
-                    return;
-                }
-                tokio::time::sleep_until(start + Duration::from_micros(i * 1_000_000 / WATCH_RATE))
-                    .await;
-                let body = pod(i as usize, Some(now_ns(epoch)))
-                    .to_string()
-                    .into_bytes();
-                let (code, _) = call(&r, "POST", "/api/v1/namespaces/watch/pods", body).await;
-                assert_eq!(code, 201);
-                acks[i as usize].store(now_ns(epoch) as u64, Ordering::Relaxed);
-            }
-        }));
-    }
-    for w in writers {
-        w.await.unwrap();
-    }
-    let rate = total as f64 / start.elapsed().as_secs_f64();
+    let writers = (0..CONCURRENCY)
+        .map(|_| RouterCreate {
+            r: r.clone(),
+            uri: "/api/v1/namespaces/watch/pods".to_string(),
+            object: move |i| pod(i, Some(now_ns(epoch))),
+        })
+        .collect();
+    let paced = Paced { epoch, acks: &acks };
+    let rate = write_all(writers, 0, total, Some(paced)).await;
     for w in watchers {
         let _ = tokio::time::timeout(Duration::from_secs(60), w).await;
     }
@@ -333,6 +373,8 @@ async fn watch_latency(r: &apiserver::Router) -> WatchFigures {
 /// etcd through its JSON gateway (`/v3/kv/put`, `/v3/kv/range`, `/v3/watch`).
 mod etcd {
     use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
     use hyper_util::rt::TokioIo;
 
     pub(super) struct Conn(hyper::client::conn::http1::SendRequest<Full<Bytes>>);
@@ -347,45 +389,11 @@ mod etcd {
     }
 
     pub(super) fn b64(data: &[u8]) -> String {
-        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut out = String::new();
-        for chunk in data.chunks(3) {
-            let n = chunk
-                .iter()
-                .enumerate()
-                .fold(0u32, |n, (i, &b)| n | (u32::from(b) << (16 - 8 * i)));
-            for i in 0..4 {
-                out.push(if i <= chunk.len() {
-                    T[(n >> (18 - 6 * i) & 63) as usize] as char
-                } else {
-                    '='
-                });
-            }
-        }
-        out
+        STANDARD.encode(data)
     }
 
     pub(super) fn unb64(s: &str) -> Vec<u8> {
-        let mut out = Vec::new();
-        let (mut acc, mut bits) = (0u32, 0);
-        for c in s.bytes() {
-            let v = match c {
-                b'A'..=b'Z' => c - b'A',
-                b'a'..=b'z' => c - b'a' + 26,
-                b'0'..=b'9' => c - b'0' + 52,
-                b'+' => 62,
-                b'/' => 63,
-                _ => continue,
-            };
-            acc = (acc << 6) | u32::from(v);
-            bits += 6;
-            if bits >= 8 {
-                bits -= 8;
-                out.push((acc >> bits) as u8);
-                acc &= (1 << bits) - 1;
-            }
-        }
-        out
+        STANDARD.decode(s).unwrap_or_default()
     }
 
     impl Conn {
@@ -404,37 +412,49 @@ mod etcd {
         }
     }
 
-    pub(super) async fn put_all(addr: &str, from: usize, to: usize, prefix: &str) -> f64 {
-        let next = Arc::new(AtomicU64::new(from as u64));
-        let start = Instant::now();
-        let mut tasks = Vec::new();
+    /// Puts `value(i)` at `PREFIXp-i` with `/v3/kv/put`.
+    struct EtcdPut<F> {
+        conn: Conn,
+        addr: String,
+        prefix: String,
+        value: F,
+    }
+
+    impl<F: Fn(usize) -> Value + Send + 'static> Writer for EtcdPut<F> {
+        async fn write(&mut self, i: usize) {
+            let key = format!("{}p-{i}", self.prefix);
+            let val = (self.value)(i).to_string();
+            let body = json!({"key": b64(key.as_bytes()), "value": b64(val.as_bytes())});
+            let _ = self
+                .conn
+                .post(&self.addr, "/v3/kv/put", &body)
+                .await
+                .collect()
+                .await
+                .unwrap();
+        }
+    }
+
+    /// CONCURRENCY connections putting `value(i)` under `prefix`.
+    async fn writers<F>(addr: &str, prefix: &str, value: F) -> Vec<EtcdPut<F>>
+    where
+        F: Fn(usize) -> Value + Clone + Send + 'static,
+    {
+        let mut writers = Vec::new();
         for _ in 0..CONCURRENCY {
-            let next = next.clone();
-            let addr = addr.to_string();
-            let prefix = prefix.to_string();
-            tasks.push(tokio::spawn(async move {
-                let mut c = connect(&addr).await;
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                    if i >= to {
-                        return;
-                    }
-                    let key = format!("{prefix}p-{i}");
-                    let val = pod(i, None).to_string();
-                    let body = json!({"key": b64(key.as_bytes()), "value": b64(val.as_bytes())});
-                    let _ = c
-                        .post(&addr, "/v3/kv/put", &body)
-                        .await
-                        .collect()
-                        .await
-                        .unwrap();
-                }
-            }));
+            writers.push(EtcdPut {
+                conn: connect(addr).await,
+                addr: addr.to_string(),
+                prefix: prefix.to_string(),
+                value: value.clone(),
+            });
         }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        (to - from) as f64 / start.elapsed().as_secs_f64()
+        writers
+    }
+
+    pub(super) async fn put_all(addr: &str, from: usize, to: usize, prefix: &str) -> f64 {
+        let writers = writers(addr, prefix, |i| pod(i, None)).await;
+        write_all(writers, from, to, None).await
     }
 
     pub(super) async fn range(addr: &str, prefix: &str) -> (usize, f64) {
@@ -473,78 +493,37 @@ mod etcd {
             watchers.push(tokio::spawn(async move {
                 let mut c = connect(&addr).await;
                 let body = json!({"create_request": {"key": b64(prefix.as_bytes()), "range_end": b64(&end)}});
-                let mut body = c.post(&addr, "/v3/watch", &body).await;
-                let mut buf = Vec::new();
-                let mut seen = 0;
-                let mut mine = Vec::with_capacity(total);
+                let body = c.post(&addr, "/v3/watch", &body).await;
                 let mut created = false;
-                while seen < total {
-                    let Some(Ok(frame)) = body.frame().await else { break };
-                    let Ok(data) = frame.into_data() else { continue };
-                    let t = epoch.elapsed().as_nanos();
-                    buf.extend_from_slice(&data);
-                    while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                        let line: Vec<u8> = buf.drain(..=pos).collect();
-                        if !created && line.windows(9).any(|w| w == b"\"created\"") {
-                            created = true;
-                            let _ = ready.send(()).await;
-                        }
-                        // Each event's value is base64: decode only that, then find ts.
-                        let key = b"\"value\":\"";
-                        let mut rest = &line[..];
-                        while let Some(at) = rest.windows(key.len()).position(|w| w == key) {
-                            rest = &rest[at + key.len()..];
-                            let end = rest.iter().position(|b| *b == b'"').unwrap_or(rest.len());
-                            let val = unb64(std::str::from_utf8(&rest[..end]).unwrap_or(""));
-                            if let (Some(ts), Some(i)) = (find_ts(&val), find_idx(&val)) {
-                                mine.push((i, ts, t));
-                                seen += 1;
-                            }
-                            rest = &rest[end..];
-                        }
+                let mine = read_watch(body, total, epoch, |line| {
+                    if !created && line.windows(9).any(|w| w == b"\"created\"") {
+                        created = true;
+                        // One message per watcher: the channel has room for all.
+                        let _ = ready.try_send(());
                     }
-                }
+                    // Each event's value is base64: decode only that, then find ts.
+                    let key = b"\"value\":\"";
+                    let mut found = Vec::new();
+                    let mut rest = line;
+                    while let Some(at) = rest.windows(key.len()).position(|w| w == key) {
+                        rest = &rest[at + key.len()..];
+                        let end = rest.iter().position(|b| *b == b'"').unwrap_or(rest.len());
+                        let val = unb64(std::str::from_utf8(&rest[..end]).unwrap_or(""));
+                        found.extend(sample(&val));
+                        rest = &rest[end..];
+                    }
+                    found
+                })
+                .await;
                 samples.lock().unwrap().extend(mine);
             }));
         }
         for _ in 0..WATCHERS {
             ready_rx.recv().await;
         }
-        let next = Arc::new(AtomicU64::new(0));
-        let start = tokio::time::Instant::now();
-        let mut writers = Vec::new();
-        for _ in 0..CONCURRENCY {
-            let addr = addr.to_string();
-            let next = next.clone();
-            let acks = acks.clone();
-            writers.push(tokio::spawn(async move {
-                let mut c = connect(&addr).await;
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i as usize >= total {
-                        return;
-                    }
-                    tokio::time::sleep_until(
-                        start + Duration::from_micros(i * 1_000_000 / WATCH_RATE),
-                    )
-                    .await;
-                    let val = pod(i as usize, Some(epoch.elapsed().as_nanos())).to_string();
-                    let key = format!("{prefix}p-{i}");
-                    let body = json!({"key": b64(key.as_bytes()), "value": b64(val.as_bytes())});
-                    let _ = c
-                        .post(&addr, "/v3/kv/put", &body)
-                        .await
-                        .collect()
-                        .await
-                        .unwrap();
-                    acks[i as usize].store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                }
-            }));
-        }
-        for w in writers {
-            w.await.unwrap();
-        }
-        let rate = total as f64 / start.elapsed().as_secs_f64();
+        let writers = writers(addr, prefix, move |i| pod(i, Some(now_ns(epoch)))).await;
+        let paced = Paced { epoch, acks: &acks };
+        let rate = write_all(writers, 0, total, Some(paced)).await;
         for w in watchers {
             let _ = tokio::time::timeout(Duration::from_secs(60), w).await;
         }

@@ -6,7 +6,12 @@ use std::path::PathBuf;
 
 use serde_json::{Value, json};
 
-/// A failure of the API server.
+/// What a boxed cause is (errors of several crates' types share a variant).
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A failure of the API server. Each variant's message names what was being done; the
+/// cause, where there is one, is its [`source`](std::error::Error::source) (printed
+/// after it by `{:#}` in anyhow, or by [`Chain`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -15,25 +20,70 @@ pub enum Error {
     #[error("{}", .0.message)]
     Status(Box<Status>),
     /// The embedded database failed; the request may be retried, the data dir may need care.
-    #[error("storage: {0}")]
-    Storage(String),
+    #[error("storage")]
+    Storage(#[source] Box<redb::Error>),
+    /// The database holds something this server did not write (a damaged data dir).
+    #[error("corrupt {what}")]
+    Corrupt {
+        /// What does not decode: `object`, `event 42: type "X"`.
+        what: String,
+        /// Why, when JSON decoding said.
+        #[source]
+        source: Option<serde_json::Error>,
+    },
+    /// An object could not be encoded for storage.
+    #[error("encoding an object")]
+    Encode(#[source] serde_json::Error),
+    /// A write was committed but the flusher did not make it durable in time: it is
+    /// visible, but may not survive a crash. Retrying the request is safe.
+    #[error("resourceVersion {rv} was committed but not made durable")]
+    NotDurable {
+        /// The write's resourceVersion.
+        rv: u64,
+    },
+    /// The thread running storage work for a request failed (panicked).
+    #[error("storage task failed")]
+    Task(#[source] tokio::task::JoinError),
+    /// The server's own bookkeeping is inconsistent (a bug); there is no cause to carry.
+    #[error("{0}")]
+    Internal(String),
     /// A file in the data dir could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// What went wrong.
+        #[source]
         source: std::io::Error,
     },
-    /// Making or loading the CA and certificates failed.
-    #[error("tls: {0}")]
-    Tls(String),
+    /// Making or loading the CA, certificates or keys failed.
+    #[error("{context}")]
+    Tls {
+        /// What was being made or loaded.
+        context: &'static str,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+    /// A key file in the data dir is too short to be one this server made.
+    #[error("{}: key too short", path.display())]
+    KeyTooShort {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The system's random number generator failed (ring says no more than that).
+    #[error("no randomness for {0}")]
+    NoRandomness(&'static str),
+    /// The SIGTERM/SIGINT handlers could not be installed.
+    #[error("handling SIGTERM")]
+    Signals(#[source] std::io::Error),
     /// A listen address could not be bound.
-    #[error("listen on {addr}: {source}")]
+    #[error("listen on {addr}")]
     Listen {
         /// The address.
         addr: std::net::SocketAddr,
         /// Why.
+        #[source]
         source: std::io::Error,
     },
 }
@@ -46,7 +96,7 @@ impl Error {
             other => Status::new(
                 500,
                 "InternalError",
-                format!("Internal error occurred: {other}"),
+                format!("Internal error occurred: {}", Chain(other)),
             ),
         }
     }
@@ -57,6 +107,17 @@ impl Error {
             source,
         }
     }
+
+    /// A [`Error::Tls`] maker for `map_err`: `.map_err(Error::tls("making the CA key"))`.
+    pub(crate) fn tls<E>(context: &'static str) -> impl FnOnce(E) -> Error
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        move |e| Error::Tls {
+            context,
+            source: Box::new(e),
+        }
+    }
 }
 
 impl From<Status> for Error {
@@ -65,8 +126,29 @@ impl From<Status> for Error {
     }
 }
 
+impl From<tokio::task::JoinError> for Error {
+    fn from(e: tokio::task::JoinError) -> Error {
+        Error::Task(e)
+    }
+}
+
 pub(crate) fn storage<E: Into<redb::Error>>(e: E) -> Error {
-    Error::Storage(e.into().to_string())
+    Error::Storage(Box::new(e.into()))
+}
+
+/// An error and its causes on one line, `a: b: c`, for logs and 500 messages.
+pub(crate) struct Chain<'a>(pub(crate) &'a dyn std::error::Error);
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
+    }
 }
 
 /// The Kubernetes `Status` object that carries a refusal.
@@ -343,5 +425,37 @@ fn qualified(group: &str, resource: &str) -> String {
         resource.to_string()
     } else {
         format!("{resource}.{group}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_are_sources_printed_once() {
+        let e = Error::io(
+            "/data/ca.key",
+            std::io::Error::new(std::io::ErrorKind::PermissionDenied, "permission denied"),
+        );
+        assert_eq!(e.to_string(), "/data/ca.key");
+        assert_eq!(Chain(&e).to_string(), "/data/ca.key: permission denied");
+        assert_eq!(
+            e.to_status().message,
+            "Internal error occurred: /data/ca.key: permission denied"
+        );
+        let e = Error::Corrupt {
+            what: "object".into(),
+            source: serde_json::from_slice::<Value>(b"{").err(),
+        };
+        assert!(
+            Chain(&e).to_string().starts_with("corrupt object: EOF"),
+            "{}",
+            Chain(&e)
+        );
+        // A refusal is the client's answer as is.
+        let e = Error::from(Status::bad_request("no"));
+        assert_eq!(e.to_status(), Status::bad_request("no"));
+        assert!(std::error::Error::source(&e).is_none());
     }
 }

@@ -7,6 +7,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::OnceLock;
 
+use base64::Engine;
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use regex::Regex;
 
 /// Whether `s` is valid in `format`; `None` when the format is not one that is checked.
@@ -235,16 +238,16 @@ fn credit_card(s: &str) -> bool {
     sum.is_multiple_of(10)
 }
 
-/// Go's `base64.StdEncoding`: padded standard alphabet.
+/// Go's `base64.StdEncoding`, not strict: the padded standard alphabet, unused low
+/// bits of the last character ignored.
 fn base64(s: &str) -> bool {
-    if !s.len().is_multiple_of(4) {
-        return false;
-    }
-    let body = s.trim_end_matches('=');
-    s.len() - body.len() <= 2
-        && body
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+    const GO_STD: GeneralPurpose = GeneralPurpose::new(
+        &alphabet::STANDARD,
+        GeneralPurposeConfig::new()
+            .with_decode_allow_trailing_bits(true)
+            .with_decode_padding_mode(DecodePaddingMode::RequireCanonical),
+    );
+    GO_STD.decode(s).is_ok()
 }
 
 /// RFC 3339 full-date: a real calendar day.
@@ -319,6 +322,9 @@ mod tests {
             ("hexcolor", "#FFF"),
             ("rgbcolor", "rgb(255, 0, 10)"),
             ("byte", "aGVsbG8="),
+            ("byte", ""),
+            // Go ignores the unused bits of the last character (`Q` and `R` end alike).
+            ("byte", "QR=="),
             ("date", "2024-02-29"),
             ("date-time", "2014-12-15T19:30:20.000Z"),
             ("datetime", "2014-12-15T19:30:20+01:00"),
@@ -345,6 +351,9 @@ mod tests {
             ("creditcard", "4111 1111 1111 1112"),
             ("hexcolor", "#GGG"),
             ("byte", "aGVsbG8"),
+            ("byte", "aGVsbG8=="),
+            ("byte", "aG=sbG8="),
+            ("byte", "aGVsbG8-"),
             ("date", "2023-02-29"),
             ("date-time", "2014-12-15 19:30:20"),
             ("date-time", "2014-12-15T25:30:20Z"),

@@ -24,7 +24,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::api::State;
-use crate::error::Error;
+use crate::error::{Chain, Error};
 use crate::resources::{self, ResourceType};
 use crate::store::{EventType, Txn};
 use crate::util::{now_secs, rfc3339, str_at};
@@ -116,7 +116,7 @@ pub(crate) fn delete_in(
                 return Ok(old);
             }
             let mut o = old;
-            o["metadata"]["deletionTimestamp"] = json!(rfc3339(now_secs() + grace));
+            o["metadata"]["deletionTimestamp"] = json!(rfc3339(now_secs().saturating_add(grace)));
             o["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
             return txn.put(key, o, EventType::Modified);
         }
@@ -526,8 +526,10 @@ pub(crate) fn recover(state: &State) -> Result<(), Error> {
                 contains(&raw, FOREGROUND.as_bytes()) || contains(&raw, b"ownerReferences")
             };
             if marked {
-                let o: Value = serde_json::from_slice(&raw)
-                    .map_err(|e| Error::Storage(format!("corrupt object: {e}")))?;
+                let o: Value = serde_json::from_slice(&raw).map_err(|e| Error::Corrupt {
+                    what: "object".into(),
+                    source: Some(e),
+                })?;
                 let ns = str_at(&o, "metadata.namespace").unwrap_or("");
                 let name = str_at(&o, "metadata.name").unwrap_or("");
                 keys.push(rt.key(ns, name));
@@ -547,7 +549,7 @@ pub(crate) fn spawn_flusher(state: &Arc<State>) {
         .spawn(move || {
             while let Some(state) = weak.upgrade() {
                 if let Err(e) = state.store.flush_all(Duration::from_millis(100)) {
-                    tracing::warn!(error = %e, "making commits durable failed; retrying");
+                    tracing::warn!(error = %Chain(&e), "making commits durable failed; retrying");
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
@@ -576,7 +578,7 @@ pub(crate) fn spawn_worker(state: &Arc<State>) {
                     let _ = tokio::time::timeout(RECHECK, rx.changed()).await;
                     let Some(state) = weak.upgrade() else { return };
                     if let Err(e) = work(&state) {
-                        tracing::warn!(error = %e, "deletion worker");
+                        tracing::warn!(error = %Chain(&e), "deletion worker");
                     }
                 }
             });

@@ -21,7 +21,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::error::{Error, Status};
+use crate::error::{Chain, Error, Status};
 use crate::util::str_at;
 
 /// kubelet's default port, when the Node does not report one.
@@ -105,26 +105,23 @@ impl ServerCertVerifier for AnyServerCert {
     }
 }
 
-fn tls_err(e: impl std::fmt::Display) -> Error {
-    Error::Tls(format!("kubelet client: {e}"))
-}
-
 impl KubeletClient {
     /// Loads (or mints, signed by the CA in `dir`) the kubelet client certificate.
     pub(crate) fn new(dir: &Path, netns: Option<PathBuf>) -> Result<KubeletClient, Error> {
         let (cert_pem, key_pem) = crate::tls::kubelet_client_cert(dir)?;
         let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(tls_err)?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(tls_err)?;
+            .map_err(Error::tls("reading the kubelet client certificate"))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(Error::tls("reading the kubelet client key"))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(tls_err)?
+            .map_err(Error::tls("the kubelet client's TLS versions"))?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
             .with_client_auth_cert(certs, key)
-            .map_err(tls_err)?;
+            .map_err(Error::tls("the kubelet client certificate"))?;
         Ok(KubeletClient {
             tls: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
             netns,
@@ -184,7 +181,7 @@ impl KubeletClient {
             .map_err(|e| fail(e.to_string()))?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "kubelet connection ended");
+                tracing::debug!(error = %Chain(&e), "kubelet connection ended");
             }
         });
         let req = Request::get(path_and_query)

@@ -5,10 +5,12 @@
 //! A field outside the schema with a value other than zero refuses the request (415)
 //! rather than losing data; every other client sends JSON.
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use serde_json::{Map, Value, json};
 
 use crate::error::Status;
-use crate::util::{base64, rfc3339};
+use crate::util::rfc3339;
 
 #[derive(Clone, Copy)]
 enum Ty {
@@ -368,7 +370,7 @@ fn decode(b: &[u8], schema: &[F]) -> Result<Value, Status> {
                 let (k, v) = map_entry(bytes)?;
                 let v = match ty {
                     MapStr => json!(string(v)?),
-                    MapBytes => json!(base64(v)),
+                    MapBytes => json!(STANDARD.encode(v)),
                     _ => quantity(v)?,
                 };
                 let m = out.entry(name).or_insert_with(|| json!({}));

@@ -126,7 +126,7 @@ pub(crate) fn prepare(
 ) -> Result<Vec<Cause>, Error> {
     let used = txn
         .allocator()
-        .ok_or_else(|| Error::Storage("the service allocators are not set up".into()))?;
+        .ok_or_else(|| Error::Internal("the service allocators are not set up".into()))?;
     let mut causes = Vec::new();
     let spec = svc["spec"].as_object_mut().map(|_| ()).is_some();
     if !spec {

@@ -277,12 +277,7 @@ impl Store {
     ) -> Result<Result<std::collections::BTreeMap<String, Value>, TooOld>, Error> {
         for _ in 0..5000 {
             let tx = self.db.begin_read().map_err(storage)?;
-            let meta = tx.open_table(META).map_err(storage)?;
-            let rv = meta
-                .get(RV_KEY)
-                .map_err(storage)?
-                .map(|g| g.value())
-                .unwrap_or(0);
+            let rv = stored_rv(&tx)?;
             let events = match self.events_after(at) {
                 Ok(e) => e,
                 Err(too_old) => return Ok(Err(too_old)),
@@ -314,7 +309,7 @@ impl Store {
             }
             return Ok(Ok(items));
         }
-        Err(Error::Storage(
+        Err(Error::Internal(
             "the watch log did not catch up with the database".into(),
         ))
     }
@@ -367,12 +362,7 @@ impl Store {
         keep: Option<&dyn Fn(&Value) -> bool>,
     ) -> Result<RawPage, Error> {
         let tx = self.db.begin_read().map_err(storage)?;
-        let meta = tx.open_table(META).map_err(storage)?;
-        let rv = meta
-            .get(RV_KEY)
-            .map_err(storage)?
-            .map(|g| g.value())
-            .unwrap_or(0);
+        let rv = stored_rv(&tx)?;
         let t = tx.open_table(OBJECTS).map_err(storage)?;
         let end = prefix_end(prefix);
         let start = after.unwrap_or(prefix);
@@ -442,9 +432,7 @@ impl Store {
         let mut rx = self.rv_tx.subscribe();
         match tokio::time::timeout(DURABLE_WAIT, rx.wait_for(|v| *v >= rv)).await {
             Ok(Ok(_)) => Ok(()),
-            _ => Err(Error::Storage(format!(
-                "resourceVersion {rv} was committed but not made durable"
-            ))),
+            _ => Err(Error::NotDurable { rv }),
         }
     }
 
@@ -615,6 +603,13 @@ fn encode_event(e: &Event) -> Vec<u8> {
     b
 }
 
+/// The resourceVersion a read transaction sees.
+fn stored_rv(tx: &redb::ReadTransaction) -> Result<u64, Error> {
+    let meta = tx.open_table(META).map_err(storage)?;
+    let rv = meta.get(RV_KEY).map_err(storage)?.map(|g| g.value());
+    Ok(rv.unwrap_or(0))
+}
+
 fn decode_event(rv: u64, bytes: &[u8]) -> Result<Event, Error> {
     let v = decode(bytes)?;
     let kind = match v["t"].as_str() {
@@ -622,9 +617,10 @@ fn decode_event(rv: u64, bytes: &[u8]) -> Result<Event, Error> {
         Some("MODIFIED") => EventType::Modified,
         Some("DELETED") => EventType::Deleted,
         other => {
-            return Err(Error::Storage(format!(
-                "corrupt event {rv}: type {other:?}"
-            )));
+            return Err(Error::Corrupt {
+                what: format!("event {rv}: type {other:?}"),
+                source: None,
+            });
         }
     };
     let raw = |v: &Value| bytes::Bytes::from(serde_json::to_vec(v).unwrap_or_default());
@@ -643,7 +639,10 @@ fn decode_event(rv: u64, bytes: &[u8]) -> Result<Event, Error> {
 }
 
 fn decode(bytes: &[u8]) -> Result<Value, Error> {
-    serde_json::from_slice(bytes).map_err(|e| Error::Storage(format!("corrupt object: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
+        what: "object".into(),
+        source: Some(e),
+    })
 }
 
 /// Where Services are stored (their writes update the allocators).
@@ -692,9 +691,7 @@ impl Txn {
     ) -> Result<Value, Error> {
         self.rv += 1;
         obj["metadata"]["resourceVersion"] = Value::String(self.rv.to_string());
-        let bytes = bytes::Bytes::from(
-            serde_json::to_vec(&obj).map_err(|e| Error::Storage(e.to_string()))?,
-        );
+        let bytes = bytes::Bytes::from(serde_json::to_vec(&obj).map_err(Error::Encode)?);
         if let Some(a) = &self.alloc
             && key.starts_with(SERVICES)
         {
@@ -752,27 +749,26 @@ mod tests {
         Store::open(&dir.path().join("db"), cap).unwrap()
     }
 
+    /// Creates `obj` at `key` in a transaction of its own.
+    fn add(s: &Store, key: &str, obj: Value) {
+        s.write(|t| t.put(key, obj, EventType::Added)).unwrap();
+    }
+
     #[test]
     fn rv_grows_and_persists() {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = store(&dir, 10);
-            s.write(|t| {
-                t.put(
-                    "core/pods/a/x",
-                    json!({"metadata":{"name":"x","namespace":"a"}}),
-                    EventType::Added,
-                )
-            })
-            .unwrap();
-            s.write(|t| {
-                t.put(
-                    "core/pods/b/y",
-                    json!({"metadata":{"name":"y","namespace":"b"}}),
-                    EventType::Added,
-                )
-            })
-            .unwrap();
+            add(
+                &s,
+                "core/pods/a/x",
+                json!({"metadata":{"name":"x","namespace":"a"}}),
+            );
+            add(
+                &s,
+                "core/pods/b/y",
+                json!({"metadata":{"name":"y","namespace":"b"}}),
+            );
             assert_eq!(s.current_rv(), 2);
         }
         let s = store(&dir, 10);
@@ -791,7 +787,7 @@ mod tests {
         let s = store(&dir, 10);
         let r: Result<(), Error> = s.write(|t| {
             t.put("core/pods/a/x", json!({"metadata":{}}), EventType::Added)?;
-            Err(Error::Storage("refused".into()))
+            Err(Error::Internal("refused".into()))
         });
         assert!(r.is_err());
         assert_eq!(s.current_rv(), 0);
@@ -803,23 +799,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = store(&dir, 10);
         for (ns, n) in [("a", "p1"), ("a", "p2"), ("b", "p3")] {
-            s.write(|t| {
-                t.put(
-                    &format!("core/pods/{ns}/{n}"),
-                    json!({"metadata":{"name":n,"namespace":ns}}),
-                    EventType::Added,
-                )
-            })
-            .unwrap();
+            add(
+                &s,
+                &format!("core/pods/{ns}/{n}"),
+                json!({"metadata":{"name":n,"namespace":ns}}),
+            );
         }
-        s.write(|t| {
-            t.put(
-                "core/podsx/a/q",
-                json!({"metadata":{"name":"q","namespace":"a"}}),
-                EventType::Added,
-            )
-        })
-        .unwrap();
+        add(
+            &s,
+            "core/podsx/a/q",
+            json!({"metadata":{"name":"q","namespace":"a"}}),
+        );
         let all = s.list("core/pods/", None, None, &|_| true).unwrap();
         assert_eq!(all.items.len(), 3);
         let a = s.list("core/pods/a/", None, None, &|_| true).unwrap();
@@ -840,14 +830,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = store(&dir, 3);
         for i in 0..5 {
-            s.write(|t| {
-                t.put(
-                    &format!("core/pods/a/p{i}"),
-                    json!({"metadata":{}}),
-                    EventType::Added,
-                )
-            })
-            .unwrap();
+            add(&s, &format!("core/pods/a/p{i}"), json!({"metadata":{}}));
         }
         assert_eq!(s.events_after(5).unwrap().len(), 0);
         assert_eq!(s.events_after(2).unwrap().len(), 3);

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::resources::ResourceType;
-use crate::util::{human_duration, now_secs, parse_rfc3339, str_at};
+use crate::util::{now_secs, parse_rfc3339, str_at};
 
 /// Whether the Accept header asks for a Table.
 pub(crate) fn wants_table(accept: &str) -> bool {
@@ -835,10 +835,64 @@ pub(crate) fn json_path<'a>(o: &'a Value, path: &str) -> Option<&'a Value> {
     Some(cur)
 }
 
+/// kube's `duration.HumanDuration`, used in AGE columns.
+fn human_duration(secs: i64) -> String {
+    if secs < -1 {
+        return "<invalid>".into();
+    }
+    let s = secs.max(0);
+    let m = s / 60;
+    let h = s / 3600;
+    if s < 120 {
+        format!("{s}s")
+    } else if m < 10 {
+        if s % 60 == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{}s", s % 60)
+        }
+    } else if m < 180 {
+        format!("{m}m")
+    } else if h < 8 {
+        if m % 60 == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{}m", m % 60)
+        }
+    } else if h < 48 {
+        format!("{h}h")
+    } else if h < 24 * 8 {
+        if h % 24 == 0 {
+            format!("{}d", h / 24)
+        } else {
+            format!("{}d{}h", h / 24, h % 24)
+        }
+    } else if h < 24 * 365 * 2 {
+        format!("{}d", h / 24)
+    } else if h < 24 * 365 * 8 {
+        let d = h / 24 % 365;
+        if d == 0 {
+            format!("{}y", h / 24 / 365)
+        } else {
+            format!("{}y{d}d", h / 24 / 365)
+        }
+    } else {
+        format!("{}y", h / 24 / 365)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::resources::lookup;
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(human_duration(5), "5s");
+        assert_eq!(human_duration(150), "2m30s");
+        assert_eq!(human_duration(3600 * 5 + 60), "5h1m");
+        assert_eq!(human_duration(86_400 * 3), "3d");
+    }
 
     #[test]
     fn endpoints_and_services() {

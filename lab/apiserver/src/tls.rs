@@ -7,6 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
@@ -15,7 +17,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::error::Error;
-use crate::util::base64;
 
 /// Files of the PKI inside the data dir.
 pub(crate) struct Pki {
@@ -26,10 +27,6 @@ pub(crate) struct Pki {
     admin_cert_pem: String,
     admin_key_pem: String,
     pub(crate) admin_token: String,
-}
-
-fn tls_err(e: impl std::fmt::Display) -> Error {
-    Error::Tls(e.to_string())
 }
 
 fn read(path: &Path) -> Result<Option<String>, Error> {
@@ -64,10 +61,15 @@ fn load_or_create_ca(dir: &Path) -> Result<(String, KeyPair), Error> {
     let ca_cert_path = dir.join("ca.crt");
     let ca_key_path = dir.join("ca.key");
     Ok(match (read(&ca_cert_path)?, read(&ca_key_path)?) {
-        (Some(cert), Some(key)) => (cert, KeyPair::from_pem(&key).map_err(tls_err)?),
+        (Some(cert), Some(key)) => (
+            cert,
+            KeyPair::from_pem(&key).map_err(Error::tls("reading ca.key"))?,
+        ),
         _ => {
-            let key = KeyPair::generate().map_err(tls_err)?;
-            let cert = ca_params().self_signed(&key).map_err(tls_err)?;
+            let key = KeyPair::generate().map_err(Error::tls("making the CA key"))?;
+            let cert = ca_params()
+                .self_signed(&key)
+                .map_err(Error::tls("making the CA certificate"))?;
             write_atomic(&ca_key_path, key.serialize_pem().as_bytes(), true)?;
             write_atomic(&ca_cert_path, cert.pem().as_bytes(), false)?;
             (cert.pem(), key)
@@ -82,7 +84,7 @@ fn client_cert(
     user: &str,
     groups: &[&str],
 ) -> Result<(String, String), Error> {
-    let key = KeyPair::generate().map_err(tls_err)?;
+    let key = KeyPair::generate().map_err(Error::tls("making a client key"))?;
     let mut p = CertificateParams::default();
     p.distinguished_name.push(DnType::CommonName, user);
     for g in groups {
@@ -93,7 +95,9 @@ fn client_cert(
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
-    let cert = p.signed_by(&key, issuer).map_err(tls_err)?;
+    let cert = p
+        .signed_by(&key, issuer)
+        .map_err(Error::tls("signing a client certificate"))?;
     Ok((cert.pem(), key.serialize_pem()))
 }
 
@@ -107,9 +111,9 @@ fn kubeconfig_yaml(
 ) -> String {
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: kubewire\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: {user}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: kubewire\n  context:\n    cluster: kubewire\n    user: {user}\n    namespace: default\ncurrent-context: kubewire\n",
-        base64(ca_pem.as_bytes()),
-        base64(cert_pem.as_bytes()),
-        base64(key_pem.as_bytes()),
+        STANDARD.encode(ca_pem.as_bytes()),
+        STANDARD.encode(cert_pem.as_bytes()),
+        STANDARD.encode(key_pem.as_bytes()),
     )
 }
 
@@ -171,18 +175,27 @@ impl Pki {
         extra_ips: &[IpAddr],
     ) -> Result<Pki, Error> {
         let (ca_pem, ca_key) = load_or_create_ca(dir)?;
-        let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(tls_err)?;
+        let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes())
+            .map_err(Error::tls("reading ca.crt"))?;
         let issuer = Issuer::new(ca_params(), ca_key);
 
         // Serving certificate: always fresh.
-        let mut sans = vec![
-            SanType::DnsName("localhost".try_into().map_err(tls_err)?),
-            SanType::DnsName("kubernetes".try_into().map_err(tls_err)?),
-            SanType::DnsName("kubernetes.default".try_into().map_err(tls_err)?),
-            SanType::DnsName("kubernetes.default.svc".try_into().map_err(tls_err)?),
-            SanType::IpAddress(IpAddr::from([127, 0, 0, 1])),
-            SanType::IpAddress(IpAddr::from(std::net::Ipv6Addr::LOCALHOST)),
-        ];
+        let mut sans = Vec::new();
+        for name in [
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+        ] {
+            let name = name
+                .try_into()
+                .map_err(Error::tls("a DNS name of the serving certificate"))?;
+            sans.push(SanType::DnsName(name));
+        }
+        sans.push(SanType::IpAddress(IpAddr::from([127, 0, 0, 1])));
+        sans.push(SanType::IpAddress(IpAddr::from(
+            std::net::Ipv6Addr::LOCALHOST,
+        )));
         for ip in listen
             .iter()
             .map(SocketAddr::ip)
@@ -201,8 +214,10 @@ impl Pki {
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        let serving_key = KeyPair::generate().map_err(tls_err)?;
-        let serving = sp.signed_by(&serving_key, &issuer).map_err(tls_err)?;
+        let serving_key = KeyPair::generate().map_err(Error::tls("making the serving key"))?;
+        let serving = sp
+            .signed_by(&serving_key, &issuer)
+            .map_err(Error::tls("signing the serving certificate"))?;
         write_atomic(&dir.join("apiserver.crt"), serving.pem().as_bytes(), false)?;
 
         // Admin client certificate: made once.
@@ -248,21 +263,23 @@ impl Pki {
     pub(crate) fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca_der.clone()).map_err(tls_err)?;
+        roots
+            .add(self.ca_der.clone())
+            .map_err(Error::tls("trusting the CA"))?;
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
             Arc::new(roots),
             provider.clone(),
         )
         .allow_unauthenticated()
         .build()
-        .map_err(tls_err)?;
+        .map_err(Error::tls("the client certificate verifier"))?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.serving_key.clone()));
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(tls_err)?
+            .map_err(Error::tls("the server's TLS versions"))?
             .with_client_cert_verifier(verifier)
             .with_single_cert(vec![self.serving_der.clone(), self.ca_der.clone()], key)
-            .map_err(tls_err)?;
+            .map_err(Error::tls("the serving certificate"))?;
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(cfg))
     }

@@ -8,6 +8,8 @@
 
 use std::path::Path;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::hmac;
 use serde_json::{Value, json};
 
@@ -54,11 +56,11 @@ impl Signer {
         let path = dir.join("sa.key");
         let secret = match std::fs::read_to_string(&path) {
             Ok(s) if s.trim().len() >= 64 => s.trim().to_string(),
-            Ok(_) => return Err(Error::Tls(format!("{}: key too short", path.display()))),
+            Ok(_) => return Err(Error::KeyTooShort { path }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut bytes = [0u8; 32];
                 ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-                    .map_err(|_| Error::Tls("no randomness for sa.key".into()))?;
+                    .map_err(|_| Error::NoRandomness("sa.key"))?;
                 let s: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
                 crate::tls::write_atomic(&path, s.as_bytes(), true)?;
                 s
@@ -214,43 +216,16 @@ impl Signer {
     }
 }
 
-const B64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
 /// base64url without padding (JWT's encoding).
 fn b64url(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &b)| n | (u32::from(b) << (16 - 8 * i)));
-        for i in 0..=chunk.len() {
-            out.push(B64URL[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-    }
-    out
+    URL_SAFE_NO_PAD.encode(data)
 }
 
+/// Decodes base64url without padding. Only canonical encodings: the unused low bits of
+/// the last character must be 0 (the engine's default), or two spellings of one
+/// signature would both be accepted.
 fn b64url_decode(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in s.bytes() {
-        let v = B64URL.iter().position(|&x| x == c)? as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    // Canonical encodings only: the unused low bits of the last character must be 0,
-    // or two spellings of one signature would both be accepted.
-    if acc != 0 || bits >= 6 {
-        return None;
-    }
-    Some(out)
+    URL_SAFE_NO_PAD.decode(s).ok()
 }
 
 #[cfg(test)]
@@ -263,6 +238,11 @@ mod tests {
             assert_eq!(b64url_decode(&b64url(data)).as_deref(), Some(data));
         }
         assert_eq!(b64url(b"\xfb\xff"), "-_8");
+        assert_eq!(b64url(b"hi!"), "aGkh");
+        // Padding, the standard alphabet's `+`/`/` and a dangling character are refused.
+        assert_eq!(b64url_decode("aGk="), None);
+        assert_eq!(b64url_decode("+/8"), None);
+        assert_eq!(b64url_decode("aGkhA"), None);
     }
 
     #[test]
@@ -296,6 +276,8 @@ mod tests {
         // A different spelling of the same signature bytes (unused low bits set).
         let sig = token.rsplit('.').next().unwrap();
         let last = sig.chars().last().unwrap();
+        const B64URL: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         let pos = B64URL.iter().position(|&c| c as char == last).unwrap();
         let mut respelled = token[..token.len() - 1].to_string();
         respelled.push(B64URL[pos ^ 1] as char);

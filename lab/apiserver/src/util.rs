@@ -2,6 +2,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 
 /// Seconds since the Unix epoch, now.
@@ -12,99 +13,19 @@ pub(crate) fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
-/// RFC 3339 in UTC with second precision, as Kubernetes writes `metav1.Time`.
+/// RFC 3339 in UTC with second precision, as Kubernetes writes `metav1.Time`
+/// (`2026-11-26T11:52:13Z`). Seconds beyond what jiff holds (the end of the year 9999,
+/// the start of -9999) are clamped to it.
 pub(crate) fn rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let secs = secs.clamp(Timestamp::MIN.as_second(), Timestamp::MAX.as_second());
+    let t = Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH);
+    format!("{t:.0}")
 }
 
-/// Parses what [`rfc3339`] writes (and any `Z` or offset-less second-precision stamp).
+/// Seconds since the epoch of an RFC 3339 time stamp (fractions dropped), as Go's
+/// `time.Parse(time.RFC3339, s)` reads it: the offset is required (`Z` or `±hh:mm`).
 pub(crate) fn parse_rfc3339(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 19 {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    Some(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se)
-}
-
-// Howard Hinnant's algorithms for the proleptic Gregorian calendar.
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// kube's `duration.HumanDuration`, used in AGE columns.
-pub(crate) fn human_duration(secs: i64) -> String {
-    if secs < -1 {
-        return "<invalid>".into();
-    }
-    let s = secs.max(0);
-    let m = s / 60;
-    let h = s / 3600;
-    if s < 120 {
-        format!("{s}s")
-    } else if m < 10 {
-        if s % 60 == 0 {
-            format!("{m}m")
-        } else {
-            format!("{m}m{}s", s % 60)
-        }
-    } else if m < 180 {
-        format!("{m}m")
-    } else if h < 8 {
-        if m % 60 == 0 {
-            format!("{h}h")
-        } else {
-            format!("{h}h{}m", m % 60)
-        }
-    } else if h < 48 {
-        format!("{h}h")
-    } else if h < 24 * 8 {
-        if h % 24 == 0 {
-            format!("{}d", h / 24)
-        } else {
-            format!("{}d{}h", h / 24, h % 24)
-        }
-    } else if h < 24 * 365 * 2 {
-        format!("{}d", h / 24)
-    } else if h < 24 * 365 * 8 {
-        let d = h / 24 % 365;
-        if d == 0 {
-            format!("{}y", h / 24 / 365)
-        } else {
-            format!("{}y{d}d", h / 24 / 365)
-        }
-    } else {
-        format!("{}y", h / 24 / 365)
-    }
+    s.parse::<Timestamp>().ok().map(Timestamp::as_second)
 }
 
 /// Decodes an `application/x-www-form-urlencoded` query into pairs; empty pairs (kube-rs
@@ -143,22 +64,6 @@ pub(crate) fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Hex, for opaque continue tokens.
-pub(crate) fn hex(s: &str) -> String {
-    s.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-pub(crate) fn unhex(s: &str) -> Option<String> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    let bytes: Option<Vec<u8>> = (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect();
-    String::from_utf8(bytes?).ok()
-}
-
 /// `obj.a.b.c` as a string, for field selectors and table cells.
 /// A label map as kubectl prints it: `k=v` pairs, sorted, joined by commas (empty for
 /// no labels or a non-object).
@@ -194,55 +99,47 @@ pub(crate) fn percent_encode(s: &str) -> String {
     out
 }
 
-/// Standard base64 (with padding), for the kubeconfig's embedded certificates.
-pub(crate) fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &b)| n | (u32::from(b) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn time_round_trip() {
+    fn time_stamps_as_kubernetes_writes_them() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_795_693_933), "2026-11-26T11:52:13Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+        // Out of range (a huge grace period): clamped to the last instant jiff holds,
+        // still seconds and `Z`.
+        assert_eq!(rfc3339(i64::MAX), "9999-12-30T22:00:00Z");
+    }
+
+    #[test]
+    fn time_stamps_parse() {
         assert_eq!(parse_rfc3339("2026-11-26T11:52:13Z"), Some(1_795_693_933));
+        for secs in [0, 951_782_400, 1_795_693_933] {
+            assert_eq!(parse_rfc3339(&rfc3339(secs)), Some(secs));
+        }
+        // MicroTime (events) and offsets.
+        assert_eq!(
+            parse_rfc3339("2026-11-26T11:52:13.123456Z"),
+            Some(1_795_693_933)
+        );
+        assert_eq!(
+            parse_rfc3339("2026-11-26T13:52:13+02:00"),
+            Some(1_795_693_933)
+        );
+        // Without an offset it is not a time stamp (kubectl shows such a cell as is).
+        assert_eq!(parse_rfc3339("2026-11-26T11:52:13"), None);
+        assert_eq!(parse_rfc3339("2026-11-26"), None);
+        assert_eq!(parse_rfc3339("yesterday"), None);
+        assert_eq!(parse_rfc3339("2026-13-01T00:00:00Z"), None);
     }
 
     #[test]
-    fn human_durations() {
-        assert_eq!(human_duration(5), "5s");
-        assert_eq!(human_duration(150), "2m30s");
-        assert_eq!(human_duration(3600 * 5 + 60), "5h1m");
-        assert_eq!(human_duration(86_400 * 3), "3d");
-    }
-
-    #[test]
-    fn query_and_hex() {
+    fn query_strings() {
         let q = parse_query("&limit=500&labelSelector=app%3Dweb%2Ctier+in+(a)");
         assert_eq!(q[0], ("limit".into(), "500".into()));
         assert_eq!(q[1].1, "app=web,tier in (a)");
-        assert_eq!(
-            unhex(&hex("core/pods/default/x")).as_deref(),
-            Some("core/pods/default/x")
-        );
-        assert_eq!(base64(b"hello"), "aGVsbG8=");
-        assert_eq!(base64(b"hi!"), "aGkh");
     }
 }

@@ -66,6 +66,25 @@ async fn raw(r: &Router, method: &str, uri: &str, ct: &str, body: &str) -> (u16,
     )
 }
 
+/// The events of a watch through the router that ends by its own `timeoutSeconds`.
+async fn watch_events(r: &Router, uri: &str) -> Vec<Value> {
+    let req = http::Request::get(uri)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let body = tokio::time::timeout(
+        Duration::from_secs(10),
+        r.handle(req).await.into_body().collect(),
+    )
+    .await
+    .expect("the watch did not end by its timeoutSeconds")
+    .unwrap()
+    .to_bytes();
+    body.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect()
+}
+
 async fn count(r: &Router, path: &str) -> usize {
     let (code, _, v) = raw(r, "GET", path, "application/json", "").await;
     assert_eq!(code, 200, "{v}");
@@ -516,23 +535,7 @@ async fn watch_resumes_and_sends_bookmarks_with_kind() {
     let uri = format!(
         "/api/v1/namespaces/default/configmaps?&watch=true&resourceVersion={rv}&allowWatchBookmarks=true&timeoutSeconds=2"
     );
-    let resp = r
-        .handle(
-            http::Request::get(uri)
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await;
-    let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
-        .await
-        .unwrap()
-        .unwrap()
-        .to_bytes();
-    let events: Vec<Value> = body
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).unwrap())
-        .collect();
+    let events = watch_events(&r, &uri).await;
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(
         (
@@ -544,23 +547,7 @@ async fn watch_resumes_and_sends_bookmarks_with_kind() {
 
     // sendInitialEvents: current state, then the initial-events-end bookmark.
     let uri = "/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan&timeoutSeconds=1";
-    let resp = r
-        .handle(
-            http::Request::get(uri)
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await;
-    let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
-        .await
-        .unwrap()
-        .unwrap()
-        .to_bytes();
-    let events: Vec<Value> = body
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).unwrap())
-        .collect();
+    let events = watch_events(&r, uri).await;
     assert_eq!(events.len(), 3, "{events:?}");
     assert_eq!(events[2]["type"], "BOOKMARK");
     assert_eq!(events[2]["object"]["kind"], "ConfigMap");
@@ -742,25 +729,10 @@ async fn watches_resume_across_a_restart() {
     };
     // After the restart, a watch from a version before it gets what followed, not 410.
     let r = router(&Config::new(dir.path())).unwrap();
-    let req = http::Request::builder()
-        .uri(format!(
-            "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=1"
-        ))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let body = r
-        .handle(req)
-        .await
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes();
-    let events: Vec<Value> = body
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).unwrap())
-        .collect();
+    let uri = format!(
+        "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=1"
+    );
+    let events = watch_events(&r, &uri).await;
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["type"], "ADDED");
     assert_eq!(events[0]["object"]["metadata"]["name"], "after");
@@ -1097,28 +1069,8 @@ async fn filtered_watch_sees_objects_enter_and_leave_the_selector() {
     let uri = format!(
         "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&labelSelector=app%3Dweb&timeoutSeconds=1"
     );
-    let resp = r
-        .handle(
-            http::Request::get(uri)
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await;
-    let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
-        .await
-        .unwrap()
-        .unwrap()
-        .to_bytes();
-    let types: Vec<String> = body
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            serde_json::from_slice::<Value>(l).unwrap()["type"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let events = watch_events(&r, &uri).await;
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(types, ["ADDED", "DELETED", "ADDED"]);
 }
 

@@ -17,6 +17,14 @@ struct Out {
     stderr: String,
 }
 
+impl Out {
+    /// The column names of `kubectl get`'s table (empty without output).
+    fn header(&self) -> Vec<&str> {
+        let first = self.stdout.lines().next().unwrap_or("");
+        first.split_whitespace().collect()
+    }
+}
+
 impl Cluster {
     async fn kubectl(&self, args: &[&str]) -> Out {
         self.kubectl_raw(&["--kubeconfig", self.kubeconfig.to_str().unwrap()], args)
@@ -134,15 +142,8 @@ async fn kubectl_apply_get_delete_website() {
 
     let out = c.kubectl(&["get", "svc"]).await;
     assert!(out.ok, "{}", out.stderr);
-    let header: Vec<&str> = out
-        .stdout
-        .lines()
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
     assert_eq!(
-        header,
+        out.header(),
         [
             "NAME",
             "TYPE",
@@ -408,15 +409,8 @@ async fn kubectl_deployments_scale_and_watch() {
     );
 
     let out = c.kubectl(&["get", "deployments"]).await;
-    let header: Vec<&str> = out
-        .stdout
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
     assert_eq!(
-        header,
+        out.header(),
         ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
         "{}",
         out.stdout
@@ -641,15 +635,8 @@ async fn kubectl_custom_resources() {
         out.stderr
     );
     let out = c.kubectl(&["get", "wg"]).await;
-    let header: Vec<&str> = out
-        .stdout
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
     assert_eq!(
-        header,
+        out.header(),
         ["NAME", "SIZE", "AGE"],
         "{}{}",
         out.stdout,
@@ -867,15 +854,8 @@ async fn gateway_api_standard_bundle_and_its_example() {
     // Printer columns from the CRD.
     let out = c.kubectl(&["get", "gateway", "prod-web"]).await;
     assert!(out.ok, "{}", out.stderr);
-    let header: Vec<&str> = out
-        .stdout
-        .lines()
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
     assert_eq!(
-        header,
+        out.header(),
         ["NAME", "CLASS", "ADDRESS", "PROGRAMMED", "AGE"],
         "{}",
         out.stdout
@@ -993,15 +973,8 @@ async fn metallb_crds_and_an_l2_pool() {
         .kubectl(&["get", "ipaddresspools", "-n", "metallb-system"])
         .await;
     assert!(out.ok, "{}", out.stderr);
-    let header: Vec<&str> = out
-        .stdout
-        .lines()
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
     assert_eq!(
-        header,
+        out.header(),
         [
             "NAME",
             "AUTO",

@@ -2,6 +2,7 @@
 //! plane does on the underlay. Fails, never skips, when not root. The namespace is held
 //! by a parked thread (no bind mount), so it disappears with the test, also on panic.
 
+use std::path::Path;
 use std::time::Duration;
 
 use apiserver::{Config, NetnsListen};
@@ -43,8 +44,9 @@ async fn in_netns(ns: &Netns, cmd: &[&str]) -> std::process::Output {
         .expect("nsenter")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serves_inside_another_network_namespace() {
+/// A new network namespace with its loopback up, and a server on the host's loopback
+/// and on the namespace's (its second address). Needs root: fails, not skips, without.
+async fn server_in_new_netns(data: &Path) -> (Netns, apiserver::Server) {
     assert!(
         std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0,
         "this test makes a network namespace and needs root; it fails rather than skips"
@@ -56,15 +58,20 @@ async fn serves_inside_another_network_namespace() {
         "{}",
         String::from_utf8_lossy(&up.stderr)
     );
-
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config::new(dir.path().join("data"));
+    let mut cfg = Config::new(data);
     cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
     cfg.listen_in_netns = vec![NetnsListen {
         netns: ns.path.clone().into(),
         addr: "127.0.0.1:0".parse().unwrap(),
     }];
     let server = apiserver::start(cfg).await.unwrap();
+    (ns, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_inside_another_network_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ns, server) = server_in_new_netns(&dir.path().join("data")).await;
     let inside = server.addresses()[1];
 
     let kc = apiserver::client_kubeconfig(
@@ -235,23 +242,9 @@ fn tokio_stream_from<T>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_logs_are_proxied_to_the_kubelet_inside_the_namespace() {
-    assert!(
-        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0,
-        "this test makes a network namespace and needs root; it fails rather than skips"
-    );
-    let ns = new_netns();
-    let up = in_netns(&ns, &["ip", "link", "set", "lo", "up"]).await;
-    assert!(up.status.success());
-
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut cfg = Config::new(&data);
-    cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
-    cfg.listen_in_netns = vec![NetnsListen {
-        netns: ns.path.clone().into(),
-        addr: "127.0.0.1:0".parse().unwrap(),
-    }];
-    let server = apiserver::start(cfg).await.unwrap();
+    let (ns, server) = server_in_new_netns(&data).await;
     let inside = server.addresses()[1];
 
     // The kubelet listens inside the namespace only: the API server must dial from there.

@@ -4,25 +4,26 @@
 // Each test binary uses a part of this harness.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-use std::time::Duration;
-
 use apiserver::Config;
+use std::path::PathBuf;
 
 /// A running server; stopped when dropped.
 pub(crate) struct TestServer {
     pub(crate) dir: tempfile::TempDir,
     pub(crate) kubeconfig: PathBuf,
-    task: tokio::task::JoinHandle<()>,
+    server: Option<apiserver::Server>,
 }
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(s) = self.server.take() {
+            s.shutdown();
+        }
     }
 }
 
-/// Starts `serve` and waits for admin.kubeconfig, as scripts do.
+/// Starts the server (as `serve` does, without taking over the test process's
+/// signals) and checks that admin.kubeconfig is there, as scripts wait for it.
 pub(crate) async fn start() -> TestServer {
     start_with(|_| {}).await
 }
@@ -33,20 +34,13 @@ pub(crate) async fn start_with(f: impl FnOnce(&mut Config)) -> TestServer {
     let mut cfg = Config::new(dir.path().join("data"));
     cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
     f(&mut cfg);
-    let task = tokio::spawn(async move {
-        apiserver::serve(cfg).await.unwrap();
-    });
+    let server = apiserver::start(cfg).await.unwrap();
     let kubeconfig = dir.path().join("data/admin.kubeconfig");
-    for _ in 0..200 {
-        if kubeconfig.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     assert!(kubeconfig.exists(), "admin.kubeconfig was not written");
+    assert_eq!(server.kubeconfig(), kubeconfig);
     TestServer {
         dir,
         kubeconfig,
-        task,
+        server: Some(server),
     }
 }

@@ -1,0 +1,532 @@
+//! Writes: create, update, patch and server-side apply, and what every write shares:
+//! decoding the body into an object of the path's kind, `fieldValidation`, the
+//! server's metadata, validation and the storage work of particular kinds.
+
+use http::Response;
+use serde_json::{Value, json};
+
+use super::response::{ResponseBody, json_response, with_warnings};
+use super::{Req, State, Target};
+use crate::error::{Cause, Error, Status};
+use crate::patch::{self, PatchType};
+use crate::resources::{self, ResourceType};
+use crate::service;
+use crate::store::{EventType, Txn};
+use crate::util::{now_secs, rfc3339, str_at};
+use crate::{apply, strict, validate};
+
+/// Parses a request body into an object of `rt`'s kind (400 for anything else).
+pub(super) fn parse_body(t: &Target, body: &[u8]) -> Result<Value, Error> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        Status::bad_request(format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml: {e}"))
+    })?;
+    let Value::Object(_) = v else {
+        return Err(Status::bad_request("the body of the request must be a JSON object").into());
+    };
+    let rt = t.rt;
+    let mut v = v;
+    if let Some(kind) = v
+        .get("kind")
+        .and_then(Value::as_str)
+        .filter(|k| !k.is_empty())
+        && kind != rt.kind
+    {
+        return Err(Status::bad_request(format!(
+            "the kind in the request body ({kind}) does not match the kind of the resource {} ({})",
+            rt.resource, rt.kind
+        ))
+        .into());
+    }
+    if let Some(av) = v
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .filter(|a| !a.is_empty())
+        && av != rt.api_version()
+    {
+        return Err(Status::bad_request(format!(
+            "the API version in the data ({av}) does not match the expected API version ({})",
+            rt.api_version()
+        ))
+        .into());
+    }
+    v["kind"] = json!(rt.kind);
+    v["apiVersion"] = json!(rt.api_version());
+    if !v["metadata"].is_object() {
+        if v["metadata"].is_null() {
+            v["metadata"] = json!({});
+        } else {
+            return Err(Status::bad_request("metadata must be an object").into());
+        }
+    }
+    // Namespace: the URL's; a different one in the body is refused.
+    let body_ns = str_at(&v, "metadata.namespace").unwrap_or("").to_string();
+    if rt.namespaced {
+        let ns = t.namespace.clone().unwrap_or_default();
+        if ns.is_empty() {
+            return Err(Status::bad_request(
+                "the namespace of the object must be given in the URL",
+            )
+            .into());
+        }
+        if !body_ns.is_empty() && body_ns != ns {
+            return Err(Status::bad_request("the namespace of the provided object does not match the namespace sent on the request").into());
+        }
+        v["metadata"]["namespace"] = json!(ns);
+    } else if let Some(m) = v["metadata"].as_object_mut() {
+        m.remove("namespace");
+    }
+    Ok(v)
+}
+
+/// With `fieldValidation=Strict`, refuses unknown fields (400, kube-apiserver's words);
+/// with `Warn`, returns them as warnings for the response's `Warning` headers.
+pub(super) fn check_strict(
+    rt: &ResourceType,
+    r: &Req,
+    obj: &Value,
+    prefix: bool,
+) -> Result<Vec<String>, Error> {
+    let mode = r.param("fieldValidation");
+    if !matches!(mode, Some("Strict" | "Warn")) {
+        return Ok(Vec::new());
+    }
+    let unknown = match (rt.custom, rt.schema) {
+        (true, Some(schema)) => crate::schema::unknown_fields(schema, obj),
+        (true, None) => Vec::new(),
+        (false, _) => strict::unknown_fields(rt.group, rt.kind, obj),
+    };
+    if unknown.is_empty() {
+        return Ok(Vec::new());
+    }
+    if mode == Some("Warn") {
+        return Ok(unknown
+            .iter()
+            .map(|f| format!("unknown field \"{f}\""))
+            .collect());
+    }
+    let msg = strict::message(&unknown);
+    let msg = if prefix {
+        format!(
+            "{kind} in version \"{v}\" cannot be handled as a {kind}: {msg}",
+            kind = rt.kind,
+            v = rt.version
+        )
+    } else {
+        msg
+    };
+    Err(Status::bad_request(msg).into())
+}
+
+fn random_suffix() -> String {
+    // kube's generateName alphabet: no vowels, no confusable characters.
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let id = uuid::Uuid::new_v4();
+    id.as_bytes()
+        .iter()
+        .take(5)
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// Resets what clients may not set on create and fills the server's metadata.
+pub(crate) fn prepare_create(rt: &ResourceType, obj: &mut Value) {
+    let m = &mut obj["metadata"];
+    m["uid"] = json!(uuid::Uuid::new_v4().to_string());
+    m["creationTimestamp"] = json!(rfc3339(now_secs()));
+    m["generation"] = json!(1);
+    if let Some(m) = m.as_object_mut() {
+        for f in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+        ] {
+            m.remove(f);
+        }
+    }
+    match rt.kind {
+        "Namespace" => {
+            let name = obj["metadata"]["name"].clone();
+            obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = name;
+            if obj["spec"]["finalizers"].is_null() {
+                obj["spec"]["finalizers"] = json!(["kubernetes"]);
+            }
+            obj["status"] = json!({"phase": "Active"});
+        }
+        "Pod" => {
+            obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
+            crate::defaults::pod_admission(obj);
+        }
+        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => {
+            obj["status"] = json!({});
+        }
+        "Ingress" => obj["status"] = json!({"loadBalancer": {}}),
+        _ => {}
+    }
+}
+
+/// Validation and kind-specific storage work (service allocation) for a write.
+fn check_write(
+    s: &State,
+    txn: &Txn,
+    t: &Target,
+    key: &str,
+    obj: &mut Value,
+    old: Option<&Value>,
+) -> Result<(), Error> {
+    let rt = t.rt;
+    let name = str_at(obj, "metadata.name").unwrap_or("").to_string();
+    if let Some(old) = old
+        && rt.is("", "services")
+    {
+        service::drop_type_dependent_fields(obj, old);
+    }
+    let mut causes = validate::validate(rt, obj);
+    if let Some(schema) = rt.schema {
+        causes.extend(crate::schema::check(schema, obj));
+    }
+    if rt.is("apiextensions.k8s.io", "customresourcedefinitions") {
+        crd_accept(obj, &mut causes);
+    }
+    if let Some(old) = old {
+        immutable(rt, obj, old, &mut causes);
+    }
+    // A status write keeps the stored spec; allocation and defaults are the main resource's.
+    if causes.is_empty() && rt.is("", "services") && !t.is_status() {
+        causes.extend(service::prepare(txn, key, obj, old, &s.ranges)?);
+    }
+    if !causes.is_empty() {
+        return Err(Status::invalid(rt.group, rt.kind, &name, &causes).into());
+    }
+    Ok(())
+}
+
+/// Validates a CRD's names and marks it accepted and established, as the apiextensions
+/// controllers do (there is nothing to wait for here).
+fn crd_accept(crd: &mut Value, causes: &mut Vec<Cause>) {
+    let spec = &crd["spec"];
+    let group = spec["group"].as_str().unwrap_or("");
+    let plural = spec["names"]["plural"].as_str().unwrap_or("");
+    let name = crd["metadata"]["name"].as_str().unwrap_or("");
+    if group.is_empty() {
+        causes.push(Cause::required("spec.group", ""));
+    }
+    if plural.is_empty() {
+        causes.push(Cause::required("spec.names.plural", ""));
+    }
+    if spec["names"]["kind"].as_str().unwrap_or("").is_empty() {
+        causes.push(Cause::required("spec.names.kind", ""));
+    }
+    if spec["versions"].as_array().is_none_or(Vec::is_empty) {
+        causes.push(Cause::required(
+            "spec.versions",
+            "must have exactly one version marked as storage version",
+        ));
+    }
+    if !group.is_empty() && !plural.is_empty() && name != format!("{plural}.{group}") {
+        causes.push(Cause::invalid(
+            "metadata.name",
+            &json!(name),
+            "must be spec.names.plural+\".\"+spec.group",
+        ));
+    }
+    if !causes.is_empty() {
+        return;
+    }
+    let now = rfc3339(now_secs());
+    let cond = |ty: &str, reason: &str, msg: &str| json!({"type": ty, "status": "True", "lastTransitionTime": now, "reason": reason, "message": msg});
+    let stored: Vec<Value> = spec["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["storage"] == json!(true))
+        .map(|v| v["name"].clone())
+        .collect();
+    crd["status"] = json!({
+        "acceptedNames": spec["names"],
+        "conditions": [
+            cond("NamesAccepted", "NoConflicts", "no conflicts found"),
+            cond("Established", "InitialNamesAccepted", "the initial names have been accepted"),
+        ],
+        "storedVersions": stored,
+    });
+}
+
+/// Fields an update may not change. (A Service's clusterIP is checked by the allocator.)
+fn immutable(rt: &ResourceType, new: &Value, old: &Value, causes: &mut Vec<Cause>) {
+    if matches!(
+        rt.kind,
+        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet"
+    ) && rt.group == "apps"
+        && new["spec"]["selector"] != old["spec"]["selector"]
+    {
+        causes.push(Cause::invalid(
+            "spec.selector",
+            &new["spec"]["selector"],
+            "field is immutable",
+        ));
+    }
+}
+
+pub(super) fn create(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Error> {
+    let rt = t.rt;
+    let body = r.json_body()?;
+    let mut obj = parse_body(t, &body)?;
+    let warnings = check_strict(rt, r, &obj, true)?;
+    let mut name = str_at(&obj, "metadata.name").unwrap_or("").to_string();
+    if name.is_empty() {
+        let gen_name = str_at(&obj, "metadata.generateName")
+            .unwrap_or("")
+            .to_string();
+        if gen_name.is_empty() {
+            let c = Cause::required("metadata.name", "name or generateName is required");
+            return Err(Status::invalid(rt.group, rt.kind, "", &[c]).into());
+        }
+        name = format!("{gen_name}{}", random_suffix());
+        obj["metadata"]["name"] = json!(name);
+    }
+    prepare_create(rt, &mut obj);
+    let key = t.key(&name);
+    let stored = s.write(r.dry_run(), |txn| create_in(s, txn, t, &key, obj))?;
+    Ok(with_warnings(
+        json_response(201, &stored, "application/json"),
+        &warnings,
+    ))
+}
+
+/// Stores a new object (already prepared) in `txn`: its namespace must exist, its name
+/// must be free, and it must validate.
+pub(super) fn create_in(
+    s: &State,
+    txn: &mut Txn,
+    t: &Target,
+    key: &str,
+    mut obj: Value,
+) -> Result<Value, Error> {
+    let rt = t.rt;
+    let name = str_at(&obj, "metadata.name").unwrap_or("").to_string();
+    if let Some(ns) = t.namespace.as_deref().filter(|_| rt.namespaced) {
+        let ns_key = resources::namespaces().key("", ns);
+        match txn.get(&ns_key)? {
+            None => return Err(Status::not_found("", "namespaces", ns).into()),
+            Some(n) if n["metadata"]["deletionTimestamp"].is_string() => {
+                return Err(Status::new(
+                    403,
+                    "Forbidden",
+                    format!("{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated", rt.resource),
+                )
+                .into());
+            }
+            Some(_) => {}
+        }
+    }
+    if txn.get(key)?.is_some() {
+        return Err(Status::already_exists(rt.group, rt.resource, &name).into());
+    }
+    crate::defaults::apply(rt, &mut obj);
+    check_write(s, txn, t, key, &mut obj, None)?;
+    if crate::gc::owners_changed(&obj, None) {
+        txn.note(key);
+    }
+    let stored = txn.put(key, obj, EventType::Added)?;
+    if rt.kind == "Namespace" && rt.group.is_empty() {
+        crate::bootstrap::ensure_default_service_account(txn, &name)?;
+    }
+    Ok(stored)
+}
+
+/// Server-side apply: creates the object from the configuration, or merges the
+/// configuration into it (see `apply.rs`).
+fn apply_object(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Error> {
+    let rt = t.rt;
+    let name = t.name.clone().unwrap_or_default();
+    let manager = r.param("fieldManager").unwrap_or("").to_string();
+    if manager.is_empty() {
+        let c = Cause::required("fieldManager", "is required for apply patch");
+        return Err(Status::invalid("meta.k8s.io", "PatchOptions", "", &[c]).into());
+    }
+    if serde_json::from_slice::<Value>(&r.body).is_err() {
+        return Err(Status::bad_request(
+            "error decoding apply configuration: only JSON apply bodies are served so far (kubectl and kube-rs send JSON)",
+        )
+        .into());
+    }
+    let mut config = parse_body(t, &r.body)?;
+    let warnings = check_strict(rt, r, &config, false)?;
+    let config_name = str_at(&config, "metadata.name").unwrap_or("").to_string();
+    if !config_name.is_empty() && config_name != name {
+        return Err(Status::bad_request(format!(
+            "the name of the object ({config_name}) does not match the name on the URL ({name})"
+        ))
+        .into());
+    }
+    config["metadata"]["name"] = json!(name);
+    let force = r.flag("force");
+    let now = rfc3339(now_secs());
+    let key = t.key(&name);
+    let status_only = t.is_status();
+    let (code, stored) = s.write(r.dry_run(), |txn| match txn.get(&key)? {
+        None if status_only => Err(t.not_found(&name)),
+        None => {
+            let live = json!({"metadata": {"name": name}});
+            let mut obj = apply::apply(&live, &config, &manager, &rt.api_version(), &now, force)
+                .unwrap_or(config.clone());
+            obj["kind"] = json!(rt.kind);
+            obj["apiVersion"] = json!(rt.api_version());
+            if let Some(ns) = &t.namespace {
+                obj["metadata"]["namespace"] = json!(ns);
+            }
+            prepare_create(rt, &mut obj);
+            Ok((201, create_in(s, txn, t, &key, obj)?))
+        }
+        Some(old) => {
+            let new = apply::apply(&old, &config, &manager, &rt.api_version(), &now, force)
+                .map_err(|conflicts| {
+                    let mut st = Status::conflict(rt.group, rt.resource, &name);
+                    st.message = apply::conflict_message(&conflicts, &rt.api_version());
+                    if let Some(d) = st.details.as_mut() {
+                        d["causes"] = conflicts
+                            .iter()
+                            .map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{}\"", c.manager), "field": c.field}))
+                            .collect();
+                    }
+                    Error::from(st)
+                })?;
+            Ok((200, store_update(s, txn, t, &key, old, new)?))
+        }
+    })?;
+    Ok(with_warnings(
+        json_response(code, &stored, "application/json"),
+        &warnings,
+    ))
+}
+
+/// Applies an update (`new` built from the request) to the stored object under the
+/// rules of the main resource or the status subresource.
+pub(super) fn store_update(
+    s: &State,
+    txn: &mut Txn,
+    t: &Target,
+    key: &str,
+    old: Value,
+    mut new: Value,
+) -> Result<Value, Error> {
+    let rt = t.rt;
+    let name = str_at(&old, "metadata.name").unwrap_or("").to_string();
+    let new_name = str_at(&new, "metadata.name").unwrap_or("");
+    if !new_name.is_empty() && new_name != name {
+        return Err(Status::bad_request(format!(
+            "the name of the object ({new_name}) does not match the name on the URL ({name})"
+        ))
+        .into());
+    }
+    let new_rv = str_at(&new, "metadata.resourceVersion").unwrap_or("");
+    if !new_rv.is_empty() && Some(new_rv) != str_at(&old, "metadata.resourceVersion") {
+        return Err(Status::conflict(rt.group, rt.resource, &name).into());
+    }
+    let status_only = t.is_status();
+    if status_only {
+        let st = new["status"].take();
+        new = old.clone();
+        new["status"] = st;
+    } else if rt.status {
+        new["status"] = old["status"].clone();
+    }
+    // Server-owned metadata stays as stored.
+    new["metadata"]["name"] = json!(name);
+    for f in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+        "namespace",
+    ] {
+        match old["metadata"].get(f) {
+            Some(v) => new["metadata"][f] = v.clone(),
+            None => {
+                if let Some(m) = new["metadata"].as_object_mut() {
+                    m.remove(f);
+                }
+            }
+        }
+    }
+    if rt.kind == "Namespace" {
+        new["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
+    }
+    // Defaults before the generation check: a write that only drops a defaulted
+    // field changes nothing, as in kube-apiserver, which defaults what it decodes.
+    crate::defaults::apply(rt, &mut new);
+    if !status_only && new.get("spec") != old.get("spec") {
+        let g = old["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
+        new["metadata"]["generation"] = json!(g);
+    }
+    new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
+    check_write(s, txn, t, key, &mut new, Some(&old))?;
+    if new == old {
+        // A no-op update writes nothing and keeps the resourceVersion, as kube-apiserver does.
+        return Ok(old);
+    }
+    if crate::gc::may_remove(rt, &new) {
+        return crate::gc::remove(txn, &s.catalog.all(), rt, key, new);
+    }
+    if new["metadata"]["deletionTimestamp"].is_string()
+        || crate::gc::owners_changed(&new, Some(&old))
+    {
+        // A foreground owner or terminating namespace may be waiting for this change,
+        // or the garbage collector has owners to look up.
+        txn.note(key);
+    }
+    txn.put(key, new, EventType::Modified)
+}
+
+pub(super) fn update(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Error> {
+    let name = t.name.clone().unwrap_or_default();
+    let body = r.json_body()?;
+    let new = parse_body(t, &body)?;
+    let warnings = check_strict(t.rt, r, &new, true)?;
+    let key = t.key(&name);
+    let stored = s.write(r.dry_run(), |txn| {
+        let old = txn.get(&key)?.ok_or_else(|| t.not_found(&name))?;
+        store_update(s, txn, t, &key, old, new)
+    })?;
+    Ok(with_warnings(
+        json_response(200, &stored, "application/json"),
+        &warnings,
+    ))
+}
+
+pub(super) fn patch_object(
+    s: &State,
+    t: &Target,
+    r: &Req,
+) -> Result<Response<ResponseBody>, Error> {
+    if r.content_type.starts_with("application/apply-patch") {
+        return apply_object(s, t, r);
+    }
+    let name = t.name.clone().unwrap_or_default();
+    let pt = PatchType::from_content_type(&r.content_type)
+        .filter(|pt| !(t.rt.custom && *pt == PatchType::Strategic))
+        .ok_or_else(|| Status::unsupported_media_type(&r.content_type))?;
+    let key = t.key(&name);
+    let mut warnings = Vec::new();
+    let stored = s.write(r.dry_run(), |txn| {
+        let old = txn.get(&key)?.ok_or_else(|| t.not_found(&name))?;
+        let mut new = patch::apply(&old, &r.body, pt)?;
+        if !new.is_object() {
+            return Err(Status::bad_request("the patch did not produce an object").into());
+        }
+        if new.get("kind") != old.get("kind") || new.get("apiVersion") != old.get("apiVersion") {
+            return Err(Status::bad_request("a patch may not change kind or apiVersion").into());
+        }
+        if t.rt.namespaced {
+            new["metadata"]["namespace"] = old["metadata"]["namespace"].clone();
+        }
+        warnings = check_strict(t.rt, r, &new, false)?;
+        store_update(s, txn, t, &key, old, new)
+    })?;
+    Ok(with_warnings(
+        json_response(200, &stored, "application/json"),
+        &warnings,
+    ))
+}
