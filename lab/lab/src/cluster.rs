@@ -124,21 +124,17 @@ async fn start_processes(
     // A kubeconfig left by a kept data dir must not be taken for the new server's.
     let _ = fs::remove_file(&kubeconfig);
     let underlay_ns = cfg.netns_name(Role::Underlay);
-    let api = start(
-        "apiserver",
-        None,
-        vec![
-            "apiserver".into(),
-            "--data-dir".into(),
-            api_dir.display().to_string().into(),
-            "--listen".into(),
-            cfg.api_listen.to_string().into(),
-            "--listen-netns".into(),
-            format!("{underlay_ns}={}", cfg.api_underlay_addr()).into(),
-            "--service-cidr".into(),
-            csv(&cfg.service_cidrs).into(),
-        ],
-    )?;
+    let api_args = apiserver::Args {
+        data_dir: api_dir.clone(),
+        listen: vec![cfg.api_listen],
+        listen_in_netns: vec![apiserver::NetnsListen {
+            netns: netlink::netns::path(&underlay_ns),
+            addr: cfg.api_underlay_addr(),
+        }],
+        service_cidrs: cfg.service_cidrs.clone(),
+        ..k8s::parse_flags::<apiserver::Args>(&["--data-dir", "-"])
+    };
+    let api = start("apiserver", None, command("apiserver", api_args.to_args()))?;
     wait_for(
         API_TIMEOUT,
         &[&api],

@@ -136,6 +136,12 @@ for line in sys.stdin:
     print(answer.strip() or 'closed', flush=True)
 "#;
 
+/// Where the API server listens on the lab's underlay, for the agents.
+pub const UNDERLAY_API: std::net::SocketAddr = std::net::SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 18, 0, 1)),
+    6443,
+);
+
 /// The cluster; everything in it is removed on drop.
 #[derive(Debug)]
 pub struct Cluster {
@@ -194,12 +200,9 @@ impl Cluster {
         let lab = TestLab::up(2);
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("api");
-        let underlay = format!("{}-underlay=198.18.0.1:6443", lab.name());
+        let underlay = format!("{}-underlay", lab.name());
         let apiserver = KillOnDrop(
-            Command::new(kubewire_bin())
-                .args(["apiserver", "--data-dir"])
-                .arg(&data)
-                .args(["--listen", "127.0.0.1:0", "--listen-netns", &underlay])
+            crate::apiserver_command(&data, Some((&underlay, UNDERLAY_API)))
                 .stdout(std::process::Stdio::null())
                 .stderr(std::fs::File::create(dir.path().join("apiserver.log")).unwrap())
                 .spawn()

@@ -211,6 +211,27 @@ pub fn kubewire_bin() -> PathBuf {
     bin
 }
 
+/// `kubewire apiserver` with its data in `data_dir`, on a free port of the host's
+/// loopback, and also at `underlay` inside the namespace named `netns` when given (the
+/// lab's underlay), from the server's own `Args`.
+pub fn apiserver_command(data_dir: &Path, netns: Option<(&str, std::net::SocketAddr)>) -> Command {
+    let args = apiserver::Args {
+        data_dir: data_dir.to_owned(),
+        listen: vec!["127.0.0.1:0".parse().expect("an address")],
+        listen_in_netns: netns
+            .into_iter()
+            .map(|(name, addr)| apiserver::NetnsListen {
+                netns: netlink::netns::path(name),
+                addr,
+            })
+            .collect(),
+        ..k8s::parse_flags::<apiserver::Args>(&["--data-dir", "-"])
+    };
+    let mut cmd = Command::new(kubewire_bin());
+    cmd.arg("apiserver").args(args.to_args());
+    cmd
+}
+
 /// Runs `kubewire ARGS...` and returns its output.
 pub fn kubewire(args: &[&str]) -> Output {
     Command::new(kubewire_bin())

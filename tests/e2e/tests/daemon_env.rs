@@ -2,18 +2,15 @@
 //! `MALLOC_ARENA_MAX=2`, same pid and arguments), so their memory figures in
 //! BENCHMARKS.md hold however they are started, not only under `kubewire lab up`.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use e2e::{kubewire_bin, wait_until};
+use e2e::wait_until;
 
 #[test]
 fn the_api_server_runs_with_capped_malloc_arenas_when_started_without() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(kubewire_bin())
-        .args(["apiserver", "--data-dir"])
-        .arg(dir.path())
-        .args(["--listen", "127.0.0.1:0"])
+    let mut child = e2e::apiserver_command(dir.path(), None)
         .env_remove("MALLOC_ARENA_MAX")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -47,12 +47,9 @@ impl NodeCluster {
         let lab = TestLab::up(NODES);
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("api");
-        let underlay = format!("{}-underlay=198.18.0.1:6443", lab.name());
+        let underlay = format!("{}-underlay", lab.name());
         let apiserver = KillOnDrop(
-            Command::new(kubewire_bin())
-                .args(["apiserver", "--data-dir"])
-                .arg(&data)
-                .args(["--listen", "127.0.0.1:0", "--listen-netns", &underlay])
+            e2e::apiserver_command(&data, Some((&underlay, e2e::cluster::UNDERLAY_API)))
                 .stdout(std::process::Stdio::null())
                 .stderr(std::fs::File::create(dir.path().join("apiserver.log")).unwrap())
                 .spawn()
