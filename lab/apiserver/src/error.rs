@@ -11,7 +11,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A failure of the API server. Each variant's message names what was being done; the
 /// cause, where there is one, is its [`source`](std::error::Error::source) (printed
-/// after it by `{:#}` in anyhow, or by [`Chain`]).
+/// after it by `{:#}` in anyhow, or by [`k8s::ErrorChain`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -96,7 +96,7 @@ impl Error {
             other => Status::new(
                 500,
                 "InternalError",
-                format!("Internal error occurred: {}", Chain(other)),
+                format!("Internal error occurred: {}", k8s::ErrorChain(other)),
             ),
         }
     }
@@ -134,21 +134,6 @@ impl From<tokio::task::JoinError> for Error {
 
 pub(crate) fn storage<E: Into<redb::Error>>(e: E) -> Error {
     Error::Storage(Box::new(e.into()))
-}
-
-/// An error and its causes on one line, `a: b: c`, for logs and 500 messages.
-pub(crate) struct Chain<'a>(pub(crate) &'a dyn std::error::Error);
-
-impl std::fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut cause = self.0.source();
-        while let Some(c) = cause {
-            write!(f, ": {c}")?;
-            cause = c.source();
-        }
-        Ok(())
-    }
 }
 
 /// The Kubernetes `Status` object that carries a refusal.
@@ -439,7 +424,10 @@ mod tests {
             std::io::Error::new(std::io::ErrorKind::PermissionDenied, "permission denied"),
         );
         assert_eq!(e.to_string(), "/data/ca.key");
-        assert_eq!(Chain(&e).to_string(), "/data/ca.key: permission denied");
+        assert_eq!(
+            k8s::ErrorChain(&e).to_string(),
+            "/data/ca.key: permission denied"
+        );
         assert_eq!(
             e.to_status().message,
             "Internal error occurred: /data/ca.key: permission denied"
@@ -449,9 +437,11 @@ mod tests {
             source: serde_json::from_slice::<Value>(b"{").err(),
         };
         assert!(
-            Chain(&e).to_string().starts_with("corrupt object: EOF"),
+            k8s::ErrorChain(&e)
+                .to_string()
+                .starts_with("corrupt object: EOF"),
             "{}",
-            Chain(&e)
+            k8s::ErrorChain(&e)
         );
         // A refusal is the client's answer as is.
         let e = Error::from(Status::bad_request("no"));

@@ -24,7 +24,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::api::State;
-use crate::error::{Chain, Error};
+use crate::error::Error;
 use crate::resources::{self, ResourceType};
 use crate::store::{EventType, Txn};
 use crate::util::{now_secs, rfc3339, str_at};
@@ -549,7 +549,7 @@ pub(crate) fn spawn_flusher(state: &Arc<State>) {
         .spawn(move || {
             while let Some(state) = weak.upgrade() {
                 if let Err(e) = state.store.flush_all(Duration::from_millis(100)) {
-                    tracing::warn!(error = %Chain(&e), "making commits durable failed; retrying");
+                    tracing::warn!(error = %k8s::ErrorChain(&e), "making commits durable failed; retrying");
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
@@ -578,7 +578,7 @@ pub(crate) fn spawn_worker(state: &Arc<State>) {
                     let _ = tokio::time::timeout(RECHECK, rx.changed()).await;
                     let Some(state) = weak.upgrade() else { return };
                     if let Err(e) = work(&state) {
-                        tracing::warn!(error = %Chain(&e), "deletion worker");
+                        tracing::warn!(error = %k8s::ErrorChain(&e), "deletion worker");
                     }
                 }
             });

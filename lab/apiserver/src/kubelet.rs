@@ -21,7 +21,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::error::{Chain, Error, Status};
+use crate::error::{Error, Status};
 use crate::util::str_at;
 
 /// kubelet's default port, when the Node does not report one.
@@ -181,7 +181,7 @@ impl KubeletClient {
             .map_err(|e| fail(e.to_string()))?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
-                tracing::debug!(error = %Chain(&e), "kubelet connection ended");
+                tracing::debug!(error = %k8s::ErrorChain(&e), "kubelet connection ended");
             }
         });
         let req = Request::get(path_and_query)

@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::error::{Chain, Error, Status};
+use crate::error::{Error, Status};
 use crate::{Config, Router, api, bootstrap, router, tls};
 
 /// The first pause after a failed accept (out of file descriptors, say), doubling up
@@ -268,6 +268,6 @@ async fn connection(
         .serve_connection(TokioIo::new(tls), svc)
         .await
     {
-        tracing::debug!(%peer, error = %Chain(&e), "connection ended");
+        tracing::debug!(%peer, error = %k8s::ErrorChain(&e), "connection ended");
     }
 }

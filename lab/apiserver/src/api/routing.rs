@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::response::{ResponseBody, json_response, status_response, text};
 use super::{Req, State, Target, auth, blocking, delete, read, subresource, watch, write};
 use crate::discovery;
-use crate::error::{Chain, Error, Status};
+use crate::error::{Error, Status};
 use crate::resources::{self, ResourceType};
 use crate::util::parse_query;
 
@@ -116,7 +116,7 @@ where
         Ok(r) => r,
         Err(e) => {
             if !matches!(e, Error::Status(_)) {
-                tracing::warn!(%method, %path, error = %Chain(&e), "request failed");
+                tracing::warn!(%method, %path, error = %k8s::ErrorChain(&e), "request failed");
             }
             status_response(&e.to_status())
         }
