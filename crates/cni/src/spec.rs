@@ -456,6 +456,38 @@ impl ConfList {
     }
 }
 
+/// The configuration a runtime gives one plugin of a conflist, as libcni builds it:
+/// the plugin's own object plus the list's `name` and `cniVersion`, the `prevResult`
+/// of the plugin before it (if any), and in `runtimeConfig` the values of
+/// `runtime_config` for the capabilities the plugin declares (and only those).
+pub fn plugin_config(
+    list: &Value,
+    plugin: &Value,
+    prev_result: Option<&Value>,
+    runtime_config: &Value,
+) -> Value {
+    let mut conf = plugin.clone();
+    conf["name"] = list["name"].clone();
+    conf["cniVersion"] = list["cniVersion"].clone();
+    if let Some(prev) = prev_result {
+        conf["prevResult"] = prev.clone();
+    }
+    if let Some(caps) = plugin.get("capabilities").and_then(Value::as_object) {
+        let mut rc = serde_json::Map::new();
+        for (cap, on) in caps {
+            if on.as_bool() == Some(true)
+                && let Some(v) = runtime_config.get(cap)
+            {
+                rc.insert(cap.clone(), v.clone());
+            }
+        }
+        if !rc.is_empty() {
+            conf["runtimeConfig"] = Value::Object(rc);
+        }
+    }
+    conf
+}
+
 /// The default for [`NetConf::data_dir`].
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/kubewire";
 /// The MTU when the config gives none.

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use ::cni::spec::plugin_config;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
@@ -75,29 +76,6 @@ pub(crate) fn load(dir: &Path) -> Result<NetworkList, Error> {
         "no valid network config in {}",
         dir.display()
     )))
-}
-
-fn plugin_config(list: &Value, plugin: &Value, prev: Option<&Value>, rc: &Value) -> Value {
-    let mut conf = plugin.clone();
-    conf["name"] = list["name"].clone();
-    conf["cniVersion"] = list["cniVersion"].clone();
-    if let Some(prev) = prev {
-        conf["prevResult"] = prev.clone();
-    }
-    if let Some(caps) = plugin.get("capabilities").and_then(Value::as_object) {
-        let mut out = serde_json::Map::new();
-        for (cap, on) in caps {
-            if on.as_bool() == Some(true)
-                && let Some(v) = rc.get(cap)
-            {
-                out.insert(cap.clone(), v.clone());
-            }
-        }
-        if !out.is_empty() {
-            conf["runtimeConfig"] = Value::Object(out);
-        }
-    }
-    conf
 }
 
 /// The CNI runner of one node.

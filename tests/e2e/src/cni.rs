@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use cni::spec::plugin_config;
 use serde_json::{Value, json};
 
 /// Where Debian's `containernetworking-plugins` installs the reference plugins.
@@ -159,36 +160,6 @@ pub fn env_for<'a>(command: &'a str, p: &Params<'a>, cni_path: &'a str) -> Vec<(
         env.push(("CNI_NETNS", ns));
     }
     env
-}
-
-/// The config one plugin of a conflist receives: its own object plus the list's name
-/// and version, `prevResult`, and `runtimeConfig` for the capabilities it declares.
-fn plugin_config(
-    list: &Value,
-    plugin: &Value,
-    prev: Option<&Value>,
-    runtime_config: &Value,
-) -> Value {
-    let mut conf = plugin.clone();
-    conf["name"] = list["name"].clone();
-    conf["cniVersion"] = list["cniVersion"].clone();
-    if let Some(prev) = prev {
-        conf["prevResult"] = prev.clone();
-    }
-    if let Some(caps) = plugin.get("capabilities").and_then(Value::as_object) {
-        let mut rc = serde_json::Map::new();
-        for (cap, on) in caps {
-            if on.as_bool() == Some(true)
-                && let Some(v) = runtime_config.get(cap)
-            {
-                rc.insert(cap.clone(), v.clone());
-            }
-        }
-        if !rc.is_empty() {
-            conf["runtimeConfig"] = Value::Object(rc);
-        }
-    }
-    conf
 }
 
 /// ADD through a conflist; returns the final result.
