@@ -51,13 +51,11 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The Kubernetes client could not be configured (kubeconfig or in-cluster).
-    #[error("kubernetes client ({source_of}): {reason}")]
-    Client {
-        /// The kubeconfig path or "in-cluster config".
-        source_of: String,
-        /// What failed.
-        reason: String,
-    },
+    #[error("the Kubernetes client")]
+    Client(#[source] k8s::Error),
+    /// The SIGINT/SIGTERM handlers could not be installed.
+    #[error("installing the signal handlers")]
+    Signals(#[source] std::io::Error),
     /// resolv.conf could not be read for the upstreams.
     #[error("reading upstreams from {path}: {source}; pass --upstream")]
     ResolvConf {
@@ -72,9 +70,9 @@ pub enum Error {
 /// `kubewire dns` arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    /// Kubeconfig to reach the API server; the in-cluster service account if not given.
-    #[arg(long)]
-    pub kubeconfig: Option<PathBuf>,
+    /// How to reach the API server.
+    #[command(flatten)]
+    pub client: k8s::ClientArgs,
     /// Address to serve DNS on, UDP and TCP; repeat for several. `:PORT` means every
     /// address of both families [default: :53, i.e. 0.0.0.0:53 and [::]:53].
     #[arg(long)]
@@ -206,34 +204,6 @@ pub fn resolv_conf_nameservers(path: &Path) -> Result<Vec<SocketAddr>, Error> {
         .collect())
 }
 
-async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, Error> {
-    let (source_of, config) = match kubeconfig {
-        Some(path) => {
-            let source_of = path.display().to_string();
-            let err = |e: &dyn std::fmt::Display| Error::Client {
-                source_of: source_of.clone(),
-                reason: e.to_string(),
-            };
-            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| err(&e))?;
-            let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                .await
-                .map_err(|e| err(&e))?;
-            (source_of, config)
-        }
-        None => {
-            let config = kube::Config::incluster().map_err(|e| Error::Client {
-                source_of: "in-cluster config".into(),
-                reason: e.to_string(),
-            })?;
-            ("in-cluster config".to_owned(), config)
-        }
-    };
-    kube::Client::try_from(config).map_err(|e| Error::Client {
-        source_of,
-        reason: e.to_string(),
-    })
-}
-
 /// A server whose sockets are bound and whose threads run (the view is fed by the
 /// caller: watches in [`run`], a hand-made view in tests).
 #[derive(Debug)]
@@ -317,8 +287,10 @@ pub fn shared(args: &Args) -> Result<Arc<Shared>, Error> {
 
 /// Runs `kubewire dns` until SIGINT or SIGTERM.
 pub async fn run(args: Args) -> Result<(), Error> {
+    // First, so that a signal during the start is kept, not fatal.
+    let mut shutdown = k8s::Shutdown::new().map_err(Error::Signals)?;
     let shared = shared(&args)?;
-    let client = client(args.kubeconfig.as_deref()).await?;
+    let client = args.client.client().await.map_err(Error::Client)?;
     let running = start(shared.clone(), &args)?;
     tracing::info!(
         dns = ?running.dns,
@@ -328,15 +300,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         "serving DNS; cluster names get SERVFAIL until the first sync"
     );
     watch::start(client, shared, args.pods == PodMode::Verified);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| Error::Config {
-            field: "signals",
-            reason: e.to_string(),
-        })?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    shutdown.recv().await;
     tracing::info!("stopping");
     Ok(())
 }

@@ -45,7 +45,7 @@ while True:
 
 struct Env {
     // Dropped in order: dns, upstream, API server, then the namespace.
-    _dns: KillOnDrop,
+    dns: KillOnDrop,
     _upstream: KillOnDrop,
     _apiserver: KillOnDrop,
     netns: TestNetns,
@@ -180,14 +180,15 @@ fn start() -> Env {
         ],
         &dir.path().join("upstream.log"),
     );
-    let kc = kubeconfig.to_str().unwrap().to_owned();
+    // The cluster from $KUBECONFIG, as kubectl finds it.
+    let kc = format!("KUBECONFIG={}", kubeconfig.display());
     let dns = spawn_in(
         netns.name(),
-        &bin,
+        Path::new("/usr/bin/env"),
         &[
-            "dns",
-            "--kubeconfig",
             &kc,
+            bin.to_str().unwrap(),
+            "dns",
             "--listen",
             "127.0.0.1:53",
             "--listen",
@@ -202,7 +203,7 @@ fn start() -> Env {
         &dir.path().join("dns.log"),
     );
     Env {
-        _dns: dns,
+        dns,
         _upstream: upstream,
         _apiserver: apiserver,
         netns,
@@ -212,7 +213,7 @@ fn start() -> Env {
 
 #[test]
 fn dig_and_glibc_resolve_every_record_kind() {
-    let env = start();
+    let mut env = start();
     env.kubectl(&["create", "namespace", "datans"]);
     env.apply(&[
         json!({"apiVersion": "v1", "kind": "Service", "metadata": metadata("default", "web"),
@@ -417,4 +418,26 @@ fn dig_and_glibc_resolve_every_record_kind() {
     ] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
+    // SIGTERM, what kubelet stops a container with: a clean exit.
+    let pid = env.dns.0.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut status = None;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            status = env.dns.0.try_wait().unwrap();
+            status.is_some()
+        }),
+        "kubewire dns did not stop on SIGTERM"
+    );
+    assert!(
+        status.unwrap().success(),
+        "{status:?}\n{}",
+        env.log("dns.log")
+    );
 }

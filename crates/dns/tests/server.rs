@@ -16,7 +16,7 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 fn args(upstreams: &[SocketAddr], max_concurrent: usize) -> Args {
     Args {
-        kubeconfig: None,
+        client: Default::default(),
         listen: vec!["127.0.0.1:0".into()],
         cluster_domain: "cluster.local".into(),
         ttl: 30,
