@@ -6,8 +6,6 @@
 //! plain threads with a per-thread cache of encoded answers, TCP on tokio) and
 //! [`forward`] for every name outside the cluster. See docs/dns.md.
 
-#![forbid(unsafe_code)]
-
 pub mod answer;
 #[cfg(test)]
 mod answer_tests;
@@ -28,7 +26,8 @@ use forward::Forwarder;
 use metrics::Metrics;
 use view::View;
 
-/// Errors that stop `kubewire dns` from starting.
+/// Errors that stop `kubewire dns` from starting. Each keeps its cause as its
+/// `source`; the message does not repeat it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A command-line value is wrong; the message names the flag.
@@ -39,8 +38,17 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// `--cluster-domain` is not a domain name.
+    #[error("--cluster-domain: {domain:?} is not a domain name")]
+    ClusterDomain {
+        /// What was given.
+        domain: String,
+        /// Why it does not parse.
+        #[source]
+        source: hickory_proto::ProtoError,
+    },
     /// A socket could not be bound (port in use, no permission for port 53, ...).
-    #[error("binding {what} on {addr}: {source}")]
+    #[error("binding {what} on {addr}")]
     Bind {
         /// Which service.
         what: &'static str,
@@ -51,13 +59,13 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The Kubernetes client could not be configured (kubeconfig or in-cluster).
-    #[error("the Kubernetes client")]
+    #[error("building the Kubernetes client")]
     Client(#[source] k8s::Error),
     /// The SIGINT/SIGTERM handlers could not be installed.
     #[error("installing the signal handlers")]
     Signals(#[source] std::io::Error),
     /// resolv.conf could not be read for the upstreams.
-    #[error("reading upstreams from {path}: {source}; pass --upstream")]
+    #[error("reading upstreams from {path} (--upstream names them instead)")]
     ResolvConf {
         /// The file.
         path: PathBuf,
@@ -263,7 +271,7 @@ pub fn shared(args: &Args) -> Result<Arc<Shared>, Error> {
     let upstreams = if args.upstream.is_empty() {
         // Cluster names do not need upstreams: run without them rather than not at all.
         resolv_conf_nameservers(&args.resolv_conf).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "no upstreams: names outside the cluster get SERVFAIL");
+            tracing::warn!(error = %k8s::ErrorChain(&e), "no upstreams: names outside the cluster get SERVFAIL");
             Vec::new()
         })
     } else {
@@ -351,5 +359,27 @@ mod tests {
             ]
         );
         assert!(resolv_conf_nameservers(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn errors_keep_their_cause_and_say_it_once() {
+        let e = Zone::new("a..b", 30, PodMode::Insecure).unwrap_err();
+        assert!(matches!(e, Error::ClusterDomain { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            r#"--cluster-domain: "a..b" is not a domain name"#
+        );
+        let cause = std::error::Error::source(&e).expect("a source").to_string();
+        assert_eq!(k8s::ErrorChain(&e).to_string(), format!("{e}: {cause}"));
+
+        let e = resolv_conf_nameservers(Path::new("/nonexistent/resolv.conf")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "reading upstreams from /nonexistent/resolv.conf (--upstream names them instead)"
+        );
+        assert_eq!(
+            k8s::ErrorChain(&e).to_string(),
+            format!("{e}: No such file or directory (os error 2)")
+        );
     }
 }

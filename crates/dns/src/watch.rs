@@ -107,7 +107,7 @@ where
             Ok(e) => e,
             Err(e) => {
                 // The watcher backs off and re-lists by itself.
-                tracing::warn!(kind = %kind, error = %e, "watch failed; retrying");
+                tracing::warn!(kind = %kind, error = %k8s::ErrorChain(&e), "watch failed; retrying");
                 continue;
             }
         };
