@@ -127,10 +127,10 @@ pub fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, Error> {
 /// Serves DNS over TCP (length-prefixed messages, several per connection).
 pub async fn serve_tcp(shared: Arc<Shared>, listener: TcpListener) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_TCP_CONNECTIONS));
+    // A failed accept (out of file descriptors) pauses instead of spinning.
+    let mut acceptor = k8s::http::Acceptor::new(listener, "DNS over TCP");
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
-        };
+        let (stream, peer) = acceptor.accept().await;
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             drop(stream);
             continue;
