@@ -16,12 +16,14 @@ pub mod view;
 mod watch;
 pub mod wire;
 
+use std::ffi::OsString;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
 pub use answer::{PodMode, Zone};
+use clap::ValueEnum;
 use forward::Forwarder;
 use metrics::Metrics;
 use view::View;
@@ -76,7 +78,7 @@ pub enum Error {
 }
 
 /// `kubewire dns` arguments.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct Args {
     /// How to reach the API server.
     #[command(flatten)]
@@ -113,6 +115,47 @@ pub struct Args {
     /// UDP threads per listen address [default: one per CPU].
     #[arg(long)]
     pub udp_threads: Option<usize>,
+}
+
+impl Args {
+    /// These flags as `kubewire dns`'s command-line arguments (what parses back into
+    /// `self`; every flag is written, defaults too). An upstream must not hold a comma
+    /// (the flag splits at commas).
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut args = self.client.to_args();
+        for listen in &self.listen {
+            args.extend(["--listen".into(), listen.into()]);
+        }
+        let pods = self
+            .pods
+            .to_possible_value()
+            .map(|v| v.get_name().to_owned());
+        args.extend([
+            "--cluster-domain".into(),
+            self.cluster_domain.clone().into(),
+            "--ttl".into(),
+            self.ttl.to_string().into(),
+            "--pods".into(),
+            pods.unwrap_or_default().into(),
+        ]);
+        for upstream in &self.upstream {
+            args.extend(["--upstream".into(), upstream.into()]);
+        }
+        args.extend([
+            "--resolv-conf".into(),
+            self.resolv_conf.clone().into(),
+            "--max-concurrent".into(),
+            self.max_concurrent.to_string().into(),
+            "--health-listen".into(),
+            self.health_listen.clone().into(),
+            "--metrics-listen".into(),
+            self.metrics_listen.clone().into(),
+        ]);
+        if let Some(n) = self.udp_threads {
+            args.extend(["--udp-threads".into(), n.to_string().into()]);
+        }
+        args
+    }
 }
 
 /// What every socket thread shares.
@@ -315,7 +358,53 @@ pub async fn run(args: Args) -> Result<(), Error> {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(args: Vec<OsString>) -> Args {
+        Cli::try_parse_from(std::iter::once(OsString::from("dns")).chain(args))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .args
+    }
+
+    #[test]
+    fn flags_round_trip() {
+        let defaults = parse(Vec::new());
+        assert_eq!(defaults.listen, Vec::<String>::new(), "the default is :53");
+        assert_eq!(parse(defaults.to_args()), defaults);
+        let every = Args {
+            client: k8s::ClientArgs {
+                kubeconfig: Some("/etc/kubewire/dns.kubeconfig".into()),
+                server: Some("https://198.18.0.1:6443".into()),
+            },
+            listen: vec!["10.96.0.10:53".into(), "[::1]:5353".into()],
+            cluster_domain: "example.internal".into(),
+            ttl: 5,
+            pods: PodMode::Verified,
+            upstream: vec!["192.0.2.53".into(), "[2001:db8::53]:5353".into()],
+            resolv_conf: "/run/resolv.conf".into(),
+            max_concurrent: 7,
+            health_listen: "off".into(),
+            metrics_listen: "127.0.0.1:9154".into(),
+            udp_threads: Some(3),
+        };
+        assert_ne!(every, defaults);
+        assert_eq!(parse(every.to_args()), every);
+        for pods in [PodMode::Insecure, PodMode::Disabled] {
+            let args = Args {
+                pods,
+                ..defaults.clone()
+            };
+            assert_eq!(parse(args.to_args()), args);
+        }
+    }
 
     #[test]
     fn listen_addresses() {

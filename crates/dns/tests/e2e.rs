@@ -180,26 +180,26 @@ fn start() -> Env {
         ],
         &dir.path().join("upstream.log"),
     );
-    // The cluster from $KUBECONFIG, as kubectl finds it.
+    let dns_args = dns::Args {
+        listen: vec!["127.0.0.1:53".into(), "[::1]:53".into()],
+        upstream: vec!["127.0.0.53".into()],
+        health_listen: "127.0.0.1:8080".into(),
+        metrics_listen: "127.0.0.1:9153".into(),
+        // No --kubeconfig: the cluster from $KUBECONFIG, as kubectl finds it.
+        ..k8s::parse_flags(&[])
+    };
     let kc = format!("KUBECONFIG={}", kubeconfig.display());
+    let mut argv = vec![kc, bin.to_str().unwrap().to_owned(), "dns".to_owned()];
+    argv.extend(
+        dns_args
+            .to_args()
+            .into_iter()
+            .map(|a| a.into_string().unwrap()),
+    );
     let dns = spawn_in(
         netns.name(),
         Path::new("/usr/bin/env"),
-        &[
-            &kc,
-            bin.to_str().unwrap(),
-            "dns",
-            "--listen",
-            "127.0.0.1:53",
-            "--listen",
-            "[::1]:53",
-            "--upstream",
-            "127.0.0.53",
-            "--health-listen",
-            "127.0.0.1:8080",
-            "--metrics-listen",
-            "127.0.0.1:9153",
-        ],
+        &argv.iter().map(String::as_str).collect::<Vec<_>>(),
         &dir.path().join("dns.log"),
     );
     Env {
