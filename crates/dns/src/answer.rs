@@ -40,9 +40,9 @@ pub struct Zone {
 impl Zone {
     /// A zone for `domain` (`cluster.local`).
     pub fn new(domain: &str, ttl: u32, pods: PodMode) -> Result<Self, crate::Error> {
-        let mut name = Name::from_ascii(domain).map_err(|e| crate::Error::Config {
-            field: "--cluster-domain",
-            reason: format!("{domain:?}: {e}"),
+        let mut name = Name::from_ascii(domain).map_err(|source| crate::Error::ClusterDomain {
+            domain: domain.to_owned(),
+            source,
         })?;
         name.set_fqdn(true);
         Ok(Zone {

@@ -1,4 +1,4 @@
-//! View in, answers out: every record kind of issue 7, from real API objects (JSON as
+//! View in, answers out: every record kind of the DNS specification, from real API objects (JSON as
 //! the API server sends them) through the view's conversions to the records.
 
 use std::net::IpAddr;

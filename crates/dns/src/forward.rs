@@ -247,7 +247,7 @@ impl Forwarder {
                     return Ok(r);
                 }
                 Err(e) => {
-                    tracing::debug!(upstream = %u.addr, error = %e, "upstream query failed");
+                    tracing::debug!(upstream = %u.addr, error = %k8s::ErrorChain(&e), "upstream query failed");
                     u.fails.fetch_add(1, Ordering::Relaxed);
                     shared.metrics.forwarded(&u.label, None, start);
                 }
@@ -278,12 +278,24 @@ impl Forwarder {
 /// Errors talking to one upstream (logged; they make it fail over).
 #[derive(Debug, thiserror::Error)]
 enum ExchangeError {
-    #[error("{0}")]
+    /// The socket failed.
+    #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// No answer in time.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
-    #[error("malformed answer: {0}")]
-    Malformed(String),
+    /// The query could not be encoded.
+    #[error("encoding the query")]
+    Encode(#[source] hickory_proto::ProtoError),
+    /// The query does not fit a TCP frame.
+    #[error("query too long for TCP")]
+    TooLong,
+    /// The answer over TCP does not parse.
+    #[error("malformed answer")]
+    Malformed(#[source] hickory_proto::serialize::binary::DecodeError),
+    /// The answer over TCP has another query's id.
+    #[error("answer to another query")]
+    OtherQuery,
 }
 
 /// One query to one upstream over UDP, retried over TCP when truncated.
@@ -302,9 +314,7 @@ async fn exchange(
     let mut edns = hickory_proto::op::Edns::new();
     edns.set_max_payload(crate::wire::ADVERTISED_PAYLOAD);
     q.edns = Some(edns);
-    let bytes = q
-        .to_vec()
-        .map_err(|e| ExchangeError::Malformed(e.to_string()))?;
+    let bytes = q.to_vec().map_err(ExchangeError::Encode)?;
     let bind: SocketAddr = if addr.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {
@@ -338,8 +348,7 @@ async fn exchange(
     let mut stream = tokio::time::timeout(UPSTREAM_TIMEOUT, tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| ExchangeError::Timeout(UPSTREAM_TIMEOUT))??;
-    let len = u16::try_from(bytes.len())
-        .map_err(|_| ExchangeError::Malformed("query too long".into()))?;
+    let len = u16::try_from(bytes.len()).map_err(|_| ExchangeError::TooLong)?;
     let work = async {
         stream.write_all(&len.to_be_bytes()).await?;
         stream.write_all(&bytes).await?;
@@ -351,9 +360,9 @@ async fn exchange(
     let buf = tokio::time::timeout(UPSTREAM_TIMEOUT, work)
         .await
         .map_err(|_| ExchangeError::Timeout(UPSTREAM_TIMEOUT))??;
-    let m = Message::from_vec(&buf).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
+    let m = Message::from_vec(&buf).map_err(ExchangeError::Malformed)?;
     if m.metadata.id != id {
-        return Err(ExchangeError::Malformed("answer to another query".into()));
+        return Err(ExchangeError::OtherQuery);
     }
     Ok(m)
 }

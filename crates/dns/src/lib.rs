@@ -6,8 +6,6 @@
 //! plain threads with a per-thread cache of encoded answers, TCP on tokio) and
 //! [`forward`] for every name outside the cluster. See docs/dns.md.
 
-#![forbid(unsafe_code)]
-
 pub mod answer;
 #[cfg(test)]
 mod answer_tests;
@@ -18,17 +16,20 @@ pub mod view;
 mod watch;
 pub mod wire;
 
+use std::ffi::OsString;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
 pub use answer::{PodMode, Zone};
+use clap::ValueEnum;
 use forward::Forwarder;
 use metrics::Metrics;
 use view::View;
 
-/// Errors that stop `kubewire dns` from starting.
+/// Errors that stop `kubewire dns` from starting. Each keeps its cause as its
+/// `source`; the message does not repeat it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A command-line value is wrong; the message names the flag.
@@ -39,8 +40,17 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// `--cluster-domain` is not a domain name.
+    #[error("--cluster-domain: {domain:?} is not a domain name")]
+    ClusterDomain {
+        /// What was given.
+        domain: String,
+        /// Why it does not parse.
+        #[source]
+        source: hickory_proto::ProtoError,
+    },
     /// A socket could not be bound (port in use, no permission for port 53, ...).
-    #[error("binding {what} on {addr}: {source}")]
+    #[error("binding {what} on {addr}")]
     Bind {
         /// Which service.
         what: &'static str,
@@ -51,15 +61,13 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The Kubernetes client could not be configured (kubeconfig or in-cluster).
-    #[error("kubernetes client ({source_of}): {reason}")]
-    Client {
-        /// The kubeconfig path or "in-cluster config".
-        source_of: String,
-        /// What failed.
-        reason: String,
-    },
+    #[error("building the Kubernetes client")]
+    Client(#[source] k8s::Error),
+    /// The SIGINT/SIGTERM handlers could not be installed.
+    #[error("installing the signal handlers")]
+    Signals(#[source] std::io::Error),
     /// resolv.conf could not be read for the upstreams.
-    #[error("reading upstreams from {path}: {source}; pass --upstream")]
+    #[error("reading upstreams from {path} (--upstream names them instead)")]
     ResolvConf {
         /// The file.
         path: PathBuf,
@@ -70,11 +78,11 @@ pub enum Error {
 }
 
 /// `kubewire dns` arguments.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct Args {
-    /// Kubeconfig to reach the API server; the in-cluster service account if not given.
-    #[arg(long)]
-    pub kubeconfig: Option<PathBuf>,
+    /// How to reach the API server.
+    #[command(flatten)]
+    pub client: k8s::ClientArgs,
     /// Address to serve DNS on, UDP and TCP; repeat for several. `:PORT` means every
     /// address of both families [default: :53, i.e. 0.0.0.0:53 and [::]:53].
     #[arg(long)]
@@ -107,6 +115,47 @@ pub struct Args {
     /// UDP threads per listen address [default: one per CPU].
     #[arg(long)]
     pub udp_threads: Option<usize>,
+}
+
+impl Args {
+    /// These flags as `kubewire dns`'s command-line arguments (what parses back into
+    /// `self`; every flag is written, defaults too). An upstream must not hold a comma
+    /// (the flag splits at commas).
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut args = self.client.to_args();
+        for listen in &self.listen {
+            args.extend(["--listen".into(), listen.into()]);
+        }
+        let pods = self
+            .pods
+            .to_possible_value()
+            .map(|v| v.get_name().to_owned());
+        args.extend([
+            "--cluster-domain".into(),
+            self.cluster_domain.clone().into(),
+            "--ttl".into(),
+            self.ttl.to_string().into(),
+            "--pods".into(),
+            pods.unwrap_or_default().into(),
+        ]);
+        for upstream in &self.upstream {
+            args.extend(["--upstream".into(), upstream.into()]);
+        }
+        args.extend([
+            "--resolv-conf".into(),
+            self.resolv_conf.clone().into(),
+            "--max-concurrent".into(),
+            self.max_concurrent.to_string().into(),
+            "--health-listen".into(),
+            self.health_listen.clone().into(),
+            "--metrics-listen".into(),
+            self.metrics_listen.clone().into(),
+        ]);
+        if let Some(n) = self.udp_threads {
+            args.extend(["--udp-threads".into(), n.to_string().into()]);
+        }
+        args
+    }
 }
 
 /// What every socket thread shares.
@@ -206,34 +255,6 @@ pub fn resolv_conf_nameservers(path: &Path) -> Result<Vec<SocketAddr>, Error> {
         .collect())
 }
 
-async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, Error> {
-    let (source_of, config) = match kubeconfig {
-        Some(path) => {
-            let source_of = path.display().to_string();
-            let err = |e: &dyn std::fmt::Display| Error::Client {
-                source_of: source_of.clone(),
-                reason: e.to_string(),
-            };
-            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| err(&e))?;
-            let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                .await
-                .map_err(|e| err(&e))?;
-            (source_of, config)
-        }
-        None => {
-            let config = kube::Config::incluster().map_err(|e| Error::Client {
-                source_of: "in-cluster config".into(),
-                reason: e.to_string(),
-            })?;
-            ("in-cluster config".to_owned(), config)
-        }
-    };
-    kube::Client::try_from(config).map_err(|e| Error::Client {
-        source_of,
-        reason: e.to_string(),
-    })
-}
-
 /// A server whose sockets are bound and whose threads run (the view is fed by the
 /// caller: watches in [`run`], a hand-made view in tests).
 #[derive(Debug)]
@@ -293,7 +314,7 @@ pub fn shared(args: &Args) -> Result<Arc<Shared>, Error> {
     let upstreams = if args.upstream.is_empty() {
         // Cluster names do not need upstreams: run without them rather than not at all.
         resolv_conf_nameservers(&args.resolv_conf).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "no upstreams: names outside the cluster get SERVFAIL");
+            tracing::warn!(error = %k8s::ErrorChain(&e), "no upstreams: names outside the cluster get SERVFAIL");
             Vec::new()
         })
     } else {
@@ -317,8 +338,10 @@ pub fn shared(args: &Args) -> Result<Arc<Shared>, Error> {
 
 /// Runs `kubewire dns` until SIGINT or SIGTERM.
 pub async fn run(args: Args) -> Result<(), Error> {
+    // First, so that a signal during the start is kept, not fatal.
+    let mut shutdown = k8s::Shutdown::new().map_err(Error::Signals)?;
     let shared = shared(&args)?;
-    let client = client(args.kubeconfig.as_deref()).await?;
+    let client = args.client.client().await.map_err(Error::Client)?;
     let running = start(shared.clone(), &args)?;
     tracing::info!(
         dns = ?running.dns,
@@ -328,22 +351,60 @@ pub async fn run(args: Args) -> Result<(), Error> {
         "serving DNS; cluster names get SERVFAIL until the first sync"
     );
     watch::start(client, shared, args.pods == PodMode::Verified);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| Error::Config {
-            field: "signals",
-            reason: e.to_string(),
-        })?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    shutdown.recv().await;
     tracing::info!("stopping");
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(args: Vec<OsString>) -> Args {
+        Cli::try_parse_from(std::iter::once(OsString::from("dns")).chain(args))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .args
+    }
+
+    #[test]
+    fn flags_round_trip() {
+        let defaults = parse(Vec::new());
+        assert_eq!(defaults.listen, Vec::<String>::new(), "the default is :53");
+        assert_eq!(parse(defaults.to_args()), defaults);
+        let every = Args {
+            client: k8s::ClientArgs {
+                kubeconfig: Some("/etc/kubewire/dns.kubeconfig".into()),
+                server: Some("https://198.18.0.1:6443".into()),
+            },
+            listen: vec!["10.96.0.10:53".into(), "[::1]:5353".into()],
+            cluster_domain: "example.internal".into(),
+            ttl: 5,
+            pods: PodMode::Verified,
+            upstream: vec!["192.0.2.53".into(), "[2001:db8::53]:5353".into()],
+            resolv_conf: "/run/resolv.conf".into(),
+            max_concurrent: 7,
+            health_listen: "off".into(),
+            metrics_listen: "127.0.0.1:9154".into(),
+            udp_threads: Some(3),
+        };
+        assert_ne!(every, defaults);
+        assert_eq!(parse(every.to_args()), every);
+        for pods in [PodMode::Insecure, PodMode::Disabled] {
+            let args = Args {
+                pods,
+                ..defaults.clone()
+            };
+            assert_eq!(parse(args.to_args()), args);
+        }
+    }
 
     #[test]
     fn listen_addresses() {
@@ -387,5 +448,27 @@ mod tests {
             ]
         );
         assert!(resolv_conf_nameservers(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn errors_keep_their_cause_and_say_it_once() {
+        let e = Zone::new("a..b", 30, PodMode::Insecure).unwrap_err();
+        assert!(matches!(e, Error::ClusterDomain { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            r#"--cluster-domain: "a..b" is not a domain name"#
+        );
+        let cause = std::error::Error::source(&e).expect("a source").to_string();
+        assert_eq!(k8s::ErrorChain(&e).to_string(), format!("{e}: {cause}"));
+
+        let e = resolv_conf_nameservers(Path::new("/nonexistent/resolv.conf")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "reading upstreams from /nonexistent/resolv.conf (--upstream names them instead)"
+        );
+        assert_eq!(
+            k8s::ErrorChain(&e).to_string(),
+            format!("{e}: No such file or directory (os error 2)")
+        );
     }
 }

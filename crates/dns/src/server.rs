@@ -6,6 +6,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use k8s::http::response;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -126,10 +127,10 @@ pub fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, Error> {
 /// Serves DNS over TCP (length-prefixed messages, several per connection).
 pub async fn serve_tcp(shared: Arc<Shared>, listener: TcpListener) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_TCP_CONNECTIONS));
+    // A failed accept (out of file descriptors) pauses instead of spinning.
+    let mut acceptor = k8s::http::Acceptor::new(listener, "DNS over TCP");
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
-        };
+        let (stream, peer) = acceptor.accept().await;
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             drop(stream);
             continue;
@@ -190,54 +191,20 @@ pub fn bind_http(spec: &str) -> Result<TcpListener, Error> {
 /// Serves `/health` (200 while the process runs), `/ready` (200 once the view has
 /// synced, 503 before) and `/metrics`.
 pub async fn serve_http(shared: Arc<Shared>, listener: TcpListener) {
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let mut buf = Vec::with_capacity(1024);
-            let mut chunk = [0u8; 1024];
-            let read = async {
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
-                    let n = stream.read(&mut chunk).await?;
-                    if n == 0 {
-                        break;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                }
-                Ok::<_, std::io::Error>(())
-            };
-            if !matches!(
-                tokio::time::timeout(Duration::from_secs(5), read).await,
-                Ok(Ok(()))
-            ) {
-                return;
-            }
-            let line = String::from_utf8_lossy(&buf);
-            let path = line.split_whitespace().nth(1).unwrap_or("/");
-            let path = path.split('?').next().unwrap_or(path);
-            let (status, ctype, body) = match path {
-                "/health" => ("200 OK", "text/plain", "OK".to_owned()),
-                "/ready" if shared.is_synced() => ("200 OK", "text/plain", "OK".to_owned()),
-                "/ready" => (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "not synced".to_owned(),
-                ),
-                "/metrics" => (
-                    "200 OK",
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    shared.metrics.render(),
-                ),
-                _ => ("404 Not Found", "text/plain", "not found".to_owned()),
-            };
-            let head = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(head.as_bytes()).await;
-            let _ = stream.write_all(body.as_bytes()).await;
-        });
+    k8s::http::serve(listener, move |req| http_response(&shared, req.uri.path())).await;
+}
+
+fn http_response(shared: &Shared, path: &str) -> k8s::http::Response {
+    const TEXT: &str = "text/plain";
+    match path {
+        "/health" => response(200, TEXT, "OK"),
+        "/ready" if shared.is_synced() => response(200, TEXT, "OK"),
+        "/ready" => response(503, TEXT, "not synced"),
+        "/metrics" => response(
+            200,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            shared.metrics.render(),
+        ),
+        _ => response(404, TEXT, "not found"),
     }
 }

@@ -301,18 +301,25 @@ impl View {
         self.bump();
     }
 
-    /// Adds or replaces a service.
-    pub fn upsert_service(&mut self, key: Key, info: ServiceInfo) {
+    /// Adds or replaces a service; returns whether that changed anything.
+    pub fn upsert_service(&mut self, key: Key, info: ServiceInfo) -> bool {
+        if self.services.get(&key) == Some(&info) {
+            return false;
+        }
         let k = key.clone();
         self.with_ptr(&k, |v| {
             if v.services.insert(key.clone(), info).is_none() {
                 *v.services_per_ns.entry(key.ns.clone()).or_default() += 1;
             }
         });
+        true
     }
 
-    /// Removes a service.
-    pub fn delete_service(&mut self, key: &Key) {
+    /// Removes a service; returns whether there was one.
+    pub fn delete_service(&mut self, key: &Key) -> bool {
+        if !self.services.contains_key(key) {
+            return false;
+        }
         self.with_ptr(key, |v| {
             if v.services.remove(key).is_some()
                 && let Some(n) = v.services_per_ns.get_mut(&key.ns)
@@ -320,10 +327,14 @@ impl View {
                 *n -= 1;
             }
         });
+        true
     }
 
-    /// Adds or replaces an EndpointSlice.
-    pub fn upsert_slice(&mut self, key: Key, info: SliceInfo) {
+    /// Adds or replaces an EndpointSlice; returns whether that changed anything.
+    pub fn upsert_slice(&mut self, key: Key, info: SliceInfo) -> bool {
+        if self.slices.get(&key) == Some(&info) {
+            return false;
+        }
         // The slice may have moved to another service (the label changed).
         if let Some(old) = self.slices.get(&key)
             && old.service != info.service
@@ -341,15 +352,16 @@ impl View {
                 .insert(key.name.clone());
             v.slices.insert(key, info);
         });
+        true
     }
 
-    /// Removes an EndpointSlice.
-    pub fn delete_slice(&mut self, key: &Key) {
+    /// Removes an EndpointSlice; returns whether there was one.
+    pub fn delete_slice(&mut self, key: &Key) -> bool {
         let Some(service) = self.slices.get(key).map(|s| Key {
             ns: key.ns.clone(),
             name: s.service.clone(),
         }) else {
-            return;
+            return false;
         };
         self.with_ptr(&service, |v| {
             v.slices.remove(key);
@@ -360,45 +372,53 @@ impl View {
                 }
             }
         });
+        true
     }
 
-    /// Adds or replaces a pod's addresses (`pods verified`).
-    pub fn upsert_pod(&mut self, key: Key, ips: Vec<IpAddr>) {
+    /// Adds or replaces a pod's addresses (`pods verified`); returns whether that
+    /// changed anything.
+    pub fn upsert_pod(&mut self, key: Key, ips: Vec<IpAddr>) -> bool {
+        if self.pods.get(&key) == Some(&ips) {
+            return false;
+        }
         self.delete_pod(&key);
         for ip in &ips {
             *self.pod_ips.entry((key.ns.clone(), *ip)).or_default() += 1;
         }
         self.pods.insert(key, ips);
         self.bump();
+        true
     }
 
-    /// Removes a pod.
-    pub fn delete_pod(&mut self, key: &Key) {
-        if let Some(ips) = self.pods.remove(key) {
-            for ip in ips {
-                let k = (key.ns.clone(), ip);
-                if let Some(n) = self.pod_ips.get_mut(&k) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.pod_ips.remove(&k);
-                    }
+    /// Removes a pod; returns whether there was one.
+    pub fn delete_pod(&mut self, key: &Key) -> bool {
+        let Some(ips) = self.pods.remove(key) else {
+            return false;
+        };
+        for ip in ips {
+            let k = (key.ns.clone(), ip);
+            if let Some(n) = self.pod_ips.get_mut(&k) {
+                *n -= 1;
+                if *n == 0 {
+                    self.pod_ips.remove(&k);
                 }
             }
-            self.bump();
         }
+        self.bump();
+        true
     }
 
     /// Keys of every service, slice and pod (to drop those a re-list no longer has).
-    pub fn service_keys(&self) -> Vec<Key> {
-        self.services.keys().cloned().collect()
+    pub fn service_keys(&self) -> impl Iterator<Item = &Key> {
+        self.services.keys()
     }
     /// See [`View::service_keys`].
-    pub fn slice_keys(&self) -> Vec<Key> {
-        self.slices.keys().cloned().collect()
+    pub fn slice_keys(&self) -> impl Iterator<Item = &Key> {
+        self.slices.keys()
     }
     /// See [`View::service_keys`].
-    pub fn pod_keys(&self) -> Vec<Key> {
-        self.pods.keys().cloned().collect()
+    pub fn pod_keys(&self) -> impl Iterator<Item = &Key> {
+        self.pods.keys()
     }
 }
 

@@ -45,7 +45,7 @@ while True:
 
 struct Env {
     // Dropped in order: dns, upstream, API server, then the namespace.
-    _dns: KillOnDrop,
+    dns: KillOnDrop,
     _upstream: KillOnDrop,
     _apiserver: KillOnDrop,
     netns: TestNetns,
@@ -180,29 +180,30 @@ fn start() -> Env {
         ],
         &dir.path().join("upstream.log"),
     );
-    let kc = kubeconfig.to_str().unwrap().to_owned();
+    let dns_args = dns::Args {
+        listen: vec!["127.0.0.1:53".into(), "[::1]:53".into()],
+        upstream: vec!["127.0.0.53".into()],
+        health_listen: "127.0.0.1:8080".into(),
+        metrics_listen: "127.0.0.1:9153".into(),
+        // No --kubeconfig: the cluster from $KUBECONFIG, as kubectl finds it.
+        ..k8s::parse_flags(&[])
+    };
+    let kc = format!("KUBECONFIG={}", kubeconfig.display());
+    let mut argv = vec![kc, bin.to_str().unwrap().to_owned(), "dns".to_owned()];
+    argv.extend(
+        dns_args
+            .to_args()
+            .into_iter()
+            .map(|a| a.into_string().unwrap()),
+    );
     let dns = spawn_in(
         netns.name(),
-        &bin,
-        &[
-            "dns",
-            "--kubeconfig",
-            &kc,
-            "--listen",
-            "127.0.0.1:53",
-            "--listen",
-            "[::1]:53",
-            "--upstream",
-            "127.0.0.53",
-            "--health-listen",
-            "127.0.0.1:8080",
-            "--metrics-listen",
-            "127.0.0.1:9153",
-        ],
+        Path::new("/usr/bin/env"),
+        &argv.iter().map(String::as_str).collect::<Vec<_>>(),
         &dir.path().join("dns.log"),
     );
     Env {
-        _dns: dns,
+        dns,
         _upstream: upstream,
         _apiserver: apiserver,
         netns,
@@ -212,7 +213,7 @@ fn start() -> Env {
 
 #[test]
 fn dig_and_glibc_resolve_every_record_kind() {
-    let env = start();
+    let mut env = start();
     env.kubectl(&["create", "namespace", "datans"]);
     env.apply(&[
         json!({"apiVersion": "v1", "kind": "Service", "metadata": metadata("default", "web"),
@@ -417,4 +418,26 @@ fn dig_and_glibc_resolve_every_record_kind() {
     ] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
+    // SIGTERM, what kubelet stops a container with: a clean exit.
+    let pid = env.dns.0.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut status = None;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            status = env.dns.0.try_wait().unwrap();
+            status.is_some()
+        }),
+        "kubewire dns did not stop on SIGTERM"
+    );
+    assert!(
+        status.unwrap().success(),
+        "{status:?}\n{}",
+        env.log("dns.log")
+    );
 }

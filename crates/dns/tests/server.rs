@@ -13,10 +13,13 @@ use dns::{Args, PodMode, Shared};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::{A, SOA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
 
 fn args(upstreams: &[SocketAddr], max_concurrent: usize) -> Args {
     Args {
-        kubeconfig: None,
+        client: Default::default(),
         listen: vec!["127.0.0.1:0".into()],
         cluster_domain: "cluster.local".into(),
         ttl: 30,
@@ -151,14 +154,30 @@ fn tcp(server: SocketAddr, name: &str, t: RecordType) -> Message {
     Message::from_vec(&last).unwrap()
 }
 
-fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let code = out[9..12].parse().unwrap();
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-    (code, body)
+/// `GET path` with hyper's client: the status, the Content-Type and the body.
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, addr.to_string())
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let content_type = response
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        content_type,
+        String::from_utf8(body.to_vec()).unwrap(),
+    )
 }
 
 /// A fake upstream: answers `A` with 192.0.2.1 (TTL 60), NXDOMAIN for names starting
@@ -206,10 +225,18 @@ async fn upstream() -> (SocketAddr, Arc<AtomicUsize>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servfail_until_synced_then_answers_and_ready() {
     let s = server(&[], 10).await;
-    let (code, _) = tokio::task::spawn_blocking(move || http_get(s.http, "/ready"))
-        .await
-        .unwrap();
-    assert_eq!(code, 503);
+    assert_eq!(
+        http_get(s.http, "/ready").await,
+        (503, "text/plain".into(), "not synced".into())
+    );
+    assert_eq!(
+        http_get(s.http, "/health").await,
+        (200, "text/plain".into(), "OK".into())
+    );
+    assert_eq!(
+        http_get(s.http, "/nothing").await,
+        (404, "text/plain".into(), "not found".into())
+    );
     let d = s.dns;
     let m = tokio::task::spawn_blocking(move || {
         udp(d, "web.default.svc.cluster.local.", RecordType::A, None)
@@ -218,13 +245,8 @@ async fn servfail_until_synced_then_answers_and_ready() {
     .unwrap();
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
     s.shared.set_synced();
-    let http = s.http;
-    let (m, ready, health) = tokio::task::spawn_blocking(move || {
-        (
-            udp(d, "Web.Default.svc.cluster.local.", RecordType::A, None),
-            http_get(http, "/ready").0,
-            http_get(http, "/health").0,
-        )
+    let m = tokio::task::spawn_blocking(move || {
+        udp(d, "Web.Default.svc.cluster.local.", RecordType::A, None)
     })
     .await
     .unwrap();
@@ -236,7 +258,10 @@ async fn servfail_until_synced_then_answers_and_ready() {
         m.queries[0].name().to_ascii(),
         "Web.Default.svc.cluster.local."
     );
-    assert_eq!((ready, health), (200, 200));
+    assert_eq!(
+        http_get(s.http, "/ready?verbose").await,
+        (200, "text/plain".into(), "OK".into())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,7 +346,7 @@ async fn forwarding_caches_positive_and_negative_answers() {
     s.shared.set_synced();
     let (d, http) = (s.dns, s.http);
     let c = count.clone();
-    let metrics = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let m = udp(d, "www.example.com.", RecordType::A, None);
         assert_eq!(m.metadata.response_code, ResponseCode::NoError);
         assert!(!m.metadata.authoritative);
@@ -349,10 +374,15 @@ async fn forwarding_caches_positive_and_negative_answers() {
         // Over TCP the same way.
         let m = tcp(d, "www.example.com.", RecordType::A);
         assert_eq!(m.answers[0].data.to_string(), "192.0.2.1");
-        http_get(http, "/metrics").1
     })
     .await
     .unwrap();
+    let (status, content_type, metrics) = http_get(http, "/metrics").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        content_type,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
     for family in [
         "coredns_dns_requests_total{",
         "coredns_dns_responses_total{",

@@ -5,15 +5,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tracing::warn;
 
 use crate::view::ServiceKey;
 
-/// What one server answers: the service and its local endpoint count.
+/// What one server answers: the service and its local endpoint count, changed in place
+/// as the count changes.
 type Answer = Arc<Mutex<(ServiceKey, usize)>>;
 
 /// The running servers, by port.
@@ -75,47 +74,106 @@ fn bind(port: u16) -> std::io::Result<TcpListener> {
     TcpListener::from_std(std)
 }
 
+/// Answers every request alike, whatever its path, as kube-proxy does.
 async fn serve(listener: TcpListener, answer: Answer) {
-    loop {
-        let Ok((conn, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let answer = answer.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(10), respond(conn, answer)).await;
-        });
-    }
+    k8s::http::serve(listener, move |_| {
+        let answer = answer.lock().unwrap_or_else(|e| e.into_inner());
+        response(&answer.0, answer.1)
+    })
+    .await;
 }
 
 /// The response kube-proxy's health check server gives.
-pub fn response(service: &ServiceKey, local_endpoints: usize) -> String {
+fn response(service: &ServiceKey, local_endpoints: usize) -> k8s::http::Response {
     let body = format!(
         r#"{{"service":{{"namespace":"{}","name":"{}"}},"localEndpoints":{},"serviceProxyHealthy":true}}"#,
         service.namespace, service.name, local_endpoints
     );
-    let status = if local_endpoints > 0 {
-        "200 OK"
-    } else {
-        "503 Service Unavailable"
-    };
-    format!(
-        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nX-Content-Type-Options: nosniff\r\nX-Load-Balancing-Endpoint-Weight: {local_endpoints}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
+    let status = if local_endpoints > 0 { 200 } else { 503 };
+    let mut r = k8s::http::response(status, "application/json", body);
+    let headers = r.headers_mut();
+    headers.insert(
+        "x-content-type-options",
+        "nosniff".parse().expect("a header value"),
+    );
+    headers.insert("x-load-balancing-endpoint-weight", local_endpoints.into());
+    r
 }
 
-async fn respond(mut conn: TcpStream, (service, count): (ServiceKey, usize)) {
-    // Whatever the request (kube-proxy answers every path alike), once its header
-    // is in.
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
-        match conn.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
+#[cfg(test)]
+mod tests {
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Bytes;
+    use hyper_util::rt::TokioIo;
+
+    use super::*;
+
+    /// `GET path` on `port` with hyper's client: status, the headers that matter and
+    /// the body.
+    async fn get(port: u16, path: &str) -> (u16, Vec<String>, String) {
+        let stream = tokio::net::TcpStream::connect(("localhost", port))
+            .await
+            .unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let request = hyper::Request::get(path)
+            .header(hyper::header::HOST, format!("localhost:{port}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let headers = [
+            "content-type",
+            "x-content-type-options",
+            "x-load-balancing-endpoint-weight",
+        ]
+        .iter()
+        .map(|h| {
+            let v = response.headers().get(*h).map(|v| v.to_str().unwrap());
+            format!("{h}: {}", v.unwrap_or("(none)"))
+        })
+        .collect();
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, String::from_utf8(body.to_vec()).unwrap())
     }
-    let _ = conn.write_all(response(&service, count).as_bytes()).await;
-    let _ = conn.shutdown().await;
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind(("::", 0))
+            .or_else(|_| std::net::TcpListener::bind(("0.0.0.0", 0)))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    #[tokio::test]
+    async fn health_check_servers_answer_like_kube_proxy() {
+        let port = free_port();
+        let web = ServiceKey::new("default", "web");
+        let mut servers = HealthServers::default();
+        servers.update(BTreeMap::from([(port, (web.clone(), 2))]));
+        assert_eq!(servers.ports(), [port]);
+        let body = |n: usize| {
+            format!(
+                r#"{{"service":{{"namespace":"default","name":"web"}},"localEndpoints":{n},"serviceProxyHealthy":true}}"#
+            )
+        };
+        let headers = |n: usize| {
+            vec![
+                "content-type: application/json".to_owned(),
+                "x-content-type-options: nosniff".to_owned(),
+                format!("x-load-balancing-endpoint-weight: {n}"),
+            ]
+        };
+        for path in ["/", "/healthz", "/anything?at=all"] {
+            assert_eq!(get(port, path).await, (200, headers(2), body(2)), "{path}");
+        }
+        // The same server, its answer changed in place.
+        servers.update(BTreeMap::from([(port, (web, 0))]));
+        assert_eq!(get(port, "/").await, (503, headers(0), body(0)));
+        servers.update(BTreeMap::new());
+        assert!(servers.ports().is_empty());
+    }
 }

@@ -1191,12 +1191,3 @@ fn removed_udp_endpoints_get_their_conntrack_entries_deleted() {
         "service deleted: both endpoints"
     );
 }
-
-#[test]
-fn health_check_servers_answer_like_kube_proxy() {
-    let key = ServiceKey::new("default", "web");
-    let ok = crate::health::response(&key, 2);
-    assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
-    assert!(ok.ends_with(r#"{"service":{"namespace":"default","name":"web"},"localEndpoints":2,"serviceProxyHealthy":true}"#));
-    assert!(crate::health::response(&key, 0).starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
-}
