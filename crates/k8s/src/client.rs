@@ -10,8 +10,8 @@ use crate::Error;
 /// How a daemon finds its API server: the flags every kubewire daemon takes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 pub struct ClientArgs {
-    /// Kubeconfig to reach the API server [default: $KUBECONFIG, else ~/.kube/config,
-    /// else the pod's service account].
+    /// Kubeconfig to reach the API server [default: $KUBECONFIG, else the pod's
+    /// service account when running in a pod, else ~/.kube/config].
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
     /// The API server's URL, overriding the kubeconfig's (the lab's nodes reach the
@@ -21,12 +21,24 @@ pub struct ClientArgs {
 }
 
 impl ClientArgs {
-    /// The client configuration: from `--kubeconfig` when given, else inferred as
-    /// kubectl and client-go do (`KUBECONFIG`, `~/.kube/config`, then in-cluster).
+    /// The client configuration, found in the order Kubernetes' own daemons and
+    /// controller-runtime use: `--kubeconfig`, else the file(s) `KUBECONFIG` names, else
+    /// the pod's service account when running in a pod, else `~/.kube/config`. The pod
+    /// comes before `~/.kube/config` (unlike kubectl and kube-rs's `infer`): a daemon in
+    /// a pod must talk to its own cluster, whatever a home directory it can see holds
+    /// (the lab's pods see the host's).
     pub async fn config(&self) -> Result<kube::Config, Error> {
+        let from_env =
+            || async { kube::Config::from_kubeconfig(&KubeConfigOptions::default()).await };
         let mut config = match &self.kubeconfig {
             Some(path) => config_from_kubeconfig(path).await?,
-            None => kube::Config::infer().await.map_err(Error::Infer)?,
+            None if std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty()) => {
+                from_env().await.map_err(Error::KubeconfigEnv)?
+            }
+            None => match kube::Config::incluster() {
+                Ok(config) => config,
+                Err(_) => from_env().await.map_err(Error::NoCluster)?,
+            },
         };
         if let Some(url) = &self.server {
             config.cluster_url = url.parse().map_err(|source| Error::Server {

@@ -3,7 +3,7 @@
 //! find their cluster, watch it and stop the same way:
 //!
 //! - [`ClientArgs`]: `--kubeconfig` / `--server` and the client built from them
-//!   (a kubeconfig file, `KUBECONFIG`, `~/.kube/config`, or the pod's service account);
+//!   (a kubeconfig file, `KUBECONFIG`, the pod's service account, or `~/.kube/config`);
 //! - [`Mirror`] and [`watch`]: a kind's objects kept in a component's own [`Store`],
 //!   in the slim form it reads, through kube-rs's watcher with streaming lists (and
 //!   paged lists where the API server refuses those), re-lists included;
@@ -75,10 +75,13 @@ pub enum Error {
         #[source]
         source: kube::config::KubeconfigError,
     },
+    /// `KUBECONFIG` names a kubeconfig that could not be read or used.
+    #[error("reading the kubeconfig KUBECONFIG names")]
+    KubeconfigEnv(#[source] kube::config::KubeconfigError),
     /// Neither a kubeconfig (`KUBECONFIG`, `~/.kube/config`) nor a pod's service
-    /// account was found.
+    /// account was found; the source says why `~/.kube/config` could not be used.
     #[error("no cluster to talk to: pass --kubeconfig, set KUBECONFIG, or run in a pod")]
-    Infer(#[source] kube::config::InferConfigError),
+    NoCluster(#[source] kube::config::KubeconfigError),
     /// `--server` is not a URL.
     #[error("--server {url:?} is not a URL")]
     Server {
