@@ -149,18 +149,15 @@ fn start() -> Env {
     let dir = tempfile::tempdir().unwrap();
     let bin = kubewire_bin();
     let data = dir.path().join("api");
-    let apiserver = spawn_in(
-        netns.name(),
-        &bin,
-        &[
-            "apiserver",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:6443",
-        ],
-        &dir.path().join("apiserver.log"),
-    );
+    let api = apiserver::Args {
+        data_dir: data.clone(),
+        listen: vec!["127.0.0.1:6443".parse().unwrap()],
+        ..k8s::parse_flags::<apiserver::Args>(&["--data-dir", "-"])
+    };
+    let argv: Vec<std::ffi::OsString> = std::iter::once("apiserver".into())
+        .chain(api.to_args())
+        .collect();
+    let apiserver = spawn_in(netns.name(), &bin, &argv, &dir.path().join("apiserver.log"));
     let kubeconfig = data.join("admin.kubeconfig");
     assert!(
         wait_until(Duration::from_secs(30), || kubeconfig.exists()),
@@ -188,18 +185,16 @@ fn start() -> Env {
         // No --kubeconfig: the cluster from $KUBECONFIG, as kubectl finds it.
         ..k8s::parse_flags(&[])
     };
-    let kc = format!("KUBECONFIG={}", kubeconfig.display());
-    let mut argv = vec![kc, bin.to_str().unwrap().to_owned(), "dns".to_owned()];
-    argv.extend(
-        dns_args
-            .to_args()
-            .into_iter()
-            .map(|a| a.into_string().unwrap()),
-    );
+    let mut kc = std::ffi::OsString::from("KUBECONFIG=");
+    kc.push(&kubeconfig);
+    let argv: Vec<std::ffi::OsString> = [kc, bin.clone().into(), "dns".into()]
+        .into_iter()
+        .chain(dns_args.to_args())
+        .collect();
     let dns = spawn_in(
         netns.name(),
         Path::new("/usr/bin/env"),
-        &argv.iter().map(String::as_str).collect::<Vec<_>>(),
+        &argv,
         &dir.path().join("dns.log"),
     );
     Env {

@@ -257,11 +257,9 @@ impl Cluster {
             cni_data_dir: node_dir.join("data"),
             ..self.agent.clone()
         };
-        let argv: Vec<String> = std::iter::once("agent".into())
+        let argv: Vec<std::ffi::OsString> = std::iter::once("agent".into())
             .chain(args.to_args())
-            .map(|a| a.to_string_lossy().into_owned())
             .collect();
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         spawn_in(
             &self.node_ns(n),
             &kubewire_bin(),

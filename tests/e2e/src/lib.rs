@@ -124,10 +124,15 @@ impl TestNetns {
 
 /// Starts `program` inside the named namespace `netns`, its stdout and stderr appended
 /// to `log` (read it when a test fails), and returns it running.
-pub fn spawn_in(netns: &str, program: &Path, args: &[&str], log: &Path) -> KillOnDrop {
-    let (program, args): (PathBuf, Vec<String>) = (
+pub fn spawn_in<S: AsRef<std::ffi::OsStr>>(
+    netns: &str,
+    program: &Path,
+    args: &[S],
+    log: &Path,
+) -> KillOnDrop {
+    let (program, args): (PathBuf, Vec<std::ffi::OsString>) = (
         program.to_owned(),
-        args.iter().map(|s| (*s).to_owned()).collect(),
+        args.iter().map(|s| s.as_ref().to_owned()).collect(),
     );
     let out = std::fs::OpenOptions::new()
         .create(true)

@@ -5,6 +5,7 @@
 
 #![allow(clippy::disallowed_methods, dead_code)] // tests run kubectl and curl
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -108,24 +109,19 @@ impl NodeCluster {
         }
         for n in 1..=NODES {
             let nd = c.dir.path().join(format!("node-{n}"));
-            let args: Vec<String> = [
-                "agent",
-                "--node-name",
-                &format!("node-{n}"),
-                "--kubeconfig",
-                c.kubeconfig().to_str().unwrap(),
-                "--server",
-                "https://198.18.0.1:6443",
-                "--cni-conf-dir",
-                nd.join("net.d").to_str().unwrap(),
-                "--cni-bin-dir",
-                nd.join("bin").to_str().unwrap(),
-                "--cni-data-dir",
-                nd.join("cni").to_str().unwrap(),
-            ]
-            .map(str::to_owned)
-            .to_vec();
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let agent_args = agent::Args {
+                client: k8s::ClientArgs {
+                    kubeconfig: Some(c.kubeconfig()),
+                    server: Some("https://198.18.0.1:6443".into()),
+                },
+                cni_conf_dir: nd.join("net.d"),
+                cni_bin_dir: Some(nd.join("bin")),
+                cni_data_dir: nd.join("cni"),
+                ..k8s::parse_flags(&["--node-name", &format!("node-{n}")])
+            };
+            let args: Vec<OsString> = std::iter::once("agent".into())
+                .chain(agent_args.to_args())
+                .collect();
             let agent = spawn_in(
                 &c.node_ns(n),
                 &kubewire_bin(),
@@ -167,11 +163,9 @@ impl NodeCluster {
             // Short, so the lease tests need not wait 10 s.
             lease_renew: Duration::from_secs(2),
         };
-        let args: Vec<String> = std::iter::once("node".into())
+        let args: Vec<OsString> = std::iter::once("node".into())
             .chain(node.to_args())
-            .map(|a| a.into_string().expect("UTF-8 paths"))
             .collect();
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         spawn_in(
             &self.node_ns(n),
             &kubewire_bin(),
