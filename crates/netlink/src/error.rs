@@ -27,6 +27,10 @@ pub enum Error {
         #[source]
         cause: rtnetlink::Error,
     },
+    /// A sysctl outside `net.*`: those are not per namespace, so setting one would
+    /// change the host.
+    #[error("sysctl {0}: only net.* sysctls are per namespace; refusing to change the host")]
+    HostSysctl(String),
     /// A link we needed is not there.
     #[error("link {0:?} not found")]
     LinkNotFound(String),

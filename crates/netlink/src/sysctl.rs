@@ -16,12 +16,7 @@ fn key_path(key: &str) -> PathBuf {
 /// anything else would change the host.
 pub fn set_in(netns_name: &str, key: &str, value: &str) -> Result<()> {
     if !key.starts_with("net.") {
-        return Err(Error::sys(
-            format!("sysctl {key}"),
-            std::io::Error::other(
-                "only net.* sysctls are per namespace; refusing to change the host",
-            ),
-        ));
+        return Err(Error::HostSysctl(key.to_owned()));
     }
     let path = key_path(key);
     let value = value.to_owned();
