@@ -4,7 +4,7 @@
 #   scripts/deps.sh test   what `make test` needs (real clients nobody here wrote)
 set -euo pipefail
 
-run_pkgs=(iproute2 kubectl curl)
+run_pkgs=(iproute2 kubectl curl iputils-ping)
 test_pkgs=(iproute2 bind9-dnsutils nftables iptables iputils-ping curl containernetworking-plugins python3 python3-venv kubectl)
 
 case "${1:-run}" in
