@@ -7,16 +7,48 @@
 #     per-pod kernel work done directly: 100 network namespaces, each wired by the
 #     kubewire CNI plugin from node-1's config (no API, no controllers, no pod runner).
 # Needs root. Everything runs in a lab named kwbench; traffic stays inside it.
+#
+# COMPARE="before=/path/to/kubewire after=/path/to/kubewire" bench/lab.sh instead runs
+# lab up and 100 pods with each binary in turn, alternating, RUNS rounds (a change's
+# before and after in one session).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh test >/dev/null
-cargo build --release -p kubewire >/dev/null 2>&1
-bin=$PWD/target/release/kubewire
 name=kwbench
 runs=${RUNS:-3}
 export KUBECONFIG=/var/lib/kubewire/$name/api/admin.kubeconfig
 now() { date +%s.%N; }
 since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$1" "$(now)"; }
+
+if [[ -n ${COMPARE:-} ]]; then
+  first=${COMPARE%% *}
+  trap '"${first#*=}" lab down --name $name >/dev/null 2>&1 || true' EXIT
+  echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, kernel $(uname -r)"
+  for r in $(seq "$runs"); do
+    for pair in $COMPARE; do
+      label=${pair%%=*} bin=${pair#*=}
+      "$bin" lab down --name $name >/dev/null 2>&1 || true
+      t=$(now); "$bin" lab up --name $name --network-only >/dev/null; net=$(since "$t")
+      "$bin" lab down --name $name >/dev/null
+      out=$("$bin" lab up --name $name --detach 2>/dev/null)
+      nodes=$(sed -n 's/.*Ready after \([0-9.]*\)s.*/\1/p' <<<"$out")
+      dns=$(sed -n 's/.*cluster DNS after \([0-9.]*\)s.*/\1/p' <<<"$out")
+      t=$(now)
+      kubectl create deployment many --image=nginx --replicas=100 >/dev/null
+      until [[ $(kubectl get pods -l app=many --field-selector=status.phase=Running -o name | wc -l) -ge 100 ]]; do
+        sleep 0.1
+      done
+      pods=$(since "$t")
+      printf 'round %s %-8s load %-5s network only %5ss  nodes Ready %5ss  DNS ready %5ss  100 pods Running %6ss\n' \
+        "$r" "$label" "$(cut -d' ' -f1 /proc/loadavg)" "$net" "$nodes" "$dns" "$pods"
+      "$bin" lab down --name $name >/dev/null
+    done
+  done
+  exit 0
+fi
+
+cargo build --release -p kubewire >/dev/null 2>&1
+bin=$PWD/target/release/kubewire
 cleanup() { "$bin" lab down --name $name >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 cleanup
