@@ -74,6 +74,7 @@ PATCH_META = {
     (APPS + "ReplicaSetStatus", "conditions"): CONDITIONS,
     (APPS + "StatefulSetStatus", "conditions"): CONDITIONS,
     (APPS + "DaemonSetStatus", "conditions"): CONDITIONS,
+    ("io.k8s.api.policy.v1.PodDisruptionBudgetStatus", "conditions"): CONDITIONS,
     (APPS + "DeploymentSpec", "strategy"): {"x-kubernetes-patch-strategy": "retainKeys"},
 }
 
@@ -81,6 +82,7 @@ PATCH_META = {
 MODULES = [
     "api/core/v1", "api/apps/v1", "api/discovery/v1", "api/networking/v1",
     "api/coordination/v1", "api/events/v1", "api/authentication/v1", "api/autoscaling/v1",
+    "api/policy/v1", "api/scheduling/v1", "api/rbac/v1",
     "apiextensions_apiserver/pkg/apis/apiextensions/v1",
 ]
 

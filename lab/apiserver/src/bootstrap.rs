@@ -1,6 +1,7 @@
 //! What a fresh kube-apiserver (with its built-in controllers) keeps in place: the system
-//! namespaces, a `default` ServiceAccount in every namespace, and the `default/kubernetes`
-//! Service with its Endpoints and EndpointSlice pointing at the advertise address.
+//! namespaces, a `default` ServiceAccount in every namespace, the two system priority
+//! classes, and the `default/kubernetes` Service with its Endpoints and EndpointSlice
+//! pointing at the advertise address.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -22,11 +23,40 @@ pub(crate) fn first_ip(net: &ipnet::IpNet) -> IpAddr {
     }
 }
 
-/// Creates the system namespaces (each with its `default` ServiceAccount) and the
-/// `kubernetes` service when missing.
+/// The priority classes kube-apiserver creates at start (`SystemPriorityClasses`):
+/// name, value, description.
+pub(crate) const SYSTEM_PRIORITY_CLASSES: [(&str, i64, &str); 2] = [
+    (
+        "system-node-critical",
+        2_000_001_000,
+        "Used for system critical pods that must not be moved from their current node.",
+    ),
+    (
+        "system-cluster-critical",
+        2_000_000_000,
+        "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary.",
+    ),
+];
+
+/// Creates the system namespaces (each with its `default` ServiceAccount), the system
+/// priority classes and the `kubernetes` service when missing.
 pub(crate) fn bootstrap(state: &State) -> Result<(), Error> {
     let ns_rt = resources::namespaces();
+    let pc_rt = resources::lookup("scheduling.k8s.io", "v1", "priorityclasses")
+        .ok_or_else(Status::not_found_path)?;
     state.store.write(|txn| {
+        for (name, value, description) in SYSTEM_PRIORITY_CLASSES {
+            let key = pc_rt.key("", name);
+            if txn.get(&key)?.is_none() {
+                let mut pc = json!({
+                    "kind": "PriorityClass", "apiVersion": "scheduling.k8s.io/v1",
+                    "metadata": {"name": name}, "value": value, "description": description,
+                    "preemptionPolicy": "PreemptLowerPriority",
+                });
+                prepare_create(pc_rt, &mut pc);
+                txn.put(&key, pc, EventType::Added)?;
+            }
+        }
         for ns in SYSTEM_NAMESPACES {
             let key = ns_rt.key("", ns);
             if txn.get(&key)?.is_none() {

@@ -284,6 +284,68 @@ pub(crate) static RESOURCES: &[ResourceType] = &[
         false,
         Path
     ),
+    rt!(
+        "policy",
+        "poddisruptionbudgets",
+        "poddisruptionbudget",
+        "PodDisruptionBudget",
+        true,
+        ["pdb"],
+        true,
+        Subdomain
+    ),
+    rt!(
+        "scheduling.k8s.io",
+        "priorityclasses",
+        "priorityclass",
+        "PriorityClass",
+        false,
+        ["pc"],
+        false,
+        Subdomain
+    ),
+    // Stored and served; not yet enforced (every authenticated user may do everything).
+    // RBAC names are path segments (`system:node`), as kube-apiserver validates them.
+    rt!(
+        "rbac.authorization.k8s.io",
+        "clusterroles",
+        "clusterrole",
+        "ClusterRole",
+        false,
+        [],
+        false,
+        Path
+    ),
+    rt!(
+        "rbac.authorization.k8s.io",
+        "clusterrolebindings",
+        "clusterrolebinding",
+        "ClusterRoleBinding",
+        false,
+        [],
+        false,
+        Path
+    ),
+    rt!(
+        "rbac.authorization.k8s.io",
+        "roles",
+        "role",
+        "Role",
+        true,
+        [],
+        false,
+        Path
+    ),
+    rt!(
+        "rbac.authorization.k8s.io",
+        "rolebindings",
+        "rolebinding",
+        "RoleBinding",
+        true,
+        [],
+        false,
+        Path
+    ),
 ];
 
 /// A built-in type.

@@ -1,7 +1,7 @@
 //! Validation with kube-apiserver's rules and messages. Each check returns the field
 //! errors ([`Cause`]s); the handler turns a non-empty list into a 422 Invalid.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::error::Cause;
 use crate::resources::{NameRule, ResourceType};
@@ -93,9 +93,54 @@ pub(crate) fn validate(rt: &ResourceType, obj: &Value) -> Vec<Cause> {
         "Service" => service(obj, &mut causes),
         "Pod" => pod_spec(&obj["spec"], "spec", &mut causes),
         "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => workload(obj, &mut causes),
+        "PriorityClass" => priority_class(obj, &mut causes),
+        "PodDisruptionBudget" => pod_disruption_budget(obj, &mut causes),
         _ => {}
     }
     causes
+}
+
+/// kube's highest priority a user-defined class may have; above it are the system's.
+const HIGHEST_USER_DEFINABLE_PRIORITY: i64 = 1_000_000_000;
+
+fn priority_class(obj: &Value, causes: &mut Vec<Cause>) {
+    let name = obj["metadata"]["name"].as_str().unwrap_or("");
+    let value = obj["value"].as_i64();
+    let system = crate::bootstrap::SYSTEM_PRIORITY_CLASSES
+        .iter()
+        .find(|(n, _, _)| *n == name);
+    match (system, value) {
+        (_, None) => causes.push(Cause::required("value", "")),
+        (Some((_, v, _)), Some(value)) if *v != value => causes.push(Cause::invalid(
+            "metadata.name",
+            &json!(name),
+            &format!("priority class {name} is a system priority class of value {v}"),
+        )),
+        (None, _) if name.starts_with("system-") => causes.push(Cause::invalid(
+            "metadata.name",
+            &json!(name),
+            "priority class names with 'system-' prefix are reserved",
+        )),
+        (None, Some(value)) if value > HIGHEST_USER_DEFINABLE_PRIORITY => {
+            causes.push(Cause::invalid(
+                "value",
+                &json!(value),
+                &format!("must be less than or equal to {HIGHEST_USER_DEFINABLE_PRIORITY}"),
+            ));
+        }
+        _ => {}
+    }
+}
+
+fn pod_disruption_budget(obj: &Value, causes: &mut Vec<Cause>) {
+    let spec = &obj["spec"];
+    if !spec["minAvailable"].is_null() && !spec["maxUnavailable"].is_null() {
+        causes.push(Cause::invalid(
+            "spec",
+            spec,
+            "minAvailable and maxUnavailable cannot be both set",
+        ));
+    }
 }
 
 /// kube-apiserver's limit on the total size of an object's annotations.

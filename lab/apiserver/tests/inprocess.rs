@@ -2394,3 +2394,119 @@ async fn custom_resource_string_formats_are_validated() {
     .await;
     assert_eq!(code, 201, "{v}");
 }
+
+#[tokio::test]
+async fn priority_classes_set_pod_priority_and_the_install_kinds_are_served() {
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    use k8s_openapi::api::scheduling::v1::PriorityClass;
+    let (_dir, _r, client) = setup();
+    // The two system classes exist from the start, as kube-apiserver makes them.
+    let classes: Api<PriorityClass> = Api::all(client.clone());
+    let node = classes.get("system-node-critical").await.unwrap();
+    assert_eq!(node.value, Some(2_000_001_000));
+    assert_eq!(
+        classes.get("system-cluster-critical").await.unwrap().value,
+        Some(2_000_000_000)
+    );
+    // A pod naming one gets its value; one naming no class that exists is refused.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
+    let mut p = pod("critical", json!({}));
+    p.spec.as_mut().unwrap().priority_class_name = Some("system-node-critical".into());
+    let made = pods.create(&PostParams::default(), &p).await.unwrap();
+    assert_eq!(made.spec.unwrap().priority, Some(2_000_001_000));
+    let mut p = pod("unknown", json!({}));
+    p.spec.as_mut().unwrap().priority_class_name = Some("no-such-class".into());
+    let e = api_error(pods.create(&PostParams::default(), &p).await.unwrap_err());
+    assert_eq!(e.code, 403);
+    assert_eq!(
+        e.message,
+        "pods \"unknown\" is forbidden: no PriorityClass with name no-such-class was found"
+    );
+    // The system- prefix is reserved; user classes stay below the system ones.
+    let reserved: PriorityClass =
+        serde_json::from_value(json!({"metadata": {"name": "system-mine"}, "value": 5})).unwrap();
+    let e = api_error(
+        classes
+            .create(&PostParams::default(), &reserved)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, 422, "{}", e.message);
+    let high: PriorityClass =
+        serde_json::from_value(json!({"metadata": {"name": "high"}, "value": 1_000_000_001}))
+            .unwrap();
+    let e = api_error(
+        classes
+            .create(&PostParams::default(), &high)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, 422, "{}", e.message);
+    // A global default class gives its value to pods that name none.
+    let default: PriorityClass = serde_json::from_value(
+        json!({"metadata": {"name": "everyone"}, "value": 7, "globalDefault": true}),
+    )
+    .unwrap();
+    classes
+        .create(&PostParams::default(), &default)
+        .await
+        .unwrap();
+    let made = pods
+        .create(&PostParams::default(), &pod("plain", json!({})))
+        .await
+        .unwrap();
+    let spec = made.spec.unwrap();
+    assert_eq!(
+        (spec.priority, spec.priority_class_name.as_deref()),
+        (Some(7), Some("everyone"))
+    );
+
+    // PodDisruptionBudgets and the RBAC kinds are stored and served.
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), "kube-system");
+    let pdb: PodDisruptionBudget = serde_json::from_value(json!({
+        "metadata": {"name": "dns"},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"k8s-app": "kube-dns"}}},
+    }))
+    .unwrap();
+    pdbs.create(&PostParams::default(), &pdb).await.unwrap();
+    let both: PodDisruptionBudget = serde_json::from_value(json!({
+        "metadata": {"name": "both"},
+        "spec": {"maxUnavailable": 1, "minAvailable": 1},
+    }))
+    .unwrap();
+    let e = api_error(
+        pdbs.create(&PostParams::default(), &both)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, 422, "{}", e.message);
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    let role: ClusterRole = serde_json::from_value(json!({
+        "metadata": {"name": "system:kubewire-test"},
+        "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]}],
+    }))
+    .unwrap();
+    roles.create(&PostParams::default(), &role).await.unwrap();
+    let bindings: Api<ClusterRoleBinding> = Api::all(client);
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "system:kubewire-test"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:kubewire-test"},
+        "subjects": [{"kind": "ServiceAccount", "name": "x", "namespace": "kube-system"}],
+    }))
+    .unwrap();
+    bindings
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    assert_eq!(
+        roles
+            .get("system:kubewire-test")
+            .await
+            .unwrap()
+            .rules
+            .unwrap()[0]
+            .verbs,
+        vec!["list", "watch"]
+    );
+}

@@ -165,6 +165,45 @@ pub(crate) fn prepare_create(rt: &ResourceType, obj: &mut Value) {
     }
 }
 
+/// kube-apiserver's `Priority` admission: a new pod's `priorityClassName` names a
+/// PriorityClass whose value and preemption policy the pod gets; a pod without one gets
+/// the global default class, if there is one. A class that does not exist refuses the pod.
+fn admit_priority(txn: &Txn, pod: &mut Value) -> Result<(), Error> {
+    let rt = resources::lookup("scheduling.k8s.io", "v1", "priorityclasses")
+        .ok_or_else(Status::not_found_path)?;
+    let class = match pod["spec"]["priorityClassName"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+    {
+        Some(name) => match txn.get(&rt.key("", name))? {
+            Some(class) => Some(class),
+            None => {
+                let pod_name = str_at(pod, "metadata.name").unwrap_or("");
+                return Err(Status::new(
+                    403,
+                    "Forbidden",
+                    format!("pods \"{pod_name}\" is forbidden: no PriorityClass with name {name} was found"),
+                )
+                .into());
+            }
+        },
+        None => txn
+            .scan(&format!("{}/", rt.storage_prefix()))?
+            .into_iter()
+            .map(|(_, class)| class)
+            .find(|class| class["globalDefault"] == json!(true)),
+    };
+    if let Some(class) = class {
+        let spec = &mut pod["spec"];
+        spec["priorityClassName"] = class["metadata"]["name"].clone();
+        spec["priority"] = class["value"].clone();
+        if let Some(policy) = class["preemptionPolicy"].as_str() {
+            spec["preemptionPolicy"] = json!(policy);
+        }
+    }
+    Ok(())
+}
+
 /// Validation and kind-specific storage work (service allocation) for a write.
 fn check_write(
     s: &State,
@@ -324,6 +363,9 @@ pub(super) fn create_in(
         return Err(Status::already_exists(rt.group, rt.resource, &name).into());
     }
     crate::defaults::apply(rt, &mut obj);
+    if rt.is("", "pods") {
+        admit_priority(txn, &mut obj)?;
+    }
     check_write(s, txn, t, key, &mut obj, None)?;
     if crate::gc::owners_changed(&obj, None) {
         txn.note(key);
