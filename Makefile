@@ -1,5 +1,5 @@
 # The developer commands, in one place. `make help` lists them.
-.PHONY: help up down build test lint fmt bench
+.PHONY: help up down build test lint fmt bench deploy
 
 help: ## list the commands
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -24,6 +24,9 @@ lint: ## formatting and clippy, as CI runs them
 
 fmt: ## format the code
 	cargo fmt
+
+deploy: ## regenerate the install manifests in deploy/ from crates/install
+	KUBEWIRE_BLESS=1 cargo test -p install deploy_is_up_to_date
 
 bench: ## the benchmarks (figures go to BENCHMARKS.md)
 	cargo bench --workspace

@@ -8,9 +8,11 @@
 //! - [`ipam`]: which pod has which address, safe across concurrent plugin processes;
 //! - [`wiring`]: the routed veth pair in the kernel;
 //! - [`hostport`]: `hostPort` mappings in the node's nftables;
+//! - [`install`]: `kubewire install-cni`, which puts the plugin on a node from a container;
 //! - commands in `plugin`, and the background unregister of DEL in `reaper`.
 
 pub mod hostport;
+pub mod install;
 pub mod ipam;
 mod plugin;
 mod reaper;

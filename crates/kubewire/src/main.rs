@@ -60,6 +60,26 @@ enum Command {
     /// Run a built-in workload (what containers without a `command` run; docs/node.md).
     #[command(subcommand)]
     Workload(node::WorkloadArgs),
+    /// Install kubewire into a cluster (the agent DaemonSet, cluster DNS, their
+    /// ServiceAccounts and roles), or print the manifests (docs/install.md).
+    Install(InstallArgs),
+    /// Copy this binary onto the node as the CNI plugin `kubewire-cni` (what the agent
+    /// DaemonSet's init container runs).
+    InstallCni(cni::install::InstallArgs),
+}
+
+#[derive(Debug, Args)]
+struct InstallArgs {
+    /// The choices the manifests are made for.
+    #[command(flatten)]
+    config: install::Config,
+    /// Print the manifests (YAML) instead of applying them; `kubectl apply -f -` takes
+    /// them as they are.
+    #[arg(long)]
+    print: bool,
+    /// The cluster to install into (without `--print`).
+    #[command(flatten)]
+    client: k8s::ClientArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -241,7 +261,41 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             node::workload::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }),
+        Command::Install(args) => runtime.block_on(run_install(args)),
+        Command::InstallCni(args) => {
+            let path = cni::install::install(&args)?;
+            tracing::info!(plugin = %path.display(), "CNI plugin installed");
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// `kubewire install`: prints the manifests, or applies them server-side.
+async fn run_install(args: InstallArgs) -> anyhow::Result<ExitCode> {
+    let cfg = &args.config;
+    if cfg.api_server.is_none() && cfg.proxy {
+        eprintln!(
+            "note: without --api-server the agent reaches the API server through the `kubernetes` \
+             Service's ClusterIP, which only works while another proxy (kube-proxy) runs: name the \
+             API server's own address in a cluster without one (docs/install.md)"
+        );
+    }
+    let objects = install::manifests(cfg);
+    if args.print {
+        print!("{}", install::to_yaml(&objects));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let client = args.client.client().await?;
+    install::apply(&client, &objects, "kubewire-install").await?;
+    for o in &objects {
+        println!("{} applied", install::describe(o));
+    }
+    println!(
+        "watch the agent start on every node: kubectl -n {} rollout status daemonset/{}",
+        install::NAMESPACE,
+        install::AGENT
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn lab_config(args: &LabArgs) -> lab::LabConfig {

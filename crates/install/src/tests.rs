@@ -1,0 +1,314 @@
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde_json::{Value, json};
+
+use super::*;
+
+#[derive(Debug, Parser)]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+}
+
+fn parse(args: &[OsString]) -> Config {
+    Cli::try_parse_from(std::iter::once(OsString::from("install")).chain(args.iter().cloned()))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config
+}
+
+/// Choices that between them change every flag.
+fn every_choice() -> Vec<Config> {
+    let mut all = vec![Config::default()];
+    all.extend(kustomize::components().into_iter().map(|c| c.config));
+    all.extend(kustomize::overlays().into_iter().map(|o| o.config));
+    all.push(Config {
+        routing: RoutingMode::Vxlan,
+        proxy: false,
+        dns: false,
+        image: "registry.example/kubewire:dev".into(),
+        api_server: Some("[fd00::1]:6443".parse().unwrap()),
+        service_cidrs: vec!["10.100.0.0/16".parse().unwrap()],
+        cluster_cidrs: vec!["10.200.0.0/16".parse().unwrap()],
+        cluster_domain: "lab.example".into(),
+        mtu: Some(9000),
+        cni_conf_dir: "/var/lib/rancher/k3s/agent/etc/cni/net.d".into(),
+        cni_bin_dir: "/var/lib/rancher/k3s/data/cni".into(),
+        cni_data_dir: Some("/var/lib/cni/kw".into()),
+        dns_replicas: 3,
+    });
+    all
+}
+
+#[test]
+fn flags_round_trip() {
+    for cfg in every_choice() {
+        assert_eq!(parse(&cfg.to_args()), cfg);
+    }
+    assert_eq!(parse(&[]), Config::default());
+}
+
+#[test]
+fn api_server_addresses() {
+    let a: ApiServer = "198.18.0.1:6443".parse().unwrap();
+    assert_eq!(
+        (a.host.as_str(), a.port, a.to_string().as_str()),
+        ("198.18.0.1", 6443, "198.18.0.1:6443")
+    );
+    let v6: ApiServer = "https://[fd00::1]:6443/".parse().unwrap();
+    assert_eq!(
+        (v6.host.as_str(), v6.to_string().as_str()),
+        ("fd00::1", "[fd00::1]:6443")
+    );
+    let name: ApiServer = "api.example:443".parse().unwrap();
+    assert_eq!(name.host, "api.example");
+    for bad in ["198.18.0.1", ":6443", "a:b", "fd00::1:6443", "x:0"] {
+        assert!(bad.parse::<ApiServer>().is_err(), "{bad}");
+    }
+}
+
+/// The daemons' own command lines: the container args parse with each daemon's Args
+/// into exactly the Args the choices stand for.
+#[test]
+fn container_args_parse_with_each_daemons_flags() {
+    for cfg in every_choice() {
+        let agent = agent_container_args(&cfg);
+        assert_eq!(agent[0], "agent");
+        let mut argv: Vec<&str> = agent[1..].iter().map(String::as_str).collect();
+        argv.extend(["--node-name", "node-7"]);
+        let parsed: agent::Args = k8s::parse_flags(&argv);
+        let mut want = cfg.agent_args();
+        want.node_name = "node-7".into();
+        assert_eq!(parsed, want, "{agent:?}");
+
+        let dns = dns_container_args(&cfg);
+        assert_eq!(dns[0], "dns");
+        let argv: Vec<&str> = dns[1..].iter().map(String::as_str).collect();
+        assert_eq!(
+            k8s::parse_flags::<dns::Args>(&argv),
+            cfg.dns_args(),
+            "{dns:?}"
+        );
+    }
+    let install = install_cni_container_args();
+    assert_eq!(install, ["install-cni"]);
+    let defaults: cni::install::InstallArgs = k8s::parse_flags(&[]);
+    // The init container mounts the node's plugin directory where the flag looks.
+    assert_eq!(defaults.cni_bin_dir, Path::new("/opt/cni/bin"));
+}
+
+#[test]
+fn the_default_install_passes_no_flag_but_the_subcommand() {
+    let cfg = Config::default();
+    assert_eq!(agent_container_args(&cfg), ["agent"]);
+    assert_eq!(dns_container_args(&cfg), ["dns"]);
+    let vx = Config {
+        routing: RoutingMode::Vxlan,
+        proxy: false,
+        cluster_domain: "lab.example".into(),
+        ..Config::default()
+    };
+    assert_eq!(
+        agent_container_args(&vx),
+        ["agent", "--mode=vxlan", "--proxy=false"]
+    );
+    assert_eq!(
+        dns_container_args(&vx),
+        ["dns", "--cluster-domain=lab.example"]
+    );
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+}
+
+/// The rules a ServiceAccount gets through the ClusterRoleBindings of `objects`.
+fn rules_of(objects: &[Value], service_account: &str) -> Vec<Value> {
+    objects
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRoleBinding")
+        .filter(|b| {
+            b["subjects"].as_array().unwrap().iter().any(|s| {
+                s["kind"] == "ServiceAccount"
+                    && s["name"] == service_account
+                    && s["namespace"] == NAMESPACE
+            })
+        })
+        .flat_map(|b| {
+            let role = find(
+                objects,
+                "ClusterRole",
+                b["roleRef"]["name"].as_str().unwrap(),
+            )
+            .expect("the bound role is installed");
+            role["rules"].as_array().unwrap().clone()
+        })
+        .collect()
+}
+
+#[test]
+fn each_service_account_reads_only_what_its_daemon_watches() {
+    let all = manifests(&Config::default());
+    let read = |group: &str, resources: &[&str]| json!({"apiGroups": [group], "resources": resources, "verbs": ["list", "watch"]});
+    assert_eq!(
+        rules_of(&all, AGENT),
+        [
+            read("", &["nodes"]),
+            read("", &["services"]),
+            read("discovery.k8s.io", &["endpointslices"]),
+        ]
+    );
+    assert_eq!(
+        rules_of(&all, DNS),
+        [
+            read("", &["pods", "services"]),
+            read("discovery.k8s.io", &["endpointslices"]),
+        ]
+    );
+    // Without the proxy the agent reads Nodes only.
+    let no_proxy = manifests(&Config {
+        proxy: false,
+        ..Config::default()
+    });
+    assert_eq!(rules_of(&no_proxy, AGENT), [read("", &["nodes"])]);
+    // Nothing writes, nothing reads Secrets, no wildcard.
+    for role in all.iter().filter(|o| o["kind"] == "ClusterRole") {
+        let text = role["rules"].to_string();
+        for word in [
+            "secrets", "\"*\"", "create", "update", "patch", "delete", "get",
+        ] {
+            assert!(!text.contains(word), "{}: {text}", describe(role));
+        }
+    }
+}
+
+#[test]
+fn the_agent_daemonset_runs_everywhere_with_only_net_admin() {
+    let cfg = Config {
+        api_server: Some("10.0.0.1:6443".parse().unwrap()),
+        ..Config::default()
+    };
+    let all = manifests(&cfg);
+    let ds = find(&all, "DaemonSet", AGENT).unwrap();
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["priorityClassName"], "system-node-critical");
+    assert_eq!(pod["tolerations"], json!([{"operator": "Exists"}]));
+    assert_eq!(pod["serviceAccountName"], AGENT);
+    let agent = &pod["containers"][0];
+    assert_eq!(
+        agent["securityContext"]["capabilities"],
+        json!({"add": ["NET_ADMIN"], "drop": ["ALL"]})
+    );
+    assert_eq!(
+        pod["initContainers"][0]["securityContext"]["capabilities"],
+        json!({"drop": ["ALL"]})
+    );
+    assert_eq!(
+        agent["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.nodeName"
+    );
+    let cm = find(&all, "ConfigMap", API_SERVER_CONFIG_MAP).unwrap();
+    assert_eq!(
+        cm["data"],
+        json!({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "6443"})
+    );
+    assert_eq!(
+        agent["envFrom"][0]["configMapRef"]["name"],
+        API_SERVER_CONFIG_MAP
+    );
+    // No API server named: no ConfigMap, and the optional reference finds none.
+    assert!(
+        find(
+            &manifests(&Config::default()),
+            "ConfigMap",
+            API_SERVER_CONFIG_MAP
+        )
+        .is_none()
+    );
+    // Every image is the one image.
+    let images: Vec<&Value> = all
+        .iter()
+        .flat_map(|o| {
+            let spec = &o["spec"]["template"]["spec"];
+            ["initContainers", "containers"]
+                .into_iter()
+                .flat_map(move |l| spec[l].as_array().into_iter().flatten())
+        })
+        .map(|c| &c["image"])
+        .collect();
+    assert_eq!(images.len(), 3);
+    assert!(images.iter().all(|i| **i == json!(DEFAULT_IMAGE)));
+}
+
+#[test]
+fn dns_sits_at_the_tenth_address_of_the_first_service_range() {
+    let all = manifests(&Config::default());
+    let svc = find(&all, "Service", "kube-dns").unwrap();
+    assert_eq!(svc["metadata"]["namespace"], "kube-system");
+    assert_eq!(svc["spec"]["clusterIP"], "10.96.0.10");
+    assert_eq!(svc["spec"]["ipFamilyPolicy"], "PreferDualStack");
+    let single = manifests(&Config {
+        service_cidrs: vec!["10.100.0.0/16".parse().unwrap()],
+        ..Config::default()
+    });
+    let svc = find(&single, "Service", "kube-dns").unwrap();
+    assert_eq!(
+        (&svc["spec"]["clusterIP"], &svc["spec"]["ipFamilyPolicy"]),
+        (&json!("10.100.0.10"), &json!("SingleStack"))
+    );
+    assert!(find(&all, "PodDisruptionBudget", DNS).is_some());
+    assert!(
+        manifests(&Config {
+            dns: false,
+            ..Config::default()
+        })
+        .iter()
+        .all(|o| o["metadata"]["name"] != "kube-dns" && o["metadata"]["name"] != DNS)
+    );
+}
+
+/// `deploy/` is what the code generates. `KUBEWIRE_BLESS=1` (`make deploy`) writes it.
+#[test]
+fn deploy_is_up_to_date() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let tree = kustomize::deploy_tree();
+    let bless = std::env::var_os("KUBEWIRE_BLESS").is_some();
+    let mut stale = Vec::new();
+    for (path, content) in &tree {
+        let at = root.join(path);
+        if std::fs::read_to_string(&at).ok().as_deref() != Some(content.as_str()) {
+            if bless {
+                std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+                std::fs::write(&at, content).unwrap();
+            } else {
+                stale.push(path.display().to_string());
+            }
+        }
+    }
+    // And nothing else is there.
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(&root).unwrap().to_owned();
+                if !tree.iter().any(|(t, _)| *t == rel) {
+                    if bless {
+                        std::fs::remove_file(&p).unwrap();
+                    } else {
+                        stale.push(format!("{} (not generated)", rel.display()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "deploy/ is not what crates/install generates: {stale:?}; run `make deploy`"
+    );
+}
