@@ -177,6 +177,7 @@ fn setup(spec: &InitSpec) -> Result<(), Error> {
     // A mount point missing under /run (the service-account directory) is made on a
     // tmpfs of the container's own, as a container runtime gives each container its own
     // /run: creating it on the host's /run would leave a trace behind every pod.
+    let mut own = OwnDirs::default();
     if spec
         .mounts
         .iter()
@@ -190,11 +191,11 @@ fn setup(spec: &InitSpec) -> Result<(), Error> {
             Some("mode=755"),
         )
         .map_err(failed("mounting the container's /run"))?;
+        own.note(Path::new("/run"));
     }
     for m in &spec.mounts {
-        if m.mkdir {
-            std::fs::create_dir_all(&m.target)
-                .map_err(failed(format!("creating {}", m.target.display())))?;
+        if m.mkdir && !m.target.exists() {
+            own.mount_point(&m.target, m.source.is_dir())?;
         }
         mount(
             Some(&m.source),
@@ -227,6 +228,123 @@ fn setup(spec: &InitSpec) -> Result<(), Error> {
     }
     // Own session and process group: the node signals the group, never the node's.
     nix::unistd::setsid().map_err(failed("setsid"))?;
+    Ok(())
+}
+
+/// The directories of this container's mount namespace that are its own (a tmpfs it
+/// mounted), by device: a mount point can be made there without touching the host.
+#[derive(Default)]
+struct OwnDirs(Vec<u64>);
+
+impl OwnDirs {
+    fn note(&mut self, dir: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(m) = std::fs::metadata(dir) {
+            self.0.push(m.dev());
+        }
+    }
+
+    /// Makes the missing mount point `target` (a directory, or a file for a file
+    /// mount). The host's file system is shared and must not change, so the nearest
+    /// existing directory above it is first covered by a tmpfs of this container's
+    /// own that shows the same entries (each bound from the covered directory), as a
+    /// container runtime makes mount points in an image's root file system.
+    fn mount_point(&mut self, target: &Path, dir: bool) -> Result<(), Error> {
+        use std::os::unix::fs::MetadataExt;
+        let parent = target.parent().unwrap_or(Path::new("/"));
+        let existing = parent
+            .ancestors()
+            .find(|a| a.exists())
+            .unwrap_or(Path::new("/"))
+            .canonicalize()
+            .map_err(failed(format!(
+                "resolving the directories above {}",
+                target.display()
+            )))?;
+        let dev = std::fs::metadata(&existing)
+            .map_err(failed(format!("reading {}", existing.display())))?
+            .dev();
+        if !self.0.contains(&dev) {
+            if existing == Path::new("/") {
+                return Err(Error::io(
+                    format!(
+                        "making the mount point {}: the lab's containers share the host's root, which has no {}",
+                        target.display(),
+                        target
+                            .ancestors()
+                            .filter(|a| !a.exists())
+                            .last()
+                            .unwrap_or(target)
+                            .display()
+                    ),
+                    std::io::Error::from(std::io::ErrorKind::NotFound),
+                ));
+            }
+            shadow(&existing)?;
+            self.note(&existing);
+        }
+        std::fs::create_dir_all(parent)
+            .map_err(failed(format!("creating {}", parent.display())))?;
+        let made = if dir {
+            std::fs::create_dir(target)
+        } else {
+            File::create(target).map(drop)
+        };
+        made.map_err(failed(format!("creating {}", target.display())))
+    }
+}
+
+/// Covers `dir` with a tmpfs that holds the same entries: directories and files bound
+/// from the covered directory (reached through a descriptor opened before), symbolic
+/// links copied. Only this mount namespace sees it.
+fn shadow(dir: &Path) -> Result<(), Error> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::PermissionsExt;
+    let covered = File::open(dir).map_err(failed(format!("opening {}", dir.display())))?;
+    let mode = std::fs::metadata(dir)
+        .map_err(failed(format!("reading {}", dir.display())))?
+        .permissions()
+        .mode();
+    let entries: Vec<(std::ffi::OsString, std::fs::FileType)> = std::fs::read_dir(dir)
+        .map_err(failed(format!("listing {}", dir.display())))?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            Some((e.file_name(), e.file_type().ok()?))
+        })
+        .collect();
+    mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(format!("mode={:o}", mode & 0o7777).as_str()),
+    )
+    .map_err(failed(format!("mounting a tmpfs on {}", dir.display())))?;
+    let from = PathBuf::from(format!("/proc/self/fd/{}", covered.as_raw_fd()));
+    for (name, kind) in entries {
+        let (source, target) = (from.join(&name), dir.join(&name));
+        if kind.is_symlink() {
+            let link = std::fs::read_link(&source)
+                .map_err(failed(format!("reading the link {}", target.display())))?;
+            std::os::unix::fs::symlink(link, &target)
+                .map_err(failed(format!("linking {}", target.display())))?;
+            continue;
+        }
+        let made = if kind.is_dir() {
+            std::fs::create_dir(&target)
+        } else {
+            File::create(&target).map(drop)
+        };
+        made.map_err(failed(format!("creating {}", target.display())))?;
+        mount(
+            Some(&source),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(failed(format!("bind-mounting {} again", target.display())))?;
+    }
     Ok(())
 }
 

@@ -27,6 +27,7 @@ mod register;
 mod server;
 mod services;
 mod time;
+mod volumes;
 pub mod workload;
 
 use std::collections::HashMap;
@@ -153,6 +154,11 @@ pub struct Args {
     /// syntax: `10s`, `2.5s`).
     #[arg(long, default_value = "10s", value_parser = k8s::parse_duration)]
     pub lease_renew: std::time::Duration,
+    /// The node's file system as `hostPath` volumes see it: a hostPath `/etc/cni/net.d`
+    /// is `<this>/etc/cni/net.d`. A real node's is `/`; the lab gives each node a
+    /// directory of its own, so that the nodes' files stay apart and off the host's.
+    #[arg(long, default_value = "/")]
+    pub host_path_root: PathBuf,
 }
 
 impl Args {
@@ -189,6 +195,8 @@ impl Args {
             self.port.to_string().into(),
             "--lease-renew".into(),
             k8s::duration::format_duration(self.lease_renew).into(),
+            "--host-path-root".into(),
+            self.host_path_root.clone().into(),
         ]);
         args
     }
@@ -363,6 +371,7 @@ mod tests {
             cluster_domain: "lab.example".into(),
             port: 10251,
             lease_renew: Duration::from_millis(2500),
+            host_path_root: "/var/lib/kubewire/kubewire/node-2/root".into(),
         };
         assert_ne!(every, defaults);
         assert_eq!(parse(every.to_args()), every);

@@ -58,13 +58,19 @@ fn pods_get_addresses_files_and_reach_each_other() {
         json!([{"name": "echo", "image": "tcp-echo", "ports": [{"containerPort": 7007}],
         "readinessProbe": {"tcpSocket": {"port": 7007}, "periodSeconds": 1}}]),
     ));
+    // A hostPath volume at a mount point the host lacks (under /etc), and `$(VAR)` in
+    // the command, expanded by the node before the shell sees it.
     let mut hostnet = pod(
         "hostnet",
         1,
         json!([{"name": "c", "image": "busybox",
-        "command": ["sh", "-c", "cat /etc/resolv.conf /etc/hosts; echo done; exec sleep 3600"]}]),
+        "command": ["sh", "-c", "cat /etc/resolv.conf /etc/hosts; echo $(MY_NODE) > /etc/kwtest/state/written; test -s /etc/passwd && echo etc-intact; echo done; exec sleep 3600"],
+        "env": [{"name": "MY_NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
+        "volumeMounts": [{"name": "state", "mountPath": "/etc/kwtest/state"}]}]),
     );
     hostnet["spec"]["hostNetwork"] = json!(true);
+    hostnet["spec"]["volumes"] = json!([{"name": "state",
+        "hostPath": {"path": "/var/lib/kwtest", "type": "DirectoryOrCreate"}}]);
     hostnet["spec"]["hostAliases"] = json!([{"ip": "10.9.9.9", "hostnames": ["alias.example"]}]);
     c.create(&hostnet);
     c.create(&pod(
@@ -150,6 +156,15 @@ fn pods_get_addresses_files_and_reach_each_other() {
         "hostAliases on a hostNetwork pod: {hlog}"
     );
     assert!(!read(std::path::Path::new("/etc/hosts")).contains("alias.example"));
+    // The volume is node-1's own directory; the host's /etc got nothing and still shows.
+    let written = c
+        .data_dir(1)
+        .parent()
+        .unwrap()
+        .join("root/var/lib/kwtest/written");
+    assert_eq!(read(&written), "node-1\n", "{hlog}");
+    assert!(hlog.contains("etc-intact"), "{hlog}");
+    assert!(!std::path::Path::new("/etc/kwtest").exists());
     let echo = c.wait_ready("echo");
     assert_echoes(&ns1, Echo::Tcp, &echo, 7007, "ping");
     // hostPort 8080 on node-2's address, reached from a pod on node-1.

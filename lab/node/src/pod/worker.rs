@@ -22,7 +22,7 @@ use super::status::{self, Conditions, PodView};
 use crate::init::{BindMount, InitSpec};
 use crate::probe::{self, Kind};
 use crate::record::{self, ContainerRecord, SandboxFile, signal_group};
-use crate::{Ctx, Error, PodLogs, env, files, time, workload};
+use crate::{Ctx, Error, PodLogs, env, files, time, volumes, workload};
 
 /// How often a worker looks at its processes.
 const TICK: Duration = Duration::from_millis(200);
@@ -32,6 +32,21 @@ const TOKEN_REFRESH: Duration = Duration::from_secs(3600);
 /// A probe's result: container index, the run it probed (restart count), which probe,
 /// success.
 type ProbeResult = (usize, u32, Kind, bool);
+
+/// The container with `$(VAR)` in its `command` and `args` expanded from its
+/// environment, as kubelet does (`$(NODE_NAME)` from the downward API, say).
+fn expanded(c: &Container, envs: &[(String, String)]) -> Container {
+    let vars = envs.iter().cloned().collect();
+    let expand = |list: &Option<Vec<String>>| {
+        list.as_ref()
+            .map(|l| l.iter().map(|s| env::expand(s, &vars)).collect())
+    };
+    Container {
+        command: expand(&c.command),
+        args: expand(&c.args),
+        ..c.clone()
+    }
+}
 
 /// One pod's worker.
 struct Worker {
@@ -219,10 +234,9 @@ impl Worker {
                 .service_account_name
                 .clone()
                 .unwrap_or_else(|| "default".into());
-            let token = self.token(&sa).await.unwrap_or_else(|e| {
-                tracing::warn!(pod = %self.key(), error = %ErrorChain(&e), "service account token for {sa}");
-                String::new()
-            });
+            // Without its token the pod does not start (kubelet's projected volume
+            // fails the same way); the sandbox is tried again.
+            let token = self.token(&sa).await?;
             let put = |n: &str, t: &str| {
                 let p = sa_dir.join(n);
                 std::fs::write(&p, t).map_err(|e| Error::io(format!("writing {}", p.display()), e))
@@ -365,13 +379,20 @@ impl Worker {
                 envs.push((k.into(), v));
             }
         }
+        // The node's files first: the pod's own /etc files go over them.
+        let mut mounts = volumes::host_path_mounts(&self.pod, &spec_c, &ctx.args.host_path_root)
+            .map_err(|reason| Error::ContainerConfig {
+                container: name.clone(),
+                pod: self.key(),
+                reason,
+            })?;
         let etc = self.dir.join("etc");
-        let mut mounts = vec![BindMount {
+        mounts.push(BindMount {
             source: etc.join("resolv.conf"),
             target: "/etc/resolv.conf".into(),
             read_only: false,
             mkdir: false,
-        }];
+        });
         // hostNetwork pods keep the node's hostname; their hosts file is the node's
         // plus hostAliases.
         let own = if host_network {
@@ -410,7 +431,10 @@ impl Worker {
             netns: (!host_network).then(|| PathBuf::from(&sb.netns)),
             mounts,
             hostname: (!host_network).then(|| files::hostname(&self.pod)),
-            argv: workload::container_argv(&ctx.exe.display().to_string(), &spec_c),
+            argv: workload::container_argv(
+                &ctx.exe.display().to_string(),
+                &expanded(&spec_c, &envs),
+            ),
             env: envs,
             workdir: spec_c
                 .working_dir

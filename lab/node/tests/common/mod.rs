@@ -162,6 +162,7 @@ impl NodeCluster {
             port: 10250,
             // Short, so the lease tests need not wait 10 s.
             lease_renew: Duration::from_secs(2),
+            host_path_root: nd.join("root"),
         };
         let args: Vec<OsString> = std::iter::once("node".into())
             .chain(node.to_args())
