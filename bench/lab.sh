@@ -79,19 +79,19 @@ kubectl delete deployment many --wait=false >/dev/null
 
 # The floor: the same kernel work without the cluster, in node-1's namespace.
 node=$name-node-1
-conf=/var/lib/kubewire/$name/node-1/net.d/10-kubewire.conflist
+conf=/var/lib/kubewire/$name/node-1/root/etc/cni/net.d/10-kubewire.conflist
 plugin=$(python3 -c "import json,sys; l=json.load(open('$conf')); p=l['plugins'][0]; p['name']=l['name']; p['cniVersion']=l['cniVersion']; p['dataDir']='/run/kwbench-floor'; p['podCIDRs']=['10.250.0.0/24','fd00:10:250::/64']; print(json.dumps(p))")
 t=$(now)
 for i in $(seq 100); do
   ip netns add kwbench-f$i
   ip netns exec $node env CNI_COMMAND=ADD CNI_CONTAINERID=floor$i CNI_NETNS=/run/netns/kwbench-f$i \
-    CNI_IFNAME=eth0 CNI_PATH=/var/lib/kubewire/$name/node-1/bin \
+    CNI_IFNAME=eth0 CNI_PATH=/var/lib/kubewire/$name/node-1/root/opt/cni/bin \
     "$bin" <<<"$plugin" >/dev/null
 done
 floor=$(since "$t")
 for i in $(seq 100); do
   ip netns exec $node env CNI_COMMAND=DEL CNI_CONTAINERID=floor$i CNI_NETNS=/run/netns/kwbench-f$i \
-    CNI_IFNAME=eth0 CNI_PATH=/var/lib/kubewire/$name/node-1/bin "$bin" <<<"$plugin" >/dev/null || true
+    CNI_IFNAME=eth0 CNI_PATH=/var/lib/kubewire/$name/node-1/root/opt/cni/bin "$bin" <<<"$plugin" >/dev/null || true
   ip netns del kwbench-f$i
 done
 rm -rf /run/kwbench-floor

@@ -503,6 +503,22 @@ fn print_cluster(c: &lab::cluster::ClusterStatus) {
             }
         }
     }
+    if !c.system_pods.is_empty() {
+        println!();
+        println!(
+            "{:<46} {:<10} {:<10} READY",
+            "KUBEWIRE POD", "NODE", "PHASE"
+        );
+        for p in &c.system_pods {
+            println!(
+                "{:<46} {:<10} {:<10} {}",
+                p.name,
+                p.node,
+                p.phase,
+                if p.ready { "yes" } else { "no" }
+            );
+        }
+    }
     println!();
     println!("kubeconfig: {}", c.kubeconfig.display());
 }

@@ -1,6 +1,8 @@
 //! The cluster on top of the lab's network: the control plane (API server and
-//! controllers) in the host's namespace, and in each node's namespace the pod runner
-//! (`kubewire node`) and the agent, as a DaemonSet's pod would run there.
+//! controllers) in the host's namespace, the pod runner (`kubewire node`) in each node's
+//! namespace, and kubewire installed from its own manifests (the `install` crate): the
+//! agent DaemonSet's pod runs in each node's namespace as hostNetwork pods do, cluster
+//! DNS as ordinary pods.
 
 use std::ffi::OsString;
 use std::fs;
@@ -37,6 +39,37 @@ pub struct Started {
     pub nodes_ready_after: Duration,
     /// From the start of `lab up` until the add-ons were ready too.
     pub ready_after: Duration,
+}
+
+/// Applies install manifests as the lab's field manager.
+async fn apply(client: &Client, objects: &[serde_json::Value]) -> Result<()> {
+    install::apply(client, objects, "kubewire-lab")
+        .await
+        .map_err(|e| Error::Component(format!("installing kubewire: {}", k8s::ErrorChain(&e))))
+}
+
+/// The install's choices for this lab: its routing and ranges, the API server on the
+/// underlay (the agent implements the `kubernetes` Service itself, so it cannot reach
+/// the API through it), and IPAM state in each node's own directory.
+pub fn install_config(cfg: &LabConfig) -> install::Config {
+    let api = cfg.api_underlay_addr();
+    install::Config {
+        routing: cfg.routing,
+        api_server: Some(install::ApiServer {
+            host: api.ip().to_string(),
+            port: api.port(),
+        }),
+        service_cidrs: cfg.service_cidrs.clone(),
+        cluster_cidrs: cfg.pod_cidrs.clone(),
+        cluster_domain: cfg.cluster_domain.clone(),
+        cni_data_dir: Some(node_root(cfg, "$(NODE_NAME)").join("var/lib/cni/kubewire")),
+        ..install::Config::default()
+    }
+}
+
+/// The directory the lab keeps as node `node`'s file system for hostPath volumes.
+pub fn node_root(cfg: &LabConfig, node: &str) -> PathBuf {
+    cfg.data_dir().join(node).join("root")
 }
 
 /// Path of the lab's admin kubeconfig.
@@ -149,6 +182,22 @@ async fn start_processes(
         cfg.api_underlay_addr()
     ));
 
+    // kubewire itself, as a cluster installs it: first the agent DaemonSet (on each
+    // node as soon as it registers: it is what makes a node Ready), the rest once the
+    // nodes are Ready, so that the scheduler spreads the DNS pods over all of them.
+    let step = progress.step("install: the agent DaemonSet");
+    let install = install_config(cfg);
+    let agent = install::manifests(&install::Config {
+        dns: false,
+        ..install.clone()
+    });
+    apply(&client, &agent).await?;
+    step.done(&format!(
+        "{} objects in {}",
+        agent.len(),
+        install::NAMESPACE
+    ));
+
     let step = progress.step("control plane: controllers");
     let controllers_args = controllers::Args {
         client: k8s::ClientArgs {
@@ -166,18 +215,17 @@ async fn start_processes(
     )?;
     step.done("endpoints, deployments, statefulsets, daemonsets, scheduler, node IPAM");
 
-    // Nodes: each gets its own credentials, as a kubelet would after TLS bootstrap.
-    let step = progress.step(format!(
-        "nodes: pod runner and agent on {} node(s)",
-        cfg.nodes
-    ));
+    // Nodes: each gets its own credentials, as a kubelet would after TLS bootstrap. The
+    // agent comes as the DaemonSet's pod, which the node runs in its own namespace.
+    let step = progress.step(format!("nodes: pod runners on {} node(s)", cfg.nodes));
     let server = format!("https://{}", cfg.api_underlay_addr());
     let mut watched = vec![api.clone(), controllers];
     for n in 1..=cfg.nodes {
         let node = format!("node-{n}");
         let dir = data.join(&node);
-        fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let root = node_root(cfg, &node);
+        fs::create_dir_all(&root)
+            .map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
         let node_kubeconfig = dir.join("kubeconfig");
         let text = apiserver::client_kubeconfig(
             &api_dir,
@@ -188,28 +236,6 @@ async fn start_processes(
         .map_err(|e| Error::Component(format!("minting credentials for {node}: {e}")))?;
         write_private(&node_kubeconfig, text.as_bytes())?;
         let netns = cfg.netns_name(Role::Node(n));
-        let agent_args = agent::Args {
-            node_name: node.clone(),
-            client: k8s::ClientArgs {
-                kubeconfig: Some(node_kubeconfig.clone()),
-                server: None,
-            },
-            mode: cfg.routing,
-            cni_conf_dir: dir.join("net.d"),
-            cni_bin_dir: Some(dir.join("bin")),
-            cni_data_dir: dir.join("cni"),
-            proxy: proxy::ProxyArgs {
-                cluster_cidrs: cfg.pod_cidrs.clone(),
-                service_cidrs: cfg.service_cidrs.clone(),
-                ..k8s::parse_flags::<agent::Args>(&["--node-name", &node]).proxy
-            },
-            ..k8s::parse_flags::<agent::Args>(&["--node-name", &node])
-        };
-        let agent = start(
-            &format!("{node}/agent"),
-            Some(&netns),
-            command("agent", agent_args.to_args()),
-        )?;
         let node_args = node::Args {
             node_name: node.clone(),
             client: k8s::ClientArgs {
@@ -218,11 +244,13 @@ async fn start_processes(
             },
             node_ip: cfg.node_ips(n),
             data_dir: dir.clone(),
-            cni_conf_dir: dir.join("net.d"),
-            cni_bin_dir: vec![dir.join("bin")],
+            // Where the DaemonSet's hostPath volumes put the CNI config and plugin.
+            cni_conf_dir: root.join("etc/cni/net.d"),
+            cni_bin_dir: vec![root.join("opt/cni/bin")],
             cluster_dns: vec![cfg.dns_ip()],
             cluster_domain: cfg.cluster_domain.clone(),
             lease_renew: Duration::from_secs(cfg.node_grace_period_seconds.into()) / 4,
+            host_path_root: root,
             ..k8s::parse_flags::<node::Args>(&[
                 "--node-name",
                 &node,
@@ -237,7 +265,7 @@ async fn start_processes(
             Some(&netns),
             command("node", node_args.to_args()),
         )?;
-        watched.extend([agent, runner]);
+        watched.push(runner);
     }
     step.done("");
 
@@ -264,8 +292,11 @@ async fn start_processes(
         }
         if Instant::now() > deadline {
             return Err(Error::Component(format!(
-                "not every node was Ready after {}s; see the logs in {}",
+                "not every node was Ready after {}s (a node is Ready once its agent wrote the CNI config); see `kubectl -n {} get pods -o wide`, `kubectl -n {} logs daemonset/{}` and the logs in {}",
                 NODES_TIMEOUT.as_secs(),
+                install::NAMESPACE,
+                install::NAMESPACE,
+                install::AGENT,
                 logs.display()
             )));
         }
@@ -274,8 +305,8 @@ async fn start_processes(
     step.done(&format!("{want} node(s)"));
     let nodes_ready_after = began.elapsed();
 
-    let step = progress.step(format!("add-ons: cluster DNS at {}", cfg.dns_ip()));
-    crate::addons::apply(&client, &crate::addons::dns(cfg)).await?;
+    let step = progress.step(format!("install: cluster DNS at {}", cfg.dns_ip()));
+    apply(&client, &install::manifests(&install)).await?;
     let dns_pods: Api<Pod> = Api::namespaced(client, "kube-system");
     let deadline = Instant::now() + ADDON_TIMEOUT;
     loop {
@@ -444,7 +475,7 @@ pub(crate) fn stop(cfg: &LabConfig, namespaces: &[String]) {
 /// One component's state for `lab status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ComponentStatus {
-    /// `apiserver`, `controllers`, `node-1/agent`, ...
+    /// `apiserver`, `controllers`, `node-1/node`, ...
     pub name: String,
     /// Its process id.
     pub pid: u32,
@@ -469,6 +500,19 @@ pub struct NodeStatus {
     pub pods: usize,
 }
 
+/// One pod of kubewire's own (the agent's on each node, DNS) for `lab status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SystemPod {
+    /// `namespace/name`.
+    pub name: String,
+    /// The node it runs on.
+    pub node: String,
+    /// Its phase.
+    pub phase: String,
+    /// Whether it is Ready.
+    pub ready: bool,
+}
+
 /// What `lab status` shows beyond the network.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClusterStatus {
@@ -478,6 +522,8 @@ pub struct ClusterStatus {
     pub components: Vec<ComponentStatus>,
     /// Nodes as the API server sees them; empty when it does not answer.
     pub nodes: Vec<NodeStatus>,
+    /// The pods of kubewire's install (the agent's, DNS), as the API server sees them.
+    pub system_pods: Vec<SystemPod>,
     /// Why `nodes` is empty, when the API server did not answer.
     pub api_error: Option<String>,
 }
@@ -498,19 +544,20 @@ pub async fn cluster_status(cfg: &LabConfig) -> Result<ClusterStatus> {
         })
         .collect();
     let kubeconfig = kubeconfig_path(&cfg);
-    let (nodes, api_error) = match api_nodes(&kubeconfig).await {
-        Ok(n) => (n, None),
-        Err(e) => (Vec::new(), Some(e.to_string())),
+    let (nodes, system_pods, api_error) = match api_nodes(&kubeconfig).await {
+        Ok((n, p)) => (n, p, None),
+        Err(e) => (Vec::new(), Vec::new(), Some(e.to_string())),
     };
     Ok(ClusterStatus {
         kubeconfig,
         components,
         nodes,
+        system_pods,
         api_error,
     })
 }
 
-async fn api_nodes(kubeconfig: &Path) -> Result<Vec<NodeStatus>> {
+async fn api_nodes(kubeconfig: &Path) -> Result<(Vec<NodeStatus>, Vec<SystemPod>)> {
     let client = client(kubeconfig).await?;
     let list = tokio::time::timeout(
         Duration::from_secs(5),
@@ -524,7 +571,40 @@ async fn api_nodes(kubeconfig: &Path) -> Result<Vec<NodeStatus>> {
         .await
         .map(|l| l.items)
         .unwrap_or_default();
-    Ok(list
+    let system_pods = pods
+        .iter()
+        .filter(|p| {
+            p.metadata.namespace.as_deref() == Some(install::NAMESPACE)
+                && p.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("app.kubernetes.io/part-of"))
+                    .is_some_and(|v| v == "kubewire")
+        })
+        .map(|p| SystemPod {
+            name: format!(
+                "{}/{}",
+                install::NAMESPACE,
+                p.metadata.name.clone().unwrap_or_default()
+            ),
+            node: p
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default(),
+            phase: p
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_default(),
+            ready: p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+        })
+        .collect();
+    let nodes = list
         .items
         .iter()
         .map(|n| {
@@ -554,7 +634,8 @@ async fn api_nodes(kubeconfig: &Path) -> Result<Vec<NodeStatus>> {
                 name,
             }
         })
-        .collect())
+        .collect();
+    Ok((nodes, system_pods))
 }
 
 /// Where `lab exec` enters a pod: a process of the pod's container (its network and
@@ -639,4 +720,27 @@ pub async fn find_pod(cfg: &LabConfig, target: &str) -> Result<PodTarget> {
 /// The addresses a summary prints for the pod and Service ranges.
 pub fn ranges(cfg: &LabConfig) -> (String, String, IpAddr) {
     (csv(&cfg.pod_cidrs), csv(&cfg.service_cidrs), cfg.dns_ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `deploy/overlays/lab` stands for what `lab up` installs in a default lab.
+    #[test]
+    fn a_default_lab_installs_the_lab_overlay() {
+        let lab = install::kustomize::overlays()
+            .into_iter()
+            .find(|o| o.name == "lab")
+            .expect("a lab overlay");
+        let cfg = LabConfig::default();
+        assert_eq!(
+            install::manifests(&install_config(&cfg)),
+            install::manifests(&lab.config)
+        );
+        assert_eq!(
+            node_root(&cfg, "$(NODE_NAME)").join("var/lib/cni/kubewire"),
+            Path::new(install::kustomize::LAB_CNI_DATA_DIR)
+        );
+    }
 }

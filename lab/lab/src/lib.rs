@@ -5,7 +5,6 @@
 //! that plays the world beyond the cluster. Nothing is added to the host's own
 //! namespace, and [`down`] removes everything [`up`] made, even after a crash.
 
-pub mod addons;
 pub mod cluster;
 mod config;
 mod error;

@@ -21,7 +21,7 @@ const PROCESS_FILE: &str = "processes.json";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Process {
-    /// What it is: `apiserver`, `controllers`, `node-1/agent`, `node-1/node`.
+    /// What it is: `apiserver`, `controllers`, `node-1/node`.
     pub name: String,
     /// Its process id.
     pub pid: u32,

@@ -243,10 +243,11 @@ fn lab_up_detach_status_and_down_leave_the_host_as_it_was() {
     for want in [
         "apiserver",
         "controllers",
-        "node-1/agent",
         "node-1/node",
         "running",
         "Ready",
+        "kube-system/kubewire-agent-",
+        "kube-system/kubewire-dns-",
     ] {
         assert!(status.contains(want), "no {want:?} in:\n{status}");
     }
