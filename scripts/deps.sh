@@ -4,8 +4,9 @@
 #   scripts/deps.sh test   what `make test` needs (real clients nobody here wrote)
 set -euo pipefail
 
-run_pkgs=(iproute2 kubectl curl iputils-ping)
-test_pkgs=(iproute2 bind9-dnsutils nftables iptables iputils-ping curl containernetworking-plugins python3 python3-venv kubectl)
+# kubectl is not among them: Debian does not package it (see below).
+run_pkgs=(iproute2 curl ca-certificates iputils-ping)
+test_pkgs=(iproute2 bind9-dnsutils nftables iptables iputils-ping curl ca-certificates containernetworking-plugins python3 python3-venv)
 
 case "${1:-run}" in
   run) pkgs=("${run_pkgs[@]}") ;;
@@ -26,6 +27,31 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# kubectl, of the minor version the lab's API server reports (lab/apiserver's
+# KUBERNETES_VERSION). Debian 12 has no kubectl package: when no configured apt source
+# has one, the Kubernetes project's own apt repository is added (its documented way
+# to install kubectl on Debian), with its signing key.
+kubectl_minor=v1.32
+if ! command -v kubectl >/dev/null; then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "kubewire needs root (it creates network namespaces); kubectl is missing" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  if ! apt-cache policy kubectl | grep -q 'Candidate: [0-9]'; then
+    echo "adding the Kubernetes apt repository (pkgs.k8s.io, $kubectl_minor) for kubectl"
+    install -d -m 0755 /etc/apt/keyrings
+    curl -fsSL "https://pkgs.k8s.io/core:/stable:/$kubectl_minor/deb/Release.key" \
+      -o /etc/apt/keyrings/kubernetes-apt-keyring.asc
+    echo "deb [signed-by=/etc/apt/keyrings/kubernetes-apt-keyring.asc] https://pkgs.k8s.io/core:/stable:/$kubectl_minor/deb/ /" \
+      >/etc/apt/sources.list.d/kubernetes.list
+    apt-get update -qq
+  fi
+  echo "installing: kubectl"
+  apt-get install -y -qq --no-install-recommends kubectl >/dev/null
 fi
 
 # The Rust tools the commands use.

@@ -1,0 +1,64 @@
+//! The README's tour, run literally: its code block, line for line, in bash, against a
+//! lab as `make up` leaves it (three nodes). Only where the tour finds things differs:
+//! the lab's name comes from `KUBEWIRE_LAB` (so the test runs beside a user's lab and
+//! other tests), and `./target/release/kubewire` is a link to the binary under test.
+
+#![allow(clippy::disallowed_methods)] // runs bash
+
+use std::process::Command;
+
+use e2e::running::RunningLab;
+use e2e::{kubewire_bin, workspace_root};
+
+/// The shell block under the README's "A short tour" heading.
+fn tour() -> String {
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    let after = readme
+        .split_once("## A short tour")
+        .expect("a tour in the README")
+        .1;
+    let block = after
+        .split_once("```sh\n")
+        .expect("a shell block in the tour")
+        .1;
+    block.split_once("```").expect("the block's end").0.to_owned()
+}
+
+#[test]
+fn the_readme_tour_runs_as_written() {
+    let tour = tour();
+    assert!(tour.contains("kw lab down"), "{tour}");
+    let lab = RunningLab::up(3);
+    let dir = tempfile::tempdir().unwrap();
+    let release = dir.path().join("target/release");
+    std::fs::create_dir_all(&release).unwrap();
+    std::os::unix::fs::symlink(kubewire_bin(), release.join("kubewire")).unwrap();
+    // As a person types it: every command must succeed, aliases expand.
+    let script = format!("set -euo pipefail\nshopt -s expand_aliases\nset -x\n{tour}");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(dir.path())
+        .env("KUBEWIRE_LAB", &lab.name)
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the tour stopped ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    for want in [
+        "node-1", // kubectl get nodes
+        "Ready",
+        "deployment.apps/web created",
+        "service/web exposed",
+        "Hostname: web-", // curl web from a pod: a whoami answered through the Service
+        "1 received",     // ping from the outside
+        "is down",        // kw lab down
+    ] {
+        assert!(stdout.contains(want), "no {want:?} in:\n{stdout}\n{stderr}");
+    }
+}
