@@ -64,6 +64,12 @@ pub(crate) struct InitSpec {
     pub log: PathBuf,
     /// Where the exit code goes when the process ends.
     pub exit_file: PathBuf,
+    /// The capabilities the process keeps (names without `CAP_`); `None`: all of them.
+    #[serde(default)]
+    pub capabilities: Option<Vec<String>>,
+    /// `allowPrivilegeEscalation: false`: the process runs with `no_new_privs`.
+    #[serde(default)]
+    pub no_new_privs: bool,
 }
 
 /// What the exit file holds.
@@ -228,6 +234,15 @@ fn setup(spec: &InitSpec) -> Result<(), Error> {
     }
     // Own session and process group: the node signals the group, never the node's.
     nix::unistd::setsid().map_err(failed("setsid"))?;
+    // Last: the steps above need capabilities the container may not keep. Only the
+    // bounding set shrinks here, so this process keeps its own; the program it starts
+    // (as root) gets exactly what its securityContext gives.
+    if let Some(keep) = &spec.capabilities {
+        crate::security::restrict(keep).map_err(failed("dropping capabilities"))?;
+    }
+    if spec.no_new_privs {
+        nix::sys::prctl::set_no_new_privs().map_err(failed("setting no_new_privs"))?;
+    }
     Ok(())
 }
 

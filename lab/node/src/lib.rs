@@ -24,6 +24,7 @@ mod pod;
 mod probe;
 mod record;
 mod register;
+mod security;
 mod server;
 mod services;
 mod time;

@@ -22,7 +22,7 @@ use super::status::{self, Conditions, PodView};
 use crate::init::{BindMount, InitSpec};
 use crate::probe::{self, Kind};
 use crate::record::{self, ContainerRecord, SandboxFile, signal_group};
-use crate::{Ctx, Error, PodLogs, env, files, time, volumes, workload};
+use crate::{Ctx, Error, PodLogs, env, files, security, time, volumes, workload};
 
 /// How often a worker looks at its processes.
 const TICK: Duration = Duration::from_millis(200);
@@ -443,6 +443,8 @@ impl Worker {
                 .map(PathBuf::from),
             log: log.clone(),
             exit_file,
+            capabilities: security::capabilities(&spec_c),
+            no_new_privs: security::no_new_privs(&spec_c),
         };
         let spec_path = cdir.join(format!("{name}.json"));
         std::fs::write(
