@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use k8s_openapi::api::{apps, coordination, core, discovery, networking};
+use k8s_openapi::api::{apps, coordination, core, discovery, networking, rbac};
 
 fn round_trip<T: DeserializeOwned + Serialize>(v: &Value) -> Option<Value> {
     let typed: T = serde_json::from_value(v.clone()).ok()?;
@@ -39,6 +39,10 @@ fn typed(group: &str, kind: &str, v: &Value) -> Option<Value> {
         "Ingress" => round_trip::<networking::v1::Ingress>(v),
         "NetworkPolicy" => round_trip::<networking::v1::NetworkPolicy>(v),
         "Lease" => round_trip::<coordination::v1::Lease>(v),
+        "Role" => round_trip::<rbac::v1::Role>(v),
+        "ClusterRole" => round_trip::<rbac::v1::ClusterRole>(v),
+        "RoleBinding" => round_trip::<rbac::v1::RoleBinding>(v),
+        "ClusterRoleBinding" => round_trip::<rbac::v1::ClusterRoleBinding>(v),
         _ => None,
     }
 }

@@ -93,6 +93,9 @@ pub(crate) fn validate(rt: &ResourceType, obj: &Value) -> Vec<Cause> {
         "Service" => service(obj, &mut causes),
         "Pod" => pod_spec(&obj["spec"], "spec", &mut causes),
         "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => workload(obj, &mut causes),
+        kind if rt.group == crate::rbac::RBAC_GROUP => {
+            causes.extend(crate::rbac::objects::validate(kind, obj));
+        }
         _ => {}
     }
     causes
