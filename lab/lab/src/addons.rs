@@ -12,12 +12,68 @@ use crate::{Error, LabConfig, Result};
 /// `args` (docs/node.md).
 const IMAGE: &str = "ghcr.io/kubewire/kubewire:latest";
 
+/// The RBAC group.
+const RBAC: &str = "rbac.authorization.k8s.io";
+
+/// A ClusterRole and a ClusterRoleBinding of it (both named `name`) to `subjects`.
+fn cluster_role(name: &str, rules: Value, subjects: Value) -> [Value; 2] {
+    [
+        json!({
+            "apiVersion": format!("{RBAC}/v1"),
+            "kind": "ClusterRole",
+            "metadata": { "name": name },
+            "rules": rules,
+        }),
+        json!({
+            "apiVersion": format!("{RBAC}/v1"),
+            "kind": "ClusterRoleBinding",
+            "metadata": { "name": name },
+            "roleRef": { "apiGroup": RBAC, "kind": "ClusterRole", "name": name },
+            "subjects": subjects,
+        }),
+    ]
+}
+
+/// What the agent reads, granted to the nodes whose credentials it runs with: every
+/// Node (routes to the other nodes' pod ranges), Services and EndpointSlices (the
+/// service proxy). The Node authorizer alone lets a node read only its own Node, as in
+/// a real cluster, where the agent runs as its own ServiceAccount instead.
+pub fn agent_rbac() -> Vec<Value> {
+    cluster_role(
+        "kubewire-agent",
+        json!([
+            { "apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"] },
+            { "apiGroups": [""], "resources": ["services"], "verbs": ["list", "watch"] },
+            { "apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"] },
+        ]),
+        json!([{ "kind": "Group", "apiGroup": RBAC, "name": "system:nodes" }]),
+    )
+    .into()
+}
+
 /// The cluster DNS: Service `kube-system/kube-dns` at the DNS address (53/UDP, 53/TCP,
-/// 9153/TCP, as kubeadm's) in front of a Deployment of two `kubewire dns` pods.
+/// 9153/TCP, as kubeadm's) in front of a Deployment of two `kubewire dns` pods, which
+/// run as the ServiceAccount `kube-system/kubewire-dns`, allowed to list and watch what
+/// the server answers from (Services, EndpointSlices, Pods) and nothing else.
 pub fn dns(cfg: &LabConfig) -> Vec<Value> {
     let labels = json!({ "k8s-app": "kube-dns" });
     let dual = cfg.service_cidrs.len() > 1;
+    let [role, binding] = cluster_role(
+        "kubewire-dns",
+        json!([
+            { "apiGroups": [""], "resources": ["services", "pods"], "verbs": ["list", "watch"] },
+            { "apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"] },
+        ]),
+        json!([{ "kind": "ServiceAccount", "name": "kubewire-dns", "namespace": "kube-system" }]),
+    );
     vec![
+        json!({
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": { "name": "kubewire-dns", "namespace": "kube-system" },
+        }),
+        role,
+        binding,
         json!({
             "apiVersion": "v1",
             "kind": "Service",
@@ -53,6 +109,7 @@ pub fn dns(cfg: &LabConfig) -> Vec<Value> {
                 "template": {
                     "metadata": { "labels": labels },
                     "spec": {
+                        "serviceAccountName": "kubewire-dns",
                         // The DNS server resolves upstream names through the node's resolver.
                         "dnsPolicy": "Default",
                         "containers": [{
@@ -87,7 +144,7 @@ pub async fn apply(client: &Client, objects: &[Value]) -> Result<()> {
         let api_version = obj["apiVersion"].as_str().unwrap_or_default();
         let kind = obj["kind"].as_str().unwrap_or_default();
         let name = obj["metadata"]["name"].as_str().unwrap_or_default();
-        let ns = obj["metadata"]["namespace"].as_str().unwrap_or("default");
+        let ns = obj["metadata"]["namespace"].as_str();
         let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
         let plural = format!("{}s", kind.to_ascii_lowercase());
         let ar = ApiResource {
@@ -97,10 +154,17 @@ pub async fn apply(client: &Client, objects: &[Value]) -> Result<()> {
             kind: kind.to_owned(),
             plural,
         };
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
-        let err = |e: kube::Error| Error::Component(format!("applying {kind} {ns}/{name}: {e}"));
+        // Cluster-scoped objects have no namespace.
+        let (api, what): (Api<DynamicObject>, String) = match ns {
+            Some(ns) => (
+                Api::namespaced_with(client.clone(), ns, &ar),
+                format!("{kind} {ns}/{name}"),
+            ),
+            None => (Api::all_with(client.clone(), &ar), format!("{kind} {name}")),
+        };
+        let err = |e: kube::Error| Error::Component(format!("applying {what}: {e}"));
         let object: DynamicObject = serde_json::from_value(obj.clone())
-            .map_err(|e| Error::Component(format!("add-on {kind} {ns}/{name}: {e}")))?;
+            .map_err(|e| Error::Component(format!("add-on {what}: {e}")))?;
         // The controllers write the same objects (status, annotations) while the lab
         // starts on kept data: a replace that lost that race is tried again.
         let mut attempts = 0;

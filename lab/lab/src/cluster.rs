@@ -149,6 +149,9 @@ async fn start_processes(
         cfg.api_underlay_addr()
     ));
 
+    // Before any node starts: the agent runs with its node's credentials.
+    crate::addons::apply(&client, &crate::addons::agent_rbac()).await?;
+
     let step = progress.step("control plane: controllers");
     let controllers_args = controllers::Args {
         client: k8s::ClientArgs {
