@@ -405,6 +405,23 @@ impl Store {
         Ok(RawPage { items, rv, next })
     }
 
+    /// Calls `f` with the key and stored JSON of every object under `prefix`, in key
+    /// order, from one snapshot, without copying them out.
+    pub(crate) fn for_each(
+        &self,
+        prefix: &str,
+        f: &mut dyn FnMut(&str, &[u8]),
+    ) -> Result<(), Error> {
+        let tx = self.db.begin_read().map_err(storage)?;
+        let t = tx.open_table(OBJECTS).map_err(storage)?;
+        let end = prefix_end(prefix);
+        for entry in t.range(prefix..end.as_str()).map_err(storage)? {
+            let (k, v) = entry.map_err(storage)?;
+            f(k.value(), v.value());
+        }
+        Ok(())
+    }
+
     /// Runs `f` in one write transaction and commits it durably; on error nothing is written.
     pub(crate) fn write<T>(
         &self,

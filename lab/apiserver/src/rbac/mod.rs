@@ -69,12 +69,7 @@ impl Authorizer {
     pub(crate) fn attach(store: &Store) -> Result<Arc<Authorizer>, Error> {
         let authz = Arc::new(Authorizer::default());
         for prefix in [policy::PREFIX, node::PODS] {
-            let page = store.list_raw(prefix, None, None, None)?;
-            for bytes in &page.items {
-                let v: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
-                let key = stored_key(prefix, &v);
-                authz.take(&key, Some(bytes));
-            }
+            store.for_each(prefix, &mut |key, bytes| authz.take(key, Some(bytes)))?;
         }
         store.set_observer(authz.clone());
         Ok(authz)
@@ -164,25 +159,6 @@ impl Observer for Authorizer {
 
 fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The storage key of an object listed under `prefix` (`group/resource/`).
-fn stored_key(prefix: &str, v: &serde_json::Value) -> String {
-    let m = &v["metadata"];
-    let name = m["name"].as_str().unwrap_or("");
-    let ns = m["namespace"].as_str().unwrap_or("");
-    let resource = match v["kind"].as_str().unwrap_or("") {
-        "Role" => "roles",
-        "ClusterRole" => "clusterroles",
-        "RoleBinding" => "rolebindings",
-        "ClusterRoleBinding" => "clusterrolebindings",
-        _ => "pods",
-    };
-    if prefix == node::PODS {
-        format!("{prefix}{ns}/{name}")
-    } else {
-        format!("{prefix}{resource}/{ns}/{name}")
-    }
 }
 
 /// kube-apiserver's 403 for a request no authorizer allowed, e.g. `pods is forbidden:
