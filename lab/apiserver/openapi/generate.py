@@ -82,7 +82,7 @@ PATCH_META = {
 MODULES = [
     "api/core/v1", "api/apps/v1", "api/discovery/v1", "api/networking/v1",
     "api/coordination/v1", "api/events/v1", "api/authentication/v1", "api/autoscaling/v1",
-    "api/policy/v1", "api/scheduling/v1", "api/rbac/v1",
+    "api/policy/v1", "api/scheduling/v1", "api/rbac/v1", "api/authorization/v1",
     "apiextensions_apiserver/pkg/apis/apiextensions/v1",
 ]
 

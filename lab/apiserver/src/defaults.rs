@@ -49,6 +49,7 @@ pub(crate) fn apply(rt: &ResourceType, o: &mut Value) {
             }
         }
         ("", "Secret") => or(o, "type", json!("Opaque")),
+        (crate::rbac::RBAC_GROUP, kind) => crate::rbac::objects::defaults(kind, o),
         ("", "Endpoints") => {
             for s in items(o, "subsets") {
                 for p in items(s, "ports") {

@@ -59,16 +59,6 @@ fn in_group_version<'a>(
         .filter(move |r| r.group == group && r.version == version)
 }
 
-const VERBS: &[&str] = &[
-    "create",
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "update",
-    "watch",
-];
 const STATUS_VERBS: &[&str] = &["get", "patch", "update"];
 
 /// Content type of aggregated discovery responses.
@@ -130,7 +120,7 @@ pub(crate) fn resource_list(all: All<'_>, group: &str, version: &str) -> Value {
             "singularName": rt.singular,
             "namespaced": rt.namespaced,
             "kind": rt.kind,
-            "verbs": VERBS,
+            "verbs": rt.verbs,
             "shortNames": rt.short_names,
             "categories": categories(rt),
         }));
@@ -202,7 +192,7 @@ fn aggregated_resources(all: All<'_>, name: &str, version: &str) -> Vec<Value> {
                 "responseKind": kind,
                 "scope": if rt.namespaced { "Namespaced" } else { "Cluster" },
                 "singularResource": rt.singular,
-                "verbs": VERBS,
+                "verbs": rt.verbs,
                 "shortNames": rt.short_names,
                 "categories": categories(rt),
             });

@@ -36,6 +36,7 @@ mod gc;
 mod kubelet;
 mod patch;
 mod protobuf;
+mod rbac;
 mod resources;
 mod schema;
 mod selector;
@@ -57,11 +58,13 @@ pub use server::{Server, serve, start};
 /// The Kubernetes version this server presents (`/version`, OpenAPI info).
 pub const KUBERNETES_VERSION: &str = "v1.32.0";
 
-/// The API as a tower service, every request treated as the cluster admin (there is no
-/// connection to authenticate). Cheap to clone.
+/// The API as a tower service. There is no connection to authenticate: every request
+/// is the cluster admin's, or the user [`Router::as_user`] names. Cheap to clone.
 #[derive(Clone)]
 pub struct Router {
     state: Arc<api::State>,
+    /// Who requests come from; `None`: the admin.
+    user: Option<api::User>,
 }
 
 impl std::fmt::Debug for Router {
@@ -72,12 +75,30 @@ impl std::fmt::Debug for Router {
 
 impl Router {
     /// Handles one request.
-    pub async fn handle<B>(&self, req: Request<B>) -> Response<ResponseBody>
+    pub async fn handle<B>(&self, mut req: Request<B>) -> Response<ResponseBody>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        if let Some(u) = &self.user
+            && req.extensions().get::<api::User>().is_none()
+        {
+            req.extensions_mut().insert(u.clone());
+        }
         api::handle(self.state.clone(), req).await
+    }
+
+    /// The same API, every request authenticated as `user` in `groups` (add
+    /// `system:authenticated` as an authenticator would), and authorized as such: for
+    /// in-process clients that are not the admin.
+    pub fn as_user(&self, user: &str, groups: &[&str]) -> Router {
+        Router {
+            state: self.state.clone(),
+            user: Some(api::User {
+                name: user.to_string(),
+                groups: groups.iter().map(|g| (*g).to_string()).collect(),
+            }),
+        }
     }
 }
 
@@ -106,8 +127,8 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let state = self.state.clone();
-        Box::pin(async move { Ok(api::handle(state, req).await) })
+        let router = self.clone();
+        Box::pin(async move { Ok(router.handle(req).await) })
     }
 }
 
@@ -124,6 +145,7 @@ pub fn router(config: &Config) -> Result<Router, Error> {
         node_ports: config.node_port_range.clone(),
     };
     store.set_allocator(&ranges)?;
+    let authz = rbac::Authorizer::attach(&store)?;
     let state = api::State {
         store,
         ranges,
@@ -135,20 +157,24 @@ pub fn router(config: &Config) -> Result<Router, Error> {
             config.listen_in_netns.first().map(|l| l.netns.clone()),
         )?,
         pending: gc::Pending::default(),
+        authz,
     };
     bootstrap::bootstrap(&state)?;
+    rbac::bootstrap::ensure(&state)?;
+    rbac::aggregate::settle(&state)?;
     state.reload_crds()?;
     gc::recover(&state)?;
     let state = Arc::new(state);
     gc::spawn_worker(&state);
     gc::spawn_flusher(&state);
-    Ok(Router { state })
+    rbac::aggregate::spawn_worker(&state);
+    Ok(Router { state, user: None })
 }
 
 /// Mints a client certificate for `user` in `groups` (for a node: `system:node:NAME` in
 /// `system:nodes`), signed by the CA in `data_dir`, and returns a kubeconfig for
-/// `server` (`https://IP:PORT`) that uses it. Every authenticated user may do
-/// everything for now (no authorization yet).
+/// `server` (`https://IP:PORT`) that uses it. What the user may do is RBAC's (and, for
+/// a node, the Node authorizer's) to decide.
 pub fn client_kubeconfig(
     data_dir: &Path,
     server: &str,

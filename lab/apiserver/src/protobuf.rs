@@ -1,6 +1,7 @@
 //! `application/vnd.kubernetes.protobuf` request bodies, for the objects kubectl's
 //! generators send that way (`kubectl create deployment|service|secret|configmap|
-//! namespace|serviceaccount`): the `k8s\0` envelope (`runtime.Unknown`) and a schema of
+//! namespace|serviceaccount|role|clusterrole|rolebinding|clusterrolebinding`, and the
+//! reviews of `kubectl auth can-i`): the `k8s\0` envelope (`runtime.Unknown`) and a schema of
 //! the fields those objects use, decoded into the JSON the rest of the server handles.
 //! A field outside the schema with a value other than zero refuses the request (415)
 //! rather than losing data; every other client sends JSON.
@@ -229,6 +230,125 @@ const TOKEN_REQUEST: &[F] = &[
     ),
 ];
 
+const POLICY_RULE: &[F] = &[
+    F(1, "verbs", Str, true),
+    F(2, "apiGroups", Str, true),
+    F(3, "resources", Str, true),
+    F(4, "resourceNames", Str, true),
+    F(5, "nonResourceURLs", Str, true),
+];
+const SUBJECT: &[F] = &[
+    F(1, "kind", Str, false),
+    F(2, "apiGroup", Str, false),
+    F(3, "name", Str, false),
+    F(4, "namespace", Str, false),
+];
+const ROLE_REF: &[F] = &[
+    F(1, "apiGroup", Str, false),
+    F(2, "kind", Str, false),
+    F(3, "name", Str, false),
+];
+/// `kubectl create role|clusterrole|rolebinding|clusterrolebinding` send protobuf.
+const ROLE: &[F] = &[
+    F(1, "metadata", Msg(OBJECT_META), false),
+    F(2, "rules", Msg(POLICY_RULE), true),
+];
+const CLUSTER_ROLE: &[F] = &[
+    F(1, "metadata", Msg(OBJECT_META), false),
+    F(2, "rules", Msg(POLICY_RULE), true),
+    F(
+        3,
+        "aggregationRule",
+        Msg(&[F(1, "clusterRoleSelectors", Msg(LABEL_SELECTOR), true)]),
+        false,
+    ),
+];
+const ROLE_BINDING: &[F] = &[
+    F(1, "metadata", Msg(OBJECT_META), false),
+    F(2, "subjects", Msg(SUBJECT), true),
+    F(3, "roleRef", Msg(ROLE_REF), false),
+];
+
+const RESOURCE_ATTRIBUTES: &[F] = &[
+    F(1, "namespace", Str, false),
+    F(2, "verb", Str, false),
+    F(3, "group", Str, false),
+    F(4, "version", Str, false),
+    F(5, "resource", Str, false),
+    F(6, "subresource", Str, false),
+    F(7, "name", Str, false),
+    F(
+        8,
+        "fieldSelector",
+        Msg(&[
+            F(1, "rawSelector", Str, false),
+            F(2, "requirements", Msg(SELECTOR_REQUIREMENT), true),
+        ]),
+        false,
+    ),
+    F(
+        9,
+        "labelSelector",
+        Msg(&[
+            F(1, "rawSelector", Str, false),
+            F(2, "requirements", Msg(SELECTOR_REQUIREMENT), true),
+        ]),
+        false,
+    ),
+];
+const NON_RESOURCE_ATTRIBUTES: &[F] = &[F(1, "path", Str, false), F(2, "verb", Str, false)];
+const ACCESS_REVIEW_STATUS: &[F] = &[
+    F(1, "allowed", Bool, false),
+    F(2, "reason", Str, false),
+    F(3, "evaluationError", Str, false),
+    F(4, "denied", Bool, false),
+];
+/// `kubectl auth can-i` sends its reviews as protobuf.
+const SELF_SUBJECT_ACCESS_REVIEW: &[F] = &[
+    F(1, "metadata", Msg(OBJECT_META), false),
+    F(
+        2,
+        "spec",
+        Msg(&[
+            F(1, "resourceAttributes", Msg(RESOURCE_ATTRIBUTES), false),
+            F(
+                2,
+                "nonResourceAttributes",
+                Msg(NON_RESOURCE_ATTRIBUTES),
+                false,
+            ),
+        ]),
+        false,
+    ),
+    F(3, "status", Msg(ACCESS_REVIEW_STATUS), false),
+];
+const SUBJECT_ACCESS_REVIEW: &[F] = &[
+    F(1, "metadata", Msg(OBJECT_META), false),
+    F(
+        2,
+        "spec",
+        Msg(&[
+            F(1, "resourceAttributes", Msg(RESOURCE_ATTRIBUTES), false),
+            F(
+                2,
+                "nonResourceAttributes",
+                Msg(NON_RESOURCE_ATTRIBUTES),
+                false,
+            ),
+            F(3, "user", Str, false),
+            F(4, "groups", Str, true),
+            F(6, "uid", Str, false),
+        ]),
+        false,
+    ),
+    F(3, "status", Msg(ACCESS_REVIEW_STATUS), false),
+];
+const SELF_SUBJECT_RULES_REVIEW: &[F] = &[
+    F(1, "metadata", Msg(OBJECT_META), false),
+    F(2, "spec", Msg(&[F(1, "namespace", Str, false)]), false),
+    F(3, "status", Msg(EMPTY), false),
+];
+
 fn top_level(api_version: &str, kind: &str) -> Option<&'static [F]> {
     Some(match (api_version, kind) {
         ("v1", "Namespace") => NAMESPACE,
@@ -238,6 +358,14 @@ fn top_level(api_version: &str, kind: &str) -> Option<&'static [F]> {
         ("v1", "ServiceAccount") => SERVICE_ACCOUNT,
         ("apps/v1", "Deployment") => DEPLOYMENT,
         ("authentication.k8s.io/v1", "TokenRequest") => TOKEN_REQUEST,
+        ("rbac.authorization.k8s.io/v1", "Role") => ROLE,
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => CLUSTER_ROLE,
+        ("rbac.authorization.k8s.io/v1", "RoleBinding" | "ClusterRoleBinding") => ROLE_BINDING,
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => SELF_SUBJECT_ACCESS_REVIEW,
+        ("authorization.k8s.io/v1", "SubjectAccessReview" | "LocalSubjectAccessReview") => {
+            SUBJECT_ACCESS_REVIEW
+        }
+        ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => SELF_SUBJECT_RULES_REVIEW,
         _ => return None,
     })
 }

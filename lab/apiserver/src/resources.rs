@@ -39,7 +39,22 @@ pub(crate) struct ResourceType {
     pub(crate) columns: &'static [PrinterColumn],
     /// A custom resource's `openAPIV3Schema`.
     pub(crate) schema: Option<&'static Value>,
+    /// The verbs it takes: every verb of a stored resource, or `create` alone for the
+    /// reviews that answer a question and store nothing.
+    pub(crate) verbs: &'static [&'static str],
 }
+
+/// The verbs of a stored resource, as discovery lists them.
+pub(crate) const STORED_VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 
 /// One of a custom resource's `additionalPrinterColumns`.
 #[derive(Debug, PartialEq)]
@@ -105,6 +120,17 @@ macro_rules! rt {
             custom: false,
             columns: &[],
             schema: None,
+            verbs: STORED_VERBS,
+        }
+    };
+}
+
+/// A review: created to get an answer, never stored (`authorization.k8s.io`).
+macro_rules! review {
+    ($g:expr, $r:expr, $s:expr, $k:expr, $ns:expr) => {
+        ResourceType {
+            verbs: &["create"],
+            ..rt!($g, $r, $s, $k, $ns, [], false, Subdomain)
         }
     };
 }
@@ -304,7 +330,6 @@ pub(crate) static RESOURCES: &[ResourceType] = &[
         false,
         Subdomain
     ),
-    // Stored and served; not yet enforced (every authenticated user may do everything).
     // RBAC names are path segments (`system:node`), as kube-apiserver validates them.
     rt!(
         "rbac.authorization.k8s.io",
@@ -345,6 +370,34 @@ pub(crate) static RESOURCES: &[ResourceType] = &[
         [],
         false,
         Path
+    ),
+    review!(
+        "authorization.k8s.io",
+        "localsubjectaccessreviews",
+        "localsubjectaccessreview",
+        "LocalSubjectAccessReview",
+        true
+    ),
+    review!(
+        "authorization.k8s.io",
+        "selfsubjectaccessreviews",
+        "selfsubjectaccessreview",
+        "SelfSubjectAccessReview",
+        false
+    ),
+    review!(
+        "authorization.k8s.io",
+        "selfsubjectrulesreviews",
+        "selfsubjectrulesreview",
+        "SelfSubjectRulesReview",
+        false
+    ),
+    review!(
+        "authorization.k8s.io",
+        "subjectaccessreviews",
+        "subjectaccessreview",
+        "SubjectAccessReview",
+        false
     ),
 ];
 
@@ -479,6 +532,7 @@ fn from_crd(crd: &Value) -> Vec<(String, ResourceType)> {
             custom: true,
             columns: Box::leak(columns.into_boxed_slice()),
             schema,
+            verbs: STORED_VERBS,
         };
         out.push((sig, rt));
     }

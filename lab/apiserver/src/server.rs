@@ -259,7 +259,10 @@ async fn connection(
                 None if !api::is_public(req.uri().path()) => {
                     return Ok::<_, Infallible>(api::status_response(&Status::unauthorized()));
                 }
-                None => {}
+                // Authorized as kube-apiserver authorizes anonymous requests.
+                None => {
+                    req.extensions_mut().insert(api::User::anonymous());
+                }
             }
             Ok(router.handle(req).await)
         }

@@ -135,6 +135,15 @@ pub(crate) struct Store {
     rv_tx: watch::Sender<u64>,
     /// Service IP/port allocators, told about every Service write (see `alloc.rs`).
     allocator: std::sync::OnceLock<Arc<Allocator>>,
+    /// Told about every commit (the authorizer's view of RBAC objects and pods).
+    observer: std::sync::OnceLock<Arc<dyn Observer>>,
+}
+
+/// What keeps an in-memory view of stored objects current: told about every commit,
+/// in resourceVersion order, as soon as it is visible to readers (before it is durable,
+/// as an informer would see it a moment later). It must not write to the store.
+pub(crate) trait Observer: Send + Sync {
+    fn committed(&self, events: &[Event]);
 }
 
 /// Rolls the allocators back unless the transaction committed (also on panic).
@@ -244,7 +253,14 @@ impl Store {
             }),
             rv_tx,
             allocator: std::sync::OnceLock::new(),
+            observer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets the one observer told about every later commit (see [`Observer`]). The
+    /// caller loads what is stored before the first write.
+    pub(crate) fn set_observer(&self, observer: Arc<dyn Observer>) {
+        let _ = self.observer.set(observer);
     }
 
     /// Builds the Service allocators from the stored Services; from now on every write
@@ -389,6 +405,23 @@ impl Store {
         Ok(RawPage { items, rv, next })
     }
 
+    /// Calls `f` with the key and stored JSON of every object under `prefix`, in key
+    /// order, from one snapshot, without copying them out.
+    pub(crate) fn for_each(
+        &self,
+        prefix: &str,
+        f: &mut dyn FnMut(&str, &[u8]),
+    ) -> Result<(), Error> {
+        let tx = self.db.begin_read().map_err(storage)?;
+        let t = tx.open_table(OBJECTS).map_err(storage)?;
+        let end = prefix_end(prefix);
+        for entry in t.range(prefix..end.as_str()).map_err(storage)? {
+            let (k, v) = entry.map_err(storage)?;
+            f(k.value(), v.value());
+        }
+        Ok(())
+    }
+
     /// Runs `f` in one write transaction and commits it durably; on error nothing is written.
     pub(crate) fn write<T>(
         &self,
@@ -507,6 +540,10 @@ impl Store {
             }
             tx.commit().map_err(storage)?;
             guard.commit();
+            // Still under the writer lock: the observer sees commits in order.
+            if let Some(o) = self.observer.get() {
+                o.committed(&events);
+            }
             self.unflushed
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

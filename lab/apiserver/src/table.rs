@@ -216,6 +216,27 @@ fn columns(kind: &str) -> Vec<Value> {
         ],
         "ServiceAccount" => vec![name, int("Secrets", "The number of secrets."), age],
         "Lease" => vec![name, s("Holder", "The holder of the lease."), age],
+        "Role" | "ClusterRole" => vec![
+            name,
+            col(
+                "Created At",
+                "date",
+                "",
+                "CreationTimestamp is a timestamp representing the server time when this object was created.",
+                0,
+            ),
+        ],
+        "RoleBinding" | "ClusterRoleBinding" => vec![
+            name,
+            s(
+                "Role",
+                "RoleRef can reference a Role in the current namespace or a ClusterRole in the global namespace.",
+            ),
+            age,
+            wide("Users", "Users in the roleBinding"),
+            wide("Groups", "Groups in the roleBinding"),
+            wide("ServiceAccounts", "ServiceAccounts in the roleBinding"),
+        ],
         "Event" => vec![
             s("Last Seen", "Time when this Event was last seen."),
             s("Type", "Type of this event (Normal, Warning)."),
@@ -410,6 +431,40 @@ fn extra_cells(kind: &str, o: &Value) -> Option<Vec<Value>> {
             json!(o["spec"]["holderIdentity"].as_str().unwrap_or("")),
             json!(age(o)),
         ],
+        "Role" | "ClusterRole" => {
+            vec![json!(str_at(o, "metadata.creationTimestamp").unwrap_or(""))]
+        }
+        "RoleBinding" | "ClusterRoleBinding" => {
+            let subjects = |kind: &str| -> String {
+                o["subjects"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|s| s["kind"] == kind)
+                    .map(|s| {
+                        let name = s["name"].as_str().unwrap_or("");
+                        match kind {
+                            "ServiceAccount" => {
+                                format!("{}/{name}", s["namespace"].as_str().unwrap_or(""))
+                            }
+                            _ => name.to_string(),
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            vec![
+                json!(format!(
+                    "{}/{}",
+                    o["roleRef"]["kind"].as_str().unwrap_or(""),
+                    o["roleRef"]["name"].as_str().unwrap_or("")
+                )),
+                json!(age(o)),
+                json!(subjects("User")),
+                json!(subjects("Group")),
+                json!(subjects("ServiceAccount")),
+            ]
+        }
         _ => return None,
     })
 }

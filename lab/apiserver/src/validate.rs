@@ -95,6 +95,9 @@ pub(crate) fn validate(rt: &ResourceType, obj: &Value) -> Vec<Cause> {
         "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => workload(obj, &mut causes),
         "PriorityClass" => priority_class(obj, &mut causes),
         "PodDisruptionBudget" => pod_disruption_budget(obj, &mut causes),
+        kind if rt.group == crate::rbac::RBAC_GROUP => {
+            causes.extend(crate::rbac::objects::validate(kind, obj));
+        }
         _ => {}
     }
     causes

@@ -683,6 +683,29 @@ async fn kubectl_create_token_authenticates_as_the_service_account() {
     };
     let conn = with(&token);
     let conn: Vec<&str> = conn.iter().map(String::as_str).collect();
+    // Authenticated, and allowed nothing yet: kube-apiserver's 403, word for word.
+    let denied = c.kubectl_raw(&conn, &["get", "namespace", "team"]).await;
+    assert!(
+        !denied.ok
+            && denied.stderr.contains(
+                r#"namespaces "team" is forbidden: User "system:serviceaccount:team:default" cannot get resource "namespaces" in API group "" in the namespace "team""#
+            ),
+        "{}",
+        denied.stderr
+    );
+    // `view` in its namespace lets it read there.
+    let out = c
+        .kubectl(&[
+            "create",
+            "rolebinding",
+            "default-view",
+            "--clusterrole=view",
+            "--serviceaccount=team:default",
+            "-n",
+            "team",
+        ])
+        .await;
+    assert!(out.ok, "{}", out.stderr);
     let good = c.kubectl_raw(&conn, &["get", "namespace", "team"]).await;
     assert!(good.ok, "{}", good.stderr);
     // The server knows who the token is (kubectl auth whoami: SelfSubjectReview).

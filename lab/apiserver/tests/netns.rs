@@ -117,14 +117,28 @@ async fn serves_inside_another_network_namespace() {
         "--cache-dir",
         cache.to_str().unwrap(),
     ];
-    let jsonpath = "jsonpath={.endpoints[0].addresses[0]}:{.ports[0].port}";
+    // (A node may read Endpoints by name, not EndpointSlices: the Node authorizer's rules.)
+    let jsonpath = "jsonpath={.subsets[0].addresses[0].ip}:{.subsets[0].ports[0].port}";
     let args: Vec<&str> = kubectl
         .iter()
         .copied()
-        .chain(["get", "endpointslice", "kubernetes", "-o", jsonpath])
+        .chain(["get", "endpoints", "kubernetes", "-o", jsonpath])
         .collect();
     let out = in_netns(&ns, &args).await;
     assert_eq!(String::from_utf8_lossy(&out.stdout), inside.to_string());
+    let args: Vec<&str> = kubectl
+        .iter()
+        .copied()
+        .chain(["get", "endpointslice", "kubernetes"])
+        .collect();
+    let out = in_netns(&ns, &args).await;
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            r#"endpointslices.discovery.k8s.io "kubernetes" is forbidden: User "system:node:node-1" cannot get resource "endpointslices" in API group "discovery.k8s.io" in the namespace "default""#
+        ),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     server.shutdown();
 }
 

@@ -228,7 +228,15 @@ fn the_api_server_accepts_the_manifests_with_default_validation() {
     let ds: Value = serde_json::from_str(&ok(
         "kubectl get daemonset",
         api.kubectl(
-            &["-n", "kube-system", "get", "daemonset", "kubewire-agent", "-o", "json"],
+            &[
+                "-n",
+                "kube-system",
+                "get",
+                "daemonset",
+                "kubewire-agent",
+                "-o",
+                "json",
+            ],
             None,
         ),
     ))
@@ -249,7 +257,10 @@ fn the_api_server_accepts_the_manifests_with_default_validation() {
     let ds_pod = &ds["spec"]["template"]["spec"];
     assert_eq!(ds_pod["priorityClassName"], "system-node-critical");
     // A field the server does not know is refused, so the checks above mean something.
-    let bad = vxlan.replace("hostNetwork: true", "hostNetwork: true\n      hostNetwrk: true");
+    let bad = vxlan.replace(
+        "hostNetwork: true",
+        "hostNetwork: true\n      hostNetwrk: true",
+    );
     let out = api.kubectl(&["apply", "-f", "-"], Some(&bad));
     assert!(!out.status.success());
     assert!(

@@ -21,7 +21,11 @@ fn tour() -> String {
         .split_once("```sh\n")
         .expect("a shell block in the tour")
         .1;
-    block.split_once("```").expect("the block's end").0.to_owned()
+    block
+        .split_once("```")
+        .expect("the block's end")
+        .0
+        .to_owned()
 }
 
 #[test]

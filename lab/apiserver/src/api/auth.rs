@@ -21,6 +21,14 @@ impl User {
         }
     }
 
+    /// A request without credentials (served only on the public paths).
+    pub(crate) fn anonymous() -> User {
+        User {
+            name: "system:anonymous".into(),
+            groups: vec!["system:unauthenticated".into()],
+        }
+    }
+
     pub(crate) fn service_account(ns: &str, name: &str) -> User {
         User {
             name: format!("system:serviceaccount:{ns}:{name}"),
@@ -104,7 +112,8 @@ pub(crate) fn authenticate(
     Some(User::service_account(&sa.namespace, &sa.name))
 }
 
-/// Paths anyone may read, as kube-apiserver's `system:public-info-viewer` allows.
+/// Paths served without credentials (and then authorized for `system:anonymous`, as
+/// kube-apiserver's `system:public-info-viewer` allows).
 pub(crate) fn is_public(path: &str) -> bool {
     matches!(path, "/version" | "/healthz" | "/livez" | "/readyz")
         || ["/healthz/", "/livez/", "/readyz/"]

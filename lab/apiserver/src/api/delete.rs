@@ -82,6 +82,7 @@ pub(super) fn delete(s: &State, t: &Target, r: &Req) -> Result<Response<Response
     let out = s.write(r.dry_run(), |txn| {
         let old = txn.get(&key)?.ok_or_else(|| t.not_found(&name))?;
         preconditions.check(t, &old, &name)?;
+        super::admit::delete(s, txn, t, r, &old)?;
         delete_in(txn, &s.catalog.all(), t.rt, &key, old, opts)
     })?;
     Ok(json_response(200, &out, "application/json"))
@@ -104,6 +105,7 @@ pub(super) fn delete_collection(
             if let Some(o) = txn.get(&k)?
                 && sel.matches(&o)
             {
+                super::admit::delete(s, txn, t, r, &o)?;
                 out.push(delete_in(txn, &all, t.rt, &k, o, opts)?);
             }
         }

@@ -9,6 +9,8 @@
 //! - [`subresource`]: status aside (the object's own verbs serve it), scale, binding,
 //!   log, token request and namespace finalize;
 //! - [`delete`]: delete and deletecollection with their options and preconditions;
+//! - [`admit`]: what a write is checked for once its object is known (NodeRestriction,
+//!   RBAC escalation prevention; `rbac/admission.rs`);
 //! - [`watch`]: watch streams with bookmarks and initial events;
 //! - [`response`]: response bodies and the headers every handler sets.
 //!
@@ -26,6 +28,7 @@ use crate::selector::{FieldSelector, LabelSelector, Selectors};
 use crate::service::Ranges;
 use crate::store::{Store, Txn};
 
+mod admit;
 mod auth;
 mod delete;
 mod read;
@@ -56,6 +59,8 @@ pub(crate) struct State {
     pub(crate) kubelet: crate::kubelet::KubeletClient,
     /// Deletions with work left (terminating namespaces, foreground owners).
     pub(crate) pending: crate::gc::Pending,
+    /// Authorization: the RBAC objects and bound pods it reads (`rbac/`).
+    pub(crate) authz: std::sync::Arc<crate::rbac::Authorizer>,
 }
 
 impl State {
@@ -89,6 +94,8 @@ impl State {
 
 /// A request as the handlers see it: its body read whole.
 struct Req {
+    /// Who it acts as (authorized, impersonation applied).
+    user: User,
     method: Method,
     query: Vec<(String, String)>,
     accept: String,
@@ -162,6 +169,11 @@ impl Target {
             Some(ns) if self.rt.namespaced => format!("{}/{ns}/", self.rt.storage_prefix()),
             _ => format!("{}/", self.rt.storage_prefix()),
         }
+    }
+
+    /// The subresource's path segment (empty for the object itself).
+    fn sub_name(&self) -> &'static str {
+        self.sub.map_or("", Subresource::name)
     }
 
     /// Whether this is the status subresource (writes there change only `status`).

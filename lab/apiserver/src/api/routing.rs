@@ -102,6 +102,14 @@ impl Subresource {
             .iter()
             .any(|s| s.sub == self && s.methods.contains(method))
     }
+
+    /// Its path segment.
+    pub(super) fn name(self) -> &'static str {
+        SUBRESOURCES
+            .iter()
+            .find(|s| s.sub == self)
+            .map_or("", |s| s.name)
+    }
 }
 
 /// Handles one request (already authenticated).
@@ -131,6 +139,13 @@ where
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
     let user = auth::request_user(&parts.extensions);
+    let user = crate::rbac::authorize_request(
+        &state.authz,
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+        user,
+    )?;
     let hv = |h: header::HeaderName| {
         parts
             .headers
@@ -150,6 +165,7 @@ where
         Err(e) => return Err(Status::bad_request(format!("reading request body: {e}")).into()),
     };
     let r = Req {
+        user,
         method: parts.method.clone(),
         query: parse_query(parts.uri.query().unwrap_or("")),
         accept: hv(header::ACCEPT),
@@ -214,9 +230,21 @@ where
                 201,
                 &json!({"kind": "SelfSubjectReview", "apiVersion": "authentication.k8s.io/v1",
                     "metadata": {"creationTimestamp": null},
-                    "status": {"userInfo": {"username": user.name, "groups": user.groups}}}),
+                    "status": {"userInfo": {"username": r.user.name, "groups": r.user.groups}}}),
                 "application/json",
             ))
+        }
+        ["apis", "authorization.k8s.io", "v1", rest @ ..]
+            if crate::rbac::review::Review::from_path(rest).is_some() =>
+        {
+            if r.method != Method::POST {
+                return Err(Status::method_not_allowed(r.method.as_str()).into());
+            }
+            let (review, ns) =
+                crate::rbac::review::Review::from_path(rest).ok_or_else(Status::not_found_path)?;
+            let body = r.json_body()?;
+            let out = crate::rbac::review::answer(&state.authz, review, ns, &r.user, &body)?;
+            Ok(json_response(201, &out, "application/json"))
         }
         ["api", "v1", "namespaces", ns, "bindings"] => {
             if r.method != Method::POST {

@@ -212,6 +212,7 @@ pub(super) fn token_request(
         ))
         .into());
     }
+    super::admit::token_request(s, t, r, &req)?;
     let sa = s
         .store
         .get(&t.key(&name))?

@@ -293,6 +293,9 @@ fn crd_accept(crd: &mut Value, causes: &mut Vec<Cause>) {
 
 /// Fields an update may not change. (A Service's clusterIP is checked by the allocator.)
 fn immutable(rt: &ResourceType, new: &Value, old: &Value, causes: &mut Vec<Cause>) {
+    if rt.group == crate::rbac::RBAC_GROUP {
+        crate::rbac::objects::immutable(rt.kind, new, old, causes);
+    }
     if matches!(
         rt.kind,
         "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet"
@@ -326,7 +329,10 @@ pub(super) fn create(s: &State, t: &Target, r: &Req) -> Result<Response<Response
     }
     prepare_create(rt, &mut obj);
     let key = t.key(&name);
-    let stored = s.write(r.dry_run(), |txn| create_in(s, txn, t, &key, obj))?;
+    let stored = s.write(r.dry_run(), |txn| {
+        super::admit::create(s, txn, t, r, &obj)?;
+        create_in(s, txn, t, &key, obj)
+    })?;
     Ok(with_warnings(
         json_response(201, &stored, "application/json"),
         &warnings,
@@ -419,6 +425,7 @@ fn apply_object(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>
                 obj["metadata"]["namespace"] = json!(ns);
             }
             prepare_create(rt, &mut obj);
+            super::admit::create_by_apply(s, txn, t, r, &obj)?;
             Ok((201, create_in(s, txn, t, &key, obj)?))
         }
         Some(old) => {
@@ -434,6 +441,7 @@ fn apply_object(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>
                     }
                     Error::from(st)
                 })?;
+            super::admit::update(s, txn, t, r, &old, &new)?;
             Ok((200, store_update(s, txn, t, &key, old, new)?))
         }
     })?;
@@ -530,6 +538,7 @@ pub(super) fn update(s: &State, t: &Target, r: &Req) -> Result<Response<Response
     let key = t.key(&name);
     let stored = s.write(r.dry_run(), |txn| {
         let old = txn.get(&key)?.ok_or_else(|| t.not_found(&name))?;
+        super::admit::update(s, txn, t, r, &old, &new)?;
         store_update(s, txn, t, &key, old, new)
     })?;
     Ok(with_warnings(
@@ -565,6 +574,7 @@ pub(super) fn patch_object(
             new["metadata"]["namespace"] = old["metadata"]["namespace"].clone();
         }
         warnings = check_strict(t.rt, r, &new, false)?;
+        super::admit::update(s, txn, t, r, &old, &new)?;
         store_update(s, txn, t, &key, old, new)
     })?;
     Ok(with_warnings(
