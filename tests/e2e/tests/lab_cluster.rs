@@ -478,3 +478,169 @@ fn lab_down_keep_data_keeps_the_cluster_for_the_next_lab_up() {
         "the ClusterIP {ip} does not answer after the restart"
     );
 }
+
+/// The rights docs/install.md documents for each ServiceAccount: the lines of its
+/// `kubectl auth can-i --list --as=system:serviceaccount:kube-system:NAME` block (header
+/// first), whitespace collapsed.
+fn documented_rights() -> Vec<(String, Vec<String>)> {
+    let doc = std::fs::read_to_string(e2e::workspace_root().join("docs/install.md")).unwrap();
+    let prefix = "$ kubectl auth can-i --list --as=system:serviceaccount:kube-system:";
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    let mut current = None;
+    for line in doc.lines() {
+        if let Some(sa) = line.strip_prefix(prefix) {
+            out.push((sa.to_owned(), Vec::new()));
+            current = Some(out.len() - 1);
+        } else if line.starts_with("```") || line.starts_with('$') {
+            current = None;
+        } else if let Some(i) = current {
+            out[i].1.push(collapse(line));
+        }
+    }
+    out
+}
+
+fn collapse(line: &str) -> String {
+    line.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// `kubectl auth can-i --list` as `user`, one collapsed line each.
+fn can_i_list(lab: &RunningLab, user: &str) -> Vec<String> {
+    lab.kubectl(&["auth", "can-i", "--list", &format!("--as={user}")])
+        .lines()
+        .map(collapse)
+        .collect()
+}
+
+/// `kubectl auth can-i ARGS` as `user`: yes or no.
+fn can_i(lab: &RunningLab, user: &str, args: &[&str]) -> bool {
+    let mut argv = vec!["auth", "can-i"];
+    argv.extend_from_slice(args);
+    let user = format!("--as={user}");
+    argv.push(&user);
+    let out = e2e::cluster::kubectl(&lab.kubeconfig, &argv);
+    match String::from_utf8_lossy(&out.stdout).trim() {
+        "yes" => true,
+        "no" => false,
+        other => panic!(
+            "kubectl {argv:?}: {other} {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+#[test]
+fn kubewire_runs_as_its_service_accounts_with_exactly_the_documented_rights() {
+    let lab = RunningLab::up(2);
+    let lab_dir = tempfile::tempdir().unwrap();
+    // What every authenticated user may do (discovery, self reviews), the same for all.
+    let everyone = can_i_list(&lab, "system:serviceaccount:kube-system:nobody");
+    let documented = documented_rights();
+    assert_eq!(
+        documented
+            .iter()
+            .map(|(sa, _)| sa.as_str())
+            .collect::<Vec<_>>(),
+        ["kubewire-agent", "kubewire-dns"],
+        "docs/install.md documents a can-i block per ServiceAccount"
+    );
+    for (sa, rights) in &documented {
+        let user = format!("system:serviceaccount:kube-system:{sa}");
+        let listed: Vec<String> = can_i_list(&lab, &user)
+            .into_iter()
+            .enumerate()
+            .filter(|(i, l)| *i == 0 || !everyone.contains(l))
+            .map(|(_, l)| l)
+            .collect();
+        assert_eq!(&listed, rights, "kubectl auth can-i --list --as={user}");
+        // No Secrets, anywhere, by any verb; no write to any Node or its status.
+        for verb in ["get", "list", "watch"] {
+            assert!(
+                !can_i(&lab, &user, &[verb, "secrets", "-A"]),
+                "{sa} {verb} secrets"
+            );
+        }
+        for node in ["node-1", "node-2"] {
+            for verb in ["update", "patch", "delete"] {
+                assert!(!can_i(&lab, &user, &[verb, &format!("nodes/{node}")]));
+                assert!(!can_i(
+                    &lab,
+                    &user,
+                    &[verb, &format!("nodes/{node}"), "--subresource=status"]
+                ));
+            }
+        }
+        assert!(!can_i(&lab, &user, &["create", "nodes"]));
+    }
+
+    // The running pods hold their own ServiceAccount's token, and the API server knows
+    // them by it: the agent on every node, and DNS.
+    let server = lab.kubectl(&[
+        "config",
+        "view",
+        "-o",
+        "jsonpath={.clusters[0].cluster.server}",
+    ]);
+    let node_file = lab_dir.path().join("node-2.json");
+    std::fs::write(
+        &node_file,
+        lab.kubectl(&["get", "node", "node-2", "-o", "json"]),
+    )
+    .unwrap();
+    for (selector, sa, allowed) in [
+        (
+            "app.kubernetes.io/name=kubewire-agent",
+            "kubewire-agent",
+            "nodes",
+        ),
+        ("k8s-app=kube-dns", "kubewire-dns", "pods"),
+    ] {
+        let pods = lab.json(&["-n", "kube-system", "get", "pods", "-l", selector]);
+        let pods = pods["items"].as_array().unwrap();
+        assert!(!pods.is_empty(), "no pod {selector}");
+        for pod in pods {
+            let name = pod["metadata"]["name"].as_str().unwrap();
+            assert_eq!(pod["spec"]["serviceAccountName"], sa, "{name}");
+            let out = lab.exec(
+                &format!("kube-system/{name}"),
+                &["cat", "/var/run/secrets/kubernetes.io/serviceaccount/token"],
+            );
+            assert!(out.status.success(), "{name}: {out:?}");
+            let token = String::from_utf8(out.stdout).unwrap();
+            let as_pod = |args: &[&str]| {
+                Command::new("kubectl")
+                    .args(["--kubeconfig=/dev/null", "--insecure-skip-tls-verify"])
+                    .arg(format!("--server={server}"))
+                    .arg(format!("--token={}", token.trim()))
+                    .args(args)
+                    .output()
+                    .unwrap()
+            };
+            let read = as_pod(&["get", allowed, "-A", "-o", "name"]);
+            assert!(read.status.success(), "{name} list {allowed}: {read:?}");
+            let secrets = as_pod(&["get", "secrets", "-A"]);
+            let err = String::from_utf8_lossy(&secrets.stderr);
+            assert!(
+                !secrets.status.success()
+                    && err.contains(&format!(
+                        "User \"system:serviceaccount:kube-system:{sa}\" cannot list resource \"secrets\" in API group \"\" at the cluster scope"
+                    )),
+                "{name} list secrets: {secrets:?}"
+            );
+            // A PUT of node-2 and of its status, as kubectl sends it (no read first).
+            for (path, resource) in [
+                ("/api/v1/nodes/node-2", "nodes"),
+                ("/api/v1/nodes/node-2/status", "nodes/status"),
+            ] {
+                let put = as_pod(&["replace", "--raw", path, "-f", node_file.to_str().unwrap()]);
+                assert!(
+                    !put.status.success()
+                        && String::from_utf8_lossy(&put.stderr).contains(&format!(
+                            "User \"system:serviceaccount:kube-system:{sa}\" cannot update resource \"{resource}\""
+                        )),
+                    "{name} writes {path}: {put:?}"
+                );
+            }
+        }
+    }
+}
