@@ -496,6 +496,9 @@ fn encode_element(w: &mut Writer, set: &Set, e: &SetElement) {
     }
     if let Some(timeout) = e.timeout {
         w.put_u64(attr::SET_ELEM_TIMEOUT, timeout.as_millis() as u64);
+        if let Some(left) = e.expires {
+            w.put_u64(attr::SET_ELEM_EXPIRATION, left.as_millis() as u64);
+        }
     }
     if let Some(comment) = &e.comment {
         w.put(attr::SET_ELEM_USERDATA, &comment_udata(comment));
