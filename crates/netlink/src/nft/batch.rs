@@ -307,13 +307,22 @@ impl Batch {
             w.nest_end(desc);
         }
         w.put_u32(attr::SET_ID, id);
-        if let [single] = set.key[..]
-            && single.host_order()
-        {
-            // nft's user data: key byte order (type 0) = host endian (1). Without it,
-            // `nft list` would print host-order keys byte-swapped.
-            let mut udata = vec![0, 4];
+        // nft's user data: the byte order of the key (type 0) and of the data (type
+        // 1), host endian (1) for a single host-order field. Without it, `nft list`
+        // prints host-order keys and values byte-swapped.
+        let mut udata = Vec::new();
+        let host = |fields: &[KeyType]| matches!(fields, [single] if single.host_order());
+        if host(&set.key) {
+            udata.extend_from_slice(&[0, 4]);
             udata.extend_from_slice(&1u32.to_ne_bytes());
+        }
+        if let Some(MapData::Value(fields)) = &set.data
+            && host(fields)
+        {
+            udata.extend_from_slice(&[1, 4]);
+            udata.extend_from_slice(&1u32.to_ne_bytes());
+        }
+        if !udata.is_empty() {
             w.put(attr::SET_USERDATA, &udata);
         }
         w.end_msg(m);

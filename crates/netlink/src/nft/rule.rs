@@ -545,6 +545,21 @@ impl Rule {
             })
     }
 
+    /// `meta mark set meta mark & ~BITS`: clears bits of the packet mark.
+    pub fn clear_mark_bits(self, bits: u32) -> Self {
+        self.expr(Field::Mark.load(Reg::R1))
+            .expr(Expr::Bitwise {
+                sreg: Reg::R1,
+                dreg: Reg::R1,
+                mask: (!bits).to_ne_bytes().to_vec(),
+                xor: vec![0; 4],
+            })
+            .expr(Expr::MetaSet {
+                key: MetaKey::Mark,
+                sreg: Reg::R1,
+            })
+    }
+
     /// `ct mark VALUE`: the connection's mark equals `value`.
     pub fn match_ct_mark(self, value: u32) -> Self {
         self.match_field(Field::CtMark, CmpOp::Eq, value.to_ne_bytes())
