@@ -999,6 +999,19 @@ fn rules_and_elements_are_listed_back_and_expiring_elements_keep_their_time() {
     // What nft shows for the element added with its time left.
     let text = ns.listing();
     assert!(text.contains("10.0.0.2 timeout 1h expires"), "{text}");
+    // Destroying an element that is there and one that is not (it timed out, say) is
+    // no error.
+    let mut b = Batch::new();
+    b.destroy_elements(&aff, &[SetElement::new(key(1)), SetElement::new(key(9))]);
+    socket.apply(&b).unwrap();
+    let left: Vec<_> = socket
+        .elements(&aff)
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert_eq!(left, [key(2)]);
 }
 
 #[test]

@@ -842,6 +842,70 @@ impl FamilyRuleset {
         out
     }
 
+    /// How many rules each chain holds, fixed or following the classes (chains without
+    /// rules left out): what a listing of the kernel's table must show.
+    pub fn rule_counts(&self) -> BTreeMap<String, usize> {
+        self.chains
+            .values()
+            .cloned()
+            .chain(self.class_chains().into_values())
+            .filter(|c| !c.rules.is_empty())
+            .map(|c| (c.chain.name, c.rules.len()))
+            .collect()
+    }
+
+    /// The timeout of `destination` (`daddr . l4proto . dport`, or `l4proto . dport`
+    /// for a node port) if it has session affinity.
+    fn affinity_timeout(&self, node_port: bool, destination: &[Datum]) -> Option<u32> {
+        self.affinity_sets
+            .iter()
+            .find(|((np, _), s)| *np == node_port && s.contains(destination))
+            .map(|((_, t), _)| *t)
+    }
+
+    /// Whether an element of the [`names::AFFINITY`] map (`daddr . l4proto . dport .
+    /// saddr` → `addr . port`) sends a client where this ruleset could: to an endpoint
+    /// of a destination that has session affinity. Returns that destination's timeout.
+    pub fn affinity_entry_timeout(&self, e: &SetElement) -> Option<u32> {
+        let (Some(ElementData::Value(value)), [daddr, proto, port, _client]) =
+            (&e.data, &e.key[..])
+        else {
+            return None;
+        };
+        let [Datum::Ipv4(_) | Datum::Ipv6(_), Datum::Port(ep_port)] = value[..] else {
+            return None;
+        };
+        let ep_addr = match value[0] {
+            Datum::Ipv4(a) => IpAddr::V4(a),
+            Datum::Ipv6(a) => IpAddr::V6(a),
+            _ => return None,
+        };
+        let endpoint = (ep_addr, ep_port);
+        let has = |destination: &[Datum]| {
+            self.class_maps
+                .values()
+                .filter_map(|m| m.endpoints(destination))
+                .any(|eps| eps.contains(&endpoint))
+        };
+        let address = [*daddr, *proto, *port];
+        let node_port = [*proto, *port];
+        self.affinity_timeout(false, &address)
+            .filter(|_| has(&address))
+            .or_else(|| {
+                self.affinity_timeout(true, &node_port)
+                    .filter(|_| has(&node_port))
+            })
+    }
+
+    /// Whether `service`'s elements include a destination with session affinity.
+    pub(crate) fn has_affinity(&self, service: &ServiceKey) -> bool {
+        self.services.get(service).is_some_and(|r| {
+            r.elements
+                .iter()
+                .any(|(s, _)| matches!(s, SetName::Affinity { .. }))
+        })
+    }
+
     /// The set a service element goes to, made if it is an affinity set not there yet.
     fn set_mut(&mut self, name: SetName) -> Option<&mut SetSpec> {
         match name {

@@ -381,6 +381,21 @@ impl Batch {
         self.elements(msg::DELSETELEM, 0, what, set, (&set.name, None), elements)
     }
 
+    /// `destroy element`: removes elements, and is no error for one that is not there
+    /// (kernel 6.3 or later): for elements that may time out on their own meanwhile,
+    /// such as those rules add from the packet path.
+    pub fn destroy_elements(&mut self, set: &Set, elements: &[SetElement]) -> &mut Self {
+        let what = format!("destroy element {} {} {}", set.family, set.table, set.name);
+        self.elements(
+            msg::DESTROYSETELEM,
+            0,
+            what,
+            set,
+            (&set.name, None),
+            elements,
+        )
+    }
+
     fn check_element(set: &Set, e: &SetElement, adding: bool) -> Result<(), String> {
         let show =
             |f: &[super::KeyType]| f.iter().map(|t| t.name()).collect::<Vec<_>>().join(" . ");

@@ -45,6 +45,7 @@ pub(crate) mod msg {
     pub(crate) const NEWSETELEM: u8 = 12;
     pub(crate) const DELSETELEM: u8 = 14;
     pub(crate) const DESTROYTABLE: u8 = 26;
+    pub(crate) const DESTROYSETELEM: u8 = 30;
     pub(crate) const GETTABLE: u8 = 1;
     pub(crate) const GETRULE: u8 = 7;
     pub(crate) const GETSETELEM: u8 = 13;
