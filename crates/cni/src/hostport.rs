@@ -167,7 +167,8 @@ pub fn batch(bindings: &[Binding]) -> Batch {
             batch.add_rule(
                 &Rule::new(family, TABLE, name)
                     .match_fib_daddr_local()
-                    .verdict(Verdict::Jump("hostports".into())),
+                    .verdict(Verdict::Jump("hostports".into()))
+                    .comment("to one of the node's addresses: the hostPort mappings"),
             );
         }
         batch.add_chain(&Chain::new(family, TABLE, "postrouting").hook(

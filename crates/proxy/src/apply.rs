@@ -220,13 +220,24 @@ impl Proxier {
         let Some(applied) = &mut self.applied else {
             return self.sync(crate::desired(view, node));
         };
-        // A service that had session affinity may leave entries that send clients to
-        // an endpoint it no longer has, or to a destination without affinity now.
-        let affinity = changed
-            .iter()
-            .any(|k| applied.families.iter().any(|f| f.has_affinity(k)));
+        // A service with session affinity that lost an endpoint (or its affinity, or
+        // went) leaves entries that send clients where they must not go any more: they
+        // are deleted in the same transaction. An endpoint added leaves none, and costs
+        // no listing of the clients.
+        let pairs = |applied: &Ruleset| -> Vec<_> {
+            applied
+                .families
+                .iter()
+                .flat_map(|f| changed.iter().map(move |k| f.affinity_pairs(k)))
+                .collect()
+        };
+        let before = pairs(applied);
         let mut batch = Batch::new();
         crate::diff::update(&mut batch, applied, view, node, changed);
+        let affinity = before
+            .iter()
+            .zip(pairs(applied))
+            .any(|(old, new)| !old.is_subset(&new));
         if affinity {
             self.stale_affinity(&mut batch);
         }

@@ -7,8 +7,9 @@
 //! and applies the batches, the first one in full. The whole table is never listed
 //! (at 50,000 services that would cost more than the change) and `nft` is never run;
 //! instead, at every resync, [`Proxier::intact`] asks the kernel whether the tables are
-//! still the ones it made (the ruleset generation, then each table's handle) and a
-//! table someone deleted is put back in full.
+//! still the ones it made (the ruleset generation, then each table's handle, the
+//! number of rules in each chain and the map of classes) and a table someone deleted
+//! or flushed is put back in full, with the session-affinity entries it held.
 //!
 //! # Ruleset layout
 //!

@@ -3,7 +3,7 @@
 //! The layout is described in the crate documentation ([`crate`]); this module is the
 //! one place that knows it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -661,6 +661,10 @@ fn group_elements<'a>(
 /// A destination's endpoints, by bucket.
 pub type Endpoints = Arc<[(IpAddr, u16)]>;
 
+/// A destination with session affinity and one of its endpoints: what an element of
+/// the [`names::AFFINITY`] map may send a client to.
+pub(crate) type AffinityPair = (Box<[Datum]>, (IpAddr, u16));
+
 /// The endpoint map of a balancing class ([`Class::map`]), as destinations: each with
 /// its endpoints (bucket `i` → the `i`-th; the list is shared with the service that
 /// contributes it) and the number of services contributing it (two services may
@@ -897,13 +901,28 @@ impl FamilyRuleset {
             })
     }
 
-    /// Whether `service`'s elements include a destination with session affinity.
-    pub(crate) fn has_affinity(&self, service: &ServiceKey) -> bool {
-        self.services.get(service).is_some_and(|r| {
-            r.elements
-                .iter()
-                .any(|(s, _)| matches!(s, SetName::Affinity { .. }))
-        })
+    /// The (destination, endpoint) pairs of `service` that session affinity may have
+    /// recorded: for each of its destinations with affinity, each endpoint of any of
+    /// its classes. An entry of the [`names::AFFINITY`] map outside them is stale.
+    pub(crate) fn affinity_pairs(
+        &self,
+        service: &ServiceKey,
+    ) -> BTreeSet<AffinityPair> {
+        let Some(rules) = self.services.get(service) else {
+            return BTreeSet::new();
+        };
+        let destinations: Vec<&[Datum]> = rules
+            .elements
+            .iter()
+            .filter(|(s, _)| matches!(s, SetName::Affinity { .. }))
+            .map(|(_, e)| &e.key[..])
+            .collect();
+        rules
+            .endpoints
+            .iter()
+            .filter(|g| destinations.contains(&&g.destination[..]))
+            .flat_map(|g| g.endpoints.iter().map(|ep| (g.destination.clone(), *ep)))
+            .collect()
     }
 
     /// The set a service element goes to, made if it is an affinity set not there yet.
@@ -1410,7 +1429,11 @@ impl<'a> Builder<'a> {
             self.regular(d.external_local_chain, rules);
         }
         self.regular(AFFINITY_LOOKUP, vec![affinity_lookup(fam)]);
-        let jump_services = vec![self.rule("nat-prerouting").jump("services")];
+        let jump_services = vec![
+            self.rule("nat-prerouting")
+                .jump("services")
+                .comment("connections to Services, from pods and from outside"),
+        ];
         self.base(
             "nat-prerouting",
             ChainType::Nat,
@@ -1418,7 +1441,11 @@ impl<'a> Builder<'a> {
             priority::DSTNAT,
             jump_services,
         );
-        let jump_services = vec![self.rule("nat-output").jump("services")];
+        let jump_services = vec![
+            self.rule("nat-output")
+                .jump("services")
+                .comment("connections to Services from the node itself"),
+        ];
         self.base(
             "nat-output",
             ChainType::Nat,
@@ -1536,12 +1563,16 @@ impl<'a> Builder<'a> {
             let rules = targets
                 .iter()
                 .map(|target| {
-                    let mut r = if *target == AFFINITY_RECORD {
-                        record()
-                    } else {
-                        Rule::new(family, TABLE, "x")
+                    let mut r = match *target {
+                        AFFINITY_RECORD => record(),
+                        "endpoints-check" => Rule::new(family, TABLE, "x")
                             .match_ct_state(new)
                             .jump(*target)
+                            .comment("new connections to Services without endpoints: reject (before DNAT)"),
+                        _ => Rule::new(family, TABLE, "x")
+                            .match_ct_state(new)
+                            .jump(*target)
+                            .comment("new connections still to a ClusterIP after DNAT: a port it lacks, or no Service"),
                     };
                     r.chain = name.to_owned();
                     r

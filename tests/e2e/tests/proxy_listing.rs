@@ -2,8 +2,8 @@
 //! loads (the service proxy's, the agent's masquerade table, the CNI plugin's hostPort
 //! table) holding 10,000 Services × 10 endpoints, with and without session affinity,
 //! `nft list ruleset` and `nft --json list ruleset` exit 0 and name every kubewire
-//! table. nft 1.0.6 (Debian 12) is the oldest supported. Needs root; fails, never
-//! skips.
+//! table, every rule with a comment saying what it is for. nft 1.0.6 (Debian 12) is
+//! the oldest supported. Needs root; fails, never skips.
 
 #![allow(clippy::disallowed_methods)] // runs nft inside the node, as an operator would
 
@@ -164,6 +164,20 @@ fn listed_with_every_table(affinity_every: Option<u32>) {
         text.contains("10.96.39.15 . tcp . 80 : 0x"),
         "a service in service-ips"
     );
+    // Every rule of every table has a comment saying what it is for.
+    let mut in_chain = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with("chain ") {
+            in_chain = true;
+        } else if line == "}" {
+            in_chain = false;
+        } else if in_chain && !line.starts_with("type ") && !line.is_empty() {
+            assert!(
+                line.contains(" comment \""),
+                "a rule without a comment: {line}"
+            );
+        }
+    }
     let (json, stderr) = nft(node.name(), &["--json", "list", "ruleset"]);
     assert!(
         stderr.lines().all(|l| l == JSON_WARNING),
