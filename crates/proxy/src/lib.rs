@@ -18,8 +18,8 @@
 //! the only chains besides the fixed ones are two per *class* ([`Class`]): one per
 //! number of endpoints in use (cluster-wide or on this node, for service addresses or
 //! node ports, with or without session affinity). Every rule has a comment saying
-//! what it is for, and the whole table lists with nft 1.0.6 (Debian 12) and later,
-//! as text and as JSON.
+//! what it is for, and the whole table lists with nft 1.0.6 (Debian 12, the oldest
+//! supported), as text and as JSON.
 //!
 //! A *destination* is a service address and port (`daddr . l4proto . dport`: a
 //! ClusterIP, external IP or load-balancer IP) or a node port (`l4proto . dport`).

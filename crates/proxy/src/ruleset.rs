@@ -904,10 +904,7 @@ impl FamilyRuleset {
     /// The (destination, endpoint) pairs of `service` that session affinity may have
     /// recorded: for each of its destinations with affinity, each endpoint of any of
     /// its classes. An entry of the [`names::AFFINITY`] map outside them is stale.
-    pub(crate) fn affinity_pairs(
-        &self,
-        service: &ServiceKey,
-    ) -> BTreeSet<AffinityPair> {
+    pub(crate) fn affinity_pairs(&self, service: &ServiceKey) -> BTreeSet<AffinityPair> {
         let Some(rules) = self.services.get(service) else {
             return BTreeSet::new();
         };
