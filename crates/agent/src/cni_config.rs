@@ -11,11 +11,13 @@ use crate::Error;
 
 /// The file name: runtimes take the first file in lexical order.
 pub const FILE_NAME: &str = "10-kubewire.conflist";
+/// The network's name in the config, under which the plugin keeps its IPAM state.
+pub const NETWORK: &str = "kubewire";
 
 /// The conflist for this node, in the plugin's own configuration type: what the agent
 /// writes is what the plugin parses.
 pub fn conflist(pod_cidrs: &[IpNet], mode: RoutingMode, mtu: u32, data_dir: &Path) -> ConfList {
-    let (cni_version, name) = ("1.1.0", "kubewire");
+    let (cni_version, name) = ("1.1.0", NETWORK);
     ConfList {
         cni_version: cni_version.into(),
         name: name.into(),
@@ -49,19 +51,93 @@ pub fn write_if_changed(dir: &Path, content: &str) -> Result<bool, Error> {
     Ok(true)
 }
 
-/// Makes `dir/kubewire-cni` a link to this binary, so runtimes find the plugin.
+/// Installs this binary as `dir/kubewire-cni`, where runtimes find the plugin, in
+/// place of whatever was there (an older version). It is made under a temporary name,
+/// a hard link to this binary (a copy when `dir` is on another file system), then
+/// renamed over the old one: a runtime running the plugin meanwhile gets the old
+/// binary or the new one, never a half-written file (nor ETXTBSY, which executing a
+/// file open for writing gives), and the plugin stays whole when the agent's own file
+/// is replaced or removed by an upgrade. Cilium's and Calico's installers do the same
+/// (copy, rename).
 pub fn install_plugin(dir: &Path) -> Result<(), Error> {
-    let io = |op: String| move |cause| Error::Io { op, cause };
     let exe = std::env::current_exe().map_err(io("finding own binary".into()))?;
-    let link = dir.join("kubewire-cni");
-    if std::fs::read_link(&link).is_ok_and(|target| target == exe) {
+    install_plugin_from(&exe, dir)
+}
+
+/// [`install_plugin`] of the binary `exe`.
+pub fn install_plugin_from(exe: &Path, dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let target = dir.join(PLUGIN_FILE);
+    let source = std::fs::metadata(exe).map_err(io(format!("reading {}", exe.display())))?;
+    // A file (not a link) that is this binary, or a copy of it: nothing to do.
+    if let Ok(old) = std::fs::symlink_metadata(&target)
+        && old.is_file()
+        && ((old.dev(), old.ino()) == (source.dev(), source.ino()) || same_content(exe, &target))
+    {
         return Ok(());
     }
     std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-    let tmp = dir.join(".kubewire-cni.tmp");
+    let tmp = dir.join(format!(".{PLUGIN_FILE}.{}.tmp", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(&exe, &tmp).map_err(io(format!("linking {}", tmp.display())))?;
-    std::fs::rename(&tmp, &link).map_err(io(format!("installing {}", link.display())))
+    if std::fs::hard_link(exe, &tmp).is_err() {
+        let copy = || -> std::io::Result<()> {
+            std::fs::copy(exe, &tmp)?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+            std::fs::File::open(&tmp)?.sync_all()
+        };
+        copy().map_err(|cause| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::Io {
+                op: format!("copying {} to {}", exe.display(), tmp.display()),
+                cause,
+            }
+        })?;
+    }
+    std::fs::rename(&tmp, &target).map_err(|cause| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::Io {
+            op: format!("installing {}", target.display()),
+            cause,
+        }
+    })
+}
+
+/// The plugin's file name in the runtime's plugin directory.
+pub const PLUGIN_FILE: &str = "kubewire-cni";
+
+fn io(op: String) -> impl FnOnce(std::io::Error) -> Error {
+    move |cause| Error::Io { op, cause }
+}
+
+/// Whether two files hold the same bytes (false if either cannot be read).
+fn same_content(a: &Path, b: &Path) -> bool {
+    use std::io::Read;
+    let (Ok(fa), Ok(fb)) = (std::fs::File::open(a), std::fs::File::open(b)) else {
+        return false;
+    };
+    let (Ok(ma), Ok(mb)) = (fa.metadata(), fb.metadata()) else {
+        return false;
+    };
+    if !mb.is_file() || ma.len() != mb.len() {
+        return false;
+    }
+    let (mut ra, mut rb) = (
+        std::io::BufReader::with_capacity(1 << 16, fa),
+        std::io::BufReader::with_capacity(1 << 16, fb),
+    );
+    let (mut ba, mut bb) = (vec![0; 1 << 16], vec![0; 1 << 16]);
+    loop {
+        let n = match ra.read(&mut ba) {
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        if n == 0 {
+            return true;
+        }
+        if rb.read_exact(&mut bb[..n]).is_err() || ba[..n] != bb[..n] {
+            return false;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -105,6 +181,50 @@ mod tests {
         );
         assert_eq!(v["plugins"][0]["mode"], "vxlan");
         assert_eq!(v["cniVersion"], "1.1.0");
+    }
+
+    #[test]
+    fn the_plugin_is_installed_whole_and_replaced_by_rename() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let src = tempfile::tempdir().unwrap();
+        let bin = tempfile::tempdir().unwrap();
+        let (v1, v2) = (src.path().join("v1"), src.path().join("v2"));
+        std::fs::write(&v1, b"#!/bin/sh\necho one\n").unwrap();
+        std::fs::write(&v2, b"#!/bin/sh\necho two\n").unwrap();
+        for v in [&v1, &v2] {
+            std::fs::set_permissions(v, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let installed = bin.path().join(PLUGIN_FILE);
+        // An old plugin, as a symlink (what earlier agents made).
+        std::os::unix::fs::symlink(&v1, &installed).unwrap();
+        install_plugin_from(&v1, bin.path()).unwrap();
+        let first = std::fs::symlink_metadata(&installed).unwrap();
+        assert!(first.is_file(), "a file, not a link to the agent's binary");
+        assert_eq!(
+            std::fs::read(&installed).unwrap(),
+            std::fs::read(&v1).unwrap()
+        );
+        // Again: nothing to do, the same file stays.
+        install_plugin_from(&v1, bin.path()).unwrap();
+        assert_eq!(std::fs::metadata(&installed).unwrap().ino(), first.ino());
+        // An upgrade: a new file takes the name; whoever had the old one open keeps it.
+        let old = std::fs::File::open(&installed).unwrap();
+        install_plugin_from(&v2, bin.path()).unwrap();
+        assert_eq!(
+            std::fs::read(&installed).unwrap(),
+            std::fs::read(&v2).unwrap()
+        );
+        assert_ne!(std::fs::metadata(&installed).unwrap().ino(), first.ino());
+        assert_eq!(old.metadata().unwrap().ino(), first.ino());
+        // The agent's own file goes (replaced by the upgrade): the plugin is whole.
+        std::fs::remove_file(&v2).unwrap();
+        assert!(std::fs::read(&installed).unwrap().ends_with(b"two\n"));
+        // Nothing left behind under a temporary name.
+        let names: Vec<_> = std::fs::read_dir(bin.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [PLUGIN_FILE]);
     }
 
     #[test]

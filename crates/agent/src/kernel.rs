@@ -34,8 +34,8 @@ pub struct Observed {
     /// The VXLAN device, if there is one.
     pub vxlan: Option<ObservedVxlan>,
     /// The pod CIDRs in the masquerade tables, when both tables are still the ones
-    /// this agent made; `None` when they are missing, were remade by someone else, or
-    /// this agent has not made them yet.
+    /// this agent made, with their rule; `None` when they are missing, were remade or
+    /// flushed by someone else, or this agent has not made them yet.
     pub masquerade: Option<Vec<IpNet>>,
 }
 
@@ -219,6 +219,20 @@ impl Reconciler {
             .collect()
     }
 
+    /// Whether both masquerade tables still hold their rule.
+    fn masquerade_rules(&mut self) -> Result<bool, netlink::Error> {
+        for f in [Family::Ip, Family::Ip6] {
+            let mut counts = BTreeMap::new();
+            for r in self.nft.rules(f, crate::masquerade::TABLE)? {
+                *counts.entry(r.chain).or_insert(0) += 1;
+            }
+            if counts != crate::masquerade::rule_counts() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Lists what the kernel holds of the agent's state.
     pub async fn observe(&mut self) -> Result<Observed, Error> {
         let routes = owned_routes(&self.rtnl)
@@ -258,7 +272,11 @@ impl Reconciler {
             }
         };
         let masquerade = match self.masquerade.clone() {
-            Some((cidrs, handles)) if self.masquerade_handles()? == handles => Some(cidrs),
+            Some((cidrs, handles))
+                if self.masquerade_handles()? == handles && self.masquerade_rules()? =>
+            {
+                Some(cidrs)
+            }
             _ => None,
         };
         Ok(Observed {

@@ -77,8 +77,8 @@ pub struct Args {
     /// Where the container runtime reads CNI configurations.
     #[arg(long, default_value = "/etc/cni/net.d")]
     pub cni_conf_dir: PathBuf,
-    /// Where the container runtime finds CNI plugins; the agent links `kubewire-cni`
-    /// there to this binary.
+    /// Where the container runtime finds CNI plugins; the agent installs this binary
+    /// there as `kubewire-cni` (replacing an older one atomically).
     #[arg(long)]
     pub cni_bin_dir: Option<PathBuf>,
     /// Where the plugin keeps its IPAM state.
@@ -222,6 +222,16 @@ async fn routes(args: &Args, client: kube::Client) -> Result<(), Error> {
             Err(e) => {
                 warn!(error = %ErrorChain(&e), "reconciling the kernel; retrying at the next change or resync");
             }
+        }
+        // The hostPort tables are the plugin's, made from its IPAM state when a pod
+        // comes or goes; between pods, a table someone flushed or deleted is put back
+        // from that state here.
+        let store = cni::ipam::Store::new(&args.cni_data_dir, cni_config::NETWORK);
+        match tokio::task::spawn_blocking(move || cni::hostport::repair(&store)).await {
+            Ok(Ok(true)) => warn!("the hostPort tables were changed by someone else; restored"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => warn!(error = %e, "checking the hostPort tables"),
+            Err(e) => warn!(error = %e, "checking the hostPort tables"),
         }
         if !plan.own_pod_cidrs.is_empty() {
             let list =

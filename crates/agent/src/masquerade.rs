@@ -75,6 +75,13 @@ pub fn batch(pod_cidrs: &[IpNet]) -> Batch {
     batch
 }
 
+/// How many rules each chain of either table holds: what a listing of the kernel's
+/// table must show for it to be intact (flushed by hand or by a firewall reload, the
+/// rule is gone while the table and its handle stay).
+pub fn rule_counts() -> std::collections::BTreeMap<String, usize> {
+    [(CHAIN.to_owned(), 1)].into()
+}
+
 /// The batch that removes both tables (`kubewire agent --cleanup`). Adding first makes
 /// it succeed when they are already gone.
 pub fn cleanup_batch() -> Batch {

@@ -20,6 +20,7 @@
 //! A pod reaching its own hostPort through the node (hairpin) is masqueraded so the
 //! reply comes back through the node; everyone else keeps their source address.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use netlink::nft::{Batch, Chain, ChainType, Family, Hook, Rule, Table, Verdict, priority, proto};
@@ -166,7 +167,8 @@ pub fn batch(bindings: &[Binding]) -> Batch {
             batch.add_rule(
                 &Rule::new(family, TABLE, name)
                     .match_fib_daddr_local()
-                    .verdict(Verdict::Jump("hostports".into())),
+                    .verdict(Verdict::Jump("hostports".into()))
+                    .comment("to one of the node's addresses: the hostPort mappings"),
             );
         }
         batch.add_chain(&Chain::new(family, TABLE, "postrouting").hook(
@@ -220,6 +222,49 @@ pub fn apply(bindings: &[Binding]) -> Result<(), CniError> {
     let mut socket = netlink::nft::NftSocket::new()?;
     socket.apply(&batch(bindings))?;
     Ok(())
+}
+
+/// How many rules each chain of the table of `family` holds for `bindings`, as
+/// [`batch`] makes it: a jump in `prerouting` and `output`, the hairpin masquerade in
+/// `postrouting`, and two rules per binding of the family in `hostports`.
+pub fn rule_counts(bindings: &[Binding], family: Family) -> BTreeMap<String, usize> {
+    let mut counts: BTreeMap<String, usize> = ["prerouting", "output", "postrouting"]
+        .into_iter()
+        .map(|c| (c.to_owned(), 1))
+        .collect();
+    let n = bindings
+        .iter()
+        .filter(|b| b.container_ip.is_ipv4() == (family == Family::Ip))
+        .count();
+    if n > 0 {
+        counts.insert("hostports".to_owned(), 2 * n);
+    }
+    counts
+}
+
+/// Puts the tables back from the IPAM state when the kernel's lack rules of it (a
+/// table deleted or flushed by hand, or by a firewall reload), under the network's
+/// lock, so that no plugin changes the bindings meanwhile. Returns whether it did.
+/// Nothing to do without bindings. Run by the agent at every resync: the plugin only
+/// runs when a pod comes or goes.
+pub fn repair(store: &crate::ipam::Store) -> Result<bool, CniError> {
+    store.update(|st| {
+        if st.hostports.is_empty() {
+            return Ok(false);
+        }
+        let mut socket = netlink::nft::NftSocket::new()?;
+        for family in [Family::Ip, Family::Ip6] {
+            let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+            for r in socket.rules(family, TABLE)? {
+                *counts.entry(r.chain).or_default() += 1;
+            }
+            if counts != rule_counts(&st.hostports, family) {
+                socket.apply(&batch(&st.hostports))?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    })
 }
 
 #[cfg(test)]
@@ -299,5 +344,11 @@ mod tests {
         // Per family: 3 table messages, 4 chains, 2 jump rules, 1 masquerade rule; plus
         // two rules for the one IPv4 binding.
         assert_eq!(batch(&b).len(), 2 * 10 + 2);
+        // What a listing of the rules must show.
+        assert_eq!(rule_counts(&b, Family::Ip)["hostports"], 2);
+        assert_eq!(rule_counts(&b, Family::Ip6).get("hostports"), None);
+        let rules: usize = rule_counts(&b, Family::Ip).values().sum::<usize>()
+            + rule_counts(&b, Family::Ip6).values().sum::<usize>();
+        assert_eq!(rules, 2 * 3 + 2);
     }
 }

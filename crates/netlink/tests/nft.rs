@@ -907,3 +907,158 @@ fn a_table_is_found_by_its_handle_and_a_remade_one_has_a_new_handle() {
     assert!(second.is_some() && second != first, "{first:?} {second:?}");
     assert_ne!(socket.generation().unwrap(), gen1);
 }
+
+#[test]
+fn rules_and_elements_are_listed_back_and_expiring_elements_keep_their_time() {
+    let ns = Ns::new();
+    let mut socket = NftSocket::new_in(&ns.0).unwrap();
+    let f = Family::Ip;
+    let table = Table::new(f, "kwt");
+    let aff = Set::new(
+        f,
+        "kwt",
+        "affinity",
+        [
+            KeyType::Ipv4Addr,
+            KeyType::InetProto,
+            KeyType::InetService,
+            KeyType::Ipv4Addr,
+        ],
+    )
+    .map([KeyType::Ipv4Addr, KeyType::InetService])
+    .timeout(None)
+    .dynamic();
+    let classes = Set::new(f, "kwt", "classes", [KeyType::Mark]).vmap();
+    let key = |client: u8| {
+        vec![
+            v4(10, 96, 0, 1),
+            Datum::Proto(proto::TCP),
+            Datum::Port(80),
+            v4(10, 0, 0, client),
+        ]
+    };
+    let value = [v4(10, 244, 1, 5), Datum::Port(8080)];
+    let mut b = Batch::new();
+    b.add_table(&table).add_set(&aff).add_set(&classes);
+    b.add_chain(&Chain::new(f, "kwt", "a"))
+        .add_chain(&Chain::new(f, "kwt", "b"));
+    b.add_rule(&Rule::new(f, "kwt", "a").accept())
+        .add_rule(&Rule::new(f, "kwt", "a").drop())
+        .add_rule(&Rule::new(f, "kwt", "b").set_ct_mark(0));
+    b.add_elements(
+        &aff,
+        &[
+            SetElement::new(key(1))
+                .value(value)
+                .timeout(Duration::from_secs(3600)),
+            SetElement::new(key(2))
+                .value(value)
+                .timeout(Duration::from_secs(3600))
+                .expires(Duration::from_secs(60)),
+        ],
+    );
+    b.add_elements(
+        &classes,
+        &[SetElement::new([Datum::Mark(7)]).verdict(Verdict::Goto("b".into()))],
+    );
+    socket.apply(&b).unwrap();
+
+    let rules = socket.rules(f, "kwt").unwrap();
+    let chains: Vec<&str> = rules.iter().map(|r| r.chain.as_str()).collect();
+    assert_eq!(chains, ["a", "a", "b"]);
+    let handles: std::collections::BTreeSet<u64> = rules.iter().map(|r| r.handle).collect();
+    assert_eq!(handles.len(), 3, "handles are unique: {rules:?}");
+    assert!(socket.rules(f, "nope").unwrap().is_empty());
+    assert!(socket.rules(Family::Ip6, "kwt").unwrap().is_empty());
+    // Flushed by hand: the rules are gone, the table's handle is the same.
+    ns.sh(&["nft", "flush", "chain", "ip", "kwt", "a"]);
+    assert_eq!(socket.rules(f, "kwt").unwrap().len(), 1);
+
+    let mut listed = socket.elements(&aff).unwrap().unwrap();
+    listed.sort_by_key(|e| e.key.clone());
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].key, key(1));
+    assert_eq!(
+        listed[0].data,
+        Some(netlink::nft::ElementData::Value(value.to_vec()))
+    );
+    assert_eq!(listed[0].timeout, Some(Duration::from_secs(3600)));
+    let left = |e: &SetElement| e.expires.unwrap();
+    assert!(left(&listed[0]) > Duration::from_secs(3500), "{listed:?}");
+    assert!(
+        left(&listed[1]) <= Duration::from_secs(60) && left(&listed[1]) > Duration::from_secs(50),
+        "the time left is the one given: {listed:?}"
+    );
+    let vmap = socket.elements(&classes).unwrap().unwrap();
+    assert_eq!(
+        vmap,
+        [SetElement::new([Datum::Mark(7)]).verdict(Verdict::Goto("b".into()))]
+    );
+    let gone = Set::new(f, "kwt", "gone", [KeyType::Mark]);
+    assert_eq!(socket.elements(&gone).unwrap(), None);
+    // What nft shows for the element added with its time left.
+    let text = ns.listing();
+    assert!(text.contains("10.0.0.2 timeout 1h expires"), "{text}");
+    // Destroying an element that is there and one that is not (it timed out, say) is
+    // no error.
+    let mut b = Batch::new();
+    b.destroy_elements(&aff, &[SetElement::new(key(1)), SetElement::new(key(9))]);
+    socket.apply(&b).unwrap();
+    let left: Vec<_> = socket
+        .elements(&aff)
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert_eq!(left, [key(2)]);
+}
+
+#[test]
+fn the_connection_mark_carries_a_value_from_a_map_to_a_verdict_map() {
+    // `ct mark set KEY map @m ct mark vmap @v`: what nft prints, and that it runs.
+    let ns = Ns::new();
+    let f = Family::Ip;
+    let m = Set::new(f, T, "m", [KeyType::InetProto, KeyType::InetService]).map([KeyType::Mark]);
+    let v = Set::new(f, T, "v", [KeyType::Mark]).vmap();
+    let mut b = Batch::new();
+    b.add_table(&Table::new(f, T)).add_set(&m).add_set(&v);
+    b.add_chain(&Chain::new(f, T, "seven"));
+    b.add_chain(&Chain::new(f, T, "out").hook(ChainType::Filter, Hook::Output, 0));
+    b.add_rule(
+        &Rule::new(f, T, "out")
+            .match_ct_mark(0)
+            .set_ct_mark_from_map(&[Field::L4Proto, Field::Dport], "m")
+            .vmap(&[Field::CtMark], "v"),
+    );
+    b.add_rule(&Rule::new(f, T, "seven").set_ct_mark(0).counter().drop());
+    b.add_elements(
+        &m,
+        &[SetElement::new([Datum::Proto(proto::UDP), Datum::Port(9)]).value([Datum::Mark(7)])],
+    );
+    b.add_elements(
+        &v,
+        &[SetElement::new([Datum::Mark(7)]).verdict(Verdict::Goto("seven".into()))],
+    );
+    ns.apply(&b).unwrap();
+    let text = ns.listing();
+    assert!(
+        text.contains(
+            "ct mark 0x00000000 ct mark set meta l4proto . th dport map @m ct mark vmap @v"
+        ),
+        "{text}"
+    );
+    ns.sh(&["ip", "link", "set", "lo", "up"]);
+    // A datagram to port 9 is dropped by `seven`; port 10 is not in the map.
+    let send = |port: u16| {
+        netns::run_in(&ns.0, move || {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.send_to(b"x", ("127.0.0.1", port)).is_ok()
+        })
+        .unwrap()
+    };
+    assert!(!send(9), "dropped on output: the send fails");
+    assert!(send(10));
+    let counted = ns.sh(&["nft", "list", "chain", "ip", T, "seven"]);
+    assert!(counted.contains("packets 1"), "{counted}");
+}

@@ -150,10 +150,10 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Batch {
 pub fn diff_into(batch: &mut Batch, old: &Ruleset, new: &Ruleset) {
     for n in &new.families {
         match old.family(n.family) {
-            Some(o) => family_diff(batch, o, n),
+            Some(o) => family_diff(batch, Some(o), n),
             None => {
                 batch.add_table(&Table::new(n.family, TABLE));
-                family_diff(batch, &empty(n.family), n);
+                family_diff(batch, None, n);
             }
         }
     }
@@ -170,16 +170,23 @@ fn empty(family: Family) -> FamilyRuleset {
         chains: BTreeMap::new(),
         sets: BTreeMap::new(),
         class_maps: BTreeMap::new(),
+        affinity_sets: BTreeMap::new(),
         services: BTreeMap::new(),
-        cidrs: Vec::new(),
     }
 }
 
-fn family_diff(batch: &mut Batch, old: &FamilyRuleset, new: &FamilyRuleset) {
-    let (old_classes, new_classes) = (old.class_chains(), new.class_chains());
+/// The changes from `old` (`None`: a table just made, holding nothing) to `new`.
+fn family_diff(batch: &mut Batch, old: Option<&FamilyRuleset>, new: &FamilyRuleset) {
+    let empty = empty(new.family);
+    // An empty ruleset still has the chains that follow the classes (with no rules);
+    // a new table has none.
+    let old_classes = old.map(FamilyRuleset::class_chains).unwrap_or_default();
+    let old = old.unwrap_or(&empty);
+    let new_classes = new.class_chains();
     let mut plan = Plan::default();
-    for (name, s) in &new.sets {
-        match old.sets.get(name) {
+    for s in new.all_sets() {
+        let name = &s.set.name;
+        match old.all_sets().find(|o| o.set.name == *name) {
             None => {
                 plan.new_sets.push(s.set.clone());
                 plan.fresh.push(FreshSet::Fixed(s));
@@ -199,8 +206,8 @@ fn family_diff(batch: &mut Batch, old: &FamilyRuleset, new: &FamilyRuleset) {
             Some(o) => class_map_diff(&mut plan, o, m),
         }
     }
-    for (name, s) in &old.sets {
-        if !new.sets.contains_key(name) {
+    for s in old.all_sets() {
+        if !new.all_sets().any(|n| n.set.name == s.set.name) {
             plan.gone_sets.push(s.set.clone());
         }
     }
@@ -335,6 +342,11 @@ pub fn update(
             .iter()
             .map(|(c, s)| (*c, s.set.clone()))
             .collect();
+        let old_affinity: BTreeMap<(bool, u32), Set> = fam
+            .affinity_sets
+            .iter()
+            .map(|(k, s)| (*k, s.set.clone()))
+            .collect();
         let mut plan_deletes: BTreeMap<SetName, Vec<SetElement>> = BTreeMap::new();
         let mut plan_adds: BTreeMap<SetName, Vec<SetElement>> = BTreeMap::new();
         let mut changes = Vec::new();
@@ -372,6 +384,16 @@ pub fn update(
         }
         for (c, s) in old_maps {
             if !fam.class_maps.contains_key(&c) {
+                plan.gone_sets.push(s);
+            }
+        }
+        for (k, s) in &fam.affinity_sets {
+            if !old_affinity.contains_key(k) {
+                plan.new_sets.push(s.set.clone());
+            }
+        }
+        for (k, s) in old_affinity {
+            if !fam.affinity_sets.contains_key(&k) {
                 plan.gone_sets.push(s);
             }
         }

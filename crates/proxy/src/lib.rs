@@ -7,81 +7,104 @@
 //! and applies the batches, the first one in full. The whole table is never listed
 //! (at 50,000 services that would cost more than the change) and `nft` is never run;
 //! instead, at every resync, [`Proxier::intact`] asks the kernel whether the tables are
-//! still the ones it made (the ruleset generation, then each table's handle) and a
-//! table someone deleted is put back in full.
+//! still the ones it made (the ruleset generation, then each table's handle, the
+//! number of rules in each chain and the map of classes) and a table someone deleted
+//! or flushed is put back in full, with the session-affinity entries it held.
 //!
 //! # Ruleset layout
 //!
 //! One table `kubewire-proxy` in each of the `ip` and `ip6` families, same shape.
-//! Nothing in it is per service: services are elements of shared maps, and the only
-//! chains besides the fixed ones are a handful of *class* chains ([`Class`]), one per
-//! kind of destination and number of endpoints in use.
+//! Nothing in it is per service: services are elements of shared sets and maps, and
+//! the only chains besides the fixed ones are two per *class* ([`Class`]): one per
+//! number of endpoints in use (cluster-wide or on this node, for service addresses or
+//! node ports, with or without session affinity). Every rule has a comment saying
+//! what it is for, and the whole table lists with nft 1.0.6 (Debian 12, the oldest
+//! supported), as text and as JSON.
 //!
 //! A *destination* is a service address and port (`daddr . l4proto . dport`: a
-//! ClusterIP, external IP or load-balancer IP) or a node port (`l4proto . dport`). Its
-//! *class* says what to do with a new connection: balance over `N` endpoints
-//! (cluster-wide, or on this node), mark for masquerade then balance
-//! (`externalTrafficPolicy: Cluster` on external destinations), or the
-//! `externalTrafficPolicy: Local` dance; with or without `sessionAffinity: ClientIP`
-//! (and its timeout). Services with the same shape share a class, whatever their
-//! endpoints are.
+//! ClusterIP, external IP or load-balancer IP) or a node port (`l4proto . dport`).
+//! Its class says how to pick an endpoint for a new connection: one of `N`, each with
+//! probability `1/N`. Services with the same number of endpoints share a class,
+//! whatever their endpoints are. What else happens to a connection is decided before
+//! the class, by sets of destinations: masquerading (`externalTrafficPolicy:
+//! Cluster` on external destinations) and `externalTrafficPolicy: Local`.
 //!
 //! | name | key → value | holds |
 //! |---|---|---|
-//! | `service-ips` | `daddr . l4proto . dport` → class id (`mark . mark`) | every service address with a usable endpoint |
+//! | `service-ips` | `daddr . l4proto . dport` → class id (`mark`) | every service address with a usable endpoint |
 //! | `service-nodeports` | `l4proto . dport` → class id | node ports |
-//! | `classes` | class id → `goto` the class chain | one element per class in use (a handful) |
-//! | `balance-N`, `balance-local-N`, `nodeport-balance-N`, ...`-affinity-T` | destination `. bucket` → `addr . port` | one map per balancing class, named as its chain: bucket `i` of `0..N` holds the destination's `i`-th endpoint |
+//! | `classes` | class id → `goto enter-<class>` (0 → `drop`) | one element per class in use (a handful) |
+//! | `balance-N`, `balance-local-N`, `nodeport-balance-N`, ...`-affinity` | destination `. bucket` → `addr . port` | one map per class, named as its chain: bucket `i` of `0..N` holds the destination's `i`-th endpoint |
+//! | `masquerade-ips`, `masquerade-nodeports` | destination | external destinations of `externalTrafficPolicy: Cluster` services |
+//! | `external-local-ips`, `external-local-nodeports` | destination → class id | external destinations of `externalTrafficPolicy: Local` services: the class of their endpoints on this node (0: none) |
 //! | `no-endpoint-services` | `daddr . l4proto . dport` → verdict | no usable endpoint: `goto reject-chain`; iTP Local with endpoints only elsewhere: `drop` |
 //! | `no-endpoint-nodeports` | `l4proto . dport` → verdict | the same for node ports |
 //! | `cluster-ips` | `daddr` | every ClusterIP |
 //! | `hairpin` | `saddr . daddr` | `E . E` for every endpoint address `E` on this node (at most its pods) |
 //! | `affinity` | `daddr . l4proto . dport . saddr` → `addr . port` | client affinity, with timeouts (dynamic) |
+//! | `affinity-ips-T`, `affinity-nodeports-T` | destination | destinations with `sessionAffinity: ClientIP` and timeout `T` |
 //! | `nodeport-ips` | `daddr` | the node's addresses, when known |
 //!
-//! Class chains (names are those of [`Class::chain`]):
-//!
-//! - `balance-N` (`balance-local-N` for local endpoints, `nodeport-` in front for
-//!   node ports): one rule, `dnat to daddr . l4proto . dport . numgen random mod N
-//!   map @balance-N`, all in registers of that one rule. Each bucket holds exactly
-//!   one endpoint, so each is picked with probability `1/N`. With affinity
-//!   (`-affinity-T`), a first rule DNATs a client found in `affinity`, and the
-//!   balancing rule also records its pick there (`update @affinity { ... timeout T }`)
-//!   from the same registers.
-//! - `masquerade-N`: `mark 0x4000`, `goto balance-N`.
-//! - `external-local-N-L`: pod sources `goto balance-N`, node-local sources (`fib
-//!   saddr type local`) mark and `goto balance-N`, the rest `goto balance-local-L`, or
-//!   `drop` when `L` is 0.
-//!
-//! Base chains and the fixed chains:
+//! Chains:
 //!
 //! - `nat-prerouting`, `nat-output` (nat, dstnat): `jump services`.
-//! - `services`: marks traffic to `@cluster-ips` from outside the pod network (when the
-//!   node's cluster CIDRs are known); `ip daddr . meta l4proto . th dport map
-//!   @service-ips vmap @classes` (the one dispatch rule, O(1) whatever the number of
-//!   services: two hash lookups); `fib daddr type local`, not loopback (or `daddr
-//!   @nodeport-ips`): `meta l4proto . th dport map @service-nodeports vmap @classes`.
-//! - `nat-postrouting` (nat, srcnat): masquerade (fully random) marked packets, and
-//!   hairpin: DNATed packets whose `saddr . daddr` is in `@hairpin`. (A two-register
-//!   XOR, `saddr ^ daddr == 0`, needs no set and works on Linux ≥ 6.13, but nft 1.0.6
-//!   aborts printing it; only local endpoints can hairpin, so the set stays small.)
+//! - `services`: marks for masquerade traffic to `@cluster-ips` from outside the pod
+//!   network (when the node's cluster CIDRs are known), and traffic to
+//!   `@masquerade-ips`; `externalTrafficPolicy: Local` destinations: from the node
+//!   itself, marked; from outside (not a pod, not the node), `goto external-local`;
+//!   then the dispatch, one rule whatever the number of services (two hash lookups):
+//!   `ct mark 0 ct mark set ip daddr . meta l4proto . th dport map @service-ips ct
+//!   mark vmap @classes`. The class id goes from the data map to the verdict map
+//!   through the connection mark, within that one rule, and the class's enter chain
+//!   (`enter-balance-N`: `ct mark set 0 goto balance-N`) sets it back to 0 at once:
+//!   nobody else ever sees it. A connection that already has a mark (someone else's
+//!   connmark, set before DNAT) is not touched: it goes to `services-by-class`, which
+//!   tries the classes in turn (`jump balance-N`: a class whose map does not hold the
+//!   destination does nothing and returns). Then node ports: `fib daddr type local`,
+//!   not loopback (or `daddr @nodeport-ips`): `goto nodeports`, the same keyed by
+//!   `l4proto . dport`.
+//! - `external-local`, `nodeport-external-local`: the same dispatch through
+//!   `@external-local-ips` (class 0: `drop`), or `external-local-by-class`, which
+//!   ends with `drop`.
+//! - `balance-N` (`balance-local-N` for local endpoints, `nodeport-` in front for node
+//!   ports): one rule, `dnat to daddr . l4proto . dport . numgen random mod N map
+//!   @balance-N`, all in registers of that one rule. Each bucket holds exactly one
+//!   endpoint, so each is picked with probability `1/N`. With affinity (`-affinity`),
+//!   first `jump affinity-lookup`: `dnat to daddr . l4proto . dport . saddr map
+//!   @affinity`.
+//! - `nat-postrouting` (nat, srcnat): masquerade (fully random) marked packets,
+//!   clearing the mark bit, and hairpin: DNATed packets whose `saddr . daddr` is in
+//!   `@hairpin`. (A two-register XOR, `saddr ^ daddr == 0`, needs no set and works on
+//!   Linux ≥ 6.13, but nft 1.0.6 aborts printing it; only local endpoints can
+//!   hairpin, so the set stays small.)
 //! - `filter-prerouting`, `filter-output` (filter, dstnat-10): new connections `jump
 //!   endpoints-check`, which looks up `@no-endpoint-services` and, for local
 //!   destinations, `@no-endpoint-nodeports`.
-//! - `filter-forward` (filter, 0) and `filter-output-post-dnat` (filter, dstnat+10):
-//!   new connections `jump cluster-ips-check`: still addressed to a ClusterIP after DNAT
-//!   means a port the service does not define, `goto reject-chain`; an address of the
-//!   service CIDRs that no service has is dropped.
+//! - `filter-prerouting-post-dnat`, `filter-output-post-dnat` (filter, dstnat+10):
+//!   new DNATed connections `jump affinity-record`, which remembers the endpoint of
+//!   each one to an affinity destination: `ct original ip daddr . meta l4proto . ct
+//!   original proto-dst @affinity-ips-T update @affinity { ... timeout T : ip daddr
+//!   . th dport }` (after DNAT the packet's destination is the endpoint). Recording
+//!   there rather than next to the pick keeps the rule printable (nft 1.0.6 aborts on
+//!   a set update whose data comes from a map lookup), and also refreshes the
+//!   timeout of a client that came back, as kube-proxy does.
+//! - `filter-forward` (filter, 0) and `filter-output-post-dnat`: new connections
+//!   `jump cluster-ips-check`: still addressed to a ClusterIP after DNAT means a port
+//!   the service does not define, `goto reject-chain`; an address of the service
+//!   CIDRs that no service has is dropped.
 //! - `reject-chain`: TCP reset, else ICMP(v6) port unreachable.
 //!
-//! nft 1.0.6 (Debian 12) cannot print two kinds of rule, and so aborts on `nft list
-//! table`/`ruleset`: the dispatch rule (a data-map lookup feeding a verdict-map
-//! lookup; a one-word class id does not help) and the balancing rule of affinity
-//! classes (a dynset whose data comes from a map lookup). Every set and map and every
-//! other chain can be listed (`nft list map ip kubewire-proxy service-ips`, `nft list
-//! chain ip kubewire-proxy balance-2`; checked by the namespaced tests). The printable
-//! alternative, `service-ips` as a verdict map of `goto balance-N`, would cost a
-//! revalidation of every element at each class change (15 ms at 50,000 services).
+//! Why the connection mark: a class id must go from the lookup of the destination to
+//! the chain of its class. In one rule as a register (`... map @service-ips vmap
+//! @classes`) it is what nft 1.0.6 cannot print (it aborts, and with it `nft list
+//! ruleset`, `nft list tables` and every tool that lists the ruleset); from one rule to
+//! the next in a register the kernel refuses (a register must be written by the rule
+//! that reads it); `service-ips` as a verdict map of `goto` would be printable but
+//! makes the kernel revalidate every element at each change (15-37 ms at 50,000
+//! services). The packet mark would do, but other software keeps state in it between
+//! hooks (policy routing, Calico's policy bits) and it could not be restored; the
+//! connection mark of a connection still being set up is 0 unless someone set it
+//! before DNAT, and is 0 again before anyone else looks.
 //!
 //! # What a change costs, and why this shape
 //!
@@ -93,7 +116,8 @@
 //! - An endpoint added or removed: the destination changes class, so its elements move
 //!   from one class map to the other and its `service-ips` element changes value.
 //!   Still elements only, as long as the new class exists; the first service of a
-//!   class brings the class's map, chain and rule (an empty map: cheap).
+//!   class brings the class's map, its two chains and their rules (binding an empty
+//!   map: cheap), and the by-class chains are refilled with one jump more.
 //! - A service added or removed: its elements, plus a class if it is the first (last).
 //!
 //! Why: at commit, the kernel revalidates the table's whole chain graph (every base
@@ -117,7 +141,10 @@
 //! adding an element walks its bindings; here each class map is bound by one rule,
 //! which is created while the map is empty); passing a key to a shared rule in
 //! registers (refused: registers do not carry over between rules; here each rule
-//! loads what it uses).
+//! loads what it uses); by-class chains that looked the class maps up themselves
+//! (115 ms at 50,000 services for the first service of a class: refilling the chain
+//! binds every class map again, and binding walks a map's elements; here they jump to
+//! the class chains, whose rules are made once, with their map).
 //!
 //! Memory: the applied ruleset holds each element of the fixed sets once (key → data
 //! and a count of the services contributing it); a class map ([`ClassMap`]) holds
@@ -129,7 +156,10 @@
 //! Session affinity: the `affinity` map is keyed by the destination and the client (a
 //! ClusterIP and an external IP of one service keep separate affinities). It needs no
 //! cluster/local field: under `externalTrafficPolicy: Local` a client is either a pod
-//! or the node (cluster-wide endpoints) or outside (local ones), never both.
+//! or the node (cluster-wide endpoints) or outside (local ones), never both. It is
+//! looked up by one rule (`affinity-lookup`) made with the table, and written by the
+//! rules of `affinity-record` (one per timeout in use): a rule that reads or writes a
+//! map binds it, and binding walks the elements, here the clients.
 //!
 //! # Running
 //!
@@ -149,9 +179,9 @@ pub use apply::{Error, Proxier, SyncReport, cleanup, full_sync};
 pub use controller::{ProxyArgs, run};
 pub use diff::{diff, diff_into, update};
 pub use ruleset::{
-    ChainSpec, Class, ClassKind, ClassMap, EndpointGroup, Endpoints, FamilyRuleset, MASQ_MARK,
-    MAX_ENDPOINTS, Node, Ruleset, ServiceRules, SetName, SetSpec, TABLE, desired, health_checks,
-    names, port_id, service_rules, usable,
+    ChainSpec, Class, ClassMap, EndpointGroup, Endpoints, FamilyRuleset, MASQ_MARK, MAX_ENDPOINTS,
+    NO_LOCAL_ENDPOINT, Node, Ruleset, ServiceRules, SetName, SetSpec, TABLE, desired,
+    health_checks, names, port_id, service_rules, usable,
 };
 pub use view::{
     DEFAULT_AFFINITY_TIMEOUT, Endpoint, Hints, Protocol, SERVICE_NAME_LABEL,

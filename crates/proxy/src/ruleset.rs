@@ -3,15 +3,16 @@
 //! The layout is described in the crate documentation ([`crate`]); this module is the
 //! one place that knows it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use netlink::nft::{
-    Chain, ChainType, CmpOp, CtKey, Datum, DynsetOp, ElementData, Expr, Family, FibResult, Hook,
-    KeyType, NatKind, Reg, Reject, Rule, Set, SetElement, Verdict, ct_state, fib_flags, priority,
+    Chain, ChainType, CmpOp, CtKey, Datum, DynsetOp, ElementData, Expr, Family, FibResult, Field,
+    Hook, KeyType, NatKind, Reg, Reject, Rule, Set, SetElement, Verdict, ct_state, fib_flags,
+    priority,
 };
 
 use crate::view::{Endpoint, Service, ServiceKey, ServicePort, TrafficPolicy, View};
@@ -23,14 +24,26 @@ pub const MASQ_MARK: u32 = 0x4000;
 /// `IPS_DST_NAT`: the conntrack status bit of a connection whose destination was NATed.
 const IPS_DST_NAT: u32 = 0x20;
 
-/// Shared sets and maps, by name.
+/// Shared sets and maps, and the chains rules refer to, by name.
 pub mod names {
     /// `daddr . l4proto . dport` → the destination's [`Class`](super::Class) id.
     pub const SERVICE_IPS: &str = "service-ips";
     /// `l4proto . dport` → the node port's class id, for destinations local to the node.
     pub const SERVICE_NODEPORTS: &str = "service-nodeports";
-    /// Class id → `goto` the class's chain: a verdict map of a handful of elements.
+    /// Class id → `goto` the class's chain (and 0 → `drop`): a verdict map of a
+    /// handful of elements.
     pub const CLASSES: &str = "classes";
+    /// External destinations (external and load-balancer IPs) of `externalTrafficPolicy:
+    /// Cluster` services: their traffic is masqueraded.
+    pub const MASQUERADE_IPS: &str = "masquerade-ips";
+    /// Node ports of `externalTrafficPolicy: Cluster` services.
+    pub const MASQUERADE_NODEPORTS: &str = "masquerade-nodeports";
+    /// External destinations of `externalTrafficPolicy: Local` services → the class id
+    /// of their endpoints on this node, or 0 (`drop`) when there is none. Traffic from
+    /// outside the node and the pod network goes there, keeping its source address.
+    pub const EXTERNAL_LOCAL_IPS: &str = "external-local-ips";
+    /// The same for node ports.
+    pub const EXTERNAL_LOCAL_NODEPORTS: &str = "external-local-nodeports";
     /// `daddr . l4proto . dport` → `goto reject-chain` (no endpoints) or `drop`.
     pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
     /// `l4proto . dport` → `goto reject-chain` or `drop`, for node ports.
@@ -52,6 +65,18 @@ pub mod names {
     pub const NODEPORT_IPS: &str = "nodeport-ips";
     /// The chain that rejects: TCP reset, else ICMP port unreachable.
     pub const REJECT_CHAIN: &str = "reject-chain";
+    /// The chain that records affinity picks after DNAT.
+    pub const AFFINITY_RECORD: &str = "affinity-record";
+    /// The chain that sends a client with a recorded affinity back to its endpoint.
+    pub const AFFINITY_LOOKUP: &str = "affinity-lookup";
+
+    /// The set of the destinations (`daddr . l4proto . dport`, or for node ports
+    /// `l4proto . dport`) of services with `sessionAffinity: ClientIP` and this
+    /// timeout: `affinity-ips-10800`, `affinity-nodeports-60`.
+    pub fn affinity_set(node_port: bool, timeout: u32) -> String {
+        let kind = if node_port { "nodeports" } else { "ips" };
+        format!("affinity-{kind}-{timeout}")
+    }
 }
 
 /// The node the rules are computed for.
@@ -99,76 +124,58 @@ impl ChainSpec {
 /// count in 16 bits).
 pub const MAX_ENDPOINTS: usize = u16::MAX as usize;
 
-/// What a class chain does with a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ClassKind {
-    /// DNAT to one of the destination's `endpoints` cluster-wide endpoints, each with
-    /// probability `1/endpoints`.
-    Cluster,
-    /// The same over its local endpoints.
-    Local,
-    /// Mark for masquerade, then [`ClassKind::Cluster`] (`externalTrafficPolicy:
-    /// Cluster` on external destinations).
-    Masquerade,
-    /// `externalTrafficPolicy: Local` on external destinations: pod sources to all
-    /// endpoints, node-local sources marked and to all endpoints, the rest to the
-    /// local ones (`local_endpoints`), or dropped when there is none.
-    ExternalLocal,
-}
-
-/// A class of destinations that are handled alike: the shared chain they are sent to.
+/// A class of destinations that are balanced alike: the shared chain they are sent to.
 ///
-/// Every destination (service address and port, or node port) maps to its class in
-/// [`names::SERVICE_IPS`] / [`names::SERVICE_NODEPORTS`], and each class in use to
-/// its chain in [`names::CLASSES`]. A balancing class's chain looks its destination's
+/// Every destination (service address and port, or node port) with endpoints maps to
+/// its class's id in [`names::SERVICE_IPS`] / [`names::SERVICE_NODEPORTS`] (and, for
+/// the local endpoints of an `externalTrafficPolicy: Local` destination, in
+/// [`names::EXTERNAL_LOCAL_IPS`] / [`names::EXTERNAL_LOCAL_NODEPORTS`]), and each class
+/// in use to its chain in [`names::CLASSES`]. A class's chain looks its destination's
 /// endpoints up in the class's own map (named as the chain, [`Class::map`]), keyed by
 /// the destination and a random bucket `0..N`: so a class is fixed by the number of
 /// endpoints, not by which they are, and a handful of chains serve every service.
+/// Masquerading and `externalTrafficPolicy: Local` are decided before the class, by
+/// sets of destinations ([`names::MASQUERADE_IPS`], ...), so they add no classes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Class {
-    /// What the chain does.
-    pub kind: ClassKind,
     /// Keyed by `l4proto . dport` (node ports) rather than `daddr . l4proto . dport`.
     pub node_port: bool,
-    /// Number of endpoints picked from (for [`ClassKind::Local`] the local ones;
-    /// otherwise the cluster-wide ones).
+    /// Balances over the node's own endpoints of the destination (internal or
+    /// external traffic policy `Local`), rather than all of them.
+    pub local: bool,
+    /// `sessionAffinity: ClientIP`: a client the [`names::AFFINITY`] map knows goes
+    /// back to its endpoint.
+    pub affinity: bool,
+    /// Number of endpoints picked from, each with probability `1/endpoints`.
     pub endpoints: u16,
-    /// [`ClassKind::ExternalLocal`]: the number of local endpoints (0 for the others).
-    pub local_endpoints: u16,
-    /// `sessionAffinity: ClientIP` with this timeout, in seconds.
-    pub affinity: Option<u32>,
 }
 
 impl Class {
-    /// A balancing class (cluster-wide or local endpoints).
-    pub fn balance(node_port: bool, local: bool, endpoints: usize, affinity: Option<u32>) -> Self {
+    /// A balancing class.
+    pub fn balance(node_port: bool, local: bool, endpoints: usize, affinity: bool) -> Self {
         Class {
-            kind: if local {
-                ClassKind::Local
-            } else {
-                ClassKind::Cluster
-            },
             node_port,
+            local,
+            affinity,
             endpoints: endpoints.min(MAX_ENDPOINTS) as u16,
-            local_endpoints: 0,
-            affinity: affinity.map(|t| t.clamp(1, 0x07ff_ffff)),
         }
     }
 
-    /// The class's id, the value of its destinations in the dispatch maps and the key
-    /// of its chain in [`names::CLASSES`]: `kind . node_port . timeout`, `N . local N`
-    /// (two words: every class has its own).
-    pub fn key(&self) -> [Datum; 2] {
-        let kind = match self.kind {
-            ClassKind::Cluster => 0,
-            ClassKind::Local => 1,
-            ClassKind::Masquerade => 2,
-            ClassKind::ExternalLocal => 3,
-        };
-        [
-            Datum::Mark(kind << 28 | u32::from(self.node_port) << 27 | self.affinity.unwrap_or(0)),
-            Datum::Mark(u32::from(self.endpoints) << 16 | u32::from(self.local_endpoints)),
-        ]
+    /// The class's id: the value of its destinations in the dispatch maps, the key of
+    /// its chain in [`names::CLASSES`], and what the dispatch rule puts in the
+    /// connection mark for one rule. Readable in hex: the endpoint count in the low 16
+    /// bits, then a bit each for affinity (`0x10000`), node ports (`0x20000`) and local
+    /// endpoints (`0x40000`). Never 0, which is "no class" ([`NO_LOCAL_ENDPOINT`]).
+    pub fn id(&self) -> u32 {
+        u32::from(self.endpoints)
+            | u32::from(self.affinity) << 16
+            | u32::from(self.node_port) << 17
+            | u32::from(self.local) << 18
+    }
+
+    /// The class id as a map value or key.
+    pub fn key(&self) -> [Datum; 1] {
+        [Datum::Mark(self.id())]
     }
 
     /// The class whose chain is named `name` ([`Class::chain`]).
@@ -177,66 +184,40 @@ impl Class {
             Some(rest) => (true, rest),
             None => (false, name),
         };
-        let (rest, affinity) = match rest.split_once("-affinity-") {
-            Some((rest, t)) => (rest, Some(t.parse().ok()?)),
-            None => (rest, None),
+        let (rest, affinity) = match rest.strip_suffix("-affinity") {
+            Some(rest) => (rest, true),
+            None => (rest, false),
         };
-        let (kind, counts) = [
-            ("balance-local-", ClassKind::Local),
-            ("balance-", ClassKind::Cluster),
-            ("masquerade-", ClassKind::Masquerade),
-            ("external-local-", ClassKind::ExternalLocal),
-        ]
-        .into_iter()
-        .find_map(|(p, k)| Some((k, rest.strip_prefix(p)?)))?;
-        let (n, local) = match kind {
-            ClassKind::ExternalLocal => {
-                let (n, l) = counts.split_once('-')?;
-                (n.parse().ok()?, l.parse().ok()?)
-            }
-            _ => (counts.parse().ok()?, 0),
+        let (local, n) = match rest.strip_prefix("balance-local-") {
+            Some(n) => (true, n),
+            None => (false, rest.strip_prefix("balance-")?),
         };
+        let endpoints: u16 = n.parse().ok().filter(|n| *n > 0)?;
         Some(Class {
-            kind,
             node_port,
-            endpoints: n,
-            local_endpoints: local,
+            local,
             affinity,
+            endpoints,
         })
     }
 
-    /// The name of the class's chain, e.g. `balance-10`, `nodeport-masquerade-3`,
-    /// `external-local-5-2-affinity-10800`.
+    /// The name of the class's chain and map, e.g. `balance-10`,
+    /// `nodeport-balance-local-3`, `balance-2-affinity`.
     pub fn chain(&self) -> String {
-        let mut name = String::new();
-        if self.node_port {
-            name.push_str("nodeport-");
-        }
-        match self.kind {
-            ClassKind::Cluster => name.push_str(&format!("balance-{}", self.endpoints)),
-            ClassKind::Local => name.push_str(&format!("balance-local-{}", self.endpoints)),
-            ClassKind::Masquerade => name.push_str(&format!("masquerade-{}", self.endpoints)),
-            ClassKind::ExternalLocal => name.push_str(&format!(
-                "external-local-{}-{}",
-                self.endpoints, self.local_endpoints
-            )),
-        }
-        if let Some(t) = self.affinity {
-            name.push_str(&format!("-affinity-{t}"));
-        }
-        name
+        format!(
+            "{}balance-{}{}{}",
+            if self.node_port { "nodeport-" } else { "" },
+            if self.local { "local-" } else { "" },
+            self.endpoints,
+            if self.affinity { "-affinity" } else { "" }
+        )
     }
 
-    /// Whether the class balances (has an endpoint map) rather than forwards.
-    pub fn balances(&self) -> bool {
-        matches!(self.kind, ClassKind::Cluster | ClassKind::Local)
-    }
-
-    /// The endpoint map of a balancing class, named as its chain: `daddr . l4proto .
-    /// dport . bucket` (node ports: `l4proto . dport . bucket`) → `addr . port`. One
-    /// map per class, bound by one rule, the balancing rule of its chain: a new class
-    /// binds an empty map (binding walks the map's elements, and adding an element
-    /// walks the map's bindings).
+    /// The endpoint map, named as the chain: `daddr . l4proto . dport . bucket` (node
+    /// ports: `l4proto . dport . bucket`) → `addr . port`. One map per class, bound by
+    /// the balancing rules of its chain and of the by-class chains, which are made
+    /// while it is empty (binding walks the map's elements, and adding an element walks
+    /// the map's bindings).
     pub fn map(&self, family: Family) -> Set {
         let addr = addr_type(family);
         let mut key = vec![KeyType::InetProto, KeyType::InetService, KeyType::Mark];
@@ -246,141 +227,226 @@ impl Class {
         Set::new(family, TABLE, self.chain(), key).map(vec![addr, KeyType::InetService])
     }
 
-    /// The balancing classes this one's chain goes to.
-    fn targets(&self) -> Vec<Class> {
-        let bal = |local, n| Class::balance(self.node_port, local, n, self.affinity);
-        match self.kind {
-            ClassKind::Cluster | ClassKind::Local => vec![],
-            ClassKind::Masquerade => vec![bal(false, usize::from(self.endpoints))],
-            ClassKind::ExternalLocal => {
-                let mut t = vec![bal(false, usize::from(self.endpoints))];
-                if self.local_endpoints > 0 {
-                    t.push(bal(true, usize::from(self.local_endpoints)));
-                }
-                t
-            }
-        }
+    /// What the chain's balancing rule says.
+    fn what(&self) -> String {
+        let n = self.endpoints;
+        let s = if n == 1 { "" } else { "s" };
+        let whose = if self.local { " on this node" } else { "" };
+        format!("one of {n} endpoint{s}{whose}, each 1/{n} of new connections")
     }
 
-    /// The rules of the class's chain in a table of `family`; `cidrs` are the pod
-    /// network's ranges of that family.
-    pub fn rules(&self, family: Family, cidrs: &[IpNet]) -> Vec<Rule> {
+    /// The chain the verdict map of classes sends a destination to: it sets the
+    /// connection mark, which carried the class id from the dispatch map, back to 0
+    /// (as it was: the dispatch rule only takes connections without a mark), then goes
+    /// to the class's chain.
+    pub fn enter_chain(&self) -> String {
+        format!("enter-{}", self.chain())
+    }
+
+    /// The rules of the class's chain in a table of `family`: a client with a recorded
+    /// endpoint goes back to it (affinity), else the balancing rule picks one. Reached
+    /// from the class's enter chain, or tried from a by-class chain: for a destination
+    /// of another class, nothing matches and the chain returns.
+    pub fn rules(&self, family: Family) -> Vec<Rule> {
         let name = self.chain();
-        let rule = || Rule::new(family, TABLE, name.clone());
-        let targets = self.targets();
-        match self.kind {
-            ClassKind::Cluster | ClassKind::Local => self.balance_rules(family, rule),
-            ClassKind::Masquerade => vec![rule().set_mark_bits(MASQ_MARK).goto(targets[0].chain())],
-            ClassKind::ExternalLocal => {
-                let all = targets[0].chain();
-                let mut rules: Vec<Rule> = cidrs
-                    .iter()
-                    .map(|c| {
-                        rule()
-                            .match_saddr(*c)
-                            .goto(all.clone())
-                            .comment("pod traffic: short-circuit to all endpoints")
-                    })
-                    .collect();
-                rules.push(
-                    fib_saddr_local(rule())
-                        .set_mark_bits(MASQ_MARK)
-                        .goto(all)
-                        .comment("traffic from the node itself: masquerade"),
-                );
-                rules.push(match targets.get(1) {
-                    Some(local) => rule().goto(local.chain()),
-                    None => rule()
-                        .drop()
-                        .comment("externalTrafficPolicy: Local, no endpoint on this node"),
-                });
-                rules
-            }
+        let mut rules = Vec::new();
+        if self.affinity {
+            rules.push(
+                Rule::new(family, TABLE, name.clone())
+                    .jump(names::AFFINITY_LOOKUP)
+                    .comment(
+                        "sessionAffinity: ClientIP: back to the client's endpoint, if it has one",
+                    ),
+            );
         }
+        rules.push(
+            self.balance_rule(Rule::new(family, TABLE, name))
+                .comment(self.what()),
+        );
+        rules
     }
 
-    /// The balancing rule: the destination and a random bucket looked up in the
-    /// endpoint map, DNAT to the value found, all in one rule (registers do not carry
-    /// over between rules). With affinity, a first rule DNATs a known client to its
-    /// recorded endpoint, and the balancing rule records its pick (`update @affinity`)
-    /// from the same registers.
-    ///
-    /// Registers (32-bit slots; `A` = address words, 1 or 4): daddr at 0, l4proto at
-    /// `A`, dport at `A+1`, the bucket (then saddr, for the affinity key) at `A+2`, the
-    /// endpoint found at 5 (IPv4) or 11 (IPv6): the affinity key and its value side by
-    /// side fit in the sixteen registers.
-    fn balance_rules(&self, family: Family, rule: impl Fn() -> Rule) -> Vec<Rule> {
-        use netlink::nft::Field;
-        let v6 = family == Family::Ip6;
-        let (aw, found) = if v6 { (4, 11) } else { (1, 5) };
-        let (daddr, saddr) = if v6 {
-            (Field::Ip6Daddr, Field::Ip6Saddr)
-        } else {
-            (Field::IpDaddr, Field::IpSaddr)
-        };
-        let destination = |r: Rule, with_daddr: bool| {
-            let r = if with_daddr {
-                r.expr(daddr.load(Reg::r32(0)))
-            } else {
-                r
-            };
-            r.expr(Field::L4Proto.load(Reg::r32(aw)))
-                .expr(Field::Dport.load(Reg::r32(aw + 1)))
-        };
-        let dnat = |r: Rule| {
-            r.expr(Expr::Nat {
-                kind: NatKind::Dnat,
-                family,
-                addr: Some(Reg::r32(found)),
-                port: Some(Reg::r32(found + aw)),
-                flags: 0,
-            })
-        };
-        let mut rules = Vec::new();
-        if let Some(timeout) = self.affinity {
-            let r = destination(rule(), true)
-                .expr(saddr.load(Reg::r32(aw + 2)))
-                .expr(Expr::Lookup {
-                    set: names::AFFINITY.into(),
-                    sreg: Reg::r32(0),
-                    dreg: Some(Reg::r32(found)),
-                    invert: false,
-                });
-            rules.push(dnat(r).comment(format!("sessionAffinity: ClientIP, {timeout}s")));
+    /// The rule of the class's enter chain.
+    fn enter_rules(&self, family: Family) -> Vec<Rule> {
+        vec![
+            Rule::new(family, TABLE, self.enter_chain())
+                .set_ct_mark(0)
+                .goto(self.chain())
+                .comment("the class id has served: the connection mark is 0 again, as it was"),
+        ]
+    }
+
+    /// The rule that tries this class in a by-class chain `chain` (for connections that
+    /// came with a connection mark, which the dispatch rule leaves alone). A jump, not
+    /// a lookup of the class's map: re-adding a rule that looks a map up makes the
+    /// kernel walk the map's elements (hundreds of thousands for a common class), and
+    /// the by-class chains are refilled whenever a class comes or goes.
+    fn trial_rules(&self, family: Family, chain: &str) -> Vec<Rule> {
+        vec![
+            Rule::new(family, TABLE, chain)
+                .jump(self.chain())
+                .comment(format!("{}: {}", self.chain(), self.what())),
+        ]
+    }
+
+    /// Loads the destination fields of this class's keys from 32-bit register 0:
+    /// `daddr` (not for node ports), `l4proto`, `dport`. Returns the register after
+    /// them.
+    fn load_destination(&self, rule: Rule) -> (Rule, u32) {
+        let (aw, daddr) = addr_words(rule.family);
+        let mut rule = rule;
+        let mut at = 0;
+        if !self.node_port {
+            rule = rule.expr(daddr.load(Reg::r32(0)));
+            at = aw;
         }
-        let key = if self.node_port {
-            Reg::r32(aw)
-        } else {
-            Reg::r32(0)
-        };
-        let mut r = destination(rule(), self.affinity.is_some() || !self.node_port)
-            .expr(Expr::Numgen {
-                modulus: u32::from(self.endpoints),
-                offset: 0,
-                dreg: Reg::r32(aw + 2),
-            })
-            .expr(Expr::Lookup {
+        rule = rule
+            .expr(Field::L4Proto.load(Reg::r32(at)))
+            .expr(Field::Dport.load(Reg::r32(at + 1)));
+        (rule, at + 2)
+    }
+
+    /// `dnat to DESTINATION . numgen random mod N map @map`: the destination and a
+    /// random bucket looked up in the class's map, DNAT to the endpoint found, in one
+    /// rule (registers do not carry over from one rule to the next).
+    fn balance_rule(&self, rule: Rule) -> Rule {
+        let family = rule.family;
+        let (rule, at) = self.load_destination(rule);
+        let found = found_reg(family);
+        let rule = rule.expr(Expr::Numgen {
+            modulus: u32::from(self.endpoints),
+            offset: 0,
+            dreg: Reg::r32(at),
+        });
+        dnat_from(
+            rule.expr(Expr::Lookup {
                 set: self.chain().as_str().into(),
-                sreg: key,
+                sreg: Reg::r32(0),
                 dreg: Some(Reg::r32(found)),
                 invert: false,
-            });
-        if let Some(timeout) = self.affinity {
-            r = r.expr(saddr.load(Reg::r32(aw + 2))).expr(Expr::Dynset {
-                set: names::AFFINITY.into(),
-                op: DynsetOp::Update,
-                sreg_key: Reg::r32(0),
-                sreg_data: Some(Reg::r32(found)),
-                timeout: Some(Duration::from_secs(u64::from(timeout))),
-            });
-        }
-        rules.push(dnat(r));
-        rules
+            }),
+            family,
+        )
     }
 }
 
+/// `dnat to daddr . l4proto . dport . saddr map @affinity`: the endpoint recorded for
+/// this client and destination (the key has the daddr for node ports too: the node
+/// address the client used). One rule for the table, in its own chain that the
+/// affinity classes jump to: a rule looking a map up is made while the map is empty,
+/// not with each class.
+fn affinity_lookup(family: Family) -> Rule {
+    let (aw, daddr) = addr_words(family);
+    let found = found_reg(family);
+    let rule = Rule::new(family, TABLE, names::AFFINITY_LOOKUP)
+        .expr(daddr.load(Reg::r32(0)))
+        .expr(Field::L4Proto.load(Reg::r32(aw)))
+        .expr(Field::Dport.load(Reg::r32(aw + 1)))
+        .expr(saddr_field(family).load(Reg::r32(aw + 2)))
+        .expr(Expr::Lookup {
+            set: names::AFFINITY.into(),
+            sreg: Reg::r32(0),
+            dreg: Some(Reg::r32(found)),
+            invert: false,
+        });
+    dnat_from(rule, family).comment(
+        "sessionAffinity: ClientIP: the endpoint this client was sent to, while it is recorded",
+    )
+}
+
+/// The id that sends an `externalTrafficPolicy: Local` destination with no endpoint
+/// on this node to `drop` (in [`names::EXTERNAL_LOCAL_IPS`] and
+/// [`names::EXTERNAL_LOCAL_NODEPORTS`], and [`names::CLASSES`]).
+pub const NO_LOCAL_ENDPOINT: u32 = 0;
+
+/// 32-bit words of an address of `family`, and its destination field.
+fn addr_words(family: Family) -> (u32, Field) {
+    if family == Family::Ip6 {
+        (4, Field::Ip6Daddr)
+    } else {
+        (1, Field::IpDaddr)
+    }
+}
+
+fn saddr_field(family: Family) -> Field {
+    if family == Family::Ip6 {
+        Field::Ip6Saddr
+    } else {
+        Field::IpSaddr
+    }
+}
+
+/// Where a rule loads an endpoint (`addr . port`) it looked up: after the longest key
+/// (the affinity key, `daddr . l4proto . dport . saddr`), so that a key and a value
+/// fit side by side in the sixteen 32-bit registers.
+fn found_reg(family: Family) -> u32 {
+    if family == Family::Ip6 { 11 } else { 5 }
+}
+
+/// DNAT to the `addr . port` at [`found_reg`].
+fn dnat_from(rule: Rule, family: Family) -> Rule {
+    let (aw, _) = addr_words(family);
+    let found = found_reg(family);
+    rule.expr(Expr::Nat {
+        kind: NatKind::Dnat,
+        family,
+        addr: Some(Reg::r32(found)),
+        port: Some(Reg::r32(found + aw)),
+        flags: 0,
+    })
+}
+
+/// The rule that remembers, after DNAT, which endpoint a new connection of an
+/// affinity destination went to, for `timeout` seconds: `update @affinity {
+/// ct original daddr . l4proto . ct original proto-dst . saddr timeout T : daddr .
+/// dport }`, for destinations in `affinity-ips-T`, or for node ports in
+/// `affinity-nodeports-T` (opened to one of the node's addresses, when they are known:
+/// a service address with the same port is not a node port).
+fn affinity_record(family: Family, node_port: bool, timeout: u32, node_ips: bool) -> Rule {
+    let (aw, daddr) = addr_words(family);
+    let orig_daddr = if family == Family::Ip6 {
+        Field::CtOriginalIp6Daddr
+    } else {
+        Field::CtOriginalIpDaddr
+    };
+    let mut rule = Rule::new(family, TABLE, names::AFFINITY_RECORD)
+        .expr(orig_daddr.load(Reg::r32(0)))
+        .expr(Field::L4Proto.load(Reg::r32(aw)))
+        .expr(Field::CtOriginalDport.load(Reg::r32(aw + 1)));
+    let lookup = |set: String, sreg: u32| Expr::Lookup {
+        set: set.into(),
+        sreg: Reg::r32(sreg),
+        dreg: None,
+        invert: false,
+    };
+    let set = names::affinity_set(node_port, timeout);
+    if node_port {
+        if node_ips {
+            rule = rule.expr(lookup(names::NODEPORT_IPS.into(), 0));
+        }
+        rule = rule.expr(lookup(set, aw));
+    } else {
+        rule = rule.expr(lookup(set, 0));
+    }
+    let found = found_reg(family);
+    let what = if node_port { "node port" } else { "service" };
+    rule.expr(saddr_field(family).load(Reg::r32(aw + 2)))
+        .expr(daddr.load(Reg::r32(found)))
+        .expr(Field::Dport.load(Reg::r32(found + aw)))
+        .expr(Expr::Dynset {
+            set: names::AFFINITY.into(),
+            op: DynsetOp::Update,
+            sreg_key: Reg::r32(0),
+            sreg_data: Some(Reg::r32(found)),
+            timeout: Some(Duration::from_secs(u64::from(timeout))),
+        })
+        .comment(format!(
+            "sessionAffinity: ClientIP, {timeout}s: remember the {what}'s endpoint for this client"
+        ))
+}
+
 /// `fib saddr type local`: traffic from this node's own addresses.
-fn fib_saddr_local(rule: Rule) -> Rule {
+fn fib_saddr_local(rule: Rule, local: bool) -> Rule {
     rule.expr(Expr::Fib {
         result: FibResult::AddrType,
         flags: fib_flags::SADDR,
@@ -388,7 +454,7 @@ fn fib_saddr_local(rule: Rule) -> Rule {
     })
     .expr(Expr::Cmp {
         sreg: Reg::R1,
-        op: CmpOp::Eq,
+        op: if local { CmpOp::Eq } else { CmpOp::Neq },
         data: netlink::nft::RTN_LOCAL.to_ne_bytes().to_vec(),
     })
 }
@@ -530,14 +596,21 @@ impl SetSpec {
     }
 }
 
-/// The set an element of a service goes to: a fixed one, or the endpoint map of a
-/// balancing class.
+/// The set an element of a service goes to: a fixed one, the endpoint map of a
+/// balancing class, or the set of affinity destinations with one timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum SetName {
     /// A set of the skeleton, by name ([`names`]).
     Fixed(&'static str),
     /// [`Class::map`].
     Class(Class),
+    /// [`names::affinity_set`]: made with its first element, gone with its last.
+    Affinity {
+        /// Of node ports (`l4proto . dport`) rather than service addresses.
+        node_port: bool,
+        /// The timeout, in seconds.
+        timeout: u32,
+    },
 }
 
 impl std::fmt::Display for SetName {
@@ -545,6 +618,9 @@ impl std::fmt::Display for SetName {
         match self {
             SetName::Fixed(n) => f.write_str(n),
             SetName::Class(c) => f.write_str(&c.chain()),
+            SetName::Affinity { node_port, timeout } => {
+                f.write_str(&names::affinity_set(*node_port, *timeout))
+            }
         }
     }
 }
@@ -584,6 +660,10 @@ fn group_elements<'a>(
 
 /// A destination's endpoints, by bucket.
 pub type Endpoints = Arc<[(IpAddr, u16)]>;
+
+/// A destination with session affinity and one of its endpoints: what an element of
+/// the [`names::AFFINITY`] map may send a client to.
+pub(crate) type AffinityPair = (Box<[Datum]>, (IpAddr, u16));
 
 /// The endpoint map of a balancing class ([`Class::map`]), as destinations: each with
 /// its endpoints (bucket `i` → the `i`-th; the list is shared with the service that
@@ -663,12 +743,24 @@ pub struct FamilyRuleset {
     pub sets: BTreeMap<String, SetSpec>,
     /// The endpoint maps of the balancing classes in use ([`Class::map`]).
     pub class_maps: BTreeMap<Class, ClassMap>,
+    /// The sets of affinity destinations by (node ports, timeout) in use
+    /// ([`names::affinity_set`]).
+    pub affinity_sets: BTreeMap<(bool, u32), SetSpec>,
     /// Each service's elements.
     pub services: BTreeMap<ServiceKey, ServiceRules>,
-    /// The pod network's ranges of this family (the external-local class chains'
-    /// rules need them).
-    pub cidrs: Vec<IpNet>,
 }
+
+/// The chains whose rules follow the classes in use: for each balancing class the
+/// chains that try the classes one by one, in this order (the cluster-wide ones
+/// before the local ones, so that an `externalTrafficPolicy: Local` destination, in
+/// both, is balanced cluster-wide for pods), and whether they end by dropping.
+const BY_CLASS: [(&str, bool, Option<bool>, bool); 4] = [
+    // (chain, node ports, only local classes, drop at the end)
+    ("services-by-class", false, None, false),
+    ("nodeports-by-class", true, None, false),
+    ("external-local-by-class", false, Some(true), true),
+    ("nodeport-external-local-by-class", true, Some(true), true),
+];
 
 impl FamilyRuleset {
     /// The fixed set or map `name`.
@@ -676,17 +768,23 @@ impl FamilyRuleset {
         self.sets.get(name)
     }
 
-    /// The definition of the set or map `name`, fixed or of a class.
-    pub fn set_def(&self, name: &str) -> Option<&Set> {
-        self.sets.get(name).map(|s| &s.set).or_else(|| {
-            self.class_maps
-                .values()
-                .find(|m| m.set.name == name)
-                .map(|m| &m.set)
-        })
+    /// Every set that holds service elements: the fixed ones and the affinity
+    /// destinations' (not the class maps).
+    pub fn all_sets(&self) -> impl Iterator<Item = &SetSpec> {
+        self.sets.values().chain(self.affinity_sets.values())
     }
 
-    /// The chain `name`, fixed or of a class (a copy, for tests and debugging).
+    /// The definition of the set or map `name`: fixed, of a class or of affinity
+    /// destinations.
+    pub fn set_def(&self, name: &str) -> Option<&Set> {
+        self.all_sets()
+            .map(|s| &s.set)
+            .chain(self.class_maps.values().map(|m| &m.set))
+            .find(|s| s.name == name)
+    }
+
+    /// The chain `name`, fixed or following the classes (a copy, for tests and
+    /// debugging).
     pub fn chain(&self, name: &str) -> Option<ChainSpec> {
         self.chains
             .get(name)
@@ -694,37 +792,152 @@ impl FamilyRuleset {
             .or_else(|| self.class_chains().remove(name))
     }
 
-    /// The classes in use: those of the elements of [`names::CLASSES`].
+    /// The classes in use: those with a map.
     pub fn classes(&self) -> Vec<Class> {
-        let Some(set) = self.sets.get(names::CLASSES) else {
-            return vec![];
-        };
-        let mut classes: Vec<Class> = set
-            .elements()
-            .filter_map(|e| match e.data? {
-                ElementData::Verdict(Verdict::Goto(chain)) => Class::from_chain(&chain),
-                _ => None,
-            })
-            .collect();
-        classes.sort();
-        classes
+        self.class_maps.keys().copied().collect()
     }
 
-    /// The chains of the classes in use, and of the balancing classes they go to.
+    /// The chains whose rules follow the classes and the affinity timeouts in use: a
+    /// chain per class, the by-class chains, and `affinity-record`.
     pub fn class_chains(&self) -> BTreeMap<String, ChainSpec> {
+        let family = self.family;
         let mut out = BTreeMap::new();
-        let mut todo = self.classes();
-        while let Some(c) = todo.pop() {
-            let name = c.chain();
-            if out.contains_key(&name) {
-                continue;
-            }
-            todo.extend(c.targets());
-            let chain = Chain::new(self.family, TABLE, name.clone());
-            let rules = c.rules(self.family, &self.cidrs);
-            out.insert(name, ChainSpec { chain, rules });
+        let spec = |name: &str, rules| ChainSpec {
+            chain: Chain::new(family, TABLE, name),
+            rules,
+        };
+        for c in self.class_maps.keys() {
+            out.insert(c.chain(), spec(&c.chain(), c.rules(family)));
+            out.insert(
+                c.enter_chain(),
+                spec(&c.enter_chain(), c.enter_rules(family)),
+            );
         }
+        for (name, node_port, local, drop) in BY_CLASS {
+            let mut classes: Vec<&Class> = self
+                .class_maps
+                .keys()
+                .filter(|c| c.node_port == node_port && local.is_none_or(|l| c.local == l))
+                .collect();
+            classes.sort_by_key(|c| (c.local, c.endpoints, c.affinity));
+            let mut rules: Vec<Rule> = classes
+                .into_iter()
+                .flat_map(|c| c.trial_rules(family, name))
+                .collect();
+            if drop {
+                rules.push(
+                    Rule::new(family, TABLE, name)
+                        .drop()
+                        .comment("externalTrafficPolicy: Local, no endpoint on this node"),
+                );
+            }
+            out.insert(name.to_owned(), spec(name, rules));
+        }
+        let node_ips = self.sets.contains_key(names::NODEPORT_IPS);
+        let record = self
+            .affinity_sets
+            .keys()
+            .map(|(node_port, timeout)| affinity_record(family, *node_port, *timeout, node_ips))
+            .collect();
+        out.insert(
+            names::AFFINITY_RECORD.to_owned(),
+            spec(names::AFFINITY_RECORD, record),
+        );
         out
+    }
+
+    /// How many rules each chain holds, fixed or following the classes (chains without
+    /// rules left out): what a listing of the kernel's table must show.
+    pub fn rule_counts(&self) -> BTreeMap<String, usize> {
+        self.chains
+            .values()
+            .cloned()
+            .chain(self.class_chains().into_values())
+            .filter(|c| !c.rules.is_empty())
+            .map(|c| (c.chain.name, c.rules.len()))
+            .collect()
+    }
+
+    /// The timeout of `destination` (`daddr . l4proto . dport`, or `l4proto . dport`
+    /// for a node port) if it has session affinity.
+    fn affinity_timeout(&self, node_port: bool, destination: &[Datum]) -> Option<u32> {
+        self.affinity_sets
+            .iter()
+            .find(|((np, _), s)| *np == node_port && s.contains(destination))
+            .map(|((_, t), _)| *t)
+    }
+
+    /// Whether an element of the [`names::AFFINITY`] map (`daddr . l4proto . dport .
+    /// saddr` → `addr . port`) sends a client where this ruleset could: to an endpoint
+    /// of a destination that has session affinity. Returns that destination's timeout.
+    pub fn affinity_entry_timeout(&self, e: &SetElement) -> Option<u32> {
+        let (Some(ElementData::Value(value)), [daddr, proto, port, _client]) =
+            (&e.data, &e.key[..])
+        else {
+            return None;
+        };
+        let [Datum::Ipv4(_) | Datum::Ipv6(_), Datum::Port(ep_port)] = value[..] else {
+            return None;
+        };
+        let ep_addr = match value[0] {
+            Datum::Ipv4(a) => IpAddr::V4(a),
+            Datum::Ipv6(a) => IpAddr::V6(a),
+            _ => return None,
+        };
+        let endpoint = (ep_addr, ep_port);
+        let has = |destination: &[Datum]| {
+            self.class_maps
+                .values()
+                .filter_map(|m| m.endpoints(destination))
+                .any(|eps| eps.contains(&endpoint))
+        };
+        let address = [*daddr, *proto, *port];
+        let node_port = [*proto, *port];
+        self.affinity_timeout(false, &address)
+            .filter(|_| has(&address))
+            .or_else(|| {
+                self.affinity_timeout(true, &node_port)
+                    .filter(|_| has(&node_port))
+            })
+    }
+
+    /// The (destination, endpoint) pairs of `service` that session affinity may have
+    /// recorded: for each of its destinations with affinity, each endpoint of any of
+    /// its classes. An entry of the [`names::AFFINITY`] map outside them is stale.
+    pub(crate) fn affinity_pairs(&self, service: &ServiceKey) -> BTreeSet<AffinityPair> {
+        let Some(rules) = self.services.get(service) else {
+            return BTreeSet::new();
+        };
+        let destinations: Vec<&[Datum]> = rules
+            .elements
+            .iter()
+            .filter(|(s, _)| matches!(s, SetName::Affinity { .. }))
+            .map(|(_, e)| &e.key[..])
+            .collect();
+        rules
+            .endpoints
+            .iter()
+            .filter(|g| destinations.contains(&&g.destination[..]))
+            .flat_map(|g| g.endpoints.iter().map(|ep| (g.destination.clone(), *ep)))
+            .collect()
+    }
+
+    /// The set a service element goes to, made if it is an affinity set not there yet.
+    fn set_mut(&mut self, name: SetName) -> Option<&mut SetSpec> {
+        match name {
+            SetName::Fixed(n) => self.sets.get_mut(n),
+            SetName::Class(_) => None,
+            SetName::Affinity { node_port, timeout } => {
+                let family = self.family;
+                Some(
+                    self.affinity_sets
+                        .entry((node_port, timeout))
+                        .or_insert_with(|| {
+                            SetSpec::new(affinity_set_def(family, node_port, timeout))
+                        }),
+                )
+            }
+        }
     }
 
     /// Counts one more contribution of each of `rules`' elements; with `appeared`,
@@ -735,8 +948,7 @@ impl FamilyRuleset {
         mut appeared: Option<&mut Vec<(SetName, SetElement)>>,
     ) {
         for (set, e) in &rules.elements {
-            let SetName::Fixed(n) = set else { continue };
-            if let Some(spec) = self.sets.get_mut(*n)
+            if let Some(spec) = self.set_mut(*set)
                 && spec.add_ref(e) == Change::Added
                 && let Some(out) = appeared.as_deref_mut()
             {
@@ -764,18 +976,31 @@ impl FamilyRuleset {
     }
 
     /// Counts one less contribution of each of `rules`' elements; collects the
-    /// elements no service contributes any more. A class map left empty is removed.
+    /// elements no service contributes any more. A class map or affinity set left
+    /// empty is removed.
     pub(crate) fn remove_refs(
         &mut self,
         rules: &ServiceRules,
         gone: &mut Vec<(SetName, SetElement)>,
     ) {
         for (set, e) in &rules.elements {
-            let SetName::Fixed(n) = set else { continue };
-            if let Some(spec) = self.sets.get_mut(*n)
+            if let SetName::Affinity { node_port, timeout } = set
+                && !self.affinity_sets.contains_key(&(*node_port, *timeout))
+            {
+                continue;
+            }
+            if let Some(spec) = self.set_mut(*set)
                 && let Change::Removed(e) = spec.remove_ref(e)
             {
                 gone.push((*set, e));
+            }
+            if let SetName::Affinity { node_port, timeout } = set
+                && self
+                    .affinity_sets
+                    .get(&(*node_port, *timeout))
+                    .is_some_and(SetSpec::is_empty)
+            {
+                self.affinity_sets.remove(&(*node_port, *timeout));
             }
         }
         for g in &rules.endpoints {
@@ -796,6 +1021,15 @@ impl FamilyRuleset {
             }
         }
     }
+}
+
+/// The set of affinity destinations of `family` with this timeout.
+fn affinity_set_def(family: Family, node_port: bool, timeout: u32) -> Set {
+    let mut key = vec![KeyType::InetProto, KeyType::InetService];
+    if !node_port {
+        key.insert(0, addr_type(family));
+    }
+    Set::new(family, TABLE, names::affinity_set(node_port, timeout), key)
 }
 
 /// The whole desired state: one table per family. The empty ruleset (the default) is
@@ -864,10 +1098,27 @@ pub fn usable<'a>(endpoints: impl IntoIterator<Item = &'a Endpoint> + Clone) -> 
 struct Builder<'a> {
     family: Family,
     node: &'a Node,
+    /// The pod network's ranges of this family.
     cidrs: Vec<IpNet>,
     out: FamilyRuleset,
     /// The service being built, when one is: its elements and endpoint groups go here.
     cur: Option<ServiceRules>,
+}
+
+/// What a destination's dispatch chain is made of: `services` for service addresses,
+/// `nodeports` for node ports.
+struct Dispatch {
+    chain: &'static str,
+    /// The destination's fields: `daddr . l4proto . dport` or `l4proto . dport`.
+    key: Vec<Field>,
+    masquerade: &'static str,
+    external_local: &'static str,
+    external_local_chain: &'static str,
+    classes: &'static str,
+    by_class: &'static str,
+    local_by_class: &'static str,
+    /// "address" or "node port", for comments.
+    what: &'static str,
 }
 
 impl<'a> Builder<'a> {
@@ -881,14 +1132,14 @@ impl<'a> Builder<'a> {
         Builder {
             family,
             node,
-            cidrs: cidrs.clone(),
+            cidrs,
             out: FamilyRuleset {
                 family,
                 chains: BTreeMap::new(),
                 sets: BTreeMap::new(),
                 class_maps: BTreeMap::new(),
+                affinity_sets: BTreeMap::new(),
                 services: BTreeMap::new(),
-                cidrs,
             },
             cur: None,
         }
@@ -928,7 +1179,10 @@ impl<'a> Builder<'a> {
     }
 
     fn element(&mut self, set: &'static str, e: SetElement) {
-        let set = SetName::Fixed(set);
+        self.element_in(SetName::Fixed(set), e);
+    }
+
+    fn element_in(&mut self, set: SetName, e: SetElement) {
         if let Some(cur) = &mut self.cur
             && !cur.elements.iter().any(|(s, x)| *s == set && *x == e)
         {
@@ -936,8 +1190,8 @@ impl<'a> Builder<'a> {
         }
     }
 
-    /// The elements of `eps` in the endpoint map of `class` (a balancing class):
-    /// `prefix . bucket` → `addr . port`, buckets `0..N`, as one [`EndpointGroup`].
+    /// The elements of `eps` in the endpoint map of `class`: `prefix . bucket` →
+    /// `addr . port`, buckets `0..N`, as one [`EndpointGroup`].
     fn endpoint_elements(&mut self, class: Class, prefix: &[Datum], eps: &[(IpAddr, u16)]) {
         let Some(cur) = &mut self.cur else { return };
         cur.endpoints.push(EndpointGroup {
@@ -952,13 +1206,19 @@ impl<'a> Builder<'a> {
         });
     }
 
-    /// Sends the destination `key` of `map` to `class`, whose chain it registers.
-    fn dispatch(&mut self, map: &'static str, key: Vec<Datum>, class: Class) {
+    /// Registers `class`'s chain in [`names::CLASSES`].
+    fn register(&mut self, class: Class) {
         self.element(
             names::CLASSES,
-            SetElement::new(class.key()).verdict(Verdict::Goto(class.chain())),
+            SetElement::new(class.key()).verdict(Verdict::Goto(class.enter_chain())),
         );
-        self.element(map, SetElement::new(key).value(class.key()));
+    }
+
+    /// Balances the destination `key` of dispatch map `map` over `eps` with `class`.
+    fn dispatch(&mut self, map: &'static str, key: &[Datum], class: Class, eps: &[(IpAddr, u16)]) {
+        self.endpoint_elements(class, key, eps);
+        self.register(class);
+        self.element(map, SetElement::new(key.to_vec()).value(class.key()));
     }
 
     /// The elements and endpoint groups of one service (services have no chains of
@@ -1002,33 +1262,72 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// `ip saddr != CIDR ...` for each of the pod network's ranges.
+    fn not_from_pods(&self, mut rule: Rule) -> Rule {
+        for c in &self.cidrs {
+            rule = rule.match_saddr_not(*c);
+        }
+        rule
+    }
+
+    /// The rules of a dispatch chain (`services` or `nodeports`): masquerading and
+    /// `externalTrafficPolicy: Local` first, decided by sets of destinations, then the
+    /// destination's class. The class id is carried from the dispatch map to the
+    /// verdict map of classes in the connection mark, within one rule, and the class's
+    /// chain sets the mark back to 0: nobody else sees it. A connection that already
+    /// has a mark (someone else's, set before DNAT) is left alone and finds its class
+    /// by trying them in turn (the by-class chain).
+    fn dispatch_rules(&self, d: &Dispatch) -> Vec<Rule> {
+        let r = || self.rule(d.chain);
+        let what = d.what;
+        vec![
+            r().match_in_set(&d.key, d.masquerade, false)
+                .set_mark_bits(MASQ_MARK)
+                .comment(format!(
+                    "external {what} of an externalTrafficPolicy: Cluster service: masquerade"
+                )),
+            fib_saddr_local(r().match_in_set(&d.key, d.external_local, false), true)
+                .set_mark_bits(MASQ_MARK)
+                .comment(format!(
+                    "external {what} of an externalTrafficPolicy: Local service, from this node: masquerade, any endpoint"
+                )),
+            fib_saddr_local(
+                self.not_from_pods(r()).match_in_set(&d.key, d.external_local, false),
+                false,
+            )
+            .goto(d.external_local_chain)
+            .comment(format!(
+                "external {what} of an externalTrafficPolicy: Local service, from outside: this node's endpoints"
+            )),
+            r().match_ct_mark(0)
+                .set_ct_mark_from_map(&d.key, d.classes)
+                .vmap(&[Field::CtMark], names::CLASSES)
+                .comment("to the class of the destination: its id in the connection mark, for this rule only"),
+            r().match_in_set(&d.key, d.classes, false)
+                .goto(d.by_class)
+                .comment("a connection that has a mark already: find its class without touching the mark"),
+        ]
+    }
+
     /// The chains, sets and rules every table has, whatever the services.
     fn skeleton(&mut self) {
         use names::*;
-        let dispatch = [
-            netlink::nft::Field::IpDaddr,
-            netlink::nft::Field::L4Proto,
-            netlink::nft::Field::Dport,
-        ];
-        let dispatch = if self.family == Family::Ip6 {
-            [
-                netlink::nft::Field::Ip6Daddr,
-                dispatch[1],
-                netlink::nft::Field::Dport,
-            ]
-        } else {
-            dispatch
-        };
-        let ports = [netlink::nft::Field::L4Proto, netlink::nft::Field::Dport];
         let fam = self.family;
+        let (_, daddr) = addr_words(fam);
+        let saddr = saddr_field(fam);
+        let dest = vec![daddr, Field::L4Proto, Field::Dport];
+        let ports = vec![Field::L4Proto, Field::Dport];
         let addr = self.addr();
         let svc_key = vec![addr, KeyType::InetProto, KeyType::InetService];
         let port_key = vec![KeyType::InetProto, KeyType::InetService];
-        let class = [KeyType::Mark, KeyType::Mark];
+        let class = [KeyType::Mark];
         self.add_set(Set::new(fam, TABLE, SERVICE_IPS, svc_key.clone()).map(class));
         self.add_set(Set::new(fam, TABLE, SERVICE_NODEPORTS, port_key.clone()).map(class));
         self.add_set(Set::new(fam, TABLE, CLASSES, class).vmap());
-
+        self.add_set(Set::new(fam, TABLE, MASQUERADE_IPS, svc_key.clone()));
+        self.add_set(Set::new(fam, TABLE, MASQUERADE_NODEPORTS, port_key.clone()));
+        self.add_set(Set::new(fam, TABLE, EXTERNAL_LOCAL_IPS, svc_key.clone()).map(class));
+        self.add_set(Set::new(fam, TABLE, EXTERNAL_LOCAL_NODEPORTS, port_key.clone()).map(class));
         self.add_set(Set::new(fam, TABLE, NO_ENDPOINT_SERVICES, svc_key).vmap());
         self.add_set(Set::new(fam, TABLE, NO_ENDPOINT_NODEPORTS, port_key).vmap());
         self.add_set(Set::new(fam, TABLE, CLUSTER_IPS, vec![addr]));
@@ -1045,22 +1344,38 @@ impl<'a> Builder<'a> {
         );
 
         // nat: the dispatch.
+        let ips = Dispatch {
+            chain: "services",
+            key: dest.clone(),
+            masquerade: MASQUERADE_IPS,
+            external_local: EXTERNAL_LOCAL_IPS,
+            external_local_chain: "external-local",
+            classes: SERVICE_IPS,
+            by_class: "services-by-class",
+            local_by_class: "external-local-by-class",
+            what: "address",
+        };
+        let nodeports = Dispatch {
+            chain: "nodeports",
+            key: ports,
+            masquerade: MASQUERADE_NODEPORTS,
+            external_local: EXTERNAL_LOCAL_NODEPORTS,
+            external_local_chain: "nodeport-external-local",
+            classes: SERVICE_NODEPORTS,
+            by_class: "nodeports-by-class",
+            local_by_class: "nodeport-external-local-by-class",
+            what: "node port",
+        };
         let mut services = Vec::new();
         if !self.cidrs.is_empty() {
-            let mut r = self.rule("services");
-            for c in &self.cidrs {
-                r = r.match_saddr_not(*c);
-            }
             services.push(
-                r.match_in_set(&dispatch[..1], CLUSTER_IPS, false)
+                self.not_from_pods(self.rule("services"))
+                    .match_in_set(&dest[..1], CLUSTER_IPS, false)
                     .set_mark_bits(MASQ_MARK)
                     .comment("ClusterIP traffic from outside the pod network: masquerade"),
             );
         }
-        services.push(
-            self.rule("services")
-                .map_vmap(&dispatch, SERVICE_IPS, CLASSES),
-        );
+        services.extend(self.dispatch_rules(&ips));
         let node_ips: Vec<IpAddr> = self
             .node
             .node_ips
@@ -1073,7 +1388,7 @@ impl<'a> Builder<'a> {
                 self.rule("services")
                     .match_fib_daddr_local()
                     .match_daddr_not(self.loopback())
-                    .map_vmap(&ports, SERVICE_NODEPORTS, CLASSES)
+                    .goto("nodeports")
                     .comment("node ports, on the node's own addresses but not loopback"),
             );
         } else {
@@ -1083,8 +1398,8 @@ impl<'a> Builder<'a> {
             }
             services.push(
                 self.rule("services")
-                    .match_in_set(&dispatch[..1], NODEPORT_IPS, false)
-                    .map_vmap(&ports, SERVICE_NODEPORTS, CLASSES)
+                    .match_in_set(&dest[..1], NODEPORT_IPS, false)
+                    .goto("nodeports")
                     .comment("node ports, on the Node's addresses"),
             );
         }
@@ -1092,11 +1407,30 @@ impl<'a> Builder<'a> {
             if node_ips.is_empty() {
                 r.match_fib_daddr_local()
             } else {
-                r.match_in_set(&dispatch[..1], NODEPORT_IPS, false)
+                r.match_in_set(&dest[..1], NODEPORT_IPS, false)
             }
         };
         self.regular("services", services);
-        let jump_services = vec![self.rule("nat-prerouting").jump("services")];
+        let np_rules = self.dispatch_rules(&nodeports);
+        self.regular("nodeports", np_rules);
+        for d in [&ips, &nodeports] {
+            let r = || self.rule(d.external_local_chain);
+            let rules = vec![
+                r().match_ct_mark(0)
+                    .set_ct_mark_from_map(&d.key, d.external_local)
+                    .vmap(&[Field::CtMark], CLASSES)
+                    .comment("to the class of this node's endpoints (none: drop), its id in the connection mark for this rule only"),
+                r().goto(d.local_by_class)
+                    .comment("a connection that has a mark already: find the class without touching the mark"),
+            ];
+            self.regular(d.external_local_chain, rules);
+        }
+        self.regular(AFFINITY_LOOKUP, vec![affinity_lookup(fam)]);
+        let jump_services = vec![
+            self.rule("nat-prerouting")
+                .jump("services")
+                .comment("connections to Services, from pods and from outside"),
+        ];
         self.base(
             "nat-prerouting",
             ChainType::Nat,
@@ -1104,7 +1438,11 @@ impl<'a> Builder<'a> {
             priority::DSTNAT,
             jump_services,
         );
-        let jump_services = vec![self.rule("nat-output").jump("services")];
+        let jump_services = vec![
+            self.rule("nat-output")
+                .jump("services")
+                .comment("connections to Services from the node itself"),
+        ];
         self.base(
             "nat-output",
             ChainType::Nat,
@@ -1112,23 +1450,20 @@ impl<'a> Builder<'a> {
             priority::DSTNAT,
             jump_services,
         );
-        let src = if fam == Family::Ip6 {
-            netlink::nft::Field::Ip6Saddr
-        } else {
-            netlink::nft::Field::IpSaddr
-        };
         // Hairpin: after DNAT, a packet whose source is its own destination is an
         // endpoint reaching itself through its service. (A register XOR of saddr and
         // daddr would need no set, but nft 1.0.6 cannot print it.)
         let hairpin = Self::ct_dnat(self.rule("nat-postrouting")).match_in_set(
-            &[src, dispatch[0]],
+            &[saddr, daddr],
             HAIRPIN,
             false,
         );
         let post = vec![
             self.rule("nat-postrouting")
                 .match_mark(MASQ_MARK, MASQ_MARK)
-                .masquerade_fully_random(),
+                .clear_mark_bits(MASQ_MARK)
+                .masquerade_fully_random()
+                .comment("marked for masquerade: clear the mark bit, masquerade"),
             hairpin
                 .masquerade_fully_random()
                 .comment("hairpin: an endpoint reaching itself through its service"),
@@ -1141,25 +1476,31 @@ impl<'a> Builder<'a> {
             post,
         );
 
-        // filter: rejects and drops, before DNAT (no endpoints) and after (bad ports).
+        // filter: rejects and drops, before DNAT (no endpoints) and after (bad ports);
+        // after DNAT, the affinity picks are recorded.
         let port_unreachable = if fam == Family::Ip6 { 4 } else { 3 };
         let reject = vec![
             self.rule(REJECT_CHAIN)
                 .match_l4proto(netlink::nft::proto::TCP)
-                .reject(Reject::TcpReset),
+                .reject(Reject::TcpReset)
+                .comment("TCP: reset"),
             self.rule(REJECT_CHAIN)
-                .reject(Reject::Icmp(port_unreachable)),
+                .reject(Reject::Icmp(port_unreachable))
+                .comment("others: port unreachable"),
         ];
         self.regular(REJECT_CHAIN, reject);
         let check = vec![
             self.rule("endpoints-check")
-                .vmap(&dispatch, NO_ENDPOINT_SERVICES),
-            nodeport_daddr(self.rule("endpoints-check")).vmap(&ports, NO_ENDPOINT_NODEPORTS),
+                .vmap(&dest, NO_ENDPOINT_SERVICES)
+                .comment("a service address without endpoints: reject (or drop)"),
+            nodeport_daddr(self.rule("endpoints-check"))
+                .vmap(&nodeports.key, NO_ENDPOINT_NODEPORTS)
+                .comment("a node port without endpoints: reject (or drop)"),
         ];
         self.regular("endpoints-check", check);
         let mut check = vec![
             self.rule("cluster-ips-check")
-                .match_in_set(&dispatch[..1], CLUSTER_IPS, false)
+                .match_in_set(&dest[..1], CLUSTER_IPS, false)
                 .goto(REJECT_CHAIN)
                 .comment("a port the ClusterIP's service does not define"),
         ];
@@ -1178,33 +1519,62 @@ impl<'a> Builder<'a> {
         }
         self.regular("cluster-ips-check", check);
         let new = ct_state::NEW;
-        for (name, hook, prio, target) in [
+        let family = self.family;
+        let record = || {
+            Self::ct_dnat(Rule::new(family, TABLE, "x").match_ct_state(new))
+                .jump(AFFINITY_RECORD)
+                .comment("new connections sent to an endpoint: record sessionAffinity picks")
+        };
+        for (name, hook, prio, targets) in [
             (
                 "filter-prerouting",
                 Hook::Prerouting,
                 priority::DSTNAT - 10,
-                "endpoints-check",
+                &["endpoints-check"][..],
             ),
             (
                 "filter-output",
                 Hook::Output,
                 priority::DSTNAT - 10,
-                "endpoints-check",
+                &["endpoints-check"][..],
+            ),
+            (
+                "filter-prerouting-post-dnat",
+                Hook::Prerouting,
+                priority::DSTNAT + 10,
+                &[AFFINITY_RECORD][..],
             ),
             (
                 "filter-forward",
                 Hook::Forward,
                 priority::FILTER,
-                "cluster-ips-check",
+                &["cluster-ips-check"][..],
             ),
             (
                 "filter-output-post-dnat",
                 Hook::Output,
                 priority::DSTNAT + 10,
-                "cluster-ips-check",
+                &[AFFINITY_RECORD, "cluster-ips-check"][..],
             ),
         ] {
-            let rules = vec![self.rule(name).match_ct_state(new).jump(target)];
+            let rules = targets
+                .iter()
+                .map(|target| {
+                    let mut r = match *target {
+                        AFFINITY_RECORD => record(),
+                        "endpoints-check" => Rule::new(family, TABLE, "x")
+                            .match_ct_state(new)
+                            .jump(*target)
+                            .comment("new connections to Services without endpoints: reject (before DNAT)"),
+                        _ => Rule::new(family, TABLE, "x")
+                            .match_ct_state(new)
+                            .jump(*target)
+                            .comment("new connections still to a ClusterIP after DNAT: a port it lacks, or no Service"),
+                    };
+                    r.chain = name.to_owned();
+                    r
+                })
+                .collect();
             self.base(name, ChainType::Filter, hook, prio, rules);
         }
     }
@@ -1249,7 +1619,8 @@ impl<'a> Builder<'a> {
             })));
         let proto = Datum::Proto(sp.protocol.number());
         let reject = Verdict::Goto(REJECT_CHAIN.into());
-        let affinity = svc.affinity_timeout;
+        let timeout = svc.affinity_timeout.map(|t| t.clamp(1, 0x07ff_ffff));
+        let affinity = timeout.is_some();
         // Hairpin pairs for the endpoints on this node (or of unknown node).
         for e in &eps {
             if e.node_name.as_deref().is_none_or(|n| n == self.node.name) {
@@ -1259,6 +1630,14 @@ impl<'a> Builder<'a> {
                 );
             }
         }
+        let remember = |b: &mut Self, node_port: bool, key: &[Datum]| {
+            if let Some(timeout) = timeout {
+                b.element_in(
+                    SetName::Affinity { node_port, timeout },
+                    SetElement::new(key.to_vec()),
+                );
+            }
+        };
 
         let internal_local = svc.internal_traffic_policy == TrafficPolicy::Local;
         let external_local = svc.external_traffic_policy == TrafficPolicy::Local;
@@ -1276,8 +1655,8 @@ impl<'a> Builder<'a> {
             match internal {
                 Some((is_local, list)) => {
                     let class = Class::balance(false, is_local, list.len(), affinity);
-                    self.endpoint_elements(class, &key, list);
-                    self.dispatch(SERVICE_IPS, key, class);
+                    self.dispatch(SERVICE_IPS, &key, class, list);
+                    remember(self, false, &key);
                 }
                 // iTP Local with endpoints elsewhere only: drop; none at all: reject.
                 None if !cluster.is_empty() => self.element(
@@ -1312,20 +1691,6 @@ impl<'a> Builder<'a> {
             }
             return;
         }
-        let class = |node_port| {
-            if external_local {
-                Class {
-                    kind: ClassKind::ExternalLocal,
-                    local_endpoints: local.len().min(MAX_ENDPOINTS) as u16,
-                    ..Class::balance(node_port, false, cluster.len(), affinity)
-                }
-            } else {
-                Class {
-                    kind: ClassKind::Masquerade,
-                    ..Class::balance(node_port, false, cluster.len(), affinity)
-                }
-            }
-        };
         let mut destinations: Vec<(Vec<Datum>, bool)> = external_ips
             .iter()
             .map(|ip| (vec![addr_datum(*ip), proto, Datum::Port(sp.port)], false))
@@ -1334,18 +1699,36 @@ impl<'a> Builder<'a> {
             destinations.push((vec![proto, Datum::Port(np)], true));
         }
         for (key, node_port) in destinations {
+            let (map, masquerade, local_map) = if node_port {
+                (
+                    SERVICE_NODEPORTS,
+                    MASQUERADE_NODEPORTS,
+                    EXTERNAL_LOCAL_NODEPORTS,
+                )
+            } else {
+                (SERVICE_IPS, MASQUERADE_IPS, EXTERNAL_LOCAL_IPS)
+            };
+            // Pods (and, masqueraded, the node itself) reach every endpoint.
             let all = Class::balance(node_port, false, cluster.len(), affinity);
-            self.endpoint_elements(all, &key, &cluster);
-            if external_local && !local.is_empty() {
+            self.dispatch(map, &key, all, &cluster);
+            remember(self, node_port, &key);
+            if !external_local {
+                self.element(masquerade, SetElement::new(key));
+                continue;
+            }
+            let id = if local.is_empty() {
+                self.element(
+                    CLASSES,
+                    SetElement::new([Datum::Mark(NO_LOCAL_ENDPOINT)]).verdict(Verdict::Drop),
+                );
+                NO_LOCAL_ENDPOINT
+            } else {
                 let here = Class::balance(node_port, true, local.len(), affinity);
                 self.endpoint_elements(here, &key, &local);
-            }
-            let map = if node_port {
-                SERVICE_NODEPORTS
-            } else {
-                SERVICE_IPS
+                self.register(here);
+                here.id()
             };
-            self.dispatch(map, key, class(node_port));
+            self.element(local_map, SetElement::new(key).value([Datum::Mark(id)]));
         }
     }
 }

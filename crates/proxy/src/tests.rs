@@ -116,8 +116,12 @@ fn class_of(f: &FamilyRuleset, map: &str, key: &[Datum]) -> Option<Class> {
     let Some(Verdict::Goto(chain)) = f.set(names::CLASSES).unwrap().verdict(&id) else {
         panic!("class {id:?} not registered");
     };
-    let class = Class::from_chain(chain).expect("a class chain");
+    let class = chain
+        .strip_prefix("enter-")
+        .and_then(Class::from_chain)
+        .expect("a class's enter chain");
     assert_eq!(class.key().to_vec(), id);
+    assert_eq!(class.enter_chain(), *chain);
     Some(class)
 }
 
@@ -265,7 +269,7 @@ fn cluster_ip_dispatches_through_one_map_to_a_balancing_chain() {
     );
     let f = v4(&rs);
     let class = class_of(f, names::SERVICE_IPS, &web_key()).unwrap();
-    assert_eq!(class, Class::balance(false, false, 2, None));
+    assert_eq!(class, Class::balance(false, false, 2, false));
     assert_eq!(class.chain(), "balance-2");
     assert_eq!(
         endpoints_of(f, &web_key()),
@@ -274,8 +278,22 @@ fn cluster_ip_dispatches_through_one_map_to_a_balancing_chain() {
             (ip("10.244.2.2"), Datum::Port(8080))
         ]
     );
-    // The balancing rule: destination and bucket looked up in `endpoints`, DNAT to
-    // the value, in one rule.
+    // The class's enter chain: the connection mark back to 0, on to its chain.
+    let enter = f.chain("enter-balance-2").unwrap().rules();
+    assert_eq!(enter.len(), 1);
+    assert!(enter[0].exprs.iter().any(|e| matches!(
+        e,
+        Expr::CtSet {
+            key: netlink::nft::CtKey::Mark,
+            ..
+        }
+    )));
+    assert_eq!(
+        enter[0].exprs.last(),
+        Some(&Expr::Verdict(goto("balance-2")))
+    );
+    // The class's chain, the balancing rule: destination and bucket looked up in the
+    // class's map, DNAT to the value, in one rule.
     let rules = f.chain("balance-2").unwrap().rules();
     assert_eq!(rules.len(), 1);
     assert!(rules[0].exprs.iter().any(
@@ -285,21 +303,40 @@ fn cluster_ip_dispatches_through_one_map_to_a_balancing_chain() {
     let cluster_ips = f.set(names::CLUSTER_IPS).unwrap();
     assert!(cluster_ips.contains(&[ip("10.96.0.10")]));
     // One dispatch rule for all services, whatever their number: a data map to the
-    // class, then the small verdict map of classes.
-    let services = &f.chain("services").unwrap().rules();
-    let vmaps = services
-        .iter()
-        .filter(|r| {
-            r.exprs.iter().any(|e| {
-                matches!(e, Expr::Lookup { set, dreg: Some(d), .. }
-                    if *d == netlink::nft::Reg::VERDICT && *set == names::CLASSES.into())
+    // class id, carried in the connection mark to the small verdict map of classes.
+    for chain in ["services", "nodeports"] {
+        let rules = &f.chain(chain).unwrap().rules();
+        let vmaps: Vec<_> = rules
+            .iter()
+            .filter(|r| {
+                r.exprs.iter().any(|e| {
+                    matches!(e, Expr::Lookup { set, dreg: Some(d), .. }
+                        if *d == netlink::nft::Reg::VERDICT && *set == names::CLASSES.into())
+                })
             })
-        })
-        .count();
-    assert_eq!(vmaps, 2, "service-ips and service-nodeports lookups");
-    // No chain per service: the fixed ones plus one per class.
-    assert_eq!(f.chains.len(), 11);
-    assert_eq!(f.class_chains().len(), 1);
+            .collect();
+        assert_eq!(vmaps.len(), 1, "{chain}");
+        // Only when the connection has no mark yet (it is set back to 0 at once).
+        assert!(matches!(
+            vmaps[0].exprs[0],
+            Expr::Ct {
+                key: netlink::nft::CtKey::Mark,
+                ..
+            }
+        ));
+    }
+    // No chain per service: the fixed ones, plus two per class (enter and pick) and
+    // those that follow the classes (the four by-class chains and affinity-record).
+    assert_eq!(f.chains.len(), 16);
+    assert_eq!(f.class_chains().len(), 2 + 5);
+    assert_eq!(f.classes(), [class]);
+    // The by-class chain tries the class (for connections with a mark already).
+    let by_class = f.chain("services-by-class").unwrap().rules();
+    assert_eq!(by_class.len(), 1);
+    assert_eq!(
+        by_class[0].exprs.last(),
+        Some(&Expr::Verdict(Verdict::Jump("balance-2".into())))
+    );
     // Only elements per service.
     let elements = f
         .services
@@ -357,7 +394,7 @@ fn no_endpoints_reject_at_once() {
         f.set(names::NO_ENDPOINT_SERVICES).unwrap().verdict(&key),
         Some(&goto(names::REJECT_CHAIN))
     );
-    assert!(f.class_chains().is_empty());
+    assert!(f.classes().is_empty());
     // The reject chain: TCP reset, else ICMP port unreachable.
     let reject_rules = f.chain(names::REJECT_CHAIN).unwrap().rules();
     let reject: Vec<&Expr> = reject_rules.iter().filter_map(|r| r.exprs.last()).collect();
@@ -401,7 +438,7 @@ fn unknown_ports_on_a_cluster_ip_are_rejected_after_dnat() {
     for base in ["filter-forward", "filter-output-post-dnat"] {
         let c = f.chain(base).unwrap();
         assert_eq!(
-            c.rules()[0].exprs.last(),
+            c.rules().last().unwrap().exprs.last(),
             Some(&Expr::Verdict(Verdict::Jump("cluster-ips-check".into())))
         );
     }
@@ -465,32 +502,36 @@ fn node_ports_external_and_lb_ips_go_through_the_external_chain() {
     for addr in ["192.0.2.7", "198.18.0.200"] {
         let key = svc_key(addr, proto::TCP, 80);
         let class = class_of(f, names::SERVICE_IPS, &key).unwrap();
-        assert_eq!(class.kind, ClassKind::Masquerade);
-        assert_eq!(class.chain(), "masquerade-1");
-        let all = Class::balance(false, false, 1, None);
-        assert_eq!(bucket_list(f, all, &key), ep);
+        assert_eq!(class, Class::balance(false, false, 1, false));
+        assert_eq!(bucket_list(f, class, &key), ep);
+        // eTP Cluster: masqueraded, whoever the client.
+        assert!(f.set(names::MASQUERADE_IPS).unwrap().contains(&key));
     }
+    assert!(
+        !f.set(names::MASQUERADE_IPS).unwrap().contains(&web_key()),
+        "the ClusterIP is not an external destination"
+    );
     let np_key = [Datum::Proto(proto::TCP), Datum::Port(31100)];
     let class = class_of(f, names::SERVICE_NODEPORTS, &np_key).unwrap();
-    assert_eq!(class.chain(), "nodeport-masquerade-1");
-    assert_eq!(
-        bucket_list(f, Class::balance(true, false, 1, None), &np_key),
-        ep
-    );
-    // eTP Cluster: masquerade, then any endpoint.
-    let rules = &f.chain(&class.chain()).unwrap().rules();
-    assert_eq!(rules.len(), 1);
+    assert_eq!(class.chain(), "nodeport-balance-1");
+    assert_eq!(bucket_list(f, class, &np_key), ep);
     assert!(
-        rules[0]
+        f.set(names::MASQUERADE_NODEPORTS)
+            .unwrap()
+            .contains(&np_key)
+    );
+    // The masquerade mark is set before the dispatch, by set membership.
+    let nodeports = &f.chain("nodeports").unwrap().rules();
+    assert!(nodeports[0].exprs.iter().any(
+        |e| matches!(e, Expr::Lookup { set, .. } if *set == names::MASQUERADE_NODEPORTS.into())
+    ));
+    assert!(
+        nodeports[0]
             .exprs
             .iter()
             .any(|e| matches!(e, Expr::MetaSet { .. }))
     );
-    assert_eq!(
-        rules[0].exprs.last(),
-        Some(&Expr::Verdict(goto("nodeport-balance-1")))
-    );
-    // The node-port balancing chain reads `nodeport-endpoints`.
+    // The node-port balancing chain reads its own map.
     let bal = f.chain("nodeport-balance-1").unwrap().rules();
     assert!(
         bal[0]
@@ -501,6 +542,7 @@ fn node_ports_external_and_lb_ips_go_through_the_external_chain() {
     // Node ports only on the node's own addresses, never loopback.
     let services = &f.chain("services").unwrap().rules();
     let np = services.last().unwrap();
+    assert_eq!(np.exprs.last(), Some(&Expr::Verdict(goto("nodeports"))));
     assert!(np.exprs.iter().any(|e| matches!(e, Expr::Fib { .. })));
     assert!(
         np.exprs
@@ -542,37 +584,48 @@ fn external_traffic_policy_local_keeps_the_source_and_uses_local_endpoints() {
     );
     let f = v4(&rs);
     let np_key = [Datum::Proto(proto::TCP), Datum::Port(31100)];
-    let class = class_of(f, names::SERVICE_NODEPORTS, &np_key).unwrap();
-    assert_eq!(class.chain(), "nodeport-external-local-2-1");
-    let rules = &f.chain(&class.chain()).unwrap().rules();
-    let verdicts: Vec<&Expr> = rules.iter().filter_map(|r| r.exprs.last()).collect();
+    // Pods and the node itself: every endpoint.
+    let all = class_of(f, names::SERVICE_NODEPORTS, &np_key).unwrap();
+    assert_eq!(all, Class::balance(true, false, 2, false));
+    assert_eq!(bucket_list(f, all, &np_key).len(), 2);
+    // Everyone else: the local one, without masquerading.
+    let here = Class::balance(true, true, 1, false);
     assert_eq!(
-        verdicts,
-        [
-            &Expr::Verdict(goto("nodeport-balance-2")), // pods: short-circuit
-            &Expr::Verdict(goto("nodeport-balance-2")), // the node itself: masqueraded
-            &Expr::Verdict(goto("nodeport-balance-local-1")), // everyone else: local, unmasqueraded
-        ]
+        f.set(names::EXTERNAL_LOCAL_NODEPORTS)
+            .unwrap()
+            .value(&np_key),
+        Some(&here.key()[..])
+    );
+    assert_eq!(here.chain(), "nodeport-balance-local-1");
+    assert_eq!(
+        bucket_list(f, here, &np_key),
+        [(ip("10.244.1.2"), Datum::Port(8080))]
     );
     assert!(
-        !rules[2]
-            .exprs
-            .iter()
-            .any(|e| matches!(e, Expr::MetaSet { .. }))
+        !f.set(names::MASQUERADE_NODEPORTS)
+            .unwrap()
+            .contains(&np_key)
     );
+    let rules = &f.chain("nodeports").unwrap().rules();
+    // From the node itself: marked for masquerade, then to all endpoints.
+    assert!(rules[1].exprs.iter().any(|e| matches!(e, Expr::Fib { .. })));
     assert!(
         rules[1]
             .exprs
             .iter()
             .any(|e| matches!(e, Expr::MetaSet { .. }))
     );
+    // From outside the pod network and the node: to the local endpoints' dispatch.
+    assert!(rules[2].exprs.iter().any(|e| matches!(e, Expr::Cmp { op: netlink::nft::CmpOp::Neq, data, .. } if data == &[10, 244, 0, 0])));
     assert_eq!(
-        bucket_list(f, Class::balance(true, true, 1, None), &np_key),
-        [(ip("10.244.1.2"), Datum::Port(8080))]
+        rules[2].exprs.last(),
+        Some(&Expr::Verdict(goto("nodeport-external-local")))
     );
-    assert_eq!(
-        bucket_list(f, Class::balance(true, false, 2, None), &np_key).len(),
-        2
+    assert!(
+        !rules[2]
+            .exprs
+            .iter()
+            .any(|e| matches!(e, Expr::MetaSet { .. }))
     );
     let (view, _) = View::build(
         &[local_np(json!({}))],
@@ -601,17 +654,26 @@ fn external_traffic_policy_local_drops_on_nodes_without_endpoints() {
     );
     let f = v4(&rs);
     let np_key = [Datum::Proto(proto::TCP), Datum::Port(31100)];
-    let class = class_of(f, names::SERVICE_NODEPORTS, &np_key).unwrap();
-    let rules = &f.chain(&class.chain()).unwrap().rules();
+    let none = [Datum::Mark(NO_LOCAL_ENDPOINT)];
     assert_eq!(
-        rules.last().unwrap().exprs.last(),
-        Some(&Expr::Verdict(Verdict::Drop))
+        f.set(names::EXTERNAL_LOCAL_NODEPORTS)
+            .unwrap()
+            .value(&np_key),
+        Some(&none[..])
+    );
+    assert_eq!(
+        f.set(names::CLASSES).unwrap().verdict(&none),
+        Some(&Verdict::Drop)
     );
     assert!(
         !f.class_maps
-            .contains_key(&Class::balance(true, true, 1, None))
+            .contains_key(&Class::balance(true, true, 1, false))
     );
     assert!(f.chain("nodeport-balance-local-1").is_none());
+    // Connections that came with a mark: no local class to try, dropped.
+    let rules = f.chain("nodeport-external-local-by-class").unwrap().rules();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0].exprs.last(), Some(&Expr::Verdict(Verdict::Drop)));
     // ClusterIP traffic is unaffected.
     assert_eq!(endpoints_of(f, &web_key()).len(), 1);
 }
@@ -629,12 +691,12 @@ fn internal_traffic_policy_local() {
     );
     let f = v4(&rs);
     let class = class_of(f, names::SERVICE_IPS, &key).unwrap();
-    assert_eq!(class, Class::balance(false, true, 1, None));
+    assert_eq!(class, Class::balance(false, true, 1, false));
     assert_eq!(
         endpoints_of(f, &key),
         [(ip("10.244.1.2"), Datum::Port(8080))]
     );
-    assert!(bucket_list(f, Class::balance(false, false, 2, None), &key).is_empty());
+    assert!(bucket_list(f, Class::balance(false, false, 2, false), &key).is_empty());
     // Endpoints only elsewhere: dropped, not rejected.
     let rs = build(&[s], &[web_slice(&[ready("10.244.2.2", "node-2")])]);
     let f = v4(&rs);
@@ -689,11 +751,11 @@ fn hairpin_and_outside_traffic_are_masqueraded() {
             ..Default::default()
         },
     );
-    assert_eq!(v4(&bare).chain("services").unwrap().rules().len(), 2);
+    assert_eq!(v4(&bare).chain("services").unwrap().rules().len(), 6);
 }
 
 #[test]
-fn client_ip_affinity_gets_a_timeout_map_per_balancing_chain() {
+fn client_ip_affinity_gets_its_own_classes_and_remembers_the_timeout() {
     let s = web(json!({"sessionAffinity": "ClientIP",
         "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}));
     let rs = build(
@@ -705,35 +767,42 @@ fn client_ip_affinity_gets_a_timeout_map_per_balancing_chain() {
     );
     let f = v4(&rs);
     let class = class_of(f, names::SERVICE_IPS, &web_key()).unwrap();
-    assert_eq!(class, Class::balance(false, false, 2, Some(60)));
-    assert_eq!(class.chain(), "balance-2-affinity-60");
+    assert_eq!(class, Class::balance(false, false, 2, true));
+    assert_eq!(class.chain(), "balance-2-affinity");
     let rules = &f.chain(&class.chain()).unwrap().rules();
-    assert_eq!(rules.len(), 2, "affinity lookup, then the balancing rule");
     assert_eq!(
-        rules[0].comment.as_deref(),
-        Some("sessionAffinity: ClientIP, 60s")
+        rules.len(),
+        2,
+        "the affinity lookup, then the balancing rule"
     );
+    assert_eq!(
+        rules[0].exprs.last(),
+        Some(&Expr::Verdict(Verdict::Jump(names::AFFINITY_LOOKUP.into())))
+    );
+    let lookup = f.chain(names::AFFINITY_LOOKUP).unwrap().rules();
     assert!(
-        rules[0]
+        lookup[0]
             .exprs
             .iter()
             .any(|e| matches!(e, Expr::Lookup { set, .. } if *set == names::AFFINITY.into()))
     );
+    assert!(matches!(lookup[0].exprs.last(), Some(Expr::Nat { .. })));
     let aff = f.set(names::AFFINITY).unwrap();
     assert_eq!(
         aff.set.timeout,
         Some(None),
         "elements carry their own timeouts"
     );
-    // Default timeout: three hours, another class.
+    // The destination is in the set of its timeout, which the record rule reads.
+    let timeouts: Vec<_> = f.affinity_sets.keys().copied().collect();
+    assert_eq!(timeouts, [(false, 60)]);
+    assert!(f.affinity_sets[&(false, 60)].contains(&web_key()));
+    assert_eq!(f.affinity_sets[&(false, 60)].set.name, "affinity-ips-60");
+    // Default timeout: three hours.
     let s = web(json!({"sessionAffinity": "ClientIP"}));
     let rs = build(&[s], &[web_slice(&[ready("10.244.1.2", "n")])]);
-    let class = class_of(v4(&rs), names::SERVICE_IPS, &web_key()).unwrap();
-    let rules = &v4(&rs).chain(&class.chain()).unwrap().rules();
-    assert_eq!(
-        rules[0].comment.as_deref(),
-        Some("sessionAffinity: ClientIP, 10800s")
-    );
+    let timeouts: Vec<_> = v4(&rs).affinity_sets.keys().copied().collect();
+    assert_eq!(timeouts, [(false, 10800)]);
 }
 
 #[test]
@@ -818,7 +887,7 @@ fn a_full_sync_from_empty_creates_everything() {
     let sets: usize = rs
         .families
         .iter()
-        .map(|f| f.sets.len() + f.class_maps.len())
+        .map(|f| f.sets.len() + f.affinity_sets.len() + f.class_maps.len())
         .sum();
     let nonempty: usize = rs
         .families
@@ -826,8 +895,12 @@ fn a_full_sync_from_empty_creates_everything() {
         .map(|f| f.sets.values().filter(|s| !s.is_empty()).count() + f.class_maps.len())
         .sum();
     assert_eq!(batch.len(), 2 + chains + sets + nonempty + rules);
-    assert_eq!(f.sets.len(), 8, "fixed shared sets only, none per service");
-    assert_eq!(classes[0].len(), 1, "one class chain: balance-2");
+    assert_eq!(f.sets.len(), 12, "fixed shared sets only, none per service");
+    assert_eq!(
+        classes[0].len(),
+        2 + 5,
+        "balance-2 and enter-balance-2, and those that follow the classes"
+    );
     assert_eq!(f.class_maps.len(), 1, "and its map");
     let full = full_sync(&rs);
     assert_eq!(full.len(), batch.len() + 2, "destroy both tables first");
@@ -879,26 +952,28 @@ fn adding_an_endpoint_changes_elements_only() {
     let alone = |eps: &[Ep<'_>]| build(&[web(json!({}))], &[web_slice(eps)]);
     let one = alone(&[ready("10.244.1.2", "n")]);
     let two = alone(&[ready("10.244.1.2", "n"), ready("10.244.1.3", "n")]);
-    // New map, chain and rule; classes and service-ips elements out; classes,
-    // balance-2, service-ips elements in; the old chain flushed, it and its map
-    // deleted (with their elements).
-    assert_eq!(diff(&one, &two).len(), 11);
+    // New map, its two chains and their rules; classes and service-ips elements out;
+    // classes, balance-2, service-ips elements in; the by-class chain refilled (flush,
+    // one rule); the old chains flushed, they and their map deleted (with its
+    // elements).
+    assert_eq!(diff(&one, &two).len(), 17);
 }
 
 #[test]
 fn services_come_and_go_as_a_few_messages() {
     let a = build(&[], &[]);
     let b = build(&[web(json!({}))], &[web_slice(&[ready("10.244.1.2", "n")])]);
-    // Its class's map, chain and rule (the first service of its class); elements of
-    // classes, balance-1, service-ips, cluster-ips.
-    assert_eq!(diff(&a, &b).len(), 7);
-    // Removal: the elements of the fixed sets out, flush the chain, delete the map
-    // (with its elements) and the chain.
-    assert_eq!(diff(&b, &a).len(), 6);
+    // Its class's map, its two chains (enter and pick) with a rule each (the first
+    // service of its class), the by-class chain refilled (flush, one rule); elements
+    // of classes, balance-1, service-ips, cluster-ips.
+    assert_eq!(diff(&a, &b).len(), 11);
+    // Removal: the elements of the fixed sets out, the by-class chain flushed, the
+    // class's two chains flushed and deleted, its map deleted (with its elements).
+    assert_eq!(diff(&b, &a).len(), 9);
     // From "no endpoints" to "endpoints": the key moves from no-endpoint-services to
     // service-ips; the endpoint and class elements and the class come.
     let c = build(&[web(json!({}))], &[]);
-    assert_eq!(diff(&c, &b).len(), 7);
+    assert_eq!(diff(&c, &b).len(), 11);
 }
 
 #[test]
@@ -908,15 +983,16 @@ fn emptying_a_family_deletes_its_table() {
         families: vec![a.families[0].clone()],
     };
     assert_eq!(diff(&a, &b).len(), 1);
+    let f = &a.families[1];
+    let chains = || {
+        f.chains
+            .values()
+            .cloned()
+            .chain(f.class_chains().into_values())
+    };
     assert_eq!(
         diff(&b, &a).len(),
-        1 + a.families[1].chains.len()
-            + a.families[1].sets.len()
-            + a.families[1]
-                .chains
-                .values()
-                .map(|c| c.rules().len())
-                .sum::<usize>()
+        1 + chains().count() + f.sets.len() + chains().map(|c| c.rules().len()).sum::<usize>()
     );
 }
 
@@ -977,14 +1053,16 @@ fn an_update_of_the_changed_services_equals_a_full_recomputation() {
     update(&mut batch, &mut applied, &after_delete, &node(), &changed);
     assert_eq!(applied, desired(&after_delete, &node()));
     assert_eq!(
-        v4(&applied).class_chains().len(),
-        3,
-        "balance-2, nodeport-masquerade-2, nodeport-balance-2"
+        v4(&applied).classes(),
+        [
+            Class::balance(false, false, 2, false),
+            Class::balance(true, false, 2, false)
+        ]
     );
-    // service-ips, cluster-ips, service-nodeports, balance-2, nodeport-balance-2,
-    // hairpin (its node-1 endpoint): 6 delete messages; the classes and the shared
-    // node-2 endpoint stay.
-    assert_eq!(batch.len(), 6);
+    // service-ips, cluster-ips, service-nodeports, masquerade-nodeports, balance-2,
+    // nodeport-balance-2, hairpin (its node-1 endpoint): 7 delete messages; the
+    // classes and the shared node-2 endpoint stay.
+    assert_eq!(batch.len(), 7);
 
     // Nothing changed: nothing to send.
     let mut batch = netlink::nft::Batch::new();
@@ -1015,7 +1093,7 @@ fn a_class_shared_by_two_services_stays_while_either_uses_it() {
             &[ready("10.244.1.2", "n")],
         )],
     );
-    let class = Class::balance(false, false, 1, None);
+    let class = Class::balance(false, false, 1, false);
     assert_eq!(v4(&one).classes(), [class]);
     assert_eq!(v4(&both).classes(), [class]);
     // Removing web: service-ips, cluster-ips and endpoints elements; the class
@@ -1026,9 +1104,10 @@ fn a_class_shared_by_two_services_stays_while_either_uses_it() {
 // ---- added with the agent wiring ---------------------------------------------------
 
 #[test]
-fn affinity_rules_record_the_pick_with_the_services_timeout() {
-    let s = web(json!({"sessionAffinity": "ClientIP",
-        "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}));
+fn affinity_picks_are_recorded_after_dnat_with_the_services_timeout() {
+    let s = web(json!({"type": "NodePort", "sessionAffinity": "ClientIP",
+        "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}},
+        "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 31100}]}));
     let rs = build(
         &[s],
         &[web_slice(&[
@@ -1036,9 +1115,19 @@ fn affinity_rules_record_the_pick_with_the_services_timeout() {
             ready("10.244.2.2", "n"),
         ])],
     );
-    let class = class_of(v4(&rs), names::SERVICE_IPS, &web_key()).unwrap();
-    let rules = v4(&rs).chain(&class.chain()).unwrap().rules();
-    for r in &rules[1..] {
+    let f = v4(&rs);
+    let rules = f.chain(names::AFFINITY_RECORD).unwrap().rules();
+    assert_eq!(rules.len(), 2, "service addresses, node ports");
+    for (r, set) in rules
+        .iter()
+        .zip(["affinity-ips-60", "affinity-nodeports-60"])
+    {
+        assert!(
+            r.exprs.iter().any(
+                |e| matches!(e, Expr::Lookup { set: s, invert: false, .. } if *s == set.into())
+            ),
+            "{set}"
+        );
         let dynset = r.exprs.iter().find_map(|e| match e {
             Expr::Dynset {
                 set,
@@ -1049,18 +1138,42 @@ fn affinity_rules_record_the_pick_with_the_services_timeout() {
             } => Some((set, op, sreg_data, timeout)),
             _ => None,
         });
-        let (set, op, data, timeout) = dynset.expect("each endpoint rule records the client");
+        let (set, op, data, timeout) = dynset.expect("the rule records the client");
         assert_eq!(set, names::AFFINITY);
         assert_eq!(*op, netlink::nft::DynsetOp::Update);
         assert_eq!(*timeout, Some(std::time::Duration::from_secs(60)));
-        // DNAT reads the same registers the element's data came from.
-        let nat = r.exprs.iter().find_map(|e| match e {
-            Expr::Nat { addr, .. } => Some(*addr),
-            _ => None,
-        });
-        assert_eq!(nat, Some(*data));
+        // The key is the destination the client asked for (before DNAT), the data the
+        // endpoint it was sent to (the packet's destination after DNAT).
+        assert!(r.exprs.iter().any(|e| matches!(
+            e,
+            Expr::Ct {
+                key: netlink::nft::CtKey::OriginalDstIp,
+                ..
+            }
+        )));
+        assert!(r.exprs.iter().any(|e| matches!(
+            e,
+            Expr::Payload { offset: 16, dreg, .. } if Some(*dreg) == *data
+        )));
     }
-    assert!(v4(&rs).set(names::AFFINITY).unwrap().set.dynamic);
+    // Node ports: when the node's addresses are known, only to one of them (here they
+    // are not: the key has the node port and the address, whatever it was).
+    assert!(
+        !rules[1]
+            .exprs
+            .iter()
+            .any(|e| matches!(e, Expr::Lookup { set, .. } if *set == names::NODEPORT_IPS.into()))
+    );
+    // Reached after DNAT, on both paths.
+    for chain in ["filter-prerouting-post-dnat", "filter-output-post-dnat"] {
+        let c = f.chain(chain).unwrap();
+        assert_eq!(c.chain.base.unwrap().priority, -90);
+        assert_eq!(
+            c.rules()[0].exprs.last(),
+            Some(&Expr::Verdict(Verdict::Jump(names::AFFINITY_RECORD.into())))
+        );
+    }
+    assert!(f.set(names::AFFINITY).unwrap().set.dynamic);
 }
 
 #[test]

@@ -106,6 +106,28 @@ fn connect(pod: &str, addr: &'static str, n: usize) -> std::io::Result<Vec<Strin
     .unwrap()
 }
 
+/// `nft ARGS` in `ns` (a test reading the table as a user would): its output; fails on
+/// a non-zero exit or anything on stderr but
+/// the one warning nft 1.0.6 gives for JSON: it has no JSON form for `update @map {
+/// key : value }` (the affinity record), which it prints as a string instead.
+#[allow(clippy::disallowed_methods)]
+fn nft(ns: &str, args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let shown = args.join(" ");
+    let out = netns::run_in(ns, move || Command::new("nft").args(&args).output())
+        .unwrap()
+        .expect("nft runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "nft {shown}: {stderr}");
+    assert!(
+        stderr
+            .lines()
+            .all(|l| l == "warning: stmt ops map have no json callback"),
+        "nft {shown}: {stderr}"
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn service(name: &str, cluster_ip: &str) -> Service {
     serde_json::from_value(json!({
         "metadata": {"name": name, "namespace": "default"},
@@ -220,9 +242,10 @@ fn cluster_ip_balances_rejects_and_follows_endpoint_changes() {
     let changed = BTreeSet::from([ServiceKey::new("default", "web")]);
     let report = proxier.update(&view, &this_node, &changed).unwrap();
     assert!(!report.full);
-    // The first service with one endpoint: its class map, chain and rule come; the
-    // ClusterIP's class changes, its endpoints move between the class maps.
-    assert!(report.messages <= 10, "{report:?}");
+    // The first service with one endpoint: its class map, chain and rules come, and
+    // the by-class chain is refilled; the ClusterIP's class changes, its endpoints
+    // move between the class maps.
+    assert!(report.messages <= 14, "{report:?}");
     let answers = connect(&pod1, "10.96.0.10:80", 8).unwrap();
     assert!(answers.iter().all(|a| a == "pod2"), "{answers:?}");
     // Endpoint replaced by pod1, through a whole recomputation this time.
@@ -285,6 +308,26 @@ fn cluster_ip_balances_rejects_and_follows_endpoint_changes() {
     let answers = connect(&pod2, "10.96.0.10:80", 24).unwrap();
     let seen: BTreeSet<&str> = answers.iter().map(String::as_str).collect();
     assert_eq!(seen.len(), 2, "{answers:?}");
+
+    // Flushed by hand (the table and its handle stay, its rules go; or one chain):
+    // seen, and put back.
+    for flush in [
+        &["flush", "table", "ip", proxy::TABLE][..],
+        &["flush", "chain", "ip", proxy::TABLE, "services"][..],
+    ] {
+        nft(&node, flush);
+        assert!(
+            connect(&pod2, "10.96.0.10:80", 1).is_err(),
+            "no rules, no service"
+        );
+        assert!(!restarted.intact(), "nft {flush:?} went unnoticed");
+        let report = restarted
+            .sync(rules(&["10.244.1.2", "10.244.2.2"]))
+            .unwrap();
+        assert!(report.full, "{report:?}");
+        assert!(restarted.intact());
+        assert_eq!(connect(&pod2, "10.96.0.10:80", 4).unwrap().len(), 4);
+    }
 
     // Cleanup removes the tables, and is repeatable.
     restarted.cleanup().unwrap();
@@ -376,47 +419,54 @@ fn the_kernel_accepts_every_rule_shape() {
     assert!(!ip6.services.is_empty());
     let mut proxier = Proxier::new(NftSocket::new_in(&node).unwrap());
     proxier.sync(rules).unwrap();
-    // Operators read the table with nft. nft 1.0.6 (this machine's) decodes every set,
-    // map and chain but two kinds of rule (it aborts on them): the dispatch rule in
-    // `services` (a data-map lookup feeding a verdict-map lookup) and the balancing
-    // rule of affinity classes (a dynset whose data comes from a map lookup).
+    // Operators read the table with nft: the whole ruleset lists, as text and as
+    // JSON, and names every set, map and chain of both tables.
     let applied = proxier.applied().unwrap().clone();
+    let text = nft(&node, &["list", "ruleset"]);
+    let json: serde_json::Value = serde_json::from_str(&nft(&node, &["--json", "list", "ruleset"]))
+        .expect("nft --json prints JSON");
+    let listed = json["nftables"].as_array().unwrap();
     for f in &applied.families {
         let family = if f.family == netlink::nft::Family::Ip6 {
             "ip6"
         } else {
             "ip"
         };
-        let sets = f.sets.values().map(|s| &s.set);
+        assert!(text.contains(&format!("table {family} kubewire-proxy {{")));
+        let sets = f.all_sets().map(|s| &s.set);
         let mut objects: Vec<(&str, String)> = sets
             .chain(f.class_maps.values().map(|m| &m.set))
             .map(|s| (if s.data.is_some() { "map" } else { "set" }, s.name.clone()))
             .collect();
-        let chains = f
-            .chains
-            .keys()
-            .chain(f.class_chains().keys())
-            .cloned()
-            .collect::<Vec<_>>();
-        objects.extend(
-            chains
-                .into_iter()
-                .filter(|c| c != "services" && !c.contains("-affinity-"))
-                .map(|c| ("chain", c)),
-        );
-        assert!(objects.len() > 20, "{objects:?}");
+        let derived = f.class_chains();
+        let chains = f.chains.keys().chain(derived.keys()).cloned();
+        objects.extend(chains.map(|c| ("chain", c)));
+        assert!(objects.len() > 30, "{objects:?}");
         for (kind, name) in objects {
-            let args = ["list", kind, family, "kubewire-proxy", &name].map(str::to_owned);
-            #[allow(clippy::disallowed_methods)] // a test reading the table as a user would
-            let out = netns::run_in(&node, move || {
-                std::process::Command::new("nft").args(&args).output()
-            })
-            .unwrap()
-            .expect("nft runs");
             assert!(
-                out.status.success(),
-                "nft list {kind} {family} kubewire-proxy {name}: {}",
-                String::from_utf8_lossy(&out.stderr)
+                text.contains(&format!("\t{kind} {name} {{")),
+                "{kind} {family} {name} not in the listing:\n{text}"
+            );
+            assert!(
+                listed.iter().any(|o| o[kind]["family"] == family
+                    && o[kind]["table"] == "kubewire-proxy"
+                    && o[kind]["name"] == name.as_str()),
+                "{kind} {family} {name} not in the JSON listing"
+            );
+        }
+    }
+    // Every rule nft lists has a comment saying what it is for.
+    let mut in_chain = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with("chain ") {
+            in_chain = true;
+        } else if line == "}" {
+            in_chain = false;
+        } else if in_chain && !line.starts_with("type ") && !line.is_empty() {
+            assert!(
+                line.contains(" comment \""),
+                "a rule without a comment: {line}"
             );
         }
     }
@@ -446,7 +496,8 @@ fn the_kernel_accepts_every_rule_shape() {
         applied
             .families
             .iter()
-            .all(|f| f.class_maps.is_empty() && f.class_chains().is_empty()),
+            .all(|f| f.class_maps.is_empty()
+                && f.class_chains().keys().all(|c| !c.contains("balance"))),
         "class maps and chains gone with the last service of their class"
     );
     proxier.cleanup().unwrap();
@@ -721,4 +772,190 @@ fn random_incremental_updates_are_accepted_and_equal_a_full_recomputation() {
     // And a full diff from there to nothing and back is accepted too.
     proxier.sync(desired(&View::default(), &this_node)).unwrap();
     proxier.sync(desired(&view, &this_node)).unwrap();
+}
+
+/// A ClusterIP service with `sessionAffinity: ClientIP` (10.96.0.40:80 → 8080).
+fn sticky(name: &str, cluster_ip: &str) -> Service {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"clusterIP": cluster_ip, "sessionAffinity": "ClientIP",
+                 "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}},
+                 "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+    }))
+    .unwrap()
+}
+
+/// The elements of the proxy's `affinity` map in `ns`, read over netlink.
+fn affinity_entries(ns: &str) -> Vec<netlink::nft::SetElement> {
+    let view = View::build(&[sticky("x", "10.96.0.1")], &[]).0;
+    let rules = desired(&view, &Node::default());
+    let set = rules.families[0]
+        .set(proxy::names::AFFINITY)
+        .unwrap()
+        .set
+        .clone();
+    NftSocket::new_in(ns)
+        .unwrap()
+        .elements(&set)
+        .unwrap()
+        .unwrap_or_default()
+}
+
+#[test]
+fn affinity_survives_a_restart_and_follows_its_endpoints() {
+    assert_root();
+    let mut ns = Namespaces(Vec::new());
+    let node = ns.create("node");
+    let pod1 = ns.create("pod1");
+    let pod2 = ns.create("pod2");
+    let client = ns.create("client");
+    ip(&node, "link set lo up");
+    wire(&node, &pod1, "veth1", "10.244.1.2", "10.244.1.1");
+    wire(&node, &pod2, "veth2", "10.244.2.2", "10.244.2.1");
+    wire(&node, &client, "veth3", "10.244.3.2", "10.244.3.1");
+    netlink::sysctl::set_in(&node, "net.ipv4.ip_forward", "1").unwrap();
+    serve(&pod1, "pod1");
+    serve(&pod2, "pod2");
+    let services = [sticky("web", "10.96.0.40")];
+    let this_node = Node {
+        name: "node-1".into(),
+        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        ..Default::default()
+    };
+    let view = |addrs: &[&str]| View::build(&services, &[slice("web", addrs)]).0;
+    let both = view(&["10.244.1.2", "10.244.2.2"]);
+    let mut proxier = Proxier::new(NftSocket::new_in(&node).unwrap());
+    proxier.sync(desired(&both, &this_node)).unwrap();
+
+    // The client sticks to one endpoint; the pick is recorded once, with the timeout.
+    let answers = connect(&client, "10.96.0.40:80", 10).unwrap();
+    let first = answers[0].clone();
+    assert!(answers.iter().all(|a| *a == first), "{answers:?}");
+    let entries = affinity_entries(&node);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].timeout, Some(Duration::from_secs(600)));
+    assert!(entries[0].expires.unwrap() > Duration::from_secs(590));
+
+    // A new proxier (an agent restarted) replaces the tables and keeps the entry,
+    // with the time it had left: the client still goes where it went.
+    let mut restarted = Proxier::new(NftSocket::new_in(&node).unwrap());
+    assert!(restarted.sync(desired(&both, &this_node)).unwrap().full);
+    let kept = affinity_entries(&node);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0].key, entries[0].key);
+    assert_eq!(kept[0].data, entries[0].data);
+    assert!(kept[0].expires <= entries[0].expires);
+    let answers = connect(&client, "10.96.0.40:80", 10).unwrap();
+    assert!(answers.iter().all(|a| *a == first), "{answers:?}");
+
+    // Its endpoint goes: the entry goes with it, the client moves to the other one
+    // and sticks there.
+    let other = if first == "pod1" { "pod2" } else { "pod1" };
+    let left = if other == "pod1" {
+        "10.244.1.2"
+    } else {
+        "10.244.2.2"
+    };
+    let changed = BTreeSet::from([ServiceKey::new("default", "web")]);
+    restarted
+        .update(&view(&[left]), &this_node, &changed)
+        .unwrap();
+    let answers = connect(&client, "10.96.0.40:80", 10).unwrap();
+    assert!(answers.iter().all(|a| a == other), "{answers:?}");
+    // Both endpoints again: the client stays with the one it has now.
+    restarted.update(&both, &this_node, &changed).unwrap();
+    let answers = connect(&client, "10.96.0.40:80", 10).unwrap();
+    assert!(answers.iter().all(|a| a == other), "{answers:?}");
+
+    // Affinity turned off: the entries go, connections are balanced again.
+    let plain = [service("web", "10.96.0.40")];
+    let (unsticky, _) = View::build(&plain, &[slice("web", &["10.244.1.2", "10.244.2.2"])]);
+    restarted.update(&unsticky, &this_node, &changed).unwrap();
+    assert!(affinity_entries(&node).is_empty());
+    let answers = connect(&client, "10.96.0.40:80", 40).unwrap();
+    let seen: BTreeSet<&str> = answers.iter().map(String::as_str).collect();
+    assert_eq!(seen.len(), 2, "{answers:?}");
+}
+
+#[test]
+fn a_connection_mark_set_by_someone_else_is_kept_and_services_still_answer() {
+    assert_root();
+    let mut ns = Namespaces(Vec::new());
+    let node = ns.create("node");
+    let pod1 = ns.create("pod1");
+    let pod2 = ns.create("pod2");
+    let client = ns.create("client");
+    ip(&node, "link set lo up");
+    wire(&node, &pod1, "veth1", "10.244.1.2", "10.244.1.1");
+    wire(&node, &pod2, "veth2", "10.244.2.2", "10.244.2.1");
+    wire(&node, &client, "veth3", "10.244.3.2", "10.244.3.1");
+    netlink::sysctl::set_in(&node, "net.ipv4.ip_forward", "1").unwrap();
+    serve(&pod1, "pod1");
+    serve(&pod2, "pod2");
+    let services = [service("web", "10.96.0.50"), sticky("sticky", "10.96.0.51")];
+    let this_node = Node {
+        name: "node-1".into(),
+        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        ..Default::default()
+    };
+    let slices = [
+        slice("web", &["10.244.1.2", "10.244.2.2"]),
+        slice("sticky", &["10.244.1.2", "10.244.2.2"]),
+    ];
+    let (view, _) = View::build(&services, &slices);
+    let mut proxier = Proxier::new(NftSocket::new_in(&node).unwrap());
+    proxier.sync(desired(&view, &this_node)).unwrap();
+    // Someone else's table marks the client's new connections before DNAT (connmark
+    // for policy routing, say), and counts, after DNAT, the connections by mark.
+    let foreign = r#"table ip someone {
+        chain tag { type filter hook prerouting priority mangle;
+            ip saddr 10.244.3.2 ct state new ct mark set 0x7; }
+        chain marked { type filter hook forward priority 10; ct state new ct mark 0x7 counter; }
+        chain unmarked { type filter hook forward priority 11; ct state new ct mark 0x0 counter; }
+    }"#;
+    nft_f(&node, foreign);
+    // Marked: still balanced over both endpoints (the class found by trying each)...
+    let answers = connect(&client, "10.96.0.50:80", 40).unwrap();
+    let seen: BTreeSet<&str> = answers.iter().map(String::as_str).collect();
+    assert_eq!(seen.len(), 2, "{answers:?}");
+    // ... sticky where it should be ...
+    let answers = connect(&client, "10.96.0.51:80", 10).unwrap();
+    assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+    // ... and the mark is still the one it was given.
+    let count = nft(&node, &["list", "chain", "ip", "someone", "marked"]);
+    assert!(count.contains("packets 50 "), "{count}");
+    // Unmarked connections (another client) go through the connection mark and
+    // leave it at 0, as they found it.
+    let answers = connect(&pod1, "10.96.0.50:80", 20).unwrap();
+    assert_eq!(answers.len(), 20);
+    let zero = nft(&node, &["list", "chain", "ip", "someone", "unmarked"]);
+    assert!(zero.contains("packets 20 "), "{zero}");
+    let count = nft(&node, &["list", "chain", "ip", "someone", "marked"]);
+    assert!(count.contains("packets 50 "), "{count}");
+}
+
+/// `nft -f -` with `ruleset` in `ns`.
+#[allow(clippy::disallowed_methods)] // a test playing someone else's firewall
+fn nft_f(ns: &str, ruleset: &str) {
+    let ruleset = ruleset.to_owned();
+    let out = netns::run_in(ns, move || {
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(ruleset.as_bytes())?;
+        child.wait_with_output()
+    })
+    .unwrap()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "nft -f: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -232,7 +232,9 @@ impl Cluster {
             dir,
             lab,
         };
-        cluster.agents = (1..=2u8).map(|n| cluster.spawn_agent(n)).collect();
+        cluster.agents = (1..=2u8)
+            .map(|n| cluster.spawn_agent(n, &kubewire_bin()))
+            .collect();
         for n in 1..=2u8 {
             let conf = cluster.conflist_path(n);
             assert!(
@@ -244,8 +246,9 @@ impl Cluster {
         cluster
     }
 
-    /// Starts `kubewire agent` for node `n` in its namespace, logging to `agent-N.log`.
-    fn spawn_agent(&self, n: u8) -> KillOnDrop {
+    /// Starts `kubewire agent` for node `n` in its namespace from the binary `bin`,
+    /// logging to `agent-N.log`.
+    fn spawn_agent(&self, n: u8, bin: &Path) -> KillOnDrop {
         let node_dir = self.dir.path().join(format!("node-{n}"));
         let args = agent::Args {
             node_name: format!("node-{n}"),
@@ -262,7 +265,7 @@ impl Cluster {
             .collect();
         spawn_in(
             &self.node_ns(n),
-            &kubewire_bin(),
+            bin,
             &argv,
             &self.dir.path().join(format!("agent-{n}.log")),
         )
@@ -290,10 +293,15 @@ impl Cluster {
     /// Stops node `n`'s agent (killed, as a crash or an upgrade would) and starts it
     /// again with the same flags.
     pub fn restart_agent(&mut self, n: u8) {
+        self.restart_agent_from(n, &kubewire_bin());
+    }
+
+    /// Like [`Cluster::restart_agent`], starting it from the binary `bin` (an upgrade).
+    pub fn restart_agent_from(&mut self, n: u8, bin: &Path) {
         let i = usize::from(n - 1);
         let _ = self.agents[i].0.kill();
         let _ = self.agents[i].0.wait();
-        self.agents[i] = self.spawn_agent(n);
+        self.agents[i] = self.spawn_agent(n, bin);
     }
 
     /// Creates or updates objects with `kubectl apply` (a JSON manifest, or a List).

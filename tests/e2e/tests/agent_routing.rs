@@ -158,9 +158,18 @@ fn cross_node(mode: &str) {
     };
     // Before the cleanup, the agent's state is there, so its absence afterwards means
     // something.
-    // By name: nft 1.0.6 cannot list every table once the proxy's dispatch rule is in
-    // (docs/proxy.md), but it lists a table it can decode.
-    assert!(show(&["nft", "list", "table", "ip", "kubewire-pods"]).contains("masquerade"));
+    // The whole ruleset, as an operator lists it: the masquerade table and the
+    // proxy's, both families.
+    let ruleset = show(&["nft", "list", "ruleset"]);
+    assert!(ruleset.contains("masquerade comment \"pod traffic leaving the pod network\""));
+    for table in ["kubewire-pods", "kubewire-proxy"] {
+        for family in ["ip", "ip6"] {
+            assert!(
+                ruleset.contains(&format!("table {family} {table} {{")),
+                "{family} {table} not listed:\n{ruleset}"
+            );
+        }
+    }
     assert!(show(&["ip", "route", "show", "proto", "75"]).contains("via"));
     if mode == "vxlan" {
         assert!(show(&["ip", "link"]).contains("kubewire.vxlan"));
@@ -186,8 +195,7 @@ fn cross_node(mode: &str) {
         !show(&["ip", "link"]).contains("kubewire.vxlan"),
         "VXLAN device left"
     );
-    // With the proxy's table gone too, nft can list everything again: check the whole
-    // list, which must succeed and name none of ours.
+    // The proxy's table is gone too: the whole list succeeds and names none of ours.
     let tables = netlink::netns::run_in(&node1, || {
         Command::new("nft").args(["list", "tables"]).output()
     })

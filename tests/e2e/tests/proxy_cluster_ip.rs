@@ -147,19 +147,22 @@ fn cluster_ip_and_node_port_balance_reject_and_hairpin() {
     let _ = c.agents[0].0.kill();
     let _ = c.agents[0].0.wait();
     let node_ns = c.node_ns(1);
-    // One base chain of the table (nft 1.0.6 cannot print some expressions of the
-    // dispatch chains; this checks the table is there, not nft's decoder).
+    // The whole ruleset, as an operator lists it.
+    #[allow(clippy::disallowed_methods)] // a test reading the table as a user would
     let has_table = |ns: &str| {
-        netlink::netns::run_in(ns, || {
+        let out = netlink::netns::run_in(ns, || {
             std::process::Command::new("nft")
-                .args(["list", "chain", "ip", "kubewire-proxy", "nat-prerouting"])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
+                .args(["list", "ruleset"])
+                .output()
         })
         .unwrap()
-        .unwrap()
-        .success()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "nft list ruleset: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).contains("table ip kubewire-proxy {")
     };
     assert!(has_table(&node_ns), "the proxy's table is there before");
     let cleanup = c.agent_cleanup(1);

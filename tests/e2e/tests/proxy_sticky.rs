@@ -1,8 +1,9 @@
 //! State that must survive changes, in a cluster: session affinity sticks, a UDP
 //! client is moved to the new endpoint when its old one is replaced (the stale
-//! conntrack entry is deleted), and restarting the agent keeps an established TCP
-//! connection through a ClusterIP. Real pods; Services and EndpointSlices made
-//! through the API by the test. Needs root; fails, never skips.
+//! conntrack entry is deleted), and a rolling restart of the agents keeps an
+//! established TCP connection through a ClusterIP (no reset) and a sticky client's
+//! endpoint. Real pods; Services and EndpointSlices made through the API by the
+//! test. Needs root; fails, never skips.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Stdio};
@@ -162,7 +163,9 @@ fn affinity_sticks_udp_follows_a_replaced_endpoint_and_restarts_keep_connections
         logs(&c)
     );
 
-    // A long TCP connection through a ClusterIP survives an agent restart.
+    // A long TCP connection through a ClusterIP survives a rolling restart of the
+    // agents (killed, as an upgrade or a crash would), and the sticky client keeps
+    // its endpoint: the new agent carries the affinity entries into its new table.
     let mut conn = LongConnection::open(&client_ns, "10.96.30.90", 90);
     assert_eq!(conn.ask("1"), "a 1");
     c.restart_agent(1);
@@ -183,4 +186,47 @@ fn affinity_sticks_udp_follows_a_replaced_endpoint_and_restarts_keep_connections
         "a 2",
         "the connection must survive the restart"
     );
+    // The new agent replaced the table in full (the service made after the restart
+    // answers): the client still gets its endpoint, every time.
+    for _ in 0..12 {
+        assert_eq!(
+            probe_in(&client_ns, "10.96.30.10", 80),
+            first,
+            "affinity must survive the restart\n{}",
+            logs(&c)
+        );
+    }
+    assert!(
+        c.log("agent-1.log")
+            .contains("session affinity entries kept from the tables replaced"),
+        "{}",
+        c.log("agent-1.log")
+    );
+    // The other node's agent next; then both again.
+    c.restart_agent(2);
+    c.restart_agent(1);
+    let mut again = String::new();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            again = conn.ask("3");
+            again == "a 3"
+        }),
+        "the connection after the rolling restart: {again}\n{}",
+        logs(&c)
+    );
+    c.apply(&service("later", "10.96.30.92", 80, 8080, "TCP", json!({})));
+    c.apply(&slice("later", 8080, "TCP", &[(&b_ip, "node-2")]));
+    assert!(
+        wait_until(Duration::from_secs(20), || probe_in(
+            &client_ns,
+            "10.96.30.92",
+            80
+        )
+        .starts_with("ok b ")),
+        "a service made after the second restart\n{}",
+        logs(&c)
+    );
+    for _ in 0..12 {
+        assert_eq!(probe_in(&client_ns, "10.96.30.10", 80), first);
+    }
 }

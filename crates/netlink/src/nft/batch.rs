@@ -307,13 +307,22 @@ impl Batch {
             w.nest_end(desc);
         }
         w.put_u32(attr::SET_ID, id);
-        if let [single] = set.key[..]
-            && single.host_order()
-        {
-            // nft's user data: key byte order (type 0) = host endian (1). Without it,
-            // `nft list` would print host-order keys byte-swapped.
-            let mut udata = vec![0, 4];
+        // nft's user data: the byte order of the key (type 0) and of the data (type
+        // 1), host endian (1) for a single host-order field. Without it, `nft list`
+        // prints host-order keys and values byte-swapped.
+        let mut udata = Vec::new();
+        let host = |fields: &[KeyType]| matches!(fields, [single] if single.host_order());
+        if host(&set.key) {
+            udata.extend_from_slice(&[0, 4]);
             udata.extend_from_slice(&1u32.to_ne_bytes());
+        }
+        if let Some(MapData::Value(fields)) = &set.data
+            && host(fields)
+        {
+            udata.extend_from_slice(&[1, 4]);
+            udata.extend_from_slice(&1u32.to_ne_bytes());
+        }
+        if !udata.is_empty() {
             w.put(attr::SET_USERDATA, &udata);
         }
         w.end_msg(m);
@@ -370,6 +379,21 @@ impl Batch {
     pub fn delete_elements(&mut self, set: &Set, elements: &[SetElement]) -> &mut Self {
         let what = format!("delete element {} {} {}", set.family, set.table, set.name);
         self.elements(msg::DELSETELEM, 0, what, set, (&set.name, None), elements)
+    }
+
+    /// `destroy element`: removes elements, and is no error for one that is not there
+    /// (kernel 6.3 or later): for elements that may time out on their own meanwhile,
+    /// such as those rules add from the packet path.
+    pub fn destroy_elements(&mut self, set: &Set, elements: &[SetElement]) -> &mut Self {
+        let what = format!("destroy element {} {} {}", set.family, set.table, set.name);
+        self.elements(
+            msg::DESTROYSETELEM,
+            0,
+            what,
+            set,
+            (&set.name, None),
+            elements,
+        )
     }
 
     fn check_element(set: &Set, e: &SetElement, adding: bool) -> Result<(), String> {
@@ -496,6 +520,9 @@ fn encode_element(w: &mut Writer, set: &Set, e: &SetElement) {
     }
     if let Some(timeout) = e.timeout {
         w.put_u64(attr::SET_ELEM_TIMEOUT, timeout.as_millis() as u64);
+        if let Some(left) = e.expires {
+            w.put_u64(attr::SET_ELEM_EXPIRATION, left.as_millis() as u64);
+        }
     }
     if let Some(comment) = &e.comment {
         w.put(attr::SET_ELEM_USERDATA, &comment_udata(comment));

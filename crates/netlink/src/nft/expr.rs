@@ -79,8 +79,16 @@ pub enum CtKey {
     State,
     /// Status bits (e.g. DNAT done = 0x20), 4 bytes host order.
     Status,
-    /// Conntrack mark, 4 bytes.
+    /// Conntrack mark, 4 bytes host order. Also settable ([`Expr::CtSet`]).
     Mark,
+    /// `ct original ip daddr`: the IPv4 destination the connection was opened to,
+    /// before any DNAT, 4 bytes.
+    OriginalDstIp,
+    /// `ct original ip6 daddr`, 16 bytes.
+    OriginalDstIp6,
+    /// `ct original proto-dst`: the destination port the connection was opened to,
+    /// before any DNAT, 2 bytes network order.
+    OriginalProtoDst,
 }
 
 impl CtKey {
@@ -89,6 +97,18 @@ impl CtKey {
             CtKey::State => 0,
             CtKey::Status => 2,
             CtKey::Mark => 3,
+            CtKey::OriginalProtoDst => 12,
+            CtKey::OriginalDstIp => 20,
+            CtKey::OriginalDstIp6 => 22,
+        }
+    }
+
+    /// The direction the key is read in, for keys of one direction's tuple
+    /// (`IP_CT_DIR_ORIGINAL` is 0).
+    fn direction(self) -> Option<u8> {
+        match self {
+            CtKey::OriginalDstIp | CtKey::OriginalDstIp6 | CtKey::OriginalProtoDst => Some(0),
+            CtKey::State | CtKey::Status | CtKey::Mark => None,
         }
     }
 }
@@ -215,6 +235,13 @@ pub enum Expr {
         key: CtKey,
         /// Destination.
         dreg: Reg,
+    },
+    /// Set conntrack data (`ct mark set ...`) from a register.
+    CtSet {
+        /// What to set (the mark).
+        key: CtKey,
+        /// Source.
+        sreg: Reg,
     },
     /// Compare a register with a constant; a false comparison ends the rule.
     Cmp {
@@ -391,7 +418,7 @@ impl Expr {
         match self {
             Expr::Payload { .. } => "payload",
             Expr::Meta { .. } | Expr::MetaSet { .. } => "meta",
-            Expr::Ct { .. } => "ct",
+            Expr::Ct { .. } | Expr::CtSet { .. } => "ct",
             Expr::Cmp { .. } => "cmp",
             Expr::Bitwise { .. } | Expr::Xor { .. } => "bitwise",
             Expr::Immediate { .. } | Expr::Verdict(_) => "immediate",
@@ -439,8 +466,17 @@ impl Expr {
                 put_reg(w, 3, *sreg);
             }
             Expr::Ct { key, dreg } => {
+                // NFTA_CT_DREG, _KEY, _DIRECTION (a u8).
                 put_reg(w, 1, *dreg);
                 w.put_u32(2, key.number());
+                if let Some(dir) = key.direction() {
+                    w.put(3, &[dir]);
+                }
+            }
+            Expr::CtSet { key, sreg } => {
+                // NFTA_CT_KEY, NFTA_CT_SREG.
+                w.put_u32(2, key.number());
+                put_reg(w, 4, *sreg);
             }
             Expr::Cmp { sreg, op, data } => {
                 put_reg(w, 1, *sreg);

@@ -24,6 +24,13 @@
 //! # }
 //! ```
 //!
+//! Reads are few and small, for checking the kernel against what was applied: a
+//! table's handle and the ruleset generation ([`NftSocket::table_handle`],
+//! [`NftSocket::generation`]), a table's rules by chain and handle
+//! ([`NftSocket::rules`]), and a set's elements with the time each has left
+//! ([`NftSocket::elements`]), so that elements a rule added from the packet path can be
+//! carried into a table that replaces their own.
+//!
 //! Rules are lists of [`Expr`]; [`Rule`]'s builder methods cover what kube-proxy-style
 //! service rules, masquerading and host ports need, and [`Rule::expr`] adds anything else.
 
@@ -43,7 +50,7 @@ pub use expr::{
 pub use objects::{BaseHook, Chain, ChainType, Family, Hook, Policy, Table, Verdict, priority};
 pub use rule::{Field, Rule};
 pub use set::{Datum, ElementData, KeyType, MapData, Set, SetElement};
-pub use socket::NftSocket;
+pub use socket::{ListedRule, NftSocket};
 
 /// IP protocol numbers for [`Rule::match_l4proto`] and [`Datum::Proto`].
 pub mod proto {

@@ -34,27 +34,45 @@ pub enum Field {
     IifName,
     /// `meta oifname`.
     OifName,
+    /// `ct mark`.
+    CtMark,
+    /// `ct original ip daddr`: the destination before DNAT.
+    CtOriginalIpDaddr,
+    /// `ct original ip6 daddr`.
+    CtOriginalIp6Daddr,
+    /// `ct original proto-dst`: the destination port before DNAT.
+    CtOriginalDport,
 }
 
 impl Field {
     /// Bytes loaded into registers.
     pub fn size(self) -> u32 {
         match self {
-            Field::IpSaddr | Field::IpDaddr | Field::Mark => 4,
-            Field::Ip6Saddr | Field::Ip6Daddr | Field::IifName | Field::OifName => 16,
+            Field::IpSaddr
+            | Field::IpDaddr
+            | Field::Mark
+            | Field::CtMark
+            | Field::CtOriginalIpDaddr => 4,
+            Field::Ip6Saddr
+            | Field::Ip6Daddr
+            | Field::IifName
+            | Field::OifName
+            | Field::CtOriginalIp6Daddr => 16,
             Field::L4Proto => 1,
-            Field::Sport | Field::Dport => 2,
+            Field::Sport | Field::Dport | Field::CtOriginalDport => 2,
         }
     }
 
     /// The set key type of the field; interface names cannot be set keys here.
     pub fn key_type(self) -> Option<KeyType> {
         match self {
-            Field::IpSaddr | Field::IpDaddr => Some(KeyType::Ipv4Addr),
-            Field::Ip6Saddr | Field::Ip6Daddr => Some(KeyType::Ipv6Addr),
+            Field::IpSaddr | Field::IpDaddr | Field::CtOriginalIpDaddr => Some(KeyType::Ipv4Addr),
+            Field::Ip6Saddr | Field::Ip6Daddr | Field::CtOriginalIp6Daddr => {
+                Some(KeyType::Ipv6Addr)
+            }
             Field::L4Proto => Some(KeyType::InetProto),
-            Field::Sport | Field::Dport => Some(KeyType::InetService),
-            Field::Mark => Some(KeyType::Mark),
+            Field::Sport | Field::Dport | Field::CtOriginalDport => Some(KeyType::InetService),
+            Field::Mark | Field::CtMark => Some(KeyType::Mark),
             Field::IifName | Field::OifName => None,
         }
     }
@@ -62,8 +80,8 @@ impl Field {
     /// The IP version the field belongs to, if any.
     fn ip_version(self) -> Option<u8> {
         match self {
-            Field::IpSaddr | Field::IpDaddr => Some(4),
-            Field::Ip6Saddr | Field::Ip6Daddr => Some(6),
+            Field::IpSaddr | Field::IpDaddr | Field::CtOriginalIpDaddr => Some(4),
+            Field::Ip6Saddr | Field::Ip6Daddr | Field::CtOriginalIp6Daddr => Some(6),
             _ => None,
         }
     }
@@ -86,6 +104,22 @@ impl Field {
             Field::Dport => payload(PayloadBase::Transport, 2, 2),
             Field::L4Proto => meta(MetaKey::L4Proto),
             Field::Mark => meta(MetaKey::Mark),
+            Field::CtMark => Expr::Ct {
+                key: CtKey::Mark,
+                dreg,
+            },
+            Field::CtOriginalIpDaddr => Expr::Ct {
+                key: CtKey::OriginalDstIp,
+                dreg,
+            },
+            Field::CtOriginalIp6Daddr => Expr::Ct {
+                key: CtKey::OriginalDstIp6,
+                dreg,
+            },
+            Field::CtOriginalDport => Expr::Ct {
+                key: CtKey::OriginalProtoDst,
+                dreg,
+            },
             Field::IifName => meta(MetaKey::IifName),
             Field::OifName => meta(MetaKey::OifName),
         }
@@ -509,6 +543,55 @@ impl Rule {
                 key: MetaKey::Mark,
                 sreg: Reg::R1,
             })
+    }
+
+    /// `meta mark set meta mark & ~BITS`: clears bits of the packet mark.
+    pub fn clear_mark_bits(self, bits: u32) -> Self {
+        self.expr(Field::Mark.load(Reg::R1))
+            .expr(Expr::Bitwise {
+                sreg: Reg::R1,
+                dreg: Reg::R1,
+                mask: (!bits).to_ne_bytes().to_vec(),
+                xor: vec![0; 4],
+            })
+            .expr(Expr::MetaSet {
+                key: MetaKey::Mark,
+                sreg: Reg::R1,
+            })
+    }
+
+    /// `ct mark VALUE`: the connection's mark equals `value`.
+    pub fn match_ct_mark(self, value: u32) -> Self {
+        self.match_field(Field::CtMark, CmpOp::Eq, value.to_ne_bytes())
+    }
+
+    /// `ct mark set VALUE`.
+    pub fn set_ct_mark(self, value: u32) -> Self {
+        self.expr(Expr::Immediate {
+            dreg: Reg::R1,
+            data: value.to_ne_bytes().to_vec(),
+        })
+        .expr(Expr::CtSet {
+            key: CtKey::Mark,
+            sreg: Reg::R1,
+        })
+    }
+
+    /// `ct mark set FIELD . FIELD ... map @map`: the connection's mark becomes what the
+    /// fields map to (a map to `mark`). Where the fields are not in the map, the rule
+    /// stops there and the mark is left alone.
+    pub fn set_ct_mark_from_map(self, fields: &[Field], map: impl Into<String>) -> Self {
+        let (rule, reg) = self.load_fields(fields);
+        rule.expr(Expr::Lookup {
+            set: SetRef::Named(map.into()),
+            sreg: reg,
+            dreg: Some(Reg::R1),
+            invert: false,
+        })
+        .expr(Expr::CtSet {
+            key: CtKey::Mark,
+            sreg: Reg::R1,
+        })
     }
 
     /// `meta mark set VALUE`.

@@ -88,7 +88,7 @@ pub(crate) fn key_len(fields: &[KeyType]) -> usize {
 }
 
 /// One field of an element's key or value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Datum {
     /// An `ipv4_addr`.
     Ipv4(Ipv4Addr),
@@ -119,6 +119,21 @@ impl Datum {
         }
     }
 
+    /// The value of type `ty` held in `bytes` (as [`Datum::bytes`] writes it), or `None`
+    /// when the length does not fit.
+    pub(crate) fn decode(ty: KeyType, bytes: &[u8]) -> Option<Datum> {
+        let array = |n: usize| bytes.get(..n).filter(|_| bytes.len() >= n);
+        Some(match ty {
+            KeyType::Ipv4Addr => Datum::Ipv4(<[u8; 4]>::try_from(array(4)?).ok()?.into()),
+            KeyType::Ipv6Addr => Datum::Ipv6(<[u8; 16]>::try_from(array(16)?).ok()?.into()),
+            KeyType::InetProto => Datum::Proto(*bytes.first()?),
+            KeyType::InetService => Datum::Port(u16::from_be_bytes(array(2)?.try_into().ok()?)),
+            KeyType::EtherAddr => Datum::Ether(array(6)?.try_into().ok()?),
+            KeyType::Mark => Datum::Mark(u32::from_ne_bytes(array(4)?.try_into().ok()?)),
+            KeyType::Integer => Datum::Int(u32::from_ne_bytes(array(4)?.try_into().ok()?)),
+        })
+    }
+
     /// The bytes as they sit in a register.
     pub(crate) fn bytes(self) -> Vec<u8> {
         match self {
@@ -144,6 +159,23 @@ pub(crate) fn encode_data(fields: &[Datum]) -> Vec<u8> {
         out.resize(super::wire::align(out.len()), 0);
     }
     out
+}
+
+/// Decodes a key or value written by [`encode_data`] into fields of `types`.
+pub(crate) fn decode_data(types: &[KeyType], bytes: &[u8]) -> Option<Vec<Datum>> {
+    if let [single] = types {
+        return (bytes.len() == single.size())
+            .then(|| Datum::decode(*single, bytes))
+            .flatten()
+            .map(|d| vec![d]);
+    }
+    let mut out = Vec::with_capacity(types.len());
+    let mut at = 0;
+    for ty in types {
+        out.push(Datum::decode(*ty, bytes.get(at..)?)?);
+        at += super::wire::align(ty.size());
+    }
+    (at == bytes.len()).then_some(out)
 }
 
 /// Flags of a set (`enum nft_set_flags`).
@@ -304,6 +336,10 @@ pub struct SetElement {
     pub data: Option<ElementData>,
     /// Removes the element after this long (the set needs the timeout flag).
     pub timeout: Option<Duration>,
+    /// With `timeout`: the time left before the element is removed, when it is less
+    /// than the whole timeout (an element read back from the kernel, added again with
+    /// the time it had left). `None`: the whole timeout.
+    pub expires: Option<Duration>,
     /// A comment, shown by `nft list`.
     pub comment: Option<String>,
 }
@@ -316,6 +352,7 @@ impl SetElement {
             end: None,
             data: None,
             timeout: None,
+            expires: None,
             comment: None,
         }
     }
@@ -359,6 +396,13 @@ impl SetElement {
         self
     }
 
+    /// With a timeout: removes the element after `left`, sooner than the timeout
+    /// (`nft add element ... timeout T expires E`).
+    pub fn expires(mut self, left: Duration) -> Self {
+        self.expires = Some(left);
+        self
+    }
+
     /// Attaches a comment.
     pub fn comment(mut self, comment: impl Into<String>) -> Self {
         self.comment = Some(comment.into());
@@ -382,6 +426,32 @@ mod tests {
         ]);
         assert_eq!(data, [10, 96, 0, 1, 6, 0, 0, 0, 0, 80, 0, 0]);
         assert_eq!(encode_data(&[Datum::Port(443)]), [1, 187]);
+    }
+
+    #[test]
+    fn decoding_reads_back_what_encoding_wrote() {
+        let key = [
+            KeyType::Ipv6Addr,
+            KeyType::InetProto,
+            KeyType::InetService,
+            KeyType::Ipv4Addr,
+            KeyType::Mark,
+        ];
+        let data = [
+            Datum::Ipv6("fd00::1".parse().unwrap()),
+            Datum::Proto(17),
+            Datum::Port(53),
+            Datum::Ipv4(Ipv4Addr::new(10, 0, 0, 1)),
+            Datum::Mark(0x4000),
+        ];
+        assert_eq!(decode_data(&key, &encode_data(&data)), Some(data.to_vec()));
+        assert_eq!(
+            decode_data(&[KeyType::InetService], &[1, 187]),
+            Some(vec![Datum::Port(443)])
+        );
+        // A length that does not fit the types is not guessed at.
+        assert_eq!(decode_data(&key[..2], &[0; 16]), None);
+        assert_eq!(decode_data(&[KeyType::Mark], &[0; 2]), None);
     }
 
     #[test]

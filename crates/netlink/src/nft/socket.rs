@@ -11,11 +11,14 @@ use std::io;
 use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 use nix::sys::socket::{setsockopt, sockopt};
 
+use std::time::Duration;
+
 use super::batch::Batch;
-use super::objects::Family;
+use super::objects::{Family, Verdict};
+use super::set::{ElementData, MapData, Set, SetElement, decode_data};
 use super::wire::{
-    self, NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NFNL_SUBSYS_NFTABLES, NLM_F_ACK, NLM_F_REQUEST,
-    NLMSG_ERROR, Writer, attr, msg,
+    self, NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NFNL_SUBSYS_NFTABLES, NLM_F_ACK, NLM_F_DUMP,
+    NLM_F_DUMP_INTR, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, Writer, attr, msg,
 };
 use crate::{Error, Result, netns};
 
@@ -23,6 +26,18 @@ use crate::{Error, Result, netns};
 const MSG_DONTWAIT: i32 = 0x40;
 /// Receive-buffer space to reserve per acknowledgement: a small skb's true size.
 const ACK_TRUESIZE: usize = 1024;
+
+/// How many times a dump the ruleset changed under is started again.
+const DUMP_ATTEMPTS: usize = 5;
+
+/// A rule as [`NftSocket::rules`] lists it: where it is and its handle.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ListedRule {
+    /// Its chain.
+    pub chain: String,
+    /// Its handle, unique in the table; a rule added again gets a new one.
+    pub handle: u64,
+}
 
 /// A socket speaking nf_tables, bound in the network namespace it was created in.
 #[derive(Debug)]
@@ -172,6 +187,145 @@ impl NftSocket {
             })
     }
 
+    /// The rules of table `name` in `family`, chain by chain in the kernel's order
+    /// (empty when there is no such table). A table of a few dozen rules lists in one
+    /// answer; a component can compare it with what it applied to find rules someone
+    /// flushed or deleted.
+    pub fn rules(&mut self, family: Family, name: &str) -> Result<Vec<ListedRule>> {
+        let mut w = Writer::default();
+        let m = w.begin_msg(
+            (NFNL_SUBSYS_NFTABLES << 8) | u16::from(msg::GETRULE),
+            NLM_F_REQUEST | NLM_F_DUMP,
+            family.number(),
+            0,
+        );
+        w.put_str(attr::RULE_TABLE, name);
+        w.end_msg(m);
+        let what = format!("list rules of table {family} {name}");
+        let answers = match self.dump(&w, &what, msg::NEWRULE) {
+            Err(e) if e.is_not_found() => return Ok(Vec::new()),
+            other => other?,
+        };
+        Ok(answers
+            .iter()
+            .filter_map(|payload| {
+                let mut chain = None;
+                let mut handle = None;
+                for (ty, v) in wire::attributes(payload) {
+                    match ty {
+                        attr::RULE_CHAIN => chain = Some(c_string(v)),
+                        attr::RULE_HANDLE => handle = v.try_into().ok().map(u64::from_be_bytes),
+                        _ => {}
+                    }
+                }
+                Some(ListedRule {
+                    chain: chain?,
+                    handle: handle?,
+                })
+            })
+            .collect())
+    }
+
+    /// The elements of `set` as the kernel holds them, decoded with the set's key and
+    /// data types: key, data, and for sets with timeouts each element's timeout and the
+    /// time it has left ([`SetElement::expires`]). `None` when there is no such set.
+    /// Interval sets are not decoded (their ends come as separate elements).
+    pub fn elements(&mut self, set: &Set) -> Result<Option<Vec<SetElement>>> {
+        let mut w = Writer::default();
+        let m = w.begin_msg(
+            (NFNL_SUBSYS_NFTABLES << 8) | u16::from(msg::GETSETELEM),
+            NLM_F_REQUEST | NLM_F_DUMP,
+            set.family.number(),
+            0,
+        );
+        w.put_str(attr::SET_ELEM_LIST_TABLE, &set.table);
+        w.put_str(attr::SET_ELEM_LIST_SET, &set.name);
+        w.end_msg(m);
+        let what = format!("list elements of {} {} {}", set.family, set.table, set.name);
+        let answers = match self.dump(&w, &what, msg::NEWSETELEM) {
+            Err(e) if e.is_not_found() => return Ok(None),
+            other => other?,
+        };
+        let mut out = Vec::new();
+        for payload in &answers {
+            for (ty, list) in wire::attributes(payload) {
+                if ty != attr::SET_ELEM_LIST_ELEMENTS {
+                    continue;
+                }
+                for (ty, elem) in wire::nested(list) {
+                    if ty != attr::LIST_ELEM {
+                        continue;
+                    }
+                    let e = decode_element(set, elem).ok_or_else(|| {
+                        Error::sys(
+                            what.clone(),
+                            io::Error::other("an element does not fit the set's types"),
+                        )
+                    })?;
+                    out.push(e);
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Sends a dump request and collects the payloads of its answers of type `reply`,
+    /// starting again (a few times) when the ruleset changed while the kernel answered.
+    fn dump(&mut self, w: &Writer, what: &str, reply: u8) -> Result<Vec<Vec<u8>>> {
+        let reply_ty = (NFNL_SUBSYS_NFTABLES << 8) | u16::from(reply);
+        for _ in 0..DUMP_ATTEMPTS {
+            let mut req = w.buf.clone();
+            let seq = self.seq;
+            self.seq = self.seq.wrapping_add(1);
+            set_seq(&mut req, 0, seq);
+            self.drain_stale();
+            self.socket
+                .send(&req, 0)
+                .map_err(|e| Error::sys(format!("sending {what}"), e))?;
+            let mut answers = Vec::new();
+            let mut interrupted = false;
+            let mut buf = Vec::with_capacity(64 * 1024);
+            'recv: loop {
+                buf.clear();
+                // Blocking: a dump always ends with NLMSG_DONE or an error, and the
+                // kernel fills in the next part as each one is read.
+                match self.socket.recv(&mut buf, 0) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(Error::sys(format!("reading the answer to {what}"), e)),
+                }
+                for m in wire::messages(&buf) {
+                    interrupted |= m.flags & NLM_F_DUMP_INTR != 0;
+                    if m.ty == reply_ty {
+                        answers.push(m.payload.to_vec());
+                    } else if m.ty == NLMSG_DONE {
+                        break 'recv;
+                    } else if m.ty == NLMSG_ERROR
+                        && let Some(ack) = wire::parse_ack(&m)
+                    {
+                        if ack.errno != 0 {
+                            return Err(Error::Nft {
+                                op: what.to_owned(),
+                                errno: ack.errno,
+                                detail: ack.text,
+                            });
+                        }
+                        break 'recv;
+                    }
+                }
+            }
+            if !interrupted {
+                return Ok(answers);
+            }
+        }
+        Err(Error::sys(
+            what,
+            io::Error::other(format!(
+                "the ruleset kept changing during {DUMP_ATTEMPTS} attempts"
+            )),
+        ))
+    }
+
     /// Sends one request message (not a dump) and returns the payload of the answer of
     /// type `reply`. The kernel answers inside `sendmsg`, so the answer and the
     /// acknowledgement are queued when `send` returns.
@@ -284,6 +438,65 @@ impl NftSocket {
         }
         Ok(())
     }
+}
+
+/// A NUL-terminated string attribute.
+fn c_string(v: &[u8]) -> String {
+    let v = v.split(|b| *b == 0).next().unwrap_or_default();
+    String::from_utf8_lossy(v).into_owned()
+}
+
+/// One element of a set element dump (the attributes of an NFTA_LIST_ELEM).
+fn decode_element(set: &Set, attrs: &[u8]) -> Option<SetElement> {
+    let mut e = SetElement::new(Vec::new());
+    let value = |v: &[u8]| {
+        wire::nested(v)
+            .find(|(ty, _)| *ty == attr::DATA_VALUE)
+            .map(|(_, v)| v.to_vec())
+    };
+    let ms = |v: &[u8]| {
+        v.try_into()
+            .ok()
+            .map(|b| Duration::from_millis(u64::from_be_bytes(b)))
+    };
+    for (ty, v) in wire::nested(attrs) {
+        match ty {
+            attr::SET_ELEM_KEY => e.key = decode_data(&set.key, &value(v)?)?,
+            attr::SET_ELEM_DATA => {
+                e.data = Some(match set.data.as_ref()? {
+                    MapData::Value(types) => ElementData::Value(decode_data(types, &value(v)?)?),
+                    MapData::Verdict => ElementData::Verdict(decode_verdict(v)?),
+                })
+            }
+            attr::SET_ELEM_TIMEOUT => e.timeout = ms(v),
+            attr::SET_ELEM_EXPIRATION => e.expires = ms(v),
+            _ => {}
+        }
+    }
+    (!e.key.is_empty()).then_some(e)
+}
+
+/// An NFTA_DATA_VERDICT inside an `nft_data` attribute.
+fn decode_verdict(data: &[u8]) -> Option<Verdict> {
+    let (_, verdict) = wire::nested(data).find(|(ty, _)| *ty == attr::DATA_VERDICT)?;
+    let mut code = None;
+    let mut chain = None;
+    for (ty, v) in wire::nested(verdict) {
+        match ty {
+            attr::VERDICT_CODE => code = v.try_into().ok().map(i32::from_be_bytes),
+            attr::VERDICT_CHAIN => chain = Some(c_string(v)),
+            _ => {}
+        }
+    }
+    Some(match code? {
+        0 => Verdict::Drop,
+        1 => Verdict::Accept,
+        -1 => Verdict::Continue,
+        -3 => Verdict::Jump(chain?),
+        -4 => Verdict::Goto(chain?),
+        -5 => Verdict::Return,
+        _ => return None,
+    })
 }
 
 fn set_seq(buf: &mut [u8], msg: usize, seq: u32) {

@@ -15,6 +15,11 @@ pub(crate) const NLM_F_REQUEST: u16 = 0x1;
 pub(crate) const NLM_F_ACK: u16 = 0x4;
 pub(crate) const NLM_F_CREATE: u16 = 0x400;
 pub(crate) const NLM_F_APPEND: u16 = 0x800;
+/// A dump: every object matching the request (NLM_F_ROOT | NLM_F_MATCH).
+pub(crate) const NLM_F_DUMP: u16 = 0x300;
+/// In a dump's message: the objects changed while the dump ran; dump again.
+pub(crate) const NLM_F_DUMP_INTR: u16 = 0x10;
+pub(crate) const NLMSG_DONE: u16 = 3;
 /// In an NLMSG_ERROR: the echoed request was cut to its header (NETLINK_CAP_ACK).
 pub(crate) const NLM_F_CAPPED: u16 = 0x100;
 /// In an NLMSG_ERROR: extended-ack attributes follow (NETLINK_EXT_ACK).
@@ -40,7 +45,10 @@ pub(crate) mod msg {
     pub(crate) const NEWSETELEM: u8 = 12;
     pub(crate) const DELSETELEM: u8 = 14;
     pub(crate) const DESTROYTABLE: u8 = 26;
+    pub(crate) const DESTROYSETELEM: u8 = 30;
     pub(crate) const GETTABLE: u8 = 1;
+    pub(crate) const GETRULE: u8 = 7;
+    pub(crate) const GETSETELEM: u8 = 13;
     pub(crate) const NEWGEN: u8 = 15;
     pub(crate) const GETGEN: u8 = 16;
 }
@@ -87,6 +95,7 @@ pub(crate) mod attr {
     pub(crate) const SET_ELEM_DATA: u16 = 2;
     pub(crate) const SET_ELEM_FLAGS: u16 = 3;
     pub(crate) const SET_ELEM_TIMEOUT: u16 = 4;
+    pub(crate) const SET_ELEM_EXPIRATION: u16 = 5;
     pub(crate) const SET_ELEM_USERDATA: u16 = 6;
     pub(crate) const SET_ELEM_LIST_TABLE: u16 = 1;
     pub(crate) const SET_ELEM_LIST_SET: u16 = 2;
@@ -217,7 +226,11 @@ pub(crate) fn messages(mut data: &[u8]) -> impl Iterator<Item = Received<'_>> {
 /// The attributes of a message's payload after its 4-byte nfgenmsg header, as
 /// (type without flag bits, value).
 pub(crate) fn attributes(payload: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    let mut data = payload.get(4..).unwrap_or_default();
+    nested(payload.get(4..).unwrap_or_default())
+}
+
+/// The attributes inside a nested attribute's value.
+pub(crate) fn nested(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     std::iter::from_fn(move || {
         if data.len() < NLA_HDRLEN {
             return None;
