@@ -5,7 +5,7 @@
 set -euo pipefail
 
 run_pkgs=(iproute2 kubectl curl iputils-ping)
-test_pkgs=(iproute2 bind9-dnsutils nftables iptables iputils-ping curl containernetworking-plugins python3 python3-venv kubectl)
+test_pkgs=(iproute2 bind9-dnsutils nftables iptables iputils-ping curl containernetworking-plugins python3 python3-venv kubectl util-linux)
 
 case "${1:-run}" in
   run) pkgs=("${run_pkgs[@]}") ;;

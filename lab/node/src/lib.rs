@@ -10,22 +10,26 @@
 //!   binds the pod's own resolv.conf, hosts, hostname and service-account files
 //!   ([`files`], [`env`] with the Services mirrored in [`services`]), probes ([`probe`]),
 //!   restarts with backoff, graceful deletion;
-//! - serves the kubelet API's `/containerLogs` and `/healthz` over HTTPS on the node's
-//!   address, port 10250 ([`server`]).
+//! - serves the kubelet API over HTTPS on the node's address, port 10250 ([`server`]):
+//!   `/containerLogs`, `/healthz`, and the streaming endpoints `/exec`, `/attach` and
+//!   `/portForward` ([`stream`], [`exec`]) over WebSocket or SPDY.
 //!
 //! Everything a pod has on disk lives in `DATA/pods/<uid>/` with a `sandbox.json` that a
 //! restarted node adopts ([`record`]). See docs/node.md.
 
 mod cni;
 mod env;
+mod exec;
 mod files;
 pub mod init;
 mod pod;
 mod probe;
+mod pty;
 mod record;
 mod register;
 mod server;
 mod services;
+mod stream;
 mod time;
 pub mod workload;
 
@@ -194,13 +198,24 @@ impl Args {
     }
 }
 
-/// One pod's containers as the kubelet API sees them (for `/containerLogs`).
+/// One pod as the kubelet API sees it (logs, exec, attach, port-forward).
 #[derive(Debug, Clone, Default)]
-pub(crate) struct PodLogs {
+pub(crate) struct PodEntry {
     /// `DATA/pods/<uid>`.
     pub dir: PathBuf,
-    /// Container name → (restart count, running).
-    pub containers: HashMap<String, (u32, bool)>,
+    pub uid: String,
+    /// The pod's network namespace; `None` for hostNetwork pods and before it exists.
+    pub netns: Option<PathBuf>,
+    /// Containers that have started, by name.
+    pub containers: HashMap<String, ContainerEntry>,
+}
+
+/// A container of a [`PodEntry`].
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ContainerEntry {
+    pub restarts: u32,
+    /// Its current run, while it runs: container-init's pid and spec.
+    pub running: Option<exec::ContainerRef>,
 }
 
 /// What every task of the node shares.
@@ -214,8 +229,8 @@ pub(crate) struct Ctx {
     pub dns: files::DnsSettings,
     /// The cluster CA (PEM), for pods' `ca.crt`.
     pub ca_pem: String,
-    /// (namespace, name) → logs, kept by the pod workers.
-    pub logs: Mutex<HashMap<(String, String), PodLogs>>,
+    /// (namespace, name) → what the kubelet API serves of it, kept by the pod workers.
+    pub pods: Mutex<HashMap<(String, String), PodEntry>>,
     /// This binary, to run `container-init` and built-in workloads.
     pub exe: PathBuf,
 }
@@ -288,7 +303,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         client,
         netns_name,
         services: services::Services::new(),
-        logs: Mutex::new(HashMap::new()),
+        pods: Mutex::new(HashMap::new()),
         exe: std::fs::read_link("/proc/self/exe")
             .unwrap_or_else(|_| Path::new("/proc/self/exe").to_owned()),
         args,

@@ -7,7 +7,8 @@
 //! - [`write`]: create, update, patch and server-side apply, and the checks every
 //!   write shares;
 //! - [`subresource`]: status aside (the object's own verbs serve it), scale, binding,
-//!   log, token request and namespace finalize;
+//!   log, exec, attach and port-forward (proxied to the kubelet), token request and
+//!   namespace finalize;
 //! - [`delete`]: delete and deletecollection with their options and preconditions;
 //! - [`watch`]: watch streams with bookmarks and initial events;
 //! - [`response`]: response bodies and the headers every handler sets.
@@ -94,6 +95,10 @@ struct Req {
     accept: String,
     content_type: String,
     body: Bytes,
+    /// The headers as sent (the streaming proxy passes them on).
+    headers: http::HeaderMap,
+    /// The client's side of an upgrade, taken by the streaming proxy.
+    upgrade: std::sync::Mutex<Option<hyper::upgrade::OnUpgrade>>,
 }
 
 impl Req {

@@ -21,8 +21,8 @@ use super::sandbox::{self, Sandbox};
 use super::status::{self, Conditions, PodView};
 use crate::init::{BindMount, InitSpec};
 use crate::probe::{self, Kind};
-use crate::record::{self, ContainerRecord, SandboxFile, signal_group};
-use crate::{Ctx, Error, PodLogs, env, files, time, workload};
+use crate::record::{self, ContainerRecord, SandboxFile};
+use crate::{ContainerEntry, Ctx, Error, PodEntry, env, files, time, workload};
 
 /// How often a worker looks at its processes.
 const TICK: Duration = Duration::from_millis(200);
@@ -419,6 +419,9 @@ impl Worker {
                 .map(PathBuf::from),
             log: log.clone(),
             exit_file,
+            stdin: spec_c.stdin.unwrap_or(false),
+            stdin_once: spec_c.stdin_once.unwrap_or(false),
+            tty: spec_c.tty.unwrap_or(false),
         };
         let spec_path = cdir.join(format!("{name}.json"));
         std::fs::write(
@@ -474,7 +477,7 @@ impl Worker {
                 self.ctrs[i].start_failed(now, e);
             }
         }
-        self.update_logs();
+        self.publish_entry();
     }
 
     /// Notices exited containers; schedules restarts unless `terminating`.
@@ -496,28 +499,36 @@ impl Worker {
         }
         if changed {
             let _ = self.sandbox.file.write(&self.dir);
-            self.update_logs();
+            self.publish_entry();
         }
     }
 
-    fn update_logs(&self) {
-        let entry = PodLogs {
+    /// Tells the kubelet API what this pod has now.
+    fn publish_entry(&self) {
+        let sb = &self.sandbox.file;
+        let entry = PodEntry {
             dir: self.dir.clone(),
+            uid: self.uid.clone(),
+            netns: (!sb.host_network && !sb.netns.is_empty()).then(|| PathBuf::from(&sb.netns)),
             containers: self
                 .ctrs
                 .iter()
                 .filter(|c| c.ever_started)
-                .map(|c| (c.spec.name.clone(), (c.restart_count, c.proc.is_some())))
+                .map(|c| {
+                    let running = c.proc.as_ref().map(|(_, rec)| crate::exec::ContainerRef {
+                        spec: PathBuf::from(&rec.spec),
+                        pid: rec.pid,
+                    });
+                    let e = ContainerEntry {
+                        restarts: c.restart_count,
+                        running,
+                    };
+                    (c.spec.name.clone(), e)
+                })
                 .collect(),
         };
-        if let Ok(mut logs) = self.ctx.logs.lock() {
-            logs.insert(
-                (
-                    self.sandbox.file.namespace.clone(),
-                    self.sandbox.file.name.clone(),
-                ),
-                entry,
-            );
+        if let Ok(mut pods) = self.ctx.pods.lock() {
+            pods.insert((sb.namespace.clone(), sb.name.clone()), entry);
         }
     }
 
@@ -659,7 +670,7 @@ impl Worker {
         if self.ctrs.iter().any(|c| c.proc.is_some()) {
             for c in &self.ctrs {
                 if let Some((_, rec)) = &c.proc {
-                    signal_group(rec.pid, Signal::SIGKILL);
+                    record::kill_container(rec);
                 }
             }
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -673,8 +684,8 @@ impl Worker {
         }
         let sb = &self.sandbox.file;
         sandbox::release(&self.ctx, sb).await;
-        if let Ok(mut logs) = self.ctx.logs.lock() {
-            logs.remove(&(sb.namespace.clone(), sb.name.clone()));
+        if let Ok(mut pods) = self.ctx.pods.lock() {
+            pods.remove(&(sb.namespace.clone(), sb.name.clone()));
         }
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             tracing::warn!(pod = %self.key(), error = %e, "removing {}", self.dir.display());
