@@ -8,7 +8,8 @@
 //!   config list exactly as containerd's libcni runs it ([`cni`]), containers as processes
 //!   started through `kubewire container-init` ([`init`]) in a private mount namespace that
 //!   binds the pod's own resolv.conf, hosts, hostname and service-account files
-//!   ([`files`], [`env`] with the Services mirrored in [`services`]), probes ([`probe`]),
+//!   ([`files`], [`env`] with the Services mirrored in [`services`]) and its
+//!   emptyDir/configMap/secret/hostPath volumes ([`volumes`]), probes ([`probe`]),
 //!   restarts with backoff, graceful deletion;
 //! - serves the kubelet API over HTTPS on the node's address, port 10250 ([`server`]):
 //!   `/containerLogs`, `/healthz`, and the streaming endpoints `/exec`, `/attach` and
@@ -31,6 +32,7 @@ mod server;
 mod services;
 mod stream;
 mod time;
+mod volumes;
 pub mod workload;
 
 use std::collections::HashMap;
@@ -40,7 +42,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 pub use init::container_init_main;
-pub use record::{ContainerRecord, SandboxFile, kill_all};
+pub use record::{ContainerRecord, SandboxFile, kill_all, remove_host_mount_points};
 pub use workload::WorkloadArgs;
 
 /// Errors of the node, each naming the object or file it is about. The cause is kept

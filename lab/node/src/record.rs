@@ -176,4 +176,18 @@ pub(crate) fn kill_containers(sb: &SandboxFile) {
 /// Network namespaces are left to the caller (they carry the lab's name prefix).
 pub fn kill_all(data_dir: &Path) {
     load_all(data_dir).values().for_each(kill_containers);
+    remove_host_mount_points(data_dir);
+}
+
+/// Removes the mount points the node under `data_dir` made on the host for its pods'
+/// volumes (those still empty), as when the pods are deleted: for `lab down`, which
+/// stops the node without letting it drain its pods.
+pub fn remove_host_mount_points(data_dir: &Path) {
+    for entry in std::fs::read_dir(data_dir.join("pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        crate::volumes::remove_mount_points(&entry.path());
+    }
 }

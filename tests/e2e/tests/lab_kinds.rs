@@ -414,3 +414,120 @@ fn every_kind_reads_back_through_the_python_typed_api() {
     assert_eq!(stdout.matches("\nok ").count() + 1, 27, "{stdout}");
     assert!(stdout.contains("daemonset status 0 0 0 0"), "{stdout}");
 }
+
+/// emptyDir shared by two containers, configMap (whole and one key by subPath) and
+/// secret volumes; the mount points made on the host go with the pod.
+const VOLUMES: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {greeting: hello, app.conf: "port=80\n"}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: creds}
+stringData: {password: s3cret}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: vols}
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes:
+  - name: shared
+    emptyDir: {}
+  - name: cfg
+    configMap: {name: settings}
+  - name: sec
+    secret: {secretName: creds, defaultMode: 0400}
+  containers:
+  - name: writer
+    image: busybox
+    command: ["sh", "-c", "echo from-writer > ROOT/shared/msg; sleep 3600"]
+    volumeMounts:
+    - {name: shared, mountPath: ROOT/shared}
+  - name: reader
+    image: busybox
+    command: ["sleep", "3600"]
+    volumeMounts:
+    - {name: shared, mountPath: ROOT/data}
+    - {name: cfg, mountPath: ROOT/config}
+    - {name: cfg, mountPath: ROOT/app.conf, subPath: app.conf}
+    - {name: sec, mountPath: ROOT/secret}
+"#;
+
+#[test]
+fn pods_mount_empty_dir_config_map_and_secret_volumes() {
+    let lab = RunningLab::up(1);
+    let root = format!("/kubewire-volumes-{}", std::process::id());
+    lab.apply(&VOLUMES.replace("ROOT", &root));
+    lab.kubectl(&["wait", "--for=condition=Ready", "pod/vols", "--timeout=90s"]);
+    let read = |path: &str| {
+        lab.kubectl(&[
+            "exec",
+            "vols",
+            "-c",
+            "reader",
+            "--",
+            "cat",
+            &format!("{root}/{path}"),
+        ])
+    };
+    assert!(wait_until(WAIT, || {
+        e2e::cluster::kubectl(
+            &lab.kubeconfig,
+            &[
+                "exec",
+                "vols",
+                "-c",
+                "reader",
+                "--",
+                "test",
+                "-e",
+                &format!("{root}/data/msg"),
+            ],
+        )
+        .status
+        .success()
+    }));
+    assert_eq!(read("data/msg"), "from-writer\n");
+    assert_eq!(read("config/greeting"), "hello");
+    assert_eq!(read("app.conf"), "port=80\n");
+    assert_eq!(read("secret/password"), "s3cret");
+    let mode = lab.kubectl(&[
+        "exec",
+        "vols",
+        "-c",
+        "reader",
+        "--",
+        "stat",
+        "-L",
+        "-c",
+        "%a",
+        &format!("{root}/secret/password"),
+    ]);
+    assert_eq!(mode.trim(), "400");
+    // configMap volumes are read-only.
+    let out = e2e::cluster::kubectl(
+        &lab.kubeconfig,
+        &[
+            "exec",
+            "vols",
+            "-c",
+            "reader",
+            "--",
+            "touch",
+            &format!("{root}/config/x"),
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Read-only file system"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lab.kubectl(&["delete", "pod", "vols", "--timeout=60s"]);
+    assert!(
+        wait_until(WAIT, || !Path::new(&root).exists()),
+        "{root} is left on the host"
+    );
+}

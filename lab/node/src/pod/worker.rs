@@ -396,6 +396,19 @@ impl Worker {
                 mkdir: true,
             });
         }
+        // Volume errors name this container and pod.
+        let named = |e: Error| match e {
+            Error::ContainerConfig { reason, .. } => Error::ContainerConfig {
+                container: name.clone(),
+                pod: self.key(),
+                reason,
+            },
+            e => e,
+        };
+        let volumes = crate::volumes::prepare(&ctx.client, &self.pod, &self.dir)
+            .await
+            .map_err(named)?;
+        mounts.extend(crate::volumes::mounts(&spec_c, &volumes, &self.dir).map_err(named)?);
         let cdir = self.dir.join("containers");
         let ldir = self.dir.join("logs").join(&name);
         for d in [&cdir, &ldir] {
@@ -687,6 +700,7 @@ impl Worker {
         if let Ok(mut pods) = self.ctx.pods.lock() {
             pods.remove(&(sb.namespace.clone(), sb.name.clone()));
         }
+        crate::volumes::remove_mount_points(&self.dir);
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             tracing::warn!(pod = %self.key(), error = %e, "removing {}", self.dir.display());
         }
