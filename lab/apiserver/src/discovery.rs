@@ -84,6 +84,15 @@ pub(crate) fn wants_aggregated(accept: &str) -> bool {
     })
 }
 
+/// What a resource answers: everything, or get and list for computed ones.
+fn verbs(rt: &ResourceType) -> Value {
+    if rt.computed() {
+        json!(["get", "list"])
+    } else {
+        json!(VERBS)
+    }
+}
+
 fn categories(rt: &ResourceType) -> Vec<&'static str> {
     match rt.resource {
         "pods"
@@ -136,7 +145,7 @@ pub(crate) fn resource_list(all: All<'_>, group: &str, version: &str) -> Value {
             "singularName": rt.singular,
             "namespaced": rt.namespaced,
             "kind": rt.kind,
-            "verbs": VERBS,
+            "verbs": verbs(rt),
             "shortNames": rt.short_names,
             "categories": categories(rt),
         }));
@@ -208,7 +217,7 @@ fn aggregated_resources(all: All<'_>, name: &str, version: &str) -> Vec<Value> {
                 "responseKind": kind,
                 "scope": if rt.namespaced { "Namespaced" } else { "Cluster" },
                 "singularResource": rt.singular,
-                "verbs": VERBS,
+                "verbs": verbs(rt),
                 "shortNames": rt.short_names,
                 "categories": categories(rt),
             });

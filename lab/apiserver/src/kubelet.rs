@@ -226,6 +226,32 @@ impl KubeletClient {
             .map_err(|e| fail(e.to_string()))
     }
 
+    /// GETs `path` from the kubelet at `addr` as JSON (the Summary API).
+    pub(crate) async fn get_json(&self, addr: SocketAddr, path: &str) -> Result<Value, Error> {
+        let url = format!("https://{addr}{path}");
+        let fail = |what: String| -> Error {
+            Status::new(500, "InternalError", format!("Get \"{url}\": {what}")).into()
+        };
+        let mut sender = self.connect(addr, &fail).await?;
+        let req = Request::get(path)
+            .header(header::HOST, addr.to_string())
+            .body(http_body_util::Empty::<Bytes>::new())
+            .map_err(|e| fail(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(fail(format!("status {}", resp.status())));
+        }
+        let body = http_body_util::Limited::new(resp.into_body(), 16 * 1024 * 1024)
+            .collect()
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .to_bytes();
+        serde_json::from_slice(&body).map_err(|e| fail(e.to_string()))
+    }
+
     /// Proxies a streaming request (`exec`, `attach`, `portForward`) to the kubelet at
     /// `addr`: the client's headers go along (its credentials do not: the kubelet
     /// trusts this server's certificate), and when the kubelet switches protocols, so
@@ -351,25 +377,28 @@ pub(crate) fn node_address(pod: &Value, node: Option<&Value>) -> Result<SocketAd
         );
     }
     let node = node.ok_or_else(|| Status::not_found("", "nodes", node_name))?;
+    kubelet_endpoint(node).ok_or_else(|| {
+        Status::bad_request(format!("node {node_name} has no InternalIP address")).into()
+    })
+}
+
+/// A Node's kubelet API address: its InternalIP (else ExternalIP) and the port it
+/// reports (default 10250).
+pub(crate) fn kubelet_endpoint(node: &Value) -> Option<SocketAddr> {
     let addresses = node["status"]["addresses"].as_array();
-    let ip: IpAddr = ["InternalIP", "ExternalIP"]
-        .iter()
-        .find_map(|ty| {
-            addresses
-                .into_iter()
-                .flatten()
-                .filter(|a| a["type"].as_str() == Some(ty))
-                .find_map(|a| a["address"].as_str()?.parse().ok())
-        })
-        .ok_or_else(|| {
-            Status::bad_request(format!("node {node_name} has no InternalIP address"))
-        })?;
+    let ip: IpAddr = ["InternalIP", "ExternalIP"].iter().find_map(|ty| {
+        addresses
+            .into_iter()
+            .flatten()
+            .filter(|a| a["type"].as_str() == Some(ty))
+            .find_map(|a| a["address"].as_str()?.parse().ok())
+    })?;
     let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
         .as_u64()
         .and_then(|p| u16::try_from(p).ok())
         .filter(|p| *p > 0)
         .unwrap_or(DEFAULT_KUBELET_PORT);
-    Ok(SocketAddr::new(ip, port))
+    Some(SocketAddr::new(ip, port))
 }
 
 /// The last value of query parameter `k`.

@@ -86,6 +86,11 @@ impl ResourceType {
             || self.is("", "replicationcontrollers")
     }
 
+    /// Read-only and computed on each read (metrics.k8s.io), never stored.
+    pub(crate) fn computed(&self) -> bool {
+        self.group == "metrics.k8s.io"
+    }
+
     pub(crate) fn is(&self, group: &str, resource: &str) -> bool {
         self.group == group && self.resource == resource
     }
@@ -356,6 +361,32 @@ pub(crate) static RESOURCES: &[ResourceType] = &[
         true,
         Subdomain
     ),
+    ResourceType {
+        version: "v1beta1",
+        ..rt!(
+            "metrics.k8s.io",
+            "pods",
+            "",
+            "PodMetrics",
+            true,
+            [],
+            false,
+            Subdomain
+        )
+    },
+    ResourceType {
+        version: "v1beta1",
+        ..rt!(
+            "metrics.k8s.io",
+            "nodes",
+            "",
+            "NodeMetrics",
+            false,
+            [],
+            false,
+            Subdomain
+        )
+    },
     rt!(
         "apiextensions.k8s.io",
         "customresourcedefinitions",

@@ -30,6 +30,7 @@ mod record;
 mod register;
 mod server;
 mod services;
+mod stats;
 mod stream;
 mod time;
 mod volumes;
@@ -235,6 +236,8 @@ pub(crate) struct Ctx {
     pub pods: Mutex<HashMap<(String, String), PodEntry>>,
     /// This binary, to run `container-init` and built-in workloads.
     pub exe: PathBuf,
+    /// The last samples of the node's and its containers' resource usage.
+    pub stats: stats::Stats,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -306,6 +309,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         netns_name,
         services: services::Services::new(),
         pods: Mutex::new(HashMap::new()),
+        stats: stats::Stats::default(),
         exe: std::fs::read_link("/proc/self/exe")
             .unwrap_or_else(|_| Path::new("/proc/self/exe").to_owned()),
         args,
@@ -318,12 +322,14 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let server = server::start(ctx.clone(), &config).await?;
     let reg = tokio::spawn(register::run(ctx.clone()));
     let pods = tokio::spawn(pod::run(ctx.clone()));
+    let sampler = tokio::spawn(stats::Stats::run(ctx.clone()));
     shutdown.recv().await;
     tracing::info!("node stopping; containers keep running and are adopted at the next start");
     reg.abort();
     pods.abort();
     server.abort();
     svc_task.abort();
+    sampler.abort();
     Ok(())
 }
 

@@ -9,6 +9,8 @@
 //!   `/attach/{namespace}/{pod}/{container}` and `/portForward/{namespace}/{pod}`
 //!   (each also with the pod's uid before the container), upgraded to WebSocket or
 //!   SPDY ([`crate::stream`]);
+//! - `GET /stats/summary`: CPU and memory of the node and its containers
+//!   ([`crate::stats`]);
 //! - `GET /healthz`.
 //!
 //! The serving certificate is self-signed at start; clients must present a
@@ -135,6 +137,13 @@ async fn handle(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
         ["exec" | "attach", ns, pod, container] | ["exec" | "attach", ns, pod, _, container] => {
             let attach = parts[0] == "attach";
             crate::stream::remote_command(ctx, req, attach, ns, pod, container, &pairs)
+        }
+        ["stats", "summary"] => {
+            let body = serde_json::to_vec(&ctx.stats.summary(ctx)).unwrap_or_default();
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body)).boxed())
+                .unwrap_or_default()
         }
         ["portForward", ns, pod] | ["portForward", ns, pod, _] => {
             crate::stream::port_forward(ctx, req, ns, pod, &pairs)

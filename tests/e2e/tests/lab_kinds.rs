@@ -3,9 +3,9 @@
 //! `create cronjob`, `create job --from=cronjob/...`), ReplicationControllers scaled,
 //! `kubectl apply --prune -l` with kubectl's default allowlist (which names
 //! PersistentVolumeClaims, PersistentVolumes, ReplicationControllers, Jobs and
-//! CronJobs), and one object of every served kind created, read and listed through the
+//! CronJobs), one object of every served kind created, read and listed through the
 //! Python client's typed API, which refuses a response without a field the upstream
-//! types always write.
+//! types always write, emptyDir/configMap/secret volumes, and `kubectl top`.
 
 #![allow(clippy::disallowed_methods)] // runs kubectl and python
 
@@ -530,4 +530,47 @@ fn pods_mount_empty_dir_config_map_and_secret_volumes() {
         wait_until(WAIT, || !Path::new(&root).exists()),
         "{root} is left on the host"
     );
+}
+
+/// `kubectl top` through metrics.k8s.io: the lab's pods with their memory, and nodes.
+#[test]
+fn kubectl_top_lists_pods_and_nodes() {
+    let lab = RunningLab::up(2);
+    lab.kubectl(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx",
+        "--replicas=2",
+    ]);
+    lab.kubectl(&["rollout", "status", "deployment/web", "--timeout=90s"]);
+    // A pod appears once its node has sampled it twice (a CPU rate needs two).
+    let mut table = String::new();
+    assert!(
+        wait_until(WAIT, || {
+            let out = e2e::cluster::kubectl(&lab.kubeconfig, &["top", "pods", "-l", "app=web"]);
+            table = String::from_utf8_lossy(&out.stdout).into_owned();
+            table.lines().filter(|l| l.starts_with("web-")).count() == 2
+        }),
+        "kubectl top pods never listed the web pods: {table}"
+    );
+    for line in table.lines().filter(|l| l.starts_with("web-")) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let mib: u64 = cols[2].trim_end_matches("Mi").parse().unwrap();
+        assert!(cols[1].ends_with('m') && mib > 0, "{line}");
+    }
+    let containers = lab.kubectl(&["top", "pods", "-l", "app=web", "--containers"]);
+    assert!(containers.contains("nginx"), "{containers}");
+    let nodes = lab.kubectl(&["top", "nodes"]);
+    for node in ["node-1", "node-2"] {
+        assert!(nodes.contains(node), "{nodes}");
+    }
+    let raw: Value = serde_json::from_str(&lab.kubectl(&[
+        "get",
+        "--raw",
+        "/apis/metrics.k8s.io/v1beta1/nodes/node-1",
+    ]))
+    .unwrap();
+    assert_eq!(raw["kind"], "NodeMetrics");
+    assert_eq!(raw["window"], "10s");
 }

@@ -11,6 +11,7 @@
 //!   namespace finalize;
 //! - [`delete`]: delete and deletecollection with their options and preconditions;
 //! - [`watch`]: watch streams with bookmarks and initial events;
+//! - [`metrics`]: `metrics.k8s.io` from the kubelets' Summary API;
 //! - [`response`]: response bodies and the headers every handler sets.
 //!
 //! This module holds what they share: the server [`State`], the request as handlers
@@ -29,6 +30,7 @@ use crate::store::{Store, Txn};
 
 mod auth;
 mod delete;
+mod metrics;
 mod read;
 mod response;
 mod routing;

@@ -356,6 +356,9 @@ async fn resource(
     }
     let target =
         parse_target(&state.catalog, group, version, rest).ok_or_else(Status::not_found_path)?;
+    if target.rt.computed() {
+        return super::metrics::serve(state, target, r).await;
+    }
     if let Some(sub) = target.sub
         && !sub.allows(&r.method)
     {
