@@ -83,7 +83,9 @@ MODULES = [
     "api/core/v1", "api/apps/v1", "api/discovery/v1", "api/networking/v1",
     "api/coordination/v1", "api/events/v1", "api/authentication/v1", "api/autoscaling/v1",
     "api/policy/v1", "api/scheduling/v1", "api/rbac/v1", "api/authorization/v1",
+    "api/batch/v1", "api/storage/v1",
     "apiextensions_apiserver/pkg/apis/apiextensions/v1",
+    "kube_aggregator/pkg/apis/apiregistration/v1",
 ]
 
 impl_re = re.compile(r"impl crate::schemars::JsonSchema for (\w+) \{")

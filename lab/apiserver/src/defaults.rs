@@ -33,6 +33,77 @@ fn obj<'a>(v: &'a mut Value, key: &str) -> &'a mut Value {
     &mut v[key]
 }
 
+/// Fills what the upstream Go types always serialize (fields without `omitempty`,
+/// which the OpenAPI schemas list as `required`) and `o` lacks: a missing scalar gets
+/// its zero value (0, false, ""; a time stays null, as Go writes a zero time), and a
+/// kind's `spec` and `status`, value structs in Go, are present even when empty (a new
+/// DaemonSet's status counters read 0). Lists stay as they are (Go writes a nil slice
+/// as null). Done to what is stored, after validation, so that a missing value is
+/// still refused as missing.
+pub(crate) fn zero_values(rt: &ResourceType, o: &mut Value) {
+    if rt.custom || !o.is_object() {
+        return;
+    }
+    let schemas = crate::discovery::builtin_schemas();
+    let name = crate::discovery::builtin_schema_name(rt.group, rt.version, rt.kind);
+    let Some(schema) = schemas.get(&name) else {
+        return;
+    };
+    for part in ["spec", "status"] {
+        let is_struct = schema["properties"][part]
+            .get("allOf")
+            .or_else(|| schema["properties"][part].get("$ref"))
+            .is_some();
+        if is_struct {
+            obj(o, part);
+        }
+    }
+    fill(schemas, schema, o, 0);
+}
+
+/// The schema a property names (through `$ref` or `allOf: [{$ref}]`).
+fn resolve<'a>(schemas: &'a serde_json::Map<String, Value>, s: &'a Value) -> Option<&'a Value> {
+    let r = s
+        .get("$ref")
+        .or_else(|| s["allOf"].get(0).and_then(|a| a.get("$ref")))
+        .and_then(Value::as_str)?;
+    schemas.get(r.trim_start_matches("#/components/schemas/"))
+}
+
+fn fill(schemas: &serde_json::Map<String, Value>, schema: &Value, v: &mut Value, depth: u8) {
+    if depth > 32 {
+        return;
+    }
+    let Some(m) = v.as_object_mut() else { return };
+    for req in schema["required"].as_array().into_iter().flatten() {
+        let Some(field) = req.as_str() else { continue };
+        if m.get(field).is_some_and(|x| !x.is_null()) {
+            continue;
+        }
+        let prop = &schema["properties"][field];
+        let zero = match prop["type"].as_str() {
+            Some("integer" | "number") => json!(0),
+            Some("boolean") => json!(false),
+            Some("string") if prop["format"].is_null() => json!(""),
+            _ => continue,
+        };
+        m.insert(field.to_string(), zero);
+    }
+    for (field, x) in m.iter_mut() {
+        let prop = &schema["properties"][field.as_str()];
+        if let Some(sub) = resolve(schemas, prop) {
+            fill(schemas, sub, x, depth + 1);
+        } else if let (Some(items), Some(list)) = (
+            prop.get("items").and_then(|i| resolve(schemas, i)),
+            x.as_array_mut(),
+        ) {
+            for item in list {
+                fill(schemas, items, item, depth + 1);
+            }
+        }
+    }
+}
+
 /// Applies the defaults of `rt`'s kind to `o`.
 pub(crate) fn apply(rt: &ResourceType, o: &mut Value) {
     if rt.custom || !o.is_object() {
@@ -71,6 +142,54 @@ pub(crate) fn apply(rt: &ResourceType, o: &mut Value) {
             or(cfg, "timeoutSeconds", json!(10800));
         }
         ("apps", kind) => workload(kind, obj(o, "spec")),
+        ("", "ReplicationController") => {
+            let spec = obj(o, "spec");
+            or(spec, "replicas", json!(1));
+            // SetDefaults_ReplicationController: selector and labels from the template.
+            let labels = spec["template"]["metadata"]["labels"].clone();
+            if labels.as_object().is_some_and(|l| !l.is_empty()) {
+                if spec["selector"].as_object().is_none_or(|s| s.is_empty()) {
+                    spec["selector"] = labels.clone();
+                }
+                let meta = obj(o, "metadata");
+                if meta["labels"].as_object().is_none_or(|l| l.is_empty()) {
+                    meta["labels"] = labels;
+                }
+            }
+            if let Some(t) = o["spec"].get_mut("template").filter(|t| t.is_object()) {
+                pod_spec(obj(t, "spec"));
+            }
+        }
+        ("", "PersistentVolume") => {
+            let spec = obj(o, "spec");
+            or(spec, "persistentVolumeReclaimPolicy", json!("Retain"));
+            or(spec, "volumeMode", json!("Filesystem"));
+        }
+        ("", "PersistentVolumeClaim") => or(obj(o, "spec"), "volumeMode", json!("Filesystem")),
+        ("batch", "Job") => job(obj(o, "spec")),
+        ("batch", "CronJob") => {
+            let spec = obj(o, "spec");
+            or(spec, "concurrencyPolicy", json!("Allow"));
+            or(spec, "suspend", json!(false));
+            or(spec, "successfulJobsHistoryLimit", json!(3));
+            or(spec, "failedJobsHistoryLimit", json!(1));
+            let template = obj(obj(obj(spec, "jobTemplate"), "spec"), "template");
+            pod_spec(obj(template, "spec"));
+        }
+        ("storage.k8s.io", "StorageClass") => {
+            or(o, "reclaimPolicy", json!("Delete"));
+            or(o, "volumeBindingMode", json!("Immediate"));
+        }
+        ("storage.k8s.io", "CSIDriver") => {
+            let spec = obj(o, "spec");
+            or(spec, "attachRequired", json!(true));
+            or(spec, "podInfoOnMount", json!(false));
+            or(spec, "requiresRepublish", json!(false));
+            or(spec, "storageCapacity", json!(false));
+            or(spec, "seLinuxMount", json!(false));
+            or(spec, "fsGroupPolicy", json!("ReadWriteOnceWithFSType"));
+            or(spec, "volumeLifecycleModes", json!(["Persistent"]));
+        }
         ("discovery.k8s.io", "EndpointSlice") => {
             for p in items(o, "ports") {
                 or(p, "name", json!(""));
@@ -119,6 +238,33 @@ pub(crate) fn apply(rt: &ResourceType, o: &mut Value) {
         }
         _ => {}
     }
+}
+
+/// SetDefaults_Job.
+fn job(spec: &mut Value) {
+    if spec["completions"].is_null() && spec["parallelism"].is_null() {
+        spec["completions"] = json!(1);
+    }
+    or(spec, "parallelism", json!(1));
+    let per_index = !spec["backoffLimitPerIndex"].is_null();
+    or(
+        spec,
+        "backoffLimit",
+        json!(if per_index { i32::MAX } else { 6 }),
+    );
+    or(spec, "completionMode", json!("NonIndexed"));
+    or(spec, "suspend", json!(false));
+    let failed_policy = !spec["podFailurePolicy"].is_null();
+    or(
+        spec,
+        "podReplacementPolicy",
+        json!(if failed_policy {
+            "Failed"
+        } else {
+            "TerminatingOrFailed"
+        }),
+    );
+    pod_spec(obj(obj(spec, "template"), "spec"));
 }
 
 fn workload(kind: &str, spec: &mut Value) {

@@ -1,4 +1,7 @@
-//! `pods/log`: proxied to the kubelet API of the pod's node, as kube-apiserver does.
+//! `pods/log`, `pods/exec`, `pods/attach` and `pods/portforward`: proxied to the
+//! kubelet API of the pod's node, as kube-apiserver does (the streaming ones as an
+//! upgrade: the kubelet's 101 goes back to the client and the two connections are
+//! joined byte for byte, whichever protocol they speak).
 //! The connection is dialed from inside the network namespace of the first
 //! `--listen-netns` address (the lab's underlay, where node addresses are reachable),
 //! the node's serving certificate is not verified (kube-apiserver's default without
@@ -155,6 +158,34 @@ impl KubeletClient {
         tokio::net::TcpStream::from_std(std)
     }
 
+    /// An HTTP/1.1 connection to the kubelet at `addr` (TLS, our client certificate);
+    /// `fail` words a failure as kube-apiserver does.
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        fail: &(dyn Fn(String) -> Error + Sync),
+    ) -> Result<hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>, Error> {
+        let tcp = self
+            .dial(addr)
+            .await
+            .map_err(|e| fail(format!("dial tcp {addr}: {e}")))?;
+        let name = ServerName::IpAddress(addr.ip().into());
+        let tls = self
+            .tls
+            .connect(name, tcp)
+            .await
+            .map_err(|e| fail(format!("tls: {e}")))?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %k8s::ErrorChain(&e), "kubelet connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
     /// GETs `path_and_query` from the kubelet at `addr` and returns its response, the
     /// body streamed as it arrives (`follow=true` streams until either side ends).
     pub(crate) async fn get(
@@ -166,24 +197,7 @@ impl KubeletClient {
         let fail = |what: String| -> Error {
             Status::new(500, "InternalError", format!("Get \"{url}\": {what}")).into()
         };
-        let tcp = self
-            .dial(addr)
-            .await
-            .map_err(|e| fail(format!("dial tcp {addr}: {e}")))?;
-        let name = ServerName::IpAddress(addr.ip().into());
-        let tls = self
-            .tls
-            .connect(name, tcp)
-            .await
-            .map_err(|e| fail(format!("tls: {e}")))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %k8s::ErrorChain(&e), "kubelet connection ended");
-            }
-        });
+        let mut sender = self.connect(addr, &fail).await?;
         let req = Request::get(path_and_query)
             .header(header::HOST, addr.to_string())
             .body(http_body_util::Empty::<Bytes>::new())
@@ -211,6 +225,189 @@ impl KubeletClient {
         out.body(crate::api::stream_body(rx))
             .map_err(|e| fail(e.to_string()))
     }
+
+    /// GETs `path` from the kubelet at `addr` as JSON (the Summary API).
+    pub(crate) async fn get_json(&self, addr: SocketAddr, path: &str) -> Result<Value, Error> {
+        let url = format!("https://{addr}{path}");
+        let fail = |what: String| -> Error {
+            Status::new(500, "InternalError", format!("Get \"{url}\": {what}")).into()
+        };
+        let mut sender = self.connect(addr, &fail).await?;
+        let req = Request::get(path)
+            .header(header::HOST, addr.to_string())
+            .body(http_body_util::Empty::<Bytes>::new())
+            .map_err(|e| fail(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(fail(format!("status {}", resp.status())));
+        }
+        let body = http_body_util::Limited::new(resp.into_body(), 16 * 1024 * 1024)
+            .collect()
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .to_bytes();
+        serde_json::from_slice(&body).map_err(|e| fail(e.to_string()))
+    }
+
+    /// Proxies a streaming request (`exec`, `attach`, `portForward`) to the kubelet at
+    /// `addr`: the client's headers go along (its credentials do not: the kubelet
+    /// trusts this server's certificate), and when the kubelet switches protocols, so
+    /// does the client, and the two upgraded connections are joined until either
+    /// closes. Any other answer (the kubelet's errors) goes back as it is.
+    pub(crate) async fn upgrade(
+        &self,
+        addr: SocketAddr,
+        method: &http::Method,
+        path_and_query: &str,
+        headers: &http::HeaderMap,
+        client: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Result<Response<crate::ResponseBody>, Error> {
+        let url = format!("https://{addr}{path_and_query}");
+        let fail = |what: String| -> Error {
+            Status::new(
+                500,
+                "InternalError",
+                format!("error dialing backend: {method} \"{url}\": {what}"),
+            )
+            .into()
+        };
+        let mut sender = self.connect(addr, &fail).await?;
+        let mut req = Request::builder().method(method).uri(path_and_query);
+        for (k, v) in headers {
+            if k != header::HOST && k != header::AUTHORIZATION && k != header::CONTENT_LENGTH {
+                req = req.header(k, v);
+            }
+        }
+        let req = req
+            .header(header::HOST, addr.to_string())
+            .body(http_body_util::Empty::<Bytes>::new())
+            .map_err(|e| fail(e.to_string()))?;
+        let mut resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let mut out = Response::builder().status(resp.status());
+        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            let Some(client) = client else {
+                return Err(Status::bad_request("Upgrade request required").into());
+            };
+            for (k, v) in resp.headers() {
+                out = out.header(k, v);
+            }
+            let kubelet = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                let (Ok(kubelet), Ok(client)) = (kubelet.await, client.await) else {
+                    tracing::debug!("a streaming upgrade did not complete");
+                    return;
+                };
+                let (mut a, mut b) = (TokioIo::new(client), TokioIo::new(kubelet));
+                if let Err(e) = tokio::io::copy_bidirectional(&mut a, &mut b).await {
+                    tracing::debug!(error = %e, "streaming connection ended");
+                }
+            });
+            return out
+                .body(crate::api::full_body(Bytes::new()))
+                .map_err(|e| fail(e.to_string()));
+        }
+        if let Some(ct) = resp.headers().get(header::CONTENT_TYPE) {
+            out = out.header(header::CONTENT_TYPE, ct);
+        }
+        let body = http_body_util::Limited::new(resp.into_body(), 1024 * 1024)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        out.body(crate::api::full_body(body))
+            .map_err(|e| fail(e.to_string()))
+    }
+}
+
+/// The container a pod subresource names (`container`), or the pod's default one: the
+/// `kubectl.kubernetes.io/default-container` annotation, else its only container.
+/// Errors as kube-apiserver words them.
+pub(crate) fn pod_container(pod: &Value, asked: Option<&str>) -> Result<String, Error> {
+    let name = str_at(pod, "metadata.name").unwrap_or("");
+    let names = |field: &str| -> Vec<&str> {
+        pod["spec"][field]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str())
+            .collect()
+    };
+    let (containers, init) = (names("containers"), names("initContainers"));
+    match asked.filter(|c| !c.is_empty()) {
+        Some(c) => {
+            if !containers.contains(&c) && !init.contains(&c) {
+                return Err(Status::bad_request(format!(
+                    "container {c} is not valid for pod {name}"
+                ))
+                .into());
+            }
+            Ok(c.to_string())
+        }
+        None => {
+            let default = pod["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"]
+                .as_str()
+                .filter(|d| containers.contains(d));
+            match (default, containers.as_slice()) {
+                (Some(d), _) => Ok(d.to_string()),
+                (None, [one]) => Ok(one.to_string()),
+                _ => Err(Status::bad_request(format!(
+                    "a container name must be specified for pod {name}, choose one of: [{}]",
+                    containers.join(" ")
+                ))
+                .into()),
+            }
+        }
+    }
+}
+
+/// The kubelet API address of the pod's node: its InternalIP (else ExternalIP) and
+/// the port it reports.
+pub(crate) fn node_address(pod: &Value, node: Option<&Value>) -> Result<SocketAddr, Error> {
+    let name = str_at(pod, "metadata.name").unwrap_or("");
+    let node_name = str_at(pod, "spec.nodeName").unwrap_or("");
+    if node_name.is_empty() {
+        return Err(
+            Status::bad_request(format!("pod {name} does not have a host assigned")).into(),
+        );
+    }
+    let node = node.ok_or_else(|| Status::not_found("", "nodes", node_name))?;
+    kubelet_endpoint(node).ok_or_else(|| {
+        Status::bad_request(format!("node {node_name} has no InternalIP address")).into()
+    })
+}
+
+/// A Node's kubelet API address: its InternalIP (else ExternalIP) and the port it
+/// reports (default 10250).
+pub(crate) fn kubelet_endpoint(node: &Value) -> Option<SocketAddr> {
+    let addresses = node["status"]["addresses"].as_array();
+    let ip: IpAddr = ["InternalIP", "ExternalIP"].iter().find_map(|ty| {
+        addresses
+            .into_iter()
+            .flatten()
+            .filter(|a| a["type"].as_str() == Some(ty))
+            .find_map(|a| a["address"].as_str()?.parse().ok())
+    })?;
+    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p > 0)
+        .unwrap_or(DEFAULT_KUBELET_PORT);
+    Some(SocketAddr::new(ip, port))
+}
+
+/// The last value of query parameter `k`.
+fn param<'a>(query: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    query
+        .iter()
+        .rev()
+        .find(|(n, _)| n == k)
+        .map(|(_, v)| v.as_str())
 }
 
 /// Where a pod's logs are: the kubelet address of its node and the `containerLogs` path
@@ -222,81 +419,12 @@ pub(crate) fn log_location(
 ) -> Result<(SocketAddr, String), Error> {
     let ns = str_at(pod, "metadata.namespace").unwrap_or("");
     let name = str_at(pod, "metadata.name").unwrap_or("");
-    let param = |k: &str| {
-        query
-            .iter()
-            .rev()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.as_str())
-    };
-    let containers: Vec<&str> = pod["spec"]["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c["name"].as_str())
-        .collect();
-    let init: Vec<&str> = pod["spec"]["initContainers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c["name"].as_str())
-        .collect();
-    let container = match param("container").filter(|c| !c.is_empty()) {
-        Some(c) => {
-            if !containers.contains(&c) && !init.contains(&c) {
-                return Err(Status::bad_request(format!(
-                    "container {c} is not valid for pod {name}"
-                ))
-                .into());
-            }
-            c.to_string()
-        }
-        None => {
-            let default = pod["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"]
-                .as_str()
-                .filter(|d| containers.contains(d));
-            match (default, containers.as_slice()) {
-                (Some(d), _) => d.to_string(),
-                (None, [one]) => one.to_string(),
-                _ => {
-                    return Err(Status::bad_request(format!(
-                        "a container name must be specified for pod {name}, choose one of: [{}]",
-                        containers.join(" ")
-                    ))
-                    .into());
-                }
-            }
-        }
-    };
-    let node_name = str_at(pod, "spec.nodeName").unwrap_or("");
-    if node_name.is_empty() {
-        return Err(
-            Status::bad_request(format!("pod {name} does not have a host assigned")).into(),
-        );
-    }
-    let node = node.ok_or_else(|| Status::not_found("", "nodes", node_name))?;
-    let addresses = node["status"]["addresses"].as_array();
-    let ip: IpAddr = ["InternalIP", "ExternalIP"]
-        .iter()
-        .find_map(|ty| {
-            addresses
-                .into_iter()
-                .flatten()
-                .filter(|a| a["type"].as_str() == Some(ty))
-                .find_map(|a| a["address"].as_str()?.parse().ok())
-        })
-        .ok_or_else(|| {
-            Status::bad_request(format!("node {node_name} has no InternalIP address"))
-        })?;
-    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
-        .as_u64()
-        .and_then(|p| u16::try_from(p).ok())
-        .filter(|p| *p > 0)
-        .unwrap_or(DEFAULT_KUBELET_PORT);
+    let container = pod_container(pod, param(query, "container"))?;
+    let addr = node_address(pod, node)?;
     let mut path = format!("/containerLogs/{ns}/{name}/{container}");
     let mut sep = '?';
     for p in PASSED_PARAMS {
-        if let Some(v) = param(p) {
+        if let Some(v) = param(query, p) {
             path.push(sep);
             path.push_str(p);
             path.push('=');
@@ -304,7 +432,76 @@ pub(crate) fn log_location(
             sep = '&';
         }
     }
-    Ok((SocketAddr::new(ip, port), path))
+    Ok((addr, path))
+}
+
+/// Which streaming subresource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stream {
+    Exec,
+    Attach,
+    PortForward,
+}
+
+/// Where a pod's `exec`, `attach` or `portforward` goes: the kubelet address and path,
+/// the options translated as kube-apiserver does (`stdin=true` → `input=1`,
+/// `stdout` → `output`, `stderr` → `error`, `ports` → `port`).
+pub(crate) fn stream_location(
+    kind: Stream,
+    pod: &Value,
+    node: Option<&Value>,
+    query: &[(String, String)],
+) -> Result<(SocketAddr, String), Error> {
+    let ns = str_at(pod, "metadata.namespace").unwrap_or("");
+    let name = str_at(pod, "metadata.name").unwrap_or("");
+    let flag = |k: &str| {
+        param(query, k).is_some_and(|v| matches!(v, "1" | "t" | "T" | "true" | "TRUE" | "True"))
+    };
+    let mut params: Vec<(&str, String)> = Vec::new();
+    let path = match kind {
+        Stream::Exec | Stream::Attach => {
+            let container = pod_container(pod, param(query, "container"))?;
+            if kind == Stream::Exec {
+                for (_, c) in query.iter().filter(|(k, _)| k == "command") {
+                    params.push(("command", c.clone()));
+                }
+            }
+            for (from, to) in [
+                ("stdin", "input"),
+                ("stdout", "output"),
+                ("stderr", "error"),
+                ("tty", "tty"),
+            ] {
+                if flag(from) {
+                    params.push((to, "1".into()));
+                }
+            }
+            let verb = if kind == Stream::Exec {
+                "exec"
+            } else {
+                "attach"
+            };
+            format!("/{verb}/{ns}/{name}/{container}")
+        }
+        Stream::PortForward => {
+            for (_, p) in query.iter().filter(|(k, _)| k == "ports") {
+                for port in p.split(',').filter(|p| !p.is_empty()) {
+                    params.push(("port", port.to_owned()));
+                }
+            }
+            format!("/portForward/{ns}/{name}")
+        }
+    };
+    let addr = node_address(pod, node)?;
+    let query: Vec<String> = params
+        .iter()
+        .map(|(k, v)| format!("{k}={}", crate::util::percent_encode(v)))
+        .collect();
+    if query.is_empty() {
+        Ok((addr, path))
+    } else {
+        Ok((addr, format!("{path}?{}", query.join("&"))))
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! `application/vnd.kubernetes.protobuf` request bodies, for the objects kubectl's
 //! generators send that way (`kubectl create deployment|service|secret|configmap|
-//! namespace|serviceaccount|role|clusterrole|rolebinding|clusterrolebinding`, and the
-//! reviews of `kubectl auth can-i`): the `k8s\0` envelope (`runtime.Unknown`) and a schema of
+//! namespace|serviceaccount|role|clusterrole|rolebinding|clusterrolebinding|job|cronjob`,
+//! `create job --from=cronjob/...`, and the reviews of `kubectl auth can-i`): the `k8s\0`
+//! envelope (`runtime.Unknown`) and a schema of
 //! the fields those objects use, decoded into the JSON the rest of the server handles.
 //! A field outside the schema with a value other than zero refuses the request (415)
 //! rather than losing data; every other client sends JSON.
@@ -45,6 +46,18 @@ const POINTERS: &[&str] = &[
     "automountServiceAccountToken",
     "deletionGracePeriodSeconds",
     "expirationSeconds",
+    "parallelism",
+    "completions",
+    "activeDeadlineSeconds",
+    "manualSelector",
+    "backoffLimit",
+    "ttlSecondsAfterFinished",
+    "suspend",
+    "startingDeadlineSeconds",
+    "successfulJobsHistoryLimit",
+    "failedJobsHistoryLimit",
+    "controller",
+    "blockOwnerDeletion",
 ];
 
 const OBJECT_META: &[F] = &[
@@ -60,7 +73,16 @@ const OBJECT_META: &[F] = &[
     F(10, "deletionGracePeriodSeconds", I64, false),
     F(11, "labels", MapStr, false),
     F(12, "annotations", MapStr, false),
+    F(13, "ownerReferences", Msg(OWNER_REFERENCE), true),
     F(14, "finalizers", Str, true),
+];
+const OWNER_REFERENCE: &[F] = &[
+    F(1, "kind", Str, false),
+    F(3, "name", Str, false),
+    F(4, "uid", Str, false),
+    F(5, "apiVersion", Str, false),
+    F(6, "controller", Bool, false),
+    F(7, "blockOwnerDeletion", Bool, false),
 ];
 const SELECTOR_REQUIREMENT: &[F] = &[
     F(1, "key", Str, false),
@@ -197,6 +219,47 @@ const DEPLOYMENT_SPEC: &[F] = &[
 const DEPLOYMENT: &[F] = &[
     F(1, "metadata", Msg(OBJECT_META), false),
     F(2, "spec", Msg(DEPLOYMENT_SPEC), false),
+    F(3, "status", Msg(EMPTY), false),
+];
+const JOB_SPEC: &[F] = &[
+    F(1, "parallelism", I32, false),
+    F(2, "completions", I32, false),
+    F(3, "activeDeadlineSeconds", I64, false),
+    F(4, "selector", Msg(LABEL_SELECTOR), false),
+    F(5, "manualSelector", Bool, false),
+    F(6, "template", Msg(POD_TEMPLATE), false),
+    F(7, "backoffLimit", I32, false),
+    F(8, "ttlSecondsAfterFinished", I32, false),
+    F(9, "completionMode", Str, false),
+    F(10, "suspend", Bool, false),
+    F(14, "podReplacementPolicy", Str, false),
+];
+const JOB: &[F] = &[
+    F(1, "metadata", Msg(OBJECT_META), false),
+    F(2, "spec", Msg(JOB_SPEC), false),
+    F(3, "status", Msg(EMPTY), false),
+];
+const CRON_JOB_SPEC: &[F] = &[
+    F(1, "schedule", Str, false),
+    F(2, "startingDeadlineSeconds", I64, false),
+    F(3, "concurrencyPolicy", Str, false),
+    F(4, "suspend", Bool, false),
+    F(
+        5,
+        "jobTemplate",
+        Msg(&[
+            F(1, "metadata", Msg(OBJECT_META), false),
+            F(2, "spec", Msg(JOB_SPEC), false),
+        ]),
+        false,
+    ),
+    F(6, "successfulJobsHistoryLimit", I32, false),
+    F(7, "failedJobsHistoryLimit", I32, false),
+    F(8, "timeZone", Str, false),
+];
+const CRON_JOB: &[F] = &[
+    F(1, "metadata", Msg(OBJECT_META), false),
+    F(2, "spec", Msg(CRON_JOB_SPEC), false),
     F(3, "status", Msg(EMPTY), false),
 ];
 
@@ -357,6 +420,8 @@ fn top_level(api_version: &str, kind: &str) -> Option<&'static [F]> {
         ("v1", "ConfigMap") => CONFIG_MAP,
         ("v1", "ServiceAccount") => SERVICE_ACCOUNT,
         ("apps/v1", "Deployment") => DEPLOYMENT,
+        ("batch/v1", "Job") => JOB,
+        ("batch/v1", "CronJob") => CRON_JOB,
         ("authentication.k8s.io/v1", "TokenRequest") => TOKEN_REQUEST,
         ("rbac.authorization.k8s.io/v1", "Role") => ROLE,
         ("rbac.authorization.k8s.io/v1", "ClusterRole") => CLUSTER_ROLE,

@@ -97,7 +97,13 @@ impl ResourceType {
 
     /// Has a `scale` subresource (autoscaling/v1 Scale), as kubectl scale uses.
     pub(crate) fn has_scale(&self) -> bool {
-        self.group == "apps" && self.resource != "daemonsets"
+        (self.group == "apps" && self.resource != "daemonsets")
+            || self.is("", "replicationcontrollers")
+    }
+
+    /// Read-only and computed on each read (metrics.k8s.io), never stored.
+    pub(crate) fn computed(&self) -> bool {
+        self.group == "metrics.k8s.io"
     }
 
     pub(crate) fn is(&self, group: &str, resource: &str) -> bool {
@@ -201,6 +207,36 @@ pub(crate) static RESOURCES: &[ResourceType] = &[
     ),
     rt!("", "events", "event", "Event", true, ["ev"], false, Path),
     rt!(
+        "",
+        "replicationcontrollers",
+        "replicationcontroller",
+        "ReplicationController",
+        true,
+        ["rc"],
+        true,
+        Subdomain
+    ),
+    rt!(
+        "",
+        "persistentvolumes",
+        "persistentvolume",
+        "PersistentVolume",
+        false,
+        ["pv"],
+        true,
+        Subdomain
+    ),
+    rt!(
+        "",
+        "persistentvolumeclaims",
+        "persistentvolumeclaim",
+        "PersistentVolumeClaim",
+        true,
+        ["pvc"],
+        true,
+        Subdomain
+    ),
+    rt!(
         "apps",
         "deployments",
         "deployment",
@@ -237,6 +273,17 @@ pub(crate) static RESOURCES: &[ResourceType] = &[
         "DaemonSet",
         true,
         ["ds"],
+        true,
+        Subdomain
+    ),
+    rt!("batch", "jobs", "job", "Job", true, [], true, Subdomain),
+    rt!(
+        "batch",
+        "cronjobs",
+        "cronjob",
+        "CronJob",
+        true,
+        ["cj"],
         true,
         Subdomain
     ),
@@ -290,6 +337,82 @@ pub(crate) static RESOURCES: &[ResourceType] = &[
         false,
         Subdomain
     ),
+    rt!(
+        "storage.k8s.io",
+        "storageclasses",
+        "storageclass",
+        "StorageClass",
+        false,
+        ["sc"],
+        false,
+        Subdomain
+    ),
+    rt!(
+        "storage.k8s.io",
+        "volumeattachments",
+        "volumeattachment",
+        "VolumeAttachment",
+        false,
+        [],
+        true,
+        Subdomain
+    ),
+    rt!(
+        "storage.k8s.io",
+        "csidrivers",
+        "csidriver",
+        "CSIDriver",
+        false,
+        [],
+        false,
+        Subdomain
+    ),
+    rt!(
+        "storage.k8s.io",
+        "csinodes",
+        "csinode",
+        "CSINode",
+        false,
+        [],
+        false,
+        Subdomain
+    ),
+    rt!(
+        "apiregistration.k8s.io",
+        "apiservices",
+        "apiservice",
+        "APIService",
+        false,
+        [],
+        true,
+        Subdomain
+    ),
+    ResourceType {
+        version: "v1beta1",
+        ..rt!(
+            "metrics.k8s.io",
+            "pods",
+            "",
+            "PodMetrics",
+            true,
+            [],
+            false,
+            Subdomain
+        )
+    },
+    ResourceType {
+        version: "v1beta1",
+        ..rt!(
+            "metrics.k8s.io",
+            "nodes",
+            "",
+            "NodeMetrics",
+            false,
+            [],
+            false,
+            Subdomain
+        )
+    },
     rt!(
         "apiextensions.k8s.io",
         "customresourcedefinitions",

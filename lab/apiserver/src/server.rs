@@ -269,6 +269,7 @@ async fn connection(
     });
     if let Err(e) = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(tls), svc)
+        .with_upgrades()
         .await
     {
         tracing::debug!(%peer, error = %k8s::ErrorChain(&e), "connection ended");

@@ -138,6 +138,58 @@ fn columns(kind: &str) -> Vec<Value> {
             age,
         ],
         "StatefulSet" => vec![name, s("Ready", "Number of the pod with ready state"), age],
+        "ReplicationController" => vec![
+            name,
+            int("Desired", "Number of desired pods."),
+            int("Current", "Number of actually running pods."),
+            int("Ready", "Number of pods with ready state."),
+            age,
+        ],
+        "Job" => vec![
+            name,
+            s("Status", "Status of the job."),
+            s("Completions", "The completion status of the job."),
+            s("Duration", "Time required to complete the job."),
+            age,
+        ],
+        "CronJob" => vec![
+            name,
+            s("Schedule", "The schedule for running the job."),
+            s("Timezone", "The time zone for the schedule."),
+            s("Suspend", "Whether the cron job is suspended."),
+            int("Active", "The number of currently running jobs."),
+            s("Last Schedule", "When the job was last scheduled."),
+            age,
+        ],
+        "PersistentVolumeClaim" => vec![
+            name,
+            s("Status", "The phase of the claim."),
+            s("Volume", "The volume bound to the claim."),
+            s("Capacity", "The capacity of the bound volume."),
+            s("Access Modes", "The access modes of the claim."),
+            s("StorageClass", "The storage class of the claim."),
+            age,
+        ],
+        "PersistentVolume" => vec![
+            name,
+            s("Capacity", "The capacity of the volume."),
+            s("Access Modes", "The access modes of the volume."),
+            s(
+                "Reclaim Policy",
+                "What happens to the volume when its claim is deleted.",
+            ),
+            s("Status", "The phase of the volume."),
+            s("Claim", "The claim bound to the volume."),
+            s("StorageClass", "The storage class of the volume."),
+            age,
+        ],
+        "StorageClass" => vec![
+            name,
+            s("Provisioner", "The provisioner of the class."),
+            s("ReclaimPolicy", "The reclaim policy of its volumes."),
+            s("VolumeBindingMode", "When its volumes are bound."),
+            age,
+        ],
         "DaemonSet" => vec![
             name,
             int(
@@ -263,6 +315,22 @@ fn int(n: &str, d: &str) -> Value {
     col(n, "integer", "", d, 0)
 }
 
+/// kubectl's short access modes (`RWO,ROX`).
+fn access_modes(v: &Value) -> String {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| match m.as_str()? {
+            "ReadWriteOnce" => Some("RWO"),
+            "ReadOnlyMany" => Some("ROX"),
+            "ReadWriteMany" => Some("RWX"),
+            "ReadWriteOncePod" => Some("RWOP"),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn len_of(v: &Value) -> usize {
     v.as_object()
         .map(|m| m.len())
@@ -318,6 +386,103 @@ fn extra_cells(kind: &str, o: &Value) -> Option<Vec<Value>> {
                 n(&st["readyReplicas"]),
                 o["spec"]["replicas"].as_i64().unwrap_or(1)
             )),
+            json!(age(o)),
+        ],
+        "ReplicationController" => vec![
+            json!(o["spec"]["replicas"].as_i64().unwrap_or(1)),
+            json!(n(&st["replicas"])),
+            json!(n(&st["readyReplicas"])),
+            json!(age(o)),
+        ],
+        "Job" => {
+            let cond = |t: &str| {
+                st["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == t && c["status"] == "True")
+            };
+            let status = if cond("Complete") {
+                "Complete"
+            } else if cond("Failed") {
+                "Failed"
+            } else if cond("Suspended") {
+                "Suspended"
+            } else {
+                "Running"
+            };
+            let completions = match o["spec"]["completions"].as_i64() {
+                Some(c) => format!("{}/{c}", n(&st["succeeded"])),
+                None => format!(
+                    "{}/1 of {}",
+                    n(&st["succeeded"]),
+                    n(&o["spec"]["parallelism"])
+                ),
+            };
+            let start = str_at(o, "status.startTime").and_then(parse_rfc3339);
+            let end = str_at(o, "status.completionTime")
+                .and_then(parse_rfc3339)
+                .unwrap_or_else(now_secs);
+            let duration = start.map_or(String::new(), |s| human_duration(end - s));
+            vec![
+                json!(status),
+                json!(completions),
+                json!(duration),
+                json!(age(o)),
+            ]
+        }
+        "CronJob" => vec![
+            json!(o["spec"]["schedule"].as_str().unwrap_or("")),
+            json!(o["spec"]["timeZone"].as_str().unwrap_or("<none>")),
+            json!(if o["spec"]["suspend"] == true {
+                "True"
+            } else {
+                "False"
+            }),
+            json!(len_of(&st["active"])),
+            json!(if st["lastScheduleTime"].is_string() {
+                age_of(o, "status.lastScheduleTime")
+            } else {
+                "<none>".into()
+            }),
+            json!(age(o)),
+        ],
+        "PersistentVolumeClaim" => vec![
+            json!(st["phase"].as_str().unwrap_or("")),
+            json!(o["spec"]["volumeName"].as_str().unwrap_or("")),
+            json!(st["capacity"]["storage"].as_str().unwrap_or("")),
+            json!(access_modes(&st["accessModes"])),
+            json!(o["spec"]["storageClassName"].as_str().unwrap_or("<unset>")),
+            json!(age(o)),
+        ],
+        "PersistentVolume" => {
+            let claim = &o["spec"]["claimRef"];
+            vec![
+                json!(o["spec"]["capacity"]["storage"].as_str().unwrap_or("")),
+                json!(access_modes(&o["spec"]["accessModes"])),
+                json!(
+                    o["spec"]["persistentVolumeReclaimPolicy"]
+                        .as_str()
+                        .unwrap_or("")
+                ),
+                json!(st["phase"].as_str().unwrap_or("")),
+                json!(if claim.is_object() {
+                    format!(
+                        "{}/{}",
+                        claim["namespace"].as_str().unwrap_or(""),
+                        claim["name"].as_str().unwrap_or("")
+                    )
+                } else {
+                    String::new()
+                }),
+                json!(o["spec"]["storageClassName"].as_str().unwrap_or("")),
+                json!(age(o)),
+            ]
+        }
+        "StorageClass" => vec![
+            json!(o["provisioner"].as_str().unwrap_or("")),
+            json!(o["reclaimPolicy"].as_str().unwrap_or("")),
+            json!(o["volumeBindingMode"].as_str().unwrap_or("")),
             json!(age(o)),
         ],
         "DaemonSet" => {

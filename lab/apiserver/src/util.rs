@@ -87,6 +87,19 @@ pub(crate) fn at<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
 }
 
 /// Percent-encodes a query value (everything but unreserved characters).
+/// A CronJob schedule (five fields, or a descriptor such as `@hourly`), as
+/// kube-apiserver accepts it; the error says why not.
+pub(crate) fn parse_cron(schedule: &str) -> Result<croner::Cron, String> {
+    if schedule.starts_with("TZ=") || schedule.starts_with("CRON_TZ=") {
+        return Err("cannot use TZ or CRON_TZ in schedule, use timeZone field instead".into());
+    }
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Disallowed)
+        .build()
+        .parse(schedule)
+        .map_err(|e| e.to_string())
+}
+
 pub(crate) fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {

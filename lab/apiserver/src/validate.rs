@@ -93,6 +93,15 @@ pub(crate) fn validate(rt: &ResourceType, obj: &Value) -> Vec<Cause> {
         "Service" => service(obj, &mut causes),
         "Pod" => pod_spec(&obj["spec"], "spec", &mut causes),
         "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => workload(obj, &mut causes),
+        "Job" if rt.group == "batch" => job(&obj["spec"], "spec", &mut causes),
+        "CronJob" => cron_job(obj, &mut causes),
+        "ReplicationController" => replication_controller(obj, &mut causes),
+        "PersistentVolumeClaim" => pvc(&obj["spec"], &mut causes),
+        "PersistentVolume" => pv(&obj["spec"], &mut causes),
+        "StorageClass" if obj["provisioner"].as_str().unwrap_or("").is_empty() => {
+            causes.push(Cause::required("provisioner", ""));
+        }
+        "APIService" => api_service(obj, &mut causes),
         "PriorityClass" => priority_class(obj, &mut causes),
         "PodDisruptionBudget" => pod_disruption_budget(obj, &mut causes),
         kind if rt.group == crate::rbac::RBAC_GROUP => {
@@ -143,6 +152,187 @@ fn pod_disruption_budget(obj: &Value, causes: &mut Vec<Cause>) {
             spec,
             "minAvailable and maxUnavailable cannot be both set",
         ));
+    }
+}
+
+/// `must be greater than or equal to 0` for a present integer field.
+fn non_negative(v: &Value, path: &str, causes: &mut Vec<Cause>) {
+    if !v.is_null() && v.as_i64().is_none_or(|n| n < 0) {
+        causes.push(Cause::invalid(
+            path,
+            v,
+            "must be greater than or equal to 0",
+        ));
+    }
+}
+
+/// A Job's (or a CronJob's job template's) spec.
+fn job(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
+    for f in [
+        "parallelism",
+        "completions",
+        "backoffLimit",
+        "activeDeadlineSeconds",
+        "ttlSecondsAfterFinished",
+    ] {
+        non_negative(&spec[f], &format!("{path}.{f}"), causes);
+    }
+    let policy = &spec["template"]["spec"]["restartPolicy"];
+    if !matches!(policy.as_str(), Some("OnFailure" | "Never")) {
+        causes.push(Cause::not_supported(
+            format!("{path}.template.spec.restartPolicy"),
+            policy,
+            &["OnFailure", "Never"],
+        ));
+    }
+    pod_spec(
+        &spec["template"]["spec"],
+        &format!("{path}.template.spec"),
+        causes,
+    );
+}
+
+fn cron_job(obj: &Value, causes: &mut Vec<Cause>) {
+    let spec = &obj["spec"];
+    let schedule = spec["schedule"].as_str().unwrap_or("");
+    if schedule.is_empty() {
+        causes.push(Cause::required("spec.schedule", ""));
+    } else if let Err(e) = crate::util::parse_cron(schedule) {
+        causes.push(Cause::invalid("spec.schedule", &spec["schedule"], &e));
+    }
+    let cp = &spec["concurrencyPolicy"];
+    if !matches!(cp.as_str(), Some("Allow" | "Forbid" | "Replace")) {
+        causes.push(Cause::not_supported(
+            "spec.concurrencyPolicy",
+            cp,
+            &["Allow", "Forbid", "Replace"],
+        ));
+    }
+    if let Some(tz) = spec["timeZone"].as_str()
+        && !matches!(tz, "UTC" | "Etc/UTC")
+    {
+        causes.push(Cause::invalid(
+            "spec.timeZone",
+            &spec["timeZone"],
+            "unknown time zone (the lab's CronJobs run in UTC)",
+        ));
+    }
+    for f in [
+        "startingDeadlineSeconds",
+        "successfulJobsHistoryLimit",
+        "failedJobsHistoryLimit",
+    ] {
+        non_negative(&spec[f], &format!("spec.{f}"), causes);
+    }
+    job(
+        &spec["jobTemplate"]["spec"],
+        "spec.jobTemplate.spec",
+        causes,
+    );
+}
+
+fn replication_controller(obj: &Value, causes: &mut Vec<Cause>) {
+    let spec = &obj["spec"];
+    let selector = spec["selector"].as_object();
+    if selector.is_none_or(|s| s.is_empty()) {
+        causes.push(Cause::required("spec.selector", ""));
+    } else if let Some(sel) = selector {
+        let tl = &spec["template"]["metadata"]["labels"];
+        if sel.iter().any(|(k, v)| tl.get(k) != Some(v)) {
+            causes.push(Cause::invalid(
+                "spec.template.metadata.labels",
+                tl,
+                "`selector` does not match template `labels`",
+            ));
+        }
+    }
+    non_negative(&spec["replicas"], "spec.replicas", causes);
+    pod_spec(&spec["template"]["spec"], "spec.template.spec", causes);
+}
+
+const ACCESS_MODES: [&str; 4] = [
+    "ReadOnlyMany",
+    "ReadWriteMany",
+    "ReadWriteOnce",
+    "ReadWriteOncePod",
+];
+
+fn access_modes(spec: &Value, causes: &mut Vec<Cause>) {
+    let modes = spec["accessModes"].as_array().cloned().unwrap_or_default();
+    if modes.is_empty() {
+        causes.push(Cause::required(
+            "spec.accessModes",
+            "at least 1 access mode is required",
+        ));
+    }
+    for m in &modes {
+        if !m.as_str().is_some_and(|m| ACCESS_MODES.contains(&m)) {
+            causes.push(Cause::not_supported("spec.accessModes", m, &ACCESS_MODES));
+        }
+    }
+}
+
+fn pvc(spec: &Value, causes: &mut Vec<Cause>) {
+    access_modes(spec, causes);
+    if spec["resources"]["requests"]["storage"].is_null() {
+        causes.push(Cause::required("spec.resources[storage]", ""));
+    }
+}
+
+fn pv(spec: &Value, causes: &mut Vec<Cause>) {
+    access_modes(spec, causes);
+    if spec["capacity"]["storage"].is_null() {
+        causes.push(Cause::required("spec.capacity", ""));
+    }
+    const SOURCES: [&str; 12] = [
+        "hostPath",
+        "local",
+        "nfs",
+        "csi",
+        "iscsi",
+        "fc",
+        "rbd",
+        "cephfs",
+        "gcePersistentDisk",
+        "awsElasticBlockStore",
+        "azureDisk",
+        "azureFile",
+    ];
+    if !SOURCES.iter().any(|s| spec[*s].is_object()) {
+        causes.push(Cause::required("spec", "must specify a volume type"));
+    }
+}
+
+fn api_service(obj: &Value, causes: &mut Vec<Cause>) {
+    let spec = &obj["spec"];
+    let (group, version) = (
+        spec["group"].as_str().unwrap_or(""),
+        spec["version"].as_str().unwrap_or(""),
+    );
+    if version.is_empty() {
+        causes.push(Cause::required("spec.version", ""));
+    }
+    let want = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{version}.{group}")
+    };
+    let name = obj["metadata"]["name"].as_str().unwrap_or("");
+    if !version.is_empty() && name != want {
+        causes.push(Cause::invalid(
+            "metadata.name",
+            &obj["metadata"]["name"],
+            &format!("must be `spec.version+\".\"+spec.group`: \"{want}\""),
+        ));
+    }
+    for f in ["groupPriorityMinimum", "versionPriority"] {
+        if spec[f].as_i64().is_none_or(|n| n <= 0) {
+            causes.push(Cause::invalid(
+                format!("spec.{f}"),
+                &spec[f],
+                "must be positive and less than 1000000",
+            ));
+        }
     }
 }
 

@@ -9,8 +9,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, ReplicationController, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
@@ -106,6 +107,12 @@ pub struct Caches {
     pub daemonsets: Cache<DaemonSet>,
     /// Node leases (namespace `kube-node-lease`).
     pub leases: Cache<Lease>,
+    /// ReplicationControllers.
+    pub replicationcontrollers: Cache<ReplicationController>,
+    /// Jobs.
+    pub jobs: Cache<Job>,
+    /// CronJobs.
+    pub cronjobs: Cache<CronJob>,
 }
 
 impl Caches {
@@ -122,6 +129,9 @@ impl Caches {
             statefulsets: spawn(Api::all(client.clone()), tasks),
             daemonsets: spawn(Api::all(client.clone()), tasks),
             leases: spawn(Api::namespaced(client.clone(), "kube-node-lease"), tasks),
+            replicationcontrollers: spawn(Api::all(client.clone()), tasks),
+            jobs: spawn(Api::all(client.clone()), tasks),
+            cronjobs: spawn(Api::all(client.clone()), tasks),
         }
     }
 }

@@ -14,6 +14,9 @@
 //! | EndpointSlices, Endpoints, EndpointSlice mirroring | [`endpoints`] |
 //! | Deployments → ReplicaSets | [`deployment`] |
 //! | ReplicaSets → Pods | [`replicaset`] |
+//! | ReplicationControllers → Pods | [`replicationcontroller`] |
+//! | Jobs → Pods, and Jobs deleted after `ttlSecondsAfterFinished` | [`job`] |
+//! | CronJobs → Jobs | [`cronjob`] |
 //! | StatefulSets | [`statefulset`] |
 //! | DaemonSets | [`daemonset`] |
 //! | scheduler | [`scheduler`] |
@@ -21,12 +24,15 @@
 //! | node lifecycle (Lease → NotReady → pods not ready) | [`lifecycle`] |
 
 pub mod cache;
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod ipam;
+pub mod job;
 pub mod lifecycle;
 pub mod replicaset;
+pub mod replicationcontroller;
 pub mod scheduler;
 pub mod statefulset;
 pub mod util;
@@ -210,6 +216,9 @@ pub fn start(client: kube::Client, config: Config) -> Controllers {
     tasks.spawn(endpoints::run(ctx.clone()));
     tasks.spawn(deployment::run(ctx.clone()));
     tasks.spawn(replicaset::run(ctx.clone()));
+    tasks.spawn(replicationcontroller::run(ctx.clone()));
+    tasks.spawn(job::run(ctx.clone()));
+    tasks.spawn(cronjob::run(ctx.clone()));
     tasks.spawn(statefulset::run(ctx.clone()));
     tasks.spawn(daemonset::run(ctx.clone()));
     tasks.spawn(scheduler::run(ctx.clone()));

@@ -151,6 +151,82 @@ pub fn plan(rs: &ReplicaSet, pods: &[&Pod], now: Timestamp) -> RsPlan {
     out
 }
 
+/// Creates `create` pods from `template` for `owner` (named after it) and deletes the
+/// pods named in `delete`, 16 at a time, recording an event for each, noting what the
+/// stores must show before the next pass in `out` and failures in `errors`: the pod
+/// step of every controller that owns pods directly (ReplicaSet, ReplicationController,
+/// Job).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn sync_pods<O: Resource<DynamicType = ()>>(
+    ctx: &Ctx,
+    owner: &O,
+    template: &PodTemplateSpec,
+    create: usize,
+    delete: Vec<String>,
+    component: &str,
+    out: &Mutex<Outcome>,
+    errors: &Mutex<Vec<Error>>,
+) {
+    let c = &ctx.caches;
+    let ns = owner.meta().namespace.clone().unwrap_or_default();
+    let kind = O::kind(&()).to_lowercase();
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let pod = pod_from_template(
+        template,
+        &ns,
+        controller_ref(owner),
+        Some(format!("{}-", owner.name_any())),
+        None,
+    );
+    cache::for_each_concurrent((0..create).collect(), 16, |_| {
+        let (api, pod, ns, kind) = (&pods_api, &pod, &ns, &kind);
+        async move {
+            match api.create(&PostParams::default(), pod).await {
+                Ok(w) => {
+                    let msg = format!("Created pod: {}", w.name_any());
+                    util::record(
+                        &ctx.client,
+                        util::event(owner, component, "Normal", "SuccessfulCreate", msg),
+                    );
+                    out.lock()
+                        .unwrap()
+                        .expect
+                        .push(cache::seen(&c.pods, ns, &w.name_any(), None));
+                }
+                Err(e) => errors.lock().unwrap().push(Error::api(format!(
+                    "creating a pod for {kind} {}",
+                    util::key(owner)
+                ))(e)),
+            }
+        }
+    })
+    .await;
+    cache::for_each_concurrent(delete, 16, |name| {
+        let (api, ns) = (&pods_api, &ns);
+        async move {
+            match api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => {
+                    let msg = format!("Deleted pod: {name}");
+                    util::record(
+                        &ctx.client,
+                        util::event(owner, component, "Normal", "SuccessfulDelete", msg),
+                    );
+                    out.lock()
+                        .unwrap()
+                        .expect
+                        .push(cache::gone(&c.pods, ns, &name));
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => errors
+                    .lock()
+                    .unwrap()
+                    .push(Error::api(format!("deleting pod {ns}/{name}"))(e)),
+            }
+        }
+    })
+    .await;
+}
+
 /// Runs the ReplicaSet controller.
 pub async fn run(ctx: Ctx) {
     let c = &ctx.caches;
@@ -196,63 +272,10 @@ async fn pass(ctx: &Ctx) -> Outcome {
         if p.requeue.is_some() {
             out.lock().unwrap().requeue = p.requeue;
         }
-        let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
         let template = rs.spec.template.clone().unwrap_or_default();
-        let pod = pod_from_template(
-            &template,
-            &ns,
-            controller_ref(&*rs),
-            Some(format!("{}-", rs.name_any())),
-            None,
-        );
-        cache::for_each_concurrent((0..p.create).collect(), 16, |_| {
-            let (api, pod, out, errors, ns, rs) = (&pods_api, &pod, &out, &errors, &ns, &rs);
-            async move {
-                match api.create(&PostParams::default(), pod).await {
-                    Ok(w) => {
-                        let msg = format!("Created pod: {}", w.name_any());
-                        util::record(
-                            &ctx.client,
-                            util::event(&**rs, COMPONENT, "Normal", "SuccessfulCreate", msg),
-                        );
-                        out.lock().unwrap().expect.push(cache::seen(
-                            &c.pods,
-                            ns,
-                            &w.name_any(),
-                            None,
-                        ));
-                    }
-                    Err(e) => errors.lock().unwrap().push(Error::api(format!(
-                        "creating a pod for replicaset {}",
-                        util::key(&**rs)
-                    ))(e)),
-                }
-            }
-        })
-        .await;
-        cache::for_each_concurrent(p.delete, 16, |name| {
-            let (api, out, errors, ns, rs) = (&pods_api, &out, &errors, &ns, &rs);
-            async move {
-                match api.delete(&name, &DeleteParams::default()).await {
-                    Ok(_) => {
-                        let msg = format!("Deleted pod: {name}");
-                        util::record(
-                            &ctx.client,
-                            util::event(&**rs, COMPONENT, "Normal", "SuccessfulDelete", msg),
-                        );
-                        out.lock()
-                            .unwrap()
-                            .expect
-                            .push(cache::gone(&c.pods, ns, &name));
-                    }
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(e) => errors
-                        .lock()
-                        .unwrap()
-                        .push(Error::api(format!("deleting pod {ns}/{name}"))(e)),
-                }
-            }
-        })
+        sync_pods(
+            ctx, &*rs, &template, p.create, p.delete, COMPONENT, &out, &errors,
+        )
         .await;
         if let Some(status) = p.status {
             match write_status(ctx, &rs, status).await {

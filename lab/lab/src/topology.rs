@@ -185,6 +185,10 @@ pub async fn down_with(cfg: &LabConfig, keep_data: bool) -> Result<()> {
             problems.push(Error::from(e));
         }
     }
+    // What the nodes made on the host for their pods' volumes goes with the pods.
+    for entry in fs::read_dir(cfg.data_dir()).into_iter().flatten().flatten() {
+        node::remove_host_mount_points(&entry.path());
+    }
     let state_dir = cfg.state_dir();
     match fs::remove_dir_all(&state_dir) {
         Ok(()) => {}

@@ -6,17 +6,28 @@
 //!    to the host) and a UTS namespace, bind-mounts the pod's own `/etc/resolv.conf`,
 //!    `/etc/hosts`, `/etc/hostname` and service-account directory, sets the hostname,
 //!    enters the pod's network namespace, starts a session (the node SIGKILLs the whole
-//!    process group), starts the container's process with its stdout/stderr piped,
-//!    records its pid next to the exit file (the node sends SIGTERM there), and
-//!    writes every line to the container's log in the CRI format
-//!    (`<RFC3339Nano> stdout F <line>`) until it exits; then records the exit code in
-//!    the spec's exit file (so a restarted node learns it) and exits with it.
-//! 2. `enter SPEC PID -- CMD...`: joins the namespaces of a running container (for exec
-//!    probes and `lab exec`) with the container's environment, and execs CMD.
+//!    process group), starts the container's process with its stdout/stderr piped (or,
+//!    for `tty: true`, on a new pseudo-terminal, in a session of its own whose
+//!    controlling terminal it is), records its pid next to the exit file (the node
+//!    sends SIGTERM there), and writes every line to the container's log in the CRI
+//!    format (`<RFC3339Nano> stdout F <line>`) until it exits; then records the exit
+//!    code in the spec's exit file (so a restarted node learns it) and exits with it.
+//!    Like conmon, it serves attaches meanwhile: on an abstract socket of the node's
+//!    network namespace ([`crate::exec::attach_address`]) each attached client gets the
+//!    live output and, for `stdin: true`, writes the container's stdin (closed after
+//!    the first client with `stdinOnce`) and sets its terminal's size.
+//! 2. `enter SPEC PID -- CMD...`: joins the namespaces of a running container (for
+//!    `kubectl exec` and exec probes) with the container's environment and working
+//!    directory, starts a session (its stdin's terminal, if it is one, becomes the
+//!    controlling one), and execs CMD; a command that cannot be run exits 127 (not
+//!    found) or 126 (not executable) with runc's words.
+//! 3. `session -- CMD...`: the same session step alone, for a TTY container's process.
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -70,6 +81,16 @@ pub(crate) struct InitSpec {
     /// `allowPrivilegeEscalation: false`: the process runs with `no_new_privs`.
     #[serde(default)]
     pub no_new_privs: bool,
+    /// The container's `stdin`: attached clients write its stdin (else it reads
+    /// /dev/null).
+    #[serde(default)]
+    pub stdin: bool,
+    /// `stdinOnce`: stdin closes when the first attached client that used it leaves.
+    #[serde(default)]
+    pub stdin_once: bool,
+    /// `tty`: the process runs on a pseudo-terminal.
+    #[serde(default)]
+    pub tty: bool,
 }
 
 /// What the exit file holds.
@@ -92,8 +113,11 @@ pub fn container_init_main() -> Option<ExitCode> {
         Some("enter") if args.len() > 6 && args[5] == "--" => {
             enter(Path::new(&args[3]), &args[4], &args[6..])
         }
+        Some("session") if args.len() > 4 && args[3] == "--" => session(&args[4..]),
         _ => {
-            eprintln!("usage: kubewire container-init run SPEC | enter SPEC PID -- CMD...");
+            eprintln!(
+                "usage: kubewire container-init run SPEC | enter SPEC PID -- CMD... | session -- CMD..."
+            );
             2
         }
     };
@@ -135,28 +159,144 @@ impl Log {
         }
     }
 
+    /// Logs `from` as `stream` and hands every chunk read to the attached clients,
+    /// until it ends. A terminal's lines end in CR LF; the CR is not logged.
     fn copy(
         &self,
         stream: &'static str,
-        from: impl Read + Send + 'static,
+        mut from: impl Read + Send + 'static,
+        hub: Arc<Hub>,
+        kind: u8,
     ) -> std::thread::JoinHandle<()> {
         let log = self.clone();
         std::thread::spawn(move || {
-            let mut r = BufReader::new(from);
+            let mut buf = vec![0u8; 32 * 1024];
             let mut line = Vec::new();
             loop {
-                line.clear();
-                match r.read_until(b'\n', &mut line) {
+                let n = match from.read(&mut buf) {
                     Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        if line.last() == Some(&b'\n') {
+                    Ok(n) => n,
+                };
+                hub.broadcast(kind, &buf[..n]);
+                for &b in &buf[..n] {
+                    if b == b'\n' {
+                        if line.last() == Some(&b'\r') {
                             line.pop();
                         }
                         log.line(stream, &line);
+                        line.clear();
+                    } else {
+                        line.push(b);
                     }
                 }
             }
+            if !line.is_empty() {
+                log.line(stream, &line);
+            }
         })
+    }
+}
+
+/// One attached client: its frames go out through a queue, so a slow client never
+/// holds the container's output up (it is dropped once its queue is full).
+struct Client {
+    frames: std::sync::mpsc::SyncSender<Vec<u8>>,
+}
+
+/// The container's side of attaching.
+struct Hub {
+    clients: Mutex<Vec<Client>>,
+    /// Where clients' input goes: the stdin pipe, or the terminal's master.
+    stdin: Mutex<Option<File>>,
+    /// The terminal's master, for resizes.
+    master: Option<File>,
+    stdin_once: bool,
+}
+
+impl Hub {
+    fn broadcast(&self, kind: u8, data: &[u8]) {
+        let Ok(mut clients) = self.clients.lock() else {
+            return;
+        };
+        if clients.is_empty() {
+            return;
+        }
+        let f = crate::exec::encode(kind, data);
+        clients.retain(|c| c.frames.try_send(f.clone()).is_ok());
+    }
+
+    /// The first client with stdin left: with `stdinOnce`, the container's input ends
+    /// (a terminal gets its end-of-file character).
+    fn stdin_done(&self) {
+        if !self.stdin_once {
+            return;
+        }
+        if let Ok(mut s) = self.stdin.lock() {
+            if self.master.is_some()
+                && let Some(f) = s.as_mut()
+            {
+                let _ = f.write_all(&[0x04]);
+            }
+            *s = None;
+        }
+    }
+
+    /// Accepts clients until container-init exits.
+    fn serve(self: Arc<Self>, listener: UnixListener) {
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let hub = self.clone();
+                std::thread::spawn(move || hub.client(conn));
+            }
+        });
+    }
+
+    fn client(&self, conn: UnixStream) {
+        let Ok(mut out) = conn.try_clone() else {
+            return;
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(256);
+        std::thread::spawn(move || {
+            for f in rx {
+                if out.write_all(&f).is_err() {
+                    break;
+                }
+            }
+            let _ = out.shutdown(std::net::Shutdown::Both);
+        });
+        if let Ok(mut clients) = self.clients.lock() {
+            clients.push(Client { frames: tx });
+        }
+        let mut input = conn;
+        let mut used_stdin = false;
+        while let Ok(Some((kind, payload))) = crate::exec::read_frame(&mut input) {
+            match kind {
+                crate::exec::frame::STDIN => {
+                    used_stdin = true;
+                    if let Ok(mut s) = self.stdin.lock()
+                        && let Some(f) = s.as_mut()
+                        && !payload.is_empty()
+                    {
+                        let _ = f.write_all(&payload);
+                    }
+                }
+                crate::exec::frame::STDIN_CLOSE => {
+                    used_stdin = false;
+                    self.stdin_done();
+                }
+                crate::exec::frame::RESIZE if payload.len() == 4 => {
+                    if let Some(m) = &self.master {
+                        let w = u16::from_be_bytes([payload[0], payload[1]]);
+                        let h = u16::from_be_bytes([payload[2], payload[3]]);
+                        let _ = crate::pty::resize(m, w, h);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if used_stdin {
+            self.stdin_done();
+        }
     }
 }
 
@@ -389,6 +529,11 @@ fn env_with_defaults(spec: &InitSpec) -> Vec<(String, String)> {
     env
 }
 
+/// Binds the attach socket (before the pod's network namespace is entered).
+fn attach_listener() -> std::io::Result<UnixListener> {
+    UnixListener::bind_addr(&crate::exec::attach_address(std::process::id())?)
+}
+
 fn run(spec_path: &Path) -> i32 {
     let spec = match read_spec(spec_path) {
         Ok(s) => s,
@@ -403,33 +548,106 @@ fn run(spec_path: &Path) -> i32 {
         write_exit(&spec.exit_file, code, None);
         code
     };
+    let listener = match attach_listener() {
+        Ok(l) => Some(l),
+        Err(e) => {
+            log.line(
+                "stderr",
+                format!("container-init: no attach socket: {e}").as_bytes(),
+            );
+            None
+        }
+    };
     if let Err(e) = setup(&spec) {
         return fail(ErrorChain(&e).to_string(), 126);
     }
     let Some(program) = spec.argv.first() else {
         return fail("the container has no command".into(), 126);
     };
-    let mut cmd = Command::new(program);
-    cmd.args(&spec.argv[1..])
-        .env_clear()
-        .envs(env_with_defaults(&spec))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut cmd = if spec.tty {
+        // A TTY container's process leads a session of its own whose controlling
+        // terminal is the pty (job control, ^C), which `session` sets up before exec.
+        let mut c = Command::new("/proc/self/exe");
+        c.arg(SUBCOMMAND).arg("session").arg("--").args(&spec.argv);
+        c
+    } else {
+        let mut c = Command::new(program);
+        c.args(&spec.argv[1..]);
+        c
+    };
+    cmd.env_clear().envs(env_with_defaults(&spec));
     if let Some(dir) = &spec.workdir {
         cmd.current_dir(dir);
     }
+    let mut hub = Hub {
+        clients: Mutex::new(Vec::new()),
+        stdin: Mutex::new(None),
+        master: None,
+        stdin_once: spec.stdin_once,
+    };
+    let mut master_reader = None;
+    if spec.tty {
+        let (master, slave) = match crate::pty::open() {
+            Ok(p) => p,
+            Err(e) => return fail(format!("allocating a terminal: {e}"), 126),
+        };
+        let std = |fd: &OwnedFd| fd.try_clone().map(Stdio::from);
+        match (std(&slave), std(&slave)) {
+            (Ok(a), Ok(b)) => {
+                cmd.stdin(a).stdout(b).stderr(Stdio::from(slave));
+            }
+            (Err(e), _) | (_, Err(e)) => return fail(format!("a terminal: {e}"), 126),
+        }
+        let clone = |m: &OwnedFd| m.try_clone().map(File::from);
+        match (clone(&master), clone(&master)) {
+            (Ok(a), Ok(b)) => {
+                if spec.stdin {
+                    hub.stdin = Mutex::new(Some(a));
+                }
+                hub.master = Some(b);
+            }
+            (Err(e), _) | (_, Err(e)) => return fail(format!("a terminal: {e}"), 126),
+        }
+        master_reader = Some(File::from(master));
+    } else {
+        cmd.stdin(if spec.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    }
     // std resets the signal mask and SIGPIPE in the child, so the process starts clean.
-    let mut child = match cmd.spawn() {
+    let spawned = cmd.spawn();
+    // The terminal's slave must be held by the container's process only, so that
+    // reading the master ends when it exits.
+    drop(cmd);
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => return fail(format!("starting {program}: {e}"), 127),
     };
+    if let Some(pipe) = child.stdin.take() {
+        hub.stdin = Mutex::new(Some(File::from(OwnedFd::from(pipe))));
+    }
+    let hub = Arc::new(hub);
+    if let Some(l) = listener {
+        hub.clone().serve(l);
+    }
     // The node sends SIGTERM to this process only (as runtimes signal a container's
     // main process); container-init stays to log the last lines and record the exit
     // code. SIGKILL goes to the whole process group.
     let _ = std::fs::write(spec.exit_file.with_extension("pid"), child.id().to_string());
-    let out = child.stdout.take().map(|o| log.copy("stdout", o));
-    let err = child.stderr.take().map(|o| log.copy("stderr", o));
+    let frame = crate::exec::frame::STDOUT;
+    let out = child
+        .stdout
+        .take()
+        .map(|o| log.copy("stdout", o, hub.clone(), frame))
+        .or_else(|| master_reader.map(|m| log.copy("stdout", m, hub.clone(), frame)));
+    let err = child
+        .stderr
+        .take()
+        .map(|o| log.copy("stderr", o, hub.clone(), crate::exec::frame::STDERR));
     let status = child.wait();
     for t in [out, err].into_iter().flatten() {
         let _ = t.join();
@@ -458,8 +676,60 @@ fn write_exit(path: &Path, exit_code: i32, signal: Option<i32>) {
     }
 }
 
+/// Leads a new session; a terminal on stdin becomes its controlling terminal.
+fn new_session() {
+    let _ = nix::unistd::setsid();
+    let stdin = std::io::stdin();
+    if crate::pty::is_tty(stdin.as_fd()) {
+        let _ = crate::pty::make_controlling(stdin.as_fd());
+    }
+}
+
+/// Execs `argv` (found on the environment's PATH); returns only on failure, with the
+/// exit code and runc's words for it.
+fn exec(argv: &[String], env: Option<&[(String, String)]>) -> (i32, String) {
+    let c = |s: &str| CString::new(s).map_err(|_| format!("{s:?} holds a NUL byte"));
+    let args: Result<Vec<CString>, String> = argv.iter().map(|a| c(a)).collect();
+    let args = match args {
+        Ok(a) if !a.is_empty() => a,
+        Ok(_) => return (126, "no command".into()),
+        Err(e) => return (126, e),
+    };
+    let err = match env {
+        Some(env) => {
+            let env: Result<Vec<CString>, String> =
+                env.iter().map(|(k, v)| c(&format!("{k}={v}"))).collect();
+            match env {
+                Ok(env) => nix::unistd::execvpe(&args[0], &args, &env).err(),
+                Err(e) => return (126, e),
+            }
+        }
+        None => nix::unistd::execvp(&args[0], &args).err(),
+    };
+    let prog = &argv[0];
+    let why = |what: &str| {
+        format!("exec failed: unable to start container process: exec: {prog:?}: {what}")
+    };
+    match err {
+        Some(nix::errno::Errno::ENOENT) if !prog.contains('/') => {
+            (127, why("executable file not found in $PATH"))
+        }
+        Some(nix::errno::Errno::ENOENT) => (127, why("no such file or directory")),
+        Some(nix::errno::Errno::EACCES) => (126, why("permission denied")),
+        Some(e) => (126, why(e.desc())),
+        None => (126, why("exec returned")),
+    }
+}
+
+fn session(argv: &[String]) -> i32 {
+    new_session();
+    let (code, msg) = exec(argv, None);
+    eprintln!("{msg}");
+    code
+}
+
 fn enter(spec_path: &Path, pid: &str, argv: &[String]) -> i32 {
-    let result = (|| -> Result<std::convert::Infallible, Error> {
+    let result = (|| -> Result<InitSpec, Error> {
         let spec = read_spec(spec_path)?;
         // Open every namespace first: after entering the mount namespace, /proc paths
         // still work, but the order must put the mount namespace last.
@@ -474,16 +744,15 @@ fn enter(spec_path: &Path, pid: &str, argv: &[String]) -> i32 {
         if let Some(dir) = &spec.workdir {
             let _ = std::env::set_current_dir(dir);
         }
-        let c = |s: &str| CString::new(s).map_err(failed(format!("{s:?}")));
-        let args: Vec<CString> = argv.iter().map(|a| c(a)).collect::<Result<_, _>>()?;
-        let env: Vec<CString> = env_with_defaults(&spec)
-            .iter()
-            .map(|(k, v)| c(&format!("{k}={v}")))
-            .collect::<Result<_, _>>()?;
-        nix::unistd::execvpe(&args[0], &args, &env).map_err(failed(format!("exec {}", argv[0])))
+        Ok(spec)
     })();
     match result {
-        Ok(never) => match never {},
+        Ok(spec) => {
+            new_session();
+            let (code, msg) = exec(argv, Some(&env_with_defaults(&spec)));
+            eprintln!("{msg}");
+            code
+        }
         Err(e) => {
             eprintln!("container-init: {}", ErrorChain(&e));
             126

@@ -8,25 +8,31 @@
 //!   config list exactly as containerd's libcni runs it ([`cni`]), containers as processes
 //!   started through `kubewire container-init` ([`init`]) in a private mount namespace that
 //!   binds the pod's own resolv.conf, hosts, hostname and service-account files
-//!   ([`files`], [`env`] with the Services mirrored in [`services`]), probes ([`probe`]),
+//!   ([`files`], [`env`] with the Services mirrored in [`services`]) and its
+//!   emptyDir/configMap/secret/hostPath volumes ([`volumes`]), probes ([`probe`]),
 //!   restarts with backoff, graceful deletion;
-//! - serves the kubelet API's `/containerLogs` and `/healthz` over HTTPS on the node's
-//!   address, port 10250 ([`server`]).
+//! - serves the kubelet API over HTTPS on the node's address, port 10250 ([`server`]):
+//!   `/containerLogs`, `/healthz`, and the streaming endpoints `/exec`, `/attach` and
+//!   `/portForward` ([`stream`], [`exec`]) over WebSocket or SPDY.
 //!
 //! Everything a pod has on disk lives in `DATA/pods/<uid>/` with a `sandbox.json` that a
 //! restarted node adopts ([`record`]). See docs/node.md.
 
 mod cni;
 mod env;
+mod exec;
 mod files;
 pub mod init;
 mod pod;
 mod probe;
+mod pty;
 mod record;
 mod register;
 mod security;
 mod server;
 mod services;
+mod stats;
+mod stream;
 mod time;
 mod volumes;
 pub mod workload;
@@ -38,7 +44,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 pub use init::container_init_main;
-pub use record::{ContainerRecord, SandboxFile, kill_all};
+pub use record::{ContainerRecord, SandboxFile, kill_all, remove_host_mount_points};
 pub use workload::WorkloadArgs;
 
 /// Errors of the node, each naming the object or file it is about. The cause is kept
@@ -203,13 +209,24 @@ impl Args {
     }
 }
 
-/// One pod's containers as the kubelet API sees them (for `/containerLogs`).
+/// One pod as the kubelet API sees it (logs, exec, attach, port-forward).
 #[derive(Debug, Clone, Default)]
-pub(crate) struct PodLogs {
+pub(crate) struct PodEntry {
     /// `DATA/pods/<uid>`.
     pub dir: PathBuf,
-    /// Container name → (restart count, running).
-    pub containers: HashMap<String, (u32, bool)>,
+    pub uid: String,
+    /// The pod's network namespace; `None` for hostNetwork pods and before it exists.
+    pub netns: Option<PathBuf>,
+    /// Containers that have started, by name.
+    pub containers: HashMap<String, ContainerEntry>,
+}
+
+/// A container of a [`PodEntry`].
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ContainerEntry {
+    pub restarts: u32,
+    /// Its current run, while it runs: container-init's pid and spec.
+    pub running: Option<exec::ContainerRef>,
 }
 
 /// What every task of the node shares.
@@ -223,10 +240,12 @@ pub(crate) struct Ctx {
     pub dns: files::DnsSettings,
     /// The cluster CA (PEM), for pods' `ca.crt`.
     pub ca_pem: String,
-    /// (namespace, name) → logs, kept by the pod workers.
-    pub logs: Mutex<HashMap<(String, String), PodLogs>>,
+    /// (namespace, name) → what the kubelet API serves of it, kept by the pod workers.
+    pub pods: Mutex<HashMap<(String, String), PodEntry>>,
     /// This binary, to run `container-init` and built-in workloads.
     pub exe: PathBuf,
+    /// The last samples of the node's and its containers' resource usage.
+    pub stats: stats::Stats,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -297,7 +316,8 @@ pub async fn run(args: Args) -> Result<(), Error> {
         client,
         netns_name,
         services: services::Services::new(),
-        logs: Mutex::new(HashMap::new()),
+        pods: Mutex::new(HashMap::new()),
+        stats: stats::Stats::default(),
         exe: std::fs::read_link("/proc/self/exe")
             .unwrap_or_else(|_| Path::new("/proc/self/exe").to_owned()),
         args,
@@ -310,12 +330,14 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let server = server::start(ctx.clone(), &config).await?;
     let reg = tokio::spawn(register::run(ctx.clone()));
     let pods = tokio::spawn(pod::run(ctx.clone()));
+    let sampler = tokio::spawn(stats::Stats::run(ctx.clone()));
     shutdown.recv().await;
     tracing::info!("node stopping; containers keep running and are adopted at the next start");
     reg.abort();
     pods.abort();
     server.abort();
     svc_task.abort();
+    sampler.abort();
     Ok(())
 }
 

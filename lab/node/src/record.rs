@@ -142,10 +142,32 @@ pub(crate) fn signal_group(pid: u32, sig: Signal) {
     }
 }
 
-/// Kills (SIGKILL, whole process group) every live container of `sb`.
+/// The container's main process (container-init's child, from the pid file next to
+/// its spec), while container-init is still its parent.
+pub(crate) fn main_pid(rec: &ContainerRecord) -> Option<u32> {
+    let pid_file = Path::new(&rec.spec).with_extension("pid");
+    std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .filter(|p| parent(*p) == Some(rec.pid))
+}
+
+/// Kills a container: container-init's process group, and the main process's own
+/// group when it leads one (a TTY container's process is in a session of its own).
+pub(crate) fn kill_container(rec: &ContainerRecord) {
+    if let Some(main) = main_pid(rec).and_then(|p| i32::try_from(p).ok()) {
+        let pid = nix::unistd::Pid::from_raw(main);
+        if nix::unistd::getpgid(Some(pid)) == Ok(pid) {
+            let _ = nix::sys::signal::killpg(pid, Signal::SIGKILL);
+        }
+    }
+    signal_group(rec.pid, Signal::SIGKILL);
+}
+
+/// Kills every live container of `sb`.
 pub(crate) fn kill_containers(sb: &SandboxFile) {
     for c in sb.containers.values().filter(|c| alive(c)) {
-        signal_group(c.pid, Signal::SIGKILL);
+        kill_container(c);
     }
 }
 
@@ -154,4 +176,18 @@ pub(crate) fn kill_containers(sb: &SandboxFile) {
 /// Network namespaces are left to the caller (they carry the lab's name prefix).
 pub fn kill_all(data_dir: &Path) {
     load_all(data_dir).values().for_each(kill_containers);
+    remove_host_mount_points(data_dir);
+}
+
+/// Removes the mount points the node under `data_dir` made on the host for its pods'
+/// volumes (those still empty), as when the pods are deleted: for `lab down`, which
+/// stops the node without letting it drain its pods.
+pub fn remove_host_mount_points(data_dir: &Path) {
+    for entry in std::fs::read_dir(data_dir.join("pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        crate::volumes::remove_mount_points(&entry.path());
+    }
 }

@@ -1,9 +1,21 @@
-//! The kubelet API, the part the API server's `pods/log` proxy and health checks use:
-//! `GET /containerLogs/{namespace}/{pod}/{container}` with kubelet's query parameters
-//! (`follow`, `tailLines`, `timestamps`, `limitBytes`, `sinceSeconds`, `sinceTime`,
-//! `previous`) and `GET /healthz`, over HTTPS on each node address. The serving
-//! certificate is self-signed at start; clients must present a certificate signed by the
-//! cluster CA (the API server's `kube-apiserver-kubelet-client`).
+//! The kubelet API, the part the API server's `pods/log`, `pods/exec`, `pods/attach`
+//! and `pods/portforward` proxies and health checks use, over HTTPS on each node
+//! address:
+//!
+//! - `GET /containerLogs/{namespace}/{pod}/{container}` with kubelet's query parameters
+//!   (`follow`, `tailLines`, `timestamps`, `limitBytes`, `sinceSeconds`, `sinceTime`,
+//!   `previous`);
+//! - `/exec/{namespace}/{pod}/{container}?command=...&input=1&output=1&error=1&tty=1`,
+//!   `/attach/{namespace}/{pod}/{container}` and `/portForward/{namespace}/{pod}`
+//!   (each also with the pod's uid before the container), upgraded to WebSocket or
+//!   SPDY ([`crate::stream`]);
+//! - `GET /stats/summary`: CPU and memory of the node and its containers
+//!   ([`crate::stats`]);
+//! - `GET /healthz`.
+//!
+//! The serving certificate is self-signed at start; clients must present a
+//! certificate signed by the cluster CA (the API server's
+//! `kube-apiserver-kubelet-client`).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -24,9 +36,9 @@ use tokio::task::JoinHandle;
 
 use crate::{Ctx, Error};
 
-type Body = BoxBody<Bytes, Infallible>;
+pub(crate) type Body = BoxBody<Bytes, Infallible>;
 
-fn text(code: StatusCode, body: impl Into<String>) -> Response<Body> {
+pub(crate) fn text(code: StatusCode, body: impl Into<String>) -> Response<Body> {
     Response::builder()
         .status(code)
         .header("content-type", "text/plain; charset=utf-8")
@@ -98,10 +110,11 @@ pub(crate) async fn start(ctx: Arc<Ctx>, config: &kube::Config) -> Result<JoinHa
                         };
                         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                             let ctx = ctx.clone();
-                            async move { Ok::<_, Infallible>(handle(&ctx, req)) }
+                            async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
                         });
                         let _ = hyper::server::conn::http1::Builder::new()
                             .serve_connection(TokioIo::new(tls), svc)
+                            .with_upgrades()
                             .await;
                     });
                 }
@@ -111,23 +124,30 @@ pub(crate) async fn start(ctx: Arc<Ctx>, config: &kube::Config) -> Result<JoinHa
     }))
 }
 
-fn handle(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
+async fn handle(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
     if path == "/healthz" {
         return text(StatusCode::OK, "ok");
     }
-    let query: HashMap<String, String> = req
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
-        .filter(|(k, _)| !k.is_empty())
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
+    let pairs = crate::stream::query_pairs(req.uri().query().unwrap_or(""));
+    let query: HashMap<String, String> = pairs.iter().cloned().collect();
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match parts.as_slice() {
         ["containerLogs", ns, pod, container] => logs(ctx, ns, pod, container, &query),
+        ["exec" | "attach", ns, pod, container] | ["exec" | "attach", ns, pod, _, container] => {
+            let attach = parts[0] == "attach";
+            crate::stream::remote_command(ctx, req, attach, ns, pod, container, &pairs)
+        }
+        ["stats", "summary"] => {
+            let body = serde_json::to_vec(&ctx.stats.summary(ctx)).unwrap_or_default();
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body)).boxed())
+                .unwrap_or_default()
+        }
+        ["portForward", ns, pod] | ["portForward", ns, pod, _] => {
+            crate::stream::port_forward(ctx, req, ns, pod, &pairs)
+        }
         _ => text(StatusCode::NOT_FOUND, "404 page not found\n"),
     }
 }
@@ -169,7 +189,7 @@ fn logs(
     };
     let previous = flag("previous");
     let Some(entry) = ctx
-        .logs
+        .pods
         .lock()
         .ok()
         .and_then(|l| l.get(&(ns.to_owned(), pod.to_owned())).cloned())
@@ -179,7 +199,11 @@ fn logs(
             format!("pod {ns}/{pod} not found on this node\n"),
         );
     };
-    let Some(&(restarts, running)) = entry.containers.get(container) else {
+    let Some((restarts, running)) = entry
+        .containers
+        .get(container)
+        .map(|c| (c.restarts, c.running.is_some()))
+    else {
         return text(
             StatusCode::NOT_FOUND,
             format!(
@@ -238,9 +262,10 @@ fn logs(
                     return None;
                 }
                 loop {
-                    let still = ctx.logs.lock().ok().and_then(|l| {
+                    let still = ctx.pods.lock().ok().and_then(|l| {
                         l.get(&(ns.clone(), pod.clone()))
-                            .and_then(|e| e.containers.get(&container).copied())
+                            .and_then(|e| e.containers.get(&container))
+                            .map(|c| (c.restarts, c.running.is_some()))
                     });
                     let chunk = read_from(&file, offset);
                     if let Some(end) = chunk.iter().rposition(|b| *b == b'\n') {

@@ -1,54 +1,285 @@
-//! `hostPath` volumes: a container's mounts of them become bind mounts of the node's own
-//! files, under `--host-path-root` (the lab keeps each node's files in a directory of
-//! its own; a real node's root is `/`), checked and made as kubelet does for the
-//! volume's `type`. Other volume types are not mounted yet (docs/node.md).
+//! A pod's volumes and its containers' `volumeMounts`, as kubelet's volume plugins make
+//! them, in `DATA/pods/<uid>/volumes/<name>`:
+//!
+//! - `emptyDir`: a directory (mode 0777) that lives as long as the pod, shared by its
+//!   containers (`medium: Memory` is a directory too);
+//! - `configMap` and `secret`: the object's keys as files (`items` pick keys and paths,
+//!   `defaultMode`/`mode` set modes, default 0644), written the way kubelet's atomic
+//!   writer writes them (the files in a `..<time>` directory, `..data` a symlink to it,
+//!   each visible name a symlink through `..data`), again before every container start,
+//!   so a restarted container sees the object as it is then; mounted read-only. A
+//!   missing object fails the start unless the volume is `optional`;
+//! - `hostPath`: the node's own file, under `--host-path-root` (the lab keeps each
+//!   node's files in a directory of its own; a real node's root is `/`), checked and
+//!   made as kubelet does for the volume's `type`.
+//!
+//! Containers are processes on the host's file system. A mount point the host lacks is
+//! made in the container's own mount namespace (container-init covers the nearest
+//! existing directory with a tmpfs showing the same entries), so the host does not
+//! change; only a missing top-level directory, which cannot be made that way, is
+//! created on the host for the bind mount, noted in `DATA/pods/<uid>/mountpoints`, and
+//! removed (when empty) with the pod ([`remove_mount_points`]).
 
+use std::collections::BTreeMap;
+use std::io::Write;
 use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{Container, HostPathVolumeSource, Pod};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, HostPathVolumeSource, KeyToPath, Pod, Secret,
+};
+use kube::Api;
 
+use crate::Error;
 use crate::init::BindMount;
 
-/// The bind mounts of `container`'s hostPath volumes, in the order of its
-/// `volumeMounts`; an error (kubelet's `MountVolume.SetUp failed` words) when a path is
-/// not what its `type` requires.
-pub(crate) fn host_path_mounts(
-    pod: &Pod,
-    container: &Container,
-    root: &Path,
-) -> Result<Vec<BindMount>, String> {
-    let volumes = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.volumes.as_ref())
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let mut out = Vec::new();
-    for m in container.volume_mounts.iter().flatten() {
-        let Some(host_path) = volumes
-            .iter()
-            .find(|v| v.name == m.name)
-            .and_then(|v| v.host_path.as_ref())
-        else {
-            continue;
-        };
-        let failed =
-            |why: String| format!("MountVolume.SetUp failed for volume {:?} : {why}", m.name);
-        let mut source = prepare(root, host_path).map_err(failed)?;
-        if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
-            source = source.join(relative(sub).map_err(failed)?);
-            if !source.exists() {
-                std::fs::create_dir_all(&source)
-                    .map_err(|e| failed(format!("creating subPath {}: {e}", source.display())))?;
+/// kubelet's default file mode for configMap and secret volumes (0644).
+const DEFAULT_MODE: u32 = 0o644;
+
+/// A volume ready to be mounted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Volume {
+    pub path: PathBuf,
+    /// configMap and secret volumes are always read-only.
+    pub read_only: bool,
+}
+
+/// The file holding the mount points made on the host for a pod.
+fn mount_points_file(pod_dir: &Path) -> PathBuf {
+    pod_dir.join("mountpoints")
+}
+
+/// A path made only of normal components (no `..`, not absolute).
+fn relative_ok(p: &str) -> bool {
+    !p.is_empty()
+        && Path::new(p)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+}
+
+/// The files of a configMap or secret volume: path → (content, mode).
+fn files(
+    data: &BTreeMap<String, Vec<u8>>,
+    items: Option<&[KeyToPath]>,
+    default_mode: Option<i32>,
+    what: &str,
+) -> Result<BTreeMap<String, (Vec<u8>, u32)>, String> {
+    let mode = |m: Option<i32>| {
+        m.or(default_mode)
+            .and_then(|m| u32::try_from(m).ok())
+            .unwrap_or(DEFAULT_MODE)
+            & 0o777
+    };
+    let mut out = BTreeMap::new();
+    match items {
+        Some(items) if !items.is_empty() => {
+            for it in items {
+                let Some(content) = data.get(&it.key) else {
+                    return Err(format!(
+                        "configuration key {:?} not found in {what}",
+                        it.key
+                    ));
+                };
+                if !relative_ok(&it.path) {
+                    return Err(format!("invalid path {:?} in {what}", it.path));
+                }
+                out.insert(it.path.clone(), (content.clone(), mode(it.mode)));
             }
         }
-        out.push(BindMount {
-            source,
-            target: m.mount_path.clone().into(),
-            read_only: m.read_only.unwrap_or(false),
-            mkdir: true,
-        });
+        _ => {
+            for (k, v) in data {
+                if relative_ok(k) {
+                    out.insert(k.clone(), (v.clone(), mode(None)));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes `files` into `dir` as kubelet's atomic writer does: a new `..<stamp>`
+/// directory, `..data` switched to it with one rename, a symlink per top-level name.
+fn write_atomic(dir: &Path, files: &BTreeMap<String, (Vec<u8>, u32)>) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let stamp = format!(
+        "..{}",
+        crate::time::rfc3339_nanos(std::time::SystemTime::now()).replace(':', "_")
+    );
+    let fresh = dir.join(&stamp);
+    std::fs::create_dir(&fresh)?;
+    for (path, (content, mode)) in files {
+        let target = fresh.join(path);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut f = std::fs::File::create(&target)?;
+        f.write_all(content)?;
+        f.set_permissions(std::fs::Permissions::from_mode(*mode))?;
+    }
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&stamp, &tmp)?;
+    let old = std::fs::read_link(dir.join("..data")).ok();
+    std::fs::rename(&tmp, dir.join("..data"))?;
+    let top: std::collections::BTreeSet<String> = files
+        .keys()
+        .filter_map(|p| Path::new(p).components().next())
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    for name in &top {
+        let link = dir.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(Path::new("..data").join(name), &link)?;
+        }
+    }
+    // Names no longer in the object go.
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("..") && !top.contains(&name) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    if let Some(old) = old.filter(|o| o.as_os_str() != stamp.as_str()) {
+        let _ = std::fs::remove_dir_all(dir.join(old));
+    }
+    Ok(())
+}
+
+fn config_error(pod: &Pod, reason: String) -> Error {
+    Error::ContainerConfig {
+        container: String::new(),
+        pod: format!(
+            "{}/{}",
+            pod.metadata.namespace.as_deref().unwrap_or(""),
+            pod.metadata.name.as_deref().unwrap_or("")
+        ),
+        reason,
+    }
+}
+
+/// Makes (or refreshes) every volume of `pod` under `pod_dir` (hostPath volumes under
+/// `host_path_root`); by volume name.
+pub(crate) async fn prepare(
+    client: &kube::Client,
+    pod: &Pod,
+    pod_dir: &Path,
+    host_path_root: &Path,
+) -> Result<BTreeMap<String, Volume>, Error> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let mut out = BTreeMap::new();
+    let spec = pod.spec.clone().unwrap_or_default();
+    for v in spec.volumes.iter().flatten() {
+        let dir = pod_dir.join("volumes").join(&v.name);
+        let io = |e: std::io::Error| Error::io(format!("making volume {}", v.name), e);
+        if v.empty_dir.is_some() {
+            std::fs::create_dir_all(&dir).map_err(io)?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).map_err(io)?;
+            out.insert(
+                v.name.clone(),
+                Volume {
+                    path: dir,
+                    read_only: false,
+                },
+            );
+        } else if let Some(h) = &v.host_path {
+            let path = host_path(host_path_root, h).map_err(|why| {
+                config_error(
+                    pod,
+                    format!("MountVolume.SetUp failed for volume {:?} : {why}", v.name),
+                )
+            })?;
+            out.insert(
+                v.name.clone(),
+                Volume {
+                    path,
+                    read_only: false,
+                },
+            );
+        } else if let Some(cm) = &v.config_map {
+            let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+            let got = api
+                .get_opt(&cm.name)
+                .await
+                .map_err(|e| Error::api(format!("getting configmap {ns}/{}", cm.name), e))?;
+            let data: BTreeMap<String, Vec<u8>> = match got {
+                Some(c) => c
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes()))
+                    .chain(
+                        c.binary_data
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| (k, v.0)),
+                    )
+                    .collect(),
+                None if cm.optional == Some(true) => BTreeMap::new(),
+                None => {
+                    return Err(config_error(
+                        pod,
+                        format!(
+                            "MountVolume.SetUp failed for volume {:?} : configmap {:?} not found",
+                            v.name, cm.name
+                        ),
+                    ));
+                }
+            };
+            let what = format!("configmap {:?}", cm.name);
+            let f = files(&data, cm.items.as_deref(), cm.default_mode, &what)
+                .map_err(|r| config_error(pod, r))?;
+            write_atomic(&dir, &f).map_err(io)?;
+            out.insert(
+                v.name.clone(),
+                Volume {
+                    path: dir,
+                    read_only: true,
+                },
+            );
+        } else if let Some(s) = &v.secret {
+            let name = s.secret_name.clone().unwrap_or_default();
+            let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+            let got = api
+                .get_opt(&name)
+                .await
+                .map_err(|e| Error::api(format!("getting secret {ns}/{name}"), e))?;
+            let data: BTreeMap<String, Vec<u8>> = match got {
+                Some(sec) => sec
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .chain(
+                        sec.string_data
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| (k, v.into_bytes())),
+                    )
+                    .collect(),
+                None if s.optional == Some(true) => BTreeMap::new(),
+                None => {
+                    return Err(config_error(
+                        pod,
+                        format!(
+                            "MountVolume.SetUp failed for volume {:?} : secret {name:?} not found",
+                            v.name
+                        ),
+                    ));
+                }
+            };
+            let what = format!("secret {name:?}");
+            let f = files(&data, s.items.as_deref(), s.default_mode, &what)
+                .map_err(|r| config_error(pod, r))?;
+            write_atomic(&dir, &f).map_err(io)?;
+            out.insert(
+                v.name.clone(),
+                Volume {
+                    path: dir,
+                    read_only: true,
+                },
+            );
+        }
     }
     Ok(out)
 }
@@ -71,7 +302,7 @@ fn relative(path: &str) -> Result<PathBuf, String> {
 
 /// The node's file for `host_path`, made or checked by its `type` (kube's
 /// `HostPathType`).
-fn prepare(root: &Path, host_path: &HostPathVolumeSource) -> Result<PathBuf, String> {
+fn host_path(root: &Path, host_path: &HostPathVolumeSource) -> Result<PathBuf, String> {
     let path = root.join(relative(&host_path.path)?);
     let shown = &host_path.path;
     let meta = std::fs::metadata(&path).ok();
@@ -115,78 +346,240 @@ fn prepare(root: &Path, host_path: &HostPathVolumeSource) -> Result<PathBuf, Str
     Ok(path)
 }
 
+/// Makes `target` on the host (a directory, or an empty file when `file`), noting in
+/// the pod's mount points file each path it created.
+fn make_mount_point(pod_dir: &Path, target: &Path, file: bool) -> std::io::Result<()> {
+    if target.exists() {
+        return Ok(());
+    }
+    let mut made = Vec::new();
+    let dir = if file { target.parent() } else { Some(target) };
+    if let Some(dir) = dir {
+        let missing: Vec<&Path> = dir.ancestors().take_while(|a| !a.exists()).collect();
+        for d in missing.into_iter().rev() {
+            std::fs::create_dir(d)?;
+            made.push(d.to_path_buf());
+        }
+    }
+    if file {
+        std::fs::File::create(target)?;
+        made.push(target.to_path_buf());
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(mount_points_file(pod_dir))?;
+    for m in made {
+        writeln!(f, "{}", m.display())?;
+    }
+    Ok(())
+}
+
+/// The bind mounts of `container`'s `volumeMounts`.
+pub(crate) fn mounts(
+    container: &Container,
+    volumes: &BTreeMap<String, Volume>,
+    pod_dir: &Path,
+) -> Result<Vec<BindMount>, Error> {
+    let mut out = Vec::new();
+    for m in container.volume_mounts.iter().flatten() {
+        // Volumes of kinds this node does not make (persistentVolumeClaim, projected)
+        // are left out.
+        let Some(v) = volumes.get(&m.name) else {
+            continue;
+        };
+        let mut source = v.path.clone();
+        if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+            if !relative_ok(sub) {
+                return Err(Error::ContainerConfig {
+                    container: container.name.clone(),
+                    pod: String::new(),
+                    reason: format!("subPath {sub:?} must be a relative path without '..'"),
+                });
+            }
+            source = source.join(sub);
+            if !source.exists() {
+                std::fs::create_dir_all(&source)
+                    .map_err(|e| Error::io(format!("making subPath {}", source.display()), e))?;
+            }
+        }
+        let target = PathBuf::from(&m.mount_path);
+        // container-init makes a missing mount point in the container's own view, unless
+        // only the host's root is above it.
+        let on_host = target
+            .ancestors()
+            .find(|a| a.exists())
+            .is_some_and(|a| a == Path::new("/"));
+        if on_host {
+            let file = std::fs::metadata(&source).is_ok_and(|md| md.is_file());
+            make_mount_point(pod_dir, &target, file)
+                .map_err(|e| Error::io(format!("making mount point {}", target.display()), e))?;
+        }
+        out.push(BindMount {
+            source,
+            target,
+            read_only: v.read_only || m.read_only == Some(true),
+            mkdir: !on_host,
+        });
+    }
+    Ok(out)
+}
+
+/// Removes the mount points made on the host for the pod in `pod_dir`, newest first,
+/// each only if it is still empty.
+pub(crate) fn remove_mount_points(pod_dir: &Path) {
+    let Ok(text) = std::fs::read_to_string(mount_points_file(pod_dir)) else {
+        return;
+    };
+    for line in text.lines().rev() {
+        let p = Path::new(line);
+        match std::fs::symlink_metadata(p) {
+            Ok(m) if m.is_dir() => {
+                let _ = std::fs::remove_dir(p);
+            }
+            Ok(m) if m.is_file() && m.len() == 0 => {
+                let _ = std::fs::remove_file(p);
+            }
+            _ => {}
+        }
+    }
+    let _ = std::fs::remove_file(mount_points_file(pod_dir));
+}
+
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
 
-    fn pod_and_container(
-        volumes: serde_json::Value,
-        mounts: serde_json::Value,
-    ) -> (Pod, Container) {
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": "p"},
-            "spec": {"volumes": volumes, "containers": [{"name": "c", "volumeMounts": mounts}]},
-        }))
-        .unwrap();
-        let c = pod.spec.as_ref().unwrap().containers[0].clone();
-        (pod, c)
+    #[test]
+    fn atomic_writes_replace_what_a_container_sees() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("cfg");
+        let mut data = BTreeMap::new();
+        data.insert("a".to_string(), b"1".to_vec());
+        data.insert("b".to_string(), b"2".to_vec());
+        write_atomic(&dir, &files(&data, None, Some(0o600), "x").unwrap()).unwrap();
+        assert_eq!(std::fs::read(dir.join("a")).unwrap(), b"1");
+        let mode = std::fs::metadata(dir.join("a"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(
+            std::fs::symlink_metadata(dir.join("a"))
+                .unwrap()
+                .is_symlink()
+        );
+        // An update: one key changed, one gone, through the same directory.
+        data.insert("a".to_string(), b"3".to_vec());
+        data.remove("b");
+        write_atomic(&dir, &files(&data, None, None, "x").unwrap()).unwrap();
+        assert_eq!(std::fs::read(dir.join("a")).unwrap(), b"3");
+        assert!(!dir.join("b").exists());
+        let stamps = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.starts_with("..") && n != "..data"
+            })
+            .count();
+        assert_eq!(stamps, 1);
+        // Items pick keys and paths; a missing key or a path with .. is refused.
+        let items = [KeyToPath {
+            key: "a".into(),
+            path: "sub/file".into(),
+            mode: Some(0o400),
+            ..Default::default()
+        }];
+        let f = files(&data, Some(&items), None, "x").unwrap();
+        assert_eq!(f["sub/file"], (b"3".to_vec(), 0o400));
+        let bad = [KeyToPath {
+            key: "z".into(),
+            path: "z".into(),
+            ..Default::default()
+        }];
+        assert!(files(&data, Some(&bad), None, "x").is_err());
+        assert!(!relative_ok("../etc/passwd"));
+    }
+
+    fn host(path: &str, type_: Option<&str>) -> HostPathVolumeSource {
+        HostPathVolumeSource {
+            path: path.into(),
+            type_: type_.map(Into::into),
+        }
     }
 
     #[test]
     fn host_paths_map_under_the_node_root_and_follow_their_type() {
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
-        let (pod, c) = pod_and_container(
-            json!([
-                {"name": "conf", "hostPath": {"path": "/etc/cni/net.d", "type": "DirectoryOrCreate"}},
-                {"name": "bin", "hostPath": {"path": "/opt/cni/bin"}},
-                {"name": "lock", "hostPath": {"path": "/run/x.lock", "type": "FileOrCreate"}},
-                {"name": "scratch", "emptyDir": {}},
-            ]),
-            json!([
-                {"name": "conf", "mountPath": "/etc/cni/net.d"},
-                {"name": "bin", "mountPath": "/host/bin", "readOnly": true, "subPath": "sub"},
-                {"name": "scratch", "mountPath": "/scratch"},
-            ]),
-        );
+        let conf = host_path(r, &host("/etc/cni/net.d", Some("DirectoryOrCreate"))).unwrap();
+        assert_eq!(conf, r.join("etc/cni/net.d"));
+        assert!(conf.is_dir());
+        // No type: a missing path is made a directory, as container runtimes do.
+        assert!(host_path(r, &host("/opt/cni/bin", None)).unwrap().is_dir());
         std::fs::create_dir_all(r.join("run")).unwrap();
-        let mounts = host_path_mounts(&pod, &c, r).unwrap();
-        assert_eq!(mounts.len(), 2, "{mounts:?}");
-        assert_eq!(mounts[0].source, r.join("etc/cni/net.d"));
-        assert_eq!(mounts[0].target, Path::new("/etc/cni/net.d"));
-        assert!(r.join("etc/cni/net.d").is_dir());
-        assert!(!mounts[0].read_only);
-        assert_eq!(mounts[1].source, r.join("opt/cni/bin/sub"));
-        assert!(mounts[1].read_only && r.join("opt/cni/bin/sub").is_dir());
-
-        // Types that must find what they name.
-        let (pod, c) = pod_and_container(
-            json!([{"name": "v", "hostPath": {"path": "/etc/cni/net.d", "type": "File"}}]),
-            json!([{"name": "v", "mountPath": "/x"}]),
-        );
-        assert_eq!(
-            host_path_mounts(&pod, &c, r).unwrap_err(),
-            "MountVolume.SetUp failed for volume \"v\" : hostPath type check failed: /etc/cni/net.d is not a file"
-        );
-        let (pod, c) = pod_and_container(
-            json!([{"name": "v", "hostPath": {"path": "/missing", "type": "Directory"}}]),
-            json!([{"name": "v", "mountPath": "/x"}]),
-        );
-        assert!(host_path_mounts(&pod, &c, r).is_err());
-        assert!(!r.join("missing").exists());
-        let (pod, c) = pod_and_container(
-            json!([{"name": "v", "hostPath": {"path": "/run/x.lock", "type": "FileOrCreate"}}]),
-            json!([{"name": "v", "mountPath": "/x.lock"}]),
-        );
-        host_path_mounts(&pod, &c, r).unwrap();
+        host_path(r, &host("/run/x.lock", Some("FileOrCreate"))).unwrap();
         assert!(r.join("run/x.lock").is_file());
-        // Nothing climbs out of the node's root.
-        let (pod, c) = pod_and_container(
-            json!([{"name": "v", "hostPath": {"path": "/../../etc"}}]),
-            json!([{"name": "v", "mountPath": "/x"}]),
+        // Types that must find what they name.
+        assert_eq!(
+            host_path(r, &host("/etc/cni/net.d", Some("File"))).unwrap_err(),
+            "hostPath type check failed: /etc/cni/net.d is not a file"
         );
-        assert!(host_path_mounts(&pod, &c, r).unwrap_err().contains("'..'"));
+        assert!(host_path(r, &host("/missing", Some("Directory"))).is_err());
+        assert!(!r.join("missing").exists());
+        assert!(host_path(r, &host("/run/x.lock", Some("Socket"))).is_err());
+        // Nothing climbs out of the node's root.
+        assert!(
+            host_path(r, &host("/../../etc", None))
+                .unwrap_err()
+                .contains("'..'")
+        );
+    }
+
+    #[test]
+    fn mount_points_are_made_in_the_container_unless_only_the_root_is_above() {
+        let d = tempfile::tempdir().unwrap();
+        let pod_dir = d.path().join("pod");
+        std::fs::create_dir(&pod_dir).unwrap();
+        let top = format!("/kubewire-test-{}", std::process::id());
+        let container: Container = serde_json::from_value(serde_json::json!({
+            "name": "c",
+            "volumeMounts": [
+                {"name": "v", "mountPath": d.path().join("missing/dir")},
+                {"name": "v", "mountPath": format!("{top}/data"), "readOnly": true},
+                {"name": "other", "mountPath": "/x"},
+            ],
+        }))
+        .unwrap();
+        let volumes = BTreeMap::from([(
+            "v".to_string(),
+            Volume {
+                path: d.path().join("src"),
+                read_only: false,
+            },
+        )]);
+        let m = mounts(&container, &volumes, &pod_dir).unwrap();
+        assert_eq!(m.len(), 2, "a volume this node does not make is left out");
+        assert!(m[0].mkdir && !m[0].read_only);
+        assert!(!d.path().join("missing").exists(), "made by container-init");
+        assert!(!m[1].mkdir && m[1].read_only);
+        assert!(Path::new(&top).join("data").is_dir());
+        remove_mount_points(&pod_dir);
+        assert!(!Path::new(&top).exists());
+    }
+
+    #[test]
+    fn mount_points_made_on_the_host_are_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let pod = d.path().join("pod");
+        std::fs::create_dir(&pod).unwrap();
+        let target = d.path().join("x/y/z");
+        make_mount_point(&pod, &target, false).unwrap();
+        let file = d.path().join("f/file.conf");
+        make_mount_point(&pod, &file, true).unwrap();
+        assert!(target.is_dir() && file.is_file());
+        remove_mount_points(&pod);
+        assert!(!d.path().join("x").exists() && !d.path().join("f").exists());
     }
 }

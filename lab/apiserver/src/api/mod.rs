@@ -7,11 +7,13 @@
 //! - [`write`]: create, update, patch and server-side apply, and the checks every
 //!   write shares;
 //! - [`subresource`]: status aside (the object's own verbs serve it), scale, binding,
-//!   log, token request and namespace finalize;
+//!   log, exec, attach and port-forward (proxied to the kubelet), token request and
+//!   namespace finalize;
 //! - [`delete`]: delete and deletecollection with their options and preconditions;
 //! - [`admit`]: what a write is checked for once its object is known (NodeRestriction,
 //!   RBAC escalation prevention; `rbac/admission.rs`);
 //! - [`watch`]: watch streams with bookmarks and initial events;
+//! - [`metrics`]: `metrics.k8s.io` from the kubelets' Summary API;
 //! - [`response`]: response bodies and the headers every handler sets.
 //!
 //! This module holds what they share: the server [`State`], the request as handlers
@@ -31,6 +33,7 @@ use crate::store::{Store, Txn};
 mod admit;
 mod auth;
 mod delete;
+mod metrics;
 mod read;
 mod response;
 mod routing;
@@ -101,6 +104,10 @@ struct Req {
     accept: String,
     content_type: String,
     body: Bytes,
+    /// The headers as sent (the streaming proxy passes them on).
+    headers: http::HeaderMap,
+    /// The client's side of an upgrade, taken by the streaming proxy.
+    upgrade: std::sync::Mutex<Option<hyper::upgrade::OnUpgrade>>,
 }
 
 impl Req {

@@ -34,6 +34,9 @@ pub(super) enum Subresource {
     Finalize,
     /// `pods/binding`: the scheduler's assignment to a node.
     Binding,
+    /// `pods/exec`, `pods/attach`, `pods/portforward`: upgraded and proxied to the
+    /// kubelet.
+    Stream(crate::kubelet::Stream),
 }
 
 /// Where a subresource is served and what it takes.
@@ -84,6 +87,25 @@ const SUBRESOURCES: &[SubresourceRoute] = &[
         name: "binding",
         served_on: |rt| rt.is("", "pods"),
         methods: &[Method::POST],
+    },
+    // WebSocket clients GET, SPDY clients POST.
+    SubresourceRoute {
+        sub: Subresource::Stream(crate::kubelet::Stream::Exec),
+        name: "exec",
+        served_on: |rt| rt.is("", "pods"),
+        methods: &[Method::GET, Method::POST],
+    },
+    SubresourceRoute {
+        sub: Subresource::Stream(crate::kubelet::Stream::Attach),
+        name: "attach",
+        served_on: |rt| rt.is("", "pods"),
+        methods: &[Method::GET, Method::POST],
+    },
+    SubresourceRoute {
+        sub: Subresource::Stream(crate::kubelet::Stream::PortForward),
+        name: "portforward",
+        served_on: |rt| rt.is("", "pods"),
+        methods: &[Method::GET, Method::POST],
     },
 ];
 
@@ -136,7 +158,9 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    // A streaming subresource's connection, once upgraded.
+    let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let path = parts.uri.path().to_string();
     let user = auth::request_user(&parts.extensions);
     let user = crate::rbac::authorize_request(
@@ -171,6 +195,8 @@ where
         accept: hv(header::ACCEPT),
         content_type: hv(header::CONTENT_TYPE),
         body,
+        headers: parts.headers.clone(),
+        upgrade: std::sync::Mutex::new(upgrade),
     };
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let all = state.catalog.all();
@@ -358,6 +384,9 @@ async fn resource(
     }
     let target =
         parse_target(&state.catalog, group, version, rest).ok_or_else(Status::not_found_path)?;
+    if target.rt.computed() {
+        return super::metrics::serve(state, target, r).await;
+    }
     if let Some(sub) = target.sub
         && !sub.allows(&r.method)
     {
@@ -365,6 +394,9 @@ async fn resource(
     }
     match target.sub {
         Some(Subresource::Log) => return subresource::pod_log(state, target, r).await,
+        Some(Subresource::Stream(kind)) => {
+            return subresource::pod_stream(state, target, r, kind).await;
+        }
         Some(Subresource::Finalize) => {
             return blocking(state, move |s| {
                 subresource::finalize_namespace(s, &target, &r)
@@ -452,6 +484,13 @@ mod tests {
         assert!(Subresource::Binding.allows(&Method::POST));
         assert!(!Subresource::Log.allows(&Method::POST));
         assert!(Subresource::Finalize.allows(&Method::PUT));
+        let exec = Subresource::find(pods, "exec").unwrap();
+        assert!(exec.allows(&Method::GET) && exec.allows(&Method::POST));
+        assert_eq!(
+            Subresource::find(pods, "portforward"),
+            Some(Subresource::Stream(crate::kubelet::Stream::PortForward))
+        );
+        assert_eq!(Subresource::find(deployments, "exec"), None);
         assert!(!Subresource::Token.allows(&Method::GET));
     }
 }

@@ -1,6 +1,6 @@
 //! Subresources with handlers of their own: `scale`, `pods/binding` (and the
-//! `bindings` collection), `pods/log`, `serviceaccounts/token` and
-//! `namespaces/finalize`. (`status` is served by the object's own verbs; see
+//! `bindings` collection), `pods/log`, `pods/exec`, `pods/attach`,
+//! `pods/portforward`, `serviceaccounts/token` and `namespaces/finalize`. (`status` is served by the object's own verbs; see
 //! [`super::write::store_update`].)
 
 use std::sync::Arc;
@@ -137,12 +137,8 @@ pub(super) fn bind_pod(
     ))
 }
 
-/// `GET .../pods/NAME/log`: proxied to the kubelet of the pod's node.
-pub(super) async fn pod_log(
-    state: Arc<State>,
-    t: Target,
-    r: Req,
-) -> Result<Response<ResponseBody>, Error> {
+/// A pod and its node (when it has one), read off the async threads.
+async fn pod_and_node(state: &Arc<State>, t: &Target) -> Result<(Value, Option<Value>), Error> {
     let name = t.name.clone().unwrap_or_default();
     let st = state.clone();
     let key = t.key(&name);
@@ -160,9 +156,58 @@ pub(super) async fn pod_log(
     })
     .await
     .map_err(Error::Task)??;
-    let pod = pod.ok_or_else(|| t.not_found(&name))?;
+    Ok((pod.ok_or_else(|| t.not_found(&name))?, node))
+}
+
+/// `GET .../pods/NAME/log`: proxied to the kubelet of the pod's node.
+pub(super) async fn pod_log(
+    state: Arc<State>,
+    t: Target,
+    r: Req,
+) -> Result<Response<ResponseBody>, Error> {
+    let (pod, node) = pod_and_node(&state, &t).await?;
     let (addr, path) = crate::kubelet::log_location(&pod, node.as_ref(), &r.query)?;
     state.kubelet.get(addr, &path).await
+}
+
+/// `.../pods/NAME/exec`, `attach` and `portforward`: the upgrade is proxied to the
+/// kubelet of the pod's node.
+pub(super) async fn pod_stream(
+    state: Arc<State>,
+    t: Target,
+    r: Req,
+    kind: crate::kubelet::Stream,
+) -> Result<Response<ResponseBody>, Error> {
+    // A WebSocket client GETs, which the request was authorized as; kube-apiserver also
+    // requires `create` on the subresource (what a SPDY client's POST is), so that `get`
+    // alone never runs a command.
+    if r.method == Method::GET {
+        let sub = t
+            .sub
+            .map(super::routing::Subresource::name)
+            .unwrap_or_default();
+        let attrs = crate::rbac::attributes::ResourceAttributes {
+            namespace: t.namespace.clone().unwrap_or_default(),
+            group: t.rt.group.to_string(),
+            version: t.rt.version.to_string(),
+            resource: t.rt.resource.to_string(),
+            subresource: sub.to_string(),
+            name: t.name.clone().unwrap_or_default(),
+            fields: Vec::new(),
+        };
+        state
+            .authz
+            .check(&crate::rbac::attributes::Attributes::resource(
+                &r.user, "create", attrs,
+            ))?;
+    }
+    let (pod, node) = pod_and_node(&state, &t).await?;
+    let (addr, path) = crate::kubelet::stream_location(kind, &pod, node.as_ref(), &r.query)?;
+    let upgrade = r.upgrade.lock().ok().and_then(|mut u| u.take());
+    state
+        .kubelet
+        .upgrade(addr, &r.method, &path, &r.headers, upgrade)
+        .await
 }
 
 /// `PUT /api/v1/namespaces/NAME/finalize`: changes only `spec.finalizers` (what the

@@ -157,11 +157,47 @@ pub(crate) fn prepare_create(rt: &ResourceType, obj: &mut Value) {
             obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
             crate::defaults::pod_admission(obj);
         }
-        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => {
+        "Deployment"
+        | "ReplicaSet"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "CronJob"
+        | "ReplicationController" => {
             obj["status"] = json!({});
+        }
+        "Job" => {
+            obj["status"] = json!({});
+            job_selector(obj);
+        }
+        "PersistentVolume" | "PersistentVolumeClaim" => {
+            obj["status"] = json!({"phase": "Pending"});
         }
         "Ingress" => obj["status"] = json!({"loadBalancer": {}}),
         _ => {}
+    }
+}
+
+/// A new Job's selector, unless it chose its own (`manualSelector`): its uid, with the
+/// labels kube-apiserver puts on its pod template (the job controller and
+/// `kubectl logs job/NAME` find its pods by them).
+fn job_selector(job: &mut Value) {
+    if job["spec"]["manualSelector"] == true {
+        return;
+    }
+    let uid = job["metadata"]["uid"].clone();
+    let name = job["metadata"]["name"].clone();
+    job["spec"]["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+    let labels = &mut job["spec"]["template"]["metadata"]["labels"];
+    if !labels.is_object() {
+        *labels = json!({});
+    }
+    for (k, v) in [
+        ("batch.kubernetes.io/controller-uid", &uid),
+        ("batch.kubernetes.io/job-name", &name),
+        ("controller-uid", &uid),
+        ("job-name", &name),
+    ] {
+        labels[k] = v.clone();
     }
 }
 
@@ -373,6 +409,7 @@ pub(super) fn create_in(
         admit_priority(txn, &mut obj)?;
     }
     check_write(s, txn, t, key, &mut obj, None)?;
+    crate::defaults::zero_values(rt, &mut obj);
     if crate::gc::owners_changed(&obj, None) {
         txn.note(key);
     }
@@ -513,6 +550,7 @@ pub(super) fn store_update(
     }
     new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
     check_write(s, txn, t, key, &mut new, Some(&old))?;
+    crate::defaults::zero_values(rt, &mut new);
     if new == old {
         // A no-op update writes nothing and keeps the resourceVersion, as kube-apiserver does.
         return Ok(old);

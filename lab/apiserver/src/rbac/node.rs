@@ -452,8 +452,8 @@ pub(crate) fn authorize(pods: &Pods, node: &str, a: &Attributes<'_>) -> Decision
                 };
             }
             ("", "persistentvolumeclaims") => return get_only(Via::Claim),
-            // No PersistentVolumes, ResourceClaims or VolumeAttachments are served
-            // here, so nothing leads a node to one.
+            // Nothing binds a claim to a PersistentVolume or attaches one here, and
+            // ResourceClaims are not served: nothing leads a node to one.
             ("", "persistentvolumes")
             | ("resource.k8s.io", "resourceclaims")
             | ("storage.k8s.io", "volumeattachments") => {

@@ -336,12 +336,7 @@ impl Ctr {
 /// checked to be container-init's child so a reused pid is never hit), or, before that
 /// exists, to the container's whole process group.
 pub(super) fn signal_container(rec: &ContainerRecord, sig: Signal) {
-    let pid_file = Path::new(&rec.spec).with_extension("pid");
-    let main = std::fs::read_to_string(pid_file)
-        .ok()
-        .and_then(|p| p.trim().parse::<u32>().ok())
-        .filter(|p| record::parent(*p) == Some(rec.pid));
-    match main.and_then(|p| i32::try_from(p).ok()) {
+    match record::main_pid(rec).and_then(|p| i32::try_from(p).ok()) {
         Some(p) => {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), sig);
         }
@@ -355,7 +350,7 @@ pub(super) fn kill_gracefully(rec: ContainerRecord, grace: u64) {
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(grace)).await;
         if record::alive(&rec) {
-            signal_group(rec.pid, Signal::SIGKILL);
+            record::kill_container(&rec);
         }
     });
 }

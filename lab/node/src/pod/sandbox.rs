@@ -185,6 +185,7 @@ pub(super) async fn teardown_orphan(ctx: &Ctx, sb: SandboxFile) {
     record::kill_containers(&sb);
     let dir = ctx.args.data_dir.join("pods").join(&sb.uid);
     release(ctx, &sb).await;
+    crate::volumes::remove_mount_points(&dir);
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -21,8 +21,8 @@ use super::sandbox::{self, Sandbox};
 use super::status::{self, Conditions, PodView};
 use crate::init::{BindMount, InitSpec};
 use crate::probe::{self, Kind};
-use crate::record::{self, ContainerRecord, SandboxFile, signal_group};
-use crate::{Ctx, Error, PodLogs, env, files, security, time, volumes, workload};
+use crate::record::{self, ContainerRecord, SandboxFile};
+use crate::{ContainerEntry, Ctx, Error, PodEntry, env, files, security, time, workload};
 
 /// How often a worker looks at its processes.
 const TICK: Duration = Duration::from_millis(200);
@@ -379,13 +379,22 @@ impl Worker {
                 envs.push((k.into(), v));
             }
         }
-        // The node's files first: the pod's own /etc files go over them.
-        let mut mounts = volumes::host_path_mounts(&self.pod, &spec_c, &ctx.args.host_path_root)
-            .map_err(|reason| Error::ContainerConfig {
+        // Volume errors name this container and pod.
+        let named = |e: Error| match e {
+            Error::ContainerConfig { reason, .. } => Error::ContainerConfig {
                 container: name.clone(),
                 pod: self.key(),
                 reason,
-            })?;
+            },
+            e => e,
+        };
+        // Volumes first (a hostPath of the node's /etc among them): the pod's own /etc
+        // files go over them.
+        let volumes =
+            crate::volumes::prepare(&ctx.client, &self.pod, &self.dir, &ctx.args.host_path_root)
+                .await
+                .map_err(named)?;
+        let mut mounts = crate::volumes::mounts(&spec_c, &volumes, &self.dir).map_err(named)?;
         let etc = self.dir.join("etc");
         mounts.push(BindMount {
             source: etc.join("resolv.conf"),
@@ -445,6 +454,9 @@ impl Worker {
             exit_file,
             capabilities: security::capabilities(&spec_c),
             no_new_privs: security::no_new_privs(&spec_c),
+            stdin: spec_c.stdin.unwrap_or(false),
+            stdin_once: spec_c.stdin_once.unwrap_or(false),
+            tty: spec_c.tty.unwrap_or(false),
         };
         let spec_path = cdir.join(format!("{name}.json"));
         std::fs::write(
@@ -500,7 +512,7 @@ impl Worker {
                 self.ctrs[i].start_failed(now, e);
             }
         }
-        self.update_logs();
+        self.publish_entry();
     }
 
     /// Notices exited containers; schedules restarts unless `terminating`.
@@ -522,28 +534,36 @@ impl Worker {
         }
         if changed {
             let _ = self.sandbox.file.write(&self.dir);
-            self.update_logs();
+            self.publish_entry();
         }
     }
 
-    fn update_logs(&self) {
-        let entry = PodLogs {
+    /// Tells the kubelet API what this pod has now.
+    fn publish_entry(&self) {
+        let sb = &self.sandbox.file;
+        let entry = PodEntry {
             dir: self.dir.clone(),
+            uid: self.uid.clone(),
+            netns: (!sb.host_network && !sb.netns.is_empty()).then(|| PathBuf::from(&sb.netns)),
             containers: self
                 .ctrs
                 .iter()
                 .filter(|c| c.ever_started)
-                .map(|c| (c.spec.name.clone(), (c.restart_count, c.proc.is_some())))
+                .map(|c| {
+                    let running = c.proc.as_ref().map(|(_, rec)| crate::exec::ContainerRef {
+                        spec: PathBuf::from(&rec.spec),
+                        pid: rec.pid,
+                    });
+                    let e = ContainerEntry {
+                        restarts: c.restart_count,
+                        running,
+                    };
+                    (c.spec.name.clone(), e)
+                })
                 .collect(),
         };
-        if let Ok(mut logs) = self.ctx.logs.lock() {
-            logs.insert(
-                (
-                    self.sandbox.file.namespace.clone(),
-                    self.sandbox.file.name.clone(),
-                ),
-                entry,
-            );
+        if let Ok(mut pods) = self.ctx.pods.lock() {
+            pods.insert((sb.namespace.clone(), sb.name.clone()), entry);
         }
     }
 
@@ -685,7 +705,7 @@ impl Worker {
         if self.ctrs.iter().any(|c| c.proc.is_some()) {
             for c in &self.ctrs {
                 if let Some((_, rec)) = &c.proc {
-                    signal_group(rec.pid, Signal::SIGKILL);
+                    record::kill_container(rec);
                 }
             }
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -699,9 +719,10 @@ impl Worker {
         }
         let sb = &self.sandbox.file;
         sandbox::release(&self.ctx, sb).await;
-        if let Ok(mut logs) = self.ctx.logs.lock() {
-            logs.remove(&(sb.namespace.clone(), sb.name.clone()));
+        if let Ok(mut pods) = self.ctx.pods.lock() {
+            pods.remove(&(sb.namespace.clone(), sb.name.clone()));
         }
+        crate::volumes::remove_mount_points(&self.dir);
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             tracing::warn!(pod = %self.key(), error = %e, "removing {}", self.dir.display());
         }
