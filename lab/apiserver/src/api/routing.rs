@@ -163,13 +163,22 @@ where
     let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let path = parts.uri.path().to_string();
     let user = auth::request_user(&parts.extensions);
-    let user = crate::rbac::authorize_request(
+    let user = match crate::rbac::authorize_request(
         &state.authz,
         &parts.method,
         &parts.uri,
         &parts.headers,
         user,
-    )?;
+    ) {
+        Ok(user) => user,
+        Err(e) => {
+            // The body is read (and dropped) before the 403 goes out, as Go's server
+            // reads what is left of it: a connection closed on a client still sending
+            // would show it a broken pipe instead of the refusal.
+            let _ = http_body_util::Limited::new(body, MAX_BODY).collect().await;
+            return Err(e);
+        }
+    };
     let hv = |h: header::HeaderName| {
         parts
             .headers
