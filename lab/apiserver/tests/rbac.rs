@@ -1721,3 +1721,83 @@ async fn the_policy_survives_a_restart() {
         "the lost rules came back: {v}"
     );
 }
+
+#[tokio::test]
+async fn a_websocket_exec_needs_create_as_well_as_get() {
+    let (_dir, admin) = setup();
+    namespace(&admin, "team").await;
+    create(
+        &admin,
+        &format!("{RBAC}/namespaces/team/roles"),
+        role(
+            "exec-get",
+            json!([{"apiGroups": [""], "resources": ["pods/exec", "pods/attach", "pods/portforward"], "verbs": ["get"]}]),
+        ),
+    )
+    .await;
+    create(
+        &admin,
+        &format!("{RBAC}/namespaces/team/rolebindings"),
+        binding("RoleBinding", "bob", "Role", "exec-get", user("bob")),
+    )
+    .await;
+    let bob = admin.as_user("bob", &["system:authenticated"]);
+    // A WebSocket client GETs: allowed as `get`, then refused without `create`, before
+    // the pod is even looked up, as kube-apiserver refuses it.
+    for (sub, query) in [
+        ("exec", "?command=ls&stdout=true"),
+        ("attach", "?stdout=true"),
+        ("portforward", "?ports=80"),
+    ] {
+        let msg = forbidden(
+            call(
+                &bob,
+                "GET",
+                &format!("/api/v1/namespaces/team/pods/web/{sub}{query}"),
+                Value::Null,
+            )
+            .await,
+        );
+        assert_eq!(
+            msg,
+            format!(
+                "pods \"web\" is forbidden: User \"bob\" cannot create resource \"pods/{sub}\" in API group \"\" in the namespace \"team\""
+            )
+        );
+    }
+    // With `create` too the request gets through to the pod (which does not exist).
+    create(
+        &admin,
+        &format!("{RBAC}/namespaces/team/roles"),
+        role(
+            "exec-create",
+            json!([{"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create"]}]),
+        ),
+    )
+    .await;
+    create(
+        &admin,
+        &format!("{RBAC}/namespaces/team/rolebindings"),
+        binding(
+            "RoleBinding",
+            "bob-create",
+            "Role",
+            "exec-create",
+            user("bob"),
+        ),
+    )
+    .await;
+    assert!(
+        eventually(|| async {
+            call(
+                &bob,
+                "GET",
+                "/api/v1/namespaces/team/pods/web/exec?command=ls&stdout=true",
+                Value::Null,
+            )
+            .await
+            .0 == 404
+        })
+        .await
+    );
+}
