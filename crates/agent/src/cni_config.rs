@@ -51,14 +51,9 @@ pub fn write_if_changed(dir: &Path, content: &str) -> Result<bool, Error> {
     Ok(true)
 }
 
-/// Installs this binary as `dir/kubewire-cni`, where runtimes find the plugin, in
-/// place of whatever was there (an older version). It is made under a temporary name,
-/// a hard link to this binary (a copy when `dir` is on another file system), then
-/// renamed over the old one: a runtime running the plugin meanwhile gets the old
-/// binary or the new one, never a half-written file (nor ETXTBSY, which executing a
-/// file open for writing gives), and the plugin stays whole when the agent's own file
-/// is replaced or removed by an upgrade. Cilium's and Calico's installers do the same
-/// (copy, rename).
+/// Installs this binary as `dir/kubewire-cni`, where runtimes find the plugin, as
+/// `kubewire install-cni` does ([`cni::install::install_from`]: a hard link or a copy,
+/// renamed over the old plugin).
 pub fn install_plugin(dir: &Path) -> Result<(), Error> {
     let exe = std::env::current_exe().map_err(io("finding own binary".into()))?;
     install_plugin_from(&exe, dir)
@@ -66,78 +61,16 @@ pub fn install_plugin(dir: &Path) -> Result<(), Error> {
 
 /// [`install_plugin`] of the binary `exe`.
 pub fn install_plugin_from(exe: &Path, dir: &Path) -> Result<(), Error> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let target = dir.join(PLUGIN_FILE);
-    let source = std::fs::metadata(exe).map_err(io(format!("reading {}", exe.display())))?;
-    // A file (not a link) that is this binary, or a copy of it: nothing to do.
-    if let Ok(old) = std::fs::symlink_metadata(&target)
-        && old.is_file()
-        && ((old.dev(), old.ino()) == (source.dev(), source.ino()) || same_content(exe, &target))
-    {
-        return Ok(());
-    }
-    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-    let tmp = dir.join(format!(".{PLUGIN_FILE}.{}.tmp", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    if std::fs::hard_link(exe, &tmp).is_err() {
-        let copy = || -> std::io::Result<()> {
-            std::fs::copy(exe, &tmp)?;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
-            std::fs::File::open(&tmp)?.sync_all()
-        };
-        copy().map_err(|cause| {
-            let _ = std::fs::remove_file(&tmp);
-            Error::Io {
-                op: format!("copying {} to {}", exe.display(), tmp.display()),
-                cause,
-            }
-        })?;
-    }
-    std::fs::rename(&tmp, &target).map_err(|cause| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::Io {
-            op: format!("installing {}", target.display()),
-            cause,
-        }
-    })
+    cni::install::install_from(exe, dir)
+        .map(drop)
+        .map_err(Error::InstallPlugin)
 }
 
 /// The plugin's file name in the runtime's plugin directory.
-pub const PLUGIN_FILE: &str = "kubewire-cni";
+pub const PLUGIN_FILE: &str = cni::PLUGIN_NAME;
 
 fn io(op: String) -> impl FnOnce(std::io::Error) -> Error {
     move |cause| Error::Io { op, cause }
-}
-
-/// Whether two files hold the same bytes (false if either cannot be read).
-fn same_content(a: &Path, b: &Path) -> bool {
-    use std::io::Read;
-    let (Ok(fa), Ok(fb)) = (std::fs::File::open(a), std::fs::File::open(b)) else {
-        return false;
-    };
-    let (Ok(ma), Ok(mb)) = (fa.metadata(), fb.metadata()) else {
-        return false;
-    };
-    if !mb.is_file() || ma.len() != mb.len() {
-        return false;
-    }
-    let (mut ra, mut rb) = (
-        std::io::BufReader::with_capacity(1 << 16, fa),
-        std::io::BufReader::with_capacity(1 << 16, fb),
-    );
-    let (mut ba, mut bb) = (vec![0; 1 << 16], vec![0; 1 << 16]);
-    loop {
-        let n = match ra.read(&mut ba) {
-            Ok(n) => n,
-            Err(_) => return false,
-        };
-        if n == 0 {
-            return true;
-        }
-        if rb.read_exact(&mut bb[..n]).is_err() || ba[..n] != bb[..n] {
-            return false;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -48,6 +48,9 @@ pub enum Error {
     /// The signal handlers could not be installed.
     #[error("handling SIGTERM")]
     Signals(#[source] std::io::Error),
+    /// The CNI plugin could not be installed.
+    #[error("installing the CNI plugin")]
+    InstallPlugin(#[source] cni::install::InstallError),
     /// A file could not be written.
     #[error("{op}")]
     Io {

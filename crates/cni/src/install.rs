@@ -45,33 +45,84 @@ pub fn install(args: &InstallArgs) -> Result<PathBuf, InstallError> {
     install_from(&exe, &args.cni_bin_dir)
 }
 
-/// Copies `binary` to `dir/kubewire-cni`: to a temporary name in `dir` first, made
-/// executable and synced, then renamed over the old plugin, so that a runtime that runs
-/// the plugin meanwhile runs the old or the new one whole (and a plugin still running
-/// keeps its own file).
+/// Installs `binary` as `dir/kubewire-cni`, in place of whatever was there (an older
+/// version): made under a temporary name in `dir`, a hard link to `binary` (a copy, made
+/// executable and synced, when `dir` is on another file system, as a container's
+/// hostPath is), then renamed over the old plugin. A runtime running the plugin
+/// meanwhile gets the old binary or the new one, never a half-written file (nor
+/// ETXTBSY, which executing a file open for writing gives), and the plugin stays whole
+/// when `binary` is replaced or removed by an upgrade. A plugin that already is this
+/// binary, or a copy of it, is left alone. Cilium's and Calico's installers do the same
+/// (copy, rename).
 pub fn install_from(binary: &Path, dir: &Path) -> Result<PathBuf, InstallError> {
+    use std::os::unix::fs::MetadataExt;
     let target = dir.join(PLUGIN_NAME);
-    let tmp = dir.join(format!(".{PLUGIN_NAME}.tmp"));
     let at = |op: String| move |cause| InstallError { op, cause };
+    let source = std::fs::metadata(binary).map_err(at(format!("reading {}", binary.display())))?;
+    if let Ok(old) = std::fs::symlink_metadata(&target)
+        && old.is_file()
+        && ((old.dev(), old.ino()) == (source.dev(), source.ino()) || same_content(binary, &target))
+    {
+        return Ok(target);
+    }
     std::fs::create_dir_all(dir).map_err(at(format!("creating {}", dir.display())))?;
+    let tmp = dir.join(format!(".{PLUGIN_NAME}.{}.tmp", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
-    std::fs::copy(binary, &tmp).map_err(at(format!(
-        "copying {} to {}",
-        binary.display(),
-        tmp.display()
-    )))?;
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&tmp)
-        .map_err(at(format!("opening {}", tmp.display())))?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o755))
-        .map_err(at(format!("making {} executable", tmp.display())))?;
-    (&file)
-        .flush()
-        .and_then(|()| file.sync_all())
-        .map_err(at(format!("syncing {}", tmp.display())))?;
-    std::fs::rename(&tmp, &target).map_err(at(format!("installing {}", target.display())))?;
+    if std::fs::hard_link(binary, &tmp).is_err() {
+        let copy = || -> std::io::Result<()> {
+            std::fs::copy(binary, &tmp)?;
+            let file = std::fs::OpenOptions::new().write(true).open(&tmp)?;
+            file.set_permissions(std::fs::Permissions::from_mode(0o755))?;
+            (&file).flush()?;
+            file.sync_all()
+        };
+        copy().map_err(|cause| {
+            let _ = std::fs::remove_file(&tmp);
+            InstallError {
+                op: format!("copying {} to {}", binary.display(), tmp.display()),
+                cause,
+            }
+        })?;
+    }
+    std::fs::rename(&tmp, &target).map_err(|cause| {
+        let _ = std::fs::remove_file(&tmp);
+        InstallError {
+            op: format!("installing {}", target.display()),
+            cause,
+        }
+    })?;
     Ok(target)
+}
+
+/// Whether the files `a` and `b` hold the same bytes.
+fn same_content(a: &Path, b: &Path) -> bool {
+    use std::io::Read;
+    let (Ok(fa), Ok(fb)) = (std::fs::File::open(a), std::fs::File::open(b)) else {
+        return false;
+    };
+    let (Ok(ma), Ok(mb)) = (fa.metadata(), fb.metadata()) else {
+        return false;
+    };
+    if !mb.is_file() || ma.len() != mb.len() {
+        return false;
+    }
+    let (mut ra, mut rb) = (
+        std::io::BufReader::with_capacity(1 << 16, fa),
+        std::io::BufReader::with_capacity(1 << 16, fb),
+    );
+    let (mut ba, mut bb) = (vec![0; 1 << 16], vec![0; 1 << 16]);
+    loop {
+        let n = match ra.read(&mut ba) {
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        if n == 0 {
+            return true;
+        }
+        if rb.read_exact(&mut bb[..n]).is_err() || ba[..n] != bb[..n] {
+            return false;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -104,6 +155,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bin = dir.path().join("kubewire");
         std::fs::write(&bin, b"new binary").unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
         let plugins = dir.path().join("opt/cni/bin");
         std::fs::create_dir_all(&plugins).unwrap();
         std::fs::write(plugins.join(PLUGIN_NAME), b"old").unwrap();
@@ -119,6 +171,6 @@ mod tests {
             .collect();
         assert_eq!(names, [PLUGIN_NAME]);
         let missing = install_from(&dir.path().join("nope"), &plugins).unwrap_err();
-        assert!(missing.to_string().starts_with("copying "), "{missing:?}");
+        assert!(missing.to_string().starts_with("reading "), "{missing:?}");
     }
 }
