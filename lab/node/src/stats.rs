@@ -10,7 +10,10 @@
 //! their resident set (`workingSetBytes` is the RSS). The node is its pods plus the
 //! processes in its own network namespace (the node and agent daemons, hostNetwork
 //! pods). CPU usage in nanocores is the CPU time between the last two samples over
-//! their interval: a container needs two samples before it has one.
+//! their interval; a container that started after the sample before is measured from
+//! its start (no CPU time then), as metrics-server measures a container restarted
+//! between two scrapes. A request finds a sample at most [`FRESH`] old: an older one is
+//! followed by a new sample first, so `kubectl top` answers for pods just started.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::unix::fs::MetadataExt;
@@ -24,6 +27,8 @@ use crate::Ctx;
 /// How often the node samples its processes (metrics-server's default resolution is
 /// 15 s, cadvisor's housekeeping 10 s).
 pub(crate) const INTERVAL: Duration = Duration::from_secs(10);
+/// How old the newest sample may be when the Summary API answers.
+const FRESH: Duration = Duration::from_secs(1);
 /// Linux reports process CPU times in USER_HZ ticks, 100 a second on every ABI.
 const TICKS_PER_SECOND: u64 = 100;
 
@@ -47,6 +52,8 @@ pub(crate) struct Sample {
     pub time: Option<SystemTime>,
     /// (namespace, pod, container) → usage.
     pub containers: HashMap<(String, String, String), Usage>,
+    /// (namespace, pod, container) → when its current run started.
+    pub starts: HashMap<(String, String, String), SystemTime>,
     pub node: Usage,
 }
 
@@ -60,6 +67,8 @@ struct Proc {
     parent: u32,
     usage: Usage,
     netns: u64,
+    /// When it started, in clock ticks after boot.
+    start_ticks: u64,
 }
 
 fn read_proc(pid: u32, page: u64) -> Option<Proc> {
@@ -86,7 +95,21 @@ fn read_proc(pid: u32, page: u64) -> Option<Proc> {
             rss_bytes: resident * page,
         },
         netns,
+        // starttime is field 22.
+        start_ticks: num(19),
     })
+}
+
+/// When the host booted (`btime` of `/proc/stat`).
+fn boot_time() -> Option<SystemTime> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let secs = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 /// Every process of the host.
@@ -125,6 +148,7 @@ fn sample(ctx: &Ctx) -> Sample {
         .map(|m| m.ino())
         .unwrap_or(0);
     let pods = ctx.pods.lock().map(|p| p.clone()).unwrap_or_default();
+    let boot = boot_time();
     let mut out = Sample {
         time: Some(SystemTime::now()),
         ..Default::default()
@@ -144,8 +168,12 @@ fn sample(ctx: &Ctx) -> Sample {
                 }
                 node_pids.insert(pid);
             }
-            out.containers
-                .insert((ns.clone(), pod.clone(), name.clone()), u);
+            let key = (ns.clone(), pod.clone(), name.clone());
+            if let (Some(boot), Some(p)) = (boot, procs.get(&r.pid)) {
+                let since_boot = Duration::from_millis(p.start_ticks * 1000 / TICKS_PER_SECOND);
+                out.starts.insert(key.clone(), boot + since_boot);
+            }
+            out.containers.insert(key, u);
         }
     }
     for pid in node_pids {
@@ -177,8 +205,17 @@ impl Stats {
         }
     }
 
-    /// The Summary API's answer from the last two samples.
+    /// The Summary API's answer from the last two samples, after a new one if the
+    /// newest is more than [`FRESH`] old.
     pub(crate) fn summary(&self, ctx: &Ctx) -> Value {
+        let newest = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|q| q.back().and_then(|s| s.time));
+        if newest.is_none_or(|t| t.elapsed().is_ok_and(|age| age > FRESH)) {
+            self.push(sample(ctx));
+        }
         let (prev, last) = match self.0.lock() {
             Ok(q) if q.len() == 2 => (Some(q[0].clone()), q[1].clone()),
             Ok(q) => (None, q.back().cloned().unwrap_or_default()),
@@ -189,39 +226,59 @@ impl Stats {
             (Some(p), Some(t)) => p.time.and_then(|pt| t.duration_since(pt).ok()),
             _ => None,
         };
-        let rate = |now: Usage, before: Option<Usage>| -> Option<u64> {
-            let (before, el) = (before?, elapsed?);
-            let ns = el.as_nanos();
+        // Nanocores over `window` of the CPU time `used` in it.
+        let per_window = |used: u64, window: Duration| -> Option<u64> {
+            let ns = window.as_nanos();
             (ns > 0).then(|| {
-                let cores =
-                    u128::from(now.cpu_ns.saturating_sub(before.cpu_ns)) * 1_000_000_000 / ns;
+                let cores = u128::from(used) * 1_000_000_000 / ns;
                 u64::try_from(cores).unwrap_or(u64::MAX)
             })
         };
-        let cpu = |u: Usage, before: Option<Usage>| {
+        let rate = |now: Usage, before: Option<Usage>| -> Option<u64> {
+            per_window(now.cpu_ns.saturating_sub(before?.cpu_ns), elapsed?)
+        };
+        // A container's rate: since the sample before, or since its start when it was
+        // not running then.
+        let container_rate = |key: &(String, String, String), u: Usage, before: Option<Usage>| {
+            let since_start = || {
+                let start = last.starts.get(key)?;
+                let started_after_prev = prev
+                    .as_ref()
+                    .and_then(|p| p.time)
+                    .is_none_or(|pt| *start >= pt);
+                let window = last.time?.duration_since(*start).ok()?;
+                started_after_prev
+                    .then(|| per_window(u.cpu_ns, window))
+                    .flatten()
+            };
+            match before {
+                Some(_) => rate(u, before),
+                None => since_start(),
+            }
+        };
+        let cpu_at = |u: Usage, rate: Option<u64>| {
             let mut c = json!({"time": time, "usageCoreNanoSeconds": u.cpu_ns});
-            if let Some(r) = rate(u, before) {
+            if let Some(r) = rate {
                 c["usageNanoCores"] = json!(r);
             }
             c
         };
+        let cpu = |u: Usage, before: Option<Usage>| cpu_at(u, rate(u, before));
         let memory = |u: Usage| {
             json!({"time": time, "workingSetBytes": u.rss_bytes, "rssBytes": u.rss_bytes,
                 "usageBytes": u.rss_bytes})
         };
-        // Per pod: its containers' (name, usage, usage in the sample before).
-        type Ctrs = Vec<(String, Usage, Option<Usage>)>;
+        // Per pod: its containers' (name, usage, CPU rate).
+        type Ctrs = Vec<(String, Usage, Option<u64>)>;
         let mut by_pod: HashMap<(String, String), Ctrs> = HashMap::new();
-        for ((ns, pod, name), u) in &last.containers {
-            let before = prev.as_ref().and_then(|p| {
-                p.containers
-                    .get(&(ns.clone(), pod.clone(), name.clone()))
-                    .copied()
-            });
-            by_pod
-                .entry((ns.clone(), pod.clone()))
-                .or_default()
-                .push((name.clone(), *u, before));
+        for (key, u) in &last.containers {
+            let before = prev.as_ref().and_then(|p| p.containers.get(key).copied());
+            let (ns, pod, name) = key;
+            by_pod.entry((ns.clone(), pod.clone())).or_default().push((
+                name.clone(),
+                *u,
+                container_rate(key, *u, before),
+            ));
         }
         let entries = ctx.pods.lock().map(|p| p.clone()).unwrap_or_default();
         let pods: Vec<Value> = by_pod
@@ -229,18 +286,15 @@ impl Stats {
             .map(|((ns, name), mut ctrs)| {
                 ctrs.sort_by(|a, b| a.0.cmp(&b.0));
                 let mut total = Usage::default();
-                let mut total_before = Some(Usage::default());
-                for (_, u, before) in &ctrs {
+                let mut total_rate = Some(0u64);
+                for (_, u, rate) in &ctrs {
                     total += *u;
-                    total_before = total_before.zip(*before).map(|(mut a, b)| {
-                        a += b;
-                        a
-                    });
+                    total_rate = total_rate.zip(*rate).map(|(a, b)| a.saturating_add(b));
                 }
                 let containers: Vec<Value> = ctrs
                     .iter()
-                    .map(|(n, u, before)| {
-                        json!({"name": n, "cpu": cpu(*u, *before), "memory": memory(*u)})
+                    .map(|(n, u, rate)| {
+                        json!({"name": n, "cpu": cpu_at(*u, *rate), "memory": memory(*u)})
                     })
                     .collect();
                 let uid = entries
@@ -249,7 +303,7 @@ impl Stats {
                     .unwrap_or_default();
                 json!({
                     "podRef": {"name": name, "namespace": ns, "uid": uid},
-                    "cpu": cpu(total, total_before),
+                    "cpu": cpu_at(total, total_rate),
                     "memory": memory(total),
                     "containers": containers,
                 })
@@ -276,6 +330,10 @@ mod tests {
         let me = procs[&std::process::id()];
         assert!(me.usage.rss_bytes > 0);
         assert_eq!(me.parent, std::os::unix::process::parent_id());
+        // Its start, from boot time and its start ticks: before now, after boot.
+        let boot = boot_time().unwrap();
+        let start = boot + Duration::from_millis(me.start_ticks * 1000 / TICKS_PER_SECOND);
+        assert!(me.start_ticks > 0 && start <= SystemTime::now() + Duration::from_secs(1));
         let mut children = HashMap::new();
         children.insert(1, vec![2, 3]);
         children.insert(3, vec![4]);
