@@ -5,7 +5,8 @@
 
 #![allow(clippy::disallowed_methods)] // runs bash
 
-use std::process::Command;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
 
 use e2e::running::RunningLab;
 use e2e::{kubewire_bin, workspace_root};
@@ -39,20 +40,30 @@ fn the_readme_tour_runs_as_written() {
     std::os::unix::fs::symlink(kubewire_bin(), release.join("kubewire")).unwrap();
     // As a person types it: every command must succeed, aliases expand.
     let script = format!("set -euo pipefail\nshopt -s expand_aliases\nset -x\n{tour}");
-    let out = Command::new("bash")
+    // Output to files: what the tour leaves in the background (`kubectl port-forward
+    // &`) keeps its output open. The tour runs in a process group of its own, ended as
+    // a closed terminal ends its jobs.
+    let (out_file, err_file) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut child = Command::new("bash")
         .arg("-c")
         .arg(&script)
         .current_dir(dir.path())
         .env("KUBEWIRE_LAB", &lab.name)
         .env_remove("KUBECONFIG")
-        .output()
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_file).unwrap())
+        .stderr(std::fs::File::create(&err_file).unwrap())
+        .process_group(0)
+        .spawn()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let status = child.wait().unwrap();
+    let group = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGHUP);
+    let stdout = std::fs::read_to_string(&out_file).unwrap();
+    let stderr = std::fs::read_to_string(&err_file).unwrap();
     assert!(
-        out.status.success(),
-        "the tour stopped ({}):\n{stdout}\n{stderr}",
-        out.status
+        status.success(),
+        "the tour stopped ({status}):\n{stdout}\n{stderr}"
     );
     for want in [
         "node-1", // kubectl get nodes
@@ -60,6 +71,7 @@ fn the_readme_tour_runs_as_written() {
         "deployment.apps/web created",
         "service/web exposed",
         "Hostname: web-", // curl web from a pod: a whoami answered through the Service
+        "MEMORY(bytes)",  // kubectl top pods, for pods just started
         "1 received",     // ping from the outside
         "is down",        // kw lab down
     ] {
