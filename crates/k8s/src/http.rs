@@ -17,6 +17,16 @@ use tracing::warn;
 /// A response with a whole body.
 pub type Response = hyper::Response<Full<Bytes>>;
 
+/// A request's query string as pairs, in order, decoded as Go's `url.ParseQuery` reads
+/// it (`+` is a space, `%XX` a byte; a key without `=` has an empty value); empty pairs
+/// (kube-rs starts its queries with `&`) are skipped. Repeated keys stay repeated
+/// (`command=sh&command=-c`).
+pub fn query_pairs(query: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
 /// A response: `status`, a `Content-Type` and a body.
 pub fn response(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response {
     let mut r = hyper::Response::new(Full::new(body.into()));
@@ -109,6 +119,28 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
+
+    #[test]
+    fn queries_decode_as_go_does() {
+        let pairs = |q: &str| query_pairs(q);
+        assert_eq!(
+            pairs("command=sh&command=-c&command=echo+a%20b%2B&input=1&x"),
+            [
+                ("command", "sh"),
+                ("command", "-c"),
+                ("command", "echo a b+"),
+                ("input", "1"),
+                ("x", ""),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+        let q = pairs("&limit=500&labelSelector=app%3Dweb%2Ctier+in+(a)");
+        assert_eq!(q[0], ("limit".into(), "500".into()));
+        assert_eq!(q[1].1, "app=web,tier in (a)");
+        // A stray `%` stays as it is.
+        assert_eq!(pairs("a=50%&b=%zz")[1].1, "%zz");
+        assert_eq!(pairs("a=50%")[0].1, "50%");
+    }
 
     #[tokio::test]
     async fn answers_by_path() {

@@ -28,42 +28,6 @@ pub(crate) fn parse_rfc3339(s: &str) -> Option<i64> {
     s.parse::<Timestamp>().ok().map(Timestamp::as_second)
 }
 
-/// Decodes an `application/x-www-form-urlencoded` query into pairs; empty pairs (kube-rs
-/// starts its queries with `&`) are skipped.
-pub(crate) fn parse_query(q: &str) -> Vec<(String, String)> {
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
-}
-
-pub(crate) fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
-                {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// `obj.a.b.c` as a string, for field selectors and table cells.
 /// A label map as kubectl prints it: `k=v` pairs, sorted, joined by commas (empty for
 /// no labels or a non-object).
@@ -147,12 +111,5 @@ mod tests {
         assert_eq!(parse_rfc3339("2026-11-26"), None);
         assert_eq!(parse_rfc3339("yesterday"), None);
         assert_eq!(parse_rfc3339("2026-13-01T00:00:00Z"), None);
-    }
-
-    #[test]
-    fn query_strings() {
-        let q = parse_query("&limit=500&labelSelector=app%3Dweb%2Ctier+in+(a)");
-        assert_eq!(q[0], ("limit".into(), "500".into()));
-        assert_eq!(q[1].1, "app=web,tier in (a)");
     }
 }

@@ -18,7 +18,7 @@ use crate::cache::{self, Outcome};
 use crate::deployment::scaled;
 use crate::replicaset::{pod_available, pod_from_template};
 use crate::scheduler::untolerated;
-use crate::util::{self, CONTROLLER_REVISION_HASH, controller_ref, owned_by, pod_ready};
+use crate::util::{self, CONTROLLER_REVISION_HASH, controller_ref, pod_ready};
 use crate::{Ctx, Error};
 
 /// The tolerations kube's DaemonSet controller adds to its pods: they run on nodes that
@@ -278,18 +278,13 @@ async fn pass(ctx: &Ctx) -> Outcome {
     let mut errors: Vec<Error> = vec![];
     for ds in c.daemonsets.all() {
         let ns = ds.namespace().unwrap_or_default();
-        let owned: Vec<&Pod> = pods
-            .iter()
-            .map(|p| &**p)
-            .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()) && owned_by(*p, &*ds))
-            .collect();
-        let orphans: Vec<&Pod> = util::orphans(&pods, &ns, &ds.spec.selector)
-            .into_iter()
-            .filter(|p| util::pod_active(p))
-            .collect();
-        if !orphans.is_empty() && ds.metadata.deletion_timestamp.is_none() {
-            for pod in orphans {
-                match util::adopt(&ctx.client, &c.pods, pod, &*ds).await {
+        let owned = util::owned_pods(&pods, &ns, &*ds);
+        // Orphans matching the selector are adopted first (kube's ControllerRefManager).
+        if let Some(adopted) =
+            util::adopt_orphan_pods(&ctx.client, &c.pods, &pods, &ds.spec.selector, &*ds).await
+        {
+            for r in adopted {
+                match r {
                     Ok(check) => out.expect.push(check),
                     Err(e) => errors.push(e),
                 }

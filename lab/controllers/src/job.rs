@@ -25,7 +25,7 @@ use tracing::warn;
 
 use crate::cache::{self, Outcome};
 use crate::replicaset::{deletion_order, sync_pods};
-use crate::util::{self, owned_by, phase, pod_active, pod_ready};
+use crate::util::{self, phase, pod_active, pod_ready};
 use crate::{Ctx, Error};
 
 const COMPONENT: &str = "job-controller";
@@ -292,11 +292,7 @@ async fn pass(ctx: &Ctx) -> Outcome {
     let errors: Arc<Mutex<Vec<Error>>> = Arc::default();
     for job in c.jobs.all() {
         let ns = job.namespace().unwrap_or_default();
-        let owned: Vec<&Pod> = pods
-            .iter()
-            .map(|p| &**p)
-            .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()) && owned_by(*p, &*job))
-            .collect();
+        let owned = util::owned_pods(&pods, &ns, &*job);
         let p = plan(&job, &owned, now);
         if let Some(r) = p.requeue {
             let mut o = out.lock().unwrap();

@@ -17,7 +17,7 @@ use serde_json::json;
 use tracing::warn;
 
 use crate::cache::{self, Check, Outcome};
-use crate::util::{self, controller_ref, owned_by, pod_active, pod_ready};
+use crate::util::{self, controller_ref, pod_active, pod_ready};
 use crate::{Ctx, Error};
 
 const COMPONENT: &str = "replicaset-controller";
@@ -248,20 +248,13 @@ async fn pass(ctx: &Ctx) -> Outcome {
     let errors: Arc<Mutex<Vec<Error>>> = Arc::default();
     for rs in c.replicasets.all() {
         let ns = rs.namespace().unwrap_or_default();
-        let owned: Vec<&Pod> = pods
-            .iter()
-            .map(|p| &**p)
-            .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()) && owned_by(*p, &*rs))
-            .collect();
-        // Orphans matching the selector are adopted first (kube's ControllerRefManager);
-        // the next pass counts them.
-        let orphans: Vec<&Pod> = util::orphans(&pods, &ns, &rs.spec.selector)
-            .into_iter()
-            .filter(|p| pod_active(p))
-            .collect();
-        if !orphans.is_empty() && rs.metadata.deletion_timestamp.is_none() {
-            for pod in orphans {
-                match util::adopt(&ctx.client, &c.pods, pod, &*rs).await {
+        let owned = util::owned_pods(&pods, &ns, &*rs);
+        // Orphans matching the selector are adopted first (kube's ControllerRefManager).
+        if let Some(adopted) =
+            util::adopt_orphan_pods(&ctx.client, &c.pods, &pods, &rs.spec.selector, &*rs).await
+        {
+            for r in adopted {
+                match r {
                     Ok(check) => out.lock().unwrap().expect.push(check),
                     Err(e) => errors.lock().unwrap().push(e),
                 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::FutureExt;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetSpec};
-use k8s_openapi::api::core::v1::{Pod, ReplicationController, ReplicationControllerStatus};
+use k8s_openapi::api::core::v1::{ReplicationController, ReplicationControllerStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -18,7 +18,7 @@ use tracing::warn;
 
 use crate::cache::{self, Outcome};
 use crate::replicaset::{plan, sync_pods};
-use crate::util::{self, owned_by, pod_active};
+use crate::util;
 use crate::{Ctx, Error};
 
 const COMPONENT: &str = "replication-controller";
@@ -76,18 +76,13 @@ async fn pass(ctx: &Ctx) -> Outcome {
     for rc in c.replicationcontrollers.all() {
         let ns = rc.namespace().unwrap_or_default();
         let rs = as_replicaset(&rc);
-        let owned: Vec<&Pod> = pods
-            .iter()
-            .map(|p| &**p)
-            .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()) && owned_by(*p, &*rc))
-            .collect();
-        let orphans: Vec<&Pod> = util::orphans(&pods, &ns, &rs.spec.selector)
-            .into_iter()
-            .filter(|p| pod_active(p))
-            .collect();
-        if !orphans.is_empty() && rc.metadata.deletion_timestamp.is_none() {
-            for pod in orphans {
-                match util::adopt(&ctx.client, &c.pods, pod, &*rc).await {
+        let owned = util::owned_pods(&pods, &ns, &*rc);
+        // Orphans matching the selector are adopted first (kube's ControllerRefManager).
+        if let Some(adopted) =
+            util::adopt_orphan_pods(&ctx.client, &c.pods, &pods, &rs.spec.selector, &*rc).await
+        {
+            for r in adopted {
+                match r {
                     Ok(check) => out.lock().unwrap().expect.push(check),
                     Err(e) => errors.lock().unwrap().push(e),
                 }

@@ -18,7 +18,7 @@ use tracing::warn;
 
 use crate::cache::{self, Outcome};
 use crate::replicaset::{pod_available, pod_from_template};
-use crate::util::{self, CONTROLLER_REVISION_HASH, controller_ref, owned_by, running_and_ready};
+use crate::util::{self, CONTROLLER_REVISION_HASH, controller_ref, running_and_ready};
 use crate::{Ctx, Error};
 
 const COMPONENT: &str = "statefulset-controller";
@@ -224,18 +224,13 @@ async fn pass(ctx: &Ctx) -> Outcome {
     let mut errors: Vec<Error> = vec![];
     for sts in c.statefulsets.all() {
         let ns = sts.namespace().unwrap_or_default();
-        let owned: Vec<&Pod> = pods
-            .iter()
-            .map(|p| &**p)
-            .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()) && owned_by(*p, &*sts))
-            .collect();
-        let orphans: Vec<&Pod> = util::orphans(&pods, &ns, &sts.spec.selector)
-            .into_iter()
-            .filter(|p| util::pod_active(p))
-            .collect();
-        if !orphans.is_empty() && sts.metadata.deletion_timestamp.is_none() {
-            for pod in orphans {
-                match util::adopt(&ctx.client, &c.pods, pod, &*sts).await {
+        let owned = util::owned_pods(&pods, &ns, &*sts);
+        // Orphans matching the selector are adopted first (kube's ControllerRefManager).
+        if let Some(adopted) =
+            util::adopt_orphan_pods(&ctx.client, &c.pods, &pods, &sts.spec.selector, &*sts).await
+        {
+            for r in adopted {
+                match r {
                     Ok(check) => out.expect.push(check),
                     Err(e) => errors.push(e),
                 }

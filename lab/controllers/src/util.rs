@@ -318,6 +318,49 @@ pub fn orphans<'a, K: Resource>(
         .collect()
 }
 
+/// The pods in `ns` whose controller is `owner`.
+pub fn owned_pods<'a, O: Resource>(
+    pods: &'a [std::sync::Arc<Pod>],
+    ns: &str,
+    owner: &O,
+) -> Vec<&'a Pod> {
+    pods.iter()
+        .map(|p| &**p)
+        .filter(|p| p.metadata.namespace.as_deref() == Some(ns) && owned_by(*p, owner))
+        .collect()
+}
+
+/// Adopts the running orphan pods in `ns` that `selector` matches, as a pod controller
+/// does before it counts its pods: `None` when there are none (or `owner` is being
+/// deleted), else how each adoption went; the next pass counts the adopted pods.
+pub async fn adopt_orphan_pods<O>(
+    client: &kube::Client,
+    cache: &crate::cache::Cache<Pod>,
+    pods: &[std::sync::Arc<Pod>],
+    selector: &LabelSelector,
+    owner: &O,
+) -> Option<Vec<Result<crate::cache::Check, crate::Error>>>
+where
+    O: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let ns = owner.meta().namespace.clone().unwrap_or_default();
+    let orphans: Vec<&Pod> = orphans(pods, &ns, selector)
+        .into_iter()
+        .filter(|p| pod_active(p))
+        .collect();
+    if orphans.is_empty() || owner.meta().deletion_timestamp.is_some() {
+        return None;
+    }
+    let mut results = Vec::with_capacity(orphans.len());
+    for pod in orphans {
+        results.push(adopt(client, cache, pod, owner).await);
+    }
+    Some(results)
+}
+
 /// Makes `owner` the controller of the orphan `obj`, keeping its other owners; the
 /// resourceVersion makes it a compare-and-swap, so two controllers never both adopt.
 pub async fn adopt<K, O>(

@@ -32,7 +32,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use k8s::ErrorChain;
 use nix::mount::{MsFlags, mount};
@@ -206,6 +206,8 @@ struct Client {
 /// The container's side of attaching.
 struct Hub {
     clients: Mutex<Vec<Client>>,
+    /// The threads writing each client's queue out, waited for at exit.
+    writers: Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// Where clients' input goes: the stdin pipe, or the terminal's master.
     stdin: Mutex<Option<File>>,
     /// The terminal's master, for resizes.
@@ -241,6 +243,26 @@ impl Hub {
         }
     }
 
+    /// The container's output has ended: each client gets what is still queued for it
+    /// (the last lines a shell wrote before `exit`), waiting at most `limit` in all, so
+    /// that a stuck client cannot hold the exit up.
+    fn finish(&self, limit: Duration) {
+        if let Ok(mut clients) = self.clients.lock() {
+            clients.clear();
+        }
+        let writers = self
+            .writers
+            .lock()
+            .map(|mut w| std::mem::take(&mut *w))
+            .unwrap_or_default();
+        let deadline = std::time::Instant::now() + limit;
+        for w in writers {
+            while !w.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+
     /// Accepts clients until container-init exits.
     fn serve(self: Arc<Self>, listener: UnixListener) {
         std::thread::spawn(move || {
@@ -256,7 +278,7 @@ impl Hub {
             return;
         };
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(256);
-        std::thread::spawn(move || {
+        let writer = std::thread::spawn(move || {
             for f in rx {
                 if out.write_all(&f).is_err() {
                     break;
@@ -264,6 +286,9 @@ impl Hub {
             }
             let _ = out.shutdown(std::net::Shutdown::Both);
         });
+        if let Ok(mut w) = self.writers.lock() {
+            w.push(writer);
+        }
         if let Ok(mut clients) = self.clients.lock() {
             clients.push(Client { frames: tx });
         }
@@ -581,6 +606,7 @@ fn run(spec_path: &Path) -> i32 {
     }
     let mut hub = Hub {
         clients: Mutex::new(Vec::new()),
+        writers: Mutex::new(Vec::new()),
         stdin: Mutex::new(None),
         master: None,
         stdin_once: spec.stdin_once,
@@ -652,6 +678,9 @@ fn run(spec_path: &Path) -> i32 {
     for t in [out, err].into_iter().flatten() {
         let _ = t.join();
     }
+    // Returning ends the process and its threads: attached clients get their last
+    // frames first.
+    hub.finish(Duration::from_secs(2));
     let (code, signal) = match status {
         Ok(s) => match (s.code(), s.signal()) {
             (Some(c), _) => (c, None),
@@ -757,5 +786,44 @@ fn enter(spec_path: &Path, pid: &str, argv: &[String]) -> i32 {
             eprintln!("container-init: {}", ErrorChain(&e));
             126
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the container wrote last (a shell's output before `exit`) reaches an
+    /// attached client before container-init exits: `finish` returns once it is sent.
+    #[test]
+    fn attached_clients_get_the_last_output_before_exit() {
+        let hub = Arc::new(Hub {
+            clients: Mutex::new(Vec::new()),
+            writers: Mutex::new(Vec::new()),
+            stdin: Mutex::new(None),
+            master: None,
+            stdin_once: false,
+        });
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let h = hub.clone();
+        std::thread::spawn(move || h.client(theirs));
+        while hub.clients.lock().unwrap().is_empty() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let chunk = vec![b'x'; 4096];
+        for _ in 0..200 {
+            hub.broadcast(crate::exec::frame::STDOUT, &chunk);
+        }
+        // Nobody reads yet: most frames are still queued when the output ends.
+        let reader = std::thread::spawn(move || {
+            let mut ours = ours;
+            let mut got = 0;
+            while let Ok(Some((_, payload))) = crate::exec::read_frame(&mut ours) {
+                got += payload.len();
+            }
+            got
+        });
+        hub.finish(Duration::from_secs(10));
+        assert_eq!(reader.join().unwrap(), 200 * 4096);
     }
 }

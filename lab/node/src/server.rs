@@ -129,7 +129,7 @@ async fn handle(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
     if path == "/healthz" {
         return text(StatusCode::OK, "ok");
     }
-    let pairs = crate::stream::query_pairs(req.uri().query().unwrap_or(""));
+    let pairs = k8s::http::query_pairs(req.uri().query().unwrap_or(""));
     let query: HashMap<String, String> = pairs.iter().cloned().collect();
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match parts.as_slice() {

@@ -14,7 +14,6 @@ use super::{Req, State, Target, auth, blocking, delete, read, subresource, watch
 use crate::discovery;
 use crate::error::{Error, Status};
 use crate::resources::{self, ResourceType};
-use crate::util::parse_query;
 
 /// kube-apiserver's request body limit.
 const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -200,7 +199,7 @@ where
     let r = Req {
         user,
         method: parts.method.clone(),
-        query: parse_query(parts.uri.query().unwrap_or("")),
+        query: k8s::http::query_pairs(parts.uri.query().unwrap_or("")),
         accept: hv(header::ACCEPT),
         content_type: hv(header::CONTENT_TYPE),
         body,

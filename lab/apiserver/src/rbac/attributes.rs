@@ -3,7 +3,6 @@
 //! or on a non-resource URL path.
 
 use crate::api::User;
-use crate::util::parse_query;
 
 /// A request's authorization attributes.
 #[derive(Debug, Clone)]
@@ -121,7 +120,7 @@ impl<'a> Attributes<'a> {
         if let Some(sub) = parts.get(2).filter(|_| verb != "proxy") {
             r.subresource = (*sub).to_string();
         }
-        let params = parse_query(query);
+        let params = k8s::http::query_pairs(query);
         let param = |k: &str| params.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v);
         if let Some(sel) = param("fieldSelector") {
             r.fields = equalities(sel);

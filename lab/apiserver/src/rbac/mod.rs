@@ -271,10 +271,11 @@ fn impersonate(authz: &Authorizer, headers: &HeaderMap, requestor: User) -> Resu
         .iter()
         .filter_map(|(k, v)| {
             let key = k.as_str().strip_prefix("impersonate-extra-")?;
-            Some((
-                crate::util::percent_decode(key),
-                v.to_str().ok()?.to_string(),
-            ))
+            // Keys are percent-encoded as a URL path is (kube-apiserver's PathUnescape).
+            let key = percent_encoding::percent_decode_str(key)
+                .decode_utf8()
+                .ok()?;
+            Some((key.into_owned(), v.to_str().ok()?.to_string()))
         })
         .collect();
     let Some(username) = user else {

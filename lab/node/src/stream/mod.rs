@@ -199,41 +199,6 @@ pub(crate) fn negotiate<'a>(offered: &[String], supports: &[&'a str]) -> Option<
         .find_map(|o| supports.iter().find(|s| **s == o.as_str()).copied())
 }
 
-/// A query string's pairs, decoded as Go's `url.ParseQuery` does (`+` is a space).
-pub(crate) fn query_pairs(query: &str) -> Vec<(String, String)> {
-    fn decode(s: &str) -> String {
-        let b = s.as_bytes();
-        let mut out = Vec::with_capacity(b.len());
-        let mut i = 0;
-        while i < b.len() {
-            match b[i] {
-                b'+' => out.push(b' '),
-                b'%' if i + 2 < b.len() => {
-                    let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz");
-                    match u8::from_str_radix(hex, 16) {
-                        Ok(v) => {
-                            out.push(v);
-                            i += 2;
-                        }
-                        Err(_) => out.push(b'%'),
-                    }
-                }
-                c => out.push(c),
-            }
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
-    query
-        .split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
-}
-
 /// 101 Switching Protocols to a WebSocket with subprotocol `protocol` ("" for none).
 fn websocket_switch(key: &str, protocol: &str) -> Response<Body> {
     let mut r = Response::builder()
@@ -453,20 +418,6 @@ pub(crate) fn port_forward(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn queries_decode_as_go_does() {
-        assert_eq!(
-            query_pairs("command=sh&command=-c&command=echo+a%20b%2B&input=1&x"),
-            vec![
-                ("command".into(), "sh".into()),
-                ("command".into(), "-c".into()),
-                ("command".into(), "echo a b+".into()),
-                ("input".into(), "1".into()),
-                ("x".into(), String::new()),
-            ]
-        );
-    }
 
     fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
