@@ -1801,3 +1801,31 @@ async fn a_websocket_exec_needs_create_as_well_as_get() {
         .await
     );
 }
+
+#[tokio::test]
+async fn whoever_may_view_may_read_metrics() {
+    let (_dir, admin) = setup();
+    namespace(&admin, "team").await;
+    create(
+        &admin,
+        &format!("{RBAC}/namespaces/team/rolebindings"),
+        binding(
+            "RoleBinding",
+            "carol-views",
+            "ClusterRole",
+            "view",
+            user("carol"),
+        ),
+    )
+    .await;
+    let carol = admin.as_user("carol", &["system:authenticated"]);
+    let dave = admin.as_user("dave", &["system:authenticated"]);
+    let uri = "/apis/metrics.k8s.io/v1beta1/namespaces/team/pods";
+    // `view` aggregates system:aggregated-metrics-reader, as metrics-server's install
+    // makes it.
+    assert!(eventually(|| async { call(&carol, "GET", uri, Value::Null).await.0 == 200 }).await);
+    assert_eq!(
+        forbidden(call(&dave, "GET", uri, Value::Null).await),
+        "pods.metrics.k8s.io is forbidden: User \"dave\" cannot list resource \"pods\" in API group \"metrics.k8s.io\" in the namespace \"team\""
+    );
+}

@@ -203,6 +203,14 @@ fn cluster_roles() -> Vec<DefaultRole> {
                 r(ALL_VERBS, &["coordination.k8s.io"], &["leases"]),
             ],
         ),
+        // What installing metrics-server adds, since metrics.k8s.io is served here:
+        // `kubectl top` for whoever may view.
+        DefaultRole {
+            name: "system:aggregated-metrics-reader",
+            labels: vec![(TO_ADMIN, "true"), (TO_EDIT, "true"), (TO_VIEW, "true")],
+            rules: vec![r(READ, &["metrics.k8s.io"], &["nodes", "pods"])],
+            aggregates: None,
+        },
         aggregate_to(
             "system:aggregate-to-view",
             TO_VIEW,
