@@ -186,15 +186,21 @@ impl KubeletClient {
         Ok(sender)
     }
 
-    /// GETs `path_and_query` from the kubelet at `addr` and returns its response, the
-    /// body streamed as it arrives (`follow=true` streams until either side ends).
-    pub(crate) async fn get(
+    /// Sends a GET of `path_and_query` to the kubelet at `addr`; its response, and how
+    /// a later failure of that request is worded (as kube-apiserver words it).
+    async fn send_get(
         &self,
         addr: SocketAddr,
         path_and_query: &str,
-    ) -> Result<Response<crate::ResponseBody>, Error> {
+    ) -> Result<
+        (
+            Response<hyper::body::Incoming>,
+            impl Fn(String) -> Error + use<>,
+        ),
+        Error,
+    > {
         let url = format!("https://{addr}{path_and_query}");
-        let fail = |what: String| -> Error {
+        let fail = move |what: String| -> Error {
             Status::new(500, "InternalError", format!("Get \"{url}\": {what}")).into()
         };
         let mut sender = self.connect(addr, &fail).await?;
@@ -206,6 +212,17 @@ impl KubeletClient {
             .send_request(req)
             .await
             .map_err(|e| fail(e.to_string()))?;
+        Ok((resp, fail))
+    }
+
+    /// GETs `path_and_query` from the kubelet at `addr` and returns its response, the
+    /// body streamed as it arrives (`follow=true` streams until either side ends).
+    pub(crate) async fn get(
+        &self,
+        addr: SocketAddr,
+        path_and_query: &str,
+    ) -> Result<Response<crate::ResponseBody>, Error> {
+        let (resp, fail) = self.send_get(addr, path_and_query).await?;
         let (parts, mut body) = resp.into_parts();
         let (tx, rx) = mpsc::channel::<Bytes>(16);
         tokio::spawn(async move {
@@ -228,19 +245,7 @@ impl KubeletClient {
 
     /// GETs `path` from the kubelet at `addr` as JSON (the Summary API).
     pub(crate) async fn get_json(&self, addr: SocketAddr, path: &str) -> Result<Value, Error> {
-        let url = format!("https://{addr}{path}");
-        let fail = |what: String| -> Error {
-            Status::new(500, "InternalError", format!("Get \"{url}\": {what}")).into()
-        };
-        let mut sender = self.connect(addr, &fail).await?;
-        let req = Request::get(path)
-            .header(header::HOST, addr.to_string())
-            .body(http_body_util::Empty::<Bytes>::new())
-            .map_err(|e| fail(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        let (resp, fail) = self.send_get(addr, path).await?;
         if !resp.status().is_success() {
             return Err(fail(format!("status {}", resp.status())));
         }
