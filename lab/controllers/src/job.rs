@@ -18,7 +18,7 @@ use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PropagationPolicy};
+use kube::api::{Api, DeleteParams, PropagationPolicy};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::warn;
@@ -349,25 +349,19 @@ async fn pass(ctx: &Ctx) -> Outcome {
                     util::event(&*job, COMPONENT, "Warning", "BackoffLimitExceeded", msg),
                 );
             }
-            match jobs_api
-                .patch_status(
-                    &job.name_any(),
-                    &PatchParams::default(),
-                    // Every field, so that what is gone is removed (null in a merge).
-                    &Patch::Merge(json!({"status": {
-                        "active": status.active,
-                        "succeeded": status.succeeded,
-                        "failed": status.failed,
-                        "ready": status.ready,
-                        "terminating": status.terminating,
-                        "startTime": status.start_time,
-                        "completionTime": status.completion_time,
-                        "conditions": status.conditions,
-                        "uncountedTerminatedPods": status.uncounted_terminated_pods,
-                    }})),
-                )
-                .await
-            {
+            // Every field, so that what is gone is removed (null in a merge).
+            let patch = json!({"status": {
+                "active": status.active,
+                "succeeded": status.succeeded,
+                "failed": status.failed,
+                "ready": status.ready,
+                "terminating": status.terminating,
+                "startTime": status.start_time,
+                "completionTime": status.completion_time,
+                "conditions": status.conditions,
+                "uncountedTerminatedPods": status.uncounted_terminated_pods,
+            }});
+            match util::update(&jobs_api, &*job, &patch, true).await {
                 Ok(w) => out.lock().unwrap().expect.push(cache::seen(
                     &c.jobs,
                     &ns,
