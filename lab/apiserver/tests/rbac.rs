@@ -1915,3 +1915,47 @@ async fn the_workload_controllers_hold_kubes_roles() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_router_with_service_account_tokens_authenticates_each_request() {
+    let (_dir, admin) = setup();
+    create(
+        &admin,
+        "/api/v1/namespaces/default/serviceaccounts",
+        json!({"metadata": {"name": "robot"}}),
+    )
+    .await;
+    let (code, tr) = call(
+        &admin,
+        "POST",
+        "/api/v1/namespaces/default/serviceaccounts/robot/token",
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}),
+    )
+    .await;
+    assert_eq!(code, 201, "{tr}");
+    let token = tr["status"]["token"].as_str().unwrap();
+    let r = admin.with_service_account_tokens();
+    let get = |headers: Vec<(&'static str, String)>, uri: &'static str| {
+        let r = r.clone();
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            request(&r, "GET", uri, &h, "application/json", Value::Null).await
+        }
+    };
+    let bearer = |t: &str| vec![("authorization", format!("Bearer {t}"))];
+    // No token, or one not this server's: 401, but for the public paths.
+    assert_eq!(get(vec![], "/api/v1/namespaces/default/pods").await.0, 401);
+    assert_eq!(
+        get(bearer("x.y.z"), "/api/v1/namespaces/default/pods")
+            .await
+            .0,
+        401
+    );
+    assert_eq!(get(vec![], "/version").await.0, 200);
+    // The token's ServiceAccount, held to what RBAC gives it.
+    let msg = forbidden(get(bearer(token), "/api/v1/namespaces/default/pods").await);
+    assert_eq!(
+        msg,
+        "pods is forbidden: User \"system:serviceaccount:default:robot\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""
+    );
+}

@@ -271,20 +271,22 @@ pub fn plan(job: &Job, pods: &[&Pod], now: Timestamp) -> JobPlan {
     out
 }
 
-/// Runs the Job controller.
-pub async fn run(ctx: Ctx) {
+/// Runs the Job controller; finished Jobs past their TTL are deleted with
+/// `ttl_after_finished` (the ttl-after-finished controller's client).
+pub async fn run(ctx: Ctx, ttl_after_finished: kube::Client) {
     let c = &ctx.caches;
     let ready = vec![cache::ready(&c.jobs), cache::ready(&c.pods)];
     let triggers = vec![c.jobs.subscribe(), c.pods.subscribe()];
     let resync = ctx.config.resync;
     cache::run_loop("job", ready, triggers, resync, move || {
         let ctx = ctx.clone();
-        async move { pass(&ctx).await }.boxed()
+        let ttl = ttl_after_finished.clone();
+        async move { pass(&ctx, &ttl).await }.boxed()
     })
     .await;
 }
 
-async fn pass(ctx: &Ctx) -> Outcome {
+async fn pass(ctx: &Ctx, ttl_after_finished: &kube::Client) -> Outcome {
     let c = &ctx.caches;
     let pods = c.pods.all();
     let now = Timestamp::now();
@@ -304,7 +306,8 @@ async fn pass(ctx: &Ctx) -> Outcome {
                 propagation_policy: Some(PropagationPolicy::Foreground),
                 ..Default::default()
             };
-            match jobs_api.delete(&job.name_any(), &dp).await {
+            let ttl_api: Api<Job> = Api::namespaced(ttl_after_finished.clone(), &ns);
+            match ttl_api.delete(&job.name_any(), &dp).await {
                 Ok(_) | Err(kube::Error::Api(_)) => {}
                 Err(e) => errors
                     .lock()
