@@ -63,6 +63,26 @@ async fn controllers_run_as_their_service_accounts_under_rbac() {
     })
     .await;
 
+    // A controller whose ServiceAccount was deleted (its token now refused, 401) gets
+    // it back with a new token, and goes on.
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), "kube-system");
+    sas.delete("replicaset-controller", &Default::default())
+        .await
+        .unwrap();
+    deployments
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
+        .await
+        .unwrap();
+    eventually("3 replicas ready after the token was renewed", || async {
+        let d = deployments.get("web").await.ok()?;
+        (d.status?.ready_replicas == Some(3)).then_some(())
+    })
+    .await;
+
     // A Service gets its EndpointSlice and Endpoints (endpointslice, endpoint).
     create::<Service>(
         &admin,
@@ -72,7 +92,7 @@ async fn controllers_run_as_their_service_accounts_under_rbac() {
     )
     .await;
     let slices: Api<EndpointSlice> = Api::namespaced(admin.clone(), "default");
-    eventually("an endpointslice with 2 endpoints", || async {
+    eventually("an endpointslice with 3 endpoints", || async {
         let l = slices
             .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
             .await
@@ -82,18 +102,18 @@ async fn controllers_run_as_their_service_accounts_under_rbac() {
             .iter()
             .map(|s| s.endpoints.as_ref().map_or(0, Vec::len))
             .sum();
-        (n == 2).then_some(())
+        (n == 3).then_some(())
     })
     .await;
     let endpoints: Api<Endpoints> = Api::namespaced(admin.clone(), "default");
-    eventually("endpoints with 2 addresses", || async {
+    eventually("endpoints with 3 addresses", || async {
         let e = endpoints.get("web").await.ok()?;
         let n: usize = e
             .subsets?
             .iter()
             .map(|s| s.addresses.as_ref().map_or(0, Vec::len))
             .sum();
-        (n == 2).then_some(())
+        (n == 3).then_some(())
     })
     .await;
 
@@ -172,7 +192,6 @@ async fn controllers_run_as_their_service_accounts_under_rbac() {
     .await;
 
     // Each controller has its ServiceAccount in kube-system, made by the process.
-    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), "kube-system");
     let have: BTreeSet<String> = sas
         .list(&ListParams::default())
         .await

@@ -665,6 +665,13 @@ fn the_controllers_run_as_kube_controller_manager_with_a_service_account_each() 
         let who: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(who["status"]["userInfo"]["username"], user, "{file}");
     }
+    // No controller was refused anything on the way up.
+    let log =
+        std::fs::read_to_string(api_dir.parent().unwrap().join("logs/controllers.log")).unwrap();
+    assert!(
+        !log.contains("forbidden") && !log.contains("Unauthorized"),
+        "{log}"
+    );
     // Each controller's ServiceAccount, made by the controller manager.
     let sas: BTreeSet<String> = lab
         .kubectl(&["-n", "kube-system", "get", "serviceaccounts", "-o", "name"])
