@@ -65,6 +65,8 @@ pub struct Router {
     state: Arc<api::State>,
     /// Who requests come from; `None`: the admin.
     user: Option<api::User>,
+    /// Requests are authenticated by their ServiceAccount token instead.
+    tokens: bool,
 }
 
 impl std::fmt::Debug for Router {
@@ -80,6 +82,19 @@ impl Router {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        if self.tokens && req.extensions().get::<api::User>().is_none() {
+            let sa = api::bearer_token(req.headers()).and_then(|t| {
+                self.state
+                    .signer
+                    .authenticate(&self.state.store, t, util::now_secs())
+            });
+            let user = match sa {
+                Some(sa) => api::User::service_account(&sa.namespace, &sa.name),
+                None if api::is_public(req.uri().path()) => api::User::anonymous(),
+                None => return api::status_response(&Status::unauthorized()),
+            };
+            req.extensions_mut().insert(user);
+        }
         if let Some(u) = &self.user
             && req.extensions().get::<api::User>().is_none()
         {
@@ -98,6 +113,19 @@ impl Router {
                 name: user.to_string(),
                 groups: groups.iter().map(|g| (*g).to_string()).collect(),
             }),
+            tokens: false,
+        }
+    }
+
+    /// The same API, every request authenticated by its ServiceAccount token
+    /// (`Authorization: Bearer`) as the listener does when a connection has no client
+    /// certificate: a request without a valid one is refused (401), but for the
+    /// public paths (`/healthz`, `/version`, ...), served to `system:anonymous`.
+    pub fn with_service_account_tokens(&self) -> Router {
+        Router {
+            state: self.state.clone(),
+            user: None,
+            tokens: true,
         }
     }
 }
@@ -168,7 +196,11 @@ pub fn router(config: &Config) -> Result<Router, Error> {
     gc::spawn_worker(&state);
     gc::spawn_flusher(&state);
     rbac::aggregate::spawn_worker(&state);
-    Ok(Router { state, user: None })
+    Ok(Router {
+        state,
+        user: None,
+        tokens: false,
+    })
 }
 
 /// Mints a client certificate for `user` in `groups` (for a node: `system:node:NAME` in

@@ -1829,3 +1829,133 @@ async fn whoever_may_view_may_read_metrics() {
         "pods.metrics.k8s.io is forbidden: User \"dave\" cannot list resource \"pods\" in API group \"metrics.k8s.io\" in the namespace \"team\""
     );
 }
+
+#[tokio::test]
+async fn the_workload_controllers_hold_kubes_roles() {
+    let (_dir, admin) = setup();
+    let sa = "system:serviceaccount:kube-system:";
+    let groups = json!([
+        "system:serviceaccounts",
+        "system:serviceaccounts:kube-system",
+        "system:authenticated"
+    ]);
+    let may = |user: &str, verb: &str, group: &str, resource: &str, sub: &str| {
+        json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": format!("{sa}{user}"), "groups": groups,
+            "resourceAttributes": {"verb": verb, "group": group, "resource": resource, "subresource": sub, "namespace": "default"}}})
+    };
+    for (user, verb, group, resource, sub, allowed) in [
+        ("job-controller", "create", "", "pods", "", true),
+        ("job-controller", "update", "batch", "jobs", "status", true),
+        ("job-controller", "delete", "batch", "jobs", "", false),
+        (
+            "ttl-after-finished-controller",
+            "delete",
+            "batch",
+            "jobs",
+            "",
+            true,
+        ),
+        (
+            "ttl-after-finished-controller",
+            "create",
+            "",
+            "pods",
+            "",
+            false,
+        ),
+        ("cronjob-controller", "create", "batch", "jobs", "", true),
+        (
+            "cronjob-controller",
+            "update",
+            "batch",
+            "cronjobs",
+            "status",
+            true,
+        ),
+        ("cronjob-controller", "create", "", "pods", "", false),
+        ("replication-controller", "create", "", "pods", "", true),
+        (
+            "replication-controller",
+            "update",
+            "",
+            "replicationcontrollers",
+            "status",
+            true,
+        ),
+        (
+            "replication-controller",
+            "update",
+            "apps",
+            "replicasets",
+            "",
+            false,
+        ),
+    ] {
+        let (code, v) = call(
+            &admin,
+            "POST",
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            may(user, verb, group, resource, sub),
+        )
+        .await;
+        assert_eq!(code, 201, "{v}");
+        assert_eq!(
+            v["status"]["allowed"], allowed,
+            "{user} {verb} {group}/{resource}/{sub}: {v}"
+        );
+        if allowed {
+            let role = format!("system:controller:{user}");
+            assert_eq!(
+                v["status"]["reason"],
+                format!(
+                    "RBAC: allowed by ClusterRoleBinding \"{role}\" of ClusterRole \"{role}\" to ServiceAccount \"{user}/kube-system\""
+                ),
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_router_with_service_account_tokens_authenticates_each_request() {
+    let (_dir, admin) = setup();
+    create(
+        &admin,
+        "/api/v1/namespaces/default/serviceaccounts",
+        json!({"metadata": {"name": "robot"}}),
+    )
+    .await;
+    let (code, tr) = call(
+        &admin,
+        "POST",
+        "/api/v1/namespaces/default/serviceaccounts/robot/token",
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}),
+    )
+    .await;
+    assert_eq!(code, 201, "{tr}");
+    let token = tr["status"]["token"].as_str().unwrap();
+    let r = admin.with_service_account_tokens();
+    let get = |headers: Vec<(&'static str, String)>, uri: &'static str| {
+        let r = r.clone();
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            request(&r, "GET", uri, &h, "application/json", Value::Null).await
+        }
+    };
+    let bearer = |t: &str| vec![("authorization", format!("Bearer {t}"))];
+    // No token, or one not this server's: 401, but for the public paths.
+    assert_eq!(get(vec![], "/api/v1/namespaces/default/pods").await.0, 401);
+    assert_eq!(
+        get(bearer("x.y.z"), "/api/v1/namespaces/default/pods")
+            .await
+            .0,
+        401
+    );
+    assert_eq!(get(vec![], "/version").await.0, 200);
+    // The token's ServiceAccount, held to what RBAC gives it.
+    let msg = forbidden(get(bearer(token), "/api/v1/namespaces/default/pods").await);
+    assert_eq!(
+        msg,
+        "pods is forbidden: User \"system:serviceaccount:default:robot\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""
+    );
+}

@@ -16,7 +16,7 @@ use k8s_openapi::api::batch::v1::{CronJob, CronJobStatus, Job};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::api::{Api, DeleteParams, PostParams, PropagationPolicy};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::warn;
@@ -297,17 +297,17 @@ async fn pass(ctx: &Ctx) -> Outcome {
         }
         if let Some(status) = status {
             let cjs: Api<CronJob> = Api::namespaced(ctx.client.clone(), &ns);
-            match cjs
-                .patch_status(
-                    &cj.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"status": {
-                        "active": status.active,
-                        "lastScheduleTime": status.last_schedule_time,
-                        "lastSuccessfulTime": status.last_successful_time,
-                    }})),
-                )
-                .await
+            match util::update(
+                &cjs,
+                &*cj,
+                &json!({"status": {
+                    "active": status.active,
+                    "lastScheduleTime": status.last_schedule_time,
+                    "lastSuccessfulTime": status.last_successful_time,
+                }}),
+                true,
+            )
+            .await
             {
                 Ok(w) => out.lock().unwrap().expect.push(cache::seen(
                     &c.cronjobs,

@@ -9,7 +9,7 @@ use futures::FutureExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{Node, Pod, Toleration};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::warn;
@@ -328,14 +328,7 @@ async fn pass(ctx: &Ctx) -> Outcome {
         }
         if let Some(status) = p.status {
             let dapi: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &ns);
-            match dapi
-                .patch_status(
-                    &ds.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"status": status})),
-                )
-                .await
-            {
+            match util::update(&dapi, &*ds, &json!({"status": status}), true).await {
                 Ok(w) => out.expect.push(cache::seen(
                     &c.daemonsets,
                     &ns,

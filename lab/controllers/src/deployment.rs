@@ -444,12 +444,7 @@ async fn sync(
         let st = status(d, new, &owned);
         if !same_status(d.status.as_ref(), &st) {
             let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-            let w = api
-                .patch_status(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"status": st})),
-                )
+            let w = util::update(&api, d, &json!({"status": st}), true)
                 .await
                 .map_err(Error::api(format!(
                     "updating status of deployment {ns}/{name}"
@@ -503,8 +498,7 @@ async fn sync(
                 ));
                 let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
                 let patch = json!({"metadata": {"annotations": {REVISION: (max_old_revision + 1).to_string()}}});
-                let w = api
-                    .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                let w = util::update(&api, d, &patch, false)
                     .await
                     .map_err(Error::api(format!("annotating deployment {ns}/{name}")))?;
                 out.expect.push(cache::seen(
@@ -519,7 +513,7 @@ async fn sync(
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
                 let patch = json!({"status": {"collisionCount": collisions.unwrap_or(0) + 1}});
-                api.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+                util::update(&api, d, &patch, true)
                     .await
                     .map_err(Error::api(format!(
                         "counting a hash collision of deployment {ns}/{name}"
@@ -632,20 +626,22 @@ async fn sync(
 
     let st = status(d, Some(new), &owned);
     let d_revision = d.annotations().get(REVISION).cloned();
+    let mut current = d.clone();
     let rev = revision(new).max(max_old_revision + 1).to_string();
     if d_revision.as_deref() != Some(rev.as_str()) {
         let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
         let patch = json!({"metadata": {"annotations": {REVISION: rev}}});
-        let w = api
-            .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+        let w = util::update(&api, &current, &patch, false)
             .await
             .map_err(Error::api(format!("annotating deployment {ns}/{name}")))?;
         out.expect.push(cache::seen(
             &ctx.caches.deployments,
             &ns,
             &name,
-            w.metadata.resource_version,
+            w.metadata.resource_version.clone(),
         ));
+        // The status is written next, onto what this update made.
+        current = w;
     }
     // Look again when the progress deadline would pass.
     let progressing = st.conditions.iter().flatten().find(|c| {
@@ -663,12 +659,7 @@ async fn sync(
     }
     if !same_status(d.status.as_ref(), &st) {
         let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-        let w = api
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": st})),
-            )
+        let w = util::update(&api, &current, &json!({"status": st}), true)
             .await
             .map_err(Error::api(format!(
                 "updating status of deployment {ns}/{name}"

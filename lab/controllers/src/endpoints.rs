@@ -547,8 +547,9 @@ fn ignore_not_found(r: Result<(), kube::Error>) -> Result<(), kube::Error> {
     }
 }
 
-/// Runs the EndpointSlice, Endpoints and mirroring controllers.
-pub async fn run(ctx: Ctx) {
+/// Runs the EndpointSlice, Endpoints and mirroring controllers: slices are written with
+/// `ctx.client` (the endpointslice controller's), Endpoints with `endpoint_controller`.
+pub async fn run(ctx: Ctx, endpoint_controller: kube::Client) {
     let c = &ctx.caches;
     let ready = vec![
         cache::ready(&c.services),
@@ -567,7 +568,8 @@ pub async fn run(ctx: Ctx) {
     let resync = ctx.config.resync;
     cache::run_loop("endpointslice", ready, triggers, resync, move || {
         let ctx = ctx.clone();
-        async move { pass(&ctx).await }.boxed()
+        let endpoint_controller = endpoint_controller.clone();
+        async move { pass(&ctx, &endpoint_controller).await }.boxed()
     })
     .await;
 }
@@ -678,7 +680,7 @@ pub fn plan(
     plan
 }
 
-async fn pass(ctx: &Ctx) -> Outcome {
+async fn pass(ctx: &Ctx, endpoint_controller: &kube::Client) -> Outcome {
     let c = &ctx.caches;
     let nodes = &c.nodes;
     let zone = |n: &str| {
@@ -704,7 +706,7 @@ async fn pass(ctx: &Ctx) -> Outcome {
     }
     for e in plan.endpoints {
         let (ns, name) = (e.namespace().unwrap_or_default(), e.name_any());
-        let api: Api<Endpoints> = Api::namespaced(ctx.client.clone(), &ns);
+        let api: Api<Endpoints> = Api::namespaced(endpoint_controller.clone(), &ns);
         let r = if e.metadata.resource_version.is_some() {
             api.replace(&name, &PostParams::default(), &e).await
         } else {
@@ -721,7 +723,7 @@ async fn pass(ctx: &Ctx) -> Outcome {
         }
     }
     for (ns, name) in plan.delete_endpoints {
-        let api: Api<Endpoints> = Api::namespaced(ctx.client.clone(), &ns);
+        let api: Api<Endpoints> = Api::namespaced(endpoint_controller.clone(), &ns);
         let r = api
             .delete(&name, &DeleteParams::default())
             .await

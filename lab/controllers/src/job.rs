@@ -18,7 +18,7 @@ use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PropagationPolicy};
+use kube::api::{Api, DeleteParams, PropagationPolicy};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::warn;
@@ -271,20 +271,22 @@ pub fn plan(job: &Job, pods: &[&Pod], now: Timestamp) -> JobPlan {
     out
 }
 
-/// Runs the Job controller.
-pub async fn run(ctx: Ctx) {
+/// Runs the Job controller; finished Jobs past their TTL are deleted with
+/// `ttl_after_finished` (the ttl-after-finished controller's client).
+pub async fn run(ctx: Ctx, ttl_after_finished: kube::Client) {
     let c = &ctx.caches;
     let ready = vec![cache::ready(&c.jobs), cache::ready(&c.pods)];
     let triggers = vec![c.jobs.subscribe(), c.pods.subscribe()];
     let resync = ctx.config.resync;
     cache::run_loop("job", ready, triggers, resync, move || {
         let ctx = ctx.clone();
-        async move { pass(&ctx).await }.boxed()
+        let ttl = ttl_after_finished.clone();
+        async move { pass(&ctx, &ttl).await }.boxed()
     })
     .await;
 }
 
-async fn pass(ctx: &Ctx) -> Outcome {
+async fn pass(ctx: &Ctx, ttl_after_finished: &kube::Client) -> Outcome {
     let c = &ctx.caches;
     let pods = c.pods.all();
     let now = Timestamp::now();
@@ -304,7 +306,8 @@ async fn pass(ctx: &Ctx) -> Outcome {
                 propagation_policy: Some(PropagationPolicy::Foreground),
                 ..Default::default()
             };
-            match jobs_api.delete(&job.name_any(), &dp).await {
+            let ttl_api: Api<Job> = Api::namespaced(ttl_after_finished.clone(), &ns);
+            match ttl_api.delete(&job.name_any(), &dp).await {
                 Ok(_) | Err(kube::Error::Api(_)) => {}
                 Err(e) => errors
                     .lock()
@@ -349,25 +352,19 @@ async fn pass(ctx: &Ctx) -> Outcome {
                     util::event(&*job, COMPONENT, "Warning", "BackoffLimitExceeded", msg),
                 );
             }
-            match jobs_api
-                .patch_status(
-                    &job.name_any(),
-                    &PatchParams::default(),
-                    // Every field, so that what is gone is removed (null in a merge).
-                    &Patch::Merge(json!({"status": {
-                        "active": status.active,
-                        "succeeded": status.succeeded,
-                        "failed": status.failed,
-                        "ready": status.ready,
-                        "terminating": status.terminating,
-                        "startTime": status.start_time,
-                        "completionTime": status.completion_time,
-                        "conditions": status.conditions,
-                        "uncountedTerminatedPods": status.uncounted_terminated_pods,
-                    }})),
-                )
-                .await
-            {
+            // Every field, so that what is gone is removed (null in a merge).
+            let patch = json!({"status": {
+                "active": status.active,
+                "succeeded": status.succeeded,
+                "failed": status.failed,
+                "ready": status.ready,
+                "terminating": status.terminating,
+                "startTime": status.start_time,
+                "completionTime": status.completion_time,
+                "conditions": status.conditions,
+                "uncountedTerminatedPods": status.uncounted_terminated_pods,
+            }});
+            match util::update(&jobs_api, &*job, &patch, true).await {
                 Ok(w) => out.lock().unwrap().expect.push(cache::seen(
                     &c.jobs,
                     &ns,

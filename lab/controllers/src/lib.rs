@@ -22,8 +22,11 @@
 //! | scheduler | [`scheduler`] |
 //! | node IPAM (podCIDRs) | [`ipam`] |
 //! | node lifecycle (Lease → NotReady → pods not ready) | [`lifecycle`] |
+//!
+//! Who each one is: [`credentials`].
 
 pub mod cache;
+pub mod credentials;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -102,6 +105,17 @@ pub struct Args {
     /// (its Ready condition Unknown) and its pods not ready.
     #[arg(long, default_value = "40s", value_parser = k8s::parse_duration)]
     pub node_monitor_grace_period: Duration,
+    /// Each controller writes with a token of its own ServiceAccount in kube-system
+    /// (made if missing), bound to its `system:controller:*` role, as
+    /// kube-controller-manager's flag of that name; the shared watches, the
+    /// ServiceAccounts and the tokens use the kubeconfig's identity (in a cluster,
+    /// `system:kube-controller-manager`).
+    #[arg(long)]
+    pub use_service_account_credentials: bool,
+    /// Kubeconfig of the scheduler (in a cluster, `system:kube-scheduler`); without it
+    /// the scheduler uses the controllers' client.
+    #[arg(long)]
+    pub scheduler_kubeconfig: Option<std::path::PathBuf>,
 }
 
 impl Args {
@@ -127,6 +141,13 @@ impl Args {
             )
             .into(),
         ]);
+        if self.use_service_account_credentials {
+            args.push("--use-service-account-credentials".into());
+        }
+        if let Some(path) = &self.scheduler_kubeconfig {
+            args.push("--scheduler-kubeconfig".into());
+            args.push(path.into());
+        }
         args
     }
 }
@@ -204,36 +225,108 @@ impl Controllers {
     }
 }
 
-/// Starts every controller on `client`; returns at once.
-pub fn start(client: kube::Client, config: Config) -> Controllers {
+/// Starts every controller; returns at once. Given a client, every controller uses
+/// it; given [`credentials::Clients`], each its own (see [`credentials`]).
+pub fn start(clients: impl Into<credentials::Clients>, config: Config) -> Controllers {
+    let clients: credentials::Clients = clients.into();
     let mut tasks = JoinSet::new();
-    let caches = Arc::new(cache::Caches::start(&client, &mut tasks));
+    let caches = Arc::new(cache::Caches::start(&clients.root, &mut tasks));
     let ctx = Ctx {
-        client,
+        client: clients.root.clone(),
         caches,
         config: Arc::new(config),
     };
-    tasks.spawn(endpoints::run(ctx.clone()));
-    tasks.spawn(deployment::run(ctx.clone()));
-    tasks.spawn(replicaset::run(ctx.clone()));
-    tasks.spawn(replicationcontroller::run(ctx.clone()));
-    tasks.spawn(job::run(ctx.clone()));
-    tasks.spawn(cronjob::run(ctx.clone()));
-    tasks.spawn(statefulset::run(ctx.clone()));
-    tasks.spawn(daemonset::run(ctx.clone()));
-    tasks.spawn(scheduler::run(ctx.clone()));
-    tasks.spawn(ipam::run(ctx.clone()));
-    tasks.spawn(lifecycle::run(ctx));
+    // Each controller as its ServiceAccount (kube's names), its token kept fresh for
+    // as long as the controller runs.
+    let spawn = |tasks: &mut JoinSet<()>, name: &'static str, run: fn(Ctx) -> BoxFuture| {
+        let (clients, ctx) = (clients.clone(), ctx.clone());
+        tasks.spawn(async move {
+            let (client, renewal) = clients.controller(name).await;
+            tokio::select! {
+                () = run(Ctx { client, ..ctx }) => {}
+                () = renewal => {}
+            }
+        });
+    };
+    spawn(&mut tasks, "deployment-controller", |c| {
+        Box::pin(deployment::run(c))
+    });
+    spawn(&mut tasks, "replicaset-controller", |c| {
+        Box::pin(replicaset::run(c))
+    });
+    spawn(&mut tasks, "replication-controller", |c| {
+        Box::pin(replicationcontroller::run(c))
+    });
+    spawn(&mut tasks, "cronjob-controller", |c| {
+        Box::pin(cronjob::run(c))
+    });
+    spawn(&mut tasks, "statefulset-controller", |c| {
+        Box::pin(statefulset::run(c))
+    });
+    spawn(&mut tasks, "daemon-set-controller", |c| {
+        Box::pin(daemonset::run(c))
+    });
+    // Node IPAM and node lifecycle are kube's node-controller.
+    spawn(&mut tasks, "node-controller", |c| {
+        Box::pin(async move {
+            tokio::join!(ipam::run(c.clone()), lifecycle::run(c));
+        })
+    });
+    // Two identities each: EndpointSlices and Endpoints; Jobs and their TTL.
+    let (c, x) = (clients.clone(), ctx.clone());
+    tasks.spawn(async move {
+        let (slices, r1) = c.controller("endpointslice-controller").await;
+        let (endpoints, r2) = c.controller("endpoint-controller").await;
+        tokio::select! {
+            () = endpoints::run(Ctx { client: slices, ..x }, endpoints) => {}
+            () = r1 => {}
+            () = r2 => {}
+        }
+    });
+    let (c, x) = (clients.clone(), ctx.clone());
+    tasks.spawn(async move {
+        let (jobs, r1) = c.controller("job-controller").await;
+        let (ttl, r2) = c.controller("ttl-after-finished-controller").await;
+        tokio::select! {
+            () = job::run(Ctx { client: jobs, ..x }, ttl) => {}
+            () = r1 => {}
+            () = r2 => {}
+        }
+    });
+    // The scheduler is its own component (kube-scheduler), with its own credentials.
+    let client = clients.scheduler.clone().unwrap_or(clients.root);
+    tasks.spawn(scheduler::run(Ctx { client, ..ctx }));
     Controllers { tasks }
 }
+
+type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// `kubewire controllers`: runs every controller until SIGTERM or SIGINT.
 pub async fn run(args: Args) -> Result<(), Error> {
     let mut shutdown = k8s::Shutdown::new().map_err(Error::Signals)?;
     let config = Config::try_from(&args)?;
-    let client = args.client.client().await?;
-    info!(cluster_cidrs = ?config.cluster_cidrs, "controllers started");
-    let mut controllers = start(client, config);
+    let root_config = args.client.config().await?;
+    let root = kube::Client::try_from(root_config.clone()).map_err(k8s::Error::Client)?;
+    let anonymous = if args.use_service_account_credentials {
+        // The same server and CA, none of the kubeconfig's credentials: each
+        // controller adds its token.
+        let mut config = root_config;
+        config.auth_info = Default::default();
+        Some(kube::Client::try_from(config).map_err(k8s::Error::Client)?)
+    } else {
+        None
+    };
+    let scheduler = match &args.scheduler_kubeconfig {
+        Some(path) => Some(k8s::client_from_kubeconfig(path).await?),
+        None => None,
+    };
+    info!(cluster_cidrs = ?config.cluster_cidrs, service_account_credentials = args.use_service_account_credentials, "controllers started");
+    let clients = credentials::Clients {
+        root,
+        anonymous,
+        scheduler,
+    };
+    let mut controllers = start(clients, config);
     tokio::select! {
         _ = controllers.wait() => Err(Error::Stopped),
         () = shutdown.recv() => {
@@ -270,6 +363,8 @@ mod tests {
             node_cidr_mask_size_ipv4: 26,
             node_cidr_mask_size_ipv6: 80,
             node_monitor_grace_period: Duration::from_secs(90),
+            use_service_account_credentials: true,
+            scheduler_kubeconfig: Some("/lab/scheduler.kubeconfig".into()),
         };
         assert_eq!(parse(args.to_args()), args);
         let defaults = parse(vec![]);

@@ -11,7 +11,7 @@ use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::warn;
@@ -293,12 +293,7 @@ async fn write_status(
 ) -> Result<Check, Error> {
     let ns = rs.namespace().unwrap_or_default();
     let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
-    let w = api
-        .patch_status(
-            &rs.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": status})),
-        )
+    let w = util::update(&api, rs, &json!({"status": status}), true)
         .await
         .map_err(Error::api(format!(
             "updating status of replicaset {}",

@@ -11,7 +11,7 @@ use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetSpec};
 use k8s_openapi::api::core::v1::{ReplicationController, ReplicationControllerStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::warn;
@@ -109,14 +109,7 @@ async fn pass(ctx: &Ctx) -> Outcome {
             continue;
         }
         let api: Api<ReplicationController> = Api::namespaced(ctx.client.clone(), &ns);
-        match api
-            .patch_status(
-                &rc.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": status})),
-            )
-            .await
-        {
+        match util::update(&api, &*rc, &json!({"status": status}), true).await {
             Ok(w) => out.lock().unwrap().expect.push(cache::seen(
                 &c.replicationcontrollers,
                 &ns,

@@ -11,7 +11,7 @@ use futures::FutureExt;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::warn;
@@ -281,14 +281,7 @@ async fn pass(ctx: &Ctx) -> Outcome {
         }
         if let Some(status) = p.status {
             let sapi: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
-            match sapi
-                .patch_status(
-                    &sts.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"status": status})),
-                )
-                .await
-            {
+            match util::update(&sapi, &*sts, &json!({"status": status}), true).await {
                 Ok(w) => out.expect.push(cache::seen(
                     &c.statefulsets,
                     &ns,

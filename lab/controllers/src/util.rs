@@ -428,6 +428,51 @@ where
     ))
 }
 
+/// RFC 7386 JSON merge patch: `patch` merged into `target` (null removes a field).
+pub fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    let serde_json::Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = serde_json::Value::Object(serde_json::Map::new());
+    }
+    let t = target.as_object_mut().expect("an object");
+    for (k, v) in p {
+        if v.is_null() {
+            t.remove(k);
+        } else {
+            merge_patch(t.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+        }
+    }
+}
+
+/// Writes the merge patch `patch` onto `current` (the object as last seen) as
+/// kube-controller-manager's controllers write: an update (`PUT`), of the status
+/// subresource when `status`. Its resourceVersion makes it a compare-and-swap (a
+/// conflict is retried by the next pass), and the controller's role needs `update`
+/// only, as kube's `system:controller:*` roles give (they rarely give `patch`).
+pub async fn update<K>(
+    api: &kube::Api<K>,
+    current: &K,
+    patch: &serde_json::Value,
+    status: bool,
+) -> kube::Result<K>
+where
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut v = serde_json::to_value(current).map_err(kube::Error::SerdeError)?;
+    merge_patch(&mut v, patch);
+    let new: K = serde_json::from_value(v).map_err(kube::Error::SerdeError)?;
+    let name = current.meta().name.clone().unwrap_or_default();
+    let pp = kube::api::PostParams::default();
+    if status {
+        api.replace_status(&name, &pp, &new).await
+    } else {
+        api.replace(&name, &pp, &new).await
+    }
+}
+
 /// `ns/name` of an object, for messages.
 pub fn key<K: Resource>(obj: &K) -> String {
     format!(
@@ -440,6 +485,19 @@ pub fn key<K: Resource>(obj: &K) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merge_patch_is_rfc_7386() {
+        let mut v = serde_json::json!({"a": "b", "c": {"d": "e", "f": "g"}, "l": [1, 2]});
+        merge_patch(
+            &mut v,
+            &serde_json::json!({"a": "z", "c": {"f": null}, "l": [3], "n": {"m": 1}}),
+        );
+        assert_eq!(
+            v,
+            serde_json::json!({"a": "z", "c": {"d": "e"}, "l": [3], "n": {"m": 1}})
+        );
+    }
 
     #[test]
     fn fnv_matches_reference_vectors() {

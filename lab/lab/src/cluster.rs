@@ -199,13 +199,29 @@ async fn start_processes(
     ));
 
     let step = progress.step("control plane: controllers");
+    // As a cluster runs kube-controller-manager (with --use-service-account-credentials:
+    // each controller as its ServiceAccount in kube-system) and kube-scheduler: each
+    // with a client certificate of its own user, not the admin's.
+    let api_server = format!("https://{}", server_of(&kubeconfig));
+    let identity = |user: &str, file: &str| -> Result<PathBuf> {
+        let text = apiserver::client_kubeconfig(&api_dir, &api_server, user, &[])
+            .map_err(|e| Error::Component(format!("minting credentials for {user}: {e}")))?;
+        let path = api_dir.join(file);
+        write_private(&path, text.as_bytes())?;
+        Ok(path)
+    };
     let controllers_args = controllers::Args {
         client: k8s::ClientArgs {
-            kubeconfig: Some(kubeconfig.clone()),
+            kubeconfig: Some(identity(
+                "system:kube-controller-manager",
+                "controller-manager.kubeconfig",
+            )?),
             server: None,
         },
         cluster_cidr: cfg.pod_cidrs.clone(),
         node_monitor_grace_period: Duration::from_secs(cfg.node_grace_period_seconds.into()),
+        use_service_account_credentials: true,
+        scheduler_kubeconfig: Some(identity("system:kube-scheduler", "scheduler.kubeconfig")?),
         ..k8s::parse_flags::<controllers::Args>(&[])
     };
     let controllers = start(
@@ -213,7 +229,9 @@ async fn start_processes(
         None,
         command("controllers", controllers_args.to_args()),
     )?;
-    step.done("endpoints, deployments, statefulsets, daemonsets, scheduler, node IPAM");
+    step.done(
+        "a ServiceAccount per controller (system:kube-controller-manager), the scheduler as system:kube-scheduler",
+    );
 
     // Nodes: each gets its own credentials, as a kubelet would after TLS bootstrap. The
     // agent comes as the DaemonSet's pod, which the node runs in its own namespace.

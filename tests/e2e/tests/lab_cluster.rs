@@ -644,3 +644,95 @@ fn kubewire_runs_as_its_service_accounts_with_exactly_the_documented_rights() {
         }
     }
 }
+
+#[test]
+fn the_controllers_run_as_kube_controller_manager_with_a_service_account_each() {
+    let lab = RunningLab::up(2);
+    // The controllers' and the scheduler's credentials are their own users, not the
+    // admin's: `lab up` got to DNS ready (a Deployment scaled, pods scheduled, the
+    // kube-dns Service's endpoints written) under those identities.
+    let api_dir = lab.kubeconfig.parent().unwrap();
+    for (file, user) in [
+        (
+            "controller-manager.kubeconfig",
+            "system:kube-controller-manager",
+        ),
+        ("scheduler.kubeconfig", "system:kube-scheduler"),
+    ] {
+        let kubeconfig = api_dir.join(file);
+        let out = e2e::cluster::kubectl(&kubeconfig, &["auth", "whoami", "-o", "json"]);
+        assert!(out.status.success(), "{file}: {out:?}");
+        let who: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(who["status"]["userInfo"]["username"], user, "{file}");
+    }
+    // No controller was refused anything on the way up.
+    let log =
+        std::fs::read_to_string(api_dir.parent().unwrap().join("logs/controllers.log")).unwrap();
+    assert!(
+        !log.contains("forbidden") && !log.contains("Unauthorized"),
+        "{log}"
+    );
+    // Each controller's ServiceAccount, made by the controller manager.
+    let sas: BTreeSet<String> = lab
+        .kubectl(&["-n", "kube-system", "get", "serviceaccounts", "-o", "name"])
+        .lines()
+        .map(|l| l.trim_start_matches("serviceaccount/").to_string())
+        .collect();
+    for sa in [
+        "deployment-controller",
+        "replicaset-controller",
+        "endpointslice-controller",
+        "endpoint-controller",
+        "daemon-set-controller",
+        "node-controller",
+        "job-controller",
+    ] {
+        assert!(sas.contains(sa), "{sa} in {sas:?}");
+    }
+    // Neither the controller manager nor the scheduler may write workloads themselves.
+    assert!(!can_i(
+        &lab,
+        "system:kube-controller-manager",
+        &["create", "pods"]
+    ));
+    assert!(can_i(
+        &lab,
+        "system:kube-scheduler",
+        &["create", "pods", "--subresource=binding"]
+    ));
+    assert!(!can_i(&lab, "system:kube-scheduler", &["create", "pods"]));
+    // A controller's token is refused what its role does not give, as kube-apiserver
+    // words it.
+    let token = lab.kubectl(&[
+        "-n",
+        "kube-system",
+        "create",
+        "token",
+        "replicaset-controller",
+    ]);
+    let server = lab.kubectl(&[
+        "config",
+        "view",
+        "-o",
+        "jsonpath={.clusters[0].cluster.server}",
+    ]);
+    let as_rs = |args: &[&str]| {
+        Command::new("kubectl")
+            .args(["--kubeconfig=/dev/null", "--insecure-skip-tls-verify"])
+            .arg(format!("--server={server}"))
+            .arg(format!("--token={}", token.trim()))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let pods = as_rs(&["get", "pods", "-A", "-o", "name"]);
+    assert!(pods.status.success(), "{pods:?}");
+    let secrets = as_rs(&["get", "secrets", "-n", "default"]);
+    assert!(
+        !secrets.status.success()
+            && String::from_utf8_lossy(&secrets.stderr).contains(
+                "secrets is forbidden: User \"system:serviceaccount:kube-system:replicaset-controller\" cannot list resource \"secrets\" in API group \"\" in the namespace \"default\""
+            ),
+        "{secrets:?}"
+    );
+}

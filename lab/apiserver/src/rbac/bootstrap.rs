@@ -531,6 +531,27 @@ fn controller_roles() -> Vec<DefaultRole> {
             )],
         ),
         c(
+            "system:controller:cronjob-controller",
+            vec![
+                r(
+                    &["get", "list", "update", "watch"],
+                    &["batch"],
+                    &["cronjobs"],
+                ),
+                r(
+                    &[
+                        "create", "delete", "get", "list", "patch", "update", "watch",
+                    ],
+                    &["batch"],
+                    &["jobs"],
+                ),
+                r(&["update"], &["batch"], &["cronjobs/status"]),
+                r(&["update"], &["batch"], &["cronjobs/finalizers"]),
+                r(&["delete", "list", "watch"], &[""], &["pods"]),
+                events(),
+            ],
+        ),
+        c(
             "system:controller:daemon-set-controller",
             vec![
                 r(READ, &["apps", "extensions"], &["daemonsets"]),
@@ -638,6 +659,24 @@ fn controller_roles() -> Vec<DefaultRole> {
             ],
         ),
         c(
+            "system:controller:job-controller",
+            vec![
+                r(
+                    &["get", "list", "patch", "update", "watch"],
+                    &["batch"],
+                    &["jobs"],
+                ),
+                r(&["update"], &["batch"], &["jobs/status"]),
+                r(&["update"], &["batch"], &["jobs/finalizers"]),
+                r(
+                    &["create", "delete", "list", "patch", "watch"],
+                    &[""],
+                    &["pods"],
+                ),
+                events(),
+            ],
+        ),
+        c(
             "system:controller:namespace-controller",
             vec![
                 r(&["delete", "get", "list", "watch"], &[""], &["namespaces"]),
@@ -702,6 +741,24 @@ fn controller_roles() -> Vec<DefaultRole> {
             ],
         ),
         c(
+            "system:controller:replication-controller",
+            vec![
+                r(
+                    &["get", "list", "update", "watch"],
+                    &[""],
+                    &["replicationcontrollers"],
+                ),
+                r(&["update"], &[""], &["replicationcontrollers/status"]),
+                r(&["update"], &[""], &["replicationcontrollers/finalizers"]),
+                r(
+                    &["create", "delete", "list", "patch", "watch"],
+                    &[""],
+                    &["pods"],
+                ),
+                events(),
+            ],
+        ),
+        c(
             "system:controller:root-ca-cert-publisher",
             vec![r(&["create", "update"], &[""], &["configmaps"]), events()],
         ),
@@ -744,6 +801,13 @@ fn controller_roles() -> Vec<DefaultRole> {
                 ),
                 r(&["delete", "update"], &[""], &["persistentvolumeclaims"]),
                 r(&["update"], &[""], &["pods/finalizers"]),
+                events(),
+            ],
+        ),
+        c(
+            "system:controller:ttl-after-finished-controller",
+            vec![
+                r(&["delete", "get", "list", "watch"], &["batch"], &["jobs"]),
                 events(),
             ],
         ),
