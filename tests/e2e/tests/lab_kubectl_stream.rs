@@ -164,6 +164,8 @@ struct Terminal {
     master: File,
     child: Child,
     screen: Arc<Mutex<Vec<u8>>>,
+    /// Reads the terminal until its last writer is gone.
+    reader: std::thread::JoinHandle<()>,
 }
 
 impl Terminal {
@@ -188,11 +190,11 @@ impl Terminal {
         let child = cmd.spawn().unwrap();
         drop(cmd);
         let screen = Arc::new(Mutex::new(Vec::new()));
-        let mut reader = File::from(master.try_clone().unwrap());
+        let mut from = File::from(master.try_clone().unwrap());
         let s = screen.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
-            while let Ok(n) = reader.read(&mut buf) {
+            while let Ok(n) = from.read(&mut buf) {
                 if n == 0 {
                     break;
                 }
@@ -203,6 +205,7 @@ impl Terminal {
             master: File::from(master),
             child,
             screen,
+            reader,
         }
     }
 
@@ -255,8 +258,9 @@ impl Terminal {
             "kubectl did not exit:\n{}",
             self.screen()
         );
-        // What it wrote last.
-        std::thread::sleep(Duration::from_millis(200));
+        // What it wrote last: the reader ends once kubectl, the terminal's last
+        // writer, is gone (a straggler holding it only makes this wait longer).
+        wait_until(WAIT, || self.reader.is_finished());
         (status.unwrap(), self.screen())
     }
 }
