@@ -78,33 +78,7 @@ pub fn controller_ref<O: Resource<DynamicType = ()>>(owner: &O) -> OwnerReferenc
     }
 }
 
-/// Whether `labels` match a map selector (a Service's): every key equal. An empty
-/// selector matches nothing here (a Service without selector has no managed endpoints).
-pub fn map_selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
-    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-}
-
-/// Whether `labels` match a LabelSelector (`matchLabels` and `matchExpressions`). An
-/// empty selector matches everything, as in the API.
-pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let ml = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let me = selector.match_expressions.iter().flatten().all(|e| {
-        let values = e.values.as_deref().unwrap_or_default();
-        let have = labels.get(&e.key);
-        match e.operator.as_str() {
-            "In" => have.is_some_and(|v| values.contains(v)),
-            "NotIn" => have.is_none_or(|v| !values.contains(v)),
-            "Exists" => have.is_some(),
-            "DoesNotExist" => have.is_none(),
-            _ => false,
-        }
-    });
-    ml && me
-}
+pub use k8s::labels::{map_selects, selects};
 
 /// 32-bit FNV-1a, the hash kube-controller-manager uses for pod-template-hash.
 pub fn fnv32a(bytes: &[u8]) -> u32 {

@@ -1,0 +1,6 @@
+//! LoadBalancer addresses, MetalLB's job: its API (`metallb.io`, served unchanged so a
+//! user's MetalLB configuration applies as it is) as Rust types, shared by the allocation
+//! controller and the agent's announcers.
+
+pub mod crd;
+pub mod select;
