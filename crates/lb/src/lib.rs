@@ -3,5 +3,6 @@
 //! controller and the agent's announcers.
 
 pub mod bgp;
+pub mod announce;
 pub mod crd;
 pub mod select;
