@@ -3,6 +3,8 @@
 //!
 //! - [`codec`]: the messages on the wire.
 //! - [`fsm`]: the session state machine, pure.
+//! - [`plan`]: which routes this node sends to which peer, pure.
 
 pub mod codec;
 pub mod fsm;
+pub mod plan;
