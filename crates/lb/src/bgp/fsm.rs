@@ -138,7 +138,9 @@ impl Fsm {
             router_id: self.config.router_id,
             four_octet_as: true,
             families: self.config.families.clone(),
-            route_refresh: true,
+            // Not offered: the speaker takes no routes, so it never needs a refresh,
+            // and the codec does not parse ROUTE-REFRESH messages.
+            route_refresh: false,
         }
     }
 

@@ -4,7 +4,11 @@
 //! - [`codec`]: the messages on the wire.
 //! - [`fsm`]: the session state machine, pure.
 //! - [`plan`]: which routes this node sends to which peer, pure.
+//! - [`session`]: one peer's TCP session driving the state machine.
+//! - [`speaker`]: the sessions of this node, brought to each new plan.
 
 pub mod codec;
 pub mod fsm;
 pub mod plan;
+pub mod session;
+pub mod speaker;
