@@ -6,9 +6,13 @@
 //! - [`plan`]: which routes this node sends to which peer, pure.
 //! - [`session`]: one peer's TCP session driving the state machine.
 //! - [`speaker`]: the sessions of this node, brought to each new plan.
+//! - [`run`]: the announcer the agent runs: view in, sessions, statuses and Events out.
+
+pub use run::{BgpArgs, Error, run};
 
 pub mod codec;
 pub mod fsm;
 pub mod plan;
+pub mod run;
 pub mod session;
 pub mod speaker;
