@@ -85,6 +85,8 @@ const BIRDC: &str = "/usr/sbin/birdc";
 const ZEBRA: &str = "/usr/lib/frr/zebra";
 const BGPD: &str = "/usr/lib/frr/bgpd";
 const VTYSH: &str = "/usr/bin/vtysh";
+/// The user Debian's `frr` package makes for its daemons.
+const FRR_USER: &str = "frr";
 
 impl Router {
     /// The router of a lab with `loadBalancer: bgp`.
@@ -234,13 +236,14 @@ impl Router {
                         d("zserv.api"),
                         "--vty_socket".into(),
                         self.dir.clone().into(),
-                        // No vty TCP port; root, as the lab's other processes.
+                        // No vty TCP port; the package's own user, whose group may
+                        // use the vty (FRR refuses a user outside it).
                         "-P".into(),
                         "0".into(),
                         "-u".into(),
-                        "root".into(),
+                        FRR_USER.into(),
                         "-g".into(),
-                        "root".into(),
+                        FRR_USER.into(),
                         "--log".into(),
                         "stdout".into(),
                     ]
@@ -266,6 +269,18 @@ impl Router {
         for (path, text) in self.config_files() {
             std::fs::write(&path, text)
                 .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+        }
+        if self.kind == RouterKind::Frr {
+            // FRR's daemons drop to their user, which must write its sockets and pid
+            // files here.
+            let (uid, gid) = system_user(FRR_USER).ok_or_else(|| {
+                Error::Component(format!(
+                    "user {FRR_USER} not found: is Debian's frr package installed?"
+                ))
+            })?;
+            std::os::unix::fs::chown(&self.dir, Some(uid), Some(gid)).map_err(|e| {
+                Error::io(format!("giving {} to {FRR_USER}", self.dir.display()), e)
+            })?;
         }
         let mut started = Vec::new();
         for (name, binary, args) in self.commands() {
@@ -369,6 +384,16 @@ impl Router {
             }
         })
     }
+}
+
+/// A user's uid and gid from /etc/passwd.
+fn system_user(name: &str) -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.first() == Some(&name))
+            .then(|| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))?
+    })
 }
 
 fn wait_for_path(p: &Path) {
