@@ -524,6 +524,7 @@ pub fn exited(cfg: &LabConfig) -> Vec<Process> {
 pub(crate) fn stop(cfg: &LabConfig, namespaces: &[String]) {
     let procs = Registry::new(&cfg.state_dir()).load();
     processes::stop_all(&procs, STOP_GRACE);
+    crate::router::forget(&procs);
     let killed = processes::kill_in_netns(namespaces);
     if killed > 0 {
         debug!(killed, "stopped processes left in the lab's namespaces");

@@ -386,6 +386,23 @@ impl Router {
     }
 }
 
+/// Where FRR's daemons keep a directory each (`<daemon>.<pid>`) while they run.
+const FRR_TMP: &str = "/var/tmp/frr";
+
+/// Removes what the router's processes left outside the lab's directories: FRR removes
+/// its `/var/tmp/frr/<daemon>.<pid>` on a clean exit, not when it is killed or fails
+/// to start; the parent goes too when nothing else is in it.
+pub(crate) fn forget(procs: &[Process]) {
+    for p in procs {
+        if let Some(daemon) = p.name.strip_prefix("router/")
+            && matches!(daemon, "zebra" | "bgpd")
+        {
+            let _ = std::fs::remove_dir_all(Path::new(FRR_TMP).join(format!("{daemon}.{}", p.pid)));
+        }
+    }
+    let _ = std::fs::remove_dir(FRR_TMP);
+}
+
 /// A user's uid and gid from /etc/passwd.
 fn system_user(name: &str) -> Option<(u32, u32)> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
