@@ -1,0 +1,295 @@
+//! Tier 4: BGP announcement of LoadBalancer addresses in a running lab with
+//! `loadBalancer: bgp`, against real routers nobody here wrote: BIRD 2 and FRR, each in
+//! the lab's router namespace. The router's own view is read with its own client
+//! (`birdc`, `vtysh`) and its kernel table with `ip`; clients run in `outside`.
+//!
+//! The allocation controller is not part of this test: each Service gets its address
+//! and the pool annotation the controller would write (`metallb.io/ip-allocated-from-pool`)
+//! by hand, as a cloud controller would write `status.loadBalancer`.
+
+#![allow(clippy::disallowed_methods)] // runs ip, birdc, vtysh and curl
+
+use std::time::Duration;
+
+use e2e::running::RunningLab;
+use e2e::wait_until;
+
+const POOL: &str = r#"
+apiVersion: metallb.io/v1beta1
+kind: IPAddressPool
+metadata: {name: default, namespace: metallb-system}
+spec: {addresses: ["198.18.0.200-198.18.0.250"]}
+---
+apiVersion: metallb.io/v1beta1
+kind: BGPAdvertisement
+metadata: {name: tagged, namespace: metallb-system}
+spec:
+  communities: ["64512:100", "large:64512:1:2", "no-advertise"]
+---
+apiVersion: metallb.io/v1beta1
+kind: Community
+metadata: {name: aliases, namespace: metallb-system}
+spec:
+  communities: [{name: no-advertise, value: "65535:65282"}]
+"#;
+
+/// A Deployment and its LoadBalancer Service at `ip`.
+fn service(name: &str, replicas: u8, local: bool) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec: {{containers: [{{name: web, image: nginx}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  annotations: {{metallb.io/ip-allocated-from-pool: default}}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: {policy}
+  selector: {{app: {name}}}
+  ports: [{{port: 80, targetPort: 80}}]
+"#,
+        policy = if local { "Local" } else { "Cluster" }
+    )
+}
+
+struct Bgp {
+    lab: RunningLab,
+    frr: bool,
+}
+
+impl Bgp {
+    fn up(router: &str) -> Bgp {
+        let lab = RunningLab::up_with(
+            2,
+            &format!("loadBalancer: bgp\nrouter: {router}\nnodeGracePeriodSeconds: 8\n"),
+        );
+        Bgp {
+            lab,
+            frr: router == "frr",
+        }
+    }
+
+    fn router_dir(&self) -> String {
+        format!("/run/kubewire/{}/router", self.lab.name)
+    }
+
+    fn out(o: std::process::Output) -> String {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    }
+
+    /// A command of the router's own client, in its namespace.
+    fn router(&self, command: &str) -> String {
+        let dir = self.router_dir();
+        if self.frr {
+            Self::out(
+                self.lab
+                    .exec("router", &["vtysh", "--vty_socket", &dir, "-c", command]),
+            )
+        } else {
+            let sock = format!("{dir}/bird.ctl");
+            let mut argv = vec!["birdc", "-s", &sock];
+            argv.extend(command.split_whitespace());
+            Self::out(self.lab.exec("router", &argv))
+        }
+    }
+
+    /// How many sessions the router sees Established.
+    fn established(&self) -> usize {
+        if self.frr {
+            let v: serde_json::Value =
+                serde_json::from_str(&self.router("show bgp neighbors json")).unwrap_or_default();
+            v.as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(_, n)| n["bgpState"] == "Established")
+                .count()
+        } else {
+            self.router("show protocols")
+                .lines()
+                .filter(|l| l.contains(" BGP ") && l.contains("Established"))
+                .count()
+        }
+    }
+
+    /// The router's BGP view of `prefix`.
+    fn bgp_route(&self, prefix: &str) -> String {
+        if self.frr {
+            self.router(&format!("show bgp ipv4 unicast {prefix}"))
+        } else {
+            self.router(&format!("show route for {prefix} all"))
+        }
+    }
+
+    /// The next hops of `ip` in the router's kernel table (what it forwards by).
+    fn next_hops(&self, ip: &str) -> Vec<String> {
+        let text = Self::out(self.lab.exec("router", &["ip", "route", "show", ip]));
+        let mut hops: Vec<String> = text
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .filter(|w| w[0] == "via")
+            .map(|w| w[1].to_owned())
+            .collect();
+        hops.sort();
+        hops
+    }
+
+    fn curl_from_outside(&self, ip: &str) -> String {
+        Self::out(self.lab.exec(
+            "outside",
+            &["curl", "-s", "-m", "2", &format!("http://{ip}/")],
+        ))
+    }
+
+    fn set_address(&self, svc: &str, ip: &str) {
+        self.lab.kubectl(&[
+            "patch",
+            "svc",
+            svc,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &format!(
+                r#"{{"status":{{"loadBalancer":{{"ingress":[{{"ip":"{ip}","ipMode":"VIP"}}]}}}}}}"#
+            ),
+        ]);
+    }
+}
+
+fn announce_withdraw_ecmp_and_node_death(router: &str) {
+    let t = Bgp::up(router);
+    let lab = &t.lab;
+    // Two nodes, each over IPv4 and IPv6.
+    assert!(
+        wait_until(Duration::from_secs(30), || t.established() == 4),
+        "{router}: sessions not Established:\n{}",
+        t.router(if t.frr {
+            "show bgp summary"
+        } else {
+            "show protocols"
+        })
+    );
+
+    lab.apply(POOL);
+    lab.apply(&service("web", 2, false));
+    lab.apply(&service("local", 1, true));
+    t.set_address("web", "198.18.0.200");
+    t.set_address("local", "198.18.0.201");
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            lab.running_pods("app=web").len() == 2 && lab.running_pods("app=local").len() == 1
+        }),
+        "pods did not run"
+    );
+
+    // ECMP: every node announces the Cluster-policy Service.
+    let both = vec!["198.18.0.11".to_owned(), "198.18.0.12".to_owned()];
+    assert!(
+        wait_until(Duration::from_secs(20), || t.next_hops("198.18.0.200")
+            == both),
+        "{router}: 198.18.0.200 not over both nodes: {:?}\n{}",
+        t.next_hops("198.18.0.200"),
+        t.bgp_route("198.18.0.200/32")
+    );
+    // Communities of the advertisement, an alias resolved, a large community.
+    let view = t.bgp_route("198.18.0.200/32");
+    let (standard, alias, large) = if t.frr {
+        ("64512:100", "no-advertise", "64512:1:2")
+    } else {
+        ("(64512,100)", "(65535,65282)", "(64512, 1, 2)")
+    };
+    for want in [standard, alias, large] {
+        assert!(view.contains(want), "{router}: no {want} in:\n{view}");
+    }
+    // Outside reaches it through the router.
+    assert!(
+        wait_until(Duration::from_secs(10), || t
+            .curl_from_outside("198.18.0.200")
+            .contains("Hostname: web-")),
+        "{router}: outside does not reach 198.18.0.200"
+    );
+
+    // eTP Local: only the node with the endpoint announces.
+    let local_node = lab.running_pods("app=local")[0].2.clone();
+    let local_ip = if local_node == "node-1" {
+        "198.18.0.11"
+    } else {
+        "198.18.0.12"
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || t.next_hops("198.18.0.201")
+            == [local_ip.to_owned()]),
+        "{router}: 198.18.0.201 (eTP Local, endpoint on {local_node}) via {:?}",
+        t.next_hops("198.18.0.201")
+    );
+    // ServiceBGPStatus: one per announcing node.
+    let statuses = lab.json(&["get", "servicebgpstatuses", "-A"]);
+    let nodes_of = |svc: &str| -> Vec<String> {
+        let mut n: Vec<String> = statuses["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["status"]["serviceName"] == svc)
+            .map(|s| s["status"]["node"].as_str().unwrap().to_owned())
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(nodes_of("web"), ["node-1", "node-2"], "{statuses}");
+    assert_eq!(nodes_of("local"), [local_node.as_str()], "{statuses}");
+
+    // Withdrawn on delete.
+    lab.kubectl(&["delete", "svc", "local"]);
+    assert!(
+        wait_until(Duration::from_secs(20), || t
+            .next_hops("198.18.0.201")
+            .is_empty()),
+        "{router}: 198.18.0.201 not withdrawn after delete: {:?}",
+        t.next_hops("198.18.0.201")
+    );
+
+    // Node death: node-2 cut off the underlay (no FIN, no NOTIFICATION reaches the
+    // router): its path goes when the hold timer (9 s) expires; outside still gets in.
+    let underlay = format!("{}-underlay", lab.name);
+    let cut = std::process::Command::new("ip")
+        .args(["-n", &underlay, "link", "set", "to-node-2", "down"])
+        .status()
+        .unwrap();
+    assert!(cut.success());
+    assert!(
+        wait_until(Duration::from_secs(30), || t.next_hops("198.18.0.200")
+            == ["198.18.0.11".to_owned()]),
+        "{router}: node-2's path stayed after it was cut off: {:?}",
+        t.next_hops("198.18.0.200")
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || t
+            .curl_from_outside("198.18.0.200")
+            .contains("Hostname: web-")),
+        "{router}: outside lost 198.18.0.200 with node-1 still announcing"
+    );
+}
+
+#[test]
+fn bird_sessions_routes_ecmp_local_withdraw_and_node_death() {
+    announce_withdraw_ecmp_and_node_death("bird");
+}
+
+#[test]
+fn frr_sessions_routes_ecmp_local_withdraw_and_node_death() {
+    announce_withdraw_ecmp_and_node_death("frr");
+}
