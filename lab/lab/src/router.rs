@@ -420,24 +420,39 @@ fn wait_for_path(p: &Path) {
     }
 }
 
-/// The lab's LoadBalancer range (the underlay's .200 to .250) as CIDR blocks, which
-/// `outside` routes through the router in BGP mode.
-pub fn lb_blocks_v4(cfg: &LabConfig) -> Vec<Ipv4Net> {
-    let base = u32::from(cfg.underlay_v4.network());
-    let (mut from, to) = (base + 200, base + 250);
+/// The lab's LoadBalancer range (host numbers 200 to 250 of the underlay's prefixes:
+/// 198.18.0.200-250 and 2001:2::c8-fa) as CIDR blocks, which `outside` routes through
+/// the router in BGP mode.
+pub fn lb_blocks(cfg: &LabConfig) -> Vec<IpNet> {
+    let v4 = u128::from(u32::from(cfg.underlay_v4.network()));
+    let v6 = u128::from(cfg.underlay_v6.network());
+    let mut out: Vec<IpNet> = blocks(v4 + 200, v4 + 250, 32)
+        .into_iter()
+        .map(|(a, len)| {
+            IpNet::V4(Ipv4Net::new(Ipv4Addr::from(a as u32), len).expect("valid prefix"))
+        })
+        .collect();
+    out.extend(blocks(v6 + 200, v6 + 250, 128).into_iter().map(|(a, len)| {
+        IpNet::V6(ipnet::Ipv6Net::new(std::net::Ipv6Addr::from(a), len).expect("valid prefix"))
+    }));
+    out
+}
+
+/// The fewest aligned blocks covering `from..=to` in an address space of `bits` bits.
+fn blocks(mut from: u128, to: u128, bits: u8) -> Vec<(u128, u8)> {
     let mut out = Vec::new();
     while from <= to {
         // The largest aligned block starting at `from` that ends by `to`.
-        let mut len = 32u8;
-        while len > 0 {
-            let size = 1u32 << (33 - u32::from(len));
-            if from % size != 0 || from + size - 1 > to {
+        let mut host_bits = 0u32;
+        while host_bits < u32::from(bits) {
+            let size = 1u128 << (host_bits + 1);
+            if !from.is_multiple_of(size) || from + size - 1 > to {
                 break;
             }
-            len -= 1;
+            host_bits += 1;
         }
-        out.push(Ipv4Net::new(Ipv4Addr::from(from), len).expect("valid prefix"));
-        from += 1u32 << (32 - u32::from(len));
+        out.push((from, bits - host_bits as u8));
+        from += 1u128 << host_bits;
     }
     out
 }
@@ -510,7 +525,7 @@ mod tests {
 
     #[test]
     fn the_lb_range_in_blocks() {
-        let blocks: Vec<String> = lb_blocks_v4(&LabConfig::default())
+        let blocks: Vec<String> = lb_blocks(&LabConfig::default())
             .iter()
             .map(ToString::to_string)
             .collect();
@@ -522,7 +537,13 @@ mod tests {
                 "198.18.0.224/28",
                 "198.18.0.240/29",
                 "198.18.0.248/31",
-                "198.18.0.250/32"
+                "198.18.0.250/32",
+                "2001:2::c8/125",
+                "2001:2::d0/124",
+                "2001:2::e0/124",
+                "2001:2::f0/125",
+                "2001:2::f8/127",
+                "2001:2::fa/128"
             ]
         );
     }

@@ -150,11 +150,13 @@ async fn build(cfg: &LabConfig) -> Result<()> {
     }
     if cfg.load_balancer == crate::LoadBalancerMode::Bgp {
         // `outside` reaches the LoadBalancer range through the router only: routes
-        // more specific than the underlay's own prefix, so it never ARPs for them.
+        // more specific than the underlay's own prefix, so it never ARPs (or sends a
+        // Neighbor Solicitation) for them.
         let outside = Rtnl::connect_in(&cfg.netns_name(Role::Outside))?;
-        let via = cfg.addresses(Role::Router)[0].addr();
-        for block in crate::router::lb_blocks_v4(cfg) {
-            outside.add_route(IpNet::V4(block), Some(via), None).await?;
+        let [via4, via6] = cfg.addresses(Role::Router).map(|a| a.addr());
+        for block in crate::router::lb_blocks(cfg) {
+            let via = if block.addr().is_ipv4() { via4 } else { via6 };
+            outside.add_route(block, Some(via), None).await?;
         }
     }
     Ok(())

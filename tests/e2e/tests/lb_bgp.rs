@@ -35,6 +35,7 @@ spec:
 
 /// A Deployment and its LoadBalancer Service at `ip`.
 fn service(name: &str, replicas: u8, local: bool) -> String {
+    // Dual-stack, so that the proxy forwards its IPv6 address too.
     format!(
         r#"
 apiVersion: apps/v1
@@ -54,6 +55,7 @@ metadata:
   annotations: {{metallb.io/ip-allocated-from-pool: default}}
 spec:
   type: LoadBalancer
+  ipFamilyPolicy: PreferDualStack
   externalTrafficPolicy: {policy}
   selector: {{app: {name}}}
   ports: [{{port: 80, targetPort: 80}}]
@@ -136,7 +138,11 @@ impl Bgp {
 
     /// The next hops of `ip` in the router's kernel table (what it forwards by).
     fn next_hops(&self, ip: &str) -> Vec<String> {
-        let text = Self::out(self.lab.exec("router", &["ip", "route", "show", ip]));
+        let family = if ip.contains(':') { "-6" } else { "-4" };
+        let text = Self::out(
+            self.lab
+                .exec("router", &["ip", family, "route", "show", ip]),
+        );
         let mut hops: Vec<String> = text
             .split_whitespace()
             .collect::<Vec<_>>()
@@ -155,7 +161,11 @@ impl Bgp {
         ))
     }
 
-    fn set_address(&self, svc: &str, ip: &str) {
+    fn set_address(&self, svc: &str, ips: &[&str]) {
+        let ingress: Vec<String> = ips
+            .iter()
+            .map(|ip| format!(r#"{{"ip":"{ip}","ipMode":"VIP"}}"#))
+            .collect();
         self.lab.kubectl(&[
             "patch",
             "svc",
@@ -164,7 +174,8 @@ impl Bgp {
             "--type=merge",
             "-p",
             &format!(
-                r#"{{"status":{{"loadBalancer":{{"ingress":[{{"ip":"{ip}","ipMode":"VIP"}}]}}}}}}"#
+                r#"{{"status":{{"loadBalancer":{{"ingress":[{}]}}}}}}"#,
+                ingress.join(",")
             ),
         ]);
     }
@@ -187,8 +198,8 @@ fn announce_withdraw_ecmp_and_node_death(router: &str) {
     lab.apply(POOL);
     lab.apply(&service("web", 2, false));
     lab.apply(&service("local", 1, true));
-    t.set_address("web", "198.18.0.200");
-    t.set_address("local", "198.18.0.201");
+    t.set_address("web", &["198.18.0.200", "2001:2::c8"]);
+    t.set_address("local", &["198.18.0.201"]);
     assert!(
         wait_until(Duration::from_secs(60), || {
             lab.running_pods("app=web").len() == 2 && lab.running_pods("app=local").len() == 1
@@ -204,6 +215,14 @@ fn announce_withdraw_ecmp_and_node_death(router: &str) {
         "{router}: 198.18.0.200 not over both nodes: {:?}\n{}",
         t.next_hops("198.18.0.200"),
         t.bgp_route("198.18.0.200/32")
+    );
+    // IPv6 over the IPv6 sessions (MP-BGP), ECMP too.
+    let both6 = vec!["2001:2::b".to_owned(), "2001:2::c".to_owned()];
+    assert!(
+        wait_until(Duration::from_secs(20), || t.next_hops("2001:2::c8")
+            == both6),
+        "{router}: 2001:2::c8 not over both nodes: {:?}",
+        t.next_hops("2001:2::c8")
     );
     // Communities of the advertisement, an alias resolved, a large community.
     let view = t.bgp_route("198.18.0.200/32");
@@ -221,6 +240,12 @@ fn announce_withdraw_ecmp_and_node_death(router: &str) {
             .curl_from_outside("198.18.0.200")
             .contains("Hostname: web-")),
         "{router}: outside does not reach 198.18.0.200"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || t
+            .curl_from_outside("[2001:2::c8]")
+            .contains("Hostname: web-")),
+        "{router}: outside does not reach 2001:2::c8"
     );
 
     // eTP Local: only the node with the endpoint announces.
