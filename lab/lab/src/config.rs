@@ -46,6 +46,9 @@ pub struct LabConfig {
     pub load_balancer: LoadBalancerMode,
     /// The router software in `bgp` mode: `bird` (BIRD 2) or `frr`.
     pub router: RouterKind,
+    /// In `bgp` mode, BFD between the router and the nodes (a BFDProfile on the lab's
+    /// BGPPeers): a dead node is noticed in about a second instead of the hold time.
+    pub bfd: bool,
     /// Where the lab keeps its state while it is up. Not configurable from a file:
     /// `lab down` and `lab status` must find it without being told.
     #[serde(skip)]
@@ -71,6 +74,7 @@ impl Default for LabConfig {
             api_listen: SocketAddr::from(([127, 0, 0, 1], 6443)),
             load_balancer: LoadBalancerMode::L2,
             router: RouterKind::Bird,
+            bfd: false,
             run_dir: PathBuf::from("/run/kubewire"),
             data_root: PathBuf::from("/var/lib/kubewire"),
         }

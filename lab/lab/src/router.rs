@@ -33,6 +33,8 @@ pub const HOLD_TIME: &str = "9s";
 pub const PEER_V4: &str = "lab-router";
 pub const PEER_V6: &str = "lab-router-v6";
 pub const ADVERTISEMENT: &str = "lab-bgp";
+/// The BFDProfile the lab's BGPPeers name with `bfd: true` (MetalLB's default timers).
+pub const BFD_PROFILE: &str = "lab-bfd";
 /// The namespace MetalLB keeps its configuration in, which the lab uses too.
 pub const METALLB_NAMESPACE: &str = "metallb-system";
 
@@ -78,12 +80,15 @@ pub struct Router {
     pub router_id: Ipv4Addr,
     pub asn: u32,
     pub neighbors: Vec<Neighbor>,
+    /// BFD with every neighbour.
+    pub bfd: bool,
 }
 
 const BIRD: &str = "/usr/sbin/bird";
 const BIRDC: &str = "/usr/sbin/birdc";
 const ZEBRA: &str = "/usr/lib/frr/zebra";
 const BGPD: &str = "/usr/lib/frr/bgpd";
+const BFDD: &str = "/usr/lib/frr/bfdd";
 const VTYSH: &str = "/usr/bin/vtysh";
 /// The user Debian's `frr` package makes for its daemons.
 const FRR_USER: &str = "frr";
@@ -113,6 +118,7 @@ impl Router {
             router_id,
             asn: ROUTER_ASN,
             neighbors,
+            bfd: cfg.bfd,
         }
     }
 
@@ -130,6 +136,10 @@ impl Router {
                     "hostname lab-router\nlog stdout\n".to_owned(),
                 ),
                 (self.dir.join("bgpd.conf"), self.bgpd_conf()),
+                (
+                    self.dir.join("bfdd.conf"),
+                    "hostname lab-router\nlog stdout\n".to_owned(),
+                ),
             ],
         }
     }
@@ -146,12 +156,16 @@ impl Router {
              protocol kernel kernel6 {{ ipv6 {{ import none; export all; }}; merge paths on; }}\n",
             id = self.router_id
         );
+        if self.bfd {
+            c.push_str("protocol bfd { }\n");
+        }
         for (family, v6) in [("ipv4", false), ("ipv6", true)] {
             let _ = write!(
                 c,
                 "template bgp nodes_{family} {{\n  local as {asn};\n  passive on;\n  \
-                 error wait time 1, 5;\n  {family} {{ import all; export none; }};\n}}\n",
-                asn = self.asn
+                 error wait time 1, 5;\n  bfd {bfd};\n  {family} {{ import all; export none; }};\n}}\n",
+                asn = self.asn,
+                bfd = if self.bfd { "on" } else { "off" }
             );
             for n in self.neighbors.iter().filter(|n| n.address.is_ipv6() == v6) {
                 let kind = if n.asn == self.asn {
@@ -193,6 +207,9 @@ impl Router {
                  neighbor {group} passive\n",
                 first.asn
             );
+            if self.bfd {
+                let _ = writeln!(c, " neighbor {group} bfd");
+            }
             for n in &members {
                 let _ = writeln!(c, " neighbor {} peer-group {group}", n.address);
             }
@@ -252,10 +269,19 @@ impl Router {
                 zebra.extend(common("zebra.pid"));
                 let mut bgpd = vec!["-f".into(), d("bgpd.conf")];
                 bgpd.extend(common("bgpd.pid"));
-                vec![
-                    ("router/zebra".into(), ZEBRA.into(), zebra),
-                    ("router/bgpd".into(), BGPD.into(), bgpd),
-                ]
+                let mut out = vec![("router/zebra".into(), ZEBRA.into(), zebra)];
+                if self.bfd {
+                    let mut bfdd = vec![
+                        "-f".into(),
+                        d("bfdd.conf"),
+                        "--bfdctl".into(),
+                        d("bfdd.sock"),
+                    ];
+                    bfdd.extend(common("bfdd.pid"));
+                    out.push(("router/bfdd".into(), BFDD.into(), bfdd));
+                }
+                out.push(("router/bgpd".into(), BGPD.into(), bgpd));
+                out
             }
         }
     }
@@ -395,7 +421,7 @@ const FRR_TMP: &str = "/var/tmp/frr";
 pub(crate) fn forget(procs: &[Process]) {
     for p in procs {
         if let Some(daemon) = p.name.strip_prefix("router/")
-            && matches!(daemon, "zebra" | "bgpd")
+            && matches!(daemon, "zebra" | "bgpd" | "bfdd")
         {
             let _ = std::fs::remove_dir_all(Path::new(FRR_TMP).join(format!("{daemon}.{}", p.pid)));
         }
@@ -462,7 +488,7 @@ fn blocks(mut from: u128, to: u128, bits: u8) -> Vec<(u128, u8)> {
 pub fn manifests(cfg: &LabConfig) -> Vec<Value> {
     let router = cfg.addresses(Role::Router);
     let peer = |name: &str, addr: IpAddr| {
-        json!({
+        let mut p = json!({
             "apiVersion": "metallb.io/v1beta2",
             "kind": "BGPPeer",
             "metadata": {"name": name, "namespace": METALLB_NAMESPACE},
@@ -472,10 +498,24 @@ pub fn manifests(cfg: &LabConfig) -> Vec<Value> {
                 "peerAddress": addr.to_string(),
                 "holdTime": HOLD_TIME,
             }
-        })
+        });
+        if cfg.bfd {
+            p["spec"]["bfdProfile"] = json!(BFD_PROFILE);
+        }
+        p
     };
-    vec![
+    let mut out = vec![
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": METALLB_NAMESPACE}}),
+    ];
+    if cfg.bfd {
+        out.push(json!({
+            "apiVersion": "metallb.io/v1beta1",
+            "kind": "BFDProfile",
+            "metadata": {"name": BFD_PROFILE, "namespace": METALLB_NAMESPACE},
+            "spec": {"receiveInterval": 300, "transmitInterval": 300, "detectMultiplier": 3}
+        }));
+    }
+    out.extend([
         peer(PEER_V4, router[0].addr()),
         peer(PEER_V6, router[1].addr()),
         json!({
@@ -484,7 +524,8 @@ pub fn manifests(cfg: &LabConfig) -> Vec<Value> {
             "metadata": {"name": ADVERTISEMENT, "namespace": METALLB_NAMESPACE},
             "spec": {}
         }),
-    ]
+    ]);
+    out
 }
 
 /// MetalLB's CustomResourceDefinitions (vendored unchanged in the `lb` crate), which
@@ -591,5 +632,36 @@ mod tests {
         assert!(bgpd.contains("maximum-paths 64"));
         let names: Vec<String> = r.commands().into_iter().map(|c| c.0).collect();
         assert_eq!(names, ["router/zebra", "router/bgpd"]);
+        assert!(!bgpd.contains("bfd"));
+    }
+
+    #[test]
+    fn bfd_on_both_routers_and_a_profile_on_the_peers() {
+        let cfg = LabConfig {
+            bfd: true,
+            ..lab(RouterKind::Frr)
+        };
+        let frr = Router::for_lab(&cfg);
+        assert!(frr.config_files()[1].1.contains(" neighbor NODES4 bfd"));
+        let names: Vec<String> = frr.commands().into_iter().map(|c| c.0).collect();
+        assert_eq!(names, ["router/zebra", "router/bfdd", "router/bgpd"]);
+        let bird = Router::for_lab(&LabConfig {
+            router: RouterKind::Bird,
+            ..cfg.clone()
+        });
+        let conf = &bird.config_files()[0].1;
+        assert!(
+            conf.contains("protocol bfd { }") && conf.contains("bfd on;"),
+            "{conf}"
+        );
+        let objects = manifests(&cfg);
+        assert!(objects.iter().any(|o| o["kind"] == "BFDProfile"));
+        assert!(
+            objects
+                .iter()
+                .filter(|o| o["kind"] == "BGPPeer")
+                .all(|o| o["spec"]["bfdProfile"] == BFD_PROFILE)
+        );
+        assert_eq!(crds().len(), 8);
     }
 }

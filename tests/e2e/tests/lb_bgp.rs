@@ -70,10 +70,12 @@ struct Bgp {
 }
 
 impl Bgp {
-    fn up(router: &str) -> Bgp {
+    fn up(router: &str, bfd: bool) -> Bgp {
         let lab = RunningLab::up_with(
             2,
-            &format!("loadBalancer: bgp\nrouter: {router}\nnodeGracePeriodSeconds: 8\n"),
+            &format!(
+                "loadBalancer: bgp\nrouter: {router}\nbfd: {bfd}\nnodeGracePeriodSeconds: 8\n"
+            ),
         );
         Bgp {
             lab,
@@ -181,8 +183,10 @@ impl Bgp {
     }
 }
 
-fn announce_withdraw_ecmp_and_node_death(router: &str) {
-    let t = Bgp::up(router);
+/// With `bfd`, the lab's BGPPeers name a BFDProfile and the router runs BFD: a node
+/// cut off is noticed by BFD (the router says so), otherwise by the hold timer.
+fn announce_withdraw_ecmp_and_node_death(router: &str, bfd: bool) {
+    let t = Bgp::up(router, bfd);
     let lab = &t.lab;
     // Two nodes, each over IPv4 and IPv6.
     assert!(
@@ -287,8 +291,32 @@ fn announce_withdraw_ecmp_and_node_death(router: &str) {
         t.next_hops("198.18.0.201")
     );
 
+    if bfd {
+        let sessions = if t.frr {
+            t.router("show bfd peers brief")
+        } else {
+            t.router("show bfd sessions")
+        };
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                let s = if t.frr {
+                    t.router("show bfd peers brief")
+                } else {
+                    t.router("show bfd sessions")
+                };
+                s.lines()
+                    .filter(|l| {
+                        l.contains("198.18.0.1") && (l.contains(" Up ") || l.contains(" up "))
+                    })
+                    .count()
+                    == 2
+            }),
+            "{router}: BFD sessions with the nodes not up:\n{sessions}"
+        );
+    }
     // Node death: node-2 cut off the underlay (no FIN, no NOTIFICATION reaches the
-    // router): its path goes when the hold timer (9 s) expires; outside still gets in.
+    // router): its path goes when BFD notices, or when the hold timer (9 s) expires;
+    // outside still gets in.
     let underlay = format!("{}-underlay", lab.name);
     let cut = std::process::Command::new("ip")
         .args(["-n", &underlay, "link", "set", "to-node-2", "down"])
@@ -307,14 +335,47 @@ fn announce_withdraw_ecmp_and_node_death(router: &str) {
             .contains("Hostname: web-")),
         "{router}: outside lost 198.18.0.200 with node-1 still announcing"
     );
+    let why = if t.frr {
+        t.router("show bgp neighbors 198.18.0.12")
+    } else {
+        t.router("show protocols all node_2")
+    };
+    // Each router's own words for the reason.
+    let want = match (t.frr, bfd) {
+        (true, true) => "Cease/BFD Down",
+        (true, false) => "Hold Timer Expired",
+        (false, true) => "BFD session down",
+        (false, false) => "Hold timer expired",
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let why = if t.frr {
+                t.router("show bgp neighbors 198.18.0.12")
+            } else {
+                t.router("show protocols all node_2")
+            };
+            why.contains(want)
+        }),
+        "{router}: node-2's session did not end by {want}:\n{why}"
+    );
 }
 
 #[test]
 fn bird_sessions_routes_ecmp_local_withdraw_and_node_death() {
-    announce_withdraw_ecmp_and_node_death("bird");
+    announce_withdraw_ecmp_and_node_death("bird", false);
 }
 
 #[test]
 fn frr_sessions_routes_ecmp_local_withdraw_and_node_death() {
-    announce_withdraw_ecmp_and_node_death("frr");
+    announce_withdraw_ecmp_and_node_death("frr", false);
+}
+
+#[test]
+fn bird_with_bfd() {
+    announce_withdraw_ecmp_and_node_death("bird", true);
+}
+
+#[test]
+fn frr_with_bfd() {
+    announce_withdraw_ecmp_and_node_death("frr", true);
 }

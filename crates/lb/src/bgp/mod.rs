@@ -2,6 +2,7 @@
 //! select its node and announces the LoadBalancer addresses the BGPAdvertisements say.
 //!
 //! - [`codec`]: the messages on the wire.
+//! - [`bfd`]: BFD (RFC 5880/5881) for peers with a BFDProfile.
 //! - [`fsm`]: the session state machine, pure.
 //! - [`plan`]: which routes this node sends to which peer, pure.
 //! - [`session`]: one peer's TCP session driving the state machine.
@@ -10,6 +11,7 @@
 
 pub use run::{BgpArgs, Error, run};
 
+pub mod bfd;
 pub mod codec;
 pub mod fsm;
 pub mod plan;

@@ -59,6 +59,8 @@ pub struct Session {
     /// This node's own addresses, next hops for a family the session's local address
     /// is not of.
     pub node_ips: Vec<IpAddr>,
+    /// BFD with the peer (`bfdProfile`): its timers.
+    pub bfd: Option<super::bfd::Timers>,
 }
 
 /// One peer of this node.
@@ -124,7 +126,7 @@ fn object(kind: &str, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Obj
 }
 
 /// The session settings of a peer for `node`, or why it cannot be used.
-fn session(peer: &BGPPeer, node_ips: &[IpAddr]) -> Result<Session, String> {
+fn session(peer: &BGPPeer, node_ips: &[IpAddr], view: &View) -> Result<Session, String> {
     let s = &peer.spec;
     let ip: IpAddr = s.peer_address.parse().map_err(|_| {
         format!(
@@ -212,6 +214,26 @@ fn session(peer: &BGPPeer, node_ips: &[IpAddr]) -> Result<Session, String> {
             )
         })?)
     };
+    let bfd = if s.bfd_profile.is_empty() {
+        None
+    } else {
+        let p = view
+            .bfd_profiles
+            .values()
+            .find(|p| p.metadata.name.as_deref() == Some(s.bfd_profile.as_str()))
+            .ok_or_else(|| format!("spec.bfdProfile: no BFDProfile named {:?}", s.bfd_profile))?;
+        let d = super::bfd::Timers::default();
+        let ms = |v: Option<u32>, d: Duration| v.map_or(d, |v| Duration::from_millis(v.into()));
+        Some(super::bfd::Timers {
+            transmit: ms(p.spec.transmit_interval, d.transmit),
+            receive: ms(p.spec.receive_interval, d.receive),
+            multiplier: p
+                .spec
+                .detect_multiplier
+                .map_or(d.multiplier, |m| u8::try_from(m).unwrap_or(u8::MAX)),
+            passive: p.spec.passive_mode.unwrap_or(false),
+        })
+    };
     let families = if s.dual_stack_address_family {
         vec![Family::Ipv4Unicast, Family::Ipv6Unicast]
     } else if ip.is_ipv4() {
@@ -231,6 +253,7 @@ fn session(peer: &BGPPeer, node_ips: &[IpAddr]) -> Result<Session, String> {
         ebgp_multihop: s.ebgp_multi_hop,
         families,
         node_ips: node_ips.to_vec(),
+        bfd,
     })
 }
 
@@ -280,7 +303,7 @@ pub fn plan(view: &View, node: &str) -> Plan {
         {
             continue;
         }
-        match session(peer, &this.internal_ips) {
+        match session(peer, &this.internal_ips, view) {
             Ok(session) => {
                 out.peers.insert(
                     name,
@@ -667,6 +690,39 @@ mod tests {
         let p = plan(&v, "node-1");
         assert_eq!(p.peers["router"].session.peer_asn, PeerAsn::External);
         assert_eq!(p.peers["router"].session.address.port(), 1179);
+    }
+
+    #[test]
+    fn bfd_profiles_give_the_timers_and_a_missing_one_is_a_problem() {
+        let mut v = view();
+        v.bgp_peers
+            .get_mut("metallb-system/router")
+            .unwrap()
+            .spec
+            .bfd_profile = "fast".into();
+        let p = plan(&v, "node-1");
+        assert!(p.peers.is_empty());
+        assert!(
+            p.problems[0].1.starts_with("spec.bfdProfile"),
+            "{:?}",
+            p.problems
+        );
+        v.bfd_profiles.insert(
+            "metallb-system/fast".into(),
+            crate::crd::BFDProfile {
+                metadata: meta("fast"),
+                spec: crate::crd::BFDProfileSpec {
+                    receive_interval: Some(100),
+                    detect_multiplier: Some(5),
+                    ..Default::default()
+                },
+            },
+        );
+        let p = plan(&v, "node-1");
+        let t = p.peers["router"].session.bfd.unwrap();
+        assert_eq!(t.receive, Duration::from_millis(100));
+        assert_eq!(t.transmit, Duration::from_millis(300));
+        assert_eq!(t.multiplier, 5);
     }
 
     #[test]

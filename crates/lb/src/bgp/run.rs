@@ -72,7 +72,10 @@ pub async fn run(
     mut view: watch::Receiver<Arc<View>>,
     mut stop: oneshot::Receiver<()>,
 ) -> Result<(), Error> {
-    let (mut speaker, mut sessions) = Speaker::new();
+    let (bfd_peers, bfd_peers_rx) = watch::channel(BTreeMap::new());
+    let (bfd_states, bfd_states_rx) = watch::channel(BTreeMap::new());
+    let bfd = tokio::spawn(super::bfd::run(bfd_peers_rx, bfd_states));
+    let (mut speaker, mut sessions) = Speaker::new(bfd_states_rx);
     let mut statuses = Statuses::new(client.clone(), &node, &args.bgp_status_namespace);
     let mut reported: BTreeSet<(String, String)> = BTreeSet::new();
     let mut peers: BTreeMap<String, BGPPeer> = BTreeMap::new();
@@ -91,6 +94,19 @@ pub async fn run(
                 let plan = plan::plan(&v, &node);
                 peers = v.bgp_peers.values().map(|p| (p.metadata.name.clone().unwrap_or_default(), p.clone())).collect();
                 report_problems(&client, &v, &plan, &mut reported);
+                let want: BTreeMap<_, _> = plan
+                    .peers
+                    .values()
+                    .filter_map(|p| {
+                        let timers = p.session.bfd?;
+                        Some((p.session.address.ip(), super::bfd::Peer {
+                            address: p.session.address.ip(),
+                            source: p.session.source,
+                            timers,
+                        }))
+                    })
+                    .collect();
+                bfd_peers.send_if_modified(|b| if *b == want { false } else { *b = want; true });
                 speaker.apply(&plan);
                 statuses.reconcile(&plan.services).await;
             }
@@ -106,6 +122,7 @@ pub async fn run(
             _ = &mut stop => {
                 info!("agent stopping: withdrawing BGP routes and closing the sessions");
                 speaker.shutdown(SHUTDOWN_GRACE).await;
+                bfd.abort();
                 statuses.reconcile(&BTreeMap::new()).await;
                 return Ok(());
             }

@@ -53,6 +53,7 @@ pub(crate) async fn run(
     mut routes: watch::Receiver<Arc<Routes>>,
     mut stop: oneshot::Receiver<Notification>,
     status: mpsc::UnboundedSender<Status>,
+    mut bfd: watch::Receiver<BfdStates>,
 ) {
     let mut fsm = Fsm::new(fsm::Config {
         local_asn: cfg.local_asn,
@@ -71,16 +72,13 @@ pub(crate) async fn run(
         };
         let ended = match connected {
             Ok(stream) => {
-                connection(
-                    &name,
-                    &cfg,
-                    &mut fsm,
-                    stream,
-                    &mut routes,
-                    &mut stop,
-                    &status,
-                )
-                .await
+                let io = Io {
+                    routes: &mut routes,
+                    stop: &mut stop,
+                    status: &status,
+                    bfd: &mut bfd,
+                };
+                connection(&name, &cfg, &mut fsm, stream, io).await
             }
             Err(e) => {
                 fsm.step(Event::ConnectionLost(e.to_string()));
@@ -153,16 +151,34 @@ struct Conn<'a> {
     status: &'a mpsc::UnboundedSender<Status>,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Each peer's BFD state (`true`: Up), from [`super::bfd::run`].
+pub type BfdStates = std::collections::BTreeMap<IpAddr, bool>;
+
+/// The channels a connection reads and writes besides its socket.
+struct Io<'a> {
+    routes: &'a mut watch::Receiver<Arc<Routes>>,
+    stop: &'a mut oneshot::Receiver<Notification>,
+    status: &'a mpsc::UnboundedSender<Status>,
+    bfd: &'a mut watch::Receiver<BfdStates>,
+}
+
 async fn connection(
     name: &str,
     cfg: &Session,
     fsm: &mut Fsm,
     stream: TcpStream,
-    routes: &mut watch::Receiver<Arc<Routes>>,
-    stop: &mut oneshot::Receiver<Notification>,
-    status: &mpsc::UnboundedSender<Status>,
+    io: Io<'_>,
 ) -> Ended {
+    let Io {
+        routes,
+        stop,
+        status,
+        bfd,
+    } = io;
+    // BFD going Down (after it was Up) takes the session down at once, as the peer's
+    // router does on its side.
+    let peer_ip = cfg.address.ip();
+    let mut bfd_up = cfg.bfd.is_some() && bfd.borrow_and_update().get(&peer_ip) == Some(&true);
     let local = match stream.local_addr() {
         Ok(a) => a.ip(),
         Err(_) => return Ended::Lost { was_up: false },
@@ -269,6 +285,15 @@ async fn connection(
                     if let Err(e) = c.send_diff(&want).await {
                         events.push(Event::ConnectionLost(format!("writing: {e}")));
                     }
+                }
+            }
+            changed = bfd.changed(), if cfg.bfd.is_some() => {
+                if changed.is_ok() {
+                    let up = bfd.borrow_and_update().get(&peer_ip) == Some(&true);
+                    if bfd_up && !up {
+                        events.push(Event::ConnectionLost("the BFD session went down".into()));
+                    }
+                    bfd_up = up;
                 }
             }
             n = &mut *stop => {

@@ -25,16 +25,21 @@ struct Handle {
 pub struct Speaker {
     peers: BTreeMap<String, Handle>,
     status: mpsc::UnboundedSender<Status>,
+    bfd: watch::Receiver<session::BfdStates>,
 }
 
 impl Speaker {
-    /// A speaker with no peers, and the stream of its sessions' changes.
-    pub fn new() -> (Speaker, mpsc::UnboundedReceiver<Status>) {
+    /// A speaker with no peers, and the stream of its sessions' changes; `bfd` carries
+    /// the peers' BFD states.
+    pub fn new(
+        bfd: watch::Receiver<session::BfdStates>,
+    ) -> (Speaker, mpsc::UnboundedReceiver<Status>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (
             Speaker {
                 peers: BTreeMap::new(),
                 status: tx,
+                bfd,
             },
             rx,
         )
@@ -79,6 +84,7 @@ impl Speaker {
                         rx,
                         stop_rx,
                         self.status.clone(),
+                        self.bfd.clone(),
                     ));
                     self.peers.insert(
                         name.clone(),
