@@ -10,7 +10,9 @@
 #     underlay link is cut (no FIN, no NOTIFICATION reaches the router) until the
 #     router's route to the address has no path through node-2, with the BGPPeer's
 #     hold time at HOLDS (default "9s 3s"); the hold time is the floor it cannot beat
-#     without BFD (not implemented). And back: link up to the path returning.
+#     without BFD. With BFD=1 the lab runs BFD (`bfd: true`: MetalLB's default
+#     timers, 300 ms x 3) and the cut is noticed by it. And back: link up to the path
+#     returning.
 # Needs root. Everything runs in a lab named kwbgp; traffic stays inside it.
 # Usage: bench/lb-bgp.sh  (BIN=path/to/kubewire to use another build, default release)
 set -euo pipefail
@@ -31,9 +33,10 @@ cleanup
 dir=$(mktemp -d)
 now() { date +%s.%N; }
 
-printf 'nodes: 2\nloadBalancer: bgp\nrouter: %s\napiListen: 127.0.0.1:0\n' "$router" >"$dir/lab.yaml"
+printf 'nodes: 2\nloadBalancer: bgp\nrouter: %s\nbfd: %s\napiListen: 127.0.0.1:0\n' \
+  "$router" "$([[ ${BFD:-0} == 1 ]] && echo true || echo false)" >"$dir/lab.yaml"
 "$BIN" lab up --name $name --config "$dir/lab.yaml" --detach >/dev/null
-echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, kernel $(uname -r); router $router; binary $BIN"
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, kernel $(uname -r); router $router, BFD ${BFD:-0}; binary $BIN"
 
 kubectl apply -f - >/dev/null <<'EOF'
 apiVersion: metallb.io/v1beta1
