@@ -49,6 +49,9 @@ pub struct LabConfig {
     /// In `bgp` mode, BFD between the router and the nodes (a BFDProfile on the lab's
     /// BGPPeers): a dead node is noticed in about a second instead of the hold time.
     pub bfd: bool,
+    /// In `bgp` mode, the router's AS; the nodes' is 64512, so 64512 here makes the
+    /// sessions iBGP (where LOCAL_PREF is sent).
+    pub router_asn: u32,
     /// Where the lab keeps its state while it is up. Not configurable from a file:
     /// `lab down` and `lab status` must find it without being told.
     #[serde(skip)]
@@ -75,6 +78,7 @@ impl Default for LabConfig {
             load_balancer: LoadBalancerMode::L2,
             router: RouterKind::Bird,
             bfd: false,
+            router_asn: crate::router::ROUTER_ASN,
             run_dir: PathBuf::from("/run/kubewire"),
             data_root: PathBuf::from("/var/lib/kubewire"),
         }
@@ -187,6 +191,12 @@ impl LabConfig {
             return bad(format!(
                 "nodeGracePeriodSeconds: Invalid value: {}: must be between 2 and 3600",
                 self.node_grace_period_seconds
+            ));
+        }
+        if self.router_asn == 0 || self.router_asn == u32::MAX {
+            return bad(format!(
+                "routerAsn: Invalid value: {}: must be between 1 and 4294967294",
+                self.router_asn
             ));
         }
         if !self.api_listen.ip().is_loopback() {

@@ -25,7 +25,7 @@ use crate::{Error, LabConfig, Result, Role};
 
 /// The nodes' AS (the BGPPeer's `myASN`); private 16-bit ASNs (RFC 6996).
 pub const NODE_ASN: u32 = 64512;
-/// The router's AS.
+/// The router's AS by default (`routerAsn`).
 pub const ROUTER_ASN: u32 = 64513;
 /// The hold time the lab's BGPPeer asks for: a dead node's routes go after this.
 pub const HOLD_TIME: &str = "9s";
@@ -116,7 +116,7 @@ impl Router {
             log_dir: cfg.data_dir().join("logs"),
             netns: cfg.netns_name(Role::Router),
             router_id,
-            asn: ROUTER_ASN,
+            asn: cfg.router_asn,
             neighbors,
             bfd: cfg.bfd,
         }
@@ -159,24 +159,26 @@ impl Router {
         if self.bfd {
             c.push_str("protocol bfd { }\n");
         }
+        // iBGP (the nodes in the router's AS): the nodes are on the link, and there is
+        // no IGP to resolve their next hops through.
+        let ibgp = self.neighbors.iter().all(|n| n.asn == self.asn);
+        let (direct, gateway) = if ibgp {
+            ("  direct;\n", " gateway direct;")
+        } else {
+            ("", "")
+        };
         for (family, v6) in [("ipv4", false), ("ipv6", true)] {
             let _ = write!(
                 c,
                 "template bgp nodes_{family} {{\n  local as {asn};\n  passive on;\n  \
-                 error wait time 1, 5;\n  bfd {bfd};\n  {family} {{ import all; export none; }};\n}}\n",
+                 error wait time 1, 5;\n  bfd {bfd};\n{direct}  {family} {{ import all; export none;{gateway} }};\n}}\n",
                 asn = self.asn,
                 bfd = if self.bfd { "on" } else { "off" }
             );
             for n in self.neighbors.iter().filter(|n| n.address.is_ipv6() == v6) {
-                let kind = if n.asn == self.asn {
-                    // iBGP: the nodes are on the link, no IGP to resolve them through.
-                    " direct; gateway direct;"
-                } else {
-                    ""
-                };
                 let _ = writeln!(
                     c,
-                    "protocol bgp {} from nodes_{family} {{ neighbor {} as {};{kind} }}",
+                    "protocol bgp {} from nodes_{family} {{ neighbor {} as {}; }}",
                     n.name, n.address, n.asn
                 );
             }
@@ -494,7 +496,7 @@ pub fn manifests(cfg: &LabConfig) -> Vec<Value> {
             "metadata": {"name": name, "namespace": METALLB_NAMESPACE},
             "spec": {
                 "myASN": NODE_ASN,
-                "peerASN": ROUTER_ASN,
+                "peerASN": cfg.router_asn,
                 "peerAddress": addr.to_string(),
                 "holdTime": HOLD_TIME,
             }

@@ -71,11 +71,13 @@ struct Bgp {
 
 impl Bgp {
     fn up(router: &str, bfd: bool) -> Bgp {
+        Self::up_with(router, &format!("bfd: {bfd}\n"))
+    }
+
+    fn up_with(router: &str, extra: &str) -> Bgp {
         let lab = RunningLab::up_with(
             2,
-            &format!(
-                "loadBalancer: bgp\nrouter: {router}\nbfd: {bfd}\nnodeGracePeriodSeconds: 8\n"
-            ),
+            &format!("loadBalancer: bgp\nrouter: {router}\nnodeGracePeriodSeconds: 8\n{extra}"),
         );
         Bgp {
             lab,
@@ -358,6 +360,58 @@ fn announce_withdraw_ecmp_and_node_death(router: &str, bfd: bool) {
         }),
         "{router}: node-2's session did not end by {want}:\n{why}"
     );
+}
+
+/// iBGP (the router in the nodes' AS): LOCAL_PREF from the advertisement reaches the
+/// router (it is not sent on eBGP), and ECMP holds.
+fn ibgp_local_pref(router: &str) {
+    let t = Bgp::up_with(router, "routerAsn: 64512\n");
+    let lab = &t.lab;
+    assert!(
+        wait_until(Duration::from_secs(30), || t.established() == 4),
+        "{router}: iBGP sessions not Established"
+    );
+    lab.apply(POOL);
+    lab.apply(
+        r#"
+apiVersion: metallb.io/v1beta1
+kind: BGPAdvertisement
+metadata: {name: preferred, namespace: metallb-system}
+spec: {localPref: 150}
+"#,
+    );
+    lab.apply(&service("web", 1, false));
+    t.set_address("web", &["198.18.0.200"]);
+    let want = if t.frr {
+        "localpref 150"
+    } else {
+        "BGP.local_pref: 150"
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || t
+            .bgp_route("198.18.0.200/32")
+            .contains(want)),
+        "{router}: no {want}:\n{}",
+        t.bgp_route("198.18.0.200/32")
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || t
+            .next_hops("198.18.0.200")
+            .len()
+            == 2),
+        "{router}: iBGP routes not over both nodes: {:?}",
+        t.next_hops("198.18.0.200")
+    );
+}
+
+#[test]
+fn bird_ibgp_local_pref() {
+    ibgp_local_pref("bird");
+}
+
+#[test]
+fn frr_ibgp_local_pref() {
+    ibgp_local_pref("frr");
 }
 
 #[test]
