@@ -402,6 +402,26 @@ spec: {localPref: 150}
         "{router}: iBGP routes not over both nodes: {:?}",
         t.next_hops("198.18.0.200")
     );
+    // Sessions are Events on their BGPPeer; a peer that cannot be used is refused with
+    // an Event that names the field.
+    lab.apply(
+        r#"
+apiVersion: metallb.io/v1beta2
+kind: BGPPeer
+metadata: {name: signed, namespace: metallb-system}
+spec: {myASN: 64512, peerASN: 64999, peerAddress: 198.18.0.250, password: secret}
+"#,
+    );
+    let events = || lab.kubectl(&["-n", "metallb-system", "get", "events"]);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let e = events();
+            e.contains("bgppeer/signed") && e.contains("spec.password: TCP MD5")
+        }),
+        "{router}: no Event refusing the password peer:\n{}",
+        events()
+    );
+    assert!(events().contains("SessionEstablished"), "{}", events());
 }
 
 #[test]

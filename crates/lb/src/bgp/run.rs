@@ -79,6 +79,7 @@ pub async fn run(
     let mut statuses = Statuses::new(client.clone(), &node, &args.bgp_status_namespace);
     let mut reported: BTreeSet<(String, String)> = BTreeSet::new();
     let mut peers: BTreeMap<String, BGPPeer> = BTreeMap::new();
+    let mut last_event: BTreeMap<String, (bool, Option<String>)> = BTreeMap::new();
     info!(%node, "BGP announcer started");
     loop {
         tokio::select! {
@@ -112,6 +113,13 @@ pub async fn run(
             }
             Some(s) = sessions.recv() => {
                 let Some(peer) = peers.get(&s.peer) else { continue };
+                // A peer that keeps refusing gets one Event per distinct reason, not one
+                // per attempt.
+                let key = (s.established, s.reason.clone());
+                if last_event.get(&s.peer) == Some(&key) {
+                    continue;
+                }
+                last_event.insert(s.peer.clone(), key);
                 let (type_, reason, message) = if s.established {
                     ("Normal", "SessionEstablished", format!("node {node}: BGP session established"))
                 } else {

@@ -123,12 +123,12 @@ async fn connect(cfg: &Session) -> std::io::Result<TcpStream> {
     }
     sock.set_nonblocking(true)?;
     let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(sock));
-    match tokio::time::timeout(
-        cfg.connect_time.max(Duration::from_secs(1)),
-        socket.connect(addr),
-    )
-    .await
-    {
+    // At most 3 s per attempt: the kernel's own SYN retries come 1, 3 and 7 s apart, so
+    // a peer that comes back (a link restored) is found sooner by a new attempt.
+    let timeout = cfg
+        .connect_time
+        .clamp(Duration::from_secs(1), Duration::from_secs(3));
+    match tokio::time::timeout(timeout, socket.connect(addr)).await {
         Ok(r) => r,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
