@@ -274,6 +274,13 @@ pub async fn run(
     mut peers: watch::Receiver<BTreeMap<IpAddr, Peer>>,
     states: watch::Sender<BTreeMap<IpAddr, bool>>,
 ) {
+    // Port 3784 is taken only once a peer asks for BFD: a node without BFD peers keeps
+    // it free (for a routing daemon of its own, say).
+    while peers.borrow_and_update().is_empty() {
+        if peers.changed().await.is_err() {
+            return;
+        }
+    }
     let rx4 = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], PORT))).await;
     let rx6 = bind_v6_only().await;
     let (rx4, rx6) = match (rx4, rx6) {
