@@ -453,3 +453,45 @@ fn bird_with_bfd() {
 fn frr_with_bfd() {
     announce_withdraw_ecmp_and_node_death("frr", true);
 }
+
+/// `lab down` of a BGP lab with FRR and BFD (the most router processes) leaves the host
+/// as it was: no router process, nothing under /var/tmp/frr of its daemons, the host's
+/// own networking unchanged.
+#[test]
+fn a_bgp_lab_goes_down_without_a_trace() {
+    e2e::require_root();
+    let before = e2e::strip_test_namespaces(&e2e::host_snapshot());
+    let t = Bgp::up("frr", true);
+    assert!(
+        wait_until(Duration::from_secs(30), || t.established() == 4),
+        "sessions not Established"
+    );
+    let dir = t.router_dir();
+    let procs =
+        std::fs::read_to_string(format!("/run/kubewire/{}/processes.json", t.lab.name)).unwrap();
+    let pids: Vec<u64> = serde_json::from_str::<serde_json::Value>(&procs)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"].as_str().unwrap_or("").starts_with("router/"))
+        .map(|p| p["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 3, "zebra, bfdd, bgpd: {procs}");
+    drop(t);
+    for pid in &pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z ")),
+            "router process {pid} still runs"
+        );
+        for daemon in ["zebra", "bfdd", "bgpd"] {
+            let left = format!("/var/tmp/frr/{daemon}.{pid}");
+            assert!(!std::path::Path::new(&left).exists(), "{left} left behind");
+        }
+    }
+    assert!(!std::path::Path::new(&dir).exists(), "{dir} left behind");
+    let after = e2e::strip_test_namespaces(&e2e::host_snapshot());
+    assert_eq!(before, after, "the host changed");
+}
