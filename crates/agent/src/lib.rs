@@ -7,7 +7,10 @@
 //! the difference ([`kernel`]), again at every `--resync` so that drift is repaired. It does
 //! pod networking across nodes (the CNI config with the node's pod CIDRs, and routes to
 //! every other node's pod CIDRs, natively or over VXLAN) and, unless `--proxy=false`,
-//! runs the service proxy ([`proxy::run`]) beside it on the same API connection.
+//! runs the service proxy ([`proxy::run`]) beside it on the same API connection, and,
+//! unless `--bgp-announce=false`, the BGP announcer of LoadBalancer addresses
+//! ([`lb::bgp::run`]), which withdraws its routes and closes its sessions when the agent
+//! stops.
 
 pub mod cni_config;
 pub mod kernel;
@@ -45,6 +48,12 @@ pub enum Error {
     /// The service proxy stopped.
     #[error("the service proxy stopped")]
     Proxy(#[from] proxy::Error),
+    /// The view of the cluster the LoadBalancer announcers read stopped.
+    #[error("the LoadBalancer announcers' view stopped")]
+    Announce(#[from] lb::announce::Error),
+    /// The BGP announcer stopped.
+    #[error("the BGP announcer stopped")]
+    Bgp(#[from] lb::bgp::Error),
     /// The signal handlers could not be installed.
     #[error("handling SIGTERM")]
     Signals(#[source] std::io::Error),
@@ -98,6 +107,9 @@ pub struct Args {
     /// The service proxy's flags.
     #[command(flatten)]
     pub proxy: proxy::ProxyArgs,
+    /// The BGP announcer's flags.
+    #[command(flatten)]
+    pub bgp: lb::bgp::BgpArgs,
 }
 
 impl Args {
@@ -120,6 +132,7 @@ impl Args {
         }
         args.push(format!("--resync={}", k8s::duration::format_duration(self.resync)).into());
         args.extend(self.proxy.to_args());
+        args.extend(self.bgp.to_args());
         args
     }
 }
@@ -179,13 +192,47 @@ pub async fn run(args: Args) -> Result<(), Error> {
             std::future::pending().await
         }
     };
+    let (stop_announcers, stopping) = tokio::sync::oneshot::channel();
+    let announcers = announcers(&args, client.clone(), stopping);
+    tokio::pin!(announcers);
+    let stopped = tokio::select! {
+        r = services => Some(r.map_err(Error::from)),
+        r = &mut announcers => Some(r),
+        r = routes(&args, client.clone()) => Some(r),
+        () = shutdown.recv() => None,
+    };
+    if let Some(result) = stopped {
+        return result;
+    }
+    info!("agent stopping; routes and rules stay in place, BGP routes are withdrawn");
+    let _ = stop_announcers.send(());
+    // The BGP sessions withdraw and close with a Cease; bounded, a stuck peer must
+    // not hold the agent.
+    let _ = tokio::time::timeout(Duration::from_secs(5), announcers).await;
+    Ok(())
+}
+
+/// The LoadBalancer announcers, fed one view of the cluster ([`lb::announce`]), until
+/// `stop` fires.
+async fn announcers(
+    args: &Args,
+    client: kube::Client,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> Result<(), Error> {
+    if !args.bgp.bgp_announce {
+        return std::future::pending().await;
+    }
+    let (tx, view) = lb::announce::channel();
+    let bgp = lb::bgp::run(
+        client.clone(),
+        args.node_name.clone(),
+        args.bgp.clone(),
+        view,
+        stop,
+    );
     tokio::select! {
-        r = services => r.map_err(Error::from),
-        r = routes(&args, client.clone()) => r,
-        () = shutdown.recv() => {
-            info!("agent stopping; routes and rules stay in place");
-            Ok(())
-        }
+        r = lb::announce::run(client, tx) => r.map_err(Error::from),
+        r = bgp => r.map_err(Error::from),
     }
 }
 
@@ -286,6 +333,10 @@ mod tests {
                 cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
                 service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
                 sync_delay_ms: 5,
+            },
+            bgp: lb::bgp::BgpArgs {
+                bgp_announce: false,
+                bgp_status_namespace: "kubewire".into(),
             },
         };
         assert_eq!(parse(args.to_args()), args);

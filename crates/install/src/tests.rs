@@ -152,14 +152,35 @@ fn rules_of(objects: &[Value], service_account: &str) -> Vec<Value> {
 fn each_service_account_reads_only_what_its_daemon_watches() {
     let all = manifests(&Config::default());
     let read = |group: &str, resources: &[&str]| json!({"apiGroups": [group], "resources": resources, "verbs": ["list", "watch"]});
-    assert_eq!(
-        rules_of(&all, AGENT),
-        [
-            read("", &["nodes"]),
-            read("", &["services"]),
-            read("discovery.k8s.io", &["endpointslices"]),
-        ]
-    );
+    let bgp = [
+        read("", &["services"]),
+        read("discovery.k8s.io", &["endpointslices"]),
+        read(
+            "metallb.io",
+            &[
+                "bfdprofiles",
+                "bgpadvertisements",
+                "bgppeers",
+                "communities",
+                "ipaddresspools",
+                "l2advertisements",
+            ],
+        ),
+        json!({"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}),
+    ];
+    let mut agent = vec![
+        read("", &["nodes"]),
+        read("", &["services"]),
+        read("discovery.k8s.io", &["endpointslices"]),
+    ];
+    agent.extend(bgp.clone());
+    // Rules from several roles: their order is the bindings'.
+    let sorted = |rules: Vec<Value>| {
+        let mut r: Vec<String> = rules.iter().map(Value::to_string).collect();
+        r.sort();
+        r
+    };
+    assert_eq!(sorted(rules_of(&all, AGENT)), sorted(agent));
     assert_eq!(
         rules_of(&all, DNS),
         [
@@ -167,20 +188,41 @@ fn each_service_account_reads_only_what_its_daemon_watches() {
             read("discovery.k8s.io", &["endpointslices"]),
         ]
     );
-    // Without the proxy the agent reads Nodes only.
+    // Without the proxy the agent reads Nodes, and what the BGP announcer reads.
     let no_proxy = manifests(&Config {
         proxy: false,
         ..Config::default()
     });
-    assert_eq!(rules_of(&no_proxy, AGENT), [read("", &["nodes"])]);
-    // Nothing writes, nothing reads Secrets, no wildcard.
+    let mut agent = vec![read("", &["nodes"])];
+    agent.extend(bgp);
+    assert_eq!(sorted(rules_of(&no_proxy, AGENT)), sorted(agent));
+    // Nothing writes cluster-wide but the announcer's Events, nothing reads Secrets,
+    // no wildcard.
     for role in all.iter().filter(|o| o["kind"] == "ClusterRole") {
-        let text = role["rules"].to_string();
+        let mut rules = role["rules"].as_array().unwrap().clone();
+        rules.retain(|r| r["resources"] != json!(["events"]));
+        let text = Value::Array(rules).to_string();
         for word in [
             "secrets", "\"*\"", "create", "update", "patch", "delete", "get",
         ] {
             assert!(!text.contains(word), "{}: {text}", describe(role));
         }
+    }
+    // The BGP announcer writes its ServiceBGPStatuses in its own namespace only.
+    let role = find(&all, "Role", BGP_ROLE).unwrap();
+    assert_eq!(role["metadata"]["namespace"], NAMESPACE);
+    let binding = find(&all, "RoleBinding", BGP_ROLE).unwrap();
+    assert_eq!(binding["roleRef"]["kind"], "Role");
+    assert_eq!(binding["subjects"][0]["name"], AGENT);
+    for rule in role["rules"].as_array().unwrap() {
+        assert_eq!(rule["apiGroups"], json!(["metallb.io"]));
+        assert!(
+            rule["resources"][0]
+                .as_str()
+                .unwrap()
+                .starts_with("servicebgpstatuses"),
+            "{rule}"
+        );
     }
 }
 

@@ -2,5 +2,7 @@
 //! user's MetalLB configuration applies as it is) as Rust types, shared by the allocation
 //! controller and the agent's announcers.
 
+pub mod announce;
+pub mod bgp;
 pub mod crd;
 pub mod select;

@@ -48,6 +48,22 @@ async fn apply(client: &Client, objects: &[serde_json::Value]) -> Result<()> {
         .map_err(|e| Error::Component(format!("installing kubewire: {}", k8s::ErrorChain(&e))))
 }
 
+/// [`apply`], retried for a few seconds: a CustomResourceDefinition just applied is
+/// served a moment later.
+async fn apply_with_retry(client: &Client, objects: &[serde_json::Value]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match apply(client, objects).await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(e) => {
+                debug!(error = %e, "applying; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 /// The install's choices for this lab: its routing and ranges, the API server on the
 /// underlay (the agent implements the `kubernetes` Service itself, so it cannot reach
 /// the API through it), and IPAM state in each node's own directory.
@@ -323,6 +339,30 @@ async fn start_processes(
     step.done(&format!("{want} node(s)"));
     let nodes_ready_after = began.elapsed();
 
+    if cfg.load_balancer == crate::LoadBalancerMode::Bgp {
+        let router = crate::router::Router::for_lab(cfg);
+        let step = progress.step(format!(
+            "router: {} (AS {}) peering with {} node(s)",
+            cfg.router.as_str(),
+            router.asn,
+            cfg.nodes
+        ));
+        for p in router.start()? {
+            registry.add(p.clone())?;
+            watched.push(p);
+        }
+        apply_with_retry(&client, &crate::router::crds()).await?;
+        apply_with_retry(&client, &crate::router::manifests(cfg)).await?;
+        step.done(&format!(
+            "{} at {}; BGPPeers {}/{} and {}",
+            cfg.netns_name(Role::Router),
+            cfg.addresses(Role::Router)[0].addr(),
+            crate::router::METALLB_NAMESPACE,
+            crate::router::PEER_V4,
+            crate::router::PEER_V6
+        ));
+    }
+
     let step = progress.step(format!("install: cluster DNS at {}", cfg.dns_ip()));
     apply(&client, &install::manifests(&install)).await?;
     let dns_pods: Api<Pod> = Api::namespaced(client, "kube-system");
@@ -484,6 +524,7 @@ pub fn exited(cfg: &LabConfig) -> Vec<Process> {
 pub(crate) fn stop(cfg: &LabConfig, namespaces: &[String]) {
     let procs = Registry::new(&cfg.state_dir()).load();
     processes::stop_all(&procs, STOP_GRACE);
+    crate::router::forget(&procs);
     let killed = processes::kill_in_netns(namespaces);
     if killed > 0 {
         debug!(killed, "stopped processes left in the lab's namespaces");

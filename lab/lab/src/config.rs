@@ -5,6 +5,7 @@ use cni::spec::RoutingMode;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
+use crate::router::RouterKind;
 use crate::{Error, Result};
 
 /// The most nodes one lab can have: node addresses are `.11` to `.(10+N)` of the
@@ -40,6 +41,17 @@ pub struct LabConfig {
     /// Where the API server listens on the host for kubectl (loopback only). Port 0 picks
     /// a free port, which the kubeconfig then names (tests run labs side by side).
     pub api_listen: SocketAddr,
+    /// How LoadBalancer addresses reach `outside`: `l2` (ARP/NDP on the underlay) or
+    /// `bgp` (a router between the underlay and `outside` peers with every node).
+    pub load_balancer: LoadBalancerMode,
+    /// The router software in `bgp` mode: `bird` (BIRD 2) or `frr`.
+    pub router: RouterKind,
+    /// In `bgp` mode, BFD between the router and the nodes (a BFDProfile on the lab's
+    /// BGPPeers): a dead node is noticed in about a second instead of the hold time.
+    pub bfd: bool,
+    /// In `bgp` mode, the router's AS; the nodes' is 64512, so 64512 here makes the
+    /// sessions iBGP (where LOCAL_PREF is sent).
+    pub router_asn: u32,
     /// Where the lab keeps its state while it is up. Not configurable from a file:
     /// `lab down` and `lab status` must find it without being told.
     #[serde(skip)]
@@ -63,6 +75,10 @@ impl Default for LabConfig {
             cluster_domain: "cluster.local".to_owned(),
             node_grace_period_seconds: 40,
             api_listen: SocketAddr::from(([127, 0, 0, 1], 6443)),
+            load_balancer: LoadBalancerMode::L2,
+            router: RouterKind::Bird,
+            bfd: false,
+            router_asn: crate::router::ROUTER_ASN,
             run_dir: PathBuf::from("/run/kubewire"),
             data_root: PathBuf::from("/var/lib/kubewire"),
         }
@@ -75,6 +91,17 @@ fn nets(list: &[&str]) -> Vec<IpNet> {
         .collect()
 }
 
+/// How the lab's LoadBalancer addresses are announced to `outside`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoadBalancerMode {
+    /// The nodes answer ARP/NDP on the underlay.
+    #[default]
+    L2,
+    /// The nodes announce over BGP to the lab's router, which `outside` routes through.
+    Bgp,
+}
+
 /// A namespace's part in the lab.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -85,6 +112,8 @@ pub enum Role {
     Node(u8),
     /// The world outside the cluster.
     Outside,
+    /// The upstream BGP router (only with `loadBalancer: bgp`).
+    Router,
 }
 
 impl LabConfig {
@@ -164,6 +193,12 @@ impl LabConfig {
                 self.node_grace_period_seconds
             ));
         }
+        if self.router_asn == 0 || self.router_asn == u32::MAX {
+            return bad(format!(
+                "routerAsn: Invalid value: {}: must be between 1 and 4294967294",
+                self.router_asn
+            ));
+        }
         if !self.api_listen.ip().is_loopback() {
             return bad(format!(
                 "apiListen: Invalid value: {}: must be a loopback address (the lab adds nothing reachable to the host)",
@@ -215,6 +250,7 @@ impl LabConfig {
             Role::Underlay => format!("{}-underlay", self.name),
             Role::Node(n) => format!("{}-node-{n}", self.name),
             Role::Outside => format!("{}-outside", self.name),
+            Role::Router => format!("{}-router", self.name),
         }
     }
 
@@ -223,14 +259,19 @@ impl LabConfig {
         let mut roles = vec![Role::Underlay];
         roles.extend((1..=self.nodes).map(Role::Node));
         roles.push(Role::Outside);
+        if self.load_balancer == LoadBalancerMode::Bgp {
+            roles.push(Role::Router);
+        }
         roles
     }
 
-    /// Host number of `role` on the underlay: .1 underlay, .11.. nodes, .254 outside.
+    /// Host number of `role` on the underlay: .1 underlay, .11.. nodes, .253 router,
+    /// .254 outside.
     fn host_number(role: Role) -> u32 {
         match role {
             Role::Underlay => 1,
             Role::Node(n) => 10 + u32::from(n),
+            Role::Router => 253,
             Role::Outside => 254,
         }
     }
@@ -341,6 +382,17 @@ mod tests {
         let mixed = LabConfig::from_yaml("serviceCidrs: [10.96.0.0/12]\n").unwrap();
         let err = mixed.validate().unwrap_err().to_string();
         assert!(err.contains("serviceCidrs"), "{err}");
+        let bgp = LabConfig::from_yaml("loadBalancer: bgp\nrouter: frr\n").unwrap();
+        assert_eq!(bgp.load_balancer, LoadBalancerMode::Bgp);
+        assert_eq!(bgp.router, RouterKind::Frr);
+        assert_eq!(bgp.roles().last(), Some(&Role::Router));
+        assert_eq!(bgp.netns_name(Role::Router), "kubewire-router");
+        assert_eq!(
+            bgp.addresses(Role::Router)[0].to_string(),
+            "198.18.0.253/24"
+        );
+        let err = LabConfig::from_yaml("router: quagga\n").unwrap_err();
+        assert!(err.contains("quagga"), "{err}");
         let open = LabConfig::from_yaml("apiListen: 0.0.0.0:6443\n").unwrap();
         assert!(
             open.validate()

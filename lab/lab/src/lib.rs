@@ -10,10 +10,11 @@ mod config;
 mod error;
 mod processes;
 mod progress;
+pub mod router;
 mod topology;
 
 pub use cni::spec::RoutingMode;
-pub use config::{LabConfig, MAX_NODES, Role};
+pub use config::{LabConfig, LoadBalancerMode, MAX_NODES, Role};
 pub use error::{Error, Result};
 pub use processes::Process;
 pub use progress::{Progress, Step};

@@ -44,6 +44,7 @@ fn target_name(role: Role) -> String {
         Role::Underlay => "underlay".to_owned(),
         Role::Node(n) => format!("node-{n}"),
         Role::Outside => "outside".to_owned(),
+        Role::Router => "router".to_owned(),
     }
 }
 
@@ -136,7 +137,27 @@ async fn build(cfg: &LabConfig) -> Result<()> {
                 member.add_route(any, Some(router.addr()), None).await?;
             }
         }
+        if role == Role::Router {
+            // It routes between the nodes and `outside`, on one link: it must not tell
+            // `outside` to go to the node directly (an ICMP redirect), or `outside`
+            // would bypass it.
+            sysctl::set_in(&ns, "net.ipv4.ip_forward", "1")?;
+            sysctl::set_in(&ns, "net.ipv6.conf.all.forwarding", "1")?;
+            sysctl::set_in(&ns, "net.ipv4.conf.all.send_redirects", "0")?;
+            sysctl::set_in(&ns, "net.ipv4.conf.eth0.send_redirects", "0")?;
+        }
         debug!(target = %target, netns = %ns, "lab member up");
+    }
+    if cfg.load_balancer == crate::LoadBalancerMode::Bgp {
+        // `outside` reaches the LoadBalancer range through the router only: routes
+        // more specific than the underlay's own prefix, so it never ARPs (or sends a
+        // Neighbor Solicitation) for them.
+        let outside = Rtnl::connect_in(&cfg.netns_name(Role::Outside))?;
+        let [via4, via6] = cfg.addresses(Role::Router).map(|a| a.addr());
+        for block in crate::router::lb_blocks(cfg) {
+            let via = if block.addr().is_ipv4() { via4 } else { via6 };
+            outside.add_route(block, Some(via), None).await?;
+        }
     }
     Ok(())
 }
