@@ -2,5 +2,7 @@
 //! user's MetalLB configuration applies as it is) as Rust types, shared by the allocation
 //! controller and the agent's announcers.
 
+pub mod alloc;
 pub mod crd;
+pub mod pool;
 pub mod select;
