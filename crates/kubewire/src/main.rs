@@ -55,6 +55,9 @@ enum Command {
     Agent(agent::Args),
     /// Run the cluster DNS server (kube-dns/CoreDNS replacement).
     Dns(dns::Args),
+    /// Run the LoadBalancer address allocation controller (MetalLB's controller; the
+    /// lab runs it inside `kubewire controllers`).
+    LbController(lb::controller::Args),
     /// Run the lab's kubelet in a node's namespace: registers the Node, runs its pods.
     Node(node::Args),
     /// Run a built-in workload (what containers without a `command` run; docs/node.md).
@@ -171,6 +174,7 @@ fn main() -> ExitCode {
             | Command::Controllers(_)
             | Command::Agent(_)
             | Command::Dns(_)
+            | Command::LbController(_)
             | Command::Node(_)
     ) {
         tune_malloc(matches!(cli.command, Command::Agent(_)));
@@ -251,6 +255,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }),
         Command::Dns(args) => runtime.block_on(async {
             dns::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::LbController(args) => runtime.block_on(async {
+            lb::controller::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }),
         Command::Node(args) => runtime.block_on(async {

@@ -3,6 +3,7 @@
 //! controller and the agent's announcers.
 
 pub mod alloc;
+pub mod controller;
 pub mod crd;
 pub mod pool;
 pub mod select;
