@@ -63,6 +63,9 @@ pub fn install_config(cfg: &LabConfig) -> install::Config {
         cluster_cidrs: cfg.pod_cidrs.clone(),
         cluster_domain: cfg.cluster_domain.clone(),
         cni_data_dir: Some(node_root(cfg, "$(NODE_NAME)").join("var/lib/cni/kubewire")),
+        // The lab's controllers run the LoadBalancer controller.
+        lb_controller_deployment: false,
+        lb_pool: cfg.lb_pool(),
         ..install::Config::default()
     }
 }
