@@ -330,3 +330,88 @@ fn addresses_survive_a_control_plane_restart() {
         );
     }
 }
+
+/// Runs `kubectl ARGS` expecting a refusal; returns its stderr.
+fn refused(lab: &RunningLab, args: &[&str]) -> String {
+    let out = e2e::cluster::kubectl(&lab.kubeconfig, args);
+    assert!(!out.status.success(), "kubectl {args:?} was accepted");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn bad_pools_are_refused_with_metallbs_messages_and_change_nothing() {
+    let lab = RunningLab::up(1);
+    let dir = tempfile::tempdir().unwrap();
+    let pools = || lab.kubectl(&["get", "ipaddresspools", "-A", "-o", "yaml"]);
+    let before = pools();
+    let webhook =
+        r#"admission webhook "ipaddresspoolvalidationwebhook.metallb.io" denied the request: "#;
+    let cases = [
+        (
+            "metallb-system",
+            "spec:\n  addresses: [198.18.0.192/26]\n",
+            r#"CIDR "198.18.0.192/26" in pool "bad" overlaps with already defined CIDR "198.18.0.200/29""#,
+        ),
+        (
+            "metallb-system",
+            "spec:\n  addresses: [10.0.0.0/33]\n",
+            r#"parsing address pool bad: invalid CIDR "10.0.0.0/33" in pool "bad": invalid CIDR "10.0.0.0/33""#,
+        ),
+        (
+            "metallb-system",
+            "spec:\n  addresses: [10.0.0.9-10.0.0.1]\n",
+            r#"parsing address pool bad: invalid CIDR "10.0.0.9-10.0.0.1" in pool "bad": invalid IP range "10.0.0.9-10.0.0.1": start IP "10.0.0.9" is after the end IP "10.0.0.1""#,
+        ),
+        (
+            "default",
+            "spec:\n  addresses: [10.0.0.0/24]\n",
+            "resource must be created in metallb-system namespace",
+        ),
+    ];
+    for (ns, spec, message) in cases {
+        let file = dir.path().join("pool.yaml");
+        std::fs::write(
+            &file,
+            format!("apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata:\n  name: bad\n  namespace: {ns}\n{spec}"),
+        )
+        .unwrap();
+        let err = refused(&lab, &["apply", "-f", file.to_str().unwrap()]);
+        assert!(err.contains("(Forbidden)"), "{err}");
+        assert!(err.contains(&format!("{webhook}{message}")), "{err}");
+    }
+    // An unknown field: refused by the schema, as kube-apiserver's strict validation does.
+    let file = dir.path().join("typo.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata:\n  name: typo\n  namespace: metallb-system\nspec:\n  adresses: [10.0.0.0/24]\n",
+    )
+    .unwrap();
+    let err = refused(&lab, &["apply", "-f", file.to_str().unwrap()]);
+    assert!(err.contains(r#"unknown field "spec.adresses""#), "{err}");
+    // A change that would overlap is refused, and the pool stays as it was.
+    let err = refused(
+        &lab,
+        &[
+            "-n",
+            "metallb-system",
+            "patch",
+            "ipaddresspool",
+            "default",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"addresses":["198.18.0.200-198.18.0.250","198.18.0.210/32"]}}"#,
+        ],
+    );
+    assert!(err.contains("overlaps with already defined CIDR"), "{err}");
+    let after = pools();
+    let strip = |s: &str| -> String {
+        s.lines()
+            .filter(|l| {
+                !l.contains("resourceVersion")
+                    && !l.contains("assigned")
+                    && !l.contains("available")
+            })
+            .collect()
+    };
+    assert_eq!(strip(&after), strip(&before));
+}
