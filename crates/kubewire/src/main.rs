@@ -527,6 +527,48 @@ fn print_cluster(c: &lab::cluster::ClusterStatus) {
             );
         }
     }
+    if !c.pools.is_empty() {
+        println!();
+        println!(
+            "{:<16} {:<12} {:<12} ADDRESSES",
+            "POOL", "IPV4 USED", "IPV6 USED"
+        );
+        for p in &c.pools {
+            let used = |assigned: Option<i64>, available: Option<i64>| match (assigned, available) {
+                (Some(a), Some(v)) => format!("{a}/{}", a.saturating_add(v)),
+                _ => "-".into(),
+            };
+            let u = p.usage.as_ref();
+            println!(
+                "{:<16} {:<12} {:<12} {}",
+                p.name,
+                used(u.map(|u| u.assigned_ipv4), u.map(|u| u.available_ipv4)),
+                used(u.map(|u| u.assigned_ipv6), u.map(|u| u.available_ipv6)),
+                p.addresses.join(",")
+            );
+        }
+    }
+    if !c.load_balancers.is_empty() {
+        println!();
+        println!(
+            "{:<32} {:<36} {:<12} ANNOUNCED BY",
+            "LOADBALANCER", "ADDRESSES", "POOL"
+        );
+        for l in &c.load_balancers {
+            let by = if l.announced_by.is_empty() {
+                "-".to_owned()
+            } else {
+                l.announced_by.join(",")
+            };
+            println!(
+                "{:<32} {:<36} {:<12} {}",
+                l.service,
+                l.addresses.join(","),
+                l.pool.as_deref().unwrap_or("-"),
+                by
+            );
+        }
+    }
     println!();
     println!("kubeconfig: {}", c.kubeconfig.display());
 }

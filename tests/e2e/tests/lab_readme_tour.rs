@@ -40,8 +40,11 @@ fn the_readme_tour_runs_as_written() {
     std::fs::create_dir_all(&release).unwrap();
     std::os::unix::fs::symlink(kubewire_bin(), release.join("kubewire")).unwrap();
     // The talk's manifests, as in a checkout.
-    std::os::unix::fs::symlink(workspace_root().join("examples"), dir.path().join("examples"))
-        .unwrap();
+    std::os::unix::fs::symlink(
+        workspace_root().join("examples"),
+        dir.path().join("examples"),
+    )
+    .unwrap();
     // As a person types it: every command must succeed, aliases expand.
     let script = format!("set -euo pipefail\nshopt -s expand_aliases\nset -x\n{tour}");
     // Output to files: what the tour leaves in the background (`kubectl port-forward

@@ -120,6 +120,21 @@ fn the_talks_service_gets_an_address_and_metallbs_rules_hold() {
         ])
     );
 
+    // `lab status` shows the pool's usage and the Service's address.
+    let status = e2e::kubewire_ok(&["lab", "status", "--name", &lab.name]);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("default ") && l.contains("1/51")),
+        "{status}"
+    );
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("default/emissary-ingress") && l.contains("198.18.0.200")),
+        "{status}"
+    );
+
     // Requested addresses: spec.loadBalancerIP and MetalLB's annotation; one outside
     // every pool is refused and the Service stays pending.
     let mut m = service("asked", 80, "", "  loadBalancerIP: 198.18.0.240\n");
