@@ -380,7 +380,7 @@ fn sharing_needs_the_same_key_and_different_ports() {
     let plan = stable(
         &p,
         &[
-            svc("dns-tcp", 1, shared("dns", 53)),
+            svc("dns-tcp", 1, ask(shared("dns", 53))),
             svc("clash", 2, ask(shared("dns", 53))),
             svc("wrong-key", 3, ask(shared("web", 8080))),
             svc(
@@ -592,4 +592,53 @@ fn services_that_are_not_load_balancers_hold_nothing() {
     assert_eq!(plan.services["default/was-lb"].decision, Decision::None);
     // Its address is free again.
     assert_eq!(ips(&plan, "default/lb"), ["10.0.0.0"]);
+}
+
+#[test]
+fn the_search_shortcut_for_unshared_services_never_skips_a_free_address() {
+    let p = pools(&[pool("p", &["10.0.0.1-10.0.0.5"])]);
+    let shared = |port: i32| {
+        json!({
+            "metadata": { "annotations": { "metallb.io/allow-shared-ip": "k" } },
+            "spec": { "ports": [{ "port": port, "protocol": "TCP" }] },
+        })
+    };
+    let plan = stable(
+        &p,
+        &[
+            svc("a", 1, json!({})),
+            svc("s1", 2, shared(80)),
+            svc("s2", 3, shared(81)),
+            svc("b", 4, json!({})),
+            svc("c", 5, json!({ "spec": { "loadBalancerIP": "10.0.0.4" } })),
+            svc("d", 6, json!({})),
+            svc("e", 7, json!({})),
+        ],
+    );
+    assert_eq!(ips(&plan, "default/a"), ["10.0.0.1"]);
+    assert_eq!(ips(&plan, "default/s1"), ["10.0.0.2"]);
+    assert_eq!(ips(&plan, "default/s2"), ["10.0.0.2"]);
+    assert_eq!(ips(&plan, "default/b"), ["10.0.0.3"]);
+    assert_eq!(ips(&plan, "default/c"), ["10.0.0.4"]);
+    assert_eq!(ips(&plan, "default/d"), ["10.0.0.5"]);
+    assert_eq!(events(&plan, "default/e")[0].0, "AllocationFailed");
+    assert_eq!(plan.usage["p"].v4, 5);
+}
+
+#[test]
+fn a_named_address_goes_to_the_service_that_names_it_not_an_older_one_that_does_not() {
+    let p = pools(&[pool("p", &["10.0.0.1-10.0.0.5"])]);
+    let plan = stable(
+        &p,
+        &[
+            svc("auto", 1, json!({})),
+            svc(
+                "named",
+                2,
+                json!({ "spec": { "loadBalancerIP": "10.0.0.1" } }),
+            ),
+        ],
+    );
+    assert_eq!(ips(&plan, "default/named"), ["10.0.0.1"]);
+    assert_eq!(ips(&plan, "default/auto"), ["10.0.0.2"]);
 }
