@@ -430,3 +430,17 @@ fn bad_pools_are_refused_with_metallbs_messages_and_change_nothing() {
     };
     assert_eq!(strip(&after), strip(&before));
 }
+
+#[test]
+fn the_lab_config_file_sets_the_default_pool() {
+    let lab = RunningLab::up_with(1, "loadBalancerPool: [198.18.0.64/30]\n");
+    lab.apply(&e2e::examples(TALK));
+    wait_for_addresses(&lab, "emissary-ingress", &["198.18.0.64"]);
+    let pool = lab.json(&["-n", "metallb-system", "get", "ipaddresspool", "default"]);
+    assert_eq!(
+        pool["spec"]["addresses"],
+        serde_json::json!(["198.18.0.64/30"])
+    );
+    let l2 = lab.json(&["-n", "metallb-system", "get", "l2advertisement", "default"]);
+    assert_eq!(l2["spec"]["ipAddressPools"], serde_json::json!(["default"]));
+}
