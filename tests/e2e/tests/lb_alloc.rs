@@ -444,3 +444,88 @@ fn the_lab_config_file_sets_the_default_pool() {
     let l2 = lab.json(&["-n", "metallb-system", "get", "l2advertisement", "default"]);
     assert_eq!(l2["spec"]["ipAddressPools"], serde_json::json!(["default"]));
 }
+
+#[test]
+fn pools_select_services_by_namespace_labels_and_priority() {
+    let lab = RunningLab::up(1);
+    // Pools for a team's namespace (by its label) at two priorities, one for Services
+    // labelled app=web, one that gives only what is asked for, and one avoiding .0/.255.
+    lab.apply(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team-a\n  labels:\n    team: a\n---\n\
+         apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata:\n  name: team-low\n  namespace: metallb-system\nspec:\n  addresses: [192.0.2.64/30]\n  serviceAllocation:\n    priority: 20\n    namespaceSelectors:\n    - matchLabels:\n        team: a\n---\n\
+         apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata:\n  name: team-high\n  namespace: metallb-system\nspec:\n  addresses: [192.0.2.68/32]\n  serviceAllocation:\n    priority: 10\n    namespaces: [team-a]\n---\n\
+         apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata:\n  name: web\n  namespace: metallb-system\nspec:\n  addresses: [192.0.2.80/30]\n  serviceAllocation:\n    serviceSelectors:\n    - matchLabels:\n        app: web\n---\n\
+         apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata:\n  name: manual\n  namespace: metallb-system\nspec:\n  addresses: [192.0.2.96/30]\n  autoAssign: false\n---\n\
+         apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata:\n  name: careful\n  namespace: metallb-system\nspec:\n  addresses: [192.0.3.255-192.0.4.1]\n  avoidBuggyIPs: true\n  autoAssign: false\n",
+    );
+    let in_team = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: team-a\nspec:\n  type: LoadBalancer\n  ports:\n  - port: 80\n---\n"
+        )
+    };
+    // The team's first two Services: the higher priority pool (one address), then the
+    // lower.
+    lab.apply(&in_team("api"));
+    let team_addr = |name: &str| {
+        let s = lab.json(&["-n", "team-a", "get", "service", name]);
+        s["status"]["loadBalancer"]["ingress"][0]["ip"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        wait_until(WAIT, || team_addr("api") == "192.0.2.68"),
+        "{}",
+        team_addr("api")
+    );
+    lab.apply(&in_team("db"));
+    assert!(
+        wait_until(WAIT, || team_addr("db") == "192.0.2.64"),
+        "{}",
+        team_addr("db")
+    );
+
+    // A Service labelled app=web gets the web pool; others in default get the default
+    // pool (the team's and web's pools are not theirs).
+    lab.apply(&service("site", 80, "  labels:\n    app: web\n", ""));
+    lab.apply(&service("plain", 80, "", ""));
+    wait_for_addresses(&lab, "site", &["192.0.2.80"]);
+    wait_for_addresses(&lab, "plain", &["198.18.0.200"]);
+
+    // autoAssign: false gives only by name (the older annotation counts too) or by
+    // address; avoidBuggyIPs skips .255 and .0.
+    lab.apply(&service(
+        "by-name",
+        80,
+        "  annotations:\n    metallb.universe.tf/address-pool: manual\n",
+        "",
+    ));
+    wait_for_addresses(&lab, "by-name", &["192.0.2.96"]);
+    lab.apply(&service(
+        "careful",
+        80,
+        "  annotations:\n    metallb.io/address-pool: careful\n",
+        "",
+    ));
+    wait_for_addresses(&lab, "careful", &["192.0.4.1"]);
+    lab.apply(&service("buggy", 80, "", "  loadBalancerIP: 192.0.4.0\n"));
+    wait_for_event(
+        &lab,
+        "buggy",
+        "AllocationFailed",
+        "is not allowed in config",
+    );
+    // A pool whose serviceAllocation leaves a Service out refuses it by name.
+    lab.apply(&service(
+        "wrong-pool",
+        80,
+        "  annotations:\n    metallb.io/address-pool: web\n",
+        "",
+    ));
+    wait_for_event(
+        &lab,
+        "wrong-pool",
+        "AllocationFailed",
+        "pool web not compatible",
+    );
+}
