@@ -127,6 +127,14 @@ pub fn components() -> Vec<Component> {
                 ..Config::default()
             },
         },
+        Component {
+            name: "no-lb",
+            about: "No LoadBalancer address allocation: no MetalLB CRDs, no controller (MetalLB or a cloud does it).",
+            config: Config {
+                lb: false,
+                ..Config::default()
+            },
+        },
     ]
 }
 
@@ -159,6 +167,12 @@ pub fn overlays() -> Vec<Overlay> {
             config: component("no-dns"),
         },
         Overlay {
+            name: "no-lb",
+            about: "Without LoadBalancer address allocation, beside MetalLB or a cloud's",
+            components: Some(&["no-lb"]),
+            config: component("no-lb"),
+        },
+        Overlay {
             name: "lab",
             about: "What `kubewire lab up` installs in a lab of the default name and ranges",
             components: None,
@@ -167,10 +181,17 @@ pub fn overlays() -> Vec<Overlay> {
     ]
 }
 
+/// The default lab's LoadBalancer pool: the underlay's host numbers 200-250, in both
+/// families.
+pub const LAB_LB_POOL: [&str; 2] = ["198.18.0.200-198.18.0.250", "2001:2::c8-2001:2::fa"];
+
 /// The choices of a default lab (docs/lab.md): the API server on the underlay, the pod
-/// ranges, IPAM state under each node's directory.
+/// ranges, IPAM state under each node's directory, the LoadBalancer controller in the
+/// lab's controllers and a default pool.
 fn lab_config() -> Config {
     Config {
+        lb_controller_deployment: false,
+        lb_pool: LAB_LB_POOL.iter().map(|s| s.to_string()).collect(),
         api_server: Some(LAB_API_SERVER.parse().expect("a valid address")),
         cluster_cidrs: vec![
             "10.244.0.0/16".parse().expect("valid"),
@@ -354,7 +375,9 @@ pub fn deploy_tree() -> Vec<(PathBuf, String)> {
         .strip_prefix(&format!("{IMAGE_NAME}:"))
         .expect("the default image is IMAGE_NAME:TAG");
     let mut out = Vec::new();
-    let (agent, dns): (Vec<Value>, Vec<Value>) = base.iter().cloned().partition(|o| {
+    let (lb, rest): (Vec<Value>, Vec<Value>) =
+        base.iter().cloned().partition(crate::lb::is_lb_object);
+    let (agent, dns): (Vec<Value>, Vec<Value>) = rest.into_iter().partition(|o| {
         o["metadata"]["labels"]["app.kubernetes.io/name"] != json!(crate::DNS)
             && o["metadata"]["name"] != json!("kube-dns")
     });
@@ -373,15 +396,26 @@ pub fn deploy_tree() -> Vec<(PathBuf, String)> {
         ),
     ));
     out.push((
+        "base/lb.yaml".into(),
+        format!(
+            "{GENERATED}# LoadBalancer addresses: MetalLB's CRDs (v0.16.1, unchanged), the metallb-system\n# namespace for pools and advertisements, the allocation controller and what it may do.\n{}",
+            to_yaml(&lb)
+        ),
+    ));
+    out.push((
         "base/kustomization.yaml".into(),
         file(
-            "The default install: the agent (native routing, the service proxy) and cluster DNS.\n\
+            "The default install: the agent (native routing, the service proxy), cluster DNS and\n\
+             LoadBalancer address allocation (MetalLB's API).\n\
              The image of every container is set here; an overlay of your own can set it too\n\
              (`kustomize edit set image ghcr.io/kubewire/kubewire=REGISTRY/kubewire:TAG`).",
             &kustomization(
                 "Kustomization",
                 vec![
-                    ("resources", seq([y("agent.yaml"), y("dns.yaml")])),
+                    (
+                        "resources",
+                        seq([y("agent.yaml"), y("dns.yaml"), y("lb.yaml")]),
+                    ),
                     (
                         "images",
                         seq([map(vec![("name", y(IMAGE_NAME)), ("newTag", y(tag))])]),

@@ -15,6 +15,7 @@
 mod apply;
 mod flags;
 pub mod kustomize;
+pub mod lb;
 
 use std::ffi::OsString;
 use std::net::IpAddr;
@@ -171,6 +172,19 @@ pub struct Config {
     /// DNS server replicas.
     #[arg(long, default_value_t = 2)]
     pub dns_replicas: u32,
+    /// Leave LoadBalancer addresses to another implementation (MetalLB, a cloud's): no
+    /// MetalLB CRDs and no allocation controller.
+    #[arg(long = "no-lb", action = clap::ArgAction::SetFalse)]
+    pub lb: bool,
+    /// Run the allocation controller elsewhere (the lab runs it inside `kubewire
+    /// controllers`): its ServiceAccount and role, but no Deployment.
+    #[arg(long = "no-lb-controller-deployment", action = clap::ArgAction::SetFalse)]
+    pub lb_controller_deployment: bool,
+    /// Addresses of a default IPAddressPool (`metallb-system/default`, announced by an
+    /// L2Advertisement of the same name), comma-separated CIDRs or FIRST-LAST ranges
+    /// [default: none; pools are the cluster's own configuration].
+    #[arg(long = "lb-pool", value_delimiter = ',')]
+    pub lb_pool: Vec<String>,
 }
 
 impl Default for Config {
@@ -219,6 +233,15 @@ impl Config {
             }
         }
         args.push(format!("--dns-replicas={}", self.dns_replicas).into());
+        if !self.lb {
+            args.push("--no-lb".into());
+        }
+        if !self.lb_controller_deployment {
+            args.push("--no-lb-controller-deployment".into());
+        }
+        if !self.lb_pool.is_empty() {
+            args.push(format!("--lb-pool={}", self.lb_pool.join(",")).into());
+        }
         args
     }
 
@@ -616,6 +639,7 @@ pub fn manifests(cfg: &Config) -> Vec<Value> {
     if cfg.dns {
         out.extend(dns_objects(cfg));
     }
+    out.extend(lb::objects(cfg));
     out.sort_by_key(kustomize::legacy_order);
     out
 }

@@ -36,6 +36,9 @@ fn every_choice() -> Vec<Config> {
         cni_bin_dir: "/var/lib/rancher/k3s/data/cni".into(),
         cni_data_dir: Some("/var/lib/cni/kw".into()),
         dns_replicas: 3,
+        lb: false,
+        lb_controller_deployment: false,
+        lb_pool: vec!["10.0.0.0/24".into(), "fd00::1-fd00::9".into()],
     });
     all
 }
@@ -197,8 +200,11 @@ fn each_service_account_reads_only_what_its_daemon_watches() {
     agent.extend(bgp);
     assert_eq!(sorted(rules_of(&no_proxy, AGENT)), sorted(agent));
     // Nothing writes cluster-wide but the announcer's Events, nothing reads Secrets,
-    // no wildcard.
-    for role in all.iter().filter(|o| o["kind"] == "ClusterRole") {
+    // no wildcard (the LoadBalancer controller writes: its own test below).
+    for role in all
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] != lb::LB_CONTROLLER)
+    {
         let mut rules = role["rules"].as_array().unwrap().clone();
         rules.retain(|r| r["resources"] != json!(["events"]));
         let text = Value::Array(rules).to_string();
@@ -224,6 +230,67 @@ fn each_service_account_reads_only_what_its_daemon_watches() {
             "{rule}"
         );
     }
+}
+
+/// The LoadBalancer controller writes only what MetalLB's controller writes: Service
+/// status and annotations, Events, pool status; it reads no Secret and nothing else.
+#[test]
+fn the_lb_controller_writes_only_addresses_events_and_pool_status() {
+    let all = manifests(&Config::default());
+    let rules = rules_of(&all, lb::LB_CONTROLLER);
+    let rule = |group: &str, res: &str, verbs: &[&str]| json!({"apiGroups": [group], "resources": [res], "verbs": verbs});
+    assert_eq!(
+        rules,
+        [
+            rule("", "services", &["get", "list", "watch", "patch"]),
+            rule("", "services/status", &["patch", "update"]),
+            rule("", "namespaces", &["list", "watch"]),
+            rule("", "events", &["create", "patch"]),
+            rule("metallb.io", "ipaddresspools", &["list", "watch"]),
+            rule("metallb.io", "ipaddresspools/status", &["patch", "update"]),
+        ]
+    );
+    // The CRDs are upstream's, unchanged, and the controller's Deployment runs one
+    // replica at a time.
+    let crds: Vec<&Value> = all
+        .iter()
+        .filter(|o| o["kind"] == "CustomResourceDefinition")
+        .collect();
+    assert_eq!(crds.len(), 9);
+    assert!(
+        find(
+            &all,
+            "CustomResourceDefinition",
+            "ipaddresspools.metallb.io"
+        )
+        .is_some()
+    );
+    let d = find(&all, "Deployment", lb::LB_CONTROLLER).unwrap();
+    assert_eq!(d["spec"]["replicas"], 1);
+    assert_eq!(d["spec"]["strategy"]["type"], "Recreate");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["args"],
+        json!(["lb-controller"])
+    );
+    // Without it, nothing of MetalLB's API; with a pool, the pool and its advertisement.
+    let none = manifests(&Config {
+        lb: false,
+        ..Config::default()
+    });
+    assert!(none.iter().all(|o| !lb::is_lb_object(o)));
+    let pooled = manifests(&Config {
+        lb_pool: vec!["10.0.0.0/28".into()],
+        ..Config::default()
+    });
+    let pool = find(&pooled, "IPAddressPool", "default").unwrap();
+    assert_eq!(pool["metadata"]["namespace"], "metallb-system");
+    assert_eq!(pool["spec"]["addresses"], json!(["10.0.0.0/28"]));
+    let l2 = find(&pooled, "L2Advertisement", "default").unwrap();
+    assert_eq!(l2["spec"]["ipAddressPools"], json!(["default"]));
+    // CRDs before the objects of their kinds.
+    let pos = |kind: &str| pooled.iter().position(|o| o["kind"] == kind).unwrap();
+    assert!(pos("CustomResourceDefinition") < pos("IPAddressPool"));
+    assert!(pos("Namespace") < pos("IPAddressPool"));
 }
 
 #[test]
@@ -281,7 +348,7 @@ fn the_agent_daemonset_runs_everywhere_with_only_net_admin() {
         })
         .map(|c| &c["image"])
         .collect();
-    assert_eq!(images.len(), 3);
+    assert_eq!(images.len(), 4);
     assert!(images.iter().all(|i| **i == json!(DEFAULT_IMAGE)));
 }
 

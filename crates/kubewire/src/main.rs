@@ -55,6 +55,9 @@ enum Command {
     Agent(agent::Args),
     /// Run the cluster DNS server (kube-dns/CoreDNS replacement).
     Dns(dns::Args),
+    /// Run the LoadBalancer address allocation controller (MetalLB's controller; the
+    /// lab runs it inside `kubewire controllers`).
+    LbController(lb::controller::Args),
     /// Run the lab's kubelet in a node's namespace: registers the Node, runs its pods.
     Node(node::Args),
     /// Run a built-in workload (what containers without a `command` run; docs/node.md).
@@ -171,6 +174,7 @@ fn main() -> ExitCode {
             | Command::Controllers(_)
             | Command::Agent(_)
             | Command::Dns(_)
+            | Command::LbController(_)
             | Command::Node(_)
     ) {
         tune_malloc(matches!(cli.command, Command::Agent(_)));
@@ -251,6 +255,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }),
         Command::Dns(args) => runtime.block_on(async {
             dns::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::LbController(args) => runtime.block_on(async {
+            lb::controller::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }),
         Command::Node(args) => runtime.block_on(async {
@@ -516,6 +524,48 @@ fn print_cluster(c: &lab::cluster::ClusterStatus) {
                 p.node,
                 p.phase,
                 if p.ready { "yes" } else { "no" }
+            );
+        }
+    }
+    if !c.pools.is_empty() {
+        println!();
+        println!(
+            "{:<16} {:<12} {:<12} ADDRESSES",
+            "POOL", "IPV4 USED", "IPV6 USED"
+        );
+        for p in &c.pools {
+            let used = |assigned: Option<i64>, available: Option<i64>| match (assigned, available) {
+                (Some(a), Some(v)) => format!("{a}/{}", a.saturating_add(v)),
+                _ => "-".into(),
+            };
+            let u = p.usage.as_ref();
+            println!(
+                "{:<16} {:<12} {:<12} {}",
+                p.name,
+                used(u.map(|u| u.assigned_ipv4), u.map(|u| u.available_ipv4)),
+                used(u.map(|u| u.assigned_ipv6), u.map(|u| u.available_ipv6)),
+                p.addresses.join(",")
+            );
+        }
+    }
+    if !c.load_balancers.is_empty() {
+        println!();
+        println!(
+            "{:<32} {:<36} {:<12} ANNOUNCED BY",
+            "LOADBALANCER", "ADDRESSES", "POOL"
+        );
+        for l in &c.load_balancers {
+            let by = if l.announced_by.is_empty() {
+                "-".to_owned()
+            } else {
+                l.announced_by.join(",")
+            };
+            println!(
+                "{:<32} {:<36} {:<12} {}",
+                l.service,
+                l.addresses.join(","),
+                l.pool.as_deref().unwrap_or("-"),
+                by
             );
         }
     }

@@ -2,7 +2,10 @@
 //! user's MetalLB configuration applies as it is) as Rust types, shared by the allocation
 //! controller and the agent's announcers.
 
+pub mod alloc;
 pub mod announce;
 pub mod bgp;
+pub mod controller;
 pub mod crd;
+pub mod pool;
 pub mod select;

@@ -34,6 +34,7 @@ mod error;
 mod formats;
 mod gc;
 mod kubelet;
+mod metallb;
 mod patch;
 mod protobuf;
 mod rbac;

@@ -22,8 +22,11 @@
 //! | scheduler | [`scheduler`] |
 //! | node IPAM (podCIDRs) | [`ipam`] |
 //! | node lifecycle (Lease → NotReady → pods not ready) | [`lifecycle`] |
+//! | LoadBalancer addresses (MetalLB's controller; `kubewire lb-controller` in a cluster) | [`lb::controller`] |
 //!
-//! Who each one is: [`credentials`].
+//! Who each one is: [`credentials`]. The LoadBalancer controller is no part of
+//! kube-controller-manager: its ServiceAccount (`kube-system/kubewire-lb-controller`)
+//! gets its rights from kubewire's install manifests, as it would in a cluster.
 
 pub mod cache;
 pub mod credentials;
@@ -292,6 +295,13 @@ pub fn start(clients: impl Into<credentials::Clients>, config: Config) -> Contro
             () = r1 => {}
             () = r2 => {}
         }
+    });
+    // Not kube's: the install's ServiceAccount and ClusterRole for it.
+    spawn(&mut tasks, lb::controller::COMPONENT, |c| {
+        Box::pin(lb::controller::control(
+            c.client,
+            lb::controller::Config::default(),
+        ))
     });
     // The scheduler is its own component (kube-scheduler), with its own credentials.
     let client = clients.scheduler.clone().unwrap_or(clients.root);

@@ -79,6 +79,9 @@ pub fn install_config(cfg: &LabConfig) -> install::Config {
         cluster_cidrs: cfg.pod_cidrs.clone(),
         cluster_domain: cfg.cluster_domain.clone(),
         cni_data_dir: Some(node_root(cfg, "$(NODE_NAME)").join("var/lib/cni/kubewire")),
+        // The lab's controllers run the LoadBalancer controller.
+        lb_controller_deployment: false,
+        lb_pool: cfg.lb_pool(),
         ..install::Config::default()
     }
 }
@@ -572,6 +575,32 @@ pub struct SystemPod {
     pub ready: bool,
 }
 
+/// One IPAddressPool (of `metallb-system`) for `lab status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolStatus {
+    /// Its name.
+    pub name: String,
+    /// Its `spec.addresses`.
+    pub addresses: Vec<String>,
+    /// Its status as the allocation controller writes it (assigned and available per
+    /// family); `None` before the controller's first pass.
+    pub usage: Option<lb::crd::IPAddressPoolStatus>,
+}
+
+/// One Service with a LoadBalancer address for `lab status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadBalancerStatus {
+    /// `namespace/name`.
+    pub service: String,
+    /// Its `status.loadBalancer.ingress` addresses.
+    pub addresses: Vec<String>,
+    /// The pool they came from (`metallb.io/ip-allocated-from-pool`).
+    pub pool: Option<String>,
+    /// Who announces them, from the ServiceL2Status and ServiceBGPStatus objects the
+    /// agents write: `node-1 (L2)`, `node-2 (BGP)`.
+    pub announced_by: Vec<String>,
+}
+
 /// What `lab status` shows beyond the network.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClusterStatus {
@@ -583,6 +612,10 @@ pub struct ClusterStatus {
     pub nodes: Vec<NodeStatus>,
     /// The pods of kubewire's install (the agent's, DNS), as the API server sees them.
     pub system_pods: Vec<SystemPod>,
+    /// The LoadBalancer pools and their usage.
+    pub pools: Vec<PoolStatus>,
+    /// Services holding LoadBalancer addresses, and who announces them.
+    pub load_balancers: Vec<LoadBalancerStatus>,
     /// Why `nodes` is empty, when the API server did not answer.
     pub api_error: Option<String>,
 }
@@ -607,13 +640,106 @@ pub async fn cluster_status(cfg: &LabConfig) -> Result<ClusterStatus> {
         Ok((n, p)) => (n, p, None),
         Err(e) => (Vec::new(), Vec::new(), Some(e.to_string())),
     };
+    let (pools, load_balancers) = if api_error.is_none() {
+        load_balancers(&kubeconfig).await
+    } else {
+        (Vec::new(), Vec::new())
+    };
     Ok(ClusterStatus {
         kubeconfig,
         components,
         nodes,
         system_pods,
+        pools,
+        load_balancers,
         api_error,
     })
+}
+
+/// The pools of `metallb-system` and the Services holding LoadBalancer addresses, with
+/// the nodes that announce them. Best effort: what cannot be listed (no CRDs installed)
+/// is left out.
+async fn load_balancers(kubeconfig: &Path) -> (Vec<PoolStatus>, Vec<LoadBalancerStatus>) {
+    use k8s_openapi::api::core::v1::Service;
+    use lb::crd::{IPAddressPool, ServiceBGPStatus, ServiceL2Status};
+    let Ok(client) = client(kubeconfig).await else {
+        return (Vec::new(), Vec::new());
+    };
+    let ns = lb::controller::DEFAULT_NAMESPACE;
+    let pools = Api::<IPAddressPool>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| PoolStatus {
+            name: p.metadata.name.unwrap_or_default(),
+            addresses: p.spec.addresses,
+            usage: p.status,
+        })
+        .collect();
+    let mut announcers: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for s in Api::<ServiceL2Status>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        let st = s.status;
+        announcers
+            .entry(format!("{}/{}", st.service_namespace, st.service_name))
+            .or_default()
+            .push(format!("{} (L2)", st.node));
+    }
+    for s in Api::<ServiceBGPStatus>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        let st = s.status;
+        announcers
+            .entry(format!("{}/{}", st.service_namespace, st.service_name))
+            .or_default()
+            .push(format!("{} (BGP)", st.node));
+    }
+    let services = Api::<Service>::all(client)
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    let load_balancers = services
+        .into_iter()
+        .filter_map(|s| {
+            let addresses: Vec<String> = s
+                .status?
+                .load_balancer?
+                .ingress?
+                .into_iter()
+                .filter_map(|i| i.ip.or(i.hostname))
+                .collect();
+            if addresses.is_empty() {
+                return None;
+            }
+            let service = format!(
+                "{}/{}",
+                s.metadata.namespace.unwrap_or_default(),
+                s.metadata.name.unwrap_or_default()
+            );
+            let mut announced_by = announcers.remove(&service).unwrap_or_default();
+            announced_by.sort();
+            Some(LoadBalancerStatus {
+                pool: s
+                    .metadata
+                    .annotations
+                    .and_then(|a| a.get(lb::crd::ALLOCATED_FROM_POOL).cloned()),
+                service,
+                addresses,
+                announced_by,
+            })
+        })
+        .collect();
+    (pools, load_balancers)
 }
 
 async fn api_nodes(kubeconfig: &Path) -> Result<(Vec<NodeStatus>, Vec<SystemPod>)> {

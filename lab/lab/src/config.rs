@@ -52,6 +52,13 @@ pub struct LabConfig {
     /// In `bgp` mode, the router's AS; the nodes' is 64512, so 64512 here makes the
     /// sessions iBGP (where LOCAL_PREF is sent).
     pub router_asn: u32,
+    /// The addresses of the default LoadBalancer pool (`metallb-system/default`, with an
+    /// L2Advertisement of the same name): CIDRs or `FIRST-LAST` ranges, as an
+    /// IPAddressPool's `addresses`. Unset: the underlay's host numbers 200-250 in both
+    /// families (198.18.0.200-198.18.0.250 and 2001:2::c8-2001:2::fa); `[]`: no default
+    /// pool (bring your own IPAddressPools).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_balancer_pool: Option<Vec<String>>,
     /// Where the lab keeps its state while it is up. Not configurable from a file:
     /// `lab down` and `lab status` must find it without being told.
     #[serde(skip)]
@@ -79,6 +86,7 @@ impl Default for LabConfig {
             router: RouterKind::Bird,
             bfd: false,
             router_asn: crate::router::ROUTER_ASN,
+            load_balancer_pool: None,
             run_dir: PathBuf::from("/run/kubewire"),
             data_root: PathBuf::from("/var/lib/kubewire"),
         }
@@ -199,6 +207,11 @@ impl LabConfig {
                 self.router_asn
             ));
         }
+        for (i, a) in self.lb_pool().iter().enumerate() {
+            if let Err(e) = lb::pool::parse_addresses(a) {
+                return bad(format!("loadBalancerPool[{i}]: Invalid value: {a:?}: {e}"));
+            }
+        }
         if !self.api_listen.ip().is_loopback() {
             return bad(format!(
                 "apiListen: Invalid value: {}: must be a loopback address (the lab adds nothing reachable to the host)",
@@ -218,6 +231,25 @@ impl LabConfig {
     /// Parses a lab config from YAML text.
     pub fn from_yaml(text: &str) -> std::result::Result<LabConfig, String> {
         serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The default LoadBalancer pool's addresses (see `load_balancer_pool`).
+    pub fn lb_pool(&self) -> Vec<String> {
+        if let Some(pool) = &self.load_balancer_pool {
+            return pool.clone();
+        }
+        vec![
+            format!(
+                "{}-{}",
+                nth_host(IpNet::V4(self.underlay_v4), 200),
+                nth_host(IpNet::V4(self.underlay_v4), 250)
+            ),
+            format!(
+                "{}-{}",
+                nth_host(IpNet::V6(self.underlay_v6), 200),
+                nth_host(IpNet::V6(self.underlay_v6), 250)
+            ),
+        ]
     }
 
     /// The lab's data directory.
@@ -334,6 +366,10 @@ mod tests {
             "198.18.0.254/24"
         );
         assert_eq!(cfg.netns_name(Role::Node(2)), "kubewire-node-2");
+        assert_eq!(
+            cfg.lb_pool(),
+            ["198.18.0.200-198.18.0.250", "2001:2::c8-2001:2::fa"]
+        );
         assert_eq!(cfg.roles().len(), 5);
     }
 
@@ -393,6 +429,13 @@ mod tests {
         );
         let err = LabConfig::from_yaml("router: quagga\n").unwrap_err();
         assert!(err.contains("quagga"), "{err}");
+        let none = LabConfig::from_yaml("loadBalancerPool: []\n").unwrap();
+        assert!(none.lb_pool().is_empty());
+        let own = LabConfig::from_yaml("loadBalancerPool: [198.18.0.64/28]\n").unwrap();
+        assert_eq!(own.lb_pool(), ["198.18.0.64/28"]);
+        let bad = LabConfig::from_yaml("loadBalancerPool: [198.18.0.9-198.18.0.1]\n").unwrap();
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("loadBalancerPool[0]: Invalid value"), "{err}");
         let open = LabConfig::from_yaml("apiListen: 0.0.0.0:6443\n").unwrap();
         assert!(
             open.validate()

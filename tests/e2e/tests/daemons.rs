@@ -193,6 +193,17 @@ fn every_daemon_finds_its_cluster_from_kubeconfig_and_stops_on_sigterm() {
         dir.path(),
     );
 
+    // The LoadBalancer controller as a cluster's Deployment runs it (the controllers
+    // above run one too; two computing the same plan write the same).
+    let lb_args = k8s::parse_flags::<lb::controller::Args>(&[]);
+    let mut lb_controller = Daemon::start(
+        "lb-controller",
+        Some(ns.name()),
+        lb_args.to_args(),
+        Some(&inside),
+        dir.path(),
+    );
+
     // Each one reached the API server: the node runner registered its Node, the
     // controllers gave it a pod range, the agent wrote the CNI config with that range,
     // and DNS answers for the `kubernetes` Service.
@@ -236,6 +247,7 @@ fn every_daemon_finds_its_cluster_from_kubeconfig_and_stops_on_sigterm() {
 
     // SIGTERM stops each one cleanly, the API server last.
     for daemon in [
+        &mut lb_controller,
         &mut agent,
         &mut runner,
         &mut dns,

@@ -541,7 +541,7 @@ fn kubewire_runs_as_its_service_accounts_with_exactly_the_documented_rights() {
             .iter()
             .map(|(sa, _)| sa.as_str())
             .collect::<Vec<_>>(),
-        ["kubewire-agent", "kubewire-dns"],
+        ["kubewire-agent", "kubewire-dns", "kubewire-lb-controller"],
         "docs/install.md documents a can-i block per ServiceAccount"
     );
     for (sa, rights) in &documented {

@@ -1,7 +1,8 @@
 //! The README's tour, run literally: its code block, line for line, in bash, against a
 //! lab as `make up` leaves it (three nodes). Only where the tour finds things differs:
 //! the lab's name comes from `KUBEWIRE_LAB` (so the test runs beside a user's lab and
-//! other tests), and `./target/release/kubewire` is a link to the binary under test.
+//! other tests), `./target/release/kubewire` is a link to the binary under test and
+//! `examples/` to the checkout's.
 
 #![allow(clippy::disallowed_methods)] // runs bash
 
@@ -38,6 +39,12 @@ fn the_readme_tour_runs_as_written() {
     let release = dir.path().join("target/release");
     std::fs::create_dir_all(&release).unwrap();
     std::os::unix::fs::symlink(kubewire_bin(), release.join("kubewire")).unwrap();
+    // The talk's manifests, as in a checkout.
+    std::os::unix::fs::symlink(
+        workspace_root().join("examples"),
+        dir.path().join("examples"),
+    )
+    .unwrap();
     // As a person types it: every command must succeed, aliases expand.
     let script = format!("set -euo pipefail\nshopt -s expand_aliases\nset -x\n{tour}");
     // Output to files: what the tour leaves in the background (`kubectl port-forward
@@ -72,6 +79,7 @@ fn the_readme_tour_runs_as_written() {
         "service/web exposed",
         "Hostname: web-", // curl web from a pod: a whoami answered through the Service
         "MEMORY(bytes)",  // kubectl top pods, for pods just started
+        "198.18.0.200",   // the talk's LoadBalancer Service got the pool's first address
         "1 received",     // ping from the outside
         "is down",        // kw lab down
     ] {

@@ -3,9 +3,9 @@
 //! externalIPs, IPv6 ClusterIPs and node ports of a dual-stack Service, and UDP through a
 //! ClusterIP. Clients are curl and python3 run inside pods and inside `outside`.
 //!
-//! No LoadBalancer IPAM runs yet, so the test writes `status.loadBalancer.ingress` itself
-//! (as a cloud controller would) and gives `outside` a route to that address through a
-//! node (as an L2 or BGP announcement would).
+//! The LoadBalancer address comes from the lab's allocation controller (the first of the
+//! default pool); this test gives `outside` a route to it through a node, standing in for
+//! the announcement (tests/e2e/tests/lb_alloc.rs tests the allocation itself).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -139,21 +139,16 @@ fn load_balancer_external_ip_ipv6_and_udp_services_answer() {
         lab.endpoint_ips("emissary-ingress")
     );
 
-    // The LoadBalancer address, as a load-balancer controller would publish it.
-    lab.kubectl(&[
-        "patch",
-        "service",
-        "emissary-ingress",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &format!(r#"{{"status":{{"loadBalancer":{{"ingress":[{{"ip":"{LB_IP}"}}]}}}}}}"#),
-    ]);
-    let svc = lab.kubectl(&["get", "service", "emissary-ingress"]);
+    // The LoadBalancer address, as the allocation controller publishes it.
     assert!(
-        svc.contains(LB_IP) && svc.contains("80:31211/TCP,443:31361/TCP"),
-        "{svc}"
+        wait_until(Duration::from_secs(20), || lab
+            .kubectl(&["get", "service", "emissary-ingress"])
+            .contains(LB_IP)),
+        "{}",
+        lab.kubectl(&["get", "service", "emissary-ingress"])
     );
+    let svc = lab.kubectl(&["get", "service", "emissary-ingress"]);
+    assert!(svc.contains("80:31211/TCP,443:31361/TCP"), "{svc}");
     let out = lab.exec(
         "outside",
         &[

@@ -273,6 +273,11 @@ fn check_write(
     if !causes.is_empty() {
         return Err(Status::invalid(rt.group, rt.kind, &name, &causes).into());
     }
+    // MetalLB's validating webhook, which runs after the schema's checks.
+    if rt.is(lb::crd::GROUP, "ipaddresspools") && !t.is_status() {
+        let ns = str_at(obj, "metadata.namespace").unwrap_or("");
+        crate::metallb::admit_pool(txn, &format!("{}/{ns}/", rt.storage_prefix()), obj)?;
+    }
     Ok(())
 }
 

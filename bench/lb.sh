@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# LoadBalancer address allocation at 1,000 Services, in a lab (2 nodes), measured in one
+# run:
+#   - 1,000 LoadBalancer Services applied at once: from the start of `kubectl apply`, and
+#     from its end, until every one has its address;
+#   - one change at that size, 20 times: a Service created, the time from the watch's
+#     ADDED event to the MODIFIED event that carries its address (both seen by one
+#     `kubectl get -w`, so it is the controller's reaction: a pass over all 1,001 and
+#     its writes), and the controller's own pass times from its debug log;
+#   - the memory (VmRSS) of the controllers process (which runs the LoadBalancer
+#     controller in the lab) before and after the 1,000 Services, next to its growth
+#     from 1,000 ClusterIP Services applied first (what the other controllers' watches
+#     of Services cost): the difference is the LoadBalancer controller's. The Services
+#     select no pods, so no controller makes other objects of them.
+# Needs root. Everything runs in a lab named kwlbbench; no traffic leaves it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh test >/dev/null
+name=kwlbbench
+n=${SERVICES:-1000}
+trials=${TRIALS:-20}
+cargo build --release -p kubewire >/dev/null 2>&1
+bin=$PWD/target/release/kubewire
+export KUBECONFIG=/var/lib/kubewire/$name/api/admin.kubeconfig
+work=$(mktemp -d)
+down() { "$bin" lab down --name $name >/dev/null 2>&1 || true; }
+cleanup() {
+  [[ -n ${watcher:-} ]] && kill "$watcher" 2>/dev/null || true
+  down
+  rm -rf "$work"
+}
+trap cleanup EXIT
+down
+now() { date +%s.%N; }
+since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$1" "$(now)"; }
+rss() {
+  local pid
+  pid=$("$bin" lab status --name $name --json | python3 -c \
+    'import json,sys; print(next(c["pid"] for c in json.load(sys.stdin)["cluster"]["components"] if c["name"] == "controllers"))')
+  awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$pid/status"
+}
+assigned() {
+  kubectl -n bench get svc -o jsonpath='{range .items[*]}{.status.loadBalancer.ingress[0].ip}{"\n"}{end}' | grep -c . || true
+}
+
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, kernel $(uname -r), load $(cut -d' ' -f1 /proc/loadavg)"
+# The controller logs each pass's time at debug level.
+# Port 0: beside any other lab on this machine.
+printf 'nodes: 2\napiListen: 127.0.0.1:0\n' >"$work/lab.yaml"
+RUST_LOG=info,lb=debug "$bin" lab up --name $name --config "$work/lab.yaml" --detach >/dev/null 2>&1
+log=/var/lib/kubewire/$name/logs/controllers.log
+kubectl create namespace bench >/dev/null
+cat >"$work/pool.yaml" <<EOF
+apiVersion: metallb.io/v1beta1
+kind: IPAddressPool
+metadata:
+  name: bench
+  namespace: metallb-system
+spec:
+  addresses: [10.250.0.0/20]
+  serviceAllocation:
+    namespaces: [bench]
+EOF
+kubectl apply -f "$work/pool.yaml" >/dev/null
+python3 - "$n" >"$work/services.yaml" <<'EOF'
+import sys
+for i in range(int(sys.argv[1])):
+    print(f"""apiVersion: v1
+kind: Service
+metadata:
+  name: svc-{i}
+  namespace: bench
+spec:
+  type: LoadBalancer
+  allocateLoadBalancerNodePorts: false
+  ports:
+  - port: 80
+---""")
+EOF
+sed -e 's/namespace: bench/namespace: base/' -e '/type: LoadBalancer/d' \
+  -e '/allocateLoadBalancerNodePorts/d' "$work/services.yaml" >"$work/base.yaml"
+kubectl create namespace base >/dev/null
+sleep 2
+base_before=$(rss)
+kubectl apply -f "$work/base.yaml" >/dev/null
+sleep 5
+before=$(rss)
+printf 'controllers process VmRSS: %s MiB, %s MiB after %s ClusterIP Services\n' "$base_before" "$before" "$n"
+
+echo
+echo "== $n LoadBalancer Services applied at once"
+t=$(now)
+kubectl apply -f "$work/services.yaml" >/dev/null
+applied=$(since "$t")
+t2=$(now)
+until [[ $(assigned) -ge $n ]]; do sleep 0.05; done
+all=$(since "$t")
+after_apply=$(since "$t2")
+sleep 5
+after=$(rss)
+printf 'kubectl apply took %ss; all %s assigned %ss after it started, %ss after it ended\n' "$applied" "$n" "$all" "$after_apply"
+printf 'controllers process VmRSS: %s MiB before, %s MiB after (%s Services)\n' "$before" "$after" "$n"
+
+echo
+echo "== one new Service at $n, $trials times: watch ADDED -> MODIFIED with its address"
+kubectl -n bench get svc -w --output-watch-events \
+  -o jsonpath='{.type} {.object.metadata.name} {.object.status.loadBalancer.ingress[0].ip}{"\n"}' 2>/dev/null |
+  while IFS= read -r line; do echo "$(date +%s.%N) $line"; done >"$work/watch" &
+watcher=$!
+sleep 2
+passes_from=$(wc -l <"$log")
+for i in $(seq "$trials"); do
+  kubectl -n bench create service loadbalancer "one-$i" --tcp=80:80 >/dev/null
+  until grep -q "MODIFIED one-$i 10\.250\." "$work/watch"; do sleep 0.02; done
+  kubectl -n bench delete service "one-$i" --wait=false >/dev/null
+  sleep 0.3
+done
+python3 - "$work/watch" "$trials" <<'EOF'
+import sys, statistics
+added, got = {}, {}
+for line in open(sys.argv[1]):
+    parts = line.split()
+    if len(parts) < 3 or not parts[2].startswith("one-"):
+        continue
+    t, kind, name = float(parts[0]), parts[1], parts[2]
+    if kind == "ADDED":
+        added.setdefault(name, t)
+    elif kind == "MODIFIED" and len(parts) > 3 and name not in got:
+        got[name] = t
+ms = sorted((got[n] - added[n]) * 1000 for n in got if n in added)
+print(f"created -> address: median {statistics.median(ms):.1f} ms, min {ms[0]:.1f} ms, max {ms[-1]:.1f} ms ({len(ms)} trials)")
+EOF
+# The controller's own pass times (debug log "pass took=...") during the trials.
+tail -n +"$passes_from" "$log" | python3 -c '
+import re, statistics, sys
+def ms(v):
+    m = re.match(r"([0-9.]+)(ms|µs|us|s)", v)
+    n, u = float(m.group(1)), m.group(2)
+    return n * {"ms": 1, "µs": 1e-3, "us": 1e-3, "s": 1e3}[u]
+ts = [ms(m.group(1)) for l in sys.stdin for m in [re.search(r"took=([0-9.]+(?:ms|µs|us|s))", l)] if m and "pass" in l]
+if ts:
+    print(f"controller passes at {len(ts)} changes: median {statistics.median(ts):.2f} ms, max {max(ts):.2f} ms (compute + writes)")
+'
