@@ -18,7 +18,7 @@ const POOL: &str = r#"
 apiVersion: metallb.io/v1beta1
 kind: IPAddressPool
 metadata: {name: default, namespace: metallb-system}
-spec: {addresses: ["198.18.0.200-198.18.0.250"]}
+spec: {addresses: ["198.18.0.200-198.18.0.250", "2001:2::c8-2001:2::fa"]}
 ---
 apiVersion: metallb.io/v1beta1
 kind: BGPAdvertisement
@@ -33,8 +33,9 @@ spec:
   communities: [{name: no-advertise, value: "65535:65282"}]
 "#;
 
-/// A Deployment and its LoadBalancer Service at `ip`.
-fn service(name: &str, replicas: u8, local: bool) -> String {
+/// A Deployment and its LoadBalancer Service, asking the allocation controller for
+/// `ips` (MetalLB's `loadBalancerIPs` annotation).
+fn service(name: &str, replicas: u8, local: bool, ips: &[&str]) -> String {
     // Dual-stack, so that the proxy forwards its IPv6 address too.
     format!(
         r#"
@@ -52,7 +53,7 @@ apiVersion: v1
 kind: Service
 metadata:
   name: {name}
-  annotations: {{metallb.io/ip-allocated-from-pool: default}}
+  annotations: {{metallb.io/loadBalancerIPs: "{ips}"}}
 spec:
   type: LoadBalancer
   ipFamilyPolicy: PreferDualStack
@@ -60,7 +61,8 @@ spec:
   selector: {{app: {name}}}
   ports: [{{port: 80, targetPort: 80}}]
 "#,
-        policy = if local { "Local" } else { "Cluster" }
+        policy = if local { "Local" } else { "Cluster" },
+        ips = ips.join(","),
     )
 }
 
@@ -164,25 +166,6 @@ impl Bgp {
             &["curl", "-s", "-m", "2", &format!("http://{ip}/")],
         ))
     }
-
-    fn set_address(&self, svc: &str, ips: &[&str]) {
-        let ingress: Vec<String> = ips
-            .iter()
-            .map(|ip| format!(r#"{{"ip":"{ip}","ipMode":"VIP"}}"#))
-            .collect();
-        self.lab.kubectl(&[
-            "patch",
-            "svc",
-            svc,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &format!(
-                r#"{{"status":{{"loadBalancer":{{"ingress":[{}]}}}}}}"#,
-                ingress.join(",")
-            ),
-        ]);
-    }
 }
 
 /// With `bfd`, the lab's BGPPeers name a BFDProfile and the router runs BFD: a node
@@ -202,10 +185,8 @@ fn announce_withdraw_ecmp_and_node_death(router: &str, bfd: bool) {
     );
 
     lab.apply(POOL);
-    lab.apply(&service("web", 2, false));
-    lab.apply(&service("local", 1, true));
-    t.set_address("web", &["198.18.0.200", "2001:2::c8"]);
-    t.set_address("local", &["198.18.0.201"]);
+    lab.apply(&service("web", 2, false, &["198.18.0.200", "2001:2::c8"]));
+    lab.apply(&service("local", 1, true, &["198.18.0.201", "2001:2::c9"]));
     assert!(
         wait_until(Duration::from_secs(60), || {
             lab.running_pods("app=web").len() == 2 && lab.running_pods("app=local").len() == 1
@@ -380,8 +361,7 @@ metadata: {name: preferred, namespace: metallb-system}
 spec: {localPref: 150}
 "#,
     );
-    lab.apply(&service("web", 1, false));
-    t.set_address("web", &["198.18.0.200"]);
+    lab.apply(&service("web", 1, false, &["198.18.0.200", "2001:2::c8"]));
     let want = if t.frr {
         "localpref 150"
     } else {
