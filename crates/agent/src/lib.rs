@@ -7,7 +7,9 @@
 //! the difference ([`kernel`]), again at every `--resync` so that drift is repaired. It does
 //! pod networking across nodes (the CNI config with the node's pod CIDRs, and routes to
 //! every other node's pod CIDRs, natively or over VXLAN) and, unless `--proxy=false`,
-//! runs the service proxy ([`proxy::run`]) beside it on the same API connection.
+//! runs the service proxy ([`proxy::run`]) beside it on the same API connection, and,
+//! unless `--l2-announce=false`, the L2 announcer of LoadBalancer addresses
+//! ([`lb::l2::run`]).
 
 pub mod cni_config;
 pub mod kernel;
@@ -45,6 +47,12 @@ pub enum Error {
     /// The service proxy stopped.
     #[error("the service proxy stopped")]
     Proxy(#[from] proxy::Error),
+    /// The view of the cluster the LoadBalancer announcers read stopped.
+    #[error("the LoadBalancer announcers' view stopped")]
+    Announce(#[from] lb::announce::Error),
+    /// The L2 (ARP/NDP) announcer stopped.
+    #[error("the L2 announcer stopped")]
+    L2(#[from] lb::l2::Error),
     /// The signal handlers could not be installed.
     #[error("handling SIGTERM")]
     Signals(#[source] std::io::Error),
@@ -98,6 +106,9 @@ pub struct Args {
     /// The service proxy's flags.
     #[command(flatten)]
     pub proxy: proxy::ProxyArgs,
+    /// The L2 (ARP/NDP) announcer's flags.
+    #[command(flatten)]
+    pub l2: lb::l2::L2Args,
 }
 
 impl Args {
@@ -120,6 +131,7 @@ impl Args {
         }
         args.push(format!("--resync={}", k8s::duration::format_duration(self.resync)).into());
         args.extend(self.proxy.to_args());
+        args.extend(self.l2.to_args());
         args
     }
 }
@@ -181,11 +193,30 @@ pub async fn run(args: Args) -> Result<(), Error> {
     };
     tokio::select! {
         r = services => r.map_err(Error::from),
+        r = announcers(&args, client.clone()) => r,
         r = routes(&args, client.clone()) => r,
         () = shutdown.recv() => {
             info!("agent stopping; routes and rules stay in place");
             Ok(())
         }
+    }
+}
+
+/// The LoadBalancer announcers, fed one view of the cluster ([`lb::announce`]).
+async fn announcers(args: &Args, client: kube::Client) -> Result<(), Error> {
+    if !args.l2.l2_announce {
+        return std::future::pending().await;
+    }
+    let (tx, view) = lb::announce::channel();
+    let l2 = lb::l2::run(
+        client.clone(),
+        args.node_name.clone(),
+        args.l2.clone(),
+        view,
+    );
+    tokio::select! {
+        r = lb::announce::run(client, tx) => r.map_err(Error::from),
+        r = l2 => r.map_err(Error::from),
     }
 }
 
@@ -286,6 +317,13 @@ mod tests {
                 cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
                 service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
                 sync_delay_ms: 5,
+            },
+            l2: lb::l2::L2Args {
+                l2_announce: false,
+                l2_heartbeat_port: 7947,
+                l2_heartbeat_interval: Duration::from_millis(50),
+                l2_dead_after: Duration::from_millis(300),
+                l2_status_namespace: "kubewire".into(),
             },
         };
         assert_eq!(parse(args.to_args()), args);

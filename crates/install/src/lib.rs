@@ -38,6 +38,10 @@ pub const AGENT: &str = "kubewire-agent";
 /// The ClusterRole (and binding) of what the agent's service proxy reads: left out
 /// without the proxy.
 pub const PROXY_ROLE: &str = "kubewire-proxy";
+/// The ClusterRole (and binding) of what the agent's L2 announcer reads and the Events
+/// it records, and the Role (and binding) in the agent's namespace with which it
+/// writes its ServiceL2Status objects.
+pub const L2_ROLE: &str = "kubewire-l2";
 /// The DNS Deployment, ServiceAccount, ClusterRole, binding and disruption budget.
 pub const DNS: &str = "kubewire-dns";
 /// The ConfigMap that points the agent at the API server itself (`--api-server`).
@@ -329,6 +333,25 @@ fn cluster_role_binding(name: &str, service_account: &str) -> Value {
     })
 }
 
+fn role(name: &str, rules: Value) -> Value {
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": meta(name, true),
+        "rules": rules,
+    })
+}
+
+fn role_binding(name: &str, service_account: &str) -> Value {
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": meta(name, true),
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name },
+        "subjects": [{ "kind": "ServiceAccount", "name": service_account, "namespace": NAMESPACE }],
+    })
+}
+
 /// Read-only: what a reflector (list, then watch) needs, and no more.
 fn read(group: &str, resources: &[&str]) -> Value {
     json!({ "apiGroups": [group], "resources": resources, "verbs": ["list", "watch"] })
@@ -349,7 +372,8 @@ fn security_context(add: &[&str]) -> Value {
 }
 
 /// The agent: its ServiceAccount, what it reads (Nodes; Services and EndpointSlices for
-/// the proxy), the ConfigMap with the API server's address, and the DaemonSet.
+/// the proxy; MetalLB's objects for the L2 announcer) and writes (the announcer's
+/// Events and ServiceL2Statuses), the ConfigMap with the API server's address, and the DaemonSet.
 fn agent_objects(cfg: &Config) -> Vec<Value> {
     let mut out = vec![
         service_account(AGENT),
@@ -366,6 +390,46 @@ fn agent_objects(cfg: &Config) -> Vec<Value> {
         ));
         out.push(cluster_role_binding(PROXY_ROLE, AGENT));
     }
+    // The L2 announcer: MetalLB's configuration, the Services and their endpoints'
+    // nodes; Events on the Services it takes over; its ServiceL2Status objects.
+    out.extend([
+        cluster_role(
+            L2_ROLE,
+            json!([
+                read("", &["services"]),
+                read("discovery.k8s.io", &["endpointslices"]),
+                read(
+                    "metallb.io",
+                    &[
+                        "bfdprofiles",
+                        "bgpadvertisements",
+                        "bgppeers",
+                        "communities",
+                        "ipaddresspools",
+                        "l2advertisements",
+                    ]
+                ),
+                { "apiGroups": [""], "resources": ["events"], "verbs": ["create"] },
+            ]),
+        ),
+        cluster_role_binding(L2_ROLE, AGENT),
+        role(
+            L2_ROLE,
+            json!([
+                {
+                    "apiGroups": ["metallb.io"],
+                    "resources": ["servicel2statuses"],
+                    "verbs": ["list", "watch", "create", "delete"],
+                },
+                {
+                    "apiGroups": ["metallb.io"],
+                    "resources": ["servicel2statuses/status"],
+                    "verbs": ["patch"],
+                },
+            ]),
+        ),
+        role_binding(L2_ROLE, AGENT),
+    ]);
     if let Some(api) = &cfg.api_server {
         out.push(json!({
             "apiVersion": "v1",
@@ -417,8 +481,9 @@ fn agent_objects(cfg: &Config) -> Vec<Value> {
                             "configMapRef": { "name": API_SERVER_CONFIG_MAP, "optional": true },
                         }],
                         "resources": { "requests": { "cpu": "100m", "memory": "64Mi" } },
-                        // Routes, the VXLAN device, nftables and conntrack over netlink.
-                        "securityContext": security_context(&["NET_ADMIN"]),
+                        // Routes, the VXLAN device, nftables and conntrack over netlink;
+                        // ARP and NDP answers through packet sockets.
+                        "securityContext": security_context(&["NET_ADMIN", "NET_RAW"]),
                         "volumeMounts": [{ "name": "cni-conf", "mountPath": "/etc/cni/net.d" }],
                     }],
                     "volumes": [

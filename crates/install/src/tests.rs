@@ -152,10 +152,26 @@ fn rules_of(objects: &[Value], service_account: &str) -> Vec<Value> {
 fn each_service_account_reads_only_what_its_daemon_watches() {
     let all = manifests(&Config::default());
     let read = |group: &str, resources: &[&str]| json!({"apiGroups": [group], "resources": resources, "verbs": ["list", "watch"]});
+    let metallb = read(
+        "metallb.io",
+        &[
+            "bfdprofiles",
+            "bgpadvertisements",
+            "bgppeers",
+            "communities",
+            "ipaddresspools",
+            "l2advertisements",
+        ],
+    );
+    let create_events = json!({"apiGroups": [""], "resources": ["events"], "verbs": ["create"]});
     assert_eq!(
         rules_of(&all, AGENT),
         [
             read("", &["nodes"]),
+            read("", &["services"]),
+            read("discovery.k8s.io", &["endpointslices"]),
+            metallb.clone(),
+            create_events.clone(),
             read("", &["services"]),
             read("discovery.k8s.io", &["endpointslices"]),
         ]
@@ -167,20 +183,47 @@ fn each_service_account_reads_only_what_its_daemon_watches() {
             read("discovery.k8s.io", &["endpointslices"]),
         ]
     );
-    // Without the proxy the agent reads Nodes only.
+    // Without the proxy the agent reads Nodes, and what the L2 announcer reads.
     let no_proxy = manifests(&Config {
         proxy: false,
         ..Config::default()
     });
-    assert_eq!(rules_of(&no_proxy, AGENT), [read("", &["nodes"])]);
-    // Nothing writes, nothing reads Secrets, no wildcard.
+    assert_eq!(
+        rules_of(&no_proxy, AGENT),
+        [
+            read("", &["nodes"]),
+            read("", &["services"]),
+            read("discovery.k8s.io", &["endpointslices"]),
+            metallb,
+            create_events,
+        ]
+    );
+    // Nothing writes cluster-wide but the announcer's Events, nothing reads Secrets,
+    // no wildcard.
     for role in all.iter().filter(|o| o["kind"] == "ClusterRole") {
-        let text = role["rules"].to_string();
+        let mut rules = role["rules"].as_array().unwrap().clone();
+        rules.retain(|r| r["resources"] != json!(["events"]));
+        let text = Value::Array(rules).to_string();
         for word in [
             "secrets", "\"*\"", "create", "update", "patch", "delete", "get",
         ] {
             assert!(!text.contains(word), "{}: {text}", describe(role));
         }
+    }
+    // The announcer writes its ServiceL2Statuses in its own namespace only.
+    let role = find(&all, "Role", L2_ROLE).unwrap();
+    assert_eq!(role["metadata"]["namespace"], NAMESPACE);
+    let binding = find(&all, "RoleBinding", L2_ROLE).unwrap();
+    assert_eq!(binding["roleRef"]["kind"], "Role");
+    assert_eq!(binding["subjects"][0]["name"], AGENT);
+    for rule in role["rules"].as_array().unwrap() {
+        assert_eq!(rule["apiGroups"], json!(["metallb.io"]));
+        assert!(
+            rule["resources"][0]
+                .as_str()
+                .unwrap()
+                .starts_with("servicel2statuses")
+        );
     }
 }
 
@@ -200,7 +243,7 @@ fn the_agent_daemonset_runs_everywhere_with_only_net_admin() {
     let agent = &pod["containers"][0];
     assert_eq!(
         agent["securityContext"]["capabilities"],
-        json!({"add": ["NET_ADMIN"], "drop": ["ALL"]})
+        json!({"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]})
     );
     assert_eq!(
         pod["initContainers"][0]["securityContext"]["capabilities"],

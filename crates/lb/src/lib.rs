@@ -4,4 +4,5 @@
 
 pub mod announce;
 pub mod crd;
+pub mod l2;
 pub mod select;
