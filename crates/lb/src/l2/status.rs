@@ -226,7 +226,7 @@ pub async fn run(
         let actions = plan(&statuses.0, &mine.borrow_and_update(), &node, &namespace);
         dirty = false;
         for a in actions {
-            if let Err(e) = apply(&api, a).await {
+            if let Err(e) = apply(&api, &mut statuses, a).await {
                 warn!(error = %ErrorChain(&e), "writing a servicel2status");
                 dirty = true; // again at the next tick
             }
@@ -234,20 +234,44 @@ pub async fn run(
     }
 }
 
-async fn apply(api: &kube::Api<ServiceL2Status>, action: Action) -> Result<(), kube::Error> {
+/// Applies one action, and records its outcome in `statuses` at once: the watch
+/// reports it later, and a plan made before then must not create the object again.
+async fn apply(
+    api: &kube::Api<ServiceL2Status>,
+    statuses: &mut Statuses,
+    action: Action,
+) -> Result<(), kube::Error> {
+    use k8s::Store as _;
     match action {
         Action::Create(s) => {
             let status = s.status.clone();
-            let created = api.create(&PostParams::default(), &*s).await?;
+            let mut created = api.create(&PostParams::default(), &*s).await?;
             // The status subresource ignores the status given at creation.
-            let name = created.metadata.name.unwrap_or_default();
+            let name = created.metadata.name.clone().unwrap_or_default();
+            created.status = status.clone();
+            statuses.apply(k8s::object_key(&created), created);
             set_status(api, &name, status).await
         }
-        Action::Update(name, status) => set_status(api, &name, status).await,
-        Action::Delete(name) => match api.delete(&name, &DeleteParams::default()).await {
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            r => r.map(drop),
-        },
+        Action::Update(name, status) => {
+            set_status(api, &name, status.clone()).await?;
+            if let Some(s) = statuses
+                .0
+                .values_mut()
+                .find(|s| s.metadata.name.as_deref() == Some(&*name))
+            {
+                s.status = status;
+            }
+            Ok(())
+        }
+        Action::Delete(name) => {
+            statuses
+                .0
+                .retain(|_, s| s.metadata.name.as_deref() != Some(&*name));
+            match api.delete(&name, &DeleteParams::default()).await {
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                r => r.map(drop),
+            }
+        }
     }
 }
 
