@@ -8,9 +8,9 @@
 //! pod networking across nodes (the CNI config with the node's pod CIDRs, and routes to
 //! every other node's pod CIDRs, natively or over VXLAN) and, unless `--proxy=false`,
 //! runs the service proxy ([`proxy::run`]) beside it on the same API connection, and,
-//! unless `--bgp-announce=false`, the BGP announcer of LoadBalancer addresses
-//! ([`lb::bgp::run`]), which withdraws its routes and closes its sessions when the agent
-//! stops.
+//! unless `--l2-announce=false` and `--bgp-announce=false`, the announcers of
+//! LoadBalancer addresses over ARP/NDP ([`lb::l2::run`]) and BGP ([`lb::bgp::run`]); the
+//! BGP announcer withdraws its routes and closes its sessions when the agent stops.
 
 pub mod cni_config;
 pub mod kernel;
@@ -54,6 +54,9 @@ pub enum Error {
     /// The BGP announcer stopped.
     #[error("the BGP announcer stopped")]
     Bgp(#[from] lb::bgp::Error),
+    /// The L2 (ARP/NDP) announcer stopped.
+    #[error("the L2 announcer stopped")]
+    L2(#[from] lb::l2::Error),
     /// The signal handlers could not be installed.
     #[error("handling SIGTERM")]
     Signals(#[source] std::io::Error),
@@ -110,6 +113,9 @@ pub struct Args {
     /// The BGP announcer's flags.
     #[command(flatten)]
     pub bgp: lb::bgp::BgpArgs,
+    /// The L2 (ARP/NDP) announcer's flags.
+    #[command(flatten)]
+    pub l2: lb::l2::L2Args,
 }
 
 impl Args {
@@ -133,6 +139,7 @@ impl Args {
         args.push(format!("--resync={}", k8s::duration::format_duration(self.resync)).into());
         args.extend(self.proxy.to_args());
         args.extend(self.bgp.to_args());
+        args.extend(self.l2.to_args());
         args
     }
 }
@@ -204,7 +211,9 @@ pub async fn run(args: Args) -> Result<(), Error> {
     if let Some(result) = stopped {
         return result;
     }
-    info!("agent stopping; routes and rules stay in place, BGP routes are withdrawn");
+    info!(
+        "agent stopping; routes and rules stay in place, BGP routes are withdrawn, ARP/NDP answers stop"
+    );
     let _ = stop_announcers.send(());
     // The BGP sessions withdraw and close with a Cease; bounded, a stuck peer must
     // not hold the agent.
@@ -212,27 +221,49 @@ pub async fn run(args: Args) -> Result<(), Error> {
     Ok(())
 }
 
-/// The LoadBalancer announcers, fed one view of the cluster ([`lb::announce`]), until
-/// `stop` fires.
+/// The LoadBalancer announcers (L2 and BGP, each unless turned off), fed one view of the
+/// cluster ([`lb::announce`]), until `stop` fires (the L2 announcer just stops answering;
+/// the BGP announcer withdraws first).
 async fn announcers(
     args: &Args,
     client: kube::Client,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<(), Error> {
-    if !args.bgp.bgp_announce {
+    if !args.bgp.bgp_announce && !args.l2.l2_announce {
         return std::future::pending().await;
     }
     let (tx, view) = lb::announce::channel();
-    let bgp = lb::bgp::run(
-        client.clone(),
-        args.node_name.clone(),
-        args.bgp.clone(),
-        view,
-        stop,
-    );
+    let l2 = async {
+        if !args.l2.l2_announce {
+            return std::future::pending().await;
+        }
+        lb::l2::run(
+            client.clone(),
+            args.node_name.clone(),
+            args.l2.clone(),
+            view.clone(),
+        )
+        .await
+        .map_err(Error::from)
+    };
+    let bgp = async {
+        if !args.bgp.bgp_announce {
+            return std::future::pending().await;
+        }
+        lb::bgp::run(
+            client.clone(),
+            args.node_name.clone(),
+            args.bgp.clone(),
+            view.clone(),
+            stop,
+        )
+        .await
+        .map_err(Error::from)
+    };
     tokio::select! {
-        r = lb::announce::run(client, tx) => r.map_err(Error::from),
-        r = bgp => r.map_err(Error::from),
+        r = lb::announce::run(client.clone(), tx) => r.map_err(Error::from),
+        r = l2 => r,
+        r = bgp => r,
     }
 }
 
@@ -337,6 +368,13 @@ mod tests {
             bgp: lb::bgp::BgpArgs {
                 bgp_announce: false,
                 bgp_status_namespace: "kubewire".into(),
+            },
+            l2: lb::l2::L2Args {
+                l2_announce: false,
+                l2_heartbeat_port: 7947,
+                l2_heartbeat_interval: Duration::from_millis(50),
+                l2_dead_after: Duration::from_millis(300),
+                l2_status_namespace: "kubewire".into(),
             },
         };
         assert_eq!(parse(args.to_args()), args);

@@ -39,10 +39,10 @@ pub const AGENT: &str = "kubewire-agent";
 /// The ClusterRole (and binding) of what the agent's service proxy reads: left out
 /// without the proxy.
 pub const PROXY_ROLE: &str = "kubewire-proxy";
-/// The ClusterRole (and binding) of what the agent's BGP announcer reads and the Events
-/// it records, and the Role (and binding) in the agent's namespace with which it
-/// writes its ServiceBGPStatus objects.
-pub const BGP_ROLE: &str = "kubewire-bgp";
+/// The ClusterRole (and binding) of what the agent's LoadBalancer announcers (L2 and BGP)
+/// read and the Events they record, and the Role (and binding) in the agent's namespace
+/// with which they write their ServiceL2Status and ServiceBGPStatus objects.
+pub const ANNOUNCER_ROLE: &str = "kubewire-lb-announcer";
 /// The DNS Deployment, ServiceAccount, ClusterRole, binding and disruption budget.
 pub const DNS: &str = "kubewire-dns";
 /// The ConfigMap that points the agent at the API server itself (`--api-server`).
@@ -395,9 +395,9 @@ fn security_context(add: &[&str]) -> Value {
 }
 
 /// The agent: its ServiceAccount, what it reads (Nodes; Services and EndpointSlices for
-/// the proxy; MetalLB's objects for the BGP announcer) and writes (the announcer's
-/// Events and ServiceBGPStatuses), the ConfigMap with the API server's address, and the
-/// DaemonSet.
+/// the proxy; MetalLB's objects for the L2 and BGP announcers) and writes (the
+/// announcers' Events, ServiceL2Statuses and ServiceBGPStatuses), the ConfigMap with the
+/// API server's address, and the DaemonSet.
 fn agent_objects(cfg: &Config) -> Vec<Value> {
     let mut out = vec![
         service_account(AGENT),
@@ -414,11 +414,12 @@ fn agent_objects(cfg: &Config) -> Vec<Value> {
         ));
         out.push(cluster_role_binding(PROXY_ROLE, AGENT));
     }
-    // The BGP announcer: MetalLB's configuration, the Services and their endpoints'
-    // nodes; Events on the BGPPeers and BGPAdvertisements; its ServiceBGPStatuses.
+    // The announcers: MetalLB's configuration, the Services and their endpoints' nodes;
+    // Events on the Services they take over and on the BGPPeers and BGPAdvertisements;
+    // their ServiceL2Statuses and ServiceBGPStatuses.
     out.extend([
         cluster_role(
-            BGP_ROLE,
+            ANNOUNCER_ROLE,
             json!([
                 read("", &["services"]),
                 read("discovery.k8s.io", &["endpointslices"]),
@@ -436,9 +437,9 @@ fn agent_objects(cfg: &Config) -> Vec<Value> {
                 { "apiGroups": [""], "resources": ["events"], "verbs": ["create"] },
             ]),
         ),
-        cluster_role_binding(BGP_ROLE, AGENT),
+        cluster_role_binding(ANNOUNCER_ROLE, AGENT),
         role(
-            BGP_ROLE,
+            ANNOUNCER_ROLE,
             json!([
                 {
                     "apiGroups": ["metallb.io"],
@@ -450,9 +451,19 @@ fn agent_objects(cfg: &Config) -> Vec<Value> {
                     "resources": ["servicebgpstatuses/status"],
                     "verbs": ["patch"],
                 },
+                {
+                    "apiGroups": ["metallb.io"],
+                    "resources": ["servicel2statuses"],
+                    "verbs": ["list", "watch", "create", "delete"],
+                },
+                {
+                    "apiGroups": ["metallb.io"],
+                    "resources": ["servicel2statuses/status"],
+                    "verbs": ["patch"],
+                },
             ]),
         ),
-        role_binding(BGP_ROLE, AGENT),
+        role_binding(ANNOUNCER_ROLE, AGENT),
     ]);
     if let Some(api) = &cfg.api_server {
         out.push(json!({
@@ -505,8 +516,9 @@ fn agent_objects(cfg: &Config) -> Vec<Value> {
                             "configMapRef": { "name": API_SERVER_CONFIG_MAP, "optional": true },
                         }],
                         "resources": { "requests": { "cpu": "100m", "memory": "64Mi" } },
-                        // Routes, the VXLAN device, nftables and conntrack over netlink.
-                        "securityContext": security_context(&["NET_ADMIN"]),
+                        // Routes, the VXLAN device, nftables and conntrack over netlink;
+                        // ARP and NDP answers through packet sockets.
+                        "securityContext": security_context(&["NET_ADMIN", "NET_RAW"]),
                         "volumeMounts": [{ "name": "cni-conf", "mountPath": "/etc/cni/net.d" }],
                     }],
                     "volumes": [

@@ -155,7 +155,7 @@ fn rules_of(objects: &[Value], service_account: &str) -> Vec<Value> {
 fn each_service_account_reads_only_what_its_daemon_watches() {
     let all = manifests(&Config::default());
     let read = |group: &str, resources: &[&str]| json!({"apiGroups": [group], "resources": resources, "verbs": ["list", "watch"]});
-    let bgp = [
+    let announcers = [
         read("", &["services"]),
         read("discovery.k8s.io", &["endpointslices"]),
         read(
@@ -176,7 +176,7 @@ fn each_service_account_reads_only_what_its_daemon_watches() {
         read("", &["services"]),
         read("discovery.k8s.io", &["endpointslices"]),
     ];
-    agent.extend(bgp.clone());
+    agent.extend(announcers.clone());
     // Rules from several roles: their order is the bindings'.
     let sorted = |rules: Vec<Value>| {
         let mut r: Vec<String> = rules.iter().map(Value::to_string).collect();
@@ -191,13 +191,13 @@ fn each_service_account_reads_only_what_its_daemon_watches() {
             read("discovery.k8s.io", &["endpointslices"]),
         ]
     );
-    // Without the proxy the agent reads Nodes, and what the BGP announcer reads.
+    // Without the proxy the agent reads Nodes, and what the announcers read.
     let no_proxy = manifests(&Config {
         proxy: false,
         ..Config::default()
     });
     let mut agent = vec![read("", &["nodes"])];
-    agent.extend(bgp);
+    agent.extend(announcers);
     assert_eq!(sorted(rules_of(&no_proxy, AGENT)), sorted(agent));
     // Nothing writes cluster-wide but the announcer's Events, nothing reads Secrets,
     // no wildcard (the LoadBalancer controller writes: its own test below).
@@ -214,10 +214,11 @@ fn each_service_account_reads_only_what_its_daemon_watches() {
             assert!(!text.contains(word), "{}: {text}", describe(role));
         }
     }
-    // The BGP announcer writes its ServiceBGPStatuses in its own namespace only.
-    let role = find(&all, "Role", BGP_ROLE).unwrap();
+    // The announcers write their ServiceL2Statuses and ServiceBGPStatuses in their own
+    // namespace only.
+    let role = find(&all, "Role", ANNOUNCER_ROLE).unwrap();
     assert_eq!(role["metadata"]["namespace"], NAMESPACE);
-    let binding = find(&all, "RoleBinding", BGP_ROLE).unwrap();
+    let binding = find(&all, "RoleBinding", ANNOUNCER_ROLE).unwrap();
     assert_eq!(binding["roleRef"]["kind"], "Role");
     assert_eq!(binding["subjects"][0]["name"], AGENT);
     for rule in role["rules"].as_array().unwrap() {
@@ -226,7 +227,11 @@ fn each_service_account_reads_only_what_its_daemon_watches() {
             rule["resources"][0]
                 .as_str()
                 .unwrap()
-                .starts_with("servicebgpstatuses"),
+                .starts_with("servicebgpstatuses")
+                || rule["resources"][0]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("servicel2statuses"),
             "{rule}"
         );
     }
@@ -309,7 +314,7 @@ fn the_agent_daemonset_runs_everywhere_with_only_net_admin() {
     let agent = &pod["containers"][0];
     assert_eq!(
         agent["securityContext"]["capabilities"],
-        json!({"add": ["NET_ADMIN"], "drop": ["ALL"]})
+        json!({"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]})
     );
     assert_eq!(
         pod["initContainers"][0]["securityContext"]["capabilities"],

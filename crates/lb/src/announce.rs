@@ -52,6 +52,8 @@ pub enum Error {
 pub struct Service {
     pub namespace: String,
     pub name: String,
+    /// What Events about the Service refer to it by.
+    pub uid: String,
     /// `status.loadBalancer.ingress[].ip`, in order.
     pub ips: Vec<IpAddr>,
     /// The pool the addresses were allocated from (the allocation controller's
@@ -98,6 +100,7 @@ impl Service {
                 .clone()
                 .unwrap_or_else(|| "default".into()),
             name: s.metadata.name.clone().unwrap_or_default(),
+            uid: s.metadata.uid.clone().unwrap_or_default(),
             ips,
             pool: crate::select::allocated_pool(s).map(str::to_owned),
             local: spec.external_traffic_policy.as_deref() == Some("Local"),
@@ -480,6 +483,7 @@ pub fn channel() -> (watch::Sender<Arc<View>>, watch::Receiver<Arc<View>>) {
 pub async fn run(client: kube::Client, tx: watch::Sender<Arc<View>>) -> Result<(), Error> {
     let mut events = events(client);
     let mut store = Store::default();
+    let mut missing_told = false;
     loop {
         let mut changed = false;
         let first = events.next().await;
@@ -487,6 +491,14 @@ pub async fn run(client: kube::Client, tx: watch::Sender<Arc<View>>) -> Result<(
         while let Some(event) = next {
             match event {
                 Some(Ok(e)) => changed |= store.step(e),
+                // MetalLB's CRDs are not installed (yet): said once, not at every
+                // retry; nothing is announced until they are.
+                Some(Err(e)) if not_found(&e) => {
+                    if !missing_told {
+                        warn!(error = %ErrorChain(&e), "the metallb.io CRDs are not installed; no LoadBalancer address is announced until they are");
+                        missing_told = true;
+                    }
+                }
                 Some(Err(e)) => {
                     // The watcher backs off and re-lists by itself.
                     warn!(error = %ErrorChain(&e), "watching the announcers' objects");
@@ -499,6 +511,17 @@ pub async fn run(client: kube::Client, tx: watch::Sender<Arc<View>>) -> Result<(
             tx.send_replace(Arc::new(store.view.clone()));
         }
     }
+}
+
+/// Whether the watch failed because the kind is not served (its CRD is missing).
+pub fn not_found(e: &watcher::Error) -> bool {
+    matches!(
+        e,
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+            | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+            | watcher::Error::WatchFailed(kube::Error::Api(s))
+            if s.code == 404
+    ) || matches!(e, watcher::Error::WatchError(s) if s.code == 404)
 }
 
 #[cfg(test)]

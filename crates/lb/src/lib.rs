@@ -7,5 +7,6 @@ pub mod announce;
 pub mod bgp;
 pub mod controller;
 pub mod crd;
+pub mod l2;
 pub mod pool;
 pub mod select;

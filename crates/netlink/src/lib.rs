@@ -2,7 +2,8 @@
 //!
 //! Everything that touches the kernel's networking goes through here, over netlink and
 //! namespace system calls, never by running `ip` or `nft`: network namespaces
-//! ([`netns`]), links, addresses and routes ([`Rtnl`]), nftables ([`nft`]), conntrack entries ([`conntrack`]), and
+//! ([`netns`]), links, addresses and routes ([`Rtnl`]), nftables ([`nft`]), conntrack entries ([`conntrack`]), link-layer frames
+//! ([`packet`]: `AF_PACKET` sockets, interfaces' hardware addresses), and
 //! per-namespace sysctls ([`sysctl`]). Other crates compute *what* the kernel should hold; this crate only
 //! knows *how* to put it there.
 
@@ -10,6 +11,7 @@ pub mod conntrack;
 mod error;
 pub mod netns;
 pub mod nft;
+pub mod packet;
 mod rtnl;
 pub mod sysctl;
 

@@ -1,0 +1,346 @@
+//! Which node answers for each LoadBalancer address: a pure function of the
+//! [`View`] and of which nodes are alive, so that every agent, computing from the same
+//! objects and the same liveness, elects the same owner without talking to the others.
+//!
+//! An address is announced when its Service names its pool (the allocation
+//! controller's annotation), that pool exists, and an L2Advertisement selects the pool
+//! and the Service. The eligible nodes are those alive, Ready, not labelled
+//! `node.kubernetes.io/exclude-from-external-load-balancers`, selected by one of those
+//! advertisements' node selectors, and, for `externalTrafficPolicy: Local`, holding a
+//! ready endpoint of the Service. Services sharing an address (`allow-shared-ip`) share
+//! its owner: a node must be eligible for all of them. The owner is the first eligible
+//! node ordered by a hash of (node, address), as MetalLB does, which spreads the
+//! addresses over the nodes and moves only the addresses of a node that comes or goes.
+//! The address hashed is the Service's first (of the first Service, by name, holding
+//! the address), so that the IPv4 and IPv6 addresses of a dual-stack Service have one
+//! owner, as with MetalLB.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use crate::announce::{Service, View};
+use crate::select::Selection;
+
+/// The owner of one address, and what it announces it for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub owner: String,
+    /// The Services (`namespace/name`) the address belongs to.
+    pub services: BTreeSet<String>,
+    /// The interfaces the advertisements name for the owner; empty: its underlay
+    /// interface (the one holding its InternalIP).
+    pub interfaces: BTreeSet<String>,
+}
+
+/// The owner of every announced address, given the nodes that are alive.
+pub fn assign(view: &View, alive: &BTreeSet<String>) -> BTreeMap<IpAddr, Assignment> {
+    let mut by_ip: BTreeMap<IpAddr, Vec<&Service>> = BTreeMap::new();
+    for svc in view.services.values() {
+        for ip in &svc.ips {
+            by_ip.entry(*ip).or_default().push(svc);
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (ip, services) in by_ip {
+        let mut eligible: Option<BTreeSet<&str>> = None;
+        for svc in &services {
+            let nodes = eligible_nodes(view, svc, alive);
+            eligible = Some(match eligible {
+                None => nodes,
+                Some(e) => e.intersection(&nodes).copied().collect(),
+            });
+        }
+        // `services` is in key order; every Service holds `ip`, so has a first address.
+        let key = services[0].ips[0];
+        let Some(owner) = eligible
+            .unwrap_or_default()
+            .into_iter()
+            .min_by_key(|n| (rank(n, &key), *n))
+        else {
+            continue;
+        };
+        let mut interfaces = BTreeSet::new();
+        for svc in &services {
+            for ad in advertisements(view, svc) {
+                let node = &view.nodes[owner];
+                if Selection::from(&ad.spec).selects_node(&node.labels) {
+                    interfaces.extend(ad.spec.interfaces.iter().cloned());
+                }
+            }
+        }
+        out.insert(
+            ip,
+            Assignment {
+                owner: owner.to_owned(),
+                services: services.iter().map(|s| s.key()).collect(),
+                interfaces,
+            },
+        );
+    }
+    out
+}
+
+/// The L2Advertisements that announce `svc`'s addresses.
+fn advertisements<'a>(
+    view: &'a View,
+    svc: &'a Service,
+) -> impl Iterator<Item = &'a crate::crd::L2Advertisement> + 'a {
+    let pool = svc.pool.as_deref().and_then(|p| view.pool(p));
+    view.l2_advertisements.values().filter(move |ad| {
+        let sel = Selection::from(&ad.spec);
+        pool.is_some_and(|p| sel.selects_pool(p))
+            && (sel.service_selectors.is_empty()
+                || sel
+                    .service_selectors
+                    .iter()
+                    .any(|s| k8s::labels::selects(s, &svc.labels)))
+    })
+}
+
+fn eligible_nodes<'a>(
+    view: &'a View,
+    svc: &Service,
+    alive: &BTreeSet<String>,
+) -> BTreeSet<&'a str> {
+    let ads: Vec<_> = advertisements(view, svc).collect();
+    view.nodes
+        .values()
+        .filter(|n| alive.contains(&n.name) && n.ready && !n.excluded())
+        .filter(|n| !svc.local || svc.has_endpoint_on(&n.name))
+        .filter(|n| {
+            ads.iter()
+                .any(|ad| Selection::from(&ad.spec).selects_node(&n.labels))
+        })
+        .map(|n| n.name.as_str())
+        .collect()
+}
+
+/// The order nodes are preferred in for `ip`: FNV-1a (64 bits) of `node#ip`, then
+/// MurmurHash3's 64-bit finalizer (FNV alone barely mixes the last bytes into the high
+/// ones, and names differing in their last character would always sort alike). Any
+/// stable hash does; this one is fixed here so that agents of different versions
+/// agree.
+fn rank(node: &str, ip: &IpAddr) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in format!("{node}#{ip}").bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+
+    use super::*;
+    use crate::announce::Node;
+    use crate::crd::{IPAddressPool, L2Advertisement, L2AdvertisementSpec};
+
+    fn node(name: &str, zone: &str) -> Node {
+        Node {
+            name: name.into(),
+            labels: [("zone".to_owned(), zone.to_owned())].into(),
+            ready: true,
+            internal_ips: vec![],
+        }
+    }
+
+    fn service(name: &str, ips: &[&str]) -> Service {
+        Service {
+            namespace: "default".into(),
+            name: name.into(),
+            ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
+            pool: Some("pool".into()),
+            ..Default::default()
+        }
+    }
+
+    fn view(services: Vec<Service>, ads: Vec<L2AdvertisementSpec>) -> View {
+        let mut v = View {
+            synced: true,
+            ..Default::default()
+        };
+        for (i, z) in ["a", "a", "b", "b"].iter().enumerate() {
+            let n = node(&format!("node-{i}"), z);
+            v.nodes.insert(n.name.clone().into(), n);
+        }
+        for s in services {
+            v.services.insert(s.key().into(), s);
+        }
+        let pool = IPAddressPool {
+            metadata: ObjectMeta {
+                name: Some("pool".into()),
+                namespace: Some("metallb-system".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        v.pools.insert("metallb-system/pool".into(), pool);
+        for (i, spec) in ads.into_iter().enumerate() {
+            let ad = L2Advertisement {
+                metadata: ObjectMeta::default(),
+                spec,
+            };
+            v.l2_advertisements
+                .insert(format!("metallb-system/l2-{i}").into(), ad);
+        }
+        v
+    }
+
+    fn all(v: &View) -> BTreeSet<String> {
+        v.nodes.keys().map(|k| k.to_string()).collect()
+    }
+
+    fn owner(v: &View, alive: &BTreeSet<String>, ip: &str) -> Option<String> {
+        assign(v, alive)
+            .get(&ip.parse::<IpAddr>().unwrap())
+            .map(|a| a.owner.clone())
+    }
+
+    #[test]
+    fn one_owner_per_address_spread_over_the_nodes() {
+        let ips: Vec<String> = (200..250).map(|i| format!("198.18.0.{i}")).collect();
+        let services = ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| service(&format!("s{i}"), &[ip]))
+            .collect();
+        let v = view(services, vec![L2AdvertisementSpec::default()]);
+        let a = assign(&v, &all(&v));
+        assert_eq!(a.len(), 50);
+        let owners: BTreeSet<_> = a.values().map(|a| a.owner.as_str()).collect();
+        assert_eq!(owners.len(), 4, "every node owns some: {a:?}");
+        assert_eq!(a, assign(&v, &all(&v)), "deterministic");
+    }
+
+    #[test]
+    fn only_the_dead_nodes_addresses_move() {
+        let services = (200..240)
+            .map(|i| service(&format!("s{i}"), &[&format!("198.18.0.{i}")]))
+            .collect();
+        let v = view(services, vec![L2AdvertisementSpec::default()]);
+        let before = assign(&v, &all(&v));
+        let mut alive = all(&v);
+        alive.remove("node-1");
+        let after = assign(&v, &alive);
+        for (ip, a) in &before {
+            if a.owner == "node-1" {
+                assert_ne!(after[ip].owner, "node-1");
+            } else {
+                assert_eq!(after[ip].owner, a.owner, "{ip} stays");
+            }
+        }
+        // Back: everything as before (no split brain: the same single owner).
+        assert_eq!(assign(&v, &all(&v)), before);
+    }
+
+    #[test]
+    fn node_selectors_not_ready_and_excluded_nodes() {
+        let zone_b = L2AdvertisementSpec {
+            node_selectors: vec![LabelSelector {
+                match_labels: Some([("zone".to_owned(), "b".to_owned())].into()),
+                ..Default::default()
+            }],
+            interfaces: vec!["eth1".into()],
+            ..Default::default()
+        };
+        let mut v = view(vec![service("web", &["198.18.0.200"])], vec![zone_b]);
+        let o = owner(&v, &all(&v), "198.18.0.200").unwrap();
+        assert!(o == "node-2" || o == "node-3");
+        let a = &assign(&v, &all(&v))[&"198.18.0.200".parse::<IpAddr>().unwrap()];
+        assert_eq!(a.interfaces, BTreeSet::from(["eth1".to_owned()]));
+        v.nodes.get_mut("node-2").unwrap().ready = false;
+        v.nodes
+            .get_mut("node-3")
+            .unwrap()
+            .labels
+            .insert(crate::announce::EXCLUDE_LABEL.into(), String::new());
+        assert_eq!(owner(&v, &all(&v), "198.18.0.200"), None);
+    }
+
+    #[test]
+    fn both_families_of_a_dual_stack_service_have_one_owner() {
+        let services = (0..20)
+            .map(|i| {
+                service(
+                    &format!("s{i}"),
+                    &[
+                        &format!("198.18.0.{}", 200 + i),
+                        &format!("2001:2::{:x}", 200 + i),
+                    ],
+                )
+            })
+            .collect();
+        let v = view(services, vec![L2AdvertisementSpec::default()]);
+        let a = assign(&v, &all(&v));
+        for i in 0..20 {
+            let v4 = &a[&format!("198.18.0.{}", 200 + i).parse::<IpAddr>().unwrap()];
+            let v6 = &a[&format!("2001:2::{:x}", 200 + i).parse::<IpAddr>().unwrap()];
+            assert_eq!(v4.owner, v6.owner);
+        }
+    }
+
+    #[test]
+    fn local_policy_elects_among_nodes_with_endpoints() {
+        let mut web = service("web", &["198.18.0.200", "2001:2::c8"]);
+        web.local = true;
+        web.endpoint_nodes = ["node-3".to_owned()].into();
+        let mut v = view(vec![web], vec![L2AdvertisementSpec::default()]);
+        assert_eq!(
+            owner(&v, &all(&v), "198.18.0.200").as_deref(),
+            Some("node-3")
+        );
+        assert_eq!(owner(&v, &all(&v), "2001:2::c8").as_deref(), Some("node-3"));
+        v.services
+            .get_mut("default/web")
+            .unwrap()
+            .endpoint_nodes
+            .clear();
+        assert!(
+            assign(&v, &all(&v)).is_empty(),
+            "no endpoint, no announcement"
+        );
+    }
+
+    #[test]
+    fn unannounced_without_pool_advertisement_or_selected_service() {
+        let mut no_pool = service("a", &["198.18.0.200"]);
+        no_pool.pool = None;
+        let mut other_pool = service("b", &["198.18.0.201"]);
+        other_pool.pool = Some("gone".into());
+        let v = view(
+            vec![no_pool, other_pool],
+            vec![L2AdvertisementSpec::default()],
+        );
+        assert!(assign(&v, &all(&v)).is_empty());
+        let v = view(vec![service("c", &["198.18.0.202"])], vec![]);
+        assert!(assign(&v, &all(&v)).is_empty(), "no L2Advertisement");
+        let only_tier = L2AdvertisementSpec {
+            service_selectors: vec![LabelSelector {
+                match_labels: Some([("tier".to_owned(), "web".to_owned())].into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let v = view(vec![service("d", &["198.18.0.203"])], vec![only_tier]);
+        assert!(assign(&v, &all(&v)).is_empty(), "service not selected");
+    }
+
+    #[test]
+    fn shared_addresses_have_one_owner_eligible_for_all() {
+        let a = service("a", &["198.18.0.200"]);
+        let mut b = service("b", &["198.18.0.200"]);
+        b.local = true;
+        b.endpoint_nodes = ["node-0".to_owned()].into();
+        let v = view(vec![a, b], vec![L2AdvertisementSpec::default()]);
+        let got = assign(&v, &all(&v));
+        let one = &got[&"198.18.0.200".parse::<IpAddr>().unwrap()];
+        assert_eq!(one.owner, "node-0");
+        assert_eq!(one.services.len(), 2);
+    }
+}
