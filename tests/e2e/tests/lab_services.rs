@@ -4,8 +4,9 @@
 //! ClusterIP. Clients are curl and python3 run inside pods and inside `outside`.
 //!
 //! The LoadBalancer address comes from the lab's allocation controller (the first of the
-//! default pool); this test gives `outside` a route to it through a node, standing in for
-//! the announcement (tests/e2e/tests/lb_alloc.rs tests the allocation itself).
+//! default pool) and `outside` reaches it on the underlay through the agents' ARP
+//! answers, as a user's client would, with no route of its own (tests/e2e/tests/lb_alloc.rs
+//! tests the allocation rules, lb_l2.rs the announcement and its failover).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -149,18 +150,6 @@ fn load_balancer_external_ip_ipv6_and_udp_services_answer() {
     );
     let svc = lab.kubectl(&["get", "service", "emissary-ingress"]);
     assert!(svc.contains("80:31211/TCP,443:31361/TCP"), "{svc}");
-    let out = lab.exec(
-        "outside",
-        &[
-            "ip",
-            "route",
-            "add",
-            &format!("{LB_IP}/32"),
-            "via",
-            "198.18.0.11",
-        ],
-    );
-    assert!(out.status.success(), "{out:?}");
     let out = lab.exec(
         "outside",
         &[
