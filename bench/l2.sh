@@ -8,9 +8,10 @@
 #     (default 5): in each lab the owner is killed again and again until the owner is
 #     node-1, which runs the Service's pods (so a killed node takes no endpoint with it:
 #     what is measured is the announcement), then the next lab starts;
-#   - Service to reachable: a LoadBalancer Service's address is given (its status, as
-#     the allocation controller writes it, with the pool annotation) and the time from
-#     that write to the first HTTP answer from outside (SERVICES rounds, default 20).
+#   - Service create to reachable: a client in `outside` creates a LoadBalancer Service
+#     asking for its address (MetalLB's `loadBalancerIPs`; the allocation controller
+#     assigns it, the agents announce it) and connects every millisecond until the
+#     address answers (bench/lb_create.py; SERVICES Services, default 20).
 # Needs root. Everything runs in a lab named kwl2bench; traffic stays inside it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,24 +32,20 @@ cleanup
 cfg=$(mktemp -d)
 printf 'nodes: %s\n' "$nodes" >"$cfg/lab.yaml"
 
-# A LoadBalancer Service `$1` at `$2` in front of the pods on node-1.
+# A LoadBalancer Service `$1` asking the allocation controller for `$2`, in front of the
+# pods on node-1.
 service() {
   kubectl apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: Service
 metadata:
   name: $1
-  annotations: {metallb.io/loadBalancerIPs: "$2", metallb.io/ip-allocated-from-pool: "$pool"}
+  annotations: {metallb.io/loadBalancerIPs: "$2"}
 spec:
   type: LoadBalancer
   selector: {app: web}
   ports: [{port: 80, targetPort: 8080}]
 EOF
-}
-# Its address, as the allocation controller writes it.
-give() {
-  kubectl patch service "$1" --subresource=status --type=merge \
-    -p "{\"status\":{\"loadBalancer\":{\"ingress\":[{\"ip\":\"$2\"}]}}}" >/dev/null
 }
 # Loops curl from outside until `$1` answers (at most 30 s), each try giving up after
 # `$2` seconds without a connection (default 0.2; the loop's resolution).
@@ -102,7 +99,6 @@ kind: L2Advertisement
 metadata: {name: bench, namespace: metallb-system}
 EOF
   fi
-  pool=$(kubectl get ipaddresspools -A -o jsonpath='{.items[0].metadata.name}')
   kubectl apply -f - >/dev/null <<'EOF'
 apiVersion: apps/v1
 kind: Deployment
@@ -129,7 +125,6 @@ while ((${#results[@]} < trials)); do
   labs=$((labs + 1))
   vip=198.18.0.$((200 + labs % 40))
   service web $vip
-  give web $vip
   reach $vip && settle web $vip || { echo "lab $labs: $vip does not settle"; continue; }
   while ((${#results[@]} < trials)); do
     # Outside reaches the address (its ARP cache now holds the owner's MAC).
@@ -149,18 +144,6 @@ done
 printf 'failover: '; printf '%s\n' "${results[@]}" | stats
 
 echo
-echo "== Service address given to answered from outside ($services Services)"
+echo "== Service create to answered from outside, through the allocation controller ($services Services)"
 lab
-results=()
-for i in $(seq "$services"); do
-  ip=198.18.0.$((220 + i))
-  service "s$i" "$ip"
-  t0=$(ms)
-  give "s$i" "$ip"
-  reach "$ip" 0.02
-  t1=$(ms)
-  results+=($((t1 - t0)))
-done
-printf 'service to reachable: '; printf '%s\n' "${results[@]}" | stats
-t0=$(ms); kubectl get service s1 >/dev/null; t1=$(ms)
-echo "(each includes one kubectl run: kubectl get alone takes $((t1 - t0)) ms here)"
+out python3 bench/lb_create.py "$KUBECONFIG" s 198.18.0.221 "$services" 8080

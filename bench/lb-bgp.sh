@@ -56,47 +56,9 @@ spec:
 EOF
 until [[ $(kubectl get pods -l app=web --field-selector=status.phase=Running -o name | wc -l) -ge 2 ]]; do sleep 0.1; done
 
-# The client, in `outside` (so that one clock times it all): it talks to the API server
-# on the underlay with the admin's credentials, creates the Service, then connects to the address every millisecond until one succeeds.
-python3 - "$KUBECONFIG" "$dir" <<'EOF'
-import base64, sys, yaml
-cfg = yaml.safe_load(open(sys.argv[1]))
-for key, field in [("ca", cfg["clusters"][0]["cluster"]["certificate-authority-data"]),
-                   ("cert", cfg["users"][0]["user"]["client-certificate-data"]),
-                   ("key", cfg["users"][0]["user"]["client-key-data"])]:
-    open(f"{sys.argv[2]}/{key}.pem", "wb").write(base64.b64decode(field))
-EOF
-cat >"$dir/create.py" <<'EOF'
-import http.client, json, socket, ssl, statistics, sys, time
-d, trials = sys.argv[1], int(sys.argv[2])
-ctx = ssl.create_default_context(cafile=f"{d}/ca.pem")
-ctx.load_cert_chain(f"{d}/cert.pem", f"{d}/key.pem")
-api = http.client.HTTPSConnection("198.18.0.1", 6443, context=ctx)
-def call(method, path, body, ctype="application/json"):
-    api.request(method, path, json.dumps(body), {"Content-Type": ctype})
-    r = api.getresponse(); data = r.read()
-    assert r.status < 300, (r.status, data)
-total = []
-for i in range(1, trials + 1):
-    ip = f"198.18.0.{200 + i}"
-    t0 = time.time()
-    call("POST", "/api/v1/namespaces/default/services", {
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": f"s{i}", "annotations": {"metallb.io/loadBalancerIPs": ip}},
-        "spec": {"type": "LoadBalancer", "selector": {"app": "web"}, "ports": [{"port": 80}]}})
-    while True:
-        s = socket.socket(); s.settimeout(0.05)
-        try:
-            s.connect((ip, 80)); s.close(); break
-        except OSError:
-            s.close(); time.sleep(0.001)
-    t2 = time.time()
-    total.append((t2 - t0) * 1000)
-print(f"create -> reachable: median {statistics.median(total):.1f} ms, max {max(total):.1f} ms")
-EOF
 echo
 echo "== Service create to reachable from outside via BGP ($trials trials)"
-ip netns exec $name-outside python3 "$dir/create.py" "$dir" "$trials"
+ip netns exec $name-outside python3 bench/lb_create.py "$KUBECONFIG" s 198.18.0.201 "$trials"
 
 hops() { ip -n $name-router route show 198.18.0.201 | grep -o 'via [0-9.]*' | sort | tr '\n' ' '; }
 echo
