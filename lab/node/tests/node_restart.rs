@@ -140,3 +140,58 @@ fn killed_node_stops_its_lease_and_adopts_its_pods_on_restart() {
     assert!(!running(pid), "adopted container not killed");
     assert_eq!(ours(), 0);
 }
+
+/// A pod with an init container survives two restarts of its node process: the second
+/// process adopts it as the first did. (An init container adopted as completed once
+/// wrote empty times into the pod's status, which no client could read back, so the
+/// second process's watch of its pods failed and it removed the sandbox as gone.)
+#[test]
+fn a_pod_with_an_init_container_survives_two_node_restarts() {
+    let mut c = NodeCluster::up();
+    let mut manifest = pod("app", 1, json!([{"name": "web", "image": "nginx"}]));
+    manifest["spec"]["initContainers"] =
+        json!([{"name": "setup", "image": "busybox", "command": ["true"]}]);
+    c.create(&manifest);
+    let app = c.wait_ready("app");
+    let uid = app["metadata"]["uid"].as_str().unwrap().to_owned();
+    let pid = sandbox(&c, &uid)["containers"]["web"]["pid"]
+        .as_u64()
+        .unwrap();
+    for restart in 1..=2 {
+        c.nodes[0].take();
+        c.nodes[0] = Some(c.start_node(1));
+        // The restarted process has written the pod's status: the init container's
+        // state as it saw it (no times: it did not see that run).
+        let app = c.wait_pod("app", "adopted", |p| {
+            p["status"]["initContainerStatuses"][0]["state"]["terminated"]["reason"] == "Completed"
+                && p["status"]["initContainerStatuses"][0]["state"]["terminated"]
+                    .get("containerID")
+                    .is_none()
+        });
+        let terminated = &app["status"]["initContainerStatuses"][0]["state"]["terminated"];
+        assert!(
+            terminated.get("startedAt").is_none(),
+            "restart {restart}: {terminated}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(
+            running(pid),
+            "restart {restart}: the adopted container was killed\n{}",
+            c.logs()
+        );
+        assert_eq!(
+            sandbox(&c, &uid)["containers"]["web"]["pid"].as_u64(),
+            Some(pid),
+            "restart {restart}\n{}",
+            c.logs()
+        );
+        c.wait_ready("app");
+    }
+    c.kubectl_ok(&["delete", "pod", "app", "--wait=false"]);
+    assert!(
+        wait_until(Duration::from_secs(20), || c.get("pod", "app").is_none()),
+        "{}",
+        c.logs()
+    );
+    assert!(!running(pid), "adopted container not killed");
+}

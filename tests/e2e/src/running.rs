@@ -163,9 +163,19 @@ impl RunningLab {
             .collect()
     }
 
-    /// The ready addresses of the Endpoints `name`.
+    /// The ready addresses of the Endpoints `name`; none while the controller has not
+    /// written the object yet, so that a wait on it waits instead of failing.
     pub fn endpoint_ips(&self, name: &str) -> BTreeSet<String> {
-        let ep = self.json(&["get", "endpoints", name]);
+        let out = kubectl(&self.kubeconfig, &["get", "endpoints", name, "-o", "json"]);
+        if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("NotFound") {
+            return BTreeSet::new();
+        }
+        assert!(
+            out.status.success(),
+            "kubectl get endpoints {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ep: Value = serde_json::from_slice(&out.stdout).unwrap();
         ep["subsets"]
             .as_array()
             .into_iter()

@@ -72,8 +72,19 @@ impl State {
                 finished_at,
                 id,
             } => {
-                let mut t = json!({"exitCode": exit_code, "reason": reason, "startedAt": started_at,
-                    "finishedAt": finished_at, "containerID": id});
+                let mut t = json!({"exitCode": exit_code, "reason": reason});
+                // A run this node process did not see (an init container that completed
+                // under an earlier one) has no times or ID: left out, as the API leaves
+                // out a null time. An empty string is no time: clients fail to read it.
+                for (key, value) in [
+                    ("startedAt", started_at),
+                    ("finishedAt", finished_at),
+                    ("containerID", id),
+                ] {
+                    if !value.is_empty() {
+                        t[key] = json!(value);
+                    }
+                }
                 if let Some(s) = signal {
                     t["signal"] = json!(s);
                 }
@@ -375,6 +386,23 @@ mod tests {
         };
         let id = container_id("0123456789abcdef", &c.spec.name, rec.restart_count);
         c.started(now, Proc::Adopted, rec, id);
+    }
+
+    /// An init container adopted as completed from an earlier node process has no
+    /// times: its state leaves them out, and what it writes reads back as a Kubernetes
+    /// ContainerState (an empty time would not: the pod would break every client's watch).
+    #[test]
+    fn an_adopted_completed_init_container_writes_no_empty_times() {
+        let mut c = ctr(true, Instant::now());
+        c.adopt_completed();
+        let state = c.view().state.to_json();
+        assert_eq!(
+            state,
+            json!({"terminated": {"exitCode": 0, "reason": "Completed"}})
+        );
+        let typed: k8s_openapi::api::core::v1::ContainerState =
+            serde_json::from_value(state).unwrap();
+        assert!(typed.terminated.unwrap().started_at.is_none());
     }
 
     #[test]
