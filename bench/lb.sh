@@ -7,6 +7,11 @@
 #     ADDED event to the MODIFIED event that carries its address (both seen by one
 #     `kubectl get -w`, so it is the controller's reaction: a pass over all 1,001 and
 #     its writes), and the controller's own pass times from its debug log;
+#   - their announcement: from the start of `kubectl apply` until the agents have
+#     written a ServiceL2Status for every one (an L2Advertisement selects the pool; the
+#     addresses are outside the underlay, so no client asks for them: what is timed is
+#     the agents' election and status writes), and the agents' memory (VmRSS, each
+#     node's) before and after;
 #   - the memory (VmRSS) of the controllers process (which runs the LoadBalancer
 #     controller in the lab) before and after the 1,000 Services, next to its growth
 #     from 1,000 ClusterIP Services applied first (what the other controllers' watches
@@ -39,6 +44,22 @@ rss() {
     'import json,sys; print(next(c["pid"] for c in json.load(sys.stdin)["cluster"]["components"] if c["name"] == "controllers"))')
   awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$pid/status"
 }
+# The agents' VmRSS (MiB), one per node: the `kubewire agent` processes in the lab's
+# node namespaces.
+agents_rss() {
+  local out=() p
+  for node in 1 2; do
+    for p in $(ip netns pids "$name-node-$node"); do
+      if tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q '^[^ ]*kubewire agent '; then
+        out+=("node-$node $(awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$p/status")")
+      fi
+    done
+  done
+  (IFS=,; echo "${out[*]}")
+}
+announced() {
+  kubectl -n kube-system get servicel2statuses -o name | grep -c . || true
+}
 assigned() {
   kubectl -n bench get svc -o jsonpath='{range .items[*]}{.status.loadBalancer.ingress[0].ip}{"\n"}{end}' | grep -c . || true
 }
@@ -60,6 +81,14 @@ spec:
   addresses: [10.250.0.0/20]
   serviceAllocation:
     namespaces: [bench]
+---
+apiVersion: metallb.io/v1beta1
+kind: L2Advertisement
+metadata:
+  name: bench
+  namespace: metallb-system
+spec:
+  ipAddressPools: [bench]
 EOF
 kubectl apply -f "$work/pool.yaml" >/dev/null
 python3 - "$n" >"$work/services.yaml" <<'EOF'
@@ -86,6 +115,7 @@ kubectl apply -f "$work/base.yaml" >/dev/null
 sleep 5
 before=$(rss)
 printf 'controllers process VmRSS: %s MiB, %s MiB after %s ClusterIP Services\n' "$base_before" "$before" "$n"
+agents_before=$(agents_rss)
 
 echo
 echo "== $n LoadBalancer Services applied at once"
@@ -96,10 +126,14 @@ t2=$(now)
 until [[ $(assigned) -ge $n ]]; do sleep 0.05; done
 all=$(since "$t")
 after_apply=$(since "$t2")
+until [[ $(announced) -ge $n ]]; do sleep 0.05; done
+all_announced=$(since "$t")
 sleep 5
 after=$(rss)
 printf 'kubectl apply took %ss; all %s assigned %ss after it started, %ss after it ended\n' "$applied" "$n" "$all" "$after_apply"
 printf 'controllers process VmRSS: %s MiB before, %s MiB after (%s Services)\n' "$before" "$after" "$n"
+printf 'all %s announced (a ServiceL2Status each) %ss after kubectl apply started\n' "$n" "$all_announced"
+printf 'agents VmRSS (MiB): %s before, %s after\n' "$agents_before" "$(agents_rss)"
 
 echo
 echo "== one new Service at $n, $trials times: watch ADDED -> MODIFIED with its address"
