@@ -10,12 +10,14 @@
 //! - [`Shutdown`]: SIGINT and SIGTERM;
 //! - [`duration`]: Go's duration syntax (`30s`, `1m30s`, `500ms`), as Kubernetes flags
 //!   write it;
+//! - [`events`]: Events (core/v1) built and recorded one way;
 //! - [`labels`]: label selectors matched as the API server matches them;
 //! - [`http`]: the small HTTP endpoints that kubelet probes, Prometheus and load
 //!   balancers ask (`/healthz`, `/metrics`, `healthCheckNodePort`).
 
 pub mod client;
 pub mod duration;
+pub mod events;
 pub mod http;
 pub mod labels;
 pub mod mirror;

@@ -26,11 +26,9 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use k8s::{Mirror, ObjectKey, Store};
-use k8s_openapi::api::core::v1::{
-    Event as KubeEvent, EventSource, Namespace, ObjectReference, Service,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher;
 use serde_json::json;
 use tracing::{debug, info, warn};
@@ -511,41 +509,24 @@ fn record(
     uid: Option<String>,
     e: &alloc::Event,
 ) {
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let event = KubeEvent {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{name}.")),
-            namespace: Some(view.namespace.clone()),
-            ..Default::default()
-        },
-        involved_object: ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Service".into()),
-            name: Some(name.to_owned()),
-            namespace: Some(view.namespace.clone()),
-            uid,
-            ..Default::default()
-        },
-        reason: Some(e.reason.into()),
-        message: Some(e.message.clone()),
-        type_: Some(e.type_.as_str().into()),
-        source: Some(EventSource {
-            component: Some(COMPONENT.into()),
-            host: None,
-        }),
-        reporting_component: Some(COMPONENT.into()),
-        reporting_instance: Some(COMPONENT.into()),
-        first_timestamp: Some(now.clone()),
-        last_timestamp: Some(now),
-        count: Some(1),
+    let service = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Service".into()),
+        name: Some(name.to_owned()),
+        namespace: Some(view.namespace.clone()),
+        uid,
         ..Default::default()
     };
-    let api: Api<KubeEvent> = Api::namespaced(client.clone(), &view.namespace);
-    tokio::spawn(async move {
-        if let Err(e) = api.create(&PostParams::default(), &event).await {
-            debug!(error = %k8s::ErrorChain(&e), "recording an event");
-        }
-    });
+    k8s::events::record(
+        client,
+        k8s::events::new(
+            service,
+            COMPONENT,
+            e.type_.as_str(),
+            e.reason,
+            e.message.clone(),
+        ),
+    );
 }
 
 #[cfg(test)]

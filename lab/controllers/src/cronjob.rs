@@ -252,9 +252,9 @@ async fn pass(ctx: &Ctx) -> Outcome {
             match api.delete(name, &dp).await {
                 Ok(_) => {
                     let msg = format!("Deleted job {name}");
-                    util::record(
+                    k8s::events::record(
                         &ctx.client,
-                        util::event(&*cj, COMPONENT, "Normal", "SuccessfulDelete", msg),
+                        k8s::events::about(&*cj, COMPONENT, "Normal", "SuccessfulDelete", msg),
                     );
                     out.lock()
                         .unwrap()
@@ -273,9 +273,9 @@ async fn pass(ctx: &Ctx) -> Outcome {
             match api.create(&PostParams::default(), job).await {
                 Ok(w) => {
                     let msg = format!("Created job {}", w.name_any());
-                    util::record(
+                    k8s::events::record(
                         &ctx.client,
-                        util::event(&*cj, COMPONENT, "Normal", "SuccessfulCreate", msg),
+                        k8s::events::about(&*cj, COMPONENT, "Normal", "SuccessfulCreate", msg),
                     );
                     out.lock()
                         .unwrap()

@@ -300,9 +300,9 @@ async fn pass(ctx: &Ctx) -> Outcome {
             {
                 Ok(w) => {
                     let msg = format!("Created pod: {}", w.name_any());
-                    util::record(
+                    k8s::events::record(
                         &ctx.client,
-                        util::event(
+                        k8s::events::about(
                             &*ds,
                             "daemonset-controller",
                             "Normal",

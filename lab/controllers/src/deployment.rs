@@ -486,9 +486,9 @@ async fn sync(
         match rs_api.create(&PostParams::default(), &rs).await {
             Ok(w) => {
                 let msg = format!("Scaled up replica set {} from 0 to {start}", w.name_any());
-                util::record(
+                k8s::events::record(
                     &ctx.client,
-                    util::event(d, COMPONENT, "Normal", "ScalingReplicaSet", msg),
+                    k8s::events::about(d, COMPONENT, "Normal", "ScalingReplicaSet", msg),
                 );
                 out.expect.push(cache::seen(
                     cache_rs,
@@ -577,9 +577,9 @@ async fn sync(
                 "Scaled {dir} replica set {} from {from} to {target}",
                 rs.name_any()
             );
-            util::record(
+            k8s::events::record(
                 &ctx.client,
-                util::event(d, COMPONENT, "Normal", "ScalingReplicaSet", msg),
+                k8s::events::about(d, COMPONENT, "Normal", "ScalingReplicaSet", msg),
             );
         }
         let patch = json!({"metadata": {"annotations": annotations}, "spec": {"replicas": target}});

@@ -328,15 +328,9 @@ async fn pass(ctx: &Ctx, ttl_after_finished: &kube::Client) -> Outcome {
                     && !job.status.as_ref().is_some_and(|s| condition_true(s, t))
             };
             if became("Complete") {
-                util::record(
+                k8s::events::record(
                     &ctx.client,
-                    util::event(
-                        &*job,
-                        COMPONENT,
-                        "Normal",
-                        "Completed",
-                        "Job completed".into(),
-                    ),
+                    k8s::events::about(&*job, COMPONENT, "Normal", "Completed", "Job completed"),
                 );
             }
             if became("Failed") {
@@ -347,9 +341,9 @@ async fn pass(ctx: &Ctx, ttl_after_finished: &kube::Client) -> Outcome {
                     .find(|c| c.type_ == "Failed")
                     .and_then(|c| c.message.clone())
                     .unwrap_or_default();
-                util::record(
+                k8s::events::record(
                     &ctx.client,
-                    util::event(&*job, COMPONENT, "Warning", "BackoffLimitExceeded", msg),
+                    k8s::events::about(&*job, COMPONENT, "Warning", "BackoffLimitExceeded", msg),
                 );
             }
             // Every field, so that what is gone is removed (null in a merge).

@@ -184,9 +184,9 @@ pub(crate) async fn sync_pods<O: Resource<DynamicType = ()>>(
             match api.create(&PostParams::default(), pod).await {
                 Ok(w) => {
                     let msg = format!("Created pod: {}", w.name_any());
-                    util::record(
+                    k8s::events::record(
                         &ctx.client,
-                        util::event(owner, component, "Normal", "SuccessfulCreate", msg),
+                        k8s::events::about(owner, component, "Normal", "SuccessfulCreate", msg),
                     );
                     out.lock()
                         .unwrap()
@@ -207,9 +207,9 @@ pub(crate) async fn sync_pods<O: Resource<DynamicType = ()>>(
             match api.delete(&name, &DeleteParams::default()).await {
                 Ok(_) => {
                     let msg = format!("Deleted pod: {name}");
-                    util::record(
+                    k8s::events::record(
                         &ctx.client,
-                        util::event(owner, component, "Normal", "SuccessfulDelete", msg),
+                        k8s::events::about(owner, component, "Normal", "SuccessfulDelete", msg),
                     );
                     out.lock()
                         .unwrap()

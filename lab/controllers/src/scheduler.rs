@@ -401,9 +401,9 @@ async fn bind(
 
 fn scheduled_event(ctx: &Ctx, pod: &Pod, node: &str) {
     let msg = format!("Successfully assigned {} to {node}", util::key(pod));
-    util::record(
+    k8s::events::record(
         &ctx.client,
-        util::event(pod, SCHEDULER_NAME, "Normal", "Scheduled", msg),
+        k8s::events::about(pod, SCHEDULER_NAME, "Normal", "Scheduled", msg),
     );
 }
 
@@ -448,7 +448,7 @@ async fn unschedulable(
         Err(e) => return Err(Error::api(format!("marking pod {ns}/{name} unschedulable"))(e)),
     }
     let events: Api<Event> = Api::namespaced(ctx.client.clone(), &ns);
-    let event = util::event(
+    let event = k8s::events::about(
         pod,
         SCHEDULER_NAME,
         "Warning",

@@ -248,9 +248,9 @@ async fn pass(ctx: &Ctx) -> Outcome {
                         w.name_any(),
                         sts.name_any()
                     );
-                    util::record(
+                    k8s::events::record(
                         &ctx.client,
-                        util::event(&*sts, COMPONENT, "Normal", "SuccessfulCreate", msg),
+                        k8s::events::about(&*sts, COMPONENT, "Normal", "SuccessfulCreate", msg),
                     );
                     out.expect
                         .push(cache::seen(&c.pods, &ns, &w.name_any(), None));
@@ -269,9 +269,9 @@ async fn pass(ctx: &Ctx) -> Outcome {
                         "delete Pod {name} in StatefulSet {} successful",
                         sts.name_any()
                     );
-                    util::record(
+                    k8s::events::record(
                         &ctx.client,
-                        util::event(&*sts, COMPONENT, "Normal", "SuccessfulDelete", msg),
+                        k8s::events::about(&*sts, COMPONENT, "Normal", "SuccessfulDelete", msg),
                     );
                     out.expect.push(cache::gone(&c.pods, &ns, &name));
                 }

@@ -207,62 +207,6 @@ pub fn strip_empty(v: serde_json::Value) -> serde_json::Value {
     }
 }
 
-/// A core/v1 Event about `obj` (what `kubectl describe` lists), as kube's controllers
-/// record them: `component` is the reporting controller.
-pub fn event<K: Resource<DynamicType = ()>>(
-    obj: &K,
-    component: &str,
-    type_: &str,
-    reason: &str,
-    message: String,
-) -> k8s_openapi::api::core::v1::Event {
-    use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
-    let meta = obj.meta();
-    let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
-    let t = now();
-    Event {
-        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-            generate_name: Some(format!("{}.", meta.name.as_deref().unwrap_or("object"))),
-            namespace: Some(ns.clone()),
-            ..Default::default()
-        },
-        involved_object: ObjectReference {
-            api_version: Some(K::api_version(&()).into_owned()),
-            kind: Some(K::kind(&()).into_owned()),
-            name: meta.name.clone(),
-            namespace: meta.namespace.clone(),
-            uid: meta.uid.clone(),
-            resource_version: meta.resource_version.clone(),
-            ..Default::default()
-        },
-        reason: Some(reason.into()),
-        message: Some(message),
-        type_: Some(type_.into()),
-        source: Some(EventSource {
-            component: Some(component.into()),
-            host: None,
-        }),
-        reporting_component: Some(component.into()),
-        reporting_instance: Some(component.into()),
-        first_timestamp: Some(t.clone()),
-        last_timestamp: Some(t),
-        count: Some(1),
-        ..Default::default()
-    }
-}
-
-/// Records an event without waiting for it; a lost event is only logged.
-pub fn record(client: &kube::Client, event: k8s_openapi::api::core::v1::Event) {
-    let client = client.clone();
-    tokio::spawn(async move {
-        let ns = event.metadata.namespace.clone().unwrap_or_default();
-        let api: kube::Api<k8s_openapi::api::core::v1::Event> = kube::Api::namespaced(client, &ns);
-        if let Err(e) = api.create(&Default::default(), &event).await {
-            tracing::debug!(error = %k8s::ErrorChain(&e), "recording an event");
-        }
-    });
-}
-
 /// The orphans (objects without a controller) in `ns` that `selector` matches: what a
 /// controller adopts (kube's ControllerRefManager). A selector without `matchLabels`
 /// adopts nothing here: too broad to take over objects safely.

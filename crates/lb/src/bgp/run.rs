@@ -10,10 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s::ErrorChain;
-use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
-use kube::{Api, Resource};
 use serde_json::json;
 use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
@@ -125,7 +124,7 @@ pub async fn run(
                 } else {
                     ("Warning", "SessionDown", format!("node {node}: BGP session down: {}", s.reason.unwrap_or_default()))
                 };
-                record(&client, event(peer, type_, reason, message));
+                k8s::events::record(&client, k8s::events::about(peer, COMPONENT, type_, reason, message));
             }
             _ = &mut stop => {
                 info!("agent stopping: withdrawing BGP routes and closing the sessions");
@@ -153,16 +152,28 @@ fn report_problems(
             .values()
             .find(|p| object == &format!("BGPPeer {}/{}", ns(&p.metadata), name(&p.metadata)));
         if let Some(p) = peer {
-            record(
+            k8s::events::record(
                 client,
-                event(p, "Warning", "InvalidConfiguration", message.clone()),
+                k8s::events::about(
+                    p,
+                    COMPONENT,
+                    "Warning",
+                    "InvalidConfiguration",
+                    message.clone(),
+                ),
             );
         } else if let Some(a) = view.bgp_advertisements.values().find(|a| {
             object == &format!("BGPAdvertisement {}/{}", ns(&a.metadata), name(&a.metadata))
         }) {
-            record(
+            k8s::events::record(
                 client,
-                event(a, "Warning", "InvalidConfiguration", message.clone()),
+                k8s::events::about(
+                    a,
+                    COMPONENT,
+                    "Warning",
+                    "InvalidConfiguration",
+                    message.clone(),
+                ),
             );
         }
     }
@@ -175,59 +186,6 @@ fn ns(m: &ObjectMeta) -> &str {
 
 fn name(m: &ObjectMeta) -> &str {
     m.name.as_deref().unwrap_or_default()
-}
-
-/// A core/v1 Event about `obj`.
-fn event<K: Resource<DynamicType = ()>>(
-    obj: &K,
-    type_: &str,
-    reason: &str,
-    message: String,
-) -> Event {
-    let meta = obj.meta();
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
-    Event {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{}.", meta.name.as_deref().unwrap_or("object"))),
-            namespace: Some(meta.namespace.clone().unwrap_or_else(|| "default".into())),
-            ..Default::default()
-        },
-        involved_object: ObjectReference {
-            api_version: Some(K::api_version(&()).into_owned()),
-            kind: Some(K::kind(&()).into_owned()),
-            name: meta.name.clone(),
-            namespace: meta.namespace.clone(),
-            uid: meta.uid.clone(),
-            ..Default::default()
-        },
-        reason: Some(reason.into()),
-        message: Some(message),
-        type_: Some(type_.into()),
-        source: Some(EventSource {
-            component: Some(COMPONENT.into()),
-            host: None,
-        }),
-        reporting_component: Some(COMPONENT.into()),
-        reporting_instance: Some(COMPONENT.into()),
-        first_timestamp: Some(now.clone()),
-        last_timestamp: Some(now),
-        count: Some(1),
-        ..Default::default()
-    }
-}
-
-/// Records an Event without waiting; a lost one is only logged.
-fn record(client: &kube::Client, event: Event) {
-    let client = client.clone();
-    tokio::spawn(async move {
-        let ns = event.metadata.namespace.clone().unwrap_or_default();
-        if let Err(e) = Api::<Event>::namespaced(client, &ns)
-            .create(&Default::default(), &event)
-            .await
-        {
-            tracing::debug!(error = %ErrorChain(&e), "recording an event");
-        }
-    });
 }
 
 /// This node's ServiceBGPStatus objects, written only when they change.

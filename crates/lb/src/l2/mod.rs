@@ -231,7 +231,7 @@ impl State {
             for (svc, a) in &mine {
                 if !self.announced.contains_key(svc) {
                     info!(service = %svc, "announcing");
-                    status::record(
+                    k8s::events::record(
                         &self.client,
                         status::assigned_event(&self.node, svc, &a.uid),
                     );

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s::{ErrorChain, Mirror, ObjectKey};
-use k8s_openapi::api::core::v1::{Event as K8sEvent, EventSource, ObjectReference};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use k8s_openapi::api::core::v1::{Event as K8sEvent, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use tokio::sync::watch;
@@ -122,53 +122,30 @@ pub fn plan(
     actions
 }
 
-/// The Event MetalLB's speaker records when it takes a Service over.
+/// The Event MetalLB's speaker records when it takes a Service over, reported by the
+/// node that takes it.
 pub fn assigned_event(node: &str, service: &str, uid: &str) -> K8sEvent {
     let (ns, name) = service.split_once('/').unwrap_or(("default", service));
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
-    K8sEvent {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{name}.")),
-            namespace: Some(ns.into()),
-            ..Default::default()
-        },
-        involved_object: ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Service".into()),
-            name: Some(name.into()),
-            namespace: Some(ns.into()),
-            uid: Some(uid.into()).filter(|u: &String| !u.is_empty()),
-            ..Default::default()
-        },
-        reason: Some("nodeAssigned".into()),
-        message: Some(format!(
-            "announcing from node \"{node}\" with protocol \"layer2\""
-        )),
-        type_: Some("Normal".into()),
-        source: Some(EventSource {
-            component: Some("kubewire-l2".into()),
-            host: Some(node.into()),
-        }),
-        reporting_component: Some("kubewire-l2".into()),
-        reporting_instance: Some(node.into()),
-        first_timestamp: Some(now.clone()),
-        last_timestamp: Some(now.clone()),
-        event_time: Some(MicroTime(now.0)),
-        count: Some(1),
+    let service = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Service".into()),
+        name: Some(name.into()),
+        namespace: Some(ns.into()),
+        uid: Some(uid.into()).filter(|u: &String| !u.is_empty()),
         ..Default::default()
+    };
+    let mut event = k8s::events::new(
+        service,
+        "kubewire-l2",
+        "Normal",
+        "nodeAssigned",
+        format!("announcing from node \"{node}\" with protocol \"layer2\""),
+    );
+    if let Some(source) = event.source.as_mut() {
+        source.host = Some(node.into());
     }
-}
-
-/// Records an Event without waiting for it; a lost event is only logged.
-pub fn record(client: &kube::Client, event: K8sEvent) {
-    let client = client.clone();
-    tokio::spawn(async move {
-        let ns = event.metadata.namespace.clone().unwrap_or_default();
-        let api = kube::Api::<K8sEvent>::namespaced(client, &ns);
-        if let Err(e) = api.create(&PostParams::default(), &event).await {
-            debug!(error = %ErrorChain(&e), "recording an event");
-        }
-    });
+    event.reporting_instance = Some(node.into());
+    event
 }
 
 /// The statuses in the namespace, whole.
