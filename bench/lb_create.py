@@ -15,15 +15,18 @@ import json
 import socket
 import ssl
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 
-import yaml
-
 kubeconfig, prefix, first, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 target_port = int(sys.argv[5]) if len(sys.argv) > 5 else 80
-cfg = yaml.safe_load(open(kubeconfig))
+# kubectl reads the kubeconfig (YAML) for us, so that nothing beyond Python's standard
+# library is needed.
+cfg = json.loads(subprocess.run(
+    ["kubectl", "config", "view", "--raw", "-o", "json", "--kubeconfig", kubeconfig],
+    check=True, capture_output=True, text=True).stdout)
 cluster, user = cfg["clusters"][0]["cluster"], cfg["users"][0]["user"]
 pems = tempfile.mkdtemp()
 for name, field in [("ca", cluster["certificate-authority-data"]),
