@@ -12,11 +12,8 @@
 //! - the node comes back (link up, pod runner restarted, its agent with it): after
 //!   convergence exactly one MAC answers ARP and NDP for each address.
 //!
-//! Where the lab runs no allocation controller, the test gives the Services their
-//! addresses itself, as the controller would (`status.loadBalancer.ingress` and the
-//! `metallb.io/ip-allocated-from-pool` annotation, with a pool and an L2Advertisement
-//! of its own); where it does, the Services ask it for these addresses through
-//! `metallb.io/loadBalancerIPs`.
+//! The Services ask the lab's allocation controller for their addresses
+//! (`metallb.io/loadBalancerIPs`), from the lab's default pool and L2Advertisement.
 
 #![allow(clippy::disallowed_methods)] // runs kubectl and reads its output
 
@@ -31,23 +28,6 @@ use serde_json::Value;
 const WEB_V4: &str = "198.18.0.200";
 const WEB_V6: &str = "2001:2::c8";
 const LOCAL_V4: &str = "198.18.0.201";
-
-/// A pool and an L2Advertisement, for a lab that has none.
-const POOL: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: metallb-system}
----
-apiVersion: metallb.io/v1beta1
-kind: IPAddressPool
-metadata: {name: l2-test, namespace: metallb-system}
-spec:
-  addresses: ["198.18.0.200-198.18.0.250", "2001:2::c8-2001:2::fa"]
----
-apiVersion: metallb.io/v1beta1
-kind: L2Advertisement
-metadata: {name: l2-test, namespace: metallb-system}
-"#;
 
 /// Three web pods behind a dual-stack LoadBalancer Service, and one pod on node-3
 /// behind an `externalTrafficPolicy: Local` one.
@@ -99,28 +79,8 @@ spec:
   ports: [{port: 80, targetPort: 8080}]
 "#;
 
-/// MetalLB's CRDs, unless the lab installs them already, and a pool with an
-/// L2Advertisement unless it has one.
-fn set_up_metallb(lab: &RunningLab) {
-    let crds = e2e::workspace_root().join("crates/lb/crds/metallb-v0.16.1");
-    lab.kubectl(&["apply", "-f", crds.to_str().unwrap()]);
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            e2e::cluster::kubectl(&lab.kubeconfig, &["get", "ipaddresspools", "-A"])
-                .status
-                .success()
-        }),
-        "the metallb.io CRDs are not served"
-    );
-    let pools = lab.json(&["get", "ipaddresspools", "-A"]);
-    if pools["items"].as_array().is_none_or(Vec::is_empty) {
-        lab.apply(POOL);
-    }
-}
-
-/// The Service's addresses: the allocation controller's, or, where none runs (nothing
-/// within a few seconds), written here as it would write them.
-fn ensure_addresses(lab: &RunningLab, svc: &str, ips: &[&str]) {
+/// Waits until the allocation controller has given `svc` all of `ips`.
+fn wait_for_addresses(lab: &RunningLab, svc: &str, ips: &[&str]) {
     let has = || {
         let s = lab.json(&["get", "service", svc]);
         let got: BTreeSet<&str> = s["status"]["loadBalancer"]["ingress"]
@@ -131,32 +91,11 @@ fn ensure_addresses(lab: &RunningLab, svc: &str, ips: &[&str]) {
             .collect();
         ips.iter().all(|ip| got.contains(ip))
     };
-    if wait_until(Duration::from_secs(3), has) {
-        return;
-    }
-    let pool = lab.json(&["get", "ipaddresspools", "-A"])["items"][0]["metadata"]["name"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    lab.kubectl(&[
-        "annotate",
-        "service",
-        svc,
-        &format!("metallb.io/ip-allocated-from-pool={pool}"),
-    ]);
-    let ingress: Vec<String> = ips.iter().map(|ip| format!(r#"{{"ip":"{ip}"}}"#)).collect();
-    lab.kubectl(&[
-        "patch",
-        "service",
-        svc,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &format!(
-            r#"{{"status":{{"loadBalancer":{{"ingress":[{}]}}}}}}"#,
-            ingress.join(",")
-        ),
-    ]);
+    assert!(
+        wait_until(Duration::from_secs(20), has),
+        "{svc} did not get {ips:?}: {}",
+        lab.kubectl(&["get", "service", svc, "-o", "yaml"])
+    );
 }
 
 /// The node the ServiceL2Statuses name for Service `svc`, if exactly one does.
@@ -322,7 +261,6 @@ fn revive_node(lab: &RunningLab, node: &str, cmdline: &[String], v6: &str) -> Re
 #[test]
 fn l2_announcement_answers_fails_over_and_converges_to_one_owner() {
     let lab = RunningLab::up(3);
-    set_up_metallb(&lab);
     lab.apply(SERVICES);
     assert!(
         wait_until(Duration::from_secs(60), || lab
@@ -332,8 +270,8 @@ fn l2_announcement_answers_fails_over_and_converges_to_one_owner() {
             && lab.running_pods("app=local").len() == 1),
         "the pods did not run"
     );
-    ensure_addresses(&lab, "web", &[WEB_V4, WEB_V6]);
-    ensure_addresses(&lab, "local", &[LOCAL_V4]);
+    wait_for_addresses(&lab, "web", &[WEB_V4, WEB_V6]);
+    wait_for_addresses(&lab, "local", &[LOCAL_V4]);
     let v4_url = format!("http://{WEB_V4}/");
     let v6_url = format!("http://[{WEB_V6}]/");
 
