@@ -354,7 +354,8 @@ async fn start_processes(
             registry.add(p.clone())?;
             watched.push(p);
         }
-        apply_with_retry(&client, &crate::router::crds()).await?;
+        // The BGP objects need MetalLB's CRDs before the install below applies them.
+        apply_with_retry(&client, &install::lb::crds()).await?;
         apply_with_retry(&client, &crate::router::manifests(cfg)).await?;
         step.done(&format!(
             "{} at {}; BGPPeers {}/{} and {}",
