@@ -22,7 +22,7 @@ pub enum Kind {
 
 impl Kind {
     /// (group, version, kind, plural).
-    pub fn api(self) -> (&'static str, &'static str, &'static str, &'static str) {
+    pub const fn api(self) -> (&'static str, &'static str, &'static str, &'static str) {
         const GW: &str = crate::gatewayapi::GROUP;
         match self {
             Kind::Ingress => ("networking.k8s.io", "v1", "Ingress", "ingresses"),
@@ -31,8 +31,8 @@ impl Kind {
             Kind::HttpRoute => (GW, "v1", "HTTPRoute", "httproutes"),
             Kind::GrpcRoute => (GW, "v1", "GRPCRoute", "grpcroutes"),
             Kind::TlsRoute => (GW, "v1", "TLSRoute", "tlsroutes"),
-            Kind::TcpRoute => (GW, "v1alpha2", "TCPRoute", "tcproutes"),
-            Kind::UdpRoute => (GW, "v1alpha2", "UDPRoute", "udproutes"),
+            Kind::TcpRoute => (GW, "v1", "TCPRoute", "tcproutes"),
+            Kind::UdpRoute => (GW, "v1", "UDPRoute", "udproutes"),
             Kind::BackendTlsPolicy => (GW, "v1", "BackendTLSPolicy", "backendtlspolicies"),
             Kind::Mapping => ("getambassador.io", "v3alpha1", "Mapping", "mappings"),
         }
