@@ -453,15 +453,38 @@ impl Stores {
     }
 }
 
+/// The list of a kind's status that several controllers share, each its own entries.
+fn shared_list(kind: Kind) -> Option<&'static str> {
+    match kind {
+        Kind::HttpRoute | Kind::GrpcRoute | Kind::TlsRoute | Kind::TcpRoute | Kind::UdpRoute => {
+            Some("parents")
+        }
+        Kind::BackendTlsPolicy => Some("ancestors"),
+        _ => None,
+    }
+}
+
+/// Whether writing `desired` over `current` is none of our business: a shared list
+/// where neither holds an entry of ours (a route of another controller's Gateway).
+pub fn not_ours(kind: Kind, desired: &Value, current: &Value, controller: &str) -> bool {
+    let Some(list) = shared_list(kind) else {
+        return false;
+    };
+    let ours = |v: &Value| {
+        v[list]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["controllerName"] == json!(controller))
+    };
+    !ours(desired) && !ours(current)
+}
+
 /// The status to write: `desired`, with the list entries of other controllers that
 /// `current` holds kept (route `parents`, policy `ancestors`).
 pub fn merged(kind: Kind, desired: &Value, current: &Value, controller: &str) -> Value {
-    let list = match kind {
-        Kind::HttpRoute | Kind::GrpcRoute | Kind::TlsRoute | Kind::TcpRoute | Kind::UdpRoute => {
-            "parents"
-        }
-        Kind::BackendTlsPolicy => "ancestors",
-        _ => return desired.clone(),
+    let Some(list) = shared_list(kind) else {
+        return desired.clone();
     };
     let mut out = desired.clone();
     let others: Vec<Value> = current[list]
@@ -658,6 +681,9 @@ impl Writer {
             let Some(current) = stores.status_of(u) else {
                 continue; // deleted meanwhile
             };
+            if not_ours(u.kind, &u.status, &current, &self.controller) {
+                continue;
+            }
             let want = merged(u.kind, &u.status, &current, &self.controller);
             if status::unstamped(&current) == want {
                 continue;
@@ -831,6 +857,32 @@ mod tests {
             ])
         );
         assert_eq!(merged(Kind::Gateway, &desired, &current, "c"), desired);
+        // A parent of ours that the route no longer names leaves; a route that never
+        // had one is not written.
+        let none = json!({"parents": []});
+        assert!(!not_ours(
+            Kind::HttpRoute,
+            &none,
+            &current,
+            "kubewire.io/gateway"
+        ));
+        assert_eq!(
+            merged(Kind::HttpRoute, &none, &current, "kubewire.io/gateway")["parents"],
+            json!([{"controllerName": "example.com/other", "parentRef": {"name": "x"}}])
+        );
+        assert!(not_ours(
+            Kind::HttpRoute,
+            &none,
+            &Value::Null,
+            "kubewire.io/gateway"
+        ));
+        assert!(not_ours(
+            Kind::HttpRoute,
+            &none,
+            &json!({"parents": [
+            {"controllerName": "example.com/other"}]}),
+            "kubewire.io/gateway"
+        ));
     }
 
     #[test]

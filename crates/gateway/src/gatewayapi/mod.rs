@@ -1273,14 +1273,14 @@ fn attach(
             "conditions": conditions(&[accepted, resolved]),
         }));
     }
-    if !parent_statuses.is_empty() {
-        statuses.push(Update {
-            kind: kind.status_kind(),
-            namespace: ns.into(),
-            name: name.into(),
-            status: json!({ "parents": parent_statuses }),
-        });
-    }
+    // Also without a parent of ours: a parent it no longer names must leave its status
+    // (the writer skips routes that never had one of ours).
+    statuses.push(Update {
+        kind: kind.status_kind(),
+        namespace: ns.into(),
+        name: name.into(),
+        status: json!({ "parents": parent_statuses }),
+    });
     out
 }
 
