@@ -405,7 +405,7 @@ impl Stores {
                 })
                 .collect(),
             services: keyed(&self.services),
-            endpoint_slices: objects(&self.slices),
+            endpoint_slices: crate::world::slices_by_service(self.slices.0.values().cloned()),
             secrets: keyed(&self.secrets),
             config_maps: keyed(&self.config_maps),
             ingress_classes: objects(&self.ingress_classes),

@@ -209,13 +209,17 @@ pub(crate) fn compile(world: &World, b: &mut Builder, statuses: &mut Vec<Update>
             .then(a.obj.name().cmp(b.obj.name()))
     });
     // Mappings with the same match share one route, split by weight.
+    // (The match types are not `Hash`: their debug text is the key.)
     let mut groups: Vec<Vec<Compiled<'_>>> = Vec::new();
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for c in ready {
-        match groups.iter_mut().find(|g| {
-            g[0].host == c.host && g[0].matches == c.matches && g[0].precedence == c.precedence
-        }) {
-            Some(g) => g.push(c),
-            None => groups.push(vec![c]),
+        let key = format!("{:?}|{:?}|{}", c.host, c.matches, c.precedence);
+        match index.get(&key) {
+            Some(&g) => groups[g].push(c),
+            None => {
+                index.insert(key, groups.len());
+                groups.push(vec![c]);
+            }
         }
     }
     for group in groups {

@@ -89,7 +89,9 @@ pub struct World {
     /// Labels by namespace name (for `allowedRoutes` selectors).
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     pub services: BTreeMap<Key, Service>,
-    pub endpoint_slices: Vec<EndpointSlice>,
+    /// By the Service they belong to (`kubernetes.io/service-name`): see
+    /// [`slices_by_service`].
+    pub endpoint_slices: BTreeMap<Key, Vec<EndpointSlice>>,
     pub secrets: BTreeMap<Key, Secret>,
     pub config_maps: BTreeMap<Key, ConfigMap>,
     pub ingress_classes: Vec<IngressClass>,
@@ -137,6 +139,25 @@ pub enum SecretError {
     Invalid,
 }
 
+/// EndpointSlices keyed by their Service.
+pub fn slices_by_service(
+    slices: impl IntoIterator<Item = EndpointSlice>,
+) -> BTreeMap<Key, Vec<EndpointSlice>> {
+    let mut out: BTreeMap<Key, Vec<EndpointSlice>> = BTreeMap::new();
+    for slice in slices {
+        let service = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("kubernetes.io/service-name"))
+            .cloned();
+        if let (Some(ns), Some(service)) = (slice.metadata.namespace.clone(), service) {
+            out.entry((ns, service)).or_default().push(slice);
+        }
+    }
+    out
+}
+
 impl World {
     /// The Service port `port` of `namespace/name` with its ready endpoints.
     pub fn backend(
@@ -167,16 +188,10 @@ impl World {
         };
         let port_name = sp.name.as_deref().unwrap_or("");
         let mut endpoints = BTreeSet::new();
-        for slice in &self.endpoint_slices {
-            let labels = slice.metadata.labels.as_ref();
-            if slice.metadata.namespace.as_deref() != Some(namespace)
-                || labels
-                    .and_then(|l| l.get("kubernetes.io/service-name"))
-                    .map(String::as_str)
-                    != Some(name)
-            {
-                continue;
-            }
+        let slices = self
+            .endpoint_slices
+            .get(&(namespace.to_string(), name.to_string()));
+        for slice in slices.into_iter().flatten() {
             let Some(number) = slice
                 .ports
                 .iter()
@@ -299,7 +314,11 @@ pub(crate) mod fixtures {
                 .collect::<Vec<_>>(),
         }))
         .unwrap();
-        world.endpoint_slices.push(slice);
+        world
+            .endpoint_slices
+            .entry((ns.into(), name.into()))
+            .or_default()
+            .push(slice);
     }
 
     /// A `kubernetes.io/tls` Secret whose chain and key are `crt-<name>` and `key-<name>`.
