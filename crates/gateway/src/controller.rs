@@ -685,7 +685,7 @@ impl Writer {
                 continue;
             }
             let want = merged(u.kind, &u.status, &current, &self.controller);
-            if status::unstamped(&current) == want {
+            if status::unstamped(&current) == status::unstamped(&want) {
                 continue;
             }
             let key = (u.kind, u.namespace.clone(), u.name.clone());

@@ -173,10 +173,31 @@ pub(crate) fn compile(world: &World, b: &mut Builder, statuses: &mut Vec<Update>
             kind: Kind::Ingress,
             namespace: ns.into(),
             name: name.into(),
-            status: json!({"loadBalancer": {"ingress": world.settings.addresses.iter().map(|a| {
-                if a.parse::<std::net::IpAddr>().is_ok() { json!({"ip": a}) } else { json!({"hostname": a}) }
-            }).collect::<Vec<_>>()}}),
+            // No address yet: none written (`null` removes one a merge patch meets).
+            status: json!({"loadBalancer": {"ingress": if world.settings.addresses.is_empty() {
+                serde_json::Value::Null
+            } else {
+                load_balancer(world).into()
+            }}}),
         });
+    }
+    // An Ingress that left our classes loses the addresses we wrote, as ingress-nginx
+    // takes its own back (another controller may write its own after).
+    let ours = serde_json::to_value(load_balancer(world)).unwrap_or_default();
+    for ing in world.ingresses.iter().filter(|i| !served(world, i)) {
+        let held = ing
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| serde_json::to_value(&lb.ingress).ok());
+        if held.as_ref().is_some_and(|h| *h == ours) && !world.settings.addresses.is_empty() {
+            statuses.push(Update {
+                kind: Kind::Ingress,
+                namespace: ing.metadata.namespace.clone().unwrap_or_default(),
+                name: ing.metadata.name.clone().unwrap_or_default(),
+                status: json!({"loadBalancer": {"ingress": null}}),
+            });
+        }
     }
     ranked.sort_by(|a, b| {
         b.path_len
@@ -191,6 +212,22 @@ pub(crate) fn compile(world: &World, b: &mut Builder, statuses: &mut Vec<Update>
         }
         b.routes(HTTP_PORT, PortKind::Http, r.host, [r.route]);
     }
+}
+
+/// `status.loadBalancer.ingress` for the gateway's addresses.
+fn load_balancer(world: &World) -> Vec<serde_json::Value> {
+    world
+        .settings
+        .addresses
+        .iter()
+        .map(|a| {
+            if a.parse::<std::net::IpAddr>().is_ok() {
+                json!({"ip": a})
+            } else {
+                json!({"hostname": a})
+            }
+        })
+        .collect()
 }
 
 fn age(i: &Ingress) -> (Option<k8s_openapi::jiff::Timestamp>, String, String) {
@@ -499,5 +536,12 @@ mod tests {
         assert_eq!(c.listeners.len(), 1);
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].name, "i");
+
+        // One that holds our address and left our classes gives it back.
+        w.ingresses[1].status = Some(yaml("loadBalancer: {ingress: [{ip: 198.18.0.200}]}"));
+        let (_, s) = compile_world(&w);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[1].name, "other");
+        assert_eq!(s[1].status, json!({"loadBalancer": {"ingress": null}}));
     }
 }

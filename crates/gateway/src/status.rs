@@ -164,14 +164,24 @@ fn stamp_conditions(new: &Value, old: &Value, now: &str) -> Value {
     )
 }
 
-/// `status` without transition times, to compare what an object holds with what the
-/// compile decided.
+/// `status` without transition times, nulls, empty lists and empty objects: what an
+/// object holds and what the compile decided compare equal when they mean the same
+/// (an API server may drop an empty list, a merge patch writes `null` to remove).
 pub fn unstamped(status: &Value) -> Value {
+    fn empty(v: &Value) -> bool {
+        match v {
+            Value::Null => true,
+            Value::Array(a) => a.is_empty(),
+            Value::Object(o) => o.is_empty(),
+            _ => false,
+        }
+    }
     match status {
         Value::Object(map) => Value::Object(
             map.iter()
                 .filter(|(k, _)| *k != "lastTransitionTime")
                 .map(|(k, v)| (k.clone(), unstamped(v)))
+                .filter(|(_, v)| !empty(v))
                 .collect(),
         ),
         Value::Array(items) => Value::Array(items.iter().map(unstamped).collect()),
@@ -203,5 +213,9 @@ mod tests {
             "t1"
         );
         assert_eq!(unstamped(&s), new);
+        assert_eq!(
+            unstamped(&json!({"loadBalancer": {"ingress": null}, "parents": []})),
+            unstamped(&json!({"loadBalancer": {}}))
+        );
     }
 }

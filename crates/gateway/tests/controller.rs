@@ -394,6 +394,35 @@ async fn the_controller_serves_and_reports_what_the_cluster_holds() {
         async move { (routes(&c, 8000) == 0).then_some(()) }
     })
     .await;
+    // An Ingress that leaves our classes gives its address back, and its route goes.
+    apply(
+        &client,
+        &yaml("apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web-ingress, namespace: default, annotations: {kubernetes.io/ingress.class: nginx}}\nspec:\n  ingressClassName: nginx\n  rules: [{http: {paths: [{path: /engine, pathType: Prefix, backend: {service: {name: engine, port: {number: 80}}}}]}}]"),
+    )
+    .await;
+    eventually("the address given back", || {
+        let client = client.clone();
+        async move {
+            let i = get(
+                &client,
+                "networking.k8s.io/v1",
+                "Ingress",
+                "default",
+                "web-ingress",
+            )
+            .await;
+            i["status"]["loadBalancer"]["ingress"]
+                .as_array()
+                .is_none_or(|a| a.is_empty())
+                .then_some(())
+        }
+    })
+    .await;
+    eventually("the Ingress route gone", || {
+        let c = rx.borrow_and_update().clone();
+        async move { (routes(&c, 80) == 1).then_some(()) }
+    })
+    .await;
     a.abort();
     b.abort();
 }
