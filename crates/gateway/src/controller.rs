@@ -96,7 +96,15 @@ pub struct Args {
     /// The Emissary `ambassador_id` served (Mappings naming another are left alone).
     #[arg(long, default_value = "default")]
     pub ambassador_id: String,
+    /// The GatewayClass the controller keeps in existence for its controllerName (as
+    /// istiod keeps its own); empty for none. A manifest cannot carry it beside the CRDs:
+    /// `kubectl apply` maps every object before the CRDs exist.
+    #[arg(long, default_value = DEFAULT_GATEWAY_CLASS)]
+    pub gateway_class: String,
 }
+
+/// The GatewayClass created by default.
+pub const DEFAULT_GATEWAY_CLASS: &str = "kubewire";
 
 impl Args {
     /// These flags as command-line arguments (what parses back into `self`).
@@ -106,6 +114,7 @@ impl Args {
         args.push(format!("--controller-name={}", self.controller_name).into());
         args.push(format!("--ingress-class={}", self.ingress_classes.join(",")).into());
         args.push(format!("--ambassador-id={}", self.ambassador_id).into());
+        args.push(format!("--gateway-class={}", self.gateway_class).into());
         args
     }
 }
@@ -119,6 +128,8 @@ pub struct Options {
     pub settings: Settings,
     /// This replica's name in the Lease.
     pub identity: String,
+    /// The GatewayClass to keep in existence (none when empty).
+    pub gateway_class: String,
 }
 
 impl TryFrom<&Args> for Options {
@@ -138,6 +149,7 @@ impl TryFrom<&Args> for Options {
                 ambassador_id: a.ambassador_id.clone(),
             },
             identity: identity(),
+            gateway_class: a.gateway_class.clone(),
         })
     }
 }
@@ -652,6 +664,13 @@ pub async fn control(client: kube::Client, options: Options, config: watch::Send
                 writer.written.clear();
             }
             ok = writer.write(&stores, &compiled.statuses).await;
+            let class = &options.gateway_class;
+            if !class.is_empty()
+                && watched[7].mirror.synced()
+                && !stores.gateway_classes.0.contains_key(class.as_str())
+            {
+                ok &= ensure_class(&writer.client, class, &options.settings.controller_name).await;
+            }
         }
         debug!(took = ?started.elapsed(), "pass");
         next_pass = tokio::time::Instant::now() + if ok { RESYNC } else { RETRY };
@@ -730,6 +749,40 @@ impl Writer {
             }
         }
         ok
+    }
+}
+
+/// Creates the GatewayClass `name` for `controller` (another one's of that name is left
+/// as it is). Returns whether it exists now.
+async fn ensure_class(client: &kube::Client, name: &str, controller: &str) -> bool {
+    let (group, version, kind, plural) = Kind::GatewayClass.api();
+    let ar = ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: format!("{group}/{version}"),
+        kind: kind.into(),
+        plural: plural.into(),
+    };
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    let class: DynamicObject = match serde_json::from_value(json!({
+        "apiVersion": ar.api_version,
+        "kind": kind,
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": COMPONENT}},
+        "spec": {"controllerName": controller},
+    })) {
+        Ok(c) => c,
+        Err(_) => return false,
+    };
+    match api.create(&PostParams::default(), &class).await {
+        Ok(_) => {
+            info!(name, "GatewayClass created");
+            true
+        }
+        Err(kube::Error::Api(s)) if s.code == 409 => true,
+        Err(e) => {
+            warn!(name, error = %k8s::ErrorChain(&e), "creating the GatewayClass; retrying");
+            false
+        }
     }
 }
 
@@ -821,7 +874,9 @@ mod tests {
             "--ingress-class=a,b",
             "--controller-name=example.com/gw",
             "--ambassador-id=blue",
+            "--gateway-class=",
         ]);
+        assert_eq!(args.gateway_class, "");
         assert_eq!(args.ingress_classes, ["a", "b"]);
         let argv: Vec<String> = args
             .to_args()

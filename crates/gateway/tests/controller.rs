@@ -127,11 +127,6 @@ ports: [{name: http, port: 8080}]
 endpoints: [{addresses: [10.244.1.5], conditions: {ready: true}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {name: kubewire}
-spec: {controllerName: kubewire.io/gateway}
----
-apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {name: gw, namespace: default}
 spec:
@@ -181,6 +176,7 @@ fn options(identity: &str) -> Options {
         service: ("kube-system".into(), "kubewire-gateway".into()),
         settings: Settings::default(),
         identity: identity.into(),
+        gateway_class: "kubewire".into(),
     }
 }
 
@@ -309,14 +305,25 @@ async fn the_controller_serves_and_reports_what_the_cluster_holds() {
         m["status"],
         json!({"state": "Running", "reason": "not supported, ignored: spec.shadow"})
     );
-    let gc = get(
-        &client,
-        "gateway.networking.k8s.io/v1",
-        "GatewayClass",
-        "",
-        "kubewire",
-    )
+    // The GatewayClass is the controller's own, created by it.
+    let gc = eventually("the GatewayClass's status", || {
+        let client = client.clone();
+        async move {
+            let gc = get(
+                &client,
+                "gateway.networking.k8s.io/v1",
+                "GatewayClass",
+                "",
+                "kubewire",
+            )
+            .await;
+            gc["status"]["conditions"][0]["reason"]
+                .is_string()
+                .then_some(gc)
+        }
+    })
     .await;
+    assert_eq!(gc["spec"]["controllerName"], "kubewire.io/gateway");
     assert_eq!(gc["status"]["conditions"][0]["reason"], "Accepted");
 
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");

@@ -1,7 +1,7 @@
 //! The gateway (`kubewire gateway`): Gateway API's standard-channel CRDs (v1.6.1) and
 //! Emissary's `getambassador.io` CRDs (v4.1.0), both unchanged from `crates/gateway/crds`;
-//! the IngressClasses `kubewire` (the default) and `ambassador`, the GatewayClass
-//! `kubewire`; the gateway's own LoadBalancer Service (ports 80 and 443), its Deployment
+//! the IngressClasses `kubewire` (the default) and `ambassador` (the GatewayClass
+//! `kubewire` is created by the controller); the gateway's own LoadBalancer Service (ports 80 and 443), its Deployment
 //! (2 replicas, one writing statuses by a Lease), ServiceAccount and least-privilege
 //! roles.
 
@@ -14,7 +14,7 @@ use crate::{
 
 /// The Deployment, Service, ServiceAccount, roles and bindings.
 pub const GATEWAY: &str = gateway::controller::COMPONENT;
-/// The IngressClass marked default, and the GatewayClass.
+/// The IngressClass marked default (and the GatewayClass the controller creates).
 pub const CLASS: &str = "kubewire";
 /// The IngressClass the talk's Ingress names (Emissary's), served too.
 pub const AMBASSADOR_CLASS: &str = "ambassador";
@@ -122,6 +122,8 @@ pub(crate) fn objects(cfg: &Config) -> Vec<Value> {
                     "udproutes",
                 ]
             ),
+            // Its own GatewayClass, created if missing.
+            { "apiGroups": [gateway::gatewayapi::GROUP], "resources": ["gatewayclasses"], "verbs": ["create"] },
             {
                 "apiGroups": [gateway::gatewayapi::GROUP],
                 "resources": [
@@ -163,12 +165,8 @@ pub(crate) fn objects(cfg: &Config) -> Vec<Value> {
             "spec": { "controller": gateway::world::INGRESS_CONTROLLER },
         }));
     }
-    out.push(json!({
-        "apiVersion": format!("{}/v1", gateway::gatewayapi::GROUP),
-        "kind": "GatewayClass",
-        "metadata": named(CLASS),
-        "spec": { "controllerName": gateway::gatewayapi::CONTROLLER_NAME },
-    }));
+    // The GatewayClass `kubewire` is the controller's to create (`--gateway-class`): a
+    // manifest cannot carry it beside the CRDs it needs.
     out.push(json!({
         "apiVersion": "v1",
         "kind": "Service",
