@@ -73,6 +73,8 @@ pub fn served(world: &World, ing: &Ingress) -> bool {
 /// A route with what orders it among the routes of its host.
 struct Ranked {
     host: HostMatch,
+    /// A `defaultBackend`: after every rule, whatever its age.
+    default: bool,
     /// Longer first, then Exact first.
     path_len: usize,
     exact: bool,
@@ -119,6 +121,7 @@ pub(crate) fn compile(world: &World, b: &mut Builder, statuses: &mut Vec<Update>
                 };
                 ranked.push(Ranked {
                     host: host.clone(),
+                    default: false,
                     path_len: if exact {
                         p.len()
                     } else {
@@ -139,6 +142,7 @@ pub(crate) fn compile(world: &World, b: &mut Builder, statuses: &mut Vec<Update>
         if let Some(default) = &spec.default_backend {
             ranked.push(Ranked {
                 host: HostMatch::Any,
+                default: true,
                 path_len: 0,
                 exact: false,
                 age: age(ing),
@@ -200,8 +204,9 @@ pub(crate) fn compile(world: &World, b: &mut Builder, statuses: &mut Vec<Update>
         }
     }
     ranked.sort_by(|a, b| {
-        b.path_len
-            .cmp(&a.path_len)
+        a.default
+            .cmp(&b.default)
+            .then(b.path_len.cmp(&a.path_len))
             .then(b.exact.cmp(&a.exact))
             .then(a.age.cmp(&b.age))
             .then(a.index.cmp(&b.index))
@@ -477,6 +482,28 @@ mod tests {
             wv.routes[0].action,
             Action::Respond(StatusCode::SERVICE_UNAVAILABLE),
             "a missing Service answers 503 as ingress-nginx does"
+        );
+    }
+
+    #[test]
+    fn a_default_backend_answers_only_what_no_rule_takes() {
+        let mut w = world();
+        w.ingresses.push(ing(
+            "old",
+            Some("kubewire"),
+            "2026-01-01T00:00:00Z",
+            "  defaultBackend: {service: {name: web, port: {name: web}}}",
+        ));
+        w.ingresses.push(ing(
+            "young",
+            Some("kubewire"),
+            "2026-02-01T00:00:00Z",
+            "  rules: [{http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: engine, port: {number: 80}}}}]}}]",
+        ));
+        let (c, _) = compile_world(&w);
+        assert_eq!(
+            order(&c, 80, &HostMatch::Any),
+            [("young".to_string(), 0), ("old".to_string(), 0)]
         );
     }
 
