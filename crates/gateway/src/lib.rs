@@ -3,5 +3,45 @@
 //! - [`config`]: the routing configuration, pure data. The controller compiles it from
 //!   Ingresses, Gateway API objects and Emissary Mappings; the data plane serves it, and a
 //!   new one replaces the old atomically.
+//! - [`compile`]: the controller's pure function, everything watched ([`world::World`]) in,
+//!   the [`config::Config`] and every status to write out; one module per API:
+//!   [`ingress`], [`gatewayapi`], [`mapping`] (with [`template`], Envoy's `%...%` header
+//!   operators), assembled by `build`.
+//! - [`controller`]: the watches that keep a [`world::World`], the compile, the Config sent
+//!   on a `watch` channel, and the statuses written (by the leader of the replicas).
 
 pub mod config;
+pub mod controller;
+pub mod gatewayapi;
+pub mod ingress;
+pub mod mapping;
+pub mod status;
+pub mod template;
+pub mod world;
+
+mod build;
+
+pub use controller::Args;
+
+/// What the compile decides.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Compiled {
+    pub config: config::Config,
+    pub statuses: Vec<status::Update>,
+}
+
+/// Everything watched in, the routing configuration and the statuses out. Gateway API
+/// listeners are placed first (they claim their ports), then Ingresses (80 and 443), then
+/// Mappings (80); on a port and host shared between them, routes are tried in that order.
+pub fn compile(world: &world::World) -> Compiled {
+    let mut b = build::Builder::default();
+    let mut statuses = Vec::new();
+    gatewayapi::compile(world, &mut b, &mut statuses);
+    ingress::compile(world, &mut b, &mut statuses);
+    mapping::compile(world, &mut b, &mut statuses);
+    statuses.sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
+    Compiled {
+        config: b.finish(),
+        statuses,
+    }
+}

@@ -135,6 +135,14 @@ pub fn components() -> Vec<Component> {
                 ..Config::default()
             },
         },
+        Component {
+            name: "no-gateway",
+            about: "No gateway: Ingress, Gateway API and Mappings stay with another implementation (no CRDs, classes, Deployment or Service).",
+            config: Config {
+                gateway: false,
+                ..Config::default()
+            },
+        },
     ]
 }
 
@@ -173,6 +181,12 @@ pub fn overlays() -> Vec<Overlay> {
             config: component("no-lb"),
         },
         Overlay {
+            name: "no-gateway",
+            about: "Without the gateway, beside another Ingress or Gateway API implementation",
+            components: Some(&["no-gateway"]),
+            config: component("no-gateway"),
+        },
+        Overlay {
             name: "lab",
             about: "What `kubewire lab up` installs in a lab of the default name and ranges",
             components: None,
@@ -198,6 +212,8 @@ fn lab_config() -> Config {
             "fd00:10:244::/56".parse().expect("valid"),
         ],
         cni_data_dir: Some(LAB_CNI_DATA_DIR.into()),
+        // Until the gateway's data plane is joined to its controller.
+        gateway: false,
         ..Config::default()
     }
 }
@@ -375,8 +391,11 @@ pub fn deploy_tree() -> Vec<(PathBuf, String)> {
         .strip_prefix(&format!("{IMAGE_NAME}:"))
         .expect("the default image is IMAGE_NAME:TAG");
     let mut out = Vec::new();
-    let (lb, rest): (Vec<Value>, Vec<Value>) =
-        base.iter().cloned().partition(crate::lb::is_lb_object);
+    let (gateway, rest): (Vec<Value>, Vec<Value>) = base
+        .iter()
+        .cloned()
+        .partition(crate::gateway::is_gateway_object);
+    let (lb, rest): (Vec<Value>, Vec<Value>) = rest.into_iter().partition(crate::lb::is_lb_object);
     let (agent, dns): (Vec<Value>, Vec<Value>) = rest.into_iter().partition(|o| {
         o["metadata"]["labels"]["app.kubernetes.io/name"] != json!(crate::DNS)
             && o["metadata"]["name"] != json!("kube-dns")
@@ -403,10 +422,18 @@ pub fn deploy_tree() -> Vec<(PathBuf, String)> {
         ),
     ));
     out.push((
+        "base/gateway.yaml".into(),
+        format!(
+            "{GENERATED}# The gateway: Gateway API's standard-channel CRDs (v1.6.1) and Emissary's CRDs (v4.1.0),\n# unchanged; the IngressClasses and GatewayClass; its LoadBalancer Service, Deployment,\n# ServiceAccount and what it may do.\n{}",
+            to_yaml(&gateway)
+        ),
+    ));
+    out.push((
         "base/kustomization.yaml".into(),
         file(
             "The default install: the agent (native routing, the service proxy), cluster DNS and\n\
-             LoadBalancer address allocation (MetalLB's API).\n\
+             LoadBalancer address allocation (MetalLB's API), the gateway (Ingress, Gateway API,\n\
+             Emissary Mappings).\n\
              The image of every container is set here; an overlay of your own can set it too\n\
              (`kustomize edit set image ghcr.io/kubewire/kubewire=REGISTRY/kubewire:TAG`).",
             &kustomization(
@@ -414,7 +441,12 @@ pub fn deploy_tree() -> Vec<(PathBuf, String)> {
                 vec![
                     (
                         "resources",
-                        seq([y("agent.yaml"), y("dns.yaml"), y("lb.yaml")]),
+                        seq([
+                            y("agent.yaml"),
+                            y("dns.yaml"),
+                            y("lb.yaml"),
+                            y("gateway.yaml"),
+                        ]),
                     ),
                     (
                         "images",

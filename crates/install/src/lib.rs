@@ -14,6 +14,7 @@
 
 mod apply;
 mod flags;
+pub mod gateway;
 pub mod kustomize;
 pub mod lb;
 
@@ -185,6 +186,10 @@ pub struct Config {
     /// [default: none; pools are the cluster's own configuration].
     #[arg(long = "lb-pool", value_delimiter = ',')]
     pub lb_pool: Vec<String>,
+    /// Leave Ingress, Gateway API and Emissary Mappings to another implementation: no
+    /// gateway Deployment or Service, no IngressClasses, GatewayClass or their CRDs.
+    #[arg(long = "no-gateway", action = clap::ArgAction::SetFalse)]
+    pub gateway: bool,
 }
 
 impl Default for Config {
@@ -241,6 +246,9 @@ impl Config {
         }
         if !self.lb_pool.is_empty() {
             args.push(format!("--lb-pool={}", self.lb_pool.join(",")).into());
+        }
+        if !self.gateway {
+            args.push("--no-gateway".into());
         }
         args
     }
@@ -652,6 +660,7 @@ pub fn manifests(cfg: &Config) -> Vec<Value> {
         out.extend(dns_objects(cfg));
     }
     out.extend(lb::objects(cfg));
+    out.extend(gateway::objects(cfg));
     out.sort_by_key(kustomize::legacy_order);
     out
 }

@@ -39,6 +39,7 @@ fn every_choice() -> Vec<Config> {
         lb: false,
         lb_controller_deployment: false,
         lb_pool: vec!["10.0.0.0/24".into(), "fd00::1-fd00::9".into()],
+        gateway: false,
     });
     all
 }
@@ -200,11 +201,13 @@ fn each_service_account_reads_only_what_its_daemon_watches() {
     agent.extend(announcers);
     assert_eq!(sorted(rules_of(&no_proxy, AGENT)), sorted(agent));
     // Nothing writes cluster-wide but the announcer's Events, nothing reads Secrets,
-    // no wildcard (the LoadBalancer controller writes: its own test below).
-    for role in all
-        .iter()
-        .filter(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] != lb::LB_CONTROLLER)
-    {
+    // no wildcard (the LoadBalancer controller and the gateway write: their own tests
+    // below).
+    for role in all.iter().filter(|o| {
+        o["kind"] == "ClusterRole"
+            && o["metadata"]["name"] != lb::LB_CONTROLLER
+            && o["metadata"]["name"] != gateway::GATEWAY
+    }) {
         let mut rules = role["rules"].as_array().unwrap().clone();
         rules.retain(|r| r["resources"] != json!(["events"]));
         let text = Value::Array(rules).to_string();
@@ -259,7 +262,7 @@ fn the_lb_controller_writes_only_addresses_events_and_pool_status() {
     // replica at a time.
     let crds: Vec<&Value> = all
         .iter()
-        .filter(|o| o["kind"] == "CustomResourceDefinition")
+        .filter(|o| o["kind"] == "CustomResourceDefinition" && o["spec"]["group"] == "metallb.io")
         .collect();
     assert_eq!(crds.len(), 9);
     assert!(
@@ -353,7 +356,7 @@ fn the_agent_daemonset_runs_everywhere_with_only_net_admin() {
         })
         .map(|c| &c["image"])
         .collect();
-    assert_eq!(images.len(), 4);
+    assert_eq!(images.len(), 5);
     assert!(images.iter().all(|i| **i == json!(DEFAULT_IMAGE)));
 }
 
@@ -425,4 +428,121 @@ fn deploy_is_up_to_date() {
         stale.is_empty(),
         "deploy/ is not what crates/install generates: {stale:?}; run `make deploy`"
     );
+}
+
+/// The gateway reads what it routes (and TLS Secrets), writes only the status of what it
+/// serves, and its Lease in its own namespace.
+#[test]
+fn the_gateway_reads_routes_and_writes_only_their_status() {
+    let all = manifests(&Config::default());
+    let rules = rules_of(&all, gateway::GATEWAY);
+    // It creates its own GatewayClass, and writes nothing else but statuses.
+    let create = json!({"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gatewayclasses"], "verbs": ["create"]});
+    assert!(rules.contains(&create));
+    let rules: Vec<Value> = rules.into_iter().filter(|r| *r != create).collect();
+    let text = Value::Array(rules.clone()).to_string();
+    for word in ["\"*\"", "create", "update", "delete", "\"get\""] {
+        assert!(!text.contains(word), "{text}");
+    }
+    for rule in &rules {
+        let verbs = rule["verbs"].clone();
+        let resources: Vec<&str> = rule["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap())
+            .collect();
+        if verbs == json!(["patch"]) {
+            assert!(resources.iter().all(|r| r.ends_with("/status")), "{rule}");
+        } else {
+            assert_eq!(verbs, json!(["list", "watch"]), "{rule}");
+        }
+    }
+    let writes: Vec<String> = rules
+        .iter()
+        .filter(|r| r["verbs"] == json!(["patch"]))
+        .flat_map(|r| {
+            let group = r["apiGroups"][0].as_str().unwrap().to_string();
+            r["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |x| format!("{group}/{}", x.as_str().unwrap()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    // Every kind whose status the controller writes, and no other.
+    let mut expected: Vec<String> = [
+        ::gateway::status::Kind::Ingress,
+        ::gateway::status::Kind::GatewayClass,
+        ::gateway::status::Kind::Gateway,
+        ::gateway::status::Kind::HttpRoute,
+        ::gateway::status::Kind::GrpcRoute,
+        ::gateway::status::Kind::TlsRoute,
+        ::gateway::status::Kind::TcpRoute,
+        ::gateway::status::Kind::UdpRoute,
+        ::gateway::status::Kind::BackendTlsPolicy,
+        ::gateway::status::Kind::Mapping,
+    ]
+    .iter()
+    .map(|k| {
+        let (group, _, _, plural) = k.api();
+        format!("{group}/{plural}/status")
+    })
+    .collect();
+    let mut got = writes.clone();
+    expected.sort();
+    got.sort();
+    assert_eq!(got, expected);
+    let role = find(&all, "Role", gateway::GATEWAY).unwrap();
+    assert_eq!(role["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(
+        role["rules"],
+        json!([{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}])
+    );
+    let (lease_ns, _) = ::gateway::controller::DEFAULT_SERVICE
+        .split_once('/')
+        .unwrap();
+    assert_eq!(
+        lease_ns, NAMESPACE,
+        "the Lease lives where the role allows it"
+    );
+
+    let d = find(&all, "Deployment", gateway::GATEWAY).unwrap();
+    assert_eq!(d["spec"]["replicas"], 2);
+    let args = d["spec"]["template"]["spec"]["containers"][0]["args"].clone();
+    assert_eq!(args, json!(["gateway"]));
+    let svc = find(&all, "Service", gateway::GATEWAY).unwrap();
+    assert_eq!(svc["spec"]["type"], "LoadBalancer");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 80);
+    assert_eq!(svc["spec"]["ports"][1]["port"], 443);
+    let default_class = find(&all, "IngressClass", gateway::CLASS).unwrap();
+    assert_eq!(
+        default_class["metadata"]["annotations"]["ingressclass.kubernetes.io/is-default-class"],
+        "true"
+    );
+    assert!(find(&all, "IngressClass", gateway::AMBASSADOR_CLASS).is_some());
+    assert!(
+        find(&all, "GatewayClass", gateway::CLASS).is_none(),
+        "kubectl apply maps every object before the CRDs exist: the controller creates it"
+    );
+    assert_eq!(::gateway::controller::DEFAULT_GATEWAY_CLASS, gateway::CLASS);
+    let crds: Vec<&str> = all
+        .iter()
+        .filter(|o| o["kind"] == "CustomResourceDefinition")
+        .filter_map(|o| o["metadata"]["name"].as_str())
+        .collect();
+    for name in [
+        "httproutes.gateway.networking.k8s.io",
+        "gateways.gateway.networking.k8s.io",
+        "mappings.getambassador.io",
+    ] {
+        assert!(crds.contains(&name), "{name}");
+    }
+    let none = manifests(&Config {
+        gateway: false,
+        ..Config::default()
+    });
+    assert!(none.iter().all(|o| !gateway::is_gateway_object(o)));
+    assert!(all.iter().any(gateway::is_gateway_object));
 }

@@ -58,6 +58,10 @@ enum Command {
     /// Run the LoadBalancer address allocation controller (MetalLB's controller; the
     /// lab runs it inside `kubewire controllers`).
     LbController(lb::controller::Args),
+    /// Run the gateway's controller: Ingresses, Gateway API objects and Emissary
+    /// Mappings compiled into routes, their statuses written (the proxy that serves the
+    /// routes is not joined to it yet).
+    Gateway(gateway::Args),
     /// Run the lab's kubelet in a node's namespace: registers the Node, runs its pods.
     Node(node::Args),
     /// Run a built-in workload (what containers without a `command` run; docs/node.md).
@@ -175,6 +179,7 @@ fn main() -> ExitCode {
             | Command::Agent(_)
             | Command::Dns(_)
             | Command::LbController(_)
+            | Command::Gateway(_)
             | Command::Node(_)
     ) {
         tune_malloc(matches!(cli.command, Command::Agent(_)));
@@ -255,6 +260,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }),
         Command::Dns(args) => runtime.block_on(async {
             dns::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Gateway(args) => runtime.block_on(async {
+            gateway::controller::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }),
         Command::LbController(args) => runtime.block_on(async {

@@ -238,6 +238,15 @@ pub(crate) fn validate(schema: &Value, v: &Value, path: &str, causes: &mut Vec<C
             format!("{shown} in body must validate one and only one schema (oneOf)"),
         ));
     }
+    if let Some(not) = schema.get("not").filter(|n| n.is_object())
+        && passes(not)
+    {
+        causes.push(invalid(
+            path,
+            v,
+            format!("{shown} in body must not validate the schema (not)"),
+        ));
+    }
     match v {
         Value::String(s) => {
             let len = s.chars().count() as u64;
@@ -480,5 +489,21 @@ mod tests {
             (c[0].field.as_str(), c[0].message.as_str()),
             ("spec.port", "Required value")
         );
+    }
+
+    /// Gateway API's status address: `IPAddress` with an IP value, or any other type
+    /// (`not`), exactly one of the two.
+    #[test]
+    fn not_and_one_of_as_gateway_addresses_use_them() {
+        let schema = json!({"type": "object", "properties": {"a": {"type": "object",
+            "oneOf": [
+                {"properties": {"type": {"enum": ["IPAddress"]}, "value": {"anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}}},
+                {"properties": {"type": {"not": {"enum": ["IPAddress"]}}}},
+            ],
+            "properties": {"type": {"type": "string"}, "value": {"type": "string"}}}}});
+        let ok = |a: Value| check(&schema, &mut json!({ "a": a })).is_empty();
+        assert!(ok(json!({"type": "IPAddress", "value": "198.18.0.200"})));
+        assert!(ok(json!({"type": "Hostname", "value": "lb.example.com"})));
+        assert!(!ok(json!({"type": "IPAddress", "value": "lb.example.com"})));
     }
 }

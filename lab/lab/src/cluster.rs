@@ -82,6 +82,9 @@ pub fn install_config(cfg: &LabConfig) -> install::Config {
         // The lab's controllers run the LoadBalancer controller.
         lb_controller_deployment: false,
         lb_pool: cfg.lb_pool(),
+        // Not yet: `kubewire gateway` runs its controller only until its data plane is
+        // joined, and would take the pool's first address.
+        gateway: false,
         ..install::Config::default()
     }
 }

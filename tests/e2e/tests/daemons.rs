@@ -204,6 +204,16 @@ fn every_daemon_finds_its_cluster_from_kubeconfig_and_stops_on_sigterm() {
         dir.path(),
     );
 
+    // The gateway's controller, as its Deployment runs it (its proxy is not joined yet).
+    let gateway_args = k8s::parse_flags::<gateway::Args>(&[]);
+    let mut gateway = Daemon::start(
+        "gateway",
+        Some(ns.name()),
+        gateway_args.to_args(),
+        Some(&inside),
+        dir.path(),
+    );
+
     // Each one reached the API server: the node runner registered its Node, the
     // controllers gave it a pod range, the agent wrote the CNI config with that range,
     // and DNS answers for the `kubernetes` Service.
@@ -245,8 +255,29 @@ fn every_daemon_finds_its_cluster_from_kubeconfig_and_stops_on_sigterm() {
         answer()
     );
 
+    // The gateway holds its replicas' Lease.
+    let holder = || {
+        kubectl(
+            &admin,
+            &[
+                "-n",
+                "kube-system",
+                "get",
+                "lease",
+                "kubewire-gateway",
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ],
+        )
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || !holder().is_empty()),
+        "the gateway holds no Lease"
+    );
+
     // SIGTERM stops each one cleanly, the API server last.
     for daemon in [
+        &mut gateway,
         &mut lb_controller,
         &mut agent,
         &mut runner,

@@ -193,14 +193,15 @@ fn the_api_server_accepts_the_manifests_with_default_validation() {
     }
     // Applied again: nothing to change. (kubectl always sends a PodDisruptionBudget's
     // selector again, as against kube-apiserver: its patch strategy is `replace`, so the
-    // strategic-merge patch it computes is never empty.)
+    // strategic-merge patch it computes is never empty; DNS and the gateway have one.)
     let again = applied(
         "kubectl apply -k deploy/ again",
         api.kubectl(&["apply", "-k", deploy], None),
     );
     assert!(
         again.lines().all(|l| l.ends_with(" unchanged")
-            || l == "poddisruptionbudget.policy/kubewire-dns configured"),
+            || l == "poddisruptionbudget.policy/kubewire-dns configured"
+            || l == "poddisruptionbudget.policy/kubewire-gateway configured"),
         "{again}"
     );
     // What install prints for other choices applies over it, and explicitly strict.

@@ -1,0 +1,960 @@
+//! The gateway's controller: the one reconcile shape (ARCHITECTURE.md) with routes as
+//! the desired state.
+//!
+//! - **Watch** (`k8s::watch` + `Mirror` into plain stores): Ingresses, IngressClasses,
+//!   the Gateway API kinds, Emissary Mappings, Services, EndpointSlices, Namespaces (for
+//!   `allowedRoutes` selectors), ConfigMaps (BackendTLSPolicy CAs) and Secrets of type
+//!   `kubernetes.io/tls` only (a field selector: no other Secret is ever read). A kind
+//!   whose CRD is not installed counts as empty, so a cluster without Gateway API or
+//!   Emissary's CRDs still gets its Ingresses served.
+//! - **Compute**: once every watch has listed, each burst of events (whatever is ready
+//!   is taken in first) rebuilds the [`World`] and runs [`crate::compile`].
+//! - **Apply**: the [`Config`] is sent on the data plane's `watch` channel only when it
+//!   differs from the one it holds; statuses are written only when they differ from what
+//!   the object holds, and only by the replica holding the Lease (`coordination.k8s.io`,
+//!   in the gateway Service's namespace), so two replicas never fight over them. Route
+//!   parents and BackendTLSPolicy ancestors of other controllers are kept as they are.
+//! - **Resync** every 30 s: everything is recomputed and every status compared again,
+//!   which repairs a status someone changed by hand.
+//!
+//! The addresses written into Ingress `status.loadBalancer` and Gateway
+//! `status.addresses` are those of the gateway's own LoadBalancer Service (`--service`).
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+use k8s::{Mirror, ObjectKey, Store};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::status::{self, Kind, Update};
+use crate::world::{Obj, Settings, World};
+
+/// The name it writes and reports as (field manager, Lease holder prefix).
+pub const COMPONENT: &str = "kubewire-gateway";
+/// The gateway's own LoadBalancer Service, as the install names it.
+pub const DEFAULT_SERVICE: &str = "kube-system/kubewire-gateway";
+/// The Lease the replicas elect their status writer with.
+pub const LEASE: &str = "kubewire-gateway";
+const LEASE_SECONDS: i32 = 15;
+const RENEW: Duration = Duration::from_secs(5);
+const RESYNC: Duration = Duration::from_secs(30);
+const RETRY: Duration = Duration::from_secs(1);
+
+/// What stops the controller.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No usable API connection (fix the kubeconfig).
+    #[error(transparent)]
+    Client(#[from] k8s::Error),
+    /// The signal handlers could not be installed.
+    #[error("handling SIGTERM")]
+    Signals(#[source] std::io::Error),
+    /// `--service` is not `namespace/name`.
+    #[error("--service {0:?}: expected namespace/name")]
+    Service(String),
+}
+
+/// `kubewire gateway` flags (the controller's; the data plane adds its own).
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct Args {
+    /// How to reach the API server.
+    #[command(flatten)]
+    pub client: k8s::ClientArgs,
+    /// The gateway's own LoadBalancer Service, `namespace/name`: its addresses go into
+    /// the statuses of Ingresses and Gateways, and the replicas' Lease lives in its
+    /// namespace.
+    #[arg(long, default_value = DEFAULT_SERVICE)]
+    pub service: String,
+    /// GatewayClasses with this controllerName are served.
+    #[arg(long, default_value = crate::gatewayapi::CONTROLLER_NAME)]
+    pub controller_name: String,
+    /// IngressClass names served, comma-separated (besides IngressClasses whose
+    /// spec.controller is kubewire.io/gateway).
+    #[arg(
+        long = "ingress-class",
+        value_delimiter = ',',
+        default_value = "kubewire,ambassador"
+    )]
+    pub ingress_classes: Vec<String>,
+    /// The Emissary `ambassador_id` served (Mappings naming another are left alone).
+    #[arg(long, default_value = "default")]
+    pub ambassador_id: String,
+    /// The GatewayClass the controller keeps in existence for its controllerName (as
+    /// istiod keeps its own); empty for none. A manifest cannot carry it beside the CRDs:
+    /// `kubectl apply` maps every object before the CRDs exist.
+    #[arg(long, default_value = DEFAULT_GATEWAY_CLASS)]
+    pub gateway_class: String,
+}
+
+/// The GatewayClass created by default.
+pub const DEFAULT_GATEWAY_CLASS: &str = "kubewire";
+
+impl Args {
+    /// These flags as command-line arguments (what parses back into `self`).
+    pub fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args = self.client.to_args();
+        args.push(format!("--service={}", self.service).into());
+        args.push(format!("--controller-name={}", self.controller_name).into());
+        args.push(format!("--ingress-class={}", self.ingress_classes.join(",")).into());
+        args.push(format!("--ambassador-id={}", self.ambassador_id).into());
+        args.push(format!("--gateway-class={}", self.gateway_class).into());
+        args
+    }
+}
+
+/// What the controller needs besides its client and channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// The gateway's Service (namespace, name).
+    pub service: (String, String),
+    /// What is served (addresses are filled in from the Service).
+    pub settings: Settings,
+    /// This replica's name in the Lease.
+    pub identity: String,
+    /// The GatewayClass to keep in existence (none when empty).
+    pub gateway_class: String,
+}
+
+impl TryFrom<&Args> for Options {
+    type Error = Error;
+    fn try_from(a: &Args) -> Result<Options, Error> {
+        let (ns, name) = a
+            .service
+            .split_once('/')
+            .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
+            .ok_or_else(|| Error::Service(a.service.clone()))?;
+        Ok(Options {
+            service: (ns.into(), name.into()),
+            settings: Settings {
+                controller_name: a.controller_name.clone(),
+                ingress_classes: a.ingress_classes.clone(),
+                addresses: Vec::new(),
+                ambassador_id: a.ambassador_id.clone(),
+            },
+            identity: identity(),
+            gateway_class: a.gateway_class.clone(),
+        })
+    }
+}
+
+/// The pod's name (its hostname) and this process, unique among the replicas.
+fn identity() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|| "gateway".into());
+    format!("{host}_{}", std::process::id())
+}
+
+/// `kubewire gateway` with the controller only: runs until SIGTERM or SIGINT, keeping a
+/// Config nobody serves yet (the data plane takes the receiver).
+pub async fn run(args: Args) -> Result<(), Error> {
+    let mut shutdown = k8s::Shutdown::new().map_err(Error::Signals)?;
+    let options = Options::try_from(&args)?;
+    let client = args.client.client().await?;
+    let (tx, _rx) = watch::channel(Arc::new(Config::default()));
+    info!(service = %args.service, identity = %options.identity, "gateway controller started");
+    tokio::select! {
+        () = control(client, options, tx) => {}
+        () = shutdown.recv() => info!("gateway controller stopping"),
+    }
+    Ok(())
+}
+
+/// Marks a custom kind for [`Custom`].
+pub trait CustomKind: Send + Sync + 'static {
+    /// (group, version, kind, plural).
+    const API: (&'static str, &'static str, &'static str, &'static str);
+}
+
+macro_rules! custom_kinds {
+    ($($marker:ident => $kind:expr),* $(,)?) => {$(
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct $marker;
+        impl CustomKind for $marker {
+            const API: (&'static str, &'static str, &'static str, &'static str) = $kind;
+        }
+    )*};
+}
+
+custom_kinds! {
+    GatewayClassKind => Kind::GatewayClass.api(),
+    GatewayKind => Kind::Gateway.api(),
+    HttpRouteKind => Kind::HttpRoute.api(),
+    GrpcRouteKind => Kind::GrpcRoute.api(),
+    TlsRouteKind => Kind::TlsRoute.api(),
+    TcpRouteKind => Kind::TcpRoute.api(),
+    UdpRouteKind => Kind::UdpRoute.api(),
+    BackendTlsPolicyKind => Kind::BackendTlsPolicy.api(),
+    MappingKind => Kind::Mapping.api(),
+    ReferenceGrantKind => (crate::gatewayapi::GROUP, "v1", "ReferenceGrant", "referencegrants"),
+}
+
+/// A custom resource as JSON (its spec parsed at compile time).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct Custom<M: CustomKind> {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: Value,
+    #[serde(default)]
+    pub status: Value,
+    #[serde(skip)]
+    marker: PhantomData<M>,
+}
+
+impl<M: CustomKind> kube::Resource for Custom<M> {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+    fn kind(_: &()) -> Cow<'_, str> {
+        M::API.2.into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        M::API.0.into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        M::API.1.into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        M::API.3.into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl<M: CustomKind, S: serde::de::DeserializeOwned> From<&Custom<M>> for Obj<S> {
+    fn from(c: &Custom<M>) -> Obj<S> {
+        Obj::from_json(&json!({"metadata": c.metadata, "spec": c.spec}))
+    }
+}
+
+/// One kind's objects, as the API holds them (without resourceVersion and managed
+/// fields, so that a write that changes nothing read is no change).
+pub struct Kept<K>(BTreeMap<ObjectKey, K>);
+
+impl<K> Default for Kept<K> {
+    fn default() -> Self {
+        Kept(BTreeMap::new())
+    }
+}
+
+impl<K: kube::Resource + PartialEq> Store<K> for Kept<K> {
+    fn apply(&mut self, key: ObjectKey, mut obj: K) -> bool {
+        let meta = obj.meta_mut();
+        meta.managed_fields = None;
+        meta.resource_version = None;
+        let changed = self.0.get(&key) != Some(&obj);
+        self.0.insert(key, obj);
+        changed
+    }
+    fn delete(&mut self, key: &str) -> bool {
+        self.0.remove(key).is_some()
+    }
+    fn keys(&self) -> Vec<ObjectKey> {
+        self.0.keys().cloned().collect()
+    }
+}
+
+/// Everything watched.
+#[derive(Default)]
+struct Stores {
+    namespaces: Kept<Namespace>,
+    services: Kept<Service>,
+    slices: Kept<EndpointSlice>,
+    secrets: Kept<Secret>,
+    config_maps: Kept<ConfigMap>,
+    ingress_classes: Kept<IngressClass>,
+    ingresses: Kept<Ingress>,
+    gateway_classes: Kept<Custom<GatewayClassKind>>,
+    gateways: Kept<Custom<GatewayKind>>,
+    http_routes: Kept<Custom<HttpRouteKind>>,
+    grpc_routes: Kept<Custom<GrpcRouteKind>>,
+    tls_routes: Kept<Custom<TlsRouteKind>>,
+    tcp_routes: Kept<Custom<TcpRouteKind>>,
+    udp_routes: Kept<Custom<UdpRouteKind>>,
+    grants: Kept<Custom<ReferenceGrantKind>>,
+    policies: Kept<Custom<BackendTlsPolicyKind>>,
+    mappings: Kept<Custom<MappingKind>>,
+}
+
+/// A watcher event applied to the stores; returns whether anything read changed.
+type Step = Box<dyn FnOnce(&mut Stores, &mut [Watched]) -> bool + Send>;
+
+/// One watch's state.
+#[derive(Default)]
+struct Watched {
+    mirror: Mirror,
+    /// Its kind is not served (no CRD): it counts as listed and empty.
+    absent: bool,
+    kind: String,
+}
+
+impl Watched {
+    fn ready(&self) -> bool {
+        self.mirror.synced() || self.absent
+    }
+}
+
+fn watch_into<K>(
+    client: &kube::Client,
+    config: watcher::Config,
+    index: usize,
+    store: fn(&mut Stores) -> &mut Kept<K>,
+) -> BoxStream<'static, Step>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + PartialEq
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    k8s::watch(Api::<K>::all(client.clone()), config)
+        .map(move |event| -> Step {
+            Box::new(move |stores: &mut Stores, watched: &mut [Watched]| match event {
+                Ok(e) => {
+                    watched[index].absent = false;
+                    watched[index].mirror.step(store(stores), e)
+                }
+                Err(e) => {
+                    let not_found = matches!(
+                        &e,
+                        watcher::Error::InitialListFailed(kube::Error::Api(s))
+                            | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+                            if s.code == 404
+                    );
+                    let w = &mut watched[index];
+                    if not_found && !w.mirror.synced() {
+                        let first = !w.absent;
+                        w.absent = true;
+                        if first {
+                            info!(kind = %w.kind, "not served by the API server (CRD not installed?); taken as empty");
+                        }
+                        return first;
+                    }
+                    warn!(kind = %w.kind, error = %k8s::ErrorChain(&e), "watch failed; retrying");
+                    false
+                }
+            })
+        })
+        .boxed()
+}
+
+fn objects<K: Clone>(k: &Kept<K>) -> Vec<K> {
+    k.0.values().cloned().collect()
+}
+
+fn keyed<K: kube::Resource + Clone>(k: &Kept<K>) -> BTreeMap<(String, String), K> {
+    k.0.values()
+        .map(|o| {
+            let m = o.meta();
+            (
+                (
+                    m.namespace.clone().unwrap_or_default(),
+                    m.name.clone().unwrap_or_default(),
+                ),
+                o.clone(),
+            )
+        })
+        .collect()
+}
+
+fn customs<M: CustomKind, S: serde::de::DeserializeOwned>(k: &Kept<Custom<M>>) -> Vec<Obj<S>> {
+    k.0.values().map(Obj::from).collect()
+}
+
+impl Stores {
+    fn world(&self, options: &Options) -> World {
+        let mut settings = options.settings.clone();
+        let (ns, name) = &options.service;
+        settings.addresses = self
+            .services
+            .0
+            .get(format!("{ns}/{name}").as_str())
+            .and_then(|s| s.status.as_ref())
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .map(|ing| {
+                ing.iter()
+                    .filter_map(|i| i.ip.clone().or_else(|| i.hostname.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        World {
+            settings,
+            namespaces: self
+                .namespaces
+                .0
+                .values()
+                .map(|n| {
+                    (
+                        n.metadata.name.clone().unwrap_or_default(),
+                        n.metadata.labels.clone().unwrap_or_default(),
+                    )
+                })
+                .collect(),
+            services: keyed(&self.services),
+            endpoint_slices: crate::world::slices_by_service(self.slices.0.values().cloned()),
+            secrets: keyed(&self.secrets),
+            config_maps: keyed(&self.config_maps),
+            ingress_classes: objects(&self.ingress_classes),
+            ingresses: objects(&self.ingresses),
+            gateway_classes: customs(&self.gateway_classes),
+            gateways: customs(&self.gateways),
+            http_routes: customs(&self.http_routes),
+            grpc_routes: customs(&self.grpc_routes),
+            tls_routes: customs(&self.tls_routes),
+            tcp_routes: customs(&self.tcp_routes),
+            udp_routes: customs(&self.udp_routes),
+            reference_grants: customs(&self.grants),
+            backend_tls_policies: customs(&self.policies),
+            mappings: customs(&self.mappings),
+        }
+    }
+
+    /// The status an object holds now.
+    fn status_of(&self, u: &Update) -> Option<Value> {
+        let key = if u.namespace.is_empty() {
+            u.name.clone()
+        } else {
+            format!("{}/{}", u.namespace, u.name)
+        };
+        let key = key.as_str();
+        fn custom<M: CustomKind>(k: &Kept<Custom<M>>, key: &str) -> Option<Value> {
+            k.0.get(key).map(|o| o.status.clone())
+        }
+        match u.kind {
+            Kind::Ingress => self
+                .ingresses
+                .0
+                .get(key)
+                .map(|i| serde_json::to_value(&i.status).unwrap_or(Value::Null)),
+            Kind::GatewayClass => custom(&self.gateway_classes, key),
+            Kind::Gateway => custom(&self.gateways, key),
+            Kind::HttpRoute => custom(&self.http_routes, key),
+            Kind::GrpcRoute => custom(&self.grpc_routes, key),
+            Kind::TlsRoute => custom(&self.tls_routes, key),
+            Kind::TcpRoute => custom(&self.tcp_routes, key),
+            Kind::UdpRoute => custom(&self.udp_routes, key),
+            Kind::BackendTlsPolicy => custom(&self.policies, key),
+            Kind::Mapping => custom(&self.mappings, key),
+        }
+    }
+}
+
+/// The list of a kind's status that several controllers share, each its own entries.
+fn shared_list(kind: Kind) -> Option<&'static str> {
+    match kind {
+        Kind::HttpRoute | Kind::GrpcRoute | Kind::TlsRoute | Kind::TcpRoute | Kind::UdpRoute => {
+            Some("parents")
+        }
+        Kind::BackendTlsPolicy => Some("ancestors"),
+        _ => None,
+    }
+}
+
+/// Whether writing `desired` over `current` is none of our business: a shared list
+/// where neither holds an entry of ours (a route of another controller's Gateway).
+pub fn not_ours(kind: Kind, desired: &Value, current: &Value, controller: &str) -> bool {
+    let Some(list) = shared_list(kind) else {
+        return false;
+    };
+    let ours = |v: &Value| {
+        v[list]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["controllerName"] == json!(controller))
+    };
+    !ours(desired) && !ours(current)
+}
+
+/// The status to write: `desired`, with the list entries of other controllers that
+/// `current` holds kept (route `parents`, policy `ancestors`).
+pub fn merged(kind: Kind, desired: &Value, current: &Value, controller: &str) -> Value {
+    let Some(list) = shared_list(kind) else {
+        return desired.clone();
+    };
+    let mut out = desired.clone();
+    let others: Vec<Value> = current[list]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["controllerName"] != json!(controller))
+        .cloned()
+        .collect();
+    let ours = desired[list].as_array().cloned().unwrap_or_default();
+    out[list] = Value::Array(others.into_iter().chain(ours).collect());
+    out
+}
+
+/// Runs the controller with `client` forever, keeping `config` fed (the entry the data
+/// plane's half joins).
+pub async fn control(client: kube::Client, options: Options, config: watch::Sender<Arc<Config>>) {
+    let all = watcher::Config::default;
+    let tls_only = || watcher::Config::default().fields("type=kubernetes.io/tls");
+    let streams: Vec<(&str, BoxStream<'static, Step>)> = vec![
+        (
+            "Namespace",
+            watch_into(&client, all(), 0, |s| &mut s.namespaces),
+        ),
+        (
+            "Service",
+            watch_into(&client, all(), 1, |s| &mut s.services),
+        ),
+        (
+            "EndpointSlice",
+            watch_into(&client, all(), 2, |s| &mut s.slices),
+        ),
+        (
+            "Secret",
+            watch_into(&client, tls_only(), 3, |s| &mut s.secrets),
+        ),
+        (
+            "ConfigMap",
+            watch_into(&client, all(), 4, |s| &mut s.config_maps),
+        ),
+        (
+            "IngressClass",
+            watch_into(&client, all(), 5, |s| &mut s.ingress_classes),
+        ),
+        (
+            "Ingress",
+            watch_into(&client, all(), 6, |s| &mut s.ingresses),
+        ),
+        (
+            "GatewayClass",
+            watch_into(&client, all(), 7, |s| &mut s.gateway_classes),
+        ),
+        (
+            "Gateway",
+            watch_into(&client, all(), 8, |s| &mut s.gateways),
+        ),
+        (
+            "HTTPRoute",
+            watch_into(&client, all(), 9, |s| &mut s.http_routes),
+        ),
+        (
+            "GRPCRoute",
+            watch_into(&client, all(), 10, |s| &mut s.grpc_routes),
+        ),
+        (
+            "TLSRoute",
+            watch_into(&client, all(), 11, |s| &mut s.tls_routes),
+        ),
+        (
+            "TCPRoute",
+            watch_into(&client, all(), 12, |s| &mut s.tcp_routes),
+        ),
+        (
+            "UDPRoute",
+            watch_into(&client, all(), 13, |s| &mut s.udp_routes),
+        ),
+        (
+            "ReferenceGrant",
+            watch_into(&client, all(), 14, |s| &mut s.grants),
+        ),
+        (
+            "BackendTLSPolicy",
+            watch_into(&client, all(), 15, |s| &mut s.policies),
+        ),
+        (
+            "Mapping",
+            watch_into(&client, all(), 16, |s| &mut s.mappings),
+        ),
+    ];
+    let mut watched: Vec<Watched> = streams
+        .iter()
+        .map(|(k, _)| Watched {
+            kind: (*k).to_string(),
+            ..Watched::default()
+        })
+        .collect();
+    let mut events = futures::stream::select_all(streams.into_iter().map(|(_, s)| s));
+    let (leader_tx, mut leader) = watch::channel(false);
+    tokio::spawn(lead(
+        client.clone(),
+        options.service.0.clone(),
+        options.identity.clone(),
+        leader_tx,
+    ));
+    let mut stores = Stores::default();
+    let mut writer = Writer {
+        client,
+        controller: options.settings.controller_name.clone(),
+        written: BTreeMap::new(),
+    };
+    let mut next_pass = tokio::time::Instant::now() + RESYNC;
+    loop {
+        let mut changed = false;
+        let mut resync = false;
+        tokio::select! {
+            step = events.next() => {
+                let Some(step) = step else { return };
+                changed |= step(&mut stores, &mut watched);
+                while let Some(Some(step)) = events.next().now_or_never() {
+                    changed |= step(&mut stores, &mut watched);
+                }
+            }
+            r = leader.changed() => {
+                if r.is_err() { return }
+                changed = true;
+                resync = true;
+            }
+            () = tokio::time::sleep_until(next_pass) => {
+                changed = true;
+                resync = true;
+            }
+        }
+        if !changed || !watched.iter().all(Watched::ready) {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let world = stores.world(&options);
+        let compiled = crate::compile(&world);
+        let routes: usize = compiled
+            .config
+            .listeners
+            .iter()
+            .map(|l| match &l.kind {
+                crate::config::ListenerKind::Http(h)
+                | crate::config::ListenerKind::Tls { hosts: h, .. } => {
+                    h.hosts.iter().map(|v| v.routes.len()).sum()
+                }
+                _ => 1,
+            })
+            .sum();
+        let sent = config.send_if_modified(|current| {
+            if **current == compiled.config {
+                false
+            } else {
+                *current = Arc::new(compiled.config.clone());
+                true
+            }
+        });
+        if sent {
+            info!(listeners = compiled.config.listeners.len(), routes, took = ?started.elapsed(), "configuration changed");
+        }
+        let mut ok = true;
+        if *leader.borrow() {
+            if resync {
+                writer.written.clear();
+            }
+            ok = writer.write(&stores, &compiled.statuses).await;
+            let class = &options.gateway_class;
+            if !class.is_empty()
+                && watched[7].mirror.synced()
+                && !stores.gateway_classes.0.contains_key(class.as_str())
+            {
+                ok &= ensure_class(&writer.client, class, &options.settings.controller_name).await;
+            }
+        }
+        debug!(took = ?started.elapsed(), "pass");
+        next_pass = tokio::time::Instant::now() + if ok { RESYNC } else { RETRY };
+    }
+}
+
+/// Writes statuses that differ, remembering what it wrote until the watch brings it.
+struct Writer {
+    client: kube::Client,
+    controller: String,
+    written: BTreeMap<(Kind, String, String), Value>,
+}
+
+impl Writer {
+    async fn write(&mut self, stores: &Stores, updates: &[Update]) -> bool {
+        let now = k8s_openapi::jiff::Timestamp::now()
+            .round(k8s_openapi::jiff::Unit::Second)
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        let mut ok = true;
+        let live: BTreeSet<(Kind, String, String)> = updates
+            .iter()
+            .map(|u| (u.kind, u.namespace.clone(), u.name.clone()))
+            .collect();
+        self.written.retain(|k, _| live.contains(k));
+        for u in updates {
+            let Some(current) = stores.status_of(u) else {
+                continue; // deleted meanwhile
+            };
+            if not_ours(u.kind, &u.status, &current, &self.controller) {
+                continue;
+            }
+            let want = merged(u.kind, &u.status, &current, &self.controller);
+            if status::unstamped(&current) == status::unstamped(&want) {
+                continue;
+            }
+            let key = (u.kind, u.namespace.clone(), u.name.clone());
+            if self.written.get(&key) == Some(&want) {
+                continue; // written; the watch has not brought it back yet
+            }
+            let stamped = status::stamp(&want, &current, &now);
+            let (group, version, kind, plural) = u.kind.api();
+            let ar = ApiResource {
+                group: group.into(),
+                version: version.into(),
+                api_version: if group.is_empty() {
+                    version.into()
+                } else {
+                    format!("{group}/{version}")
+                },
+                kind: kind.into(),
+                plural: plural.into(),
+            };
+            let api: Api<DynamicObject> = if u.namespace.is_empty() {
+                Api::all_with(self.client.clone(), &ar)
+            } else {
+                Api::namespaced_with(self.client.clone(), &u.namespace, &ar)
+            };
+            let params = PatchParams {
+                field_manager: Some(COMPONENT.into()),
+                ..PatchParams::default()
+            };
+            match api
+                .patch_status(&u.name, &params, &Patch::Merge(json!({"status": stamped})))
+                .await
+            {
+                Ok(_) => {
+                    debug!(kind, namespace = %u.namespace, name = %u.name, "status written");
+                    self.written.insert(key, want);
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => {
+                    warn!(kind, namespace = %u.namespace, name = %u.name, error = %k8s::ErrorChain(&e), "writing status; retrying");
+                    ok = false;
+                }
+            }
+        }
+        ok
+    }
+}
+
+/// Creates the GatewayClass `name` for `controller` (another one's of that name is left
+/// as it is). Returns whether it exists now.
+async fn ensure_class(client: &kube::Client, name: &str, controller: &str) -> bool {
+    let (group, version, kind, plural) = Kind::GatewayClass.api();
+    let ar = ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: format!("{group}/{version}"),
+        kind: kind.into(),
+        plural: plural.into(),
+    };
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    let class: DynamicObject = match serde_json::from_value(json!({
+        "apiVersion": ar.api_version,
+        "kind": kind,
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": COMPONENT}},
+        "spec": {"controllerName": controller},
+    })) {
+        Ok(c) => c,
+        Err(_) => return false,
+    };
+    match api.create(&PostParams::default(), &class).await {
+        Ok(_) => {
+            info!(name, "GatewayClass created");
+            true
+        }
+        Err(kube::Error::Api(s)) if s.code == 409 => true,
+        Err(e) => {
+            warn!(name, error = %k8s::ErrorChain(&e), "creating the GatewayClass; retrying");
+            false
+        }
+    }
+}
+
+/// Holds the Lease `namespace/LEASE` while it can, telling `leader` whether it does.
+async fn lead(
+    client: kube::Client,
+    namespace: String,
+    identity: String,
+    leader: watch::Sender<bool>,
+) {
+    let api: Api<Lease> = Api::namespaced(client, &namespace);
+    loop {
+        let held = match hold(&api, &identity).await {
+            Ok(h) => h,
+            Err(e) => {
+                warn!(error = %k8s::ErrorChain(&e), "renewing the leader Lease");
+                false
+            }
+        };
+        leader.send_if_modified(|l| {
+            if *l != held {
+                info!(leader = held, "status writer");
+                *l = held;
+                true
+            } else {
+                false
+            }
+        });
+        tokio::time::sleep(RENEW).await;
+    }
+}
+
+/// One attempt to take or renew the Lease; whether this replica holds it.
+async fn hold(api: &Api<Lease>, identity: &str) -> Result<bool, kube::Error> {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let fresh = LeaseSpec {
+        holder_identity: Some(identity.into()),
+        lease_duration_seconds: Some(LEASE_SECONDS),
+        acquire_time: Some(MicroTime(now)),
+        renew_time: Some(MicroTime(now)),
+        ..LeaseSpec::default()
+    };
+    let Some(mut lease) = api.get_opt(LEASE).await? else {
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(LEASE.into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(fresh),
+        };
+        return match api.create(&PostParams::default(), &lease).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        };
+    };
+    let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+    let mine = spec.holder_identity.as_deref() == Some(identity);
+    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(LEASE_SECONDS));
+    let expired = spec.renew_time.as_ref().is_none_or(|t| {
+        t.0.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(duration))
+            .is_ok_and(|end| end < now)
+    });
+    if !mine && !expired {
+        return Ok(false);
+    }
+    if !mine {
+        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+        spec.holder_identity = fresh.holder_identity;
+        spec.acquire_time = fresh.acquire_time;
+    }
+    spec.renew_time = fresh.renew_time;
+    spec.lease_duration_seconds = Some(LEASE_SECONDS);
+    match api.replace(LEASE, &PostParams::default(), &lease).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_round_trip() {
+        let args: Args = k8s::parse_flags(&[
+            "--service=gw/lb",
+            "--ingress-class=a,b",
+            "--controller-name=example.com/gw",
+            "--ambassador-id=blue",
+            "--gateway-class=",
+        ]);
+        assert_eq!(args.gateway_class, "");
+        assert_eq!(args.ingress_classes, ["a", "b"]);
+        let argv: Vec<String> = args
+            .to_args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+        assert_eq!(k8s::parse_flags::<Args>(&refs), args);
+        let defaults: Args = k8s::parse_flags(&[]);
+        assert_eq!(defaults.service, DEFAULT_SERVICE);
+        assert_eq!(defaults.ingress_classes, ["kubewire", "ambassador"]);
+        let o = Options::try_from(&args).unwrap();
+        assert_eq!(o.service, ("gw".to_string(), "lb".to_string()));
+        assert_eq!(o.settings.ambassador_id, "blue");
+        assert!(Options::try_from(&k8s::parse_flags::<Args>(&["--service=lb"])).is_err());
+    }
+
+    #[test]
+    fn other_controllers_route_parents_are_kept() {
+        let current = json!({"parents": [
+            {"controllerName": "example.com/other", "parentRef": {"name": "x"}},
+            {"controllerName": "kubewire.io/gateway", "parentRef": {"name": "old"}},
+        ]});
+        let desired = json!({"parents": [
+            {"controllerName": "kubewire.io/gateway", "parentRef": {"name": "gw"}},
+        ]});
+        let m = merged(Kind::HttpRoute, &desired, &current, "kubewire.io/gateway");
+        assert_eq!(
+            m["parents"],
+            json!([
+                {"controllerName": "example.com/other", "parentRef": {"name": "x"}},
+                {"controllerName": "kubewire.io/gateway", "parentRef": {"name": "gw"}},
+            ])
+        );
+        assert_eq!(merged(Kind::Gateway, &desired, &current, "c"), desired);
+        // A parent of ours that the route no longer names leaves; a route that never
+        // had one is not written.
+        let none = json!({"parents": []});
+        assert!(!not_ours(
+            Kind::HttpRoute,
+            &none,
+            &current,
+            "kubewire.io/gateway"
+        ));
+        assert_eq!(
+            merged(Kind::HttpRoute, &none, &current, "kubewire.io/gateway")["parents"],
+            json!([{"controllerName": "example.com/other", "parentRef": {"name": "x"}}])
+        );
+        assert!(not_ours(
+            Kind::HttpRoute,
+            &none,
+            &Value::Null,
+            "kubewire.io/gateway"
+        ));
+        assert!(not_ours(
+            Kind::HttpRoute,
+            &none,
+            &json!({"parents": [
+            {"controllerName": "example.com/other"}]}),
+            "kubewire.io/gateway"
+        ));
+    }
+
+    #[test]
+    fn custom_kinds_name_their_api() {
+        use kube::Resource;
+        assert_eq!(
+            Custom::<MappingKind>::api_version(&()),
+            "getambassador.io/v3alpha1"
+        );
+        assert_eq!(Custom::<ReferenceGrantKind>::plural(&()), "referencegrants");
+        assert_eq!(Custom::<HttpRouteKind>::kind(&()), "HTTPRoute");
+        let c: Custom<GatewayKind> = serde_json::from_value(json!({
+            "metadata": {"name": "gw", "namespace": "default"},
+            "spec": {"gatewayClassName": "kubewire", "listeners": []},
+        }))
+        .unwrap();
+        let o: Obj<crate::gatewayapi::types::GatewaySpec> = (&c).into();
+        assert_eq!(o.spec.unwrap().gateway_class_name, "kubewire");
+    }
+}
