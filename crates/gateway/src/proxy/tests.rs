@@ -831,3 +831,4 @@ async fn shutdown_drains_requests_in_flight() {
         .unwrap();
     assert_eq!(get_status(admin, "/ready").await, None);
 }
+mod l4;
