@@ -12,13 +12,13 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
-use http_body_util::{BodyExt, Empty, Full, Limited};
+use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::ConnCtx;
 use super::route::{RequestView, Router, normalize_host, trim_prefix};
-use super::upstream::{BackendKey, Body, BoxError, Upstream, Upstreams, is_overflow};
+use super::upstream::{BackendKey, Body, BoxError, Overflow, Upstream, Upstreams, caused_by};
 use crate::config::{
     Action, Cors, Forward, HeaderEdits, HttpHosts, PathMatch, PathRewrite, Piece, Redirect,
     Template,
@@ -555,6 +555,11 @@ async fn respond<'t>(
     }
 }
 
+/// An error reading the client's request body (bad chunking, a connection lost): 400.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the client's request body")]
+struct ClientBody(#[source] hyper::Error);
+
 /// A request body as attempts need it.
 enum ReqBody {
     /// Whole, so it can be sent again.
@@ -697,9 +702,10 @@ async fn forward<'t>(
     // The body: kept whole when small, so that a failed attempt can be retried.
     let (parts, incoming) = req.into_parts();
     let req = Request::from_parts(parts, ());
+    let incoming = incoming.map_err(|e| BoxError::from(ClientBody(e)));
     let limited: Body = match options.max_body_bytes {
         Some(max) => Limited::new(incoming, max as usize).boxed_unsync(),
-        None => incoming.map_err(BoxError::from).boxed_unsync(),
+        None => incoming.boxed_unsync(),
     };
     let hint = limited.size_hint();
     let mut body = if limited.is_end_stream() {
@@ -707,9 +713,14 @@ async fn forward<'t>(
     } else if hint.exact().is_some_and(|n| n <= RETRY_BODY_LIMIT) && downstream_upgrade.is_none() {
         match limited.collect().await {
             Ok(c) => ReqBody::Buffered(c.to_bytes()),
-            Err(_) => {
-                outcome.flag = "DPE";
-                return status(StatusCode::BAD_REQUEST);
+            Err(e) => {
+                let too_large = caused_by::<LengthLimitError>(&*e);
+                outcome.flag = if too_large { "BL" } else { "DPE" };
+                return status(if too_large {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                } else {
+                    StatusCode::BAD_REQUEST
+                });
             }
         }
     } else {
@@ -773,8 +784,15 @@ async fn forward<'t>(
                     }
                     return Ok((resp, endpoint));
                 }
-                Err(e) if is_overflow(&e) => {
+                Err(e) if caused_by::<Overflow>(&e) => {
                     return Err((StatusCode::SERVICE_UNAVAILABLE, "UO", Some(endpoint)));
+                }
+                // The client's fault, not the backend's: no retry.
+                Err(e) if caused_by::<LengthLimitError>(&e) => {
+                    return Err((StatusCode::PAYLOAD_TOO_LARGE, "BL", Some(endpoint)));
+                }
+                Err(e) if caused_by::<ClientBody>(&e) => {
+                    return Err((StatusCode::BAD_REQUEST, "DPE", Some(endpoint)));
                 }
                 Err(e) => {
                     // Connect failures (the request never left) and, for idempotent

@@ -832,3 +832,4 @@ async fn shutdown_drains_requests_in_flight() {
     assert_eq!(get_status(admin, "/ready").await, None);
 }
 mod l4;
+mod security;

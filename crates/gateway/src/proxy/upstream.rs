@@ -408,11 +408,13 @@ impl hyper::rt::Write for UpstreamIo {
     }
 }
 
-/// Whether `e` (from the pooled client) says the backend's limits refused the request.
-pub(crate) fn is_overflow(e: &(dyn std::error::Error + 'static)) -> bool {
+/// Whether `e` or one of its causes is a `T`.
+pub(crate) fn caused_by<T: std::error::Error + 'static>(
+    e: &(dyn std::error::Error + 'static),
+) -> bool {
     let mut cur = Some(e);
     while let Some(err) = cur {
-        if err.is::<Overflow>() {
+        if err.is::<T>() {
             return true;
         }
         cur = err.source();
