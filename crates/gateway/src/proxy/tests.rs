@@ -833,3 +833,142 @@ async fn shutdown_drains_requests_in_flight() {
 }
 mod l4;
 mod security;
+
+#[tokio::test]
+async fn mirrors_and_cors() {
+    let mut a = backend("a").await;
+    let mut shadow = backend("shadow").await;
+    let port = free_port();
+    let mut f = forward(vec![(1, Some(svc("a", vec![a.addr])))]);
+    f.mirrors = vec![Mirror {
+        backend: svc("shadow", vec![shadow.addr]),
+        percent: 100.0,
+    }];
+    f.cors = Some(Cors {
+        allow_origins: vec!["https://*.example.com".into()],
+        allow_methods: vec!["GET".into(), "PUT".into()],
+        allow_headers: vec!["x-custom".into()],
+        expose_headers: vec!["x-exposed".into()],
+        allow_credentials: true,
+        max_age: Some(Duration::from_secs(600)),
+    });
+    let gw = Gateway::start(single(port, f), |_| {}).await;
+    // The mirror gets a copy (host marked `-shadow`); the client gets the primary's answer
+    // without waiting for the mirror's.
+    let got = get(port, "web", "/mirrored").await;
+    assert_eq!(got.field("backend"), Some("a"));
+    wait_for(|| async { shadow.hits.load(Ordering::SeqCst) == 1 }).await;
+    shadow.release.add_permits(1);
+    let slow = tokio::spawn(get(port, "web", "/slow"));
+    a.arrived.recv().await.unwrap();
+    shadow.arrived.recv().await.unwrap();
+    a.release.add_permits(1);
+    assert_eq!(
+        slow.await.unwrap().status,
+        200,
+        "the mirror still holds its copy"
+    );
+    shadow.release.add_permits(1);
+
+    let mut preflight = req("web", "/api");
+    *preflight.method_mut() = Method::OPTIONS;
+    let h = preflight.headers_mut();
+    h.insert("origin", "https://app.example.com".parse().unwrap());
+    h.insert("access-control-request-method", "PUT".parse().unwrap());
+    let got = H1::connect(port).await.send(preflight).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(
+        got.headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert_eq!(got.headers["access-control-allow-methods"], "GET, PUT");
+    assert_eq!(got.headers["access-control-allow-headers"], "x-custom");
+    assert_eq!(got.headers["access-control-allow-credentials"], "true");
+    assert_eq!(got.headers["access-control-max-age"], "600");
+    assert!(got.body.is_empty(), "answered by the gateway");
+    let mut simple = req("web", "/api");
+    simple
+        .headers_mut()
+        .insert("origin", "https://app.example.com".parse().unwrap());
+    let got = H1::connect(port).await.send(simple).await;
+    assert_eq!(got.field("backend"), Some("a"));
+    assert_eq!(
+        got.headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert_eq!(got.headers["access-control-expose-headers"], "x-exposed");
+    let mut other = req("web", "/api");
+    other
+        .headers_mut()
+        .insert("origin", "https://evil.org".parse().unwrap());
+    let got = H1::connect(port).await.send(other).await;
+    assert!(!got.headers.contains_key("access-control-allow-origin"));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_under_envoys_names() {
+    let a = backend("a").await;
+    let port = free_port();
+    let gw = Gateway::start(
+        single(port, forward(vec![(1, Some(svc("a", vec![a.addr])))])),
+        |_| {},
+    )
+    .await;
+    let mut c = H1::connect(port).await;
+    for path in ["/one", "/two", "/status/503"] {
+        c.get("web", path).await;
+    }
+    let metrics = {
+        let mut s = TcpStream::connect(gw.admin).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    for line in [
+        r#"envoy_cluster_upstream_rq_total{envoy_cluster_name="default/a:80",envoy_response_code_class="2"} 2"#,
+        r#"envoy_cluster_upstream_rq_total{envoy_cluster_name="default/a:80",envoy_response_code_class="5"} 1"#,
+        r#"envoy_cluster_upstream_rq_time_count{envoy_cluster_name="default/a:80"} 3"#,
+        r#"envoy_cluster_upstream_cx_active{envoy_cluster_name="default/a:80"} 1"#,
+        r#"gateway_route_rq_total{route="HTTPRoute/default/test/0",envoy_response_code_class="2"} 2"#,
+        r#"envoy_http_downstream_cx_active{envoy_http_conn_manager_prefix="port_"#,
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
+    assert!(metrics.contains(&format!(
+        r#"envoy_http_downstream_rq_total{{envoy_http_conn_manager_prefix="port_{port}",envoy_response_code_class="2"}} 2"#
+    )));
+    gw.stop().await;
+}
+
+#[test]
+fn options_parse_back_from_their_flags() {
+    let defaults = Options::default();
+    assert_eq!(defaults.drain_timeout, Duration::from_secs(30));
+    assert_eq!(k8s::parse_flags::<Options>(&[]), defaults);
+    let every = Options {
+        admin_listen: "127.0.0.1:9000".into(),
+        listen_address: "10.0.0.1".parse().unwrap(),
+        drain_timeout: Duration::from_millis(1500),
+        header_read_timeout: Duration::from_secs(3),
+        idle_timeout: Duration::from_secs(7),
+        max_header_bytes: 9000,
+        max_headers: 50,
+        max_body_bytes: Some(1 << 20),
+        h2_max_concurrent_streams: 10,
+        access_log: false,
+        proxy_protocol_out: true,
+    };
+    for o in [defaults, every] {
+        let args: Vec<String> = o
+            .to_args()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_eq!(k8s::parse_flags::<Options>(&args), o);
+    }
+}
