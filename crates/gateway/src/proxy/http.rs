@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::ConnCtx;
+use super::metrics::Series;
 use super::route::{RequestView, Router, normalize_host, trim_prefix};
 use super::upstream::{BackendKey, Body, BoxError, Overflow, Upstream, Upstreams, caused_by};
 use crate::config::{
@@ -42,6 +43,7 @@ pub(crate) struct HttpTable {
 pub(crate) struct RouteRt {
     /// `kind/namespace/name/rule`, for metrics and logs.
     pub label: String,
+    series: Series,
     path: PathMatch,
     action: ActionRt,
 }
@@ -60,6 +62,9 @@ struct ForwardRt {
     backends: Vec<(u64, Option<Arc<Upstream>>)>,
     total_weight: u64,
     mirrors: Vec<(Arc<Upstream>, f64)>,
+    /// Whether a template reads the client's headers (`%REQ(...)%`): only then are they
+    /// copied before the edits.
+    reads_request_headers: bool,
 }
 
 impl HttpTable {
@@ -79,11 +84,16 @@ impl HttpTable {
             .map(|vh| {
                 vh.routes
                     .iter()
-                    .map(|r| RouteRt {
-                        label: format!(
+                    .map(|r| {
+                        let label = format!(
                             "{}/{}/{}/{}",
                             r.name.kind, r.name.namespace, r.name.name, r.name.rule
-                        ),
+                        );
+                        (r, label)
+                    })
+                    .map(|(r, label)| RouteRt {
+                        series: upstreams.metrics.route(&label),
+                        label,
                         path: r.matches.path.clone(),
                         action: match &r.action {
                             Action::Respond(s) => ActionRt::Respond(*s),
@@ -106,7 +116,14 @@ impl HttpTable {
                                 let mut config = (**f).clone();
                                 config.backends.clear();
                                 config.mirrors.clear();
+                                let reads_request_headers =
+                                    [&f.request_headers, &f.response_headers]
+                                        .iter()
+                                        .flat_map(|e| e.set.iter().chain(&e.add))
+                                        .flat_map(|(_, t)| &t.0)
+                                        .any(|p| matches!(p, Piece::RequestHeader(_)));
                                 ActionRt::Forward(Box::new(ForwardRt {
+                                    reads_request_headers,
                                     config,
                                     backends,
                                     total_weight: total,
@@ -479,13 +496,13 @@ pub(crate) async fn handle(
     conn.inflight.fetch_sub(1, Ordering::AcqRel);
     let elapsed = started.elapsed();
     let shared = &conn.shared;
-    shared.metrics.request(
-        conn.port.port,
-        outcome.route.map(|r| r.label.as_str()),
-        outcome.upstream.map(|u| u.name.as_str()),
-        code,
-        elapsed,
-    );
+    conn.port.series.observe(code, elapsed);
+    if let Some(r) = outcome.route {
+        r.series.observe(code, elapsed);
+    }
+    if let Some(u) = outcome.upstream {
+        u.series.requests.observe(code, elapsed);
+    }
     if shared.options.access_log {
         tracing::info!(
             target: "gateway::access",
@@ -624,7 +641,7 @@ async fn forward<'t>(
     }
     let Some(_request_slot) = up.request_slot() else {
         outcome.flag = "UO";
-        conn.shared.metrics.overflow(&up.name);
+        up.series.overflow.inc();
         return overflow();
     };
     let options = &conn.shared.options;
@@ -637,7 +654,15 @@ async fn forward<'t>(
 
     let downstream_upgrade = upgrade_of(&req).map(|proto| (proto, hyper::upgrade::on(&mut req)));
     let protocol = protocol_name(req.version());
-    let original_headers = req.headers().clone();
+    let te_trailers = req
+        .headers()
+        .get(header::TE)
+        .is_some_and(|v| v == "trailers");
+    let original_headers = if fw.reads_request_headers {
+        req.headers().clone()
+    } else {
+        HeaderMap::new()
+    };
     let facts = Facts {
         remote: conn.remote,
         protocol,
@@ -655,10 +680,7 @@ async fn forward<'t>(
     }
     strip_hop_by_hop(&mut headers);
     // gRPC's `te: trailers` survives: the one TE value HTTP/2 allows, and it is end to end.
-    if original_headers
-        .get(header::TE)
-        .is_some_and(|v| v == "trailers")
-    {
+    if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     let client_ip = conn.remote.ip().to_string();
@@ -675,9 +697,7 @@ async fn forward<'t>(
         HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
     );
     // Envoy at the edge (preserve_external_request_id off) always makes a new one.
-    if let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
-        headers.insert("x-request-id", v);
-    }
+    headers.insert("x-request-id", request_id());
     if cfg.external_address_header
         && let Ok(v) = HeaderValue::from_str(&client_ip)
     {
@@ -777,7 +797,7 @@ async fn forward<'t>(
                         && let Some(slot) = up.retry_slot()
                     {
                         drop(retrying.replace(slot));
-                        conn.shared.metrics.retry(&up.name);
+                        up.series.retry.inc();
                         drop(resp);
                         backoff(cfg, attempt).await;
                         continue;
@@ -810,7 +830,7 @@ async fn forward<'t>(
                     if may && let Some(slot) = up.retry_slot() {
                         drop(retrying.replace(slot));
                         tracing::debug!(backend = %up.name, %endpoint, error = %k8s::ErrorChain(&e), "retrying");
-                        conn.shared.metrics.retry(&up.name);
+                        up.series.retry.inc();
                         avoid = Some(endpoint);
                         if !connect {
                             backoff(cfg, attempt).await;
@@ -842,7 +862,7 @@ async fn forward<'t>(
             outcome.flag = flag;
             outcome.endpoint = endpoint;
             if flag == "UO" {
-                conn.shared.metrics.overflow(&up.name);
+                up.series.overflow.inc();
                 return overflow();
             }
             return status(code);
@@ -878,6 +898,18 @@ async fn forward<'t>(
         cors_headers(cors, origin, &mut parts.headers);
     }
     Response::from_parts(parts, resp_body.map_err(BoxError::from).boxed_unsync())
+}
+
+/// A version 4 UUID from the per-thread generator: unique is what a request ID needs,
+/// and this saves a `getrandom` call per request.
+fn request_id() -> HeaderValue {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&random().to_le_bytes());
+    bytes[8..].copy_from_slice(&random().to_le_bytes());
+    let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
+    let mut buf = uuid::Uuid::encode_buffer();
+    HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf))
+        .expect("a UUID is a valid header value")
 }
 
 /// RFC 9110 9.2.2.

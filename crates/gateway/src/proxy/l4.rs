@@ -101,7 +101,7 @@ pub(crate) async fn tcp_with_prefix(
     let Some(up) = b.choose() else { return };
     // Envoy's TCP proxy counts connections against max_connections; here one slot each.
     let Some(_slot) = up.request_slot() else {
-        shared.metrics.overflow(&up.name);
+        up.series.overflow.inc();
         return;
     };
     let Some(mut backend) = connect(up).await else {

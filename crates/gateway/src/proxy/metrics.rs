@@ -55,8 +55,45 @@ pub(crate) struct Metrics {
     route_rq_time: Family<Labels, Histogram>,
 }
 
-fn class(code: StatusCode) -> String {
-    (code.as_u16() / 100).to_string()
+/// Handles to the series of one route, backend or listener, made once when the
+/// configuration is compiled, so that a request only increments (no label hashing).
+#[derive(Clone, Debug)]
+pub(crate) struct Series {
+    /// By status class, 1xx to 5xx.
+    requests: [Counter; 5],
+    time: Histogram,
+}
+
+impl Series {
+    fn new(
+        requests: &Family<Labels, Counter>,
+        time: &Family<Labels, Histogram>,
+        labels: Labels,
+    ) -> Self {
+        Series {
+            time: time.get_or_create(&labels).clone(),
+            requests: std::array::from_fn(|i| {
+                let mut l = labels.clone();
+                l.push(("envoy_response_code_class", (i + 1).to_string()));
+                requests.get_or_create(&l).clone()
+            }),
+        }
+    }
+
+    /// One answered request.
+    pub(crate) fn observe(&self, code: StatusCode, took: Duration) {
+        let class = usize::from(code.as_u16() / 100).clamp(1, 5);
+        self.requests[class - 1].inc();
+        self.time.observe(took.as_secs_f64() * 1000.0);
+    }
+}
+
+/// A backend's series.
+#[derive(Clone, Debug)]
+pub(crate) struct BackendSeries {
+    pub requests: Series,
+    pub overflow: Counter,
+    pub retry: Counter,
 }
 
 fn cluster(name: &str) -> Labels {
@@ -138,40 +175,34 @@ impl Metrics {
         Self { registry, ..m }
     }
 
-    /// One answered request.
-    pub(crate) fn request(
-        &self,
-        port: u16,
-        route: Option<&str>,
-        backend: Option<&str>,
-        code: StatusCode,
-        took: Duration,
-    ) {
-        let ms = took.as_secs_f64() * 1000.0;
-        let mut l = listener(port);
-        self.downstream_rq_time.get_or_create(&l).observe(ms);
-        l.push(("envoy_response_code_class", class(code)));
-        self.downstream_rq.get_or_create(&l).inc();
-        if let Some(route) = route {
-            let mut l = vec![("route", route.to_owned())];
-            self.route_rq_time.get_or_create(&l).observe(ms);
-            l.push(("envoy_response_code_class", class(code)));
-            self.route_rq.get_or_create(&l).inc();
-        }
-        if let Some(backend) = backend {
-            let mut l = cluster(backend);
-            self.cluster_rq_time.get_or_create(&l).observe(ms);
-            l.push(("envoy_response_code_class", class(code)));
-            self.cluster_rq.get_or_create(&l).inc();
+    /// The series of a route (`kind/namespace/name/rule`).
+    pub(crate) fn route(&self, route: &str) -> Series {
+        Series::new(
+            &self.route_rq,
+            &self.route_rq_time,
+            vec![("route", route.to_owned())],
+        )
+    }
+
+    /// The series of a backend (`namespace/service:port`).
+    pub(crate) fn backend(&self, backend: &str) -> BackendSeries {
+        BackendSeries {
+            requests: Series::new(&self.cluster_rq, &self.cluster_rq_time, cluster(backend)),
+            overflow: self
+                .cluster_overflow
+                .get_or_create(&cluster(backend))
+                .clone(),
+            retry: self.cluster_retry.get_or_create(&cluster(backend)).clone(),
         }
     }
 
-    pub(crate) fn overflow(&self, backend: &str) {
-        self.cluster_overflow.get_or_create(&cluster(backend)).inc();
-    }
-
-    pub(crate) fn retry(&self, backend: &str) {
-        self.cluster_retry.get_or_create(&cluster(backend)).inc();
+    /// The series of a listener.
+    pub(crate) fn listener(&self, port: u16) -> Series {
+        Series::new(
+            &self.downstream_rq,
+            &self.downstream_rq_time,
+            listener(port),
+        )
     }
 
     /// The gauge of client connections open on `port`.

@@ -4,7 +4,7 @@
 //!   listener behind a lock that a new configuration swaps; connections read it per
 //!   request, so a new configuration applies to the next request of an open connection, and
 //!   a removed port stops accepting while its open connections finish.
-//! - `route`: host and route lookup (indexed, equal to a first-match walk).
+//! - [`route`]: host and route lookup (indexed, equal to a first-match walk).
 //! - `http`: one HTTP request (filters, forwarding, retries, timeouts).
 //! - `upstream`: backends, pools, balancing, circuit breakers.
 //! - `tls`: termination with certificates by SNI, passthrough by the ClientHello's SNI.
@@ -14,7 +14,7 @@
 mod http;
 mod l4;
 mod metrics;
-mod route;
+pub mod route;
 mod tls;
 mod upstream;
 
@@ -139,7 +139,7 @@ pub enum Error {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub options: Options,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub upstreams: Upstreams,
     ready: AtomicBool,
 }
@@ -157,6 +157,7 @@ pub(crate) enum ListenerRt {
 #[derive(Debug)]
 pub(crate) struct PortState {
     pub port: u16,
+    pub series: metrics::Series,
     rt: RwLock<(Arc<ListenerRt>, bool)>,
 }
 
@@ -211,10 +212,11 @@ pub async fn serve(
     options: Options,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    let metrics = Arc::new(Metrics::new());
     let shared = Arc::new(Shared {
         options,
-        metrics: Metrics::new(),
-        upstreams: Upstreams::default(),
+        upstreams: Upstreams::new(Arc::clone(&metrics)),
+        metrics,
         ready: AtomicBool::new(false),
     });
     let admin = match shared.options.admin_listen.as_str() {
@@ -329,6 +331,7 @@ async fn apply(
         let udp = matches!(*rt, ListenerRt::Udp(_));
         let state = Arc::new(PortState {
             port,
+            series: shared.metrics.listener(port),
             rt: RwLock::new((rt, proxy_protocol)),
         });
         let addr = SocketAddr::new(shared.options.listen_address, port);

@@ -15,7 +15,7 @@ use crate::config::{HostMatch, HttpHosts, PathMatch, Route, StringMatch};
 
 /// What a request is matched on.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct RequestView<'a> {
+pub struct RequestView<'a> {
     /// Lower-case, without port and trailing dot.
     pub host: &'a str,
     pub method: &'a Method,
@@ -25,7 +25,7 @@ pub(crate) struct RequestView<'a> {
 }
 
 /// A host from a `Host` header or `:authority`: lower-case, without port and trailing dot.
-pub(crate) fn normalize_host(authority: &str) -> String {
+pub fn normalize_host(authority: &str) -> String {
     let host = if let Some(rest) = authority.strip_prefix('[') {
         // An IPv6 literal: `[::1]:8080`.
         rest.split(']').next().unwrap_or(rest)
@@ -248,9 +248,10 @@ struct VHost {
     index: PathIndex,
 }
 
-/// The compiled [`HttpHosts`] of one listener.
+/// The compiled [`HttpHosts`] of one listener: public so that the route lookup can be
+/// benchmarked on its own (`cargo bench -p gateway`).
 #[derive(Debug, Default)]
-pub(crate) struct Router {
+pub struct Router {
     exact: HashMap<String, usize>,
     /// `(suffix, one_label, vhost)`, longest suffix first, then in configuration order.
     wildcards: Vec<(String, bool, usize)>,
@@ -259,7 +260,8 @@ pub(crate) struct Router {
 }
 
 impl Router {
-    pub(crate) fn new(hosts: &HttpHosts) -> Self {
+    /// Compiles and indexes `hosts`.
+    pub fn new(hosts: &HttpHosts) -> Self {
         let mut router = Self::default();
         for (i, vh) in hosts.hosts.iter().enumerate() {
             for h in &vh.hostnames {
@@ -289,7 +291,7 @@ impl Router {
     }
 
     /// The virtual host for a normalized host name.
-    pub(crate) fn vhost(&self, host: &str) -> Option<usize> {
+    pub fn vhost(&self, host: &str) -> Option<usize> {
         if let Some(&i) = self.exact.get(host) {
             return Some(i);
         }
@@ -305,7 +307,7 @@ impl Router {
     }
 
     /// The first matching route: `(virtual host, route)` indices into the configuration.
-    pub(crate) fn find(&self, req: &RequestView<'_>) -> Option<(usize, usize)> {
+    pub fn find(&self, req: &RequestView<'_>) -> Option<(usize, usize)> {
         let v = self.vhost(req.host)?;
         let vhost = &self.vhosts[v];
         let mut candidates = Vec::new();

@@ -27,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::metrics::{BackendSeries, Metrics};
 use crate::config::{Backend, BackendProtocol, BackendTls, Limits};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -92,6 +93,7 @@ pub(crate) struct Upstream {
     active_requests: AtomicU32,
     active_retries: AtomicU32,
     conns: Arc<ConnLimits>,
+    pub series: BackendSeries,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -123,6 +125,7 @@ fn take_slot(counter: &AtomicU32, max: u32) -> Option<Slot<'_>> {
 
 impl Upstream {
     fn new(
+        series: BackendSeries,
         key: BackendKey,
         endpoints: Arc<[SocketAddr]>,
         tls: Option<Arc<rustls::ClientConfig>>,
@@ -153,6 +156,7 @@ impl Upstream {
             active_requests: AtomicU32::new(0),
             active_retries: AtomicU32::new(0),
             conns,
+            series,
         }
     }
 
@@ -191,12 +195,20 @@ impl Upstream {
 }
 
 /// Every backend the current configuration names, by [`BackendKey`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Upstreams {
     map: Mutex<HashMap<BackendKey, Arc<Upstream>>>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Upstreams {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            map: Mutex::default(),
+            metrics,
+        }
+    }
+
     /// The backend's state, its endpoints set to `b`'s.
     pub(crate) fn get(&self, b: &Backend) -> Arc<Upstream> {
         let key = BackendKey::of(b);
@@ -216,7 +228,15 @@ impl Upstreams {
             }
         });
         let failed_tls = key.tls.is_some() && tls.is_none();
-        let u = Arc::new(Upstream::new(key.clone(), Arc::clone(&b.endpoints), tls));
+        let series = self
+            .metrics
+            .backend(&format!("{}/{}:{}", b.namespace, b.service, b.port));
+        let u = Arc::new(Upstream::new(
+            series,
+            key.clone(),
+            Arc::clone(&b.endpoints),
+            tls,
+        ));
         if failed_tls {
             // Never fall back to clear text where TLS was asked for.
             *u.endpoints.write().unwrap() = Arc::from(Vec::new());
