@@ -43,7 +43,9 @@ pub(crate) struct HttpTable {
 pub(crate) struct RouteRt {
     /// `kind/namespace/name/rule`, for metrics and logs.
     pub label: String,
-    series: Series,
+    /// Made at the route's first request: a route's series are ~1 KiB, and most of
+    /// 10,000 routes may never be asked for.
+    series: std::sync::OnceLock<Series>,
     path: PathMatch,
     action: ActionRt,
 }
@@ -92,7 +94,7 @@ impl HttpTable {
                         (r, label)
                     })
                     .map(|(r, label)| RouteRt {
-                        series: upstreams.metrics.route(&label),
+                        series: std::sync::OnceLock::new(),
                         label,
                         path: r.matches.path.clone(),
                         action: match &r.action {
@@ -483,7 +485,11 @@ pub(crate) async fn handle(
     conn.inflight.fetch_add(1, Ordering::AcqRel);
     let table = conn.port.http_table();
     let method = req.method().clone();
-    let path_log = req.uri().path().to_owned();
+    let path_log = conn
+        .shared
+        .options
+        .access_log
+        .then(|| req.uri().path().to_owned());
     let version = req.version();
     let mut outcome = Outcome {
         route: None,
@@ -498,7 +504,9 @@ pub(crate) async fn handle(
     let shared = &conn.shared;
     conn.port.series.observe(code, elapsed);
     if let Some(r) = outcome.route {
-        r.series.observe(code, elapsed);
+        r.series
+            .get_or_init(|| shared.metrics.route(&r.label))
+            .observe(code, elapsed);
     }
     if let Some(u) = outcome.upstream {
         u.series.requests.observe(code, elapsed);
@@ -508,7 +516,7 @@ pub(crate) async fn handle(
             target: "gateway::access",
             start_time = %chrono::DateTime::<chrono::Utc>::from(start).format("%Y-%m-%dT%H:%M:%S%.3fZ"),
             method = %method,
-            path = %path_log,
+            path = path_log.as_deref().unwrap_or("-"),
             protocol = protocol_name(version),
             response_code = code.as_u16(),
             response_flags = outcome.flag,

@@ -135,10 +135,14 @@ pub enum Error {
     },
 }
 
+type HttpBuilder = hyper_util::server::conn::auto::Builder<TokioExecutor>;
+
 /// What every connection shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub options: Options,
+    http_builder: HttpBuilder,
+    h2_builder: HttpBuilder,
     pub metrics: Arc<Metrics>,
     pub upstreams: Upstreams,
     ready: AtomicBool,
@@ -158,6 +162,7 @@ pub(crate) enum ListenerRt {
 pub(crate) struct PortState {
     pub port: u16,
     pub series: metrics::Series,
+    connections: prometheus_client::metrics::gauge::Gauge,
     rt: RwLock<(Arc<ListenerRt>, bool)>,
 }
 
@@ -214,6 +219,8 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let metrics = Arc::new(Metrics::new());
     let shared = Arc::new(Shared {
+        http_builder: http_builder(&options, false),
+        h2_builder: http_builder(&options, true),
         options,
         upstreams: Upstreams::new(Arc::clone(&metrics)),
         metrics,
@@ -332,6 +339,7 @@ async fn apply(
         let state = Arc::new(PortState {
             port,
             series: shared.metrics.listener(port),
+            connections: shared.metrics.downstream_connections(port),
             rt: RwLock::new((rt, proxy_protocol)),
         });
         let addr = SocketAddr::new(shared.options.listen_address, port);
@@ -413,7 +421,7 @@ async fn accept(
         let drain = drain.clone();
         let track = track.clone();
         tokio::spawn(async move {
-            let gauge = shared.metrics.downstream_connections(state.port);
+            let gauge = state.connections.clone();
             gauge.inc();
             connection(stream, remote, shared, state, drain, track).await;
             gauge.dec();
@@ -523,17 +531,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Activity<IO> {
     }
 }
 
-/// Serves HTTP/1.1 and HTTP/2 (prior knowledge, or only HTTP/2 when TLS chose `h2`) on
-/// `io` until the client leaves, the connection idles out or a drain closes it.
-pub(crate) async fn serve_http<IO>(
-    io: IO,
-    ctx: Arc<ConnCtx>,
-    mut drain: watch::Receiver<bool>,
-    h2_only: bool,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let o = &ctx.shared.options;
+/// The HTTP server settings, made once (HTTP/1.1 and HTTP/2 by prior knowledge, or
+/// HTTP/2 only where TLS chose `h2`).
+fn http_builder(o: &Options, h2_only: bool) -> HttpBuilder {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -557,6 +557,25 @@ pub(crate) async fn serve_http<IO>(
     if h2_only {
         builder = builder.http2_only();
     }
+    builder
+}
+
+/// Serves HTTP/1.1 and HTTP/2 (prior knowledge, or only HTTP/2 when TLS chose `h2`) on
+/// `io` until the client leaves, the connection idles out or a drain closes it.
+pub(crate) async fn serve_http<IO>(
+    io: IO,
+    ctx: Arc<ConnCtx>,
+    mut drain: watch::Receiver<bool>,
+    h2_only: bool,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let o = &ctx.shared.options;
+    let builder = if h2_only {
+        &ctx.shared.h2_builder
+    } else {
+        &ctx.shared.http_builder
+    };
     let epoch = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
     let io = Activity {
