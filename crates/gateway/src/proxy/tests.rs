@@ -55,7 +55,7 @@ fn text(status: u16, body: String) -> Resp {
     r
 }
 
-async fn answer(
+pub(crate) async fn answer(
     name: &'static str,
     mut req: Request<Incoming>,
     release: Arc<Semaphore>,
@@ -500,7 +500,7 @@ async fn routes_forwards_and_answers_as_configured() {
     gw.stop().await;
 }
 
-fn single(port: u16, f: Forward) -> Config {
+pub(crate) fn single(port: u16, f: Forward) -> Config {
     Config {
         listeners: vec![http_listener(
             port,

@@ -136,6 +136,7 @@ impl Upstream {
             max_pending: key.limits.max_pending_requests,
         });
         let connector = Connector {
+            tls_required: key.tls.is_some(),
             conns: Arc::clone(&conns),
             tls: tls.zip(key.tls.as_ref().map(|t| t.hostname.clone())),
             h2: key.protocol == BackendProtocol::H2c,
@@ -227,7 +228,6 @@ impl Upstreams {
                 None
             }
         });
-        let failed_tls = key.tls.is_some() && tls.is_none();
         let series = self
             .metrics
             .backend(&format!("{}/{}:{}", b.namespace, b.service, b.port));
@@ -237,10 +237,6 @@ impl Upstreams {
             Arc::clone(&b.endpoints),
             tls,
         ));
-        if failed_tls {
-            // Never fall back to clear text where TLS was asked for.
-            *u.endpoints.write().unwrap() = Arc::from(Vec::new());
-        }
         map.insert(key, Arc::clone(&u));
         u
     }
@@ -286,6 +282,9 @@ fn client_tls(tls: &BackendTls) -> Result<Arc<rustls::ClientConfig>, BoxError> {
 #[derive(Clone, Debug)]
 pub(crate) struct Connector {
     conns: Arc<ConnLimits>,
+    /// A BackendTLSPolicy asked for TLS: without a usable TLS configuration, connecting
+    /// fails rather than falling back to clear text.
+    tls_required: bool,
     tls: Option<(Arc<rustls::ClientConfig>, String)>,
     h2: bool,
 }
@@ -302,6 +301,11 @@ impl tower_service::Service<Uri> for Connector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
+            if this.tls_required && this.tls.is_none() {
+                return Err(
+                    "the backend's TLS settings are unusable (see the warning logged)".into(),
+                );
+            }
             let permit = match Arc::clone(&this.conns.connections).try_acquire_owned() {
                 Ok(p) => p,
                 Err(_) => {

@@ -416,3 +416,73 @@ async fn tcp_and_udp_listeners_with_proxy_protocol() {
     drop(s);
     gw.stop().await;
 }
+
+/// An HTTPS backend (HTTP/1.1) with a certificate for `name` from `pki`.
+async fn https_backend(pki: &Pki, name: &str) -> SocketAddr {
+    use rustls::pki_types::pem::PemObject as _;
+    let leaf = pki.leaf(&[name]);
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der.clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(|req| async {
+                    let (tx, _) = tokio::sync::mpsc::unbounded_channel();
+                    let r = super::answer(
+                        "tls",
+                        req,
+                        Arc::new(tokio::sync::Semaphore::new(0)),
+                        tx,
+                        Arc::default(),
+                    );
+                    Ok::<_, std::convert::Infallible>(r.await)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn tls_to_backends_verified_against_the_policys_ca() {
+    let pki = Pki::new();
+    let addr = https_backend(&pki, "backend.example").await;
+    let port = free_port();
+    let with_tls = |hostname: &str, ca: &Pki| {
+        let mut b = svc("secure", vec![addr]);
+        b.tls = Some(BackendTls {
+            hostname: hostname.into(),
+            ca_pem: vec![Arc::from(pem_of(&ca.ca_der).into_bytes())],
+        });
+        single(port, forward(vec![(1, Some(b))]))
+    };
+    let gw = Gateway::start(with_tls("backend.example", &pki), |_| {}).await;
+    let got = get(port, "web", "/over-tls").await;
+    assert_eq!(got.status, 200, "{got:?}");
+    assert_eq!(got.field("backend"), Some("tls"));
+    assert_eq!(got.field("path"), Some("/over-tls"));
+    // The wrong name, or a CA that did not sign it: no connection, 503.
+    gw.set(with_tls("other.example", &pki));
+    wait_for(|| async { get(port, "web", "/").await.status == 503 }).await;
+    gw.set(with_tls("backend.example", &Pki::new()));
+    wait_for(|| async { get(port, "web", "/").await.status == 503 }).await;
+    gw.stop().await;
+}
