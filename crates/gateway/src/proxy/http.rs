@@ -585,6 +585,61 @@ async fn respond<'t>(
 #[error("reading the client's request body")]
 struct ClientBody(#[source] hyper::Error);
 
+/// A request body that paused longer than `--body-read-timeout`: 408.
+#[derive(Debug, thiserror::Error)]
+#[error("the client paused its request body longer than the body read timeout")]
+struct BodyTimeout;
+
+/// A body whose every pause is bounded (nginx's `client_body_timeout`: between two
+/// reads, not for the whole body), so a client that trickles a body cannot hold a
+/// connection and a backend connection for ever.
+struct PauseLimited<B> {
+    inner: B,
+    timeout: Duration,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<B> http_body::Body for PauseLimited<B>
+where
+    B: http_body::Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        use std::future::Future as _;
+        use std::task::Poll;
+        let this = self.get_mut();
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.sleep = None;
+                Poll::Ready(frame)
+            }
+            Poll::Pending => {
+                let timeout = this.timeout;
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimeout.into()))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A request body as attempts need it.
 enum ReqBody {
     /// Whole, so it can be sent again.
@@ -730,7 +785,11 @@ async fn forward<'t>(
     // The body: kept whole when small, so that a failed attempt can be retried.
     let (parts, incoming) = req.into_parts();
     let req = Request::from_parts(parts, ());
-    let incoming = incoming.map_err(|e| BoxError::from(ClientBody(e)));
+    let incoming = PauseLimited {
+        inner: incoming.map_err(|e| BoxError::from(ClientBody(e))),
+        timeout: options.body_read_timeout,
+        sleep: None,
+    };
     let limited: Body = match options.max_body_bytes {
         Some(max) => Limited::new(incoming, max as usize).boxed_unsync(),
         None => incoming.boxed_unsync(),
@@ -742,13 +801,9 @@ async fn forward<'t>(
         match limited.collect().await {
             Ok(c) => ReqBody::Buffered(c.to_bytes()),
             Err(e) => {
-                let too_large = caused_by::<LengthLimitError>(&*e);
-                outcome.flag = if too_large { "BL" } else { "DPE" };
-                return status(if too_large {
-                    StatusCode::PAYLOAD_TOO_LARGE
-                } else {
-                    StatusCode::BAD_REQUEST
-                });
+                let (code, flag) = client_body_error(&*e);
+                outcome.flag = flag;
+                return status(code);
             }
         }
     } else {
@@ -816,11 +871,13 @@ async fn forward<'t>(
                     return Err((StatusCode::SERVICE_UNAVAILABLE, "UO", Some(endpoint)));
                 }
                 // The client's fault, not the backend's: no retry.
-                Err(e) if caused_by::<LengthLimitError>(&e) => {
-                    return Err((StatusCode::PAYLOAD_TOO_LARGE, "BL", Some(endpoint)));
-                }
-                Err(e) if caused_by::<ClientBody>(&e) => {
-                    return Err((StatusCode::BAD_REQUEST, "DPE", Some(endpoint)));
+                Err(e)
+                    if caused_by::<LengthLimitError>(&e)
+                        || caused_by::<ClientBody>(&e)
+                        || caused_by::<BodyTimeout>(&e) =>
+                {
+                    let (code, flag) = client_body_error(&e);
+                    return Err((code, flag, Some(endpoint)));
                 }
                 Err(e) => {
                     // Connect failures (the request never left) and, for idempotent
@@ -918,6 +975,17 @@ fn request_id() -> HeaderValue {
     let mut buf = uuid::Uuid::encode_buffer();
     HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf))
         .expect("a UUID is a valid header value")
+}
+
+/// The answer to a request whose body failed on the client's side.
+fn client_body_error(e: &(dyn std::error::Error + 'static)) -> (StatusCode, &'static str) {
+    if caused_by::<LengthLimitError>(e) {
+        (StatusCode::PAYLOAD_TOO_LARGE, "BL")
+    } else if caused_by::<BodyTimeout>(e) {
+        (StatusCode::REQUEST_TIMEOUT, "DPE")
+    } else {
+        (StatusCode::BAD_REQUEST, "DPE")
+    }
 }
 
 /// RFC 9110 9.2.2.

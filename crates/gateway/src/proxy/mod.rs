@@ -55,6 +55,10 @@ pub struct Options {
     /// header (slowloris).
     #[arg(long, default_value = "10s", value_parser = k8s::parse_duration)]
     pub header_read_timeout: Duration,
+    /// A request body that pauses longer than this between two pieces answers 408 (nginx's
+    /// `client_body_timeout`).
+    #[arg(long, default_value = "60s", value_parser = k8s::parse_duration)]
+    pub body_read_timeout: Duration,
     /// A client connection with no request in flight and no bytes moving for this long is
     /// closed.
     #[arg(long, default_value = "60s", value_parser = k8s::parse_duration)]
@@ -99,6 +103,8 @@ impl Options {
             d(self.drain_timeout).into(),
             "--header-read-timeout".into(),
             d(self.header_read_timeout).into(),
+            "--body-read-timeout".into(),
+            d(self.body_read_timeout).into(),
             "--idle-timeout".into(),
             d(self.idle_timeout).into(),
             "--max-header-bytes".into(),

@@ -954,6 +954,7 @@ fn options_parse_back_from_their_flags() {
         listen_address: "10.0.0.1".parse().unwrap(),
         drain_timeout: Duration::from_millis(1500),
         header_read_timeout: Duration::from_secs(3),
+        body_read_timeout: Duration::from_secs(4),
         idle_timeout: Duration::from_secs(7),
         max_header_bytes: 9000,
         max_headers: 50,

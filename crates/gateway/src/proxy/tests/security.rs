@@ -173,6 +173,7 @@ async fn header_and_body_limits() {
 async fn slow_and_idle_clients_are_closed() {
     let (gw, port, _a) = gateway_with(|o| {
         o.header_read_timeout = Duration::from_millis(200);
+        o.body_read_timeout = Duration::from_millis(200);
         o.idle_timeout = Duration::from_millis(300);
     })
     .await;
@@ -181,6 +182,15 @@ async fn slow_and_idle_clients_are_closed() {
     assert!(statuses(&out).iter().all(|&c| c == 408), "{out:?}");
     // Nothing at all.
     raw_open(port, b"").await;
+    // A body that stops coming, large (streamed) and small (kept for retries).
+    for len in [1_000_000, 10] {
+        let out = raw_open(
+            port,
+            format!("POST / HTTP/1.1\r\nhost: h\r\ncontent-length: {len}\r\n\r\nabc").as_bytes(),
+        )
+        .await;
+        assert_eq!(statuses(&out), [408], "{out:?}");
+    }
     // A keep-alive connection left idle after its request.
     let out = raw_open(port, b"GET / HTTP/1.1\r\nhost: h\r\n\r\n").await;
     assert_eq!(statuses(&out), [200]);
