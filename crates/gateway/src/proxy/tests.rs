@@ -973,3 +973,33 @@ fn options_parse_back_from_their_flags() {
         assert_eq!(k8s::parse_flags::<Options>(&args), o);
     }
 }
+
+#[tokio::test]
+async fn large_bodies_stream_both_ways() {
+    let a = backend("a").await;
+    let port = free_port();
+    let gw = Gateway::start(
+        single(port, forward(vec![(1, Some(svc("a", vec![a.addr])))])),
+        |_| {},
+    )
+    .await;
+    // Over the retry buffer: streamed to the backend, from HTTP/1.1 and HTTP/2 clients.
+    let big = "x".repeat(1_000_000);
+    let mut r = req("h", "/upload");
+    *r.method_mut() = Method::POST;
+    *r.body_mut() = Full::new(Bytes::from(big.clone()));
+    let got = H1::connect(port).await.send(r).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.field("body").map(str::len), Some(big.len()));
+    let mut h2 = h2_connect(port).await;
+    let r = Request::builder()
+        .method(Method::PUT)
+        .uri(format!("http://h:{port}/upload"))
+        .body(Full::new(Bytes::from(big.clone())))
+        .unwrap();
+    let got = collect(h2.send_request(r).await.unwrap()).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.field("body").map(str::len), Some(big.len()));
+    assert_eq!(got.field("method"), Some("PUT"));
+    gw.stop().await;
+}
