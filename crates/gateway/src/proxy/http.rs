@@ -748,10 +748,15 @@ async fn forward<'t>(
     }
     let client_ip = conn.remote.ip().to_string();
     // Envoy with `use_remote_address`: the client's address appended.
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(v) => format!("{v}, {client_ip}"),
-        None => client_ip.clone(),
-    };
+    // Several `X-Forwarded-For` lines are one list (RFC 9110 5.3).
+    let mut xff = String::new();
+    for v in headers.get_all("x-forwarded-for") {
+        if let Ok(v) = v.to_str() {
+            xff.push_str(v);
+            xff.push_str(", ");
+        }
+    }
+    xff.push_str(&client_ip);
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert("x-forwarded-for", v);
     }
@@ -819,6 +824,10 @@ async fn forward<'t>(
     }
 
     let method = req.method().clone();
+    let Ok(target) = http::uri::PathAndQuery::try_from(path_and_query.as_str()) else {
+        outcome.flag = "DPE";
+        return status(StatusCode::BAD_REQUEST);
+    };
     let attempts = async {
         let max_attempts = 1 + cfg.retry.as_ref().map_or(0, |r| r.attempts);
         let mut avoid = None;
@@ -835,7 +844,12 @@ async fn forward<'t>(
             };
             let mut r = Request::new(b);
             *r.method_mut() = method.clone();
-            *r.uri_mut() = match format!("http://{endpoint}{path_and_query}").parse() {
+            *r.uri_mut() = match Uri::builder()
+                .scheme("http")
+                .authority(endpoint.to_string())
+                .path_and_query(target.clone())
+                .build()
+            {
                 Ok(u) => u,
                 Err(_) => return Err((StatusCode::BAD_REQUEST, "DPE", None)),
             };

@@ -471,6 +471,8 @@ async fn routes_forwards_and_answers_as_configured() {
     r.headers_mut().insert("x-in", "in".parse().unwrap());
     r.headers_mut()
         .insert("x-forwarded-for", "192.0.2.9".parse().unwrap());
+    r.headers_mut()
+        .append("x-forwarded-for", "198.51.100.1".parse().unwrap());
     let got = c.send(r).await;
     assert_eq!(got.status, 200, "{got:?}");
     assert_eq!(got.field("backend"), Some("b"));
@@ -479,7 +481,10 @@ async fn routes_forwards_and_answers_as_configured() {
     assert_eq!(got.seen("x-proto"), Some("HTTP/1.1"));
     assert_eq!(got.seen("x-test-ip"), Some("127.0.0.1"));
     assert_eq!(got.seen("x-copy"), Some("v=in"));
-    assert_eq!(got.seen("x-forwarded-for"), Some("192.0.2.9, 127.0.0.1"));
+    assert_eq!(
+        got.seen("x-forwarded-for"),
+        Some("192.0.2.9, 198.51.100.1, 127.0.0.1")
+    );
     assert_eq!(got.seen("x-envoy-external-address"), Some("127.0.0.1"));
     assert_eq!(got.headers["x-resp"], "yes");
 
