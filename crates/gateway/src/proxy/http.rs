@@ -19,6 +19,8 @@ use hyper_util::rt::TokioIo;
 use super::ConnCtx;
 use super::metrics::Series;
 use super::route::{RequestView, Router, normalize_host, trim_prefix};
+use std::collections::HashSet;
+
 use super::upstream::{BackendKey, Body, BoxError, Overflow, Upstream, Upstreams, caused_by};
 use crate::config::{
     Action, Cors, Forward, HeaderEdits, HttpHosts, PathMatch, PathRewrite, Piece, Redirect,
@@ -46,20 +48,23 @@ pub(crate) struct RouteRt {
     /// Made at the route's first request: a route's series are ~1 KiB, and most of
     /// 10,000 routes may never be asked for.
     series: std::sync::OnceLock<Series>,
-    path: PathMatch,
+    /// The route matched a string prefix (Envoy's `prefix`): prefix rewrites replace
+    /// strings, not path elements.
+    string_prefix: bool,
     action: ActionRt,
 }
 
 #[derive(Debug)]
 enum ActionRt {
     Forward(Box<ForwardRt>),
-    Redirect(Redirect),
+    Redirect(Box<Redirect>),
     Respond(StatusCode),
 }
 
 #[derive(Debug)]
 struct ForwardRt {
-    config: Forward,
+    /// Shared by routes with the same settings (most have the defaults).
+    config: Arc<Forward>,
     /// `(cumulative weight, backend)`; `None` is an invalid reference.
     backends: Vec<(u64, Option<Arc<Upstream>>)>,
     total_weight: u64,
@@ -74,12 +79,17 @@ impl HttpTable {
     pub(crate) fn new(
         hosts: &HttpHosts,
         upstreams: &Upstreams,
-        used: &mut Vec<BackendKey>,
+        used: &mut HashSet<BackendKey>,
     ) -> Self {
         let mut get = |b: &crate::config::Backend| {
-            used.push(BackendKey::of(b));
-            upstreams.get(b)
+            let u = upstreams.get(b);
+            if !used.contains(&u.key) {
+                used.insert(u.key.clone());
+            }
+            u
         };
+        let default = Arc::new(Forward::default());
+        let mut last = Arc::clone(&default);
         let routes = hosts
             .hosts
             .iter()
@@ -96,10 +106,10 @@ impl HttpTable {
                     .map(|(r, label)| RouteRt {
                         series: std::sync::OnceLock::new(),
                         label,
-                        path: r.matches.path.clone(),
+                        string_prefix: matches!(r.matches.path, PathMatch::StringPrefix(_)),
                         action: match &r.action {
                             Action::Respond(s) => ActionRt::Respond(*s),
-                            Action::Redirect(rd) => ActionRt::Redirect(rd.clone()),
+                            Action::Redirect(rd) => ActionRt::Redirect(Box::new(rd.clone())),
                             Action::Forward(f) => {
                                 let mut total = 0u64;
                                 let backends = f
@@ -115,9 +125,19 @@ impl HttpTable {
                                     .iter()
                                     .map(|m| (get(&m.backend), m.percent))
                                     .collect();
-                                let mut config = (**f).clone();
-                                config.backends.clear();
-                                config.mirrors.clear();
+                                let config = Forward {
+                                    backends: Vec::new(),
+                                    mirrors: Vec::new(),
+                                    ..(**f).clone()
+                                };
+                                let config = if config == *last {
+                                    Arc::clone(&last)
+                                } else if config == *default {
+                                    Arc::clone(&default)
+                                } else {
+                                    Arc::new(config)
+                                };
+                                last = Arc::clone(&config);
                                 let reads_request_headers =
                                     [&f.request_headers, &f.response_headers]
                                         .iter()
@@ -302,14 +322,14 @@ fn protocol_name(v: Version) -> &'static str {
 }
 
 /// The request's path with `rewrite` applied (the query stays).
-fn rewrite_path(path: &str, rewrite: &PathRewrite, matched: &PathMatch) -> String {
+fn rewrite_path(path: &str, rewrite: &PathRewrite, string_prefix: bool) -> String {
     match rewrite {
         PathRewrite::Full(p) => p.clone(),
         PathRewrite::ReplacePrefix {
             prefix,
             replacement,
         } => {
-            if let PathMatch::StringPrefix(_) = matched {
+            if string_prefix {
                 // Envoy's `prefix_rewrite`: a plain string replacement.
                 return match path.strip_prefix(prefix.as_str()) {
                     Some(rest) => format!("{replacement}{rest}"),
@@ -345,7 +365,7 @@ fn redirect(
     host: &str,
     tls: bool,
     port: u16,
-    matched: &PathMatch,
+    string_prefix: bool,
 ) -> Response<Body> {
     let scheme_in = if tls { "https" } else { "http" };
     let scheme = rd.scheme.as_deref().unwrap_or(scheme_in);
@@ -360,7 +380,7 @@ fn redirect(
         _ => 80,
     };
     let path = match &rd.path {
-        Some(rw) => rewrite_path(req.uri().path(), rw, matched),
+        Some(rw) => rewrite_path(req.uri().path(), rw, string_prefix),
         None => req.uri().path().to_owned(),
     };
     let mut location = format!("{scheme}://");
@@ -574,7 +594,14 @@ async fn respond<'t>(
         }
         ActionRt::Redirect(rd) => {
             outcome.flag = "RD";
-            redirect(rd, &req, &host, conn.tls, conn.port.port, &route.path)
+            redirect(
+                rd,
+                &req,
+                &host,
+                conn.tls,
+                conn.port.port,
+                route.string_prefix,
+            )
         }
         ActionRt::Forward(fw) => forward(conn, route, fw, req, start, outcome).await,
     }
@@ -778,7 +805,7 @@ async fn forward<'t>(
         headers.insert(header::HOST, v);
     }
     let path = match &cfg.rewrite.path {
-        Some(rw) => rewrite_path(req.uri().path(), rw, &route.path),
+        Some(rw) => rewrite_path(req.uri().path(), rw, route.string_prefix),
         None => req.uri().path().to_owned(),
     };
     let path_and_query = with_path(req.uri(), &path);
@@ -1072,29 +1099,29 @@ mod tests {
             prefix: prefix.into(),
             replacement: replacement.into(),
         };
-        let element = PathMatch::Prefix("/foo".into());
+        let element = false;
         assert_eq!(
-            rewrite_path("/foo/bar", &rp("/foo", "/xyz"), &element),
+            rewrite_path("/foo/bar", &rp("/foo", "/xyz"), element),
             "/xyz/bar"
         );
-        assert_eq!(rewrite_path("/foo", &rp("/foo", "/xyz"), &element), "/xyz");
+        assert_eq!(rewrite_path("/foo", &rp("/foo", "/xyz"), element), "/xyz");
         assert_eq!(
-            rewrite_path("/foo/", &rp("/foo/", "/xyz"), &element),
+            rewrite_path("/foo/", &rp("/foo/", "/xyz"), element),
             "/xyz/"
         );
-        assert_eq!(rewrite_path("/foo/bar", &rp("/foo", "/"), &element), "/bar");
-        assert_eq!(rewrite_path("/foo", &rp("/foo", "/"), &element), "/");
+        assert_eq!(rewrite_path("/foo/bar", &rp("/foo", "/"), element), "/bar");
+        assert_eq!(rewrite_path("/foo", &rp("/foo", "/"), element), "/");
         assert_eq!(
-            rewrite_path("/foo/bar", &rp("/foo", "/xyz/"), &element),
+            rewrite_path("/foo/bar", &rp("/foo", "/xyz/"), element),
             "/xyz/bar"
         );
-        let string = PathMatch::StringPrefix("/backend/".into());
+        let string = true;
         assert_eq!(
-            rewrite_path("/backend/x", &rp("/backend/", "/"), &string),
+            rewrite_path("/backend/x", &rp("/backend/", "/"), string),
             "/x"
         );
         assert_eq!(
-            rewrite_path("/p", &PathRewrite::Full("/full".into()), &element),
+            rewrite_path("/p", &PathRewrite::Full("/full".into()), element),
             "/full"
         );
     }

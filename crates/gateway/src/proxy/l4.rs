@@ -1,6 +1,6 @@
 //! Layer 4: TCP and UDP listeners, TLS passthrough's TCP leg, PROXY protocol v2.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +33,7 @@ impl Backends {
     pub(crate) fn new(
         list: &[WeightedBackend],
         upstreams: &Upstreams,
-        used: &mut Vec<BackendKey>,
+        used: &mut HashSet<BackendKey>,
     ) -> Self {
         let mut total = 0;
         let list = list
@@ -41,8 +41,11 @@ impl Backends {
             .map(|wb| {
                 total += u64::from(wb.weight);
                 let b = wb.backend.as_ref().map(|b| {
-                    used.push(BackendKey::of(b));
-                    upstreams.get(b)
+                    let u = upstreams.get(b);
+                    if !used.contains(&u.key) {
+                        used.insert(u.key.clone());
+                    }
+                    u
                 });
                 (total, b)
             })

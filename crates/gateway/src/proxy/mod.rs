@@ -18,7 +18,7 @@ pub mod route;
 mod tls;
 mod upstream;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::future::Future;
 use std::io;
@@ -290,7 +290,7 @@ async fn apply(
     track: &Track,
 ) {
     let started = Instant::now();
-    let mut used: Vec<BackendKey> = Vec::new();
+    let mut used: HashSet<BackendKey> = HashSet::new();
     let mut wanted: HashMap<u16, (ListenerRt, bool)> = HashMap::new();
     for l in &config.listeners {
         let rt = match &l.kind {
@@ -324,7 +324,7 @@ async fn apply(
             );
         }
     }
-    shared.upstreams.retain(&used.into_iter().collect());
+    shared.upstreams.retain(&used);
     bound.retain(|port, b| {
         let keep = wanted
             .get(port)

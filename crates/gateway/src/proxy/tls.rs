@@ -3,7 +3,7 @@
 //! HTTP/1.1 or HTTP/2 by ALPN. rustls with the ring provider and its safe defaults (TLS
 //! 1.2 and 1.3, forward-secret AEAD suites only).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -39,7 +39,7 @@ impl TlsRt {
         certificates: &[Certificate],
         hosts: HttpTable,
         upstreams: &Upstreams,
-        used: &mut Vec<BackendKey>,
+        used: &mut HashSet<BackendKey>,
     ) -> Self {
         let passthrough = passthrough
             .iter()
