@@ -729,7 +729,7 @@ async fn forward<'t>(
         outcome.flag = "UH";
         return status(StatusCode::SERVICE_UNAVAILABLE);
     }
-    let Some(_request_slot) = up.request_slot() else {
+    let Some(request_slot) = up.request_slot() else {
         outcome.flag = "UO";
         up.series.overflow.inc();
         return overflow();
@@ -985,6 +985,8 @@ async fn forward<'t>(
         let track = conn.track.clone();
         tokio::spawn(async move {
             let _track = track;
+            // An upgraded stream is a request in flight until it closes, as in Envoy.
+            let _slot = request_slot;
             let (Ok(down), Ok(upstream)) = (down.await, up_upgrade.await) else {
                 return;
             };
@@ -1003,7 +1005,40 @@ async fn forward<'t>(
     if let (Some(cors), Some(origin)) = (&cfg.cors, &cors_origin) {
         cors_headers(cors, origin, &mut parts.headers);
     }
-    Response::from_parts(parts, resp_body.map_err(BoxError::from).boxed_unsync())
+    let body = Holding {
+        inner: resp_body.map_err(BoxError::from),
+        _slot: request_slot,
+    };
+    Response::from_parts(parts, body.boxed_unsync())
+}
+
+/// A response body that holds its request's `max_requests` slot until it is passed on.
+struct Holding<B> {
+    inner: B,
+    _slot: super::upstream::RequestSlot,
+}
+
+impl<B> http_body::Body for Holding<B>
+where
+    B: http_body::Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A version 4 UUID from the per-thread generator: unique is what a request ID needs,

@@ -94,6 +94,27 @@ pub(crate) async fn answer(
     if path == "/flaky" && n == 0 {
         return text(503, "flaky".into());
     }
+    if path == "/stream" {
+        // The header at once, the end of the body when released.
+        let body = futures::stream::unfold(0, move |step| {
+            let release = Arc::clone(&release);
+            async move {
+                match step {
+                    0 => Some((Bytes::from_static(b"first "), 1)),
+                    1 => {
+                        release.acquire().await.unwrap().forget();
+                        Some((Bytes::from_static(b"last"), 2))
+                    }
+                    _ => None,
+                }
+            }
+        });
+        use futures::StreamExt as _;
+        let body = http_body_util::StreamBody::new(
+            body.map(|b| Ok::<_, std::convert::Infallible>(http_body::Frame::data(b))),
+        );
+        return http::Response::new(body.boxed_unsync());
+    }
     if path == "/trailers" {
         let mut trailers = http::HeaderMap::new();
         trailers.insert("grpc-status", "0".parse().unwrap());
@@ -705,6 +726,16 @@ async fn circuit_breakers_and_timeouts() {
     a.release.add_permits(1);
     assert_eq!(slow.await.unwrap().status, 200);
     assert_eq!(get(port, "h", "/").await.status, 200);
+    // A response whose body is still coming holds its slot (Envoy counts to the end).
+    let mut streaming = H1::connect(port).await;
+    streaming.0.ready().await.unwrap();
+    let head = streaming.0.send_request(req("h", "/stream")).await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(get(port, "h", "/").await.status, 503);
+    a.release.add_permits(1);
+    let body = head.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"first last");
+    wait_for(|| async { get(port, "h", "/").await.status == 200 }).await;
 
     // max_connections 1 and max_pending_requests 0: a second connection is refused.
     let mut one_conn = svc("a", vec![a.addr]);

@@ -114,6 +114,16 @@ impl Drop for Slot<'_> {
     }
 }
 
+/// One of a backend's `max_requests`, owned (it travels with the response body).
+#[derive(Debug)]
+pub(crate) struct RequestSlot(Arc<Upstream>);
+
+impl Drop for RequestSlot {
+    fn drop(&mut self) {
+        self.0.active_requests.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 fn take_slot(counter: &AtomicU32, max: u32) -> Option<Slot<'_>> {
     counter
         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -179,9 +189,12 @@ impl Upstream {
         Some(first)
     }
 
-    /// One of `max_requests`; `None` over the limit.
-    pub(crate) fn request_slot(&self) -> Option<Slot<'_>> {
-        take_slot(&self.active_requests, self.key.limits.max_requests)
+    /// One of `max_requests`, held until the request is over (its response body passed
+    /// on, or its upgraded stream closed); `None` over the limit.
+    pub(crate) fn request_slot(self: &Arc<Self>) -> Option<RequestSlot> {
+        let slot = take_slot(&self.active_requests, self.key.limits.max_requests)?;
+        std::mem::forget(slot);
+        Some(RequestSlot(Arc::clone(self)))
     }
 
     /// One of `max_retries` (retries in flight at once); `None` over the limit.
