@@ -1039,3 +1039,15 @@ async fn large_bodies_stream_both_ways() {
     assert_eq!(got.field("method"), Some("PUT"));
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn the_default_address_takes_ipv4_too() {
+    // `::` with IPv4 mapped, or `0.0.0.0` where IPv6 is off: 127.0.0.1 reaches it either way.
+    let any = SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), 0);
+    let listener = super::bind_tcp(any).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (accepted, connected) =
+        tokio::join!(listener.accept(), TcpStream::connect(("127.0.0.1", port)));
+    accepted.unwrap();
+    connected.unwrap();
+}
