@@ -2,16 +2,19 @@
 # Installs the Debian packages kubewire's commands and tests use, only those missing.
 #   scripts/deps.sh run    what `make up` needs
 #   scripts/deps.sh test   what `make test` needs (real clients nobody here wrote)
+#   scripts/deps.sh bench  the peers and load generators of bench/gateway.sh
 set -euo pipefail
 
 # kubectl is not among them: Debian does not package it (see below).
 run_pkgs=(iproute2 curl ca-certificates iputils-ping)
-test_pkgs=(iproute2 bind9-dnsutils nftables iptables iputils-ping curl ca-certificates containernetworking-plugins python3 python3-venv util-linux bird2 frr arping ndisc6)
+test_pkgs=(iproute2 bind9-dnsutils nftables iptables iputils-ping curl ca-certificates containernetworking-plugins python3 python3-venv util-linux bird2 frr arping ndisc6 openssl)
+bench_pkgs=(nginx haproxy wrk nghttp2-client openssl util-linux)
 
 case "${1:-run}" in
   run) pkgs=("${run_pkgs[@]}") ;;
   test) pkgs=("${test_pkgs[@]}") ;;
-  *) echo "usage: $0 run|test" >&2; exit 2 ;;
+  bench) pkgs=("${bench_pkgs[@]}") ;;
+  *) echo "usage: $0 run|test|bench" >&2; exit 2 ;;
 esac
 
 missing=()

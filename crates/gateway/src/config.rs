@@ -279,7 +279,7 @@ pub struct Backend {
     pub limits: Limits,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum BackendProtocol {
     /// HTTP/1.1, or raw bytes on TCP/TLS-passthrough/UDP listeners.
     #[default]
@@ -291,7 +291,7 @@ pub enum BackendProtocol {
 }
 
 /// BackendTLSPolicy: TLS to the backend, verified against these CAs for this name.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct BackendTls {
     pub hostname: String,
     /// PEM bundles; empty means the system's roots.
@@ -299,7 +299,7 @@ pub struct BackendTls {
 }
 
 /// Envoy's defaults are 1024 connections, pending and requests, and 3 retries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Limits {
     pub max_connections: u32,
     pub max_pending_requests: u32,

@@ -69,10 +69,13 @@ pub enum Error {
     /// `--service` is not `namespace/name`.
     #[error("--service {0:?}: expected namespace/name")]
     Service(String),
+    /// The data plane failed (a listener or the admin port could not be bound).
+    #[error("the data plane")]
+    Proxy(#[source] crate::proxy::Error),
 }
 
-/// `kubewire gateway` flags (the controller's; the data plane adds its own).
-#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+/// `kubewire gateway` flags: the controller's and the data plane's.
+#[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct Args {
     /// How to reach the API server.
     #[command(flatten)]
@@ -101,6 +104,9 @@ pub struct Args {
     /// `kubectl apply` maps every object before the CRDs exist.
     #[arg(long, default_value = DEFAULT_GATEWAY_CLASS)]
     pub gateway_class: String,
+    /// The data plane's settings.
+    #[command(flatten)]
+    pub proxy: crate::proxy::Options,
 }
 
 /// The GatewayClass created by default.
@@ -115,6 +121,7 @@ impl Args {
         args.push(format!("--ingress-class={}", self.ingress_classes.join(",")).into());
         args.push(format!("--ambassador-id={}", self.ambassador_id).into());
         args.push(format!("--gateway-class={}", self.gateway_class).into());
+        args.extend(self.proxy.to_args());
         args
     }
 }
@@ -164,19 +171,36 @@ fn identity() -> String {
     format!("{host}_{}", std::process::id())
 }
 
-/// `kubewire gateway` with the controller only: runs until SIGTERM or SIGINT, keeping a
-/// Config nobody serves yet (the data plane takes the receiver).
+/// `kubewire gateway`: the controller and the data plane, until SIGTERM or SIGINT. The
+/// data plane starts serving with the controller's first compile (so `/ready` never
+/// answers for an empty configuration taken before the watches synced), and on the signal
+/// drains its connections before the process exits.
 pub async fn run(args: Args) -> Result<(), Error> {
     let mut shutdown = k8s::Shutdown::new().map_err(Error::Signals)?;
     let options = Options::try_from(&args)?;
     let client = args.client.client().await?;
-    let (tx, _rx) = watch::channel(Arc::new(Config::default()));
-    info!(service = %args.service, identity = %options.identity, "gateway controller started");
+    let (tx, mut rx) = watch::channel(Arc::new(Config::default()));
+    info!(service = %args.service, identity = %options.identity, "gateway started");
+    let controller = tokio::spawn(control(client, options, tx));
     tokio::select! {
-        () = control(client, options, tx) => {}
-        () = shutdown.recv() => info!("gateway controller stopping"),
+        first = rx.changed() => {
+            if first.is_err() {
+                // The controller ended (its watches closed) before its first compile.
+                return Ok(());
+            }
+        }
+        () = shutdown.recv() => {
+            controller.abort();
+            return Ok(());
+        }
     }
-    Ok(())
+    let stopping = async move {
+        shutdown.recv().await;
+        info!("gateway stopping: draining connections");
+    };
+    let served = crate::proxy::serve(rx, args.proxy.clone(), stopping).await;
+    controller.abort();
+    served.map_err(Error::Proxy)
 }
 
 /// Marks a custom kind for [`Custom`].
@@ -608,6 +632,8 @@ pub async fn control(client: kube::Client, options: Options, config: watch::Send
         written: BTreeMap::new(),
     };
     let mut next_pass = tokio::time::Instant::now() + RESYNC;
+    // The first compile is always sent, even when empty: the data plane waits for it.
+    let mut first = true;
     loop {
         let mut changed = false;
         let mut resync = false;
@@ -648,7 +674,7 @@ pub async fn control(client: kube::Client, options: Options, config: watch::Send
             })
             .sum();
         let sent = config.send_if_modified(|current| {
-            if **current == compiled.config {
+            if !std::mem::take(&mut first) && **current == compiled.config {
                 false
             } else {
                 *current = Arc::new(compiled.config.clone());

@@ -9,12 +9,15 @@
 //!   operators), assembled by `build`.
 //! - [`controller`]: the watches that keep a [`world::World`], the compile, the Config sent
 //!   on a `watch` channel, and the statuses written (by the leader of the replicas).
+//! - [`proxy`]: the data plane that serves it: HTTP/1.1, HTTP/2, TLS (terminated or passed
+//!   through by SNI), TCP and UDP.
 
 pub mod config;
 pub mod controller;
 pub mod gatewayapi;
 pub mod ingress;
 pub mod mapping;
+pub mod proxy;
 pub mod status;
 pub mod template;
 pub mod world;

@@ -74,6 +74,9 @@ fn defaults() -> gateway::Args {
 }
 
 /// The gateway's flags for these choices.
+/// The data plane's `/healthz`, `/ready` and `/metrics` port (`--admin-listen`).
+const ADMIN_PORT: u16 = 8877;
+
 pub fn gateway_args(_cfg: &Config) -> gateway::Args {
     defaults()
 }
@@ -167,10 +170,14 @@ pub(crate) fn objects(cfg: &Config) -> Vec<Value> {
     }
     // The GatewayClass `kubewire` is the controller's to create (`--gateway-class`): a
     // manifest cannot carry it beside the CRDs it needs.
+    let mut service_meta = meta(GATEWAY, true);
+    if let Some(ip) = cfg.gateway_address {
+        service_meta["annotations"] = json!({ "metallb.io/loadBalancerIPs": ip.to_string() });
+    }
     out.push(json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": meta(GATEWAY, true),
+        "metadata": service_meta,
         "spec": {
             "type": "LoadBalancer",
             // The client's address is kept: no second hop through another node.
@@ -212,7 +219,19 @@ pub(crate) fn objects(cfg: &Config) -> Vec<Value> {
                         "ports": [
                             { "name": "http", "containerPort": 80, "protocol": "TCP" },
                             { "name": "https", "containerPort": 443, "protocol": "TCP" },
+                            { "name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP" },
                         ],
+                        // Ready once the first configuration is served, and no longer
+                        // while draining on SIGTERM.
+                        "readinessProbe": {
+                            "httpGet": { "path": "/ready", "port": "admin" },
+                            "periodSeconds": 2,
+                        },
+                        "livenessProbe": {
+                            "httpGet": { "path": "/healthz", "port": "admin" },
+                            "periodSeconds": 10,
+                            "failureThreshold": 3,
+                        },
                         "resources": {
                             "requests": { "cpu": "100m", "memory": "64Mi" },
                             "limits": { "memory": "512Mi" },

@@ -199,6 +199,10 @@ pub fn overlays() -> Vec<Overlay> {
 /// families.
 pub const LAB_LB_POOL: [&str; 2] = ["198.18.0.200-198.18.0.250", "2001:2::c8-2001:2::fa"];
 
+/// The default lab's gateway address: the pool's last IPv4 address, so that Services a
+/// user creates get the pool's addresses from its first on.
+pub const LAB_GATEWAY_ADDRESS: &str = "198.18.0.250";
+
 /// The choices of a default lab (docs/lab.md): the API server on the underlay, the pod
 /// ranges, IPAM state under each node's directory, the LoadBalancer controller in the
 /// lab's controllers and a default pool.
@@ -212,8 +216,7 @@ fn lab_config() -> Config {
             "fd00:10:244::/56".parse().expect("valid"),
         ],
         cni_data_dir: Some(LAB_CNI_DATA_DIR.into()),
-        // Until the gateway's data plane is joined to its controller.
-        gateway: false,
+        gateway_address: Some(LAB_GATEWAY_ADDRESS.parse().expect("a valid address")),
         ..Config::default()
     }
 }
@@ -232,7 +235,8 @@ struct Difference {
     /// Strategic-merge patches (`$patch: delete`) of objects the base has and `target`
     /// does not.
     deleted: Vec<Value>,
-    /// JSON patches: (target object, operations).
+    /// JSON patches (appended container args, added annotations): (target object,
+    /// operations).
     appended_args: Vec<(Value, Vec<Value>)>,
 }
 
@@ -277,9 +281,23 @@ fn difference(base: &[Value], target: &[Value], what: &str) -> Difference {
                 t_rest["spec"]["template"]["spec"][list][i]["args"] = Value::Null;
             }
         }
+        // Annotations the base object has none of (the lab's gateway address).
+        if b_rest["metadata"]["annotations"].is_null()
+            && !t_rest["metadata"]["annotations"].is_null()
+        {
+            ops.push(json!({
+                "op": "add",
+                "path": "/metadata/annotations",
+                "value": t_rest["metadata"]["annotations"].take(),
+            }));
+            t_rest["metadata"]
+                .as_object_mut()
+                .expect("metadata is an object")
+                .remove("annotations");
+        }
         assert!(
             b_rest == t_rest,
-            "{what}: {} differs from the base beyond container args; teach kustomize.rs that difference",
+            "{what}: {} differs from the base beyond container args and added annotations; teach kustomize.rs that difference",
             crate::describe(t)
         );
         d.appended_args.push((t.clone(), ops));

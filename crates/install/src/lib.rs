@@ -190,6 +190,10 @@ pub struct Config {
     /// gateway Deployment or Service, no IngressClasses, GatewayClass or their CRDs.
     #[arg(long = "no-gateway", action = clap::ArgAction::SetFalse)]
     pub gateway: bool,
+    /// The address the gateway's LoadBalancer Service asks for (MetalLB's
+    /// `metallb.io/loadBalancerIPs`) [default: whichever the pool gives].
+    #[arg(long = "gateway-address")]
+    pub gateway_address: Option<std::net::IpAddr>,
 }
 
 impl Default for Config {
@@ -249,6 +253,9 @@ impl Config {
         }
         if !self.gateway {
             args.push("--no-gateway".into());
+        }
+        if let Some(ip) = self.gateway_address {
+            args.push(format!("--gateway-address={ip}").into());
         }
         args
     }

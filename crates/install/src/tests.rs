@@ -40,6 +40,7 @@ fn every_choice() -> Vec<Config> {
         lb_controller_deployment: false,
         lb_pool: vec!["10.0.0.0/24".into(), "fd00::1-fd00::9".into()],
         gateway: false,
+        gateway_address: Some("10.0.0.9".parse().unwrap()),
     });
     all
 }

@@ -58,9 +58,9 @@ enum Command {
     /// Run the LoadBalancer address allocation controller (MetalLB's controller; the
     /// lab runs it inside `kubewire controllers`).
     LbController(lb::controller::Args),
-    /// Run the gateway's controller: Ingresses, Gateway API objects and Emissary
-    /// Mappings compiled into routes, their statuses written (the proxy that serves the
-    /// routes is not joined to it yet).
+    /// Run the gateway: the controller that compiles Ingresses, Gateway API objects and
+    /// Emissary Mappings, and the proxy that serves them (a Deployment behind its own
+    /// LoadBalancer Service).
     Gateway(gateway::Args),
     /// Run the lab's kubelet in a node's namespace: registers the Node, runs its pods.
     Node(node::Args),

@@ -82,11 +82,19 @@ pub fn install_config(cfg: &LabConfig) -> install::Config {
         // The lab's controllers run the LoadBalancer controller.
         lb_controller_deployment: false,
         lb_pool: cfg.lb_pool(),
-        // Not yet: `kubewire gateway` runs its controller only until its data plane is
-        // joined, and would take the pool's first address.
-        gateway: false,
+        gateway_address: gateway_address(&cfg.lb_pool()),
         ..install::Config::default()
     }
+}
+
+/// The gateway's LoadBalancer address: the last IPv4 address of the lab's pool, so that
+/// the Services a user creates get the pool's addresses from its first on (the talk's
+/// `emissary-ingress` gets 198.18.0.200). None without an IPv4 range.
+fn gateway_address(pool: &[String]) -> Option<std::net::IpAddr> {
+    pool.iter()
+        .filter_map(|r| lb::pool::parse_addresses(r).ok())
+        .find(|r| r.first.is_ipv4())
+        .map(|r| r.last)
 }
 
 /// The directory the lab keeps as node `node`'s file system for hostPath volumes.

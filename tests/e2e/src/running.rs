@@ -129,6 +129,14 @@ impl RunningLab {
         self.kubectl(&["apply", "-f", file.to_str().unwrap()]);
     }
 
+    /// `kubectl apply` of a YAML manifest that may be refused: kubectl's output, whatever
+    /// its exit status.
+    pub fn try_apply(&self, manifest: &str) -> std::process::Output {
+        let file = self.dir.path().join(format!("{}.yaml", unique_name("m")));
+        std::fs::write(&file, manifest).unwrap();
+        kubectl(&self.kubeconfig, &["apply", "-f", file.to_str().unwrap()])
+    }
+
     /// `kubectl ARGS -o json`, parsed.
     pub fn json(&self, args: &[&str]) -> Value {
         let mut args = args.to_vec();

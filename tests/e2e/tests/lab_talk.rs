@@ -10,7 +10,8 @@ use e2e::wait_until;
 
 /// The talk's manifests of lab steps 3 and 4 that kubewire serves, from `examples/`:
 /// the headless Service, the Pod with dnsConfig, the Pod with hostPort, the NodePort
-/// Service. The talk's Ingress is applied on its own (stored, not served yet).
+/// Service. The talk's Ingress is applied on its own (stored as written; gateway_talk.rs
+/// routes through it).
 const TALK: &[&str] = &[
     "step3-dns/service-headlesswebsite.yaml",
     "step3-dns/pod-dns-example.yaml",
@@ -245,8 +246,8 @@ fn talk_lab_steps_three_and_four() {
         stdout(&out)
     );
 
-    // The talk's Ingress is accepted and stored as kube-apiserver would; no Ingress
-    // controller serves it yet.
+    // The talk's Ingress is accepted and stored as kube-apiserver would (the gateway
+    // serving it is gateway_talk.rs).
     lab.apply(&e2e::examples(&[
         "step4-outside-access/ingress-web-ingress.yaml",
     ]));

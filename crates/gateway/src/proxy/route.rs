@@ -1,0 +1,588 @@
+//! Route lookup: the virtual host by host specificity, then the first matching route.
+//!
+//! [`Router::find`] answers exactly as [`Router::find_linear`] (a first-match walk over the
+//! routes as configured) but walks only the routes whose path condition can hold: exact
+//! paths and element-wise prefixes are looked up by the request path's own prefixes, string
+//! prefixes by the lengths the routes use, and only regular expressions are tried on every
+//! request. A test compares the two on random configurations and requests.
+
+use std::collections::HashMap;
+
+use http::{HeaderMap, Method};
+use regex::Regex;
+
+use crate::config::{HostMatch, HttpHosts, PathMatch, Route, StringMatch};
+
+/// What a request is matched on.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestView<'a> {
+    /// Lower-case, without port and trailing dot.
+    pub host: &'a str,
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+}
+
+/// A host from a `Host` header or `:authority`: lower-case, without port and trailing dot.
+pub fn normalize_host(authority: &str) -> String {
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        // An IPv6 literal: `[::1]:8080`.
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// An element-wise prefix as it is compared: without trailing `/`; empty matches all.
+pub(crate) fn trim_prefix(prefix: &str) -> &str {
+    prefix.trim_end_matches('/')
+}
+
+/// `/foo` matches `/foo` and `/foo/bar`, not `/foobar`; `/foo/` is `/foo`; `/` matches all.
+pub(crate) fn prefix_matches(prefix: &str, path: &str) -> bool {
+    let p = trim_prefix(prefix);
+    p.is_empty()
+        || (path.starts_with(p) && (path.len() == p.len() || path.as_bytes()[p.len()] == b'/'))
+}
+
+#[derive(Debug)]
+enum CompiledString {
+    Exact(String),
+    Regex(Regex),
+    Present,
+    /// A regular expression that does not compile: never matches.
+    Never,
+}
+
+impl CompiledString {
+    fn new(m: &StringMatch) -> Self {
+        match m {
+            StringMatch::Exact(s) => Self::Exact(s.clone()),
+            StringMatch::Present => Self::Present,
+            StringMatch::Regex(r) => full_regex(r).map_or(Self::Never, Self::Regex),
+        }
+    }
+
+    fn matches(&self, value: &str) -> bool {
+        match self {
+            Self::Exact(s) => s == value,
+            Self::Regex(r) => r.is_match(value),
+            Self::Present => true,
+            Self::Never => false,
+        }
+    }
+}
+
+/// `re` anchored at both ends; `None` (and a warning) when it does not compile.
+fn full_regex(re: &str) -> Option<Regex> {
+    match Regex::new(&format!("^(?:{re})$")) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(regex = re, error = %e, "a route's regular expression does not compile; it matches nothing");
+            None
+        }
+    }
+}
+
+#[derive(Debug)]
+enum CompiledPath {
+    Exact(String),
+    Prefix(String),
+    StringPrefix(String),
+    Regex(Option<Regex>),
+}
+
+#[derive(Debug)]
+struct CompiledRoute {
+    path: CompiledPath,
+    method: Option<Method>,
+    headers: Vec<(http::HeaderName, CompiledString)>,
+    query: Vec<(String, CompiledString)>,
+}
+
+impl CompiledRoute {
+    fn new(route: &Route) -> Self {
+        let m = &route.matches;
+        Self {
+            path: match &m.path {
+                PathMatch::Exact(p) => CompiledPath::Exact(p.clone()),
+                PathMatch::Prefix(p) => CompiledPath::Prefix(trim_prefix(p).to_owned()),
+                PathMatch::StringPrefix(p) => CompiledPath::StringPrefix(p.clone()),
+                PathMatch::Regex(r) => CompiledPath::Regex(full_regex(r)),
+            },
+            method: m.method.clone(),
+            headers: m
+                .headers
+                .iter()
+                .map(|h| (h.name.clone(), CompiledString::new(&h.value)))
+                .collect(),
+            query: m
+                .query
+                .iter()
+                .map(|q| (q.name.clone(), CompiledString::new(&q.value)))
+                .collect(),
+        }
+    }
+
+    fn path_matches(&self, path: &str) -> bool {
+        match &self.path {
+            CompiledPath::Exact(p) => p == path,
+            CompiledPath::Prefix(p) => prefix_matches(p, path),
+            CompiledPath::StringPrefix(p) => path.starts_with(p.as_str()),
+            CompiledPath::Regex(r) => r.as_ref().is_some_and(|r| r.is_match(path)),
+        }
+    }
+
+    /// Everything but the path.
+    fn rest_matches(&self, req: &RequestView<'_>) -> bool {
+        if self.method.as_ref().is_some_and(|m| m != req.method) {
+            return false;
+        }
+        for (name, m) in &self.headers {
+            // Several values of one header are compared joined with `,` (RFC 9110 5.3).
+            let mut values = req.headers.get_all(name).iter();
+            let Some(first) = values.next() else {
+                return false;
+            };
+            let mut joined = String::from_utf8_lossy(first.as_bytes()).into_owned();
+            for v in values {
+                joined.push(',');
+                joined.push_str(&String::from_utf8_lossy(v.as_bytes()));
+            }
+            if !m.matches(&joined) {
+                return false;
+            }
+        }
+        if !self.query.is_empty() {
+            let query = req.query.unwrap_or("");
+            for (name, m) in &self.query {
+                // Only the first parameter of a name counts (Gateway API).
+                let value = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name);
+                if !value.is_some_and(|(_, v)| m.matches(&v)) {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn matches(&self, req: &RequestView<'_>) -> bool {
+        self.path_matches(req.path) && self.rest_matches(req)
+    }
+}
+
+/// The routes of one virtual host, indexed by their path condition.
+#[derive(Debug, Default)]
+struct PathIndex {
+    exact: HashMap<String, Vec<u32>>,
+    /// Element-wise prefixes without trailing `/`; `""` matches every path.
+    prefix: HashMap<String, Vec<u32>>,
+    /// String prefixes by length, the lengths in `string_lengths`.
+    string_prefix: HashMap<String, Vec<u32>>,
+    string_lengths: Vec<usize>,
+    /// Regular expressions: tried on every request.
+    other: Vec<u32>,
+}
+
+impl PathIndex {
+    fn new(routes: &[CompiledRoute]) -> Self {
+        let mut index = Self::default();
+        for (i, r) in routes.iter().enumerate() {
+            let i = u32::try_from(i).expect("fewer than 2^32 routes");
+            match &r.path {
+                CompiledPath::Exact(p) => index.exact.entry(p.clone()).or_default().push(i),
+                CompiledPath::Prefix(p) => index.prefix.entry(p.clone()).or_default().push(i),
+                CompiledPath::StringPrefix(p) => {
+                    index.string_prefix.entry(p.clone()).or_default().push(i);
+                    if !index.string_lengths.contains(&p.len()) {
+                        index.string_lengths.push(p.len());
+                    }
+                }
+                CompiledPath::Regex(_) => index.other.push(i),
+            }
+        }
+        index
+    }
+
+    /// Every route whose path condition holds, in configuration order (and perhaps some
+    /// whose does not).
+    fn candidates(&self, path: &str, out: &mut Vec<u32>) {
+        out.clear();
+        if let Some(v) = self.exact.get(path) {
+            out.extend_from_slice(v);
+        }
+        if !self.prefix.is_empty() {
+            if let Some(v) = self.prefix.get("") {
+                out.extend_from_slice(v);
+            }
+            for (i, b) in path.bytes().enumerate() {
+                if b == b'/'
+                    && i > 0
+                    && let Some(v) = self.prefix.get(&path[..i])
+                {
+                    out.extend_from_slice(v);
+                }
+            }
+            if let Some(v) = self.prefix.get(path) {
+                out.extend_from_slice(v);
+            }
+        }
+        for &len in &self.string_lengths {
+            if let Some(p) = path.get(..len)
+                && let Some(v) = self.string_prefix.get(p)
+            {
+                out.extend_from_slice(v);
+            }
+        }
+        out.extend_from_slice(&self.other);
+        out.sort_unstable();
+        out.dedup();
+    }
+}
+
+#[derive(Debug)]
+struct VHost {
+    routes: Vec<CompiledRoute>,
+    index: PathIndex,
+}
+
+/// The compiled [`HttpHosts`] of one listener: public so that the route lookup can be
+/// benchmarked on its own (`cargo bench -p gateway`).
+#[derive(Debug, Default)]
+pub struct Router {
+    exact: HashMap<String, usize>,
+    /// `(suffix, one_label, vhost)`, longest suffix first, then in configuration order.
+    wildcards: Vec<(String, bool, usize)>,
+    any: Option<usize>,
+    vhosts: Vec<VHost>,
+}
+
+impl Router {
+    /// Compiles and indexes `hosts`.
+    pub fn new(hosts: &HttpHosts) -> Self {
+        let mut router = Self::default();
+        for (i, vh) in hosts.hosts.iter().enumerate() {
+            for h in &vh.hostnames {
+                match h {
+                    HostMatch::Exact(name) => {
+                        router.exact.entry(normalize_host(name)).or_insert(i);
+                    }
+                    HostMatch::Wildcard { suffix, one_label } => {
+                        let suffix = suffix.to_ascii_lowercase();
+                        let suffix = suffix.trim_end_matches('.');
+                        router.wildcards.push((suffix.to_owned(), *one_label, i));
+                    }
+                    HostMatch::Any => {
+                        router.any.get_or_insert(i);
+                    }
+                }
+            }
+            let routes: Vec<_> = vh.routes.iter().map(CompiledRoute::new).collect();
+            let index = PathIndex::new(&routes);
+            router.vhosts.push(VHost { routes, index });
+        }
+        // Stable: equal lengths keep configuration order.
+        router
+            .wildcards
+            .sort_by_key(|w| std::cmp::Reverse(w.0.len()));
+        router
+    }
+
+    /// The virtual host for a normalized host name.
+    pub fn vhost(&self, host: &str) -> Option<usize> {
+        if let Some(&i) = self.exact.get(host) {
+            return Some(i);
+        }
+        for (suffix, one_label, i) in &self.wildcards {
+            if host.len() > suffix.len() && host.ends_with(suffix.as_str()) {
+                let label = &host[..host.len() - suffix.len()];
+                if !*one_label || !label.contains('.') {
+                    return Some(*i);
+                }
+            }
+        }
+        self.any
+    }
+
+    /// The first matching route: `(virtual host, route)` indices into the configuration.
+    pub fn find(&self, req: &RequestView<'_>) -> Option<(usize, usize)> {
+        let v = self.vhost(req.host)?;
+        let vhost = &self.vhosts[v];
+        let mut candidates = Vec::new();
+        vhost.index.candidates(req.path, &mut candidates);
+        candidates
+            .into_iter()
+            .find(|&i| vhost.routes[i as usize].matches(req))
+            .map(|i| (v, i as usize))
+    }
+
+    /// [`Router::find`] the slow way: every route of the virtual host in order.
+    #[cfg(test)]
+    pub(crate) fn find_linear(&self, req: &RequestView<'_>) -> Option<(usize, usize)> {
+        let v = self.vhost(req.host)?;
+        self.vhosts[v]
+            .routes
+            .iter()
+            .position(|r| r.matches(req))
+            .map(|i| (v, i))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use http::{HeaderName, HeaderValue};
+
+    use super::*;
+    use crate::config::*;
+
+    pub(crate) fn route(path: PathMatch) -> Route {
+        Route {
+            name: RouteName {
+                kind: "HTTPRoute",
+                namespace: "default".into(),
+                name: "r".into(),
+                rule: 0,
+            },
+            matches: RouteMatch {
+                path,
+                method: None,
+                headers: vec![],
+                query: vec![],
+            },
+            action: Action::Respond(http::StatusCode::OK),
+        }
+    }
+
+    fn router(hosts: Vec<(Vec<HostMatch>, Vec<Route>)>) -> Router {
+        Router::new(&HttpHosts {
+            hosts: hosts
+                .into_iter()
+                .map(|(hostnames, routes)| VirtualHost { hostnames, routes })
+                .collect(),
+        })
+    }
+
+    fn ask(
+        r: &Router,
+        host: &str,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Option<(usize, usize)> {
+        let (path, query) = match path.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path, None),
+        };
+        let req = RequestView {
+            host,
+            method,
+            path,
+            query,
+            headers,
+        };
+        let fast = r.find(&req);
+        assert_eq!(fast, r.find_linear(&req), "{host} {path}");
+        fast
+    }
+
+    fn get(r: &Router, host: &str, path: &str) -> Option<(usize, usize)> {
+        ask(r, host, &Method::GET, path, &HeaderMap::new())
+    }
+
+    #[test]
+    fn hosts_by_specificity() {
+        let wild = |s: &str, one_label| HostMatch::Wildcard {
+            suffix: s.into(),
+            one_label,
+        };
+        let any = route(PathMatch::Prefix("/".into()));
+        let r = router(vec![
+            (vec![HostMatch::Any], vec![any.clone()]),
+            (vec![wild(".example.com", false)], vec![any.clone()]),
+            (vec![wild(".foo.example.com", true)], vec![any.clone()]),
+            (
+                vec![HostMatch::Exact("a.foo.example.com".into())],
+                vec![any.clone()],
+            ),
+        ]);
+        assert_eq!(get(&r, "a.foo.example.com", "/"), Some((3, 0)));
+        assert_eq!(get(&r, "b.foo.example.com", "/"), Some((2, 0)));
+        // One label only for the Ingress-style wildcard; the longer suffix does not hold.
+        assert_eq!(get(&r, "x.b.foo.example.com", "/"), Some((1, 0)));
+        assert_eq!(get(&r, "example.com", "/"), Some((0, 0)));
+        assert_eq!(get(&r, "other", "/"), Some((0, 0)));
+        assert_eq!(normalize_host("A.Example.COM.:8080"), "a.example.com");
+        assert_eq!(normalize_host("[::1]:80"), "::1");
+        let none = router(vec![(vec![HostMatch::Exact("a".into())], vec![any])]);
+        assert_eq!(get(&none, "b", "/"), None);
+    }
+
+    #[test]
+    fn paths_as_documented() {
+        let r = router(vec![(
+            vec![HostMatch::Any],
+            vec![
+                route(PathMatch::Exact("/exact".into())),
+                route(PathMatch::Prefix("/foo/".into())),
+                route(PathMatch::StringPrefix("/str".into())),
+                route(PathMatch::Regex("/re/[0-9]+".into())),
+                route(PathMatch::Prefix("/".into())),
+            ],
+        )]);
+        let at = |p| get(&r, "h", p).map(|(_, i)| i);
+        assert_eq!(at("/exact"), Some(0));
+        assert_eq!(at("/exact/"), Some(4));
+        assert_eq!(at("/foo"), Some(1));
+        assert_eq!(at("/foo/"), Some(1));
+        assert_eq!(at("/foo/bar"), Some(1));
+        assert_eq!(at("/foobar"), Some(4));
+        assert_eq!(at("/string"), Some(2));
+        assert_eq!(at("/re/12"), Some(3));
+        assert_eq!(at("/re/12x"), Some(4));
+        let exact_only = router(vec![(
+            vec![HostMatch::Any],
+            vec![route(PathMatch::Exact("/a".into()))],
+        )]);
+        assert_eq!(get(&exact_only, "h", "/b"), None);
+    }
+
+    #[test]
+    fn method_headers_and_query() {
+        let mut m = route(PathMatch::Prefix("/".into()));
+        m.matches.method = Some(Method::POST);
+        m.matches.headers = vec![
+            HeaderMatch {
+                name: HeaderName::from_static("x-a"),
+                value: StringMatch::Exact("1".into()),
+            },
+            HeaderMatch {
+                name: HeaderName::from_static("x-b"),
+                value: StringMatch::Regex("v[0-9]".into()),
+            },
+        ];
+        m.matches.query = vec![QueryMatch {
+            name: "q".into(),
+            value: StringMatch::Exact("a b".into()),
+        }];
+        let r = router(vec![(
+            vec![HostMatch::Any],
+            vec![m, route(PathMatch::Prefix("/".into()))],
+        )]);
+        let mut h = HeaderMap::new();
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert("x-b", HeaderValue::from_static("v7"));
+        let at =
+            |method: &Method, path, h: &HeaderMap| ask(&r, "h", method, path, h).map(|(_, i)| i);
+        assert_eq!(at(&Method::POST, "/x?q=a+b&q=c", &h), Some(0));
+        assert_eq!(
+            at(&Method::POST, "/x?q=c&q=a+b", &h),
+            Some(1),
+            "only the first q counts"
+        );
+        assert_eq!(at(&Method::GET, "/x?q=a+b", &h), Some(1));
+        h.insert("x-b", HeaderValue::from_static("v77"));
+        assert_eq!(
+            at(&Method::POST, "/x?q=a+b", &h),
+            Some(1),
+            "the regex must match whole"
+        );
+    }
+
+    /// A small deterministic generator (xorshift), so failures reproduce from the seed.
+    pub(crate) struct Rng(pub u64);
+
+    impl Rng {
+        pub(crate) fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        pub(crate) fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        pub(crate) fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+            &items[self.below(items.len())]
+        }
+    }
+
+    fn random_path(rng: &mut Rng) -> String {
+        const PARTS: &[&str] = &["", "a", "ab", "b", "a/", "x", "/", "ab/c"];
+        let mut p = String::new();
+        for _ in 0..rng.below(4) {
+            p.push('/');
+            p.push_str(rng.pick::<&str>(PARTS));
+        }
+        if p.is_empty() || rng.below(5) == 0 {
+            p.push('/');
+        }
+        p
+    }
+
+    #[test]
+    fn index_answers_as_a_first_match_walk() {
+        let mut rng = Rng(0x5eed_2026);
+        let hosts = [HostMatch::Exact("h".into()), HostMatch::Any];
+        for _ in 0..300 {
+            let mut vhosts = Vec::new();
+            for host in &hosts {
+                let mut routes = Vec::new();
+                for _ in 0..rng.below(12) {
+                    let p = random_path(&mut rng);
+                    let mut r = route(match rng.below(5) {
+                        0 => PathMatch::Exact(p),
+                        1 | 2 => PathMatch::Prefix(p),
+                        3 => PathMatch::StringPrefix(p),
+                        _ => PathMatch::Regex(format!("{}.*", regex::escape(&p))),
+                    });
+                    if rng.below(4) == 0 {
+                        r.matches.method = Some(Method::POST);
+                    }
+                    if rng.below(4) == 0 {
+                        r.matches.headers.push(HeaderMatch {
+                            name: HeaderName::from_static("x-v"),
+                            value: StringMatch::Exact("1".into()),
+                        });
+                    }
+                    routes.push(r);
+                }
+                vhosts.push((vec![host.clone()], routes));
+            }
+            let r = router(vhosts);
+            for _ in 0..40 {
+                let path = random_path(&mut rng);
+                let method = if rng.below(2) == 0 {
+                    Method::GET
+                } else {
+                    Method::POST
+                };
+                let mut h = HeaderMap::new();
+                if rng.below(2) == 0 {
+                    h.insert("x-v", HeaderValue::from_static("1"));
+                }
+                // `ask` asserts the two agree.
+                ask(&r, rng.pick::<&str>(&["h", "other"]), &method, &path, &h);
+            }
+        }
+    }
+
+    #[test]
+    fn fuzzed_paths_never_panic() {
+        let r = router(vec![(
+            vec![HostMatch::Any],
+            vec![
+                route(PathMatch::Prefix("/é/".into())),
+                route(PathMatch::StringPrefix("/ab".into())),
+                route(PathMatch::Exact("/".into())),
+            ],
+        )]);
+        let mut rng = Rng(77);
+        let alphabet: Vec<char> = "/a?b%é\u{0}ab/".chars().collect();
+        for _ in 0..5000 {
+            let path: String = (0..rng.below(12)).map(|_| *rng.pick(&alphabet)).collect();
+            get(&r, "h", &path);
+        }
+    }
+}
