@@ -591,7 +591,8 @@ pub(crate) async fn serve_http<IO>(
     };
     let service_ctx = Arc::clone(&ctx);
     let service =
-        hyper::service::service_fn(move |req| http::handle(Arc::clone(&service_ctx), req));
+        // Boxed: the request's future is ~3.8 KiB, and hyper would move it by value.
+        hyper::service::service_fn(move |req| Box::pin(http::handle(Arc::clone(&service_ctx), req)));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let idle = o.idle_timeout;
