@@ -24,13 +24,20 @@ scripts/deps.sh test >/dev/null
 name=kwlbbench
 n=${SERVICES:-1000}
 trials=${TRIALS:-20}
-cargo build --release -p kubewire >/dev/null 2>&1
-bin=$PWD/target/release/kubewire
+# KUBEWIRE=path runs a given binary (to compare two builds back to back).
+if [[ -z ${KUBEWIRE:-} ]]; then
+  cargo build --release -p kubewire >/dev/null 2>&1
+fi
+bin=${KUBEWIRE:-$PWD/target/release/kubewire}
 export KUBECONFIG=/var/lib/kubewire/$name/api/admin.kubeconfig
 work=$(mktemp -d)
 down() { "$bin" lab down --name $name >/dev/null 2>&1 || true; }
 cleanup() {
   [[ -n ${watcher:-} ]] && kill "$watcher" 2>/dev/null || true
+  # KEEP=dir keeps the watch's timestamps and the lab's logs (for tracing a change).
+  if [[ -n ${KEEP:-} ]]; then
+    mkdir -p "$KEEP" && cp -r "$work" "/var/lib/kubewire/$name/logs" "$KEEP/" 2>/dev/null || true
+  fi
   down
   rm -rf "$work"
 }
@@ -68,7 +75,7 @@ echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, kernel $
 # The controller logs each pass's time at debug level.
 # Port 0: beside any other lab on this machine.
 printf 'nodes: 2\napiListen: 127.0.0.1:0\n' >"$work/lab.yaml"
-RUST_LOG=info,lb=debug "$bin" lab up --name $name --config "$work/lab.yaml" --detach >/dev/null 2>&1
+RUST_LOG=${RUST_LOG:-info,lb=debug} "$bin" lab up --name $name --config "$work/lab.yaml" --detach >/dev/null 2>&1
 log=/var/lib/kubewire/$name/logs/controllers.log
 kubectl create namespace bench >/dev/null
 cat >"$work/pool.yaml" <<EOF

@@ -71,10 +71,30 @@ pub fn about<K: Resource<DynamicType = ()>>(
     new(reference(obj), component, type_, reason, message)
 }
 
+/// Event writes in flight at once, per process. client-go's broadcaster writes one at
+/// a time from a queue; a few at once keep a burst (1,000 Services assigned at once,
+/// each with its Event) from opening a connection per Event, whose buffers the process
+/// would keep.
+const IN_FLIGHT: usize = 4;
+/// Events waiting to be written, at most (client-go's queue holds 1,000 and drops the
+/// rest when it is full, as this does).
+const QUEUED: usize = 1000;
+
+static WRITERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(IN_FLIGHT);
+static WAITING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Records an Event without waiting for it; a lost Event is only logged.
 pub fn record(client: &kube::Client, event: Event) {
+    use std::sync::atomic::Ordering;
+    if WAITING.fetch_add(1, Ordering::Relaxed) >= QUEUED {
+        WAITING.fetch_sub(1, Ordering::Relaxed);
+        tracing::debug!(reason = ?event.reason, "too many events queued; dropping one");
+        return;
+    }
     let client = client.clone();
     tokio::spawn(async move {
+        let permit = WRITERS.acquire().await;
+        WAITING.fetch_sub(1, Ordering::Relaxed);
         let ns = event.metadata.namespace.clone().unwrap_or_default();
         if let Err(e) = kube::Api::<Event>::namespaced(client, &ns)
             .create(&Default::default(), &event)
@@ -82,6 +102,7 @@ pub fn record(client: &kube::Client, event: Event) {
         {
             tracing::debug!(error = %ErrorChain(&e), "recording an event");
         }
+        drop(permit);
     });
 }
 

@@ -649,14 +649,18 @@ fn same_set(a: &[IpAddr], b: &[IpAddr]) -> bool {
 
 /// Computes every Service's addresses. `class` is the `loadBalancerClass` served
 /// besides none.
-pub fn plan(pools: &BTreeMap<String, Pool>, services: &[ServiceView], class: &str) -> Plan {
+pub fn plan<S: std::borrow::Borrow<ServiceView>>(
+    pools: &BTreeMap<String, Pool>,
+    services: &[S],
+    class: &str,
+) -> Plan {
     let mut state = State {
         pools,
         by_ip: HashMap::new(),
         unshared_from: HashMap::new(),
     };
     let mut out: BTreeMap<String, Outcome> = BTreeMap::new();
-    let mut order: Vec<&ServiceView> = services.iter().collect();
+    let mut order: Vec<&ServiceView> = services.iter().map(S::borrow).collect();
     order.sort_by(|a, b| (a.created, &a.key).cmp(&(b.created, &b.key)));
 
     // What each Service that is ours and a LoadBalancer still needs after its current

@@ -20,6 +20,7 @@
 //! MetalLB would refuse (overlapping pools, a bad CIDR: what a validating webhook keeps
 //! out of a cluster) is logged and the last good one kept, as MetalLB does.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::time::Duration;
@@ -133,8 +134,12 @@ struct Svc {
     rv: u64,
 }
 
+/// The Services that matter to the controller: LoadBalancers, and Services of any other
+/// type that still carry an address or pool annotation to take off. The others (most of
+/// a cluster's Services) are not kept: `alloc::plan` decides nothing for them. Boxed,
+/// so the table grows by a pointer per slot, not a whole record.
 #[derive(Default)]
-struct Services(HashMap<ObjectKey, Svc>);
+struct Services(HashMap<ObjectKey, Box<Svc>>);
 
 fn rv_of(meta: &ObjectMeta) -> u64 {
     meta.resource_version
@@ -145,12 +150,16 @@ fn rv_of(meta: &ObjectMeta) -> u64 {
 
 impl Store<Service> for Services {
     fn apply(&mut self, key: ObjectKey, obj: Service) -> bool {
-        let svc = Svc {
-            view: ServiceView::new(&obj),
+        let view = ServiceView::new(&obj);
+        if !view.load_balancer && view.current.is_empty() && view.current_pool.is_none() {
+            return self.0.remove(&key).is_some();
+        }
+        let svc = Box::new(Svc {
+            view,
             name: obj.metadata.name.clone().unwrap_or_default(),
             uid: obj.metadata.uid.clone(),
             rv: rv_of(&obj.metadata),
-        };
+        });
         let changed = self.0.get(&key).is_none_or(|old| old.view != svc.view);
         self.0.insert(key, svc);
         changed
@@ -326,27 +335,34 @@ impl Controller {
     /// One pass: computes every assignment and writes what differs. Returns whether
     /// every write went through.
     async fn pass(&mut self) -> bool {
+        let computed = std::time::Instant::now();
         let pools = self.pools();
         self.written
             .retain(|k, w| self.services.0.get(k.as_str()).is_some_and(|s| s.rv < w.rv));
         self.told
             .retain(|k, _| self.services.0.contains_key(k.as_str()));
-        let views: Vec<ServiceView> = self
+        // The stored views as they are, but for the few whose writes the watch has not
+        // brought back yet: those are copied with what was written.
+        let views: Vec<Cow<'_, ServiceView>> = self
             .services
             .0
             .values()
-            .map(|s| {
-                let mut v = s.view.clone();
-                if let Some(w) = self.written.get(&v.key) {
+            .map(|s| match self.written.get(&s.view.key) {
+                None => Cow::Borrowed(&s.view),
+                Some(w) => {
+                    let mut v = s.view.clone();
                     v.current = w.ips.clone();
                     v.current_pool = w.pool.clone();
+                    Cow::Owned(v)
                 }
-                v
             })
             .collect();
         let plan = alloc::plan(&pools, &views, &self.config.class);
 
         let mut writes = Vec::new();
+        // Events are recorded once the writes are done: they are not on the way from a
+        // change to its address.
+        let mut told_now = Vec::new();
         for view in &views {
             let outcome = &plan.services[&view.key];
             let svc = &self.services.0[view.key.as_str()];
@@ -367,7 +383,7 @@ impl Controller {
                     svc.name.clone(),
                     view.key.clone(),
                     want.map(|(ips, pool)| (ips.to_vec(), pool.to_owned())),
-                    have.1.is_some(),
+                    (have.0.to_vec(), have.1.map(str::to_owned)),
                 ));
             }
             let told: Vec<(String, String)> = outcome
@@ -384,11 +400,13 @@ impl Controller {
                     } else {
                         debug!(service = %view.key, reason = e.reason, "{}", e.message);
                     }
-                    record(&self.client, view, &svc.name, svc.uid.clone(), e);
+                    told_now.push((view.namespace.clone(), svc.name.clone(), svc.uid.clone(), e));
                 }
                 self.told.insert(view.key.clone(), told);
             }
         }
+        let n_writes = writes.len();
+        debug!(compute = ?computed.elapsed(), writes = n_writes, "planned");
         let mut ok = true;
         let mut results = futures::stream::iter(writes).buffer_unordered(CONCURRENT_WRITES);
         while let Some((key, result)) = results.next().await {
@@ -403,6 +421,9 @@ impl Controller {
             }
         }
         drop(results);
+        for (namespace, name, uid, e) in told_now {
+            record(&self.client, &namespace, &name, uid, e);
+        }
         ok & self.write_pool_statuses(&pools, &plan.usage).await
     }
 
@@ -450,23 +471,27 @@ fn params() -> PatchParams {
     }
 }
 
-/// Writes a Service's addresses and pool annotation (`want`), or takes them off. The
-/// annotation goes on first and comes off last.
+/// Writes a Service's addresses and pool annotation (`want`), or takes them off,
+/// where they differ from what it has (`have`). The annotation goes on first and comes
+/// off last.
 async fn write(
     client: kube::Client,
     namespace: String,
     name: String,
     key: String,
     want: Option<(Vec<IpAddr>, String)>,
-    annotated: bool,
+    have: (Vec<IpAddr>, Option<String>),
 ) -> (String, Result<Written, kube::Error>) {
     let api: Api<Service> = Api::namespaced(client, &namespace);
     let result = async {
         let pool = want.as_ref().map(|(_, p)| p.clone());
+        let ips = want
+            .as_ref()
+            .map(|(ips, _)| ips.clone())
+            .unwrap_or_default();
         let annotate = json!({ "metadata": { "annotations": { ALLOCATED_FROM_POOL: pool } } });
-        let ingress: Vec<_> = want
+        let ingress: Vec<_> = ips
             .iter()
-            .flat_map(|(ips, _)| ips)
             .map(|ip| json!({ "ip": ip.to_string(), "ipMode": "VIP" }))
             .collect();
         let status = if ingress.is_empty() {
@@ -474,27 +499,29 @@ async fn write(
         } else {
             json!({ "status": { "loadBalancer": { "ingress": ingress } } })
         };
+        let (annotation_differs, status_differs) = (have.1 != pool, have.0 != ips);
         let mut rv = 0;
-        if want.is_some() {
-            api.patch(&name, &params(), &Patch::Merge(annotate.clone()))
+        let t = std::time::Instant::now();
+        if want.is_some() && annotation_differs {
+            let svc = api
+                .patch(&name, &params(), &Patch::Merge(&annotate))
                 .await?;
+            rv = rv.max(rv_of(&svc.metadata));
         }
-        let svc = api
-            .patch_status(&name, &params(), &Patch::Merge(status))
-            .await?;
-        rv = rv.max(rv_of(&svc.metadata));
-        if want.is_none() && annotated {
+        let t1 = t.elapsed();
+        if status_differs {
+            let svc = api
+                .patch_status(&name, &params(), &Patch::Merge(status))
+                .await?;
+            rv = rv.max(rv_of(&svc.metadata));
+        }
+        let t2 = t.elapsed();
+        if want.is_none() && annotation_differs {
             let svc = api.patch(&name, &params(), &Patch::Merge(annotate)).await?;
             rv = rv.max(rv_of(&svc.metadata));
         }
-        Ok(Written {
-            rv,
-            ips: want
-                .as_ref()
-                .map(|(ips, _)| ips.clone())
-                .unwrap_or_default(),
-            pool,
-        })
+        tracing::trace!(service = %key, annotation = ?t1, status = ?(t2 - t1), "written");
+        Ok(Written { rv, ips, pool })
     }
     .await;
     (key, result)
@@ -504,7 +531,7 @@ async fn write(
 /// `kubectl get events` list); a lost event is only logged.
 fn record(
     client: &kube::Client,
-    view: &ServiceView,
+    namespace: &str,
     name: &str,
     uid: Option<String>,
     e: &alloc::Event,
@@ -513,7 +540,7 @@ fn record(
         api_version: Some("v1".into()),
         kind: Some("Service".into()),
         name: Some(name.to_owned()),
-        namespace: Some(view.namespace.clone()),
+        namespace: Some(namespace.to_owned()),
         uid,
         ..Default::default()
     };
