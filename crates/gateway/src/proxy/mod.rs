@@ -444,6 +444,9 @@ async fn connection(
     drain: watch::Receiver<bool>,
     track: Track,
 ) {
+    // The listener is dual-stack (`::`): an IPv4 client comes as ::ffff:a.b.c.d, and
+    // headers and logs carry it as a.b.c.d, as Envoy does.
+    remote = SocketAddr::new(remote.ip().to_canonical(), remote.port());
     let (rt, proxy_protocol) = state.current();
     let header_timeout = shared.options.header_read_timeout;
     if proxy_protocol {

@@ -1051,3 +1051,27 @@ async fn the_default_address_takes_ipv4_too() {
     accepted.unwrap();
     connected.unwrap();
 }
+
+#[tokio::test]
+async fn ipv4_clients_of_the_dual_stack_address_are_named_as_ipv4() {
+    // On `::` an IPv4 client is accepted as ::ffff:127.0.0.1; the backend must see 127.0.0.1.
+    let a = backend("a").await;
+    let port = free_port();
+    let config = Config {
+        listeners: vec![http_listener(
+            port,
+            vec![any_host(vec![route(
+                prefix("/"),
+                to(forward(vec![(1, Some(svc("a", vec![a.addr])))])),
+            )])],
+        )],
+    };
+    let gw = Gateway::start(config, |o| {
+        o.listen_address = std::net::Ipv6Addr::UNSPECIFIED.into();
+    })
+    .await;
+    let got = get(port, "web.example.com", "/").await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.seen("x-forwarded-for"), Some("127.0.0.1"));
+    gw.stop().await;
+}
