@@ -99,6 +99,7 @@ fn the_talks_service_gets_an_address_and_metallbs_rules_hold() {
     );
     let pools = lab.kubectl(&["-n", "metallb-system", "get", "ipaddresspools"]);
     assert!(pools.contains("198.18.0.200-198.18.0.250"), "{pools}");
+    // Two addresses in use: the talk's Service's and the gateway's own (198.18.0.250).
     assert!(
         wait_until(WAIT, || lab.json(&[
             "-n",
@@ -107,7 +108,7 @@ fn the_talks_service_gets_an_address_and_metallbs_rules_hold() {
             "ipaddresspool",
             "default"
         ])["status"]["assignedIPv4"]
-            == 1),
+            == 2),
         "{}",
         lab.kubectl(&[
             "-n",
@@ -125,7 +126,7 @@ fn the_talks_service_gets_an_address_and_metallbs_rules_hold() {
     assert!(
         status
             .lines()
-            .any(|l| l.starts_with("default ") && l.contains("1/51")),
+            .any(|l| l.starts_with("default ") && l.contains("2/51")),
         "{status}"
     );
     assert!(

@@ -389,7 +389,7 @@ spec: {localPref: 150}
 apiVersion: metallb.io/v1beta2
 kind: BGPPeer
 metadata: {name: signed, namespace: metallb-system}
-spec: {myASN: 64512, peerASN: 64999, peerAddress: 198.18.0.250, password: secret}
+spec: {myASN: 64512, peerASN: 64999, peerAddress: 198.18.0.199, password: secret}
 "#,
     );
     let events = || lab.kubectl(&["-n", "metallb-system", "get", "events"]);
