@@ -19,6 +19,9 @@
 //!
 //! The addresses written into Ingress `status.loadBalancer` and Gateway
 //! `status.addresses` are those of the gateway's own LoadBalancer Service (`--service`).
+//! That Service gets a port for every port the configuration listens on (a Gateway
+//! listener on 8080, a UDP listener): the Lease holder adds them, named `listener-*`,
+//! and takes away only those it added, so the install's own ports stay as they are.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -697,6 +700,12 @@ pub async fn control(client: kube::Client, options: Options, config: watch::Send
             {
                 ok &= ensure_class(&writer.client, class, &options.settings.controller_name).await;
             }
+            let (ns, name) = &options.service;
+            if let Some(svc) = stores.services.0.get(format!("{ns}/{name}").as_str())
+                && let Some(ports) = service_ports(svc, &compiled.config)
+            {
+                ok &= write_ports(&writer.client, ns, name, ports).await;
+            }
         }
         debug!(took = ?started.elapsed(), "pass");
         next_pass = tokio::time::Instant::now() + if ok { RESYNC } else { RETRY };
@@ -775,6 +784,102 @@ impl Writer {
             }
         }
         ok
+    }
+}
+
+/// The name of a Service port the controller adds for a listener.
+const LISTENER_PORT_PREFIX: &str = "listener-";
+
+/// The gateway Service's ports with one for every port `config` listens on that it lacks,
+/// without the `listener-*` ports no listener uses any more; `None` when they are already
+/// so. Ports the controller did not add are kept, whatever they are.
+fn service_ports(svc: &Service, config: &Config) -> Option<Vec<Value>> {
+    use crate::config::ListenerKind;
+    let current = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let wanted: BTreeSet<(u16, &str)> = config
+        .listeners
+        .iter()
+        .map(|l| match l.kind {
+            ListenerKind::Udp(_) => (l.port, "UDP"),
+            _ => (l.port, "TCP"),
+        })
+        .collect();
+    let key = |p: &k8s_openapi::api::core::v1::ServicePort| {
+        (
+            u16::try_from(p.port).unwrap_or(0),
+            p.protocol.as_deref().unwrap_or("TCP").to_string(),
+        )
+    };
+    let ours = |p: &k8s_openapi::api::core::v1::ServicePort| {
+        p.name
+            .as_deref()
+            .is_some_and(|n| n.starts_with(LISTENER_PORT_PREFIX))
+    };
+    let kept: Vec<_> = current
+        .iter()
+        .filter(|p| {
+            let (port, proto) = key(p);
+            !ours(p) || wanted.contains(&(port, proto.as_str()))
+        })
+        .collect();
+    let added: Vec<(u16, &str)> = wanted
+        .iter()
+        .copied()
+        .filter(|(port, proto)| {
+            !current
+                .iter()
+                .any(|p| key(p) == (*port, (*proto).to_string()))
+        })
+        .collect();
+    if added.is_empty() && kept.len() == current.len() {
+        return None;
+    }
+    let mut ports: Vec<Value> = kept
+        .into_iter()
+        .map(|p| serde_json::to_value(p).unwrap_or(Value::Null))
+        .collect();
+    for (port, proto) in added {
+        let suffix = if proto == "UDP" { "-udp" } else { "" };
+        ports.push(json!({
+            "name": format!("{LISTENER_PORT_PREFIX}{port}{suffix}"),
+            "port": port,
+            "protocol": proto,
+            // The proxy listens on the listener's own port in the pod.
+            "targetPort": port,
+        }));
+    }
+    Some(ports)
+}
+
+/// Replaces the gateway Service's ports (a merge patch replaces the list; the ports kept
+/// carry their node ports). Returns whether it was written.
+async fn write_ports(client: &kube::Client, ns: &str, name: &str, ports: Vec<Value>) -> bool {
+    let api: Api<Service> = Api::namespaced(client.clone(), ns);
+    let patch = json!({ "spec": { "ports": ports } });
+    match api
+        .patch(
+            name,
+            &PatchParams {
+                field_manager: Some(COMPONENT.into()),
+                ..PatchParams::default()
+            },
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => {
+            info!(service = %format!("{ns}/{name}"), "listener ports written");
+            true
+        }
+        Err(e) => {
+            warn!(error = %k8s::ErrorChain(&e), "writing the listener ports of the gateway Service; retrying");
+            false
+        }
     }
 }
 
@@ -892,6 +997,43 @@ async fn hold(api: &Api<Lease>, identity: &str) -> Result<bool, kube::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_service_gets_a_port_per_listener_and_loses_only_its_own() {
+        use crate::config::{HttpHosts, Listener, ListenerKind};
+        let listener = |port, kind| Listener {
+            port,
+            kind,
+            proxy_protocol: false,
+        };
+        let http = || ListenerKind::Http(HttpHosts::default());
+        let config = Config {
+            listeners: vec![
+                listener(80, http()),
+                listener(8080, http()),
+                listener(5353, ListenerKind::Udp(Vec::new())),
+            ],
+        };
+        let svc: Service = serde_json::from_value(json!({"spec": {"ports": [
+            {"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http", "nodePort": 30080},
+            {"name": "https", "port": 443, "protocol": "TCP", "targetPort": "https"},
+            {"name": "listener-9090", "port": 9090, "protocol": "TCP", "targetPort": 9090},
+        ]}}))
+        .unwrap();
+        let ports = service_ports(&svc, &config).expect("ports to change");
+        assert_eq!(
+            ports,
+            vec![
+                json!({"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http", "nodePort": 30080}),
+                json!({"name": "https", "port": 443, "protocol": "TCP", "targetPort": "https"}),
+                json!({"name": "listener-5353-udp", "port": 5353, "protocol": "UDP", "targetPort": 5353}),
+                json!({"name": "listener-8080", "port": 8080, "protocol": "TCP", "targetPort": 8080}),
+            ],
+            "443 is the install's and stays without a listener; 9090 was ours and goes"
+        );
+        let svc: Service = serde_json::from_value(json!({"spec": {"ports": ports}})).unwrap();
+        assert_eq!(service_ports(&svc, &config), None, "written once");
+    }
 
     #[test]
     fn flags_round_trip() {

@@ -146,14 +146,23 @@ pub(crate) fn objects(cfg: &Config) -> Vec<Value> {
         ]),
     ));
     out.push(cluster_role_binding(GATEWAY, GATEWAY));
-    // The replicas elect their status writer with a Lease in their own namespace.
+    // The replicas elect their status writer with a Lease in their own namespace; it
+    // adds a port to its own Service for each listener port (a Gateway's on 8080).
     out.push(role(
         GATEWAY,
-        json!([{
-            "apiGroups": ["coordination.k8s.io"],
-            "resources": ["leases"],
-            "verbs": ["get", "create", "update"],
-        }]),
+        json!([
+            {
+                "apiGroups": ["coordination.k8s.io"],
+                "resources": ["leases"],
+                "verbs": ["get", "create", "update"],
+            },
+            {
+                "apiGroups": [""],
+                "resources": ["services"],
+                "resourceNames": [GATEWAY],
+                "verbs": ["patch"],
+            },
+        ]),
     ));
     out.push(role_binding(GATEWAY, GATEWAY));
     for (name, default) in [(CLASS, true), (AMBASSADOR_CLASS, false)] {

@@ -499,7 +499,10 @@ fn the_gateway_reads_routes_and_writes_only_their_status() {
     assert_eq!(role["metadata"]["namespace"], NAMESPACE);
     assert_eq!(
         role["rules"],
-        json!([{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}])
+        json!([
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
+            {"apiGroups": [""], "resources": ["services"], "resourceNames": ["kubewire-gateway"], "verbs": ["patch"]},
+        ])
     );
     let (lease_ns, _) = ::gateway::controller::DEFAULT_SERVICE
         .split_once('/')

@@ -196,3 +196,95 @@ fn talk_step_four_ingress_and_mapping_through_the_gateway() {
     // Neither route catches what the other serves.
     assert!(curl("/backend").ends_with("\n404"), "{}", curl("/backend"));
 }
+
+/// A Gateway of class `kubewire` with an HTTP listener on 8080 and an HTTPRoute to the
+/// talk's `engine`: the gateway adds the port to its own Service.
+const GATEWAY_8080: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: alt-port}
+spec:
+  gatewayClassName: kubewire
+  listeners:
+  - {name: alt, protocol: HTTP, port: 8080}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: engine-alt}
+spec:
+  parentRefs: [{name: alt-port}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /alt}}]
+    backendRefs: [{name: engine, port: 80}]
+"#;
+
+#[test]
+fn a_gateway_listener_on_another_port_is_served_at_the_gateways_address() {
+    let lab = RunningLab::up(2);
+    lab.apply(BACKENDS);
+    lab.apply(GATEWAY_8080);
+    assert!(
+        wait_until(Duration::from_secs(90), || !lab
+            .running_pods("app=engine")
+            .is_empty()),
+        "{}",
+        lab.kubectl(&["get", "pods", "-A", "-o", "wide"])
+    );
+    let address = || {
+        lab.json(&["get", "gateway", "alt-port"])["status"]["addresses"][0]["value"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || address().is_some()),
+        "no address in the Gateway's status: {}",
+        lab.kubectl(&["get", "gateway", "alt-port", "-o", "yaml"])
+    );
+    let ip = address().unwrap();
+    let ports = || {
+        lab.kubectl(&[
+            "get",
+            "svc",
+            "-n",
+            "kube-system",
+            "kubewire-gateway",
+            "-o",
+            "jsonpath={.spec.ports[*].name}",
+        ])
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || ports()
+            .split_whitespace()
+            .any(|p| p == "listener-8080")),
+        "the gateway Service has no port for the listener: {}",
+        ports()
+    );
+    let curl = || {
+        stdout(&lab.exec(
+            "outside",
+            &[
+                "curl",
+                "-s",
+                "--max-time",
+                "5",
+                "-w",
+                "\n%{http_code}",
+                &format!("http://{ip}:8080/alt/x"),
+            ],
+        ))
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || curl().ends_with("\n200")),
+        "{}",
+        curl()
+    );
+    assert!(curl().contains("GET /alt/x "), "{}", curl());
+
+    // The listener gone, its port goes from the Service; the install's stay.
+    lab.kubectl(&["delete", "gateway", "alt-port"]);
+    assert!(
+        wait_until(Duration::from_secs(30), || ports() == "http https"),
+        "{}",
+        ports()
+    );
+}
