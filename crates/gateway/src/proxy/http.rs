@@ -29,9 +29,10 @@ use crate::config::{
 
 /// Request bodies up to this size are kept so that a failed attempt can be retried.
 const RETRY_BODY_LIMIT: u64 = 64 * 1024;
-/// Attempts when endpoints refuse or drop idempotent requests, with or without a retry
-/// policy.
+/// Attempts when endpoints drop idempotent requests, with or without a retry policy.
 const CONNECT_ATTEMPTS: u32 = 3;
+/// Endpoints tried at most when each refuses the connection (the request never left).
+const CONNECT_TRIES: usize = 8;
 
 /// The routes of one HTTP (or TLS-terminating) listener, ready to serve.
 #[derive(Debug, Default)]
@@ -857,13 +858,14 @@ async fn forward<'t>(
     };
     let attempts = async {
         let max_attempts = 1 + cfg.retry.as_ref().map_or(0, |r| r.attempts);
-        let mut avoid = None;
+        // Endpoints that failed this request, not picked again while there are others.
+        let mut failed: Vec<SocketAddr> = Vec::new();
         let mut attempt = 0u32;
         // One of the backend's `max_retries`, held while a retry is in flight.
         let mut retrying = None;
         loop {
             attempt += 1;
-            let Some(endpoint) = up.pick(avoid) else {
+            let Some(endpoint) = up.pick(&failed) else {
                 return Err((StatusCode::SERVICE_UNAVAILABLE, "UH", None));
             };
             let Some(b) = body.take() else {
@@ -926,6 +928,18 @@ async fn forward<'t>(
                     // `proxy_next_upstream error`) are retried even without a retry
                     // policy: this is what keeps a request alive through a removed endpoint.
                     let connect = e.is_connect();
+                    failed.push(endpoint);
+                    // A refused connection cost the backend nothing: every other endpoint
+                    // is tried (a new pod listed before it listens, one just gone), as
+                    // nginx's `proxy_next_upstream error` does, outside the retry budget.
+                    if connect
+                        && failed.len() < up.endpoint_count().min(CONNECT_TRIES)
+                        && body.replayable()
+                    {
+                        tracing::debug!(backend = %up.name, %endpoint, error = %k8s::ErrorChain(&e), "connect failed; next endpoint");
+                        up.series.retry.inc();
+                        continue;
+                    }
                     let safe = connect || idempotent(&method);
                     let limit = if safe {
                         max_attempts.max(CONNECT_ATTEMPTS)
@@ -937,7 +951,6 @@ async fn forward<'t>(
                         drop(retrying.replace(slot));
                         tracing::debug!(backend = %up.name, %endpoint, error = %k8s::ErrorChain(&e), "retrying");
                         up.series.retry.inc();
-                        avoid = Some(endpoint);
                         if !connect {
                             backoff(cfg, attempt).await;
                         }
@@ -1100,7 +1113,7 @@ fn mirror_request(
     headers: &HeaderMap,
     body: Bytes,
 ) {
-    let Some(endpoint) = mirror.pick(None) else {
+    let Some(endpoint) = mirror.pick(&[]) else {
         return;
     };
     let mut r = Request::new(full(body));

@@ -68,15 +68,15 @@ impl Backends {
 
 /// A TCP connection to one of `up`'s endpoints, trying others when one refuses.
 async fn connect(up: &Upstream) -> Option<TcpStream> {
-    let mut avoid = None;
+    let mut failed = Vec::new();
     for _ in 0..CONNECT_ATTEMPTS {
-        let ep = up.pick(avoid)?;
+        let ep = up.pick(&failed)?;
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(ep)).await {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
                 return Some(s);
             }
-            _ => avoid = Some(ep),
+            _ => failed.push(ep),
         }
     }
     None
@@ -239,7 +239,7 @@ pub(crate) async fn serve_udp(
                 let ListenerRt::Udp(backends) = &*rt else {
                     continue;
                 };
-                let Some(ep) = backends.choose().and_then(|u| u.pick(None)) else {
+                let Some(ep) = backends.choose().and_then(|u| u.pick(&[])) else {
                     continue;
                 };
                 let local: SocketAddr = if ep.is_ipv4() {

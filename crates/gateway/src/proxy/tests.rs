@@ -646,6 +646,17 @@ async fn retries_connect_failures_and_listed_statuses() {
         assert_eq!(got.status, 200);
         assert_eq!(got.field("body"), Some("payload"), "the body is sent again");
     }
+    // Many refusing at once (new pods listed before they listen): each is tried once,
+    // outside the retry budget, with eight clients at a time.
+    let mut eps: Vec<SocketAddr> = (0..5).map(|_| dead_endpoint()).collect();
+    eps.push(a.addr);
+    gw.set(single(port, forward(vec![(1, Some(svc("a", eps)))])));
+    wait_for(|| async { get(port, "h", "/").await.status == 200 }).await;
+    let statuses = futures::future::join_all((0..48).map(|_| get(port, "h", "/"))).await;
+    assert!(
+        statuses.iter().all(|g| g.status == 200),
+        "a refused endpoint failed a request"
+    );
     // A listed status is retried; an unlisted one is not.
     let mut f = forward(vec![(1, Some(svc("a", vec![a.addr])))]);
     f.retry = Some(Retry {

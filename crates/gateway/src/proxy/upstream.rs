@@ -175,18 +175,26 @@ impl Upstream {
         Arc::clone(&self.endpoints.read().unwrap())
     }
 
-    /// The next endpoint, round robin over the newest endpoints, other than `avoid` when
-    /// there is another.
-    pub(crate) fn pick(&self, avoid: Option<SocketAddr>) -> Option<SocketAddr> {
+    /// The next endpoint, round robin over the newest endpoints, the first from there not
+    /// in `avoid` (the round robin's own when all are).
+    pub(crate) fn pick(&self, avoid: &[SocketAddr]) -> Option<SocketAddr> {
         let eps = self.endpoints();
         if eps.is_empty() {
             return None;
         }
-        let first = eps[self.next.fetch_add(1, Ordering::Relaxed) % eps.len()];
-        if Some(first) == avoid && eps.len() > 1 {
-            return Some(eps[self.next.fetch_add(1, Ordering::Relaxed) % eps.len()]);
-        }
-        Some(first)
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let at = |i: usize| eps[(start + i) % eps.len()];
+        Some(
+            (0..eps.len())
+                .map(at)
+                .find(|e| !avoid.contains(e))
+                .unwrap_or_else(|| at(0)),
+        )
+    }
+
+    /// How many endpoints it has now.
+    pub(crate) fn endpoint_count(&self) -> usize {
+        self.endpoints().len()
     }
 
     /// One of `max_requests`, held until the request is over (its response body passed
