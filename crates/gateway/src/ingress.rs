@@ -319,6 +319,26 @@ mod tests {
             .collect()
     }
 
+    /// The (ingress name, rule) of the route that answers a GET of `host` and `path` on
+    /// `port`, by the data plane's lookup.
+    fn answer(c: &Config, port: u16, host: &str, path: &str) -> Option<(String, usize)> {
+        let l = c.listeners.iter().find(|l| l.port == port).unwrap();
+        let (ListenerKind::Http(hosts) | ListenerKind::Tls { hosts, .. }) = &l.kind else {
+            panic!()
+        };
+        let headers = http::HeaderMap::new();
+        let req = crate::proxy::route::RequestView {
+            host,
+            method: &http::Method::GET,
+            path,
+            query: None,
+            headers: &headers,
+        };
+        let (v, r) = crate::proxy::route::Router::new(hosts).find(&req)?;
+        let name = &hosts.hosts[v].routes[r].name;
+        Some((name.name.clone(), name.rule))
+    }
+
     fn backend_of(r: &Route) -> (String, u16) {
         let Action::Forward(f) = &r.action else {
             panic!("{r:?}")
@@ -455,19 +475,15 @@ mod tests {
             suffix: ".example.com".into(),
             one_label: true,
         };
-        assert_eq!(
-            order(&c, 80, &foo),
-            [
-                ("i".to_string(), 0),
-                ("i".to_string(), 1),
-                ("i".to_string(), 2)
-            ]
-        );
-        assert_eq!(
-            order(&c, 80, &wild),
-            [("i".to_string(), 1), ("i".to_string(), 2)]
-        );
+        assert_eq!(order(&c, 80, &foo), [("i".to_string(), 0)]);
+        assert_eq!(order(&c, 80, &wild), [("i".to_string(), 1)]);
         assert_eq!(order(&c, 80, &HostMatch::Any), [("i".to_string(), 2)]);
+        // A host falls through to the wildcard, then to the default backend.
+        let rule = |host, path| answer(&c, 80, host, path).map(|(_, rule)| rule);
+        assert_eq!(rule("foo.example.com", "/w"), Some(0));
+        assert_eq!(rule("bar.example.com", "/w"), Some(1));
+        assert_eq!(rule("bar.example.com", "/x"), Some(2));
+        assert_eq!(rule("a.bar.example.com", "/w"), Some(2), "one label only");
         let ListenerKind::Http(h) = &c.listeners[0].kind else {
             panic!()
         };
