@@ -77,11 +77,9 @@ fn main() {
             routes,
         }],
     };
-    let mut listeners = vec![Listener {
-        port: http,
-        kind: ListenerKind::Http(hosts.clone()),
-        proxy_protocol: false,
-    }];
+    // The HTTP listener takes `hosts` itself unless HTTPS needs it too: the process holds
+    // the configurations the data plane serves, no spare copy.
+    let mut listeners = Vec::new();
     if let Some(port) = https {
         let read = |flag: &str| {
             Arc::from(std::fs::read(arg(&args, flag).expect("--cert and --key")).unwrap())
@@ -95,11 +93,19 @@ fn main() {
                     chain_pem: read("--cert"),
                     key_pem: read("--key"),
                 }],
-                hosts,
+                hosts: hosts.clone(),
             },
             proxy_protocol: false,
         });
     }
+    listeners.insert(
+        0,
+        Listener {
+            port: http,
+            kind: ListenerKind::Http(hosts),
+            proxy_protocol: false,
+        },
+    );
     let options = Options {
         admin_listen: admin,
         listen_address: "127.0.0.1".parse().unwrap(),
