@@ -109,9 +109,7 @@ fn main() {
         let w = world(n);
         let (t, c) = best(5, || gateway::compile(&w));
         let (router, _) = best(5, || {
-            http_hosts(&c.config)
-                .map(Router::new)
-                .collect::<Vec<_>>()
+            http_hosts(&c.config).map(Router::new).collect::<Vec<_>>()
         });
         let routes: usize = http_hosts(&c.config)
             .flat_map(|h| &h.hosts)

@@ -32,7 +32,8 @@ fn main() {
     let threads: usize = arg(&args, "--threads").map_or(1, |p| p.parse().unwrap());
     let admin = arg(&args, "--admin").unwrap_or_else(|| "127.0.0.1:18877".into());
 
-    let b = Backend {
+    // One Service port for every route: one `Arc`, as the controller's compile shares it.
+    let b = Arc::new(Backend {
         namespace: "bench".into(),
         service: "backend".into(),
         port: 80,
@@ -45,7 +46,7 @@ fn main() {
             max_requests: 100_000,
             max_retries: 3,
         },
-    };
+    });
     let route = |i: usize, path: PathMatch| Route {
         name: RouteName {
             kind: "HTTPRoute",
@@ -62,7 +63,7 @@ fn main() {
         action: Action::Forward(Box::new(Forward {
             backends: vec![WeightedBackend {
                 weight: 1,
-                backend: Some(b.clone()),
+                backend: Some(Arc::clone(&b)),
             }],
             ..Forward::default()
         })),

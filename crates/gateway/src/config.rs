@@ -234,7 +234,7 @@ pub struct Redirect {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Mirror {
-    pub backend: Backend,
+    pub backend: Arc<Backend>,
     /// Share of requests mirrored, 0..=100.
     pub percent: f64,
 }
@@ -264,12 +264,12 @@ pub struct WeightedBackend {
     /// 0..=1_000_000.
     pub weight: u32,
     /// `None` is a reference the controller could not resolve: its share answers 500.
-    pub backend: Option<Backend>,
+    pub backend: Option<Arc<Backend>>,
 }
 
-/// A Service port with its ready endpoints. Two routes naming the same Service port with
-/// the same settings share one `Backend` value, so the data plane can share its connection
-/// pool and limits by comparing them.
+/// A Service port with its ready endpoints. Routes naming the same Service port share one
+/// `Arc<Backend>` (unless a route changes its settings: TLS, protocol, limits); the data
+/// plane shares a connection pool and limits between equal `Backend` values.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Backend {
     pub namespace: String,

@@ -456,6 +456,7 @@ impl Stores {
             reference_grants: customs(&self.grants),
             backend_tls_policies: customs(&self.policies),
             mappings: customs(&self.mappings),
+            backends: Default::default(),
         }
     }
 

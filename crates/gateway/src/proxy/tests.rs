@@ -193,7 +193,10 @@ pub(crate) fn forward(backends: Vec<(u32, Option<Backend>)>) -> Forward {
     Forward {
         backends: backends
             .into_iter()
-            .map(|(weight, backend)| WeightedBackend { weight, backend })
+            .map(|(weight, backend)| WeightedBackend {
+                weight,
+                backend: backend.map(Arc::new),
+            })
             .collect(),
         ..Forward::default()
     }
@@ -880,7 +883,7 @@ async fn mirrors_and_cors() {
     let port = free_port();
     let mut f = forward(vec![(1, Some(svc("a", vec![a.addr])))]);
     f.mirrors = vec![Mirror {
-        backend: svc("shadow", vec![shadow.addr]),
+        backend: svc("shadow", vec![shadow.addr]).into(),
         percent: 100.0,
     }];
     f.cors = Some(Cors {
