@@ -93,6 +93,14 @@ pub(crate) fn compile(world: &World, b: &mut Builder, statuses: &mut Vec<Update>
     ingresses.sort_by_key(|i| age(i));
     let mut ranked = Vec::new();
     let mut tls = false;
+    // The same for every served Ingress. No address yet: none written (`null` removes one
+    // a merge patch meets).
+    let mut served_status = json!({"loadBalancer": {}});
+    served_status["loadBalancer"]["ingress"] = if world.settings.addresses.is_empty() {
+        serde_json::Value::Null
+    } else {
+        load_balancer(world).into()
+    };
     for ing in &ingresses {
         let ns = ing.metadata.namespace.as_deref().unwrap_or("");
         let name = ing.metadata.name.as_deref().unwrap_or("");
@@ -177,12 +185,7 @@ pub(crate) fn compile(world: &World, b: &mut Builder, statuses: &mut Vec<Update>
             kind: Kind::Ingress,
             namespace: ns.into(),
             name: name.into(),
-            // No address yet: none written (`null` removes one a merge patch meets).
-            status: json!({"loadBalancer": {"ingress": if world.settings.addresses.is_empty() {
-                serde_json::Value::Null
-            } else {
-                load_balancer(world).into()
-            }}}),
+            status: served_status.clone(),
         });
     }
     // An Ingress that left our classes loses the addresses we wrote, as ingress-nginx

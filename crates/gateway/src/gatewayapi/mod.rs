@@ -1273,19 +1273,23 @@ fn attach(
             }
         }
         out.extend(attached);
-        parent_statuses.push(json!({
+        // Values built apart are moved in: `json!` would copy them through serde.
+        let mut parent = json!({
             "parentRef": pr,
             "controllerName": ctx.world.settings.controller_name,
-            "conditions": conditions(&[accepted, resolved]),
-        }));
+        });
+        parent["conditions"] = conditions(&[accepted, resolved]);
+        parent_statuses.push(parent);
     }
     // Also without a parent of ours: a parent it no longer names must leave its status
     // (the writer skips routes that never had one of ours).
+    let mut status = json!({});
+    status["parents"] = serde_json::Value::Array(parent_statuses);
     statuses.push(Update {
         kind: kind.status_kind(),
         namespace: ns.into(),
         name: name.into(),
-        status: json!({ "parents": parent_statuses }),
+        status,
     });
     out
 }
