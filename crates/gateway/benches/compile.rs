@@ -1,11 +1,15 @@
 //! The compile at size: `gateway::compile` over N HTTPRoutes on one Gateway listener
 //! (each its own Service with 3 endpoints, a path, a header match), N Ingress paths and
 //! N Mappings: what every burst of changes costs the controller, since it recompiles
-//! everything. No root, no API. `cargo bench -p gateway`; sizes from
-//! `GATEWAY_BENCH_SIZES` (default `1000,10000`).
+//! everything; then the data plane's route lookup built over the result (`Router::new` per
+//! HTTP listener), its share of a change reaching traffic. No root, no API.
+//! `cargo bench -p gateway --bench compile`; sizes from `GATEWAY_BENCH_SIZES` (default
+//! `1000,10000`).
 
 use std::time::{Duration, Instant};
 
+use gateway::config::{Config, HttpHosts, ListenerKind};
+use gateway::proxy::route::Router;
 use gateway::world::{Obj, World, slices_by_service};
 use serde_json::{Value, json};
 
@@ -83,6 +87,14 @@ fn best<T>(runs: usize, mut f: impl FnMut() -> T) -> (Duration, T) {
     (best, out.expect("at least one run"))
 }
 
+/// The HTTP virtual hosts of every listener.
+fn http_hosts(c: &Config) -> impl Iterator<Item = &HttpHosts> {
+    c.listeners.iter().filter_map(|l| match &l.kind {
+        ListenerKind::Http(h) | ListenerKind::Tls { hosts: h, .. } => Some(h),
+        _ => None,
+    })
+}
+
 fn main() {
     let sizes: Vec<usize> = std::env::var("GATEWAY_BENCH_SIZES")
         .unwrap_or_else(|_| "1000,10000".into())
@@ -90,12 +102,24 @@ fn main() {
         .map(|s| s.trim().parse().expect("sizes are numbers"))
         .collect();
     println!(
-        "{:>8} {:>14} {:>10}",
-        "EACH OF", "compile (best)", "statuses"
+        "{:>8} {:>14} {:>14} {:>10} {:>10}",
+        "EACH OF", "compile (best)", "router (best)", "routes", "statuses"
     );
     for n in sizes {
         let w = world(n);
         let (t, c) = best(5, || gateway::compile(&w));
-        println!("{n:>8} {:>14?} {:>10}", t, c.statuses.len());
+        let (router, _) = best(5, || {
+            http_hosts(&c.config).map(Router::new).collect::<Vec<_>>()
+        });
+        let routes: usize = http_hosts(&c.config)
+            .flat_map(|h| &h.hosts)
+            .map(|v| v.routes.len())
+            .sum();
+        println!(
+            "{n:>8} {:>14?} {:>14?} {routes:>10} {:>10}",
+            t,
+            router,
+            c.statuses.len()
+        );
     }
 }

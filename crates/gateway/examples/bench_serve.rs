@@ -32,7 +32,8 @@ fn main() {
     let threads: usize = arg(&args, "--threads").map_or(1, |p| p.parse().unwrap());
     let admin = arg(&args, "--admin").unwrap_or_else(|| "127.0.0.1:18877".into());
 
-    let b = Backend {
+    // One Service port for every route: one `Arc`, as the controller's compile shares it.
+    let b = Arc::new(Backend {
         namespace: "bench".into(),
         service: "backend".into(),
         port: 80,
@@ -45,7 +46,7 @@ fn main() {
             max_requests: 100_000,
             max_retries: 3,
         },
-    };
+    });
     let route = |i: usize, path: PathMatch| Route {
         name: RouteName {
             kind: "HTTPRoute",
@@ -62,7 +63,7 @@ fn main() {
         action: Action::Forward(Box::new(Forward {
             backends: vec![WeightedBackend {
                 weight: 1,
-                backend: Some(b.clone()),
+                backend: Some(Arc::clone(&b)),
             }],
             ..Forward::default()
         })),
@@ -77,11 +78,9 @@ fn main() {
             routes,
         }],
     };
-    let mut listeners = vec![Listener {
-        port: http,
-        kind: ListenerKind::Http(hosts.clone()),
-        proxy_protocol: false,
-    }];
+    // The HTTP listener takes `hosts` itself unless HTTPS needs it too: the process holds
+    // the configurations the data plane serves, no spare copy.
+    let mut listeners = Vec::new();
     if let Some(port) = https {
         let read = |flag: &str| {
             Arc::from(std::fs::read(arg(&args, flag).expect("--cert and --key")).unwrap())
@@ -95,11 +94,19 @@ fn main() {
                     chain_pem: read("--cert"),
                     key_pem: read("--key"),
                 }],
-                hosts,
+                hosts: hosts.clone(),
             },
             proxy_protocol: false,
         });
     }
+    listeners.insert(
+        0,
+        Listener {
+            port: http,
+            kind: ListenerKind::Http(hosts),
+            proxy_protocol: false,
+        },
+    );
     let options = Options {
         admin_listen: admin,
         listen_address: "127.0.0.1".parse().unwrap(),

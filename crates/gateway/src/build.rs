@@ -1,12 +1,12 @@
 //! Assembles the [`Config`] from what each API contributes: routes per port and host, in
 //! the order each API already sorted them, certificates, passthrough and L4 routes.
 //!
-//! One virtual host per host pattern. The data plane picks the most specific host that
-//! matches a request and walks only its routes, so each host's routes are followed by
-//! the routes of every less specific host that covers all of its names (longer wildcard
-//! suffixes first, then any host): a request for `a.example.com` that no route of
-//! `a.example.com` takes still reaches a `*.example.com` or host-less route, as Gateway
-//! API's precedence (hostname first, then the rest) and ingress-nginx both answer.
+//! One virtual host per host pattern, with only its own routes. The data plane tries the
+//! hosts that match a request most specific first (exact name, longer wildcard suffixes,
+//! then any host), so a request for `a.example.com` that no route of `a.example.com` takes
+//! still reaches a `*.example.com` or host-less route, as Gateway API's precedence
+//! (hostname first, then the rest) and ingress-nginx both answer, without each host
+//! carrying copies of the routes of the hosts that cover it.
 
 use std::collections::BTreeMap;
 
@@ -35,62 +35,19 @@ impl Hosts {
         }
     }
 
+    /// Each host with its own routes only: the data plane falls through to the hosts that
+    /// also match a request.
     fn finish(self) -> HttpHosts {
-        let mut hosts = Vec::new();
-        for (host, own) in &self.0 {
-            let mut covering: Vec<&(HostMatch, Vec<Route>)> =
-                self.0.iter().filter(|(h, _)| covers(h, host)).collect();
-            covering.sort_by_key(|(h, _)| std::cmp::Reverse(specificity(h)));
-            let mut routes = own.clone();
-            for (_, r) in covering {
-                routes.extend(r.iter().cloned());
-            }
-            if routes.is_empty() {
-                continue;
-            }
-            hosts.push(VirtualHost {
-                hostnames: vec![host.clone()],
+        let hosts = self
+            .0
+            .into_iter()
+            .filter(|(_, routes)| !routes.is_empty())
+            .map(|(host, routes)| VirtualHost {
+                hostnames: vec![host],
                 routes,
-            });
-        }
+            })
+            .collect();
         HttpHosts { hosts }
-    }
-}
-
-/// Whether every name `inner` matches is also matched by `outer` (`outer != inner`).
-fn covers(outer: &HostMatch, inner: &HostMatch) -> bool {
-    match (outer, inner) {
-        (HostMatch::Any, HostMatch::Any) => false,
-        (HostMatch::Any, _) => true,
-        (HostMatch::Wildcard { suffix, one_label }, HostMatch::Exact(name)) => {
-            name.len() > suffix.len()
-                && name.ends_with(suffix.as_str())
-                && (!one_label || !name[..name.len() - suffix.len()].contains('.'))
-        }
-        (
-            HostMatch::Wildcard {
-                suffix: outer_suffix,
-                one_label: outer_one,
-            },
-            HostMatch::Wildcard { suffix, one_label },
-        ) => {
-            if suffix == outer_suffix {
-                *one_label && !outer_one
-            } else {
-                !outer_one
-                    && suffix.len() > outer_suffix.len()
-                    && suffix.ends_with(outer_suffix.as_str())
-            }
-        }
-        _ => false,
-    }
-}
-
-fn specificity(h: &HostMatch) -> (usize, bool) {
-    match h {
-        HostMatch::Exact(n) => (n.len() + 1, true),
-        HostMatch::Wildcard { suffix, one_label } => (suffix.len(), *one_label),
-        HostMatch::Any => (0, false),
     }
 }
 
@@ -235,9 +192,10 @@ impl Builder {
 mod tests {
     use super::*;
     use crate::config::{Action, PathMatch, RouteMatch, RouteName};
+    use crate::proxy::route::{RequestView, Router};
     use http::StatusCode;
 
-    fn route(name: &str) -> Route {
+    fn route(name: &str, path: &str) -> Route {
         Route {
             name: RouteName {
                 kind: "Test",
@@ -246,7 +204,7 @@ mod tests {
                 rule: 0,
             },
             matches: RouteMatch {
-                path: PathMatch::Prefix("/".into()),
+                path: PathMatch::Prefix(path.into()),
                 method: None,
                 headers: vec![],
                 query: vec![],
@@ -255,18 +213,22 @@ mod tests {
         }
     }
 
-    fn names(c: &Config, host: &HostMatch) -> Vec<String> {
+    /// The name of the route that answers `host` and `path` on port 80, by the data
+    /// plane's lookup.
+    fn answer(c: &Config, host: &str, path: &str) -> Option<String> {
         let ListenerKind::Http(h) = &c.listeners[0].kind else {
             panic!()
         };
-        h.hosts
-            .iter()
-            .find(|v| v.hostnames[0] == *host)
-            .unwrap()
-            .routes
-            .iter()
-            .map(|r| r.name.name.clone())
-            .collect()
+        let headers = http::HeaderMap::new();
+        let req = RequestView {
+            host,
+            method: &http::Method::GET,
+            path,
+            query: None,
+            headers: &headers,
+        };
+        let (v, r) = Router::new(h).find(&req)?;
+        Some(h.hosts[v].routes[r].name.name.clone())
     }
 
     #[test]
@@ -285,23 +247,60 @@ mod tests {
             suffix: ".example.com".into(),
             one_label: true,
         };
-        assert!(b.routes(80, PortKind::Http, HostMatch::Any, [route("any")]));
-        assert!(b.routes(80, PortKind::Http, many.clone(), [route("many")]));
-        assert!(b.routes(80, PortKind::Http, exact.clone(), [route("exact")]));
-        assert!(b.routes(80, PortKind::Http, one.clone(), [route("one")]));
-        assert!(b.routes(80, PortKind::Http, one_top.clone(), [route("one-top")]));
+        // Every host has its own path and `/shared`; only the host-less one has `/`.
+        for (host, name) in [
+            (HostMatch::Any, "any"),
+            (many, "many"),
+            (exact, "exact"),
+            (one, "one"),
+            (one_top, "one-top"),
+        ] {
+            let mut routes = vec![route(name, &format!("/{name}")), route(name, "/shared")];
+            if host == HostMatch::Any {
+                routes.push(route(name, "/"));
+            }
+            assert!(b.routes(80, PortKind::Http, host, routes));
+        }
         let c = b.finish();
-        assert_eq!(names(&c, &exact), ["exact", "one", "many", "any"]);
-        assert_eq!(names(&c, &one), ["one", "many", "any"]);
-        assert_eq!(names(&c, &one_top), ["one-top", "many", "any"]);
-        assert_eq!(names(&c, &HostMatch::Any), ["any"]);
+        let ListenerKind::Http(h) = &c.listeners[0].kind else {
+            panic!()
+        };
+        assert_eq!(
+            h.hosts.iter().map(|v| v.routes.len()).sum::<usize>(),
+            11,
+            "no host carries another's routes"
+        );
+        let answers = |host: &str| {
+            ["/shared", "/exact", "/one", "/one-top", "/many", "/x"]
+                .map(|p| answer(&c, host, p).unwrap_or_default())
+        };
+        assert_eq!(
+            answers("a.b.example.com"),
+            ["exact", "exact", "one", "any", "many", "any"]
+        );
+        assert_eq!(
+            answers("c.b.example.com"),
+            ["one", "any", "one", "any", "many", "any"]
+        );
+        // Both `*.example.com` match: the one added first (a Gateway API listener's comes
+        // before an Ingress's) first.
+        assert_eq!(
+            answers("c.example.com"),
+            ["many", "any", "any", "one-top", "many", "any"]
+        );
+        // The one-label wildcards do not match here.
+        assert_eq!(
+            answers("x.c.b.example.com"),
+            ["many", "any", "any", "any", "many", "any"]
+        );
+        assert_eq!(answers("other"), ["any"; 6]);
     }
 
     #[test]
     fn a_port_serves_one_kind() {
         let mut b = Builder::default();
         assert!(b.l4(5000, PortKind::Tcp, vec![]));
-        assert!(!b.routes(5000, PortKind::Http, HostMatch::Any, [route("x")]));
+        assert!(!b.routes(5000, PortKind::Http, HostMatch::Any, [route("x", "/")]));
         assert!(!b.l4(5000, PortKind::Udp, vec![]));
         assert_eq!(b.kind(5000), Some(PortKind::Tcp));
     }

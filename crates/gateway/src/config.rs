@@ -47,9 +47,12 @@ pub enum ListenerKind {
     Udp(Vec<WeightedBackend>),
 }
 
-/// HTTP virtual hosts. A request goes to the most specific host that matches its `Host`
-/// (or `:authority`, without port): an exact name first, then the longest wildcard suffix,
-/// then [`HostMatch::Any`]. No matching host, or no matching route in it, answers 404.
+/// HTTP virtual hosts. The hosts that match a request's `Host` (or `:authority`, without
+/// port) are tried most specific first: those with the exact name, then wildcards by
+/// longest suffix, then [`HostMatch::Any`]; hosts equally specific in the order listed.
+/// The first route that matches, in the first host that has one, answers: a request no
+/// route of `a.example.com` takes falls through to `*.example.com`, then to any host. No
+/// matching route in any of them answers 404.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct HttpHosts {
     pub hosts: Vec<VirtualHost>,
@@ -58,7 +61,8 @@ pub struct HttpHosts {
 #[derive(Clone, Debug, PartialEq)]
 pub struct VirtualHost {
     pub hostnames: Vec<HostMatch>,
-    /// Tried in order; the first route whose match holds answers.
+    /// This host's own routes, tried in order; the routes of less specific hosts that also
+    /// match come after them by the fall-through, not by copies here.
     pub routes: Vec<Route>,
 }
 
@@ -230,7 +234,7 @@ pub struct Redirect {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Mirror {
-    pub backend: Backend,
+    pub backend: Arc<Backend>,
     /// Share of requests mirrored, 0..=100.
     pub percent: f64,
 }
@@ -260,12 +264,12 @@ pub struct WeightedBackend {
     /// 0..=1_000_000.
     pub weight: u32,
     /// `None` is a reference the controller could not resolve: its share answers 500.
-    pub backend: Option<Backend>,
+    pub backend: Option<Arc<Backend>>,
 }
 
-/// A Service port with its ready endpoints. Two routes naming the same Service port with
-/// the same settings share one `Backend` value, so the data plane can share its connection
-/// pool and limits by comparing them.
+/// A Service port with its ready endpoints. Routes naming the same Service port share one
+/// `Arc<Backend>` (unless a route changes its settings: TLS, protocol, limits); the data
+/// plane shares a connection pool and limits between equal `Backend` values.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Backend {
     pub namespace: String,

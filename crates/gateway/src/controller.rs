@@ -459,6 +459,7 @@ impl Stores {
             reference_grants: customs(&self.grants),
             backend_tls_policies: customs(&self.policies),
             mappings: customs(&self.mappings),
+            backends: Default::default(),
         }
     }
 
@@ -676,16 +677,19 @@ pub async fn control(client: kube::Client, options: Options, config: watch::Send
                 _ => 1,
             })
             .sum();
+        let listeners = compiled.config.listeners.len();
+        // Moved, not copied: the data plane takes the compile's own configuration.
+        let new = compiled.config;
         let sent = config.send_if_modified(|current| {
-            if !std::mem::take(&mut first) && **current == compiled.config {
+            if !std::mem::take(&mut first) && **current == new {
                 false
             } else {
-                *current = Arc::new(compiled.config.clone());
+                *current = Arc::new(new);
                 true
             }
         });
         if sent {
-            info!(listeners = compiled.config.listeners.len(), routes, took = ?started.elapsed(), "configuration changed");
+            info!(listeners, routes, took = ?started.elapsed(), "configuration changed");
         }
         let mut ok = true;
         if *leader.borrow() {

@@ -93,6 +93,14 @@ pub(crate) fn compile(world: &World, b: &mut Builder, statuses: &mut Vec<Update>
     ingresses.sort_by_key(|i| age(i));
     let mut ranked = Vec::new();
     let mut tls = false;
+    // The same for every served Ingress. No address yet: none written (`null` removes one
+    // a merge patch meets).
+    let mut served_status = json!({"loadBalancer": {}});
+    served_status["loadBalancer"]["ingress"] = if world.settings.addresses.is_empty() {
+        serde_json::Value::Null
+    } else {
+        load_balancer(world).into()
+    };
     for ing in &ingresses {
         let ns = ing.metadata.namespace.as_deref().unwrap_or("");
         let name = ing.metadata.name.as_deref().unwrap_or("");
@@ -177,12 +185,7 @@ pub(crate) fn compile(world: &World, b: &mut Builder, statuses: &mut Vec<Update>
             kind: Kind::Ingress,
             namespace: ns.into(),
             name: name.into(),
-            // No address yet: none written (`null` removes one a merge patch meets).
-            status: json!({"loadBalancer": {"ingress": if world.settings.addresses.is_empty() {
-                serde_json::Value::Null
-            } else {
-                load_balancer(world).into()
-            }}}),
+            status: served_status.clone(),
         });
     }
     // An Ingress that left our classes loses the addresses we wrote, as ingress-nginx
@@ -317,6 +320,26 @@ mod tests {
             .iter()
             .map(|r| (r.name.name.clone(), r.name.rule))
             .collect()
+    }
+
+    /// The (ingress name, rule) of the route that answers a GET of `host` and `path` on
+    /// `port`, by the data plane's lookup.
+    fn answer(c: &Config, port: u16, host: &str, path: &str) -> Option<(String, usize)> {
+        let l = c.listeners.iter().find(|l| l.port == port).unwrap();
+        let (ListenerKind::Http(hosts) | ListenerKind::Tls { hosts, .. }) = &l.kind else {
+            panic!()
+        };
+        let headers = http::HeaderMap::new();
+        let req = crate::proxy::route::RequestView {
+            host,
+            method: &http::Method::GET,
+            path,
+            query: None,
+            headers: &headers,
+        };
+        let (v, r) = crate::proxy::route::Router::new(hosts).find(&req)?;
+        let name = &hosts.hosts[v].routes[r].name;
+        Some((name.name.clone(), name.rule))
     }
 
     fn backend_of(r: &Route) -> (String, u16) {
@@ -455,19 +478,15 @@ mod tests {
             suffix: ".example.com".into(),
             one_label: true,
         };
-        assert_eq!(
-            order(&c, 80, &foo),
-            [
-                ("i".to_string(), 0),
-                ("i".to_string(), 1),
-                ("i".to_string(), 2)
-            ]
-        );
-        assert_eq!(
-            order(&c, 80, &wild),
-            [("i".to_string(), 1), ("i".to_string(), 2)]
-        );
+        assert_eq!(order(&c, 80, &foo), [("i".to_string(), 0)]);
+        assert_eq!(order(&c, 80, &wild), [("i".to_string(), 1)]);
         assert_eq!(order(&c, 80, &HostMatch::Any), [("i".to_string(), 2)]);
+        // A host falls through to the wildcard, then to the default backend.
+        let rule = |host, path| answer(&c, 80, host, path).map(|(_, rule)| rule);
+        assert_eq!(rule("foo.example.com", "/w"), Some(0));
+        assert_eq!(rule("bar.example.com", "/w"), Some(1));
+        assert_eq!(rule("bar.example.com", "/x"), Some(2));
+        assert_eq!(rule("a.bar.example.com", "/w"), Some(2), "one label only");
         let ListenerKind::Http(h) = &c.listeners[0].kind else {
             panic!()
         };

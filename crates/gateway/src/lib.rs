@@ -39,9 +39,11 @@ pub struct Compiled {
 pub fn compile(world: &world::World) -> Compiled {
     let mut b = build::Builder::default();
     let mut statuses = Vec::new();
+    world.backends.clear();
     gatewayapi::compile(world, &mut b, &mut statuses);
     ingress::compile(world, &mut b, &mut statuses);
     mapping::compile(world, &mut b, &mut statuses);
+    world.backends.clear();
     statuses.sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
     Compiled {
         config: b.finish(),

@@ -28,6 +28,7 @@
 //!   Mappings of another `ambassador_id` are left alone.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, Method, StatusCode};
@@ -366,12 +367,16 @@ fn translate<'a>(
         .ok();
     if let Some(b) = &mut backend {
         if tls {
-            b.tls = Some(BackendTls {
+            Arc::make_mut(b).tls = Some(BackendTls {
                 hostname: format!("{}.{}.svc", target.name, target.namespace),
                 ca_pem: vec![],
             });
         }
-        b.limits = limits(&spec.circuit_breakers);
+        // Copied only when they differ, so that most routes share the Service port's.
+        let limits = limits(&spec.circuit_breakers);
+        if b.limits != limits {
+            Arc::make_mut(b).limits = limits;
+        }
     }
 
     let rewrite = match spec.rewrite.as_deref() {

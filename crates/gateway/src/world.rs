@@ -2,9 +2,9 @@
 //! watched kind, and the resolution every API shares (a Service port to a [`Backend`] with
 //! its ready endpoints, a Secret to a [`Certificate`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -106,6 +106,30 @@ pub struct World {
     pub reference_grants: Vec<Obj<gw::ReferenceGrantSpec>>,
     pub backend_tls_policies: Vec<Obj<gw::BackendTlsPolicySpec>>,
     pub mappings: Vec<Obj<MappingSpec>>,
+    /// What [`World::backend`] answered during the current compile.
+    pub backends: BackendCache,
+}
+
+/// Service ports resolved during one compile, so that every route to a Service port
+/// shares one `Arc<Backend>` (and one resolution). [`crate::compile`] empties it before and
+/// after, so a World changed between compiles is read afresh.
+#[derive(Debug, Default)]
+pub struct BackendCache(Mutex<HashMap<PortKey, Result<Arc<Backend>, BackendError>>>);
+
+/// A Service and its port: by number (and an empty name), or by name (and -1).
+type PortKey = (Key, i32, String);
+
+impl BackendCache {
+    pub(crate) fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+/// A copy of a World starts with nothing cached.
+impl Clone for BackendCache {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
 }
 
 /// A Service port named by number or by name.
@@ -159,8 +183,35 @@ pub fn slices_by_service(
 }
 
 impl World {
-    /// The Service port `port` of `namespace/name` with its ready endpoints.
+    /// The Service port `port` of `namespace/name` with its ready endpoints: one `Arc` for
+    /// every route to it within a compile.
     pub fn backend(
+        &self,
+        namespace: &str,
+        name: &str,
+        port: PortRef<'_>,
+    ) -> Result<Arc<Backend>, BackendError> {
+        let key = (
+            (namespace.to_string(), name.to_string()),
+            match port {
+                PortRef::Number(n) => n,
+                PortRef::Name(_) => -1,
+            },
+            match port {
+                PortRef::Number(_) => String::new(),
+                PortRef::Name(n) => n.to_string(),
+            },
+        );
+        let mut cache = self.backends.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = cache.get(&key) {
+            return b.clone();
+        }
+        let b = self.resolve_backend(namespace, name, port).map(Arc::new);
+        cache.insert(key, b.clone());
+        b
+    }
+
+    fn resolve_backend(
         &self,
         namespace: &str,
         name: &str,

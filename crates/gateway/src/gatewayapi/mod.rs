@@ -551,8 +551,10 @@ fn backends(
         let weight = r.weight.unwrap_or(1);
         match resolve(ctx, kind, ns, &r.object_ref()) {
             Ok(mut b) => {
-                if let Some(p) = protocol {
-                    b.protocol = p;
+                if let Some(p) = protocol
+                    && b.protocol != p
+                {
+                    Arc::make_mut(&mut b).protocol = p;
                 }
                 out.push(WeightedBackend {
                     weight,
@@ -577,7 +579,7 @@ fn resolve(
     kind: RouteKind,
     ns: &str,
     r: &ObjectRef,
-) -> Result<crate::config::Backend, RefError> {
+) -> Result<Arc<crate::config::Backend>, RefError> {
     if !r.group.as_deref().unwrap_or("").is_empty()
         || r.kind.as_deref().unwrap_or("Service") != "Service"
     {
@@ -622,7 +624,9 @@ fn resolve(
             reason: "BackendNotFound",
             message: format!("Service {target_ns}/{} port {port}: {e}", r.name),
         })?;
-    backend.tls = backend_tls(ctx, &target_ns, &r.name, port)?;
+    if let Some(tls) = backend_tls(ctx, &target_ns, &r.name, port)? {
+        Arc::make_mut(&mut backend).tls = Some(tls);
+    }
     Ok(backend)
 }
 
@@ -806,8 +810,10 @@ fn rule_action(
                     };
                     match resolve(ctx, kind, ns, &m.backend_ref) {
                         Ok(mut backend) => {
-                            if let Some(p) = protocol {
-                                backend.protocol = p;
+                            if let Some(p) = protocol
+                                && backend.protocol != p
+                            {
+                                Arc::make_mut(&mut backend).protocol = p;
                             }
                             f.mirrors.push(Mirror { backend, percent });
                         }
@@ -1267,19 +1273,23 @@ fn attach(
             }
         }
         out.extend(attached);
-        parent_statuses.push(json!({
+        // Values built apart are moved in: `json!` would copy them through serde.
+        let mut parent = json!({
             "parentRef": pr,
             "controllerName": ctx.world.settings.controller_name,
-            "conditions": conditions(&[accepted, resolved]),
-        }));
+        });
+        parent["conditions"] = conditions(&[accepted, resolved]);
+        parent_statuses.push(parent);
     }
     // Also without a parent of ours: a parent it no longer names must leave its status
     // (the writer skips routes that never had one of ours).
+    let mut status = json!({});
+    status["parents"] = serde_json::Value::Array(parent_statuses);
     statuses.push(Update {
         kind: kind.status_kind(),
         namespace: ns.into(),
         name: name.into(),
-        status: json!({ "parents": parent_statuses }),
+        status,
     });
     out
 }

@@ -118,7 +118,7 @@ impl HttpTable {
                                     .iter()
                                     .map(|wb| {
                                         total += u64::from(wb.weight);
-                                        (total, wb.backend.as_ref().map(&mut get))
+                                        (total, wb.backend.as_deref().map(&mut get))
                                     })
                                     .collect();
                                 let mirrors = f

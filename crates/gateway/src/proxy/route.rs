@@ -1,4 +1,5 @@
-//! Route lookup: the virtual host by host specificity, then the first matching route.
+//! Route lookup: the virtual hosts that match the request's host, most specific first, and
+//! the first matching route of the first of them that has one.
 //!
 //! [`Router::find`] answers exactly as [`Router::find_linear`] (a first-match walk over the
 //! routes as configured) but walks only the routes whose path condition can hold: exact
@@ -252,10 +253,11 @@ struct VHost {
 /// benchmarked on its own (`cargo bench -p gateway`).
 #[derive(Debug, Default)]
 pub struct Router {
-    exact: HashMap<String, usize>,
+    /// Virtual hosts by exact name, in configuration order.
+    exact: HashMap<String, Vec<usize>>,
     /// `(suffix, one_label, vhost)`, longest suffix first, then in configuration order.
     wildcards: Vec<(String, bool, usize)>,
-    any: Option<usize>,
+    any: Vec<usize>,
     vhosts: Vec<VHost>,
 }
 
@@ -267,16 +269,18 @@ impl Router {
             for h in &vh.hostnames {
                 match h {
                     HostMatch::Exact(name) => {
-                        router.exact.entry(normalize_host(name)).or_insert(i);
+                        router
+                            .exact
+                            .entry(normalize_host(name))
+                            .or_default()
+                            .push(i);
                     }
                     HostMatch::Wildcard { suffix, one_label } => {
                         let suffix = suffix.to_ascii_lowercase();
                         let suffix = suffix.trim_end_matches('.');
                         router.wildcards.push((suffix.to_owned(), *one_label, i));
                     }
-                    HostMatch::Any => {
-                        router.any.get_or_insert(i);
-                    }
+                    HostMatch::Any => router.any.push(i),
                 }
             }
             let routes: Vec<_> = vh.routes.iter().map(CompiledRoute::new).collect();
@@ -290,43 +294,74 @@ impl Router {
         router
     }
 
-    /// The virtual host for a normalized host name.
-    pub fn vhost(&self, host: &str) -> Option<usize> {
-        if let Some(&i) = self.exact.get(host) {
-            return Some(i);
-        }
-        for (suffix, one_label, i) in &self.wildcards {
-            if host.len() > suffix.len() && host.ends_with(suffix.as_str()) {
-                let label = &host[..host.len() - suffix.len()];
-                if !*one_label || !label.contains('.') {
-                    return Some(*i);
-                }
-            }
-        }
-        self.any
-    }
-
-    /// The first matching route: `(virtual host, route)` indices into the configuration.
-    pub fn find(&self, req: &RequestView<'_>) -> Option<(usize, usize)> {
-        let v = self.vhost(req.host)?;
-        let vhost = &self.vhosts[v];
-        let mut candidates = Vec::new();
-        vhost.index.candidates(req.path, &mut candidates);
-        candidates
-            .into_iter()
-            .find(|&i| vhost.routes[i as usize].matches(req))
-            .map(|i| (v, i as usize))
-    }
-
-    /// [`Router::find`] the slow way: every route of the virtual host in order.
-    #[cfg(test)]
-    pub(crate) fn find_linear(&self, req: &RequestView<'_>) -> Option<(usize, usize)> {
-        let v = self.vhost(req.host)?;
-        self.vhosts[v]
-            .routes
+    /// The virtual hosts that match a normalized host name, most specific first: those
+    /// of the exact name, then the wildcards by longest suffix, then those of any host.
+    fn vhosts<'a>(&'a self, host: &'a str) -> impl Iterator<Item = usize> + 'a {
+        let wildcards = self
+            .wildcards
             .iter()
-            .position(|r| r.matches(req))
-            .map(|i| (v, i))
+            .filter(move |(suffix, one_label, _)| {
+                host.len() > suffix.len()
+                    && host.ends_with(suffix.as_str())
+                    && (!*one_label || !host[..host.len() - suffix.len()].contains('.'))
+            })
+            .map(|w| w.2);
+        self.exact
+            .get(host)
+            .into_iter()
+            .flatten()
+            .copied()
+            .chain(wildcards)
+            .chain(self.any.iter().copied())
+    }
+
+    /// The first matching route of the most specific matching virtual host that has one:
+    /// `(virtual host, route)` indices into the configuration.
+    pub fn find(&self, req: &RequestView<'_>) -> Option<(usize, usize)> {
+        let mut candidates = Vec::new();
+        self.vhosts(req.host).find_map(|v| {
+            let vhost = &self.vhosts[v];
+            vhost.index.candidates(req.path, &mut candidates);
+            candidates
+                .iter()
+                .find(|&&i| vhost.routes[i as usize].matches(req))
+                .map(|&i| (v, i as usize))
+        })
+    }
+
+    /// [`Router::find`] the slow way, from `hosts` as configured: every virtual host that
+    /// matches, ranked by specificity (exact, longer wildcard suffix, any; then
+    /// configuration order), every route of each in order.
+    #[cfg(test)]
+    pub(crate) fn find_linear(
+        &self,
+        hosts: &HttpHosts,
+        req: &RequestView<'_>,
+    ) -> Option<(usize, usize)> {
+        let rank = |h: &HostMatch| match h {
+            HostMatch::Exact(name) => (normalize_host(name) == req.host).then_some(0),
+            HostMatch::Wildcard { suffix, one_label } => {
+                let suffix = suffix.to_ascii_lowercase();
+                let suffix = suffix.trim_end_matches('.');
+                let label = req.host.strip_suffix(suffix).filter(|l| !l.is_empty())?;
+                (!one_label || !label.contains('.')).then_some(usize::MAX - 1 - suffix.len())
+            }
+            HostMatch::Any => Some(usize::MAX),
+        };
+        let mut matching: Vec<(usize, usize)> = hosts
+            .hosts
+            .iter()
+            .enumerate()
+            .flat_map(|(v, vh)| vh.hostnames.iter().filter_map(move |h| Some((rank(h)?, v))))
+            .collect();
+        matching.sort();
+        matching.into_iter().find_map(|(_, v)| {
+            self.vhosts[v]
+                .routes
+                .iter()
+                .position(|r| r.matches(req))
+                .map(|i| (v, i))
+        })
     }
 }
 
@@ -355,17 +390,22 @@ pub(crate) mod tests {
         }
     }
 
-    fn router(hosts: Vec<(Vec<HostMatch>, Vec<Route>)>) -> Router {
-        Router::new(&HttpHosts {
+    /// A router and the hosts it was compiled from, for [`Router::find_linear`].
+    pub(crate) type Table = (Router, HttpHosts);
+
+    fn router(hosts: Vec<(Vec<HostMatch>, Vec<Route>)>) -> Table {
+        let hosts = HttpHosts {
             hosts: hosts
                 .into_iter()
                 .map(|(hostnames, routes)| VirtualHost { hostnames, routes })
                 .collect(),
-        })
+        };
+        (Router::new(&hosts), hosts)
     }
 
-    fn ask(
-        r: &Router,
+    /// The route for a request, after checking that the index and the plain walk agree.
+    pub(crate) fn ask(
+        (r, hosts): &Table,
         host: &str,
         method: &Method,
         path: &str,
@@ -383,11 +423,11 @@ pub(crate) mod tests {
             headers,
         };
         let fast = r.find(&req);
-        assert_eq!(fast, r.find_linear(&req), "{host} {path}");
+        assert_eq!(fast, r.find_linear(hosts, &req), "{host} {path}");
         fast
     }
 
-    fn get(r: &Router, host: &str, path: &str) -> Option<(usize, usize)> {
+    pub(crate) fn get(r: &Table, host: &str, path: &str) -> Option<(usize, usize)> {
         ask(r, host, &Method::GET, path, &HeaderMap::new())
     }
 
@@ -417,6 +457,40 @@ pub(crate) mod tests {
         assert_eq!(normalize_host("[::1]:80"), "::1");
         let none = router(vec![(vec![HostMatch::Exact("a".into())], vec![any])]);
         assert_eq!(get(&none, "b", "/"), None);
+    }
+
+    #[test]
+    fn a_request_falls_through_exact_then_wildcards_then_any() {
+        let wild = |s: &str, one_label| HostMatch::Wildcard {
+            suffix: s.into(),
+            one_label,
+        };
+        let at = |p: &str| route(PathMatch::Prefix(p.into()));
+        let r = router(vec![
+            (vec![HostMatch::Any], vec![at("/")]),
+            (vec![wild(".example.com", false)], vec![at("/many")]),
+            (
+                vec![wild(".b.example.com", true)],
+                vec![at("/one"), at("/both")],
+            ),
+            (
+                vec![HostMatch::Exact("a.b.example.com".into())],
+                vec![at("/exact"), at("/both")],
+            ),
+        ]);
+        let host = "a.b.example.com";
+        assert_eq!(get(&r, host, "/exact"), Some((3, 0)));
+        assert_eq!(get(&r, host, "/both"), Some((3, 1)), "the exact host first");
+        assert_eq!(get(&r, host, "/one"), Some((2, 0)));
+        assert_eq!(get(&r, host, "/many/x"), Some((1, 0)));
+        assert_eq!(get(&r, host, "/other"), Some((0, 0)));
+        assert_eq!(get(&r, "c.b.example.com", "/both"), Some((2, 1)));
+        assert_eq!(get(&r, "c.b.example.com", "/exact"), Some((0, 0)));
+        // The one-label wildcard does not match here: straight to the longer one.
+        assert_eq!(get(&r, "x.c.b.example.com", "/one"), Some((0, 0)));
+        assert_eq!(get(&r, "x.c.b.example.com", "/many"), Some((1, 0)));
+        let no_any = router(vec![(vec![HostMatch::Exact("a".into())], vec![at("/a")])]);
+        assert_eq!(get(&no_any, "a", "/b"), None);
     }
 
     #[test]
@@ -524,10 +598,24 @@ pub(crate) mod tests {
     #[test]
     fn index_answers_as_a_first_match_walk() {
         let mut rng = Rng(0x5eed_2026);
-        let hosts = [HostMatch::Exact("h".into()), HostMatch::Any];
+        let wild = |s: &str, one_label| HostMatch::Wildcard {
+            suffix: s.into(),
+            one_label,
+        };
+        // Names a request may match several of, so that it falls through between hosts.
+        let patterns = [
+            HostMatch::Exact("a.h.example".into()),
+            wild(".h.example", true),
+            wild(".h.example", false),
+            wild(".example", false),
+            HostMatch::Any,
+        ];
         for _ in 0..300 {
             let mut vhosts = Vec::new();
-            for host in &hosts {
+            for _ in 0..=rng.below(5) {
+                let hostnames = (0..=rng.below(2))
+                    .map(|_| rng.pick(&patterns).clone())
+                    .collect();
                 let mut routes = Vec::new();
                 for _ in 0..rng.below(12) {
                     let p = random_path(&mut rng);
@@ -548,7 +636,7 @@ pub(crate) mod tests {
                     }
                     routes.push(r);
                 }
-                vhosts.push((vec![host.clone()], routes));
+                vhosts.push((hostnames, routes));
             }
             let r = router(vhosts);
             for _ in 0..40 {
@@ -562,8 +650,15 @@ pub(crate) mod tests {
                 if rng.below(2) == 0 {
                     h.insert("x-v", HeaderValue::from_static("1"));
                 }
+                let host = rng.pick::<&str>(&[
+                    "a.h.example",
+                    "b.h.example",
+                    "c.b.h.example",
+                    "x.example",
+                    "other",
+                ]);
                 // `ask` asserts the two agree.
-                ask(&r, rng.pick::<&str>(&["h", "other"]), &method, &path, &h);
+                ask(&r, host, &method, &path, &h);
             }
         }
     }

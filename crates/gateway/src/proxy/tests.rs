@@ -193,7 +193,10 @@ pub(crate) fn forward(backends: Vec<(u32, Option<Backend>)>) -> Forward {
     Forward {
         backends: backends
             .into_iter()
-            .map(|(weight, backend)| WeightedBackend { weight, backend })
+            .map(|(weight, backend)| WeightedBackend {
+                weight,
+                backend: backend.map(Arc::new),
+            })
             .collect(),
         ..Forward::default()
     }
@@ -484,8 +487,11 @@ async fn routes_forwards_and_answers_as_configured() {
     assert_eq!(got.seen("host"), Some("web.example.com"));
     assert_eq!(got.seen("x-request-id").map(str::len), Some(36));
     assert_eq!(got.seen("x-envoy-external-address"), None);
-    // Prefix is element-wise.
-    assert_eq!(c.get("web.example.com", "/enginex").await.status, 404);
+    // Prefix is element-wise: `/enginex` is no route of the exact host, so it falls
+    // through to the wildcard's.
+    let got = c.get("web.example.com", "/enginex").await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.field("backend"), Some("b"));
 
     let mut r = req("WEB.example.com:8080", "/backend/quote?x=y");
     r.headers_mut().insert("x-drop", "1".parse().unwrap());
@@ -888,7 +894,7 @@ async fn mirrors_and_cors() {
     let port = free_port();
     let mut f = forward(vec![(1, Some(svc("a", vec![a.addr])))]);
     f.mirrors = vec![Mirror {
-        backend: svc("shadow", vec![shadow.addr]),
+        backend: svc("shadow", vec![shadow.addr]).into(),
         percent: 100.0,
     }];
     f.cors = Some(Cors {

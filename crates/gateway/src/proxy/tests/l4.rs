@@ -158,7 +158,7 @@ async fn tls_terminates_by_sni_with_alpn_and_passes_through() {
                     hostnames: vec![HostMatch::Exact("pass.example.com".into())],
                     backends: vec![WeightedBackend {
                         weight: 1,
-                        backend: Some(svc("pass", vec![pass])),
+                        backend: Some(svc("pass", vec![pass]).into()),
                     }],
                 }],
                 certificates: vec![
@@ -323,7 +323,7 @@ async fn tcp_and_udp_listeners_with_proxy_protocol() {
     let wb = |b: Backend| {
         vec![WeightedBackend {
             weight: 1,
-            backend: Some(b),
+            backend: Some(b.into()),
         }]
     };
     let config = Config {
