@@ -691,6 +691,8 @@ pub async fn control(client: kube::Client, options: Options, config: watch::Send
         if sent {
             info!(listeners, routes, took = ?started.elapsed(), "configuration changed");
         }
+        // What is served now (the compile's, or an equal one already held).
+        let served = Arc::clone(&config.borrow());
         let mut ok = true;
         if *leader.borrow() {
             if resync {
@@ -706,7 +708,7 @@ pub async fn control(client: kube::Client, options: Options, config: watch::Send
             }
             let (ns, name) = &options.service;
             if let Some(svc) = stores.services.0.get(format!("{ns}/{name}").as_str())
-                && let Some(ports) = service_ports(svc, &compiled.config)
+                && let Some(ports) = service_ports(svc, &served)
             {
                 ok &= write_ports(&writer.client, ns, name, ports).await;
             }
