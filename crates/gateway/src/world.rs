@@ -88,10 +88,11 @@ pub struct World {
     pub settings: Settings,
     /// Labels by namespace name (for `allowedRoutes` selectors).
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
-    pub services: BTreeMap<Key, Service>,
+    /// Hashed: every route's backend looks its Service up here.
+    pub services: HashMap<Key, Service>,
     /// By the Service they belong to (`kubernetes.io/service-name`): see
     /// [`slices_by_service`].
-    pub endpoint_slices: BTreeMap<Key, Vec<EndpointSlice>>,
+    pub endpoint_slices: HashMap<Key, Vec<EndpointSlice>>,
     pub secrets: BTreeMap<Key, Secret>,
     pub config_maps: BTreeMap<Key, ConfigMap>,
     pub ingress_classes: Vec<IngressClass>,
@@ -166,8 +167,8 @@ pub enum SecretError {
 /// EndpointSlices keyed by their Service.
 pub fn slices_by_service(
     slices: impl IntoIterator<Item = EndpointSlice>,
-) -> BTreeMap<Key, Vec<EndpointSlice>> {
-    let mut out: BTreeMap<Key, Vec<EndpointSlice>> = BTreeMap::new();
+) -> HashMap<Key, Vec<EndpointSlice>> {
+    let mut out: HashMap<Key, Vec<EndpointSlice>> = HashMap::new();
     for slice in slices {
         let service = slice
             .metadata
