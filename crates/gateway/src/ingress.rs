@@ -90,7 +90,8 @@ pub(crate) fn compile(world: &World, b: &mut Builder, statuses: &mut Vec<Update>
         .iter()
         .filter(|i| served(world, i))
         .collect();
-    ingresses.sort_by_key(|i| age(i));
+    // Cached: the key clones the namespace and name.
+    ingresses.sort_by_cached_key(|i| age(i));
     let mut ranked = Vec::new();
     let mut tls = false;
     // The same for every served Ingress. No address yet: none written (`null` removes one
