@@ -115,10 +115,16 @@ pub struct World {
 /// shares one `Arc<Backend>` (and one resolution). [`crate::compile`] empties it before and
 /// after, so a World changed between compiles is read afresh.
 #[derive(Debug, Default)]
-pub struct BackendCache(Mutex<HashMap<PortKey, Result<Arc<Backend>, BackendError>>>);
+pub struct BackendCache(Mutex<HashMap<(Key, PortKey), Resolved>>);
 
-/// A Service and its port: by number (and an empty name), or by name (and -1).
-type PortKey = (Key, i32, String);
+type Resolved = Result<Arc<Backend>, BackendError>;
+
+/// A [`PortRef`] that owns its name.
+#[derive(Debug, PartialEq, Eq, Hash)]
+enum PortKey {
+    Number(i32),
+    Name(String),
+}
 
 impl BackendCache {
     pub(crate) fn clear(&self) {
@@ -195,12 +201,8 @@ impl World {
         let key = (
             (namespace.to_string(), name.to_string()),
             match port {
-                PortRef::Number(n) => n,
-                PortRef::Name(_) => -1,
-            },
-            match port {
-                PortRef::Number(_) => String::new(),
-                PortRef::Name(n) => n.to_string(),
+                PortRef::Number(n) => PortKey::Number(n),
+                PortRef::Name(n) => PortKey::Name(n.to_string()),
             },
         );
         let mut cache = self.backends.0.lock().unwrap_or_else(|e| e.into_inner());
