@@ -8,7 +8,7 @@
 //! (hostname first, then the rest) and ingress-nginx both answer, without each host
 //! carrying copies of the routes of the hosts that cover it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::config::{
     Certificate, Config, HostMatch, HttpHosts, Listener, ListenerKind, Route, SniRoute,
@@ -24,14 +24,22 @@ pub(crate) enum PortKind {
     Udp,
 }
 
+/// Routes by host pattern, in the order the patterns came; `index` finds a pattern's place
+/// (every route is added on its own).
 #[derive(Default)]
-struct Hosts(Vec<(HostMatch, Vec<Route>)>);
+struct Hosts {
+    hosts: Vec<(HostMatch, Vec<Route>)>,
+    index: HashMap<HostMatch, usize>,
+}
 
 impl Hosts {
     fn add(&mut self, host: HostMatch, routes: impl IntoIterator<Item = Route>) {
-        match self.0.iter_mut().find(|(h, _)| *h == host) {
-            Some((_, r)) => r.extend(routes),
-            None => self.0.push((host, routes.into_iter().collect())),
+        match self.index.get(&host) {
+            Some(&i) => self.hosts[i].1.extend(routes),
+            None => {
+                self.index.insert(host.clone(), self.hosts.len());
+                self.hosts.push((host, routes.into_iter().collect()));
+            }
         }
     }
 
@@ -39,7 +47,7 @@ impl Hosts {
     /// also match a request.
     fn finish(self) -> HttpHosts {
         let hosts = self
-            .0
+            .hosts
             .into_iter()
             .filter(|(_, routes)| !routes.is_empty())
             .map(|(host, routes)| VirtualHost {

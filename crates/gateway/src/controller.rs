@@ -394,7 +394,7 @@ fn objects<K: Clone>(k: &Kept<K>) -> Vec<K> {
     k.0.values().cloned().collect()
 }
 
-fn keyed<K: kube::Resource + Clone>(k: &Kept<K>) -> BTreeMap<(String, String), K> {
+fn keyed<K: kube::Resource + Clone, M: FromIterator<((String, String), K)>>(k: &Kept<K>) -> M {
     k.0.values()
         .map(|o| {
             let m = o.meta();

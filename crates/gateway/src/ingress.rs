@@ -90,7 +90,8 @@ pub(crate) fn compile(world: &World, b: &mut Builder, statuses: &mut Vec<Update>
         .iter()
         .filter(|i| served(world, i))
         .collect();
-    ingresses.sort_by_key(|i| age(i));
+    // Cached: the key clones the namespace and name.
+    ingresses.sort_by_cached_key(|i| age(i));
     let mut ranked = Vec::new();
     let mut tls = false;
     // The same for every served Ingress. No address yet: none written (`null` removes one
@@ -206,7 +207,10 @@ pub(crate) fn compile(world: &World, b: &mut Builder, statuses: &mut Vec<Update>
             });
         }
     }
-    ranked.sort_by(|a, b| {
+    // Sorted as indices: an entry holds a whole Route, too big to move about in a sort.
+    let mut order: Vec<usize> = (0..ranked.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (a, b) = (&ranked[a], &ranked[b]);
         a.default
             .cmp(&b.default)
             .then(b.path_len.cmp(&a.path_len))
@@ -214,7 +218,8 @@ pub(crate) fn compile(world: &World, b: &mut Builder, statuses: &mut Vec<Update>
             .then(a.age.cmp(&b.age))
             .then(a.index.cmp(&b.index))
     });
-    for r in ranked {
+    let mut ranked: Vec<Option<Ranked>> = ranked.into_iter().map(Some).collect();
+    for r in order.into_iter().filter_map(|i| ranked[i].take()) {
         if tls {
             b.routes(HTTPS_PORT, PortKind::Tls, r.host.clone(), [r.route.clone()]);
         }

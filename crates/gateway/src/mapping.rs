@@ -197,7 +197,10 @@ pub(crate) fn compile(world: &World, b: &mut Builder, statuses: &mut Vec<Update>
             Err(reason) => statuses.push(status(obj, "Inactive", reason)),
         }
     }
-    ready.sort_by(|a, b| {
+    // Sorted as indices: an entry holds a whole Forward, too big to move about in a sort.
+    let mut order: Vec<usize> = (0..ready.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (a, b) = (&ready[a], &ready[b]);
         b.precedence
             .cmp(&a.precedence)
             .then(b.prefix_len.cmp(&a.prefix_len))
@@ -213,7 +216,8 @@ pub(crate) fn compile(world: &World, b: &mut Builder, statuses: &mut Vec<Update>
     // (The match types are not `Hash`: their debug text is the key.)
     let mut groups: Vec<Vec<Compiled<'_>>> = Vec::new();
     let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    for c in ready {
+    let mut ready: Vec<Option<Compiled<'_>>> = ready.into_iter().map(Some).collect();
+    for c in order.into_iter().filter_map(|i| ready[i].take()) {
         let key = format!("{:?}|{:?}|{}", c.host, c.matches, c.precedence);
         match index.get(&key) {
             Some(&g) => groups[g].push(c),

@@ -88,10 +88,11 @@ pub struct World {
     pub settings: Settings,
     /// Labels by namespace name (for `allowedRoutes` selectors).
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
-    pub services: BTreeMap<Key, Service>,
+    /// Hashed: every route's backend looks its Service up here.
+    pub services: HashMap<Key, Service>,
     /// By the Service they belong to (`kubernetes.io/service-name`): see
     /// [`slices_by_service`].
-    pub endpoint_slices: BTreeMap<Key, Vec<EndpointSlice>>,
+    pub endpoint_slices: HashMap<Key, Vec<EndpointSlice>>,
     pub secrets: BTreeMap<Key, Secret>,
     pub config_maps: BTreeMap<Key, ConfigMap>,
     pub ingress_classes: Vec<IngressClass>,
@@ -114,10 +115,16 @@ pub struct World {
 /// shares one `Arc<Backend>` (and one resolution). [`crate::compile`] empties it before and
 /// after, so a World changed between compiles is read afresh.
 #[derive(Debug, Default)]
-pub struct BackendCache(Mutex<HashMap<PortKey, Result<Arc<Backend>, BackendError>>>);
+pub struct BackendCache(Mutex<HashMap<(Key, PortKey), Resolved>>);
 
-/// A Service and its port: by number (and an empty name), or by name (and -1).
-type PortKey = (Key, i32, String);
+type Resolved = Result<Arc<Backend>, BackendError>;
+
+/// A [`PortRef`] that owns its name.
+#[derive(Debug, PartialEq, Eq, Hash)]
+enum PortKey {
+    Number(i32),
+    Name(String),
+}
 
 impl BackendCache {
     pub(crate) fn clear(&self) {
@@ -166,8 +173,8 @@ pub enum SecretError {
 /// EndpointSlices keyed by their Service.
 pub fn slices_by_service(
     slices: impl IntoIterator<Item = EndpointSlice>,
-) -> BTreeMap<Key, Vec<EndpointSlice>> {
-    let mut out: BTreeMap<Key, Vec<EndpointSlice>> = BTreeMap::new();
+) -> HashMap<Key, Vec<EndpointSlice>> {
+    let mut out: HashMap<Key, Vec<EndpointSlice>> = HashMap::new();
     for slice in slices {
         let service = slice
             .metadata
@@ -194,12 +201,8 @@ impl World {
         let key = (
             (namespace.to_string(), name.to_string()),
             match port {
-                PortRef::Number(n) => n,
-                PortRef::Name(_) => -1,
-            },
-            match port {
-                PortRef::Number(_) => String::new(),
-                PortRef::Name(n) => n.to_string(),
+                PortRef::Number(n) => PortKey::Number(n),
+                PortRef::Name(n) => PortKey::Name(n.to_string()),
             },
         );
         let mut cache = self.backends.0.lock().unwrap_or_else(|e| e.into_inner());
