@@ -1,6 +1,7 @@
 //! `kubewire workload ...`: the built-in programs containers without a `command` run
 //! (chosen by image name, see docs/node.md): an HTTP "whoami" server like
-//! traefik/whoami, TCP and UDP echo servers, and sleep.
+//! traefik/whoami, the Gateway API conformance suite's echo server (echo-basic), TCP and
+//! UDP echo servers, and sleep.
 
 use std::net::{Ipv6Addr, SocketAddr};
 
@@ -22,6 +23,11 @@ pub enum WorkloadArgs {
         #[arg(long = "port", default_value = "80")]
         ports: Vec<u16>,
     },
+    /// The Gateway API conformance suite's `echo-basic`: answers every request with JSON
+    /// naming the request (path, host, method, proto, headers) and the pod (`POD_NAME`,
+    /// `NAMESPACE`, `SERVICE_NAME`, `INGRESS_NAME`), on `HTTP_PORT` (3000) and `H2C_PORT`
+    /// (3001, HTTP/1.1 only here).
+    EchoBasic,
     /// Echoes every TCP connection back.
     TcpEcho {
         #[arg(long = "port", default_value = "7")]
@@ -152,6 +158,153 @@ async fn serve_http(port: u16, id: Identity) -> std::io::Result<()> {
     }
 }
 
+/// Where echo-basic runs, from the variables the conformance manifests set.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+struct EchoContext {
+    namespace: String,
+    ingress: String,
+    service: String,
+    pod: String,
+    #[serde(rename = "httpPort")]
+    http_port: String,
+}
+
+impl EchoContext {
+    fn from_env(http_port: &str) -> Self {
+        let var = |k: &str| std::env::var(k).unwrap_or_default();
+        EchoContext {
+            namespace: var("NAMESPACE"),
+            ingress: var("INGRESS_NAME"),
+            service: var("SERVICE_NAME"),
+            pod: var("POD_NAME"),
+            http_port: http_port.to_owned(),
+        }
+    }
+}
+
+/// A header name as Go's `net/http` writes it (`x-echo-set-header` → `X-Echo-Set-Header`).
+fn go_canonical(h: &str) -> String {
+    h.split('-')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next().map_or(String::new(), |f| {
+                f.to_uppercase()
+                    .chain(c.flat_map(char::to_lowercase))
+                    .collect()
+            })
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// echo-basic's answer to `req`: `/health` → `OK`; `/status/NNN` → that status;
+/// otherwise 200 with the JSON echo (`path` is the request target with its query,
+/// `headers` maps each Go-canonical name to its values, `Host` not among them), and the
+/// response headers the request's `X-Echo-Set-Header: name:value[,name:value]` ask for.
+fn echo_basic<B>(ctx: &EchoContext, req: &Request<B>) -> Response<Full<Bytes>> {
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+    let path = req.uri().path().replace("//", "/");
+    if path == "/health" {
+        return Response::new(Full::new(Bytes::from_static(b"OK")));
+    }
+    if let Some(code) = path.strip_prefix("/status/") {
+        let status = (code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| code.parse::<u16>().ok())
+            .flatten()
+            .and_then(|c| hyper::StatusCode::from_u16(c).ok())
+            .unwrap_or(hyper::StatusCode::BAD_REQUEST);
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = status;
+        return r;
+    }
+    let mut headers: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (k, v) in req.headers() {
+        if k == hyper::header::HOST {
+            continue;
+        }
+        headers
+            .entry(go_canonical(k.as_str()))
+            .or_default()
+            .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+    }
+    let host = req
+        .headers()
+        .get(hyper::header::HOST)
+        .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()))
+        .unwrap_or_default();
+    let proto = match req.version() {
+        hyper::Version::HTTP_10 => "HTTP/1.0",
+        hyper::Version::HTTP_2 => "HTTP/2.0",
+        _ => "HTTP/1.1",
+    };
+    let mut body = serde_json::json!({
+        "path": target,
+        "host": host,
+        "method": req.method().as_str(),
+        "proto": proto,
+        "headers": headers,
+    });
+    if let (Some(obj), Ok(serde_json::Value::Object(c))) =
+        (body.as_object_mut(), serde_json::to_value(ctx))
+    {
+        obj.extend(c);
+    }
+    let mut builder = Response::builder();
+    // `X-Echo-Set-Header: a:1, b:2` sets `a: 1` and `b: 2`; a name given twice gets its
+    // values joined with `,`.
+    let mut set: Vec<(String, String)> = Vec::new();
+    for list in req.headers().get_all("x-echo-set-header") {
+        for kv in String::from_utf8_lossy(list.as_bytes()).split(',') {
+            let (name, value) = kv.trim().split_once(':').unwrap_or((kv.trim(), ""));
+            if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+                || hyper::header::HeaderValue::from_str(value.trim()).is_err()
+            {
+                // The suite always sends the header, empty when it wants nothing set.
+                continue;
+            }
+            match set.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                Some((_, v)) => {
+                    v.push(',');
+                    v.push_str(value.trim());
+                }
+                None => set.push((name.to_owned(), value.trim().to_owned())),
+            }
+        }
+    }
+    for (name, value) in set {
+        builder = builder.header(name, value);
+    }
+    builder
+        .header("content-type", "application/json")
+        .header("x-content-type-options", "nosniff")
+        .body(Full::new(Bytes::from(
+            serde_json::to_vec_pretty(&body).unwrap_or_default(),
+        )))
+        .unwrap_or_default()
+}
+
+async fn serve_echo_basic(port: u16, ctx: EchoContext) -> std::io::Result<()> {
+    let listener = tcp_listener(port)?;
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                println!("{peer} {} {}", req.method(), req.uri());
+                let resp = echo_basic(&ctx, &req);
+                async move { Ok::<_, std::convert::Infallible>(resp) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
 async fn tcp_echo(port: u16) -> std::io::Result<()> {
     let listener = tcp_listener(port)?;
     loop {
@@ -193,6 +346,18 @@ pub async fn run(args: WorkloadArgs) -> std::io::Result<()> {
             for p in ports {
                 tasks.spawn(serve_http(p, id.clone()));
             }
+        }
+        WorkloadArgs::EchoBasic => {
+            let port = |k: &str, default: u16| {
+                std::env::var(k)
+                    .ok()
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(default)
+            };
+            let http = port("HTTP_PORT", 3000);
+            let ctx = EchoContext::from_env(&http.to_string());
+            tasks.spawn(serve_echo_basic(http, ctx.clone()));
+            tasks.spawn(serve_echo_basic(port("H2C_PORT", 3001), ctx));
         }
         WorkloadArgs::TcpEcho { ports } => {
             for p in ports {
@@ -277,6 +442,9 @@ fn image_argv(exe: &str, c: &Container) -> Vec<String> {
         "hello-app",
         "podinfo",
     ];
+    if base == "echo-basic" {
+        return workload("echo-basic", Vec::new());
+    }
     if base.contains("udp-echo") {
         return workload("udp-echo", ports("UDP", 7));
     }
@@ -329,10 +497,74 @@ mod tests {
                 json!({"image": "udp-echo", "ports": [{"containerPort": 53, "protocol": "UDP"}]}),
                 &["/kw", "workload", "udp-echo", "--port", "53"],
             ),
+            (
+                json!({"image": "registry.k8s.io/gateway-api/echo-basic:v1.5.1"}),
+                &["/kw", "workload", "echo-basic"],
+            ),
         ] {
             let mut c: Container = serde_json::from_value(container.clone()).unwrap();
             c.name = "c".into();
             assert_eq!(container_argv("/kw", &c), want, "{container}");
         }
+    }
+
+    #[test]
+    fn echo_basic_answers_as_upstream() {
+        let ctx = EchoContext {
+            namespace: "gateway-conformance-infra".into(),
+            pod: "infra-backend-v1-abc".into(),
+            http_port: "3000".into(),
+            ..Default::default()
+        };
+        let req = Request::builder()
+            .method("POST")
+            .uri("/a//b?x=1")
+            .header("host", "example.com")
+            .header("x-forwarded-for", "198.18.0.254")
+            .header("x-multi", "1")
+            .header("x-multi", "2")
+            .header("X-Echo-Set-Header", "X-Foo: bar, x-foo:baz,Other:1")
+            .header("X-Echo-Set-Header", "")
+            .body(())
+            .unwrap();
+        let resp = echo_basic(&ctx, &req);
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-foo"], "bar,baz");
+        assert_eq!(resp.headers()["other"], "1");
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        let body = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(http_body_util::BodyExt::collect(resp.into_body()))
+            .unwrap()
+            .to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "path": "/a//b?x=1",
+                "host": "example.com",
+                "method": "POST",
+                "proto": "HTTP/1.1",
+                "headers": {
+                    "X-Forwarded-For": ["198.18.0.254"],
+                    "X-Multi": ["1", "2"],
+                    "X-Echo-Set-Header": ["X-Foo: bar, x-foo:baz,Other:1", ""],
+                },
+                "namespace": "gateway-conformance-infra",
+                "ingress": "",
+                "service": "",
+                "pod": "infra-backend-v1-abc",
+                "httpPort": "3000",
+            })
+        );
+        let get = |path: &str| {
+            echo_basic(&ctx, &Request::get(path).body(()).unwrap())
+                .status()
+                .as_u16()
+        };
+        assert_eq!(get("/status/503"), 503);
+        assert_eq!(get("/status/5033"), 400);
+        assert_eq!(get("/health"), 200);
     }
 }

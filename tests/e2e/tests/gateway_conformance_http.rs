@@ -1,0 +1,680 @@
+//! Tier 4: the Gateway API conformance suite's GATEWAY-HTTP scenarios (v1.6.1), ported.
+//! Each test is one upstream scenario (its `ShortName` in the test's doc): a fresh lab,
+//! upstream's base manifests and the scenario's manifests applied unchanged (see
+//! `tests/e2e/data/gateway-conformance/README.md`), the conditions upstream waits for,
+//! then every request upstream sends, from `outside`, checked as upstream checks it
+//! (`e2e::gateway_conformance`). docs/gateway.md has the table of scenarios.
+
+use e2e::gateway_conformance::{Expect, INFRA, Request, Suite, WEB};
+
+const V1: &str = "infra-backend-v1";
+const V2: &str = "infra-backend-v2";
+const V3: &str = "infra-backend-v3";
+const HTTPROUTE: &str = "httproutes.gateway.networking.k8s.io";
+
+/// A request for `host` and `path` that must reach `backend` in `ns`.
+fn reach<'a>(
+    host: &'a str,
+    path: &'a str,
+    backend: &'a str,
+    ns: &'a str,
+) -> (Request<'a>, Expect<'a>) {
+    (
+        Request {
+            host,
+            path,
+            ..Default::default()
+        },
+        Expect {
+            backend,
+            namespace: ns,
+            ..Default::default()
+        },
+    )
+}
+
+/// A request for `host` and `path` that must be answered `status`.
+fn answer<'a>(host: &'a str, path: &'a str, status: &'a [u16]) -> (Request<'a>, Expect<'a>) {
+    (
+        Request {
+            host,
+            path,
+            ..Default::default()
+        },
+        Expect {
+            status,
+            ..Default::default()
+        },
+    )
+}
+
+/// A request with `headers` that must reach `backend` in the infra namespace.
+fn with_headers<'a>(
+    headers: &'a [(&'a str, &'a str)],
+    backend: &'a str,
+) -> (Request<'a>, Expect<'a>) {
+    (
+        Request {
+            path: "/",
+            headers,
+            ..Default::default()
+        },
+        Expect {
+            backend,
+            namespace: INFRA,
+            ..Default::default()
+        },
+    )
+}
+
+fn run(suite: &Suite, addr: &str, cases: &[(Request<'_>, Expect<'_>)]) {
+    for (req, expect) in cases {
+        suite.expect(addr, req, expect);
+    }
+}
+
+/// HTTPRouteSimpleSameNamespace.
+#[test]
+fn http_route_simple_same_namespace() {
+    let s = Suite::up("httproute-simple-same-namespace");
+    let addr = s.accepted(
+        (INFRA, "same-namespace"),
+        &[(INFRA, "gateway-conformance-infra-test")],
+    );
+    run(&s, &addr, &[reach("", "/", V1, INFRA)]);
+}
+
+/// HTTPRouteMatching.
+#[test]
+fn http_route_matching() {
+    let s = Suite::up("httproute-matching");
+    let addr = s.accepted((INFRA, "same-namespace"), &[(INFRA, "matching")]);
+    run(
+        &s,
+        &addr,
+        &[
+            reach("", "/", V1, INFRA),
+            reach("", "/example", V1, INFRA),
+            with_headers(&[("Version", "one")], V1),
+            reach("", "/v2", V2, INFRA),
+            reach("", "/v2/example", V2, INFRA),
+            with_headers(&[("Version", "two")], V2),
+            reach("", "/v2/", V2, INFRA),
+            // Not a path segment prefix: not /v2.
+            reach("", "/v2example", V1, INFRA),
+            reach("", "/foo/v2/example", V1, INFRA),
+        ],
+    );
+}
+
+/// HTTPRouteExactPathMatching.
+#[test]
+fn http_route_exact_path_matching() {
+    let s = Suite::up("httproute-exact-path-matching");
+    let addr = s.accepted((INFRA, "same-namespace"), &[(INFRA, "exact-matching")]);
+    run(
+        &s,
+        &addr,
+        &[
+            reach("", "/one", V1, INFRA),
+            reach("", "/two", V2, INFRA),
+            answer("", "/", &[404]),
+            answer("", "/one/example", &[404]),
+            answer("", "/two/", &[404]),
+            answer("", "/Two", &[404]),
+        ],
+    );
+}
+
+/// HTTPRouteHostnameIntersection.
+#[test]
+fn http_route_hostname_intersection() {
+    let s = Suite::up("httproute-hostname-intersection");
+    let gw = (INFRA, "httproute-hostname-intersection");
+    let addr = s.accepted(
+        gw,
+        &[
+            (INFRA, "specific-host-matches-listener-specific-host"),
+            (INFRA, "specific-host-matches-listener-wildcard-host"),
+            (INFRA, "wildcard-host-matches-listener-specific-host"),
+            (INFRA, "wildcard-host-matches-listener-wildcard-host"),
+        ],
+    );
+    run(
+        &s,
+        &addr,
+        &[
+            reach("very.specific.com", "/s1", V1, INFRA),
+            reach("very.specific.com:1234", "/s1", V1, INFRA),
+            answer("non.matching.com", "/s1", &[404]),
+            answer("foo.nonmatchingwildcard.io", "/s1", &[404]),
+            answer("foo.wildcard.io", "/s1", &[404]),
+            answer("very.specific.com", "/non-matching-prefix", &[404]),
+            reach("foo.wildcard.io", "/s2", V2, INFRA),
+            reach("bar.wildcard.io", "/s2", V2, INFRA),
+            reach("foo.bar.wildcard.io", "/s2", V2, INFRA),
+            answer("non.matching.com", "/s2", &[404]),
+            answer("wildcard.io", "/s2", &[404]),
+            answer("very.specific.com", "/s2", &[404]),
+            answer("foo.wildcard.io", "/non-matching-prefix", &[404]),
+            reach("very.specific.com", "/s3", V3, INFRA),
+            answer("non.matching.com", "/s3", &[404]),
+            answer("foo.specific.com", "/s3", &[404]),
+            answer("foo.wildcard.io", "/s3", &[404]),
+            answer("very.specific.com", "/non-matching-prefix", &[404]),
+            reach("foo.anotherwildcard.io", "/s4", V1, INFRA),
+            reach("bar.anotherwildcard.io", "/s4", V1, INFRA),
+            reach("foo.bar.anotherwildcard.io", "/s4", V1, INFRA),
+            answer("anotherwildcard.io", "/s4", &[404]),
+            answer("foo.wildcard.io", "/s4", &[404]),
+            answer("very.specific.com", "/s4", &[404]),
+            answer("foo.anotherwildcard.io", "/non-matching-prefix", &[404]),
+        ],
+    );
+    // A route none of whose hostnames intersects a listener's is not accepted.
+    s.route_conditions(
+        HTTPROUTE,
+        (INFRA, "no-intersecting-hosts"),
+        gw,
+        &[("Accepted", "False", "NoMatchingListenerHostname")],
+    );
+    run(
+        &s,
+        &addr,
+        &[
+            answer("specific.but.wrong.com", "/s5", &[404]),
+            answer("wildcard.io", "/s5", &[404]),
+        ],
+    );
+    // Only accepted routes count in attachedRoutes.
+    s.listeners(
+        gw,
+        &[("listener-1", 2), ("listener-2", 1), ("listener-3", 1)],
+    );
+    // A listener without a hostname takes every hostname of its routes.
+    let all = (INFRA, "httproute-hostname-intersection-all");
+    let addr = s.accepted(all, &[(INFRA, "httproute-hostname-intersection-all")]);
+    run(
+        &s,
+        &addr,
+        &[
+            reach("first.com", "/", V2, INFRA),
+            reach("sub.first.com", "/", V2, INFRA),
+            reach("second.com", "/", V2, INFRA),
+            reach("sub.second.com", "/", V2, INFRA),
+            answer("third.com", "/", &[404]),
+            answer("sub.third.com", "/", &[404]),
+        ],
+    );
+}
+
+/// HTTPRouteListenerHostnameMatching.
+#[test]
+fn http_route_listener_hostname_matching() {
+    let s = Suite::up("httproute-listener-hostname-matching");
+    let gw = (INFRA, "httproute-listener-hostname-matching");
+    let addr = s.accepted(
+        gw,
+        &[
+            (INFRA, "backend-v1"),
+            (INFRA, "backend-v2"),
+            (INFRA, "backend-v3"),
+        ],
+    );
+    run(
+        &s,
+        &addr,
+        &[
+            reach("bar.com", "/", V1, INFRA),
+            reach("foo.bar.com", "/", V2, INFRA),
+            reach("baz.bar.com", "/", V3, INFRA),
+            reach("boo.bar.com", "/", V3, INFRA),
+            reach("multiple.prefixes.bar.com", "/", V3, INFRA),
+            reach("multiple.prefixes.foo.com", "/", V3, INFRA),
+            answer("foo.com", "/", &[404]),
+            answer("no.matching.host", "/", &[404]),
+        ],
+    );
+}
+
+/// HTTPRouteHeaderMatching.
+#[test]
+fn http_route_header_matching() {
+    let s = Suite::up("httproute-header-matching");
+    let addr = s.accepted((INFRA, "same-namespace"), &[(INFRA, "header-matching")]);
+    let not_found = |headers| {
+        (
+            Request {
+                path: "/",
+                headers,
+                ..Default::default()
+            },
+            Expect {
+                status: &[404],
+                ..Default::default()
+            },
+        )
+    };
+    run(
+        &s,
+        &addr,
+        &[
+            with_headers(&[("Version", "one")], V1),
+            with_headers(&[("Version", "two")], V2),
+            with_headers(&[("Version", "two"), ("Color", "orange")], V1),
+            with_headers(&[("Version", "two"), ("Color", "blue")], V2),
+            not_found(&[("Color", "orange")]),
+            not_found(&[("Some-Other-Header", "one")]),
+            with_headers(&[("Color", "blue")], V1),
+            with_headers(&[("Color", "green")], V1),
+            with_headers(&[("Color", "red")], V2),
+            with_headers(&[("Color", "yellow")], V2),
+            not_found(&[("Color", "purple")]),
+        ],
+    );
+}
+
+/// HTTPRouteCrossNamespace.
+#[test]
+fn http_route_cross_namespace() {
+    let s = Suite::up("httproute-cross-namespace");
+    let addr = s.accepted((INFRA, "backend-namespaces"), &[(WEB, "cross-namespace")]);
+    run(&s, &addr, &[reach("", "/", "web-backend", WEB)]);
+}
+
+/// HTTPRouteReferenceGrant.
+#[test]
+fn http_route_reference_grant() {
+    let s = Suite::up("httproute-reference-grant");
+    let addr = s.accepted((INFRA, "same-namespace"), &[(INFRA, "reference-grant")]);
+    run(&s, &addr, &[reach("", "/", "web-backend", WEB)]);
+    // Without the grant the backend is refused: 500.
+    s.lab.kubectl(&[
+        "delete",
+        "referencegrants.gateway.networking.k8s.io",
+        "-n",
+        WEB,
+        "reference-grant",
+    ]);
+    run(&s, &addr, &[answer("", "/", &[500])]);
+}
+
+/// A request to `path` with `headers` on which the backend (infra-backend-v1) must see
+/// `seen` and not `absent`.
+fn modified<'a>(
+    path: &'a str,
+    headers: &'a [(&'a str, &'a str)],
+    seen: &'a [(&'a str, &'a str)],
+    absent: &'a [&'a str],
+) -> (Request<'a>, Expect<'a>) {
+    (
+        Request {
+            path,
+            headers,
+            ..Default::default()
+        },
+        Expect {
+            backend: V1,
+            namespace: INFRA,
+            backend_headers: Some(seen),
+            backend_absent: absent,
+            ..Default::default()
+        },
+    )
+}
+
+/// HTTPRouteRequestHeaderModifier.
+#[test]
+fn http_route_request_header_modifier() {
+    let s = Suite::up("httproute-request-header-modifier");
+    let addr = s.accepted(
+        (INFRA, "same-namespace"),
+        &[(INFRA, "request-header-modifier")],
+    );
+    run(
+        &s,
+        &addr,
+        &[
+            modified(
+                "/set",
+                &[("Some-Other-Header", "val")],
+                &[
+                    ("Some-Other-Header", "val"),
+                    ("X-Header-Set", "set-overwrites-values"),
+                ],
+                &[],
+            ),
+            modified(
+                "/set",
+                &[
+                    ("Some-Other-Header", "val"),
+                    ("X-Header-Set", "some-other-value"),
+                ],
+                &[
+                    ("Some-Other-Header", "val"),
+                    ("X-Header-Set", "set-overwrites-values"),
+                ],
+                &[],
+            ),
+            modified(
+                "/add",
+                &[("Some-Other-Header", "val")],
+                &[
+                    ("Some-Other-Header", "val"),
+                    ("X-Header-Add", "add-appends-values"),
+                ],
+                &[],
+            ),
+            modified(
+                "/add",
+                &[
+                    ("Some-Other-Header", "val"),
+                    ("X-Header-Add", "some-other-value"),
+                ],
+                &[
+                    ("Some-Other-Header", "val"),
+                    ("X-Header-Add", "some-other-value,add-appends-values"),
+                ],
+                &[],
+            ),
+            modified(
+                "/remove",
+                &[("X-Header-Remove", "val")],
+                &[],
+                &["X-Header-Remove"],
+            ),
+            modified(
+                "/multiple",
+                &[
+                    ("X-Header-Set-2", "set-val-2"),
+                    ("X-Header-Add-2", "add-val-2"),
+                    ("X-Header-Remove-2", "remove-val-2"),
+                    ("Another-Header", "another-header-val"),
+                ],
+                &[
+                    ("X-Header-Set-1", "header-set-1"),
+                    ("X-Header-Set-2", "header-set-2"),
+                    ("X-Header-Add-1", "header-add-1"),
+                    ("X-Header-Add-2", "add-val-2,header-add-2"),
+                    ("X-Header-Add-3", "header-add-3"),
+                    ("Another-Header", "another-header-val"),
+                ],
+                &["X-Header-Remove-1", "X-Header-Remove-2"],
+            ),
+            modified(
+                "/case-insensitivity",
+                &[
+                    ("x-header-set", "original-val-set"),
+                    ("x-header-add", "original-val-add"),
+                    ("x-header-remove", "original-val-remove"),
+                    ("Another-Header", "another-header-val"),
+                ],
+                &[
+                    ("X-Header-Set", "header-set"),
+                    ("X-Header-Add", "original-val-add,header-add"),
+                    ("Another-Header", "another-header-val"),
+                ],
+                &["x-header-remove", "X-Header-Remove"],
+            ),
+        ],
+    );
+}
+
+/// HTTPRouteMatchingAcrossRoutes.
+#[test]
+fn http_route_matching_across_routes() {
+    let s = Suite::up("httproute-matching-across-routes");
+    let addr = s.accepted(
+        (INFRA, "same-namespace"),
+        &[(INFRA, "matching-part1"), (INFRA, "matching-part2")],
+    );
+    let versioned = |path, version, backend| {
+        (
+            Request {
+                host: "example.com",
+                path,
+                headers: version,
+                ..Default::default()
+            },
+            Expect {
+                backend,
+                namespace: INFRA,
+                ..Default::default()
+            },
+        )
+    };
+    run(
+        &s,
+        &addr,
+        &[
+            reach("example.com", "/", V1, INFRA),
+            reach("example.com", "/example", V1, INFRA),
+            reach("example.net", "/example", V1, INFRA),
+            versioned("/example", &[("Version", "one")], V1),
+            reach("example.com", "/v2", V2, INFRA),
+            reach("example.net", "/v2", V1, INFRA),
+            reach("example.com", "/v2/example", V2, INFRA),
+            versioned("/", &[("Version", "two")], V2),
+        ],
+    );
+}
+
+/// HTTPRouteWeight: 500 requests split 70/30/0, each share within 5 points of its weight
+/// (upstream's tolerance), up to 10 tries as upstream.
+#[test]
+fn http_route_weight() {
+    let s = Suite::up("httproute-weight");
+    let addr = s.accepted((INFRA, "same-namespace"), &[(INFRA, "weighted-backends")]);
+    s.expect(
+        &addr,
+        &Request {
+            path: "/",
+            ..Default::default()
+        },
+        &Expect {
+            namespace: INFRA,
+            ..Default::default()
+        },
+    );
+    let want = [0.7, 0.3, 0.0];
+    let mut tries = Vec::new();
+    for _ in 0..10 {
+        let got = s.distribution(&addr, "/", 500, &[V1, V2, V3]);
+        let shares: Vec<f64> = got.iter().map(|&c| c as f64 / 500.0).collect();
+        if got[2] == 0 && shares.iter().zip(want).all(|(g, w)| (g - w).abs() <= 0.05) {
+            return;
+        }
+        tries.push(got);
+    }
+    panic!("no try within tolerance of 70/30/0: {tries:?}");
+}
+
+/// HTTPRouteInvalidCrossNamespaceBackendRef.
+#[test]
+fn http_route_invalid_cross_namespace_backend_ref() {
+    let s = Suite::up("httproute-invalid-cross-namespace-backend-ref");
+    let addr = s.accepted_with(
+        (INFRA, "same-namespace"),
+        &[(INFRA, "invalid-cross-namespace-backend-ref")],
+        &[
+            ("Accepted", "True", ""),
+            ("ResolvedRefs", "False", "RefNotPermitted"),
+        ],
+    );
+    run(&s, &addr, &[answer("", "/", &[500])]);
+}
+
+/// HTTPRouteInvalidNonExistentBackendRef.
+#[test]
+fn http_route_invalid_nonexistent_backend_ref() {
+    let s = Suite::up("httproute-invalid-nonexistent-backendref");
+    let addr = s.accepted_with(
+        (INFRA, "same-namespace"),
+        &[(INFRA, "invalid-nonexistent-backend-ref")],
+        &[
+            ("Accepted", "True", ""),
+            ("ResolvedRefs", "False", "BackendNotFound"),
+        ],
+    );
+    run(&s, &addr, &[answer("", "/", &[500])]);
+}
+
+/// HTTPRouteInvalidBackendRefUnknownKind.
+#[test]
+fn http_route_invalid_backend_ref_unknown_kind() {
+    let s = Suite::up("httproute-invalid-backendref-unknown-kind");
+    let addr = s.accepted_with(
+        (INFRA, "same-namespace"),
+        &[(INFRA, "invalid-backend-ref-unknown-kind")],
+        &[
+            ("Accepted", "True", ""),
+            ("ResolvedRefs", "False", "InvalidKind"),
+        ],
+    );
+    run(&s, &addr, &[answer("", "/v2", &[500])]);
+}
+
+/// HTTPRouteInvalidCrossNamespaceParentRef: a route in a namespace the listener does not
+/// allow is not accepted (its references are resolved), and the Gateway counts no route.
+#[test]
+fn http_route_invalid_cross_namespace_parent_ref() {
+    let s = Suite::up("httproute-invalid-cross-namespace-parent-ref");
+    let gw = (INFRA, "same-namespace");
+    s.accepted_with(
+        gw,
+        &[(WEB, "invalid-cross-namespace-parent-ref")],
+        &[
+            ("ResolvedRefs", "True", ""),
+            ("Accepted", "False", "NotAllowedByListeners"),
+        ],
+    );
+    s.listeners(gw, &[("http", 0)]);
+}
+
+/// HTTPRouteInvalidReferenceGrant: none of the grants covers the route's backend.
+#[test]
+fn http_route_invalid_reference_grant() {
+    let s = Suite::up("httproute-invalid-reference-grant");
+    let addr = s.accepted_with(
+        (INFRA, "same-namespace"),
+        &[(INFRA, "reference-grant")],
+        &[
+            ("Accepted", "True", ""),
+            ("ResolvedRefs", "False", "RefNotPermitted"),
+        ],
+    );
+    run(&s, &addr, &[answer("", "/", &[500])]);
+}
+
+/// A request with `method`, `path` and `headers` that must reach `backend` (infra), or,
+/// with an empty backend, be answered 404.
+fn case<'a>(
+    method: &'a str,
+    path: &'a str,
+    headers: &'a [(&'a str, &'a str)],
+    backend: &'a str,
+) -> (Request<'a>, Expect<'a>) {
+    (
+        Request {
+            method,
+            path,
+            headers,
+            ..Default::default()
+        },
+        if backend.is_empty() {
+            Expect {
+                status: &[404],
+                ..Default::default()
+            }
+        } else {
+            Expect {
+                backend,
+                namespace: INFRA,
+                ..Default::default()
+            }
+        },
+    )
+}
+
+/// HTTPRouteMethodMatching (extended: HTTPRouteMethodMatching).
+#[test]
+fn http_route_method_matching() {
+    let s = Suite::up("httproute-method-matching");
+    let addr = s.accepted((INFRA, "same-namespace"), &[(INFRA, "method-matching")]);
+    let v = |n| [("version", n)];
+    let (one, two, three, four) = (v("one"), v("two"), v("three"), v("four"));
+    run(
+        &s,
+        &addr,
+        &[
+            case("POST", "/", &[], V1),
+            case("GET", "/", &[], V2),
+            case("HEAD", "/", &[], ""),
+            case("GET", "/path1", &[], V1),
+            case("PUT", "/", &one, V2),
+            case("POST", "/path2", &two, V3),
+            case("PATCH", "/path3", &[], V1),
+            case("DELETE", "/path4", &three, V1),
+            case("PUT", "/", &[], ""),
+            case("DELETE", "/path4", &[], ""),
+            case("PATCH", "/path5", &[], V1),
+            case("PATCH", "/", &four, V2),
+        ],
+    );
+}
+
+/// HTTPRouteQueryParamMatching (extended: HTTPRouteQueryParamMatching).
+#[test]
+fn http_route_query_param_matching() {
+    let s = Suite::up("httproute-query-param-matching");
+    let addr = s.accepted(
+        (INFRA, "same-namespace"),
+        &[(INFRA, "query-param-matching")],
+    );
+    let v = |n| [("version", n)];
+    let (one, two, three, four) = (v("one"), v("two"), v("three"), v("four"));
+    run(
+        &s,
+        &addr,
+        &[
+            case("", "/?animal=whale", &[], V1),
+            case("", "/?animal=dolphin", &[], V2),
+            case("", "/?animal=dolphin&color=blue", &[], V3),
+            case("", "/?ANIMAL=Whale", &[], V3),
+            case("", "/?animal=whale&otherparam=irrelevant", &[], V1),
+            case("", "/?animal=dolphin&color=yellow", &[], V2),
+            case("", "/?color=blue", &[], ""),
+            case("", "/?animal=dog", &[], ""),
+            case("", "/?animal=whaledolphin", &[], ""),
+            case("", "/", &[], ""),
+            case("", "/path1?animal=whale", &[], V1),
+            case("", "/?animal=whale", &one, V2),
+            case("", "/path2?animal=whale", &two, V3),
+            case("", "/path3?animal=shark", &[], V1),
+            case("", "/path4?animal=kraken", &three, V1),
+            case("", "/?animal=shark", &[], ""),
+            case("", "/path4?animal=kraken", &[], ""),
+            case("", "/path5?animal=hydra", &[], V1),
+            case("", "/?animal=hydra", &four, V3),
+        ],
+    );
+}
+
+/// HTTPRoutePathMatchOrder.
+#[test]
+fn http_route_path_match_order() {
+    let s = Suite::up("httproute-path-match-order");
+    let addr = s.accepted((INFRA, "same-namespace"), &[(INFRA, "path-matching-order")]);
+    run(
+        &s,
+        &addr,
+        &[
+            reach("", "/match/exact/one", V3, INFRA),
+            reach("", "/match/exact", V2, INFRA),
+            reach("", "/match", V1, INFRA),
+            reach("", "/match/prefix/one/any", V2, INFRA),
+            reach("", "/match/prefix/any", V1, INFRA),
+            reach("", "/match/any", V3, INFRA),
+        ],
+    );
+}
