@@ -5,7 +5,7 @@
 //! then every request upstream sends, from `outside`, checked as upstream checks it
 //! (`e2e::gateway_conformance`). docs/gateway.md has the table of scenarios.
 
-use e2e::gateway_conformance::{Expect, INFRA, Request, Suite, WEB};
+use e2e::gateway_conformance::{Expect, INFRA, Redirect, Request, Suite, WEB};
 
 const V1: &str = "infra-backend-v1";
 const V2: &str = "infra-backend-v2";
@@ -675,6 +675,476 @@ fn http_route_path_match_order() {
             reach("", "/match/prefix/one/any", V2, INFRA),
             reach("", "/match/prefix/any", V1, INFRA),
             reach("", "/match/any", V3, INFRA),
+        ],
+    );
+}
+
+/// A request (`method`, `path`) that must be redirected with `status` to `to`.
+fn redirect<'a>(
+    method: &'a str,
+    path: &'a str,
+    status: &'a [u16],
+    to: Redirect<'a>,
+) -> (Request<'a>, Expect<'a>) {
+    (
+        Request {
+            method,
+            path,
+            ..Default::default()
+        },
+        Expect {
+            status,
+            redirect: Some(to),
+            ..Default::default()
+        },
+    )
+}
+
+/// HTTPRouteRedirectHostAndStatus.
+#[test]
+fn http_route_redirect_host_and_status() {
+    let s = Suite::up("httproute-redirect-host-and-status");
+    let addr = s.accepted(
+        (INFRA, "same-namespace"),
+        &[(INFRA, "redirect-host-and-status")],
+    );
+    let host = Redirect {
+        host: "example.org",
+        ..Default::default()
+    };
+    run(
+        &s,
+        &addr,
+        &[
+            redirect("", "/hostname-redirect", &[302], host),
+            redirect("", "/host-and-status", &[301], host),
+        ],
+    );
+}
+
+/// HTTPRouteRedirectPath (extended: HTTPRoutePathRedirect).
+#[test]
+fn http_route_redirect_path() {
+    let s = Suite::up("httproute-redirect-path");
+    let addr = s.accepted((INFRA, "same-namespace"), &[(INFRA, "redirect-path")]);
+    let to = |host, path| Redirect {
+        host,
+        path,
+        ..Default::default()
+    };
+    run(
+        &s,
+        &addr,
+        &[
+            redirect(
+                "",
+                "/original-prefix/lemon",
+                &[302],
+                to("", "/replacement-prefix/lemon"),
+            ),
+            redirect(
+                "",
+                "/full/path/original",
+                &[302],
+                to("", "/full-path-replacement"),
+            ),
+            redirect(
+                "",
+                "/path-and-host",
+                &[302],
+                to("example.org", "/replacement-prefix"),
+            ),
+            redirect(
+                "",
+                "/path-and-status",
+                &[301],
+                to("", "/replacement-prefix"),
+            ),
+            redirect(
+                "",
+                "/full-path-and-host",
+                &[302],
+                to("example.org", "/replacement-full"),
+            ),
+            redirect(
+                "",
+                "/full-path-and-status",
+                &[301],
+                to("", "/replacement-full"),
+            ),
+        ],
+    );
+}
+
+/// HTTPRouteRedirectScheme (extended: HTTPRouteSchemeRedirect).
+#[test]
+fn http_route_redirect_scheme() {
+    let s = Suite::up("httproute-redirect-scheme");
+    let addr = s.accepted((INFRA, "same-namespace"), &[(INFRA, "redirect-scheme")]);
+    let to = |host| Redirect {
+        scheme: "https",
+        host,
+        ..Default::default()
+    };
+    run(
+        &s,
+        &addr,
+        &[
+            redirect("", "/scheme", &[302], to("")),
+            redirect("", "/scheme-and-host", &[302], to("example.org")),
+            redirect("", "/scheme-and-status", &[301], to("")),
+            redirect("", "/scheme-and-host-and-status", &[302], to("example.org")),
+        ],
+    );
+}
+
+/// HTTPRouteRedirectPort (extended: HTTPRoutePortRedirect).
+#[test]
+fn http_route_redirect_port() {
+    let s = Suite::up("httproute-redirect-port");
+    let addr = s.accepted((INFRA, "same-namespace"), &[(INFRA, "redirect-port")]);
+    let to = |host| Redirect {
+        host,
+        port: "8083",
+        ..Default::default()
+    };
+    run(
+        &s,
+        &addr,
+        &[
+            redirect("", "/port", &[302], to("")),
+            redirect("", "/port-and-host", &[302], to("example.org")),
+            redirect("", "/port-and-status", &[301], to("")),
+            redirect("", "/port-and-host-and-status", &[302], to("example.org")),
+        ],
+    );
+}
+
+/// HTTPRoute303Redirect (extended: HTTPRoute303RedirectStatusCode).
+#[test]
+fn http_route_303_redirect() {
+    let s = Suite::up("httproute-303-redirect");
+    let addr = s.accepted((INFRA, "same-namespace"), &[(INFRA, "303-redirect")]);
+    let to = Redirect {
+        path: "/see-other",
+        ..Default::default()
+    };
+    run(&s, &addr, &[redirect("POST", "/see-other", &[303], to)]);
+}
+
+/// HTTPRoute307Redirect (extended: HTTPRoute307RedirectStatusCode).
+#[test]
+fn http_route_307_redirect() {
+    let s = Suite::up("httproute-307-redirect");
+    let addr = s.accepted((INFRA, "same-namespace"), &[(INFRA, "307-redirect")]);
+    let to = Redirect {
+        path: "/temporary",
+        ..Default::default()
+    };
+    run(&s, &addr, &[redirect("", "/temporary", &[307], to)]);
+}
+
+/// HTTPRoute308Redirect (extended: HTTPRoute308RedirectStatusCode).
+#[test]
+fn http_route_308_redirect() {
+    let s = Suite::up("httproute-308-redirect");
+    let addr = s.accepted((INFRA, "same-namespace"), &[(INFRA, "308-redirect")]);
+    let to = Redirect {
+        path: "/permanent",
+        ..Default::default()
+    };
+    run(&s, &addr, &[redirect("", "/permanent", &[308], to)]);
+}
+
+/// A request (`host`, `path`, `headers`) that `backend` must see as `seen_host`,
+/// `seen_path` with `seen` headers and without `absent` ones.
+#[allow(clippy::too_many_arguments)]
+fn rewritten<'a>(
+    host: &'a str,
+    path: &'a str,
+    headers: &'a [(&'a str, &'a str)],
+    backend: &'a str,
+    seen_host: Option<&'a str>,
+    seen_path: &'a str,
+    seen: &'a [(&'a str, &'a str)],
+    absent: &'a [&'a str],
+) -> (Request<'a>, Expect<'a>) {
+    (
+        Request {
+            host,
+            path,
+            headers,
+            ..Default::default()
+        },
+        Expect {
+            backend,
+            namespace: INFRA,
+            backend_host: seen_host,
+            backend_path: Some(seen_path),
+            backend_headers: Some(seen),
+            backend_absent: absent,
+            ..Default::default()
+        },
+    )
+}
+
+const MODIFY_IN: &[(&str, &str)] = &[
+    ("X-Header-Remove", "remove-val"),
+    ("X-Header-Add-Append", "append-val-1"),
+];
+const MODIFY_SEEN: &[(&str, &str)] = &[
+    ("X-Header-Add", "header-val-1"),
+    ("X-Header-Add-Append", "append-val-1,header-val-2"),
+    ("X-Header-Set", "set-overwrites-values"),
+];
+
+/// HTTPRouteRewriteHost (extended: HTTPRouteHostRewrite).
+#[test]
+fn http_route_rewrite_host() {
+    let s = Suite::up("httproute-rewrite-host");
+    let addr = s.accepted((INFRA, "same-namespace"), &[(INFRA, "rewrite-host")]);
+    let h = "rewrite.example";
+    run(
+        &s,
+        &addr,
+        &[
+            rewritten(
+                h,
+                "/one",
+                &[],
+                V1,
+                Some("one.example.org"),
+                "/one",
+                &[],
+                &[],
+            ),
+            rewritten(h, "/two", &[], V2, Some("example.org"), "/two", &[], &[]),
+            rewritten(
+                h,
+                "/rewrite-host-and-modify-headers",
+                MODIFY_IN,
+                V2,
+                Some("test.example.org"),
+                "/rewrite-host-and-modify-headers",
+                MODIFY_SEEN,
+                &["X-Header-Remove"],
+            ),
+        ],
+    );
+}
+
+/// HTTPRouteRewritePath (extended: HTTPRoutePathRewrite).
+#[test]
+fn http_route_rewrite_path() {
+    let s = Suite::up("httproute-rewrite-path");
+    let addr = s.accepted((INFRA, "same-namespace"), &[(INFRA, "rewrite-path")]);
+    let with_set: &[(&str, &str)] = &[
+        ("X-Header-Remove", "remove-val"),
+        ("X-Header-Add-Append", "append-val-1"),
+        ("X-Header-Set", "set-val"),
+    ];
+    run(
+        &s,
+        &addr,
+        &[
+            rewritten("", "/prefix/one/two", &[], V1, None, "/one/two", &[], &[]),
+            rewritten("", "/strip-prefix/three", &[], V1, None, "/three", &[], &[]),
+            rewritten("", "/strip-prefix", &[], V1, None, "/", &[], &[]),
+            rewritten("", "/full/one/two", &[], V1, None, "/one", &[], &[]),
+            rewritten(
+                "",
+                "/full/rewrite-path-and-modify-headers/test",
+                with_set,
+                V1,
+                None,
+                "/test",
+                MODIFY_SEEN,
+                &["X-Header-Remove"],
+            ),
+            rewritten(
+                "",
+                "/prefix/rewrite-path-and-modify-headers/one",
+                with_set,
+                V1,
+                None,
+                "/prefix/one",
+                MODIFY_SEEN,
+                &["X-Header-Remove"],
+            ),
+        ],
+    );
+}
+
+/// A request to `path` (with `headers`) whose answer from infra-backend-v1, which is asked
+/// to set `backend_sets`, must carry `want` and lack `absent`.
+fn response<'a>(
+    path: &'a str,
+    headers: &'a [(&'a str, &'a str)],
+    backend_sets: &'a [(&'a str, &'a str)],
+    want: &'a [(&'a str, &'a str)],
+    absent: &'a [&'a str],
+) -> (Request<'a>, Expect<'a>) {
+    (
+        Request {
+            path,
+            headers,
+            backend_sets,
+            ..Default::default()
+        },
+        Expect {
+            backend: V1,
+            namespace: INFRA,
+            response_headers: want,
+            response_absent: absent,
+            ..Default::default()
+        },
+    )
+}
+
+/// HTTPRouteResponseHeaderModifier (extended: HTTPRouteResponseHeaderModification).
+#[test]
+fn http_route_response_header_modifier() {
+    let s = Suite::up("httproute-response-header-modifier");
+    let addr = s.accepted(
+        (INFRA, "same-namespace"),
+        &[(INFRA, "response-header-modifier")],
+    );
+    let both = response(
+        "/response-and-request-header-modifiers",
+        &[
+            ("X-Header-Remove", "remove-val"),
+            ("X-Header-Add-Append", "append-val-1"),
+            ("X-Header-Echo", "echo"),
+        ],
+        &[
+            ("X-Header-Set-2", "set-val-2"),
+            ("X-Header-Add-2", "add-val-2"),
+            ("X-Header-Remove-2", "remove-val-2"),
+            ("Another-Header", "another-header-val"),
+            ("X-Header-Remove-1", "remove-val-1"),
+            ("X-Header-Echo", "echo"),
+        ],
+        &[
+            ("X-Header-Set-1", "header-set-1"),
+            ("X-Header-Set-2", "header-set-2"),
+            ("X-Header-Add-1", "header-add-1"),
+            ("X-Header-Add-2", "add-val-2,header-add-2"),
+            ("Another-Header", "another-header-val"),
+            ("X-Header-Echo", "echo"),
+        ],
+        &["X-Header-Remove-1", "X-Header-Remove-2"],
+    );
+    let both = (
+        both.0,
+        Expect {
+            backend_headers: Some(&[
+                ("X-Header-Add", "header-val-1"),
+                ("X-Header-Set", "set-overwrites-values"),
+                ("X-Header-Add-Append", "append-val-1,header-val-2"),
+                ("X-Header-Echo", "echo"),
+            ]),
+            backend_absent: &["X-Header-Remove"],
+            ..both.1
+        },
+    );
+    run(
+        &s,
+        &addr,
+        &[
+            response(
+                "/set",
+                &[],
+                &[("Some-Other-Header", "val")],
+                &[
+                    ("Some-Other-Header", "val"),
+                    ("X-Header-Set", "set-overwrites-values"),
+                ],
+                &[],
+            ),
+            response(
+                "/set",
+                &[],
+                &[
+                    ("Some-Other-Header", "val"),
+                    ("X-Header-Set", "some-other-value"),
+                ],
+                &[
+                    ("Some-Other-Header", "val"),
+                    ("X-Header-Set", "set-overwrites-values"),
+                ],
+                &[],
+            ),
+            response(
+                "/add",
+                &[],
+                &[("Some-Other-Header", "val")],
+                &[
+                    ("Some-Other-Header", "val"),
+                    ("X-Header-Add", "add-appends-values"),
+                ],
+                &[],
+            ),
+            response(
+                "/add",
+                &[],
+                &[
+                    ("Some-Other-Header", "val"),
+                    ("X-Header-Add", "some-other-value"),
+                ],
+                &[
+                    ("Some-Other-Header", "val"),
+                    ("X-Header-Add", "some-other-value,add-appends-values"),
+                ],
+                &[],
+            ),
+            response(
+                "/remove",
+                &[],
+                &[("X-Header-Remove", "val")],
+                &[],
+                &["X-Header-Remove"],
+            ),
+            response(
+                "/multiple",
+                &[],
+                &[
+                    ("X-Header-Set-2", "set-val-2"),
+                    ("X-Header-Add-2", "add-val-2"),
+                    ("X-Header-Remove-2", "remove-val-2"),
+                    ("Another-Header", "another-header-val"),
+                    ("X-Header-Remove-1", "val"),
+                ],
+                &[
+                    ("X-Header-Set-1", "header-set-1"),
+                    ("X-Header-Set-2", "header-set-2"),
+                    ("X-Header-Add-1", "header-add-1"),
+                    ("X-Header-Add-2", "add-val-2,header-add-2"),
+                    ("X-Header-Add-3", "header-add-3"),
+                    ("Another-Header", "another-header-val"),
+                ],
+                &["X-Header-Remove-1", "X-Header-Remove-2"],
+            ),
+            response(
+                "/case-insensitivity",
+                &[],
+                &[
+                    ("x-header-set", "original-val-set"),
+                    ("x-header-add", "original-val-add"),
+                    ("x-header-remove", "original-val-remove"),
+                    ("Another-Header", "another-header-val"),
+                ],
+                &[
+                    ("X-Header-Set", "header-set"),
+                    ("X-Header-Add", "original-val-add,header-add"),
+                    ("X-Lowercase-Add", "lowercase-add"),
+                    ("X-Mixedcase-Add-1", "mixedcase-add-1"),
+                    ("X-Mixedcase-Add-2", "mixedcase-add-2"),
+                    ("X-Uppercase-Add", "uppercase-add"),
+                    ("Another-Header", "another-header-val"),
+                ],
+                &["x-header-remove", "X-Header-Remove"],
+            ),
+            both,
         ],
     );
 }
