@@ -232,22 +232,31 @@ impl Suite {
     /// and ResolvedRefs with that many routes attached and HTTPRoute among its
     /// supportedKinds (upstream's `GatewayStatusMustHaveListeners`, for HTTP listeners).
     pub fn listeners(&self, gw: (&str, &str), want: &[(&str, i64)]) {
+        const OK: &[(&str, &str)] = &[("Accepted", "True"), ("ResolvedRefs", "True")];
+        let want: Vec<(&str, i64, &[(&str, &str)])> =
+            want.iter().map(|(n, a)| (*n, *a, OK)).collect();
+        self.listeners_with(gw, &want);
+    }
+
+    /// Waits until the Gateway `gw` has exactly the listeners `want`: (name,
+    /// attachedRoutes, conditions (type, status)), each with HTTPRoute among its
+    /// supportedKinds.
+    pub fn listeners_with(&self, gw: (&str, &str), want: &[(&str, i64, &[(&str, &str)])]) {
         let holds = || {
             let g = self.get("gateways.gateway.networking.k8s.io", gw.0, gw.1);
             let Some(ls) = g["status"]["listeners"].as_array().cloned() else {
                 return false;
             };
             ls.len() == want.len()
-                && want.iter().all(|(name, n)| {
+                && want.iter().all(|(name, n, conds)| {
                     ls.iter().any(|l| {
                         l["name"] == *name
                             && l["attachedRoutes"] == *n
                             && l["supportedKinds"]
                                 .as_array()
                                 .is_some_and(|k| k.iter().any(|k| k["kind"] == "HTTPRoute"))
-                            && ["Accepted", "ResolvedRefs"].iter().all(|t| {
-                                condition(&l["conditions"], t)
-                                    .is_some_and(|c| c["status"] == "True")
+                            && conds.iter().all(|(t, st)| {
+                                condition(&l["conditions"], t).is_some_and(|c| c["status"] == *st)
                             })
                     })
                 })

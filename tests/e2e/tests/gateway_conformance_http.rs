@@ -1148,3 +1148,144 @@ fn http_route_response_header_modifier() {
         ],
     );
 }
+
+/// GatewayWithAttachedRoutes: attachedRoutes counts accepted routes only, and is set even
+/// on a listener whose certificate does not resolve.
+#[test]
+fn gateway_with_attached_routes() {
+    let s = Suite::up("gateway-with-attached-routes");
+    s.listeners((INFRA, "gateway-with-one-attached-route"), &[("http", 1)]);
+    let two = (INFRA, "gateway-with-two-attached-routes");
+    s.listeners(two, &[("http", 2)]);
+    s.route_conditions(
+        HTTPROUTE,
+        (INFRA, "http-route-not-accepted"),
+        two,
+        &[("Accepted", "False", "NoMatchingListenerHostname")],
+    );
+    let unresolved = (
+        INFRA,
+        "unresolved-gateway-with-one-attached-unresolved-route",
+    );
+    s.listeners_with(
+        unresolved,
+        &[(
+            "tls",
+            1,
+            &[("Programmed", "False"), ("ResolvedRefs", "False")],
+        )],
+    );
+    s.route_conditions(
+        HTTPROUTE,
+        (INFRA, "http-route-4"),
+        unresolved,
+        &[("ResolvedRefs", "False", "")],
+    );
+}
+
+/// HTTPRouteServiceTypes: a Service with EndpointSlices written by hand, a headless one,
+/// and a headless one with hand-written slices all reach infra-backend-v1's pods.
+#[test]
+fn http_route_service_types() {
+    let s = Suite::up("httproute-service-types");
+    let addr = s.accepted((INFRA, "same-namespace"), &[(INFRA, "service-types")]);
+    // Fill the hand-written slices with infra-backend-v1's pods, per family, as upstream.
+    let pods = s
+        .lab
+        .json(&["get", "pods", "-n", INFRA, "-l", "app=infra-backend-v1"]);
+    for family in ["ip4", "ip6"] {
+        let endpoints: Vec<serde_json::Value> = pods["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| {
+                p["status"]["podIPs"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|ip| ip["ip"].as_str().map(str::to_owned))
+                    .filter(|ip| ip.contains(':') == (family == "ip6"))
+                    .map(|ip| {
+                        serde_json::json!({
+                            "addresses": [ip],
+                            "conditions": {"ready": true, "serving": true, "terminating": false},
+                            "nodeName": p["spec"]["nodeName"],
+                            "targetRef": {
+                                "kind": "Pod",
+                                "name": p["metadata"]["name"],
+                                "namespace": INFRA,
+                                "uid": p["metadata"]["uid"],
+                            },
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if endpoints.is_empty() {
+            continue;
+        }
+        for slice in ["manual-endpointslices", "headless-manual-endpointslices"] {
+            let patch = serde_json::json!({ "endpoints": endpoints }).to_string();
+            s.lab.kubectl(&[
+                "patch",
+                "endpointslices.discovery.k8s.io",
+                "-n",
+                INFRA,
+                &format!("{slice}-{family}"),
+                "--type",
+                "merge",
+                "-p",
+                &patch,
+            ]);
+        }
+    }
+    run(
+        &s,
+        &addr,
+        &[
+            reach("", "/manual-endpointslices", V1, INFRA),
+            reach("", "/headless-manual-endpointslices", V1, INFRA),
+            reach("", "/headless", V1, INFRA),
+        ],
+    );
+}
+
+/// HTTPRouteNoBackendRefs: a rule without backendRefs answers 500.
+#[test]
+fn http_route_no_backend_refs() {
+    let s = Suite::up("httproute-omitted-backendrefs");
+    let addr = s.accepted((INFRA, "same-namespace"), &[(INFRA, "omitted-backendrefs")]);
+    run(
+        &s,
+        &addr,
+        &[
+            reach("", "/forward", V1, INFRA),
+            answer("", "/omitted-no-forward", &[500]),
+            answer("", "/empty-no-forward", &[500]),
+        ],
+    );
+}
+
+/// HTTPRoutePartiallyInvalidViaInvalidReferenceGrant: the rule whose backend no grant
+/// covers answers 500, its sibling is served.
+#[test]
+fn http_route_partially_invalid_via_invalid_reference_grant() {
+    let s = Suite::up("httproute-partially-invalid-via-invalid-reference-grant");
+    let addr = s.accepted_with(
+        (INFRA, "same-namespace"),
+        &[(INFRA, "invalid-reference-grant")],
+        &[
+            ("Accepted", "True", ""),
+            ("ResolvedRefs", "False", "RefNotPermitted"),
+        ],
+    );
+    run(
+        &s,
+        &addr,
+        &[
+            answer("", "/v2", &[500]),
+            reach("", "/", "app-backend-v1", e2e::gateway_conformance::APP),
+        ],
+    );
+}
