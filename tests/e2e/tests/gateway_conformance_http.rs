@@ -1289,3 +1289,59 @@ fn http_route_partially_invalid_via_invalid_reference_grant() {
         ],
     );
 }
+
+/// HTTPRouteInvalidParentRefNotMatchingSectionName.
+#[test]
+fn http_route_invalid_parent_ref_not_matching_section_name() {
+    let s = Suite::up("httproute-invalid-parentref-not-matching-section-name");
+    let gw = (INFRA, "same-namespace");
+    s.accepted_with(
+        gw,
+        &[(INFRA, "httproute-listener-not-matching-section-name")],
+        &[("Accepted", "False", "NoMatchingParent")],
+    );
+    s.listeners(gw, &[("http", 0)]);
+}
+
+/// HTTPRouteObservedGenerationBump: after an edit the route's conditions name its new
+/// generation.
+#[test]
+fn http_route_observed_generation_bump() {
+    let s = Suite::up("httproute-observed-generation-bump");
+    let gw = (INFRA, "same-namespace");
+    let route = (INFRA, "observed-generation-bump");
+    let ok = [("Accepted", "True", ""), ("ResolvedRefs", "True", "")];
+    s.accepted_with(gw, &[route], &ok);
+    let before = s.get(HTTPROUTE, INFRA, route.1)["metadata"]["generation"].clone();
+    s.lab.kubectl(&[
+        "patch",
+        HTTPROUTE,
+        "-n",
+        INFRA,
+        route.1,
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/rules/0/backendRefs/0/name","value":"infra-backend-v2"}]"#,
+    ]);
+    // route_conditions also waits for every condition's observedGeneration to be the
+    // route's generation.
+    s.accepted_with(gw, &[route], &ok);
+    let after = s.get(HTTPROUTE, INFRA, route.1)["metadata"]["generation"].clone();
+    assert_ne!(before, after, "the edit did not bump the generation");
+}
+
+/// HTTPRouteNamedRule (extended: HTTPRouteNamedRouteRule).
+#[test]
+fn http_route_named_rule() {
+    let s = Suite::up("httproute-named-rule");
+    let addr = s.accepted((INFRA, "same-namespace"), &[(INFRA, "http-named-rules")]);
+    run(
+        &s,
+        &addr,
+        &[
+            reach("", "/named", "", INFRA),
+            reach("", "/unnamed", "", INFRA),
+        ],
+    );
+}
