@@ -287,16 +287,149 @@ fn echo_basic<B>(ctx: &EchoContext, req: &Request<B>) -> Response<Full<Bytes>> {
         .unwrap_or_default()
 }
 
-async fn serve_echo_basic(port: u16, ctx: EchoContext) -> std::io::Result<()> {
+/// The first query parameter `name` of `uri`, `+` and `%XX` decoded.
+fn query_param(uri: &hyper::Uri, name: &str) -> Option<String> {
+    uri.query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                Ok(v) => {
+                    out.push(v);
+                    i += 2;
+                }
+                Err(_) => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A Go duration (`time.ParseDuration`): `1s`, `500ms`, `1m30s`, `1.5h`.
+fn go_duration(s: &str) -> Option<std::time::Duration> {
+    let mut rest = s;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return None;
+    }
+    if rest == "0" {
+        return Some(std::time::Duration::ZERO);
+    }
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter(|&n| n > 0)?;
+        let value: f64 = rest[..n].parse().ok()?;
+        rest = &rest[n..];
+        let u = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..u] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += value * scale;
+        rest = &rest[u..];
+    }
+    std::time::Duration::try_from_secs_f64(total).ok()
+}
+
+/// echo-basic's `/retry/` attempts so far, by the request's `uuid`.
+type Attempts = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>;
+
+/// What echo-basic does with a request that needs more than [`echo_basic`]: `?delay=D`
+/// waits D first; `/retry/?uuid=U&succeedAfter=N[&responseCode=C][&delayRetry=D]` fails
+/// the first N requests of U (answering C, or closing the connection without one) and
+/// echoes from then on.
+async fn echo_basic_serve(
+    ctx: &EchoContext,
+    attempts: &Attempts,
+    req: Request<Incoming>,
+) -> std::io::Result<Response<Full<Bytes>>> {
+    let uri = req.uri().clone();
+    let status = |code: u16, msg: &str| {
+        let mut r = Response::new(Full::new(Bytes::from(msg.to_owned())));
+        *r.status_mut() =
+            hyper::StatusCode::from_u16(code).unwrap_or(hyper::StatusCode::BAD_REQUEST);
+        r
+    };
+    if uri.path().replace("//", "/").starts_with("/retry/") {
+        let Some(uuid) = query_param(&uri, "uuid").filter(|u| !u.is_empty()) else {
+            return Ok(status(400, "uuid is required"));
+        };
+        let Some(succeed_after) =
+            query_param(&uri, "succeedAfter").and_then(|n| n.parse::<u32>().ok())
+        else {
+            return Ok(status(400, "succeedAfter is required"));
+        };
+        let fail = {
+            let mut a = attempts
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let n = a.entry(uuid).or_default();
+            let fail = *n < succeed_after;
+            if fail {
+                *n += 1;
+            }
+            fail
+        };
+        if fail {
+            if let Some(d) = query_param(&uri, "delayRetry").and_then(|d| go_duration(&d)) {
+                tokio::time::sleep(d).await;
+            }
+            return match query_param(&uri, "responseCode").and_then(|c| c.parse::<u16>().ok()) {
+                Some(code) => Ok(status(code, "")),
+                None => Err(std::io::Error::other(
+                    "retry simulation: connection dropped",
+                )),
+            };
+        }
+    }
+    if let Some(d) = query_param(&uri, "delay") {
+        match go_duration(&d) {
+            Some(d) => tokio::time::sleep(d).await,
+            None => {
+                return Ok(status(
+                    500,
+                    &format!("{{\"message\":\"invalid duration {d}\"}}"),
+                ));
+            }
+        }
+    }
+    Ok(echo_basic(ctx, &req))
+}
+
+async fn serve_echo_basic(port: u16, ctx: EchoContext, attempts: Attempts) -> std::io::Result<()> {
     let listener = tcp_listener(port)?;
     loop {
         let (stream, peer) = listener.accept().await?;
         let ctx = ctx.clone();
+        let attempts = attempts.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                println!("{peer} {} {}", req.method(), req.uri());
-                let resp = echo_basic(&ctx, &req);
-                async move { Ok::<_, std::convert::Infallible>(resp) }
+                // Upstream's log line, which its mirror tests look for.
+                println!(
+                    "Echoing back request made to {} to client ({peer})",
+                    req.uri()
+                );
+                let (ctx, attempts) = (ctx.clone(), attempts.clone());
+                async move { echo_basic_serve(&ctx, &attempts, req).await }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -356,8 +489,9 @@ pub async fn run(args: WorkloadArgs) -> std::io::Result<()> {
             };
             let http = port("HTTP_PORT", 3000);
             let ctx = EchoContext::from_env(&http.to_string());
-            tasks.spawn(serve_echo_basic(http, ctx.clone()));
-            tasks.spawn(serve_echo_basic(port("H2C_PORT", 3001), ctx));
+            let attempts = Attempts::default();
+            tasks.spawn(serve_echo_basic(http, ctx.clone(), attempts.clone()));
+            tasks.spawn(serve_echo_basic(port("H2C_PORT", 3001), ctx, attempts));
         }
         WorkloadArgs::TcpEcho { ports } => {
             for p in ports {
@@ -566,5 +700,21 @@ mod tests {
         assert_eq!(get("/status/503"), 503);
         assert_eq!(get("/status/5033"), 400);
         assert_eq!(get("/health"), 200);
+    }
+
+    #[test]
+    fn echo_basic_parses_durations_and_queries() {
+        use std::time::Duration;
+        assert_eq!(go_duration("1s"), Some(Duration::from_secs(1)));
+        assert_eq!(go_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(go_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(go_duration("0"), Some(Duration::ZERO));
+        assert_eq!(go_duration("1"), None);
+        assert_eq!(go_duration("x"), None);
+        let uri: hyper::Uri = "/retry/a?uuid=a%2Db&succeedAfter=2&x".parse().unwrap();
+        assert_eq!(query_param(&uri, "uuid").as_deref(), Some("a-b"));
+        assert_eq!(query_param(&uri, "succeedAfter").as_deref(), Some("2"));
+        assert_eq!(query_param(&uri, "x").as_deref(), Some(""));
+        assert_eq!(query_param(&uri, "y"), None);
     }
 }

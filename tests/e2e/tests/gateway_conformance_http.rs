@@ -1345,3 +1345,119 @@ fn http_route_named_rule() {
         ],
     );
 }
+
+/// HTTPRouteTimeoutRequest (extended: HTTPRouteRequestTimeout).
+#[test]
+fn http_route_timeout_request() {
+    let s = Suite::up("httproute-timeout-request");
+    let addr = s.accepted((INFRA, "same-namespace"), &[(INFRA, "request-timeout")]);
+    run(
+        &s,
+        &addr,
+        &[
+            reach("", "/request-timeout", "", INFRA),
+            answer("", "/request-timeout?delay=1s", &[504]),
+            reach("", "/disable-request-timeout?delay=1s", "", INFRA),
+        ],
+    );
+}
+
+/// HTTPRouteTimeoutBackendRequest (extended: HTTPRouteBackendTimeout).
+#[test]
+fn http_route_timeout_backend_request() {
+    let s = Suite::up("httproute-timeout-backend-request");
+    let addr = s.accepted(
+        (INFRA, "same-namespace"),
+        &[(INFRA, "backend-request-timeout")],
+    );
+    run(
+        &s,
+        &addr,
+        &[
+            reach("", "/backend-timeout", "", INFRA),
+            answer("", "/backend-timeout?delay=1s", &[504]),
+            reach("", "/disable-backend-timeout?delay=1s", "", INFRA),
+        ],
+    );
+}
+
+/// A request that must reach infra-backend-v1 and be mirrored to each of `mirrors`
+/// (Deployments in infra): upstream's `ExpectMirroredRequest` reads the mirrors' logs.
+fn expect_mirrored(
+    s: &Suite,
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    seen: Option<&[(&str, &str)]>,
+    mirrors: &[&str],
+) {
+    let target = format!("{path}?reqId={}", e2e::unique_name("m"));
+    let expect = Expect {
+        backend: V1,
+        namespace: INFRA,
+        backend_headers: seen,
+        backend_absent: if seen.is_some() {
+            &["X-Header-Remove"]
+        } else {
+            &[]
+        },
+        ..Default::default()
+    };
+    s.expect(
+        addr,
+        &Request {
+            path: &target,
+            headers,
+            ..Default::default()
+        },
+        &expect,
+    );
+    for m in mirrors {
+        assert!(
+            e2e::wait_until(std::time::Duration::from_secs(30), || s
+                .echoed(INFRA, m, &target)
+                > 0),
+            "{target} was not mirrored to {m}"
+        );
+    }
+}
+
+/// HTTPRouteRequestMirror (extended: HTTPRouteRequestMirror).
+#[test]
+fn http_route_request_mirror() {
+    let s = Suite::up("httproute-request-mirror");
+    let addr = s.accepted_with(
+        (INFRA, "same-namespace"),
+        &[(INFRA, "request-mirror")],
+        &[("Accepted", "True", "")],
+    );
+    expect_mirrored(&s, &addr, "/mirror", &[], None, &[V2]);
+    expect_mirrored(
+        &s,
+        &addr,
+        "/mirror-and-modify-headers",
+        MODIFY_IN,
+        Some(MODIFY_SEEN),
+        &[V2],
+    );
+}
+
+/// HTTPRouteRequestMultipleMirrors (extended: HTTPRouteRequestMultipleMirrors).
+#[test]
+fn http_route_request_multiple_mirrors() {
+    let s = Suite::up("httproute-request-multiple-mirrors");
+    let addr = s.accepted_with(
+        (INFRA, "same-namespace"),
+        &[(INFRA, "request-multiple-mirrors")],
+        &[("Accepted", "True", "")],
+    );
+    expect_mirrored(&s, &addr, "/multi-mirror", &[], None, &[V2, V3]);
+    expect_mirrored(
+        &s,
+        &addr,
+        "/multi-mirror-and-modify-request-headers",
+        MODIFY_IN,
+        Some(MODIFY_SEEN),
+        &[V2, V3],
+    );
+}
