@@ -1461,3 +1461,272 @@ fn http_route_request_multiple_mirrors() {
         &[V2, V3],
     );
 }
+
+/// A CORS preflight (`OPTIONS`) to `path` with `headers`: 200 or 204 (or `also`), from
+/// the gateway or the backend, with response headers one of `one_of`, exactly `exact`,
+/// and without `absent`.
+fn preflight<'a>(
+    path: &'a str,
+    headers: &'a [(&'a str, &'a str)],
+    also: &'a [u16],
+    one_of: &'a [(&'a str, &'a [&'a str])],
+    exact: &'a [(&'a str, &'a str)],
+    absent: &'a [&'a str],
+) -> (Request<'a>, Expect<'a>) {
+    (
+        Request {
+            method: "OPTIONS",
+            path,
+            headers,
+            ..Default::default()
+        },
+        Expect {
+            status: also,
+            gateway_answers: true,
+            response_one_of: one_of,
+            response_headers: exact,
+            response_absent: absent,
+            ignore_whitespace: true,
+            ..Default::default()
+        },
+    )
+}
+
+/// A CORS request (`method`) that infra-backend-v1 answers, with response headers as
+/// for [`preflight`].
+fn cors_simple<'a>(
+    method: &'a str,
+    path: &'a str,
+    headers: &'a [(&'a str, &'a str)],
+    one_of: &'a [(&'a str, &'a [&'a str])],
+    absent: &'a [&'a str],
+) -> (Request<'a>, Expect<'a>) {
+    (
+        Request {
+            method,
+            path,
+            headers,
+            ..Default::default()
+        },
+        Expect {
+            namespace: INFRA,
+            response_one_of: one_of,
+            response_absent: absent,
+            ..Default::default()
+        },
+    )
+}
+
+/// HTTPRouteCORS (extended: HTTPRouteCORS).
+#[test]
+fn http_route_cors() {
+    let s = Suite::up("httproute-cors");
+    let addr = s.accepted(
+        (INFRA, "same-namespace"),
+        &[
+            (INFRA, "cors-multiple-origins-methods-headers"),
+            (INFRA, "cors-wildcard-methods"),
+            (INFRA, "cors-wildcard-origin"),
+            (INFRA, "cors-wildcard-methods-headers"),
+        ],
+    );
+    const OK: &[u16] = &[200, 204];
+    let ask = |origin| {
+        [
+            ("Origin", origin),
+            ("access-control-request-method", "GET"),
+            ("access-control-request-headers", "x-header-1, x-header-2"),
+        ]
+    };
+    let (foo, bar, xpto) = (
+        ask("https://www.foo.com"),
+        ask("https://www.bar.com"),
+        ask("https://xpto.www.bar.com"),
+    );
+    let granted =
+        |origin: &'static [&'static str]| -> [(&'static str, &'static [&'static str]); 6] {
+            [
+                ("access-control-allow-origin", origin),
+                (
+                    "access-control-allow-methods",
+                    &["GET, OPTIONS", "OPTIONS, GET"],
+                ),
+                (
+                    "access-control-allow-headers",
+                    &["x-header-1, x-header-2", "x-header-2, x-header-1"],
+                ),
+                (
+                    "access-control-expose-headers",
+                    &["x-header-3, x-header-4", "x-header-4, x-header-3"],
+                ),
+                ("access-control-max-age", &["3600"]),
+                ("access-control-allow-credentials", &["true"]),
+            ]
+        };
+    let (g_foo, g_bar, g_xpto) = (
+        granted(&["https://www.foo.com"]),
+        granted(&["https://www.bar.com"]),
+        granted(&["https://xpto.www.bar.com"]),
+    );
+    let foobar = [
+        ("Origin", "https://foobar.com"),
+        ("access-control-request-method", "GET"),
+    ];
+    let post_foo = [
+        ("Origin", "https://www.foo.com"),
+        ("access-control-request-method", "POST"),
+    ];
+    let put = |origin| [("Origin", origin), ("access-control-request-method", "PUT")];
+    let (put_foobar, put_foobar_port) =
+        (put("https://foobar.com"), put("https://foobar.com:12345"));
+    let other = [
+        ("Origin", "https://other.foo.com"),
+        ("access-control-request-method", "PUT"),
+        ("access-control-request-headers", "x-header-1, x-header-2"),
+    ];
+    let other_get = [("Origin", "https://other.foo.com")];
+    const NO_CREDS: &[&str] = &["access-control-allow-credentials"];
+    run(
+        &s,
+        &addr,
+        &[
+            preflight("/cors-1", &foo, OK, &g_foo, &[], &[]),
+            preflight("/cors-1", &bar, OK, &g_bar, &[], &[]),
+            preflight("/cors-1", &xpto, OK, &g_xpto, &[], &[]),
+            preflight(
+                "/cors-1",
+                &foobar,
+                &[200, 204, 403],
+                &[],
+                &[],
+                &["access-control-allow-origin"],
+            ),
+            cors_simple(
+                "GET",
+                "/cors-1",
+                &foo,
+                &[("access-control-allow-origin", &["https://www.foo.com"])],
+                &[],
+            ),
+            cors_simple(
+                "GET",
+                "/cors-1",
+                &bar,
+                &[("access-control-allow-origin", &["https://www.bar.com"])],
+                &[],
+            ),
+            cors_simple(
+                "GET",
+                "/cors-1",
+                &foobar,
+                &[],
+                &["access-control-allow-origin"],
+            ),
+            preflight(
+                "/cors-2",
+                &post_foo,
+                OK,
+                &[("access-control-allow-methods", &["POST", "*"])],
+                &[("access-control-allow-origin", "https://www.foo.com")],
+                NO_CREDS,
+            ),
+            preflight("/cors-2", &post_foo, OK, &[], &[], NO_CREDS),
+            preflight(
+                "/cors-wildcard-origin",
+                &put_foobar,
+                OK,
+                &[
+                    ("access-control-allow-origin", &["https://foobar.com", "*"]),
+                    ("access-control-allow-methods", &["PUT"]),
+                ],
+                &[],
+                NO_CREDS,
+            ),
+            preflight(
+                "/cors-wildcard-origin",
+                &put_foobar_port,
+                OK,
+                &[
+                    (
+                        "access-control-allow-origin",
+                        &["https://foobar.com:12345", "*"],
+                    ),
+                    ("access-control-allow-methods", &["PUT"]),
+                ],
+                &[],
+                NO_CREDS,
+            ),
+            cors_simple(
+                "PUT",
+                "/cors-wildcard-origin",
+                &[("Origin", "https://foobar.com:12345")],
+                &[(
+                    "access-control-allow-origin",
+                    &["https://foobar.com:12345", "*"],
+                )],
+                &[],
+            ),
+            cors_simple(
+                "PUT",
+                "/cors-wildcard-origin",
+                &[("Origin", "https://foobar.com")],
+                &[("access-control-allow-origin", &["https://foobar.com", "*"])],
+                NO_CREDS,
+            ),
+            preflight(
+                "/cors-wildcard-methods-headers",
+                &other,
+                OK,
+                &[
+                    ("access-control-allow-origin", &["https://other.foo.com"]),
+                    ("access-control-allow-methods", &["PUT"]),
+                    (
+                        "access-control-allow-headers",
+                        &["x-header-1, x-header-2", "x-header-2, x-header-1"],
+                    ),
+                    ("access-control-allow-credentials", &["true"]),
+                ],
+                &[],
+                &[],
+            ),
+            preflight(
+                "/cors-wildcard-methods-headers-unauth",
+                &other,
+                OK,
+                &[
+                    (
+                        "access-control-allow-origin",
+                        &["https://other.foo.com", "*"],
+                    ),
+                    ("access-control-allow-methods", &["PUT", "*"]),
+                    (
+                        "access-control-allow-headers",
+                        &["x-header-1, x-header-2", "x-header-2, x-header-1", "*"],
+                    ),
+                ],
+                &[],
+                NO_CREDS,
+            ),
+            cors_simple(
+                "GET",
+                "/cors-wildcard-methods-headers",
+                &other_get,
+                &[
+                    ("access-control-allow-origin", &["https://other.foo.com"]),
+                    ("access-control-allow-credentials", &["true"]),
+                ],
+                &[],
+            ),
+            cors_simple(
+                "GET",
+                "/cors-wildcard-methods-headers-unauth",
+                &other_get,
+                &[(
+                    "access-control-allow-origin",
+                    &["https://other.foo.com", "*"],
+                )],
+                NO_CREDS,
+            ),
+        ],
+    );
+}

@@ -463,15 +463,33 @@ fn cors_headers(cors: &Cors, origin: &HeaderValue, out: &mut HeaderMap) {
     }
 }
 
-fn cors_preflight(cors: &Cors, origin: &HeaderValue) -> Response<Body> {
+/// The answer to a CORS preflight from an allowed origin. With credentials, `*` is not a
+/// wildcard to browsers (Fetch), so a `*` in `allowMethods` / `allowHeaders` answers with
+/// what the preflight asks for (`Access-Control-Request-Method` / `-Headers`), as Gateway
+/// API requires.
+fn cors_preflight(cors: &Cors, origin: &HeaderValue, req: &HeaderMap) -> Response<Body> {
     let mut r = Response::new(empty());
     *r.status_mut() = StatusCode::OK;
     let h = r.headers_mut();
     cors_headers(cors, origin, h);
-    for (name, list) in [
-        (header::ACCESS_CONTROL_ALLOW_METHODS, &cors.allow_methods),
-        (header::ACCESS_CONTROL_ALLOW_HEADERS, &cors.allow_headers),
+    for (name, list, asked) in [
+        (
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            &cors.allow_methods,
+            header::ACCESS_CONTROL_REQUEST_METHOD,
+        ),
+        (
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            &cors.allow_headers,
+            header::ACCESS_CONTROL_REQUEST_HEADERS,
+        ),
     ] {
+        if cors.allow_credentials && list.iter().any(|m| m == "*") {
+            if let Some(v) = req.get(&asked) {
+                h.insert(name, v.clone());
+            }
+            continue;
+        }
         if !list.is_empty()
             && let Ok(v) = HeaderValue::from_str(&list.join(", "))
         {
@@ -707,7 +725,7 @@ async fn forward<'t>(
             .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
     {
         outcome.flag = "CORS";
-        return cors_preflight(cors, origin);
+        return cors_preflight(cors, origin, req.headers());
     }
     // The backend, by weight.
     if fw.total_weight == 0 {
