@@ -238,6 +238,25 @@ impl Suite {
         self.listeners_with(gw, &want);
     }
 
+    /// Waits until every listener of the Gateway `gw` has no route attached (upstream's
+    /// `GatewayMustHaveZeroRoutes`).
+    pub fn zero_routes(&self, gw: (&str, &str)) {
+        let holds = || {
+            let g = self.get("gateways.gateway.networking.k8s.io", gw.0, gw.1);
+            g["status"]["listeners"]
+                .as_array()
+                .is_some_and(|ls| !ls.is_empty() && ls.iter().all(|l| l["attachedRoutes"] == 0))
+        };
+        assert!(
+            wait_until(Duration::from_secs(60), holds),
+            "Gateway {}/{} has routes attached: {}",
+            gw.0,
+            gw.1,
+            self.lab
+                .kubectl(&["get", "gateways", "-n", gw.0, gw.1, "-o", "yaml"])
+        );
+    }
+
     /// Waits until the Gateway `gw` has exactly the listeners `want`: (name,
     /// attachedRoutes, conditions (type, status)), each with HTTPRoute among its
     /// supportedKinds.

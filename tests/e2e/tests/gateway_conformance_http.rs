@@ -1730,3 +1730,55 @@ fn http_route_cors() {
         ],
     );
 }
+
+/// A route with its references resolved that no listener of `gw` takes, for `reason`,
+/// and a Gateway with no route attached.
+fn not_attached(s: &Suite, gw: (&str, &str), route: &str, reason: &str) {
+    s.accepted_with(
+        gw,
+        &[(INFRA, route)],
+        &[("ResolvedRefs", "True", ""), ("Accepted", "False", reason)],
+    );
+    s.zero_routes(gw);
+}
+
+/// HTTPRouteInvalidParentRefNotMatchingListenerPort (extended:
+/// HTTPRouteDestinationPortMatching).
+#[test]
+fn http_route_invalid_parent_ref_not_matching_listener_port() {
+    let s = Suite::up("httproute-invalid-parentref-not-matching-listener-port");
+    not_attached(
+        &s,
+        (INFRA, "same-namespace"),
+        "httproute-listener-not-matching-route-port",
+        "NoMatchingParent",
+    );
+}
+
+/// HTTPRouteInvalidParentRefSectionNameNotMatchingPort (extended: HTTPRouteParentRefPort).
+#[test]
+fn http_route_invalid_parent_ref_section_name_not_matching_port() {
+    let s = Suite::up("httproute-invalid-parentref-section-name-not-matching-port");
+    not_attached(
+        &s,
+        (
+            INFRA,
+            "gateway-with-one-not-matching-port-and-section-name-route",
+        ),
+        "httproute-listener-section-name-not-matching-port",
+        "NoMatchingParent",
+    );
+}
+
+/// HTTPRouteDisallowedKind (core, with TLSRoute): a listener for TLSRoutes only takes no
+/// HTTPRoute.
+#[test]
+fn http_route_disallowed_kind() {
+    let s = Suite::up("httproute-disallowed-kind");
+    not_attached(
+        &s,
+        (INFRA, "tlsroutes-only"),
+        "disallowed-kind",
+        "NotAllowedByListeners",
+    );
+}
