@@ -38,11 +38,12 @@ pub fn data_dir() -> PathBuf {
 }
 
 /// A vendored manifest (`base/manifests.yaml`, `tests/NAME.yaml`) with `{GATEWAY_CLASS_NAME}`
-/// replaced by `kubewire`.
+/// replaced by `kubewire` and `{GATEWAY_CONTROLLER_NAME}` by ours.
 pub fn manifest(path: &str) -> String {
     let text = std::fs::read_to_string(data_dir().join(path))
         .unwrap_or_else(|e| panic!("reading {path}: {e}"));
     text.replace("{GATEWAY_CLASS_NAME}", "kubewire")
+        .replace("{GATEWAY_CONTROLLER_NAME}", CONTROLLER)
 }
 
 /// The Deployments of the base manifests that HTTP scenarios send to: (namespace, name,
@@ -238,6 +239,43 @@ impl Suite {
         self.listeners_with(gw, &want);
     }
 
+    /// Waits until the Gateway `gw` has the conditions `want` (type, status, reason; empty
+    /// reason: any), all of its conditions naming its generation (upstream's
+    /// `GatewayMustHaveLatestConditions`), and, when given, exactly the listeners
+    /// `listeners`.
+    pub fn gateway_must(
+        &self,
+        gw: (&str, &str),
+        want: &[(&str, &str, &str)],
+        listeners: Option<&[ListenerWant<'_>]>,
+    ) {
+        let holds = || {
+            let g = self.get("gateways.gateway.networking.k8s.io", gw.0, gw.1);
+            let generation = &g["metadata"]["generation"];
+            let conds = &g["status"]["conditions"];
+            let latest = conds.as_array().is_some_and(|cs| {
+                !cs.is_empty() && cs.iter().all(|c| &c["observedGeneration"] == generation)
+            });
+            latest
+                && conditions_hold(conds, want)
+                && listeners.is_none_or(|want| {
+                    let ls = g["status"]["listeners"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default();
+                    ls.len() == want.len() && want.iter().all(|w| ls.iter().any(|l| w.matches(l)))
+                })
+        };
+        assert!(
+            wait_until(Duration::from_secs(60), holds),
+            "Gateway {}/{} lacks {want:?} / {listeners:?}: {}",
+            gw.0,
+            gw.1,
+            self.lab
+                .kubectl(&["get", "gateways", "-n", gw.0, gw.1, "-o", "yaml"])
+        );
+    }
+
     /// Waits until every listener of the Gateway `gw` has no route attached (upstream's
     /// `GatewayMustHaveZeroRoutes`).
     pub fn zero_routes(&self, gw: (&str, &str)) {
@@ -413,6 +451,43 @@ impl Suite {
             })
             .sum()
     }
+}
+
+/// A listener's expected status (upstream's `ListenerStatus` as its helpers compare it).
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerWant<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// `attachedRoutes`.
+    pub attached: i64,
+    /// The kinds of `supportedKinds`, exactly.
+    pub kinds: &'a [&'a str],
+    /// Conditions (type, status, reason; empty reason: any).
+    pub conditions: &'a [(&'a str, &'a str, &'a str)],
+}
+
+impl ListenerWant<'_> {
+    fn matches(&self, l: &Value) -> bool {
+        let kinds: Vec<&str> = l["supportedKinds"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|k| k["kind"].as_str())
+            .collect();
+        l["name"] == self.name
+            && l["attachedRoutes"] == self.attached
+            && kinds.len() == self.kinds.len()
+            && self.kinds.iter().all(|k| kinds.contains(k))
+            && conditions_hold(&l["conditions"], self.conditions)
+    }
+}
+
+/// Whether `conditions` has each of `want` (type, status, reason; empty reason: any).
+pub fn conditions_hold(conditions: &Value, want: &[(&str, &str, &str)]) -> bool {
+    want.iter().all(|(t, st, reason)| {
+        condition(conditions, t)
+            .is_some_and(|c| c["status"] == *st && (reason.is_empty() || c["reason"] == *reason))
+    })
 }
 
 /// The condition of `type` in a `conditions` list.

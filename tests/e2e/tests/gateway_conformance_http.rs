@@ -5,7 +5,7 @@
 //! then every request upstream sends, from `outside`, checked as upstream checks it
 //! (`e2e::gateway_conformance`). docs/gateway.md has the table of scenarios.
 
-use e2e::gateway_conformance::{Expect, INFRA, Redirect, Request, Suite, WEB};
+use e2e::gateway_conformance::{Expect, INFRA, ListenerWant, Redirect, Request, Suite, WEB};
 
 const V1: &str = "infra-backend-v1";
 const V2: &str = "infra-backend-v2";
@@ -1780,5 +1780,143 @@ fn http_route_disallowed_kind() {
         (INFRA, "tlsroutes-only"),
         "disallowed-kind",
         "NotAllowedByListeners",
+    );
+}
+
+/// GatewayInvalidRouteKind: a listener allowing only an unknown kind has none supported
+/// and ResolvedRefs False (InvalidRouteKinds); with HTTPRoute beside it, HTTPRoute stays.
+#[test]
+fn gateway_invalid_route_kind() {
+    let s = Suite::up("gateway-invalid-route-kind");
+    let invalid = [("ResolvedRefs", "False", "InvalidRouteKinds")];
+    for (gw, kinds) in [
+        ("gateway-only-invalid-route-kind", &[][..]),
+        (
+            "gateway-supported-and-invalid-route-kind",
+            &["HTTPRoute"][..],
+        ),
+    ] {
+        s.gateway_must(
+            (INFRA, gw),
+            &[],
+            Some(&[ListenerWant {
+                name: "http",
+                attached: 0,
+                kinds,
+                conditions: &invalid,
+            }]),
+        );
+    }
+}
+
+/// GatewayListenerUnsupportedProtocol: a Gateway whose only listener has an unknown
+/// protocol is not accepted (ListenersNotValid); with a valid listener beside it, it is,
+/// and each listener says which it is.
+#[test]
+fn gateway_listener_unsupported_protocol() {
+    let s = Suite::up("gateway-invalid-listeners-unsupported-protocol");
+    let unsupported = ListenerWant {
+        name: "invalid",
+        attached: 0,
+        kinds: &[],
+        conditions: &[("Accepted", "False", "UnsupportedProtocol")],
+    };
+    s.gateway_must(
+        (INFRA, "gateway-only-unsupported-protocols"),
+        &[("Accepted", "False", "ListenersNotValid")],
+        Some(&[unsupported]),
+    );
+    s.gateway_must(
+        (INFRA, "gateway-supported-and-unsupported-protocols"),
+        &[("Accepted", "True", "ListenersNotValid")],
+        Some(&[
+            ListenerWant {
+                name: "http",
+                attached: 0,
+                kinds: &["HTTPRoute", "GRPCRoute"],
+                conditions: &[("Accepted", "True", "Accepted")],
+            },
+            unsupported,
+        ]),
+    );
+}
+
+/// GatewayInvalidParametersRef: a parametersRef to nothing: Accepted False
+/// (InvalidParameters).
+#[test]
+fn gateway_invalid_parameters_ref() {
+    let s = Suite::up("gateway-invalid-parameters-ref");
+    s.gateway_must(
+        (INFRA, "gateway-invalid-parameters-ref"),
+        &[("Accepted", "False", "InvalidParameters")],
+        None,
+    );
+}
+
+/// GatewayObservedGenerationBump: a listener added, the conditions name the new
+/// generation.
+#[test]
+fn gateway_observed_generation_bump() {
+    let s = Suite::up("gateway-observed-generation-bump");
+    let gw = (INFRA, "gateway-observed-generation-bump");
+    s.gateway_must(gw, &[("Accepted", "True", "")], None);
+    let before =
+        s.get("gateways.gateway.networking.k8s.io", gw.0, gw.1)["metadata"]["generation"].clone();
+    s.lab.kubectl(&[
+        "patch",
+        "gateways.gateway.networking.k8s.io",
+        "-n",
+        gw.0,
+        gw.1,
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"add","path":"/spec/listeners/-","value":{"name":"alternate","hostname":"foo.com","port":80,"protocol":"HTTP","allowedRoutes":{"namespaces":{"from":"All"}}}}]"#,
+    ]);
+    let after =
+        s.get("gateways.gateway.networking.k8s.io", gw.0, gw.1)["metadata"]["generation"].clone();
+    assert_ne!(before, after, "the edit did not bump the generation");
+    s.gateway_must(gw, &[("Accepted", "True", "")], None);
+}
+
+/// GatewayClassObservedGenerationBump: the class's Accepted condition follows its
+/// generation.
+#[test]
+fn gateway_class_observed_generation_bump() {
+    let s = Suite::up("gatewayclass-observed-generation-bump");
+    let name = "gatewayclass-observed-generation-bump";
+    let latest = || {
+        let c = s
+            .lab
+            .json(&["get", "gatewayclasses.gateway.networking.k8s.io", name]);
+        let generation = c["metadata"]["generation"].clone();
+        let conds = &c["status"]["conditions"];
+        let ok = conds.as_array().is_some_and(|cs| {
+            !cs.is_empty() && cs.iter().all(|x| x["observedGeneration"] == generation)
+        }) && e2e::gateway_conformance::condition(conds, "Accepted").is_some();
+        ok.then_some(generation)
+    };
+    assert!(
+        e2e::wait_until(std::time::Duration::from_secs(60), || latest().is_some()),
+        "{}",
+        s.lab
+            .kubectl(&["get", "gatewayclasses", name, "-o", "yaml"])
+    );
+    let before = latest().unwrap();
+    s.lab.kubectl(&[
+        "patch",
+        "gatewayclasses.gateway.networking.k8s.io",
+        name,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"description":"new"}}"#,
+    ]);
+    assert!(
+        e2e::wait_until(std::time::Duration::from_secs(60), || latest()
+            .is_some_and(|g| g != before)),
+        "{}",
+        s.lab
+            .kubectl(&["get", "gatewayclasses", name, "-o", "yaml"])
     );
 }

@@ -417,6 +417,14 @@ fn listeners(ctx: &mut Ctx<'_>, b: &mut Builder, gi: usize, gw: &Obj<GatewaySpec
         if st.port == 0 {
             st.accepted = cond("Accepted", false, "PortUnavailable", "port must be 1-65535");
         }
+        if invalid_parameters(spec) {
+            st.accepted = cond(
+                "Accepted",
+                false,
+                "Pending",
+                "the Gateway is not accepted: its infrastructure.parametersRef is not supported",
+            );
+        }
         // Within a Gateway: one protocol per port, distinct hostnames on it.
         for other in &ctx.listeners[first..] {
             // Listeners already refused claim nothing: the earlier valid one wins.
@@ -1307,6 +1315,15 @@ fn namespace_allowed(world: &World, l: &ListenerState, route_ns: &str) -> bool {
     }
 }
 
+/// A Gateway with `infrastructure.parametersRef` is not accepted (`InvalidParameters`):
+/// this gateway supports no parameters kind, so the reference cannot resolve, and Gateway
+/// API says such a Gateway should be rejected. Its listeners are not served.
+fn invalid_parameters(spec: &GatewaySpec) -> bool {
+    spec.infrastructure
+        .as_ref()
+        .is_some_and(|i| i.parameters_ref.is_some())
+}
+
 fn gateway_statuses(ctx: &Ctx<'_>, gateways: &[&Obj<GatewaySpec>], statuses: &mut Vec<Update>) {
     let addresses: Vec<Value> = ctx
         .world
@@ -1351,7 +1368,15 @@ fn gateway_statuses(ctx: &Ctx<'_>, gateways: &[&Obj<GatewaySpec>], statuses: &mu
                 "conditions": conditions(&[l.accepted.clone(), programmed, l.resolved.clone(), l.conflicted.clone()]),
             }));
         }
-        let accepted = if valid == total {
+        let accepted = if gw.spec.as_ref().is_ok_and(invalid_parameters) {
+            Condition::new(
+                "Accepted",
+                false,
+                "InvalidParameters",
+                "infrastructure.parametersRef: kubewire's gateway supports no parameters kind",
+                generation,
+            )
+        } else if valid == total {
             Condition::new("Accepted", true, "Accepted", "", generation)
         } else if valid > 0 {
             Condition::new(

@@ -194,6 +194,28 @@ fn no_address_yet_is_not_programmed() {
     );
 }
 
+/// Conformance GatewayInvalidParametersRef: a parametersRef (to anything: this gateway
+/// supports no parameters kind) is not accepted, and its listeners are not served.
+#[test]
+fn a_parameters_ref_is_invalid_parameters() {
+    let mut w = world();
+    w.gateways.push(obj(&format!(
+        "metadata: {{name: gw, namespace: default, generation: 2}}\nspec:\n  gatewayClassName: kubewire\n  infrastructure:\n    parametersRef: {{group: invalid.io, kind: InvalidParameters, name: invalid}}\n  listeners:\n{HTTP}"
+    )));
+    let c = crate::compile(&w);
+    let g = status(&c, Kind::Gateway, "gw");
+    assert_eq!(
+        cond(&g["conditions"], "Accepted"),
+        ("False", "InvalidParameters")
+    );
+    assert_eq!(cond(&g["conditions"], "Programmed"), ("False", "Invalid"));
+    assert_eq!(
+        cond(&g["listeners"][0]["conditions"], "Accepted"),
+        ("False", "Pending")
+    );
+    assert!(c.config.listeners.is_empty(), "{:?}", c.config.listeners);
+}
+
 #[test]
 fn precedence_is_the_specifications() {
     let mut w = world();
