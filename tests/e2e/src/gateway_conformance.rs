@@ -71,8 +71,18 @@ impl Suite {
     pub fn up(scenario: &str) -> Suite {
         let lab = RunningLab::up(2);
         lab.apply(&manifest("base/manifests.yaml"));
-        lab.apply(&manifest(&format!("tests/{scenario}.yaml")));
         let suite = Suite { lab };
+        // The certificates upstream's suite makes before any scenario (its Go code, not
+        // its manifests), self-signed for the same names.
+        suite.tls_secret(WEB, "certificate", &["*"]);
+        suite.tls_secret(
+            INFRA,
+            "tls-validity-checks-certificate",
+            &["*", "*.org", "*.wildcard.org"],
+        );
+        suite
+            .lab
+            .apply(&manifest(&format!("tests/{scenario}.yaml")));
         for (ns, name, replicas) in HTTP_BACKENDS {
             assert!(
                 wait_until(Duration::from_secs(120), || suite.endpoints(ns, name).len()
@@ -82,6 +92,27 @@ impl Suite {
             );
         }
         suite
+    }
+
+    /// Creates the `kubernetes.io/tls` Secret `ns/name` with a new self-signed certificate
+    /// for `hosts`.
+    pub fn tls_secret(&self, ns: &str, name: &str, hosts: &[&str]) {
+        let ck = rcgen::generate_simple_self_signed(
+            hosts.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let b64 = |s: &str| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, s);
+        let secret = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/tls",
+            "metadata": {"name": name, "namespace": ns},
+            "data": {
+                "tls.crt": b64(&ck.cert.pem()),
+                "tls.key": b64(&ck.signing_key.serialize_pem()),
+            },
+        });
+        self.lab.apply(&secret.to_string());
     }
 
     /// The ready addresses of the Endpoints `ns/name` (none while it does not exist).
@@ -335,7 +366,12 @@ impl Suite {
         } else {
             req.method
         };
-        let url = format!("http://{addr}{}", req.path);
+        let url = if req.https {
+            let name = req.host.split(':').next().unwrap_or_default();
+            format!("https://{name}{}", req.path)
+        } else {
+            format!("http://{addr}{}", req.path)
+        };
         let mut args: Vec<String> = ["curl", "-s", "-i", "--path-as-is", "--max-time", "5"]
             .into_iter()
             .map(str::to_owned)
@@ -346,7 +382,14 @@ impl Suite {
         } else {
             args.extend(["-X".into(), method.to_owned()]);
         }
-        if !req.host.is_empty() {
+        if req.https {
+            let name = req.host.split(':').next().unwrap_or_default();
+            args.extend([
+                "-k".into(),
+                "--resolve".into(),
+                format!("{name}:443:{addr}"),
+            ]);
+        } else if !req.host.is_empty() {
             args.extend(["-H".into(), format!("Host: {}", req.host)]);
         }
         for (k, v) in req.headers {
@@ -508,6 +551,9 @@ pub struct Request<'a> {
     pub headers: &'a [(&'a str, &'a str)],
     /// Response headers the backend is asked to set (`X-Echo-Set-Header`).
     pub backend_sets: &'a [(&'a str, &'a str)],
+    /// HTTPS on 443 with `host` as the server name (SNI) and not verified, as curl `-k`
+    /// (the suite's certificates are self-signed for wildcards like `*`).
+    pub https: bool,
 }
 
 /// A redirect's expected `Location` (upstream's `RedirectRequest`): empty fields default

@@ -1920,3 +1920,123 @@ fn gateway_class_observed_generation_bump() {
             .kubectl(&["get", "gatewayclasses", name, "-o", "yaml"])
     );
 }
+
+/// HTTPRouteHTTPSListener: TLS ends at the gateway with the listener's certificate; the
+/// route's hostname and the listener's select the backend.
+#[test]
+fn http_route_https_listener() {
+    let s = Suite::up("httproute-https-listener");
+    let addr = s.accepted(
+        (INFRA, "same-namespace-with-https-listener"),
+        &[
+            (INFRA, "httproute-https-test"),
+            (INFRA, "httproute-https-test-no-hostname"),
+        ],
+    );
+    let https = |host, backend, status| {
+        (
+            Request {
+                host,
+                path: "/",
+                https: true,
+                ..Default::default()
+            },
+            Expect {
+                status,
+                backend,
+                namespace: INFRA,
+                ..Default::default()
+            },
+        )
+    };
+    run(
+        &s,
+        &addr,
+        &[
+            https("example.org", V1, &[200]),
+            https("unknown-example.org", "", &[404]),
+            https("second-example.org", V2, &[200]),
+        ],
+    );
+}
+
+/// GatewayInvalidTLSConfiguration: a certificateRef to a missing Secret, another group or
+/// kind, or a malformed Secret: ResolvedRefs False (InvalidCertificateRef).
+#[test]
+fn gateway_invalid_tls_configuration() {
+    let s = Suite::up("gateway-invalid-tls-configuration");
+    for gw in [
+        "gateway-certificate-nonexistent-secret",
+        "gateway-certificate-unsupported-group",
+        "gateway-certificate-unsupported-kind",
+        "gateway-certificate-malformed-secret",
+    ] {
+        s.gateway_must(
+            (INFRA, gw),
+            &[],
+            Some(&[ListenerWant {
+                name: "https",
+                attached: 0,
+                kinds: &["HTTPRoute", "GRPCRoute"],
+                conditions: &[("ResolvedRefs", "False", "InvalidCertificateRef")],
+            }]),
+        );
+    }
+}
+
+/// A Gateway whose HTTPS listener's certificate is in another namespace: `conditions`.
+fn secret_grant(scenario: &str, conditions: &[(&str, &str, &str)]) {
+    let s = Suite::up(scenario);
+    s.gateway_must(
+        (INFRA, scenario),
+        &[],
+        Some(&[ListenerWant {
+            name: "https",
+            attached: 0,
+            kinds: &["HTTPRoute", "GRPCRoute"],
+            conditions,
+        }]),
+    );
+}
+
+/// GatewaySecretMissingReferenceGrant.
+#[test]
+fn gateway_secret_missing_reference_grant() {
+    secret_grant(
+        "gateway-secret-missing-reference-grant",
+        &[("ResolvedRefs", "False", "RefNotPermitted")],
+    );
+}
+
+/// GatewaySecretInvalidReferenceGrant: none of the grants covers the Secret.
+#[test]
+fn gateway_secret_invalid_reference_grant() {
+    secret_grant(
+        "gateway-secret-invalid-reference-grant",
+        &[("ResolvedRefs", "False", "RefNotPermitted")],
+    );
+}
+
+/// GatewaySecretReferenceGrantAllInNamespace.
+#[test]
+fn gateway_secret_reference_grant_all_in_namespace() {
+    secret_grant(
+        "gateway-secret-reference-grant-all-in-namespace",
+        &[
+            ("Programmed", "True", "Programmed"),
+            ("ResolvedRefs", "True", ""),
+        ],
+    );
+}
+
+/// GatewaySecretReferenceGrantSpecific.
+#[test]
+fn gateway_secret_reference_grant_specific() {
+    secret_grant(
+        "gateway-secret-reference-grant-specific",
+        &[
+            ("Programmed", "True", "Programmed"),
+            ("ResolvedRefs", "True", ""),
+        ],
+    );
+}
