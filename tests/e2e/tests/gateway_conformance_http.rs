@@ -326,7 +326,13 @@ fn modified<'a>(
 /// HTTPRouteRequestHeaderModifier.
 #[test]
 fn http_route_request_header_modifier() {
-    let s = Suite::up("httproute-request-header-modifier");
+    request_header_modifier("httproute-request-header-modifier");
+}
+
+/// The requests of HTTPRouteRequestHeaderModifier (and of its backendRef-filter variant)
+/// on `scenario`'s route.
+fn request_header_modifier(scenario: &str) {
+    let s = Suite::up(scenario);
     let addr = s.accepted(
         (INFRA, "same-namespace"),
         &[(INFRA, "request-header-modifier")],
@@ -2038,5 +2044,64 @@ fn gateway_secret_reference_grant_specific() {
             ("Programmed", "True", "Programmed"),
             ("ResolvedRefs", "True", ""),
         ],
+    );
+}
+
+/// GatewayModifyListeners: a listener added becomes available with its route attached; a
+/// listener removed leaves only the other.
+#[test]
+fn gateway_modify_listeners() {
+    let s = Suite::up("gateway-modify-listeners");
+    const GW: &str = "gateways.gateway.networking.k8s.io";
+    let ok: &[(&str, &str, &str)] = &[("Accepted", "True", ""), ("ResolvedRefs", "True", "")];
+    let listener = |name| ListenerWant {
+        name,
+        attached: 1,
+        kinds: &["HTTPRoute", "GRPCRoute"],
+        conditions: ok,
+    };
+    let add = (INFRA, "gateway-add-listener");
+    s.gateway_must(add, &[], Some(&[listener("https")]));
+    let before = s.get(GW, INFRA, add.1)["metadata"]["generation"].clone();
+    s.lab.kubectl(&[
+        "patch",
+        GW,
+        "-n",
+        INFRA,
+        add.1,
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"add","path":"/spec/listeners/-","value":{"name":"http","port":80,"protocol":"HTTP","hostname":"data.test.com","allowedRoutes":{"namespaces":{"from":"All"}}}}]"#,
+    ]);
+    s.gateway_must(add, &[], Some(&[listener("https"), listener("http")]));
+    assert_ne!(before, s.get(GW, INFRA, add.1)["metadata"]["generation"]);
+
+    let remove = (INFRA, "gateway-remove-listener");
+    s.gateway_must(remove, &[], Some(&[listener("https"), listener("http")]));
+    let before = s.get(GW, INFRA, remove.1)["metadata"]["generation"].clone();
+    s.lab.kubectl(&[
+        "patch",
+        GW,
+        "-n",
+        INFRA,
+        remove.1,
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"remove","path":"/spec/listeners/0"}]"#,
+    ]);
+    s.gateway_must(remove, &[], Some(&[listener("http")]));
+    assert_ne!(before, s.get(GW, INFRA, remove.1)["metadata"]["generation"]);
+}
+
+/// GatewayWithAttachedRoutesWithPort8080 (extended: GatewayPort8080): status only, the
+/// route attached by sectionName to the port-80 listener.
+#[test]
+fn gateway_with_attached_routes_with_port_8080() {
+    let s = Suite::up("gateway-with-attached-routes-with-port-8080");
+    s.listeners(
+        (INFRA, "gateway-with-two-listeners-and-one-attached-route"),
+        &[("http-unattached", 0), ("http", 1)],
     );
 }
