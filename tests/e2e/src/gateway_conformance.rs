@@ -262,12 +262,21 @@ impl Suite {
 
     /// Waits until each listener `(name, attachedRoutes)` of the Gateway `gw` is Accepted
     /// and ResolvedRefs with that many routes attached and HTTPRoute among its
-    /// supportedKinds (upstream's `GatewayStatusMustHaveListeners`, for HTTP listeners).
+    /// supportedKinds (upstream's `GatewayStatusMustHaveListeners`, for HTTP listeners),
+    /// and the Gateway has no other listener.
     pub fn listeners(&self, gw: (&str, &str), want: &[(&str, i64)]) {
-        const OK: &[(&str, &str)] = &[("Accepted", "True"), ("ResolvedRefs", "True")];
-        let want: Vec<(&str, i64, &[(&str, &str)])> =
-            want.iter().map(|(n, a)| (*n, *a, OK)).collect();
-        self.listeners_with(gw, &want);
+        const OK: &[(&str, &str, &str)] = &[("Accepted", "True", ""), ("ResolvedRefs", "True", "")];
+        let want: Vec<ListenerWant<'_>> = want
+            .iter()
+            .map(|(name, attached)| ListenerWant {
+                name,
+                attached: *attached,
+                kinds: &["HTTPRoute"],
+                kinds_among: true,
+                conditions: OK,
+            })
+            .collect();
+        self.gateway_must(gw, &[], Some(&want));
     }
 
     /// Waits until the Gateway `gw` has the conditions `want` (type, status, reason; empty
@@ -319,39 +328,6 @@ impl Suite {
         assert!(
             wait_until(Duration::from_secs(60), holds),
             "Gateway {}/{} has routes attached: {}",
-            gw.0,
-            gw.1,
-            self.lab
-                .kubectl(&["get", "gateways", "-n", gw.0, gw.1, "-o", "yaml"])
-        );
-    }
-
-    /// Waits until the Gateway `gw` has exactly the listeners `want`: (name,
-    /// attachedRoutes, conditions (type, status)), each with HTTPRoute among its
-    /// supportedKinds.
-    pub fn listeners_with(&self, gw: (&str, &str), want: &[(&str, i64, &[(&str, &str)])]) {
-        let holds = || {
-            let g = self.get("gateways.gateway.networking.k8s.io", gw.0, gw.1);
-            let Some(ls) = g["status"]["listeners"].as_array().cloned() else {
-                return false;
-            };
-            ls.len() == want.len()
-                && want.iter().all(|(name, n, conds)| {
-                    ls.iter().any(|l| {
-                        l["name"] == *name
-                            && l["attachedRoutes"] == *n
-                            && l["supportedKinds"]
-                                .as_array()
-                                .is_some_and(|k| k.iter().any(|k| k["kind"] == "HTTPRoute"))
-                            && conds.iter().all(|(t, st)| {
-                                condition(&l["conditions"], t).is_some_and(|c| c["status"] == *st)
-                            })
-                    })
-                })
-        };
-        assert!(
-            wait_until(Duration::from_secs(60), holds),
-            "Gateway {}/{} listeners are not {want:?}: {}",
             gw.0,
             gw.1,
             self.lab
@@ -497,14 +473,16 @@ impl Suite {
 }
 
 /// A listener's expected status (upstream's `ListenerStatus` as its helpers compare it).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ListenerWant<'a> {
     /// Its name.
     pub name: &'a str,
     /// `attachedRoutes`.
     pub attached: i64,
-    /// The kinds of `supportedKinds`, exactly.
+    /// The kinds of `supportedKinds`, exactly (or, with `kinds_among`, among others).
     pub kinds: &'a [&'a str],
+    /// `kinds` need only be among `supportedKinds`.
+    pub kinds_among: bool,
     /// Conditions (type, status, reason; empty reason: any).
     pub conditions: &'a [(&'a str, &'a str, &'a str)],
 }
@@ -519,7 +497,7 @@ impl ListenerWant<'_> {
             .collect();
         l["name"] == self.name
             && l["attachedRoutes"] == self.attached
-            && kinds.len() == self.kinds.len()
+            && (self.kinds_among || kinds.len() == self.kinds.len())
             && self.kinds.iter().all(|k| kinds.contains(k))
             && conditions_hold(&l["conditions"], self.conditions)
     }

@@ -1173,13 +1173,16 @@ fn gateway_with_attached_routes() {
         INFRA,
         "unresolved-gateway-with-one-attached-unresolved-route",
     );
-    s.listeners_with(
+    s.gateway_must(
         unresolved,
-        &[(
-            "tls",
-            1,
-            &[("Programmed", "False"), ("ResolvedRefs", "False")],
-        )],
+        &[],
+        Some(&[ListenerWant {
+            name: "tls",
+            attached: 1,
+            kinds: &["HTTPRoute"],
+            conditions: &[("Programmed", "False", ""), ("ResolvedRefs", "False", "")],
+            ..Default::default()
+        }]),
     );
     s.route_conditions(
         HTTPROUTE,
@@ -1810,6 +1813,7 @@ fn gateway_invalid_route_kind() {
                 attached: 0,
                 kinds,
                 conditions: &invalid,
+                ..Default::default()
             }]),
         );
     }
@@ -1826,6 +1830,7 @@ fn gateway_listener_unsupported_protocol() {
         attached: 0,
         kinds: &[],
         conditions: &[("Accepted", "False", "UnsupportedProtocol")],
+        ..Default::default()
     };
     s.gateway_must(
         (INFRA, "gateway-only-unsupported-protocols"),
@@ -1841,6 +1846,7 @@ fn gateway_listener_unsupported_protocol() {
                 attached: 0,
                 kinds: &["HTTPRoute", "GRPCRoute"],
                 conditions: &[("Accepted", "True", "Accepted")],
+                ..Default::default()
             },
             unsupported,
         ]),
@@ -1985,6 +1991,7 @@ fn gateway_invalid_tls_configuration() {
                 attached: 0,
                 kinds: &["HTTPRoute", "GRPCRoute"],
                 conditions: &[("ResolvedRefs", "False", "InvalidCertificateRef")],
+                ..Default::default()
             }]),
         );
     }
@@ -2001,6 +2008,7 @@ fn secret_grant(scenario: &str, conditions: &[(&str, &str, &str)]) {
             attached: 0,
             kinds: &["HTTPRoute", "GRPCRoute"],
             conditions,
+            ..Default::default()
         }]),
     );
 }
@@ -2059,6 +2067,7 @@ fn gateway_modify_listeners() {
         attached: 1,
         kinds: &["HTTPRoute", "GRPCRoute"],
         conditions: ok,
+        ..Default::default()
     };
     let add = (INFRA, "gateway-add-listener");
     s.gateway_must(add, &[], Some(&[listener("https")]));
