@@ -241,13 +241,7 @@ impl Suite {
     /// answered 200 by echo-basic; returns how many each pod-name prefix of `backends`
     /// answered.
     pub fn distribution(&self, addr: &str, path: &str, n: usize, backends: &[&str]) -> Vec<usize> {
-        let url = format!("http://{addr}{path}");
-        let mut args = vec!["curl", "-s", "--max-time", "60"];
-        for _ in 0..n {
-            args.push(&url);
-        }
-        let out = self.lab.exec("outside", &args);
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = self.blast(addr, path, &[], n);
         let pods: Vec<&str> = text
             .lines()
             .filter_map(|l| l.trim().strip_prefix("\"pod\": \""))
@@ -258,6 +252,22 @@ impl Suite {
             .iter()
             .map(|b| pods.iter().filter(|p| p.starts_with(b)).count())
             .collect()
+    }
+
+    /// Sends `n` GETs for `path` with `headers` in one curl (one connection) from
+    /// `outside`; returns the bodies, one after the other.
+    pub fn blast(&self, addr: &str, path: &str, headers: &[(&str, &str)], n: usize) -> String {
+        let url = format!("http://{addr}{path}");
+        let headers: Vec<String> = headers.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        let mut args = vec!["curl", "-s", "--max-time", "60"];
+        for h in &headers {
+            args.extend(["-H", h]);
+        }
+        for _ in 0..n {
+            args.push(&url);
+        }
+        let out = self.lab.exec("outside", &args);
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Waits until each listener `(name, attachedRoutes)` of the Gateway `gw` is Accepted

@@ -2114,3 +2114,62 @@ fn gateway_with_attached_routes_with_port_8080() {
         &[("http-unattached", 0), ("http", 1)],
     );
 }
+
+/// HTTPRouteRequestPercentageMirror (extended: HTTPRouteRequestPercentageMirror): of 500
+/// requests, the mirror (infra-backend-v2) gets its percent within 3 standard deviations
+/// of the binomial, in one of 5 tries, as upstream.
+#[test]
+fn http_route_request_percentage_mirror() {
+    let s = Suite::up("httproute-request-percentage-mirror");
+    let addr = s.accepted(
+        (INFRA, "same-namespace"),
+        &[(INFRA, "request-percentage-mirror")],
+    );
+    for (path, headers, seen, percent) in [
+        ("/percent-mirror", &[][..], None, 20.0),
+        ("/percent-mirror-fraction", &[][..], None, 50.0),
+        (
+            "/percent-mirror-and-modify-headers",
+            MODIFY_IN,
+            Some(MODIFY_SEEN),
+            35.0,
+        ),
+    ] {
+        s.expect(
+            &addr,
+            &Request {
+                path,
+                headers,
+                ..Default::default()
+            },
+            &Expect {
+                backend: V1,
+                namespace: INFRA,
+                backend_headers: seen,
+                ..Default::default()
+            },
+        );
+        let n = 500.0;
+        let p: f64 = percent / 100.0;
+        let margin = 3.0 * (n * p * (1.0 - p)).sqrt();
+        let mut tries = Vec::new();
+        let within = (0..5).any(|_| {
+            let target = format!("{path}?reqId={}", e2e::unique_name("p"));
+            let bodies = s.blast(&addr, &target, headers, 500);
+            assert_eq!(
+                bodies.matches("\"pod\": \"infra-backend-v1").count(),
+                500,
+                "{target}"
+            );
+            // Mirrors are sent beside the answers; give the last ones a moment.
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            let mirrored = s.echoed(INFRA, V2, &target) as f64;
+            tries.push(mirrored);
+            (mirrored - n * p).abs() <= margin
+        });
+        assert!(
+            within,
+            "{path}: mirrored {tries:?} of 500, want {percent}% ± {margin:.0}"
+        );
+    }
+}
