@@ -360,9 +360,51 @@ type Attempts = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String
 async fn echo_basic_serve(
     ctx: &EchoContext,
     attempts: &Attempts,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> std::io::Result<Response<Full<Bytes>>> {
     let uri = req.uri().clone();
+    // `/ws`: a WebSocket that echoes every message back.
+    if uri.path() == "/ws"
+        && req
+            .headers()
+            .get(hyper::header::UPGRADE)
+            .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        && let Some(key) = req.headers().get("sec-websocket-key").cloned()
+    {
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            use futures::{SinkExt, StreamExt};
+            let Ok(io) = upgrade.await else { return };
+            let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                TokioIo::new(io),
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await;
+            while let Some(Ok(m)) = ws.next().await {
+                if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+        let h = r.headers_mut();
+        h.insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("Upgrade"),
+        );
+        h.insert(
+            hyper::header::UPGRADE,
+            hyper::header::HeaderValue::from_static("websocket"),
+        );
+        if let Ok(v) = hyper::header::HeaderValue::from_str(
+            &tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
+        ) {
+            h.insert("sec-websocket-accept", v);
+        }
+        return Ok(r);
+    }
     let status = |code: u16, msg: &str| {
         let mut r = Response::new(Full::new(Bytes::from(msg.to_owned())));
         *r.status_mut() =
@@ -433,6 +475,7 @@ async fn serve_echo_basic(port: u16, ctx: EchoContext, attempts: Attempts) -> st
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades()
                 .await;
         });
     }

@@ -2173,3 +2173,71 @@ fn http_route_request_percentage_mirror() {
         );
     }
 }
+
+/// A WebSocket client for `outside` (curl cannot send frames): the handshake to
+/// `ws://ADDR/ws`, then a text and a binary message, each of which must come back; prints
+/// `ok` or what went wrong.
+const WS_CLIENT: &str = r#"
+import os, socket, struct, sys
+addr = sys.argv[1]
+s = socket.create_connection((addr, 80), timeout=5)
+s.sendall(("GET /ws HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+           "Origin: ws://gateway/conformance\r\n\r\n" % addr).encode())
+head = b""
+while b"\r\n\r\n" not in head:
+    chunk = s.recv(1)
+    if not chunk:
+        print("closed during the handshake: %r" % head); sys.exit(1)
+    head += chunk
+if not head.startswith(b"HTTP/1.1 101") or b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" not in head:
+    print("handshake: %r" % head); sys.exit(1)
+def recv_exact(n):
+    b = b""
+    while len(b) < n:
+        c = s.recv(n - len(b))
+        if not c:
+            raise EOFError("closed")
+        b += c
+    return b
+def roundtrip(opcode, payload):
+    mask = os.urandom(4)
+    masked = bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
+    s.sendall(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
+    b0, b1 = recv_exact(2)
+    n = b1 & 0x7f
+    if n == 126:
+        n = struct.unpack(">H", recv_exact(2))[0]
+    return b0 & 0x0f, recv_exact(n)
+for opcode, payload in [(1, b"Websocket Support!"), (2, bytes([1, 2, 3, 4, 5, 6, 7]))]:
+    got = roundtrip(opcode, payload)
+    if got != (opcode, payload):
+        print("sent %r, got %r" % ((opcode, payload), got)); sys.exit(1)
+print("ok")
+"#;
+
+/// HTTPRouteBackendProtocolWebSocket (extended: HTTPRouteBackendProtocolWebSocket): a
+/// WebSocket through the gateway to a Service port with `appProtocol: kubernetes.io/ws`
+/// echoes text and binary messages.
+#[test]
+fn http_route_backend_protocol_websocket() {
+    let s = Suite::up("httproute-backend-protocol-websocket");
+    let addr = s.accepted_with(
+        (INFRA, "same-namespace"),
+        &[(INFRA, "backend-protocol-ws")],
+        &[("Accepted", "True", "")],
+    );
+    let mut streak = 0;
+    let mut last = String::new();
+    let passed = e2e::wait_until(std::time::Duration::from_secs(30), || {
+        let out = s.lab.exec("outside", &["python3", "-c", WS_CLIENT, &addr]);
+        last = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        streak = if last.trim() == "ok" { streak + 1 } else { 0 };
+        streak >= e2e::gateway_conformance::CONSECUTIVE
+    });
+    assert!(passed, "{last}");
+}
