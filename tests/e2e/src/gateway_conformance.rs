@@ -352,8 +352,13 @@ impl Suite {
         } else {
             req.method
         };
+        let server_name = if req.sni.is_empty() {
+            req.host
+        } else {
+            req.sni
+        };
         let url = if req.https {
-            let name = req.host.split(':').next().unwrap_or_default();
+            let name = server_name.split(':').next().unwrap_or_default();
             format!("https://{name}{}", req.path)
         } else {
             format!("http://{addr}{}", req.path)
@@ -369,12 +374,15 @@ impl Suite {
             args.extend(["-X".into(), method.to_owned()]);
         }
         if req.https {
-            let name = req.host.split(':').next().unwrap_or_default();
+            let name = server_name.split(':').next().unwrap_or_default();
             args.extend([
                 "-k".into(),
                 "--resolve".into(),
                 format!("{name}:443:{addr}"),
             ]);
+            if !req.sni.is_empty() {
+                args.extend(["--http2".into(), "-H".into(), format!("Host: {}", req.host)]);
+            }
         } else if !req.host.is_empty() {
             args.extend(["-H".into(), format!("Host: {}", req.host)]);
         }
@@ -542,6 +550,8 @@ pub struct Request<'a> {
     /// HTTPS on 443 with `host` as the server name (SNI) and not verified, as curl `-k`
     /// (the suite's certificates are self-signed for wildcards like `*`).
     pub https: bool,
+    /// With `https`: a server name other than `host`, and HTTP/2 (ALPN `h2`).
+    pub sni: &'a str,
 }
 
 /// A redirect's expected `Location` (upstream's `RedirectRequest`): empty fields default
