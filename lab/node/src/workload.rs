@@ -26,7 +26,7 @@ pub enum WorkloadArgs {
     /// The Gateway API conformance suite's `echo-basic`: answers every request with JSON
     /// naming the request (path, host, method, proto, headers) and the pod (`POD_NAME`,
     /// `NAMESPACE`, `SERVICE_NAME`, `INGRESS_NAME`), on `HTTP_PORT` (3000) and `H2C_PORT`
-    /// (3001, HTTP/1.1 only here).
+    /// (3001, HTTP/2 by prior knowledge).
     EchoBasic,
     /// Echoes every TCP connection back.
     TcpEcho {
@@ -457,7 +457,14 @@ async fn echo_basic_serve(
     Ok(echo_basic(ctx, &req))
 }
 
-async fn serve_echo_basic(port: u16, ctx: EchoContext, attempts: Attempts) -> std::io::Result<()> {
+/// echo-basic on `port`: HTTP/1.1, or on its h2c port HTTP/1.1 and HTTP/2 by prior
+/// knowledge, where (as upstream) only HTTP/2 requests are echoed and others answered 400.
+async fn serve_echo_basic(
+    port: u16,
+    ctx: EchoContext,
+    attempts: Attempts,
+    h2c: bool,
+) -> std::io::Result<()> {
     let listener = tcp_listener(port)?;
     loop {
         let (stream, peer) = listener.accept().await?;
@@ -471,12 +478,27 @@ async fn serve_echo_basic(port: u16, ctx: EchoContext, attempts: Attempts) -> st
                     req.uri()
                 );
                 let (ctx, attempts) = (ctx.clone(), attempts.clone());
-                async move { echo_basic_serve(&ctx, &attempts, req).await }
+                async move {
+                    if h2c && req.version() != hyper::Version::HTTP_2 {
+                        let mut r = Response::new(Full::new(Bytes::from("Expected h2c request")));
+                        *r.status_mut() = hyper::StatusCode::BAD_REQUEST;
+                        return Ok(r);
+                    }
+                    echo_basic_serve(&ctx, &attempts, req).await
+                }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            if h2c {
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
                 .serve_connection(TokioIo::new(stream), svc)
-                .with_upgrades()
                 .await;
+            } else {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            }
         });
     }
 }
@@ -533,8 +555,13 @@ pub async fn run(args: WorkloadArgs) -> std::io::Result<()> {
             let http = port("HTTP_PORT", 3000);
             let ctx = EchoContext::from_env(&http.to_string());
             let attempts = Attempts::default();
-            tasks.spawn(serve_echo_basic(http, ctx.clone(), attempts.clone()));
-            tasks.spawn(serve_echo_basic(port("H2C_PORT", 3001), ctx, attempts));
+            tasks.spawn(serve_echo_basic(http, ctx.clone(), attempts.clone(), false));
+            tasks.spawn(serve_echo_basic(
+                port("H2C_PORT", 3001),
+                ctx,
+                attempts,
+                true,
+            ));
         }
         WorkloadArgs::TcpEcho { ports } => {
             for p in ports {

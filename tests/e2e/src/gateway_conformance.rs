@@ -367,6 +367,9 @@ impl Suite {
             .into_iter()
             .map(str::to_owned)
             .collect();
+        if req.h2c {
+            args.push("--http2-prior-knowledge".into());
+        }
         // `-X HEAD` would wait for a body that never comes.
         if method == "HEAD" {
             args.push("--head".into());
@@ -552,6 +555,8 @@ pub struct Request<'a> {
     pub https: bool,
     /// With `https`: a server name other than `host`, and HTTP/2 (ALPN `h2`).
     pub sni: &'a str,
+    /// HTTP/2 in clear text by prior knowledge.
+    pub h2c: bool,
 }
 
 /// A redirect's expected `Location` (upstream's `RedirectRequest`): empty fields default

@@ -2241,3 +2241,29 @@ fn http_route_backend_protocol_websocket() {
     });
     assert!(passed, "{last}");
 }
+
+/// HTTPRouteBackendProtocolH2C (extended: HTTPRouteBackendProtocolH2C): HTTP/2 by prior
+/// knowledge to the gateway and on to a Service port with `appProtocol:
+/// kubernetes.io/h2c`, where echo-basic echoes only HTTP/2.
+#[test]
+fn http_route_backend_protocol_h2c() {
+    let s = Suite::up("httproute-backend-protocol-h2c");
+    let addr = s.accepted_with(
+        (INFRA, "same-namespace"),
+        &[(INFRA, "backend-protocol-h2c")],
+        &[("Accepted", "True", "")],
+    );
+    s.expect(
+        &addr,
+        &Request {
+            path: "/",
+            h2c: true,
+            ..Default::default()
+        },
+        &Expect {
+            backend: V1,
+            namespace: INFRA,
+            ..Default::default()
+        },
+    );
+}
