@@ -2267,3 +2267,65 @@ fn http_route_backend_protocol_h2c() {
         },
     );
 }
+
+/// HTTPRouteHTTPSListenerDetectMisdirectedRequests (extended:
+/// GatewayHTTPSListenerDetectMisdirectedRequests): over HTTP/2, a request whose host
+/// another listener's certificate serves than the connection's SNI is answered 421.
+#[test]
+fn http_route_https_listener_detect_misdirected_requests() {
+    let s = Suite::up("httproute-https-listener-detect-misdirected-requests");
+    let routes: Vec<(&str, &str)> = (1..=4)
+        .map(|i| {
+            let name: &'static str = Box::leak(
+                format!("https-listener-detect-misdirected-requests-test-{i}").into_boxed_str(),
+            );
+            (INFRA, name)
+        })
+        .collect();
+    let addr = s.accepted((INFRA, "same-namespace-with-https-listener"), &routes);
+    let case = |sni, host, status, backend| {
+        (
+            Request {
+                host,
+                sni,
+                path: "/detect-misdirected-requests",
+                https: true,
+                ..Default::default()
+            },
+            Expect {
+                status,
+                backend,
+                namespace: INFRA,
+                ..Default::default()
+            },
+        )
+    };
+    let (ok, misdirected, none) = (&[200][..], &[421][..], &[404][..]);
+    let (ex, second, unknown) = ("example.org", "second-example.org", "unknown-example.org");
+    let (third, fourth, fith) = (
+        "third-example.wildcard.org",
+        "fourth-example.wildcard.org",
+        "fith-example.wildcard.org",
+    );
+    run(
+        &s,
+        &addr,
+        &[
+            case(ex, ex, ok, V1),
+            case(ex, second, misdirected, ""),
+            case(ex, unknown, none, ""),
+            case(second, second, ok, V2),
+            case(second, ex, misdirected, ""),
+            case(second, unknown, misdirected, ""),
+            case(third, third, ok, V3),
+            case(third, fith, ok, V3),
+            case(third, fourth, misdirected, ""),
+            case(third, second, misdirected, ""),
+            case(third, unknown, misdirected, ""),
+            case(fourth, fourth, ok, V1),
+            case(fourth, fith, misdirected, ""),
+            case(unknown, ex, ok, V1),
+            case(unknown, unknown, none, ""),
+        ],
+    );
+}

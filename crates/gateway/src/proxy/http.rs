@@ -592,6 +592,15 @@ async fn respond<'t>(
         })
         .unwrap_or_default();
     let host = normalize_host(&authority);
+    // HTTP/2 connections are reused for every host their certificate covers (RFC 9113
+    // 9.1.1): a request for a host another listener's certificate serves came on the
+    // wrong connection, and the client should open one for that host (Gateway API's
+    // GatewayHTTPSListenerDetectMisdirectedRequests).
+    if req.version() == Version::HTTP_2 && conn.sni_cert.get().is_some_and(|c| c.misdirected(&host))
+    {
+        outcome.flag = "MR";
+        return status(StatusCode::MISDIRECTED_REQUEST);
+    }
     let view = RequestView {
         host: &host,
         method: req.method(),
