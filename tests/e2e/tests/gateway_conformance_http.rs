@@ -2329,3 +2329,20 @@ fn http_route_https_listener_detect_misdirected_requests() {
         ],
     );
 }
+
+/// GatewayOptionalAddressValue (extended: GatewayAddressEmpty): an address with a type and
+/// no value is assigned one (status only: the listener is on 8080, which the gateway's
+/// Service does not expose). Stricter than upstream, the Gateway must also be Programmed.
+#[test]
+fn gateway_optional_address_value() {
+    let s = Suite::up("gateway-optional-address-value");
+    let gw = (INFRA, "gateway-without-address-value");
+    s.gateway_must(gw, &[("Programmed", "True", "Programmed")], None);
+    let g = s.get("gateways.gateway.networking.k8s.io", gw.0, gw.1);
+    assert!(
+        g["status"]["addresses"][0]["value"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty()),
+        "{g}"
+    );
+}

@@ -1395,10 +1395,17 @@ fn gateway_statuses(ctx: &Ctx<'_>, gateways: &[&Obj<GatewaySpec>], statuses: &mu
                 generation,
             )
         };
+        // A requested address without a value asks for any address of its type (Gateway
+        // API lets the implementation assign it): one of the Service's will do.
         let requested_unusable = gw.spec.as_ref().is_ok_and(|s| {
-            s.addresses
-                .iter()
-                .any(|a| !ctx.world.settings.addresses.contains(&a.value))
+            s.addresses.iter().any(|a| {
+                if a.value.is_empty() {
+                    let ty = a.type_.as_deref().unwrap_or("IPAddress");
+                    !addresses.iter().any(|have| have["type"] == ty)
+                } else {
+                    !ctx.world.settings.addresses.contains(&a.value)
+                }
+            })
         });
         let programmed = if requested_unusable {
             Condition::new(

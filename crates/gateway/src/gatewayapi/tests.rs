@@ -216,6 +216,28 @@ fn a_parameters_ref_is_invalid_parameters() {
     assert!(c.config.listeners.is_empty(), "{:?}", c.config.listeners);
 }
 
+/// Conformance GatewayOptionalAddressValue: an address with a type and no value is
+/// assigned one of the Service's; a value the gateway does not have is not usable.
+#[test]
+fn a_requested_address_without_a_value_is_assigned() {
+    for (addresses, want) in [
+        ("[{type: IPAddress}]", ("True", "Programmed")),
+        ("[{type: Hostname}]", ("False", "AddressNotUsable")),
+        (
+            "[{type: IPAddress, value: 192.0.2.99}]",
+            ("False", "AddressNotUsable"),
+        ),
+    ] {
+        let mut w = world();
+        w.gateways.push(obj(&format!(
+            "metadata: {{name: gw, namespace: default, generation: 2}}\nspec:\n  gatewayClassName: kubewire\n  addresses: {addresses}\n  listeners:\n{HTTP}"
+        )));
+        let c = crate::compile(&w);
+        let g = status(&c, Kind::Gateway, "gw");
+        assert_eq!(cond(&g["conditions"], "Programmed"), want, "{addresses}");
+    }
+}
+
 #[test]
 fn precedence_is_the_specifications() {
     let mut w = world();
