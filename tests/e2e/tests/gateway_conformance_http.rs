@@ -2346,3 +2346,10 @@ fn gateway_optional_address_value() {
         "{g}"
     );
 }
+
+/// HTTPRouteBackendRequestHeaderModifier (extended:
+/// HTTPRouteBackendRequestHeaderModification): the same filters on the backendRefs.
+#[test]
+fn http_route_backend_request_header_modifier() {
+    request_header_modifier("httproute-request-header-modifier-backend");
+}

@@ -765,6 +765,33 @@ fn rule_action(
 ) -> Result<Action, RouteProblem> {
     let mut f = Forward::default();
     let protocol = (kind == RouteKind::Grpc).then_some(BackendProtocol::H2c);
+    // Filters on backendRefs: served when every backendRef of the rule has the same
+    // header-modifier filters and the rule has none of those types itself, since they
+    // then act as the rule's own, after its other filters. Anything else would need
+    // per-backend filters in the data plane.
+    let folded: Vec<HttpRouteFilter>;
+    let filters = match refs.first() {
+        Some(first) if refs.iter().any(|r| !r.filters.is_empty()) => {
+            let header_only = first.filters.iter().all(|b| {
+                matches!(
+                    b.type_.as_str(),
+                    "RequestHeaderModifier" | "ResponseHeaderModifier"
+                ) && !filters.iter().any(|r| r.type_ == b.type_)
+            });
+            if !header_only || refs.iter().any(|r| r.filters != first.filters) {
+                return Err(RouteProblem {
+                    reason: "UnsupportedValue",
+                    message: "filters on a backendRef are supported only as the same \
+                              RequestHeaderModifier/ResponseHeaderModifier on every backendRef \
+                              of the rule, of a type the rule itself does not have"
+                        .into(),
+                });
+            }
+            folded = filters.iter().chain(&first.filters).cloned().collect();
+            &folded[..]
+        }
+        _ => filters,
+    };
     for filter in filters {
         match filter.type_.as_str() {
             "RequestHeaderModifier" => {
@@ -844,12 +871,6 @@ fn rule_action(
                 });
             }
         }
-    }
-    if refs.iter().any(|r| !r.filters.is_empty()) {
-        return Err(RouteProblem {
-            reason: "UnsupportedValue",
-            message: "filters on a backendRef are not supported".into(),
-        });
     }
     let (backends, problem) = backends(ctx, kind, ns, refs, protocol);
     if let Some(p) = problem {

@@ -238,6 +238,57 @@ fn a_requested_address_without_a_value_is_assigned() {
     }
 }
 
+/// Conformance HTTPRouteBackendRequestHeaderModifier: the same header filter on every
+/// backendRef acts as the rule's; different ones, or a type the rule has itself, are not
+/// supported.
+#[test]
+fn backend_ref_header_filters_act_as_the_rules() {
+    let route = |refs: &str, rule_filters: &str| {
+        let mut w = world();
+        gateway(&mut w, "gw", HTTP);
+        http_route(
+            &mut w,
+            "default",
+            "b",
+            T0,
+            &format!(
+                "  parentRefs: [{{name: gw}}]\n  rules:\n  - backendRefs: {refs}\n    filters: {rule_filters}\n"
+            ),
+        );
+        crate::compile(&w)
+    };
+    const SET: &str =
+        "{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-set, value: a}]}}";
+    let c = route(
+        &format!("[{{name: web, port: 80, filters: [{SET}]}}]"),
+        "[]",
+    );
+    assert_eq!(parent(&c, Kind::HttpRoute, "b", "Accepted"), ok("Accepted"));
+    let rs = routes(&c.config, 80, &HostMatch::Any);
+    let h = HeaderName::try_from("x-set").unwrap();
+    assert_eq!(
+        fwd(&rs[0]).request_headers.set,
+        [(h, Template::literal("a"))]
+    );
+    for (refs, rule) in [
+        (
+            format!("[{{name: web, port: 80, filters: [{SET}]}}, {{name: web2, port: 8080}}]"),
+            "[]".to_string(),
+        ),
+        (
+            format!("[{{name: web, port: 80, filters: [{SET}]}}]"),
+            format!("[{SET}]"),
+        ),
+    ] {
+        let c = route(&refs, &rule);
+        assert_eq!(
+            parent(&c, Kind::HttpRoute, "b", "Accepted"),
+            not("UnsupportedValue"),
+            "{refs} {rule}"
+        );
+    }
+}
+
 #[test]
 fn precedence_is_the_specifications() {
     let mut w = world();
