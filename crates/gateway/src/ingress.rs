@@ -564,7 +564,10 @@ mod tests {
             certificates[0].hostnames,
             [HostMatch::Exact("foo.example.com".into())]
         );
-        assert_eq!(&*certificates[0].chain_pem, b"crt-foo-cert");
+        assert_eq!(
+            &*certificates[0].chain_pem,
+            crate::world::fixtures::pem("CERTIFICATE", "crt-foo-cert").as_bytes()
+        );
         assert_eq!(hosts.hosts.len(), 1);
     }
 

@@ -300,6 +300,17 @@ impl World {
         {
             return Err(SecretError::Invalid);
         }
+        // PEM that does not parse (Gateway API's malformed Secret: InvalidCertificateRef)
+        // would only be skipped by the data plane; say so in the status instead.
+        {
+            use rustls::pki_types::pem::PemObject;
+            use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+            let chain = CertificateDer::pem_slice_iter(&crt.0).collect::<Result<Vec<_>, _>>();
+            if !chain.is_ok_and(|c| !c.is_empty()) || PrivateKeyDer::from_pem_slice(&key.0).is_err()
+            {
+                return Err(SecretError::Invalid);
+            }
+        }
         Ok(Certificate {
             hostnames,
             chain_pem: Arc::from(crt.0.as_slice()),
@@ -375,14 +386,22 @@ pub(crate) mod fixtures {
             .push(slice);
     }
 
-    /// A `kubernetes.io/tls` Secret whose chain and key are `crt-<name>` and `key-<name>`.
+    /// `bytes` as a PEM block labelled `label` (what is inside is not checked here).
+    pub(crate) fn pem(label: &str, bytes: &str) -> String {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+        format!("-----BEGIN {label}-----\n{b64}\n-----END {label}-----\n")
+    }
+
+    /// A `kubernetes.io/tls` Secret whose chain and key are PEM blocks holding
+    /// `crt-<name>` and `key-<name>`.
     pub(crate) fn tls_secret(world: &mut World, ns: &str, name: &str) {
         let secret: Secret = serde_json::from_value(serde_json::json!({
             "metadata": {"namespace": ns, "name": name},
             "type": "kubernetes.io/tls",
             "data": {
-                "tls.crt": k8s_openapi::ByteString(format!("crt-{name}").into_bytes()),
-                "tls.key": k8s_openapi::ByteString(format!("key-{name}").into_bytes()),
+                "tls.crt": k8s_openapi::ByteString(pem("CERTIFICATE", &format!("crt-{name}")).into_bytes()),
+                "tls.key": k8s_openapi::ByteString(pem("PRIVATE KEY", &format!("key-{name}")).into_bytes()),
             },
         }))
         .unwrap();
@@ -453,10 +472,26 @@ mod tests {
         let mut w = World::default();
         tls_secret(&mut w, "default", "cert");
         let c = w.certificate("default", "cert", vec![]).unwrap();
-        assert_eq!(&*c.chain_pem, b"crt-cert");
+        assert_eq!(&*c.chain_pem, pem("CERTIFICATE", "crt-cert").as_bytes());
         assert_eq!(
             w.certificate("default", "nope", vec![]),
             Err(SecretError::NotFound)
+        );
+        // Conformance GatewayInvalidTLSConfiguration's malformed Secret: no PEM in it.
+        let hello = k8s_openapi::ByteString(b"Hello world\n".to_vec());
+        let mut malformed = w.secrets[&("default".to_string(), "cert".to_string())].clone();
+        malformed.data = Some(
+            [
+                ("tls.crt".to_string(), hello.clone()),
+                ("tls.key".to_string(), hello),
+            ]
+            .into(),
+        );
+        w.secrets
+            .insert(("default".into(), "malformed".into()), malformed);
+        assert_eq!(
+            w.certificate("default", "malformed", vec![]),
+            Err(SecretError::Invalid)
         );
     }
 }

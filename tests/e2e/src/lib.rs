@@ -10,6 +10,7 @@
 
 pub mod cluster;
 pub mod cni;
+pub mod gateway_conformance;
 pub mod running;
 
 use std::path::{Path, PathBuf};

@@ -417,6 +417,14 @@ fn listeners(ctx: &mut Ctx<'_>, b: &mut Builder, gi: usize, gw: &Obj<GatewaySpec
         if st.port == 0 {
             st.accepted = cond("Accepted", false, "PortUnavailable", "port must be 1-65535");
         }
+        if invalid_parameters(spec) {
+            st.accepted = cond(
+                "Accepted",
+                false,
+                "Pending",
+                "the Gateway is not accepted: its infrastructure.parametersRef is not supported",
+            );
+        }
         // Within a Gateway: one protocol per port, distinct hostnames on it.
         for other in &ctx.listeners[first..] {
             // Listeners already refused claim nothing: the earlier valid one wins.
@@ -761,6 +769,33 @@ fn rule_action(
 ) -> Result<Action, RouteProblem> {
     let mut f = Forward::default();
     let protocol = (kind == RouteKind::Grpc).then_some(BackendProtocol::H2c);
+    // Filters on backendRefs: served when every backendRef of the rule has the same
+    // header-modifier filters and the rule has none of those types itself, since they
+    // then act as the rule's own, after its other filters. Anything else would need
+    // per-backend filters in the data plane.
+    let folded: Vec<HttpRouteFilter>;
+    let filters = match refs.first() {
+        Some(first) if refs.iter().any(|r| !r.filters.is_empty()) => {
+            let header_only = first.filters.iter().all(|b| {
+                matches!(
+                    b.type_.as_str(),
+                    "RequestHeaderModifier" | "ResponseHeaderModifier"
+                ) && !filters.iter().any(|r| r.type_ == b.type_)
+            });
+            if !header_only || refs.iter().any(|r| r.filters != first.filters) {
+                return Err(RouteProblem {
+                    reason: "UnsupportedValue",
+                    message: "filters on a backendRef are supported only as the same \
+                              RequestHeaderModifier/ResponseHeaderModifier on every backendRef \
+                              of the rule, of a type the rule itself does not have"
+                        .into(),
+                });
+            }
+            folded = filters.iter().chain(&first.filters).cloned().collect();
+            &folded[..]
+        }
+        _ => filters,
+    };
     for filter in filters {
         match filter.type_.as_str() {
             "RequestHeaderModifier" => {
@@ -842,12 +877,6 @@ fn rule_action(
                 });
             }
         }
-    }
-    if refs.iter().any(|r| !r.filters.is_empty()) {
-        return Err(RouteProblem {
-            reason: "UnsupportedValue",
-            message: "filters on a backendRef are not supported".into(),
-        });
     }
     let (backends, problem) = backends(ctx, kind, ns, refs, protocol);
     if let Some(p) = problem {
@@ -1317,6 +1346,15 @@ fn namespace_allowed(world: &World, l: &ListenerState, route_ns: &str) -> bool {
     }
 }
 
+/// A Gateway with `infrastructure.parametersRef` is not accepted (`InvalidParameters`):
+/// this gateway supports no parameters kind, so the reference cannot resolve, and Gateway
+/// API says such a Gateway should be rejected. Its listeners are not served.
+fn invalid_parameters(spec: &GatewaySpec) -> bool {
+    spec.infrastructure
+        .as_ref()
+        .is_some_and(|i| i.parameters_ref.is_some())
+}
+
 fn gateway_statuses(ctx: &Ctx<'_>, gateways: &[&Obj<GatewaySpec>], statuses: &mut Vec<Update>) {
     let addresses: Vec<Value> = ctx
         .world
@@ -1361,7 +1399,15 @@ fn gateway_statuses(ctx: &Ctx<'_>, gateways: &[&Obj<GatewaySpec>], statuses: &mu
                 "conditions": conditions(&[l.accepted.clone(), programmed, l.resolved.clone(), l.conflicted.clone()]),
             }));
         }
-        let accepted = if valid == total {
+        let accepted = if gw.spec.as_ref().is_ok_and(invalid_parameters) {
+            Condition::new(
+                "Accepted",
+                false,
+                "InvalidParameters",
+                "infrastructure.parametersRef: kubewire's gateway supports no parameters kind",
+                generation,
+            )
+        } else if valid == total {
             Condition::new("Accepted", true, "Accepted", "", generation)
         } else if valid > 0 {
             Condition::new(
@@ -1380,10 +1426,17 @@ fn gateway_statuses(ctx: &Ctx<'_>, gateways: &[&Obj<GatewaySpec>], statuses: &mu
                 generation,
             )
         };
+        // A requested address without a value asks for any address of its type (Gateway
+        // API lets the implementation assign it): one of the Service's will do.
         let requested_unusable = gw.spec.as_ref().is_ok_and(|s| {
-            s.addresses
-                .iter()
-                .any(|a| !ctx.world.settings.addresses.contains(&a.value))
+            s.addresses.iter().any(|a| {
+                if a.value.is_empty() {
+                    let ty = a.type_.as_deref().unwrap_or("IPAddress");
+                    !addresses.iter().any(|have| have["type"] == ty)
+                } else {
+                    !ctx.world.settings.addresses.contains(&a.value)
+                }
+            })
         });
         let programmed = if requested_unusable {
             Condition::new(

@@ -194,6 +194,101 @@ fn no_address_yet_is_not_programmed() {
     );
 }
 
+/// Conformance GatewayInvalidParametersRef: a parametersRef (to anything: this gateway
+/// supports no parameters kind) is not accepted, and its listeners are not served.
+#[test]
+fn a_parameters_ref_is_invalid_parameters() {
+    let mut w = world();
+    w.gateways.push(obj(&format!(
+        "metadata: {{name: gw, namespace: default, generation: 2}}\nspec:\n  gatewayClassName: kubewire\n  infrastructure:\n    parametersRef: {{group: invalid.io, kind: InvalidParameters, name: invalid}}\n  listeners:\n{HTTP}"
+    )));
+    let c = crate::compile(&w);
+    let g = status(&c, Kind::Gateway, "gw");
+    assert_eq!(
+        cond(&g["conditions"], "Accepted"),
+        ("False", "InvalidParameters")
+    );
+    assert_eq!(cond(&g["conditions"], "Programmed"), ("False", "Invalid"));
+    assert_eq!(
+        cond(&g["listeners"][0]["conditions"], "Accepted"),
+        ("False", "Pending")
+    );
+    assert!(c.config.listeners.is_empty(), "{:?}", c.config.listeners);
+}
+
+/// Conformance GatewayOptionalAddressValue: an address with a type and no value is
+/// assigned one of the Service's; a value the gateway does not have is not usable.
+#[test]
+fn a_requested_address_without_a_value_is_assigned() {
+    for (addresses, want) in [
+        ("[{type: IPAddress}]", ("True", "Programmed")),
+        ("[{type: Hostname}]", ("False", "AddressNotUsable")),
+        (
+            "[{type: IPAddress, value: 192.0.2.99}]",
+            ("False", "AddressNotUsable"),
+        ),
+    ] {
+        let mut w = world();
+        w.gateways.push(obj(&format!(
+            "metadata: {{name: gw, namespace: default, generation: 2}}\nspec:\n  gatewayClassName: kubewire\n  addresses: {addresses}\n  listeners:\n{HTTP}"
+        )));
+        let c = crate::compile(&w);
+        let g = status(&c, Kind::Gateway, "gw");
+        assert_eq!(cond(&g["conditions"], "Programmed"), want, "{addresses}");
+    }
+}
+
+/// Conformance HTTPRouteBackendRequestHeaderModifier: the same header filter on every
+/// backendRef acts as the rule's; different ones, or a type the rule has itself, are not
+/// supported.
+#[test]
+fn backend_ref_header_filters_act_as_the_rules() {
+    let route = |refs: &str, rule_filters: &str| {
+        let mut w = world();
+        gateway(&mut w, "gw", HTTP);
+        http_route(
+            &mut w,
+            "default",
+            "b",
+            T0,
+            &format!(
+                "  parentRefs: [{{name: gw}}]\n  rules:\n  - backendRefs: {refs}\n    filters: {rule_filters}\n"
+            ),
+        );
+        crate::compile(&w)
+    };
+    const SET: &str =
+        "{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-set, value: a}]}}";
+    let c = route(
+        &format!("[{{name: web, port: 80, filters: [{SET}]}}]"),
+        "[]",
+    );
+    assert_eq!(parent(&c, Kind::HttpRoute, "b", "Accepted"), ok("Accepted"));
+    let rs = routes(&c.config, 80, &HostMatch::Any);
+    let h = HeaderName::try_from("x-set").unwrap();
+    assert_eq!(
+        fwd(&rs[0]).request_headers.set,
+        [(h, Template::literal("a"))]
+    );
+    for (refs, rule) in [
+        (
+            format!("[{{name: web, port: 80, filters: [{SET}]}}, {{name: web2, port: 8080}}]"),
+            "[]".to_string(),
+        ),
+        (
+            format!("[{{name: web, port: 80, filters: [{SET}]}}]"),
+            format!("[{SET}]"),
+        ),
+    ] {
+        let c = route(&refs, &rule);
+        assert_eq!(
+            parent(&c, Kind::HttpRoute, "b", "Accepted"),
+            not("UnsupportedValue"),
+            "{refs} {rule}"
+        );
+    }
+}
+
 #[test]
 fn precedence_is_the_specifications() {
     let mut w = world();

@@ -16,6 +16,14 @@ pub struct GatewaySpec {
     pub gateway_class_name: String,
     pub listeners: Vec<Listener>,
     pub addresses: Vec<GatewayAddress>,
+    pub infrastructure: Option<GatewayInfrastructure>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct GatewayInfrastructure {
+    /// Implementation-specific parameters; kubewire's gateway takes none.
+    pub parameters_ref: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]

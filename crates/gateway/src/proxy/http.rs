@@ -464,15 +464,33 @@ fn cors_headers(cors: &Cors, origin: &HeaderValue, out: &mut HeaderMap) {
     }
 }
 
-fn cors_preflight(cors: &Cors, origin: &HeaderValue) -> Response<Body> {
+/// The answer to a CORS preflight from an allowed origin. With credentials, `*` is not a
+/// wildcard to browsers (Fetch), so a `*` in `allowMethods` / `allowHeaders` answers with
+/// what the preflight asks for (`Access-Control-Request-Method` / `-Headers`), as Gateway
+/// API requires.
+fn cors_preflight(cors: &Cors, origin: &HeaderValue, req: &HeaderMap) -> Response<Body> {
     let mut r = Response::new(empty());
     *r.status_mut() = StatusCode::OK;
     let h = r.headers_mut();
     cors_headers(cors, origin, h);
-    for (name, list) in [
-        (header::ACCESS_CONTROL_ALLOW_METHODS, &cors.allow_methods),
-        (header::ACCESS_CONTROL_ALLOW_HEADERS, &cors.allow_headers),
+    for (name, list, asked) in [
+        (
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            &cors.allow_methods,
+            header::ACCESS_CONTROL_REQUEST_METHOD,
+        ),
+        (
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            &cors.allow_headers,
+            header::ACCESS_CONTROL_REQUEST_HEADERS,
+        ),
     ] {
+        if cors.allow_credentials && list.iter().any(|m| m == "*") {
+            if let Some(v) = req.get(&asked) {
+                h.insert(name, v.clone());
+            }
+            continue;
+        }
         if !list.is_empty()
             && let Ok(v) = HeaderValue::from_str(&list.join(", "))
         {
@@ -575,6 +593,15 @@ async fn respond<'t>(
         })
         .unwrap_or_default();
     let host = normalize_host(&authority);
+    // HTTP/2 connections are reused for every host their certificate covers (RFC 9113
+    // 9.1.1): a request for a host another listener's certificate serves came on the
+    // wrong connection, and the client should open one for that host (Gateway API's
+    // GatewayHTTPSListenerDetectMisdirectedRequests).
+    if req.version() == Version::HTTP_2 && conn.sni_cert.get().is_some_and(|c| c.misdirected(&host))
+    {
+        outcome.flag = "MR";
+        return status(StatusCode::MISDIRECTED_REQUEST);
+    }
     let view = RequestView {
         host: &host,
         method: req.method(),
@@ -708,7 +735,7 @@ async fn forward<'t>(
             .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
     {
         outcome.flag = "CORS";
-        return cors_preflight(cors, origin);
+        return cors_preflight(cors, origin, req.headers());
     }
     // The backend, by weight.
     if fw.total_weight == 0 {

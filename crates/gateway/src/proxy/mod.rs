@@ -197,6 +197,10 @@ pub(crate) struct ConnCtx {
     /// The client (from the PROXY header where the listener expects one).
     pub remote: SocketAddr,
     pub tls: bool,
+    /// On a TLS connection whose ClientHello named a server: the listener's certificates
+    /// and the one that name chose, to answer 421 to HTTP/2 requests for a host another
+    /// certificate serves (a misdirected request, RFC 9110 15.5.20).
+    pub sni_cert: std::sync::OnceLock<tls::SniCert>,
     /// Requests being answered.
     pub inflight: AtomicUsize,
     /// Held by everything that should delay the end of a drain.
@@ -466,6 +470,7 @@ async fn connection(
             port: Arc::clone(&state),
             remote,
             tls,
+            sni_cert: std::sync::OnceLock::new(),
             inflight: AtomicUsize::new(0),
             track: track.clone(),
         })

@@ -959,6 +959,48 @@ async fn mirrors_and_cors() {
     gw.stop().await;
 }
 
+/// With credentials, `*` in allowMethods / allowHeaders is no wildcard to browsers: the
+/// preflight is answered with the method and headers it asks for (Gateway API's CORS,
+/// conformance HTTPRouteCORS); without credentials `*` is answered as is.
+#[tokio::test]
+async fn cors_wildcards_with_credentials_echo_the_request() {
+    let a = backend("a").await;
+    for (credentials, methods, headers) in
+        [(true, "PUT", "x-header-1, x-header-2"), (false, "*", "*")]
+    {
+        let port = free_port();
+        let mut f = forward(vec![(1, Some(svc("a", vec![a.addr])))]);
+        f.cors = Some(Cors {
+            allow_origins: vec!["*".into()],
+            allow_methods: vec!["*".into()],
+            allow_headers: vec!["*".into()],
+            allow_credentials: credentials,
+            ..Default::default()
+        });
+        let gw = Gateway::start(single(port, f), |_| {}).await;
+        let mut preflight = req("web", "/api");
+        *preflight.method_mut() = Method::OPTIONS;
+        let h = preflight.headers_mut();
+        h.insert("origin", "https://other.foo.com".parse().unwrap());
+        h.insert("access-control-request-method", "PUT".parse().unwrap());
+        h.insert(
+            "access-control-request-headers",
+            "x-header-1, x-header-2".parse().unwrap(),
+        );
+        let got = H1::connect(port).await.send(preflight).await;
+        assert_eq!(got.status, 200);
+        assert_eq!(got.headers["access-control-allow-methods"], methods);
+        assert_eq!(got.headers["access-control-allow-headers"], headers);
+        let origin = if credentials {
+            "https://other.foo.com"
+        } else {
+            "*"
+        };
+        assert_eq!(got.headers["access-control-allow-origin"], origin);
+        gw.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn metrics_under_envoys_names() {
     let a = backend("a").await;

@@ -30,6 +30,8 @@ pub(crate) struct TlsRt {
     passthrough: Vec<(Vec<HostMatch>, Arc<Backends>)>,
     /// `None` when no certificate loads: only passthrough is served.
     server: Option<Arc<rustls::ServerConfig>>,
+    /// The certificates the server config resolves from.
+    certs: Option<Arc<Certs>>,
     pub hosts: Arc<HttpTable>,
 }
 
@@ -50,25 +52,27 @@ impl TlsRt {
                 )
             })
             .collect();
-        let server = if certificates.is_empty() {
-            None
-        } else {
-            let certs = Certs::new(certificates);
+        let certs = (!certificates.is_empty()).then(|| Arc::new(Certs::new(certificates)));
+        let server = if let Some(certs) = &certs {
+            let certs = Arc::clone(certs);
             rustls::ServerConfig::builder_with_provider(Arc::new(
                 rustls::crypto::ring::default_provider(),
             ))
             .with_safe_default_protocol_versions()
             .map(|b| {
-                let mut c = b.with_no_client_auth().with_cert_resolver(Arc::new(certs));
+                let mut c = b.with_no_client_auth().with_cert_resolver(certs);
                 c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
                 Arc::new(c)
             })
             .map_err(|e| tracing::error!(error = %e, "TLS configuration"))
             .ok()
+        } else {
+            None
         };
         Self {
             passthrough,
             server,
+            certs,
             hosts: Arc::new(hosts),
         }
     }
@@ -105,9 +109,26 @@ fn host_rank(pattern: &HostMatch, host: &str) -> Option<(u8, usize)> {
     }
 }
 
+/// The certificates of a TLS listener and the one its connection's SNI chose.
+#[derive(Debug)]
+pub(crate) struct SniCert {
+    certs: Arc<Certs>,
+    chosen: Arc<CertifiedKey>,
+}
+
+impl SniCert {
+    /// Whether `host` would be served another certificate than the connection's: a
+    /// request for it on this connection is misdirected.
+    pub(crate) fn misdirected(&self, host: &str) -> bool {
+        self.certs
+            .for_name(Some(host))
+            .is_some_and(|k| !Arc::ptr_eq(&k, &self.chosen))
+    }
+}
+
 /// Certificates by SNI: exact name, then longest wildcard, then the default.
 #[derive(Debug)]
-struct Certs {
+pub(crate) struct Certs {
     entries: Vec<(Vec<HostMatch>, Arc<CertifiedKey>)>,
     exact: HashMap<String, Arc<CertifiedKey>>,
     default: Option<Arc<CertifiedKey>>,
@@ -398,6 +419,14 @@ pub(crate) async fn connection(
         Err(_) => return,
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    if let (Some(certs), Some(name)) = (&t.certs, sni.as_deref())
+        && let Some(chosen) = certs.for_name(Some(name))
+    {
+        let _ = ctx.sni_cert.set(SniCert {
+            certs: Arc::clone(certs),
+            chosen,
+        });
+    }
     serve_http(tls, ctx, drain, h2).await;
 }
 

@@ -211,6 +211,17 @@ async fn tls_terminates_by_sni_with_alpn_and_passes_through() {
         .unwrap();
     let got = collect(send.send_request(r).await.unwrap()).await;
     assert_eq!(got.seen("x-proto"), Some("HTTP/2"));
+    // On that connection, a host the same certificate serves is routed; one another
+    // certificate serves is misdirected (421), as Gateway API's
+    // GatewayHTTPSListenerDetectMisdirectedRequests asks.
+    for (host, want) in [("c.example.com", 200), ("a.example.com", 421)] {
+        let r = Request::builder()
+            .uri(format!("https://{host}/h2"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let got = collect(send.send_request(r).await.unwrap()).await;
+        assert_eq!(got.status, want, "{host}");
+    }
 
     // Any other name gets the default certificate.
     let tls = tls_connect(&pki, port, "default.test", &[]).await;
