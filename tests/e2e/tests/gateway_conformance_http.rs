@@ -2353,3 +2353,37 @@ fn gateway_optional_address_value() {
 fn http_route_backend_request_header_modifier() {
     request_header_modifier("httproute-request-header-modifier-backend");
 }
+
+/// HTTPRouteListenerPortMatching (extended: HTTPRouteParentRefPort): three routes
+/// attached by parentRef port to listeners on 80, 8080 and 8090 (the last by section
+/// too) answer on those ports of the one address, each for its listeners' hostnames.
+#[test]
+fn http_route_listener_port_matching() {
+    let s = Suite::up("httproute-listener-port-matching");
+    let ip = s.accepted(
+        (INFRA, "httproute-listener-port-matching"),
+        &[
+            (INFRA, "backend-v1"),
+            (INFRA, "backend-v2"),
+            (INFRA, "backend-v3"),
+        ],
+    );
+    let (on_8080, on_8090) = (format!("{ip}:8080"), format!("{ip}:8090"));
+    run(&s, &ip, &[reach("foo.com", "/", V1, INFRA)]);
+    run(
+        &s,
+        &on_8080,
+        &[
+            reach("foo.com:8080", "/", V2, INFRA),
+            reach("bar.com:8080", "/", V2, INFRA),
+        ],
+    );
+    run(
+        &s,
+        &on_8090,
+        &[
+            reach("foo.com:8090", "/", V3, INFRA),
+            answer("bar.com:8090", "/", &[404]),
+        ],
+    );
+}
