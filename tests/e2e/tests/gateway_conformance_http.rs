@@ -2387,3 +2387,83 @@ fn http_route_listener_port_matching() {
         ],
     );
 }
+
+/// HTTPRouteRedirectPortAndScheme (extended: HTTPRoutePortRedirect, GatewayPort8080):
+/// redirects that set the scheme, the port, both or neither, from listeners on 80, 8080
+/// and (HTTPS) 443; the Location leaves out a port that is the scheme's default and
+/// keeps the listener's own when only the scheme is unchanged.
+#[test]
+fn http_route_redirect_port_and_scheme() {
+    let s = Suite::up("httproute-redirect-port-and-scheme");
+    let ip = s.accepted(
+        (INFRA, "same-namespace"),
+        &[(INFRA, "http-route-for-listener-on-port-80")],
+    );
+    s.accepted(
+        (INFRA, "same-namespace-with-http-listener-on-8080"),
+        &[(INFRA, "http-route-for-listener-on-port-8080")],
+    );
+    s.accepted(
+        (INFRA, "same-namespace-with-https-listener"),
+        &[(INFRA, "http-route-for-listener-on-port-443")],
+    );
+    let to = |scheme, port| Redirect {
+        scheme,
+        host: "example.org",
+        port,
+        ..Default::default()
+    };
+    run(
+        &s,
+        &ip,
+        &[
+            redirect("", "/scheme-nil-and-port-nil", &[302], to("http", "")),
+            redirect("", "/scheme-nil-and-port-80", &[302], to("http", "")),
+            redirect("", "/scheme-nil-and-port-8080", &[302], to("http", "8080")),
+            redirect("", "/scheme-https-and-port-nil", &[302], to("https", "")),
+            redirect("", "/scheme-https-and-port-443", &[302], to("https", "")),
+            redirect(
+                "",
+                "/scheme-https-and-port-8443",
+                &[302],
+                to("https", "8443"),
+            ),
+        ],
+    );
+    run(
+        &s,
+        &format!("{ip}:8080"),
+        &[
+            redirect("", "/scheme-nil-and-port-nil", &[302], to("http", "8080")),
+            redirect("", "/scheme-nil-and-port-80", &[302], to("http", "")),
+            redirect("", "/scheme-https-and-port-nil", &[302], to("https", "")),
+        ],
+    );
+    let https = |path, to| {
+        (
+            Request {
+                host: "example.org",
+                path,
+                https: true,
+                ..Default::default()
+            },
+            Expect {
+                status: &[302],
+                redirect: Some(to),
+                ..Default::default()
+            },
+        )
+    };
+    run(
+        &s,
+        &ip,
+        &[
+            https("/scheme-nil-and-port-nil", to("https", "")),
+            https("/scheme-nil-and-port-443", to("https", "")),
+            https("/scheme-nil-and-port-8443", to("https", "8443")),
+            https("/scheme-http-and-port-nil", to("http", "")),
+            https("/scheme-http-and-port-80", to("http", "")),
+            https("/scheme-http-and-port-8080", to("http", "8080")),
+        ],
+    );
+}
