@@ -171,6 +171,22 @@ impl RunningLab {
             .collect()
     }
 
+    /// The first address in the status of the Gateway `name` (default namespace), once
+    /// the gateway has written one (60 s at most).
+    pub fn gateway_address(&self, name: &str) -> String {
+        let address = || {
+            self.json(&["get", "gateway", name])["status"]["addresses"][0]["value"]
+                .as_str()
+                .map(str::to_owned)
+        };
+        assert!(
+            crate::wait_until(std::time::Duration::from_secs(60), || address().is_some()),
+            "no address in the status of Gateway {name}: {}",
+            self.kubectl(&["get", "gateway", name, "-o", "yaml"])
+        );
+        address().unwrap()
+    }
+
     /// The ready addresses of the Endpoints `name`; none while the controller has not
     /// written the object yet, so that a wait on it waits instead of failing.
     pub fn endpoint_ips(&self, name: &str) -> BTreeSet<String> {

@@ -122,17 +122,7 @@ fn routes_endpoints_and_certificates_change_under_load_with_no_failed_request() 
     lab.apply(&certificate(&lab, dir.path(), "first.example"));
     lab.apply(APP);
     lab.apply(&route(0));
-    let ip = || {
-        lab.json(&["get", "gateway", "reload"])["status"]["addresses"][0]["value"]
-            .as_str()
-            .map(str::to_owned)
-    };
-    assert!(
-        wait_until(Duration::from_secs(60), || ip().is_some()),
-        "{}",
-        lab.kubectl(&["get", "gateway", "reload", "-o", "yaml"])
-    );
-    let ip = ip().unwrap();
+    let ip = lab.gateway_address("reload");
     let curl = |url: &str| {
         let out = lab.exec(
             "outside",
@@ -195,12 +185,27 @@ fn routes_endpoints_and_certificates_change_under_load_with_no_failed_request() 
         }
         // Endpoints: two more, then one leaves the Service while it keeps running.
         lab.kubectl(&["scale", "deployment", "engine", "--replicas=4"]);
-        std::thread::sleep(Duration::from_secs(3));
-        let leaving = lab.running_pods("app=engine")[0].0.clone();
+        assert!(
+            wait_until(Duration::from_secs(8), || lab.endpoint_ips("engine").len()
+                == 4),
+            "{:?}",
+            lab.endpoint_ips("engine")
+        );
+        let (leaving, leaving_ip, _) = lab.running_pods("app=engine").remove(0);
         lab.kubectl(&["label", "pod", &leaving, "app=engine-out", "--overwrite"]);
-        std::thread::sleep(Duration::from_secs(2));
+        assert!(
+            wait_until(Duration::from_secs(4), || !lab
+                .endpoint_ips("engine")
+                .contains(&leaving_ip)),
+            "{leaving} ({leaving_ip}) still an endpoint"
+        );
         // The certificate.
         lab.apply(&certificate(&lab, dir.path(), "second.example"));
+        // Every change above came while both loads were still running.
+        assert!(
+            !plain.is_finished() && !tls.is_finished(),
+            "the load ended before the changes did"
+        );
         (plain.join().unwrap(), tls.join().unwrap())
     });
     // On failure: the gateway's access log lines of what did not answer 200.

@@ -230,17 +230,7 @@ fn a_gateway_listener_on_another_port_is_served_at_the_gateways_address() {
         "{}",
         lab.kubectl(&["get", "pods", "-A", "-o", "wide"])
     );
-    let address = || {
-        lab.json(&["get", "gateway", "alt-port"])["status"]["addresses"][0]["value"]
-            .as_str()
-            .map(str::to_owned)
-    };
-    assert!(
-        wait_until(Duration::from_secs(60), || address().is_some()),
-        "no address in the Gateway's status: {}",
-        lab.kubectl(&["get", "gateway", "alt-port", "-o", "yaml"])
-    );
-    let ip = address().unwrap();
+    let ip = lab.gateway_address("alt-port");
     let ports = || {
         lab.kubectl(&[
             "get",
