@@ -59,15 +59,21 @@ pub fn install_from(binary: &Path, dir: &Path) -> Result<PathBuf, InstallError> 
     let target = dir.join(PLUGIN_NAME);
     let at = |op: String| move |cause| InstallError { op, cause };
     let source = std::fs::metadata(binary).map_err(at(format!("reading {}", binary.display())))?;
+    std::fs::create_dir_all(dir).map_err(at(format!("creating {}", dir.display())))?;
+    // Installers queue on a lock on the directory itself (the kernel drops it when one is
+    // killed), so whatever temporary file is found under the lock was left by a killed
+    // installer and goes, and the directory keeps no lock file of ours.
+    let lock = std::fs::File::open(dir).map_err(at(format!("opening {}", dir.display())))?;
+    lock.lock()
+        .map_err(at(format!("locking {}", dir.display())))?;
+    remove_leftovers(dir);
     if let Ok(old) = std::fs::symlink_metadata(&target)
         && old.is_file()
         && ((old.dev(), old.ino()) == (source.dev(), source.ino()) || same_content(binary, &target))
     {
         return Ok(target);
     }
-    std::fs::create_dir_all(dir).map_err(at(format!("creating {}", dir.display())))?;
     let tmp = dir.join(format!(".{PLUGIN_NAME}.{}.tmp", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
     if std::fs::hard_link(binary, &tmp).is_err() {
         let copy = || -> std::io::Result<()> {
             std::fs::copy(binary, &tmp)?;
@@ -92,6 +98,21 @@ pub fn install_from(binary: &Path, dir: &Path) -> Result<PathBuf, InstallError> 
         }
     })?;
     Ok(target)
+}
+
+/// Removes the temporary files of installers killed between making and renaming one.
+fn remove_leftovers(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!(".{PLUGIN_NAME}.");
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(&prefix) && name.ends_with(".tmp") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Whether the files `a` and `b` hold the same bytes.
@@ -170,6 +191,13 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, [PLUGIN_NAME]);
+        // What an installer killed before its rename left goes at the next install, even
+        // one that finds the plugin up to date.
+        let leftover = plugins.join(format!(".{PLUGIN_NAME}.4242.tmp"));
+        std::fs::write(&leftover, b"half").unwrap();
+        install_from(&bin, &plugins).unwrap();
+        assert!(!leftover.exists());
+        assert_eq!(std::fs::read(&installed).unwrap(), b"new binary");
         let missing = install_from(&dir.path().join("nope"), &plugins).unwrap_err();
         assert!(missing.to_string().starts_with("reading "), "{missing:?}");
     }
