@@ -211,6 +211,16 @@ async fn conflicts_and_already_exists() {
         "{}",
         g.name_any()
     );
+    // A long base is cut to 58 characters, as kube does, so the name stays valid.
+    let long = format!("{}-", "a".repeat(62));
+    let gen_cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"generateName": long}})).unwrap();
+    let g = cms.create(&PostParams::default(), &gen_cm).await.unwrap();
+    assert!(
+        g.name_any().starts_with(&"a".repeat(58)) && g.name_any().len() == 63,
+        "{}",
+        g.name_any()
+    );
 
     // Namespace must exist.
     let other: Api<ConfigMap> = Api::namespaced(client, "nope");

@@ -117,6 +117,10 @@ pub(super) fn check_strict(
     Err(Status::bad_request(msg).into())
 }
 
+/// The longest `generateName` kept before its random suffix (kube's
+/// `maxGeneratedNameLength`: 63 less the 5 random characters).
+const MAX_GENERATED_BASE: usize = 58;
+
 fn random_suffix() -> String {
     // kube's generateName alphabet: no vowels, no confusable characters.
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
@@ -365,7 +369,11 @@ pub(super) fn create(s: &State, t: &Target, r: &Req) -> Result<Response<Response
             let c = Cause::required("metadata.name", "name or generateName is required");
             return Err(Status::invalid(rt.group, rt.kind, "", &[c]).into());
         }
-        name = format!("{gen_name}{}", random_suffix());
+        // kube's SimpleNameGenerator: the base is cut to 58 characters, so that the
+        // name with its 5 random ones stays a valid 63-character name (an EndpointSlice
+        // of a Service with a 63-character name).
+        let base: String = gen_name.chars().take(MAX_GENERATED_BASE).collect();
+        name = format!("{base}{}", random_suffix());
         obj["metadata"]["name"] = json!(name);
     }
     prepare_create(rt, &mut obj);
