@@ -35,8 +35,10 @@ fn config(port: u16, n: usize, last: StatusCode) -> Config {
     Config {
         listeners: vec![Listener {
             port,
+            public_port: port,
             kind: ListenerKind::Http(HttpHosts {
                 hosts: vec![VirtualHost {
+                    scope: None,
                     hostnames: vec![HostMatch::Any],
                     routes,
                 }],

@@ -52,11 +52,13 @@ fn hosts(n: usize) -> HttpHosts {
         }
         routes.push(route(PathMatch::Prefix("/".into())));
         hosts.push(VirtualHost {
+            scope: None,
             hostnames: vec![HostMatch::Exact(format!("host{h}.example.com"))],
             routes,
         });
     }
     hosts.push(VirtualHost {
+        scope: None,
         hostnames: vec![HostMatch::Wildcard {
             suffix: ".example.com".into(),
             one_label: false,

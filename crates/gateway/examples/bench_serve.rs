@@ -74,6 +74,7 @@ fn main() {
     routes.push(route(n, PathMatch::Prefix("/".into())));
     let hosts = HttpHosts {
         hosts: vec![VirtualHost {
+            scope: None,
             hostnames: vec![HostMatch::Any],
             routes,
         }],
@@ -87,6 +88,7 @@ fn main() {
         };
         listeners.push(Listener {
             port,
+            public_port: port,
             kind: ListenerKind::Tls {
                 passthrough: vec![],
                 certificates: vec![Certificate {
@@ -103,6 +105,7 @@ fn main() {
         0,
         Listener {
             port: http,
+            public_port: http,
             kind: ListenerKind::Http(hosts),
             proxy_protocol: false,
         },

@@ -24,21 +24,25 @@ pub(crate) enum PortKind {
     Udp,
 }
 
+/// A host pattern and the Gateway listener hostname it is scoped to (`None` outside
+/// Gateway API): see [`crate::config::VirtualHost::scope`].
+type HostKey = (Option<HostMatch>, HostMatch);
+
 /// Routes by host pattern, in the order the patterns came; `index` finds a pattern's place
 /// (every route is added on its own).
 #[derive(Default)]
 struct Hosts {
-    hosts: Vec<(HostMatch, Vec<Route>)>,
-    index: HashMap<HostMatch, usize>,
+    hosts: Vec<(HostKey, Vec<Route>)>,
+    index: HashMap<HostKey, usize>,
 }
 
 impl Hosts {
-    fn add(&mut self, host: HostMatch, routes: impl IntoIterator<Item = Route>) {
-        match self.index.get(&host) {
+    fn add(&mut self, key: HostKey, routes: impl IntoIterator<Item = Route>) {
+        match self.index.get(&key) {
             Some(&i) => self.hosts[i].1.extend(routes),
             None => {
-                self.index.insert(host.clone(), self.hosts.len());
-                self.hosts.push((host, routes.into_iter().collect()));
+                self.index.insert(key.clone(), self.hosts.len());
+                self.hosts.push((key, routes.into_iter().collect()));
             }
         }
     }
@@ -50,9 +54,10 @@ impl Hosts {
             .hosts
             .into_iter()
             .filter(|(_, routes)| !routes.is_empty())
-            .map(|(host, routes)| VirtualHost {
+            .map(|((scope, host), routes)| VirtualHost {
                 hostnames: vec![host],
                 routes,
+                scope,
             })
             .collect();
         HttpHosts { hosts }
@@ -81,10 +86,12 @@ impl Port {
     }
 }
 
-/// The listeners being assembled.
+/// The listeners being assembled, by the port bound in the pod.
 #[derive(Default)]
 pub(crate) struct Builder {
     ports: BTreeMap<u16, Port>,
+    /// The port clients use, where it is not the bound one (a Gateway's listeners).
+    public: BTreeMap<u16, u16>,
 }
 
 impl Builder {
@@ -108,22 +115,28 @@ impl Builder {
         (p.kind() == kind).then_some(p)
     }
 
-    /// Opens `port` as `kind` with nothing on it yet; false if it serves another kind.
-    pub(crate) fn open(&mut self, port: u16, kind: PortKind) -> bool {
+    /// Opens `port` as `kind` with nothing on it yet, reached by clients on `public`;
+    /// false if it serves another kind.
+    pub(crate) fn open(&mut self, port: u16, public: u16, kind: PortKind) -> bool {
+        if port != public {
+            self.public.insert(port, public);
+        }
         self.port(port, kind).is_some()
     }
 
-    /// HTTP routes for `host` on a clear-text or TLS-terminating port.
+    /// HTTP routes for `host` on a clear-text or TLS-terminating port, for the Gateway
+    /// listener with hostname `scope` (`None` outside Gateway API).
     pub(crate) fn routes(
         &mut self,
         port: u16,
         kind: PortKind,
+        scope: Option<HostMatch>,
         host: HostMatch,
         routes: impl IntoIterator<Item = Route>,
     ) -> bool {
         match self.port(port, kind) {
             Some(Port::Http(hosts) | Port::Tls { hosts, .. }) => {
-                hosts.add(host, routes);
+                hosts.add((scope, host), routes);
                 true
             }
             _ => false,
@@ -164,11 +177,13 @@ impl Builder {
     }
 
     pub(crate) fn finish(self) -> Config {
+        let public = self.public;
         let listeners = self
             .ports
             .into_iter()
             .map(|(port, p)| Listener {
                 port,
+                public_port: public.get(&port).copied().unwrap_or(port),
                 proxy_protocol: false,
                 kind: match p {
                     Port::Http(hosts) => ListenerKind::Http(hosts.finish()),
@@ -267,7 +282,7 @@ mod tests {
             if host == HostMatch::Any {
                 routes.push(route(name, "/"));
             }
-            assert!(b.routes(80, PortKind::Http, host, routes));
+            assert!(b.routes(80, PortKind::Http, None, host, routes));
         }
         let c = b.finish();
         let ListenerKind::Http(h) = &c.listeners[0].kind else {
@@ -308,7 +323,13 @@ mod tests {
     fn a_port_serves_one_kind() {
         let mut b = Builder::default();
         assert!(b.l4(5000, PortKind::Tcp, vec![]));
-        assert!(!b.routes(5000, PortKind::Http, HostMatch::Any, [route("x", "/")]));
+        assert!(!b.routes(
+            5000,
+            PortKind::Http,
+            None,
+            HostMatch::Any,
+            [route("x", "/")]
+        ));
         assert!(!b.l4(5000, PortKind::Udp, vec![]));
         assert_eq!(b.kind(5000), Some(PortKind::Tcp));
     }

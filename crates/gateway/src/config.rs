@@ -22,7 +22,12 @@ pub struct Config {
 /// A port the gateway listens on (on every address of the pod) and what it serves there.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Listener {
+    /// Where the proxy listens in the pod.
     pub port: u16,
+    /// The port clients connect to, on the Service in front: what redirects keep, logs and
+    /// metrics name. A Gateway's listeners are bound to ports of their own in the pod
+    /// (each Gateway has its own Service and address), so this may differ from `port`.
+    pub public_port: u16,
     pub kind: ListenerKind,
     /// Expect a PROXY protocol v2 header on each accepted connection and take the client's
     /// address from it.
@@ -61,6 +66,12 @@ pub struct HttpHosts {
 #[derive(Clone, Debug, PartialEq)]
 pub struct VirtualHost {
     pub hostnames: Vec<HostMatch>,
+    /// The hostname of the Gateway API listener these routes attached to (`Any` for a
+    /// listener without one); `None` for Ingress and Mapping routes. A request is served
+    /// only by the listener whose hostname matches it most specifically, so a host with a
+    /// scope is tried only when its scope is the most specific one of this port that
+    /// matches the request (listener isolation); hosts without a scope always are.
+    pub scope: Option<HostMatch>,
     /// This host's own routes, tried in order; the routes of less specific hosts that also
     /// match come after them by the fall-through, not by copies here.
     pub routes: Vec<Route>,

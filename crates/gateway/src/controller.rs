@@ -17,11 +17,11 @@
 //! - **Resync** every 30 s: everything is recomputed and every status compared again,
 //!   which repairs a status someone changed by hand.
 //!
-//! The addresses written into Ingress `status.loadBalancer` and Gateway
-//! `status.addresses` are those of the gateway's own LoadBalancer Service (`--service`).
-//! That Service gets a port for every port the configuration listens on (a Gateway
-//! listener on 8080, a UDP listener): the Lease holder adds them, named `listener-*`,
-//! and takes away only those it added, so the install's own ports stay as they are.
+//! The addresses written into Ingress `status.loadBalancer` are those of the gateway's
+//! own LoadBalancer Service (`--service`). Each Gateway gets a LoadBalancer Service of its
+//! own beside it ([`crate::gatewayapi::services`]), with a port per listener port, and
+//! its addresses go into the Gateway's `status.addresses`: the Lease holder creates,
+//! changes and deletes those Services (only those it labelled) as the compile says.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -45,6 +45,9 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::gatewayapi::services::{
+    GATEWAY_ANNOTATION, GATEWAY_LABEL, GatewayService, LB_IPS_ANNOTATION,
+};
 use crate::status::{self, Kind, Update};
 use crate::world::{Obj, Settings, World};
 
@@ -156,6 +159,7 @@ impl TryFrom<&Args> for Options {
                 controller_name: a.controller_name.clone(),
                 ingress_classes: a.ingress_classes.clone(),
                 addresses: Vec::new(),
+                service: (ns.into(), name.into()),
                 ambassador_id: a.ambassador_id.clone(),
             },
             identity: identity(),
@@ -691,8 +695,6 @@ pub async fn control(client: kube::Client, options: Options, config: watch::Send
         if sent {
             info!(listeners, routes, took = ?started.elapsed(), "configuration changed");
         }
-        // What is served now (the compile's, or an equal one already held).
-        let served = Arc::clone(&config.borrow());
         let mut ok = true;
         if *leader.borrow() {
             if resync {
@@ -706,11 +708,9 @@ pub async fn control(client: kube::Client, options: Options, config: watch::Send
             {
                 ok &= ensure_class(&writer.client, class, &options.settings.controller_name).await;
             }
-            let (ns, name) = &options.service;
-            if let Some(svc) = stores.services.0.get(format!("{ns}/{name}").as_str())
-                && let Some(ports) = service_ports(svc, &served)
-            {
-                ok &= write_ports(&writer.client, ns, name, ports).await;
+            if watched[1].mirror.synced() {
+                let changes = service_changes(&stores, &options.service, &compiled.services);
+                ok &= write_services(&writer.client, &options.service.0, changes).await;
             }
         }
         debug!(took = ?started.elapsed(), "pass");
@@ -793,100 +793,135 @@ impl Writer {
     }
 }
 
-/// The name of a Service port the controller adds for a listener.
-const LISTENER_PORT_PREFIX: &str = "listener-";
-
-/// The gateway Service's ports with one for every port `config` listens on that it lacks,
-/// without the `listener-*` ports no listener uses any more; `None` when they are already
-/// so. Ports the controller did not add are kept, whatever they are.
-fn service_ports(svc: &Service, config: &Config) -> Option<Vec<Value>> {
-    use crate::config::ListenerKind;
-    let current = svc
-        .spec
-        .as_ref()
-        .and_then(|s| s.ports.as_ref())
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let wanted: BTreeSet<(u16, &str)> = config
-        .listeners
-        .iter()
-        .map(|l| match l.kind {
-            ListenerKind::Udp(_) => (l.port, "UDP"),
-            _ => (l.port, "TCP"),
-        })
-        .collect();
-    let key = |p: &k8s_openapi::api::core::v1::ServicePort| {
-        (
-            u16::try_from(p.port).unwrap_or(0),
-            p.protocol.as_deref().unwrap_or("TCP").to_string(),
-        )
-    };
-    let ours = |p: &k8s_openapi::api::core::v1::ServicePort| {
-        p.name
-            .as_deref()
-            .is_some_and(|n| n.starts_with(LISTENER_PORT_PREFIX))
-    };
-    let kept: Vec<_> = current
-        .iter()
-        .filter(|p| {
-            let (port, proto) = key(p);
-            !ours(p) || wanted.contains(&(port, proto.as_str()))
-        })
-        .collect();
-    let added: Vec<(u16, &str)> = wanted
-        .iter()
-        .copied()
-        .filter(|(port, proto)| {
-            !current
-                .iter()
-                .any(|p| key(p) == (*port, (*proto).to_string()))
-        })
-        .collect();
-    if added.is_empty() && kept.len() == current.len() {
-        return None;
-    }
-    let mut ports: Vec<Value> = kept
-        .into_iter()
-        .map(|p| serde_json::to_value(p).unwrap_or(Value::Null))
-        .collect();
-    for (port, proto) in added {
-        let suffix = if proto == "UDP" { "-udp" } else { "" };
-        ports.push(json!({
-            "name": format!("{LISTENER_PORT_PREFIX}{port}{suffix}"),
-            "port": port,
-            "protocol": proto,
-            // The proxy listens on the listener's own port in the pod.
-            "targetPort": port,
-        }));
-    }
-    Some(ports)
+/// A change to the Gateways' Services.
+#[derive(Clone, Debug, PartialEq)]
+enum ServiceChange {
+    Create(Value),
+    /// A merge patch of the Service named.
+    Patch(String, Value),
+    Delete(String),
 }
 
-/// Replaces the gateway Service's ports (a merge patch replaces the list; the ports kept
-/// carry their node ports). Returns whether it was written.
-async fn write_ports(client: &kube::Client, ns: &str, name: &str, ports: Vec<Value>) -> bool {
-    let api: Api<Service> = Api::namespaced(client.clone(), ns);
-    let patch = json!({ "spec": { "ports": ports } });
-    match api
-        .patch(
-            name,
-            &PatchParams {
-                field_manager: Some(COMPONENT.into()),
-                ..PatchParams::default()
-            },
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
-        Ok(_) => {
-            info!(service = %format!("{ns}/{name}"), "listener ports written");
-            true
-        }
-        Err(e) => {
-            warn!(error = %k8s::ErrorChain(&e), "writing the listener ports of the gateway Service; retrying");
-            false
+/// What makes the Services in `main`'s namespace the ones `wanted` lists: created when
+/// missing, patched where what the controller sets differs (ports, selector, the
+/// addresses asked for), and deleted when they carry our label but no Gateway wants them.
+fn service_changes(
+    stores: &Stores,
+    main: &(String, String),
+    wanted: &[GatewayService],
+) -> Vec<ServiceChange> {
+    let (ns, main_name) = main;
+    let main_svc = stores.services.0.get(format!("{ns}/{main_name}").as_str());
+    let mut out = Vec::new();
+    let names: BTreeSet<&str> = wanted.iter().map(|w| w.name.as_str()).collect();
+    for w in wanted {
+        let manifest = w.manifest(ns, main_svc);
+        let Some(have) = stores.services.0.get(format!("{ns}/{}", w.name).as_str()) else {
+            out.push(ServiceChange::Create(manifest));
+            continue;
+        };
+        let have = serde_json::to_value(have).unwrap_or(Value::Null);
+        // Ports compared on what we set (the API server adds node ports).
+        let ports = |v: &Value| -> Vec<Value> {
+            v["spec"]["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| json!([p["name"], p["port"], p["protocol"], p["targetPort"]]))
+                .collect()
+        };
+        let annotation = |v: &Value, k: &str| v["metadata"]["annotations"][k].clone();
+        let same = ports(&have) == ports(&manifest)
+            && have["spec"]["selector"] == manifest["spec"]["selector"]
+            && [GATEWAY_ANNOTATION, LB_IPS_ANNOTATION]
+                .iter()
+                .all(|k| annotation(&have, k) == annotation(&manifest, k));
+        if !same {
+            let mut patch = json!({
+                "metadata": {
+                    "labels": manifest["metadata"]["labels"],
+                    "annotations": manifest["metadata"]["annotations"],
+                },
+                "spec": {
+                    "ports": manifest["spec"]["ports"],
+                    "selector": manifest["spec"]["selector"],
+                },
+            });
+            if manifest["metadata"]["annotations"][LB_IPS_ANNOTATION].is_null() {
+                patch["metadata"]["annotations"][LB_IPS_ANNOTATION] = Value::Null;
+            }
+            out.push(ServiceChange::Patch(w.name.clone(), patch));
         }
     }
+    for svc in stores.services.0.values() {
+        let meta = &svc.metadata;
+        if meta.namespace.as_deref() == Some(ns.as_str())
+            && meta
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(GATEWAY_LABEL))
+            && let Some(name) = meta.name.as_deref()
+            && !names.contains(name)
+        {
+            out.push(ServiceChange::Delete(name.to_owned()));
+        }
+    }
+    out
+}
+
+/// Applies `changes` in `ns`. Returns whether all were made.
+async fn write_services(client: &kube::Client, ns: &str, changes: Vec<ServiceChange>) -> bool {
+    let api: Api<Service> = Api::namespaced(client.clone(), ns);
+    let params = PatchParams {
+        field_manager: Some(COMPONENT.into()),
+        ..PatchParams::default()
+    };
+    let mut ok = true;
+    for change in changes {
+        let (what, name, result) = match change {
+            ServiceChange::Create(manifest) => {
+                let name = manifest["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned();
+                let result = match serde_json::from_value::<Service>(manifest) {
+                    Ok(svc) => api
+                        .create(
+                            &PostParams {
+                                field_manager: Some(COMPONENT.into()),
+                                ..PostParams::default()
+                            },
+                            &svc,
+                        )
+                        .await
+                        .map(drop),
+                    Err(e) => Err(kube::Error::SerdeError(e)),
+                };
+                ("created", name, result)
+            }
+            ServiceChange::Patch(name, patch) => {
+                let result = api
+                    .patch(&name, &params, &Patch::Merge(&patch))
+                    .await
+                    .map(drop);
+                ("changed", name, result)
+            }
+            ServiceChange::Delete(name) => {
+                let result = api.delete(&name, &Default::default()).await.map(drop);
+                ("deleted", name, result)
+            }
+        };
+        match result {
+            Ok(()) => info!(service = %format!("{ns}/{name}"), "Gateway Service {what}"),
+            // Already so: the watch has not brought it yet.
+            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {}
+            Err(e) => {
+                warn!(service = %format!("{ns}/{name}"), error = %k8s::ErrorChain(&e), "Gateway Service not {what}; retrying");
+                ok = false;
+            }
+        }
+    }
+    ok
 }
 
 /// Creates the GatewayClass `name` for `controller` (another one's of that name is left
@@ -1005,40 +1040,87 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_service_gets_a_port_per_listener_and_loses_only_its_own() {
-        use crate::config::{HttpHosts, Listener, ListenerKind};
-        let listener = |port, kind| Listener {
-            port,
-            kind,
-            proxy_protocol: false,
+    fn gateway_services_are_created_changed_and_deleted_as_wanted() {
+        let main = ("kube-system".to_string(), "gw".to_string());
+        let mut stores = Stores::default();
+        let svc = |v: Value| -> Service { serde_json::from_value(v).unwrap() };
+        let put = |stores: &mut Stores, s: Service| {
+            let key = format!(
+                "{}/{}",
+                s.metadata.namespace.as_deref().unwrap(),
+                s.metadata.name.as_deref().unwrap()
+            );
+            stores.services.0.insert(key.into(), s);
         };
-        let http = || ListenerKind::Http(HttpHosts::default());
-        let config = Config {
-            listeners: vec![
-                listener(80, http()),
-                listener(8080, http()),
-                listener(5353, ListenerKind::Udp(Vec::new())),
-            ],
-        };
-        let svc: Service = serde_json::from_value(json!({"spec": {"ports": [
-            {"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http", "nodePort": 30080},
-            {"name": "https", "port": 443, "protocol": "TCP", "targetPort": "https"},
-            {"name": "listener-9090", "port": 9090, "protocol": "TCP", "targetPort": 9090},
-        ]}}))
-        .unwrap();
-        let ports = service_ports(&svc, &config).expect("ports to change");
-        assert_eq!(
-            ports,
-            vec![
-                json!({"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http", "nodePort": 30080}),
-                json!({"name": "https", "port": 443, "protocol": "TCP", "targetPort": "https"}),
-                json!({"name": "listener-5353-udp", "port": 5353, "protocol": "UDP", "targetPort": 5353}),
-                json!({"name": "listener-8080", "port": 8080, "protocol": "TCP", "targetPort": 8080}),
-            ],
-            "443 is the install's and stays without a listener; 9090 was ours and goes"
+        put(
+            &mut stores,
+            svc(
+                json!({"metadata": {"name": "gw", "namespace": "kube-system"},
+                "spec": {"selector": {"app": "gw"}, "externalTrafficPolicy": "Local"}}),
+            ),
         );
-        let svc: Service = serde_json::from_value(json!({"spec": {"ports": ports}})).unwrap();
-        assert_eq!(service_ports(&svc, &config), None, "written once");
+        let want =
+            |name: &str, ports: Vec<((u16, bool), u16)>, addresses: Vec<String>| GatewayService {
+                name: name.into(),
+                gateway: ("default".into(), name.into()),
+                ports,
+                addresses,
+            };
+        let a = want(
+            "gw-a",
+            vec![((53, true), 20001), ((80, false), 20000)],
+            vec![],
+        );
+        let changes = service_changes(&stores, &main, std::slice::from_ref(&a));
+        let [ServiceChange::Create(created)] = changes.as_slice() else {
+            panic!("{changes:?}")
+        };
+        assert_eq!(created["spec"]["selector"], json!({"app": "gw"}));
+        assert_eq!(created["spec"]["externalTrafficPolicy"], "Local");
+        assert_eq!(
+            created["spec"]["ports"],
+            json!([
+                {"name": "listener-53-udp", "port": 53, "protocol": "UDP", "targetPort": 20001},
+                {"name": "listener-80", "port": 80, "protocol": "TCP", "targetPort": 20000},
+            ])
+        );
+        // Once it exists (with node ports the API server added) there is nothing to do.
+        let mut made = created.clone();
+        made["spec"]["ports"][0]["nodePort"] = json!(31000);
+        put(&mut stores, svc(made));
+        assert_eq!(
+            service_changes(&stores, &main, std::slice::from_ref(&a)),
+            []
+        );
+        // An address asked for, then a port more: a patch each.
+        let b = want(
+            "gw-a",
+            vec![((53, true), 20001), ((80, false), 20000)],
+            vec!["198.18.0.210".into()],
+        );
+        let changes = service_changes(&stores, &main, std::slice::from_ref(&b));
+        let [ServiceChange::Patch(name, patch)] = changes.as_slice() else {
+            panic!("{changes:?}")
+        };
+        assert_eq!(name, "gw-a");
+        assert_eq!(
+            patch["metadata"]["annotations"][LB_IPS_ANNOTATION],
+            "198.18.0.210"
+        );
+        // A Service of ours no Gateway wants goes; the gateway's own and others stay.
+        put(
+            &mut stores,
+            svc(
+                json!({"metadata": {"name": "gw-old", "namespace": "kube-system",
+                "labels": {GATEWAY_LABEL: "x"}}}),
+            ),
+        );
+        put(
+            &mut stores,
+            svc(json!({"metadata": {"name": "other", "namespace": "kube-system"}})),
+        );
+        let changes = service_changes(&stores, &main, std::slice::from_ref(&a));
+        assert_eq!(changes, [ServiceChange::Delete("gw-old".into())]);
     }
 
     #[test]

@@ -221,9 +221,15 @@ pub(crate) fn compile(world: &World, b: &mut Builder, statuses: &mut Vec<Update>
     let mut ranked: Vec<Option<Ranked>> = ranked.into_iter().map(Some).collect();
     for r in order.into_iter().filter_map(|i| ranked[i].take()) {
         if tls {
-            b.routes(HTTPS_PORT, PortKind::Tls, r.host.clone(), [r.route.clone()]);
+            b.routes(
+                HTTPS_PORT,
+                PortKind::Tls,
+                None,
+                r.host.clone(),
+                [r.route.clone()],
+            );
         }
-        b.routes(HTTP_PORT, PortKind::Http, r.host, [r.route]);
+        b.routes(HTTP_PORT, PortKind::Http, None, r.host, [r.route]);
     }
 }
 

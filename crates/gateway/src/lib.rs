@@ -31,16 +31,19 @@ pub use controller::Args;
 pub struct Compiled {
     pub config: config::Config,
     pub statuses: Vec<status::Update>,
+    /// The Service each Gateway of ours should have (the controller makes them so).
+    pub services: Vec<gatewayapi::services::GatewayService>,
 }
 
 /// Everything watched in, the routing configuration and the statuses out. Gateway API
-/// listeners are placed first (they claim their ports), then Ingresses (80 and 443), then
-/// Mappings (80); on a port and host shared between them, routes are tried in that order.
+/// listeners are bound to ports of their own (a Service per Gateway); Ingresses are
+/// served on 80 and 443 and Mappings on 80 of the gateway's own Service, where on a
+/// host both have, Ingress routes are tried first.
 pub fn compile(world: &world::World) -> Compiled {
     let mut b = build::Builder::default();
     let mut statuses = Vec::new();
     world.backends.clear();
-    gatewayapi::compile(world, &mut b, &mut statuses);
+    let services = gatewayapi::compile(world, &mut b, &mut statuses);
     ingress::compile(world, &mut b, &mut statuses);
     mapping::compile(world, &mut b, &mut statuses);
     world.backends.clear();
@@ -48,5 +51,6 @@ pub fn compile(world: &world::World) -> Compiled {
     Compiled {
         config: b.finish(),
         statuses,
+        services,
     }
 }

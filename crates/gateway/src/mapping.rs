@@ -264,6 +264,7 @@ pub(crate) fn compile(world: &World, b: &mut Builder, statuses: &mut Vec<Update>
         b.routes(
             crate::ingress::HTTP_PORT,
             PortKind::Http,
+            None,
             lead.host.clone(),
             [route],
         );

@@ -61,6 +61,8 @@ pub struct Settings {
     /// The gateway's own addresses (its LoadBalancer Service's), written into Ingress
     /// `status.loadBalancer` and Gateway `status.addresses`: IPs or hostnames.
     pub addresses: Vec<String>,
+    /// The gateway's own Service (`--service`): each Gateway's Service goes beside it.
+    pub service: Key,
     /// The `ambassador_id` of the Mappings served (Emissary's `default` when unset).
     pub ambassador_id: String,
 }
@@ -74,6 +76,7 @@ impl Default for Settings {
             controller_name: crate::gatewayapi::CONTROLLER_NAME.into(),
             ingress_classes: vec!["kubewire".into(), "ambassador".into()],
             addresses: Vec::new(),
+            service: ("kube-system".into(), "kubewire-gateway".into()),
             ambassador_id: "default".into(),
         }
     }

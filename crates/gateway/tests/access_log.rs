@@ -54,8 +54,10 @@ async fn one_json_line_per_request() {
     let config = Config {
         listeners: vec![Listener {
             port,
+            public_port: port,
             kind: ListenerKind::Http(HttpHosts {
                 hosts: vec![VirtualHost {
+                    scope: None,
                     hostnames: vec![HostMatch::Any],
                     routes: vec![Route {
                         name: RouteName {

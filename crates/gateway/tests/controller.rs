@@ -160,10 +160,11 @@ spec:
   add_request_headers: {x-test-proto: {value: "%PROTOCOL%"}}
 "#;
 
+/// The routes served to clients of `port` (a Gateway's listeners are bound elsewhere).
 fn routes(c: &Config, port: u16) -> usize {
     c.listeners
         .iter()
-        .filter(|l| l.port == port)
+        .filter(|l| l.public_port == port)
         .map(|l| match &l.kind {
             ListenerKind::Http(h) => h.hosts.iter().map(|v| v.routes.len()).sum(),
             _ => 0,
@@ -209,6 +210,40 @@ async fn the_controller_serves_and_reports_what_the_cluster_holds() {
     })
     .await;
     assert_eq!(config.listeners.len(), 2);
+    assert_eq!(
+        (config.listeners[1].port, config.listeners[1].public_port),
+        (20000, 8000),
+        "the Gateway's listener is bound to a port of its own"
+    );
+
+    // The Gateway gets a LoadBalancer Service of its own, beside the gateway's, whose
+    // address it reports.
+    let gw_svc_name =
+        gateway::gatewayapi::services::service_name("kubewire-gateway", "default", "gw");
+    let gw_svc = eventually("the Gateway's Service", || {
+        let svc = svc.clone();
+        let name = gw_svc_name.clone();
+        async move { svc.get(&name).await.ok() }
+    })
+    .await;
+    let spec = gw_svc.spec.clone().unwrap();
+    assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
+    let ports = spec.ports.unwrap();
+    assert_eq!(
+        (ports.len(), ports[0].port, ports[0].target_port.clone()),
+        (
+            1,
+            8000,
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(20000))
+        )
+    );
+    svc.patch_status(
+        &gw_svc_name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"loadBalancer": {"ingress": [{"ip": "198.18.0.201"}]}}})),
+    )
+    .await
+    .unwrap();
     let ListenerKind::Http(h) = &config.listeners[0].kind else {
         panic!()
     };
@@ -232,7 +267,7 @@ async fn the_controller_serves_and_reports_what_the_cluster_holds() {
                 "gw",
             )
             .await;
-            (g["status"]["addresses"][0]["value"] == "198.18.0.200").then_some(g)
+            (g["status"]["addresses"][0]["value"] == "198.18.0.201").then_some(g)
         }
     })
     .await;
@@ -430,6 +465,19 @@ async fn the_controller_serves_and_reports_what_the_cluster_holds() {
         async move { (routes(&c, 80) == 1).then_some(()) }
     })
     .await;
+    // The Gateway deleted, its Service goes; the gateway's own stays.
+    let (gateways, _) = api_for(
+        &client,
+        &json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"namespace": "default", "name": "gw"}}),
+    );
+    gateways.delete("gw", &Default::default()).await.unwrap();
+    eventually("the Gateway's Service gone", || {
+        let svc = svc.clone();
+        let name = gw_svc_name.clone();
+        async move { svc.get(&name).await.is_err().then_some(()) }
+    })
+    .await;
+    assert!(svc.get("kubewire-gateway").await.is_ok());
     a.abort();
     b.abort();
 }

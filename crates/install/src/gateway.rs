@@ -147,7 +147,8 @@ pub(crate) fn objects(cfg: &Config) -> Vec<Value> {
     ));
     out.push(cluster_role_binding(GATEWAY, GATEWAY));
     // The replicas elect their status writer with a Lease in their own namespace; it
-    // adds a port to its own Service for each listener port (a Gateway's on 8080).
+    // gives each Gateway a LoadBalancer Service there (and deletes those of Gateways
+    // gone: only Services it labelled).
     out.push(role(
         GATEWAY,
         json!([
@@ -159,8 +160,7 @@ pub(crate) fn objects(cfg: &Config) -> Vec<Value> {
             {
                 "apiGroups": [""],
                 "resources": ["services"],
-                "resourceNames": [GATEWAY],
-                "verbs": ["patch"],
+                "verbs": ["create", "patch", "delete"],
             },
         ]),
     ));

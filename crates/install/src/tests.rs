@@ -501,7 +501,7 @@ fn the_gateway_reads_routes_and_writes_only_their_status() {
         role["rules"],
         json!([
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
-            {"apiGroups": [""], "resources": ["services"], "resourceNames": ["kubewire-gateway"], "verbs": ["patch"]},
+            {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "patch", "delete"]},
         ])
     );
     let (lease_ns, _) = ::gateway::controller::DEFAULT_SERVICE

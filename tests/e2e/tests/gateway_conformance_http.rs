@@ -208,6 +208,101 @@ fn http_route_hostname_intersection() {
     );
 }
 
+/// HTTPRouteMultipleGateways: two Gateways, each with its own address; the shared route
+/// answers on both, each dedicated `/` route only on its own Gateway.
+#[test]
+fn http_route_multiple_gateways() {
+    let s = Suite::up("httproute-multiple-gateways");
+    let same = s.accepted(
+        (INFRA, "same-namespace"),
+        &[
+            (INFRA, "multiple-gateways-shared-route"),
+            (INFRA, "same-namespace-dedicated-route"),
+        ],
+    );
+    let all = s.accepted(
+        (INFRA, "all-namespaces"),
+        &[
+            (INFRA, "multiple-gateways-shared-route"),
+            (INFRA, "all-namespaces-dedicated-route"),
+        ],
+    );
+    assert_ne!(same, all, "each Gateway has an address of its own");
+    run(
+        &s,
+        &same,
+        &[reach("", "/shared", V1, INFRA), reach("", "/", V2, INFRA)],
+    );
+    run(
+        &s,
+        &all,
+        &[reach("", "/shared", V1, INFRA), reach("", "/", V3, INFRA)],
+    );
+}
+
+/// GatewayHTTPListenerIsolation: a request is served only by the routes of the listener
+/// whose hostname matches it most specifically, with hostnames on the listeners only,
+/// and intersecting ones on the listeners and the routes.
+#[test]
+fn gateway_http_listener_isolation() {
+    let s = Suite::up("gateway-http-listener-isolation");
+    s.lab.apply(&e2e::gateway_conformance::manifest(
+        "tests/gateway-http-listener-isolation-with-hostname-intersection.yaml",
+    ));
+    // Each host, and the one path of the four its listener serves.
+    let cases = || -> Vec<(String, String, Option<&'static str>)> {
+        let mut out = Vec::new();
+        for (host, serving) in [
+            ("bar.com", "/empty-hostname"),
+            ("bar.example.com", "/wildcard-example-com"),
+            ("bar.foo.example.com", "/wildcard-foo-example-com"),
+            ("abc.foo.example.com", "/abc-foo-example-com"),
+        ] {
+            for path in [
+                "/empty-hostname",
+                "/wildcard-example-com",
+                "/wildcard-foo-example-com",
+                "/abc-foo-example-com",
+            ] {
+                out.push((
+                    host.to_string(),
+                    path.to_string(),
+                    (path == serving).then_some(V1),
+                ));
+            }
+        }
+        out
+    };
+    for (gw, suffix) in [
+        ("http-listener-isolation", ""),
+        (
+            "http-listener-isolation-with-hostname-intersection",
+            "-with-hostname-intersection",
+        ),
+    ] {
+        let routes: Vec<String> = [
+            "attaches-to-empty-hostname",
+            "attaches-to-wildcard-example-com",
+            "attaches-to-wildcard-foo-example-com",
+            "attaches-to-abc-foo-example-com",
+        ]
+        .iter()
+        .map(|r| format!("{r}{suffix}"))
+        .collect();
+        let refs: Vec<(&str, &str)> = routes.iter().map(|r| (INFRA, r.as_str())).collect();
+        let addr = s.accepted((INFRA, gw), &refs);
+        let cases = cases();
+        let expected: Vec<(Request<'_>, Expect<'_>)> = cases
+            .iter()
+            .map(|(host, path, backend)| match backend {
+                Some(b) => reach(host, path, b, INFRA),
+                None => answer(host, path, &[404]),
+            })
+            .collect();
+        run(&s, &addr, &expected);
+    }
+}
+
 /// HTTPRouteListenerHostnameMatching.
 #[test]
 fn http_route_listener_hostname_matching() {
@@ -2399,11 +2494,12 @@ fn http_route_redirect_port_and_scheme() {
         (INFRA, "same-namespace"),
         &[(INFRA, "http-route-for-listener-on-port-80")],
     );
-    s.accepted(
+    // Each Gateway has an address of its own.
+    let ip_8080 = s.accepted(
         (INFRA, "same-namespace-with-http-listener-on-8080"),
         &[(INFRA, "http-route-for-listener-on-port-8080")],
     );
-    s.accepted(
+    let ip_https = s.accepted(
         (INFRA, "same-namespace-with-https-listener"),
         &[(INFRA, "http-route-for-listener-on-port-443")],
     );
@@ -2432,7 +2528,7 @@ fn http_route_redirect_port_and_scheme() {
     );
     run(
         &s,
-        &format!("{ip}:8080"),
+        &format!("{ip_8080}:8080"),
         &[
             redirect("", "/scheme-nil-and-port-nil", &[302], to("http", "8080")),
             redirect("", "/scheme-nil-and-port-80", &[302], to("http", "")),
@@ -2456,7 +2552,7 @@ fn http_route_redirect_port_and_scheme() {
     };
     run(
         &s,
-        &ip,
+        &ip_https,
         &[
             https("/scheme-nil-and-port-nil", to("https", "")),
             https("/scheme-nil-and-port-443", to("https", "")),

@@ -219,7 +219,7 @@ spec:
 "#;
 
 #[test]
-fn a_gateway_listener_on_another_port_is_served_at_the_gateways_address() {
+fn a_gateway_gets_a_service_and_address_of_its_own_with_its_listeners_port() {
     let lab = RunningLab::up(2);
     lab.apply(BACKENDS);
     lab.apply(GATEWAY_8080);
@@ -231,7 +231,24 @@ fn a_gateway_listener_on_another_port_is_served_at_the_gateways_address() {
         lab.kubectl(&["get", "pods", "-A", "-o", "wide"])
     );
     let ip = lab.gateway_address("alt-port");
-    let ports = || {
+    // The Gateway's own LoadBalancer Service, beside the gateway's, found by its label.
+    let gateway_services = || {
+        lab.kubectl(&[
+            "get",
+            "svc",
+            "-n",
+            "kube-system",
+            "-l",
+            "gateway.kubewire.io/gateway",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.annotations.gateway\\.kubewire\\.io/gateway} {.spec.ports[*].name} {.status.loadBalancer.ingress[0].ip}{end}",
+        ])
+    };
+    assert_eq!(
+        gateway_services(),
+        format!("default/alt-port listener-8080 {ip}")
+    );
+    let main_ports = || {
         lab.kubectl(&[
             "get",
             "svc",
@@ -239,15 +256,13 @@ fn a_gateway_listener_on_another_port_is_served_at_the_gateways_address() {
             "kube-system",
             "kubewire-gateway",
             "-o",
-            "jsonpath={.spec.ports[*].name}",
+            "jsonpath={.spec.ports[*].name} {.status.loadBalancer.ingress[0].ip}",
         ])
     };
-    assert!(
-        wait_until(Duration::from_secs(30), || ports()
-            .split_whitespace()
-            .any(|p| p == "listener-8080")),
-        "the gateway Service has no port for the listener: {}",
-        ports()
+    assert_eq!(
+        main_ports(),
+        "http https 198.18.0.250",
+        "the gateway's own Service is the install's, and its address is not the Gateway's"
     );
     let curl = || {
         stdout(&lab.exec(
@@ -270,11 +285,12 @@ fn a_gateway_listener_on_another_port_is_served_at_the_gateways_address() {
     );
     assert!(curl().contains("GET /alt/x "), "{}", curl());
 
-    // The listener gone, its port goes from the Service; the install's stay.
+    // The Gateway gone, its Service goes; the install's stays.
     lab.kubectl(&["delete", "gateway", "alt-port"]);
     assert!(
-        wait_until(Duration::from_secs(30), || ports() == "http https"),
+        wait_until(Duration::from_secs(30), || gateway_services().is_empty()),
         "{}",
-        ports()
+        gateway_services()
     );
+    assert_eq!(main_ports(), "http https 198.18.0.250");
 }

@@ -3,10 +3,11 @@
 //! the specification requires.
 //!
 //! - GatewayClasses whose `controllerName` is [`CONTROLLER_NAME`] are ours (`Accepted`),
-//!   and so are their Gateways. Every listener of every Gateway of ours is served by this
-//!   one gateway (the Deployment behind one LoadBalancer Service), so listeners of two
-//!   Gateways on one port share it when they speak the same protocol, and conflict
-//!   (`Conflicted: ProtocolConflict`) when they do not.
+//!   and so are their Gateways. Every Gateway of ours is served by this one gateway (the
+//!   Deployment) behind a LoadBalancer Service of its own, with its own address: see
+//!   [`services`]. Two Gateways never share a listener.
+//! - A listener serves the requests whose host it matches most specifically: the routes
+//!   of a less specific listener on the same port are not tried (listener isolation).
 //! - Listeners: HTTP, HTTPS (TLS ends here with `certificateRefs`, Secrets, across
 //!   namespaces with a ReferenceGrant), TLS (`Passthrough` to TLSRoutes by SNI), TCP, UDP;
 //!   `hostname`; `allowedRoutes` (namespaces `Same`, `All`, `Selector`; `kinds`).
@@ -29,6 +30,7 @@
 //!   its CA ConfigMaps (`ca.crt`) or the system's roots (`wellKnownCACertificates:
 //!   System`).
 
+pub mod services;
 pub mod types;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -99,6 +101,8 @@ struct ListenerState {
     gateway: usize,
     name: String,
     port: u16,
+    /// Where the pods bind this listener's port (see [`services`]); 0 when none is free.
+    bind: u16,
     protocol: String,
     hostname: HostMatch,
     port_kind: Option<PortKind>,
@@ -161,8 +165,13 @@ struct Ctx<'w> {
     current_policies: BTreeSet<usize>,
 }
 
-/// Adds every Gateway API object of ours to `b`, and their statuses.
-pub(crate) fn compile(world: &World, b: &mut Builder, statuses: &mut Vec<Update>) {
+/// Adds every Gateway API object of ours to `b`, and their statuses; returns the Service
+/// each Gateway should have.
+pub(crate) fn compile(
+    world: &World,
+    b: &mut Builder,
+    statuses: &mut Vec<Update>,
+) -> Vec<services::GatewayService> {
     let classes: BTreeSet<&str> = world
         .gateway_classes
         .iter()
@@ -201,8 +210,9 @@ pub(crate) fn compile(world: &World, b: &mut Builder, statuses: &mut Vec<Update>
         policies_used: BTreeMap::new(),
         current_policies: BTreeSet::new(),
     };
+    let plan = services::plan(world, &gateways);
     for (gi, gw) in gateways.iter().enumerate() {
-        listeners(&mut ctx, b, gi, gw);
+        listeners(&mut ctx, b, gi, gw, &plan[gi]);
     }
 
     let mut http: Vec<Ranked> = Vec::new();
@@ -246,7 +256,7 @@ pub(crate) fn compile(world: &World, b: &mut Builder, statuses: &mut Vec<Update>
     for r in http {
         let l = &ctx.listeners[r.listener];
         if let Some(kind) = l.port_kind {
-            b.routes(l.port, kind, r.host, [r.route]);
+            b.routes(l.bind, kind, Some(l.hostname.clone()), r.host, [r.route]);
         }
     }
 
@@ -268,7 +278,7 @@ pub(crate) fn compile(world: &World, b: &mut Builder, statuses: &mut Vec<Update>
         );
         {
             for (li, hosts) in attached {
-                let port = ctx.listeners[li].port;
+                let port = ctx.listeners[li].bind;
                 b.passthrough(
                     port,
                     SniRoute {
@@ -312,14 +322,15 @@ pub(crate) fn compile(world: &World, b: &mut Builder, statuses: &mut Vec<Update>
                     } else {
                         PortKind::Udp
                     };
-                    b.l4(l.port, pk, backends.clone());
+                    b.l4(l.bind, pk, backends.clone());
                 }
             }
         }
     }
 
-    gateway_statuses(&ctx, &gateways, statuses);
+    gateway_statuses(&ctx, &gateways, &plan, statuses);
     policy_statuses(&ctx, statuses);
+    plan
 }
 
 fn age(
@@ -333,7 +344,13 @@ fn age(
 }
 
 /// Validates a Gateway's listeners and opens their ports.
-fn listeners(ctx: &mut Ctx<'_>, b: &mut Builder, gi: usize, gw: &Obj<GatewaySpec>) {
+fn listeners(
+    ctx: &mut Ctx<'_>,
+    b: &mut Builder,
+    gi: usize,
+    gw: &Obj<GatewaySpec>,
+    service: &services::GatewayService,
+) {
     let Ok(spec) = &gw.spec else { return };
     let generation = gw.generation();
     let ns = gw.namespace().to_string();
@@ -341,10 +358,17 @@ fn listeners(ctx: &mut Ctx<'_>, b: &mut Builder, gi: usize, gw: &Obj<GatewaySpec
     let first = ctx.listeners.len();
     for l in &spec.listeners {
         let hostname = host_match(l.hostname.as_deref().unwrap_or(""), false);
+        let port = u16::try_from(l.port).unwrap_or(0);
+        let bind = service
+            .ports
+            .iter()
+            .find(|(key, _)| *key == (port, l.protocol == "UDP"))
+            .map_or(0, |(_, bind)| *bind);
         let mut st = ListenerState {
             gateway: gi,
             name: l.name.clone(),
-            port: u16::try_from(l.port).unwrap_or(0),
+            port,
+            bind,
             protocol: l.protocol.clone(),
             hostname,
             port_kind: None,
@@ -416,6 +440,13 @@ fn listeners(ctx: &mut Ctx<'_>, b: &mut Builder, gi: usize, gw: &Obj<GatewaySpec
         };
         if st.port == 0 {
             st.accepted = cond("Accepted", false, "PortUnavailable", "port must be 1-65535");
+        } else if st.bind == 0 && st.accepted.status {
+            st.accepted = cond(
+                "Accepted",
+                false,
+                "PortUnavailable",
+                "every port the gateway's pods bind Gateway listeners to is in use",
+            );
         }
         if invalid_parameters(spec) {
             st.accepted = cond(
@@ -449,7 +480,7 @@ fn listeners(ctx: &mut Ctx<'_>, b: &mut Builder, gi: usize, gw: &Obj<GatewaySpec
             }
         }
         if let Some(kind) = wanted.filter(|_| st.accepted.status && !st.conflicted.status) {
-            if b.open(st.port, kind) {
+            if b.open(st.bind, st.port, kind) {
                 st.port_kind = Some(kind);
             } else {
                 st.conflicted = cond(
@@ -484,7 +515,7 @@ fn listeners(ctx: &mut Ctx<'_>, b: &mut Builder, gi: usize, gw: &Obj<GatewaySpec
                 } else {
                     match ctx.world.certificate(&target_ns, &r.name, hosts.clone()) {
                         Ok(cert) => {
-                            b.certificate(st.port, cert);
+                            b.certificate(st.bind, cert);
                             None
                         }
                         Err(_) => Some((
@@ -1355,22 +1386,25 @@ fn invalid_parameters(spec: &GatewaySpec) -> bool {
         .is_some_and(|i| i.parameters_ref.is_some())
 }
 
-fn gateway_statuses(ctx: &Ctx<'_>, gateways: &[&Obj<GatewaySpec>], statuses: &mut Vec<Update>) {
-    let addresses: Vec<Value> = ctx
-        .world
-        .settings
-        .addresses
-        .iter()
-        .map(|a| {
-            let ty = if a.parse::<std::net::IpAddr>().is_ok() {
-                "IPAddress"
-            } else {
-                "Hostname"
-            };
-            json!({"type": ty, "value": a})
-        })
-        .collect();
+fn gateway_statuses(
+    ctx: &Ctx<'_>,
+    gateways: &[&Obj<GatewaySpec>],
+    plan: &[services::GatewayService],
+    statuses: &mut Vec<Update>,
+) {
     for (gi, gw) in gateways.iter().enumerate() {
+        let assigned = services::addresses(ctx.world, &plan[gi].name);
+        let addresses: Vec<Value> = assigned
+            .iter()
+            .map(|a| {
+                let ty = if a.parse::<std::net::IpAddr>().is_ok() {
+                    "IPAddress"
+                } else {
+                    "Hostname"
+                };
+                json!({"type": ty, "value": a})
+            })
+            .collect();
         let generation = gw.generation();
         let mut listeners = Vec::new();
         let mut valid = 0;
@@ -1426,32 +1460,36 @@ fn gateway_statuses(ctx: &Ctx<'_>, gateways: &[&Obj<GatewaySpec>], statuses: &mu
                 generation,
             )
         };
-        // A requested address without a value asks for any address of its type (Gateway
-        // API lets the implementation assign it): one of the Service's will do.
+        // Requested IPs are asked of the Gateway's Service (`metallb.io/loadBalancerIPs`);
+        // one without a value asks for any address of its type (Gateway API lets the
+        // implementation assign it): one of the Service's will do.
         let requested_unusable = gw.spec.as_ref().is_ok_and(|s| {
             s.addresses.iter().any(|a| {
                 if a.value.is_empty() {
                     let ty = a.type_.as_deref().unwrap_or("IPAddress");
                     !addresses.iter().any(|have| have["type"] == ty)
                 } else {
-                    !ctx.world.settings.addresses.contains(&a.value)
+                    !assigned.contains(&a.value)
                 }
             })
         });
-        let programmed = if requested_unusable {
-            Condition::new(
-                "Programmed",
-                false,
-                "AddressNotUsable",
-                "the gateway serves only its own Service's addresses",
-                generation,
-            )
-        } else if addresses.is_empty() {
+        let programmed = if addresses.is_empty() {
             Condition::new(
                 "Programmed",
                 false,
                 "AddressNotAssigned",
-                "the gateway's Service has no address yet",
+                format!(
+                    "the Gateway's Service {}/{} has no address yet",
+                    ctx.world.settings.service.0, plan[gi].name
+                ),
+                generation,
+            )
+        } else if requested_unusable {
+            Condition::new(
+                "Programmed",
+                false,
+                "AddressNotUsable",
+                "the Gateway's Service was not given the addresses asked for",
                 generation,
             )
         } else if valid == 0 {

@@ -45,6 +45,27 @@ fn world() -> World {
     w
 }
 
+/// What the controller converges to: the compile, then each Gateway's Service as the
+/// compile asks for it, given the address the gateway's own Service has (as the
+/// LoadBalancer controller would give one; none when it has none), then the compile again.
+fn compile(w: &World) -> Compiled {
+    let first = crate::compile(w);
+    let mut w = w.clone();
+    for s in &first.services {
+        let mut manifest = s.manifest(&w.settings.service.0, None);
+        if let Some(ip) = w.settings.addresses.first() {
+            manifest["status"] = json!({"loadBalancer": {"ingress": [{"ip": ip}]}});
+        }
+        w.services.insert(
+            (w.settings.service.0.clone(), s.name.clone()),
+            serde_json::from_value(manifest).unwrap(),
+        );
+    }
+    let c = crate::compile(&w);
+    assert_eq!(c.services, first.services, "the ports bound are kept");
+    c
+}
+
 fn gateway(w: &mut World, name: &str, listeners: &str) {
     w.gateways.push(obj(&format!(
         "metadata: {{name: {name}, namespace: default, generation: 2}}\nspec:\n  gatewayClassName: kubewire\n  listeners:\n{listeners}"
@@ -93,7 +114,13 @@ fn not(s: &str) -> (String, String) {
 }
 
 fn hosts(c: &Config, port: u16) -> &crate::config::HttpHosts {
-    match &c.listeners.iter().find(|l| l.port == port).unwrap().kind {
+    match &c
+        .listeners
+        .iter()
+        .find(|l| l.public_port == port)
+        .unwrap()
+        .kind
+    {
         ListenerKind::Http(h) => h,
         ListenerKind::Tls { hosts, .. } => hosts,
         k => panic!("{k:?}"),
@@ -130,7 +157,7 @@ fn an_http_route_on_an_http_listener_with_every_status() {
         T0,
         "  parentRefs: [{name: gw}]\n  hostnames: [example.com]\n  rules: [{backendRefs: [{name: web, port: 80}]}]",
     );
-    let c = crate::compile(&w);
+    let c = compile(&w);
     assert_eq!(
         cond(
             &status(&c, Kind::GatewayClass, "kubewire")["conditions"],
@@ -186,7 +213,7 @@ fn no_address_yet_is_not_programmed() {
     let mut w = world();
     w.settings.addresses.clear();
     gateway(&mut w, "gw", HTTP);
-    let c = crate::compile(&w);
+    let c = compile(&w);
     let g = status(&c, Kind::Gateway, "gw");
     assert_eq!(
         cond(&g["conditions"], "Programmed"),
@@ -202,7 +229,7 @@ fn a_parameters_ref_is_invalid_parameters() {
     w.gateways.push(obj(&format!(
         "metadata: {{name: gw, namespace: default, generation: 2}}\nspec:\n  gatewayClassName: kubewire\n  infrastructure:\n    parametersRef: {{group: invalid.io, kind: InvalidParameters, name: invalid}}\n  listeners:\n{HTTP}"
     )));
-    let c = crate::compile(&w);
+    let c = compile(&w);
     let g = status(&c, Kind::Gateway, "gw");
     assert_eq!(
         cond(&g["conditions"], "Accepted"),
@@ -232,7 +259,7 @@ fn a_requested_address_without_a_value_is_assigned() {
         w.gateways.push(obj(&format!(
             "metadata: {{name: gw, namespace: default, generation: 2}}\nspec:\n  gatewayClassName: kubewire\n  addresses: {addresses}\n  listeners:\n{HTTP}"
         )));
-        let c = crate::compile(&w);
+        let c = compile(&w);
         let g = status(&c, Kind::Gateway, "gw");
         assert_eq!(cond(&g["conditions"], "Programmed"), want, "{addresses}");
     }
@@ -255,7 +282,7 @@ fn backend_ref_header_filters_act_as_the_rules() {
                 "  parentRefs: [{{name: gw}}]\n  rules:\n  - backendRefs: {refs}\n    filters: {rule_filters}\n"
             ),
         );
-        crate::compile(&w)
+        compile(&w)
     };
     const SET: &str =
         "{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-set, value: a}]}}";
@@ -337,7 +364,7 @@ fn precedence_is_the_specifications() {
             "  parentRefs: [{{name: gw}}]\n  rules:\n  - matches: [{{path: {{type: PathPrefix, value: /a}}}}]\n    {backend}"
         ),
     );
-    let c = crate::compile(&w);
+    let c = compile(&w);
     let order: Vec<(String, usize)> = routes(&c.config, 80, &HostMatch::Any)
         .iter()
         .map(|r| (r.name.name.clone(), r.name.rule))
@@ -379,7 +406,7 @@ fn allowed_routes_namespaces_and_kinds() {
     for s in ["same", "all", "sel", "grpc-only"] {
         http_route(&mut w, "other", s, T0, &spec(s));
     }
-    let c = crate::compile(&w);
+    let c = compile(&w);
     assert_eq!(
         parent(&c, Kind::HttpRoute, "same", "Accepted"),
         not("NotAllowedByListeners")
@@ -410,7 +437,7 @@ fn allowed_routes_namespaces_and_kinds() {
         cond(&g["conditions"], "Accepted"),
         ("True", "ListenersNotValid")
     );
-    assert!(c.config.listeners.iter().any(|l| l.port == 81));
+    assert!(c.config.listeners.iter().any(|l| l.public_port == 81));
 }
 
 #[test]
@@ -464,7 +491,7 @@ fn hostnames_intersect_or_the_route_is_not_accepted() {
         T0,
         "  parentRefs: [{name: gw, sectionName: nope}]\n  rules: [{backendRefs: [{name: web, port: 80}]}]",
     );
-    let c = crate::compile(&w);
+    let c = compile(&w);
     assert_eq!(
         parent(&c, Kind::HttpRoute, "miss", "Accepted"),
         not("NoMatchingListenerHostname")
@@ -525,7 +552,7 @@ fn backend_refs_resolve_or_answer_500_for_their_share() {
         T0,
         "  parentRefs: [{name: gw}]\n  rules: [{matches: [{path: {value: /none}}]}]",
     );
-    let c = crate::compile(&w);
+    let c = compile(&w);
     assert_eq!(
         parent(&c, Kind::HttpRoute, "missing", "ResolvedRefs"),
         not("BackendNotFound")
@@ -566,7 +593,7 @@ fn backend_refs_resolve_or_answer_500_for_their_share() {
 spec:
   from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: default}]
   to: [{group: '', kind: Service}]"));
-    let c = crate::compile(&w);
+    let c = compile(&w);
     assert_eq!(
         parent(&c, Kind::HttpRoute, "cross", "ResolvedRefs"),
         ok("ResolvedRefs")
@@ -608,13 +635,13 @@ fn filters_timeouts_and_retries() {
     backendRefs: [{name: web, port: 80}]
 ",
     );
-    let c = crate::compile(&w);
+    let c = compile(&w);
     assert_eq!(
         parent(&c, Kind::HttpRoute, "f", "Accepted"),
         not("UnsupportedValue")
     );
     w.http_routes[0].spec.as_mut().unwrap().rules.pop();
-    let c = crate::compile(&w);
+    let c = compile(&w);
     assert_eq!(parent(&c, Kind::HttpRoute, "f", "Accepted"), ok("Accepted"));
     let rs = routes(&c.config, 80, &HostMatch::Any);
     let f = fwd(&rs[0]);
@@ -685,7 +712,7 @@ fn https_terminates_with_certificate_refs_and_grants() {
         T0,
         "  parentRefs: [{name: gw, sectionName: https}]\n  rules: [{backendRefs: [{name: web, port: 80}]}]",
     );
-    let c = crate::compile(&w);
+    let c = compile(&w);
     let g = status(&c, Kind::Gateway, "gw");
     assert_eq!(
         cond(&g["listeners"][0]["conditions"], "ResolvedRefs"),
@@ -730,7 +757,7 @@ fn conflicts_between_listeners() {
   - {name: e, port: 90, protocol: SCTP}",
     );
     gateway(&mut w, "gw2", "  - {name: t, port: 80, protocol: TCP}");
-    let c = crate::compile(&w);
+    let c = compile(&w);
     let g = status(&c, Kind::Gateway, "gw");
     let l = |i: usize, t: &str| {
         let (a, b) = cond(&g["listeners"][i]["conditions"], t);
@@ -741,10 +768,136 @@ fn conflicts_between_listeners() {
     assert_eq!(l(2, "Conflicted"), ok("ProtocolConflict"));
     assert_eq!(l(3, "Conflicted"), not("NoConflicts"));
     assert_eq!(l(4, "Accepted"), not("UnsupportedProtocol"));
+    // Another Gateway's TCP listener on 80 does not meet gw's HTTP ones: each Gateway
+    // has its own Service and ports.
     let g2 = status(&c, Kind::Gateway, "gw2");
     assert_eq!(
         cond(&g2["listeners"][0]["conditions"], "Conflicted"),
-        ("True", "ProtocolConflict")
+        ("False", "NoConflicts")
+    );
+    let bound: Vec<(u16, u16)> = c
+        .config
+        .listeners
+        .iter()
+        .map(|l| (l.port, l.public_port))
+        .collect();
+    assert_eq!(bound, [(20000, 80), (20001, 80)]);
+}
+
+/// Conformance HTTPRouteMultipleGateways: two Gateways with a listener on port 80 each
+/// get a Service (and address) of their own, bound to ports of their own in the pods;
+/// a route attached to both is served on both, one attached to one only on that one.
+#[test]
+fn each_gateway_has_its_own_service_and_ports() {
+    let mut w = world();
+    gateway(&mut w, "one", HTTP);
+    gateway(&mut w, "two", HTTP);
+    http_route(
+        &mut w,
+        "default",
+        "both",
+        T0,
+        "  parentRefs: [{name: one}, {name: two}]\n  rules: [{matches: [{path: {value: /both}}], backendRefs: [{name: web, port: 80}]}]",
+    );
+    http_route(
+        &mut w,
+        "default",
+        "only-two",
+        T0,
+        "  parentRefs: [{name: two}]\n  rules: [{backendRefs: [{name: web2, port: 8080}]}]",
+    );
+    let c = compile(&w);
+    let names: Vec<&str> = c.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            services::service_name("kubewire-gateway", "default", "one"),
+            services::service_name("kubewire-gateway", "default", "two"),
+        ]
+    );
+    assert!(
+        names
+            .iter()
+            .all(|n| n.len() <= 63 && n.starts_with("kubewire-gateway-default-"))
+    );
+    assert_eq!(c.services[0].ports, [((80, false), 20000)]);
+    assert_eq!(c.services[1].ports, [((80, false), 20001)]);
+    let served = |port: u16| -> Vec<String> {
+        let l = c.config.listeners.iter().find(|l| l.port == port).unwrap();
+        assert_eq!(l.public_port, 80);
+        let ListenerKind::Http(h) = &l.kind else {
+            panic!()
+        };
+        h.hosts
+            .iter()
+            .flat_map(|v| v.routes.iter().map(|r| r.name.name.clone()))
+            .collect()
+    };
+    assert_eq!(served(20000), ["both"]);
+    assert_eq!(served(20001), ["both", "only-two"]);
+    // A listener on another port, and the one on 80 gone: 80's binding is freed, the new
+    // port takes the lowest free one, and the other Gateway keeps its own.
+    let mut w2 = w.clone();
+    for s in &c.services {
+        let manifest = s.manifest("kube-system", None);
+        w2.services.insert(
+            ("kube-system".into(), s.name.clone()),
+            serde_json::from_value(manifest).unwrap(),
+        );
+    }
+    w2.gateways.remove(0);
+    gateway(
+        &mut w2,
+        "one",
+        "  - {name: alt, port: 8080, protocol: HTTP}",
+    );
+    let c2 = crate::compile(&w2);
+    let one = c2.services.iter().find(|s| s.gateway.1 == "one").unwrap();
+    let two = c2.services.iter().find(|s| s.gateway.1 == "two").unwrap();
+    assert_eq!(two.ports, [((80, false), 20001)]);
+    assert_eq!(one.ports, [((8080, false), 20000)]);
+}
+
+/// Conformance GatewayHTTPListenerIsolation, as compiled: each route's host is scoped to
+/// the hostname of the listener it attached to (the data plane's part is tested with the
+/// router).
+#[test]
+fn routes_are_scoped_to_their_listener() {
+    let mut w = world();
+    gateway(
+        &mut w,
+        "gw",
+        "  - {name: empty, port: 80, protocol: HTTP}
+  - {name: wild, port: 80, protocol: HTTP, hostname: '*.example.com'}",
+    );
+    for (name, section) in [("e", "empty"), ("x", "wild")] {
+        http_route(
+            &mut w,
+            "default",
+            name,
+            T0,
+            &format!(
+                "  parentRefs: [{{name: gw, sectionName: {section}}}]\n  hostnames: [bar.example.com]\n  rules: [{{backendRefs: [{{name: web, port: 80}}]}}]"
+            ),
+        );
+    }
+    let c = compile(&w);
+    let scopes: Vec<(Option<HostMatch>, Vec<HostMatch>)> = hosts(&c.config, 80)
+        .hosts
+        .iter()
+        .map(|v| (v.scope.clone(), v.hostnames.clone()))
+        .collect();
+    let bar = HostMatch::Exact("bar.example.com".into());
+    let wild = HostMatch::Wildcard {
+        suffix: ".example.com".into(),
+        one_label: false,
+    };
+    assert_eq!(
+        scopes,
+        [
+            (Some(HostMatch::Any), vec![bar.clone()]),
+            (Some(wild), vec![bar]),
+        ]
     );
 }
 
@@ -770,7 +923,7 @@ spec: {parentRefs: [{name: gw, sectionName: tcp}], rules: [{backendRefs: [{name:
         "metadata: {name: udp, namespace: default}
 spec: {parentRefs: [{name: gw, sectionName: udp}], rules: [{backendRefs: [{name: nope, port: 53}]}]}",
     ));
-    let c = crate::compile(&w);
+    let c = compile(&w);
     assert_eq!(parent(&c, Kind::TlsRoute, "t", "Accepted"), ok("Accepted"));
     assert_eq!(
         parent(&c, Kind::TcpRoute, "tcp", "Accepted"),
@@ -784,7 +937,7 @@ spec: {parentRefs: [{name: gw, sectionName: udp}], rules: [{backendRefs: [{name:
         &c.config
             .listeners
             .iter()
-            .find(|l| l.port == p)
+            .find(|l| l.public_port == p)
             .unwrap()
             .kind
     };
@@ -820,7 +973,7 @@ spec:
     backendRefs: [{name: grpc, port: 9000}]
   - matches: [{method: {method: Ping}}]
     backendRefs: [{name: grpc, port: 9000}]"));
-    let c = crate::compile(&w);
+    let c = compile(&w);
     assert_eq!(parent(&c, Kind::GrpcRoute, "g", "Accepted"), ok("Accepted"));
     let rs = routes(&c.config, 80, &HostMatch::Any);
     assert_eq!(
@@ -859,7 +1012,7 @@ spec:
   targetRefs: [{group: '', kind: Service, name: web}]
   validation: {caCertificateRefs: [{group: '', kind: ConfigMap, name: ca}], hostname: web.example.com}",
     ));
-    let c = crate::compile(&w);
+    let c = compile(&w);
     let rs = routes(&c.config, 80, &HostMatch::Any);
     let tls = fwd(&rs[0]).backends[0]
         .backend
@@ -879,7 +1032,7 @@ spec:
 }
 
 #[test]
-fn the_talks_ingress_and_mapping_share_port_80_with_a_gateway() {
+fn the_talks_ingress_and_mapping_share_port_80_and_a_gateway_has_its_own() {
     let mut w = world();
     service(
         &mut w,
@@ -913,13 +1066,26 @@ fn the_talks_ingress_and_mapping_share_port_80_with_a_gateway() {
     ));
     m.meta.namespace = Some("default".into());
     w.mappings.push(m);
-    let c = crate::compile(&w);
-    assert_eq!(c.config.listeners.len(), 1);
-    let names: Vec<&str> = routes(&c.config, 80, &HostMatch::Any)
+    let c = compile(&w);
+    let ports: Vec<(u16, u16)> = c
+        .config
+        .listeners
         .iter()
-        .map(|r| r.name.kind)
+        .map(|l| (l.port, l.public_port))
         .collect();
-    assert_eq!(names, ["HTTPRoute", "Ingress", "Mapping"]);
+    assert_eq!(ports, [(80, 80), (20000, 80)]);
+    let names = |port: u16| -> Vec<&str> {
+        let l = c.config.listeners.iter().find(|l| l.port == port).unwrap();
+        let ListenerKind::Http(h) = &l.kind else {
+            panic!()
+        };
+        h.hosts
+            .iter()
+            .flat_map(|v| v.routes.iter().map(|r| r.name.kind))
+            .collect()
+    };
+    assert_eq!(names(80), ["Ingress", "Mapping"]);
+    assert_eq!(names(20000), ["HTTPRoute"]);
     assert_eq!(
         c.statuses.iter().map(|u| u.kind).collect::<Vec<_>>(),
         [

@@ -627,7 +627,7 @@ async fn respond<'t>(
                 &req,
                 &host,
                 conn.tls,
-                conn.port.port,
+                conn.port.public_port(),
                 route.string_prefix,
             )
         }

@@ -167,12 +167,19 @@ pub(crate) enum ListenerRt {
 #[derive(Debug)]
 pub(crate) struct PortState {
     pub port: u16,
+    /// The port clients connect to ([`crate::config::Listener::public_port`]), which a
+    /// new configuration may change: what redirects keep.
+    public_port: std::sync::atomic::AtomicU16,
     pub series: metrics::Series,
     connections: prometheus_client::metrics::gauge::Gauge,
     rt: RwLock<(Arc<ListenerRt>, bool)>,
 }
 
 impl PortState {
+    pub(crate) fn public_port(&self) -> u16 {
+        self.public_port.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The listener and whether it expects PROXY protocol headers.
     pub(crate) fn current(&self) -> (Arc<ListenerRt>, bool) {
         let g = self.rt.read().unwrap();
@@ -295,7 +302,7 @@ async fn apply(
 ) {
     let started = Instant::now();
     let mut used: HashSet<BackendKey> = HashSet::new();
-    let mut wanted: HashMap<u16, (ListenerRt, bool)> = HashMap::new();
+    let mut wanted: HashMap<u16, (ListenerRt, bool, u16)> = HashMap::new();
     for l in &config.listeners {
         let rt = match &l.kind {
             ListenerKind::Http(hosts) => ListenerRt::Http(Arc::new(HttpTable::new(
@@ -321,7 +328,10 @@ async fn apply(
                 ListenerRt::Udp(Arc::new(l4::Backends::new(b, &shared.upstreams, &mut used)))
             }
         };
-        if wanted.insert(l.port, (rt, l.proxy_protocol)).is_some() {
+        if wanted
+            .insert(l.port, (rt, l.proxy_protocol, l.public_port))
+            .is_some()
+        {
             tracing::warn!(
                 port = l.port,
                 "two listeners on one port; the last one is served"
@@ -332,22 +342,26 @@ async fn apply(
     bound.retain(|port, b| {
         let keep = wanted
             .get(port)
-            .is_some_and(|(rt, _)| matches!(rt, ListenerRt::Udp(_)) == b.udp);
+            .is_some_and(|(rt, _, _)| matches!(rt, ListenerRt::Udp(_)) == b.udp);
         if !keep {
             b.task.abort();
             tracing::info!(port, "listener removed");
         }
         keep
     });
-    for (port, (rt, proxy_protocol)) in wanted {
+    for (port, (rt, proxy_protocol, public_port)) in wanted {
         let rt = Arc::new(rt);
         if let Some(b) = bound.get(&port) {
             *b.state.rt.write().unwrap() = (rt, proxy_protocol);
+            b.state
+                .public_port
+                .store(public_port, std::sync::atomic::Ordering::Relaxed);
             continue;
         }
         let udp = matches!(*rt, ListenerRt::Udp(_));
         let state = Arc::new(PortState {
             port,
+            public_port: public_port.into(),
             series: shared.metrics.listener(port),
             connections: shared.metrics.downstream_connections(port),
             rt: RwLock::new((rt, proxy_protocol)),

@@ -247,6 +247,8 @@ impl PathIndex {
 struct VHost {
     routes: Vec<CompiledRoute>,
     index: PathIndex,
+    /// Index into [`Router::scopes`]: the Gateway listener it belongs to.
+    scope: Option<usize>,
 }
 
 /// The compiled [`HttpHosts`] of one listener: public so that the route lookup can be
@@ -259,6 +261,8 @@ pub struct Router {
     wildcards: Vec<(String, bool, usize)>,
     any: Vec<usize>,
     vhosts: Vec<VHost>,
+    /// The distinct listener hostnames ([`VirtualHost::scope`]) on this port.
+    scopes: Vec<HostMatch>,
 }
 
 impl Router {
@@ -285,7 +289,21 @@ impl Router {
             }
             let routes: Vec<_> = vh.routes.iter().map(CompiledRoute::new).collect();
             let index = PathIndex::new(&routes);
-            router.vhosts.push(VHost { routes, index });
+            let scope = vh.scope.as_ref().map(|sc| {
+                router
+                    .scopes
+                    .iter()
+                    .position(|x| x == sc)
+                    .unwrap_or_else(|| {
+                        router.scopes.push(sc.clone());
+                        router.scopes.len() - 1
+                    })
+            });
+            router.vhosts.push(VHost {
+                routes,
+                index,
+                scope,
+            });
         }
         // Stable: equal lengths keep configuration order.
         router
@@ -315,12 +333,31 @@ impl Router {
             .chain(self.any.iter().copied())
     }
 
+    /// The most specific listener hostname (scope) that matches `host`.
+    fn scope(&self, host: &str) -> Option<usize> {
+        self.scopes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, sc)| Some((host_rank(sc, host)?, i)))
+            .min()
+            .map(|(_, i)| i)
+    }
+
     /// The first matching route of the most specific matching virtual host that has one:
-    /// `(virtual host, route)` indices into the configuration.
+    /// `(virtual host, route)` indices into the configuration. Hosts of a listener other
+    /// than the most specific one that matches are skipped (listener isolation).
     pub fn find(&self, req: &RequestView<'_>) -> Option<(usize, usize)> {
         let mut candidates = Vec::new();
+        let scope = if self.scopes.is_empty() {
+            None
+        } else {
+            self.scope(req.host)
+        };
         self.vhosts(req.host).find_map(|v| {
             let vhost = &self.vhosts[v];
+            if vhost.scope.is_some() && vhost.scope != scope {
+                return None;
+            }
             vhost.index.candidates(req.path, &mut candidates);
             candidates
                 .iter()
@@ -331,27 +368,27 @@ impl Router {
 
     /// [`Router::find`] the slow way, from `hosts` as configured: every virtual host that
     /// matches, ranked by specificity (exact, longer wildcard suffix, any; then
-    /// configuration order), every route of each in order.
+    /// configuration order), every route of each in order; hosts of a listener that is
+    /// not the most specific match left out.
     #[cfg(test)]
     pub(crate) fn find_linear(
         &self,
         hosts: &HttpHosts,
         req: &RequestView<'_>,
     ) -> Option<(usize, usize)> {
-        let rank = |h: &HostMatch| match h {
-            HostMatch::Exact(name) => (normalize_host(name) == req.host).then_some(0),
-            HostMatch::Wildcard { suffix, one_label } => {
-                let suffix = suffix.to_ascii_lowercase();
-                let suffix = suffix.trim_end_matches('.');
-                let label = req.host.strip_suffix(suffix).filter(|l| !l.is_empty())?;
-                (!one_label || !label.contains('.')).then_some(usize::MAX - 1 - suffix.len())
-            }
-            HostMatch::Any => Some(usize::MAX),
-        };
+        let rank = |h: &HostMatch| host_rank(h, req.host);
+        let best = hosts
+            .hosts
+            .iter()
+            .filter_map(|vh| vh.scope.as_ref())
+            .filter_map(|sc| Some((rank(sc)?, sc)))
+            .min_by_key(|(r, _)| *r)
+            .map(|(_, sc)| sc);
         let mut matching: Vec<(usize, usize)> = hosts
             .hosts
             .iter()
             .enumerate()
+            .filter(|(_, vh)| vh.scope.is_none() || vh.scope.as_ref() == best)
             .flat_map(|(v, vh)| vh.hostnames.iter().filter_map(move |h| Some((rank(h)?, v))))
             .collect();
         matching.sort();
@@ -362,6 +399,21 @@ impl Router {
                 .position(|r| r.matches(req))
                 .map(|i| (v, i))
         })
+    }
+}
+
+/// How specifically `pattern` matches the normalized `host` (lower is more specific):
+/// the exact name, then wildcards by longer suffix, then any host; `None` if it does not.
+fn host_rank(pattern: &HostMatch, host: &str) -> Option<usize> {
+    match pattern {
+        HostMatch::Exact(name) => (normalize_host(name) == host).then_some(0),
+        HostMatch::Wildcard { suffix, one_label } => {
+            let suffix = suffix.to_ascii_lowercase();
+            let suffix = suffix.trim_end_matches('.');
+            let label = host.strip_suffix(suffix).filter(|l| !l.is_empty())?;
+            (!one_label || !label.contains('.')).then_some(usize::MAX - 1 - suffix.len())
+        }
+        HostMatch::Any => Some(usize::MAX),
     }
 }
 
@@ -397,10 +449,85 @@ pub(crate) mod tests {
         let hosts = HttpHosts {
             hosts: hosts
                 .into_iter()
-                .map(|(hostnames, routes)| VirtualHost { hostnames, routes })
+                .map(|(hostnames, routes)| VirtualHost {
+                    hostnames,
+                    routes,
+                    scope: None,
+                })
                 .collect(),
         };
         (Router::new(&hosts), hosts)
+    }
+
+    /// Gateway API's GatewayHTTPListenerIsolation: listeners without a hostname,
+    /// `*.example.com`, `*.foo.example.com` and `abc.foo.example.com`, each with a route of
+    /// its own; a request is served only by the most specific listener that matches its
+    /// host, and an Ingress's host (no scope) still falls through as before.
+    #[test]
+    fn only_the_most_specific_listener_serves_a_host() {
+        let wild = |s: &str| HostMatch::Wildcard {
+            suffix: s.into(),
+            one_label: false,
+        };
+        let at = |p: &str| route(PathMatch::Prefix(p.into()));
+        let scoped = |h: HostMatch, p: &str| VirtualHost {
+            hostnames: vec![h.clone()],
+            routes: vec![at(p)],
+            scope: Some(h),
+        };
+        let hosts = HttpHosts {
+            hosts: vec![
+                scoped(HostMatch::Any, "/empty-hostname"),
+                scoped(wild(".example.com"), "/wildcard-example-com"),
+                scoped(wild(".foo.example.com"), "/wildcard-foo-example-com"),
+                scoped(
+                    HostMatch::Exact("abc.foo.example.com".into()),
+                    "/abc-foo-example-com",
+                ),
+                // A route's hostname narrower than its listener's keeps the listener's
+                // scope: `*.foo.example.com` serves `x.foo.example.com` for this one.
+                VirtualHost {
+                    hostnames: vec![HostMatch::Exact("x.foo.example.com".into())],
+                    routes: vec![at("/x")],
+                    scope: Some(wild(".foo.example.com")),
+                },
+                VirtualHost {
+                    hostnames: vec![HostMatch::Any],
+                    routes: vec![at("/ingress")],
+                    scope: None,
+                },
+            ],
+        };
+        let table = (Router::new(&hosts), hosts);
+        let paths = [
+            "/empty-hostname",
+            "/wildcard-example-com",
+            "/wildcard-foo-example-com",
+            "/abc-foo-example-com",
+            "/x",
+            "/ingress",
+        ];
+        let served = |host: &str| paths.map(|p| get(&table, host, p).map(|(v, _)| v));
+        assert_eq!(
+            served("bar.com"),
+            [Some(0), None, None, None, None, Some(5)]
+        );
+        assert_eq!(
+            served("bar.example.com"),
+            [None, Some(1), None, None, None, Some(5)]
+        );
+        assert_eq!(
+            served("bar.foo.example.com"),
+            [None, None, Some(2), None, None, Some(5)]
+        );
+        assert_eq!(
+            served("abc.foo.example.com"),
+            [None, None, None, Some(3), None, Some(5)]
+        );
+        assert_eq!(
+            served("x.foo.example.com"),
+            [None, None, Some(2), None, Some(4), Some(5)]
+        );
     }
 
     /// The route for a request, after checking that the index and the plain walk agree.

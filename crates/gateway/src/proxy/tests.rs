@@ -231,6 +231,7 @@ pub(crate) fn prefix(p: &str) -> PathMatch {
 pub(crate) fn http_listener(port: u16, hosts: Vec<VirtualHost>) -> Listener {
     Listener {
         port,
+        public_port: port,
         kind: ListenerKind::Http(HttpHosts { hosts }),
         proxy_protocol: false,
     }
@@ -238,6 +239,7 @@ pub(crate) fn http_listener(port: u16, hosts: Vec<VirtualHost>) -> Listener {
 
 pub(crate) fn any_host(routes: Vec<Route>) -> VirtualHost {
     VirtualHost {
+        scope: None,
         hostnames: vec![HostMatch::Any],
         routes,
     }
@@ -442,6 +444,7 @@ async fn routes_forwards_and_answers_as_configured() {
             port,
             vec![
                 VirtualHost {
+                    scope: None,
                     hostnames: vec![HostMatch::Exact("web.example.com".into())],
                     routes: vec![
                         route(PathMatch::StringPrefix("/backend/".into()), to(edits)),
@@ -463,6 +466,7 @@ async fn routes_forwards_and_answers_as_configured() {
                     ],
                 },
                 VirtualHost {
+                    scope: None,
                     hostnames: vec![HostMatch::Wildcard {
                         suffix: ".example.com".into(),
                         one_label: true,

@@ -147,6 +147,7 @@ async fn tls_terminates_by_sni_with_alpn_and_passes_through() {
     let config = Config {
         listeners: vec![Listener {
             port,
+            public_port: port,
             kind: ListenerKind::Tls {
                 passthrough: vec![SniRoute {
                     name: RouteName {
@@ -341,11 +342,13 @@ async fn tcp_and_udp_listeners_with_proxy_protocol() {
         listeners: vec![
             Listener {
                 port: tcp_port,
+                public_port: tcp_port,
                 kind: ListenerKind::Tcp(wb(svc("echo", vec![echo]))),
                 proxy_protocol: false,
             },
             Listener {
                 port: udp_port,
+                public_port: udp_port,
                 kind: ListenerKind::Udp(wb(svc("udp", vec![udp_addr]))),
                 proxy_protocol: false,
             },
@@ -412,6 +415,7 @@ async fn tcp_and_udp_listeners_with_proxy_protocol() {
     let config = Config {
         listeners: vec![Listener {
             port: tcp_port,
+            public_port: tcp_port,
             kind: ListenerKind::Tcp(wb(svc("echo", vec![proxied_echo]))),
             proxy_protocol: false,
         }],
