@@ -29,8 +29,8 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use futures::stream::BoxStream;
-use futures::{FutureExt, StreamExt};
 use k8s::{Mirror, ObjectKey, Store};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
@@ -48,6 +48,7 @@ use crate::config::Config;
 use crate::gatewayapi::services::{
     GATEWAY_ANNOTATION, GATEWAY_LABEL, GatewayService, LB_IPS_ANNOTATION,
 };
+use crate::gatewayapi::types as gw;
 use crate::status::{self, Kind, Update};
 use crate::world::{Obj, Settings, World};
 
@@ -281,6 +282,65 @@ impl<M: CustomKind, S: serde::de::DeserializeOwned> From<&Custom<M>> for Obj<S> 
     }
 }
 
+/// One custom kind's objects, their specs parsed once as they arrive (not at every
+/// compile: at 10,000 routes, parsing them all again took longer than the compile), and
+/// the statuses they hold. A change of status alone is not a change the compile reads
+/// (`apply` says false): it is noted in `statuses_changed` for the status writer's side.
+pub struct Customs<M, S> {
+    objects: BTreeMap<ObjectKey, (Obj<S>, Value)>,
+    statuses_changed: bool,
+    marker: PhantomData<M>,
+}
+
+impl<M, S> Default for Customs<M, S> {
+    fn default() -> Self {
+        Customs {
+            objects: BTreeMap::new(),
+            statuses_changed: false,
+            marker: PhantomData,
+        }
+    }
+}
+
+impl<M: CustomKind, S: serde::de::DeserializeOwned + PartialEq> Store<Custom<M>> for Customs<M, S> {
+    fn apply(&mut self, key: ObjectKey, mut c: Custom<M>) -> bool {
+        c.metadata.managed_fields = None;
+        c.metadata.resource_version = None;
+        let obj: Obj<S> = Obj::from(&c);
+        let (changed, status_changed) = match self.objects.get(&key) {
+            None => (true, false),
+            Some((o, status)) => (
+                o.meta != obj.meta || o.spec != obj.spec,
+                *status != c.status,
+            ),
+        };
+        self.statuses_changed |= status_changed;
+        self.objects.insert(key, (obj, c.status));
+        changed
+    }
+    fn delete(&mut self, key: &str) -> bool {
+        self.objects.remove(key).is_some()
+    }
+    fn keys(&self) -> Vec<ObjectKey> {
+        self.objects.keys().cloned().collect()
+    }
+}
+
+impl<M, S: Clone> Customs<M, S> {
+    fn objs(&self) -> Vec<Obj<S>> {
+        self.objects.values().map(|(o, _)| o.clone()).collect()
+    }
+    fn status(&self, key: &str) -> Option<Value> {
+        self.objects.get(key).map(|(_, s)| s.clone())
+    }
+    fn contains(&self, key: &str) -> bool {
+        self.objects.contains_key(key)
+    }
+    fn take_statuses_changed(&mut self) -> bool {
+        std::mem::take(&mut self.statuses_changed)
+    }
+}
+
 /// One kind's objects, as the API holds them (without resourceVersion and managed
 /// fields, so that a write that changes nothing read is no change).
 pub struct Kept<K>(BTreeMap<ObjectKey, K>);
@@ -318,16 +378,16 @@ struct Stores {
     config_maps: Kept<ConfigMap>,
     ingress_classes: Kept<IngressClass>,
     ingresses: Kept<Ingress>,
-    gateway_classes: Kept<Custom<GatewayClassKind>>,
-    gateways: Kept<Custom<GatewayKind>>,
-    http_routes: Kept<Custom<HttpRouteKind>>,
-    grpc_routes: Kept<Custom<GrpcRouteKind>>,
-    tls_routes: Kept<Custom<TlsRouteKind>>,
-    tcp_routes: Kept<Custom<TcpRouteKind>>,
-    udp_routes: Kept<Custom<UdpRouteKind>>,
-    grants: Kept<Custom<ReferenceGrantKind>>,
-    policies: Kept<Custom<BackendTlsPolicyKind>>,
-    mappings: Kept<Custom<MappingKind>>,
+    gateway_classes: Customs<GatewayClassKind, gw::GatewayClassSpec>,
+    gateways: Customs<GatewayKind, gw::GatewaySpec>,
+    http_routes: Customs<HttpRouteKind, gw::HttpRouteSpec>,
+    grpc_routes: Customs<GrpcRouteKind, gw::GrpcRouteSpec>,
+    tls_routes: Customs<TlsRouteKind, gw::TlsRouteSpec>,
+    tcp_routes: Customs<TcpRouteKind, gw::L4RouteSpec>,
+    udp_routes: Customs<UdpRouteKind, gw::L4RouteSpec>,
+    grants: Customs<ReferenceGrantKind, gw::ReferenceGrantSpec>,
+    policies: Customs<BackendTlsPolicyKind, gw::BackendTlsPolicySpec>,
+    mappings: Customs<MappingKind, crate::mapping::MappingSpec>,
 }
 
 /// A watcher event applied to the stores; returns whether anything read changed.
@@ -348,11 +408,11 @@ impl Watched {
     }
 }
 
-fn watch_into<K>(
+fn watch_into<K, St: Store<K> + 'static>(
     client: &kube::Client,
     config: watcher::Config,
     index: usize,
-    store: fn(&mut Stores) -> &mut Kept<K>,
+    store: fn(&mut Stores) -> &mut St,
 ) -> BoxStream<'static, Step>
 where
     K: kube::Resource<DynamicType = ()>
@@ -413,11 +473,26 @@ fn keyed<K: kube::Resource + Clone, M: FromIterator<((String, String), K)>>(k: &
         .collect()
 }
 
-fn customs<M: CustomKind, S: serde::de::DeserializeOwned>(k: &Kept<Custom<M>>) -> Vec<Obj<S>> {
-    k.0.values().map(Obj::from).collect()
-}
-
 impl Stores {
+    /// Whether a status changed alone since the last call (what only the status writer
+    /// compares).
+    fn take_statuses_changed(&mut self) -> bool {
+        // Not short-circuited: every flag is taken.
+        [
+            self.gateway_classes.take_statuses_changed(),
+            self.gateways.take_statuses_changed(),
+            self.http_routes.take_statuses_changed(),
+            self.grpc_routes.take_statuses_changed(),
+            self.tls_routes.take_statuses_changed(),
+            self.tcp_routes.take_statuses_changed(),
+            self.udp_routes.take_statuses_changed(),
+            self.grants.take_statuses_changed(),
+            self.policies.take_statuses_changed(),
+            self.mappings.take_statuses_changed(),
+        ]
+        .contains(&true)
+    }
+
     fn world(&self, options: &Options) -> World {
         let mut settings = options.settings.clone();
         let (ns, name) = &options.service;
@@ -425,14 +500,7 @@ impl Stores {
             .services
             .0
             .get(format!("{ns}/{name}").as_str())
-            .and_then(|s| s.status.as_ref())
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|lb| lb.ingress.as_ref())
-            .map(|ing| {
-                ing.iter()
-                    .filter_map(|i| i.ip.clone().or_else(|| i.hostname.clone()))
-                    .collect()
-            })
+            .map(crate::gatewayapi::services::load_balancer_addresses)
             .unwrap_or_default();
         World {
             settings,
@@ -453,16 +521,16 @@ impl Stores {
             config_maps: keyed(&self.config_maps),
             ingress_classes: objects(&self.ingress_classes),
             ingresses: objects(&self.ingresses),
-            gateway_classes: customs(&self.gateway_classes),
-            gateways: customs(&self.gateways),
-            http_routes: customs(&self.http_routes),
-            grpc_routes: customs(&self.grpc_routes),
-            tls_routes: customs(&self.tls_routes),
-            tcp_routes: customs(&self.tcp_routes),
-            udp_routes: customs(&self.udp_routes),
-            reference_grants: customs(&self.grants),
-            backend_tls_policies: customs(&self.policies),
-            mappings: customs(&self.mappings),
+            gateway_classes: self.gateway_classes.objs(),
+            gateways: self.gateways.objs(),
+            http_routes: self.http_routes.objs(),
+            grpc_routes: self.grpc_routes.objs(),
+            tls_routes: self.tls_routes.objs(),
+            tcp_routes: self.tcp_routes.objs(),
+            udp_routes: self.udp_routes.objs(),
+            reference_grants: self.grants.objs(),
+            backend_tls_policies: self.policies.objs(),
+            mappings: self.mappings.objs(),
             backends: Default::default(),
         }
     }
@@ -475,24 +543,21 @@ impl Stores {
             format!("{}/{}", u.namespace, u.name)
         };
         let key = key.as_str();
-        fn custom<M: CustomKind>(k: &Kept<Custom<M>>, key: &str) -> Option<Value> {
-            k.0.get(key).map(|o| o.status.clone())
-        }
         match u.kind {
             Kind::Ingress => self
                 .ingresses
                 .0
                 .get(key)
                 .map(|i| serde_json::to_value(&i.status).unwrap_or(Value::Null)),
-            Kind::GatewayClass => custom(&self.gateway_classes, key),
-            Kind::Gateway => custom(&self.gateways, key),
-            Kind::HttpRoute => custom(&self.http_routes, key),
-            Kind::GrpcRoute => custom(&self.grpc_routes, key),
-            Kind::TlsRoute => custom(&self.tls_routes, key),
-            Kind::TcpRoute => custom(&self.tcp_routes, key),
-            Kind::UdpRoute => custom(&self.udp_routes, key),
-            Kind::BackendTlsPolicy => custom(&self.policies, key),
-            Kind::Mapping => custom(&self.mappings, key),
+            Kind::GatewayClass => self.gateway_classes.status(key),
+            Kind::Gateway => self.gateways.status(key),
+            Kind::HttpRoute => self.http_routes.status(key),
+            Kind::GrpcRoute => self.grpc_routes.status(key),
+            Kind::TlsRoute => self.tls_routes.status(key),
+            Kind::TcpRoute => self.tcp_routes.status(key),
+            Kind::UdpRoute => self.udp_routes.status(key),
+            Kind::BackendTlsPolicy => self.policies.status(key),
+            Kind::Mapping => self.mappings.status(key),
         }
     }
 }
@@ -626,6 +691,18 @@ pub async fn control(client: kube::Client, options: Options, config: watch::Send
         })
         .collect();
     let mut events = futures::stream::select_all(streams.into_iter().map(|(_, s)| s));
+    // The watches are read by a task of their own, into a queue the passes empty: read
+    // only between passes, a watch gave about one event per pass once the passes were
+    // long (each HTTP chunk is read when the body is asked for more), and a replica fell
+    // minutes behind with 10,000 routes.
+    let (step_tx, mut steps) = tokio::sync::mpsc::unbounded_channel::<Step>();
+    tokio::spawn(async move {
+        while let Some(step) = events.next().await {
+            if step_tx.send(step).is_err() {
+                return;
+            }
+        }
+    });
     let (leader_tx, mut leader) = watch::channel(false);
     tokio::spawn(lead(
         client.clone(),
@@ -634,11 +711,8 @@ pub async fn control(client: kube::Client, options: Options, config: watch::Send
         leader_tx,
     ));
     let mut stores = Stores::default();
-    let mut writer = Writer {
-        client,
-        controller: options.settings.controller_name.clone(),
-        written: BTreeMap::new(),
-    };
+    let (jobs, jobs_rx) = watch::channel(Arc::new(StatusJob::default()));
+    tokio::spawn(write_statuses(client.clone(), jobs_rx));
     let mut next_pass = tokio::time::Instant::now() + RESYNC;
     // The first compile is always sent, even when empty: the data plane waits for it.
     let mut first = true;
@@ -646,10 +720,10 @@ pub async fn control(client: kube::Client, options: Options, config: watch::Send
         let mut changed = false;
         let mut resync = false;
         tokio::select! {
-            step = events.next() => {
+            step = steps.recv() => {
                 let Some(step) = step else { return };
                 changed |= step(&mut stores, &mut watched);
-                while let Some(Some(step)) = events.next().now_or_never() {
+                while let Ok(step) = steps.try_recv() {
                     changed |= step(&mut stores, &mut watched);
                 }
             }
@@ -663,12 +737,17 @@ pub async fn control(client: kube::Client, options: Options, config: watch::Send
                 resync = true;
             }
         }
+        // A status changed alone (most often one just written coming back) needs a
+        // pass only where statuses are written.
+        changed |= stores.take_statuses_changed() && *leader.borrow();
         if !changed || !watched.iter().all(Watched::ready) {
             continue;
         }
         let started = std::time::Instant::now();
         let world = stores.world(&options);
+        let world_took = started.elapsed();
         let compiled = crate::compile(&world);
+        let compile_took = started.elapsed() - world_took;
         let routes: usize = compiled
             .config
             .listeners
@@ -693,24 +772,29 @@ pub async fn control(client: kube::Client, options: Options, config: watch::Send
             }
         });
         if sent {
-            info!(listeners, routes, took = ?started.elapsed(), "configuration changed");
+            info!(listeners, routes, took = ?started.elapsed(), world = ?world_took, compile = ?compile_took, "configuration changed");
         }
         let mut ok = true;
         if *leader.borrow() {
-            if resync {
-                writer.written.clear();
+            let writes = status_writes(
+                &stores,
+                &compiled.statuses,
+                &options.settings.controller_name,
+            );
+            // Sent only when there is something to write or forget.
+            if resync || !writes.is_empty() || !jobs.borrow().writes.is_empty() {
+                jobs.send_replace(Arc::new(StatusJob { writes, resync }));
             }
-            ok = writer.write(&stores, &compiled.statuses).await;
             let class = &options.gateway_class;
             if !class.is_empty()
                 && watched[7].mirror.synced()
-                && !stores.gateway_classes.0.contains_key(class.as_str())
+                && !stores.gateway_classes.contains(class.as_str())
             {
-                ok &= ensure_class(&writer.client, class, &options.settings.controller_name).await;
+                ok &= ensure_class(&client, class, &options.settings.controller_name).await;
             }
             if watched[1].mirror.synced() {
                 let changes = service_changes(&stores, &options.service, &compiled.services);
-                ok &= write_services(&writer.client, &options.service.0, changes).await;
+                ok &= write_services(&client, &options.service.0, changes).await;
             }
         }
         debug!(took = ?started.elapsed(), "pass");
@@ -718,42 +802,89 @@ pub async fn control(client: kube::Client, options: Options, config: watch::Send
     }
 }
 
-/// Writes statuses that differ, remembering what it wrote until the watch brings it.
-struct Writer {
-    client: kube::Client,
-    controller: String,
-    written: BTreeMap<(Kind, String, String), Value>,
+/// A status to write: the merged status wanted (to know it when the watch brings it
+/// back) and the same with its conditions' transition times.
+#[derive(Clone, Debug, PartialEq)]
+struct StatusWrite {
+    kind: Kind,
+    namespace: String,
+    name: String,
+    want: Value,
+    stamped: Value,
 }
 
-impl Writer {
-    async fn write(&mut self, stores: &Stores, updates: &[Update]) -> bool {
-        let now = k8s_openapi::jiff::Timestamp::now()
-            .round(k8s_openapi::jiff::Unit::Second)
-            .map(|t| t.to_string())
-            .unwrap_or_default();
-        let mut ok = true;
-        let live: BTreeSet<(Kind, String, String)> = updates
+/// What the status writer is to make so: the statuses that differ from what their
+/// objects hold, as of the last pass.
+#[derive(Clone, Debug, Default)]
+struct StatusJob {
+    writes: Vec<StatusWrite>,
+    /// Forget what was written (a resync writes again what someone changed back).
+    resync: bool,
+}
+
+/// The statuses of `updates` that differ from what their objects hold in `stores`
+/// (other controllers' entries kept), stamped with `now` where a condition changes.
+fn status_writes(stores: &Stores, updates: &[Update], controller: &str) -> Vec<StatusWrite> {
+    let now = k8s_openapi::jiff::Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for u in updates {
+        let Some(current) = stores.status_of(u) else {
+            continue; // deleted meanwhile
+        };
+        if not_ours(u.kind, &u.status, &current, controller) {
+            continue;
+        }
+        let want = merged(u.kind, &u.status, &current, controller);
+        if status::unstamped(&current) == status::unstamped(&want) {
+            continue;
+        }
+        let stamped = status::stamp(&want, &current, &now);
+        out.push(StatusWrite {
+            kind: u.kind,
+            namespace: u.namespace.clone(),
+            name: u.name.clone(),
+            want,
+            stamped,
+        });
+    }
+    out
+}
+
+/// The status writer: a task of its own, so that a backlog of writes (10,000 routes
+/// just applied) never holds up the next compile and the configuration it sends. It
+/// takes the newest job, writes what it has not written yet (remembered until the watch
+/// brings the status back and the pass stops asking for it), and tries again after
+/// [`RETRY`] when a write fails.
+async fn write_statuses(client: kube::Client, mut jobs: watch::Receiver<Arc<StatusJob>>) {
+    let mut written: BTreeMap<(Kind, String, String), Value> = BTreeMap::new();
+    let params = PatchParams {
+        field_manager: Some(COMPONENT.into()),
+        ..PatchParams::default()
+    };
+    loop {
+        let job = Arc::clone(&jobs.borrow_and_update());
+        if job.resync {
+            written.clear();
+        }
+        let live: BTreeSet<(Kind, &str, &str)> = job
+            .writes
             .iter()
-            .map(|u| (u.kind, u.namespace.clone(), u.name.clone()))
+            .map(|w| (w.kind, w.namespace.as_str(), w.name.as_str()))
             .collect();
-        self.written.retain(|k, _| live.contains(k));
-        for u in updates {
-            let Some(current) = stores.status_of(u) else {
-                continue; // deleted meanwhile
-            };
-            if not_ours(u.kind, &u.status, &current, &self.controller) {
-                continue;
+        written.retain(|(kind, ns, name), _| live.contains(&(*kind, ns.as_str(), name.as_str())));
+        let mut ok = true;
+        for w in &job.writes {
+            if jobs.has_changed().unwrap_or(true) {
+                break; // a newer job: take it
             }
-            let want = merged(u.kind, &u.status, &current, &self.controller);
-            if status::unstamped(&current) == status::unstamped(&want) {
-                continue;
-            }
-            let key = (u.kind, u.namespace.clone(), u.name.clone());
-            if self.written.get(&key) == Some(&want) {
+            let key = (w.kind, w.namespace.clone(), w.name.clone());
+            if written.get(&key) == Some(&w.want) {
                 continue; // written; the watch has not brought it back yet
             }
-            let stamped = status::stamp(&want, &current, &now);
-            let (group, version, kind, plural) = u.kind.api();
+            let (group, version, kind, plural) = w.kind.api();
             let ar = ApiResource {
                 group: group.into(),
                 version: version.into(),
@@ -765,31 +896,40 @@ impl Writer {
                 kind: kind.into(),
                 plural: plural.into(),
             };
-            let api: Api<DynamicObject> = if u.namespace.is_empty() {
-                Api::all_with(self.client.clone(), &ar)
+            let api: Api<DynamicObject> = if w.namespace.is_empty() {
+                Api::all_with(client.clone(), &ar)
             } else {
-                Api::namespaced_with(self.client.clone(), &u.namespace, &ar)
-            };
-            let params = PatchParams {
-                field_manager: Some(COMPONENT.into()),
-                ..PatchParams::default()
+                Api::namespaced_with(client.clone(), &w.namespace, &ar)
             };
             match api
-                .patch_status(&u.name, &params, &Patch::Merge(json!({"status": stamped})))
+                .patch_status(
+                    &w.name,
+                    &params,
+                    &Patch::Merge(json!({"status": w.stamped})),
+                )
                 .await
             {
                 Ok(_) => {
-                    debug!(kind, namespace = %u.namespace, name = %u.name, "status written");
-                    self.written.insert(key, want);
+                    debug!(kind, namespace = %w.namespace, name = %w.name, "status written");
+                    written.insert(key, w.want.clone());
                 }
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => {
-                    warn!(kind, namespace = %u.namespace, name = %u.name, error = %k8s::ErrorChain(&e), "writing status; retrying");
+                    warn!(kind, namespace = %w.namespace, name = %w.name, error = %k8s::ErrorChain(&e), "writing status; retrying");
                     ok = false;
                 }
             }
         }
-        ok
+        if ok || jobs.has_changed().unwrap_or(true) {
+            if jobs.changed().await.is_err() {
+                return;
+            }
+        } else {
+            tokio::select! {
+                r = jobs.changed() => if r.is_err() { return },
+                () = tokio::time::sleep(RETRY) => {}
+            }
+        }
     }
 }
 

@@ -173,14 +173,20 @@ pub(crate) fn plan(world: &World, gateways: &[&Obj<GatewaySpec>]) -> Vec<Gateway
         .collect()
 }
 
-/// The addresses of the Service `name` in the gateway's namespace (its
-/// `status.loadBalancer.ingress`: IPs or hostnames).
+/// The addresses of the Service `name` in the gateway's namespace.
 pub(crate) fn addresses(world: &World, name: &str) -> Vec<String> {
     let key = (world.settings.service.0.clone(), name.to_owned());
     world
         .services
         .get(&key)
-        .and_then(|s| s.status.as_ref())
+        .map(load_balancer_addresses)
+        .unwrap_or_default()
+}
+
+/// A Service's `status.loadBalancer.ingress`: IPs or hostnames.
+pub fn load_balancer_addresses(svc: &Service) -> Vec<String> {
+    svc.status
+        .as_ref()
         .and_then(|s| s.load_balancer.as_ref())
         .and_then(|lb| lb.ingress.as_ref())
         .map(|ing| {
@@ -211,35 +217,21 @@ impl GatewayService {
                 })
             })
             .collect();
+        let main = main.map(|s| serde_json::to_value(s).unwrap_or_default());
+        let main = main.as_ref().unwrap_or(&serde_json::Value::Null);
         let mut spec = json!({
             "type": "LoadBalancer",
-            "selector": main.and_then(|s| s.selector.clone()).unwrap_or_default(),
+            "selector": main["selector"],
             "ports": ports,
         });
-        for (field, value) in [
-            (
-                "externalTrafficPolicy",
-                main.and_then(|s| s.external_traffic_policy.clone())
-                    .map(serde_json::Value::from),
-            ),
-            (
-                "ipFamilyPolicy",
-                main.and_then(|s| s.ip_family_policy.clone())
-                    .map(serde_json::Value::from),
-            ),
-            (
-                "ipFamilies",
-                main.and_then(|s| s.ip_families.clone())
-                    .map(serde_json::Value::from),
-            ),
-            (
-                "loadBalancerClass",
-                main.and_then(|s| s.load_balancer_class.clone())
-                    .map(serde_json::Value::from),
-            ),
+        for field in [
+            "externalTrafficPolicy",
+            "ipFamilyPolicy",
+            "ipFamilies",
+            "loadBalancerClass",
         ] {
-            if let Some(v) = value {
-                spec[field] = v;
+            if !main[field].is_null() {
+                spec[field] = main[field].clone();
             }
         }
         let mut annotations = json!({

@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use super::ConnCtx;
 use super::metrics::Series;
 use super::route::{RequestView, Router, normalize_host, trim_prefix};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::upstream::{BackendKey, Body, BoxError, Overflow, Upstream, Upstreams, caused_by};
 use crate::config::{
@@ -82,11 +82,19 @@ impl HttpTable {
         upstreams: &Upstreams,
         used: &mut HashSet<BackendKey>,
     ) -> Self {
+        // Routes to one Service port share one `Arc<Backend>` (the compile's), so each is
+        // looked up once: at 10,000 routes to a few Services, the lookups were most of a
+        // reconfiguration.
+        let mut seen: HashMap<*const crate::config::Backend, Arc<Upstream>> = HashMap::new();
         let mut get = |b: &crate::config::Backend| {
+            if let Some(u) = seen.get(&std::ptr::from_ref(b)) {
+                return Arc::clone(u);
+            }
             let u = upstreams.get(b);
             if !used.contains(&u.key) {
                 used.insert(u.key.clone());
             }
+            seen.insert(std::ptr::from_ref(b), Arc::clone(&u));
             u
         };
         let default = Arc::new(Forward::default());
