@@ -796,6 +796,9 @@ pub async fn control(client: kube::Client, options: Options, config: watch::Send
                 let changes = service_changes(&stores, &options.service, &compiled.services);
                 ok &= write_services(&client, &options.service.0, changes).await;
             }
+        } else if !jobs.borrow().writes.is_empty() {
+            // The Lease lost: the writer stops with what it was writing.
+            jobs.send_replace(Arc::new(StatusJob::default()));
         }
         debug!(took = ?started.elapsed(), "pass");
         next_pass = tokio::time::Instant::now() + if ok { RESYNC } else { RETRY };
@@ -1261,6 +1264,46 @@ mod tests {
         );
         let changes = service_changes(&stores, &main, std::slice::from_ref(&a));
         assert_eq!(changes, [ServiceChange::Delete("gw-old".into())]);
+    }
+
+    /// A route is parsed once as it arrives; a change of its status alone is no change
+    /// to what the compile reads, and is noted for the status writer instead.
+    #[test]
+    fn custom_resources_are_parsed_on_arrival_and_status_changes_are_apart() {
+        let mut routes: Customs<HttpRouteKind, gw::HttpRouteSpec> = Customs::default();
+        let route = |path: &str, status: Value| -> Custom<HttpRouteKind> {
+            serde_json::from_value(json!({
+                "metadata": {"namespace": "default", "name": "r", "resourceVersion": "7"},
+                "spec": {"parentRefs": [{"name": "gw"}],
+                    "rules": [{"matches": [{"path": {"value": path}}]}]},
+                "status": status,
+            }))
+            .unwrap()
+        };
+        let key: ObjectKey = "default/r".into();
+        assert!(routes.apply(key.clone(), route("/a", Value::Null)));
+        assert!(!routes.take_statuses_changed());
+        let objs = routes.objs();
+        assert_eq!(objs[0].name(), "r");
+        assert_eq!(objs[0].meta.resource_version, None);
+        assert!(
+            objs[0]
+                .spec
+                .as_ref()
+                .is_ok_and(|s| s.parent_refs.len() == 1)
+        );
+        // The same again: nothing changed.
+        assert!(!routes.apply(key.clone(), route("/a", Value::Null)));
+        // Its status alone.
+        let status = json!({"parents": []});
+        assert!(!routes.apply(key.clone(), route("/a", status.clone())));
+        assert!(routes.take_statuses_changed());
+        assert!(!routes.take_statuses_changed(), "taken");
+        assert_eq!(routes.status("default/r"), Some(status.clone()));
+        // Its spec.
+        assert!(routes.apply(key.clone(), route("/b", status)));
+        assert!(routes.delete("default/r"));
+        assert!(routes.objs().is_empty());
     }
 
     #[test]
