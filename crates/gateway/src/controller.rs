@@ -956,6 +956,8 @@ fn service_changes(
     let (ns, main_name) = main;
     let main_svc = stores.services.0.get(format!("{ns}/{main_name}").as_str());
     let mut out = Vec::new();
+    // A Service needs a port: a Gateway with no listener to serve gets none.
+    let wanted: Vec<&GatewayService> = wanted.iter().filter(|w| !w.ports.is_empty()).collect();
     let names: BTreeSet<&str> = wanted.iter().map(|w| w.name.as_str()).collect();
     for w in wanted {
         let manifest = w.manifest(ns, main_svc);
@@ -1264,6 +1266,18 @@ mod tests {
         );
         let changes = service_changes(&stores, &main, std::slice::from_ref(&a));
         assert_eq!(changes, [ServiceChange::Delete("gw-old".into())]);
+        // A Gateway with no listener to serve has no Service (one needs a port).
+        let empty = want("gw-a", vec![], vec![]);
+        let changes = service_changes(&stores, &main, std::slice::from_ref(&empty));
+        assert!(
+            changes.contains(&ServiceChange::Delete("gw-a".into())),
+            "{changes:?}"
+        );
+        assert!(
+            !changes
+                .iter()
+                .any(|c| matches!(c, ServiceChange::Create(_)))
+        );
     }
 
     /// A route is parsed once as it arrives; a change of its status alone is no change

@@ -1473,7 +1473,17 @@ fn gateway_statuses(
                 }
             })
         });
-        let programmed = if addresses.is_empty() {
+        // No valid listener is Invalid whatever the address (such a Gateway may have no
+        // Service at all: one needs a port).
+        let programmed = if valid == 0 {
+            Condition::new(
+                "Programmed",
+                false,
+                "Invalid",
+                "no listener is valid",
+                generation,
+            )
+        } else if addresses.is_empty() {
             Condition::new(
                 "Programmed",
                 false,
@@ -1490,14 +1500,6 @@ fn gateway_statuses(
                 false,
                 "AddressNotUsable",
                 "the Gateway's Service was not given the addresses asked for",
-                generation,
-            )
-        } else if valid == 0 {
-            Condition::new(
-                "Programmed",
-                false,
-                "Invalid",
-                "no listener is valid",
                 generation,
             )
         } else {
