@@ -305,8 +305,7 @@ mod tests {
             answers("c.b.example.com"),
             ["one", "any", "one", "any", "many", "any"]
         );
-        // Both `*.example.com` match: the one added first (a Gateway API listener's comes
-        // before an Ingress's) first.
+        // Both `*.example.com` match: the one added first, first.
         assert_eq!(
             answers("c.example.com"),
             ["many", "any", "any", "one-top", "many", "any"]

@@ -76,7 +76,10 @@ impl Default for Settings {
             controller_name: crate::gatewayapi::CONTROLLER_NAME.into(),
             ingress_classes: vec!["kubewire".into(), "ambassador".into()],
             addresses: Vec::new(),
-            service: ("kube-system".into(), "kubewire-gateway".into()),
+            service: crate::controller::DEFAULT_SERVICE
+                .split_once('/')
+                .map(|(ns, name)| (ns.into(), name.into()))
+                .unwrap_or_default(),
             ambassador_id: "default".into(),
         }
     }

@@ -83,6 +83,14 @@ fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// curl from `outside`: the body, a newline and the status code.
+fn get(lab: &RunningLab, url: &str) -> String {
+    stdout(&lab.exec(
+        "outside",
+        &["curl", "-s", "--max-time", "5", "-w", "\n%{http_code}", url],
+    ))
+}
+
 #[test]
 fn talk_step_four_ingress_and_mapping_through_the_gateway() {
     let lab = RunningLab::up(2);
@@ -145,20 +153,7 @@ fn talk_step_four_ingress_and_mapping_through_the_gateway() {
         Some(ip.as_str()),
         "the Ingress's address is the gateway Service's"
     );
-    let curl = |path: &str| {
-        stdout(&lab.exec(
-            "outside",
-            &[
-                "curl",
-                "-s",
-                "--max-time",
-                "5",
-                "-w",
-                "\n%{http_code}",
-                &format!("http://{ip}{path}"),
-            ],
-        ))
-    };
+    let curl = |path: &str| get(&lab, &format!("http://{ip}{path}"));
 
     // The Ingress: `/engine` (Prefix) reaches an engine pod, also below it, not beside it.
     assert!(
@@ -264,20 +259,7 @@ fn a_gateway_gets_a_service_and_address_of_its_own_with_its_listeners_port() {
         "http https 198.18.0.250",
         "the gateway's own Service is the install's, and its address is not the Gateway's"
     );
-    let curl = || {
-        stdout(&lab.exec(
-            "outside",
-            &[
-                "curl",
-                "-s",
-                "--max-time",
-                "5",
-                "-w",
-                "\n%{http_code}",
-                &format!("http://{ip}:8080/alt/x"),
-            ],
-        ))
-    };
+    let curl = || get(&lab, &format!("http://{ip}:8080/alt/x"));
     assert!(
         wait_until(Duration::from_secs(30), || curl().ends_with("\n200")),
         "{}",

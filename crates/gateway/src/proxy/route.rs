@@ -261,7 +261,8 @@ pub struct Router {
     wildcards: Vec<(String, bool, usize)>,
     any: Vec<usize>,
     vhosts: Vec<VHost>,
-    /// The distinct listener hostnames ([`VirtualHost::scope`]) on this port.
+    /// The distinct listener hostnames ([`VirtualHost::scope`]) on this port, normalized
+    /// (see [`normalized`]) so that a request compares without allocating.
     scopes: Vec<HostMatch>,
 }
 
@@ -289,13 +290,13 @@ impl Router {
             }
             let routes: Vec<_> = vh.routes.iter().map(CompiledRoute::new).collect();
             let index = PathIndex::new(&routes);
-            let scope = vh.scope.as_ref().map(|sc| {
+            let scope = vh.scope.as_ref().map(normalized).map(|sc| {
                 router
                     .scopes
                     .iter()
-                    .position(|x| x == sc)
+                    .position(|x| *x == sc)
                     .unwrap_or_else(|| {
-                        router.scopes.push(sc.clone());
+                        router.scopes.push(sc);
                         router.scopes.len() - 1
                     })
             });
@@ -338,7 +339,7 @@ impl Router {
         self.scopes
             .iter()
             .enumerate()
-            .filter_map(|(i, sc)| Some((host_rank(sc, host)?, i)))
+            .filter_map(|(i, sc)| Some((rank(sc, host)?, i)))
             .min()
             .map(|(_, i)| i)
     }
@@ -402,19 +403,39 @@ impl Router {
     }
 }
 
-/// How specifically `pattern` matches the normalized `host` (lower is more specific):
-/// the exact name, then wildcards by longer suffix, then any host; `None` if it does not.
-fn host_rank(pattern: &HostMatch, host: &str) -> Option<usize> {
+/// A host pattern as requests' hosts are compared with it: lower case, without a
+/// trailing dot.
+fn normalized(pattern: &HostMatch) -> HostMatch {
     match pattern {
-        HostMatch::Exact(name) => (normalize_host(name) == host).then_some(0),
+        HostMatch::Exact(name) => HostMatch::Exact(normalize_host(name)),
+        HostMatch::Wildcard { suffix, one_label } => HostMatch::Wildcard {
+            suffix: suffix.to_ascii_lowercase().trim_end_matches('.').to_owned(),
+            one_label: *one_label,
+        },
+        HostMatch::Any => HostMatch::Any,
+    }
+}
+
+/// How specifically the normalized `pattern` matches the normalized `host` (lower is
+/// more specific): the exact name, then wildcards by longer suffix, then any host;
+/// `None` if it does not.
+fn rank(pattern: &HostMatch, host: &str) -> Option<usize> {
+    match pattern {
+        HostMatch::Exact(name) => (name == host).then_some(0),
         HostMatch::Wildcard { suffix, one_label } => {
-            let suffix = suffix.to_ascii_lowercase();
-            let suffix = suffix.trim_end_matches('.');
-            let label = host.strip_suffix(suffix).filter(|l| !l.is_empty())?;
+            let label = host
+                .strip_suffix(suffix.as_str())
+                .filter(|l| !l.is_empty())?;
             (!one_label || !label.contains('.')).then_some(usize::MAX - 1 - suffix.len())
         }
         HostMatch::Any => Some(usize::MAX),
     }
+}
+
+/// [`rank`] of a pattern as configured (the slow way: for the test oracle).
+#[cfg(test)]
+fn host_rank(pattern: &HostMatch, host: &str) -> Option<usize> {
+    rank(&normalized(pattern), host)
 }
 
 #[cfg(test)]
