@@ -1062,3 +1062,86 @@ fn the_connection_mark_carries_a_value_from_a_map_to_a_verdict_map() {
     let counted = ns.sh(&["nft", "list", "chain", "ip", T, "seven"]);
     assert!(counted.contains("packets 1"), "{counted}");
 }
+
+#[test]
+fn concatenated_ranges_are_added_listed_and_deleted() {
+    let ns = Ns::new();
+    let key = [
+        KeyType::Ipv4Addr,
+        KeyType::Ipv4Addr,
+        KeyType::InetProto,
+        KeyType::InetService,
+    ];
+    let allowed = Set::new(Family::Ip, T, "allowed", key).interval();
+    let range = |peer: (Datum, Datum), proto: (u8, u8), port: (u16, u16)| {
+        SetElement::ranges(
+            [
+                v4(10, 0, 0, 1),
+                peer.0,
+                Datum::Proto(proto.0),
+                Datum::Port(port.0),
+            ],
+            [
+                v4(10, 0, 0, 1),
+                peer.1,
+                Datum::Proto(proto.1),
+                Datum::Port(port.1),
+            ],
+        )
+    };
+    let blocks = range(
+        (v4(10, 244, 0, 0), v4(10, 244, 1, 255)),
+        (proto::TCP, proto::TCP),
+        (81, 90),
+    );
+    let everyone = range(
+        (v4(0, 0, 0, 0), v4(255, 255, 255, 255)),
+        (proto::UDP, proto::UDP),
+        (0, u16::MAX),
+    );
+    let mut b = base_batch();
+    b.add_set(&allowed)
+        .add_elements(&allowed, &[blocks.clone(), everyone.clone()])
+        .add_rule(
+            &Rule::new(Family::Ip, T, "services")
+                .match_in_set(
+                    &[Field::IpDaddr, Field::IpSaddr, Field::L4Proto, Field::Dport],
+                    "allowed",
+                    false,
+                )
+                .accept(),
+        );
+    ns.apply(&b).unwrap();
+    // nft 1.0.6 prints each field as a prefix or a range.
+    let listing = ns.listing().replace(['\t', '\n'], " ");
+    assert!(
+        listing.contains("10.0.0.1 . 10.244.0.0/23 . tcp . 81-90"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("10.0.0.1 . 0.0.0.0/0 . udp . 0-65535"),
+        "{listing}"
+    );
+    assert_eq!(elements_of(&ns.ruleset(), "allowed").len(), 2);
+
+    // An element overlapping one already there is refused by the kernel, and names
+    // the set.
+    let mut b = Batch::new();
+    b.add_elements(
+        &allowed,
+        &[range(
+            (v4(10, 244, 1, 0), v4(10, 244, 1, 0)),
+            (proto::TCP, proto::TCP),
+            (85, 85),
+        )],
+    );
+    let err = ns.apply(&b).unwrap_err().to_string();
+    assert!(err.contains("allowed"), "{err}");
+
+    let mut b = Batch::new();
+    b.delete_elements(&allowed, &[blocks]);
+    ns.apply(&b).unwrap();
+    let listing = ns.listing().replace(['\t', '\n'], " ");
+    assert!(!listing.contains("10.244.0.0/23"), "{listing}");
+    assert_eq!(elements_of(&ns.ruleset(), "allowed").len(), 1);
+}

@@ -265,13 +265,6 @@ impl Batch {
             self.invalid(what, "the key has no usable fields".into());
             return None;
         }
-        if set.interval && set.key.len() > 1 {
-            self.invalid(
-                what,
-                "interval sets with concatenated keys are not supported".into(),
-            );
-            return None;
-        }
         self.next_set_id += 1;
         let id = self.next_set_id;
         let m = self.begin(msg::NEWSET, NLM_F_CREATE, set.family, what);
@@ -513,6 +506,12 @@ fn successor(key: Datum) -> Option<Vec<u8>> {
 fn encode_element(w: &mut Writer, set: &Set, e: &SetElement) {
     let elem = w.nest_start(attr::LIST_ELEM);
     put_value(w, attr::SET_ELEM_KEY, &encode_data(&e.key));
+    // A concatenation of ranges (the kernel's pipapo sets) is one element whose end is
+    // its last key, inclusive; without an end, the element is its key alone.
+    let concat_range = set.interval && set.key.len() > 1;
+    if concat_range && let Some(end) = e.end.as_ref().filter(|end| !end.is_empty()) {
+        put_value(w, attr::SET_ELEM_KEY_END, &encode_data(end));
+    }
     match &e.data {
         None => {}
         Some(ElementData::Verdict(v)) => put_verdict(w, attr::SET_ELEM_DATA, v),
@@ -531,6 +530,7 @@ fn encode_element(w: &mut Writer, set: &Set, e: &SetElement) {
     // An interval is its start plus an "interval end" element one past its last key;
     // a plain key in an interval set is the interval of that key alone.
     let end = match (&e.end, set.interval) {
+        _ if concat_range => None,
         (Some(end), _) if end.is_empty() => None,
         (Some(end), _) => Some(encode_data(end)),
         (None, true) => e.key.first().and_then(|k| successor(*k)),

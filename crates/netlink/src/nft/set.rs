@@ -330,7 +330,9 @@ pub struct SetElement {
     pub key: Vec<Datum>,
     /// For interval sets: `Some(k)` makes the element the range from `key` up to, not
     /// including, `k`; `Some` of an empty key runs to the end of the key space. `None`
-    /// for elements of sets without the interval flag.
+    /// for elements of sets without the interval flag. In an interval set of
+    /// concatenated keys (the kernel's pipapo sets) each field is a range of its own and
+    /// `k` is the last key, included: [`SetElement::ranges`].
     pub end: Option<Vec<Datum>>,
     /// For maps: what the key maps to.
     pub data: Option<ElementData>,
@@ -375,6 +377,14 @@ impl SetElement {
         };
         let mut e = SetElement::new([start]);
         e.end = Some(end.into_iter().collect());
+        e
+    }
+
+    /// For interval sets of concatenated keys: each field from its value in `first` to
+    /// its value in `last`, both included (`10.0.0.0-10.0.0.255 . tcp . 80-89`).
+    pub fn ranges(first: impl Into<Vec<Datum>>, last: impl Into<Vec<Datum>>) -> Self {
+        let mut e = SetElement::new(first);
+        e.end = Some(last.into());
         e
     }
 

@@ -97,6 +97,7 @@ pub(crate) mod attr {
     pub(crate) const SET_ELEM_TIMEOUT: u16 = 4;
     pub(crate) const SET_ELEM_EXPIRATION: u16 = 5;
     pub(crate) const SET_ELEM_USERDATA: u16 = 6;
+    pub(crate) const SET_ELEM_KEY_END: u16 = 10;
     pub(crate) const SET_ELEM_LIST_TABLE: u16 = 1;
     pub(crate) const SET_ELEM_LIST_SET: u16 = 2;
     pub(crate) const SET_ELEM_LIST_ELEMENTS: u16 = 3;
