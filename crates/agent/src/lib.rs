@@ -7,7 +7,8 @@
 //! the difference ([`kernel`]), again at every `--resync` so that drift is repaired. It does
 //! pod networking across nodes (the CNI config with the node's pod CIDRs, and routes to
 //! every other node's pod CIDRs, natively or over VXLAN) and, unless `--proxy=false`,
-//! runs the service proxy ([`proxy::run`]) beside it on the same API connection, and,
+//! runs the service proxy ([`proxy::run`]) beside it on the same API connection, unless
+//! `--policy=false` enforces NetworkPolicy for the node's pods ([`policy::run`]), and,
 //! unless `--l2-announce=false` and `--bgp-announce=false`, the announcers of
 //! LoadBalancer addresses over ARP/NDP ([`lb::l2::run`]) and BGP ([`lb::bgp::run`]); the
 //! BGP announcer withdraws its routes and closes its sessions when the agent stops.
@@ -48,6 +49,9 @@ pub enum Error {
     /// The service proxy stopped.
     #[error("the service proxy stopped")]
     Proxy(#[from] proxy::Error),
+    /// Network policy stopped.
+    #[error("network policy stopped")]
+    Policy(#[from] policy::Error),
     /// The view of the cluster the LoadBalancer announcers read stopped.
     #[error("the LoadBalancer announcers' view stopped")]
     Announce(#[from] lb::announce::Error),
@@ -100,7 +104,7 @@ pub struct Args {
     #[arg(long, default_value = "/var/lib/cni/kubewire")]
     pub cni_data_dir: PathBuf,
     /// Remove everything the agent put in the kernel (its routes, the VXLAN device, its
-    /// nftables tables) and exit, instead of running.
+    /// nftables tables: the proxy's and network policy's) and exit, instead of running.
     #[arg(long)]
     pub cleanup: bool,
     /// How often to compare the kernel with the desired state even without API
@@ -110,6 +114,9 @@ pub struct Args {
     /// The service proxy's flags.
     #[command(flatten)]
     pub proxy: proxy::ProxyArgs,
+    /// Network policy's flags.
+    #[command(flatten)]
+    pub policy: policy::PolicyArgs,
     /// The BGP announcer's flags.
     #[command(flatten)]
     pub bgp: lb::bgp::BgpArgs,
@@ -138,6 +145,7 @@ impl Args {
         }
         args.push(format!("--resync={}", k8s::duration::format_duration(self.resync)).into());
         args.extend(self.proxy.to_args());
+        args.extend(self.policy.to_args());
         args.extend(self.bgp.to_args());
         args.extend(self.l2.to_args());
         args
@@ -180,8 +188,12 @@ pub async fn run(args: Args) -> Result<(), Error> {
         let services = netlink::nft::NftSocket::new()
             .map_err(proxy::Error::Socket)
             .and_then(|mut socket| proxy::cleanup(&mut socket));
+        let policies = netlink::nft::NftSocket::new()
+            .map_err(policy::Error::Socket)
+            .and_then(|mut socket| policy::cleanup(&mut socket));
         routes?;
         services?;
+        policies?;
         return Ok(());
     }
     let mut shutdown = k8s::Shutdown::new().map_err(Error::Signals)?;
@@ -199,11 +211,19 @@ pub async fn run(args: Args) -> Result<(), Error> {
             std::future::pending().await
         }
     };
+    let policies = async {
+        if args.policy.policy {
+            policy::run(client.clone(), args.node_name.clone(), args.resync).await
+        } else {
+            std::future::pending().await
+        }
+    };
     let (stop_announcers, stopping) = tokio::sync::oneshot::channel();
     let announcers = announcers(&args, client.clone(), stopping);
     tokio::pin!(announcers);
     let stopped = tokio::select! {
         r = services => Some(r.map_err(Error::from)),
+        r = policies => Some(r.map_err(Error::from)),
         r = &mut announcers => Some(r),
         r = routes(&args, client.clone()) => Some(r),
         () = shutdown.recv() => None,
@@ -365,6 +385,7 @@ mod tests {
                 service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
                 sync_delay_ms: 5,
             },
+            policy: policy::PolicyArgs { policy: false },
             bgp: lb::bgp::BgpArgs {
                 bgp_announce: false,
                 bgp_status_namespace: "kubewire".into(),

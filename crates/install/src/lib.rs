@@ -40,6 +40,9 @@ pub const AGENT: &str = "kubewire-agent";
 /// The ClusterRole (and binding) of what the agent's service proxy reads: left out
 /// without the proxy.
 pub const PROXY_ROLE: &str = "kubewire-proxy";
+/// The ClusterRole (and binding) of what the agent's network policy reads: pods,
+/// namespaces and NetworkPolicies.
+pub const POLICY_ROLE: &str = "kubewire-policy";
 /// The ClusterRole (and binding) of what the agent's LoadBalancer announcers (L2 and BGP)
 /// read and the Events they record, and the Role (and binding) in the agent's namespace
 /// with which they write their ServiceL2Status and ServiceBGPStatus objects.
@@ -409,8 +412,8 @@ fn security_context(add: &[&str]) -> Value {
     })
 }
 
-/// The agent: its ServiceAccount, what it reads (Nodes; Services and EndpointSlices for
-/// the proxy; MetalLB's objects for the L2 and BGP announcers) and writes (the
+/// The agent: its ServiceAccount, what it reads (Nodes; pods, namespaces and
+/// NetworkPolicies for network policy; Services and EndpointSlices for the proxy; MetalLB's objects for the L2 and BGP announcers) and writes (the
 /// announcers' Events, ServiceL2Statuses and ServiceBGPStatuses), the ConfigMap with the
 /// API server's address, and the DaemonSet.
 fn agent_objects(cfg: &Config) -> Vec<Value> {
@@ -419,6 +422,14 @@ fn agent_objects(cfg: &Config) -> Vec<Value> {
         cluster_role(AGENT, json!([read("", &["nodes"])])),
         cluster_role_binding(AGENT, AGENT),
     ];
+    out.push(cluster_role(
+        POLICY_ROLE,
+        json!([
+            read("", &["namespaces", "pods"]),
+            read("networking.k8s.io", &["networkpolicies"]),
+        ]),
+    ));
+    out.push(cluster_role_binding(POLICY_ROLE, AGENT));
     if cfg.proxy {
         out.push(cluster_role(
             PROXY_ROLE,

@@ -173,8 +173,14 @@ fn each_service_account_reads_only_what_its_daemon_watches() {
         ),
         json!({"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}),
     ];
+    let policy = [
+        read("", &["namespaces", "pods"]),
+        read("networking.k8s.io", &["networkpolicies"]),
+    ];
     let mut agent = vec![
         read("", &["nodes"]),
+        policy[0].clone(),
+        policy[1].clone(),
         read("", &["services"]),
         read("discovery.k8s.io", &["endpointslices"]),
     ];
@@ -193,12 +199,14 @@ fn each_service_account_reads_only_what_its_daemon_watches() {
             read("discovery.k8s.io", &["endpointslices"]),
         ]
     );
-    // Without the proxy the agent reads Nodes, and what the announcers read.
+    // Without the proxy the agent reads Nodes, what network policy reads, and what the
+    // announcers read.
     let no_proxy = manifests(&Config {
         proxy: false,
         ..Config::default()
     });
     let mut agent = vec![read("", &["nodes"])];
+    agent.extend(policy);
     agent.extend(announcers);
     assert_eq!(sorted(rules_of(&no_proxy, AGENT)), sorted(agent));
     // Nothing writes cluster-wide but the announcer's Events, nothing reads Secrets,

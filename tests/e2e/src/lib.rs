@@ -11,6 +11,7 @@
 pub mod cluster;
 pub mod cni;
 pub mod gateway_conformance;
+pub mod netpol;
 pub mod running;
 
 use std::path::{Path, PathBuf};

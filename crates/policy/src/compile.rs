@@ -1,0 +1,422 @@
+//! From the cluster to one node's verdict sets: for each of the node's pods and each
+//! direction, whether it is isolated and which (peer address, protocol, port) it
+//! allows, as elements of three sets per direction. The packet path is a few set
+//! lookups whatever the number of policies or peers:
+//!
+//! - `ports`: `local . peer . protocol . port`, exact (a hash lookup): pod peers on
+//!   numbered or named ports;
+//! - `peers`: `local . peer`, exact: pod peers on every port and protocol;
+//! - `ranges`: `local . peer range . protocol range . port range` (the kernel's
+//!   concatenated interval sets): everything else (ipBlocks, every source, `endPort`
+//!   ranges, a protocol's every port). The kernel refuses overlapping elements there,
+//!   so each local address's boxes are cut into disjoint ones ([`disjoint`]).
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+
+use crate::model::{Cluster, Peer, Pod, PortRef, Rule};
+
+/// Which way traffic goes, seen from the node's pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Direction {
+    /// Into the pod: its ingress policies, the peer is the source.
+    Ingress,
+    /// Out of the pod: its egress policies, the peer is the destination.
+    Egress,
+}
+
+/// One element of `ranges`: every field a range, both ends included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Range {
+    /// The node's pod address.
+    pub local: IpAddr,
+    /// Peer addresses, first and last.
+    pub peer: (IpAddr, IpAddr),
+    /// IP protocol numbers, first and last.
+    pub proto: (u8, u8),
+    /// Ports, first and last.
+    pub port: (u16, u16),
+}
+
+/// One direction's verdicts for the node's pods.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sets {
+    /// Addresses of the node's pods that policies isolate in this direction; traffic of
+    /// the others is not judged.
+    pub isolated: BTreeSet<IpAddr>,
+    /// `local . peer . protocol . port` allowed.
+    pub ports: BTreeSet<(IpAddr, IpAddr, u8, u16)>,
+    /// `local . peer` allowed on every port and protocol.
+    pub peers: BTreeSet<(IpAddr, IpAddr)>,
+    /// Disjoint ranges allowed.
+    pub ranges: BTreeSet<Range>,
+}
+
+impl Sets {
+    /// What the packet path decides for traffic of `local` with `peer` (the emulation
+    /// the property test compares with the reference).
+    pub fn admits(&self, local: IpAddr, peer: IpAddr, proto: u8, port: Option<u16>) -> bool {
+        if !self.isolated.contains(&local) {
+            return true;
+        }
+        if self.peers.contains(&(local, peer)) {
+            return true;
+        }
+        if let Some(port) = port
+            && self.ports.contains(&(local, peer, proto, port))
+        {
+            return true;
+        }
+        self.ranges.iter().any(|r| {
+            r.local == local
+                && (r.peer.0..=r.peer.1).contains(&peer)
+                && (r.proto.0..=r.proto.1).contains(&proto)
+                && match port {
+                    Some(p) => (r.port.0..=r.port.1).contains(&p),
+                    // A packet without ports matches only ranges of every port.
+                    None => r.port == (0, u16::MAX),
+                }
+        })
+    }
+
+    /// Elements in all sets.
+    pub fn len(&self) -> usize {
+        self.isolated.len() + self.ports.len() + self.peers.len() + self.ranges.len()
+    }
+
+    /// Whether no set has an element.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A node's verdicts, both directions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Desired {
+    /// Traffic into the node's pods.
+    pub ingress: Sets,
+    /// Traffic out of the node's pods.
+    pub egress: Sets,
+}
+
+impl Desired {
+    /// The sets of direction `d`.
+    pub fn sets(&self, d: Direction) -> &Sets {
+        match d {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+}
+
+/// The verdicts of the pods of `node`.
+pub fn desired(cluster: &Cluster, node: &str) -> Desired {
+    let mut out = Desired::default();
+    for pod in cluster.pods.values().filter(|p| p.node == node) {
+        for d in [Direction::Ingress, Direction::Egress] {
+            let rules: Vec<(&str, &Rule)> = cluster
+                .policies_for(pod)
+                .filter_map(|p| {
+                    let rules = match d {
+                        Direction::Ingress => p.ingress.as_ref(),
+                        Direction::Egress => p.egress.as_ref(),
+                    }?;
+                    Some((p.namespace.as_str(), rules))
+                })
+                .flat_map(|(ns, rules)| rules.iter().map(move |r| (ns, r)))
+                .collect();
+            let isolated = cluster.policies_for(pod).any(|p| match d {
+                Direction::Ingress => p.ingress.is_some(),
+                Direction::Egress => p.egress.is_some(),
+            });
+            if !isolated {
+                continue;
+            }
+            let sets = match d {
+                Direction::Ingress => &mut out.ingress,
+                Direction::Egress => &mut out.egress,
+            };
+            for &local in &pod.ips {
+                sets.isolated.insert(local);
+                let mut boxes = Vec::new();
+                for (ns, rule) in &rules {
+                    compile_rule(cluster, ns, rule, pod, local, d, sets, &mut boxes);
+                }
+                sets.ranges.extend(disjoint(local, &boxes));
+            }
+        }
+    }
+    out
+}
+
+/// Peer addresses of one `from`/`to` entry, of one family.
+enum PeerSpec {
+    /// One pod's address.
+    Exact(IpAddr),
+    /// Addresses from the first to the last.
+    Span(u128, u128),
+}
+
+/// A rectangle of `ranges` before it is cut: peer addresses × (protocol, port) pairs,
+/// both as numbers (`protocol << 16 | port`), ends included.
+#[derive(Debug, Clone, Copy)]
+struct Box2 {
+    peer: (u128, u128),
+    pp: (u32, u32),
+}
+
+const ALL_PP: (u32, u32) = (0, 0x00ff_ffff);
+
+fn pp(proto: u8, port: u16) -> u32 {
+    (u32::from(proto) << 16) | u32::from(port)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn compile_rule(
+    cluster: &Cluster,
+    policy_ns: &str,
+    rule: &Rule,
+    pod: &Pod,
+    local: IpAddr,
+    d: Direction,
+    sets: &mut Sets,
+    boxes: &mut Vec<Box2>,
+) {
+    let v4 = local.is_ipv4();
+    let peers: Vec<PeerSpec> = if rule.peers.is_empty() {
+        vec![PeerSpec::Span(0, family_max(v4))]
+    } else {
+        rule.peers
+            .iter()
+            .flat_map(|p| peer_specs(cluster, policy_ns, p, v4))
+            .collect()
+    };
+    // Every port of every protocol.
+    if rule.ports.is_empty() {
+        for p in &peers {
+            match p {
+                PeerSpec::Exact(ip) => {
+                    sets.peers.insert((local, *ip));
+                }
+                PeerSpec::Span(lo, hi) => boxes.push(Box2 {
+                    peer: (*lo, *hi),
+                    pp: ALL_PP,
+                }),
+            }
+        }
+        return;
+    }
+    for port in &rule.ports {
+        let proto = port.protocol.number();
+        let range = match &port.port {
+            PortRef::All => Some((0, u16::MAX)),
+            PortRef::Range(first, last) => Some((*first, *last)),
+            // Ingress: the port of this pod, the destination.
+            PortRef::Named(name) if d == Direction::Ingress => {
+                pod.named_port(name, port.protocol).map(|n| (n, n))
+            }
+            // Egress: the port of each destination pod, so one element per pod.
+            PortRef::Named(name) => {
+                for p in &peers {
+                    for dst in pods_in(cluster, p, v4) {
+                        if let Some(n) = dst.named_port(name, port.protocol) {
+                            for ip in dst.ips.iter().filter(|ip| ip.is_ipv4() == v4) {
+                                sets.ports.insert((local, *ip, proto, n));
+                            }
+                        }
+                    }
+                }
+                None
+            }
+        };
+        let Some((first, last)) = range else {
+            continue;
+        };
+        for p in &peers {
+            match p {
+                PeerSpec::Exact(ip) if first == last => {
+                    sets.ports.insert((local, *ip, proto, first));
+                }
+                PeerSpec::Exact(ip) => {
+                    let n = to_u128(*ip);
+                    boxes.push(Box2 {
+                        peer: (n, n),
+                        pp: (pp(proto, first), pp(proto, last)),
+                    });
+                }
+                PeerSpec::Span(lo, hi) => boxes.push(Box2 {
+                    peer: (*lo, *hi),
+                    pp: (pp(proto, first), pp(proto, last)),
+                }),
+            }
+        }
+    }
+}
+
+/// The pods with an address of the family (`v4`) that `p` covers.
+fn pods_in<'a>(cluster: &'a Cluster, p: &PeerSpec, v4: bool) -> Vec<&'a Pod> {
+    match p {
+        PeerSpec::Exact(ip) => cluster.pod_by_ip(*ip).into_iter().collect(),
+        PeerSpec::Span(lo, hi) => cluster
+            .pods
+            .values()
+            .filter(|pod| {
+                pod.ips
+                    .iter()
+                    .any(|ip| ip.is_ipv4() == v4 && (*lo..=*hi).contains(&to_u128(*ip)))
+            })
+            .collect(),
+    }
+}
+
+fn peer_specs(cluster: &Cluster, policy_ns: &str, peer: &Peer, v4: bool) -> Vec<PeerSpec> {
+    match peer {
+        Peer::Pods { .. } => cluster
+            .peer_pods(policy_ns, peer)
+            .flat_map(|pod| pod.ips.iter())
+            .filter(|ip| ip.is_ipv4() == v4)
+            .map(|ip| PeerSpec::Exact(*ip))
+            .collect(),
+        Peer::Block { cidr, except } => {
+            if matches!(cidr, IpNet::V4(_)) != v4 {
+                return Vec::new();
+            }
+            let mut spans = vec![net_span(cidr)];
+            for e in except.iter().filter(|e| matches!(e, IpNet::V4(_)) == v4) {
+                spans = subtract(&spans, net_span(e));
+            }
+            spans
+                .into_iter()
+                .map(|(lo, hi)| PeerSpec::Span(lo, hi))
+                .collect()
+        }
+    }
+}
+
+fn net_span(net: &IpNet) -> (u128, u128) {
+    let net = net.trunc();
+    (to_u128(net.network()), to_u128(net.broadcast()))
+}
+
+/// `spans` without `(lo, hi)`.
+fn subtract(spans: &[(u128, u128)], (lo, hi): (u128, u128)) -> Vec<(u128, u128)> {
+    let mut out = Vec::new();
+    for &(a, b) in spans {
+        if hi < a || lo > b {
+            out.push((a, b));
+            continue;
+        }
+        if a < lo {
+            out.push((a, lo - 1));
+        }
+        if hi < b {
+            out.push((hi + 1, b));
+        }
+    }
+    out
+}
+
+fn family_max(v4: bool) -> u128 {
+    if v4 { u128::from(u32::MAX) } else { u128::MAX }
+}
+
+fn to_u128(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+fn from_u128(n: u128, v4: bool) -> IpAddr {
+    if v4 {
+        IpAddr::V4(Ipv4Addr::from(n as u32))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(n))
+    }
+}
+
+/// Address ranges as numbers, ends included.
+type Spans = Vec<(u128, u128)>;
+
+/// `boxes` of one local address, cut into disjoint [`Range`]s covering the same
+/// (peer, protocol, port) points: the (protocol, port) axis is cut where any box starts
+/// or ends; in each piece, the peer ranges of the boxes covering it are merged; pieces
+/// with the same peers are joined again; each piece becomes at most three
+/// protocol × port rectangles.
+fn disjoint(local: IpAddr, boxes: &[Box2]) -> Vec<Range> {
+    if boxes.is_empty() {
+        return Vec::new();
+    }
+    let v4 = local.is_ipv4();
+    let mut cuts: Vec<u32> = boxes.iter().flat_map(|b| [b.pp.0, b.pp.1 + 1]).collect();
+    cuts.sort_unstable();
+    cuts.dedup();
+    // (pp first, pp last, merged peer ranges)
+    let mut pieces: Vec<(u32, u32, Spans)> = Vec::new();
+    for w in cuts.windows(2) {
+        let (first, last) = (w[0], w[1] - 1);
+        let mut peers: Vec<(u128, u128)> = boxes
+            .iter()
+            .filter(|b| b.pp.0 <= first && last <= b.pp.1)
+            .map(|b| b.peer)
+            .collect();
+        if peers.is_empty() {
+            continue;
+        }
+        peers.sort_unstable();
+        let mut merged: Vec<(u128, u128)> = Vec::new();
+        for (lo, hi) in peers {
+            match merged.last_mut() {
+                Some(m) if lo <= m.1.saturating_add(1) => m.1 = m.1.max(hi),
+                _ => merged.push((lo, hi)),
+            }
+        }
+        match pieces.last_mut() {
+            Some(p) if p.1 + 1 == first && p.2 == merged => p.1 = last,
+            _ => pieces.push((first, last, merged)),
+        }
+    }
+    let mut out = Vec::new();
+    for (first, last, peers) in pieces {
+        for (proto, port) in rectangles(first, last) {
+            for &(lo, hi) in &peers {
+                out.push(Range {
+                    local,
+                    peer: (from_u128(lo, v4), from_u128(hi, v4)),
+                    proto,
+                    port,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The (protocol, port) pairs from `first` to `last` as at most three rectangles of a
+/// protocol range × a port range.
+fn rectangles(first: u32, last: u32) -> Vec<((u8, u8), (u16, u16))> {
+    let split = |v: u32| ((v >> 16) as u8, (v & 0xffff) as u16);
+    let ((p1, port1), (p2, port2)) = (split(first), split(last));
+    if p1 == p2 {
+        return vec![((p1, p1), (port1, port2))];
+    }
+    let mut out = Vec::new();
+    let mut full_first = p1;
+    if port1 != 0 {
+        out.push(((p1, p1), (port1, u16::MAX)));
+        full_first = p1 + 1;
+    }
+    let mut full_last = p2;
+    let mut tail = None;
+    if port2 != u16::MAX {
+        tail = Some(((p2, p2), (0, port2)));
+        full_last = p2 - 1;
+    }
+    if full_first <= full_last {
+        out.push(((full_first, full_last), (0, u16::MAX)));
+    }
+    out.extend(tail);
+    out
+}

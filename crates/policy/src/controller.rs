@@ -1,0 +1,153 @@
+//! Network policy's control loop, run by `kubewire agent` in the node's network
+//! namespace: Pods, Namespaces and NetworkPolicies mirrored into one [`Cluster`], the
+//! node's verdicts computed from the whole of it ([`compile::desired`]) a short while
+//! after a change (a burst of events makes one sync), and only their difference sent
+//! to the kernel. At every resync the enforcer checks its tables are still whole.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s::{ErrorChain, Mirror, ObjectKey};
+use k8s_openapi::api::core::v1::{Namespace, Pod as K8sPod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::runtime::watcher;
+use netlink::nft::NftSocket;
+use tracing::{debug, info, warn};
+
+use crate::compile;
+use crate::model::{Cluster, Pod, Policy, namespace_labels};
+use crate::ruleset::{Enforcer, Error};
+
+/// How long to collect more changes after the first before syncing.
+const SYNC_DELAY: Duration = Duration::from_millis(10);
+
+/// The pods of a [`Cluster`], as a [`k8s::Store`].
+struct Pods<'a>(&'a mut Cluster);
+
+impl k8s::Store<K8sPod> for Pods<'_> {
+    fn apply(&mut self, key: ObjectKey, obj: K8sPod) -> bool {
+        self.0.set_pod(&key, Pod::from_api(&obj))
+    }
+    fn delete(&mut self, key: &str) -> bool {
+        self.0.set_pod(key, None)
+    }
+    fn keys(&self) -> Vec<ObjectKey> {
+        self.0.pods.keys().map(|k| k.as_str().into()).collect()
+    }
+}
+
+/// The namespaces of a [`Cluster`].
+struct Namespaces<'a>(&'a mut Cluster);
+
+impl k8s::Store<Namespace> for Namespaces<'_> {
+    fn apply(&mut self, key: ObjectKey, obj: Namespace) -> bool {
+        let labels = namespace_labels(&obj);
+        let old = self.0.namespaces.insert(key.into(), labels.clone());
+        old.as_ref() != Some(&labels)
+    }
+    fn delete(&mut self, key: &str) -> bool {
+        self.0.namespaces.remove(key).is_some()
+    }
+    fn keys(&self) -> Vec<ObjectKey> {
+        self.0
+            .namespaces
+            .keys()
+            .map(|k| k.as_str().into())
+            .collect()
+    }
+}
+
+/// The policies of a [`Cluster`].
+struct Policies<'a>(&'a mut Cluster);
+
+impl k8s::Store<NetworkPolicy> for Policies<'_> {
+    fn apply(&mut self, key: ObjectKey, obj: NetworkPolicy) -> bool {
+        let (policy, problems) = Policy::from_api(&obj);
+        for p in problems {
+            warn!("{p}; left out (the policy allows less)");
+        }
+        let old = self.0.policies.insert(key.into(), policy.clone());
+        old.as_ref() != Some(&policy)
+    }
+    fn delete(&mut self, key: &str) -> bool {
+        self.0.policies.remove(key).is_some()
+    }
+    fn keys(&self) -> Vec<ObjectKey> {
+        self.0.policies.keys().map(|k| k.as_str().into()).collect()
+    }
+}
+
+/// Runs network policy for node `node` until the watches end.
+pub async fn run(client: kube::Client, node: String, resync: Duration) -> Result<(), Error> {
+    let socket = NftSocket::new().map_err(Error::Socket)?;
+    let mut enforcer = Enforcer::new(socket);
+    let config = watcher::Config::default();
+    let mut pod_events = k8s::watch(kube::Api::<K8sPod>::all(client.clone()), config.clone());
+    let mut ns_events = k8s::watch(kube::Api::<Namespace>::all(client.clone()), config.clone());
+    let mut np_events = k8s::watch(kube::Api::<NetworkPolicy>::all(client), config);
+    let (mut pods, mut namespaces, mut policies) = (Mirror::new(), Mirror::new(), Mirror::new());
+    let mut cluster = Cluster::default();
+    let mut tick = tokio::time::interval(resync);
+    // When the first change not yet synced came.
+    let mut pending: Option<Instant> = None;
+    info!(node = %node, "network policy started");
+    loop {
+        let wait = match pending {
+            Some(since) => SYNC_DELAY.saturating_sub(since.elapsed()),
+            None => Duration::from_secs(3600),
+        };
+        let changed = tokio::select! {
+            e = pod_events.next() => match e {
+                Some(Ok(e)) => pods.step(&mut Pods(&mut cluster), e),
+                Some(Err(e)) => { warn!(error = %ErrorChain(&e), "watching pods"); false }
+                None => return Err(Error::WatchEnded),
+            },
+            e = ns_events.next() => match e {
+                Some(Ok(e)) => namespaces.step(&mut Namespaces(&mut cluster), e),
+                Some(Err(e)) => { warn!(error = %ErrorChain(&e), "watching namespaces"); false }
+                None => return Err(Error::WatchEnded),
+            },
+            e = np_events.next() => match e {
+                Some(Ok(e)) => policies.step(&mut Policies(&mut cluster), e),
+                Some(Err(e)) => { warn!(error = %ErrorChain(&e), "watching network policies"); false }
+                None => return Err(Error::WatchEnded),
+            },
+            _ = tick.tick() => !enforcer.intact(),
+            () = tokio::time::sleep(wait), if pending.is_some() => {
+                pending = None;
+                if pods.synced() && namespaces.synced() && policies.synced() {
+                    sync(&mut enforcer, &cluster, &node);
+                } else {
+                    // Not whole yet: judging now could cut allowed traffic.
+                    pending = Some(Instant::now());
+                }
+                false
+            }
+        };
+        if changed && pending.is_none() {
+            pending = Some(Instant::now());
+        }
+    }
+}
+
+fn sync(enforcer: &mut Enforcer, cluster: &Cluster, node: &str) {
+    let started = Instant::now();
+    let desired = compile::desired(cluster, node);
+    let computed = started.elapsed();
+    match enforcer.sync(&desired) {
+        Ok(r) if r.messages == 0 => debug!("network policy unchanged"),
+        Ok(r) => info!(
+            full = r.full,
+            messages = r.messages,
+            isolated_ingress = desired.ingress.isolated.len(),
+            isolated_egress = desired.egress.isolated.len(),
+            elements = desired.ingress.len() + desired.egress.len(),
+            compute_ms = computed.as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            "network policy synced"
+        ),
+        Err(e) => {
+            warn!(error = %ErrorChain(&e), "applying network policy; everything is sent again at the next change or resync")
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! kubewire's network policy: NetworkPolicy (`networking.k8s.io/v1`) enforced by
+//! `kubewire agent` in each node's nftables, for the node's own pods.
+//!
+//! The shape is the service proxy's: mirror what policy reads (pods, namespaces,
+//! policies: [`model`]), compute the node's verdicts from the whole of it as a pure
+//! function ([`compile::desired`]), send only the difference from what the kernel holds
+//! in one atomic batch ([`ruleset::Enforcer`]). [`eval`] is the reference the compiled
+//! sets are tested against: the API's rules written out plainly.
+//!
+//! Each node judges its own pods: the egress policies of a pod on the node where the
+//! connection starts, the ingress policies on the node where it ends, both on the
+//! connection's first packet after DNAT; replies and later packets pass on conntrack
+//! state. The packet path is a few set lookups keyed by address, protocol and port,
+//! whatever the number of policies or peers ([`compile`], [`ruleset`]).
+
+pub mod compile;
+pub mod controller;
+pub mod eval;
+pub mod model;
+pub mod ruleset;
+
+#[cfg(test)]
+mod tests;
+
+pub use controller::run;
+pub use ruleset::{Error, cleanup};
+
+/// Network policy's flags (part of `kubewire agent`'s).
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct PolicyArgs {
+    /// Enforce NetworkPolicy (`--policy=false` leaves it to another enforcer, or to none).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub policy: bool,
+}
+
+impl PolicyArgs {
+    /// These flags as command-line arguments (what parses back into `self`).
+    pub fn to_args(&self) -> Vec<std::ffi::OsString> {
+        vec![format!("--policy={}", self.policy).into()]
+    }
+}

@@ -1,0 +1,487 @@
+//! What network policy reads of the cluster, reduced on arrival: pods (labels,
+//! addresses, node, named ports), namespaces (labels) and NetworkPolicies (parsed into
+//! [`Policy`]). Nothing here knows about nftables.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Namespace, Pod as K8sPod};
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+/// Labels of a pod or namespace.
+pub type Labels = BTreeMap<String, String>;
+
+/// The label the API server puts on every namespace, with the namespace's name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// A transport protocol a NetworkPolicy port names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    /// TCP (6).
+    Tcp,
+    /// UDP (17).
+    Udp,
+    /// SCTP (132).
+    Sctp,
+}
+
+impl Protocol {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+        }
+    }
+
+    /// `TCP`, `UDP` or `SCTP`, as the API writes them.
+    pub fn parse(s: &str) -> Option<Protocol> {
+        match s {
+            "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            "SCTP" => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+}
+
+/// A container port with a name, which policies may name instead of its number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedPort {
+    /// The port's name (`http`).
+    pub name: String,
+    /// Its protocol.
+    pub protocol: Protocol,
+    /// Its number.
+    pub port: u16,
+}
+
+/// A pod as policy sees it: only pods with addresses of their own (not host-network
+/// pods, whose addresses are their node's, and not finished pods, whose addresses are
+/// free again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its labels.
+    pub labels: Labels,
+    /// Its addresses (one per family).
+    pub ips: Vec<IpAddr>,
+    /// The node it runs on.
+    pub node: String,
+    /// Its containers' named ports.
+    pub ports: Vec<NamedPort>,
+}
+
+impl Pod {
+    /// The pod as policy sees it, or `None` for a pod policy ignores (host network,
+    /// finished, not yet given an address).
+    pub fn from_api(pod: &K8sPod) -> Option<Pod> {
+        let spec = pod.spec.as_ref()?;
+        if spec.host_network == Some(true) {
+            return None;
+        }
+        let status = pod.status.as_ref()?;
+        if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+            return None;
+        }
+        let mut ips: Vec<IpAddr> = status
+            .pod_ips
+            .iter()
+            .flatten()
+            .filter_map(|p| p.ip.parse().ok())
+            .collect();
+        if ips.is_empty()
+            && let Some(ip) = status.pod_ip.as_deref().and_then(|ip| ip.parse().ok())
+        {
+            ips.push(ip);
+        }
+        if ips.is_empty() {
+            return None;
+        }
+        let sidecars = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .filter(|c| c.restart_policy.as_deref() == Some("Always"));
+        let ports = spec
+            .containers
+            .iter()
+            .chain(sidecars)
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| {
+                Some(NamedPort {
+                    name: p.name.clone().filter(|n| !n.is_empty())?,
+                    protocol: Protocol::parse(p.protocol.as_deref().unwrap_or("TCP"))?,
+                    port: u16::try_from(p.container_port).ok()?,
+                })
+            })
+            .collect();
+        Some(Pod {
+            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            ips,
+            node: spec.node_name.clone().unwrap_or_default(),
+            ports,
+        })
+    }
+
+    /// The number of the pod's port named `name` for `protocol`.
+    pub fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|p| p.name == name && p.protocol == protocol)
+            .map(|p| p.port)
+    }
+}
+
+/// A namespace's labels, with the name label the API server always sets.
+pub fn namespace_labels(ns: &Namespace) -> Labels {
+    let mut labels = ns.metadata.labels.clone().unwrap_or_default();
+    if let Some(name) = &ns.metadata.name {
+        labels
+            .entry(NAMESPACE_NAME_LABEL.into())
+            .or_insert_with(|| name.clone());
+    }
+    labels
+}
+
+/// Which port(s) a policy port allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortRef {
+    /// Every port of the protocol.
+    All,
+    /// Ports `first..=last` (`port` with `endPort`, or `port` alone).
+    Range(u16, u16),
+    /// The destination pod's container port of this name.
+    Named(String),
+}
+
+/// One entry of a rule's `ports`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortRule {
+    /// The protocol (TCP when not given).
+    pub protocol: Protocol,
+    /// The port(s).
+    pub port: PortRef,
+}
+
+/// One entry of a rule's `from` or `to`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Peer {
+    /// Pods: those `pods` selects (all when `None`) in the namespaces `namespaces`
+    /// selects (the policy's own namespace when `None`).
+    Pods {
+        /// `namespaceSelector`.
+        namespaces: Option<LabelSelector>,
+        /// `podSelector`.
+        pods: Option<LabelSelector>,
+    },
+    /// Addresses in `cidr` and in none of `except`.
+    Block {
+        /// `ipBlock.cidr`.
+        cidr: IpNet,
+        /// `ipBlock.except`.
+        except: Vec<IpNet>,
+    },
+}
+
+/// One ingress or egress rule: traffic with any of `peers` (everyone when empty) on
+/// any of `ports` (every port and protocol when empty).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Rule {
+    /// `from` / `to`.
+    pub peers: Vec<Peer>,
+    /// `ports`.
+    pub ports: Vec<PortRule>,
+}
+
+/// A NetworkPolicy, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// The pods it applies to, in its namespace.
+    pub selector: LabelSelector,
+    /// With `Ingress` among its policy types: the rules allowing traffic into the pods
+    /// (none: isolated, nothing allowed). `None`: it says nothing about ingress.
+    pub ingress: Option<Vec<Rule>>,
+    /// The same for `Egress`.
+    pub egress: Option<Vec<Rule>>,
+}
+
+impl Policy {
+    /// The policy, and what in it could not be read (each such peer or port is left
+    /// out, so the policy allows less, never more). The API server refuses such
+    /// policies; a lenient one may not.
+    pub fn from_api(np: &NetworkPolicy) -> (Policy, Vec<String>) {
+        let namespace = np.metadata.namespace.clone().unwrap_or_default();
+        let name = np.metadata.name.clone().unwrap_or_default();
+        let mut problems = Vec::new();
+        let spec = np.spec.clone().unwrap_or_default();
+        // Defaulting, as the API server does when policyTypes is absent: Ingress
+        // always, Egress when there are egress rules.
+        let types: Vec<String> = match spec.policy_types.filter(|t| !t.is_empty()) {
+            Some(t) => t,
+            None if spec.egress.as_ref().is_some_and(|e| !e.is_empty()) => {
+                vec!["Ingress".into(), "Egress".into()]
+            }
+            None => vec!["Ingress".into()],
+        };
+        let mut rule = |peers: &Option<Vec<NetworkPolicyPeer>>,
+                        ports: &Option<Vec<NetworkPolicyPort>>| Rule {
+            peers: peers
+                .iter()
+                .flatten()
+                .filter_map(|p| match peer(p) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        problems.push(format!("NetworkPolicy {namespace}/{name}: {e}"));
+                        None
+                    }
+                })
+                .collect(),
+            ports: ports
+                .iter()
+                .flatten()
+                .filter_map(|p| match port(p) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        problems.push(format!("NetworkPolicy {namespace}/{name}: {e}"));
+                        None
+                    }
+                })
+                .collect(),
+        };
+        // A rule whose every peer (or port) was unreadable must allow nothing, not
+        // everyone: it is dropped.
+        let keep = |r: Rule, peers_given: bool, ports_given: bool| {
+            let lost_all =
+                (peers_given && r.peers.is_empty()) || (ports_given && r.ports.is_empty());
+            (!lost_all).then_some(r)
+        };
+        let ingress = types.iter().any(|t| t == "Ingress").then(|| {
+            spec.ingress
+                .iter()
+                .flatten()
+                .filter_map(|r| {
+                    let built = rule(&r.from, &r.ports);
+                    keep(
+                        built,
+                        r.from.as_ref().is_some_and(|f| !f.is_empty()),
+                        r.ports.as_ref().is_some_and(|p| !p.is_empty()),
+                    )
+                })
+                .collect()
+        });
+        let egress = types.iter().any(|t| t == "Egress").then(|| {
+            spec.egress
+                .iter()
+                .flatten()
+                .filter_map(|r| {
+                    let built = rule(&r.to, &r.ports);
+                    keep(
+                        built,
+                        r.to.as_ref().is_some_and(|t| !t.is_empty()),
+                        r.ports.as_ref().is_some_and(|p| !p.is_empty()),
+                    )
+                })
+                .collect()
+        });
+        let policy = Policy {
+            namespace,
+            name,
+            selector: spec.pod_selector.unwrap_or_default(),
+            ingress,
+            egress,
+        };
+        (policy, problems)
+    }
+
+    /// Whether the policy applies to `pod`.
+    pub fn selects(&self, pod: &Pod) -> bool {
+        pod.namespace == self.namespace && k8s::labels::selects(&self.selector, &pod.labels)
+    }
+}
+
+fn peer(p: &NetworkPolicyPeer) -> Result<Peer, String> {
+    if let Some(block) = &p.ip_block {
+        let cidr: IpNet = block
+            .cidr
+            .parse()
+            .map_err(|_| format!("ipBlock.cidr {:?} is not a CIDR", block.cidr))?;
+        let except = block
+            .except
+            .iter()
+            .flatten()
+            .map(|e| {
+                e.parse::<IpNet>()
+                    .map_err(|_| format!("ipBlock.except {e:?} is not a CIDR"))
+            })
+            .collect::<Result<_, _>>()?;
+        return Ok(Peer::Block { cidr, except });
+    }
+    if p.namespace_selector.is_none() && p.pod_selector.is_none() {
+        return Err("a peer names no pods, namespaces or ipBlock".into());
+    }
+    Ok(Peer::Pods {
+        namespaces: p.namespace_selector.clone(),
+        pods: p.pod_selector.clone(),
+    })
+}
+
+fn port(p: &NetworkPolicyPort) -> Result<PortRule, String> {
+    let proto = p.protocol.as_deref().unwrap_or("TCP");
+    let protocol =
+        Protocol::parse(proto).ok_or_else(|| format!("unsupported protocol {proto:?}"))?;
+    let number = |n: i32| u16::try_from(n).ok().filter(|n| *n > 0);
+    let port = match (&p.port, p.end_port) {
+        (None, None) => PortRef::All,
+        (None, Some(_)) => return Err("endPort without port".into()),
+        (Some(IntOrString::Int(n)), end) => {
+            let first = number(*n).ok_or_else(|| format!("port {n} is out of range"))?;
+            let last = match end {
+                None => first,
+                Some(e) => number(e)
+                    .filter(|e| *e >= first)
+                    .ok_or_else(|| format!("endPort {e} is out of range or below port"))?,
+            };
+            PortRef::Range(first, last)
+        }
+        (Some(IntOrString::String(name)), None) => match name.parse::<i32>() {
+            Ok(n) => {
+                let n = number(n).ok_or_else(|| format!("port {n} is out of range"))?;
+                PortRef::Range(n, n)
+            }
+            Err(_) => PortRef::Named(name.clone()),
+        },
+        (Some(IntOrString::String(_)), Some(_)) => {
+            return Err("endPort with a named port".into());
+        }
+    };
+    Ok(PortRule { protocol, port })
+}
+
+/// Everything policy reads of the cluster.
+#[derive(Debug, Clone, Default)]
+pub struct Cluster {
+    /// Pods by `namespace/name`.
+    pub pods: BTreeMap<String, Pod>,
+    /// Namespace labels by name.
+    pub namespaces: BTreeMap<String, Labels>,
+    /// Policies by `namespace/name`.
+    pub policies: BTreeMap<String, Policy>,
+    /// Pods by address (`namespace/name`), kept with `pods`.
+    by_ip: HashMap<IpAddr, String>,
+}
+
+impl Cluster {
+    /// Adds or replaces a pod; `None` removes what was under `key`. Returns whether
+    /// anything changed.
+    pub fn set_pod(&mut self, key: &str, pod: Option<Pod>) -> bool {
+        if self.pods.get(key) == pod.as_ref() {
+            return false;
+        }
+        if let Some(old) = self.pods.remove(key) {
+            for ip in &old.ips {
+                if self.by_ip.get(ip).is_some_and(|k| k == key) {
+                    self.by_ip.remove(ip);
+                }
+            }
+        }
+        if let Some(pod) = pod {
+            for ip in &pod.ips {
+                self.by_ip.insert(*ip, key.to_owned());
+            }
+            self.pods.insert(key.to_owned(), pod);
+        }
+        true
+    }
+
+    /// The pod with address `ip`.
+    pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&Pod> {
+        self.pods.get(self.by_ip.get(&ip)?)
+    }
+
+    /// The labels of namespace `ns` (only its name label while it is not known yet).
+    pub fn namespace_labels(&self, ns: &str) -> Labels {
+        self.namespaces
+            .get(ns)
+            .cloned()
+            .unwrap_or_else(|| Labels::from([(NAMESPACE_NAME_LABEL.into(), ns.into())]))
+    }
+
+    /// Whether `peer`, in a policy of namespace `policy_ns`, names pod `pod`.
+    pub fn peer_selects(&self, policy_ns: &str, peer: &Peer, pod: &Pod) -> bool {
+        let Peer::Pods { namespaces, pods } = peer else {
+            return false;
+        };
+        let ns_ok = match namespaces {
+            None => pod.namespace == policy_ns,
+            Some(sel) => k8s::labels::selects(sel, &self.namespace_labels(&pod.namespace)),
+        };
+        ns_ok
+            && pods
+                .as_ref()
+                .is_none_or(|s| k8s::labels::selects(s, &pod.labels))
+    }
+
+    /// The policies that apply to `pod` (those of its namespace that select it).
+    pub fn policies_for<'a>(&'a self, pod: &'a Pod) -> impl Iterator<Item = &'a Policy> + 'a {
+        in_namespace(&self.policies, &pod.namespace).filter(move |p| p.selects(pod))
+    }
+
+    /// The pods of namespace `ns`.
+    pub fn pods_in<'a>(&'a self, ns: &str) -> impl Iterator<Item = &'a Pod> + 'a {
+        in_namespace(&self.pods, ns)
+    }
+
+    /// The pods `peer` (pods, not an ipBlock) of a policy in `policy_ns` names: only the
+    /// namespaces it can name are looked at.
+    pub fn peer_pods<'a>(
+        &'a self,
+        policy_ns: &'a str,
+        peer: &'a Peer,
+    ) -> Box<dyn Iterator<Item = &'a Pod> + 'a> {
+        match peer {
+            Peer::Block { .. } => Box::new(std::iter::empty()),
+            Peer::Pods {
+                namespaces: None, ..
+            } => Box::new(
+                self.pods_in(policy_ns)
+                    .filter(move |p| self.peer_selects(policy_ns, peer, p)),
+            ),
+            Peer::Pods {
+                namespaces: Some(sel),
+                ..
+            } => {
+                // Namespaces are judged once each, not once per pod. Pods of a
+                // namespace not seen yet are left out until it is (allowing less).
+                let names = self.namespaces.keys().map(String::as_str);
+                Box::new(
+                    names
+                        .filter(move |ns| k8s::labels::selects(sel, &self.namespace_labels(ns)))
+                        .flat_map(move |ns| self.pods_in(ns))
+                        .filter(move |p| self.peer_selects(policy_ns, peer, p)),
+                )
+            }
+        }
+    }
+}
+
+/// The values of a map keyed `namespace/name` whose namespace is `ns`.
+fn in_namespace<'a, V>(map: &'a BTreeMap<String, V>, ns: &str) -> impl Iterator<Item = &'a V> + 'a {
+    let prefix = format!("{ns}/");
+    map.range(prefix.clone()..)
+        .take_while(move |(k, _)| k.starts_with(&prefix))
+        .map(|(_, v)| v)
+}

@@ -1,0 +1,401 @@
+//! The node's policy table, and keeping the kernel equal to the desired verdicts.
+//!
+//! One table `kubewire-policy` per family (`ip`, `ip6`); its rules never change, only
+//! the elements of its sets (see [`crate::compile`] for what each set holds):
+//!
+//! ```text
+//! chain forward { type filter hook forward priority filter; policy accept;
+//!     ct state established,related accept
+//!     ip saddr @egress-isolated jump egress
+//!     ip daddr @ingress-isolated jump ingress }
+//! chain input { type filter hook input priority filter; policy accept;
+//!     ct state established,related accept
+//!     ip saddr @egress-isolated jump egress }
+//! chain egress {
+//!     ip saddr . ip daddr . meta l4proto . th dport @egress-ports return
+//!     ip saddr . ip daddr @egress-peers return
+//!     ip saddr . ip daddr . meta l4proto . th dport @egress-ranges return
+//!     counter drop }
+//! chain ingress { the same with ip daddr . ip saddr }
+//! ```
+//!
+//! Filter priority, after the service proxy's DNAT (priority dstnat): a connection to a
+//! Service is judged on the endpoint it goes to. Traffic the node itself sends (kubelet
+//! probes, host-network pods) leaves through `output` and is not judged; its replies
+//! are established.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use netlink::nft::{
+    Batch, Chain, ChainType, Datum, Family, Field, Hook, KeyType, NftSocket, Rule, Set, SetElement,
+    Table, Verdict, ct_state, priority,
+};
+
+use crate::compile::{Desired, Direction, Range, Sets};
+
+/// The table, in both families.
+pub const TABLE: &str = "kubewire-policy";
+
+/// What can go wrong applying the policy table.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The kernel refused the batch, or it could not be sent; being atomic, it changed
+    /// nothing. The next sync sends everything again.
+    #[error("applying network policy's nftables changes ({messages} messages)")]
+    Apply {
+        /// Messages in the refused batch.
+        messages: usize,
+        /// The kernel's answer.
+        #[source]
+        source: netlink::Error,
+    },
+    /// Removing the tables failed.
+    #[error("removing network policy's tables")]
+    Cleanup(#[source] netlink::Error),
+    /// No nf_tables socket could be opened.
+    #[error("opening network policy's nf_tables socket")]
+    Socket(#[source] netlink::Error),
+    /// The watches of pods, namespaces or network policies ended.
+    #[error("the watches of pods, namespaces and network policies ended")]
+    WatchEnded,
+}
+
+/// What one sync did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Whether the whole table was sent.
+    pub full: bool,
+    /// Netlink messages sent (0: nothing changed).
+    pub messages: usize,
+}
+
+fn addr(ip: IpAddr) -> Datum {
+    match ip {
+        IpAddr::V4(a) => Datum::Ipv4(a),
+        IpAddr::V6(a) => Datum::Ipv6(a),
+    }
+}
+
+fn name(d: Direction, set: &str) -> String {
+    let d = match d {
+        Direction::Ingress => "ingress",
+        Direction::Egress => "egress",
+    };
+    format!("{d}-{set}")
+}
+
+/// The sets of one direction and family: isolated, ports, peers, ranges.
+fn sets(family: Family, d: Direction) -> [Set; 4] {
+    let a = if family == Family::Ip {
+        KeyType::Ipv4Addr
+    } else {
+        KeyType::Ipv6Addr
+    };
+    let (p, s) = (KeyType::InetProto, KeyType::InetService);
+    [
+        Set::new(family, TABLE, name(d, "isolated"), [a]),
+        Set::new(family, TABLE, name(d, "ports"), [a, a, p, s]),
+        Set::new(family, TABLE, name(d, "peers"), [a, a]),
+        Set::new(family, TABLE, name(d, "ranges"), [a, a, p, s]).interval(),
+    ]
+}
+
+/// The elements of `sets` of one family, in the order of [`sets`].
+fn elements(s: &Sets, v4: bool) -> [Vec<SetElement>; 4] {
+    let fam = |ip: &IpAddr| ip.is_ipv4() == v4;
+    [
+        s.isolated
+            .iter()
+            .filter(|a| fam(a))
+            .map(|a| SetElement::new([addr(*a)]))
+            .collect(),
+        s.ports
+            .iter()
+            .filter(|e| fam(&e.0))
+            .map(|(l, p, proto, port)| {
+                SetElement::new([addr(*l), addr(*p), Datum::Proto(*proto), Datum::Port(*port)])
+            })
+            .collect(),
+        s.peers
+            .iter()
+            .filter(|e| fam(&e.0))
+            .map(|(l, p)| SetElement::new([addr(*l), addr(*p)]))
+            .collect(),
+        s.ranges
+            .iter()
+            .filter(|r| fam(&r.local))
+            .map(range_element)
+            .collect(),
+    ]
+}
+
+fn range_element(r: &Range) -> SetElement {
+    SetElement::ranges(
+        [
+            addr(r.local),
+            addr(r.peer.0),
+            Datum::Proto(r.proto.0),
+            Datum::Port(r.port.0),
+        ],
+        [
+            addr(r.local),
+            addr(r.peer.1),
+            Datum::Proto(r.proto.1),
+            Datum::Port(r.port.1),
+        ],
+    )
+}
+
+/// The chains of one family, with their rules.
+fn chains(family: Family) -> Vec<(Chain, Vec<Rule>)> {
+    let (saddr, daddr) = if family == Family::Ip {
+        (Field::IpSaddr, Field::IpDaddr)
+    } else {
+        (Field::Ip6Saddr, Field::Ip6Daddr)
+    };
+    let rule = |chain: &str| Rule::new(family, TABLE, chain);
+    let established = |chain: &str| {
+        rule(chain)
+            .match_ct_state(ct_state::ESTABLISHED | ct_state::RELATED)
+            .accept()
+            .comment("replies, and packets of connections already allowed")
+    };
+    let to_egress = |chain: &str| {
+        rule(chain)
+            .match_in_set(&[saddr], name(Direction::Egress, "isolated"), false)
+            .verdict(Verdict::Jump("egress".into()))
+            .comment("from a pod of this node that egress policies isolate")
+    };
+    let to_ingress = rule("forward")
+        .match_in_set(&[daddr], name(Direction::Ingress, "isolated"), false)
+        .verdict(Verdict::Jump("ingress".into()))
+        .comment("to a pod of this node that ingress policies isolate");
+    let judge = |d: Direction, local: Field, peer: Field| {
+        let chain = match d {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        };
+        vec![
+            rule(chain)
+                .match_in_set(
+                    &[local, peer, Field::L4Proto, Field::Dport],
+                    name(d, "ports"),
+                    false,
+                )
+                .verdict(Verdict::Return)
+                .comment("a pod peer on an allowed port"),
+            rule(chain)
+                .match_in_set(&[local, peer], name(d, "peers"), false)
+                .verdict(Verdict::Return)
+                .comment("a pod peer on every port"),
+            rule(chain)
+                .match_in_set(
+                    &[local, peer, Field::L4Proto, Field::Dport],
+                    name(d, "ranges"),
+                    false,
+                )
+                .verdict(Verdict::Return)
+                .comment("address blocks, every peer, port ranges"),
+            rule(chain)
+                .counter()
+                .verdict(Verdict::Drop)
+                .comment(match d {
+                    Direction::Ingress => "not allowed by the destination pod's ingress policies",
+                    Direction::Egress => "not allowed by the source pod's egress policies",
+                }),
+        ]
+    };
+    vec![
+        (
+            Chain::new(family, TABLE, "ingress"),
+            judge(Direction::Ingress, daddr, saddr),
+        ),
+        (
+            Chain::new(family, TABLE, "egress"),
+            judge(Direction::Egress, saddr, daddr),
+        ),
+        (
+            Chain::new(family, TABLE, "forward").hook(
+                ChainType::Filter,
+                Hook::Forward,
+                priority::FILTER,
+            ),
+            vec![established("forward"), to_egress("forward"), to_ingress],
+        ),
+        (
+            Chain::new(family, TABLE, "input").hook(
+                ChainType::Filter,
+                Hook::Input,
+                priority::FILTER,
+            ),
+            vec![established("input"), to_egress("input")],
+        ),
+    ]
+}
+
+/// The whole table of `family` filled with `desired`, replacing any table of that name
+/// in the same transaction (no moment without rules).
+fn full(batch: &mut Batch, family: Family, desired: &Desired) {
+    let table = Table::new(family, TABLE);
+    batch.destroy_table(&table).add_table(&table);
+    let v4 = family == Family::Ip;
+    for d in [Direction::Ingress, Direction::Egress] {
+        let elems = elements(desired.sets(d), v4);
+        for (set, elems) in sets(family, d).iter().zip(elems) {
+            batch.add_set(set);
+            if !elems.is_empty() {
+                batch.add_elements(set, &elems);
+            }
+        }
+    }
+    for (chain, rules) in chains(family) {
+        batch.add_chain(&chain);
+        for r in &rules {
+            batch.add_rule(r);
+        }
+    }
+}
+
+/// The changes from `old` to `new` in `family`: removed elements, then added ones.
+fn changes(batch: &mut Batch, family: Family, old: &Desired, new: &Desired) {
+    let v4 = family == Family::Ip;
+    for d in [Direction::Ingress, Direction::Egress] {
+        let before = elements(old.sets(d), v4);
+        let after = elements(new.sets(d), v4);
+        for ((set, before), after) in sets(family, d).iter().zip(before).zip(after) {
+            let gone = minus(&before, &after);
+            let added = minus(&after, &before);
+            if !gone.is_empty() {
+                batch.delete_elements(set, &gone);
+            }
+            if !added.is_empty() {
+                batch.add_elements(set, &added);
+            }
+        }
+    }
+}
+
+fn minus(a: &[SetElement], b: &[SetElement]) -> Vec<SetElement> {
+    let b: std::collections::HashSet<&SetElement> = b.iter().collect();
+    a.iter().filter(|e| !b.contains(e)).cloned().collect()
+}
+
+/// Keeps the kernel's policy tables equal to the desired verdicts, sending only the
+/// difference from what it applied last.
+#[derive(Debug)]
+pub struct Enforcer {
+    socket: NftSocket,
+    /// What the kernel holds; `None` before the first sync and after a failed one.
+    applied: Option<Desired>,
+    /// Each family's table handle after the last full sync.
+    tables: Vec<(Family, u64)>,
+    /// The ruleset generation after this enforcer's last commit.
+    generation: Option<u32>,
+}
+
+impl Enforcer {
+    /// An enforcer applying through `socket` (opened in the node's namespace).
+    pub fn new(socket: NftSocket) -> Self {
+        Enforcer {
+            socket,
+            applied: None,
+            tables: Vec::new(),
+            generation: None,
+        }
+    }
+
+    /// Brings the kernel to `desired`: the whole table the first time (or after a
+    /// failure, or when [`Enforcer::intact`] found it changed), else the elements
+    /// that differ, in one transaction.
+    pub fn sync(&mut self, desired: &Desired) -> Result<SyncReport, Error> {
+        let mut batch = Batch::new();
+        let full_sync = self.applied.is_none();
+        for family in [Family::Ip, Family::Ip6] {
+            match &self.applied {
+                None => full(&mut batch, family, desired),
+                Some(old) => changes(&mut batch, family, old, desired),
+            }
+        }
+        let messages = batch.len();
+        if messages == 0 {
+            return Ok(SyncReport {
+                full: false,
+                messages,
+            });
+        }
+        self.applied = None;
+        self.socket
+            .apply(&batch)
+            .map_err(|source| Error::Apply { messages, source })?;
+        self.applied = Some(desired.clone());
+        self.generation = self.socket.generation().ok();
+        if full_sync {
+            self.tables.clear();
+            for family in [Family::Ip, Family::Ip6] {
+                if let Ok(Some(h)) = self.socket.table_handle(family, TABLE) {
+                    self.tables.push((family, h));
+                }
+            }
+        }
+        Ok(SyncReport {
+            full: full_sync,
+            messages,
+        })
+    }
+
+    /// Whether the kernel still holds the tables as this enforcer made them: nobody
+    /// committed anything since its last batch, or its tables have the same handles and
+    /// every rule in each chain. When not, the next [`Enforcer::sync`] sends everything.
+    pub fn intact(&mut self) -> bool {
+        if self.applied.is_none() {
+            return false;
+        }
+        let Ok(generation) = self.socket.generation() else {
+            return false;
+        };
+        if self.generation == Some(generation) {
+            return true;
+        }
+        let want: BTreeMap<String, usize> = chains(Family::Ip)
+            .into_iter()
+            .map(|(c, r)| (c.name, r.len()))
+            .collect();
+        let intact = self.tables.iter().all(|(family, handle)| {
+            let same =
+                matches!(self.socket.table_handle(*family, TABLE), Ok(Some(h)) if h == *handle);
+            same && self.socket.rules(*family, TABLE).is_ok_and(|rules| {
+                let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+                for r in rules {
+                    *counts.entry(r.chain).or_default() += 1;
+                }
+                counts == want
+            })
+        }) && self.tables.len() == 2;
+        if intact {
+            self.generation = Some(generation);
+        } else {
+            self.applied = None;
+        }
+        intact
+    }
+}
+
+/// Removes the policy tables (both families); absent ones are fine.
+pub fn cleanup(socket: &mut NftSocket) -> Result<(), Error> {
+    let mut batch = Batch::new();
+    for family in [Family::Ip, Family::Ip6] {
+        batch.destroy_table(&Table::new(family, TABLE));
+    }
+    socket.apply(&batch).map_err(Error::Cleanup)
+}
+
+/// The addresses of `desired`'s isolated pods (for logs).
+pub fn isolated(desired: &Desired) -> BTreeSet<IpAddr> {
+    desired
+        .ingress
+        .isolated
+        .union(&desired.egress.isolated)
+        .copied()
+        .collect()
+}

@@ -1,0 +1,439 @@
+//! NetworkPolicy, case by case as the upstream e2e suite (`test/e2e/network/netpol` in
+//! Kubernetes) tests it: namespaces x/y/z, pods a/b/c spread over two nodes, every pod
+//! probed from every pod on TCP and UDP ports 80 and 81 by real clients, and the whole
+//! table compared with the case's truth table ([`e2e::netpol`]). Each case is its own
+//! test and lab; a case's name says which upstream test it ports.
+
+use e2e::netpol::{Netpol, Reachability};
+
+/// A NetworkPolicy `name` in namespace `ns` with `spec` (YAML, indented as under
+/// `spec:`).
+fn policy(ns: &str, name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: \"{ns}\"\nspec:\n{spec}\n---\n"
+    )
+}
+
+fn all() -> Reachability {
+    Reachability::all(true)
+}
+
+/// "should support a 'default-deny-ingress' policy"
+#[test]
+fn default_deny_ingress() {
+    let s = Netpol::up();
+    s.expect(&all());
+    s.apply(&policy(
+        "x",
+        "deny-ingress",
+        "  podSelector: {}\n  policyTypes: [Ingress]",
+    ));
+    s.expect(&all().expect("", "x", false));
+}
+
+/// "should support a 'default-deny-all' policy"
+#[test]
+fn default_deny_all() {
+    let s = Netpol::up();
+    s.apply(&policy(
+        "x",
+        "deny-all",
+        "  podSelector: {}\n  policyTypes: [Ingress, Egress]",
+    ));
+    s.expect(&all().expect("", "x", false).expect("x", "", false));
+}
+
+/// "should enforce policy to allow traffic from pods within server namespace based on
+/// PodSelector"
+#[test]
+fn allow_from_pods_in_the_server_namespace() {
+    let s = Netpol::up();
+    s.apply(&policy(
+        "x",
+        "x-a-allows-x-b",
+        "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {pod: b}}}]",
+    ));
+    s.expect(&all().expect("", "x/a", false).expect("x/b", "x/a", true));
+}
+
+/// "should enforce policy to allow ingress traffic for a target"
+#[test]
+fn allow_ingress_for_a_target() {
+    let s = Netpol::up();
+    s.apply(&policy("x", "deny-all", "  podSelector: {}\n  ingress: []"));
+    s.apply(&policy(
+        "x",
+        "allow-all-to-a",
+        "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{podSelector: {}, namespaceSelector: {}}]",
+    ));
+    s.expect(&all().expect("", "x", false).expect("", "x/a", true));
+}
+
+/// "should enforce policy to allow traffic only from a different namespace, based on
+/// NamespaceSelector"
+#[test]
+fn allow_only_from_another_namespace() {
+    let s = Netpol::up();
+    s.apply(&policy(
+        "x",
+        "allow-client-a-via-ns-selector",
+        "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: \"y\"}}}]",
+    ));
+    s.expect(&all().expect("x", "x/a", false).expect("z", "x/a", false));
+}
+
+/// "should enforce policy based on PodSelector with MatchExpressions" and "...
+/// NamespaceSelector with MatchExpressions", in one table: x/a admits x/b, and y/a
+/// admits namespace z.
+#[test]
+fn selectors_with_match_expressions() {
+    let s = Netpol::up();
+    s.apply(&policy(
+        "x",
+        "x-a-allows-x-b",
+        "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{podSelector: {matchExpressions: [{key: pod, operator: In, values: [b]}]}}]",
+    ));
+    s.apply(&policy(
+        "y",
+        "y-a-allows-z",
+        "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: In, values: [z]}]}}]",
+    ));
+    s.expect(
+        &all()
+            .expect("", "x/a", false)
+            .expect("x/b", "x/a", true)
+            .expect("", "y/a", false)
+            .expect("z", "y/a", true),
+    );
+}
+
+/// "should enforce policy based on PodSelector or NamespaceSelector"
+#[test]
+fn pod_selector_or_namespace_selector() {
+    let s = Netpol::up();
+    s.apply(&policy(
+        "x",
+        "allow-ns-y-match-selector",
+        "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: NotIn, values: [x]}]}\n    - podSelector: {matchLabels: {pod: b}}",
+    ));
+    s.expect(&all().expect("x/c", "x/a", false));
+}
+
+/// "should enforce policy based on PodSelector and NamespaceSelector"
+#[test]
+fn pod_selector_and_namespace_selector() {
+    let s = Netpol::up();
+    s.apply(&policy(
+        "x",
+        "allow-ns-y-podselector",
+        "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: NotIn, values: [x]}]}\n      podSelector: {matchLabels: {pod: b}}",
+    ));
+    s.expect(
+        &all()
+            .expect("", "x/a", false)
+            .expect("y/b", "x/a", true)
+            .expect("z/b", "x/a", true),
+    );
+}
+
+/// "should enforce policy based on Ports" then "should enforce multiple, stacked
+/// policies with overlapping podSelectors": namespace y may reach x/a on TCP 81, then
+/// a second policy adds TCP 80.
+#[test]
+fn ports_and_stacked_policies() {
+    let s = Netpol::up();
+    s.apply(&policy(
+        "x",
+        "allow-port-81",
+        "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: \"y\"}}}]\n    ports: [{port: 81}]",
+    ));
+    let base = all().expect("", "x/a", false);
+    s.expect(
+        &base
+            .clone()
+            .expect_on("y", "x/a", Some(81), Some("TCP"), true),
+    );
+    s.apply(&policy(
+        "x",
+        "allow-port-80",
+        "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: \"y\"}}}]\n    ports: [{port: 80, protocol: TCP}]",
+    ));
+    s.expect(&base.expect_on("y", "x/a", None, Some("TCP"), true));
+}
+
+/// "should allow ingress access on one named port" and "should allow ingress access
+/// from namespace on one named port"
+#[test]
+fn named_ports_ingress() {
+    let s = Netpol::up();
+    s.apply(&policy(
+        "x",
+        "allow-all-on-serve-81-tcp",
+        "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - ports: [{port: serve-81-tcp}]",
+    ));
+    s.apply(&policy(
+        "x",
+        "allow-y-on-serve-80-udp",
+        "  podSelector: {matchLabels: {pod: b}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: \"y\"}}}]\n    ports: [{port: serve-80-udp, protocol: UDP}]",
+    ));
+    s.expect(
+        &all()
+            .expect("", "x/a", false)
+            .expect_on("", "x/a", Some(81), Some("TCP"), true)
+            .expect("", "x/b", false)
+            .expect_on("y", "x/b", Some(80), Some("UDP"), true),
+    );
+}
+
+/// "should allow egress access on one named port"
+#[test]
+fn named_port_egress() {
+    let s = Netpol::up();
+    s.apply(&policy(
+        "x",
+        "allow-egress-serve-80-tcp",
+        "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - ports: [{port: serve-80-tcp}]",
+    ));
+    s.expect(
+        &all()
+            .expect("x/a", "", false)
+            .expect_on("x/a", "", Some(80), Some("TCP"), true),
+    );
+}
+
+/// "should enforce updated policy": the same policy, changed.
+#[test]
+fn updated_policy() {
+    let s = Netpol::up();
+    let allow = |pod: &str| {
+        policy(
+            "x",
+            "allow-one",
+            &format!(
+                "  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress:\n  - from: [{{podSelector: {{matchLabels: {{pod: {pod}}}}}}}]"
+            ),
+        )
+    };
+    s.apply(&allow("b"));
+    s.expect(&all().expect("", "x/a", false).expect("x/b", "x/a", true));
+    s.apply(&allow("c"));
+    s.expect(&all().expect("", "x/a", false).expect("x/c", "x/a", true));
+}
+
+/// "should allow ingress access from updated namespace" and "... from updated pod":
+/// labels that appear after the policy.
+#[test]
+fn updated_namespace_and_pod_labels() {
+    let s = Netpol::up();
+    s.apply(&policy(
+        "x",
+        "allow-labelled",
+        "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {ns2: updated}}\n    - podSelector: {matchLabels: {pod2: updated}}",
+    ));
+    let denied = all().expect("", "x/a", false);
+    s.expect(&denied);
+    s.lab.kubectl(&["label", "namespace", "y", "ns2=updated"]);
+    s.expect(&denied.clone().expect("y", "x/a", true));
+    s.lab
+        .kubectl(&["label", "pod", "-n", "x", "c", "pod2=updated"]);
+    s.expect(
+        &denied
+            .clone()
+            .expect("y", "x/a", true)
+            .expect("x/c", "x/a", true),
+    );
+    s.lab.kubectl(&["label", "namespace", "y", "ns2-"]);
+    s.expect(&denied.expect("x/c", "x/a", true));
+}
+
+/// "should deny ingress access to updated pod": a pod becomes selected by a label.
+#[test]
+fn deny_ingress_to_updated_pod() {
+    let s = Netpol::up();
+    s.apply(&policy(
+        "x",
+        "deny-isolated",
+        "  podSelector: {matchLabels: {target: isolated}}\n  policyTypes: [Ingress]",
+    ));
+    s.expect(&all());
+    s.lab
+        .kubectl(&["label", "pod", "-n", "x", "a", "target=isolated"]);
+    s.expect(&all().expect("", "x/a", false));
+}
+
+/// "should deny egress from pods based on PodSelector" and "should deny egress from all
+/// pods in a namespace"
+#[test]
+fn deny_egress() {
+    let s = Netpol::up();
+    s.apply(&policy(
+        "x",
+        "deny-egress-a",
+        "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]",
+    ));
+    s.apply(&policy(
+        "y",
+        "deny-egress-all",
+        "  podSelector: {}\n  policyTypes: [Egress]\n  egress: []",
+    ));
+    s.expect(&all().expect("x/a", "", false).expect("y", "", false));
+}
+
+/// "should work with Ingress, Egress specified together" and "should support denying of
+/// egress traffic on the client side (even if the server explicitly allows this
+/// traffic)": x/a admits only x/b and sends only to namespace y; namespace z admits
+/// everyone, which does not let x/a reach it.
+#[test]
+fn ingress_and_egress_together_and_client_side_deny() {
+    let s = Netpol::up();
+    s.apply(&policy(
+        "x",
+        "a-in-and-out",
+        "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Ingress, Egress]\n  ingress:\n  - from: [{podSelector: {matchLabels: {pod: b}}}]\n  egress:\n  - to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: \"y\"}}}]",
+    ));
+    s.apply(&policy(
+        "z",
+        "allow-all",
+        "  podSelector: {}\n  ingress:\n  - {}",
+    ));
+    s.expect(
+        &all()
+            .expect("", "x/a", false)
+            .expect("x/b", "x/a", true)
+            .expect("x/a", "", false)
+            .expect("x/a", "y", true),
+    );
+}
+
+/// "should enforce except clause while egress access to server in CIDR block" and
+/// "should ensure an IP overlapping both IPBlock.CIDR and IPBlock.Except is allowed"
+#[test]
+fn ip_block_with_except() {
+    let s = Netpol::up();
+    let yb = &s.ips["y/b"];
+    let zc = &s.ips["z/c"];
+    s.apply(&policy(
+        "x",
+        "egress-cidr-except",
+        &format!("  podSelector: {{matchLabels: {{pod: a}}}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{{ipBlock: {{cidr: 10.0.0.0/8, except: [{yb}/32, {zc}/32]}}}}]\n  - to: [{{ipBlock: {{cidr: {zc}/32}}}}]\n    ports: [{{port: 81, protocol: UDP}}]"),
+    ));
+    s.expect(
+        &all()
+            .expect("x/a", "y/b", false)
+            .expect("x/a", "z/c", false)
+            .expect_on("x/a", "z/c", Some(81), Some("UDP"), true),
+    );
+    // The node's whole ruleset lists with the distribution's nft, in text and JSON, the
+    // policy table's range elements included (x/a runs on node-1).
+    let xa = &s.ips["x/a"];
+    for args in [
+        &["nft", "list", "ruleset"][..],
+        &["nft", "-j", "list", "ruleset"],
+    ] {
+        let out = s.lab.exec("node-1", args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("kubewire-policy"), "{text}");
+        assert!(text.contains("egress-ranges"), "{text}");
+    }
+    let listing = s.lab.exec(
+        "node-1",
+        &[
+            "nft",
+            "list",
+            "set",
+            "ip",
+            "kubewire-policy",
+            "egress-ranges",
+        ],
+    );
+    let listing = String::from_utf8_lossy(&listing.stdout).replace(['\t', '\n'], " ");
+    // z/c on UDP 81 is within a range element; the except cut y/b out of every one.
+    assert!(listing.contains(&format!("{xa} . ")), "{listing}");
+    assert!(listing.contains(" . udp . 81,"), "{listing}");
+    assert!(!listing.contains(&format!(" {yb} ")), "{listing}");
+}
+
+/// "should support egress policy with port range (endPort)" and the ingress one: x/a
+/// admits TCP 80-81 from everyone, x/b sends only UDP 81-90.
+#[test]
+fn end_port_ranges() {
+    let s = Netpol::up();
+    s.apply(&policy(
+        "x",
+        "ingress-range",
+        "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - ports: [{port: 80, endPort: 81, protocol: TCP}]",
+    ));
+    s.apply(&policy(
+        "x",
+        "egress-range",
+        "  podSelector: {matchLabels: {pod: b}}\n  policyTypes: [Egress]\n  egress:\n  - ports: [{port: 81, endPort: 90, protocol: UDP}]",
+    ));
+    s.expect(
+        &all()
+            .expect_on("", "x/a", None, Some("UDP"), false)
+            .expect("x/b", "", false)
+            .expect_on("x/b", "", Some(81), Some("UDP"), true)
+            .expect("x/b", "x/a", false),
+    );
+}
+
+/// "should not allow access by TCP when a policy specifies only UDP" and "should
+/// enforce ingress policy allowing any port traffic to a server on a specific protocol"
+#[test]
+fn protocols_are_told_apart() {
+    let s = Netpol::up();
+    s.apply(&policy(
+        "x",
+        "udp-81-only",
+        "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - ports: [{port: 81, protocol: UDP}]",
+    ));
+    s.apply(&policy(
+        "y",
+        "any-udp",
+        "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - ports: [{protocol: UDP}]",
+    ));
+    s.expect(
+        &all()
+            .expect("", "x/a", false)
+            .expect_on("", "x/a", Some(81), Some("UDP"), true)
+            .expect_on("", "y/a", None, Some("TCP"), false),
+    );
+}
+
+/// "should enforce multiple ingress policies with ingress allow-all policy taking
+/// precedence" and "should stop enforcing policies after they are deleted"
+#[test]
+fn allow_all_takes_precedence_and_deleted_policies_stop() {
+    let s = Netpol::up();
+    s.apply(&policy(
+        "x",
+        "allow-b-on-80",
+        "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {pod: b}}}]\n    ports: [{port: 80}]",
+    ));
+    s.apply(&policy(
+        "y",
+        "deny-all",
+        "  podSelector: {}\n  policyTypes: [Ingress, Egress]",
+    ));
+    s.expect(
+        &all()
+            .expect("", "x/a", false)
+            .expect_on("x/b", "x/a", Some(80), Some("TCP"), true)
+            .expect("", "y", false)
+            .expect("y", "", false),
+    );
+    s.apply(&policy(
+        "x",
+        "allow-all",
+        "  podSelector: {}\n  ingress:\n  - {}",
+    ));
+    s.expect(&all().expect("", "y", false).expect("y", "", false));
+    s.lab
+        .kubectl(&["delete", "networkpolicy", "-n", "y", "deny-all"]);
+    s.expect(&all());
+}
