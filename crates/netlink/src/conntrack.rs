@@ -2,7 +2,8 @@
 //!
 //! The service proxy needs one thing from conntrack: when a UDP endpoint goes away,
 //! delete the entries that still NAT clients to it, so their next datagram is balanced
-//! afresh instead of black-holed. Kernels before 6.x cannot delete by a partial tuple,
+//! afresh instead of black-holed. Network policy deletes the entries of connections a
+//! policy no longer allows ([`delete_where`]), so their next packet is judged again. Kernels before 6.x cannot delete by a partial tuple,
 //! so [`delete`] dumps the table of each family once, picks the entries the filters
 //! match, and deletes each by its exact original tuple (as the Go netlink library's
 //! `ConntrackDeleteFilters` does). Entries that vanish in between are not an error.
@@ -112,6 +113,19 @@ pub fn delete(filters: &[Filter]) -> Result<usize> {
             if filters.iter().any(|f| f.matches(&e)) && delete_entry(&mut socket, &e)? {
                 deleted += 1;
             }
+        }
+    }
+    Ok(deleted)
+}
+
+/// Deletes the entries of one family (IPv6 when `ipv6`) in the calling thread's
+/// namespace for which `doomed` says so; returns how many were deleted.
+pub fn delete_where(ipv6: bool, mut doomed: impl FnMut(&Entry) -> bool) -> Result<usize> {
+    let mut socket = open()?;
+    let mut deleted = 0;
+    for e in dump(&mut socket, if ipv6 { AF_INET6 } else { AF_INET })? {
+        if doomed(&e) && delete_entry(&mut socket, &e)? {
+            deleted += 1;
         }
     }
     Ok(deleted)

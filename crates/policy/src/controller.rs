@@ -14,9 +14,9 @@ use kube::runtime::watcher;
 use netlink::nft::NftSocket;
 use tracing::{debug, info, warn};
 
-use crate::compile;
 use crate::model::{Cluster, Pod, Policy, namespace_labels};
 use crate::ruleset::{Enforcer, Error};
+use crate::{compile, cut};
 
 /// How long to collect more changes after the first before syncing.
 const SYNC_DELAY: Duration = Duration::from_millis(10);
@@ -134,7 +134,26 @@ fn sync(enforcer: &mut Enforcer, cluster: &Cluster, node: &str) {
     let started = Instant::now();
     let desired = compile::desired(cluster, node);
     let computed = started.elapsed();
-    match enforcer.sync(&desired) {
+    // Connections allowed until now and denied from now on are cut once the table
+    // denies their next packet; after a restart nothing is known of before, so all
+    // are checked.
+    let narrower = enforcer
+        .applied()
+        .is_none_or(|old| cut::narrower(old, &desired));
+    let result = enforcer.sync(&desired);
+    if result.is_ok() && narrower {
+        match cut::cut(&desired) {
+            Ok(0) => {}
+            Ok(n) => info!(
+                connections = n,
+                "cut connections network policy no longer allows"
+            ),
+            Err(e) => {
+                warn!(error = %ErrorChain(&e), "cutting connections network policy no longer allows")
+            }
+        }
+    }
+    match result {
         Ok(r) if r.messages == 0 => debug!("network policy unchanged"),
         Ok(r) => info!(
             full = r.full,

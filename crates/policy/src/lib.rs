@@ -10,11 +10,13 @@
 //! Each node judges its own pods: the egress policies of a pod on the node where the
 //! connection starts, the ingress policies on the node where it ends, both on the
 //! connection's first packet after DNAT; replies and later packets pass on conntrack
-//! state. The packet path is a few set lookups keyed by address, protocol and port,
+//! state, and a change that allows less cuts the connections it no longer allows
+//! ([`cut`]). The packet path is a few set lookups keyed by address, protocol and port,
 //! whatever the number of policies or peers ([`compile`], [`ruleset`]).
 
 pub mod compile;
 pub mod controller;
+pub mod cut;
 pub mod eval;
 pub mod model;
 pub mod ruleset;

@@ -305,6 +305,12 @@ impl Enforcer {
         }
     }
 
+    /// What the kernel holds, when known (`None` before the first sync and after a
+    /// failed one).
+    pub fn applied(&self) -> Option<&Desired> {
+        self.applied.as_ref()
+    }
+
     /// Brings the kernel to `desired`: the whole table the first time (or after a
     /// failure, or when [`Enforcer::intact`] found it changed), else the elements
     /// that differ, in one transaction.

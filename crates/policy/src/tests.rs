@@ -402,3 +402,24 @@ fn updating_a_pod_keeps_the_address_index() {
     c.set_pod("x/a", None);
     assert_eq!(c.pod_by_ip(a).unwrap().name, "n");
 }
+
+#[test]
+fn narrower_sees_new_isolation_and_lost_elements_only() {
+    let a: IpAddr = "10.244.0.10".parse().unwrap();
+    let b: IpAddr = "10.244.1.10".parse().unwrap();
+    let mut old = Desired::default();
+    old.ingress.isolated.insert(a);
+    old.ingress.ports.insert((a, b, 6, 80));
+    let mut wider = old.clone();
+    wider.ingress.peers.insert((a, b));
+    assert!(!crate::cut::narrower(&old, &wider));
+    assert!(crate::cut::narrower(&wider, &old));
+    let mut isolated = old.clone();
+    isolated.egress.isolated.insert(a);
+    assert!(crate::cut::narrower(&old, &isolated));
+    // A connection through a Service is judged on its endpoint's port.
+    assert!(crate::cut::allows_flow(&old, b, a, 6, Some(80)));
+    assert!(!crate::cut::allows_flow(&old, b, a, 6, Some(81)));
+    assert!(!crate::cut::allows_flow(&old, b, a, 1, None));
+    assert!(crate::cut::allows_flow(&old, a, b, 1, None));
+}

@@ -291,6 +291,29 @@ impl Netpol {
         got
     }
 
+    /// Starts `script` (python3) in pod `from` with `args`, its stdin and stdout piped:
+    /// for clients that hold connections open across a change.
+    pub fn spawn_python(&self, from: &str, script: &str, args: &[&str]) -> std::process::Child {
+        std::process::Command::new(crate::kubewire_bin())
+            .args([
+                "lab",
+                "exec",
+                "--name",
+                &self.lab.name,
+                from,
+                "--",
+                "python3",
+                "-c",
+                script,
+            ])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running kubewire lab exec")
+    }
+
     /// Probes until the pods' reachability is `want` (20 s at most); fails with both
     /// tables otherwise.
     pub fn expect(&self, want: &Reachability) {

@@ -4,6 +4,8 @@
 //! table compared with the case's truth table ([`e2e::netpol`]). Each case is its own
 //! test and lab; a case's name says which upstream test it ports.
 
+use std::io::{BufRead, BufReader, Write};
+
 use e2e::netpol::{Netpol, Reachability};
 
 /// A NetworkPolicy `name` in namespace `ns` with `spec` (YAML, indented as under
@@ -436,4 +438,52 @@ fn allow_all_takes_precedence_and_deleted_policies_stop() {
     s.lab
         .kubectl(&["delete", "networkpolicy", "-n", "y", "deny-all"]);
     s.expect(&all());
+}
+
+/// Holds a TCP connection and a connected UDP socket to each address given, checks each
+/// echoes, waits for a line on stdin, then checks again: `before|after` and one
+/// True/False per socket.
+const HOLD: &str = r#"
+import socket, sys
+socks = []
+for ip in sys.argv[1:]:
+    t = socket.create_connection((ip, 80), timeout=2)
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.connect((ip, 80))
+    socks += [t, u]
+def echo(s):
+    try:
+        s.settimeout(2)
+        s.send(b"kubewire")
+        return s.recv(16) == b"kubewire"
+    except OSError:
+        return False
+print("before", *[echo(s) for s in socks], flush=True)
+sys.stdin.readline()
+print("after", *[echo(s) for s in socks], flush=True)
+"#;
+
+/// Not upstream's: established connections that a new policy denies are cut (their
+/// conntrack entries deleted, so their next packet is judged again), TCP and UDP; those
+/// it still allows are kept.
+#[test]
+fn established_connections_a_policy_denies_are_cut() {
+    let s = Netpol::up();
+    let mut client = s.spawn_python("y/a", HOLD, &[&s.ips["x/a"], &s.ips["x/b"]]);
+    let mut out = BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "before True True True True", "{line}");
+    s.apply(&policy(
+        "x",
+        "a-only-from-x",
+        "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{podSelector: {}}]",
+    ));
+    s.expect(&all().expect("", "x/a", false).expect("x", "x/a", true));
+    writeln!(client.stdin.as_mut().unwrap()).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    // y/a to x/a: cut, TCP and UDP; y/a to x/b: still allowed, kept.
+    assert_eq!(line.trim(), "after False False True True", "{line}");
+    let _ = client.wait();
 }
