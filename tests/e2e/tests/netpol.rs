@@ -487,3 +487,59 @@ fn established_connections_a_policy_denies_are_cut() {
     assert_eq!(line.trim(), "after False False True True", "{line}");
     let _ = client.wait();
 }
+
+/// The usual allow rules under default deny: "egress to DNS only" keeps name
+/// resolution working (the upstream suite's DNS egress rule), and kubelet probes, sent
+/// from the node, still reach a pod every policy isolates.
+#[test]
+fn dns_and_probes_under_default_deny() {
+    let s = Netpol::up();
+    s.apply(&policy(
+        "x",
+        "deny-all",
+        "  podSelector: {}\n  policyTypes: [Ingress, Egress]",
+    ));
+    s.apply(&policy(
+        "x",
+        "allow-dns",
+        "  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kube-system}}\n      podSelector: {matchLabels: {k8s-app: kube-dns}}\n    ports: [{port: 53, protocol: UDP}, {port: 53, protocol: TCP}]",
+    ));
+    s.expect(&all().expect("", "x", false).expect("x", "", false));
+    // dig, in x/a, through the kube-dns ClusterIP: UDP, then TCP.
+    for transport in ["+notcp", "+tcp"] {
+        let out = s.lab.exec(
+            "x/a",
+            &[
+                "dig",
+                "+short",
+                "+time=2",
+                "+tries=3",
+                transport,
+                "kubernetes.default.svc.cluster.local",
+            ],
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "10.96.0.1",
+            "dig {transport}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A pod isolated from its first moment becomes and stays ready on its probes.
+    s.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: probed\n  namespace: \"x\"\nspec:\n  containers:\n  - name: web\n    image: nginx\n    readinessProbe:\n      httpGet: {path: /, port: 80}\n      periodSeconds: 1\n    livenessProbe:\n      tcpSocket: {port: 80}\n      periodSeconds: 1\n",
+    );
+    s.lab.kubectl(&[
+        "wait",
+        "-n",
+        "x",
+        "--for=condition=Ready",
+        "pod/probed",
+        "--timeout=60s",
+    ]);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let pod = s.lab.json(&["get", "pod", "-n", "x", "probed"]);
+    let status = &pod["status"]["containerStatuses"][0];
+    assert_eq!(status["ready"], true, "{pod}");
+    assert_eq!(status["restartCount"], 0, "{pod}");
+}
