@@ -303,7 +303,9 @@ impl Status {
         .with_details(group, resource, name)
     }
 
-    /// 422 Invalid: `Service "web" is invalid: spec.ports[0].port: Invalid value: ...`.
+    /// 422 Invalid: `Service "web" is invalid: spec.ports[0].port: Invalid value: ...`;
+    /// kinds of a named group are qualified as kube-apiserver qualifies them
+    /// (`NetworkPolicy.networking.k8s.io "np" is invalid: ...`).
     pub(crate) fn invalid(group: &str, kind: &str, name: &str, causes: &[Cause]) -> Status {
         let parts: Vec<String> = causes
             .iter()
@@ -317,7 +319,11 @@ impl Status {
         let mut s = Status::new(
             422,
             "Invalid",
-            format!("{kind} \"{name}\" is invalid: {joined}"),
+            if group.is_empty() {
+                format!("{kind} \"{name}\" is invalid: {joined}")
+            } else {
+                format!("{kind}.{group} \"{name}\" is invalid: {joined}")
+            },
         )
         .with_details(group, kind, name);
         if let Some(d) = s.details.as_mut() {

@@ -104,6 +104,7 @@ pub(crate) fn validate(rt: &ResourceType, obj: &Value) -> Vec<Cause> {
         "APIService" => api_service(obj, &mut causes),
         "PriorityClass" => priority_class(obj, &mut causes),
         "PodDisruptionBudget" => pod_disruption_budget(obj, &mut causes),
+        "NetworkPolicy" if rt.group == "networking.k8s.io" => network_policy(obj, &mut causes),
         kind if rt.group == crate::rbac::RBAC_GROUP => {
             causes.extend(crate::rbac::objects::validate(kind, obj));
         }
@@ -418,6 +419,178 @@ fn target_port_ok(v: &Value) -> Option<&'static str> {
                 .then_some("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)")
         }
         _ => Some(PORT_RANGE),
+    }
+}
+
+/// kube's `ValidateLabelSelector`: operators and their values, keys and values.
+fn label_selector(sel: &Value, path: &str, causes: &mut Vec<Cause>) {
+    for (i, e) in sel["matchExpressions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let at = format!("{path}.matchExpressions[{i}]");
+        let values = e["values"].as_array().map_or(0, Vec::len);
+        match e["operator"].as_str().unwrap_or("") {
+            "In" | "NotIn" if values == 0 => causes.push(Cause::required(
+                format!("{at}.values"),
+                "must be specified when `operator` is 'In' or 'NotIn'",
+            )),
+            "Exists" | "DoesNotExist" if values > 0 => causes.push(Cause::forbidden(
+                format!("{at}.values"),
+                "may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
+            )),
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+            _ => causes.push(Cause::invalid(
+                format!("{at}.operator"),
+                &e["operator"],
+                "not a valid selector operator",
+            )),
+        }
+    }
+}
+
+/// kube's `ValidateNetworkPolicySpec`, with its messages.
+fn network_policy(obj: &Value, causes: &mut Vec<Cause>) {
+    let spec = &obj["spec"];
+    label_selector(&spec["podSelector"], "spec.podSelector", causes);
+    for (key, peers) in [("ingress", "from"), ("egress", "to")] {
+        for (i, rule) in spec[key].as_array().into_iter().flatten().enumerate() {
+            let at = format!("spec.{key}[{i}]");
+            for (j, port) in rule["ports"].as_array().into_iter().flatten().enumerate() {
+                network_policy_port(port, &format!("{at}.ports[{j}]"), causes);
+            }
+            for (j, peer) in rule[peers].as_array().into_iter().flatten().enumerate() {
+                network_policy_peer(peer, &format!("{at}.{peers}[{j}]"), causes);
+            }
+        }
+    }
+    if let Some(types) = spec["policyTypes"].as_array() {
+        if types.len() > 2 {
+            causes.push(Cause::invalid(
+                "spec.policyTypes",
+                &spec["policyTypes"],
+                "may not specify more than two policyTypes",
+            ));
+            return;
+        }
+        for (i, t) in types.iter().enumerate() {
+            if !matches!(t.as_str(), Some("Ingress" | "Egress")) {
+                causes.push(Cause::not_supported(
+                    format!("spec.policyTypes[{i}]"),
+                    t,
+                    &["Ingress", "Egress"],
+                ));
+            }
+        }
+    }
+}
+
+fn network_policy_port(port: &Value, at: &str, causes: &mut Vec<Cause>) {
+    let proto = &port["protocol"];
+    if !proto.is_null() && !proto.as_str().is_some_and(|p| PROTOCOLS.contains(&p)) {
+        causes.push(Cause::not_supported(
+            format!("{at}.protocol"),
+            proto,
+            &["TCP", "UDP", "SCTP"],
+        ));
+    }
+    let end = &port["endPort"];
+    match &port["port"] {
+        Value::Null if !end.is_null() => causes.push(Cause::invalid(
+            format!("{at}.endPort"),
+            end,
+            "may not be specified when `port` is not specified",
+        )),
+        Value::Null => {}
+        p @ Value::Number(_) => {
+            if !port_number_ok(p) {
+                causes.push(Cause::invalid(format!("{at}.port"), p, PORT_RANGE));
+            }
+            if !end.is_null() {
+                if end.as_i64() < p.as_i64() {
+                    causes.push(Cause::invalid(
+                        format!("{at}.endPort"),
+                        p,
+                        "must be greater than or equal to `port`",
+                    ));
+                }
+                if !port_number_ok(end) {
+                    causes.push(Cause::invalid(format!("{at}.endPort"), end, PORT_RANGE));
+                }
+            }
+        }
+        p => {
+            if !end.is_null() {
+                causes.push(Cause::invalid(
+                    format!("{at}.endPort"),
+                    end,
+                    "may not be specified when `port` is non-numeric",
+                ));
+            }
+            if let Some(msg) = target_port_ok(p) {
+                causes.push(Cause::invalid(format!("{at}.port"), p, msg));
+            }
+        }
+    }
+}
+
+const CIDR_MSG: &str = "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)";
+
+fn network_policy_peer(peer: &Value, at: &str, causes: &mut Vec<Cause>) {
+    let mut kinds = 0;
+    for (key, field) in [
+        ("podSelector", "podSelector"),
+        ("namespaceSelector", "namespaceSelector"),
+    ] {
+        if peer[key].is_object() {
+            kinds += 1;
+            label_selector(&peer[key], &format!("{at}.{field}"), causes);
+        }
+    }
+    let block = &peer["ipBlock"];
+    if block.is_object() {
+        kinds += 1;
+        ip_block(block, &format!("{at}.ipBlock"), causes);
+    }
+    if kinds == 0 {
+        causes.push(Cause::required(at, "must specify a peer"));
+    } else if kinds > 1 && block.is_object() {
+        causes.push(Cause::forbidden(
+            at,
+            "may not specify both ipBlock and another peer",
+        ));
+    }
+}
+
+fn ip_block(block: &Value, at: &str, causes: &mut Vec<Cause>) {
+    let cidr = block["cidr"].as_str().unwrap_or("");
+    if cidr.is_empty() {
+        causes.push(Cause::required(format!("{at}.cidr"), ""));
+        return;
+    }
+    let Ok(net) = cidr.parse::<ipnet::IpNet>() else {
+        causes.push(Cause::invalid(
+            format!("{at}.cidr"),
+            &block["cidr"],
+            CIDR_MSG,
+        ));
+        return;
+    };
+    for (i, e) in block["except"].as_array().into_iter().flatten().enumerate() {
+        let field = format!("{at}.except[{i}]");
+        let Some(except) = e.as_str().and_then(|e| e.parse::<ipnet::IpNet>().ok()) else {
+            causes.push(Cause::invalid(field, e, CIDR_MSG));
+            continue;
+        };
+        if !net.trunc().contains(&except.network()) || net.prefix_len() >= except.prefix_len() {
+            causes.push(Cause::invalid(
+                field,
+                e,
+                "must be a strict subset of `cidr`",
+            ));
+        }
     }
 }
 

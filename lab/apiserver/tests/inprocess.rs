@@ -2520,3 +2520,75 @@ async fn priority_classes_set_pod_priority_and_the_install_kinds_are_served() {
         vec!["list", "watch"]
     );
 }
+
+/// NetworkPolicies are refused as kube-apiserver refuses them, with its messages; a
+/// named port no pod has is valid.
+#[tokio::test]
+async fn network_policies_are_validated_as_kube_apiserver_validates_them() {
+    let (_dir, r, _client) = setup();
+    let nps = "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies";
+    let post = |name: &str, spec: Value| {
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": name}, "spec": spec})
+        .to_string()
+    };
+    let cases = [
+        (
+            json!({"podSelector": {}, "ingress": [{"ports": [{"port": 0}]}]}),
+            "spec.ingress[0].ports[0].port: Invalid value: 0: must be between 1 and 65535, inclusive",
+        ),
+        (
+            json!({"podSelector": {}, "ingress": [{"ports": [{"protocol": "ICMP"}]}]}),
+            "spec.ingress[0].ports[0].protocol: Unsupported value: \"ICMP\": supported values: \"TCP\", \"UDP\", \"SCTP\"",
+        ),
+        (
+            json!({"podSelector": {}, "egress": [{"ports": [{"port": 90, "endPort": 80}]}]}),
+            "spec.egress[0].ports[0].endPort: Invalid value: 90: must be greater than or equal to `port`",
+        ),
+        (
+            json!({"podSelector": {}, "egress": [{"ports": [{"port": "http", "endPort": 80}]}]}),
+            "spec.egress[0].ports[0].endPort: Invalid value: 80: may not be specified when `port` is non-numeric",
+        ),
+        (
+            json!({"podSelector": {}, "egress": [{"ports": [{"endPort": 80}]}]}),
+            "spec.egress[0].ports[0].endPort: Invalid value: 80: may not be specified when `port` is not specified",
+        ),
+        (
+            json!({"podSelector": {}, "ingress": [{"from": [{}]}]}),
+            "spec.ingress[0].from[0]: Required value: must specify a peer",
+        ),
+        (
+            json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": {}, "ipBlock": {"cidr": "10.0.0.0/8"}}]}]}),
+            "spec.ingress[0].from[0]: Forbidden: may not specify both ipBlock and another peer",
+        ),
+        (
+            json!({"podSelector": {}, "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/33"}}]}]}),
+            "spec.egress[0].to[0].ipBlock.cidr: Invalid value: \"10.0.0.0/33\": must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)",
+        ),
+        (
+            json!({"podSelector": {}, "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.1.0.0/24"]}}]}]}),
+            "spec.egress[0].to[0].ipBlock.except[0]: Invalid value: \"10.1.0.0/24\": must be a strict subset of `cidr`",
+        ),
+        (
+            json!({"podSelector": {"matchExpressions": [{"key": "app", "operator": "In"}]}}),
+            "spec.podSelector.matchExpressions[0].values: Required value: must be specified when `operator` is 'In' or 'NotIn'",
+        ),
+        (
+            json!({"podSelector": {}, "policyTypes": ["Ingress", "Sideways"]}),
+            "spec.policyTypes[1]: Unsupported value: \"Sideways\": supported values: \"Ingress\", \"Egress\"",
+        ),
+    ];
+    for (i, (spec, want)) in cases.into_iter().enumerate() {
+        let name = format!("bad-{i}");
+        let (code, _, v) = raw(&r, "POST", nps, "application/json", &post(&name, spec)).await;
+        assert_eq!((code, v["reason"].as_str()), (422, Some("Invalid")), "{v}");
+        assert_eq!(
+            v["message"],
+            format!("NetworkPolicy.networking.k8s.io \"{name}\" is invalid: {want}"),
+            "{v}"
+        );
+    }
+    let named = json!({"podSelector": {}, "ingress": [{"ports": [{"port": "no-such-port"}]}]});
+    let (code, _, v) = raw(&r, "POST", nps, "application/json", &post("named", named)).await;
+    assert_eq!(code, 201, "{v}");
+}

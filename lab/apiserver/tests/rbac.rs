@@ -594,7 +594,7 @@ async fn non_resource_urls_and_discovery() {
     assert_eq!(code, 422, "{v}");
     assert_eq!(
         v["message"],
-        r#"Role "paths" is invalid: rules[0].nonResourceURLs: Invalid value: []string{"/api"}: namespaced rules cannot apply to non-resource URLs"#
+        r#"Role.rbac.authorization.k8s.io "paths" is invalid: rules[0].nonResourceURLs: Invalid value: []string{"/api"}: namespaced rules cannot apply to non-resource URLs"#
     );
 }
 
@@ -654,7 +654,7 @@ async fn bindings_to_missing_roles_and_fixed_role_refs() {
     assert_eq!(code, 422, "{v}");
     assert_eq!(
         v["message"],
-        r#"ClusterRoleBinding "dangling" is invalid: roleRef: Invalid value: rbac.RoleRef{APIGroup:"rbac.authorization.k8s.io", Kind:"ClusterRole", Name:"view"}: cannot change roleRef"#
+        r#"ClusterRoleBinding.rbac.authorization.k8s.io "dangling" is invalid: roleRef: Invalid value: rbac.RoleRef{APIGroup:"rbac.authorization.k8s.io", Kind:"ClusterRole", Name:"view"}: cannot change roleRef"#
     );
 }
 
