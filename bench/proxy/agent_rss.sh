@@ -87,7 +87,7 @@ echo "created $N services + $N endpoint slices through the API in $((t1 - t0)) s
 for arenas in $((8 * $(nproc))) 2; do
     ip netns exec "$ns" env MALLOC_ARENA_MAX="$arenas" "$BIN" agent --node-name node-0 \
         --kubeconfig "$tmp/api/admin.kubeconfig" --server https://127.0.0.1:6443 \
-        --cni-conf-dir "$tmp/net.d" --cni-data-dir "$tmp/cni" \
+        --cni-conf-dir "$tmp/net.d" --cni-data-dir "$tmp/cni" --policy-socket "$tmp/policy.sock" \
         --cluster-cidr 10.128.0.0/9 > "$tmp/agent-$arenas.log" 2>&1 &
     agent=$!
     pids+=($agent)

@@ -16,7 +16,13 @@ pub const NETWORK: &str = "kubewire";
 
 /// The conflist for this node, in the plugin's own configuration type: what the agent
 /// writes is what the plugin parses.
-pub fn conflist(pod_cidrs: &[IpNet], mode: RoutingMode, mtu: u32, data_dir: &Path) -> ConfList {
+pub fn conflist(
+    pod_cidrs: &[IpNet],
+    mode: RoutingMode,
+    mtu: u32,
+    data_dir: &Path,
+    policy_socket: Option<&Path>,
+) -> ConfList {
     let (cni_version, name) = ("1.1.0", NETWORK);
     ConfList {
         cni_version: cni_version.into(),
@@ -31,6 +37,7 @@ pub fn conflist(pod_cidrs: &[IpNet], mode: RoutingMode, mtu: u32, data_dir: &Pat
             mode,
             pod_cidrs: pod_cidrs.to_vec(),
             data_dir: Some(data_dir.to_owned()),
+            policy_socket: policy_socket.map(Path::to_owned),
             ..NetConf::default()
         }],
     }
@@ -90,6 +97,7 @@ mod tests {
             RoutingMode::Vxlan,
             1500,
             Path::new("/var/lib/cni/kubewire"),
+            Some(Path::new("/run/kubewire/policy.sock")),
         );
         let text = list.to_json();
         // The runtime's view: each plugin gets the list's version and name.
@@ -108,6 +116,7 @@ mod tests {
         );
         assert!(v["plugins"][0].get("name").is_none());
         assert_eq!(v["plugins"][0]["type"], "kubewire-cni");
+        assert_eq!(v["plugins"][0]["policySocket"], "/run/kubewire/policy.sock");
         assert_eq!(
             v["plugins"][0]["podCIDRs"],
             json!(["10.244.1.0/24", "fd00::/64"])

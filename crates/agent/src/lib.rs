@@ -211,9 +211,28 @@ pub async fn run(args: Args) -> Result<(), Error> {
             std::future::pending().await
         }
     };
+    // The CNI plugin's socket is bound before the CNI config that names it is written.
+    let requests = match args.policy.socket() {
+        Some(path) => {
+            let listener = policy::server::listen(path).map_err(|cause| Error::Io {
+                op: format!("listening on {}", path.display()),
+                cause,
+            })?;
+            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            tokio::spawn(policy::server::serve(listener, tx));
+            Some(rx)
+        }
+        None => None,
+    };
     let policies = async {
         if args.policy.policy {
-            policy::run(client.clone(), args.node_name.clone(), args.resync).await
+            policy::run(
+                client.clone(),
+                args.node_name.clone(),
+                args.resync,
+                requests,
+            )
+            .await
         } else {
             std::future::pending().await
         }
@@ -335,8 +354,13 @@ async fn routes(args: &Args, client: kube::Client) -> Result<(), Error> {
             Err(e) => warn!(error = %e, "checking the hostPort tables"),
         }
         if !plan.own_pod_cidrs.is_empty() {
-            let list =
-                cni_config::conflist(&plan.own_pod_cidrs, args.mode, args.mtu, &args.cni_data_dir);
+            let list = cni_config::conflist(
+                &plan.own_pod_cidrs,
+                args.mode,
+                args.mtu,
+                &args.cni_data_dir,
+                args.policy.socket(),
+            );
             match cni_config::write_if_changed(&args.cni_conf_dir, &list.to_json()) {
                 Ok(true) => {
                     info!(dir = %args.cni_conf_dir.display(), cidrs = ?plan.own_pod_cidrs, "CNI config written");
@@ -385,7 +409,10 @@ mod tests {
                 service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
                 sync_delay_ms: 5,
             },
-            policy: policy::PolicyArgs { policy: false },
+            policy: policy::PolicyArgs {
+                policy: false,
+                policy_socket: "/data/node-2/policy.sock".into(),
+            },
             bgp: lb::bgp::BgpArgs {
                 bgp_announce: false,
                 bgp_status_namespace: "kubewire".into(),

@@ -9,12 +9,14 @@
 //! - [`wiring`]: the routed veth pair in the kernel;
 //! - [`hostport`]: `hostPort` mappings in the node's nftables;
 //! - [`install`]: `kubewire install-cni`, which puts the plugin on a node from a container;
+//! - [`policy`]: ADD waits until the agent has the new pod's network policy in force;
 //! - commands in `plugin`, and the background unregister of DEL in `reaper`.
 
 pub mod hostport;
 pub mod install;
 pub mod ipam;
 mod plugin;
+pub mod policy;
 mod reaper;
 pub mod spec;
 pub mod wiring;

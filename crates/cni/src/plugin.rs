@@ -132,6 +132,20 @@ async fn add(env: &Env, conf: &NetConf, version: Version) -> Result<Value, CniEr
         };
         let interfaces = wiring::attach(&attachment, &pod).await?;
         step = AddStep::Wired;
+        // The pod's policies in force before its containers start (and before its
+        // host ports, so that a refusal has nothing more to undo).
+        if let (Some(socket), Some(namespace), Some(name)) = (
+            conf.policy_socket.as_deref(),
+            env.args.get("K8S_POD_NAMESPACE"),
+            env.args.get("K8S_POD_NAME"),
+        ) {
+            let ask = crate::policy::Ask {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                ips: addresses.clone(),
+            };
+            crate::policy::wait_in_force(socket, &ask).await?;
+        }
         let bindings = crate::hostport::parse(conf.runtime_config.as_ref(), &key, &addresses)?;
         if !bindings.is_empty() {
             store.update(|st| {

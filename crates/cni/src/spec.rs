@@ -359,6 +359,10 @@ pub struct NetConf {
     /// Where IPAM keeps its state (default `/var/lib/cni/kubewire`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    /// The agent's socket for network policy's first-packet guarantee: ADD waits there
+    /// until the pod's policies are in force ([`crate::policy`]). Absent: no wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_socket: Option<PathBuf>,
     /// The capabilities the plugin asks the runtime for, in a conflist
     /// (`portMappings`): the runtime passes their values in `runtimeConfig`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

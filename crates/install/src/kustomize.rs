@@ -99,6 +99,11 @@ pub const LAB_API_SERVER: &str = "198.18.0.1:6443";
 /// the directory the lab keeps as the node's root.
 pub const LAB_CNI_DATA_DIR: &str =
     "/var/lib/kubewire/kubewire/$(NODE_NAME)/root/var/lib/cni/kubewire";
+/// The policy socket of a default lab's nodes: the node's `/run/kubewire/policy.sock` in
+/// the directory the lab keeps as the node's root, a path the lab's CNI plugin (run on
+/// the host) reaches as it is.
+pub const LAB_POLICY_SOCKET: &str =
+    "/var/lib/kubewire/kubewire/$(NODE_NAME)/root/run/kubewire/policy.sock";
 
 /// Every component.
 pub fn components() -> Vec<Component> {
@@ -216,6 +221,7 @@ fn lab_config() -> Config {
             "fd00:10:244::/56".parse().expect("valid"),
         ],
         cni_data_dir: Some(LAB_CNI_DATA_DIR.into()),
+        policy_socket: Some(LAB_POLICY_SOCKET.into()),
         gateway_address: Some(LAB_GATEWAY_ADDRESS.parse().expect("a valid address")),
         ..Config::default()
     }

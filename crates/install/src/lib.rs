@@ -51,6 +51,9 @@ pub const ANNOUNCER_ROLE: &str = "kubewire-lb-announcer";
 pub const DNS: &str = "kubewire-dns";
 /// The ConfigMap that points the agent at the API server itself (`--api-server`).
 pub const API_SERVER_CONFIG_MAP: &str = "kubewire-api-server";
+/// The agent's directory on the node for what the host's processes reach: the CNI
+/// plugin's socket ([`policy::DEFAULT_SOCKET`] is in it).
+const RUN_DIR: &str = "/run/kubewire";
 /// The label every object carries.
 const PART_OF: (&str, &str) = ("app.kubernetes.io/part-of", "kubewire");
 
@@ -173,6 +176,11 @@ pub struct Config {
     /// name [default: the agent's, /var/lib/cni/kubewire].
     #[arg(long)]
     pub cni_data_dir: Option<PathBuf>,
+    /// Where the agent listens for the CNI plugin, which waits there until a new pod's
+    /// network policies are in force; `$(NODE_NAME)` is the node's name [default: the
+    /// agent's, /run/kubewire/policy.sock].
+    #[arg(long)]
+    pub policy_socket: Option<PathBuf>,
     /// DNS server replicas.
     #[arg(long, default_value_t = 2)]
     pub dns_replicas: u32,
@@ -239,6 +247,7 @@ impl Config {
             ("--cni-conf-dir", Some(&self.cni_conf_dir)),
             ("--cni-bin-dir", Some(&self.cni_bin_dir)),
             ("--cni-data-dir", self.cni_data_dir.as_ref()),
+            ("--policy-socket", self.policy_socket.as_ref()),
         ] {
             if let Some(dir) = dir {
                 args.push(format!("{flag}={}", dir.display()).into());
@@ -273,6 +282,9 @@ impl Config {
         }
         if let Some(dir) = &self.cni_data_dir {
             a.cni_data_dir = dir.clone();
+        }
+        if let Some(socket) = &self.policy_socket {
+            a.policy.policy_socket = socket.clone();
         }
         a.proxy.proxy = self.proxy;
         if !self.cluster_cidrs.is_empty() {
@@ -545,7 +557,12 @@ fn agent_objects(cfg: &Config) -> Vec<Value> {
                         // Routes, the VXLAN device, nftables and conntrack over netlink;
                         // ARP and NDP answers through packet sockets.
                         "securityContext": security_context(&["NET_ADMIN", "NET_RAW"]),
-                        "volumeMounts": [{ "name": "cni-conf", "mountPath": "/etc/cni/net.d" }],
+                        "volumeMounts": [
+                            { "name": "cni-conf", "mountPath": "/etc/cni/net.d" },
+                            // The socket where the CNI plugin, on the host, waits for a
+                            // new pod's network policies.
+                            { "name": "run", "mountPath": RUN_DIR },
+                        ],
                     }],
                     "volumes": [
                         {
@@ -555,6 +572,10 @@ fn agent_objects(cfg: &Config) -> Vec<Value> {
                         {
                             "name": "cni-conf",
                             "hostPath": { "path": cfg.cni_conf_dir, "type": "DirectoryOrCreate" },
+                        },
+                        {
+                            "name": "run",
+                            "hostPath": { "path": RUN_DIR, "type": "DirectoryOrCreate" },
                         },
                     ],
                 },

@@ -35,6 +35,7 @@ fn every_choice() -> Vec<Config> {
         cni_conf_dir: "/var/lib/rancher/k3s/agent/etc/cni/net.d".into(),
         cni_bin_dir: "/var/lib/rancher/k3s/data/cni".into(),
         cni_data_dir: Some("/var/lib/cni/kw".into()),
+        policy_socket: Some("/run/kw/policy.sock".into()),
         dns_replicas: 3,
         lb: false,
         lb_controller_deployment: false,

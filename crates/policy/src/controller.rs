@@ -12,10 +12,12 @@ use k8s_openapi::api::core::v1::{Namespace, Pod as K8sPod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::watcher;
 use netlink::nft::NftSocket;
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::model::{Cluster, Pod, Policy, namespace_labels};
 use crate::ruleset::{Enforcer, Error};
+use crate::server::Request;
 use crate::{compile, cut};
 
 /// How long to collect more changes after the first before syncing.
@@ -77,8 +79,22 @@ impl k8s::Store<NetworkPolicy> for Policies<'_> {
     }
 }
 
-/// Runs network policy for node `node` until the watches end.
-pub async fn run(client: kube::Client, node: String, resync: Duration) -> Result<(), Error> {
+/// A CNI plugin waiting for a new pod's policies.
+struct Waiter {
+    key: String,
+    ips: Vec<std::net::IpAddr>,
+    reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+    deadline: Instant,
+}
+
+/// Runs network policy for node `node` until the watches end; answers the CNI plugin's
+/// questions from `requests` ([`crate::server`]) when given.
+pub async fn run(
+    client: kube::Client,
+    node: String,
+    resync: Duration,
+    mut requests: Option<mpsc::Receiver<Request>>,
+) -> Result<(), Error> {
     let socket = NftSocket::new().map_err(Error::Socket)?;
     let mut enforcer = Enforcer::new(socket);
     let config = watcher::Config::default();
@@ -90,6 +106,7 @@ pub async fn run(client: kube::Client, node: String, resync: Duration) -> Result
     let mut tick = tokio::time::interval(resync);
     // When the first change not yet synced came.
     let mut pending: Option<Instant> = None;
+    let mut waiters: Vec<Waiter> = Vec::new();
     info!(node = %node, "network policy started");
     loop {
         let wait = match pending {
@@ -112,11 +129,27 @@ pub async fn run(client: kube::Client, node: String, resync: Duration) -> Result
                 Some(Err(e)) => { warn!(error = %ErrorChain(&e), "watching network policies"); false }
                 None => return Err(Error::WatchEnded),
             },
+            Some(r) = next_request(&mut requests) => {
+                cluster.hint(&r.key, r.ips.clone());
+                waiters.push(Waiter {
+                    key: r.key,
+                    ips: r.ips,
+                    reply: r.reply,
+                    deadline: Instant::now() + cni::policy::WAIT,
+                });
+                // A sync even when nothing changed: the answer follows one.
+                true
+            }
             _ = tick.tick() => !enforcer.intact(),
+            () = tokio::time::sleep(Duration::from_secs(1)), if !waiters.is_empty() => {
+                expire(&mut waiters, &mut cluster)
+            }
             () = tokio::time::sleep(wait), if pending.is_some() => {
                 pending = None;
                 if pods.synced() && namespaces.synced() && policies.synced() {
-                    sync(&mut enforcer, &cluster, &node);
+                    if sync(&mut enforcer, &cluster, &node) {
+                        answer(&mut waiters, &cluster);
+                    }
                 } else {
                     // Not whole yet: judging now could cut allowed traffic.
                     pending = Some(Instant::now());
@@ -130,7 +163,48 @@ pub async fn run(client: kube::Client, node: String, resync: Duration) -> Result
     }
 }
 
-fn sync(enforcer: &mut Enforcer, cluster: &Cluster, node: &str) {
+async fn next_request(requests: &mut Option<mpsc::Receiver<Request>>) -> Option<Request> {
+    match requests {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Answers the plugins waiting for pods now known with their addresses: the sync just
+/// applied included them.
+fn answer(waiters: &mut Vec<Waiter>, cluster: &Cluster) {
+    for w in std::mem::take(waiters) {
+        if cluster.has_pod_with(&w.key, &w.ips) {
+            debug!(pod = %w.key, "network policy in force for a new pod");
+            let _ = w.reply.send(Ok(()));
+        } else {
+            waiters.push(w);
+        }
+    }
+}
+
+/// Refuses the plugins that waited too long for their pod to appear in the API, and
+/// forgets the addresses they gave; returns whether a pod changed.
+fn expire(waiters: &mut Vec<Waiter>, cluster: &mut Cluster) -> bool {
+    let now = Instant::now();
+    let mut changed = false;
+    for w in std::mem::take(waiters) {
+        if now < w.deadline {
+            waiters.push(w);
+            continue;
+        }
+        changed |= cluster.unhint(&w.key);
+        let _ = w.reply.send(Err(format!(
+            "pod {} was not seen in the API within {:?}",
+            w.key,
+            cni::policy::WAIT
+        )));
+    }
+    changed
+}
+
+/// One sync; returns whether the kernel now holds the desired verdicts.
+fn sync(enforcer: &mut Enforcer, cluster: &Cluster, node: &str) -> bool {
     let started = Instant::now();
     let desired = compile::desired(cluster, node);
     let computed = started.elapsed();
@@ -153,6 +227,7 @@ fn sync(enforcer: &mut Enforcer, cluster: &Cluster, node: &str) {
             }
         }
     }
+    let ok = result.is_ok();
     match result {
         Ok(r) if r.messages == 0 => debug!("network policy unchanged"),
         Ok(r) => info!(
@@ -169,4 +244,5 @@ fn sync(enforcer: &mut Enforcer, cluster: &Cluster, node: &str) {
             warn!(error = %ErrorChain(&e), "applying network policy; everything is sent again at the next change or resync")
         }
     }
+    ok
 }

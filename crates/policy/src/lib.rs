@@ -20,6 +20,7 @@ pub mod cut;
 pub mod eval;
 pub mod model;
 pub mod ruleset;
+pub mod server;
 
 #[cfg(test)]
 mod tests;
@@ -33,11 +34,27 @@ pub struct PolicyArgs {
     /// Enforce NetworkPolicy (`--policy=false` leaves it to another enforcer, or to none).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub policy: bool,
+    /// The socket where the CNI plugin waits, during ADD, until a new pod's policies are
+    /// in force (its path goes into the CNI config). Empty: no waiting, a new pod may
+    /// send before its policies apply.
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    pub policy_socket: std::path::PathBuf,
 }
+
+/// Where the agent listens for the CNI plugin, by default (a hostPath in a cluster).
+pub const DEFAULT_SOCKET: &str = "/run/kubewire/policy.sock";
 
 impl PolicyArgs {
     /// These flags as command-line arguments (what parses back into `self`).
     pub fn to_args(&self) -> Vec<std::ffi::OsString> {
-        vec![format!("--policy={}", self.policy).into()]
+        let mut socket = std::ffi::OsString::from("--policy-socket=");
+        socket.push(&self.policy_socket);
+        vec![format!("--policy={}", self.policy).into(), socket]
+    }
+
+    /// The socket the CNI plugin is to wait on, if any.
+    pub fn socket(&self) -> Option<&std::path::Path> {
+        (self.policy && !self.policy_socket.as_os_str().is_empty())
+            .then_some(self.policy_socket.as_path())
     }
 }

@@ -62,7 +62,8 @@ pub struct NamedPort {
 
 /// A pod as policy sees it: only pods with addresses of their own (not host-network
 /// pods, whose addresses are their node's, and not finished pods, whose addresses are
-/// free again).
+/// free again). A pod being started has none in its status yet (or an earlier
+/// sandbox's): it gets those the CNI plugin gave it ([`Cluster::hint`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pod {
     /// Its namespace.
@@ -81,13 +82,13 @@ pub struct Pod {
 
 impl Pod {
     /// The pod as policy sees it, or `None` for a pod policy ignores (host network,
-    /// finished, not yet given an address).
+    /// finished).
     pub fn from_api(pod: &K8sPod) -> Option<Pod> {
         let spec = pod.spec.as_ref()?;
         if spec.host_network == Some(true) {
             return None;
         }
-        let status = pod.status.as_ref()?;
+        let status = pod.status.clone().unwrap_or_default();
         if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
             return None;
         }
@@ -101,9 +102,6 @@ impl Pod {
             && let Some(ip) = status.pod_ip.as_deref().and_then(|ip| ip.parse().ok())
         {
             ips.push(ip);
-        }
-        if ips.is_empty() {
-            return None;
         }
         let sidecars = spec
             .init_containers
@@ -382,12 +380,32 @@ pub struct Cluster {
     pub policies: BTreeMap<String, Policy>,
     /// Pods by address (`namespace/name`), kept with `pods`.
     by_ip: HashMap<IpAddr, String>,
+    /// Addresses the CNI plugin gave pods whose status does not say them yet (none, or
+    /// an earlier sandbox's), by `namespace/name`.
+    hints: HashMap<String, Vec<IpAddr>>,
 }
 
 impl Cluster {
     /// Adds or replaces a pod; `None` removes what was under `key`. Returns whether
     /// anything changed.
-    pub fn set_pod(&mut self, key: &str, pod: Option<Pod>) -> bool {
+    pub fn set_pod(&mut self, key: &str, mut pod: Option<Pod>) -> bool {
+        // The plugin's latest addresses win over the status until it says them (a new
+        // sandbox's status still has the old sandbox's address).
+        match pod.as_mut() {
+            Some(p) => {
+                if let Some(ips) = self.hints.get(key) {
+                    let caught_up = !p.ips.is_empty() && ips.iter().all(|ip| p.ips.contains(ip));
+                    if caught_up {
+                        self.hints.remove(key);
+                    } else {
+                        p.ips = ips.clone();
+                    }
+                }
+            }
+            None => {
+                self.hints.remove(key);
+            }
+        }
         if self.pods.get(key) == pod.as_ref() {
             return false;
         }
@@ -405,6 +423,42 @@ impl Cluster {
             self.pods.insert(key.to_owned(), pod);
         }
         true
+    }
+
+    /// Records the addresses the CNI plugin gave pod `key` (`namespace/name`), used
+    /// until its status says them; returns whether the pod changed.
+    pub fn hint(&mut self, key: &str, ips: Vec<IpAddr>) -> bool {
+        self.hints.insert(key.to_owned(), ips);
+        match self.pods.get(key) {
+            Some(p) => {
+                let pod = p.clone();
+                self.set_pod(key, Some(pod))
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets the addresses the CNI plugin gave pod `key`, and the pod's if it has only
+    /// those (a sandbox that never ran). Returns whether the pod changed.
+    pub fn unhint(&mut self, key: &str) -> bool {
+        let Some(ips) = self.hints.remove(key) else {
+            return false;
+        };
+        match self.pods.get(key) {
+            Some(p) if p.ips == ips => {
+                let mut pod = p.clone();
+                pod.ips.clear();
+                self.set_pod(key, Some(pod))
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether pod `key` is known with (at least) the addresses `ips`.
+    pub fn has_pod_with(&self, key: &str, ips: &[IpAddr]) -> bool {
+        self.pods
+            .get(key)
+            .is_some_and(|p| ips.iter().all(|ip| p.ips.contains(ip)))
     }
 
     /// The pod with address `ip`.

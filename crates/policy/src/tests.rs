@@ -423,3 +423,37 @@ fn narrower_sees_new_isolation_and_lost_elements_only() {
     assert!(!crate::cut::allows_flow(&old, b, a, 1, None));
     assert!(crate::cut::allows_flow(&old, a, b, 1, None));
 }
+
+#[test]
+fn the_plugins_addresses_stand_until_the_status_says_them() {
+    let mut c = Cluster::default();
+    let new: IpAddr = "10.244.0.20".parse().unwrap();
+    let mut p = pod("x", "a", "a", "10.244.0.10", "node-1");
+    // A new sandbox: the status still has the old sandbox's address.
+    c.set_pod("x/a", Some(p.clone()));
+    assert!(!c.has_pod_with("x/a", &[new]));
+    assert!(c.hint("x/a", vec![new]));
+    assert!(c.has_pod_with("x/a", &[new]));
+    assert_eq!(c.pod_by_ip(new).unwrap().name, "a");
+    assert!(c.pod_by_ip("10.244.0.10".parse().unwrap()).is_none());
+    // A status update that does not say it yet changes nothing.
+    c.set_pod("x/a", Some(p.clone()));
+    assert!(c.has_pod_with("x/a", &[new]));
+    // Once it does, the hint is gone: a later status is taken as it is.
+    p.ips = vec![new];
+    c.set_pod("x/a", Some(p.clone()));
+    p.ips = vec!["10.244.0.30".parse().unwrap()];
+    c.set_pod("x/a", Some(p));
+    assert!(!c.has_pod_with("x/a", &[new]));
+    // A pod the API has not shown yet keeps its hint for when it comes, or drops it.
+    assert!(!c.hint("x/b", vec![new]));
+    assert!(!c.unhint("x/b"));
+    c.set_pod(
+        "x/b",
+        Some(Pod {
+            ips: vec![],
+            ..pod("x", "b", "b", "10.0.0.1", "node-1")
+        }),
+    );
+    assert!(!c.has_pod_with("x/b", &[new]));
+}

@@ -79,6 +79,8 @@ pub fn install_config(cfg: &LabConfig) -> install::Config {
         cluster_cidrs: cfg.pod_cidrs.clone(),
         cluster_domain: cfg.cluster_domain.clone(),
         cni_data_dir: Some(node_root(cfg, "$(NODE_NAME)").join("var/lib/cni/kubewire")),
+        // A path the lab's CNI plugin, run on the host, reaches as it is.
+        policy_socket: Some(node_root(cfg, "$(NODE_NAME)").join("run/kubewire/policy.sock")),
         // The lab's controllers run the LoadBalancer controller.
         lb_controller_deployment: false,
         lb_pool: cfg.lb_pool(),
@@ -938,6 +940,10 @@ mod tests {
         assert_eq!(
             node_root(&cfg, "$(NODE_NAME)").join("var/lib/cni/kubewire"),
             Path::new(install::kustomize::LAB_CNI_DATA_DIR)
+        );
+        assert_eq!(
+            node_root(&cfg, "$(NODE_NAME)").join("run/kubewire/policy.sock"),
+            Path::new(install::kustomize::LAB_POLICY_SOCKET)
         );
     }
 }

@@ -250,7 +250,7 @@ impl Cluster {
     /// logging to `agent-N.log`.
     fn spawn_agent(&self, n: u8, bin: &Path) -> KillOnDrop {
         let node_dir = self.dir.path().join(format!("node-{n}"));
-        let args = agent::Args {
+        let mut args = agent::Args {
             node_name: format!("node-{n}"),
             client: k8s::ClientArgs {
                 kubeconfig: Some(self.kubeconfig()),
@@ -260,6 +260,9 @@ impl Cluster {
             cni_data_dir: node_dir.join("data"),
             ..self.agent.clone()
         };
+        // The tests' runtime names no pods to the plugin, so nothing waits here; a
+        // socket per test node keeps parallel tests apart.
+        args.policy.policy_socket = node_dir.join("policy.sock");
         let argv: Vec<std::ffi::OsString> = std::iter::once("agent".into())
             .chain(args.to_args())
             .collect();
@@ -350,6 +353,22 @@ impl Cluster {
     /// Like [`Cluster::add_pod`], with hostPort mappings passed as a runtime passes them
     /// (`runtimeConfig.portMappings`, for a plugin that declares the capability).
     pub fn add_pod_with(&mut self, node: u8, port_mappings: &[Value]) -> usize {
+        self.add_pod_as(node, port_mappings, None)
+    }
+
+    /// Like [`Cluster::add_pod`], for the API's pod `namespace/name` (`K8S_POD_NAMESPACE`
+    /// and `K8S_POD_NAME` in `CNI_ARGS`, as kubelet passes them): the plugin's ADD waits
+    /// for the agent to have the pod's network policies in force.
+    pub fn add_api_pod(&mut self, node: u8, namespace: &str, name: &str) -> usize {
+        self.add_pod_as(node, &[], Some((namespace, name)))
+    }
+
+    fn add_pod_as(
+        &mut self,
+        node: u8,
+        port_mappings: &[Value],
+        identity: Option<(&str, &str)>,
+    ) -> usize {
         let list: Value =
             serde_json::from_str(&std::fs::read_to_string(self.conflist_path(node)).unwrap())
                 .unwrap();
@@ -368,10 +387,17 @@ impl Cluster {
             netns: Some(&netns),
             ifname: "eth0",
         };
+        let args = identity
+            .map(|(ns, name)| format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name}"))
+            .unwrap_or_default();
+        let mut env = env_for("ADD", &params, &cni_path);
+        if identity.is_some() {
+            env.push(("CNI_ARGS", &args));
+        }
         let result = exec_plugin(
             &self.node_ns(node),
             &self.plugins.plugin("kubewire-cni"),
-            &env_for("ADD", &params, &cni_path),
+            &env,
             &conf,
         )
         .ok();

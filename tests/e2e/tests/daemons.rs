@@ -184,6 +184,8 @@ fn every_daemon_finds_its_cluster_from_kubeconfig_and_stops_on_sigterm() {
         &path("net.d"),
         "--cni-data-dir",
         &path("cni"),
+        "--policy-socket",
+        &path("policy.sock"),
     ]);
     let mut agent = Daemon::start(
         "agent",

@@ -543,3 +543,107 @@ fn dns_and_probes_under_default_deny() {
     assert_eq!(status["ready"], true, "{pod}");
     assert_eq!(status["restartCount"], 0, "{pod}");
 }
+
+/// Connects, first thing at its start, to each `ip:port` given (TCP, echo checked, 2 s
+/// each) and prints `ip:port ok|blocked` for each, then sleeps.
+const FIRST_PACKET: &str = r#"
+import socket, sys, time
+for target in sys.argv[1:]:
+    ip, port = target.rsplit(":", 1)
+    try:
+        s = socket.create_connection((ip, int(port)), timeout=2)
+        s.settimeout(2)
+        s.send(b"kubewire")
+        ok = s.recv(16) == b"kubewire"
+    except OSError:
+        ok = False
+    print(target, "ok" if ok else "blocked", flush=True)
+time.sleep(100000)
+"#;
+
+/// "A new pod's first packet", in the lab through its kubelet: the connections a new
+/// pod's container makes first thing are judged by its policies. (Here the kubelet's
+/// status write races the container's start; the next test takes that race away.)
+#[test]
+fn a_new_pods_first_packets_meet_its_policies() {
+    let s = Netpol::up();
+    // Egress of x/c and of the pod to come only to y/a on TCP 80; x/c shows when the
+    // agents have the policy.
+    s.apply(&policy(
+        "x",
+        "egress-to-y-a",
+        "  podSelector: {matchExpressions: [{key: pod, operator: In, values: [c, new]}]}\n  policyTypes: [Egress]\n  egress:\n  - to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: \"y\"}}, podSelector: {matchLabels: {pod: a}}}]\n    ports: [{port: 80}]",
+    ));
+    s.expect(
+        &all()
+            .expect("x/c", "", false)
+            .expect_on("x/c", "y/a", Some(80), Some("TCP"), true),
+    );
+    let (ya, yb) = (&s.ips["y/a"], &s.ips["y/b"]);
+    let script = serde_json::to_string(FIRST_PACKET).unwrap();
+    s.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: new\n  namespace: \"x\"\n  labels: {{pod: new}}\nspec:\n  nodeName: node-1\n  containers:\n  - name: client\n    image: busybox\n    command: [python3, -c, {script}, \"{ya}:80\", \"{ya}:81\", \"{yb}:80\"]\n"
+    ));
+    let mut logs = String::new();
+    let done = e2e::wait_until(std::time::Duration::from_secs(60), || {
+        let out = e2e::cluster::kubectl(&s.lab.kubeconfig, &["logs", "-n", "x", "new"]);
+        logs = String::from_utf8_lossy(&out.stdout).into_owned();
+        logs.lines().count() >= 3
+    });
+    assert!(done, "the new pod printed no verdicts: {logs:?}");
+    assert_eq!(
+        logs.lines().collect::<Vec<_>>(),
+        [
+            format!("{ya}:80 ok"),
+            format!("{ya}:81 blocked"),
+            format!("{yb}:80 blocked")
+        ],
+    );
+}
+
+/// The first-packet guarantee itself, with no status to race it: in a cluster of bare
+/// agents with no kubelet, pods that exist in the API are wired by the plugin as
+/// kubelet would call it (`K8S_POD_NAMESPACE`, `K8S_POD_NAME`). No status ever carries
+/// their addresses, so only ADD's wait (the plugin tells the agent the addresses and
+/// returns once the agent has them in the table) can isolate them: the first ping after
+/// ADD must already be dropped, and a pod no policy selects is not held.
+#[test]
+fn add_returns_only_once_the_pods_policies_are_in_force() {
+    let mut c = e2e::cluster::Cluster::up("native");
+    let server = c.add_pod(2);
+    let target = c.pods[server].1[0].clone();
+    let pod = |ns: &str, name: &str| {
+        serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns, "labels": {"app": "client"}},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "busybox"}]}})
+    };
+    c.apply(
+        &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}},
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "free"}},
+            {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": {"name": "deny-egress", "namespace": "x"},
+                "spec": {"podSelector": {}, "policyTypes": ["Egress"]}},
+            pod("x", "first"), pod("x", "second"), pod("free", "third"),
+        ]}),
+    );
+    // The agent has the policy once it isolates a first pod.
+    let first = c.add_api_pod(1, "x", "first");
+    assert!(
+        e2e::wait_until(std::time::Duration::from_secs(20), || !c.ping(
+            first,
+            &target,
+            &[]
+        )),
+        "x/first was never isolated:\n{}",
+        c.log("agent-1.log")
+    );
+    let second = c.add_api_pod(1, "x", "second");
+    assert!(
+        !c.ping(second, &target, &[]),
+        "x/second's first ping went through:\n{}",
+        c.log("agent-1.log")
+    );
+    let third = c.add_api_pod(1, "free", "third");
+    assert!(c.ping(third, &target, &[]), "{}", c.log("agent-1.log"));
+}

@@ -117,7 +117,13 @@ impl NodeCluster {
                 cni_conf_dir: nd.join("net.d"),
                 cni_bin_dir: Some(nd.join("bin")),
                 cni_data_dir: nd.join("cni"),
-                ..k8s::parse_flags(&["--node-name", &format!("node-{n}")])
+                // One per test node: parallel tests never share an agent's socket.
+                ..k8s::parse_flags(&[
+                    "--node-name",
+                    &format!("node-{n}"),
+                    "--policy-socket",
+                    nd.join("policy.sock").to_str().unwrap(),
+                ])
             };
             let args: Vec<OsString> = std::iter::once("agent".into())
                 .chain(agent_args.to_args())
