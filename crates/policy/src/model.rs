@@ -2,7 +2,7 @@
 //! addresses, node, named ports), namespaces (labels) and NetworkPolicies (parsed into
 //! [`Policy`]). Nothing here knows about nftables.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -380,6 +380,10 @@ pub struct Cluster {
     pub policies: BTreeMap<String, Policy>,
     /// Pods by address (`namespace/name`), kept with `pods`.
     by_ip: HashMap<IpAddr, String>,
+    /// Pods by namespace and label (`namespace`, `key`, `value`) → `namespace/name`, kept
+    /// with `pods`: a selector with `matchLabels` looks only at the pods with its first
+    /// label.
+    by_label: HashMap<(String, String, String), BTreeSet<String>>,
     /// Addresses the CNI plugin gave pods whose status does not say them yet (none, or
     /// an earlier sandbox's), by `namespace/name`.
     hints: HashMap<String, Vec<IpAddr>>,
@@ -415,10 +419,25 @@ impl Cluster {
                     self.by_ip.remove(ip);
                 }
             }
+            for (k, v) in &old.labels {
+                let index = (old.namespace.clone(), k.clone(), v.clone());
+                if let Some(set) = self.by_label.get_mut(&index) {
+                    set.remove(key);
+                    if set.is_empty() {
+                        self.by_label.remove(&index);
+                    }
+                }
+            }
         }
         if let Some(pod) = pod {
             for ip in &pod.ips {
                 self.by_ip.insert(*ip, key.to_owned());
+            }
+            for (k, v) in &pod.labels {
+                self.by_label
+                    .entry((pod.namespace.clone(), k.clone(), v.clone()))
+                    .or_default()
+                    .insert(key.to_owned());
             }
             self.pods.insert(key.to_owned(), pod);
         }
@@ -509,14 +528,15 @@ impl Cluster {
         match peer {
             Peer::Block { .. } => Box::new(std::iter::empty()),
             Peer::Pods {
-                namespaces: None, ..
+                namespaces: None,
+                pods,
             } => Box::new(
-                self.pods_in(policy_ns)
+                self.candidates(policy_ns, pods.as_ref())
                     .filter(move |p| self.peer_selects(policy_ns, peer, p)),
             ),
             Peer::Pods {
                 namespaces: Some(sel),
-                ..
+                pods,
             } => {
                 // Namespaces are judged once each, not once per pod. Pods of a
                 // namespace not seen yet are left out until it is (allowing less).
@@ -524,10 +544,35 @@ impl Cluster {
                 Box::new(
                     names
                         .filter(move |ns| k8s::labels::selects(sel, &self.namespace_labels(ns)))
-                        .flat_map(move |ns| self.pods_in(ns))
+                        .flat_map(move |ns| self.candidates(ns, pods.as_ref()))
                         .filter(move |p| self.peer_selects(policy_ns, peer, p)),
                 )
             }
+        }
+    }
+}
+
+impl Cluster {
+    /// The pods of `ns` that `pods` may select: with `matchLabels`, those with its first
+    /// label (from the index); else all of the namespace. The caller still checks the
+    /// whole selector.
+    fn candidates<'a>(
+        &'a self,
+        ns: &'a str,
+        pods: Option<&'a LabelSelector>,
+    ) -> Box<dyn Iterator<Item = &'a Pod> + 'a> {
+        let first = pods
+            .and_then(|s| s.match_labels.as_ref())
+            .and_then(|m| m.iter().next());
+        match first {
+            Some((k, v)) => {
+                let index = (ns.to_owned(), k.clone(), v.clone());
+                match self.by_label.get(&index) {
+                    Some(keys) => Box::new(keys.iter().filter_map(|k| self.pods.get(k))),
+                    None => Box::new(std::iter::empty()),
+                }
+            }
+            None => Box::new(self.pods_in(ns)),
         }
     }
 }
