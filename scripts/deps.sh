@@ -2,13 +2,14 @@
 # Installs the Debian packages kubewire's commands and tests use, only those missing.
 #   scripts/deps.sh run    what `make up` needs
 #   scripts/deps.sh test   what `make test` needs (real clients nobody here wrote)
-#   scripts/deps.sh bench  the peers and load generators of bench/gateway.sh
+#   scripts/deps.sh bench  the peers and load generators of the benchmarks (bench/gateway.sh,
+#                          iperf3 for the data path benches, iptables-restore for policy's)
 set -euo pipefail
 
 # kubectl is not among them: Debian does not package it (see below).
 run_pkgs=(iproute2 curl ca-certificates iputils-ping)
 test_pkgs=(iproute2 bind9-dnsutils nftables iptables iputils-ping curl ca-certificates containernetworking-plugins python3 python3-venv util-linux bird2 frr arping ndisc6 openssl wrk)
-bench_pkgs=(nginx haproxy wrk nghttp2-client openssl util-linux)
+bench_pkgs=(nginx haproxy wrk nghttp2-client openssl util-linux iperf3 iptables)
 
 case "${1:-run}" in
   run) pkgs=("${run_pkgs[@]}") ;;

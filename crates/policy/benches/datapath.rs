@@ -113,7 +113,7 @@ fn main() {
     let labels = ("no policy", "isolated");
     for n in [0, 100, 10_000] {
         let desired = compile::desired(&cluster(n), "node-1");
-        enforcer.sync(&desired).unwrap();
+        enforcer.replace(&desired).unwrap();
         let load = loadavg();
         let rates = paired(rounds, |isolated| {
             let target = if isolated {

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use netlink::netns;
 use netlink::nft::NftSocket;
-use policy::compile::{self, Desired};
 use policy::model::{Cluster, Peer, Pod, Policy, PortRef, PortRule, Protocol, Rule};
+use policy::node::NodePolicy;
 use policy::ruleset::Enforcer;
 
 const NAMESPACES: usize = 1_000;
@@ -79,13 +79,13 @@ fn policy(ns: &str, j: usize, port: u16) -> Policy {
     }
 }
 
-fn cluster() -> Cluster {
-    let mut c = Cluster::default();
+/// Fills `state` as the agent's watches do.
+fn fill(state: &mut NodePolicy) {
     for k in 0..NAMESPACES {
         let ns = format!("ns-{k}");
-        c.namespaces.insert(
-            ns.clone(),
-            [("kubernetes.io/metadata.name".to_owned(), ns.clone())].into(),
+        state.set_namespace(
+            &ns,
+            Some([("kubernetes.io/metadata.name".to_owned(), ns.clone())].into()),
         );
         for j in 0..PODS_PER_NAMESPACE {
             let i = k * PODS_PER_NAMESPACE + j;
@@ -97,12 +97,10 @@ fn cluster() -> Cluster {
                 node: format!("node-{}", i % NODES + 1),
                 ports: vec![],
             };
-            c.set_pod(&format!("{ns}/pod-{j}"), Some(pod));
-            c.policies
-                .insert(format!("{ns}/np-{j}"), policy(&ns, j, 8080));
+            state.set_pod(&format!("{ns}/pod-{j}"), Some(pod));
+            state.set_policy(&format!("{ns}/np-{j}"), Some(policy(&ns, j, 8080)));
         }
     }
-    c
 }
 
 fn rss_kib() -> u64 {
@@ -190,89 +188,82 @@ fn main() {
     let peer = all.make("npsync", "iptables");
 
     let before = rss_kib();
+    let mut state = NodePolicy::new("node-1", Enforcer::new(NftSocket::new_in(&ours).unwrap()));
     let t = Instant::now();
-    let mut c = cluster();
+    fill(&mut state);
     let built = t.elapsed();
+    let held = rss_kib().saturating_sub(before);
     let t = Instant::now();
-    let desired = compile::desired(&c, "node-1");
-    let computed = t.elapsed();
-    let mut enforcer = Enforcer::new(NftSocket::new_in(&ours).unwrap());
-    let t = Instant::now();
-    let report = enforcer.sync(&desired).unwrap();
-    let applied = t.elapsed();
+    let report = state.sync().unwrap();
+    let total = t.elapsed();
     let grown = rss_kib().saturating_sub(before);
+    let d = state.desired();
     println!(
         "cluster: {NAMESPACES} namespaces x {PODS_PER_NAMESPACE} pods over {NODES} nodes, \
-         {} policies; node-1: {} isolated pods, {} elements (built in {})",
-        c.policies.len(),
-        desired.ingress.isolated.len(),
-        desired.ingress.len() + desired.egress.len(),
+         {} policies; node-1: {} isolated pods, {} elements (taken in from the watches \
+         in {})",
+        state.cluster().policies.len(),
+        d.ingress.isolated.len(),
+        d.ingress.len() + d.egress.len(),
         ms(built)
     );
     println!(
-        "kubewire full sync: {} (compile {} + apply {}, {} messages); memory growth {:.1} MiB",
-        ms(computed + applied),
-        ms(computed),
-        ms(applied),
-        report.messages,
+        "kubewire full sync: {} (compile {} + apply, {} messages); memory growth: {:.1} MiB \
+         (the cluster held: {:.1} MiB; with the node's verdicts, after the sync: {:.1} MiB)",
+        ms(total),
+        ms(report.compute),
+        report.sync.messages,
+        grown as f64 / 1024.0,
+        held as f64 / 1024.0,
         grown as f64 / 1024.0
     );
 
-    // One policy changed: its admitted port.
-    let key = "ns-0/np-0";
+    // One policy changed: its admitted port (the old one is no longer allowed: the
+    // connections on it are looked for and cut, apart from the sync).
     let mut changes = Vec::new();
+    let mut cuts = Vec::new();
     for round in 0..5u16 {
-        let port = 8081 + round;
         let t = Instant::now();
-        c.policies.insert(key.into(), policy("ns-0", 0, port));
-        let desired: Desired = compile::desired(&c, "node-1");
-        let r = enforcer.sync(&desired).unwrap();
-        changes.push((t.elapsed(), r.messages));
+        state.set_policy("ns-0/np-0", Some(policy("ns-0", 0, 8081 + round)));
+        let r = state.sync().unwrap();
+        changes.push((t.elapsed(), r.sync.messages));
+        cut(&state, &mut cuts);
     }
-    println!(
-        "kubewire one policy changed: {} (rounds: {})",
-        ms(changes.iter().map(|c| c.0).min().unwrap()),
-        changes
-            .iter()
-            .map(|(d, m)| format!("{} / {m} messages", ms(*d)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    println!("kubewire one policy changed: {}", rounds(&changes));
 
     // One pod's label changed: node-1's pod-0 of ns-0 takes p5's label and back.
     let mut label = Vec::new();
     for round in 0..6 {
         let pod_key = "ns-0/pod-0";
-        let mut p = c.pods[pod_key].clone();
+        let mut p = state.cluster().pods[pod_key].clone();
         p.labels.insert(
             "app".into(),
             if round % 2 == 0 { "p5" } else { "p0" }.into(),
         );
         let t = Instant::now();
-        c.set_pod(pod_key, Some(p));
-        let desired = compile::desired(&c, "node-1");
-        let r = enforcer.sync(&desired).unwrap();
-        label.push((t.elapsed(), r.messages));
+        state.set_pod(pod_key, Some(p));
+        let r = state.sync().unwrap();
+        label.push((t.elapsed(), r.sync.messages));
+        if r.narrower {
+            cut(&state, &mut cuts);
+        }
     }
+    println!("kubewire one pod label changed: {}", rounds(&label));
     println!(
-        "kubewire one pod label changed: {} (rounds: {})",
-        ms(label.iter().map(|c| c.0).min().unwrap()),
-        label
-            .iter()
-            .map(|(d, m)| format!("{} / {m} messages", ms(*d)))
-            .collect::<Vec<_>>()
-            .join(", ")
+        "kubewire the cut after a narrowing change (a conntrack walk): {} (rounds: {})",
+        ms(*cuts.iter().min().unwrap()),
+        cuts.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(", ")
     );
 
     // The peer.
-    let text = iptables_ruleset(&c);
+    let text = iptables_ruleset(state.cluster());
     let rules = text.lines().filter(|l| l.starts_with("-A")).count();
     let full = iptables_restore(&peer, &[], text);
     println!("iptables-restore full load: {} ({rules} rules)", ms(full));
     let mut one = Vec::new();
     for round in 0..5u16 {
         let mut text = String::from("*filter\n");
-        chain_rules(&c, "ns-0", 0, 8081 + round, &mut text);
+        chain_rules(state.cluster(), "ns-0", 0, 8081 + round, &mut text);
         text.push_str("COMMIT\n");
         one.push(iptables_restore(&peer, &["--noflush"], text));
     }
@@ -281,4 +272,23 @@ fn main() {
         ms(*one.iter().min().unwrap()),
         one.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(", ")
     );
+}
+
+/// Times [`NodePolicy::cut`].
+fn cut(state: &NodePolicy, cuts: &mut Vec<Duration>) {
+    let t = Instant::now();
+    state.cut().unwrap();
+    cuts.push(t.elapsed());
+}
+
+/// The fastest of the rounds, then each (time / netlink messages).
+fn rounds(r: &[(Duration, usize)]) -> String {
+    format!(
+        "{} (rounds: {})",
+        ms(r.iter().map(|c| c.0).min().unwrap()),
+        r.iter()
+            .map(|(d, m)| format!("{} / {m} messages", ms(*d)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }

@@ -81,6 +81,50 @@ impl Sets {
         })
     }
 
+    /// Takes out every element of local address `a`.
+    fn clear(&mut self, a: IpAddr) {
+        self.isolated.remove(&a);
+        for e in local_range(
+            &self.ports,
+            a,
+            |ip| (ip, MIN_IP, 0, 0),
+            |ip| (ip, MAX_IP, u8::MAX, u16::MAX),
+        ) {
+            self.ports.remove(&e);
+        }
+        for e in local_range(&self.peers, a, |ip| (ip, MIN_IP), |ip| (ip, MAX_IP)) {
+            self.peers.remove(&e);
+        }
+        for e in local_range(&self.ranges, a, range_low, range_high) {
+            self.ranges.remove(&e);
+        }
+    }
+
+    /// The elements of the local addresses `addrs` only.
+    fn of(&self, addrs: &BTreeSet<IpAddr>) -> Sets {
+        let mut out = Sets::default();
+        for &a in addrs {
+            if self.isolated.contains(&a) {
+                out.isolated.insert(a);
+            }
+            out.ports.extend(local_range(
+                &self.ports,
+                a,
+                |ip| (ip, MIN_IP, 0, 0),
+                |ip| (ip, MAX_IP, u8::MAX, u16::MAX),
+            ));
+            out.peers.extend(local_range(
+                &self.peers,
+                a,
+                |ip| (ip, MIN_IP),
+                |ip| (ip, MAX_IP),
+            ));
+            out.ranges
+                .extend(local_range(&self.ranges, a, range_low, range_high));
+        }
+        out
+    }
+
     /// Elements in all sets.
     pub fn len(&self) -> usize {
         self.isolated.len() + self.ports.len() + self.peers.len() + self.ranges.len()
@@ -90,6 +134,40 @@ impl Sets {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The lowest and highest addresses in `IpAddr`'s order (IPv4 before IPv6).
+const MIN_IP: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+const MAX_IP: IpAddr = IpAddr::V6(Ipv6Addr::new(
+    0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff,
+));
+
+fn range_low(local: IpAddr) -> Range {
+    Range {
+        local,
+        peer: (MIN_IP, MIN_IP),
+        proto: (0, 0),
+        port: (0, 0),
+    }
+}
+
+fn range_high(local: IpAddr) -> Range {
+    Range {
+        local,
+        peer: (MAX_IP, MAX_IP),
+        proto: (u8::MAX, u8::MAX),
+        port: (u16::MAX, u16::MAX),
+    }
+}
+
+/// The elements of `set` whose first field is `a`: those from `low(a)` to `high(a)`.
+fn local_range<T: Ord + Clone>(
+    set: &BTreeSet<T>,
+    a: IpAddr,
+    low: impl Fn(IpAddr) -> T,
+    high: impl Fn(IpAddr) -> T,
+) -> Vec<T> {
+    set.range(low(a)..=high(a)).cloned().collect()
 }
 
 /// A node's verdicts, both directions.
@@ -102,6 +180,21 @@ pub struct Desired {
 }
 
 impl Desired {
+    /// Takes out every element of local address `a`.
+    pub fn clear(&mut self, a: IpAddr) {
+        for sets in [&mut self.ingress, &mut self.egress] {
+            sets.clear(a);
+        }
+    }
+
+    /// The elements of the local addresses `addrs` only.
+    pub fn of(&self, addrs: &BTreeSet<IpAddr>) -> Desired {
+        Desired {
+            ingress: self.ingress.of(addrs),
+            egress: self.egress.of(addrs),
+        }
+    }
+
     /// The sets of direction `d`.
     pub fn sets(&self, d: Direction) -> &Sets {
         match d {
@@ -115,40 +208,86 @@ impl Desired {
 pub fn desired(cluster: &Cluster, node: &str) -> Desired {
     let mut out = Desired::default();
     for pod in cluster.pods.values().filter(|p| p.node == node) {
-        for d in [Direction::Ingress, Direction::Egress] {
-            let rules: Vec<(&str, &Rule)> = cluster
-                .policies_for(pod)
-                .filter_map(|p| {
-                    let rules = match d {
-                        Direction::Ingress => p.ingress.as_ref(),
-                        Direction::Egress => p.egress.as_ref(),
-                    }?;
-                    Some((p.namespace.as_str(), rules))
-                })
-                .flat_map(|(ns, rules)| rules.iter().map(move |r| (ns, r)))
-                .collect();
-            let isolated = cluster.policies_for(pod).any(|p| match d {
-                Direction::Ingress => p.ingress.is_some(),
-                Direction::Egress => p.egress.is_some(),
-            });
-            if !isolated {
-                continue;
-            }
-            let sets = match d {
-                Direction::Ingress => &mut out.ingress,
-                Direction::Egress => &mut out.egress,
-            };
-            for &local in &pod.ips {
-                sets.isolated.insert(local);
-                let mut boxes = Vec::new();
-                for (ns, rule) in &rules {
-                    compile_rule(cluster, ns, rule, pod, local, d, sets, &mut boxes);
-                }
-                sets.ranges.extend(disjoint(local, &boxes));
-            }
-        }
+        add_pod(cluster, pod, &mut out);
     }
     out
+}
+
+/// Brings `desired` (the verdicts of `node`'s pods) up to date after a change that
+/// touched only the pods `pods` (keys, any node) and the addresses `addrs` (those the
+/// pods had before): every element of those addresses and of the pods' present ones is
+/// taken out and the node's pods among them computed again. Returns the local
+/// addresses whose elements may have changed.
+pub fn update(
+    cluster: &Cluster,
+    node: &str,
+    desired: &mut Desired,
+    pods: &BTreeSet<String>,
+    addrs: &BTreeSet<IpAddr>,
+) -> BTreeSet<IpAddr> {
+    let mut touched = addrs.clone();
+    for key in pods {
+        if let Some(p) = cluster.pods.get(key).filter(|p| p.node == node) {
+            touched.extend(p.ips.iter().copied());
+        }
+    }
+    for a in &touched {
+        desired.clear(*a);
+    }
+    // The node's pods with a touched address: the changed ones, and any other that
+    // shares one (an address taken over before the old pod's deletion arrived).
+    let mut again: BTreeSet<&str> = pods
+        .iter()
+        .filter(|k| cluster.pods.get(*k).is_some_and(|p| p.node == node))
+        .map(String::as_str)
+        .collect();
+    for a in &touched {
+        if let Some(key) = cluster.pod_key_by_ip(*a)
+            && cluster.pods[key].node == node
+        {
+            again.insert(key);
+        }
+    }
+    for key in again {
+        add_pod(cluster, &cluster.pods[key], desired);
+    }
+    touched
+}
+
+/// Adds the verdicts of `pod` (a pod of the node) to `out`.
+fn add_pod(cluster: &Cluster, pod: &Pod, out: &mut Desired) {
+    for d in [Direction::Ingress, Direction::Egress] {
+        let rules: Vec<(&str, &Rule)> = cluster
+            .policies_for(pod)
+            .filter_map(|p| {
+                let rules = match d {
+                    Direction::Ingress => p.ingress.as_ref(),
+                    Direction::Egress => p.egress.as_ref(),
+                }?;
+                Some((p.namespace.as_str(), rules))
+            })
+            .flat_map(|(ns, rules)| rules.iter().map(move |r| (ns, r)))
+            .collect();
+        let isolated = cluster.policies_for(pod).any(|p| match d {
+            Direction::Ingress => p.ingress.is_some(),
+            Direction::Egress => p.egress.is_some(),
+        });
+        if !isolated {
+            continue;
+        }
+        let sets = match d {
+            Direction::Ingress => &mut out.ingress,
+            Direction::Egress => &mut out.egress,
+        };
+        for &local in &pod.ips {
+            sets.isolated.insert(local);
+            let mut boxes = Vec::new();
+            for (ns, rule) in &rules {
+                compile_rule(cluster, ns, rule, pod, local, d, sets, &mut boxes);
+            }
+            sets.ranges.extend(disjoint(local, &boxes));
+        }
+    }
 }
 
 /// Peer addresses of one `from`/`to` entry, of one family.

@@ -1,8 +1,7 @@
 //! Network policy's control loop, run by `kubewire agent` in the node's network
-//! namespace: Pods, Namespaces and NetworkPolicies mirrored into one [`Cluster`], the
-//! node's verdicts computed from the whole of it ([`compile::desired`]) a short while
-//! after a change (a burst of events makes one sync), and only their difference sent
-//! to the kernel. At every resync the enforcer checks its tables are still whole.
+//! namespace: Pods, Namespaces and NetworkPolicies mirrored into one [`NodePolicy`],
+//! whose sync a short while after a change (a burst of events makes one sync) sends
+//! only what changed. At every resync the tables are checked to be still whole.
 
 use std::time::{Duration, Instant};
 
@@ -15,16 +14,16 @@ use netlink::nft::NftSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::model::{Cluster, Pod, Policy, namespace_labels};
+use crate::model::{Pod, Policy, namespace_labels};
+use crate::node::NodePolicy;
 use crate::ruleset::{Enforcer, Error};
 use crate::server::Request;
-use crate::{compile, cut};
 
 /// How long to collect more changes after the first before syncing.
 const SYNC_DELAY: Duration = Duration::from_millis(10);
 
-/// The pods of a [`Cluster`], as a [`k8s::Store`].
-struct Pods<'a>(&'a mut Cluster);
+/// The pods of a [`NodePolicy`], as a [`k8s::Store`].
+struct Pods<'a>(&'a mut NodePolicy);
 
 impl k8s::Store<K8sPod> for Pods<'_> {
     fn apply(&mut self, key: ObjectKey, obj: K8sPod) -> bool {
@@ -34,33 +33,33 @@ impl k8s::Store<K8sPod> for Pods<'_> {
         self.0.set_pod(key, None)
     }
     fn keys(&self) -> Vec<ObjectKey> {
-        self.0.pods.keys().map(|k| k.as_str().into()).collect()
-    }
-}
-
-/// The namespaces of a [`Cluster`].
-struct Namespaces<'a>(&'a mut Cluster);
-
-impl k8s::Store<Namespace> for Namespaces<'_> {
-    fn apply(&mut self, key: ObjectKey, obj: Namespace) -> bool {
-        let labels = namespace_labels(&obj);
-        let old = self.0.namespaces.insert(key.into(), labels.clone());
-        old.as_ref() != Some(&labels)
-    }
-    fn delete(&mut self, key: &str) -> bool {
-        self.0.namespaces.remove(key).is_some()
-    }
-    fn keys(&self) -> Vec<ObjectKey> {
         self.0
-            .namespaces
+            .cluster()
+            .pods
             .keys()
             .map(|k| k.as_str().into())
             .collect()
     }
 }
 
-/// The policies of a [`Cluster`].
-struct Policies<'a>(&'a mut Cluster);
+/// The namespaces of a [`NodePolicy`].
+struct Namespaces<'a>(&'a mut NodePolicy);
+
+impl k8s::Store<Namespace> for Namespaces<'_> {
+    fn apply(&mut self, key: ObjectKey, obj: Namespace) -> bool {
+        self.0.set_namespace(&key, Some(namespace_labels(&obj)))
+    }
+    fn delete(&mut self, key: &str) -> bool {
+        self.0.set_namespace(key, None)
+    }
+    fn keys(&self) -> Vec<ObjectKey> {
+        let names = self.0.cluster().namespaces.keys();
+        names.map(|k| k.as_str().into()).collect()
+    }
+}
+
+/// The policies of a [`NodePolicy`].
+struct Policies<'a>(&'a mut NodePolicy);
 
 impl k8s::Store<NetworkPolicy> for Policies<'_> {
     fn apply(&mut self, key: ObjectKey, obj: NetworkPolicy) -> bool {
@@ -68,14 +67,14 @@ impl k8s::Store<NetworkPolicy> for Policies<'_> {
         for p in problems {
             warn!("{p}; left out (the policy allows less)");
         }
-        let old = self.0.policies.insert(key.into(), policy.clone());
-        old.as_ref() != Some(&policy)
+        self.0.set_policy(&key, Some(policy))
     }
     fn delete(&mut self, key: &str) -> bool {
-        self.0.policies.remove(key).is_some()
+        self.0.set_policy(key, None)
     }
     fn keys(&self) -> Vec<ObjectKey> {
-        self.0.policies.keys().map(|k| k.as_str().into()).collect()
+        let keys = self.0.cluster().policies.keys();
+        keys.map(|k| k.as_str().into()).collect()
     }
 }
 
@@ -96,13 +95,12 @@ pub async fn run(
     mut requests: Option<mpsc::Receiver<Request>>,
 ) -> Result<(), Error> {
     let socket = NftSocket::new().map_err(Error::Socket)?;
-    let mut enforcer = Enforcer::new(socket);
+    let mut state = NodePolicy::new(node.clone(), Enforcer::new(socket));
     let config = watcher::Config::default();
     let mut pod_events = k8s::watch(kube::Api::<K8sPod>::all(client.clone()), config.clone());
     let mut ns_events = k8s::watch(kube::Api::<Namespace>::all(client.clone()), config.clone());
     let mut np_events = k8s::watch(kube::Api::<NetworkPolicy>::all(client), config);
     let (mut pods, mut namespaces, mut policies) = (Mirror::new(), Mirror::new(), Mirror::new());
-    let mut cluster = Cluster::default();
     let mut tick = tokio::time::interval(resync);
     // When the first change not yet synced came.
     let mut pending: Option<Instant> = None;
@@ -115,22 +113,22 @@ pub async fn run(
         };
         let changed = tokio::select! {
             e = pod_events.next() => match e {
-                Some(Ok(e)) => pods.step(&mut Pods(&mut cluster), e),
+                Some(Ok(e)) => pods.step(&mut Pods(&mut state), e),
                 Some(Err(e)) => { warn!(error = %ErrorChain(&e), "watching pods"); false }
                 None => return Err(Error::WatchEnded),
             },
             e = ns_events.next() => match e {
-                Some(Ok(e)) => namespaces.step(&mut Namespaces(&mut cluster), e),
+                Some(Ok(e)) => namespaces.step(&mut Namespaces(&mut state), e),
                 Some(Err(e)) => { warn!(error = %ErrorChain(&e), "watching namespaces"); false }
                 None => return Err(Error::WatchEnded),
             },
             e = np_events.next() => match e {
-                Some(Ok(e)) => policies.step(&mut Policies(&mut cluster), e),
+                Some(Ok(e)) => policies.step(&mut Policies(&mut state), e),
                 Some(Err(e)) => { warn!(error = %ErrorChain(&e), "watching network policies"); false }
                 None => return Err(Error::WatchEnded),
             },
             Some(r) = next_request(&mut requests) => {
-                cluster.hint(&r.key, r.ips.clone());
+                state.hint(&r.key, r.ips.clone());
                 waiters.push(Waiter {
                     key: r.key,
                     ips: r.ips,
@@ -140,15 +138,15 @@ pub async fn run(
                 // A sync even when nothing changed: the answer follows one.
                 true
             }
-            _ = tick.tick() => !enforcer.intact(),
+            _ = tick.tick() => !state.intact(),
             () = tokio::time::sleep(Duration::from_secs(1)), if !waiters.is_empty() => {
-                expire(&mut waiters, &mut cluster)
+                expire(&mut waiters, &mut state)
             }
             () = tokio::time::sleep(wait), if pending.is_some() => {
                 pending = None;
                 if pods.synced() && namespaces.synced() && policies.synced() {
-                    if sync(&mut enforcer, &cluster, &node) {
-                        answer(&mut waiters, &cluster);
+                    if sync(&mut state) {
+                        answer(&mut waiters, &state);
                     }
                 } else {
                     // Not whole yet: judging now could cut allowed traffic.
@@ -172,9 +170,9 @@ async fn next_request(requests: &mut Option<mpsc::Receiver<Request>>) -> Option<
 
 /// Answers the plugins waiting for pods now known with their addresses: the sync just
 /// applied included them.
-fn answer(waiters: &mut Vec<Waiter>, cluster: &Cluster) {
+fn answer(waiters: &mut Vec<Waiter>, state: &NodePolicy) {
     for w in std::mem::take(waiters) {
-        if cluster.has_pod_with(&w.key, &w.ips) {
+        if state.cluster().has_pod_with(&w.key, &w.ips) {
             debug!(pod = %w.key, "network policy in force for a new pod");
             let _ = w.reply.send(Ok(()));
         } else {
@@ -185,7 +183,7 @@ fn answer(waiters: &mut Vec<Waiter>, cluster: &Cluster) {
 
 /// Refuses the plugins that waited too long for their pod to appear in the API, and
 /// forgets the addresses they gave; returns whether a pod changed.
-fn expire(waiters: &mut Vec<Waiter>, cluster: &mut Cluster) -> bool {
+fn expire(waiters: &mut Vec<Waiter>, state: &mut NodePolicy) -> bool {
     let now = Instant::now();
     let mut changed = false;
     for w in std::mem::take(waiters) {
@@ -193,7 +191,7 @@ fn expire(waiters: &mut Vec<Waiter>, cluster: &mut Cluster) -> bool {
             waiters.push(w);
             continue;
         }
-        changed |= cluster.unhint(&w.key);
+        changed |= state.unhint(&w.key);
         let _ = w.reply.send(Err(format!(
             "pod {} was not seen in the API within {:?}",
             w.key,
@@ -204,45 +202,44 @@ fn expire(waiters: &mut Vec<Waiter>, cluster: &mut Cluster) -> bool {
 }
 
 /// One sync; returns whether the kernel now holds the desired verdicts.
-fn sync(enforcer: &mut Enforcer, cluster: &Cluster, node: &str) -> bool {
+fn sync(state: &mut NodePolicy) -> bool {
     let started = Instant::now();
-    let desired = compile::desired(cluster, node);
-    let computed = started.elapsed();
-    // Connections allowed until now and denied from now on are cut once the table
-    // denies their next packet; after a restart nothing is known of before, so all
-    // are checked.
-    let narrower = enforcer
-        .applied()
-        .is_none_or(|old| cut::narrower(old, &desired));
-    let result = enforcer.sync(&desired);
-    if result.is_ok() && narrower {
-        match cut::cut(&desired) {
-            Ok(0) => {}
-            Ok(n) => info!(
-                connections = n,
-                "cut connections network policy no longer allows"
-            ),
-            Err(e) => {
-                warn!(error = %ErrorChain(&e), "cutting connections network policy no longer allows")
+    match state.sync() {
+        Ok(r) => {
+            // Connections allowed until now and denied from now on: once the table
+            // denies their next packet, their conntrack entries go.
+            if r.narrower {
+                match state.cut() {
+                    Ok(0) => {}
+                    Ok(n) => info!(
+                        connections = n,
+                        "cut connections network policy no longer allows"
+                    ),
+                    Err(e) => {
+                        warn!(error = %ErrorChain(&e), "cutting connections network policy no longer allows")
+                    }
+                }
             }
+            if r.sync.messages == 0 {
+                debug!("network policy unchanged");
+            } else {
+                let d = state.desired();
+                info!(
+                    full = r.sync.full,
+                    messages = r.sync.messages,
+                    isolated_ingress = d.ingress.isolated.len(),
+                    isolated_egress = d.egress.isolated.len(),
+                    elements = d.ingress.len() + d.egress.len(),
+                    compute_ms = r.compute.as_secs_f64() * 1e3,
+                    total_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "network policy synced"
+                );
+            }
+            true
         }
-    }
-    let ok = result.is_ok();
-    match result {
-        Ok(r) if r.messages == 0 => debug!("network policy unchanged"),
-        Ok(r) => info!(
-            full = r.full,
-            messages = r.messages,
-            isolated_ingress = desired.ingress.isolated.len(),
-            isolated_egress = desired.egress.isolated.len(),
-            elements = desired.ingress.len() + desired.egress.len(),
-            compute_ms = computed.as_secs_f64() * 1e3,
-            total_ms = started.elapsed().as_secs_f64() * 1e3,
-            "network policy synced"
-        ),
         Err(e) => {
-            warn!(error = %ErrorChain(&e), "applying network policy; everything is sent again at the next change or resync")
+            warn!(error = %ErrorChain(&e), "applying network policy; everything is sent again at the next change or resync");
+            false
         }
     }
-    ok
 }

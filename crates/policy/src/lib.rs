@@ -19,6 +19,7 @@ pub mod controller;
 pub mod cut;
 pub mod eval;
 pub mod model;
+pub mod node;
 pub mod ruleset;
 pub mod server;
 

@@ -480,6 +480,52 @@ impl Cluster {
             .is_some_and(|p| ips.iter().all(|ip| p.ips.contains(ip)))
     }
 
+    /// The key of the pod with address `ip`.
+    pub fn pod_key_by_ip(&self, ip: IpAddr) -> Option<&str> {
+        self.by_ip.get(&ip).map(String::as_str)
+    }
+
+    /// The pods (keys, any node) whose verdicts a change of pod `key` from `old` to
+    /// `new` may change: the pod itself, and every pod selected by a policy that names
+    /// either as a peer (or whose egress names a port, resolved on every destination).
+    pub fn affected_by_pod(
+        &self,
+        key: &str,
+        old: Option<&Pod>,
+        new: Option<&Pod>,
+    ) -> BTreeSet<String> {
+        let mut out = BTreeSet::from([key.to_owned()]);
+        for policy in self.policies.values() {
+            let names = |pod: &Pod| {
+                policy
+                    .ingress
+                    .iter()
+                    .chain(policy.egress.iter())
+                    .flatten()
+                    .flat_map(|r| r.peers.iter())
+                    .any(|peer| self.peer_selects(&policy.namespace, peer, pod))
+            };
+            let named_egress = policy
+                .egress
+                .iter()
+                .flatten()
+                .flat_map(|r| r.ports.iter())
+                .any(|p| matches!(p.port, PortRef::Named(_)));
+            if named_egress || old.is_some_and(names) || new.is_some_and(names) {
+                out.extend(self.selected_by(policy));
+            }
+        }
+        out
+    }
+
+    /// The pods (keys) `policy` selects.
+    pub fn selected_by(&self, policy: &Policy) -> Vec<String> {
+        self.candidates(&policy.namespace, Some(&policy.selector))
+            .filter(|p| policy.selects(p))
+            .map(|p| format!("{}/{}", p.namespace, p.name))
+            .collect()
+    }
+
     /// The pod with address `ip`.
     pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&Pod> {
         self.pods.get(self.by_ip.get(&ip)?)

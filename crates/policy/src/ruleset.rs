@@ -281,13 +281,14 @@ fn minus(a: &[SetElement], b: &[SetElement]) -> Vec<SetElement> {
     a.iter().filter(|e| !b.contains(e)).cloned().collect()
 }
 
-/// Keeps the kernel's policy tables equal to the desired verdicts, sending only the
-/// difference from what it applied last.
+/// Keeps the kernel's policy tables equal to the desired verdicts: the whole table at
+/// first (and after a failure or drift), then only the elements that changed.
 #[derive(Debug)]
 pub struct Enforcer {
     socket: NftSocket,
-    /// What the kernel holds; `None` before the first sync and after a failed one.
-    applied: Option<Desired>,
+    /// Whether the kernel holds what the last batch sent (false before the first
+    /// sync, after a failed one, and when the tables were found changed).
+    in_sync: bool,
     /// Each family's table handle after the last full sync.
     tables: Vec<(Family, u64)>,
     /// The ruleset generation after this enforcer's last commit.
@@ -299,30 +300,39 @@ impl Enforcer {
     pub fn new(socket: NftSocket) -> Self {
         Enforcer {
             socket,
-            applied: None,
+            in_sync: false,
             tables: Vec::new(),
             generation: None,
         }
     }
 
-    /// What the kernel holds, when known (`None` before the first sync and after a
-    /// failed one).
-    pub fn applied(&self) -> Option<&Desired> {
-        self.applied.as_ref()
+    /// Whether the kernel holds what was last sent; when not, the next sync must be
+    /// [`Enforcer::replace`].
+    pub fn in_sync(&self) -> bool {
+        self.in_sync
     }
 
-    /// Brings the kernel to `desired`: the whole table the first time (or after a
-    /// failure, or when [`Enforcer::intact`] found it changed), else the elements
-    /// that differ, in one transaction.
-    pub fn sync(&mut self, desired: &Desired) -> Result<SyncReport, Error> {
+    /// Replaces the tables with `desired`, whole, in one transaction (no moment without
+    /// rules).
+    pub fn replace(&mut self, desired: &Desired) -> Result<SyncReport, Error> {
         let mut batch = Batch::new();
-        let full_sync = self.applied.is_none();
         for family in [Family::Ip, Family::Ip6] {
-            match &self.applied {
-                None => full(&mut batch, family, desired),
-                Some(old) => changes(&mut batch, family, old, desired),
-            }
+            full(&mut batch, family, desired);
         }
+        self.send(&batch, true)
+    }
+
+    /// Sends the change from `old` to `new`: the elements of the addresses that
+    /// changed, before and after (the rest of the tables is left as it is).
+    pub fn update(&mut self, old: &Desired, new: &Desired) -> Result<SyncReport, Error> {
+        let mut batch = Batch::new();
+        for family in [Family::Ip, Family::Ip6] {
+            changes(&mut batch, family, old, new);
+        }
+        self.send(&batch, false)
+    }
+
+    fn send(&mut self, batch: &Batch, full: bool) -> Result<SyncReport, Error> {
         let messages = batch.len();
         if messages == 0 {
             return Ok(SyncReport {
@@ -330,13 +340,13 @@ impl Enforcer {
                 messages,
             });
         }
-        self.applied = None;
+        self.in_sync = false;
         self.socket
-            .apply(&batch)
+            .apply(batch)
             .map_err(|source| Error::Apply { messages, source })?;
-        self.applied = Some(desired.clone());
+        self.in_sync = true;
         self.generation = self.socket.generation().ok();
-        if full_sync {
+        if full {
             self.tables.clear();
             for family in [Family::Ip, Family::Ip6] {
                 if let Ok(Some(h)) = self.socket.table_handle(family, TABLE) {
@@ -344,17 +354,14 @@ impl Enforcer {
                 }
             }
         }
-        Ok(SyncReport {
-            full: full_sync,
-            messages,
-        })
+        Ok(SyncReport { full, messages })
     }
 
     /// Whether the kernel still holds the tables as this enforcer made them: nobody
     /// committed anything since its last batch, or its tables have the same handles and
-    /// every rule in each chain. When not, the next [`Enforcer::sync`] sends everything.
+    /// every rule in each chain. When not, the next sync must replace everything.
     pub fn intact(&mut self) -> bool {
-        if self.applied.is_none() {
+        if !self.in_sync {
             return false;
         }
         let Ok(generation) = self.socket.generation() else {
@@ -381,7 +388,7 @@ impl Enforcer {
         if intact {
             self.generation = Some(generation);
         } else {
-            self.applied = None;
+            self.in_sync = false;
         }
         intact
     }

@@ -457,3 +457,77 @@ fn the_plugins_addresses_stand_until_the_status_says_them() {
     );
     assert!(!c.has_pod_with("x/b", &[new]));
 }
+
+/// The marks a change leaves and `compile::update` bring the verdicts to what a full
+/// computation gives, change after change (the agent's incremental path, without the
+/// kernel: `NodePolicy` does the same bookkeeping around an enforcer).
+#[test]
+fn incremental_updates_equal_a_full_computation() {
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    for round in 0..60 {
+        let mut c = random_cluster(&mut rng);
+        let node = *rng.pick(NODES);
+        let mut desired = compile::desired(&c, node);
+        for step in 0..25 {
+            let mut pods = std::collections::BTreeSet::new();
+            let mut addrs = std::collections::BTreeSet::new();
+            let old_of =
+                |c: &Cluster, key: &str, addrs: &mut std::collections::BTreeSet<IpAddr>| {
+                    let old = c.pods.get(key).cloned();
+                    if let Some(o) = old.as_ref().filter(|o| o.node == node) {
+                        addrs.extend(o.ips.iter().copied());
+                    }
+                    old
+                };
+            match rng.below(5) {
+                // A pod's labels change.
+                0 | 1 => {
+                    let keys: Vec<String> = c.pods.keys().cloned().collect();
+                    let key = rng.pick(&keys).clone();
+                    let old = old_of(&c, &key, &mut addrs);
+                    let mut p = c.pods[&key].clone();
+                    p.labels.insert("app".into(), rng.pick(APPS).to_string());
+                    c.set_pod(&key, Some(p));
+                    let new = c.pods.get(&key).cloned();
+                    pods.extend(c.affected_by_pod(&key, old.as_ref(), new.as_ref()));
+                }
+                // A pod goes away.
+                2 => {
+                    let keys: Vec<String> = c.pods.keys().cloned().collect();
+                    let key = rng.pick(&keys).clone();
+                    let old = old_of(&c, &key, &mut addrs);
+                    c.set_pod(&key, None);
+                    pods.extend(c.affected_by_pod(&key, old.as_ref(), None));
+                }
+                // A policy is replaced by another random one, or removed.
+                _ => {
+                    let other = random_cluster(&mut rng);
+                    let key = rng
+                        .pick(&c.policies.keys().cloned().collect::<Vec<_>>())
+                        .clone();
+                    let new = other.policies.values().next().cloned().map(|mut p| {
+                        p.namespace = c.policies[&key].namespace.clone();
+                        p
+                    });
+                    let new = if rng.chance(20) { None } else { new };
+                    let old = match &new {
+                        Some(p) => c.policies.insert(key.clone(), p.clone()),
+                        None => c.policies.remove(&key),
+                    };
+                    for p in old.iter().chain(new.iter()) {
+                        pods.extend(c.selected_by(p));
+                    }
+                }
+            }
+            compile::update(&c, node, &mut desired, &pods, &addrs);
+            assert_eq!(
+                desired,
+                compile::desired(&c, node),
+                "round {round} step {step}: incremental and full differ"
+            );
+            if c.pods.is_empty() || c.policies.is_empty() {
+                break;
+            }
+        }
+    }
+}
