@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use benchkit::{Settings, connection_rate, loadavg, paired, throughput};
 use netlink::nft::NftSocket;
 use policy::compile;
-use policy::model::{Cluster, Peer, Pod, Policy, PortRef, PortRule, Protocol, Rule};
+use policy::model::{Cluster, Peer, Pod, Policy, PortRef, PortRule, Protocol, Rule, Selector};
 use policy::ruleset::Enforcer;
 
 fn pod(name: &str, ip: IpAddr, app: &str) -> Pod {
@@ -27,11 +27,8 @@ fn pod(name: &str, ip: IpAddr, app: &str) -> Pod {
     }
 }
 
-fn selector(app: &str) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
-    k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
-        match_labels: Some([("app".to_owned(), app.to_owned())].into()),
-        match_expressions: None,
-    }
+fn selector(app: &str) -> Selector {
+    Selector::label("app", app)
 }
 
 /// The server, the client and `n` policies selecting the server, policy `i` admitting

@@ -24,10 +24,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use netlink::netns;
 use netlink::nft::NftSocket;
-use policy::model::{Cluster, Peer, Pod, Policy, PortRef, PortRule, Protocol, Rule};
+use policy::model::{Cluster, Peer, Pod, Policy, PortRef, PortRule, Protocol, Rule, Selector};
 use policy::node::NodePolicy;
 use policy::ruleset::Enforcer;
 
@@ -35,11 +34,8 @@ const NAMESPACES: usize = 1_000;
 const PODS_PER_NAMESPACE: usize = 10;
 const NODES: usize = 3;
 
-fn selector(app: &str) -> LabelSelector {
-    LabelSelector {
-        match_labels: Some([("app".to_owned(), app.to_owned())].into()),
-        match_expressions: None,
-    }
+fn selector(app: &str) -> Selector {
+    Selector::label("app", app)
 }
 
 fn pod_ip(i: usize) -> IpAddr {

@@ -11,11 +11,150 @@ use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, Network
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-/// Labels of a pod or namespace.
-pub type Labels = BTreeMap<String, String>;
+/// Labels of a pod or namespace: pairs sorted by key. (A pod has a few; a `BTreeMap`
+/// takes half a kilobyte however few.)
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Labels(Vec<(String, String)>);
+
+impl Labels {
+    /// The value of label `key`.
+    pub fn get(&self, key: &str) -> Option<&String> {
+        self.0
+            .binary_search_by(|(k, _)| k.as_str().cmp(key))
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
+    /// Sets label `key` to `value`.
+    pub fn insert(&mut self, key: String, value: String) {
+        match self.0.binary_search_by(|(k, _)| k.cmp(&key)) {
+            Ok(i) => self.0[i].1 = value,
+            Err(i) => self.0.insert(i, (key, value)),
+        }
+    }
+
+    /// The labels, by key.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
+
+impl FromIterator<(String, String)> for Labels {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(pairs: I) -> Labels {
+        let mut labels = Labels::default();
+        for (k, v) in pairs {
+            labels.insert(k, v);
+        }
+        labels
+    }
+}
+
+impl<const N: usize> From<[(String, String); N]> for Labels {
+    fn from(pairs: [(String, String); N]) -> Labels {
+        pairs.into_iter().collect()
+    }
+}
+
+impl From<BTreeMap<String, String>> for Labels {
+    fn from(map: BTreeMap<String, String>) -> Labels {
+        // Already sorted.
+        Labels(map.into_iter().collect())
+    }
+}
+
+impl<'a> IntoIterator for &'a Labels {
+    type Item = (&'a String, &'a String);
+    type IntoIter = Box<dyn Iterator<Item = (&'a String, &'a String)> + 'a>;
+    fn into_iter(self) -> Self::IntoIter {
+        Box::new(self.iter())
+    }
+}
+
+impl std::ops::Index<&str> for Labels {
+    type Output = String;
+    fn index(&self, key: &str) -> &String {
+        self.get(key).expect("no such label")
+    }
+}
 
 /// The label the API server puts on every namespace, with the namespace's name.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// A label selector, compact: the API's `LabelSelector` as two short lists. (A
+/// `BTreeMap` takes half a kilobyte however few its labels; 10,000 policies hold two
+/// selectors each.) Matched as the API server matches it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Selector {
+    /// `matchLabels`: every one equal.
+    pub labels: Vec<(String, String)>,
+    /// `matchExpressions`: every one true.
+    pub exprs: Vec<Requirement>,
+}
+
+/// One `matchExpressions` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requirement {
+    /// The label's key.
+    pub key: String,
+    /// `In`, `NotIn`, `Exists`, `DoesNotExist`; anything else matches nothing.
+    pub operator: String,
+    /// The values of `In` and `NotIn`.
+    pub values: Vec<String>,
+}
+
+impl Selector {
+    /// A selector of pods with label `key` = `value`.
+    pub fn label(key: &str, value: &str) -> Selector {
+        Selector {
+            labels: vec![(key.to_owned(), value.to_owned())],
+            exprs: Vec::new(),
+        }
+    }
+
+    /// Whether `labels` match; an empty selector matches everything.
+    pub fn selects(&self, labels: &Labels) -> bool {
+        self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.exprs.iter().all(|e| {
+                let have = labels.get(&e.key);
+                match e.operator.as_str() {
+                    "In" => have.is_some_and(|v| e.values.contains(v)),
+                    "NotIn" => have.is_none_or(|v| !e.values.contains(v)),
+                    "Exists" => have.is_some(),
+                    "DoesNotExist" => have.is_none(),
+                    _ => false,
+                }
+            })
+    }
+}
+
+impl From<&LabelSelector> for Selector {
+    fn from(s: &LabelSelector) -> Selector {
+        Selector {
+            labels: s
+                .match_labels
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            exprs: s
+                .match_expressions
+                .iter()
+                .flatten()
+                .map(|e| Requirement {
+                    key: e.key.clone(),
+                    operator: e.operator.clone(),
+                    values: e.values.clone().unwrap_or_default(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<LabelSelector> for Selector {
+    fn from(s: LabelSelector) -> Selector {
+        Selector::from(&s)
+    }
+}
 
 /// A transport protocol a NetworkPolicy port names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -124,7 +263,7 @@ impl Pod {
         Some(Pod {
             namespace: pod.metadata.namespace.clone().unwrap_or_default(),
             name: pod.metadata.name.clone().unwrap_or_default(),
-            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            labels: pod.metadata.labels.clone().unwrap_or_default().into(),
             ips,
             node: spec.node_name.clone().unwrap_or_default(),
             ports,
@@ -142,11 +281,11 @@ impl Pod {
 
 /// A namespace's labels, with the name label the API server always sets.
 pub fn namespace_labels(ns: &Namespace) -> Labels {
-    let mut labels = ns.metadata.labels.clone().unwrap_or_default();
-    if let Some(name) = &ns.metadata.name {
-        labels
-            .entry(NAMESPACE_NAME_LABEL.into())
-            .or_insert_with(|| name.clone());
+    let mut labels: Labels = ns.metadata.labels.clone().unwrap_or_default().into();
+    if let Some(name) = &ns.metadata.name
+        && labels.get(NAMESPACE_NAME_LABEL).is_none()
+    {
+        labels.insert(NAMESPACE_NAME_LABEL.into(), name.clone());
     }
     labels
 }
@@ -178,9 +317,9 @@ pub enum Peer {
     /// selects (the policy's own namespace when `None`).
     Pods {
         /// `namespaceSelector`.
-        namespaces: Option<LabelSelector>,
+        namespaces: Option<Selector>,
         /// `podSelector`.
-        pods: Option<LabelSelector>,
+        pods: Option<Selector>,
     },
     /// Addresses in `cidr` and in none of `except`.
     Block {
@@ -209,7 +348,7 @@ pub struct Policy {
     /// Its name.
     pub name: String,
     /// The pods it applies to, in its namespace.
-    pub selector: LabelSelector,
+    pub selector: Selector,
     /// With `Ingress` among its policy types: the rules allowing traffic into the pods
     /// (none: isolated, nothing allowed). `None`: it says nothing about ingress.
     pub ingress: Option<Vec<Rule>>,
@@ -298,7 +437,11 @@ impl Policy {
         let policy = Policy {
             namespace,
             name,
-            selector: spec.pod_selector.unwrap_or_default(),
+            selector: spec
+                .pod_selector
+                .as_ref()
+                .map(Selector::from)
+                .unwrap_or_default(),
             ingress,
             egress,
         };
@@ -307,7 +450,7 @@ impl Policy {
 
     /// Whether the policy applies to `pod`.
     pub fn selects(&self, pod: &Pod) -> bool {
-        pod.namespace == self.namespace && k8s::labels::selects(&self.selector, &pod.labels)
+        pod.namespace == self.namespace && self.selector.selects(&pod.labels)
     }
 }
 
@@ -332,8 +475,8 @@ fn peer(p: &NetworkPolicyPeer) -> Result<Peer, String> {
         return Err("a peer names no pods, namespaces or ipBlock".into());
     }
     Ok(Peer::Pods {
-        namespaces: p.namespace_selector.clone(),
-        pods: p.pod_selector.clone(),
+        namespaces: p.namespace_selector.as_ref().map(Selector::from),
+        pods: p.pod_selector.as_ref().map(Selector::from),
     })
 }
 
@@ -383,7 +526,7 @@ pub struct Cluster {
     /// Pods by namespace and label (`namespace`, `key`, `value`) → `namespace/name`, kept
     /// with `pods`: a selector with `matchLabels` looks only at the pods with its first
     /// label.
-    by_label: HashMap<(String, String, String), BTreeSet<String>>,
+    by_label: HashMap<(String, String, String), Vec<String>>,
     /// Addresses the CNI plugin gave pods whose status does not say them yet (none, or
     /// an earlier sandbox's), by `namespace/name`.
     hints: HashMap<String, Vec<IpAddr>>,
@@ -422,7 +565,7 @@ impl Cluster {
             for (k, v) in &old.labels {
                 let index = (old.namespace.clone(), k.clone(), v.clone());
                 if let Some(set) = self.by_label.get_mut(&index) {
-                    set.remove(key);
+                    set.retain(|k| k != key);
                     if set.is_empty() {
                         self.by_label.remove(&index);
                     }
@@ -434,10 +577,13 @@ impl Cluster {
                 self.by_ip.insert(*ip, key.to_owned());
             }
             for (k, v) in &pod.labels {
-                self.by_label
+                let keys = self
+                    .by_label
                     .entry((pod.namespace.clone(), k.clone(), v.clone()))
-                    .or_default()
-                    .insert(key.to_owned());
+                    .or_default();
+                if !keys.iter().any(|k| k == key) {
+                    keys.push(key.to_owned());
+                }
             }
             self.pods.insert(key.to_owned(), pod);
         }
@@ -546,12 +692,9 @@ impl Cluster {
         };
         let ns_ok = match namespaces {
             None => pod.namespace == policy_ns,
-            Some(sel) => k8s::labels::selects(sel, &self.namespace_labels(&pod.namespace)),
+            Some(sel) => sel.selects(&self.namespace_labels(&pod.namespace)),
         };
-        ns_ok
-            && pods
-                .as_ref()
-                .is_none_or(|s| k8s::labels::selects(s, &pod.labels))
+        ns_ok && pods.as_ref().is_none_or(|s| s.selects(&pod.labels))
     }
 
     /// The policies that apply to `pod` (those of its namespace that select it).
@@ -589,7 +732,7 @@ impl Cluster {
                 let names = self.namespaces.keys().map(String::as_str);
                 Box::new(
                     names
-                        .filter(move |ns| k8s::labels::selects(sel, &self.namespace_labels(ns)))
+                        .filter(move |ns| sel.selects(&self.namespace_labels(ns)))
                         .flat_map(move |ns| self.candidates(ns, pods.as_ref()))
                         .filter(move |p| self.peer_selects(policy_ns, peer, p)),
                 )
@@ -605,11 +748,9 @@ impl Cluster {
     fn candidates<'a>(
         &'a self,
         ns: &'a str,
-        pods: Option<&'a LabelSelector>,
+        pods: Option<&'a Selector>,
     ) -> Box<dyn Iterator<Item = &'a Pod> + 'a> {
-        let first = pods
-            .and_then(|s| s.match_labels.as_ref())
-            .and_then(|m| m.iter().next());
+        let first = pods.and_then(|s| s.labels.first());
         match first {
             Some((k, v)) => {
                 let index = (ns.to_owned(), k.clone(), v.clone());

@@ -32,6 +32,13 @@ impl Rng {
     }
 }
 
+fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
         .iter()
@@ -43,7 +50,7 @@ fn random_selector(rng: &mut Rng, key: &str, values: &[&str]) -> LabelSelector {
     match rng.below(5) {
         0 => LabelSelector::default(),
         1 | 2 => LabelSelector {
-            match_labels: Some(labels(&[(key, *rng.pick(values))])),
+            match_labels: Some(map(&[(key, *rng.pick(values))])),
             match_expressions: None,
         },
         _ => {
@@ -123,7 +130,7 @@ fn random_cluster(rng: &mut Rng) -> Cluster {
             Policy {
                 namespace: ns.into(),
                 name: format!("np{i}"),
-                selector: random_selector(rng, "app", APPS),
+                selector: random_selector(rng, "app", APPS).into(),
                 ingress,
                 egress,
             },
@@ -136,15 +143,15 @@ fn random_peer(rng: &mut Rng) -> Peer {
     match rng.below(4) {
         0 => Peer::Pods {
             namespaces: None,
-            pods: Some(random_selector(rng, "app", APPS)),
+            pods: Some(random_selector(rng, "app", APPS).into()),
         },
         1 => Peer::Pods {
-            namespaces: Some(random_selector(rng, "team", TEAMS)),
+            namespaces: Some(random_selector(rng, "team", TEAMS).into()),
             pods: None,
         },
         2 => Peer::Pods {
-            namespaces: Some(random_selector(rng, "team", TEAMS)),
-            pods: Some(random_selector(rng, "app", APPS)),
+            namespaces: Some(random_selector(rng, "team", TEAMS).into()),
+            pods: Some(random_selector(rng, "app", APPS).into()),
         },
         _ => {
             let (cidr, except): (&str, &[&str]) = *rng.pick(&[
