@@ -293,7 +293,8 @@ pub fn connection_rate(netns: &str, target: &str, seconds: f64, cpu: Option<usiz
     .unwrap()
 }
 
-/// iperf3 throughput, Gbit/s, one stream for `seconds` (client on `cpu`) to port 5201
+/// iperf3 throughput, Gbit/s, one stream for `seconds` (whole, at least 1; client on
+/// `cpu`) to port 5201
 /// of `addr`. A run the server refuses (still closing the previous test) is retried.
 pub fn throughput(netns: &str, addr: &str, seconds: f64, cpu: Option<usize>) -> f64 {
     for _ in 0..5 {
@@ -310,7 +311,9 @@ fn iperf(netns: &str, addr: &str, seconds: f64, cpu: Option<usize>) -> f64 {
     let (ns, addr) = (netns.to_owned(), addr.to_owned());
     let out = netns::run_in(&ns, move || {
         let mut c = Command::new("iperf3");
-        c.args(["-c", &addr, "-p", "5201", "-t", &seconds.to_string(), "-J"])
+        // iperf3 takes whole seconds (and `-t 0` runs for ever).
+        let whole = seconds.ceil().max(1.0).to_string();
+        c.args(["-c", &addr, "-p", "5201", "-t", &whole, "-J"])
             .args(["--connect-timeout", "2000"]);
         if let Some(cpu) = cpu {
             c.args(["-A", &cpu.to_string()]);
