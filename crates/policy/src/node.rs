@@ -2,9 +2,10 @@
 //! applied, what changed since, and the kernel's tables. Each change marks the pods
 //! whose verdicts it may change ([`Cluster::affected_by_pod`], the pods a policy
 //! selects); a sync computes those again ([`compile::update`]) and sends only their
-//! elements' difference, so a change costs the same at 10 or 10,000 policies. The
-//! first sync, one after a failure or drift, and a namespace's labels changing
-//! (rare, and seen by any namespace selector) compute and send everything.
+//! elements' difference, so a change costs the same at 10 or 10,000 policies. A
+//! namespace's labels changing (rare, and seen by any namespace selector) computes
+//! everything and sends the difference; the first sync, and one after a failure or
+//! drift, send the whole table.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -164,12 +165,26 @@ impl NodePolicy {
     pub fn sync(&mut self) -> Result<Report, Error> {
         let started = Instant::now();
         let dirty = std::mem::take(&mut self.dirty);
-        let result = if dirty.all || !self.enforcer.in_sync() {
+        let result = if !self.enforcer.in_sync() {
+            // The first sync, or after a failure or drift: the whole table, replacing
+            // whatever is there.
             self.desired = compile::desired(&self.cluster, &self.node);
             let compute = started.elapsed();
             self.enforcer
                 .replace(&self.desired)
                 .map(|sync| (sync, compute, true))
+        } else if dirty.all {
+            // Everything computed again (a namespace's labels), but only the difference
+            // sent: the table stays.
+            let new = compile::desired(&self.cluster, &self.node);
+            let compute = started.elapsed();
+            let narrower = cut::narrower(&self.desired, &new);
+            let result = self
+                .enforcer
+                .update(&self.desired, &new)
+                .map(|sync| (sync, compute, narrower));
+            self.desired = new;
+            result
         } else {
             let touched = dirty
                 .addrs

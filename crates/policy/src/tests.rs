@@ -538,3 +538,80 @@ fn incremental_updates_equal_a_full_computation() {
         }
     }
 }
+
+/// In the kernel (a throwaway namespace; needs root): the first sync replaces the table,
+/// a namespace's new labels are computed whole but sent as a difference, and a pod's
+/// change as its own elements only.
+#[test]
+fn node_policy_sends_the_table_once_then_differences() {
+    use netlink::nft::{Datum, Family, KeyType, NftSocket, Set};
+
+    use crate::node::NodePolicy;
+    use crate::ruleset::{Enforcer, TABLE};
+
+    struct Netns(String);
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = netlink::netns::delete(&self.0);
+        }
+    }
+    let ns = Netns(format!("kwt-npnode-{}", std::process::id()));
+    netlink::netns::create(&ns.0).expect("creating a namespace (this test needs root)");
+    let mut np = NodePolicy::new("node-1", Enforcer::new(NftSocket::new_in(&ns.0).unwrap()));
+    for name in ["x", "y"] {
+        np.set_namespace(name, Some(labels(&[("kubernetes.io/metadata.name", name)])));
+    }
+    np.set_pod("x/a", Some(pod("x", "a", "a", "10.244.0.10", "node-1")));
+    np.set_pod("y/b", Some(pod("y", "b", "b", "10.244.1.10", "node-2")));
+    let (p, _) = policy(json!({
+        "metadata": {"namespace": "x", "name": "from-blue"},
+        "spec": {"podSelector": {}, "ingress": [
+            {"from": [{"namespaceSelector": {"matchLabels": {"team": "blue"}}}]}
+        ]}
+    }));
+    np.set_policy("x/from-blue", Some(p));
+    assert!(np.sync().unwrap().sync.full);
+
+    let (a, b): (IpAddr, IpAddr) = (
+        "10.244.0.10".parse().unwrap(),
+        "10.244.1.10".parse().unwrap(),
+    );
+    let peers = Set::new(
+        Family::Ip,
+        TABLE,
+        "ingress-peers",
+        [KeyType::Ipv4Addr, KeyType::Ipv4Addr],
+    );
+    let listed = |ns: &str| -> Vec<Vec<Datum>> {
+        NftSocket::new_in(ns)
+            .unwrap()
+            .elements(&peers)
+            .unwrap()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect()
+    };
+    assert!(listed(&ns.0).is_empty());
+
+    np.set_namespace(
+        "y",
+        Some(labels(&[
+            ("kubernetes.io/metadata.name", "y"),
+            ("team", "blue"),
+        ])),
+    );
+    let r = np.sync().unwrap();
+    assert!(!r.sync.full, "{r:?}");
+    let want = |a: IpAddr, b: IpAddr| match (a, b) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => vec![Datum::Ipv4(a), Datum::Ipv4(b)],
+        _ => unreachable!(),
+    };
+    assert_eq!(listed(&ns.0), [want(a, b)]);
+
+    // y/b moves: one pod's elements, a difference.
+    np.set_pod("y/b", Some(pod("y", "b", "b", "10.244.1.11", "node-2")));
+    let r = np.sync().unwrap();
+    assert!(!r.sync.full && r.narrower, "{r:?}");
+    assert_eq!(listed(&ns.0), [want(a, "10.244.1.11".parse().unwrap())]);
+}
