@@ -12,6 +12,7 @@
 //!   write it;
 //! - [`events`]: Events (core/v1) built and recorded one way;
 //! - [`labels`]: label selectors matched as the API server matches them;
+//! - [`protocol`]: the transport protocols ports name;
 //! - [`http`]: the small HTTP endpoints that kubelet probes, Prometheus and load
 //!   balancers ask (`/healthz`, `/metrics`, `healthCheckNodePort`).
 
@@ -21,11 +22,13 @@ pub mod events;
 pub mod http;
 pub mod labels;
 pub mod mirror;
+pub mod protocol;
 pub mod shutdown;
 
 pub use client::{ClientArgs, client_from_kubeconfig};
 pub use duration::parse_duration;
 pub use mirror::{Mirror, ObjectKey, Store, object_key, watch};
+pub use protocol::Protocol;
 pub use shutdown::Shutdown;
 
 /// A daemon's flags parsed from `argv` (flags only, no program name), the rest at

@@ -156,37 +156,8 @@ impl From<LabelSelector> for Selector {
     }
 }
 
-/// A transport protocol a NetworkPolicy port names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Protocol {
-    /// TCP (6).
-    Tcp,
-    /// UDP (17).
-    Udp,
-    /// SCTP (132).
-    Sctp,
-}
-
-impl Protocol {
-    /// The IP protocol number.
-    pub fn number(self) -> u8 {
-        match self {
-            Protocol::Tcp => 6,
-            Protocol::Udp => 17,
-            Protocol::Sctp => 132,
-        }
-    }
-
-    /// `TCP`, `UDP` or `SCTP`, as the API writes them.
-    pub fn parse(s: &str) -> Option<Protocol> {
-        match s {
-            "TCP" => Some(Protocol::Tcp),
-            "UDP" => Some(Protocol::Udp),
-            "SCTP" => Some(Protocol::Sctp),
-            _ => None,
-        }
-    }
-}
+/// A transport protocol a NetworkPolicy port names (the one type every component uses).
+pub use k8s::Protocol;
 
 /// A container port with a name, which policies may name instead of its number.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -255,7 +226,7 @@ impl Pod {
             .filter_map(|p| {
                 Some(NamedPort {
                     name: p.name.clone().filter(|n| !n.is_empty())?,
-                    protocol: Protocol::parse(p.protocol.as_deref().unwrap_or("TCP"))?,
+                    protocol: Protocol::parse_or_tcp(p.protocol.as_deref())?,
                     port: u16::try_from(p.container_port).ok()?,
                 })
             })

@@ -55,45 +55,8 @@ pub enum ServiceType {
     LoadBalancer,
 }
 
-/// A transport protocol of a service port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Protocol {
-    /// TCP (the default).
-    Tcp,
-    /// UDP.
-    Udp,
-    /// SCTP.
-    Sctp,
-}
-
-impl Protocol {
-    /// The IP protocol number.
-    pub fn number(self) -> u8 {
-        match self {
-            Protocol::Tcp => netlink::nft::proto::TCP,
-            Protocol::Udp => netlink::nft::proto::UDP,
-            Protocol::Sctp => netlink::nft::proto::SCTP,
-        }
-    }
-
-    /// Lower-case name (`tcp`, `udp`, `sctp`), as nft and [`crate::port_id`] write it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-            Protocol::Sctp => "sctp",
-        }
-    }
-
-    fn parse(s: Option<&str>) -> Option<Protocol> {
-        match s.unwrap_or("TCP") {
-            "TCP" => Some(Protocol::Tcp),
-            "UDP" => Some(Protocol::Udp),
-            "SCTP" => Some(Protocol::Sctp),
-            _ => None,
-        }
-    }
-}
+/// A transport protocol of a service port (the one type every component uses).
+pub use k8s::Protocol;
 
 /// `targetPort`: a number, or the name of a container port.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -506,7 +469,7 @@ impl Slice {
         let object = || format!("{namespace}/{}", meta.name.as_deref().unwrap_or(""));
         let mut ports = BTreeMap::new();
         for (i, p) in slice.ports.iter().flatten().enumerate() {
-            let Some(protocol) = Protocol::parse(p.protocol.as_deref()) else {
+            let Some(protocol) = Protocol::parse_or_tcp(p.protocol.as_deref()) else {
                 continue; // a protocol no service port can have
             };
             let Some(port) = p.port.and_then(port_u16) else {
@@ -686,7 +649,7 @@ fn service(svc: &K8sService, errors: &mut Vec<ViewError>) -> Option<Service> {
             field: format!("spec.ports[{i}].{field}"),
             value,
         };
-        let Some(protocol) = Protocol::parse(p.protocol.as_deref()) else {
+        let Some(protocol) = Protocol::parse_or_tcp(p.protocol.as_deref()) else {
             errors.push(invalid("protocol", format!("{:?}", p.protocol)));
             continue;
         };
