@@ -24,7 +24,7 @@
 //! probes, host-network pods) leaves through `output` and is not judged; its replies
 //! are established.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use netlink::nft::{
@@ -401,14 +401,4 @@ pub fn cleanup(socket: &mut NftSocket) -> Result<(), Error> {
         batch.destroy_table(&Table::new(family, TABLE));
     }
     socket.apply(&batch).map_err(Error::Cleanup)
-}
-
-/// The addresses of `desired`'s isolated pods (for logs).
-pub fn isolated(desired: &Desired) -> BTreeSet<IpAddr> {
-    desired
-        .ingress
-        .isolated
-        .union(&desired.egress.isolated)
-        .copied()
-        .collect()
 }
