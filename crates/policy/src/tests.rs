@@ -549,15 +549,10 @@ fn node_policy_sends_the_table_once_then_differences() {
     use crate::node::NodePolicy;
     use crate::ruleset::{Enforcer, TABLE};
 
-    struct Netns(String);
-    impl Drop for Netns {
-        fn drop(&mut self) {
-            let _ = netlink::netns::delete(&self.0);
-        }
-    }
-    let ns = Netns(format!("kwt-npnode-{}", std::process::id()));
-    netlink::netns::create(&ns.0).expect("creating a namespace (this test needs root)");
-    let mut np = NodePolicy::new("node-1", Enforcer::new(NftSocket::new_in(&ns.0).unwrap()));
+    benchkit::require_root();
+    let mut namespaces = benchkit::Namespaces::default();
+    let ns = namespaces.make("npnode", "node");
+    let mut np = NodePolicy::new("node-1", Enforcer::new(NftSocket::new_in(&ns).unwrap()));
     for name in ["x", "y"] {
         np.set_namespace(name, Some(labels(&[("kubernetes.io/metadata.name", name)])));
     }
@@ -592,7 +587,7 @@ fn node_policy_sends_the_table_once_then_differences() {
             .map(|e| e.key)
             .collect()
     };
-    assert!(listed(&ns.0).is_empty());
+    assert!(listed(&ns).is_empty());
 
     np.set_namespace(
         "y",
@@ -607,11 +602,11 @@ fn node_policy_sends_the_table_once_then_differences() {
         (IpAddr::V4(a), IpAddr::V4(b)) => vec![Datum::Ipv4(a), Datum::Ipv4(b)],
         _ => unreachable!(),
     };
-    assert_eq!(listed(&ns.0), [want(a, b)]);
+    assert_eq!(listed(&ns), [want(a, b)]);
 
     // y/b moves: one pod's elements, a difference.
     np.set_pod("y/b", Some(pod("y", "b", "b", "10.244.1.11", "node-2")));
     let r = np.sync().unwrap();
     assert!(!r.sync.full && r.narrower, "{r:?}");
-    assert_eq!(listed(&ns.0), [want(a, "10.244.1.11".parse().unwrap())]);
+    assert_eq!(listed(&ns), [want(a, "10.244.1.11".parse().unwrap())]);
 }

@@ -7,7 +7,6 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Service;
@@ -25,55 +24,7 @@ fn assert_root() {
     );
 }
 
-/// Namespaces of this test, deleted when dropped (also on panic).
-struct Namespaces(Vec<String>);
-
-impl Namespaces {
-    fn create(&mut self, role: &str) -> String {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "kwt-px-{}-{}-{role}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        netns::create(&name).unwrap();
-        self.0.push(name.clone());
-        name
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for n in &self.0 {
-            let _ = netns::delete(n);
-        }
-    }
-}
-
-/// `ip -n NS ARGS...`: setting up links in tests, where `ip` is fine.
-fn ip(ns: &str, args: &str) {
-    let status = Command::new("ip")
-        .args(["-n", ns])
-        .args(args.split_whitespace())
-        .status()
-        .unwrap();
-    assert!(status.success(), "ip -n {ns} {args}");
-}
-
-/// Joins `pod` to `node` with a veth: the pod gets `addr`/24 and a default route via
-/// the node's end, `gw`.
-fn wire(node: &str, pod: &str, node_if: &str, addr: &str, gw: &str) {
-    ip(
-        node,
-        &format!("link add {node_if} type veth peer name eth0 netns {pod}"),
-    );
-    ip(node, &format!("addr add {gw}/24 dev {node_if}"));
-    ip(node, &format!("link set {node_if} up"));
-    ip(pod, &format!("addr add {addr}/24 dev eth0"));
-    ip(pod, "link set eth0 up");
-    ip(pod, "link set lo up");
-    ip(pod, &format!("route add default via {gw}"));
-}
+use benchkit::{Namespaces, ip, wire};
 
 /// A TCP server in `pod` on :8080 answering every connection with `name`.
 fn serve(pod: &str, name: &'static str) {
@@ -155,15 +106,15 @@ fn slice(service: &str, addrs: &[&str]) -> EndpointSlice {
 #[test]
 fn cluster_ip_balances_rejects_and_follows_endpoint_changes() {
     assert_root();
-    let mut ns = Namespaces(Vec::new());
-    let node = ns.create("node");
-    let pod1 = ns.create("pod1");
-    let pod2 = ns.create("pod2");
+    let mut ns = Namespaces::default();
+    let node = ns.make("px", "node");
+    let pod1 = ns.make("px", "pod1");
+    let pod2 = ns.make("px", "pod2");
     ip(&node, "link set lo up");
     wire(&node, &pod1, "veth1", "10.244.1.2", "10.244.1.1");
     wire(&node, &pod2, "veth2", "10.244.2.2", "10.244.2.1");
     // "outside": a client beyond the node, reaching it at its address 198.18.0.1.
-    let outside = ns.create("outside");
+    let outside = ns.make("px", "outside");
     wire(&node, &outside, "veth3", "198.18.0.2", "198.18.0.1");
     // A default route (towards pod2, which owns no ClusterIP and drops what it gets),
     // so that traffic to a ClusterIP that is not DNATed is forwarded, and meets the
@@ -346,8 +297,8 @@ fn cluster_ip_balances_rejects_and_follows_endpoint_changes() {
 #[test]
 fn the_kernel_accepts_every_rule_shape() {
     assert_root();
-    let mut ns = Namespaces(Vec::new());
-    let node = ns.create("node");
+    let mut ns = Namespaces::default();
+    let node = ns.make("px", "node");
     let mut lb: Service = serde_json::from_value(json!({
         "metadata": {"name": "lb", "namespace": "default"},
         "spec": {"type": "LoadBalancer", "clusterIPs": ["10.96.0.20", "fd00:10:96::20"],
@@ -536,11 +487,11 @@ fn node_port(name: &str, cluster_ip: &str, node_port: i32, local: bool) -> Servi
 #[test]
 fn external_traffic_policy_local_keeps_the_client_address_and_drops_without_endpoints() {
     assert_root();
-    let mut ns = Namespaces(Vec::new());
-    let node = ns.create("node");
-    let pod = ns.create("pod");
-    let client = ns.create("client");
-    let outside = ns.create("outside");
+    let mut ns = Namespaces::default();
+    let node = ns.make("px", "node");
+    let pod = ns.make("px", "pod");
+    let client = ns.make("px", "client");
+    let outside = ns.make("px", "outside");
     ip(&node, "link set lo up");
     wire(&node, &pod, "veth1", "10.244.1.2", "10.244.1.1");
     wire(&node, &client, "veth2", "10.244.2.2", "10.244.2.1");
@@ -615,8 +566,8 @@ fn random_incremental_updates_are_accepted_and_equal_a_full_recomputation() {
     };
 
     assert_root();
-    let mut ns = Namespaces(Vec::new());
-    let node = ns.create("node");
+    let mut ns = Namespaces::default();
+    let node = ns.make("px", "node");
     let this_node = Node {
         name: "node-1".into(),
         cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
@@ -804,11 +755,11 @@ fn affinity_entries(ns: &str) -> Vec<netlink::nft::SetElement> {
 #[test]
 fn affinity_survives_a_restart_and_follows_its_endpoints() {
     assert_root();
-    let mut ns = Namespaces(Vec::new());
-    let node = ns.create("node");
-    let pod1 = ns.create("pod1");
-    let pod2 = ns.create("pod2");
-    let client = ns.create("client");
+    let mut ns = Namespaces::default();
+    let node = ns.make("px", "node");
+    let pod1 = ns.make("px", "pod1");
+    let pod2 = ns.make("px", "pod2");
+    let client = ns.make("px", "client");
     ip(&node, "link set lo up");
     wire(&node, &pod1, "veth1", "10.244.1.2", "10.244.1.1");
     wire(&node, &pod2, "veth2", "10.244.2.2", "10.244.2.1");
@@ -880,11 +831,11 @@ fn affinity_survives_a_restart_and_follows_its_endpoints() {
 #[test]
 fn a_connection_mark_set_by_someone_else_is_kept_and_services_still_answer() {
     assert_root();
-    let mut ns = Namespaces(Vec::new());
-    let node = ns.create("node");
-    let pod1 = ns.create("pod1");
-    let pod2 = ns.create("pod2");
-    let client = ns.create("client");
+    let mut ns = Namespaces::default();
+    let node = ns.make("px", "node");
+    let pod1 = ns.make("px", "pod1");
+    let pod2 = ns.make("px", "pod2");
+    let client = ns.make("px", "client");
     ip(&node, "link set lo up");
     wire(&node, &pod1, "veth1", "10.244.1.2", "10.244.1.1");
     wire(&node, &pod2, "veth2", "10.244.2.2", "10.244.2.1");

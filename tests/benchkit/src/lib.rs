@@ -1,5 +1,6 @@
 //! What the data path benchmarks share (`cargo bench -p proxy --bench datapath`,
-//! `cargo bench -p policy --bench datapath`): a client "pod" and a server "pod" routed
+//! `cargo bench -p policy --bench datapath`), and with the namespaced tests of the
+//! crates they measure: a client "pod" and a server "pod" routed
 //! by a "node", each a throwaway network namespace wired with veths; connections per
 //! second from one pinned thread and iperf3 throughput; and paired measurements.
 //!
@@ -61,7 +62,10 @@ impl Settings {
 /// Panics unless run as root.
 pub fn require_root() {
     let uid = std::fs::metadata("/proc/self").unwrap().uid();
-    assert_eq!(uid, 0, "this benchmark needs root (namespaces, nf_tables)");
+    assert_eq!(
+        uid, 0,
+        "this needs root (network namespaces, nf_tables); it does not skip"
+    );
 }
 
 /// Runs the calling thread on `cpu` only.
@@ -159,14 +163,17 @@ pub fn loadavg() -> String {
         .join(" ")
 }
 
-/// Namespaces of a benchmark, deleted when dropped (also on panic).
+/// Namespaces of a benchmark or test, deleted when dropped (also on panic).
 #[derive(Debug, Default)]
 pub struct Namespaces(pub Vec<String>);
 
 impl Namespaces {
-    /// Creates `kwt-<bench>-<pid>-<role>` and keeps it for deletion.
-    pub fn make(&mut self, bench: &str, role: &str) -> String {
-        let name = format!("kwt-{bench}-{}-{role}", std::process::id());
+    /// Creates `kwt-<prefix>-<pid>-<n>-<role>` (unique per process and call, so that
+    /// tests running in parallel threads never share one) and keeps it for deletion.
+    pub fn make(&mut self, prefix: &str, role: &str) -> String {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("kwt-{prefix}-{}-{n}-{role}", std::process::id());
         netns::create(&name).unwrap();
         self.0.push(name.clone());
         name
