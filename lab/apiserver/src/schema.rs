@@ -2,7 +2,7 @@
 //! apiextensions-apiserver does: unknown fields pruned (unless
 //! `x-kubernetes-preserve-unknown-fields`), nulls of non-nullable fields without a default
 //! dropped, `default`s applied, then structural validation with kube-apiserver's
-//! messages (type, required, enum, pattern, lengths, bounds, item counts, int-or-string,
+//! messages (type, required, enum, pattern, lengths, bounds, item and property counts, int-or-string,
 //! `allOf`/`anyOf`/`oneOf`, the string `format`s apiextensions checks, see `formats.rs`).
 //! CEL rules (`x-kubernetes-validations`) are not evaluated.
 
@@ -368,6 +368,15 @@ pub(crate) fn validate(schema: &Value, v: &Value, path: &str, causes: &mut Vec<C
             {
                 causes.push(Cause::too_many(path, map.len(), max));
             }
+            if let Some(min) = schema["minProperties"].as_u64()
+                && (map.len() as u64) < min
+            {
+                causes.push(invalid(
+                    path,
+                    &json!(map.len()),
+                    format!("{shown} in body should have at least {min} properties"),
+                ));
+            }
             let props = schema["properties"].as_object();
             let additional = schema.get("additionalProperties").filter(|a| a.is_object());
             for (k, child) in map {
@@ -441,6 +450,29 @@ mod tests {
                     "retries": {"type": "integer", "default": 3}}},
             }},
         }})
+    }
+
+    #[test]
+    fn counts_an_objects_properties_both_ways() {
+        // ClusterNetworkPolicy's subject and peers: exactly one field.
+        let schema = json!({"type": "object", "properties": {"subject": {
+            "type": "object", "minProperties": 1, "maxProperties": 1,
+            "properties": {"pods": {"type": "object"}, "namespaces": {"type": "object"}}}}});
+        let messages = |v: Value| -> Vec<String> {
+            check(&schema, &mut v.clone())
+                .iter()
+                .map(|c| format!("{}: {}", c.field, c.message))
+                .collect()
+        };
+        assert_eq!(
+            messages(json!({"subject": {}})),
+            ["subject: Invalid value: 0: subject in body should have at least 1 properties"]
+        );
+        assert_eq!(
+            messages(json!({"subject": {"pods": {}, "namespaces": {}}})),
+            ["subject: Too many: 2: must have at most 1 items"]
+        );
+        assert!(messages(json!({"subject": {"pods": {}}})).is_empty());
     }
 
     #[test]
