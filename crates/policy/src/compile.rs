@@ -10,12 +10,18 @@
 //!   concatenated interval sets): everything else (ipBlocks, every source, `endPort`
 //!   ranges, a protocol's every port). The kernel refuses overlapping elements there,
 //!   so each local address's boxes are cut into disjoint ones ([`disjoint`]).
+//!
+//! The admin tiers (ClusterNetworkPolicy) add three interval sets of the `ranges` key:
+//! `admin_accept`, `admin_deny` and `baseline_deny`. Their rules are first-match, so a
+//! pod's rules are painted in order into disjoint rectangles, each decided by the first
+//! rule covering it ([`paint`]).
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
+use crate::admin::{Action, AdminPeer, AdminRule, Tier};
 use crate::model::{Cluster, Peer, Pod, PortRef, Rule};
 
 /// Which way traffic goes, seen from the node's pod.
@@ -52,14 +58,38 @@ pub struct Sets {
     pub peers: BTreeSet<(IpAddr, IpAddr)>,
     /// Disjoint ranges allowed.
     pub ranges: BTreeSet<Range>,
+    /// Ranges the Admin tier accepts (judged before everything).
+    pub admin_accept: BTreeSet<Range>,
+    /// Ranges the Admin tier denies (disjoint from `admin_accept`).
+    pub admin_deny: BTreeSet<Range>,
+    /// Ranges the Baseline tier denies, for pods NetworkPolicy does not isolate.
+    pub baseline_deny: BTreeSet<Range>,
 }
 
 impl Sets {
     /// What the packet path decides for traffic of `local` with `peer` (the emulation
     /// the property test compares with the reference).
     pub fn admits(&self, local: IpAddr, peer: IpAddr, proto: u8, port: Option<u16>) -> bool {
-        if !self.isolated.contains(&local) {
+        let hit = |set: &BTreeSet<Range>| {
+            set.iter().any(|r| {
+                r.local == local
+                    && (r.peer.0..=r.peer.1).contains(&peer)
+                    && (r.proto.0..=r.proto.1).contains(&proto)
+                    && match port {
+                        Some(p) => (r.port.0..=r.port.1).contains(&p),
+                        // A packet without ports matches only ranges of every port.
+                        None => r.port == (0, u16::MAX),
+                    }
+            })
+        };
+        if hit(&self.admin_accept) {
             return true;
+        }
+        if hit(&self.admin_deny) {
+            return false;
+        }
+        if !self.isolated.contains(&local) {
+            return !hit(&self.baseline_deny);
         }
         if self.peers.contains(&(local, peer)) {
             return true;
@@ -69,16 +99,17 @@ impl Sets {
         {
             return true;
         }
-        self.ranges.iter().any(|r| {
-            r.local == local
-                && (r.peer.0..=r.peer.1).contains(&peer)
-                && (r.proto.0..=r.proto.1).contains(&proto)
-                && match port {
-                    Some(p) => (r.port.0..=r.port.1).contains(&p),
-                    // A packet without ports matches only ranges of every port.
-                    None => r.port == (0, u16::MAX),
-                }
-        })
+        hit(&self.ranges)
+    }
+
+    /// The local addresses whose traffic the table judges: isolated ones, and those with
+    /// an element in an admin tier's sets.
+    pub fn judged(&self) -> BTreeSet<IpAddr> {
+        let mut out = self.isolated.clone();
+        for set in [&self.admin_accept, &self.admin_deny, &self.baseline_deny] {
+            out.extend(set.iter().map(|r| r.local));
+        }
+        out
     }
 
     /// Takes out every element of local address `a`.
@@ -95,8 +126,15 @@ impl Sets {
         for e in local_range(&self.peers, a, |ip| (ip, MIN_IP), |ip| (ip, MAX_IP)) {
             self.peers.remove(&e);
         }
-        for e in local_range(&self.ranges, a, range_low, range_high) {
-            self.ranges.remove(&e);
+        for set in [
+            &mut self.ranges,
+            &mut self.admin_accept,
+            &mut self.admin_deny,
+            &mut self.baseline_deny,
+        ] {
+            for e in local_range(set, a, range_low, range_high) {
+                set.remove(&e);
+            }
         }
     }
 
@@ -121,13 +159,25 @@ impl Sets {
             ));
             out.ranges
                 .extend(local_range(&self.ranges, a, range_low, range_high));
+            out.admin_accept
+                .extend(local_range(&self.admin_accept, a, range_low, range_high));
+            out.admin_deny
+                .extend(local_range(&self.admin_deny, a, range_low, range_high));
+            out.baseline_deny
+                .extend(local_range(&self.baseline_deny, a, range_low, range_high));
         }
         out
     }
 
     /// Elements in all sets.
     pub fn len(&self) -> usize {
-        self.isolated.len() + self.ports.len() + self.peers.len() + self.ranges.len()
+        self.isolated.len()
+            + self.ports.len()
+            + self.peers.len()
+            + self.ranges.len()
+            + self.admin_accept.len()
+            + self.admin_deny.len()
+            + self.baseline_deny.len()
     }
 
     /// Whether no set has an element.
@@ -256,6 +306,7 @@ pub fn update(
 
 /// Adds the verdicts of `pod` (a pod of the node) to `out`.
 fn add_pod(cluster: &Cluster, pod: &Pod, out: &mut Desired) {
+    add_admin(cluster, pod, out);
     for d in [Direction::Ingress, Direction::Egress] {
         let rules: Vec<(&str, &Rule)> = cluster
             .policies_for(pod)
@@ -290,12 +341,241 @@ fn add_pod(cluster: &Cluster, pod: &Pod, out: &mut Desired) {
     }
 }
 
+/// Adds the admin tiers' verdicts for `pod`: per direction and tier, its rules'
+/// rectangles painted in the order they are judged ([`paint`]).
+fn add_admin(cluster: &Cluster, pod: &Pod, out: &mut Desired) {
+    for d in [Direction::Ingress, Direction::Egress] {
+        let ingress = d == Direction::Ingress;
+        let admin = cluster.admin_rules(pod, Tier::Admin, ingress);
+        let baseline = cluster.admin_rules(pod, Tier::Baseline, ingress);
+        if admin.is_empty() && baseline.is_empty() {
+            continue;
+        }
+        let sets = match d {
+            Direction::Ingress => &mut out.ingress,
+            Direction::Egress => &mut out.egress,
+        };
+        for &local in &pod.ips {
+            if !admin.is_empty() {
+                let boxes = admin_boxes(cluster, &admin, pod, local, d);
+                let (accept, deny) = paint(local, &boxes);
+                sets.admin_accept.extend(accept);
+                sets.admin_deny.extend(deny);
+            }
+            if !baseline.is_empty() {
+                let boxes = admin_boxes(cluster, &baseline, pod, local, d);
+                // Accept in the Baseline tier allows what is allowed anyway; it only
+                // keeps later Deny rules off.
+                let (_, deny) = paint(local, &boxes);
+                sets.baseline_deny.extend(deny);
+            }
+        }
+    }
+}
+
+/// The rectangles of `rules` (one tier's, in order) for local address `local` of `pod`,
+/// each with its rule's action, in the rules' order.
+fn admin_boxes(
+    cluster: &Cluster,
+    rules: &[&AdminRule],
+    pod: &Pod,
+    local: IpAddr,
+    d: Direction,
+) -> Vec<(Box2, Action)> {
+    let v4 = local.is_ipv4();
+    let mut out = Vec::new();
+    for rule in rules {
+        let peers: Vec<PeerSpec> = rule
+            .peers
+            .iter()
+            .flat_map(|p| admin_peer_specs(cluster, p, v4))
+            .collect();
+        let Some(protocols) = &rule.protocols else {
+            for p in &peers {
+                out.push((p.as_box(ALL_PP), rule.action));
+            }
+            continue;
+        };
+        for port in protocols {
+            let proto = port.protocol.number();
+            let range = match &port.port {
+                PortRef::All => Some((0, u16::MAX)),
+                PortRef::Range(first, last) => Some((*first, *last)),
+                PortRef::Named(name) if d == Direction::Ingress => {
+                    pod.named_port(name, port.protocol).map(|n| (n, n))
+                }
+                // Egress: the port of each destination pod.
+                PortRef::Named(name) => {
+                    for p in &peers {
+                        for dst in pods_in(cluster, p, v4) {
+                            if let Some(n) = dst.named_port(name, port.protocol) {
+                                for ip in dst.ips.iter().filter(|ip| ip.is_ipv4() == v4) {
+                                    let n128 = to_u128(*ip);
+                                    out.push((
+                                        Box2 {
+                                            peer: (n128, n128),
+                                            pp: (pp(proto, n), pp(proto, n)),
+                                        },
+                                        rule.action,
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                    None
+                }
+            };
+            if let Some((first, last)) = range {
+                for p in &peers {
+                    out.push((p.as_box((pp(proto, first), pp(proto, last))), rule.action));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn admin_peer_specs(cluster: &Cluster, peer: &AdminPeer, v4: bool) -> Vec<PeerSpec> {
+    match peer {
+        AdminPeer::Pods(set) => cluster
+            .pods_of(set)
+            .flat_map(|pod| pod.ips.iter())
+            .filter(|ip| ip.is_ipv4() == v4)
+            .map(|ip| PeerSpec::Exact(*ip))
+            .collect(),
+        AdminPeer::Networks(nets) => nets
+            .iter()
+            .filter(|n| matches!(n, IpNet::V4(_)) == v4)
+            .map(|n| {
+                let (lo, hi) = net_span(n);
+                PeerSpec::Span(lo, hi)
+            })
+            .collect(),
+        AdminPeer::Everyone => vec![PeerSpec::Span(0, family_max(v4))],
+    }
+}
+
+/// Rectangles judged in order, the first covering a point deciding it, painted into
+/// disjoint ranges: those Accept decides and those Deny decides (Pass decides points
+/// too, but adds nothing). The (protocol, port) axis is cut where any rectangle starts
+/// or ends; along each piece, the peer axis is swept keeping the rectangles that cover
+/// it, the first in order winning; neighbouring pieces painted alike are joined.
+fn paint(local: IpAddr, boxes: &[(Box2, Action)]) -> (Vec<Range>, Vec<Range>) {
+    if boxes.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
+    let v4 = local.is_ipv4();
+    let mut cuts: Vec<u32> = boxes
+        .iter()
+        .flat_map(|(b, _)| [b.pp.0, b.pp.1 + 1])
+        .collect();
+    cuts.sort_unstable();
+    cuts.dedup();
+    // (pp first, pp last, the peer axis painted: (lo, hi, action))
+    type Painted = Vec<(u128, u128, Action)>;
+    let mut pieces: Vec<(u32, u32, Painted)> = Vec::new();
+    for w in cuts.windows(2) {
+        let (first, last) = (w[0], w[1] - 1);
+        let covering: Vec<(usize, &Box2)> = boxes
+            .iter()
+            .enumerate()
+            .filter(|(_, (b, _))| b.pp.0 <= first && last <= b.pp.1)
+            .map(|(i, (b, _))| (i, b))
+            .collect();
+        if covering.is_empty() {
+            continue;
+        }
+        let painted = sweep(&covering, |i| boxes[i].1);
+        match pieces.last_mut() {
+            Some(p) if p.1 + 1 == first && p.2 == painted => p.1 = last,
+            _ => pieces.push((first, last, painted)),
+        }
+    }
+    let (mut accept, mut deny) = (Vec::new(), Vec::new());
+    for (first, last, painted) in pieces {
+        for (proto, port) in rectangles(first, last) {
+            for &(lo, hi, action) in &painted {
+                let range = Range {
+                    local,
+                    peer: (from_u128(lo, v4), from_u128(hi, v4)),
+                    proto,
+                    port,
+                };
+                match action {
+                    Action::Accept => accept.push(range),
+                    Action::Deny => deny.push(range),
+                    Action::Pass => {}
+                }
+            }
+        }
+    }
+    (accept, deny)
+}
+
+/// The peer axis under `covering` (rectangles with their rank), each stretch decided by
+/// the lowest rank covering it; neighbouring stretches decided alike are joined.
+fn sweep(
+    covering: &[(usize, &Box2)],
+    action: impl Fn(usize) -> Action,
+) -> Vec<(u128, u128, Action)> {
+    // Where the set of covering rectangles changes: starts, and one past ends.
+    let mut starts: Vec<(u128, usize)> = covering.iter().map(|(i, b)| (b.peer.0, *i)).collect();
+    let mut ends: Vec<(u128, usize)> = covering
+        .iter()
+        .filter_map(|(i, b)| b.peer.1.checked_add(1).map(|e| (e, *i)))
+        .collect();
+    starts.sort_unstable();
+    ends.sort_unstable();
+    let mut bounds: Vec<u128> = starts.iter().chain(ends.iter()).map(|(p, _)| *p).collect();
+    bounds.sort_unstable();
+    bounds.dedup();
+    let mut active: BTreeSet<usize> = BTreeSet::new();
+    let (mut s, mut e) = (0, 0);
+    let mut out: Vec<(u128, u128, Action)> = Vec::new();
+    for (k, &at) in bounds.iter().enumerate() {
+        while e < ends.len() && ends[e].0 == at {
+            active.remove(&ends[e].1);
+            e += 1;
+        }
+        while s < starts.len() && starts[s].0 == at {
+            active.insert(starts[s].1);
+            s += 1;
+        }
+        let Some(&winner) = active.first() else {
+            continue;
+        };
+        let hi = match bounds.get(k + 1) {
+            Some(next) => next - 1,
+            None => u128::MAX,
+        };
+        let a = action(winner);
+        match out.last_mut() {
+            Some(last) if last.2 == a && last.1.checked_add(1) == Some(at) => last.1 = hi,
+            _ => out.push((at, hi, a)),
+        }
+    }
+    out
+}
+
 /// Peer addresses of one `from`/`to` entry, of one family.
 enum PeerSpec {
     /// One pod's address.
     Exact(IpAddr),
     /// Addresses from the first to the last.
     Span(u128, u128),
+}
+
+impl PeerSpec {
+    fn as_box(&self, pp: (u32, u32)) -> Box2 {
+        let peer = match self {
+            PeerSpec::Exact(ip) => {
+                let n = to_u128(*ip);
+                (n, n)
+            }
+            PeerSpec::Span(lo, hi) => (*lo, *hi),
+        };
+        Box2 { peer, pp }
+    }
 }
 
 /// A rectangle of `ranges` before it is cut: peer addresses × (protocol, port) pairs,

@@ -1,5 +1,5 @@
 //! Network policy's control loop, run by `kubewire agent` in the node's network
-//! namespace: Pods, Namespaces and NetworkPolicies mirrored into one [`NodePolicy`],
+//! namespace: Pods, Namespaces, NetworkPolicies and ClusterNetworkPolicies mirrored into one [`NodePolicy`],
 //! whose sync a short while after a change (a burst of events makes one sync) sends
 //! only what changed. At every resync the tables are checked to be still whole.
 
@@ -14,6 +14,7 @@ use netlink::nft::NftSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::admin::{AdminPolicy, ClusterNetworkPolicy};
 use crate::model::{Pod, Policy, namespace_labels};
 use crate::node::NodePolicy;
 use crate::ruleset::{Enforcer, Error};
@@ -78,6 +79,36 @@ impl k8s::Store<NetworkPolicy> for Policies<'_> {
     }
 }
 
+/// The ClusterNetworkPolicies of a [`NodePolicy`].
+struct AdminPolicies<'a>(&'a mut NodePolicy);
+
+impl k8s::Store<ClusterNetworkPolicy> for AdminPolicies<'_> {
+    fn apply(&mut self, key: ObjectKey, obj: ClusterNetworkPolicy) -> bool {
+        let (policy, problems) = AdminPolicy::from_api(&obj);
+        for p in problems {
+            warn!("{p}");
+        }
+        self.0.set_admin_policy(&key, policy)
+    }
+    fn delete(&mut self, key: &str) -> bool {
+        self.0.set_admin_policy(key, None)
+    }
+    fn keys(&self) -> Vec<ObjectKey> {
+        let keys = self.0.cluster().admin.keys();
+        keys.map(|k| k.as_str().into()).collect()
+    }
+}
+
+/// Whether a watch failed because the API serves no such resource (a cluster without
+/// the ClusterNetworkPolicy CRD).
+fn not_served(e: &watcher::Error) -> bool {
+    matches!(
+        e,
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+            | watcher::Error::WatchStartFailed(kube::Error::Api(s)) if s.code == 404
+    )
+}
+
 /// A CNI plugin waiting for a new pod's policies.
 struct Waiter {
     key: String,
@@ -99,8 +130,16 @@ pub async fn run(
     let config = watcher::Config::default();
     let mut pod_events = k8s::watch(kube::Api::<K8sPod>::all(client.clone()), config.clone());
     let mut ns_events = k8s::watch(kube::Api::<Namespace>::all(client.clone()), config.clone());
-    let mut np_events = k8s::watch(kube::Api::<NetworkPolicy>::all(client), config);
+    let mut np_events = k8s::watch(
+        kube::Api::<NetworkPolicy>::all(client.clone()),
+        config.clone(),
+    );
+    let mut cnp_events = k8s::watch(kube::Api::<ClusterNetworkPolicy>::all(client), config);
     let (mut pods, mut namespaces, mut policies) = (Mirror::new(), Mirror::new(), Mirror::new());
+    let mut admin = Mirror::new();
+    // The API has no ClusterNetworkPolicy (its CRD is not installed): none apply, and the
+    // watch keeps trying, so that installing the CRD later takes effect.
+    let mut admin_absent = false;
     let mut tick = tokio::time::interval(resync);
     // When the first change not yet synced came.
     let mut pending: Option<Instant> = None;
@@ -127,6 +166,28 @@ pub async fn run(
                 Some(Err(e)) => { warn!(error = %ErrorChain(&e), "watching network policies"); false }
                 None => return Err(Error::WatchEnded),
             },
+            e = cnp_events.next() => match e {
+                Some(Ok(e)) => {
+                    admin_absent = false;
+                    admin.step(&mut AdminPolicies(&mut state), e)
+                }
+                Some(Err(e)) if not_served(&e) => {
+                    let first = !admin_absent;
+                    if first {
+                        info!("the API serves no ClusterNetworkPolicy (policy.networking.k8s.io/v1alpha2): the admin tiers are empty until its CRD is installed");
+                    }
+                    admin_absent = true;
+                    let keys: Vec<String> = state.cluster().admin.keys().cloned().collect();
+                    // The first time, a sync: it may be what the others wait for.
+                    let mut changed = first;
+                    for k in keys {
+                        changed |= state.set_admin_policy(&k, None);
+                    }
+                    changed
+                }
+                Some(Err(e)) => { warn!(error = %ErrorChain(&e), "watching cluster network policies"); false }
+                None => return Err(Error::WatchEnded),
+            },
             Some(r) = next_request(&mut requests) => {
                 state.hint(&r.key, r.ips.clone());
                 waiters.push(Waiter {
@@ -144,7 +205,8 @@ pub async fn run(
             }
             () = tokio::time::sleep(wait), if pending.is_some() => {
                 pending = None;
-                if pods.synced() && namespaces.synced() && policies.synced() {
+                let admin_known = admin.synced() || admin_absent;
+                if pods.synced() && namespaces.synced() && policies.synced() && admin_known {
                     if sync(&mut state) {
                         answer(&mut waiters, &state);
                     }

@@ -14,14 +14,21 @@ use netlink::conntrack::Entry;
 use crate::compile::{Desired, Sets};
 use crate::eval::has_ports;
 
-/// Whether `new` allows less than `old` anywhere: a pod isolated that was not, or an
-/// element gone.
+/// Whether `new` may allow less than `old` anywhere: a pod isolated that was not, an
+/// allowing element gone, a denying one come (a range cut differently counts too: the
+/// cut then finds nothing to delete).
 pub fn narrower(old: &Desired, new: &Desired) -> bool {
     let less = |o: &Sets, n: &Sets| {
         n.isolated.difference(&o.isolated).next().is_some()
             || o.ports.difference(&n.ports).next().is_some()
             || o.peers.difference(&n.peers).next().is_some()
             || o.ranges.difference(&n.ranges).next().is_some()
+            || o.admin_accept.difference(&n.admin_accept).next().is_some()
+            || n.admin_deny.difference(&o.admin_deny).next().is_some()
+            || n.baseline_deny
+                .difference(&o.baseline_deny)
+                .next()
+                .is_some()
     };
     less(&old.ingress, &new.ingress) || less(&old.egress, &new.egress)
 }

@@ -1,5 +1,6 @@
-//! kubewire's network policy: NetworkPolicy (`networking.k8s.io/v1`) enforced by
-//! `kubewire agent` in each node's nftables, for the node's own pods.
+//! kubewire's network policy: NetworkPolicy (`networking.k8s.io/v1`) and the admin tiers
+//! of network-policy-api's ClusterNetworkPolicy ([`admin`]) enforced by `kubewire agent`
+//! in each node's nftables, for the node's own pods.
 //!
 //! The shape is the service proxy's: mirror what policy reads (pods, namespaces,
 //! policies: [`model`]), compute the node's verdicts from the whole of it as a pure
@@ -14,6 +15,7 @@
 //! ([`cut`]). The packet path is a few set lookups keyed by address, protocol and port,
 //! whatever the number of policies or peers ([`compile`], [`ruleset`]).
 
+pub mod admin;
 pub mod compile;
 pub mod controller;
 pub mod cut;

@@ -11,6 +11,8 @@ use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, Network
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use crate::admin::{AdminPeer, AdminPolicy, AdminRule, PodSet, Tier};
+
 /// Labels of a pod or namespace: pairs sorted by key. (A pod has a few; a `BTreeMap`
 /// takes half a kilobyte however few.)
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -492,6 +494,8 @@ pub struct Cluster {
     pub namespaces: BTreeMap<String, Labels>,
     /// Policies by `namespace/name`.
     pub policies: BTreeMap<String, Policy>,
+    /// ClusterNetworkPolicies by name.
+    pub admin: BTreeMap<String, AdminPolicy>,
     /// Pods by address (`namespace/name`), kept with `pods`.
     by_ip: HashMap<IpAddr, String>,
     /// Pods by namespace and label (`namespace`, `key`, `value`) → `namespace/name`, kept
@@ -632,6 +636,22 @@ impl Cluster {
                 out.extend(self.selected_by(policy));
             }
         }
+        for policy in self.admin.values() {
+            let rules = || policy.ingress.iter().chain(policy.egress.iter());
+            let names = |pod: &Pod| {
+                rules().flat_map(|r| r.peers.iter()).any(|peer| {
+                    matches!(peer, AdminPeer::Pods(_)) && self.admin_peer_selects(peer, pod)
+                })
+            };
+            // Blocks are addresses, whoever holds them; but a named port is looked up
+            // on every destination pod.
+            let named = rules()
+                .flat_map(|r| r.protocols.iter().flatten())
+                .any(|p| matches!(p.port, PortRef::Named(_)));
+            if named || old.is_some_and(names) || new.is_some_and(names) {
+                out.extend(self.admin_subjects(policy));
+            }
+        }
         out
     }
 
@@ -709,6 +729,53 @@ impl Cluster {
                 )
             }
         }
+    }
+}
+
+/// Cluster-wide admin policies.
+impl Cluster {
+    /// The rules of tier `tier` for traffic into (`ingress`) or out of `pod`, in the
+    /// order they are judged: policies by priority, then name (the API leaves ties to
+    /// the implementation), each policy's rules as written.
+    pub fn admin_rules<'a>(&'a self, pod: &Pod, tier: Tier, ingress: bool) -> Vec<&'a AdminRule> {
+        let ns = self.namespace_labels(&pod.namespace);
+        let mut policies: Vec<&AdminPolicy> = self
+            .admin
+            .values()
+            .filter(|p| p.tier == tier && p.subject.contains(pod, &ns))
+            .collect();
+        policies.sort_by(|a, b| (a.priority, &a.name).cmp(&(b.priority, &b.name)));
+        policies
+            .into_iter()
+            .flat_map(|p| p.rules(ingress).iter())
+            .collect()
+    }
+
+    /// The pods in `set`.
+    pub fn pods_of<'a>(&'a self, set: &'a PodSet) -> impl Iterator<Item = &'a Pod> + 'a {
+        self.namespaces
+            .keys()
+            .filter(move |ns| set.namespaces.selects(&self.namespace_labels(ns)))
+            .flat_map(move |ns| self.candidates(ns, Some(&set.pods)))
+            .filter(move |p| set.pods.selects(&p.labels))
+    }
+
+    /// Whether `peer` names pod `pod`.
+    pub fn admin_peer_selects(&self, peer: &AdminPeer, pod: &Pod) -> bool {
+        match peer {
+            AdminPeer::Pods(set) => set.contains(pod, &self.namespace_labels(&pod.namespace)),
+            AdminPeer::Networks(nets) => {
+                pod.ips.iter().any(|ip| nets.iter().any(|n| n.contains(ip)))
+            }
+            AdminPeer::Everyone => true,
+        }
+    }
+
+    /// The pods (keys) `policy` applies to.
+    pub fn admin_subjects(&self, policy: &AdminPolicy) -> Vec<String> {
+        self.pods_of(&policy.subject)
+            .map(|p| format!("{}/{}", p.namespace, p.name))
+            .collect()
     }
 }
 

@@ -3,14 +3,15 @@
 //! whose verdicts it may change ([`Cluster::affected_by_pod`], the pods a policy
 //! selects); a sync computes those again ([`compile::update`]) and sends only their
 //! elements' difference, so a change costs the same at 10 or 10,000 policies. A
-//! namespace's labels changing (rare, and seen by any namespace selector) computes
-//! everything and sends the difference; the first sync, and one after a failure or
+//! namespace's labels changing (rare, and seen by any namespace selector) or a
+//! ClusterNetworkPolicy changing computes everything and sends the difference; the first sync, and one after a failure or
 //! drift, send the whole table.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use crate::admin::AdminPolicy;
 use crate::compile::{self, Desired};
 use crate::cut;
 use crate::model::{Cluster, Labels, Pod, Policy};
@@ -143,6 +144,21 @@ impl NodePolicy {
             let selected = self.cluster.selected_by(p);
             self.dirty.pods.extend(selected);
         }
+        true
+    }
+
+    /// Adds, changes or removes ClusterNetworkPolicy `name`; returns whether it changed.
+    /// Everything is computed again (admin policies are few and change seldom; their
+    /// subjects and peers span namespaces) and the difference sent.
+    pub fn set_admin_policy(&mut self, name: &str, policy: Option<AdminPolicy>) -> bool {
+        let old = match &policy {
+            Some(p) => self.cluster.admin.insert(name.to_owned(), p.clone()),
+            None => self.cluster.admin.remove(name),
+        };
+        if old == policy {
+            return false;
+        }
+        self.dirty.all = true;
         true
     }
 

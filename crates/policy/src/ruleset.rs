@@ -6,25 +6,32 @@
 //! ```text
 //! chain forward { type filter hook forward priority filter; policy accept;
 //!     ct state established,related accept
-//!     ip saddr @egress-isolated jump egress
-//!     ip daddr @ingress-isolated jump ingress }
+//!     ip saddr @egress-judged jump egress
+//!     ip daddr @ingress-judged jump ingress }
 //! chain input { type filter hook input priority filter; policy accept;
 //!     ct state established,related accept
-//!     ip saddr @egress-isolated jump egress }
-//! chain egress {
+//!     ip saddr @egress-judged jump egress }
+//! chain egress {                       # the tiers, in order
+//!     ip saddr . ip daddr . meta l4proto . th dport @egress-admin-accept return
+//!     ip saddr . ip daddr . meta l4proto . th dport @egress-admin-deny counter drop
+//!     ip saddr @egress-isolated goto egress-networkpolicy
+//!     ip saddr . ip daddr . meta l4proto . th dport @egress-baseline-deny counter drop }
+//! chain egress-networkpolicy {
 //!     ip saddr . ip daddr . meta l4proto . th dport @egress-ports return
 //!     ip saddr . ip daddr @egress-peers return
 //!     ip saddr . ip daddr . meta l4proto . th dport @egress-ranges return
 //!     counter drop }
-//! chain ingress { the same with ip daddr . ip saddr }
+//! chain ingress, ingress-networkpolicy { the same with ip daddr . ip saddr }
 //! ```
+//!
+//! (`goto`: NetworkPolicy's `return` leaves the direction, skipping the Baseline tier.)
 //!
 //! Filter priority, after the service proxy's DNAT (priority dstnat): a connection to a
 //! Service is judged on the endpoint it goes to. Traffic the node itself sends (kubelet
 //! probes, host-network pods) leaves through `output` and is not judged; its replies
 //! are established.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use netlink::nft::{
@@ -85,31 +92,45 @@ fn name(d: Direction, set: &str) -> String {
     format!("{d}-{set}")
 }
 
-/// The sets of one direction and family: isolated, ports, peers, ranges.
-fn sets(family: Family, d: Direction) -> [Set; 4] {
+/// The sets of one direction and family: isolated, ports, peers, ranges (NetworkPolicy),
+/// admin-accept, admin-deny, baseline-deny (the admin tiers), judged.
+fn sets(family: Family, d: Direction) -> [Set; 8] {
     let a = if family == Family::Ip {
         KeyType::Ipv4Addr
     } else {
         KeyType::Ipv6Addr
     };
     let (p, s) = (KeyType::InetProto, KeyType::InetService);
+    let ranges = |set: &str| Set::new(family, TABLE, name(d, set), [a, a, p, s]).interval();
     [
         Set::new(family, TABLE, name(d, "isolated"), [a]),
         Set::new(family, TABLE, name(d, "ports"), [a, a, p, s]),
         Set::new(family, TABLE, name(d, "peers"), [a, a]),
-        Set::new(family, TABLE, name(d, "ranges"), [a, a, p, s]).interval(),
+        ranges("ranges"),
+        ranges("admin-accept"),
+        ranges("admin-deny"),
+        ranges("baseline-deny"),
+        Set::new(family, TABLE, name(d, "judged"), [a]),
     ]
 }
 
 /// The elements of `sets` of one family, in the order of [`sets`].
-fn elements(s: &Sets, v4: bool) -> [Vec<SetElement>; 4] {
+fn elements(s: &Sets, v4: bool) -> [Vec<SetElement>; 8] {
     let fam = |ip: &IpAddr| ip.is_ipv4() == v4;
-    [
-        s.isolated
-            .iter()
+    let addrs = |set: &BTreeSet<IpAddr>| -> Vec<SetElement> {
+        set.iter()
             .filter(|a| fam(a))
             .map(|a| SetElement::new([addr(*a)]))
-            .collect(),
+            .collect()
+    };
+    let ranges = |set: &BTreeSet<Range>| -> Vec<SetElement> {
+        set.iter()
+            .filter(|r| fam(&r.local))
+            .map(range_element)
+            .collect()
+    };
+    [
+        addrs(&s.isolated),
         s.ports
             .iter()
             .filter(|e| fam(&e.0))
@@ -122,11 +143,11 @@ fn elements(s: &Sets, v4: bool) -> [Vec<SetElement>; 4] {
             .filter(|e| fam(&e.0))
             .map(|(l, p)| SetElement::new([addr(*l), addr(*p)]))
             .collect(),
-        s.ranges
-            .iter()
-            .filter(|r| fam(&r.local))
-            .map(range_element)
-            .collect(),
+        ranges(&s.ranges),
+        ranges(&s.admin_accept),
+        ranges(&s.admin_deny),
+        ranges(&s.baseline_deny),
+        addrs(&s.judged()),
     ]
 }
 
@@ -163,41 +184,55 @@ fn chains(family: Family) -> Vec<(Chain, Vec<Rule>)> {
     };
     let to_egress = |chain: &str| {
         rule(chain)
-            .match_in_set(&[saddr], name(Direction::Egress, "isolated"), false)
+            .match_in_set(&[saddr], name(Direction::Egress, "judged"), false)
             .verdict(Verdict::Jump("egress".into()))
-            .comment("from a pod of this node that egress policies isolate")
+            .comment("from a pod of this node that policies judge")
     };
     let to_ingress = rule("forward")
-        .match_in_set(&[daddr], name(Direction::Ingress, "isolated"), false)
+        .match_in_set(&[daddr], name(Direction::Ingress, "judged"), false)
         .verdict(Verdict::Jump("ingress".into()))
-        .comment("to a pod of this node that ingress policies isolate");
-    let judge = |d: Direction, local: Field, peer: Field| {
-        let chain = match d {
-            Direction::Ingress => "ingress",
-            Direction::Egress => "egress",
-        };
+        .comment("to a pod of this node that policies judge");
+    let tuple = |local: Field, peer: Field| [local, peer, Field::L4Proto, Field::Dport];
+    // The tiers in order; `return` allows this direction (the other is judged next).
+    let tiers = |d: Direction, local: Field, peer: Field| {
+        let chain = chain_name(d, false);
         vec![
-            rule(chain)
-                .match_in_set(
-                    &[local, peer, Field::L4Proto, Field::Dport],
-                    name(d, "ports"),
-                    false,
-                )
+            rule(&chain)
+                .match_in_set(&tuple(local, peer), name(d, "admin-accept"), false)
+                .verdict(Verdict::Return)
+                .comment("accepted by the Admin tier (ClusterNetworkPolicy)"),
+            rule(&chain)
+                .match_in_set(&tuple(local, peer), name(d, "admin-deny"), false)
+                .counter()
+                .verdict(Verdict::Drop)
+                .comment("denied by the Admin tier (ClusterNetworkPolicy)"),
+            rule(&chain)
+                .match_in_set(&[local], name(d, "isolated"), false)
+                .verdict(Verdict::Goto(chain_name(d, true)))
+                .comment("NetworkPolicy decides for the pods it isolates"),
+            rule(&chain)
+                .match_in_set(&tuple(local, peer), name(d, "baseline-deny"), false)
+                .counter()
+                .verdict(Verdict::Drop)
+                .comment("denied by the Baseline tier (ClusterNetworkPolicy)"),
+        ]
+    };
+    let network_policy = |d: Direction, local: Field, peer: Field| {
+        let chain = chain_name(d, true);
+        vec![
+            rule(&chain)
+                .match_in_set(&tuple(local, peer), name(d, "ports"), false)
                 .verdict(Verdict::Return)
                 .comment("a pod peer on an allowed port"),
-            rule(chain)
+            rule(&chain)
                 .match_in_set(&[local, peer], name(d, "peers"), false)
                 .verdict(Verdict::Return)
                 .comment("a pod peer on every port"),
-            rule(chain)
-                .match_in_set(
-                    &[local, peer, Field::L4Proto, Field::Dport],
-                    name(d, "ranges"),
-                    false,
-                )
+            rule(&chain)
+                .match_in_set(&tuple(local, peer), name(d, "ranges"), false)
                 .verdict(Verdict::Return)
                 .comment("address blocks, every peer, port ranges"),
-            rule(chain)
+            rule(&chain)
                 .counter()
                 .verdict(Verdict::Drop)
                 .comment(match d {
@@ -208,12 +243,20 @@ fn chains(family: Family) -> Vec<(Chain, Vec<Rule>)> {
     };
     vec![
         (
-            Chain::new(family, TABLE, "ingress"),
-            judge(Direction::Ingress, daddr, saddr),
+            Chain::new(family, TABLE, chain_name(Direction::Ingress, true)),
+            network_policy(Direction::Ingress, daddr, saddr),
         ),
         (
-            Chain::new(family, TABLE, "egress"),
-            judge(Direction::Egress, saddr, daddr),
+            Chain::new(family, TABLE, chain_name(Direction::Egress, true)),
+            network_policy(Direction::Egress, saddr, daddr),
+        ),
+        (
+            Chain::new(family, TABLE, chain_name(Direction::Ingress, false)),
+            tiers(Direction::Ingress, daddr, saddr),
+        ),
+        (
+            Chain::new(family, TABLE, chain_name(Direction::Egress, false)),
+            tiers(Direction::Egress, saddr, daddr),
         ),
         (
             Chain::new(family, TABLE, "forward").hook(
@@ -232,6 +275,20 @@ fn chains(family: Family) -> Vec<(Chain, Vec<Rule>)> {
             vec![established("input"), to_egress("input")],
         ),
     ]
+}
+
+/// The chain of direction `d`: the tiers (`ingress`, `egress`), or NetworkPolicy's
+/// part (`ingress-networkpolicy`, ...).
+fn chain_name(d: Direction, network_policy: bool) -> String {
+    let d = match d {
+        Direction::Ingress => "ingress",
+        Direction::Egress => "egress",
+    };
+    if network_policy {
+        format!("{d}-networkpolicy")
+    } else {
+        d.to_owned()
+    }
 }
 
 /// The whole table of `family` filled with `desired`, replacing any table of that name

@@ -1,14 +1,15 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use serde_json::json;
 
+use crate::admin::{Action, AdminPeer, AdminPolicy, AdminRule, PodSet, Tier};
 use crate::compile::{self, Desired};
 use crate::eval::{self, Connection};
 use crate::model::{
-    Cluster, Labels, NamedPort, Peer, Pod, Policy, PortRef, PortRule, Protocol, Rule,
+    Cluster, Labels, NamedPort, Peer, Pod, Policy, PortRef, PortRule, Protocol, Rule, Selector,
 };
 
 /// xorshift64*: random but repeatable clusters, no dependency.
@@ -136,7 +137,64 @@ fn random_cluster(rng: &mut Rng) -> Cluster {
             },
         );
     }
+    // The admin tiers, in half the clusters.
+    if rng.chance(50) {
+        for i in 0..1 + rng.below(3) {
+            let p = random_admin_policy(rng, &format!("cnp{i}"));
+            c.admin.insert(p.name.clone(), p);
+        }
+    }
     c
+}
+
+fn random_pod_set(rng: &mut Rng) -> PodSet {
+    PodSet {
+        namespaces: random_selector(rng, "team", TEAMS).into(),
+        pods: if rng.chance(50) {
+            random_selector(rng, "app", APPS).into()
+        } else {
+            Selector::default()
+        },
+    }
+}
+
+fn random_admin_policy(rng: &mut Rng, name: &str) -> AdminPolicy {
+    let rules = |rng: &mut Rng| -> Vec<AdminRule> {
+        (0..rng.below(5))
+            .map(|i| AdminRule {
+                name: format!("r{i}"),
+                action: *rng.pick(&[Action::Accept, Action::Deny, Action::Pass]),
+                peers: (0..1 + rng.below(2))
+                    .map(|_| match rng.below(6) {
+                        0..=2 => AdminPeer::Pods(random_pod_set(rng)),
+                        3 | 4 => AdminPeer::Networks(
+                            rng.pick(&[
+                                &["0.0.0.0/0", "::/0"][..],
+                                &["10.244.0.0/24"][..],
+                                &["10.244.1.0/25", "198.51.100.0/24"][..],
+                                &["10.244.0.12/32", "fd00::/64"][..],
+                            ])
+                            .iter()
+                            .map(|n| n.parse().unwrap())
+                            .collect(),
+                        ),
+                        _ => AdminPeer::Everyone,
+                    })
+                    .collect(),
+                protocols: rng
+                    .chance(60)
+                    .then(|| (0..1 + rng.below(3)).map(|_| random_port(rng)).collect()),
+            })
+            .collect()
+    };
+    AdminPolicy {
+        name: name.into(),
+        tier: *rng.pick(&[Tier::Admin, Tier::Baseline]),
+        priority: *rng.pick(&[1, 5, 5, 10]),
+        subject: random_pod_set(rng),
+        ingress: rules(rng),
+        egress: rules(rng),
+    }
 }
 
 fn random_peer(rng: &mut Rng) -> Peer {
@@ -212,26 +270,43 @@ fn compiled_sets_agree_with_the_reference_on_random_clusters() {
         .collect();
     let mut checked = 0usize;
     let mut denied = 0usize;
+    // Nodes whose Admin tier accepts, denies, and whose Baseline tier denies somewhere.
+    let mut tiers = [0usize; 3];
     for round in 0..400 {
         let c = random_cluster(&mut rng);
         let nodes: BTreeMap<&str, Desired> = NODES
             .iter()
             .map(|n| (*n, compile::desired(&c, n)))
             .collect();
-        // The kernel refuses overlapping range elements: each node's must be disjoint.
         for d in nodes.values() {
             for sets in [&d.ingress, &d.egress] {
-                let ranges: Vec<_> = sets.ranges.iter().collect();
-                for (i, a) in ranges.iter().enumerate() {
-                    for b in &ranges[i + 1..] {
-                        let overlap = a.local == b.local
-                            && a.peer.0 <= b.peer.1
-                            && b.peer.0 <= a.peer.1
-                            && a.proto.0 <= b.proto.1
-                            && b.proto.0 <= a.proto.1
-                            && a.port.0 <= b.port.1
-                            && b.port.0 <= a.port.1;
-                        assert!(!overlap, "round {round}: {a:?} overlaps {b:?}");
+                tiers[0] += usize::from(!sets.admin_accept.is_empty());
+                tiers[1] += usize::from(!sets.admin_deny.is_empty());
+                tiers[2] += usize::from(!sets.baseline_deny.is_empty());
+            }
+        }
+        // The kernel refuses overlapping range elements: each set's must be disjoint
+        // (and the Admin tier's two sets together, as the table's order between them
+        // must not matter).
+        for d in nodes.values() {
+            for sets in [&d.ingress, &d.egress] {
+                let admin: BTreeSet<_> = sets.admin_accept.union(&sets.admin_deny).collect();
+                for ranges in [
+                    sets.ranges.iter().collect::<Vec<_>>(),
+                    admin.into_iter().collect(),
+                    sets.baseline_deny.iter().collect(),
+                ] {
+                    for (i, a) in ranges.iter().enumerate() {
+                        for b in &ranges[i + 1..] {
+                            let overlap = a.local == b.local
+                                && a.peer.0 <= b.peer.1
+                                && b.peer.0 <= a.peer.1
+                                && a.proto.0 <= b.proto.1
+                                && b.proto.0 <= a.proto.1
+                                && a.port.0 <= b.port.1
+                                && b.port.0 <= a.port.1;
+                            assert!(!overlap, "round {round}: {a:?} overlaps {b:?}");
+                        }
                     }
                 }
             }
@@ -264,8 +339,8 @@ fn compiled_sets_agree_with_the_reference_on_random_clusters() {
                         let got = compiled(&c, &nodes, &conn);
                         assert_eq!(
                             got, want,
-                            "round {round}: {conn:?}\npolicies: {:#?}\npods: {:#?}\nnodes: {nodes:#?}",
-                            c.policies, c.pods
+                            "round {round}: {conn:?}\npolicies: {:#?}\nadmin: {:#?}\npods: {:#?}\nnodes: {nodes:#?}",
+                            c.policies, c.admin, c.pods
                         );
                         checked += 1;
                         denied += usize::from(!want);
@@ -274,8 +349,9 @@ fn compiled_sets_agree_with_the_reference_on_random_clusters() {
             }
         }
     }
-    // The random clusters exercised both verdicts.
+    // The random clusters exercised both verdicts, and every tier.
     assert!(checked > 100_000, "{checked}");
+    assert!(tiers.iter().all(|n| *n > 50), "{tiers:?}");
     assert!(
         denied > checked / 20 && denied < checked * 19 / 20,
         "{denied} of {checked}"
@@ -609,4 +685,539 @@ fn node_policy_sends_the_table_once_then_differences() {
     let r = np.sync().unwrap();
     assert!(!r.sync.full && r.narrower, "{r:?}");
     assert_eq!(listed(&ns), [want(a, "10.244.1.11".parse().unwrap())]);
+}
+
+/// The admin tiers' conformance scenarios (network-policy-api v0.2.0's suite, its
+/// topology and steps retold): four houses, two pods each serving TCP 80 (`web`) and
+/// 8080, UDP 53 (`dns`) and 5353, SCTP 9003 and 9005; every verdict is asked of the
+/// reference and of the compiled sets, which must agree.
+mod admin_conformance {
+    use super::*;
+
+    const HOUSES: &[&str] = &["gryffindor", "slytherin", "hufflepuff", "ravenclaw"];
+    const PODS: &[&str] = &[
+        "harry-potter",
+        "draco-malfoy",
+        "cedric-diggory",
+        "luna-lovegood",
+    ];
+
+    fn ns(house: &str) -> String {
+        format!("network-policy-conformance-{house}")
+    }
+
+    fn houses() -> Cluster {
+        let mut c = Cluster::default();
+        for (h, (house, name)) in HOUSES.iter().zip(PODS).enumerate() {
+            let namespace = ns(house);
+            c.namespaces.insert(
+                namespace.clone(),
+                labels(&[
+                    ("conformance-house", house),
+                    ("kubernetes.io/metadata.name", &namespace),
+                ]),
+            );
+            for (i, node) in NODES.iter().enumerate() {
+                let pod = Pod {
+                    namespace: namespace.clone(),
+                    name: format!("{name}-{i}"),
+                    labels: labels(&[("conformance-house", house)]),
+                    ips: vec![format!("10.244.{h}.{}", 10 + i).parse().unwrap()],
+                    node: node.to_string(),
+                    ports: vec![
+                        NamedPort {
+                            name: "web".into(),
+                            protocol: Protocol::Tcp,
+                            port: 80,
+                        },
+                        NamedPort {
+                            name: "dns".into(),
+                            protocol: Protocol::Udp,
+                            port: 53,
+                        },
+                    ],
+                };
+                c.set_pod(&format!("{namespace}/{name}-{i}"), Some(pod));
+            }
+        }
+        c
+    }
+
+    fn ip(c: &Cluster, pod: &str) -> IpAddr {
+        let p = c.pods.values().find(|p| p.name == pod).expect(pod);
+        p.ips[0]
+    }
+
+    /// Whether `from` reaches `to` on `proto` `port`, by the reference and the compiled
+    /// sets alike.
+    fn reaches(c: &Cluster, from: &str, to: &str, proto: Protocol, port: u16) -> bool {
+        let conn = Connection {
+            src: ip(c, from),
+            dst: ip(c, to),
+            proto: proto.number(),
+            port: Some(port),
+        };
+        let nodes: BTreeMap<&str, Desired> =
+            NODES.iter().map(|n| (*n, compile::desired(c, n))).collect();
+        let want = eval::allows(c, &conn);
+        assert_eq!(
+            compiled(c, &nodes, &conn),
+            want,
+            "{from} -> {to} {proto:?} {port}"
+        );
+        want
+    }
+
+    fn apply(c: &mut Cluster, cnp: serde_json::Value) {
+        let api: crate::admin::ClusterNetworkPolicy = serde_json::from_value(cnp).unwrap();
+        let (policy, problems) = AdminPolicy::from_api(&api);
+        assert!(problems.is_empty(), "{problems:?}");
+        let policy = policy.unwrap();
+        c.admin.insert(policy.name.clone(), policy);
+    }
+
+    fn house(h: &str) -> serde_json::Value {
+        json!({"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": ns(h)}}})
+    }
+
+    /// The seven-rule Admin layout (Accept X, Deny X, Pass X, Deny Y@p, Pass Y@p, Accept
+    /// Z@pz, Deny Z) for `direction` ("ingress" or "egress"), `xyz` the houses.
+    fn seven_rules(
+        direction: &str,
+        [x, y, z]: [&str; 3],
+        proto: &str,
+        p: u16,
+        pz: u16,
+    ) -> serde_json::Value {
+        let peers = if direction == "ingress" { "from" } else { "to" };
+        let port = |n: u16| json!([{ proto: {"destinationPort": {"number": n}} }]);
+        json!([
+            {"name": "accept-x", "action": "Accept", peers: [house(x)]},
+            {"name": "deny-x", "action": "Deny", peers: [house(x)]},
+            {"name": "pass-x", "action": "Pass", peers: [house(x)]},
+            {"name": "deny-y", "action": "Deny", peers: [house(y)], "protocols": port(p)},
+            {"name": "pass-y", "action": "Pass", peers: [house(y)], "protocols": port(p)},
+            {"name": "accept-z", "action": "Accept", peers: [house(z)], "protocols": port(pz)},
+            {"name": "deny-z", "action": "Deny", peers: [house(z)]},
+        ])
+    }
+
+    fn swap(c: &mut Cluster, name: &str, ingress: bool, a: usize, b: usize) {
+        let p = c.admin.get_mut(name).unwrap();
+        let rules = if ingress {
+            &mut p.ingress
+        } else {
+            &mut p.egress
+        };
+        rules.swap(a, b);
+    }
+
+    #[test]
+    fn admin_tier_ingress_rules_in_order() {
+        use Protocol::Tcp;
+        let mut c = houses();
+        apply(
+            &mut c,
+            json!({"metadata": {"name": "ingress-tcp"}, "spec": {"tier": "Admin", "priority": 3,
+                "subject": house("gryffindor"), "ingress": seven_rules("ingress", ["ravenclaw", "slytherin", "hufflepuff"], "tcp", 80, 80)}}),
+        );
+        // Accept X wins over the Deny after it.
+        assert!(reaches(&c, "luna-lovegood-0", "harry-potter-0", Tcp, 80));
+        assert!(reaches(&c, "luna-lovegood-1", "harry-potter-1", Tcp, 8080));
+        // Z: accepted on its port, denied on the others.
+        assert!(reaches(&c, "cedric-diggory-0", "harry-potter-0", Tcp, 80));
+        assert!(!reaches(
+            &c,
+            "cedric-diggory-1",
+            "harry-potter-1",
+            Tcp,
+            8080
+        ));
+        // Deny X first: denied on every port.
+        swap(&mut c, "ingress-tcp", true, 0, 1);
+        assert!(!reaches(&c, "luna-lovegood-0", "harry-potter-0", Tcp, 80));
+        assert!(!reaches(&c, "luna-lovegood-1", "harry-potter-1", Tcp, 8080));
+        // Y: denied on its port; no rule for the others: allowed.
+        assert!(!reaches(&c, "draco-malfoy-0", "harry-potter-0", Tcp, 80));
+        assert!(reaches(&c, "draco-malfoy-1", "harry-potter-1", Tcp, 8080));
+        // Pass X first: no NetworkPolicy, no Baseline: allowed.
+        swap(&mut c, "ingress-tcp", true, 0, 2);
+        assert!(reaches(&c, "luna-lovegood-0", "harry-potter-0", Tcp, 80));
+        assert!(reaches(&c, "luna-lovegood-1", "harry-potter-1", Tcp, 8080));
+        // Pass Y before Deny Y.
+        swap(&mut c, "ingress-tcp", true, 3, 4);
+        assert!(reaches(&c, "draco-malfoy-0", "harry-potter-0", Tcp, 80));
+        // Traffic the subject sends is not its ingress.
+        assert!(reaches(&c, "harry-potter-0", "luna-lovegood-0", Tcp, 80));
+    }
+
+    #[test]
+    fn admin_tier_egress_rules_in_order_udp_and_sctp() {
+        use Protocol::{Sctp, Udp};
+        let mut c = houses();
+        apply(
+            &mut c,
+            json!({"metadata": {"name": "egress-udp"}, "spec": {"tier": "Admin", "priority": 7,
+                "subject": house("hufflepuff"), "egress": seven_rules("egress", ["ravenclaw", "slytherin", "gryffindor"], "udp", 5353, 53)}}),
+        );
+        assert!(reaches(&c, "cedric-diggory-0", "luna-lovegood-0", Udp, 53));
+        assert!(reaches(&c, "cedric-diggory-0", "harry-potter-1", Udp, 53));
+        assert!(!reaches(
+            &c,
+            "cedric-diggory-1",
+            "harry-potter-1",
+            Udp,
+            5353
+        ));
+        assert!(!reaches(
+            &c,
+            "cedric-diggory-1",
+            "harry-potter-1",
+            Sctp,
+            9003
+        ));
+        swap(&mut c, "egress-udp", false, 0, 1);
+        assert!(!reaches(&c, "cedric-diggory-0", "luna-lovegood-0", Udp, 53));
+        assert!(!reaches(
+            &c,
+            "cedric-diggory-0",
+            "draco-malfoy-0",
+            Udp,
+            5353
+        ));
+        assert!(reaches(&c, "cedric-diggory-1", "draco-malfoy-1", Udp, 53));
+        // The destination's own ingress is not the source's egress.
+        assert!(reaches(&c, "luna-lovegood-0", "cedric-diggory-0", Udp, 53));
+
+        let mut c = houses();
+        apply(
+            &mut c,
+            json!({"metadata": {"name": "ingress-sctp"}, "spec": {"tier": "Admin", "priority": 5,
+            "subject": house("ravenclaw"), "ingress": [
+                {"action": "Accept", "from": [house("hufflepuff")],
+                 "protocols": [{"sctp": {"destinationPort": {"number": 9005}}}]},
+                {"action": "Deny", "from": [house("hufflepuff")]},
+            ]}}),
+        );
+        assert!(reaches(
+            &c,
+            "cedric-diggory-0",
+            "luna-lovegood-0",
+            Sctp,
+            9005
+        ));
+        assert!(!reaches(
+            &c,
+            "cedric-diggory-1",
+            "luna-lovegood-1",
+            Sctp,
+            9003
+        ));
+    }
+
+    #[test]
+    fn baseline_tier_decides_only_where_no_network_policy_isolates() {
+        use Protocol::Tcp;
+        let mut c = houses();
+        apply(
+            &mut c,
+            json!({"metadata": {"name": "default"}, "spec": {"tier": "Baseline", "priority": 10,
+            "subject": house("gryffindor"), "ingress": [
+                {"action": "Accept", "from": [house("ravenclaw")]},
+                {"action": "Deny", "from": [house("ravenclaw")]},
+                {"action": "Deny", "from": [house("slytherin")],
+                 "protocols": [{"tcp": {"destinationPort": {"number": 80}}}]},
+                {"action": "Accept", "from": [house("hufflepuff")],
+                 "protocols": [{"tcp": {"destinationPort": {"number": 80}}}]},
+                {"action": "Deny", "from": [house("hufflepuff")]},
+            ]}}),
+        );
+        assert!(reaches(&c, "luna-lovegood-0", "harry-potter-0", Tcp, 80));
+        assert!(reaches(&c, "cedric-diggory-0", "harry-potter-0", Tcp, 80));
+        assert!(!reaches(
+            &c,
+            "cedric-diggory-1",
+            "harry-potter-1",
+            Tcp,
+            8080
+        ));
+        assert!(!reaches(&c, "draco-malfoy-0", "harry-potter-0", Tcp, 80));
+        assert!(reaches(&c, "draco-malfoy-1", "harry-potter-1", Tcp, 8080));
+        swap(&mut c, "default", true, 0, 1);
+        assert!(!reaches(&c, "luna-lovegood-0", "harry-potter-0", Tcp, 80));
+        // A NetworkPolicy isolating harry-potter-* decides for them: Baseline is not
+        // looked at, whichever way it would go.
+        c.policies.insert(
+            format!("{}/allow-slytherin", ns("gryffindor")),
+            Policy {
+                namespace: ns("gryffindor"),
+                name: "allow-slytherin".into(),
+                selector: Selector::default(),
+                ingress: Some(vec![Rule {
+                    peers: vec![Peer::Pods {
+                        namespaces: Some(Selector::label("conformance-house", "slytherin")),
+                        pods: None,
+                    }],
+                    ports: Vec::new(),
+                }]),
+                egress: None,
+            },
+        );
+        assert!(reaches(&c, "draco-malfoy-0", "harry-potter-0", Tcp, 80));
+        assert!(!reaches(&c, "cedric-diggory-0", "harry-potter-0", Tcp, 80));
+    }
+
+    /// Admin Deny over a NetworkPolicy's allow; Pass handing the decision to it; without
+    /// it, the Baseline tier's Deny.
+    #[test]
+    fn tiers_in_order_admin_network_policy_baseline() {
+        use Protocol::Tcp;
+        let mut c = houses();
+        let slytherin = json!({"namespaces": {"matchLabels": {"conformance-house": "slytherin"}}});
+        let gryffindor =
+            json!({"namespaces": {"matchLabels": {"conformance-house": "gryffindor"}}});
+        apply(
+            &mut c,
+            json!({"metadata": {"name": "pass-example"}, "spec": {"tier": "Admin", "priority": 10,
+                "subject": gryffindor,
+                "ingress": [{"action": "Deny", "from": [slytherin]}],
+                "egress": [{"action": "Deny", "to": [slytherin]}]}}),
+        );
+        c.policies.insert(
+            format!("{}/allow", ns("gryffindor")),
+            Policy {
+                namespace: ns("gryffindor"),
+                name: "allow".into(),
+                selector: Selector::default(),
+                ingress: Some(vec![Rule {
+                    peers: vec![Peer::Pods {
+                        namespaces: Some(Selector::label("conformance-house", "slytherin")),
+                        pods: None,
+                    }],
+                    ports: Vec::new(),
+                }]),
+                egress: Some(vec![Rule {
+                    peers: vec![Peer::Pods {
+                        namespaces: Some(Selector::label("conformance-house", "slytherin")),
+                        pods: None,
+                    }],
+                    ports: Vec::new(),
+                }]),
+            },
+        );
+        apply(
+            &mut c,
+            json!({"metadata": {"name": "default"}, "spec": {"tier": "Baseline", "priority": 10,
+                "subject": gryffindor,
+                "ingress": [{"action": "Deny", "from": [slytherin]}],
+                "egress": [{"action": "Deny", "to": [slytherin]}]}}),
+        );
+        for port in [80, 8080] {
+            assert!(!reaches(&c, "draco-malfoy-0", "harry-potter-0", Tcp, port));
+            assert!(!reaches(&c, "harry-potter-1", "draco-malfoy-0", Tcp, port));
+        }
+        c.admin.get_mut("pass-example").unwrap().ingress[0].action = Action::Pass;
+        assert!(reaches(&c, "draco-malfoy-1", "harry-potter-0", Tcp, 80));
+        assert!(!reaches(&c, "harry-potter-1", "draco-malfoy-0", Tcp, 80));
+        c.admin.get_mut("pass-example").unwrap().egress[0].action = Action::Pass;
+        assert!(reaches(&c, "harry-potter-1", "draco-malfoy-0", Tcp, 80));
+        c.policies.clear();
+        assert!(!reaches(&c, "draco-malfoy-1", "harry-potter-0", Tcp, 80));
+        assert!(!reaches(&c, "harry-potter-1", "draco-malfoy-0", Tcp, 8080));
+    }
+
+    #[test]
+    fn lower_priority_values_are_judged_first() {
+        use Protocol::Tcp;
+        let mut c = houses();
+        let pods = |h: &str| {
+            json!({"pods": {"namespaceSelector": {"matchLabels": {"conformance-house": h}},
+                            "podSelector": {"matchLabels": {"conformance-house": h}}}})
+        };
+        for (name, tier, priority, action) in [
+            ("priority-50", "Admin", 50, "Deny"),
+            ("priority-60", "Admin", 60, "Pass"),
+            ("default", "Baseline", 10, "Accept"),
+        ] {
+            apply(
+                &mut c,
+                json!({"metadata": {"name": name}, "spec": {"tier": tier, "priority": priority,
+                    "subject": pods("gryffindor"),
+                    "ingress": [{"action": action, "from": [pods("slytherin")]}],
+                    "egress": [{"action": action, "to": [pods("slytherin")]}]}}),
+            );
+        }
+        assert!(!reaches(&c, "draco-malfoy-0", "harry-potter-0", Tcp, 80));
+        assert!(!reaches(&c, "harry-potter-0", "draco-malfoy-1", Tcp, 8080));
+        c.admin.get_mut("priority-60").unwrap().priority = 40;
+        assert!(reaches(&c, "draco-malfoy-0", "harry-potter-0", Tcp, 80));
+        assert!(reaches(&c, "harry-potter-0", "draco-malfoy-1", Tcp, 8080));
+        // Equal priorities: by name, the same on every node.
+        c.admin.get_mut("priority-60").unwrap().priority = 50;
+        assert!(!reaches(&c, "draco-malfoy-0", "harry-potter-0", Tcp, 80));
+    }
+
+    #[test]
+    fn networks_match_pod_addresses_too() {
+        use Protocol::{Sctp, Tcp, Udp};
+        let mut c = houses();
+        let luna0 = ip(&c, "luna-lovegood-0");
+        let cedric0 = ip(&c, "cedric-diggory-0");
+        apply(
+            &mut c,
+            json!({"metadata": {"name": "inline-cidr"}, "spec": {"tier": "Admin", "priority": 85,
+            "subject": {"pods": {"namespaceSelector": {"matchLabels": {"conformance-house": "gryffindor"}},
+                                 "podSelector": {}}},
+            "egress": [
+                {"action": "Accept", "to": [{"pods": {
+                    "namespaceSelector": {"matchLabels": {"conformance-house": "slytherin"}},
+                    "podSelector": {}}}]},
+                {"action": "Deny", "to": [{"networks": ["0.0.0.0/0", "::/0"]}]},
+            ]}}),
+        );
+        for (proto, port) in [(Tcp, 80), (Udp, 53), (Sctp, 9003)] {
+            assert!(!reaches(
+                &c,
+                "harry-potter-1",
+                "luna-lovegood-0",
+                proto,
+                port
+            ));
+            assert!(!reaches(
+                &c,
+                "harry-potter-1",
+                "cedric-diggory-0",
+                proto,
+                port
+            ));
+            assert!(reaches(&c, "harry-potter-1", "draco-malfoy-0", proto, port));
+        }
+        // The namespace's label gone, its pods are "the internet" too.
+        c.namespaces
+            .get_mut(&ns("slytherin"))
+            .unwrap()
+            .insert("conformance-house".into(), "denied".into());
+        assert!(!reaches(&c, "harry-potter-1", "draco-malfoy-0", Tcp, 80));
+        c.namespaces
+            .get_mut(&ns("slytherin"))
+            .unwrap()
+            .insert("conformance-house".into(), "slytherin".into());
+        let p = c.admin.get_mut("inline-cidr").unwrap();
+        p.egress.insert(
+            0,
+            AdminRule {
+                name: "accept-two".into(),
+                action: Action::Accept,
+                peers: vec![AdminPeer::Networks(vec![
+                    IpNet::from(luna0),
+                    IpNet::from(cedric0),
+                ])],
+                protocols: None,
+            },
+        );
+        for (proto, port) in [(Tcp, 80), (Udp, 53), (Sctp, 9003)] {
+            assert!(reaches(
+                &c,
+                "harry-potter-1",
+                "luna-lovegood-0",
+                proto,
+                port
+            ));
+            assert!(reaches(
+                &c,
+                "harry-potter-1",
+                "cedric-diggory-0",
+                proto,
+                port
+            ));
+            assert!(!reaches(
+                &c,
+                "harry-potter-1",
+                "luna-lovegood-1",
+                proto,
+                port
+            ));
+            assert!(!reaches(
+                &c,
+                "harry-potter-1",
+                "cedric-diggory-1",
+                proto,
+                port
+            ));
+        }
+    }
+
+    #[test]
+    fn named_ports_resolve_on_the_destination_pod() {
+        use Protocol::{Tcp, Udp};
+        let mut c = houses();
+        apply(
+            &mut c,
+            json!({"metadata": {"name": "named"}, "spec": {"tier": "Admin", "priority": 1,
+            "subject": house("hufflepuff"),
+            "ingress": [
+                {"action": "Accept", "from": [house("gryffindor")],
+                 "protocols": [{"destinationNamedPort": "dns"}]},
+                {"action": "Deny", "from": [house("gryffindor")]},
+            ],
+            "egress": [
+                {"action": "Accept", "to": [house("gryffindor")],
+                 "protocols": [{"destinationNamedPort": "web"}]},
+                {"action": "Deny", "to": [house("gryffindor")]},
+            ]}}),
+        );
+        assert!(reaches(&c, "harry-potter-0", "cedric-diggory-1", Udp, 53));
+        assert!(!reaches(
+            &c,
+            "harry-potter-1",
+            "cedric-diggory-1",
+            Udp,
+            5353
+        ));
+        // A name is its port's protocol too: `dns` is UDP.
+        assert!(!reaches(&c, "harry-potter-1", "cedric-diggory-1", Tcp, 53));
+        assert!(reaches(&c, "cedric-diggory-0", "harry-potter-1", Tcp, 80));
+        assert!(!reaches(
+            &c,
+            "cedric-diggory-1",
+            "harry-potter-1",
+            Tcp,
+            8080
+        ));
+    }
+
+    #[test]
+    fn unreadable_parts_fail_closed() {
+        use Protocol::Tcp;
+        let mut c = houses();
+        let api: crate::admin::ClusterNetworkPolicy = serde_json::from_value(json!({
+            "metadata": {"name": "odd"}, "spec": {"tier": "Admin", "priority": 1,
+            "subject": house("gryffindor"),
+            "ingress": [
+                // An Accept with a peer of a newer API: matches less (here nothing).
+                {"action": "Accept", "from": [{"domainNames": ["example.com"]}]},
+                {"action": "Accept", "from": [house("slytherin"), {"nodes": {}}]},
+                // A Pass with one: denies everything.
+                {"action": "Pass", "from": [house("ravenclaw")],
+                 "protocols": [{"tcp": {"destinationPort": {"range": {"start": 90, "end": 80}}}}]},
+            ]}
+        }))
+        .unwrap();
+        let (policy, problems) = AdminPolicy::from_api(&api);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(
+            problems[2].contains("start must be below end"),
+            "{problems:?}"
+        );
+        let policy = policy.unwrap();
+        assert_eq!(
+            policy.ingress.len(),
+            2,
+            "the Accept left with no peer is dropped"
+        );
+        c.admin.insert("odd".into(), policy);
+        assert!(reaches(&c, "draco-malfoy-0", "harry-potter-0", Tcp, 80));
+        assert!(!reaches(&c, "luna-lovegood-0", "harry-potter-0", Tcp, 80));
+        assert!(!reaches(&c, "cedric-diggory-0", "harry-potter-0", Tcp, 80));
+    }
 }

@@ -647,3 +647,188 @@ fn add_returns_only_once_the_pods_policies_are_in_force() {
     let third = c.add_api_pod(1, "free", "third");
     assert!(c.ping(third, &target, &[]), "{}", c.log("agent-1.log"));
 }
+
+// The admin tiers: network-policy-api's ClusterNetworkPolicy (v1alpha2), judged before
+// (Admin) and after (Baseline) NetworkPolicy, in the same setting.
+
+/// A ClusterNetworkPolicy `name` of `tier` at `priority` with `rest` (YAML, indented as
+/// under `spec:`: subject and rules).
+fn cluster_policy(name: &str, tier: &str, priority: u32, rest: &str) -> String {
+    format!(
+        "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata:\n  name: {name}\nspec:\n  tier: {tier}\n  priority: {priority}\n{rest}\n---\n"
+    )
+}
+
+/// A peer or subject: the pods of namespace `ns`.
+fn namespace(ns: &str) -> String {
+    format!("{{namespaces: {{matchLabels: {{kubernetes.io/metadata.name: \"{ns}\"}}}}}}")
+}
+
+/// An Admin tier Deny beats a NetworkPolicy's allow; what it does not match is left to
+/// the NetworkPolicy. The node's ruleset lists with the tiers' sets in it.
+#[test]
+fn admin_deny_over_a_network_policy_allow() {
+    let s = Netpol::up();
+    s.apply(&policy(
+        "x",
+        "allow-from-y",
+        "  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: \"y\"}}}]",
+    ));
+    s.expect(&all().expect("", "x", false).expect("y", "x", true));
+    s.apply(&cluster_policy(
+        "deny-y-to-x-on-tcp-80",
+        "Admin",
+        10,
+        &format!(
+            "  subject: {}\n  ingress:\n  - name: deny-y\n    action: Deny\n    from: [{}]\n    protocols: [{{tcp: {{destinationPort: {{number: 80}}}}}}]",
+            namespace("x"),
+            namespace("y")
+        ),
+    ));
+    s.expect(
+        &all()
+            .expect("", "x", false)
+            .expect("y", "x", true)
+            .expect_on("y", "x", Some(80), Some("TCP"), false),
+    );
+    for args in [
+        &["nft", "list", "ruleset"][..],
+        &["nft", "-j", "list", "ruleset"],
+    ] {
+        let out = s.lab.exec("node-1", args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("ingress-admin-deny"), "{text}");
+    }
+    let listing = s.lab.exec(
+        "node-1",
+        &[
+            "nft",
+            "list",
+            "set",
+            "ip",
+            "kubewire-policy",
+            "ingress-admin-deny",
+        ],
+    );
+    let listing = String::from_utf8_lossy(&listing.stdout).replace(['\t', '\n'], " ");
+    assert!(listing.contains(" . tcp . 80"), "{listing}");
+    // Deleted, the NetworkPolicy alone decides again.
+    s.lab
+        .kubectl(&["delete", "clusternetworkpolicy", "deny-y-to-x-on-tcp-80"]);
+    s.expect(&all().expect("", "x", false).expect("y", "x", true));
+}
+
+/// Pass hands a connection to NetworkPolicy where one isolates the pod, else to the
+/// Baseline tier; what the Admin tier denies stays denied.
+#[test]
+fn pass_hands_the_decision_to_the_next_tier() {
+    let s = Netpol::up();
+    s.apply(&cluster_policy(
+        "x-from-y-only",
+        "Admin",
+        5,
+        &format!(
+            "  subject: {}\n  ingress:\n  - name: y-to-the-next-tier\n    action: Pass\n    from: [{}]\n  - name: nobody-else\n    action: Deny\n    from: [{{namespaces: {{}}}}]",
+            namespace("x"),
+            namespace("y")
+        ),
+    ));
+    s.apply(&policy(
+        "x",
+        "only-y-a",
+        "  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: \"y\"}}, podSelector: {matchLabels: {pod: a}}}]",
+    ));
+    s.apply(&cluster_policy(
+        "baseline-no-y-b",
+        "Baseline",
+        10,
+        &format!(
+            "  subject: {}\n  ingress:\n  - name: not-y-b\n    action: Deny\n    from: [{{pods: {{namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: \"y\"}}}}, podSelector: {{matchLabels: {{pod: b}}}}}}}}]",
+            namespace("x"),
+        ),
+    ));
+    // Passed to the NetworkPolicy: y/a only.
+    s.expect(&all().expect("", "x", false).expect("y/a", "x", true));
+    // No NetworkPolicy: passed on to the Baseline tier, which denies y/b only.
+    s.lab
+        .kubectl(&["delete", "networkpolicy", "-n", "x", "only-y-a"]);
+    s.expect(
+        &all()
+            .expect("", "x", false)
+            .expect("y", "x", true)
+            .expect("y/b", "x", false),
+    );
+}
+
+/// The Baseline tier decides only for pods no NetworkPolicy isolates: an isolated pod
+/// gets its NetworkPolicy's verdict, whichever way the Baseline tier would go.
+#[test]
+fn baseline_applies_only_where_no_network_policy_selects() {
+    let s = Netpol::up();
+    s.apply(&cluster_policy(
+        "nothing-from-z",
+        "Baseline",
+        10,
+        &format!(
+            "  subject: {{namespaces: {{}}}}\n  ingress:\n  - name: deny-z\n    action: Deny\n    from: [{}]",
+            namespace("z")
+        ),
+    ));
+    s.expect(&all().expect("z", "", false));
+    s.apply(&policy(
+        "y",
+        "y-a-from-z",
+        "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: \"z\"}}}]",
+    ));
+    s.expect(
+        &all()
+            .expect("z", "", false)
+            .expect("", "y/a", false)
+            .expect("z", "y/a", true),
+    );
+}
+
+/// Lower priorities are judged first, and a change of priority reorders them; an egress
+/// Deny to a network matches pod addresses in it.
+#[test]
+fn priorities_order_the_admin_tier() {
+    let s = Netpol::up();
+    let rule = |action: &str| {
+        format!(
+            "  subject: {}\n  ingress:\n  - name: from-y\n    action: {action}\n    from: [{}]",
+            namespace("x"),
+            namespace("y")
+        )
+    };
+    s.apply(&policy(
+        "x",
+        "deny-all",
+        "  podSelector: {}\n  policyTypes: [Ingress]",
+    ));
+    s.apply(&cluster_policy("accept-y", "Admin", 30, &rule("Accept")));
+    s.apply(&cluster_policy("deny-y", "Admin", 20, &rule("Deny")));
+    s.expect(&all().expect("", "x", false));
+    s.apply(&cluster_policy("accept-y", "Admin", 10, &rule("Accept")));
+    s.expect(&all().expect("", "x", false).expect("y", "x", true));
+    let za = &s.ips["z/a"];
+    s.apply(&cluster_policy(
+        "y-not-to-z-a",
+        "Admin",
+        1,
+        &format!(
+            "  subject: {}\n  egress:\n  - name: z-a\n    action: Deny\n    to: [{{networks: [\"{za}/32\"]}}]",
+            namespace("y")
+        ),
+    ));
+    s.expect(
+        &all()
+            .expect("", "x", false)
+            .expect("y", "x", true)
+            .expect("y", "z/a", false),
+    );
+}
