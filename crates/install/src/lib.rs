@@ -41,7 +41,7 @@ pub const AGENT: &str = "kubewire-agent";
 /// without the proxy.
 pub const PROXY_ROLE: &str = "kubewire-proxy";
 /// The ClusterRole (and binding) of what the agent's network policy reads: pods,
-/// namespaces and NetworkPolicies.
+/// namespaces, NetworkPolicies and ClusterNetworkPolicies.
 pub const POLICY_ROLE: &str = "kubewire-policy";
 /// The ClusterRole (and binding) of what the agent's LoadBalancer announcers (L2 and BGP)
 /// read and the Events they record, and the Role (and binding) in the agent's namespace
@@ -424,8 +424,17 @@ fn security_context(add: &[&str]) -> Value {
     })
 }
 
-/// The agent: its ServiceAccount, what it reads (Nodes; pods, namespaces and
-/// NetworkPolicies for network policy; Services and EndpointSlices for the proxy; MetalLB's objects for the L2 and BGP announcers) and writes (the
+/// network-policy-api's ClusterNetworkPolicy CRD (release v0.2.0, standard channel),
+/// unchanged from `crates/policy/crds`: the admin tiers network policy enforces.
+pub fn cluster_network_policy_crd() -> Value {
+    serde_yaml_ng::from_str(include_str!(
+        "../../policy/crds/network-policy-api-v0.2.0/policy.networking.k8s.io_clusternetworkpolicies.yaml"
+    ))
+    .expect("the vendored CRD is YAML")
+}
+
+/// The agent: its ServiceAccount, what it reads (Nodes; pods, namespaces,
+/// NetworkPolicies and ClusterNetworkPolicies (whose CRD comes with it) for network policy; Services and EndpointSlices for the proxy; MetalLB's objects for the L2 and BGP announcers) and writes (the
 /// announcers' Events, ServiceL2Statuses and ServiceBGPStatuses), the ConfigMap with the
 /// API server's address, and the DaemonSet.
 fn agent_objects(cfg: &Config) -> Vec<Value> {
@@ -434,11 +443,13 @@ fn agent_objects(cfg: &Config) -> Vec<Value> {
         cluster_role(AGENT, json!([read("", &["nodes"])])),
         cluster_role_binding(AGENT, AGENT),
     ];
+    out.push(cluster_network_policy_crd());
     out.push(cluster_role(
         POLICY_ROLE,
         json!([
             read("", &["namespaces", "pods"]),
             read("networking.k8s.io", &["networkpolicies"]),
+            read(policy::admin::GROUP, &["clusternetworkpolicies"]),
         ]),
     ));
     out.push(cluster_role_binding(POLICY_ROLE, AGENT));

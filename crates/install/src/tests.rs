@@ -177,11 +177,13 @@ fn each_service_account_reads_only_what_its_daemon_watches() {
     let policy = [
         read("", &["namespaces", "pods"]),
         read("networking.k8s.io", &["networkpolicies"]),
+        read("policy.networking.k8s.io", &["clusternetworkpolicies"]),
     ];
     let mut agent = vec![
         read("", &["nodes"]),
         policy[0].clone(),
         policy[1].clone(),
+        policy[2].clone(),
         read("", &["services"]),
         read("discovery.k8s.io", &["endpointslices"]),
     ];
@@ -558,4 +560,32 @@ fn the_gateway_reads_routes_and_writes_only_their_status() {
     });
     assert!(none.iter().all(|o| !gateway::is_gateway_object(o)));
     assert!(all.iter().any(gateway::is_gateway_object));
+}
+
+#[test]
+fn the_cluster_network_policy_crd_comes_with_the_agent_unchanged() {
+    let vendored: Value = serde_yaml_ng::from_str(include_str!(
+        "../../policy/crds/network-policy-api-v0.2.0/policy.networking.k8s.io_clusternetworkpolicies.yaml"
+    ))
+    .unwrap();
+    for cfg in [
+        Config::default(),
+        Config {
+            proxy: false,
+            lb: false,
+            gateway: false,
+            dns: false,
+            ..Config::default()
+        },
+    ] {
+        let all = manifests(&cfg);
+        let crd = find(
+            &all,
+            "CustomResourceDefinition",
+            "clusternetworkpolicies.policy.networking.k8s.io",
+        )
+        .expect("the CRD is installed");
+        assert_eq!(crd, &vendored);
+        assert_eq!(crd["spec"]["versions"][0]["name"], policy::admin::VERSION);
+    }
 }

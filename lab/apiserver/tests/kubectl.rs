@@ -974,6 +974,70 @@ spec:
     );
 }
 
+/// network-policy-api's ClusterNetworkPolicy CRD (v0.2.0, the copy kubewire installs):
+/// its printer columns, short name, and the schema's refusals in kube-apiserver's words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_network_policy_crd_served_and_validated() {
+    let c = start().await;
+    let crd = format!(
+        "{}/../../crates/policy/crds/network-policy-api-v0.2.0/policy.networking.k8s.io_clusternetworkpolicies.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = c.kubectl(&["apply", "-f", &crd]).await;
+    assert!(out.ok, "{}", out.stderr);
+    let cnp = |spec: &str| {
+        format!(
+            "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata:\n  name: p\nspec:\n{spec}\n"
+        )
+    };
+    let good = cnp(
+        "  tier: Admin\n  priority: 10\n  subject: {namespaces: {}}\n  egress:\n  - action: Deny\n    to: [{networks: [10.0.0.0/8]}]\n    protocols: [{tcp: {destinationPort: {range: {start: 80, end: 90}}}}]",
+    );
+    let file = c.write("cnp.yaml", &good);
+    let out = c.kubectl(&["apply", "-f", file.to_str().unwrap()]).await;
+    assert!(out.ok, "{}", out.stderr);
+    let out = c.kubectl(&["get", "cnp"]).await;
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(
+        out.header(),
+        ["NAME", "TIER", "PRIORITY", "AGE"],
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("p      Admin   10"), "{}", out.stdout);
+    for (spec, want) in [
+        (
+            "  tier: Top\n  priority: 10\n  subject: {namespaces: {}}",
+            "spec.tier: Unsupported value: \"Top\": supported values: \"Admin\", \"Baseline\"",
+        ),
+        (
+            "  tier: Admin\n  priority: 1001\n  subject: {namespaces: {}}",
+            "spec.priority: Invalid value: 1001: spec.priority in body should be less than or equal to 1000",
+        ),
+        (
+            "  tier: Admin\n  priority: 1\n  subject: {}",
+            "spec.subject: Invalid value: 0: spec.subject in body should have at least 1 properties",
+        ),
+        (
+            "  tier: Admin\n  priority: 1\n  subject: {namespaces: {}, pods: {podSelector: {}}}",
+            "spec.subject: Too many: 2: must have at most 1 items",
+        ),
+        (
+            "  tier: Admin\n  priority: 1\n  subject: {namespaces: {}}\n  ingress:\n  - action: Allow\n    from: [{namespaces: {}}]",
+            "spec.ingress[0].action: Unsupported value: \"Allow\": supported values: \"Accept\", \"Deny\", \"Pass\"",
+        ),
+        (
+            "  tier: Admin\n  priority: 1\n  subject: {namespaces: {}}\n  ingress:\n  - action: Deny\n    from: []",
+            "spec.ingress[0].from: Invalid value: 0: spec.ingress[0].from in body should have at least 1 items",
+        ),
+    ] {
+        let file = c.write("bad-cnp.yaml", &cnp(spec));
+        let out = c.kubectl(&["apply", "-f", file.to_str().unwrap()]).await;
+        assert!(!out.ok, "{spec}: accepted");
+        assert!(out.stderr.contains(want), "{spec}: {}", out.stderr);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metallb_crds_and_an_l2_pool() {
     let c = start().await;
