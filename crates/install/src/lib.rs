@@ -425,12 +425,19 @@ fn security_context(add: &[&str]) -> Value {
 }
 
 /// network-policy-api's ClusterNetworkPolicy CRD (release v0.2.0, standard channel),
-/// unchanged from `crates/policy/crds`: the admin tiers network policy enforces.
+/// from `crates/policy/crds`: the admin tiers network policy enforces. Unchanged but for
+/// the empty `status` stanza its generator leaves in the file: the API server writes the
+/// status, so applying one made `kubectl apply` report the CRD "configured" at every
+/// apply though nothing changed.
 pub fn cluster_network_policy_crd() -> Value {
-    serde_yaml_ng::from_str(include_str!(
+    let mut crd: Value = serde_yaml_ng::from_str(include_str!(
         "../../policy/crds/network-policy-api-v0.2.0/policy.networking.k8s.io_clusternetworkpolicies.yaml"
     ))
-    .expect("the vendored CRD is YAML")
+    .expect("the vendored CRD is YAML");
+    if let Some(obj) = crd.as_object_mut() {
+        obj.remove("status");
+    }
+    crd
 }
 
 /// The agent: its ServiceAccount, what it reads (Nodes; pods, namespaces,
