@@ -10,6 +10,7 @@
 pub mod conntrack;
 mod error;
 pub mod netns;
+pub mod nflog;
 pub mod nft;
 pub mod packet;
 mod rtnl;

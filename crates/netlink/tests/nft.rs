@@ -1145,3 +1145,64 @@ fn concatenated_ranges_are_added_listed_and_deleted() {
     assert!(!listing.contains("10.244.0.0/23"), "{listing}");
     assert_eq!(elements_of(&ns.ruleset(), "allowed").len(), 1);
 }
+
+/// A `limit` and `log group` rule sends a copy of each packet within the rate to the
+/// socket bound to the group in that namespace, with the rule's prefix; nft lists both
+/// statements back.
+#[test]
+fn logged_packets_reach_the_nflog_group_within_the_rate() {
+    use netlink::nflog::NflogSocket;
+    use std::net::UdpSocket;
+
+    let ns = Ns::new();
+    ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+    let mut batch = Batch::new();
+    let table = Table::new(Family::Ip, "log");
+    batch
+        .add_table(&table)
+        .add_chain(&Chain::new(Family::Ip, "log", "out").hook(
+            ChainType::Filter,
+            Hook::Output,
+            priority::FILTER,
+        ));
+    batch.add_rule(
+        &Rule::new(Family::Ip, "log", "out")
+            .match_daddr(net("127.0.0.2/32"))
+            .limit(2, 1)
+            .log_group(4242, "kubewire-policy egress networkpolicy")
+            .counter(),
+    );
+    ns.apply(&batch).unwrap();
+    let listed = ns.sh(&["nft", "list", "ruleset"]);
+    assert!(
+        listed.contains("limit rate 2/second burst 1 packets")
+            && listed.contains("log prefix \"kubewire-policy egress networkpolicy\" group 4242"),
+        "{listed}"
+    );
+    let mut socket = NflogSocket::bind_in(&ns.0, 4242, 96).unwrap();
+    socket
+        .set_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    // A second socket cannot take the group.
+    assert!(NflogSocket::bind_in(&ns.0, 4242, 96).is_err());
+    // Ten datagrams at once: the rate lets the burst through, not all ten.
+    netns::run_in(&ns.0, || {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..10 {
+            udp.send_to(b"kubewire", "127.0.0.2:5353").unwrap();
+        }
+    })
+    .unwrap();
+    let mut logged = Vec::new();
+    for _ in 0..4 {
+        logged.extend(socket.recv().unwrap());
+    }
+    assert!(!logged.is_empty() && logged.len() < 10, "{}", logged.len());
+    let first = &logged[0];
+    assert_eq!(first.prefix, "kubewire-policy egress networkpolicy");
+    let flow = first.flow().unwrap();
+    assert_eq!(
+        (flow.dst, flow.proto, flow.dport),
+        ("127.0.0.2".parse().unwrap(), 17, Some(5353))
+    );
+}

@@ -317,6 +317,22 @@ pub enum Expr {
     },
     /// Count packets and bytes.
     Counter,
+    /// Send the packet to nfnetlink_log group `group` with `prefix` (`log prefix ..
+    /// group ..`): read by whoever bound the group in the namespace.
+    Log {
+        /// The NFLOG group.
+        group: u16,
+        /// The prefix, at most 127 bytes.
+        prefix: String,
+    },
+    /// Match at most `rate` packets per second, `burst` more at once (`limit rate
+    /// RATE/second burst BURST packets`).
+    Limit {
+        /// Packets per second.
+        rate: u64,
+        /// Packets allowed above the rate at once.
+        burst: u32,
+    },
     /// A number generator: `numgen random mod modulus` (+ offset).
     Numgen {
         /// Range of results.
@@ -426,6 +442,8 @@ impl Expr {
             Expr::Nat { .. } => "nat",
             Expr::Masquerade { .. } => "masq",
             Expr::Counter => "counter",
+            Expr::Log { .. } => "log",
+            Expr::Limit { .. } => "limit",
             Expr::Numgen { .. } => "numgen",
             Expr::Fib { .. } => "fib",
             Expr::Reject(_) => "reject",
@@ -580,6 +598,19 @@ impl Expr {
             Expr::Counter => {
                 w.put_u64(1, 0);
                 w.put_u64(2, 0);
+            }
+            Expr::Log { group, prefix } => {
+                // NFTA_LOG_GROUP (be16), NFTA_LOG_PREFIX.
+                w.put(1, &group.to_be_bytes());
+                w.put_str(2, prefix);
+            }
+            Expr::Limit { rate, burst } => {
+                // NFTA_LIMIT_RATE, _UNIT (seconds), _BURST, _TYPE (packets), _FLAGS.
+                w.put_u64(1, *rate);
+                w.put_u64(2, 1);
+                w.put_u32(3, *burst);
+                w.put_u32(4, 0);
+                w.put_u32(5, 0);
             }
             Expr::Numgen {
                 modulus,

@@ -530,6 +530,22 @@ impl Rule {
         self.expr(Expr::Counter)
     }
 
+    /// `limit rate RATE/second burst BURST packets`: the rule goes on only for packets
+    /// within the rate.
+    pub fn limit(self, rate: u64, burst: u32) -> Self {
+        self.expr(Expr::Limit { rate, burst })
+    }
+
+    /// `log prefix PREFIX group GROUP`: a copy of the packet to nfnetlink_log
+    /// ([`crate::nflog`]); the prefix is cut to the kernel's 127 bytes.
+    pub fn log_group(self, group: u16, prefix: &str) -> Self {
+        let mut prefix = prefix.to_owned();
+        while prefix.len() > 127 {
+            prefix.pop();
+        }
+        self.expr(Expr::Log { group, prefix })
+    }
+
     /// `meta mark set meta mark | BITS`.
     pub fn set_mark_bits(self, bits: u32) -> Self {
         self.expr(Field::Mark.load(Reg::R1))
