@@ -3,8 +3,9 @@
 //! whose verdicts it may change ([`Cluster::affected_by_pod`], the pods a policy
 //! selects); a sync computes those again ([`compile::update`]) and sends only their
 //! elements' difference, so a change costs the same at 10 or 10,000 policies. A
-//! namespace's labels changing (rare, and seen by any namespace selector) or a
-//! ClusterNetworkPolicy changing computes everything and sends the difference; the first sync, and one after a failure or
+//! ClusterNetworkPolicy's change marks its subjects, before and after. A namespace's
+//! labels changing (rare, and seen by any namespace selector) computes everything and
+//! sends the difference; the first sync, and one after a failure or
 //! drift, send the whole table.
 
 use std::collections::BTreeSet;
@@ -148,8 +149,7 @@ impl NodePolicy {
     }
 
     /// Adds, changes or removes ClusterNetworkPolicy `name`; returns whether it changed.
-    /// Everything is computed again (admin policies are few and change seldom; their
-    /// subjects and peers span namespaces) and the difference sent.
+    /// Its rules judge only its subjects' traffic, so those (before and after) are marked.
     pub fn set_admin_policy(&mut self, name: &str, policy: Option<AdminPolicy>) -> bool {
         let old = match &policy {
             Some(p) => self.cluster.admin.insert(name.to_owned(), p.clone()),
@@ -158,7 +158,13 @@ impl NodePolicy {
         if old == policy {
             return false;
         }
-        self.dirty.all = true;
+        if self.dirty.all {
+            return true;
+        }
+        for p in old.iter().chain(policy.iter()) {
+            let subjects = self.cluster.admin_subjects(p);
+            self.dirty.pods.extend(subjects);
+        }
         true
     }
 

@@ -562,7 +562,20 @@ fn incremental_updates_equal_a_full_computation() {
                     }
                     old
                 };
-            match rng.below(5) {
+            match rng.below(6) {
+                // A ClusterNetworkPolicy is added, replaced or removed: its subjects,
+                // before and after.
+                5 => {
+                    let name = format!("cnp{}", rng.below(3));
+                    let new = (!rng.chance(25)).then(|| random_admin_policy(&mut rng, &name));
+                    let old = match &new {
+                        Some(p) => c.admin.insert(name.clone(), p.clone()),
+                        None => c.admin.remove(&name),
+                    };
+                    for p in old.iter().chain(new.iter()) {
+                        pods.extend(c.admin_subjects(p));
+                    }
+                }
                 // A pod's labels change.
                 0 | 1 => {
                     let keys: Vec<String> = c.pods.keys().cloned().collect();
@@ -583,7 +596,7 @@ fn incremental_updates_equal_a_full_computation() {
                     pods.extend(c.affected_by_pod(&key, old.as_ref(), None));
                 }
                 // A policy is replaced by another random one, or removed.
-                _ => {
+                3 | 4 => {
                     let other = random_cluster(&mut rng);
                     let key = rng
                         .pick(&c.policies.keys().cloned().collect::<Vec<_>>())
@@ -601,6 +614,7 @@ fn incremental_updates_equal_a_full_computation() {
                         pods.extend(c.selected_by(p));
                     }
                 }
+                _ => unreachable!(),
             }
             compile::update(&c, node, &mut desired, &pods, &addrs);
             assert_eq!(
