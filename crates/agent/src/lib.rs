@@ -231,6 +231,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
                 args.node_name.clone(),
                 args.resync,
                 requests,
+                args.policy.log(),
             )
             .await
         } else {
@@ -412,6 +413,8 @@ mod tests {
             policy: policy::PolicyArgs {
                 policy: false,
                 policy_socket: "/data/node-2/policy.sock".into(),
+                policy_log_rate: 0,
+                policy_log_group: 7,
             },
             bgp: lb::bgp::BgpArgs {
                 bgp_announce: false,

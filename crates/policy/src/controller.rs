@@ -15,9 +15,10 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::admin::{AdminPolicy, ClusterNetworkPolicy};
+use crate::denied;
 use crate::model::{Pod, Policy, namespace_labels};
 use crate::node::NodePolicy;
-use crate::ruleset::{Enforcer, Error};
+use crate::ruleset::{Enforcer, Error, Log};
 use crate::server::Request;
 
 /// How long to collect more changes after the first before syncing.
@@ -118,15 +119,18 @@ struct Waiter {
 }
 
 /// Runs network policy for node `node` until the watches end; answers the CNI plugin's
-/// questions from `requests` ([`crate::server`]) when given.
+/// questions from `requests` ([`crate::server`]) when given; logs denied packets as
+/// `log` says ([`crate::denied`]).
 pub async fn run(
     client: kube::Client,
     node: String,
     resync: Duration,
     mut requests: Option<mpsc::Receiver<Request>>,
+    log: Option<Log>,
 ) -> Result<(), Error> {
     let socket = NftSocket::new().map_err(Error::Socket)?;
-    let mut state = NodePolicy::new(node.clone(), Enforcer::new(socket));
+    let mut state = NodePolicy::new(node.clone(), Enforcer::new(socket).with_log(log));
+    let mut denied = log.and_then(denied::read);
     let config = watcher::Config::default();
     let mut pod_events = k8s::watch(kube::Api::<K8sPod>::all(client.clone()), config.clone());
     let mut ns_events = k8s::watch(kube::Api::<Namespace>::all(client.clone()), config.clone());
@@ -188,7 +192,11 @@ pub async fn run(
                 Some(Err(e)) => { warn!(error = %ErrorChain(&e), "watching cluster network policies"); false }
                 None => return Err(Error::WatchEnded),
             },
-            Some(r) = next_request(&mut requests) => {
+            Some(packet) = next(&mut denied) => {
+                denied::report(state.cluster(), &packet);
+                false
+            }
+            Some(r) = next(&mut requests) => {
                 state.hint(&r.key, r.ips.clone());
                 waiters.push(Waiter {
                     key: r.key,
@@ -223,7 +231,7 @@ pub async fn run(
     }
 }
 
-async fn next_request(requests: &mut Option<mpsc::Receiver<Request>>) -> Option<Request> {
+async fn next<T>(requests: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     match requests {
         Some(r) => r.recv().await,
         None => std::future::pending().await,

@@ -92,6 +92,26 @@ fn tiers(
     first(Tier::Baseline) != Some(Action::Deny)
 }
 
+/// The first rule of tier `tier` for `pod`'s side of `c` (`ingress`: `pod` is the
+/// destination) that matches, with its policy's name.
+pub fn first_admin_rule<'a>(
+    cluster: &'a Cluster,
+    pod: &Pod,
+    tier: Tier,
+    ingress: bool,
+    c: &Connection,
+) -> Option<(&'a str, &'a AdminRule)> {
+    let (peer_ip, dst_pod) = if ingress {
+        (c.src, Some(pod))
+    } else {
+        (c.dst, cluster.pod_by_ip(c.dst))
+    };
+    cluster
+        .admin_rules_named(pod, tier, ingress)
+        .into_iter()
+        .find(|(_, r)| admin_rule_matches(cluster, r, peer_ip, dst_pod, c))
+}
+
 fn admin_rule_matches(
     cluster: &Cluster,
     r: &AdminRule,

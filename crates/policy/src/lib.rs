@@ -19,6 +19,7 @@ pub mod admin;
 pub mod compile;
 pub mod controller;
 pub mod cut;
+pub mod denied;
 pub mod eval;
 pub mod model;
 pub mod node;
@@ -42,6 +43,14 @@ pub struct PolicyArgs {
     /// send before its policies apply.
     #[arg(long, default_value = DEFAULT_SOCKET)]
     pub policy_socket: std::path::PathBuf,
+    /// Log packets policies deny, at most this many per second per node and kind of
+    /// denial (the Admin tier, NetworkPolicy, the Baseline tier; each direction), with
+    /// the policy and rule that denied them. 0: counted only, not logged.
+    #[arg(long, default_value_t = 10)]
+    pub policy_log_rate: u32,
+    /// The node's NFLOG group the denied packets go to (the agent reads it).
+    #[arg(long, default_value_t = 4242)]
+    pub policy_log_group: u16,
 }
 
 /// Where the agent listens for the CNI plugin, by default (a hostPath in a cluster).
@@ -52,7 +61,20 @@ impl PolicyArgs {
     pub fn to_args(&self) -> Vec<std::ffi::OsString> {
         let mut socket = std::ffi::OsString::from("--policy-socket=");
         socket.push(&self.policy_socket);
-        vec![format!("--policy={}", self.policy).into(), socket]
+        vec![
+            format!("--policy={}", self.policy).into(),
+            socket,
+            format!("--policy-log-rate={}", self.policy_log_rate).into(),
+            format!("--policy-log-group={}", self.policy_log_group).into(),
+        ]
+    }
+
+    /// Where and how much denied packets are logged, if at all.
+    pub fn log(&self) -> Option<ruleset::Log> {
+        (self.policy_log_rate > 0).then_some(ruleset::Log {
+            group: self.policy_log_group,
+            rate: self.policy_log_rate,
+        })
     }
 
     /// The socket the CNI plugin is to wait on, if any.

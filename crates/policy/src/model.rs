@@ -738,6 +738,19 @@ impl Cluster {
     /// order they are judged: policies by priority, then name (the API leaves ties to
     /// the implementation), each policy's rules as written.
     pub fn admin_rules<'a>(&'a self, pod: &Pod, tier: Tier, ingress: bool) -> Vec<&'a AdminRule> {
+        self.admin_rules_named(pod, tier, ingress)
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect()
+    }
+
+    /// [`Cluster::admin_rules`], each with the name of its policy.
+    pub fn admin_rules_named<'a>(
+        &'a self,
+        pod: &Pod,
+        tier: Tier,
+        ingress: bool,
+    ) -> Vec<(&'a str, &'a AdminRule)> {
         let ns = self.namespace_labels(&pod.namespace);
         let mut policies: Vec<&AdminPolicy> = self
             .admin
@@ -747,7 +760,7 @@ impl Cluster {
         policies.sort_by(|a, b| (a.priority, &a.name).cmp(&(b.priority, &b.name)));
         policies
             .into_iter()
-            .flat_map(|p| p.rules(ingress).iter())
+            .flat_map(|p| p.rules(ingress).iter().map(|r| (p.name.as_str(), r)))
             .collect()
     }
 

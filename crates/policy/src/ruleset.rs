@@ -24,7 +24,10 @@
 //! chain ingress, ingress-networkpolicy { the same with ip daddr . ip saddr }
 //! ```
 //!
-//! (`goto`: NetworkPolicy's `return` leaves the direction, skipping the Baseline tier.)
+//! (`goto`: NetworkPolicy's `return` leaves the direction, skipping the Baseline tier.
+//! Each `drop` is a `goto` to a chain of its own, `egress-denied-admin` and so on: a
+//! rate-limited `log group` rule when logging ([`Log`], [`crate::denied`]), then
+//! `counter drop`.)
 //!
 //! Filter priority, after the service proxy's DNAT (priority dstnat): a connection to a
 //! Service is judged on the endpoint it goes to. Traffic the node itself sends (kubelet
@@ -43,6 +46,67 @@ use crate::compile::{Desired, Direction, Range, Sets};
 
 /// The table, in both families.
 pub const TABLE: &str = "kubewire-policy";
+
+/// Logging denied packets: to NFLOG group `group`, at most `rate` per second for each
+/// kind of denial (a `log` rule in each `*-denied` chain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Log {
+    /// The NFLOG group.
+    pub group: u16,
+    /// Packets per second, per chain.
+    pub rate: u32,
+}
+
+/// What denied a packet, as its log prefix says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeniedBy {
+    /// A Deny rule of the Admin tier.
+    Admin,
+    /// NetworkPolicy: the pod is isolated and no rule allows it.
+    NetworkPolicy,
+    /// A Deny rule of the Baseline tier.
+    Baseline,
+}
+
+impl DeniedBy {
+    fn name(self) -> &'static str {
+        match self {
+            DeniedBy::Admin => "admin",
+            DeniedBy::NetworkPolicy => "networkpolicy",
+            DeniedBy::Baseline => "baseline",
+        }
+    }
+
+    /// The log prefix of denials of direction `d` by `self`.
+    pub fn prefix(self, d: Direction) -> String {
+        format!("{TABLE} {} {}", direction_name(d), self.name())
+    }
+
+    /// The direction and denial a log prefix names.
+    pub fn parse(prefix: &str) -> Option<(Direction, DeniedBy)> {
+        let mut words = prefix.split_whitespace();
+        if words.next()? != TABLE {
+            return None;
+        }
+        let d = match words.next()? {
+            "ingress" => Direction::Ingress,
+            "egress" => Direction::Egress,
+            _ => return None,
+        };
+        let by = words.next()?;
+        let by = [DeniedBy::Admin, DeniedBy::NetworkPolicy, DeniedBy::Baseline]
+            .into_iter()
+            .find(|b| b.name() == by)?;
+        Some((d, by))
+    }
+}
+
+fn direction_name(d: Direction) -> &'static str {
+    match d {
+        Direction::Ingress => "ingress",
+        Direction::Egress => "egress",
+    }
+}
 
 /// What can go wrong applying the policy table.
 #[derive(Debug, thiserror::Error)]
@@ -169,7 +233,7 @@ fn range_element(r: &Range) -> SetElement {
 }
 
 /// The chains of one family, with their rules.
-fn chains(family: Family) -> Vec<(Chain, Vec<Rule>)> {
+fn chains(family: Family, log: Option<Log>) -> Vec<(Chain, Vec<Rule>)> {
     let (saddr, daddr) = if family == Family::Ip {
         (Field::IpSaddr, Field::IpDaddr)
     } else {
@@ -193,6 +257,7 @@ fn chains(family: Family) -> Vec<(Chain, Vec<Rule>)> {
         .verdict(Verdict::Jump("ingress".into()))
         .comment("to a pod of this node that policies judge");
     let tuple = |local: Field, peer: Field| [local, peer, Field::L4Proto, Field::Dport];
+    let deny = |d: Direction, by: DeniedBy| Verdict::Goto(denied_chain(d, by));
     // The tiers in order; `return` allows this direction (the other is judged next).
     let tiers = |d: Direction, local: Field, peer: Field| {
         let chain = chain_name(d, false);
@@ -203,8 +268,7 @@ fn chains(family: Family) -> Vec<(Chain, Vec<Rule>)> {
                 .comment("accepted by the Admin tier (ClusterNetworkPolicy)"),
             rule(&chain)
                 .match_in_set(&tuple(local, peer), name(d, "admin-deny"), false)
-                .counter()
-                .verdict(Verdict::Drop)
+                .verdict(deny(d, DeniedBy::Admin))
                 .comment("denied by the Admin tier (ClusterNetworkPolicy)"),
             rule(&chain)
                 .match_in_set(&[local], name(d, "isolated"), false)
@@ -212,8 +276,7 @@ fn chains(family: Family) -> Vec<(Chain, Vec<Rule>)> {
                 .comment("NetworkPolicy decides for the pods it isolates"),
             rule(&chain)
                 .match_in_set(&tuple(local, peer), name(d, "baseline-deny"), false)
-                .counter()
-                .verdict(Verdict::Drop)
+                .verdict(deny(d, DeniedBy::Baseline))
                 .comment("denied by the Baseline tier (ClusterNetworkPolicy)"),
         ]
     };
@@ -233,15 +296,40 @@ fn chains(family: Family) -> Vec<(Chain, Vec<Rule>)> {
                 .verdict(Verdict::Return)
                 .comment("address blocks, every peer, port ranges"),
             rule(&chain)
-                .counter()
-                .verdict(Verdict::Drop)
+                .verdict(deny(d, DeniedBy::NetworkPolicy))
                 .comment(match d {
                     Direction::Ingress => "not allowed by the destination pod's ingress policies",
                     Direction::Egress => "not allowed by the source pod's egress policies",
                 }),
         ]
     };
-    vec![
+    // Where denied packets end: counted, logged (rate-limited) when asked, dropped.
+    let denied = |d: Direction, by: DeniedBy| {
+        let chain = denied_chain(d, by);
+        let mut rules = Vec::new();
+        if let Some(log) = log {
+            rules.push(
+                rule(&chain)
+                    .limit(u64::from(log.rate), 5)
+                    .log_group(log.group, &by.prefix(d))
+                    .comment("to the agent's log, at most the rate asked"),
+            );
+        }
+        rules.push(
+            rule(&chain)
+                .counter()
+                .verdict(Verdict::Drop)
+                .comment("what this kind of denial dropped"),
+        );
+        (Chain::new(family, TABLE, chain), rules)
+    };
+    let mut out = Vec::new();
+    for d in [Direction::Ingress, Direction::Egress] {
+        for by in [DeniedBy::Admin, DeniedBy::NetworkPolicy, DeniedBy::Baseline] {
+            out.push(denied(d, by));
+        }
+    }
+    out.extend([
         (
             Chain::new(family, TABLE, chain_name(Direction::Ingress, true)),
             network_policy(Direction::Ingress, daddr, saddr),
@@ -274,16 +362,19 @@ fn chains(family: Family) -> Vec<(Chain, Vec<Rule>)> {
             ),
             vec![established("input"), to_egress("input")],
         ),
-    ]
+    ]);
+    out
+}
+
+/// The chain denials of direction `d` by `by` end in (`ingress-denied-admin`, ...).
+fn denied_chain(d: Direction, by: DeniedBy) -> String {
+    format!("{}-denied-{}", direction_name(d), by.name())
 }
 
 /// The chain of direction `d`: the tiers (`ingress`, `egress`), or NetworkPolicy's
 /// part (`ingress-networkpolicy`, ...).
 fn chain_name(d: Direction, network_policy: bool) -> String {
-    let d = match d {
-        Direction::Ingress => "ingress",
-        Direction::Egress => "egress",
-    };
+    let d = direction_name(d);
     if network_policy {
         format!("{d}-networkpolicy")
     } else {
@@ -293,7 +384,7 @@ fn chain_name(d: Direction, network_policy: bool) -> String {
 
 /// The whole table of `family` filled with `desired`, replacing any table of that name
 /// in the same transaction (no moment without rules).
-fn full(batch: &mut Batch, family: Family, desired: &Desired) {
+fn full(batch: &mut Batch, family: Family, desired: &Desired, log: Option<Log>) {
     let table = Table::new(family, TABLE);
     batch.destroy_table(&table).add_table(&table);
     let v4 = family == Family::Ip;
@@ -306,7 +397,7 @@ fn full(batch: &mut Batch, family: Family, desired: &Desired) {
             }
         }
     }
-    for (chain, rules) in chains(family) {
+    for (chain, rules) in chains(family, log) {
         batch.add_chain(&chain);
         for r in &rules {
             batch.add_rule(r);
@@ -350,6 +441,8 @@ pub struct Enforcer {
     tables: Vec<(Family, u64)>,
     /// The ruleset generation after this enforcer's last commit.
     generation: Option<u32>,
+    /// Whether and how denied packets are logged.
+    log: Option<Log>,
 }
 
 impl Enforcer {
@@ -360,7 +453,14 @@ impl Enforcer {
             in_sync: false,
             tables: Vec::new(),
             generation: None,
+            log: None,
         }
+    }
+
+    /// The same enforcer, its tables logging denied packets as `log` says.
+    pub fn with_log(mut self, log: Option<Log>) -> Self {
+        self.log = log;
+        self
     }
 
     /// Whether the kernel holds what was last sent; when not, the next sync must be
@@ -374,7 +474,7 @@ impl Enforcer {
     pub fn replace(&mut self, desired: &Desired) -> Result<SyncReport, Error> {
         let mut batch = Batch::new();
         for family in [Family::Ip, Family::Ip6] {
-            full(&mut batch, family, desired);
+            full(&mut batch, family, desired, self.log);
         }
         self.send(&batch, true)
     }
@@ -427,7 +527,7 @@ impl Enforcer {
         if self.generation == Some(generation) {
             return true;
         }
-        let want: BTreeMap<String, usize> = chains(Family::Ip)
+        let want: BTreeMap<String, usize> = chains(Family::Ip, self.log)
             .into_iter()
             .map(|(c, r)| (c.name, r.len()))
             .collect();

@@ -832,3 +832,59 @@ fn priorities_order_the_admin_tier() {
             .expect("y", "z/a", false),
     );
 }
+
+/// Denied packets are logged by the agent of the node that denied them, with the pods
+/// and the policy that denied them: a NetworkPolicy's isolation and an Admin tier rule.
+#[test]
+fn denied_packets_are_logged_with_the_policy_that_denied_them() {
+    let s = Netpol::up();
+    s.apply(&policy(
+        "x",
+        "deny-ingress",
+        "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Ingress]",
+    ));
+    s.apply(&cluster_policy(
+        "no-z-to-y",
+        "Admin",
+        3,
+        &format!(
+            "  subject: {}\n  ingress:\n  - name: not-from-z\n    action: Deny\n    from: [{}]",
+            namespace("y"),
+            namespace("z")
+        ),
+    ));
+    s.expect(&all().expect("", "x/a", false).expect("z", "y", false));
+    // x/a and y/b run on node-1: its agent denied and logged their ingress.
+    let (xa, yb) = (&s.ips["x/a"], &s.ips["y/b"]);
+    let wants = [
+        format!("to=x/a ({xa})"),
+        "reason=ingress of x/a: isolated by NetworkPolicy x/deny-ingress, and no rule of them allows it".to_owned(),
+        format!("to=y/b ({yb})"),
+        "reason=ingress of y/b: ClusterNetworkPolicy no-z-to-y (Admin tier), rule not-from-z".to_owned(),
+    ];
+    let mut logs = String::new();
+    let found = e2e::wait_until(std::time::Duration::from_secs(20), || {
+        let pods = s.lab.kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            "kube-system",
+            "-l",
+            "app.kubernetes.io/name=kubewire-agent",
+            "--field-selector",
+            "spec.nodeName=node-1",
+            "-o",
+            "name",
+        ]);
+        let pod = pods.trim();
+        logs = s.lab.kubectl(&["logs", "-n", "kube-system", pod]);
+        let denied: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains("network policy denied a connection"))
+            .collect();
+        wants
+            .iter()
+            .all(|w| denied.iter().any(|l| l.contains(w.as_str())))
+    });
+    assert!(found, "wanted {wants:#?} in the agent's log:\n{logs}");
+}
