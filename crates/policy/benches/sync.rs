@@ -11,6 +11,8 @@
 //! - full sync: compile the node's verdicts and load the whole table (the first sync of
 //!   an agent), and the agent's memory growth for it (VmRSS);
 //! - one policy changed (a port), one pod's label changed: compile, diff, apply;
+//! - a ClusterNetworkPolicy of one namespace, and one of every namespace, added and
+//!   changed: compile, diff, apply;
 //! - the peer: the same node's policies as one iptables chain per policy and one rule
 //!   per peer (how iptables-based enforcers render them), loaded whole with
 //!   `iptables-restore`, and one policy's chain replaced with `iptables-restore
@@ -26,7 +28,10 @@ use std::time::{Duration, Instant};
 
 use netlink::netns;
 use netlink::nft::NftSocket;
-use policy::model::{Cluster, Peer, Pod, Policy, PortRef, PortRule, Protocol, Rule, Selector};
+use policy::admin::{Action, AdminPeer, AdminPolicy, AdminRule, PodSet, Tier};
+use policy::model::{
+    Cluster, NAMESPACE_NAME_LABEL, Peer, Pod, Policy, PortRef, PortRule, Protocol, Rule, Selector,
+};
 use policy::node::NodePolicy;
 use policy::ruleset::Enforcer;
 
@@ -245,6 +250,36 @@ fn main() {
         }
     }
     println!("kubewire one pod label changed: {}", rounds(&label));
+
+    // The admin tiers: a ClusterNetworkPolicy of one namespace (Admin: Deny from ns-1
+    // on a port), then one of every namespace (Baseline: Deny from ns-999's pods on a
+    // port; every pod of the node is its subject), each added and then changed.
+    for (name, tier, subject, peer) in [
+        ("one namespace's (Admin)", Tier::Admin, Some("ns-0"), "ns-1"),
+        (
+            "every namespace's (Baseline)",
+            Tier::Baseline,
+            None,
+            "ns-999",
+        ),
+    ] {
+        let mut admin = Vec::new();
+        for round in 0..5u16 {
+            let t = Instant::now();
+            state.set_admin_policy("cnp", Some(admin_policy(tier, subject, peer, 7000 + round)));
+            let r = state.sync().unwrap();
+            admin.push((t.elapsed(), r.sync.messages));
+            if r.narrower {
+                cut(&state, &mut cuts);
+            }
+        }
+        state.set_admin_policy("cnp", None);
+        state.sync().unwrap();
+        println!(
+            "kubewire a ClusterNetworkPolicy {name} added, then changed: {}",
+            rounds(&admin)
+        );
+    }
     println!(
         "kubewire the cut after a narrowing change (a conntrack walk): {} (rounds: {})",
         ms(*cuts.iter().min().unwrap()),
@@ -268,6 +303,35 @@ fn main() {
         ms(*one.iter().min().unwrap()),
         one.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(", ")
     );
+}
+
+/// A ClusterNetworkPolicy of `tier` whose subject is namespace `subject` (every
+/// namespace when `None`), denying ingress from the pods of namespace `peer` on TCP
+/// `port`.
+fn admin_policy(tier: Tier, subject: Option<&str>, peer: &str, port: u16) -> AdminPolicy {
+    let namespace = |ns: &str| Selector::label(NAMESPACE_NAME_LABEL, ns);
+    AdminPolicy {
+        name: "cnp".into(),
+        tier,
+        priority: 10,
+        subject: PodSet {
+            namespaces: subject.map(namespace).unwrap_or_default(),
+            pods: Selector::default(),
+        },
+        ingress: vec![AdminRule {
+            name: "deny".into(),
+            action: Action::Deny,
+            peers: vec![AdminPeer::Pods(PodSet {
+                namespaces: namespace(peer),
+                pods: Selector::default(),
+            })],
+            protocols: Some(vec![PortRule {
+                protocol: Protocol::Tcp,
+                port: PortRef::Range(port, port),
+            }]),
+        }],
+        egress: Vec::new(),
+    }
 }
 
 /// Times [`NodePolicy::cut`].

@@ -16,7 +16,7 @@
 //! pod's rules are painted in order into disjoint rectangles, each decided by the first
 //! rule covering it ([`paint`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
@@ -257,8 +257,9 @@ impl Desired {
 /// The verdicts of the pods of `node`.
 pub fn desired(cluster: &Cluster, node: &str) -> Desired {
     let mut out = Desired::default();
+    let mut cache = PeerCache::new();
     for pod in cluster.pods.values().filter(|p| p.node == node) {
-        add_pod(cluster, pod, &mut out);
+        add_pod(cluster, pod, &mut out, &mut cache);
     }
     out
 }
@@ -298,15 +299,16 @@ pub fn update(
             again.insert(key);
         }
     }
+    let mut cache = PeerCache::new();
     for key in again {
-        add_pod(cluster, &cluster.pods[key], desired);
+        add_pod(cluster, &cluster.pods[key], desired, &mut cache);
     }
     touched
 }
 
 /// Adds the verdicts of `pod` (a pod of the node) to `out`.
-fn add_pod(cluster: &Cluster, pod: &Pod, out: &mut Desired) {
-    add_admin(cluster, pod, out);
+fn add_pod(cluster: &Cluster, pod: &Pod, out: &mut Desired, cache: &mut PeerCache) {
+    add_admin(cluster, pod, out, cache);
     for d in [Direction::Ingress, Direction::Egress] {
         let rules: Vec<(&str, &Rule)> = cluster
             .policies_for(pod)
@@ -341,9 +343,13 @@ fn add_pod(cluster: &Cluster, pod: &Pod, out: &mut Desired) {
     }
 }
 
+/// The peer addresses of admin rules, by rule (its address: the cluster does not change
+/// during one computation) and family: computed once per computation, not once per pod.
+type PeerCache = HashMap<(usize, bool), Vec<PeerSpec>>;
+
 /// Adds the admin tiers' verdicts for `pod`: per direction and tier, its rules'
 /// rectangles painted in the order they are judged ([`paint`]).
-fn add_admin(cluster: &Cluster, pod: &Pod, out: &mut Desired) {
+fn add_admin(cluster: &Cluster, pod: &Pod, out: &mut Desired, cache: &mut PeerCache) {
     for d in [Direction::Ingress, Direction::Egress] {
         let ingress = d == Direction::Ingress;
         let admin = cluster.admin_rules(pod, Tier::Admin, ingress);
@@ -357,13 +363,13 @@ fn add_admin(cluster: &Cluster, pod: &Pod, out: &mut Desired) {
         };
         for &local in &pod.ips {
             if !admin.is_empty() {
-                let boxes = admin_boxes(cluster, &admin, pod, local, d);
+                let boxes = admin_boxes(cluster, &admin, pod, local, d, cache);
                 let (accept, deny) = paint(local, &boxes);
                 sets.admin_accept.extend(accept);
                 sets.admin_deny.extend(deny);
             }
             if !baseline.is_empty() {
-                let boxes = admin_boxes(cluster, &baseline, pod, local, d);
+                let boxes = admin_boxes(cluster, &baseline, pod, local, d, cache);
                 // Accept in the Baseline tier allows what is allowed anyway; it only
                 // keeps later Deny rules off.
                 let (_, deny) = paint(local, &boxes);
@@ -381,17 +387,21 @@ fn admin_boxes(
     pod: &Pod,
     local: IpAddr,
     d: Direction,
+    cache: &mut PeerCache,
 ) -> Vec<(Box2, Action)> {
     let v4 = local.is_ipv4();
     let mut out = Vec::new();
     for rule in rules {
-        let peers: Vec<PeerSpec> = rule
-            .peers
-            .iter()
-            .flat_map(|p| admin_peer_specs(cluster, p, v4))
-            .collect();
+        let key = (std::ptr::from_ref::<AdminRule>(rule) as usize, v4);
+        let peers = cache.entry(key).or_insert_with(|| {
+            rule.peers
+                .iter()
+                .flat_map(|p| admin_peer_specs(cluster, p, v4))
+                .collect()
+        });
+        let peers: &[PeerSpec] = peers;
         let Some(protocols) = &rule.protocols else {
-            for p in &peers {
+            for p in peers {
                 out.push((p.as_box(ALL_PP), rule.action));
             }
             continue;
@@ -406,7 +416,7 @@ fn admin_boxes(
                 }
                 // Egress: the port of each destination pod.
                 PortRef::Named(name) => {
-                    for p in &peers {
+                    for p in peers {
                         for dst in pods_in(cluster, p, v4) {
                             if let Some(n) = dst.named_port(name, port.protocol) {
                                 for ip in dst.ips.iter().filter(|ip| ip.is_ipv4() == v4) {
@@ -426,7 +436,7 @@ fn admin_boxes(
                 }
             };
             if let Some((first, last)) = range {
-                for p in &peers {
+                for p in peers {
                     out.push((p.as_box((pp(proto, first), pp(proto, last))), rule.action));
                 }
             }
@@ -558,6 +568,7 @@ fn sweep(
 }
 
 /// Peer addresses of one `from`/`to` entry, of one family.
+#[derive(Debug, Clone)]
 enum PeerSpec {
     /// One pod's address.
     Exact(IpAddr),

@@ -2,6 +2,7 @@
 //! addresses, node, named ports), namespaces (labels) and NetworkPolicies (parsed into
 //! [`Policy`]). Nothing here knows about nftables.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
@@ -669,11 +670,11 @@ impl Cluster {
     }
 
     /// The labels of namespace `ns` (only its name label while it is not known yet).
-    pub fn namespace_labels(&self, ns: &str) -> Labels {
-        self.namespaces
-            .get(ns)
-            .cloned()
-            .unwrap_or_else(|| Labels::from([(NAMESPACE_NAME_LABEL.into(), ns.into())]))
+    pub fn namespace_labels(&self, ns: &str) -> Cow<'_, Labels> {
+        match self.namespaces.get(ns) {
+            Some(labels) => Cow::Borrowed(labels),
+            None => Cow::Owned(Labels::from([(NAMESPACE_NAME_LABEL.into(), ns.into())])),
+        }
     }
 
     /// Whether `peer`, in a policy of namespace `policy_ns`, names pod `pod`.

@@ -203,7 +203,7 @@ impl NodePolicy {
             let narrower = cut::narrower(&self.desired, &new);
             let result = self
                 .enforcer
-                .update(&self.desired, &new)
+                .update(&self.desired, &new, &new)
                 .map(|sync| (sync, compute, narrower));
             self.desired = new;
             result
@@ -233,7 +233,7 @@ impl NodePolicy {
             let compute = started.elapsed();
             let narrower = cut::narrower(&old, &new);
             self.enforcer
-                .update(&old, &new)
+                .update(&old, &new, &self.desired)
                 .map(|sync| (sync, compute, narrower))
         };
         match result {

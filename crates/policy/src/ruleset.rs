@@ -405,9 +405,18 @@ fn full(batch: &mut Batch, family: Family, desired: &Desired, log: Option<Log>) 
     }
 }
 
+/// Past this many elements deleted from interval sets in one batch, the whole table is
+/// replaced instead: the kernel's concatenated interval sets (pipapo) take time in
+/// proportion to the set's size for each element deleted (3,334 deletions from a set of
+/// 3,334 took 1.6 s here), while a table replaced destroys its sets whole (the whole
+/// table at 10,000 policies: 60 ms).
+const MAX_RANGE_DELETIONS: usize = 64;
+
 /// The changes from `old` to `new` in `family`: removed elements, then added ones.
-fn changes(batch: &mut Batch, family: Family, old: &Desired, new: &Desired) {
+/// Returns how many elements of interval sets it deletes.
+fn changes(batch: &mut Batch, family: Family, old: &Desired, new: &Desired) -> usize {
     let v4 = family == Family::Ip;
+    let mut range_deletions = 0;
     for d in [Direction::Ingress, Direction::Egress] {
         let before = elements(old.sets(d), v4);
         let after = elements(new.sets(d), v4);
@@ -415,6 +424,9 @@ fn changes(batch: &mut Batch, family: Family, old: &Desired, new: &Desired) {
             let gone = minus(&before, &after);
             let added = minus(&after, &before);
             if !gone.is_empty() {
+                if set.interval {
+                    range_deletions += gone.len();
+                }
                 batch.delete_elements(set, &gone);
             }
             if !added.is_empty() {
@@ -422,6 +434,7 @@ fn changes(batch: &mut Batch, family: Family, old: &Desired, new: &Desired) {
             }
         }
     }
+    range_deletions
 }
 
 fn minus(a: &[SetElement], b: &[SetElement]) -> Vec<SetElement> {
@@ -480,11 +493,22 @@ impl Enforcer {
     }
 
     /// Sends the change from `old` to `new`: the elements of the addresses that
-    /// changed, before and after (the rest of the tables is left as it is).
-    pub fn update(&mut self, old: &Desired, new: &Desired) -> Result<SyncReport, Error> {
+    /// changed, before and after (the rest of the tables is left as it is). A change
+    /// deleting many range elements replaces the tables with `whole` (all the verdicts,
+    /// `new` among them) instead, which the kernel does faster.
+    pub fn update(
+        &mut self,
+        old: &Desired,
+        new: &Desired,
+        whole: &Desired,
+    ) -> Result<SyncReport, Error> {
         let mut batch = Batch::new();
+        let mut range_deletions = 0;
         for family in [Family::Ip, Family::Ip6] {
-            changes(&mut batch, family, old, new);
+            range_deletions += changes(&mut batch, family, old, new);
+        }
+        if range_deletions > MAX_RANGE_DELETIONS {
+            return self.replace(whole);
         }
         self.send(&batch, false)
     }

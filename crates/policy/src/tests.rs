@@ -699,6 +699,60 @@ fn node_policy_sends_the_table_once_then_differences() {
     let r = np.sync().unwrap();
     assert!(!r.sync.full && r.narrower, "{r:?}");
     assert_eq!(listed(&ns), [want(a, "10.244.1.11".parse().unwrap())]);
+
+    // A Baseline ClusterNetworkPolicy over 100 pods of the node: added as a difference;
+    // changed, its 100 range elements would be deleted one by one (slow in the kernel's
+    // interval sets), so the table is replaced whole.
+    for i in 0..100 {
+        let name = format!("p{i}");
+        let ip = format!("10.244.0.{}", 100 + i);
+        np.set_pod(
+            &format!("x/{name}"),
+            Some(pod("x", &name, "a", &ip, "node-1")),
+        );
+    }
+    np.sync().unwrap();
+    let baseline = |port: u16| {
+        let api: crate::admin::ClusterNetworkPolicy = serde_json::from_value(json!({
+            "metadata": {"name": "b"}, "spec": {"tier": "Baseline", "priority": 1,
+            "subject": {"namespaces": {}},
+            "ingress": [{"action": "Deny",
+                "from": [{"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "y"}}}],
+                "protocols": [{"tcp": {"destinationPort": {"number": port}}}]}]}
+        }))
+        .unwrap();
+        AdminPolicy::from_api(&api).0
+    };
+    let deny = Set::new(
+        Family::Ip,
+        TABLE,
+        "ingress-baseline-deny",
+        [
+            KeyType::Ipv4Addr,
+            KeyType::Ipv4Addr,
+            KeyType::InetProto,
+            KeyType::InetService,
+        ],
+    )
+    .interval();
+    let ports = |ns: &str| -> Vec<Datum> {
+        NftSocket::new_in(ns)
+            .unwrap()
+            .elements(&deny)
+            .unwrap()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key[3].clone())
+            .collect()
+    };
+    np.set_admin_policy("b", baseline(80));
+    let r = np.sync().unwrap();
+    assert!(!r.sync.full, "{r:?}");
+    assert_eq!(ports(&ns), vec![Datum::Port(80); 101]);
+    np.set_admin_policy("b", baseline(81));
+    let r = np.sync().unwrap();
+    assert!(r.sync.full, "{r:?}");
+    assert_eq!(ports(&ns), vec![Datum::Port(81); 101]);
 }
 
 /// The admin tiers' conformance scenarios (network-policy-api v0.2.0's suite, its
