@@ -427,7 +427,7 @@ pub fn deploy_tree() -> Vec<(PathBuf, String)> {
     out.push((
         "base/agent.yaml".into(),
         format!(
-            "{GENERATED}# The agent: a DaemonSet on every node, its ServiceAccount and what it may read, and\n# network-policy-api's ClusterNetworkPolicy CRD (v0.2.0, unchanged) that it enforces.\n{}",
+            "{GENERATED}# The agent: a DaemonSet on every node, its ServiceAccount and what it may read, and\n# network-policy-api's ClusterNetworkPolicy CRD (v0.2.0, experimental channel) that it enforces.\n{}",
             to_yaml(&agent)
         ),
     ));

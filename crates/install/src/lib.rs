@@ -424,7 +424,7 @@ fn security_context(add: &[&str]) -> Value {
     })
 }
 
-/// network-policy-api's ClusterNetworkPolicy CRD (release v0.2.0, standard channel),
+/// network-policy-api's ClusterNetworkPolicy CRD (release v0.2.0, experimental channel),
 /// from `crates/policy/crds`: the admin tiers network policy enforces. Unchanged but for
 /// the empty `status` stanza its generator leaves in the file: the API server writes the
 /// status, so applying one made `kubectl apply` report the CRD "configured" at every

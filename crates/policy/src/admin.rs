@@ -121,7 +121,7 @@ pub struct ApiEgressRule {
 }
 
 /// A peer: exactly one field. `nodes` and `domainNames` are the experimental channel's
-/// (not in the CRD kubewire installs); this agent does not enforce them and fails closed.
+/// (the CRD kubewire installs); `domainNames` is not enforced and fails closed.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ApiPeer {
@@ -233,6 +233,9 @@ pub enum AdminPeer {
     Pods(PodSet),
     /// Addresses in any of these blocks (egress), pods' included.
     Networks(Vec<IpNet>),
+    /// The addresses (`status.addresses`) of the nodes the selector selects (egress);
+    /// host-network pods have theirs.
+    Nodes(Selector),
     /// Every address: a Deny or Pass rule with a peer this agent cannot read, failing
     /// closed as the API says.
     Everyone,
@@ -415,8 +418,8 @@ fn peer(p: &ApiPeer) -> Result<AdminPeer, String> {
             .collect::<Result<Vec<_>, _>>()?;
         return Ok(AdminPeer::Networks(nets));
     }
-    if p.nodes.is_some() {
-        return Err("the nodes peer (experimental) is not enforced by kubewire".into());
+    if let Some(nodes) = &p.nodes {
+        return Ok(AdminPeer::Nodes(nodes.into()));
     }
     if p.domain_names.is_some() {
         return Err("the domainNames peer (experimental) is not enforced by kubewire".into());

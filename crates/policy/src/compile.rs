@@ -461,6 +461,14 @@ fn admin_peer_specs(cluster: &Cluster, peer: &AdminPeer, v4: bool) -> Vec<PeerSp
                 PeerSpec::Span(lo, hi)
             })
             .collect(),
+        AdminPeer::Nodes(sel) => cluster
+            .nodes
+            .values()
+            .filter(|n| sel.selects(&n.labels))
+            .flat_map(|n| n.ips.iter())
+            .filter(|ip| ip.is_ipv4() == v4)
+            .map(|ip| PeerSpec::Exact(*ip))
+            .collect(),
         AdminPeer::Everyone => vec![PeerSpec::Span(0, family_max(v4))],
     }
 }

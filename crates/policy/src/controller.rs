@@ -1,5 +1,5 @@
 //! Network policy's control loop, run by `kubewire agent` in the node's network
-//! namespace: Pods, Namespaces, NetworkPolicies and ClusterNetworkPolicies mirrored into one [`NodePolicy`],
+//! namespace: Pods, Namespaces, Nodes, NetworkPolicies and ClusterNetworkPolicies mirrored into one [`NodePolicy`],
 //! whose sync a short while after a change (a burst of events makes one sync) sends
 //! only what changed. At every resync the tables are checked to be still whole.
 
@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s::{ErrorChain, Mirror, ObjectKey};
-use k8s_openapi::api::core::v1::{Namespace, Pod as K8sPod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod as K8sPod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::watcher;
 use netlink::nft::NftSocket;
@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::admin::{AdminPolicy, ClusterNetworkPolicy};
 use crate::denied;
-use crate::model::{Pod, Policy, namespace_labels};
+use crate::model::{NodeInfo, Pod, Policy, namespace_labels};
 use crate::node::NodePolicy;
 use crate::ruleset::{Enforcer, Error, Log};
 use crate::server::Request;
@@ -80,6 +80,22 @@ impl k8s::Store<NetworkPolicy> for Policies<'_> {
     }
 }
 
+/// The nodes of a [`NodePolicy`] (for ClusterNetworkPolicy's `nodes` peers).
+struct Nodes<'a>(&'a mut NodePolicy);
+
+impl k8s::Store<Node> for Nodes<'_> {
+    fn apply(&mut self, key: ObjectKey, obj: Node) -> bool {
+        self.0.set_node(&key, Some(NodeInfo::from_api(&obj)))
+    }
+    fn delete(&mut self, key: &str) -> bool {
+        self.0.set_node(key, None)
+    }
+    fn keys(&self) -> Vec<ObjectKey> {
+        let names = self.0.cluster().nodes.keys();
+        names.map(|k| k.as_str().into()).collect()
+    }
+}
+
 /// The ClusterNetworkPolicies of a [`NodePolicy`].
 struct AdminPolicies<'a>(&'a mut NodePolicy);
 
@@ -138,7 +154,12 @@ pub async fn run(
         kube::Api::<NetworkPolicy>::all(client.clone()),
         config.clone(),
     );
-    let mut cnp_events = k8s::watch(kube::Api::<ClusterNetworkPolicy>::all(client), config);
+    let mut cnp_events = k8s::watch(
+        kube::Api::<ClusterNetworkPolicy>::all(client.clone()),
+        config.clone(),
+    );
+    let mut node_events = k8s::watch(kube::Api::<Node>::all(client), config);
+    let mut node_mirror = Mirror::new();
     let (mut pods, mut namespaces, mut policies) = (Mirror::new(), Mirror::new(), Mirror::new());
     let mut admin = Mirror::new();
     // The API has no ClusterNetworkPolicy (its CRD is not installed): none apply, and the
@@ -192,6 +213,11 @@ pub async fn run(
                 Some(Err(e)) => { warn!(error = %ErrorChain(&e), "watching cluster network policies"); false }
                 None => return Err(Error::WatchEnded),
             },
+            e = node_events.next() => match e {
+                Some(Ok(e)) => node_mirror.step(&mut Nodes(&mut state), e),
+                Some(Err(e)) => { warn!(error = %ErrorChain(&e), "watching nodes"); false }
+                None => return Err(Error::WatchEnded),
+            },
             Some(packet) = next(&mut denied) => {
                 denied::report(state.cluster(), &packet);
                 false
@@ -213,7 +239,7 @@ pub async fn run(
             }
             () = tokio::time::sleep(wait), if pending.is_some() => {
                 pending = None;
-                let admin_known = admin.synced() || admin_absent;
+                let admin_known = (admin.synced() || admin_absent) && node_mirror.synced();
                 if pods.synced() && namespaces.synced() && policies.synced() && admin_known {
                     if sync(&mut state) {
                         answer(&mut waiters, &state);

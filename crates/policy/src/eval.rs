@@ -124,6 +124,10 @@ fn admin_rule_matches(
             .pod_by_ip(peer_ip)
             .is_some_and(|pod| cluster.admin_peer_selects(p, pod)),
         AdminPeer::Networks(nets) => nets.iter().any(|n| n.contains(&peer_ip)),
+        AdminPeer::Nodes(sel) => cluster
+            .nodes
+            .values()
+            .any(|n| sel.selects(&n.labels) && n.ips.contains(&peer_ip)),
         AdminPeer::Everyone => true,
     });
     let port_ok = r

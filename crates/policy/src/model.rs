@@ -253,6 +253,33 @@ impl Pod {
     }
 }
 
+/// A node as ClusterNetworkPolicy's `nodes` peers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeInfo {
+    /// Its labels.
+    pub labels: Labels,
+    /// The addresses of its `status.addresses` that are IP addresses.
+    pub ips: Vec<IpAddr>,
+}
+
+impl NodeInfo {
+    /// The node as policy sees it.
+    pub fn from_api(node: &k8s_openapi::api::core::v1::Node) -> NodeInfo {
+        let mut ips: Vec<IpAddr> = node
+            .status
+            .iter()
+            .flat_map(|s| s.addresses.iter().flatten())
+            .filter_map(|a| a.address.parse().ok())
+            .collect();
+        ips.sort();
+        ips.dedup();
+        NodeInfo {
+            labels: node.metadata.labels.clone().unwrap_or_default().into(),
+            ips,
+        }
+    }
+}
+
 /// A namespace's labels, with the name label the API server always sets.
 pub fn namespace_labels(ns: &Namespace) -> Labels {
     let mut labels: Labels = ns.metadata.labels.clone().unwrap_or_default().into();
@@ -497,6 +524,8 @@ pub struct Cluster {
     pub policies: BTreeMap<String, Policy>,
     /// ClusterNetworkPolicies by name.
     pub admin: BTreeMap<String, AdminPolicy>,
+    /// Nodes by name: their labels and addresses (ClusterNetworkPolicy's `nodes` peers).
+    pub nodes: BTreeMap<String, NodeInfo>,
     /// Pods by address (`namespace/name`), kept with `pods`.
     by_ip: HashMap<IpAddr, String>,
     /// Pods by namespace and label (`namespace`, `key`, `value`) → `namespace/name`, kept
@@ -781,6 +810,8 @@ impl Cluster {
             AdminPeer::Networks(nets) => {
                 pod.ips.iter().any(|ip| nets.iter().any(|n| n.contains(ip)))
             }
+            // Nodes' addresses are never a pod's own.
+            AdminPeer::Nodes(_) => false,
             AdminPeer::Everyone => true,
         }
     }

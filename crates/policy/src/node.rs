@@ -12,10 +12,10 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::admin::AdminPolicy;
+use crate::admin::{AdminPeer, AdminPolicy};
 use crate::compile::{self, Desired};
 use crate::cut;
-use crate::model::{Cluster, Labels, Pod, Policy};
+use crate::model::{Cluster, Labels, NodeInfo, Pod, Policy};
 use crate::ruleset::{Enforcer, Error, SyncReport};
 
 /// What changed since the last sync.
@@ -162,6 +162,39 @@ impl NodePolicy {
             return true;
         }
         for p in old.iter().chain(policy.iter()) {
+            let subjects = self.cluster.admin_subjects(p);
+            self.dirty.pods.extend(subjects);
+        }
+        true
+    }
+
+    /// Adds, changes or removes node `name` (labels and addresses); returns whether it
+    /// changed. Only ClusterNetworkPolicies' `nodes` peers look at nodes: their subjects
+    /// are marked.
+    pub fn set_node(&mut self, name: &str, node: Option<NodeInfo>) -> bool {
+        let old = match &node {
+            Some(n) => self.cluster.nodes.insert(name.to_owned(), n.clone()),
+            None => self.cluster.nodes.remove(name),
+        };
+        if old == node {
+            return false;
+        }
+        if self.dirty.all {
+            return true;
+        }
+        let policies: Vec<AdminPolicy> = self
+            .cluster
+            .admin
+            .values()
+            .filter(|p| {
+                p.egress
+                    .iter()
+                    .flat_map(|r| r.peers.iter())
+                    .any(|peer| matches!(peer, AdminPeer::Nodes(_)))
+            })
+            .cloned()
+            .collect();
+        for p in &policies {
             let subjects = self.cluster.admin_subjects(p);
             self.dirty.pods.extend(subjects);
         }

@@ -9,7 +9,8 @@ use crate::admin::{Action, AdminPeer, AdminPolicy, AdminRule, PodSet, Tier};
 use crate::compile::{self, Desired};
 use crate::eval::{self, Connection};
 use crate::model::{
-    Cluster, Labels, NamedPort, Peer, Pod, Policy, PortRef, PortRule, Protocol, Rule, Selector,
+    Cluster, Labels, NamedPort, NodeInfo, Peer, Pod, Policy, PortRef, PortRule, Protocol, Rule,
+    Selector,
 };
 
 /// xorshift64*: random but repeatable clusters, no dependency.
@@ -137,6 +138,16 @@ fn random_cluster(rng: &mut Rng) -> Cluster {
             },
         );
     }
+    // Nodes (ClusterNetworkPolicy's `nodes` peers), one address each.
+    for (i, node) in NODES.iter().enumerate() {
+        c.nodes.insert(
+            node.to_string(),
+            NodeInfo {
+                labels: labels(&[("role", if i == 0 { "a" } else { "b" })]),
+                ips: vec![format!("192.168.0.{}", i + 1).parse().unwrap()],
+            },
+        );
+    }
     // The admin tiers, in half the clusters.
     if rng.chance(50) {
         for i in 0..1 + rng.below(3) {
@@ -165,8 +176,9 @@ fn random_admin_policy(rng: &mut Rng, name: &str) -> AdminPolicy {
                 name: format!("r{i}"),
                 action: *rng.pick(&[Action::Accept, Action::Deny, Action::Pass]),
                 peers: (0..1 + rng.below(2))
-                    .map(|_| match rng.below(6) {
+                    .map(|_| match rng.below(7) {
                         0..=2 => AdminPeer::Pods(random_pod_set(rng)),
+                        6 => AdminPeer::Nodes(random_selector(rng, "role", &["a", "b"]).into()),
                         3 | 4 => AdminPeer::Networks(
                             rng.pick(&[
                                 &["0.0.0.0/0", "::/0"][..],
@@ -264,10 +276,17 @@ fn compiled(c: &Cluster, nodes: &BTreeMap<&str, Desired>, conn: &Connection) -> 
 #[test]
 fn compiled_sets_agree_with_the_reference_on_random_clusters() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let outside: Vec<IpAddr> = ["198.51.100.7", "10.244.1.200", "8.8.8.8", "fd00::99"]
-        .iter()
-        .map(|a| a.parse().unwrap())
-        .collect();
+    let outside: Vec<IpAddr> = [
+        "198.51.100.7",
+        "10.244.1.200",
+        "8.8.8.8",
+        "fd00::99",
+        "192.168.0.1",
+        "192.168.0.2",
+    ]
+    .iter()
+    .map(|a| a.parse().unwrap())
+    .collect();
     let mut checked = 0usize;
     let mut denied = 0usize;
     // Nodes whose Admin tier accepts, denies, and whose Baseline tier denies somewhere.
@@ -742,7 +761,7 @@ fn node_policy_sends_the_table_once_then_differences() {
             .unwrap()
             .unwrap()
             .into_iter()
-            .map(|e| e.key[3].clone())
+            .map(|e| e.key[3])
             .collect()
     };
     np.set_admin_policy("b", baseline(80));
@@ -1254,6 +1273,59 @@ mod admin_conformance {
         ));
     }
 
+    /// Egress to nodes: a host-network server's address is its node's.
+    #[test]
+    fn node_peers_match_the_nodes_addresses() {
+        use Protocol::{Sctp, Tcp, Udp};
+        let mut c = houses();
+        let node_ip: IpAddr = "172.18.0.3".parse().unwrap();
+        c.nodes.insert(
+            "node-2".into(),
+            NodeInfo {
+                labels: labels(&[("kubernetes.io/os", "linux")]),
+                ips: vec![node_ip],
+            },
+        );
+        apply(
+            &mut c,
+            json!({"metadata": {"name": "node-and-cidr"}, "spec": {"tier": "Admin", "priority": 75,
+            "subject": {"pods": {"namespaceSelector": {"matchLabels": {"conformance-house": "gryffindor"}},
+                                 "podSelector": {}}},
+            "egress": [
+                {"action": "Accept", "to": [{"nodes": {"matchLabels": {"kubernetes.io/os": "linux"}}}],
+                 "protocols": [{"tcp": {"destinationPort": {"number": 34345}}}]},
+                {"action": "Pass", "to": [{"nodes": {"matchLabels": {"kubernetes.io/os": "linux"}}}],
+                 "protocols": [{"udp": {"destinationPort": {"number": 34347}}}]},
+                {"action": "Deny", "to": [
+                    {"pods": {"namespaceSelector": {"matchLabels": {"conformance-house": "slytherin"}},
+                              "podSelector": {}}},
+                    {"nodes": {"matchLabels": {"kubernetes.io/os": "linux"}}},
+                    {"networks": ["0.0.0.0/0", "::/0"]}]},
+            ]}}),
+        );
+        let to_node = |c: &Cluster, proto: Protocol, port: u16| {
+            let conn = Connection {
+                src: ip(c, "harry-potter-1"),
+                dst: node_ip,
+                proto: proto.number(),
+                port: Some(port),
+            };
+            let nodes: BTreeMap<&str, Desired> =
+                NODES.iter().map(|n| (*n, compile::desired(c, n))).collect();
+            let want = eval::allows(c, &conn);
+            assert_eq!(compiled(c, &nodes, &conn), want, "{proto:?} {port}");
+            want
+        };
+        assert!(to_node(&c, Tcp, 34345));
+        assert!(to_node(&c, Udp, 34347));
+        assert!(!to_node(&c, Tcp, 34346));
+        assert!(!to_node(&c, Udp, 34349));
+        assert!(!to_node(&c, Sctp, 34351));
+        // Relabelled, the node is no longer a `nodes` peer, but still in 0.0.0.0/0.
+        c.nodes.get_mut("node-2").unwrap().labels = labels(&[("kubernetes.io/os", "plan9")]);
+        assert!(!to_node(&c, Tcp, 34345));
+    }
+
     #[test]
     fn unreadable_parts_fail_closed() {
         use Protocol::Tcp;
@@ -1264,7 +1336,7 @@ mod admin_conformance {
             "ingress": [
                 // An Accept with a peer of a newer API: matches less (here nothing).
                 {"action": "Accept", "from": [{"domainNames": ["example.com"]}]},
-                {"action": "Accept", "from": [house("slytherin"), {"nodes": {}}]},
+                {"action": "Accept", "from": [house("slytherin"), {"domainNames": ["x.example"]}]},
                 // A Pass with one: denies everything.
                 {"action": "Pass", "from": [house("ravenclaw")],
                  "protocols": [{"tcp": {"destinationPort": {"range": {"start": 90, "end": 80}}}}]},

@@ -888,3 +888,59 @@ fn denied_packets_are_logged_with_the_policy_that_denied_them() {
     });
     assert!(found, "wanted {wants:#?} in the agent's log:\n{logs}");
 }
+
+/// An egress `nodes` peer (the experimental channel's, which kubewire installs) matches
+/// the addresses of the nodes it selects by label: here the kubelet's port on node-2,
+/// from x/a through node-1's forward path and from x/b, on node-2, through node-2's input
+/// path; node-1's address and other namespaces' pods are not affected.
+#[test]
+fn egress_to_nodes_selected_by_label() {
+    let s = Netpol::up();
+    let nodes = s.lab.json(&["get", "nodes"]);
+    let ip_of = |name: &str| -> String {
+        let node = nodes["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["metadata"]["name"] == name)
+            .unwrap();
+        node["status"]["addresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["type"] == "InternalIP")
+            .unwrap()["address"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (one, two) = (ip_of("node-1"), ip_of("node-2"));
+    // Whether `from` connects to the kubelet on each of `ips` within a second.
+    let connects = |from: &str, ips: &[&str]| -> Vec<bool> {
+        let script = "import socket, sys\nfor ip in sys.argv[1:]:\n    try:\n        socket.create_connection((ip, 10250), timeout=1).close(); print('ok')\n    except OSError:\n        print('fail')\n";
+        let mut argv = vec!["python3", "-c", script];
+        argv.extend_from_slice(ips);
+        let out = s.lab.exec(from, &argv);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l == "ok")
+            .collect()
+    };
+    assert_eq!(connects("x/a", &[&one, &two]), [true, true]);
+    s.apply(&cluster_policy(
+        "x-not-to-node-2",
+        "Admin",
+        5,
+        &format!(
+            "  subject: {}\n  egress:\n  - name: kubelet-of-node-2\n    action: Deny\n    to: [{{nodes: {{matchLabels: {{kubernetes.io/hostname: node-2}}}}}}]\n    protocols: [{{tcp: {{destinationPort: {{number: 10250}}}}}}]",
+            namespace("x")
+        ),
+    ));
+    let denied = e2e::wait_until(std::time::Duration::from_secs(20), || {
+        connects("x/a", &[&one, &two]) == [true, false]
+    });
+    assert!(denied, "{:?}", connects("x/a", &[&one, &two]));
+    // x/b runs on node-2: its own node's address, judged in node-2's input path.
+    assert_eq!(connects("x/b", &[&one, &two]), [true, false]);
+    assert_eq!(connects("y/a", &[&one, &two]), [true, true]);
+}
