@@ -22,7 +22,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 
 use crate::admin::{Action, AdminPeer, AdminRule, Tier};
-use crate::model::{Cluster, Peer, Pod, PortRef, Rule};
+use crate::model::{Cluster, Peer, Pod, PortRef, Protocol, Rule};
 
 /// Which way traffic goes, seen from the node's pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -416,21 +416,16 @@ fn admin_boxes(
                 }
                 // Egress: the port of each destination pod.
                 PortRef::Named(name) => {
-                    for p in peers {
-                        for dst in pods_in(cluster, p, v4) {
-                            if let Some(n) = dst.named_port(name, port.protocol) {
-                                for ip in dst.ips.iter().filter(|ip| ip.is_ipv4() == v4) {
-                                    let n128 = to_u128(*ip);
-                                    out.push((
-                                        Box2 {
-                                            peer: (n128, n128),
-                                            pp: (pp(proto, n), pp(proto, n)),
-                                        },
-                                        rule.action,
-                                    ));
-                                }
-                            }
-                        }
+                    for (ip, n) in named_targets(cluster, peers, name, port.protocol, v4) {
+                        let n128 = to_u128(ip);
+                        let pp = (pp(proto, n), pp(proto, n));
+                        out.push((
+                            Box2 {
+                                peer: (n128, n128),
+                                pp,
+                            },
+                            rule.action,
+                        ));
                     }
                     None
                 }
@@ -657,14 +652,8 @@ fn compile_rule(
             }
             // Egress: the port of each destination pod, so one element per pod.
             PortRef::Named(name) => {
-                for p in &peers {
-                    for dst in pods_in(cluster, p, v4) {
-                        if let Some(n) = dst.named_port(name, port.protocol) {
-                            for ip in dst.ips.iter().filter(|ip| ip.is_ipv4() == v4) {
-                                sets.ports.insert((local, *ip, proto, n));
-                            }
-                        }
-                    }
+                for (ip, n) in named_targets(cluster, &peers, name, port.protocol, v4) {
+                    sets.ports.insert((local, ip, proto, n));
                 }
                 None
             }
@@ -691,6 +680,31 @@ fn compile_rule(
             }
         }
     }
+}
+
+/// For an egress rule's named port: each destination pod's address (of the family) among
+/// `peers`, with its port of that name and protocol.
+fn named_targets(
+    cluster: &Cluster,
+    peers: &[PeerSpec],
+    name: &str,
+    protocol: Protocol,
+    v4: bool,
+) -> Vec<(IpAddr, u16)> {
+    let mut out = Vec::new();
+    for p in peers {
+        for dst in pods_in(cluster, p, v4) {
+            if let Some(n) = dst.named_port(name, protocol) {
+                out.extend(
+                    dst.ips
+                        .iter()
+                        .filter(|ip| ip.is_ipv4() == v4)
+                        .map(|ip| (*ip, n)),
+                );
+            }
+        }
+    }
+    out
 }
 
 /// The pods with an address of the family (`v4`) that `p` covers.

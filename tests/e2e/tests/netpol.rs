@@ -328,36 +328,36 @@ fn ip_block_with_except() {
     // The node's whole ruleset lists with the distribution's nft, in text and JSON, the
     // policy table's range elements included (x/a runs on node-1).
     let xa = &s.ips["x/a"];
+    let listing = listed_set(&s, "node-1", "egress-ranges");
+    // z/c on UDP 81 is within a range element; the except cut y/b out of every one.
+    assert!(listing.contains(&format!("{xa} . ")), "{listing}");
+    assert!(listing.contains(" . udp . 81,"), "{listing}");
+    assert!(!listing.contains(&format!(" {yb} ")), "{listing}");
+}
+
+/// Checks that `node`'s whole ruleset lists with the distribution's nft, in text and
+/// JSON, naming `set` of the policy table; returns that set's listing on one line.
+fn listed_set(s: &Netpol, node: &str, set: &str) -> String {
     for args in [
         &["nft", "list", "ruleset"][..],
         &["nft", "-j", "list", "ruleset"],
     ] {
-        let out = s.lab.exec("node-1", args);
+        let out = s.lab.exec(node, args);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && out.stderr.is_empty(),
             "{args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(text.contains("kubewire-policy"), "{text}");
-        assert!(text.contains("egress-ranges"), "{text}");
+        assert!(
+            text.contains("kubewire-policy") && text.contains(set),
+            "{text}"
+        );
     }
-    let listing = s.lab.exec(
-        "node-1",
-        &[
-            "nft",
-            "list",
-            "set",
-            "ip",
-            "kubewire-policy",
-            "egress-ranges",
-        ],
-    );
-    let listing = String::from_utf8_lossy(&listing.stdout).replace(['\t', '\n'], " ");
-    // z/c on UDP 81 is within a range element; the except cut y/b out of every one.
-    assert!(listing.contains(&format!("{xa} . ")), "{listing}");
-    assert!(listing.contains(" . udp . 81,"), "{listing}");
-    assert!(!listing.contains(&format!(" {yb} ")), "{listing}");
+    let out = s
+        .lab
+        .exec(node, &["nft", "list", "set", "ip", "kubewire-policy", set]);
+    String::from_utf8_lossy(&out.stdout).replace(['\t', '\n'], " ")
 }
 
 /// "should support egress policy with port range (endPort)" and the ingress one: x/a
@@ -691,31 +691,7 @@ fn admin_deny_over_a_network_policy_allow() {
             .expect("y", "x", true)
             .expect_on("y", "x", Some(80), Some("TCP"), false),
     );
-    for args in [
-        &["nft", "list", "ruleset"][..],
-        &["nft", "-j", "list", "ruleset"],
-    ] {
-        let out = s.lab.exec("node-1", args);
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && out.stderr.is_empty(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(text.contains("ingress-admin-deny"), "{text}");
-    }
-    let listing = s.lab.exec(
-        "node-1",
-        &[
-            "nft",
-            "list",
-            "set",
-            "ip",
-            "kubewire-policy",
-            "ingress-admin-deny",
-        ],
-    );
-    let listing = String::from_utf8_lossy(&listing.stdout).replace(['\t', '\n'], " ");
+    let listing = listed_set(&s, "node-1", "ingress-admin-deny");
     assert!(listing.contains(" . tcp . 80"), "{listing}");
     // Deleted, the NetworkPolicy alone decides again.
     s.lab
