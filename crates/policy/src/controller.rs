@@ -1,7 +1,8 @@
 //! Network policy's control loop, run by `kubewire agent` in the node's network
-//! namespace: Pods, Namespaces, Nodes, NetworkPolicies and ClusterNetworkPolicies mirrored into one [`NodePolicy`],
-//! whose sync a short while after a change (a burst of events makes one sync) sends
-//! only what changed. At every resync the tables are checked to be still whole.
+//! namespace: Pods, Namespaces, Nodes, NetworkPolicies and ClusterNetworkPolicies
+//! mirrored into one [`NodePolicy`], whose sync a short while after a change (a burst of
+//! events makes one sync) sends only what changed. At every resync the tables are
+//! checked to be still whole.
 
 use std::time::{Duration, Instant};
 
@@ -119,11 +120,13 @@ impl k8s::Store<ClusterNetworkPolicy> for AdminPolicies<'_> {
 /// Whether a watch failed because the API serves no such resource (a cluster without
 /// the ClusterNetworkPolicy CRD).
 fn not_served(e: &watcher::Error) -> bool {
-    matches!(
-        e,
+    match e {
         watcher::Error::InitialListFailed(kube::Error::Api(s))
-            | watcher::Error::WatchStartFailed(kube::Error::Api(s)) if s.code == 404
-    )
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s))
+        | watcher::Error::WatchError(s) => s.code == 404,
+        _ => false,
+    }
 }
 
 /// A CNI plugin waiting for a new pod's policies.
