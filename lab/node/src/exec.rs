@@ -217,7 +217,7 @@ pub(crate) mod frame {
 /// The abstract socket a container's container-init (process `pid`) serves attaches on.
 /// Abstract names belong to a network namespace: container-init binds it before it
 /// enters the pod's, so it is the node's.
-pub(crate) fn attach_address(pid: u32) -> io::Result<UnixAddr> {
+pub fn attach_address(pid: u32) -> io::Result<UnixAddr> {
     use std::os::linux::net::SocketAddrExt;
     UnixAddr::from_abstract_name(format!("kubewire-attach-{pid}"))
 }

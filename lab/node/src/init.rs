@@ -40,6 +40,7 @@ use nix::sched::{CloneFlags, setns, unshare};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
+pub use crate::exec::attach_address;
 
 /// The subcommand name `main` looks for before starting anything else.
 pub const SUBCOMMAND: &str = "container-init";
@@ -554,9 +555,20 @@ fn env_with_defaults(spec: &InitSpec) -> Vec<(String, String)> {
     env
 }
 
+/// Writes one byte to stdout, the pipe the node waits on before it calls the container
+/// running (`kubectl run -it` attaches the moment it is, so the socket must be bound by
+/// then), and points stdout at /dev/null: the node reads no more.
+fn tell_the_node_attach_is_served() {
+    let mut out = std::io::stdout();
+    let _ = out.write_all(b"1").and_then(|()| out.flush());
+    if let Ok(null) = OpenOptions::new().write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2_stdout(&null);
+    }
+}
+
 /// Binds the attach socket (before the pod's network namespace is entered).
 fn attach_listener() -> std::io::Result<UnixListener> {
-    UnixListener::bind_addr(&crate::exec::attach_address(std::process::id())?)
+    UnixListener::bind_addr(&attach_address(std::process::id())?)
 }
 
 fn run(spec_path: &Path) -> i32 {
@@ -583,6 +595,7 @@ fn run(spec_path: &Path) -> i32 {
             None
         }
     };
+    tell_the_node_attach_is_served();
     if let Err(e) = setup(&spec) {
         return fail(ErrorChain(&e).to_string(), 126);
     }

@@ -13,6 +13,7 @@ use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -26,6 +27,8 @@ use crate::{ContainerEntry, Ctx, Error, PodEntry, env, files, security, time, wo
 
 /// How often a worker looks at its processes.
 const TICK: Duration = Duration::from_millis(200);
+/// The longest a container start waits for its container-init to serve attaches.
+const ATTACH_READY_WAIT: Duration = Duration::from_secs(5);
 /// Service-account tokens last 24 h and are rewritten every hour.
 const TOKEN_REFRESH: Duration = Duration::from_secs(3600);
 
@@ -464,15 +467,21 @@ impl Worker {
             serde_json::to_vec_pretty(&init).unwrap_or_default(),
         )
         .map_err(|e| Error::io(format!("writing {}", spec_path.display()), e))?;
-        let child = tokio::process::Command::new(&ctx.exe)
+        let mut child = tokio::process::Command::new(&ctx.exe)
             .arg(crate::init::SUBCOMMAND)
             .arg("run")
             .arg(&spec_path)
             .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
             .map_err(|e| Error::io(format!("starting container {name} of {}", self.key()), e))?;
+        // Running means attachable: container-init writes a byte once its attach
+        // socket is bound (or closes the pipe, failing). The bound guards a stuck one.
+        if let Some(mut ready) = child.stdout.take() {
+            let mut byte = [0u8; 1];
+            let _ = tokio::time::timeout(ATTACH_READY_WAIT, ready.read(&mut byte)).await;
+        }
         let pid = child.id().unwrap_or(0);
         let rec = ContainerRecord {
             pid,
