@@ -556,9 +556,10 @@ fn env_with_defaults(spec: &InitSpec) -> Vec<(String, String)> {
 }
 
 /// Writes one byte to stdout, the pipe the node waits on before it calls the container
-/// running (`kubectl run -it` attaches the moment it is, so the socket must be bound by
-/// then), and points stdout at /dev/null: the node reads no more.
-fn tell_the_node_attach_is_served() {
+/// running, and points stdout at /dev/null: the node reads no more. By then the attach
+/// socket is bound and the container's namespaces are entered, so attach and exec work
+/// (`kubectl run -it` attaches the moment the pod runs).
+fn tell_the_node_it_is_ready() {
     let mut out = std::io::stdout();
     let _ = out.write_all(b"1").and_then(|()| out.flush());
     if let Ok(null) = OpenOptions::new().write(true).open("/dev/null") {
@@ -595,10 +596,10 @@ fn run(spec_path: &Path) -> i32 {
             None
         }
     };
-    tell_the_node_attach_is_served();
     if let Err(e) = setup(&spec) {
         return fail(ErrorChain(&e).to_string(), 126);
     }
+    tell_the_node_it_is_ready();
     let Some(program) = spec.argv.first() else {
         return fail("the container has no command".into(), 126);
     };

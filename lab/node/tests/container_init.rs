@@ -17,17 +17,18 @@ impl Drop for Group {
     }
 }
 
-/// container-init's first byte on stdout says its attach socket is bound. The node
+/// container-init's first byte on stdout says its attach socket is bound (and the
+/// container's namespaces entered). The node
 /// calls the container running only after it, and `kubectl run -it` attaches the moment
 /// the pod runs: a client connecting right after the byte must be served.
 #[test]
-fn attaches_are_served_once_container_init_says_so() {
+fn attach_and_namespaces_are_ready_once_container_init_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("c.json");
     let spec_json = json!({
         "netns": null,
         "mounts": [],
-        "hostname": null,
+        "hostname": "kw-init-test",
         "argv": ["sleep", "30"],
         "env": [],
         "workdir": null,
@@ -55,6 +56,15 @@ fn attaches_are_served_once_container_init_says_so() {
         attached.is_ok(),
         "no attach socket after container-init said it was bound: {attached:?}"
     );
+    let ns = |pid: &str, kind: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap();
+    let pid = child.id().to_string();
+    for kind in ["mnt", "uts"] {
+        assert_ne!(
+            ns(&pid, kind),
+            ns("self", kind),
+            "container-init was not yet in its own {kind} namespace"
+        );
+    }
     // It keeps running after its stdout is gone (it points it at /dev/null).
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert!(

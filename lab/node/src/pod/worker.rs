@@ -27,8 +27,8 @@ use crate::{ContainerEntry, Ctx, Error, PodEntry, env, files, security, time, wo
 
 /// How often a worker looks at its processes.
 const TICK: Duration = Duration::from_millis(200);
-/// The longest a container start waits for its container-init to serve attaches.
-const ATTACH_READY_WAIT: Duration = Duration::from_secs(5);
+/// The longest a container start waits for its container-init to say it is ready.
+const INIT_READY_WAIT: Duration = Duration::from_secs(5);
 /// Service-account tokens last 24 h and are rewritten every hour.
 const TOKEN_REFRESH: Duration = Duration::from_secs(3600);
 
@@ -477,10 +477,11 @@ impl Worker {
             .spawn()
             .map_err(|e| Error::io(format!("starting container {name} of {}", self.key()), e))?;
         // Running means attachable: container-init writes a byte once its attach
-        // socket is bound (or closes the pipe, failing). The bound guards a stuck one.
+        // socket is bound and the pod's namespaces entered (or closes the pipe,
+        // failing). The bound guards a stuck one.
         if let Some(mut ready) = child.stdout.take() {
             let mut byte = [0u8; 1];
-            let _ = tokio::time::timeout(ATTACH_READY_WAIT, ready.read(&mut byte)).await;
+            let _ = tokio::time::timeout(INIT_READY_WAIT, ready.read(&mut byte)).await;
         }
         let pid = child.id().unwrap_or(0);
         let rec = ContainerRecord {
