@@ -41,6 +41,46 @@ pub struct Announced {
 /// What this node announces, by Service `namespace/name`.
 pub type Mine = BTreeMap<String, Announced>;
 
+/// A status object as [`plan`] reads it: its name, whose it is (from its labels) and
+/// its status. An agent keeps one per announced Service, so the rest of the object
+/// (uid, timestamps, the labels themselves) is not kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recorded {
+    pub name: String,
+    /// `None`: a label is missing, so it is not one of ours.
+    pub owner: Option<Owner>,
+    pub status: ServiceL2StatusStatus,
+}
+
+/// Whose a status object is: the announcing node and the Service (`namespace/name`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub node: String,
+    pub service: String,
+}
+
+impl Recorded {
+    pub fn of(s: ServiceL2Status) -> Recorded {
+        let labels = s.metadata.labels.unwrap_or_default();
+        let owner = match (
+            labels.get(NODE_LABEL),
+            labels.get(SERVICE_NAME_LABEL),
+            labels.get(SERVICE_NAMESPACE_LABEL),
+        ) {
+            (Some(node), Some(svc), Some(ns)) => Some(Owner {
+                node: node.clone(),
+                service: format!("{ns}/{svc}"),
+            }),
+            _ => None,
+        };
+        Recorded {
+            name: s.metadata.name.unwrap_or_default(),
+            owner,
+            status: s.status,
+        }
+    }
+}
+
 /// One change to the statuses.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -66,7 +106,7 @@ fn desired(node: &str, service: &str, a: &Announced) -> ServiceL2StatusStatus {
 
 /// The changes that make the statuses in `namespace` say what `node` announces.
 pub fn plan(
-    existing: &BTreeMap<ObjectKey, ServiceL2Status>,
+    existing: &BTreeMap<ObjectKey, Recorded>,
     mine: &Mine,
     node: &str,
     namespace: &str,
@@ -74,26 +114,20 @@ pub fn plan(
     let mut actions = Vec::new();
     let mut kept = BTreeSet::new();
     for s in existing.values() {
-        let name = s.metadata.name.clone().unwrap_or_default();
-        let labels = s.metadata.labels.clone().unwrap_or_default();
-        let (Some(n), Some(svc), Some(ns)) = (
-            labels.get(NODE_LABEL),
-            labels.get(SERVICE_NAME_LABEL),
-            labels.get(SERVICE_NAMESPACE_LABEL),
-        ) else {
+        let Some(owner) = &s.owner else {
             continue; // not one of ours
         };
-        let key = format!("{ns}/{svc}");
-        match mine.get(&key) {
-            Some(a) if n == node && kept.insert(key.clone()) => {
-                let want = desired(node, &key, a);
+        let key = &owner.service;
+        match mine.get(key) {
+            Some(a) if owner.node == node && kept.insert(key.clone()) => {
+                let want = desired(node, key, a);
                 if s.status != want {
-                    actions.push(Action::Update(name, want));
+                    actions.push(Action::Update(s.name.clone(), want));
                 }
             }
             // Another node's (or a duplicate): the announcer cleans up.
-            Some(_) => actions.push(Action::Delete(name)),
-            None if n == node => actions.push(Action::Delete(name)),
+            Some(_) => actions.push(Action::Delete(s.name.clone())),
+            None if owner.node == node => actions.push(Action::Delete(s.name.clone())),
             None => {}
         }
     }
@@ -148,15 +182,17 @@ pub fn assigned_event(node: &str, service: &str, uid: &str) -> K8sEvent {
     event
 }
 
-/// The statuses in the namespace, whole.
+/// The statuses in the namespace, as [`plan`] reads them.
 #[derive(Default)]
-struct Statuses(BTreeMap<ObjectKey, ServiceL2Status>);
+struct Statuses(BTreeMap<ObjectKey, Recorded>);
 
 impl k8s::Store<ServiceL2Status> for Statuses {
-    fn apply(&mut self, key: ObjectKey, mut obj: ServiceL2Status) -> bool {
-        obj.metadata.managed_fields = None;
-        obj.metadata.resource_version = None;
-        self.0.insert(key, obj.clone()) != Some(obj)
+    fn apply(&mut self, key: ObjectKey, obj: ServiceL2Status) -> bool {
+        let r = Recorded::of(obj);
+        self.0.get(&key) != Some(&r) && {
+            self.0.insert(key, r);
+            true
+        }
     }
     fn delete(&mut self, key: &str) -> bool {
         self.0.remove(key).is_some()
@@ -231,19 +267,13 @@ async fn apply(
         }
         Action::Update(name, status) => {
             set_status(api, &name, status.clone()).await?;
-            if let Some(s) = statuses
-                .0
-                .values_mut()
-                .find(|s| s.metadata.name.as_deref() == Some(&*name))
-            {
+            if let Some(s) = statuses.0.values_mut().find(|s| s.name == name) {
                 s.status = status;
             }
             Ok(())
         }
         Action::Delete(name) => {
-            statuses
-                .0
-                .retain(|_, s| s.metadata.name.as_deref() != Some(&*name));
+            statuses.0.retain(|_, s| s.name != name);
             match api.delete(&name, &DeleteParams::default()).await {
                 Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
                 r => r.map(drop),
@@ -267,9 +297,9 @@ async fn set_status(
 mod tests {
     use super::*;
 
-    fn status(name: &str, node: &str, svc: &str) -> ServiceL2Status {
+    fn status(name: &str, node: &str, svc: &str) -> Recorded {
         let (ns, n) = svc.split_once('/').unwrap();
-        ServiceL2Status {
+        Recorded::of(ServiceL2Status {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some("kube-system".into()),
@@ -284,7 +314,7 @@ mod tests {
                 ..Default::default()
             },
             status: desired(node, svc, &Announced::default()),
-        }
+        })
     }
 
     #[test]
