@@ -11,7 +11,8 @@
 #     written a ServiceL2Status for every one (an L2Advertisement selects the pool; the
 #     addresses are outside the underlay, so no client asks for them: what is timed is
 #     the agents' election and status writes), and the agents' memory (VmRSS, each
-#     node's) before and after;
+#     node's) before and after, next to their growth from the 1,000 ClusterIP Services
+#     (what any Service costs the agent's service proxy);
 #   - the memory (VmRSS) of the controllers process (which runs the LoadBalancer
 #     controller in the lab) before and after the 1,000 Services, next to its growth
 #     from 1,000 ClusterIP Services applied first (what the other controllers' watches
@@ -57,7 +58,7 @@ agents_rss() {
   local out=() p
   for node in 1 2; do
     for p in $(ip netns pids "$name-node-$node"); do
-      if tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q '^[^ ]*kubewire agent '; then
+      if tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q '^[^ ]* agent '; then
         out+=("node-$node $(awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$p/status")")
       fi
     done
@@ -118,11 +119,13 @@ sed -e 's/namespace: bench/namespace: base/' -e '/type: LoadBalancer/d' \
 kubectl create namespace base >/dev/null
 sleep 2
 base_before=$(rss)
+agents_base=$(agents_rss)
 kubectl apply -f "$work/base.yaml" >/dev/null
 sleep 5
 before=$(rss)
 printf 'controllers process VmRSS: %s MiB, %s MiB after %s ClusterIP Services\n' "$base_before" "$before" "$n"
 agents_before=$(agents_rss)
+printf 'agents VmRSS (MiB): %s, %s after %s ClusterIP Services\n' "$agents_base" "$agents_before" "$n"
 
 echo
 echo "== $n LoadBalancer Services applied at once"
