@@ -204,15 +204,19 @@ mod tests {
         about(&svc, "test", "Normal", "Tested", "a test")
     }
 
+    fn current_thread() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
     /// Events wait in the queue as data, at most QUEUED of them (the rest are dropped),
     /// and are written IN_FLIGHT at a time; a queue whose runtime ended is replaced.
     #[test]
     fn events_wait_in_a_bounded_queue_and_are_written_a_few_at_a_time() {
         let api = HeldWrites::new();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = current_thread();
         rt.block_on(async {
             let client = kube::Client::new(api.clone(), "default");
             // The writer runs only once this task yields: the queue fills first.
@@ -239,10 +243,7 @@ mod tests {
             assert_eq!(api.most_in_flight.load(Ordering::SeqCst), IN_FLIGHT);
         });
         drop(rt);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = current_thread();
         rt.block_on(async {
             let client = kube::Client::new(api.clone(), "default");
             record(&client, an_event(0));
