@@ -250,7 +250,9 @@ pub(crate) fn dependents(
             Some(ns) => format!("{}/{ns}/", rt.storage_prefix()),
             None => format!("{}/", rt.storage_prefix()),
         };
-        for (k, o) in txn.scan(&prefix)? {
+        // Only objects whose bytes name the uid are decoded: a delete in a namespace
+        // of thousands of objects would otherwise parse them all, under the write lock.
+        for (k, o) in txn.scan_mentioning(&prefix, uid)? {
             let owned = o["metadata"]["ownerReferences"]
                 .as_array()
                 .is_some_and(|refs| refs.iter().any(|r| r["uid"].as_str() == Some(uid)));

@@ -719,6 +719,30 @@ impl Txn {
         Ok(out)
     }
 
+    /// The objects under `prefix` that could contain the string `text` (as a JSON
+    /// string value or key): only those are decoded, so finding the few that name an
+    /// uid costs a byte search per object, not a parse. A text that JSON would escape is
+    /// not searched for in bytes: then every object is returned.
+    pub(crate) fn scan_mentioning(
+        &self,
+        prefix: &str,
+        text: &str,
+    ) -> Result<Vec<(String, Value)>, Error> {
+        let plain = !text.chars().any(|c| c == '"' || c == '\\' || c.is_control());
+        let finder = memchr::memmem::Finder::new(text.as_bytes());
+        let t = self.tx.open_table(OBJECTS).map_err(storage)?;
+        let end = prefix_end(prefix);
+        let mut out = Vec::new();
+        for entry in t.range(prefix..end.as_str()).map_err(storage)? {
+            let (k, v) = entry.map_err(storage)?;
+            if plain && finder.find(v.value()).is_none() {
+                continue;
+            }
+            out.push((k.value().to_string(), decode(v.value())?));
+        }
+        Ok(out)
+    }
+
     /// Stores `obj` under `key` with the next resourceVersion and returns it as stored.
     pub(crate) fn put(
         &mut self,
@@ -816,6 +840,38 @@ mod tests {
         assert_eq!(s.events_after(0).unwrap().len(), 2);
         assert_eq!(s.events_after(1).unwrap()[0].key, "core/pods/b/y");
         assert!(s.events_after(2).unwrap().is_empty());
+    }
+
+    #[test]
+    fn scan_mentioning_decodes_only_objects_that_name_the_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir, 10);
+        let owned = |uid: &str| json!({"metadata":{"ownerReferences":[{"uid": uid}]}});
+        add(&s, "core/pods/a/x", owned("u-1"));
+        add(&s, "core/pods/a/y", owned("u-2"));
+        add(&s, "core/pods/b/z", owned("u-1"));
+        add(&s, "core/pods/a/q", owned("say \"u-1\""));
+        let keys = |text: &str| -> Vec<String> {
+            s.write(|t| t.scan_mentioning("core/pods/a/", text))
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        // In prefix order; an object that names it inside another string is returned
+        // too (the caller reads the field it means).
+        assert_eq!(keys("u-1"), ["core/pods/a/q", "core/pods/a/x"]);
+        assert_eq!(keys("u-3"), Vec::<String>::new());
+        // A text JSON escapes cannot be found as bytes: everything is returned.
+        assert_eq!(keys("\"u-1\"").len(), 3);
+        // Written in the same transaction: seen before the commit.
+        let seen = s
+            .write(|t| {
+                t.put("core/pods/a/new", owned("u-9"), EventType::Added)?;
+                t.scan_mentioning("core/pods/a/", "u-9")
+            })
+            .unwrap();
+        assert_eq!(seen.len(), 1);
     }
 
     #[test]
