@@ -21,11 +21,13 @@ fn world(n: usize) -> World {
         let name = format!("svc-{i}");
         w.services.insert(
             ("bench".into(), name.clone()),
-            serde_json::from_value(json!({
-                "metadata": {"namespace": "bench", "name": name},
-                "spec": {"ports": [{"name": "http", "port": 80}]},
-            }))
-            .unwrap(),
+            std::sync::Arc::new(
+                serde_json::from_value(json!({
+                    "metadata": {"namespace": "bench", "name": name},
+                    "spec": {"ports": [{"name": "http", "port": 80}]},
+                }))
+                .unwrap(),
+            ),
         );
         slices.push(
             serde_json::from_value(json!({

@@ -343,7 +343,7 @@ impl<M, S: Clone> Customs<M, S> {
 
 /// One kind's objects, as the API holds them (without resourceVersion and managed
 /// fields, so that a write that changes nothing read is no change).
-pub struct Kept<K>(BTreeMap<ObjectKey, K>);
+pub struct Kept<K>(BTreeMap<ObjectKey, Arc<K>>);
 
 impl<K> Default for Kept<K> {
     fn default() -> Self {
@@ -356,8 +356,8 @@ impl<K: kube::Resource + PartialEq> Store<K> for Kept<K> {
         let meta = obj.meta_mut();
         meta.managed_fields = None;
         meta.resource_version = None;
-        let changed = self.0.get(&key) != Some(&obj);
-        self.0.insert(key, obj);
+        let changed = self.0.get(&key).map(|o| &**o) != Some(&obj);
+        self.0.insert(key, Arc::new(obj));
         changed
     }
     fn delete(&mut self, key: &str) -> bool {
@@ -455,10 +455,13 @@ where
 }
 
 fn objects<K: Clone>(k: &Kept<K>) -> Vec<K> {
-    k.0.values().cloned().collect()
+    k.0.values().map(|o| (**o).clone()).collect()
 }
 
-fn keyed<K: kube::Resource + Clone, M: FromIterator<((String, String), K)>>(k: &Kept<K>) -> M {
+fn keyed<K: kube::Resource, V, M: FromIterator<((String, String), V)>>(
+    k: &Kept<K>,
+    value: impl Fn(&Arc<K>) -> V,
+) -> M {
     k.0.values()
         .map(|o| {
             let m = o.meta();
@@ -467,7 +470,7 @@ fn keyed<K: kube::Resource + Clone, M: FromIterator<((String, String), K)>>(k: &
                     m.namespace.clone().unwrap_or_default(),
                     m.name.clone().unwrap_or_default(),
                 ),
-                o.clone(),
+                value(o),
             )
         })
         .collect()
@@ -500,7 +503,7 @@ impl Stores {
             .services
             .0
             .get(format!("{ns}/{name}").as_str())
-            .map(crate::gatewayapi::services::load_balancer_addresses)
+            .map(|s| crate::gatewayapi::services::load_balancer_addresses(s))
             .unwrap_or_default();
         World {
             settings,
@@ -515,10 +518,10 @@ impl Stores {
                     )
                 })
                 .collect(),
-            services: keyed(&self.services),
-            endpoint_slices: crate::world::slices_by_service(self.slices.0.values().cloned()),
-            secrets: keyed(&self.secrets),
-            config_maps: keyed(&self.config_maps),
+            services: keyed(&self.services, Arc::clone),
+            endpoint_slices: crate::world::slices_by_service(self.slices.0.values().map(|s| (**s).clone())),
+            secrets: keyed(&self.secrets, |o| (**o).clone()),
+            config_maps: keyed(&self.config_maps, |o| (**o).clone()),
             ingress_classes: objects(&self.ingress_classes),
             ingresses: objects(&self.ingresses),
             gateway_classes: self.gateway_classes.objs(),
@@ -960,12 +963,12 @@ fn service_changes(
     let wanted: Vec<&GatewayService> = wanted.iter().filter(|w| !w.ports.is_empty()).collect();
     let names: BTreeSet<&str> = wanted.iter().map(|w| w.name.as_str()).collect();
     for w in wanted {
-        let manifest = w.manifest(ns, main_svc);
+        let manifest = w.manifest(ns, main_svc.map(|s| &**s));
         let Some(have) = stores.services.0.get(format!("{ns}/{}", w.name).as_str()) else {
             out.push(ServiceChange::Create(manifest));
             continue;
         };
-        let have = serde_json::to_value(have).unwrap_or(Value::Null);
+        let have = serde_json::to_value(&**have).unwrap_or(Value::Null);
         // Ports compared on what we set (the API server adds node ports).
         let ports = |v: &Value| -> Vec<Value> {
             v["spec"]["ports"]
@@ -1195,7 +1198,7 @@ mod tests {
                 s.metadata.namespace.as_deref().unwrap(),
                 s.metadata.name.as_deref().unwrap()
             );
-            stores.services.0.insert(key.into(), s);
+            stores.services.0.insert(key.into(), Arc::new(s));
         };
         put(
             &mut stores,

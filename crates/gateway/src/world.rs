@@ -94,8 +94,10 @@ pub struct World {
     pub settings: Settings,
     /// Labels by namespace name (for `allowedRoutes` selectors).
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
-    /// Hashed: every route's backend looks its Service up here.
-    pub services: HashMap<Key, Service>,
+    /// Hashed: every route's backend looks its Service up here. Shared with the
+    /// controller's store: a cluster's Services are copied into each compile's World by
+    /// reference, not whole.
+    pub services: HashMap<Key, Arc<Service>>,
     /// By the Service they belong to (`kubernetes.io/service-name`): see
     /// [`slices_by_service`].
     pub endpoint_slices: HashMap<Key, Vec<EndpointSlice>>,
@@ -371,7 +373,7 @@ pub(crate) mod fixtures {
             })).collect::<Vec<_>>()},
         }))
         .unwrap();
-        world.services.insert((ns.into(), name.into()), svc);
+        world.services.insert((ns.into(), name.into()), Arc::new(svc));
         let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
             "metadata": {"namespace": ns, "name": format!("{name}-x"),
                 "labels": {"kubernetes.io/service-name": name}},

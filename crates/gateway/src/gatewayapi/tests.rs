@@ -58,7 +58,7 @@ fn compile(w: &World) -> Compiled {
         }
         w.services.insert(
             (w.settings.service.0.clone(), s.name.clone()),
-            serde_json::from_value(manifest).unwrap(),
+            std::sync::Arc::new(serde_json::from_value(manifest).unwrap()),
         );
     }
     let c = crate::compile(&w);
@@ -842,7 +842,7 @@ fn each_gateway_has_its_own_service_and_ports() {
         let manifest = s.manifest("kube-system", None);
         w2.services.insert(
             ("kube-system".into(), s.name.clone()),
-            serde_json::from_value(manifest).unwrap(),
+            std::sync::Arc::new(serde_json::from_value(manifest).unwrap()),
         );
     }
     w2.gateways.remove(0);
