@@ -154,8 +154,9 @@ impl Node {
 /// every agent computing from the same objects computes the same result.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct View {
-    /// LoadBalancer Services.
-    pub services: BTreeMap<ObjectKey, Service>,
+    /// LoadBalancer Services, shared between snapshots: each change sends a new view,
+    /// and copying every Service into it cost more than the change.
+    pub services: BTreeMap<ObjectKey, Arc<Service>>,
     pub nodes: BTreeMap<ObjectKey, Node>,
     pub pools: BTreeMap<ObjectKey, IPAddressPool>,
     pub l2_advertisements: BTreeMap<ObjectKey, L2Advertisement>,
@@ -318,7 +319,7 @@ impl Store {
         let nodes = self.endpoint_nodes(service);
         match self.view.services.get_mut(service) {
             Some(s) if s.endpoint_nodes != nodes => {
-                s.endpoint_nodes = nodes;
+                Arc::make_mut(s).endpoint_nodes = nodes;
                 true
             }
             _ => false,
@@ -361,10 +362,10 @@ impl k8s::Store<K8sService> for Services<'_> {
             return self.delete(&key);
         };
         new.endpoint_nodes = self.0.endpoint_nodes(&key);
-        if self.0.view.services.get(&key) == Some(&new) {
+        if self.0.view.services.get(&key).map(|s| &**s) == Some(&new) {
             return false;
         }
-        self.0.view.services.insert(key, new);
+        self.0.view.services.insert(key, Arc::new(new));
         true
     }
 

@@ -13,6 +13,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::crd::{ALLOCATED_FROM_POOL, BGPAdvertisementSpec, IPAddressPool, L2AdvertisementSpec};
 
+/// What an object without labels is matched against.
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
 /// The selection part that L2 and BGP advertisements share.
 #[derive(Debug, Clone, Copy)]
 pub struct Selection<'a> {
@@ -51,9 +54,11 @@ impl Selection<'_> {
             return true;
         }
         let name = pool.metadata.name.as_deref().unwrap_or_default();
-        let labels = pool.metadata.labels.clone().unwrap_or_default();
         self.pools.iter().any(|p| p == name)
-            || self.pool_selectors.iter().any(|s| selects(s, &labels))
+            || self
+                .pool_selectors
+                .iter()
+                .any(|s| selects(s, pool.metadata.labels.as_ref().unwrap_or(&NO_LABELS)))
     }
 
     /// Whether a node with these labels may announce.
@@ -63,8 +68,8 @@ impl Selection<'_> {
 
     /// Whether the Service's addresses are announced by this advertisement.
     pub fn selects_service(&self, svc: &Service) -> bool {
-        let labels = svc.metadata.labels.clone().unwrap_or_default();
-        any_or_empty(self.service_selectors, &labels)
+        let labels = svc.metadata.labels.as_ref().unwrap_or(&NO_LABELS);
+        any_or_empty(self.service_selectors, labels)
     }
 }
 

@@ -479,7 +479,7 @@ mod tests {
         );
         v.services.insert(
             "default/web".into(),
-            Service {
+            std::sync::Arc::new(Service {
                 namespace: "default".into(),
                 name: "web".into(),
                 ips: vec![
@@ -488,7 +488,7 @@ mod tests {
                 ],
                 pool: Some("default".into()),
                 ..Default::default()
-            },
+            }),
         );
         v
     }
@@ -599,16 +599,14 @@ mod tests {
     #[test]
     fn etp_local_announces_only_from_nodes_with_endpoints() {
         let mut v = view();
-        let svc = v.services.get_mut("default/web").unwrap();
+        let svc = std::sync::Arc::make_mut(v.services.get_mut("default/web").unwrap());
         svc.local = true;
         svc.endpoint_nodes = BTreeSet::from(["node-2".to_string()]);
         assert!(plan(&v, "node-1").peers["router"].routes.is_empty());
         assert!(!plan(&v, "node-1").services.contains_key("default/web"));
         assert_eq!(nets(&plan(&v, "node-2"), "router"), ["198.18.0.200/32"]);
         // Endpoints gone: withdrawn everywhere.
-        v.services
-            .get_mut("default/web")
-            .unwrap()
+        std::sync::Arc::make_mut(v.services.get_mut("default/web").unwrap())
             .endpoint_nodes
             .clear();
         assert!(plan(&v, "node-2").peers["router"].routes.is_empty());
@@ -640,7 +638,7 @@ mod tests {
         ad(&mut v).ip_address_pools.clear();
         ad(&mut v).service_selectors = vec![zone("a")];
         assert!(plan(&v, "node-1").peers["router"].routes.is_empty());
-        v.services.get_mut("default/web").unwrap().labels =
+        std::sync::Arc::make_mut(v.services.get_mut("default/web").unwrap()).labels =
             [("zone".to_string(), "a".to_string())].into();
         assert_eq!(plan(&v, "node-1").peers["router"].routes.len(), 1);
     }
@@ -648,7 +646,7 @@ mod tests {
     #[test]
     fn services_without_a_pool_or_address_and_excluded_nodes_announce_nothing() {
         let mut v = view();
-        v.services.get_mut("default/web").unwrap().pool = None;
+        std::sync::Arc::make_mut(v.services.get_mut("default/web").unwrap()).pool = None;
         assert!(plan(&v, "node-1").peers["router"].routes.is_empty());
         let mut v = view();
         v.nodes

@@ -113,6 +113,8 @@ pub async fn run(
         node,
         responders: BTreeMap::new(),
         announced: Mine::new(),
+        elector: elect::Elector::default(),
+        last: None,
         mine_tx,
     };
     info!(node = %state.node, port, "L2 announcer started");
@@ -170,17 +172,33 @@ struct State {
     responders: BTreeMap<String, Responder>,
     /// What this node announced at the last reconcile.
     announced: Mine,
+    /// Who owns each address, remembered between reconciles.
+    elector: elect::Elector,
+    /// The view and the nodes alive at the last reconcile, and when it was.
+    last: Option<(Arc<View>, BTreeSet<String>, Instant)>,
     mine_tx: watch::Sender<Arc<Mine>>,
 }
 
 impl State {
     /// Elects, and brings the responders in line with the addresses this node owns.
-    fn reconcile(&mut self, view: &View) {
+    fn reconcile(&mut self, view: &Arc<View>) {
         if !view.synced {
             return;
         }
-        let alive = self.members.alive(view, Instant::now());
-        let assignments = elect::assign(view, &alive);
+        let now = Instant::now();
+        let alive = self.members.alive(view, now);
+        // A heartbeat tick (every 50 ms) with the same view and the same nodes alive
+        // changes nothing but the interfaces, which are looked at less often: at 1,000
+        // addresses, electing at every tick was most of the agent's work.
+        let unchanged = self
+            .last
+            .as_ref()
+            .is_some_and(|(v, a, at)| Arc::ptr_eq(v, view) && *a == alive && now < *at + LINKS_RECHECK);
+        if unchanged {
+            return;
+        }
+        self.last = Some((view.clone(), alive.clone(), now));
+        let view: &View = view;
         let links = match netlink::packet::links() {
             Ok(l) => l,
             Err(e) => {
@@ -188,13 +206,16 @@ impl State {
                 return;
             }
         };
+        // Taken out while its answer is read, and put back below.
+        let mut elector = std::mem::take(&mut self.elector);
+        let assignments = elector.assign(view, &alive);
         let underlay = view
             .nodes
             .get(self.node.as_str())
             .and_then(|n| underlay(&links, &n.internal_ips));
         let mut want: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
         let mut mine = Mine::new();
-        for (ip, a) in &assignments {
+        for (ip, a) in assignments {
             if a.owner != self.node {
                 continue;
             }
@@ -226,6 +247,7 @@ impl State {
                 e.interfaces.extend(interfaces.iter().cloned());
             }
         }
+        self.elector = elector;
         self.set_responders(&links, want);
         if mine != self.announced {
             for (svc, a) in &mine {
@@ -301,6 +323,10 @@ impl Drop for Responder {
         self.task.abort();
     }
 }
+
+/// How often the interfaces (and the responders bound to them) are looked at again
+/// when neither the view nor the nodes alive changed.
+const LINKS_RECHECK: Duration = Duration::from_millis(250);
 
 /// When the announcements of an address that arrived are repeated: a lost frame or a
 /// neighbour that was busy still learns the new owner within a second.
