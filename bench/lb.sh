@@ -6,7 +6,9 @@
 #   - one change at that size, 20 times: a Service created, the time from the watch's
 #     ADDED event to the MODIFIED event that carries its address (both seen by one
 #     `kubectl get -w`, so it is the controller's reaction: a pass over all 1,001 and
-#     its writes), and the controller's own pass times from its debug log;
+#     its writes), the controller's own pass times from its debug log, and the CPU
+#     time each kind of component used meanwhile (on 2 cores, what the others do when
+#     a Service changes delays the controller's writes);
 #   - their announcement: from the start of `kubectl apply` until the agents have
 #     written a ServiceL2Status for every one (an L2Advertisement selects the pool; the
 #     addresses are outside the underlay, so no client asks for them: what is timed is
@@ -64,6 +66,15 @@ agents_rss() {
     done
   done
   (IFS=,; echo "${out[*]}")
+}
+# CPU time (ms) used so far by each kind of kubewire process (its subcommand: apiserver,
+# controllers, agent, gateway, ...), summed over the processes of that kind.
+cpu_by_component() {
+  local p
+  for p in $(pgrep -f "$bin "); do
+    printf '%s %s\n' "$(tr '\0' ' ' <"/proc/$p/cmdline" | awk '{print $2}')" \
+      "$(awk '{print $14 + $15}' "/proc/$p/stat")"
+  done | awk -v hz="$(getconf CLK_TCK)" '{t[$1] += $2} END {for (k in t) printf "%s %.0f\n", k, t[k] * 1000 / hz}'
 }
 announced() {
   kubectl -n kube-system get servicel2statuses -o name | grep -c . || true
@@ -153,12 +164,18 @@ kubectl -n bench get svc -w --output-watch-events \
 watcher=$!
 sleep 2
 passes_from=$(wc -l <"$log")
+cpu_by_component >"$work/cpu-before"
 for i in $(seq "$trials"); do
   kubectl -n bench create service loadbalancer "one-$i" --tcp=80:80 >/dev/null
   until grep -q "MODIFIED one-$i 10\.250\." "$work/watch"; do sleep 0.02; done
   kubectl -n bench delete service "one-$i" --wait=false >/dev/null
   sleep 0.3
 done
+cpu_by_component >"$work/cpu-after"
+# Where the CPU went while the trials ran (each trial: a create, the controller's writes,
+# the agents' status writes, the endpoints controllers' slices, a delete, 0.3 s idle).
+awk -v n="$trials" 'NR == FNR {before[$1] = $2; next} {printf "%s %.1f ms, ", $1, ($2 - before[$1]) / n}' \
+  "$work/cpu-before" "$work/cpu-after" | sed 's/, $/\n/; s/^/CPU per trial, by component (all processes of each): /'
 python3 - "$work/watch" "$trials" <<'EOF'
 import sys, statistics
 added, got = {}, {}
