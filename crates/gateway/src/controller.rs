@@ -519,7 +519,9 @@ impl Stores {
                 })
                 .collect(),
             services: keyed(&self.services, Arc::clone),
-            endpoint_slices: crate::world::slices_by_service(self.slices.0.values().map(|s| (**s).clone())),
+            endpoint_slices: crate::world::slices_by_service(
+                self.slices.0.values().map(|s| (**s).clone()),
+            ),
             secrets: keyed(&self.secrets, |o| (**o).clone()),
             config_maps: keyed(&self.config_maps, |o| (**o).clone()),
             ingress_classes: objects(&self.ingress_classes),

@@ -373,7 +373,9 @@ pub(crate) mod fixtures {
             })).collect::<Vec<_>>()},
         }))
         .unwrap();
-        world.services.insert((ns.into(), name.into()), Arc::new(svc));
+        world
+            .services
+            .insert((ns.into(), name.into()), Arc::new(svc));
         let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
             "metadata": {"namespace": ns, "name": format!("{name}-x"),
                 "labels": {"kubernetes.io/service-name": name}},

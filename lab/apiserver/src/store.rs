@@ -728,7 +728,9 @@ impl Txn {
         prefix: &str,
         text: &str,
     ) -> Result<Vec<(String, Value)>, Error> {
-        let plain = !text.chars().any(|c| c == '"' || c == '\\' || c.is_control());
+        let plain = !text
+            .chars()
+            .any(|c| c == '"' || c == '\\' || c.is_control());
         let finder = memchr::memmem::Finder::new(text.as_bytes());
         let t = self.tx.open_table(OBJECTS).map_err(storage)?;
         let end = prefix_end(prefix);

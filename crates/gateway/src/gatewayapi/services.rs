@@ -127,7 +127,12 @@ pub(crate) fn plan(world: &World, gateways: &[&Obj<GatewaySpec>]) -> Vec<Gateway
     let mut bound: Vec<BTreeMap<PortKey, u16>> = vec![BTreeMap::new(); gateways.len()];
     // What a Service binds already stays, the older Gateway's first on a clash.
     for (i, name) in names.iter().enumerate() {
-        let have = current(world.services.get(&(svc_ns.clone(), name.clone())).map(|s| &**s));
+        let have = current(
+            world
+                .services
+                .get(&(svc_ns.clone(), name.clone()))
+                .map(|s| &**s),
+        );
         for (key, target) in have {
             if wants[i].contains(&key) && taken.insert(target) {
                 bound[i].insert(key, target);

@@ -79,7 +79,11 @@ fn pool_identities(view: &View) -> Vec<PoolIdentity> {
 
 impl Elector {
     /// The same answer as [`assign`].
-    pub fn assign(&mut self, view: &View, alive: &BTreeSet<String>) -> &BTreeMap<IpAddr, Assignment> {
+    pub fn assign(
+        &mut self,
+        view: &View,
+        alive: &BTreeSet<String>,
+    ) -> &BTreeMap<IpAddr, Assignment> {
         let pools = pool_identities(view);
         let same_context = self.context.as_ref().is_some_and(|c| {
             c.nodes == view.nodes
@@ -370,12 +374,18 @@ mod tests {
         s3.local = true;
         s3.endpoint_nodes = BTreeSet::from(["node-2".to_owned()]);
         check(&mut e, &v, &alive);
-        assert_eq!(e.assign(&v, &alive)[&"198.18.0.103".parse::<IpAddr>().unwrap()].owner, "node-2");
+        assert_eq!(
+            e.assign(&v, &alive)[&"198.18.0.103".parse::<IpAddr>().unwrap()].owner,
+            "node-2"
+        );
         Arc::make_mut(v.services.get_mut("default/s3").unwrap())
             .endpoint_nodes
             .clear();
         check(&mut e, &v, &alive);
-        assert!(!e.assign(&v, &alive).contains_key(&"198.18.0.103".parse::<IpAddr>().unwrap()));
+        assert!(
+            !e.assign(&v, &alive)
+                .contains_key(&"198.18.0.103".parse::<IpAddr>().unwrap())
+        );
         // Added, removed, and an address shared by two Services.
         let new = service("new", &["198.18.0.150"]);
         v.services.insert(new.key().into(), Arc::new(new));
@@ -408,8 +418,11 @@ mod tests {
         });
         check(&mut e, &v, &alive);
         assert!(e.assign(&v, &alive).is_empty());
-        v.pools.get_mut("metallb-system/pool").unwrap().metadata.labels =
-            Some([("tier".to_owned(), "web".to_owned())].into());
+        v.pools
+            .get_mut("metallb-system/pool")
+            .unwrap()
+            .metadata
+            .labels = Some([("tier".to_owned(), "web".to_owned())].into());
         check(&mut e, &v, &alive);
         assert!(!e.assign(&v, &alive).is_empty());
     }

@@ -190,10 +190,9 @@ impl State {
         // A heartbeat tick (every 50 ms) with the same view and the same nodes alive
         // changes nothing but the interfaces, which are looked at less often: at 1,000
         // addresses, electing at every tick was most of the agent's work.
-        let unchanged = self
-            .last
-            .as_ref()
-            .is_some_and(|(v, a, at)| Arc::ptr_eq(v, view) && *a == alive && now < *at + LINKS_RECHECK);
+        let unchanged = self.last.as_ref().is_some_and(|(v, a, at)| {
+            Arc::ptr_eq(v, view) && *a == alive && now < *at + LINKS_RECHECK
+        });
         if unchanged {
             return;
         }
