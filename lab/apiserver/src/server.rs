@@ -230,8 +230,12 @@ async fn connection(
     router: Router,
     token: Arc<str>,
 ) {
+    let handshake = std::time::Instant::now();
     let tls = match acceptor.accept(tcp).await {
-        Ok(t) => t,
+        Ok(t) => {
+            tracing::debug!(target: "apiserver::requests", %peer, took = ?handshake.elapsed(), "TLS connection");
+            t
+        }
         Err(e) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
             return;
@@ -264,7 +268,26 @@ async fn connection(
                     req.extensions_mut().insert(api::User::anonymous());
                 }
             }
-            Ok(router.handle(req).await)
+            // kube-apiserver's httplog at -v=3: each request, its status and its time to
+            // the response head (for a watch: until it started).
+            if !tracing::enabled!(target: "apiserver::requests", tracing::Level::DEBUG) {
+                return Ok(router.handle(req).await);
+            }
+            let (started, method, path) = (
+                std::time::Instant::now(),
+                req.method().clone(),
+                req.uri().path().to_owned(),
+            );
+            let response = router.handle(req).await;
+            tracing::debug!(
+                target: "apiserver::requests",
+                %peer,
+                %method,
+                path,
+                status = response.status().as_u16(),
+                took = ?started.elapsed(),
+            );
+            Ok(response)
         }
     });
     if let Err(e) = hyper::server::conn::http1::Builder::new()
