@@ -69,11 +69,13 @@ agents_rss() {
 }
 # CPU time (ms) used so far by each kind of kubewire process (its subcommand: apiserver,
 # controllers, agent, gateway, ...), summed over the processes of that kind.
+# Read from /proc directly (procps is not among the test packages).
 cpu_by_component() {
-  local p
-  for p in $(pgrep -f "$bin "); do
-    printf '%s %s\n' "$(tr '\0' ' ' <"/proc/$p/cmdline" | awk '{print $2}')" \
-      "$(awk '{print $14 + $15}' "/proc/$p/stat")"
+  local d cmd
+  for d in /proc/[0-9]*; do
+    cmd=$({ tr '\0' ' ' <"$d/cmdline"; } 2>/dev/null) || continue
+    [[ $cmd == "$bin "* ]] || continue
+    printf '%s %s\n' "$(awk '{print $2}' <<<"$cmd")" "$(awk '{print $14 + $15}' "$d/stat" 2>/dev/null || echo 0)"
   done | awk -v hz="$(getconf CLK_TCK)" '{t[$1] += $2} END {for (k in t) printf "%s %.0f\n", k, t[k] * 1000 / hz}'
 }
 announced() {
