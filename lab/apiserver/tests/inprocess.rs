@@ -833,6 +833,54 @@ async fn discovery_and_status_subresource() {
         .await
         .unwrap();
     assert_eq!(running.items.len(), 1);
+
+    // A built-in type's /status writes its metadata too (MetalLB annotates a Service with
+    // its pool in the status write), never its spec; pods/status keeps owner references.
+    let owner = json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "o", "uid": "u-1"}]);
+    let p = pods
+        .patch_status(
+            "s",
+            &PatchParams::default(),
+            &Patch::Merge(json!({
+                "metadata": {"annotations": {"a": "b"}, "ownerReferences": owner},
+                "spec": {"nodeName": "elsewhere"},
+                "status": {"phase": "Succeeded"},
+            })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(p.annotations().get("a").map(String::as_str), Some("b"));
+    assert!(p.owner_references().is_empty(), "{:?}", p.metadata);
+    assert_eq!(p.spec.unwrap().node_name, None);
+    assert_eq!(p.status.unwrap().phase.as_deref(), Some("Succeeded"));
+    let services: Api<Service> = Api::namespaced(pods.into_client(), "default");
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "lb"},
+        "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]},
+    }))
+    .unwrap();
+    services.create(&PostParams::default(), &svc).await.unwrap();
+    let s = services
+        .patch_status(
+            "lb",
+            &PatchParams::default(),
+            &Patch::Merge(json!({
+                "metadata": {"annotations": {"metallb.io/ip-allocated-from-pool": "default"}},
+                "spec": {"ports": [{"port": 81}]},
+                "status": {"loadBalancer": {"ingress": [{"ip": "10.250.0.1"}]}},
+            })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        s.annotations()
+            .get("metallb.io/ip-allocated-from-pool")
+            .map(String::as_str),
+        Some("default")
+    );
+    assert_eq!(s.spec.unwrap().ports.unwrap()[0].port, 80);
+    let ingress = s.status.unwrap().load_balancer.unwrap().ingress.unwrap();
+    assert_eq!(ingress[0].ip.as_deref(), Some("10.250.0.1"));
 }
 
 #[tokio::test]
@@ -1345,8 +1393,9 @@ async fn custom_resource_definitions_serve_their_objects() {
     let w = json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w1"}, "spec": {"size": 3}});
     let (code, _, v) = raw(&r, "POST", widgets, "application/json", &w.to_string()).await;
     assert_eq!(code, 201, "{v}");
-    let status = json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}});
-    let (code, _, _) = raw(
+    // A custom resource's /status writes the status alone (not the labels).
+    let status = json!({"metadata": {"labels": {"x": "y"}}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}});
+    let (code, _, v) = raw(
         &r,
         "PATCH",
         &format!("{widgets}/w1/status"),
@@ -1355,6 +1404,8 @@ async fn custom_resource_definitions_serve_their_objects() {
     )
     .await;
     assert_eq!(code, 200);
+    assert_eq!(v["status"]["conditions"][0]["type"], "Ready");
+    assert!(v["metadata"]["labels"].is_null(), "{v}");
     let (code, _, _) = raw(
         &r,
         "PATCH",

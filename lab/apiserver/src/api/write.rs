@@ -525,10 +525,33 @@ pub(super) fn store_update(
         return Err(Status::conflict(rt.group, rt.resource, &name).into());
     }
     let status_only = t.is_status();
-    if status_only {
+    if status_only && rt.custom {
+        // A custom resource's status subresource writes its status alone.
         let st = new["status"].take();
         new = old.clone();
         new["status"] = st;
+    } else if status_only {
+        // A built-in type's status subresource writes its status and its metadata, as
+        // kube-apiserver's status strategies do (a controller annotates with its status
+        // write: MetalLB's pool, flannel's node annotations); the spec and the rest stay
+        // as stored.
+        let st = new["status"].take();
+        let mut meta = new["metadata"].take();
+        if rt.kind == "Pod" {
+            // pods/status leaves owner references alone (kube-apiserver: old kubelets
+            // corrupted them through it).
+            meta["ownerReferences"] = old["metadata"]["ownerReferences"].clone();
+            if meta["ownerReferences"].is_null()
+                && let Some(m) = meta.as_object_mut()
+            {
+                m.remove("ownerReferences");
+            }
+        }
+        new = old.clone();
+        new["status"] = st;
+        if meta.is_object() {
+            new["metadata"] = meta;
+        }
     } else if rt.status {
         new["status"] = old["status"].clone();
     }
