@@ -497,8 +497,10 @@ impl Store {
         dry_run: bool,
         f: impl FnOnce(&mut Txn) -> Result<T, Error>,
     ) -> Result<(T, Option<u64>), Error> {
+        let asked = std::time::Instant::now();
         let rv = {
             let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let locked = asked.elapsed();
             let mut tx = self.db.begin_write().map_err(storage)?;
             // Group commit: this commit is made visible at once and durable by the next
             // flush, which fsyncs once for every commit made meanwhile; the write is
@@ -548,6 +550,9 @@ impl Store {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .extend(events);
+            // Where a write's time goes (`RUST_LOG=apiserver::store=debug`): waiting for
+            // the writer lock, then the transaction under it.
+            tracing::debug!(rv, waited = ?locked, held = ?asked.elapsed() - locked, "committed");
             (rv, out)
         };
         let (rv, out) = rv;
@@ -558,11 +563,13 @@ impl Store {
     /// last flush), trims the persisted log, then hands their events to watchers.
     fn flush(&self, rv: u64) -> Result<(), Error> {
         use std::sync::atomic::Ordering;
+        let asked = std::time::Instant::now();
         let _f = self.flusher.lock().unwrap_or_else(|p| p.into_inner());
         if self.durable.load(Ordering::Acquire) >= rv {
             return Ok(()); // another thread's flush covered this commit
         }
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let locked = asked.elapsed();
         let events = std::mem::take(&mut *self.unflushed.lock().unwrap_or_else(|p| p.into_inner()));
         let Some(target) = events.last().map(|e| e.rv) else {
             return Ok(()); // nothing left: an earlier flush covered it
@@ -599,6 +606,13 @@ impl Store {
             return Err(storage(e));
         }
         self.durable.store(target, Ordering::Release);
+        tracing::debug!(
+            rv = target,
+            events = events.len(),
+            waited = ?locked,
+            committed = ?asked.elapsed() - locked,
+            "flushed"
+        );
         {
             let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
             for e in events {

@@ -213,16 +213,27 @@ where
     F: FnOnce(&State) -> Result<Response<ResponseBody>, Error> + Send + 'static,
 {
     let st = state.clone();
-    let (resp, rv) = tokio::task::spawn_blocking(move || {
+    let asked = std::time::Instant::now();
+    let (resp, rv, queued, ran) = tokio::task::spawn_blocking(move || {
+        let queued = asked.elapsed();
         crate::store::take_deferred();
         let resp = f(&st);
-        (resp, crate::store::take_deferred())
+        (resp, crate::store::take_deferred(), queued, asked.elapsed())
     })
     .await
     .map_err(Error::Task)?;
     // Acknowledge only durable writes; the thread is free meanwhile (group commit).
     if rv > 0 {
         state.store.wait_durable(rv).await?;
+        // With the store's "committed" and "flushed": where a write's time goes.
+        tracing::debug!(
+            target: "apiserver::store",
+            rv,
+            queued = ?queued,
+            ran = ?ran - queued,
+            durable = ?asked.elapsed() - ran,
+            "acknowledged"
+        );
     }
     resp
 }
