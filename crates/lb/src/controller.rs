@@ -6,8 +6,9 @@
 //!
 //! - a Service's `status.loadBalancer.ingress` (`ipMode: VIP`) and its
 //!   `metallb.io/ip-allocated-from-pool` annotation, by which the announcers find its
-//!   advertisements; the annotation goes on before the addresses and comes off after
-//!   them, so an announcer never sees an address without its pool;
+//!   advertisements; both in one write to the status subresource (which takes a
+//!   built-in type's metadata too), so an announcer never sees an address without its
+//!   pool;
 //! - core/v1 Events on the Service with MetalLB's reasons (`IPAllocated`,
 //!   `AllocationFailed`, `ClearAssignment`, ...), each told once, not at every pass;
 //! - each IPAddressPool's status (addresses assigned and available per family).
@@ -472,8 +473,10 @@ fn params() -> PatchParams {
 }
 
 /// Writes a Service's addresses and pool annotation (`want`), or takes them off,
-/// where they differ from what it has (`have`). The annotation goes on first and comes
-/// off last.
+/// where they differ from what it has (`have`). One write to the status subresource
+/// carries both: a built-in type's status write takes its metadata too (kube-apiserver's
+/// Service status strategy resets only the spec), so the address and the pool it came
+/// from appear together and go together, and a change reaches watchers in one write.
 async fn write(
     client: kube::Client,
     namespace: String,
@@ -483,47 +486,46 @@ async fn write(
     have: (Vec<IpAddr>, Option<String>),
 ) -> (String, Result<Written, kube::Error>) {
     let api: Api<Service> = Api::namespaced(client, &namespace);
-    let result = async {
-        let pool = want.as_ref().map(|(_, p)| p.clone());
-        let ips = want
-            .as_ref()
-            .map(|(ips, _)| ips.clone())
-            .unwrap_or_default();
-        let annotate = json!({ "metadata": { "annotations": { ALLOCATED_FROM_POOL: pool } } });
-        let ingress: Vec<_> = ips
-            .iter()
-            .map(|ip| json!({ "ip": ip.to_string(), "ipMode": "VIP" }))
-            .collect();
-        let status = if ingress.is_empty() {
-            json!({ "status": { "loadBalancer": { "ingress": null } } })
-        } else {
-            json!({ "status": { "loadBalancer": { "ingress": ingress } } })
-        };
-        let (annotation_differs, status_differs) = (have.1 != pool, have.0 != ips);
-        let mut rv = 0;
-        let t = std::time::Instant::now();
-        if want.is_some() && annotation_differs {
-            let svc = api
-                .patch(&name, &params(), &Patch::Merge(&annotate))
-                .await?;
-            rv = rv.max(rv_of(&svc.metadata));
-        }
-        let t1 = t.elapsed();
-        if status_differs {
-            let svc = api
-                .patch_status(&name, &params(), &Patch::Merge(status))
-                .await?;
-            rv = rv.max(rv_of(&svc.metadata));
-        }
-        let t2 = t.elapsed();
-        if want.is_none() && annotation_differs {
-            let svc = api.patch(&name, &params(), &Patch::Merge(annotate)).await?;
-            rv = rv.max(rv_of(&svc.metadata));
-        }
-        tracing::trace!(service = %key, annotation = ?t1, status = ?(t2 - t1), "written");
-        Ok(Written { rv, ips, pool })
+    let (ips, pool) = match want {
+        Some((ips, pool)) => (ips, Some(pool)),
+        None => (Vec::new(), None),
+    };
+    let ingress: Vec<_> = ips
+        .iter()
+        .map(|ip| json!({ "ip": ip.to_string(), "ipMode": "VIP" }))
+        .collect();
+    let mut patch = serde_json::Map::new();
+    if have.1 != pool {
+        patch.insert(
+            "metadata".into(),
+            json!({ "annotations": { ALLOCATED_FROM_POOL: pool } }),
+        );
     }
-    .await;
+    if have.0 != ips {
+        let ingress = if ingress.is_empty() {
+            serde_json::Value::Null
+        } else {
+            ingress.into()
+        };
+        patch.insert(
+            "status".into(),
+            json!({ "loadBalancer": { "ingress": ingress } }),
+        );
+    }
+    let t = std::time::Instant::now();
+    let result = api
+        .patch_status(
+            &name,
+            &params(),
+            &Patch::Merge(serde_json::Value::Object(patch)),
+        )
+        .await
+        .map(|svc| Written {
+            rv: rv_of(&svc.metadata),
+            ips,
+            pool,
+        });
+    tracing::trace!(service = %key, took = ?t.elapsed(), "written");
     (key, result)
 }
 

@@ -6,9 +6,11 @@
 mod common;
 
 use common::{create, eventually, start};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event, Namespace, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
 use serde_json::json;
 
 const CRD: &str =
@@ -56,6 +58,13 @@ async fn addresses_are_given_once_and_kept_across_a_restart() {
         .unwrap();
 
     let services: Api<Service> = Api::namespaced(c.clone(), "default");
+    // Every version of "a" the watch shows, from before it exists.
+    let mut versions = watcher(
+        services.clone(),
+        watcher::Config::default().fields("metadata.name=a"),
+    )
+    .boxed();
+    while !matches!(versions.next().await, Some(Ok(watcher::Event::InitDone))) {}
     let _: Service = create(&c, "default", svc("a")).await;
     let a = eventually("a's address", || async {
         let ips = addresses(&services, "a").await;
@@ -63,6 +72,34 @@ async fn addresses_are_given_once_and_kept_across_a_restart() {
     })
     .await;
     assert_eq!(a, ["10.0.0.1"]);
+    // The address and its pool annotation come in one write: no version has one
+    // without the other.
+    loop {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(30), versions.next());
+        let s = match next.await.expect("the watch shows a's versions") {
+            Some(Ok(watcher::Event::Apply(s))) => s,
+            None => panic!("the watch ended"),
+            _ => continue,
+        };
+        let pool = s
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(lb::crd::ALLOCATED_FROM_POOL).cloned());
+        let has_address = s
+            .status
+            .and_then(|st| st.load_balancer?.ingress)
+            .is_some_and(|i| !i.is_empty());
+        assert_eq!(
+            pool.is_some(),
+            has_address,
+            "{pool:?} without the address, or the reverse"
+        );
+        if has_address {
+            break;
+        }
+    }
+    drop(versions);
     let got = services.get("a").await.unwrap();
     assert_eq!(
         got.metadata.annotations.unwrap()[lb::crd::ALLOCATED_FROM_POOL],
