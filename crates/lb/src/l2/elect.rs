@@ -38,8 +38,8 @@ pub struct Assignment {
 /// The owner of every announced address, given the nodes that are alive.
 pub fn assign(view: &View, alive: &BTreeSet<String>) -> BTreeMap<IpAddr, Assignment> {
     by_address(view)
-        .into_iter()
-        .filter_map(|(ip, services)| Some((ip, assign_one(view, alive, &services)?)))
+        .chunk_by(|a, b| a.0 == b.0)
+        .filter_map(|held| Some((held[0].0, assign_one(view, alive, held)?)))
         .collect()
 }
 
@@ -56,6 +56,9 @@ pub struct Elector {
     /// shared, so the view can only replace them, never change them in place.
     inputs: BTreeMap<IpAddr, Vec<Arc<Service>>>,
     out: BTreeMap<IpAddr, Assignment>,
+    /// Counts the addresses elected again (their Services changed, or everything
+    /// changed) and those gone, so the caller can tell an election that changed nothing.
+    changes: u64,
 }
 
 #[derive(Debug, PartialEq)]
@@ -100,48 +103,74 @@ impl Elector {
             });
             self.inputs.clear();
             self.out.clear();
+            self.changes += 1;
         }
-        let by_ip = by_address(view);
-        self.inputs.retain(|ip, _| by_ip.contains_key(ip));
-        self.out.retain(|ip, _| by_ip.contains_key(ip));
-        for (ip, services) in by_ip {
+        let held = by_address(view);
+        let announced = |ip: &IpAddr| held.binary_search_by_key(ip, |h| h.0).is_ok();
+        self.inputs.retain(|ip, _| announced(ip));
+        let before = self.out.len();
+        self.out.retain(|ip, _| announced(ip));
+        if self.out.len() != before {
+            self.changes += 1;
+        }
+        for services in held.chunk_by(|a, b| a.0 == b.0) {
+            let ip = services[0].0;
             let unchanged = self.inputs.get(&ip).is_some_and(|before| {
                 before.len() == services.len()
-                    && before.iter().zip(&services).all(|(a, b)| Arc::ptr_eq(a, b))
+                    && before
+                        .iter()
+                        .zip(services)
+                        .all(|(a, (_, b))| Arc::ptr_eq(a, b))
             });
             if unchanged {
                 continue;
             }
-            match assign_one(view, alive, &services) {
+            // Counted even when the answer is the same: the caller also reads the
+            // Services themselves (a Service made again under its name has a new uid).
+            self.changes += 1;
+            match assign_one(view, alive, services) {
                 Some(a) => self.out.insert(ip, a),
                 None => self.out.remove(&ip),
             };
             self.inputs
-                .insert(ip, services.into_iter().cloned().collect());
+                .insert(ip, services.iter().map(|(_, s)| Arc::clone(s)).collect());
         }
         &self.out
     }
+
+    /// The answers of the last [`Elector::assign`].
+    pub fn answers(&self) -> &BTreeMap<IpAddr, Assignment> {
+        &self.out
+    }
+
+    /// How many times an address was elected again or dropped: equal before and after
+    /// [`Elector::assign`] when that election had nothing new to look at.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
 }
 
-/// Every announced address with the Services holding it, in key order.
-fn by_address(view: &View) -> BTreeMap<IpAddr, Vec<&Arc<Service>>> {
-    let mut by_ip: BTreeMap<IpAddr, Vec<&Arc<Service>>> = BTreeMap::new();
-    for svc in view.services.values() {
-        for ip in &svc.ips {
-            by_ip.entry(*ip).or_default().push(svc);
-        }
-    }
-    by_ip
+/// Every announced address with each Service holding it, by address and then in key
+/// order: one allocation, not one per address (this runs at every change).
+fn by_address(view: &View) -> Vec<(IpAddr, &Arc<Service>)> {
+    let mut held: Vec<(IpAddr, &Arc<Service>)> = view
+        .services
+        .values()
+        .flat_map(|svc| svc.ips.iter().map(move |ip| (*ip, svc)))
+        .collect();
+    // Stable: the Services of one address stay in key order.
+    held.sort_by_key(|h| h.0);
+    held
 }
 
 /// The owner of one address held by `services` (none if no node is eligible).
 fn assign_one(
     view: &View,
     alive: &BTreeSet<String>,
-    services: &[&Arc<Service>],
+    services: &[(IpAddr, &Arc<Service>)],
 ) -> Option<Assignment> {
     let mut eligible: Option<BTreeSet<&str>> = None;
-    for svc in services {
+    for (_, svc) in services {
         let nodes = eligible_nodes(view, svc, alive);
         eligible = Some(match eligible {
             None => nodes,
@@ -149,13 +178,13 @@ fn assign_one(
         });
     }
     // `services` is in key order; every Service holds the address, so has a first one.
-    let key = services[0].ips[0];
+    let key = services[0].1.ips[0];
     let owner = eligible
         .unwrap_or_default()
         .into_iter()
         .min_by_key(|n| (rank(n, &key), *n))?;
     let mut interfaces = BTreeSet::new();
-    for svc in services {
+    for (_, svc) in services {
         for ad in advertisements(view, svc) {
             let node = &view.nodes[owner];
             if Selection::from(&ad.spec).selects_node(&node.labels) {
@@ -165,7 +194,7 @@ fn assign_one(
     }
     Some(Assignment {
         owner: owner.to_owned(),
-        services: services.iter().map(|s| s.key()).collect(),
+        services: services.iter().map(|(_, s)| s.key()).collect(),
         interfaces,
     })
 }
@@ -367,13 +396,20 @@ mod tests {
             assert_eq!(*e.assign(v, alive), assign(v, alive));
         };
         check(&mut e, &v, &alive);
+        let first = e.changes();
         check(&mut e, &v, &alive);
+        assert_eq!(
+            e.changes(),
+            first,
+            "nothing changed, so nothing was elected again"
+        );
         // Changed through the view as the announcers' store does it: the elector holds
         // the old object, so the view gets a new one.
         let s3 = Arc::make_mut(v.services.get_mut("default/s3").unwrap());
         s3.local = true;
         s3.endpoint_nodes = BTreeSet::from(["node-2".to_owned()]);
         check(&mut e, &v, &alive);
+        assert_ne!(e.changes(), first, "s3 changed");
         assert_eq!(
             e.assign(&v, &alive)[&"198.18.0.103".parse::<IpAddr>().unwrap()].owner,
             "node-2"
@@ -408,7 +444,9 @@ mod tests {
             assigned_ipv4: 21,
             ..Default::default()
         });
+        let before = e.changes();
         check(&mut e, &v, &alive);
+        assert_eq!(e.changes(), before, "a pool's status elects nothing again");
         v.l2_advertisements.values_mut().for_each(|ad| {
             ad.spec.ip_address_pools.clear();
             ad.spec.ip_address_pool_selectors = vec![LabelSelector {

@@ -115,6 +115,7 @@ pub async fn run(
         announced: Mine::new(),
         elector: elect::Elector::default(),
         last: None,
+        shown: None,
         mine_tx,
     };
     info!(node = %state.node, port, "L2 announcer started");
@@ -163,6 +164,13 @@ async fn heartbeat_socket(port: u16) -> std::io::Result<UdpSocket> {
     }
 }
 
+/// The responders' addresses per interface, and what they were computed from.
+struct Shown {
+    changes: u64,
+    links: BTreeMap<String, Link>,
+    want: BTreeMap<String, BTreeSet<IpAddr>>,
+}
+
 /// The announcer's state between events.
 struct State {
     client: kube::Client,
@@ -176,6 +184,9 @@ struct State {
     elector: elect::Elector,
     /// The view and the nodes alive at the last reconcile, and when it was.
     last: Option<(Arc<View>, BTreeSet<String>, Instant)>,
+    /// What the responders were last given, and from what: the elector's count of
+    /// changed answers and the interfaces as they were then.
+    shown: Option<Shown>,
     mine_tx: watch::Sender<Arc<Mine>>,
 }
 
@@ -196,8 +207,12 @@ impl State {
         if unchanged {
             return;
         }
-        self.last = Some((view.clone(), alive.clone(), now));
-        let view: &View = view;
+        // The same view and nodes alive, looked at again for the interfaces: nothing
+        // to elect.
+        let same_inputs = self
+            .last
+            .as_ref()
+            .is_some_and(|(v, a, _)| Arc::ptr_eq(v, view) && *a == alive);
         let links = match netlink::packet::links() {
             Ok(l) => l,
             Err(e) => {
@@ -205,9 +220,28 @@ impl State {
                 return;
             }
         };
+        self.last = Some((view.clone(), alive.clone(), now));
+        let view: &View = view;
         // Taken out while its answer is read, and put back below.
         let mut elector = std::mem::take(&mut self.elector);
-        let assignments = elector.assign(view, &alive);
+        if !same_inputs {
+            elector.assign(view, &alive);
+        }
+        let changes = elector.changes();
+        if let Some(shown) = self
+            .shown
+            .take_if(|s| s.changes == changes && s.links == links)
+        {
+            // Nothing elected again and no interface changed (a pool's status, a
+            // heartbeat, a link check): only a responder that stopped needs starting
+            // again. At 1,000 addresses, rebuilding what this node announces was most
+            // of the announcer's work per change.
+            self.elector = elector;
+            self.set_responders(&links, &shown.want);
+            self.shown = Some(shown);
+            return;
+        }
+        let assignments = elector.answers();
         let underlay = view
             .nodes
             .get(self.node.as_str())
@@ -247,7 +281,12 @@ impl State {
             }
         }
         self.elector = elector;
-        self.set_responders(&links, want);
+        self.set_responders(&links, &want);
+        self.shown = Some(Shown {
+            changes,
+            links,
+            want,
+        });
         if mine != self.announced {
             for (svc, a) in &mine {
                 if !self.announced.contains_key(svc) {
@@ -271,7 +310,7 @@ impl State {
     fn set_responders(
         &mut self,
         links: &BTreeMap<String, Link>,
-        want: BTreeMap<String, BTreeSet<IpAddr>>,
+        want: &BTreeMap<String, BTreeSet<IpAddr>>,
     ) {
         // Gone, finished (its socket failed) or bound to a link that was replaced.
         self.responders.retain(|name, r| {
@@ -280,20 +319,22 @@ impl State {
                 && links.get(name).is_some_and(|l| l.index == r.index)
         });
         for (name, ips) in want {
-            let Some(link) = links.get(&name) else {
+            let Some(link) = links.get(name) else {
                 continue;
             };
-            if let Some(r) = self.responders.get(&name) {
+            if let Some(r) = self.responders.get(name) {
                 r.ips.send_if_modified(|cur| {
-                    let changed = *cur != ips;
-                    *cur = ips.clone();
+                    let changed = cur != ips;
+                    if changed {
+                        cur.clone_from(ips);
+                    }
                     changed
                 });
                 continue;
             }
-            match Responder::start(link, ips) {
+            match Responder::start(link, ips.clone()) {
                 Ok(r) => {
-                    self.responders.insert(name, r);
+                    self.responders.insert(name.clone(), r);
                 }
                 Err(e) => {
                     warn!(interface = %name, error = %ErrorChain(&e), "opening a packet socket")
