@@ -393,16 +393,17 @@ impl<'a> State<'a> {
         let Some(used) = self.by_ip.get(&ip) else {
             return Ok(());
         };
-        let others: Vec<&str> = used
-            .users
-            .iter()
-            .map(|(k, _)| *k)
-            .filter(|k| *k != svc.key)
-            .collect();
-        if others.is_empty() {
+        // Most addresses are checked again by the Service that holds them alone.
+        if used.users.iter().all(|(k, _)| *k == svc.key) {
             return Ok(());
         }
         if let Some(why) = sharing_refused(&used.key, key) {
+            let others: Vec<&str> = used
+                .users
+                .iter()
+                .map(|(k, _)| *k)
+                .filter(|k| *k != svc.key)
+                .collect();
             return Err(format!(
                 "address \"{ip}\" is in use by {} and cannot be shared: {why}",
                 others.join(",")
@@ -656,7 +657,7 @@ pub fn plan<S: std::borrow::Borrow<ServiceView>>(
 ) -> Plan {
     let mut state = State {
         pools,
-        by_ip: HashMap::new(),
+        by_ip: HashMap::with_capacity(services.len()),
         unshared_from: HashMap::new(),
     };
     let mut out: BTreeMap<String, Outcome> = BTreeMap::new();
