@@ -162,7 +162,9 @@ echo
 echo "== one new Service at $n, $trials times: watch ADDED -> MODIFIED with its address"
 kubectl -n bench get svc -w --output-watch-events \
   -o jsonpath='{.type} {.object.metadata.name} {.object.status.loadBalancer.ingress[0].ip}{"\n"}' 2>/dev/null |
-  while IFS= read -r line; do echo "$(date +%s.%N) $line"; done >"$work/watch" &
+  python3 -u -c 'import sys, time
+for line in sys.stdin:
+    print(f"{time.time():.6f} {line}", end="", flush=True)' >"$work/watch" &
 watcher=$!
 sleep 2
 passes_from=$(wc -l <"$log")
