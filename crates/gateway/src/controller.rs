@@ -24,7 +24,7 @@
 //! changes and deletes those Services (only those it labelled) as the compile says.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
@@ -368,12 +368,107 @@ impl<K: kube::Resource + PartialEq> Store<K> for Kept<K> {
     }
 }
 
+/// Services as [`Kept`], where a change counts only if a compile reads it: a Service
+/// the last compile looked up (found or not), the gateway's own, or a Gateway's (by its
+/// label). At 1,000 Services that no route names, each replica compiled everything
+/// again at every Service event.
+#[derive(Default)]
+struct Services {
+    kept: Kept<Service>,
+    /// `namespace/name` of each Service the last compile read; `None` before the first.
+    read: Option<HashSet<ObjectKey>>,
+    /// The gateway's own Service, `namespace/name`.
+    own: ObjectKey,
+}
+
+fn is_gateways(svc: &Service) -> bool {
+    svc.metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(GATEWAY_LABEL))
+}
+
+impl Services {
+    fn matters(&self, key: &str, new: Option<&Service>) -> bool {
+        self.read.as_ref().is_none_or(|r| r.contains(key))
+            || key == &*self.own
+            || new.is_some_and(is_gateways)
+            || self.kept.0.get(key).is_some_and(|old| is_gateways(old))
+    }
+}
+
+impl Store<Service> for Services {
+    fn apply(&mut self, key: ObjectKey, obj: Service) -> bool {
+        let matters = self.matters(&key, Some(&obj));
+        self.kept.apply(key, obj) && matters
+    }
+    fn delete(&mut self, key: &str) -> bool {
+        let matters = self.matters(key, None);
+        self.kept.delete(key) && matters
+    }
+    fn keys(&self) -> Vec<ObjectKey> {
+        self.kept.keys()
+    }
+}
+
+impl std::ops::Deref for Services {
+    type Target = Kept<Service>;
+    fn deref(&self) -> &Kept<Service> {
+        &self.kept
+    }
+}
+
+impl std::ops::DerefMut for Services {
+    fn deref_mut(&mut self) -> &mut Kept<Service> {
+        &mut self.kept
+    }
+}
+
+/// EndpointSlices as [`Kept`], where a change counts only if the last compile read
+/// their Service (see [`Services`]).
+#[derive(Default)]
+struct Slices {
+    kept: Kept<EndpointSlice>,
+    read: Option<HashSet<ObjectKey>>,
+}
+
+/// `namespace/name` of the Service an EndpointSlice belongs to.
+fn service_of(slice: &EndpointSlice) -> Option<ObjectKey> {
+    let m = &slice.metadata;
+    let service = m.labels.as_ref()?.get("kubernetes.io/service-name")?;
+    Some(format!("{}/{service}", m.namespace.as_deref()?).into())
+}
+
+impl Slices {
+    fn matters(&self, key: &str, new: Option<&EndpointSlice>) -> bool {
+        let Some(read) = &self.read else {
+            return true;
+        };
+        let read_by = |s: &EndpointSlice| service_of(s).is_some_and(|k| read.contains(&k));
+        new.is_some_and(read_by) || self.kept.0.get(key).is_some_and(|old| read_by(old))
+    }
+}
+
+impl Store<EndpointSlice> for Slices {
+    fn apply(&mut self, key: ObjectKey, obj: EndpointSlice) -> bool {
+        let matters = self.matters(&key, Some(&obj));
+        self.kept.apply(key, obj) && matters
+    }
+    fn delete(&mut self, key: &str) -> bool {
+        let matters = self.matters(key, None);
+        self.kept.delete(key) && matters
+    }
+    fn keys(&self) -> Vec<ObjectKey> {
+        self.kept.keys()
+    }
+}
+
 /// Everything watched.
 #[derive(Default)]
 struct Stores {
     namespaces: Kept<Namespace>,
-    services: Kept<Service>,
-    slices: Kept<EndpointSlice>,
+    services: Services,
+    slices: Slices,
     secrets: Kept<Secret>,
     config_maps: Kept<ConfigMap>,
     ingress_classes: Kept<IngressClass>,
@@ -518,9 +613,9 @@ impl Stores {
                     )
                 })
                 .collect(),
-            services: keyed(&self.services, Arc::clone),
+            services: keyed(&self.services.kept, Arc::clone),
             endpoint_slices: crate::world::slices_by_service(
-                self.slices.0.values().map(|s| (**s).clone()),
+                self.slices.kept.0.values().map(|s| (**s).clone()),
             ),
             secrets: keyed(&self.secrets, |o| (**o).clone()),
             config_maps: keyed(&self.config_maps, |o| (**o).clone()),
@@ -537,7 +632,21 @@ impl Stores {
             backend_tls_policies: self.policies.objs(),
             mappings: self.mappings.objs(),
             backends: Default::default(),
+            services_read: Default::default(),
         }
+    }
+
+    /// Takes in what a compile of `world` read: from now on only changes to those
+    /// Services and their EndpointSlices call for another.
+    fn note_read(&mut self, world: &World) {
+        let read: HashSet<ObjectKey> = world
+            .services_read
+            .take()
+            .into_iter()
+            .map(|(ns, name)| format!("{ns}/{name}").into())
+            .collect();
+        self.slices.read = Some(read.clone());
+        self.services.read = Some(read);
     }
 
     /// The status an object holds now.
@@ -716,6 +825,7 @@ pub async fn control(client: kube::Client, options: Options, config: watch::Send
         leader_tx,
     ));
     let mut stores = Stores::default();
+    stores.services.own = format!("{}/{}", options.service.0, options.service.1).into();
     let (jobs, jobs_rx) = watch::channel(Arc::new(StatusJob::default()));
     tokio::spawn(write_statuses(client.clone(), jobs_rx));
     let mut next_pass = tokio::time::Instant::now() + RESYNC;
@@ -752,6 +862,7 @@ pub async fn control(client: kube::Client, options: Options, config: watch::Send
         let world = stores.world(&options);
         let world_took = started.elapsed();
         let compiled = crate::compile(&world);
+        stores.note_read(&world);
         let compile_took = started.elapsed() - world_took;
         let routes: usize = compiled
             .config
@@ -1188,6 +1299,82 @@ async fn hold(api: &Api<Lease>, identity: &str) -> Result<bool, kube::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_services_a_compile_read_call_for_another() {
+        let svc = |ns: &str, name: &str, labels: Value| -> Service {
+            serde_json::from_value(
+                json!({"metadata": {"namespace": ns, "name": name, "labels": labels}}),
+            )
+            .unwrap()
+        };
+        let slice = |ns: &str, service: &str| -> EndpointSlice {
+            serde_json::from_value(json!({
+                "metadata": {"namespace": ns, "name": format!("{service}-x"),
+                    "labels": {"kubernetes.io/service-name": service}},
+                "addressType": "IPv4", "endpoints": [],
+            }))
+            .unwrap()
+        };
+        let mut stores = Stores::default();
+        stores.services.own = "kube-system/gw".into();
+        // Before the first compile, everything counts.
+        assert!(
+            stores
+                .services
+                .apply("a/x".into(), svc("a", "x", json!({})))
+        );
+        assert!(stores.slices.apply("a/x-x".into(), slice("a", "x")));
+        // A compile that looked a/web up (not there yet) and nothing else.
+        let world = World::default();
+        assert!(world.service("a", "web").is_none());
+        stores.note_read(&world);
+        assert!(
+            stores
+                .services
+                .apply("a/web".into(), svc("a", "web", json!({}))),
+            "the Service a route waited for"
+        );
+        assert!(
+            !stores
+                .services
+                .apply("a/x".into(), svc("a", "x", json!({"v": "2"}))),
+            "a Service no compile reads"
+        );
+        assert!(!stores.services.delete("a/x"));
+        assert!(
+            stores
+                .services
+                .apply("kube-system/gw".into(), svc("kube-system", "gw", json!({}))),
+            "the gateway's own"
+        );
+        let gateways = json!({ GATEWAY_LABEL: "one" });
+        assert!(
+            stores.services.apply(
+                "kube-system/gw-one".into(),
+                svc("kube-system", "gw-one", gateways)
+            ),
+            "a Gateway's"
+        );
+        assert!(
+            stores.services.delete("kube-system/gw-one"),
+            "a Gateway's, gone"
+        );
+        assert!(stores.slices.apply("a/web-x".into(), slice("a", "web")));
+        assert!(!stores.slices.apply("a/x-x".into(), {
+            let mut s = slice("a", "x");
+            s.address_type = "IPv6".into();
+            s
+        }));
+        assert!(!stores.slices.delete("a/x-x"));
+        assert!(stores.slices.delete("a/web-x"));
+        // Unchanged is no change, read or not.
+        assert!(
+            !stores
+                .services
+                .apply("a/web".into(), svc("a", "web", json!({})))
+        );
+    }
 
     #[test]
     fn gateway_services_are_created_changed_and_deleted_as_wanted() {

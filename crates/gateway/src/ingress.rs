@@ -369,6 +369,10 @@ mod tests {
         )));
         w.ingresses[0].metadata.namespace = Some("default".into());
         let (c, s) = compile_world(&w);
+        // The compile read the Service it routes to, not the other one.
+        let read = w.services_read.take();
+        assert!(read.contains(&("default".to_string(), "engine".to_string())));
+        assert!(!read.contains(&("default".to_string(), "web".to_string())));
         assert_eq!(c.listeners.len(), 1);
         assert_eq!(c.listeners[0].port, 80);
         let ListenerKind::Http(h) = &c.listeners[0].kind else {

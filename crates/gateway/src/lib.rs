@@ -43,6 +43,7 @@ pub fn compile(world: &world::World) -> Compiled {
     let mut b = build::Builder::default();
     let mut statuses = Vec::new();
     world.backends.clear();
+    world.services_read.take();
     let services = gatewayapi::compile(world, &mut b, &mut statuses);
     ingress::compile(world, &mut b, &mut statuses);
     mapping::compile(world, &mut b, &mut statuses);

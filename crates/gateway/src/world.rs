@@ -2,7 +2,7 @@
 //! watched kind, and the resolution every API shares (a Service port to a [`Backend`] with
 //! its ready endpoints, a Secret to a [`Certificate`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
@@ -117,6 +117,28 @@ pub struct World {
     pub mappings: Vec<Obj<MappingSpec>>,
     /// What [`World::backend`] answered during the current compile.
     pub backends: BackendCache,
+    /// The Services the current compile looked up (see [`World::service`]).
+    pub services_read: ServicesRead,
+}
+
+/// The Services a compile looked up, found or not: only a change to one of them (or to
+/// its EndpointSlices) can change what the compile makes of this World, so the
+/// controller compiles again for those alone.
+#[derive(Debug, Default)]
+pub struct ServicesRead(Mutex<HashSet<Key>>);
+
+/// A copy of a World starts with nothing read.
+impl Clone for ServicesRead {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl ServicesRead {
+    /// What was read since the last call.
+    pub fn take(&self) -> HashSet<Key> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 /// Service ports resolved during one compile, so that every route to a Service port
@@ -198,6 +220,19 @@ pub fn slices_by_service(
 }
 
 impl World {
+    /// The Service `namespace/name`, noted as read (found or not: a route waiting for
+    /// its Service must see it appear).
+    pub(crate) fn service(&self, namespace: &str, name: &str) -> Option<&Arc<Service>> {
+        let key = (namespace.to_owned(), name.to_owned());
+        let found = self.services.get(&key);
+        self.services_read
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key);
+        found
+    }
+
     /// The Service port `port` of `namespace/name` with its ready endpoints: one `Arc` for
     /// every route to it within a compile.
     pub fn backend(
@@ -229,8 +264,7 @@ impl World {
         port: PortRef<'_>,
     ) -> Result<Backend, BackendError> {
         let svc = self
-            .services
-            .get(&(namespace.to_string(), name.to_string()))
+            .service(namespace, name)
             .ok_or(BackendError::ServiceNotFound)?;
         let spec = svc.spec.as_ref().ok_or(BackendError::PortNotFound)?;
         let sp = spec

@@ -678,8 +678,7 @@ fn backend_tls(
 ) -> Result<Option<BackendTls>, RefError> {
     let world = ctx.world;
     let port_name = world
-        .services
-        .get(&(ns.to_string(), service.to_string()))
+        .service(ns, service)
         .and_then(|s| s.spec.as_ref())
         .and_then(|s| s.ports.as_ref())
         .and_then(|ps| ps.iter().find(|p| p.port == port))

@@ -127,12 +127,7 @@ pub(crate) fn plan(world: &World, gateways: &[&Obj<GatewaySpec>]) -> Vec<Gateway
     let mut bound: Vec<BTreeMap<PortKey, u16>> = vec![BTreeMap::new(); gateways.len()];
     // What a Service binds already stays, the older Gateway's first on a clash.
     for (i, name) in names.iter().enumerate() {
-        let have = current(
-            world
-                .services
-                .get(&(svc_ns.clone(), name.clone()))
-                .map(|s| &**s),
-        );
+        let have = current(world.service(svc_ns, name).map(|s| &**s));
         for (key, target) in have {
             if wants[i].contains(&key) && taken.insert(target) {
                 bound[i].insert(key, target);
@@ -180,10 +175,8 @@ pub(crate) fn plan(world: &World, gateways: &[&Obj<GatewaySpec>]) -> Vec<Gateway
 
 /// The addresses of the Service `name` in the gateway's namespace.
 pub(crate) fn addresses(world: &World, name: &str) -> Vec<String> {
-    let key = (world.settings.service.0.clone(), name.to_owned());
     world
-        .services
-        .get(&key)
+        .service(&world.settings.service.0, name)
         .map(|s| load_balancer_addresses(s))
         .unwrap_or_default()
 }
