@@ -368,42 +368,86 @@ impl<K: kube::Resource + PartialEq> Store<K> for Kept<K> {
     }
 }
 
-/// Services as [`Kept`], where a change counts only if a compile reads it: a Service
-/// the last compile looked up (found or not), the gateway's own, or a Gateway's (by its
-/// label). At 1,000 Services that no route names, each replica compiled everything
-/// again at every Service event.
-#[derive(Default)]
-struct Services {
-    kept: Kept<Service>,
+/// One kind as [`Kept`], where a change counts only if the last compile read the
+/// Service it belongs to (found or not, see [`World::service`]), or the object is one a
+/// compile always reads. At 1,000 Services that no route names, each replica compiled
+/// everything again at every Service event.
+struct ByService<K> {
+    kept: Kept<K>,
     /// `namespace/name` of each Service the last compile read; `None` before the first.
     read: Option<HashSet<ObjectKey>>,
     /// The gateway's own Service, `namespace/name`.
     own: ObjectKey,
 }
 
-fn is_gateways(svc: &Service) -> bool {
-    svc.metadata
-        .labels
-        .as_ref()
-        .is_some_and(|l| l.contains_key(GATEWAY_LABEL))
-}
-
-impl Services {
-    fn matters(&self, key: &str, new: Option<&Service>) -> bool {
-        self.read.as_ref().is_none_or(|r| r.contains(key))
-            || key == &*self.own
-            || new.is_some_and(is_gateways)
-            || self.kept.0.get(key).is_some_and(|old| is_gateways(old))
+impl<K> Default for ByService<K> {
+    fn default() -> Self {
+        ByService {
+            kept: Kept::default(),
+            read: None,
+            own: ObjectKey::default(),
+        }
     }
 }
 
-impl Store<Service> for Services {
-    fn apply(&mut self, key: ObjectKey, obj: Service) -> bool {
-        let matters = self.matters(&key, Some(&obj));
+/// What ties an object to a Service, for [`ByService`].
+trait OfService {
+    /// `namespace/name` of the Service the object (kept under `key`) belongs to.
+    fn service(&self, key: &str) -> Option<ObjectKey>;
+    /// Read by every compile whatever the routes name.
+    fn always_read(&self, _key: &str, _own: &str) -> bool {
+        false
+    }
+}
+
+impl OfService for Service {
+    fn service(&self, key: &str) -> Option<ObjectKey> {
+        Some(key.into())
+    }
+    /// The gateway's own Service, and a Gateway's (by its label).
+    fn always_read(&self, key: &str, own: &str) -> bool {
+        key == own
+            || self
+                .metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(GATEWAY_LABEL))
+    }
+}
+
+impl OfService for EndpointSlice {
+    fn service(&self, _key: &str) -> Option<ObjectKey> {
+        let m = &self.metadata;
+        let service = m.labels.as_ref()?.get("kubernetes.io/service-name")?;
+        Some(format!("{}/{service}", m.namespace.as_deref()?).into())
+    }
+}
+
+impl<K: OfService> ByService<K> {
+    fn matters(&self, key: &str, obj: &K) -> bool {
+        self.read
+            .as_ref()
+            .is_none_or(|r| obj.service(key).is_some_and(|s| r.contains(&s)))
+            || obj.always_read(key, &self.own)
+    }
+}
+
+impl<K: kube::Resource + PartialEq + OfService> Store<K> for ByService<K> {
+    fn apply(&mut self, key: ObjectKey, obj: K) -> bool {
+        let matters = self.matters(&key, &obj)
+            || self
+                .kept
+                .0
+                .get(&key)
+                .is_some_and(|old| self.matters(&key, old));
         self.kept.apply(key, obj) && matters
     }
     fn delete(&mut self, key: &str) -> bool {
-        let matters = self.matters(key, None);
+        let matters = self
+            .kept
+            .0
+            .get(key)
+            .is_some_and(|old| self.matters(key, old));
         self.kept.delete(key) && matters
     }
     fn keys(&self) -> Vec<ObjectKey> {
@@ -411,55 +455,16 @@ impl Store<Service> for Services {
     }
 }
 
-impl std::ops::Deref for Services {
-    type Target = Kept<Service>;
-    fn deref(&self) -> &Kept<Service> {
+impl<K> std::ops::Deref for ByService<K> {
+    type Target = Kept<K>;
+    fn deref(&self) -> &Kept<K> {
         &self.kept
     }
 }
 
-impl std::ops::DerefMut for Services {
-    fn deref_mut(&mut self) -> &mut Kept<Service> {
+impl<K> std::ops::DerefMut for ByService<K> {
+    fn deref_mut(&mut self) -> &mut Kept<K> {
         &mut self.kept
-    }
-}
-
-/// EndpointSlices as [`Kept`], where a change counts only if the last compile read
-/// their Service (see [`Services`]).
-#[derive(Default)]
-struct Slices {
-    kept: Kept<EndpointSlice>,
-    read: Option<HashSet<ObjectKey>>,
-}
-
-/// `namespace/name` of the Service an EndpointSlice belongs to.
-fn service_of(slice: &EndpointSlice) -> Option<ObjectKey> {
-    let m = &slice.metadata;
-    let service = m.labels.as_ref()?.get("kubernetes.io/service-name")?;
-    Some(format!("{}/{service}", m.namespace.as_deref()?).into())
-}
-
-impl Slices {
-    fn matters(&self, key: &str, new: Option<&EndpointSlice>) -> bool {
-        let Some(read) = &self.read else {
-            return true;
-        };
-        let read_by = |s: &EndpointSlice| service_of(s).is_some_and(|k| read.contains(&k));
-        new.is_some_and(read_by) || self.kept.0.get(key).is_some_and(|old| read_by(old))
-    }
-}
-
-impl Store<EndpointSlice> for Slices {
-    fn apply(&mut self, key: ObjectKey, obj: EndpointSlice) -> bool {
-        let matters = self.matters(&key, Some(&obj));
-        self.kept.apply(key, obj) && matters
-    }
-    fn delete(&mut self, key: &str) -> bool {
-        let matters = self.matters(key, None);
-        self.kept.delete(key) && matters
-    }
-    fn keys(&self) -> Vec<ObjectKey> {
-        self.kept.keys()
     }
 }
 
@@ -467,8 +472,8 @@ impl Store<EndpointSlice> for Slices {
 #[derive(Default)]
 struct Stores {
     namespaces: Kept<Namespace>,
-    services: Services,
-    slices: Slices,
+    services: ByService<Service>,
+    slices: ByService<EndpointSlice>,
     secrets: Kept<Secret>,
     config_maps: Kept<ConfigMap>,
     ingress_classes: Kept<IngressClass>,
