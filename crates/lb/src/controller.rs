@@ -490,10 +490,6 @@ async fn write(
         Some((ips, pool)) => (ips, Some(pool)),
         None => (Vec::new(), None),
     };
-    let ingress: Vec<_> = ips
-        .iter()
-        .map(|ip| json!({ "ip": ip.to_string(), "ipMode": "VIP" }))
-        .collect();
     let mut patch = serde_json::Map::new();
     if have.1 != pool {
         patch.insert(
@@ -502,10 +498,12 @@ async fn write(
         );
     }
     if have.0 != ips {
-        let ingress = if ingress.is_empty() {
+        let ingress = if ips.is_empty() {
             serde_json::Value::Null
         } else {
-            ingress.into()
+            ips.iter()
+                .map(|ip| json!({ "ip": ip.to_string(), "ipMode": "VIP" }))
+                .collect()
         };
         patch.insert(
             "status".into(),

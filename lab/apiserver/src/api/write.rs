@@ -536,17 +536,7 @@ pub(super) fn store_update(
         // write: MetalLB's pool, flannel's node annotations); the spec and the rest stay
         // as stored.
         let st = new["status"].take();
-        let mut meta = new["metadata"].take();
-        if rt.kind == "Pod" {
-            // pods/status leaves owner references alone (kube-apiserver: old kubelets
-            // corrupted them through it).
-            meta["ownerReferences"] = old["metadata"]["ownerReferences"].clone();
-            if meta["ownerReferences"].is_null()
-                && let Some(m) = meta.as_object_mut()
-            {
-                m.remove("ownerReferences");
-            }
-        }
+        let meta = new["metadata"].take();
         new = old.clone();
         new["status"] = st;
         if meta.is_object() {
@@ -555,8 +545,10 @@ pub(super) fn store_update(
     } else if rt.status {
         new["status"] = old["status"].clone();
     }
-    // Server-owned metadata stays as stored.
+    // Server-owned metadata stays as stored; so do a pod's owner references through
+    // pods/status (kube-apiserver: old kubelets corrupted them through it).
     new["metadata"]["name"] = json!(name);
+    let pod_status = status_only && rt.kind == "Pod";
     for f in [
         "uid",
         "creationTimestamp",
@@ -564,7 +556,10 @@ pub(super) fn store_update(
         "deletionGracePeriodSeconds",
         "generation",
         "namespace",
-    ] {
+    ]
+    .into_iter()
+    .chain(pod_status.then_some("ownerReferences"))
+    {
         match old["metadata"].get(f) {
             Some(v) => new["metadata"][f] = v.clone(),
             None => {
