@@ -28,8 +28,9 @@ use crate::select::Selection;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assignment {
     pub owner: String,
-    /// The Services (`namespace/name`) the address belongs to.
-    pub services: BTreeSet<String>,
+    /// The Services (`namespace/name`) the address belongs to, in key order. A vector,
+    /// not a set: one is kept per address, and a set's node holds room for 11.
+    pub services: Vec<String>,
     /// The interfaces the advertisements name for the owner; empty: its underlay
     /// interface (the one holding its InternalIP).
     pub interfaces: BTreeSet<String>,
@@ -565,6 +566,6 @@ mod tests {
         let got = assign(&v, &all(&v));
         let one = &got[&"198.18.0.200".parse::<IpAddr>().unwrap()];
         assert_eq!(one.owner, "node-0");
-        assert_eq!(one.services.len(), 2);
+        assert_eq!(one.services, ["default/a", "default/b"]);
     }
 }

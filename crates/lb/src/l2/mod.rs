@@ -112,7 +112,7 @@ pub async fn run(
         members: Members::new(&node, Instant::now(), args.l2_dead_after),
         node,
         responders: BTreeMap::new(),
-        announced: Mine::new(),
+        announced: Arc::new(Mine::new()),
         elector: elect::Elector::default(),
         last: None,
         shown: None,
@@ -178,8 +178,8 @@ struct State {
     members: Members,
     /// One answering task per interface, by name.
     responders: BTreeMap<String, Responder>,
-    /// What this node announced at the last reconcile.
-    announced: Mine,
+    /// What this node announced at the last reconcile: the value `mine_tx` holds.
+    announced: Arc<Mine>,
     /// Who owns each address, remembered between reconciles.
     elector: elect::Elector,
     /// The view and the nodes alive at the last reconcile, and when it was.
@@ -287,7 +287,7 @@ impl State {
             links,
             want,
         });
-        if mine != self.announced {
+        if mine != *self.announced {
             for (svc, a) in &mine {
                 if !self.announced.contains_key(svc) {
                     info!(service = %svc, "announcing");
@@ -302,8 +302,8 @@ impl State {
                     info!(service = %svc, "no longer announcing");
                 }
             }
-            self.announced = mine.clone();
-            self.mine_tx.send_replace(Arc::new(mine));
+            self.announced = Arc::new(mine);
+            self.mine_tx.send_replace(Arc::clone(&self.announced));
         }
     }
 
