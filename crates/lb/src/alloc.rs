@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 
 use crate::pool::{self, Pool};
 
@@ -149,8 +149,12 @@ impl ServiceView {
         let meta = &svc.metadata;
         let namespace = meta.namespace.clone().unwrap_or_default();
         let key = format!("{namespace}/{}", meta.name.as_deref().unwrap_or_default());
-        let annotations = meta.annotations.clone().unwrap_or_default();
-        let spec = svc.spec.clone().unwrap_or_default();
+        // Read in place: a copy of the annotations would copy kubectl's
+        // last-applied-configuration, the largest field of most Services.
+        let no_annotations = BTreeMap::new();
+        let annotations = meta.annotations.as_ref().unwrap_or(&no_annotations);
+        let no_spec = ServiceSpec::default();
+        let spec = svc.spec.as_ref().unwrap_or(&no_spec);
         let mut cluster_ips: Vec<IpAddr> = spec
             .cluster_ips
             .iter()
@@ -208,16 +212,16 @@ impl ServiceView {
                 .is_some_and(|f| f == "IPv6"),
             policy,
             ports,
-            sharing: annotation(&annotations, "allow-shared-ip")
+            sharing: annotation(annotations, "allow-shared-ip")
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned),
             backend,
-            requested: requested(&annotations, spec.load_balancer_ip.as_deref()),
-            pool: annotation(&annotations, "address-pool")
+            requested: requested(annotations, spec.load_balancer_ip.as_deref()),
+            pool: annotation(annotations, "address-pool")
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned),
             current,
-            current_pool: annotation(&annotations, "ip-allocated-from-pool").map(str::to_owned),
+            current_pool: annotation(annotations, "ip-allocated-from-pool").map(str::to_owned),
             created: meta
                 .creation_timestamp
                 .as_ref()

@@ -23,6 +23,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -142,6 +143,18 @@ struct Svc {
 #[derive(Default)]
 struct Services(HashMap<ObjectKey, Box<Svc>>);
 
+/// What tells one outcome's events apart from another's (their reasons and messages),
+/// computed without copying them: the controller compares it at every pass for every
+/// Service.
+fn fingerprint(events: &[alloc::Event]) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    for e in events {
+        e.reason.hash(&mut h);
+        e.message.hash(&mut h);
+    }
+    h.finish()
+}
+
 fn rv_of(meta: &ObjectMeta) -> u64 {
     meta.resource_version
         .as_deref()
@@ -239,8 +252,9 @@ struct Controller {
     good: BTreeMap<String, Pool>,
     refused: Option<String>,
     written: HashMap<String, Written>,
-    /// The events last told per Service (reason, message).
-    told: HashMap<String, Vec<(String, String)>>,
+    /// The events last told per Service, as a [`fingerprint`]: the texts themselves
+    /// were a third of what the controller held per Service.
+    told: HashMap<String, u64>,
 }
 
 /// Runs the controller with `client` forever (the lab's controllers spawn this).
@@ -387,14 +401,12 @@ impl Controller {
                     (have.0.to_vec(), have.1.map(str::to_owned)),
                 ));
             }
-            let told: Vec<(String, String)> = outcome
-                .events
-                .iter()
-                .map(|e| (e.reason.to_owned(), e.message.clone()))
-                .collect();
-            if told.is_empty() {
+            if outcome.events.is_empty() {
                 self.told.remove(&view.key);
-            } else if self.told.get(&view.key) != Some(&told) {
+                continue;
+            }
+            let told = fingerprint(&outcome.events);
+            if self.told.get(&view.key) != Some(&told) {
                 for e in &outcome.events {
                     if e.type_ == alloc::EventType::Warning {
                         info!(service = %view.key, reason = e.reason, "{}", e.message);
