@@ -53,7 +53,26 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> Cache<K> {
     }
 }
 
-fn spawn<K>(api: Api<K>, tasks: &mut JoinSet<()>) -> Cache<K>
+/// What a store keeps of each object: the whole object, for the kinds the controllers
+/// write back (an update sends the object as stored).
+fn whole<K>(_: &mut K) {}
+
+/// For kinds no controller writes back: the object without kubectl's copy of the
+/// applied manifest (`kubectl.kubernetes.io/last-applied-configuration`, most of a
+/// Service applied with `kubectl apply`) and the managed fields, which no controller
+/// reads. Held for every object of the kind, they were 1 MB of every 1,000 Services.
+fn without_client_side_fields<K: Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = &mut meta.annotations {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// kubectl's annotation holding the manifest it last applied.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+fn spawn<K>(api: Api<K>, tasks: &mut JoinSet<()>, keep: fn(&mut K)) -> Cache<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync,
 {
@@ -65,6 +84,7 @@ where
         while let Some(event) = events.next().await {
             match event {
                 Ok(event) => {
+                    let event = event.modify(keep);
                     writer.apply_watcher_event(&event);
                     if matches!(event, watcher::Event::InitDone) {
                         listed_tx.send_replace(true);
@@ -119,19 +139,23 @@ impl Caches {
     /// Starts one watch per kind on `tasks`.
     pub fn start(client: &kube::Client, tasks: &mut JoinSet<()>) -> Caches {
         Caches {
-            pods: spawn(Api::all(client.clone()), tasks),
-            services: spawn(Api::all(client.clone()), tasks),
-            nodes: spawn(Api::all(client.clone()), tasks),
-            endpoints: spawn(Api::all(client.clone()), tasks),
-            slices: spawn(Api::all(client.clone()), tasks),
-            deployments: spawn(Api::all(client.clone()), tasks),
-            replicasets: spawn(Api::all(client.clone()), tasks),
-            statefulsets: spawn(Api::all(client.clone()), tasks),
-            daemonsets: spawn(Api::all(client.clone()), tasks),
-            leases: spawn(Api::namespaced(client.clone(), "kube-node-lease"), tasks),
-            replicationcontrollers: spawn(Api::all(client.clone()), tasks),
-            jobs: spawn(Api::all(client.clone()), tasks),
-            cronjobs: spawn(Api::all(client.clone()), tasks),
+            pods: spawn(Api::all(client.clone()), tasks, whole),
+            services: spawn(Api::all(client.clone()), tasks, without_client_side_fields),
+            nodes: spawn(Api::all(client.clone()), tasks, whole),
+            endpoints: spawn(Api::all(client.clone()), tasks, whole),
+            slices: spawn(Api::all(client.clone()), tasks, whole),
+            deployments: spawn(Api::all(client.clone()), tasks, whole),
+            replicasets: spawn(Api::all(client.clone()), tasks, whole),
+            statefulsets: spawn(Api::all(client.clone()), tasks, whole),
+            daemonsets: spawn(Api::all(client.clone()), tasks, whole),
+            leases: spawn(
+                Api::namespaced(client.clone(), "kube-node-lease"),
+                tasks,
+                whole,
+            ),
+            replicationcontrollers: spawn(Api::all(client.clone()), tasks, whole),
+            jobs: spawn(Api::all(client.clone()), tasks, whole),
+            cronjobs: spawn(Api::all(client.clone()), tasks, whole),
         }
     }
 }
@@ -264,4 +288,45 @@ where
     Fut: Future<Output = ()>,
 {
     futures::stream::iter(items).for_each_concurrent(n, f).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+
+    #[test]
+    fn a_stripped_service_keeps_everything_but_kubectls_copy_and_managed_fields() {
+        let mut svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "web",
+                "namespace": "default",
+                "labels": {"app": "web"},
+                "annotations": {
+                    LAST_APPLIED: "{\"apiVersion\":\"v1\",\"kind\":\"Service\"}",
+                    "metallb.io/ip-allocated-from-pool": "default",
+                },
+            },
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]},
+        }))
+        .unwrap();
+        svc.metadata.managed_fields = Some(vec![ManagedFieldsEntry::default()]);
+        let mut want = svc.clone();
+        without_client_side_fields(&mut svc);
+        want.metadata.managed_fields = None;
+        want.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .remove(LAST_APPLIED);
+        assert_eq!(svc, want);
+        assert_eq!(svc.metadata.annotations.as_ref().unwrap().len(), 1);
+
+        // The kinds the controllers write back are kept whole.
+        let mut kept = want.clone();
+        kept.metadata.managed_fields = Some(vec![ManagedFieldsEntry::default()]);
+        let before = kept.clone();
+        whole(&mut kept);
+        assert_eq!(kept, before);
+    }
 }
