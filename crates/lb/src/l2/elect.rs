@@ -107,16 +107,16 @@ impl Elector {
             self.changes += 1;
         }
         let held = by_address(view);
-        let announced = |ip: &IpAddr| held.binary_search_by_key(ip, |h| h.0).is_ok();
-        self.inputs.retain(|ip, _| announced(ip));
-        let before = self.out.len();
-        self.out.retain(|ip, _| announced(ip));
-        if self.out.len() != before {
-            self.changes += 1;
-        }
+        // How many of the addresses elected before are still held: when all are, none
+        // is to be dropped, and the maps are not walked for it (most changes add or
+        // change one address).
+        let elected_before = self.inputs.len();
+        let mut still_held = 0;
         for services in held.chunk_by(|a, b| a.0 == b.0) {
             let ip = services[0].0;
-            let unchanged = self.inputs.get(&ip).is_some_and(|before| {
+            let before = self.inputs.get(&ip);
+            still_held += usize::from(before.is_some());
+            let unchanged = before.is_some_and(|before| {
                 before.len() == services.len()
                     && before
                         .iter()
@@ -135,6 +135,15 @@ impl Elector {
             };
             self.inputs
                 .insert(ip, services.iter().map(|(_, s)| Arc::clone(s)).collect());
+        }
+        if still_held < elected_before {
+            let announced = |ip: &IpAddr| held.binary_search_by_key(ip, |h| h.0).is_ok();
+            self.inputs.retain(|ip, _| announced(ip));
+            let before = self.out.len();
+            self.out.retain(|ip, _| announced(ip));
+            if self.out.len() != before {
+                self.changes += 1;
+            }
         }
         &self.out
     }
@@ -430,6 +439,15 @@ mod tests {
         let twin = service("twin", &["198.18.0.105"]);
         v.services.insert(twin.key().into(), Arc::new(twin));
         check(&mut e, &v, &alive);
+        // Only removed: the address goes, and that counts as a change.
+        let before = e.changes();
+        v.services.remove("default/s1");
+        check(&mut e, &v, &alive);
+        assert!(e.changes() > before, "s1's address went");
+        assert!(
+            !e.answers()
+                .contains_key(&"198.18.0.101".parse::<IpAddr>().unwrap())
+        );
         // A node dies, another stops being ready, the advertisement narrows.
         alive.remove("node-1");
         check(&mut e, &v, &alive);

@@ -115,6 +115,8 @@ pub async fn run(
         announced: Arc::new(Mine::new()),
         elector: elect::Elector::default(),
         last: None,
+        links: Arc::default(),
+        links_at: None,
         shown: None,
         mine_tx,
     };
@@ -167,7 +169,7 @@ async fn heartbeat_socket(port: u16) -> std::io::Result<UdpSocket> {
 /// The responders' addresses per interface, and what they were computed from.
 struct Shown {
     changes: u64,
-    links: BTreeMap<String, Link>,
+    links: Arc<BTreeMap<String, Link>>,
     want: BTreeMap<String, BTreeSet<IpAddr>>,
 }
 
@@ -182,8 +184,12 @@ struct State {
     announced: Arc<Mine>,
     /// Who owns each address, remembered between reconciles.
     elector: elect::Elector,
-    /// The view and the nodes alive at the last reconcile, and when it was.
-    last: Option<(Arc<View>, BTreeSet<String>, Instant)>,
+    /// The view and the nodes alive at the last reconcile.
+    last: Option<(Arc<View>, BTreeSet<String>)>,
+    /// The interfaces, and when they were listed: again every [`LINKS_RECHECK`], not
+    /// at every change of the view (listing them was a third of a reconcile's work).
+    links: Arc<BTreeMap<String, Link>>,
+    links_at: Option<Instant>,
     /// What the responders were last given, and from what: the elector's count of
     /// changed answers and the interfaces as they were then.
     shown: Option<Shown>,
@@ -201,26 +207,28 @@ impl State {
         // A heartbeat tick (every 50 ms) with the same view and the same nodes alive
         // changes nothing but the interfaces, which are looked at less often: at 1,000
         // addresses, electing at every tick was most of the agent's work.
-        let unchanged = self.last.as_ref().is_some_and(|(v, a, at)| {
-            Arc::ptr_eq(v, view) && *a == alive && now < *at + LINKS_RECHECK
-        });
-        if unchanged {
-            return;
-        }
-        // The same view and nodes alive, looked at again for the interfaces: nothing
-        // to elect.
         let same_inputs = self
             .last
             .as_ref()
-            .is_some_and(|(v, a, _)| Arc::ptr_eq(v, view) && *a == alive);
-        let links = match netlink::packet::links() {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %ErrorChain(&e), "listing interfaces");
-                return;
+            .is_some_and(|(v, a)| Arc::ptr_eq(v, view) && *a == alive);
+        let links_due = self.links_at.is_none_or(|at| now >= at + LINKS_RECHECK);
+        if same_inputs && !links_due {
+            return;
+        }
+        if links_due {
+            match netlink::packet::links() {
+                Ok(l) => {
+                    self.links = Arc::new(l);
+                    self.links_at = Some(now);
+                }
+                Err(e) => {
+                    warn!(error = %ErrorChain(&e), "listing interfaces");
+                    return;
+                }
             }
-        };
-        self.last = Some((view.clone(), alive.clone(), now));
+        }
+        let links = Arc::clone(&self.links);
+        self.last = Some((view.clone(), alive.clone()));
         let view: &View = view;
         // Taken out while its answer is read, and put back below.
         let mut elector = std::mem::take(&mut self.elector);
@@ -228,16 +236,15 @@ impl State {
             elector.assign(view, &alive);
         }
         let changes = elector.changes();
-        if let Some(shown) = self
-            .shown
-            .take_if(|s| s.changes == changes && s.links == links)
-        {
+        if let Some(shown) = self.shown.take_if(|s| {
+            s.changes == changes && (Arc::ptr_eq(&s.links, &links) || s.links == links)
+        }) {
             // Nothing elected again and no interface changed (a pool's status, a
             // heartbeat, a link check): only a responder that stopped needs starting
             // again. At 1,000 addresses, rebuilding what this node announces was most
             // of the announcer's work per change.
             self.elector = elector;
-            self.set_responders(&links, &shown.want);
+            self.set_responders(&links, &shown.want, false);
             self.shown = Some(shown);
             return;
         }
@@ -281,7 +288,7 @@ impl State {
             }
         }
         self.elector = elector;
-        self.set_responders(&links, &want);
+        self.set_responders(&links, &want, true);
         self.shown = Some(Shown {
             changes,
             links,
@@ -307,10 +314,14 @@ impl State {
         }
     }
 
+    /// Starts, stops and updates the responders to answer for `want` (addresses by
+    /// interface). With `want_changed` false, `want` is what the running responders
+    /// were last given, so only those that stopped are started again.
     fn set_responders(
         &mut self,
         links: &BTreeMap<String, Link>,
         want: &BTreeMap<String, BTreeSet<IpAddr>>,
+        want_changed: bool,
     ) {
         // Gone, finished (its socket failed) or bound to a link that was replaced.
         self.responders.retain(|name, r| {
@@ -323,6 +334,9 @@ impl State {
                 continue;
             };
             if let Some(r) = self.responders.get(name) {
+                if !want_changed {
+                    continue;
+                }
                 r.ips.send_if_modified(|cur| {
                     let changed = cur != ips;
                     if changed {
