@@ -10,8 +10,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 mod logging;
 
 /// Kubernetes networking in one binary: pod networking (a CNI plugin and routes between
-/// nodes), Services (a kube-proxy replacement) and cluster DNS. Planned, not here yet:
-/// LoadBalancer IPs, network policy, Ingress and Gateway API, the service mesh.
+/// nodes), Services (a kube-proxy replacement), cluster DNS, LoadBalancer IPs (ARP, NDP
+/// and BGP), network policy, Ingress and Gateway API. Planned, not here yet: the service
+/// mesh.
 ///
 /// Start with `kubewire lab up`: it builds a cluster on this machine from network
 /// namespaces. See README.md and docs/ for the tour.
