@@ -236,9 +236,12 @@ impl State {
             elector.assign(view, &alive);
         }
         let changes = elector.changes();
-        if let Some(shown) = self.shown.take_if(|s| {
-            s.changes == changes && (Arc::ptr_eq(&s.links, &links) || s.links == links)
-        }) {
+        // `Arc`'s equality of an `Eq` value is true at once for the same allocation (the
+        // interfaces not listed again since).
+        if let Some(shown) = self
+            .shown
+            .take_if(|s| s.changes == changes && s.links == links)
+        {
             // Nothing elected again and no interface changed (a pool's status, a
             // heartbeat, a link check): only a responder that stopped needs starting
             // again. At 1,000 addresses, rebuilding what this node announces was most
