@@ -29,6 +29,10 @@ pub struct Config {
     /// The address the `default/kubernetes` service points pods at; `None`: the IP of
     /// the first `listen_in_netns` address, else of the first `listen` address.
     pub advertise_address: Option<IpAddr>,
+    /// The network namespace admission webhooks backed by a Service are called from
+    /// (at the Service's cluster IP, as kube-apiserver on a node calls them); `None`:
+    /// this process's own.
+    pub service_netns: Option<PathBuf>,
 }
 
 /// A listen address inside another network namespace.
@@ -69,6 +73,7 @@ impl Config {
             watch_log_capacity: store::DEFAULT_LOG_CAPACITY,
             listen_in_netns: Vec::new(),
             advertise_address: None,
+            service_netns: None,
         }
     }
 }
@@ -123,6 +128,23 @@ pub struct Args {
     /// first --listen IP.
     #[arg(long)]
     pub advertise_address: Option<IpAddr>,
+    /// Network namespace (a name under /run/netns or a path) to call admission webhooks
+    /// backed by a Service from, at the Service's cluster IP: one where Service
+    /// addresses route (the lab: a node's). Default: the server's own.
+    #[arg(long, value_parser = parse_netns)]
+    pub service_netns: Option<PathBuf>,
+}
+
+/// A namespace name under /run/netns, or a path.
+fn parse_netns(s: &str) -> Result<PathBuf, String> {
+    if s.is_empty() {
+        return Err("a network namespace name or path is needed".into());
+    }
+    Ok(if s.contains('/') {
+        PathBuf::from(s)
+    } else {
+        Path::new("/run/netns").join(s)
+    })
 }
 
 impl Args {
@@ -153,6 +175,9 @@ impl Args {
         if let Some(ip) = self.advertise_address {
             args.extend(["--advertise-address".into(), ip.to_string().into()]);
         }
+        if let Some(ns) = &self.service_netns {
+            args.extend(["--service-netns".into(), ns.clone().into_os_string()]);
+        }
         args
     }
 }
@@ -167,6 +192,7 @@ impl From<Args> for Config {
             watch_log_capacity: store::DEFAULT_LOG_CAPACITY,
             listen_in_netns: a.listen_in_netns,
             advertise_address: a.advertise_address,
+            service_netns: a.service_netns,
         }
     }
 }
@@ -205,6 +231,7 @@ mod tests {
                 "/proc/42/ns/net=[fd00:198:18::1]:6443".parse().unwrap(),
             ],
             advertise_address: Some("198.18.0.1".parse().unwrap()),
+            service_netns: Some("/run/netns/kubewire-node-1".into()),
         };
         let defaults = parse(vec!["--data-dir".into(), "/d".into()]);
         // Every field differs from its default, so each is really written out.
@@ -213,6 +240,7 @@ mod tests {
         assert_ne!(args.node_port_range, defaults.node_port_range);
         assert_ne!(args.listen_in_netns, defaults.listen_in_netns);
         assert_ne!(args.advertise_address, defaults.advertise_address);
+        assert_ne!(args.service_netns, defaults.service_netns);
         assert_eq!(parse(args.to_args()), args);
         assert_eq!(parse(defaults.to_args()), defaults);
     }

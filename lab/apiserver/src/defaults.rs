@@ -219,6 +219,7 @@ pub(crate) fn apply(rt: &ResourceType, o: &mut Value) {
                 or(p, "scope", json!("Cluster"));
             }
         }
+        (crate::webhook::config::GROUP, kind) => crate::webhook::config::defaults(kind, o),
         ("apiextensions.k8s.io", "CustomResourceDefinition") => {
             let spec = obj(o, "spec");
             or(spec, "conversion", json!({"strategy": "None"}));

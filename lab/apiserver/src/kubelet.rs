@@ -131,31 +131,9 @@ impl KubeletClient {
         })
     }
 
-    /// Opens a TCP connection to `addr` from the configured namespace: a socket keeps
-    /// the namespace it was made in, so a short-lived thread enters it to connect.
+    /// Opens a TCP connection to `addr` from the configured namespace.
     async fn dial(&self, addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
-        let Some(netns) = self.netns.clone() else {
-            return tokio::time::timeout(DIAL_TIMEOUT, tokio::net::TcpStream::connect(addr))
-                .await
-                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?;
-        };
-        let std = tokio::task::spawn_blocking(move || -> std::io::Result<std::net::TcpStream> {
-            let file = std::fs::File::open(&netns)?;
-            // The blocking pool reuses threads: do the work on a fresh one that dies
-            // with the namespace it entered.
-            std::thread::spawn(move || {
-                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)?;
-                let s = std::net::TcpStream::connect_timeout(&addr, DIAL_TIMEOUT)?;
-                s.set_nonblocking(true)?;
-                Ok(s)
-            })
-            .join()
-            .map_err(|_| std::io::Error::other("dial thread panicked"))?
-        })
-        .await
-        .map_err(std::io::Error::other)??;
-        tokio::net::TcpStream::from_std(std)
+        crate::dial::tcp(self.netns.as_deref(), addr, DIAL_TIMEOUT).await
     }
 
     /// An HTTP/1.1 connection to the kubelet at `addr` (TLS, our client certificate);

@@ -29,6 +29,7 @@ mod apply;
 mod bootstrap;
 mod config;
 mod defaults;
+mod dial;
 mod discovery;
 mod error;
 mod formats;
@@ -50,6 +51,7 @@ mod tls;
 mod token;
 mod util;
 mod validate;
+mod webhook;
 
 pub use api::ResponseBody;
 pub use config::{Args, Config, NetnsListen};
@@ -187,11 +189,13 @@ pub fn router(config: &Config) -> Result<Router, Error> {
         )?,
         pending: gc::Pending::default(),
         authz,
+        webhooks: webhook::Registry::new(config.service_netns.clone()),
     };
     bootstrap::bootstrap(&state)?;
     rbac::bootstrap::ensure(&state)?;
     rbac::aggregate::settle(&state)?;
     state.reload_crds()?;
+    state.webhooks.reload(&state.store)?;
     gc::recover(&state)?;
     let state = Arc::new(state);
     gc::spawn_worker(&state);

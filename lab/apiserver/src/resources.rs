@@ -378,6 +378,26 @@ pub(crate) static RESOURCES: &[ResourceType] = &[
         Subdomain
     ),
     rt!(
+        "admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations",
+        "mutatingwebhookconfiguration",
+        "MutatingWebhookConfiguration",
+        false,
+        [],
+        false,
+        Subdomain
+    ),
+    rt!(
+        "admissionregistration.k8s.io",
+        "validatingwebhookconfigurations",
+        "validatingwebhookconfiguration",
+        "ValidatingWebhookConfiguration",
+        false,
+        [],
+        false,
+        Subdomain
+    ),
+    rt!(
         "apiregistration.k8s.io",
         "apiservices",
         "apiservice",

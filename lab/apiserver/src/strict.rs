@@ -18,6 +18,14 @@ fn round_trip<T: DeserializeOwned + Serialize>(v: &Value) -> Option<Value> {
 /// object does not decode (type errors are left to validation; decoding is stricter than
 /// Go's in places, e.g. a bare number for a Quantity, so it must not refuse on its own).
 fn typed(group: &str, kind: &str, v: &Value) -> Option<Value> {
+    if group == "admissionregistration.k8s.io" {
+        use k8s_openapi::api::admissionregistration::v1 as ar;
+        return match kind {
+            "MutatingWebhookConfiguration" => round_trip::<ar::MutatingWebhookConfiguration>(v),
+            "ValidatingWebhookConfiguration" => round_trip::<ar::ValidatingWebhookConfiguration>(v),
+            _ => None,
+        };
+    }
     if group == "events.k8s.io" {
         return round_trip::<k8s_openapi::api::events::v1::Event>(v);
     }

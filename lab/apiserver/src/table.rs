@@ -267,6 +267,11 @@ fn columns(kind: &str) -> Vec<Value> {
             age,
         ],
         "ServiceAccount" => vec![name, int("Secrets", "The number of secrets."), age],
+        "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" => vec![
+            name,
+            int("Webhooks", "The number of webhooks in the configuration."),
+            age,
+        ],
         "Lease" => vec![name, s("Holder", "The holder of the lease."), age],
         "Role" | "ClusterRole" => vec![
             name,
@@ -592,6 +597,9 @@ fn extra_cells(kind: &str, o: &Value) -> Option<Vec<Value>> {
             json!(age(o)),
         ],
         "ServiceAccount" => vec![json!(len_of(&o["secrets"])), json!(age(o))],
+        "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" => {
+            vec![json!(len_of(&o["webhooks"])), json!(age(o))]
+        }
         "Lease" => vec![
             json!(o["spec"]["holderIdentity"].as_str().unwrap_or("")),
             json!(age(o)),
@@ -1185,6 +1193,7 @@ mod tests {
             "ConfigMap",
             "Secret",
             "ServiceAccount",
+            "MutatingWebhookConfiguration",
             "Lease",
             "Service",
             "Pod",

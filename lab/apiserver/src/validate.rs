@@ -105,6 +105,9 @@ pub(crate) fn validate(rt: &ResourceType, obj: &Value) -> Vec<Cause> {
         "PriorityClass" => priority_class(obj, &mut causes),
         "PodDisruptionBudget" => pod_disruption_budget(obj, &mut causes),
         "NetworkPolicy" if rt.group == "networking.k8s.io" => network_policy(obj, &mut causes),
+        kind if rt.group == crate::webhook::config::GROUP => {
+            crate::webhook::config::validate(kind, obj, &mut causes);
+        }
         kind if rt.group == crate::rbac::RBAC_GROUP => {
             causes.extend(crate::rbac::objects::validate(kind, obj));
         }

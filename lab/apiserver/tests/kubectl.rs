@@ -4,61 +4,14 @@
 //! machines) and FAIL, never skip, without it. Each test serves on its own free
 //! loopback port (127.0.0.1:0) from its own temporary data dir.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 mod common;
 
 use common::{TestServer as Cluster, start};
 
-struct Out {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    /// The column names of `kubectl get`'s table (empty without output).
-    fn header(&self) -> Vec<&str> {
-        let first = self.stdout.lines().next().unwrap_or("");
-        first.split_whitespace().collect()
-    }
-}
-
 impl Cluster {
-    async fn kubectl(&self, args: &[&str]) -> Out {
-        self.kubectl_raw(&["--kubeconfig", self.kubeconfig.to_str().unwrap()], args)
-            .await
-    }
-
-    async fn kubectl_raw(&self, conn: &[&str], args: &[&str]) -> Out {
-        let cache = self.dir.path().join("kube-cache");
-        let out = tokio::process::Command::new("kubectl")
-            .args(conn)
-            .arg("--cache-dir")
-            .arg(&cache)
-            .args(args)
-            .env_remove("KUBECONFIG")
-            .env("HOME", self.dir.path())
-            .stdin(std::process::Stdio::null())
-            .output()
-            .await
-            .expect("kubectl must be installed for these tests (they fail, not skip, without it)");
-        let o = Out {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
-        eprintln!("$ kubectl {}\n{}{}", args.join(" "), o.stdout, o.stderr);
-        o
-    }
-
-    fn write(&self, name: &str, yaml: &str) -> PathBuf {
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, yaml).unwrap();
-        p
-    }
-
     fn server(&self) -> String {
         let kc = std::fs::read_to_string(&self.kubeconfig).unwrap();
         kc.lines()

@@ -197,6 +197,9 @@ async fn start_processes(
             addr: cfg.api_underlay_addr(),
         }],
         service_cidrs: cfg.service_cidrs.clone(),
+        // Webhooks behind a Service are called at its cluster IP from the first node,
+        // as kube-apiserver on a control-plane node calls them.
+        service_netns: Some(netlink::netns::path(&cfg.netns_name(Role::Node(1)))),
         ..k8s::parse_flags::<apiserver::Args>(&["--data-dir", "-"])
     };
     let api = start("apiserver", None, command("apiserver", api_args.to_args()))?;

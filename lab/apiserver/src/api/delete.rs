@@ -76,16 +76,32 @@ fn delete_options(r: &Req) -> Result<(DeleteOpts, Preconditions), Error> {
 }
 
 pub(super) fn delete(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Error> {
+    let out = delete_if_unchanged(s, t, r, None)?.ok_or_else(|| {
+        Error::Internal("a delete without a version to check did not happen".into())
+    })?;
+    Ok(json_response(200, &out, "application/json"))
+}
+
+/// Deletes the request's object, unless `read` names a resourceVersion and the stored
+/// object no longer has it (`None` then: admission webhooks saw an older object).
+pub(super) fn delete_if_unchanged(
+    s: &State,
+    t: &Target,
+    r: &Req,
+    read: Option<&str>,
+) -> Result<Option<Value>, Error> {
     let name = t.name.clone().unwrap_or_default();
     let key = t.key(&name);
     let (opts, preconditions) = delete_options(r)?;
-    let out = s.write(r.dry_run(), |txn| {
+    s.write(r.dry_run(), |txn| {
         let old = txn.get(&key)?.ok_or_else(|| t.not_found(&name))?;
+        if read.is_some() && str_at(&old, "metadata.resourceVersion") != read {
+            return Ok(None);
+        }
         preconditions.check(t, &old, &name)?;
         super::admit::delete(s, txn, t, r, &old)?;
-        delete_in(txn, &s.catalog.all(), t.rt, &key, old, opts)
-    })?;
-    Ok(json_response(200, &out, "application/json"))
+        delete_in(txn, &s.catalog.all(), t.rt, &key, old, opts).map(Some)
+    })
 }
 
 pub(super) fn delete_collection(

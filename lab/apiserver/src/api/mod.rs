@@ -12,6 +12,8 @@
 //! - [`delete`]: delete and deletecollection with their options and preconditions;
 //! - [`admit`]: what a write is checked for once its object is known (NodeRestriction,
 //!   RBAC escalation prevention; `rbac/admission.rs`);
+//! - [`admission_webhooks`]: the writes admission webhooks see, which call them outside
+//!   the store's transaction and store only what they read is unchanged;
 //! - [`watch`]: watch streams with bookmarks and initial events;
 //! - [`metrics`]: `metrics.k8s.io` from the kubelets' Summary API;
 //! - [`response`]: response bodies and the headers every handler sets.
@@ -22,7 +24,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Method, Response};
+use http::Method;
 
 use crate::error::{Error, Status};
 use crate::resources::{self, ResourceType};
@@ -30,6 +32,7 @@ use crate::selector::{FieldSelector, LabelSelector, Selectors};
 use crate::service::Ranges;
 use crate::store::{Store, Txn};
 
+mod admission_webhooks;
 mod admit;
 mod auth;
 mod delete;
@@ -64,6 +67,8 @@ pub(crate) struct State {
     pub(crate) pending: crate::gc::Pending,
     /// Authorization: the RBAC objects and bound pods it reads (`rbac/`).
     pub(crate) authz: std::sync::Arc<crate::rbac::Authorizer>,
+    /// The admission webhooks in force, and how they are called (`webhook/`).
+    pub(crate) webhooks: crate::webhook::Registry,
 }
 
 impl State {
@@ -208,9 +213,10 @@ fn selectors(t: &Target, r: &Req) -> Result<Selectors, Error> {
 }
 
 /// Runs storage work off the async threads: redb reads and fsyncing commits block.
-async fn blocking<F>(state: Arc<State>, f: F) -> Result<Response<ResponseBody>, Error>
+async fn blocking<T, F>(state: Arc<State>, f: F) -> Result<T, Error>
 where
-    F: FnOnce(&State) -> Result<Response<ResponseBody>, Error> + Send + 'static,
+    T: Send + 'static,
+    F: FnOnce(&State) -> Result<T, Error> + Send + 'static,
 {
     let st = state.clone();
     let asked = std::time::Instant::now();

@@ -433,6 +433,11 @@ async fn resource(
         .is("apiextensions.k8s.io", "customresourcedefinitions")
         && r.method != Method::GET;
     let reload = crd_write.then(|| state.clone());
+    let webhook_write = target.rt.group == crate::webhook::config::GROUP && r.method != Method::GET;
+    let reload_webhooks = webhook_write.then(|| state.clone());
+    if super::admission_webhooks::wanted(&state, &target, &r) {
+        return super::admission_webhooks::write(state, target, r).await;
+    }
     let result = match (&r.method, &target.name) {
         (&Method::GET, Some(_)) if r.flag("watch") => watch::watch(state, target, r).await,
         (&Method::GET, Some(_)) => blocking(state, move |s| read::get(s, &target, &r)).await,
@@ -457,6 +462,15 @@ async fn resource(
     {
         let st = state.clone();
         tokio::task::spawn_blocking(move || st.reload_crds())
+            .await
+            .map_err(Error::Task)??;
+    }
+    // A webhook configuration's write changes which webhooks the next write sees.
+    if let Some(state) = reload_webhooks
+        && result.is_ok()
+    {
+        let st = state.clone();
+        tokio::task::spawn_blocking(move || st.webhooks.reload(&st.store))
             .await
             .map_err(Error::Task)??;
     }

@@ -356,6 +356,13 @@ fn immutable(rt: &ResourceType, new: &Value, old: &Value, causes: &mut Vec<Cause
 }
 
 pub(super) fn create(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Error> {
+    let (obj, warnings) = create_object(t, r)?;
+    store_create(s, t, r, obj, warnings)
+}
+
+/// The object a create asks for: decoded, named (`generateName`) and prepared with the
+/// server's metadata; and the warnings of `fieldValidation=Warn`.
+pub(super) fn create_object(t: &Target, r: &Req) -> Result<(Value, Vec<String>), Error> {
     let rt = t.rt;
     let body = r.json_body()?;
     let mut obj = parse_body(t, &body)?;
@@ -377,6 +384,18 @@ pub(super) fn create(s: &State, t: &Target, r: &Req) -> Result<Response<Response
         obj["metadata"]["name"] = json!(name);
     }
     prepare_create(rt, &mut obj);
+    Ok((obj, warnings))
+}
+
+/// Stores the object of a create (from [`create_object`], admitted), answering 201.
+pub(super) fn store_create(
+    s: &State,
+    t: &Target,
+    r: &Req,
+    obj: Value,
+    warnings: Vec<String>,
+) -> Result<Response<ResponseBody>, Error> {
+    let name = str_at(&obj, "metadata.name").unwrap_or("").to_string();
     let key = t.key(&name);
     let stored = s.write(r.dry_run(), |txn| {
         super::admit::create(s, txn, t, r, &obj)?;
@@ -433,53 +452,90 @@ pub(super) fn create_in(
     Ok(stored)
 }
 
-/// Server-side apply: creates the object from the configuration, or merges the
-/// configuration into it (see `apply.rs`).
-fn apply_object(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Error> {
-    let rt = t.rt;
-    let name = t.name.clone().unwrap_or_default();
-    let manager = r.param("fieldManager").unwrap_or("").to_string();
-    if manager.is_empty() {
-        let c = Cause::required("fieldManager", "is required for apply patch");
-        return Err(Status::invalid("meta.k8s.io", "PatchOptions", "", &[c]).into());
-    }
-    if serde_json::from_slice::<Value>(&r.body).is_err() {
-        return Err(Status::bad_request(
-            "error decoding apply configuration: only JSON apply bodies are served so far (kubectl and kube-rs send JSON)",
-        )
-        .into());
-    }
-    let mut config = parse_body(t, &r.body)?;
-    let warnings = check_strict(rt, r, &config, false)?;
-    let config_name = str_at(&config, "metadata.name").unwrap_or("").to_string();
-    if !config_name.is_empty() && config_name != name {
-        return Err(Status::bad_request(format!(
-            "the name of the object ({config_name}) does not match the name on the URL ({name})"
-        ))
-        .into());
-    }
-    config["metadata"]["name"] = json!(name);
-    let force = r.flag("force");
-    let now = rfc3339(now_secs());
-    let key = t.key(&name);
-    let status_only = t.is_status();
-    let (code, stored) = s.write(r.dry_run(), |txn| match txn.get(&key)? {
-        None if status_only => Err(t.not_found(&name)),
-        None => {
-            let live = json!({"metadata": {"name": name}});
-            let mut obj = apply::apply(&live, &config, &manager, &rt.api_version(), &now, force)
-                .unwrap_or(config.clone());
-            obj["kind"] = json!(rt.kind);
-            obj["apiVersion"] = json!(rt.api_version());
-            if let Some(ns) = &t.namespace {
-                obj["metadata"]["namespace"] = json!(ns);
-            }
-            prepare_create(rt, &mut obj);
-            super::admit::create_by_apply(s, txn, t, r, &obj)?;
-            Ok((201, create_in(s, txn, t, &key, obj)?))
+/// A server-side apply's configuration and options, read from the request.
+pub(super) struct ApplyRequest {
+    config: Value,
+    manager: String,
+    force: bool,
+    pub(super) warnings: Vec<String>,
+}
+
+/// What a write computed from the stored object (if any) asks to store.
+pub(super) enum Computed {
+    /// A new object (an apply of one that does not exist yet).
+    Create(Value),
+    /// The new state of the stored object.
+    Update(Value),
+}
+
+impl ApplyRequest {
+    pub(super) fn read(t: &Target, r: &Req) -> Result<ApplyRequest, Error> {
+        let rt = t.rt;
+        let name = t.name.clone().unwrap_or_default();
+        let manager = r.param("fieldManager").unwrap_or("").to_string();
+        if manager.is_empty() {
+            let c = Cause::required("fieldManager", "is required for apply patch");
+            return Err(Status::invalid("meta.k8s.io", "PatchOptions", "", &[c]).into());
         }
-        Some(old) => {
-            let new = apply::apply(&old, &config, &manager, &rt.api_version(), &now, force)
+        if serde_json::from_slice::<Value>(&r.body).is_err() {
+            return Err(Status::bad_request(
+                "error decoding apply configuration: only JSON apply bodies are served so far (kubectl and kube-rs send JSON)",
+            )
+            .into());
+        }
+        let mut config = parse_body(t, &r.body)?;
+        let warnings = check_strict(rt, r, &config, false)?;
+        let config_name = str_at(&config, "metadata.name").unwrap_or("").to_string();
+        if !config_name.is_empty() && config_name != name {
+            return Err(Status::bad_request(format!(
+                "the name of the object ({config_name}) does not match the name on the URL ({name})"
+            ))
+            .into());
+        }
+        config["metadata"]["name"] = json!(name);
+        Ok(ApplyRequest {
+            config,
+            manager,
+            force: r.flag("force"),
+            warnings,
+        })
+    }
+
+    /// The object the apply makes of the stored one (`None`: there is none yet).
+    pub(super) fn compute(&self, t: &Target, old: Option<&Value>) -> Result<Computed, Error> {
+        let rt = t.rt;
+        let name = t.name.clone().unwrap_or_default();
+        let now = rfc3339(now_secs());
+        match old {
+            None if t.is_status() => Err(t.not_found(&name)),
+            None => {
+                let live = json!({"metadata": {"name": name}});
+                let mut obj = apply::apply(
+                    &live,
+                    &self.config,
+                    &self.manager,
+                    &rt.api_version(),
+                    &now,
+                    self.force,
+                )
+                .unwrap_or(self.config.clone());
+                obj["kind"] = json!(rt.kind);
+                obj["apiVersion"] = json!(rt.api_version());
+                if let Some(ns) = &t.namespace {
+                    obj["metadata"]["namespace"] = json!(ns);
+                }
+                prepare_create(rt, &mut obj);
+                Ok(Computed::Create(obj))
+            }
+            Some(old) => {
+                let new = apply::apply(
+                    old,
+                    &self.config,
+                    &self.manager,
+                    &rt.api_version(),
+                    &now,
+                    self.force,
+                )
                 .map_err(|conflicts| {
                     let mut st = Status::conflict(rt.group, rt.resource, &name);
                     st.message = apply::conflict_message(&conflicts, &rt.api_version());
@@ -491,13 +547,50 @@ fn apply_object(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>
                     }
                     Error::from(st)
                 })?;
+                Ok(Computed::Update(new))
+            }
+        }
+    }
+}
+
+/// Stores what a write computed from `old` (admitted): a create, or an update of
+/// `old`; the response code and the stored object.
+pub(super) fn store_computed(
+    s: &State,
+    txn: &mut Txn,
+    t: &Target,
+    r: &Req,
+    old: Option<Value>,
+    computed: Computed,
+) -> Result<(u16, Value), Error> {
+    let name = t.name.clone().unwrap_or_default();
+    let key = t.key(&name);
+    match (computed, old) {
+        (Computed::Create(obj), _) => {
+            super::admit::create_by_apply(s, txn, t, r, &obj)?;
+            Ok((201, create_in(s, txn, t, &key, obj)?))
+        }
+        (Computed::Update(new), Some(old)) => {
             super::admit::update(s, txn, t, r, &old, &new)?;
             Ok((200, store_update(s, txn, t, &key, old, new)?))
         }
+        (Computed::Update(_), None) => Err(t.not_found(&name)),
+    }
+}
+
+/// Server-side apply: creates the object from the configuration, or merges the
+/// configuration into it (see `apply.rs`).
+fn apply_object(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Error> {
+    let a = ApplyRequest::read(t, r)?;
+    let key = t.key(t.name.as_deref().unwrap_or(""));
+    let (code, stored) = s.write(r.dry_run(), |txn| {
+        let old = txn.get(&key)?;
+        let computed = a.compute(t, old.as_ref())?;
+        store_computed(s, txn, t, r, old, computed)
     })?;
     Ok(with_warnings(
         json_response(code, &stored, "application/json"),
-        &warnings,
+        &a.warnings,
     ))
 }
 
@@ -601,9 +694,7 @@ pub(super) fn store_update(
 
 pub(super) fn update(s: &State, t: &Target, r: &Req) -> Result<Response<ResponseBody>, Error> {
     let name = t.name.clone().unwrap_or_default();
-    let body = r.json_body()?;
-    let new = parse_body(t, &body)?;
-    let warnings = check_strict(t.rt, r, &new, true)?;
+    let (new, warnings) = update_object(t, r)?;
     let key = t.key(&name);
     let stored = s.write(r.dry_run(), |txn| {
         let old = txn.get(&key)?.ok_or_else(|| t.not_found(&name))?;
@@ -616,6 +707,43 @@ pub(super) fn update(s: &State, t: &Target, r: &Req) -> Result<Response<Response
     ))
 }
 
+/// The object an update (PUT) asks for, and the warnings of `fieldValidation=Warn`.
+pub(super) fn update_object(t: &Target, r: &Req) -> Result<(Value, Vec<String>), Error> {
+    let body = r.json_body()?;
+    let new = parse_body(t, &body)?;
+    let warnings = check_strict(t.rt, r, &new, true)?;
+    Ok((new, warnings))
+}
+
+/// The patch type of a (non-apply) patch request.
+pub(super) fn patch_type(t: &Target, r: &Req) -> Result<PatchType, Error> {
+    PatchType::from_content_type(&r.content_type)
+        .filter(|pt| !(t.rt.custom && *pt == PatchType::Strategic))
+        .ok_or_else(|| Status::unsupported_media_type(&r.content_type).into())
+}
+
+/// The stored object `old` with the request's patch applied, and the warnings of
+/// `fieldValidation=Warn`.
+pub(super) fn patched(
+    t: &Target,
+    r: &Req,
+    pt: PatchType,
+    old: &Value,
+) -> Result<(Value, Vec<String>), Error> {
+    let mut new = patch::apply(old, &r.body, pt)?;
+    if !new.is_object() {
+        return Err(Status::bad_request("the patch did not produce an object").into());
+    }
+    if new.get("kind") != old.get("kind") || new.get("apiVersion") != old.get("apiVersion") {
+        return Err(Status::bad_request("a patch may not change kind or apiVersion").into());
+    }
+    if t.rt.namespaced {
+        new["metadata"]["namespace"] = old["metadata"]["namespace"].clone();
+    }
+    let warnings = check_strict(t.rt, r, &new, false)?;
+    Ok((new, warnings))
+}
+
 pub(super) fn patch_object(
     s: &State,
     t: &Target,
@@ -625,24 +753,13 @@ pub(super) fn patch_object(
         return apply_object(s, t, r);
     }
     let name = t.name.clone().unwrap_or_default();
-    let pt = PatchType::from_content_type(&r.content_type)
-        .filter(|pt| !(t.rt.custom && *pt == PatchType::Strategic))
-        .ok_or_else(|| Status::unsupported_media_type(&r.content_type))?;
+    let pt = patch_type(t, r)?;
     let key = t.key(&name);
     let mut warnings = Vec::new();
     let stored = s.write(r.dry_run(), |txn| {
         let old = txn.get(&key)?.ok_or_else(|| t.not_found(&name))?;
-        let mut new = patch::apply(&old, &r.body, pt)?;
-        if !new.is_object() {
-            return Err(Status::bad_request("the patch did not produce an object").into());
-        }
-        if new.get("kind") != old.get("kind") || new.get("apiVersion") != old.get("apiVersion") {
-            return Err(Status::bad_request("a patch may not change kind or apiVersion").into());
-        }
-        if t.rt.namespaced {
-            new["metadata"]["namespace"] = old["metadata"]["namespace"].clone();
-        }
-        warnings = check_strict(t.rt, r, &new, false)?;
+        let (new, w) = patched(t, r, pt, &old)?;
+        warnings = w;
         super::admit::update(s, txn, t, r, &old, &new)?;
         store_update(s, txn, t, &key, old, new)
     })?;

@@ -44,3 +44,53 @@ pub(crate) async fn start_with(f: impl FnOnce(&mut Config)) -> TestServer {
         server: Some(server),
     }
 }
+
+/// What one `kubectl` run printed.
+pub(crate) struct Out {
+    pub(crate) ok: bool,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+impl Out {
+    /// The column names of `kubectl get`'s table (empty without output).
+    pub(crate) fn header(&self) -> Vec<&str> {
+        let first = self.stdout.lines().next().unwrap_or("");
+        first.split_whitespace().collect()
+    }
+}
+
+impl TestServer {
+    pub(crate) async fn kubectl(&self, args: &[&str]) -> Out {
+        self.kubectl_raw(&["--kubeconfig", self.kubeconfig.to_str().unwrap()], args)
+            .await
+    }
+
+    pub(crate) async fn kubectl_raw(&self, conn: &[&str], args: &[&str]) -> Out {
+        let cache = self.dir.path().join("kube-cache");
+        let out = tokio::process::Command::new("kubectl")
+            .args(conn)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .env("HOME", self.dir.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .expect("kubectl must be installed for these tests (they fail, not skip, without it)");
+        let o = Out {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        eprintln!("$ kubectl {}\n{}{}", args.join(" "), o.stdout, o.stderr);
+        o
+    }
+
+    pub(crate) fn write(&self, name: &str, yaml: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, yaml).unwrap();
+        p
+    }
+}
