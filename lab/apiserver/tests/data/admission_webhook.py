@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """An admission webhook server for the tests: Python's own HTTPS and JSON, nothing of
-kubewire's. Serves AdmissionReview v1 on 127.0.0.1 and prints its port once listening.
+kubewire's. Serves AdmissionReview v1 and prints its port once listening.
 
-usage: admission_webhook.py CERT KEY LOG
+usage: admission_webhook.py CERT KEY LOG [ADDR:PORT]   (default 127.0.0.1:0)
 
 Each request is appended to LOG as one JSON line {"path": ..., "review": ...}. Paths:
   /label       mutates: adds the label webhook.test/labelled=yes (a JSONPatch)
@@ -25,6 +25,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 CERT, KEY, LOG = sys.argv[1:4]
+ADDR, PORT = (sys.argv[4] if len(sys.argv) > 4 else "127.0.0.1:0").rsplit(":", 1)
 LOCK = threading.Lock()
 
 
@@ -93,7 +94,7 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+server = ThreadingHTTPServer((ADDR, int(PORT)), Handler)
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 ctx.load_cert_chain(CERT, KEY)
 server.socket = ctx.wrap_socket(server.socket, server_side=True)
