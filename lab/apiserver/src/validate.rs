@@ -763,6 +763,29 @@ fn pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
                 ));
             }
         }
+        if !c["restartPolicy"].is_null() {
+            causes.push(Cause::forbidden(
+                f("restartPolicy"),
+                "may not be set for non-init containers",
+            ));
+        }
+    }
+    // A native sidecar is an init container with `restartPolicy: Always`, the only
+    // value an init container may set.
+    for (i, c) in spec["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let policy = &c["restartPolicy"];
+        if !policy.is_null() && policy != "Always" {
+            causes.push(Cause::not_supported(
+                format!("{path}.initContainers[{i}].restartPolicy"),
+                policy,
+                &["Always"],
+            ));
+        }
     }
 }
 
@@ -839,6 +862,33 @@ mod tests {
         assert!(validate(svc, &headless).is_empty());
         let noports = json!({"metadata": {"name": "db"}, "spec": {}});
         assert_eq!(validate(svc, &noports)[0].field, "spec.ports");
+    }
+
+    #[test]
+    fn only_init_containers_restart_always_as_sidecars() {
+        let pods = lookup("", "v1", "pods").unwrap();
+        let c = |extra: Value| {
+            let mut c = json!({"name": "x", "image": "busybox"});
+            c.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            c
+        };
+        let sidecar = json!({"metadata": {"name": "p"}, "spec": {
+            "initContainers": [c(json!({"restartPolicy": "Always"}))],
+            "containers": [c(json!({"name": "app"}))]}});
+        assert!(validate(pods, &sidecar).is_empty());
+        let bad = json!({"metadata": {"name": "p"}, "spec": {
+            "initContainers": [c(json!({"restartPolicy": "OnFailure"}))],
+            "containers": [c(json!({"name": "app", "restartPolicy": "Always"}))]}});
+        let fields: Vec<String> = validate(pods, &bad).into_iter().map(|c| c.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.containers[0].restartPolicy",
+                "spec.initContainers[0].restartPolicy"
+            ]
+        );
     }
 
     #[test]

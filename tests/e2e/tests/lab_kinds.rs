@@ -5,7 +5,8 @@
 //! PersistentVolumeClaims, PersistentVolumes, ReplicationControllers, Jobs and
 //! CronJobs), one object of every served kind created, read and listed through the
 //! Python client's typed API, which refuses a response without a field the upstream
-//! types always write, emptyDir/configMap/secret volumes, and `kubectl top`.
+//! types always write, emptyDir/configMap/secret volumes, native sidecars (init
+//! containers with `restartPolicy: Always`), and `kubectl top`.
 
 #![allow(clippy::disallowed_methods)] // runs kubectl and python
 
@@ -529,6 +530,126 @@ fn pods_mount_empty_dir_config_map_and_secret_volumes() {
     assert!(
         wait_until(WAIT, || !Path::new(&root).exists()),
         "{root} is left on the host"
+    );
+}
+
+/// A Job whose pod has a native sidecar: the app starts only once the sidecar's
+/// startup probe passed, and the pod completes although the sidecar never exits.
+const SIDECAR_JOB: &str = r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: with-sidecar}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      terminationGracePeriodSeconds: 2
+      volumes:
+      - {name: shared, emptyDir: {}}
+      initContainers:
+      - name: proxy
+        image: busybox
+        restartPolicy: Always
+        command: ["sh", "-c", "sleep 1; touch ROOT/up; exec sleep 3600"]
+        startupProbe:
+          exec: {command: ["test", "-e", "ROOT/up"]}
+          periodSeconds: 1
+        volumeMounts:
+        - {name: shared, mountPath: ROOT}
+      containers:
+      - name: work
+        image: busybox
+        command: ["sh", "-c", "test -e ROOT/up && echo the-proxy-was-up"]
+        volumeMounts:
+        - {name: shared, mountPath: ROOT}
+"#;
+
+/// A pod whose app takes a second to stop: its sidecar is told to stop only after
+/// the app exited, and writes down what it found (on the node's hostPath).
+const SIDECAR_ORDER: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: ordered}
+spec:
+  terminationGracePeriodSeconds: 20
+  volumes:
+  - {name: out, hostPath: {path: /sidecar-order, type: DirectoryOrCreate}}
+  initContainers:
+  - name: proxy
+    image: busybox
+    restartPolicy: Always
+    command: ["sh", "-c", "trap 'if [ -e ROOT/app-exited ]; then echo after > ROOT/proxy-stopped; else echo before > ROOT/proxy-stopped; fi; exit 0' TERM; while true; do sleep 0.2; done"]
+    volumeMounts:
+    - {name: out, mountPath: ROOT}
+  containers:
+  - name: app
+    image: busybox
+    command: ["sh", "-c", "trap 'sleep 1; touch ROOT/app-exited; exit 0' TERM; while true; do sleep 0.2; done"]
+    volumeMounts:
+    - {name: out, mountPath: ROOT}
+"#;
+
+#[test]
+fn native_sidecars_start_first_stop_last_and_let_jobs_complete() {
+    let lab = RunningLab::up(1);
+    let root = format!("/kubewire-sidecar-{}", std::process::id());
+    lab.apply(&SIDECAR_JOB.replace("ROOT", &root));
+    assert!(
+        wait_until(WAIT, || condition(
+            &lab.json(&["get", "job", "with-sidecar"]),
+            "Complete"
+        )
+        .is_some()),
+        "{}",
+        lab.kubectl(&["get", "pods", "-o", "yaml"])
+    );
+    assert_eq!(
+        lab.kubectl(&["logs", "job/with-sidecar", "-c", "work"]),
+        "the-proxy-was-up\n"
+    );
+    let pods = lab.json(&["get", "pods", "-l", "job-name=with-sidecar"]);
+    let pod = &pods["items"][0];
+    assert_eq!(pod["status"]["phase"], "Succeeded");
+    assert!(
+        pod["status"]["initContainerStatuses"][0]["state"]["terminated"].is_object(),
+        "the sidecar was stopped: {pod}"
+    );
+
+    let order_root = format!("/kubewire-sidecar-order-{}", std::process::id());
+    lab.apply(&SIDECAR_ORDER.replace("ROOT", &order_root));
+    lab.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/ordered",
+        "--timeout=90s",
+    ]);
+    let ready = lab.json(&["get", "pod", "ordered"]);
+    assert_eq!(ready["status"]["initContainerStatuses"][0]["ready"], true);
+    assert_eq!(ready["status"]["initContainerStatuses"][0]["started"], true);
+    lab.kubectl(&["delete", "pod", "ordered", "--timeout=60s"]);
+    let node_root = lab
+        .kubeconfig
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("node-1/root/sidecar-order");
+    assert_eq!(
+        std::fs::read_to_string(node_root.join("proxy-stopped")).unwrap_or_default(),
+        "after\n",
+        "the sidecar was stopped before the app had exited"
+    );
+    lab.kubectl(&[
+        "delete",
+        "job",
+        "with-sidecar",
+        "--cascade=foreground",
+        "--timeout=60s",
+    ]);
+    assert!(
+        wait_until(WAIT, || !Path::new(&root).exists()
+            && !Path::new(&order_root).exists()),
+        "{root} or {order_root} is left on the host"
     );
 }
 

@@ -163,6 +163,9 @@ pub(super) struct Ctr {
     pub id: String,
     /// Why the node killed it (liveness/startup failure), for the terminated message.
     pub killed_for: Option<String>,
+    /// A sidecar the node is stopping because the app containers finished: it does
+    /// not run again.
+    pub stopping: bool,
 }
 
 impl Ctr {
@@ -182,6 +185,29 @@ impl Ctr {
             probes: Vec::new(),
             id: String::new(),
             killed_for: None,
+            stopping: false,
+        }
+    }
+
+    /// A restartable init container (`restartPolicy: Always`), Kubernetes' native
+    /// sidecar: started in init order, kept running beside the app containers,
+    /// restarted whatever the pod's policy, stopped after them.
+    pub(super) fn sidecar(&self) -> bool {
+        self.init && self.spec.restart_policy.as_deref() == Some("Always")
+    }
+
+    /// Runs and its startup probe (if any) passed: a sidecar that is up lets the next
+    /// init container start.
+    pub(super) fn up(&self) -> bool {
+        self.proc.is_some() && self.probe(Kind::Startup).is_none_or(|p| p.ok)
+    }
+
+    /// Done as an init container: a sidecar once up, any other once it succeeded.
+    pub(super) fn init_done(&self) -> bool {
+        if self.sidecar() {
+            self.up()
+        } else {
+            self.succeeded()
         }
     }
 
@@ -330,6 +356,7 @@ impl Ctr {
             name: self.spec.name.clone(),
             image: self.spec.image.clone().unwrap_or_default(),
             init: self.init,
+            sidecar: self.sidecar(),
             state: self.state.clone(),
             last: self.last.clone(),
             running: self.proc.is_some(),

@@ -18,6 +18,8 @@ pub(crate) struct ContainerView {
     pub image: String,
     /// An init container.
     pub init: bool,
+    /// A restartable init container (`restartPolicy: Always`): a native sidecar.
+    pub sidecar: bool,
     pub state: State,
     /// How the previous run ended.
     pub last: Option<State>,
@@ -92,7 +94,15 @@ pub(crate) fn pod_status(
     let now = time::rfc3339(now);
     let inits = || pod.containers.iter().filter(|c| c.init);
     let apps = || pod.containers.iter().filter(|c| !c.init);
-    let initialized = inits().all(ContainerView::succeeded);
+    let sidecars = || pod.containers.iter().filter(|c| c.sidecar);
+    // A sidecar counts once started; once the apps ran, the pod stays initialized.
+    let initialized = inits().all(|c| {
+        if c.sidecar {
+            c.started()
+        } else {
+            c.succeeded()
+        }
+    }) || apps().any(|c| c.ever_started);
     let to_status = |c: &ContainerView| {
         let state = match &c.state {
             State::Waiting { .. } if !pod.sandbox_ready => {
@@ -115,7 +125,7 @@ pub(crate) fn pod_status(
             "name": c.name,
             "image": c.image,
             "imageID": "",
-            "ready": if c.init { c.succeeded() } else { c.ready() },
+            "ready": if c.init && !c.sidecar { c.succeeded() } else { c.ready() },
             "started": c.started(),
             "restartCount": c.restart_count,
             "state": state.to_json(),
@@ -126,8 +136,9 @@ pub(crate) fn pod_status(
         }
         v
     };
-    // An init container that failed and will not run again fails the pod.
-    let init_failed = inits().any(|c| c.finished() && !c.succeeded());
+    // An init container that failed and will not run again fails the pod (a sidecar
+    // stopped after its apps finished does not).
+    let init_failed = inits().any(|c| !c.sidecar && c.finished() && !c.succeeded());
     let phase = if init_failed {
         "Failed"
     } else if apps().all(ContainerView::finished) {
@@ -141,8 +152,10 @@ pub(crate) fn pod_status(
     } else {
         "Pending"
     };
-    let ready =
-        pod.sandbox_ready && initialized && apps().count() > 0 && apps().all(ContainerView::ready);
+    let ready = pod.sandbox_ready
+        && initialized
+        && apps().count() > 0
+        && apps().chain(sidecars()).all(ContainerView::ready);
     let wanted: [(&'static str, bool); 5] = [
         ("PodReadyToStartContainers", pod.sandbox_ready),
         ("Initialized", initialized),
@@ -163,7 +176,8 @@ pub(crate) fn pod_status(
             let (reason, msg) = if phase == "Succeeded" || phase == "Failed" {
                 ("PodCompleted", String::new())
             } else {
-                let names: Vec<&str> = apps()
+                let names: Vec<&str> = sidecars()
+                    .chain(apps())
                     .filter(|c| !c.ready())
                     .map(|c| c.name.as_str())
                     .collect();
@@ -220,6 +234,7 @@ mod tests {
             name: name.into(),
             image: "nginx".into(),
             init: false,
+            sidecar: false,
             state: State::waiting("ContainerCreating", ""),
             last: None,
             running: false,
@@ -601,5 +616,40 @@ mod tests {
         assert_eq!(st["phase"], "Failed");
         assert_eq!(condition(&st, "Initialized")["status"], "False");
         assert_eq!(condition(&st, "Ready")["reason"], "PodCompleted");
+    }
+
+    #[test]
+    fn native_sidecars_start_in_init_order_and_count_as_app_containers() {
+        let sidecar = |c: ContainerView| ContainerView {
+            init: true,
+            sidecar: true,
+            ..c
+        };
+        // A sidecar started: initialized (a plain init container would have to have
+        // exited), and ready only when its readiness probe passes.
+        let mut proxy = sidecar(running("proxy"));
+        proxy.readiness = Some(false);
+        let st = status(&pod(vec![proxy.clone(), waiting("web")]));
+        assert_eq!(condition(&st, "Initialized")["status"], "True");
+        assert_eq!(st["initContainerStatuses"][0]["started"], true);
+        assert_eq!(st["initContainerStatuses"][0]["ready"], false);
+        // The app runs and is ready, the sidecar is not: the pod is not Ready.
+        let st = status(&pod(vec![proxy.clone(), running("web")]));
+        assert_eq!(st["phase"], "Running");
+        assert_eq!(condition(&st, "Ready")["status"], "False");
+        assert_eq!(
+            condition(&st, "Ready")["message"],
+            "containers with unready status: [proxy]"
+        );
+        proxy.readiness = Some(true);
+        let st = status(&pod(vec![proxy.clone(), running("web")]));
+        assert_eq!(condition(&st, "Ready")["status"], "True");
+        assert_eq!(st["initContainerStatuses"][0]["ready"], true);
+        // A Job's pod: the app finished, the sidecar stopped after it (killed by the
+        // node, exit 143). The pod succeeded.
+        let mut stopped = sidecar(exited("proxy", true, 143, "Never"));
+        stopped.will_start = false;
+        let st = status(&pod(vec![stopped, exited("work", false, 0, "Never")]));
+        assert_eq!(st["phase"], "Succeeded");
     }
 }

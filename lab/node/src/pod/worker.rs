@@ -504,14 +504,23 @@ impl Worker {
 
     async fn start_due(&mut self) {
         let now = Instant::now();
-        // Init containers one at a time, in order; app containers once all succeeded.
-        let gate = self.ctrs.iter().position(|c| c.init && !c.succeeded());
+        // Init containers one at a time, in order (a sidecar is done once it is up);
+        // app containers once all are done. Once the apps ran, a sidecar that restarts
+        // holds nothing back.
+        let apps_started = self.ctrs.iter().any(|c| !c.init && c.ever_started);
+        let gate = self
+            .ctrs
+            .iter()
+            .position(|c| c.init && !c.init_done())
+            .filter(|_| !apps_started);
+        self.stop_sidecars_of_finished_apps();
         for i in 0..self.ctrs.len() {
             let c = &self.ctrs[i];
             let allowed = match gate {
-                Some(g) => i == g,
-                None => !c.init,
-            };
+                // Sidecars before the gate run (again) while it waits.
+                Some(g) => i == g || (c.sidecar() && i < g),
+                None => !c.init || c.sidecar(),
+            } && !c.stopping;
             if allowed
                 && c.proc.is_none()
                 && c.next_start.is_some_and(|t| t <= now)
@@ -525,6 +534,29 @@ impl Worker {
         self.publish_entry();
     }
 
+    /// Once every app container of a pod that does not restart them has finished (a
+    /// Job's pod), its sidecars are stopped, as kubelet does, so the pod completes.
+    fn stop_sidecars_of_finished_apps(&mut self) {
+        if self.restart_policy() == "Always" {
+            return;
+        }
+        let mut apps = self.ctrs.iter().filter(|c| !c.init).peekable();
+        let finished = apps.peek().is_some()
+            && apps.all(|c| c.ever_started && c.proc.is_none() && c.next_start.is_none());
+        if !finished {
+            return;
+        }
+        let grace = u64::try_from(self.termination_grace()).unwrap_or(0);
+        for c in self.ctrs.iter_mut().filter(|c| c.sidecar() && !c.stopping) {
+            c.stopping = true;
+            c.next_start = None;
+            if let Some((_, rec)) = &c.proc {
+                tracing::info!(container = %c.spec.name, "stopping a sidecar: the app containers finished");
+                container::kill_gracefully(rec.clone(), grace);
+            }
+        }
+    }
+
     /// Notices exited containers; schedules restarts unless `terminating`.
     fn reap(&mut self, terminating: bool) {
         let policy = self.restart_policy();
@@ -533,7 +565,12 @@ impl Worker {
             let Some(exit) = c.poll_exit() else { continue };
             changed = true;
             tracing::info!(container = %c.spec.name, code = exit.0, "container exited");
-            let restart = !terminating && restarts(&policy, c.init, exit.0);
+            let restart = !terminating
+                && if c.sidecar() {
+                    !c.stopping
+                } else {
+                    restarts(&policy, c.init, exit.0)
+                };
             c.exited(
                 Instant::now(),
                 exit,
@@ -701,16 +738,25 @@ impl Worker {
             self.grace()
         };
         tracing::info!(pod = %self.key(), grace, "killing the pod's containers");
-        for c in &mut self.ctrs {
-            c.next_start = None;
-            if let Some((_, rec)) = &c.proc {
-                signal_container(rec, Signal::SIGTERM);
-            }
-        }
+        // The app containers first; sidecars once they have exited (or the grace
+        // period is over), so a proxy outlives the app it serves, as with kubelet.
         let deadline = Instant::now() + Duration::from_secs(grace);
-        while self.ctrs.iter().any(|c| c.proc.is_some()) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            self.reap(true);
+        for sidecars in [false, true] {
+            for c in self.ctrs.iter_mut().filter(|c| c.sidecar() == sidecars) {
+                c.next_start = None;
+                if let Some((_, rec)) = &c.proc {
+                    signal_container(rec, Signal::SIGTERM);
+                }
+            }
+            while self
+                .ctrs
+                .iter()
+                .any(|c| c.proc.is_some() && (sidecars || !c.sidecar()))
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                self.reap(true);
+            }
         }
         if self.ctrs.iter().any(|c| c.proc.is_some()) {
             for c in &self.ctrs {
