@@ -515,6 +515,13 @@ pub(crate) static RESOURCES: &[ResourceType] = &[
         Path
     ),
     review!(
+        "authentication.k8s.io",
+        "tokenreviews",
+        "tokenreview",
+        "TokenReview",
+        false
+    ),
+    review!(
         "authorization.k8s.io",
         "localsubjectaccessreviews",
         "localsubjectaccessreview",

@@ -43,6 +43,20 @@ pub(crate) struct ServiceAccountUser {
     pub(crate) name: String,
 }
 
+/// What a verified token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Verified {
+    pub(crate) user: ServiceAccountUser,
+    /// The ServiceAccount's uid.
+    pub(crate) uid: String,
+    /// The pod it is bound to: name and uid.
+    pub(crate) pod: Option<(String, String)>,
+    /// Those of the asked audiences the token names.
+    pub(crate) audiences: Vec<String>,
+    /// The token's `jti`, if it has one.
+    pub(crate) id: Option<String>,
+}
+
 impl ServiceAccountUser {
     /// `system:serviceaccount:NS:NAME`.
     pub(crate) fn username(&self) -> String {
@@ -88,50 +102,169 @@ impl Signer {
         serde_json::from_slice(&b64url_decode(payload)?).ok()
     }
 
-    /// Authenticates a bearer token against the store at time `now`.
+    /// Authenticates a bearer token to this server (its own audience) at time `now`.
     pub(crate) fn authenticate(
         &self,
         store: &Store,
         token: &str,
         now: i64,
     ) -> Option<ServiceAccountUser> {
-        let c = self.claims(token)?;
-        let exp = c["exp"].as_i64()?;
+        self.verify(store, token, &[ISSUER.to_string()], now)
+            .ok()
+            .map(|v| v.user)
+    }
+
+    /// Checks a token for one of `audiences` at time `now`: signed here, unexpired,
+    /// naming one of them, its ServiceAccount (and bound pod) still there with the same
+    /// uid. Why not, in kube-apiserver's words, when it fails.
+    pub(crate) fn verify(
+        &self,
+        store: &Store,
+        token: &str,
+        audiences: &[String],
+        now: i64,
+    ) -> Result<Verified, &'static str> {
+        const INVALID: &str = "invalid bearer token";
+        let c = self.claims(token).ok_or(INVALID)?;
+        let exp = c["exp"].as_i64().ok_or(INVALID)?;
         if now >= exp || c["nbf"].as_i64().is_some_and(|nbf| now < nbf) {
-            return None;
+            return Err("invalid bearer token, token has expired");
         }
         if c["iss"].as_str() != Some(ISSUER) {
-            return None;
+            return Err(INVALID);
         }
-        let aud_ok = c["aud"]
+        let matched: Vec<String> = c["aud"]
             .as_array()
-            .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(ISSUER)));
-        if !aud_ok {
-            return None;
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .filter(|a| audiences.iter().any(|w| w == a))
+            .map(str::to_string)
+            .collect();
+        if matched.is_empty() {
+            return Err("invalid bearer token, token audiences don't match");
         }
+        let invalidated = "invalid bearer token, token has been invalidated";
         let k = &c["kubernetes.io"];
-        let ns = k["namespace"].as_str()?;
-        let name = k["serviceaccount"]["name"].as_str()?;
-        let uid = k["serviceaccount"]["uid"].as_str()?;
-        let sa_rt = resources::lookup("", "v1", "serviceaccounts")?;
-        let sa = store.get(&sa_rt.key(ns, name)).ok()??;
+        let ns = k["namespace"].as_str().ok_or(INVALID)?;
+        let name = k["serviceaccount"]["name"].as_str().ok_or(INVALID)?;
+        let uid = k["serviceaccount"]["uid"].as_str().ok_or(INVALID)?;
+        let sa_rt = resources::lookup("", "v1", "serviceaccounts").ok_or(INVALID)?;
+        let sa = store
+            .get(&sa_rt.key(ns, name))
+            .ok()
+            .flatten()
+            .ok_or(invalidated)?;
         if str_at(&sa, "metadata.uid") != Some(uid)
             || sa["metadata"]["deletionTimestamp"].is_string()
         {
-            return None;
+            return Err(invalidated);
         }
+        let mut pod = None;
         if let Some(pod_uid) = k["pod"]["uid"].as_str() {
-            let pod_name = k["pod"]["name"].as_str()?;
-            let pod_rt = resources::lookup("", "v1", "pods")?;
-            let pod = store.get(&pod_rt.key(ns, pod_name)).ok()??;
-            if str_at(&pod, "metadata.uid") != Some(pod_uid) {
-                return None;
+            let pod_name = k["pod"]["name"].as_str().ok_or(INVALID)?;
+            let pod_rt = resources::lookup("", "v1", "pods").ok_or(INVALID)?;
+            let stored = store
+                .get(&pod_rt.key(ns, pod_name))
+                .ok()
+                .flatten()
+                .ok_or(invalidated)?;
+            if str_at(&stored, "metadata.uid") != Some(pod_uid) {
+                return Err(invalidated);
             }
+            pod = Some((pod_name.to_string(), pod_uid.to_string()));
         }
-        Some(ServiceAccountUser {
-            namespace: ns.to_string(),
-            name: name.to_string(),
+        Ok(Verified {
+            user: ServiceAccountUser {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+            },
+            uid: uid.to_string(),
+            pod,
+            audiences: matched,
+            id: c["jti"].as_str().map(str::to_string),
         })
+    }
+
+    /// Answers a TokenReview (`POST /apis/authentication.k8s.io/v1/tokenreviews`):
+    /// whether `spec.token` is valid for `spec.audiences` (default: this server's), and
+    /// for whom, as kube-apiserver answers it: the ServiceAccount user, its groups, and
+    /// in `extra` the bound pod and the token's id.
+    pub(crate) fn token_review(
+        &self,
+        store: &Store,
+        review: &Value,
+        now: i64,
+    ) -> Result<Value, Error> {
+        if let Some(kind) = review["kind"]
+            .as_str()
+            .filter(|k| !k.is_empty() && *k != "TokenReview")
+        {
+            return Err(Status::bad_request(format!(
+                "the kind in the request body ({kind}) does not match TokenReview"
+            ))
+            .into());
+        }
+        let spec = &review["spec"];
+        let token = spec["token"].as_str().unwrap_or("");
+        if token.is_empty() {
+            return Err(
+                Status::bad_request("token is required for TokenReview in authentication").into(),
+            );
+        }
+        let asked: Vec<String> = spec["audiences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str().map(str::to_string))
+            .collect();
+        let audiences = if asked.is_empty() {
+            vec![ISSUER.to_string()]
+        } else {
+            asked
+        };
+        let status = match self.verify(store, token, &audiences, now) {
+            Ok(v) => {
+                let ns = &v.user.namespace;
+                let mut extra = serde_json::Map::new();
+                if let Some((name, uid)) = &v.pod {
+                    extra.insert(
+                        "authentication.kubernetes.io/pod-name".into(),
+                        json!([name]),
+                    );
+                    extra.insert("authentication.kubernetes.io/pod-uid".into(), json!([uid]));
+                }
+                if let Some(id) = &v.id {
+                    extra.insert(
+                        "authentication.kubernetes.io/credential-id".into(),
+                        json!([format!("JTI={id}")]),
+                    );
+                }
+                json!({
+                    "authenticated": true,
+                    "user": {
+                        "username": v.user.username(),
+                        "uid": v.uid,
+                        "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{ns}"), "system:authenticated"],
+                        "extra": extra,
+                    },
+                    "audiences": v.audiences,
+                })
+            }
+            Err(why) => json!({"user": {}, "error": format!("[{why}]")}),
+        };
+        let mut out_spec = spec.clone();
+        if let Some(o) = out_spec.as_object_mut() {
+            // The token is not echoed back.
+            o.remove("token");
+        }
+        Ok(json!({
+            "kind": "TokenReview",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"creationTimestamp": null},
+            "spec": out_spec,
+            "status": status,
+        }))
     }
 
     /// Serves `POST .../serviceaccounts/NAME/token`: `request` is the TokenRequest body,

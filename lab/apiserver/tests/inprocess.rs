@@ -7,7 +7,7 @@ use apiserver::{Config, Router, router};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use http_body_util::{BodyExt, Full};
-use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenReview};
 use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Pod, Service, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -335,6 +335,90 @@ async fn token_requests_mint_tokens_the_server_accepts() {
         .await
         .unwrap();
     assert_eq!(r.service_account(&token), None);
+}
+
+/// TokenReview, as an identity issuer checks a pod's token: for the audience asked,
+/// with the ServiceAccount and the bound pod in the answer; invalid once the pod goes.
+#[tokio::test]
+async fn token_reviews_answer_for_audiences_and_bound_pods() {
+    let (_dir, _r, client) = setup();
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let owner = pods
+        .create(&PostParams::default(), &pod("meshed", json!({})))
+        .await
+        .unwrap();
+    let req: TokenRequest = serde_json::from_value(json!({"spec": {
+        "audiences": ["identity.kubewire.io"],
+        "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "meshed"}}}))
+    .unwrap();
+    let token = sas
+        .create_token_request("default", &PostParams::default(), &req)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token
+        .unwrap_or_default();
+    let reviews: Api<TokenReview> = Api::all(client.clone());
+    let review = |token: &str, audiences: Value| {
+        let reviews = reviews.clone();
+        let body: TokenReview =
+            serde_json::from_value(json!({"spec": {"token": token, "audiences": audiences}}))
+                .unwrap();
+        async move {
+            let out = reviews.create(&PostParams::default(), &body).await.unwrap();
+            serde_json::to_value(out.status.unwrap()).unwrap()
+        }
+    };
+    let ok = review(&token, json!(["identity.kubewire.io"])).await;
+    assert_eq!(ok["authenticated"], true, "{ok}");
+    assert_eq!(
+        ok["user"]["username"],
+        "system:serviceaccount:default:default"
+    );
+    assert_eq!(ok["audiences"], json!(["identity.kubewire.io"]));
+    assert!(
+        ok["user"]["groups"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("system:serviceaccounts:default"))
+    );
+    assert_eq!(
+        ok["user"]["extra"]["authentication.kubernetes.io/pod-name"],
+        json!(["meshed"])
+    );
+    assert_eq!(
+        ok["user"]["extra"]["authentication.kubernetes.io/pod-uid"],
+        json!([owner.metadata.uid.unwrap()])
+    );
+    // Not for the API server's own audience (the default), nor for another.
+    let other = review(&token, json!([])).await;
+    assert_eq!(other["authenticated"], Value::Null, "{other}");
+    assert!(
+        other["error"].as_str().unwrap().contains("audiences"),
+        "{other}"
+    );
+    let garbage = review("not.a.token", json!(["identity.kubewire.io"])).await;
+    assert_eq!(garbage["error"], "[invalid bearer token]");
+    // An empty token is a bad request.
+    let empty: TokenReview = serde_json::from_value(json!({"spec": {"token": ""}})).unwrap();
+    let e = api_error(
+        reviews
+            .create(&PostParams::default(), &empty)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, 400);
+    // The bound pod gone: the token is invalidated.
+    pods.delete("meshed", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    let gone = review(&token, json!(["identity.kubewire.io"])).await;
+    assert!(
+        gone["error"].as_str().unwrap().contains("invalidated"),
+        "{gone}"
+    );
 }
 
 #[tokio::test]

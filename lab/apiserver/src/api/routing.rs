@@ -268,6 +268,21 @@ where
                 "application/json",
             ))
         }
+        ["apis", "authentication.k8s.io", "v1", "tokenreviews"] => {
+            if r.method != Method::POST {
+                return Err(Status::method_not_allowed(r.method.as_str()).into());
+            }
+            blocking(state, move |s| {
+                let body = r.json_body()?;
+                let review: serde_json::Value = serde_json::from_slice(&body)
+                    .map_err(|e| Status::bad_request(format!("error decoding TokenReview: {e}")))?;
+                let out = s
+                    .signer
+                    .token_review(&s.store, &review, crate::util::now_secs())?;
+                Ok(json_response(201, &out, "application/json"))
+            })
+            .await
+        }
         ["apis", "authorization.k8s.io", "v1", rest @ ..]
             if crate::rbac::review::Review::from_path(rest).is_some() =>
         {
