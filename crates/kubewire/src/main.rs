@@ -11,8 +11,8 @@ mod logging;
 
 /// Kubernetes networking in one binary: pod networking (a CNI plugin and routes between
 /// nodes), Services (a kube-proxy replacement), cluster DNS, LoadBalancer IPs (ARP, NDP
-/// and BGP), network policy, Ingress and Gateway API. Planned, not here yet: the service
-/// mesh.
+/// and BGP), network policy, Ingress and Gateway API. The service mesh is being built:
+/// its identity issuer is here, its proxy not yet.
 ///
 /// Start with `kubewire lab up`: it builds a cluster on this machine from network
 /// namespaces. See README.md and docs/ for the tour.
@@ -74,6 +74,16 @@ enum Command {
     /// Copy this binary onto the node as the CNI plugin `kubewire-cni` (what the agent
     /// DaemonSet's init container runs).
     InstallCni(cni::install::InstallArgs),
+    /// The service mesh's components (docs/mesh.md).
+    #[command(subcommand)]
+    Mesh(MeshCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum MeshCommand {
+    /// Run the identity issuer: a trust anchor that gives each meshed pod a 24-hour
+    /// SPIFFE certificate for its ServiceAccount, on proof of its token.
+    Identity(mesh::identity::Args),
 }
 
 #[derive(Debug, Args)]
@@ -182,6 +192,7 @@ fn main() -> ExitCode {
             | Command::LbController(_)
             | Command::Gateway(_)
             | Command::Node(_)
+            | Command::Mesh(_)
     ) {
         tune_malloc(matches!(cli.command, Command::Agent(_)));
     }
@@ -277,6 +288,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }),
         Command::Workload(args) => runtime.block_on(async {
             node::workload::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Mesh(MeshCommand::Identity(args)) => runtime.block_on(async {
+            mesh::identity::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }),
         Command::Install(args) => runtime.block_on(run_install(args)),
