@@ -9,6 +9,9 @@
 //!   each visible name a symlink through `..data`), again before every container start,
 //!   so a restarted container sees the object as it is then; mounted read-only. A
 //!   missing object fails the start unless the volume is `optional`;
+//! - `projected`: ServiceAccount tokens (TokenRequests bound to the pod, for the
+//!   source's audience, renewed at 80% of their lifetime), configMap and secret keys and
+//!   downward API fields in one directory, written and mounted as configMap volumes are;
 //! - `hostPath`: the node's own file, under `--host-path-root` (the lab keeps each
 //!   node's files in a directory of its own; a real node's root is `/`), checked and
 //!   made as kubelet does for the volume's `type`.
@@ -26,8 +29,10 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, HostPathVolumeSource, KeyToPath, Pod, Secret,
+    ConfigMap, Container, HostPathVolumeSource, KeyToPath, Pod, ProjectedVolumeSource, Secret,
+    ServiceAccount,
 };
 use kube::Api;
 
@@ -197,35 +202,7 @@ pub(crate) async fn prepare(
                 },
             );
         } else if let Some(cm) = &v.config_map {
-            let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-            let got = api
-                .get_opt(&cm.name)
-                .await
-                .map_err(|e| Error::api(format!("getting configmap {ns}/{}", cm.name), e))?;
-            let data: BTreeMap<String, Vec<u8>> = match got {
-                Some(c) => c
-                    .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.into_bytes()))
-                    .chain(
-                        c.binary_data
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|(k, v)| (k, v.0)),
-                    )
-                    .collect(),
-                None if cm.optional == Some(true) => BTreeMap::new(),
-                None => {
-                    return Err(config_error(
-                        pod,
-                        format!(
-                            "MountVolume.SetUp failed for volume {:?} : configmap {:?} not found",
-                            v.name, cm.name
-                        ),
-                    ));
-                }
-            };
+            let data = config_map_data(client, pod, ns, &cm.name, cm.optional, &v.name).await?;
             let what = format!("configmap {:?}", cm.name);
             let f = files(&data, cm.items.as_deref(), cm.default_mode, &what)
                 .map_err(|r| config_error(pod, r))?;
@@ -239,35 +216,7 @@ pub(crate) async fn prepare(
             );
         } else if let Some(s) = &v.secret {
             let name = s.secret_name.clone().unwrap_or_default();
-            let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-            let got = api
-                .get_opt(&name)
-                .await
-                .map_err(|e| Error::api(format!("getting secret {ns}/{name}"), e))?;
-            let data: BTreeMap<String, Vec<u8>> = match got {
-                Some(sec) => sec
-                    .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.0))
-                    .chain(
-                        sec.string_data
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|(k, v)| (k, v.into_bytes())),
-                    )
-                    .collect(),
-                None if s.optional == Some(true) => BTreeMap::new(),
-                None => {
-                    return Err(config_error(
-                        pod,
-                        format!(
-                            "MountVolume.SetUp failed for volume {:?} : secret {name:?} not found",
-                            v.name
-                        ),
-                    ));
-                }
-            };
+            let data = secret_data(client, pod, ns, &name, s.optional, &v.name).await?;
             let what = format!("secret {name:?}");
             let f = files(&data, s.items.as_deref(), s.default_mode, &what)
                 .map_err(|r| config_error(pod, r))?;
@@ -279,9 +228,262 @@ pub(crate) async fn prepare(
                     read_only: true,
                 },
             );
+        } else if let Some(p) = &v.projected {
+            let f = projected_files(client, pod, ns, p, &v.name).await?;
+            write_atomic(&dir, &f).map_err(io)?;
+            out.insert(
+                v.name.clone(),
+                Volume {
+                    path: dir,
+                    read_only: true,
+                },
+            );
         }
     }
     Ok(out)
+}
+
+/// The keys of ConfigMap `name` (`None` data: missing and `optional`).
+async fn config_map_data(
+    client: &kube::Client,
+    pod: &Pod,
+    ns: &str,
+    name: &str,
+    optional: Option<bool>,
+    volume: &str,
+) -> Result<BTreeMap<String, Vec<u8>>, Error> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let got = api
+        .get_opt(name)
+        .await
+        .map_err(|e| Error::api(format!("getting configmap {ns}/{name}"), e))?;
+    match got {
+        Some(c) => Ok(c
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes()))
+            .chain(
+                c.binary_data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0)),
+            )
+            .collect()),
+        None if optional == Some(true) => Ok(BTreeMap::new()),
+        None => Err(config_error(
+            pod,
+            format!(
+                "MountVolume.SetUp failed for volume {volume:?} : configmap {name:?} not found"
+            ),
+        )),
+    }
+}
+
+/// The keys of Secret `name` (empty when missing and `optional`).
+async fn secret_data(
+    client: &kube::Client,
+    pod: &Pod,
+    ns: &str,
+    name: &str,
+    optional: Option<bool>,
+    volume: &str,
+) -> Result<BTreeMap<String, Vec<u8>>, Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let got = api
+        .get_opt(name)
+        .await
+        .map_err(|e| Error::api(format!("getting secret {ns}/{name}"), e))?;
+    match got {
+        Some(sec) => Ok(sec
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .chain(
+                sec.string_data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes())),
+            )
+            .collect()),
+        None if optional == Some(true) => Ok(BTreeMap::new()),
+        None => Err(config_error(
+            pod,
+            format!("MountVolume.SetUp failed for volume {volume:?} : secret {name:?} not found"),
+        )),
+    }
+}
+
+/// kubelet's shortest and default lifetime of a projected ServiceAccount token.
+const MIN_TOKEN_SECONDS: i64 = 600;
+const DEFAULT_TOKEN_SECONDS: i64 = 3600;
+
+/// The files of a `projected` volume, all sources in one directory:
+/// `serviceAccountToken` (a TokenRequest for the pod's ServiceAccount, bound to the
+/// pod, for the source's audience and lifetime), `configMap`, `secret` and
+/// `downwardAPI` (the pod's name, namespace, uid, labels, annotations, ServiceAccount
+/// and node name).
+async fn projected_files(
+    client: &kube::Client,
+    pod: &Pod,
+    ns: &str,
+    p: &ProjectedVolumeSource,
+    volume: &str,
+) -> Result<BTreeMap<String, (Vec<u8>, u32)>, Error> {
+    let mode = p
+        .default_mode
+        .and_then(|m| u32::try_from(m).ok())
+        .unwrap_or(DEFAULT_MODE)
+        & 0o777;
+    let mut out = BTreeMap::new();
+    let bad = |why: String| {
+        config_error(
+            pod,
+            format!("MountVolume.SetUp failed for volume {volume:?} : {why}"),
+        )
+    };
+    for src in p.sources.iter().flatten() {
+        if src.cluster_trust_bundle.is_some() {
+            return Err(bad("clusterTrustBundle sources are not served here".into()));
+        }
+        if let Some(t) = &src.service_account_token {
+            if !relative_ok(&t.path) {
+                return Err(bad(format!("invalid path {:?}", t.path)));
+            }
+            let seconds = t.expiration_seconds.unwrap_or(DEFAULT_TOKEN_SECONDS);
+            if seconds < MIN_TOKEN_SECONDS {
+                return Err(bad(format!(
+                    "expirationSeconds {seconds} is below {MIN_TOKEN_SECONDS}"
+                )));
+            }
+            let token = bound_token(client, pod, ns, t.audience.as_deref(), seconds).await?;
+            out.insert(t.path.clone(), (token.into_bytes(), mode));
+        }
+        if let Some(cm) = &src.config_map {
+            let data = config_map_data(client, pod, ns, &cm.name, cm.optional, volume).await?;
+            let what = format!("configmap {:?}", cm.name);
+            out.extend(files(&data, cm.items.as_deref(), p.default_mode, &what).map_err(bad)?);
+        }
+        if let Some(s) = &src.secret {
+            let data = secret_data(client, pod, ns, &s.name, s.optional, volume).await?;
+            let what = format!("secret {:?}", s.name);
+            out.extend(files(&data, s.items.as_deref(), p.default_mode, &what).map_err(bad)?);
+        }
+        if let Some(d) = &src.downward_api {
+            for item in d.items.iter().flatten() {
+                if !relative_ok(&item.path) {
+                    return Err(bad(format!("invalid path {:?}", item.path)));
+                }
+                let Some(field) = &item.field_ref else {
+                    return Err(bad(format!(
+                        "{:?}: only fieldRef items are served here",
+                        item.path
+                    )));
+                };
+                let value = downward_field(pod, &field.field_path)
+                    .ok_or_else(|| bad(format!("unsupported fieldPath {:?}", field.field_path)))?;
+                let m = item
+                    .mode
+                    .and_then(|m| u32::try_from(m).ok())
+                    .map_or(mode, |m| m & 0o777);
+                out.insert(item.path.clone(), (value.into_bytes(), m));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A downward API field of the pod, as kubelet renders it (maps as `key="value"` lines).
+fn downward_field(pod: &Pod, path: &str) -> Option<String> {
+    let m = &pod.metadata;
+    let map = |m: &Option<BTreeMap<String, String>>| {
+        m.iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={v:?}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let spec = pod.spec.as_ref();
+    Some(match path {
+        "metadata.name" => m.name.clone().unwrap_or_default(),
+        "metadata.namespace" => m.namespace.clone().unwrap_or_default(),
+        "metadata.uid" => m.uid.clone().unwrap_or_default(),
+        "metadata.labels" => map(&m.labels),
+        "metadata.annotations" => map(&m.annotations),
+        "spec.serviceAccountName" => spec
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_else(|| "default".into()),
+        "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+        _ => return None,
+    })
+}
+
+/// A token of the pod's ServiceAccount bound to the pod, for `audience` (default: the
+/// API server's), valid `seconds`.
+async fn bound_token(
+    client: &kube::Client,
+    pod: &Pod,
+    ns: &str,
+    audience: Option<&str>,
+    seconds: i64,
+) -> Result<String, Error> {
+    let sa = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .unwrap_or_else(|| "default".into());
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            audiences: Some(
+                audience
+                    .filter(|a| !a.is_empty())
+                    .map(|a| vec![a.to_string()])
+                    .unwrap_or_default(),
+            ),
+            expiration_seconds: Some(seconds),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: pod.metadata.name.clone(),
+                uid: pod.metadata.uid.clone(),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let answer = api
+        .create_token_request(&sa, &Default::default(), &request)
+        .await
+        .map_err(|e| Error::api(format!("requesting a token of serviceaccount {ns}/{sa}"), e))?;
+    answer
+        .status
+        .and_then(|s| s.token)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            Error::Answer(format!(
+                "the TokenRequest of serviceaccount {ns}/{sa} was answered without status.token"
+            ))
+        })
+}
+
+/// When the pod's projected tokens are due again: at 80% of the shortest lifetime
+/// among its `serviceAccountToken` sources, as kubelet renews them (`None`: it has none).
+pub(crate) fn token_refresh(pod: &Pod) -> Option<std::time::Duration> {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter_map(|v| v.projected.as_ref())
+        .flat_map(|p| p.sources.iter().flatten())
+        .filter_map(|s| s.service_account_token.as_ref())
+        .map(|t| {
+            t.expiration_seconds
+                .unwrap_or(DEFAULT_TOKEN_SECONDS)
+                .max(MIN_TOKEN_SECONDS)
+        })
+        .min()
+        .map(|s| std::time::Duration::from_secs(u64::try_from(s).unwrap_or(0) * 4 / 5))
 }
 
 /// `path` without its leading `/`, refused if it climbs out (`..`): the API server
@@ -383,8 +585,7 @@ pub(crate) fn mounts(
 ) -> Result<Vec<BindMount>, Error> {
     let mut out = Vec::new();
     for m in container.volume_mounts.iter().flatten() {
-        // Volumes of kinds this node does not make (persistentVolumeClaim, projected)
-        // are left out.
+        // Volumes of kinds this node does not make (persistentVolumeClaim) are left out.
         let Some(v) = volumes.get(&m.name) else {
             continue;
         };
@@ -449,6 +650,48 @@ pub(crate) fn remove_mount_points(pod_dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn downward_fields_and_token_renewal() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-0", "namespace": "demo", "uid": "u-1",
+                "labels": {"app": "web", "tier": "front"}},
+            "spec": {"serviceAccountName": "web", "nodeName": "node-1", "containers": [],
+                "volumes": [
+                    {"name": "a", "projected": {"sources": [{"serviceAccountToken": {"path": "t", "audience": "x", "expirationSeconds": 7200}}]}},
+                    {"name": "b", "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]}},
+                    {"name": "c", "emptyDir": {}}
+                ]}
+        }))
+        .unwrap();
+        assert_eq!(
+            downward_field(&pod, "metadata.name").as_deref(),
+            Some("web-0")
+        );
+        assert_eq!(
+            downward_field(&pod, "metadata.labels").as_deref(),
+            Some("app=\"web\"\ntier=\"front\"")
+        );
+        assert_eq!(
+            downward_field(&pod, "spec.serviceAccountName").as_deref(),
+            Some("web")
+        );
+        assert_eq!(downward_field(&pod, "status.podIP"), None);
+        // Renewed at 80% of the shortest lifetime: the default hour.
+        assert_eq!(
+            token_refresh(&pod),
+            Some(std::time::Duration::from_secs(2880))
+        );
+        let mut none = pod.clone();
+        none.spec
+            .as_mut()
+            .unwrap()
+            .volumes
+            .as_mut()
+            .unwrap()
+            .truncate(0);
+        assert_eq!(token_refresh(&none), None);
+    }
 
     #[test]
     fn atomic_writes_replace_what_a_container_sees() {

@@ -61,6 +61,8 @@ struct Worker {
     sandbox: Sandbox,
     /// When the service-account token was last written.
     token_written: Instant,
+    /// When the projected volumes' tokens are to be renewed (`None`: none written).
+    projected_due: Option<Instant>,
     /// Init containers first, in order, then the app containers.
     ctrs: Vec<Ctr>,
     start_time: String,
@@ -118,6 +120,7 @@ pub(super) async fn run(
         dir,
         pod,
         token_written: now,
+        projected_due: None,
         start_time,
         conditions: Conditions::new(),
         last_status: Value::Null,
@@ -148,6 +151,9 @@ pub(super) async fn run(
         }
         if w.sandbox.ready && w.token_written.elapsed() >= TOKEN_REFRESH {
             w.refresh_token().await;
+        }
+        if w.sandbox.ready && w.projected_due.is_some_and(|t| Instant::now() >= t) {
+            w.refresh_projected().await;
         }
         if w.sandbox.ready {
             w.reap(false);
@@ -280,6 +286,24 @@ impl Worker {
         }
     }
 
+    /// Writes the projected volumes again with fresh tokens (and the ConfigMaps and
+    /// Secrets they show as they are now); tried again in 10 s if that fails.
+    async fn refresh_projected(&mut self) {
+        let ctx = self.ctx.clone();
+        match crate::volumes::prepare(&ctx.client, &self.pod, &self.dir, &ctx.args.host_path_root)
+            .await
+        {
+            Ok(_) => {
+                self.projected_due =
+                    crate::volumes::token_refresh(&self.pod).map(|d| Instant::now() + d);
+            }
+            Err(e) => {
+                tracing::warn!(pod = %self.key(), error = %ErrorChain(&e), "renewing projected tokens");
+                self.projected_due = Some(Instant::now() + Duration::from_secs(10));
+            }
+        }
+    }
+
     /// A bound token from the API server's TokenRequest, as kubelet's projected volume.
     async fn token(&self, sa: &str) -> Result<String, Error> {
         let sb = &self.sandbox.file;
@@ -397,6 +421,7 @@ impl Worker {
             crate::volumes::prepare(&ctx.client, &self.pod, &self.dir, &ctx.args.host_path_root)
                 .await
                 .map_err(named)?;
+        let projected_due = crate::volumes::token_refresh(&self.pod).map(|d| Instant::now() + d);
         let mut mounts = crate::volumes::mounts(&spec_c, &volumes, &self.dir).map_err(named)?;
         let etc = self.dir.join("etc");
         mounts.push(BindMount {
@@ -498,6 +523,7 @@ impl Worker {
             .containers
             .insert(name.clone(), rec.clone());
         self.ctrs[i].started(Instant::now(), Proc::Child(child), rec, id);
+        self.projected_due = projected_due;
         tracing::info!(pod = %self.key(), container = %name, pid, restart, "container started");
         self.sandbox.file.write(&self.dir)
     }
