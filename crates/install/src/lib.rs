@@ -17,6 +17,7 @@ mod flags;
 pub mod gateway;
 pub mod kustomize;
 pub mod lb;
+pub mod mesh;
 
 use std::ffi::OsString;
 use std::net::IpAddr;
@@ -205,6 +206,10 @@ pub struct Config {
     /// `metallb.io/loadBalancerIPs`) [default: whichever the pool gives].
     #[arg(long = "gateway-address")]
     pub gateway_address: Option<std::net::IpAddr>,
+    /// Install the service mesh's identity issuer (`kubewire mesh identity`): the
+    /// certificates of meshed pods (docs/mesh.md). The mesh's proxy is not here yet.
+    #[arg(long)]
+    pub mesh: bool,
 }
 
 impl Default for Config {
@@ -268,6 +273,9 @@ impl Config {
         }
         if let Some(ip) = self.gateway_address {
             args.push(format!("--gateway-address={ip}").into());
+        }
+        if self.mesh {
+            args.push("--mesh".into());
         }
         args
     }
@@ -718,6 +726,7 @@ pub fn manifests(cfg: &Config) -> Vec<Value> {
     }
     out.extend(lb::objects(cfg));
     out.extend(gateway::objects(cfg));
+    out.extend(mesh::objects(cfg));
     out.sort_by_key(kustomize::legacy_order);
     out
 }

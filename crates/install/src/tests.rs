@@ -42,6 +42,7 @@ fn every_choice() -> Vec<Config> {
         lb_pool: vec!["10.0.0.0/24".into(), "fd00::1-fd00::9".into()],
         gateway: false,
         gateway_address: Some("10.0.0.9".parse().unwrap()),
+        mesh: true,
     });
     all
 }
@@ -589,5 +590,48 @@ fn the_cluster_network_policy_crd_comes_with_the_agent_unchanged() {
         .expect("the CRD is installed");
         assert_eq!(crd, &vendored);
         assert_eq!(crd["spec"]["versions"][0]["name"], policy::admin::VERSION);
+    }
+}
+
+#[test]
+fn the_mesh_identity_issuer_reviews_tokens_and_keeps_only_its_anchor() {
+    let off = manifests(&Config::default());
+    assert!(find(&off, "Deployment", mesh::IDENTITY).is_none());
+    let objects = manifests(&Config {
+        mesh: true,
+        ..Config::default()
+    });
+    let d = find(&objects, "Deployment", mesh::IDENTITY).expect("the issuer's Deployment");
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(&args[..2], ["mesh", "identity"]);
+    // Its flags parse, and the name in its certificate is its Service's.
+    let parsed: ::mesh::identity::Args = k8s::parse_flags(&args[2..]);
+    assert_eq!(parsed.listen.port(), mesh::IDENTITY_PORT);
+    assert_eq!(
+        parsed.server_name,
+        format!("{}.{NAMESPACE}.svc", mesh::IDENTITY)
+    );
+    assert_eq!(parsed.namespace, NAMESPACE);
+    let svc = find(&objects, "Service", mesh::IDENTITY).unwrap();
+    assert_eq!(svc["spec"]["ports"][0]["port"], mesh::IDENTITY_PORT);
+    // TokenReviews through system:auth-delegator; secrets: its own, or a new one.
+    let binding = objects
+        .iter()
+        .find(|o| {
+            o["kind"] == "ClusterRoleBinding" && o["roleRef"]["name"] == "system:auth-delegator"
+        })
+        .expect("the auth-delegator binding");
+    assert_eq!(binding["subjects"][0]["name"], mesh::IDENTITY);
+    let role = find(&objects, "Role", mesh::IDENTITY).unwrap();
+    for r in role["rules"].as_array().unwrap() {
+        if r["resources"] == json!(["secrets"]) && r["verbs"] != json!(["create"]) {
+            assert_eq!(r["resourceNames"], json!([mesh::IDENTITY]), "{r}");
+        }
     }
 }

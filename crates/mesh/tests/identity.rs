@@ -16,7 +16,7 @@ use kube::api::{DeleteParams, PostParams};
 use mesh::identity::{self, Args, server};
 use serde_json::{Value, json};
 
-const SERVER_NAME: &str = "kubewire-identity.kubewire-mesh.svc";
+const SERVER_NAME: &str = "kubewire-identity.kube-system.svc";
 
 fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd)
@@ -94,9 +94,7 @@ async fn a_pod_token_and_a_csr_get_a_spiffe_certificate_for_its_service_account(
         .await
         .unwrap();
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    for ns in ["kubewire-mesh", "demo"] {
-        create(&namespaces, json!({"metadata": {"name": ns}})).await;
-    }
+    create(&namespaces, json!({"metadata": {"name": "demo"}})).await;
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "demo");
     create(&sas, json!({"metadata": {"name": "web"}})).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "demo");
@@ -109,7 +107,7 @@ async fn a_pod_token_and_a_csr_get_a_spiffe_certificate_for_its_service_account(
 
     let args = Args {
         client: k8s::ClientArgs::default(),
-        namespace: "kubewire-mesh".into(),
+        namespace: "kube-system".into(),
         secret: "kubewire-identity".into(),
         trust_domain: "cluster.local".into(),
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -128,7 +126,7 @@ async fn a_pod_token_and_a_csr_get_a_spiffe_certificate_for_its_service_account(
     let serving = tokio::spawn(async move { server::serve(listener, issuer, SERVER_NAME).await });
 
     // The bundle as a proxy would read it, from the ConfigMap.
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "kubewire-mesh");
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-system");
     let bundle_pem = cms.get(identity::TRUST_ROOTS).await.unwrap().data.unwrap()
         [identity::TRUST_BUNDLE_KEY]
         .clone();

@@ -85,6 +85,7 @@ pub fn install_config(cfg: &LabConfig) -> install::Config {
         lb_controller_deployment: false,
         lb_pool: cfg.lb_pool(),
         gateway_address: gateway_address(&cfg.lb_pool()),
+        mesh: cfg.mesh,
         ..install::Config::default()
     }
 }

@@ -59,6 +59,9 @@ pub struct LabConfig {
     /// pool (bring your own IPAddressPools).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub load_balancer_pool: Option<Vec<String>>,
+    /// Install the service mesh's identity issuer (`kubewire mesh identity`, in
+    /// kube-system). Off by default while the mesh's proxy is not here.
+    pub mesh: bool,
     /// Where the lab keeps its state while it is up. Not configurable from a file:
     /// `lab down` and `lab status` must find it without being told.
     #[serde(skip)]
@@ -87,6 +90,7 @@ impl Default for LabConfig {
             bfd: false,
             router_asn: crate::router::ROUTER_ASN,
             load_balancer_pool: None,
+            mesh: false,
             run_dir: PathBuf::from("/run/kubewire"),
             data_root: PathBuf::from("/var/lib/kubewire"),
         }

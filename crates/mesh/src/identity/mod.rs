@@ -66,7 +66,7 @@ pub struct Args {
     #[command(flatten)]
     pub client: k8s::ClientArgs,
     /// The namespace it runs in, where the anchor's Secret and the trust bundle live.
-    #[arg(long, default_value = "kubewire-mesh", env = "POD_NAMESPACE")]
+    #[arg(long, default_value = "kube-system", env = "POD_NAMESPACE")]
     pub namespace: String,
     /// The Secret keeping the trust anchor (`tls.crt`, `tls.key`; `ca.crt` the bundle); made if missing.
     #[arg(long, default_value = "kubewire-identity")]
@@ -78,7 +78,7 @@ pub struct Args {
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
     /// The name proxies reach it by, which its serving certificate holds.
-    #[arg(long, default_value = "kubewire-identity.kubewire-mesh.svc")]
+    #[arg(long, default_value = "kubewire-identity.kube-system.svc")]
     pub server_name: String,
 }
 
