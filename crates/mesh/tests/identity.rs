@@ -204,6 +204,38 @@ async fn a_pod_token_and_a_csr_get_a_spiffe_certificate_for_its_service_account(
         .unwrap();
     assert!(!expired.success());
 
+    // The proxy's client: its own key, the token from a file, renewal at 70%.
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, &good).unwrap();
+    let local = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let server = format!("{SERVER_NAME}:{port}");
+    let certifier =
+        identity::client::Certifier::new(&server, Some(local), &bundle_pem, token_file.clone())
+            .unwrap();
+    let (tx, mut rx) = tokio::sync::watch::channel(None);
+    let renewing = tokio::spawn(certifier.run(tx));
+    rx.wait_for(Option::is_some).await.unwrap();
+    let creds = rx.borrow().clone().unwrap();
+    assert_eq!(creds.identity, "spiffe://cluster.local/ns/demo/sa/web");
+    assert_eq!(creds.chain.len(), 2, "the certificate, then the anchor");
+    let life = creds.not_after.duration_since(creds.issued).unwrap();
+    let renew = creds.renew_at().duration_since(creds.issued).unwrap();
+    assert!(life > std::time::Duration::from_secs(86_000), "{life:?}");
+    assert!(
+        (renew.as_secs_f64() - life.as_secs_f64() * 0.7).abs() < 1.0,
+        "renewal at {renew:?} of {life:?}"
+    );
+    drop(rx);
+    renewing.await.unwrap();
+    // An issuer it does not trust is not asked.
+    let (other, _) =
+        mesh::identity::Authority::create("cluster.local", std::time::SystemTime::now()).unwrap();
+    let wrong =
+        identity::client::Certifier::new(&server, Some(local), other.trust_bundle(), token_file)
+            .unwrap();
+    let e = wrong.certify().await.unwrap_err().to_string();
+    assert!(e.contains("TLS"), "{e}");
+
     // Refusals: a token for the API server's audience, garbage, no CSR, a bad CSR.
     let api_token = token(
         &client,

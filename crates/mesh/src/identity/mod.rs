@@ -6,7 +6,8 @@
 //! answers with a 24-hour certificate for `spiffe://<trust domain>/ns/<ns>/sa/<sa>`.
 //!
 //! - [`authority`]: the anchor and the certificates it signs (pure);
-//! - [`server`]: the HTTPS endpoint and the TokenReview.
+//! - [`server`]: the HTTPS endpoint and the TokenReview;
+//! - [`client`]: the proxy's side: its key, its CSR, renewal at 70% of the lifetime.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use kube::api::{ObjectMeta, PostParams};
 use tracing::info;
 
 pub mod authority;
+pub mod client;
 pub mod server;
 
 pub use authority::{Authority, Identity};
