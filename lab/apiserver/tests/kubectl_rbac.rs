@@ -9,37 +9,9 @@ mod common;
 
 use common::{TestServer, start};
 
-struct Out {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-async fn kubectl(c: &TestServer, args: &[&str]) -> Out {
-    let out = tokio::process::Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(&c.kubeconfig)
-        .arg("--cache-dir")
-        .arg(c.dir.path().join("kube-cache"))
-        .args(args)
-        .env_remove("KUBECONFIG")
-        .env("HOME", c.dir.path())
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .expect("kubectl must be installed for these tests (they fail, not skip, without it)");
-    let o = Out {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    eprintln!("$ kubectl {}\n{}{}", args.join(" "), o.stdout, o.stderr);
-    o
-}
-
 /// Runs kubectl and requires success.
 async fn ok(c: &TestServer, args: &[&str]) -> String {
-    let o = kubectl(c, args).await;
+    let o = c.kubectl(args).await;
     assert!(o.ok, "kubectl {}: {}", args.join(" "), o.stderr);
     o.stdout
 }
@@ -50,7 +22,7 @@ async fn can_i(c: &TestServer, who: &str, args: &[&str]) -> String {
     a.extend_from_slice(args);
     let as_flag = format!("--as={who}");
     a.push(&as_flag);
-    kubectl(c, &a).await.stdout.trim().to_string()
+    c.kubectl(&a).await.stdout.trim().to_string()
 }
 
 const SA: &str = "system:serviceaccount:kube-system:builder";
@@ -226,17 +198,15 @@ async fn kubectl_auth_can_i_lists_exactly_what_a_service_account_holds() {
         "no"
     );
     // A node: what the Node authorizer allows it, and a warning that the list is not all.
-    let node = kubectl(
-        &c,
-        &[
+    let node = c
+        .kubectl(&[
             "auth",
             "can-i",
             "--list",
             "--as=system:node:node-1",
             "--as-group=system:nodes",
-        ],
-    )
-    .await;
+        ])
+        .await;
     assert!(
         node.stderr
             .contains("node authorizer does not support user rule resolution"),
@@ -310,9 +280,8 @@ async fn kubectl_refuses_bindings_with_more_rights_than_their_author_holds() {
     )
     .await;
     // ...not cluster-admin, not there and not elsewhere.
-    let out = kubectl(
-        &c,
-        &[
+    let out = c
+        .kubectl(&[
             "create",
             "rolebinding",
             "bob-root",
@@ -321,9 +290,8 @@ async fn kubectl_refuses_bindings_with_more_rights_than_their_author_holds() {
             "--clusterrole=cluster-admin",
             "--user=bob",
             "--as=alice",
-        ],
-    )
-    .await;
+        ])
+        .await;
     assert!(!out.ok);
     assert!(
         out.stderr.contains(
@@ -332,9 +300,8 @@ async fn kubectl_refuses_bindings_with_more_rights_than_their_author_holds() {
         "{}",
         out.stderr
     );
-    let out = kubectl(
-        &c,
-        &[
+    let out = c
+        .kubectl(&[
             "create",
             "role",
             "nodes",
@@ -343,9 +310,8 @@ async fn kubectl_refuses_bindings_with_more_rights_than_their_author_holds() {
             "--verb=list",
             "--resource=nodes",
             "--as=alice",
-        ],
-    )
-    .await;
+        ])
+        .await;
     assert!(
         out.stderr.contains(
             "roles.rbac.authorization.k8s.io \"nodes\" is forbidden: user \"alice\" (groups=[\"system:authenticated\"]) is attempting to grant RBAC permissions not currently held:\n{APIGroups:[\"\"], Resources:[\"nodes\"], Verbs:[\"list\"]}"
@@ -353,18 +319,16 @@ async fn kubectl_refuses_bindings_with_more_rights_than_their_author_holds() {
         "{}",
         out.stderr
     );
-    let out = kubectl(
-        &c,
-        &[
+    let out = c
+        .kubectl(&[
             "create",
             "clusterrolebinding",
             "bob-view",
             "--clusterrole=view",
             "--user=bob",
             "--as=alice",
-        ],
-    )
-    .await;
+        ])
+        .await;
     assert!(
         out.stderr.contains(
             r#"clusterrolebindings.rbac.authorization.k8s.io is forbidden: User "alice" cannot create resource "clusterrolebindings" in API group "rbac.authorization.k8s.io" at the cluster scope"#
@@ -373,7 +337,9 @@ async fn kubectl_refuses_bindings_with_more_rights_than_their_author_holds() {
         out.stderr
     );
     // Outside team she may not even look.
-    let out = kubectl(&c, &["get", "pods", "-n", "default", "--as=alice"]).await;
+    let out = c
+        .kubectl(&["get", "pods", "-n", "default", "--as=alice"])
+        .await;
     assert!(
         out.stderr.contains(
             r#"Error from server (Forbidden): pods is forbidden: User "alice" cannot list resource "pods" in API group "" in the namespace "default""#
@@ -491,6 +457,6 @@ subjects:
         "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: r\nrules:\n- apiGroups: [\"\"]\n  resources: [\"pods\"]\n  verbs: [\"get\"]\n  bogus: 1\n",
     )
     .unwrap();
-    let out = kubectl(&c, &["apply", "-f", bad.to_str().unwrap()]).await;
+    let out = c.kubectl(&["apply", "-f", bad.to_str().unwrap()]).await;
     assert!(!out.ok && out.stderr.contains("bogus"), "{}", out.stderr);
 }
