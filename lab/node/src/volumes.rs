@@ -357,7 +357,12 @@ async fn projected_files(
                     "expirationSeconds {seconds} is below {MIN_TOKEN_SECONDS}"
                 )));
             }
-            let token = bound_token(client, pod, ns, t.audience.as_deref(), seconds).await?;
+            let sa = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.service_account_name.as_deref())
+                .unwrap_or("default");
+            let token = bound_token(client, pod, ns, sa, t.audience.as_deref(), seconds).await?;
             out.insert(t.path.clone(), (token.into_bytes(), mode));
         }
         if let Some(cm) = &src.config_map {
@@ -419,20 +424,17 @@ fn downward_field(pod: &Pod, path: &str) -> Option<String> {
     })
 }
 
-/// A token of the pod's ServiceAccount bound to the pod, for `audience` (default: the
-/// API server's), valid `seconds`.
-async fn bound_token(
+/// A token of ServiceAccount `sa` bound to the pod, for `audience` (default: the API
+/// server's), valid `seconds`: what kubelet asks for a projected token, and for the
+/// service-account files the node writes itself.
+pub(crate) async fn bound_token(
     client: &kube::Client,
     pod: &Pod,
     ns: &str,
+    sa: &str,
     audience: Option<&str>,
     seconds: i64,
 ) -> Result<String, Error> {
-    let sa = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.service_account_name.clone())
-        .unwrap_or_else(|| "default".into());
     let request = TokenRequest {
         spec: Some(TokenRequestSpec {
             audiences: Some(
@@ -454,7 +456,7 @@ async fn bound_token(
     };
     let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
     let answer = api
-        .create_token_request(&sa, &Default::default(), &request)
+        .create_token_request(sa, &Default::default(), &request)
         .await
         .map_err(|e| Error::api(format!("requesting a token of serviceaccount {ns}/{sa}"), e))?;
     answer

@@ -7,10 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use k8s::ErrorChain;
-use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
 use kube::Api;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
@@ -306,37 +305,8 @@ impl Worker {
 
     /// A bound token from the API server's TokenRequest, as kubelet's projected volume.
     async fn token(&self, sa: &str) -> Result<String, Error> {
-        let sb = &self.sandbox.file;
-        let request = TokenRequest {
-            spec: Some(TokenRequestSpec {
-                audiences: Some(Vec::new()),
-                expiration_seconds: Some(86400),
-                bound_object_ref: Some(BoundObjectReference {
-                    api_version: Some("v1".into()),
-                    kind: Some("Pod".into()),
-                    name: Some(sb.name.clone()),
-                    uid: Some(self.uid.clone()),
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let api: Api<ServiceAccount> = Api::namespaced(self.ctx.client.clone(), &sb.namespace);
-        let answer = api
-            .create_token_request(sa, &PostParams::default(), &request)
-            .await
-            .map_err(|e| {
-                Error::api(
-                    format!("requesting a token of serviceaccount {}/{sa}", sb.namespace),
-                    e,
-                )
-            })?;
-        answer.status.and_then(|s| s.token).ok_or_else(|| {
-            Error::Answer(format!(
-                "the TokenRequest of serviceaccount {}/{sa} was answered without status.token",
-                sb.namespace
-            ))
-        })
+        let ns = &self.sandbox.file.namespace;
+        crate::volumes::bound_token(&self.ctx.client, &self.pod, ns, sa, None, 86400).await
     }
 
     /// The ConfigMaps and Secrets the container's environment refers to (missing ones
