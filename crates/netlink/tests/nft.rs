@@ -1206,3 +1206,70 @@ fn logged_packets_reach_the_nflog_group_within_the_rate() {
         ("127.0.0.2".parse().unwrap(), 17, Some(5353))
     );
 }
+
+/// `redirect to :PORT` in the output hook sends a connection to a local listener that
+/// reads where it was going with `SO_ORIGINAL_DST`, and `meta skuid` exempts one user's
+/// sockets; nft lists both as it writes them.
+#[test]
+fn redirected_connections_keep_their_original_destination() {
+    let ns = Ns::new();
+    let id = ns.0.trim_start_matches("kwt-nft-");
+    // A route for the "service" range: a veth pair within the namespace (no dummy
+    // module on these machines).
+    let (a, b) = (format!("ka{id}"), format!("kb{id}"));
+    ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+    ip(&[
+        "-n", &ns.0, "link", "add", &a, "type", "veth", "peer", "name", &b,
+    ]);
+    ip(&["-n", &ns.0, "link", "set", &a, "up"]);
+    ip(&["-n", &ns.0, "link", "set", &b, "up"]);
+    ip(&["-n", &ns.0, "addr", "add", "10.200.0.1/24", "dev", &a]);
+    ip(&["-n", &ns.0, "route", "add", "10.96.0.0/12", "dev", &a]);
+
+    let rule = || Rule::new(Family::Inet, T, "output");
+    let mut b = Batch::new();
+    b.add_table(&Table::new(Family::Inet, T))
+        .add_chain(&Chain::new(Family::Inet, T, "output").hook(
+            ChainType::Nat,
+            Hook::Output,
+            priority::DSTNAT,
+        ))
+        .add_rule(&rule().match_skuid(2102).ret())
+        .add_rule(&rule().match_l4proto(proto::TCP).counter().redirect(4140));
+    ns.apply(&b).unwrap();
+
+    let text = ns.listing();
+    assert!(text.contains("meta skuid 2102 return"), "{text}");
+    assert!(text.contains("redirect to :4140"), "{text}");
+
+    let (seen, reply) = netns::run_in(&ns.0, || {
+        let l = TcpListener::bind("0.0.0.0:4140").unwrap();
+        let client = std::thread::spawn(|| {
+            let target: SocketAddr = "10.96.0.10:80".parse().unwrap();
+            let mut conn = TcpStream::connect_timeout(&target, Duration::from_secs(5)).unwrap();
+            let mut reply = String::new();
+            conn.read_to_string(&mut reply).unwrap();
+            reply
+        });
+        // Bounded: a client that failed must fail the test, not hang it.
+        l.set_nonblocking(true).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut conn = loop {
+            match l.accept() {
+                Ok((c, _)) => break c,
+                Err(_) if std::time::Instant::now() < deadline && !client.is_finished() => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("no redirected connection: {e}"),
+            }
+        };
+        conn.set_nonblocking(false).unwrap();
+        let original = netlink::original_destination(&conn).unwrap();
+        conn.write_all(b"hello").unwrap();
+        drop(conn);
+        (original, client.join().unwrap())
+    })
+    .unwrap();
+    assert_eq!(seen, "10.96.0.10:80".parse().unwrap());
+    assert_eq!(reply, "hello");
+}

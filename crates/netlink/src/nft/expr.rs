@@ -56,6 +56,8 @@ pub enum MetaKey {
     Iif,
     /// Output interface index, 4 bytes.
     Oif,
+    /// The UID owning the packet's local socket, 4 bytes host order (output path only).
+    SkUid,
 }
 
 impl MetaKey {
@@ -66,6 +68,7 @@ impl MetaKey {
             MetaKey::Oif => 5,
             MetaKey::IifName => 6,
             MetaKey::OifName => 7,
+            MetaKey::SkUid => 10,
             MetaKey::NfProto => 15,
             MetaKey::L4Proto => 16,
         }
@@ -310,6 +313,13 @@ pub enum Expr {
         /// `nat_flags`.
         flags: u32,
     },
+    /// Destination NAT to the local host (`redirect to :port`): the packet goes to a
+    /// local socket on the port in `port`'s register (2 bytes, network order), its
+    /// original destination kept for `SO_ORIGINAL_DST`.
+    Redirect {
+        /// Register holding the port.
+        port: Reg,
+    },
     /// Source NAT to the output interface's address.
     Masquerade {
         /// `nat_flags` (e.g. fully random).
@@ -440,6 +450,7 @@ impl Expr {
             Expr::Immediate { .. } | Expr::Verdict(_) => "immediate",
             Expr::Lookup { .. } => "lookup",
             Expr::Nat { .. } => "nat",
+            Expr::Redirect { .. } => "redir",
             Expr::Masquerade { .. } => "masq",
             Expr::Counter => "counter",
             Expr::Log { .. } => "log",
@@ -589,6 +600,10 @@ impl Expr {
                 if *flags != 0 {
                     w.put_u32(7, *flags);
                 }
+            }
+            Expr::Redirect { port } => {
+                // NFTA_REDIR_REG_PROTO_MIN.
+                put_reg(w, 1, *port);
             }
             Expr::Masquerade { flags } => {
                 if *flags != 0 {

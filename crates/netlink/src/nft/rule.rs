@@ -42,6 +42,8 @@ pub enum Field {
     CtOriginalIp6Daddr,
     /// `ct original proto-dst`: the destination port before DNAT.
     CtOriginalDport,
+    /// `meta skuid`: the UID owning the local socket that sent the packet.
+    SkUid,
 }
 
 impl Field {
@@ -52,6 +54,7 @@ impl Field {
             | Field::IpDaddr
             | Field::Mark
             | Field::CtMark
+            | Field::SkUid
             | Field::CtOriginalIpDaddr => 4,
             Field::Ip6Saddr
             | Field::Ip6Daddr
@@ -73,7 +76,7 @@ impl Field {
             Field::L4Proto => Some(KeyType::InetProto),
             Field::Sport | Field::Dport | Field::CtOriginalDport => Some(KeyType::InetService),
             Field::Mark | Field::CtMark => Some(KeyType::Mark),
-            Field::IifName | Field::OifName => None,
+            Field::IifName | Field::OifName | Field::SkUid => None,
         }
     }
 
@@ -104,6 +107,7 @@ impl Field {
             Field::Dport => payload(PayloadBase::Transport, 2, 2),
             Field::L4Proto => meta(MetaKey::L4Proto),
             Field::Mark => meta(MetaKey::Mark),
+            Field::SkUid => meta(MetaKey::SkUid),
             Field::CtMark => Expr::Ct {
                 key: CtKey::Mark,
                 dreg,
@@ -620,6 +624,21 @@ impl Rule {
             key: MetaKey::Mark,
             sreg: Reg::R1,
         })
+    }
+
+    /// `redirect to :PORT`: to a local socket on `port`, which reads the original
+    /// destination with `SO_ORIGINAL_DST`.
+    pub fn redirect(self, port: u16) -> Self {
+        self.expr(Expr::Immediate {
+            dreg: Reg::R1,
+            data: port.to_be_bytes().to_vec(),
+        })
+        .expr(Expr::Redirect { port: Reg::R1 })
+    }
+
+    /// `meta skuid UID`: sent by a socket of `uid`.
+    pub fn match_skuid(self, uid: u32) -> Self {
+        self.match_field(Field::SkUid, CmpOp::Eq, uid.to_ne_bytes())
     }
 
     /// `masquerade`.

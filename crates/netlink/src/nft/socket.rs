@@ -70,6 +70,12 @@ impl NftSocket {
         netns::run_in(netns_name, NftSocket::new)?
     }
 
+    /// Opens a socket inside the namespace at `path` (e.g. a container's
+    /// `/proc/PID/ns/net` or a runtime's bind mount).
+    pub fn new_in_path(path: &std::path::Path) -> Result<Self> {
+        netns::run_in_path(path, NftSocket::new)?
+    }
+
     /// Applies the batch atomically: all of it, or on error none of it. The error names
     /// the first message the kernel refused ("add rule ip kubewire nat-postrouting: No
     /// such file or directory").
