@@ -82,6 +82,9 @@ pub(crate) struct InitSpec {
     /// `allowPrivilegeEscalation: false`: the process runs with `no_new_privs`.
     #[serde(default)]
     pub no_new_privs: bool,
+    /// `runAsUser` and `runAsGroup`: the process's user and group; `None`: root.
+    #[serde(default)]
+    pub user: Option<(u32, u32)>,
     /// The container's `stdin`: attached clients write its stdin (else it reads
     /// /dev/null).
     #[serde(default)]
@@ -615,6 +618,11 @@ fn run(spec_path: &Path) -> i32 {
         c
     };
     cmd.env_clear().envs(env_with_defaults(&spec));
+    if let Some((uid, gid)) = spec.user {
+        // A non-root process keeps no capabilities, as under a runtime.
+        use std::os::unix::process::CommandExt;
+        cmd.uid(uid).gid(gid);
+    }
     if let Some(dir) = &spec.workdir {
         cmd.current_dir(dir);
     }

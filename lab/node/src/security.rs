@@ -1,11 +1,13 @@
 //! A container's `securityContext` as a container runtime applies it to the process:
 //! its capabilities (containerd's default set, plus `add`, minus `drop`, where `ALL`
 //! means every one; a `privileged` container keeps them all) and `no_new_privs` for
-//! `allowPrivilegeEscalation: false`. So a pod that needs a capability it does not ask
-//! for fails here as it would on a real node. Not applied: users, `readOnlyRootFilesystem`
+//! `allowPrivilegeEscalation: false`, and its user and group (`runAsUser`,
+//! `runAsGroup`, the container's over the pod's). So a pod that needs a capability it
+//! does not ask for fails here as it would on a real node. Not applied: supplementary
+//! groups, `readOnlyRootFilesystem`
 //! (containers share the host's root), seccomp, AppArmor, SELinux.
 
-use k8s_openapi::api::core::v1::Container;
+use k8s_openapi::api::core::v1::{Container, PodSpec};
 
 /// containerd's default capabilities for a container (CRI's `DefaultCapabilities`).
 pub(crate) const DEFAULT_CAPABILITIES: [&str; 14] = [
@@ -72,6 +74,22 @@ pub(crate) fn no_new_privs(c: &Container) -> bool {
         == Some(false)
 }
 
+/// The user and group the container's process runs as: `runAsUser` and `runAsGroup`
+/// of the container, else of the pod; `None` when neither names a user (root). A
+/// user without a group gets group 0, as runtimes do.
+pub(crate) fn user(c: &Container, pod: Option<&PodSpec>) -> Option<(u32, u32)> {
+    let pod = pod.and_then(|p| p.security_context.as_ref());
+    let sc = c.security_context.as_ref();
+    let uid = sc
+        .and_then(|s| s.run_as_user)
+        .or_else(|| pod.and_then(|p| p.run_as_user))?;
+    let gid = sc
+        .and_then(|s| s.run_as_group)
+        .or_else(|| pod.and_then(|p| p.run_as_group))
+        .unwrap_or(0);
+    Some((u32::try_from(uid).ok()?, u32::try_from(gid).ok()?))
+}
+
 /// Drops every capability but `keep` from this process's bounding set, and clears its
 /// inheritable and ambient sets: a root process it executes then has exactly `keep`.
 /// Names the kernel does not know are refused.
@@ -130,5 +148,23 @@ mod tests {
             json!({"allowPrivilegeEscalation": false})
         )));
         assert!(!no_new_privs(&container(json!({}))));
+    }
+
+    #[test]
+    fn users_come_from_the_container_then_the_pod() {
+        let pod: PodSpec = serde_json::from_value(
+            json!({"containers": [], "securityContext": {"runAsUser": 1000, "runAsGroup": 3000}}),
+        )
+        .unwrap();
+        assert_eq!(user(&container(json!({})), None), None);
+        assert_eq!(user(&container(json!({})), Some(&pod)), Some((1000, 3000)));
+        assert_eq!(
+            user(&container(json!({"runAsUser": 2102})), Some(&pod)),
+            Some((2102, 3000))
+        );
+        assert_eq!(
+            user(&container(json!({"runAsUser": 2102})), None),
+            Some((2102, 0))
+        );
     }
 }

@@ -452,6 +452,7 @@ impl Worker {
             exit_file,
             capabilities: security::capabilities(&spec_c),
             no_new_privs: security::no_new_privs(&spec_c),
+            user: security::user(&spec_c, self.pod.spec.as_ref()),
             stdin: spec_c.stdin.unwrap_or(false),
             stdin_once: spec_c.stdin_once.unwrap_or(false),
             tty: spec_c.tty.unwrap_or(false),
