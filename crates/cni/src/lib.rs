@@ -12,6 +12,7 @@
 //! - [`policy`]: ADD waits until the agent has the new pod's network policy in force;
 //! - commands in `plugin`, and the background unregister of DEL in `reaper`.
 
+pub mod capture;
 pub mod hostport;
 pub mod install;
 pub mod ipam;

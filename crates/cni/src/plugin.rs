@@ -144,7 +144,10 @@ async fn add(env: &Env, conf: &NetConf, version: Version) -> Result<Value, CniEr
                 name: name.clone(),
                 ips: addresses.clone(),
             };
-            crate::policy::wait_in_force(socket, &ask).await?;
+            if let Some(capture) = crate::policy::wait_in_force(socket, &ask).await? {
+                crate::capture::apply(netns, &capture)?;
+                debug!(?capture, "meshed: traffic captured for the proxy");
+            }
         }
         let bindings = crate::hostport::parse(conf.runtime_config.as_ref(), &key, &addresses)?;
         if !bindings.is_empty() {

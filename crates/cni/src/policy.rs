@@ -9,6 +9,9 @@
 //! [`Answer`]. Without `policySocket` (policy turned off), or for an invocation that
 //! names no Kubernetes pod (`K8S_POD_NAMESPACE`, `K8S_POD_NAME` in `CNI_ARGS`), nothing
 //! is asked.
+//!
+//! The answer also says whether the pod is meshed, and how its traffic is captured
+//! ([`crate::capture`]): the agent knows the pod's spec, the plugin does not.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -42,11 +45,18 @@ pub struct Answer {
     /// Why not.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub error: String,
+    /// The pod is meshed: its traffic goes through its proxy so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<crate::capture::Capture>,
 }
 
 /// Asks the agent at `socket` to put `ask`'s pod's policies in force, and waits (at
-/// most [`WAIT`]). Any failure is "try again later": the runtime retries the sandbox.
-pub async fn wait_in_force(socket: &Path, ask: &Ask) -> Result<(), CniError> {
+/// most [`WAIT`]); answers how the pod's traffic is captured if it is meshed. Any
+/// failure is "try again later": the runtime retries the sandbox.
+pub async fn wait_in_force(
+    socket: &Path,
+    ask: &Ask,
+) -> Result<Option<crate::capture::Capture>, CniError> {
     let what = format!("network policy for pod {}/{}", ask.namespace, ask.name);
     let fail = |details: String| {
         CniError::new(
@@ -72,10 +82,14 @@ pub async fn wait_in_force(socket: &Path, ask: &Ask) -> Result<(), CniError> {
             .map_err(|e| format!("reading the agent's answer: {e}"))?;
         let answer: Answer = serde_json::from_str(&answer)
             .map_err(|e| format!("the agent's answer {answer:?} is not an answer: {e}"))?;
-        if answer.ok { Ok(()) } else { Err(answer.error) }
+        if answer.ok {
+            Ok(answer.capture)
+        } else {
+            Err(answer.error)
+        }
     };
     match tokio::time::timeout(WAIT, exchange).await {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(capture)) => Ok(capture),
         Ok(Err(e)) => Err(fail(e)),
         Err(_) => Err(fail(format!("the agent did not answer within {WAIT:?}"))),
     }

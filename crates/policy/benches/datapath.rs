@@ -24,6 +24,7 @@ fn pod(name: &str, ip: IpAddr, app: &str) -> Pod {
         ips: vec![ip],
         node: if app == "server" { "node-1" } else { "node-2" }.into(),
         ports: vec![],
+        capture: None,
     }
 }
 

@@ -133,7 +133,7 @@ fn not_served(e: &watcher::Error) -> bool {
 struct Waiter {
     key: String,
     ips: Vec<std::net::IpAddr>,
-    reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+    reply: tokio::sync::oneshot::Sender<Result<Option<cni::capture::Capture>, String>>,
     deadline: Instant,
 }
 
@@ -267,13 +267,18 @@ async fn next<T>(requests: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     }
 }
 
-/// Answers the plugins waiting for pods now known with their addresses: the sync just
-/// applied included them.
+/// Answers the plugins waiting for pods now known with their addresses (the sync just
+/// applied included them), with how a meshed pod's traffic is captured.
 fn answer(waiters: &mut Vec<Waiter>, state: &NodePolicy) {
     for w in std::mem::take(waiters) {
         if state.cluster().has_pod_with(&w.key, &w.ips) {
             debug!(pod = %w.key, "network policy in force for a new pod");
-            let _ = w.reply.send(Ok(()));
+            let capture = state
+                .cluster()
+                .pods
+                .get(&w.key)
+                .and_then(|p| p.capture.clone());
+            let _ = w.reply.send(Ok(capture));
         } else {
             waiters.push(w);
         }

@@ -191,6 +191,31 @@ pub struct Pod {
     pub node: String,
     /// Its containers' named ports.
     pub ports: Vec<NamedPort>,
+    /// How its traffic is captured, if it is meshed (it has the mesh's proxy).
+    pub capture: Option<cni::capture::Capture>,
+}
+
+/// How a meshed pod's traffic is captured: a pod with the mesh's proxy container (a
+/// native sidecar, as the injector adds it, or an app container), whose user is exempt.
+fn capture_of(pod: &K8sPod) -> Option<cni::capture::Capture> {
+    let spec = pod.spec.as_ref()?;
+    let proxy = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .find(|c| c.name == cni::capture::PROXY_CONTAINER)?;
+    let uid = proxy
+        .security_context
+        .as_ref()
+        .and_then(|s| s.run_as_user)
+        .or_else(|| spec.security_context.as_ref().and_then(|s| s.run_as_user))
+        .and_then(|u| u32::try_from(u).ok())
+        .unwrap_or(cni::capture::DEFAULT_PROXY_UID);
+    let annotations = pod.metadata.annotations.as_ref();
+    Some(cni::capture::Capture::for_pod(uid, |k| {
+        annotations.and_then(|a| a.get(k)).map(String::as_str)
+    }))
 }
 
 impl Pod {
@@ -241,6 +266,7 @@ impl Pod {
             ips,
             node: spec.node_name.clone().unwrap_or_default(),
             ports,
+            capture: capture_of(pod),
         })
     }
 

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use cni::capture::Capture;
 use cni::policy::{Answer, Ask};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -22,8 +23,9 @@ pub struct Request {
     pub key: String,
     /// The addresses ADD gave it.
     pub ips: Vec<IpAddr>,
-    /// Where the controller answers: `Ok` once the policies are in force.
-    pub reply: oneshot::Sender<Result<(), String>>,
+    /// Where the controller answers: `Ok` once the policies are in force, with how
+    /// the pod's traffic is captured if it is meshed.
+    pub reply: oneshot::Sender<Result<Option<Capture>, String>>,
 }
 
 /// The longest question read; a plugin's is a few hundred bytes.
@@ -85,18 +87,26 @@ async fn answer(stream: UnixStream, requests: mpsc::Sender<Request>) -> io::Resu
         },
     };
     let answer = match result {
-        Ok(()) => Answer {
+        Ok(capture) => Answer {
             ok: true,
             error: String::new(),
+            capture,
         },
-        Err(error) => Answer { ok: false, error },
+        Err(error) => Answer {
+            ok: false,
+            error,
+            capture: None,
+        },
     };
     let mut text = serde_json::to_string(&answer).map_err(io::Error::other)?;
     text.push('\n');
     write.write_all(text.as_bytes()).await
 }
 
-async fn ask_controller(ask: Ask, requests: &mpsc::Sender<Request>) -> Result<(), String> {
+async fn ask_controller(
+    ask: Ask,
+    requests: &mpsc::Sender<Request>,
+) -> Result<Option<Capture>, String> {
     let (reply, answer) = oneshot::channel();
     let request = Request {
         key: format!("{}/{}", ask.namespace, ask.name),
@@ -130,7 +140,7 @@ mod tests {
             while let Some(r) = rx.recv().await {
                 let answer = if r.key == "x/a" && r.ips == ["10.244.0.7".parse::<IpAddr>().unwrap()]
                 {
-                    Ok(())
+                    Ok(None)
                 } else {
                     Err(format!("no pod {}", r.key))
                 };

@@ -112,6 +112,7 @@ fn random_cluster(rng: &mut Rng) -> Cluster {
             ips,
             node: rng.pick(NODES).to_string(),
             ports,
+            capture: None,
         };
         c.set_pod(&format!("{ns}/p{i}"), Some(pod));
     }
@@ -389,6 +390,7 @@ fn pod(ns: &str, name: &str, app: &str, ip: &str, node: &str) -> Pod {
             protocol: Protocol::Tcp,
             port: 80,
         }],
+        capture: None,
     }
 }
 
@@ -823,6 +825,7 @@ mod admin_conformance {
                             port: 53,
                         },
                     ],
+                    capture: None,
                 };
                 c.set_pod(&format!("{namespace}/{name}-{i}"), Some(pod));
             }
