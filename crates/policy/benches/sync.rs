@@ -97,6 +97,7 @@ fn fill(state: &mut NodePolicy) {
                 ips: vec![pod_ip(i)],
                 node: format!("node-{}", i % NODES + 1),
                 ports: vec![],
+                capture: None,
             };
             state.set_pod(&format!("{ns}/pod-{j}"), Some(pod));
             state.set_policy(&format!("{ns}/np-{j}"), Some(policy(&ns, j, 8080)));

@@ -1364,3 +1364,27 @@ mod admin_conformance {
         assert!(!reaches(&c, "cedric-diggory-0", "harry-potter-0", Tcp, 80));
     }
 }
+
+/// A pod with the mesh's proxy is captured, its proxy's user exempt and the ports its
+/// annotations name skipped; a pod without it is not.
+#[test]
+fn a_pod_with_the_mesh_proxy_carries_its_capture() {
+    let api: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "demo",
+                     "annotations": {"config.linkerd.io/skip-outbound-ports": "5432"}},
+        "spec": {
+            "initContainers": [{"name": "kubewire-proxy", "restartPolicy": "Always",
+                                "securityContext": {"runAsUser": 2200}}],
+            "containers": [{"name": "app"}],
+        },
+        "status": {"podIPs": [{"ip": "10.244.0.9"}]},
+    }))
+    .unwrap();
+    let capture = Pod::from_api(&api).unwrap().capture.unwrap();
+    assert_eq!(capture.proxy_uid, 2200);
+    assert_eq!(capture.skip_outbound_ports, [5432]);
+    assert_eq!(capture.skip_inbound_ports, [cni::capture::ADMIN_PORT]);
+    let mut plain = api.clone();
+    plain.spec.as_mut().unwrap().init_containers = None;
+    assert_eq!(Pod::from_api(&plain).unwrap().capture, None);
+}
