@@ -12,6 +12,8 @@
 //! unless `--l2-announce=false` and `--bgp-announce=false`, the announcers of
 //! LoadBalancer addresses over ARP/NDP ([`lb::l2::run`]) and BGP ([`lb::bgp::run`]); the
 //! BGP announcer withdraws its routes and closes its sessions when the agent stops.
+//! With `--mesh-destination` it serves the mesh proxies' discovery
+//! ([`mesh::destination`]).
 
 pub mod cni_config;
 pub mod kernel;
@@ -123,6 +125,10 @@ pub struct Args {
     /// The L2 (ARP/NDP) announcer's flags.
     #[command(flatten)]
     pub l2: lb::l2::L2Args,
+    /// Serve the service mesh's discovery for the node's proxies on this address
+    /// (`kubewire install --mesh` sets `0.0.0.0:4196`); unset: not served.
+    #[arg(long)]
+    pub mesh_destination: Option<std::net::SocketAddr>,
 }
 
 impl Args {
@@ -148,6 +154,9 @@ impl Args {
         args.extend(self.policy.to_args());
         args.extend(self.bgp.to_args());
         args.extend(self.l2.to_args());
+        if let Some(addr) = self.mesh_destination {
+            args.push(format!("--mesh-destination={addr}").into());
+        }
         args
     }
 }
@@ -238,6 +247,17 @@ pub async fn run(args: Args) -> Result<(), Error> {
             std::future::pending().await
         }
     };
+    let destination = async {
+        match args.mesh_destination {
+            Some(addr) => mesh::destination::serve(client.clone(), addr)
+                .await
+                .map_err(|cause| Error::Io {
+                    op: format!("serving the mesh's discovery on {addr}"),
+                    cause,
+                }),
+            None => std::future::pending().await,
+        }
+    };
     let (stop_announcers, stopping) = tokio::sync::oneshot::channel();
     let announcers = announcers(&args, client.clone(), stopping);
     tokio::pin!(announcers);
@@ -246,6 +266,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         r = policies => Some(r.map_err(Error::from)),
         r = &mut announcers => Some(r),
         r = routes(&args, client.clone()) => Some(r),
+        r = destination => Some(r),
         () = shutdown.recv() => None,
     };
     if let Some(result) = stopped {
@@ -427,6 +448,7 @@ mod tests {
                 l2_dead_after: Duration::from_millis(300),
                 l2_status_namespace: "kubewire".into(),
             },
+            mesh_destination: Some("0.0.0.0:4196".parse().unwrap()),
         };
         assert_eq!(parse(args.to_args()), args);
         let defaults = parse(vec!["--node-name".into(), "n".into()]);

@@ -84,6 +84,9 @@ enum MeshCommand {
     /// Run the identity issuer: a trust anchor that gives each meshed pod a 24-hour
     /// SPIFFE certificate for its ServiceAccount, on proof of its token.
     Identity(mesh::identity::Args),
+    /// Run a meshed pod's proxy (injected as its native sidecar): mutual TLS between
+    /// meshed pods, its traffic captured by the CNI plugin.
+    Proxy(mesh::proxy::Args),
 }
 
 #[derive(Debug, Args)]
@@ -292,6 +295,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }),
         Command::Mesh(MeshCommand::Identity(args)) => runtime.block_on(async {
             mesh::identity::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Mesh(MeshCommand::Proxy(args)) => runtime.block_on(async {
+            mesh::proxy::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }),
         Command::Install(args) => runtime.block_on(run_install(args)),

@@ -1,0 +1,424 @@
+//! `kubewire mesh proxy`: the proxy beside each meshed pod, in the pod's network
+//! namespace, running as its own user (the CNI plugin's capture exempts it).
+//!
+//! - **Outbound** (`127.0.0.1:4140`): the pod's TCP, redirected here, is sent where the
+//!   app asked. The node's destination service ([`crate::destination`]) says whether the
+//!   address is a Service (its endpoints, balanced here: power of two choices on open
+//!   connections) or a pod, and which endpoints are meshed. To a meshed endpoint the
+//!   proxy opens mutual TLS to the endpoint's proxy (its inbound port), checks that the
+//!   peer has the identity the destination named, and sends a transport header naming
+//!   the port the app wanted; to anything else it connects in plaintext.
+//! - **Inbound** (`:4143`): a connection to the inbound port itself is another proxy's
+//!   mutual TLS: after the handshake and the header, it is sent on to the app's port on
+//!   the pod's address. Any other connection was redirected here from a client outside
+//!   the mesh: it is sent on in plaintext to where it was going. Which of the two a
+//!   connection is follows from its original destination, never from waiting for bytes,
+//!   so a protocol whose server speaks first never stalls.
+//! - **Admin** (`:4191`): `/ready` (200 once the proxy has its certificate: the
+//!   injector's startup probe, so the app starts only then), `/live`, `/metrics`.
+//!
+//! Streams are proxied as opaque TCP for now; HTTP-aware routing, policy and retries
+//! come later (docs/mesh.md).
+
+mod admin;
+mod metrics;
+mod transport;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cni::capture::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::destination::{self, Destination, Endpoint};
+use crate::identity::client::{Certifier, Credentials};
+
+pub use metrics::Metrics;
+
+/// Flags of `kubewire mesh proxy`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// The identity issuer, `NAME:PORT`.
+    #[arg(long, default_value = "kubewire-identity.kube-system.svc:8080")]
+    pub identity_server: String,
+    /// The pod's ServiceAccount token for the issuer's audience (a projected volume).
+    #[arg(long, default_value = "/var/run/kubewire/identity/token")]
+    pub token: PathBuf,
+    /// The mesh's trust bundle, PEM (the injector copies it from the ConfigMap
+    /// `kube-system/kubewire-identity-trust-roots`, as Linkerd's injector does).
+    #[arg(long, env = "KUBEWIRE_TRUST_BUNDLE", hide_env_values = true)]
+    pub trust_bundle: String,
+    /// The node's address, where its agent serves discovery (the downward API's
+    /// `status.hostIP`).
+    #[arg(long, env = "KUBEWIRE_NODE_IP")]
+    pub node_ip: IpAddr,
+    /// The port of the node's destination service.
+    #[arg(long, default_value_t = destination::PORT)]
+    pub destination_port: u16,
+    /// Where other proxies and redirected inbound connections arrive.
+    #[arg(long, default_value_t = INBOUND_PORT)]
+    pub inbound_port: u16,
+    /// Where the pod's redirected outbound connections arrive (loopback).
+    #[arg(long, default_value_t = OUTBOUND_PORT)]
+    pub outbound_port: u16,
+    /// Readiness, liveness and metrics.
+    #[arg(long, default_value_t = ADMIN_PORT)]
+    pub admin_port: u16,
+}
+
+/// Why the proxy could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Identity(#[from] crate::identity::client::Error),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+/// The TLS of the current credentials, remade when they are renewed.
+struct Tls {
+    identity: String,
+    trust_domain: String,
+    server: tokio_rustls::TlsAcceptor,
+    client: tokio_rustls::TlsConnector,
+}
+
+impl Tls {
+    fn new(creds: &Credentials) -> Result<Tls, crate::tls::Error> {
+        let trust_domain = creds
+            .identity
+            .strip_prefix("spiffe://")
+            .and_then(|r| r.split('/').next())
+            .unwrap_or_default()
+            .to_string();
+        Ok(Tls {
+            identity: creds.identity.clone(),
+            server: crate::tls::server_config(creds)?.into(),
+            client: crate::tls::client_config(creds, &trust_domain)?.into(),
+            trust_domain,
+        })
+    }
+}
+
+/// How long a destination's answer is used before it is asked again.
+const DESTINATION_TTL: Duration = Duration::from_secs(1);
+/// How long a TLS handshake and its transport header may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting onward may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every connection reads.
+struct Proxy {
+    tls: watch::Receiver<Option<Arc<Tls>>>,
+    destination: SocketAddr,
+    inbound_port: u16,
+    cache: Mutex<HashMap<SocketAddr, (Instant, Arc<Destination>)>>,
+    /// Open connections per endpoint, for balancing.
+    open: Mutex<HashMap<SocketAddr, usize>>,
+    metrics: Metrics,
+}
+
+/// Runs the proxy until SIGTERM.
+pub async fn run(args: Args) -> Result<(), Error> {
+    let mut shutdown = k8s::Shutdown::new().map_err(io("handling SIGTERM"))?;
+    let certifier = Certifier::new(
+        &args.identity_server,
+        None,
+        &args.trust_bundle,
+        args.token.clone(),
+    )?;
+    let (creds_tx, mut creds_rx) = watch::channel(None);
+    tokio::spawn(certifier.run(creds_tx));
+    let (tls_tx, tls_rx) = watch::channel(None);
+    tokio::spawn(async move {
+        while creds_rx.changed().await.is_ok() {
+            let Some(creds) = creds_rx.borrow_and_update().clone() else {
+                continue;
+            };
+            match Tls::new(&creds) {
+                Ok(tls) => {
+                    info!(identity = %tls.identity, "mutual TLS ready");
+                    let _ = tls_tx.send(Some(Arc::new(tls)));
+                }
+                Err(e) => warn!(error = %e, "the new credentials do not make a TLS configuration"),
+            }
+        }
+    });
+
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(io(format!("listening on {addr}")))
+    };
+    let inbound = bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, args.inbound_port))).await?;
+    let outbound = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, args.outbound_port))).await?;
+    // IPv6 too where the pod has it.
+    let inbound6 = TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, args.inbound_port)))
+        .await
+        .ok();
+    let outbound6 = TcpListener::bind(SocketAddr::from((Ipv6Addr::LOCALHOST, args.outbound_port)))
+        .await
+        .ok();
+    let admin = bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, args.admin_port))).await?;
+
+    let proxy = Arc::new(Proxy {
+        tls: tls_rx,
+        destination: SocketAddr::new(args.node_ip, args.destination_port),
+        inbound_port: args.inbound_port,
+        cache: Mutex::default(),
+        open: Mutex::default(),
+        metrics: Metrics::new(),
+    });
+    info!(
+        inbound = args.inbound_port,
+        outbound = args.outbound_port,
+        admin = args.admin_port,
+        destination = %proxy.destination,
+        "mesh proxy listening"
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    for (listener, outbound) in [
+        (Some(inbound), false),
+        (inbound6, false),
+        (Some(outbound), true),
+        (outbound6, true),
+    ] {
+        if let Some(l) = listener {
+            tasks.spawn(accept(l, proxy.clone(), outbound));
+        }
+    }
+    tasks.spawn(admin::serve(admin, proxy.clone()));
+    shutdown.recv().await;
+    info!("mesh proxy stopping");
+    tasks.abort_all();
+    Ok(())
+}
+
+async fn accept(listener: TcpListener, proxy: Arc<Proxy>, outbound: bool) {
+    let mut acceptor = k8s::http::Acceptor::new(listener, "mesh proxy");
+    loop {
+        let (conn, peer) = acceptor.accept().await;
+        let _ = conn.set_nodelay(true);
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let result = if outbound {
+                proxy.outbound(conn).await
+            } else {
+                proxy.inbound(conn).await
+            };
+            if let Err(e) = result {
+                debug!(%peer, outbound, error = %e, "connection ended");
+            }
+        });
+    }
+}
+
+impl Proxy {
+    fn tls(&self) -> Option<Arc<Tls>> {
+        self.tls.borrow().clone()
+    }
+
+    async fn inbound(&self, conn: TcpStream) -> std::io::Result<()> {
+        let original = netlink::original_destination(&conn)?;
+        let local = conn.local_addr()?;
+        if original.port() != self.inbound_port {
+            // A client outside the mesh: on to where it was going, as it came.
+            let onward = connect(original).await?;
+            return self
+                .splice(conn, onward, metrics::Direction::Inbound, None)
+                .await;
+        }
+        let tls = self
+            .tls()
+            .ok_or_else(|| std::io::Error::other("no certificate yet"))?;
+        let (mut stream, port) = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+            let mut stream = tls.server.accept(conn).await?;
+            let port = transport::read(&mut stream).await?;
+            Ok::<_, std::io::Error>((stream, port))
+        })
+        .await
+        .map_err(|_| std::io::Error::other("TLS handshake timed out"))??;
+        let client = crate::tls::peer_identity(stream.get_ref().1);
+        if port == self.inbound_port {
+            stream.shutdown().await.ok();
+            return Err(std::io::Error::other("a transport header naming the proxy"));
+        }
+        let onward = connect(SocketAddr::new(local.ip(), port)).await?;
+        self.splice(stream, onward, metrics::Direction::Inbound, client)
+            .await
+    }
+
+    async fn outbound(&self, conn: TcpStream) -> std::io::Result<()> {
+        let original = netlink::original_destination(&conn)?;
+        if original == conn.local_addr()? {
+            return Err(std::io::Error::other("a connection to the proxy itself"));
+        }
+        let dest = self.resolve(original).await;
+        if dest.kind == "unknown" {
+            let onward = connect(original).await?;
+            return self
+                .splice(conn, onward, metrics::Direction::Outbound, None)
+                .await;
+        }
+        let Some(endpoint) = self.pick(&dest.endpoints) else {
+            return Err(std::io::Error::other(format!(
+                "{original} ({}) has no ready endpoint",
+                dest.service
+            )));
+        };
+        let _open = OpenGuard::new(&self.open, endpoint.addr);
+        let tls = self.tls();
+        match (&endpoint.identity, tls) {
+            (Some(path), Some(tls)) => {
+                let expected = format!("spiffe://{}/{path}", tls.trust_domain);
+                let peer = SocketAddr::new(endpoint.addr.ip(), self.inbound_port);
+                let tcp = connect(peer).await?;
+                let name = rustls::pki_types::ServerName::IpAddress(peer.ip().into());
+                let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+                    let mut s = tls.client.connect(name, tcp).await?;
+                    transport::write(&mut s, endpoint.addr.port()).await?;
+                    Ok::<_, std::io::Error>(s)
+                })
+                .await
+                .map_err(|_| std::io::Error::other("TLS handshake timed out"))??;
+                let seen = crate::tls::peer_identity(stream.get_ref().1);
+                if seen.as_deref() != Some(expected.as_str()) {
+                    stream.shutdown().await.ok();
+                    return Err(std::io::Error::other(format!(
+                        "{peer} presented {seen:?}, not {expected}"
+                    )));
+                }
+                self.splice(conn, stream, metrics::Direction::Outbound, seen)
+                    .await
+            }
+            _ => {
+                let onward = connect(endpoint.addr).await?;
+                self.splice(conn, onward, metrics::Direction::Outbound, None)
+                    .await
+            }
+        }
+    }
+
+    /// The destination of `addr`, cached for [`DESTINATION_TTL`]; `unknown` when the
+    /// destination service cannot be asked (the connection then goes where it was
+    /// going).
+    async fn resolve(&self, addr: SocketAddr) -> Arc<Destination> {
+        let now = Instant::now();
+        if let Some((at, d)) = self.cache.lock().expect("poisoned").get(&addr)
+            && now.duration_since(*at) < DESTINATION_TTL
+        {
+            return d.clone();
+        }
+        let d = match destination::ask(self.destination, addr).await {
+            Ok(d) => Arc::new(d),
+            Err(e) => {
+                warn!(%addr, error = %e, "asking the destination service");
+                return Arc::new(Destination {
+                    kind: "unknown".into(),
+                    ..Destination::default()
+                });
+            }
+        };
+        let mut cache = self.cache.lock().expect("poisoned");
+        cache.retain(|_, (at, _)| now.duration_since(*at) < DESTINATION_TTL);
+        cache.insert(addr, (now, d.clone()));
+        d
+    }
+
+    /// Power of two choices: of two endpoints picked at random, the one with fewer open
+    /// connections from this proxy.
+    fn pick<'a>(&self, endpoints: &'a [Endpoint]) -> Option<&'a Endpoint> {
+        match endpoints.len() {
+            0 => None,
+            1 => endpoints.first(),
+            n => {
+                let a = random_below(n);
+                let b = (a + 1 + random_below(n - 1)) % n;
+                let open = self.open.lock().expect("poisoned");
+                let load = |e: &Endpoint| open.get(&e.addr).copied().unwrap_or(0);
+                let (ea, eb) = (&endpoints[a], &endpoints[b]);
+                Some(if load(eb) < load(ea) { eb } else { ea })
+            }
+        }
+    }
+
+    async fn splice<A, B>(
+        &self,
+        mut from: A,
+        mut to: B,
+        direction: metrics::Direction,
+        peer: Option<String>,
+    ) -> std::io::Result<()>
+    where
+        A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let series = self.metrics.open(direction, peer.is_some());
+        let result = tokio::io::copy_bidirectional(&mut from, &mut to).await;
+        let (read, written) = *result.as_ref().unwrap_or(&(0, 0));
+        series.close(read, written);
+        result.map(|_| ())
+    }
+}
+
+async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let conn = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::other(format!("connecting to {addr} timed out")))??;
+    let _ = conn.set_nodelay(true);
+    Ok(conn)
+}
+
+/// Counts a connection to an endpoint as open while it lives.
+struct OpenGuard<'a> {
+    open: &'a Mutex<HashMap<SocketAddr, usize>>,
+    addr: SocketAddr,
+}
+
+impl<'a> OpenGuard<'a> {
+    fn new(open: &'a Mutex<HashMap<SocketAddr, usize>>, addr: SocketAddr) -> Self {
+        *open.lock().expect("poisoned").entry(addr).or_default() += 1;
+        OpenGuard { open, addr }
+    }
+}
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().expect("poisoned");
+        if let Some(n) = open.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.addr);
+            }
+        }
+    }
+}
+
+/// A number below `n` (> 0), from the std hasher's random keys: balancing needs no
+/// more than that.
+fn random_below(n: usize) -> usize {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default(),
+    );
+    (h.finish() % n as u64) as usize
+}
