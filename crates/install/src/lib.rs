@@ -301,6 +301,12 @@ impl Config {
         if !self.service_cidrs.is_empty() {
             a.proxy.service_cidrs = self.service_cidrs.clone();
         }
+        if self.mesh {
+            a.mesh_destination = Some(std::net::SocketAddr::from((
+                std::net::Ipv4Addr::UNSPECIFIED,
+                ::mesh::destination::PORT,
+            )));
+        }
         a
     }
 

@@ -1,18 +1,32 @@
-//! The service mesh's identity issuer (`kubewire mesh identity`), with `--mesh`: its
-//! Deployment and ClusterIP Service `kubewire-identity` (HTTPS on 8080), its
-//! ServiceAccount, the right to review tokens (`system:auth-delegator`), and a Role for
-//! the Secret keeping its trust anchor and the ConfigMap publishing the trust bundle.
+//! The service mesh, with `--mesh`:
+//! - the identity issuer (`kubewire mesh identity`): its Deployment and ClusterIP
+//!   Service `kubewire-identity` (HTTPS on 8080), its ServiceAccount, the right to
+//!   review tokens (`system:auth-delegator`), and a Role for the Secret keeping its
+//!   trust anchor and the ConfigMap publishing the trust bundle;
+//! - the injector (`kubewire mesh injector`): its Deployment and Service
+//!   `kubewire-injector` (HTTPS on 443), the MutatingWebhookConfiguration that sends it
+//!   pod creations outside kube-system (failure policy `Ignore`: the mesh being down
+//!   never stops pods), the right to read namespaces' annotations, the trust bundle,
+//!   and to write its own webhook configuration's `caBundle`.
+//!
+//! The agents serve the proxies' discovery (`--mesh-destination`, set by the agent's
+//! flags for these choices).
 
 use serde_json::{Value, json};
 
 use crate::{
-    Config, NAMESPACE, labels, meta, role, role_binding, security_context, service_account,
+    Config, NAMESPACE, cluster_role, cluster_role_binding, labels, meta, role, role_binding,
+    security_context, service_account,
 };
 
 /// The Deployment, Service, ServiceAccount, Role and bindings.
 pub const IDENTITY: &str = "kubewire-identity";
 /// The issuer's HTTPS port.
 pub const IDENTITY_PORT: u16 = 8080;
+/// The injector's Deployment, Service, ServiceAccount, roles and webhook configuration.
+pub const INJECTOR: &str = "kubewire-injector";
+/// The injector's HTTPS port in its pod.
+pub const INJECTOR_PORT: u16 = 8443;
 
 /// Every mesh object for `cfg` (none without `cfg.mesh`).
 pub(crate) fn objects(cfg: &Config) -> Vec<Value> {
@@ -22,7 +36,7 @@ pub(crate) fn objects(cfg: &Config) -> Vec<Value> {
     let selector = json!({ "app.kubernetes.io/name": IDENTITY });
     let mut delegator = meta(&format!("{IDENTITY}-auth-delegator"), false);
     delegator["labels"] = labels(IDENTITY);
-    vec![
+    let mut objects = vec![
         service_account(IDENTITY),
         // TokenReviews: how the issuer checks the token a proxy presents.
         json!({
@@ -84,6 +98,102 @@ pub(crate) fn objects(cfg: &Config) -> Vec<Value> {
                     },
                 },
             },
+        }),
+    ];
+    objects.extend(injector(cfg));
+    objects
+}
+
+/// The injector's objects.
+fn injector(cfg: &Config) -> Vec<Value> {
+    let selector = json!({ "app.kubernetes.io/name": INJECTOR });
+    vec![
+        service_account(INJECTOR),
+        cluster_role(
+            INJECTOR,
+            json!([
+                // Whether a pod's namespace asks for the mesh.
+                { "apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"] },
+                // Its own webhook configuration's caBundle (watched, set, replaced).
+                { "apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"], "resourceNames": [INJECTOR], "verbs": ["get", "list", "watch", "update"] },
+            ]),
+        ),
+        cluster_role_binding(INJECTOR, INJECTOR),
+        role(
+            INJECTOR,
+            json!([
+                // The trust bundle it copies into each proxy's environment.
+                { "apiGroups": [""], "resources": ["configmaps"], "resourceNames": [mesh::identity::TRUST_ROOTS], "verbs": ["get"] },
+            ]),
+        ),
+        role_binding(INJECTOR, INJECTOR),
+        json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": meta(INJECTOR, true),
+            "spec": {
+                "selector": selector,
+                "ports": [{ "name": "https", "port": 443, "protocol": "TCP", "targetPort": "https" }],
+            },
+        }),
+        json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": meta(INJECTOR, true),
+            "spec": {
+                "replicas": 1,
+                "selector": { "matchLabels": selector },
+                "template": {
+                    "metadata": { "labels": labels(INJECTOR) },
+                    "spec": {
+                        "serviceAccountName": INJECTOR,
+                        "priorityClassName": "system-cluster-critical",
+                        "nodeSelector": { "kubernetes.io/os": "linux" },
+                        "containers": [{
+                            "name": "injector",
+                            "image": cfg.image,
+                            "args": ["mesh", "injector", format!("--listen=0.0.0.0:{INJECTOR_PORT}")],
+                            "env": [
+                                { "name": "KUBEWIRE_PROXY_IMAGE", "value": cfg.image },
+                                { "name": "POD_NAMESPACE", "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } } },
+                            ],
+                            "ports": [{ "name": "https", "containerPort": INJECTOR_PORT, "protocol": "TCP" }],
+                            "readinessProbe": {
+                                "tcpSocket": { "port": "https" },
+                                "periodSeconds": 2,
+                            },
+                            "resources": {
+                                "requests": { "cpu": "10m", "memory": "16Mi" },
+                                "limits": { "memory": "128Mi" },
+                            },
+                            "securityContext": security_context(&[]),
+                        }],
+                    },
+                },
+            },
+        }),
+        json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": meta(INJECTOR, false),
+            "webhooks": [{
+                "name": "inject.kubewire.io",
+                "clientConfig": {
+                    "service": { "name": INJECTOR, "namespace": NAMESPACE, "path": "/inject", "port": 443 },
+                },
+                "rules": [{
+                    "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                    "resources": ["pods"], "scope": "Namespaced",
+                }],
+                "namespaceSelector": {
+                    "matchExpressions": [{ "key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [NAMESPACE] }],
+                },
+                "failurePolicy": "Ignore",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "reinvocationPolicy": "Never",
+                "timeoutSeconds": 10,
+            }],
         }),
     ]
 }

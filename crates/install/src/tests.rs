@@ -635,3 +635,61 @@ fn the_mesh_identity_issuer_reviews_tokens_and_keeps_only_its_anchor() {
         }
     }
 }
+
+#[test]
+fn the_mesh_injector_is_called_for_pods_outside_kube_system_and_writes_only_its_ca() {
+    let off = manifests(&Config::default());
+    assert!(find(&off, "MutatingWebhookConfiguration", mesh::INJECTOR).is_none());
+    assert_eq!(Config::default().agent_args().mesh_destination, None);
+    let cfg = Config {
+        mesh: true,
+        ..Config::default()
+    };
+    let objects = manifests(&cfg);
+    // The agents serve the proxies' discovery.
+    assert_eq!(
+        cfg.agent_args().mesh_destination.map(|a| a.port()),
+        Some(::mesh::destination::PORT)
+    );
+    let d = find(&objects, "Deployment", mesh::INJECTOR).expect("the injector's Deployment");
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(&args[..2], ["mesh", "injector"]);
+    // Its flags parse (the proxy's image from the environment the manifest sets), and
+    // the name in its certificate is its Service's.
+    assert_eq!(c["env"][0]["name"], "KUBEWIRE_PROXY_IMAGE");
+    assert_eq!(
+        c["env"][0]["value"],
+        d["spec"]["template"]["spec"]["containers"][0]["image"]
+    );
+    let mut argv = args[2..].to_vec();
+    argv.extend(["--proxy-image", "x"]);
+    let parsed: ::mesh::injector::Args = k8s::parse_flags(&argv);
+    assert_eq!(parsed.listen.port(), mesh::INJECTOR_PORT);
+    assert_eq!(
+        parsed.server_name,
+        format!("{}.{NAMESPACE}.svc", mesh::INJECTOR)
+    );
+    assert_eq!(parsed.webhook, mesh::INJECTOR);
+    let hook = find(&objects, "MutatingWebhookConfiguration", mesh::INJECTOR).unwrap();
+    let w = &hook["webhooks"][0];
+    assert_eq!(w["clientConfig"]["service"]["name"], mesh::INJECTOR);
+    assert_eq!(w["failurePolicy"], "Ignore");
+    assert_eq!(w["rules"][0]["resources"], json!(["pods"]));
+    assert_eq!(
+        w["namespaceSelector"]["matchExpressions"][0]["values"],
+        json!([NAMESPACE])
+    );
+    // Webhook configurations: its own only.
+    let role = find(&objects, "ClusterRole", mesh::INJECTOR).unwrap();
+    for r in role["rules"].as_array().unwrap() {
+        if r["resources"] == json!(["mutatingwebhookconfigurations"]) {
+            assert_eq!(r["resourceNames"], json!([mesh::INJECTOR]), "{r}");
+        }
+    }
+}

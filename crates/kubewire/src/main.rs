@@ -87,6 +87,9 @@ enum MeshCommand {
     /// Run a meshed pod's proxy (injected as its native sidecar): mutual TLS between
     /// meshed pods, its traffic captured by the CNI plugin.
     Proxy(mesh::proxy::Args),
+    /// Run the injector: the mutating admission webhook that adds the proxy to pods
+    /// annotated (or in namespaces annotated) `kubewire.io/inject: enabled`.
+    Injector(mesh::injector::Args),
 }
 
 #[derive(Debug, Args)]
@@ -299,6 +302,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }),
         Command::Mesh(MeshCommand::Proxy(args)) => runtime.block_on(async {
             mesh::proxy::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Mesh(MeshCommand::Injector(args)) => runtime.block_on(async {
+            mesh::injector::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }),
         Command::Install(args) => runtime.block_on(run_install(args)),

@@ -2,9 +2,12 @@
 //! issuer that gives each meshed pod a short-lived certificate for its ServiceAccount
 //! (`kubewire mesh identity`) and the proxy's client of it; and [`tls`], mutual TLS
 //! between proxies with those certificates; [`destination`], the node's discovery for
-//! proxies; and [`proxy`], `kubewire mesh proxy`. The injector comes next.
+//! proxies; [`proxy`], `kubewire mesh proxy`; and [`injector`], the admission webhook
+//! that adds the proxy to the pods that ask for the mesh.
 
 pub mod destination;
+mod https;
 pub mod identity;
+pub mod injector;
 pub mod proxy;
 pub mod tls;

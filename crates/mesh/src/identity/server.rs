@@ -11,17 +11,15 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::Api;
 use kube::api::PostParams;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::authority::{Authority, Identity};
 use super::{AUDIENCE, Error};
+use crate::https::reply;
 
 /// The largest request body read.
 const MAX_BODY: usize = 64 << 10;
@@ -102,16 +100,6 @@ impl Issuer {
     }
 }
 
-fn reply(code: StatusCode, body: &Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-    *r.status_mut() = code;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
 async fn handle(issuer: Arc<Issuer>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => Response::new(Full::new(Bytes::from_static(b"ok"))),
@@ -151,48 +139,14 @@ pub async fn serve(
     let (cert_pem, key_pem) = issuer
         .authority
         .serving_certificate(server_name, SystemTime::now())?;
-    let tls_err = |source: std::io::Error| Error::Io {
+    let acceptor = crate::https::acceptor(&cert_pem, &key_pem).map_err(|source| Error::Io {
         what: "the serving certificate".into(),
         source,
-    };
-    let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| tls_err(std::io::Error::other(e)))?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|e| tls_err(std::io::Error::other(e)))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| tls_err(std::io::Error::other(e)))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| tls_err(std::io::Error::other(e)))?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    loop {
-        let (tcp, peer) = listener.accept().await.map_err(|source| Error::Io {
+    })?;
+    crate::https::serve(listener, acceptor, move |req| handle(issuer.clone(), req))
+        .await
+        .map_err(|source| Error::Io {
             what: "accepting a connection".into(),
             source,
-        })?;
-        let acceptor = acceptor.clone();
-        let issuer = issuer.clone();
-        tokio::spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(t) => t,
-                Err(e) => {
-                    debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-            };
-            let service = hyper::service::service_fn(move |req| {
-                let issuer = issuer.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(issuer, req).await) }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service)
-                .await
-            {
-                warn!(%peer, error = %e, "connection failed");
-            }
-        });
-    }
+        })
 }

@@ -1,0 +1,406 @@
+//! Tier 4: the mesh's proxy in a running lab (`mesh: true`). The namespace `demo` is
+//! annotated `kubewire.io/inject: enabled`; the injector (the install's webhook) gives
+//! a server pod on node-1 and a client pod on node-2 `kubewire mesh proxy` as a native
+//! sidecar, running as user 2102 with a projected token for the issuer; the CNI plugin
+//! captures their TCP. Shown here:
+//! - the injection, and a pod annotated `disabled` left alone;
+//! - the app starts once its proxy has its certificate (the sidecar's startup probe),
+//!   and a meshed pod that runs to completion completes (its proxy stopped after it);
+//! - the capture table in the pod's namespace, as the distribution's `nft` lists it;
+//! - the meshed client reaches the Service, and what crosses the nodes is TLS 1.3 to
+//!   the server's proxy (sniffed in node-2's namespace: a ClientHello to port 4143, and
+//!   the answer's text never in clear), with the SPIFFE identities in the metrics;
+//! - a client outside the mesh still reaches the meshed server, in plaintext;
+//! - a server that speaks first (a banner) is not stalled by the proxies.
+
+#![allow(clippy::disallowed_methods)] // runs kubectl
+
+use std::time::Duration;
+
+use e2e::running::RunningLab;
+use e2e::wait_until;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// An HTTP server whose answers carry a marker to look for on the wire, and a banner
+/// server on 2525 (it speaks first).
+const SERVER_APP: &str = r#"
+import http.server, socket, threading
+def banner():
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("", 2525))
+    s.listen()
+    while True:
+        c, _ = s.accept()
+        c.sendall(b"220 kubewire banner\r\n")
+        c.close()
+threading.Thread(target=banner, daemon=True).start()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("MESH-SECRET-ANSWER from %s\n" % self.client_address[0]).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("", 8080), H).serve_forever()
+"#;
+
+fn pod(name: &str, node: &str, annotations: &str, restart: &str, command: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: demo
+  labels: {{app: {name}}}
+  annotations: {{{annotations}}}
+spec:
+  serviceAccountName: web
+  nodeName: {node}
+  restartPolicy: {restart}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: python
+    command: [python3, -c, {command}]
+"#,
+        command = serde_json::to_string(command).unwrap(),
+    )
+}
+
+/// What an app container first does in a meshed pod: say whether its proxy is ready.
+const CLIENT_APP: &str = r#"
+import sys, time, urllib.request
+try:
+    print(urllib.request.urlopen("http://127.0.0.1:4191/ready", timeout=5).read().decode().strip(), flush=True)
+except Exception as e:
+    print("proxy not ready:", e, flush=True)
+time.sleep(100000)
+"#;
+
+/// Fetches `url` from inside a pod; the answer, or the error.
+const FETCH: &str = r#"
+import sys, urllib.request
+print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode(), end="")
+"#;
+
+/// Reads a server-speaks-first banner from inside a pod.
+const BANNER: &str = r#"
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+print(c.recv(100).decode(), end="")
+"#;
+
+/// Sniffs TCP in node-2's namespace for a few seconds (an AF_PACKET socket sees every
+/// interface there) and prints, for the packets to or from port 4143, the first payload
+/// byte of each direction's first data, and whether the marker appeared anywhere.
+const SNIFF: &str = r#"
+import socket, struct, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(3))
+s.settimeout(0.5)
+print("sniffing", flush=True)
+end = time.time() + float(sys.argv[1])
+first, marker_4143, marker_any = {}, False, False
+while time.time() < end:
+    try:
+        frame, addr = s.recvfrom(65535)
+    except socket.timeout:
+        continue
+    if addr[2] == socket.PACKET_OUTGOING:
+        continue
+    if len(frame) < 34 or frame[12:14] != b"\x08\x00":
+        continue
+    ip = frame[14:]
+    ihl = (ip[0] & 15) * 4
+    if ip[9] != 6:
+        continue
+    tcp = ip[ihl:]
+    sport, dport = struct.unpack("!HH", tcp[:4])
+    payload = tcp[(tcp[12] >> 4) * 4:]
+    if b"MESH-SECRET-ANSWER" in payload:
+        marker_any = True
+        if 4143 in (sport, dport):
+            marker_4143 = True
+    if payload and 4143 in (sport, dport):
+        way = "to-4143" if dport == 4143 else "from-4143"
+        first.setdefault(way, payload[:3].hex())
+print("first", sorted(first.items()), "marker-on-4143", marker_4143, "marker-anywhere", marker_any, flush=True)
+"#;
+
+fn wait_ready(lab: &RunningLab, pod: &str) {
+    let mut status = String::new();
+    assert!(
+        wait_until(WAIT, || {
+            status = lab.kubectl(&[
+                "-n",
+                "demo",
+                "get",
+                "pod",
+                pod,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ]);
+            status == "True"
+        }),
+        "pod {pod} never became ready: {}\nthe proxy's log:\n{}",
+        lab.kubectl(&["-n", "demo", "describe", "pod", pod]),
+        lab.kubectl(&[
+            "-n",
+            "demo",
+            "logs",
+            pod,
+            "-c",
+            "kubewire-proxy",
+            "--previous"
+        ]),
+    );
+}
+
+fn exec_python(lab: &RunningLab, pod: &str, script: &str, args: &[&str]) -> String {
+    let mut argv = vec![
+        "-n", "demo", "exec", pod, "-c", "app", "--", "python3", "-c", script,
+    ];
+    argv.extend_from_slice(args);
+    lab.kubectl(&argv)
+}
+
+fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn meshed_pods_talk_mutual_tls_across_nodes_and_others_still_reach_them() {
+    let lab = RunningLab::up_with(2, "mesh: true\n");
+    lab.kubectl(&[
+        "-n",
+        "kube-system",
+        "rollout",
+        "status",
+        "deployment/kubewire-identity",
+        "--timeout=120s",
+    ]);
+    lab.kubectl(&[
+        "-n",
+        "kube-system",
+        "rollout",
+        "status",
+        "deployment/kubewire-injector",
+        "--timeout=120s",
+    ]);
+    // The injector has written its certificate into its webhook's configuration.
+    assert!(
+        wait_until(WAIT, || !lab
+            .kubectl(&[
+                "get",
+                "mutatingwebhookconfiguration",
+                "kubewire-injector",
+                "-o",
+                "jsonpath={.webhooks[0].clientConfig.caBundle}",
+            ])
+            .is_empty()),
+        "the injector never wrote its caBundle: {}",
+        lab.kubectl(&["-n", "kube-system", "logs", "deployment/kubewire-injector"])
+    );
+    lab.apply(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo, annotations: {kubewire.io/inject: enabled}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: web, namespace: demo}
+"#,
+    );
+    lab.apply(&pod("server", "node-1", "", "Always", SERVER_APP));
+    lab.apply(&pod("client", "node-2", "", "Always", CLIENT_APP));
+    lab.apply(&pod(
+        "outsider",
+        "node-2",
+        "kubewire.io/inject: disabled",
+        "Always",
+        CLIENT_APP,
+    ));
+    lab.apply(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec:
+  selector: {app: server}
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+  - {name: banner, port: 2525, targetPort: 2525}
+"#,
+    );
+    for p in ["server", "client", "outsider"] {
+        wait_ready(&lab, p);
+    }
+    // Injected: the proxy first among the init containers, as a native sidecar.
+    for (p, meshed) in [("server", true), ("client", true), ("outsider", false)] {
+        let got = lab.json(&["-n", "demo", "get", "pod", p]);
+        let first = &got["spec"]["initContainers"][0];
+        assert_eq!(first["name"] == "kubewire-proxy", meshed, "{p}: {first}");
+        if meshed {
+            assert_eq!(first["restartPolicy"], "Always");
+            assert_eq!(first["securityContext"]["runAsUser"], 2102);
+            assert_eq!(
+                got["metadata"]["annotations"]["kubewire.io/proxy-injected"],
+                "true"
+            );
+        }
+    }
+
+    // The app started after its proxy had a certificate for the pod's ServiceAccount.
+    let logs = lab.kubectl(&["-n", "demo", "logs", "client", "-c", "app"]);
+    assert!(
+        logs.starts_with("ready spiffe://cluster.local/ns/demo/sa/web"),
+        "{logs}"
+    );
+
+    // The capture table, listed by nft inside the client pod's namespace.
+    let listing = lab.exec(
+        "demo/client/app",
+        &["nft", "list", "table", "inet", "kubewire-mesh"],
+    );
+    let text = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        listing.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&listing.stderr)
+    );
+    for line in [
+        "meta skuid 2102 return",
+        "redirect to :4140",
+        "redirect to :4143",
+        "4191",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from:\n{text}");
+    }
+    let outsider = lab.exec("demo/outsider/app", &["nft", "list", "ruleset"]);
+    assert!(
+        !String::from_utf8_lossy(&outsider.stdout).contains("kubewire-mesh"),
+        "a pod outside the mesh is not captured"
+    );
+
+    // The meshed client, with a sniffer in node-2's namespace watching the wire.
+    let name = lab.name.clone();
+    let sniffer = std::thread::spawn(move || {
+        e2e::kubewire(&[
+            "lab", "exec", "--name", &name, "node-2", "--", "python3", "-c", SNIFF, "8",
+        ])
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let url = "http://web.demo.svc.cluster.local/";
+    for _ in 0..3 {
+        let answer = exec_python(&lab, "client", FETCH, &[url]);
+        assert!(answer.starts_with("MESH-SECRET-ANSWER from "), "{answer}");
+    }
+    let sniffed = sniffer.join().unwrap();
+    let sniffed = String::from_utf8_lossy(&sniffed.stdout).to_string();
+    // A TLS handshake record (0x16 0x03) first each way, and the answer's text never
+    // in clear between the nodes.
+    assert!(sniffed.contains("('to-4143', '1603"), "{sniffed}");
+    assert!(sniffed.contains("('from-4143', '1603"), "{sniffed}");
+    assert!(sniffed.contains("marker-on-4143 False"), "{sniffed}");
+    assert!(sniffed.contains("marker-anywhere False"), "{sniffed}");
+
+    // Both proxies counted mutual TLS.
+    let client_metrics = exec_python(&lab, "client", FETCH, &["http://127.0.0.1:4191/metrics"]);
+    assert!(
+        metric(
+            &client_metrics,
+            r#"tcp_open_total{direction="outbound",peer="dst",tls="true"}"#
+        ) >= 3,
+        "{client_metrics}"
+    );
+    let server_ip = lab.kubectl(&[
+        "-n",
+        "demo",
+        "get",
+        "pod",
+        "server",
+        "-o",
+        "jsonpath={.status.podIP}",
+    ]);
+    let server_metrics = exec_python(
+        &lab,
+        "client",
+        FETCH,
+        &[&format!("http://{server_ip}:4191/metrics")],
+    );
+    assert!(
+        metric(
+            &server_metrics,
+            r#"tcp_open_total{direction="inbound",peer="src",tls="true"}"#
+        ) >= 3,
+        "{server_metrics}"
+    );
+
+    // A client outside the mesh reaches the meshed server in plaintext, through its
+    // inbound capture.
+    let answer = exec_python(&lab, "outsider", FETCH, &[url]);
+    assert!(answer.starts_with("MESH-SECRET-ANSWER from "), "{answer}");
+    let server_metrics = exec_python(
+        &lab,
+        "client",
+        FETCH,
+        &[&format!("http://{server_ip}:4191/metrics")],
+    );
+    assert!(
+        metric(
+            &server_metrics,
+            r#"tcp_open_total{direction="inbound",peer="src",tls="no_identity"}"#
+        ) >= 1,
+        "{server_metrics}"
+    );
+
+    // A server that speaks first: its banner arrives through both proxies.
+    for client in ["client", "outsider"] {
+        let banner = exec_python(
+            &lab,
+            client,
+            BANNER,
+            &["web.demo.svc.cluster.local", "2525"],
+        );
+        assert_eq!(banner, "220 kubewire banner\r\n", "through {client}");
+    }
+
+    // A meshed pod that runs to completion: the app talks through its proxy, exits,
+    // the proxy is stopped after it, and the pod succeeds.
+    let once = format!(
+        "import urllib.request\nprint(urllib.request.urlopen({url:?}, timeout=10).read().decode(), end='')\n"
+    );
+    lab.apply(&pod("once", "node-2", "", "Never", &once));
+    let mut phase = String::new();
+    assert!(
+        wait_until(WAIT, || {
+            phase = lab.kubectl(&[
+                "-n",
+                "demo",
+                "get",
+                "pod",
+                "once",
+                "-o",
+                "jsonpath={.status.phase}",
+            ]);
+            phase == "Succeeded" || phase == "Failed"
+        }),
+        "the meshed pod never completed: {}",
+        lab.kubectl(&["-n", "demo", "describe", "pod", "once"])
+    );
+    let logs = lab.kubectl(&["-n", "demo", "logs", "once", "-c", "app"]);
+    assert_eq!(phase, "Succeeded", "{logs}");
+    assert!(logs.starts_with("MESH-SECRET-ANSWER from "), "{logs}");
+
+    for p in ["server", "client", "outsider", "once"] {
+        lab.kubectl(&["-n", "demo", "delete", "pod", p, "--timeout=60s"]);
+    }
+}
