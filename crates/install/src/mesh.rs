@@ -33,7 +33,6 @@ pub(crate) fn objects(cfg: &Config) -> Vec<Value> {
     if !cfg.mesh {
         return Vec::new();
     }
-    let selector = json!({ "app.kubernetes.io/name": IDENTITY });
     let mut delegator = meta(&format!("{IDENTITY}-auth-delegator"), false);
     delegator["labels"] = labels(IDENTITY);
     let mut objects = vec![
@@ -58,47 +57,18 @@ pub(crate) fn objects(cfg: &Config) -> Vec<Value> {
             ]),
         ),
         role_binding(IDENTITY, IDENTITY),
-        json!({
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": meta(IDENTITY, true),
-            "spec": {
-                "selector": selector,
-                "ports": [{ "name": "https", "port": IDENTITY_PORT, "protocol": "TCP", "targetPort": "https" }],
-            },
-        }),
-        json!({
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": meta(IDENTITY, true),
-            "spec": {
-                "replicas": 1,
-                "selector": { "matchLabels": selector },
-                "template": {
-                    "metadata": { "labels": labels(IDENTITY) },
-                    "spec": {
-                        "serviceAccountName": IDENTITY,
-                        "priorityClassName": "system-cluster-critical",
-                        "nodeSelector": { "kubernetes.io/os": "linux" },
-                        "containers": [{
-                            "name": "identity",
-                            "image": cfg.image,
-                            "args": ["mesh", "identity", format!("--listen=0.0.0.0:{IDENTITY_PORT}")],
-                            "ports": [{ "name": "https", "containerPort": IDENTITY_PORT, "protocol": "TCP" }],
-                            "readinessProbe": {
-                                "tcpSocket": { "port": "https" },
-                                "periodSeconds": 2,
-                            },
-                            "resources": {
-                                "requests": { "cpu": "10m", "memory": "16Mi" },
-                                "limits": { "memory": "128Mi" },
-                            },
-                            "securityContext": security_context(&[]),
-                        }],
-                    },
-                },
-            },
-        }),
+        https_service(IDENTITY, IDENTITY_PORT),
+        https_deployment(
+            IDENTITY,
+            &cfg.image,
+            json!([
+                "mesh",
+                "identity",
+                format!("--listen=0.0.0.0:{IDENTITY_PORT}")
+            ]),
+            json!([]),
+            IDENTITY_PORT,
+        ),
     ];
     objects.extend(injector(cfg));
     objects
@@ -106,7 +76,6 @@ pub(crate) fn objects(cfg: &Config) -> Vec<Value> {
 
 /// The injector's objects.
 fn injector(cfg: &Config) -> Vec<Value> {
-    let selector = json!({ "app.kubernetes.io/name": INJECTOR });
     vec![
         service_account(INJECTOR),
         cluster_role(
@@ -127,51 +96,21 @@ fn injector(cfg: &Config) -> Vec<Value> {
             ]),
         ),
         role_binding(INJECTOR, INJECTOR),
-        json!({
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": meta(INJECTOR, true),
-            "spec": {
-                "selector": selector,
-                "ports": [{ "name": "https", "port": 443, "protocol": "TCP", "targetPort": "https" }],
-            },
-        }),
-        json!({
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": meta(INJECTOR, true),
-            "spec": {
-                "replicas": 1,
-                "selector": { "matchLabels": selector },
-                "template": {
-                    "metadata": { "labels": labels(INJECTOR) },
-                    "spec": {
-                        "serviceAccountName": INJECTOR,
-                        "priorityClassName": "system-cluster-critical",
-                        "nodeSelector": { "kubernetes.io/os": "linux" },
-                        "containers": [{
-                            "name": "injector",
-                            "image": cfg.image,
-                            "args": ["mesh", "injector", format!("--listen=0.0.0.0:{INJECTOR_PORT}")],
-                            "env": [
-                                { "name": "KUBEWIRE_PROXY_IMAGE", "value": cfg.image },
-                                { "name": "POD_NAMESPACE", "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } } },
-                            ],
-                            "ports": [{ "name": "https", "containerPort": INJECTOR_PORT, "protocol": "TCP" }],
-                            "readinessProbe": {
-                                "tcpSocket": { "port": "https" },
-                                "periodSeconds": 2,
-                            },
-                            "resources": {
-                                "requests": { "cpu": "10m", "memory": "16Mi" },
-                                "limits": { "memory": "128Mi" },
-                            },
-                            "securityContext": security_context(&[]),
-                        }],
-                    },
-                },
-            },
-        }),
+        https_service(INJECTOR, 443),
+        https_deployment(
+            INJECTOR,
+            &cfg.image,
+            json!([
+                "mesh",
+                "injector",
+                format!("--listen=0.0.0.0:{INJECTOR_PORT}")
+            ]),
+            json!([
+                { "name": "KUBEWIRE_PROXY_IMAGE", "value": cfg.image },
+                { "name": "POD_NAMESPACE", "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } } },
+            ]),
+            INJECTOR_PORT,
+        ),
         json!({
             "apiVersion": "admissionregistration.k8s.io/v1",
             "kind": "MutatingWebhookConfiguration",
@@ -196,4 +135,56 @@ fn injector(cfg: &Config) -> Vec<Value> {
             }],
         }),
     ]
+}
+
+/// The ClusterIP Service `name` for its pods' `https` port.
+fn https_service(name: &str, port: u16) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta(name, true),
+        "spec": {
+            "selector": { "app.kubernetes.io/name": name },
+            "ports": [{ "name": "https", "port": port, "protocol": "TCP", "targetPort": "https" }],
+        },
+    })
+}
+
+/// A one-replica Deployment `name` (its own ServiceAccount) of `image` serving HTTPS on
+/// `port`, with `args` and `env`.
+fn https_deployment(name: &str, image: &str, args: Value, env: Value, port: u16) -> Value {
+    let container = name.strip_prefix("kubewire-").unwrap_or(name);
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta(name, true),
+        "spec": {
+            "replicas": 1,
+            "selector": { "matchLabels": { "app.kubernetes.io/name": name } },
+            "template": {
+                "metadata": { "labels": labels(name) },
+                "spec": {
+                    "serviceAccountName": name,
+                    "priorityClassName": "system-cluster-critical",
+                    "nodeSelector": { "kubernetes.io/os": "linux" },
+                    "containers": [{
+                        "name": container,
+                        "image": image,
+                        "args": args,
+                        "env": env,
+                        "ports": [{ "name": "https", "containerPort": port, "protocol": "TCP" }],
+                        "readinessProbe": {
+                            "tcpSocket": { "port": "https" },
+                            "periodSeconds": 2,
+                        },
+                        "resources": {
+                            "requests": { "cpu": "10m", "memory": "16Mi" },
+                            "limits": { "memory": "128Mi" },
+                        },
+                        "securityContext": security_context(&[]),
+                    }],
+                },
+            },
+        },
+    })
 }

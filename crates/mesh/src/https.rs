@@ -44,6 +44,21 @@ pub(crate) fn reply(code: StatusCode, body: &Value) -> Response<Full<Bytes>> {
     r
 }
 
+/// The request's body, at most `max` bytes, or the 400 answer saying why not.
+pub(crate) async fn body(
+    req: Request<Incoming>,
+    max: usize,
+) -> Result<Bytes, Response<Full<Bytes>>> {
+    use http_body_util::{BodyExt, Limited};
+    match Limited::new(req.into_body(), max).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) => Err(reply(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"error": format!("reading the body: {e}")}),
+        )),
+    }
+}
+
 /// Serves HTTPS on `listener` with `acceptor`, each request answered by `handle`,
 /// until accepting fails.
 pub(crate) async fn serve<F, Fut>(

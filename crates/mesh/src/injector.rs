@@ -28,7 +28,7 @@ use std::sync::Arc;
 use base64::Engine;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
@@ -200,14 +200,9 @@ async fn handle(injector: Arc<Injector>, req: Request<Incoming>) -> Response<Ful
     if req.method() != Method::POST || req.uri().path() != "/inject" {
         return reply(StatusCode::NOT_FOUND, &json!({"error": "not found"}));
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return reply(
-                StatusCode::BAD_REQUEST,
-                &json!({"error": format!("reading the body: {e}")}),
-            );
-        }
+    let body = match crate::https::body(req, MAX_BODY).await {
+        Ok(b) => b,
+        Err(answer) => return answer,
     };
     let review: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,

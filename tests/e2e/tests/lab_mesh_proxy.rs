@@ -330,36 +330,34 @@ spec:
         "-o",
         "jsonpath={.status.podIP}",
     ]);
-    let server_metrics = exec_python(
-        &lab,
-        "client",
-        FETCH,
-        &[&format!("http://{server_ip}:4191/metrics")],
-    );
+    let server_metrics = || {
+        exec_python(
+            &lab,
+            "client",
+            FETCH,
+            &[&format!("http://{server_ip}:4191/metrics")],
+        )
+    };
+    let text = server_metrics();
     assert!(
         metric(
-            &server_metrics,
+            &text,
             r#"tcp_open_total{direction="inbound",peer="src",tls="true"}"#
         ) >= 3,
-        "{server_metrics}"
+        "{text}"
     );
 
     // A client outside the mesh reaches the meshed server in plaintext, through its
     // inbound capture.
     let answer = exec_python(&lab, "outsider", FETCH, &[url]);
     assert!(answer.starts_with("MESH-SECRET-ANSWER from "), "{answer}");
-    let server_metrics = exec_python(
-        &lab,
-        "client",
-        FETCH,
-        &[&format!("http://{server_ip}:4191/metrics")],
-    );
+    let text = server_metrics();
     assert!(
         metric(
-            &server_metrics,
+            &text,
             r#"tcp_open_total{direction="inbound",peer="src",tls="no_identity"}"#
         ) >= 1,
-        "{server_metrics}"
+        "{text}"
     );
 
     // A server that speaks first: its banner arrives through both proxies.

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::Api;
@@ -104,14 +104,9 @@ async fn handle(issuer: Arc<Issuer>, req: Request<Incoming>) -> Response<Full<By
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => Response::new(Full::new(Bytes::from_static(b"ok"))),
         (&Method::POST, "/v1/certify") => {
-            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
-                    return reply(
-                        StatusCode::BAD_REQUEST,
-                        &json!({"error": format!("reading the body: {e}")}),
-                    );
-                }
+            let body = match crate::https::body(req, MAX_BODY).await {
+                Ok(b) => b,
+                Err(answer) => return answer,
             };
             match issuer.certify(&body).await {
                 Ok(v) => reply(StatusCode::OK, &v),
