@@ -257,11 +257,19 @@ fn invoked_as_cni_plugin() -> bool {
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    // A mesh proxy serves one pod: one thread, so that a request's wake-ups never
+    // cross threads (and the proxy stays small); the daemons use two.
+    let runtime = if matches!(command, Command::Mesh(MeshCommand::Proxy(_))) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    }
+    .context("starting the async runtime")?;
     match command {
         Command::Lab(lab) => runtime.block_on(run_lab(lab)),
         Command::Apiserver(args) => runtime.block_on(async {

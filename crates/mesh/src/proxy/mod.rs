@@ -50,6 +50,13 @@ pub struct Args {
     /// The pod's ServiceAccount token for the issuer's audience (a projected volume).
     #[arg(long, default_value = "/var/run/kubewire/identity/token")]
     pub token: PathBuf,
+    /// A certificate chain (PEM) to use instead of asking the issuer, with `--key`: one
+    /// another issuer mounts, or a test's. Read once at start, never renewed.
+    #[arg(long, requires = "key")]
+    pub certificate: Option<PathBuf>,
+    /// The key of `--certificate` (PEM).
+    #[arg(long, requires = "certificate")]
+    pub key: Option<PathBuf>,
     /// The mesh's trust bundle, PEM (the injector copies it from the ConfigMap
     /// `kube-system/kubewire-identity-trust-roots`, as Linkerd's injector does).
     #[arg(long, env = "KUBEWIRE_TRUST_BUNDLE", hide_env_values = true)]
@@ -136,14 +143,24 @@ struct Proxy {
 /// Runs the proxy until SIGTERM.
 pub async fn run(args: Args) -> Result<(), Error> {
     let mut shutdown = k8s::Shutdown::new().map_err(io("handling SIGTERM"))?;
-    let certifier = Certifier::new(
-        &args.identity_server,
-        None,
-        &args.trust_bundle,
-        args.token.clone(),
-    )?;
     let (creds_tx, mut creds_rx) = watch::channel(None);
-    tokio::spawn(certifier.run(creds_tx));
+    match (&args.certificate, &args.key) {
+        (Some(cert), Some(key)) => {
+            let creds = static_credentials(cert, key, &args.trust_bundle)?;
+            let _ = creds_tx.send(Some(Arc::new(creds)));
+            // Kept open: the credentials never change.
+            std::mem::forget(creds_tx);
+        }
+        _ => {
+            let certifier = Certifier::new(
+                &args.identity_server,
+                None,
+                &args.trust_bundle,
+                args.token.clone(),
+            )?;
+            tokio::spawn(certifier.run(creds_tx));
+        }
+    }
     let (tls_tx, tls_rx) = watch::channel(None);
     tokio::spawn(async move {
         while creds_rx.changed().await.is_ok() {
@@ -207,6 +224,43 @@ pub async fn run(args: Args) -> Result<(), Error> {
     info!("mesh proxy stopping");
     tasks.abort_all();
     Ok(())
+}
+
+/// Credentials from files (`--certificate`, `--key`), with the trust bundle.
+fn static_credentials(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    trust_pem: &str,
+) -> Result<Credentials, Error> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let read =
+        |p: &std::path::Path| std::fs::read(p).map_err(io(format!("reading {}", p.display())));
+    let bad = |what: String| Error::Io {
+        what,
+        source: std::io::Error::from(std::io::ErrorKind::InvalidData),
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(cert)?)
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(format!("{}: {e}", cert.display())))?;
+    let identity = chain
+        .first()
+        .and_then(crate::tls::spiffe_id)
+        .ok_or_else(|| bad(format!("{} names no SPIFFE ID", cert.display())))?;
+    let key = PrivateKeyDer::from_pem_slice(&read(key)?)
+        .map_err(|e| bad(format!("{}: {e}", key.display())))?;
+    let trust = CertificateDer::pem_slice_iter(trust_pem.as_bytes())
+        .filter_map(Result::ok)
+        .collect();
+    let now = std::time::SystemTime::now();
+    Ok(Credentials {
+        identity,
+        chain,
+        key,
+        trust,
+        issued: now,
+        not_after: now + Duration::from_secs(365 * 24 * 3600),
+    })
 }
 
 async fn accept(listener: TcpListener, proxy: Arc<Proxy>, outbound: bool) {
