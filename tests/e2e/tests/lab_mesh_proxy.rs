@@ -402,3 +402,106 @@ spec:
         lab.kubectl(&["-n", "demo", "delete", "pod", p, "--timeout=60s"]);
     }
 }
+
+/// The talk's lab step 5 as a user does it with kubewire: the demo's Deployment runs
+/// unmeshed; annotating its namespace and restarting it meshes it (as `linkerd inject`
+/// and a restart do); a client in the namespace then talks to it over mutual TLS.
+#[test]
+fn the_talks_step_5_meshes_a_running_deployment_by_annotation_and_restart() {
+    let lab = RunningLab::up_with(2, "mesh: true\n");
+    for d in ["kubewire-identity", "kubewire-injector"] {
+        lab.kubectl(&[
+            "-n",
+            "kube-system",
+            "rollout",
+            "status",
+            &format!("deployment/{d}"),
+            "--timeout=120s",
+        ]);
+    }
+    lab.kubectl(&[
+        "create",
+        "deployment",
+        "website",
+        "--image=nginx",
+        "--replicas=2",
+    ]);
+    lab.kubectl(&["expose", "deployment", "website", "--port=80"]);
+    lab.kubectl(&["rollout", "status", "deployment/website", "--timeout=120s"]);
+    let containers = |selector: &str| -> Vec<String> {
+        let list = lab.json(&["get", "pods", "-l", selector]);
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .map(|p| {
+                p["spec"]["initContainers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|c| c["name"].as_str().unwrap_or_default().to_owned())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect()
+    };
+    assert_eq!(containers("app=website"), ["", ""], "not meshed yet");
+
+    lab.kubectl(&[
+        "annotate",
+        "namespace",
+        "default",
+        "kubewire.io/inject=enabled",
+    ]);
+    lab.kubectl(&["rollout", "restart", "deployment/website"]);
+    lab.kubectl(&["rollout", "status", "deployment/website", "--timeout=120s"]);
+    assert!(
+        wait_until(WAIT, || containers("app=website")
+            == ["kubewire-proxy", "kubewire-proxy"]),
+        "the restarted pods are not meshed: {:?}",
+        containers("app=website")
+    );
+
+    lab.kubectl(&[
+        "run",
+        "client",
+        "--image=python",
+        "--command",
+        "--",
+        "python3",
+        "-c",
+        "import time; time.sleep(100000)",
+    ]);
+    lab.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/client",
+        "--timeout=120s",
+    ]);
+    assert_eq!(containers("run=client"), ["kubewire-proxy"]);
+    let mut argv = vec![
+        "exec", "client", "-c", "client", "--", "python3", "-c", FETCH,
+    ];
+    argv.push("http://website/");
+    let answer = lab.kubectl(&argv);
+    assert!(answer.contains("website-"), "{answer}");
+    let metrics = lab.kubectl(&[
+        "exec",
+        "client",
+        "-c",
+        "client",
+        "--",
+        "python3",
+        "-c",
+        FETCH,
+        "http://127.0.0.1:4191/metrics",
+    ]);
+    assert!(
+        metric(
+            &metrics,
+            r#"tcp_open_total{direction="outbound",peer="dst",tls="true"}"#
+        ) >= 1,
+        "{metrics}"
+    );
+}
