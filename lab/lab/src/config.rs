@@ -59,8 +59,9 @@ pub struct LabConfig {
     /// pool (bring your own IPAddressPools).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub load_balancer_pool: Option<Vec<String>>,
-    /// Install the service mesh's identity issuer (`kubewire mesh identity`, in
-    /// kube-system). Off by default while the mesh's proxy is not here.
+    /// Install the service mesh (`kubewire install --mesh`: the identity issuer and the
+    /// injector in kube-system, discovery in the agents). Off by default for now: the
+    /// mesh proxies opaque TCP only, and every lab would run two more Deployments.
     pub mesh: bool,
     /// Where the lab keeps its state while it is up. Not configurable from a file:
     /// `lab down` and `lab status` must find it without being told.
