@@ -131,6 +131,34 @@ while time.time() < end:
 print("first", sorted(first.items()), "marker-on-4143", marker_4143, "marker-anywhere", marker_any, flush=True)
 "#;
 
+/// Waits for the issuer and the injector, and for the injector's certificate in its
+/// webhook's configuration: pods created before that are admitted unmeshed.
+fn mesh_ready(lab: &RunningLab) {
+    for d in ["kubewire-identity", "kubewire-injector"] {
+        lab.kubectl(&[
+            "-n",
+            "kube-system",
+            "rollout",
+            "status",
+            &format!("deployment/{d}"),
+            "--timeout=120s",
+        ]);
+    }
+    assert!(
+        wait_until(WAIT, || !lab
+            .kubectl(&[
+                "get",
+                "mutatingwebhookconfiguration",
+                "kubewire-injector",
+                "-o",
+                "jsonpath={.webhooks[0].clientConfig.caBundle}",
+            ])
+            .is_empty()),
+        "the injector never wrote its caBundle: {}",
+        lab.kubectl(&["-n", "kube-system", "logs", "deployment/kubewire-injector"])
+    );
+}
+
 fn wait_ready(lab: &RunningLab, pod: &str) {
     let mut status = String::new();
     assert!(
@@ -178,36 +206,7 @@ fn metric(text: &str, series: &str) -> u64 {
 #[test]
 fn meshed_pods_talk_mutual_tls_across_nodes_and_others_still_reach_them() {
     let lab = RunningLab::up_with(2, "mesh: true\n");
-    lab.kubectl(&[
-        "-n",
-        "kube-system",
-        "rollout",
-        "status",
-        "deployment/kubewire-identity",
-        "--timeout=120s",
-    ]);
-    lab.kubectl(&[
-        "-n",
-        "kube-system",
-        "rollout",
-        "status",
-        "deployment/kubewire-injector",
-        "--timeout=120s",
-    ]);
-    // The injector has written its certificate into its webhook's configuration.
-    assert!(
-        wait_until(WAIT, || !lab
-            .kubectl(&[
-                "get",
-                "mutatingwebhookconfiguration",
-                "kubewire-injector",
-                "-o",
-                "jsonpath={.webhooks[0].clientConfig.caBundle}",
-            ])
-            .is_empty()),
-        "the injector never wrote its caBundle: {}",
-        lab.kubectl(&["-n", "kube-system", "logs", "deployment/kubewire-injector"])
-    );
+    mesh_ready(&lab);
     lab.apply(
         r#"
 apiVersion: v1
@@ -409,16 +408,7 @@ spec:
 #[test]
 fn the_talks_step_5_meshes_a_running_deployment_by_annotation_and_restart() {
     let lab = RunningLab::up_with(2, "mesh: true\n");
-    for d in ["kubewire-identity", "kubewire-injector"] {
-        lab.kubectl(&[
-            "-n",
-            "kube-system",
-            "rollout",
-            "status",
-            &format!("deployment/{d}"),
-            "--timeout=120s",
-        ]);
-    }
+    mesh_ready(&lab);
     lab.kubectl(&[
         "create",
         "deployment",
