@@ -45,7 +45,9 @@ class H(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
     def log_message(self, *a):
         pass
-http.server.ThreadingHTTPServer(("", 8080), H).serve_forever()
+class Server(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6  # both families: "::" takes IPv4 too
+Server(("::", 8080), H).serve_forever()
 "#;
 
 fn pod(name: &str, node: &str, annotations: &str, restart: &str, command: &str) -> String {
@@ -311,13 +313,32 @@ spec:
     assert!(sniffed.contains("marker-on-4143 False"), "{sniffed}");
     assert!(sniffed.contains("marker-anywhere False"), "{sniffed}");
 
+    // Over IPv6 too: the pod's IPv6 address, straight (no Service).
+    let server_v6 = lab.kubectl(&[
+        "-n",
+        "demo",
+        "get",
+        "pod",
+        "server",
+        "-o",
+        "jsonpath={.status.podIPs[1].ip}",
+    ]);
+    assert!(server_v6.contains(':'), "{server_v6}");
+    let answer = exec_python(
+        &lab,
+        "client",
+        FETCH,
+        &[&format!("http://[{server_v6}]:8080/")],
+    );
+    assert!(answer.starts_with("MESH-SECRET-ANSWER from "), "{answer}");
+
     // Both proxies counted mutual TLS.
     let client_metrics = exec_python(&lab, "client", FETCH, &["http://127.0.0.1:4191/metrics"]);
     assert!(
         metric(
             &client_metrics,
             r#"tcp_open_total{direction="outbound",peer="dst",tls="true"}"#
-        ) >= 3,
+        ) >= 4,
         "{client_metrics}"
     );
     let server_ip = lab.kubectl(&[

@@ -177,21 +177,13 @@ pub async fn run(args: Args) -> Result<(), Error> {
         }
     });
 
-    let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(io(format!("listening on {addr}")))
-    };
-    let inbound = bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, args.inbound_port))).await?;
-    let outbound = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, args.outbound_port))).await?;
+    let bind = |addr: SocketAddr| listen(addr).map_err(io(format!("listening on {addr}")));
+    let inbound = bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, args.inbound_port)))?;
+    let outbound = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, args.outbound_port)))?;
     // IPv6 too where the pod has it.
-    let inbound6 = TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, args.inbound_port)))
-        .await
-        .ok();
-    let outbound6 = TcpListener::bind(SocketAddr::from((Ipv6Addr::LOCALHOST, args.outbound_port)))
-        .await
-        .ok();
-    let admin = bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, args.admin_port))).await?;
+    let inbound6 = listen(SocketAddr::from((Ipv6Addr::UNSPECIFIED, args.inbound_port))).ok();
+    let outbound6 = listen(SocketAddr::from((Ipv6Addr::LOCALHOST, args.outbound_port))).ok();
+    let admin = bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, args.admin_port)))?;
 
     let proxy = Arc::new(Proxy {
         tls: tls_rx,
@@ -261,6 +253,22 @@ fn static_credentials(
         issued: now,
         not_after: now + Duration::from_secs(365 * 24 * 3600),
     })
+}
+
+/// A listener on `addr`; an IPv6 one takes IPv6 only, beside the IPv4 one on the same
+/// port (a dual-stack socket would see IPv4 connections as mapped IPv6 addresses,
+/// whose original destination is IPv4 conntrack's).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 async fn accept(listener: TcpListener, proxy: Arc<Proxy>, outbound: bool) {
