@@ -188,6 +188,12 @@ pub async fn attach(a: &Attachment<'_>, pod: &Rtnl) -> Result<[Interface; 2], Cn
     }
 
     node.set_up(host_index).await?;
+    // The pod's side was up before its peer, so its carrier came on just now and its
+    // queue works only once the kernel's link-watch work has run: a reply the pod sent
+    // before that would be dropped. Wait for it (microseconds, or more on a busy node)
+    // so the pod can talk when ADD returns; past the bound the link still comes up.
+    pod.wait_running(pod_link.index, std::time::Duration::from_secs(2))
+        .await?;
     for ip in a.addresses {
         node.add_neighbour(host_index, *ip, &pod_link.mac).await?;
         node.add_route_spec(&RouteSpec::direct(host_prefix(*ip), host_index))

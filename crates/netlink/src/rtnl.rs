@@ -25,6 +25,10 @@ pub struct LinkInfo {
     pub mac: Vec<u8>,
     /// Whether the link is administratively up.
     pub up: bool,
+    /// Whether its operational state is up (`IFF_RUNNING`). The kernel sets it, and
+    /// gives the link a working queue, from its link-watch work some time after the
+    /// carrier came on; until then what the link sends is dropped.
+    pub running: bool,
     /// The link's alias (`ip link set X alias ...`), empty if none.
     pub alias: String,
 }
@@ -132,6 +136,7 @@ impl LinkInfo {
             mtu: 0,
             mac: Vec::new(),
             up,
+            running: false,
             alias: String::new(),
         };
         for attr in &msg.attributes {
@@ -140,6 +145,9 @@ impl LinkInfo {
                 LinkAttribute::Mtu(mtu) => info.mtu = *mtu,
                 LinkAttribute::Address(mac) => info.mac.clone_from(mac),
                 LinkAttribute::IfAlias(alias) => info.alias.clone_from(alias),
+                LinkAttribute::OperState(state) => {
+                    info.running = *state == netlink_packet_route::link::State::Up;
+                }
                 _ => {}
             }
         }
@@ -360,6 +368,25 @@ impl Rtnl {
             .execute()
             .await
             .map_err(|e| Error::netlink(format!("setting link {index} up"), e))
+    }
+
+    /// Waits, up to `limit`, until link `index` is operationally up ([`LinkInfo::running`]).
+    /// Returns whether it got there; a link that is gone is an error.
+    pub async fn wait_running(&self, index: u32, limit: std::time::Duration) -> Result<bool> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let link = self
+                .link_by_index(index)
+                .await?
+                .ok_or_else(|| Error::LinkNotFound(format!("index {index}")))?;
+            if link.running {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
     }
 
     /// Takes a link down. The kernel drops every route through it at once.

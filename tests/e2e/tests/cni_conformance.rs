@@ -159,6 +159,13 @@ fn add_returns_a_1_1_result_and_wires_a_routed_veth() {
         result["routes"],
         json!([{"dst": "0.0.0.0/0", "gw": "169.254.1.1"}])
     );
+    // Both ends are operationally up when ADD returns: a link whose carrier came on but
+    // whose link-watch work has not run yet drops what it sends.
+    assert!(
+        pod.ip(&["-o", "link", "show", "eth0"]).contains("state UP"),
+        "{}",
+        pod.ip(&["-o", "link", "show", "eth0"])
+    );
     // The kernel agrees: address, default route via the link-local gateway, host route.
     assert!(
         pod.ip(&["-4", "addr", "show", "eth0"])
