@@ -8,7 +8,7 @@ set -euo pipefail
 
 # kubectl is not among them: Debian does not package it (see below).
 run_pkgs=(iproute2 curl ca-certificates iputils-ping)
-test_pkgs=(iproute2 bind9-dnsutils nftables iptables iputils-ping curl ca-certificates containernetworking-plugins python3 python3-venv util-linux bird2 frr arping ndisc6 openssl wrk)
+test_pkgs=(iproute2 bind9-dnsutils nftables iptables iputils-ping curl ca-certificates containernetworking-plugins python3 python3-venv python3-prometheus-client nghttp2-client util-linux bird2 frr arping ndisc6 openssl wrk)
 bench_pkgs=(nginx haproxy wrk nghttp2-client openssl util-linux iperf3 iptables)
 
 case "${1:-run}" in

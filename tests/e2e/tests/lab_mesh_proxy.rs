@@ -11,7 +11,9 @@
 //!   the server's proxy (sniffed in node-2's namespace: a ClientHello to port 4143, and
 //!   the answer's text never in clear), with the SPIFFE identities in the metrics;
 //! - a client outside the mesh still reaches the meshed server, in plaintext;
-//! - a server that speaks first (a banner) is not stalled by the proxies.
+//! - a server that speaks first (a banner) is not stalled by the proxies;
+//! - HTTP/1.1 and HTTP/2 at L7: per-request balancing, the proxy's own 503, the HTTP
+//!   metrics read with the Prometheus client's parser.
 
 #![allow(clippy::disallowed_methods)] // runs kubectl
 
@@ -514,5 +516,234 @@ fn the_talks_step_5_meshes_a_running_deployment_by_annotation_and_restart() {
             r#"tcp_open_total{direction="outbound",peer="dst",tls="true"}"#
         ) >= 1,
         "{metrics}"
+    );
+}
+
+/// Sums the proxy's HTTP series, parsed by the Prometheus client's own text parser, as
+/// JSON: `{"SAMPLE|label=value,...": total}`.
+const HTTP_METRICS: &str = r#"
+import json, urllib.request
+from prometheus_client.parser import text_string_to_metric_families
+text = urllib.request.urlopen("http://127.0.0.1:4191/metrics", timeout=10).read().decode()
+out = {}
+for family in text_string_to_metric_families(text):
+    for s in family.samples:
+        if s.name in ("request_total", "response_total", "response_latency_ms_count", "tcp_open_total"):
+            key = s.name + "|" + ",".join("%s=%s" % kv for kv in sorted(s.labels.items()))
+            out[key] = out.get(key, 0) + s.value
+print(json.dumps(out))
+"#;
+
+/// HTTP through the mesh at L7: the client proxy detects HTTP/1.1 and HTTP/2, balances
+/// each request on its own (so the requests of one multiplexed HTTP/2 connection reach
+/// both endpoints), keeps its connections to them alive, answers for itself when there
+/// is no endpoint, and counts requests and responses under linkerd2-proxy's names.
+#[test]
+fn http_is_balanced_request_by_request_and_counted() {
+    let lab = RunningLab::up_with(2, "mesh: true\n");
+    mesh_ready(&lab);
+    lab.apply(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo, annotations: {kubewire.io/inject: enabled}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: web, namespace: demo}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo, namespace: demo}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: echo}}
+  template:
+    metadata: {labels: {app: echo}}
+    spec:
+      serviceAccountName: web
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: echo
+        image: registry.k8s.io/gateway-api/echo-basic:v1.5.1
+        env:
+        - name: POD_NAME
+          valueFrom: {fieldRef: {fieldPath: metadata.name}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: demo}
+spec:
+  selector: {app: echo}
+  ports:
+  - {name: http, port: 80, targetPort: 3000}
+  - {name: h2c, port: 81, targetPort: 3001}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: nobody, namespace: demo}
+spec:
+  selector: {app: nobody}
+  ports:
+  - {port: 80}
+"#,
+    );
+    lab.apply(&pod("client", "node-2", "", "Always", CLIENT_APP));
+    lab.kubectl(&[
+        "-n",
+        "demo",
+        "rollout",
+        "status",
+        "deployment/echo",
+        "--timeout=120s",
+    ]);
+    wait_ready(&lab, "client");
+    let curl = |args: &[&str]| -> String {
+        let mut argv = vec!["curl", "-sS", "--max-time", "30"];
+        argv.extend_from_slice(args);
+        let out = lab.exec("demo/client/app", &argv);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "curl {args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let pods_in = |answers: &str| -> std::collections::BTreeSet<String> {
+        answers
+            .split("\"pod\": \"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .map(str::to_owned)
+            .collect()
+    };
+
+    // HTTP/2 by prior knowledge: 40 requests multiplexed on one connection at once
+    // (nghttp opens one connection; curl 7.88 cannot reuse an h2c one).
+    // (Distinct URLs: nghttp asks once for each.)
+    let urls: Vec<String> = (0..40)
+        .map(|n| format!("http://echo.demo.svc.cluster.local:81/?n={n}"))
+        .collect();
+    let mut argv = vec!["nghttp"];
+    argv.extend(urls.iter().map(String::as_str));
+    let out = lab.exec("demo/client/app", &argv);
+    let answers = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "nghttp: {answers}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        answers.matches("\"proto\": \"HTTP/2.0\"").count(),
+        40,
+        "{answers}"
+    );
+    let pods = pods_in(&answers);
+    assert_eq!(
+        pods.len(),
+        2,
+        "both endpoints served the one connection: {pods:?}"
+    );
+
+    // HTTP/1.1: 20 requests on one kept-alive connection.
+    let h1 = "http://echo.demo.svc.cluster.local/";
+    let mut args = vec!["-w", "\nconnects=%{num_connects}\n"];
+    args.extend(std::iter::repeat_n(h1, 20));
+    let answers = curl(&args);
+    assert_eq!(
+        answers.matches("\"proto\": \"HTTP/1.1\"").count(),
+        20,
+        "{answers}"
+    );
+    let connects: u32 = answers
+        .lines()
+        .filter_map(|l| l.strip_prefix("connects="))
+        .map(|n| n.parse::<u32>().unwrap())
+        .sum();
+    assert_eq!(connects, 1, "one client connection: {answers}");
+
+    // No endpoint: the proxy answers 503 itself, saying why.
+    let answer = curl(&["-i", "http://nobody.demo.svc.cluster.local/"]);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("l5d-proxy-error: "),
+        "{answer}"
+    );
+
+    // The metrics, parsed by Prometheus' own parser.
+    // (Debian's Python, where python3-prometheus-client is.)
+    let parsed: serde_json::Value = serde_json::from_str(&lab.kubectl(&[
+        "-n",
+        "demo",
+        "exec",
+        "client",
+        "-c",
+        "app",
+        "--",
+        "/usr/bin/python3",
+        "-c",
+        HTTP_METRICS,
+    ]))
+    .unwrap();
+    let value = |key: &str| parsed[key].as_f64().unwrap_or(0.0);
+    let h2_labels = "authority=echo.demo.svc.cluster.local:81,direction=outbound,tls=true";
+    let h1_labels = "authority=echo.demo.svc.cluster.local,direction=outbound,tls=true";
+    assert_eq!(
+        value(&format!("request_total|{h2_labels}")),
+        40.0,
+        "{parsed:#}"
+    );
+    assert_eq!(
+        value(&format!("request_total|{h1_labels}")),
+        20.0,
+        "{parsed:#}"
+    );
+    // The key's labels are sorted (the script sorts them).
+    let sorted = |labels: &str, status: &str, class: &str| {
+        let mut l: Vec<String> = labels.split(',').map(str::to_owned).collect();
+        l.push(format!("classification={class}"));
+        l.push(format!("status_code={status}"));
+        l.sort();
+        l.join(",")
+    };
+    assert_eq!(
+        value(&format!(
+            "response_total|{}",
+            sorted(h2_labels, "200", "success")
+        )),
+        40.0,
+        "{parsed:#}"
+    );
+    assert_eq!(
+        value(&format!(
+            "response_total|{}",
+            sorted(h1_labels, "200", "success")
+        )),
+        20.0,
+        "{parsed:#}"
+    );
+    assert_eq!(
+        value(&format!(
+            "response_latency_ms_count|{}",
+            sorted(h1_labels, "200", "success")
+        )),
+        20.0,
+        "{parsed:#}"
+    );
+    let nobody = "authority=nobody.demo.svc.cluster.local,direction=outbound,tls=no_identity";
+    assert_eq!(
+        value(&format!(
+            "response_total|{}",
+            sorted(nobody, "503", "failure")
+        )),
+        1.0,
+        "{parsed:#}"
+    );
+    // Connections to the endpoints were kept alive and reused: far fewer than requests.
+    let opened = value("tcp_open_total|direction=outbound,peer=dst,tls=true");
+    assert!(
+        (2.0..=8.0).contains(&opened),
+        "{opened} connections for 60 requests: {parsed:#}"
     );
 }

@@ -9,22 +9,49 @@
 //! | `tcp_read_bytes_total` | counter: bytes read from the peer |
 //! | `tcp_write_bytes_total` | counter: bytes written to the peer |
 //!
+//! | `request_total` | counter: HTTP requests |
+//! | `response_total` | counter: HTTP responses, by `status_code` and `classification` |
+//! | `response_latency_ms` | histogram: from a request's headers to its response's end |
+//!
 //! Labels: `direction` (`inbound`, `outbound`), `peer` (`src` inbound, `dst`
-//! outbound), `tls` (`true` for mutual TLS between proxies, else `no_identity`).
+//! outbound), `tls` (`true` for mutual TLS between proxies, else `no_identity`); the
+//! HTTP series have `authority` (the request's host) instead of `peer`. A response is
+//! a `failure` when its status is 5xx or its `grpc-status` is not 0.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, &'static str)>;
+type HttpLabels = Vec<(&'static str, String)>;
+
+/// linkerd2-proxy's buckets for `response_latency_ms`.
+const LATENCY_BUCKETS_MS: [f64; 25] = [
+    1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 200.0, 300.0, 400.0, 500.0,
+    1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 10000.0, 20000.0, 30000.0, 40000.0, 50000.0,
+];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS_MS)
+}
 
 /// Which side of the pod a connection is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Direction {
     Inbound,
     Outbound,
+}
+
+impl Direction {
+    fn label(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
 }
 
 /// Every series the proxy keeps.
@@ -36,6 +63,35 @@ pub struct Metrics {
     open: Family<Labels, Gauge>,
     read: Family<Labels, Counter>,
     write: Family<Labels, Counter>,
+    requests: Family<HttpLabels, Counter>,
+    responses: Family<HttpLabels, Counter>,
+    latency: Family<HttpLabels, Histogram, fn() -> Histogram>,
+}
+
+/// One HTTP request's series, for its response.
+pub(crate) struct Request {
+    responses: Family<HttpLabels, Counter>,
+    latency: Family<HttpLabels, Histogram, fn() -> Histogram>,
+    labels: HttpLabels,
+    started: std::time::Instant,
+}
+
+impl Request {
+    /// The response ended with `status`, and `grpc_status` if it had one; `cut_off`
+    /// if its body failed before its end.
+    pub(crate) fn respond(self, status: u16, grpc_status: Option<&str>, cut_off: bool) {
+        let failure = cut_off || status >= 500 || grpc_status.is_some_and(|g| g.trim() != "0");
+        let mut labels = self.labels;
+        labels.push(("status_code", status.to_string()));
+        labels.push((
+            "classification",
+            if failure { "failure" } else { "success" }.to_string(),
+        ));
+        self.responses.get_or_create(&labels).inc();
+        self.latency
+            .get_or_create(&labels)
+            .observe(self.started.elapsed().as_secs_f64() * 1000.0);
+    }
 }
 
 /// One open connection's series.
@@ -78,6 +134,9 @@ impl Metrics {
             open: Family::default(),
             read: Family::default(),
             write: Family::default(),
+            requests: Family::default(),
+            responses: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
             registry: Registry::default(),
         };
         registry.register("tcp_open", "TCP connections opened", m.open_total.clone());
@@ -89,19 +148,20 @@ impl Metrics {
         );
         registry.register("tcp_read_bytes", "Bytes read from peers", m.read.clone());
         registry.register("tcp_write_bytes", "Bytes written to peers", m.write.clone());
+        registry.register("request", "HTTP requests", m.requests.clone());
+        registry.register("response", "HTTP responses", m.responses.clone());
+        registry.register(
+            "response_latency_ms",
+            "From a request's headers to its response's end, in milliseconds",
+            m.latency.clone(),
+        );
         Metrics { registry, ..m }
     }
 
     /// Counts a connection opened.
     pub(crate) fn open(&self, direction: Direction, tls: bool) -> Open {
         let labels: Labels = vec![
-            (
-                "direction",
-                match direction {
-                    Direction::Inbound => "inbound",
-                    Direction::Outbound => "outbound",
-                },
-            ),
+            ("direction", direction.label()),
             (
                 "peer",
                 match direction {
@@ -120,6 +180,22 @@ impl Metrics {
             open,
             read: self.read.get_or_create(&labels).clone(),
             write: self.write.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// Counts an HTTP request to `authority`.
+    pub(crate) fn request(&self, direction: Direction, authority: &str, tls: bool) -> Request {
+        let labels: HttpLabels = vec![
+            ("direction", direction.label().to_string()),
+            ("authority", authority.to_string()),
+            ("tls", if tls { "true" } else { "no_identity" }.to_string()),
+        ];
+        self.requests.get_or_create(&labels).inc();
+        Request {
+            responses: self.responses.clone(),
+            latency: self.latency.clone(),
+            labels,
+            started: std::time::Instant::now(),
         }
     }
 
@@ -154,6 +230,27 @@ mod tests {
             r#"tcp_read_bytes_total{direction="outbound",peer="dst",tls="true"} 300"#,
             r#"tcp_write_bytes_total{direction="outbound",peer="dst",tls="true"} 10"#,
             r#"tcp_read_bytes_total{direction="inbound",peer="src",tls="no_identity"} 7"#,
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+    }
+
+    #[test]
+    fn responses_are_classified_by_status_and_grpc_status() {
+        let m = Metrics::new();
+        m.request(Direction::Outbound, "web.demo:80", true)
+            .respond(200, None, false);
+        m.request(Direction::Outbound, "web.demo:80", true)
+            .respond(503, None, false);
+        m.request(Direction::Outbound, "web.demo:80", true)
+            .respond(200, Some("14"), false);
+        let text = m.text();
+        for line in [
+            r#"request_total{direction="outbound",authority="web.demo:80",tls="true"} 3"#,
+            r#"response_total{direction="outbound",authority="web.demo:80",tls="true",status_code="200",classification="success"} 1"#,
+            r#"response_total{direction="outbound",authority="web.demo:80",tls="true",status_code="503",classification="failure"} 1"#,
+            r#"response_total{direction="outbound",authority="web.demo:80",tls="true",status_code="200",classification="failure"} 1"#,
+            r#"response_latency_ms_bucket{le="1.0",direction="outbound",authority="web.demo:80",tls="true",status_code="200",classification="success"} 1"#,
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }

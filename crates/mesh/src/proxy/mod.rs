@@ -17,10 +17,16 @@
 //! - **Admin** (`:4191`): `/ready` (200 once the proxy has its certificate: the
 //!   injector's startup probe, so the app starts only then), `/live`, `/metrics`.
 //!
-//! Streams are proxied as opaque TCP for now; HTTP-aware routing, policy and retries
-//! come later (docs/mesh.md).
+//! On outbound connections the proxy tells HTTP from the rest ([`detect`]): HTTP/1.1
+//! and HTTP/2 are served at L7 ([`http`]: per-request balancing, request metrics), the
+//! rest, and every port in `--opaque-ports`, is proxied as opaque TCP. Inbound
+//! connections are opaque for now; routes, policy and retries come later
+//! (docs/mesh.md).
 
 mod admin;
+mod balance;
+mod detect;
+mod http;
 mod metrics;
 mod transport;
 
@@ -31,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cni::capture::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -77,6 +83,16 @@ pub struct Args {
     /// Readiness, liveness and metrics.
     #[arg(long, default_value_t = ADMIN_PORT)]
     pub admin_port: u16,
+    /// Destination ports never inspected for HTTP: their connections are opaque TCP
+    /// from the first byte (Linkerd's defaults: SMTP, MySQL, Galera, PostgreSQL, Redis,
+    /// Elasticsearch, memcached).
+    #[arg(
+        long,
+        env = "KUBEWIRE_OPAQUE_PORTS",
+        value_delimiter = ',',
+        default_value = "25,587,3306,4444,5432,6379,9300,11211"
+    )]
+    pub opaque_ports: Vec<u16>,
 }
 
 /// Why the proxy could not run.
@@ -135,8 +151,12 @@ struct Proxy {
     destination: SocketAddr,
     inbound_port: u16,
     cache: Mutex<HashMap<SocketAddr, (Instant, Arc<Destination>)>>,
-    /// Open connections per endpoint, for balancing.
+    /// Open connections per endpoint, for balancing opaque TCP.
     open: Mutex<HashMap<SocketAddr, usize>>,
+    /// Requests in flight and latencies per endpoint, for balancing HTTP.
+    loads: balance::Loads,
+    pool: http::Pool,
+    opaque_ports: Vec<u16>,
     metrics: Metrics,
 }
 
@@ -191,6 +211,9 @@ pub async fn run(args: Args) -> Result<(), Error> {
         inbound_port: args.inbound_port,
         cache: Mutex::default(),
         open: Mutex::default(),
+        loads: balance::Loads::default(),
+        pool: http::Pool::default(),
+        opaque_ports: args.opaque_ports.clone(),
         metrics: Metrics::new(),
     });
     info!(
@@ -302,7 +325,7 @@ impl Proxy {
             // A client outside the mesh: on to where it was going, as it came.
             let onward = connect(original).await?;
             return self
-                .splice(conn, onward, metrics::Direction::Inbound, None)
+                .splice(conn, onward, metrics::Direction::Inbound, None, 0)
                 .await;
         }
         let tls = self
@@ -321,21 +344,113 @@ impl Proxy {
             return Err(std::io::Error::other("a transport header naming the proxy"));
         }
         let onward = connect(SocketAddr::new(local.ip(), port)).await?;
-        self.splice(stream, onward, metrics::Direction::Inbound, client)
+        self.splice(stream, onward, metrics::Direction::Inbound, client, 0)
             .await
     }
 
-    async fn outbound(&self, conn: TcpStream) -> std::io::Result<()> {
+    async fn outbound(self: &Arc<Self>, conn: TcpStream) -> std::io::Result<()> {
         let original = netlink::original_destination(&conn)?;
         if original == conn.local_addr()? {
             return Err(std::io::Error::other("a connection to the proxy itself"));
         }
         let dest = self.resolve(original).await;
+        if self.opaque_ports.contains(&original.port()) {
+            return self.opaque(conn, original, &dest, None).await;
+        }
+        // Whoever speaks first decides (detect's module comment says why).
+        tokio::select! {
+            p = detect::client_protocol(&conn) => {
+                return self.detected(conn, original, &dest, p?, None).await;
+            }
+            _ = tokio::time::sleep(detect::QUIET) => {}
+        }
+        let mut onward = tokio::select! {
+            p = detect::client_protocol(&conn) => {
+                return self.detected(conn, original, &dest, p?, None).await;
+            }
+            o = self.connect_onward(original, &dest) => o?,
+        };
+        let mut first = vec![0u8; 16 * 1024];
+        let server_first = tokio::select! {
+            p = detect::client_protocol(&conn) => Err(p?),
+            n = onward.io.read(&mut first) => Ok(n?),
+        };
+        match server_first {
+            Err(protocol) => {
+                self.detected(conn, original, &dest, protocol, Some(onward))
+                    .await
+            }
+            Ok(n) => {
+                let mut conn = conn;
+                conn.write_all(&first[..n]).await?;
+                drop(first);
+                self.splice(
+                    conn,
+                    onward.io,
+                    metrics::Direction::Outbound,
+                    onward.peer,
+                    n as u64,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Goes on with a connection whose protocol is known, on `onward` if it was
+    /// opened already.
+    async fn detected(
+        self: &Arc<Self>,
+        conn: TcpStream,
+        original: SocketAddr,
+        dest: &Destination,
+        protocol: detect::Protocol,
+        onward: Option<Onward<'_>>,
+    ) -> std::io::Result<()> {
+        match protocol {
+            detect::Protocol::Opaque => self.opaque(conn, original, dest, onward).await,
+            http => {
+                drop(onward);
+                http::serve(self.clone(), conn, original, http).await
+            }
+        }
+    }
+
+    /// Proxies an outbound connection as opaque TCP.
+    async fn opaque(
+        &self,
+        conn: TcpStream,
+        original: SocketAddr,
+        dest: &Destination,
+        onward: Option<Onward<'_>>,
+    ) -> std::io::Result<()> {
+        let onward = match onward {
+            Some(o) => o,
+            None => self.connect_onward(original, dest).await?,
+        };
+        self.splice(
+            conn,
+            onward.io,
+            metrics::Direction::Outbound,
+            onward.peer,
+            0,
+        )
+        .await
+    }
+
+    /// A connection to where `original` leads: one of its endpoints (P2C on open
+    /// connections), or `original` itself for an address discovery does not know.
+    async fn connect_onward(
+        &self,
+        original: SocketAddr,
+        dest: &Destination,
+    ) -> std::io::Result<Onward<'_>> {
         if dest.kind == "unknown" {
-            let onward = connect(original).await?;
-            return self
-                .splice(conn, onward, metrics::Direction::Outbound, None)
-                .await;
+            let io: Box<dyn Io> = Box::new(connect(original).await?);
+            return Ok(Onward {
+                io,
+                peer: None,
+                _open: None,
+            });
         }
         let Some(endpoint) = self.pick(&dest.endpoints) else {
             return Err(std::io::Error::other(format!(
@@ -343,37 +458,41 @@ impl Proxy {
                 dest.service
             )));
         };
-        let _open = OpenGuard::new(&self.open, endpoint.addr);
-        let tls = self.tls();
-        match (&endpoint.identity, tls) {
-            (Some(path), Some(tls)) => {
-                let expected = format!("spiffe://{}/{path}", tls.trust_domain);
-                let peer = SocketAddr::new(endpoint.addr.ip(), self.inbound_port);
-                let tcp = connect(peer).await?;
-                let name = rustls::pki_types::ServerName::IpAddress(peer.ip().into());
-                let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-                    let mut s = tls.client.connect(name, tcp).await?;
-                    transport::write(&mut s, endpoint.addr.port()).await?;
-                    Ok::<_, std::io::Error>(s)
-                })
-                .await
-                .map_err(|_| std::io::Error::other("TLS handshake timed out"))??;
-                let seen = crate::tls::peer_identity(stream.get_ref().1);
-                if seen.as_deref() != Some(expected.as_str()) {
-                    stream.shutdown().await.ok();
-                    return Err(std::io::Error::other(format!(
-                        "{peer} presented {seen:?}, not {expected}"
-                    )));
-                }
-                self.splice(conn, stream, metrics::Direction::Outbound, seen)
-                    .await
-            }
-            _ => {
-                let onward = connect(endpoint.addr).await?;
-                self.splice(conn, onward, metrics::Direction::Outbound, None)
-                    .await
-            }
+        let open = OpenGuard::new(&self.open, endpoint.addr);
+        let (io, peer) = self.open(endpoint).await?;
+        Ok(Onward {
+            io,
+            peer,
+            _open: Some(open),
+        })
+    }
+
+    /// A connection to `endpoint`: to a meshed one, mutual TLS to its proxy, checked
+    /// to present the identity discovery named, with the transport header naming the
+    /// port; to any other, plaintext. Returns the peer's identity, if TLS.
+    async fn open(&self, endpoint: &Endpoint) -> std::io::Result<(Box<dyn Io>, Option<String>)> {
+        let (Some(path), Some(tls)) = (&endpoint.identity, self.tls()) else {
+            return Ok((Box::new(connect(endpoint.addr).await?), None));
+        };
+        let expected = format!("spiffe://{}/{path}", tls.trust_domain);
+        let peer = SocketAddr::new(endpoint.addr.ip(), self.inbound_port);
+        let tcp = connect(peer).await?;
+        let name = rustls::pki_types::ServerName::IpAddress(peer.ip().into());
+        let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+            let mut s = tls.client.connect(name, tcp).await?;
+            transport::write(&mut s, endpoint.addr.port()).await?;
+            Ok::<_, std::io::Error>(s)
+        })
+        .await
+        .map_err(|_| std::io::Error::other("TLS handshake timed out"))??;
+        let seen = crate::tls::peer_identity(stream.get_ref().1);
+        if seen.as_deref() != Some(expected.as_str()) {
+            stream.shutdown().await.ok();
+            return Err(std::io::Error::other(format!(
+                "{peer} presented {seen:?}, not {expected}"
+            )));
         }
+        Ok((Box::new(stream), seen))
     }
 
     /// The destination of `addr`, cached for [`DESTINATION_TTL`]; `unknown` when the
@@ -425,6 +544,7 @@ impl Proxy {
         mut to: B,
         direction: metrics::Direction,
         peer: Option<String>,
+        already_to_client: u64,
     ) -> std::io::Result<()>
     where
         A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -433,7 +553,7 @@ impl Proxy {
         let series = self.metrics.open(direction, peer.is_some());
         let result = tokio::io::copy_bidirectional(&mut from, &mut to).await;
         let (read, written) = *result.as_ref().unwrap_or(&(0, 0));
-        series.close(read, written);
+        series.close(read, written + already_to_client);
         result.map(|_| ())
     }
 }
@@ -444,6 +564,106 @@ async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
         .map_err(|_| std::io::Error::other(format!("connecting to {addr} timed out")))??;
     let _ = conn.set_nodelay(true);
     Ok(conn)
+}
+
+/// A byte stream in either direction: TCP, or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// An outbound connection's other end, opened.
+struct Onward<'a> {
+    io: Box<dyn Io>,
+    /// The peer proxy's identity, if mutual TLS.
+    peer: Option<String>,
+    _open: Option<OpenGuard<'a>>,
+}
+
+/// A connection whose bytes are counted in its series until it is dropped.
+struct Counted {
+    io: Box<dyn Io>,
+    read: u64,
+    written: u64,
+    series: Option<metrics::Open>,
+}
+
+impl Counted {
+    fn new(io: Box<dyn Io>, series: metrics::Open) -> Counted {
+        Counted {
+            io,
+            read: 0,
+            written: 0,
+            series: Some(series),
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(series) = self.series.take() {
+            // Outbound: what went to the peer came from the client.
+            series.close(self.written, self.read);
+        }
+    }
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut this.io).poll_read(cx, buf);
+        this.read += (buf.filled().len() - before) as u64;
+        polled
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.io).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = polled {
+            this.written += n as u64;
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if let std::task::Poll::Ready(Ok(n)) = polled {
+            this.written += n as u64;
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }
 
 /// Counts a connection to an endpoint as open while it lives.

@@ -1,0 +1,204 @@
+//! Per-request balancing as linkerd2-proxy does it: power of two choices, each
+//! endpoint's cost its peak-EWMA round-trip time times its requests in flight plus one.
+//!
+//! The estimate jumps to a slower response at once (the "peak") and decays toward faster
+//! ones over [`DECAY`], so an endpoint that slows down loses traffic quickly and wins it
+//! back gradually. An endpoint not yet measured costs [`DEFAULT_RTT`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The round-trip time assumed for an endpoint never measured (linkerd2-proxy's).
+pub(crate) const DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// How fast an estimate forgets a slow response.
+pub(crate) const DECAY: Duration = Duration::from_secs(10);
+/// Endpoints remembered; past it, the idle ones are forgotten.
+const REMEMBERED: usize = 4096;
+
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    /// The estimate, in nanoseconds.
+    rtt: f64,
+    at: Instant,
+    pending: u32,
+}
+
+impl Load {
+    fn new(now: Instant) -> Load {
+        Load {
+            rtt: DEFAULT_RTT.as_nanos() as f64,
+            at: now,
+            pending: 0,
+        }
+    }
+
+    fn cost(&self) -> f64 {
+        self.rtt * f64::from(self.pending + 1)
+    }
+
+    fn observe(&mut self, rtt: Duration, now: Instant) {
+        let rtt = rtt.as_nanos() as f64;
+        if rtt > self.rtt {
+            self.rtt = rtt;
+        } else {
+            let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+            let keep = (-elapsed / DECAY.as_secs_f64()).exp();
+            self.rtt = self.rtt * keep + rtt * (1.0 - keep);
+        }
+        self.at = now;
+    }
+}
+
+/// The loads of the endpoints one proxy sends requests to.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Loads {
+    loads: Arc<Mutex<HashMap<SocketAddr, Load>>>,
+}
+
+/// A request in flight to an endpoint: counted until [`Pending::done`] or drop.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    loads: Loads,
+    addr: SocketAddr,
+    started: Instant,
+}
+
+impl Pending {
+    /// The response's headers arrived: the request's round trip is measured.
+    pub(crate) fn done(self) {
+        let now = Instant::now();
+        let mut loads = self.loads.loads.lock().expect("poisoned");
+        if let Some(l) = loads.get_mut(&self.addr) {
+            l.observe(now - self.started, now);
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut loads = self.loads.loads.lock().expect("poisoned");
+        if let Some(l) = loads.get_mut(&self.addr) {
+            l.pending = l.pending.saturating_sub(1);
+        }
+    }
+}
+
+impl Loads {
+    /// Of two endpoints drawn at random, the one that costs less (`None` for none).
+    pub(crate) fn pick<'a, T>(
+        &self,
+        items: &'a [T],
+        addr: impl Fn(&T) -> SocketAddr,
+    ) -> Option<&'a T> {
+        match items.len() {
+            0 => None,
+            1 => items.first(),
+            n => {
+                let a = super::random_below(n);
+                let b = (a + 1 + super::random_below(n - 1)) % n;
+                let loads = self.loads.lock().expect("poisoned");
+                let now = Instant::now();
+                let cost = |t: &T| {
+                    loads
+                        .get(&addr(t))
+                        .copied()
+                        .unwrap_or(Load::new(now))
+                        .cost()
+                };
+                Some(if cost(&items[b]) < cost(&items[a]) {
+                    &items[b]
+                } else {
+                    &items[a]
+                })
+            }
+        }
+    }
+
+    /// Counts a request to `addr` as in flight.
+    pub(crate) fn start(&self, addr: SocketAddr) -> Pending {
+        let now = Instant::now();
+        let mut loads = self.loads.lock().expect("poisoned");
+        if loads.len() >= REMEMBERED && !loads.contains_key(&addr) {
+            loads.retain(|_, l| l.pending > 0);
+        }
+        loads.entry(addr).or_insert_with(|| Load::new(now)).pending += 1;
+        Pending {
+            loads: self.clone(),
+            addr,
+            started: now,
+        }
+    }
+
+    #[cfg(test)]
+    fn observe(&self, addr: SocketAddr, rtt: Duration, at: Instant) {
+        self.loads
+            .lock()
+            .unwrap()
+            .entry(addr)
+            .or_insert_with(|| Load::new(at))
+            .observe(rtt, at);
+    }
+
+    #[cfg(test)]
+    fn rtt(&self, addr: SocketAddr) -> Duration {
+        Duration::from_nanos(self.loads.lock().unwrap()[&addr].rtt as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(n: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, n], 80))
+    }
+
+    #[test]
+    fn a_slow_response_counts_at_once_and_is_forgotten_over_the_decay() {
+        let loads = Loads::default();
+        let t0 = Instant::now();
+        loads.observe(addr(1), Duration::from_millis(1), t0);
+        loads.observe(addr(1), Duration::from_millis(500), t0);
+        assert_eq!(loads.rtt(addr(1)), Duration::from_millis(500), "the peak");
+        // One decay period of fast responses later, most of it is gone.
+        loads.observe(addr(1), Duration::from_millis(1), t0 + DECAY);
+        let rtt = loads.rtt(addr(1));
+        assert!(
+            rtt < Duration::from_millis(200) && rtt > Duration::from_millis(100),
+            "{rtt:?}"
+        );
+    }
+
+    #[test]
+    fn the_slower_or_busier_endpoint_gets_fewer_requests() {
+        let loads = Loads::default();
+        let now = Instant::now();
+        loads.observe(addr(1), Duration::from_millis(2), now);
+        loads.observe(addr(2), Duration::from_millis(40), now);
+        let eps = [addr(1), addr(2)];
+        let fast = (0..1000)
+            .filter(|_| *loads.pick(&eps, |a| *a).unwrap() == addr(1))
+            .count();
+        assert_eq!(fast, 1000, "of two, P2C always compares both");
+
+        // Requests in flight weigh too: 30 on the fast one outweigh its speed.
+        let held: Vec<_> = (0..30).map(|_| loads.start(addr(1))).collect();
+        assert_eq!(*loads.pick(&eps, |a| *a).unwrap(), addr(2));
+        drop(held);
+        assert_eq!(*loads.pick(&eps, |a| *a).unwrap(), addr(1));
+    }
+
+    #[test]
+    fn a_finished_request_is_measured_and_no_longer_pending() {
+        let loads = Loads::default();
+        let p = loads.start(addr(3));
+        std::thread::sleep(Duration::from_millis(2));
+        p.done();
+        let l = loads.loads.lock().unwrap()[&addr(3)];
+        assert_eq!(l.pending, 0);
+        // Faster than the default, so the estimate moved down toward it, a little.
+        assert!(l.rtt < DEFAULT_RTT.as_nanos() as f64);
+    }
+}

@@ -1,0 +1,396 @@
+//! HTTP on outbound connections: the client's connection is served by HTTP/1.1 or
+//! HTTP/2 (what it spoke), and each request is balanced on its own (P2C on peak EWMA,
+//! [`super::balance`]) over kept-alive connections to the endpoints, so one long-lived
+//! client connection, gRPC's above all, spreads over every endpoint.
+//!
+//! The request goes on as the client sent it (its Host or `:authority`, its headers),
+//! over the same protocol; to a meshed endpoint inside mutual TLS to its proxy, as opaque
+//! connections go. Failures the proxy itself meets are answered as linkerd2-proxy does,
+//! with an `l5d-proxy-error` header: 503 with no endpoint, 502 when the endpoint cannot
+//! be reached. A WebSocket (or any HTTP/1.1 upgrade) gets a connection of its own, and
+//! once both sides switched protocols, the bytes are copied as they come.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::{http1 as client1, http2 as client2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use super::detect::Protocol;
+use super::metrics::{self, Direction};
+use super::{Counted, Proxy};
+use crate::destination::Endpoint;
+
+/// The bodies of the responses the proxy sends back.
+type ResponseBody = Observed;
+
+/// Idle HTTP/1.1 connections kept per endpoint.
+const IDLE_PER_ENDPOINT: usize = 64;
+
+/// Kept-alive connections to endpoints: HTTP/1.1 ones idle between requests, one
+/// multiplexed HTTP/2 connection per endpoint.
+#[derive(Default)]
+pub(super) struct Pool {
+    http1: Arc<Mutex<HashMap<SocketAddr, Vec<client1::SendRequest<Incoming>>>>>,
+    /// Each endpoint's connection behind an async lock, held while connecting: the
+    /// requests that arrive meanwhile wait for that connection rather than open more.
+    http2: Arc<Mutex<HashMap<SocketAddr, Http2Slot>>>,
+}
+
+type Http2Slot = Arc<tokio::sync::Mutex<Option<client2::SendRequest<Incoming>>>>;
+
+/// Serves an outbound connection whose client spoke HTTP.
+pub(super) async fn serve(
+    proxy: Arc<Proxy>,
+    conn: TcpStream,
+    original: SocketAddr,
+    protocol: Protocol,
+) -> std::io::Result<()> {
+    let service = hyper::service::service_fn(move |req| {
+        let proxy = proxy.clone();
+        async move { Ok::<_, Infallible>(forward(&proxy, original, protocol, req).await) }
+    });
+    let io = TokioIo::new(conn);
+    let served = match protocol {
+        Protocol::Http2 => {
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(io, service)
+                .await
+        }
+        _ => {
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .with_upgrades()
+                .await
+        }
+    };
+    served.map_err(std::io::Error::other)
+}
+
+/// The request's authority, as the metrics name it: its `:authority` or Host, else the
+/// address the client connected to.
+fn authority(req: &Request<Incoming>, original: SocketAddr) -> String {
+    req.uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| original.to_string())
+}
+
+async fn forward(
+    proxy: &Arc<Proxy>,
+    original: SocketAddr,
+    protocol: Protocol,
+    mut req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let dest = proxy.resolve(original).await;
+    let endpoint = if dest.kind == "unknown" {
+        Some(Endpoint {
+            addr: original,
+            pod: String::new(),
+            identity: None,
+        })
+    } else {
+        proxy.loads.pick(&dest.endpoints, |e| e.addr).cloned()
+    };
+    let tls = endpoint
+        .as_ref()
+        .is_some_and(|e| e.identity.is_some() && proxy.tls().is_some());
+    let series = proxy
+        .metrics
+        .request(Direction::Outbound, &authority(&req, original), tls);
+    let Some(endpoint) = endpoint else {
+        let why = format!("{original} ({}) has no ready endpoint", dest.service);
+        return proxy_error(series, StatusCode::SERVICE_UNAVAILABLE, &why);
+    };
+    let upgrade = (protocol == Protocol::Http1
+        && req.headers().contains_key(http::header::UPGRADE))
+    .then(|| hyper::upgrade::on(&mut req));
+    let pending = proxy.loads.start(endpoint.addr);
+    let sent = match protocol {
+        Protocol::Http2 => send2(proxy, &endpoint, req).await,
+        _ => send1(proxy, &endpoint, req, upgrade.is_some()).await,
+    };
+    match sent {
+        Ok(mut resp) => {
+            pending.done();
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                && let Some(client_side) = upgrade
+            {
+                let server_side = hyper::upgrade::on(&mut resp);
+                tokio::spawn(async move {
+                    if let (Ok(c), Ok(s)) = (client_side.await, server_side.await) {
+                        let (mut c, mut s) = (TokioIo::new(c), TokioIo::new(s));
+                        let _ = tokio::io::copy_bidirectional(&mut c, &mut s).await;
+                    }
+                });
+            }
+            let status = resp.status().as_u16();
+            let grpc_status = resp
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            resp.map(|body| Observed {
+                body: Either::Left(body),
+                series: Some(series),
+                status,
+                grpc_status,
+                ended: false,
+            })
+        }
+        Err(e) => {
+            debug!(endpoint = %endpoint.addr, error = %e, "request failed");
+            proxy_error(series, StatusCode::BAD_GATEWAY, &e.to_string())
+        }
+    }
+}
+
+/// Sends an HTTP/1.1 request on an idle connection to the endpoint, or a new one.
+/// `own` (an upgrade) takes a new connection, never returned to the pool.
+async fn send1(
+    proxy: &Proxy,
+    endpoint: &Endpoint,
+    req: Request<Incoming>,
+    own: bool,
+) -> Result<Response<Incoming>, Error> {
+    let mut req = req;
+    // An idle connection the server closed meanwhile hands the request back untouched:
+    // it goes on a new connection then.
+    loop {
+        let idle = (!own).then(|| proxy.pool.idle1(endpoint.addr)).flatten();
+        let reused = idle.is_some();
+        let mut sender = match idle {
+            Some(s) => s,
+            None => connect1(proxy, endpoint).await?,
+        };
+        match sender.try_send_request(req).await {
+            Ok(resp) => {
+                if !own {
+                    proxy.pool.when_idle1(endpoint.addr, sender);
+                }
+                return Ok(resp);
+            }
+            Err(mut e) => match e.take_message() {
+                Some(back) if reused => req = back,
+                _ => return Err(Error::Http(e.into_error())),
+            },
+        }
+    }
+}
+
+/// Sends an HTTP/2 request on the endpoint's connection, opened if there is none.
+async fn send2(
+    proxy: &Proxy,
+    endpoint: &Endpoint,
+    req: Request<Incoming>,
+) -> Result<Response<Incoming>, Error> {
+    let mut sender = proxy.pool.sender2(proxy, endpoint).await?;
+    sender.ready().await.map_err(Error::Http)?;
+    sender.send_request(req).await.map_err(Error::Http)
+}
+
+async fn connect1(
+    proxy: &Proxy,
+    endpoint: &Endpoint,
+) -> Result<client1::SendRequest<Incoming>, Error> {
+    let io = open(proxy, endpoint).await?;
+    let (sender, conn) = client1::handshake(TokioIo::new(io))
+        .await
+        .map_err(Error::Http)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            debug!(error = %e, "upstream HTTP/1.1 connection");
+        }
+    });
+    Ok(sender)
+}
+
+/// A counted connection to the endpoint: mutual TLS to its proxy when it is meshed.
+async fn open(proxy: &Proxy, endpoint: &Endpoint) -> Result<Counted, Error> {
+    let (io, tls) = proxy.open(endpoint).await.map_err(Error::Connect)?;
+    Ok(Counted::new(
+        io,
+        proxy.metrics.open(Direction::Outbound, tls.is_some()),
+    ))
+}
+
+impl Pool {
+    /// The endpoint's HTTP/2 connection, opened if it has none (or a closed one).
+    async fn sender2(
+        &self,
+        proxy: &Proxy,
+        endpoint: &Endpoint,
+    ) -> Result<client2::SendRequest<Incoming>, Error> {
+        let addr = endpoint.addr;
+        let slot = self
+            .http2
+            .lock()
+            .expect("poisoned")
+            .entry(addr)
+            .or_default()
+            .clone();
+        let mut current = slot.lock().await;
+        if let Some(s) = current.as_ref().filter(|s| !s.is_closed()) {
+            return Ok(s.clone());
+        }
+        let io = open(proxy, endpoint).await?;
+        let (sender, conn) = client2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .map_err(Error::Http)?;
+        *current = Some(sender.clone());
+        drop(current);
+        let pool = self.http2.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(%addr, error = %e, "upstream HTTP/2 connection");
+            }
+            // Forget the endpoint, unless a new connection is in its slot (or being
+            // made there) meanwhile.
+            let mut pool = pool.lock().expect("poisoned");
+            let idle = |s: &Http2Slot| {
+                s.try_lock()
+                    .is_ok_and(|c| c.as_ref().is_none_or(|c| c.is_closed()))
+            };
+            if pool.get(&addr).is_some_and(idle) {
+                pool.remove(&addr);
+            }
+        });
+        Ok(sender)
+    }
+
+    /// An idle HTTP/1.1 connection to `addr` that can take a request now.
+    fn idle1(&self, addr: SocketAddr) -> Option<client1::SendRequest<Incoming>> {
+        let mut pool = self.http1.lock().expect("poisoned");
+        let idle = pool.get_mut(&addr)?;
+        let found = std::iter::from_fn(|| idle.pop()).find(|s| s.is_ready());
+        if idle.is_empty() {
+            pool.remove(&addr);
+        }
+        found
+    }
+
+    /// Puts `sender` back once its response has been read through (or drops it if
+    /// the connection closes instead).
+    fn when_idle1(&self, addr: SocketAddr, mut sender: client1::SendRequest<Incoming>) {
+        let pool = self.http1.clone();
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok() {
+                let mut pool = pool.lock().expect("poisoned");
+                let idle = pool.entry(addr).or_default();
+                idle.retain(|s| !s.is_closed());
+                if idle.len() < IDLE_PER_ENDPOINT {
+                    idle.push(sender);
+                }
+            }
+        });
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error("connecting to the endpoint: {0}")]
+    Connect(std::io::Error),
+    #[error(transparent)]
+    Http(hyper::Error),
+}
+
+/// An answer from the proxy itself.
+fn proxy_error(series: metrics::Request, status: StatusCode, why: &str) -> Response<ResponseBody> {
+    let mut resp = Response::new(Observed {
+        body: Either::Right(Full::new(Bytes::from(format!("{why}\n")))),
+        series: Some(series),
+        status: status.as_u16(),
+        grpc_status: None,
+        ended: false,
+    });
+    *resp.status_mut() = status;
+    let header = HeaderValue::from_str(why).unwrap_or(HeaderValue::from_static("proxy error"));
+    resp.headers_mut().insert("l5d-proxy-error", header);
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
+    resp
+}
+
+/// A response body that records its response in the metrics when it ends (or is
+/// dropped before), with the `grpc-status` of its trailers if it has one.
+pub(super) struct Observed {
+    body: Either<Incoming, Full<Bytes>>,
+    series: Option<metrics::Request>,
+    status: u16,
+    grpc_status: Option<String>,
+    /// Whether the body reached its end (or failed: then it did not).
+    ended: bool,
+}
+
+impl Observed {
+    fn finish(&mut self) {
+        if let Some(series) = self.series.take() {
+            // A body that says it is over may not be polled to its end.
+            let ended = self.ended || self.body.is_end_stream();
+            series.respond(self.status, self.grpc_status.as_deref(), !ended);
+        }
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl Body for Observed {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(g) = frame
+                    .trailers_ref()
+                    .and_then(|t| t.get("grpc-status"))
+                    .and_then(|v| v.to_str().ok())
+                {
+                    self.grpc_status = Some(g.to_owned());
+                }
+            }
+            Poll::Ready(None) => {
+                self.ended = true;
+                self.finish();
+            }
+            // Cut off mid-body: a failure whatever the status said.
+            Poll::Ready(Some(Err(_))) => self.finish(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
