@@ -519,12 +519,12 @@ fn the_talks_step_5_meshes_a_running_deployment_by_annotation_and_restart() {
     );
 }
 
-/// Sums the proxy's HTTP series, parsed by the Prometheus client's own text parser, as
-/// JSON: `{"SAMPLE|label=value,...": total}`.
+/// Sums the HTTP series of the proxy at `argv[1]` (`IP:PORT`), parsed by the Prometheus
+/// client's own text parser, as JSON: `{"SAMPLE|label=value,...": total}`.
 const HTTP_METRICS: &str = r#"
-import json, urllib.request
+import json, sys, urllib.request
 from prometheus_client.parser import text_string_to_metric_families
-text = urllib.request.urlopen("http://127.0.0.1:4191/metrics", timeout=10).read().decode()
+text = urllib.request.urlopen("http://%s/metrics" % sys.argv[1], timeout=10).read().decode()
 out = {}
 for family in text_string_to_metric_families(text):
     for s in family.samples:
@@ -673,19 +673,41 @@ spec:
 
     // The metrics, parsed by Prometheus' own parser.
     // (Debian's Python, where python3-prometheus-client is.)
-    let parsed: serde_json::Value = serde_json::from_str(&lab.kubectl(&[
+    let scrape = |proxy: &str| -> serde_json::Value {
+        serde_json::from_str(&lab.kubectl(&[
+            "-n",
+            "demo",
+            "exec",
+            "client",
+            "-c",
+            "app",
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            HTTP_METRICS,
+            proxy,
+        ]))
+        .unwrap()
+    };
+    // The servers' proxies first: each scrape is an HTTP request through the mesh too.
+    let echo_ips = lab.kubectl(&[
         "-n",
         "demo",
-        "exec",
-        "client",
-        "-c",
-        "app",
-        "--",
-        "/usr/bin/python3",
-        "-c",
-        HTTP_METRICS,
-    ]))
-    .unwrap();
+        "get",
+        "pods",
+        "-l",
+        "app=echo",
+        "-o",
+        "jsonpath={.items[*].status.podIP}",
+    ]);
+    let mut inbound: std::collections::BTreeMap<String, f64> = Default::default();
+    for ip in echo_ips.split_whitespace() {
+        let parsed = scrape(&format!("{ip}:4191"));
+        for (k, v) in parsed.as_object().unwrap() {
+            *inbound.entry(k.clone()).or_default() += v.as_f64().unwrap();
+        }
+    }
+    let parsed = scrape("127.0.0.1:4191");
     let value = |key: &str| parsed[key].as_f64().unwrap_or(0.0);
     let h2_labels = "authority=echo.demo.svc.cluster.local:81,direction=outbound,tls=true";
     let h1_labels = "authority=echo.demo.svc.cluster.local,direction=outbound,tls=true";
@@ -739,6 +761,27 @@ spec:
         )),
         1.0,
         "{parsed:#}"
+    );
+    // The servers' proxies served the same requests at L7 (the client proxy's transport
+    // header said HTTP), counted on their side.
+    let inbound_of = |labels: &str| {
+        inbound
+            .get(&labels.replace("direction=outbound", "direction=inbound"))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    assert_eq!(
+        inbound_of(&format!("request_total|{h2_labels}")),
+        40.0,
+        "{inbound:#?}"
+    );
+    assert_eq!(
+        inbound_of(&format!(
+            "response_total|{}",
+            sorted(h1_labels, "200", "success")
+        )),
+        20.0,
+        "{inbound:#?}"
     );
     // Connections to the endpoints were kept alive and reused: far fewer than requests.
     let opened = value("tcp_open_total|direction=outbound,peer=dst,tls=true");

@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 pub(crate) const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// How fast an estimate forgets a slow response.
 pub(crate) const DECAY: Duration = Duration::from_secs(10);
+/// What a request the endpoint failed (it could not be reached) counts as: the balancer
+/// then avoids it while others answer, as it would a very slow one.
+pub(crate) const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 /// Endpoints remembered; past it, the idle ones are forgotten.
 const REMEMBERED: usize = 4096;
 
@@ -72,6 +75,17 @@ impl Pending {
         let mut loads = self.loads.loads.lock().expect("poisoned");
         if let Some(l) = loads.get_mut(&self.addr) {
             l.observe(now - self.started, now);
+        }
+    }
+}
+
+impl Pending {
+    /// The endpoint failed the request: it counts as [`FAILURE_PENALTY`].
+    pub(crate) fn failed(self) {
+        let now = Instant::now();
+        let mut loads = self.loads.loads.lock().expect("poisoned");
+        if let Some(l) = loads.get_mut(&self.addr) {
+            l.observe(FAILURE_PENALTY, now);
         }
     }
 }
@@ -188,6 +202,16 @@ mod tests {
         assert_eq!(*loads.pick(&eps, |a| *a).unwrap(), addr(2));
         drop(held);
         assert_eq!(*loads.pick(&eps, |a| *a).unwrap(), addr(1));
+    }
+
+    #[test]
+    fn an_endpoint_that_failed_is_avoided() {
+        let loads = Loads::default();
+        loads.start(addr(4)).failed();
+        loads.start(addr(5)).done();
+        let eps = [addr(4), addr(5)];
+        assert_eq!(*loads.pick(&eps, |a| *a).unwrap(), addr(5));
+        assert_eq!(loads.rtt(addr(4)), FAILURE_PENALTY);
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! HTTP on outbound connections: the client's connection is served by HTTP/1.1 or
-//! HTTP/2 (what it spoke), and each request is balanced on its own (P2C on peak EWMA,
+//! HTTP: the client's connection is served by HTTP/1.1 or HTTP/2 (what it spoke).
+//! Outbound, each request is balanced on its own (P2C on peak EWMA,
 //! [`super::balance`]) over kept-alive connections to the endpoints, so one long-lived
-//! client connection, gRPC's above all, spreads over every endpoint.
+//! client connection, gRPC's above all, spreads over every endpoint. Inbound (another
+//! proxy's mutual TLS whose header says HTTP), each request goes on to the app over
+//! kept-alive connections of its own, and is counted on the server's side.
 //!
 //! The request goes on as the client sent it (its Host or `:authority`, its headers),
 //! over the same protocol; to a meshed endpoint inside mutual TLS to its proxy, as opaque
@@ -23,7 +25,6 @@ use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1 as client1, http2 as client2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::detect::Protocol;
@@ -49,16 +50,28 @@ pub(super) struct Pool {
 
 type Http2Slot = Arc<tokio::sync::Mutex<Option<client2::SendRequest<Incoming>>>>;
 
-/// Serves an outbound connection whose client spoke HTTP.
-pub(super) async fn serve(
+/// Which side of the pod an HTTP connection is on.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Side {
+    /// From the app, to `original` (where it connected).
+    Outbound { original: SocketAddr },
+    /// From another proxy, to the app at `app`.
+    Inbound { app: SocketAddr },
+}
+
+/// Serves a connection whose client speaks HTTP (`protocol`).
+pub(super) async fn serve<I>(
     proxy: Arc<Proxy>,
-    conn: TcpStream,
-    original: SocketAddr,
+    conn: I,
+    side: Side,
     protocol: Protocol,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let service = hyper::service::service_fn(move |req| {
         let proxy = proxy.clone();
-        async move { Ok::<_, Infallible>(forward(&proxy, original, protocol, req).await) }
+        async move { Ok::<_, Infallible>(forward(&proxy, side, protocol, req).await) }
     });
     let io = TokioIo::new(conn);
     let served = match protocol {
@@ -77,45 +90,61 @@ pub(super) async fn serve(
     served.map_err(std::io::Error::other)
 }
 
-/// The request's authority, as the metrics name it: its `:authority` or Host, else the
-/// address the client connected to.
-fn authority(req: &Request<Incoming>, original: SocketAddr) -> String {
-    req.uri()
-        .authority()
-        .map(|a| a.to_string())
-        .or_else(|| {
-            req.headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| original.to_string())
+/// The request's authority, as the metrics name it: its `:authority` or Host.
+fn authority(req: &Request<Incoming>) -> Option<String> {
+    req.uri().authority().map(|a| a.to_string()).or_else(|| {
+        req.headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+    })
 }
 
 async fn forward(
     proxy: &Arc<Proxy>,
-    original: SocketAddr,
+    side: Side,
     protocol: Protocol,
     mut req: Request<Incoming>,
 ) -> Response<ResponseBody> {
-    let dest = proxy.resolve(original).await;
-    let endpoint = if dest.kind == "unknown" {
-        Some(Endpoint {
-            addr: original,
-            pod: String::new(),
-            identity: None,
-        })
-    } else {
-        proxy.loads.pick(&dest.endpoints, |e| e.addr).cloned()
+    let (direction, pool, endpoint, why, tls) = match side {
+        Side::Outbound { original } => {
+            let dest = proxy.resolve(original).await;
+            let endpoint = if dest.kind == "unknown" {
+                Some(Endpoint {
+                    addr: original,
+                    pod: String::new(),
+                    identity: None,
+                })
+            } else {
+                proxy.loads.pick(&dest.endpoints, |e| e.addr).cloned()
+            };
+            let tls = endpoint
+                .as_ref()
+                .is_some_and(|e| e.identity.is_some() && proxy.tls().is_some());
+            let why = format!("{original} ({}) has no ready endpoint", dest.service);
+            (Direction::Outbound, &proxy.pool, endpoint, why, tls)
+        }
+        Side::Inbound { app } => {
+            let endpoint = Endpoint {
+                addr: app,
+                pod: String::new(),
+                identity: None,
+            };
+            (
+                Direction::Inbound,
+                &proxy.app_pool,
+                Some(endpoint),
+                String::new(),
+                true,
+            )
+        }
     };
-    let tls = endpoint
-        .as_ref()
-        .is_some_and(|e| e.identity.is_some() && proxy.tls().is_some());
-    let series = proxy
-        .metrics
-        .request(Direction::Outbound, &authority(&req, original), tls);
+    let authority = authority(&req).unwrap_or_else(|| match side {
+        Side::Outbound { original } => original.to_string(),
+        Side::Inbound { app } => app.to_string(),
+    });
+    let series = proxy.metrics.request(direction, &authority, tls);
     let Some(endpoint) = endpoint else {
-        let why = format!("{original} ({}) has no ready endpoint", dest.service);
         return proxy_error(series, StatusCode::SERVICE_UNAVAILABLE, &why);
     };
     let upgrade = (protocol == Protocol::Http1
@@ -123,8 +152,8 @@ async fn forward(
     .then(|| hyper::upgrade::on(&mut req));
     let pending = proxy.loads.start(endpoint.addr);
     let sent = match protocol {
-        Protocol::Http2 => send2(proxy, &endpoint, req).await,
-        _ => send1(proxy, &endpoint, req, upgrade.is_some()).await,
+        Protocol::Http2 => send2(proxy, pool, &endpoint, req).await,
+        _ => send1(proxy, pool, &endpoint, req, upgrade.is_some()).await,
     };
     match sent {
         Ok(mut resp) => {
@@ -155,6 +184,9 @@ async fn forward(
             })
         }
         Err(e) => {
+            if matches!(e, Error::Connect(_)) {
+                pending.failed();
+            }
             debug!(endpoint = %endpoint.addr, error = %e, "request failed");
             proxy_error(series, StatusCode::BAD_GATEWAY, &e.to_string())
         }
@@ -165,6 +197,7 @@ async fn forward(
 /// `own` (an upgrade) takes a new connection, never returned to the pool.
 async fn send1(
     proxy: &Proxy,
+    pool: &Pool,
     endpoint: &Endpoint,
     req: Request<Incoming>,
     own: bool,
@@ -173,16 +206,16 @@ async fn send1(
     // An idle connection the server closed meanwhile hands the request back untouched:
     // it goes on a new connection then.
     loop {
-        let idle = (!own).then(|| proxy.pool.idle1(endpoint.addr)).flatten();
+        let idle = (!own).then(|| pool.idle1(endpoint.addr)).flatten();
         let reused = idle.is_some();
         let mut sender = match idle {
             Some(s) => s,
-            None => connect1(proxy, endpoint).await?,
+            None => connect1(proxy, pool, endpoint).await?,
         };
         match sender.try_send_request(req).await {
             Ok(resp) => {
                 if !own {
-                    proxy.pool.when_idle1(endpoint.addr, sender);
+                    pool.when_idle1(endpoint.addr, sender);
                 }
                 return Ok(resp);
             }
@@ -197,19 +230,21 @@ async fn send1(
 /// Sends an HTTP/2 request on the endpoint's connection, opened if there is none.
 async fn send2(
     proxy: &Proxy,
+    pool: &Pool,
     endpoint: &Endpoint,
     req: Request<Incoming>,
 ) -> Result<Response<Incoming>, Error> {
-    let mut sender = proxy.pool.sender2(proxy, endpoint).await?;
+    let mut sender = pool.sender2(proxy, endpoint).await?;
     sender.ready().await.map_err(Error::Http)?;
     sender.send_request(req).await.map_err(Error::Http)
 }
 
 async fn connect1(
     proxy: &Proxy,
+    pool: &Pool,
     endpoint: &Endpoint,
 ) -> Result<client1::SendRequest<Incoming>, Error> {
-    let io = open(proxy, endpoint).await?;
+    let io = open(proxy, pool, endpoint, Protocol::Http1).await?;
     let (sender, conn) = client1::handshake(TokioIo::new(io))
         .await
         .map_err(Error::Http)?;
@@ -221,13 +256,26 @@ async fn connect1(
     Ok(sender)
 }
 
-/// A counted connection to the endpoint: mutual TLS to its proxy when it is meshed.
-async fn open(proxy: &Proxy, endpoint: &Endpoint) -> Result<Counted, Error> {
-    let (io, tls) = proxy.open(endpoint).await.map_err(Error::Connect)?;
-    Ok(Counted::new(
-        io,
-        proxy.metrics.open(Direction::Outbound, tls.is_some()),
-    ))
+/// A connection for `pool` to `endpoint`: to the app, plaintext; to an endpoint, mutual
+/// TLS to its proxy when it is meshed, counted in the outbound TCP series.
+async fn open(
+    proxy: &Proxy,
+    pool: &Pool,
+    endpoint: &Endpoint,
+    protocol: Protocol,
+) -> Result<Counted, Error> {
+    if std::ptr::eq(pool, &proxy.app_pool) {
+        let io = super::connect(endpoint.addr)
+            .await
+            .map_err(Error::Connect)?;
+        return Ok(Counted::opened(Box::new(io), None));
+    }
+    let (io, tls) = proxy
+        .open(endpoint, protocol)
+        .await
+        .map_err(Error::Connect)?;
+    let series = proxy.metrics.open(Direction::Outbound, tls.is_some());
+    Ok(Counted::opened(io, Some(series)))
 }
 
 impl Pool {
@@ -249,7 +297,7 @@ impl Pool {
         if let Some(s) = current.as_ref().filter(|s| !s.is_closed()) {
             return Ok(s.clone());
         }
-        let io = open(proxy, endpoint).await?;
+        let io = open(proxy, self, endpoint, Protocol::Http2).await?;
         let (sender, conn) = client2::handshake(TokioExecutor::new(), TokioIo::new(io))
             .await
             .map_err(Error::Http)?;

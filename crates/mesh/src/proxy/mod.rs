@@ -140,6 +140,17 @@ impl Tls {
 
 /// How long a destination's answer is used before it is asked again.
 const DESTINATION_TTL: Duration = Duration::from_secs(1);
+/// How long an answer may still be used while a fresh one is on its way.
+const DESTINATION_STALE: Duration = Duration::from_secs(30);
+
+/// A destination's answer, kept.
+#[derive(Clone)]
+struct Cached {
+    at: Instant,
+    destination: Arc<Destination>,
+    /// Whether a fresh answer is being asked for.
+    refreshing: Arc<std::sync::atomic::AtomicBool>,
+}
 /// How long a TLS handshake and its transport header may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long connecting onward may take.
@@ -150,12 +161,16 @@ struct Proxy {
     tls: watch::Receiver<Option<Arc<Tls>>>,
     destination: SocketAddr,
     inbound_port: u16,
-    cache: Mutex<HashMap<SocketAddr, (Instant, Arc<Destination>)>>,
+    cache: Mutex<HashMap<SocketAddr, Cached>>,
     /// Open connections per endpoint, for balancing opaque TCP.
     open: Mutex<HashMap<SocketAddr, usize>>,
     /// Requests in flight and latencies per endpoint, for balancing HTTP.
     loads: balance::Loads,
+    /// Connections to endpoints, for outbound HTTP.
     pool: http::Pool,
+    /// Connections to the app, for inbound HTTP (never the same ones: the app's own
+    /// address can be one of its Service's endpoints too).
+    app_pool: http::Pool,
     opaque_ports: Vec<u16>,
     metrics: Metrics,
 }
@@ -213,6 +228,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         open: Mutex::default(),
         loads: balance::Loads::default(),
         pool: http::Pool::default(),
+        app_pool: http::Pool::default(),
         opaque_ports: args.opaque_ports.clone(),
         metrics: Metrics::new(),
     });
@@ -318,7 +334,7 @@ impl Proxy {
         self.tls.borrow().clone()
     }
 
-    async fn inbound(&self, conn: TcpStream) -> std::io::Result<()> {
+    async fn inbound(self: &Arc<Self>, conn: TcpStream) -> std::io::Result<()> {
         let original = netlink::original_destination(&conn)?;
         let local = conn.local_addr()?;
         if original.port() != self.inbound_port {
@@ -331,10 +347,10 @@ impl Proxy {
         let tls = self
             .tls()
             .ok_or_else(|| std::io::Error::other("no certificate yet"))?;
-        let (mut stream, port) = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        let (mut stream, (port, protocol)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
             let mut stream = tls.server.accept(conn).await?;
-            let port = transport::read(&mut stream).await?;
-            Ok::<_, std::io::Error>((stream, port))
+            let header = transport::read(&mut stream).await?;
+            Ok::<_, std::io::Error>((stream, header))
         })
         .await
         .map_err(|_| std::io::Error::other("TLS handshake timed out"))??;
@@ -343,7 +359,16 @@ impl Proxy {
             stream.shutdown().await.ok();
             return Err(std::io::Error::other("a transport header naming the proxy"));
         }
-        let onward = connect(SocketAddr::new(local.ip(), port)).await?;
+        let app = SocketAddr::new(local.ip(), port);
+        if protocol != detect::Protocol::Opaque {
+            // The client proxy speaks HTTP on it: served here too, request by request.
+            let series = self
+                .metrics
+                .open(metrics::Direction::Inbound, client.is_some());
+            let conn = Counted::accepted(Box::new(stream), series);
+            return http::serve(self.clone(), conn, http::Side::Inbound { app }, protocol).await;
+        }
+        let onward = connect(app).await?;
         self.splice(stream, onward, metrics::Direction::Inbound, client, 0)
             .await
     }
@@ -410,7 +435,7 @@ impl Proxy {
             detect::Protocol::Opaque => self.opaque(conn, original, dest, onward).await,
             http => {
                 drop(onward);
-                http::serve(self.clone(), conn, original, http).await
+                http::serve(self.clone(), conn, http::Side::Outbound { original }, http).await
             }
         }
     }
@@ -459,7 +484,7 @@ impl Proxy {
             )));
         };
         let open = OpenGuard::new(&self.open, endpoint.addr);
-        let (io, peer) = self.open(endpoint).await?;
+        let (io, peer) = self.open(endpoint, detect::Protocol::Opaque).await?;
         Ok(Onward {
             io,
             peer,
@@ -469,8 +494,13 @@ impl Proxy {
 
     /// A connection to `endpoint`: to a meshed one, mutual TLS to its proxy, checked
     /// to present the identity discovery named, with the transport header naming the
-    /// port; to any other, plaintext. Returns the peer's identity, if TLS.
-    async fn open(&self, endpoint: &Endpoint) -> std::io::Result<(Box<dyn Io>, Option<String>)> {
+    /// port and what goes on it; to any other, plaintext. Returns the peer's identity,
+    /// if TLS.
+    async fn open(
+        &self,
+        endpoint: &Endpoint,
+        protocol: detect::Protocol,
+    ) -> std::io::Result<(Box<dyn Io>, Option<String>)> {
         let (Some(path), Some(tls)) = (&endpoint.identity, self.tls()) else {
             return Ok((Box::new(connect(endpoint.addr).await?), None));
         };
@@ -480,7 +510,7 @@ impl Proxy {
         let name = rustls::pki_types::ServerName::IpAddress(peer.ip().into());
         let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
             let mut s = tls.client.connect(name, tcp).await?;
-            transport::write(&mut s, endpoint.addr.port()).await?;
+            transport::write(&mut s, endpoint.addr.port(), protocol).await?;
             Ok::<_, std::io::Error>(s)
         })
         .await
@@ -495,16 +525,36 @@ impl Proxy {
         Ok((Box::new(stream), seen))
     }
 
-    /// The destination of `addr`, cached for [`DESTINATION_TTL`]; `unknown` when the
-    /// destination service cannot be asked (the connection then goes where it was
-    /// going).
-    async fn resolve(&self, addr: SocketAddr) -> Arc<Destination> {
+    /// The destination of `addr`. An answer younger than [`DESTINATION_TTL`] is used as
+    /// it is; an older one, up to [`DESTINATION_STALE`], is used while a fresh one is
+    /// asked for in the background, so no request waits for discovery once its
+    /// address is known. `unknown` when the destination service cannot be asked (the
+    /// connection then goes where it was going).
+    async fn resolve(self: &Arc<Self>, addr: SocketAddr) -> Arc<Destination> {
         let now = Instant::now();
-        if let Some((at, d)) = self.cache.lock().expect("poisoned").get(&addr)
-            && now.duration_since(*at) < DESTINATION_TTL
-        {
-            return d.clone();
+        let cached = self.cache.lock().expect("poisoned").get(&addr).cloned();
+        match cached {
+            Some(c) if now.duration_since(c.at) < DESTINATION_TTL => return c.destination,
+            Some(c) if now.duration_since(c.at) < DESTINATION_STALE => {
+                if !c.refreshing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    let proxy = self.clone();
+                    tokio::spawn(async move {
+                        let fresh = proxy.ask(addr).await;
+                        // Still stale if asking failed: the next one tries again.
+                        c.refreshing
+                            .store(false, std::sync::atomic::Ordering::Release);
+                        drop(fresh);
+                    });
+                }
+                return c.destination;
+            }
+            _ => {}
         }
+        self.ask(addr).await
+    }
+
+    /// Asks the destination service about `addr` and caches the answer.
+    async fn ask(&self, addr: SocketAddr) -> Arc<Destination> {
         let d = match destination::ask(self.destination, addr).await {
             Ok(d) => Arc::new(d),
             Err(e) => {
@@ -515,9 +565,17 @@ impl Proxy {
                 });
             }
         };
+        let now = Instant::now();
         let mut cache = self.cache.lock().expect("poisoned");
-        cache.retain(|_, (at, _)| now.duration_since(*at) < DESTINATION_TTL);
-        cache.insert(addr, (now, d.clone()));
+        cache.retain(|_, c| now.duration_since(c.at) < DESTINATION_STALE);
+        cache.insert(
+            addr,
+            Cached {
+                at: now,
+                destination: d.clone(),
+                refreshing: Arc::default(),
+            },
+        );
         d
     }
 
@@ -584,24 +642,40 @@ struct Counted {
     read: u64,
     written: u64,
     series: Option<metrics::Open>,
+    /// Accepted from a client (else opened to a server).
+    accepted: bool,
 }
 
 impl Counted {
-    fn new(io: Box<dyn Io>, series: metrics::Open) -> Counted {
+    /// A connection the proxy opened; `None` counts nothing.
+    fn opened(io: Box<dyn Io>, series: Option<metrics::Open>) -> Counted {
         Counted {
             io,
             read: 0,
             written: 0,
-            series: Some(series),
+            series,
+            accepted: false,
         }
+    }
+
+    /// A connection the proxy accepted.
+    fn accepted(io: Box<dyn Io>, series: metrics::Open) -> Counted {
+        let mut c = Counted::opened(io, Some(series));
+        c.accepted = true;
+        c
     }
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
         if let Some(series) = self.series.take() {
-            // Outbound: what went to the peer came from the client.
-            series.close(self.written, self.read);
+            // What came from the client: read from an accepted connection, written to
+            // an opened one.
+            if self.accepted {
+                series.close(self.read, self.written);
+            } else {
+                series.close(self.written, self.read);
+            }
         }
     }
 }
