@@ -2,8 +2,9 @@
 # The mesh's data path, side by side in one run (needs root; everything inside
 # throwaway network namespaces, no traffic leaves them): a client pod and a server pod
 # with the CNI plugin's capture and `kubewire mesh proxy` (release build) each, nginx as
-# the server; the same connection's latency with and without the two proxies at a fixed
-# request rate, each proxy's memory idle and under load, their CPU per 1,000 requests/s.
+# the server; the latency at a fixed request rate without the proxies, through them as
+# HTTP, and through them as opaque TCP; each proxy's memory idle and under load; their
+# CPU per 1,000 requests/s.
 # See crates/mesh/benches/proxy.rs. Settings: RATE (1000), SECONDS per round (5),
 # ROUNDS (6).
 set -euo pipefail

@@ -4,10 +4,12 @@
 //! A client pod and a server pod (network namespaces routed by a node namespace, as
 //! benchkit wires them), each with the CNI plugin's capture table and `kubewire mesh
 //! proxy` as user 2102 with certificates of one anchor; nginx (Debian's) serves
-//! `200 ok` on 8080 and 8081 in the server pod. Port 8081 is skipped by both pods'
-//! capture, so the same pods, connection and server give the baseline (8081: straight
-//! to nginx) and the case (8080: the client's proxy, mutual TLS across the node, the
-//! server's proxy), measured in alternating rounds.
+//! `200 ok` on 8080, 8081 and 8082 in the server pod. Port 8081 is skipped by both
+//! pods' capture, so the same pods and server give the baseline (8081: straight to
+//! nginx) and the cases, each through the client's proxy, mutual TLS across the node
+//! and the server's proxy: 8080 served as HTTP (detected, balanced per request,
+//! counted on both sides) and 8082 as opaque TCP (`--opaque-ports 8082`). The three
+//! are measured in rotating rounds.
 //!
 //! The load is open-loop at a fixed rate (1,000 requests/s by default): request `i`
 //! is due at `start + i / rate` and its latency counts from then, so a slow answer
@@ -15,8 +17,8 @@
 //! One keep-alive HTTP/1.1 connection, from a thread pinned to the last CPU; nginx and
 //! the proxies on the first.
 //!
-//! Reported: p50/p99/p99.9 of both and what the mesh adds; each proxy's resident memory
-//! idle and under the load; their CPU per 1,000 requests/s.
+//! Reported: p50/p99/p99.9 of each and what the mesh adds; each proxy's resident memory
+//! idle and under the load; their CPU per 1,000 requests/s, for HTTP and opaque TCP.
 //!
 //! `RATE` (requests/s, 1000), `SECONDS` per round (5), `ROUNDS` (6).
 
@@ -104,7 +106,14 @@ fn proxy(bin: &str, pod: &str, node_ip: &str, dir: &Path, sa: &str, trust: &str)
         .args(["netns", "exec", pod, "taskset", "-c", "0"])
         .args(["setpriv", "--reuid=2102", "--regid=2102", "--clear-groups"])
         .arg(bin)
-        .args(["mesh", "proxy", "--node-ip", node_ip])
+        .args([
+            "mesh",
+            "proxy",
+            "--node-ip",
+            node_ip,
+            "--opaque-ports",
+            "8082",
+        ])
         .arg("--certificate")
         .arg(dir.join(format!("{sa}.crt")))
         .arg("--key")
@@ -117,7 +126,7 @@ fn proxy(bin: &str, pod: &str, node_ip: &str, dir: &Path, sa: &str, trust: &str)
     Kill(child)
 }
 
-/// nginx in `pod` on 8080 and 8081, one process on CPU 0.
+/// nginx in `pod` on 8080, 8081 and 8082, one process on CPU 0.
 fn nginx(pod: &str, dir: &Path) -> Kill {
     let conf = dir.join("nginx.conf");
     std::fs::write(
@@ -127,7 +136,7 @@ fn nginx(pod: &str, dir: &Path) -> Kill {
              error_log {d}/nginx.err;\n\
              events {{ worker_connections 1024; }}\n\
              http {{ access_log off; keepalive_requests 100000000; keepalive_timeout 300s;\n\
-               server {{ listen 8080; listen 8081; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
+               server {{ listen 8080; listen 8081; listen 8082; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
             d = dir.display()
         ),
     )
@@ -275,56 +284,61 @@ fn main() {
 
     // Measured from one pinned thread in the client pod, each mode on its own
     // keep-alive connection made once.
+    const MODES: [(&str, u16); 3] = [("no mesh", 8081), ("HTTP", 8080), ("opaque", 8082)];
     let result = netns::run_in(&client, move || {
         pin(load_cpu);
-        let connect = |port: u16| {
-            let c = TcpStream::connect((SERVER, port)).expect("connecting");
-            c.set_nodelay(true).unwrap();
-            c
-        };
-        let (mut plain, mut meshed) = (connect(8081), connect(8080));
-        // Warm up both paths.
-        run(&mut plain, rate, 1.0);
-        run(&mut meshed, rate, 1.0);
-        let (mut base, mut case) = (Vec::new(), Vec::new());
-        let mut cpu = 0.0;
+        let mut conns: Vec<TcpStream> = MODES
+            .iter()
+            .map(|(_, port)| {
+                let c = TcpStream::connect((SERVER, *port)).expect("connecting");
+                c.set_nodelay(true).unwrap();
+                c
+            })
+            .collect();
+        // Warm up every path.
+        for c in &mut conns {
+            run(c, rate, 1.0);
+        }
+        let mut latencies = vec![Vec::new(); MODES.len()];
+        let mut cpu = vec![0.0; MODES.len()];
         let mut loaded_rss = [[0.0f64; 3]; 2];
         for r in 0..rounds {
-            let order = if r % 2 == 0 {
-                [false, true]
-            } else {
-                [true, false]
-            };
-            for mesh in order {
-                if mesh {
-                    let before: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
-                    case.extend(run(&mut meshed, rate, seconds));
-                    cpu += pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>() - before;
+            for k in 0..MODES.len() {
+                let mode = (r + k) % MODES.len();
+                let before: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
+                latencies[mode].extend(run(&mut conns[mode], rate, seconds));
+                cpu[mode] += pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>() - before;
+                if mode != 0 {
                     for (i, p) in pids.iter().enumerate() {
                         let now = rss_mib(*p);
                         if now[0] > loaded_rss[i][0] {
                             loaded_rss[i] = now;
                         }
                     }
-                } else {
-                    base.extend(run(&mut plain, rate, seconds));
                 }
             }
         }
-        (base, case, cpu, loaded_rss)
+        (latencies, cpu, loaded_rss)
     })
     .unwrap();
-    let (base, case, cpu, loaded_rss) = result;
+    let (latencies, cpu, loaded_rss) = result;
     let mesh_seconds = seconds * rounds as f64;
     println!(
         "== the mesh's added latency: HTTP/1.1 keep-alive, open loop at {rate} requests/s, \
-         {rounds} rounds of {seconds} s each way, {} requests each",
-        base.len()
+         {rounds} rounds of {seconds} s each, {} requests each",
+        latencies[0].len()
     );
-    println!("{:>8} {:>12} {:>12} {:>12}", "", "no mesh", "mesh", "added");
+    println!(
+        "{:>8} {:>12} {:>12} {:>12} {:>12} {:>12}",
+        "", "no mesh", "mesh HTTP", "added", "mesh opaque", "added"
+    );
     for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)] {
-        let (b, c) = (quantile(&base, q), quantile(&case, q));
-        println!("{name:>8} {b:>9.1} µs {c:>9.1} µs {:>9.1} µs", c - b);
+        let [b, h, o] = [0, 1, 2].map(|m| quantile(&latencies[m], q));
+        println!(
+            "{name:>8} {b:>9.1} µs {h:>9.1} µs {:>9.1} µs {o:>9.1} µs {:>9.1} µs",
+            h - b,
+            o - b
+        );
     }
     let mem = |m: [f64; 3]| {
         format!(
@@ -339,10 +353,32 @@ fn main() {
             mem(loaded_rss[i])
         );
     }
-    println!(
-        "== CPU of the two proxies: {:.3} vCPU at {rate} requests/s, i.e. {:.3} vCPU per proxy per 1,000 requests/s",
-        cpu / mesh_seconds,
-        cpu / mesh_seconds / 2.0 / (rate / 1000.0)
-    );
+    for (m, (name, _)) in MODES.iter().enumerate().skip(1) {
+        println!(
+            "== CPU of the two proxies, {name}: {:.3} vCPU at {rate} requests/s, i.e. {:.3} vCPU per proxy per 1,000 requests/s",
+            cpu[m] / mesh_seconds,
+            cpu[m] / mesh_seconds / 2.0 / (rate / 1000.0)
+        );
+    }
+    // What the proxies counted: connections opened and requests, per side.
+    for (who, ns, addr) in [
+        ("client", &client, "127.0.0.1:4191"),
+        ("server", &server, "10.244.2.2:4191"),
+    ] {
+        let text = netns::run_in(ns, move || {
+            let mut c = TcpStream::connect(addr).expect("the proxy's admin port");
+            c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+            let mut text = String::new();
+            c.read_to_string(&mut text).unwrap();
+            text
+        })
+        .unwrap();
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("tcp_open_total{") || l.starts_with("request_total{"))
+        {
+            println!("== the {who}'s proxy counted: {line}");
+        }
+    }
     println!("load average: {}", benchkit::loadavg());
 }

@@ -35,14 +35,14 @@ use crate::destination::Endpoint;
 /// The bodies of the responses the proxy sends back.
 type ResponseBody = Observed;
 
-/// Idle HTTP/1.1 connections kept per endpoint.
+/// HTTP/1.1 connections kept per endpoint.
 const IDLE_PER_ENDPOINT: usize = 64;
 
-/// Kept-alive connections to endpoints: HTTP/1.1 ones idle between requests, one
-/// multiplexed HTTP/2 connection per endpoint.
+/// Kept-alive connections to endpoints: HTTP/1.1 ones, each taking one request at a
+/// time, and one multiplexed HTTP/2 connection per endpoint.
 #[derive(Default)]
 pub(super) struct Pool {
-    http1: Arc<Mutex<HashMap<SocketAddr, Vec<client1::SendRequest<Incoming>>>>>,
+    http1: Mutex<HashMap<SocketAddr, Vec<client1::SendRequest<Incoming>>>>,
     /// Each endpoint's connection behind an async lock, held while connecting: the
     /// requests that arrive meanwhile wait for that connection rather than open more.
     http2: Arc<Mutex<HashMap<SocketAddr, Http2Slot>>>,
@@ -215,7 +215,7 @@ async fn send1(
         match sender.try_send_request(req).await {
             Ok(resp) => {
                 if !own {
-                    pool.when_idle1(endpoint.addr, sender);
+                    pool.put1(endpoint.addr, sender);
                 }
                 return Ok(resp);
             }
@@ -322,31 +322,31 @@ impl Pool {
         Ok(sender)
     }
 
-    /// An idle HTTP/1.1 connection to `addr` that can take a request now.
+    /// An HTTP/1.1 connection to `addr` that can take a request now (its last
+    /// response read through), taken out of the pool while it is used.
     fn idle1(&self, addr: SocketAddr) -> Option<client1::SendRequest<Incoming>> {
         let mut pool = self.http1.lock().expect("poisoned");
-        let idle = pool.get_mut(&addr)?;
-        let found = std::iter::from_fn(|| idle.pop()).find(|s| s.is_ready());
-        if idle.is_empty() {
+        let conns = pool.get_mut(&addr)?;
+        conns.retain(|s| !s.is_closed());
+        let found = conns
+            .iter()
+            .position(|s| s.is_ready())
+            .map(|at| conns.swap_remove(at));
+        if conns.is_empty() {
             pool.remove(&addr);
         }
         found
     }
 
-    /// Puts `sender` back once its response has been read through (or drops it if
-    /// the connection closes instead).
-    fn when_idle1(&self, addr: SocketAddr, mut sender: client1::SendRequest<Incoming>) {
-        let pool = self.http1.clone();
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                let mut pool = pool.lock().expect("poisoned");
-                let idle = pool.entry(addr).or_default();
-                idle.retain(|s| !s.is_closed());
-                if idle.len() < IDLE_PER_ENDPOINT {
-                    idle.push(sender);
-                }
-            }
-        });
+    /// Puts a connection back as soon as its request is answered: it takes the next
+    /// request once its response has been read through (the pool asks it then), with
+    /// no task of its own to wait for that.
+    fn put1(&self, addr: SocketAddr, sender: client1::SendRequest<Incoming>) {
+        let mut pool = self.http1.lock().expect("poisoned");
+        let conns = pool.entry(addr).or_default();
+        if conns.len() < IDLE_PER_ENDPOINT {
+            conns.push(sender);
+        }
     }
 }
 
