@@ -534,6 +534,28 @@ for family in text_string_to_metric_families(text):
 print(json.dumps(out))
 "#;
 
+/// A WebSocket client in a few lines: the upgrade to `/ws` on `argv[1]:argv[2]`, then
+/// one masked text frame; prints the status line and the frame that comes back.
+const WEBSOCKET: &str = r#"
+import base64, os, socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+c = socket.create_connection((host, port), timeout=10)
+key = base64.b64encode(os.urandom(16)).decode()
+c.sendall(("GET /ws HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (host, key)).encode())
+got = b""
+while b"\r\n\r\n" not in got:
+    got += c.recv(4096)
+head, data = got.split(b"\r\n\r\n", 1)
+print(head.split(b"\r\n")[0].decode())
+msg = b"hello through the mesh"
+mask = os.urandom(4)
+c.sendall(bytes([0x81, 0x80 | len(msg)]) + mask + bytes(x ^ mask[i % 4] for i, x in enumerate(msg)))
+while len(data) < 2 or len(data) < 2 + (data[1] & 0x7f):
+    data += c.recv(4096)
+print(data[2:2 + (data[1] & 0x7f)].decode())
+"#;
+
 /// HTTP through the mesh at L7: the client proxy detects HTTP/1.1 and HTTP/2, balances
 /// each request on its own (so the requests of one multiplexed HTTP/2 connection reach
 /// both endpoints), keeps its connections to them alive, answers for itself when there
@@ -663,6 +685,18 @@ spec:
         .sum();
     assert_eq!(connects, 1, "one client connection: {answers}");
 
+    // A WebSocket: the upgrade crosses both proxies, then frames go both ways.
+    let ws = exec_python(
+        &lab,
+        "client",
+        WEBSOCKET,
+        &["echo.demo.svc.cluster.local", "80"],
+    );
+    assert_eq!(
+        ws, "HTTP/1.1 101 Switching Protocols\nhello through the mesh\n",
+        "{ws}"
+    );
+
     // No endpoint: the proxy answers 503 itself, saying why.
     let answer = curl(&["-i", "http://nobody.demo.svc.cluster.local/"]);
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
@@ -716,9 +750,10 @@ spec:
         40.0,
         "{parsed:#}"
     );
+    // 20 requests and the WebSocket's upgrade.
     assert_eq!(
         value(&format!("request_total|{h1_labels}")),
-        20.0,
+        21.0,
         "{parsed:#}"
     );
     // The key's labels are sorted (the script sorts them).
@@ -751,6 +786,14 @@ spec:
             sorted(h1_labels, "200", "success")
         )),
         20.0,
+        "{parsed:#}"
+    );
+    assert_eq!(
+        value(&format!(
+            "response_total|{}",
+            sorted(h1_labels, "101", "success")
+        )),
+        1.0,
         "{parsed:#}"
     );
     let nobody = "authority=nobody.demo.svc.cluster.local,direction=outbound,tls=no_identity";
@@ -786,7 +829,7 @@ spec:
     // Connections to the endpoints were kept alive and reused: far fewer than requests.
     let opened = value("tcp_open_total|direction=outbound,peer=dst,tls=true");
     assert!(
-        (2.0..=8.0).contains(&opened),
-        "{opened} connections for 60 requests: {parsed:#}"
+        (2.0..=9.0).contains(&opened),
+        "{opened} connections for 61 requests: {parsed:#}"
     );
 }
