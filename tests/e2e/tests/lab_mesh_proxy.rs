@@ -381,6 +381,14 @@ spec:
         ) >= 1,
         "{text}"
     );
+    // Its HTTP was served at L7 on the server's side too, counted as plaintext.
+    assert!(
+        metric(
+            &text,
+            r#"request_total{direction="inbound",authority="web.demo.svc.cluster.local",tls="no_identity"}"#
+        ) >= 1,
+        "{text}"
+    );
 
     // A server that speaks first: its banner arrives through both proxies.
     for client in ["client", "outsider"] {

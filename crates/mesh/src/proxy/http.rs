@@ -55,8 +55,9 @@ type Http2Slot = Arc<tokio::sync::Mutex<Option<client2::SendRequest<Incoming>>>>
 pub(super) enum Side {
     /// From the app, to `original` (where it connected).
     Outbound { original: SocketAddr },
-    /// From another proxy, to the app at `app`.
-    Inbound { app: SocketAddr },
+    /// To the app at `app`: from another proxy (`tls`), or from a client outside
+    /// the mesh.
+    Inbound { app: SocketAddr, tls: bool },
 }
 
 /// Serves a connection whose client speaks HTTP (`protocol`).
@@ -124,7 +125,7 @@ async fn forward(
             let why = format!("{original} ({}) has no ready endpoint", dest.service);
             (Direction::Outbound, &proxy.pool, endpoint, why, tls)
         }
-        Side::Inbound { app } => {
+        Side::Inbound { app, tls } => {
             let endpoint = Endpoint {
                 addr: app,
                 pod: String::new(),
@@ -135,13 +136,13 @@ async fn forward(
                 &proxy.app_pool,
                 Some(endpoint),
                 String::new(),
-                true,
+                tls,
             )
         }
     };
     let authority = authority(&req).unwrap_or_else(|| match side {
         Side::Outbound { original } => original.to_string(),
-        Side::Inbound { app } => app.to_string(),
+        Side::Inbound { app, .. } => app.to_string(),
     });
     let series = proxy.metrics.request(direction, &authority, tls);
     let Some(endpoint) = endpoint else {

@@ -338,11 +338,34 @@ impl Proxy {
         let original = netlink::original_destination(&conn)?;
         let local = conn.local_addr()?;
         if original.port() != self.inbound_port {
-            // A client outside the mesh: on to where it was going, as it came.
-            let onward = connect(original).await?;
-            return self
-                .splice(conn, onward, metrics::Direction::Inbound, None, 0)
-                .await;
+            // A client outside the mesh: on to where it was going, HTTP served (and
+            // counted) request by request, anything else as it came.
+            let direction = metrics::Direction::Inbound;
+            return match first_speaker(&conn, connect(original)).await? {
+                Speaker::Client(detect::Protocol::Opaque, onward) => {
+                    let onward = match onward {
+                        Some(o) => o,
+                        None => connect(original).await?,
+                    };
+                    self.splice(conn, onward, direction, None, 0).await
+                }
+                Speaker::Client(http, onward) => {
+                    drop(onward);
+                    let conn =
+                        Counted::accepted(Box::new(conn), self.metrics.open(direction, false));
+                    let side = http::Side::Inbound {
+                        app: original,
+                        tls: false,
+                    };
+                    http::serve(self.clone(), conn, side, http).await
+                }
+                Speaker::Server(onward, first) => {
+                    let mut conn = conn;
+                    conn.write_all(&first).await?;
+                    self.splice(conn, onward, direction, None, first.len() as u64)
+                        .await
+                }
+            };
         }
         let tls = self
             .tls()
@@ -366,7 +389,11 @@ impl Proxy {
                 .metrics
                 .open(metrics::Direction::Inbound, client.is_some());
             let conn = Counted::accepted(Box::new(stream), series);
-            return http::serve(self.clone(), conn, http::Side::Inbound { app }, protocol).await;
+            let side = http::Side::Inbound {
+                app,
+                tls: client.is_some(),
+            };
+            return http::serve(self.clone(), conn, side, protocol).await;
         }
         let onward = connect(app).await?;
         self.splice(stream, onward, metrics::Direction::Inbound, client, 0)
@@ -382,39 +409,20 @@ impl Proxy {
         if self.opaque_ports.contains(&original.port()) {
             return self.opaque(conn, original, &dest, None).await;
         }
-        // Whoever speaks first decides (detect's module comment says why).
-        tokio::select! {
-            p = detect::client_protocol(&conn) => {
-                return self.detected(conn, original, &dest, p?, None).await;
+        match first_speaker(&conn, self.connect_onward(original, &dest)).await? {
+            Speaker::Client(protocol, onward) => {
+                self.detected(conn, original, &dest, protocol, onward).await
             }
-            _ = tokio::time::sleep(detect::QUIET) => {}
-        }
-        let mut onward = tokio::select! {
-            p = detect::client_protocol(&conn) => {
-                return self.detected(conn, original, &dest, p?, None).await;
-            }
-            o = self.connect_onward(original, &dest) => o?,
-        };
-        let mut first = vec![0u8; 16 * 1024];
-        let server_first = tokio::select! {
-            p = detect::client_protocol(&conn) => Err(p?),
-            n = onward.io.read(&mut first) => Ok(n?),
-        };
-        match server_first {
-            Err(protocol) => {
-                self.detected(conn, original, &dest, protocol, Some(onward))
-                    .await
-            }
-            Ok(n) => {
+            Speaker::Server(onward, first) => {
                 let mut conn = conn;
-                conn.write_all(&first[..n]).await?;
-                drop(first);
+                conn.write_all(&first).await?;
+                let peer = onward.peer.clone();
                 self.splice(
                     conn,
                     onward.io,
                     metrics::Direction::Outbound,
-                    onward.peer,
-                    n as u64,
+                    peer,
+                    first.len() as u64,
                 )
                 .await
             }
@@ -624,6 +632,43 @@ async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
     Ok(conn)
 }
 
+/// Who spoke first on a connection whose protocol was not known.
+enum Speaker<T> {
+    /// The client, in this protocol; the other end, if it was opened meanwhile.
+    Client(detect::Protocol, Option<T>),
+    /// The server (opened by `connect`), with what it said.
+    Server(T, Vec<u8>),
+}
+
+/// Waits for whoever speaks first on `conn`: the client (its protocol detected), or,
+/// once the client has been quiet for [`detect::QUIET`], the server `connect` opens.
+/// A protocol whose server speaks first is never stalled waiting for the client.
+async fn first_speaker<T: AsyncRead + Unpin>(
+    conn: &TcpStream,
+    connect: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<Speaker<T>> {
+    tokio::select! {
+        p = detect::client_protocol(conn) => return Ok(Speaker::Client(p?, None)),
+        _ = tokio::time::sleep(detect::QUIET) => {}
+    }
+    let mut onward = tokio::select! {
+        p = detect::client_protocol(conn) => return Ok(Speaker::Client(p?, None)),
+        o = connect => o?,
+    };
+    let mut first = vec![0u8; 16 * 1024];
+    let server_first = tokio::select! {
+        p = detect::client_protocol(conn) => Err(p?),
+        n = onward.read(&mut first) => Ok(n?),
+    };
+    Ok(match server_first {
+        Err(protocol) => Speaker::Client(protocol, Some(onward)),
+        Ok(n) => {
+            first.truncate(n);
+            Speaker::Server(onward, first)
+        }
+    })
+}
+
 /// A byte stream in either direction: TCP, or TLS over it.
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
@@ -634,6 +679,16 @@ struct Onward<'a> {
     /// The peer proxy's identity, if mutual TLS.
     peer: Option<String>,
     _open: Option<OpenGuard<'a>>,
+}
+
+impl AsyncRead for Onward<'_> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
 }
 
 /// A connection whose bytes are counted in its series until it is dropped.
