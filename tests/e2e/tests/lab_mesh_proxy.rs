@@ -200,6 +200,17 @@ fn exec_python(lab: &RunningLab, pod: &str, script: &str, args: &[&str]) -> Stri
     lab.kubectl(&argv)
 }
 
+/// The namespace `demo`, annotated for the mesh, and its ServiceAccount `web`.
+const MESHED_NAMESPACE: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo, annotations: {kubewire.io/inject: enabled}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: web, namespace: demo}
+"#;
+
 fn metric(text: &str, series: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series))
@@ -211,17 +222,7 @@ fn metric(text: &str, series: &str) -> u64 {
 fn meshed_pods_talk_mutual_tls_across_nodes_and_others_still_reach_them() {
     let lab = RunningLab::up_with(2, "mesh: true\n");
     mesh_ready(&lab);
-    lab.apply(
-        r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: demo, annotations: {kubewire.io/inject: enabled}}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: web, namespace: demo}
-"#,
-    );
+    lab.apply(MESHED_NAMESPACE);
     lab.apply(&pod("server", "node-1", "", "Always", SERVER_APP));
     lab.apply(&pod("client", "node-2", "", "Always", CLIENT_APP));
     lab.apply(&pod(
@@ -572,16 +573,9 @@ print(data[2:2 + (data[1] & 0x7f)].decode())
 fn http_is_balanced_request_by_request_and_counted() {
     let lab = RunningLab::up_with(2, "mesh: true\n");
     mesh_ready(&lab);
+    lab.apply(MESHED_NAMESPACE);
     lab.apply(
         r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: demo, annotations: {kubewire.io/inject: enabled}}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: web, namespace: demo}
----
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: echo, namespace: demo}
