@@ -36,7 +36,7 @@ use crate::destination::Endpoint;
 type ResponseBody = Observed;
 
 /// HTTP/1.1 connections kept per endpoint.
-const IDLE_PER_ENDPOINT: usize = 64;
+const CONNECTIONS_PER_ENDPOINT: usize = 64;
 
 /// Kept-alive connections to endpoints: HTTP/1.1 ones, each taking one request at a
 /// time, and one multiplexed HTTP/2 connection per endpoint.
@@ -101,6 +101,7 @@ fn authority(req: &Request<Incoming>) -> Option<String> {
     })
 }
 
+/// Sends one request on to where `side` says, and its response back, counted.
 async fn forward(
     proxy: &Arc<Proxy>,
     side: Side,
@@ -122,7 +123,11 @@ async fn forward(
             let tls = endpoint
                 .as_ref()
                 .is_some_and(|e| e.identity.is_some() && proxy.tls().is_some());
-            let why = format!("{original} ({}) has no ready endpoint", dest.service);
+            let why = if endpoint.is_none() {
+                format!("{original} ({}) has no ready endpoint", dest.service)
+            } else {
+                String::new()
+            };
             (Direction::Outbound, &proxy.pool, endpoint, why, tls)
         }
         Side::Inbound { app, tls } => {
@@ -345,7 +350,7 @@ impl Pool {
     fn put1(&self, addr: SocketAddr, sender: client1::SendRequest<Incoming>) {
         let mut pool = self.http1.lock().expect("poisoned");
         let conns = pool.entry(addr).or_default();
-        if conns.len() < IDLE_PER_ENDPOINT {
+        if conns.len() < CONNECTIONS_PER_ENDPOINT {
             conns.push(sender);
         }
     }
