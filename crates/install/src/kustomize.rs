@@ -21,7 +21,8 @@ const GENERATED: &str =
     "# Generated from crates/install by `make deploy`; edit the code, not this file.\n";
 
 /// kustomize's `legacy` output order (its default): these kinds first, in this order,
-/// then every other kind (by group, version and kind), then namespace and name.
+/// then every other kind (by group, version and kind), then [`ORDER_LAST`]; then
+/// namespace and name.
 const ORDER_FIRST: &[&str] = &[
     "Namespace",
     "ResourceQuota",
@@ -47,12 +48,25 @@ const ORDER_FIRST: &[&str] = &[
     "PodDisruptionBudget",
 ];
 
+/// The kinds kustomize's `legacy` order puts last: webhooks, so that they are admitted
+/// after what serves them.
+const ORDER_LAST: &[&str] = &[
+    "MutatingWebhookConfiguration",
+    "ValidatingWebhookConfiguration",
+];
+
 /// The sort key of `obj` in kustomize's `legacy` order.
 pub fn legacy_order(obj: &Value) -> (usize, String, String, String) {
     let kind = obj["kind"].as_str().unwrap_or_default();
     let rank = ORDER_FIRST
         .iter()
         .position(|k| *k == kind)
+        .or_else(|| {
+            ORDER_LAST
+                .iter()
+                .position(|k| *k == kind)
+                .map(|i| ORDER_FIRST.len() + 1 + i)
+        })
         .unwrap_or(ORDER_FIRST.len());
     let api_version = obj["apiVersion"].as_str().unwrap_or_default();
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("~G", api_version));
@@ -210,7 +224,7 @@ pub const LAB_GATEWAY_ADDRESS: &str = "198.18.0.250";
 
 /// The choices of a default lab (docs/lab.md): the API server on the underlay, the pod
 /// ranges, IPAM state under each node's directory, the LoadBalancer controller in the
-/// lab's controllers and a default pool.
+/// lab's controllers, a default pool, and the mesh.
 fn lab_config() -> Config {
     Config {
         lb_controller_deployment: false,
@@ -223,6 +237,7 @@ fn lab_config() -> Config {
         cni_data_dir: Some(LAB_CNI_DATA_DIR.into()),
         policy_socket: Some(LAB_POLICY_SOCKET.into()),
         gateway_address: Some(LAB_GATEWAY_ADDRESS.parse().expect("a valid address")),
+        mesh: true,
         ..Config::default()
     }
 }

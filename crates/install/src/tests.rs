@@ -594,6 +594,19 @@ fn the_cluster_network_policy_crd_comes_with_the_agent_unchanged() {
 }
 
 #[test]
+fn webhooks_come_last_as_in_kustomizes_order() {
+    let objects = manifests(&Config {
+        mesh: true,
+        ..Config::default()
+    });
+    assert_eq!(
+        objects.last().unwrap()["kind"],
+        "MutatingWebhookConfiguration",
+        "after the injector that serves it"
+    );
+}
+
+#[test]
 fn the_mesh_identity_issuer_reviews_tokens_and_keeps_only_its_anchor() {
     let off = manifests(&Config::default());
     assert!(find(&off, "Deployment", mesh::IDENTITY).is_none());

@@ -60,8 +60,9 @@ pub struct LabConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub load_balancer_pool: Option<Vec<String>>,
     /// Install the service mesh (`kubewire install --mesh`: the identity issuer and the
-    /// injector in kube-system, discovery in the agents). Off by default for now: the
-    /// mesh proxies opaque TCP only, and every lab would run two more Deployments.
+    /// injector in kube-system, discovery in the agents), as the talk's step 5 expects
+    /// (on by default; `false` spares the two Deployments and the webhook call on every
+    /// pod creation).
     pub mesh: bool,
     /// Where the lab keeps its state while it is up. Not configurable from a file:
     /// `lab down` and `lab status` must find it without being told.
@@ -91,7 +92,7 @@ impl Default for LabConfig {
             bfd: false,
             router_asn: crate::router::ROUTER_ASN,
             load_balancer_pool: None,
-            mesh: false,
+            mesh: true,
             run_dir: PathBuf::from("/run/kubewire"),
             data_root: PathBuf::from("/var/lib/kubewire"),
         }

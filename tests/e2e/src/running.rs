@@ -28,8 +28,23 @@ impl RunningLab {
         Self::up_with(nodes, "")
     }
 
-    /// With more lines for the lab's config file.
+    /// With more lines for the lab's config file. Without the mesh unless they ask for
+    /// it (`mesh: true`): most tests need neither its Deployments nor its webhook.
     pub fn up_with(nodes: u8, extra_config: &str) -> RunningLab {
+        let mesh = if extra_config.contains("mesh:") {
+            ""
+        } else {
+            "mesh: false\n"
+        };
+        Self::up_config(nodes, &format!("{mesh}{extra_config}"))
+    }
+
+    /// With the lab's defaults, as a user's `lab up` has them (the mesh among them).
+    pub fn up_as_users_do(nodes: u8) -> RunningLab {
+        Self::up_config(nodes, "")
+    }
+
+    fn up_config(nodes: u8, config_lines: &str) -> RunningLab {
         require_root();
         let name = unique_name("t");
         let dir = tempfile::tempdir().unwrap();
@@ -37,7 +52,7 @@ impl RunningLab {
         // Port 0: labs of parallel tests each get their own loopback port.
         std::fs::write(
             &config,
-            format!("nodes: {nodes}\napiListen: 127.0.0.1:0\n{extra_config}"),
+            format!("nodes: {nodes}\napiListen: 127.0.0.1:0\n{config_lines}"),
         )
         .unwrap();
         let mut lab = RunningLab {

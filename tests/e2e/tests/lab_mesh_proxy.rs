@@ -439,7 +439,8 @@ spec:
 /// and a restart do); a client in the namespace then talks to it over mutual TLS.
 #[test]
 fn the_talks_step_5_meshes_a_running_deployment_by_annotation_and_restart() {
-    let lab = RunningLab::up_with(2, "mesh: true\n");
+    // The lab as `lab up` makes it: the mesh is installed by default.
+    let lab = RunningLab::up_as_users_do(2);
     mesh_ready(&lab);
     lab.kubectl(&[
         "create",
@@ -523,6 +524,13 @@ fn the_talks_step_5_meshes_a_running_deployment_by_annotation_and_restart() {
         metric(
             &metrics,
             r#"tcp_open_total{direction="outbound",peer="dst",tls="true"}"#
+        ) >= 1,
+        "{metrics}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            r#"request_total{direction="outbound",authority="website",tls="true"}"#
         ) >= 1,
         "{metrics}"
     );
