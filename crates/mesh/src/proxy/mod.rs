@@ -17,11 +17,11 @@
 //! - **Admin** (`:4191`): `/ready` (200 once the proxy has its certificate: the
 //!   injector's startup probe, so the app starts only then), `/live`, `/metrics`.
 //!
-//! On outbound connections the proxy tells HTTP from the rest ([`detect`]): HTTP/1.1
-//! and HTTP/2 are served at L7 ([`http`]: per-request balancing, request metrics), the
-//! rest, and every port in `--opaque-ports`, is proxied as opaque TCP. Inbound
-//! connections are opaque for now; routes, policy and retries come later
-//! (docs/mesh.md).
+//! The proxy tells HTTP from the rest ([`detect`]) on outbound connections and on
+//! plaintext inbound ones; another proxy's transport header says which it sends.
+//! HTTP/1.1 and HTTP/2 are served at L7 ([`http`]: per-request balancing outbound,
+//! request metrics on both sides); the rest, and every port in `--opaque-ports`, is
+//! proxied as opaque TCP. Routes, policy and retries come later (docs/mesh.md).
 
 mod admin;
 mod balance;
@@ -151,6 +151,7 @@ struct Cached {
     /// Whether a fresh answer is being asked for.
     refreshing: Arc<std::sync::atomic::AtomicBool>,
 }
+
 /// How long a TLS handshake and its transport header may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long connecting onward may take.
@@ -341,6 +342,10 @@ impl Proxy {
             // A client outside the mesh: on to where it was going, HTTP served (and
             // counted) request by request, anything else as it came.
             let direction = metrics::Direction::Inbound;
+            if self.opaque_ports.contains(&original.port()) {
+                let onward = connect(original).await?;
+                return self.splice(conn, onward, direction, None, 0).await;
+            }
             return match first_speaker(&conn, connect(original)).await? {
                 Speaker::Client(detect::Protocol::Opaque, onward) => {
                     let onward = match onward {
