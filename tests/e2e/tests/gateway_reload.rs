@@ -168,10 +168,12 @@ fn routes_endpoints_and_certificates_change_under_load_with_no_failed_request() 
         subject(&https)
     );
 
+    // Long enough for every change below on a busy CI machine, where the ten applies,
+    // the scaling and the relabelling took more than 15 s.
     let load = |url: &str| {
         text(&lab.exec(
             "outside",
-            &["wrk", "-t1", "-c8", "-d15s", "--timeout", "5s", url],
+            &["wrk", "-t1", "-c8", "-d30s", "--timeout", "5s", url],
         ))
     };
     let (plain, tls) = std::thread::scope(|s| {
