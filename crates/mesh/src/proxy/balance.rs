@@ -99,35 +99,40 @@ impl Drop for Pending {
     }
 }
 
+/// Power of two choices: of two items drawn at random, the one that costs less (`None`
+/// for none).
+pub(crate) fn p2c<T, C: PartialOrd>(items: &[T], cost: impl Fn(&T) -> C) -> Option<&T> {
+    match items.len() {
+        0 => None,
+        1 => items.first(),
+        n => {
+            let a = super::random_below(n);
+            let b = (a + 1 + super::random_below(n - 1)) % n;
+            Some(if cost(&items[b]) < cost(&items[a]) {
+                &items[b]
+            } else {
+                &items[a]
+            })
+        }
+    }
+}
+
 impl Loads {
-    /// Of two endpoints drawn at random, the one that costs less (`None` for none).
+    /// Of two endpoints drawn at random, the one whose peak EWMA costs less.
     pub(crate) fn pick<'a, T>(
         &self,
         items: &'a [T],
         addr: impl Fn(&T) -> SocketAddr,
     ) -> Option<&'a T> {
-        match items.len() {
-            0 => None,
-            1 => items.first(),
-            n => {
-                let a = super::random_below(n);
-                let b = (a + 1 + super::random_below(n - 1)) % n;
-                let loads = self.loads.lock().expect("poisoned");
-                let now = Instant::now();
-                let cost = |t: &T| {
-                    loads
-                        .get(&addr(t))
-                        .copied()
-                        .unwrap_or(Load::new(now))
-                        .cost()
-                };
-                Some(if cost(&items[b]) < cost(&items[a]) {
-                    &items[b]
-                } else {
-                    &items[a]
-                })
-            }
-        }
+        let loads = self.loads.lock().expect("poisoned");
+        let now = Instant::now();
+        p2c(items, |t| {
+            loads
+                .get(&addr(t))
+                .copied()
+                .unwrap_or(Load::new(now))
+                .cost()
+        })
     }
 
     /// Counts a request to `addr` as in flight.

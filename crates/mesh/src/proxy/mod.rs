@@ -595,18 +595,8 @@ impl Proxy {
     /// Power of two choices: of two endpoints picked at random, the one with fewer open
     /// connections from this proxy.
     fn pick<'a>(&self, endpoints: &'a [Endpoint]) -> Option<&'a Endpoint> {
-        match endpoints.len() {
-            0 => None,
-            1 => endpoints.first(),
-            n => {
-                let a = random_below(n);
-                let b = (a + 1 + random_below(n - 1)) % n;
-                let open = self.open.lock().expect("poisoned");
-                let load = |e: &Endpoint| open.get(&e.addr).copied().unwrap_or(0);
-                let (ea, eb) = (&endpoints[a], &endpoints[b]);
-                Some(if load(eb) < load(ea) { eb } else { ea })
-            }
-        }
+        let open = self.open.lock().expect("poisoned");
+        balance::p2c(endpoints, |e| open.get(&e.addr).copied().unwrap_or(0))
     }
 
     async fn splice<A, B>(
