@@ -610,6 +610,7 @@ spec:
   ports:
   - {name: http, port: 80, targetPort: 3000}
   - {name: h2c, port: 81, targetPort: 3001}
+  - {name: redis-port, port: 6379, targetPort: 3000}
 ---
 apiVersion: v1
 kind: Service
@@ -706,6 +707,11 @@ spec:
         ws, "HTTP/1.1 101 Switching Protocols\nhello through the mesh\n",
         "{ws}"
     );
+
+    // An opaque port (Redis's, one of Linkerd's defaults): HTTP crosses both proxies as
+    // bytes, so it answers but no proxy counts a request for it (asserted below).
+    let answer = curl(&["http://echo.demo.svc.cluster.local:6379/"]);
+    assert!(answer.contains("\"proto\": \"HTTP/1.1\""), "{answer}");
 
     // No endpoint: the proxy answers 503 itself, saying why.
     let answer = curl(&["-i", "http://nobody.demo.svc.cluster.local/"]);
@@ -836,10 +842,17 @@ spec:
         20.0,
         "{inbound:#?}"
     );
+    let opaque = "authority=echo.demo.svc.cluster.local:6379,direction=outbound,tls=true";
+    assert_eq!(value(&format!("request_total|{opaque}")), 0.0, "{parsed:#}");
+    assert_eq!(
+        inbound_of(&format!("request_total|{opaque}")),
+        0.0,
+        "{inbound:#?}"
+    );
     // Connections to the endpoints were kept alive and reused: far fewer than requests.
     let opened = value("tcp_open_total|direction=outbound,peer=dst,tls=true");
     assert!(
-        (2.0..=9.0).contains(&opened),
-        "{opened} connections for 61 requests: {parsed:#}"
+        (3.0..=10.0).contains(&opened),
+        "{opened} connections for 61 requests and one opaque one: {parsed:#}"
     );
 }
