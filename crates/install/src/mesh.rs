@@ -10,13 +10,14 @@
 //!   and to write its own webhook configuration's `caBundle`.
 //!
 //! The agents serve the proxies' discovery (`--mesh-destination`, set by the agent's
-//! flags for these choices).
+//! flags for these choices), and read for it the routes that name Services (Gateway
+//! API for mesh) and the ReferenceGrants those routes may need.
 
 use serde_json::{Value, json};
 
 use crate::{
-    Config, NAMESPACE, cluster_role, cluster_role_binding, labels, meta, role, role_binding,
-    security_context, service_account,
+    AGENT, Config, NAMESPACE, cluster_role, cluster_role_binding, labels, meta, read, role,
+    role_binding, security_context, service_account,
 };
 
 /// The Deployment, Service, ServiceAccount, Role and bindings.
@@ -27,6 +28,9 @@ pub const IDENTITY_PORT: u16 = 8080;
 pub const INJECTOR: &str = "kubewire-injector";
 /// The injector's HTTPS port in its pod.
 pub const INJECTOR_PORT: u16 = 8443;
+/// The ClusterRole (and binding) of what the agents' discovery reads besides what the
+/// service proxy does.
+pub const DESTINATION_ROLE: &str = "kubewire-mesh-destination";
 
 /// Every mesh object for `cfg` (none without `cfg.mesh`).
 pub(crate) fn objects(cfg: &Config) -> Vec<Value> {
@@ -71,6 +75,16 @@ pub(crate) fn objects(cfg: &Config) -> Vec<Value> {
         ),
     ];
     objects.extend(injector(cfg));
+    objects.extend([
+        cluster_role(
+            DESTINATION_ROLE,
+            json!([read(
+                gateway::gatewayapi::GROUP,
+                &["grpcroutes", "httproutes", "referencegrants"]
+            )]),
+        ),
+        cluster_role_binding(DESTINATION_ROLE, AGENT),
+    ]);
     objects
 }
 

@@ -659,11 +659,16 @@ fn the_mesh_injector_is_called_for_pods_outside_kube_system_and_writes_only_its_
         ..Config::default()
     };
     let objects = manifests(&cfg);
-    // The agents serve the proxies' discovery.
+    // The agents serve the proxies' discovery, and read the mesh's routes for it.
     assert_eq!(
         cfg.agent_args().mesh_destination.map(|a| a.port()),
         Some(::mesh::destination::PORT)
     );
+    let agent = rules_of(&objects, AGENT);
+    let routes = json!({"apiGroups": ["gateway.networking.k8s.io"],
+        "resources": ["grpcroutes", "httproutes", "referencegrants"], "verbs": ["list", "watch"]});
+    assert!(agent.contains(&routes), "{agent:?}");
+    assert!(!rules_of(&off, AGENT).contains(&routes));
     let d = find(&objects, "Deployment", mesh::INJECTOR).expect("the injector's Deployment");
     let c = &d["spec"]["template"]["spec"]["containers"][0];
     let args: Vec<&str> = c["args"]

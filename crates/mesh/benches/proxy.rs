@@ -89,6 +89,7 @@ fn destination(node: &str) {
                     pod: "bench/server".into(),
                     identity: Some("ns/bench/sa/server".into()),
                 }],
+                routes: None,
             };
             let body = serde_json::to_string(&d).unwrap();
             let _ = write!(

@@ -8,24 +8,35 @@
 //!   port names in the EndpointSlices;
 //! - a pod's address: that pod;
 //! - anything else: no endpoints, and the proxy connects where the app asked.
+//!
+//! A Service port that HTTPRoutes or GRPCRoutes name as their parent (Gateway API for
+//! mesh, GAMMA), or a Service with Linkerd's retry or timeout annotations, is answered
+//! with [`Routes`] too: those routes and what they refer to
+//! (their backends' Services, EndpointSlices and identities, the ReferenceGrants of
+//! those namespaces). The proxy compiles them for its own namespace with the gateway's
+//! compiler ([`gateway::gatewayapi::mesh`]), so a route means the same in both.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
+use gateway::controller::{Custom, GrpcRouteKind, HttpRouteKind, ReferenceGrantKind};
+use gateway::gatewayapi::mesh as gamma;
+use gateway::gatewayapi::types::ParentReference;
 use k8s::{Mirror, ObjectKey, Store};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher;
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use serde_json::Value;
+use tracing::{debug, info, warn};
 
 /// The port the agent serves discovery on, at the node's address.
 pub const PORT: u16 = 4196;
 
 /// What a destination resolves to.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Destination {
     /// `service` (a Service's cluster IP), `pod`, or `unknown`.
@@ -36,6 +47,28 @@ pub struct Destination {
     /// Where connections may go.
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
+    /// The routes that name this Service port, if any: its HTTP requests are routed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<Routes>,
+}
+
+/// The routes naming a Service port as their parent, and everything they refer to, as
+/// the API holds them: the proxy compiles them for its own namespace.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Routes {
+    /// HTTPRoutes, `{metadata, spec}`.
+    pub http_routes: Vec<Value>,
+    /// GRPCRoutes, `{metadata, spec}`.
+    pub grpc_routes: Vec<Value>,
+    /// ReferenceGrants in the backends' namespaces, `{metadata, spec}`.
+    pub reference_grants: Vec<Value>,
+    /// The Services the routes send to or mirror to.
+    pub services: Vec<Service>,
+    /// Their EndpointSlices.
+    pub endpoint_slices: Vec<EndpointSlice>,
+    /// The identities of the meshed pods among those endpoints.
+    pub identities: BTreeMap<IpAddr, String>,
 }
 
 /// One endpoint of a destination.
@@ -92,6 +125,13 @@ pub struct View {
     slices: HashMap<ObjectKey, Slice>,
     pods: HashMap<ObjectKey, PodView>,
     pod_by_ip: HashMap<IpAddr, ObjectKey>,
+    /// Services and EndpointSlices as the API holds them, for [`Routes`].
+    raw_services: HashMap<ObjectKey, Service>,
+    raw_slices: HashMap<ObjectKey, EndpointSlice>,
+    /// `{metadata, spec}` of each.
+    http_routes: BTreeMap<ObjectKey, Value>,
+    grpc_routes: BTreeMap<ObjectKey, Value>,
+    reference_grants: BTreeMap<ObjectKey, Value>,
 }
 
 impl View {
@@ -105,6 +145,7 @@ impl View {
                     kind: "service".into(),
                     service: key.to_string(),
                     endpoints: vec![],
+                    routes: None,
                 };
             };
             let mut endpoints: Vec<Endpoint> = self
@@ -130,6 +171,7 @@ impl View {
                 kind: "service".into(),
                 service: key.to_string(),
                 endpoints,
+                routes: self.routes(key, addr.port()),
             };
         }
         if let Some(key) = self.pod_by_ip.get(&addr.ip()) {
@@ -141,12 +183,108 @@ impl View {
                     pod: key.to_string(),
                     identity: self.identity_of(addr.ip()),
                 }],
+                routes: None,
             };
         }
         Destination {
             kind: "unknown".into(),
             ..Destination::default()
         }
+    }
+
+    /// The routes naming the Service `key` at `port`, with what they refer to.
+    fn routes(&self, key: &str, port: u16) -> Option<Routes> {
+        let (namespace, name) = key.split_once('/')?;
+        let names = |route: &Value| {
+            let route_ns = route["metadata"]["namespace"].as_str().unwrap_or_default();
+            let parents: Vec<ParentReference> =
+                serde_json::from_value(route["spec"]["parentRefs"].clone()).unwrap_or_default();
+            parents
+                .iter()
+                .any(|p| gamma::names_service(p, route_ns, namespace, name, port))
+        };
+        let http_routes: Vec<Value> = self
+            .http_routes
+            .values()
+            .filter(|r| names(r))
+            .cloned()
+            .collect();
+        let grpc_routes: Vec<Value> = self
+            .grpc_routes
+            .values()
+            .filter(|r| names(r))
+            .cloned()
+            .collect();
+        let annotated = self
+            .raw_services
+            .get(key)
+            .and_then(|s| s.metadata.annotations.as_ref())
+            .and_then(gamma::LinkerdPolicy::from_annotations)
+            .is_some();
+        if http_routes.is_empty() && grpc_routes.is_empty() && !annotated {
+            return None;
+        }
+        // The Service itself (its annotations), and those the rules send to and mirror to.
+        let mut backends: BTreeSet<(String, String)> =
+            [(namespace.to_string(), name.to_string())].into();
+        for route in http_routes.iter().chain(&grpc_routes) {
+            let route_ns = route["metadata"]["namespace"].as_str().unwrap_or_default();
+            for rule in route["spec"]["rules"].as_array().into_iter().flatten() {
+                let refs = rule["backendRefs"].as_array().into_iter().flatten();
+                let mirrors = rule["filters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|f| &f["requestMirror"]["backendRef"]);
+                for r in refs.chain(mirrors) {
+                    if let Some(service) = r["name"].as_str() {
+                        let ns = r["namespace"].as_str().unwrap_or(route_ns);
+                        backends.insert((ns.to_string(), service.to_string()));
+                    }
+                }
+            }
+        }
+        let namespaces: BTreeSet<&str> = backends.iter().map(|(ns, _)| ns.as_str()).collect();
+        let services = backends
+            .iter()
+            .filter_map(|(ns, n)| self.raw_services.get(format!("{ns}/{n}").as_str()).cloned())
+            .collect();
+        let endpoint_slices: Vec<EndpointSlice> = self
+            .raw_slices
+            .values()
+            .filter(|s| {
+                let service = s
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("kubernetes.io/service-name"));
+                let ns = s.metadata.namespace.clone().unwrap_or_default();
+                service.is_some_and(|svc| backends.contains(&(ns, svc.clone())))
+            })
+            .cloned()
+            .collect();
+        let identities = endpoint_slices
+            .iter()
+            .flat_map(|s| s.endpoints.iter().flatten().flat_map(|e| &e.addresses))
+            .filter_map(|a| a.parse::<IpAddr>().ok())
+            .filter_map(|ip| Some((ip, self.identity_of(ip)?)))
+            .collect();
+        let reference_grants = self
+            .reference_grants
+            .values()
+            .filter(|g| {
+                namespaces.contains(g["metadata"]["namespace"].as_str().unwrap_or_default())
+            })
+            .cloned()
+            .collect();
+        Some(Routes {
+            http_routes,
+            grpc_routes,
+            reference_grants,
+            services,
+            endpoint_slices,
+            identities,
+        })
     }
 
     fn identity_of(&self, ip: IpAddr) -> Option<String> {
@@ -156,7 +294,10 @@ impl View {
 }
 
 impl Store<Service> for View {
-    fn apply(&mut self, key: ObjectKey, s: Service) -> bool {
+    fn apply(&mut self, key: ObjectKey, mut s: Service) -> bool {
+        s.metadata.managed_fields = None;
+        let raw_changed = self.raw_services.get(&key) != Some(&s);
+        let raw = s.clone();
         let spec = s.spec.unwrap_or_default();
         let ips: Vec<IpAddr> = spec
             .cluster_ips
@@ -174,9 +315,11 @@ impl Store<Service> for View {
             .collect();
         let svc = Svc { ips, ports };
         if self.services.get(&key) == Some(&svc) {
-            return false;
+            self.raw_services.insert(key, raw);
+            return raw_changed;
         }
         Store::<Service>::delete(self, &key);
+        self.raw_services.insert(key.clone(), raw);
         for ip in &svc.ips {
             self.by_cluster_ip.insert(*ip, key.clone());
         }
@@ -185,8 +328,9 @@ impl Store<Service> for View {
     }
 
     fn delete(&mut self, key: &str) -> bool {
+        let raw = self.raw_services.remove(key).is_some();
         let Some(old) = self.services.remove(key) else {
-            return false;
+            return raw;
         };
         for ip in old.ips {
             if self.by_cluster_ip.get(&ip).is_some_and(|k| &**k == key) {
@@ -202,7 +346,9 @@ impl Store<Service> for View {
 }
 
 impl Store<EndpointSlice> for View {
-    fn apply(&mut self, key: ObjectKey, s: EndpointSlice) -> bool {
+    fn apply(&mut self, key: ObjectKey, mut s: EndpointSlice) -> bool {
+        s.metadata.managed_fields = None;
+        self.raw_slices.insert(key.clone(), s.clone());
         let namespace = s.metadata.namespace.clone().unwrap_or_default();
         let Some(service) = s
             .metadata
@@ -251,6 +397,7 @@ impl Store<EndpointSlice> for View {
     }
 
     fn delete(&mut self, key: &str) -> bool {
+        self.raw_slices.remove(key);
         self.slices.remove(key).is_some()
     }
 
@@ -321,6 +468,31 @@ impl Store<Pod> for View {
     }
 }
 
+/// Routes and grants are kept as `{metadata, spec}`: the proxies parse them.
+macro_rules! custom_store {
+    ($kind:ty, $field:ident) => {
+        impl Store<Custom<$kind>> for View {
+            fn apply(&mut self, key: ObjectKey, c: Custom<$kind>) -> bool {
+                let mut metadata = c.metadata;
+                metadata.managed_fields = None;
+                metadata.resource_version = None;
+                let value = serde_json::json!({ "metadata": metadata, "spec": c.spec });
+                self.$field.insert(key, value.clone()) != Some(value)
+            }
+            fn delete(&mut self, key: &str) -> bool {
+                self.$field.remove(key).is_some()
+            }
+            fn keys(&self) -> Vec<ObjectKey> {
+                self.$field.keys().cloned().collect()
+            }
+        }
+    };
+}
+
+custom_store!(HttpRouteKind, http_routes);
+custom_store!(GrpcRouteKind, grpc_routes);
+custom_store!(ReferenceGrantKind, reference_grants);
+
 /// Mirrors the cluster into `view` until the watches end.
 pub async fn mirror(client: kube::Client, view: Arc<RwLock<View>>) {
     let mut services = k8s::mirror::watch(
@@ -331,8 +503,25 @@ pub async fn mirror(client: kube::Client, view: Arc<RwLock<View>>) {
         kube::Api::<EndpointSlice>::all(client.clone()),
         watcher::Config::default(),
     );
-    let mut pods = k8s::mirror::watch(kube::Api::<Pod>::all(client), watcher::Config::default());
+    let mut pods = k8s::mirror::watch(
+        kube::Api::<Pod>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    // Gateway API's CRDs may not be installed: these watches then retry, backing off.
+    let mut http_routes = k8s::mirror::watch(
+        kube::Api::<Custom<HttpRouteKind>>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let mut grpc_routes = k8s::mirror::watch(
+        kube::Api::<Custom<GrpcRouteKind>>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let mut grants = k8s::mirror::watch(
+        kube::Api::<Custom<ReferenceGrantKind>>::all(client),
+        watcher::Config::default(),
+    );
     let (mut m_svc, mut m_slice, mut m_pod) = (Mirror::new(), Mirror::new(), Mirror::new());
+    let (mut m_http, mut m_grpc, mut m_grant) = (Mirror::new(), Mirror::new(), Mirror::new());
     loop {
         let write = || {
             view.write()
@@ -350,6 +539,18 @@ pub async fn mirror(client: kube::Client, view: Arc<RwLock<View>>) {
             Some(e) = pods.next() => match e {
                 Ok(e) => { m_pod.step(&mut *write(), e); }
                 Err(e) => warn!(error = %e, "destination: watching Pods"),
+            },
+            Some(e) = http_routes.next() => match e {
+                Ok(e) => { m_http.step(&mut *write(), e); }
+                Err(e) => debug!(error = %e, "destination: watching HTTPRoutes"),
+            },
+            Some(e) = grpc_routes.next() => match e {
+                Ok(e) => { m_grpc.step(&mut *write(), e); }
+                Err(e) => debug!(error = %e, "destination: watching GRPCRoutes"),
+            },
+            Some(e) = grants.next() => match e {
+                Ok(e) => { m_grant.step(&mut *write(), e); }
+                Err(e) => debug!(error = %e, "destination: watching ReferenceGrants"),
             },
             else => return,
         }
@@ -512,5 +713,69 @@ mod tests {
         let mut v = view();
         assert!(Store::<Service>::delete(&mut v, "demo/web"));
         assert_eq!(v.resolve("10.96.0.20:80".parse().unwrap()).kind, "unknown");
+    }
+
+    #[test]
+    fn a_service_port_named_by_routes_is_answered_with_them_and_what_they_send_to() {
+        let mut v = view();
+        let at = "10.96.0.20:80".parse().unwrap();
+        assert_eq!(v.resolve(at).routes, None, "no route names it yet");
+        let route = |name: &str, parent: serde_json::Value| {
+            json!({"metadata": {"name": name, "namespace": "demo"},
+                   "spec": {"parentRefs": [parent],
+                            "rules": [{"backendRefs": [{"name": "web", "port": 80}],
+                                       "filters": [{"type": "RequestMirror", "requestMirror":
+                                           {"backendRef": {"name": "audit", "namespace": "ops", "port": 80}}}]}]}})
+        };
+        apply::<Custom<HttpRouteKind>>(
+            &mut v,
+            route(
+                "canary",
+                json!({"group": "", "kind": "Service", "name": "web"}),
+            ),
+        );
+        // Routes of a Gateway, of another port, and a grant elsewhere: not sent.
+        apply::<Custom<HttpRouteKind>>(&mut v, route("north", json!({"name": "gw"})));
+        apply::<Custom<HttpRouteKind>>(
+            &mut v,
+            route(
+                "other-port",
+                json!({"group": "", "kind": "Service", "name": "web", "port": 81}),
+            ),
+        );
+        for ns in ["ops", "elsewhere"] {
+            apply::<Custom<ReferenceGrantKind>>(
+                &mut v,
+                json!({"metadata": {"name": "g", "namespace": ns}, "spec": {"from": [], "to": []}}),
+            );
+        }
+        let routes = v.resolve(at).routes.expect("routed");
+        let names = |rs: &[Value]| -> Vec<String> {
+            rs.iter()
+                .map(|r| r["metadata"]["name"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(names(&routes.http_routes), ["canary"]);
+        assert_eq!(names(&routes.reference_grants), ["g"]);
+        assert_eq!(routes.reference_grants[0]["metadata"]["namespace"], "ops");
+        // The backend's Service and slice are there (the mirrored one is not in the
+        // cluster), with the identity of its meshed endpoint.
+        assert_eq!(routes.services.len(), 1);
+        assert_eq!(routes.services[0].metadata.name.as_deref(), Some("web"));
+        assert_eq!(routes.endpoint_slices.len(), 1);
+        assert_eq!(
+            routes.identities,
+            [("10.244.1.5".parse().unwrap(), "ns/demo/sa/web".to_string())].into()
+        );
+        // The answer goes to the proxy as JSON and comes back the same.
+        let d = v.resolve(at);
+        let again: Destination = serde_json::from_slice(&serde_json::to_vec(&d).unwrap()).unwrap();
+        assert_eq!(again, d);
+        // Deleted, the route is gone from the answers.
+        assert!(Store::<Custom<HttpRouteKind>>::delete(
+            &mut v,
+            "demo/canary"
+        ));
+        assert_eq!(v.resolve(at).routes, None);
     }
 }

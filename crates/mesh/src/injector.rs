@@ -338,6 +338,7 @@ pub fn inject(pod: &Value, spec: &ProxySpec) -> Option<Vec<Value>> {
         "restartPolicy": "Always",
         "env": [
             {"name": "KUBEWIRE_NODE_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
+            {"name": "KUBEWIRE_POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
             {"name": "KUBEWIRE_TRUST_BUNDLE", "value": spec.trust_bundle},
         ],
         "ports": [

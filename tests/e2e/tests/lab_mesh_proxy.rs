@@ -856,3 +856,211 @@ spec:
         "{opened} connections for 61 requests and one opaque one: {parsed:#}"
     );
 }
+
+/// One GET from inside a pod: `status x-route l5d-proxy-error pod` (`-` when absent).
+const GET: &str = r#"
+import http.client, json, sys
+host, path = sys.argv[1], sys.argv[2]
+headers = dict(h.split(":", 1) for h in sys.argv[3:])
+c = http.client.HTTPConnection(host, 80, timeout=20)
+c.request("GET", path, headers=headers)
+r = c.getresponse()
+body = r.read().decode()
+try:
+    pod = json.loads(body)["pod"]
+except Exception:
+    pod = "-"
+print(r.status, r.getheader("x-route") or "-", r.getheader("l5d-proxy-error") or "-", pod)
+"#;
+
+/// `n` GETs of `path` on one kept-alive connection; how many each Deployment's pods
+/// answered (by the pod name's prefix), and any other status.
+const COUNT: &str = r#"
+import collections, http.client, json, sys
+host, path, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+c = http.client.HTTPConnection(host, 80, timeout=20)
+counts = collections.Counter()
+for i in range(n):
+    c.request("GET", "%s?n=%d" % (path, i))
+    r = c.getresponse()
+    body = r.read()
+    if r.status != 200:
+        counts["status-%d" % r.status] += 1
+    else:
+        counts[json.loads(body)["pod"].rsplit("-", 2)[0]] += 1
+print(json.dumps(counts, sort_keys=True))
+"#;
+
+/// Version `v` of echo-basic, behind a Service `echo-{v}` with `annotations`.
+fn version(v: &str, annotations: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: echo-{v}, namespace: demo}}
+spec:
+  selector: {{matchLabels: {{app: echo-{v}}}}}
+  template:
+    metadata: {{labels: {{app: echo-{v}, tier: echo}}}}
+    spec:
+      serviceAccountName: web
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: echo
+        image: registry.k8s.io/gateway-api/echo-basic:v1.5.1
+        env:
+        - name: POD_NAME
+          valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: echo-{v}, namespace: demo, annotations: {{{annotations}}}}}
+spec:
+  selector: {{app: echo-{v}}}
+  ports: [{{name: http, port: 80, targetPort: 3000}}]
+"#
+    )
+}
+
+/// `echo`, in front of every version.
+const ECHO: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: demo}
+spec:
+  selector: {tier: echo}
+  ports: [{name: http, port: 80, targetPort: 3000}]
+"#;
+
+/// The canary (GAMMA): a header sends to v2, `/slow` times out at 500 ms, the rest is
+/// split 80/20; and a route on `echo-v1` that serves `/health` alone.
+fn canary(v1: u32, v2: u32) -> String {
+    format!(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: echo, namespace: demo}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: echo, port: 80}}]
+  rules:
+  - matches: [{{headers: [{{name: x-canary, value: "yes"}}]}}]
+    filters:
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {{set: [{{name: x-route, value: canary}}]}}
+    backendRefs: [{{name: echo-v2, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /slow}}}}]
+    timeouts: {{request: 500ms}}
+    backendRefs: [{{name: echo-v1, port: 80}}]
+  - backendRefs:
+    - {{name: echo-v1, port: 80, weight: {v1}}}
+    - {{name: echo-v2, port: 80, weight: {v2}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: health-only, namespace: demo}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: echo-v1}}]
+  rules:
+  - matches: [{{path: {{type: Exact, value: /health}}}}]
+    backendRefs: [{{name: echo-v1, port: 80}}]
+"#
+    )
+}
+
+#[test]
+fn gamma_routes_match_split_time_out_and_retry_in_the_client_proxy() {
+    let lab = RunningLab::up_with(2, "mesh: true\n");
+    mesh_ready(&lab);
+    lab.apply(MESHED_NAMESPACE);
+    lab.apply(ECHO);
+    lab.apply(&version("v1", ""));
+    // Linkerd's retry annotations, on a Service no route names.
+    lab.apply(&version(
+        "v2",
+        r#"retry.linkerd.io/http: "503", retry.linkerd.io/limit: "2""#,
+    ));
+    lab.apply(&pod("client", "node-2", "", "Always", CLIENT_APP));
+    for d in ["echo-v1", "echo-v2"] {
+        lab.kubectl(&[
+            "-n",
+            "demo",
+            "rollout",
+            "status",
+            &format!("deployment/{d}"),
+            "--timeout=120s",
+        ]);
+    }
+    wait_ready(&lab, "client");
+    let get = |host: &str, path: &str, headers: &[&str]| -> String {
+        let mut args = vec![host, path];
+        args.extend_from_slice(headers);
+        exec_python(&lab, "client", GET, &args).trim().to_string()
+    };
+    let count = |path: &str, n: u32| -> serde_json::Value {
+        let n = n.to_string();
+        let out = exec_python(
+            &lab,
+            "client",
+            COUNT,
+            &["echo.demo.svc.cluster.local", path, &n],
+        );
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let echo = "echo.demo.svc.cluster.local";
+
+    // The routes, once the client's proxy has them (discovery answers are refreshed
+    // within a second or two).
+    lab.apply(&canary(80, 20));
+    let mut answer = String::new();
+    assert!(
+        wait_until(WAIT, || {
+            answer = get(echo, "/", &["x-canary:yes"]);
+            answer.starts_with("200 canary - echo-v2-")
+        }),
+        "the header match never sent to v2: {answer}"
+    );
+    for _ in 0..10 {
+        let a = get(echo, "/", &["x-canary:yes"]);
+        assert!(a.starts_with("200 canary - echo-v2-"), "{a}");
+    }
+
+    // The split: 1,000 requests, 20% to v2 within 4.5 standard deviations (±57).
+    let split = count("/", 1000);
+    let v2 = split["echo-v2"].as_u64().unwrap_or(0);
+    assert_eq!(
+        split["echo-v1"].as_u64().unwrap_or(0) + v2,
+        1000,
+        "every request answered 200 by one of the two: {split}"
+    );
+    assert!((143..=257).contains(&v2), "80/20 split gave {split}");
+
+    // The route's request timeout: a backend that takes 2 s is answered 504 by the
+    // proxy; one that takes 100 ms gets through.
+    let slow = get(echo, "/slow?delay=2s", &[]);
+    assert!(slow.starts_with("504 - "), "{slow}");
+    let fast = get(echo, "/slow?delay=100ms", &[]);
+    assert!(fast.starts_with("200 - - echo-v1-"), "{fast}");
+
+    // A Service whose routes match nothing of the request: 404 from the proxy.
+    let missed = get("echo-v1.demo.svc.cluster.local", "/other", &[]);
+    assert!(missed.starts_with("404 - no route"), "{missed}");
+    let health = get("echo-v1.demo.svc.cluster.local", "/health", &[]);
+    assert!(health.starts_with("200 "), "{health}");
+
+    // Linkerd's retry annotations on echo-v2: two 503s are retried through to the
+    // third attempt's 200; three are one too many for a limit of 2.
+    for (failures, answered) in [(2, "200 "), (3, "503 ")] {
+        let uuid = e2e::unique_name("r");
+        let path = format!("/retry/?uuid={uuid}&succeedAfter={failures}&responseCode=503");
+        let got = get("echo-v2.demo.svc.cluster.local", &path, &[]);
+        assert!(got.starts_with(answered), "{failures} failures: {got}");
+    }
+
+    // A changed route is followed: everything to v1 now.
+    lab.apply(&canary(100, 0));
+    assert!(
+        wait_until(WAIT, || count("/", 20)["echo-v1"] == 20),
+        "the client's proxy never followed the changed route: {}",
+        count("/", 20)
+    );
+}

@@ -29,7 +29,9 @@
 //! - BackendTLSPolicy: TLS to the Services it targets, verified for its hostname against
 //!   its CA ConfigMaps (`ca.crt`) or the system's roots (`wellKnownCACertificates:
 //!   System`).
+//! - Routes whose parent is a Service (GAMMA) are the mesh's: see [`mesh`].
 
+pub mod mesh;
 pub mod services;
 pub mod types;
 

@@ -215,11 +215,11 @@ fn status(code: StatusCode) -> Response<Body> {
 }
 
 /// What templates and logs need to know about the request.
-struct Facts<'a> {
-    remote: SocketAddr,
-    protocol: &'static str,
-    start: SystemTime,
-    headers: &'a HeaderMap,
+pub struct Facts<'a> {
+    pub remote: SocketAddr,
+    pub protocol: &'static str,
+    pub start: SystemTime,
+    pub headers: &'a HeaderMap,
 }
 
 fn render(t: &Template, f: &Facts<'_>) -> String {
@@ -260,7 +260,8 @@ fn render(t: &Template, f: &Facts<'_>) -> String {
     out
 }
 
-fn edit_headers(headers: &mut HeaderMap, edits: &HeaderEdits, f: &Facts<'_>) {
+/// Applies `edits` (remove, set, add) to `headers`.
+pub fn edit_headers(headers: &mut HeaderMap, edits: &HeaderEdits, f: &Facts<'_>) {
     for name in &edits.remove {
         headers.remove(name);
     }
@@ -320,7 +321,7 @@ fn upgrade_of(req: &Request<Incoming>) -> Option<HeaderValue> {
     (connection_upgrade && !up.as_bytes().eq_ignore_ascii_case(b"h2c")).then(|| up.clone())
 }
 
-fn protocol_name(v: Version) -> &'static str {
+pub fn protocol_name(v: Version) -> &'static str {
     match v {
         Version::HTTP_2 => "HTTP/2",
         Version::HTTP_10 => "HTTP/1.0",
@@ -331,7 +332,7 @@ fn protocol_name(v: Version) -> &'static str {
 }
 
 /// The request's path with `rewrite` applied (the query stays).
-fn rewrite_path(path: &str, rewrite: &PathRewrite, string_prefix: bool) -> String {
+pub fn rewrite_path(path: &str, rewrite: &PathRewrite, string_prefix: bool) -> String {
     match rewrite {
         PathRewrite::Full(p) => p.clone(),
         PathRewrite::ReplacePrefix {
@@ -361,7 +362,8 @@ fn rewrite_path(path: &str, rewrite: &PathRewrite, string_prefix: bool) -> Strin
     }
 }
 
-fn with_path(uri: &Uri, path: &str) -> String {
+/// `path` with `uri`'s query.
+pub fn with_path(uri: &Uri, path: &str) -> String {
     match uri.query() {
         Some(q) => format!("{path}?{q}"),
         None => path.to_owned(),
@@ -376,6 +378,24 @@ fn redirect(
     port: u16,
     string_prefix: bool,
 ) -> Response<Body> {
+    let location = redirect_location(rd, req.uri(), host, tls, port, string_prefix);
+    let mut r = Response::new(empty());
+    *r.status_mut() = rd.status;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+/// Where `rd` sends a request for `uri` that came for `host` on `port` (over TLS or not).
+pub fn redirect_location(
+    rd: &Redirect,
+    uri: &Uri,
+    host: &str,
+    tls: bool,
+    port: u16,
+    string_prefix: bool,
+) -> String {
     let scheme_in = if tls { "https" } else { "http" };
     let scheme = rd.scheme.as_deref().unwrap_or(scheme_in);
     let host = rd.hostname.as_deref().unwrap_or(host);
@@ -389,8 +409,8 @@ fn redirect(
         _ => 80,
     };
     let path = match &rd.path {
-        Some(rw) => rewrite_path(req.uri().path(), rw, string_prefix),
-        None => req.uri().path().to_owned(),
+        Some(rw) => rewrite_path(uri.path(), rw, string_prefix),
+        None => uri.path().to_owned(),
     };
     let mut location = format!("{scheme}://");
     if host.contains(':') {
@@ -401,13 +421,8 @@ fn redirect(
     if let Some(p) = port.filter(|&p| p != default_port) {
         let _ = write!(location, ":{p}");
     }
-    location.push_str(&with_path(req.uri(), &path));
-    let mut r = Response::new(empty());
-    *r.status_mut() = rd.status;
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        r.headers_mut().insert(header::LOCATION, v);
-    }
-    r
+    location.push_str(&with_path(uri, &path));
+    location
 }
 
 /// `origin` against a pattern with `*` wildcards.

@@ -5,7 +5,8 @@
 //!   request, so a new configuration applies to the next request of an open connection, and
 //!   a removed port stops accepting while its open connections finish.
 //! - [`route`]: host and route lookup (indexed, equal to a first-match walk).
-//! - `http`: one HTTP request (filters, forwarding, retries, timeouts).
+//! - `http`: one HTTP request (filters, forwarding, retries, timeouts); its request and
+//!   response edits are public for the mesh's proxies, which serve the same routes.
 //! - `upstream`: backends, pools, balancing, circuit breakers.
 //! - `tls`: termination with certificates by SNI, passthrough by the ClientHello's SNI.
 //! - `l4`: TCP and UDP listeners, PROXY protocol v2.
@@ -34,6 +35,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use self::http::HttpTable;
+pub use self::http::{
+    Facts, edit_headers, protocol_name, redirect_location, rewrite_path, with_path,
+};
 use self::metrics::Metrics;
 use self::upstream::{BackendKey, Upstreams};
 use crate::config::{Config, ListenerKind};

@@ -18,10 +18,16 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::{Either, Full};
+use gateway::config::{Action, Forward, HeaderEdits};
+use gateway::proxy::route::normalize_host;
+use gateway::proxy::{
+    Facts, edit_headers, protocol_name, redirect_location, rewrite_path, with_path,
+};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1 as client1, http2 as client2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -29,11 +35,20 @@ use tracing::debug;
 
 use super::detect::Protocol;
 use super::metrics::{self, Direction};
+use super::routes::Routing;
 use super::{Counted, Proxy};
 use crate::destination::Endpoint;
 
 /// The bodies of the responses the proxy sends back.
 type ResponseBody = Observed;
+
+/// What requests are sent with: the client's body as it streams, or one read whole to
+/// be sent again (a request that may be retried).
+type RequestBody = Either<Incoming, Full<Bytes>>;
+
+/// A request with a larger body is not retried (Linkerd's limit): its body streams
+/// through once.
+const MAX_RETRY_BODY: u64 = 64 * 1024;
 
 /// HTTP/1.1 connections kept per endpoint.
 const CONNECTIONS_PER_ENDPOINT: usize = 64;
@@ -42,13 +57,13 @@ const CONNECTIONS_PER_ENDPOINT: usize = 64;
 /// time, and one multiplexed HTTP/2 connection per endpoint.
 #[derive(Default)]
 pub(super) struct Pool {
-    http1: Mutex<HashMap<SocketAddr, Vec<client1::SendRequest<Incoming>>>>,
+    http1: Mutex<HashMap<SocketAddr, Vec<client1::SendRequest<RequestBody>>>>,
     /// Each endpoint's connection behind an async lock, held while connecting: the
     /// requests that arrive meanwhile wait for that connection rather than open more.
     http2: Arc<Mutex<HashMap<SocketAddr, Http2Slot>>>,
 }
 
-type Http2Slot = Arc<tokio::sync::Mutex<Option<client2::SendRequest<Incoming>>>>;
+type Http2Slot = Arc<tokio::sync::Mutex<Option<client2::SendRequest<RequestBody>>>>;
 
 /// Which side of the pod an HTTP connection is on.
 #[derive(Debug, Clone, Copy)]
@@ -91,14 +106,19 @@ where
     served.map_err(std::io::Error::other)
 }
 
-/// The request's authority, as the metrics name it: its `:authority` or Host.
-fn authority(req: &Request<Incoming>) -> Option<String> {
-    req.uri().authority().map(|a| a.to_string()).or_else(|| {
-        req.headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-    })
+/// The request's authority, as the metrics name it: its `:authority` or Host, else
+/// the address it went to.
+fn authority<B>(req: &Request<B>, or: SocketAddr) -> String {
+    req.uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| or.to_string())
 }
 
 /// Sends one request on to where `side` says, and its response back, counted.
@@ -106,60 +126,118 @@ async fn forward(
     proxy: &Arc<Proxy>,
     side: Side,
     protocol: Protocol,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Response<ResponseBody> {
-    let (direction, pool, endpoint, why, tls) = match side {
-        Side::Outbound { original } => {
-            let dest = proxy.resolve(original).await;
-            let endpoint = if dest.kind == "unknown" {
-                Some(Endpoint {
-                    addr: original,
-                    pod: String::new(),
-                    identity: None,
-                })
-            } else {
-                proxy.loads.pick(&dest.endpoints, |e| e.addr).cloned()
-            };
-            let tls = endpoint
-                .as_ref()
-                .is_some_and(|e| e.identity.is_some() && proxy.tls().is_some());
-            let why = if endpoint.is_none() {
-                format!("{original} ({}) has no ready endpoint", dest.service)
-            } else {
-                String::new()
-            };
-            (Direction::Outbound, &proxy.pool, endpoint, why, tls)
-        }
+    let original = match side {
+        Side::Outbound { original } => original,
         Side::Inbound { app, tls } => {
+            let series = proxy
+                .metrics
+                .request(Direction::Inbound, &authority(&req, app), tls);
             let endpoint = Endpoint {
                 addr: app,
                 pod: String::new(),
                 identity: None,
             };
-            (
-                Direction::Inbound,
+            let sent = send(
+                proxy,
                 &proxy.app_pool,
-                Some(endpoint),
-                String::new(),
-                tls,
-            )
+                protocol,
+                &endpoint,
+                req.map(Either::Left),
+            );
+            return answer(sent.await, series, &endpoint);
         }
     };
-    let authority = authority(&req).unwrap_or_else(|| match side {
-        Side::Outbound { original } => original.to_string(),
-        Side::Inbound { app, .. } => app.to_string(),
-    });
-    let series = proxy.metrics.request(direction, &authority, tls);
+    let dest = proxy.resolve(original).await;
+    if let Some(routing) = dest.routing.clone() {
+        return routed(proxy, original, protocol, req, &routing).await;
+    }
+    let endpoint = if dest.kind == "unknown" {
+        Some(Endpoint {
+            addr: original,
+            pod: String::new(),
+            identity: None,
+        })
+    } else {
+        proxy.loads.pick(&dest.endpoints, |e| e.addr).cloned()
+    };
+    let tls = endpoint.as_ref().is_some_and(|e| meshed(proxy, e));
+    let series = proxy
+        .metrics
+        .request(Direction::Outbound, &authority(&req, original), tls);
     let Some(endpoint) = endpoint else {
+        let why = format!("{original} ({}) has no ready endpoint", dest.service);
         return proxy_error(series, StatusCode::SERVICE_UNAVAILABLE, &why);
     };
+    let sent = send(
+        proxy,
+        &proxy.pool,
+        protocol,
+        &endpoint,
+        req.map(Either::Left),
+    )
+    .await;
+    answer(sent, series, &endpoint)
+}
+
+/// Whether a request to `endpoint` goes in mutual TLS.
+fn meshed(proxy: &Proxy, endpoint: &Endpoint) -> bool {
+    endpoint.identity.is_some() && proxy.tls().is_some()
+}
+
+/// The response to send back for what an attempt at `endpoint` got, counted.
+fn answer(
+    sent: Result<Response<Incoming>, Error>,
+    series: metrics::Request,
+    endpoint: &Endpoint,
+) -> Response<ResponseBody> {
+    match sent {
+        Ok(resp) => observed(resp, series),
+        Err(e) => {
+            debug!(endpoint = %endpoint.addr, error = %e, "request failed");
+            let status = match e {
+                Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            proxy_error(series, status, &e.to_string())
+        }
+    }
+}
+
+/// A response from an endpoint, its body observed for the metrics.
+fn observed(resp: Response<Incoming>, series: metrics::Request) -> Response<ResponseBody> {
+    let status = resp.status().as_u16();
+    let grpc_status = resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    resp.map(|body| Observed {
+        body: Either::Left(body),
+        series: Some(series),
+        status,
+        grpc_status,
+        ended: false,
+    })
+}
+
+/// One attempt at `endpoint`, the load it puts there accounted for. An HTTP/1.1
+/// upgrade that the endpoint accepts is spliced through once both sides switched.
+async fn send(
+    proxy: &Proxy,
+    pool: &Pool,
+    protocol: Protocol,
+    endpoint: &Endpoint,
+    mut req: Request<RequestBody>,
+) -> Result<Response<Incoming>, Error> {
     let upgrade = (protocol == Protocol::Http1
         && req.headers().contains_key(http::header::UPGRADE))
     .then(|| hyper::upgrade::on(&mut req));
     let pending = proxy.loads.start(endpoint.addr);
     let sent = match protocol {
-        Protocol::Http2 => send2(proxy, pool, &endpoint, req).await,
-        _ => send1(proxy, pool, &endpoint, req, upgrade.is_some()).await,
+        Protocol::Http2 => send2(proxy, pool, endpoint, req).await,
+        _ => send1(proxy, pool, endpoint, req, upgrade.is_some()).await,
     };
     match sent {
         Ok(mut resp) => {
@@ -175,26 +253,202 @@ async fn forward(
                     }
                 });
             }
-            let status = resp.status().as_u16();
-            let grpc_status = resp
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            resp.map(|body| Observed {
-                body: Either::Left(body),
-                series: Some(series),
-                status,
-                grpc_status,
-                ended: false,
-            })
+            Ok(resp)
         }
         Err(e) => {
             if matches!(e, Error::Connect(_)) {
                 pending.failed();
             }
-            debug!(endpoint = %endpoint.addr, error = %e, "request failed");
-            proxy_error(series, StatusCode::BAD_GATEWAY, &e.to_string())
+            Err(e)
+        }
+    }
+}
+
+/// A request to a Service port that routes name (GAMMA): the first matching route
+/// says what happens to it, as at the gateway. No matching route answers 404.
+async fn routed(
+    proxy: &Proxy,
+    original: SocketAddr,
+    protocol: Protocol,
+    mut req: Request<Incoming>,
+    routing: &Routing,
+) -> Response<ResponseBody> {
+    let authority = authority(&req, original);
+    let series = |tls| proxy.metrics.request(Direction::Outbound, &authority, tls);
+    let Some(route) = routing.find(&req) else {
+        let why = format!("no route of {original} matches the request");
+        return proxy_error(series(false), StatusCode::NOT_FOUND, &why);
+    };
+    let name = &route.name;
+    let fw = match &route.action {
+        Action::Forward(fw) => fw,
+        Action::Respond(status) => {
+            let why = format!(
+                "{} {}/{} answers {status}",
+                name.kind, name.namespace, name.name
+            );
+            return proxy_error(series(false), *status, &why);
+        }
+        Action::Redirect(rd) => {
+            let host = normalize_host(&authority);
+            let location = redirect_location(rd, req.uri(), &host, false, original.port(), false);
+            let mut resp = proxy_error(series(false), rd.status, "redirected");
+            resp.headers_mut().remove("l5d-proxy-error");
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(http::header::LOCATION, v);
+            }
+            return resp;
+        }
+    };
+    // The backend, by weight; a reference that did not resolve answers 500 for its share.
+    let total: u64 = fw.backends.iter().map(|b| u64::from(b.weight)).sum();
+    let backend = (total > 0)
+        .then(|| {
+            let mut pick = super::random_below(total as usize) as u64;
+            fw.backends.iter().find(|b| {
+                let hit = pick < u64::from(b.weight);
+                pick = pick.saturating_sub(u64::from(b.weight));
+                hit
+            })
+        })
+        .flatten()
+        .and_then(|b| b.backend.clone());
+    let Some(backend) = backend else {
+        let why = format!("{} {}/{}: no backend", name.kind, name.namespace, name.name);
+        return proxy_error(series(false), StatusCode::INTERNAL_SERVER_ERROR, &why);
+    };
+    let endpoints: Vec<Endpoint> = backend
+        .endpoints
+        .iter()
+        .map(|a| routing.endpoint(*a))
+        .collect();
+    if endpoints.is_empty() {
+        let why = format!(
+            "{}/{} has no ready endpoint",
+            backend.namespace, backend.service
+        );
+        return proxy_error(series(false), StatusCode::SERVICE_UNAVAILABLE, &why);
+    }
+    rewrite(&mut req, fw);
+    let attempts = attempts(proxy, protocol, req, fw, &endpoints);
+    let (sent, endpoint) = match fw.request_timeout {
+        Some(t) => match tokio::time::timeout(t, attempts).await {
+            Ok(done) => done,
+            Err(_) => (Err(Error::Timeout(t)), endpoints[0].clone()),
+        },
+        None => attempts.await,
+    };
+    let mut resp = answer(sent, series(meshed(proxy, &endpoint)), &endpoint);
+    let facts = Facts {
+        remote: original,
+        protocol: protocol_name(resp.version()),
+        start: SystemTime::now(),
+        headers: &HeaderMap::new(),
+    };
+    edit_headers(resp.headers_mut(), &fw.response_headers, &facts);
+    resp
+}
+
+/// A route's URL rewrite and request header edits, applied to `req`.
+fn rewrite(req: &mut Request<Incoming>, fw: &Forward) {
+    if let Some(host) = &fw.rewrite.hostname
+        && let Ok(v) = HeaderValue::from_str(host)
+    {
+        req.headers_mut().insert(http::header::HOST, v);
+        let mut parts = req.uri().clone().into_parts();
+        if parts.authority.is_some() {
+            parts.authority = host.parse().ok();
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+    }
+    if let Some(p) = &fw.rewrite.path {
+        let path = with_path(req.uri(), &rewrite_path(req.uri().path(), p, false));
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = path.parse().ok();
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+    if fw.request_headers != HeaderEdits::default() {
+        let headers = req.headers().clone();
+        let facts = Facts {
+            remote: SocketAddr::from(([0, 0, 0, 0], 0)),
+            protocol: protocol_name(req.version()),
+            start: SystemTime::now(),
+            headers: &headers,
+        };
+        edit_headers(req.headers_mut(), &fw.request_headers, &facts);
+    }
+}
+
+/// The attempts at a request: the first, and with a retry policy the retries of a
+/// failure it names (the statuses it lists, a connection that failed or an attempt
+/// that timed out), each at an endpoint balanced afresh, after its backoff, while the
+/// retry budget allows. Only a body of at most [`MAX_RETRY_BODY`] bytes is kept to be
+/// sent again; a larger one is sent once.
+async fn attempts(
+    proxy: &Proxy,
+    protocol: Protocol,
+    req: Request<Incoming>,
+    fw: &Forward,
+    endpoints: &[Endpoint],
+) -> (Result<Response<Incoming>, Error>, Endpoint) {
+    let attempt = |req| async {
+        let endpoint = proxy
+            .loads
+            .pick(endpoints, |e| e.addr)
+            .cloned()
+            .unwrap_or_else(|| endpoints[0].clone());
+        let sent = send(proxy, &proxy.pool, protocol, &endpoint, req);
+        let sent = match fw.backend_timeout {
+            Some(t) => tokio::time::timeout(t, sent)
+                .await
+                .unwrap_or(Err(Error::Timeout(t))),
+            None => sent.await,
+        };
+        (sent, endpoint)
+    };
+    let retry = fw.retry.as_ref().filter(|r| r.attempts > 0);
+    let small = req
+        .body()
+        .size_hint()
+        .upper()
+        .is_some_and(|n| n <= MAX_RETRY_BODY);
+    let (Some(retry), true) = (retry, small) else {
+        return attempt(req.map(Either::Left)).await;
+    };
+    let (parts, body) = req.into_parts();
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return (Err(Error::Http(e)), endpoints[0].clone()),
+    };
+    let copy = || {
+        let mut r = Request::new(Either::Right(Full::new(body.clone())));
+        *r.method_mut() = parts.method.clone();
+        *r.uri_mut() = parts.uri.clone();
+        *r.version_mut() = parts.version;
+        *r.headers_mut() = parts.headers.clone();
+        r
+    };
+    proxy.retry_budget.request();
+    let mut left = retry.attempts;
+    loop {
+        let (sent, endpoint) = attempt(copy()).await;
+        let failed = match &sent {
+            Ok(resp) => retry.statuses.contains(&resp.status()),
+            // Not a request that failed midway: it may have been served.
+            Err(Error::Connect(_) | Error::Timeout(_)) => true,
+            Err(Error::Http(_)) => false,
+        };
+        if !failed || left == 0 || !proxy.retry_budget.retry() {
+            return (sent, endpoint);
+        }
+        left -= 1;
+        debug!(endpoint = %endpoint.addr, "retrying");
+        if let Some(b) = retry.backoff {
+            tokio::time::sleep(b).await;
         }
     }
 }
@@ -205,7 +459,7 @@ async fn send1(
     proxy: &Proxy,
     pool: &Pool,
     endpoint: &Endpoint,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     own: bool,
 ) -> Result<Response<Incoming>, Error> {
     let mut req = req;
@@ -238,7 +492,7 @@ async fn send2(
     proxy: &Proxy,
     pool: &Pool,
     endpoint: &Endpoint,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<Response<Incoming>, Error> {
     let mut sender = pool.sender2(proxy, endpoint).await?;
     sender.ready().await.map_err(Error::Http)?;
@@ -249,7 +503,7 @@ async fn connect1(
     proxy: &Proxy,
     pool: &Pool,
     endpoint: &Endpoint,
-) -> Result<client1::SendRequest<Incoming>, Error> {
+) -> Result<client1::SendRequest<RequestBody>, Error> {
     let io = open(proxy, pool, endpoint, Protocol::Http1).await?;
     let (sender, conn) = client1::handshake(TokioIo::new(io))
         .await
@@ -290,7 +544,7 @@ impl Pool {
         &self,
         proxy: &Proxy,
         endpoint: &Endpoint,
-    ) -> Result<client2::SendRequest<Incoming>, Error> {
+    ) -> Result<client2::SendRequest<RequestBody>, Error> {
         let addr = endpoint.addr;
         let slot = self
             .http2
@@ -330,7 +584,7 @@ impl Pool {
 
     /// An HTTP/1.1 connection to `addr` that can take a request now (its last
     /// response read through), taken out of the pool while it is used.
-    fn idle1(&self, addr: SocketAddr) -> Option<client1::SendRequest<Incoming>> {
+    fn idle1(&self, addr: SocketAddr) -> Option<client1::SendRequest<RequestBody>> {
         let mut pool = self.http1.lock().expect("poisoned");
         let conns = pool.get_mut(&addr)?;
         conns.retain(|s| !s.is_closed());
@@ -347,7 +601,7 @@ impl Pool {
     /// Puts a connection back as soon as its request is answered: it takes the next
     /// request once its response has been read through (the pool asks it then), with
     /// no task of its own to wait for that.
-    fn put1(&self, addr: SocketAddr, sender: client1::SendRequest<Incoming>) {
+    fn put1(&self, addr: SocketAddr, sender: client1::SendRequest<RequestBody>) {
         let mut pool = self.http1.lock().expect("poisoned");
         let conns = pool.entry(addr).or_default();
         if conns.len() < CONNECTIONS_PER_ENDPOINT {
@@ -362,6 +616,8 @@ enum Error {
     Connect(std::io::Error),
     #[error(transparent)]
     Http(hyper::Error),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
 }
 
 /// An answer from the proxy itself.

@@ -21,13 +21,17 @@
 //! plaintext inbound ones; another proxy's transport header says which it sends.
 //! HTTP/1.1 and HTTP/2 are served at L7 ([`http`]: per-request balancing outbound,
 //! request metrics on both sides); the rest, and every port in `--opaque-ports`, is
-//! proxied as opaque TCP. Routes, policy and retries come later (docs/mesh.md).
+//! proxied as opaque TCP. A Service port named by HTTPRoutes or GRPCRoutes (GAMMA) has
+//! its requests routed as those say ([`routes`]): matches, weighted backends, header
+//! and URL filters, redirects, timeouts and retries. Policy comes later (docs/mesh.md).
 
 mod admin;
 mod balance;
+mod budget;
 mod detect;
 mod http;
 mod metrics;
+mod routes;
 mod transport;
 
 use std::collections::HashMap;
@@ -42,6 +46,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use self::routes::Resolved;
 use crate::destination::{self, Destination, Endpoint};
 use crate::identity::client::{Certifier, Credentials};
 
@@ -93,6 +98,10 @@ pub struct Args {
         default_value = "25,587,3306,4444,5432,6379,9300,11211"
     )]
     pub opaque_ports: Vec<u16>,
+    /// The pod's namespace (the downward API's `metadata.namespace`): the routes of
+    /// this namespace that name another namespace's Service apply to this pod alone.
+    #[arg(long, env = "KUBEWIRE_POD_NAMESPACE", default_value = "")]
+    pub namespace: String,
 }
 
 /// Why the proxy could not run.
@@ -147,7 +156,7 @@ const DESTINATION_STALE: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 struct Cached {
     at: Instant,
-    destination: Arc<Destination>,
+    destination: Arc<Resolved>,
     /// Whether a fresh answer is being asked for.
     refreshing: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -173,6 +182,9 @@ struct Proxy {
     /// address can be one of its Service's endpoints too).
     app_pool: http::Pool,
     opaque_ports: Vec<u16>,
+    /// The pod's namespace: which consumer routes (GAMMA) apply to it.
+    namespace: String,
+    retry_budget: budget::RetryBudget,
     metrics: Metrics,
 }
 
@@ -231,6 +243,8 @@ pub async fn run(args: Args) -> Result<(), Error> {
         pool: http::Pool::default(),
         app_pool: http::Pool::default(),
         opaque_ports: args.opaque_ports.clone(),
+        namespace: args.namespace.clone(),
+        retry_budget: budget::RetryBudget::default(),
         metrics: Metrics::new(),
     });
     info!(
@@ -543,7 +557,7 @@ impl Proxy {
     /// asked for in the background, so no request waits for discovery once its
     /// address is known. `unknown` when the destination service cannot be asked (the
     /// connection then goes where it was going).
-    async fn resolve(self: &Arc<Self>, addr: SocketAddr) -> Arc<Destination> {
+    async fn resolve(self: &Arc<Self>, addr: SocketAddr) -> Arc<Resolved> {
         let now = Instant::now();
         let cached = self.cache.lock().expect("poisoned").get(&addr).cloned();
         match cached {
@@ -567,17 +581,32 @@ impl Proxy {
     }
 
     /// Asks the destination service about `addr` and caches the answer.
-    async fn ask(&self, addr: SocketAddr) -> Arc<Destination> {
+    async fn ask(&self, addr: SocketAddr) -> Arc<Resolved> {
         let d = match destination::ask(self.destination, addr).await {
-            Ok(d) => Arc::new(d),
+            Ok(d) => d,
             Err(e) => {
                 warn!(%addr, error = %e, "asking the destination service");
-                return Arc::new(Destination {
-                    kind: "unknown".into(),
-                    ..Destination::default()
+                return Arc::new(Resolved {
+                    destination: Destination {
+                        kind: "unknown".into(),
+                        ..Destination::default()
+                    },
+                    routing: None,
                 });
             }
         };
+        let previous = self
+            .cache
+            .lock()
+            .expect("poisoned")
+            .get(&addr)
+            .map(|c| c.destination.clone());
+        let d = Arc::new(Resolved::new(
+            d,
+            addr.port(),
+            &self.namespace,
+            previous.as_deref(),
+        ));
         let now = Instant::now();
         let mut cache = self.cache.lock().expect("poisoned");
         cache.retain(|_, c| now.duration_since(c.at) < DESTINATION_STALE);
