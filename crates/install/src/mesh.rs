@@ -9,9 +9,12 @@
 //!   never stops pods), the right to read namespaces' annotations, the trust bundle,
 //!   and to write its own webhook configuration's `caBundle`.
 //!
+//! - Linkerd's policy CRDs (`policy.linkerd.io`, edge-26.8.3), unchanged from
+//!   `crates/mesh/crds`, so that Linkerd's policy manifests apply.
+//!
 //! The agents serve the proxies' discovery (`--mesh-destination`, set by the agent's
 //! flags for these choices), and read for it the routes that name Services (Gateway
-//! API for mesh) and the ReferenceGrants those routes may need.
+//! API for mesh), the ReferenceGrants those routes may need, and Linkerd's policy.
 
 use serde_json::{Value, json};
 
@@ -32,6 +35,30 @@ pub const INJECTOR_PORT: u16 = 8443;
 /// service proxy does.
 pub const DESTINATION_ROLE: &str = "kubewire-mesh-destination";
 
+/// Linkerd's policy CRDs.
+const LINKERD_POLICY_CRDS: &[&str] = &[
+    include_str!(
+        "../../mesh/crds/linkerd-edge-26.8.3/policy.linkerd.io_authorizationpolicies.yaml"
+    ),
+    include_str!("../../mesh/crds/linkerd-edge-26.8.3/policy.linkerd.io_httproutes.yaml"),
+    include_str!(
+        "../../mesh/crds/linkerd-edge-26.8.3/policy.linkerd.io_meshtlsauthentications.yaml"
+    ),
+    include_str!(
+        "../../mesh/crds/linkerd-edge-26.8.3/policy.linkerd.io_networkauthentications.yaml"
+    ),
+    include_str!("../../mesh/crds/linkerd-edge-26.8.3/policy.linkerd.io_serverauthorizations.yaml"),
+    include_str!("../../mesh/crds/linkerd-edge-26.8.3/policy.linkerd.io_servers.yaml"),
+];
+
+/// Linkerd's policy CRDs as objects.
+pub fn crds() -> Vec<Value> {
+    LINKERD_POLICY_CRDS
+        .iter()
+        .map(|text| serde_yaml_ng::from_str(text).expect("the vendored CRDs are YAML"))
+        .collect()
+}
+
 /// Every mesh object for `cfg` (none without `cfg.mesh`).
 pub(crate) fn objects(cfg: &Config) -> Vec<Value> {
     if !cfg.mesh {
@@ -39,7 +66,8 @@ pub(crate) fn objects(cfg: &Config) -> Vec<Value> {
     }
     let mut delegator = meta(&format!("{IDENTITY}-auth-delegator"), false);
     delegator["labels"] = labels(IDENTITY);
-    let mut objects = vec![
+    let mut objects = crds();
+    objects.extend([
         service_account(IDENTITY),
         // TokenReviews: how the issuer checks the token a proxy presents.
         json!({
@@ -73,15 +101,26 @@ pub(crate) fn objects(cfg: &Config) -> Vec<Value> {
             json!([]),
             IDENTITY_PORT,
         ),
-    ];
+    ]);
     objects.extend(injector(cfg));
     objects.extend([
         cluster_role(
             DESTINATION_ROLE,
-            json!([read(
-                gateway::gatewayapi::GROUP,
-                &["grpcroutes", "httproutes", "referencegrants"]
-            )]),
+            json!([
+                read(
+                    gateway::gatewayapi::GROUP,
+                    &["grpcroutes", "httproutes", "referencegrants"]
+                ),
+                read(
+                    ::mesh::authz::GROUP,
+                    &[
+                        "authorizationpolicies",
+                        "meshtlsauthentications",
+                        "networkauthentications",
+                        "servers"
+                    ]
+                ),
+            ]),
         ),
         cluster_role_binding(DESTINATION_ROLE, AGENT),
     ]);

@@ -669,6 +669,34 @@ fn the_mesh_injector_is_called_for_pods_outside_kube_system_and_writes_only_its_
         "resources": ["grpcroutes", "httproutes", "referencegrants"], "verbs": ["list", "watch"]});
     assert!(agent.contains(&routes), "{agent:?}");
     assert!(!rules_of(&off, AGENT).contains(&routes));
+    let policy = json!({"apiGroups": ["policy.linkerd.io"],
+        "resources": ["authorizationpolicies", "meshtlsauthentications", "networkauthentications", "servers"],
+        "verbs": ["list", "watch"]});
+    assert!(agent.contains(&policy), "{agent:?}");
+    // Linkerd's policy CRDs, only with the mesh.
+    let linkerd_crds = |objects: &[Value]| -> Vec<String> {
+        let mut names: Vec<String> = objects
+            .iter()
+            .filter(|o| {
+                o["kind"] == "CustomResourceDefinition" && o["spec"]["group"] == "policy.linkerd.io"
+            })
+            .map(|o| o["metadata"]["name"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        linkerd_crds(&objects),
+        [
+            "authorizationpolicies.policy.linkerd.io",
+            "httproutes.policy.linkerd.io",
+            "meshtlsauthentications.policy.linkerd.io",
+            "networkauthentications.policy.linkerd.io",
+            "serverauthorizations.policy.linkerd.io",
+            "servers.policy.linkerd.io",
+        ]
+    );
+    assert!(linkerd_crds(&off).is_empty());
     let d = find(&objects, "Deployment", mesh::INJECTOR).expect("the injector's Deployment");
     let c = &d["spec"]["template"]["spec"]["containers"][0];
     let args: Vec<&str> = c["args"]

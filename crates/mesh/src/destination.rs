@@ -9,6 +9,10 @@
 //! - a pod's address: that pod;
 //! - anything else: no endpoints, and the proxy connects where the app asked.
 //!
+//! `GET /v1/inbound?pod=NAMESPACE/NAME` answers the pod's inbound authorization
+//! ([`authz::InboundPolicy`]), from Linkerd's policy objects, its namespace's and its
+//! own annotations.
+//!
 //! A Service port that HTTPRoutes or GRPCRoutes name as their parent (Gateway API for
 //! mesh, GAMMA), or a Service with Linkerd's retry or timeout annotations, is answered
 //! with [`Routes`] too: those routes and what they refer to
@@ -21,16 +25,18 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
-use gateway::controller::{Custom, GrpcRouteKind, HttpRouteKind, ReferenceGrantKind};
+use gateway::controller::{Custom, CustomKind, GrpcRouteKind, HttpRouteKind, ReferenceGrantKind};
 use gateway::gatewayapi::mesh as gamma;
 use gateway::gatewayapi::types::ParentReference;
 use k8s::{Mirror, ObjectKey, Store};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{debug, info, warn};
+
+use crate::authz;
 
 /// The port the agent serves discovery on, at the node's address.
 pub const PORT: u16 = 4196;
@@ -115,6 +121,8 @@ struct PodView {
     ips: Vec<IpAddr>,
     /// Set for a meshed pod.
     identity: Option<String>,
+    /// What its inbound policy reads.
+    facts: authz::PodFacts,
 }
 
 /// The whole view, behind one lock.
@@ -132,6 +140,10 @@ pub struct View {
     http_routes: BTreeMap<ObjectKey, Value>,
     grpc_routes: BTreeMap<ObjectKey, Value>,
     reference_grants: BTreeMap<ObjectKey, Value>,
+    /// Each namespace's `config.linkerd.io/default-inbound-policy`.
+    namespace_policies: HashMap<ObjectKey, String>,
+    /// Linkerd's policy objects.
+    policy: authz::Objects,
 }
 
 impl View {
@@ -287,6 +299,22 @@ impl View {
         })
     }
 
+    /// The inbound policy of the pod `namespace/name` (the default policy's of its
+    /// namespace if the pod is not known yet).
+    pub fn inbound(&self, pod: &str) -> authz::InboundPolicy {
+        let namespace = pod.split_once('/').map_or("", |(ns, _)| ns);
+        let facts = self
+            .pods
+            .get(pod)
+            .map(|p| p.facts.clone())
+            .unwrap_or_else(|| authz::PodFacts {
+                namespace: namespace.into(),
+                ..authz::PodFacts::default()
+            });
+        let ns_default = self.namespace_policies.get(namespace).map(String::as_str);
+        authz::resolve(&facts, ns_default, &self.policy)
+    }
+
     fn identity_of(&self, ip: IpAddr) -> Option<String> {
         let key = self.pod_by_ip.get(&ip)?;
         self.pods.get(key)?.identity.clone()
@@ -408,6 +436,7 @@ impl Store<EndpointSlice> for View {
 
 impl Store<Pod> for View {
     fn apply(&mut self, key: ObjectKey, p: Pod) -> bool {
+        let facts = authz::PodFacts::of(&p);
         let spec = p.spec.unwrap_or_default();
         let status = p.status.unwrap_or_default();
         if spec.host_network == Some(true)
@@ -439,6 +468,7 @@ impl Store<Pod> for View {
             key: key.to_string(),
             ips,
             identity,
+            facts,
         };
         if self.pods.get(&key) == Some(&view) {
             return false;
@@ -493,6 +523,66 @@ custom_store!(HttpRouteKind, http_routes);
 custom_store!(GrpcRouteKind, grpc_routes);
 custom_store!(ReferenceGrantKind, reference_grants);
 
+impl Store<Namespace> for View {
+    fn apply(&mut self, key: ObjectKey, n: Namespace) -> bool {
+        let policy = n
+            .metadata
+            .annotations
+            .and_then(|mut a| a.remove(authz::DEFAULT_POLICY_ANNOTATION));
+        match policy {
+            Some(p) => self.namespace_policies.insert(key, p.clone()) != Some(p),
+            None => self.namespace_policies.remove(&key).is_some(),
+        }
+    }
+    fn delete(&mut self, key: &str) -> bool {
+        self.namespace_policies.remove(key).is_some()
+    }
+    fn keys(&self) -> Vec<ObjectKey> {
+        self.namespace_policies.keys().cloned().collect()
+    }
+}
+
+/// Linkerd's policy kinds, at the versions read.
+macro_rules! policy_kinds {
+    ($($marker:ident => ($version:expr, $kind:expr, $plural:expr, $field:ident, $spec:ty)),* $(,)?) => {$(
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct $marker;
+        impl CustomKind for $marker {
+            const API: (&'static str, &'static str, &'static str, &'static str) =
+                (authz::GROUP, $version, $kind, $plural);
+        }
+        impl Store<Custom<$marker>> for View {
+            fn apply(&mut self, key: ObjectKey, c: Custom<$marker>) -> bool {
+                // A spec that does not parse allows nothing (its defaults).
+                let spec: $spec = serde_json::from_value(c.spec).unwrap_or_default();
+                self.policy.$field.insert(key.to_string(), spec.clone()) != Some(spec)
+            }
+            fn delete(&mut self, key: &str) -> bool {
+                self.policy.$field.remove(key).is_some()
+            }
+            fn keys(&self) -> Vec<ObjectKey> {
+                self.policy.$field.keys().map(|k| k.as_str().into()).collect()
+            }
+        }
+    )*};
+}
+
+policy_kinds! {
+    ServerKind => ("v1beta3", "Server", "servers", servers, authz::ServerSpec),
+    AuthorizationPolicyKind => (
+        "v1alpha1", "AuthorizationPolicy", "authorizationpolicies",
+        authorization_policies, authz::AuthorizationPolicySpec
+    ),
+    MeshTlsAuthenticationKind => (
+        "v1alpha1", "MeshTLSAuthentication", "meshtlsauthentications",
+        mesh_tls, authz::MeshTlsAuthenticationSpec
+    ),
+    NetworkAuthenticationKind => (
+        "v1alpha1", "NetworkAuthentication", "networkauthentications",
+        networks, authz::NetworkAuthenticationSpec
+    ),
+}
+
 /// Mirrors the cluster into `view` until the watches end.
 pub async fn mirror(client: kube::Client, view: Arc<RwLock<View>>) {
     let mut services = k8s::mirror::watch(
@@ -517,11 +607,34 @@ pub async fn mirror(client: kube::Client, view: Arc<RwLock<View>>) {
         watcher::Config::default(),
     );
     let mut grants = k8s::mirror::watch(
-        kube::Api::<Custom<ReferenceGrantKind>>::all(client),
+        kube::Api::<Custom<ReferenceGrantKind>>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let mut namespaces = k8s::mirror::watch(
+        kube::Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    // Linkerd's policy CRDs, installed with the mesh.
+    let mut servers = k8s::mirror::watch(
+        kube::Api::<Custom<ServerKind>>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let mut policies = k8s::mirror::watch(
+        kube::Api::<Custom<AuthorizationPolicyKind>>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let mut mesh_tls = k8s::mirror::watch(
+        kube::Api::<Custom<MeshTlsAuthenticationKind>>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let mut networks = k8s::mirror::watch(
+        kube::Api::<Custom<NetworkAuthenticationKind>>::all(client),
         watcher::Config::default(),
     );
     let (mut m_svc, mut m_slice, mut m_pod) = (Mirror::new(), Mirror::new(), Mirror::new());
     let (mut m_http, mut m_grpc, mut m_grant) = (Mirror::new(), Mirror::new(), Mirror::new());
+    let (mut m_ns, mut m_server, mut m_policy) = (Mirror::new(), Mirror::new(), Mirror::new());
+    let (mut m_mtls, mut m_net) = (Mirror::new(), Mirror::new());
     loop {
         let write = || {
             view.write()
@@ -552,6 +665,26 @@ pub async fn mirror(client: kube::Client, view: Arc<RwLock<View>>) {
                 Ok(e) => { m_grant.step(&mut *write(), e); }
                 Err(e) => debug!(error = %e, "destination: watching ReferenceGrants"),
             },
+            Some(e) = namespaces.next() => match e {
+                Ok(e) => { m_ns.step(&mut *write(), e); }
+                Err(e) => warn!(error = %e, "destination: watching Namespaces"),
+            },
+            Some(e) = servers.next() => match e {
+                Ok(e) => { m_server.step(&mut *write(), e); }
+                Err(e) => warn!(error = %e, "destination: watching Servers"),
+            },
+            Some(e) = policies.next() => match e {
+                Ok(e) => { m_policy.step(&mut *write(), e); }
+                Err(e) => warn!(error = %e, "destination: watching AuthorizationPolicies"),
+            },
+            Some(e) = mesh_tls.next() => match e {
+                Ok(e) => { m_mtls.step(&mut *write(), e); }
+                Err(e) => warn!(error = %e, "destination: watching MeshTLSAuthentications"),
+            },
+            Some(e) = networks.next() => match e {
+                Ok(e) => { m_net.step(&mut *write(), e); }
+                Err(e) => warn!(error = %e, "destination: watching NetworkAuthentications"),
+            },
             else => return,
         }
     }
@@ -570,10 +703,36 @@ pub async fn serve(client: kube::Client, listen: SocketAddr) -> std::io::Result<
 }
 
 fn answer(view: &RwLock<View>, parts: &http::request::Parts) -> k8s::http::Response {
+    let query = parts.uri.query().unwrap_or_default();
+    if parts.method == http::Method::GET && parts.uri.path() == "/v1/inbound" {
+        let pod = k8s::http::query_pairs(query)
+            .into_iter()
+            .find(|(k, _)| k == "pod")
+            .map(|(_, v)| v)
+            .filter(|p| {
+                p.split_once('/')
+                    .is_some_and(|(ns, n)| !ns.is_empty() && !n.is_empty())
+            });
+        let Some(pod) = pod else {
+            return k8s::http::response(
+                400,
+                "text/plain",
+                "pod: Required value: the pod as NAMESPACE/NAME\n",
+            );
+        };
+        let policy = view
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .inbound(&pod);
+        return k8s::http::response(
+            200,
+            "application/json",
+            serde_json::to_vec(&policy).unwrap_or_default(),
+        );
+    }
     if parts.method != http::Method::GET || parts.uri.path() != "/v1/destination" {
         return k8s::http::response(404, "text/plain", "not found\n");
     }
-    let query = parts.uri.query().unwrap_or_default();
     let addr = k8s::http::query_pairs(query)
         .into_iter()
         .find(|(k, _)| k == "addr")
@@ -599,11 +758,22 @@ fn answer(view: &RwLock<View>, parts: &http::request::Parts) -> k8s::http::Respo
 /// Asks the destination service at `server` about `addr` (plain HTTP/1.1, one request
 /// per connection: the proxy caches the answers).
 pub async fn ask(server: SocketAddr, addr: SocketAddr) -> std::io::Result<Destination> {
+    get(server, &format!("/v1/destination?addr={addr}")).await
+}
+
+/// Asks the destination service at `server` for the inbound policy of the pod
+/// `namespace/name`.
+pub async fn ask_inbound(server: SocketAddr, pod: &str) -> std::io::Result<authz::InboundPolicy> {
+    get(server, &format!("/v1/inbound?pod={pod}")).await
+}
+
+async fn get<T: serde::de::DeserializeOwned>(
+    server: SocketAddr,
+    target: &str,
+) -> std::io::Result<T> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut conn = tokio::net::TcpStream::connect(server).await?;
-    let request = format!(
-        "GET /v1/destination?addr={addr} HTTP/1.1\r\nHost: {server}\r\nConnection: close\r\n\r\n"
-    );
+    let request = format!("GET {target} HTTP/1.1\r\nHost: {server}\r\nConnection: close\r\n\r\n");
     conn.write_all(request.as_bytes()).await?;
     let mut reply = Vec::new();
     (&mut conn).take(1 << 20).read_to_end(&mut reply).await?;
@@ -713,6 +883,61 @@ mod tests {
         let mut v = view();
         assert!(Store::<Service>::delete(&mut v, "demo/web"));
         assert_eq!(v.resolve("10.96.0.20:80".parse().unwrap()).kind, "unknown");
+    }
+
+    #[test]
+    fn a_pods_inbound_policy_reads_servers_policies_and_its_namespaces_default() {
+        let mut v = view();
+        let web1 = "demo/web-1";
+        assert_eq!(v.inbound(web1).default.server_name, "all-unauthenticated");
+        apply::<Namespace>(
+            &mut v,
+            json!({"metadata": {"name": "demo",
+                "annotations": {"config.linkerd.io/default-inbound-policy": "all-authenticated"}}}),
+        );
+        assert_eq!(v.inbound(web1).default.server_name, "all-authenticated");
+        // A pod not known yet: its namespace's default.
+        assert_eq!(
+            v.inbound("demo/later").default.server_name,
+            "all-authenticated"
+        );
+        apply::<Pod>(
+            &mut v,
+            json!({"metadata": {"name": "web-1", "namespace": "demo", "labels": {"app": "web"}},
+                   "spec": {"serviceAccountName": "web", "containers": [{"name": "app"}],
+                            "initContainers": [{"name": "kubewire-proxy", "restartPolicy": "Always"}]},
+                   "status": {"podIPs": [{"ip": "10.244.1.5"}]}}),
+        );
+        apply::<Custom<ServerKind>>(
+            &mut v,
+            json!({"metadata": {"name": "web-http", "namespace": "demo"},
+                   "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "port": 8080}}),
+        );
+        apply::<Custom<MeshTlsAuthenticationKind>>(
+            &mut v,
+            json!({"metadata": {"name": "all", "namespace": "demo"}, "spec": {"identities": ["*"]}}),
+        );
+        apply::<Custom<AuthorizationPolicyKind>>(
+            &mut v,
+            json!({"metadata": {"name": "meshed", "namespace": "demo"},
+                   "spec": {"targetRef": {"group": "policy.linkerd.io", "kind": "Server", "name": "web-http"},
+                            "requiredAuthenticationRefs": [{"group": "policy.linkerd.io", "kind": "MeshTLSAuthentication", "name": "all"}]}}),
+        );
+        let p = v.inbound(web1);
+        let ip = "10.244.2.6".parse().unwrap();
+        let verdict = p.authorize(8080, ip, Some("spiffe://cluster.local/ns/x/sa/y"));
+        assert_eq!(verdict.server_name, "web-http");
+        assert_eq!(
+            verdict.allowed,
+            Some(("authorizationpolicy".into(), "meshed".into()))
+        );
+        assert_eq!(p.authorize(8080, ip, None).allowed, None);
+        // Deleted, the Server no longer holds the port.
+        assert!(Store::<Custom<ServerKind>>::delete(&mut v, "demo/web-http"));
+        assert_eq!(
+            v.inbound(web1).authorize(8080, ip, None).server_kind,
+            "default"
+        );
     }
 
     #[test]

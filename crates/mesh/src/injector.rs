@@ -339,6 +339,7 @@ pub fn inject(pod: &Value, spec: &ProxySpec) -> Option<Vec<Value>> {
         "env": [
             {"name": "KUBEWIRE_NODE_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
             {"name": "KUBEWIRE_POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "KUBEWIRE_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "KUBEWIRE_TRUST_BUNDLE", "value": spec.trust_bundle},
         ],
         "ports": [

@@ -3,8 +3,10 @@
 //! (`kubewire mesh identity`) and the proxy's client of it; and [`tls`], mutual TLS
 //! between proxies with those certificates; [`destination`], the node's discovery for
 //! proxies; [`proxy`], `kubewire mesh proxy`; and [`injector`], the admission webhook
-//! that adds the proxy to the pods that ask for the mesh.
+//! that adds the proxy to the pods that ask for the mesh; [`authz`], Linkerd's inbound
+//! authorization policy, resolved by discovery and enforced by the proxy.
 
+pub mod authz;
 pub mod destination;
 mod https;
 pub mod identity;

@@ -1064,3 +1064,226 @@ fn gamma_routes_match_split_time_out_and_retry_in_the_client_proxy() {
         count("/", 20)
     );
 }
+
+/// `api` (echo-basic, probed on `/health`) behind a Service with an HTTP port and an
+/// opaque one, and `locked`, the same with the default policy `deny`.
+const GUARDED: &str = r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: other, namespace: demo}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: api
+  namespace: demo
+  labels: {app: api}
+spec:
+  serviceAccountName: web
+  nodeName: node-1
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: echo
+    image: registry.k8s.io/gateway-api/echo-basic:v1.5.1
+    ports: [{name: http, containerPort: 3000}]
+    readinessProbe: {httpGet: {path: /health, port: http}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: locked
+  namespace: demo
+  labels: {app: locked}
+  annotations: {config.linkerd.io/default-inbound-policy: deny}
+spec:
+  serviceAccountName: web
+  nodeName: node-1
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: echo
+    image: registry.k8s.io/gateway-api/echo-basic:v1.5.1
+    readinessProbe: {httpGet: {path: /health, port: 3000}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: demo}
+spec:
+  selector: {app: api}
+  ports:
+  - {name: http, port: 80, targetPort: 3000}
+  - {name: redis-port, port: 6379, targetPort: 3000}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: locked, namespace: demo}
+spec:
+  selector: {app: locked}
+  ports: [{name: http, port: 80, targetPort: 3000}]
+"#;
+
+#[test]
+fn linkerd_policy_allows_what_it_names_refuses_the_rest_and_lets_probes_through() {
+    let lab = RunningLab::up_with(2, "mesh: true\n");
+    mesh_ready(&lab);
+    lab.apply(MESHED_NAMESPACE);
+    lab.apply(GUARDED);
+    lab.apply(&pod("client", "node-2", "", "Always", CLIENT_APP));
+    lab.apply(
+        &pod("intruder", "node-2", "", "Always", CLIENT_APP)
+            .replace("serviceAccountName: web", "serviceAccountName: other"),
+    );
+    lab.apply(&pod(
+        "outsider",
+        "node-2",
+        "kubewire.io/inject: disabled",
+        "Always",
+        CLIENT_APP,
+    ));
+    for p in ["api", "locked", "client", "intruder", "outsider"] {
+        wait_ready(&lab, p);
+    }
+    // What a pod gets from a URL: the HTTP status, or curl's exit code.
+    let status = |pod: &str, url: &str| -> String {
+        let target = format!("demo/{pod}/app");
+        let out = lab.exec(
+            &target,
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "10",
+                url,
+            ],
+        );
+        match out.status.code() {
+            Some(0) => String::from_utf8_lossy(&out.stdout).into_owned(),
+            code => format!("curl-exit-{}", code.unwrap_or(-1)),
+        }
+    };
+    let api = "http://api.demo.svc.cluster.local/";
+    let clients = ["client", "intruder", "outsider"];
+    // Each client's status for `url`, once every one is as expected (the proxies
+    // read a changed policy within a second or two).
+    let expect = |url: &str, want: [&str; 3], what: &str| {
+        let mut got = Vec::new();
+        assert!(
+            wait_until(WAIT, || {
+                got = clients.iter().map(|c| status(c, url)).collect();
+                got == want
+            }),
+            "{what}: {clients:?} got {got:?}, not {want:?}"
+        );
+    };
+
+    // No Server: the default policy, all-unauthenticated.
+    expect(api, ["200", "200", "200"], "the default policy");
+
+    // A Server with no authorization: everything refused, 403 for HTTP, a closed
+    // connection for the opaque port; the kubelet's probe path still answers, so the
+    // pod stays ready.
+    lab.apply(
+        r#"
+apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata: {name: api-http, namespace: demo}
+spec:
+  podSelector: {matchLabels: {app: api}}
+  port: http
+  proxyProtocol: HTTP/1
+"#,
+    );
+    expect(
+        api,
+        ["403", "403", "403"],
+        "a Server without authorizations",
+    );
+    let opaque = status("client", "http://api.demo.svc.cluster.local:6379/");
+    assert!(opaque.starts_with("curl-exit-"), "opaque port: {opaque}");
+    assert_eq!(status("outsider", &format!("{api}health")), "200");
+    std::thread::sleep(Duration::from_secs(3));
+    wait_ready(&lab, "api");
+
+    // Mutual TLS from the ServiceAccount web only.
+    lab.apply(
+        r#"
+apiVersion: policy.linkerd.io/v1alpha1
+kind: MeshTLSAuthentication
+metadata: {name: web, namespace: demo}
+spec:
+  identityRefs: [{kind: ServiceAccount, name: web}]
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: web-only, namespace: demo}
+spec:
+  targetRef: {group: policy.linkerd.io, kind: Server, name: api-http}
+  requiredAuthenticationRefs:
+  - {group: policy.linkerd.io, kind: MeshTLSAuthentication, name: web}
+"#,
+    );
+    expect(api, ["200", "403", "403"], "mutual TLS from web only");
+
+    // And the outsider's address, unauthenticated.
+    let outsider_ip = lab.kubectl(&[
+        "-n",
+        "demo",
+        "get",
+        "pod",
+        "outsider",
+        "-o",
+        "jsonpath={.status.podIP}",
+    ]);
+    lab.apply(&format!(
+        r#"
+apiVersion: policy.linkerd.io/v1alpha1
+kind: NetworkAuthentication
+metadata: {{name: outsider, namespace: demo}}
+spec:
+  networks: [{{cidr: {outsider_ip}/32}}]
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: outsider, namespace: demo}}
+spec:
+  targetRef: {{group: policy.linkerd.io, kind: Server, name: api-http}}
+  requiredAuthenticationRefs:
+  - {{group: policy.linkerd.io, kind: NetworkAuthentication, name: outsider}}
+"#
+    ));
+    expect(api, ["200", "403", "200"], "and the outsider's address");
+
+    // A pod whose default policy is deny: ready (its probes are allowed), and
+    // refusing everyone.
+    expect(
+        "http://locked.demo.svc.cluster.local/",
+        ["403", "403", "403"],
+        "the default policy deny",
+    );
+
+    // The api's proxy counted both answers, by Server and authorization.
+    let api_ip = lab.kubectl(&[
+        "-n",
+        "demo",
+        "get",
+        "pod",
+        "api",
+        "-o",
+        "jsonpath={.status.podIP}",
+    ]);
+    let metrics = exec_python(
+        &lab,
+        "client",
+        FETCH,
+        &[&format!("http://{api_ip}:4191/metrics")],
+    );
+    let allowed = r#"inbound_http_authz_allow_total{srv_kind="server",srv_name="api-http",authz_kind="authorizationpolicy",authz_name="web-only"} "#;
+    let denied = r#"inbound_http_authz_deny_total{srv_kind="server",srv_name="api-http"} "#;
+    assert!(metric(&metrics, allowed) >= 1, "{metrics}");
+    assert!(metric(&metrics, denied) >= 5, "{metrics}");
+    let tcp_denied = r#"inbound_tcp_authz_deny_total{srv_kind="server",srv_name="api-http"} "#;
+    assert!(metric(&metrics, tcp_denied) >= 1, "{metrics}");
+}

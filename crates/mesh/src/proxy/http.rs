@@ -37,6 +37,7 @@ use super::detect::Protocol;
 use super::metrics::{self, Direction};
 use super::routes::Routing;
 use super::{Counted, Proxy};
+use crate::authz::Verdict;
 use crate::destination::Endpoint;
 
 /// The bodies of the responses the proxy sends back.
@@ -66,13 +67,24 @@ pub(super) struct Pool {
 type Http2Slot = Arc<tokio::sync::Mutex<Option<client2::SendRequest<RequestBody>>>>;
 
 /// Which side of the pod an HTTP connection is on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) enum Side {
     /// From the app, to `original` (where it connected).
     Outbound { original: SocketAddr },
     /// To the app at `app`: from another proxy (`tls`), or from a client outside
-    /// the mesh.
-    Inbound { app: SocketAddr, tls: bool },
+    /// the mesh; each request as the inbound policy says of `client` at the time.
+    Inbound {
+        app: SocketAddr,
+        tls: bool,
+        client: Arc<Client>,
+    },
+}
+
+/// Who sent an inbound connection: its address, and its mutual TLS identity.
+#[derive(Debug)]
+pub(super) struct Client {
+    pub ip: std::net::IpAddr,
+    pub identity: Option<String>,
 }
 
 /// Serves a connection whose client speaks HTTP (`protocol`).
@@ -87,6 +99,7 @@ where
 {
     let service = hyper::service::service_fn(move |req| {
         let proxy = proxy.clone();
+        let side = side.clone();
         async move { Ok::<_, Infallible>(forward(&proxy, side, protocol, req).await) }
     });
     let io = TokioIo::new(conn);
@@ -130,10 +143,26 @@ async fn forward(
 ) -> Response<ResponseBody> {
     let original = match side {
         Side::Outbound { original } => original,
-        Side::Inbound { app, tls } => {
+        Side::Inbound { app, tls, client } => {
             let series = proxy
                 .metrics
                 .request(Direction::Inbound, &authority(&req, app), tls);
+            // Asked afresh for each request: a kept-alive connection follows a
+            // changed policy.
+            let verdict =
+                proxy
+                    .policy()
+                    .await
+                    .authorize(app.port(), client.ip, client.identity.as_deref());
+            let allowed = verdict.request(req.method(), req.uri().path());
+            proxy.metrics.authorized(
+                metrics::Authorized::Http,
+                (&verdict.server_kind, &verdict.server_name),
+                allowed.as_ref().map(|(k, n)| (k.as_str(), n.as_str())),
+            );
+            if allowed.is_none() {
+                return forbidden(series, &req, &verdict);
+            }
             let endpoint = Endpoint {
                 addr: app,
                 pod: String::new(),
@@ -620,10 +649,49 @@ enum Error {
     Timeout(Duration),
 }
 
+/// The answer to a request the inbound policy refuses, as linkerd2-proxy's: 403, or
+/// for gRPC `grpc-status: 7` (PERMISSION_DENIED).
+fn forbidden<B>(series: metrics::Request, req: &Request<B>, v: &Verdict) -> Response<ResponseBody> {
+    let why = format!(
+        "unauthorized connection on {} {}",
+        v.server_kind, v.server_name
+    );
+    let grpc = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
+    if !grpc {
+        return proxy_error(series, StatusCode::FORBIDDEN, &why);
+    }
+    // Trailers-only: the status in the headers, no body.
+    let mut resp = proxy_answer(series, StatusCode::OK, &why, Bytes::new());
+    resp.body_mut().grpc_status = Some("7".into());
+    let headers = resp.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from_static("7"));
+    if let Ok(v) = HeaderValue::from_str(&why) {
+        headers.insert("grpc-message", v);
+    }
+    resp
+}
+
 /// An answer from the proxy itself.
 fn proxy_error(series: metrics::Request, status: StatusCode, why: &str) -> Response<ResponseBody> {
+    proxy_answer(series, status, why, Bytes::from(format!("{why}\n")))
+}
+
+/// An answer from the proxy itself, with `body`.
+fn proxy_answer(
+    series: metrics::Request,
+    status: StatusCode,
+    why: &str,
+    body: Bytes,
+) -> Response<ResponseBody> {
     let mut resp = Response::new(Observed {
-        body: Either::Right(Full::new(Bytes::from(format!("{why}\n")))),
+        body: Either::Right(Full::new(body)),
         series: Some(series),
         status: status.as_u16(),
         grpc_status: None,

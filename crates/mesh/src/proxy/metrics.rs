@@ -13,6 +13,9 @@
 //! | `response_total` | counter: HTTP responses, by `status_code` and `classification` |
 //! | `response_latency_ms` | histogram: from a request's headers to its response's end |
 //!
+//! | `inbound_http_authz_allow_total`, `inbound_tcp_authz_allow_total` | counter: requests and connections the policy allowed, by `srv_kind`, `srv_name`, `authz_kind`, `authz_name` |
+//! | `inbound_http_authz_deny_total`, `inbound_tcp_authz_deny_total` | counter: refused, by `srv_kind`, `srv_name` |
+//!
 //! Labels: `direction` (`inbound`, `outbound`), `peer` (`src` inbound, `dst`
 //! outbound), `tls` (`true` for mutual TLS between proxies, else `no_identity`); the
 //! HTTP series have `authority` (the request's host) instead of `peer`. A response is
@@ -66,6 +69,17 @@ pub struct Metrics {
     requests: Family<HttpLabels, Counter>,
     responses: Family<HttpLabels, Counter>,
     latency: Family<HttpLabels, Histogram, fn() -> Histogram>,
+    http_allow: Family<HttpLabels, Counter>,
+    http_deny: Family<HttpLabels, Counter>,
+    tcp_allow: Family<HttpLabels, Counter>,
+    tcp_deny: Family<HttpLabels, Counter>,
+}
+
+/// What the inbound policy was asked about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Authorized {
+    Http,
+    Tcp,
 }
 
 /// One HTTP request's series, for its response.
@@ -137,6 +151,10 @@ impl Metrics {
             requests: Family::default(),
             responses: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
+            http_allow: Family::default(),
+            http_deny: Family::default(),
+            tcp_allow: Family::default(),
+            tcp_deny: Family::default(),
             registry: Registry::default(),
         };
         registry.register("tcp_open", "TCP connections opened", m.open_total.clone());
@@ -155,7 +173,56 @@ impl Metrics {
             "From a request's headers to its response's end, in milliseconds",
             m.latency.clone(),
         );
+        for (name, help, family) in [
+            (
+                "inbound_http_authz_allow",
+                "HTTP requests the policy allowed",
+                &m.http_allow,
+            ),
+            (
+                "inbound_http_authz_deny",
+                "HTTP requests the policy refused",
+                &m.http_deny,
+            ),
+            (
+                "inbound_tcp_authz_allow",
+                "Connections the policy allowed",
+                &m.tcp_allow,
+            ),
+            (
+                "inbound_tcp_authz_deny",
+                "Connections the policy refused",
+                &m.tcp_deny,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
         Metrics { registry, ..m }
+    }
+
+    /// Counts what the policy said of a request or connection to the server
+    /// `(srv_kind, srv_name)`: allowed by `authz` (`(authz_kind, authz_name)`), or not.
+    pub(crate) fn authorized(
+        &self,
+        what: Authorized,
+        server: (&str, &str),
+        authz: Option<(&str, &str)>,
+    ) {
+        let mut labels: HttpLabels = vec![
+            ("srv_kind", server.0.to_string()),
+            ("srv_name", server.1.to_string()),
+        ];
+        let family = match (what, authz) {
+            (Authorized::Http, Some(_)) => &self.http_allow,
+            (Authorized::Http, None) => &self.http_deny,
+            (Authorized::Tcp, Some(_)) => &self.tcp_allow,
+            (Authorized::Tcp, None) => &self.tcp_deny,
+        };
+        if let Some((kind, name)) = authz {
+            labels.push(("authz_kind", kind.to_string()));
+            labels.push(("authz_name", name.to_string()));
+        }
+        family.get_or_create(&labels).inc();
     }
 
     /// Counts a connection opened.
@@ -230,6 +297,27 @@ mod tests {
             r#"tcp_read_bytes_total{direction="outbound",peer="dst",tls="true"} 300"#,
             r#"tcp_write_bytes_total{direction="outbound",peer="dst",tls="true"} 10"#,
             r#"tcp_read_bytes_total{direction="inbound",peer="src",tls="no_identity"} 7"#,
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+    }
+
+    #[test]
+    fn the_policys_answers_are_counted_by_server_and_authorization() {
+        let m = Metrics::new();
+        let server = ("server", "api-http");
+        m.authorized(
+            Authorized::Http,
+            server,
+            Some(("authorizationpolicy", "web")),
+        );
+        m.authorized(Authorized::Http, server, None);
+        m.authorized(Authorized::Tcp, ("default", "deny"), None);
+        let text = m.text();
+        for line in [
+            r#"inbound_http_authz_allow_total{srv_kind="server",srv_name="api-http",authz_kind="authorizationpolicy",authz_name="web"} 1"#,
+            r#"inbound_http_authz_deny_total{srv_kind="server",srv_name="api-http"} 1"#,
+            r#"inbound_tcp_authz_deny_total{srv_kind="default",srv_name="deny"} 1"#,
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }

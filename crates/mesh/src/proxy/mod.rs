@@ -47,6 +47,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use self::routes::Resolved;
+use crate::authz::{InboundPolicy, Verdict};
 use crate::destination::{self, Destination, Endpoint};
 use crate::identity::client::{Certifier, Credentials};
 
@@ -102,6 +103,10 @@ pub struct Args {
     /// this namespace that name another namespace's Service apply to this pod alone.
     #[arg(long, env = "KUBEWIRE_POD_NAMESPACE", default_value = "")]
     pub namespace: String,
+    /// The pod's name (the downward API's `metadata.name`): with `--namespace`, whose
+    /// inbound policy applies. Without it everything inbound is allowed.
+    #[arg(long, env = "KUBEWIRE_POD_NAME", default_value = "")]
+    pub pod_name: String,
 }
 
 /// Why the proxy could not run.
@@ -152,17 +157,66 @@ const DESTINATION_TTL: Duration = Duration::from_secs(1);
 /// How long an answer may still be used while a fresh one is on its way.
 const DESTINATION_STALE: Duration = Duration::from_secs(30);
 
-/// A destination's answer, kept.
-#[derive(Clone)]
-struct Cached {
+/// An answer of discovery, kept.
+struct Cached<T> {
     at: Instant,
-    destination: Arc<Resolved>,
+    value: Arc<T>,
     /// Whether a fresh answer is being asked for.
     refreshing: Arc<std::sync::atomic::AtomicBool>,
 }
 
+impl<T> Clone for Cached<T> {
+    fn clone(&self) -> Self {
+        Cached {
+            at: self.at,
+            value: self.value.clone(),
+            refreshing: self.refreshing.clone(),
+        }
+    }
+}
+
+impl<T> Cached<T> {
+    fn new(value: Arc<T>) -> Cached<T> {
+        Cached {
+            at: Instant::now(),
+            value,
+            refreshing: Arc::default(),
+        }
+    }
+
+    /// The answer if it is younger than [`DESTINATION_TTL`]; if it is younger than
+    /// `stale`, the answer too, while `refresh` asks for a fresh one in the background
+    /// (one at a time); else nothing.
+    fn use_or_refresh(
+        &self,
+        stale: Duration,
+        refresh: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Option<Arc<T>> {
+        let age = self.at.elapsed();
+        if age >= stale {
+            return None;
+        }
+        if age >= DESTINATION_TTL
+            && !self
+                .refreshing
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            let refreshing = self.refreshing.clone();
+            tokio::spawn(async move {
+                refresh.await;
+                // Still stale if asking failed: the next use tries again.
+                refreshing.store(false, std::sync::atomic::Ordering::Release);
+            });
+        }
+        Some(self.value.clone())
+    }
+}
+
 /// How long a TLS handshake and its transport header may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client the policy refuses may take to show it speaks HTTP (it then
+/// gets 403s rather than a closed connection).
+const REFUSED_DETECT: Duration = Duration::from_secs(1);
 /// How long connecting onward may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -171,7 +225,12 @@ struct Proxy {
     tls: watch::Receiver<Option<Arc<Tls>>>,
     destination: SocketAddr,
     inbound_port: u16,
-    cache: Mutex<HashMap<SocketAddr, Cached>>,
+    cache: Mutex<HashMap<SocketAddr, Cached<Resolved>>>,
+    /// The pod, `namespace/name`, whose inbound policy applies (none: everything is
+    /// allowed, as with no policy at all).
+    pod: String,
+    /// Its inbound policy, as discovery last answered it.
+    policy: Mutex<Option<Cached<InboundPolicy>>>,
     /// Open connections per endpoint, for balancing opaque TCP.
     open: Mutex<HashMap<SocketAddr, usize>>,
     /// Requests in flight and latencies per endpoint, for balancing HTTP.
@@ -244,6 +303,12 @@ pub async fn run(args: Args) -> Result<(), Error> {
         app_pool: http::Pool::default(),
         opaque_ports: args.opaque_ports.clone(),
         namespace: args.namespace.clone(),
+        pod: if args.namespace.is_empty() || args.pod_name.is_empty() {
+            String::new()
+        } else {
+            format!("{}/{}", args.namespace, args.pod_name)
+        },
+        policy: Mutex::default(),
         retry_budget: budget::RetryBudget::default(),
         metrics: Metrics::new(),
     });
@@ -352,16 +417,27 @@ impl Proxy {
     async fn inbound(self: &Arc<Self>, conn: TcpStream) -> std::io::Result<()> {
         let original = netlink::original_destination(&conn)?;
         let local = conn.local_addr()?;
+        let peer = conn.peer_addr()?;
         if original.port() != self.inbound_port {
-            // A client outside the mesh: on to where it was going, HTTP served (and
-            // counted) request by request, anything else as it came.
+            // A client outside the mesh: on to where it was going if the policy allows
+            // it, HTTP served (and counted) request by request, anything else as it came.
             let direction = metrics::Direction::Inbound;
+            let verdict = self
+                .policy()
+                .await
+                .authorize(original.port(), peer.ip(), None);
+            let verdict = Arc::new(verdict);
+            if verdict.allowed.is_none() {
+                return self.refuse_plaintext(conn, original, verdict).await;
+            }
             if self.opaque_ports.contains(&original.port()) {
+                self.authorized_tcp(&verdict);
                 let onward = connect(original).await?;
                 return self.splice(conn, onward, direction, None, 0).await;
             }
             return match first_speaker(&conn, connect(original)).await? {
                 Speaker::Client(detect::Protocol::Opaque, onward) => {
+                    self.authorized_tcp(&verdict);
                     let onward = match onward {
                         Some(o) => o,
                         None => connect(original).await?,
@@ -375,10 +451,15 @@ impl Proxy {
                     let side = http::Side::Inbound {
                         app: original,
                         tls: false,
+                        client: Arc::new(http::Client {
+                            ip: peer.ip(),
+                            identity: None,
+                        }),
                     };
                     http::serve(self.clone(), conn, side, http).await
                 }
                 Speaker::Server(onward, first) => {
+                    self.authorized_tcp(&verdict);
                     let mut conn = conn;
                     conn.write_all(&first).await?;
                     self.splice(conn, onward, direction, None, first.len() as u64)
@@ -411,12 +492,63 @@ impl Proxy {
             let side = http::Side::Inbound {
                 app,
                 tls: client.is_some(),
+                client: Arc::new(http::Client {
+                    ip: peer.ip(),
+                    identity: client,
+                }),
             };
             return http::serve(self.clone(), conn, side, protocol).await;
+        }
+        let verdict = self
+            .policy()
+            .await
+            .authorize(port, peer.ip(), client.as_deref());
+        self.authorized_tcp(&verdict);
+        if verdict.allowed.is_none() {
+            stream.shutdown().await.ok();
+            return Ok(());
         }
         let onward = connect(app).await?;
         self.splice(stream, onward, metrics::Direction::Inbound, client, 0)
             .await
+    }
+
+    /// Counts what the policy said of a connection not served as HTTP.
+    fn authorized_tcp(&self, v: &Verdict) {
+        let authz = v.allowed.as_ref().map(|(k, n)| (k.as_str(), n.as_str()));
+        let server = (v.server_kind.as_str(), v.server_name.as_str());
+        self.metrics
+            .authorized(metrics::Authorized::Tcp, server, authz);
+    }
+
+    /// A plaintext client the policy refuses: an HTTP one gets 403 for each request (the
+    /// kubelet's probes excepted), anything else is closed. A client that says nothing
+    /// within [`REFUSED_DETECT`] is not HTTP.
+    async fn refuse_plaintext(
+        self: &Arc<Self>,
+        conn: TcpStream,
+        original: SocketAddr,
+        verdict: Arc<Verdict>,
+    ) -> std::io::Result<()> {
+        let conn_peer = conn.peer_addr()?.ip();
+        let protocol = tokio::time::timeout(REFUSED_DETECT, detect::client_protocol(&conn))
+            .await
+            .unwrap_or(Ok(detect::Protocol::Opaque))?;
+        if protocol == detect::Protocol::Opaque {
+            self.authorized_tcp(&verdict);
+            return Ok(());
+        }
+        let direction = metrics::Direction::Inbound;
+        let conn = Counted::accepted(Box::new(conn), self.metrics.open(direction, false));
+        let side = http::Side::Inbound {
+            app: original,
+            tls: false,
+            client: Arc::new(http::Client {
+                ip: conn_peer,
+                identity: None,
+            }),
+        };
+        http::serve(self.clone(), conn, side, protocol).await
     }
 
     async fn outbound(self: &Arc<Self>, conn: TcpStream) -> std::io::Result<()> {
@@ -558,26 +690,48 @@ impl Proxy {
     /// address is known. `unknown` when the destination service cannot be asked (the
     /// connection then goes where it was going).
     async fn resolve(self: &Arc<Self>, addr: SocketAddr) -> Arc<Resolved> {
-        let now = Instant::now();
         let cached = self.cache.lock().expect("poisoned").get(&addr).cloned();
-        match cached {
-            Some(c) if now.duration_since(c.at) < DESTINATION_TTL => return c.destination,
-            Some(c) if now.duration_since(c.at) < DESTINATION_STALE => {
-                if !c.refreshing.swap(true, std::sync::atomic::Ordering::AcqRel) {
-                    let proxy = self.clone();
-                    tokio::spawn(async move {
-                        let fresh = proxy.ask(addr).await;
-                        // Still stale if asking failed: the next one tries again.
-                        c.refreshing
-                            .store(false, std::sync::atomic::Ordering::Release);
-                        drop(fresh);
-                    });
-                }
-                return c.destination;
-            }
-            _ => {}
+        let proxy = self.clone();
+        let refresh = async move {
+            proxy.ask(addr).await;
+        };
+        match cached.and_then(|c| c.use_or_refresh(DESTINATION_STALE, refresh)) {
+            Some(d) => d,
+            None => self.ask(addr).await,
         }
-        self.ask(addr).await
+    }
+
+    /// The pod's inbound policy, kept fresh as destinations are. When discovery cannot
+    /// be asked, the last answer holds however old it is; with none yet, everything is
+    /// refused (the policy fails closed).
+    async fn policy(self: &Arc<Self>) -> Arc<InboundPolicy> {
+        if self.pod.is_empty() {
+            return Arc::new(InboundPolicy::default());
+        }
+        let cached = self.policy.lock().expect("poisoned").clone();
+        let proxy = self.clone();
+        let refresh = async move {
+            proxy.ask_policy().await;
+        };
+        match cached.and_then(|c| c.use_or_refresh(Duration::MAX, refresh)) {
+            Some(p) => p,
+            None => self.ask_policy().await,
+        }
+    }
+
+    async fn ask_policy(&self) -> Arc<InboundPolicy> {
+        match destination::ask_inbound(self.destination, &self.pod).await {
+            Ok(p) => {
+                let p = Arc::new(p);
+                *self.policy.lock().expect("poisoned") = Some(Cached::new(p.clone()));
+                p
+            }
+            Err(e) => {
+                warn!(pod = %self.pod, error = %e, "asking for the inbound policy");
+                let kept = self.policy.lock().expect("poisoned").clone();
+                kept.map_or_else(|| Arc::new(InboundPolicy::deny_all()), |c| c.value)
+            }
+        }
     }
 
     /// Asks the destination service about `addr` and caches the answer.
@@ -600,24 +754,16 @@ impl Proxy {
             .lock()
             .expect("poisoned")
             .get(&addr)
-            .map(|c| c.destination.clone());
+            .map(|c| c.value.clone());
         let d = Arc::new(Resolved::new(
             d,
             addr.port(),
             &self.namespace,
             previous.as_deref(),
         ));
-        let now = Instant::now();
         let mut cache = self.cache.lock().expect("poisoned");
-        cache.retain(|_, c| now.duration_since(c.at) < DESTINATION_STALE);
-        cache.insert(
-            addr,
-            Cached {
-                at: now,
-                destination: d.clone(),
-                refreshing: Arc::default(),
-            },
-        );
+        cache.retain(|_, c| c.at.elapsed() < DESTINATION_STALE);
+        cache.insert(addr, Cached::new(d.clone()));
         d
     }
 
