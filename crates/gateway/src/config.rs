@@ -178,6 +178,18 @@ pub struct Forward {
     pub retry: Option<Retry>,
     /// Emissary: set `X-Envoy-External-Address` to the client's address.
     pub external_address_header: bool,
+    /// Faults to inject (an `HTTPFault` filter): served by the mesh's proxies only.
+    pub fault: Option<Fault>,
+}
+
+/// Injected faults, each on a share of the requests: a delay before forwarding, then
+/// an answer instead of forwarding.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Fault {
+    /// `(status, percent)`.
+    pub abort: Option<(StatusCode, f64)>,
+    /// `(delay, percent)`.
+    pub delay: Option<(Duration, f64)>,
 }
 
 /// Header changes, applied in this order: remove, set, add.

@@ -636,6 +636,7 @@ impl Stores {
             reference_grants: self.grants.objs(),
             backend_tls_policies: self.policies.objs(),
             mappings: self.mappings.objs(),
+            http_faults: Vec::new(),
             backends: Default::default(),
             services_read: Default::default(),
         }

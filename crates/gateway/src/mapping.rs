@@ -413,6 +413,7 @@ fn translate<'a>(
             path: rewrite,
         },
         mirrors: vec![],
+        fault: None,
         cors: spec.cors.as_ref().map(cors),
         backends: vec![],
         request_timeout: match spec.timeout_ms {

@@ -115,6 +115,8 @@ pub struct World {
     pub reference_grants: Vec<Obj<gw::ReferenceGrantSpec>>,
     pub backend_tls_policies: Vec<Obj<gw::BackendTlsPolicySpec>>,
     pub mappings: Vec<Obj<MappingSpec>>,
+    /// The mesh's `HTTPFault`s (the gateway does not read them).
+    pub http_faults: Vec<Obj<crate::gatewayapi::mesh::HttpFaultSpec>>,
     /// What [`World::backend`] answered during the current compile.
     pub backends: BackendCache,
     /// The Services the current compile looked up (see [`World::service`]).

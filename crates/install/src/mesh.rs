@@ -10,7 +10,8 @@
 //!   and to write its own webhook configuration's `caBundle`.
 //!
 //! - Linkerd's policy CRDs (`policy.linkerd.io`, edge-26.8.3), unchanged from
-//!   `crates/mesh/crds`, so that Linkerd's policy manifests apply.
+//!   `crates/mesh/crds`, so that Linkerd's policy manifests apply; and kubewire's
+//!   `HTTPFault` (`mesh.kubewire.io`), faults for mesh routes.
 //!
 //! The agents serve the proxies' discovery (`--mesh-destination`, set by the agent's
 //! flags for these choices), and read for it the routes that name Services (Gateway
@@ -51,11 +52,15 @@ const LINKERD_POLICY_CRDS: &[&str] = &[
     include_str!("../../mesh/crds/linkerd-edge-26.8.3/policy.linkerd.io_servers.yaml"),
 ];
 
-/// Linkerd's policy CRDs as objects.
+/// kubewire's `HTTPFault` (faults for mesh routes).
+const HTTP_FAULT_CRD: &str = include_str!("../../mesh/crds/mesh.kubewire.io_httpfaults.yaml");
+
+/// Linkerd's policy CRDs, then kubewire's `HTTPFault`, as objects.
 pub fn crds() -> Vec<Value> {
     LINKERD_POLICY_CRDS
         .iter()
-        .map(|text| serde_yaml_ng::from_str(text).expect("the vendored CRDs are YAML"))
+        .chain([&HTTP_FAULT_CRD])
+        .map(|text| serde_yaml_ng::from_str(text).expect("the CRDs are YAML"))
         .collect()
 }
 
@@ -111,6 +116,7 @@ pub(crate) fn objects(cfg: &Config) -> Vec<Value> {
                     gateway::gatewayapi::GROUP,
                     &["grpcroutes", "httproutes", "referencegrants"]
                 ),
+                read(gateway::gatewayapi::mesh::FAULT_GROUP, &["httpfaults"]),
                 read(
                     ::mesh::authz::GROUP,
                     &[

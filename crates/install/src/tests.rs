@@ -669,6 +669,14 @@ fn the_mesh_injector_is_called_for_pods_outside_kube_system_and_writes_only_its_
         "resources": ["grpcroutes", "httproutes", "referencegrants"], "verbs": ["list", "watch"]});
     assert!(agent.contains(&routes), "{agent:?}");
     assert!(!rules_of(&off, AGENT).contains(&routes));
+    let faults = json!({"apiGroups": ["mesh.kubewire.io"], "resources": ["httpfaults"], "verbs": ["list", "watch"]});
+    assert!(agent.contains(&faults), "{agent:?}");
+    assert!(
+        objects
+            .iter()
+            .any(|o| o["kind"] == "CustomResourceDefinition"
+                && o["metadata"]["name"] == "httpfaults.mesh.kubewire.io")
+    );
     let policy = json!({"apiGroups": ["policy.linkerd.io"],
         "resources": ["authorizationpolicies", "meshtlsauthentications", "networkauthentications", "servers"],
         "verbs": ["list", "watch"]});

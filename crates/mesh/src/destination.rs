@@ -69,6 +69,9 @@ pub struct Routes {
     pub grpc_routes: Vec<Value>,
     /// ReferenceGrants in the backends' namespaces, `{metadata, spec}`.
     pub reference_grants: Vec<Value>,
+    /// HTTPFaults in the routes' namespaces, `{metadata, spec}`.
+    #[serde(default)]
+    pub http_faults: Vec<Value>,
     /// The Services the routes send to or mirror to.
     pub services: Vec<Service>,
     /// Their EndpointSlices.
@@ -140,6 +143,7 @@ pub struct View {
     http_routes: BTreeMap<ObjectKey, Value>,
     grpc_routes: BTreeMap<ObjectKey, Value>,
     reference_grants: BTreeMap<ObjectKey, Value>,
+    http_faults: BTreeMap<ObjectKey, Value>,
     /// Each namespace's `config.linkerd.io/default-inbound-policy`.
     namespace_policies: HashMap<ObjectKey, String>,
     /// Linkerd's policy objects.
@@ -281,6 +285,19 @@ impl View {
             .filter_map(|a| a.parse::<IpAddr>().ok())
             .filter_map(|ip| Some((ip, self.identity_of(ip)?)))
             .collect();
+        let route_namespaces: BTreeSet<&str> = http_routes
+            .iter()
+            .chain(&grpc_routes)
+            .filter_map(|r| r["metadata"]["namespace"].as_str())
+            .collect();
+        let http_faults = self
+            .http_faults
+            .values()
+            .filter(|f| {
+                route_namespaces.contains(f["metadata"]["namespace"].as_str().unwrap_or_default())
+            })
+            .cloned()
+            .collect();
         let reference_grants = self
             .reference_grants
             .values()
@@ -293,6 +310,7 @@ impl View {
             http_routes,
             grpc_routes,
             reference_grants,
+            http_faults,
             services,
             endpoint_slices,
             identities,
@@ -522,6 +540,20 @@ macro_rules! custom_store {
 custom_store!(HttpRouteKind, http_routes);
 custom_store!(GrpcRouteKind, grpc_routes);
 custom_store!(ReferenceGrantKind, reference_grants);
+custom_store!(HttpFaultKind, http_faults);
+
+/// kubewire's `HTTPFault`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpFaultKind;
+
+impl CustomKind for HttpFaultKind {
+    const API: (&'static str, &'static str, &'static str, &'static str) = (
+        gamma::FAULT_GROUP,
+        "v1alpha1",
+        gamma::FAULT_KIND,
+        "httpfaults",
+    );
+}
 
 impl Store<Namespace> for View {
     fn apply(&mut self, key: ObjectKey, n: Namespace) -> bool {
@@ -610,6 +642,10 @@ pub async fn mirror(client: kube::Client, view: Arc<RwLock<View>>) {
         kube::Api::<Custom<ReferenceGrantKind>>::all(client.clone()),
         watcher::Config::default(),
     );
+    let mut faults = k8s::mirror::watch(
+        kube::Api::<Custom<HttpFaultKind>>::all(client.clone()),
+        watcher::Config::default(),
+    );
     let mut namespaces = k8s::mirror::watch(
         kube::Api::<Namespace>::all(client.clone()),
         watcher::Config::default(),
@@ -634,7 +670,7 @@ pub async fn mirror(client: kube::Client, view: Arc<RwLock<View>>) {
     let (mut m_svc, mut m_slice, mut m_pod) = (Mirror::new(), Mirror::new(), Mirror::new());
     let (mut m_http, mut m_grpc, mut m_grant) = (Mirror::new(), Mirror::new(), Mirror::new());
     let (mut m_ns, mut m_server, mut m_policy) = (Mirror::new(), Mirror::new(), Mirror::new());
-    let (mut m_mtls, mut m_net) = (Mirror::new(), Mirror::new());
+    let (mut m_mtls, mut m_net, mut m_fault) = (Mirror::new(), Mirror::new(), Mirror::new());
     loop {
         let write = || {
             view.write()
@@ -664,6 +700,10 @@ pub async fn mirror(client: kube::Client, view: Arc<RwLock<View>>) {
             Some(e) = grants.next() => match e {
                 Ok(e) => { m_grant.step(&mut *write(), e); }
                 Err(e) => debug!(error = %e, "destination: watching ReferenceGrants"),
+            },
+            Some(e) = faults.next() => match e {
+                Ok(e) => { m_fault.step(&mut *write(), e); }
+                Err(e) => debug!(error = %e, "destination: watching HTTPFaults"),
             },
             Some(e) = namespaces.next() => match e {
                 Ok(e) => { m_ns.step(&mut *write(), e); }

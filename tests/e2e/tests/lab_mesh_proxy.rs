@@ -968,7 +968,7 @@ spec:
 }
 
 #[test]
-fn gamma_routes_match_split_time_out_and_retry_in_the_client_proxy() {
+fn gamma_routes_match_split_time_out_retry_and_inject_faults_in_the_client_proxy() {
     let lab = RunningLab::up_with(2, "mesh: true\n");
     mesh_ready(&lab);
     lab.apply(MESHED_NAMESPACE);
@@ -1063,6 +1063,62 @@ fn gamma_routes_match_split_time_out_and_retry_in_the_client_proxy() {
         "the client's proxy never followed the changed route: {}",
         count("/", 20)
     );
+
+    // Faults, through HTTPFault filters on echo-v1's routes: an abort on half the
+    // requests (within 4.5 standard deviations over 400), a delay longer than the
+    // rule's timeout (so 504), and a filter naming no HTTPFault (500).
+    lab.apply(
+        r#"
+apiVersion: mesh.kubewire.io/v1alpha1
+kind: HTTPFault
+metadata: {name: half-503, namespace: demo}
+spec:
+  abort: {httpStatus: 503, percentage: 50}
+---
+apiVersion: mesh.kubewire.io/v1alpha1
+kind: HTTPFault
+metadata: {name: slow, namespace: demo}
+spec:
+  delay: {fixedDelay: 2s}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: chaos, namespace: demo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo-v1}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /abort}}]
+    filters: [{type: ExtensionRef, extensionRef: {group: mesh.kubewire.io, kind: HTTPFault, name: half-503}}]
+    backendRefs: [{name: echo-v1, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /delay}}]
+    filters: [{type: ExtensionRef, extensionRef: {group: mesh.kubewire.io, kind: HTTPFault, name: slow}}]
+    timeouts: {request: 500ms}
+    backendRefs: [{name: echo-v1, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /missing}}]
+    filters: [{type: ExtensionRef, extensionRef: {group: mesh.kubewire.io, kind: HTTPFault, name: nothing}}]
+    backendRefs: [{name: echo-v1, port: 80}]
+"#,
+    );
+    let v1 = "echo-v1.demo.svc.cluster.local";
+    let mut missing = String::new();
+    assert!(
+        wait_until(WAIT, || {
+            missing = get(v1, "/missing", &[]);
+            missing.starts_with("500 ")
+        }),
+        "the chaos route never applied: {missing}"
+    );
+    let delayed = get(v1, "/delay", &[]);
+    assert!(delayed.starts_with("504 "), "{delayed}");
+    let out = exec_python(&lab, "client", COUNT, &[v1, "/abort", "400"]);
+    let aborts: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let aborted = aborts["status-503"].as_u64().unwrap_or(0);
+    assert_eq!(
+        aborted + aborts["echo-v1"].as_u64().unwrap_or(0),
+        400,
+        "{aborts}"
+    );
+    assert!((155..=245).contains(&aborted), "a 50% abort gave {aborts}");
 }
 
 /// `api` (echo-basic, probed on `/health`) behind a Service with an HTTP port and an

@@ -19,6 +19,10 @@
 //! `retry.linkerd.io/timeout` (each attempt), `timeout.linkerd.io/request` and
 //! `timeout.linkerd.io/response`. A route's own `timeouts` win over them. A Service
 //! with these annotations and no route is routed as by one route to itself.
+//!
+//! Faults: a rule's `ExtensionRef` filter to an `HTTPFault` (`mesh.kubewire.io`, in
+//! the route's namespace) injects its abort and delay; one that does not resolve
+//! answers 500 for the rule, as Gateway API asks of custom filters.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -31,6 +35,60 @@ use crate::config::{
     Action, Forward, PathMatch, Retry, Route, RouteMatch, RouteName, WeightedBackend,
 };
 use crate::world::{PortRef, World};
+
+/// The group of kubewire's `HTTPFault` (an HTTPRoute filter's `extensionRef`).
+pub const FAULT_GROUP: &str = "mesh.kubewire.io";
+pub const FAULT_KIND: &str = "HTTPFault";
+
+/// An `HTTPFault`'s spec: Istio's fault injection, as a filter of mesh routes.
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct HttpFaultSpec {
+    pub abort: Option<FaultAbort>,
+    pub delay: Option<FaultDelay>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct FaultAbort {
+    pub http_status: u16,
+    /// Of the requests, 0-100; all when unset.
+    pub percentage: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct FaultDelay {
+    /// A duration (`500ms`, `2s`).
+    pub fixed_delay: String,
+    pub percentage: Option<f64>,
+}
+
+/// The `HTTPFault` `namespace/name` as the data plane's fault; `None` when there is no
+/// such object or it does not parse.
+pub(crate) fn fault(world: &World, namespace: &str, name: &str) -> Option<crate::config::Fault> {
+    let obj = world
+        .http_faults
+        .iter()
+        .find(|f| f.namespace() == namespace && f.name() == name)?;
+    let spec = obj.spec.as_ref().ok()?;
+    let percent = |p: Option<f64>| p.unwrap_or(100.0).clamp(0.0, 100.0);
+    let abort = match &spec.abort {
+        Some(a) => Some((
+            StatusCode::from_u16(a.http_status).ok()?,
+            percent(a.percentage),
+        )),
+        None => None,
+    };
+    let delay = match &spec.delay {
+        Some(d) => Some((
+            k8s::parse_duration(&d.fixed_delay).ok()?,
+            percent(d.percentage),
+        )),
+        None => None,
+    };
+    Some(crate::config::Fault { abort, delay })
+}
 
 /// Linkerd's retry and timeout annotations of one object.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -184,6 +242,7 @@ pub fn service_routes(
         listeners: Vec::new(),
         policies_used: BTreeMap::new(),
         current_policies: BTreeSet::new(),
+        mesh: true,
     };
     let mut ranked: Vec<Ranked> = Vec::new();
     for (_, kind, i) in bound {
@@ -411,6 +470,44 @@ spec:
             retryable_statuses("500, 502-504,x,7-"),
             [500, 502, 503, 504].map(|c| StatusCode::from_u16(c).unwrap())
         );
+    }
+
+    #[test]
+    fn an_http_fault_filter_is_compiled_and_a_missing_one_answers_500() {
+        let mut w = world();
+        let with_fault = |name: &str| {
+            format!(
+                "{}\n    filters: [{{type: ExtensionRef, extensionRef: {{group: mesh.kubewire.io, kind: HTTPFault, name: {name}}}}}]",
+                route("shop", "chaos", SERVICE, "/", "web")
+            )
+        };
+        w.http_routes.push(obj(&with_fault("flaky")));
+        let routes = service_routes(&w, "shop", "web", 80, "shop").unwrap();
+        assert_eq!(
+            routes[0].action,
+            Action::Respond(StatusCode::INTERNAL_SERVER_ERROR)
+        );
+        w.http_faults
+            .push(obj("metadata: {name: flaky, namespace: shop}
+spec:
+  abort: {httpStatus: 503, percentage: 25}
+  delay: {fixedDelay: 150ms}"));
+        let routes = service_routes(&w, "shop", "web", 80, "shop").unwrap();
+        let Action::Forward(f) = &routes[0].action else {
+            panic!("{:?}", routes[0].action)
+        };
+        assert_eq!(
+            f.fault,
+            Some(crate::config::Fault {
+                abort: Some((StatusCode::SERVICE_UNAVAILABLE, 25.0)),
+                delay: Some((Duration::from_millis(150), 100.0)),
+            })
+        );
+        // At the gateway, a route with it is not accepted.
+        let mut gw = World::default();
+        gw.http_routes.push(obj(&with_fault("flaky")));
+        gw.http_faults = w.http_faults.clone();
+        assert!(crate::compile(&gw).config.listeners.is_empty());
     }
 
     #[test]

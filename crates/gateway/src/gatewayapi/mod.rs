@@ -25,7 +25,8 @@
 //!   reference that does not resolve keeps its weight and answers 500 for its share; a
 //!   rule without backends answers 500. Filters on a single backendRef and
 //!   ExtensionRef filters are not supported: the route is not accepted
-//!   (`UnsupportedValue`).
+//!   (`UnsupportedValue`); the mesh's routes take an ExtensionRef to an `HTTPFault`
+//!   (see [`mesh`]).
 //! - BackendTLSPolicy: TLS to the Services it targets, verified for its hostname against
 //!   its CA ConfigMaps (`ca.crt`) or the system's roots (`wellKnownCACertificates:
 //!   System`).
@@ -165,6 +166,8 @@ struct Ctx<'w> {
     policies_used: BTreeMap<usize, BTreeSet<(String, String)>>,
     /// The BackendTLSPolicies the route being compiled uses.
     current_policies: BTreeSet<usize>,
+    /// Whether the routes are the mesh's (Service parents): `HTTPFault` filters then.
+    mesh: bool,
 }
 
 /// Adds every Gateway API object of ours to `b`, and their statuses; returns the Service
@@ -211,6 +214,7 @@ pub(crate) fn compile(
         listeners: Vec::new(),
         policies_used: BTreeMap::new(),
         current_policies: BTreeSet::new(),
+        mesh: false,
     };
     let plan = services::plan(world, &gateways);
     for (gi, gw) in gateways.iter().enumerate() {
@@ -900,6 +904,20 @@ fn rule_action(
                         allow_credentials: c.allow_credentials.unwrap_or(false),
                         max_age: Some(Duration::from_secs(c.max_age.unwrap_or(5))),
                     });
+                }
+            }
+            "ExtensionRef"
+                if ctx.mesh
+                    && filter.extension_ref.as_ref().is_some_and(|e| {
+                        e.group == mesh::FAULT_GROUP && e.kind == mesh::FAULT_KIND
+                    }) =>
+            {
+                let name = filter.extension_ref.as_ref().map(|e| e.name.as_str());
+                match mesh::fault(ctx.world, ns, name.unwrap_or_default()) {
+                    Some(fault) => f.fault = Some(fault),
+                    // Gateway API: a custom filter that cannot be resolved is not
+                    // skipped; the requests it would have seen get 500.
+                    None => return Ok(Action::Respond(StatusCode::INTERNAL_SERVER_ERROR)),
                 }
             }
             other => {

@@ -158,6 +158,16 @@ pub struct HttpRouteFilter {
     pub url_rewrite: Option<UrlRewrite>,
     pub request_mirror: Option<RequestMirror>,
     pub cors: Option<HttpCors>,
+    pub extension_ref: Option<LocalObjectReference>,
+}
+
+/// A reference to an object in the route's namespace, by group and kind.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct LocalObjectReference {
+    pub group: String,
+    pub kind: String,
+    pub name: String,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]

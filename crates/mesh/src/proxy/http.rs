@@ -329,6 +329,32 @@ async fn routed(
             return resp;
         }
     };
+    let deadline = fw
+        .request_timeout
+        .map(|t| (tokio::time::Instant::now() + t, t));
+    // Faults (an HTTPFault filter): the delay, within the request's timeout, then the
+    // abort.
+    if let Some(fault) = &fw.fault {
+        let hit = |percent: f64| (super::random_below(1_000_000) as f64) < percent * 10_000.0;
+        if let Some((delay, _)) = fault.delay.filter(|(_, p)| hit(*p)) {
+            let delayed = tokio::time::sleep(delay);
+            if let Some((at, t)) = deadline {
+                if tokio::time::timeout_at(at, delayed).await.is_err() {
+                    let why = Error::Timeout(t).to_string();
+                    return proxy_error(series(false), StatusCode::GATEWAY_TIMEOUT, &why);
+                }
+            } else {
+                delayed.await;
+            }
+        }
+        if let Some((status, _)) = fault.abort.filter(|(_, p)| hit(*p)) {
+            let why = format!(
+                "fault injected by {} {}/{}",
+                name.kind, name.namespace, name.name
+            );
+            return proxy_error(series(false), status, &why);
+        }
+    }
     // The backend, by weight; a reference that did not resolve answers 500 for its share.
     let total: u64 = fw.backends.iter().map(|b| u64::from(b.weight)).sum();
     let backend = (total > 0)
@@ -360,8 +386,8 @@ async fn routed(
     }
     rewrite(&mut req, fw);
     let attempts = attempts(proxy, protocol, req, fw, &endpoints);
-    let (sent, endpoint) = match fw.request_timeout {
-        Some(t) => match tokio::time::timeout(t, attempts).await {
+    let (sent, endpoint) = match deadline {
+        Some((at, t)) => match tokio::time::timeout_at(at, attempts).await {
             Ok(done) => done,
             Err(_) => (Err(Error::Timeout(t)), endpoints[0].clone()),
         },

@@ -70,6 +70,7 @@ impl Routing {
             http_routes: routes.http_routes.iter().map(Obj::from_json).collect(),
             grpc_routes: routes.grpc_routes.iter().map(Obj::from_json).collect(),
             reference_grants: routes.reference_grants.iter().map(Obj::from_json).collect(),
+            http_faults: routes.http_faults.iter().map(Obj::from_json).collect(),
             services: routes
                 .services
                 .iter()
@@ -182,6 +183,7 @@ mod tests {
             ],
             grpc_routes: vec![],
             reference_grants: vec![],
+            http_faults: vec![],
             services: vec![service("web"), service("web-v2")],
             endpoint_slices: vec![slice("web", "10.1.0.1"), slice("web-v2", "10.1.0.2")],
             identities: [("10.1.0.2".parse().unwrap(), "ns/shop/sa/v2".into())].into(),
