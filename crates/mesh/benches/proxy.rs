@@ -90,6 +90,7 @@ fn destination(node: &str) {
                     identity: Some("ns/bench/sa/server".into()),
                 }],
                 routes: None,
+                failure_accrual: None,
             };
             let body = serde_json::to_string(&d).unwrap();
             let _ = write!(

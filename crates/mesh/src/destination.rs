@@ -56,6 +56,64 @@ pub struct Destination {
     /// The routes that name this Service port, if any: its HTTP requests are routed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routes: Option<Routes>,
+    /// The Service's failure accrual, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_accrual: Option<Accrual>,
+}
+
+/// Linkerd's `consecutive` failure accrual, from a Service's annotations
+/// (`balancer.linkerd.io/failure-accrual: consecutive`, and
+/// `balancer.linkerd.io/failure-accrual-consecutive-{max-failures,min-penalty,max-penalty}`,
+/// 7, 1s and 1m by default; the jitter ratio is not applied).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Accrual {
+    pub max_failures: u32,
+    #[serde(with = "millis")]
+    pub min_penalty: std::time::Duration,
+    #[serde(with = "millis")]
+    pub max_penalty: std::time::Duration,
+}
+
+impl Accrual {
+    pub fn from_annotations(a: &BTreeMap<String, String>) -> Option<Accrual> {
+        const PREFIX: &str = "balancer.linkerd.io/failure-accrual";
+        if a.get(PREFIX).map(String::as_str) != Some("consecutive") {
+            return None;
+        }
+        let get = |k: &str| a.get(&format!("{PREFIX}-consecutive-{k}"));
+        let duration = |k: &str, default: u64| {
+            get(k)
+                .and_then(|v| k8s::parse_duration(v).ok())
+                .unwrap_or(std::time::Duration::from_secs(default))
+        };
+        Some(Accrual {
+            max_failures: get("max-failures")
+                .and_then(|v| v.parse().ok())
+                .filter(|n| *n > 0)
+                .unwrap_or(7),
+            min_penalty: duration("min-penalty", 1),
+            max_penalty: duration("max-penalty", 60),
+        })
+    }
+}
+
+/// A duration as whole milliseconds.
+mod millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<std::time::Duration, D::Error> {
+        u64::deserialize(d).map(std::time::Duration::from_millis)
+    }
 }
 
 /// The routes naming a Service port as their parent, and everything they refer to, as
@@ -106,6 +164,7 @@ struct Svc {
     ips: Vec<IpAddr>,
     /// port → the port's name.
     ports: BTreeMap<u16, String>,
+    accrual: Option<Accrual>,
 }
 
 /// An EndpointSlice's ready addresses and named ports.
@@ -162,6 +221,7 @@ impl View {
                     service: key.to_string(),
                     endpoints: vec![],
                     routes: None,
+                    failure_accrual: None,
                 };
             };
             let mut endpoints: Vec<Endpoint> = self
@@ -188,6 +248,7 @@ impl View {
                 service: key.to_string(),
                 endpoints,
                 routes: self.routes(key, addr.port()),
+                failure_accrual: svc.accrual.clone(),
             };
         }
         if let Some(key) = self.pod_by_ip.get(&addr.ip()) {
@@ -200,6 +261,7 @@ impl View {
                     identity: self.identity_of(addr.ip()),
                 }],
                 routes: None,
+                failure_accrual: None,
             };
         }
         Destination {
@@ -359,7 +421,16 @@ impl Store<Service> for View {
             .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
             .filter_map(|p| Some((u16::try_from(p.port).ok()?, p.name.unwrap_or_default())))
             .collect();
-        let svc = Svc { ips, ports };
+        let accrual = raw
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(Accrual::from_annotations);
+        let svc = Svc {
+            ips,
+            ports,
+            accrual,
+        };
         if self.services.get(&key) == Some(&svc) {
             self.raw_services.insert(key, raw);
             return raw_changed;
@@ -923,6 +994,51 @@ mod tests {
         let mut v = view();
         assert!(Store::<Service>::delete(&mut v, "demo/web"));
         assert_eq!(v.resolve("10.96.0.20:80".parse().unwrap()).kind, "unknown");
+    }
+
+    #[test]
+    fn failure_accrual_is_linkerds_annotations_on_the_service() {
+        let annotations = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(Accrual::from_annotations(&annotations(&[])), None);
+        let defaults = Accrual::from_annotations(&annotations(&[(
+            "balancer.linkerd.io/failure-accrual",
+            "consecutive",
+        )]));
+        let secs = std::time::Duration::from_secs;
+        assert_eq!(
+            defaults,
+            Some(Accrual {
+                max_failures: 7,
+                min_penalty: secs(1),
+                max_penalty: secs(60)
+            })
+        );
+        let mut v = view();
+        apply::<Service>(
+            &mut v,
+            json!({"metadata": {"name": "web", "namespace": "demo", "annotations": {
+                       "balancer.linkerd.io/failure-accrual": "consecutive",
+                       "balancer.linkerd.io/failure-accrual-consecutive-max-failures": "3",
+                       "balancer.linkerd.io/failure-accrual-consecutive-max-penalty": "10s"}},
+                   "spec": {"clusterIP": "10.96.0.20", "clusterIPs": ["10.96.0.20"],
+                            "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
+        );
+        let d = v.resolve("10.96.0.20:80".parse().unwrap());
+        assert_eq!(
+            d.failure_accrual,
+            Some(Accrual {
+                max_failures: 3,
+                min_penalty: secs(1),
+                max_penalty: secs(10)
+            })
+        );
+        let again: Destination = serde_json::from_slice(&serde_json::to_vec(&d).unwrap()).unwrap();
+        assert_eq!(again, d);
     }
 
     #[test]

@@ -1119,7 +1119,76 @@ spec:
         "{aborts}"
     );
     assert!((155..=245).contains(&aborted), "a 50% abort gave {aborts}");
+
+    // Failure accrual (Linkerd's annotations): of a Service's two endpoints one
+    // answers 500 to everything; after 3 failures in a row it is ejected, so of 200
+    // requests only a handful fail. (Without it nearly all would: answering at once,
+    // the broken endpoint looks the fastest to the balancer.)
+    lab.apply(
+        r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: flaky
+  namespace: demo
+  annotations:
+    balancer.linkerd.io/failure-accrual: consecutive
+    balancer.linkerd.io/failure-accrual-consecutive-max-failures: "3"
+spec:
+  selector: {flaky: "yes"}
+  ports: [{name: http, port: 80, targetPort: 3000}]
+"#,
+    );
+    lab.kubectl(&[
+        "-n",
+        "demo",
+        "label",
+        "pod",
+        "-l",
+        "app=echo-v1",
+        "flaky=yes",
+    ]);
+    lab.apply(&pod("broken", "node-1", "", "Always", BROKEN_APP).replace(
+        "labels: {app: broken}",
+        "labels: {app: broken, flaky: \"yes\"}",
+    ));
+    wait_ready(&lab, "broken");
+    let flaky = "flaky.demo.svc.cluster.local";
+    let mut first = serde_json::Value::Null;
+    assert!(
+        wait_until(WAIT, || {
+            let out = exec_python(&lab, "client", COUNT, &[flaky, "/", "40"]);
+            first = serde_json::from_str(&out).unwrap_or_default();
+            first["status-500"].as_u64().is_some()
+        }),
+        "the broken endpoint never answered: {first}"
+    );
+    let out = exec_python(&lab, "client", COUNT, &[flaky, "/", "200"]);
+    let counts: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let failed = counts["status-500"].as_u64().unwrap_or(0);
+    assert_eq!(
+        failed + counts["echo-v1"].as_u64().unwrap_or(0),
+        200,
+        "{counts}"
+    );
+    assert!(
+        failed <= 20,
+        "the failing endpoint was not ejected: {counts}"
+    );
 }
+
+/// An HTTP server on 3000 that answers 500 to everything.
+const BROKEN_APP: &str = r#"
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(500)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("", 3000), H).serve_forever()
+"#;
 
 /// `api` (echo-basic, probed on `/health`) behind a Service with an HTTP port and an
 /// opaque one, and `locked`, the same with the default policy `deny`.

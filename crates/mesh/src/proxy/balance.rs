@@ -4,11 +4,19 @@
 //! The estimate jumps to a slower response at once (the "peak") and decays toward faster
 //! ones over [`DECAY`], so an endpoint that slows down loses traffic quickly and wins it
 //! back gradually. An endpoint not yet measured costs [`DEFAULT_RTT`].
+//!
+//! Failure accrual (Linkerd's `consecutive`, for Services annotated for it: see
+//! [`Accrual`]): an endpoint whose last `max_failures` requests all failed (a 5xx, or
+//! no connection) is ejected for `min_penalty`; once back, one more failure ejects it
+//! for twice as long (up to `max_penalty`), one success restores it. With every
+//! endpoint ejected there is none to pick.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use crate::destination::Accrual;
 
 /// The round-trip time assumed for an endpoint never measured (linkerd2-proxy's).
 pub(crate) const DEFAULT_RTT: Duration = Duration::from_millis(30);
@@ -26,6 +34,11 @@ struct Load {
     rtt: f64,
     at: Instant,
     pending: u32,
+    /// Failures in a row (failure accrual).
+    failures: u32,
+    /// The last ejection's length; zero once a request succeeded.
+    penalty: Duration,
+    ejected_until: Option<Instant>,
 }
 
 impl Load {
@@ -34,6 +47,32 @@ impl Load {
             rtt: DEFAULT_RTT.as_nanos() as f64,
             at: now,
             pending: 0,
+            failures: 0,
+            penalty: Duration::ZERO,
+            ejected_until: None,
+        }
+    }
+
+    fn ejected(&self, now: Instant) -> bool {
+        self.ejected_until.is_some_and(|t| now < t)
+    }
+
+    /// A request's outcome, for failure accrual.
+    fn accrue(&mut self, failure: bool, accrual: &Accrual, now: Instant) {
+        if !failure {
+            self.failures = 0;
+            self.penalty = Duration::ZERO;
+            return;
+        }
+        self.failures += 1;
+        let back_from_ejection = !self.penalty.is_zero();
+        if back_from_ejection || self.failures >= accrual.max_failures {
+            self.penalty = if back_from_ejection {
+                (self.penalty * 2).min(accrual.max_penalty)
+            } else {
+                accrual.min_penalty
+            };
+            self.ejected_until = Some(now + self.penalty);
         }
     }
 
@@ -66,26 +105,33 @@ pub(crate) struct Pending {
     loads: Loads,
     addr: SocketAddr,
     started: Instant,
+    accrual: Option<Accrual>,
 }
 
 impl Pending {
-    /// The response's headers arrived: the request's round trip is measured.
-    pub(crate) fn done(self) {
+    /// The response's headers arrived: the request's round trip is measured; a
+    /// `server_error` (5xx) counts as a failure for failure accrual.
+    pub(crate) fn done(self, server_error: bool) {
         let now = Instant::now();
         let mut loads = self.loads.loads.lock().expect("poisoned");
         if let Some(l) = loads.get_mut(&self.addr) {
             l.observe(now - self.started, now);
+            if let Some(a) = &self.accrual {
+                l.accrue(server_error, a, now);
+            }
         }
     }
-}
 
-impl Pending {
-    /// The endpoint failed the request: it counts as [`FAILURE_PENALTY`].
+    /// The endpoint could not be reached: it counts as [`FAILURE_PENALTY`], and as a
+    /// failure for failure accrual.
     pub(crate) fn failed(self) {
         let now = Instant::now();
         let mut loads = self.loads.loads.lock().expect("poisoned");
         if let Some(l) = loads.get_mut(&self.addr) {
             l.observe(FAILURE_PENALTY, now);
+            if let Some(a) = &self.accrual {
+                l.accrue(true, a, now);
+            }
         }
     }
 }
@@ -118,7 +164,8 @@ pub(crate) fn p2c<T, C: PartialOrd>(items: &[T], cost: impl Fn(&T) -> C) -> Opti
 }
 
 impl Loads {
-    /// Of two endpoints drawn at random, the one whose peak EWMA costs less.
+    /// Of two endpoints drawn at random among those not ejected, the one whose peak
+    /// EWMA costs less.
     pub(crate) fn pick<'a, T>(
         &self,
         items: &'a [T],
@@ -126,17 +173,23 @@ impl Loads {
     ) -> Option<&'a T> {
         let loads = self.loads.lock().expect("poisoned");
         let now = Instant::now();
-        p2c(items, |t| {
+        let ejected = |t: &T| loads.get(&addr(t)).is_some_and(|l| l.ejected(now));
+        let cost = |t: &&T| {
             loads
                 .get(&addr(t))
                 .copied()
                 .unwrap_or(Load::new(now))
                 .cost()
-        })
+        };
+        if !items.iter().any(ejected) {
+            return p2c(items, |t| cost(&t));
+        }
+        let eligible: Vec<&T> = items.iter().filter(|t| !ejected(t)).collect();
+        p2c(&eligible, cost).copied()
     }
 
-    /// Counts a request to `addr` as in flight.
-    pub(crate) fn start(&self, addr: SocketAddr) -> Pending {
+    /// Counts a request to `addr` as in flight, its outcome accrued by `accrual`.
+    pub(crate) fn start(&self, addr: SocketAddr, accrual: Option<&Accrual>) -> Pending {
         let now = Instant::now();
         let mut loads = self.loads.lock().expect("poisoned");
         if loads.len() >= REMEMBERED && !loads.contains_key(&addr) {
@@ -147,6 +200,7 @@ impl Loads {
             loads: self.clone(),
             addr,
             started: now,
+            accrual: accrual.cloned(),
         }
     }
 
@@ -203,7 +257,7 @@ mod tests {
         assert_eq!(fast, 1000, "of two, P2C always compares both");
 
         // Requests in flight weigh too: 30 on the fast one outweigh its speed.
-        let held: Vec<_> = (0..30).map(|_| loads.start(addr(1))).collect();
+        let held: Vec<_> = (0..30).map(|_| loads.start(addr(1), None)).collect();
         assert_eq!(*loads.pick(&eps, |a| *a).unwrap(), addr(2));
         drop(held);
         assert_eq!(*loads.pick(&eps, |a| *a).unwrap(), addr(1));
@@ -212,19 +266,71 @@ mod tests {
     #[test]
     fn an_endpoint_that_failed_is_avoided() {
         let loads = Loads::default();
-        loads.start(addr(4)).failed();
-        loads.start(addr(5)).done();
+        loads.start(addr(4), None).failed();
+        loads.start(addr(5), None).done(false);
         let eps = [addr(4), addr(5)];
         assert_eq!(*loads.pick(&eps, |a| *a).unwrap(), addr(5));
         assert_eq!(loads.rtt(addr(4)), FAILURE_PENALTY);
     }
 
     #[test]
+    fn consecutive_failures_eject_an_endpoint_and_a_failure_once_back_doubles_it() {
+        let loads = Loads::default();
+        let accrual = Accrual {
+            max_failures: 3,
+            min_penalty: Duration::from_secs(1),
+            max_penalty: Duration::from_secs(3),
+        };
+        let a = Some(&accrual);
+        let eps = [addr(6), addr(7)];
+        let bad = || loads.start(addr(6), a).done(true);
+        bad();
+        bad();
+        loads.start(addr(6), a).done(false);
+        bad();
+        bad();
+        let ejected = |l: &Loads| l.loads.lock().unwrap()[&addr(6)].ejected(Instant::now());
+        assert!(!ejected(&loads), "two failures since the success");
+        bad();
+        assert!(ejected(&loads), "three in a row");
+        for _ in 0..100 {
+            assert_eq!(*loads.pick(&eps, |a| *a).unwrap(), addr(7));
+        }
+        // Every endpoint ejected: none to pick.
+        assert_eq!(loads.pick(&[addr(6)], |a| *a), None);
+        // Back after the penalty, one failure ejects it for twice as long, up to the
+        // maximum; one success restores it.
+        let until = |l: &Loads| {
+            let l = l.loads.lock().unwrap()[&addr(6)];
+            (l.penalty, l.ejected_until.is_some())
+        };
+        loads
+            .loads
+            .lock()
+            .unwrap()
+            .get_mut(&addr(6))
+            .unwrap()
+            .ejected_until = None;
+        bad();
+        assert_eq!(until(&loads), (Duration::from_secs(2), true));
+        bad();
+        assert_eq!(until(&loads).0, Duration::from_secs(3), "the maximum");
+        loads.start(addr(6), a).done(false);
+        assert_eq!(until(&loads).0, Duration::ZERO);
+        // Without accrual, failures never eject.
+        let plain = Loads::default();
+        for _ in 0..10 {
+            plain.start(addr(8), None).done(true);
+        }
+        assert_eq!(plain.pick(&[addr(8)], |a| *a), Some(&addr(8)));
+    }
+
+    #[test]
     fn a_finished_request_is_measured_and_no_longer_pending() {
         let loads = Loads::default();
-        let p = loads.start(addr(3));
+        let p = loads.start(addr(3), None);
         std::thread::sleep(Duration::from_millis(2));
-        p.done();
+        p.done(false);
         let l = loads.loads.lock().unwrap()[&addr(3)];
         assert_eq!(l.pending, 0);
         // Faster than the default, so the estimate moved down toward it, a little.

@@ -38,6 +38,7 @@ use super::metrics::{self, Direction};
 use super::routes::Routing;
 use super::{Counted, Proxy};
 use crate::authz::Verdict;
+use crate::destination::Accrual;
 use crate::destination::Endpoint;
 
 /// The bodies of the responses the proxy sends back.
@@ -174,6 +175,7 @@ async fn forward(
                 protocol,
                 &endpoint,
                 req.map(Either::Left),
+                None,
             );
             return answer(sent.await, series, &endpoint);
         }
@@ -199,15 +201,16 @@ async fn forward(
         let why = format!("{original} ({}) has no ready endpoint", dest.service);
         return proxy_error(series, StatusCode::SERVICE_UNAVAILABLE, &why);
     };
+    let accrual = dest.failure_accrual.as_ref();
     let sent = send(
         proxy,
         &proxy.pool,
         protocol,
         &endpoint,
         req.map(Either::Left),
-    )
-    .await;
-    answer(sent, series, &endpoint)
+        accrual,
+    );
+    answer(sent.await, series, &endpoint)
 }
 
 /// Whether a request to `endpoint` goes in mutual TLS.
@@ -227,6 +230,7 @@ fn answer(
             debug!(endpoint = %endpoint.addr, error = %e, "request failed");
             let status = match e {
                 Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                Error::Ejected => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::BAD_GATEWAY,
             };
             proxy_error(series, status, &e.to_string())
@@ -251,26 +255,28 @@ fn observed(resp: Response<Incoming>, series: metrics::Request) -> Response<Resp
     })
 }
 
-/// One attempt at `endpoint`, the load it puts there accounted for. An HTTP/1.1
-/// upgrade that the endpoint accepts is spliced through once both sides switched.
+/// One attempt at `endpoint`, the load it puts there accounted for (and its outcome
+/// accrued by `accrual`). An HTTP/1.1 upgrade that the endpoint accepts is spliced
+/// through once both sides switched.
 async fn send(
     proxy: &Proxy,
     pool: &Pool,
     protocol: Protocol,
     endpoint: &Endpoint,
     mut req: Request<RequestBody>,
+    accrual: Option<&Accrual>,
 ) -> Result<Response<Incoming>, Error> {
     let upgrade = (protocol == Protocol::Http1
         && req.headers().contains_key(http::header::UPGRADE))
     .then(|| hyper::upgrade::on(&mut req));
-    let pending = proxy.loads.start(endpoint.addr);
+    let pending = proxy.loads.start(endpoint.addr, accrual);
     let sent = match protocol {
         Protocol::Http2 => send2(proxy, pool, endpoint, req).await,
         _ => send1(proxy, pool, endpoint, req, upgrade.is_some()).await,
     };
     match sent {
         Ok(mut resp) => {
-            pending.done();
+            pending.done(resp.status().is_server_error());
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS
                 && let Some(client_side) = upgrade
             {
@@ -385,7 +391,8 @@ async fn routed(
         return proxy_error(series(false), StatusCode::SERVICE_UNAVAILABLE, &why);
     }
     rewrite(&mut req, fw);
-    let attempts = attempts(proxy, protocol, req, fw, &endpoints);
+    let accrual = routing.accrual(&backend);
+    let attempts = attempts(proxy, protocol, req, fw, &endpoints, accrual);
     let (sent, endpoint) = match deadline {
         Some((at, t)) => match tokio::time::timeout_at(at, attempts).await {
             Ok(done) => done,
@@ -449,14 +456,13 @@ async fn attempts(
     req: Request<Incoming>,
     fw: &Forward,
     endpoints: &[Endpoint],
+    accrual: Option<&Accrual>,
 ) -> (Result<Response<Incoming>, Error>, Endpoint) {
     let attempt = |req| async {
-        let endpoint = proxy
-            .loads
-            .pick(endpoints, |e| e.addr)
-            .cloned()
-            .unwrap_or_else(|| endpoints[0].clone());
-        let sent = send(proxy, &proxy.pool, protocol, &endpoint, req);
+        let Some(endpoint) = proxy.loads.pick(endpoints, |e| e.addr).cloned() else {
+            return (Err(Error::Ejected), endpoints[0].clone());
+        };
+        let sent = send(proxy, &proxy.pool, protocol, &endpoint, req, accrual);
         let sent = match fw.backend_timeout {
             Some(t) => tokio::time::timeout(t, sent)
                 .await
@@ -495,7 +501,7 @@ async fn attempts(
             Ok(resp) => retry.statuses.contains(&resp.status()),
             // Not a request that failed midway: it may have been served.
             Err(Error::Connect(_) | Error::Timeout(_)) => true,
-            Err(Error::Http(_)) => false,
+            Err(Error::Http(_) | Error::Ejected) => false,
         };
         if !failed || left == 0 || !proxy.retry_budget.retry() {
             return (sent, endpoint);
@@ -673,6 +679,8 @@ enum Error {
     Http(hyper::Error),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    #[error("every endpoint is ejected after consecutive failures")]
+    Ejected,
 }
 
 /// The answer to a request the inbound policy refuses, as linkerd2-proxy's: 403, or

@@ -8,13 +8,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::Deref;
 use std::sync::Arc;
 
-use gateway::config::{HostMatch, HttpHosts, Route, VirtualHost};
+use gateway::config::{Backend, HostMatch, HttpHosts, Route, VirtualHost};
 use gateway::gatewayapi::mesh as gamma;
 use gateway::proxy::route::{RequestView, Router, normalize_host};
 use gateway::world::{Obj, World, slices_by_service};
 use http::Request;
 
-use crate::destination::{Destination, Endpoint, Routes};
+use crate::destination::{Accrual, Destination, Endpoint, Routes};
 
 /// A destination's answer, with its routes compiled once.
 #[derive(Debug, Default)]
@@ -59,6 +59,8 @@ pub(super) struct Routing {
     hosts: HttpHosts,
     router: Router,
     identities: HashMap<IpAddr, String>,
+    /// The backends' failure accrual, by `(namespace, name)`.
+    accruals: HashMap<(String, String), Accrual>,
 }
 
 impl Routing {
@@ -93,9 +95,22 @@ impl Routing {
                 routes: compiled,
             }],
         };
+        let accruals = routes
+            .services
+            .iter()
+            .filter_map(|s| {
+                let accrual = Accrual::from_annotations(s.metadata.annotations.as_ref()?)?;
+                let key = (
+                    s.metadata.namespace.clone().unwrap_or_default(),
+                    s.metadata.name.clone().unwrap_or_default(),
+                );
+                Some((key, accrual))
+            })
+            .collect();
         Some(Routing {
             router: Router::new(&hosts),
             hosts,
+            accruals,
             identities: routes
                 .identities
                 .iter()
@@ -126,6 +141,12 @@ impl Routing {
         };
         let (h, r) = self.router.find(&view)?;
         self.hosts.hosts.get(h)?.routes.get(r)
+    }
+
+    /// A backend's failure accrual, from its Service's annotations.
+    pub(super) fn accrual(&self, backend: &Backend) -> Option<&Accrual> {
+        self.accruals
+            .get(&(backend.namespace.clone(), backend.service.clone()))
     }
 
     /// A backend's endpoint as the proxy dials it: meshed when discovery said so.
@@ -236,6 +257,7 @@ mod tests {
             service: "shop/web".into(),
             endpoints: vec![],
             routes: Some(routes()),
+            failure_accrual: None,
         };
         let first = Resolved::new(d.clone(), 80, "shop", None);
         let again = Resolved::new(d.clone(), 80, "shop", Some(&first));
