@@ -93,6 +93,15 @@ pub async fn serve<F>(listener: TcpListener, respond: F)
 where
     F: Fn(&hyper::http::request::Parts) -> Response + Send + Sync + 'static,
 {
+    serve_async(listener, move |parts| std::future::ready(respond(&parts))).await;
+}
+
+/// As [`serve`], for answers that may wait (a long poll).
+pub async fn serve_async<F, Fut>(listener: TcpListener, respond: F)
+where
+    F: Fn(hyper::http::request::Parts) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response> + Send + 'static,
+{
     let respond = Arc::new(respond);
     let mut acceptor = Acceptor::new(listener, "HTTP");
     loop {
@@ -101,8 +110,8 @@ where
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
                 let (parts, _body) = req.into_parts();
-                let r = respond(&parts);
-                async move { Ok::<_, Infallible>(r) }
+                let r = respond(parts);
+                async move { Ok::<_, Infallible>(r.await) }
             });
             // A client that goes away mid-request is its own business.
             let _ = hyper::server::conn::http1::Builder::new()

@@ -9,6 +9,11 @@
 //! - a pod's address: that pod;
 //! - anything else: no endpoints, and the proxy connects where the app asked.
 //!
+//! Each answer carries its version (a hash of its body) in the `kubewire-version`
+//! header; a request with `&since=VERSION` is answered once its answer is another (or
+//! after 20 s the same): a long poll, so a proxy learns of a change as soon as the
+//! agent has it, and asks nothing while nothing changes.
+//!
 //! `GET /v1/inbound?pod=NAMESPACE/NAME` answers the pod's inbound authorization
 //! ([`authz::InboundPolicy`]), from Linkerd's policy objects, its namespace's and its
 //! own annotations.
@@ -686,8 +691,13 @@ policy_kinds! {
     ),
 }
 
-/// Mirrors the cluster into `view` until the watches end.
-pub async fn mirror(client: kube::Client, view: Arc<RwLock<View>>) {
+/// Mirrors the cluster into `view` until the watches end, and says on `changed` (a
+/// count) each time what it holds changed.
+pub async fn mirror(
+    client: kube::Client,
+    view: Arc<RwLock<View>>,
+    changed: tokio::sync::watch::Sender<u64>,
+) {
     let mut services = k8s::mirror::watch(
         kube::Api::<Service>::all(client.clone()),
         watcher::Config::default(),
@@ -749,51 +759,51 @@ pub async fn mirror(client: kube::Client, view: Arc<RwLock<View>>) {
         };
         tokio::select! {
             Some(e) = services.next() => match e {
-                Ok(e) => { m_svc.step(&mut *write(), e); }
+                Ok(e) => if m_svc.step(&mut *write(), e) { changed.send_modify(|n| *n += 1) },
                 Err(e) => warn!(error = %e, "destination: watching Services"),
             },
             Some(e) = slices.next() => match e {
-                Ok(e) => { m_slice.step(&mut *write(), e); }
+                Ok(e) => if m_slice.step(&mut *write(), e) { changed.send_modify(|n| *n += 1) },
                 Err(e) => warn!(error = %e, "destination: watching EndpointSlices"),
             },
             Some(e) = pods.next() => match e {
-                Ok(e) => { m_pod.step(&mut *write(), e); }
+                Ok(e) => if m_pod.step(&mut *write(), e) { changed.send_modify(|n| *n += 1) },
                 Err(e) => warn!(error = %e, "destination: watching Pods"),
             },
             Some(e) = http_routes.next() => match e {
-                Ok(e) => { m_http.step(&mut *write(), e); }
+                Ok(e) => if m_http.step(&mut *write(), e) { changed.send_modify(|n| *n += 1) },
                 Err(e) => debug!(error = %e, "destination: watching HTTPRoutes"),
             },
             Some(e) = grpc_routes.next() => match e {
-                Ok(e) => { m_grpc.step(&mut *write(), e); }
+                Ok(e) => if m_grpc.step(&mut *write(), e) { changed.send_modify(|n| *n += 1) },
                 Err(e) => debug!(error = %e, "destination: watching GRPCRoutes"),
             },
             Some(e) = grants.next() => match e {
-                Ok(e) => { m_grant.step(&mut *write(), e); }
+                Ok(e) => if m_grant.step(&mut *write(), e) { changed.send_modify(|n| *n += 1) },
                 Err(e) => debug!(error = %e, "destination: watching ReferenceGrants"),
             },
             Some(e) = faults.next() => match e {
-                Ok(e) => { m_fault.step(&mut *write(), e); }
+                Ok(e) => if m_fault.step(&mut *write(), e) { changed.send_modify(|n| *n += 1) },
                 Err(e) => debug!(error = %e, "destination: watching HTTPFaults"),
             },
             Some(e) = namespaces.next() => match e {
-                Ok(e) => { m_ns.step(&mut *write(), e); }
+                Ok(e) => if m_ns.step(&mut *write(), e) { changed.send_modify(|n| *n += 1) },
                 Err(e) => warn!(error = %e, "destination: watching Namespaces"),
             },
             Some(e) = servers.next() => match e {
-                Ok(e) => { m_server.step(&mut *write(), e); }
+                Ok(e) => if m_server.step(&mut *write(), e) { changed.send_modify(|n| *n += 1) },
                 Err(e) => warn!(error = %e, "destination: watching Servers"),
             },
             Some(e) = policies.next() => match e {
-                Ok(e) => { m_policy.step(&mut *write(), e); }
+                Ok(e) => if m_policy.step(&mut *write(), e) { changed.send_modify(|n| *n += 1) },
                 Err(e) => warn!(error = %e, "destination: watching AuthorizationPolicies"),
             },
             Some(e) = mesh_tls.next() => match e {
-                Ok(e) => { m_mtls.step(&mut *write(), e); }
+                Ok(e) => if m_mtls.step(&mut *write(), e) { changed.send_modify(|n| *n += 1) },
                 Err(e) => warn!(error = %e, "destination: watching MeshTLSAuthentications"),
             },
             Some(e) = networks.next() => match e {
-                Ok(e) => { m_net.step(&mut *write(), e); }
+                Ok(e) => if m_net.step(&mut *write(), e) { changed.send_modify(|n| *n += 1) },
                 Err(e) => warn!(error = %e, "destination: watching NetworkAuthentications"),
             },
             else => return,
@@ -801,19 +811,89 @@ pub async fn mirror(client: kube::Client, view: Arc<RwLock<View>>) {
     }
 }
 
+/// How long a long poll waits for its answer to change before it is answered the same.
+pub const LONG_POLL: std::time::Duration = std::time::Duration::from_secs(20);
+/// The response header naming an answer's version; a request's `since=VERSION` waits
+/// (up to [`LONG_POLL`]) until its answer is another.
+pub const VERSION_HEADER: &str = "kubewire-version";
+
 /// Serves discovery on `listen` from a view mirrored with `client`, until the task is
 /// dropped.
 pub async fn serve(client: kube::Client, listen: SocketAddr) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     info!(addr = %listen, "mesh destination serving");
     let view = Arc::new(RwLock::new(View::default()));
-    let mirrored = tokio::spawn(mirror(client, view.clone()));
-    k8s::http::serve(listener, move |parts| answer(&view, parts)).await;
+    let (changed_tx, changed) = tokio::sync::watch::channel(0);
+    let mirrored = tokio::spawn(mirror(client, view.clone(), changed_tx));
+    k8s::http::serve_async(listener, move |parts| {
+        let (view, changed) = (view.clone(), changed.clone());
+        async move { long_poll(&view, changed, &parts).await }
+    })
+    .await;
     mirrored.abort();
     Ok(())
 }
 
-fn answer(view: &RwLock<View>, parts: &http::request::Parts) -> k8s::http::Response {
+/// The answer to a request; with `since` (the version of the answer the client has),
+/// once it is another, or after [`LONG_POLL`].
+async fn long_poll(
+    view: &RwLock<View>,
+    mut changed: tokio::sync::watch::Receiver<u64>,
+    parts: &http::request::Parts,
+) -> k8s::http::Response {
+    let query = parts.uri.query().unwrap_or_default();
+    let since = k8s::http::query_pairs(query)
+        .into_iter()
+        .find(|(k, _)| k == "since")
+        .map(|(_, v)| v);
+    let deadline = tokio::time::Instant::now() + LONG_POLL;
+    loop {
+        changed.borrow_and_update();
+        let a = answer(view, parts);
+        let version = a.version();
+        let fresh = since.as_deref() != Some(version.as_str()) || a.status != 200;
+        // Unchanged: wait for a change (and look again), up to the deadline.
+        if fresh
+            || !matches!(
+                tokio::time::timeout_at(deadline, changed.changed()).await,
+                Ok(Ok(()))
+            )
+        {
+            let mut resp = k8s::http::response(a.status, a.content_type, a.body);
+            if let Ok(v) = version.parse() {
+                resp.headers_mut().insert(VERSION_HEADER, v);
+            }
+            return resp;
+        }
+    }
+}
+
+/// An answer before it is sent.
+struct Answer {
+    status: u16,
+    content_type: &'static str,
+    body: bytes::Bytes,
+}
+
+impl Answer {
+    fn new(status: u16, content_type: &'static str, body: impl Into<bytes::Bytes>) -> Answer {
+        Answer {
+            status,
+            content_type,
+            body: body.into(),
+        }
+    }
+
+    /// Its version: a hash of its body.
+    fn version(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.body.hash(&mut h);
+        format!("{:016x}", h.finish())
+    }
+}
+
+fn answer(view: &RwLock<View>, parts: &http::request::Parts) -> Answer {
     let query = parts.uri.query().unwrap_or_default();
     if parts.method == http::Method::GET && parts.uri.path() == "/v1/inbound" {
         let pod = k8s::http::query_pairs(query)
@@ -825,7 +905,7 @@ fn answer(view: &RwLock<View>, parts: &http::request::Parts) -> k8s::http::Respo
                     .is_some_and(|(ns, n)| !ns.is_empty() && !n.is_empty())
             });
         let Some(pod) = pod else {
-            return k8s::http::response(
+            return Answer::new(
                 400,
                 "text/plain",
                 "pod: Required value: the pod as NAMESPACE/NAME\n",
@@ -835,21 +915,21 @@ fn answer(view: &RwLock<View>, parts: &http::request::Parts) -> k8s::http::Respo
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .inbound(&pod);
-        return k8s::http::response(
+        return Answer::new(
             200,
             "application/json",
             serde_json::to_vec(&policy).unwrap_or_default(),
         );
     }
     if parts.method != http::Method::GET || parts.uri.path() != "/v1/destination" {
-        return k8s::http::response(404, "text/plain", "not found\n");
+        return Answer::new(404, "text/plain", "not found\n");
     }
     let addr = k8s::http::query_pairs(query)
         .into_iter()
         .find(|(k, _)| k == "addr")
         .map(|(_, v)| v);
     let Some(addr) = addr.and_then(|a| a.parse::<SocketAddr>().ok()) else {
-        return k8s::http::response(
+        return Answer::new(
             400,
             "text/plain",
             "addr: Required value: the address as IP:PORT\n",
@@ -859,29 +939,50 @@ fn answer(view: &RwLock<View>, parts: &http::request::Parts) -> k8s::http::Respo
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .resolve(addr);
-    k8s::http::response(
+    Answer::new(
         200,
         "application/json",
         serde_json::to_vec(&d).unwrap_or_default(),
     )
 }
 
+/// An answer of the destination service, and its version.
+#[derive(Debug, Clone)]
+pub struct Versioned<T> {
+    pub value: T,
+    pub version: String,
+}
+
 /// Asks the destination service at `server` about `addr` (plain HTTP/1.1, one request
-/// per connection: the proxy caches the answers).
-pub async fn ask(server: SocketAddr, addr: SocketAddr) -> std::io::Result<Destination> {
-    get(server, &format!("/v1/destination?addr={addr}")).await
+/// per connection); with `since`, the version the proxy has, once the answer is
+/// another (or after [`LONG_POLL`]).
+pub async fn ask(
+    server: SocketAddr,
+    addr: SocketAddr,
+    since: Option<&str>,
+) -> std::io::Result<Versioned<Destination>> {
+    get(server, &format!("/v1/destination?addr={addr}"), since).await
 }
 
 /// Asks the destination service at `server` for the inbound policy of the pod
-/// `namespace/name`.
-pub async fn ask_inbound(server: SocketAddr, pod: &str) -> std::io::Result<authz::InboundPolicy> {
-    get(server, &format!("/v1/inbound?pod={pod}")).await
+/// `namespace/name`, as [`ask`] does.
+pub async fn ask_inbound(
+    server: SocketAddr,
+    pod: &str,
+    since: Option<&str>,
+) -> std::io::Result<Versioned<authz::InboundPolicy>> {
+    get(server, &format!("/v1/inbound?pod={pod}"), since).await
 }
 
 async fn get<T: serde::de::DeserializeOwned>(
     server: SocketAddr,
     target: &str,
-) -> std::io::Result<T> {
+    since: Option<&str>,
+) -> std::io::Result<Versioned<T>> {
+    let target = match since {
+        Some(v) => format!("{target}&since={v}"),
+        None => target.to_string(),
+    };
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut conn = tokio::net::TcpStream::connect(server).await?;
     let request = format!("GET {target} HTTP/1.1\r\nHost: {server}\r\nConnection: close\r\n\r\n");
@@ -898,7 +999,14 @@ async fn get<T: serde::de::DeserializeOwned>(
             head.lines().next().unwrap_or_default()
         )));
     }
-    serde_json::from_str(body).map_err(std::io::Error::other)
+    let version = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case(VERSION_HEADER))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_default();
+    let value = serde_json::from_str(body).map_err(std::io::Error::other)?;
+    Ok(Versioned { value, version })
 }
 
 #[cfg(test)]
@@ -994,6 +1102,55 @@ mod tests {
         let mut v = view();
         assert!(Store::<Service>::delete(&mut v, "demo/web"));
         assert_eq!(v.resolve("10.96.0.20:80".parse().unwrap()).kind, "unknown");
+    }
+
+    #[tokio::test]
+    async fn a_long_poll_is_answered_when_its_answer_changes() {
+        let view = RwLock::new(view());
+        let (tx, rx) = tokio::sync::watch::channel(0);
+        let parts = |q: &str| {
+            let (parts, ()) = http::Request::get(format!("/v1/destination?addr=10.96.0.20:80{q}"))
+                .body(())
+                .unwrap()
+                .into_parts();
+            parts
+        };
+        let first = long_poll(&view, rx.clone(), &parts("")).await;
+        let version = first.headers()[VERSION_HEADER]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(version.len(), 16);
+        // With that version, the answer waits for a change; an unrelated change does
+        // not end the wait, an endpoint going away does.
+        let since = parts(&format!("&since={version}"));
+        let waiting = long_poll(&view, rx.clone(), &since);
+        let change = async {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            apply::<Service>(
+                &mut view.write().unwrap(),
+                json!({"metadata": {"name": "other", "namespace": "demo"}, "spec": {"clusterIP": "10.96.0.99"}}),
+            );
+            tx.send_modify(|n| *n += 1);
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            assert!(Store::<EndpointSlice>::delete(
+                &mut *view.write().unwrap(),
+                "demo/web-x"
+            ));
+            tx.send_modify(|n| *n += 1);
+            std::time::Instant::now()
+        };
+        let (answered, changed_at) = tokio::join!(waiting, change);
+        assert!(
+            changed_at.elapsed() < std::time::Duration::from_secs(5),
+            "answered on the change"
+        );
+        let again = answered.headers()[VERSION_HEADER].to_str().unwrap();
+        assert_ne!(again, version);
+        use http_body_util::BodyExt;
+        let body = answered.into_body().collect().await.unwrap().to_bytes();
+        let d: Destination = serde_json::from_slice(&body).unwrap();
+        assert!(d.endpoints.is_empty(), "{d:?}");
     }
 
     #[test]

@@ -152,63 +152,61 @@ impl Tls {
     }
 }
 
-/// How long a destination's answer is used before it is asked again.
-const DESTINATION_TTL: Duration = Duration::from_secs(1);
-/// How long an answer may still be used while a fresh one is on its way.
-const DESTINATION_STALE: Duration = Duration::from_secs(30);
+/// How long a destination nobody asked about is kept (and watched) still.
+const DESTINATION_IDLE: Duration = Duration::from_secs(30);
+/// How long to wait before asking again after discovery could not be asked.
+const DISCOVERY_RETRY: Duration = Duration::from_secs(1);
 
-/// An answer of discovery, kept.
-struct Cached<T> {
-    at: Instant,
-    value: Arc<T>,
-    /// Whether a fresh answer is being asked for.
-    refreshing: Arc<std::sync::atomic::AtomicBool>,
+/// An answer of discovery, kept up to date by a long poll ([`keep_fresh`]) while it is
+/// used.
+struct Watched<T> {
+    current: Mutex<(Arc<T>, String)>,
+    used: Mutex<Instant>,
 }
 
-impl<T> Clone for Cached<T> {
-    fn clone(&self) -> Self {
-        Cached {
-            at: self.at,
-            value: self.value.clone(),
-            refreshing: self.refreshing.clone(),
-        }
+impl<T> Watched<T> {
+    fn new(value: Arc<T>, version: String) -> Arc<Watched<T>> {
+        Arc::new(Watched {
+            current: Mutex::new((value, version)),
+            used: Mutex::new(Instant::now()),
+        })
+    }
+
+    /// The answer, noted as used.
+    fn value(&self) -> Arc<T> {
+        *self.used.lock().expect("poisoned") = Instant::now();
+        self.current.lock().expect("poisoned").0.clone()
     }
 }
 
-impl<T> Cached<T> {
-    fn new(value: Arc<T>) -> Cached<T> {
-        Cached {
-            at: Instant::now(),
-            value,
-            refreshing: Arc::default(),
+/// Asks `ask` (given the version held, and the answer) for each new answer to `entry`
+/// as soon as discovery has it, until `entry` has not been used for `idle` (if set).
+/// When discovery cannot be asked, the answer held stays.
+async fn keep_fresh<T, F, Fut>(entry: Arc<Watched<T>>, idle: Option<Duration>, ask: F)
+where
+    F: Fn(String, Arc<T>) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<(T, String)>>,
+{
+    loop {
+        let used = *entry.used.lock().expect("poisoned");
+        if idle.is_some_and(|i| used.elapsed() > i) {
+            return;
         }
-    }
-
-    /// The answer if it is younger than [`DESTINATION_TTL`]; if it is younger than
-    /// `stale`, the answer too, while `refresh` asks for a fresh one in the background
-    /// (one at a time); else nothing.
-    fn use_or_refresh(
-        &self,
-        stale: Duration,
-        refresh: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> Option<Arc<T>> {
-        let age = self.at.elapsed();
-        if age >= stale {
-            return None;
+        let (held, version) = entry.current.lock().expect("poisoned").clone();
+        match ask(version, held).await {
+            Ok((value, version)) => {
+                // A server without versions answers at once: ask it once a second.
+                let unversioned = version.is_empty();
+                *entry.current.lock().expect("poisoned") = (Arc::new(value), version);
+                if unversioned {
+                    tokio::time::sleep(DISCOVERY_RETRY).await;
+                }
+            }
+            Err(e) => {
+                debug!(error = %e, "asking discovery again");
+                tokio::time::sleep(DISCOVERY_RETRY).await;
+            }
         }
-        if age >= DESTINATION_TTL
-            && !self
-                .refreshing
-                .swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
-            let refreshing = self.refreshing.clone();
-            tokio::spawn(async move {
-                refresh.await;
-                // Still stale if asking failed: the next use tries again.
-                refreshing.store(false, std::sync::atomic::Ordering::Release);
-            });
-        }
-        Some(self.value.clone())
     }
 }
 
@@ -225,12 +223,12 @@ struct Proxy {
     tls: watch::Receiver<Option<Arc<Tls>>>,
     destination: SocketAddr,
     inbound_port: u16,
-    cache: Mutex<HashMap<SocketAddr, Cached<Resolved>>>,
+    cache: Mutex<HashMap<SocketAddr, Arc<Watched<Resolved>>>>,
     /// The pod, `namespace/name`, whose inbound policy applies (none: everything is
     /// allowed, as with no policy at all).
     pod: String,
     /// Its inbound policy, as discovery last answered it.
-    policy: Mutex<Option<Cached<InboundPolicy>>>,
+    policy: tokio::sync::Mutex<Option<Arc<Watched<InboundPolicy>>>>,
     /// Open connections per endpoint, for balancing opaque TCP.
     open: Mutex<HashMap<SocketAddr, usize>>,
     /// Requests in flight and latencies per endpoint, for balancing HTTP.
@@ -308,7 +306,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         } else {
             format!("{}/{}", args.namespace, args.pod_name)
         },
-        policy: Mutex::default(),
+        policy: tokio::sync::Mutex::default(),
         retry_budget: budget::RetryBudget::default(),
         metrics: Metrics::new(),
     });
@@ -684,60 +682,18 @@ impl Proxy {
         Ok((Box::new(stream), seen))
     }
 
-    /// The destination of `addr`. An answer younger than [`DESTINATION_TTL`] is used as
-    /// it is; an older one, up to [`DESTINATION_STALE`], is used while a fresh one is
-    /// asked for in the background, so no request waits for discovery once its
-    /// address is known. `unknown` when the destination service cannot be asked (the
-    /// connection then goes where it was going).
+    /// The destination of `addr`: asked once, then kept up to date by a long poll
+    /// while connections ask for it (and for [`DESTINATION_IDLE`] after), so no request
+    /// waits for discovery once its address is known and a change reaches the proxy
+    /// as soon as discovery has it. `unknown` when the destination service cannot be
+    /// asked (the connection then goes where it was going).
     async fn resolve(self: &Arc<Self>, addr: SocketAddr) -> Arc<Resolved> {
         let cached = self.cache.lock().expect("poisoned").get(&addr).cloned();
-        let proxy = self.clone();
-        let refresh = async move {
-            proxy.ask(addr).await;
-        };
-        match cached.and_then(|c| c.use_or_refresh(DESTINATION_STALE, refresh)) {
-            Some(d) => d,
-            None => self.ask(addr).await,
+        if let Some(entry) = cached {
+            return entry.value();
         }
-    }
-
-    /// The pod's inbound policy, kept fresh as destinations are. When discovery cannot
-    /// be asked, the last answer holds however old it is; with none yet, everything is
-    /// refused (the policy fails closed).
-    async fn policy(self: &Arc<Self>) -> Arc<InboundPolicy> {
-        if self.pod.is_empty() {
-            return Arc::new(InboundPolicy::default());
-        }
-        let cached = self.policy.lock().expect("poisoned").clone();
-        let proxy = self.clone();
-        let refresh = async move {
-            proxy.ask_policy().await;
-        };
-        match cached.and_then(|c| c.use_or_refresh(Duration::MAX, refresh)) {
-            Some(p) => p,
-            None => self.ask_policy().await,
-        }
-    }
-
-    async fn ask_policy(&self) -> Arc<InboundPolicy> {
-        match destination::ask_inbound(self.destination, &self.pod).await {
-            Ok(p) => {
-                let p = Arc::new(p);
-                *self.policy.lock().expect("poisoned") = Some(Cached::new(p.clone()));
-                p
-            }
-            Err(e) => {
-                warn!(pod = %self.pod, error = %e, "asking for the inbound policy");
-                let kept = self.policy.lock().expect("poisoned").clone();
-                kept.map_or_else(|| Arc::new(InboundPolicy::deny_all()), |c| c.value)
-            }
-        }
-    }
-
-    /// Asks the destination service about `addr` and caches the answer.
-    async fn ask(&self, addr: SocketAddr) -> Arc<Resolved> {
-        let d = match destination::ask(self.destination, addr).await {
-            Ok(d) => d,
+        let answer = match destination::ask(self.destination, addr, None).await {
+            Ok(a) => a,
             Err(e) => {
                 warn!(%addr, error = %e, "asking the destination service");
                 return Arc::new(Resolved {
@@ -749,22 +705,72 @@ impl Proxy {
                 });
             }
         };
-        let previous = self
-            .cache
-            .lock()
-            .expect("poisoned")
-            .get(&addr)
-            .map(|c| c.value.clone());
-        let d = Arc::new(Resolved::new(
-            d,
-            addr.port(),
-            &self.namespace,
-            previous.as_deref(),
-        ));
-        let mut cache = self.cache.lock().expect("poisoned");
-        cache.retain(|_, c| c.at.elapsed() < DESTINATION_STALE);
-        cache.insert(addr, Cached::new(d.clone()));
-        d
+        let resolved = Resolved::new(answer.value, addr.port(), &self.namespace, None);
+        let entry = Watched::new(Arc::new(resolved), answer.version);
+        {
+            let mut cache = self.cache.lock().expect("poisoned");
+            if let Some(other) = cache.get(&addr) {
+                // Asked at once by another connection: one watch is enough.
+                return other.value();
+            }
+            cache.insert(addr, entry.clone());
+        }
+        let proxy = self.clone();
+        let value = entry.value();
+        tokio::spawn(async move {
+            let ask = |since: String, held: Arc<Resolved>| {
+                let proxy = proxy.clone();
+                async move {
+                    let a = destination::ask(proxy.destination, addr, Some(&since)).await?;
+                    let r = Resolved::new(a.value, addr.port(), &proxy.namespace, Some(&held));
+                    Ok((r, a.version))
+                }
+            };
+            keep_fresh(entry.clone(), Some(DESTINATION_IDLE), ask).await;
+            let mut cache = proxy.cache.lock().expect("poisoned");
+            if cache.get(&addr).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
+                cache.remove(&addr);
+            }
+        });
+        value
+    }
+
+    /// The pod's inbound policy: asked once, then kept up to date by a long poll. When
+    /// discovery cannot be asked, the last answer holds; with none yet, everything is
+    /// refused (the policy fails closed).
+    async fn policy(self: &Arc<Self>) -> Arc<InboundPolicy> {
+        if self.pod.is_empty() {
+            return Arc::new(InboundPolicy::default());
+        }
+        // Held while asking the first time: the connections that arrive meanwhile wait
+        // for that answer rather than ask too.
+        let mut slot = self.policy.lock().await;
+        if let Some(entry) = slot.as_ref() {
+            return entry.value();
+        }
+        let answer = match destination::ask_inbound(self.destination, &self.pod, None).await {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(pod = %self.pod, error = %e, "asking for the inbound policy");
+                return Arc::new(InboundPolicy::deny_all());
+            }
+        };
+        let entry = Watched::new(Arc::new(answer.value), answer.version);
+        *slot = Some(entry.clone());
+        let proxy = self.clone();
+        let value = entry.value();
+        tokio::spawn(async move {
+            let ask = |since: String, _held| {
+                let proxy = proxy.clone();
+                async move {
+                    let a = destination::ask_inbound(proxy.destination, &proxy.pod, Some(&since))
+                        .await?;
+                    Ok((a.value, a.version))
+                }
+            };
+            keep_fresh(entry, None, ask).await;
+        });
+        value
     }
 
     /// Power of two choices: of two endpoints picked at random, the one with fewer open
