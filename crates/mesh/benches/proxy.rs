@@ -4,18 +4,19 @@
 //! A client pod and a server pod (network namespaces routed by a node namespace, as
 //! benchkit wires them), each with the CNI plugin's capture table and `kubewire mesh
 //! proxy` as user 2102 with certificates of one anchor; nginx (Debian's) serves
-//! `200 ok` on 8080, 8081 and 8082 in the server pod. Port 8081 is skipped by both
-//! pods' capture, so the same pods and server give the baseline (8081: straight to
-//! nginx) and the cases, each through the client's proxy, mutual TLS across the node
-//! and the server's proxy: 8080 served as HTTP (detected, balanced per request,
-//! counted on both sides) and 8082 as opaque TCP (`--opaque-ports 8082`). The three
-//! are measured in rotating rounds.
+//! `200 ok` on 8080-8082 (HTTP/1.1) and 8083-8084 (HTTP/2, cleartext by prior
+//! knowledge) in the server pod. Ports 8081 and 8084 are skipped by both pods'
+//! capture, so the same pods and server give the baselines (straight to nginx) and the
+//! cases, each through the client's proxy, mutual TLS across the node and the
+//! server's proxy: 8080 served as HTTP/1.1 and 8083 as HTTP/2 (detected, balanced per
+//! request, counted on both sides), and 8082 as opaque TCP (`--opaque-ports 8082`).
+//! The five are measured in rotating rounds.
 //!
 //! The load is open-loop at a fixed rate (1,000 requests/s by default): request `i`
 //! is due at `start + i / rate` and its latency counts from then, so a slow answer
 //! delays the requests behind it and their latency shows it (no coordinated omission).
-//! One keep-alive HTTP/1.1 connection, from a thread pinned to the last CPU; nginx and
-//! the proxies on the first.
+//! One keep-alive connection per case (HTTP/2: one connection, one stream at a time),
+//! from a thread pinned to the last CPU; nginx and the proxies on the first.
 //!
 //! Reported: p50/p99/p99.9 of each and what the mesh adds; each proxy's resident memory
 //! idle and under the load; their CPU per 1,000 requests/s, for HTTP and opaque TCP.
@@ -128,7 +129,7 @@ fn proxy(bin: &str, pod: &str, node_ip: &str, dir: &Path, sa: &str, trust: &str)
     Kill(child)
 }
 
-/// nginx in `pod` on 8080, 8081 and 8082, one process on CPU 0.
+/// nginx in `pod` on 8080-8082 (HTTP/1.1) and 8083-8084 (HTTP/2), one process on CPU 0.
 fn nginx(pod: &str, dir: &Path) -> Kill {
     let conf = dir.join("nginx.conf");
     std::fs::write(
@@ -138,7 +139,8 @@ fn nginx(pod: &str, dir: &Path) -> Kill {
              error_log {d}/nginx.err;\n\
              events {{ worker_connections 1024; }}\n\
              http {{ access_log off; keepalive_requests 100000000; keepalive_timeout 300s;\n\
-               server {{ listen 8080; listen 8081; listen 8082; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
+               server {{ listen 8080; listen 8081; listen 8082; listen 8083 http2; listen 8084 http2;\n\
+                 location / {{ return 200 \"ok\\n\"; }} }} }}\n",
             d = dir.display()
         ),
     )
@@ -223,6 +225,61 @@ fn run(conn: &mut TcpStream, rate: f64, seconds: f64) -> Vec<f64> {
     latencies
 }
 
+/// As [`run`], over HTTP/2 (one stream at a time on one connection), in `rt`.
+fn run_h2(
+    rt: &tokio::runtime::Runtime,
+    sender: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    rate: f64,
+    seconds: f64,
+) -> Vec<f64> {
+    use http_body_util::BodyExt;
+    let n = (rate * seconds) as usize;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now() + Duration::from_millis(10);
+    rt.block_on(async {
+        let mut latencies = Vec::with_capacity(n);
+        for i in 0..n {
+            let due = start + interval * i as u32;
+            // The timer's ticks are a millisecond: sleep to 2 ms before, then spin.
+            if let Some(early) = due.checked_sub(Duration::from_millis(2)) {
+                tokio::time::sleep_until(early.into()).await;
+            }
+            while Instant::now() < due {
+                std::hint::spin_loop();
+            }
+            let req = hyper::Request::get("http://bench/")
+                .body(http_body_util::Empty::new())
+                .unwrap();
+            let resp = sender.send_request(req).await.expect("an HTTP/2 answer");
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"ok\n");
+            latencies.push(due.elapsed().as_secs_f64() * 1e6);
+        }
+        latencies
+    })
+}
+
+/// An HTTP/2 connection (prior knowledge) to `port`, driven by `rt`.
+fn connect_h2(
+    rt: &tokio::runtime::Runtime,
+    port: u16,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect((SERVER, port))
+            .await
+            .expect("connecting");
+        tcp.set_nodelay(true).unwrap();
+        let (sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .expect("an HTTP/2 handshake");
+        tokio::spawn(conn);
+        sender
+    })
+}
+
 fn main() {
     benchkit::require_root();
     let bin = std::env::var("KUBEWIRE_BIN")
@@ -252,8 +309,8 @@ fn main() {
         .unwrap();
     }
     let capture = Capture {
-        skip_inbound_ports: vec![cni::capture::ADMIN_PORT, 8081],
-        skip_outbound_ports: vec![8081],
+        skip_inbound_ports: vec![cni::capture::ADMIN_PORT, 8081, 8084],
+        skip_outbound_ports: vec![8081, 8084],
         ..Capture::for_pod(cni::capture::DEFAULT_PROXY_UID, |_| None)
     };
     for pod in [&client, &server] {
@@ -285,11 +342,22 @@ fn main() {
     let idle: Vec<[f64; 3]> = pids.iter().map(|p| rss_mib(*p)).collect();
 
     // Measured from one pinned thread in the client pod, each mode on its own
-    // keep-alive connection made once.
-    const MODES: [(&str, u16); 3] = [("no mesh", 8081), ("HTTP", 8080), ("opaque", 8082)];
+    // keep-alive connection made once. HTTP/1.1 modes first, then HTTP/2 ones.
+    const MODES: [(&str, u16); 5] = [
+        ("no mesh", 8081),
+        ("HTTP", 8080),
+        ("opaque", 8082),
+        ("no mesh h2", 8084),
+        ("HTTP/2", 8083),
+    ];
+    const H1: usize = 3;
     let result = netns::run_in(&client, move || {
         pin(load_cpu);
-        let mut conns: Vec<TcpStream> = MODES
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut conns: Vec<TcpStream> = MODES[..H1]
             .iter()
             .map(|(_, port)| {
                 let c = TcpStream::connect((SERVER, *port)).expect("connecting");
@@ -297,9 +365,20 @@ fn main() {
                 c
             })
             .collect();
+        let mut h2: Vec<_> = MODES[H1..]
+            .iter()
+            .map(|(_, port)| connect_h2(&rt, *port))
+            .collect();
+        let mut run_mode = |mode: usize, seconds: f64| {
+            if mode < H1 {
+                run(&mut conns[mode], rate, seconds)
+            } else {
+                run_h2(&rt, &mut h2[mode - H1], rate, seconds)
+            }
+        };
         // Warm up every path.
-        for c in &mut conns {
-            run(c, rate, 1.0);
+        for mode in 0..MODES.len() {
+            run_mode(mode, 1.0);
         }
         let mut latencies = vec![Vec::new(); MODES.len()];
         let mut cpu = vec![0.0; MODES.len()];
@@ -308,9 +387,9 @@ fn main() {
             for k in 0..MODES.len() {
                 let mode = (r + k) % MODES.len();
                 let before: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
-                latencies[mode].extend(run(&mut conns[mode], rate, seconds));
+                latencies[mode].extend(run_mode(mode, seconds));
                 cpu[mode] += pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>() - before;
-                if mode != 0 {
+                if mode != 0 && mode != 3 {
                     for (i, p) in pids.iter().enumerate() {
                         let now = rss_mib(*p);
                         if now[0] > loaded_rss[i][0] {
@@ -342,6 +421,15 @@ fn main() {
             o - b
         );
     }
+    println!("== and HTTP/2 (cleartext, one stream at a time on one connection)");
+    println!(
+        "{:>8} {:>12} {:>12} {:>12}",
+        "", "no mesh", "mesh HTTP/2", "added"
+    );
+    for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)] {
+        let [b, h] = [3, 4].map(|m| quantile(&latencies[m], q));
+        println!("{name:>8} {b:>9.1} µs {h:>9.1} µs {:>9.1} µs", h - b);
+    }
     let mem = |m: [f64; 3]| {
         format!(
             "{:.1} MiB ({:.1} MiB its own, {:.1} MiB the binary's shared pages)",
@@ -355,7 +443,7 @@ fn main() {
             mem(loaded_rss[i])
         );
     }
-    for (m, (name, _)) in MODES.iter().enumerate().skip(1) {
+    for (m, (name, _)) in MODES.iter().enumerate().filter(|(m, _)| *m != 0 && *m != 3) {
         println!(
             "== CPU of the two proxies, {name}: {:.3} vCPU at {rate} requests/s, i.e. {:.3} vCPU per proxy per 1,000 requests/s",
             cpu[m] / mesh_seconds,
