@@ -152,6 +152,7 @@ async fn end_to_end() {
         trust_domain: "cluster.local".into(),
         listen: "127.0.0.1:0".parse().expect("an address"),
         server_name: SERVER_NAME.into(),
+        certificate_lifetime: identity::CERTIFICATE_LIFETIME,
     };
     let authority = identity::load_or_create(&client, &args)
         .await

@@ -112,6 +112,7 @@ async fn a_pod_token_and_a_csr_get_a_spiffe_certificate_for_its_service_account(
         trust_domain: "cluster.local".into(),
         listen: "127.0.0.1:0".parse().unwrap(),
         server_name: SERVER_NAME.into(),
+        certificate_lifetime: mesh::identity::CERTIFICATE_LIFETIME,
     };
     let authority = identity::load_or_create(&client, &args).await.unwrap();
     identity::publish_trust_bundle(&client, &args.namespace, authority.trust_bundle())

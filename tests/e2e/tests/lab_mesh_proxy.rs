@@ -1412,3 +1412,115 @@ spec:
     let tcp_denied = r#"inbound_tcp_authz_deny_total{srv_kind="server",srv_name="api-http"} "#;
     assert!(metric(&metrics, tcp_denied) >= 1, "{metrics}");
 }
+
+/// For `argv[1]` seconds: an HTTP request on a new connection, then a banner read, again
+/// and again; prints how many of each worked and failed (and the first failures).
+const LOAD: &str = r#"
+import json, socket, sys, time, urllib.request
+end = time.time() + float(sys.argv[1])
+counts = {"http": 0, "banner": 0, "failed": 0, "errors": []}
+while time.time() < end:
+    try:
+        body = urllib.request.urlopen("http://web.demo.svc.cluster.local/", timeout=5).read()
+        assert body.startswith(b"MESH-SECRET-ANSWER"), body
+        counts["http"] += 1
+        c = socket.create_connection(("web.demo.svc.cluster.local", 2525), timeout=5)
+        got = c.recv(100)
+        c.close()
+        assert got.startswith(b"220 "), got
+        counts["banner"] += 1
+    except Exception as e:
+        counts["failed"] += 1
+        if len(counts["errors"]) < 5:
+            counts["errors"].append("%.1f: %s" % (time.time() - end, e))
+    time.sleep(0.05)
+print(json.dumps(counts))
+"#;
+
+#[test]
+fn certificates_renew_under_load_and_an_issuer_restart_drops_nothing() {
+    let lab = RunningLab::up_with(2, "mesh: true\n");
+    mesh_ready(&lab);
+    // Certificates of 20 s, so that the proxies renew them (at 70%: 14 s) under load.
+    lab.kubectl(&[
+        "-n",
+        "kube-system",
+        "patch",
+        "deployment",
+        "kubewire-identity",
+        "--type=json",
+        "-p",
+        r#"[{"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": "--certificate-lifetime=20s"}]"#,
+    ]);
+    lab.kubectl(&[
+        "-n",
+        "kube-system",
+        "rollout",
+        "status",
+        "deployment/kubewire-identity",
+        "--timeout=120s",
+    ]);
+    lab.apply(MESHED_NAMESPACE);
+    lab.apply(&pod("server", "node-1", "", "Always", SERVER_APP));
+    lab.apply(&pod("client", "node-2", "", "Always", CLIENT_APP));
+    lab.apply(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec:
+  selector: {app: server}
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+  - {name: banner, port: 2525, targetPort: 2525}
+"#,
+    );
+    for p in ["server", "client"] {
+        wait_ready(&lab, p);
+    }
+    // 45 s of load; the issuer restarted 15 s in.
+    let name = lab.name.clone();
+    let load = std::thread::spawn(move || {
+        e2e::kubewire(&[
+            "lab",
+            "exec",
+            "--name",
+            &name,
+            "demo/client/app",
+            "--",
+            "python3",
+            "-c",
+            LOAD,
+            "45",
+        ])
+    });
+    std::thread::sleep(Duration::from_secs(15));
+    lab.kubectl(&[
+        "-n",
+        "kube-system",
+        "rollout",
+        "restart",
+        "deployment/kubewire-identity",
+    ]);
+    lab.kubectl(&[
+        "-n",
+        "kube-system",
+        "rollout",
+        "status",
+        "deployment/kubewire-identity",
+        "--timeout=120s",
+    ]);
+    let out = load.join().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let counts: serde_json::Value = serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("{e}: {text}{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(counts["failed"], 0, "{counts}");
+    assert!(counts["http"].as_u64().unwrap() > 50, "{counts}");
+    assert!(counts["banner"].as_u64().unwrap() > 50, "{counts}");
+    // Each proxy took new certificates along the way: its first and at least two more.
+    for p in ["server", "client"] {
+        let logs = lab.kubectl(&["-n", "demo", "logs", p, "-c", "kubewire-proxy"]);
+        let taken = logs.matches("mutual TLS ready").count();
+        assert!(taken >= 3, "{p}'s proxy took {taken} certificates:\n{logs}");
+    }
+}

@@ -80,6 +80,8 @@ pub struct Authority {
     trust_domain: String,
     anchor_pem: String,
     issuer: Issuer<'static, KeyPair>,
+    /// How long the certificates it issues are valid.
+    lifetime: Duration,
 }
 
 impl std::fmt::Debug for Authority {
@@ -134,7 +136,14 @@ impl Authority {
             trust_domain: trust_domain.to_string(),
             anchor_pem: pem.cert.clone(),
             issuer,
+            lifetime: CERTIFICATE_LIFETIME,
         })
+    }
+
+    /// The same anchor, issuing certificates valid for `lifetime` (instead of
+    /// [`CERTIFICATE_LIFETIME`]).
+    pub fn with_lifetime(self, lifetime: Duration) -> Authority {
+        Authority { lifetime, ..self }
     }
 
     /// The trust bundle proxies verify their peers with (PEM).
@@ -169,8 +178,8 @@ impl Authority {
         ))
     }
 
-    /// Signs the key of `csr_pem` for `identity`, valid from `now` for
-    /// [`CERTIFICATE_LIFETIME`]. The CSR's subject and extensions are ignored.
+    /// Signs the key of `csr_pem` for `identity`, valid from `now` for the authority's
+    /// lifetime. The CSR's subject and extensions are ignored.
     pub fn certify(
         &self,
         csr_pem: &str,
@@ -204,7 +213,7 @@ impl Authority {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         p.use_authority_key_identifier_extension = true;
-        let not_after = now + CERTIFICATE_LIFETIME;
+        let not_after = now + self.lifetime;
         p.not_before = (now - BACKDATE).into();
         p.not_after = not_after.into();
         p.serial_number = Some(SerialNumber::from_slice(&serial(now, &id)));
@@ -287,6 +296,12 @@ mod tests {
             .certify(&csr(&key, vec!["admin.example".into()]), &web(), now)
             .unwrap();
         assert_eq!(issued.not_after, now + CERTIFICATE_LIFETIME);
+        let short = Authority::load("cluster.local", &pem)
+            .unwrap()
+            .with_lifetime(Duration::from_secs(20))
+            .certify(&csr(&key, vec![]), &web(), now)
+            .unwrap();
+        assert_eq!(short.not_after, now + Duration::from_secs(20));
         assert!(issued.chain_pem.ends_with(ca.trust_bundle()));
         let leaf = issued
             .chain_pem

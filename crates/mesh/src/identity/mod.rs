@@ -23,7 +23,7 @@ pub mod authority;
 pub mod client;
 pub mod server;
 
-pub use authority::{Authority, Identity};
+pub use authority::{Authority, CERTIFICATE_LIFETIME, Identity};
 
 /// The audience a proxy's token must be bound to: a token for the API server does not
 /// get a certificate, and a certificate token cannot talk to the API server.
@@ -82,6 +82,10 @@ pub struct Args {
     /// The name proxies reach it by, which its serving certificate holds.
     #[arg(long, default_value = "kubewire-identity.kube-system.svc")]
     pub server_name: String,
+    /// How long the certificates it issues are valid (Linkerd's issuance lifetime);
+    /// proxies renew theirs at 70% of it.
+    #[arg(long, default_value = "24h", value_parser = k8s::parse_duration)]
+    pub certificate_lifetime: std::time::Duration,
 }
 
 /// Runs the issuer until SIGTERM.
@@ -91,7 +95,9 @@ pub async fn run(args: Args) -> Result<(), Error> {
         source,
     })?;
     let client = args.client.client().await?;
-    let authority = load_or_create(&client, &args).await?;
+    let authority = load_or_create(&client, &args)
+        .await?
+        .with_lifetime(args.certificate_lifetime);
     publish_trust_bundle(&client, &args.namespace, authority.trust_bundle()).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
