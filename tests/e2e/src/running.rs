@@ -159,6 +159,19 @@ impl RunningLab {
         serde_json::from_str(&self.kubectl(&args)).unwrap()
     }
 
+    /// Waits (up to 120 s) for the Deployment `namespace/name` to finish rolling out.
+    pub fn rollout(&self, namespace: &str, name: &str) {
+        let deployment = format!("deployment/{name}");
+        self.kubectl(&[
+            "-n",
+            namespace,
+            "rollout",
+            "status",
+            &deployment,
+            "--timeout=120s",
+        ]);
+    }
+
     /// `kubewire lab exec TARGET -- argv`.
     pub fn exec(&self, target: &str, argv: &[&str]) -> std::process::Output {
         let mut args = vec!["lab", "exec", "--name", &self.name, target, "--"];

@@ -68,14 +68,7 @@ spec:
 #[test]
 fn a_meshed_pod_gets_its_spiffe_certificate_from_the_lab_issuer() {
     let lab = RunningLab::up_with(2, "mesh: true\n");
-    lab.kubectl(&[
-        "-n",
-        "kube-system",
-        "rollout",
-        "status",
-        "deployment/kubewire-identity",
-        "--timeout=120s",
-    ]);
+    lab.rollout("kube-system", "kubewire-identity");
     // The trust bundle the issuer published, copied where the pod can mount it.
     let bundle = lab.kubectl(&[
         "-n",

@@ -139,14 +139,7 @@ print("first", sorted(first.items()), "marker-on-4143", marker_4143, "marker-any
 /// webhook's configuration: pods created before that are admitted unmeshed.
 fn mesh_ready(lab: &RunningLab) {
     for d in ["kubewire-identity", "kubewire-injector"] {
-        lab.kubectl(&[
-            "-n",
-            "kube-system",
-            "rollout",
-            "status",
-            &format!("deployment/{d}"),
-            "--timeout=120s",
-        ]);
+        lab.rollout("kube-system", d);
     }
     assert!(
         wait_until(WAIT, || !lab
@@ -622,14 +615,7 @@ spec:
 "#,
     );
     lab.apply(&pod("client", "node-2", "", "Always", CLIENT_APP));
-    lab.kubectl(&[
-        "-n",
-        "demo",
-        "rollout",
-        "status",
-        "deployment/echo",
-        "--timeout=120s",
-    ]);
+    lab.rollout("demo", "echo");
     wait_ready(&lab, "client");
     let curl = |args: &[&str]| -> String {
         let mut argv = vec!["curl", "-sS", "--max-time", "30"];
@@ -981,14 +967,7 @@ fn gamma_routes_match_split_time_out_retry_and_inject_faults_in_the_client_proxy
     ));
     lab.apply(&pod("client", "node-2", "", "Always", CLIENT_APP));
     for d in ["echo-v1", "echo-v2"] {
-        lab.kubectl(&[
-            "-n",
-            "demo",
-            "rollout",
-            "status",
-            &format!("deployment/{d}"),
-            "--timeout=120s",
-        ]);
+        lab.rollout("demo", d);
     }
     wait_ready(&lab, "client");
     let get = |host: &str, path: &str, headers: &[&str]| -> String {
@@ -1452,14 +1431,7 @@ fn certificates_renew_under_load_and_an_issuer_restart_drops_nothing() {
         "-p",
         r#"[{"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": "--certificate-lifetime=20s"}]"#,
     ]);
-    lab.kubectl(&[
-        "-n",
-        "kube-system",
-        "rollout",
-        "status",
-        "deployment/kubewire-identity",
-        "--timeout=120s",
-    ]);
+    lab.rollout("kube-system", "kubewire-identity");
     lab.apply(MESHED_NAMESPACE);
     lab.apply(&pod("server", "node-1", "", "Always", SERVER_APP));
     lab.apply(&pod("client", "node-2", "", "Always", CLIENT_APP));
@@ -1502,14 +1474,7 @@ spec:
         "restart",
         "deployment/kubewire-identity",
     ]);
-    lab.kubectl(&[
-        "-n",
-        "kube-system",
-        "rollout",
-        "status",
-        "deployment/kubewire-identity",
-        "--timeout=120s",
-    ]);
+    lab.rollout("kube-system", "kubewire-identity");
     let out = load.join().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let counts: serde_json::Value = serde_json::from_str(text.trim())
