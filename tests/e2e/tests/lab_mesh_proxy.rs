@@ -1076,6 +1076,9 @@ spec:
   - matches: [{path: {type: PathPrefix, value: /missing}}]
     filters: [{type: ExtensionRef, extensionRef: {group: mesh.kubewire.io, kind: HTTPFault, name: nothing}}]
     backendRefs: [{name: echo-v1, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /mirrored}}]
+    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: echo-v2, port: 80}}}]
+    backendRefs: [{name: echo-v1, port: 80}]
 "#,
     );
     let v1 = "echo-v1.demo.svc.cluster.local";
@@ -1089,6 +1092,19 @@ spec:
     );
     let delayed = get(v1, "/delay", &[]);
     assert!(delayed.starts_with("504 "), "{delayed}");
+    // A mirrored request is answered by v1, and v2 sees its copy.
+    let id = e2e::unique_name("m");
+    let mirrored = get(v1, &format!("/mirrored?id={id}"), &[]);
+    assert!(mirrored.starts_with("200 - - echo-v1-"), "{mirrored}");
+    let seen = format!("Echoing back request made to /mirrored?id={id}");
+    let mut logs = String::new();
+    assert!(
+        wait_until(WAIT, || {
+            logs = lab.kubectl(&["-n", "demo", "logs", "-l", "app=echo-v2", "--tail=-1"]);
+            logs.contains(&seen)
+        }),
+        "v2 never saw the mirrored request: {logs}"
+    );
     let out = exec_python(&lab, "client", COUNT, &[v1, "/abort", "400"]);
     let aborts: serde_json::Value = serde_json::from_str(&out).unwrap();
     let aborted = aborts["status-503"].as_u64().unwrap_or(0);

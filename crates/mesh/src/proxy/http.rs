@@ -21,7 +21,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use gateway::config::{Action, Forward, HeaderEdits};
+use gateway::config::{Action, Forward, HeaderEdits, Mirror};
 use gateway::proxy::route::normalize_host;
 use gateway::proxy::{
     Facts, edit_headers, protocol_name, redirect_location, rewrite_path, with_path,
@@ -302,7 +302,7 @@ async fn send(
 /// A request to a Service port that routes name (GAMMA): the first matching route
 /// says what happens to it, as at the gateway. No matching route answers 404.
 async fn routed(
-    proxy: &Proxy,
+    proxy: &Arc<Proxy>,
     original: SocketAddr,
     protocol: Protocol,
     mut req: Request<Incoming>,
@@ -341,8 +341,7 @@ async fn routed(
     // Faults (an HTTPFault filter): the delay, within the request's timeout, then the
     // abort.
     if let Some(fault) = &fw.fault {
-        let hit = |percent: f64| (super::random_below(1_000_000) as f64) < percent * 10_000.0;
-        if let Some((delay, _)) = fault.delay.filter(|(_, p)| hit(*p)) {
+        if let Some((delay, _)) = fault.delay.filter(|(_, p)| share(*p)) {
             let delayed = tokio::time::sleep(delay);
             if let Some((at, t)) = deadline {
                 if tokio::time::timeout_at(at, delayed).await.is_err() {
@@ -353,7 +352,7 @@ async fn routed(
                 delayed.await;
             }
         }
-        if let Some((status, _)) = fault.abort.filter(|(_, p)| hit(*p)) {
+        if let Some((status, _)) = fault.abort.filter(|(_, p)| share(*p)) {
             let why = format!(
                 "fault injected by {} {}/{}",
                 name.kind, name.namespace, name.name
@@ -392,7 +391,33 @@ async fn routed(
     }
     rewrite(&mut req, fw);
     let accrual = routing.accrual(&backend);
-    let attempts = attempts(proxy, protocol, req, fw, &endpoints, accrual);
+    // A body that may be sent more than once (retried, mirrored) is read whole first,
+    // if it is small enough; a larger one streams through once, unmirrored.
+    let mirrors: Vec<&Mirror> = fw.mirrors.iter().filter(|m| share(m.percent)).collect();
+    let retry = fw.retry.as_ref().filter(|r| r.attempts > 0);
+    // (An upgrade keeps its request: the connection it switches is in it.)
+    let small = !req.headers().contains_key(http::header::UPGRADE)
+        && req
+            .body()
+            .size_hint()
+            .upper()
+            .is_some_and(|n| n <= MAX_RETRY_BODY);
+    let outgoing = if small && (retry.is_some() || !mirrors.is_empty()) {
+        let (parts, body) = req.into_parts();
+        match body.collect().await {
+            Ok(b) => Outgoing::Buffered(parts, b.to_bytes()),
+            Err(e) => {
+                let why = format!("reading the request's body: {e}");
+                return proxy_error(series(false), StatusCode::BAD_REQUEST, &why);
+            }
+        }
+    } else {
+        Outgoing::Streaming(req.map(Either::Left))
+    };
+    for m in mirrors {
+        mirror(proxy, protocol, &outgoing, m, routing);
+    }
+    let attempts = attempts(proxy, protocol, outgoing, retry, fw, &endpoints, accrual);
     let (sent, endpoint) = match deadline {
         Some((at, t)) => match tokio::time::timeout_at(at, attempts).await {
             Ok(done) => done,
@@ -445,15 +470,66 @@ fn rewrite(req: &mut Request<Incoming>, fw: &Forward) {
     }
 }
 
-/// The attempts at a request: the first, and with a retry policy the retries of a
+/// Whether a request falls in a share of `percent` (0-100) of them.
+fn share(percent: f64) -> bool {
+    (super::random_below(1_000_000) as f64) < percent * 10_000.0
+}
+
+/// A request on its way: streaming its body, or with its body read whole (it may be
+/// sent more than once).
+enum Outgoing {
+    Streaming(Request<RequestBody>),
+    Buffered(http::request::Parts, Bytes),
+}
+
+impl Outgoing {
+    /// A copy of a buffered request.
+    fn copy(&self) -> Option<Request<RequestBody>> {
+        let Outgoing::Buffered(parts, body) = self else {
+            return None;
+        };
+        let mut r = Request::new(Either::Right(Full::new(body.clone())));
+        *r.method_mut() = parts.method.clone();
+        *r.uri_mut() = parts.uri.clone();
+        *r.version_mut() = parts.version;
+        *r.headers_mut() = parts.headers.clone();
+        Some(r)
+    }
+}
+
+/// Sends a copy of the request to the mirror's backend (Gateway API's RequestMirror),
+/// in the background; its answer is thrown away. A request whose body streams is not
+/// mirrored.
+fn mirror(proxy: &Arc<Proxy>, protocol: Protocol, out: &Outgoing, m: &Mirror, routing: &Routing) {
+    let Some(req) = out.copy() else { return };
+    let endpoints: Vec<Endpoint> = m
+        .backend
+        .endpoints
+        .iter()
+        .map(|a| routing.endpoint(*a))
+        .collect();
+    let Some(endpoint) = proxy.loads.pick(&endpoints, |e| e.addr).cloned() else {
+        return;
+    };
+    let proxy = proxy.clone();
+    tokio::spawn(async move {
+        match send(&proxy, &proxy.pool, protocol, &endpoint, req, None).await {
+            Ok(resp) => drop(resp.into_body().collect().await),
+            Err(e) => debug!(endpoint = %endpoint.addr, error = %e, "mirrored request failed"),
+        }
+    });
+}
+
+/// The attempts at a request: the first, and with a `retry` policy the retries of a
 /// failure it names (the statuses it lists, a connection that failed or an attempt
 /// that timed out), each at an endpoint balanced afresh, after its backoff, while the
-/// retry budget allows. Only a body of at most [`MAX_RETRY_BODY`] bytes is kept to be
-/// sent again; a larger one is sent once.
+/// retry budget allows. Only a buffered request (a body of at most
+/// [`MAX_RETRY_BODY`] bytes) is sent again; a streaming one is sent once.
 async fn attempts(
     proxy: &Proxy,
     protocol: Protocol,
-    req: Request<Incoming>,
+    out: Outgoing,
+    retry: Option<&gateway::config::Retry>,
     fw: &Forward,
     endpoints: &[Endpoint],
     accrual: Option<&Accrual>,
@@ -471,32 +547,17 @@ async fn attempts(
         };
         (sent, endpoint)
     };
-    let retry = fw.retry.as_ref().filter(|r| r.attempts > 0);
-    let small = req
-        .body()
-        .size_hint()
-        .upper()
-        .is_some_and(|n| n <= MAX_RETRY_BODY);
-    let (Some(retry), true) = (retry, small) else {
-        return attempt(req.map(Either::Left)).await;
+    let out = match out {
+        Outgoing::Streaming(req) => return attempt(req).await,
+        buffered => buffered,
     };
-    let (parts, body) = req.into_parts();
-    let body = match body.collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => return (Err(Error::Http(e)), endpoints[0].clone()),
-    };
-    let copy = || {
-        let mut r = Request::new(Either::Right(Full::new(body.clone())));
-        *r.method_mut() = parts.method.clone();
-        *r.uri_mut() = parts.uri.clone();
-        *r.version_mut() = parts.version;
-        *r.headers_mut() = parts.headers.clone();
-        r
+    let Some(retry) = retry else {
+        return attempt(out.copy().expect("buffered")).await;
     };
     proxy.retry_budget.request();
     let mut left = retry.attempts;
     loop {
-        let (sent, endpoint) = attempt(copy()).await;
+        let (sent, endpoint) = attempt(out.copy().expect("buffered")).await;
         let failed = match &sent {
             Ok(resp) => retry.statuses.contains(&resp.status()),
             // Not a request that failed midway: it may have been served.
