@@ -13,7 +13,9 @@
 //!   the pod's address. Any other connection was redirected here from a client outside
 //!   the mesh: it is sent on in plaintext to where it was going. Which of the two a
 //!   connection is follows from its original destination, never from waiting for bytes,
-//!   so a protocol whose server speaks first never stalls.
+//!   so a protocol whose server speaks first never stalls. Either way the pod's inbound
+//!   policy ([`crate::authz`], from discovery) is asked first, and for HTTP again for
+//!   each request: a refused request gets 403, any other refused connection is closed.
 //! - **Admin** (`:4191`): `/ready` (200 once the proxy has its certificate: the
 //!   injector's startup probe, so the app starts only then), `/live`, `/metrics`.
 //!
@@ -23,7 +25,9 @@
 //! request metrics on both sides); the rest, and every port in `--opaque-ports`, is
 //! proxied as opaque TCP. A Service port named by HTTPRoutes or GRPCRoutes (GAMMA) has
 //! its requests routed as those say ([`routes`]): matches, weighted backends, header
-//! and URL filters, redirects, timeouts and retries. Policy comes later (docs/mesh.md).
+//! and URL filters, redirects, mirrors, faults, timeouts and retries (within
+//! [`budget`]); failing endpoints are ejected by failure accrual ([`balance`]).
+//! Discovery's answers are kept up to date by long polls ([`keep_fresh`]).
 
 mod admin;
 mod balance;
