@@ -203,9 +203,9 @@ pub struct View {
     /// Services and EndpointSlices as the API holds them, for [`Routes`].
     raw_services: HashMap<ObjectKey, Service>,
     raw_slices: HashMap<ObjectKey, EndpointSlice>,
-    /// `{metadata, spec}` of each.
-    http_routes: BTreeMap<ObjectKey, Value>,
-    grpc_routes: BTreeMap<ObjectKey, Value>,
+    /// `{metadata, spec}` of each; the routes with their parents parsed.
+    http_routes: BTreeMap<ObjectKey, KeptRoute>,
+    grpc_routes: BTreeMap<ObjectKey, KeptRoute>,
     reference_grants: BTreeMap<ObjectKey, Value>,
     http_faults: BTreeMap<ObjectKey, Value>,
     /// Each namespace's `config.linkerd.io/default-inbound-policy`.
@@ -278,26 +278,19 @@ impl View {
     /// The routes naming the Service `key` at `port`, with what they refer to.
     fn routes(&self, key: &str, port: u16) -> Option<Routes> {
         let (namespace, name) = key.split_once('/')?;
-        let names = |route: &Value| {
-            let route_ns = route["metadata"]["namespace"].as_str().unwrap_or_default();
-            let parents: Vec<ParentReference> =
-                serde_json::from_value(route["spec"]["parentRefs"].clone()).unwrap_or_default();
-            parents
-                .iter()
-                .any(|p| gamma::names_service(p, route_ns, namespace, name, port))
+        let naming = |routes: &BTreeMap<ObjectKey, KeptRoute>| -> Vec<Value> {
+            routes
+                .values()
+                .filter(|r| {
+                    r.parents
+                        .iter()
+                        .any(|p| gamma::names_service(p, &r.namespace, namespace, name, port))
+                })
+                .map(|r| r.value.clone())
+                .collect()
         };
-        let http_routes: Vec<Value> = self
-            .http_routes
-            .values()
-            .filter(|r| names(r))
-            .cloned()
-            .collect();
-        let grpc_routes: Vec<Value> = self
-            .grpc_routes
-            .values()
-            .filter(|r| names(r))
-            .cloned()
-            .collect();
+        let http_routes = naming(&self.http_routes);
+        let grpc_routes = naming(&self.grpc_routes);
         let annotated = self
             .raw_services
             .get(key)
@@ -592,16 +585,40 @@ impl Store<Pod> for View {
     }
 }
 
-/// Routes and grants are kept as `{metadata, spec}`: the proxies parse them.
+/// A route as kept: `{metadata, spec}` for the proxies, and what picks it (its
+/// namespace and parents), parsed once here rather than at every answer.
+#[derive(Debug, Clone, PartialEq)]
+struct KeptRoute {
+    value: Value,
+    namespace: String,
+    parents: Vec<ParentReference>,
+}
+
+impl KeptRoute {
+    fn new(value: Value) -> KeptRoute {
+        KeptRoute {
+            namespace: value["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            parents: serde_json::from_value(value["spec"]["parentRefs"].clone())
+                .unwrap_or_default(),
+            value,
+        }
+    }
+}
+
+/// Routes, grants and faults are kept as `{metadata, spec}` (made into what the field
+/// holds by `$kept`): the proxies parse them.
 macro_rules! custom_store {
-    ($kind:ty, $field:ident) => {
+    ($kind:ty, $field:ident, $kept:expr) => {
         impl Store<Custom<$kind>> for View {
             fn apply(&mut self, key: ObjectKey, c: Custom<$kind>) -> bool {
                 let mut metadata = c.metadata;
                 metadata.managed_fields = None;
                 metadata.resource_version = None;
-                let value = serde_json::json!({ "metadata": metadata, "spec": c.spec });
-                self.$field.insert(key, value.clone()) != Some(value)
+                let kept = $kept(serde_json::json!({ "metadata": metadata, "spec": c.spec }));
+                self.$field.insert(key, kept.clone()) != Some(kept)
             }
             fn delete(&mut self, key: &str) -> bool {
                 self.$field.remove(key).is_some()
@@ -613,10 +630,10 @@ macro_rules! custom_store {
     };
 }
 
-custom_store!(HttpRouteKind, http_routes);
-custom_store!(GrpcRouteKind, grpc_routes);
-custom_store!(ReferenceGrantKind, reference_grants);
-custom_store!(HttpFaultKind, http_faults);
+custom_store!(HttpRouteKind, http_routes, KeptRoute::new);
+custom_store!(GrpcRouteKind, grpc_routes, KeptRoute::new);
+custom_store!(ReferenceGrantKind, reference_grants, std::convert::identity);
+custom_store!(HttpFaultKind, http_faults, std::convert::identity);
 
 /// kubewire's `HTTPFault`.
 #[derive(Debug, Clone, PartialEq)]

@@ -232,7 +232,7 @@ struct Proxy {
     /// allowed, as with no policy at all).
     pod: String,
     /// Its inbound policy, as discovery last answered it.
-    policy: tokio::sync::Mutex<Option<Arc<Watched<InboundPolicy>>>>,
+    policy: tokio::sync::OnceCell<Arc<Watched<InboundPolicy>>>,
     /// Open connections per endpoint, for balancing opaque TCP.
     open: Mutex<HashMap<SocketAddr, usize>>,
     /// Requests in flight and latencies per endpoint, for balancing HTTP.
@@ -310,7 +310,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         } else {
             format!("{}/{}", args.namespace, args.pod_name)
         },
-        policy: tokio::sync::Mutex::default(),
+        policy: tokio::sync::OnceCell::new(),
         retry_budget: budget::RetryBudget::default(),
         metrics: Metrics::new(),
     });
@@ -746,23 +746,26 @@ impl Proxy {
         if self.pod.is_empty() {
             return Arc::new(InboundPolicy::default());
         }
-        // Held while asking the first time: the connections that arrive meanwhile wait
-        // for that answer rather than ask too.
-        let mut slot = self.policy.lock().await;
-        if let Some(entry) = slot.as_ref() {
-            return entry.value();
-        }
-        let answer = match destination::ask_inbound(self.destination, &self.pod, None).await {
-            Ok(a) => a,
+        // Asked once (the connections that arrive meanwhile wait for that answer); a
+        // failed first ask is asked again by the next connection.
+        let first = self.policy.get_or_try_init(|| async {
+            let answer = destination::ask_inbound(self.destination, &self.pod, None).await?;
+            let entry = Watched::new(Arc::new(answer.value), answer.version);
+            self.clone().keep_policy_fresh(entry.clone());
+            Ok::<_, std::io::Error>(entry)
+        });
+        match first.await {
+            Ok(entry) => entry.value(),
             Err(e) => {
                 warn!(pod = %self.pod, error = %e, "asking for the inbound policy");
-                return Arc::new(InboundPolicy::deny_all());
+                Arc::new(InboundPolicy::deny_all())
             }
-        };
-        let entry = Watched::new(Arc::new(answer.value), answer.version);
-        *slot = Some(entry.clone());
-        let proxy = self.clone();
-        let value = entry.value();
+        }
+    }
+
+    /// Keeps the inbound policy up to date, for as long as the proxy runs.
+    fn keep_policy_fresh(self: Arc<Self>, entry: Arc<Watched<InboundPolicy>>) {
+        let proxy = self;
         tokio::spawn(async move {
             let ask = |since: String, _held| {
                 let proxy = proxy.clone();
@@ -774,7 +777,6 @@ impl Proxy {
             };
             keep_fresh(entry, None, ask).await;
         });
-        value
     }
 
     /// Power of two choices: of two endpoints picked at random, the one with fewer open
