@@ -97,6 +97,59 @@ pub struct ProxySpec {
     pub image: String,
     pub identity_server: String,
     pub trust_bundle: String,
+    /// The proxy's environment from the configuration annotations ([`config`]).
+    pub env: Vec<(&'static str, String)>,
+}
+
+/// The configuration annotations, ours and Linkerd's, read on the pod or else on its
+/// namespace, and the proxy's environment variable each sets.
+pub const CONFIG_ANNOTATIONS: [(&str, &str, &str); 2] = [
+    (
+        "kubewire.io/trace-collector",
+        "config.linkerd.io/trace-collector",
+        "KUBEWIRE_TRACE_COLLECTOR",
+    ),
+    (
+        "kubewire.io/opaque-ports",
+        "config.linkerd.io/opaque-ports",
+        "KUBEWIRE_OPAQUE_PORTS",
+    ),
+];
+
+/// The proxy's environment from `pod`'s configuration annotations, or else its
+/// namespace's; a value the proxy would refuse is left out, and why goes in the
+/// warnings (the pod is meshed all the same).
+pub fn config(
+    pod: &Value,
+    namespace: &BTreeMap<String, String>,
+    warnings: &mut Vec<String>,
+) -> Vec<(&'static str, String)> {
+    let mut env = Vec::new();
+    for (ours, linkerd, var) in CONFIG_ANNOTATIONS {
+        let on_pod = |a: &'static str| {
+            let v = pod["metadata"]["annotations"][a].as_str()?;
+            Some((a, v.to_string()))
+        };
+        let on_namespace = |a: &'static str| namespace.get(a).map(|v| (a, v.clone()));
+        let found = on_pod(ours)
+            .or_else(|| on_pod(linkerd))
+            .or_else(|| on_namespace(ours))
+            .or_else(|| on_namespace(linkerd));
+        let Some((annotation, value)) = found else {
+            continue;
+        };
+        let valid = match var {
+            "KUBEWIRE_TRACE_COLLECTOR" => value.parse::<crate::proxy::Collector>().map(drop),
+            _ => value
+                .split(',')
+                .try_for_each(|p| p.parse::<crate::proxy::PortRange>().map(drop)),
+        };
+        match valid {
+            Ok(()) => env.push((var, value.trim().to_string())),
+            Err(why) => warnings.push(format!("kubewire mesh: {annotation} ignored: {why}")),
+        }
+    }
+    env
 }
 
 /// Runs the injector until SIGTERM.
@@ -225,16 +278,33 @@ impl Injector {
         let pod = &request["object"];
         let namespace = request["namespace"].as_str().unwrap_or_default();
         let mut response = json!({"uid": uid, "allowed": true});
+        let mut ns_annotations = None;
         let wanted = match wants_mesh(pod, None) {
             Some(w) => w,
             None => {
-                let annotations = self.namespace_annotations(namespace).await;
-                wants_mesh(pod, Some(&annotations)).unwrap_or(false)
+                let annotations =
+                    ns_annotations.insert(self.namespace_annotations(namespace).await);
+                wants_mesh(pod, Some(annotations)).unwrap_or(false)
             }
         };
         if wanted {
             match self.proxy_spec().await {
-                Ok(spec) => {
+                Ok(mut spec) => {
+                    // The namespace's annotations are read only when the pod lacks one.
+                    let own = |a: &str| pod["metadata"]["annotations"][a].is_string();
+                    let needed = CONFIG_ANNOTATIONS
+                        .iter()
+                        .any(|(o, l, _)| !own(o) && !own(l));
+                    let annotations = match ns_annotations {
+                        Some(a) => a,
+                        None if needed => self.namespace_annotations(namespace).await,
+                        None => BTreeMap::new(),
+                    };
+                    let mut warnings = Vec::new();
+                    spec.env = config(pod, &annotations, &mut warnings);
+                    if !warnings.is_empty() {
+                        response["warnings"] = json!(warnings);
+                    }
                     if let Some(patch) = inject(pod, &spec) {
                         debug!(%namespace, name = ?pod["metadata"]["name"], "injecting the proxy");
                         response["patchType"] = json!("JSONPatch");
@@ -287,6 +357,7 @@ impl Injector {
             image: self.args.proxy_image.clone(),
             identity_server: self.args.identity_server.clone(),
             trust_bundle: bundle,
+            env: Vec::new(),
         })
     }
 }
@@ -331,17 +402,23 @@ pub fn inject(pod: &Value, spec: &ProxySpec) -> Option<Vec<Value>> {
     if has_proxy {
         return None;
     }
+    let mut env = vec![
+        json!({"name": "KUBEWIRE_NODE_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}}),
+        json!({"name": "KUBEWIRE_POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}),
+        json!({"name": "KUBEWIRE_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+        json!({"name": "KUBEWIRE_TRUST_BUNDLE", "value": spec.trust_bundle}),
+    ];
+    env.extend(
+        spec.env
+            .iter()
+            .map(|(name, value)| json!({"name": name, "value": value})),
+    );
     let proxy = json!({
         "name": cni::capture::PROXY_CONTAINER,
         "image": spec.image,
         "args": ["mesh", "proxy", format!("--identity-server={}", spec.identity_server)],
         "restartPolicy": "Always",
-        "env": [
-            {"name": "KUBEWIRE_NODE_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
-            {"name": "KUBEWIRE_POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-            {"name": "KUBEWIRE_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            {"name": "KUBEWIRE_TRUST_BUNDLE", "value": spec.trust_bundle},
-        ],
+        "env": env,
         "ports": [
             {"name": "kw-inbound", "containerPort": cni::capture::INBOUND_PORT, "protocol": "TCP"},
             {"name": "kw-admin", "containerPort": cni::capture::ADMIN_PORT, "protocol": "TCP"},
@@ -410,7 +487,62 @@ mod tests {
             image: "ghcr.io/kubewire/kubewire:dev".into(),
             identity_server: "kubewire-identity.kube-system.svc:8080".into(),
             trust_bundle: "-----BEGIN CERTIFICATE-----\n...".into(),
+            env: vec![],
         }
+    }
+
+    /// Linkerd's configuration annotations (or ours) on the pod, else on its namespace,
+    /// become the proxy's environment; a bad value is named in a warning and left out.
+    #[test]
+    fn configuration_annotations() {
+        let pod = json!({"metadata": {"annotations": {
+            "config.linkerd.io/trace-collector": "collector.tracing:4318",
+            "kubewire.io/opaque-ports": "bad-ports",
+        }}});
+        let ns = BTreeMap::from([
+            (
+                "config.linkerd.io/opaque-ports".to_string(),
+                "3306,4000-4100".to_string(),
+            ),
+            (
+                "kubewire.io/trace-collector".to_string(),
+                "other:4318".to_string(),
+            ),
+        ]);
+        let mut warnings = Vec::new();
+        let env = config(&pod, &ns, &mut warnings);
+        assert_eq!(
+            env,
+            [(
+                "KUBEWIRE_TRACE_COLLECTOR",
+                "collector.tracing:4318".to_string()
+            )]
+        );
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].contains("kubewire.io/opaque-ports"),
+            "{warnings:?}"
+        );
+
+        let env = config(&json!({}), &ns, &mut Vec::new());
+        assert_eq!(
+            env,
+            [
+                ("KUBEWIRE_TRACE_COLLECTOR", "other:4318".to_string()),
+                ("KUBEWIRE_OPAQUE_PORTS", "3306,4000-4100".to_string()),
+            ]
+        );
+        let mut spec = spec();
+        spec.env = env;
+        let pod = json!({"metadata": {"name": "web"}, "spec": {"containers": [{"name": "app"}]}});
+        let patch = inject(&pod, &spec).unwrap();
+        let names: Vec<&str> = patch[0]["value"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap())
+            .collect();
+        assert!(names.ends_with(&["KUBEWIRE_TRACE_COLLECTOR", "KUBEWIRE_OPAQUE_PORTS"]));
     }
 
     #[test]

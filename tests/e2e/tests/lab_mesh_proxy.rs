@@ -1505,3 +1505,245 @@ spec:
         assert!(taken >= 3, "{p}'s proxy took {taken} certificates:\n{logs}");
     }
 }
+
+/// An OTLP/HTTP collector: each export decoded with OpenTelemetry's own protobuf
+/// messages (the opentelemetry-proto package) and its spans printed, a JSON line each.
+const COLLECTOR: &str = r#"
+import http.server, json
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest, ExportTraceServiceResponse)
+def value(v):
+    return v.string_value if v.HasField("string_value") else v.int_value
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        export = ExportTraceServiceRequest()
+        export.ParseFromString(self.rfile.read(int(self.headers["Content-Length"])))
+        for rs in export.resource_spans:
+            resource = {a.key: value(a.value) for a in rs.resource.attributes}
+            for ss in rs.scope_spans:
+                for s in ss.spans:
+                    print(json.dumps({
+                        "request": [self.path, self.headers["Content-Type"]],
+                        "resource": resource, "scope": ss.scope.name,
+                        "trace": s.trace_id.hex(), "span": s.span_id.hex(),
+                        "parent": s.parent_span_id.hex(), "state": s.trace_state,
+                        "kind": s.kind, "name": s.name, "status": s.status.code,
+                        "start": s.start_time_unix_nano, "end": s.end_time_unix_nano,
+                        "attributes": {a.key: value(a.value) for a in s.attributes},
+                    }), flush=True)
+        answer = ExportTraceServiceResponse().SerializeToString()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("", 4318), H).serve_forever()
+"#;
+
+/// GETs `http://HOST/PATH` with the headers given (`name:value`); prints the status
+/// and the trace headers the app received, as JSON.
+const TRACED_GET: &str = r#"
+import http.client, json, sys
+host, path = sys.argv[1], sys.argv[2]
+c = http.client.HTTPConnection(host, 80, timeout=20)
+c.request("GET", path, headers=dict(h.split(":", 1) for h in sys.argv[3:]))
+r = c.getresponse()
+body = r.read()
+seen = json.loads(body).get("headers", {}) if r.status == 200 else {}
+print(json.dumps({"status": r.status, "traceparent": seen.get("Traceparent"),
+                  "tracestate": seen.get("Tracestate")}))
+"#;
+
+#[test]
+fn sampled_traces_get_a_span_per_proxy_exported_over_otlp() {
+    let lab = RunningLab::up_with(2, "mesh: true\n");
+    mesh_ready(&lab);
+    lab.apply(MESHED_NAMESPACE);
+    // Linkerd's annotations, on the namespace: every proxy injected there exports,
+    // with its opaque ports; the client's own annotation wins over the namespace's.
+    lab.kubectl(&[
+        "annotate",
+        "namespace",
+        "demo",
+        "config.linkerd.io/trace-collector=collector.demo.svc.cluster.local:4318",
+        "config.linkerd.io/opaque-ports=5432,9000-9100",
+    ]);
+    // The collector, outside the mesh, run by the virtualenv's Python (its path kept as
+    // it is: resolving the link would leave the virtualenv).
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/python-clients/bin/python");
+    assert!(python.exists(), "{python:?}: run `scripts/deps.sh test`");
+    lab.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: collector
+  namespace: demo
+  labels: {{app: collector}}
+  annotations: {{kubewire.io/inject: disabled}}
+spec:
+  nodeName: node-1
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: python
+    command: [{python}, -c, {script}]
+    readinessProbe:
+      tcpSocket: {{port: 4318}}
+      periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: collector, namespace: demo}}
+spec:
+  selector: {{app: collector}}
+  ports: [{{name: otlp-http, port: 4318}}]
+"#,
+        python = serde_json::to_string(&python).unwrap(),
+        script = serde_json::to_string(COLLECTOR).unwrap(),
+    ));
+    lab.apply(&version("v1", ""));
+    lab.apply(&pod(
+        "client",
+        "node-2",
+        r#"config.linkerd.io/opaque-ports: "3306""#,
+        "Always",
+        CLIENT_APP,
+    ));
+    lab.rollout("demo", "echo-v1");
+    for p in ["client", "collector"] {
+        wait_ready(&lab, p);
+    }
+    let env = |var: &str| {
+        lab.kubectl(&[
+            "-n",
+            "demo",
+            "get",
+            "pod",
+            "client",
+            "-o",
+            &format!("jsonpath={{.spec.initContainers[0].env[?(@.name==\"{var}\")].value}}"),
+        ])
+    };
+    assert_eq!(
+        env("KUBEWIRE_TRACE_COLLECTOR"),
+        "collector.demo.svc.cluster.local:4318"
+    );
+    assert_eq!(env("KUBEWIRE_OPAQUE_PORTS"), "3306");
+
+    let get = |path: &str, headers: &[&str]| -> serde_json::Value {
+        let mut args = vec!["echo-v1.demo.svc.cluster.local", path];
+        args.extend_from_slice(headers);
+        let out = exec_python(&lab, "client", TRACED_GET, &args);
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "00f067aa0ba902b7";
+    let failing = "0af7651916cd43dd8448eb211c80319c";
+    let unsampled = "5a2c0fd57b1c4e6e9bd0b3d7f6a1c2e4";
+
+    // Sampled: the app sees the same trace, under a span of the proxies'.
+    let answer = get(
+        "/traced",
+        &[
+            &format!("traceparent:00-{trace}-{parent}-01"),
+            "tracestate:vendor=kept",
+        ],
+    );
+    assert_eq!(answer["status"], 200, "{answer}");
+    let seen = answer["traceparent"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let fields: Vec<&str> = seen.split('-').collect();
+    assert_eq!(fields.len(), 4, "{answer}");
+    assert_eq!(
+        (fields[0], fields[1], fields[3]),
+        ("00", trace, "01"),
+        "{answer}"
+    );
+    assert_ne!(
+        fields[2], parent,
+        "the app's parent is the server proxy's span"
+    );
+    assert_eq!(answer["tracestate"][0], "vendor=kept", "{answer}");
+    // Sampled, failing: the spans say so.
+    let answer = get(
+        "/status/500",
+        &[&format!("traceparent:00-{failing}-{parent}-01")],
+    );
+    assert_eq!(answer["status"], 500, "{answer}");
+    // Not sampled, or no context: passed as they came, no span.
+    let untraced = format!("00-{unsampled}-{parent}-00");
+    let answer = get("/untraced", &[&format!("traceparent:{untraced}")]);
+    assert_eq!(answer["traceparent"][0], untraced.as_str(), "{answer}");
+    let answer = get("/untraced", &[]);
+    assert_eq!(answer["traceparent"], serde_json::Value::Null, "{answer}");
+
+    // The collector gets both proxies' spans (exported within a second or so).
+    let mut spans: Vec<serde_json::Value> = Vec::new();
+    let complete = wait_until(WAIT, || {
+        spans = lab
+            .kubectl(&["-n", "demo", "logs", "collector"])
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        [trace, failing]
+            .iter()
+            .all(|t| spans.iter().filter(|s| s["trace"] == *t).count() >= 2)
+    });
+    assert!(
+        complete,
+        "spans collected: {spans:#?}\nthe client's proxy:\n{}",
+        lab.kubectl(&["-n", "demo", "logs", "client", "-c", "kubewire-proxy"])
+    );
+    assert!(
+        spans.iter().all(|s| s["trace"] != unsampled),
+        "an unsampled trace was exported: {spans:#?}"
+    );
+    let of = |t: &str, kind: u64| -> &serde_json::Value {
+        let matching: Vec<_> = spans
+            .iter()
+            .filter(|s| s["trace"] == t && s["kind"] == kind)
+            .collect();
+        assert_eq!(matching.len(), 1, "kind {kind} of {t}: {spans:#?}");
+        matching[0]
+    };
+    // OTLP's SpanKind: 2 SERVER (the server's proxy), 3 CLIENT (the client's).
+    let (client, server) = (of(trace, 3), of(trace, 2));
+    assert_eq!(client["parent"], parent, "{client:#}");
+    assert_eq!(server["parent"], client["span"], "{server:#}");
+    assert_eq!(server["span"], fields[2], "the app's parent: {server:#}");
+    assert_eq!(client["resource"]["k8s.pod.name"], "client", "{client:#}");
+    assert!(
+        server["resource"]["k8s.pod.name"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("echo-v1-")),
+        "{server:#}"
+    );
+    for s in [client, server] {
+        assert_eq!(s["request"][0], "/v1/traces", "{s:#}");
+        assert_eq!(s["request"][1], "application/x-protobuf", "{s:#}");
+        assert_eq!(s["resource"]["service.name"], "kubewire-proxy", "{s:#}");
+        assert_eq!(s["resource"]["k8s.namespace.name"], "demo", "{s:#}");
+        assert_eq!(s["state"], "vendor=kept", "{s:#}");
+        assert_eq!(s["name"], "GET", "{s:#}");
+        assert_eq!(s["attributes"]["http.request.method"], "GET", "{s:#}");
+        assert_eq!(s["attributes"]["url.path"], "/traced", "{s:#}");
+        assert_eq!(s["attributes"]["http.response.status_code"], 200, "{s:#}");
+        assert_eq!(s["status"], 0, "unset: {s:#}");
+        assert!(s["start"].as_u64() <= s["end"].as_u64(), "{s:#}");
+    }
+    // The server's span lies within the client's (one host, one clock).
+    assert!(client["start"].as_u64() <= server["start"].as_u64());
+    assert!(server["end"].as_u64() <= client["end"].as_u64());
+    // OTLP's StatusCode 2: ERROR.
+    for kind in [2, 3] {
+        let s = of(failing, kind);
+        assert_eq!(s["attributes"]["http.response.status_code"], 500, "{s:#}");
+        assert_eq!(s["status"], 2, "{s:#}");
+    }
+}

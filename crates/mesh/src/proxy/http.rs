@@ -36,6 +36,7 @@ use tracing::debug;
 use super::detect::Protocol;
 use super::metrics::{self, Direction};
 use super::routes::Routing;
+use super::trace::Span;
 use super::{Counted, Proxy};
 use crate::authz::Verdict;
 use crate::destination::Accrual;
@@ -98,10 +99,21 @@ pub(super) async fn serve<I>(
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let service = hyper::service::service_fn(move |req| {
+    let service = hyper::service::service_fn(move |mut req| {
         let proxy = proxy.clone();
         let side = side.clone();
-        async move { Ok::<_, Infallible>(forward(&proxy, side, protocol, req).await) }
+        async move {
+            let span = proxy.tracer.as_ref().and_then(|tracer| {
+                let (direction, peer, to) = match &side {
+                    Side::Outbound { original } => (Direction::Outbound, original.ip(), *original),
+                    Side::Inbound { app, client, .. } => (Direction::Inbound, client.ip, *app),
+                };
+                tracer.span(&mut req, direction, peer, to)
+            });
+            let mut resp = forward(&proxy, side, protocol, req).await;
+            resp.body_mut().span = span;
+            Ok::<_, Infallible>(resp)
+        }
     });
     let io = TokioIo::new(conn);
     let served = match protocol {
@@ -122,7 +134,7 @@ where
 
 /// The request's authority, as the metrics name it: its `:authority` or Host, else
 /// the address it went to.
-fn authority<B>(req: &Request<B>, or: SocketAddr) -> String {
+pub(super) fn authority<B>(req: &Request<B>, or: SocketAddr) -> String {
     req.uri()
         .authority()
         .map(|a| a.to_string())
@@ -252,6 +264,7 @@ fn observed(resp: Response<Incoming>, series: metrics::Request) -> Response<Resp
         status,
         grpc_status,
         ended: false,
+        span: None,
     })
 }
 
@@ -791,6 +804,7 @@ fn proxy_answer(
         status: status.as_u16(),
         grpc_status: None,
         ended: false,
+        span: None,
     });
     *resp.status_mut() = status;
     let header = HeaderValue::from_str(why).unwrap_or(HeaderValue::from_static("proxy error"));
@@ -811,6 +825,8 @@ pub(super) struct Observed {
     grpc_status: Option<String>,
     /// Whether the body reached its end (or failed: then it did not).
     ended: bool,
+    /// The request's span, in a sampled trace: it ends with the body.
+    pub(super) span: Option<Span>,
 }
 
 impl Observed {
@@ -819,6 +835,9 @@ impl Observed {
             // A body that says it is over may not be polled to its end.
             let ended = self.ended || self.body.is_end_stream();
             series.respond(self.status, self.grpc_status.as_deref(), !ended);
+            if let Some(span) = self.span.take() {
+                span.end(self.status, self.grpc_status.as_deref(), !ended);
+            }
         }
     }
 }

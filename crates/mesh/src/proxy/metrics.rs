@@ -49,7 +49,7 @@ pub(crate) enum Direction {
 }
 
 impl Direction {
-    fn label(self) -> &'static str {
+    pub(super) fn label(self) -> &'static str {
         match self {
             Direction::Inbound => "inbound",
             Direction::Outbound => "outbound",

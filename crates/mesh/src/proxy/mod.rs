@@ -36,6 +36,7 @@ mod detect;
 mod http;
 mod metrics;
 mod routes;
+mod trace;
 mod transport;
 
 use std::collections::HashMap;
@@ -56,6 +57,7 @@ use crate::destination::{self, Destination, Endpoint};
 use crate::identity::client::{Certifier, Credentials};
 
 pub use metrics::Metrics;
+pub use trace::Collector;
 
 /// Flags of `kubewire mesh proxy`.
 #[derive(Debug, Clone, clap::Args)]
@@ -95,14 +97,15 @@ pub struct Args {
     pub admin_port: u16,
     /// Destination ports never inspected for HTTP: their connections are opaque TCP
     /// from the first byte (Linkerd's defaults: SMTP, MySQL, Galera, PostgreSQL, Redis,
-    /// Elasticsearch, memcached).
+    /// Elasticsearch, memcached). Ports or ranges, `3306,4000-4100`; the injector sets
+    /// them from the pod's or namespace's `config.linkerd.io/opaque-ports`.
     #[arg(
         long,
         env = "KUBEWIRE_OPAQUE_PORTS",
         value_delimiter = ',',
         default_value = "25,587,3306,4444,5432,6379,9300,11211"
     )]
-    pub opaque_ports: Vec<u16>,
+    pub opaque_ports: Vec<PortRange>,
     /// The pod's namespace (the downward API's `metadata.namespace`): the routes of
     /// this namespace that name another namespace's Service apply to this pod alone.
     #[arg(long, env = "KUBEWIRE_POD_NAMESPACE", default_value = "")]
@@ -111,6 +114,47 @@ pub struct Args {
     /// inbound policy applies. Without it everything inbound is allowed.
     #[arg(long, env = "KUBEWIRE_POD_NAME", default_value = "")]
     pub pod_name: String,
+    /// Where spans go, over OTLP/HTTP: `HOST:PORT` or `http://HOST:PORT/PATH` (the
+    /// injector sets it from the pod's or namespace's `config.linkerd.io/trace-collector`).
+    /// Without it the proxy neither makes spans nor touches `traceparent`.
+    #[arg(long, env = "KUBEWIRE_TRACE_COLLECTOR")]
+    pub trace_collector: Option<Collector>,
+}
+
+/// A port, or an inclusive range of them (`4000-4100`), as Linkerd's opaque-ports
+/// annotation writes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<PortRange, String> {
+        let port = |p: &str| {
+            p.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("{p:?} is not a port (1-65535)"))
+        };
+        let (first, last) = match s.split_once('-') {
+            Some((a, b)) => (port(a)?, port(b)?),
+            None => (port(s)?, port(s)?),
+        };
+        if first > last {
+            return Err(format!("{s:?}: the range ends before it starts"));
+        }
+        Ok(PortRange { first, last })
+    }
 }
 
 /// Why the proxy could not run.
@@ -242,11 +286,13 @@ struct Proxy {
     /// Connections to the app, for inbound HTTP (never the same ones: the app's own
     /// address can be one of its Service's endpoints too).
     app_pool: http::Pool,
-    opaque_ports: Vec<u16>,
+    opaque_ports: Vec<PortRange>,
     /// The pod's namespace: which consumer routes (GAMMA) apply to it.
     namespace: String,
     retry_budget: budget::RetryBudget,
     metrics: Metrics,
+    /// Spans for the requests in sampled traces, when a collector is configured.
+    tracer: Option<Arc<trace::Tracer>>,
 }
 
 /// Runs the proxy until SIGTERM.
@@ -313,6 +359,17 @@ pub async fn run(args: Args) -> Result<(), Error> {
         policy: tokio::sync::OnceCell::new(),
         retry_budget: budget::RetryBudget::default(),
         metrics: Metrics::new(),
+        tracer: args.trace_collector.clone().map(|collector| {
+            info!(collector = %collector.authority, "exporting spans");
+            trace::Tracer::start(
+                collector,
+                vec![
+                    ("service.name", "kubewire-proxy".into()),
+                    ("k8s.namespace.name", args.namespace.clone()),
+                    ("k8s.pod.name", args.pod_name.clone()),
+                ],
+            )
+        }),
     });
     info!(
         inbound = args.inbound_port,
@@ -412,6 +469,10 @@ async fn accept(listener: TcpListener, proxy: Arc<Proxy>, outbound: bool) {
 }
 
 impl Proxy {
+    fn is_opaque(&self, port: u16) -> bool {
+        self.opaque_ports.iter().any(|r| r.contains(port))
+    }
+
     fn tls(&self) -> Option<Arc<Tls>> {
         self.tls.borrow().clone()
     }
@@ -432,7 +493,7 @@ impl Proxy {
             if verdict.allowed.is_none() {
                 return self.refuse_plaintext(conn, original, verdict).await;
             }
-            if self.opaque_ports.contains(&original.port()) {
+            if self.is_opaque(original.port()) {
                 self.authorized_tcp(&verdict);
                 let onward = connect(original).await?;
                 return self.splice(conn, onward, direction, None, 0).await;
@@ -559,7 +620,7 @@ impl Proxy {
             return Err(std::io::Error::other("a connection to the proxy itself"));
         }
         let dest = self.resolve(original).await;
-        if self.opaque_ports.contains(&original.port()) {
+        if self.is_opaque(original.port()) {
             return self.opaque(conn, original, &dest, None).await;
         }
         match first_speaker(&conn, self.connect_onward(original, &dest)).await? {
@@ -1014,4 +1075,20 @@ fn random_below(n: usize) -> usize {
             .unwrap_or_default(),
     );
     (h.finish() % n as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PortRange;
+
+    #[test]
+    fn port_ranges() {
+        let r: PortRange = "4000-4100".parse().unwrap();
+        assert!(r.contains(4000) && r.contains(4100) && !r.contains(4101));
+        let one: PortRange = " 3306".parse().unwrap();
+        assert_eq!((one.first, one.last), (3306, 3306));
+        for bad in ["", "0", "65536", "a", "10-5", "1-2-3", "-5"] {
+            assert!(bad.parse::<PortRange>().is_err(), "{bad:?}");
+        }
+    }
 }
