@@ -90,6 +90,9 @@ enum MeshCommand {
     /// Run the injector: the mutating admission webhook that adds the proxy to pods
     /// annotated (or in namespaces annotated) `kubewire.io/inject: enabled`.
     Injector(mesh::injector::Args),
+    /// Show the meshed workloads' success rate, requests per second and latency, live,
+    /// per Deployment, pod or route (as `linkerd viz stat`).
+    Top(mesh::top::Args),
 }
 
 #[derive(Debug, Args)]
@@ -198,13 +201,18 @@ fn main() -> ExitCode {
             | Command::LbController(_)
             | Command::Gateway(_)
             | Command::Node(_)
-            | Command::Mesh(_)
+            | Command::Mesh(
+                MeshCommand::Identity(_) | MeshCommand::Proxy(_) | MeshCommand::Injector(_)
+            )
     ) {
         tune_malloc(matches!(cli.command, Command::Agent(_)));
     }
     // `lab` commands talk to a person through their own output; their logs are for
     // when something goes wrong.
-    let default_level = if matches!(cli.command, Command::Lab(_)) {
+    let default_level = if matches!(
+        cli.command,
+        Command::Lab(_) | Command::Mesh(MeshCommand::Top(_))
+    ) {
         "warn"
     } else {
         "info"
@@ -314,6 +322,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }),
         Command::Mesh(MeshCommand::Injector(args)) => runtime.block_on(async {
             mesh::injector::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Mesh(MeshCommand::Top(args)) => runtime.block_on(async {
+            mesh::top::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }),
         Command::Install(args) => runtime.block_on(run_install(args)),

@@ -4,7 +4,8 @@
 //! between proxies with those certificates; [`destination`], the node's discovery for
 //! proxies; [`proxy`], `kubewire mesh proxy`; and [`injector`], the admission webhook
 //! that adds the proxy to the pods that ask for the mesh; [`authz`], Linkerd's inbound
-//! authorization policy, resolved by discovery and enforced by the proxy.
+//! authorization policy, resolved by discovery and enforced by the proxy; [`top`],
+//! `kubewire mesh top`, the meshed workloads' golden metrics, live.
 
 pub mod authz;
 pub mod destination;
@@ -13,3 +14,4 @@ pub mod identity;
 pub mod injector;
 pub mod proxy;
 pub mod tls;
+pub mod top;

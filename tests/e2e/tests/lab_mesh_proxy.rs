@@ -1747,3 +1747,153 @@ spec:
         assert_eq!(s["status"], 2, "{s:#}");
     }
 }
+
+/// `seconds` of GETs to `http://HOST/`, every fourth one to `/status/500`; prints how
+/// many of each went.
+const MIXED_LOAD: &str = r#"
+import http.client, json, sys, time
+host, end = sys.argv[1], time.time() + float(sys.argv[2])
+c = http.client.HTTPConnection(host, 80, timeout=10)
+counts, i = {}, 0
+while time.time() < end:
+    c.request("GET", "/status/500" if i % 4 == 3 else "/")
+    r = c.getresponse()
+    r.read()
+    counts[r.status] = counts.get(r.status, 0) + 1
+    i += 1
+    time.sleep(0.02)
+print(json.dumps(counts))
+"#;
+
+#[test]
+fn mesh_top_shows_success_rate_rps_and_latency_per_deployment_and_route() {
+    let lab = RunningLab::up_with(2, "mesh: true\n");
+    mesh_ready(&lab);
+    lab.apply(MESHED_NAMESPACE);
+    lab.apply(&version("v1", ""));
+    lab.apply(&pod("client", "node-2", "", "Always", CLIENT_APP));
+    lab.apply(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo-route, namespace: demo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo-v1, port: 80}]
+  rules:
+  - backendRefs: [{name: echo-v1, port: 80}]
+"#,
+    );
+    lab.rollout("demo", "echo-v1");
+    wait_ready(&lab, "client");
+    // The route reaches the client's proxy (its requests then carry the route's name).
+    assert!(wait_until(WAIT, || exec_python(
+        &lab,
+        "client",
+        GET,
+        &["echo-v1.demo.svc.cluster.local", "/"]
+    )
+    .starts_with("200")));
+
+    // 16 s of load; `mesh top` takes its two scrapes 6 s apart within it.
+    let name = lab.name.clone();
+    let load = std::thread::spawn(move || {
+        let out = e2e::kubewire(&[
+            "lab",
+            "exec",
+            "--name",
+            &name,
+            "demo/client/app",
+            "--",
+            "python3",
+            "-c",
+            MIXED_LOAD,
+            "echo-v1.demo.svc.cluster.local",
+            "16",
+        ]);
+        String::from_utf8_lossy(&out.stdout).to_string()
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let kubeconfig = lab.kubeconfig.to_str().unwrap().to_string();
+    let top = |by: &'static str, output: &'static str| {
+        let kubeconfig = kubeconfig.clone();
+        std::thread::spawn(move || {
+            let out = e2e::kubewire(&[
+                "mesh",
+                "top",
+                "--kubeconfig",
+                &kubeconfig,
+                "-n",
+                "demo",
+                "--by",
+                by,
+                "--interval",
+                "6s",
+                "--count",
+                "1",
+                "-o",
+                output,
+            ]);
+            let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+            (String::from_utf8_lossy(&out.stdout).to_string(), stderr)
+        })
+    };
+    let threads = [
+        top("deployment", "json"),
+        top("route", "json"),
+        top("deployment", "table"),
+    ];
+    let [deployments, routes, table] = threads.map(|t| t.join().unwrap());
+    let rows = |(text, stderr): (String, String)| -> Vec<serde_json::Value> {
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}{stderr}"))
+    };
+    let (deployments, routes) = (rows(deployments), rows(routes));
+    let sent = load.join().unwrap();
+
+    let find = |rows: &[serde_json::Value], name: &str| -> serde_json::Value {
+        rows.iter()
+            .find(|r| r["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no row {name}: {rows:#?}\nthe load: {sent}"))
+    };
+    // Three in four answered 200 (the echo app's /status/500 the fourth).
+    let in_bounds = |row: &serde_json::Value| {
+        let success = row["success"].as_f64().unwrap_or(-1.0);
+        assert!(
+            (0.65..=0.85).contains(&success),
+            "{row:#}\nthe load: {sent}"
+        );
+        assert!(
+            row["rps"].as_f64().unwrap() > 2.0,
+            "{row:#}\nthe load: {sent}"
+        );
+        for p in ["latency_p50_ms", "latency_p95_ms", "latency_p99_ms"] {
+            assert!(row[p].as_f64().is_some_and(|ms| ms > 0.0), "{p}: {row:#}");
+        }
+        assert!(row["latency_p50_ms"].as_f64() <= row["latency_p99_ms"].as_f64());
+    };
+    let echo = find(&deployments, "deploy/echo-v1");
+    assert_eq!(echo["namespace"], "demo");
+    assert_eq!(echo["meshed"], serde_json::json!([1, 1]), "{echo:#}");
+    in_bounds(&echo);
+    // The client serves nothing: meshed, no requests.
+    let client = find(&deployments, "pod/client");
+    assert_eq!(client["meshed"], serde_json::json!([1, 1]), "{client:#}");
+    assert_eq!(client["success"], serde_json::Value::Null, "{client:#}");
+    assert_eq!(client["rps"], 0.0, "{client:#}");
+    let route = find(&routes, "httproute/echo-route");
+    assert_eq!(route["namespace"], "demo");
+    in_bounds(&route);
+
+    // The table, as a person sees it.
+    let (table, stderr) = table;
+    eprintln!("{table}");
+    assert!(
+        table.starts_with("NAMESPACE   NAME             MESHED   SUCCESS   RPS"),
+        "{table}{stderr}"
+    );
+    let echo = table.lines().find(|l| l.contains("deploy/echo-v1"));
+    assert!(
+        echo.is_some_and(|l| l.contains("1/1") && l.contains('%')),
+        "{table}"
+    );
+}

@@ -322,12 +322,19 @@ async fn routed(
     routing: &Routing,
 ) -> Response<ResponseBody> {
     let authority = authority(&req, original);
-    let series = |tls| proxy.metrics.request(Direction::Outbound, &authority, tls);
     let Some(route) = routing.find(&req) else {
         let why = format!("no route of {original} matches the request");
-        return proxy_error(series(false), StatusCode::NOT_FOUND, &why);
+        let series = proxy
+            .metrics
+            .request(Direction::Outbound, &authority, false);
+        return proxy_error(series, StatusCode::NOT_FOUND, &why);
     };
     let name = &route.name;
+    let series = |tls| {
+        proxy
+            .metrics
+            .routed_request(Direction::Outbound, &authority, tls, Some(name))
+    };
     let fw = match &route.action {
         Action::Forward(fw) => fw,
         Action::Respond(status) => {

@@ -18,9 +18,12 @@
 //!
 //! Labels: `direction` (`inbound`, `outbound`), `peer` (`src` inbound, `dst`
 //! outbound), `tls` (`true` for mutual TLS between proxies, else `no_identity`); the
-//! HTTP series have `authority` (the request's host) instead of `peer`. A response is
+//! HTTP series have `authority` (the request's host) instead of `peer`, and an outbound
+//! request that a route (GAMMA) matched has `route_kind`, `route_namespace` and
+//! `route_name` (`kubewire mesh top --by route` reads them). A response is
 //! a `failure` when its status is 5xx or its `grpc-status` is not 0.
 
+use gateway::config::RouteName;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -252,11 +255,27 @@ impl Metrics {
 
     /// Counts an HTTP request to `authority`.
     pub(crate) fn request(&self, direction: Direction, authority: &str, tls: bool) -> Request {
-        let labels: HttpLabels = vec![
+        self.routed_request(direction, authority, tls, None)
+    }
+
+    /// Counts an HTTP request to `authority`, matched by `route` when it was.
+    pub(crate) fn routed_request(
+        &self,
+        direction: Direction,
+        authority: &str,
+        tls: bool,
+        route: Option<&RouteName>,
+    ) -> Request {
+        let mut labels: HttpLabels = vec![
             ("direction", direction.label().to_string()),
             ("authority", authority.to_string()),
             ("tls", if tls { "true" } else { "no_identity" }.to_string()),
         ];
+        if let Some(r) = route {
+            labels.push(("route_kind", r.kind.to_string()));
+            labels.push(("route_namespace", r.namespace.clone()));
+            labels.push(("route_name", r.name.clone()));
+        }
         self.requests.get_or_create(&labels).inc();
         Request {
             responses: self.responses.clone(),
@@ -332,6 +351,14 @@ mod tests {
             .respond(503, None, false);
         m.request(Direction::Outbound, "web.demo:80", true)
             .respond(200, Some("14"), false);
+        let route = RouteName {
+            kind: "HTTPRoute",
+            namespace: "demo".into(),
+            name: "canary".into(),
+            rule: 0,
+        };
+        m.routed_request(Direction::Outbound, "web.demo:80", true, Some(&route))
+            .respond(200, None, false);
         let text = m.text();
         for line in [
             r#"request_total{direction="outbound",authority="web.demo:80",tls="true"} 3"#,
@@ -339,6 +366,7 @@ mod tests {
             r#"response_total{direction="outbound",authority="web.demo:80",tls="true",status_code="503",classification="failure"} 1"#,
             r#"response_total{direction="outbound",authority="web.demo:80",tls="true",status_code="200",classification="failure"} 1"#,
             r#"response_latency_ms_bucket{le="1.0",direction="outbound",authority="web.demo:80",tls="true",status_code="200",classification="success"} 1"#,
+            r#"response_total{direction="outbound",authority="web.demo:80",tls="true",route_kind="HTTPRoute",route_namespace="demo",route_name="canary",status_code="200",classification="success"} 1"#,
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }
