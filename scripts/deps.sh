@@ -63,15 +63,17 @@ if ! command -v cargo >/dev/null; then
   echo "cargo not found: install the Rust toolchain (https://rustup.rs) first" >&2
   exit 1
 fi
-# The Python kubernetes client, for the API server's black-box tests, and OpenTelemetry's
-# protobuf messages, for the mesh's trace collector: in a virtualenv under target/, so
-# the machine's own Python packages stay as they are.
+# The Python kubernetes client, for the API server's black-box tests; OpenTelemetry's
+# protobuf messages, for the mesh's trace collector; gRPC's own Python library, for the
+# mesh's gRPC client and server: in a virtualenv under target/, so the machine's own
+# Python packages stay as they are.
 if [[ ${1:-run} == test ]]; then
   venv=target/python-clients
-  if ! "$venv/bin/python" -c "import kubernetes, opentelemetry.proto" 2>/dev/null; then
-    echo "installing the Python kubernetes client and opentelemetry-proto into $venv"
+  if ! "$venv/bin/python" -c "import kubernetes, opentelemetry.proto, grpc" 2>/dev/null; then
+    echo "installing the Python kubernetes client, opentelemetry-proto and grpcio into $venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check kubernetes==37.0.2 opentelemetry-proto==1.45.2
+    "$venv/bin/pip" install --quiet --disable-pip-version-check kubernetes==37.0.2 \
+      opentelemetry-proto==1.45.2 grpcio==1.85.1
   fi
 fi
 if [[ ${1:-run} == test ]] && ! cargo nextest --version >/dev/null 2>&1; then

@@ -121,6 +121,7 @@ pub(crate) fn objects(cfg: &Config) -> Vec<Value> {
                     ::mesh::authz::GROUP,
                     &[
                         "authorizationpolicies",
+                        "httproutes",
                         "meshtlsauthentications",
                         "networkauthentications",
                         "servers"

@@ -19,14 +19,26 @@
 //!   `cluster-unauthenticated`, `cluster-authenticated` (Linkerd's cluster networks),
 //!   `audit` (allows all, as Linkerd's does) and `deny`.
 //! - The kubelet's probes (the `httpGet` paths of the pod's probes, on their ports) are
-//!   always allowed.
+//!   always allowed, on a Server without routes.
+//! - **HTTPRoutes** (Linkerd's `policy.linkerd.io` ones, or Gateway API's) whose parent
+//!   is a Server split its HTTP traffic: a request must match one of them (else 404),
+//!   and is let in by the AuthorizationPolicies that target its route, besides those of
+//!   the Server. The probe paths are then no longer allowed by themselves (as in
+//!   Linkerd: a route has to name them).
 //!
 //! An HTTP request that is not allowed gets 403 (a gRPC one `grpc-status: 7`); any
-//! other connection that is not allowed is closed. Not served: AuthorizationPolicies
-//! that target routes (`policy.linkerd.io` HTTPRoutes), and ServerAuthorizations.
+//! other connection that is not allowed is closed. Not served: ServerAuthorizations
+//! (the older kind).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
+
+use gateway::config::{
+    Action, HeaderMatch, HostMatch, HttpHosts, PathMatch, QueryMatch, Route, RouteMatch, RouteName,
+    StringMatch, VirtualHost,
+};
+use gateway::proxy::route::{RequestView, Router};
 
 use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -71,6 +83,191 @@ pub struct PortPolicy {
     /// The Server's name, or the default policy's.
     pub server_name: String,
     pub authorizations: Vec<Authorization>,
+    /// The HTTPRoutes whose parent is the Server, in precedence order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<InboundRoute>,
+    /// The routes compiled, once, where the proxy first needs them.
+    #[serde(skip)]
+    compiled: CompiledRoutes,
+}
+
+/// An HTTPRoute on a Server: what it matches, and who its AuthorizationPolicies let in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InboundRoute {
+    /// `HTTPRoute`.
+    pub kind: String,
+    pub name: String,
+    /// Any of these (Gateway API's `HTTPRouteMatch`).
+    pub matches: Vec<HttpMatch>,
+    pub authorizations: Vec<Authorization>,
+}
+
+/// Gateway API's `HTTPRouteMatch`, as both HTTPRoute kinds write it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct HttpMatch {
+    pub path: Option<ValueMatch>,
+    pub method: Option<String>,
+    pub headers: Vec<ValueMatch>,
+    pub query_params: Vec<ValueMatch>,
+}
+
+/// A path (`PathPrefix` unless `type` says `Exact` or `RegularExpression`; `/` unless a
+/// `value`), a header or a query parameter (`Exact` unless `RegularExpression`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ValueMatch {
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    pub value: Option<String>,
+}
+
+impl HttpMatch {
+    /// As the gateway's router matches it; `None` for a method or header name that is not
+    /// one (it can match nothing).
+    fn compile(&self) -> Option<RouteMatch> {
+        let value = |m: &ValueMatch| match m.kind.as_deref() {
+            Some("RegularExpression") => StringMatch::Regex(m.value.clone().unwrap_or_default()),
+            _ => StringMatch::Exact(m.value.clone().unwrap_or_default()),
+        };
+        let path = self
+            .path
+            .as_ref()
+            .map_or(PathMatch::Prefix("/".into()), |p| {
+                let v = p.value.clone().unwrap_or_else(|| "/".into());
+                match p.kind.as_deref() {
+                    Some("Exact") => PathMatch::Exact(v),
+                    Some("RegularExpression") => PathMatch::Regex(v),
+                    _ => PathMatch::Prefix(v),
+                }
+            });
+        Some(RouteMatch {
+            path,
+            method: match &self.method {
+                Some(m) => Some(m.parse().ok()?),
+                None => None,
+            },
+            headers: self
+                .headers
+                .iter()
+                .map(|h| {
+                    Some(HeaderMatch {
+                        name: h.name.parse().ok()?,
+                        value: value(h),
+                    })
+                })
+                .collect::<Option<_>>()?,
+            query: self
+                .query_params
+                .iter()
+                .map(|q| QueryMatch {
+                    name: q.name.clone(),
+                    value: value(q),
+                })
+                .collect(),
+        })
+    }
+
+    /// Gateway API's precedence among matches: an exact path, then the longest prefix,
+    /// then a method, then the most headers, then the most query parameters.
+    fn precedence(&self) -> impl Ord {
+        let (kind, len) = match &self.path {
+            Some(p) => match p.kind.as_deref() {
+                Some("Exact") => (0, p.value.as_deref().unwrap_or("/").len()),
+                Some("RegularExpression") => (2, 0),
+                _ => (1, p.value.as_deref().unwrap_or("/").len()),
+            },
+            None => (1, 1),
+        };
+        (
+            kind,
+            std::cmp::Reverse(len),
+            self.method.is_none(),
+            std::cmp::Reverse(self.headers.len()),
+            std::cmp::Reverse(self.query_params.len()),
+        )
+    }
+}
+
+/// A port's routes as the gateway's router matches them.
+#[derive(Debug)]
+pub struct InboundRoutes {
+    router: Router,
+    hosts: HttpHosts,
+    routes: Vec<InboundRoute>,
+}
+
+impl InboundRoutes {
+    fn new(routes: &[InboundRoute]) -> InboundRoutes {
+        // Every match of every route, most specific first; a match remembers its route.
+        let mut matches: Vec<(usize, &HttpMatch)> = routes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| r.matches.iter().map(move |m| (i, m)))
+            .collect();
+        matches.sort_by_key(|(i, m)| (m.precedence(), *i));
+        let compiled = matches
+            .into_iter()
+            .filter_map(|(i, m)| {
+                Some(Route {
+                    name: RouteName {
+                        kind: "HTTPRoute",
+                        namespace: String::new(),
+                        name: routes[i].name.clone(),
+                        rule: i,
+                    },
+                    matches: m.compile()?,
+                    action: Action::Respond(http::StatusCode::OK),
+                })
+            })
+            .collect();
+        let hosts = HttpHosts {
+            hosts: vec![VirtualHost {
+                hostnames: vec![HostMatch::Any],
+                scope: None,
+                routes: compiled,
+            }],
+        };
+        InboundRoutes {
+            router: Router::new(&hosts),
+            hosts,
+            routes: routes.to_vec(),
+        }
+    }
+
+    /// The route `req` matches.
+    fn find<B>(&self, req: &http::Request<B>) -> Option<&InboundRoute> {
+        let view = RequestView {
+            host: "",
+            method: req.method(),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            headers: req.headers(),
+        };
+        let (v, r) = self.router.find(&view)?;
+        let i = self.hosts.hosts[v].routes[r].name.rule;
+        self.routes.get(i)
+    }
+}
+
+/// [`InboundRoutes`] made once: not part of the policy's value (compared equal, cloned
+/// empty).
+#[derive(Debug, Default)]
+struct CompiledRoutes(OnceLock<Option<Arc<InboundRoutes>>>);
+
+impl Clone for CompiledRoutes {
+    fn clone(&self) -> Self {
+        CompiledRoutes::default()
+    }
+}
+
+impl PartialEq for CompiledRoutes {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// One way in.
@@ -187,7 +384,18 @@ impl PortPolicy {
             server_kind: "default".into(),
             server_name: name.into(),
             authorizations,
+            routes: Vec::new(),
+            compiled: CompiledRoutes::default(),
         }
+    }
+
+    fn compiled(&self) -> Option<Arc<InboundRoutes>> {
+        self.compiled
+            .0
+            .get_or_init(|| {
+                (!self.routes.is_empty()).then(|| Arc::new(InboundRoutes::new(&self.routes)))
+            })
+            .clone()
     }
 }
 
@@ -214,25 +422,57 @@ impl InboundPolicy {
 }
 
 /// What the policy says of a client of one port.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Verdict {
     pub server_kind: String,
     pub server_name: String,
-    /// The authorization that lets the client in: `(kind, name)`.
+    /// The authorization that lets the client in: `(kind, name)`. Its routes' are not
+    /// asked: they let in HTTP requests ([`Verdict::request`]), never a connection.
     pub allowed: Option<(String, String)>,
     /// The port's probe paths: allowed to anyone.
     pub probes: Vec<String>,
+    /// The Server's routes, when it has some.
+    routes: Option<Arc<InboundRoutes>>,
+    client: (IpAddr, Option<String>),
+}
+
+/// Why an HTTP request is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// No authorization lets the client in (403).
+    Unauthorized,
+    /// The Server has routes and none matches the request (404).
+    NoRoute,
 }
 
 impl Verdict {
-    /// The authorization for an HTTP request for `path` with `method`: the client's,
-    /// or the probes' for a probe path.
-    pub fn request(&self, method: &http::Method, path: &str) -> Option<(String, String)> {
-        self.allowed.clone().or_else(|| {
-            let probe = matches!(*method, http::Method::GET | http::Method::HEAD)
-                && self.probes.iter().any(|p| p == path);
-            probe.then(|| ("probe".to_string(), "probe".to_string()))
-        })
+    /// The authorization that lets an HTTP request in: the client's (on a Server with
+    /// routes, its route's or the Server's), or the probes' for a probe path.
+    pub fn request<B>(&self, req: &http::Request<B>) -> Result<(String, String), Refusal> {
+        let Some(routes) = &self.routes else {
+            return self
+                .allowed
+                .clone()
+                .ok_or(Refusal::Unauthorized)
+                .or_else(|r| {
+                    let probe = matches!(*req.method(), http::Method::GET | http::Method::HEAD)
+                        && self.probes.iter().any(|p| p == req.uri().path());
+                    if probe {
+                        Ok(("probe".to_string(), "probe".to_string()))
+                    } else {
+                        Err(r)
+                    }
+                });
+        };
+        let route = routes.find(req).ok_or(Refusal::NoRoute)?;
+        let (ip, identity) = (self.client.0, self.client.1.as_deref());
+        route
+            .authorizations
+            .iter()
+            .find(|a| a.allows(ip, identity))
+            .map(|a| (a.kind.clone(), a.name.clone()))
+            .or_else(|| self.allowed.clone())
+            .ok_or(Refusal::Unauthorized)
     }
 }
 
@@ -249,7 +489,14 @@ impl InboundPolicy {
                 .iter()
                 .find(|a| a.allows(ip, identity))
                 .map(|a| (a.kind.clone(), a.name.clone())),
-            probes: self.probes.get(&port).cloned().unwrap_or_default(),
+            // A Server's routes must name the probes' paths.
+            probes: if p.routes.is_empty() {
+                self.probes.get(&port).cloned().unwrap_or_default()
+            } else {
+                Vec::new()
+            },
+            routes: p.compiled(),
+            client: (ip, identity.map(str::to_owned)),
         }
     }
 }
@@ -361,6 +608,40 @@ pub struct NetworkSpec {
     pub except: Vec<String>,
 }
 
+/// An HTTPRoute as the inbound policy reads it: its parents and its matches.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct HttpRouteSpec {
+    pub parent_refs: Vec<Ref>,
+    pub rules: Vec<HttpRouteRule>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct HttpRouteRule {
+    pub matches: Vec<HttpMatch>,
+}
+
+impl HttpRouteSpec {
+    /// Whether a parent is the Server `namespace/server` (the route being in
+    /// `namespace`).
+    fn attached_to(&self, namespace: &str, server: &str) -> bool {
+        self.parent_refs.iter().any(|p| {
+            p.group.as_deref() == Some(GROUP)
+                && p.kind == "Server"
+                && p.name == server
+                && p.namespace.as_deref().is_none_or(|n| n == namespace)
+        })
+    }
+
+    /// Whether any parent is a Server: the route is the inbound policy's.
+    pub fn has_server_parent(&self) -> bool {
+        self.parent_refs
+            .iter()
+            .any(|p| p.group.as_deref() == Some(GROUP) && p.kind == "Server")
+    }
+}
+
 /// Linkerd's policy objects, by `namespace/name`, their specs parsed.
 #[derive(Debug, Clone, Default)]
 pub struct Objects {
@@ -368,6 +649,10 @@ pub struct Objects {
     pub authorization_policies: BTreeMap<String, AuthorizationPolicySpec>,
     pub mesh_tls: BTreeMap<String, MeshTlsAuthenticationSpec>,
     pub networks: BTreeMap<String, NetworkAuthenticationSpec>,
+    /// `policy.linkerd.io` HTTPRoutes.
+    pub http_routes: BTreeMap<String, HttpRouteSpec>,
+    /// `gateway.networking.k8s.io` HTTPRoutes whose parent is a Server.
+    pub gateway_http_routes: BTreeMap<String, HttpRouteSpec>,
 }
 
 /// A Linkerd identity name (`SA.NS.serviceaccount.identity.linkerd.<domain>`), a SPIFFE
@@ -450,18 +735,65 @@ impl Objects {
     /// The AuthorizationPolicies that target the Server `namespace/server` (or its
     /// namespace), as authorizations.
     fn authorizations_of(&self, namespace: &str, server: &str) -> Vec<Authorization> {
+        self.authorizations_targeting(namespace, |t| match (t.kind.as_str(), is_core(t)) {
+            ("Server", false) => t.name == server,
+            ("Namespace", true) => t.name == namespace,
+            _ => false,
+        })
+    }
+
+    /// The AuthorizationPolicies that target the HTTPRoute `namespace/route` (either
+    /// kind), as authorizations.
+    fn route_authorizations(&self, namespace: &str, route: &str) -> Vec<Authorization> {
+        self.authorizations_targeting(namespace, |t| {
+            t.kind == "HTTPRoute"
+                && matches!(
+                    t.group.as_deref(),
+                    Some(GROUP | "gateway.networking.k8s.io")
+                )
+                && t.name == route
+        })
+    }
+
+    fn authorizations_targeting(
+        &self,
+        namespace: &str,
+        targets: impl Fn(&Ref) -> bool,
+    ) -> Vec<Authorization> {
         self.authorization_policies
             .iter()
             .filter_map(|(k, ap)| {
                 let (ns, name) = k.split_once('/')?;
-                let t = &ap.target_ref;
-                let targets = ns == namespace
-                    && match (t.kind.as_str(), is_core(t)) {
-                        ("Server", false) => t.name == server,
-                        ("Namespace", true) => t.name == namespace,
-                        _ => false,
-                    };
-                targets.then(|| self.authorization(ns, name, ap)).flatten()
+                let hit = ns == namespace && targets(&ap.target_ref);
+                hit.then(|| self.authorization(ns, name, ap)).flatten()
+            })
+            .collect()
+    }
+
+    /// The HTTPRoutes (both kinds) whose parent is the Server `namespace/server`.
+    fn routes_of(&self, namespace: &str, server: &str) -> Vec<InboundRoute> {
+        self.http_routes
+            .iter()
+            .chain(&self.gateway_http_routes)
+            .filter_map(|(k, spec)| {
+                let (ns, name) = k.split_once('/')?;
+                (ns == namespace && spec.attached_to(ns, server)).then(|| InboundRoute {
+                    kind: "HTTPRoute".into(),
+                    name: name.into(),
+                    // A rule without matches matches everything.
+                    matches: spec
+                        .rules
+                        .iter()
+                        .flat_map(|r| {
+                            if r.matches.is_empty() {
+                                vec![HttpMatch::default()]
+                            } else {
+                                r.matches.clone()
+                            }
+                        })
+                        .collect(),
+                    authorizations: self.route_authorizations(ns, name),
+                })
             })
             .collect()
     }
@@ -505,6 +837,8 @@ pub fn resolve(
                 server_kind: "server".into(),
                 server_name: name.into(),
                 authorizations,
+                routes: objects.routes_of(ns, name),
+                compiled: CompiledRoutes::default(),
             }
         });
     }
@@ -604,11 +938,17 @@ mod tests {
         // The probe on that port is allowed to anyone; other paths are not.
         let denied = p.authorize(8080, ip("10.2.0.5"), None);
         assert_eq!(
-            denied.request(&http::Method::GET, "/ready"),
-            Some(("probe".into(), "probe".into()))
+            denied.request(&req("GET", "/ready")),
+            Ok(("probe".into(), "probe".into()))
         );
-        assert_eq!(denied.request(&http::Method::POST, "/ready"), None);
-        assert_eq!(denied.request(&http::Method::GET, "/data"), None);
+        assert_eq!(
+            denied.request(&req("POST", "/ready")),
+            Err(Refusal::Unauthorized)
+        );
+        assert_eq!(
+            denied.request(&req("GET", "/data")),
+            Err(Refusal::Unauthorized)
+        );
         // A port no Server selects: the default policy.
         let admin = p.authorize(9000, ip("192.0.2.1"), None);
         assert_eq!(
@@ -617,6 +957,104 @@ mod tests {
         );
         assert!(admin.allowed.is_some());
         assert_eq!(admin.probes, ["/live"]);
+    }
+
+    fn req(method: &str, uri: &str) -> http::Request<()> {
+        http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(())
+            .unwrap()
+    }
+
+    /// HTTPRoutes on a Server: a request must match one; its route's policies let
+    /// clients in besides the Server's; probes are no longer let in by themselves.
+    #[test]
+    fn routes_on_a_server_split_its_requests_and_authorize_their_own_clients() {
+        let mut o = objects();
+        o.authorization_policies.remove("demo/office");
+        let server = json!([{"group": "policy.linkerd.io", "kind": "Server", "name": "api-http"}]);
+        o.http_routes.insert(
+            "demo/reads".into(),
+            parse(json!({"parentRefs": server, "rules": [{"matches": [
+                {"path": {"type": "PathPrefix", "value": "/books"}, "method": "GET"},
+                {"path": {"type": "Exact", "value": "/search"},
+                 "headers": [{"name": "x-team", "value": "books"}]},
+            ]}]})),
+        );
+        o.gateway_http_routes.insert(
+            "demo/health".into(),
+            parse(json!({"parentRefs": server, "rules": [{"matches": [
+                {"path": {"type": "Exact", "value": "/ready"}},
+            ]}]})),
+        );
+        // Another Server's route, and a route on a Service: not this Server's.
+        o.http_routes.insert(
+            "demo/elsewhere".into(),
+            parse(json!({"parentRefs": [{"group": "policy.linkerd.io", "kind": "Server", "name": "elsewhere"}],
+                "rules": [{}]})),
+        );
+        o.authorization_policies.insert(
+            "demo/office-reads".into(),
+            parse(json!({"targetRef": {"group": "policy.linkerd.io", "kind": "HTTPRoute", "name": "reads"},
+                "requiredAuthenticationRefs": [{"group": "policy.linkerd.io", "kind": "NetworkAuthentication", "name": "office"}]})),
+        );
+        let p = resolve(&pod(), None, &o);
+        let names: Vec<&str> = p.ports[&8080]
+            .routes
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        assert_eq!(names, ["reads", "health"]);
+
+        // `web` is let in by the Server's policy, on any route; off the routes, 404.
+        let web = p.authorize(8080, ip("10.2.0.5"), Some(WEB));
+        let by_web = Ok(("authorizationpolicy".to_string(), "web".to_string()));
+        assert_eq!(web.request(&req("GET", "/books/1")), by_web);
+        assert_eq!(web.request(&req("GET", "/ready")), by_web);
+        assert_eq!(web.request(&req("GET", "/other")), Err(Refusal::NoRoute));
+        assert_eq!(
+            web.request(&req("DELETE", "/books/1")),
+            Err(Refusal::NoRoute)
+        );
+        assert_eq!(
+            web.request(&req("GET", "/booksellers")),
+            Err(Refusal::NoRoute)
+        );
+
+        // The office's clients by the route's policy, on that route alone; never a
+        // connection by itself.
+        let office = p.authorize(8080, ip("10.1.2.3"), None);
+        assert_eq!(office.allowed, None);
+        let by_route = Ok((
+            "authorizationpolicy".to_string(),
+            "office-reads".to_string(),
+        ));
+        assert_eq!(office.request(&req("GET", "/books?page=2")), by_route);
+        let mut search = req("GET", "/search");
+        assert_eq!(office.request(&search), Err(Refusal::NoRoute));
+        search
+            .headers_mut()
+            .insert("x-team", http::HeaderValue::from_static("books"));
+        assert_eq!(office.request(&search), by_route);
+        // The probe path: on a route with no policy, refused; no longer a probe.
+        assert!(office.probes.is_empty());
+        assert_eq!(
+            office.request(&req("GET", "/ready")),
+            Err(Refusal::Unauthorized)
+        );
+        // Elsewhere: refused.
+        let stranger = p.authorize(8080, ip("192.0.2.7"), None);
+        assert_eq!(
+            stranger.request(&req("GET", "/books")),
+            Err(Refusal::Unauthorized)
+        );
+        // Through JSON and back, as discovery sends it.
+        let again: InboundPolicy =
+            serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(again, p);
+        let office = again.authorize(8080, ip("10.1.2.3"), None);
+        assert_eq!(office.request(&req("GET", "/books")), by_route);
     }
 
     #[test]

@@ -630,8 +630,36 @@ macro_rules! custom_store {
     };
 }
 
-custom_store!(HttpRouteKind, http_routes, KeptRoute::new);
 custom_store!(GrpcRouteKind, grpc_routes, KeptRoute::new);
+
+/// Gateway API's HTTPRoutes: kept for the proxies' outbound routes (GAMMA), and those
+/// whose parent is a Server also for the inbound policy.
+impl Store<Custom<HttpRouteKind>> for View {
+    fn apply(&mut self, key: ObjectKey, c: Custom<HttpRouteKind>) -> bool {
+        let inbound: authz::HttpRouteSpec =
+            serde_json::from_value(c.spec.clone()).unwrap_or_default();
+        let policy_changed = if inbound.has_server_parent() {
+            self.policy
+                .gateway_http_routes
+                .insert(key.to_string(), inbound.clone())
+                != Some(inbound)
+        } else {
+            self.policy.gateway_http_routes.remove(&*key).is_some()
+        };
+        let mut metadata = c.metadata;
+        metadata.managed_fields = None;
+        metadata.resource_version = None;
+        let kept = KeptRoute::new(serde_json::json!({ "metadata": metadata, "spec": c.spec }));
+        (self.http_routes.insert(key, kept.clone()) != Some(kept)) | policy_changed
+    }
+    fn delete(&mut self, key: &str) -> bool {
+        let policy_changed = self.policy.gateway_http_routes.remove(key).is_some();
+        self.http_routes.remove(key).is_some() | policy_changed
+    }
+    fn keys(&self) -> Vec<ObjectKey> {
+        self.http_routes.keys().cloned().collect()
+    }
+}
 custom_store!(ReferenceGrantKind, reference_grants, std::convert::identity);
 custom_store!(HttpFaultKind, http_faults, std::convert::identity);
 
@@ -706,6 +734,9 @@ policy_kinds! {
         "v1alpha1", "NetworkAuthentication", "networkauthentications",
         networks, authz::NetworkAuthenticationSpec
     ),
+    PolicyHttpRouteKind => (
+        "v1beta3", "HTTPRoute", "httproutes", http_routes, authz::HttpRouteSpec
+    ),
 }
 
 /// Mirrors the cluster into `view` until the watches end, and says on `changed` (a
@@ -762,13 +793,18 @@ pub async fn mirror(
         watcher::Config::default(),
     );
     let mut networks = k8s::mirror::watch(
-        kube::Api::<Custom<NetworkAuthenticationKind>>::all(client),
+        kube::Api::<Custom<NetworkAuthenticationKind>>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let mut policy_routes = k8s::mirror::watch(
+        kube::Api::<Custom<PolicyHttpRouteKind>>::all(client),
         watcher::Config::default(),
     );
     let (mut m_svc, mut m_slice, mut m_pod) = (Mirror::new(), Mirror::new(), Mirror::new());
     let (mut m_http, mut m_grpc, mut m_grant) = (Mirror::new(), Mirror::new(), Mirror::new());
     let (mut m_ns, mut m_server, mut m_policy) = (Mirror::new(), Mirror::new(), Mirror::new());
     let (mut m_mtls, mut m_net, mut m_fault) = (Mirror::new(), Mirror::new(), Mirror::new());
+    let mut m_policy_route = Mirror::new();
     loop {
         let write = || {
             view.write()
@@ -822,6 +858,10 @@ pub async fn mirror(
             Some(e) = networks.next() => match e {
                 Ok(e) => if m_net.step(&mut *write(), e) { changed.send_modify(|n| *n += 1) },
                 Err(e) => warn!(error = %e, "destination: watching NetworkAuthentications"),
+            },
+            Some(e) = policy_routes.next() => match e {
+                Ok(e) => if m_policy_route.step(&mut *write(), e) { changed.send_modify(|n| *n += 1) },
+                Err(e) => warn!(error = %e, "destination: watching policy.linkerd.io HTTPRoutes"),
             },
             else => return,
         }

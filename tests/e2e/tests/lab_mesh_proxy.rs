@@ -1406,6 +1406,77 @@ spec:
     assert!(metric(&metrics, denied) >= 5, "{metrics}");
     let tcp_denied = r#"inbound_tcp_authz_deny_total{srv_kind="server",srv_name="api-http"} "#;
     assert!(metric(&metrics, tcp_denied) >= 1, "{metrics}");
+
+    // Routes on the Server, of both kinds: a request off them gets 404; Linkerd's
+    // route `books` lets the intruder's ServiceAccount in by its own policy (web and
+    // the outsider by the Server's); the probe path is no longer allowed by itself,
+    // so a route of its own with a policy for anyone keeps the pod ready.
+    lab.apply(
+        r#"
+apiVersion: policy.linkerd.io/v1beta3
+kind: HTTPRoute
+metadata: {name: books, namespace: demo}
+spec:
+  parentRefs: [{group: policy.linkerd.io, kind: Server, name: api-http}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /books}, method: GET}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: probes, namespace: demo}
+spec:
+  parentRefs: [{group: policy.linkerd.io, kind: Server, name: api-http}]
+  rules:
+  - matches: [{path: {type: Exact, value: /health}, method: GET}]
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: MeshTLSAuthentication
+metadata: {name: other, namespace: demo}
+spec:
+  identityRefs: [{kind: ServiceAccount, name: other}]
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: books-for-other, namespace: demo}
+spec:
+  targetRef: {group: policy.linkerd.io, kind: HTTPRoute, name: books}
+  requiredAuthenticationRefs:
+  - {group: policy.linkerd.io, kind: MeshTLSAuthentication, name: other}
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: NetworkAuthentication
+metadata: {name: anyone, namespace: demo}
+spec:
+  networks: [{cidr: 0.0.0.0/0}, {cidr: "::/0"}]
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: probes, namespace: demo}
+spec:
+  targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: probes}
+  requiredAuthenticationRefs:
+  - {group: policy.linkerd.io, kind: NetworkAuthentication, name: anyone}
+"#,
+    );
+    let books = format!("{api}books/1");
+    expect(&books, ["200", "200", "200"], "the books route");
+    expect(api, ["404", "404", "404"], "off the Server's routes");
+    expect(
+        &format!("{api}health"),
+        ["200", "200", "200"],
+        "the probes' route",
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    wait_ready(&lab, "api");
+    // Without its route, the route's policy lets nobody in: `/books` is off the routes.
+    lab.kubectl(&[
+        "-n",
+        "demo",
+        "delete",
+        "httproutes.policy.linkerd.io",
+        "books",
+    ]);
+    expect(&books, ["404", "404", "404"], "the books route deleted");
 }
 
 /// For `argv[1]` seconds: an HTTP request on a new connection, then a banner read, again
@@ -1895,5 +1966,184 @@ spec:
     assert!(
         echo.is_some_and(|l| l.contains("1/1") && l.contains('%')),
         "{table}"
+    );
+}
+
+/// The tests' virtualenv's Python (grpcio, opentelemetry-proto), its path kept as it is:
+/// resolving the link would leave the virtualenv.
+fn venv_python() -> String {
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/python-clients/bin/python");
+    assert!(python.exists(), "{python:?}: run `scripts/deps.sh test`");
+    python.to_str().unwrap().to_string()
+}
+
+/// A gRPC server written with gRPC's own Python library, no generated code: the
+/// methods take and give raw bytes. `demo.Echo/Say` answers `POD:request`,
+/// `demo.Echo/Fail` fails with UNAVAILABLE.
+const GRPC_SERVER: &str = r#"
+import grpc, os
+from concurrent import futures
+def say(request, context):
+    return ("%s:%s" % (os.environ["POD_NAME"], request.decode())).encode()
+def fail(request, context):
+    context.abort(grpc.StatusCode.UNAVAILABLE, "asked to fail")
+server = grpc.server(futures.ThreadPoolExecutor(8))
+server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("demo.Echo", {
+    "Say": grpc.unary_unary_rpc_method_handler(say),
+    "Fail": grpc.unary_unary_rpc_method_handler(fail),
+}),))
+server.add_insecure_port("[::]:8080")
+server.start()
+server.wait_for_termination()
+"#;
+
+/// 40 calls of `Say` on one channel (one HTTP/2 connection to the Service's address),
+/// then one of `Fail`; prints which pods answered and each call's status.
+const GRPC_CLIENT: &str = r#"
+import collections, grpc, json, sys
+channel = grpc.insecure_channel(sys.argv[1])
+def status(method):
+    try:
+        channel.unary_unary(method)(b"x", timeout=10)
+        return "OK"
+    except grpc.RpcError as e:
+        return e.code().name
+pods, say = collections.Counter(), channel.unary_unary("/demo.Echo/Say")
+try:
+    for i in range(40):
+        pods[say(b"%d" % i, timeout=10).decode().split(":")[0]] += 1
+except grpc.RpcError as e:
+    pods[e.code().name] += 1
+print(json.dumps({"pods": pods, "say": status("/demo.Echo/Say"), "fail": status("/demo.Echo/Fail")}))
+"#;
+
+#[test]
+fn grpc_is_balanced_per_call_routed_by_method_and_refused_with_a_grpc_status() {
+    let lab = RunningLab::up_with(2, "mesh: true\n");
+    mesh_ready(&lab);
+    lab.apply(MESHED_NAMESPACE);
+    let python = venv_python();
+    lab.apply(&format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: grpc, namespace: demo}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: grpc}}}}
+  template:
+    metadata: {{labels: {{app: grpc}}}}
+    spec:
+      serviceAccountName: web
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: app
+        image: python
+        command: [{python}, -c, {script}]
+        env:
+        - name: POD_NAME
+          valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+        readinessProbe:
+          tcpSocket: {{port: 8080}}
+          periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: grpc, namespace: demo}}
+spec:
+  selector: {{app: grpc}}
+  ports: [{{name: grpc, port: 8080, appProtocol: kubernetes.io/h2c}}]
+"#,
+        python = serde_json::to_string(&python).unwrap(),
+        script = serde_json::to_string(GRPC_SERVER).unwrap(),
+    ));
+    lab.apply(&pod("client", "node-2", "", "Always", CLIENT_APP));
+    lab.rollout("demo", "grpc");
+    wait_ready(&lab, "client");
+    let call = || -> serde_json::Value {
+        let out = lab.kubectl(&[
+            "-n",
+            "demo",
+            "exec",
+            "client",
+            "-c",
+            "app",
+            "--",
+            &python,
+            "-c",
+            GRPC_CLIENT,
+            "grpc.demo.svc.cluster.local:8080",
+        ]);
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+
+    // One HTTP/2 connection from the client, its calls spread over both pods by the
+    // client's proxy; a failing call's status comes through both proxies.
+    let answer = call();
+    let pods = answer["pods"].as_object().unwrap();
+    assert_eq!(pods.len(), 2, "{answer}");
+    assert!(
+        pods.iter()
+            .all(|(p, n)| p.starts_with("grpc-") && n.as_u64().unwrap() >= 5),
+        "{answer}"
+    );
+    assert_eq!(answer["fail"], "UNAVAILABLE", "{answer}");
+    // Counted as failures by their grpc-status, though HTTP said 200.
+    let metrics = exec_python(&lab, "client", HTTP_METRICS, &["127.0.0.1:4191"]);
+    let metrics: serde_json::Value = serde_json::from_str(metrics.trim()).unwrap();
+    let failed = metrics.as_object().unwrap().iter().any(|(k, v)| {
+        k.starts_with("response_total|")
+            && k.contains("classification=failure")
+            && k.contains("direction=outbound")
+            && k.contains("status_code=200")
+            && v.as_f64() >= Some(1.0)
+    });
+    assert!(failed, "{metrics:#}");
+
+    // A GRPCRoute (GAMMA) that serves `Say` alone: `Fail` no longer reaches the
+    // server, the proxy's 404 is gRPC's UNIMPLEMENTED.
+    lab.apply(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: say-only, namespace: demo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: grpc, port: 8080}]
+  rules:
+  - matches: [{method: {service: demo.Echo, method: Say}}]
+    backendRefs: [{name: grpc, port: 8080}]
+"#,
+    );
+    let mut answer = serde_json::Value::Null;
+    assert!(
+        wait_until(WAIT, || {
+            answer = call();
+            answer["fail"] == "UNIMPLEMENTED"
+        }),
+        "the GRPCRoute was never followed: {answer}"
+    );
+    assert_eq!(answer["say"], "OK", "{answer}");
+    assert_eq!(answer["pods"].as_object().unwrap().len(), 2, "{answer}");
+
+    // A Server with no authorization: the server's proxy refuses each call with
+    // PERMISSION_DENIED (grpc-status 7), as linkerd2-proxy does.
+    lab.apply(
+        r#"
+apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata: {name: grpc, namespace: demo}
+spec:
+  podSelector: {matchLabels: {app: grpc}}
+  port: 8080
+  proxyProtocol: gRPC
+"#,
+    );
+    assert!(
+        wait_until(WAIT, || {
+            answer = call();
+            answer["say"] == "PERMISSION_DENIED"
+        }),
+        "the Server never refused: {answer}"
     );
 }

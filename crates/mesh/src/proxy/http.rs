@@ -38,7 +38,7 @@ use super::metrics::{self, Direction};
 use super::routes::Routing;
 use super::trace::Span;
 use super::{Counted, Proxy};
-use crate::authz::Verdict;
+use crate::authz::{Refusal, Verdict};
 use crate::destination::Accrual;
 use crate::destination::Endpoint;
 
@@ -167,14 +167,20 @@ async fn forward(
                     .policy()
                     .await
                     .authorize(app.port(), client.ip, client.identity.as_deref());
-            let allowed = verdict.request(req.method(), req.uri().path());
+            let allowed = verdict.request(&req);
             proxy.metrics.authorized(
                 metrics::Authorized::Http,
                 (&verdict.server_kind, &verdict.server_name),
-                allowed.as_ref().map(|(k, n)| (k.as_str(), n.as_str())),
+                allowed.as_ref().ok().map(|(k, n)| (k.as_str(), n.as_str())),
             );
-            if allowed.is_none() {
-                return forbidden(series, &req, &verdict);
+            match allowed {
+                Ok(_) => {}
+                Err(Refusal::Unauthorized) => return forbidden(series, &req, &verdict),
+                // As linkerd2-proxy: the Server's routes do not know the request.
+                Err(Refusal::NoRoute) => {
+                    let why = format!("no route of server {} matches", verdict.server_name);
+                    return proxy_error(series, StatusCode::NOT_FOUND, &why);
+                }
             }
             let endpoint = Endpoint {
                 addr: app,
