@@ -129,6 +129,11 @@ pub struct Args {
     /// (`kubewire install --mesh` sets `0.0.0.0:4196`); unset: not served.
     #[arg(long)]
     pub mesh_destination: Option<std::net::SocketAddr>,
+    /// The mesh's default inbound policy, for pods whose own annotation and whose
+    /// namespace's (`config.linkerd.io/default-inbound-policy`) name none (Linkerd's
+    /// `proxy.defaultInboundPolicy`).
+    #[arg(long, default_value = mesh::authz::DEFAULT_POLICY, value_parser = mesh::authz::parse_default_policy)]
+    pub mesh_default_inbound_policy: String,
 }
 
 impl Args {
@@ -157,6 +162,13 @@ impl Args {
         if let Some(addr) = self.mesh_destination {
             args.push(format!("--mesh-destination={addr}").into());
         }
+        args.push(
+            format!(
+                "--mesh-default-inbound-policy={}",
+                self.mesh_default_inbound_policy
+            )
+            .into(),
+        );
         args
     }
 }
@@ -249,12 +261,14 @@ pub async fn run(args: Args) -> Result<(), Error> {
     };
     let destination = async {
         match args.mesh_destination {
-            Some(addr) => mesh::destination::serve(client.clone(), addr)
-                .await
-                .map_err(|cause| Error::Io {
-                    op: format!("serving the mesh's discovery on {addr}"),
-                    cause,
-                }),
+            Some(addr) => {
+                mesh::destination::serve(client.clone(), addr, &args.mesh_default_inbound_policy)
+                    .await
+                    .map_err(|cause| Error::Io {
+                        op: format!("serving the mesh's discovery on {addr}"),
+                        cause,
+                    })
+            }
             None => std::future::pending().await,
         }
     };
@@ -449,6 +463,7 @@ mod tests {
                 l2_status_namespace: "kubewire".into(),
             },
             mesh_destination: Some("0.0.0.0:4196".parse().unwrap()),
+            mesh_default_inbound_policy: "deny".into(),
         };
         assert_eq!(parse(args.to_args()), args);
         let defaults = parse(vec!["--node-name".into(), "n".into()]);

@@ -210,6 +210,12 @@ pub struct Config {
     /// certificates of meshed pods (docs/mesh.md). The mesh's proxy is not here yet.
     #[arg(long)]
     pub mesh: bool,
+    /// The mesh's default inbound policy, for pods whose own annotation and whose
+    /// namespace's name none: `all-unauthenticated`, `all-authenticated`,
+    /// `cluster-unauthenticated`, `cluster-authenticated`, `audit` or `deny` (Linkerd's
+    /// `proxy.defaultInboundPolicy`).
+    #[arg(long, default_value = ::mesh::authz::DEFAULT_POLICY, value_parser = ::mesh::authz::parse_default_policy)]
+    pub mesh_default_inbound_policy: String,
 }
 
 impl Default for Config {
@@ -277,6 +283,15 @@ impl Config {
         if self.mesh {
             args.push("--mesh".into());
         }
+        if self.mesh_default_inbound_policy != ::mesh::authz::DEFAULT_POLICY {
+            args.push(
+                format!(
+                    "--mesh-default-inbound-policy={}",
+                    self.mesh_default_inbound_policy
+                )
+                .into(),
+            );
+        }
         args
     }
 
@@ -306,6 +321,7 @@ impl Config {
                 std::net::Ipv4Addr::UNSPECIFIED,
                 ::mesh::destination::PORT,
             )));
+            a.mesh_default_inbound_policy = self.mesh_default_inbound_policy.clone();
         }
         a
     }

@@ -17,6 +17,8 @@
 //! flags for these choices), and read for it the routes that name Services (Gateway
 //! API for mesh), the ReferenceGrants those routes may need, and Linkerd's policy.
 
+/// The mesh's default inbound policies, for what configures the install (the lab).
+pub use ::mesh::authz::{DEFAULT_POLICY as DEFAULT_INBOUND_POLICY, parse_default_policy};
 use serde_json::{Value, json};
 
 use crate::{

@@ -43,6 +43,7 @@ fn every_choice() -> Vec<Config> {
         gateway: false,
         gateway_address: Some("10.0.0.9".parse().unwrap()),
         mesh: true,
+        mesh_default_inbound_policy: "cluster-authenticated".into(),
     });
     all
 }
@@ -664,6 +665,19 @@ fn the_mesh_injector_is_called_for_pods_outside_kube_system_and_writes_only_its_
         cfg.agent_args().mesh_destination.map(|a| a.port()),
         Some(::mesh::destination::PORT)
     );
+    // The cluster's default inbound policy, given to the agents; a name that is no
+    // policy refused with the choices.
+    let deny = parse(&["--mesh".into(), "--mesh-default-inbound-policy=deny".into()]);
+    assert!(
+        agent_container_args(&deny).contains(&"--mesh-default-inbound-policy=deny".to_string())
+    );
+    assert!(
+        !agent_container_args(&cfg)
+            .iter()
+            .any(|a| a.contains("default-inbound"))
+    );
+    let e = Cli::try_parse_from(["install", "--mesh-default-inbound-policy=open"]).unwrap_err();
+    assert!(e.to_string().contains("all-authenticated"), "{e}");
     let agent = rules_of(&objects, AGENT);
     let routes = json!({"apiGroups": ["gateway.networking.k8s.io"],
         "resources": ["grpcroutes", "httproutes", "referencegrants"], "verbs": ["list", "watch"]});

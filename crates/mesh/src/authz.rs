@@ -370,6 +370,18 @@ pub fn default_policy(name: &str) -> Option<Vec<Authorization>> {
     })
 }
 
+/// A default policy's name, as a flag takes it: refused, naming the choices, when it
+/// is not one.
+pub fn parse_default_policy(name: &str) -> Result<String, String> {
+    match default_policy(name) {
+        Some(_) => Ok(name.to_string()),
+        None => Err(format!(
+            "{name:?} is not a default inbound policy (all-unauthenticated, \
+             all-authenticated, cluster-unauthenticated, cluster-authenticated, audit, deny)"
+        )),
+    }
+}
+
 impl PortPolicy {
     /// The default policy `name` (`all-unauthenticated` for a name that is not one).
     pub fn default_named(name: &str) -> PortPolicy {

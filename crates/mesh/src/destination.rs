@@ -212,6 +212,9 @@ pub struct View {
     namespace_policies: HashMap<ObjectKey, String>,
     /// Linkerd's policy objects.
     policy: authz::Objects,
+    /// The cluster's default inbound policy, where neither a pod nor its namespace
+    /// names one (empty: Linkerd's, `all-unauthenticated`).
+    cluster_default_policy: String,
 }
 
 impl View {
@@ -389,7 +392,12 @@ impl View {
                 namespace: namespace.into(),
                 ..authz::PodFacts::default()
             });
-        let ns_default = self.namespace_policies.get(namespace).map(String::as_str);
+        let ns_default = self
+            .namespace_policies
+            .get(namespace)
+            .map(String::as_str)
+            .or((!self.cluster_default_policy.is_empty())
+                .then_some(self.cluster_default_policy.as_str()));
         authz::resolve(&facts, ns_default, &self.policy)
     }
 
@@ -875,11 +883,18 @@ pub const LONG_POLL: std::time::Duration = std::time::Duration::from_secs(20);
 pub const VERSION_HEADER: &str = "kubewire-version";
 
 /// Serves discovery on `listen` from a view mirrored with `client`, until the task is
-/// dropped.
-pub async fn serve(client: kube::Client, listen: SocketAddr) -> std::io::Result<()> {
+/// dropped; `default_policy` is the cluster's default inbound policy.
+pub async fn serve(
+    client: kube::Client,
+    listen: SocketAddr,
+    default_policy: &str,
+) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    info!(addr = %listen, "mesh destination serving");
-    let view = Arc::new(RwLock::new(View::default()));
+    info!(addr = %listen, default_policy, "mesh destination serving");
+    let view = Arc::new(RwLock::new(View {
+        cluster_default_policy: default_policy.to_string(),
+        ..View::default()
+    }));
     let (changed_tx, changed) = tokio::sync::watch::channel(0);
     let mirrored = tokio::spawn(mirror(client, view.clone(), changed_tx));
     k8s::http::serve_async(listener, move |parts| {
@@ -1260,6 +1275,9 @@ mod tests {
         let mut v = view();
         let web1 = "demo/web-1";
         assert_eq!(v.inbound(web1).default.server_name, "all-unauthenticated");
+        // The cluster's default, then the namespace's over it.
+        v.cluster_default_policy = "cluster-authenticated".into();
+        assert_eq!(v.inbound(web1).default.server_name, "cluster-authenticated");
         apply::<Namespace>(
             &mut v,
             json!({"metadata": {"name": "demo",

@@ -86,6 +86,7 @@ pub fn install_config(cfg: &LabConfig) -> install::Config {
         lb_pool: cfg.lb_pool(),
         gateway_address: gateway_address(&cfg.lb_pool()),
         mesh: cfg.mesh,
+        mesh_default_inbound_policy: cfg.mesh_default_inbound_policy.clone(),
         ..install::Config::default()
     }
 }

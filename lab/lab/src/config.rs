@@ -64,6 +64,9 @@ pub struct LabConfig {
     /// (on by default; `false` spares the two Deployments and the webhook call on every
     /// pod creation).
     pub mesh: bool,
+    /// The mesh's default inbound policy for pods whose own annotation and whose
+    /// namespace's name none (`kubewire install --mesh-default-inbound-policy`).
+    pub mesh_default_inbound_policy: String,
     /// Where the lab keeps its state while it is up. Not configurable from a file:
     /// `lab down` and `lab status` must find it without being told.
     #[serde(skip)]
@@ -93,6 +96,7 @@ impl Default for LabConfig {
             router_asn: crate::router::ROUTER_ASN,
             load_balancer_pool: None,
             mesh: true,
+            mesh_default_inbound_policy: install::mesh::DEFAULT_INBOUND_POLICY.to_owned(),
             run_dir: PathBuf::from("/run/kubewire"),
             data_root: PathBuf::from("/var/lib/kubewire"),
         }
@@ -165,6 +169,9 @@ impl LabConfig {
                 "underlayV6: Invalid value: {}: must be a /120 or larger",
                 self.underlay_v6
             ));
+        }
+        if let Err(why) = install::mesh::parse_default_policy(&self.mesh_default_inbound_policy) {
+            return bad(format!("meshDefaultInboundPolicy: Invalid value: {why}"));
         }
         check_families("podCidrs", &self.pod_cidrs)?;
         check_families("serviceCidrs", &self.service_cidrs)?;
@@ -406,6 +413,12 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("underlayV4")
+        );
+        let cfg = LabConfig::from_yaml("meshDefaultInboundPolicy: open\n").unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("meshDefaultInboundPolicy: Invalid value: \"open\""),
+            "{err}"
         );
     }
 

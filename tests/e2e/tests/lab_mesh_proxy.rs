@@ -2160,3 +2160,72 @@ spec:
         "the Server never refused: {answer}"
     );
 }
+
+#[test]
+fn the_clusters_default_inbound_policy_applies_where_no_namespace_or_pod_names_one() {
+    let lab = RunningLab::up_with(
+        2,
+        "mesh: true\nmeshDefaultInboundPolicy: all-authenticated\n",
+    );
+    mesh_ready(&lab);
+    lab.apply(MESHED_NAMESPACE);
+    lab.apply(&pod("server", "node-1", "", "Always", SERVER_APP));
+    lab.apply(&pod("client", "node-2", "", "Always", CLIENT_APP));
+    lab.apply(&pod(
+        "outsider",
+        "node-2",
+        "kubewire.io/inject: disabled",
+        "Always",
+        CLIENT_APP,
+    ));
+    lab.apply(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec:
+  selector: {app: server}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+"#,
+    );
+    for p in ["server", "client", "outsider"] {
+        wait_ready(&lab, p);
+    }
+    let status = |pod: &str| -> String {
+        let out = lab.exec(
+            &format!("demo/{pod}/app"),
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "10",
+                "http://web.demo.svc.cluster.local/",
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let expect = |want: [&str; 2], what: &str| {
+        let mut got = Vec::new();
+        assert!(
+            wait_until(WAIT, || {
+                got = ["client", "outsider"].iter().map(|p| status(p)).collect();
+                got == want
+            }),
+            "{what}: client and outsider got {got:?}, not {want:?}"
+        );
+    };
+    // The cluster's default: meshed clients only.
+    expect(["200", "403"], "the cluster's all-authenticated");
+    // The namespace's annotation wins over the cluster's default.
+    lab.kubectl(&[
+        "annotate",
+        "namespace",
+        "demo",
+        "config.linkerd.io/default-inbound-policy=all-unauthenticated",
+    ]);
+    expect(["200", "200"], "the namespace's all-unauthenticated");
+}
