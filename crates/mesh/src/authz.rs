@@ -95,7 +95,7 @@ pub struct PortPolicy {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InboundRoute {
-    /// `HTTPRoute`.
+    /// `HTTPRoute` or `GRPCRoute`.
     pub kind: String,
     pub name: String,
     /// Any of these (Gateway API's `HTTPRouteMatch`).
@@ -634,6 +634,98 @@ pub struct HttpRouteRule {
     pub matches: Vec<HttpMatch>,
 }
 
+/// A GRPCRoute as the inbound policy reads it: its parents and its matches.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct GrpcRouteSpec {
+    pub parent_refs: Vec<Ref>,
+    pub rules: Vec<GrpcRouteRule>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct GrpcRouteRule {
+    pub matches: Vec<GrpcMatch>,
+}
+
+/// Gateway API's `GRPCRouteMatch`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct GrpcMatch {
+    pub method: Option<GrpcMethodMatch>,
+    pub headers: Vec<ValueMatch>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct GrpcMethodMatch {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub service: Option<String>,
+    pub method: Option<String>,
+}
+
+impl GrpcMatch {
+    /// The same match on the request's path, `/SERVICE/METHOD`, as gRPC sends it.
+    fn to_http(&self) -> HttpMatch {
+        let m = self.method.clone().unwrap_or_default();
+        let path = |kind: &str, value: String| ValueMatch {
+            kind: Some(kind.into()),
+            name: String::new(),
+            value: Some(value),
+        };
+        let path = match (m.kind.as_deref(), m.service, m.method) {
+            (Some("RegularExpression"), s, m) => path(
+                "RegularExpression",
+                format!(
+                    "/{}/{}",
+                    s.unwrap_or_else(|| "[^/]+".into()),
+                    m.unwrap_or_else(|| "[^/]+".into())
+                ),
+            ),
+            (_, Some(s), Some(m)) => path("Exact", format!("/{s}/{m}")),
+            (_, Some(s), None) => path("PathPrefix", format!("/{s}")),
+            (_, None, Some(m)) => path("RegularExpression", format!("/[^/]+/{}", regex_escape(&m))),
+            (_, None, None) => path("PathPrefix", "/".into()),
+        };
+        HttpMatch {
+            path: Some(path),
+            method: None,
+            headers: self.headers.clone(),
+            query_params: Vec::new(),
+        }
+    }
+}
+
+/// `s` matched literally in a regular expression.
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let special = "\\.+*?()|[]{}^$#&-~".contains(c);
+            special
+                .then_some('\\')
+                .into_iter()
+                .chain(std::iter::once(c))
+        })
+        .collect()
+}
+
+impl GrpcRouteSpec {
+    /// As an HTTPRoute on the request's path.
+    pub fn to_http(&self) -> HttpRouteSpec {
+        HttpRouteSpec {
+            parent_refs: self.parent_refs.clone(),
+            rules: self
+                .rules
+                .iter()
+                .map(|r| HttpRouteRule {
+                    matches: r.matches.iter().map(GrpcMatch::to_http).collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
 impl HttpRouteSpec {
     /// Whether a parent is the Server `namespace/server` (the route being in
     /// `namespace`).
@@ -665,6 +757,9 @@ pub struct Objects {
     pub http_routes: BTreeMap<String, HttpRouteSpec>,
     /// `gateway.networking.k8s.io` HTTPRoutes whose parent is a Server.
     pub gateway_http_routes: BTreeMap<String, HttpRouteSpec>,
+    /// `gateway.networking.k8s.io` GRPCRoutes whose parent is a Server, as HTTPRoutes
+    /// on the request's path ([`GrpcRouteSpec::to_http`]).
+    pub gateway_grpc_routes: BTreeMap<String, HttpRouteSpec>,
 }
 
 /// A Linkerd identity name (`SA.NS.serviceaccount.identity.linkerd.<domain>`), a SPIFFE
@@ -754,11 +849,11 @@ impl Objects {
         })
     }
 
-    /// The AuthorizationPolicies that target the HTTPRoute `namespace/route` (either
-    /// kind), as authorizations.
-    fn route_authorizations(&self, namespace: &str, route: &str) -> Vec<Authorization> {
+    /// The AuthorizationPolicies that target the route `namespace/route` of `kind`
+    /// (`HTTPRoute` of either group, `GRPCRoute`), as authorizations.
+    fn route_authorizations(&self, namespace: &str, kind: &str, route: &str) -> Vec<Authorization> {
         self.authorizations_targeting(namespace, |t| {
-            t.kind == "HTTPRoute"
+            t.kind == kind
                 && matches!(
                     t.group.as_deref(),
                     Some(GROUP | "gateway.networking.k8s.io")
@@ -782,15 +877,17 @@ impl Objects {
             .collect()
     }
 
-    /// The HTTPRoutes (both kinds) whose parent is the Server `namespace/server`.
+    /// The HTTPRoutes (both kinds) and GRPCRoutes whose parent is the Server
+    /// `namespace/server`.
     fn routes_of(&self, namespace: &str, server: &str) -> Vec<InboundRoute> {
-        self.http_routes
-            .iter()
-            .chain(&self.gateway_http_routes)
-            .filter_map(|(k, spec)| {
+        let http = self.http_routes.iter().chain(&self.gateway_http_routes);
+        let http = http.map(|r| ("HTTPRoute", r));
+        let grpc = self.gateway_grpc_routes.iter().map(|r| ("GRPCRoute", r));
+        http.chain(grpc)
+            .filter_map(|(kind, (k, spec))| {
                 let (ns, name) = k.split_once('/')?;
                 (ns == namespace && spec.attached_to(ns, server)).then(|| InboundRoute {
-                    kind: "HTTPRoute".into(),
+                    kind: kind.into(),
                     name: name.into(),
                     // A rule without matches matches everything.
                     matches: spec
@@ -804,7 +901,7 @@ impl Objects {
                             }
                         })
                         .collect(),
-                    authorizations: self.route_authorizations(ns, name),
+                    authorizations: self.route_authorizations(ns, kind, name),
                 })
             })
             .collect()
@@ -1067,6 +1164,56 @@ mod tests {
         assert_eq!(again, p);
         let office = again.authorize(8080, ip("10.1.2.3"), None);
         assert_eq!(office.request(&req("GET", "/books")), by_route);
+    }
+
+    /// GRPCRoutes on a Server, matched on the request's path; their own policies.
+    #[test]
+    fn grpc_routes_on_a_server_match_services_and_methods() {
+        let mut o = objects();
+        o.authorization_policies.clear();
+        let grpc: GrpcRouteSpec = parse(json!({
+        "parentRefs": [{"group": "policy.linkerd.io", "kind": "Server", "name": "api-http"}],
+        "rules": [{"matches": [
+            {"method": {"service": "demo.Echo", "method": "Say"}},
+            {"method": {"service": "grpc.health.v1.Health"}},
+            {"method": {"method": "Peek.Now"}},
+            {"method": {"type": "RegularExpression", "service": "demo\\.Adm.*"}},
+        ]}]}));
+        o.gateway_grpc_routes
+            .insert("demo/echo".into(), grpc.to_http());
+        o.authorization_policies.insert(
+            "demo/office-echo".into(),
+            parse(json!({"targetRef": {"group": "gateway.networking.k8s.io", "kind": "GRPCRoute", "name": "echo"},
+                "requiredAuthenticationRefs": [{"group": "policy.linkerd.io", "kind": "NetworkAuthentication", "name": "office"}]})),
+        );
+        let p = resolve(&pod(), None, &o);
+        assert_eq!(p.ports[&8080].routes[0].kind, "GRPCRoute");
+        let office = p.authorize(8080, ip("10.1.2.3"), None);
+        let by_route = Ok(("authorizationpolicy".to_string(), "office-echo".to_string()));
+        for path in [
+            "/demo.Echo/Say",
+            "/grpc.health.v1.Health/Check",
+            "/any.Service/Peek.Now",
+            "/demo.Admin/Reset",
+        ] {
+            assert_eq!(office.request(&req("POST", path)), by_route, "{path}");
+        }
+        for path in [
+            "/demo.Echo/Fail",
+            "/any.Service/PeekxNow",
+            "/demo.Echo/Say/more",
+        ] {
+            assert_eq!(
+                office.request(&req("POST", path)),
+                Err(Refusal::NoRoute),
+                "{path}"
+            );
+        }
+        let stranger = p.authorize(8080, ip("192.0.2.7"), None);
+        assert_eq!(
+            stranger.request(&req("POST", "/demo.Echo/Say")),
+            Err(Refusal::Unauthorized)
+        );
     }
 
     #[test]

@@ -638,36 +638,56 @@ macro_rules! custom_store {
     };
 }
 
-custom_store!(GrpcRouteKind, grpc_routes, KeptRoute::new);
-
-/// Gateway API's HTTPRoutes: kept for the proxies' outbound routes (GAMMA), and those
-/// whose parent is a Server also for the inbound policy.
-impl Store<Custom<HttpRouteKind>> for View {
-    fn apply(&mut self, key: ObjectKey, c: Custom<HttpRouteKind>) -> bool {
-        let inbound: authz::HttpRouteSpec =
-            serde_json::from_value(c.spec.clone()).unwrap_or_default();
-        let policy_changed = if inbound.has_server_parent() {
-            self.policy
-                .gateway_http_routes
-                .insert(key.to_string(), inbound.clone())
-                != Some(inbound)
-        } else {
-            self.policy.gateway_http_routes.remove(&*key).is_some()
-        };
-        let mut metadata = c.metadata;
-        metadata.managed_fields = None;
-        metadata.resource_version = None;
-        let kept = KeptRoute::new(serde_json::json!({ "metadata": metadata, "spec": c.spec }));
-        (self.http_routes.insert(key, kept.clone()) != Some(kept)) | policy_changed
-    }
-    fn delete(&mut self, key: &str) -> bool {
-        let policy_changed = self.policy.gateway_http_routes.remove(key).is_some();
-        self.http_routes.remove(key).is_some() | policy_changed
-    }
-    fn keys(&self) -> Vec<ObjectKey> {
-        self.http_routes.keys().cloned().collect()
-    }
+/// Gateway API's routes: kept for the proxies' outbound routes (GAMMA) in `$field`, and
+/// those whose parent is a Server also for the inbound policy in `$inbound` (their spec
+/// read by `$read`).
+macro_rules! route_store {
+    ($kind:ty, $field:ident, $inbound:ident, $read:expr) => {
+        impl Store<Custom<$kind>> for View {
+            fn apply(&mut self, key: ObjectKey, c: Custom<$kind>) -> bool {
+                let inbound: authz::HttpRouteSpec = $read(&c.spec);
+                let policy_changed = if inbound.has_server_parent() {
+                    self.policy.$inbound.insert(key.to_string(), inbound.clone())
+                        != Some(inbound)
+                } else {
+                    self.policy.$inbound.remove(&*key).is_some()
+                };
+                let mut metadata = c.metadata;
+                metadata.managed_fields = None;
+                metadata.resource_version = None;
+                let kept =
+                    KeptRoute::new(serde_json::json!({ "metadata": metadata, "spec": c.spec }));
+                (self.$field.insert(key, kept.clone()) != Some(kept)) | policy_changed
+            }
+            fn delete(&mut self, key: &str) -> bool {
+                let policy_changed = self.policy.$inbound.remove(key).is_some();
+                self.$field.remove(key).is_some() | policy_changed
+            }
+            fn keys(&self) -> Vec<ObjectKey> {
+                self.$field.keys().cloned().collect()
+            }
+        }
+    };
 }
+
+route_store!(
+    HttpRouteKind,
+    http_routes,
+    gateway_http_routes,
+    |spec: &Value| {
+        serde_json::from_value::<authz::HttpRouteSpec>(spec.clone()).unwrap_or_default()
+    }
+);
+route_store!(
+    GrpcRouteKind,
+    grpc_routes,
+    gateway_grpc_routes,
+    |spec: &Value| {
+        serde_json::from_value::<authz::GrpcRouteSpec>(spec.clone())
+            .unwrap_or_default()
+            .to_http()
+    }
+);
 custom_store!(ReferenceGrantKind, reference_grants, std::convert::identity);
 custom_store!(HttpFaultKind, http_faults, std::convert::identity);
 

@@ -2159,6 +2159,43 @@ spec:
         }),
         "the Server never refused: {answer}"
     );
+
+    // The client's route gone, a GRPCRoute on the Server serves `Say` to any meshed
+    // client by its own AuthorizationPolicy; `Fail`, on no route of the Server, gets
+    // the server proxy's 404: UNIMPLEMENTED.
+    lab.kubectl(&["-n", "demo", "delete", "grpcroute", "say-only"]);
+    lab.apply(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: say-inbound, namespace: demo}
+spec:
+  parentRefs: [{group: policy.linkerd.io, kind: Server, name: grpc}]
+  rules:
+  - matches: [{method: {service: demo.Echo, method: Say}}]
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: MeshTLSAuthentication
+metadata: {name: meshed, namespace: demo}
+spec:
+  identities: ["*"]
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: say-for-meshed, namespace: demo}
+spec:
+  targetRef: {group: gateway.networking.k8s.io, kind: GRPCRoute, name: say-inbound}
+  requiredAuthenticationRefs:
+  - {group: policy.linkerd.io, kind: MeshTLSAuthentication, name: meshed}
+"#,
+    );
+    assert!(
+        wait_until(WAIT, || {
+            answer = call();
+            answer["say"] == "OK" && answer["fail"] == "UNIMPLEMENTED"
+        }),
+        "the Server's GRPCRoute was never followed: {answer}"
+    );
 }
 
 #[test]
