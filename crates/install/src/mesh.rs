@@ -126,6 +126,7 @@ pub(crate) fn objects(cfg: &Config) -> Vec<Value> {
                         "httproutes",
                         "meshtlsauthentications",
                         "networkauthentications",
+                        "serverauthorizations",
                         "servers"
                     ]
                 ),

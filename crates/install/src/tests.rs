@@ -692,7 +692,7 @@ fn the_mesh_injector_is_called_for_pods_outside_kube_system_and_writes_only_its_
                 && o["metadata"]["name"] == "httpfaults.mesh.kubewire.io")
     );
     let policy = json!({"apiGroups": ["policy.linkerd.io"],
-        "resources": ["authorizationpolicies", "httproutes", "meshtlsauthentications", "networkauthentications", "servers"],
+        "resources": ["authorizationpolicies", "httproutes", "meshtlsauthentications", "networkauthentications", "serverauthorizations", "servers"],
         "verbs": ["list", "watch"]});
     assert!(agent.contains(&policy), "{agent:?}");
     // Linkerd's policy CRDs, only with the mesh.

@@ -26,9 +26,12 @@
 //!   the Server. The probe paths are then no longer allowed by themselves (as in
 //!   Linkerd: a route has to name them).
 //!
+//! - **ServerAuthorizations** (the older kind) let clients in to the Servers they name
+//!   or select by label: meshed ServiceAccounts or identities, any meshed client, or
+//!   anyone, from their networks (the cluster's when unset).
+//!
 //! An HTTP request that is not allowed gets 403 (a gRPC one `grpc-status: 7`); any
-//! other connection that is not allowed is closed. Not served: ServerAuthorizations
-//! (the older kind).
+//! other connection that is not allowed is closed.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -591,6 +594,47 @@ pub struct ServerSpec {
     pub pod_selector: Option<LabelSelector>,
     pub port: Option<IntOrString>,
     pub access_policy: Option<String>,
+    /// The Server's own labels (its metadata's): what a ServerAuthorization's
+    /// `server.selector` selects.
+    #[serde(skip)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Linkerd's older kind, ServerAuthorization (`policy.linkerd.io/v1beta1`): clients let
+/// in to the Servers it names or selects.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ServerAuthorizationSpec {
+    pub server: ServerTarget,
+    pub client: ClientSpec,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ServerTarget {
+    pub name: Option<String>,
+    pub selector: Option<LabelSelector>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ClientSpec {
+    /// Unset: Linkerd's cluster networks.
+    pub networks: Option<Vec<NetworkSpec>>,
+    /// Any client, meshed or not.
+    pub unauthenticated: bool,
+    #[serde(rename = "meshTLS")]
+    pub mesh_tls: Option<MeshTlsClient>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct MeshTlsClient {
+    /// Any TLS client: here, any meshed one.
+    #[serde(rename = "unauthenticatedTLS")]
+    pub unauthenticated_tls: bool,
+    pub identities: Vec<String>,
+    pub service_accounts: Vec<Ref>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -760,6 +804,7 @@ pub struct Objects {
     /// `gateway.networking.k8s.io` GRPCRoutes whose parent is a Server, as HTTPRoutes
     /// on the request's path ([`GrpcRouteSpec::to_http`]).
     pub gateway_grpc_routes: BTreeMap<String, HttpRouteSpec>,
+    pub server_authorizations: BTreeMap<String, ServerAuthorizationSpec>,
 }
 
 /// A Linkerd identity name (`SA.NS.serviceaccount.identity.linkerd.<domain>`), a SPIFFE
@@ -840,13 +885,33 @@ impl Objects {
     }
 
     /// The AuthorizationPolicies that target the Server `namespace/server` (or its
-    /// namespace), as authorizations.
+    /// namespace), and the ServerAuthorizations that name or select it, as
+    /// authorizations.
     fn authorizations_of(&self, namespace: &str, server: &str) -> Vec<Authorization> {
-        self.authorizations_targeting(namespace, |t| match (t.kind.as_str(), is_core(t)) {
-            ("Server", false) => t.name == server,
-            ("Namespace", true) => t.name == namespace,
-            _ => false,
-        })
+        let mut list =
+            self.authorizations_targeting(namespace, |t| match (t.kind.as_str(), is_core(t)) {
+                ("Server", false) => t.name == server,
+                ("Namespace", true) => t.name == namespace,
+                _ => false,
+            });
+        let labels = self
+            .servers
+            .get(&format!("{namespace}/{server}"))
+            .map(|s| &s.labels);
+        for (k, sa) in &self.server_authorizations {
+            let Some((ns, name)) = k.split_once('/') else {
+                continue;
+            };
+            let names_it = match (&sa.server.name, &sa.server.selector) {
+                (Some(n), _) => n == server,
+                (None, Some(selector)) => labels.is_some_and(|l| k8s::labels::selects(selector, l)),
+                (None, None) => false,
+            };
+            if ns == namespace && names_it {
+                list.extend(server_authorization(ns, name, &sa.client));
+            }
+        }
+        list
     }
 
     /// The AuthorizationPolicies that target the route `namespace/route` of `kind`
@@ -906,6 +971,44 @@ impl Objects {
             })
             .collect()
     }
+}
+
+/// A ServerAuthorization's client as an authorization; `None` when it lets nobody in (no
+/// client kind, or a network that is not one).
+fn server_authorization(namespace: &str, name: &str, c: &ClientSpec) -> Option<Authorization> {
+    let networks = match &c.networks {
+        None => Network::cluster(),
+        Some(list) => list
+            .iter()
+            .map(|n| {
+                Some(Network {
+                    cidr: n.cidr.parse().ok()?,
+                    except: n.except.iter().filter_map(|e| e.parse().ok()).collect(),
+                })
+            })
+            .collect::<Option<_>>()?,
+    };
+    let identities = match (&c.mesh_tls, c.unauthenticated) {
+        (_, true) => None,
+        (Some(m), false) if m.unauthenticated_tls => Some(vec!["*".to_string()]),
+        (Some(m), false) => Some(
+            m.identities
+                .iter()
+                .filter_map(|i| identity_pattern(i))
+                .chain(m.service_accounts.iter().map(|sa| {
+                    let ns = sa.namespace.as_deref().unwrap_or(namespace);
+                    format!("ns/{ns}/sa/{}", sa.name)
+                }))
+                .collect(),
+        ),
+        (None, false) => return None,
+    };
+    Some(Authorization {
+        kind: "serverauthorization".into(),
+        name: name.into(),
+        networks,
+        identities,
+    })
 }
 
 /// The inbound policy of a pod, given its namespace's default policy annotation.
@@ -1164,6 +1267,64 @@ mod tests {
         assert_eq!(again, p);
         let office = again.authorize(8080, ip("10.1.2.3"), None);
         assert_eq!(office.request(&req("GET", "/books")), by_route);
+    }
+
+    /// ServerAuthorizations, by the Server's name or a selector of its labels; their
+    /// clients by ServiceAccount, identity, unauthenticated TLS, network, or anyone.
+    #[test]
+    fn server_authorizations_name_or_select_servers() {
+        let mut o = objects();
+        o.authorization_policies.clear();
+        o.servers.get_mut("demo/api-http").unwrap().labels =
+            BTreeMap::from([("tier".to_string(), "api".to_string())]);
+        let sa = |v: serde_json::Value| -> ServerAuthorizationSpec { parse(v) };
+        o.server_authorizations.insert(
+            "demo/by-name".into(),
+            sa(json!({"server": {"name": "api-http"},
+                "client": {"meshTLS": {"serviceAccounts": [{"name": "other"}]}}})),
+        );
+        o.server_authorizations.insert(
+            "demo/by-label".into(),
+            sa(
+                json!({"server": {"selector": {"matchLabels": {"tier": "api"}}},
+                "client": {"networks": [{"cidr": "192.0.2.0/24"}], "unauthenticated": true}}),
+            ),
+        );
+        o.server_authorizations.insert(
+            "demo/elsewhere".into(),
+            sa(json!({"server": {"name": "other-server"}, "client": {"unauthenticated": true}})),
+        );
+        o.server_authorizations.insert(
+            "demo/nobody".into(),
+            sa(json!({"server": {"name": "api-http"}, "client": {}})),
+        );
+        let p = resolve(&pod(), None, &o);
+        let by = |n: &str| Some(("serverauthorization".to_string(), n.to_string()));
+        assert_eq!(
+            p.authorize(8080, ip("10.2.0.5"), Some(OTHER)).allowed,
+            by("by-name")
+        );
+        assert_eq!(p.authorize(8080, ip("10.2.0.5"), Some(WEB)).allowed, None);
+        assert_eq!(
+            p.authorize(8080, ip("192.0.2.9"), None).allowed,
+            by("by-label")
+        );
+        assert_eq!(p.authorize(8080, ip("10.2.0.5"), None).allowed, None);
+        // Any meshed client over TLS; networks unset: the cluster's.
+        o.server_authorizations.insert(
+            "demo/by-name".into(),
+            sa(json!({"server": {"name": "api-http"},
+                "client": {"meshTLS": {"unauthenticatedTLS": true}}})),
+        );
+        let p = resolve(&pod(), None, &o);
+        assert_eq!(
+            p.authorize(8080, ip("10.2.0.5"), Some(WEB)).allowed,
+            by("by-name")
+        );
+        assert_eq!(
+            p.authorize(8080, ip("203.0.113.1"), Some(WEB)).allowed,
+            None
+        );
     }
 
     /// GRPCRoutes on a Server, matched on the request's path; their own policies.

@@ -723,6 +723,35 @@ impl Store<Namespace> for View {
     }
 }
 
+/// How a policy object is kept: its spec parsed (a spec that does not parse allows
+/// nothing: its defaults).
+trait Kept: serde::de::DeserializeOwned + Default {
+    fn kept(
+        _metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        spec: Value,
+    ) -> Self {
+        serde_json::from_value(spec).unwrap_or_default()
+    }
+}
+
+impl Kept for authz::AuthorizationPolicySpec {}
+impl Kept for authz::MeshTlsAuthenticationSpec {}
+impl Kept for authz::NetworkAuthenticationSpec {}
+impl Kept for authz::HttpRouteSpec {}
+impl Kept for authz::ServerAuthorizationSpec {}
+
+/// A Server with its labels: ServerAuthorizations select Servers by them.
+impl Kept for authz::ServerSpec {
+    fn kept(
+        metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        spec: Value,
+    ) -> Self {
+        let mut s: Self = serde_json::from_value(spec).unwrap_or_default();
+        s.labels = metadata.labels.clone().unwrap_or_default();
+        s
+    }
+}
+
 /// Linkerd's policy kinds, at the versions read.
 macro_rules! policy_kinds {
     ($($marker:ident => ($version:expr, $kind:expr, $plural:expr, $field:ident, $spec:ty)),* $(,)?) => {$(
@@ -734,8 +763,7 @@ macro_rules! policy_kinds {
         }
         impl Store<Custom<$marker>> for View {
             fn apply(&mut self, key: ObjectKey, c: Custom<$marker>) -> bool {
-                // A spec that does not parse allows nothing (its defaults).
-                let spec: $spec = serde_json::from_value(c.spec).unwrap_or_default();
+                let spec = <$spec as Kept>::kept(&c.metadata, c.spec);
                 self.policy.$field.insert(key.to_string(), spec.clone()) != Some(spec)
             }
             fn delete(&mut self, key: &str) -> bool {
@@ -764,6 +792,10 @@ policy_kinds! {
     ),
     PolicyHttpRouteKind => (
         "v1beta3", "HTTPRoute", "httproutes", http_routes, authz::HttpRouteSpec
+    ),
+    ServerAuthorizationKind => (
+        "v1beta1", "ServerAuthorization", "serverauthorizations",
+        server_authorizations, authz::ServerAuthorizationSpec
     ),
 }
 
@@ -825,14 +857,18 @@ pub async fn mirror(
         watcher::Config::default(),
     );
     let mut policy_routes = k8s::mirror::watch(
-        kube::Api::<Custom<PolicyHttpRouteKind>>::all(client),
+        kube::Api::<Custom<PolicyHttpRouteKind>>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let mut server_authorizations = k8s::mirror::watch(
+        kube::Api::<Custom<ServerAuthorizationKind>>::all(client),
         watcher::Config::default(),
     );
     let (mut m_svc, mut m_slice, mut m_pod) = (Mirror::new(), Mirror::new(), Mirror::new());
     let (mut m_http, mut m_grpc, mut m_grant) = (Mirror::new(), Mirror::new(), Mirror::new());
     let (mut m_ns, mut m_server, mut m_policy) = (Mirror::new(), Mirror::new(), Mirror::new());
     let (mut m_mtls, mut m_net, mut m_fault) = (Mirror::new(), Mirror::new(), Mirror::new());
-    let mut m_policy_route = Mirror::new();
+    let (mut m_policy_route, mut m_server_authz) = (Mirror::new(), Mirror::new());
     loop {
         let write = || {
             view.write()
@@ -890,6 +926,10 @@ pub async fn mirror(
             Some(e) = policy_routes.next() => match e {
                 Ok(e) => if m_policy_route.step(&mut *write(), e) { changed.send_modify(|n| *n += 1) },
                 Err(e) => warn!(error = %e, "destination: watching policy.linkerd.io HTTPRoutes"),
+            },
+            Some(e) = server_authorizations.next() => match e {
+                Ok(e) => if m_server_authz.step(&mut *write(), e) { changed.send_modify(|n| *n += 1) },
+                Err(e) => warn!(error = %e, "destination: watching ServerAuthorizations"),
             },
             else => return,
         }
@@ -1318,7 +1358,7 @@ mod tests {
         );
         apply::<Custom<ServerKind>>(
             &mut v,
-            json!({"metadata": {"name": "web-http", "namespace": "demo"},
+            json!({"metadata": {"name": "web-http", "namespace": "demo", "labels": {"tier": "front"}},
                    "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "port": 8080}}),
         );
         apply::<Custom<MeshTlsAuthenticationKind>>(
@@ -1340,6 +1380,17 @@ mod tests {
             Some(("authorizationpolicy".into(), "meshed".into()))
         );
         assert_eq!(p.authorize(8080, ip, None).allowed, None);
+        // A ServerAuthorization selecting the Server by its labels (kept with it).
+        apply::<Custom<ServerAuthorizationKind>>(
+            &mut v,
+            json!({"metadata": {"name": "front", "namespace": "demo"},
+                   "spec": {"server": {"selector": {"matchLabels": {"tier": "front"}}},
+                            "client": {"unauthenticated": true}}}),
+        );
+        assert_eq!(
+            v.inbound(web1).authorize(8080, ip, None).allowed,
+            Some(("serverauthorization".into(), "front".into()))
+        );
         // Deleted, the Server no longer holds the port.
         assert!(Store::<Custom<ServerKind>>::delete(&mut v, "demo/web-http"));
         assert_eq!(

@@ -1376,6 +1376,23 @@ spec:
     ));
     expect(api, ["200", "403", "200"], "and the outsider's address");
 
+    // Linkerd's older kind: a ServerAuthorization selecting the Server by its labels
+    // lets the intruder's ServiceAccount in too, until it is deleted.
+    lab.kubectl(&["-n", "demo", "label", "server", "api-http", "tier=api"]);
+    lab.apply(
+        r#"
+apiVersion: policy.linkerd.io/v1beta1
+kind: ServerAuthorization
+metadata: {name: other-sa, namespace: demo}
+spec:
+  server: {selector: {matchLabels: {tier: api}}}
+  client: {meshTLS: {serviceAccounts: [{name: other}]}}
+"#,
+    );
+    expect(api, ["200", "200", "200"], "a ServerAuthorization of other");
+    lab.kubectl(&["-n", "demo", "delete", "serverauthorization", "other-sa"]);
+    expect(api, ["200", "403", "200"], "the ServerAuthorization deleted");
+
     // A pod whose default policy is deny: ready (its probes are allowed), and
     // refusing everyone.
     expect(
