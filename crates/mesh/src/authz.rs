@@ -451,6 +451,12 @@ pub struct Verdict {
     client: (IpAddr, Option<String>),
 }
 
+/// What lets a client in: `(authz_kind, authz_name)`.
+pub type Grant = (String, String);
+
+/// A route of a Server: `(kind, name)`.
+pub type RouteRef<'a> = (&'a str, &'a str);
+
 /// Why an HTTP request is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
@@ -464,30 +470,37 @@ impl Verdict {
     /// The authorization that lets an HTTP request in: the client's (on a Server with
     /// routes, its route's or the Server's), or the probes' for a probe path.
     pub fn request<B>(&self, req: &http::Request<B>) -> Result<(String, String), Refusal> {
+        self.request_on_route(req).1
+    }
+
+    /// [`Verdict::request`], and the route (`kind`, `name`) the request matched, when
+    /// the Server has routes.
+    pub fn request_on_route<B>(
+        &self,
+        req: &http::Request<B>,
+    ) -> (Option<RouteRef<'_>>, Result<Grant, Refusal>) {
         let Some(routes) = &self.routes else {
-            return self
-                .allowed
-                .clone()
-                .ok_or(Refusal::Unauthorized)
-                .or_else(|r| {
-                    let probe = matches!(*req.method(), http::Method::GET | http::Method::HEAD)
-                        && self.probes.iter().any(|p| p == req.uri().path());
-                    if probe {
-                        Ok(("probe".to_string(), "probe".to_string()))
-                    } else {
-                        Err(r)
-                    }
-                });
+            let probe = matches!(*req.method(), http::Method::GET | http::Method::HEAD)
+                && self.probes.iter().any(|p| p == req.uri().path());
+            let allowed = match &self.allowed {
+                Some(a) => Ok(a.clone()),
+                None if probe => Ok(("probe".to_string(), "probe".to_string())),
+                None => Err(Refusal::Unauthorized),
+            };
+            return (None, allowed);
         };
-        let route = routes.find(req).ok_or(Refusal::NoRoute)?;
+        let Some(route) = routes.find(req) else {
+            return (None, Err(Refusal::NoRoute));
+        };
         let (ip, identity) = (self.client.0, self.client.1.as_deref());
-        route
+        let allowed = route
             .authorizations
             .iter()
             .find(|a| a.allows(ip, identity))
             .map(|a| (a.kind.clone(), a.name.clone()))
             .or_else(|| self.allowed.clone())
-            .ok_or(Refusal::Unauthorized)
+            .ok_or(Refusal::Unauthorized);
+        (Some((route.kind.as_str(), route.name.as_str())), allowed)
     }
 }
 

@@ -1391,7 +1391,11 @@ spec:
     );
     expect(api, ["200", "200", "200"], "a ServerAuthorization of other");
     lab.kubectl(&["-n", "demo", "delete", "serverauthorization", "other-sa"]);
-    expect(api, ["200", "403", "200"], "the ServerAuthorization deleted");
+    expect(
+        api,
+        ["200", "403", "200"],
+        "the ServerAuthorization deleted",
+    );
 
     // A pod whose default policy is deny: ready (its probes are allowed), and
     // refusing everyone.
@@ -1494,6 +1498,15 @@ spec:
         "books",
     ]);
     expect(&books, ["404", "404", "404"], "the books route deleted");
+    // The api's proxy counted the route's answers by the route too.
+    let metrics = exec_python(
+        &lab,
+        "client",
+        FETCH,
+        &[&format!("http://{api_ip}:4191/metrics")],
+    );
+    let by_route = r#"inbound_http_authz_allow_total{srv_kind="server",srv_name="api-http",route_kind="httproute",route_name="books",authz_kind="authorizationpolicy",authz_name="books-for-other"} "#;
+    assert!(metric(&metrics, by_route) >= 1, "{metrics}");
 }
 
 /// For `argv[1]` seconds: an HTTP request on a new connection, then a banner read, again

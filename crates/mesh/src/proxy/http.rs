@@ -167,10 +167,11 @@ async fn forward(
                     .policy()
                     .await
                     .authorize(app.port(), client.ip, client.identity.as_deref());
-            let allowed = verdict.request(&req);
+            let (route, allowed) = verdict.request_on_route(&req);
             proxy.metrics.authorized(
                 metrics::Authorized::Http,
                 (&verdict.server_kind, &verdict.server_name),
+                route,
                 allowed.as_ref().ok().map(|(k, n)| (k.as_str(), n.as_str())),
             );
             match allowed {

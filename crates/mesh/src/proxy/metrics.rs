@@ -13,8 +13,8 @@
 //! | `response_total` | counter: HTTP responses, by `status_code` and `classification` |
 //! | `response_latency_ms` | histogram: from a request's headers to its response's end |
 //!
-//! | `inbound_http_authz_allow_total`, `inbound_tcp_authz_allow_total` | counter: requests and connections the policy allowed, by `srv_kind`, `srv_name`, `authz_kind`, `authz_name` |
-//! | `inbound_http_authz_deny_total`, `inbound_tcp_authz_deny_total` | counter: refused, by `srv_kind`, `srv_name` |
+//! | `inbound_http_authz_allow_total`, `inbound_tcp_authz_allow_total` | counter: requests and connections the policy allowed, by `srv_kind`, `srv_name`, `authz_kind`, `authz_name` (and HTTP on a Server with routes `route_kind`, `route_name`) |
+//! | `inbound_http_authz_deny_total`, `inbound_tcp_authz_deny_total` | counter: refused, by `srv_kind`, `srv_name` (and `route_kind`, `route_name`) |
 //!
 //! Labels: `direction` (`inbound`, `outbound`), `peer` (`src` inbound, `dst`
 //! outbound), `tls` (`true` for mutual TLS between proxies, else `no_identity`); the
@@ -204,17 +204,23 @@ impl Metrics {
     }
 
     /// Counts what the policy said of a request or connection to the server
-    /// `(srv_kind, srv_name)`: allowed by `authz` (`(authz_kind, authz_name)`), or not.
+    /// `(srv_kind, srv_name)`, on its `route` (`(route_kind, route_name)`) when it has
+    /// routes: allowed by `authz` (`(authz_kind, authz_name)`), or not.
     pub(crate) fn authorized(
         &self,
         what: Authorized,
         server: (&str, &str),
+        route: Option<(&str, &str)>,
         authz: Option<(&str, &str)>,
     ) {
         let mut labels: HttpLabels = vec![
             ("srv_kind", server.0.to_string()),
             ("srv_name", server.1.to_string()),
         ];
+        if let Some((kind, name)) = route {
+            labels.push(("route_kind", kind.to_lowercase()));
+            labels.push(("route_name", name.to_string()));
+        }
         let family = match (what, authz) {
             (Authorized::Http, Some(_)) => &self.http_allow,
             (Authorized::Http, None) => &self.http_deny,
@@ -328,15 +334,23 @@ mod tests {
         m.authorized(
             Authorized::Http,
             server,
+            None,
             Some(("authorizationpolicy", "web")),
         );
-        m.authorized(Authorized::Http, server, None);
-        m.authorized(Authorized::Tcp, ("default", "deny"), None);
+        m.authorized(Authorized::Http, server, None, None);
+        m.authorized(Authorized::Tcp, ("default", "deny"), None, None);
+        m.authorized(
+            Authorized::Http,
+            server,
+            Some(("HTTPRoute", "books")),
+            Some(("authorizationpolicy", "readers")),
+        );
         let text = m.text();
         for line in [
             r#"inbound_http_authz_allow_total{srv_kind="server",srv_name="api-http",authz_kind="authorizationpolicy",authz_name="web"} 1"#,
             r#"inbound_http_authz_deny_total{srv_kind="server",srv_name="api-http"} 1"#,
             r#"inbound_tcp_authz_deny_total{srv_kind="default",srv_name="deny"} 1"#,
+            r#"inbound_http_authz_allow_total{srv_kind="server",srv_name="api-http",route_kind="httproute",route_name="books",authz_kind="authorizationpolicy",authz_name="readers"} 1"#,
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }

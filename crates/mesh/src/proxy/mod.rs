@@ -581,7 +581,7 @@ impl Proxy {
         let authz = v.allowed.as_ref().map(|(k, n)| (k.as_str(), n.as_str()));
         let server = (v.server_kind.as_str(), v.server_name.as_str());
         self.metrics
-            .authorized(metrics::Authorized::Tcp, server, authz);
+            .authorized(metrics::Authorized::Tcp, server, None, authz);
     }
 
     /// A plaintext client the policy refuses: an HTTP one gets 403 for each request (the
