@@ -154,6 +154,26 @@ fn mesh_ready(lab: &RunningLab) {
         "the injector never wrote its caBundle: {}",
         lab.kubectl(&["-n", "kube-system", "logs", "deployment/kubewire-injector"])
     );
+    // And until the API server reaches the injector through its Service, pods are
+    // admitted unmeshed (the failure policy is Ignore): a server-side dry run (which
+    // calls the webhook) shows when it does.
+    let mut got = String::new();
+    assert!(
+        wait_until(WAIT, || {
+            got = lab.kubectl(&[
+                "run",
+                "injection-probe",
+                "--image=python",
+                "--restart=Never",
+                "--dry-run=server",
+                "--annotations=kubewire.io/inject=enabled",
+                "-o",
+                "jsonpath={.spec.initContainers[0].name}",
+            ]);
+            got == "kubewire-proxy"
+        }),
+        "a dry-run pod was never injected: {got:?}"
+    );
 }
 
 fn wait_ready(lab: &RunningLab, pod: &str) {
@@ -211,10 +231,9 @@ fn metric(text: &str, series: &str) -> u64 {
         .unwrap_or(0)
 }
 
-#[test]
-fn meshed_pods_talk_mutual_tls_across_nodes_and_others_still_reach_them() {
-    let lab = RunningLab::up_with(2, "mesh: true\n");
-    mesh_ready(&lab);
+/// In the meshed namespace: the server pod on node-1 behind the Service `web` (80 and
+/// the banner's 2525), a meshed client and an unmeshed outsider on node-2, all ready.
+fn server_client_and_outsider(lab: &RunningLab) {
     lab.apply(MESHED_NAMESPACE);
     lab.apply(&pod("server", "node-1", "", "Always", SERVER_APP));
     lab.apply(&pod("client", "node-2", "", "Always", CLIENT_APP));
@@ -238,8 +257,15 @@ spec:
 "#,
     );
     for p in ["server", "client", "outsider"] {
-        wait_ready(&lab, p);
+        wait_ready(lab, p);
     }
+}
+
+#[test]
+fn meshed_pods_talk_mutual_tls_across_nodes_and_others_still_reach_them() {
+    let lab = RunningLab::up_with(2, "mesh: true\n");
+    mesh_ready(&lab);
+    server_client_and_outsider(&lab);
     // Injected: the proxy first among the init containers, as a native sidecar.
     for (p, meshed) in [("server", true), ("client", true), ("outsider", false)] {
         let got = lab.json(&["-n", "demo", "get", "pod", p]);
@@ -2235,29 +2261,7 @@ fn the_clusters_default_inbound_policy_applies_where_no_namespace_or_pod_names_o
         "mesh: true\nmeshDefaultInboundPolicy: all-authenticated\n",
     );
     mesh_ready(&lab);
-    lab.apply(MESHED_NAMESPACE);
-    lab.apply(&pod("server", "node-1", "", "Always", SERVER_APP));
-    lab.apply(&pod("client", "node-2", "", "Always", CLIENT_APP));
-    lab.apply(&pod(
-        "outsider",
-        "node-2",
-        "kubewire.io/inject: disabled",
-        "Always",
-        CLIENT_APP,
-    ));
-    lab.apply(
-        r#"
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: demo}
-spec:
-  selector: {app: server}
-  ports: [{name: http, port: 80, targetPort: 8080}]
-"#,
-    );
-    for p in ["server", "client", "outsider"] {
-        wait_ready(&lab, p);
-    }
+    server_client_and_outsider(&lab);
     let status = |pod: &str| -> String {
         let out = lab.exec(
             &format!("demo/{pod}/app"),
