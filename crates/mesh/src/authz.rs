@@ -709,41 +709,24 @@ pub struct GrpcRouteRule {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct GrpcMatch {
-    pub method: Option<GrpcMethodMatch>,
+    pub method: Option<gateway::gatewayapi::types::GrpcMethodMatch>,
     pub headers: Vec<ValueMatch>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct GrpcMethodMatch {
-    #[serde(rename = "type")]
-    pub kind: Option<String>,
-    pub service: Option<String>,
-    pub method: Option<String>,
-}
-
 impl GrpcMatch {
-    /// The same match on the request's path, `/SERVICE/METHOD`, as gRPC sends it.
+    /// The same match on the request's path, `/SERVICE/METHOD`, as the gateway matches a
+    /// GRPCRoute ([`gateway::gatewayapi::grpc_method_path`]).
     fn to_http(&self) -> HttpMatch {
-        let m = self.method.clone().unwrap_or_default();
         let path = |kind: &str, value: String| ValueMatch {
             kind: Some(kind.into()),
             name: String::new(),
             value: Some(value),
         };
-        let path = match (m.kind.as_deref(), m.service, m.method) {
-            (Some("RegularExpression"), s, m) => path(
-                "RegularExpression",
-                format!(
-                    "/{}/{}",
-                    s.unwrap_or_else(|| "[^/]+".into()),
-                    m.unwrap_or_else(|| "[^/]+".into())
-                ),
-            ),
-            (_, Some(s), Some(m)) => path("Exact", format!("/{s}/{m}")),
-            (_, Some(s), None) => path("PathPrefix", format!("/{s}")),
-            (_, None, Some(m)) => path("RegularExpression", format!("/[^/]+/{}", regex_escape(&m))),
-            (_, None, None) => path("PathPrefix", "/".into()),
+        let path = match gateway::gatewayapi::grpc_method_path(self.method.as_ref()).0 {
+            PathMatch::Exact(p) => path("Exact", p),
+            // Element-wise here: `/SERVICE/` matches what `/SERVICE/` as a string does.
+            PathMatch::Prefix(p) | PathMatch::StringPrefix(p) => path("PathPrefix", p),
+            PathMatch::Regex(r) => path("RegularExpression", r),
         };
         HttpMatch {
             path: Some(path),
@@ -752,19 +735,6 @@ impl GrpcMatch {
             query_params: Vec::new(),
         }
     }
-}
-
-/// `s` matched literally in a regular expression.
-fn regex_escape(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            let special = "\\.+*?()|[]{}^$#&-~".contains(c);
-            special
-                .then_some('\\')
-                .into_iter()
-                .chain(std::iter::once(c))
-        })
-        .collect()
 }
 
 impl GrpcRouteSpec {

@@ -1085,38 +1085,7 @@ fn grpc_route(
             &rule.matches
         };
         for (mi, m) in matches.iter().enumerate() {
-            let (path, class, len) = match &m.method {
-                None => (PathMatch::Prefix("/".into()), 1, 0),
-                Some(mm) => {
-                    let regex = mm.type_.as_deref() == Some("RegularExpression");
-                    match (mm.service.as_deref(), mm.method.as_deref(), regex) {
-                        (Some(s), Some(me), false) => {
-                            let p = format!("/{s}/{me}");
-                            let n = p.len();
-                            (PathMatch::Exact(p), 0, n)
-                        }
-                        (Some(s), None, false) => {
-                            let p = format!("/{s}/");
-                            let n = p.len();
-                            (PathMatch::StringPrefix(p), 1, n)
-                        }
-                        (None, Some(me), false) => (
-                            PathMatch::Regex(format!("/[^/]+/{}", regex_escape(me))),
-                            2,
-                            me.len(),
-                        ),
-                        (s, me, _) => (
-                            PathMatch::Regex(format!(
-                                "/{}/{}",
-                                s.unwrap_or("[^/]+"),
-                                me.unwrap_or("[^/]+")
-                            )),
-                            2,
-                            0,
-                        ),
-                    }
-                }
-            };
+            let (path, class, len) = grpc_method_path(m.method.as_ref());
             let headers = header_matches(&m.headers)?;
             let action = rule_action(
                 ctx,
@@ -1162,6 +1131,42 @@ fn grpc_route(
         }
     }
     Ok(out)
+}
+
+/// A GRPCRoute's method match as a match of the request's path (`/SERVICE/METHOD`), with
+/// its precedence class (0 exact, 1 prefix, 2 regular expression) and the length that
+/// ranks it within the class. The mesh's inbound policy matches GRPCRoutes the same way.
+pub fn grpc_method_path(m: Option<&GrpcMethodMatch>) -> (PathMatch, u8, usize) {
+    let Some(mm) = m else {
+        return (PathMatch::Prefix("/".into()), 1, 0);
+    };
+    let regex = mm.type_.as_deref() == Some("RegularExpression");
+    match (mm.service.as_deref(), mm.method.as_deref(), regex) {
+        (Some(s), Some(me), false) => {
+            let p = format!("/{s}/{me}");
+            let n = p.len();
+            (PathMatch::Exact(p), 0, n)
+        }
+        (Some(s), None, false) => {
+            let p = format!("/{s}/");
+            let n = p.len();
+            (PathMatch::StringPrefix(p), 1, n)
+        }
+        (None, Some(me), false) => (
+            PathMatch::Regex(format!("/[^/]+/{}", regex_escape(me))),
+            2,
+            me.len(),
+        ),
+        (s, me, _) => (
+            PathMatch::Regex(format!(
+                "/{}/{}",
+                s.unwrap_or("[^/]+"),
+                me.unwrap_or("[^/]+")
+            )),
+            2,
+            0,
+        ),
+    }
 }
 
 fn regex_escape(s: &str) -> String {
